@@ -15,3 +15,16 @@ target_compile_definitions(agent_test PRIVATE
   VESICLE_AGENT_BINARY="$<TARGET_FILE:vesicle-agent>"
   VESICLE_SOURCE_DIR="${CMAKE_SOURCE_DIR}")
 add_dependencies(agent_test vesicle-agent)
+
+# The agent as PID 1 of a real microVM. Needs the images: run
+# images/build.sh --build-dir <build> (default output <build>/images) or set
+# VESICLE_IMAGES to a folder holding vmlinuz, initrd.img and rootfs.ext4.
+vesicle_test(agent_vm_test
+  SOURCES guest/agent_vm_test.cpp guest/agent_harness.cpp
+  LIBS vesicle_wire
+  LABEL integration
+  TIMEOUT 600)
+target_compile_definitions(agent_vm_test PRIVATE
+  VESICLE_AGENT_BINARY="$<TARGET_FILE:vesicle-agent>"
+  VESICLE_SOURCE_DIR="${CMAKE_SOURCE_DIR}"
+  VESICLE_DEFAULT_IMAGES="${CMAKE_BINARY_DIR}/images")

@@ -20,6 +20,11 @@ namespace {
 // bounded because a host that never sends `last` would otherwise grow it.
 constexpr std::size_t kMaxDroppedUploads = 1024;
 constexpr std::chrono::milliseconds kShutdownFlushBudget{2000};
+// Each request holds memory and fds (a queued cell holds up to a 4 MiB
+// cell); a host that sends without end gets BUSY instead of an agent that
+// runs out of either.
+constexpr std::size_t kMaxRequestsInFlight = 1024;
+constexpr std::size_t kMaxQueuedCells = 64;
 
 // The id of an unparseable request, if its first field is a readable id:
 // answering with it lets the host fail the right call.
@@ -128,6 +133,24 @@ void Agent::dispatch(guest::Request& request) {
                                " is already in flight; use an id that is not"));
     return;
   }
+  const bool starts_work = request.kind_case() == guest::Request::kExecPython ||
+                           request.kind_case() == guest::Request::kExecBash ||
+                           request.kind_case() == guest::Request::kReadFile;
+  if (starts_work && by_id_.size() >= kMaxRequestsInFlight) {
+    send(id, failure_event(guest::Failure::BUSY, 0,
+                           std::to_string(by_id_.size()) +
+                               " requests are in flight, the most the agent takes; retry when "
+                               "some have ended"));
+    return;
+  }
+  if (request.kind_case() == guest::Request::kExecPython &&
+      repl_->queued_cells() >= kMaxQueuedCells) {
+    send(id, failure_event(guest::Failure::BUSY, 0,
+                           std::to_string(repl_->queued_cells()) +
+                               " Python cells are already waiting for the REPL; retry when "
+                               "some have run"));
+    return;
+  }
   switch (request.kind_case()) {
   case guest::Request::kPing: {
     guest::Event event;
@@ -192,6 +215,13 @@ void Agent::handle_write_file(guest::Request& request) {
       return;
     }
     upload = std::static_pointer_cast<Upload>(live_.at(existing));
+  } else if (by_id_.size() >= kMaxRequestsInFlight) {
+    send(id, failure_event(guest::Failure::BUSY, 0,
+                           std::to_string(by_id_.size()) +
+                               " requests are in flight, the most the agent takes; retry when "
+                               "some have ended"));
+    if (!chunk.last()) remember_dropped_upload(id);
+    return;
   } else {
     upload = std::make_shared<Upload>(*this, id);
     adopt(upload);
@@ -204,7 +234,13 @@ void Agent::handle_write_file(guest::Request& request) {
 void Agent::handle_cancel(std::uint64_t id, std::uint64_t target) {
   // Cancelling something that already ended is not an error: the host
   // cannot know whether its terminal event is on the way.
-  if (auto it = by_id_.find(target); it != by_id_.end()) it->second->cancel();
+  if (auto it = by_id_.find(target); it != by_id_.end()) {
+    Request* request = it->second;
+    const bool upload = dynamic_cast<Upload*>(request) != nullptr;
+    request->cancel();
+    // Chunks the host sent before it decided to cancel are still coming.
+    if (upload) remember_dropped_upload(target);
+  }
   send(id, done_event());
 }
 

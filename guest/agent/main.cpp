@@ -18,6 +18,7 @@
 #include "guest/agent/log.hpp"
 #include "guest/agent/loop.hpp"
 #include "guest/agent/pid1.hpp"
+#include "guest/agent/spawn.hpp"
 
 namespace {
 
@@ -133,6 +134,7 @@ int main(int argc, char** argv) {
   }
 
   ensure_standard_fds();
+  vesicle::agent::raise_fd_limit();
   // A closed channel or pipe must come back as EPIPE, not kill the agent.
   ::signal(SIGPIPE, SIG_IGN);
   if (options.init) {

@@ -25,6 +25,14 @@ constexpr std::uint64_t kEagerRestartMinLifetimeUs = 1000000;
 constexpr std::size_t kMaxResultBytes = 1u << 20;
 constexpr std::size_t kMaxErrorFieldBytes = 64u << 10;
 
+// True when `pid` has exited but is not reaped yet: its exit is about to be
+// handled, so closed pipes are no reason to kill it (or its group).
+bool exited_unreaped(pid_t pid) {
+  siginfo_t info{};
+  return ::waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | WNOHANG | WNOWAIT) == 0 &&
+         info.si_pid == pid;
+}
+
 std::string describe_status(int status) {
   if (WIFSIGNALED(status)) {
     std::string text = "was killed by signal " + std::to_string(WTERMSIG(status));
@@ -193,7 +201,7 @@ void Repl::write_command() {
     // EPIPE: the REPL is gone or closed its command pipe; its exit (or the
     // kill below) ends the cell.
     pending.clear();
-    kill_process("the REPL closed its command pipe");
+    if (!exited_unreaped(process_->pid)) kill_process("the REPL closed its command pipe");
     break;
   }
   if (process_) process_->command_watch.set_events(pending.empty() ? 0u : std::uint32_t{EPOLLOUT});
@@ -215,11 +223,8 @@ void Repl::on_reply_readable() {
     // Usually it has just died and its exit is about to be reaped; only a
     // REPL still alive (user code closed fd 4) needs killing.
     process_->reply_watch.reset();
-    siginfo_t info{};
-    const bool dead = ::waitid(P_PID, static_cast<id_t>(process_->pid), &info,
-                               WEXITED | WNOHANG | WNOWAIT) == 0 &&
-                      info.si_pid == process_->pid;
-    if (!process_->exited && !dead) kill_process("the REPL closed its reply pipe");
+    if (!process_->exited && !exited_unreaped(process_->pid))
+      kill_process("the REPL closed its reply pipe");
     break;
   }
   while (process_ && !process_->killed) {

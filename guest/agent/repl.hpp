@@ -56,6 +56,7 @@ public:
   void submit(std::shared_ptr<PythonCell> cell);
   void cancel(PythonCell* cell);
   pid_t pid() const;
+  std::size_t queued_cells() const { return queue_.size(); }
   // Kills the REPL's process group; for agent exit and power-off.
   void terminate();
 

@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -17,6 +18,9 @@
 namespace vesicle::agent {
 
 namespace {
+
+rlimit g_child_fd_limit{};
+bool g_fd_limit_raised = false;
 
 // Runs in the child between fork and exec. The agent is single-threaded, so
 // no lock can be held by another thread here, but keep it to plain syscalls
@@ -34,6 +38,7 @@ namespace {
     ::signal(sig, SIG_DFL);
   }
   ::setsid();
+  if (g_fd_limit_raised) ::setrlimit(RLIMIT_NOFILE, &g_child_fd_limit);
 
   if (oom_text != nullptr) {
     const int fd = ::open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
@@ -95,6 +100,21 @@ std::vector<char*> c_strings(const std::vector<std::string>& strings) {
 }
 
 } // namespace
+
+void raise_fd_limit() {
+  rlimit original{};
+  if (::getrlimit(RLIMIT_NOFILE, &original) != 0) return;
+  rlimit raised{65536, 65536};
+  if (original.rlim_max != RLIM_INFINITY && original.rlim_max > raised.rlim_max) {
+    raised = {original.rlim_max, original.rlim_max};
+  }
+  if (::setrlimit(RLIMIT_NOFILE, &raised) != 0) {
+    raised = {original.rlim_max, original.rlim_max};
+    if (::setrlimit(RLIMIT_NOFILE, &raised) != 0) return;
+  }
+  g_child_fd_limit = original;
+  g_fd_limit_raised = true;
+}
 
 Result<Pipe> make_pipe(bool nonblocking_read, bool nonblocking_write) {
   int fds[2];

@@ -59,6 +59,11 @@ Result<void> make_directories(const std::string& dir);
 // Sends `sig` to process group `pgid`; ignores a group that is already gone.
 void signal_group(pid_t pgid, int sig);
 
+// Raises the agent's open-file limit (to 65536 when it may, else to its
+// hard limit): every request holds a few fds. Children get the limit the
+// agent started with, which select()-based programs expect.
+void raise_fd_limit();
+
 // SIGKILLs every descendant of the calling process (found through /proc),
 // in rounds until none is left or a few rounds have passed, and reaps them.
 // For an agent that is a child subreaper and exits on the host.

@@ -130,6 +130,7 @@ class Repl:
         sys.modules["__main__"] = self.module
         self.namespace = self.module.__dict__
         self.driver_file = Repl.run_cell.__code__.co_filename
+        self.pid = os.getpid()
         self.event_loop = None
 
     def _compile(self, source, filename):
@@ -206,6 +207,11 @@ class Repl:
             sequence = message.get("q", b"")
             source = message.get("c", b"").decode("utf-8", "replace")
             result, error = self.run_cell(source)
+            if os.getpid() != self.pid:
+                # A child the cell forked fell out of the cell: it must not
+                # answer for the REPL or read the next cell.
+                _flush_output()
+                os._exit(0)
             fields = [("k", b"done"), ("q", sequence)]
             if result is not None:
                 fields.append(("r", result))

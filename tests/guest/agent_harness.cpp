@@ -6,9 +6,11 @@
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -113,7 +115,7 @@ Agent::Agent(Config config) {
     std::perror("exec vesicle-agent");
     _exit(127);
   }
-  channel_ = std::move(ours);
+  attach(std::move(ours));
 }
 
 Agent::~Agent() {
@@ -125,13 +127,26 @@ Agent::~Agent() {
   kill_test_descendants();
 }
 
-void Agent::close_channel() {
+void AgentClient::attach(UniqueFd channel) {
+  channel_ = std::move(channel);
+  decoder_ = wire::FrameDecoder{};
+  pending_.clear();
+  channel_ended_ = false;
+}
+
+void AgentClient::close_channel() {
   channel_.reset();
 }
 
-void Agent::send_raw(std::string_view bytes) {
+void AgentClient::send_raw(std::string_view bytes) {
+  // A peer that stops reading (an agent that never opened its port) must
+  // fail the test, not hang it.
+  const auto deadline = std::chrono::steady_clock::now() + 30s;
   std::size_t done = 0;
   while (done < bytes.size()) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      throw std::runtime_error("the agent has not read its channel for 30 s");
+    }
     pollfd p{channel_.get(), POLLOUT, 0};
     // Reading while writing: the agent may block on its own output.
     if (::poll(&p, 1, 10) > 0 && (p.revents & POLLOUT)) {
@@ -147,11 +162,11 @@ void Agent::send_raw(std::string_view bytes) {
   }
 }
 
-void Agent::send(const guest::Request& request) {
+void AgentClient::send(const guest::Request& request) {
   send_raw(wire::encode_frame(request));
 }
 
-bool Agent::pump(std::chrono::steady_clock::time_point deadline) {
+bool AgentClient::pump(std::chrono::steady_clock::time_point deadline) {
   if (channel_ended_ || !channel_) return false;
   const auto now = std::chrono::steady_clock::now();
   const int wait_ms =
@@ -183,7 +198,8 @@ bool Agent::pump(std::chrono::steady_clock::time_point deadline) {
   return true;
 }
 
-std::optional<guest::Event> Agent::next_event(std::uint64_t id, std::chrono::milliseconds timeout) {
+std::optional<guest::Event> AgentClient::next_event(std::uint64_t id,
+                                                    std::chrono::milliseconds timeout) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   for (;;) {
     auto& queue = pending_[id];
@@ -197,7 +213,8 @@ std::optional<guest::Event> Agent::next_event(std::uint64_t id, std::chrono::mil
   }
 }
 
-std::vector<guest::Event> Agent::collect(std::uint64_t id, std::chrono::milliseconds timeout) {
+std::vector<guest::Event> AgentClient::collect(std::uint64_t id,
+                                               std::chrono::milliseconds timeout) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   std::vector<guest::Event> events;
   for (;;) {
@@ -210,7 +227,7 @@ std::vector<guest::Event> Agent::collect(std::uint64_t id, std::chrono::millisec
   }
 }
 
-ExecOutcome Agent::gather(std::uint64_t id, std::chrono::milliseconds timeout) {
+ExecOutcome AgentClient::gather(std::uint64_t id, std::chrono::milliseconds timeout) {
   ExecOutcome outcome;
   const auto start = std::chrono::steady_clock::now();
   const auto deadline = start + timeout;
@@ -248,8 +265,8 @@ ExecOutcome Agent::gather(std::uint64_t id, std::chrono::milliseconds timeout) {
   }
 }
 
-ExecOutcome Agent::python(const std::string& code, std::uint32_t timeout_ms,
-                          std::uint64_t max_output, std::chrono::milliseconds deadline) {
+ExecOutcome AgentClient::python(const std::string& code, std::uint32_t timeout_ms,
+                                std::uint64_t max_output, std::chrono::milliseconds deadline) {
   guest::Request request;
   request.set_id(next_id());
   request.mutable_exec_python()->set_code(code);
@@ -259,9 +276,9 @@ ExecOutcome Agent::python(const std::string& code, std::uint32_t timeout_ms,
   return gather(request.id(), deadline);
 }
 
-ExecOutcome Agent::bash(const std::string& command, std::map<std::string, std::string> env,
-                        const std::string& cwd, std::uint32_t timeout_ms, std::uint64_t max_output,
-                        std::chrono::milliseconds deadline) {
+ExecOutcome AgentClient::bash(const std::string& command, std::map<std::string, std::string> env,
+                              const std::string& cwd, std::uint32_t timeout_ms,
+                              std::uint64_t max_output, std::chrono::milliseconds deadline) {
   guest::Request request;
   request.set_id(next_id());
   auto* exec = request.mutable_exec_bash();
@@ -275,8 +292,8 @@ ExecOutcome Agent::bash(const std::string& command, std::map<std::string, std::s
   return gather(request.id(), deadline);
 }
 
-guest::Event Agent::write_file(const std::string& path, const std::string& data, std::uint32_t mode,
-                               bool make_parents, std::size_t chunk) {
+guest::Event AgentClient::write_file(const std::string& path, const std::string& data,
+                                     std::uint32_t mode, bool make_parents, std::size_t chunk) {
   const std::uint64_t id = next_id();
   std::size_t at = 0;
   do {
@@ -299,8 +316,8 @@ guest::Event Agent::write_file(const std::string& path, const std::string& data,
   return events.back();
 }
 
-guest::Event Agent::read_file(const std::string& path, std::string& data, std::uint64_t offset,
-                              std::uint64_t length) {
+guest::Event AgentClient::read_file(const std::string& path, std::string& data,
+                                    std::uint64_t offset, std::uint64_t length) {
   guest::Request request;
   request.set_id(next_id());
   request.mutable_read_file()->set_path(path);
@@ -318,22 +335,28 @@ guest::Event Agent::read_file(const std::string& path, std::string& data, std::u
   }
 }
 
-std::optional<int> Agent::wait_exit(std::chrono::milliseconds timeout) {
-  static std::unordered_map<pid_t, int> statuses;
-  if (reaped_) return statuses[pid_];
+namespace {
+
+std::optional<int> wait_child(pid_t pid, bool& reaped, int& status,
+                              std::chrono::milliseconds timeout) {
+  if (reaped) return status;
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   for (;;) {
-    int status = 0;
-    const pid_t got = ::waitpid(pid_, &status, WNOHANG);
-    if (got == pid_) {
-      reaped_ = true;
-      statuses[pid_] = status;
+    const pid_t got = ::waitpid(pid, &status, WNOHANG);
+    if (got == pid) {
+      reaped = true;
       return status;
     }
     if (got < 0) return std::nullopt;
     if (std::chrono::steady_clock::now() >= deadline) return std::nullopt;
     std::this_thread::sleep_for(10ms);
   }
+}
+
+} // namespace
+
+std::optional<int> Agent::wait_exit(std::chrono::milliseconds timeout) {
+  return wait_child(pid_, reaped_, status_, timeout);
 }
 
 std::uint64_t Agent::peak_rss_kib() const {
@@ -343,6 +366,145 @@ std::uint64_t Agent::peak_rss_kib() const {
     if (line.rfind("VmHWM:", 0) == 0) return std::strtoull(line.c_str() + 6, nullptr, 10);
   }
   return 0;
+}
+
+namespace {
+
+// Under TCG on a busy host the guest kernel's TSC calibration against the
+// PIT fails, and the kernel then hangs in its delay-loop calibration (seen
+// here at load 8 on 2 cores: stuck after "tsc: Marking TSC unstable due to
+// could not calculate TSC khz"). Telling it the frequency skips both. The
+// guest's TSC under TCG runs at the host's rate.
+std::string tsc_hint() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("cpu MHz", 0) != 0) continue;
+    const auto colon = line.find(':');
+    if (colon == std::string::npos) break;
+    const double mhz = std::strtod(line.c_str() + colon + 1, nullptr);
+    if (mhz > 100) return " tsc_early_khz=" + std::to_string(static_cast<long>(mhz * 1000));
+    break;
+  }
+  return {};
+}
+
+} // namespace
+
+VmAgent::VmAgent(const std::string& images_dir) {
+  (void)subreaper_set;
+  for (const char* name : {"vmlinuz", "initrd.img", "rootfs.ext4"}) {
+    if (!std::filesystem::exists(images_dir + "/" + name)) {
+      throw std::runtime_error(images_dir + "/" + name +
+                               " is missing; build the images first: images/build.sh "
+                               "--build-dir <build> --out <dir>, and set VESICLE_IMAGES=<dir>");
+    }
+  }
+  const std::string base = std::filesystem::canonical(images_dir + "/rootfs.ext4").string();
+  const std::string overlay = dir_.str() + "/overlay.qcow2";
+  const std::string create =
+      "qemu-img create -q -f qcow2 -b '" + base + "' -F raw '" + overlay + "'";
+  if (std::system(create.c_str()) != 0) throw std::runtime_error("failed: " + create);
+
+  std::vector<std::string> args = {
+      "qemu-system-x86_64",
+      "-M",
+      "microvm,x-option-roms=off,rtc=on",
+      "-nodefaults",
+      "-no-user-config",
+      "-nographic",
+      "-no-reboot",
+      "-accel",
+      "tcg",
+      "-m",
+      "512",
+      "-kernel",
+      images_dir + "/vmlinuz",
+      "-initrd",
+      images_dir + "/initrd.img",
+      "-append",
+      "console=ttyS0 root=/dev/vda rw quiet panic=-1" + tsc_hint(),
+      "-drive",
+      "id=root,file=" + overlay + ",format=qcow2,if=none",
+      "-device",
+      "virtio-blk-device,drive=root",
+      "-device",
+      "virtio-serial-device",
+      "-chardev",
+      "socket,id=ag,path=" + dir_.str() + "/agent.sock,server=on,wait=off",
+      "-device",
+      "virtserialport,chardev=ag,name=agent",
+      "-serial",
+      "file:" + dir_.str() + "/console.log",
+  };
+  std::vector<char*> argv;
+  for (auto& arg : args)
+    argv.push_back(arg.data());
+  argv.push_back(nullptr);
+  pid_ = ::fork();
+  if (pid_ < 0) fail("fork");
+  if (pid_ == 0) {
+    const int null = ::open("/dev/null", O_RDWR);
+    ::dup2(null, 0);
+    // QEMU dies with the test process, whatever happens to it.
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    ::execvp(argv[0], argv.data());
+    std::perror("exec qemu-system-x86_64");
+    _exit(127);
+  }
+  // The socket exists once QEMU has parsed its command line.
+  for (int i = 0; i < 500 && !std::filesystem::exists(dir_.str() + "/agent.sock"); ++i) {
+    std::this_thread::sleep_for(10ms);
+  }
+}
+
+VmAgent::~VmAgent() {
+  close_channel();
+  if (!wait_exit(0ms)) {
+    ::kill(pid_, SIGKILL);
+    wait_exit(10s);
+  }
+}
+
+bool VmAgent::connect() {
+  if (wait_exit(0ms)) return false;
+  UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!fd) fail("socket");
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  const std::string path = dir_.str() + "/agent.sock";
+  std::strncpy(address.sun_path, path.c_str(), sizeof address.sun_path - 1);
+  if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&address), sizeof address) != 0) return false;
+  attach(std::move(fd));
+  return true;
+}
+
+bool VmAgent::wait_ready(std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  // QEMU holds what is sent before the guest opens its port, so one ping
+  // answers as soon as the agent is up; another now and then covers a ping
+  // lost to a reconnect inside the guest.
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (wait_exit(0ms)) return false;
+    guest::Request ping;
+    ping.set_id(next_id());
+    ping.mutable_ping();
+    send(ping);
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    auto events = collect(ping.id(), std::clamp(left, 0ms, 10000ms));
+    if (!events.empty() && events.back().has_pong()) return true;
+  }
+  return false;
+}
+
+std::optional<int> VmAgent::wait_exit(std::chrono::milliseconds timeout) {
+  return wait_child(pid_, reaped_, status_, timeout);
+}
+
+std::string VmAgent::console_log() const {
+  std::ifstream in(dir_.str() + "/console.log");
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
 }
 
 void kill_test_descendants() {

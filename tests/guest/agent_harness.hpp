@@ -52,21 +52,14 @@ struct ExecOutcome {
   std::vector<std::chrono::steady_clock::duration> arrivals;
 };
 
-class Agent {
+// A connection to an agent: requests out, events in, by id.
+class AgentClient {
 public:
-  struct Config {
-    std::vector<std::string> extra_args;
-  };
-  Agent() : Agent(Config{}) {}
-  explicit Agent(Config config);
-  // Closes the channel, waits for the agent to exit (it kills its own
-  // descendants), and kills whatever is left.
-  ~Agent();
-  Agent(const Agent&) = delete;
-  Agent& operator=(const Agent&) = delete;
+  AgentClient() = default;
+  virtual ~AgentClient() = default;
+  AgentClient(const AgentClient&) = delete;
+  AgentClient& operator=(const AgentClient&) = delete;
 
-  pid_t pid() const { return pid_; }
-  const TempDir& home() const { return home_; }
   std::uint64_t next_id() { return ++last_id_; }
 
   void send(const guest::Request& request);
@@ -96,22 +89,71 @@ public:
   guest::Event read_file(const std::string& path, std::string& data, std::uint64_t offset = 0,
                          std::uint64_t length = 0);
 
+protected:
+  // Takes over a connected stream socket; any earlier one is closed and
+  // its undelivered events are dropped.
+  void attach(UniqueFd channel);
+
+private:
+  bool pump(std::chrono::steady_clock::time_point deadline);
+
+  UniqueFd channel_;
+  wire::FrameDecoder decoder_;
+  std::map<std::uint64_t, std::deque<guest::Event>> pending_;
+  std::uint64_t last_id_ = 1000;
+  bool channel_ended_ = false;
+};
+
+// The agent binary run on the host in its test mode.
+class Agent : public AgentClient {
+public:
+  struct Config {
+    std::vector<std::string> extra_args;
+  };
+  Agent() : Agent(Config{}) {}
+  explicit Agent(Config config);
+  // Closes the channel, waits for the agent to exit (it kills its own
+  // descendants), and kills whatever is left.
+  ~Agent() override;
+
+  pid_t pid() const { return pid_; }
+  const TempDir& home() const { return home_; }
+
   // Waits for the agent to exit; its wait status, or nullopt at the deadline.
   std::optional<int> wait_exit(std::chrono::milliseconds timeout);
   // The agent's peak resident memory in KiB (VmHWM).
   std::uint64_t peak_rss_kib() const;
 
 private:
-  bool pump(std::chrono::steady_clock::time_point deadline);
-
   TempDir home_;
   pid_t pid_ = -1;
   bool reaped_ = false;
-  UniqueFd channel_;
-  wire::FrameDecoder decoder_;
-  std::map<std::uint64_t, std::deque<guest::Event>> pending_;
-  std::uint64_t last_id_ = 1000;
-  bool channel_ended_ = false;
+  int status_ = 0;
+};
+
+// A QEMU microVM booted from the images in `images_dir` (vmlinuz,
+// initrd.img, rootfs.ext4), its disk a qcow2 overlay in a temporary folder,
+// the agent's port on a Unix socket there.
+class VmAgent : public AgentClient {
+public:
+  explicit VmAgent(const std::string& images_dir);
+  // Kills QEMU if it still runs; removes the overlay, socket and log.
+  ~VmAgent() override;
+
+  // Connects to the agent's socket (again); false if QEMU is gone.
+  bool connect();
+  // Pings until the agent answers; false at the deadline.
+  bool wait_ready(std::chrono::milliseconds timeout);
+  // Waits for QEMU to exit; its wait status, or nullopt at the deadline.
+  std::optional<int> wait_exit(std::chrono::milliseconds timeout);
+  std::string console_log() const;
+  pid_t qemu_pid() const { return pid_; }
+
+private:
+  TempDir dir_;
+  pid_t pid_ = -1;
+  bool reaped_ = false;
+  int status_ = 0;
 };
 
 // Kills every descendant of this test process; the test binary makes itself
