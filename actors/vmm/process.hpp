@@ -27,6 +27,7 @@ struct SpawnOptions {
   std::vector<std::string> argv;     // argv[0] is looked up in PATH
   std::filesystem::path output;      // stdout and stderr, appended
   std::filesystem::path working_dir; // empty: inherit
+  int pass_fd = -1;                  // if set, becomes fd 3 in the child
 };
 
 // How a process ended: exactly one of exit_status or signal is meaningful.
