@@ -1,0 +1,387 @@
+#include "tests/guest/agent_harness.hpp"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <stdexcept>
+#include <thread>
+#include <unordered_map>
+
+#ifndef VESICLE_AGENT_BINARY
+#error "VESICLE_AGENT_BINARY must name the vesicle-agent under test"
+#endif
+#ifndef VESICLE_SOURCE_DIR
+#error "VESICLE_SOURCE_DIR must name the source tree (for guest/repl/repl.py)"
+#endif
+
+namespace vesicle::test {
+
+namespace {
+
+[[noreturn]] void fail(const std::string& what) {
+  throw std::runtime_error(what + ": " + std::strerror(errno));
+}
+
+// Before any test: orphans of the agent's commands must reparent to this
+// process, so kill_test_descendants() can find them.
+const bool subreaper_set = [] {
+  ::prctl(PR_SET_CHILD_SUBREAPER, 1);
+  ::signal(SIGPIPE, SIG_IGN);
+  return true;
+}();
+
+pid_t parent_of(const std::string& pid) {
+  std::ifstream in("/proc/" + pid + "/stat");
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const auto paren = text.rfind(')');
+  if (paren == std::string::npos) return -1;
+  char state = 0;
+  int ppid = -1;
+  if (std::sscanf(text.c_str() + paren + 1, " %c %d", &state, &ppid) != 2) return -1;
+  return ppid;
+}
+
+} // namespace
+
+TempDir::TempDir() {
+  std::string pattern =
+      (std::filesystem::temp_directory_path() / "vesicle-guest-test-XXXXXX").string();
+  if (::mkdtemp(pattern.data()) == nullptr) fail("mkdtemp");
+  path_ = pattern;
+}
+
+TempDir::~TempDir() {
+  std::error_code ignored;
+  // Uploads may have left read-only files and folders; make them removable.
+  for (auto it = std::filesystem::recursive_directory_iterator(path_, ignored);
+       it != std::filesystem::recursive_directory_iterator(); it.increment(ignored)) {
+    if (it->is_directory(ignored) && !it->is_symlink(ignored)) {
+      std::filesystem::permissions(it->path(), std::filesystem::perms::owner_all,
+                                   std::filesystem::perm_options::add, ignored);
+    }
+  }
+  std::filesystem::remove_all(path_, ignored);
+}
+
+bool is_terminal(const guest::Event& event) {
+  switch (event.kind_case()) {
+  case guest::Event::kExit:
+  case guest::Event::kDone:
+  case guest::Event::kFailure:
+  case guest::Event::kPong:
+  case guest::Event::kInfo:
+    return true;
+  default:
+    return false;
+  }
+}
+
+Agent::Agent(Config config) {
+  (void)subreaper_set;
+  int fds[2];
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0) fail("socketpair");
+  UniqueFd ours(fds[0]);
+  UniqueFd theirs(fds[1]);
+
+  std::vector<std::string> args = {
+      VESICLE_AGENT_BINARY, "--channel-fd=3",
+      "--no-init",          std::string("--repl=") + VESICLE_SOURCE_DIR + "/guest/repl/repl.py",
+      "--python=python3",   "--home=" + home_.str(),
+  };
+  for (auto& arg : config.extra_args)
+    args.push_back(arg);
+  std::vector<char*> argv;
+  for (auto& arg : args)
+    argv.push_back(arg.data());
+  argv.push_back(nullptr);
+
+  pid_ = ::fork();
+  if (pid_ < 0) fail("fork");
+  if (pid_ == 0) {
+    ::dup2(theirs.get(), 3); // dup2 clears close-on-exec on the copy
+    ::execv(argv[0], argv.data());
+    std::perror("exec vesicle-agent");
+    _exit(127);
+  }
+  channel_ = std::move(ours);
+}
+
+Agent::~Agent() {
+  close_channel();
+  if (!wait_exit(10s)) {
+    ::kill(pid_, SIGKILL);
+    wait_exit(5s);
+  }
+  kill_test_descendants();
+}
+
+void Agent::close_channel() {
+  channel_.reset();
+}
+
+void Agent::send_raw(std::string_view bytes) {
+  std::size_t done = 0;
+  while (done < bytes.size()) {
+    pollfd p{channel_.get(), POLLOUT, 0};
+    // Reading while writing: the agent may block on its own output.
+    if (::poll(&p, 1, 10) > 0 && (p.revents & POLLOUT)) {
+      const ssize_t n = ::send(channel_.get(), bytes.data() + done, bytes.size() - done,
+                               MSG_DONTWAIT | MSG_NOSIGNAL);
+      if (n > 0) {
+        done += static_cast<std::size_t>(n);
+        continue;
+      }
+      if (n < 0 && errno != EAGAIN && errno != EINTR) fail("send to the agent");
+    }
+    pump(std::chrono::steady_clock::now());
+  }
+}
+
+void Agent::send(const guest::Request& request) {
+  send_raw(wire::encode_frame(request));
+}
+
+bool Agent::pump(std::chrono::steady_clock::time_point deadline) {
+  if (channel_ended_ || !channel_) return false;
+  const auto now = std::chrono::steady_clock::now();
+  const int wait_ms =
+      deadline > now
+          ? static_cast<int>(
+                std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now).count()) +
+                1
+          : 0;
+  pollfd p{channel_.get(), POLLIN, 0};
+  if (::poll(&p, 1, wait_ms) <= 0) return false;
+  char buffer[256 << 10];
+  const ssize_t n = ::recv(channel_.get(), buffer, sizeof buffer, MSG_DONTWAIT);
+  if (n == 0) {
+    channel_ended_ = true;
+    return false;
+  }
+  if (n < 0) return errno == EAGAIN || errno == EINTR;
+  decoder_.feed(std::string_view(buffer, static_cast<std::size_t>(n)));
+  for (;;) {
+    auto payload = decoder_.next();
+    if (!payload.ok()) throw std::runtime_error(payload.error().message());
+    if (!payload.value()) break;
+    guest::Event event;
+    if (!event.ParseFromString(*payload.value())) {
+      throw std::runtime_error("the agent sent an event that does not parse");
+    }
+    pending_[event.id()].push_back(std::move(event));
+  }
+  return true;
+}
+
+std::optional<guest::Event> Agent::next_event(std::uint64_t id, std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    auto& queue = pending_[id];
+    if (!queue.empty()) {
+      guest::Event event = std::move(queue.front());
+      queue.pop_front();
+      return event;
+    }
+    if (std::chrono::steady_clock::now() >= deadline) return std::nullopt;
+    if (!pump(deadline) && channel_ended_) return std::nullopt;
+  }
+}
+
+std::vector<guest::Event> Agent::collect(std::uint64_t id, std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  std::vector<guest::Event> events;
+  for (;;) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    auto event = next_event(id, std::max(left, 0ms));
+    if (!event) return events;
+    events.push_back(*event);
+    if (is_terminal(*event)) return events;
+  }
+}
+
+ExecOutcome Agent::gather(std::uint64_t id, std::chrono::milliseconds timeout) {
+  ExecOutcome outcome;
+  const auto start = std::chrono::steady_clock::now();
+  const auto deadline = start + timeout;
+  for (;;) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    auto event = next_event(id, std::max(left, 0ms));
+    if (!event) return outcome;
+    outcome.arrivals.push_back(std::chrono::steady_clock::now() - start);
+    switch (event->kind_case()) {
+    case guest::Event::kStdout:
+      outcome.out += event->stdout();
+      break;
+    case guest::Event::kStderr:
+      outcome.err += event->stderr();
+      break;
+    case guest::Event::kResult:
+      outcome.result = event->result();
+      break;
+    case guest::Event::kError:
+      outcome.error = event->error();
+      break;
+    case guest::Event::kExit:
+      outcome.exit = event->exit();
+      break;
+    case guest::Event::kFailure:
+      outcome.failure = event->failure();
+      break;
+    default:
+      break;
+    }
+    // Only a few events are kept whole; a flood would fill memory.
+    if (outcome.events.size() < 10000) outcome.events.push_back(*event);
+    if (is_terminal(*event)) return outcome;
+  }
+}
+
+ExecOutcome Agent::python(const std::string& code, std::uint32_t timeout_ms,
+                          std::uint64_t max_output, std::chrono::milliseconds deadline) {
+  guest::Request request;
+  request.set_id(next_id());
+  request.mutable_exec_python()->set_code(code);
+  request.mutable_exec_python()->set_timeout_ms(timeout_ms);
+  request.mutable_exec_python()->set_max_output_bytes(max_output);
+  send(request);
+  return gather(request.id(), deadline);
+}
+
+ExecOutcome Agent::bash(const std::string& command, std::map<std::string, std::string> env,
+                        const std::string& cwd, std::uint32_t timeout_ms, std::uint64_t max_output,
+                        std::chrono::milliseconds deadline) {
+  guest::Request request;
+  request.set_id(next_id());
+  auto* exec = request.mutable_exec_bash();
+  exec->set_command(command);
+  for (auto& [name, value] : env)
+    (*exec->mutable_env())[name] = value;
+  exec->set_cwd(cwd);
+  exec->set_timeout_ms(timeout_ms);
+  exec->set_max_output_bytes(max_output);
+  send(request);
+  return gather(request.id(), deadline);
+}
+
+guest::Event Agent::write_file(const std::string& path, const std::string& data, std::uint32_t mode,
+                               bool make_parents, std::size_t chunk) {
+  const std::uint64_t id = next_id();
+  std::size_t at = 0;
+  do {
+    guest::Request request;
+    request.set_id(id);
+    auto* write = request.mutable_write_file();
+    if (at == 0) {
+      write->set_path(path);
+      write->set_mode(mode);
+      write->set_make_parents(make_parents);
+    }
+    const std::size_t n = std::min(chunk, data.size() - at);
+    write->set_data(data.substr(at, n));
+    at += n;
+    write->set_last(at == data.size());
+    send(request);
+  } while (at < data.size());
+  auto events = collect(id, 60s);
+  if (events.empty()) throw std::runtime_error("no reply to write_file " + path);
+  return events.back();
+}
+
+guest::Event Agent::read_file(const std::string& path, std::string& data, std::uint64_t offset,
+                              std::uint64_t length) {
+  guest::Request request;
+  request.set_id(next_id());
+  request.mutable_read_file()->set_path(path);
+  request.mutable_read_file()->set_offset(offset);
+  request.mutable_read_file()->set_length(length);
+  send(request);
+  for (;;) {
+    auto event = next_event(request.id(), 60s);
+    if (!event) throw std::runtime_error("no reply to read_file " + path);
+    if (event->has_file_data()) {
+      data += event->file_data();
+      continue;
+    }
+    return *event;
+  }
+}
+
+std::optional<int> Agent::wait_exit(std::chrono::milliseconds timeout) {
+  static std::unordered_map<pid_t, int> statuses;
+  if (reaped_) return statuses[pid_];
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    int status = 0;
+    const pid_t got = ::waitpid(pid_, &status, WNOHANG);
+    if (got == pid_) {
+      reaped_ = true;
+      statuses[pid_] = status;
+      return status;
+    }
+    if (got < 0) return std::nullopt;
+    if (std::chrono::steady_clock::now() >= deadline) return std::nullopt;
+    std::this_thread::sleep_for(10ms);
+  }
+}
+
+std::uint64_t Agent::peak_rss_kib() const {
+  std::ifstream in("/proc/" + std::to_string(pid_) + "/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::strtoull(line.c_str() + 6, nullptr, 10);
+  }
+  return 0;
+}
+
+void kill_test_descendants() {
+  const pid_t self = ::getpid();
+  for (int round = 0; round < 5; ++round) {
+    std::unordered_map<pid_t, std::vector<pid_t>> children;
+    if (DIR* proc = ::opendir("/proc")) {
+      while (const dirent* entry = ::readdir(proc)) {
+        if (entry->d_name[0] < '0' || entry->d_name[0] > '9') continue;
+        const pid_t ppid = parent_of(entry->d_name);
+        if (ppid > 0) children[ppid].push_back(std::atoi(entry->d_name));
+      }
+      ::closedir(proc);
+    }
+    std::vector<pid_t> doomed;
+    std::vector<pid_t> frontier{self};
+    while (!frontier.empty()) {
+      const pid_t parent = frontier.back();
+      frontier.pop_back();
+      for (pid_t child : children[parent]) {
+        doomed.push_back(child);
+        frontier.push_back(child);
+      }
+    }
+    if (doomed.empty()) return;
+    for (pid_t pid : doomed)
+      ::kill(pid, SIGKILL);
+    std::this_thread::sleep_for(20ms);
+    while (::waitpid(-1, nullptr, WNOHANG) > 0) {
+    }
+  }
+}
+
+bool process_alive(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const auto paren = text.rfind(')');
+  if (paren == std::string::npos || paren + 2 >= text.size()) return false;
+  return text[paren + 2] != 'Z' && text[paren + 2] != 'X';
+}
+
+} // namespace vesicle::test

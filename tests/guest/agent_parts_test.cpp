@@ -1,0 +1,68 @@
+// Unit tests of the agent's pure parts: the REPL pipe protocol, the UTF-8
+// cleaning of texts bound for protobuf strings, and the output budget.
+#include <gtest/gtest.h>
+
+#include "guest/agent/events.hpp"
+#include "guest/agent/output.hpp"
+#include "guest/agent/repl_protocol.hpp"
+
+namespace vesicle::agent {
+namespace {
+
+TEST(ReplProtocol, RoundTripsBinaryFields) {
+  const std::string code("print('\0\xff')", 12);
+  std::string wire = repl_protocol::encode({{'k', "exec"}, {'q', "7"}, {'c', code}});
+  wire += repl_protocol::encode({{'k', "done"}});
+  std::string partial = wire.substr(0, 10);
+  auto none = repl_protocol::take(partial);
+  ASSERT_TRUE(none.ok());
+  EXPECT_FALSE(none.value());
+
+  auto first = repl_protocol::take(wire);
+  ASSERT_TRUE(first.ok());
+  ASSERT_TRUE(first.value());
+  const auto& fields = *first.value();
+  ASSERT_EQ(fields.size(), 3u);
+  EXPECT_EQ(*repl_protocol::find(fields, 'c'), code);
+  EXPECT_EQ(*repl_protocol::find(fields, 'q'), "7");
+  EXPECT_EQ(repl_protocol::find(fields, 'r'), nullptr);
+  auto second = repl_protocol::take(wire);
+  ASSERT_TRUE(second.ok() && second.value());
+  EXPECT_EQ(*repl_protocol::find(*second.value(), 'k'), "done");
+  EXPECT_TRUE(wire.empty());
+}
+
+TEST(ReplProtocol, RejectsOversizedAndMalformedMessages) {
+  std::string huge("\xff\xff\xff\x0f", 4);
+  EXPECT_FALSE(repl_protocol::take(huge).ok());
+  // A field that claims more bytes than its message holds.
+  std::string bad("\x06\x00\x00\x00k\x09\x00\x00\x00x", 10);
+  EXPECT_FALSE(repl_protocol::take(bad).ok());
+}
+
+TEST(CleanUtf8, KeepsValidTextAndReplacesTheRest) {
+  EXPECT_EQ(clean_utf8("h\xc3\xa9llo \xe6\x96\x87", 100), "h\xc3\xa9llo \xe6\x96\x87");
+  EXPECT_EQ(clean_utf8("a\xff"
+                       "b",
+                       100),
+            "a\xef\xbf\xbd"
+            "b");
+  // An encoded surrogate and an overlong form are not UTF-8.
+  EXPECT_EQ(clean_utf8("\xed\xa0\x80", 100), "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd");
+  EXPECT_EQ(clean_utf8("\xc0\xaf", 100), "\xef\xbf\xbd\xef\xbf\xbd");
+  // Cut on a character boundary.
+  EXPECT_EQ(clean_utf8("ab\xc3\xa9", 3), "ab");
+}
+
+TEST(OutputBudget, AdmitsUpToTheCapThenFlagsTruncation) {
+  OutputBudget budget(10);
+  EXPECT_EQ(budget.admit("123456"), "123456");
+  EXPECT_FALSE(budget.truncated());
+  EXPECT_EQ(budget.admit("789012"), "7890");
+  EXPECT_TRUE(budget.truncated());
+  EXPECT_TRUE(budget.exhausted());
+  EXPECT_EQ(budget.admit("x"), "");
+}
+
+} // namespace
+} // namespace vesicle::agent

@@ -1,0 +1,17 @@
+# Guest agent tests: the real vesicle-agent binary on the host in its test
+# mode (--channel-fd --no-init), with guest/repl/repl.py from the source tree
+# and the system python3.
+vesicle_test(agent_parts_test
+  SOURCES guest/agent_parts_test.cpp
+  LIBS vesicle_agent_parts vesicle_wire
+  LABEL unit)
+
+vesicle_test(agent_test
+  SOURCES guest/agent_test.cpp guest/agent_harness.cpp
+  LIBS vesicle_wire
+  LABEL unit
+  TIMEOUT 300)
+target_compile_definitions(agent_test PRIVATE
+  VESICLE_AGENT_BINARY="$<TARGET_FILE:vesicle-agent>"
+  VESICLE_SOURCE_DIR="${CMAKE_SOURCE_DIR}")
+add_dependencies(agent_test vesicle-agent)
