@@ -1,8 +1,9 @@
 """Runs a real hostd for the end-to-end tests, and checks it leaves nothing behind.
 
 hostd gets its own temporary state dir (so it makes a fresh keys file and
-prints the new key), runtime dir, shm dir and a free loopback port, through a
-text-format config file (messages/config.proto). At the end it is stopped
+prints the new key), runtime dir, shm dir and loopback port 0 (it prints the
+port it got), through a text-format config file (messages/config.proto),
+with its images from VESICLE_IMAGES_DIR. At the end it is stopped
 with SIGTERM and the test checks that no QEMU process of this hostd is left
 and that its runtime and shm dirs hold no per-VM files.
 """
@@ -16,19 +17,23 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List
 
 import pytest
 
-# hostd prints a new key once, when it creates the keys file; keys look like
-# "vsk_" and hex digits (hostd/keys.cpp).
-KEY_PATTERN = re.compile(r"\b(vsk_[0-9A-Za-z]+)\b")
+# What hostd prints on stdout at start (hostd/main.cpp): on first start, with
+# an empty keys file, "vesicle API key <id> (...):" and then the key on its
+# own line ("vsk_" and hex digits, hostd/keys.cpp); once serving, "hostd
+# <version> listening on http://<address>:<port> (...)", which gives the port
+# when we ask for port 0.
+KEY_PATTERN = re.compile(r"^(vsk_[0-9A-Za-z]+)$", re.MULTILINE)
+LISTEN_PATTERN = re.compile(r"listening on (http://[0-9.]+:[0-9]+)")
 START_TIMEOUT_S = 60
 STOP_TIMEOUT_S = 30
 
@@ -47,15 +52,10 @@ class RunningHostd:
         return self.log_path.read_text(errors="replace")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _healthy(port: int) -> bool:
+def _healthy(url: str) -> bool:
+    parts = urllib.parse.urlsplit(url)
     try:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=2)
         conn.request("GET", "/v1/healthz")
         resp = conn.getresponse()
         body = resp.read()
@@ -103,10 +103,9 @@ def hostd_session(repo: Path):
     state_dir, runtime_dir = top / "state", top / "run"
     state_dir.mkdir()
     runtime_dir.mkdir()
-    port = _free_port()
     config = top / "hostd.conf"
     config.write_text(
-        f'listen: "127.0.0.1:{port}"\n'
+        'listen: "127.0.0.1:0"\n'
         f'state_dir: "{state_dir}"\n'
         f'images_dir: "{images}"\n'
         f'runtime_dir: "{runtime_dir}"\n'
@@ -123,7 +122,7 @@ def hostd_session(repo: Path):
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        key = None
+        key = url = None
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             if proc.poll() is not None:
@@ -131,20 +130,21 @@ def hostd_session(repo: Path):
                     f"hostd exited with status {proc.returncode} at start:\n"
                     + log_path.read_text(errors="replace")
                 )
-            if key is None:
-                match = KEY_PATTERN.search(log_path.read_text(errors="replace"))
-                key = match.group(1) if match else None
-            if key is not None and _healthy(port):
+            output = log_path.read_text(errors="replace")
+            key_match, url_match = KEY_PATTERN.search(output), LISTEN_PATTERN.search(output)
+            key = key_match.group(1) if key_match else None
+            url = url_match.group(1) if url_match else None
+            if key is not None and url is not None and _healthy(url):
                 break
             if time.monotonic() > deadline:
                 pytest.fail(
-                    f"hostd did not print a key and answer /v1/healthz within "
+                    f"hostd did not print a key and its address and answer /v1/healthz within "
                     f"{START_TIMEOUT_S} s:\n" + log_path.read_text(errors="replace")
                 )
             time.sleep(0.1)
 
         yield RunningHostd(
-            url=f"http://127.0.0.1:{port}",
+            url=url,
             key=key,
             pid=proc.pid,
             log_path=log_path,

@@ -6,10 +6,8 @@ import hashlib
 import io
 import os
 import subprocess
-import sys
 import tarfile
 import zipfile
-from pathlib import Path
 
 import pytest
 
