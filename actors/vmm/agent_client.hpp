@@ -15,8 +15,11 @@
 #include <string>
 #include <string_view>
 
-#include <boost/asio/awaitable.hpp>
+#include <utility> // before Boost 1.74's awaitable.hpp, which uses std::exchange without it
+
 #include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/local/stream_protocol.hpp>
 
 #include "common/result.hpp"
 #include "messages/guest.pb.h"
@@ -49,13 +52,21 @@ public:
 
 class AgentClient {
 public:
+  // Closes the channel; calls still pending complete with the
+  // channel-closed Error.
   virtual ~AgentClient() = default;
 
   virtual asio::awaitable<Result<guest::Pong>> ping(std::chrono::milliseconds timeout) = 0;
+  // Pings every `interval` until any ping is answered or `timeout` passes.
+  // Earlier pings stay outstanding, so a guest that answers slower than
+  // `interval` is still seen (used while a VM boots or resumes).
+  virtual asio::awaitable<Result<guest::Pong>> wait_ready(std::chrono::milliseconds timeout,
+                                                          std::chrono::milliseconds interval) = 0;
   virtual asio::awaitable<Result<guest::Info>> info() = 0;
 
   // Runs a cell or a command. Streamed events go to `sink`; the result is
-  // the terminal Exit. A Failure from the agent becomes an Error.
+  // the terminal Exit. A Failure from the agent becomes an Error (see
+  // failure_error below).
   virtual asio::awaitable<Result<guest::Exit>> exec_python(guest::ExecPython request,
                                                            ExecEventSink sink) = 0;
   virtual asio::awaitable<Result<guest::Exit>> exec_bash(guest::ExecBash request,
@@ -73,5 +84,22 @@ public:
   // False once the channel has broken.
   virtual bool connected() const = 0;
 };
+
+// Builds a client on an already connected stream socket (QEMU's chardev
+// socket, or one end of a socketpair in tests). The client lives on the
+// socket's executor.
+std::unique_ptr<AgentClient> make_agent_client(asio::local::stream_protocol::socket socket);
+
+// True when `error` is the one every call gets once the channel broke (the
+// VM died, the agent exited, or it sent a bad frame): the VM is gone or
+// unusable, as opposed to a request the agent refused.
+bool is_channel_closed(const Error& error);
+
+// How an agent's Failure becomes an Error: operation and subject say what
+// the host asked for, detail is the agent's message, errno_value the agent's
+// errno or, when it sent none, the closest errno to its code (NOT_FOUND:
+// ENOENT, NOT_A_FILE and BAD_REQUEST: EINVAL, BUSY: EBUSY, TOO_LARGE: EFBIG,
+// NO_SPACE: ENOSPC, IO: EIO), so the HTTP layer can map it to a status.
+Error failure_error(std::string operation, std::string subject, const guest::Failure& failure);
 
 } // namespace vesicle::vmm

@@ -8,6 +8,8 @@
 #include <memory>
 #include <string>
 
+#include <utility> // before Boost 1.74's awaitable.hpp, which uses std::exchange without it
+
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
 
@@ -23,16 +25,16 @@ Accel detect_accel();
 
 // The three files a guest boots from (see images/).
 struct GuestImages {
-  std::filesystem::path kernel;     // vmlinuz
-  std::filesystem::path initrd;     // initrd.img
-  std::filesystem::path base_disk;  // rootfs.ext4, raw, never written
+  std::filesystem::path kernel;    // vmlinuz
+  std::filesystem::path initrd;    // initrd.img
+  std::filesystem::path base_disk; // rootfs.ext4, raw, never written
   // images_dir/{vmlinuz,initrd.img,rootfs.ext4}
   static GuestImages in(const std::filesystem::path& images_dir);
-  Result<void> check() const;  // every file exists and is readable
+  Result<void> check() const; // every file exists and is readable
 };
 
 struct VmConfig {
-  std::string id;  // [a-z0-9-]+; names the VM's files and QEMU's -name
+  std::string id; // [a-z0-9-]+; names the VM's files and QEMU's -name
   GuestImages images;
   // Everything the VM owns on disk lives in runtime_dir/id (sockets, the
   // disk overlay, logs); its memory in shm_dir/vesicle-<id>.mem.
@@ -42,7 +44,7 @@ struct VmConfig {
   unsigned memory_mib = 1024;
   std::chrono::milliseconds boot_timeout{90'000};
   std::string qemu_binary = "qemu-system-x86_64";
-  unsigned tcg_translation_cache_mib = 64;  // -accel tcg,tb-size=
+  unsigned tcg_translation_cache_mib = 64; // -accel tcg,tb-size=
 };
 
 class Vm {

@@ -1,0 +1,282 @@
+#include "actors/sandbox/registry.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <map>
+#include <random>
+
+#include <caf/actor_system.hpp>
+#include <caf/stateful_actor.hpp>
+#include <caf/typed_event_based_actor.hpp>
+
+#include "actors/sandbox/vm_host.hpp"
+
+namespace vesicle {
+
+namespace {
+
+struct Record {
+  SandboxInfo info;
+  sandbox_actor actor;
+  bool actor_alive = true;
+};
+
+struct RegistryState {
+  VmHost* vms = nullptr;
+  RegistrySettings settings;
+  std::map<std::string, Record> records;
+  bool shutting_down = false;
+  // Creates waiting for their sandbox to become ready, so a shutdown can
+  // answer them instead of leaving them hanging.
+  std::map<std::string, caf::typed_response_promise<SandboxInfo>> pending_creates;
+  static inline const char* name = "registry";
+};
+
+using self_pointer = registry_actor::stateful_pointer<RegistryState>;
+
+void log_line(const std::string& line) {
+  std::fprintf(stderr, "hostd: %s\n", line.c_str());
+}
+
+std::int64_t now_ms() {
+  using namespace std::chrono;
+  return duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();
+}
+
+CapacityInfo capacity(self_pointer self) {
+  CapacityInfo result;
+  result.max_sandboxes = self->state.settings.max_sandboxes;
+  for (const auto& [id, record] : self->state.records) {
+    switch (record.info.state) {
+    case SandboxState::booting:
+      ++result.booting;
+      break;
+    case SandboxState::ready:
+      ++result.ready;
+      break;
+    case SandboxState::destroying:
+      ++result.destroying;
+      break;
+    case SandboxState::dead:
+      ++result.dead;
+      break;
+    }
+  }
+  return result;
+}
+
+// The caller's record, or not_found for an unknown id and for another key's
+// sandbox alike, so ids cannot be probed across keys.
+caf::expected<Record*> owned(self_pointer self, const std::string& owner, const std::string& id) {
+  auto found = self->state.records.find(id);
+  if (found == self->state.records.end() || found->second.info.owner != owner)
+    return make_error(errc::not_found,
+                      "no sandbox " + id + " for this key; list yours with GET /v1/sandboxes");
+  return &found->second;
+}
+
+// The create flow, as the registry sees it: admit against capacity, spawn
+// the sandbox (which boots its VM), wait until it is ready; if it never
+// gets there, destroy it so a failed create leaves nothing behind.
+caf::result<SandboxInfo> create(self_pointer self, std::string owner, SandboxSpec spec) {
+  if (self->state.shutting_down)
+    return make_error(errc::shutting_down, "hostd is shutting down; retry after it restarts");
+  auto room = capacity(self);
+  if (room.available() == 0)
+    return make_error(errc::no_capacity,
+                      "this host runs its maximum of " + std::to_string(room.max_sandboxes) +
+                          " sandboxes; retry later or delete one you no longer need");
+
+  SandboxInfo info;
+  info.id = new_sandbox_id();
+  info.owner = std::move(owner);
+  info.spec = std::move(spec);
+  info.created_at_ms = now_ms();
+  auto sandbox =
+      spawn_sandbox(self->system(), info, *self->state.vms, caf::actor_cast<state_listener>(self));
+  self->monitor(sandbox);
+  self->state.records.emplace(info.id, Record{info, sandbox, true});
+
+  auto promise = self->make_response_promise<SandboxInfo>();
+  auto id = info.id;
+  self->state.pending_creates.emplace(id, promise);
+  auto answer = [=](auto outcome) {
+    auto pending = self->state.pending_creates.find(id);
+    if (pending == self->state.pending_creates.end()) return;
+    pending->second.deliver(std::move(outcome));
+    self->state.pending_creates.erase(pending);
+  };
+  auto timeout = self->state.settings.ready_timeout;
+  self->request(sandbox, timeout, await_ready_atom::value)
+      .then([=](SandboxInfo& ready) { answer(std::move(ready)); },
+            [=](caf::error& failure) {
+              log_line("sandbox " + id +
+                       " did not become ready: " + self->system().render(failure));
+              answer(failure);
+              // Then take down what is left; its record holds the slot
+              // until its VM is really gone.
+              auto forget = [=] {
+                self->state.vms->reclaim(id, {});
+                self->state.records.erase(id);
+              };
+              self->request(sandbox, timeout, destroy_atom::value)
+                  .then([=](done_atom) { forget(); }, [=](caf::error&) { forget(); });
+            });
+  return promise;
+}
+
+caf::result<done_atom> destroy(self_pointer self, const std::string& owner, const std::string& id) {
+  auto record = owned(self, owner, id);
+  if (!record) return std::move(record.error());
+  if (!(*record)->actor_alive) {
+    self->state.records.erase(id);
+    return done_atom::value;
+  }
+  auto promise = self->make_response_promise<done_atom>();
+  self->request((*record)->actor, self->state.settings.ready_timeout, destroy_atom::value)
+      .then(
+          [=](done_atom) mutable {
+            self->state.records.erase(id);
+            promise.deliver(done_atom::value);
+          },
+          [=](caf::error& failure) mutable {
+            // The actor did not finish: kill the VM from here so nothing
+            // outlives the DELETE, and say so.
+            self->state.vms->reclaim(id, {});
+            self->state.records.erase(id);
+            promise.deliver(make_error(
+                errc::internal, "deleting sandbox " + id + ": its actor did not answer (" +
+                                    self->system().render(failure) + "); its VM was killed"));
+          });
+  return promise;
+}
+
+caf::result<done_atom> shutdown(self_pointer self) {
+  self->state.shutting_down = true;
+  auto promise = self->make_response_promise<done_atom>();
+  auto pending = std::make_shared<std::size_t>(0);
+  auto finish = [=]() mutable {
+    for (auto& [id, create] : self->state.pending_creates)
+      create.deliver(
+          make_error(errc::shutting_down, "hostd shut down while sandbox " + id + " was booting"));
+    self->state.pending_creates.clear();
+    promise.deliver(done_atom::value);
+    self->quit();
+  };
+  auto one_done = [=](const std::string& id) mutable {
+    self->state.vms->reclaim(id, {});
+    self->state.records.erase(id);
+    if (--*pending == 0) finish();
+  };
+  for (auto& [id, record] : self->state.records) {
+    if (!record.actor_alive) continue;
+    ++*pending;
+    self->request(record.actor, self->state.settings.ready_timeout, destroy_atom::value)
+        .then([=, id = id](done_atom) mutable { one_done(id); },
+              [=, id = id](caf::error&) mutable { one_done(id); });
+  }
+  if (*pending == 0) finish();
+  return promise;
+}
+
+registry_actor::behavior_type registry_behavior(self_pointer self, VmHost* vms,
+                                                RegistrySettings settings) {
+  self->state.vms = vms;
+  self->state.settings = settings;
+
+  // Supervision: a sandbox actor that stops while its record says it is
+  // alive failed (a bug, an exception): record it dead and kill its VM.
+  self->set_down_handler([=](caf::down_msg& down) {
+    for (auto& [id, record] : self->state.records) {
+      if (record.actor.address() != down.source) continue;
+      record.actor_alive = false;
+      // A normal exit follows a destroy, whose own handler drops the record.
+      if (!down.reason) return;
+      if (record.info.state != SandboxState::dead) {
+        record.info.state = SandboxState::dead;
+        record.info.qemu_pid = 0;
+        record.info.dead_reason =
+            "the sandbox's actor stopped unexpectedly: " + self->system().render(down.reason);
+        log_line("sandbox " + id + " died: " + record.info.dead_reason);
+        self->state.vms->reclaim(id, {});
+      }
+      return;
+    }
+  });
+
+  return {
+      [=](create_atom, std::string owner, SandboxSpec spec) {
+        return create(self, std::move(owner), std::move(spec));
+      },
+      [=](lookup_atom, const std::string& owner,
+          const std::string& id) -> caf::result<SandboxInfo> {
+        auto record = owned(self, owner, id);
+        if (!record) return std::move(record.error());
+        return (*record)->info;
+      },
+      [=](list_atom, const std::string& owner) -> SandboxInfoList {
+        SandboxInfoList result;
+        for (const auto& [id, record] : self->state.records)
+          if (record.info.owner == owner) result.push_back(record.info);
+        std::sort(result.begin(), result.end(), [](const auto& a, const auto& b) {
+          return a.created_at_ms != b.created_at_ms ? a.created_at_ms < b.created_at_ms
+                                                    : a.id < b.id;
+        });
+        return result;
+      },
+      [=](destroy_atom, const std::string& owner, const std::string& id) {
+        return destroy(self, owner, id);
+      },
+      [=](begin_op_atom, const std::string& owner,
+          const std::string& id) -> caf::result<std::uint64_t> {
+        auto record = owned(self, owner, id);
+        if (!record) return std::move(record.error());
+        if (!(*record)->actor_alive)
+          return make_error(errc::sandbox_died, "sandbox " + id +
+                                                    " died: " + (*record)->info.dead_reason +
+                                                    "; delete it and create a new one");
+        return self->delegate((*record)->actor, begin_op_atom::value);
+      },
+      [=](end_op_atom, const std::string& owner, const std::string& id, std::uint64_t lease) {
+        auto record = owned(self, owner, id);
+        if (record && (*record)->actor_alive)
+          self->send((*record)->actor, end_op_atom::value, lease);
+      },
+      [=](vm_exited_atom, const std::string& owner, const std::string& id,
+          std::string how) -> caf::result<done_atom> {
+        auto record = owned(self, owner, id);
+        if (!record) return std::move(record.error());
+        if (!(*record)->actor_alive) return done_atom::value;
+        return self->delegate((*record)->actor, vm_exited_atom::value, std::move(how));
+      },
+      [=](capacity_atom) { return capacity(self); },
+      [=](shutdown_atom) { return shutdown(self); },
+      [=](state_atom, SandboxInfo& info) {
+        auto found = self->state.records.find(info.id);
+        if (found == self->state.records.end()) return;
+        auto& record = found->second;
+        if (info.state == SandboxState::dead && record.info.state != SandboxState::dead)
+          log_line("sandbox " + info.id + " died: " + info.dead_reason);
+        record.info = std::move(info);
+      },
+  };
+}
+
+} // namespace
+
+registry_actor spawn_registry(caf::actor_system& system, VmHost& vms, RegistrySettings settings) {
+  return system.spawn(registry_behavior, &vms, settings);
+}
+
+std::string new_sandbox_id() {
+  thread_local std::mt19937_64 generator{std::random_device{}()};
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string id = "sb-";
+  auto bits = generator();
+  for (int i = 0; i < 12; ++i, bits >>= 4)
+    id += kHex[bits & 0xf];
+  return id;
+}
+
+} // namespace vesicle

@@ -1,0 +1,57 @@
+// The registry: the supervisor of all sandbox actors. It decides creates
+// against capacity, owns the id -> sandbox map, checks that the asking key
+// owns the sandbox (another key's sandbox is as unknown as a missing one),
+// forwards operations to the sandbox actor, keeps each sandbox's last
+// reported state for listing, and monitors the actors: one that stops
+// without being destroyed is recorded dead and its VM reclaimed.
+//
+// Dead sandboxes stay listed (state dead, with the reason) until DELETE;
+// they no longer count against capacity.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+
+#include <caf/typed_actor.hpp>
+
+#include "actors/sandbox/sandbox.hpp"
+#include "messages/caf_types.hpp"
+
+namespace vesicle {
+
+using registry_actor = caf::typed_actor<
+    // owner, spec -> the sandbox once ready. errc::no_capacity when full,
+    // errc::boot_failed when its VM did not come up (nothing is left behind).
+    caf::replies_to<create_atom, std::string, SandboxSpec>::with<SandboxInfo>,
+    // owner, id -> the sandbox (errc::not_found unless owner's)
+    caf::replies_to<lookup_atom, std::string, std::string>::with<SandboxInfo>,
+    // owner -> the owner's sandboxes, oldest first
+    caf::replies_to<list_atom, std::string>::with<SandboxInfoList>,
+    // owner, id -> done once the VM and its files are gone
+    caf::replies_to<destroy_atom, std::string, std::string>::with<done_atom>,
+    // owner, id -> a lease for one operation on the VM (see sandbox.hpp)
+    caf::replies_to<begin_op_atom, std::string, std::string>::with<std::uint64_t>,
+    caf::reacts_to<end_op_atom, std::string, std::string, std::uint64_t>,
+    // owner, id, how: an HTTP handler saw the VM's process gone; the reply
+    // comes once the sandbox is recorded dead
+    caf::replies_to<vm_exited_atom, std::string, std::string, std::string>::with<done_atom>,
+    caf::replies_to<capacity_atom>::with<CapacityInfo>,
+    // Refuses new creates, destroys every sandbox, then stops the registry.
+    caf::replies_to<shutdown_atom>::with<done_atom>,
+    // from the sandboxes
+    caf::reacts_to<state_atom, SandboxInfo>>;
+
+struct RegistrySettings {
+  std::uint32_t max_sandboxes = 8;
+  // The registry gives a booting sandbox this long to answer before it
+  // treats the create as failed; the driver's own boot timeout is shorter.
+  std::chrono::milliseconds ready_timeout{120'000};
+};
+
+registry_actor spawn_registry(caf::actor_system& system, VmHost& vms, RegistrySettings settings);
+
+// "sb-" and 12 hex digits.
+std::string new_sandbox_id();
+
+} // namespace vesicle

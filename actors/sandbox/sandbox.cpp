@@ -1,0 +1,198 @@
+#include "actors/sandbox/sandbox.hpp"
+
+#include <set>
+#include <vector>
+
+#include <caf/actor_system.hpp>
+#include <caf/stateful_actor.hpp>
+#include <caf/typed_event_based_actor.hpp>
+
+#include "actors/sandbox/vm_host.hpp"
+
+namespace vesicle {
+
+namespace {
+
+struct SandboxActorState {
+  SandboxInfo info;
+  VmHost* vms = nullptr;
+  state_listener listener;
+  std::uint64_t next_lease = 1;
+  std::set<std::uint64_t> leases;
+  // Callers of await_ready while booting.
+  std::vector<caf::typed_response_promise<SandboxInfo>> ready_waiters;
+  // Callers of destroy, answered once the VM is reclaimed.
+  std::vector<caf::typed_response_promise<done_atom>> destroy_waiters;
+  // DELETE came while booting: tear down as soon as the boot resolves.
+  bool destroy_requested = false;
+  // A VM exists (or may: a boot is in flight) that has not been reclaimed.
+  bool holds_vm = true;
+  bool reclaim_in_flight = false;
+  static inline const char* name = "sandbox";
+};
+
+using self_pointer = sandbox_actor::stateful_pointer<SandboxActorState>;
+
+std::string id_of(self_pointer self) {
+  return self->state.info.id;
+}
+
+void report(self_pointer self) {
+  if (self->state.listener) self->send(self->state.listener, state_atom::value, self->state.info);
+}
+
+void enter(self_pointer self, SandboxState next) {
+  self->state.info.state = next;
+  if (next != SandboxState::ready && next != SandboxState::booting) self->state.info.qemu_pid = 0;
+  report(self);
+}
+
+// The error a caller gets when the sandbox cannot serve an operation now.
+caf::error not_now(self_pointer self) {
+  const auto& info = self->state.info;
+  switch (info.state) {
+  case SandboxState::booting:
+    return make_error(errc::failed_precondition,
+                      "sandbox " + info.id + " is still booting; retry once its state is ready");
+  case SandboxState::destroying:
+    return make_error(errc::failed_precondition, "sandbox " + info.id + " is being deleted");
+  case SandboxState::dead:
+    return make_error(errc::sandbox_died, "sandbox " + info.id + " died: " + info.dead_reason +
+                                              "; delete it and create a new one");
+  case SandboxState::ready:
+    break;
+  }
+  return make_error(errc::internal, "sandbox " + info.id + " refused an operation while ready");
+}
+
+void start_reclaim(self_pointer self) {
+  if (!self->state.holds_vm || self->state.reclaim_in_flight) return;
+  self->state.reclaim_in_flight = true;
+  self->state.vms->reclaim(id_of(self), caf::actor_cast<sandbox_actor>(self));
+}
+
+void finish_if_destroyed(self_pointer self) {
+  if (self->state.holds_vm || self->state.destroy_waiters.empty()) return;
+  for (auto& waiter : self->state.destroy_waiters)
+    waiter.deliver(done_atom::value);
+  self->state.destroy_waiters.clear();
+  self->quit();
+}
+
+// The VM is gone for good (died, or never booted): answer whoever waits for
+// readiness, free the VM's files, and stay around as a dead record so later
+// calls learn why.
+void die(self_pointer self, std::string reason) {
+  self->state.info.dead_reason = std::move(reason);
+  enter(self, SandboxState::dead);
+  for (auto& waiter : self->state.ready_waiters)
+    waiter.deliver(not_now(self));
+  self->state.ready_waiters.clear();
+  start_reclaim(self);
+}
+
+void begin_destroy(self_pointer self) {
+  if (self->state.info.state != SandboxState::dead) enter(self, SandboxState::destroying);
+  for (auto& waiter : self->state.ready_waiters)
+    waiter.deliver(not_now(self));
+  self->state.ready_waiters.clear();
+  start_reclaim(self);
+  finish_if_destroyed(self);
+}
+
+sandbox_actor::behavior_type sandbox_behavior(self_pointer self, SandboxInfo info, VmHost* vms,
+                                              state_listener listener) {
+  self->state.info = std::move(info);
+  self->state.info.state = SandboxState::booting;
+  self->state.vms = vms;
+  self->state.listener = std::move(listener);
+  report(self);
+  vms->boot(self->state.info.id, self->state.info.spec, caf::actor_cast<sandbox_actor>(self));
+
+  return {
+      [=](await_ready_atom) -> caf::result<SandboxInfo> {
+        switch (self->state.info.state) {
+        case SandboxState::ready:
+          return self->state.info;
+        case SandboxState::booting:
+          if (self->state.destroy_requested) return not_now(self);
+          self->state.ready_waiters.push_back(self->make_response_promise<SandboxInfo>());
+          return self->state.ready_waiters.back();
+        default:
+          return not_now(self);
+        }
+      },
+      [=](info_atom) -> SandboxInfo { return self->state.info; },
+      [=](begin_op_atom) -> caf::result<std::uint64_t> {
+        if (self->state.info.state != SandboxState::ready) return not_now(self);
+        auto lease = self->state.next_lease++;
+        self->state.leases.insert(lease);
+        return lease;
+      },
+      [=](end_op_atom, std::uint64_t lease) { self->state.leases.erase(lease); },
+      [=](destroy_atom) -> caf::result<done_atom> {
+        auto promise = self->make_response_promise<done_atom>();
+        self->state.destroy_waiters.push_back(promise);
+        switch (self->state.info.state) {
+        case SandboxState::booting:
+          // The driver's boot cannot be interrupted; it ends within the boot
+          // timeout and then vm_booted / vm_boot_failed finishes the job.
+          self->state.destroy_requested = true;
+          break;
+        case SandboxState::ready:
+        case SandboxState::dead:
+          begin_destroy(self);
+          break;
+        case SandboxState::destroying:
+          break;
+        }
+        return promise;
+      },
+      [=](vm_booted_atom, std::int32_t qemu_pid) {
+        if (self->state.info.state != SandboxState::booting) return;
+        self->state.info.qemu_pid = qemu_pid;
+        if (self->state.destroy_requested) {
+          begin_destroy(self);
+          return;
+        }
+        enter(self, SandboxState::ready);
+        for (auto& waiter : self->state.ready_waiters)
+          waiter.deliver(self->state.info);
+        self->state.ready_waiters.clear();
+      },
+      [=](vm_boot_failed_atom, std::string reason) {
+        if (self->state.info.state != SandboxState::booting) return;
+        // A failed boot leaves nothing behind (the driver's promise), but
+        // reclaiming by id is idempotent and cheap: do it anyway.
+        if (self->state.destroy_requested) {
+          self->state.info.dead_reason = "boot failed: " + reason;
+          begin_destroy(self);
+          return;
+        }
+        for (auto& waiter : self->state.ready_waiters)
+          waiter.deliver(make_error(errc::boot_failed,
+                                    "booting sandbox " + id_of(self) + " failed: " + reason));
+        self->state.ready_waiters.clear();
+        die(self, "boot failed: " + reason);
+      },
+      [=](vm_exited_atom, std::string reason) -> done_atom {
+        // Only a VM that was up can die; in destroying the exit is ours.
+        if (self->state.info.state == SandboxState::ready) die(self, "the VM exited: " + reason);
+        return done_atom::value;
+      },
+      [=](vm_reclaimed_atom) {
+        self->state.holds_vm = false;
+        self->state.reclaim_in_flight = false;
+        finish_if_destroyed(self);
+      },
+  };
+}
+
+} // namespace
+
+sandbox_actor spawn_sandbox(caf::actor_system& system, SandboxInfo info, VmHost& vms,
+                            state_listener listener) {
+  return system.spawn(sandbox_behavior, std::move(info), &vms, std::move(listener));
+}
+
+} // namespace vesicle

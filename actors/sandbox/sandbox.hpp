@@ -1,0 +1,55 @@
+// The sandbox actor: one per sandbox, owning the life of one VM.
+//
+// States (messages/caf_types.hpp SandboxState) and what moves between them:
+//
+//   booting --vm_booted--> ready --vm_exited--> dead --destroy--> (gone)
+//      |                     |                   ^
+//      +--vm_boot_failed-----|-------------------+
+//      |                     +--destroy--> destroying --vm_reclaimed--> (gone)
+//      +--destroy (held until the boot resolves, then as from ready/dead)
+//
+// The VM itself lives on the asio side (VmHost): this actor asks VmHost to
+// boot or reclaim it and hears back by message, so nothing here blocks a CAF
+// thread. Every request is answered in every state: either the value, or a
+// typed error (errc::failed_precondition, errc::sandbox_died, ...) saying why
+// not now — never silence.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include <caf/typed_actor.hpp>
+
+#include "messages/caf_types.hpp"
+
+namespace vesicle {
+
+class VmHost;
+
+using sandbox_actor = caf::typed_actor<
+    // Answers once the sandbox is ready (waits while it boots), or with the
+    // boot failure / death.
+    caf::replies_to<await_ready_atom>::with<SandboxInfo>,
+    caf::replies_to<info_atom>::with<SandboxInfo>,
+    // Starts an operation on the VM (exec, upload, download): only in state
+    // ready. The lease id is handed back with end_op when it finishes.
+    caf::replies_to<begin_op_atom>::with<std::uint64_t>, caf::reacts_to<end_op_atom, std::uint64_t>,
+    // Tears the VM down and stops the actor; answered once the VM's files
+    // are gone.
+    caf::replies_to<destroy_atom>::with<done_atom>,
+    // From VmHost (and from an HTTP handler that saw the VM die first; the
+    // reply tells it the death is recorded).
+    caf::reacts_to<vm_booted_atom, std::int32_t>, caf::reacts_to<vm_boot_failed_atom, std::string>,
+    caf::replies_to<vm_exited_atom, std::string>::with<done_atom>,
+    caf::reacts_to<vm_reclaimed_atom>>;
+
+// Reports each state change of a sandbox to whoever tracks it (the
+// registry): state_atom + the sandbox's SandboxInfo.
+using state_listener = caf::typed_actor<caf::reacts_to<state_atom, SandboxInfo>>;
+
+// Spawns a sandbox in state booting and asks `vms` to boot its VM. `info`
+// carries id, owner, spec and creation time.
+sandbox_actor spawn_sandbox(caf::actor_system& system, SandboxInfo info, VmHost& vms,
+                            state_listener listener);
+
+} // namespace vesicle

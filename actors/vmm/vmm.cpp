@@ -1,0 +1,42 @@
+#include "actors/vmm/vmm.hpp"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include "common/unique_fd.hpp"
+
+namespace vesicle::vmm {
+
+const char* to_string(Accel accel) {
+  switch (accel) {
+  case Accel::kvm:
+    return "kvm";
+  case Accel::tcg:
+    return "tcg";
+  }
+  return "unknown";
+}
+
+Accel detect_accel() {
+  UniqueFd kvm(::open("/dev/kvm", O_RDWR | O_CLOEXEC));
+  return kvm ? Accel::kvm : Accel::tcg;
+}
+
+GuestImages GuestImages::in(const std::filesystem::path& images_dir) {
+  return GuestImages{images_dir / "vmlinuz", images_dir / "initrd.img", images_dir / "rootfs.ext4"};
+}
+
+Result<void> GuestImages::check() const {
+  for (const auto* file : {&kernel, &initrd, &base_disk}) {
+    if (file->empty()) return make_error("check guest images", "no path given for a guest image");
+    if (::access(file->c_str(), R_OK) != 0) {
+      Error error = sys_error("read guest image", file->string());
+      error.detail = "build the images with images/build.sh, or point to a directory that has "
+                     "vmlinuz, initrd.img and rootfs.ext4";
+      return error;
+    }
+  }
+  return {};
+}
+
+} // namespace vesicle::vmm

@@ -1,0 +1,227 @@
+// Routing and authentication; the handlers live in api_<resource>.cpp.
+#include "hostd/api.hpp"
+
+#include <chrono>
+#include <cstdio>
+
+#include <boost/beast/core/string.hpp>
+
+namespace vesicle::hostd {
+
+namespace {
+
+std::vector<std::string> split_path(std::string_view path) {
+  std::vector<std::string> parts;
+  std::size_t start = 0;
+  while (start <= path.size()) {
+    auto slash = path.find('/', start);
+    if (slash == std::string_view::npos) slash = path.size();
+    if (slash > start) parts.emplace_back(path.substr(start, slash - start));
+    start = slash + 1;
+  }
+  return parts;
+}
+
+// The key in "Authorization: Bearer <key>", if the header has that form.
+std::optional<std::string_view> bearer_key(std::string_view header) {
+  constexpr std::string_view scheme = "bearer ";
+  if (header.size() <= scheme.size() ||
+      !beast::iequals(beast::string_view(header.data(), scheme.size()),
+                      beast::string_view(scheme.data(), scheme.size())))
+    return std::nullopt;
+  auto key = header.substr(scheme.size());
+  while (!key.empty() && key.front() == ' ')
+    key.remove_prefix(1);
+  while (!key.empty() && key.back() == ' ')
+    key.remove_suffix(1);
+  if (key.empty()) return std::nullopt;
+  return key;
+}
+
+// Built outside the coroutine: g++ 12 mishandles temporaries of a
+// conditional expression inside a coroutine body.
+ApiError unknown_route(const std::vector<std::string>& path) {
+  std::string joined;
+  for (const auto& part : path)
+    joined += "/" + part;
+  if (joined.empty()) joined = "/";
+  return ApiError::not_found("no such API route: " + joined +
+                             " (this hostd serves /v1/sandboxes, /v1/capacity, /v1/healthz, "
+                             "/metrics)");
+}
+
+} // namespace
+
+std::optional<std::string> url_decode(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    char c = text[i];
+    if (c == '+') {
+      out += ' ';
+    } else if (c == '%') {
+      if (i + 2 >= text.size()) return std::nullopt;
+      auto hex = [](char h) -> int {
+        if (h >= '0' && h <= '9') return h - '0';
+        if (h >= 'a' && h <= 'f') return h - 'a' + 10;
+        if (h >= 'A' && h <= 'F') return h - 'A' + 10;
+        return -1;
+      };
+      int high = hex(text[i + 1]), low = hex(text[i + 2]);
+      if (high < 0 || low < 0) return std::nullopt;
+      out += static_cast<char>(high << 4 | low);
+      i += 2;
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+std::optional<std::string> query_param(std::string_view query, std::string_view name) {
+  std::size_t start = 0;
+  while (start <= query.size()) {
+    auto amp = query.find('&', start);
+    if (amp == std::string_view::npos) amp = query.size();
+    auto pair = query.substr(start, amp - start);
+    auto equals = pair.find('=');
+    auto key = pair.substr(0, equals);
+    if (url_decode(key) == std::string(name)) {
+      if (equals == std::string_view::npos) return std::string();
+      return url_decode(pair.substr(equals + 1));
+    }
+    start = amp + 1;
+  }
+  return std::nullopt;
+}
+
+std::string rfc3339(std::int64_t unix_ms) {
+  std::time_t seconds = unix_ms / 1000;
+  std::tm utc{};
+  gmtime_r(&seconds, &utc);
+  char text[64];
+  std::snprintf(text, sizeof text, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", utc.tm_year + 1900,
+                utc.tm_mon + 1, utc.tm_mday, utc.tm_hour, utc.tm_min, utc.tm_sec,
+                static_cast<int>(unix_ms % 1000));
+  return text;
+}
+
+api::Sandbox to_api(const SandboxInfo& info, vmm::Accel accel) {
+  api::Sandbox out;
+  out.set_id(info.id);
+  // "destroying" is internal: to a client the sandbox is still there until
+  // DELETE returns, but no longer usable; "dead" says that best.
+  out.set_state(info.state == SandboxState::destroying ? "dead" : to_string(info.state));
+  out.set_template_(info.spec.template_name);
+  out.set_egress(info.spec.egress);
+  for (const auto& name : info.spec.egress_allow)
+    out.add_egress_allow(name);
+  out.set_persistent(info.spec.persistent);
+  out.set_vcpus(info.spec.vcpus);
+  out.set_memory_mib(info.spec.memory_mib);
+  out.set_disk_mib(info.spec.disk_mib);
+  out.set_idle_timeout_s(info.spec.idle_timeout_s);
+  out.set_max_lifetime_s(info.spec.max_lifetime_s);
+  out.set_created_at(rfc3339(info.created_at_ms));
+  out.set_accel(accel == vmm::Accel::kvm ? "kvm" : "tcg");
+  out.set_dead_reason(info.state == SandboxState::destroying && info.dead_reason.empty()
+                          ? "being deleted"
+                          : info.dead_reason);
+  return out;
+}
+
+asio::awaitable<void> Api::handle(Exchange& exchange) {
+  auto started = std::chrono::steady_clock::now();
+  std::string target(exchange.target());
+  auto question = target.find('?');
+  std::string_view path = std::string_view(target).substr(0, question);
+  std::string_view query = question == std::string::npos
+                               ? std::string_view{}
+                               : std::string_view(target).substr(question + 1);
+  std::string failure;
+  try {
+    co_await route(exchange, split_path(path), query);
+  } catch (const std::exception& e) {
+    failure = std::string("hostd failed: ") + e.what();
+  }
+  if (!failure.empty()) {
+    if (!exchange.responded())
+      co_await exchange.respond_error(ApiError::internal(failure));
+    else
+      exchange.abandon_stream();
+  }
+  auto elapsed = std::chrono::duration_cast<std::chrono::milliseconds>(
+                     std::chrono::steady_clock::now() - started)
+                     .count();
+  // The path only: query strings hold file paths, and the headers a key.
+  std::fprintf(stderr, "hostd: %s %.*s %u %lldms\n",
+               std::string(http::to_string(exchange.method())).c_str(),
+               static_cast<int>(path.size()), path.data(), exchange.status(),
+               static_cast<long long>(elapsed));
+}
+
+asio::awaitable<void> Api::route(Exchange& exchange, const std::vector<std::string>& path,
+                                 std::string_view query) {
+  auto method = exchange.method();
+  auto is = [&](std::initializer_list<std::string_view> pattern) {
+    if (pattern.size() != path.size()) return false;
+    std::size_t i = 0;
+    for (auto part : pattern) {
+      if (part != "*" && part != path[i]) return false;
+      ++i;
+    }
+    return true;
+  };
+  // Returns the error rather than the awaitable: respond_error holds its
+  // argument by reference, and an awaitable runs only when awaited.
+  auto not_allowed = [&](const char* allowed) {
+    return ApiError::method_not_allowed(std::string(http::to_string(method)) +
+                                        " is not allowed here; use " + allowed);
+  };
+
+  if (is({"v1", "healthz"})) {
+    if (method != http::verb::get) co_return co_await exchange.respond_error(not_allowed("GET"));
+    co_return co_await healthz(exchange);
+  }
+
+  auto key = bearer_key(exchange.header(http::field::authorization));
+  if (!key)
+    co_return co_await exchange.respond_error(ApiError::unauthenticated(
+        "no API key: send the header \"Authorization: Bearer <key>\" (hostd printed the first "
+        "key when it first started)"));
+  auto owner = ctx_.keys.authenticate(*key);
+  if (!owner)
+    co_return co_await exchange.respond_error(
+        ApiError::unauthenticated("the API key is not valid on this host; check for typos"));
+
+  if (is({"v1", "capacity"})) {
+    if (method != http::verb::get) co_return co_await exchange.respond_error(not_allowed("GET"));
+    co_return co_await capacity(exchange);
+  }
+  if (is({"metrics"})) {
+    if (method != http::verb::get) co_return co_await exchange.respond_error(not_allowed("GET"));
+    co_return co_await metrics(exchange);
+  }
+  if (is({"v1", "sandboxes"})) {
+    if (method == http::verb::post) co_return co_await create(exchange, *owner);
+    if (method == http::verb::get) co_return co_await list(exchange, *owner);
+    co_return co_await exchange.respond_error(not_allowed("GET or POST"));
+  }
+  if (is({"v1", "sandboxes", "*"})) {
+    if (method == http::verb::get) co_return co_await get(exchange, *owner, path[2]);
+    if (method == http::verb::delete_) co_return co_await destroy(exchange, *owner, path[2]);
+    co_return co_await exchange.respond_error(not_allowed("GET or DELETE"));
+  }
+  if (is({"v1", "sandboxes", "*", "exec"})) {
+    if (method != http::verb::post) co_return co_await exchange.respond_error(not_allowed("POST"));
+    co_return co_await exec(exchange, *owner, path[2]);
+  }
+  if (is({"v1", "sandboxes", "*", "files"})) {
+    if (method == http::verb::put) co_return co_await upload(exchange, *owner, path[2], query);
+    if (method == http::verb::get) co_return co_await download(exchange, *owner, path[2], query);
+    co_return co_await exchange.respond_error(not_allowed("GET or PUT"));
+  }
+  co_await exchange.respond_error(unknown_route(path));
+}
+
+} // namespace vesicle::hostd

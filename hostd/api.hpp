@@ -1,0 +1,122 @@
+// The REST API (api-contract.md): routing, authentication, and one handler
+// per call. Handlers ask the registry actor for decisions and state changes
+// (ownership, state checks, leases) and do the streaming themselves, on the
+// asio executor, with the VM's agent client.
+#pragma once
+
+// Boost 1.74's asio/awaitable.hpp uses std::exchange without including it.
+#include <utility>
+
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include <boost/asio/awaitable.hpp>
+#include <caf/actor_system.hpp>
+
+#include "actors/sandbox/registry.hpp"
+#include "actors/sandbox/vm_host.hpp"
+#include "hostd/http_exchange.hpp"
+#include "hostd/keys.hpp"
+#include "messages/api.pb.h"
+#include "messages/config.pb.h"
+
+namespace vesicle::hostd {
+
+inline constexpr const char* kVersion = "0.1.0";
+
+struct ApiContext {
+  caf::actor_system& system;
+  registry_actor registry;
+  VmHost& vms;
+  const KeyStore& keys;
+  const config::HostdConfig& config;
+  // How long a handler waits for an actor's answer (creates wait for the
+  // boot: see create_timeout).
+  caf::timespan actor_timeout = std::chrono::seconds(30);
+  caf::timespan create_timeout = std::chrono::seconds(150);
+};
+
+// The right to run one operation on a sandbox's VM: taken from the sandbox
+// actor (which refuses it unless the sandbox is ready) and handed back when
+// the lease goes out of scope.
+class VmLease {
+public:
+  VmLease(registry_actor registry, std::string owner, std::string id, std::uint64_t lease,
+          std::shared_ptr<vmm::Vm> vm)
+      : registry_(std::move(registry)), owner_(std::move(owner)), id_(std::move(id)), lease_(lease),
+        vm_(std::move(vm)) {}
+  VmLease(VmLease&& other) noexcept
+      : registry_(std::move(other.registry_)), owner_(std::move(other.owner_)),
+        id_(std::move(other.id_)), lease_(std::exchange(other.lease_, 0)),
+        vm_(std::move(other.vm_)) {}
+  VmLease(const VmLease&) = delete;
+  VmLease& operator=(const VmLease&) = delete;
+  VmLease& operator=(VmLease&&) = delete;
+  ~VmLease();
+
+  vmm::Vm& vm() const { return *vm_; }
+  const std::shared_ptr<vmm::Vm>& vm_pointer() const { return vm_; }
+  const std::string& owner() const { return owner_; }
+  const std::string& id() const { return id_; }
+
+private:
+  registry_actor registry_;
+  std::string owner_;
+  std::string id_;
+  std::uint64_t lease_ = 0;
+  std::shared_ptr<vmm::Vm> vm_;
+};
+
+class Api {
+public:
+  explicit Api(ApiContext context) : ctx_(std::move(context)) {}
+
+  asio::awaitable<void> handle(Exchange& exchange);
+
+private:
+  asio::awaitable<void> route(Exchange& exchange, const std::vector<std::string>& path,
+                              std::string_view query);
+
+  // api_host.cpp
+  asio::awaitable<void> healthz(Exchange& exchange);
+  asio::awaitable<void> capacity(Exchange& exchange);
+  asio::awaitable<void> metrics(Exchange& exchange);
+  // api_sandboxes.cpp
+  asio::awaitable<void> create(Exchange& exchange, const std::string& owner);
+  asio::awaitable<void> list(Exchange& exchange, const std::string& owner);
+  asio::awaitable<void> get(Exchange& exchange, const std::string& owner, const std::string& id);
+  asio::awaitable<void> destroy(Exchange& exchange, const std::string& owner,
+                                const std::string& id);
+  // api_exec.cpp
+  asio::awaitable<void> exec(Exchange& exchange, const std::string& owner, const std::string& id);
+  // api_files.cpp
+  asio::awaitable<void> upload(Exchange& exchange, const std::string& owner, const std::string& id,
+                               std::string_view query);
+  asio::awaitable<void> download(Exchange& exchange, const std::string& owner,
+                                 const std::string& id, std::string_view query);
+
+  // Shared by the VM operations (api_ops.cpp).
+  asio::awaitable<ApiResult<VmLease>> begin_op(const std::string& owner, const std::string& id);
+  asio::awaitable<ApiError> sandbox_died(const std::string& owner, const std::string& id,
+                                         std::shared_ptr<vmm::Vm> vm);
+  asio::awaitable<ApiError> agent_failure(const VmLease& lease, const Error& error,
+                                          const std::string& doing);
+
+  ApiContext ctx_;
+};
+
+// A sandbox as the API shows it.
+api::Sandbox to_api(const SandboxInfo& info, vmm::Accel accel);
+std::string rfc3339(std::int64_t unix_ms);
+
+// Percent-decodes a query string value ('+' is a space).
+std::optional<std::string> url_decode(std::string_view text);
+// The decoded value of `name` in a query string, if present.
+std::optional<std::string> query_param(std::string_view query, std::string_view name);
+
+} // namespace vesicle::hostd

@@ -1,0 +1,95 @@
+// POST /v1/sandboxes, GET /v1/sandboxes, GET and DELETE /v1/sandboxes/{id}
+#include "hostd/api.hpp"
+#include "hostd/caf_bridge.hpp"
+#include "hostd/json.hpp"
+
+namespace vesicle::hostd {
+
+namespace {
+
+// The create request with the configuration's defaults, or a 400 naming the
+// field that is wrong.
+ApiResult<SandboxSpec> sandbox_spec(const api::CreateSandboxRequest& request,
+                                    const config::HostdConfig& config) {
+  SandboxSpec spec;
+  if (!request.template_().empty() && request.template_() != "default")
+    return ApiError::invalid_argument("template: unknown template \"" + request.template_() +
+                                      "\"; this host has only \"default\"");
+  if (!request.region().empty())
+    return ApiError::invalid_argument("region: this host has no region label; leave region "
+                                      "empty or ask a gateway that routes by region");
+  spec.egress = request.has_egress() ? request.egress() : true;
+  spec.egress_allow.assign(request.egress_allow().begin(), request.egress_allow().end());
+  spec.persistent = request.persistent();
+  spec.vcpus = request.has_vcpus() ? request.vcpus() : config.default_vcpus();
+  if (spec.vcpus < 1 || spec.vcpus > config.max_vcpus())
+    return ApiError::invalid_argument("vcpus: must be 1.." + std::to_string(config.max_vcpus()) +
+                                      ", got " + std::to_string(spec.vcpus));
+  spec.memory_mib = request.has_memory_mib() ? request.memory_mib() : config.default_memory_mib();
+  if (spec.memory_mib < 128 || spec.memory_mib > config.max_memory_mib())
+    return ApiError::invalid_argument("memory_mib: must be 128.." +
+                                      std::to_string(config.max_memory_mib()) + ", got " +
+                                      std::to_string(spec.memory_mib));
+  spec.disk_mib = request.has_disk_mib() ? request.disk_mib() : 2048;
+  if (spec.disk_mib < 64)
+    return ApiError::invalid_argument("disk_mib: must be at least 64, got " +
+                                      std::to_string(spec.disk_mib));
+  spec.idle_timeout_s = request.has_idle_timeout_s() ? request.idle_timeout_s() : 300;
+  spec.max_lifetime_s = request.has_max_lifetime_s() ? request.max_lifetime_s() : 1800;
+  return spec;
+}
+
+} // namespace
+
+// The create flow: validate, ask the registry (capacity, spawn, boot; it
+// answers once the sandbox is ready or cleaned up after a failed boot),
+// answer with the sandbox.
+asio::awaitable<void> Api::create(Exchange& exchange, const std::string& owner) {
+  auto body = co_await exchange.read_json_body();
+  if (!body) co_return co_await exchange.respond_error(body.error());
+  api::CreateSandboxRequest request;
+  if (!body->empty()) {
+    auto parsed = from_json(*body, request);
+    if (!parsed)
+      co_return co_await exchange.respond_error(
+          ApiError::invalid_argument("invalid create request: " + parsed.error().detail));
+  }
+  auto spec = sandbox_spec(request, ctx_.config);
+  if (!spec) co_return co_await exchange.respond_error(spec.error());
+
+  auto created = co_await ask<SandboxInfo>(ctx_.system, ctx_.registry, ctx_.create_timeout,
+                                           create_atom::value, owner, *spec);
+  if (!created) co_return co_await exchange.respond_error(api_error(created.error(), ctx_.system));
+  co_await exchange.respond(201, to_json(to_api(*created, ctx_.vms.accel())));
+}
+
+asio::awaitable<void> Api::list(Exchange& exchange, const std::string& owner) {
+  auto sandboxes = co_await ask<SandboxInfoList>(ctx_.system, ctx_.registry, ctx_.actor_timeout,
+                                                 list_atom::value, owner);
+  if (!sandboxes)
+    co_return co_await exchange.respond_error(api_error(sandboxes.error(), ctx_.system));
+  api::ListSandboxesResponse out;
+  for (const auto& info : *sandboxes)
+    *out.add_sandboxes() = to_api(info, ctx_.vms.accel());
+  co_await exchange.respond(200, to_json(out));
+}
+
+asio::awaitable<void> Api::get(Exchange& exchange, const std::string& owner,
+                               const std::string& id) {
+  auto info = co_await ask<SandboxInfo>(ctx_.system, ctx_.registry, ctx_.actor_timeout,
+                                        lookup_atom::value, owner, id);
+  if (!info) co_return co_await exchange.respond_error(api_error(info.error(), ctx_.system));
+  co_await exchange.respond(200, to_json(to_api(*info, ctx_.vms.accel())));
+}
+
+// The destroy flow: the registry checks ownership and has the sandbox tear
+// its VM down; the answer comes once the VM's process and files are gone.
+asio::awaitable<void> Api::destroy(Exchange& exchange, const std::string& owner,
+                                   const std::string& id) {
+  auto done = co_await ask<done_atom>(ctx_.system, ctx_.registry, ctx_.create_timeout,
+                                      destroy_atom::value, owner, id);
+  if (!done) co_return co_await exchange.respond_error(api_error(done.error(), ctx_.system));
+  co_await exchange.respond_no_content();
+}
+
+} // namespace vesicle::hostd

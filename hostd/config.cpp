@@ -1,0 +1,130 @@
+#include "hostd/config.hpp"
+
+#include <fstream>
+#include <sstream>
+
+#include <google/protobuf/io/tokenizer.h>
+#include <google/protobuf/text_format.h>
+
+#include "hostd/json.hpp"
+
+namespace vesicle::hostd {
+
+namespace {
+
+// Collects the text-format parser's complaints (it names line and column).
+class ErrorCollector : public google::protobuf::io::ErrorCollector {
+public:
+  void AddError(int line, int column, const std::string& message) override {
+    if (!text.empty()) text += "; ";
+    text += "line " + std::to_string(line + 1) + " column " + std::to_string(column + 1) + ": " +
+            message;
+  }
+  std::string text;
+};
+
+} // namespace
+
+Result<config::HostdConfig> parse_config(const std::string& text, bool json) {
+  config::HostdConfig config;
+  if (json) {
+    auto parsed = from_json(text, config);
+    if (!parsed) return std::move(parsed).error();
+    return config;
+  }
+  google::protobuf::TextFormat::Parser parser;
+  ErrorCollector errors;
+  parser.RecordErrorsTo(&errors);
+  if (!parser.ParseFromString(text, &config))
+    return make_error("parse configuration",
+                      errors.text.empty() ? "invalid text format" : errors.text);
+  return config;
+}
+
+void apply_defaults(config::HostdConfig& c) {
+  if (c.listen().empty()) c.set_listen("127.0.0.1:7070");
+  if (c.state_dir().empty()) c.set_state_dir("/var/lib/vesicle");
+  if (c.images_dir().empty()) c.set_images_dir(c.state_dir() + "/images");
+  if (c.runtime_dir().empty()) c.set_runtime_dir("/run/vesicle");
+  if (c.shm_dir().empty()) c.set_shm_dir("/dev/shm");
+  if (c.max_sandboxes() == 0) c.set_max_sandboxes(8);
+  if (c.default_vcpus() == 0) c.set_default_vcpus(2);
+  if (c.default_memory_mib() == 0) c.set_default_memory_mib(1024);
+  if (c.max_vcpus() == 0) c.set_max_vcpus(8);
+  if (c.max_memory_mib() == 0) c.set_max_memory_mib(16384);
+  if (c.boot_timeout_s() == 0) c.set_boot_timeout_s(90);
+  if (c.qemu_binary().empty()) c.set_qemu_binary("qemu-system-x86_64");
+  if (c.tcg_translation_cache_mib() == 0) c.set_tcg_translation_cache_mib(64);
+  if (c.max_json_body_bytes() == 0) c.set_max_json_body_bytes(1u << 20);
+  if (c.request_timeout_s() == 0) c.set_request_timeout_s(30);
+  if (c.write_timeout_s() == 0) c.set_write_timeout_s(60);
+  if (c.max_connections() == 0) c.set_max_connections(256);
+}
+
+Result<ListenAddress> parse_listen_address(const std::string& text) {
+  auto colon = text.rfind(':');
+  if (colon == std::string::npos || colon + 1 == text.size())
+    return make_error("parse listen address", "expected address:port, e.g. 127.0.0.1:7070", text);
+  ListenAddress address;
+  address.host = text.substr(0, colon);
+  if (address.host.size() >= 2 && address.host.front() == '[' && address.host.back() == ']')
+    address.host = address.host.substr(1, address.host.size() - 2);
+  if (address.host.empty())
+    return make_error("parse listen address", "the address part is empty", text);
+  unsigned long port = 0;
+  for (char c : text.substr(colon + 1)) {
+    if (c < '0' || c > '9' || port > 65535)
+      return make_error("parse listen address", "the port must be a number 0..65535", text);
+    port = port * 10 + static_cast<unsigned>(c - '0');
+  }
+  if (port > 65535)
+    return make_error("parse listen address", "the port must be a number 0..65535", text);
+  address.port = static_cast<unsigned short>(port);
+  return address;
+}
+
+Result<void> validate(const config::HostdConfig& c) {
+  auto listen = parse_listen_address(c.listen());
+  if (!listen) return std::move(listen).error().with_context("checking listen");
+  auto check_absolute = [](const std::string& field, const std::string& value) -> Result<void> {
+    if (!std::filesystem::path(value).is_absolute())
+      return make_error("check configuration", "must be an absolute path", field + " = " + value);
+    return {};
+  };
+  for (auto [field, value] :
+       {std::pair{"state_dir", c.state_dir()}, std::pair{"images_dir", c.images_dir()},
+        std::pair{"runtime_dir", c.runtime_dir()}, std::pair{"shm_dir", c.shm_dir()}}) {
+    auto checked = check_absolute(field, value);
+    if (!checked) return checked;
+  }
+  if (c.default_vcpus() > c.max_vcpus())
+    return make_error("check configuration", "default_vcpus is larger than max_vcpus");
+  if (c.default_memory_mib() > c.max_memory_mib())
+    return make_error("check configuration", "default_memory_mib is larger than max_memory_mib");
+  if (c.default_memory_mib() < 128)
+    return make_error("check configuration", "default_memory_mib must be at least 128");
+  return {};
+}
+
+Result<config::HostdConfig> load_config(const std::optional<std::filesystem::path>& file,
+                                        const ConfigOverrides& overrides) {
+  config::HostdConfig config;
+  if (file) {
+    std::ifstream in(*file);
+    if (!in) return sys_error("open configuration", file->string());
+    std::stringstream text;
+    text << in.rdbuf();
+    auto parsed = parse_config(text.str(), file->extension() == ".json");
+    if (!parsed) return std::move(parsed).error().with_context("reading " + file->string());
+    config = std::move(parsed.value());
+  }
+  if (overrides.listen) config.set_listen(*overrides.listen);
+  if (overrides.state_dir) config.set_state_dir(*overrides.state_dir);
+  if (overrides.images_dir) config.set_images_dir(*overrides.images_dir);
+  apply_defaults(config);
+  auto valid = validate(config);
+  if (!valid) return std::move(valid).error();
+  return config;
+}
+
+} // namespace vesicle::hostd

@@ -1,0 +1,73 @@
+#include "hostd/daemon.hpp"
+
+#include <cstdio>
+
+#include <caf/send.hpp>
+
+#include "hostd/caf_bridge.hpp"
+
+namespace vesicle::hostd {
+
+VmSettings vm_settings(const config::HostdConfig& config) {
+  VmSettings settings;
+  settings.images_dir = config.images_dir();
+  settings.runtime_dir = config.runtime_dir();
+  settings.shm_dir = config.shm_dir();
+  settings.boot_timeout = std::chrono::seconds(config.boot_timeout_s());
+  settings.qemu_binary = config.qemu_binary();
+  settings.tcg_translation_cache_mib = config.tcg_translation_cache_mib();
+  return settings;
+}
+
+namespace {
+HttpLimits http_limits(const config::HostdConfig& config) {
+  HttpLimits limits;
+  limits.max_json_body = config.max_json_body_bytes();
+  limits.request_timeout = std::chrono::seconds(config.request_timeout_s());
+  limits.write_timeout = std::chrono::seconds(config.write_timeout_s());
+  return limits;
+}
+} // namespace
+
+Daemon::Daemon(asio::io_context& io, caf::actor_system& system, vmm::Driver& driver,
+               config::HostdConfig config, KeyStore keys)
+    : io_(io), system_(system), config_(std::move(config)), keys_(std::move(keys)),
+      vms_(io.get_executor(), driver, vm_settings(config_)),
+      server_(io.get_executor(), http_limits(config_), config_.max_connections(),
+              [this](Exchange& exchange) { return api_->handle(exchange); }) {}
+
+Daemon::~Daemon() {
+  if (registry_) caf::anon_send_exit(registry_, caf::exit_reason::user_shutdown);
+}
+
+Result<void> Daemon::start() {
+  auto boot = std::chrono::seconds(config_.boot_timeout_s());
+  RegistrySettings settings;
+  settings.max_sandboxes = config_.max_sandboxes();
+  // The driver gives up on a boot after boot_timeout; the registry and the
+  // HTTP handler wait a little longer so the driver's error is what the
+  // client sees.
+  settings.ready_timeout = boot + std::chrono::seconds(15);
+  registry_ = spawn_registry(system_, vms_, settings);
+  ApiContext context{system_, registry_, vms_, keys_, config_};
+  context.create_timeout = boot + std::chrono::seconds(30);
+  api_ = std::make_unique<Api>(context);
+  auto address = parse_listen_address(config_.listen());
+  if (!address) return std::move(address).error();
+  return server_.listen(*address);
+}
+
+asio::awaitable<void> Daemon::shutdown() {
+  if (shut_down_) co_return;
+  shut_down_ = true;
+  server_.stop_accepting();
+  auto done =
+      co_await ask<done_atom>(system_, registry_, std::chrono::seconds(120), shutdown_atom::value);
+  if (!done)
+    std::fprintf(stderr, "hostd: the registry did not finish shutting down (%s); killing VMs\n",
+                 system_.render(done.error()).c_str());
+  vms_.destroy_all();
+  server_.close_connections();
+}
+
+} // namespace vesicle::hostd

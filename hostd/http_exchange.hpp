@@ -1,0 +1,95 @@
+// One request/response on a connection, for the API handlers: the request's
+// header, its body read whole (JSON, capped) or piece by piece (uploads),
+// and the response written whole or streamed in chunks. It tracks whether
+// the connection can carry another request afterwards.
+#pragma once
+
+// Boost 1.74's asio/awaitable.hpp uses std::exchange without including it.
+#include <utility>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <string_view>
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/http/buffer_body.hpp>
+#include <boost/beast/http/parser.hpp>
+
+#include "common/result.hpp"
+#include "hostd/api_error.hpp"
+
+namespace vesicle::hostd {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = boost::beast::http;
+
+struct HttpLimits {
+  std::size_t max_json_body = 1u << 20;
+  std::chrono::seconds request_timeout{30};
+  std::chrono::seconds write_timeout{60};
+};
+
+using RequestParser = http::request_parser<http::buffer_body>;
+
+class Exchange {
+public:
+  Exchange(beast::tcp_stream& stream, beast::flat_buffer& buffer, RequestParser& parser,
+           const HttpLimits& limits);
+
+  http::verb method() const { return parser_.get().method(); }
+  std::string_view target() const;
+  std::string_view header(http::field field) const;
+
+  // The whole body, at most limits.max_json_body bytes (else 413).
+  asio::awaitable<ApiResult<std::string>> read_json_body();
+
+  // Feeds the body to `sink` piece by piece as it arrives (never all of it
+  // in memory). Stops at the first error from `sink` and returns it; the
+  // connection then closes after the response, as the rest is unread.
+  using PieceSink = std::function<asio::awaitable<Result<void>>(std::string_view)>;
+  struct BodyOutcome {
+    std::uint64_t bytes = 0;
+    bool client_failed = false; // timeout, disconnect, malformed chunking
+    std::string client_error;
+    Result<void> sink_result;
+  };
+  asio::awaitable<BodyOutcome> read_body(PieceSink sink);
+
+  asio::awaitable<void> respond(unsigned status, std::string json_body);
+  asio::awaitable<void> respond_error(const ApiError& error);
+  asio::awaitable<void> respond_text(unsigned status, std::string content_type, std::string body);
+  asio::awaitable<void> respond_no_content();
+
+  // A streamed response: chunked transfer encoding, each write_chunk sent
+  // as it comes. Each returns false once the client is gone.
+  asio::awaitable<bool> begin_stream(unsigned status, std::string content_type);
+  asio::awaitable<bool> write_chunk(std::string_view data);
+  asio::awaitable<bool> end_stream();
+  // Ends a stream that cannot finish properly: the connection is closed
+  // without the final chunk, so the client sees a truncated response.
+  void abandon_stream() { keep_alive_ = false; }
+
+  bool responded() const { return status_ != 0; }
+  unsigned status() const { return status_; }
+  // Whether the connection may carry another request.
+  bool keep_alive() const;
+
+private:
+  asio::awaitable<bool> send_continue_if_expected();
+  template <class Message> asio::awaitable<bool> write(Message& message);
+
+  beast::tcp_stream& stream_;
+  beast::flat_buffer& buffer_;
+  RequestParser& parser_;
+  const HttpLimits& limits_;
+  unsigned status_ = 0;
+  bool keep_alive_;
+  bool continue_sent_ = false;
+};
+
+} // namespace vesicle::hostd

@@ -1,0 +1,167 @@
+#include "hostd/keys.hpp"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <sstream>
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+
+#include "common/unique_fd.hpp"
+
+namespace vesicle::hostd {
+
+namespace {
+
+constexpr char kHex[] = "0123456789abcdef";
+
+std::string hex(const unsigned char* bytes, std::size_t size) {
+  std::string out;
+  out.reserve(size * 2);
+  for (std::size_t i = 0; i < size; ++i) {
+    out += kHex[bytes[i] >> 4];
+    out += kHex[bytes[i] & 0xf];
+  }
+  return out;
+}
+
+Result<std::string> random_hex(std::size_t bytes) {
+  std::vector<unsigned char> buffer(bytes);
+  if (RAND_bytes(buffer.data(), static_cast<int>(buffer.size())) != 1)
+    return make_error("RAND_bytes", "OpenSSL could not produce random bytes");
+  return hex(buffer.data(), buffer.size());
+}
+
+Result<void> write_all(int fd, std::string_view data, const std::string& path) {
+  while (!data.empty()) {
+    auto written = ::write(fd, data.data(), data.size());
+    if (written < 0) {
+      if (errno == EINTR) continue;
+      return sys_error("write", path);
+    }
+    data.remove_prefix(static_cast<std::size_t>(written));
+  }
+  return {};
+}
+
+} // namespace
+
+Digest sha256(std::string_view data) {
+  Digest digest{};
+  unsigned int size = 0;
+  EVP_Digest(data.data(), data.size(), digest.data(), &size, EVP_sha256(), nullptr);
+  return digest;
+}
+
+std::string to_hex(const Digest& digest) {
+  return hex(digest.data(), digest.size());
+}
+
+std::optional<Digest> digest_from_hex(std::string_view text) {
+  if (text.size() != 64) return std::nullopt;
+  Digest digest{};
+  auto nibble = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  };
+  for (std::size_t i = 0; i < digest.size(); ++i) {
+    int high = nibble(text[2 * i]), low = nibble(text[2 * i + 1]);
+    if (high < 0 || low < 0) return std::nullopt;
+    digest[i] = static_cast<unsigned char>(high << 4 | low);
+  }
+  return digest;
+}
+
+bool constant_time_equal(const Digest& a, const Digest& b) {
+  return CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
+}
+
+Result<KeyStore> KeyStore::load(std::filesystem::path path) {
+  KeyStore store;
+  store.path_ = std::move(path);
+  std::error_code exists_error;
+  if (!std::filesystem::exists(store.path_, exists_error) && !exists_error) return store;
+  std::ifstream in(store.path_);
+  if (!in) return sys_error("open keys file", store.path_.string());
+  std::string line;
+  int number = 0;
+  while (std::getline(in, line)) {
+    ++number;
+    if (line.empty() || line[0] == '#') continue;
+    std::istringstream fields(line);
+    std::string id, hash_hex;
+    fields >> id >> hash_hex;
+    auto hash = digest_from_hex(hash_hex);
+    if (id.empty() || !hash)
+      return make_error("read keys file",
+                        "line " + std::to_string(number) +
+                            " is not \"<key id> <64 hex digits of SHA-256>\"; fix or remove it",
+                        store.path_.string());
+    store.entries_.push_back({id, *hash});
+  }
+  return store;
+}
+
+std::optional<std::string> KeyStore::authenticate(std::string_view presented) const {
+  auto hash = sha256(presented);
+  // Compare against every entry, without stopping at a match, so the time
+  // taken says nothing about which key matched or how many there are before it.
+  const KeyEntry* match = nullptr;
+  for (const auto& entry : entries_)
+    if (constant_time_equal(entry.hash, hash)) match = &entry;
+  if (!match) return std::nullopt;
+  return match->id;
+}
+
+Result<KeyStore::NewKey> KeyStore::add() {
+  auto id_hex = random_hex(4);
+  if (!id_hex) return std::move(id_hex).error();
+  auto secret = random_hex(32);
+  if (!secret) return std::move(secret).error();
+  NewKey created{"key-" + id_hex.value(), "vsk_" + secret.value()};
+  entries_.push_back({created.id, sha256(created.key)});
+  auto saved = save();
+  if (!saved) {
+    entries_.pop_back();
+    return std::move(saved).error().with_context("adding an API key");
+  }
+  return created;
+}
+
+// Write to a temporary file beside the keys file, fsync, rename over it,
+// fsync the directory: a crash leaves the old file or the new, never half.
+Result<void> KeyStore::save() const {
+  std::error_code ignored;
+  std::filesystem::create_directories(path_.parent_path(), ignored);
+  std::string text =
+      "# vesicle API keys: <key id> <SHA-256 of the key, hex>. The keys themselves are not "
+      "stored.\n";
+  for (const auto& entry : entries_)
+    text += entry.id + " " + to_hex(entry.hash) + "\n";
+  auto temporary = path_.string() + ".tmp";
+  UniqueFd fd(::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+  if (!fd) return sys_error("create", temporary);
+  auto written = write_all(fd.get(), text, temporary);
+  if (!written || ::fsync(fd.get()) != 0) {
+    auto error = written ? sys_error("fsync", temporary) : std::move(written).error();
+    ::unlink(temporary.c_str());
+    return error;
+  }
+  fd.reset();
+  if (::rename(temporary.c_str(), path_.c_str()) != 0) {
+    auto error = sys_error("rename", temporary + " to " + path_.string());
+    ::unlink(temporary.c_str());
+    return error;
+  }
+  UniqueFd dir(::open(path_.parent_path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (dir) ::fsync(dir.get());
+  return {};
+}
+
+} // namespace vesicle::hostd

@@ -1,0 +1,197 @@
+#include "hostd/ndjson.hpp"
+
+#include <chrono>
+#include <ctime>
+
+#include "hostd/json.hpp"
+#include "messages/api.pb.h"
+
+namespace vesicle::hostd {
+
+namespace {
+
+// The length of the sequence a lead byte starts (0: not a lead byte).
+std::size_t sequence_length(unsigned char lead) {
+  if (lead < 0x80) return 1;
+  if (lead >= 0xc2 && lead <= 0xdf) return 2;
+  if (lead >= 0xe0 && lead <= 0xef) return 3;
+  if (lead >= 0xf0 && lead <= 0xf4) return 4;
+  return 0;
+}
+
+// Whether the second byte is allowed after `lead` (this is where overlong
+// forms, surrogates and code points past U+10FFFF are excluded).
+bool second_byte_ok(unsigned char lead, unsigned char second) {
+  switch (lead) {
+  case 0xe0:
+    return second >= 0xa0 && second <= 0xbf;
+  case 0xed:
+    return second >= 0x80 && second <= 0x9f;
+  case 0xf0:
+    return second >= 0x90 && second <= 0xbf;
+  case 0xf4:
+    return second >= 0x80 && second <= 0x8f;
+  default:
+    return second >= 0x80 && second <= 0xbf;
+  }
+}
+
+bool continuation(unsigned char byte) {
+  return (byte & 0xc0) == 0x80;
+}
+
+// Whether bytes[0..n) is a valid but incomplete start of a sequence.
+bool valid_prefix(std::string_view bytes) {
+  auto lead = static_cast<unsigned char>(bytes[0]);
+  auto length = sequence_length(lead);
+  if (length < 2 || bytes.size() >= length) return false;
+  if (bytes.size() >= 2 && !second_byte_ok(lead, static_cast<unsigned char>(bytes[1])))
+    return false;
+  for (std::size_t i = 2; i < bytes.size(); ++i)
+    if (!continuation(static_cast<unsigned char>(bytes[i]))) return false;
+  return true;
+}
+
+} // namespace
+
+bool is_valid_utf8(std::string_view bytes) {
+  std::size_t i = 0;
+  while (i < bytes.size()) {
+    auto lead = static_cast<unsigned char>(bytes[i]);
+    auto length = sequence_length(lead);
+    if (length == 0 || i + length > bytes.size()) return false;
+    if (length >= 2 && !second_byte_ok(lead, static_cast<unsigned char>(bytes[i + 1])))
+      return false;
+    for (std::size_t k = 2; k < length; ++k)
+      if (!continuation(static_cast<unsigned char>(bytes[i + k]))) return false;
+    i += length;
+  }
+  return true;
+}
+
+std::string Utf8HoldBack::feed(std::string_view bytes) {
+  std::string out = std::move(held_);
+  held_.clear();
+  out.append(bytes);
+  // An incomplete sequence is at most 3 bytes long: look for its lead byte
+  // among the last three.
+  for (std::size_t back = 1; back <= 3 && back <= out.size(); ++back) {
+    auto byte = static_cast<unsigned char>(out[out.size() - back]);
+    if (continuation(byte)) continue;
+    std::string_view tail(out.data() + out.size() - back, back);
+    if (valid_prefix(tail)) {
+      held_.assign(tail);
+      out.resize(out.size() - back);
+    }
+    break;
+  }
+  return out;
+}
+
+std::string Utf8HoldBack::flush() {
+  return std::exchange(held_, {});
+}
+
+std::string rfc3339_now() {
+  using namespace std::chrono;
+  auto now = system_clock::now();
+  auto seconds = system_clock::to_time_t(now);
+  auto millis = duration_cast<milliseconds>(now.time_since_epoch()).count() % 1000;
+  std::tm utc{};
+  gmtime_r(&seconds, &utc);
+  char text[64];
+  std::snprintf(text, sizeof text, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", utc.tm_year + 1900,
+                utc.tm_mon + 1, utc.tm_mday, utc.tm_hour, utc.tm_min, utc.tm_sec,
+                static_cast<int>(millis));
+  return text;
+}
+
+void ExecEventEncoder::output(std::vector<std::string>& lines, const char* type,
+                              std::string bytes) {
+  if (bytes.empty()) return;
+  if (is_valid_utf8(bytes)) {
+    api::OutputEvent event;
+    event.set_type(type);
+    event.set_data(std::move(bytes));
+    event.set_seq(++seq_);
+    event.set_ts(rfc3339_now());
+    lines.push_back(to_json(event) + "\n");
+  } else {
+    api::OutputBytesEvent event;
+    event.set_type(type);
+    event.set_data_b64(std::move(bytes));
+    event.set_seq(++seq_);
+    event.set_ts(rfc3339_now());
+    lines.push_back(to_json(event) + "\n");
+  }
+}
+
+void ExecEventEncoder::flush_held(std::vector<std::string>& lines) {
+  output(lines, "stdout", stdout_.flush());
+  output(lines, "stderr", stderr_.flush());
+}
+
+std::vector<std::string> ExecEventEncoder::encode(const guest::Event& event) {
+  std::vector<std::string> lines;
+  switch (event.kind_case()) {
+  case guest::Event::kStdout:
+    output(lines, "stdout", stdout_.feed(event.stdout()));
+    break;
+  case guest::Event::kStderr:
+    output(lines, "stderr", stderr_.feed(event.stderr()));
+    break;
+  case guest::Event::kResult: {
+    flush_held(lines);
+    api::ResultEvent result;
+    result.set_type("result");
+    // repr() is text, but a hostile __repr__ can still smuggle lone
+    // surrogates through; never emit a string protobuf would mangle.
+    result.set_data(is_valid_utf8(event.result()) ? event.result() : "<repr not valid UTF-8>");
+    result.set_seq(++seq_);
+    result.set_ts(rfc3339_now());
+    lines.push_back(to_json(result) + "\n");
+    break;
+  }
+  case guest::Event::kError: {
+    flush_held(lines);
+    const auto& raised = event.error();
+    auto text = [](const std::string& s) { return is_valid_utf8(s) ? s : std::string("?"); };
+    api::ErrorEvent error;
+    error.set_type("error");
+    error.set_name(text(raised.name()));
+    error.set_value(text(raised.value()));
+    error.set_traceback(text(raised.traceback()));
+    error.set_seq(++seq_);
+    error.set_ts(rfc3339_now());
+    lines.push_back(to_json(error) + "\n");
+    break;
+  }
+  default:
+    break; // not an exec event; the agent client keeps those
+  }
+  return lines;
+}
+
+std::vector<std::string> ExecEventEncoder::finish(const guest::Exit& exit, std::string failure_code,
+                                                  std::string failure_message) {
+  std::vector<std::string> lines;
+  flush_held(lines);
+  api::ExitEvent event;
+  event.set_type("exit");
+  event.set_exit_code(exit.exit_code());
+  event.set_signal(exit.signal());
+  event.set_timed_out(exit.timed_out());
+  event.set_truncated(exit.truncated());
+  event.set_repl_restarted(exit.repl_restarted());
+  event.set_duration_ms(static_cast<std::uint32_t>(exit.duration_us() / 1000));
+  event.set_seq(++seq_);
+  event.set_ts(rfc3339_now());
+  if (!failure_code.empty()) {
+    event.mutable_failure()->set_code(std::move(failure_code));
+    event.mutable_failure()->set_message(std::move(failure_message));
+  }
+  lines.push_back(to_json(event) + "\n");
+  return lines;
+}
+
+} // namespace vesicle::hostd

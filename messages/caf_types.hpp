@@ -1,0 +1,150 @@
+// Every atom and message type the actors exchange, and hostd's error codes,
+// in one place. CAF 0.17 has no type-id blocks: atoms are atom_constants and
+// each custom type is registered by register_caf_types() with an inspect()
+// overload, so it can cross a CAF node boundary later (cluster) unchanged.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <caf/actor_system_config.hpp>
+#include <caf/atom.hpp>
+#include <caf/error.hpp>
+#include <caf/make_message.hpp>
+#include <caf/meta/type_name.hpp>
+
+namespace vesicle {
+
+// -- atoms (CAF 0.17 atoms hold at most 10 characters) -----------------------
+
+// HTTP side -> registry
+using create_atom = caf::atom_constant<caf::atom("create")>;
+using lookup_atom = caf::atom_constant<caf::atom("lookup")>;
+using list_atom = caf::atom_constant<caf::atom("list")>;
+using destroy_atom = caf::atom_constant<caf::atom("destroy")>;
+using capacity_atom = caf::atom_constant<caf::atom("capacity")>;
+using shutdown_atom = caf::atom_constant<caf::atom("shutdown")>;
+// HTTP side -> sandbox
+using await_ready_atom = caf::atom_constant<caf::atom("awaitready")>;
+using begin_op_atom = caf::atom_constant<caf::atom("beginop")>;
+using end_op_atom = caf::atom_constant<caf::atom("endop")>;
+using info_atom = caf::atom_constant<caf::atom("info")>;
+// VmHost (asio side) -> sandbox: results of work done off the CAF threads
+using vm_booted_atom = caf::atom_constant<caf::atom("vmbooted")>;
+using vm_boot_failed_atom = caf::atom_constant<caf::atom("vmbootfail")>;
+using vm_exited_atom = caf::atom_constant<caf::atom("vmexited")>;
+using vm_reclaimed_atom = caf::atom_constant<caf::atom("vmreclaim")>;
+// sandbox -> registry
+using state_atom = caf::atom_constant<caf::atom("state")>;
+// generic acknowledgement
+using done_atom = caf::atom_constant<caf::atom("done")>;
+
+// -- message types -------------------------------------------------------------
+
+// The states of a sandbox (see actors/sandbox/sandbox.hpp for the machine).
+enum class SandboxState : std::uint8_t {
+  booting = 0,    // its VM is starting; nothing runs yet
+  ready = 1,      // its VM answers; exec and files work
+  destroying = 2, // DELETE in progress; its VM is being torn down
+  dead = 3,       // its VM died or never booted; files reclaimed
+};
+const char* to_string(SandboxState state);
+
+// What a create asked for, after defaults and validation.
+struct SandboxSpec {
+  std::string template_name = "default";
+  bool egress = true;
+  std::vector<std::string> egress_allow;
+  bool persistent = false;
+  std::uint32_t vcpus = 2;
+  std::uint32_t memory_mib = 1024;
+  std::uint32_t disk_mib = 2048;
+  std::uint32_t idle_timeout_s = 300;
+  std::uint32_t max_lifetime_s = 1800;
+  std::string region;
+};
+
+template <class Inspector> typename Inspector::result_type inspect(Inspector& f, SandboxSpec& x) {
+  return f(caf::meta::type_name("vesicle.SandboxSpec"), x.template_name, x.egress, x.egress_allow,
+           x.persistent, x.vcpus, x.memory_mib, x.disk_mib, x.idle_timeout_s, x.max_lifetime_s,
+           x.region);
+}
+
+// A sandbox as the registry and GET see it.
+struct SandboxInfo {
+  std::string id;
+  std::string owner; // the id of the API key that created it
+  SandboxState state = SandboxState::booting;
+  SandboxSpec spec;
+  std::int64_t created_at_ms = 0; // Unix time
+  std::string dead_reason;        // set in state dead
+  std::int32_t qemu_pid = 0;      // 0 unless a VM is running
+};
+
+template <class Inspector> typename Inspector::result_type inspect(Inspector& f, SandboxInfo& x) {
+  return f(caf::meta::type_name("vesicle.SandboxInfo"), x.id, x.owner, x.state, x.spec,
+           x.created_at_ms, x.dead_reason, x.qemu_pid);
+}
+
+inline bool operator==(const SandboxSpec& a, const SandboxSpec& b) {
+  return a.template_name == b.template_name && a.egress == b.egress &&
+         a.egress_allow == b.egress_allow && a.persistent == b.persistent && a.vcpus == b.vcpus &&
+         a.memory_mib == b.memory_mib && a.disk_mib == b.disk_mib &&
+         a.idle_timeout_s == b.idle_timeout_s && a.max_lifetime_s == b.max_lifetime_s &&
+         a.region == b.region;
+}
+
+struct CapacityInfo {
+  std::uint32_t max_sandboxes = 0;
+  std::uint32_t booting = 0;
+  std::uint32_t ready = 0;
+  std::uint32_t destroying = 0; // still holding a VM
+  std::uint32_t dead = 0;       // records only, no VM
+  std::uint32_t available() const {
+    auto used = booting + ready + destroying;
+    return used >= max_sandboxes ? 0 : max_sandboxes - used;
+  }
+};
+
+template <class Inspector> typename Inspector::result_type inspect(Inspector& f, CapacityInfo& x) {
+  return f(caf::meta::type_name("vesicle.CapacityInfo"), x.max_sandboxes, x.booting, x.ready,
+           x.destroying, x.dead);
+}
+
+using SandboxInfoList = std::vector<SandboxInfo>;
+
+// -- errors ------------------------------------------------------------------
+
+// The typed errors actors answer with. The HTTP layer maps each to a status
+// (hostd/api_error.cpp); the error's context holds one string, the message
+// a user reads.
+enum class errc : std::uint8_t {
+  invalid_argument = 1,
+  not_found = 2,
+  failed_precondition = 3, // the sandbox is in the wrong state for this
+  sandbox_died = 4,
+  no_capacity = 5,
+  boot_failed = 6,
+  shutting_down = 7,
+  internal = 8,
+};
+const char* to_string(errc code);
+
+inline const caf::atom_value kErrorCategory = caf::atom("vesicle");
+
+inline caf::error make_error(errc code) {
+  return caf::error(static_cast<std::uint8_t>(code), kErrorCategory);
+}
+inline caf::error make_error(errc code, std::string message) {
+  return caf::error(static_cast<std::uint8_t>(code), kErrorCategory,
+                    caf::make_message(std::move(message)));
+}
+
+// The message string carried by an error made above ("" if none).
+std::string error_message(const caf::error& error);
+
+// Registers the types above and the error category with an actor system.
+void register_caf_types(caf::actor_system_config& config);
+
+} // namespace vesicle

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Runs vesicle's whole test suite. On a fresh machine it first installs the
+# packages, builds the project and the guest images (each step is a no-op
+# when already done; images are cached under /var/cache/vesicle).
+#
+# Order: unit tests (no VM), then integration tests that boot real VMs
+# (one at a time: two cores under TCG), then the Python SDK tests against a
+# real hostd. Finally a leak check: no QEMU process, memory file or runtime
+# directory may be left by the tests.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+build_dir=$repo/build
+cd "$repo"
+
+bash scripts/install-deps.sh
+bash scripts/build.sh "$build_dir"
+export VESICLE_IMAGES_DIR=$build_dir/images
+
+status=0
+section() { printf '\n=== %s ===\n' "$1"; }
+
+section "unit tests (ctest -L unit)"
+ctest --test-dir "$build_dir" -L unit --output-on-failure -j "$(nproc)" || status=1
+
+section "integration tests with real VMs (ctest -L integration)"
+ctest --test-dir "$build_dir" -L integration --output-on-failure || status=1
+
+if [ -d tests/sdk ]; then
+  section "Python SDK tests (pytest)"
+  VESICLE_HOSTD=$build_dir/hostd/hostd PYTHONPATH=$repo/sdk/python \
+    /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/sdk || status=1
+fi
+
+section "leak check"
+bash scripts/leak-check.sh || status=1
+
+exit $status

@@ -1,0 +1,59 @@
+"""vesicle: sandboxes for AI agents, each a microVM with a persistent Python REPL.
+
+    from vesicle import Sandbox
+
+    with Sandbox() as sb:
+        sb.run_code("x = 42")
+        print(sb.run_code("print(x)").stdout)
+
+Configure with VESICLE_URL (default http://127.0.0.1:7070) and VESICLE_API_KEY.
+"""
+
+from ._version import __version__
+from .client import Client, capacity, health
+from .errors import (
+    AuthenticationError,
+    CapacityError,
+    ConfigurationError,
+    ConflictError,
+    InvalidRequestError,
+    MethodNotAllowedError,
+    NotFoundError,
+    PayloadTooLargeError,
+    ProtocolError,
+    QuotaExceededError,
+    SandboxClosedError,
+    SandboxDiedError,
+    ServerError,
+    VesicleConnectionError,
+    VesicleError,
+    VesicleTimeoutError,
+)
+from .execution import Execution, ExecutionError
+from .sandbox import Sandbox
+
+__all__ = [
+    "AuthenticationError",
+    "CapacityError",
+    "Client",
+    "ConfigurationError",
+    "ConflictError",
+    "Execution",
+    "ExecutionError",
+    "InvalidRequestError",
+    "MethodNotAllowedError",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "ProtocolError",
+    "QuotaExceededError",
+    "Sandbox",
+    "SandboxClosedError",
+    "SandboxDiedError",
+    "ServerError",
+    "VesicleConnectionError",
+    "VesicleError",
+    "VesicleTimeoutError",
+    "__version__",
+    "capacity",
+    "health",
+]

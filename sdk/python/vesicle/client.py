@@ -1,0 +1,74 @@
+"""Calls about the host rather than one sandbox: health, capacity, the key's sandboxes."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+from . import _config
+from ._http import Transport
+from .errors import ProtocolError
+from .sandbox import Sandbox
+
+
+class Client:
+    """One hostd, one API key. Sandboxes it hands out share its connections."""
+
+    def __init__(
+        self,
+        url: Optional[str] = None,
+        api_key: Optional[str] = None,
+        timeout: Optional[float] = None,
+    ):
+        self._transport = Transport(_config.resolve(url, api_key, timeout))
+
+    @property
+    def url(self) -> str:
+        return self._transport.config.url
+
+    def health(self) -> Dict[str, Any]:
+        """hostd's liveness: {"status": "ok", "accel", "version"}. Needs no API key."""
+        return self._transport.json("GET", "/v1/healthz", auth=False, what="checking health")
+
+    def capacity(self) -> Dict[str, Any]:
+        """{"max_sandboxes", "running", "booting", "available", "accel"}."""
+        return self._transport.json("GET", "/v1/capacity", what="reading capacity")
+
+    def sandboxes(self) -> List[Sandbox]:
+        """The API key's sandboxes, each attached (closing one destroys it)."""
+        doc = self._transport.json("GET", "/v1/sandboxes", what="listing sandboxes")
+        items = doc.get("sandboxes", []) if isinstance(doc, dict) else None
+        if not isinstance(items, list):
+            raise ProtocolError(f"hostd answered the sandbox list with {doc!r}")
+        return [Sandbox._from_info(self._transport, info) for info in items]
+
+    def connect(self, sandbox_id: str) -> Sandbox:
+        """Attach to an existing sandbox (NotFoundError if the key has no such sandbox)."""
+        return Sandbox.connect(
+            sandbox_id,
+            url=self._transport.config.url,
+            api_key=self._transport.config.api_key,
+            timeout=self._transport.config.timeout,
+        )
+
+    def close(self) -> None:
+        self._transport.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def health(url: Optional[str] = None, timeout: Optional[float] = None) -> Dict[str, Any]:
+    """hostd's liveness answer; raises VesicleConnectionError if it is not listening."""
+    with Client(url=url, timeout=timeout) as client:
+        return client.health()
+
+
+def capacity(
+    url: Optional[str] = None, api_key: Optional[str] = None, timeout: Optional[float] = None
+) -> Dict[str, Any]:
+    """The host's free capacity."""
+    with Client(url=url, api_key=api_key, timeout=timeout) as client:
+        return client.capacity()

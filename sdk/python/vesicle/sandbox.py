@@ -1,0 +1,331 @@
+"""A sandbox: one microVM with a persistent Python REPL, bash and a filesystem."""
+
+from __future__ import annotations
+
+import json
+import math
+import urllib.parse
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Union
+
+from . import _config
+from ._http import Transport
+from .errors import InvalidRequestError, NotFoundError, ProtocolError, SandboxClosedError
+from .execution import BytesCallback, ExecStream, Execution, TextCallback
+
+# Uploads are read and sent in pieces of this size: the same as the guest
+# protocol's largest frame, so no piece has to be split or joined downstream.
+CHUNK_BYTES = 256 * 1024
+
+_LANGUAGES = ("python", "bash")
+
+
+class Sandbox:
+    """A sandbox on a vesicle host.
+
+    `Sandbox(...)` creates one (and returns when it is ready); only the
+    arguments given are sent, hostd fills in the rest. Use it as a context
+    manager to close it on exit, or call `close()`. `Sandbox.connect(id)`
+    attaches to an existing sandbox, `Sandbox.list()` lists the key's.
+
+    `url`, `api_key` default to $VESICLE_URL (else http://127.0.0.1:7070) and
+    $VESICLE_API_KEY. `timeout` is how many seconds a request may wait for
+    the next bytes from hostd (default 120; a create waits for a boot).
+    """
+
+    def __init__(
+        self,
+        template: Optional[str] = None,
+        egress: Optional[bool] = None,
+        egress_allow: Optional[List[str]] = None,
+        persistent: Optional[bool] = None,
+        idle_timeout_s: Optional[int] = None,
+        max_lifetime_s: Optional[int] = None,
+        vcpus: Optional[int] = None,
+        memory_mib: Optional[int] = None,
+        disk_mib: Optional[int] = None,
+        region: Optional[str] = None,
+        *,
+        url: Optional[str] = None,
+        api_key: Optional[str] = None,
+        timeout: Optional[float] = None,
+    ):
+        if isinstance(egress_allow, str):
+            # A bare string would be sent as a string and rejected; the
+            # caller almost surely meant a one-name list.
+            raise InvalidRequestError(
+                f"egress_allow must be a list of domain names, e.g. [{egress_allow!r}]"
+            )
+        fields = {
+            "template": template,
+            "egress": egress,
+            "egress_allow": list(egress_allow) if egress_allow is not None else None,
+            "persistent": persistent,
+            "idle_timeout_s": idle_timeout_s,
+            "max_lifetime_s": max_lifetime_s,
+            "vcpus": vcpus,
+            "memory_mib": memory_mib,
+            "disk_mib": disk_mib,
+            "region": region,
+        }
+        body = {k: v for k, v in fields.items() if v is not None}
+        transport = Transport(_config.resolve(url, api_key, timeout))
+        transport.config.require_key()
+        info = transport.json("POST", "/v1/sandboxes", body=body, what="creating a sandbox")
+        self._attach(transport, info)
+
+    def _attach(self, transport: Transport, info: Dict[str, Any]) -> None:
+        if not isinstance(info, dict) or not isinstance(info.get("id"), str):
+            raise ProtocolError(f"hostd answered with a sandbox object without an id: {info!r}")
+        self._transport = transport
+        self.id: str = info["id"]
+        self.info: Dict[str, Any] = info
+        self._closed = False
+
+    @classmethod
+    def _from_info(cls, transport: Transport, info: Dict[str, Any]) -> "Sandbox":
+        sb = cls.__new__(cls)
+        sb._attach(transport, info)
+        return sb
+
+    @classmethod
+    def connect(
+        cls,
+        sandbox_id: str,
+        *,
+        url: Optional[str] = None,
+        api_key: Optional[str] = None,
+        timeout: Optional[float] = None,
+    ) -> "Sandbox":
+        """Attach to an existing sandbox (NotFoundError if the key has no such sandbox)."""
+        transport = Transport(_config.resolve(url, api_key, timeout))
+        info = transport.json("GET", _sandbox_path(sandbox_id), what=f"looking up {sandbox_id}")
+        return cls._from_info(transport, info)
+
+    @classmethod
+    def list(
+        cls,
+        *,
+        url: Optional[str] = None,
+        api_key: Optional[str] = None,
+        timeout: Optional[float] = None,
+    ) -> "List[Sandbox]":
+        """The API key's sandboxes, each attached (closing one destroys it)."""
+        from .client import Client
+
+        return Client(url=url, api_key=api_key, timeout=timeout).sandboxes()
+
+    # ---- state --------------------------------------------------------------
+
+    @property
+    def state(self) -> Optional[str]:
+        """"booting", "ready", "dead" or "frozen" as of the last answer (see refresh())."""
+        return self.info.get("state")
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def refresh(self) -> Dict[str, Any]:
+        """Fetch the sandbox object again; returns (and stores in `info`) the new one."""
+        self._check_open("refresh")
+        self.info = self._transport.json(
+            "GET", _sandbox_path(self.id), what=f"looking up {self.id}"
+        )
+        return self.info
+
+    # ---- code ---------------------------------------------------------------
+
+    def run_code(
+        self,
+        code: str,
+        language: str = "python",
+        timeout: Optional[float] = None,
+        on_stdout: TextCallback = None,
+        on_stderr: TextCallback = None,
+        env: Optional[Mapping[str, str]] = None,
+        cwd: Optional[str] = None,
+    ) -> Execution:
+        """Run code in the sandbox and return what it produced.
+
+        Python runs in the sandbox's one persistent REPL (globals survive);
+        bash runs a fresh `bash -c` (env and cwd apply to it). Output streams:
+        on_stdout/on_stderr are called with str chunks as they arrive.
+        `timeout` (seconds) interrupts the code; the Execution says timed_out.
+        If the sandbox dies meanwhile, SandboxDiedError (with `.execution`,
+        what came before) is raised.
+        """
+        return self._exec(code, language, timeout, on_stdout, on_stderr, env, cwd)
+
+    def _exec(
+        self,
+        code: str,
+        language: str = "python",
+        timeout: Optional[float] = None,
+        on_stdout: TextCallback = None,
+        on_stderr: TextCallback = None,
+        env: Optional[Mapping[str, str]] = None,
+        cwd: Optional[str] = None,
+        on_bytes: BytesCallback = None,
+    ) -> Execution:
+        self._check_open("run code in")
+        if not isinstance(code, str):
+            raise InvalidRequestError(f"code must be a str, not {type(code).__name__}")
+        if language not in _LANGUAGES:
+            raise InvalidRequestError(
+                f"language must be 'python' or 'bash', not {language!r}"
+            )
+        body: Dict[str, Any] = {"code": code, "language": language}
+        read_timeout: Optional[float] = None  # a silent cell may run for hours
+        if timeout is not None:
+            if not timeout > 0:
+                raise InvalidRequestError(f"timeout must be a positive number of seconds, not {timeout!r}")
+            body["timeout_s"] = int(math.ceil(timeout))
+            # hostd answers by the timeout; allow the usual slack beyond it.
+            read_timeout = body["timeout_s"] + self._transport.config.timeout
+        if env is not None:
+            body["env"] = {str(k): str(v) for k, v in env.items()}
+        if cwd is not None:
+            body["cwd"] = cwd
+        parser = ExecStream(on_stdout=on_stdout, on_stderr=on_stderr, on_bytes=on_bytes)
+        payload = _json_bytes(body)
+        with self._transport.stream(
+            "POST",
+            _sandbox_path(self.id) + "/exec",
+            body=payload,
+            headers={"Content-Type": "application/json", "Accept": "application/x-ndjson"},
+            read_timeout=read_timeout,
+            what=f"running code in {self.id}",
+        ) as resp:
+            for line in resp.iter_lines():
+                parser.feed(line)
+        return parser.finish()
+
+    # ---- files --------------------------------------------------------------
+
+    def upload(self, data: Union[bytes, bytearray, memoryview, str, Any], path: str, mode: Optional[int] = None) -> Dict[str, Any]:
+        """Write `data` to `path` (absolute) in the sandbox, making parent folders.
+
+        `data` is bytes, a str (written as UTF-8), or a binary file object,
+        which is streamed in chunks and never read whole. `mode` is the file's
+        permission bits (e.g. 0o755). Returns hostd's {"path", "size"}.
+        """
+        self._check_open("upload to")
+        query = {"path": _check_path(path)}
+        if mode is not None:
+            if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o7777:
+                raise InvalidRequestError(f"mode must be permission bits like 0o644, not {mode!r}")
+            query["mode"] = format(mode, "04o")
+        if isinstance(data, str):
+            body: Any = data.encode("utf-8")
+        elif isinstance(data, (bytes, bytearray, memoryview)):
+            body = bytes(data) if isinstance(data, memoryview) else data
+        elif hasattr(data, "read"):
+            body = _file_chunks(data)
+        else:
+            raise InvalidRequestError(
+                f"upload data must be bytes, str or a binary file object, not {type(data).__name__}"
+            )
+        with self._transport.stream(
+            "PUT",
+            _sandbox_path(self.id) + "/files",
+            query=query,
+            body=body,
+            headers={"Content-Type": "application/octet-stream", "Accept": "application/json"},
+            what=f"uploading {path} to {self.id}",
+        ) as resp:
+            answer = resp.read_all()
+        return self._transport.decode_json(answer, f"uploading {path}")
+
+    def download(self, path: str) -> bytes:
+        """The bytes of the file at `path` (absolute) in the sandbox."""
+        parts: List[bytes] = []
+        self._download(path, parts.append)
+        return b"".join(parts)
+
+    def download_to(self, path: str, fileobj: Any) -> int:
+        """Stream the file at `path` in the sandbox into a binary file object; returns its size."""
+        return self._download(path, fileobj.write)
+
+    def _download(self, path: str, sink) -> int:
+        self._check_open("download from")
+        total = 0
+        with self._transport.stream(
+            "GET",
+            _sandbox_path(self.id) + "/files",
+            query={"path": _check_path(path)},
+            headers={"Accept": "application/octet-stream"},
+            what=f"downloading {path} from {self.id}",
+        ) as resp:
+            while True:
+                data = resp.read1(CHUNK_BYTES)
+                if not data:
+                    break
+                sink(data)
+                total += len(data)
+        return total
+
+    # ---- lifetime -----------------------------------------------------------
+
+    def close(self) -> None:
+        """Destroy the sandbox and free everything it held. Closing twice is fine."""
+        if self._closed:
+            return
+        try:
+            self._transport.json(
+                "DELETE", _sandbox_path(self.id), what=f"destroying {self.id}"
+            )
+        except NotFoundError:
+            pass  # already gone (destroyed elsewhere, or reaped): the goal is met
+        self._closed = True
+        self._transport.close()
+
+    def __enter__(self) -> "Sandbox":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is None:
+            self.close()
+            return
+        # Do not let a failing close hide the error that ended the block.
+        try:
+            self.close()
+        except Exception as close_exc:  # noqa: BLE001 - reported on the original error
+            if hasattr(exc, "add_note"):
+                exc.add_note(f"closing sandbox {self.id} also failed: {close_exc}")
+
+    def _check_open(self, doing: str) -> None:
+        if self._closed:
+            raise SandboxClosedError(
+                f"cannot {doing} sandbox {self.id}: it was closed (destroyed); create a new Sandbox()"
+            )
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else self.state
+        return f"<Sandbox {self.id} state={state}>"
+
+
+def _sandbox_path(sandbox_id: str) -> str:
+    if not isinstance(sandbox_id, str) or not sandbox_id:
+        raise InvalidRequestError(f"a sandbox id must be a non-empty string, not {sandbox_id!r}")
+    return "/v1/sandboxes/" + urllib.parse.quote(sandbox_id, safe="")
+
+
+def _check_path(path: str) -> str:
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise InvalidRequestError(f"a sandbox path must be absolute (start with /), not {path!r}")
+    return path
+
+
+def _json_bytes(body: Dict[str, Any]) -> bytes:
+    return json.dumps(body, separators=(",", ":")).encode("utf-8")
+
+
+def _file_chunks(fileobj: Any) -> Iterator[bytes]:
+    while True:
+        chunk = fileobj.read(CHUNK_BYTES)
+        if not chunk:
+            return
+        if isinstance(chunk, str):
+            # A file opened in text mode: send its text as UTF-8.
+            chunk = chunk.encode("utf-8")
+        yield chunk

@@ -1,0 +1,91 @@
+#include <fstream>
+
+#include <gtest/gtest.h>
+
+#include "hostd/config.hpp"
+
+using namespace vesicle::hostd;
+
+TEST(Config, EmptyConfigurationTakesTheDocumentedDefaults) {
+  auto config = load_config(std::nullopt, {});
+  ASSERT_TRUE(config) << config.error().message();
+  EXPECT_EQ(config->listen(), "127.0.0.1:7070");
+  EXPECT_EQ(config->state_dir(), "/var/lib/vesicle");
+  EXPECT_EQ(config->images_dir(), "/var/lib/vesicle/images");
+  EXPECT_EQ(config->runtime_dir(), "/run/vesicle");
+  EXPECT_EQ(config->max_sandboxes(), 8u);
+  EXPECT_EQ(config->default_vcpus(), 2u);
+  EXPECT_EQ(config->default_memory_mib(), 1024u);
+  EXPECT_EQ(config->boot_timeout_s(), 90u);
+  EXPECT_EQ(config->max_json_body_bytes(), 1u << 20);
+}
+
+TEST(Config, TextFormatAndJsonAreBothAccepted) {
+  auto text = parse_config("listen: \"127.0.0.1:9000\"\nmax_sandboxes: 3\n", false);
+  ASSERT_TRUE(text) << text.error().message();
+  EXPECT_EQ(text->listen(), "127.0.0.1:9000");
+  EXPECT_EQ(text->max_sandboxes(), 3u);
+  auto json = parse_config(R"({"listen": "127.0.0.1:9001", "default_memory_mib": 512})", true);
+  ASSERT_TRUE(json) << json.error().message();
+  EXPECT_EQ(json->listen(), "127.0.0.1:9001");
+  EXPECT_EQ(json->default_memory_mib(), 512u);
+}
+
+TEST(Config, MistakesAreReportedWithTheirPlace) {
+  auto unknown = parse_config("listen: \"x:1\"\nmax_sandboxs: 3\n", false);
+  ASSERT_FALSE(unknown);
+  EXPECT_NE(unknown.error().message().find("line 2"), std::string::npos)
+      << unknown.error().message();
+  EXPECT_NE(unknown.error().message().find("max_sandboxs"), std::string::npos);
+  auto wrong_type = parse_config(R"({"max_sandboxes": "many"})", true);
+  ASSERT_FALSE(wrong_type);
+  EXPECT_NE(wrong_type.error().message().find("max_sandboxes"), std::string::npos)
+      << wrong_type.error().message();
+}
+
+TEST(Config, CommandLineOverridesTheFile) {
+  auto path = std::filesystem::temp_directory_path() /
+              ("hostd-config-test-" + std::to_string(::getpid()) + ".json");
+  {
+    std::ofstream out(path);
+    out << R"({"listen": "127.0.0.1:9000", "state_dir": "/srv/vesicle", "max_sandboxes": 4})";
+  }
+  ConfigOverrides overrides;
+  overrides.listen = "127.0.0.1:9100";
+  overrides.state_dir = "/tmp/vesicle-state";
+  auto config = load_config(path, overrides);
+  std::filesystem::remove(path);
+  ASSERT_TRUE(config) << config.error().message();
+  EXPECT_EQ(config->listen(), "127.0.0.1:9100");
+  EXPECT_EQ(config->state_dir(), "/tmp/vesicle-state");
+  EXPECT_EQ(config->images_dir(), "/tmp/vesicle-state/images");
+  EXPECT_EQ(config->max_sandboxes(), 4u);
+}
+
+TEST(Config, BadValuesAreRefused) {
+  ConfigOverrides overrides;
+  overrides.listen = "localhost";
+  EXPECT_FALSE(load_config(std::nullopt, overrides));
+  overrides.listen = "127.0.0.1:70000";
+  EXPECT_FALSE(load_config(std::nullopt, overrides));
+  overrides.listen.reset();
+  overrides.state_dir = "relative/dir";
+  auto relative = load_config(std::nullopt, overrides);
+  ASSERT_FALSE(relative);
+  EXPECT_NE(relative.error().message().find("absolute"), std::string::npos);
+  EXPECT_FALSE(load_config("/nonexistent/hostd.conf", {}));
+}
+
+TEST(Config, ListenAddressForms) {
+  auto v4 = parse_listen_address("127.0.0.1:7070");
+  ASSERT_TRUE(v4);
+  EXPECT_EQ(v4->host, "127.0.0.1");
+  EXPECT_EQ(v4->port, 7070);
+  auto v6 = parse_listen_address("[::1]:0");
+  ASSERT_TRUE(v6);
+  EXPECT_EQ(v6->host, "::1");
+  EXPECT_EQ(v6->port, 0);
+  EXPECT_FALSE(parse_listen_address("127.0.0.1:"));
+  EXPECT_FALSE(parse_listen_address(":80"));
+  EXPECT_FALSE(parse_listen_address("127.0.0.1:http"));
+}

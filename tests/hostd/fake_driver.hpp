@@ -1,0 +1,316 @@
+// A fake VMM driver for unit tests of the sandbox actors and the HTTP API:
+// VMs that "boot" when the test says so, "die" when the test kills them, and
+// an agent that interprets a tiny script instead of Python:
+//   out TEXT | err TEXT   a stdout / stderr event (TEXT with \n unescaped)
+//   hex HEXBYTES          a stdout event with raw bytes
+//   result TEXT           a result event
+//   raise NAME VALUE      an error event, then exit code 1
+//   sleep MS              wait (real time) before the next line
+//   die                   the VM dies mid-cell
+// Files are kept in a map per VM.
+#pragma once
+
+// Boost 1.74's asio/awaitable.hpp uses std::exchange without including it.
+#include <utility>
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <set>
+#include <sstream>
+#include <string>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include "actors/vmm/vmm.hpp"
+
+namespace vesicle::testing {
+
+namespace asio = boost::asio;
+
+// Something coroutines can wait for until it is opened, once.
+class Gate {
+public:
+  explicit Gate(asio::any_io_executor executor) : timer_(executor) {
+    timer_.expires_at(asio::steady_timer::time_point::max());
+  }
+  asio::awaitable<void> wait() {
+    while (!open_) {
+      boost::system::error_code ignored;
+      co_await timer_.async_wait(asio::redirect_error(asio::use_awaitable, ignored));
+    }
+  }
+  void open() {
+    open_ = true;
+    timer_.cancel();
+  }
+  bool is_open() const { return open_; }
+
+private:
+  asio::steady_timer timer_;
+  bool open_ = false;
+};
+
+inline asio::awaitable<void> sleep_for(std::chrono::milliseconds delay) {
+  asio::steady_timer timer(co_await asio::this_coro::executor, delay);
+  boost::system::error_code ignored;
+  co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ignored));
+}
+
+class FakeVm;
+
+class FakeAgent : public vmm::AgentClient {
+public:
+  explicit FakeAgent(FakeVm& vm) : vm_(vm) {}
+  asio::awaitable<Result<guest::Pong>> ping(std::chrono::milliseconds) override;
+  asio::awaitable<Result<guest::Info>> info() override;
+  asio::awaitable<Result<guest::Exit>> exec_python(guest::ExecPython request,
+                                                   vmm::ExecEventSink sink) override {
+    return run_script(request.code(), std::move(sink));
+  }
+  asio::awaitable<Result<guest::Exit>> exec_bash(guest::ExecBash request,
+                                                 vmm::ExecEventSink sink) override {
+    return run_script(request.command(), std::move(sink));
+  }
+  asio::awaitable<Result<std::unique_ptr<vmm::Upload>>>
+  begin_upload(std::string path, std::uint32_t mode, bool make_parents) override;
+  asio::awaitable<Result<guest::Done>> download(std::string path, vmm::ChunkSink sink) override;
+  asio::awaitable<Result<void>> shutdown() override;
+  bool connected() const override;
+
+  std::map<std::string, std::string> files;
+
+private:
+  asio::awaitable<Result<guest::Exit>> run_script(std::string script, vmm::ExecEventSink sink);
+  Error broken() const { return make_error("agent call", "the agent channel is closed (VM gone)"); }
+  FakeVm& vm_;
+};
+
+class FakeVm : public vmm::Vm {
+public:
+  FakeVm(vmm::VmConfig config, asio::any_io_executor executor, int pid, std::set<std::string>& live)
+      : config_(std::move(config)), pid_(pid), exited_(executor), agent_(*this), live_(live) {
+    live_.insert(config_.id);
+  }
+  ~FakeVm() override { live_.erase(config_.id); }
+  const std::string& id() const override { return config_.id; }
+  int qemu_pid() const override { return pid_; }
+  vmm::AgentClient& agent() override { return agent_; }
+  bool running() const override { return !exited_.is_open(); }
+  asio::awaitable<std::string> wait_exit() override {
+    co_await exited_.wait();
+    co_return how_;
+  }
+  asio::awaitable<void> shutdown(std::chrono::milliseconds) override {
+    destroy();
+    co_return;
+  }
+  void destroy() override {
+    ++destroy_calls;
+    kill("killed by destroy()");
+    files_removed = true;
+  }
+  // The VM's process exits (as if QEMU got kill -9).
+  void kill(std::string how) {
+    if (exited_.is_open()) return;
+    how_ = std::move(how);
+    exited_.open();
+  }
+
+  const vmm::VmConfig& config() const { return config_; }
+  int destroy_calls = 0;
+  bool files_removed = false;
+  FakeAgent& fake_agent() { return agent_; }
+
+private:
+  vmm::VmConfig config_;
+  int pid_;
+  Gate exited_;
+  std::string how_;
+  FakeAgent agent_;
+  std::set<std::string>& live_;
+};
+
+class FakeDriver : public vmm::Driver {
+public:
+  explicit FakeDriver(asio::any_io_executor executor) : executor_(std::move(executor)) {}
+  vmm::Accel accel() const override { return vmm::Accel::tcg; }
+
+  asio::awaitable<Result<std::unique_ptr<vmm::Vm>>> boot(vmm::VmConfig config) override {
+    ++boots_started;
+    auto gate = std::make_shared<Gate>(executor_);
+    pending_[config.id] = gate;
+    if (!hold_boots) gate->open();
+    co_await gate->wait();
+    pending_.erase(config.id);
+    if (fail_boots) co_return make_error("boot VM", "the fake driver was told to fail", config.id);
+    auto vm = std::make_unique<FakeVm>(std::move(config), executor_, next_pid_++, live);
+    vms[vm->id()] = vm.get();
+    co_return std::unique_ptr<vmm::Vm>(std::move(vm));
+  }
+
+  // Lets held boots finish.
+  void release_boots() {
+    for (auto& [id, gate] : std::map(pending_))
+      gate->open();
+  }
+  std::size_t pending_boots() const { return pending_.size(); }
+  FakeVm* vm(const std::string& id) {
+    auto found = vms.find(id);
+    return found == vms.end() || !live.count(id) ? nullptr : found->second;
+  }
+
+  bool hold_boots = false;
+  bool fail_boots = false;
+  int boots_started = 0;
+  std::set<std::string> live;         // ids of FakeVm objects that exist
+  std::map<std::string, FakeVm*> vms; // check `live` before use
+
+private:
+  asio::any_io_executor executor_;
+  std::map<std::string, std::shared_ptr<Gate>> pending_;
+  int next_pid_ = 1000;
+};
+
+// -- FakeAgent ----------------------------------------------------------------
+
+inline bool FakeAgent::connected() const {
+  return vm_.running();
+}
+
+inline asio::awaitable<Result<guest::Pong>> FakeAgent::ping(std::chrono::milliseconds) {
+  if (!connected()) co_return broken();
+  co_return guest::Pong{};
+}
+
+inline asio::awaitable<Result<guest::Info>> FakeAgent::info() {
+  if (!connected()) co_return broken();
+  guest::Info info;
+  info.set_agent_version("fake");
+  co_return info;
+}
+
+inline asio::awaitable<Result<void>> FakeAgent::shutdown() {
+  vm_.kill("powered off");
+  co_return Result<void>{};
+}
+
+inline std::string unescape(std::string text) {
+  std::string out;
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    if (text[i] == '\\' && i + 1 < text.size() && text[i + 1] == 'n') {
+      out += '\n';
+      ++i;
+    } else {
+      out += text[i];
+    }
+  }
+  return out;
+}
+
+inline asio::awaitable<Result<guest::Exit>> FakeAgent::run_script(std::string script,
+                                                                  vmm::ExecEventSink sink) {
+  if (!connected()) co_return broken();
+  std::istringstream lines(script);
+  std::string line;
+  guest::Exit exit;
+  while (std::getline(lines, line)) {
+    auto space = line.find(' ');
+    std::string verb = line.substr(0, space);
+    std::string rest = space == std::string::npos ? "" : line.substr(space + 1);
+    guest::Event event;
+    if (verb == "out") {
+      event.set_stdout(unescape(rest));
+      sink(event);
+    } else if (verb == "err") {
+      event.set_stderr(unescape(rest));
+      sink(event);
+    } else if (verb == "hex") {
+      std::string bytes;
+      for (std::size_t i = 0; i + 1 < rest.size(); i += 2)
+        bytes += static_cast<char>(std::stoi(rest.substr(i, 2), nullptr, 16));
+      event.set_stdout(bytes);
+      sink(event);
+    } else if (verb == "result") {
+      event.set_result(rest);
+      sink(event);
+    } else if (verb == "raise") {
+      auto split = rest.find(' ');
+      auto* error = event.mutable_error();
+      error->set_name(rest.substr(0, split));
+      error->set_value(split == std::string::npos ? "" : rest.substr(split + 1));
+      error->set_traceback("Traceback (most recent call last):\n  fake\n");
+      sink(event);
+      exit.set_exit_code(1);
+    } else if (verb == "sleep") {
+      co_await sleep_for(std::chrono::milliseconds(std::stoi(rest)));
+    } else if (verb == "die") {
+      vm_.kill("killed by signal 9 (SIGKILL)");
+    }
+    if (!connected()) co_return broken();
+  }
+  exit.set_duration_us(1500);
+  co_return exit;
+}
+
+class FakeUpload : public vmm::Upload {
+public:
+  FakeUpload(FakeAgent& agent, std::map<std::string, std::string>& files, std::string path)
+      : agent_(agent), files_(files), path_(std::move(path)) {}
+  asio::awaitable<Result<void>> write(std::string_view data) override {
+    if (!agent_.connected()) co_return make_error("write file", "the VM is gone", path_);
+    data_.append(data);
+    co_return Result<void>{};
+  }
+  asio::awaitable<Result<guest::Done>> finish() override {
+    if (!agent_.connected()) co_return make_error("write file", "the VM is gone", path_);
+    guest::Done done;
+    done.set_size(data_.size());
+    files_[path_] = std::move(data_);
+    co_return done;
+  }
+  asio::awaitable<void> abort() override {
+    aborted = true;
+    co_return;
+  }
+  bool aborted = false;
+
+private:
+  FakeAgent& agent_;
+  std::map<std::string, std::string>& files_;
+  std::string path_;
+  std::string data_;
+};
+
+inline asio::awaitable<Result<std::unique_ptr<vmm::Upload>>>
+FakeAgent::begin_upload(std::string path, std::uint32_t, bool) {
+  if (!connected()) co_return broken();
+  if (path.starts_with("/proc/")) co_return Error{EACCES, "open", path, "read-only filesystem", {}};
+  co_return std::unique_ptr<vmm::Upload>(std::make_unique<FakeUpload>(*this, files, path));
+}
+
+inline asio::awaitable<Result<guest::Done>> FakeAgent::download(std::string path,
+                                                                vmm::ChunkSink sink) {
+  if (!connected()) co_return broken();
+  if (path == "/dev/zero" || path.ends_with("/"))
+    co_return Error{EISDIR, "read", path, "not a regular file", {}};
+  auto found = files.find(path);
+  if (found == files.end()) co_return Error{ENOENT, "open", path, "", {}};
+  std::string_view data = found->second;
+  for (std::size_t offset = 0; offset < data.size(); offset += 65536) {
+    auto sent = co_await sink(data.substr(offset, 65536));
+    if (!sent) co_return std::move(sent).error();
+  }
+  guest::Done done;
+  done.set_size(data.size());
+  done.set_eof(true);
+  co_return done;
+}
+
+} // namespace vesicle::testing

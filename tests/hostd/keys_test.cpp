@@ -1,0 +1,97 @@
+#include <sys/stat.h>
+
+#include <fstream>
+#include <sstream>
+
+#include <gtest/gtest.h>
+
+#include "hostd/keys.hpp"
+
+using namespace vesicle::hostd;
+
+namespace {
+
+struct TempDir {
+  TempDir() {
+    char pattern[] = "/tmp/hostd-keys-test-XXXXXX";
+    path = ::mkdtemp(pattern);
+  }
+  ~TempDir() { std::filesystem::remove_all(path); }
+  std::filesystem::path path;
+};
+
+std::string read(const std::filesystem::path& path) {
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+} // namespace
+
+TEST(Keys, Sha256MatchesTheKnownVector) {
+  EXPECT_EQ(to_hex(sha256("abc")),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  auto parsed = digest_from_hex(to_hex(sha256("abc")));
+  ASSERT_TRUE(parsed);
+  EXPECT_EQ(*parsed, sha256("abc"));
+  EXPECT_FALSE(digest_from_hex("abc"));
+  EXPECT_FALSE(digest_from_hex(std::string(64, 'g')));
+}
+
+TEST(Keys, ConstantTimeCompareTellsEqualFromDifferent) {
+  auto a = sha256("one");
+  auto b = a;
+  EXPECT_TRUE(constant_time_equal(a, b));
+  b[31] ^= 1; // differs in the last byte only
+  EXPECT_FALSE(constant_time_equal(a, b));
+  b = a;
+  b[0] ^= 0x80; // and in the first only
+  EXPECT_FALSE(constant_time_equal(a, b));
+}
+
+TEST(Keys, KeysAreStoredHashedAndAuthenticate) {
+  TempDir dir;
+  auto file = dir.path / "keys";
+  auto store = KeyStore::load(file);
+  ASSERT_TRUE(store) << store.error().message();
+  EXPECT_TRUE(store->empty());
+  auto first = store->add();
+  ASSERT_TRUE(first) << first.error().message();
+  auto second = store->add();
+  ASSERT_TRUE(second);
+  EXPECT_NE(first->key, second->key);
+  EXPECT_EQ(first->key.rfind("vsk_", 0), 0u);
+  EXPECT_GE(first->key.size(), 4u + 64u);
+
+  // On disk: the hashes, never the keys; readable by the owner only.
+  auto text = read(file);
+  EXPECT_EQ(text.find(first->key), std::string::npos);
+  EXPECT_EQ(text.find(first->key.substr(4)), std::string::npos);
+  EXPECT_NE(text.find(to_hex(sha256(first->key))), std::string::npos);
+  struct stat info {};
+  ASSERT_EQ(::stat(file.c_str(), &info), 0);
+  EXPECT_EQ(info.st_mode & 0777, 0600u);
+  EXPECT_FALSE(std::filesystem::exists(file.string() + ".tmp"));
+
+  auto reloaded = KeyStore::load(file);
+  ASSERT_TRUE(reloaded);
+  EXPECT_EQ(reloaded->authenticate(first->key), first->id);
+  EXPECT_EQ(reloaded->authenticate(second->key), second->id);
+  EXPECT_FALSE(reloaded->authenticate(first->key + "x"));
+  EXPECT_FALSE(reloaded->authenticate(""));
+  EXPECT_FALSE(reloaded->authenticate(to_hex(sha256(first->key))))
+      << "the stored hash must not work as a key";
+}
+
+TEST(Keys, ACorruptKeysFileIsAnErrorNamingTheLine) {
+  TempDir dir;
+  auto file = dir.path / "keys";
+  {
+    std::ofstream out(file);
+    out << "# comment\nkey-1 " << to_hex(sha256("x")) << "\nkey-2 nothex\n";
+  }
+  auto store = KeyStore::load(file);
+  ASSERT_FALSE(store);
+  EXPECT_NE(store.error().message().find("line 3"), std::string::npos) << store.error().message();
+}

@@ -1,0 +1,11 @@
+# hostd's tests. Unit: the actors on CAF's deterministic scheduler with a
+# fake VMM driver, the HTTP API in-process over loopback with the fake
+# driver, config, keys, the NDJSON encoder. Integration: the real hostd
+# binary with real VMs.
+vesicle_test(hostd_actor_test SOURCES hostd/sandbox_actor_test.cpp
+             LIBS vesicle_hostd)
+vesicle_test(hostd_config_test SOURCES hostd/config_test.cpp LIBS vesicle_hostd)
+vesicle_test(hostd_keys_test SOURCES hostd/keys_test.cpp LIBS vesicle_hostd)
+vesicle_test(hostd_ndjson_test SOURCES hostd/ndjson_test.cpp LIBS vesicle_hostd)
+vesicle_test(hostd_api_test SOURCES hostd/api_test.cpp hostd/http_client.cpp
+             LIBS vesicle_hostd)

@@ -1,0 +1,184 @@
+"""Runs a real hostd for the end-to-end tests, and checks it leaves nothing behind.
+
+hostd gets its own temporary state dir (so it makes a fresh keys file and
+prints the new key), runtime dir, shm dir and loopback port 0 (it prints the
+port it got), through a text-format config file (messages/config.proto),
+with its images from VESICLE_IMAGES_DIR. At the end it is stopped
+with SIGTERM and the test checks that no QEMU process of this hostd is left
+and that its runtime and shm dirs hold no per-VM files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List
+
+import pytest
+
+# What hostd prints on stdout at start (hostd/main.cpp): on first start, with
+# an empty keys file, "vesicle API key <id> (...):" and then the key on its
+# own line ("vsk_" and hex digits, hostd/keys.cpp); once serving, "hostd
+# <version> listening on http://<address>:<port> (...)", which gives the port
+# when we ask for port 0.
+KEY_PATTERN = re.compile(r"^(vsk_[0-9A-Za-z]+)$", re.MULTILINE)
+LISTEN_PATTERN = re.compile(r"listening on (http://[0-9.]+:[0-9]+)")
+START_TIMEOUT_S = 60
+STOP_TIMEOUT_S = 30
+
+
+@dataclass
+class RunningHostd:
+    url: str
+    key: str
+    pid: int
+    log_path: Path
+    state_dir: Path
+    runtime_dir: Path
+    shm_dir: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def _healthy(url: str) -> bool:
+    parts = urllib.parse.urlsplit(url)
+    try:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=2)
+        conn.request("GET", "/v1/healthz")
+        resp = conn.getresponse()
+        body = resp.read()
+        conn.close()
+        return resp.status == 200 and json.loads(body).get("status") == "ok"
+    except (OSError, ValueError, http.client.HTTPException):
+        return False
+
+
+def qemu_processes_under(paths: List[Path]) -> List[int]:
+    """PIDs of QEMU processes whose command line names one of `paths` (ours only)."""
+    needles = [str(p).encode() for p in paths]
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        if b"qemu" in cmdline.split(b"\0", 1)[0] and any(n in cmdline for n in needles):
+            found.append(int(entry))
+    return found
+
+
+@contextlib.contextmanager
+def hostd_session(repo: Path):
+    binary = Path(os.environ.get("VESICLE_HOSTD") or repo / "build" / "hostd" / "hostd")
+    images = Path(os.environ.get("VESICLE_IMAGES_DIR") or repo / "build" / "images")
+    if not binary.exists():
+        pytest.skip(
+            f"the hostd binary {binary} does not exist: build the tree "
+            f"(cmake -S . -B build -G Ninja && ninja -C build) or set VESICLE_HOSTD"
+        )
+    missing = [n for n in ("vmlinuz", "initrd.img", "rootfs.ext4") if not (images / n).exists()]
+    if missing:
+        pytest.fail(
+            f"hostd exists but the guest images dir {images} lacks {', '.join(missing)}: "
+            f"build them with images/build.sh or set VESICLE_IMAGES_DIR"
+        )
+
+    top = Path(tempfile.mkdtemp(prefix="vesicle-sdk-test-"))
+    shm_dir = Path(tempfile.mkdtemp(prefix="vesicle-sdk-test-", dir="/dev/shm"))
+    state_dir, runtime_dir = top / "state", top / "run"
+    state_dir.mkdir()
+    runtime_dir.mkdir()
+    config = top / "hostd.conf"
+    config.write_text(
+        'listen: "127.0.0.1:0"\n'
+        f'state_dir: "{state_dir}"\n'
+        f'images_dir: "{images}"\n'
+        f'runtime_dir: "{runtime_dir}"\n'
+        f'shm_dir: "{shm_dir}"\n'
+        "max_sandboxes: 4\n"
+    )
+    log_path = top / "hostd.log"
+    proc = None
+    try:
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                [str(binary), "--config", str(config)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        key = url = None
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(
+                    f"hostd exited with status {proc.returncode} at start:\n"
+                    + log_path.read_text(errors="replace")
+                )
+            output = log_path.read_text(errors="replace")
+            key_match, url_match = KEY_PATTERN.search(output), LISTEN_PATTERN.search(output)
+            key = key_match.group(1) if key_match else None
+            url = url_match.group(1) if url_match else None
+            if key is not None and url is not None and _healthy(url):
+                break
+            if time.monotonic() > deadline:
+                pytest.fail(
+                    f"hostd did not print a key and its address and answer /v1/healthz within "
+                    f"{START_TIMEOUT_S} s:\n" + log_path.read_text(errors="replace")
+                )
+            time.sleep(0.1)
+
+        yield RunningHostd(
+            url=url,
+            key=key,
+            pid=proc.pid,
+            log_path=log_path,
+            state_dir=state_dir,
+            runtime_dir=runtime_dir,
+            shm_dir=shm_dir,
+        )
+    finally:
+        problems = []
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                problems.append(f"hostd did not exit within {STOP_TIMEOUT_S} s of SIGTERM")
+                proc.kill()
+                proc.wait()
+        # QEMU children may take a moment to go after hostd.
+        ours = [runtime_dir, shm_dir]
+        deadline = time.monotonic() + 10
+        left = qemu_processes_under(ours)
+        while left and time.monotonic() < deadline:
+            time.sleep(0.2)
+            left = qemu_processes_under(ours)
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if left:
+            problems.append(f"QEMU processes of this hostd outlived it: {left}")
+        leftovers = [p for d in ours if d.exists() for p in d.rglob("*")]
+        if leftovers:
+            problems.append(f"hostd left per-VM files behind: {[str(p) for p in leftovers[:10]]}")
+        log_text = log_path.read_text(errors="replace") if log_path.exists() else ""
+        shutil.rmtree(top, ignore_errors=True)
+        shutil.rmtree(shm_dir, ignore_errors=True)
+        if problems:
+            raise AssertionError("; ".join(problems) + "\nhostd log:\n" + log_text[-4000:])

@@ -1,0 +1,375 @@
+// AgentClient against the real vesicle-agent, run on the host in its test
+// mode (--channel-fd=3 --no-init) over a socketpair: no VM. A fake peer is
+// used only where the real agent cannot misbehave on cue (a bad frame).
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+
+#include <gtest/gtest.h>
+
+#include "actors/vmm/process.hpp"
+#include "tests/vmm/test_support.hpp"
+
+#include <boost/asio/write.hpp>
+
+#include "messages/framing.hpp"
+
+namespace vesicle::test {
+namespace {
+
+using namespace std::chrono_literals;
+using vmm::AgentClient;
+using Socket = asio::local::stream_protocol::socket;
+using Clock = std::chrono::steady_clock;
+
+std::string agent_binary() {
+  return env_or("VESICLE_AGENT_BIN", env_or("VESICLE_AGENT_BIN_DEFAULT", ""));
+}
+
+class AgentClientTest : public ::testing::Test {
+protected:
+  void SetUp() override {
+    become_subreaper();
+    const std::string binary = agent_binary();
+    if (binary.empty() || ::access(binary.c_str(), X_OK) != 0) {
+      GTEST_SKIP() << "the guest agent is not built here (" << binary
+                   << "); build guest/agent or set VESICLE_AGENT_BIN";
+    }
+    home_.emplace();
+    int fds[2];
+    ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds), 0);
+    UniqueFd ours(fds[0]);
+    UniqueFd theirs(fds[1]);
+    vmm::detail::SpawnOptions options;
+    options.argv = {binary, "--channel-fd=3", "--no-init",
+                    "--repl=" + env_or("VESICLE_REPL_PY", env_or("VESICLE_REPL_PY_DEFAULT", "")),
+                    "--home=" + home_->path().string()};
+    options.output = home_->path() / "agent.log";
+    options.pass_fd = theirs.get();
+    auto spawned = io_.call([&] { return vmm::detail::Process::spawn(io_.executor(), options); });
+    ASSERT_TRUE(spawned) << spawned.error().message();
+    agent_process_ = std::move(spawned.value());
+    theirs.reset();
+    client_ = io_.call([&] {
+      return vmm::make_agent_client(
+          Socket(io_.io(), asio::local::stream_protocol(), ours.release()));
+    });
+    auto ready = io_.run(client_->wait_ready(20s, 250ms));
+    ASSERT_TRUE(ready) << ready.error().message();
+  }
+
+  void TearDown() override {
+    io_.call_void([this] {
+      client_.reset();
+      agent_process_.reset(); // SIGKILLs and reaps if still running
+    });
+    // What a killed agent left behind (its bash commands, its REPL).
+    kill_orphans();
+  }
+
+  std::string host_path(const std::string& name) const { return (home_->path() / name).string(); }
+
+  IoThread io_;
+  std::optional<TempDir> home_;
+  std::unique_ptr<vmm::detail::Process> agent_process_;
+  std::unique_ptr<AgentClient> client_;
+};
+
+TEST_F(AgentClientTest, ConcurrentRequestsEachGetTheirOwnEvents) {
+  // Eight bash commands at once, each printing its own marker many times,
+  // plus a ping and a Python cell in between: no event may cross over.
+  struct All {
+    std::vector<ExecReply> bash;
+    ExecReply python;
+    Result<guest::Pong> pong = make_error("ping", "not run");
+    Clock::duration ping_latency{};
+  };
+  auto all = io_.run([](AgentClient& agent) -> asio::awaitable<All> {
+    All all;
+    all.bash.resize(8);
+    int outstanding = 8;
+    auto executor = co_await asio::this_coro::executor;
+    asio::steady_timer done(executor, Clock::time_point::max());
+    for (int i = 0; i < 8; ++i) {
+      asio::co_spawn(
+          executor,
+          [&, i]() -> asio::awaitable<void> {
+            all.bash[i] =
+                co_await bash(agent, "for n in $(seq 200); do echo marker-" + std::to_string(i) +
+                                         "; done; sleep 1; exit " + std::to_string(i));
+            if (--outstanding == 0) done.cancel();
+          },
+          asio::detached);
+    }
+    const auto sent = Clock::now();
+    all.pong = co_await agent.ping(5s);
+    all.ping_latency = Clock::now() - sent;
+    all.python = co_await python(agent, "21 * 2");
+    boost::system::error_code ec;
+    if (outstanding > 0) co_await done.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    co_return all;
+  }(*client_));
+
+  ASSERT_TRUE(all.pong) << all.pong.error().message();
+  // The bash commands sleep 1 s; a ping multiplexed beside them is not held up.
+  EXPECT_LT(all.ping_latency, 900ms);
+  ASSERT_TRUE(all.python.exit) << all.python.exit.error().message();
+  EXPECT_EQ(all.python.output.results, std::vector<std::string>{"42"});
+  for (int i = 0; i < 8; ++i) {
+    ASSERT_TRUE(all.bash[i].exit) << all.bash[i].exit.error().message();
+    EXPECT_EQ(all.bash[i].exit->exit_code(), i);
+    std::string expected;
+    for (int n = 0; n < 200; ++n)
+      expected += "marker-" + std::to_string(i) + "\n";
+    EXPECT_EQ(all.bash[i].output.out, expected) << "command " << i;
+  }
+}
+
+TEST_F(AgentClientTest, ChannelClosedMidExecFailsEveryPendingAndLaterCall) {
+  struct Outcome {
+    ExecReply bash;
+    ExecReply python;
+    Result<guest::Pong> later = make_error("ping", "not run");
+    Clock::duration later_took{};
+    bool connected_after = true;
+  };
+  auto outcome =
+      io_.run([](AgentClient& agent, vmm::detail::Process& process) -> asio::awaitable<Outcome> {
+        Outcome outcome;
+        auto executor = co_await asio::this_coro::executor;
+        int outstanding = 2;
+        asio::steady_timer done(executor, Clock::time_point::max());
+        asio::co_spawn(
+            executor,
+            [&]() -> asio::awaitable<void> {
+              outcome.bash = co_await bash(agent, "echo started; sleep 60");
+              if (--outstanding == 0) done.cancel();
+            },
+            asio::detached);
+        asio::co_spawn(
+            executor,
+            [&]() -> asio::awaitable<void> {
+              outcome.python = co_await python(
+                  agent, "import time\nprint('sleeping', flush=True)\ntime.sleep(60)");
+              if (--outstanding == 0) done.cancel();
+            },
+            asio::detached);
+        // Let both start streaming, then kill the agent under them.
+        asio::steady_timer pause(executor, 1500ms);
+        co_await pause.async_wait(asio::use_awaitable);
+        process.kill(SIGKILL);
+        boost::system::error_code ec;
+        co_await done.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+        outcome.connected_after = agent.connected();
+        const auto started = Clock::now();
+        outcome.later = co_await agent.ping(10s);
+        outcome.later_took = Clock::now() - started;
+        co_return outcome;
+      }(*client_, *agent_process_));
+
+  ASSERT_FALSE(outcome.bash.exit);
+  EXPECT_TRUE(vmm::is_channel_closed(outcome.bash.exit.error()))
+      << outcome.bash.exit.error().message();
+  EXPECT_NE(outcome.bash.exit.error().message().find("agent channel closed"), std::string::npos);
+  EXPECT_EQ(outcome.bash.output.out, "started\n");
+  ASSERT_FALSE(outcome.python.exit);
+  EXPECT_TRUE(vmm::is_channel_closed(outcome.python.exit.error()))
+      << outcome.python.exit.error().message();
+  EXPECT_FALSE(outcome.connected_after);
+  ASSERT_FALSE(outcome.later);
+  EXPECT_TRUE(vmm::is_channel_closed(outcome.later.error()));
+  EXPECT_LT(outcome.later_took, 100ms) << "a call on a dead channel must fail at once";
+}
+
+TEST_F(AgentClientTest, DownloadWithSlowSinkStreamsTheWholeFileInOrder) {
+  const std::string data = random_bytes((24u << 20) + 12345, 7);
+  {
+    std::ofstream out(host_path("big.bin"), std::ios::binary);
+    out.write(data.data(), static_cast<std::streamsize>(data.size()));
+  }
+  const std::string expected = sha256_hex(data);
+  reset_peak_rss();
+  const auto rss_before = rss_kib();
+  // The sink hashes and drops each chunk after a pause, so what this process
+  // holds is what the client buffers: at most one 4 MiB range ahead.
+  auto got = io_.run(download(*client_, host_path("big.bin"), 15ms, /*keep=*/false));
+  const auto rss_after = peak_rss_kib();
+  ASSERT_TRUE(got.done) << got.done.error().message();
+  EXPECT_EQ(got.done->size(), data.size());
+  EXPECT_TRUE(got.done->eof());
+  EXPECT_EQ(got.bytes, data.size());
+  EXPECT_EQ(got.sha256, expected);
+  EXPECT_GE(got.chunks, data.size() / wire::kMaxChunkBytes);
+  // The sink takes ~1.5 s for 24 MiB, the agent reads it in well under
+  // that: without ranges most of the file would wait in the client.
+  EXPECT_LT(rss_after - std::min(rss_after, rss_before), 8u << 10)
+      << "KiB peak growth while downloading 24 MiB";
+}
+
+TEST_F(AgentClientTest, DownloadSinkErrorStopsTheDownload) {
+  const std::string data = random_bytes(3u << 20, 9);
+  {
+    std::ofstream out(host_path("three.bin"), std::ios::binary);
+    out.write(data.data(), static_cast<std::streamsize>(data.size()));
+  }
+  struct Outcome {
+    Result<guest::Done> done = make_error("download", "not run");
+    int chunks = 0;
+    Result<guest::Pong> after = make_error("ping", "not run");
+  };
+  auto outcome = io_.run([](AgentClient& agent, std::string path) -> asio::awaitable<Outcome> {
+    Outcome outcome;
+    outcome.done = co_await agent.download(
+        path, [&outcome](std::string_view) -> asio::awaitable<Result<void>> {
+          if (++outcome.chunks == 2)
+            co_return make_error("write response", "the HTTP client went away");
+          co_return Result<void>{};
+        });
+    outcome.after = co_await agent.ping(5s);
+    co_return outcome;
+  }(*client_, host_path("three.bin")));
+  ASSERT_FALSE(outcome.done);
+  EXPECT_NE(outcome.done.error().message().find("the HTTP client went away"), std::string::npos);
+  EXPECT_EQ(outcome.chunks, 2);
+  EXPECT_TRUE(outcome.after) << "the channel stays usable after a consumer gives up";
+}
+
+TEST_F(AgentClientTest, UploadInOddSizedWritesArrivesIntact) {
+  const std::string data = random_bytes((5u << 20) + 777, 11);
+  auto done = io_.run(upload(*client_, host_path("sub dir/ünïcode file.bin"), data, 100'003));
+  ASSERT_TRUE(done) << done.error().message();
+  EXPECT_EQ(done->size(), data.size());
+  std::ifstream in(host_path("sub dir/ünïcode file.bin"), std::ios::binary);
+  std::string back((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(sha256_hex(back), sha256_hex(data));
+}
+
+TEST_F(AgentClientTest, UploadRefusedByTheAgentIsAnError) {
+  // Without make_parents, a missing parent folder is refused.
+  auto refused =
+      io_.run([](AgentClient& agent, std::string path) -> asio::awaitable<Result<guest::Done>> {
+        auto started = co_await agent.begin_upload(path, 0644, false);
+        if (!started) co_return std::move(started).error();
+        if (auto written = co_await started.value()->write("data"); !written)
+          co_return std::move(written).error();
+        co_return co_await started.value()->finish();
+      }(*client_, host_path("missing/dir/file")));
+  ASSERT_FALSE(refused);
+  EXPECT_FALSE(vmm::is_channel_closed(refused.error()));
+  EXPECT_EQ(refused.error().errno_value, ENOENT) << refused.error().message();
+  EXPECT_NE(refused.error().message().find("missing/dir/file"), std::string::npos)
+      << refused.error().message();
+}
+
+TEST_F(AgentClientTest, AbortedUploadLeavesTheTargetAsItWas) {
+  {
+    std::ofstream out(host_path("keep.txt"));
+    out << "original";
+  }
+  auto aborted = io_.run([](AgentClient& agent, std::string path) -> asio::awaitable<Result<void>> {
+    auto started = co_await agent.begin_upload(path, 0644, false);
+    if (!started) co_return std::move(started).error();
+    if (auto written = co_await started.value()->write(std::string(1u << 20, 'x')); !written) {
+      co_return std::move(written).error();
+    }
+    co_await started.value()->abort();
+    co_return Result<void>{};
+  }(*client_, host_path("keep.txt")));
+  ASSERT_TRUE(aborted) << aborted.error().message();
+  std::ifstream in(host_path("keep.txt"));
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(text, "original");
+  // No temporary file is left beside it.
+  int entries = 0;
+  for ([[maybe_unused]] const auto& entry : std::filesystem::directory_iterator(home_->path()))
+    ++entries;
+  EXPECT_EQ(entries, 2) << "keep.txt and agent.log only";
+}
+
+TEST_F(AgentClientTest, DownloadOfMissingFileOrFifoIsAnErrorNotAHang) {
+  ASSERT_EQ(::mkfifo(host_path("fifo").c_str(), 0644), 0);
+  const auto started = Clock::now();
+  auto missing = io_.run(download(*client_, host_path("nope")));
+  auto fifo = io_.run(download(*client_, host_path("fifo")));
+  EXPECT_LT(Clock::now() - started, 5s);
+  ASSERT_FALSE(missing.done);
+  EXPECT_EQ(missing.done.error().errno_value, ENOENT) << missing.done.error().message();
+  ASSERT_FALSE(fifo.done);
+  EXPECT_FALSE(vmm::is_channel_closed(fifo.done.error())) << fifo.done.error().message();
+}
+
+TEST_F(AgentClientTest, ClientDestroyedWhileCallsArePendingCompletesThem) {
+  auto bash_call = std::make_shared<ExecReply>();
+  std::promise<void> finished;
+  io_.call_void([&] {
+    asio::co_spawn(
+        io_.executor(),
+        [&, bash_call]() -> asio::awaitable<void> {
+          *bash_call = co_await bash(*client_, "sleep 60");
+          finished.set_value();
+        },
+        asio::detached);
+  });
+  std::this_thread::sleep_for(300ms);
+  io_.call_void([&] { client_.reset(); });
+  ASSERT_EQ(finished.get_future().wait_for(5s), std::future_status::ready);
+  ASSERT_FALSE(bash_call->exit);
+  EXPECT_TRUE(vmm::is_channel_closed(bash_call->exit.error()));
+}
+
+// A peer that sends garbage instead of frames: the channel closes and the
+// pending call fails, rather than waiting forever or allocating 4 GiB.
+TEST(AgentClientBadPeer, OversizedFrameClosesTheChannel) {
+  IoThread io;
+  int fds[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds), 0);
+  UniqueFd peer(fds[1]);
+  auto client = io.call([&] {
+    return vmm::make_agent_client(Socket(io.io(), asio::local::stream_protocol(), fds[0]));
+  });
+  std::promise<Result<guest::Pong>> reply;
+  io.call_void([&] {
+    asio::co_spawn(
+        io.executor(),
+        [&]() -> asio::awaitable<void> { reply.set_value(co_await client->ping(30s)); },
+        asio::detached);
+  });
+  const char garbage[] = "\xff\xff\xff\x7fnot a frame";
+  ASSERT_EQ(::write(peer.get(), garbage, sizeof garbage - 1),
+            static_cast<ssize_t>(sizeof garbage - 1));
+  auto future = reply.get_future();
+  ASSERT_EQ(future.wait_for(5s), std::future_status::ready);
+  auto pong = future.get();
+  ASSERT_FALSE(pong);
+  EXPECT_TRUE(vmm::is_channel_closed(pong.error()));
+  EXPECT_NE(pong.error().message().find("bad frame"), std::string::npos) << pong.error().message();
+  io.call_void([&] { client.reset(); });
+}
+
+TEST(AgentClientBadPeer, PeerClosingEndsWaitReady) {
+  IoThread io;
+  int fds[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds), 0);
+  UniqueFd peer(fds[1]);
+  auto client = io.call([&] {
+    return vmm::make_agent_client(Socket(io.io(), asio::local::stream_protocol(), fds[0]));
+  });
+  std::promise<Result<guest::Pong>> reply;
+  io.call_void([&] {
+    asio::co_spawn(
+        io.executor(),
+        [&]() -> asio::awaitable<void> { reply.set_value(co_await client->wait_ready(30s, 50ms)); },
+        asio::detached);
+  });
+  std::this_thread::sleep_for(200ms);
+  peer.reset();
+  auto future = reply.get_future();
+  ASSERT_EQ(future.wait_for(5s), std::future_status::ready);
+  auto pong = future.get();
+  ASSERT_FALSE(pong);
+  EXPECT_TRUE(vmm::is_channel_closed(pong.error())) << pong.error().message();
+  io.call_void([&] { client.reset(); });
+}
+
+} // namespace
+} // namespace vesicle::test

@@ -1,0 +1,57 @@
+#include "actors/vmm/json.hpp"
+
+#include <gtest/gtest.h>
+
+namespace vesicle::json {
+namespace {
+
+TEST(Json, ParsesAQmpReply) {
+  auto value = parse(R"({"return": {"status": "running", "running": true, "pid": 1234, "ratio": 0.5,
+                         "list": [1, "two", null, false]}, "id": 7})");
+  ASSERT_TRUE(value) << value.error().message();
+  EXPECT_EQ(value.value()["id"].as_int(), 7);
+  const auto& ret = value.value()["return"];
+  EXPECT_EQ(ret["status"].as_string(), "running");
+  EXPECT_TRUE(ret["running"].as_bool());
+  EXPECT_EQ(ret["pid"].as_int(), 1234);
+  EXPECT_DOUBLE_EQ(ret["ratio"].as_double(), 0.5);
+  ASSERT_EQ(ret["list"].as_array().size(), 4u);
+  EXPECT_EQ(ret["list"].as_array()[1].as_string(), "two");
+  EXPECT_TRUE(ret["list"].as_array()[2].is_null());
+  EXPECT_TRUE(ret["absent"].is_null());
+  EXPECT_FALSE(ret.contains("absent"));
+}
+
+TEST(Json, DecodesEscapesAndSurrogatePairs) {
+  auto value = parse(R"("a\"b\\c\/d\n\t\u00e9\u2603\ud83d\ude00\ud800x")");
+  ASSERT_TRUE(value) << value.error().message();
+  EXPECT_EQ(value->as_string(), "a\"b\\c/d\n\t\xc3\xa9\xe2\x98\x83\xf0\x9f\x98\x80\xef\xbf\xbdx");
+}
+
+TEST(Json, DumpRoundTrips) {
+  Object object;
+  object["execute"] = Value("ringbuf-read");
+  object["arguments"] = Value(Object{{"size", Value(65536)}, {"text", Value("quote \" and \x01")}});
+  const std::string text = Value(object).dump();
+  EXPECT_EQ(
+      text,
+      R"({"arguments":{"size":65536,"text":"quote \" and \u0001"},"execute":"ringbuf-read"})");
+  auto back = parse(text);
+  ASSERT_TRUE(back);
+  EXPECT_EQ(back.value()["arguments"]["text"].as_string(), "quote \" and \x01");
+}
+
+TEST(Json, RefusesMalformedInput) {
+  for (const char* bad : {"", "{", "{\"a\" 1}", "[1,]", "\"unterminated", "tru", "{\"a\":1} x",
+                          "\"\x01\"", "01x", "\"\\q\""}) {
+    EXPECT_FALSE(parse(bad)) << bad;
+  }
+  std::string deep(100, '[');
+  deep += std::string(100, ']');
+  auto refused = parse(deep);
+  ASSERT_FALSE(refused);
+  EXPECT_NE(refused.error().message().find("nesting"), std::string::npos);
+}
+
+} // namespace
+} // namespace vesicle::json

@@ -1,0 +1,112 @@
+#include "actors/vmm/qemu.hpp"
+
+#include <algorithm>
+
+#include <gtest/gtest.h>
+
+namespace vesicle::vmm::qemu {
+namespace {
+
+bool has_pair(const std::vector<std::string>& args, const std::string& flag,
+              const std::string& value) {
+  for (std::size_t i = 0; i + 1 < args.size(); ++i) {
+    if (args[i] == flag && args[i + 1] == value) return true;
+  }
+  return false;
+}
+
+VmConfig config() {
+  VmConfig c;
+  c.id = "vm-1";
+  c.images = GuestImages::in("/images");
+  c.runtime_dir = "/run/v";
+  c.shm_dir = "/dev/shm";
+  c.vcpus = 3;
+  c.memory_mib = 768;
+  c.tcg_translation_cache_mib = 32;
+  return c;
+}
+
+TEST(QemuCommand, TcgCommandLine) {
+  const auto c = config();
+  const auto paths = VmPaths::of(c);
+  const auto args = command_line(c, paths, Accel::tcg, 2096000);
+  EXPECT_EQ(args.front(), "qemu-system-x86_64");
+  EXPECT_TRUE(has_pair(args, "-M", "microvm,x-option-roms=off,rtc=on,memory-backend=mem"));
+  EXPECT_TRUE(has_pair(args, "-accel", "tcg,tb-size=32"));
+  EXPECT_TRUE(has_pair(args, "-cpu", "max"));
+  EXPECT_TRUE(has_pair(args, "-smp", "3"));
+  EXPECT_TRUE(has_pair(args, "-m", "768"));
+  EXPECT_TRUE(
+      has_pair(args, "-object",
+               "memory-backend-file,id=mem,size=768M,mem-path=/dev/shm/vesicle-vm-1.mem,share=on"));
+  EXPECT_TRUE(has_pair(args, "-kernel", "/images/vmlinuz"));
+  EXPECT_TRUE(
+      has_pair(args, "-append",
+               "console=ttyS0 root=/dev/vda rw quiet panic=-1 tsc_early_khz=2096000 tsc=reliable"));
+  EXPECT_TRUE(has_pair(
+      args, "-drive", "id=root,file=/run/v/vm-1/overlay.qcow2,format=qcow2,if=none,discard=unmap"));
+  EXPECT_TRUE(
+      has_pair(args, "-chardev", "socket,id=agent,path=/run/v/vm-1/agent.sock,server=on,wait=off"));
+  EXPECT_TRUE(has_pair(args, "-device", "virtserialport,chardev=agent,name=agent"));
+  EXPECT_TRUE(has_pair(args, "-chardev", "ringbuf,id=console,size=65536"));
+  EXPECT_TRUE(has_pair(args, "-serial", "chardev:console"));
+  EXPECT_TRUE(has_pair(args, "-qmp", "unix:/run/v/vm-1/qmp.sock,server=on,wait=off"));
+  EXPECT_TRUE(has_pair(args, "-name", "vesicle-vm-1,process=vesicle-vm-1"));
+  for (const char* flag :
+       {"-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-no-shutdown"}) {
+    EXPECT_NE(std::find(args.begin(), args.end(), flag), args.end()) << flag;
+  }
+}
+
+TEST(QemuCommand, KvmUsesHostCpuAndNoTscPinning) {
+  const auto c = config();
+  const auto args = command_line(c, VmPaths::of(c), Accel::kvm, 2096000);
+  EXPECT_TRUE(has_pair(args, "-accel", "kvm"));
+  EXPECT_TRUE(has_pair(args, "-cpu", "host"));
+  EXPECT_TRUE(has_pair(args, "-append", "console=ttyS0 root=/dev/vda rw quiet panic=-1"));
+}
+
+TEST(QemuCommand, IdsAreChecked) {
+  EXPECT_TRUE(check_id("sb-0123-abc"));
+  for (const char* bad : {"", "UPPER", "a/b", "a b", "../x", "a_b"})
+    EXPECT_FALSE(check_id(bad)) << bad;
+  EXPECT_FALSE(check_id(std::string(49, 'a')));
+}
+
+TEST(QemuCommand, HostTscFrequencyIsPlausible) {
+  const auto khz = host_tsc_khz();
+  if (!khz) GTEST_SKIP() << "no invariant TSC on this host";
+  EXPECT_GT(*khz, 500'000u);
+  EXPECT_LT(*khz, 10'000'000u);
+  EXPECT_EQ(host_tsc_khz(), khz) << "measured once";
+}
+
+TEST(QemuConsole, TailKeepsWholeLinesAndDropsControlCharacters) {
+  EXPECT_EQ(console_tail("a\r\nb\x1b[0mc\n\n"), "a\nb[0mc");
+  std::string long_text;
+  for (int i = 0; i < 1000; ++i)
+    long_text += "line " + std::to_string(i) + "\n";
+  const auto tail = console_tail(long_text, 100);
+  EXPECT_LE(tail.size(), 100u);
+  EXPECT_EQ(tail.substr(0, 5), "line ");
+  EXPECT_EQ(tail.substr(tail.size() - 8), "line 999");
+}
+
+TEST(QemuConsole, Base64Decodes) {
+  EXPECT_EQ(base64_decode("aGVsbG8gd29ybGQ="), "hello world");
+  EXPECT_EQ(base64_decode("AP8A"), std::string("\x00\xff\x00", 3));
+  EXPECT_EQ(base64_decode(""), "");
+}
+
+TEST(GuestImagesCheck, NamesTheMissingFile) {
+  auto images = GuestImages::in("/nonexistent-vesicle-images");
+  auto checked = images.check();
+  ASSERT_FALSE(checked);
+  EXPECT_NE(checked.error().message().find("/nonexistent-vesicle-images/vmlinuz"),
+            std::string::npos);
+  EXPECT_EQ(checked.error().errno_value, ENOENT);
+}
+
+} // namespace
+} // namespace vesicle::vmm::qemu
