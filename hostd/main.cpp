@@ -2,6 +2,8 @@
 // a microVM. See --help.
 #include <sys/stat.h>
 
+#include <utility> // before asio: boost 1.74's awaitable.hpp uses std::exchange without it
+
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
