@@ -213,3 +213,24 @@ def test_cli_end_to_end(hostd, tmp_path):
     assert sid.encode() not in p.stdout
     p = _cli(hostd, "exec", sid, "1")
     assert p.returncode == 1 and p.stderr.startswith(b"vesicle: ") and b"Traceback" not in p.stderr
+
+
+def test_vm_dying_mid_cell_raises_sandbox_died(hostd):
+    with Sandbox(memory_mib=MEMORY_MIB, url=hostd.url, api_key=hostd.key) as doomed:
+        # Power the guest off from inside while the cell is still running.
+        code = (
+            "import time\nprint('bye', flush=True)\n"
+            "open('/proc/sysrq-trigger', 'w').write('o')\ntime.sleep(60)\n"
+        )
+        start = time.monotonic()
+        with pytest.raises(errors.SandboxDiedError) as info:
+            doomed.run_code(code)
+        assert time.monotonic() - start < 50  # reported as it happened, not at the timeout
+        assert info.value.code == "sandbox_died" and info.value.message
+        assert info.value.execution.stdout == "bye\n"
+        assert doomed.refresh()["state"] == "dead"
+        # Before any streaming now: a plain 410.
+        with pytest.raises(errors.SandboxDiedError) as info:
+            doomed.run_code("1")
+        assert info.value.status == 410
+    assert doomed.closed  # a dead sandbox can be deleted too

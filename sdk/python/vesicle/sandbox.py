@@ -148,8 +148,9 @@ class Sandbox:
         """Run code in the sandbox and return what it produced.
 
         Python runs in the sandbox's one persistent REPL (globals survive);
-        bash runs a fresh `bash -c` (env and cwd apply to it). Output streams:
-        on_stdout/on_stderr are called with str chunks as they arrive.
+        bash runs the command in the same machine (env and cwd apply to bash
+        only; hostd refuses them for Python). Output streams: on_stdout and
+        on_stderr are called with str chunks as they arrive.
         `timeout` (seconds) interrupts the code; the Execution says timed_out.
         If the sandbox dies meanwhile, SandboxDiedError (with `.execution`,
         what came before) is raised.
