@@ -17,7 +17,6 @@ vesicle_test(net_logic_test
   LIBS vesicle_net_logic OpenSSL::SSL OpenSSL::Crypto
   LABEL unit)
 
-if(EXISTS ${CMAKE_CURRENT_SOURCE_DIR}/net/testnet.cpp) # TEMP
 add_library(vesicle_testnet STATIC net/testnet.cpp net/probe.cpp)
 target_link_libraries(vesicle_testnet PUBLIC vesicle_net OpenSSL::SSL OpenSSL::Crypto GTest::gtest)
 target_compile_definitions(vesicle_testnet PUBLIC
@@ -32,4 +31,3 @@ set_tests_properties(net_slot_test net_egress_test PROPERTIES RESOURCE_LOCK vesi
 # Not a test: run by hand or scripts/bench.sh (needs root).
 add_executable(net_bench bench/net_bench.cpp)
 target_link_libraries(net_bench PRIVATE vesicle_testnet)
-endif() # TEMP

@@ -173,8 +173,9 @@ Result<void> BridgeConfig::validate() const {
                "must be 1.." + std::to_string(plan.max_slots()) + " for transit " + transit.str());
   }
   if (max_pooled > max_slots) return bad("max_pooled", "cannot exceed max_slots");
-  if (route_table == 0 || route_table >= 253) {
-    return bad("route_table " + std::to_string(route_table), "use a free table in 1..252");
+  if (route_table == 0 || (route_table >= 253 && route_table <= 255)) {
+    return bad("route_table " + std::to_string(route_table),
+               "use a table of its own, not 0 or the default/main/local tables (253-255)");
   }
   if (rule_priority == 0 || rule_priority + 1 >= 32766) {
     return bad("rule_priority " + std::to_string(rule_priority),
@@ -214,19 +215,25 @@ Result<void> BridgeManager::build_egress_and_host() {
   if (!host) return std::move(host).error();
   host_ = std::move(*host);
 
-  // 1. The uplink must exist before anything points at it.
-  if (!config_.uplink.empty()) {
-    auto present = in_netns(host_, [&]() -> Result<bool> {
-      auto rtnl = Rtnl::open();
-      if (!rtnl) return std::move(rtnl).error();
-      return rtnl->has_link(config_.uplink);
-    });
-    if (!present) return std::move(present).error();
-    if (!*present) {
-      return make_error("find uplink", "no such interface on the host; check the uplink setting",
-                        config_.uplink);
+  // 1. The uplink must exist before anything points at it. The host's own
+  //    addresses join the denied networks, so the slot and egress layers
+  //    refuse the host too (the host table drops it regardless, including
+  //    addresses added later).
+  auto host_addresses = in_netns(host_, [&]() -> Result<std::vector<Ipv4>> {
+    auto rtnl = Rtnl::open();
+    if (!rtnl) return std::move(rtnl).error();
+    if (!config_.uplink.empty()) {
+      auto present = rtnl->has_link(config_.uplink);
+      if (!present) return std::move(present).error();
+      if (!*present) {
+        return make_error("find uplink", "no such interface on the host; check the uplink setting",
+                          config_.uplink);
+      }
     }
-  }
+    return rtnl->ipv4_addresses();
+  });
+  if (!host_addresses) return std::move(host_addresses).error();
+  for (Ipv4 address : *host_addresses) denied_.push_back(Cidr{address, 32});
 
   // 2. The egress namespace, which every slot's traffic crosses.
   auto egress = create_named_netns(layout::egress_netns(config_.prefix));

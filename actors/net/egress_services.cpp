@@ -220,6 +220,10 @@ awaitable<void> SlotService::serve_udp(std::shared_ptr<SlotService> self) {
 
 awaitable<void> SlotService::answer_udp(std::shared_ptr<SlotService> self,
                                         std::vector<uint8_t> query, udp::endpoint peer) {
+  if (stopped_) {
+    --inflight_queries_;
+    co_return;
+  }
   auto reply = co_await answer(std::move(query));
   --inflight_queries_;
   if (!reply || stopped_) co_return;
@@ -241,24 +245,25 @@ awaitable<void> SlotService::serve_tcp_dns(std::shared_ptr<SlotService> self) {
 
 namespace {
 struct TcpDnsConnection : Tracked {
-  TcpDnsConnection(SlotService& service, tcp::socket s)
-      : service(service), socket(std::move(s)), timer(socket.get_executor()) {
-    service.track(this);
+  TcpDnsConnection(std::shared_ptr<SlotService> owner, tcp::socket s)
+      : service(std::move(owner)), socket(std::move(s)), timer(socket.get_executor()) {
+    service->track(this);
   }
-  ~TcpDnsConnection() override { service.untrack(this); }
+  ~TcpDnsConnection() override { service->untrack(this); }
   void close_sockets() override {
     error_code ignored;
     socket.close(ignored);
     timer.cancel();
   }
-  SlotService& service;
+  std::shared_ptr<SlotService> service;
   tcp::socket socket;
   asio::steady_timer timer;
 };
 } // namespace
 
 awaitable<void> SlotService::answer_tcp(std::shared_ptr<SlotService> self, tcp::socket socket) {
-  auto connection = std::make_shared<TcpDnsConnection>(*this, std::move(socket));
+  if (stopped_) co_return;
+  auto connection = std::make_shared<TcpDnsConnection>(self, std::move(socket));
   for (int served = 0; served < 16 && !stopped_; ++served) {
     connection->timer.expires_after(kTcpDnsIdle);
     connection->timer.async_wait([weak = std::weak_ptr(connection)](error_code ec) {
@@ -336,17 +341,17 @@ SlotService::answer(std::vector<uint8_t> query_bytes) {
 
 namespace {
 struct UpstreamExchange : Tracked {
-  UpstreamExchange(SlotService& service, asio::io_context& io)
-      : service(service), socket(io), timer(io) {
-    service.track(this);
+  UpstreamExchange(std::shared_ptr<SlotService> owner, asio::io_context& io)
+      : service(std::move(owner)), socket(io), timer(io) {
+    service->track(this);
   }
-  ~UpstreamExchange() override { service.untrack(this); }
+  ~UpstreamExchange() override { service->untrack(this); }
   void close_sockets() override {
     error_code ignored;
     socket.close(ignored);
     timer.cancel();
   }
-  SlotService& service;
+  std::shared_ptr<SlotService> service;
   udp::socket socket;
   asio::steady_timer timer;
   unsigned attempt = 0;
@@ -357,9 +362,12 @@ struct UpstreamExchange : Tracked {
 awaitable<Result<dns::Message>> SlotService::ask_upstream(const dns::Message& query) {
   auto wire = dns::encode(query);
   if (!wire) co_return std::move(wire).error();
+  // Never open a socket in a slot that has been detached (and may already
+  // belong to another sandbox).
+  if (stopped_) co_return make_error("ask upstream resolver", "the slot was released");
   auto fd = slot_socket(SOCK_DGRAM);
   if (!fd) co_return std::move(fd).error();
-  auto exchange = std::make_shared<UpstreamExchange>(*this, io_);
+  auto exchange = std::make_shared<UpstreamExchange>(shared_from_this(), io_);
   error_code ec;
   exchange->socket.assign(udp::v4(), fd->release(), ec);
   if (ec) co_return make_error("assign upstream DNS socket", ec.message());
@@ -414,19 +422,19 @@ awaitable<void> SlotService::serve_proxy(std::shared_ptr<SlotService> self) {
 
 namespace {
 struct ProxyConnection : Tracked {
-  ProxyConnection(SlotService& service, tcp::socket c)
-      : service(service), client(std::move(c)), upstream(client.get_executor()),
+  ProxyConnection(std::shared_ptr<SlotService> owner, tcp::socket c)
+      : service(std::move(owner)), client(std::move(c)), upstream(client.get_executor()),
         timer(client.get_executor()) {
-    service.track(this);
+    service->track(this);
   }
-  ~ProxyConnection() override { service.untrack(this); }
+  ~ProxyConnection() override { service->untrack(this); }
   void close_sockets() override {
     error_code ignored;
     client.close(ignored);
     upstream.close(ignored);
     timer.cancel();
   }
-  SlotService& service;
+  std::shared_ptr<SlotService> service;
   tcp::socket client;
   tcp::socket upstream;
   asio::steady_timer timer;
@@ -456,7 +464,8 @@ awaitable<void> pump(std::shared_ptr<ProxyConnection> connection, tcp::socket& f
 } // namespace
 
 awaitable<void> SlotService::proxy(std::shared_ptr<SlotService> self, tcp::socket client) {
-  auto connection = std::make_shared<ProxyConnection>(*this, std::move(client));
+  if (stopped_) co_return;
+  auto connection = std::make_shared<ProxyConnection>(self, std::move(client));
 
   sockaddr_in original{};
   socklen_t length = sizeof original;

@@ -16,6 +16,7 @@
 #include <netlink/socket.h>
 
 #include <cstdio>
+#include <cstring>
 
 namespace vesicle::net {
 namespace {
@@ -226,6 +227,25 @@ Result<void> Rtnl::add_address(const std::string& link_name, Ipv4 address, int p
     return nl_error("add address " + address.str() + "/" + std::to_string(prefix), link_name, err);
   }
   return {};
+}
+
+Result<std::vector<Ipv4>> Rtnl::ipv4_addresses() {
+  nl_cache* raw = nullptr;
+  if (int err = rtnl_addr_alloc_cache(sock_.get(), &raw); err < 0) {
+    return nl_error("list addresses", "", err);
+  }
+  CachePtr cache(raw);
+  std::vector<Ipv4> addresses;
+  for (auto* object = nl_cache_get_first(cache.get()); object; object = nl_cache_get_next(object)) {
+    auto* addr = reinterpret_cast<rtnl_addr*>(object);
+    if (rtnl_addr_get_family(addr) != AF_INET) continue;
+    nl_addr* local = rtnl_addr_get_local(addr);
+    if (!local || nl_addr_get_len(local) != 4) continue;
+    in_addr raw_address;
+    std::memcpy(&raw_address, nl_addr_get_binary_addr(local), 4);
+    addresses.push_back(Ipv4::from_network(raw_address));
+  }
+  return addresses;
 }
 
 Result<void> Rtnl::replace_default_route(uint32_t table, const std::string& link_name,

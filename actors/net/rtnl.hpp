@@ -52,6 +52,8 @@ public:
   // Sets the MAC (if given) and brings the link up.
   Result<void> set_up(const std::string& name, std::optional<Mac> mac = std::nullopt);
   Result<void> add_address(const std::string& link, Ipv4 address, int prefix);
+  // Every IPv4 address on every link of this namespace.
+  Result<std::vector<Ipv4>> ipv4_addresses();
 
   // default via `gateway` (or on-link when absent) dev `link`, in `table`.
   Result<void> replace_default_route(uint32_t table, const std::string& link,
