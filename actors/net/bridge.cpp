@@ -101,13 +101,17 @@ Result<Leftovers> scan_leftovers(const BridgeConfig& config, bool remove) {
   if (!remove) return found;
 
   FirstError first;
-  for (const auto& ns : found.netns) first.note(delete_named_netns(ns));
-  for (const auto& link : found.links) first.note(rtnl->delete_link(link));
+  for (const auto& ns : found.netns)
+    first.note(delete_named_netns(ns));
+  for (const auto& link : found.links)
+    first.note(rtnl->delete_link(link));
   first.note(rtnl->delete_iif_rules(host_link));
   first.note(rtnl->flush_table(config.route_table));
-  for (const auto& table : found.tables) first.note((*nft)->run("delete table " + table));
+  for (const auto& table : found.tables)
+    first.note((*nft)->run("delete table " + table));
   if (auto failed = first.result(); !failed) {
-    return std::move(failed).error().with_context("reclaiming leftovers of prefix " + config.prefix);
+    return std::move(failed).error().with_context("reclaiming leftovers of prefix " +
+                                                  config.prefix);
   }
   return found;
 }
@@ -128,7 +132,8 @@ std::string Leftovers::describe() const {
   auto list = [&](const char* what, const std::vector<std::string>& items) {
     if (items.empty()) return;
     out << what << ":";
-    for (const auto& item : items) out << " " << item;
+    for (const auto& item : items)
+      out << " " << item;
     out << "; ";
   };
   list("namespaces", netns);
@@ -233,7 +238,8 @@ Result<void> BridgeManager::build_egress_and_host() {
     return rtnl->ipv4_addresses();
   });
   if (!host_addresses) return std::move(host_addresses).error();
-  for (Ipv4 address : *host_addresses) denied_.push_back(Cidr{address, 32});
+  for (Ipv4 address : *host_addresses)
+    denied_.push_back(Cidr{address, 32});
 
   // 2. The egress namespace, which every slot's traffic crosses.
   auto egress = create_named_netns(layout::egress_netns(config_.prefix));
@@ -250,7 +256,8 @@ Result<void> BridgeManager::build_egress_and_host() {
     if (auto made = rtnl->add_veth(host_link, -1, layout::kEgressUplink, egress_.fd()); !made) {
       return made;
     }
-    if (auto v6 = write_sysctl("/proc/sys/net/ipv6/conf/" + host_link + "/disable_ipv6", "1"); !v6) {
+    if (auto v6 = write_sysctl("/proc/sys/net/ipv6/conf/" + host_link + "/disable_ipv6", "1");
+        !v6) {
       return v6;
     }
     if (auto addr = rtnl->add_address(host_link, plan_.host_side(), plan_.kLinkPrefix); !addr) {
@@ -262,7 +269,8 @@ Result<void> BridgeManager::build_egress_and_host() {
   auto egress_side = in_netns(egress_, [&]() -> Result<void> {
     auto rtnl = Rtnl::open();
     if (!rtnl) return std::move(rtnl).error();
-    if (auto addr = rtnl->add_address(layout::kEgressUplink, plan_.egress_side(), plan_.kLinkPrefix);
+    if (auto addr =
+            rtnl->add_address(layout::kEgressUplink, plan_.egress_side(), plan_.kLinkPrefix);
         !addr) {
       return addr;
     }
@@ -298,8 +306,7 @@ Result<void> BridgeManager::build_egress_and_host() {
     auto nft = Nft::open("host");
     if (!nft) return std::move(nft).error();
     auto applied = (*nft)->run(host_ruleset({layout::nft_table(config_.prefix, "host"), host_link,
-                                             config_.uplink, denied_,
-                                             config_.upstream_resolver}));
+                                             config_.uplink, denied_, config_.upstream_resolver}));
     if (!applied) return std::move(applied).error();
     return {};
   });
@@ -328,9 +335,11 @@ BridgeManager::~BridgeManager() {
   std::lock_guard lock(mutex_);
   services_.reset(); // closes every slot's sockets first
   std::vector<uint32_t> ids;
-  for (const auto& [id, slot] : slots_) ids.push_back(id);
+  for (const auto& [id, slot] : slots_)
+    ids.push_back(id);
   FirstError first;
-  for (auto id : ids) first.note(destroy_slot(id));
+  for (auto id : ids)
+    first.note(destroy_slot(id));
   egress_nft_.reset();
   egress_ = Netns();
   if (host_.valid()) {
@@ -351,7 +360,8 @@ Result<uint32_t> BridgeManager::create_slot() {
                           " slots are in use; release one or raise max_slots");
   }
   uint32_t id = 0;
-  while (slots_.count(id)) ++id;
+  while (slots_.count(id))
+    ++id;
   const std::string name = layout::slot_netns(config_.prefix, id);
   const std::string egress_link = layout::egress_slot_link(id);
   auto fail = [&](Error error) -> Result<uint32_t> {
@@ -389,8 +399,8 @@ Result<uint32_t> BridgeManager::create_slot() {
       auto rtnl = Rtnl::open();
       if (!rtnl) return std::move(rtnl).error();
       if (auto up = rtnl->set_up(layout::kTestGuestLink, layout::kGuestMac); !up) return up;
-      if (auto addr =
-              rtnl->add_address(layout::kTestGuestLink, layout::kGuestAddress, layout::kGuestPrefix);
+      if (auto addr = rtnl->add_address(layout::kTestGuestLink, layout::kGuestAddress,
+                                        layout::kGuestPrefix);
           !addr) {
         return addr;
       }
@@ -444,9 +454,9 @@ Result<uint32_t> BridgeManager::create_slot() {
   auto nft = in_netns(slot.netns, [&]() -> Result<std::unique_ptr<Nft>> {
     auto opened = Nft::open(name);
     if (!opened) return opened;
-    auto applied = (*opened)->run(slot_ruleset({layout::nft_table(config_.prefix, "slot"),
-                                                EgressMode::off, plan_.slot_side(id), denied_,
-                                                config_.upstream_resolver}));
+    auto applied =
+        (*opened)->run(slot_ruleset({layout::nft_table(config_.prefix, "slot"), EgressMode::off,
+                                     plan_.slot_side(id), denied_, config_.upstream_resolver}));
     if (!applied) return std::move(applied).error();
     return opened;
   });
@@ -463,9 +473,9 @@ Result<UniqueFd> BridgeManager::attach_tap(SlotState& slot) {
 Result<void> BridgeManager::configure_slot(SlotState& slot, const EgressPolicy& policy,
                                            std::optional<uint32_t> inherit_from) {
   // 1. The firewall for the mode (a fresh table: the allowed set is empty).
-  auto applied = slot.nft->run(slot_ruleset({layout::nft_table(config_.prefix, "slot"), policy.mode,
-                                             plan_.slot_side(slot.id), denied_,
-                                             config_.upstream_resolver}));
+  auto applied =
+      slot.nft->run(slot_ruleset({layout::nft_table(config_.prefix, "slot"), policy.mode,
+                                  plan_.slot_side(slot.id), denied_, config_.upstream_resolver}));
   if (!applied) return std::move(applied).error();
 
   // 2. A route out, except with egress off: then there is none at all.
@@ -516,9 +526,9 @@ Result<void> BridgeManager::scrub_slot(SlotState& slot) {
   }
   slot.policy = EgressPolicy::off();
   // 2. Firewall back to "off", which also empties the allowed set.
-  auto applied = slot.nft->run(slot_ruleset({layout::nft_table(config_.prefix, "slot"),
-                                             EgressMode::off, plan_.slot_side(slot.id), denied_,
-                                             config_.upstream_resolver}));
+  auto applied =
+      slot.nft->run(slot_ruleset({layout::nft_table(config_.prefix, "slot"), EgressMode::off,
+                                  plan_.slot_side(slot.id), denied_, config_.upstream_resolver}));
   if (!applied) return std::move(applied).error();
   // 3. No route out, and no flow state: the slot's own conntrack table, and
   //    the slot's marked flows in the egress namespace.
@@ -578,20 +588,27 @@ Slot BridgeManager::describe(const SlotState& slot, UniqueFd tap_fd) const {
   return out;
 }
 
-Result<Slot> BridgeManager::acquire_slot(const EgressPolicy& requested, AcquireOptions options) {
+Result<EgressPolicy> BridgeManager::checked_policy(const EgressPolicy& requested) const {
   EgressPolicy policy = requested;
   if (policy.mode == EgressMode::allowlist) {
     auto checked = EgressPolicy::allowlist(policy.allow);
     if (!checked) return std::move(checked).error();
     policy = std::move(*checked);
   } else if (!policy.allow.empty()) {
-    return make_error("acquire network slot", "an allowlist needs egress mode allowlist");
+    return make_error("check egress", "an allowlist needs egress mode allowlist");
   }
   if (policy.mode != EgressMode::off && config_.uplink.empty()) {
-    return make_error("acquire network slot",
+    return make_error("check egress",
                       std::string("egress ") + to_string(policy.mode) +
                           " needs an uplink; none is configured (only egress off is available)");
   }
+  return policy;
+}
+
+Result<Slot> BridgeManager::acquire_slot(const EgressPolicy& requested, AcquireOptions options) {
+  auto checked = checked_policy(requested);
+  if (!checked) return std::move(checked).error().with_context("acquiring network slot");
+  const EgressPolicy& policy = *checked;
 
   std::lock_guard lock(mutex_);
   // Twice at most: a pooled slot whose tap is still held by a VM that did
@@ -630,9 +647,9 @@ Result<Slot> BridgeManager::acquire_slot(const EgressPolicy& requested, AcquireO
       } else {
         cleanup = destroy_slot(id);
       }
-      return with_cleanup(std::move(configured).error(), std::move(cleanup)).with_context(
-          std::string("acquiring network slot ") + std::to_string(id) + " for egress " +
-          to_string(policy.mode));
+      return with_cleanup(std::move(configured).error(), std::move(cleanup))
+          .with_context(std::string("acquiring network slot ") + std::to_string(id) +
+                        " for egress " + to_string(policy.mode));
     }
     slot.in_use = true;
     ++(pooled ? stats_.acquired_pooled : stats_.acquired_fresh);
@@ -641,6 +658,30 @@ Result<Slot> BridgeManager::acquire_slot(const EgressPolicy& requested, AcquireO
   return make_error("acquire network slot",
                     "two slots in a row had their tap still held by another process; are old "
                     "VMs still running?");
+}
+
+Result<void> BridgeManager::set_egress(uint32_t id, const EgressPolicy& requested,
+                                       AcquireOptions options) {
+  auto checked = checked_policy(requested);
+  if (!checked)
+    return std::move(checked).error().with_context("changing egress of slot " + std::to_string(id));
+  std::lock_guard lock(mutex_);
+  auto found = slots_.find(id);
+  if (found == slots_.end() || !found->second.in_use) {
+    return make_error("change egress", "the slot is not in use", std::to_string(id));
+  }
+  SlotState& slot = found->second;
+  if (auto scrubbed = scrub_slot(slot); !scrubbed) {
+    return std::move(scrubbed).error().with_context("changing egress of slot " +
+                                                    std::to_string(id));
+  }
+  if (auto configured = configure_slot(slot, *checked, options.inherit_dns_from); !configured) {
+    auto reset = scrub_slot(slot); // leave it off, whatever half-applied
+    return with_cleanup(std::move(configured).error(), std::move(reset))
+        .with_context(std::string("changing egress of slot ") + std::to_string(id) + " to " +
+                      to_string(checked->mode));
+  }
+  return {};
 }
 
 Result<void> BridgeManager::release_slot(uint32_t id) {
@@ -657,7 +698,7 @@ Result<void> BridgeManager::release_slot(uint32_t id) {
     auto destroyed = destroy_slot(id);
     if (!scrubbed) {
       return std::move(scrubbed).error().with_context("scrubbing network slot " +
-                                                       std::to_string(id));
+                                                      std::to_string(id));
     }
     return destroyed;
   }

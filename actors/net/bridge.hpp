@@ -67,8 +67,8 @@ struct BridgeConfig {
   // Denied for every sandbox in addition to loopback, link-local/metadata,
   // multicast and the transit network (see ruleset.hpp).
   std::vector<Cidr> denied_networks = default_host_networks();
-  size_t max_slots = 64;  // at most this many slots at once
-  size_t max_pooled = 8;  // released slots kept for reuse
+  size_t max_slots = 64; // at most this many slots at once
+  size_t max_pooled = 8; // released slots kept for reuse
   std::chrono::seconds dns_min_ttl{60};
   std::chrono::seconds dns_max_ttl{600};
   // Test seam, never for production: instead of a tap, each slot's "tap0"
@@ -85,9 +85,9 @@ struct BridgeConfig {
 // with it.
 struct Slot {
   uint32_t id = 0;
-  std::string netns;      // the slot's namespace name
-  std::string tap_name;   // "tap0", inside netns
-  UniqueFd tap_fd;        // attached tap for QEMU; invalid with test_guest_namespaces
+  std::string netns;    // the slot's namespace name
+  std::string tap_name; // "tap0", inside netns
+  UniqueFd tap_fd;      // attached tap for QEMU; invalid with test_guest_namespaces
   Ipv4 guest_ip = layout::kGuestAddress;
   int guest_prefix = layout::kGuestPrefix;
   Mac guest_mac = layout::kGuestMac;
@@ -138,6 +138,15 @@ public:
   };
   Result<Slot> acquire_slot(const EgressPolicy& policy, AcquireOptions options);
   Result<Slot> acquire_slot(const EgressPolicy& policy) { return acquire_slot(policy, {}); }
+  // Changes the egress of a slot in use, e.g. for a warm-pool VM that was
+  // started on an "off" slot and is now claimed by a sandbox with its own
+  // settings. The slot is scrubbed first (services stopped, flows
+  // forgotten), so nothing of the old mode carries over; on failure it is
+  // left "off".
+  Result<void> set_egress(uint32_t id, const EgressPolicy& policy, AcquireOptions options);
+  Result<void> set_egress(uint32_t id, const EgressPolicy& policy) {
+    return set_egress(id, policy, {});
+  }
   // Scrubs the slot and pools it (or destroys it when the pool is full).
   Result<void> release_slot(uint32_t id);
   // Makes `count` more slots ahead of demand (bounded by the pool size).
@@ -168,6 +177,7 @@ private:
   };
 
   explicit BridgeManager(BridgeConfig config);
+  Result<EgressPolicy> checked_policy(const EgressPolicy& requested) const;
   Result<void> build_egress_and_host();
   Result<uint32_t> create_slot();
   Result<void> configure_slot(SlotState& slot, const EgressPolicy& policy,

@@ -60,7 +60,8 @@ Result<int> count_conntrack() {
   if (!table) return sys_error("open", "/proc/thread-self/net/nf_conntrack");
   int count = 0;
   std::string line;
-  while (std::getline(table, line)) ++count;
+  while (std::getline(table, line))
+    ++count;
   return count;
 }
 

@@ -231,14 +231,12 @@ Result<Message> parse(std::span<const uint8_t> wire) {
   if (!read_header(reader, message.header, counts)) return malformed("header");
   for (uint16_t i = 0; i < counts[0]; ++i) {
     Question question;
-    if (!reader.name(question.name) || !reader.u16(question.type) ||
-        !reader.u16(question.klass)) {
+    if (!reader.name(question.name) || !reader.u16(question.type) || !reader.u16(question.klass)) {
       return malformed("question");
     }
     message.questions.push_back(std::move(question));
   }
-  std::vector<Record>* sections[3] = {&message.answers, &message.authorities,
-                                      &message.additionals};
+  std::vector<Record>* sections[3] = {&message.answers, &message.authorities, &message.additionals};
   for (int s = 0; s < 3; ++s) {
     for (uint16_t i = 0; i < counts[s + 1]; ++i) {
       Record record;
@@ -253,10 +251,9 @@ Result<std::vector<uint8_t>> encode(const Message& message) {
   Writer writer;
   const Header& h = message.header;
   writer.u16(h.id);
-  uint16_t flags = static_cast<uint16_t>((h.qr ? 0x8000 : 0) | (h.opcode & 0xF) << 11 |
-                                         (h.aa ? 0x0400 : 0) | (h.tc ? 0x0200 : 0) |
-                                         (h.rd ? 0x0100 : 0) | (h.ra ? 0x0080 : 0) |
-                                         (h.rcode & 0xF));
+  uint16_t flags = static_cast<uint16_t>(
+      (h.qr ? 0x8000 : 0) | (h.opcode & 0xF) << 11 | (h.aa ? 0x0400 : 0) | (h.tc ? 0x0200 : 0) |
+      (h.rd ? 0x0100 : 0) | (h.ra ? 0x0080 : 0) | (h.rcode & 0xF));
   writer.u16(flags);
   writer.u16(static_cast<uint16_t>(message.questions.size()));
   writer.u16(static_cast<uint16_t>(message.answers.size()));
@@ -280,7 +277,8 @@ Result<std::vector<uint8_t>> encode(const Message& message) {
 
 Record a_record(std::string name, uint32_t ttl, Ipv4 address) {
   Record record{std::move(name), kTypeA, kClassIN, ttl, {}, {}};
-  record.rdata = {static_cast<uint8_t>(address.value >> 24), static_cast<uint8_t>(address.value >> 16),
+  record.rdata = {static_cast<uint8_t>(address.value >> 24),
+                  static_cast<uint8_t>(address.value >> 16),
                   static_cast<uint8_t>(address.value >> 8), static_cast<uint8_t>(address.value)};
   return record;
 }

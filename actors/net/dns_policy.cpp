@@ -97,8 +97,8 @@ Result<FilteredAnswer> filter_answer(const dns::Message& guest_query, const dns:
     }
   }
   auto cap = [&](uint32_t ttl) {
-    auto lifetime = std::clamp<std::chrono::seconds>(std::chrono::seconds(ttl), policy.min_ttl,
-                                                      policy.max_ttl);
+    auto lifetime =
+        std::clamp<std::chrono::seconds>(std::chrono::seconds(ttl), policy.min_ttl, policy.max_ttl);
     return lifetime;
   };
   std::set<std::string> cnames_added;
@@ -130,8 +130,7 @@ void LearnedAddresses::learn(const std::string& name, Ipv4 address, Clock::time_
   expiry = std::max(expiry, expires);
 }
 
-bool LearnedAddresses::allows(const std::string& name, Ipv4 address,
-                              Clock::time_point now) const {
+bool LearnedAddresses::allows(const std::string& name, Ipv4 address, Clock::time_point now) const {
   auto entry = by_name_.find(name);
   if (entry == by_name_.end()) return false;
   auto found = entry->second.find(address);
@@ -147,14 +146,16 @@ void LearnedAddresses::expire(Clock::time_point now) {
 
 size_t LearnedAddresses::size() const {
   size_t count = 0;
-  for (const auto& [name, addresses] : by_name_) count += addresses.size();
+  for (const auto& [name, addresses] : by_name_)
+    count += addresses.size();
   return count;
 }
 
 std::vector<LearnedAddresses::Entry> LearnedAddresses::entries() const {
   std::vector<Entry> out;
   for (const auto& [name, addresses] : by_name_) {
-    for (const auto& [address, expires] : addresses) out.push_back({name, address, expires});
+    for (const auto& [address, expires] : addresses)
+      out.push_back({name, address, expires});
   }
   return out;
 }

@@ -50,7 +50,7 @@ struct Learned {
 };
 
 struct FilteredAnswer {
-  dns::Message reply;          // what the guest receives
+  dns::Message reply;           // what the guest receives
   std::vector<Learned> learned; // addresses now allowed for the name
   std::vector<Ipv4> refused;    // A records dropped as inside denied networks
 };

@@ -6,9 +6,12 @@ namespace vesicle::net {
 
 const char* to_string(EgressMode mode) {
   switch (mode) {
-  case EgressMode::off: return "off";
-  case EgressMode::open: return "open";
-  case EgressMode::allowlist: return "allowlist";
+  case EgressMode::off:
+    return "off";
+  case EgressMode::open:
+    return "open";
+  case EgressMode::allowlist:
+    return "allowlist";
   }
   return "?";
 }

@@ -45,7 +45,9 @@ constexpr auto kPeekTimeout = std::chrono::seconds(10);
 constexpr auto kConnectTimeout = std::chrono::seconds(10);
 constexpr auto kTcpDnsIdle = std::chrono::seconds(10);
 
-asio::ip::address_v4 to_asio(Ipv4 address) { return asio::ip::address_v4(address.value); }
+asio::ip::address_v4 to_asio(Ipv4 address) {
+  return asio::ip::address_v4(address.value);
+}
 
 // A TLS alert record, fatal access_denied: what a TLS client sees when the
 // proxy refuses its ClientHello.
@@ -127,8 +129,8 @@ Result<void> SlotService::open() {
     address.sin_port = htons(port);
     address.sin_addr = layout::kGatewayAddress.to_network();
     if (bind(fd->get(), reinterpret_cast<sockaddr*>(&address), sizeof address) != 0) {
-      return sys_error("bind", layout::kGatewayAddress.str() + ":" + std::to_string(port) +
-                                   " in " + spec_.netns.name());
+      return sys_error("bind", layout::kGatewayAddress.str() + ":" + std::to_string(port) + " in " +
+                                   spec_.netns.name());
     }
     if (type == SOCK_STREAM && listen(fd->get(), 128) != 0) {
       return sys_error("listen", layout::kGatewayAddress.str() + ":" + std::to_string(port));
@@ -191,7 +193,8 @@ void SlotService::allow_addresses(const std::string& name, const std::vector<Lea
     }
     std::vector<AllowedElement> element{{item.address, item.lifetime}};
     auto added = spec_.nft->run(allowed_elements(spec_.nft_table, element, present));
-    if (!added && present) added = spec_.nft->run(allowed_elements(spec_.nft_table, element, false));
+    if (!added && present)
+      added = spec_.nft->run(allowed_elements(spec_.nft_table, element, false));
     if (!added) {
       // The guest gets the answer but cannot connect: fail closed.
       ++counters_.dns_failed;
@@ -212,8 +215,8 @@ awaitable<void> SlotService::serve_udp(std::shared_ptr<SlotService> self) {
     if (ec) continue;
     if (inflight_queries_ >= kMaxInflightQueries) continue; // shed load: the guest retries
     ++inflight_queries_;
-    asio::co_spawn(io_, answer_udp(self, std::vector<uint8_t>(buffer.begin(), buffer.begin() + n),
-                                   peer),
+    asio::co_spawn(io_,
+                   answer_udp(self, std::vector<uint8_t>(buffer.begin(), buffer.begin() + n), peer),
                    asio::detached);
   }
 }
@@ -314,12 +317,15 @@ SlotService::answer(std::vector<uint8_t> query_bytes) {
   case QueryAction::formerr:
     if (query->header.qr) co_return std::nullopt;
     co_return reply_with(empty_reply(*query, dns::kFormErr));
-  case QueryAction::notimp: co_return reply_with(empty_reply(*query, dns::kNotImp));
+  case QueryAction::notimp:
+    co_return reply_with(empty_reply(*query, dns::kNotImp));
   case QueryAction::nxdomain:
     ++counters_.dns_refused;
     co_return reply_with(empty_reply(*query, dns::kNxDomain));
-  case QueryAction::nodata: co_return reply_with(empty_reply(*query, dns::kNoError));
-  case QueryAction::forward: break;
+  case QueryAction::nodata:
+    co_return reply_with(empty_reply(*query, dns::kNoError));
+  case QueryAction::forward:
+    break;
   }
   auto id = static_cast<uint16_t>(random_());
   auto upstream = co_await ask_upstream(upstream_query(query->questions.front(), id));
@@ -469,8 +475,8 @@ awaitable<void> SlotService::proxy(std::shared_ptr<SlotService> self, tcp::socke
 
   sockaddr_in original{};
   socklen_t length = sizeof original;
-  if (getsockopt(connection->client.native_handle(), SOL_IP, SO_ORIGINAL_DST, &original,
-                 &length) != 0) {
+  if (getsockopt(connection->client.native_handle(), SOL_IP, SO_ORIGINAL_DST, &original, &length) !=
+      0) {
     connection->close_sockets();
     co_return;
   }
@@ -487,8 +493,8 @@ awaitable<void> SlotService::proxy(std::shared_ptr<SlotService> self, tcp::socke
   std::vector<uint8_t> buffer(4096);
   error_code ec;
   while (peeked.status == PeekStatus::need_more && head.size() < kMaxPeekBytes) {
-    size_t n = co_await connection->client.async_read_some(
-        asio::buffer(buffer), asio::redirect_error(use_awaitable, ec));
+    size_t n = co_await connection->client.async_read_some(asio::buffer(buffer),
+                                                           asio::redirect_error(use_awaitable, ec));
     if (ec || stopped_) co_return;
     head.insert(head.end(), buffer.begin(), buffer.begin() + n);
     peeked = tls ? peek_tls_client_hello(head) : peek_http_host(head);
@@ -568,7 +574,8 @@ Result<std::unique_ptr<EgressServices>> EgressServices::start() {
 
 EgressServices::~EgressServices() {
   on_io_thread([this] {
-    for (auto& [id, slot] : slots_) slot->stop();
+    for (auto& [id, slot] : slots_)
+      slot->stop();
     slots_.clear();
     return 0;
   });

@@ -40,10 +40,10 @@ struct SlotServiceSpec {
 };
 
 struct SlotServiceCounters {
-  uint64_t dns_forwarded = 0;    // queries answered from upstream
-  uint64_t dns_refused = 0;      // queries for names not listed (NXDOMAIN)
+  uint64_t dns_forwarded = 0;      // queries answered from upstream
+  uint64_t dns_refused = 0;        // queries for names not listed (NXDOMAIN)
   uint64_t dns_rebind_dropped = 0; // A records dropped as inside denied networks
-  uint64_t dns_failed = 0;       // upstream unreachable or broken
+  uint64_t dns_failed = 0;         // upstream unreachable or broken
   uint64_t proxy_allowed = 0;
   uint64_t proxy_refused = 0;
 };

@@ -28,7 +28,8 @@ std::string Ipv4::str() const {
 Result<Cidr> Cidr::parse(std::string_view text) {
   auto slash = text.find('/');
   auto address = Ipv4::parse(text.substr(0, slash));
-  if (!address) return std::move(address).error().with_context("parse network " + std::string(text));
+  if (!address)
+    return std::move(address).error().with_context("parse network " + std::string(text));
   Cidr cidr{*address, 32};
   if (slash != std::string_view::npos) {
     auto digits = text.substr(slash + 1);
@@ -47,9 +48,13 @@ Result<Cidr> Cidr::parse(std::string_view text) {
   return cidr;
 }
 
-bool Cidr::contains(Ipv4 address) const { return (address.value & mask()) == network.value; }
+bool Cidr::contains(Ipv4 address) const {
+  return (address.value & mask()) == network.value;
+}
 
-std::string Cidr::str() const { return network.str() + "/" + std::to_string(prefix); }
+std::string Cidr::str() const {
+  return network.str() + "/" + std::to_string(prefix);
+}
 
 bool contains_any(const std::vector<Cidr>& networks, Ipv4 address) {
   for (const auto& network : networks) {

@@ -26,7 +26,7 @@ inline constexpr const char* kSlotUplink = "veth0";   // slot ns: towards the eg
 inline constexpr const char* kEgressUplink = "up0";   // egress ns: towards the host
 inline constexpr const char* kTestGuestLink = "eth0"; // stand-in guest ns (tests only)
 
-inline constexpr Ipv4 kGuestAddress{0xAC100002};  // 172.16.0.2
+inline constexpr Ipv4 kGuestAddress{0xAC100002};   // 172.16.0.2
 inline constexpr Ipv4 kGatewayAddress{0xAC100001}; // 172.16.0.1
 inline constexpr int kGuestPrefix = 30;
 inline const Mac kGuestMac{{0x02, 0x76, 0x73, 0x00, 0x00, 0x02}};
@@ -41,7 +41,9 @@ std::string egress_netns(const std::string& prefix);
 std::string host_link(const std::string& prefix);
 std::string egress_slot_link(uint32_t id);
 std::string nft_table(const std::string& prefix, const char* role); // "<p>_host" ...
-inline uint32_t slot_mark(uint32_t id) { return id + 1; }
+inline uint32_t slot_mark(uint32_t id) {
+  return id + 1;
+}
 
 // Addresses out of the transit network.
 class TransitPlan {

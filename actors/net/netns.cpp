@@ -16,7 +16,9 @@
 namespace vesicle::net {
 namespace {
 
-std::string netns_path(const std::string& name) { return std::string(kNetnsDir) + "/" + name; }
+std::string netns_path(const std::string& name) {
+  return std::string(kNetnsDir) + "/" + name;
+}
 
 Result<void> validate_name(const std::string& name) {
   if (name.empty() || name.size() > 64 || name.find('/') != std::string::npos || name == "." ||
@@ -84,7 +86,9 @@ Result<Netns> create_named_netns(const std::string& name) {
   if (placeholder < 0) {
     int err = errno;
     auto error = sys_error("create network namespace name", path, err);
-    if (err == EEXIST) error.detail = "the name is taken; a leftover of an earlier run is removed by reclaim_leftovers()";
+    if (err == EEXIST)
+      error.detail =
+          "the name is taken; a leftover of an earlier run is removed by reclaim_leftovers()";
     return error;
   }
   close(placeholder);
@@ -169,7 +173,8 @@ Result<std::string> read_sysctl(const std::string& path) {
   ssize_t n = read(fd, buffer, sizeof buffer);
   if (n < 0) return sys_error("read sysctl", path);
   std::string text(buffer, static_cast<size_t>(n));
-  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
+  while (!text.empty() && (text.back() == '\n' || text.back() == ' '))
+    text.pop_back();
   return text;
 }
 

@@ -12,7 +12,8 @@ std::mutex& nft_mutex() {
 }
 
 std::string trim(std::string text) {
-  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
+  while (!text.empty() && (text.back() == '\n' || text.back() == ' '))
+    text.pop_back();
   return text;
 }
 } // namespace
@@ -38,8 +39,7 @@ Result<std::string> Nft::run(std::string_view script) {
   std::string output = nft_ctx_get_output_buffer(ctx_);
   std::string errors = trim(nft_ctx_get_error_buffer(ctx_));
   if (rc != 0) {
-    return make_error("nft", errors.empty() ? "failed without a message" : errors,
-                      "in " + label_);
+    return make_error("nft", errors.empty() ? "failed without a message" : errors, "in " + label_);
   }
   return output;
 }

@@ -19,7 +19,9 @@ constexpr uint8_t kClientHello = 1;
 constexpr uint16_t kServerNameExtension = 0;
 constexpr uint16_t kEncryptedClientHelloExtension = 0xfe0d;
 
-PeekResult invalid(std::string why) { return {PeekStatus::invalid, {}, std::move(why)}; }
+PeekResult invalid(std::string why) {
+  return {PeekStatus::invalid, {}, std::move(why)};
+}
 
 class Cursor {
 public:
@@ -65,8 +67,7 @@ PeekResult parse_client_hello_body(Cursor body) {
   uint16_t cipher_length, extensions_length;
   if (!body.skip(2 + 32) || !body.u8(session_length) || session_length > 32 ||
       !body.skip(session_length) || !body.u16(cipher_length) || cipher_length % 2 != 0 ||
-      !body.skip(cipher_length) || !body.u8(compression_length) ||
-      !body.skip(compression_length)) {
+      !body.skip(cipher_length) || !body.u8(compression_length) || !body.skip(compression_length)) {
     return invalid("malformed ClientHello");
   }
   if (body.remaining() == 0) return invalid("ClientHello without extensions (no SNI)");
@@ -99,7 +100,7 @@ PeekResult parse_client_hello_body(Cursor body) {
       if (sni) return invalid("more than one host_name in server_name");
       std::string text;
       for (size_t i = 0; i < name_length; ++i) {
-        uint8_t c;
+        uint8_t c = 0;
         name_bytes->u8(c);
         text.push_back(static_cast<char>(c));
       }
@@ -122,7 +123,8 @@ PeekResult peek_tls_client_hello(std::span<const uint8_t> bytes) {
   while (true) {
     if (handshake.size() >= 4) {
       uint32_t length = uint32_t{handshake[1]} << 16 | uint32_t{handshake[2]} << 8 | handshake[3];
-      if (handshake[0] != kClientHello) return invalid("first handshake message is not ClientHello");
+      if (handshake[0] != kClientHello)
+        return invalid("first handshake message is not ClientHello");
       if (length + 4 > kMaxPeekBytes) return invalid("ClientHello larger than we inspect");
       if (handshake.size() >= length + 4) {
         Cursor body(std::span<const uint8_t>(handshake).subspan(4, length));
@@ -134,8 +136,8 @@ PeekResult peek_tls_client_hello(std::span<const uint8_t> bytes) {
       return invalid("not a TLS handshake");
     }
     if (records.remaining() < 5) return {PeekStatus::need_more, {}, {}};
-    uint8_t type, major, minor;
-    uint16_t length;
+    uint8_t type = 0, major = 0, minor = 0;
+    uint16_t length = 0;
     records.u8(type);
     records.u8(major);
     records.u8(minor);
@@ -145,7 +147,7 @@ PeekResult peek_tls_client_hello(std::span<const uint8_t> bytes) {
     auto payload = records.take(length);
     if (!payload) return {PeekStatus::need_more, {}, {}};
     for (size_t i = 0; i < length; ++i) {
-      uint8_t c;
+      uint8_t c = 0;
       payload->u8(c);
       handshake.push_back(c);
     }

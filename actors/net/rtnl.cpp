@@ -35,18 +35,30 @@ using CachePtr = std::unique_ptr<nl_cache, Deleter<nl_cache, nl_cache_free>>;
 
 int errno_of(int nl_code) {
   switch (nl_code < 0 ? -nl_code : nl_code) {
-  case NLE_EXIST: return EEXIST;
-  case NLE_OBJ_NOTFOUND: return ENOENT;
-  case NLE_NODEV: return ENODEV;
-  case NLE_PERM: return EPERM;
-  case NLE_BUSY: return EBUSY;
-  case NLE_INVAL: return EINVAL;
-  case NLE_NOMEM: return ENOMEM;
-  case NLE_RANGE: return ERANGE;
-  case NLE_NOADDR: return EADDRNOTAVAIL;
-  case NLE_OPNOTSUPP: return EOPNOTSUPP;
-  case NLE_AGAIN: return EAGAIN;
-  default: return 0;
+  case NLE_EXIST:
+    return EEXIST;
+  case NLE_OBJ_NOTFOUND:
+    return ENOENT;
+  case NLE_NODEV:
+    return ENODEV;
+  case NLE_PERM:
+    return EPERM;
+  case NLE_BUSY:
+    return EBUSY;
+  case NLE_INVAL:
+    return EINVAL;
+  case NLE_NOMEM:
+    return ENOMEM;
+  case NLE_RANGE:
+    return ERANGE;
+  case NLE_NOADDR:
+    return EADDRNOTAVAIL;
+  case NLE_OPNOTSUPP:
+    return EOPNOTSUPP;
+  case NLE_AGAIN:
+    return EAGAIN;
+  default:
+    return 0;
   }
 }
 
@@ -108,7 +120,8 @@ Result<Mac> Mac::parse(std::string_view text) {
       copy.size() != 17) {
     return make_error("parse MAC address", "expected six hex pairs like 02:76:73:00:00:02", copy);
   }
-  for (int i = 0; i < 6; ++i) mac.bytes[i] = static_cast<uint8_t>(values[i]);
+  for (int i = 0; i < 6; ++i)
+    mac.bytes[i] = static_cast<uint8_t>(values[i]);
   return mac;
 }
 

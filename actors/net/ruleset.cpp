@@ -39,7 +39,9 @@ std::string denied_set(const std::vector<Cidr>& denied) {
   return out.str();
 }
 
-std::string quoted(const std::string& name) { return "\"" + name + "\""; }
+std::string quoted(const std::string& name) {
+  return "\"" + name + "\"";
+}
 
 } // namespace
 
@@ -166,8 +168,8 @@ std::string slot_ruleset(const SlotRules& r) {
   out << "  chain nat_postrouting {\n"
          "    type nat hook postrouting priority srcnat; policy accept;\n"
          "    oifname "
-      << up << " ip saddr " << layout::kGuestAddress.str() << " snat ip to "
-      << r.slot_address.str() << "\n  }\n";
+      << up << " ip saddr " << layout::kGuestAddress.str() << " snat ip to " << r.slot_address.str()
+      << "\n  }\n";
 
   out << "  chain filter_input {\n"
          "    type filter hook input priority filter; policy drop;\n"

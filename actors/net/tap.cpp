@@ -25,7 +25,8 @@ Result<UniqueFd> open_and_set(const std::string& name) {
   if (ioctl(tun.get(), TUNSETIFF, &request) != 0) {
     int err = errno;
     auto error = sys_error("TUNSETIFF", name, err);
-    if (err == EBUSY) error.detail = "another process still holds this tap (a VM that did not exit)";
+    if (err == EBUSY)
+      error.detail = "another process still holds this tap (a VM that did not exit)";
     return error;
   }
   return tun;

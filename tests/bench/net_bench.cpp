@@ -106,9 +106,12 @@ int main(int argc, char** argv) {
   size_t megabytes = 256;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string flag = argv[i];
-    if (flag == "--json") json_path = argv[i + 1];
-    else if (flag == "--iterations") iterations = std::atoi(argv[i + 1]);
-    else if (flag == "--megabytes") megabytes = static_cast<size_t>(std::atoll(argv[i + 1]));
+    if (flag == "--json")
+      json_path = argv[i + 1];
+    else if (flag == "--iterations")
+      iterations = std::atoi(argv[i + 1]);
+    else if (flag == "--megabytes")
+      megabytes = static_cast<size_t>(std::atoll(argv[i + 1]));
   }
   if (geteuid() != 0) {
     std::fprintf(stderr, "net_bench makes network namespaces: run it as root\n");
@@ -182,7 +185,8 @@ int main(int argc, char** argv) {
                 series.percentile(0.95), series.percentile(1.0));
   }
   std::printf("\nHTTP download of %zu MB\n", megabytes);
-  for (const auto& rate : rates) std::printf("%-55s %8.0f MB/s\n", rate.path.c_str(), rate.mb_per_s);
+  for (const auto& rate : rates)
+    std::printf("%-55s %8.0f MB/s\n", rate.path.c_str(), rate.mb_per_s);
 
   std::ofstream json(json_path);
   json << "{\n  \"iterations\": " << iterations << ",\n  \"latency_ms\": {\n";

@@ -32,9 +32,10 @@ TEST(Allowlist, WildcardsMatchSubdomainsOnly) {
 }
 
 TEST(Allowlist, RefusesPatternsThatAreNotHostNames) {
-  for (std::string pattern : std::vector<std::string>{"", "*", "*.", "1.2.3.4", "*.1.2.3.4", "::1", "[::1]", "a*.test",
-                              "*.*.test", "x.*.test", "exa mple.test", "-bad.test", "bad-.test",
-                              "a..test", "0x7f.1", "1234", std::string(64, 'a') + ".test"}) {
+  for (std::string pattern :
+       std::vector<std::string>{"", "*", "*.", "1.2.3.4", "*.1.2.3.4", "::1", "[::1]", "a*.test",
+                                "*.*.test", "x.*.test", "exa mple.test", "-bad.test", "bad-.test",
+                                "a..test", "0x7f.1", "1234", std::string(64, 'a') + ".test"}) {
     EXPECT_FALSE(Allowlist::parse({pattern})) << pattern;
   }
 }

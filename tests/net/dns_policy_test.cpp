@@ -9,7 +9,9 @@ namespace {
 
 using std::chrono::seconds;
 
-Ipv4 ip(const char* text) { return Ipv4::parse(text).value(); }
+Ipv4 ip(const char* text) {
+  return Ipv4::parse(text).value();
+}
 
 DnsPolicy policy() {
   DnsPolicy p;
@@ -75,10 +77,11 @@ TEST(DnsPolicy, LearnsAnsweredAddressesWithCappedLifetimes) {
   auto p = policy();
   auto guest = query("allowed.test");
   auto sent = upstream_query(guest.questions[0], 9);
-  auto result = filter_answer(guest, answer(sent, {dns::a_record("allowed.test", 5, ip("198.18.1.10")),
-                                                   dns::a_record("allowed.test", 100000,
-                                                                 ip("198.18.1.11"))}),
-                              9, p);
+  auto result =
+      filter_answer(guest,
+                    answer(sent, {dns::a_record("allowed.test", 5, ip("198.18.1.10")),
+                                  dns::a_record("allowed.test", 100000, ip("198.18.1.11"))}),
+                    9, p);
   ASSERT_TRUE(result) << result.error().message();
   EXPECT_EQ(result->reply.header.id, 0x4242);
   EXPECT_TRUE(result->reply.header.qr);
@@ -97,11 +100,11 @@ TEST(DnsPolicy, DropsAnswersInsideDeniedNetworks) {
   auto sent = upstream_query(guest.questions[0], 1);
   for (const char* bad : {"169.254.169.254", "127.0.0.1", "10.222.0.6", "198.18.2.10", "0.0.0.0",
                           "172.16.0.1", "224.0.0.1"}) {
-    auto result = filter_answer(
-        guest,
-        answer(sent, {dns::a_record("rebind.example.test", 0, ip(bad)),
-                      dns::a_record("rebind.example.test", 0, ip("198.18.1.10"))}),
-        1, p);
+    auto result =
+        filter_answer(guest,
+                      answer(sent, {dns::a_record("rebind.example.test", 0, ip(bad)),
+                                    dns::a_record("rebind.example.test", 0, ip("198.18.1.10"))}),
+                      1, p);
     ASSERT_TRUE(result);
     ASSERT_EQ(result->refused.size(), 1u) << bad;
     ASSERT_EQ(result->reply.answers.size(), 1u) << bad;

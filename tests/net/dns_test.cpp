@@ -23,7 +23,8 @@ TEST(Dns, RoundTripsQuestionAndAnswers) {
   message.header.ra = true;
   message.questions.push_back({"Allowed.Test", dns::kTypeA, dns::kClassIN});
   message.answers.push_back(dns::cname_record("Allowed.Test", 30, "cdn.example.test"));
-  message.answers.push_back(dns::a_record("cdn.example.test", 60, Ipv4::parse("198.18.1.10").value()));
+  message.answers.push_back(
+      dns::a_record("cdn.example.test", 60, Ipv4::parse("198.18.1.10").value()));
 
   auto parsed = dns::parse(encoded(message));
   ASSERT_TRUE(parsed) << parsed.error().message();
@@ -47,8 +48,8 @@ TEST(Dns, ParsesCompressedNames) {
   std::vector<uint8_t> wire = {
       0x12, 0x34, 0x81, 0x80, 0x00, 0x01, 0x00, 0x02, 0x00, 0x00, 0x00, 0x00,
       // question: www.allowed.test A IN (offset 12)
-      3, 'w', 'w', 'w', 7, 'a', 'l', 'l', 'o', 'w', 'e', 'd', 4, 't', 'e', 's', 't', 0, 0x00,
-      0x01, 0x00, 0x01,
+      3, 'w', 'w', 'w', 7, 'a', 'l', 'l', 'o', 'w', 'e', 'd', 4, 't', 'e', 's', 't', 0, 0x00, 0x01,
+      0x00, 0x01,
       // answer 1: www.allowed.test (pointer to 12) CNAME allowed.test (pointer to 16)
       0xC0, 12, 0x00, 0x05, 0x00, 0x01, 0x00, 0x00, 0x00, 0x3C, 0x00, 0x02, 0xC0, 16,
       // answer 2: allowed.test (pointer to 16) A 198.18.1.10
@@ -90,8 +91,8 @@ TEST(Dns, RefusesEveryTruncation) {
 
 // A label holding a '.' must not read as two labels.
 TEST(Dns, EscapesBytesOutsideHostnames) {
-  std::vector<uint8_t> wire = {0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 3, 'a', '.', 'b',
-                               4, 't', 'e', 's', 't', 0, 0, 1, 0, 1};
+  std::vector<uint8_t> wire = {0,   1,   0,   0, 0,   1,   0,   0,   0, 0, 0, 0, 3,
+                               'a', '.', 'b', 4, 't', 'e', 's', 't', 0, 0, 1, 0, 1};
   auto parsed = dns::parse(wire);
   ASSERT_TRUE(parsed);
   EXPECT_EQ(parsed->questions[0].name, "a\\046b.test");
@@ -105,7 +106,8 @@ TEST(Dns, RefusesOverlongNamesAndLabels) {
   message.questions.push_back({std::string(64, 'a') + ".test", dns::kTypeA, dns::kClassIN});
   EXPECT_FALSE(dns::encode(message));
   std::string long_name;
-  for (int i = 0; i < 5; ++i) long_name += std::string(60, 'b') + ".";
+  for (int i = 0; i < 5; ++i)
+    long_name += std::string(60, 'b') + ".";
   message.questions[0].name = long_name + "test";
   EXPECT_FALSE(dns::encode(message));
 }
@@ -114,7 +116,8 @@ TEST(Dns, SurvivesRandomBytes) {
   std::mt19937 random(42);
   for (int round = 0; round < 20000; ++round) {
     std::vector<uint8_t> wire(random() % 96);
-    for (auto& byte : wire) byte = static_cast<uint8_t>(random());
+    for (auto& byte : wire)
+      byte = static_cast<uint8_t>(random());
     if (wire.size() >= 12) wire[4] = 0, wire[5] = static_cast<uint8_t>(random() % 3);
     auto parsed = dns::parse(wire);
     if (parsed) {

@@ -4,6 +4,7 @@
 // leave no namespace, link, nft table, rule, route or fd behind.
 #include <gtest/gtest.h>
 #include <ifaddrs.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "actors/net/bridge.hpp"
@@ -81,7 +82,8 @@ protected:
       return;
     }
     internet = std::move(*started);
-    auto installed = testnet::RouteGuard::install(kInternetPrefix, kBridgePrefix, internet->uplink());
+    auto installed =
+        testnet::RouteGuard::install(kInternetPrefix, kBridgePrefix, internet->uplink());
     if (!installed) {
       setup_error = installed.error().message();
       return;
@@ -360,12 +362,14 @@ TEST_F(Egress, AllowlistRefusesIpv6) {
   EXPECT_EQ(aaaa->other_records, 0u); // upstream has one (see the open test)
   EXPECT_TRUE(aaaa->addresses.empty());
   // No IPv6 exists on the slot side at all.
-  auto v6 = in_netns(lease.guest, [] { return read_sysctl("/proc/sys/net/ipv6/conf/eth0/disable_ipv6"); });
+  auto v6 = in_netns(lease.guest,
+                     [] { return read_sysctl("/proc/sys/net/ipv6/conf/eth0/disable_ipv6"); });
   ASSERT_TRUE(v6);
   EXPECT_EQ(*v6, "1");
   auto slot_ns = Netns::open_named(lease.slot.netns);
   ASSERT_TRUE(slot_ns);
-  auto slot_v6 = in_netns(*slot_ns, [] { return read_sysctl("/proc/sys/net/ipv6/conf/tap0/disable_ipv6"); });
+  auto slot_v6 =
+      in_netns(*slot_ns, [] { return read_sysctl("/proc/sys/net/ipv6/conf/tap0/disable_ipv6"); });
   ASSERT_TRUE(slot_v6);
   EXPECT_EQ(*slot_v6, "1");
 }
@@ -393,11 +397,13 @@ TEST_F(Egress, NoModeReachesTheHostOrTheMetadataAddress) {
     SCOPED_TRACE(to_string(policy.mode));
     auto lease = acquire(policy);
     for (Ipv4 address : host_side) {
-      EXPECT_FALSE(probe::tcp_connect(lease.guest, address, (*api)->port(), 800ms)) << address.str();
+      EXPECT_FALSE(probe::tcp_connect(lease.guest, address, (*api)->port(), 800ms))
+          << address.str();
       EXPECT_FALSE(probe::tcp_connect(lease.guest, address, (*loopback)->port(), 800ms))
           << address.str();
     }
-    auto metadata = probe::http_get(lease.guest, kMetadataIp, 80, "metadata.example.test", "/", 800ms);
+    auto metadata =
+        probe::http_get(lease.guest, kMetadataIp, 80, "metadata.example.test", "/", 800ms);
     if (metadata) {
       EXPECT_TRUE(contains(*metadata, "403 Forbidden")) << *metadata;
     }
@@ -439,18 +445,22 @@ TEST_F(Egress, BrokenRulesStillSendNothingBeyondTheTestInternet) {
   int metadata_before = internet->hits("metadata");
   ASSERT_TRUE(probe::http_get(lease.guest, kAllowedIp, 80, "allowed.test"));
 
-  replace(*slot_ns, slot_ruleset({layout::nft_table(kBridgePrefix, "slot"), EgressMode::open,
-                                  plan.slot_side(lease.slot.id), {}, cfg.upstream_resolver}));
+  replace(*slot_ns, slot_ruleset({layout::nft_table(kBridgePrefix, "slot"),
+                                  EgressMode::open,
+                                  plan.slot_side(lease.slot.id),
+                                  {},
+                                  cfg.upstream_resolver}));
   EXPECT_FALSE(reaches_metadata()) << "the egress namespace should still refuse it";
   const std::string egress_table = layout::nft_table(kBridgePrefix, "egress");
   replace(*egress_ns, egress_ruleset({egress_table, {}, cfg.upstream_resolver}) +
-                          egress_mark_element(egress_table,
-                                              layout::egress_slot_link(lease.slot.id),
+                          egress_mark_element(egress_table, layout::egress_slot_link(lease.slot.id),
                                               layout::slot_mark(lease.slot.id), true));
   EXPECT_FALSE(reaches_metadata()) << "the host should still refuse it";
   EXPECT_EQ(internet->hits("metadata"), metadata_before);
   replace(*host_ns, host_ruleset({layout::nft_table(kBridgePrefix, "host"),
-                                  layout::host_link(kBridgePrefix), cfg.uplink, {},
+                                  layout::host_link(kBridgePrefix),
+                                  cfg.uplink,
+                                  {},
                                   cfg.upstream_resolver}));
   EXPECT_TRUE(reaches_metadata()) << "with every layer broken the stand-in must see it";
   EXPECT_EQ(internet->hits("metadata"), metadata_before + 1);
@@ -529,6 +539,33 @@ TEST_F(Egress, ForkChildInheritsItsParentsAllowedAddresses) {
   ASSERT_TRUE(proxied);
   EXPECT_TRUE(contains(*proxied, "hello from allowed")) << *proxied;
   EXPECT_FALSE(probe::read_banner(stranger.guest, kAllowedIp, 7000));
+}
+
+// A warm-pool VM starts on an "off" slot; the sandbox that claims it sets
+// its egress in place, and may change it again.
+TEST_F(Egress, EgressChangesInPlace) {
+  auto lease = acquire(EgressPolicy::off());
+  EXPECT_FALSE(probe::read_banner(lease.guest, kAllowedIp, 7000, 800ms));
+  ASSERT_TRUE(manager_->set_egress(lease.slot.id, EgressPolicy::open()));
+  auto banner = probe::read_banner(lease.guest, kDeniedIp, 7000);
+  EXPECT_TRUE(banner) << banner.error().message();
+  ASSERT_TRUE(manager_->set_egress(lease.slot.id, allowlist()));
+  EXPECT_FALSE(probe::read_banner(lease.guest, kDeniedIp, 7000, 800ms));
+  ASSERT_TRUE(probe::dns_query(lease.guest, kGateway, "allowed.test"));
+  EXPECT_TRUE(probe::read_banner(lease.guest, kAllowedIp, 7000));
+  // A connection made under one mode does not outlive the change.
+  auto held = probe::tcp_connect(lease.guest, kAllowedIp, 80);
+  ASSERT_TRUE(held) << held.error().message();
+  ASSERT_TRUE(manager_->set_egress(lease.slot.id, EgressPolicy::off()));
+  std::string request = "GET / HTTP/1.1\r\nHost: allowed.test\r\n\r\n";
+  send(held->get(), request.data(), request.size(), MSG_NOSIGNAL);
+  char buffer[64];
+  EXPECT_LE(recv(held->get(), buffer, sizeof buffer, 0), 0);
+  EXPECT_FALSE(probe::read_banner(lease.guest, kAllowedIp, 7000, 800ms));
+  EXPECT_FALSE(probe::dns_query(lease.guest, kGateway, "allowed.test"));
+  auto bad = manager_->set_egress(lease.slot.id, EgressPolicy{EgressMode::allowlist, {"*"}});
+  EXPECT_FALSE(bad);
+  EXPECT_FALSE(manager_->set_egress(999, EgressPolicy::open()));
 }
 
 TEST_F(Egress, OffNeedsNoUplinkButOpenDoes) {

@@ -48,7 +48,8 @@ std::vector<uint8_t> hand_client_hello(const std::vector<std::vector<uint8_t>>& 
   body.insert(body.end(), {0x13, 0x01}); // one cipher suite
   body.insert(body.end(), {1, 0});       // null compression
   std::vector<uint8_t> all;
-  for (const auto& extension : extensions) all.insert(all.end(), extension.begin(), extension.end());
+  for (const auto& extension : extensions)
+    all.insert(all.end(), extension.begin(), extension.end());
   put16(body, all.size());
   body.insert(body.end(), all.begin(), all.end());
   std::vector<uint8_t> handshake = {1, 0, 0, 0};
@@ -82,7 +83,9 @@ std::vector<uint8_t> sni_extension(const std::vector<std::string>& names) {
   return extension;
 }
 
-std::vector<uint8_t> bytes_of(std::string_view text) { return {text.begin(), text.end()}; }
+std::vector<uint8_t> bytes_of(std::string_view text) {
+  return {text.begin(), text.end()};
+}
 
 TEST(PeekTls, ReadsSniFromOpenSslClientHello) {
   auto hello = openssl_client_hello("Allowed.Test");
@@ -113,7 +116,8 @@ TEST(PeekTls, ReassemblesHelloSplitAcrossRecords) {
 }
 
 TEST(PeekTls, RefusesIpLiteralAndBadNames) {
-  for (std::string name : std::vector<std::string>{"198.18.1.10", "allowed.test\x01", "-x.test", "a..test", ""}) {
+  for (std::string name :
+       std::vector<std::string>{"198.18.1.10", "allowed.test\x01", "-x.test", "a..test", ""}) {
     auto result = peek_tls_client_hello(hand_client_hello({sni_extension({name})}));
     EXPECT_EQ(result.status, PeekStatus::invalid) << name;
   }
@@ -126,8 +130,8 @@ TEST(PeekTls, RefusesTwoHostNames) {
 }
 
 TEST(PeekTls, RefusesDuplicateSniExtensions) {
-  auto result = peek_tls_client_hello(hand_client_hello(
-      {sni_extension({"allowed.test"}), sni_extension({"denied.test"})}));
+  auto result = peek_tls_client_hello(
+      hand_client_hello({sni_extension({"allowed.test"}), sni_extension({"denied.test"})}));
   EXPECT_EQ(result.status, PeekStatus::invalid);
 }
 
@@ -160,12 +164,14 @@ TEST(PeekHttp, NeedsMoreUntilTheHeadEnds) {
 }
 
 TEST(PeekHttp, RefusesMissingDuplicateAndLiteralHosts) {
-  for (std::string_view request :
-       std::vector<std::string_view>{"GET / HTTP/1.1\r\n\r\n", "GET / HTTP/1.0\r\n\r\n",
-        "GET / HTTP/1.1\r\nHost: allowed.test\r\nHost: denied.test\r\n\r\n",
-        "GET / HTTP/1.1\r\nHost: 198.18.1.10\r\n\r\n", "GET / HTTP/1.1\r\nHost: [::1]:80\r\n\r\n",
-        "GET / HTTP/1.1\r\nHost: allowed.test:x\r\n\r\n",
-        "GET / HTTP/1.1\r\nHost: allowed.test@denied.test\r\n\r\n", "\x16\x03\x01\x00\x05hello"sv}) {
+  for (std::string_view request : std::vector<std::string_view>{
+           "GET / HTTP/1.1\r\n\r\n", "GET / HTTP/1.0\r\n\r\n",
+           "GET / HTTP/1.1\r\nHost: allowed.test\r\nHost: denied.test\r\n\r\n",
+           "GET / HTTP/1.1\r\nHost: 198.18.1.10\r\n\r\n",
+           "GET / HTTP/1.1\r\nHost: [::1]:80\r\n\r\n",
+           "GET / HTTP/1.1\r\nHost: allowed.test:x\r\n\r\n",
+           "GET / HTTP/1.1\r\nHost: allowed.test@denied.test\r\n\r\n",
+           "\x16\x03\x01\x00\x05hello"sv}) {
     EXPECT_EQ(peek_http_host(bytes_of(request)).status, PeekStatus::invalid) << request;
   }
 }

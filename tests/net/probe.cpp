@@ -82,11 +82,13 @@ Result<UniqueFd> tcp_connect(const Netns& netns, Ipv4 address, uint16_t port,
   }
   pollfd waiting{fd->get(), POLLOUT, 0};
   int ready = poll(&waiting, 1, static_cast<int>(timeout.count()));
-  if (ready == 0) return sys_error("connect", where(address, port) + " from " + netns.name(), ETIMEDOUT);
+  if (ready == 0)
+    return sys_error("connect", where(address, port) + " from " + netns.name(), ETIMEDOUT);
   int error = 0;
   socklen_t length = sizeof error;
   getsockopt(fd->get(), SOL_SOCKET, SO_ERROR, &error, &length);
-  if (error != 0) return sys_error("connect", where(address, port) + " from " + netns.name(), error);
+  if (error != 0)
+    return sys_error("connect", where(address, port) + " from " + netns.name(), error);
   int flags = fcntl(fd->get(), F_GETFL);
   fcntl(fd->get(), F_SETFL, flags & ~O_NONBLOCK);
   set_timeouts(fd->get(), timeout);
@@ -124,8 +126,7 @@ Result<std::string> https_get(const Netns& netns, Ipv4 address, uint16_t port,
   if (SSL_connect(ssl.get()) != 1) {
     return make_error("TLS handshake", openssl_errors(), where(address, port) + " sni " + sni);
   }
-  std::string request =
-      "GET / HTTP/1.1\r\nHost: " + host + "\r\nConnection: close\r\n\r\n";
+  std::string request = "GET / HTTP/1.1\r\nHost: " + host + "\r\nConnection: close\r\n\r\n";
   if (SSL_write(ssl.get(), request.data(), static_cast<int>(request.size())) <= 0) {
     return make_error("TLS write", openssl_errors(), where(address, port));
   }
@@ -145,12 +146,13 @@ Result<std::string> read_banner(const Netns& netns, Ipv4 address, uint16_t port,
   auto fd = tcp_connect(netns, address, port, timeout);
   if (!fd) return std::move(fd).error();
   auto text = read_all(fd->get(), where(address, port));
-  if (text && text->empty()) return make_error("read banner", "closed without a word", where(address, port));
+  if (text && text->empty())
+    return make_error("read banner", "closed without a word", where(address, port));
   return text;
 }
 
-Result<DnsAnswer> dns_query(const Netns& netns, Ipv4 server, const std::string& name,
-                            uint16_t type, bool over_tcp, milliseconds timeout) {
+Result<DnsAnswer> dns_query(const Netns& netns, Ipv4 server, const std::string& name, uint16_t type,
+                            bool over_tcp, milliseconds timeout) {
   dns::Message query;
   query.header.id = static_cast<uint16_t>(std::random_device{}());
   query.header.rd = true;
@@ -179,7 +181,8 @@ Result<DnsAnswer> dns_query(const Netns& netns, Ipv4 server, const std::string& 
     uint8_t prefix[2];
     if (auto got = read_exactly(prefix, 2); !got) return std::move(got).error();
     length = size_t{prefix[0]} << 8 | prefix[1];
-    if (length > reply.size()) return make_error("DNS over TCP", "reply too long", where(server, 53));
+    if (length > reply.size())
+      return make_error("DNS over TCP", "reply too long", where(server, 53));
     if (auto got = read_exactly(reply.data(), length); !got) return std::move(got).error();
   } else {
     auto fd = socket_in(netns, AF_INET, SOCK_DGRAM);
@@ -189,14 +192,16 @@ Result<DnsAnswer> dns_query(const Netns& netns, Ipv4 server, const std::string& 
       return sys_error("connect", where(server, 53));
     }
     set_timeouts(fd->get(), timeout);
-    if (send(fd->get(), wire->data(), wire->size(), 0) < 0) return sys_error("send", where(server, 53));
+    if (send(fd->get(), wire->data(), wire->size(), 0) < 0)
+      return sys_error("send", where(server, 53));
     ssize_t n = recv(fd->get(), reply.data(), reply.size(), 0);
     if (n < 0) return sys_error("DNS query " + name, where(server, 53));
     length = static_cast<size_t>(n);
   }
   auto parsed = dns::parse(std::span<const uint8_t>(reply.data(), length));
   if (!parsed) return std::move(parsed).error();
-  if (parsed->header.id != query.header.id) return make_error("DNS query", "reply id mismatch", name);
+  if (parsed->header.id != query.header.id)
+    return make_error("DNS query", "reply id mismatch", name);
   DnsAnswer answer;
   answer.rcode = parsed->header.rcode;
   for (const auto& record : parsed->answers) {
@@ -218,7 +223,8 @@ Result<std::string> udp_echo(const Netns& netns, Ipv4 address, uint16_t port,
     return sys_error("connect", where(address, port));
   }
   set_timeouts(fd->get(), timeout);
-  if (send(fd->get(), payload.data(), payload.size(), 0) < 0) return sys_error("send", where(address, port));
+  if (send(fd->get(), payload.data(), payload.size(), 0) < 0)
+    return sys_error("send", where(address, port));
   char buffer[2048];
   ssize_t n = recv(fd->get(), buffer, sizeof buffer, 0);
   if (n < 0) return sys_error("UDP echo", where(address, port));
@@ -235,18 +241,22 @@ Result<void> ping(const Netns& netns, Ipv4 address, milliseconds timeout) {
   header->un.echo.id = htons(id);
   header->un.echo.sequence = htons(1);
   uint32_t sum = 0;
-  for (size_t i = 0; i < sizeof packet; i += 2) sum += uint32_t{packet[i]} << 8 | packet[i + 1];
-  while (sum >> 16) sum = (sum & 0xFFFF) + (sum >> 16);
+  for (size_t i = 0; i < sizeof packet; i += 2)
+    sum += uint32_t{packet[i]} << 8 | packet[i + 1];
+  while (sum >> 16)
+    sum = (sum & 0xFFFF) + (sum >> 16);
   uint16_t checksum = static_cast<uint16_t>(~sum);
   packet[2] = static_cast<uint8_t>(checksum >> 8);
   packet[3] = static_cast<uint8_t>(checksum);
   auto to = endpoint(address, 0);
-  if (sendto(fd->get(), packet, sizeof packet, 0, reinterpret_cast<sockaddr*>(&to), sizeof to) < 0) {
+  if (sendto(fd->get(), packet, sizeof packet, 0, reinterpret_cast<sockaddr*>(&to), sizeof to) <
+      0) {
     return sys_error("ping", address.str());
   }
   auto deadline = std::chrono::steady_clock::now() + timeout;
   while (true) {
-    auto left = std::chrono::duration_cast<milliseconds>(deadline - std::chrono::steady_clock::now());
+    auto left =
+        std::chrono::duration_cast<milliseconds>(deadline - std::chrono::steady_clock::now());
     if (left.count() <= 0) return sys_error("ping", address.str(), ETIMEDOUT);
     pollfd waiting{fd->get(), POLLIN, 0};
     if (poll(&waiting, 1, static_cast<int>(left.count())) <= 0) continue;

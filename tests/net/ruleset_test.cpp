@@ -51,8 +51,8 @@ TEST(Ruleset, OpenSendsDnsUpstreamAndDropsDeniedFirst) {
 
 TEST(Ruleset, AllowlistProxiesWebAndForwardsOnlyLearnedAddresses) {
   auto text = slot_ruleset(slot(EgressMode::allowlist));
-  EXPECT_TRUE(has(text, "tcp dport { 80, 443 } redirect to :" +
-                            std::to_string(layout::kProxyPort)));
+  EXPECT_TRUE(
+      has(text, "tcp dport { 80, 443 } redirect to :" + std::to_string(layout::kProxyPort)));
   EXPECT_TRUE(has(text, "ip daddr @allowed tcp dport != { 80, 443 } accept"));
   EXPECT_FALSE(has(text, "dnat ip to"));
   EXPECT_FALSE(has(text, "meta nfproto ipv4 accept"));
@@ -60,20 +60,21 @@ TEST(Ruleset, AllowlistProxiesWebAndForwardsOnlyLearnedAddresses) {
 
 TEST(Ruleset, HostTableOnlyNarrowsTheSandboxLink) {
   auto transit = Cidr::parse("10.222.0.0/16").value();
-  auto text = host_ruleset(
-      {"vs_host", "vs-up", "eth9", always_denied_networks(transit), Ipv4::parse("198.18.1.53").value()});
-  EXPECT_TRUE(has(text, "iifname \"vs-up\" counter drop"));           // the host itself
+  auto text = host_ruleset({"vs_host", "vs-up", "eth9", always_denied_networks(transit),
+                            Ipv4::parse("198.18.1.53").value()});
+  EXPECT_TRUE(has(text, "iifname \"vs-up\" counter drop"));                     // the host itself
   EXPECT_TRUE(has(text, "iifname \"vs-up\" oifname != \"eth9\" counter drop")); // only the uplink
   EXPECT_TRUE(has(text, "iifname \"vs-up\" oifname \"eth9\" masquerade"));
   EXPECT_FALSE(has(text, "policy drop")); // the host's other traffic is not ours to judge
-  auto without_uplink = host_ruleset(
-      {"vs_host", "vs-up", "", always_denied_networks(transit), Ipv4::parse("198.18.1.53").value()});
+  auto without_uplink = host_ruleset({"vs_host", "vs-up", "", always_denied_networks(transit),
+                                      Ipv4::parse("198.18.1.53").value()});
   EXPECT_FALSE(has(without_uplink, "masquerade"));
   EXPECT_TRUE(has(without_uplink, "iifname \"vs-up\" counter drop"));
 }
 
 TEST(Ruleset, AllowedElementsCanRestartTimeouts) {
-  std::vector<AllowedElement> elements{{Ipv4::parse("198.18.1.10").value(), std::chrono::seconds(60)}};
+  std::vector<AllowedElement> elements{
+      {Ipv4::parse("198.18.1.10").value(), std::chrono::seconds(60)}};
   EXPECT_EQ(allowed_elements("vs_slot", elements, false),
             "add element inet vs_slot allowed { 198.18.1.10 timeout 60s }\n");
   EXPECT_EQ(allowed_elements("vs_slot", elements, true),

@@ -2,8 +2,8 @@
 // kernel, the real tap path and its fd handoff, reclaiming what a killed run
 // left, and leaks over many acquire/release cycles. Needs root.
 #include <gtest/gtest.h>
-#include <net/if.h>
 #include <linux/if_tun.h>
+#include <net/if.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/ioctl.h>
@@ -65,8 +65,12 @@ TEST(BridgeConfig, RefusesWhatWouldBreakTheHostOrItself) {
   check([](BridgeConfig& c) { c.uplink = "eth0; drop"; }, "interface name");
   check([](BridgeConfig& c) { c.upstream_resolver = Ipv4{0x7F000035}; }, "through the uplink");
   check([](BridgeConfig& c) { c.transit = Cidr::parse("172.16.0.0/12").value(); }, "overlaps");
-  check([](BridgeConfig& c) { c.transit = Cidr::parse("10.9.0.0/29").value(); c.max_slots = 2; },
-        "max_slots");
+  check(
+      [](BridgeConfig& c) {
+        c.transit = Cidr::parse("10.9.0.0/29").value();
+        c.max_slots = 2;
+      },
+      "max_slots");
   check([](BridgeConfig& c) { c.route_table = 254; }, "route_table");
   check([](BridgeConfig& c) { c.rule_priority = 32765; }, "rule_priority");
   check([](BridgeConfig& c) { c.max_pooled = 9; }, "max_pooled");
@@ -278,7 +282,8 @@ TEST_F(WithInternet, ReclaimsWhatAKilledRunLeft) {
     }
     char ok = 'k';
     if (write(ready[1], &ok, 1) != 1) _exit(4);
-    while (true) pause();
+    while (true)
+      pause();
   }
   close(ready[1]);
   pollfd waiting{ready[0], POLLIN, 0};

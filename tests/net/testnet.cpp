@@ -28,7 +28,8 @@ const char* kPython = "/usr/bin/python3";
 
 Result<void> run_and_wait(const std::vector<std::string>& argv) {
   std::vector<char*> args;
-  for (const auto& arg : argv) args.push_back(const_cast<char*>(arg.c_str()));
+  for (const auto& arg : argv)
+    args.push_back(const_cast<char*>(arg.c_str()));
   args.push_back(nullptr);
   pid_t pid = fork();
   if (pid < 0) return sys_error("fork", argv[0]);
@@ -81,7 +82,8 @@ void Child::stop() {
 Result<Child> spawn(const std::vector<std::string>& argv, const Netns* netns,
                     const std::string& ready_line, std::chrono::milliseconds timeout) {
   std::vector<char*> args;
-  for (const auto& arg : argv) args.push_back(const_cast<char*>(arg.c_str()));
+  for (const auto& arg : argv)
+    args.push_back(const_cast<char*>(arg.c_str()));
   args.push_back(nullptr);
   int pipe_fds[2];
   if (pipe2(pipe_fds, O_CLOEXEC) != 0) return sys_error("pipe2");
@@ -144,11 +146,11 @@ Result<std::unique_ptr<TestInternet>> TestInternet::start(const std::string& pre
   // 1. A self-signed certificate for the TLS servers (both names).
   net->cert_ = net->dir_ / "cert.pem";
   auto key = net->dir_ / "key.pem";
-  if (auto made = run_and_wait({"openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
-                                "-keyout", key.string(), "-out", net->cert_.string(), "-days", "2",
-                                "-subj", "/CN=allowed.test", "-addext",
-                                "subjectAltName=DNS:allowed.test,DNS:denied.test,DNS:www.example.test,"
-                                "DNS:rebind.example.test"});
+  if (auto made = run_and_wait(
+          {"openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key.string(),
+           "-out", net->cert_.string(), "-days", "2", "-subj", "/CN=allowed.test", "-addext",
+           "subjectAltName=DNS:allowed.test,DNS:denied.test,DNS:www.example.test,"
+           "DNS:rebind.example.test"});
       !made) {
     return std::move(made).error().with_context("making the test certificate");
   }
@@ -192,33 +194,29 @@ Result<std::unique_ptr<TestInternet>> TestInternet::start(const std::string& pre
   // 3. The servers, inside the namespace.
   auto allowed = kAllowedIp.str(), denied = kDeniedIp.str();
   std::vector<std::string> argv = {
-      kPython,
-      VESICLE_TESTNET_SERVERS,
-      "--log",
-      (net->dir_ / "requests.log").string(),
-      "--cert",
-      net->cert_.string(),
-      "--key",
-      key.string(),
-      "--http", "allowed=" + allowed + ":80",
-      "--https", "allowed=" + allowed + ":443",
-      "--banner", "allowed=" + allowed + ":7000",
+      kPython,      VESICLE_TESTNET_SERVERS,
+      "--log",      (net->dir_ / "requests.log").string(),
+      "--cert",     net->cert_.string(),
+      "--key",      key.string(),
+      "--http",     "allowed=" + allowed + ":80",
+      "--https",    "allowed=" + allowed + ":443",
+      "--banner",   "allowed=" + allowed + ":7000",
       "--udp-echo", allowed + ":7001",
-      "--http", "denied=" + denied + ":80",
-      "--https", "denied=" + denied + ":443",
-      "--banner", "denied=" + denied + ":7000",
-      "--http", "lan=" + kLanIp.str() + ":80",
-      "--banner", "lan=" + kLanIp.str() + ":7000",
-      "--http", "metadata=" + kMetadataIp.str() + ":80",
-      "--dns", kResolverIp.str() + ":53",
-      "--record", "allowed.test=" + allowed,
-      "--record", "denied.test=" + denied,
-      "--record", "www.example.test=" + allowed,
-      "--record", "lan.example.test=" + kLanIp.str(),
-      "--record", "metadata.example.test=" + kMetadataIp.str(),
-      "--aaaa", "allowed.test=2001:db8::10",
-      "--rebind", "rebind.example.test=" + allowed + "," + kMetadataIp.str(),
-      "--rebind", "rebind-lan.example.test=" + allowed + "," + kLanIp.str(),
+      "--http",     "denied=" + denied + ":80",
+      "--https",    "denied=" + denied + ":443",
+      "--banner",   "denied=" + denied + ":7000",
+      "--http",     "lan=" + kLanIp.str() + ":80",
+      "--banner",   "lan=" + kLanIp.str() + ":7000",
+      "--http",     "metadata=" + kMetadataIp.str() + ":80",
+      "--dns",      kResolverIp.str() + ":53",
+      "--record",   "allowed.test=" + allowed,
+      "--record",   "denied.test=" + denied,
+      "--record",   "www.example.test=" + allowed,
+      "--record",   "lan.example.test=" + kLanIp.str(),
+      "--record",   "metadata.example.test=" + kMetadataIp.str(),
+      "--aaaa",     "allowed.test=2001:db8::10",
+      "--rebind",   "rebind.example.test=" + allowed + "," + kMetadataIp.str(),
+      "--rebind",   "rebind-lan.example.test=" + allowed + "," + kLanIp.str(),
   };
   auto servers = spawn(argv, &net->netns_, "ready", std::chrono::seconds(20));
   if (!servers) return std::move(servers).error().with_context("starting the test servers");
@@ -241,7 +239,8 @@ std::vector<std::string> TestInternet::log_lines() const {
   std::vector<std::string> lines;
   std::ifstream log(dir_ / "requests.log");
   std::string line;
-  while (std::getline(log, line)) lines.push_back(line);
+  while (std::getline(log, line))
+    lines.push_back(line);
   return lines;
 }
 
