@@ -1,0 +1,107 @@
+// The test internet: a network namespace "<prefix>-inet" joined to the host
+// by a veth ("<prefix>-wan" on the host side, the sandboxes' uplink), with
+// HTTP, TLS, TCP, UDP and authoritative DNS servers (scripts/testnet/
+// servers.py) on addresses that exist only inside it, including a stand-in
+// cloud metadata server at 169.254.169.254. A bridge pointed at it sends
+// sandbox traffic nowhere else; the host's own routes never lead there, and
+// a guard table counts any sandbox packet routed elsewhere.
+//
+//   198.18.0.2/24  host side of the uplink      198.18.0.1  test internet side
+//   198.18.1.10    allowed.test, www.example.test (HTTP 80, TLS 443, banner 7000, UDP echo 7001)
+//   198.18.1.20    denied.test                  (HTTP 80, TLS 443, banner 7000)
+//   198.18.1.53    authoritative DNS for *.test
+//   198.18.2.10    lan.example.test: a "host-side network" the bridge denies
+//   169.254.169.254 metadata
+#pragma once
+
+#include <sys/types.h>
+
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "actors/net/bridge.hpp"
+#include "actors/net/netns.hpp"
+
+namespace vesicle::net::testnet {
+
+inline const Ipv4 kWanHost = Ipv4::parse("198.18.0.2").value();
+inline const Ipv4 kWanGateway = Ipv4::parse("198.18.0.1").value();
+inline const Ipv4 kAllowedIp = Ipv4::parse("198.18.1.10").value();
+inline const Ipv4 kDeniedIp = Ipv4::parse("198.18.1.20").value();
+inline const Ipv4 kResolverIp = Ipv4::parse("198.18.1.53").value();
+inline const Ipv4 kLanIp = Ipv4::parse("198.18.2.10").value();
+inline const Ipv4 kMetadataIp = Ipv4::parse("169.254.169.254").value();
+inline const Cidr kLanNetwork = Cidr::parse("198.18.2.0/24").value();
+
+// A child process, killed and reaped when this goes away.
+class Child {
+public:
+  Child() = default;
+  Child(pid_t pid) : pid_(pid) {}
+  Child(Child&& other) noexcept : pid_(std::exchange(other.pid_, -1)) {}
+  Child& operator=(Child&& other) noexcept;
+  ~Child() { stop(); }
+  pid_t pid() const { return pid_; }
+  void stop();
+
+private:
+  pid_t pid_ = -1;
+};
+
+// Runs argv (argv[0] a path) inside `netns` (or the caller's namespace when
+// it is null), waits until it prints `ready_line` on stdout.
+Result<Child> spawn(const std::vector<std::string>& argv, const Netns* netns,
+                    const std::string& ready_line, std::chrono::milliseconds timeout);
+
+class TestInternet {
+public:
+  static Result<std::unique_ptr<TestInternet>> start(const std::string& prefix);
+  ~TestInternet();
+
+  const std::string& uplink() const { return uplink_; }
+  const Netns& netns() const { return netns_; }
+  const std::filesystem::path& ca_certificate() const { return cert_; }
+  // Request log lines of servers.py ("LABEL CLIENT HOST PATH").
+  std::vector<std::string> log_lines() const;
+  int hits(const std::string& label) const;
+
+  // A bridge configuration whose uplink, gateway and resolver are this test
+  // internet, and which denies kLanNetwork as a "host-side network".
+  // `block` picks the transit network (10.<block>.0.0/16), the policy
+  // routing table (1000 + block) and rule priorities (7000 + 2 * block), so
+  // bridges of different test programs never share host-side state.
+  BridgeConfig bridge_config(const std::string& bridge_prefix, uint8_t block) const;
+
+  // Removes whatever a test internet of this prefix left (killed test).
+  static Result<void> reclaim(const std::string& prefix);
+
+private:
+  TestInternet() = default;
+  std::string prefix_;
+  std::string uplink_;
+  std::filesystem::path dir_;
+  std::filesystem::path cert_;
+  Netns netns_;
+  Child servers_;
+};
+
+// An nft table in the host that counts (and drops) every packet from the
+// bridge's host link that is routed anywhere but the test internet.
+class RouteGuard {
+public:
+  static Result<std::unique_ptr<RouteGuard>> install(const std::string& guard_prefix,
+                                                     const std::string& bridge_prefix,
+                                                     const std::string& uplink);
+  ~RouteGuard();
+  Result<int> stray_packets() const;
+
+private:
+  std::string table_;
+};
+
+// Open fds of this process (leak checks).
+int open_fd_count();
+
+} // namespace vesicle::net::testnet

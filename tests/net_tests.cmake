@@ -1,0 +1,33 @@
+# The network layer's tests (actors/net). Unit: parsing, policy and rule
+# text, no root needed. Integration: real namespaces, links and nftables
+# against a "test internet" of namespaces the tests make and remove (needs
+# root; never sends a packet anywhere else). The integration binaries share
+# one resource lock: they use the same test addresses on the host.
+
+# actors/CMakeLists.txt adds actors/net once the lead wires it in; until
+# then build it from here.
+if(NOT TARGET vesicle_net)
+  add_subdirectory(${CMAKE_SOURCE_DIR}/actors/net ${CMAKE_BINARY_DIR}/actors/net)
+endif()
+find_package(OpenSSL REQUIRED)
+
+vesicle_test(net_logic_test
+  SOURCES net/dns_test.cpp net/peek_test.cpp net/allowlist_test.cpp net/dns_policy_test.cpp
+          net/ruleset_test.cpp
+  LIBS vesicle_net_logic OpenSSL::SSL OpenSSL::Crypto
+  LABEL unit)
+
+add_library(vesicle_testnet STATIC net/testnet.cpp net/probe.cpp)
+target_link_libraries(vesicle_testnet PUBLIC vesicle_net OpenSSL::SSL OpenSSL::Crypto GTest::gtest)
+target_compile_definitions(vesicle_testnet PUBLIC
+  VESICLE_TESTNET_SERVERS="${CMAKE_SOURCE_DIR}/scripts/testnet/servers.py")
+
+vesicle_test(net_slot_test SOURCES net/slot_test.cpp LIBS vesicle_testnet
+  LABEL integration TIMEOUT 600)
+vesicle_test(net_egress_test SOURCES net/egress_test.cpp LIBS vesicle_testnet
+  LABEL integration TIMEOUT 600)
+set_tests_properties(net_slot_test net_egress_test PROPERTIES RESOURCE_LOCK vesicle_netns)
+
+# Not a test: run by hand or scripts/bench.sh (needs root).
+add_executable(net_bench bench/net_bench.cpp)
+target_link_libraries(net_bench PRIVATE vesicle_testnet)
