@@ -15,5 +15,7 @@ for dir in ${VESICLE_RUNTIME_DIRS:-/var/lib/vesicle/vms}; do
     report "runtime directory $dir is not empty: $(ls "$dir" | head -5 | xargs)"
   fi
 done
-[ $leaks = 0 ] && echo "leak check: clean (no QEMU process, memory file or VM directory left)"
+# Network namespaces, links, nft tables and ip rules of the network layer.
+bash "$(dirname "$0")/testnet/net-leaks.sh" || leaks=1
+[ $leaks = 0 ] && echo "leak check: clean (no QEMU process, memory file, VM directory, namespace, link or nft table left)"
 exit $leaks
