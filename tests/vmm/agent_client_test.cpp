@@ -219,12 +219,12 @@ TEST_F(AgentClientTest, DownloadSinkErrorStopsTheDownload) {
   };
   auto outcome = io_.run([](AgentClient& agent, std::string path) -> asio::awaitable<Outcome> {
     Outcome outcome;
-    outcome.done = co_await agent.download(
-        path, [&outcome](std::string_view) -> asio::awaitable<Result<void>> {
-          if (++outcome.chunks == 2)
-            co_return make_error("write response", "the HTTP client went away");
-          co_return Result<void>{};
-        });
+    vmm::ChunkSink sink = [&outcome](std::string_view) -> asio::awaitable<Result<void>> {
+      if (++outcome.chunks == 2)
+        co_return make_error("write response", "the HTTP client went away");
+      co_return Result<void>{};
+    };
+    outcome.done = co_await agent.download(path, std::move(sink));
     outcome.after = co_await agent.ping(5s);
     co_return outcome;
   }(*client_, host_path("three.bin")));
