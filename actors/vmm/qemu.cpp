@@ -372,7 +372,8 @@ public:
 
   asio::awaitable<void> shutdown(milliseconds grace) override {
     auto state = state_;
-    if (state->running()) {
+    // With the agent channel gone nobody can ask the guest; kill it now.
+    if (state->running() && state->agent && state->agent->connected()) {
       state->shutdown_requested = true;
       const auto deadline = Clock::now() + grace;
       // The agent acknowledges, then powers the guest off; QMP reports the
@@ -380,7 +381,12 @@ public:
       // get there in time is killed.
       asio::co_spawn(
           state->executor,
-          [state]() -> asio::awaitable<void> { (void)co_await state->agent->shutdown(); },
+          [state]() -> asio::awaitable<void> {
+            auto acknowledged = co_await state->agent->shutdown();
+            // No acknowledgement (the channel broke): stop waiting for one.
+            if (!acknowledged && state->running() && state->guest_stop_reason.empty())
+              state->destroy();
+          },
           asio::detached);
       co_await state->exited.wait(deadline);
     }
@@ -509,7 +515,8 @@ private:
   // When QEMU is gone, how it went says more than the error that noticed.
   static Error died_or(VmState& state, Error error) {
     if (!state.exited.is_set()) return error;
-    return make_error("boot VM", state.exit_description);
+    return make_error("boot VM",
+                      "the VM stopped before its agent answered: " + state.exit_description);
   }
 
   static Result<void> make_vm_dir(const VmConfig& config, const VmPaths& paths) {
