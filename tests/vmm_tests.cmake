@@ -26,4 +26,4 @@ vesicle_test(vm_integration_test SOURCES integration/vm_test.cpp LIBS vesicle_vm
 set_property(TEST vm_integration_test APPEND PROPERTY ENVIRONMENT ${vmm_images_env})
 
 add_executable(vm_bench bench/vm_bench.cpp)
-target_link_libraries(vm_bench PRIVATE vesicle_vmm Boost::program_options)
+target_link_libraries(vm_bench PRIVATE vesicle_vmm Boost::program_options OpenSSL::Crypto)

@@ -30,6 +30,10 @@ constexpr const char* kChannelClosedOperation = "agent channel closed";
 // waits in memory while the sink is slow.
 constexpr std::uint64_t kDownloadRange = 4u << 20;
 constexpr std::size_t kReadBufferBytes = 64u << 10;
+// Passed by name: g++ 12 destroys some temporaries made inside a co_await
+// expression twice (braced and converted arguments), so calls awaited here
+// never build their arguments in place.
+const std::function<void(const guest::Event&)> kNoStream;
 
 Error channel_closed(const std::string& cause) {
   return make_error(kChannelClosedOperation, "the VM died or its agent exited (" + cause + ")");
@@ -259,7 +263,8 @@ public:
     cancel.mutable_cancel()->set_target(id_);
     // Waits for the agent's acknowledgement so a caller that aborts and then
     // uploads the same path again does not race the removal.
-    (void)co_await call(channel, std::move(cancel), Clock::now() + std::chrono::seconds(30), {});
+    (void)co_await call(channel, std::move(cancel), Clock::now() + std::chrono::seconds(30),
+                        kNoStream);
   }
 
 private:
@@ -307,7 +312,7 @@ public:
     auto channel = channel_;
     guest::Request request;
     request.mutable_ping();
-    auto terminal = co_await call(channel, std::move(request), Clock::now() + timeout, {});
+    auto terminal = co_await call(channel, std::move(request), Clock::now() + timeout, kNoStream);
     if (!terminal) co_return std::move(terminal).error().with_context("ping agent");
     if (terminal->has_pong()) co_return terminal->pong();
     if (terminal->has_failure()) co_return failure_error("ping agent", {}, terminal->failure());
@@ -353,7 +358,7 @@ public:
     auto channel = channel_;
     guest::Request request;
     request.mutable_info();
-    auto terminal = co_await call(channel, std::move(request), Clock::time_point::max(), {});
+    auto terminal = co_await call(channel, std::move(request), Clock::time_point::max(), kNoStream);
     if (!terminal) co_return std::move(terminal).error().with_context("query agent info");
     if (terminal->has_info()) co_return terminal->info();
     if (terminal->has_failure())
@@ -449,7 +454,7 @@ public:
     auto channel = channel_;
     guest::Request request;
     request.mutable_shutdown();
-    auto terminal = co_await call(channel, std::move(request), Clock::time_point::max(), {});
+    auto terminal = co_await call(channel, std::move(request), Clock::time_point::max(), kNoStream);
     if (!terminal) co_return std::move(terminal).error().with_context("shut down the guest");
     if (terminal->has_done()) co_return Result<void>{};
     if (terminal->has_failure())

@@ -91,7 +91,9 @@ public:
     waiters_.push_back(turn);
     // unlock() hands the lock over by waking the first waiter; locked_ stays
     // true across the hand-over.
-    while (!(co_await turn->wait())) {
+    for (;;) {
+      const bool woken = co_await turn->wait();
+      if (woken) break;
     }
   }
 
@@ -151,7 +153,10 @@ public:
         co_return Result<T>(std::move(item));
       }
       if (error_) co_return Result<T>(*error_);
-      if (!(co_await wakeup_.wait(deadline)) && Clock::now() >= deadline) co_return std::nullopt;
+      // g++ 12 miscompiles co_await inside && and || (temporaries destroyed
+      // twice), so the result is taken into a variable first.
+      const bool woken = co_await wakeup_.wait(deadline);
+      if (!woken && Clock::now() >= deadline) co_return std::nullopt;
     }
   }
 

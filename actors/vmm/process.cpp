@@ -171,10 +171,14 @@ Result<std::unique_ptr<Process>> Process::spawn(asio::any_io_executor executor,
 void Process::reap(bool block) {
   if (status_) return;
   siginfo_t info{};
-  if (::waitid(P_PIDFD, pidfd_.get(), &info, WEXITED | (block ? 0 : WNOHANG)) != 0) {
-    // Someone else reaped it (a SIGCHLD set to SIG_IGN, a stray waitpid(-1)):
-    // it is gone, how is unknown.
-    if (errno == ECHILD) status_ = ExitStatus{true, 0};
+  int rc;
+  do {
+    rc = ::waitid(P_PIDFD, pidfd_.get(), &info, WEXITED | (block ? 0 : WNOHANG));
+  } while (rc != 0 && errno == EINTR);
+  if (rc != 0) {
+    // ECHILD: someone else reaped it (SIGCHLD set to SIG_IGN, a stray
+    // waitpid(-1)). It is gone; how is unknown.
+    if (errno == ECHILD || block) status_ = ExitStatus{true, 0};
     return;
   }
   if (info.si_pid == 0) return; // WNOHANG and still running

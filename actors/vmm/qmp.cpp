@@ -42,9 +42,12 @@ public:
       co_return make_error("QMP handshake", "expected a greeting, got " + greeting->dump(), path_);
     }
     start();
-    auto negotiated = co_await execute(
-        "qmp_capabilities", {},
-        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()));
+    // Arguments named, not built in the co_await expression: g++ 12
+    // destroys braced temporaries there twice.
+    json::Object no_arguments;
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+    auto negotiated = co_await execute("qmp_capabilities", std::move(no_arguments), left);
     if (!negotiated) co_return std::move(negotiated).error();
     co_return Result<void>{};
   }

@@ -38,10 +38,10 @@ public:
 
   // Runs `command`; the "return" member of the reply, or an Error carrying
   // QEMU's error class and description. Fails after `timeout` so a wedged
-  // QEMU cannot hang the caller.
-  virtual asio::awaitable<Result<json::Value>>
-  execute(std::string command, json::Object arguments = {},
-          std::chrono::milliseconds timeout = std::chrono::seconds(10)) = 0;
+  // QEMU cannot hang the caller. No default arguments: pass named objects
+  // (g++ 12 destroys braced temporaries in a co_await expression twice).
+  virtual asio::awaitable<Result<json::Value>> execute(std::string command, json::Object arguments,
+                                                       std::chrono::milliseconds timeout) = 0;
 
   virtual void on_event(EventHandler handler) = 0;
   virtual bool connected() const = 0;

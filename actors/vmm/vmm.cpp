@@ -35,6 +35,10 @@ Result<void> GuestImages::check() const {
                      "vmlinuz, initrd.img and rootfs.ext4";
       return error;
     }
+    std::error_code ec;
+    if (!std::filesystem::is_regular_file(*file, ec)) {
+      return make_error("read guest image", "not a regular file", file->string());
+    }
   }
   return {};
 }

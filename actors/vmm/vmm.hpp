@@ -75,7 +75,18 @@ public:
   virtual asio::awaitable<Result<std::unique_ptr<Vm>>> boot(VmConfig config) = 0;
 };
 
-// The QEMU driver. Its VMs and their agent clients live on `executor`.
+// The QEMU driver. Its VMs and their agent clients live on `executor`: call
+// them, and destroy them, only from coroutines or handlers running there,
+// and destroy every Vm before the io_context (a Vm's sockets belong to it).
+// QEMU is spawned from the thread that runs boot() with PR_SET_PDEATHSIG,
+// so a hostd killed with SIGKILL takes its VMs along; that thread must
+// therefore live as long as the VMs it started (an io_context thread does).
+//
+// How a VM ends: QEMU runs with -no-reboot -no-shutdown, so a guest that
+// powers off, resets or panics (panic=-1) stops and QEMU reports SHUTDOWN
+// over QMP; the driver then reads the console ring buffer for wait_exit()'s
+// account, lets QEMU exit, and removes the VM's files. Agent calls pending at
+// that moment fail with the channel-closed Error (is_channel_closed()).
 std::unique_ptr<Driver> make_qemu_driver(asio::any_io_executor executor);
 
 } // namespace vesicle::vmm

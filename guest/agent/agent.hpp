@@ -32,6 +32,9 @@ struct Options {
   std::uint64_t default_max_output_bytes = 8u << 20;
   // How long an interrupted cell has to come back before its REPL is killed.
   std::chrono::milliseconds repl_grace{2000};
+  // The cgroup folder user processes are moved into (PID-1 mode sets it up,
+  // see cgroup.hpp); empty: they stay in the agent's cgroup.
+  std::string workload_cgroup;
 };
 
 class Agent;

@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <sys/wait.h>
 
+#include "guest/agent/cgroup.hpp"
 #include "guest/agent/events.hpp"
 #include "guest/agent/spawn.hpp"
 
@@ -78,6 +79,8 @@ void BashCommand::begin() {
   spec.env = flatten_environment(env);
   spec.cwd = cwd;
   spec.oom_score_adj = kBashOomScoreAdj;
+  if (!agent_.options().workload_cgroup.empty())
+    spec.cgroup = agent_.options().workload_cgroup + "/" + kCommandsCgroup;
   auto spawned = spawn(spec);
   if (!spawned) {
     finish(failure_from_error(std::move(spawned).error().with_context("starting bash")));

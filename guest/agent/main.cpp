@@ -15,6 +15,7 @@
 #include <string_view>
 
 #include "guest/agent/agent.hpp"
+#include "guest/agent/cgroup.hpp"
 #include "guest/agent/log.hpp"
 #include "guest/agent/loop.hpp"
 #include "guest/agent/pid1.hpp"
@@ -142,6 +143,11 @@ int main(int argc, char** argv) {
     ::signal(SIGINT, SIG_IGN);
     ::signal(SIGHUP, SIG_IGN);
     vesicle::agent::init_machine();
+    if (auto cgroup = vesicle::agent::setup_workload_cgroup(); cgroup) {
+      options.workload_cgroup = *cgroup;
+    } else {
+      log_line(cgroup.error().message());
+    }
   } else {
     // Orphans of commands (nohup daemons) become the agent's children, so it
     // can reap them and kill them when it exits.

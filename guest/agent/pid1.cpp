@@ -4,6 +4,7 @@
 #include <net/if.h>
 #include <signal.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/reboot.h>
 #include <sys/socket.h>
@@ -125,6 +126,13 @@ void protect_from_oom_killer() {
   if (fd < 0) return;
   if (::write(fd, "-1000", 5) != 5) log_line("could not set the agent's oom_score_adj");
   ::close(fd);
+  // Under memory pressure the kernel evicts clean file pages first, the
+  // agent's own code among them, and an agent that page-faults on every
+  // instruction does not answer. Its few MiB stay in RAM. Children do not
+  // inherit the lock.
+  if (::mlockall(MCL_CURRENT | MCL_FUTURE) != 0) {
+    log_line(std::string("mlockall failed: ") + std::strerror(errno));
+  }
 }
 
 } // namespace

@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "guest/agent/cgroup.hpp"
 #include "guest/agent/events.hpp"
 #include "guest/agent/log.hpp"
 #include "guest/agent/spawn.hpp"
@@ -114,6 +115,7 @@ Result<void> Repl::launch() {
   spec.env = flatten_environment(default_environment(options.home));
   spec.cwd = options.home;
   spec.oom_score_adj = kReplOomScoreAdj;
+  if (!options.workload_cgroup.empty()) spec.cgroup = options.workload_cgroup + "/" + kReplCgroup;
   spec.extra_fds = {{command->read.get(), 3}, {reply->write.get(), 4}};
   auto spawned = spawn(spec);
   if (!spawned) return std::move(spawned).error().with_context("starting the Python REPL");

@@ -26,7 +26,8 @@ bool g_fd_limit_raised = false;
 // no lock can be held by another thread here, but keep it to plain syscalls
 // anyway: everything it needs was prepared before the fork.
 [[noreturn]] void exec_child(const SpawnSpec& spec, char* const* argv, char* const* envp,
-                             int out_write, int err_write, const char* oom_text) {
+                             int out_write, int err_write, const char* oom_text,
+                             const char* cgroup_procs) {
   sigset_t none;
   ::sigemptyset(&none);
   ::sigprocmask(SIG_SETMASK, &none, nullptr);
@@ -40,6 +41,15 @@ bool g_fd_limit_raised = false;
   ::setsid();
   if (g_fd_limit_raised) ::setrlimit(RLIMIT_NOFILE, &g_child_fd_limit);
 
+  if (cgroup_procs != nullptr) {
+    // Before exec, so nothing the command does runs outside the limits. If
+    // it fails the command still runs (uncontained) rather than not at all.
+    const int fd = ::open(cgroup_procs, O_WRONLY | O_CLOEXEC);
+    if (fd >= 0) {
+      [[maybe_unused]] ssize_t n = ::write(fd, "0", 1);
+      ::close(fd);
+    }
+  }
   if (oom_text != nullptr) {
     const int fd = ::open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
     if (fd >= 0) {
@@ -135,6 +145,7 @@ Result<Spawned> spawn(const SpawnSpec& spec) {
   const auto envp = c_strings(spec.env);
   std::string oom_text;
   if (spec.oom_score_adj) oom_text = std::to_string(*spec.oom_score_adj);
+  const std::string cgroup_procs = spec.cgroup.empty() ? "" : spec.cgroup + "/cgroup.procs";
 
   const pid_t pid = ::fork();
   if (pid < 0) {
@@ -143,7 +154,8 @@ Result<Spawned> spawn(const SpawnSpec& spec) {
   }
   if (pid == 0) {
     exec_child(spec, argv.data(), envp.data(), out->write.get(), err->write.get(),
-               spec.oom_score_adj ? oom_text.c_str() : nullptr);
+               spec.oom_score_adj ? oom_text.c_str() : nullptr,
+               cgroup_procs.empty() ? nullptr : cgroup_procs.c_str());
   }
   return Spawned{pid, std::move(out->read), std::move(err->read)};
 }

@@ -23,6 +23,8 @@ struct SpawnSpec {
   std::vector<std::string> env; // "NAME=value"
   std::string cwd;              // must exist (see prepare_directory)
   std::optional<int> oom_score_adj;
+  // A cgroup folder the child moves itself into before exec; empty: none.
+  std::string cgroup;
   // Extra fds for the child: {fd in the agent, number in the child}; the
   // child numbers start at 3.
   std::vector<std::pair<int, int>> extra_fds;

@@ -1,1 +1,191 @@
-int main(){}
+// vm_bench: what a VM costs in time on this machine.
+//   cold boot: driver boot() to agent ready, sequential boots (p50/p95)
+//   print(1):  one Python cell round trip through the agent (p50/p95/p99)
+// Prints a table; --json PATH writes the figures with the accelerator and
+// the machine they were measured on.
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <iostream>
+
+#include <boost/program_options.hpp>
+
+#include "actors/vmm/json.hpp"
+#include "actors/vmm/vmm.hpp"
+#include "tests/vmm/test_support.hpp"
+
+namespace po = boost::program_options;
+using namespace vesicle;
+using namespace vesicle::test;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+double percentile(std::vector<double> samples, double p) {
+  if (samples.empty()) return 0;
+  std::sort(samples.begin(), samples.end());
+  // Nearest rank.
+  const auto rank = static_cast<std::size_t>(std::ceil(p / 100.0 * samples.size()));
+  return samples[std::clamp<std::size_t>(rank, 1, samples.size()) - 1];
+}
+
+double ms_since(Clock::time_point start) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+}
+
+std::string cpu_model() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
+  }
+  return "unknown";
+}
+
+json::Value stats(const std::vector<double>& samples, std::initializer_list<double> ps) {
+  json::Object object;
+  object["n"] = json::Value(static_cast<std::int64_t>(samples.size()));
+  for (double p : ps)
+    object["p" + std::to_string(static_cast<int>(p))] = json::Value(percentile(samples, p));
+  if (!samples.empty()) {
+    object["min"] = json::Value(*std::min_element(samples.begin(), samples.end()));
+    object["max"] = json::Value(*std::max_element(samples.begin(), samples.end()));
+  }
+  return json::Value(std::move(object));
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+  std::string images = env_or("VESICLE_IMAGES_DIR", "build/images");
+  unsigned boots = 10;
+  unsigned calls = 200;
+  unsigned memory_mib = 1024;
+  unsigned vcpus = 2;
+  std::string json_path;
+  po::options_description options("vm_bench: cold boot and agent round-trip latency");
+  options.add_options()("help,h", "this help")("images", po::value(&images),
+                                               "guest images directory")(
+      "boots", po::value(&boots)->default_value(10), "sequential cold boots to time")(
+      "calls", po::value(&calls)->default_value(200), "print(1) round trips to time")(
+      "memory-mib", po::value(&memory_mib)->default_value(1024),
+      "guest memory")("vcpus", po::value(&vcpus)->default_value(2),
+                      "guest vCPUs")("json", po::value(&json_path), "also write the results here");
+  try {
+    po::variables_map vm;
+    po::store(po::parse_command_line(argc, argv, options), vm);
+    if (vm.count("help")) {
+      std::cout << options << "\n";
+      return 0;
+    }
+    po::notify(vm);
+  } catch (const po::error& e) {
+    std::cerr << "vm_bench: " << e.what() << "\n";
+    return 2;
+  }
+
+  IoThread io;
+  TempDir runtime(std::filesystem::temp_directory_path(), "vesicle-bench");
+  TempDir shm("/dev/shm", "vesicle-bench");
+  auto driver = vmm::make_qemu_driver(io.executor());
+  auto config = [&](unsigned n) {
+    vmm::VmConfig c;
+    c.id = "bench-" + std::to_string(::getpid()) + "-" + std::to_string(n);
+    c.images = vmm::GuestImages::in(images);
+    c.runtime_dir = runtime.path();
+    c.shm_dir = shm.path();
+    c.memory_mib = memory_mib;
+    c.vcpus = vcpus;
+    return c;
+  };
+
+  std::vector<double> boot_ms;
+  std::vector<double> first_cell_ms;
+  for (unsigned i = 0; i < boots; ++i) {
+    const auto started = Clock::now();
+    auto booted = io.run(driver->boot(config(i)));
+    if (!booted) {
+      std::cerr << "vm_bench: " << booted.error().message() << "\n";
+      return 1;
+    }
+    boot_ms.push_back(ms_since(started));
+    // The first cell also waits for the REPL to finish starting.
+    const auto cell = Clock::now();
+    auto first = io.run(python(booted.value()->agent(), "print(1)"));
+    if (!first.exit) {
+      std::cerr << "vm_bench: " << first.exit.error().message() << "\n";
+      return 1;
+    }
+    first_cell_ms.push_back(ms_since(cell));
+    std::fprintf(stderr, "boot %u: %.0f ms to agent ready, first print(1) %.0f ms\n", i + 1,
+                 boot_ms.back(), first_cell_ms.back());
+    io.call_void([&] { booted.value().reset(); });
+  }
+
+  std::vector<double> call_ms;
+  {
+    auto booted = io.run(driver->boot(config(boots)));
+    if (!booted) {
+      std::cerr << "vm_bench: " << booted.error().message() << "\n";
+      return 1;
+    }
+    auto& agent = booted.value()->agent();
+    for (int warm = 0; warm < 5; ++warm)
+      (void)io.run(python(agent, "print(1)"));
+    // Timed inside the io thread, so the figure is the agent round trip,
+    // not this thread's hand-off to it.
+    call_ms =
+        io.run([](vmm::AgentClient& agent, unsigned calls) -> asio::awaitable<std::vector<double>> {
+          std::vector<double> samples;
+          for (unsigned i = 0; i < calls; ++i) {
+            const auto started = Clock::now();
+            auto r = co_await python(agent, "print(1)");
+            if (!r.exit || r.output.out != "1\n") {
+              std::cerr << "vm_bench: print(1) failed: "
+                        << (r.exit ? r.output.out : r.exit.error().message()) << "\n";
+              break;
+            }
+            samples.push_back(ms_since(started));
+          }
+          co_return samples;
+        }(agent, calls));
+    io.run(booted.value()->shutdown(std::chrono::seconds(10)));
+    io.call_void([&] { booted.value().reset(); });
+  }
+
+  const char* accel = vmm::to_string(driver->accel());
+  const long nproc = ::sysconf(_SC_NPROCESSORS_ONLN);
+  std::printf("vm_bench (%s, %ld CPUs, %s, guest %u MiB / %u vCPUs)\n", accel, nproc,
+              cpu_model().c_str(), memory_mib, vcpus);
+  std::printf("%-34s %6s %9s %9s %9s\n", "measure", "n", "p50 ms", "p95 ms", "p99 ms");
+  std::printf("%-34s %6zu %9.1f %9.1f %9s\n", "cold boot to agent ready", boot_ms.size(),
+              percentile(boot_ms, 50), percentile(boot_ms, 95), "-");
+  std::printf("%-34s %6zu %9.1f %9.1f %9s\n", "first print(1) after boot", first_cell_ms.size(),
+              percentile(first_cell_ms, 50), percentile(first_cell_ms, 95), "-");
+  std::printf("%-34s %6zu %9.2f %9.2f %9.2f\n", "print(1) round trip (warm)", call_ms.size(),
+              percentile(call_ms, 50), percentile(call_ms, 95), percentile(call_ms, 99));
+
+  if (!json_path.empty()) {
+    json::Object machine{{"accel", json::Value(accel)},
+                         {"nproc", json::Value(static_cast<std::int64_t>(nproc))},
+                         {"cpu_model", json::Value(cpu_model())}};
+    json::Object guest{{"memory_mib", json::Value(static_cast<std::int64_t>(memory_mib))},
+                       {"vcpus", json::Value(static_cast<std::int64_t>(vcpus))}};
+    json::Object results{{"cold_boot_ms", stats(boot_ms, {50, 95})},
+                         {"first_print_after_boot_ms", stats(first_cell_ms, {50, 95})},
+                         {"print1_round_trip_ms", stats(call_ms, {50, 95, 99})}};
+    json::Object document{{"benchmark", json::Value("vm_bench")},
+                          {"machine", json::Value(std::move(machine))},
+                          {"guest", json::Value(std::move(guest))},
+                          {"results", json::Value(std::move(results))}};
+    std::ofstream out(json_path);
+    out << json::Value(std::move(document)).dump() << "\n";
+    if (!out) {
+      std::cerr << "vm_bench: could not write " << json_path << "\n";
+      return 1;
+    }
+  }
+  return call_ms.size() == calls ? 0 : 1;
+}

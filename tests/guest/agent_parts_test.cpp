@@ -2,6 +2,7 @@
 // cleaning of texts bound for protobuf strings, and the output budget.
 #include <gtest/gtest.h>
 
+#include "guest/agent/cgroup.hpp"
 #include "guest/agent/events.hpp"
 #include "guest/agent/output.hpp"
 #include "guest/agent/repl_protocol.hpp"
@@ -62,6 +63,21 @@ TEST(OutputBudget, AdmitsUpToTheCapThenFlagsTruncation) {
   EXPECT_TRUE(budget.truncated());
   EXPECT_TRUE(budget.exhausted());
   EXPECT_EQ(budget.admit("x"), "");
+}
+
+TEST(WorkloadLimits, LeaveTheAgentItsReserveAndBindPidsBeforeMemory) {
+  // A 512 MiB VM: about 480 MiB total, 430 MiB available at boot.
+  const auto small = workload_limits_for(480ull << 20, 430ull << 20);
+  EXPECT_EQ(small.memory_max_bytes, (430ull - 48) << 20);
+  EXPECT_EQ(small.pids_max, (430ull - 48) * 2);
+  // A fork bomb of ~400 KiB shells hits pids.max before memory.max.
+  EXPECT_LT(small.pids_max * (400ull << 10), small.memory_max_bytes);
+  const auto large = workload_limits_for(64ull << 30, 60ull << 30);
+  EXPECT_EQ(large.pids_max, 32768u);
+  // Too little memory to split: no memory limit, the pids floor.
+  const auto tiny = workload_limits_for(90ull << 20, 80ull << 20);
+  EXPECT_EQ(tiny.memory_max_bytes, 0u);
+  EXPECT_EQ(tiny.pids_max, 512u);
 }
 
 } // namespace

@@ -63,13 +63,17 @@ TEST_F(AgentVm, InfoDescribesTheMachine) {
 }
 
 TEST_F(AgentVm, AgentIsPidOneAndSetUpTheMachine) {
-  auto outcome =
-      vm_->bash("cat /proc/1/cmdline | tr '\\0' ' '; echo; cat /proc/1/oom_score_adj; "
-                "for m in /proc /sys /dev /dev/pts /dev/shm /tmp /run; do "
-                "  awk -v m=$m '$2==m {print m, $3}' /proc/mounts | head -1; done; "
-                "cat /sys/class/net/lo/flags; hostname; echo $HOME $LANG; ls -l /dev/fd | cut -c1; "
-                "cat /proc/self/oom_score_adj",
-                {}, "", 0, 0, 60s);
+  auto outcome = vm_->bash(
+      "cat /proc/1/cmdline | tr '\\0' ' '; echo; cat /proc/1/oom_score_adj; "
+      "for m in /proc /sys /dev /dev/pts /dev/shm /tmp /run; do "
+      "  awk -v m=$m '$2==m {print m, $3}' /proc/mounts | head -1; done; "
+      "cat /sys/class/net/lo/flags; hostname; echo $HOME $LANG; ls -l /dev/fd | cut -c1; "
+      "cat /proc/self/oom_score_adj; cat /proc/1/cgroup /proc/self/cgroup; "
+      "cat /proc/$(cat /sys/fs/cgroup/workload/repl/cgroup.procs)/cmdline | tr '\\0' ' '; echo; "
+      "test $(cat /sys/fs/cgroup/workload/pids.max) -ge 512 && "
+      "test $(cat /sys/fs/cgroup/workload/memory.max) -lt $(( $(awk '/MemTotal/ {print $2}' "
+      "/proc/meminfo) * 1024 )) && echo limits-ok",
+      {}, "", 0, 0, 60s);
   ASSERT_TRUE(outcome.exit) << outcome.err;
   EXPECT_EQ(outcome.exit->exit_code(), 0) << outcome.err;
   EXPECT_EQ(outcome.out, "/usr/lib/vesicle/agent \n"
@@ -85,7 +89,11 @@ TEST_F(AgentVm, AgentIsPidOneAndSetUpTheMachine) {
                          "vesicle\n"
                          "/root C.UTF-8\n"
                          "l\n"
-                         "500\n");
+                         "500\n"
+                         "0::/\n"
+                         "0::/workload/commands\n"
+                         "/usr/bin/python3 -u /usr/lib/vesicle/repl.py \n"
+                         "limits-ok\n");
 }
 
 TEST_F(AgentVm, PythonReplWithTheImagePackages) {
@@ -167,6 +175,80 @@ TEST_F(AgentVm, OversizedFrameMakesTheAgentReopenThePort) {
   ASSERT_TRUE(vm_->wait_ready(30s)) << vm_->console_log();
   EXPECT_NE(vm_->console_log().find("reopening the port"), std::string::npos);
   EXPECT_EQ(vm_->python("kept", 0, 0, 60s).result.value_or(""), "'across reconnects'");
+}
+
+TEST_F(AgentVm, FullDiskIsNoSpaceAndLeavesNothingBehind) {
+  auto mounted = vm_->bash("mkdir -p /mnt/tiny && mount -t tmpfs -o size=1m tmpfs /mnt/tiny && "
+                           "echo old > /mnt/tiny/kept",
+                           {}, "", 0, 0, 60s);
+  ASSERT_EQ(mounted.exit->exit_code(), 0) << mounted.err;
+  auto written = vm_->write_file("/mnt/tiny/kept", std::string(2u << 20, 'z'));
+  ASSERT_TRUE(written.has_failure());
+  EXPECT_EQ(written.failure().code(), guest::Failure::NO_SPACE) << written.failure().message();
+  auto left = vm_->bash("ls -A /mnt/tiny; cat /mnt/tiny/kept; umount /mnt/tiny", {}, "", 0, 0, 60s);
+  EXPECT_EQ(left.out, "kept\nold\n");
+}
+
+TEST_F(AgentVm, MemoryBombTakesTheReplNotTheAgent) {
+  ASSERT_TRUE(vm_->python("before = 1", 0, 0, 60s).exit);
+  auto bomb =
+      vm_->python("hog = []\nwhile True:\n    hog.append(b'x' * (32 << 20))", 120000, 0, 180s);
+  ASSERT_TRUE(bomb.exit) << "the cell never ended";
+  ASSERT_TRUE(bomb.error);
+  // Either Python saw the allocation fail or the OOM killer took the REPL;
+  // both must end the cell, and the agent answers on.
+  if (bomb.exit->repl_restarted()) {
+    EXPECT_EQ(bomb.error->name(), "ReplRestarted");
+  } else {
+    EXPECT_EQ(bomb.error->name(), "MemoryError");
+    ASSERT_TRUE(vm_->python("del hog", 0, 0, 60s).exit);
+  }
+  ASSERT_TRUE(vm_->wait_ready(30s));
+  EXPECT_EQ(vm_->python("6 * 7", 0, 0, 60s).result.value_or(""), "42");
+  EXPECT_EQ(vm_->bash("cat /proc/1/oom_score_adj", {}, "", 0, 0, 60s).out, "-1000\n");
+}
+
+TEST_F(AgentVm, AgentAnswersThroughAForkBomb) {
+  using Clock = std::chrono::steady_clock;
+  const auto ms_since = [](Clock::time_point t) {
+    return static_cast<long long>(
+        std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t).count());
+  };
+  // The bomb backgrounds itself, so bash exits at once and the bomb lives on
+  // like any daemon would; the workload cgroup bounds it.
+  auto bomb = vm_->bash("echo $$; bomb() { bomb | bomb & }; bomb", {}, "", 0, 0, 60s);
+  ASSERT_TRUE(bomb.exit);
+  const int group = std::stoi(bomb.out);
+  std::this_thread::sleep_for(5s);
+
+  auto t = Clock::now();
+  ASSERT_TRUE(vm_->wait_ready(20s)) << vm_->console_log();
+  const long long ping_ms = ms_since(t);
+  EXPECT_LT(ping_ms, 5000);
+  t = Clock::now();
+  EXPECT_EQ(vm_->python("6 * 7", 0, 0, 60s).result.value_or(""), "42");
+  const long long python_ms = ms_since(t);
+  // Bash commands share their cgroup with the bomb and may not even start;
+  // their timeout still ends them.
+  t = Clock::now();
+  auto slow = vm_->bash("echo hi", {}, "", 10000, 0, 60s);
+  const long long bash_ms = ms_since(t);
+  ASSERT_TRUE(slow.exit) << "a command with a timeout never ended";
+  std::printf("during the bomb: ping %lld ms, python cell %lld ms, bash %lld ms (%s)\n", ping_ms,
+              python_ms, bash_ms, slow.exit->timed_out() ? "timed out" : "ran");
+
+  // The REPL, in its own cgroup, can clean up.
+  t = Clock::now();
+  auto killed = vm_->python(
+      "import os, signal\nos.killpg(" + std::to_string(group) + ", signal.SIGKILL)", 0, 0, 60s);
+  ASSERT_TRUE(killed.exit);
+  EXPECT_FALSE(killed.error) << killed.error->traceback();
+  auto count =
+      vm_->bash("sleep 3; grep -l '^Name:.*bash' /proc/[0-9]*/status | wc -l", {}, "", 0, 0, 120s);
+  ASSERT_TRUE(count.exit) << count.err << "\nconsole:\n" << vm_->console_log();
+  std::printf("after the kill, bash ran again %lld ms later\n", ms_since(t));
+  // The counting bash itself and its pipeline's subshell.
+  EXPECT_LE(std::stoi(count.out), 3) << count.out;
 }
 
 // Last: it powers the VM off.

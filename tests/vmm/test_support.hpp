@@ -43,10 +43,21 @@ namespace asio = boost::asio;
 // QEMU from that thread matters: PR_SET_PDEATHSIG follows the thread.
 class IoThread {
 public:
-  IoThread() : guard_(io_.get_executor()), thread_([this] { io_.run(); }) {}
+  IoThread()
+      : guard_(io_.get_executor()), thread_([this] {
+          io_.run();
+          drained_.set_value();
+        }) {}
+  // Lets the work still under way (readers of closed sockets, a QEMU being
+  // reaped) finish before the io_context goes: I/O objects must not outlive
+  // it. Work still there after 10 s is a leak; it is stopped and reported.
   ~IoThread() {
     guard_.reset();
-    io_.stop();
+    if (drained_.get_future().wait_for(std::chrono::seconds(10)) != std::future_status::ready) {
+      std::fprintf(stderr,
+                   "IoThread: work still pending 10 s after the test; stopping the io_context\n");
+      io_.stop();
+    }
     thread_.join();
   }
   asio::io_context& io() { return io_; }
@@ -79,6 +90,7 @@ public:
 private:
   asio::io_context io_;
   asio::executor_work_guard<asio::io_context::executor_type> guard_;
+  std::promise<void> drained_;
   std::thread thread_;
 };
 
@@ -129,7 +141,8 @@ inline asio::awaitable<ExecReply> python(vmm::AgentClient& agent, std::string co
   request.set_code(std::move(code));
   request.set_timeout_ms(timeout_ms);
   request.set_max_output_bytes(max_output);
-  reply.exit = co_await agent.exec_python(std::move(request), reply.output.sink());
+  vmm::ExecEventSink sink = reply.output.sink();
+  reply.exit = co_await agent.exec_python(std::move(request), std::move(sink));
   co_return reply;
 }
 
@@ -139,7 +152,8 @@ inline asio::awaitable<ExecReply> bash(vmm::AgentClient& agent, std::string comm
   guest::ExecBash request;
   request.set_command(std::move(command));
   request.set_timeout_ms(timeout_ms);
-  reply.exit = co_await agent.exec_bash(std::move(request), reply.output.sink());
+  vmm::ExecEventSink sink = reply.output.sink();
+  reply.exit = co_await agent.exec_bash(std::move(request), std::move(sink));
   co_return reply;
 }
 
@@ -196,20 +210,21 @@ inline asio::awaitable<Downloaded> download(vmm::AgentClient& agent, std::string
   Downloaded result;
   Sha256 hash;
   auto executor = co_await asio::this_coro::executor;
-  result.done =
-      co_await agent.download(std::move(path),
-                              [&result, &hash, executor, per_chunk_delay,
-                               keep](std::string_view chunk) -> asio::awaitable<Result<void>> {
-                                if (keep) result.data.append(chunk);
-                                hash.update(chunk);
-                                result.bytes += chunk.size();
-                                ++result.chunks;
-                                if (per_chunk_delay.count() > 0) {
-                                  asio::steady_timer pause(executor, per_chunk_delay);
-                                  co_await pause.async_wait(asio::use_awaitable);
-                                }
-                                co_return Result<void>{};
-                              });
+  // Named: g++ 12 destroys a lambda converted inside a co_await
+  // expression twice.
+  vmm::ChunkSink sink = [&result, &hash, executor, per_chunk_delay,
+                         keep](std::string_view chunk) -> asio::awaitable<Result<void>> {
+    if (keep) result.data.append(chunk);
+    hash.update(chunk);
+    result.bytes += chunk.size();
+    ++result.chunks;
+    if (per_chunk_delay.count() > 0) {
+      asio::steady_timer pause(executor, per_chunk_delay);
+      co_await pause.async_wait(asio::use_awaitable);
+    }
+    co_return Result<void>{};
+  };
+  result.done = co_await agent.download(std::move(path), std::move(sink));
   result.sha256 = hash.hex();
   co_return result;
 }

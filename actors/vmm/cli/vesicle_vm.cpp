@@ -103,12 +103,14 @@ asio::awaitable<Result<void>> download(AgentClient& agent, const std::string& re
                                        const std::string& local) {
   std::ofstream out(local, std::ios::binary | std::ios::trunc);
   if (!out) co_return sys_error("open", local);
-  auto done = co_await agent.download(
-      remote, [&out, &local](std::string_view chunk) -> asio::awaitable<Result<void>> {
-        out.write(chunk.data(), static_cast<std::streamsize>(chunk.size()));
-        if (!out) co_return sys_error("write", local);
-        co_return Result<void>{};
-      });
+  // A named sink: g++ 12 destroys a lambda converted in a co_await
+  // expression twice.
+  ChunkSink sink = [&out, &local](std::string_view chunk) -> asio::awaitable<Result<void>> {
+    out.write(chunk.data(), static_cast<std::streamsize>(chunk.size()));
+    if (!out) co_return sys_error("write", local);
+    co_return Result<void>{};
+  };
+  auto done = co_await agent.download(remote, std::move(sink));
   if (!done) co_return std::move(done).error();
   std::fprintf(stderr, "[downloaded %s -> %s: %llu bytes, mode %o]\n", remote.c_str(),
                local.c_str(), static_cast<unsigned long long>(done->size()), done->mode());
