@@ -10,7 +10,7 @@ if pids=$(pgrep -f 'qemu-system-x86_64.*vesicle' 2>/dev/null); then
 fi
 shm=$(find /dev/shm -maxdepth 1 -name 'vesicle-*' 2>/dev/null)
 [ -z "$shm" ] || report "guest memory files in /dev/shm: $(echo $shm)"
-for dir in ${VESICLE_RUNTIME_DIRS:-/var/lib/vesicle/vms}; do
+for dir in ${VESICLE_RUNTIME_DIRS:-/run/vesicle}; do
   if [ -d "$dir" ] && [ -n "$(ls -A "$dir" 2>/dev/null)" ]; then
     report "runtime directory $dir is not empty: $(ls "$dir" | head -5 | xargs)"
   fi
