@@ -2,6 +2,8 @@
 // a microVM. See --help.
 #include <sys/stat.h>
 
+#include <utility> // before Boost 1.74 asio, which needs std::exchange
+
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
