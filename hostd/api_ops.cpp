@@ -82,7 +82,7 @@ asio::awaitable<ApiError> Api::sandbox_died(const std::string& owner, const std:
 
 asio::awaitable<ApiError> Api::agent_failure(const VmLease& lease, const Error& error,
                                              const std::string& doing) {
-  if (!lease.vm().running() || !lease.vm().agent().connected())
+  if (vmm::is_channel_closed(error) || !lease.vm().running() || !lease.vm().agent().connected())
     co_return co_await sandbox_died(lease.owner(), lease.id(), lease.vm_pointer());
   auto message = doing + " failed: " + error.message();
   switch (error.errno_value) {

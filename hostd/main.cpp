@@ -2,7 +2,7 @@
 // a microVM. See --help.
 #include <sys/stat.h>
 
-#include <utility> // before asio: boost 1.74's awaitable.hpp uses std::exchange without it
+#include <utility> // before Boost 1.74 asio, which needs std::exchange
 
 #include <cstdio>
 #include <filesystem>

@@ -387,7 +387,7 @@ TEST_F(ApiTest, FilesRoundTrip) {
   auto http = client(alice);
   auto id = create(http).id();
   std::string data;
-  for (int i = 0; i < 3 * 1024 * 1024; ++i)
+  for (std::uint64_t i = 0; i < 3 * 1024 * 1024; ++i)
     data += static_cast<char>((i * 7919) % 251);
   auto put = http.request("PUT", "/v1/sandboxes/" + id + "/files?path=%2Fdata%2Fblob.bin", data,
                           {{"Content-Type", "application/octet-stream"}});

@@ -69,6 +69,10 @@ class FakeAgent : public vmm::AgentClient {
 public:
   explicit FakeAgent(FakeVm& vm) : vm_(vm) {}
   asio::awaitable<Result<guest::Pong>> ping(std::chrono::milliseconds) override;
+  asio::awaitable<Result<guest::Pong>> wait_ready(std::chrono::milliseconds timeout,
+                                                  std::chrono::milliseconds) override {
+    return ping(timeout);
+  }
   asio::awaitable<Result<guest::Info>> info() override;
   asio::awaitable<Result<guest::Exit>> exec_python(guest::ExecPython request,
                                                    vmm::ExecEventSink sink) override {
