@@ -88,5 +88,6 @@ Your API key (shown once; hostd keeps only its hash):
   export VESICLE_URL=http://$listen
   export VESICLE_API_KEY=$key
 
-Then: python3 -c 'from vesicle import Sandbox; print(Sandbox().run_code("print(6*7)").stdout)'
+Then: python3 -c 'from vesicle import Sandbox; sb = Sandbox(); print(sb.run_code("print(6*7)").stdout); sb.close()'
+      vesicle ls
 DONE
