@@ -79,6 +79,9 @@ asio::awaitable<void> HttpServer::accept_loop() {
       co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
       continue;
     }
+    // Exec streams many small chunks; with Nagle each one after the first
+    // waits for the client's delayed ACK (~40 ms).
+    socket.set_option(asio::ip::tcp::no_delay(true), ec);
     asio::co_spawn(executor_, serve(std::move(socket)), asio::detached);
   }
 }

@@ -11,7 +11,7 @@ out=$build/bench
 mkdir -p "$out"
 images=$build/images
 
-"$build/tests/vm_bench" --images "$images" --json "$out/vm_bench.json"
+[ "${SKIP_VM_BENCH:-}" ] || "$build/tests/vm_bench" --images "$images" --json "$out/vm_bench.json"
 
 state=$(mktemp -d)
 trap 'kill $hostd_pid 2>/dev/null; wait $hostd_pid 2>/dev/null; rm -rf "$state"' EXIT

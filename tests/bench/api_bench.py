@@ -74,7 +74,9 @@ def main():
                 started = time.perf_counter()
                 out = api.call("POST", f"/v1/sandboxes/{sandbox['id']}/exec", {"code": "print(1)"})
                 execs.append((time.perf_counter() - started) * 1000)
-                if b'"data":"1\\n"' not in out.replace(b" ", b""):
+                events = [json.loads(line) for line in out.splitlines() if line.strip()]
+                printed = "".join(e.get("data", "") for e in events if e["type"] == "stdout")
+                if printed != "1\n" or events[-1]["type"] != "exit":
                     sys.exit(f"api_bench: print(1) did not print 1: {out!r}")
         started = time.perf_counter()
         api.call("DELETE", f"/v1/sandboxes/{sandbox['id']}")
