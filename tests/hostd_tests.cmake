@@ -19,3 +19,7 @@ target_compile_definitions(hostd_integration_test PRIVATE
   HOSTD_BINARY="$<TARGET_FILE:hostd>"
   VESICLE_DEFAULT_IMAGES_DIR="${CMAKE_BINARY_DIR}/images")
 add_dependencies(hostd_integration_test hostd)
+
+# Not a test: a benchmark program (scripts/bench.sh runs it).
+add_executable(api_bench bench/api_bench.cpp hostd/hostd_process.cpp hostd/http_client.cpp)
+target_link_libraries(api_bench PRIVATE Boost::program_options Threads::Threads)
