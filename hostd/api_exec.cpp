@@ -2,7 +2,9 @@
 // events as NDJSON while it runs.
 #include "hostd/api.hpp"
 
+#include <chrono>
 #include <deque>
+#include <optional>
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -21,6 +23,7 @@ constexpr std::uint32_t kMaxTimeoutS = 86'400;
 // Output waiting for a slow client beyond this is dropped (and the exit
 // event says truncated) rather than held in hostd's memory.
 constexpr std::size_t kMaxPendingBytes = 8u << 20;
+constexpr std::chrono::milliseconds kHeaderGrace{250};
 
 struct ExecPlan {
   bool python = true;
@@ -76,6 +79,9 @@ struct LineQueue {
     wake.cancel();
   }
   std::deque<std::string> lines;
+  // The exec failed before producing any output: answered as a plain error
+  // if the 200 has not gone out yet.
+  std::optional<ApiError> early_failure;
   std::size_t pending_bytes = 0;
   bool dropped = false;
   bool closed = false;
@@ -101,8 +107,6 @@ asio::awaitable<void> Api::exec(Exchange& exchange, const std::string& owner,
 
   auto lease = co_await begin_op(owner, id);
   if (!lease) co_return co_await exchange.respond_error(lease.error());
-
-  if (!co_await exchange.begin_stream(200, "application/x-ndjson")) co_return;
 
   auto executor = co_await asio::this_coro::executor;
   auto queue = std::make_shared<LineQueue>(executor);
@@ -131,6 +135,7 @@ asio::awaitable<void> Api::exec(Exchange& exchange, const std::string& owner,
             last = encoder->finish(*exit);
           } else {
             auto failure = co_await agent_failure(*lease, exit.error(), "running the code");
+            if (encoder->next_seq() == 1) queue->early_failure = failure;
             last = encoder->finish(guest::Exit{}, failure.code, failure.message);
           }
         } catch (const std::exception& e) {
@@ -143,8 +148,23 @@ asio::awaitable<void> Api::exec(Exchange& exchange, const std::string& owner,
       },
       asio::detached);
 
+  // The 200 goes out with the first line, or after a short grace when the
+  // code is silent, so an exec that fails at once (the VM died a moment
+  // ago) still gets its proper status (410) instead of a stream.
+  bool header_sent = false;
+  auto header_due = std::chrono::steady_clock::now() + kHeaderGrace;
   bool client_ok = true;
   for (;;) {
+    if (!header_sent) {
+      if (queue->closed && queue->early_failure)
+        co_return co_await exchange.respond_error(*queue->early_failure);
+      if (!queue->lines.empty() || queue->closed ||
+          std::chrono::steady_clock::now() >= header_due) {
+        header_sent = true;
+        client_ok = co_await exchange.begin_stream(200, "application/x-ndjson");
+        continue;
+      }
+    }
     if (!queue->lines.empty()) {
       // Everything that is waiting goes out as one chunk.
       std::string chunk;
@@ -159,7 +179,10 @@ asio::awaitable<void> Api::exec(Exchange& exchange, const std::string& owner,
       continue;
     }
     if (queue->closed) break;
-    queue->wake.expires_at(asio::steady_timer::time_point::max());
+    if (header_sent)
+      queue->wake.expires_at(asio::steady_timer::time_point::max());
+    else
+      queue->wake.expires_at(header_due);
     boost::system::error_code ignored;
     co_await queue->wake.async_wait(asio::redirect_error(asio::use_awaitable, ignored));
   }

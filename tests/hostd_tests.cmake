@@ -9,3 +9,17 @@ vesicle_test(hostd_keys_test SOURCES hostd/keys_test.cpp LIBS vesicle_hostd)
 vesicle_test(hostd_ndjson_test SOURCES hostd/ndjson_test.cpp LIBS vesicle_hostd)
 vesicle_test(hostd_api_test SOURCES hostd/api_test.cpp hostd/http_client.cpp
              LIBS vesicle_hostd)
+
+# The real hostd with real VMs: needs the guest images (images/build.sh);
+# VESICLE_IMAGES_DIR overrides where they are.
+vesicle_test(hostd_integration_test
+             SOURCES hostd/hostd_integration_test.cpp hostd/hostd_process.cpp hostd/http_client.cpp
+             LIBS vesicle_hostd LABEL integration TIMEOUT 900)
+target_compile_definitions(hostd_integration_test PRIVATE
+  HOSTD_BINARY="$<TARGET_FILE:hostd>"
+  VESICLE_DEFAULT_IMAGES_DIR="${CMAKE_BINARY_DIR}/images")
+add_dependencies(hostd_integration_test hostd)
+
+# Not a test: a benchmark program (scripts/bench.sh runs it).
+add_executable(api_bench bench/api_bench.cpp hostd/hostd_process.cpp hostd/http_client.cpp)
+target_link_libraries(api_bench PRIVATE Boost::program_options Threads::Threads)

@@ -1,0 +1,193 @@
+#include "tests/hostd/hostd_process.hpp"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <regex>
+#include <sstream>
+#include <stdexcept>
+#include <thread>
+
+namespace vesicle::testing {
+
+namespace {
+
+std::string read_file(const std::filesystem::path& path) {
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+// Runs `args`, returns its stdout; throws unless it exits 0.
+std::string run(const std::vector<std::string>& args) {
+  int out[2];
+  if (::pipe2(out, O_CLOEXEC) != 0) throw std::runtime_error("pipe failed");
+  pid_t child = ::fork();
+  if (child == 0) {
+    ::dup2(out[1], 1);
+    std::vector<char*> argv;
+    for (const auto& arg : args)
+      argv.push_back(const_cast<char*>(arg.c_str()));
+    argv.push_back(nullptr);
+    ::execv(argv[0], argv.data());
+    ::_exit(127);
+  }
+  ::close(out[1]);
+  std::string text;
+  char buffer[4096];
+  ssize_t n;
+  while ((n = ::read(out[0], buffer, sizeof buffer)) > 0)
+    text.append(buffer, n);
+  ::close(out[0]);
+  int status = 0;
+  ::waitpid(child, &status, 0);
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+    throw std::runtime_error(args[0] + " failed: " + text);
+  return text;
+}
+
+std::string key_in(const std::string& text) {
+  std::smatch match;
+  if (!std::regex_search(text, match, std::regex("vsk_[0-9a-f]{64}")))
+    throw std::runtime_error("no API key in hostd's output: " + text);
+  return match.str();
+}
+
+} // namespace
+
+HostdProcess::HostdProcess(HostdOptions options) {
+  char pattern[] = "/tmp/hostd-it-XXXXXX";
+  if (!::mkdtemp(pattern)) throw std::runtime_error("mkdtemp failed");
+  dir_ = pattern;
+  runtime_dir_ = dir_ / "run";
+  shm_dir_ = std::filesystem::path("/dev/shm") / dir_.filename();
+  std::filesystem::create_directories(shm_dir_);
+  auto state = dir_ / "state";
+  auto config = dir_ / "hostd.json";
+  {
+    std::ofstream out(config);
+    out << "{\"runtime_dir\": \"" << runtime_dir_.string() << "\", \"shm_dir\": \""
+        << shm_dir_.string() << "\", \"max_sandboxes\": " << options.max_sandboxes
+        << ", \"default_memory_mib\": " << options.memory_mib
+        << ", \"request_timeout_s\": " << options.request_timeout_s << "}";
+  }
+  // A first key, then a second one; hostd prints neither again.
+  key_ = key_in(run({options.binary.string(), "--state-dir", state.string(), "--new-key"}));
+  other_key_ = key_in(run({options.binary.string(), "--state-dir", state.string(), "--new-key"}));
+
+  int out[2];
+  if (::pipe2(out, O_CLOEXEC) != 0) throw std::runtime_error("pipe failed");
+  auto log = dir_ / "hostd.log";
+  pid_ = ::fork();
+  if (pid_ == 0) {
+    ::dup2(out[1], 1);
+    int err = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ::dup2(err, 2);
+    std::vector<std::string> args = {options.binary.string(),
+                                     "--config",
+                                     config.string(),
+                                     "--listen",
+                                     "127.0.0.1:0",
+                                     "--state-dir",
+                                     state.string(),
+                                     "--images-dir",
+                                     options.images_dir.string()};
+    std::vector<char*> argv;
+    for (auto& arg : args)
+      argv.push_back(arg.data());
+    argv.push_back(nullptr);
+    ::execv(argv[0], argv.data());
+    ::_exit(127);
+  }
+  ::close(out[1]);
+  std::string text;
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  std::smatch match;
+  while (
+      !std::regex_search(text, match, std::regex("listening on http://127\\.0\\.0\\.1:(\\d+)"))) {
+    pollfd fd{out[0], POLLIN, 0};
+    if (std::chrono::steady_clock::now() > deadline || ::poll(&fd, 1, 1000) < 0) break;
+    char buffer[1024];
+    auto n = ::read(out[0], buffer, sizeof buffer);
+    if (n <= 0) break;
+    text.append(buffer, n);
+  }
+  ::close(out[0]);
+  if (match.empty()) {
+    stop(std::chrono::seconds(5));
+    throw std::runtime_error("hostd did not start: " + text + read_file(log));
+  }
+  port_ = static_cast<unsigned short>(std::stoi(match[1].str()));
+}
+
+HostdProcess::~HostdProcess() {
+  if (pid_ > 0) stop(std::chrono::seconds(30));
+  std::error_code ignored;
+  std::filesystem::remove_all(dir_, ignored);
+  std::filesystem::remove_all(shm_dir_, ignored);
+}
+
+std::string HostdProcess::log() const {
+  return read_file(dir_ / "hostd.log");
+}
+
+int HostdProcess::stop(std::chrono::seconds grace) {
+  if (pid_ <= 0) return -1;
+  ::kill(pid_, SIGTERM);
+  auto deadline = std::chrono::steady_clock::now() + grace;
+  int status = 0;
+  for (;;) {
+    auto done = ::waitpid(pid_, &status, WNOHANG);
+    if (done == pid_) break;
+    if (std::chrono::steady_clock::now() > deadline) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, &status, 0);
+      pid_ = -1;
+      return -1;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  pid_ = -1;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+std::vector<pid_t> HostdProcess::qemu_pids() const {
+  std::vector<pid_t> pids;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
+    auto name = entry.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    auto cmdline = read_file(entry.path() / "cmdline");
+    if (cmdline.find("qemu") != std::string::npos &&
+        cmdline.find(runtime_dir_.string()) != std::string::npos)
+      pids.push_back(std::stoi(name));
+  }
+  return pids;
+}
+
+std::vector<std::string> HostdProcess::leftover_files() const {
+  std::vector<std::string> files;
+  for (const auto& dir : {runtime_dir_, shm_dir_}) {
+    std::error_code ec;
+    for (const auto& entry : std::filesystem::directory_iterator(dir, ec))
+      files.push_back(entry.path().string());
+  }
+  return files;
+}
+
+std::size_t HostdProcess::open_fds() const {
+  std::size_t count = 0;
+  std::error_code ec;
+  auto fd_dir = std::filesystem::path("/proc") / std::to_string(pid_) / "fd";
+  for (auto it = std::filesystem::directory_iterator(fd_dir, ec);
+       !ec && it != std::filesystem::directory_iterator(); it.increment(ec))
+    ++count;
+  return count;
+}
+
+} // namespace vesicle::testing

@@ -1,0 +1,59 @@
+// Runs the real hostd binary for integration tests and the benchmark: a
+// temporary state, runtime and shm directory, a free loopback port, the
+// first API key read from its stdout. Stopped with SIGTERM (SIGKILL if it
+// does not stop) and its directories removed when the object goes away.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+namespace vesicle::testing {
+
+struct HostdOptions {
+  std::filesystem::path binary;
+  std::filesystem::path images_dir;
+  unsigned max_sandboxes = 3;
+  unsigned memory_mib = 512;
+  unsigned request_timeout_s = 30;
+};
+
+class HostdProcess {
+public:
+  explicit HostdProcess(HostdOptions options);
+  ~HostdProcess();
+  HostdProcess(const HostdProcess&) = delete;
+  HostdProcess& operator=(const HostdProcess&) = delete;
+
+  pid_t pid() const { return pid_; }
+  unsigned short port() const { return port_; }
+  const std::string& key() const { return key_; }
+  // Another key (made with --new-key before the start).
+  const std::string& other_key() const { return other_key_; }
+  const std::filesystem::path& runtime_dir() const { return runtime_dir_; }
+  const std::filesystem::path& shm_dir() const { return shm_dir_; }
+  std::string log() const; // hostd's stderr so far
+
+  // SIGTERM, then waits; returns the exit status (-1 on timeout, then killed).
+  int stop(std::chrono::seconds grace = std::chrono::seconds(30));
+
+  // Processes whose command line mentions this hostd's runtime dir (its
+  // QEMUs), and what is left in its runtime and shm dirs.
+  std::vector<pid_t> qemu_pids() const;
+  std::vector<std::string> leftover_files() const;
+  std::size_t open_fds() const;
+
+private:
+  std::filesystem::path dir_;
+  std::filesystem::path runtime_dir_;
+  std::filesystem::path shm_dir_;
+  pid_t pid_ = -1;
+  unsigned short port_ = 0;
+  std::string key_;
+  std::string other_key_;
+};
+
+} // namespace vesicle::testing
