@@ -145,14 +145,7 @@ void Channel::read_input() {
     if (n < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN) break;
-      const std::string why =
-          std::string("read from the host channel failed: ") + std::strerror(errno);
-      if (kind_ == Kind::kSocket) {
-        log_line(why);
-        end_socket(1);
-      } else {
-        lost_host(why);
-      }
+      channel_failed(std::string("read from the host channel failed: ") + std::strerror(errno));
       return;
     }
     decoder_.feed(std::string_view(buffer, static_cast<std::size_t>(n)));
@@ -168,6 +161,17 @@ void Channel::read_input() {
     }
   }
   update_interest();
+}
+
+// A read or write error: in test mode (a socket) the agent is done; on a
+// virtio port the host went away and may come back.
+void Channel::channel_failed(const std::string& why) {
+  if (kind_ == Kind::kSocket) {
+    log_line(why);
+    end_socket(1);
+  } else {
+    lost_host(why);
+  }
 }
 
 void Channel::send(const guest::Event& event) {
@@ -186,14 +190,7 @@ void Channel::write_output() {
     if (n < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN) break;
-      const std::string why =
-          std::string("write to the host channel failed: ") + std::strerror(errno);
-      if (kind_ == Kind::kSocket) {
-        log_line(why);
-        end_socket(1);
-      } else {
-        lost_host(why);
-      }
+      channel_failed(std::string("write to the host channel failed: ") + std::strerror(errno));
       return;
     }
     out_offset_ += static_cast<std::size_t>(n);

@@ -93,6 +93,7 @@ private:
   void write_output();
   void update_interest();
   void notify_room();
+  void channel_failed(const std::string& why);
   void lost_host(const std::string& why);
   void broken_stream(const std::string& why);
   void end_socket(int status);
