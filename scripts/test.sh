@@ -25,7 +25,9 @@ section "unit tests (ctest -L unit)"
 ctest --test-dir "$build_dir" -L unit --output-on-failure || status=1
 
 section "integration tests with real VMs (ctest -L integration)"
-ctest --test-dir "$build_dir" -L integration --output-on-failure || status=1
+# Verbose: every test case prints its duration, so a slow run in CI shows
+# where the time went.
+ctest --test-dir "$build_dir" -L integration --output-on-failure --verbose || status=1
 
 if [ -d tests/sdk ]; then
   section "Python SDK tests (pytest)"

@@ -138,6 +138,11 @@ std::vector<std::string> command_line(const VmConfig& config, const VmPaths& pat
                   "-pidfile",
                   paths.pidfile.string(),
               });
+  if (config.network) {
+    // The tap fd becomes fd 3 in QEMU (SpawnOptions::pass_fd).
+    args.insert(args.end(), {"-netdev", "tap,id=net0,fd=3", "-device",
+                             "virtio-net-device,netdev=net0,mac=" + config.network->mac});
+  }
   return args;
 }
 
@@ -463,6 +468,7 @@ private:
     qemu_options.argv =
         command_line(config, paths, accel, accel == Accel::tcg ? host_tsc_khz() : std::nullopt);
     qemu_options.output = paths.log;
+    if (config.network) qemu_options.pass_fd = config.network->tap_fd;
     qemu_options.working_dir = paths.dir;
     auto process = detail::Process::spawn(executor, qemu_options);
     if (!process) co_return std::move(process).error().with_context("starting QEMU");

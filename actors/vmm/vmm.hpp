@@ -6,6 +6,7 @@
 #include <chrono>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include <utility> // before Boost 1.74's awaitable.hpp, which uses std::exchange without it
@@ -33,6 +34,14 @@ struct GuestImages {
   Result<void> check() const; // every file exists and is readable
 };
 
+// The guest's network interface: a tap device the bridge manager opened in
+// the sandbox's network slot (actors/net). QEMU inherits the fd; the caller
+// keeps it open until boot() returns.
+struct NetworkAttachment {
+  int tap_fd = -1;
+  std::string mac = "02:76:73:00:00:02"; // the same in every slot: each has its own namespace
+};
+
 struct VmConfig {
   std::string id; // [a-z0-9-]+; names the VM's files and QEMU's -name
   GuestImages images;
@@ -45,6 +54,8 @@ struct VmConfig {
   std::chrono::milliseconds boot_timeout{90'000};
   std::string qemu_binary = "qemu-system-x86_64";
   unsigned tcg_translation_cache_mib = 64; // -accel tcg,tb-size=
+  // Without one the guest has no network device at all.
+  std::optional<NetworkAttachment> network;
 };
 
 class Vm {

@@ -67,6 +67,16 @@ TEST(QemuCommand, KvmUsesHostCpuAndNoTscPinning) {
   EXPECT_TRUE(has_pair(args, "-append", "console=ttyS0 root=/dev/vda rw quiet panic=-1"));
 }
 
+TEST(QemuCommand, NetworkDeviceOnlyWithAnAttachment) {
+  auto c = config();
+  auto args = command_line(c, VmPaths::of(c), Accel::tcg, std::nullopt);
+  EXPECT_EQ(std::find(args.begin(), args.end(), "-netdev"), args.end());
+  c.network = NetworkAttachment{.tap_fd = 17, .mac = "02:76:73:00:00:02"};
+  args = command_line(c, VmPaths::of(c), Accel::tcg, std::nullopt);
+  EXPECT_TRUE(has_pair(args, "-netdev", "tap,id=net0,fd=3"));
+  EXPECT_TRUE(has_pair(args, "-device", "virtio-net-device,netdev=net0,mac=02:76:73:00:00:02"));
+}
+
 TEST(QemuCommand, IdsAreChecked) {
   EXPECT_TRUE(check_id("sb-0123-abc"));
   for (const char* bad : {"", "UPPER", "a/b", "a b", "../x", "a_b"})
