@@ -28,3 +28,14 @@ target_compile_definitions(agent_vm_test PRIVATE
   VESICLE_AGENT_BINARY="$<TARGET_FILE:vesicle-agent>"
   VESICLE_SOURCE_DIR="${CMAKE_SOURCE_DIR}"
   VESICLE_DEFAULT_IMAGES="${CMAKE_BINARY_DIR}/images")
+
+# The identity refresh (RefreshIdentity) in the host test mode.
+vesicle_test(agent_identity_test
+  SOURCES guest/identity_test.cpp guest/agent_harness.cpp
+  LIBS vesicle_wire
+  LABEL unit
+  TIMEOUT 300)
+target_compile_definitions(agent_identity_test PRIVATE
+  VESICLE_AGENT_BINARY="$<TARGET_FILE:vesicle-agent>"
+  VESICLE_SOURCE_DIR="${CMAKE_SOURCE_DIR}")
+add_dependencies(agent_identity_test vesicle-agent)

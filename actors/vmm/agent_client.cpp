@@ -5,7 +5,10 @@
 // it returns, so late events for an abandoned id are dropped.
 #include "actors/vmm/agent_client.hpp"
 
+#include <sys/random.h>
+
 #include <cerrno>
+#include <cstdio>
 #include <unordered_map>
 
 #include <boost/asio/co_spawn.hpp>
@@ -30,6 +33,11 @@ constexpr const char* kChannelClosedOperation = "agent channel closed";
 // waits in memory while the sink is slow.
 constexpr std::uint64_t kDownloadRange = 4u << 20;
 constexpr std::size_t kReadBufferBytes = 64u << 10;
+// The agent applies a refresh in a few syscalls; no answer in this long
+// means it is stuck, and the waiting call (or the detached waiter of a
+// send_refresh_identity) gives up instead of living as long as the VM.
+constexpr std::chrono::seconds kRefreshAnswerTimeout{30};
+constexpr const char* kRefreshOperation = "refresh guest identity";
 // Passed by name: g++ 12 destroys some temporaries made inside a co_await
 // expression twice (braced and converted arguments), so calls awaited here
 // never build their arguments in place.
@@ -61,6 +69,13 @@ public:
 
   const asio::any_io_executor& executor() const { return executor_; }
   bool connected() const { return !closed_.has_value(); }
+  // The host closed it on purpose (the client was destroyed), as opposed to
+  // the VM or agent going away.
+  bool closed_by_host() const { return closed_by_host_; }
+  void close_by_host() {
+    if (!closed_) closed_by_host_ = true;
+    close(channel_closed("the host closed the channel"));
+  }
   std::uint64_t allocate_id() { return next_id_++; }
 
   // Routes events for `id` to `inbox`. Several ids may share one inbox.
@@ -143,6 +158,7 @@ private:
   detail::AsyncMutex write_lock_;
   std::unordered_map<std::uint64_t, std::shared_ptr<Inbox>> inboxes_;
   std::optional<Error> closed_;
+  bool closed_by_host_ = false;
   std::uint64_t next_id_ = 1;
 };
 
@@ -190,6 +206,60 @@ asio::awaitable<Result<guest::Exit>> run_exec(ChannelPtr channel, guest::Request
   if (terminal->has_exit()) co_return terminal->exit();
   if (terminal->has_failure()) co_return failure_error(operation, {}, terminal->failure());
   co_return unexpected_event(operation, terminal.value());
+}
+
+// A refresh on the wire: sent under `id`, its answer arriving in `inbox`.
+struct SentRefresh {
+  std::uint64_t id = 0;
+  std::shared_ptr<Inbox> inbox;
+};
+
+asio::awaitable<Result<SentRefresh>> send_refresh(ChannelPtr channel, IdentityRefresh identity) {
+  guest::Request request;
+  request.set_id(channel->allocate_id());
+  auto* refresh = request.mutable_refresh_identity();
+  refresh->set_entropy(std::move(identity.entropy));
+  const auto time = identity.time.value_or(std::chrono::system_clock::now());
+  refresh->set_unix_time_ns(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(time.time_since_epoch()).count());
+  refresh->set_hostname(std::move(identity.hostname));
+  refresh->set_machine_id(std::move(identity.machine_id));
+  SentRefresh sent{request.id(), channel->open(request.id())};
+  if (auto written = co_await channel->send(request); !written) {
+    channel->forget(sent.id);
+    co_return std::move(written).error().with_context(kRefreshOperation);
+  }
+  co_return sent;
+}
+
+asio::awaitable<Result<void>> await_refresh(ChannelPtr channel, SentRefresh sent) {
+  ScopeExit forget([&] { channel->forget(sent.id); });
+  const auto deadline = Clock::now() + kRefreshAnswerTimeout;
+  auto received = co_await sent.inbox->receive(deadline);
+  if (!received) {
+    co_return make_error(kRefreshOperation, "the agent did not answer within " +
+                                                std::to_string(kRefreshAnswerTimeout.count()) +
+                                                " s; it may be stuck");
+  }
+  if (!*received) co_return std::move(*received).error().with_context(kRefreshOperation);
+  const guest::Event& event = received->value();
+  if (event.has_done()) co_return Result<void>{};
+  if (event.has_failure()) co_return failure_error(kRefreshOperation, {}, event.failure());
+  co_return unexpected_event(kRefreshOperation, event);
+}
+
+// The detached half of send_refresh_identity: holds the channel (not the
+// client) so it may outlive the client, and stays quiet when the host
+// itself closed the channel.
+asio::awaitable<void> watch_refresh(ChannelPtr channel, SentRefresh sent,
+                                    RefreshFailureHandler on_failure) {
+  auto outcome = co_await await_refresh(channel, std::move(sent));
+  if (outcome || channel->closed_by_host()) co_return;
+  if (on_failure) {
+    on_failure(outcome.error());
+  } else {
+    std::fprintf(stderr, "vesicle: %s\n", outcome.error().message().c_str());
+  }
 }
 
 class AgentUpload final : public Upload {
@@ -306,7 +376,7 @@ private:
 class ChannelAgentClient final : public AgentClient {
 public:
   explicit ChannelAgentClient(ChannelPtr channel) : channel_(std::move(channel)) {}
-  ~ChannelAgentClient() override { channel_->close(channel_closed("the host closed the channel")); }
+  ~ChannelAgentClient() override { channel_->close_by_host(); }
 
   asio::awaitable<Result<guest::Pong>> ping(std::chrono::milliseconds timeout) override {
     auto channel = channel_;
@@ -462,6 +532,27 @@ public:
     co_return unexpected_event("shut down the guest", terminal.value());
   }
 
+  asio::awaitable<Result<void>> refresh_identity(IdentityRefresh identity) override {
+    auto channel = channel_;
+    auto sent = co_await send_refresh(channel, std::move(identity));
+    if (!sent) co_return std::move(sent).error();
+    co_return co_await await_refresh(channel, std::move(sent.value()));
+  }
+
+  asio::awaitable<Result<void>> send_refresh_identity(IdentityRefresh identity,
+                                                      RefreshFailureHandler on_failure) override {
+    auto channel = channel_;
+    // Awaited up to the write, so the caller's next request is queued
+    // behind this one on the channel's FIFO write lock; a detached
+    // coroutine would start later and could be overtaken.
+    auto sent = co_await send_refresh(channel, std::move(identity));
+    if (!sent) co_return std::move(sent).error();
+    asio::co_spawn(channel->executor(),
+                   watch_refresh(channel, std::move(sent.value()), std::move(on_failure)),
+                   asio::detached);
+    co_return Result<void>{};
+  }
+
   bool connected() const override { return channel_->connected(); }
 
 private:
@@ -469,6 +560,38 @@ private:
 };
 
 } // namespace
+
+Result<IdentityRefresh> IdentityRefresh::generate(std::string hostname) {
+  IdentityRefresh identity;
+  identity.hostname = std::move(hostname);
+  std::string random(64 + 16, '\0');
+  std::size_t filled = 0;
+  while (filled < random.size()) {
+    const ssize_t n = ::getrandom(random.data() + filled, random.size() - filled, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return sys_error("getrandom", {}).with_context("generating a guest identity");
+    filled += static_cast<std::size_t>(n);
+  }
+  identity.entropy = random.substr(0, 64);
+  static const char* digits = "0123456789abcdef";
+  for (std::size_t i = 64; i < random.size(); ++i) {
+    const auto byte = static_cast<unsigned char>(random[i]);
+    identity.machine_id += digits[byte >> 4];
+    identity.machine_id += digits[byte & 15];
+  }
+  // All zeros is reserved (machine-id(5)); 2^-128 odds, but cheap to rule out.
+  if (identity.machine_id.find_first_not_of('0') == std::string::npos) identity.machine_id[0] = '1';
+  return identity;
+}
+
+asio::awaitable<Result<void>> AgentClient::refresh_identity(IdentityRefresh) {
+  co_return Error{ENOTSUP, kRefreshOperation, {}, "this AgentClient does not implement it", {}};
+}
+
+asio::awaitable<Result<void>> AgentClient::send_refresh_identity(IdentityRefresh,
+                                                                 RefreshFailureHandler) {
+  co_return Error{ENOTSUP, kRefreshOperation, {}, "this AgentClient does not implement it", {}};
+}
 
 std::unique_ptr<AgentClient> make_agent_client(asio::local::stream_protocol::socket socket) {
   auto channel = std::make_shared<Channel>(std::move(socket));

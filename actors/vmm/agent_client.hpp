@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -36,6 +37,27 @@ using ExecEventSink = std::function<void(const guest::Event&)>;
 // the returned awaitable completes, which is how a slow consumer slows the
 // transfer instead of growing a buffer.
 using ChunkSink = std::function<asio::awaitable<Result<void>>(std::string_view)>;
+
+// A fresh identity for a machine restored from a snapshot (see
+// RefreshIdentity in messages/guest.proto for what the agent does with it).
+struct IdentityRefresh {
+  // 32 to 512 bytes from the host's CSPRNG, new for every refresh.
+  std::string entropy;
+  // The guest's new wall clock; unset: the host's clock as the request is
+  // sent (what hostd wants, save tests).
+  std::optional<std::chrono::system_clock::time_point> time;
+  // RFC 1123 labels, at most 64 characters.
+  std::string hostname;
+  // 32 lowercase hex digits, not all zero.
+  std::string machine_id;
+
+  // `hostname` with 64 bytes of entropy and a machine-id from getrandom(2).
+  static Result<IdentityRefresh> generate(std::string hostname);
+};
+
+// Called when a refresh sent with send_refresh_identity() fails: the agent
+// refused or could not apply it, or no answer came.
+using RefreshFailureHandler = std::function<void(const Error&)>;
 
 // A file being streamed into the guest.
 class Upload {
@@ -77,6 +99,21 @@ public:
 
   // Streams the whole file to `sink` in order; returns its size and mode.
   virtual asio::awaitable<Result<guest::Done>> download(std::string path, ChunkSink sink) = 0;
+
+  // Gives the guest a fresh identity (after every restore or fork) and
+  // returns once the agent applied it. (Both refresh calls have default
+  // bodies that fail with ENOTSUP, only so that test fakes written before
+  // them still build; the real client overrides both.) A Failure becomes an Error
+  // (BAD_REQUEST: EINVAL, naming the field).
+  virtual asio::awaitable<Result<void>> refresh_identity(IdentityRefresh identity);
+  // The same without waiting for the agent: returns once the request is
+  // written to the channel (an Error only if the channel is closed), and a
+  // failure reported later goes to `on_failure` (default: a line on
+  // stderr). The agent handles requests in arrival order and applies the
+  // refresh before it reads the next one, so any request sent after this
+  // returns (an exec, an upload) already sees the new identity.
+  virtual asio::awaitable<Result<void>>
+  send_refresh_identity(IdentityRefresh identity, RefreshFailureHandler on_failure = {});
 
   // Asks the agent to sync and power off; returns once it acknowledged.
   virtual asio::awaitable<Result<void>> shutdown() = 0;

@@ -1,5 +1,6 @@
 #include "guest/agent/agent.hpp"
 
+#include <sys/random.h>
 #include <unistd.h>
 
 #include <vector>
@@ -7,6 +8,7 @@
 #include "guest/agent/bash.hpp"
 #include "guest/agent/events.hpp"
 #include "guest/agent/files.hpp"
+#include "guest/agent/identity.hpp"
 #include "guest/agent/info.hpp"
 #include "guest/agent/log.hpp"
 #include "guest/agent/pid1.hpp"
@@ -189,6 +191,9 @@ void Agent::dispatch(guest::Request& request) {
   case guest::Request::kShutdown:
     handle_shutdown(id);
     return;
+  case guest::Request::kRefreshIdentity:
+    handle_refresh_identity(id, request.refresh_identity());
+    return;
   default:
     send(id, failure_event(guest::Failure::BAD_REQUEST, 0,
                            "request " + std::to_string(id) +
@@ -255,6 +260,41 @@ void Agent::handle_shutdown(std::uint64_t id) {
     // The power-off failed; keep serving rather than leave a dead PID 1.
     shutting_down_ = false;
   });
+}
+
+// Runs to the end inside dispatch(), before the channel hands over the next
+// frame (Channel::read_input delivers frames one at a time, in order, and
+// nothing here waits on the loop): an exec sent after the refresh, even
+// without waiting for its Done, spawns with the new hostname, clock and
+// kernel RNG, and its cell is queued behind the REPL's reseed.
+void Agent::handle_refresh_identity(std::uint64_t id, const guest::RefreshIdentity& identity) {
+  if (auto problem = check_identity(identity); !problem.empty()) {
+    send(id, failure_event(guest::Failure::BAD_REQUEST, 0,
+                           "identity refresh refused, nothing changed: " + problem));
+    return;
+  }
+  IdentityTargets targets;
+  targets.kernel = options_.init;
+  targets.machine_id_path = options_.machine_id_path;
+  const std::vector<Error> failures = apply_identity(identity, targets);
+
+  // The REPL's seed: the kernel's output after the reseed, plus the host's
+  // bytes, so it differs between clones even where the reseed failed.
+  std::string seed(32, '\0');
+  const ssize_t got = ::getrandom(seed.data(), seed.size(), GRND_NONBLOCK);
+  seed.resize(got > 0 ? static_cast<std::size_t>(got) : 0);
+  seed += identity.entropy();
+  repl_->reseed(std::move(seed));
+
+  if (failures.empty()) {
+    send(id, done_event());
+    return;
+  }
+  std::string message = "identity refresh incomplete (the other steps were applied):";
+  for (const Error& failure : failures)
+    message += " [" + failure.message() + "]";
+  log_line(message);
+  send(id, failure_event(guest::Failure::INTERNAL, failures.front().errno_value, message));
 }
 
 void Agent::on_disconnected() {

@@ -35,6 +35,10 @@ struct Options {
   // The cgroup folder user processes are moved into (PID-1 mode sets it up,
   // see cgroup.hpp); empty: they stay in the agent's cgroup.
   std::string workload_cgroup;
+  // Where RefreshIdentity writes the machine-id. main() makes it
+  // /etc/machine-id in PID-1 mode; empty (the test mode's default): checked,
+  // not written. The kernel steps of the refresh follow `init`.
+  std::string machine_id_path;
 };
 
 class Agent;
@@ -102,6 +106,7 @@ private:
   void handle_write_file(guest::Request& request);
   void handle_cancel(std::uint64_t id, std::uint64_t target);
   void handle_shutdown(std::uint64_t id);
+  void handle_refresh_identity(std::uint64_t id, const guest::RefreshIdentity& identity);
   void on_disconnected();
   void on_closed(int status);
   void adopt(std::shared_ptr<Request> request);

@@ -39,6 +39,8 @@ constexpr const char* kUsage =
     "  --max-output-bytes=N    default output cap per exec (default 8388608)\n"
     "  --repl-grace-ms=N       wait after interrupting a cell before killing the REPL\n"
     "                          (default 2000)\n"
+    "  --machine-id-path=PATH  where an identity refresh writes the machine-id (default\n"
+    "                          /etc/machine-id; with --no-init: not written unless given)\n"
     "  --version, --help\n";
 
 std::optional<std::uint64_t> parse_number(std::string_view text) {
@@ -83,6 +85,8 @@ std::string parse_flags(int argc, char** argv, Options& options) {
       auto bytes = parse_number(value);
       if (!bytes || *bytes == 0) return "--max-output-bytes needs a positive number";
       options.default_max_output_bytes = *bytes;
+    } else if (name == "--machine-id-path" && has_value && !value.empty() && value.front() == '/') {
+      options.machine_id_path = value;
     } else if (name == "--repl-grace-ms" && has_value) {
       auto ms = parse_number(value);
       if (!ms || *ms > 600000) return "--repl-grace-ms needs a number of milliseconds";
@@ -128,6 +132,9 @@ int main(int argc, char** argv) {
     // As PID 1 exiting panics the kernel; serve with the defaults instead.
     options = Options{};
   }
+  // On the host (--no-init) the test names a file of its own; the host's
+  // /etc/machine-id is never the default there.
+  if (options.init && options.machine_id_path.empty()) options.machine_id_path = "/etc/machine-id";
   if (options.init && !pid1) {
     log_line("not running as PID 1; the PID-1 mode would mount over this machine's "
              "filesystems. Pass --no-init (and --channel-fd=N to serve a socket).");

@@ -189,6 +189,12 @@ void Repl::run_next() {
   }
 }
 
+void Repl::reseed(std::string seed) {
+  if (!process_ || process_->exited || process_->killed) return;
+  process_->command_pending += repl_protocol::encode({{'k', "reseed"}, {'s', std::move(seed)}});
+  write_command();
+}
+
 void Repl::write_command() {
   if (!process_) return;
   auto& pending = process_->command_pending;

@@ -57,6 +57,13 @@ public:
   void cancel(PythonCell* cell);
   pid_t pid() const;
   std::size_t queued_cells() const { return queue_.size(); }
+  // Has the REPL reseed the global generators of `random` and numpy from
+  // `seed` (after an identity refresh). The message goes into the command
+  // pipe, which the REPL reads only between cells: an idle REPL reseeds at
+  // once, a busy one after its cell and before the next, since every later
+  // cell's command is written behind it. No REPL process: nothing to do, a
+  // new one seeds itself from the (refreshed) kernel.
+  void reseed(std::string seed);
   // Kills the REPL's process group; for agent exit and power-off.
   void terminate();
 

@@ -7,6 +7,10 @@
 //
 // agent -> REPL (fd 3 in the REPL):
 //   'k' "exec", 'q' cell sequence number (decimal), 'c' the cell's code
+//   'k' "reseed", 's' seed bytes: after an identity refresh, reseed the
+//       global generators of `random` and `numpy.random` where imported. No
+//       reply. The REPL reads commands only between cells, so a reseed
+//       written while a cell runs takes effect before the next cell.
 // REPL -> agent (fd 4 in the REPL), once per cell, after flushing stdout and
 // stderr:
 //   'k' "done", 'q' the sequence number it answers,

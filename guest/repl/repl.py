@@ -13,6 +13,13 @@ as the result (and it is bound to ``_``), as in a notebook. An exception
 comes back as name, value and traceback, without this driver's frames, and
 the REPL goes on. The agent interrupts a cell that runs past its timeout with
 SIGINT, which becomes a KeyboardInterrupt inside the cell only.
+
+After an identity refresh (a machine restored from a snapshot) the agent
+sends a reseed message: clones of one snapshot share this process's memory,
+so the global generators of ``random`` and ``numpy.random``, seeded once at
+import, would give every clone the same numbers. They are reseeded if they
+are imported; a module imported later seeds itself from the kernel, which
+the refresh has already reseeded.
 """
 
 import ast
@@ -109,6 +116,29 @@ def _cut(text, limit):
     return text[:limit] + "\n... [cut: %d characters in all]" % len(text)
 
 
+def _reseed(seed):
+    """Reseeds the global generators the cells may be using."""
+    # Only modules already imported: importing numpy here would cost the
+    # cell's memory and time for nothing. A failure (user code replaced the
+    # module or its seed function) must not take the REPL down.
+    generator = sys.modules.get("random")
+    if generator is not None:
+        try:
+            generator.seed(seed)
+        except BaseException:
+            pass
+    numpy_random = sys.modules.get("numpy.random")
+    if numpy_random is not None:
+        try:
+            import hashlib
+
+            # The legacy global RandomState takes at most 32-bit words.
+            words = struct.unpack("<16I", hashlib.sha512(seed).digest())
+            numpy_random.seed(list(words))
+        except BaseException:
+            pass
+
+
 def _flush_output():
     # A cell's output must reach the pipes before the reply does: the agent
     # sends the cell's Exit once the reply has arrived and the pipes are
@@ -202,7 +232,11 @@ class Repl:
             message = _read_message(commands)
             if message is None:
                 return  # the agent is gone
-            if message.get("k") != b"exec":
+            kind = message.get("k")
+            if kind == b"reseed":
+                _reseed(message.get("s", b""))
+                continue
+            if kind != b"exec":
                 continue
             sequence = message.get("q", b"")
             source = message.get("c", b"").decode("utf-8", "replace")

@@ -1,9 +1,17 @@
 // Unit tests of the agent's pure parts: the REPL pipe protocol, the UTF-8
-// cleaning of texts bound for protobuf strings, and the output budget.
+// cleaning of texts bound for protobuf strings, the output budget, and the
+// identity refresh's checks and machine-id file.
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
 #include <gtest/gtest.h>
 
 #include "guest/agent/cgroup.hpp"
 #include "guest/agent/events.hpp"
+#include "guest/agent/identity.hpp"
 #include "guest/agent/output.hpp"
 #include "guest/agent/repl_protocol.hpp"
 
@@ -78,6 +86,124 @@ TEST(WorkloadLimits, LeaveTheAgentItsReserveAndBindPidsBeforeMemory) {
   const auto tiny = workload_limits_for(90ull << 20, 80ull << 20);
   EXPECT_EQ(tiny.memory_max_bytes, 0u);
   EXPECT_EQ(tiny.pids_max, 512u);
+}
+
+TEST(IdentityChecks, HostnamesFollowRfc1123Labels) {
+  for (const std::string& good : std::vector<std::string>{
+           "a", "vesicle", "Sandbox-7", "1", "9lives", "a.b.c", "x-1.example-2",
+           std::string(63, 'a'), std::string(31, 'a') + "." + std::string(32, 'b')}) {
+    EXPECT_EQ(check_hostname(good), "") << good;
+  }
+  const std::pair<std::string, const char*> bad[] = {
+      {"", "empty"},
+      {std::string(65, 'a'), "65 characters"},
+      {std::string(64, 'a'), "label of 64"},
+      {"a_b", "outside letters"},
+      {"caf\xc3\xa9", "outside letters"},
+      {"-a", "starts or ends"},
+      {"a-", "starts or ends"},
+      {".a", "empty label"},
+      {"a.", "empty label"},
+      {"a..b", "empty label"},
+      {std::string("a\nb"), "\\x0a"},
+  };
+  for (const auto& [name, says] : bad) {
+    const std::string problem = check_hostname(name);
+    EXPECT_NE(problem.find(says), std::string::npos) << "[" << name << "]: " << problem;
+  }
+}
+
+TEST(IdentityChecks, MachineIdsAre32LowercaseHexNotAllZero) {
+  EXPECT_EQ(check_machine_id("0123456789abcdef0123456789abcdef"), "");
+  EXPECT_EQ(check_machine_id("00000000000000000000000000000001"), "");
+  EXPECT_NE(check_machine_id(""), "");
+  EXPECT_NE(check_machine_id("0123456789abcdef0123456789abcde"), "");
+  EXPECT_NE(check_machine_id("0123456789ABCDEF0123456789ABCDEF"), "");
+  EXPECT_NE(check_machine_id("0123456789abcdef0123456789abcdeg"), "");
+  EXPECT_NE(check_machine_id("01234567-89ab-cdef-0123-456789abcdef"), "");
+  EXPECT_NE(check_machine_id(std::string(32, '0')).find("all zeros"), std::string::npos);
+}
+
+TEST(IdentityChecks, EntropyAndTimeBounds) {
+  guest::RefreshIdentity identity;
+  identity.set_entropy(std::string(kMinIdentityEntropyBytes, 'x'));
+  identity.set_unix_time_ns(kMinIdentityUnixTimeNs);
+  identity.set_hostname("box");
+  identity.set_machine_id("0123456789abcdef0123456789abcdef");
+  EXPECT_EQ(check_identity(identity), "");
+  identity.set_entropy(std::string(kMaxIdentityEntropyBytes, 'x'));
+  EXPECT_EQ(check_identity(identity), "");
+  identity.set_entropy(std::string(kMaxIdentityEntropyBytes + 1, 'x'));
+  EXPECT_NE(check_identity(identity).find("entropy"), std::string::npos);
+  identity.set_entropy(std::string(kMinIdentityEntropyBytes - 1, 'x'));
+  EXPECT_NE(check_identity(identity).find("entropy"), std::string::npos);
+  identity.set_entropy(std::string(64, 'x'));
+  identity.set_unix_time_ns(kMinIdentityUnixTimeNs - 1);
+  EXPECT_NE(check_identity(identity).find("unix_time_ns"), std::string::npos);
+}
+
+class MachineIdFile : public ::testing::Test {
+protected:
+  void SetUp() override {
+    std::string pattern = (std::filesystem::temp_directory_path() / "vesicle-mid-XXXXXX").string();
+    ASSERT_NE(::mkdtemp(pattern.data()), nullptr);
+    dir_ = pattern;
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+  std::string read(const std::filesystem::path& path) {
+    std::ifstream in(path);
+    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  }
+  std::filesystem::path dir_;
+};
+
+TEST_F(MachineIdFile, ReplacesTheOldFileAndLeavesNoTemporary) {
+  const auto path = dir_ / "machine-id";
+  std::ofstream(path) << "uninitialized\n";
+  ASSERT_TRUE(write_machine_id(path.string(), "0123456789abcdef0123456789abcdef").ok());
+  EXPECT_EQ(read(path), "0123456789abcdef0123456789abcdef\n");
+  struct stat st {};
+  ASSERT_EQ(::lstat(path.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISREG(st.st_mode));
+  EXPECT_EQ(st.st_mode & 07777, 0444u);
+  EXPECT_FALSE(std::filesystem::exists(dir_ / "machine-id.vesicle-new"));
+}
+
+TEST_F(MachineIdFile, PlantedSymlinkAtTheTemporaryNameIsNotFollowed) {
+  const auto path = dir_ / "machine-id";
+  const auto victim = dir_ / "victim";
+  std::ofstream(victim) << "keep me\n";
+  std::filesystem::create_symlink(victim, dir_ / "machine-id.vesicle-new");
+  ASSERT_TRUE(write_machine_id(path.string(), "fedcba9876543210fedcba9876543210").ok());
+  EXPECT_EQ(read(victim), "keep me\n");
+  EXPECT_EQ(read(path), "fedcba9876543210fedcba9876543210\n");
+}
+
+TEST_F(MachineIdFile, MissingFolderIsAnErrorNamingThePath) {
+  const auto path = dir_ / "nope" / "machine-id";
+  auto written = write_machine_id(path.string(), "fedcba9876543210fedcba9876543210");
+  ASSERT_FALSE(written.ok());
+  EXPECT_EQ(written.error().errno_value, ENOENT);
+  EXPECT_NE(written.error().message().find(path.string()), std::string::npos)
+      << written.error().message();
+}
+
+TEST(IdentityApply, TestModeTargetsTouchOnlyTheMachineIdFile) {
+  // kernel=false is what the host test mode uses: nothing but the file.
+  char before[256] = {};
+  ::gethostname(before, sizeof before - 1);
+  guest::RefreshIdentity identity;
+  identity.set_entropy(std::string(64, 'x'));
+  identity.set_unix_time_ns(kMinIdentityUnixTimeNs);
+  identity.set_hostname("not-this-host");
+  identity.set_machine_id("0123456789abcdef0123456789abcdef");
+  IdentityTargets targets;
+  EXPECT_TRUE(apply_identity(identity, targets).empty());
+  char after[256] = {};
+  ::gethostname(after, sizeof after - 1);
+  EXPECT_STREQ(before, after);
+  // The clock was not set to 2000.
+  EXPECT_GT(::time(nullptr), 1700000000);
 }
 
 } // namespace

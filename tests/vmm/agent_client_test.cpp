@@ -41,9 +41,12 @@ protected:
     UniqueFd ours(fds[0]);
     UniqueFd theirs(fds[1]);
     vmm::detail::SpawnOptions options;
-    options.argv = {binary, "--channel-fd=3", "--no-init",
+    options.argv = {binary,
+                    "--channel-fd=3",
+                    "--no-init",
                     "--repl=" + env_or("VESICLE_REPL_PY", env_or("VESICLE_REPL_PY_DEFAULT", "")),
-                    "--home=" + home_->path().string()};
+                    "--home=" + home_->path().string(),
+                    "--machine-id-path=" + host_path("machine-id")};
     options.output = home_->path() / "agent.log";
     options.pass_fd = theirs.get();
     auto spawned = io_.call([&] { return vmm::detail::Process::spawn(io_.executor(), options); });
@@ -317,6 +320,104 @@ TEST_F(AgentClientTest, ClientDestroyedWhileCallsArePendingCompletesThem) {
   ASSERT_EQ(finished.get_future().wait_for(5s), std::future_status::ready);
   ASSERT_FALSE(bash_call->exit);
   EXPECT_TRUE(vmm::is_channel_closed(bash_call->exit.error()));
+}
+
+TEST(IdentityRefreshGenerate, GivesFreshValidValues) {
+  auto one = vmm::IdentityRefresh::generate("sandbox-1");
+  auto two = vmm::IdentityRefresh::generate("sandbox-1");
+  ASSERT_TRUE(one && two);
+  EXPECT_EQ(one->entropy.size(), 64u);
+  EXPECT_NE(one->entropy, two->entropy);
+  EXPECT_EQ(one->machine_id.size(), 32u);
+  EXPECT_EQ(one->machine_id.find_first_not_of("0123456789abcdef"), std::string::npos);
+  EXPECT_NE(one->machine_id, two->machine_id);
+  EXPECT_EQ(one->hostname, "sandbox-1");
+  EXPECT_FALSE(one->time) << "unset: stamped as it is sent";
+}
+
+TEST_F(AgentClientTest, RefreshIdentityIsAppliedOrRefusedWithTheField) {
+  auto identity = vmm::IdentityRefresh::generate("sandbox-1");
+  ASSERT_TRUE(identity);
+  auto applied = io_.run(client_->refresh_identity(*identity));
+  ASSERT_TRUE(applied) << applied.error().message();
+  std::ifstream in(host_path("machine-id"));
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(text, identity->machine_id + "\n");
+
+  auto bad = *identity;
+  bad.hostname = "under_score";
+  auto refused = io_.run(client_->refresh_identity(bad));
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(refused.error().errno_value, EINVAL);
+  EXPECT_FALSE(vmm::is_channel_closed(refused.error()));
+  EXPECT_NE(refused.error().message().find("hostname \"under_score\""), std::string::npos)
+      << refused.error().message();
+  EXPECT_NE(refused.error().message().find("refresh guest identity"), std::string::npos)
+      << refused.error().message();
+
+  auto stale = *identity;
+  stale.time = std::chrono::system_clock::time_point{};
+  auto epoch = io_.run(client_->refresh_identity(stale));
+  ASSERT_FALSE(epoch);
+  EXPECT_NE(epoch.error().message().find("unix_time_ns 0"), std::string::npos)
+      << epoch.error().message();
+}
+
+// hostd sends the refresh without waiting for the answer; the exec it sends
+// next must see the new identity, and a refusal still reaches a log.
+TEST_F(AgentClientTest, SentRefreshIsAheadOfTheNextRequestAndFailuresAreReported) {
+  auto identity = vmm::IdentityRefresh::generate("sandbox-2");
+  ASSERT_TRUE(identity);
+  struct Seen {
+    Result<void> sent;
+    ExecReply cat;
+    Result<void> bad_sent;
+  };
+  auto failures = std::make_shared<std::vector<Error>>();
+  auto seen = io_.run([](AgentClient& agent, vmm::IdentityRefresh identity, std::string path,
+                         std::shared_ptr<std::vector<Error>> failures) -> asio::awaitable<Seen> {
+    Seen seen;
+    vmm::RefreshFailureHandler record = [failures](const Error& error) {
+      failures->push_back(error);
+    };
+    seen.sent = co_await agent.send_refresh_identity(identity, record);
+    seen.cat = co_await bash(agent, "cat " + path);
+    auto bad = identity;
+    bad.entropy = "too short";
+    seen.bad_sent = co_await agent.send_refresh_identity(bad, record);
+    co_return seen;
+  }(*client_, *identity, host_path("machine-id"), failures));
+  ASSERT_TRUE(seen.sent) << seen.sent.error().message();
+  ASSERT_TRUE(seen.cat.exit) << seen.cat.exit.error().message();
+  EXPECT_EQ(seen.cat.output.out, identity->machine_id + "\n");
+  ASSERT_TRUE(seen.bad_sent) << "a refusal comes later, not from the send";
+  const auto deadline = Clock::now() + 10s;
+  while (io_.call([&] { return failures->size(); }) == 0 && Clock::now() < deadline)
+    std::this_thread::sleep_for(20ms);
+  auto seen_failures = io_.call([&] { return *failures; });
+  ASSERT_EQ(seen_failures.size(), 1u) << "only the bad refresh fails";
+  EXPECT_EQ(seen_failures[0].errno_value, EINVAL);
+  EXPECT_NE(seen_failures[0].message().find("entropy has 9 bytes"), std::string::npos)
+      << seen_failures[0].message();
+}
+
+TEST_F(AgentClientTest, SentRefreshStaysQuietWhenTheHostClosesTheChannel) {
+  auto identity = vmm::IdentityRefresh::generate("sandbox-3");
+  ASSERT_TRUE(identity);
+  identity->entropy = "short"; // would be refused, if anyone were listening
+  auto failures = std::make_shared<int>(0);
+  auto sent = io_.run([](std::unique_ptr<AgentClient>& client, vmm::IdentityRefresh identity,
+                         std::shared_ptr<int> failures) -> asio::awaitable<Result<void>> {
+    vmm::RefreshFailureHandler count = [failures](const Error&) { ++*failures; };
+    auto sent = co_await client->send_refresh_identity(identity, count);
+    // Gone before the answer can be read: a deliberate teardown, not a
+    // failure worth a log line.
+    client.reset();
+    co_return sent;
+  }(client_, *identity, failures));
+  ASSERT_TRUE(sent) << sent.error().message();
+  std::this_thread::sleep_for(300ms);
+  EXPECT_EQ(io_.call([&] { return *failures; }), 0);
 }
 
 // A peer that sends garbage instead of frames: the channel closes and the
