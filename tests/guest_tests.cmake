@@ -39,3 +39,15 @@ target_compile_definitions(agent_identity_test PRIVATE
   VESICLE_AGENT_BINARY="$<TARGET_FILE:vesicle-agent>"
   VESICLE_SOURCE_DIR="${CMAKE_SOURCE_DIR}")
 add_dependencies(agent_identity_test vesicle-agent)
+
+# The identity refresh in a real microVM booted through the QEMU driver,
+# from images built with this tree's agent (images/build.sh --build-dir
+# <build>, default output <build>/images) or VESICLE_IMAGES_DIR.
+find_package(OpenSSL REQUIRED)
+vesicle_test(identity_vm_test
+  SOURCES guest/identity_vm_test.cpp
+  LIBS vesicle_vmm OpenSSL::Crypto
+  LABEL integration
+  TIMEOUT 600)
+set_property(TEST identity_vm_test APPEND PROPERTY ENVIRONMENT
+  "VESICLE_IMAGES_DIR_DEFAULT=${CMAKE_BINARY_DIR}/images")
