@@ -101,10 +101,10 @@ public:
   virtual asio::awaitable<Result<guest::Done>> download(std::string path, ChunkSink sink) = 0;
 
   // Gives the guest a fresh identity (after every restore or fork) and
-  // returns once the agent applied it. (Both refresh calls have default
-  // bodies that fail with ENOTSUP, only so that test fakes written before
-  // them still build; the real client overrides both.) A Failure becomes an Error
-  // (BAD_REQUEST: EINVAL, naming the field).
+  // returns once the agent applied it. A Failure becomes an Error
+  // (BAD_REQUEST: EINVAL, naming the field). Both refresh calls have
+  // default bodies that fail with ENOTSUP, only so that test fakes written
+  // before them still build; the real client overrides both.
   virtual asio::awaitable<Result<void>> refresh_identity(IdentityRefresh identity);
   // The same without waiting for the agent: returns once the request is
   // written to the channel (an Error only if the channel is closed), and a
