@@ -27,3 +27,6 @@ set_property(TEST vm_integration_test APPEND PROPERTY ENVIRONMENT ${vmm_images_e
 
 add_executable(vm_bench bench/vm_bench.cpp)
 target_link_libraries(vm_bench PRIVATE vesicle_vmm Boost::program_options OpenSSL::Crypto)
+
+vesicle_test(snapshot_manifest_test SOURCES vmm/snapshot_manifest_test.cpp
+             LIBS vesicle_vmm OpenSSL::Crypto)
