@@ -27,3 +27,13 @@ set_property(TEST vm_integration_test APPEND PROPERTY ENVIRONMENT ${vmm_images_e
 
 add_executable(vm_bench bench/vm_bench.cpp)
 target_link_libraries(vm_bench PRIVATE vesicle_vmm Boost::program_options OpenSSL::Crypto)
+
+vesicle_test(snapshot_manifest_test SOURCES vmm/snapshot_manifest_test.cpp
+             LIBS vesicle_vmm OpenSSL::Crypto)
+# One boot, one save, two restores: a few seconds of VM time under TCG.
+vesicle_test(snapshot_integration_test SOURCES integration/snapshot_test.cpp
+             LIBS vesicle_vmm OpenSSL::Crypto LABEL integration TIMEOUT 600)
+set_property(TEST snapshot_integration_test APPEND PROPERTY ENVIRONMENT ${vmm_images_env})
+
+add_executable(snapshot_bench bench/snapshot_bench.cpp)
+target_link_libraries(snapshot_bench PRIVATE vesicle_vmm Boost::program_options OpenSSL::Crypto)

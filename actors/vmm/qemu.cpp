@@ -13,8 +13,12 @@
 #include <x86intrin.h>
 #endif
 
+#include <fcntl.h>
+#include <stdio.h>
+
 #include <algorithm>
 #include <fstream>
+#include <thread>
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -26,6 +30,7 @@
 #include "actors/vmm/async.hpp"
 #include "actors/vmm/process.hpp"
 #include "actors/vmm/qmp.hpp"
+#include "actors/vmm/snapshot.hpp"
 
 namespace vesicle::vmm {
 
@@ -77,8 +82,17 @@ std::string kernel_cmdline(Accel accel, std::optional<unsigned long> tsc_khz) {
 }
 
 std::vector<std::string> command_line(const VmConfig& config, const VmPaths& paths, Accel accel,
-                                      std::optional<unsigned long> tsc_khz) {
+                                      std::optional<unsigned long> tsc_khz,
+                                      const Snapshot* restore_from) {
   const std::string memory = std::to_string(config.memory_mib);
+  // A booted VM's RAM is a shared file of its own: saving it is a rename.
+  // A restored one maps the snapshot's file privately: pages it only reads
+  // stay shared with every other VM restored from the same snapshot.
+  const std::string memory_backend =
+      restore_from ? "memory-backend-file,id=mem,size=" + memory +
+                         "M,mem-path=" + restore_from->memory_file.string() + ",share=off"
+                   : "memory-backend-file,id=mem,size=" + memory +
+                         "M,mem-path=" + paths.memory_file.string() + ",share=on";
   std::vector<std::string> args = {
       config.qemu_binary,
       "-M",
@@ -108,14 +122,13 @@ std::vector<std::string> command_line(const VmConfig& config, const VmPaths& pat
                   "-m",
                   memory,
                   "-object",
-                  "memory-backend-file,id=mem,size=" + memory +
-                      "M,mem-path=" + paths.memory_file.string() + ",share=on",
+                  memory_backend,
                   "-kernel",
                   fs::absolute(config.images.kernel).string(),
                   "-initrd",
                   fs::absolute(config.images.initrd).string(),
                   "-append",
-                  kernel_cmdline(accel, tsc_khz),
+                  restore_from ? restore_from->kernel_cmdline : kernel_cmdline(accel, tsc_khz),
                   "-drive",
                   "id=root,file=" + paths.overlay.string() + ",format=qcow2,if=none,discard=unmap",
                   "-device",
@@ -143,7 +156,17 @@ std::vector<std::string> command_line(const VmConfig& config, const VmPaths& pat
     args.insert(args.end(), {"-netdev", "tap,id=net0,fd=3", "-device",
                              "virtio-net-device,netdev=net0,mac=" + config.network->mac});
   }
+  if (restore_from) args.insert(args.end(), {"-incoming", "defer", "-S"});
   return args;
+}
+
+Result<std::string> shell_quote(const fs::path& path) {
+  const std::string text = path.string();
+  if (text.find_first_of("'\n") != std::string::npos) {
+    return make_error("quote path for QEMU",
+                      "a snapshot path must not contain a quote or a newline", text);
+  }
+  return "'" + text + "'";
 }
 
 std::optional<unsigned long> host_tsc_khz() {
@@ -259,6 +282,12 @@ struct VmState : std::enable_shared_from_this<VmState> {
   bool shutdown_requested = false;
   bool destroy_requested = false;
   bool files_created = false;
+  // Restored from a snapshot (RAM mapped share=off): cannot be saved fast.
+  bool restored = false;
+  bool saving = false; // save_snapshot is under way
+  bool saved = false;  // ended by save_snapshot: its files became a snapshot
+  std::string kernel_cmdline;
+  Accel accel = Accel::tcg;
   // Set when QMP reported the guest stopped on its own (reset, power-off).
   std::string guest_stop_reason;
   std::string console;
@@ -277,7 +306,9 @@ struct VmState : std::enable_shared_from_this<VmState> {
   void finish(const detail::ExitStatus& status) {
     if (exited.is_set()) return;
     std::string how;
-    if (destroy_requested) {
+    if (saved) {
+      how = "saved to a snapshot and ended (QEMU " + status.describe() + ")";
+    } else if (destroy_requested) {
       how = "destroyed by the host (QEMU " + status.describe() + ")";
     } else if (shutdown_requested &&
                (guest_stop_reason == "guest-shutdown" || guest_stop_reason.empty())) {
@@ -359,6 +390,289 @@ struct VmState : std::enable_shared_from_this<VmState> {
   }
 };
 
+// Runs `work` (blocking: hashing hundreds of MB) on a thread of its own and
+// resumes on `executor` with its result, so the VMs sharing that executor
+// keep being served meanwhile.
+template <class F>
+asio::awaitable<std::invoke_result_t<F>> run_blocking(asio::any_io_executor executor, F work) {
+  using R = std::invoke_result_t<F>;
+  auto done = std::make_shared<detail::Event>(executor);
+  auto result = std::make_shared<std::optional<R>>();
+  std::thread([work = std::move(work), result, done, executor]() mutable {
+    result->emplace(work());
+    asio::post(executor, [done] { done->set(); });
+  }).detach();
+  co_await done->wait();
+  co_return std::move(**result);
+}
+
+asio::awaitable<void> sleep_for(asio::any_io_executor executor, milliseconds duration) {
+  asio::steady_timer timer(executor, duration);
+  boost::system::error_code ec;
+  co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+}
+
+// `command` is a literal: no temporary std::string in the callers' co_await
+// expressions (see QmpClient::execute).
+asio::awaitable<Result<json::Value>> qmp_run(VmState& state, const char* command,
+                                             json::Object arguments,
+                                             milliseconds timeout = milliseconds(5000)) {
+  if (!state.qmp || !state.qmp->connected()) {
+    co_return make_error(std::string("QMP ") + command,
+                         "the monitor connection is closed (QEMU is gone)", state.config.id);
+  }
+  std::string name = command;
+  auto reply = co_await state.qmp->execute(std::move(name), std::move(arguments), timeout);
+  if (!reply) co_return std::move(reply).error().with_context(std::string("QMP ") + command);
+  co_return reply;
+}
+
+asio::awaitable<Result<void>> set_ignore_shared(VmState& state) {
+  json::Object capability;
+  capability["capability"] = json::Value("x-ignore-shared");
+  capability["state"] = json::Value(true);
+  json::Object arguments;
+  arguments["capabilities"] = json::Value(json::Array{json::Value(std::move(capability))});
+  auto set = co_await qmp_run(state, "migrate-set-capabilities", std::move(arguments));
+  if (!set) co_return std::move(set).error();
+  co_return Result<void>{};
+}
+
+// Polls query-migrate until the migration (either direction) completed or
+// failed. Device state alone is a few KB: this takes tens of ms.
+asio::awaitable<Result<void>> wait_migration(std::shared_ptr<VmState> state,
+                                             Clock::time_point deadline) {
+  for (;;) {
+    if (!state->running()) {
+      co_return make_error("migrate", "QEMU exited during the migration", state->config.id);
+    }
+    json::Object no_arguments;
+    auto reply = co_await qmp_run(*state, "query-migrate", std::move(no_arguments));
+    if (!reply) co_return std::move(reply).error();
+    const std::string& status = (*reply)["status"].as_string();
+    if (status == "completed") co_return Result<void>{};
+    if (status == "failed" || status == "cancelled") {
+      const std::string& why = (*reply)["error-desc"].as_string();
+      co_return make_error("migrate",
+                           "QEMU reports the migration " + status +
+                               (why.empty() ? std::string() : ": " + why),
+                           state->config.id);
+    }
+    if (Clock::now() >= deadline) {
+      co_return make_error("migrate", "not finished in time (status " + status + ")",
+                           state->config.id);
+    }
+    co_await sleep_for(state->executor, milliseconds(5));
+  }
+}
+
+Result<void> fsync_path(const fs::path& path, bool directory) {
+  UniqueFd fd(::open(path.c_str(), (directory ? O_DIRECTORY : 0) | O_RDONLY | O_CLOEXEC));
+  if (!fd) return sys_error("open", path.string());
+  if (::fsync(fd.get()) != 0) return sys_error("fsync", path.string());
+  return {};
+}
+
+Result<void> rename_new(const fs::path& from, const fs::path& to) {
+  if (::renameat2(AT_FDCWD, from.c_str(), AT_FDCWD, to.c_str(), RENAME_NOREPLACE) != 0) {
+    Error error = sys_error("rename", from.string() + " -> " + to.string());
+    if (errno == EXDEV) error.detail = "not on the same filesystem";
+    if (errno == EEXIST) error.detail = "the target exists; a snapshot is never overwritten";
+    return error;
+  }
+  return {};
+}
+
+// What save_snapshot does once QEMU is gone and the files are in place:
+// checksums, manifest, read-only modes. Blocking; runs off the executor.
+Result<snapshot::Manifest> seal_snapshot(const fs::path& staging, snapshot::Manifest manifest) {
+  const fs::path state = staging / snapshot::kStateName;
+  const fs::path disk = staging / snapshot::kDiskName;
+  for (const auto& path : {state, disk}) {
+    if (auto synced = fsync_path(path, false); !synced) return synced.error();
+  }
+  auto state_digest = snapshot::digest_file(state);
+  if (!state_digest) return state_digest.error();
+  auto disk_digest = snapshot::digest_file(disk);
+  if (!disk_digest) return disk_digest.error();
+  auto memory_digest = snapshot::digest_sparse_file(manifest.memory_file);
+  if (!memory_digest) return memory_digest.error();
+  manifest.state = *state_digest;
+  manifest.disk = *disk_digest;
+  manifest.memory = *memory_digest;
+  if (manifest.memory.size != std::uint64_t{manifest.memory_mib} << 20) {
+    return make_error("check memory file",
+                      "its size " + std::to_string(manifest.memory.size) +
+                          " is not the VM's memory size",
+                      manifest.memory_file.string());
+  }
+  const fs::path manifest_path = staging / snapshot::kManifestName;
+  if (auto written = snapshot::write_file_atomically(manifest_path, format_manifest(manifest));
+      !written)
+    return written.error();
+  // Read-only: a restored VM maps the RAM file share=off and sees any later
+  // write to a page it has not copied yet. (Root ignores the mode; it is a
+  // guard against accidents, not a protection.)
+  for (const auto& path : {state, disk, manifest_path, manifest.memory_file}) {
+    if (::chmod(path.c_str(), 0444) != 0) return sys_error("make read-only", path.string());
+  }
+  if (auto synced = fsync_path(staging, true); !synced) return synced.error();
+  return manifest;
+}
+
+// Pauses the VM and writes its device state (not its RAM) through `cat`.
+asio::awaitable<Result<void>> save_device_state(std::shared_ptr<VmState> state,
+                                                std::string quoted_path) {
+  const auto deadline = Clock::now() + std::chrono::seconds(60);
+  json::Object no_arguments;
+  auto stopped = co_await qmp_run(*state, "stop", std::move(no_arguments));
+  if (!stopped) co_return std::move(stopped).error();
+  auto set = co_await set_ignore_shared(*state);
+  if (!set) co_return std::move(set).error();
+  json::Object migrate;
+  migrate["uri"] = json::Value("exec:cat > " + quoted_path);
+  auto begun = co_await qmp_run(*state, "migrate", std::move(migrate));
+  if (!begun) co_return std::move(begun).error();
+  co_return co_await wait_migration(state, deadline);
+}
+
+// Vm::save_snapshot's steps; see vmm.hpp for the contract.
+asio::awaitable<Result<Snapshot>> save_steps(std::shared_ptr<VmState> state, fs::path dir,
+                                             fs::path memory_file) {
+  const std::string& id = state->config.id;
+  if (state->restored) {
+    co_return make_error(
+        "save snapshot",
+        "a VM restored share=off cannot be snapshotted fast: its RAM is a private copy-on-write "
+        "mapping of another snapshot's file, with no file of its own to keep; save a booted VM",
+        id);
+  }
+  if (!state->running() || !state->qmp || !state->qmp->connected())
+    co_return make_error("save snapshot", "the VM is not running", id);
+  if (state->saving) co_return make_error("save snapshot", "a save is already under way", id);
+
+  std::error_code ec;
+  dir = fs::absolute(dir, ec);
+  memory_file = fs::absolute(memory_file, ec);
+  for (const auto& path : {dir, memory_file}) {
+    if (fs::symlink_status(path, ec).type() != fs::file_type::not_found) {
+      co_return Error{EEXIST,
+                      "save snapshot",
+                      path.string(),
+                      "it exists; a snapshot is never overwritten: choose a new path",
+                      {}};
+    }
+  }
+  struct stat target_parent {
+  }, current{};
+  if (::stat(memory_file.parent_path().c_str(), &target_parent) != 0)
+    co_return sys_error("save snapshot: stat", memory_file.parent_path().string());
+  if (::stat(state->paths.memory_file.c_str(), &current) != 0)
+    co_return sys_error("save snapshot: stat", state->paths.memory_file.string());
+  if (target_parent.st_dev != current.st_dev) {
+    co_return Error{EXDEV,
+                    "save snapshot",
+                    memory_file.string(),
+                    "the memory file must stay on the filesystem of the VM's RAM file (" +
+                        state->paths.memory_file.string() + "): saving is a rename, not a copy",
+                    {}};
+  }
+  // Everything is written into a hidden staging dir beside `dir` and renamed
+  // to `dir` last, so `dir` is either absent or complete.
+  const fs::path staging = dir.parent_path() / ("." + dir.filename().string() + ".partial");
+  if (::mkdir(staging.c_str(), 0700) != 0) {
+    Error error = sys_error("save snapshot: create directory", staging.string());
+    if (errno == EEXIST) error.detail = "a save into this path is under way, or one crashed";
+    co_return error;
+  }
+  auto uri = shell_quote(staging / snapshot::kStateName);
+  if (!uri) {
+    fs::remove_all(staging, ec);
+    co_return std::move(uri).error();
+  }
+
+  state->saving = true;
+  struct Saving {
+    VmState& state;
+    ~Saving() { state.saving = false; }
+  } saving{*state};
+
+  auto written = co_await save_device_state(state, *uri);
+  if (!written) {
+    // Before the device state is written the VM can go on: undo and resume.
+    Error error = std::move(written).error();
+    fs::remove_all(staging, ec);
+    json::Object no_arguments;
+    auto resumed = co_await qmp_run(*state, "cont", std::move(no_arguments));
+    error.detail += resumed ? "; nothing was saved and the VM was resumed"
+                            : "; nothing was saved, and resuming the VM failed too (" +
+                                  resumed.error().message() + ")";
+    co_return std::move(error).with_context("saving VM " + id + " to " + dir.string());
+  }
+
+  // The device state is out and QEMU has flushed the disk (a completed
+  // migration inactivates the block devices). From here the VM ends: its
+  // overlay and RAM file become the snapshot's, so its own cleanup must not
+  // remove them.
+  state->saved = true;
+  state->files_created = false;
+  const VmPaths paths = state->paths;
+  bool memory_moved = false;
+  auto fail = [&](Error error) -> Result<Snapshot> {
+    std::error_code ignored;
+    fs::remove_all(staging, ignored);
+    if (memory_moved) fs::remove(memory_file, ignored);
+    fs::remove_all(paths.dir, ignored);
+    fs::remove(paths.memory_file, ignored);
+    error.detail += "; the VM has ended and nothing of it was kept";
+    return std::move(error).with_context("saving VM " + id + " to " + dir.string());
+  };
+  {
+    json::Object quit_arguments;
+    (void)co_await qmp_run(*state, "quit", std::move(quit_arguments), milliseconds(3000));
+    const bool gone = co_await state->exited.wait(Clock::now() + std::chrono::seconds(5));
+    if (!gone && state->process && !state->process->exited()) {
+      state->process->kill(SIGKILL);
+      (void)co_await state->exited.wait(Clock::now() + std::chrono::seconds(5));
+    }
+    if (state->running()) co_return fail(make_error("quit QEMU", "it did not exit", id));
+  }
+  if (auto moved = rename_new(paths.overlay, staging / snapshot::kDiskName); !moved)
+    co_return fail(std::move(moved).error());
+  if (auto moved = rename_new(paths.memory_file, memory_file); !moved)
+    co_return fail(std::move(moved).error());
+  memory_moved = true;
+  fs::remove_all(paths.dir, ec); // sockets, log, pidfile
+
+  snapshot::Manifest manifest;
+  manifest.vcpus = state->config.vcpus;
+  manifest.memory_mib = state->config.memory_mib;
+  manifest.accel = state->accel;
+  manifest.network = state->config.network.has_value();
+  manifest.kernel = fs::absolute(state->config.images.kernel, ec);
+  manifest.initrd = fs::absolute(state->config.images.initrd, ec);
+  manifest.base_disk = fs::absolute(state->config.images.base_disk, ec);
+  manifest.cmdline = state->kernel_cmdline;
+  manifest.memory_file = memory_file;
+  auto seal = [staging, manifest]() { return seal_snapshot(staging, manifest); };
+  auto sealed = co_await run_blocking(state->executor, std::move(seal));
+  if (!sealed) co_return fail(std::move(sealed).error());
+  if (auto moved = rename_new(staging, dir); !moved) co_return fail(std::move(moved).error());
+  (void)fsync_path(dir.parent_path(), true);
+
+  Snapshot snapshot;
+  snapshot.dir = dir;
+  snapshot.memory_file = memory_file;
+  snapshot.disk = dir / snapshot::kDiskName;
+  snapshot.images = GuestImages{manifest.kernel, manifest.initrd, manifest.base_disk};
+  snapshot.vcpus = manifest.vcpus;
+  snapshot.memory_mib = manifest.memory_mib;
+  snapshot.kernel_cmdline = manifest.cmdline;
+  snapshot.network = manifest.network;
+  snapshot.accel = manifest.accel;
+  co_return snapshot;
+}
+
 class QemuVm final : public Vm {
 public:
   explicit QemuVm(std::shared_ptr<VmState> state) : state_(std::move(state)) {}
@@ -400,8 +714,31 @@ public:
 
   void destroy() override { state_->destroy(); }
 
+  asio::awaitable<Result<Snapshot>> save_snapshot(fs::path dir, fs::path memory_file) override {
+    auto state = state_;
+    co_return co_await save_steps(state, std::move(dir), std::move(memory_file));
+  }
+
 private:
   std::shared_ptr<VmState> state_;
+};
+
+// A VM whose QEMU waits for a snapshot's device state.
+class PreparedQemu final : public PreparedRestore {
+public:
+  PreparedQemu(std::shared_ptr<VmState> state, Snapshot snapshot, RestoreTimes times)
+      : state_(std::move(state)), snapshot_(std::move(snapshot)), times_(times) {}
+  ~PreparedQemu() override {
+    if (state_) state_->destroy();
+  }
+
+  asio::awaitable<Result<std::unique_ptr<Vm>>> finish() override;
+  const RestoreTimes& times() const override { return times_; }
+
+private:
+  std::shared_ptr<VmState> state_;
+  Snapshot snapshot_;
+  RestoreTimes times_;
 };
 
 class QemuDriver final : public Driver {
@@ -416,6 +753,197 @@ public:
     auto booted = co_await boot_steps(executor_, accel_, std::move(config));
     if (!booted) co_return std::move(booted).error().with_context(what);
     co_return std::move(booted);
+  }
+
+  asio::awaitable<Result<std::unique_ptr<PreparedRestore>>>
+  prepare_restore(const Snapshot& snapshot, VmConfig config) override {
+    const std::string what = "restoring VM " + config.id + " from " + snapshot.dir.string();
+    auto prepared = co_await prepare_steps(executor_, accel_, snapshot, std::move(config));
+    if (!prepared) co_return std::move(prepared).error().with_context(what);
+    co_return std::move(prepared);
+  }
+
+  asio::awaitable<Result<std::unique_ptr<Vm>>> restore(const Snapshot& snapshot,
+                                                       VmConfig config) override {
+    const std::string what = "restoring VM " + config.id + " from " + snapshot.dir.string();
+    auto prepared = co_await prepare_steps(executor_, accel_, snapshot, std::move(config));
+    if (!prepared) co_return std::move(prepared).error().with_context(what);
+    co_return co_await prepared.value()->finish();
+  }
+
+private:
+  // Cheap checks that the snapshot fits this driver and this config, and its
+  // files are there (open_snapshot checked their contents).
+  static Result<void> check_restorable(const Snapshot& snapshot, Accel accel,
+                                       const VmConfig& config) {
+    if (snapshot.accel != accel) {
+      return make_error("check snapshot",
+                        std::string("it was saved under ") + to_string(snapshot.accel) +
+                            " and this host runs " + to_string(accel) +
+                            "; device state does not carry over between accelerators",
+                        snapshot.dir.string());
+    }
+    if (snapshot.network != config.network.has_value()) {
+      return make_error("check snapshot",
+                        snapshot.network
+                            ? "the snapshot's VM had a network device: attach a network"
+                            : "the snapshot's VM had no network device: restore without one",
+                        snapshot.dir.string());
+    }
+    struct stat st {};
+    if (::stat(snapshot.memory_file.c_str(), &st) != 0)
+      return sys_error("check snapshot memory file", snapshot.memory_file.string());
+    if (static_cast<std::uint64_t>(st.st_size) != std::uint64_t{snapshot.memory_mib} << 20) {
+      return make_error("check snapshot memory file",
+                        "its size is not the snapshot's memory size; rebuild the snapshot",
+                        snapshot.memory_file.string());
+    }
+    for (const auto& file : {snapshot.device_state(), snapshot.disk}) {
+      if (::access(file.c_str(), R_OK) != 0) return sys_error("check snapshot file", file.string());
+    }
+    return snapshot.images.check();
+  }
+
+  static asio::awaitable<Result<std::unique_ptr<PreparedRestore>>>
+  prepare_steps(asio::any_io_executor executor, Accel accel, Snapshot snapshot, VmConfig config) {
+    const auto started = Clock::now();
+    const auto deadline = started + std::max(config.boot_timeout, kQmpTimeout);
+    if (auto valid = check_id(config.id); !valid) co_return std::move(valid).error();
+    if (auto fits = check_restorable(snapshot, accel, config); !fits)
+      co_return std::move(fits).error();
+    config.images = snapshot.images;
+    config.vcpus = snapshot.vcpus;
+    config.memory_mib = snapshot.memory_mib;
+    auto state = std::make_shared<VmState>(executor, config);
+    state->restored = true;
+    state->accel = accel;
+    state->kernel_cmdline = snapshot.kernel_cmdline;
+    const VmPaths& paths = state->paths;
+    if (paths.agent_socket.string().size() >= sizeof(sockaddr_un::sun_path)) {
+      co_return make_error("check runtime dir",
+                           "socket paths under it exceed the Unix socket limit; use a shorter "
+                           "runtime_dir",
+                           paths.agent_socket.string());
+    }
+    struct Guard {
+      std::shared_ptr<VmState> state;
+      bool armed = true;
+      ~Guard() {
+        if (armed) state->destroy();
+      }
+    } guard{state};
+    if (auto made = make_vm_dir(config, paths); !made) co_return std::move(made).error();
+    state->files_created = true;
+
+    // The snapshot's disk is a read-only backing file; this VM writes to its
+    // own overlay. The device state does not name the image file, so the
+    // overlay's path may differ from the saved VM's.
+    detail::SpawnOptions qemu_img;
+    qemu_img.argv = {"qemu-img",
+                     "create",
+                     "-q",
+                     "-f",
+                     "qcow2",
+                     "-b",
+                     fs::absolute(snapshot.disk).string(),
+                     "-F",
+                     "qcow2",
+                     paths.overlay.string()};
+    qemu_img.output = paths.log;
+    auto overlay = co_await detail::run_helper(executor, std::move(qemu_img));
+    if (!overlay) co_return std::move(overlay).error().with_context("creating the disk overlay");
+
+    detail::SpawnOptions qemu_options;
+    qemu_options.argv = command_line(config, paths, accel, std::nullopt, &snapshot);
+    qemu_options.output = paths.log;
+    if (config.network) qemu_options.pass_fd = config.network->tap_fd;
+    qemu_options.working_dir = paths.dir;
+    auto process = detail::Process::spawn(executor, qemu_options);
+    if (!process) co_return std::move(process).error().with_context("starting QEMU");
+    state->process = std::move(process.value());
+    asio::co_spawn(executor, state->watch_process(), asio::detached);
+
+    std::function<bool()> qemu_gone = [state] { return !state->running(); };
+    auto qmp = co_await QmpClient::connect(executor, paths.qmp_socket,
+                                           std::min(deadline, Clock::now() + kQmpTimeout),
+                                           std::move(qemu_gone));
+    if (!qmp) co_await settle(state);
+    if (!qmp)
+      co_return died_or(*state,
+                        std::move(qmp).error().with_context("connecting to QEMU's monitor"));
+    state->qmp = std::move(qmp.value());
+    state->watch_monitor();
+
+    // Connected before the device state loads, so the loaded virtio-serial
+    // port finds its host connected as it was at the save: the guest agent
+    // sees no hang-up and keeps its channel open.
+    auto socket = co_await connect_agent(executor, paths.agent_socket);
+    if (!socket) co_await settle(state);
+    if (!socket) co_return died_or(*state, std::move(socket).error());
+    state->agent = make_agent_client(std::move(socket.value()));
+
+    RestoreTimes times;
+    times.qemu_start =
+        std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - started);
+    guard.armed = false;
+    co_return std::unique_ptr<PreparedRestore>(
+        std::make_unique<PreparedQemu>(std::move(state), std::move(snapshot), times));
+  }
+
+public:
+  // PreparedQemu::finish's steps.
+  static asio::awaitable<Result<std::unique_ptr<Vm>>>
+  finish_steps(std::shared_ptr<VmState> state, Snapshot snapshot, RestoreTimes& times) {
+    struct Guard {
+      std::shared_ptr<VmState> state;
+      bool armed = true;
+      ~Guard() {
+        if (armed) state->destroy();
+      }
+    } guard{state};
+    const auto started = Clock::now();
+    const auto deadline = started + state->config.boot_timeout;
+    auto uri = shell_quote(snapshot.device_state());
+    if (!uri) co_return std::move(uri).error();
+    auto set = co_await set_ignore_shared(*state);
+    if (!set) co_return std::move(set).error();
+    json::Object incoming;
+    incoming["uri"] = json::Value("exec:cat " + *uri);
+    auto begun = co_await qmp_run(*state, "migrate-incoming", std::move(incoming));
+    if (!begun) co_return std::move(begun).error();
+    auto loaded = co_await wait_migration(state, deadline);
+    if (!loaded) {
+      // A failed incoming migration makes QEMU exit; its log says why.
+      co_await settle(state);
+      Error error = std::move(loaded).error();
+      const std::string log = detail::file_tail(state->paths.log, 2048);
+      if (!log.empty()) error.detail += "; QEMU log (tail):\n" + log;
+      co_return std::move(error).with_context("loading the device state");
+    }
+    const auto loaded_at = Clock::now();
+    times.incoming = std::chrono::duration_cast<std::chrono::microseconds>(loaded_at - started);
+
+    json::Object no_arguments;
+    auto resumed = co_await qmp_run(*state, "cont", std::move(no_arguments));
+    if (!resumed) co_return std::move(resumed).error();
+    const auto remaining = std::chrono::duration_cast<milliseconds>(deadline - Clock::now());
+    auto ready =
+        co_await state->agent->wait_ready(std::max(remaining, milliseconds(0)), kPingInterval);
+    if (!ready) {
+      if (is_channel_closed(ready.error())) {
+        co_await state->exited.wait(Clock::now() + std::chrono::seconds(10));
+        co_return died_or(*state, std::move(ready).error());
+      }
+      const std::string console = co_await state->read_console();
+      Error error = std::move(ready).error();
+      error.detail += "; the restored guest's agent did not answer within " +
+                      std::to_string(state->config.boot_timeout.count()) + " ms";
+      if (!console.empty()) error.detail += "; guest console (tail):\n" + console;
+      co_return error;
+    }
+    times.resume = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - loaded_at);
+    guard.armed = false;
+    co_return std::unique_ptr<Vm>(std::make_unique<QemuVm>(std::move(state)));
   }
 
 private:
@@ -465,8 +993,10 @@ private:
     if (!overlay) co_return std::move(overlay).error().with_context("creating the disk overlay");
 
     detail::SpawnOptions qemu_options;
-    qemu_options.argv =
-        command_line(config, paths, accel, accel == Accel::tcg ? host_tsc_khz() : std::nullopt);
+    const auto tsc_khz = accel == Accel::tcg ? host_tsc_khz() : std::nullopt;
+    state->accel = accel;
+    state->kernel_cmdline = kernel_cmdline(accel, tsc_khz); // a snapshot's restores need it
+    qemu_options.argv = command_line(config, paths, accel, tsc_khz);
     qemu_options.output = paths.log;
     if (config.network) qemu_options.pass_fd = config.network->tap_fd;
     qemu_options.working_dir = paths.dir;
@@ -559,6 +1089,15 @@ private:
   asio::any_io_executor executor_;
   Accel accel_;
 };
+
+asio::awaitable<Result<std::unique_ptr<Vm>>> PreparedQemu::finish() {
+  auto state = std::exchange(state_, nullptr);
+  if (!state) co_return make_error("restore VM", "this prepared restore was already finished");
+  const std::string what = "restoring VM " + state->config.id + " from " + snapshot_.dir.string();
+  auto restored = co_await QemuDriver::finish_steps(std::move(state), snapshot_, times_);
+  if (!restored) co_return std::move(restored).error().with_context(what);
+  co_return std::move(restored);
+}
 
 } // namespace
 

@@ -31,8 +31,18 @@ Result<void> check_id(const std::string& id);
 // boot. TCG's guest TSC is the host's, so the host's frequency is right.
 std::string kernel_cmdline(Accel accel, std::optional<unsigned long> tsc_khz);
 
+// With `restore_from`, the command line of a VM restored from that snapshot:
+// its RAM file mapped share=off, its kernel command line (the machine must
+// match the saved one), and -incoming defer -S, so QEMU waits for the device
+// state and stays paused until `cont`. config's images, vcpus and memory
+// must already be the snapshot's.
 std::vector<std::string> command_line(const VmConfig& config, const VmPaths& paths, Accel accel,
-                                      std::optional<unsigned long> tsc_khz);
+                                      std::optional<unsigned long> tsc_khz,
+                                      const Snapshot* restore_from = nullptr);
+
+// A shell-quoted path for QEMU's exec: migration URIs; paths with a quote
+// or a newline are refused.
+Result<std::string> shell_quote(const std::filesystem::path& path);
 
 // The host's TSC frequency, measured against CLOCK_MONOTONIC_RAW once per
 // process (~30 ms); nullopt on hosts without an invariant TSC or not x86.

@@ -58,6 +58,37 @@ struct VmConfig {
   std::optional<NetworkAttachment> network;
 };
 
+// A saved VM: device state + RAM file + disk, immutable once written (its
+// files are made read-only; nothing may write them while VMs restored from
+// it run, because a share=off mapping sees writes to pages it has not copied).
+// Made by Vm::save_snapshot, read back with open_snapshot, started any
+// number of times with Driver::restore.
+struct Snapshot {
+  std::filesystem::path dir;         // manifest, device state, disk
+  std::filesystem::path memory_file; // the RAM image (normally on tmpfs)
+  std::filesystem::path disk;        // what restored VMs' qcow2 overlays are backed by
+  GuestImages images; // kernel+initrd it booted from (restore must match the machine)
+  unsigned vcpus = 0;
+  unsigned memory_mib = 0;
+  // What else the restored machine must match, or the device state does not
+  // load: the kernel command line (fw_cfg contents), whether it had a network
+  // device (the virtio-mmio slots), the accelerator (TCG state does not load
+  // into KVM).
+  std::string kernel_cmdline;
+  bool network = false;
+  Accel accel = Accel::tcg;
+  std::filesystem::path device_state() const { return dir / "state"; }
+  std::filesystem::path manifest() const { return dir / "manifest"; }
+};
+
+// Reads dir's manifest and checks version, sizes and checksums of every file
+// it names. The Error says which file failed and how (and that the snapshot
+// must be rebuilt). Never returns a snapshot that would restore wrongly.
+// It reads every byte of the snapshot (the RAM file's data extents only):
+// blocking, ~1 s for a few hundred MB; call it once per template, off the
+// executor that runs VMs.
+Result<Snapshot> open_snapshot(const std::filesystem::path& dir);
+
 class Vm {
 public:
   virtual ~Vm() = default;
@@ -74,6 +105,44 @@ public:
   virtual asio::awaitable<void> shutdown(std::chrono::milliseconds grace) = 0;
   // Kills the VM now and removes its files. Safe to call more than once.
   virtual void destroy() = 0;
+
+  // Pauses the VM, saves its device state (x-ignore-shared) into `dir`, moves its
+  // RAM file to `memory_file` (same filesystem: a rename) and its disk into `dir`,
+  // writes the manifest (version, sizes, sha256s) atomically, makes the files
+  // read-only, and ends the VM (its process exits; the Vm is then not running).
+  // On failure nothing half-written is left in dir and the Error says why.
+  // `dir` and `memory_file` must not exist; dir's parent must.
+  // A failure before the device state is saved resumes the VM (it keeps
+  // running); a later one ends it.
+  // Only a booted VM (its RAM a share=on file) can be saved this way. A VM
+  // made by Driver::restore maps its RAM share=off (a private copy-on-write
+  // of the snapshot's file): there is no file holding its memory, so this
+  // returns the Error "a VM restored share=off cannot be snapshotted fast"
+  // and leaves it running. Forking a restored VM (issue 5) needs a full-RAM
+  // save or a share=on copy; not built yet.
+  virtual asio::awaitable<Result<Snapshot>> save_snapshot(std::filesystem::path dir,
+                                                          std::filesystem::path memory_file) = 0;
+};
+
+// How long the phases of one restore took (filled in by
+// PreparedRestore::finish).
+struct RestoreTimes {
+  std::chrono::microseconds qemu_start{0}; // spawn to QMP ready (prepare)
+  std::chrono::microseconds incoming{0};   // migrate-incoming until the device state is loaded
+  std::chrono::microseconds resume{0};     // cont until the agent answered a ping
+};
+
+// A QEMU started for one snapshot and waiting (-incoming defer) for its
+// device state: what prepare_restore returns, so a pool can pay QEMU's
+// start-up before a restore is asked for. Destroying it without finish()
+// kills that QEMU and removes its files.
+class PreparedRestore {
+public:
+  virtual ~PreparedRestore() = default;
+  // Loads the device state, resumes the VM and waits for the agent's ping.
+  // Once only; the object is spent afterwards (whatever the result).
+  virtual asio::awaitable<Result<std::unique_ptr<Vm>>> finish() = 0;
+  virtual const RestoreTimes& times() const = 0;
 };
 
 class Driver {
@@ -84,6 +153,23 @@ public:
   // nothing is left behind (process, socket, overlay, memory file) and the
   // Error says what went wrong, with the guest console's tail if it booted.
   virtual asio::awaitable<Result<std::unique_ptr<Vm>>> boot(VmConfig config) = 0;
+
+  // Starts a VM from `snapshot`: QEMU with -incoming defer, the RAM file mapped
+  // share=off (private copy-on-write: many VMs share the file's pages), a fresh
+  // qcow2 overlay backed by snapshot.disk; migrate-incoming of the device state,
+  // cont, and returns once the agent answers a ping. config supplies id,
+  // runtime_dir, shm_dir, qemu_binary, network, boot_timeout (as the ready
+  // timeout); its images/vcpus/memory_mib are ignored (the snapshot's are used).
+  // config.network must be set exactly when the snapshot's VM had one.
+  // On failure nothing is left behind (process, overlay, sockets).
+  // It does not re-check the snapshot's checksums (open_snapshot does),
+  // only that its files are there with their recorded sizes.
+  virtual asio::awaitable<Result<std::unique_ptr<Vm>>> restore(const Snapshot& snapshot,
+                                                               VmConfig config) = 0;
+  // restore()'s first half: spawns QEMU and waits for its monitor. The
+  // snapshot's files must stay in place until finish() returns.
+  virtual asio::awaitable<Result<std::unique_ptr<PreparedRestore>>>
+  prepare_restore(const Snapshot& snapshot, VmConfig config) = 0;
 };
 
 // The QEMU driver. Its VMs and their agent clients live on `executor`: call

@@ -127,6 +127,11 @@ public:
     exited_.open();
   }
 
+  asio::awaitable<Result<vmm::Snapshot>> save_snapshot(std::filesystem::path,
+                                                       std::filesystem::path) override {
+    co_return make_error("save snapshot", "the fake driver has no snapshots", config_.id);
+  }
+
   const vmm::VmConfig& config() const { return config_; }
   int destroy_calls = 0;
   bool files_removed = false;
@@ -157,6 +162,15 @@ public:
     auto vm = std::make_unique<FakeVm>(std::move(config), executor_, next_pid_++, live);
     vms[vm->id()] = vm.get();
     co_return std::unique_ptr<vmm::Vm>(std::move(vm));
+  }
+
+  asio::awaitable<Result<std::unique_ptr<vmm::Vm>>> restore(const vmm::Snapshot&,
+                                                            vmm::VmConfig config) override {
+    co_return make_error("restore VM", "the fake driver has no snapshots", config.id);
+  }
+  asio::awaitable<Result<std::unique_ptr<vmm::PreparedRestore>>>
+  prepare_restore(const vmm::Snapshot&, vmm::VmConfig config) override {
+    co_return make_error("restore VM", "the fake driver has no snapshots", config.id);
   }
 
   // Lets held boots finish.

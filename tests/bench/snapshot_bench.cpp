@@ -1,0 +1,306 @@
+// snapshot_bench: what template snapshots cost on this machine.
+//   save:     Vm::save_snapshot of a booted, warmed-up VM
+//   check:    open_snapshot (every checksum), and digest_sparse_file of a
+//             synthetic 1 GiB RAM file holding 200 MB
+//   restore:  Driver::restore to agent ping, --count times (p50/p95/p99),
+//             split into QEMU start / migrate-incoming / cont-to-ping
+//   finish:   PreparedRestore::finish alone (QEMU pre-started), --count times
+//   memory:   PSS of --keep restored idle VMs side by side vs the booted one
+// Prints a table; --json PATH writes the figures.
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <iostream>
+#include <numeric>
+
+#include <boost/program_options.hpp>
+
+#include "actors/vmm/json.hpp"
+#include "actors/vmm/snapshot.hpp"
+#include "actors/vmm/vmm.hpp"
+#include "common/unique_fd.hpp"
+#include "tests/vmm/test_support.hpp"
+
+namespace po = boost::program_options;
+namespace fs = std::filesystem;
+using namespace vesicle;
+using namespace vesicle::test;
+using vesicle::UniqueFd;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+double percentile(std::vector<double> samples, double p) {
+  if (samples.empty()) return 0;
+  std::sort(samples.begin(), samples.end());
+  const auto rank = static_cast<std::size_t>(std::ceil(p / 100.0 * samples.size()));
+  return samples[std::clamp<std::size_t>(rank, 1, samples.size()) - 1];
+}
+
+double ms_since(Clock::time_point start) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+}
+
+double ms(std::chrono::microseconds us) {
+  return us.count() / 1000.0;
+}
+
+json::Value stats(const std::vector<double>& samples) {
+  json::Object object;
+  object["n"] = json::Value(static_cast<std::int64_t>(samples.size()));
+  for (double p : {50.0, 95.0, 99.0})
+    object["p" + std::to_string(static_cast<int>(p))] = json::Value(percentile(samples, p));
+  if (!samples.empty()) {
+    object["min"] = json::Value(*std::min_element(samples.begin(), samples.end()));
+    object["max"] = json::Value(*std::max_element(samples.begin(), samples.end()));
+  }
+  return json::Value(std::move(object));
+}
+
+// Proportional set size of a process in KiB: shared pages divided among
+// the processes that map them, so N restored VMs' PSS sum to what they
+// really cost together.
+std::size_t pss_kib(int pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/smaps_rollup");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("Pss:", 0) == 0) return std::stoul(line.substr(4));
+  }
+  return 0;
+}
+
+std::size_t rss_kib_of(int pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/smaps_rollup");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("Rss:", 0) == 0) return std::stoul(line.substr(4));
+  }
+  return 0;
+}
+
+// digest_sparse_file over a 1 GiB tmpfs file holding 200 MB in 2 MiB runs.
+double synthetic_check_ms(const fs::path& dir) {
+  const fs::path path = dir / "synthetic.mem";
+  {
+    UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+    if (!fd || ::ftruncate(fd.get(), 1ll << 30) != 0) return -1;
+    std::string block(2u << 20, '\0');
+    for (std::size_t i = 0; i < block.size(); ++i)
+      block[i] = static_cast<char>(i * 131 + 7);
+    for (int run = 0; run < 100; ++run) {
+      const off_t at = static_cast<off_t>(run) * (10ll << 20);
+      if (::pwrite(fd.get(), block.data(), block.size(), at) != static_cast<ssize_t>(block.size()))
+        return -1;
+    }
+  }
+  const auto started = Clock::now();
+  auto digest = vmm::snapshot::digest_sparse_file(path);
+  const double took = ms_since(started);
+  fs::remove(path);
+  if (!digest) return -1;
+  return took;
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+  std::string images = env_or("VESICLE_IMAGES_DIR", "build/images");
+  unsigned count = 5;
+  unsigned keep = 3;
+  unsigned memory_mib = 512;
+  unsigned vcpus = 2;
+  std::string json_path;
+  po::options_description options("snapshot_bench: template snapshot save/restore cost");
+  options.add_options()("help,h", "this help")("images", po::value(&images),
+                                               "guest images directory")(
+      "count", po::value(&count)->default_value(5), "restores to time (and finishes to time)")(
+      "keep", po::value(&keep)->default_value(3), "restored VMs kept idle for the PSS figure")(
+      "memory-mib", po::value(&memory_mib)->default_value(512),
+      "guest memory")("vcpus", po::value(&vcpus)->default_value(2),
+                      "guest vCPUs")("json", po::value(&json_path), "also write the results here");
+  try {
+    po::variables_map vm;
+    po::store(po::parse_command_line(argc, argv, options), vm);
+    if (vm.count("help")) {
+      std::cout << options << "\n";
+      return 0;
+    }
+    po::notify(vm);
+  } catch (const po::error& e) {
+    std::cerr << "snapshot_bench: " << e.what() << "\n";
+    return 2;
+  }
+  auto fail = [](const std::string& what) {
+    std::cerr << "snapshot_bench: " << what << "\n";
+    return 1;
+  };
+
+  IoThread io;
+  TempDir runtime(fs::temp_directory_path(), "vesicle-bench");
+  TempDir shm("/dev/shm", "vesicle-bench");
+  TempDir snapshots(fs::temp_directory_path(), "vesicle-bench-snap");
+  auto driver = vmm::make_qemu_driver(io.executor());
+  unsigned next_id = 0;
+  auto config = [&]() {
+    vmm::VmConfig c;
+    c.id = "bench-" + std::to_string(::getpid()) + "-" + std::to_string(next_id++);
+    c.images = vmm::GuestImages::in(images);
+    c.runtime_dir = runtime.path();
+    c.shm_dir = shm.path();
+    c.memory_mib = memory_mib;
+    c.vcpus = vcpus;
+    return c;
+  };
+
+  // The template: a booted VM whose REPL has numpy loaded (what a pool
+  // would keep warm).
+  double save_ms = 0;
+  std::size_t booted_pss = 0, booted_rss = 0;
+  vmm::Snapshot snapshot;
+  {
+    auto booted = io.run(driver->boot(config()));
+    if (!booted) return fail(booted.error().message());
+    auto warm = io.run(python(booted.value()->agent(), "import numpy, pandas\nprint(1)"));
+    if (!warm.exit) return fail(warm.exit.error().message());
+    std::this_thread::sleep_for(std::chrono::seconds(2));
+    booted_pss = pss_kib(booted.value()->qemu_pid());
+    booted_rss = rss_kib_of(booted.value()->qemu_pid());
+    const auto started = Clock::now();
+    auto saved = io.run(
+        booted.value()->save_snapshot(snapshots.path() / "template", shm.path() / "template.mem"));
+    save_ms = ms_since(started);
+    io.call_void([&] { booted.value().reset(); });
+    if (!saved) return fail(saved.error().message());
+    snapshot = *saved;
+  }
+  struct stat memory_stat {};
+  ::stat(snapshot.memory_file.c_str(), &memory_stat);
+  const double memory_data_mib = static_cast<double>(memory_stat.st_blocks) * 512 / (1 << 20);
+
+  const auto check_started = Clock::now();
+  auto opened = vmm::open_snapshot(snapshot.dir);
+  const double open_ms = ms_since(check_started);
+  if (!opened) return fail(opened.error().message());
+  const double synthetic_ms = synthetic_check_ms(shm.path());
+
+  std::vector<double> restore_ms, start_ms, incoming_ms, resume_ms, finish_ms, first_cell_ms;
+  for (unsigned i = 0; i < count; ++i) {
+    const auto started = Clock::now();
+    auto prepared = io.run(driver->prepare_restore(snapshot, config()));
+    if (!prepared) return fail(prepared.error().message());
+    auto restored = io.run(prepared.value()->finish());
+    if (!restored) return fail(restored.error().message());
+    restore_ms.push_back(ms_since(started));
+    const auto& t = prepared.value()->times();
+    start_ms.push_back(ms(t.qemu_start));
+    incoming_ms.push_back(ms(t.incoming));
+    resume_ms.push_back(ms(t.resume));
+    const auto cell = Clock::now();
+    auto first = io.run(python(restored.value()->agent(), "print(1)"));
+    if (!first.exit || first.output.out != "1\n") return fail("print(1) after restore failed");
+    first_cell_ms.push_back(ms_since(cell));
+    std::fprintf(stderr,
+                 "restore %u: %.0f ms (QEMU start %.0f, incoming %.0f, cont to ping %.0f); first "
+                 "print(1) %.0f ms\n",
+                 i + 1, restore_ms.back(), start_ms.back(), incoming_ms.back(), resume_ms.back(),
+                 first_cell_ms.back());
+    io.call_void([&] {
+      prepared.value().reset();
+      restored.value().reset();
+    });
+  }
+  // QEMU pre-started: only finish() is on the clock.
+  for (unsigned i = 0; i < count; ++i) {
+    auto prepared = io.run(driver->prepare_restore(snapshot, config()));
+    if (!prepared) return fail(prepared.error().message());
+    std::this_thread::sleep_for(std::chrono::milliseconds(200)); // QEMU settles, as in a pool
+    const auto started = Clock::now();
+    auto restored = io.run(prepared.value()->finish());
+    if (!restored) return fail(restored.error().message());
+    finish_ms.push_back(ms_since(started));
+    io.call_void([&] {
+      prepared.value().reset();
+      restored.value().reset();
+    });
+  }
+
+  // Memory: `keep` restored VMs idle side by side.
+  std::vector<std::size_t> pss, rss;
+  {
+    std::vector<std::unique_ptr<vmm::Vm>> idle;
+    for (unsigned i = 0; i < keep; ++i) {
+      auto restored = io.run(driver->restore(snapshot, config()));
+      if (!restored) return fail(restored.error().message());
+      auto first = io.run(python(restored.value()->agent(), "print(1)"));
+      if (!first.exit) return fail(first.exit.error().message());
+      idle.push_back(std::move(restored).value());
+    }
+    std::this_thread::sleep_for(std::chrono::seconds(3));
+    for (auto& vm : idle) {
+      pss.push_back(pss_kib(vm->qemu_pid()));
+      rss.push_back(rss_kib_of(vm->qemu_pid()));
+    }
+    io.call_void([&] { idle.clear(); });
+  }
+  auto mean = [](const std::vector<std::size_t>& v) {
+    return v.empty() ? 0.0
+                     : static_cast<double>(std::accumulate(v.begin(), v.end(), std::size_t{0})) /
+                           static_cast<double>(v.size());
+  };
+
+  const char* accel = vmm::to_string(driver->accel());
+  std::printf("snapshot_bench (%s, %ld CPUs, guest %u MiB / %u vCPUs, RAM file holds %.0f MiB)\n",
+              accel, ::sysconf(_SC_NPROCESSORS_ONLN), memory_mib, vcpus, memory_data_mib);
+  std::printf("%-40s %6s %9s %9s %9s\n", "measure", "n", "p50 ms", "p95 ms", "p99 ms");
+  auto row = [](const char* name, const std::vector<double>& v) {
+    std::printf("%-40s %6zu %9.1f %9.1f %9.1f\n", name, v.size(), percentile(v, 50),
+                percentile(v, 95), percentile(v, 99));
+  };
+  row("save_snapshot", {save_ms});
+  row("open_snapshot (all checksums)", {open_ms});
+  row("digest of 1 GiB file holding 200 MB", {synthetic_ms});
+  row("restore to agent ping", restore_ms);
+  row("  QEMU start to QMP ready", start_ms);
+  row("  migrate-incoming (device state)", incoming_ms);
+  row("  cont to agent ping", resume_ms);
+  row("finish() with QEMU pre-started", finish_ms);
+  row("first print(1) after restore", first_cell_ms);
+  std::printf("%-40s %6zu %9.1f MiB PSS (RSS %.1f MiB)\n", "restored idle VM", pss.size(),
+              mean(pss) / 1024, mean(rss) / 1024);
+  std::printf("%-40s %6d %9.1f MiB PSS (RSS %.1f MiB)\n", "booted idle VM (the template)", 1,
+              booted_pss / 1024.0, booted_rss / 1024.0);
+
+  if (!json_path.empty()) {
+    json::Object results{
+        {"save_ms", json::Value(save_ms)},
+        {"open_snapshot_ms", json::Value(open_ms)},
+        {"digest_1gib_200mb_ms", json::Value(synthetic_ms)},
+        {"memory_file_data_mib", json::Value(memory_data_mib)},
+        {"restore_ms", stats(restore_ms)},
+        {"restore_qemu_start_ms", stats(start_ms)},
+        {"restore_incoming_ms", stats(incoming_ms)},
+        {"restore_cont_to_ping_ms", stats(resume_ms)},
+        {"finish_prestarted_ms", stats(finish_ms)},
+        {"first_print_after_restore_ms", stats(first_cell_ms)},
+        {"restored_idle_pss_kib", json::Value(mean(pss))},
+        {"restored_idle_rss_kib", json::Value(mean(rss))},
+        {"booted_idle_pss_kib", json::Value(static_cast<double>(booted_pss))},
+        {"booted_idle_rss_kib", json::Value(static_cast<double>(booted_rss))},
+    };
+    json::Object document{
+        {"benchmark", json::Value("snapshot_bench")},
+        {"machine", json::Value(json::Object{{"accel", json::Value(accel)}})},
+        {"guest", json::Value(json::Object{
+                      {"memory_mib", json::Value(static_cast<std::int64_t>(memory_mib))},
+                      {"vcpus", json::Value(static_cast<std::int64_t>(vcpus))}})},
+        {"results", json::Value(std::move(results))}};
+    std::ofstream out(json_path);
+    out << json::Value(std::move(document)).dump() << "\n";
+    if (!out) return fail("could not write " + json_path);
+  }
+  return 0;
+}

@@ -1,0 +1,199 @@
+// The snapshot manifest and checksums, without a VM.
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <fstream>
+
+#include <gtest/gtest.h>
+
+#include "actors/vmm/snapshot.hpp"
+#include "common/unique_fd.hpp"
+#include "tests/vmm/test_support.hpp"
+
+namespace vesicle::test {
+using vesicle::UniqueFd;
+namespace {
+
+namespace fs = std::filesystem;
+using vmm::snapshot::Manifest;
+
+Manifest sample() {
+  Manifest m;
+  m.vcpus = 2;
+  m.memory_mib = 512;
+  m.accel = vmm::Accel::tcg;
+  m.network = true;
+  m.kernel = "/images/vmlinuz";
+  m.initrd = "/images/initrd.img";
+  m.base_disk = "/images/with space/rootfs.ext4";
+  m.cmdline = "console=ttyS0 root=/dev/vda rw quiet panic=-1 tsc_early_khz=2100000 tsc=reliable";
+  m.state = {4096, 4096, std::string(64, 'a')};
+  m.disk = {196616, 196616, std::string(64, 'b')};
+  m.memory = {512ull << 20, 90ull << 20, std::string(64, 'c')};
+  m.memory_file = "/dev/shm/vesicle snapshots/t.mem";
+  return m;
+}
+
+// Replaces line `index` (0-based) of the text.
+std::string with_line(std::string text, std::size_t index, const std::string& line) {
+  std::size_t start = 0;
+  for (std::size_t i = 0; i < index; ++i)
+    start = text.find('\n', start) + 1;
+  const auto end = text.find('\n', start);
+  return text.replace(start, end - start, line);
+}
+
+std::string parse_error(const std::string& text) {
+  auto parsed = vmm::snapshot::parse_manifest(text);
+  return parsed ? std::string("(parsed)") : parsed.error().message();
+}
+
+TEST(SnapshotManifest, RoundTrips) {
+  const Manifest m = sample();
+  const std::string text = vmm::snapshot::format_manifest(m);
+  auto parsed = vmm::snapshot::parse_manifest(text);
+  ASSERT_TRUE(parsed) << parsed.error().message();
+  EXPECT_EQ(parsed->vcpus, 2u);
+  EXPECT_EQ(parsed->memory_mib, 512u);
+  EXPECT_EQ(parsed->accel, vmm::Accel::tcg);
+  EXPECT_TRUE(parsed->network);
+  EXPECT_EQ(parsed->base_disk, m.base_disk);
+  EXPECT_EQ(parsed->cmdline, m.cmdline);
+  EXPECT_EQ(parsed->state.size, 4096u);
+  EXPECT_EQ(parsed->state.sha256, m.state.sha256);
+  EXPECT_EQ(parsed->disk.sha256, m.disk.sha256);
+  EXPECT_EQ(parsed->memory.size, 512ull << 20);
+  EXPECT_EQ(parsed->memory.data_bytes, 90ull << 20);
+  EXPECT_EQ(parsed->memory.sha256, m.memory.sha256);
+  EXPECT_EQ(parsed->memory_file, m.memory_file);
+  EXPECT_EQ(vmm::snapshot::format_manifest(*parsed), text);
+}
+
+TEST(SnapshotManifest, RefusesAnotherVersion) {
+  const std::string text =
+      with_line(vmm::snapshot::format_manifest(sample()), 0, "vesicle-snapshot 2");
+  const std::string error = parse_error(text);
+  EXPECT_NE(error.find("format version 2, this build reads version 1"), std::string::npos) << error;
+  EXPECT_NE(error.find("rebuilt"), std::string::npos) << error;
+}
+
+TEST(SnapshotManifest, RefusesWhatIsNotAManifest) {
+  EXPECT_NE(parse_error("").find("empty"), std::string::npos);
+  EXPECT_NE(parse_error("hello\n").find("not a vesicle snapshot manifest"), std::string::npos);
+  const std::string text = vmm::snapshot::format_manifest(sample());
+  // Cut short: in the middle of a line, and at a line boundary.
+  EXPECT_NE(parse_error(text.substr(0, text.size() - 10)).find("middle of a line"),
+            std::string::npos);
+  const std::string whole_lines = text.substr(0, text.rfind('\n', text.size() - 2) + 1);
+  EXPECT_NE(parse_error(whole_lines).find("has 11 lines"), std::string::npos)
+      << parse_error(whole_lines);
+}
+
+TEST(SnapshotManifest, RefusesBadFields) {
+  const std::string text = vmm::snapshot::format_manifest(sample());
+  struct Case {
+    std::size_t line;
+    std::string replacement;
+    std::string expected;
+  };
+  const Case cases[] = {
+      {1, "vcpus two", "not a number: two"},
+      {1, "vcpus 0", "vcpus out of range"},
+      {2, "memory_mib 256", "does not match memory_mib"},
+      {3, "accel hvf", "unknown accelerator hvf"},
+      {4, "network yes", "network is 0 or 1"},
+      {5, "kernel images/vmlinuz", "kernel is not an absolute path"},
+      {6, "vcpus 2", "line 7: expected \"initrd ...\""},
+      {9, "state 4096 abc", "not a sha256: abc"},
+      {9, "state 4096 " + std::string(64, 'A'), "not a sha256"},
+      {10, "disk -1 " + std::string(64, 'b'), "not a number: -1"},
+      {11, "memory 1 2 " + std::string(64, 'c'),
+       "expected \"<size> <data bytes> <sha256> <path>\""},
+      {11, "memory 536870912 1 " + std::string(64, 'c') + " relative.mem", "not an absolute path"},
+  };
+  for (const auto& c : cases) {
+    const std::string error = parse_error(with_line(text, c.line, c.replacement));
+    EXPECT_NE(error.find(c.expected), std::string::npos) << c.replacement << " gave: " << error;
+  }
+}
+
+TEST(SnapshotDigest, SparseDigestCoversDataAndTheExtentMap) {
+  TempDir dir;
+  const fs::path a = dir.path() / "a", b = dir.path() / "b";
+  auto make = [](const fs::path& path, off_t data_at) {
+    UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC, 0644));
+    ASSERT_TRUE(fd);
+    ASSERT_EQ(::ftruncate(fd.get(), 4 << 20), 0);
+    const std::string data(64 << 10, 'z');
+    ASSERT_EQ(::pwrite(fd.get(), data.data(), data.size(), data_at),
+              static_cast<ssize_t>(data.size()));
+  };
+  make(a, 1 << 20);
+  make(b, 2 << 20); // the same bytes, elsewhere
+  auto da = vmm::snapshot::digest_sparse_file(a);
+  auto db = vmm::snapshot::digest_sparse_file(b);
+  ASSERT_TRUE(da && db);
+  EXPECT_EQ(da->size, 4u << 20);
+  EXPECT_EQ(da->data_bytes, 64u << 10);
+  EXPECT_NE(da->sha256, db->sha256) << "moved data must change the digest";
+  auto again = vmm::snapshot::digest_sparse_file(a);
+  ASSERT_TRUE(again);
+  EXPECT_EQ(again->sha256, da->sha256);
+
+  // Zeros written into a hole allocate it (as a restored VM's page fault on
+  // a tmpfs hole does) without changing what the file holds: same digest.
+  {
+    UniqueFd fd(::open(a.c_str(), O_RDWR));
+    const std::string zeros(8192, '\0');
+    ASSERT_EQ(::pwrite(fd.get(), zeros.data(), zeros.size(), 3 << 20), 8192);
+  }
+  auto allocated = vmm::snapshot::digest_sparse_file(a);
+  ASSERT_TRUE(allocated);
+  EXPECT_EQ(allocated->sha256, da->sha256);
+
+  // A flipped byte in the data changes it.
+  {
+    UniqueFd fd(::open(a.c_str(), O_RDWR));
+    ASSERT_EQ(::pwrite(fd.get(), "y", 1, (1 << 20) + 100), 1);
+  }
+  auto flipped = vmm::snapshot::digest_sparse_file(a);
+  ASSERT_TRUE(flipped);
+  EXPECT_NE(flipped->sha256, da->sha256);
+
+  // Dense and sparse digests of a file without holes agree on size.
+  auto whole = vmm::snapshot::digest_file(a);
+  ASSERT_TRUE(whole);
+  EXPECT_EQ(whole->size, 4u << 20);
+  EXPECT_EQ(whole->sha256.size(), 64u);
+}
+
+TEST(SnapshotDigest, MissingFileIsAnErrorNamingIt) {
+  auto missing = vmm::snapshot::digest_sparse_file("/nonexistent/vesicle.mem");
+  ASSERT_FALSE(missing);
+  EXPECT_EQ(missing.error().errno_value, ENOENT);
+  EXPECT_NE(missing.error().message().find("/nonexistent/vesicle.mem"), std::string::npos);
+}
+
+TEST(SnapshotFiles, AtomicWriteLeavesNoTemporary) {
+  TempDir dir;
+  const fs::path target = dir.path() / "manifest";
+  ASSERT_TRUE(vmm::snapshot::write_file_atomically(target, "one\n"));
+  ASSERT_TRUE(vmm::snapshot::write_file_atomically(target, "two\n"));
+  std::ifstream in(target);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(text, "two\n");
+  EXPECT_FALSE(fs::exists(dir.path() / "manifest.tmp"));
+  auto refused = vmm::snapshot::write_file_atomically("/nonexistent/dir/manifest", "x");
+  EXPECT_FALSE(refused);
+}
+
+TEST(SnapshotFiles, OpenNamesAMissingManifest) {
+  TempDir dir;
+  auto opened = vmm::open_snapshot(dir.path());
+  ASSERT_FALSE(opened);
+  EXPECT_NE(opened.error().message().find("manifest is missing"), std::string::npos)
+      << opened.error().message();
+}
+
+} // namespace
+} // namespace vesicle::test
