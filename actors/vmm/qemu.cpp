@@ -423,8 +423,7 @@ asio::awaitable<Result<json::Value>> qmp_run(VmState& state, const char* command
   }
   std::string name = command;
   auto reply = co_await state.qmp->execute(std::move(name), std::move(arguments), timeout);
-  if (!reply) co_return std::move(reply).error().with_context(std::string("QMP ") + command);
-  co_return reply;
+  co_return reply; // its Error already names the command
 }
 
 asio::awaitable<Result<void>> set_ignore_shared(VmState& state) {
@@ -913,12 +912,15 @@ public:
     if (!begun) co_return std::move(begun).error();
     auto loaded = co_await wait_migration(state, deadline);
     if (!loaded) {
-      // A failed incoming migration makes QEMU exit; its log says why.
+      // A failed incoming migration makes QEMU exit; its account (with the
+      // log's tail, where QEMU says what did not load) says more.
       co_await settle(state);
       Error error = std::move(loaded).error();
-      const std::string log = detail::file_tail(state->paths.log, 2048);
-      if (!log.empty()) error.detail += "; QEMU log (tail):\n" + log;
-      co_return std::move(error).with_context("loading the device state");
+      if (state->exited.is_set()) {
+        error = make_error("load device state", "QEMU refused it: " + state->exit_description,
+                           snapshot.device_state().string());
+      }
+      co_return error;
     }
     const auto loaded_at = Clock::now();
     times.incoming = std::chrono::duration_cast<std::chrono::microseconds>(loaded_at - started);
