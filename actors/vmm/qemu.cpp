@@ -551,8 +551,9 @@ asio::awaitable<Result<Snapshot>> save_steps(std::shared_ptr<VmState> state, fs:
   if (state->saving) co_return make_error("save snapshot", "a save is already under way", id);
 
   std::error_code ec;
-  dir = fs::absolute(dir, ec);
-  memory_file = fs::absolute(memory_file, ec);
+  dir = fs::absolute(dir, ec).lexically_normal();
+  if (!dir.has_filename()) dir = dir.parent_path(); // "a/b/" names a/b
+  memory_file = fs::absolute(memory_file, ec).lexically_normal();
   for (const auto& path : {dir, memory_file}) {
     if (fs::symlink_status(path, ec).type() != fs::file_type::not_found) {
       co_return Error{EEXIST,
