@@ -396,6 +396,10 @@ TEST_F(Snapshots, FailedRestoresLeaveNothingBehind) {
   std::cout << "a restore from a cut device state fails with: " << failed.error().message() << "\n";
   EXPECT_NE(failed.error().message().find("load device state"), std::string::npos)
       << failed.error().message();
+  // A prepared restore dropped without finish() takes its QEMU along.
+  auto prepared = io().run(world_->driver->prepare_restore(*snapshot_, world_->config("dropped")));
+  ASSERT_TRUE(prepared) << prepared.error().message();
+  io().call_void([&prepared] { prepared.value().reset(); });
   world_->expect_clean("after failed restores");
 }
 
