@@ -9,6 +9,7 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <random>
 #include <unordered_map>
 
 #include <boost/asio/co_spawn.hpp>
@@ -21,6 +22,15 @@
 #include "messages/framing.hpp"
 
 namespace vesicle::vmm {
+
+namespace {
+std::uint64_t first_request_id() {
+  std::random_device random;
+  const std::uint64_t high = random(), low = random();
+  // 48 bits: far from any other client's range, far from wrapping.
+  return (((high << 32) | low) & ((std::uint64_t{1} << 48) - 1)) | 1;
+}
+} // namespace
 
 namespace {
 
@@ -159,7 +169,10 @@ private:
   std::unordered_map<std::uint64_t, std::shared_ptr<Inbox>> inboxes_;
   std::optional<Error> closed_;
   bool closed_by_host_ = false;
-  std::uint64_t next_id_ = 1;
+  // Ids start at a random point, not 1: a VM restored from a snapshot taken
+  // while calls were in flight still answers the old client's ids, and a
+  // fresh client counting from 1 would take those stale events for its own.
+  std::uint64_t next_id_ = first_request_id();
 };
 
 using ChannelPtr = std::shared_ptr<Channel>;

@@ -423,8 +423,7 @@ asio::awaitable<Result<json::Value>> qmp_run(VmState& state, const char* command
   }
   std::string name = command;
   auto reply = co_await state.qmp->execute(std::move(name), std::move(arguments), timeout);
-  if (!reply) co_return std::move(reply).error().with_context(std::string("QMP ") + command);
-  co_return reply;
+  co_return reply; // its Error already names the command
 }
 
 asio::awaitable<Result<void>> set_ignore_shared(VmState& state) {
@@ -552,8 +551,9 @@ asio::awaitable<Result<Snapshot>> save_steps(std::shared_ptr<VmState> state, fs:
   if (state->saving) co_return make_error("save snapshot", "a save is already under way", id);
 
   std::error_code ec;
-  dir = fs::absolute(dir, ec);
-  memory_file = fs::absolute(memory_file, ec);
+  dir = fs::absolute(dir, ec).lexically_normal();
+  if (!dir.has_filename()) dir = dir.parent_path(); // "a/b/" names a/b
+  memory_file = fs::absolute(memory_file, ec).lexically_normal();
   for (const auto& path : {dir, memory_file}) {
     if (fs::symlink_status(path, ec).type() != fs::file_type::not_found) {
       co_return Error{EEXIST,
@@ -913,12 +913,15 @@ public:
     if (!begun) co_return std::move(begun).error();
     auto loaded = co_await wait_migration(state, deadline);
     if (!loaded) {
-      // A failed incoming migration makes QEMU exit; its log says why.
+      // A failed incoming migration makes QEMU exit; its account (with the
+      // log's tail, where QEMU says what did not load) says more.
       co_await settle(state);
       Error error = std::move(loaded).error();
-      const std::string log = detail::file_tail(state->paths.log, 2048);
-      if (!log.empty()) error.detail += "; QEMU log (tail):\n" + log;
-      co_return std::move(error).with_context("loading the device state");
+      if (state->exited.is_set()) {
+        error = make_error("load device state", "QEMU refused it: " + state->exit_description,
+                           snapshot.device_state().string());
+      }
+      co_return error;
     }
     const auto loaded_at = Clock::now();
     times.incoming = std::chrono::duration_cast<std::chrono::microseconds>(loaded_at - started);

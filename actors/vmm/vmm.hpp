@@ -112,6 +112,10 @@ public:
   // read-only, and ends the VM (its process exits; the Vm is then not running).
   // On failure nothing half-written is left in dir and the Error says why.
   // `dir` and `memory_file` must not exist; dir's parent must.
+  // Let agent calls finish first: one in flight is saved half-done, and
+  // every restored VM finishes it and sends its events to a host that no
+  // longer waits for them (the restored clients drop them: their request
+  // ids start at a random point).
   // A failure before the device state is saved resumes the VM (it keeps
   // running); a later one ends it.
   // Only a booted VM (its RAM a share=on file) can be saved this way. A VM

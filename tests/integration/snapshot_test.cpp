@@ -160,6 +160,18 @@ protected:
     if (!set.exit || set.exit->exit_code() != 0) return "x = 41 failed";
     auto wrote = world_->io.run(bash(agent, "echo before-the-save > /root/snapshot-marker"));
     if (!wrote.exit || wrote.exit->exit_code() != 0) return "writing the marker failed";
+    // Refusals that leave the VM running: an existing dir, a RAM file on
+    // another filesystem (a save is a rename).
+    auto exists = world_->io.run(origin.vms[0]->save_snapshot(
+        world_->snapshots.path(), world_->snapshot_shm.path() / "refused.mem"));
+    if (exists || exists.error().errno_value != EEXIST)
+      return "saving into an existing dir was not refused with EEXIST";
+    auto elsewhere = world_->io.run(origin.vms[0]->save_snapshot(
+        world_->snapshots.path() / "refused", world_->snapshots.path() / "refused.mem"));
+    if (elsewhere || elsewhere.error().errno_value != EXDEV)
+      return "a RAM file on another filesystem was not refused with EXDEV";
+    if (!origin.vms[0]->running()) return "a refused save ended the VM";
+    if (!entries(world_->snapshots.path()).empty()) return "a refused save left files";
     const auto started = Clock::now();
     auto saved = world_->io.run(origin.vms[0]->save_snapshot(
         world_->snapshots.path() / "template", world_->snapshot_shm.path() / "template.mem"));
@@ -361,6 +373,34 @@ TEST_F(Snapshots, OpenRefusesDamagedCopies) {
   }
   // The real snapshot was not touched.
   EXPECT_TRUE(vmm::open_snapshot(snapshot_->dir));
+}
+
+TEST_F(Snapshots, FailedRestoresLeaveNothingBehind) {
+  // A snapshot that does not fit the config is refused before QEMU starts.
+  vmm::Snapshot with_network = *snapshot_;
+  with_network.network = true;
+  auto refused = io().run(world_->driver->restore(with_network, world_->config("net")));
+  ASSERT_FALSE(refused);
+  EXPECT_NE(refused.error().message().find("attach a network"), std::string::npos)
+      << refused.error().message();
+
+  // Device state cut in half (open_snapshot would have refused it; restore
+  // trusts the Snapshot it is given): QEMU fails the load and exits.
+  const fs::path copy = copy_snapshot("copy-half-state", snapshot_->memory_file);
+  const std::string state = read_file(copy / "state");
+  write_file(copy / "state", state.substr(0, state.size() / 2));
+  vmm::Snapshot damaged = *snapshot_;
+  damaged.dir = copy;
+  auto failed = io().run(world_->driver->restore(damaged, world_->config("half")));
+  ASSERT_FALSE(failed);
+  std::cout << "a restore from a cut device state fails with: " << failed.error().message() << "\n";
+  EXPECT_NE(failed.error().message().find("load device state"), std::string::npos)
+      << failed.error().message();
+  // A prepared restore dropped without finish() takes its QEMU along.
+  auto prepared = io().run(world_->driver->prepare_restore(*snapshot_, world_->config("dropped")));
+  ASSERT_TRUE(prepared) << prepared.error().message();
+  io().call_void([&prepared] { prepared.value().reset(); });
+  world_->expect_clean("after failed restores");
 }
 
 } // namespace

@@ -27,6 +27,31 @@ VmConfig config() {
   return c;
 }
 
+TEST(QemuCommand, RestoreMapsTheSnapshotsRamPrivatelyAndWaitsForItsState) {
+  Snapshot snapshot;
+  snapshot.dir = "/snap/t";
+  snapshot.memory_file = "/dev/shm/t.mem";
+  snapshot.kernel_cmdline = "console=ttyS0 saved-line";
+  auto c = config();
+  c.id = "clone-1";
+  const auto args = command_line(c, VmPaths::of(c), Accel::tcg, 2096000, &snapshot);
+  EXPECT_TRUE(has_pair(args, "-object",
+                       "memory-backend-file,id=mem,size=768M,mem-path=/dev/shm/t.mem,share=off"));
+  // The saved machine's kernel line, not one measured now: fw_cfg must match.
+  EXPECT_TRUE(has_pair(args, "-append", "console=ttyS0 saved-line"));
+  EXPECT_TRUE(has_pair(args, "-incoming", "defer"));
+  EXPECT_NE(std::find(args.begin(), args.end(), "-S"), args.end());
+  EXPECT_TRUE(
+      has_pair(args, "-drive",
+               "id=root,file=/run/v/clone-1/overlay.qcow2,format=qcow2,if=none,discard=unmap"));
+}
+
+TEST(QemuCommand, ShellQuoteRefusesQuotesAndNewlines) {
+  EXPECT_EQ(shell_quote("/a b/state").value(), "'/a b/state'");
+  EXPECT_FALSE(shell_quote("/a'b/state"));
+  EXPECT_FALSE(shell_quote("/a\nb/state"));
+}
+
 TEST(QemuCommand, TcgCommandLine) {
   const auto c = config();
   const auto paths = VmPaths::of(c);
