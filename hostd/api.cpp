@@ -127,6 +127,7 @@ api::Sandbox to_api(const SandboxInfo& info, vmm::Accel accel) {
   out.set_dead_reason(info.state == SandboxState::destroying && info.dead_reason.empty()
                           ? "being deleted"
                           : info.dead_reason);
+  out.set_source(info.source);
   return out;
 }
 

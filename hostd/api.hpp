@@ -22,6 +22,7 @@
 #include "actors/sandbox/vm_host.hpp"
 #include "hostd/http_exchange.hpp"
 #include "hostd/keys.hpp"
+#include "hostd/metrics.hpp"
 #include "messages/api.pb.h"
 #include "messages/config.pb.h"
 
@@ -35,6 +36,7 @@ struct ApiContext {
   VmHost& vms;
   const KeyStore& keys;
   const config::HostdConfig& config;
+  std::vector<pool_actor> pools;
   // How long a handler waits for an actor's answer (creates wait for the
   // boot: see create_timeout).
   caf::timespan actor_timeout = std::chrono::seconds(30);
@@ -86,6 +88,7 @@ private:
   asio::awaitable<void> healthz(Exchange& exchange);
   asio::awaitable<void> capacity(Exchange& exchange);
   asio::awaitable<void> metrics(Exchange& exchange);
+  asio::awaitable<std::vector<PoolInfo>> pool_infos();
   // api_sandboxes.cpp
   asio::awaitable<void> create(Exchange& exchange, const std::string& owner);
   asio::awaitable<void> list(Exchange& exchange, const std::string& owner);
@@ -108,6 +111,7 @@ private:
                                           const std::string& doing);
 
   ApiContext ctx_;
+  Metrics metrics_;
 };
 
 // A sandbox as the API shows it.

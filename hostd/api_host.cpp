@@ -19,16 +19,40 @@ asio::awaitable<void> Api::healthz(Exchange& exchange) {
   co_await exchange.respond(200, to_json(health));
 }
 
+asio::awaitable<std::vector<PoolInfo>> Api::pool_infos() {
+  std::vector<PoolInfo> infos;
+  for (const auto& pool : ctx_.pools) {
+    auto info =
+        co_await ask<PoolInfo>(ctx_.system, pool, ctx_.actor_timeout, pool_info_atom::value);
+    // A pool that does not answer is shutting down: leave it out.
+    if (info) infos.push_back(std::move(*info));
+  }
+  co_return infos;
+}
+
 asio::awaitable<void> Api::capacity(Exchange& exchange) {
   auto room = co_await ask<CapacityInfo>(ctx_.system, ctx_.registry, ctx_.actor_timeout,
                                          capacity_atom::value);
   if (!room) co_return co_await exchange.respond_error(api_error(room.error(), ctx_.system));
+  auto pools = co_await pool_infos();
   api::Capacity out;
   out.set_max_sandboxes(room->max_sandboxes);
   out.set_running(room->ready);
   out.set_booting(room->booting);
   out.set_available(room->available());
   out.set_accel(accel_name(ctx_.vms.accel()));
+  for (const auto& pool : pools) {
+    auto* entry = out.add_pools();
+    entry->set_template_(pool.template_name);
+    entry->set_vcpus(pool.vcpus);
+    entry->set_memory_mib(pool.memory_mib);
+    entry->set_template_state(pool.template_state);
+    entry->set_ready(pool.ready);
+    entry->set_booting(pool.restoring);
+    entry->set_in_use(pool.in_use);
+    entry->set_min_ready(pool.min_ready);
+    entry->set_max(pool.max);
+  }
   co_await exchange.respond(200, to_json(out));
 }
 
@@ -53,6 +77,39 @@ asio::awaitable<void> Api::metrics(Exchange& exchange) {
   text += "# HELP vesicle_vms VMs hostd holds right now.\n";
   text += "# TYPE vesicle_vms gauge\n";
   text += "vesicle_vms " + std::to_string(ctx_.vms.size()) + "\n";
+  text += "# HELP vesicle_pool_vms Warm pool VMs hostd holds (waiting or being handed over).\n";
+  text += "# TYPE vesicle_pool_vms gauge\n";
+  text += "vesicle_pool_vms " + std::to_string(ctx_.vms.pool_size()) + "\n";
+
+  auto pools = co_await pool_infos();
+  auto per_pool = [&](const char* name, const char* type, const char* help, auto value) {
+    text += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n";
+    for (const auto& pool : pools)
+      text += std::string(name) + "{template=\"" + pool.template_name + "\",vcpus=\"" +
+              std::to_string(pool.vcpus) + "\",memory_mib=\"" + std::to_string(pool.memory_mib) +
+              "\"} " + std::to_string(value(pool)) + "\n";
+  };
+  per_pool("vesicle_pool_hits_total", "counter", "Creates served by a waiting pool VM.",
+           [](const PoolInfo& p) { return p.hits; });
+  per_pool("vesicle_pool_misses_total", "counter",
+           "Creates of a pooled size that found no VM waiting.",
+           [](const PoolInfo& p) { return p.misses; });
+  per_pool("vesicle_pool_replaced_total", "counter",
+           "Waiting pool VMs that died and were replaced.",
+           [](const PoolInfo& p) { return p.replaced; });
+  per_pool("vesicle_pool_ready", "gauge", "Pool VMs waiting for a create.",
+           [](const PoolInfo& p) { return p.ready; });
+  per_pool("vesicle_pool_restoring", "gauge", "Pool restores in flight.",
+           [](const PoolInfo& p) { return p.restoring; });
+  per_pool("vesicle_pool_in_use", "gauge", "Live sandboxes that came from the pool's template.",
+           [](const PoolInfo& p) { return p.in_use; });
+  per_pool("vesicle_pool_template_ready", "gauge", "1 when the template snapshot is usable.",
+           [](const PoolInfo& p) { return p.template_state == "ready" ? 1 : 0; });
+  text += metrics_.create_seconds.render(
+      "vesicle_create_seconds",
+      "Time to answer POST /v1/sandboxes, by where the VM came from (pool, restore, boot) "
+      "or failed.",
+      "source");
   co_await exchange.respond_text(200, "text/plain; version=0.0.4", std::move(text));
 }
 

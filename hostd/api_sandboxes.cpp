@@ -12,9 +12,18 @@ namespace {
 ApiResult<SandboxSpec> sandbox_spec(const api::CreateSandboxRequest& request,
                                     const config::HostdConfig& config) {
   SandboxSpec spec;
-  if (!request.template_().empty() && request.template_() != "default")
-    return ApiError::invalid_argument("template: unknown template \"" + request.template_() +
-                                      "\"; this host has only \"default\"");
+  if (!request.template_().empty() && request.template_() != "default") {
+    bool known = false;
+    std::string names = "\"default\"";
+    for (const auto& pool : config.pools()) {
+      known = known || pool.template_() == request.template_();
+      if (pool.template_() != "default") names += ", \"" + pool.template_() + "\"";
+    }
+    if (!known)
+      return ApiError::invalid_argument("template: unknown template \"" + request.template_() +
+                                        "\"; this host has " + names);
+    spec.template_name = request.template_();
+  }
   if (!request.region().empty())
     return ApiError::invalid_argument("region: this host has no region label; leave region "
                                       "empty or ask a gateway that routes by region");
@@ -57,8 +66,11 @@ asio::awaitable<void> Api::create(Exchange& exchange, const std::string& owner) 
   auto spec = sandbox_spec(request, ctx_.config);
   if (!spec) co_return co_await exchange.respond_error(spec.error());
 
+  const auto started = std::chrono::steady_clock::now();
   auto created = co_await ask<SandboxInfo>(ctx_.system, ctx_.registry, ctx_.create_timeout,
                                            create_atom::value, owner, *spec);
+  const std::chrono::duration<double> took = std::chrono::steady_clock::now() - started;
+  metrics_.create_seconds.record(created ? created->source : "failed", took.count());
   if (!created) co_return co_await exchange.respond_error(api_error(created.error(), ctx_.system));
   co_await exchange.respond(201, to_json(to_api(*created, ctx_.vms.accel())));
 }

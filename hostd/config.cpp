@@ -59,6 +59,21 @@ void apply_defaults(config::HostdConfig& c) {
   if (c.request_timeout_s() == 0) c.set_request_timeout_s(30);
   if (c.write_timeout_s() == 0) c.set_write_timeout_s(60);
   if (c.max_connections() == 0) c.set_max_connections(256);
+  if (c.templates_dir().empty()) c.set_templates_dir(c.state_dir() + "/templates");
+  if (c.disable_pools()) {
+    c.clear_pools();
+  } else if (c.pools_size() == 0) {
+    auto* pool = c.add_pools();
+    pool->add_preload_modules("numpy");
+    pool->add_preload_modules("pandas");
+  }
+  for (auto& pool : *c.mutable_pools()) {
+    if (pool.template_().empty()) pool.set_template_("default");
+    if (pool.vcpus() == 0) pool.set_vcpus(c.default_vcpus());
+    if (pool.memory_mib() == 0) pool.set_memory_mib(c.default_memory_mib());
+    if (!pool.has_min_ready()) pool.set_min_ready(2);
+    if (pool.max() == 0) pool.set_max(8);
+  }
 }
 
 Result<ListenAddress> parse_listen_address(const std::string& text) {
@@ -103,6 +118,35 @@ Result<void> validate(const config::HostdConfig& c) {
     return make_error("check configuration", "default_memory_mib is larger than max_memory_mib");
   if (c.default_memory_mib() < 128)
     return make_error("check configuration", "default_memory_mib must be at least 128");
+  if (auto checked = check_absolute("templates_dir", c.templates_dir()); !checked) return checked;
+  for (int i = 0; i < c.pools_size(); ++i) {
+    const auto& pool = c.pools(i);
+    const std::string where =
+        "pools[" + std::to_string(i) + "] (template " + pool.template_() + ")";
+    auto bad = [&](const std::string& what) {
+      return make_error("check configuration", what, where);
+    };
+    if (pool.template_().size() > 24 ||
+        pool.template_().find_first_not_of("abcdefghijklmnopqrstuvwxyz0123456789-") !=
+            std::string::npos)
+      return bad("a template name is 1 to 24 characters of [a-z0-9-]");
+    if (pool.vcpus() > c.max_vcpus()) return bad("vcpus is larger than max_vcpus");
+    if (pool.memory_mib() < 128 || pool.memory_mib() > c.max_memory_mib())
+      return bad("memory_mib must be 128..max_memory_mib");
+    if (pool.min_ready() > pool.max()) return bad("min_ready is larger than max");
+    for (int j = 0; j < i; ++j) {
+      const auto& other = c.pools(j);
+      if (other.template_() == pool.template_() && other.vcpus() == pool.vcpus() &&
+          other.memory_mib() == pool.memory_mib())
+        return bad("a second pool for the same template and size; merge them");
+    }
+    for (const auto& module : pool.preload_modules()) {
+      const bool plain = !module.empty() && module.front() != '.' && module.back() != '.' &&
+                         module.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTU"
+                                                  "VWXYZ0123456789_.") == std::string::npos;
+      if (!plain) return bad("preload_modules: \"" + module + "\" is not a module name");
+    }
+  }
   return {};
 }
 

@@ -16,6 +16,7 @@ VmSettings vm_settings(const config::HostdConfig& config) {
   settings.boot_timeout = std::chrono::seconds(config.boot_timeout_s());
   settings.qemu_binary = config.qemu_binary();
   settings.tcg_translation_cache_mib = config.tcg_translation_cache_mib();
+  settings.templates_dir = config.templates_dir();
   return settings;
 }
 
@@ -38,6 +39,8 @@ Daemon::Daemon(asio::io_context& io, caf::actor_system& system, vmm::Driver& dri
 
 Daemon::~Daemon() {
   if (registry_) caf::anon_send_exit(registry_, caf::exit_reason::user_shutdown);
+  for (auto& pool : pools_)
+    caf::anon_send_exit(pool, caf::exit_reason::user_shutdown);
 }
 
 Result<void> Daemon::start() {
@@ -48,8 +51,22 @@ Result<void> Daemon::start() {
   // HTTP handler wait a little longer so the driver's error is what the
   // client sees.
   settings.ready_timeout = boot + std::chrono::seconds(15);
+  for (const auto& pool : config_.pools()) {
+    TemplateSpec spec;
+    spec.name = pool.template_();
+    spec.vcpus = pool.vcpus();
+    spec.memory_mib = pool.memory_mib();
+    spec.preload_modules.assign(pool.preload_modules().begin(), pool.preload_modules().end());
+    spec.min_ready = pool.min_ready();
+    spec.max = pool.max();
+    spec.key = vms_.template_key(spec);
+    auto actor = spawn_pool(system_, spec, vms_);
+    pools_.push_back(actor);
+    settings.pools.push_back({spec, actor});
+  }
   registry_ = spawn_registry(system_, vms_, settings);
   ApiContext context{system_, registry_, vms_, keys_, config_};
+  context.pools = pools_;
   context.create_timeout = boot + std::chrono::seconds(30);
   api_ = std::make_unique<Api>(context);
   auto address = parse_listen_address(config_.listen());
@@ -61,6 +78,13 @@ asio::awaitable<void> Daemon::shutdown() {
   if (shut_down_) co_return;
   shut_down_ = true;
   server_.stop_accepting();
+  for (auto& pool : pools_) {
+    auto stopped =
+        co_await ask<done_atom>(system_, pool, std::chrono::seconds(10), shutdown_atom::value);
+    if (!stopped)
+      std::fprintf(stderr, "hostd: a pool did not stop (%s)\n",
+                   system_.render(stopped.error()).c_str());
+  }
   auto done =
       co_await ask<done_atom>(system_, registry_, std::chrono::seconds(120), shutdown_atom::value);
   if (!done)

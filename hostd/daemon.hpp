@@ -7,6 +7,7 @@
 #include <utility>
 
 #include <memory>
+#include <vector>
 
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/io_context.hpp>
@@ -45,6 +46,7 @@ private:
   KeyStore keys_;
   VmHost vms_;
   registry_actor registry_;
+  std::vector<pool_actor> pools_;
   std::unique_ptr<Api> api_;
   HttpServer server_;
   bool shut_down_ = false;

@@ -20,6 +20,7 @@
 #include "actors/vmm/vmm.hpp"
 #include "hostd/config.hpp"
 #include "hostd/daemon.hpp"
+#include "hostd/sweep.hpp"
 #include "messages/caf_types.hpp"
 
 namespace po = boost::program_options;
@@ -120,6 +121,12 @@ int main(int argc, char** argv) {
   if (auto made = make_dir(config->runtime_dir(), perms::owner_all); !made)
     return fail(made.error());
   if (auto images = check_images(config->images_dir()); !images) return fail(images.error());
+  auto swept = hostd::sweep_leftovers(config->runtime_dir(), config->shm_dir());
+  if (!swept)
+    return fail(swept.error().with_context("reclaiming what a previous hostd left in " +
+                                           config->runtime_dir()));
+  if (swept->processes + swept->directories + swept->memory_files > 0)
+    std::fprintf(stderr, "hostd: reclaimed from a previous run: %s\n", swept->describe().c_str());
 
   caf::actor_system_config actor_config;
   register_caf_types(actor_config);

@@ -37,6 +37,14 @@ using vm_exited_atom = caf::atom_constant<caf::atom("vmexited")>;
 using vm_reclaimed_atom = caf::atom_constant<caf::atom("vmreclaim")>;
 // sandbox -> registry
 using state_atom = caf::atom_constant<caf::atom("state")>;
+// registry <-> pool
+using take_atom = caf::atom_constant<caf::atom("take")>;
+using usage_atom = caf::atom_constant<caf::atom("usage")>;
+using pool_info_atom = caf::atom_constant<caf::atom("poolinfo")>;
+// VmHost -> pool: a template was checked or built, or could not be
+using template_atom = caf::atom_constant<caf::atom("template")>;
+// the pool's own timer
+using refill_atom = caf::atom_constant<caf::atom("refill")>;
 // generic acknowledgement
 using done_atom = caf::atom_constant<caf::atom("done")>;
 
@@ -80,11 +88,14 @@ struct SandboxInfo {
   std::int64_t created_at_ms = 0; // Unix time
   std::string dead_reason;        // set in state dead
   std::int32_t qemu_pid = 0;      // 0 unless a VM is running
+  // Where its VM came from: "pool" (a restored VM waiting in the warm pool),
+  // "restore" (restored from the template on demand) or "boot" (cold boot).
+  std::string source;
 };
 
 template <class Inspector> typename Inspector::result_type inspect(Inspector& f, SandboxInfo& x) {
   return f(caf::meta::type_name("vesicle.SandboxInfo"), x.id, x.owner, x.state, x.spec,
-           x.created_at_ms, x.dead_reason, x.qemu_pid);
+           x.created_at_ms, x.dead_reason, x.qemu_pid, x.source);
 }
 
 inline bool operator==(const SandboxSpec& a, const SandboxSpec& b) {
@@ -113,6 +124,28 @@ template <class Inspector> typename Inspector::result_type inspect(Inspector& f,
 }
 
 using SandboxInfoList = std::vector<SandboxInfo>;
+
+// One warm pool as /v1/capacity and /metrics report it.
+struct PoolInfo {
+  std::string template_name;
+  std::uint32_t vcpus = 0;
+  std::uint32_t memory_mib = 0;
+  std::string template_state; // "building", "ready" or "failed: <why>"
+  std::uint32_t min_ready = 0;
+  std::uint32_t max = 0;
+  std::uint32_t ready = 0;     // restored VMs waiting to be taken
+  std::uint32_t restoring = 0; // restores in flight
+  std::uint32_t in_use = 0;    // live sandboxes of this template
+  std::uint64_t hits = 0;      // creates served by a waiting VM
+  std::uint64_t misses = 0;    // creates that found none waiting
+  std::uint64_t replaced = 0;  // waiting VMs that died and were replaced
+};
+
+template <class Inspector> typename Inspector::result_type inspect(Inspector& f, PoolInfo& x) {
+  return f(caf::meta::type_name("vesicle.PoolInfo"), x.template_name, x.vcpus, x.memory_mib,
+           x.template_state, x.min_ready, x.max, x.ready, x.restoring, x.in_use, x.hits, x.misses,
+           x.replaced);
+}
 
 // -- errors ------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 # of the test suite: benchmarks check speed and memory, tests check behaviour.
 #   vm_bench   cold boot to agent-ready, print(1) through the agent
 #   api_bench  create / exec / destroy through hostd's HTTP API on loopback
+#   pool_bench warm pool: create on hit / miss / cold boot, refill, memory per idle sandbox
 #   net_bench  network slot acquire/release and NAT throughput (test namespaces)
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -14,5 +15,8 @@ images=$build/images
 [ "${SKIP_VM_BENCH:-}" ] || "$build/tests/vm_bench" --images "$images" --json "$out/vm_bench.json"
 
 "$build/tests/api_bench" --hostd "$build/hostd/hostd" --images "$images" --json "$out/api_bench.json"
+
+"$build/tests/pool_bench" --hostd "$build/hostd/hostd" --images "$images" \
+  --json "$out/pool_bench.json" ${POOL_BENCH_ARGS:-}
 
 "$build/tests/net_bench" --json "$out/net_bench.json"

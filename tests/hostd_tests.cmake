@@ -23,3 +23,16 @@ add_dependencies(hostd_integration_test hostd)
 # Not a test: a benchmark program (scripts/bench.sh runs it).
 add_executable(api_bench bench/api_bench.cpp hostd/hostd_process.cpp hostd/http_client.cpp)
 target_link_libraries(api_bench PRIVATE Boost::program_options Threads::Threads)
+
+# The warm pool with the real hostd: template build, pool hits and refills,
+# identity of clones, supervision, restart after kill -9, corrupted templates.
+vesicle_test(pool_integration_test
+             SOURCES hostd/pool_integration_test.cpp hostd/hostd_process.cpp hostd/http_client.cpp
+             LIBS vesicle_hostd LABEL integration TIMEOUT 1200)
+target_compile_definitions(pool_integration_test PRIVATE
+  HOSTD_BINARY="$<TARGET_FILE:hostd>"
+  VESICLE_DEFAULT_IMAGES_DIR="${CMAKE_BINARY_DIR}/images")
+add_dependencies(pool_integration_test hostd)
+
+add_executable(pool_bench bench/pool_bench.cpp hostd/hostd_process.cpp hostd/http_client.cpp)
+target_link_libraries(pool_bench PRIVATE Boost::program_options Threads::Threads)

@@ -20,6 +20,7 @@ struct Record {
   SandboxInfo info;
   sandbox_actor actor;
   bool actor_alive = true;
+  int pool = -1; // index into settings.pools of the pool it came from
 };
 
 struct RegistryState {
@@ -30,6 +31,8 @@ struct RegistryState {
   // Creates waiting for their sandbox to become ready, so a shutdown can
   // answer them instead of leaving them hanging.
   std::map<std::string, caf::typed_response_promise<SandboxInfo>> pending_creates;
+  // The last in-use count each pool was told.
+  std::vector<std::uint32_t> pool_usage;
   static inline const char* name = "registry";
 };
 
@@ -76,29 +79,49 @@ caf::expected<Record*> owned(self_pointer self, const std::string& owner, const 
   return &found->second;
 }
 
-// The create flow, as the registry sees it: admit against capacity, spawn
-// the sandbox (which boots its VM), wait until it is ready; if it never
-// gets there, destroy it so a failed create leaves nothing behind.
-caf::result<SandboxInfo> create(self_pointer self, std::string owner, SandboxSpec spec) {
-  if (self->state.shutting_down)
-    return make_error(errc::shutting_down, "hostd is shutting down; retry after it restarts");
-  auto room = capacity(self);
-  if (room.available() == 0)
-    return make_error(errc::no_capacity,
-                      "this host runs its maximum of " + std::to_string(room.max_sandboxes) +
-                          " sandboxes; retry later or delete one you no longer need");
+// Tells each pool how many live sandboxes hold one of its VMs, so it never
+// keeps more than its max in total.
+void update_pool_usage(self_pointer self) {
+  auto& pools = self->state.settings.pools;
+  std::vector<std::uint32_t> usage(pools.size(), 0);
+  for (const auto& [id, record] : self->state.records)
+    if (record.pool >= 0 && record.actor_alive && record.info.state != SandboxState::dead)
+      ++usage[static_cast<std::size_t>(record.pool)];
+  for (std::size_t i = 0; i < pools.size(); ++i) {
+    if (usage[i] == self->state.pool_usage[i]) continue;
+    self->state.pool_usage[i] = usage[i];
+    self->send(pools[i].actor, usage_atom::value, usage[i]);
+  }
+}
 
-  SandboxInfo info;
-  info.id = new_sandbox_id();
-  info.owner = std::move(owner);
-  info.spec = std::move(spec);
-  info.created_at_ms = now_ms();
-  auto sandbox =
-      spawn_sandbox(self->system(), info, *self->state.vms, caf::actor_cast<state_listener>(self));
+int pool_for(self_pointer self, const SandboxSpec& spec) {
+  const auto& pools = self->state.settings.pools;
+  for (std::size_t i = 0; i < pools.size(); ++i) {
+    const auto& t = pools[i].spec;
+    if (t.name == spec.template_name && t.vcpus == spec.vcpus && t.memory_mib == spec.memory_mib)
+      return static_cast<int>(i);
+  }
+  return -1;
+}
+
+// Spawns the sandbox with its launch plan and answers the create once it is
+// ready; if it never gets there, destroys it so a failed create leaves
+// nothing behind.
+void launch(self_pointer self, SandboxInfo info, int pool, LaunchPlan plan,
+            caf::typed_response_promise<SandboxInfo> promise) {
+  if (self->state.shutting_down) {
+    if (!plan.pool_vm_id.empty()) self->state.vms->discard(plan.pool_vm_id);
+    promise.deliver(
+        make_error(errc::shutting_down, "hostd is shutting down; retry after it restarts"));
+    return;
+  }
+  auto sandbox = spawn_sandbox(self->system(), info, *self->state.vms,
+                               caf::actor_cast<state_listener>(self), plan);
   self->monitor(sandbox);
-  self->state.records.emplace(info.id, Record{info, sandbox, true});
+  Record record{info, sandbox, true, pool};
+  self->state.records.emplace(info.id, std::move(record));
+  update_pool_usage(self);
 
-  auto promise = self->make_response_promise<SandboxInfo>();
   auto id = info.id;
   self->state.pending_creates.emplace(id, promise);
   auto answer = [=](auto outcome) {
@@ -119,10 +142,51 @@ caf::result<SandboxInfo> create(self_pointer self, std::string owner, SandboxSpe
               auto forget = [=] {
                 self->state.vms->reclaim(id, {});
                 self->state.records.erase(id);
+                update_pool_usage(self);
               };
               self->request(sandbox, timeout, destroy_atom::value)
                   .then([=](done_atom) { forget(); }, [=](caf::error&) { forget(); });
             });
+}
+
+// The create flow, as the registry sees it: admit against capacity, take a
+// waiting VM from the matching pool if one waits, spawn the sandbox (which
+// adopts, restores or boots its VM) and wait until it is ready.
+caf::result<SandboxInfo> create(self_pointer self, std::string owner, SandboxSpec spec) {
+  if (self->state.shutting_down)
+    return make_error(errc::shutting_down, "hostd is shutting down; retry after it restarts");
+  auto room = capacity(self);
+  if (room.available() == 0)
+    return make_error(errc::no_capacity,
+                      "this host runs its maximum of " + std::to_string(room.max_sandboxes) +
+                          " sandboxes; retry later or delete one you no longer need");
+
+  SandboxInfo info;
+  info.id = new_sandbox_id();
+  info.owner = std::move(owner);
+  info.spec = std::move(spec);
+  info.created_at_ms = now_ms();
+  auto promise = self->make_response_promise<SandboxInfo>();
+  const int pool = pool_for(self, info.spec);
+  if (pool < 0) {
+    launch(self, std::move(info), pool, LaunchPlan{}, promise);
+    return promise;
+  }
+  // Hold the capacity while the pool answers: count the sandbox as booting.
+  const auto& entry = self->state.settings.pools[static_cast<std::size_t>(pool)];
+  const auto key = entry.spec.key;
+  auto placeholder = info;
+  self->state.records.emplace(info.id, Record{placeholder, sandbox_actor{}, false, -1});
+  self->request(entry.actor, std::chrono::seconds(5), take_atom::value)
+      .then(
+          [=](std::string& pool_vm_id) mutable {
+            self->state.records.erase(info.id);
+            launch(self, info, pool, LaunchPlan{std::move(pool_vm_id), key}, promise);
+          },
+          [=](caf::error&) mutable {
+            self->state.records.erase(info.id);
+            launch(self, info, pool, LaunchPlan{{}, key}, promise);
+          });
   return promise;
 }
 
@@ -138,6 +202,7 @@ caf::result<done_atom> destroy(self_pointer self, const std::string& owner, cons
       .then(
           [=](done_atom) mutable {
             self->state.records.erase(id);
+            update_pool_usage(self);
             promise.deliver(done_atom::value);
           },
           [=](caf::error& failure) mutable {
@@ -145,6 +210,7 @@ caf::result<done_atom> destroy(self_pointer self, const std::string& owner, cons
             // outlives the DELETE, and say so.
             self->state.vms->reclaim(id, {});
             self->state.records.erase(id);
+            update_pool_usage(self);
             promise.deliver(make_error(
                 errc::internal, "deleting sandbox " + id + ": its actor did not answer (" +
                                     self->system().render(failure) + "); its VM was killed"));
@@ -184,6 +250,7 @@ registry_actor::behavior_type registry_behavior(self_pointer self, VmHost* vms,
                                                 RegistrySettings settings) {
   self->state.vms = vms;
   self->state.settings = settings;
+  self->state.pool_usage.assign(settings.pools.size(), 0);
 
   // Supervision: a sandbox actor that stops while its record says it is
   // alive failed (a bug, an exception): record it dead and kill its VM.
@@ -259,6 +326,7 @@ registry_actor::behavior_type registry_behavior(self_pointer self, VmHost* vms,
         if (info.state == SandboxState::dead && record.info.state != SandboxState::dead)
           log_line("sandbox " + info.id + " died: " + info.dead_reason);
         record.info = std::move(info);
+        update_pool_usage(self);
       },
   };
 }

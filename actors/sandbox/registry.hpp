@@ -12,9 +12,11 @@
 #include <chrono>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include <caf/typed_actor.hpp>
 
+#include "actors/sandbox/pool.hpp"
 #include "actors/sandbox/sandbox.hpp"
 #include "messages/caf_types.hpp"
 
@@ -47,6 +49,14 @@ struct RegistrySettings {
   // The registry gives a booting sandbox this long to answer before it
   // treats the create as failed; the driver's own boot timeout is shorter.
   std::chrono::milliseconds ready_timeout{120'000};
+  // The warm pools, one per template. A create whose template, vcpus and
+  // memory match one takes a waiting VM from it, or restores from its
+  // template when none waits; any other create cold boots.
+  struct Pool {
+    TemplateSpec spec; // with its key
+    pool_actor actor;
+  };
+  std::vector<Pool> pools;
 };
 
 registry_actor spawn_registry(caf::actor_system& system, VmHost& vms, RegistrySettings settings);

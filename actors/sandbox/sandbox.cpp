@@ -101,13 +101,14 @@ void begin_destroy(self_pointer self) {
 }
 
 sandbox_actor::behavior_type sandbox_behavior(self_pointer self, SandboxInfo info, VmHost* vms,
-                                              state_listener listener) {
+                                              state_listener listener, LaunchPlan plan) {
   self->state.info = std::move(info);
   self->state.info.state = SandboxState::booting;
   self->state.vms = vms;
   self->state.listener = std::move(listener);
   report(self);
-  vms->boot(self->state.info.id, self->state.info.spec, caf::actor_cast<sandbox_actor>(self));
+  vms->launch(self->state.info.id, self->state.info.spec, std::move(plan),
+              caf::actor_cast<sandbox_actor>(self));
 
   return {
       [=](await_ready_atom) -> caf::result<SandboxInfo> {
@@ -148,9 +149,10 @@ sandbox_actor::behavior_type sandbox_behavior(self_pointer self, SandboxInfo inf
         }
         return promise;
       },
-      [=](vm_booted_atom, std::int32_t qemu_pid) {
+      [=](vm_booted_atom, std::int32_t qemu_pid, std::string& source) {
         if (self->state.info.state != SandboxState::booting) return;
         self->state.info.qemu_pid = qemu_pid;
+        self->state.info.source = std::move(source);
         if (self->state.destroy_requested) {
           begin_destroy(self);
           return;
@@ -191,8 +193,8 @@ sandbox_actor::behavior_type sandbox_behavior(self_pointer self, SandboxInfo inf
 } // namespace
 
 sandbox_actor spawn_sandbox(caf::actor_system& system, SandboxInfo info, VmHost& vms,
-                            state_listener listener) {
-  return system.spawn(sandbox_behavior, std::move(info), &vms, std::move(listener));
+                            state_listener listener, const LaunchPlan& plan) {
+  return system.spawn(sandbox_behavior, std::move(info), &vms, std::move(listener), plan);
 }
 
 } // namespace vesicle

@@ -25,6 +25,7 @@
 namespace vesicle {
 
 class VmHost;
+struct LaunchPlan;
 
 using sandbox_actor = caf::typed_actor<
     // Answers once the sandbox is ready (waits while it boots), or with the
@@ -39,7 +40,9 @@ using sandbox_actor = caf::typed_actor<
     caf::replies_to<destroy_atom>::with<done_atom>,
     // From VmHost (and from an HTTP handler that saw the VM die first; the
     // reply tells it the death is recorded).
-    caf::reacts_to<vm_booted_atom, std::int32_t>, caf::reacts_to<vm_boot_failed_atom, std::string>,
+    // vm_booted carries QEMU's pid and where the VM came from (SandboxInfo::source).
+    caf::reacts_to<vm_booted_atom, std::int32_t, std::string>,
+    caf::reacts_to<vm_boot_failed_atom, std::string>,
     caf::replies_to<vm_exited_atom, std::string>::with<done_atom>,
     caf::reacts_to<vm_reclaimed_atom>>;
 
@@ -47,9 +50,9 @@ using sandbox_actor = caf::typed_actor<
 // registry): state_atom + the sandbox's SandboxInfo.
 using state_listener = caf::typed_actor<caf::reacts_to<state_atom, SandboxInfo>>;
 
-// Spawns a sandbox in state booting and asks `vms` to boot its VM. `info`
-// carries id, owner, spec and creation time.
+// Spawns a sandbox in state booting and asks `vms` to launch its VM as
+// `plan` says. `info` carries id, owner, spec and creation time.
 sandbox_actor spawn_sandbox(caf::actor_system& system, SandboxInfo info, VmHost& vms,
-                            state_listener listener);
+                            state_listener listener, const LaunchPlan& plan);
 
 } // namespace vesicle

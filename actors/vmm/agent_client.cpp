@@ -597,15 +597,6 @@ Result<IdentityRefresh> IdentityRefresh::generate(std::string hostname) {
   return identity;
 }
 
-asio::awaitable<Result<void>> AgentClient::refresh_identity(IdentityRefresh) {
-  co_return Error{ENOTSUP, kRefreshOperation, {}, "this AgentClient does not implement it", {}};
-}
-
-asio::awaitable<Result<void>> AgentClient::send_refresh_identity(IdentityRefresh,
-                                                                 RefreshFailureHandler) {
-  co_return Error{ENOTSUP, kRefreshOperation, {}, "this AgentClient does not implement it", {}};
-}
-
 std::unique_ptr<AgentClient> make_agent_client(asio::local::stream_protocol::socket socket) {
   auto channel = std::make_shared<Channel>(std::move(socket));
   channel->start();

@@ -102,10 +102,8 @@ public:
 
   // Gives the guest a fresh identity (after every restore or fork) and
   // returns once the agent applied it. A Failure becomes an Error
-  // (BAD_REQUEST: EINVAL, naming the field). Both refresh calls have
-  // default bodies that fail with ENOTSUP, only so that test fakes written
-  // before them still build; the real client overrides both.
-  virtual asio::awaitable<Result<void>> refresh_identity(IdentityRefresh identity);
+  // (BAD_REQUEST: EINVAL, naming the field).
+  virtual asio::awaitable<Result<void>> refresh_identity(IdentityRefresh identity) = 0;
   // The same without waiting for the agent: returns once the request is
   // written to the channel (an Error only if the channel is closed), and a
   // failure reported later goes to `on_failure` (default: a line on
@@ -113,7 +111,7 @@ public:
   // refresh before it reads the next one, so any request sent after this
   // returns (an exec, an upload) already sees the new identity.
   virtual asio::awaitable<Result<void>>
-  send_refresh_identity(IdentityRefresh identity, RefreshFailureHandler on_failure = {});
+  send_refresh_identity(IdentityRefresh identity, RefreshFailureHandler on_failure = {}) = 0;
 
   // Asks the agent to sync and power off; returns once it acknowledged.
   virtual asio::awaitable<Result<void>> shutdown() = 0;

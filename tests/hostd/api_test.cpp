@@ -66,6 +66,8 @@ protected:
     config.set_state_dir(dir.path.string());
     config.set_max_sandboxes(max_sandboxes);
     config.set_request_timeout_s(2);
+    // The pools have their own tests (hostd_actor_test, pool_integration_test).
+    config.set_disable_pools(true);
     hostd::apply_defaults(config);
     auto keys = hostd::KeyStore::load(dir.path / "keys");
     ASSERT_TRUE(keys);

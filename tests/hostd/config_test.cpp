@@ -89,3 +89,48 @@ TEST(Config, ListenAddressForms) {
   EXPECT_FALSE(parse_listen_address(":80"));
   EXPECT_FALSE(parse_listen_address("127.0.0.1:http"));
 }
+
+TEST(Config, OneDefaultPoolUnlessConfiguredOrDisabled) {
+  auto config = load_config(std::nullopt, {});
+  ASSERT_TRUE(config);
+  EXPECT_EQ(config->templates_dir(), "/var/lib/vesicle/templates");
+  ASSERT_EQ(config->pools_size(), 1);
+  const auto& pool = config->pools(0);
+  EXPECT_EQ(pool.template_(), "default");
+  EXPECT_EQ(pool.vcpus(), 2u);
+  EXPECT_EQ(pool.memory_mib(), 1024u);
+  EXPECT_EQ(pool.min_ready(), 2u);
+  EXPECT_EQ(pool.max(), 8u);
+  EXPECT_EQ(pool.preload_modules_size(), 2);
+
+  auto parsed = parse_config(R"({"disable_pools": true})", true);
+  ASSERT_TRUE(parsed);
+  apply_defaults(*parsed);
+  EXPECT_EQ(parsed->pools_size(), 0);
+
+  parsed = parse_config("pools { memory_mib: 512 min_ready: 0 }", false);
+  ASSERT_TRUE(parsed) << parsed.error().message();
+  apply_defaults(*parsed);
+  ASSERT_EQ(parsed->pools_size(), 1);
+  EXPECT_EQ(parsed->pools(0).min_ready(), 0u) << "an explicit 0 is kept";
+  EXPECT_EQ(parsed->pools(0).preload_modules_size(), 0);
+  EXPECT_TRUE(validate(*parsed));
+}
+
+TEST(Config, BadPoolsAreRefusedWithTheirPlace) {
+  for (const char* text : {
+           "pools { template: \"Big One\" }",
+           "pools { min_ready: 5 max: 2 }",
+           "pools { memory_mib: 64 }",
+           "pools { preload_modules: \"os; import evil\" }",
+           "pools { memory_mib: 512 } pools { memory_mib: 512 }",
+       }) {
+    auto parsed = parse_config(text, false);
+    ASSERT_TRUE(parsed) << text;
+    apply_defaults(*parsed);
+    auto checked = validate(*parsed);
+    ASSERT_FALSE(checked) << text;
+    EXPECT_NE(checked.error().message().find("pools["), std::string::npos)
+        << checked.error().message();
+  }
+}

@@ -64,6 +64,7 @@ inline asio::awaitable<void> sleep_for(std::chrono::milliseconds delay) {
 }
 
 class FakeVm;
+class FakeDriver;
 
 class FakeAgent : public vmm::AgentClient {
 public:
@@ -87,8 +88,20 @@ public:
   asio::awaitable<Result<guest::Done>> download(std::string path, vmm::ChunkSink sink) override;
   asio::awaitable<Result<void>> shutdown() override;
   bool connected() const override;
+  asio::awaitable<Result<void>> refresh_identity(vmm::IdentityRefresh identity) override {
+    if (!connected()) co_return broken();
+    refreshed_hostnames.push_back(identity.hostname);
+    co_return Result<void>{};
+  }
+  asio::awaitable<Result<void>> send_refresh_identity(vmm::IdentityRefresh identity,
+                                                      vmm::RefreshFailureHandler) override {
+    if (!connected()) co_return broken();
+    refreshed_hostnames.push_back(identity.hostname);
+    co_return Result<void>{};
+  }
 
   std::map<std::string, std::string> files;
+  std::vector<std::string> refreshed_hostnames; // in the order the refreshes came
 
 private:
   asio::awaitable<Result<guest::Exit>> run_script(std::string script, vmm::ExecEventSink sink);
@@ -98,8 +111,10 @@ private:
 
 class FakeVm : public vmm::Vm {
 public:
-  FakeVm(vmm::VmConfig config, asio::any_io_executor executor, int pid, std::set<std::string>& live)
-      : config_(std::move(config)), pid_(pid), exited_(executor), agent_(*this), live_(live) {
+  FakeVm(vmm::VmConfig config, asio::any_io_executor executor, int pid, std::set<std::string>& live,
+         FakeDriver& driver)
+      : config_(std::move(config)), pid_(pid), exited_(executor), agent_(*this), live_(live),
+        driver_(driver) {
     live_.insert(config_.id);
   }
   ~FakeVm() override { live_.erase(config_.id); }
@@ -120,16 +135,15 @@ public:
     kill("killed by destroy()");
     files_removed = true;
   }
+  // Stands in for the real save: no files, but the VM ends as the real one
+  // does, and the driver's fail_saves makes it fail.
+  asio::awaitable<Result<vmm::Snapshot>> save_snapshot(std::filesystem::path dir,
+                                                       std::filesystem::path memory_file) override;
   // The VM's process exits (as if QEMU got kill -9).
   void kill(std::string how) {
     if (exited_.is_open()) return;
     how_ = std::move(how);
     exited_.open();
-  }
-
-  asio::awaitable<Result<vmm::Snapshot>> save_snapshot(std::filesystem::path,
-                                                       std::filesystem::path) override {
-    co_return make_error("save snapshot", "the fake driver has no snapshots", config_.id);
   }
 
   const vmm::VmConfig& config() const { return config_; }
@@ -144,6 +158,23 @@ private:
   std::string how_;
   FakeAgent agent_;
   std::set<std::string>& live_;
+  FakeDriver& driver_;
+};
+
+class FakeDriver;
+
+class FakePreparedRestore : public vmm::PreparedRestore {
+public:
+  FakePreparedRestore(FakeDriver& driver, vmm::Snapshot snapshot, vmm::VmConfig config)
+      : driver_(driver), snapshot_(std::move(snapshot)), config_(std::move(config)) {}
+  asio::awaitable<Result<std::unique_ptr<vmm::Vm>>> finish() override;
+  const vmm::RestoreTimes& times() const override { return times_; }
+
+private:
+  FakeDriver& driver_;
+  vmm::Snapshot snapshot_;
+  vmm::VmConfig config_;
+  vmm::RestoreTimes times_;
 };
 
 class FakeDriver : public vmm::Driver {
@@ -159,18 +190,26 @@ public:
     co_await gate->wait();
     pending_.erase(config.id);
     if (fail_boots) co_return make_error("boot VM", "the fake driver was told to fail", config.id);
-    auto vm = std::make_unique<FakeVm>(std::move(config), executor_, next_pid_++, live);
+    auto vm = std::make_unique<FakeVm>(std::move(config), executor_, next_pid_++, live, *this);
     vms[vm->id()] = vm.get();
     co_return std::unique_ptr<vmm::Vm>(std::move(vm));
   }
 
-  asio::awaitable<Result<std::unique_ptr<vmm::Vm>>> restore(const vmm::Snapshot&,
+  asio::awaitable<Result<std::unique_ptr<vmm::Vm>>> restore(const vmm::Snapshot& snapshot,
                                                             vmm::VmConfig config) override {
-    co_return make_error("restore VM", "the fake driver has no snapshots", config.id);
+    ++restores_started;
+    if (fail_restores)
+      co_return make_error("restore VM", "the fake driver was told to fail", config.id);
+    config.vcpus = snapshot.vcpus;
+    config.memory_mib = snapshot.memory_mib;
+    auto vm = std::make_unique<FakeVm>(std::move(config), executor_, next_pid_++, live, *this);
+    vms[vm->id()] = vm.get();
+    co_return std::unique_ptr<vmm::Vm>(std::move(vm));
   }
   asio::awaitable<Result<std::unique_ptr<vmm::PreparedRestore>>>
-  prepare_restore(const vmm::Snapshot&, vmm::VmConfig config) override {
-    co_return make_error("restore VM", "the fake driver has no snapshots", config.id);
+  prepare_restore(const vmm::Snapshot& snapshot, vmm::VmConfig config) override {
+    co_return std::unique_ptr<vmm::PreparedRestore>(
+        std::make_unique<FakePreparedRestore>(*this, snapshot, std::move(config)));
   }
 
   // Lets held boots finish.
@@ -186,7 +225,11 @@ public:
 
   bool hold_boots = false;
   bool fail_boots = false;
+  bool fail_restores = false;
+  bool fail_saves = false;
   int boots_started = 0;
+  int restores_started = 0;
+  int saves = 0;
   std::set<std::string> live;         // ids of FakeVm objects that exist
   std::map<std::string, FakeVm*> vms; // check `live` before use
 
@@ -195,6 +238,23 @@ private:
   std::map<std::string, std::shared_ptr<Gate>> pending_;
   int next_pid_ = 1000;
 };
+
+inline asio::awaitable<Result<vmm::Snapshot>>
+FakeVm::save_snapshot(std::filesystem::path dir, std::filesystem::path memory_file) {
+  if (driver_.fail_saves) co_return make_error("save snapshot", "the fake driver was told to fail");
+  ++driver_.saves;
+  vmm::Snapshot snapshot;
+  snapshot.dir = std::move(dir);
+  snapshot.memory_file = std::move(memory_file);
+  snapshot.vcpus = config_.vcpus;
+  snapshot.memory_mib = config_.memory_mib;
+  kill("saved as a snapshot");
+  co_return snapshot;
+}
+
+inline asio::awaitable<Result<std::unique_ptr<vmm::Vm>>> FakePreparedRestore::finish() {
+  return driver_.restore(snapshot_, config_);
+}
 
 // -- FakeAgent ----------------------------------------------------------------
 

@@ -62,9 +62,15 @@ std::string key_in(const std::string& text) {
 } // namespace
 
 HostdProcess::HostdProcess(HostdOptions options) {
-  char pattern[] = "/tmp/hostd-it-XXXXXX";
-  if (!::mkdtemp(pattern)) throw std::runtime_error("mkdtemp failed");
-  dir_ = pattern;
+  if (options.home.empty()) {
+    char pattern[] = "/tmp/hostd-it-XXXXXX";
+    if (!::mkdtemp(pattern)) throw std::runtime_error("mkdtemp failed");
+    dir_ = pattern;
+  } else {
+    dir_ = options.home;
+    owns_dirs_ = false;
+    std::filesystem::create_directories(dir_);
+  }
   runtime_dir_ = dir_ / "run";
   shm_dir_ = std::filesystem::path("/dev/shm") / dir_.filename();
   std::filesystem::create_directories(shm_dir_);
@@ -75,7 +81,9 @@ HostdProcess::HostdProcess(HostdOptions options) {
     out << "{\"runtime_dir\": \"" << runtime_dir_.string() << "\", \"shm_dir\": \""
         << shm_dir_.string() << "\", \"max_sandboxes\": " << options.max_sandboxes
         << ", \"default_memory_mib\": " << options.memory_mib
-        << ", \"request_timeout_s\": " << options.request_timeout_s << "}";
+        << ", \"request_timeout_s\": " << options.request_timeout_s;
+    if (!options.extra_config.empty()) out << ", " << options.extra_config;
+    out << "}";
   }
   // A first key, then a second one; hostd prints neither again.
   key_ = key_in(run({options.binary.string(), "--state-dir", state.string(), "--new-key"}));
@@ -128,9 +136,18 @@ HostdProcess::HostdProcess(HostdOptions options) {
 
 HostdProcess::~HostdProcess() {
   if (pid_ > 0) stop(std::chrono::seconds(30));
+  if (!owns_dirs_) return;
   std::error_code ignored;
   std::filesystem::remove_all(dir_, ignored);
   std::filesystem::remove_all(shm_dir_, ignored);
+}
+
+void HostdProcess::kill_hard() {
+  if (pid_ <= 0) return;
+  ::kill(pid_, SIGKILL);
+  int status = 0;
+  ::waitpid(pid_, &status, 0);
+  pid_ = -1;
 }
 
 std::string HostdProcess::log() const {
@@ -174,8 +191,11 @@ std::vector<std::string> HostdProcess::leftover_files() const {
   std::vector<std::string> files;
   for (const auto& dir : {runtime_dir_, shm_dir_}) {
     std::error_code ec;
-    for (const auto& entry : std::filesystem::directory_iterator(dir, ec))
+    for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+      // Template RAM images are a cache meant to outlive hostd.
+      if (entry.path().filename().string().rfind("vesicle-template-", 0) == 0) continue;
       files.push_back(entry.path().string());
+    }
   }
   return files;
 }

@@ -19,6 +19,14 @@ struct HostdOptions {
   unsigned max_sandboxes = 3;
   unsigned memory_mib = 512;
   unsigned request_timeout_s = 30;
+  // Extra fields for the JSON config, e.g. the warm pools. By default the
+  // pools are off: most tests want a quiet host and cold boots.
+  std::string extra_config = "\"disable_pools\": true";
+  // When set, hostd's runtime, state and templates live under this directory
+  // (and its memory files in /dev/shm/<its name>), which the test owns and
+  // which outlives this process: a second HostdProcess with the same home
+  // is hostd restarted.
+  std::filesystem::path home;
 };
 
 class HostdProcess {
@@ -39,6 +47,8 @@ public:
 
   // SIGTERM, then waits; returns the exit status (-1 on timeout, then killed).
   int stop(std::chrono::seconds grace = std::chrono::seconds(30));
+  // SIGKILL, as a crash would; waits until it is reaped.
+  void kill_hard();
 
   // Processes whose command line mentions this hostd's runtime dir (its
   // QEMUs), and what is left in its runtime and shm dirs.
@@ -50,6 +60,7 @@ private:
   std::filesystem::path dir_;
   std::filesystem::path runtime_dir_;
   std::filesystem::path shm_dir_;
+  bool owns_dirs_ = true;
   pid_t pid_ = -1;
   unsigned short port_ = 0;
   std::string key_;

@@ -1,7 +1,12 @@
 // The sandbox and registry actors on CAF's deterministic test scheduler,
 // with a fake VMM driver on an io_context polled by the test: every step
 // runs to quiescence (both sides) before the test looks, no sleeps.
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
 #include <optional>
+#include <thread>
 #include <utility> // before Boost 1.74 asio, which needs std::exchange
 
 #include <boost/asio/co_spawn.hpp>
@@ -19,6 +24,7 @@
 
 using namespace vesicle;
 using vesicle::testing::FakeDriver;
+using vesicle::testing::FakeVm;
 
 namespace {
 
@@ -28,6 +34,29 @@ caf::actor_system_config& test_config(caf::actor_system_config& config) {
   config.set("logger.console", caf::atom("none"));
   config.set("logger.file-verbosity", caf::atom("quiet"));
   return config;
+}
+
+// Templates go to a directory of this test process, removed at exit.
+const std::filesystem::path& test_templates_dir() {
+  static const std::filesystem::path dir = [] {
+    auto path = std::filesystem::temp_directory_path() /
+                ("vesicle-actor-test-" + std::to_string(::getpid()));
+    std::atexit([] {
+      std::error_code ec;
+      std::filesystem::remove_all(std::filesystem::temp_directory_path() /
+                                      ("vesicle-actor-test-" + std::to_string(::getpid())),
+                                  ec);
+    });
+    return path;
+  }();
+  return dir;
+}
+
+VmSettings test_vm_settings() {
+  VmSettings settings;
+  settings.templates_dir = test_templates_dir() / "templates";
+  settings.shm_dir = test_templates_dir() / "shm";
+  return settings;
 }
 
 errc code_of(const caf::error& error) {
@@ -40,7 +69,7 @@ protected:
   ActorTest()
       : system(test_config(config)),
         scheduler(dynamic_cast<caf::scheduler::test_coordinator&>(system.scheduler())),
-        driver(io.get_executor()), vms(io.get_executor(), driver, VmSettings{}) {
+        driver(io.get_executor()), vms(io.get_executor(), driver, test_vm_settings()) {
     system.await_actors_before_shutdown(false);
     start_registry(3);
   }
@@ -69,13 +98,28 @@ protected:
     ADD_FAILURE() << "the actors and the asio side never went quiet";
   }
 
+  // Settles until `done` holds, for work that leaves both sides for a
+  // while (the template check runs on its own thread).
+  template <class Predicate> bool settle_until(Predicate done) {
+    for (int round = 0; round < 500; ++round) {
+      settle();
+      if (done()) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return false;
+  }
+
   // Asks the registry through the same bridge hostd's handlers use.
   template <class R, class... Ts> caf::expected<R> ask_registry(Ts... args) {
+    return ask_actor<R>(registry, args...);
+  }
+  template <class R, class Handle, class... Ts>
+  caf::expected<R> ask_actor(Handle actor, Ts... args) {
     std::optional<caf::expected<R>> answer;
     boost::asio::co_spawn(
         io,
         [&]() -> boost::asio::awaitable<void> {
-          answer = co_await hostd::ask<R>(system, registry, std::chrono::seconds(5), args...);
+          answer = co_await hostd::ask<R>(system, actor, std::chrono::seconds(5), args...);
         },
         boost::asio::detached);
     settle();
@@ -350,6 +394,142 @@ TEST_F(ActorTest, ShutdownDestroysEverythingAndRefusesCreates) {
   ASSERT_TRUE(pending->has_value());
   EXPECT_FALSE(**pending);
   registry = nullptr; // it stopped itself
+}
+
+// -- the warm pool ----------------------------------------------------------
+
+class PoolTest : public ActorTest {
+protected:
+  // Replaces the fixture's registry with one that has a pool for the size
+  // create() asks for (2 vCPUs, 512 MiB).
+  void start_pool(std::uint32_t min_ready, std::uint32_t max) {
+    caf::anon_send_exit(registry, caf::exit_reason::user_shutdown);
+    settle();
+    TemplateSpec spec;
+    spec.vcpus = 2;
+    spec.memory_mib = 512;
+    spec.min_ready = min_ready;
+    spec.max = max;
+    spec.preload_modules = {"numpy"};
+    spec.key = vms.template_key(spec);
+    pool = spawn_pool(system, spec, vms);
+    RegistrySettings settings;
+    settings.max_sandboxes = 8;
+    settings.pools.push_back({spec, pool});
+    registry = spawn_registry(system, vms, settings);
+  }
+  ~PoolTest() override {
+    if (pool) caf::anon_send_exit(pool, caf::exit_reason::user_shutdown);
+  }
+  PoolInfo info() {
+    auto result = ask_actor<PoolInfo>(pool, pool_info_atom::value);
+    EXPECT_TRUE(result);
+    return result ? *result : PoolInfo{};
+  }
+  bool filled(std::uint32_t ready) {
+    return settle_until([&] {
+      auto now = info();
+      return now.ready == ready && now.restoring == 0;
+    });
+  }
+
+  pool_actor pool;
+};
+
+TEST_F(PoolTest, TemplateIsBuiltOnceAndThePoolFills) {
+  start_pool(2, 8);
+  ASSERT_TRUE(filled(2)) << info().template_state;
+  EXPECT_EQ(info().template_state, "ready");
+  EXPECT_EQ(driver.saves, 1);
+  EXPECT_EQ(driver.boots_started, 1) << "only the template VM boots";
+  EXPECT_EQ(driver.restores_started, 2);
+  EXPECT_EQ(vms.pool_size(), 2u);
+}
+
+TEST_F(PoolTest, CreateTakesAWaitingVmAndThePoolRefills) {
+  start_pool(2, 8);
+  ASSERT_TRUE(filled(2));
+  auto created = create();
+  ASSERT_TRUE(created) << to_string(created.error());
+  EXPECT_EQ(created->source, "pool");
+  EXPECT_EQ(created->state, SandboxState::ready);
+  ASSERT_TRUE(filled(2));
+  auto now = info();
+  EXPECT_EQ(now.hits, 1u);
+  EXPECT_EQ(now.misses, 0u);
+  EXPECT_EQ(now.in_use, 1u);
+  EXPECT_EQ(driver.restores_started, 3);
+  // The handed-over VM now belongs to the sandbox: its death is the sandbox's.
+  auto* vm = driver.vm(vms.find(created->id)->id());
+  ASSERT_NE(vm, nullptr);
+  // It got a fresh identity named after the sandbox before it was handed out.
+  EXPECT_EQ(vm->fake_agent().refreshed_hostnames, std::vector<std::string>{created->id});
+  vm->kill("killed by signal 9 (SIGKILL)");
+  settle();
+  auto listed = list();
+  ASSERT_EQ(listed.size(), 1u);
+  EXPECT_EQ(listed[0].state, SandboxState::dead);
+  EXPECT_EQ(info().replaced, 0u);
+}
+
+TEST_F(PoolTest, EmptyPoolRestoresOnDemandAndOtherSizesColdBoot) {
+  start_pool(0, 8);
+  ASSERT_TRUE(settle_until([&] { return info().template_state == "ready"; }));
+  auto restored = create();
+  ASSERT_TRUE(restored);
+  EXPECT_EQ(restored->source, "restore");
+  EXPECT_EQ(info().misses, 1u);
+  SandboxSpec other;
+  other.memory_mib = 768;
+  auto booted = ask_registry<SandboxInfo>(create_atom::value, std::string("alice"), other);
+  ASSERT_TRUE(booted);
+  EXPECT_EQ(booted->source, "boot");
+  EXPECT_EQ(info().misses, 1u) << "another size does not touch the pool";
+}
+
+TEST_F(PoolTest, AWaitingVmThatDiesIsReplaced) {
+  start_pool(2, 8);
+  ASSERT_TRUE(filled(2));
+  FakeVm* victim = nullptr;
+  for (const auto& id : driver.live)
+    if (id.rfind("pool-", 0) == 0) victim = driver.vm(id);
+  ASSERT_NE(victim, nullptr);
+  victim->kill("killed by signal 9 (SIGKILL)");
+  ASSERT_TRUE(filled(2));
+  EXPECT_EQ(info().replaced, 1u);
+  EXPECT_EQ(driver.restores_started, 3);
+}
+
+TEST_F(PoolTest, NeverMoreThanMaxInTotal) {
+  start_pool(2, 3);
+  ASSERT_TRUE(filled(2));
+  ASSERT_TRUE(create());
+  ASSERT_TRUE(create());
+  // Two in use, so one more may wait, not two.
+  ASSERT_TRUE(filled(1));
+  EXPECT_EQ(info().in_use, 2u);
+  EXPECT_EQ(vms.pool_size(), 1u);
+}
+
+TEST_F(PoolTest, ATemplateThatCannotBeSavedMeansColdBoots) {
+  driver.fail_saves = true;
+  start_pool(2, 8);
+  ASSERT_TRUE(settle_until([&] { return info().template_state.rfind("failed", 0) == 0; }));
+  EXPECT_TRUE(driver.live.empty()) << "the template VM must not be left running";
+  auto created = create();
+  ASSERT_TRUE(created);
+  EXPECT_EQ(created->source, "boot");
+  EXPECT_EQ(vms.pool_size(), 0u);
+}
+
+TEST_F(PoolTest, FailedRestoresAreRetriedNotLooped) {
+  driver.fail_restores = true;
+  start_pool(2, 8);
+  ASSERT_TRUE(settle_until([&] { return driver.restores_started >= 1; }));
+  settle();
+  // The retry waits (a second, doubling): no tight loop of restores.
+  EXPECT_EQ(driver.restores_started, 1);
+  EXPECT_EQ(info().ready, 0u);
 }
 
 } // namespace

@@ -111,6 +111,7 @@ def hostd_session(repo: Path):
         f'runtime_dir: "{runtime_dir}"\n'
         f'shm_dir: "{shm_dir}"\n'
         "max_sandboxes: 4\n"
+        "disable_pools: true\n"
     )
     log_path = top / "hostd.log"
     proc = None
