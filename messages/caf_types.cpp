@@ -52,6 +52,7 @@ void register_caf_types(caf::actor_system_config& config) {
   // Also registers std::vector<SandboxInfo> (SandboxInfoList).
   config.add_message_type<SandboxInfo>("vesicle.SandboxInfo");
   config.add_message_type<CapacityInfo>("vesicle.CapacityInfo");
+  config.add_message_type<NetSlot>("vesicle.NetSlot");
   config.add_error_category(kErrorCategory,
                             [](std::uint8_t code, caf::atom_value, const caf::message& context) {
                               std::string text = to_string(static_cast<errc>(code));

@@ -37,6 +37,10 @@ using vm_exited_atom = caf::atom_constant<caf::atom("vmexited")>;
 using vm_reclaimed_atom = caf::atom_constant<caf::atom("vmreclaim")>;
 // sandbox -> registry
 using state_atom = caf::atom_constant<caf::atom("state")>;
+// anyone -> the bridge actor (network slots, actors/net/bridge_actor.hpp)
+using net_acquire_atom = caf::atom_constant<caf::atom("netacquire")>;
+using net_egress_atom = caf::atom_constant<caf::atom("netegress")>;
+using net_release_atom = caf::atom_constant<caf::atom("netrelease")>;
 // generic acknowledgement
 using done_atom = caf::atom_constant<caf::atom("done")>;
 
@@ -113,6 +117,17 @@ template <class Inspector> typename Inspector::result_type inspect(Inspector& f,
 }
 
 using SandboxInfoList = std::vector<SandboxInfo>;
+
+// A network slot the bridge actor lent out: its id and its tap's fd, which
+// the bridge keeps open (and owns) until the slot is released.
+struct NetSlot {
+  std::uint32_t id = 0;
+  std::int32_t tap_fd = -1;
+};
+
+template <class Inspector> typename Inspector::result_type inspect(Inspector& f, NetSlot& x) {
+  return f(caf::meta::type_name("vesicle.NetSlot"), x.id, x.tap_fd);
+}
 
 // -- errors ------------------------------------------------------------------
 
