@@ -7,6 +7,7 @@
 #include <google/protobuf/text_format.h>
 
 #include "hostd/json.hpp"
+#include "hostd/network.hpp"
 
 namespace vesicle::hostd {
 
@@ -59,6 +60,7 @@ void apply_defaults(config::HostdConfig& c) {
   if (c.request_timeout_s() == 0) c.set_request_timeout_s(30);
   if (c.write_timeout_s() == 0) c.set_write_timeout_s(60);
   if (c.max_connections() == 0) c.set_max_connections(256);
+  apply_network_defaults(c);
 }
 
 Result<ListenAddress> parse_listen_address(const std::string& text) {
@@ -103,6 +105,7 @@ Result<void> validate(const config::HostdConfig& c) {
     return make_error("check configuration", "default_memory_mib is larger than max_memory_mib");
   if (c.default_memory_mib() < 128)
     return make_error("check configuration", "default_memory_mib must be at least 128");
+  if (auto network = bridge_config(c); !network) return std::move(network).error();
   return {};
 }
 

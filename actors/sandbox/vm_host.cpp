@@ -39,8 +39,21 @@ void VmHost::boot(std::string id, SandboxSpec spec, sandbox_actor sandbox) {
 // actor hears about a death (kill -9, guest panic) as soon as it happens.
 asio::awaitable<void> VmHost::run_vm(std::string id, SandboxSpec spec, sandbox_actor sandbox) {
   std::shared_ptr<vmm::Vm> vm;
+  // Held until this coroutine ends: after the VM's process has exited (or
+  // never started), so the slot's tap is free when it is released.
+  std::unique_ptr<net::NetworkLease> network;
+  auto config = vm_config(id, spec);
+  if (network_) {
+    auto leased = co_await network_->acquire(spec.egress, spec.egress_allow);
+    if (!leased) {
+      caf::anon_send(sandbox, vm_boot_failed_atom::value, leased.error().message());
+      co_return;
+    }
+    network = std::move(leased.value());
+    config.network = network->attachment();
+  }
   try {
-    auto booted = co_await driver_.boot(vm_config(id, spec));
+    auto booted = co_await driver_.boot(std::move(config));
     if (!booted) {
       caf::anon_send(sandbox, vm_boot_failed_atom::value, booted.error().message());
       co_return;

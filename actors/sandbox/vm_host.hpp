@@ -17,6 +17,7 @@
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
 
+#include "actors/net/bridge_actor.hpp"
 #include "actors/sandbox/sandbox.hpp"
 #include "actors/vmm/vmm.hpp"
 #include "messages/caf_types.hpp"
@@ -60,6 +61,13 @@ public:
   void destroy_all();
 
   vmm::Accel accel() const { return driver_.accel(); }
+
+  // With network leases every VM gets a slot (its egress from the spec)
+  // before it boots, released after its process has exited. Without, VMs
+  // have no network device. Set once, before the first boot.
+  void attach_network(std::shared_ptr<net::NetworkLeases> network) {
+    network_ = std::move(network);
+  }
   const boost::asio::any_io_executor& executor() const { return executor_; }
 
 private:
@@ -70,6 +78,7 @@ private:
   vmm::Driver& driver_;
   VmSettings settings_;
   std::map<std::string, std::shared_ptr<vmm::Vm>> vms_;
+  std::shared_ptr<net::NetworkLeases> network_;
 };
 
 } // namespace vesicle
