@@ -31,3 +31,15 @@ set_tests_properties(net_slot_test net_egress_test PROPERTIES RESOURCE_LOCK vesi
 # Not a test: run by hand or scripts/bench.sh (needs root).
 add_executable(net_bench bench/net_bench.cpp)
 target_link_libraries(net_bench PRIVATE vesicle_testnet)
+
+# Egress end to end: the real hostd with real VMs, its network section
+# pointed at the test internet (needs root and the guest images).
+vesicle_test(net_hostd_egress_test
+  SOURCES net/hostd_egress_test.cpp hostd/hostd_process.cpp hostd/http_client.cpp
+  LIBS vesicle_testnet vesicle_api Boost::headers
+  LABEL integration TIMEOUT 900)
+target_compile_definitions(net_hostd_egress_test PRIVATE
+  HOSTD_BINARY="$<TARGET_FILE:hostd>"
+  VESICLE_DEFAULT_IMAGES_DIR="${CMAKE_BINARY_DIR}/images")
+add_dependencies(net_hostd_egress_test hostd)
+set_tests_properties(net_hostd_egress_test PROPERTIES RESOURCE_LOCK vesicle_netns)

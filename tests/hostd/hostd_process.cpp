@@ -75,7 +75,9 @@ HostdProcess::HostdProcess(HostdOptions options) {
     out << "{\"runtime_dir\": \"" << runtime_dir_.string() << "\", \"shm_dir\": \""
         << shm_dir_.string() << "\", \"max_sandboxes\": " << options.max_sandboxes
         << ", \"default_memory_mib\": " << options.memory_mib
-        << ", \"request_timeout_s\": " << options.request_timeout_s << "}";
+        << ", \"request_timeout_s\": " << options.request_timeout_s;
+    if (!options.network_json.empty()) out << ", \"network\": " << options.network_json;
+    out << "}";
   }
   // A first key, then a second one; hostd prints neither again.
   key_ = key_in(run({options.binary.string(), "--state-dir", state.string(), "--new-key"}));

@@ -19,6 +19,8 @@ struct HostdOptions {
   unsigned max_sandboxes = 3;
   unsigned memory_mib = 512;
   unsigned request_timeout_s = 30;
+  // If set, the configuration's "network" section, as a JSON object.
+  std::string network_json;
 };
 
 class HostdProcess {
