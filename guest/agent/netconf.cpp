@@ -187,6 +187,16 @@ void disable_ipv6(std::string& problems) {
 // Written in place of whatever the image had (a file, or a symlink to a
 // resolver daemon's file that does not run here): rename replaces the name.
 void write_resolv_conf(std::string& problems) {
+  // Writing costs ~40 ms of boot under TCG (a new inode on the root disk);
+  // an image that already holds these lines needs none of it.
+  if (const int fd = ::open("/etc/resolv.conf", O_RDONLY | O_CLOEXEC); fd >= 0) {
+    char current[256];
+    const ssize_t n = ::read(fd, current, sizeof current);
+    ::close(fd);
+    if (n == static_cast<ssize_t>(std::strlen(kResolvConf)) &&
+        std::memcmp(current, kResolvConf, static_cast<std::size_t>(n)) == 0)
+      return;
+  }
   const std::string temporary = "/etc/.resolv.conf.vesicle";
   int error = 0;
   if (!write_file(temporary, kResolvConf, error)) {
@@ -203,26 +213,38 @@ void write_resolv_conf(std::string& problems) {
 } // namespace
 
 std::string configure_network() {
-  const std::uint64_t started = monotonic_us();
+  // Each step's cost goes on the console: this runs on every boot.
+  std::uint64_t mark = monotonic_us();
+  const std::uint64_t started = mark;
+  std::string steps;
+  auto step = [&](const char* name) {
+    const std::uint64_t now = monotonic_us();
+    steps += (steps.empty() ? "" : ", ") + std::string(name) + " " + std::to_string(now - mark);
+    mark = now;
+  };
   std::string problems;
   disable_ipv6(problems);
+  step("ipv6");
 
   const int index = static_cast<int>(::if_nametoindex(kLink));
   bool configured = false;
   if (index > 0) {
     Rtnl rtnl;
+    int error = 0;
     if (!rtnl.ok()) {
       problems += errno_text("; opening an rtnetlink socket", errno);
-    } else if (int error = set_link_up(rtnl, index); error != 0) {
+    } else if (error = set_link_up(rtnl, index); error != 0) {
       problems += std::string("; bringing up eth0: ") + std::strerror(error);
-    } else if (error = add_address(rtnl, index); error != 0) {
+    } else if (step("link"), error = add_address(rtnl, index); error != 0) {
       problems += std::string("; adding 172.16.0.2/30 to eth0: ") + std::strerror(error);
     } else if (error = add_default_route(rtnl, index); error != 0) {
       problems += std::string("; adding the default route via 172.16.0.1: ") + std::strerror(error);
     } else {
       configured = true;
+      step("address+route");
     }
     write_resolv_conf(problems);
+    step("resolv.conf");
   }
 
   const std::uint64_t took = monotonic_us() - started;
@@ -230,7 +252,7 @@ std::string configure_network() {
                         : configured
                             ? "network: eth0 172.16.0.2/30 via 172.16.0.1, resolver 172.16.0.1"
                             : "network: eth0 is not fully configured";
-  summary += ", IPv6 off (" + std::to_string(took) + " us)";
+  summary += ", IPv6 off; " + std::to_string(took) + " us (" + steps + ")";
   if (!problems.empty()) summary += "; problems: " + problems.substr(2);
   return summary;
 }
