@@ -43,3 +43,6 @@ target_compile_definitions(net_hostd_egress_test PRIVATE
   VESICLE_DEFAULT_IMAGES_DIR="${CMAKE_BINARY_DIR}/images")
 add_dependencies(net_hostd_egress_test hostd)
 set_tests_properties(net_hostd_egress_test PROPERTIES RESOURCE_LOCK vesicle_netns)
+
+vesicle_test(net_hostd_config_test SOURCES net/network_config_test.cpp LIBS vesicle_hostd
+  LABEL unit)
