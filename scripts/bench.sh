@@ -4,6 +4,7 @@
 #   vm_bench   cold boot to agent-ready, print(1) through the agent
 #   api_bench  create / exec / destroy through hostd's HTTP API on loopback
 #   net_bench  network slot acquire/release and NAT throughput (test namespaces)
+#   net_vm_bench  HTTP throughput from a real VM through NAT and the allowlist proxy
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 build=$repo/build
@@ -16,3 +17,6 @@ images=$build/images
 "$build/tests/api_bench" --hostd "$build/hostd/hostd" --images "$images" --json "$out/api_bench.json"
 
 "$build/tests/net_bench" --json "$out/net_bench.json"
+
+[ "${SKIP_VM_BENCH:-}" ] || "$build/tests/net_vm_bench" --hostd "$build/hostd/hostd" --images "$images" \
+  --json "$out/net_vm_bench.json"

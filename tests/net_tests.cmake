@@ -46,3 +46,8 @@ set_tests_properties(net_hostd_egress_test PROPERTIES RESOURCE_LOCK vesicle_netn
 
 vesicle_test(net_hostd_config_test SOURCES net/network_config_test.cpp LIBS vesicle_hostd
   LABEL unit)
+
+# Not a test: real-VM throughput through NAT and the allowlist proxy
+# (scripts/bench.sh runs it; needs root and the guest images).
+add_executable(net_vm_bench bench/net_vm_bench.cpp hostd/hostd_process.cpp hostd/http_client.cpp)
+target_link_libraries(net_vm_bench PRIVATE vesicle_testnet vesicle_api Boost::headers)

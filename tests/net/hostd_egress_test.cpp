@@ -36,7 +36,7 @@ using testing::HttpResponse;
 
 constexpr const char* kInternetPrefix = "vw";
 constexpr const char* kBridgePrefix = "vh";
-constexpr uint8_t kBlock = 225; // 10.225.0.0/16, routing table 1225
+constexpr uint8_t kBlock = 227; // 10.227.0.0/16, routing table 1227 (net_bench uses 225)
 
 std::filesystem::path images_dir() {
   if (const char* dir = std::getenv("VESICLE_IMAGES_DIR")) return dir;
