@@ -51,3 +51,7 @@ vesicle_test(net_hostd_config_test SOURCES net/network_config_test.cpp LIBS vesi
 # (scripts/bench.sh runs it; needs root and the guest images).
 add_executable(net_vm_bench bench/net_vm_bench.cpp hostd/hostd_process.cpp hostd/http_client.cpp)
 target_link_libraries(net_vm_bench PRIVATE vesicle_testnet vesicle_api Boost::headers)
+
+vesicle_test(net_bridge_actor_test SOURCES net/bridge_actor_test.cpp
+  LIBS vesicle_bridge vesicle_testnet LABEL integration TIMEOUT 300)
+set_tests_properties(net_bridge_actor_test PROPERTIES RESOURCE_LOCK vesicle_netns)

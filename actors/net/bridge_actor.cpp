@@ -81,7 +81,12 @@ bridge_actor spawn_bridge(caf::actor_system& system, std::unique_ptr<BridgeManag
         [self](net_egress_atom, std::uint32_t id, bool egress,
                const std::vector<std::string>& allow) -> caf::result<done_atom> {
           auto policy = egress_policy(egress, allow);
-          if (!policy) return failure(errc::invalid_argument, policy.error());
+          if (!policy) {
+            // Fail closed, as the manager does for its own failures: the
+            // slot must not keep the egress of whoever held it before.
+            (void)self->state.manager->set_egress(id, EgressPolicy::off());
+            return failure(errc::invalid_argument, policy.error());
+          }
           auto set = self->state.manager->set_egress(id, *policy);
           if (!set) return failure(errc::internal, set.error());
           return done_atom::value;

@@ -43,7 +43,8 @@ using bridge_actor = caf::typed_actor<
     // uplink), errc::internal when the kernel refuses.
     caf::replies_to<net_acquire_atom, bool, std::vector<std::string>>::with<NetSlot>,
     // slot id, egress, allow -> done once the new egress is in force (the
-    // slot is scrubbed first; on failure it is left off)
+    // slot is scrubbed first; on any failure, a bad policy included, it is
+    // left off)
     caf::replies_to<net_egress_atom, std::uint32_t, bool,
                     std::vector<std::string>>::with<done_atom>,
     // slot id -> done once its tap fd is closed and the slot scrubbed and
