@@ -6,6 +6,8 @@
 
 #include <boost/beast/core/string.hpp>
 
+#include "hostd/network.hpp"
+
 namespace vesicle::hostd {
 
 namespace {
@@ -116,6 +118,7 @@ api::Sandbox to_api(const SandboxInfo& info, vmm::Accel accel) {
   out.set_egress(info.spec.egress);
   for (const auto& name : info.spec.egress_allow)
     out.add_egress_allow(name);
+  out.set_egress_mode(egress_mode(info.spec.egress, info.spec.egress_allow));
   out.set_persistent(info.spec.persistent);
   out.set_vcpus(info.spec.vcpus);
   out.set_memory_mib(info.spec.memory_mib);

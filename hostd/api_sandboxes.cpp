@@ -2,6 +2,7 @@
 #include "hostd/api.hpp"
 #include "hostd/caf_bridge.hpp"
 #include "hostd/json.hpp"
+#include "hostd/network.hpp"
 
 namespace vesicle::hostd {
 
@@ -27,8 +28,10 @@ ApiResult<SandboxSpec> sandbox_spec(const api::CreateSandboxRequest& request,
   if (!request.region().empty())
     return ApiError::invalid_argument("region: this host has no region label; leave region "
                                       "empty or ask a gateway that routes by region");
-  spec.egress = request.has_egress() ? request.egress() : true;
-  spec.egress_allow.assign(request.egress_allow().begin(), request.egress_allow().end());
+  auto egress = egress_spec(request, config);
+  if (!egress) return egress.error();
+  spec.egress = egress->egress;
+  spec.egress_allow = std::move(egress->allow);
   spec.persistent = request.persistent();
   spec.vcpus = request.has_vcpus() ? request.vcpus() : config.default_vcpus();
   if (spec.vcpus < 1 || spec.vcpus > config.max_vcpus())

@@ -7,6 +7,7 @@
 #include <google/protobuf/text_format.h>
 
 #include "hostd/json.hpp"
+#include "hostd/network.hpp"
 
 namespace vesicle::hostd {
 
@@ -74,6 +75,7 @@ void apply_defaults(config::HostdConfig& c) {
     if (!pool.has_min_ready()) pool.set_min_ready(2);
     if (pool.max() == 0) pool.set_max(8);
   }
+  apply_network_defaults(c);
 }
 
 Result<ListenAddress> parse_listen_address(const std::string& text) {
@@ -147,6 +149,7 @@ Result<void> validate(const config::HostdConfig& c) {
       if (!plain) return bad("preload_modules: \"" + module + "\" is not a module name");
     }
   }
+  if (auto network = bridge_config(c); !network) return std::move(network).error();
   return {};
 }
 

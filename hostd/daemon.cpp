@@ -5,6 +5,7 @@
 #include <caf/send.hpp>
 
 #include "hostd/caf_bridge.hpp"
+#include "hostd/network.hpp"
 
 namespace vesicle::hostd {
 
@@ -41,9 +42,30 @@ Daemon::~Daemon() {
   if (registry_) caf::anon_send_exit(registry_, caf::exit_reason::user_shutdown);
   for (auto& pool : pools_)
     caf::anon_send_exit(pool, caf::exit_reason::user_shutdown);
+  // The bridge destroys every slot as it stops (its own thread).
+  if (bridge_) caf::anon_send_exit(bridge_, caf::exit_reason::user_shutdown);
+}
+
+Result<void> Daemon::start_network() {
+  auto network = bridge_config(config_);
+  if (!network) return std::move(network).error();
+  if (!*network) return {};
+  // Reclaims what a killed hostd with the same prefix left, then builds the
+  // egress namespace and host plumbing: blocking, but once, before serving.
+  auto manager = net::BridgeManager::create(std::move(**network));
+  if (!manager)
+    return std::move(manager).error().with_context(
+        "setting up sandbox networking (the network section of the configuration)");
+  if (const auto& reclaimed = (*manager)->reclaimed_at_start(); !reclaimed.empty())
+    std::fprintf(stderr, "hostd: removed network leftovers of an earlier run: %s\n",
+                 reclaimed.describe().c_str());
+  bridge_ = net::spawn_bridge(system_, std::move(manager.value()));
+  vms_.attach_network(std::make_shared<net::NetworkLeases>(system_, bridge_));
+  return {};
 }
 
 Result<void> Daemon::start() {
+  if (auto network = start_network(); !network) return network;
   auto boot = std::chrono::seconds(config_.boot_timeout_s());
   RegistrySettings settings;
   settings.max_sandboxes = config_.max_sandboxes();

@@ -47,9 +47,12 @@ private:
   VmHost vms_;
   registry_actor registry_;
   std::vector<pool_actor> pools_;
+  net::bridge_actor bridge_; // null without a network section
   std::unique_ptr<Api> api_;
   HttpServer server_;
   bool shut_down_ = false;
+
+  Result<void> start_network();
 };
 
 // The VM settings a configuration implies.

@@ -53,6 +53,7 @@ void register_caf_types(caf::actor_system_config& config) {
   config.add_message_type<SandboxInfo>("vesicle.SandboxInfo");
   config.add_message_type<CapacityInfo>("vesicle.CapacityInfo");
   config.add_message_type<PoolInfo>("vesicle.PoolInfo");
+  config.add_message_type<NetSlot>("vesicle.NetSlot");
   config.add_error_category(kErrorCategory,
                             [](std::uint8_t code, caf::atom_value, const caf::message& context) {
                               std::string text = to_string(static_cast<errc>(code));

@@ -45,6 +45,10 @@ using pool_info_atom = caf::atom_constant<caf::atom("poolinfo")>;
 using template_atom = caf::atom_constant<caf::atom("template")>;
 // the pool's own timer
 using refill_atom = caf::atom_constant<caf::atom("refill")>;
+// anyone -> the bridge actor (network slots, actors/net/bridge_actor.hpp)
+using net_acquire_atom = caf::atom_constant<caf::atom("netacquire")>;
+using net_egress_atom = caf::atom_constant<caf::atom("netegress")>;
+using net_release_atom = caf::atom_constant<caf::atom("netrelease")>;
 // generic acknowledgement
 using done_atom = caf::atom_constant<caf::atom("done")>;
 
@@ -145,6 +149,17 @@ template <class Inspector> typename Inspector::result_type inspect(Inspector& f,
   return f(caf::meta::type_name("vesicle.PoolInfo"), x.template_name, x.vcpus, x.memory_mib,
            x.template_state, x.min_ready, x.max, x.ready, x.restoring, x.in_use, x.hits, x.misses,
            x.replaced);
+}
+
+// A network slot the bridge actor lent out: its id and its tap's fd, which
+// the bridge keeps open (and owns) until the slot is released.
+struct NetSlot {
+  std::uint32_t id = 0;
+  std::int32_t tap_fd = -1;
+};
+
+template <class Inspector> typename Inspector::result_type inspect(Inspector& f, NetSlot& x) {
+  return f(caf::meta::type_name("vesicle.NetSlot"), x.id, x.tap_fd);
 }
 
 // -- errors ------------------------------------------------------------------

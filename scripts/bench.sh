@@ -5,6 +5,7 @@
 #   api_bench  create / exec / destroy through hostd's HTTP API on loopback
 #   pool_bench warm pool: create on hit / miss / cold boot, refill, memory per idle sandbox
 #   net_bench  network slot acquire/release and NAT throughput (test namespaces)
+#   net_vm_bench  HTTP throughput from a real VM through NAT and the allowlist proxy
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 build=$repo/build
@@ -20,3 +21,6 @@ images=$build/images
   --json "$out/pool_bench.json" ${POOL_BENCH_ARGS:-}
 
 "$build/tests/net_bench" --json "$out/net_bench.json"
+
+[ "${SKIP_VM_BENCH:-}" ] || "$build/tests/net_vm_bench" --hostd "$build/hostd/hostd" --images "$images" \
+  --json "$out/net_vm_bench.json"

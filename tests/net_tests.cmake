@@ -31,3 +31,27 @@ set_tests_properties(net_slot_test net_egress_test PROPERTIES RESOURCE_LOCK vesi
 # Not a test: run by hand or scripts/bench.sh (needs root).
 add_executable(net_bench bench/net_bench.cpp)
 target_link_libraries(net_bench PRIVATE vesicle_testnet)
+
+# Egress end to end: the real hostd with real VMs, its network section
+# pointed at the test internet (needs root and the guest images).
+vesicle_test(net_hostd_egress_test
+  SOURCES net/hostd_egress_test.cpp hostd/hostd_process.cpp hostd/http_client.cpp
+  LIBS vesicle_testnet vesicle_api Boost::headers
+  LABEL integration TIMEOUT 900)
+target_compile_definitions(net_hostd_egress_test PRIVATE
+  HOSTD_BINARY="$<TARGET_FILE:hostd>"
+  VESICLE_DEFAULT_IMAGES_DIR="${CMAKE_BINARY_DIR}/images")
+add_dependencies(net_hostd_egress_test hostd)
+set_tests_properties(net_hostd_egress_test PROPERTIES RESOURCE_LOCK vesicle_netns)
+
+vesicle_test(net_hostd_config_test SOURCES net/network_config_test.cpp LIBS vesicle_hostd
+  LABEL unit)
+
+# Not a test: real-VM throughput through NAT and the allowlist proxy
+# (scripts/bench.sh runs it; needs root and the guest images).
+add_executable(net_vm_bench bench/net_vm_bench.cpp hostd/hostd_process.cpp hostd/http_client.cpp)
+target_link_libraries(net_vm_bench PRIVATE vesicle_testnet vesicle_api Boost::headers)
+
+vesicle_test(net_bridge_actor_test SOURCES net/bridge_actor_test.cpp
+  LIBS vesicle_bridge vesicle_testnet LABEL integration TIMEOUT 300)
+set_tests_properties(net_bridge_actor_test PROPERTIES RESOURCE_LOCK vesicle_netns)

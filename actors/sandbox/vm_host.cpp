@@ -80,7 +80,7 @@ VmHost::VmHost(asio::any_io_executor executor, vmm::Driver& driver, VmSettings s
       images_fingerprint_(images_fingerprint(settings_.images_dir)) {}
 
 vmm::VmConfig VmHost::vm_config(const std::string& id, std::uint32_t vcpus,
-                                std::uint32_t memory_mib) const {
+                                std::uint32_t memory_mib, const net::NetworkLease* network) const {
   vmm::VmConfig config;
   config.id = id;
   config.images = vmm::GuestImages::in(settings_.images_dir);
@@ -91,12 +91,23 @@ vmm::VmConfig VmHost::vm_config(const std::string& id, std::uint32_t vcpus,
   config.boot_timeout = settings_.boot_timeout;
   config.qemu_binary = settings_.qemu_binary;
   config.tcg_translation_cache_mib = settings_.tcg_translation_cache_mib;
+  if (network) config.network = network->attachment();
   return config;
 }
 
+asio::awaitable<Result<std::shared_ptr<net::NetworkLease>>>
+VmHost::lease_network(bool egress, std::vector<std::string> allow) {
+  if (!network_) co_return std::shared_ptr<net::NetworkLease>();
+  auto leased = co_await network_->acquire(egress, std::move(allow));
+  if (!leased) co_return std::move(leased).error();
+  co_return std::shared_ptr<net::NetworkLease>(std::move(leased.value()));
+}
+
 std::string VmHost::template_key(const TemplateSpec& spec) const {
+  // A snapshot restores only onto the same devices: with networking on, its
+  // VMs have a NIC, and a template saved without one cannot serve them.
   return spec.name + "-" + std::to_string(spec.vcpus) + "c" + std::to_string(spec.memory_mib) +
-         "m-" + images_fingerprint_;
+         "m" + (network_ ? "-net-" : "-") + images_fingerprint_;
 }
 
 void VmHost::launch(std::string id, SandboxSpec spec, LaunchPlan plan, sandbox_actor sandbox) {
@@ -113,12 +124,18 @@ asio::awaitable<void> VmHost::run_sandbox_vm(std::string id, SandboxSpec spec, L
   std::shared_ptr<vmm::Vm> vm;
   std::shared_ptr<ExitTarget> target;
   std::string source;
+  // The VM's network slot. A restored or booted VM's lease is held by this
+  // coroutine, which ends after the VM's process has exited, so the slot's
+  // tap is free when it is released; an adopted pool VM's lease is held by
+  // the pool's coroutine in the same way.
+  std::shared_ptr<net::NetworkLease> network;
   if (!plan.pool_vm_id.empty()) {
     auto found = pool_vms_.find(plan.pool_vm_id);
     if (found != pool_vms_.end()) {
       if (found->second.vm->running()) {
         vm = std::move(found->second.vm);
         target = std::move(found->second.target);
+        network = std::move(found->second.network);
         source = "pool";
       } else {
         found->second.vm->destroy();
@@ -127,10 +144,30 @@ asio::awaitable<void> VmHost::run_sandbox_vm(std::string id, SandboxSpec spec, L
     }
   }
   try {
+    if (vm && network) {
+      // Pool VMs wait with egress off; the sandbox's own egress is in force
+      // before the create answers.
+      auto egress =
+          co_await network->set_egress(network_->system(), spec.egress, spec.egress_allow);
+      if (!egress) {
+        vm->destroy();
+        caf::anon_send(sandbox, vm_boot_failed_atom::value,
+                       "setting the sandbox's egress failed: " + egress.error().message());
+        co_return;
+      }
+    }
+    if (!vm) {
+      auto leased = co_await lease_network(spec.egress, spec.egress_allow);
+      if (!leased) {
+        caf::anon_send(sandbox, vm_boot_failed_atom::value, leased.error().message());
+        co_return;
+      }
+      network = std::move(leased.value());
+    }
     if (!vm && !plan.template_key.empty()) {
       if (auto found = templates_.find(plan.template_key); found != templates_.end()) {
         const auto snapshot = found->second;
-        auto config = vm_config(id, spec.vcpus, spec.memory_mib);
+        auto config = vm_config(id, spec.vcpus, spec.memory_mib, network.get());
         auto restored = co_await driver_.restore(*snapshot, std::move(config));
         if (!restored) {
           caf::anon_send(sandbox, vm_boot_failed_atom::value,
@@ -142,7 +179,7 @@ asio::awaitable<void> VmHost::run_sandbox_vm(std::string id, SandboxSpec spec, L
       }
     }
     if (!vm) {
-      auto config = vm_config(id, spec.vcpus, spec.memory_mib);
+      auto config = vm_config(id, spec.vcpus, spec.memory_mib, network.get());
       auto booted = co_await driver_.boot(std::move(config));
       if (!booted) {
         caf::anon_send(sandbox, vm_boot_failed_atom::value, booted.error().message());
@@ -183,6 +220,7 @@ asio::awaitable<void> VmHost::run_sandbox_vm(std::string id, SandboxSpec spec, L
     }
   }
   const bool watched = target != nullptr;
+  if (watched) network.reset();
   if (!target) target = std::make_shared<ExitTarget>();
   target->sandbox = sandbox;
   target->pool = nullptr;
@@ -281,7 +319,11 @@ VmHost::build_template(const TemplateSpec& spec) {
   fs::remove(memory_file, ec);
 
   const auto context = "building template " + spec.key;
-  auto config = vm_config("tpl-" + random_suffix(), spec.vcpus, spec.memory_mib);
+  // Egress off: the template VM runs nothing but the preload imports.
+  auto leased = co_await lease_network(false, {});
+  if (!leased) co_return std::move(leased).error().with_context(context);
+  const auto network = std::move(leased.value());
+  auto config = vm_config("tpl-" + random_suffix(), spec.vcpus, spec.memory_mib, network.get());
   auto booted = co_await driver_.boot(std::move(config));
   if (!booted) co_return std::move(booted).error().with_context(context);
   std::shared_ptr<vmm::Vm> vm = std::move(booted.value());
@@ -331,8 +373,16 @@ asio::awaitable<void> VmHost::run_pool_vm(std::string key, std::string pool_vm_i
   // Held across the restore: a rebuild may replace the map's entry meanwhile.
   const auto snapshot = found->second;
   std::shared_ptr<vmm::Vm> vm;
+  // Held until the VM has exited, also after a sandbox adopted it.
+  std::shared_ptr<net::NetworkLease> network;
   try {
-    auto config = vm_config(pool_vm_id, snapshot->vcpus, snapshot->memory_mib);
+    auto leased = co_await lease_network(false, {});
+    if (!leased) {
+      caf::anon_send(pool, vm_boot_failed_atom::value, pool_vm_id, leased.error().message());
+      co_return;
+    }
+    network = std::move(leased.value());
+    auto config = vm_config(pool_vm_id, snapshot->vcpus, snapshot->memory_mib, network.get());
     auto restored = co_await driver_.restore(*snapshot, std::move(config));
     if (!restored) {
       caf::anon_send(pool, vm_boot_failed_atom::value, pool_vm_id, restored.error().message());
@@ -347,7 +397,7 @@ asio::awaitable<void> VmHost::run_pool_vm(std::string key, std::string pool_vm_i
   auto target = std::make_shared<ExitTarget>();
   target->pool = pool;
   target->pool_vm_id = pool_vm_id;
-  pool_vms_[pool_vm_id] = PoolVm{vm, target};
+  pool_vms_[pool_vm_id] = PoolVm{vm, target, network};
   caf::anon_send(pool, vm_booted_atom::value, pool_vm_id,
                  static_cast<std::int32_t>(vm->qemu_pid()));
   co_await watch_exit(std::move(vm), std::move(target));

@@ -18,6 +18,7 @@
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/thread_pool.hpp>
 
+#include "actors/net/bridge_actor.hpp"
 #include "actors/sandbox/pool.hpp"
 #include "actors/sandbox/sandbox.hpp"
 #include "actors/vmm/vmm.hpp"
@@ -92,6 +93,14 @@ public:
   void destroy_all();
 
   vmm::Accel accel() const { return driver_.accel(); }
+
+  // With network leases every VM gets a slot (its egress from the spec)
+  // before it boots, released after its process has exited. Without, VMs
+  // have no network device. Set once, before the first boot and before
+  // template_key() (templates with and without a NIC differ).
+  void attach_network(std::shared_ptr<net::NetworkLeases> network) {
+    network_ = std::move(network);
+  }
   const boost::asio::any_io_executor& executor() const { return executor_; }
 
 private:
@@ -104,6 +113,7 @@ private:
   struct PoolVm {
     std::shared_ptr<vmm::Vm> vm;
     std::shared_ptr<ExitTarget> target;
+    std::shared_ptr<net::NetworkLease> network; // null without networking
   };
 
   boost::asio::awaitable<void> run_sandbox_vm(std::string id, SandboxSpec spec, LaunchPlan plan,
@@ -115,8 +125,11 @@ private:
                                            pool_actor pool);
   boost::asio::awaitable<void> watch_exit(std::shared_ptr<vmm::Vm> vm,
                                           std::shared_ptr<ExitTarget> target);
-  vmm::VmConfig vm_config(const std::string& id, std::uint32_t vcpus,
-                          std::uint32_t memory_mib) const;
+  vmm::VmConfig vm_config(const std::string& id, std::uint32_t vcpus, std::uint32_t memory_mib,
+                          const net::NetworkLease* network) const;
+  // A slot with this egress, or null when hostd runs without networking.
+  boost::asio::awaitable<Result<std::shared_ptr<net::NetworkLease>>>
+  lease_network(bool egress, std::vector<std::string> allow);
 
   boost::asio::any_io_executor executor_;
   vmm::Driver& driver_;
@@ -127,6 +140,7 @@ private:
   std::map<std::string, std::shared_ptr<const vmm::Snapshot>> templates_;
   // Runs the blocking template checks.
   boost::asio::thread_pool checker_{1};
+  std::shared_ptr<net::NetworkLeases> network_;
 };
 
 } // namespace vesicle

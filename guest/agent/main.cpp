@@ -18,6 +18,7 @@
 #include "guest/agent/cgroup.hpp"
 #include "guest/agent/log.hpp"
 #include "guest/agent/loop.hpp"
+#include "guest/agent/netconf.hpp"
 #include "guest/agent/pid1.hpp"
 #include "guest/agent/spawn.hpp"
 
@@ -150,6 +151,7 @@ int main(int argc, char** argv) {
     ::signal(SIGINT, SIG_IGN);
     ::signal(SIGHUP, SIG_IGN);
     vesicle::agent::init_machine();
+    log_line(vesicle::agent::configure_network());
     if (auto cgroup = vesicle::agent::setup_workload_cgroup(); cgroup) {
       options.workload_cgroup = *cgroup;
     } else {

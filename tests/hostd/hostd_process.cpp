@@ -83,6 +83,7 @@ HostdProcess::HostdProcess(HostdOptions options) {
         << ", \"default_memory_mib\": " << options.memory_mib
         << ", \"request_timeout_s\": " << options.request_timeout_s;
     if (!options.extra_config.empty()) out << ", " << options.extra_config;
+    if (!options.network_json.empty()) out << ", \"network\": " << options.network_json;
     out << "}";
   }
   // A first key, then a second one; hostd prints neither again.

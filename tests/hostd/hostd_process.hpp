@@ -27,6 +27,8 @@ struct HostdOptions {
   // which outlives this process: a second HostdProcess with the same home
   // is hostd restarted.
   std::filesystem::path home;
+  // If set, the configuration's "network" section, as a JSON object.
+  std::string network_json;
 };
 
 class HostdProcess {

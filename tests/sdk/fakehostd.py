@@ -198,6 +198,7 @@ SANDBOX = {
     "created_at": "2024-01-01T00:00:00Z",
     "accel": "tcg",
     "dead_reason": "",
+    "egress_mode": "open",
 }
 
 

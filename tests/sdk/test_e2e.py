@@ -33,6 +33,24 @@ def test_create_answers_a_ready_sandbox(sb):
     assert sb.info["memory_mib"] == MEMORY_MIB
 
 
+def test_egress_on_a_host_without_a_network_section(sb, hostd):
+    # The harness's hostd configures no network: egress is off by default and
+    # the guest has no route anywhere; asking for egress is a clear 400.
+    assert sb.egress == "off" and sb.egress_allow == []
+    r = sb.run_code(
+        "import urllib.request\n"
+        "try:\n"
+        "    urllib.request.urlopen('http://198.18.1.10/', timeout=2)\n"
+        "except Exception as e:\n"
+        "    print('egress blocked:', type(e).__name__)\n"
+    )
+    assert r.stdout == "egress blocked: URLError\n"
+    with pytest.raises(errors.InvalidRequestError, match="network.uplink"):
+        Sandbox(egress_allow=["pypi.org"], url=hostd.url, api_key=hostd.key)
+    with pytest.raises(errors.InvalidRequestError, match="egress_allow"):
+        Sandbox(egress_allow=["1.2.3.4"], url=hostd.url, api_key=hostd.key)
+
+
 def test_python_state_persists_across_calls(sb):
     first = sb.run_code("x = 42")
     assert first.exit_code == 0 and first.error is None and first.stdout == ""

@@ -66,6 +66,19 @@ def test_egress_allow_as_a_string_is_refused_locally(fake):
     assert fake.requests == []
 
 
+def test_egress_is_reported(fake):
+    sb = _created(fake, egress=True, egress_allow=["pypi.org"], egress_mode="allowlist")
+    assert sb.egress == "allowlist" and sb.egress_allow == ["pypi.org"]
+    sb = _created(fake, egress=False, egress_mode="off")
+    assert sb.egress == "off" and sb.egress_allow == []
+    sb = _created(fake)
+    assert sb.egress == "open" and sb.egress_allow == []
+    # An older hostd without egress_mode: derived from egress and egress_allow.
+    old = {k: v for k, v in SANDBOX.items() if k != "egress_mode"}
+    fake.route("POST", "/v1/sandboxes", lambda r: r.reply_json(201, dict(old, egress=False)))
+    assert Sandbox(url=fake.url, api_key=KEY).egress == "off"
+
+
 def test_error_answers_become_typed_errors(fake):
     fake.route("POST", "/v1/sandboxes", lambda r: r.reply_error(503, "no_capacity", "host full: retry later"))
     with pytest.raises(errors.CapacityError) as info:

@@ -122,6 +122,24 @@ class Sandbox:
         return self.info.get("state")
 
     @property
+    def egress(self) -> Optional[str]:
+        """The sandbox's network egress: "open", "off" or "allowlist" (see egress_allow)."""
+        mode = self.info.get("egress_mode")
+        if mode:
+            return mode
+        # A hostd that predates egress_mode says only whether egress is on.
+        if "egress" not in self.info:
+            return None
+        if not self.info["egress"]:
+            return "off"
+        return "allowlist" if self.info.get("egress_allow") else "open"
+
+    @property
+    def egress_allow(self) -> List[str]:
+        """The names an "allowlist" sandbox may reach ("pypi.org", "*.example.com"); else []."""
+        return list(self.info.get("egress_allow") or [])
+
+    @property
     def closed(self) -> bool:
         return self._closed
 

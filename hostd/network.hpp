@@ -1,0 +1,39 @@
+// hostd's side of sandbox networking: the configuration's network section
+// as a BridgeConfig, and a create request's egress checked against what
+// this host can give.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "actors/net/bridge.hpp"
+#include "common/result.hpp"
+#include "hostd/api_error.hpp"
+#include "messages/api.pb.h"
+#include "messages/config.pb.h"
+
+namespace vesicle::hostd {
+
+// Fills the network section's defaults (only when the section is present).
+void apply_network_defaults(config::HostdConfig& config);
+
+// The bridge manager's configuration, or nullopt when the section is absent
+// (no networking). Errors name the field.
+Result<std::optional<net::BridgeConfig>> bridge_config(const config::HostdConfig& config);
+
+struct EgressSpec {
+  bool egress = false;
+  std::vector<std::string> allow; // normalized patterns; non-empty: allowlist
+};
+
+// The egress a create asks for, after the configuration's default: a 400
+// naming the field for a bad allowlist, or for a mode this host cannot give
+// (saying what to configure).
+ApiResult<EgressSpec> egress_spec(const api::CreateSandboxRequest& request,
+                                  const config::HostdConfig& config);
+
+// "off", "open" or "allowlist".
+const char* egress_mode(bool egress, const std::vector<std::string>& allow);
+
+} // namespace vesicle::hostd

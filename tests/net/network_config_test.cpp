@@ -1,0 +1,103 @@
+// hostd's network section and a create's egress: defaults, and the 400s a
+// user sees for what this host cannot give. No root, no VM.
+#include <gtest/gtest.h>
+
+#include "hostd/config.hpp"
+#include "hostd/network.hpp"
+
+namespace vesicle::hostd {
+namespace {
+
+config::HostdConfig loaded(const std::string& text) {
+  auto parsed = parse_config(text, false);
+  EXPECT_TRUE(parsed) << parsed.error().message();
+  auto config = parsed ? *parsed : config::HostdConfig{};
+  apply_defaults(config);
+  return config;
+}
+
+api::CreateSandboxRequest request(std::optional<bool> egress, std::vector<std::string> allow) {
+  api::CreateSandboxRequest out;
+  if (egress) out.set_egress(*egress);
+  for (auto& name : allow)
+    out.add_egress_allow(name);
+  return out;
+}
+
+bool contains(const std::string& text, const std::string& part) {
+  return text.find(part) != std::string::npos;
+}
+
+TEST(NetworkConfig, NoSectionMeansNoNetworkAndEgressOffByDefault) {
+  auto config = loaded("");
+  ASSERT_TRUE(validate(config));
+  auto bridge = bridge_config(config);
+  ASSERT_TRUE(bridge);
+  EXPECT_FALSE(bridge->has_value());
+  auto spec = egress_spec(request(std::nullopt, {}), config);
+  ASSERT_TRUE(spec.ok());
+  EXPECT_FALSE(spec->egress);
+  auto open = egress_spec(request(true, {}), config);
+  ASSERT_FALSE(open.ok());
+  EXPECT_EQ(open.error().status, 400u);
+  EXPECT_TRUE(contains(open.error().message, "network.uplink")) << open.error().message;
+  auto listed = egress_spec(request(std::nullopt, {"pypi.org"}), config);
+  ASSERT_FALSE(listed.ok());
+  EXPECT_TRUE(contains(listed.error().message, "allowlist")) << listed.error().message;
+}
+
+TEST(NetworkConfig, UplinkMakesOpenTheDefault) {
+  auto config = loaded(R"(network { uplink: "eth9" uplink_gateway: "192.0.2.1"
+                                   upstream_resolver: "192.0.2.53" })");
+  ASSERT_TRUE(validate(config)) << validate(config).error().message();
+  EXPECT_EQ(config.network().default_egress(), "open");
+  auto bridge = bridge_config(config);
+  ASSERT_TRUE(bridge && bridge->has_value());
+  EXPECT_EQ((*bridge)->uplink, "eth9");
+  EXPECT_EQ((*bridge)->prefix, "vs");
+  EXPECT_EQ((*bridge)->max_slots, 64u);
+  auto spec = egress_spec(request(std::nullopt, {}), config);
+  ASSERT_TRUE(spec.ok());
+  EXPECT_TRUE(spec->egress);
+  EXPECT_STREQ(egress_mode(spec->egress, spec->allow), "open");
+  auto listed = egress_spec(request(std::nullopt, {"PyPI.org.", "*.Example.com"}), config);
+  ASSERT_TRUE(listed.ok());
+  EXPECT_EQ(listed->allow, (std::vector<std::string>{"pypi.org", "*.example.com"}));
+  EXPECT_STREQ(egress_mode(listed->egress, listed->allow), "allowlist");
+  auto off = egress_spec(request(false, {}), config);
+  ASSERT_TRUE(off.ok());
+  EXPECT_STREQ(egress_mode(off->egress, off->allow), "off");
+}
+
+TEST(NetworkConfig, BadAllowlistsNameTheEntry) {
+  auto config = loaded(R"(network { uplink: "eth9" upstream_resolver: "192.0.2.53" })");
+  for (const char* bad : {"1.2.3.4", "*", "*.com", "http://x.org/", "a*.x.org", "x.org:443", ""}) {
+    auto spec = egress_spec(request(std::nullopt, {bad}), config);
+    ASSERT_FALSE(spec.ok()) << bad;
+    EXPECT_EQ(spec.error().status, 400u);
+    EXPECT_TRUE(contains(spec.error().message, "egress_allow")) << spec.error().message;
+  }
+  auto contradictory = egress_spec(request(false, {"x.org"}), config);
+  ASSERT_FALSE(contradictory.ok());
+  std::vector<std::string> many(65, "x.org");
+  EXPECT_FALSE(egress_spec(request(std::nullopt, many), config).ok());
+}
+
+TEST(NetworkConfig, BadSectionsAreRefusedNamingTheField) {
+  for (auto [text, field] : {
+           std::pair{R"(network { uplink: "eth9" })", "upstream_resolver"},
+           std::pair{R"(network { default_egress: "open" })", "default_egress"},
+           std::pair{R"(network { default_egress: "sometimes" })", "default_egress"},
+           std::pair{R"(network { denied_networks: "10.0.0.1/8" })", "denied_networks"},
+           std::pair{R"(network { uplink_gateway: "gw" })", "uplink_gateway"},
+           std::pair{R"(network { prefix: "Bad-Prefix" })", "prefix"},
+       }) {
+    auto config = loaded(text);
+    auto valid = validate(config);
+    ASSERT_FALSE(valid) << text;
+    EXPECT_TRUE(contains(valid.error().message(), field)) << valid.error().message();
+  }
+}
+
+} // namespace
+} // namespace vesicle::hostd
