@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fails if anything a vesicle test or run leaves behind is still on the
-# machine: QEMU processes, guest memory files, per-VM runtime directories.
+# machine: QEMU processes, guest memory files, per-VM runtime directories,
+# and the temporary homes of the hostds the tests start.
 set -uo pipefail
 leaks=0
 report() { echo "leak: $*"; leaks=1; }
@@ -8,13 +9,16 @@ report() { echo "leak: $*"; leaks=1; }
 if pids=$(pgrep -f 'qemu-system-x86_64.*vesicle' 2>/dev/null); then
   report "QEMU processes still running: $(echo $pids)"
 fi
-shm=$(find /dev/shm -maxdepth 1 -name 'vesicle-*' 2>/dev/null)
+# Template RAM images (vesicle-template-*) are a cache hostd keeps on purpose.
+shm=$(find /dev/shm -maxdepth 1 -name 'vesicle-*' ! -name 'vesicle-template-*' 2>/dev/null)
 [ -z "$shm" ] || report "guest memory files in /dev/shm: $(echo $shm)"
 for dir in ${VESICLE_RUNTIME_DIRS:-/run/vesicle}; do
   if [ -d "$dir" ] && [ -n "$(ls -A "$dir" 2>/dev/null)" ]; then
     report "runtime directory $dir is not empty: $(ls "$dir" | head -5 | xargs)"
   fi
 done
+stale=$(find /tmp /dev/shm -maxdepth 1 \( -name 'hostd-it-*' -o -name 'vesicle-pool-it-*' -o -name 'vesicle-sdk-test-*' -o -name 'vesicle-actor-test-*' \) 2>/dev/null)
+[ -z "$stale" ] || report "test directories left behind: $(echo $stale)"
 # Network namespaces, links, nft tables and ip rules of the network layer.
 bash "$(dirname "$0")/testnet/net-leaks.sh" || leaks=1
 [ $leaks = 0 ] && echo "leak check: clean (no QEMU process, memory file, VM directory, namespace, link or nft table left)"

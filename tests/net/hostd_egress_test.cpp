@@ -197,6 +197,10 @@ protected:
     options.max_sandboxes = 3;
     options.memory_mib = 384;
     options.network_json = network.str();
+    // Sandboxes come from a warm pool: its VMs wait with egress off and get
+    // the sandbox's egress when taken, which these tests then hold them to.
+    options.extra_config =
+        R"("pools": [{"memory_mib": 384, "min_ready": 1, "max": 4, "preload_modules": []}])";
     try {
       hostd = std::make_unique<HostdProcess>(options);
     } catch (const std::exception& e) {
@@ -205,6 +209,11 @@ protected:
     }
     HttpClient http("127.0.0.1", hostd->port(), hostd->key());
     auto create = [&](const std::string& body, std::string& id) {
+      // One VM waiting first, so every create is a pool hit.
+      const auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(4);
+      while (!contains(http.request("GET", "/v1/capacity").body, "\"ready\":1,") &&
+             std::chrono::steady_clock::now() < deadline)
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
       auto created = http.request("POST", "/v1/sandboxes", body);
       if (created.status != 201) {
         setup_error = "create " + body + ": " + std::to_string(created.status) + " " +
@@ -329,6 +338,7 @@ TEST_F(HostdEgress, SandboxJsonReportsEgress) {
     api::Sandbox sandbox;
     ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(got.body, &sandbox).ok());
     EXPECT_EQ(sandbox.egress_mode(), mode) << got.body;
+    EXPECT_EQ(sandbox.source(), "pool") << got.body;
     if (std::string(mode) == "allowlist") {
       ASSERT_EQ(sandbox.egress_allow_size(), 2);
       EXPECT_EQ(sandbox.egress_allow(0), "allowed.test");
