@@ -132,6 +132,10 @@ int main(int argc, char** argv) {
   register_caf_types(actor_config);
   // The actors only decide; the heavy lifting is on the asio thread.
   actor_config.set("scheduler.max-threads", 2);
+  // The work-stealing default lets idle workers sleep up to 10 ms between
+  // polls (its relaxed phase), a delay a create could pay on each of its
+  // actor hops; the sharing policy wakes a worker for each message.
+  actor_config.set("scheduler.policy", caf::atom("sharing"));
   actor_config.set("logger.console", caf::atom("none"));
   caf::actor_system system(actor_config);
 
@@ -140,12 +144,8 @@ int main(int argc, char** argv) {
   hostd::Daemon daemon(io, system, *driver, *config, std::move(keys.value()));
   if (auto started = daemon.start(); !started) return fail(started.error());
 
-  auto endpoint = daemon.endpoint();
-  std::printf("hostd %s listening on http://%s:%u (accel %s, max_sandboxes %u)\n", hostd::kVersion,
-              endpoint.address().to_string().c_str(), endpoint.port(),
-              vmm::to_string(driver->accel()), config->max_sandboxes());
-  std::fflush(stdout);
-
+  // The handler is in place before the address is printed: whoever waits
+  // for that line may stop hostd right away.
   asio::signal_set signals(io, SIGINT, SIGTERM);
   asio::steady_timer deadline(io);
   signals.async_wait([&](const boost::system::error_code& ec, int signal) {
@@ -158,6 +158,12 @@ int main(int argc, char** argv) {
       deadline.async_wait([&](const boost::system::error_code&) { io.stop(); });
     });
   });
+  auto endpoint = daemon.endpoint();
+  std::printf("hostd %s listening on http://%s:%u (accel %s, max_sandboxes %u)\n", hostd::kVersion,
+              endpoint.address().to_string().c_str(), endpoint.port(),
+              vmm::to_string(driver->accel()), config->max_sandboxes());
+  std::fflush(stdout);
+
   io.run();
   std::fprintf(stderr, "hostd: stopped\n");
   return 0;

@@ -15,6 +15,7 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <caf/send.hpp>
@@ -364,6 +365,9 @@ void VmHost::restore_for_pool(std::string key, std::string pool_vm_id, pool_acto
 
 asio::awaitable<void> VmHost::run_pool_vm(std::string key, std::string pool_vm_id,
                                           pool_actor pool) {
+  asio::steady_timer delay(executor_, settings_.pool_restore_delay);
+  boost::system::error_code ignored;
+  co_await delay.async_wait(asio::redirect_error(asio::use_awaitable, ignored));
   auto found = templates_.find(key);
   if (found == templates_.end()) {
     caf::anon_send(pool, vm_boot_failed_atom::value, pool_vm_id,

@@ -37,6 +37,11 @@ struct VmSettings {
   // Template snapshots: templates_dir/<key>/ holds the manifest, device
   // state and disk; the RAM image is shm_dir/vesicle-template-<key>.mem.
   std::filesystem::path templates_dir = "/var/lib/vesicle/templates";
+  // A pool restore waits this long before it starts: a refill follows every
+  // take, and the restore's start-up (spawning QEMU and qemu-img) would
+  // otherwise hold this thread while the create that took the VM is still
+  // being answered.
+  std::chrono::milliseconds pool_restore_delay{25};
 };
 
 // Where a sandbox's VM comes from. The registry fills it in from the pool's

@@ -16,10 +16,12 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <memory>
 #include <regex>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -117,7 +119,9 @@ int main(int argc, char** argv) {
       "misses", po::value<int>()->default_value(20), "creates restored on demand")(
       "boots", po::value<int>()->default_value(5), "cold-booted creates")(
       "idle", po::value<int>()->default_value(10), "idle sandboxes for the memory figure")(
-      "memory-mib", po::value<int>()->default_value(512), "guest RAM per sandbox");
+      "memory-mib", po::value<int>()->default_value(512), "guest RAM per sandbox")(
+      "network", "give every VM a network slot (egress off; no uplink needed): the hit loop is "
+                 "then also a create/destroy cycle test for the slots");
   po::variables_map args;
   po::store(po::parse_command_line(argc, argv, options), args);
   if (args.count("help")) {
@@ -131,7 +135,7 @@ int main(int argc, char** argv) {
 
   HostdOptions base;
   base.binary = args["hostd"].as<std::string>();
-  base.images_dir = args["images"].as<std::string>();
+  base.images_dir = std::filesystem::absolute(args["images"].as<std::string>());
   base.memory_mib = static_cast<unsigned>(memory);
   base.max_sandboxes = static_cast<unsigned>(idle + 2);
 
@@ -147,6 +151,9 @@ int main(int argc, char** argv) {
                           ", \"min_ready\": 2, \"max\": " + std::to_string(idle + 4) +
                           ", \"preload_modules\": [\"numpy\"]}, {\"template\": \"ondemand\", " +
                           size + ", \"min_ready\": 0, \"preload_modules\": [\"numpy\"]}]";
+    if (args.count("network"))
+      pooled.network_json = R"({"prefix": "vp", "transit": "10.224.0.0/16", "route_table": 1224, )"
+                            R"("rule_priority": 1224})";
     hostd = std::make_unique<HostdProcess>(pooled);
     HttpClient http("127.0.0.1", hostd->port(), hostd->key());
     accel = field(http.request("GET", "/v1/healthz").body, "accel");
@@ -177,32 +184,46 @@ int main(int argc, char** argv) {
     }
     // The VMs waiting in the pool map the template too and cost the same as
     // an idle sandbox: divide the total over every QEMU process.
-    std::this_thread::sleep_for(5s);
-    const double pooled_total = total_pss_mib(*hostd);
-    const auto vms = hostd->qemu_pids().size();
-    pool_memory.values.push_back(pooled_total / static_cast<double>(vms));
+    if (idle > 0) {
+      std::this_thread::sleep_for(5s);
+      const double pooled_total = total_pss_mib(*hostd);
+      const auto vms = hostd->qemu_pids().size();
+      pool_memory.values.push_back(pooled_total / static_cast<double>(vms));
+    }
     for (const auto& id : ids)
       destroy(http, id);
     hostd.reset();
-
-    auto cold = base;
-    cold.max_sandboxes = static_cast<unsigned>(std::max(idle, args["boots"].as<int>()) + 1);
-    hostd = std::make_unique<HostdProcess>(cold); // pools off
-    HttpClient cold_http("127.0.0.1", hostd->port(), hostd->key());
-    for (int i = 0; i < args["boots"].as<int>(); ++i)
-      destroy(cold_http, create(cold_http, pooled_body, "boot", &boot));
-    ids.clear();
-    for (int i = 0; i < idle; ++i)
-      ids.push_back(create(cold_http, pooled_body, "boot", nullptr));
-    std::this_thread::sleep_for(5s);
-    boot_memory.values.push_back(total_pss_mib(*hostd) /
-                                 static_cast<double>(hostd->qemu_pids().size()));
-    for (const auto& id : ids)
-      destroy(cold_http, id);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "pool_bench: %s\n", e.what());
     if (hostd) std::fprintf(stderr, "%s\n", hostd->log().c_str());
     return 1;
+  }
+  // The cold-booted side, on a second hostd without pools.
+  if (args["boots"].as<int>() > 0 || idle > 0) {
+    try {
+
+      std::vector<std::string> ids;
+      const std::string pooled_body = "{" + size + "}";
+      auto cold = base;
+      cold.max_sandboxes = static_cast<unsigned>(std::max(idle, args["boots"].as<int>()) + 1);
+      hostd = std::make_unique<HostdProcess>(cold); // pools off
+      HttpClient cold_http("127.0.0.1", hostd->port(), hostd->key());
+      for (int i = 0; i < args["boots"].as<int>(); ++i)
+        destroy(cold_http, create(cold_http, pooled_body, "boot", &boot));
+      for (int i = 0; i < idle; ++i)
+        ids.push_back(create(cold_http, pooled_body, "boot", nullptr));
+      if (idle > 0) {
+        std::this_thread::sleep_for(5s);
+        boot_memory.values.push_back(total_pss_mib(*hostd) /
+                                     static_cast<double>(hostd->qemu_pids().size()));
+      }
+      for (const auto& id : ids)
+        destroy(cold_http, id);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "pool_bench: %s\n", e.what());
+      if (hostd) std::fprintf(stderr, "%s\n", hostd->log().c_str());
+      return 1;
+    }
   }
 
   std::printf("warm pool through hostd's REST API on loopback, accel %s, memory_mib %d, "

@@ -71,6 +71,20 @@ HostdProcess::HostdProcess(HostdOptions options) {
     owns_dirs_ = false;
     std::filesystem::create_directories(dir_);
   }
+  try {
+    start(options);
+  } catch (...) {
+    // A hostd that did not start leaves no temporary home behind.
+    if (owns_dirs_) {
+      std::error_code ignored;
+      std::filesystem::remove_all(dir_, ignored);
+      std::filesystem::remove_all(shm_dir_, ignored);
+    }
+    throw;
+  }
+}
+
+void HostdProcess::start(const HostdOptions& options) {
   runtime_dir_ = dir_ / "run";
   shm_dir_ = std::filesystem::path("/dev/shm") / dir_.filename();
   std::filesystem::create_directories(shm_dir_);

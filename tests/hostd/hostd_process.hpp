@@ -59,6 +59,8 @@ public:
   std::size_t open_fds() const;
 
 private:
+  void start(const HostdOptions& options);
+
   std::filesystem::path dir_;
   std::filesystem::path runtime_dir_;
   std::filesystem::path shm_dir_;
