@@ -276,6 +276,7 @@ TEST_F(Pool, AWaitingVmKilledWithSigkillIsReplaced) {
 TEST_F(Pool, AfterHostdIsKilledHardNothingOfItsRunIsLeftAndThePoolFillsAgain) {
   ASSERT_TRUE(pool_filled(2));
   auto sandbox = create();
+  ASSERT_TRUE(pool_filled(2)); // the refill after the take has finished
   const auto old_qemus = hostd->qemu_pids();
   ASSERT_EQ(old_qemus.size(), 3u);
   std::set<std::string> old_dirs;
