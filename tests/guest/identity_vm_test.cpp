@@ -26,10 +26,6 @@ using Clock = std::chrono::steady_clock;
 using SystemClock = std::chrono::system_clock;
 namespace fs = std::filesystem;
 
-fs::path images_dir() {
-  return env_or("VESICLE_IMAGES_DIR", env_or("VESICLE_IMAGES_DIR_DEFAULT", "build/images"));
-}
-
 const std::string& id_prefix() {
   static const std::string prefix = "idt" + std::to_string(::getpid());
   return prefix;
@@ -37,18 +33,7 @@ const std::string& id_prefix() {
 
 // QEMU processes whose command line names a VM of this run.
 std::vector<pid_t> leftover_qemu() {
-  std::vector<pid_t> found;
-  const std::string needle = "vesicle-" + id_prefix();
-  for (const auto& entry : fs::directory_iterator("/proc")) {
-    const std::string name = entry.path().filename().string();
-    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
-    std::ifstream in(entry.path() / "cmdline", std::ios::binary);
-    std::string cmdline((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    if (cmdline.find(needle) != std::string::npos && std::stoi(name) != ::getpid()) {
-      found.push_back(std::stoi(name));
-    }
-  }
-  return found;
+  return processes_naming("vesicle-" + id_prefix());
 }
 
 bool empty_dir(const fs::path& dir) {
@@ -58,12 +43,6 @@ bool empty_dir(const fs::path& dir) {
 
 double unix_seconds(SystemClock::time_point time) {
   return std::chrono::duration<double>(time.time_since_epoch()).count();
-}
-
-std::string trimmed(std::string text) {
-  while (!text.empty() && (text.back() == '\n' || text.back() == ' '))
-    text.pop_back();
-  return text;
 }
 
 class IdentityVm : public ::testing::Test {

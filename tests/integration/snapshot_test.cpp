@@ -26,36 +26,14 @@ using vmm::Vm;
 using Clock = std::chrono::steady_clock;
 namespace fs = std::filesystem;
 
-fs::path images_dir() {
-  return env_or("VESICLE_IMAGES_DIR", env_or("VESICLE_IMAGES_DIR_DEFAULT", "build/images"));
-}
-
 const std::string& id_prefix() {
   static const std::string prefix = "sn" + std::to_string(::getpid());
   return prefix;
 }
 
+// QEMU processes whose command line names a VM of this run.
 std::vector<pid_t> leftover_qemu() {
-  std::vector<pid_t> found;
-  const std::string needle = "vesicle-" + id_prefix();
-  for (const auto& entry : fs::directory_iterator("/proc")) {
-    const std::string name = entry.path().filename().string();
-    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
-    std::ifstream in(entry.path() / "cmdline", std::ios::binary);
-    std::string cmdline((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    if (cmdline.find(needle) != std::string::npos && std::stoi(name) != ::getpid()) {
-      found.push_back(std::stoi(name));
-    }
-  }
-  return found;
-}
-
-std::vector<std::string> entries(const fs::path& dir) {
-  std::vector<std::string> names;
-  std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(dir, ec))
-    names.push_back(entry.path().filename().string());
-  return names;
+  return processes_naming("vesicle-" + id_prefix());
 }
 
 std::string read_file(const fs::path& path) {
@@ -127,8 +105,8 @@ struct World {
       std::this_thread::sleep_for(100ms);
     EXPECT_TRUE(leftover_qemu().empty())
         << when << ": QEMU processes left: " << leftover_qemu().size();
-    EXPECT_TRUE(entries(shm.path()).empty()) << when << ": files left in the shm dir";
-    EXPECT_TRUE(entries(runtime.path()).empty()) << when << ": files left in the runtime dir";
+    EXPECT_TRUE(dir_entries(shm.path()).empty()) << when << ": files left in the shm dir";
+    EXPECT_TRUE(dir_entries(runtime.path()).empty()) << when << ": files left in the runtime dir";
   }
 };
 
@@ -171,7 +149,7 @@ protected:
     if (elsewhere || elsewhere.error().errno_value != EXDEV)
       return "a RAM file on another filesystem was not refused with EXDEV";
     if (!origin.vms[0]->running()) return "a refused save ended the VM";
-    if (!entries(world_->snapshots.path()).empty()) return "a refused save left files";
+    if (!dir_entries(world_->snapshots.path()).empty()) return "a refused save left files";
     const auto started = Clock::now();
     auto saved = world_->io.run(origin.vms[0]->save_snapshot(
         world_->snapshots.path() / "template", world_->snapshot_shm.path() / "template.mem"));
@@ -237,7 +215,7 @@ double Snapshots::save_ms_ = 0;
 TEST_F(Snapshots, SaveEndsTheVmAndWritesAReadOnlySnapshotThatOpens) {
   std::cout << "save_snapshot took " << save_ms_ << " ms\n";
   EXPECT_NE(exit_how_->find("saved to a snapshot"), std::string::npos) << *exit_how_;
-  EXPECT_EQ(entries(world_->snapshots.path()), std::vector<std::string>{"template"})
+  EXPECT_EQ(dir_entries(world_->snapshots.path()), std::vector<std::string>{"template"})
       << "no staging dir left beside the snapshot";
   for (const auto& file : {snapshot_->manifest(), snapshot_->device_state(), snapshot_->disk,
                            snapshot_->memory_file}) {

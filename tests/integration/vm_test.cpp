@@ -24,10 +24,6 @@ using vmm::Vm;
 using Clock = std::chrono::steady_clock;
 namespace fs = std::filesystem;
 
-fs::path images_dir() {
-  return env_or("VESICLE_IMAGES_DIR", env_or("VESICLE_IMAGES_DIR_DEFAULT", "build/images"));
-}
-
 const std::string& id_prefix() {
   static const std::string prefix = "it" + std::to_string(::getpid());
   return prefix;
@@ -35,26 +31,7 @@ const std::string& id_prefix() {
 
 // QEMU processes whose command line names a VM of this run.
 std::vector<pid_t> leftover_qemu() {
-  std::vector<pid_t> found;
-  const std::string needle = "vesicle-" + id_prefix();
-  for (const auto& entry : fs::directory_iterator("/proc")) {
-    const std::string name = entry.path().filename().string();
-    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
-    std::ifstream in(entry.path() / "cmdline", std::ios::binary);
-    std::string cmdline((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    if (cmdline.find(needle) != std::string::npos && std::stoi(name) != ::getpid()) {
-      found.push_back(std::stoi(name));
-    }
-  }
-  return found;
-}
-
-std::vector<std::string> entries(const fs::path& dir) {
-  std::vector<std::string> names;
-  std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(dir, ec))
-    names.push_back(entry.path().filename().string());
-  return names;
+  return processes_naming("vesicle-" + id_prefix());
 }
 
 // One suite's world: an io thread, a driver, and fresh runtime and shm dirs.
@@ -86,8 +63,8 @@ struct World {
       std::this_thread::sleep_for(100ms);
     EXPECT_TRUE(leftover_qemu().empty())
         << when << ": QEMU processes left: " << leftover_qemu().size();
-    EXPECT_TRUE(entries(shm.path()).empty()) << when << ": files left in the shm dir";
-    EXPECT_TRUE(entries(runtime.path()).empty()) << when << ": files left in the runtime dir";
+    EXPECT_TRUE(dir_entries(shm.path()).empty()) << when << ": files left in the shm dir";
+    EXPECT_TRUE(dir_entries(runtime.path()).empty()) << when << ": files left in the runtime dir";
   }
 };
 
@@ -387,7 +364,7 @@ TEST(VmLifecycle, DestroyKillsAtOnceAndIsIdempotent) {
   auto& vm = *booted.value();
   const pid_t pid = vm.qemu_pid();
   EXPECT_EQ(leftover_qemu(), std::vector<pid_t>{pid});
-  EXPECT_EQ(entries(world.shm.path()).size(), 1u);
+  EXPECT_EQ(dir_entries(world.shm.path()).size(), 1u);
   const auto started = Clock::now();
   world.io.call_void([&] { vm.destroy(); });
   EXPECT_LT(Clock::now() - started, 2s);

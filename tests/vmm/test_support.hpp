@@ -324,4 +324,35 @@ inline std::string env_or(const char* name, const std::string& fallback) {
   return value && *value ? value : fallback;
 }
 
+// The guest images the VM tests boot: VESICLE_IMAGES_DIR, else the build
+// tree's (CMake passes it as VESICLE_IMAGES_DIR_DEFAULT).
+inline std::filesystem::path images_dir() {
+  return env_or("VESICLE_IMAGES_DIR", env_or("VESICLE_IMAGES_DIR_DEFAULT", "build/images"));
+}
+
+// QEMU processes (other than this one) whose command line contains
+// `needle`, e.g. "vesicle-" and the id prefix of one test run's VMs.
+inline std::vector<pid_t> processes_naming(const std::string& needle) {
+  std::vector<pid_t> found;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
+    const std::string name = entry.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::ifstream in(entry.path() / "cmdline", std::ios::binary);
+    std::string cmdline((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (cmdline.find(needle) != std::string::npos && std::stoi(name) != ::getpid()) {
+      found.push_back(std::stoi(name));
+    }
+  }
+  return found;
+}
+
+// The names in `dir` (none if it does not exist).
+inline std::vector<std::string> dir_entries(const std::filesystem::path& dir) {
+  std::vector<std::string> names;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec))
+    names.push_back(entry.path().filename().string());
+  return names;
+}
+
 } // namespace vesicle::test
