@@ -71,7 +71,11 @@ Result<void> check_id(const std::string& id) {
 }
 
 std::string kernel_cmdline(Accel accel, std::optional<unsigned long> tsc_khz) {
-  std::string cmdline = "console=ttyS0 root=/dev/vda rw quiet panic=-1";
+  // reboot=t: microvm has no keyboard controller, PCI reset port or ACPI reset
+  // register, so the kernel's default reboot sequence ends in a real-mode
+  // jump back into the firmware, which can spin forever (seen under host load)
+  // instead of resetting. A triple fault always reaches QEMU as a guest reset.
+  std::string cmdline = "console=ttyS0 root=/dev/vda rw quiet panic=-1 reboot=t";
   if (accel == Accel::tcg && tsc_khz) {
     // tsc=reliable: TCG's vCPUs all read the host's TSC, which the kernel's
     // warp check, slowed down by emulation, mistakes for unsynchronized TSCs

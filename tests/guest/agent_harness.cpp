@@ -423,7 +423,7 @@ VmAgent::VmAgent(const std::string& images_dir) {
       "-initrd",
       images_dir + "/initrd.img",
       "-append",
-      "console=ttyS0 root=/dev/vda rw quiet panic=-1" + tsc_hint(),
+      "console=ttyS0 root=/dev/vda rw quiet panic=-1 reboot=t" + tsc_hint(),
       "-drive",
       "id=root,file=" + overlay + ",format=qcow2,if=none",
       "-device",
