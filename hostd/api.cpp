@@ -131,6 +131,7 @@ api::Sandbox to_api(const SandboxInfo& info, vmm::Accel accel) {
                           ? "being deleted"
                           : info.dead_reason);
   out.set_source(info.source);
+  out.set_forked_from(info.forked_from);
   return out;
 }
 
@@ -215,6 +216,14 @@ asio::awaitable<void> Api::route(Exchange& exchange, const std::vector<std::stri
     if (method == http::verb::get) co_return co_await get(exchange, *owner, path[2]);
     if (method == http::verb::delete_) co_return co_await destroy(exchange, *owner, path[2]);
     co_return co_await exchange.respond_error(not_allowed("GET or DELETE"));
+  }
+  if (is({"v1", "sandboxes", "*", "fork"})) {
+    if (method != http::verb::post) co_return co_await exchange.respond_error(not_allowed("POST"));
+    co_return co_await fork(exchange, *owner, path[2]);
+  }
+  if (is({"v1", "sandboxes", "*", "merge_into", "*"})) {
+    if (method != http::verb::post) co_return co_await exchange.respond_error(not_allowed("POST"));
+    co_return co_await merge_into(exchange, *owner, path[2], path[4]);
   }
   if (is({"v1", "sandboxes", "*", "exec"})) {
     if (method != http::verb::post) co_return co_await exchange.respond_error(not_allowed("POST"));

@@ -93,6 +93,9 @@ private:
   asio::awaitable<void> create(Exchange& exchange, const std::string& owner);
   asio::awaitable<void> list(Exchange& exchange, const std::string& owner);
   asio::awaitable<void> get(Exchange& exchange, const std::string& owner, const std::string& id);
+  asio::awaitable<void> fork(Exchange& exchange, const std::string& owner, const std::string& id);
+  asio::awaitable<void> merge_into(Exchange& exchange, const std::string& owner,
+                                   const std::string& parent, const std::string& winner);
   asio::awaitable<void> destroy(Exchange& exchange, const std::string& owner,
                                 const std::string& id);
   // api_exec.cpp

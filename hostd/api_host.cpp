@@ -110,6 +110,10 @@ asio::awaitable<void> Api::metrics(Exchange& exchange) {
       "Time to answer POST /v1/sandboxes, by where the VM came from (pool, restore, boot) "
       "or failed.",
       "source");
+  text += metrics_.fork_seconds.render(
+      "vesicle_fork_seconds",
+      "Time to answer POST /v1/sandboxes/{id}/fork (until every child is ready), by outcome.",
+      "outcome");
   co_await exchange.respond_text(200, "text/plain; version=0.0.4", std::move(text));
 }
 

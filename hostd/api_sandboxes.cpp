@@ -97,6 +97,47 @@ asio::awaitable<void> Api::get(Exchange& exchange, const std::string& owner,
   co_await exchange.respond(200, to_json(to_api(*info, ctx_.vms.accel())));
 }
 
+// POST /v1/sandboxes/{id}/fork {n}: answers once every child is ready (or,
+// when one fails, once none is left and the parent is as it was).
+asio::awaitable<void> Api::fork(Exchange& exchange, const std::string& owner,
+                                const std::string& id) {
+  auto body = co_await exchange.read_json_body();
+  if (!body) co_return co_await exchange.respond_error(body.error());
+  api::ForkRequest request;
+  if (!body->empty()) {
+    auto parsed = from_json(*body, request);
+    if (!parsed)
+      co_return co_await exchange.respond_error(
+          ApiError::invalid_argument("invalid fork request: " + parsed.error().detail));
+  }
+  const std::uint32_t n = request.has_n() ? request.n() : 1;
+  if (n < 1 || n > kMaxForkChildren)
+    co_return co_await exchange.respond_error(
+        ApiError::invalid_argument("n: a fork makes 1 to " + std::to_string(kMaxForkChildren) +
+                                   " children, got " + std::to_string(n)));
+  const auto started = std::chrono::steady_clock::now();
+  auto children = co_await ask<SandboxInfoList>(ctx_.system, ctx_.registry, ctx_.create_timeout,
+                                                fork_atom::value, owner, id, n);
+  const std::chrono::duration<double> took = std::chrono::steady_clock::now() - started;
+  metrics_.fork_seconds.record(children ? "ok" : "failed", took.count());
+  if (!children)
+    co_return co_await exchange.respond_error(api_error(children.error(), ctx_.system));
+  api::ForkResponse out;
+  for (const auto& info : *children)
+    *out.add_children() = to_api(info, ctx_.vms.accel());
+  out.set_server_ms(took.count() * 1000.0);
+  co_await exchange.respond(201, to_json(out));
+}
+
+// POST /v1/sandboxes/{id}/merge_into/{winner}
+asio::awaitable<void> Api::merge_into(Exchange& exchange, const std::string& owner,
+                                      const std::string& parent, const std::string& winner) {
+  auto merged = co_await ask<SandboxInfo>(ctx_.system, ctx_.registry, ctx_.create_timeout,
+                                          merge_atom::value, owner, parent, winner);
+  if (!merged) co_return co_await exchange.respond_error(api_error(merged.error(), ctx_.system));
+  co_await exchange.respond(200, to_json(to_api(*merged, ctx_.vms.accel())));
+}
+
 // The destroy flow: the registry checks ownership and has the sandbox tear
 // its VM down; the answer comes once the VM's process and files are gone.
 asio::awaitable<void> Api::destroy(Exchange& exchange, const std::string& owner,

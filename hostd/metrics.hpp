@@ -34,6 +34,7 @@ private:
 
 struct Metrics {
   LatencyHistogram create_seconds; // by source: pool, restore, boot, failed
+  LatencyHistogram fork_seconds;   // by outcome: ok, failed
 };
 
 } // namespace vesicle::hostd

@@ -25,16 +25,26 @@ using list_atom = caf::atom_constant<caf::atom("list")>;
 using destroy_atom = caf::atom_constant<caf::atom("destroy")>;
 using capacity_atom = caf::atom_constant<caf::atom("capacity")>;
 using shutdown_atom = caf::atom_constant<caf::atom("shutdown")>;
+using fork_atom = caf::atom_constant<caf::atom("fork")>;
+using merge_atom = caf::atom_constant<caf::atom("merge")>;
 // HTTP side -> sandbox
 using await_ready_atom = caf::atom_constant<caf::atom("awaitready")>;
 using begin_op_atom = caf::atom_constant<caf::atom("beginop")>;
 using end_op_atom = caf::atom_constant<caf::atom("endop")>;
 using info_atom = caf::atom_constant<caf::atom("info")>;
+// registry -> sandbox: hold(true) refuses new operations while a fork or
+// merge works on its VM; release_vm: its VM went to another sandbox (merge)
+using hold_atom = caf::atom_constant<caf::atom("hold")>;
+using release_vm_atom = caf::atom_constant<caf::atom("releasevm")>;
 // VmHost (asio side) -> sandbox: results of work done off the CAF threads
 using vm_booted_atom = caf::atom_constant<caf::atom("vmbooted")>;
 using vm_boot_failed_atom = caf::atom_constant<caf::atom("vmbootfail")>;
 using vm_exited_atom = caf::atom_constant<caf::atom("vmexited")>;
 using vm_reclaimed_atom = caf::atom_constant<caf::atom("vmreclaim")>;
+// ... and to the registry: a fork's or merge's step on the VMs finished
+using vm_replaced_atom = caf::atom_constant<caf::atom("vmreplaced")>;
+using forked_atom = caf::atom_constant<caf::atom("forked")>;
+using merged_atom = caf::atom_constant<caf::atom("merged")>;
 // sandbox -> registry
 using state_atom = caf::atom_constant<caf::atom("state")>;
 // registry <-> pool
@@ -93,13 +103,16 @@ struct SandboxInfo {
   std::string dead_reason;        // set in state dead
   std::int32_t qemu_pid = 0;      // 0 unless a VM is running
   // Where its VM came from: "pool" (a restored VM waiting in the warm pool),
-  // "restore" (restored from the template on demand) or "boot" (cold boot).
+  // "restore" (restored from the template on demand), "boot" (cold boot) or
+  // "fork" (restored from its parent's fork snapshot).
   std::string source;
+  // The sandbox it was forked from ("" unless source is "fork").
+  std::string forked_from;
 };
 
 template <class Inspector> typename Inspector::result_type inspect(Inspector& f, SandboxInfo& x) {
   return f(caf::meta::type_name("vesicle.SandboxInfo"), x.id, x.owner, x.state, x.spec,
-           x.created_at_ms, x.dead_reason, x.qemu_pid, x.source);
+           x.created_at_ms, x.dead_reason, x.qemu_pid, x.source, x.forked_from);
 }
 
 inline bool operator==(const SandboxSpec& a, const SandboxSpec& b) {

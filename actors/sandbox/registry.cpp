@@ -3,10 +3,12 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <functional>
 #include <map>
 #include <random>
 
 #include <caf/actor_system.hpp>
+#include <caf/send.hpp>
 #include <caf/stateful_actor.hpp>
 #include <caf/typed_event_based_actor.hpp>
 
@@ -21,6 +23,28 @@ struct Record {
   sandbox_actor actor;
   bool actor_alive = true;
   int pool = -1; // index into settings.pools of the pool it came from
+  // The sandboxes it was forked from, its parent first: merge_into accepts
+  // any descendant, also when a sandbox in between is gone.
+  std::vector<std::string> ancestors;
+};
+
+// Answers whoever waits for a sandbox to become ready (a create, a fork).
+using ReadyHandler = std::function<void(caf::expected<SandboxInfo>)>;
+
+// A fork between its parent step and its last child's answer.
+struct PendingFork {
+  std::string owner;
+  std::string parent_id;
+  std::vector<std::string> child_ids;
+  caf::typed_response_promise<SandboxInfoList> promise;
+  std::vector<SandboxInfo> ready;
+  std::vector<std::string> failures;
+  std::size_t outstanding = 0;
+};
+
+struct PendingMerge {
+  std::string winner_id;
+  caf::typed_response_promise<SandboxInfo> promise;
 };
 
 struct RegistryState {
@@ -30,7 +54,10 @@ struct RegistryState {
   bool shutting_down = false;
   // Creates waiting for their sandbox to become ready, so a shutdown can
   // answer them instead of leaving them hanging.
-  std::map<std::string, caf::typed_response_promise<SandboxInfo>> pending_creates;
+  std::map<std::string, ReadyHandler> pending_creates;
+  // Forks by fork snapshot id; merges by parent id.
+  std::map<std::string, PendingFork> pending_forks;
+  std::map<std::string, PendingMerge> pending_merges;
   // The last in-use count each pool was told.
   std::vector<std::uint32_t> pool_usage;
   static inline const char* name = "registry";
@@ -107,28 +134,37 @@ int pool_for(self_pointer self, const SandboxSpec& spec) {
 // Spawns the sandbox with its launch plan and answers the create once it is
 // ready; if it never gets there, destroys it so a failed create leaves
 // nothing behind.
-void launch(self_pointer self, SandboxInfo info, int pool, LaunchPlan plan,
-            caf::typed_response_promise<SandboxInfo> promise) {
+ReadyHandler answer_with(caf::typed_response_promise<SandboxInfo> promise) {
+  return [promise](caf::expected<SandboxInfo> outcome) mutable {
+    if (outcome)
+      promise.deliver(std::move(*outcome));
+    else
+      promise.deliver(std::move(outcome.error()));
+  };
+}
+
+void launch(self_pointer self, SandboxInfo info, int pool, LaunchPlan plan, ReadyHandler on_ready,
+            std::vector<std::string> ancestors = {}) {
   if (self->state.shutting_down) {
     if (!plan.pool_vm_id.empty()) self->state.vms->discard(plan.pool_vm_id);
-    promise.deliver(
-        make_error(errc::shutting_down, "hostd is shutting down; retry after it restarts"));
+    on_ready(make_error(errc::shutting_down, "hostd is shutting down; retry after it restarts"));
     return;
   }
   auto sandbox = spawn_sandbox(self->system(), info, *self->state.vms,
                                caf::actor_cast<state_listener>(self), plan);
   self->monitor(sandbox);
-  Record record{info, sandbox, true, pool};
+  Record record{info, sandbox, true, pool, std::move(ancestors)};
   self->state.records.emplace(info.id, std::move(record));
   update_pool_usage(self);
 
   auto id = info.id;
-  self->state.pending_creates.emplace(id, promise);
-  auto answer = [=](auto outcome) {
+  self->state.pending_creates.emplace(id, std::move(on_ready));
+  auto answer = [=](caf::expected<SandboxInfo> outcome) {
     auto pending = self->state.pending_creates.find(id);
     if (pending == self->state.pending_creates.end()) return;
-    pending->second.deliver(std::move(outcome));
+    auto handler = std::move(pending->second);
     self->state.pending_creates.erase(pending);
+    handler(std::move(outcome));
   };
   auto timeout = self->state.settings.ready_timeout;
   self->request(sandbox, timeout, await_ready_atom::value)
@@ -136,7 +172,7 @@ void launch(self_pointer self, SandboxInfo info, int pool, LaunchPlan plan,
             [=](caf::error& failure) {
               log_line("sandbox " + id +
                        " did not become ready: " + self->system().render(failure));
-              answer(failure);
+              answer(caf::expected<SandboxInfo>(failure));
               // Then take down what is left; its record holds the slot
               // until its VM is really gone.
               auto forget = [=] {
@@ -169,7 +205,7 @@ caf::result<SandboxInfo> create(self_pointer self, std::string owner, SandboxSpe
   auto promise = self->make_response_promise<SandboxInfo>();
   const int pool = pool_for(self, info.spec);
   if (pool < 0) {
-    launch(self, std::move(info), pool, LaunchPlan{}, promise);
+    launch(self, std::move(info), pool, LaunchPlan{}, answer_with(promise));
     return promise;
   }
   // Hold the capacity while the pool answers: count the sandbox as booting.
@@ -181,11 +217,12 @@ caf::result<SandboxInfo> create(self_pointer self, std::string owner, SandboxSpe
       .then(
           [=](std::string& pool_vm_id) mutable {
             self->state.records.erase(info.id);
-            launch(self, info, pool, LaunchPlan{std::move(pool_vm_id), key}, promise);
+            launch(self, info, pool, LaunchPlan{std::move(pool_vm_id), key, {}},
+                   answer_with(promise));
           },
           [=](caf::error&) mutable {
             self->state.records.erase(info.id);
-            launch(self, info, pool, LaunchPlan{{}, key}, promise);
+            launch(self, info, pool, LaunchPlan{{}, key, {}}, answer_with(promise));
           });
   return promise;
 }
@@ -218,15 +255,305 @@ caf::result<done_atom> destroy(self_pointer self, const std::string& owner, cons
   return promise;
 }
 
+std::string new_fork_id() {
+  // Fork snapshots are named like sandboxes, with their own prefix.
+  return "fk-" + new_sandbox_id().substr(3);
+}
+
+// A record that is ready and whose actor runs, or why it cannot be forked
+// or merged now.
+caf::expected<Record*> ready_record(self_pointer self, const std::string& owner,
+                                    const std::string& id) {
+  auto record = owned(self, owner, id);
+  if (!record) return record;
+  const auto& info = (*record)->info;
+  if (!(*record)->actor_alive || info.state == SandboxState::dead)
+    return make_error(errc::sandbox_died, "sandbox " + id + " died: " + info.dead_reason +
+                                              "; delete it and create a new one");
+  if (info.state != SandboxState::ready)
+    return make_error(errc::failed_precondition,
+                      "sandbox " + id + " is not ready (it is " +
+                          (info.state == SandboxState::booting ? "booting" : "being deleted") +
+                          "); retry once it is ready");
+  return record;
+}
+
+void release_hold(self_pointer self, const std::string& id) {
+  auto found = self->state.records.find(id);
+  if (found != self->state.records.end() && found->second.actor_alive)
+    caf::anon_send(found->second.actor, hold_atom::value, false);
+}
+
+// The fork flow: reserve room for the children (booting placeholders), hold
+// the parent (no operation may run while its VM is saved), let VmHost turn
+// it into a fork snapshot and resume it, then launch the children from the
+// snapshot (forked()).
+caf::result<SandboxInfoList> fork(self_pointer self, const std::string& owner,
+                                  const std::string& id, std::uint32_t n) {
+  if (self->state.shutting_down)
+    return make_error(errc::shutting_down, "hostd is shutting down; retry after it restarts");
+  if (n < 1 || n > kMaxForkChildren)
+    return make_error(errc::invalid_argument, "n: a fork makes 1 to " +
+                                                  std::to_string(kMaxForkChildren) +
+                                                  " children, got " + std::to_string(n));
+  auto record = ready_record(self, owner, id);
+  if (!record) return std::move(record.error());
+  auto room = capacity(self);
+  if (room.available() < n)
+    return make_error(errc::no_capacity,
+                      "forking " + id + " " + std::to_string(n) + " ways needs " +
+                          std::to_string(n) + " free sandbox slots; this host has " +
+                          std::to_string(room.available()) + " of " +
+                          std::to_string(room.max_sandboxes) +
+                          "; delete sandboxes you no longer need or fork fewer ways");
+  const auto base_id = new_fork_id();
+  PendingFork pending;
+  pending.owner = owner;
+  pending.parent_id = id;
+  pending.promise = self->make_response_promise<SandboxInfoList>();
+  auto ancestors = (*record)->ancestors;
+  ancestors.insert(ancestors.begin(), id);
+  for (std::uint32_t i = 0; i < n; ++i) {
+    SandboxInfo child;
+    child.id = new_sandbox_id();
+    child.owner = owner;
+    child.spec = (*record)->info.spec;
+    child.created_at_ms = now_ms();
+    child.source = "fork";
+    child.forked_from = id;
+    pending.child_ids.push_back(child.id);
+    // Holds the slot until the child's actor exists.
+    self->state.records.emplace(child.id, Record{child, sandbox_actor{}, false, -1, ancestors});
+  }
+  auto promise = pending.promise;
+  self->state.pending_forks.emplace(base_id, std::move(pending));
+  auto forget_placeholders = [=] {
+    auto found = self->state.pending_forks.find(base_id);
+    if (found == self->state.pending_forks.end()) return;
+    for (const auto& child : found->second.child_ids)
+      self->state.records.erase(child);
+    self->state.pending_forks.erase(found);
+  };
+  self->request((*record)->actor, std::chrono::seconds(10), hold_atom::value, true)
+      .then(
+          [=](done_atom) {
+            registry_actor registry = caf::actor_cast<registry_actor>(self);
+            self->state.vms->fork_parent(
+                id, base_id, [registry, base_id](std::string error, std::int32_t pid) {
+                  caf::anon_send(registry, forked_atom::value, base_id, std::move(error), pid);
+                });
+          },
+          [=](caf::error& refused) mutable {
+            forget_placeholders();
+            promise.deliver(std::move(refused));
+          });
+  return promise;
+}
+
+// One child of a fork answered (ready or failed). With the last answer the
+// fork is decided: all children, or none (the ones that came up are
+// destroyed) and why.
+void fork_child_done(self_pointer self, const std::string& base_id,
+                     caf::expected<SandboxInfo> outcome, const std::string& child_id) {
+  auto found = self->state.pending_forks.find(base_id);
+  if (found == self->state.pending_forks.end()) return;
+  auto& fork = found->second;
+  if (outcome)
+    fork.ready.push_back(std::move(*outcome));
+  else
+    fork.failures.push_back(child_id + ": " + error_message(outcome.error()));
+  if (--fork.outstanding > 0) return;
+  self->state.vms->release_fork(base_id);
+  if (fork.failures.empty()) {
+    // In the order the children were made.
+    SandboxInfoList children;
+    for (const auto& id : fork.child_ids)
+      for (auto& info : fork.ready)
+        if (info.id == id) children.push_back(info);
+    fork.promise.deliver(std::move(children));
+  } else {
+    for (const auto& info : fork.ready) {
+      auto record = self->state.records.find(info.id);
+      if (record == self->state.records.end() || !record->second.actor_alive) continue;
+      auto child = info.id;
+      auto forget = [=] {
+        self->state.vms->reclaim(child, {});
+        self->state.records.erase(child);
+      };
+      self->request(record->second.actor, self->state.settings.ready_timeout, destroy_atom::value)
+          .then([=](done_atom) { forget(); }, [=](caf::error&) { forget(); });
+    }
+    std::string why = fork.failures.front();
+    if (fork.failures.size() > 1)
+      why += " (and " + std::to_string(fork.failures.size() - 1) + " more)";
+    fork.promise.deliver(make_error(
+        errc::boot_failed,
+        "forking " + fork.parent_id + ": " + std::to_string(fork.failures.size()) + " of " +
+            std::to_string(fork.child_ids.size()) + " children failed, so none was kept (" + why +
+            "); the parent is unchanged"));
+  }
+  self->state.pending_forks.erase(found);
+}
+
+void forked(self_pointer self, const std::string& base_id, const std::string& error,
+            std::int32_t pid) {
+  auto found = self->state.pending_forks.find(base_id);
+  if (found == self->state.pending_forks.end()) {
+    self->state.vms->release_fork(base_id);
+    return;
+  }
+  auto& fork = found->second;
+  auto parent = self->state.records.find(fork.parent_id);
+  if (parent != self->state.records.end() && parent->second.actor_alive) {
+    if (pid != 0) self->send(parent->second.actor, vm_replaced_atom::value, pid);
+    caf::anon_send(parent->second.actor, hold_atom::value, false);
+  }
+  if (!error.empty() || self->state.shutting_down) {
+    for (const auto& child : fork.child_ids)
+      self->state.records.erase(child);
+    self->state.vms->release_fork(base_id);
+    auto failure =
+        !error.empty()
+            ? make_error(errc::boot_failed, "forking " + fork.parent_id + " failed: " + error)
+            : make_error(errc::shutting_down, "hostd is shutting down; retry after it restarts");
+    fork.promise.deliver(std::move(failure));
+    self->state.pending_forks.erase(found);
+    return;
+  }
+  fork.outstanding = fork.child_ids.size();
+  const auto children = fork.child_ids;
+  for (const auto& child_id : children) {
+    auto placeholder = self->state.records.find(child_id);
+    if (placeholder == self->state.records.end()) continue;
+    SandboxInfo info = placeholder->second.info;
+    auto ancestors = placeholder->second.ancestors;
+    self->state.records.erase(placeholder);
+    launch(
+        self, std::move(info), -1, LaunchPlan{{}, {}, base_id},
+        [=](caf::expected<SandboxInfo> outcome) {
+          fork_child_done(self, base_id, std::move(outcome), child_id);
+        },
+        std::move(ancestors));
+  }
+}
+
+caf::result<SandboxInfo> merge(self_pointer self, const std::string& owner,
+                               const std::string& parent_id, const std::string& winner_id) {
+  if (self->state.shutting_down)
+    return make_error(errc::shutting_down, "hostd is shutting down; retry after it restarts");
+  if (parent_id == winner_id)
+    return make_error(errc::failed_precondition,
+                      "cannot merge " + parent_id +
+                          " into itself; merge_into takes one of its forked children");
+  auto parent = ready_record(self, owner, parent_id);
+  if (!parent) return std::move(parent.error());
+  auto winner = owned(self, owner, winner_id);
+  if (!winner) return std::move(winner.error());
+  const auto& ancestors = (*winner)->ancestors;
+  if (std::find(ancestors.begin(), ancestors.end(), parent_id) == ancestors.end())
+    return make_error(errc::failed_precondition,
+                      winner_id + " was not forked from " + parent_id +
+                          (ancestors.empty() ? std::string(" (it was not forked at all)")
+                                             : " (it descends from " + ancestors.front() + ")") +
+                          "; merge_into takes a child of " + parent_id + " or one of theirs");
+  if (self->state.pending_merges.count(parent_id))
+    return make_error(errc::failed_precondition,
+                      "a merge into " + parent_id + " is already running; retry once it is done");
+  auto ready_winner = ready_record(self, owner, winner_id);
+  if (!ready_winner) return std::move(ready_winner.error());
+  auto promise = self->make_response_promise<SandboxInfo>();
+  self->state.pending_merges.emplace(parent_id, PendingMerge{winner_id, promise});
+  auto parent_actor = (*parent)->actor;
+  auto winner_actor = (*ready_winner)->actor;
+  auto fail = [=](caf::error error) {
+    auto found = self->state.pending_merges.find(parent_id);
+    if (found == self->state.pending_merges.end()) return;
+    found->second.promise.deliver(std::move(error));
+    self->state.pending_merges.erase(found);
+  };
+  auto timeout = std::chrono::seconds(10);
+  self->request(parent_actor, timeout, hold_atom::value, true)
+      .then(
+          [=](done_atom) {
+            self->request(winner_actor, timeout, hold_atom::value, true)
+                .then(
+                    [=](done_atom) {
+                      registry_actor registry = caf::actor_cast<registry_actor>(self);
+                      self->state.vms->merge(
+                          parent_id, parent_actor, winner_id,
+                          [registry, parent_id](std::string error, std::int32_t pid) {
+                            caf::anon_send(registry, merged_atom::value, parent_id,
+                                           std::move(error), pid);
+                          });
+                    },
+                    [=](caf::error& refused) {
+                      release_hold(self, parent_id);
+                      fail(std::move(refused));
+                    });
+          },
+          [=](caf::error& refused) { fail(std::move(refused)); });
+  return promise;
+}
+
+void merged(self_pointer self, const std::string& parent_id, const std::string& error,
+            std::int32_t pid) {
+  auto found = self->state.pending_merges.find(parent_id);
+  if (found == self->state.pending_merges.end()) return;
+  auto merge = std::move(found->second);
+  self->state.pending_merges.erase(found);
+  if (!error.empty()) {
+    release_hold(self, parent_id);
+    release_hold(self, merge.winner_id);
+    merge.promise.deliver(
+        make_error(errc::failed_precondition, "merging " + merge.winner_id + " into " + parent_id +
+                                                  " failed: " + error + "; both are unchanged"));
+    return;
+  }
+  // The winner's id is gone: its actor stops without touching the VM.
+  if (auto winner = self->state.records.find(merge.winner_id);
+      winner != self->state.records.end()) {
+    if (winner->second.actor_alive) {
+      auto actor = winner->second.actor;
+      winner->second.actor_alive = false;
+      caf::anon_send(actor, release_vm_atom::value);
+    }
+    self->state.records.erase(winner);
+  }
+  auto parent = self->state.records.find(parent_id);
+  if (parent == self->state.records.end()) {
+    merge.promise.deliver(
+        make_error(errc::not_found, "sandbox " + parent_id + " was deleted during the merge"));
+    return;
+  }
+  if (parent->second.actor_alive) {
+    self->send(parent->second.actor, vm_replaced_atom::value, pid);
+    caf::anon_send(parent->second.actor, hold_atom::value, false);
+  }
+  auto info = parent->second.info;
+  info.qemu_pid = pid;
+  merge.promise.deliver(std::move(info));
+}
+
 caf::result<done_atom> shutdown(self_pointer self) {
   self->state.shutting_down = true;
   auto promise = self->make_response_promise<done_atom>();
   auto pending = std::make_shared<std::size_t>(0);
   auto finish = [=]() mutable {
-    for (auto& [id, create] : self->state.pending_creates)
-      create.deliver(
-          make_error(errc::shutting_down, "hostd shut down while sandbox " + id + " was booting"));
+    auto creates = std::move(self->state.pending_creates);
     self->state.pending_creates.clear();
+    for (auto& [id, create] : creates)
+      create(
+          make_error(errc::shutting_down, "hostd shut down while sandbox " + id + " was booting"));
+    for (auto& [base, fork] : self->state.pending_forks)
+      fork.promise.deliver(
+          make_error(errc::shutting_down,
+                     "hostd shut down while sandbox " + fork.parent_id + " was being forked"));
+    self->state.pending_forks.clear();
+    for (auto& [parent, merge] : self->state.pending_merges)
+      merge.promise.deliver(
+          make_error(errc::shutting_down, "hostd shut down while sandbox " + merge.winner_id +
+                                              " was being merged into " + parent));
+    self->state.pending_merges.clear();
     promise.deliver(done_atom::value);
     self->quit();
   };
@@ -316,6 +643,17 @@ registry_actor::behavior_type registry_behavior(self_pointer self, VmHost* vms,
         if (!record) return std::move(record.error());
         if (!(*record)->actor_alive) return done_atom::value;
         return self->delegate((*record)->actor, vm_exited_atom::value, std::move(how));
+      },
+      [=](fork_atom, const std::string& owner, const std::string& id, std::uint32_t n) {
+        return fork(self, owner, id, n);
+      },
+      [=](merge_atom, const std::string& owner, const std::string& parent,
+          const std::string& winner) { return merge(self, owner, parent, winner); },
+      [=](forked_atom, const std::string& base_id, const std::string& error, std::int32_t pid) {
+        forked(self, base_id, error, pid);
+      },
+      [=](merged_atom, const std::string& parent, const std::string& error, std::int32_t pid) {
+        merged(self, parent, error, pid);
       },
       [=](capacity_atom) { return capacity(self); },
       [=](shutdown_atom) { return shutdown(self); },

@@ -38,6 +38,19 @@ using registry_actor = caf::typed_actor<
     // owner, id, how: an HTTP handler saw the VM's process gone; the reply
     // comes once the sandbox is recorded dead
     caf::replies_to<vm_exited_atom, std::string, std::string, std::string>::with<done_atom>,
+    // owner, id, n -> n children, each starting from the sandbox's state at
+    // this moment (memory, processes, files); the parent runs on. All or
+    // nothing: a child that fails takes the others down, and the parent is
+    // left as it was. errc::no_capacity when n do not fit.
+    caf::replies_to<fork_atom, std::string, std::string, std::uint32_t>::with<SandboxInfoList>,
+    // owner, parent, winner -> the parent, now running the winner's VM; the
+    // winner's id is gone, the parent's old VM destroyed. The winner must
+    // descend from the parent (errc::failed_precondition otherwise).
+    caf::replies_to<merge_atom, std::string, std::string, std::string>::with<SandboxInfo>,
+    // from VmHost: a fork's parent step (base id, error, pid) and a merge's
+    // (parent id, error, pid)
+    caf::reacts_to<forked_atom, std::string, std::string, std::int32_t>,
+    caf::reacts_to<merged_atom, std::string, std::string, std::int32_t>,
     caf::replies_to<capacity_atom>::with<CapacityInfo>,
     // Refuses new creates, destroys every sandbox, then stops the registry.
     caf::replies_to<shutdown_atom>::with<done_atom>,
@@ -58,6 +71,9 @@ struct RegistrySettings {
   };
   std::vector<Pool> pools;
 };
+
+// The most children one fork makes.
+inline constexpr std::uint32_t kMaxForkChildren = 32;
 
 registry_actor spawn_registry(caf::actor_system& system, VmHost& vms, RegistrySettings settings);
 

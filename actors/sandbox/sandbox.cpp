@@ -28,6 +28,8 @@ struct SandboxActorState {
   // A VM exists (or may: a boot is in flight) that has not been reclaimed.
   bool holds_vm = true;
   bool reclaim_in_flight = false;
+  // A fork or merge is working on the VM: no new operations.
+  bool held = false;
   static inline const char* name = "sandbox";
 };
 
@@ -126,6 +128,10 @@ sandbox_actor::behavior_type sandbox_behavior(self_pointer self, SandboxInfo inf
       [=](info_atom) -> SandboxInfo { return self->state.info; },
       [=](begin_op_atom) -> caf::result<std::uint64_t> {
         if (self->state.info.state != SandboxState::ready) return not_now(self);
+        if (self->state.held)
+          return make_error(errc::failed_precondition,
+                            "sandbox " + id_of(self) +
+                                " is being forked or merged; retry in a moment");
         auto lease = self->state.next_lease++;
         self->state.leases.insert(lease);
         return lease;
@@ -148,6 +154,38 @@ sandbox_actor::behavior_type sandbox_behavior(self_pointer self, SandboxInfo inf
           break;
         }
         return promise;
+      },
+      [=](hold_atom, bool hold) -> caf::result<done_atom> {
+        if (!hold) {
+          self->state.held = false;
+          return done_atom::value;
+        }
+        if (self->state.info.state != SandboxState::ready) return not_now(self);
+        if (self->state.held)
+          return make_error(errc::failed_precondition,
+                            "sandbox " + id_of(self) +
+                                " is already being forked or merged; retry once that is done");
+        if (!self->state.leases.empty())
+          return make_error(errc::failed_precondition,
+                            "sandbox " + id_of(self) + " has " +
+                                std::to_string(self->state.leases.size()) +
+                                " exec or file transfer running; fork or merge once it finished");
+        self->state.held = true;
+        return done_atom::value;
+      },
+      [=](vm_replaced_atom, std::int32_t qemu_pid) {
+        if (self->state.info.state != SandboxState::ready) return;
+        self->state.info.qemu_pid = qemu_pid;
+        report(self);
+      },
+      [=](release_vm_atom) -> done_atom {
+        // The VM belongs to another sandbox now: nothing to reclaim.
+        self->state.holds_vm = false;
+        for (auto& waiter : self->state.destroy_waiters)
+          waiter.deliver(done_atom::value);
+        self->state.destroy_waiters.clear();
+        self->quit();
+        return done_atom::value;
       },
       [=](vm_booted_atom, std::int32_t qemu_pid, std::string& source) {
         if (self->state.info.state != SandboxState::booting) return;

@@ -38,6 +38,14 @@ using sandbox_actor = caf::typed_actor<
     // Tears the VM down and stops the actor; answered once the VM's files
     // are gone.
     caf::replies_to<destroy_atom>::with<done_atom>,
+    // Fork and merge: hold(true) succeeds only when ready with no operation
+    // in flight, and refuses new ones until hold(false).
+    caf::replies_to<hold_atom, bool>::with<done_atom>,
+    // Its VM was replaced (the parent of a fork resumed, a merge): the new
+    // QEMU pid.
+    caf::reacts_to<vm_replaced_atom, std::int32_t>,
+    // Its VM went to another sandbox (merge_into): stop without reclaiming.
+    caf::replies_to<release_vm_atom>::with<done_atom>,
     // From VmHost (and from an HTTP handler that saw the VM die first; the
     // reply tells it the death is recorded).
     // vm_booted carries QEMU's pid and where the VM came from (SandboxInfo::source).

@@ -76,6 +76,33 @@ std::string random_suffix() {
 
 } // namespace
 
+// A fork snapshot: the parent's RAM file and disk at the moment of a fork,
+// read-only from then on. Every VM restored from it holds it (through its
+// SandboxVm), and so does a later fork snapshot whose disk is an overlay
+// on this one's; the last holder to go removes the files, after the VMs
+// that mapped them are dead (VmHost destroys a VM before dropping it).
+struct VmHost::ForkBase {
+  ForkBase(std::string id_, vmm::Snapshot snapshot_, std::shared_ptr<ForkBase> parent_,
+           std::shared_ptr<std::size_t> count_)
+      : id(std::move(id_)), snapshot(std::move(snapshot_)), parent(std::move(parent_)),
+        count(std::move(count_)) {
+    ++*count;
+  }
+  ForkBase(const ForkBase&) = delete;
+  ForkBase& operator=(const ForkBase&) = delete;
+  ~ForkBase() {
+    std::error_code ignored;
+    fs::remove_all(snapshot.dir, ignored);
+    fs::remove(snapshot.memory_file, ignored);
+    --*count;
+  }
+
+  std::string id;
+  vmm::Snapshot snapshot;
+  std::shared_ptr<ForkBase> parent;
+  std::shared_ptr<std::size_t> count;
+};
+
 VmHost::VmHost(asio::any_io_executor executor, vmm::Driver& driver, VmSettings settings)
     : executor_(std::move(executor)), driver_(driver), settings_(std::move(settings)),
       images_fingerprint_(images_fingerprint(settings_.images_dir)) {}
@@ -130,6 +157,8 @@ asio::awaitable<void> VmHost::run_sandbox_vm(std::string id, SandboxSpec spec, L
   // tap is free when it is released; an adopted pool VM's lease is held by
   // the pool's coroutine in the same way.
   std::shared_ptr<net::NetworkLease> network;
+  std::shared_ptr<ForkBase> base;
+  std::string machine_id;
   if (!plan.pool_vm_id.empty()) {
     auto found = pool_vms_.find(plan.pool_vm_id);
     if (found != pool_vms_.end()) {
@@ -165,6 +194,25 @@ asio::awaitable<void> VmHost::run_sandbox_vm(std::string id, SandboxSpec spec, L
       }
       network = std::move(leased.value());
     }
+    if (!vm && !plan.fork_base.empty()) {
+      auto found = forks_.find(plan.fork_base);
+      if (found == forks_.end()) {
+        caf::anon_send(sandbox, vm_boot_failed_atom::value,
+                       "fork snapshot " + plan.fork_base + " no longer exists");
+        co_return;
+      }
+      base = found->second;
+      auto config = vm_config(id, spec.vcpus, spec.memory_mib, network.get());
+      auto restored = co_await driver_.restore(base->snapshot, std::move(config));
+      if (!restored) {
+        caf::anon_send(sandbox, vm_boot_failed_atom::value,
+                       "restoring from the parent's fork snapshot failed: " +
+                           restored.error().message());
+        co_return;
+      }
+      vm = std::move(restored.value());
+      source = "fork";
+    }
     if (!vm && !plan.template_key.empty()) {
       if (auto found = templates_.find(plan.template_key); found != templates_.end()) {
         const auto snapshot = found->second;
@@ -195,40 +243,179 @@ asio::awaitable<void> VmHost::run_sandbox_vm(std::string id, SandboxSpec spec, L
     co_return;
   }
   if (source != "boot") {
-    // Every clone of a template starts with the same RNG state, clock,
-    // hostname and machine-id: replace them before the sandbox is handed
-    // out. Sent without waiting for the answer (it is on the create's
-    // critical path); the agent applies it before it reads the next request,
-    // so the user's first call already sees the new identity.
-    // Named locals, not temporaries inside the co_await: g++ 12 miscompiles
-    // those.
-    auto identity = vmm::IdentityRefresh::generate(id);
-    Result<void> sent;
-    if (identity) {
-      vmm::RefreshFailureHandler on_failure = [id](const Error& error) {
-        log_line("sandbox " + id + ": identity refresh failed: " + error.message());
-      };
-      sent = co_await vm->agent().send_refresh_identity(std::move(identity.value()),
-                                                        std::move(on_failure));
-    } else {
-      sent = std::move(identity).error();
-    }
-    if (!sent) {
+    // Every clone of a template or fork snapshot starts with the same RNG
+    // state, clock, hostname and machine-id: replace them before the
+    // sandbox is handed out.
+    auto refreshed = co_await refresh_identity(*vm, id, std::string());
+    if (!refreshed) {
       vm->destroy();
       caf::anon_send(sandbox, vm_boot_failed_atom::value,
-                     "giving the restored VM a fresh identity failed: " + sent.error().message());
+                     "giving the restored VM a fresh identity failed: " +
+                         refreshed.error().message());
       co_return;
     }
+    machine_id = std::move(refreshed.value());
   }
+  // An adopted pool VM's exit is already watched (by its pool coroutine).
   const bool watched = target != nullptr;
-  if (watched) network.reset();
   if (!target) target = std::make_shared<ExitTarget>();
   target->sandbox = sandbox;
   target->pool = nullptr;
-  vms_[id] = vm;
+  vms_[id] = SandboxVm{vm, target, std::move(network), std::move(base), std::move(machine_id)};
   caf::anon_send(sandbox, vm_booted_atom::value, static_cast<std::int32_t>(vm->qemu_pid()),
                  std::move(source));
   if (!watched) co_await watch_exit(std::move(vm), std::move(target));
+}
+
+asio::awaitable<Result<std::string>> VmHost::refresh_identity(vmm::Vm& vm, std::string hostname,
+                                                              std::string machine_id) {
+  // Sent without waiting for the answer (it is on the create's critical
+  // path); the agent applies it before it reads the next request, so the
+  // user's first call already sees the new identity.
+  auto identity = vmm::IdentityRefresh::generate(hostname);
+  if (!identity) co_return std::move(identity).error();
+  if (!machine_id.empty()) identity->machine_id = machine_id;
+  std::string given = identity->machine_id;
+  vmm::RefreshFailureHandler on_failure = [hostname](const Error& error) {
+    log_line("sandbox " + hostname + ": identity refresh failed: " + error.message());
+  };
+  // Named locals, not temporaries inside the co_await: g++ 12 miscompiles
+  // those.
+  auto sent =
+      co_await vm.agent().send_refresh_identity(std::move(identity.value()), std::move(on_failure));
+  if (!sent) co_return std::move(sent).error();
+  co_return given;
+}
+
+void VmHost::fork_parent(std::string parent_id, std::string base_id, ForkStepDone done) {
+  asio::co_spawn(executor_,
+                 run_fork_parent(std::move(parent_id), std::move(base_id), std::move(done)),
+                 asio::detached);
+}
+
+asio::awaitable<void> VmHost::run_fork_parent(std::string parent_id, std::string base_id,
+                                              ForkStepDone done) {
+  auto found = vms_.find(parent_id);
+  if (found == vms_.end() || !found->second.vm->running()) {
+    done("sandbox " + parent_id + " has no running VM", 0);
+    co_return;
+  }
+  // Copies: the map may change while this waits.
+  const SandboxVm before = found->second;
+  const sandbox_actor parent = before.target->sandbox;
+  if (!before.vm->maps_memory_shared()) {
+    done("sandbox " + parent_id +
+             " came from a template snapshot (its RAM is a private copy); forking such a "
+             "sandbox is not supported yet",
+         0);
+    co_return;
+  }
+  const auto dir = settings_.runtime_dir / ("fork-" + base_id);
+  const auto memory_file = settings_.shm_dir / ("vesicle-fork-" + base_id + ".mem");
+  // The old QEMU ends when it is saved: that is no death of the sandbox.
+  before.target->sandbox = nullptr;
+  auto saved = co_await before.vm->save_snapshot(dir, memory_file);
+  if (!saved) {
+    before.target->sandbox = parent;
+    // A save that failed after the device state was written ends the VM;
+    // its watcher, muted meanwhile, may have missed that.
+    if (!before.vm->running())
+      caf::anon_send(parent, vm_exited_atom::value,
+                     "the VM ended while it was saved for a fork: " + saved.error().message());
+    done("saving sandbox " + parent_id + " for the fork failed: " + saved.error().message(), 0);
+    co_return;
+  }
+  auto base =
+      std::make_shared<ForkBase>(base_id, std::move(saved.value()), before.base, fork_count_);
+  // The parent goes on as one more copy of the snapshot, with its network
+  // slot, hostname and machine-id.
+  Result<std::unique_ptr<vmm::Vm>> restored = make_error("restore", "not tried");
+  for (int attempt = 0; attempt < 2 && !restored; ++attempt) {
+    auto config =
+        vm_config(parent_id, base->snapshot.vcpus, base->snapshot.memory_mib, before.network.get());
+    restored = co_await driver_.restore(base->snapshot, std::move(config));
+    if (!restored)
+      log_line("fork of " + parent_id + ": resuming the parent failed (attempt " +
+               std::to_string(attempt + 1) + "): " + restored.error().message());
+  }
+  if (!restored) {
+    const std::string why =
+        "resuming it from its fork snapshot failed: " + restored.error().message();
+    caf::anon_send(parent, vm_exited_atom::value, why);
+    done("sandbox " + parent_id + " was saved for the fork, but " + why, 0);
+    co_return;
+  }
+  std::shared_ptr<vmm::Vm> vm = std::move(restored.value());
+  auto refreshed = co_await refresh_identity(*vm, parent_id, before.machine_id);
+  auto record = vms_.find(parent_id);
+  if (record == vms_.end() || !refreshed) {
+    // Deleted while it was being forked, or its agent is gone.
+    vm->destroy();
+    if (record != vms_.end())
+      caf::anon_send(parent, vm_exited_atom::value, refreshed.error().message());
+    done("sandbox " + parent_id + " went away during the fork", 0);
+    co_return;
+  }
+  auto target = std::make_shared<ExitTarget>();
+  target->sandbox = parent;
+  record->second.vm = vm;
+  record->second.target = target;
+  record->second.base = base;
+  record->second.machine_id = std::move(refreshed.value());
+  forks_[base_id] = std::move(base);
+  done("", static_cast<std::int32_t>(vm->qemu_pid()));
+  co_await watch_exit(std::move(vm), std::move(target));
+}
+
+void VmHost::release_fork(std::string base_id) {
+  asio::post(executor_, [this, base_id = std::move(base_id)] { forks_.erase(base_id); });
+}
+
+std::size_t VmHost::fork_snapshots() const {
+  return *fork_count_;
+}
+
+void VmHost::merge(std::string parent_id, sandbox_actor parent, std::string winner_id,
+                   ForkStepDone done) {
+  asio::co_spawn(
+      executor_,
+      run_merge(std::move(parent_id), std::move(parent), std::move(winner_id), std::move(done)),
+      asio::detached);
+}
+
+asio::awaitable<void> VmHost::run_merge(std::string parent_id, sandbox_actor parent,
+                                        std::string winner_id, ForkStepDone done) {
+  auto winner_found = vms_.find(winner_id);
+  if (winner_found == vms_.end() || !winner_found->second.vm->running()) {
+    done("sandbox " + winner_id + " has no running VM", 0);
+    co_return;
+  }
+  SandboxVm winner = std::move(winner_found->second);
+  vms_.erase(winner_found);
+  std::string machine_id;
+  if (auto old = vms_.find(parent_id); old != vms_.end()) {
+    SandboxVm replaced = std::move(old->second);
+    vms_.erase(old);
+    machine_id = replaced.machine_id;
+    replaced.target->sandbox = nullptr; // its end is the merge, not a death
+    replaced.vm->destroy();
+    // `replaced` (its network slot, its hold on a fork snapshot) goes here,
+    // after its QEMU is dead.
+  }
+  winner.target->sandbox = parent;
+  const auto pid = static_cast<std::int32_t>(winner.vm->qemu_pid());
+  auto vm = winner.vm;
+  vms_[parent_id] = std::move(winner);
+  // The winner's world now answers as the parent.
+  auto refreshed = co_await refresh_identity(*vm, parent_id, machine_id);
+  if (refreshed) {
+    if (auto record = vms_.find(parent_id); record != vms_.end())
+      record->second.machine_id = std::move(refreshed.value());
+  } else {
+    log_line("merge of " + winner_id + " into " + parent_id +
+             ": identity refresh failed: " + refreshed.error().message());
+  }
+  done("", pid);
 }
 
 // Sits on a VM's exit so its owner hears about a death (kill -9, guest
@@ -421,9 +608,10 @@ void VmHost::discard(std::string pool_vm_id) {
 void VmHost::reclaim(std::string id, sandbox_actor sandbox) {
   asio::post(executor_, [this, id = std::move(id), sandbox = std::move(sandbox)] {
     if (auto found = vms_.find(id); found != vms_.end()) {
-      auto vm = std::move(found->second);
+      SandboxVm record = std::move(found->second);
       vms_.erase(found);
-      vm->destroy();
+      // Dead before its network slot and fork snapshot are let go.
+      record.vm->destroy();
     }
     if (sandbox) caf::anon_send(sandbox, vm_reclaimed_atom::value);
   });
@@ -431,14 +619,16 @@ void VmHost::reclaim(std::string id, sandbox_actor sandbox) {
 
 std::shared_ptr<vmm::Vm> VmHost::find(const std::string& id) const {
   auto found = vms_.find(id);
-  return found == vms_.end() ? nullptr : found->second;
+  return found == vms_.end() ? nullptr : found->second.vm;
 }
 
 void VmHost::destroy_all() {
   auto vms = std::move(vms_);
   vms_.clear();
-  for (auto& [id, vm] : vms)
-    vm->destroy();
+  for (auto& [id, record] : vms)
+    record.vm->destroy();
+  vms.clear();
+  forks_.clear();
   auto pooled = std::move(pool_vms_);
   pool_vms_.clear();
   for (auto& [id, entry] : pooled) {

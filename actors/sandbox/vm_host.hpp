@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -51,7 +52,14 @@ struct LaunchPlan {
   std::string pool_vm_id;   // adopt this waiting pool VM
   std::string template_key; // else restore from this template
                             // else cold boot
+  // A fork's child: restore from this fork snapshot (fork_parent made it),
+  // and nothing else: a child that cannot be restored fails.
+  std::string fork_base;
 };
+
+// Answers a fork or merge step on the executor: an empty error and the
+// parent's QEMU pid afterwards, or why the step failed.
+using ForkStepDone = std::function<void(std::string error, std::int32_t qemu_pid)>;
 
 class VmHost {
 public:
@@ -83,6 +91,23 @@ public:
   // Destroys a waiting pool VM.
   void discard(std::string pool_vm_id);
 
+  // Fork, step one: makes the running VM of sandbox `parent_id` the
+  // immutable fork snapshot `base_id` (its RAM file and disk become the
+  // children's shared copy-on-write base) and resumes the parent as one
+  // more copy of it. The parent must be idle (no agent call in flight).
+  // On failure the parent runs on as before; only if it cannot be resumed
+  // from the saved snapshot does it die (its actor hears vm_exited).
+  void fork_parent(std::string parent_id, std::string base_id, ForkStepDone done);
+  // Fork, step two is launch() with LaunchPlan::fork_base for each child.
+  // Then this, once every child's launch has resolved: from here on the
+  // snapshot lives exactly as long as a VM restored from it (or a snapshot
+  // made from one of those, whose disk it backs).
+  void release_fork(std::string base_id);
+  // merge_into: the VM of sandbox `winner_id` becomes `parent_id`'s (it
+  // answers to the parent's hostname and machine-id from now on) and the
+  // parent's old VM is destroyed. Exit notices go to `parent` afterwards.
+  void merge(std::string parent_id, sandbox_actor parent, std::string winner_id, ForkStepDone done);
+
   // Kills the VM of sandbox `id` if it runs and removes its files; answers
   // `sandbox` with vm_reclaimed (if it is set). Safe for an id without a VM.
   void reclaim(std::string id, sandbox_actor sandbox);
@@ -93,6 +118,8 @@ public:
   // running) past a reclaim, so an exec in flight fails cleanly.
   std::shared_ptr<vmm::Vm> find(const std::string& id) const;
   std::size_t size() const { return vms_.size(); }
+  // Fork snapshots that exist (in use by a VM, or by a fork in progress).
+  std::size_t fork_snapshots() const;
   std::size_t pool_size() const { return pool_vms_.size(); }
   // Destroys every VM now (hostd's shutdown, after the actors are done).
   void destroy_all();
@@ -115,6 +142,18 @@ private:
     pool_actor pool;
     std::string pool_vm_id;
   };
+  struct ForkBase;
+  // A sandbox's VM and what it holds: its network slot (released after the
+  // VM is destroyed) and the fork snapshot it was restored from.
+  struct SandboxVm {
+    std::shared_ptr<vmm::Vm> vm;
+    std::shared_ptr<ExitTarget> target;
+    std::shared_ptr<net::NetworkLease> network;
+    std::shared_ptr<ForkBase> base;
+    // The machine-id it was given (empty for a cold-booted VM until its
+    // first fork): kept when the parent of a fork is resumed.
+    std::string machine_id;
+  };
   struct PoolVm {
     std::shared_ptr<vmm::Vm> vm;
     std::shared_ptr<ExitTarget> target;
@@ -128,6 +167,14 @@ private:
   build_template(const TemplateSpec& spec);
   boost::asio::awaitable<void> run_pool_vm(std::string key, std::string pool_vm_id,
                                            pool_actor pool);
+  boost::asio::awaitable<void> run_fork_parent(std::string parent_id, std::string base_id,
+                                               ForkStepDone done);
+  boost::asio::awaitable<void> run_merge(std::string parent_id, sandbox_actor parent,
+                                         std::string winner_id, ForkStepDone done);
+  // Sends `vm` a fresh identity without waiting for the answer; returns the
+  // machine-id given (a new one when `machine_id` is empty).
+  boost::asio::awaitable<Result<std::string>> refresh_identity(vmm::Vm& vm, std::string hostname,
+                                                               std::string machine_id);
   boost::asio::awaitable<void> watch_exit(std::shared_ptr<vmm::Vm> vm,
                                           std::shared_ptr<ExitTarget> target);
   vmm::VmConfig vm_config(const std::string& id, std::uint32_t vcpus, std::uint32_t memory_mib,
@@ -140,7 +187,11 @@ private:
   vmm::Driver& driver_;
   VmSettings settings_;
   std::string images_fingerprint_;
-  std::map<std::string, std::shared_ptr<vmm::Vm>> vms_;
+  std::map<std::string, SandboxVm> vms_;
+  // Fork snapshots whose children are still being launched.
+  std::map<std::string, std::shared_ptr<ForkBase>> forks_;
+  // How many fork snapshots exist (each ForkBase counts itself).
+  std::shared_ptr<std::size_t> fork_count_ = std::make_shared<std::size_t>(0);
   std::map<std::string, PoolVm> pool_vms_;
   std::map<std::string, std::shared_ptr<const vmm::Snapshot>> templates_;
   // Runs the blocking template checks.

@@ -686,6 +686,7 @@ public:
   int qemu_pid() const override { return state_->process->pid(); }
   AgentClient& agent() override { return *state_->agent; }
   bool running() const override { return state_->running(); }
+  bool maps_memory_shared() const override { return !state_->restored; }
 
   asio::awaitable<std::string> wait_exit() override {
     auto state = state_;

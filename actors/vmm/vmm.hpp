@@ -126,6 +126,9 @@ public:
   // save or a share=on copy; not built yet.
   virtual asio::awaitable<Result<Snapshot>> save_snapshot(std::filesystem::path dir,
                                                           std::filesystem::path memory_file) = 0;
+  // True when the VM's RAM is a share=on file of its own (a booted VM), so
+  // save_snapshot works; false for a VM restored share=off.
+  virtual bool maps_memory_shared() const = 0;
 };
 
 // How long the phases of one restore took (filled in by

@@ -122,6 +122,7 @@ public:
   int qemu_pid() const override { return pid_; }
   vmm::AgentClient& agent() override { return agent_; }
   bool running() const override { return !exited_.is_open(); }
+  bool maps_memory_shared() const override { return !restored; }
   asio::awaitable<std::string> wait_exit() override {
     co_await exited_.wait();
     co_return how_;
@@ -149,6 +150,7 @@ public:
   const vmm::VmConfig& config() const { return config_; }
   int destroy_calls = 0;
   bool files_removed = false;
+  bool restored = false; // made by FakeDriver::restore
   FakeAgent& fake_agent() { return agent_; }
 
 private:
@@ -203,6 +205,7 @@ public:
     config.vcpus = snapshot.vcpus;
     config.memory_mib = snapshot.memory_mib;
     auto vm = std::make_unique<FakeVm>(std::move(config), executor_, next_pid_++, live, *this);
+    vm->restored = true;
     vms[vm->id()] = vm.get();
     co_return std::unique_ptr<vmm::Vm>(std::move(vm));
   }

@@ -83,7 +83,7 @@ def qemu_processes_under(paths: List[Path]) -> List[int]:
 
 
 @contextlib.contextmanager
-def hostd_session(repo: Path):
+def hostd_session(repo: Path, max_sandboxes: int = 4, extra_config: str = "disable_pools: true\n"):
     binary = Path(os.environ.get("VESICLE_HOSTD") or repo / "build" / "hostd" / "hostd")
     images = Path(os.environ.get("VESICLE_IMAGES_DIR") or repo / "build" / "images")
     if not binary.exists():
@@ -110,8 +110,7 @@ def hostd_session(repo: Path):
         f'images_dir: "{images}"\n'
         f'runtime_dir: "{runtime_dir}"\n'
         f'shm_dir: "{shm_dir}"\n'
-        "max_sandboxes: 4\n"
-        "disable_pools: true\n"
+        f"max_sandboxes: {max_sandboxes}\n" + extra_config
     )
     log_path = top / "hostd.log"
     proc = None
@@ -175,7 +174,14 @@ def hostd_session(repo: Path):
                 os.kill(pid, signal.SIGKILL)
         if left:
             problems.append(f"QEMU processes of this hostd outlived it: {left}")
-        leftovers = [p for d in ours if d.exists() for p in d.rglob("*")]
+        # Template snapshots' RAM files stay by design (the next hostd reuses them).
+        leftovers = [
+            p
+            for d in ours
+            if d.exists()
+            for p in d.rglob("*")
+            if not p.name.startswith("vesicle-template-")
+        ]
         if leftovers:
             problems.append(f"hostd left per-VM files behind: {[str(p) for p in leftovers[:10]]}")
         log_text = log_path.read_text(errors="replace") if log_path.exists() else ""

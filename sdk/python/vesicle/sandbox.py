@@ -283,6 +283,56 @@ class Sandbox:
                 total += len(data)
         return total
 
+    # ---- fork and merge -----------------------------------------------------
+
+    def fork(self, n: int = 1) -> "List[Sandbox]":
+        """Branch this sandbox `n` ways (1 to 32); returns the children, each ready.
+
+        Each child starts from this sandbox's state at this moment: Python
+        globals, running processes, files. They share its memory and disk
+        copy-on-write and get their own identity (hostname, machine-id,
+        entropy). This sandbox keeps running. Either all `n` children are
+        made or none (the error says why) and this sandbox is unchanged.
+        Wait for running code to finish first: a fork refuses a sandbox with
+        an exec or file transfer in flight.
+        """
+        self._check_open("fork")
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 32:
+            raise InvalidRequestError(f"n must be an int from 1 to 32, not {n!r}")
+        answer = self._transport.json(
+            "POST", _sandbox_path(self.id) + "/fork", body={"n": n}, what=f"forking {self.id}"
+        )
+        children = answer.get("children") if isinstance(answer, dict) else None
+        if not isinstance(children, list) or len(children) != n:
+            raise ProtocolError(f"hostd answered a fork of {n} with {answer!r}")
+        return [Sandbox._from_info(Transport(self._transport.config), info) for info in children]
+
+    def merge_into(self, winner: "Union[Sandbox, str]") -> None:
+        """Make this sandbox continue as `winner`, one of its forked descendants.
+
+        Afterwards this sandbox's id runs the winner's world (memory,
+        processes, files), its own old world is destroyed, and the winner's
+        id is gone (the `winner` object is closed). Other children are
+        untouched.
+        """
+        self._check_open("merge into")
+        winner_id = winner.id if isinstance(winner, Sandbox) else winner
+        if not isinstance(winner_id, str) or not winner_id:
+            raise InvalidRequestError(f"winner must be a Sandbox or a sandbox id, not {winner!r}")
+        self.info = self._transport.json(
+            "POST",
+            _sandbox_path(self.id) + "/merge_into/" + urllib.parse.quote(winner_id, safe=""),
+            what=f"merging {winner_id} into {self.id}",
+        )
+        if isinstance(winner, Sandbox) and not winner._closed:
+            winner._closed = True
+            winner._transport.close()
+
+    @property
+    def forked_from(self) -> Optional[str]:
+        """The id of the sandbox this one was forked from, else None."""
+        return self.info.get("forked_from") or None
+
     # ---- lifetime -----------------------------------------------------------
 
     def close(self) -> None:
