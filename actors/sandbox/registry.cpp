@@ -395,19 +395,16 @@ void fork_child_done(self_pointer self, const std::string& base_id,
   self->state.pending_forks.erase(found);
 }
 
-void forked(self_pointer self, const std::string& base_id, const std::string& error,
-            std::int32_t pid) {
+void forked(self_pointer self, const std::string& base_id, const std::string& error) {
   auto found = self->state.pending_forks.find(base_id);
   if (found == self->state.pending_forks.end()) {
     self->state.vms->release_fork(base_id);
     return;
   }
   auto& fork = found->second;
-  auto parent = self->state.records.find(fork.parent_id);
-  if (parent != self->state.records.end() && parent->second.actor_alive) {
-    if (pid != 0) self->send(parent->second.actor, vm_replaced_atom::value, pid);
-    caf::anon_send(parent->second.actor, hold_atom::value, false);
-  }
+  // After a failed save the parent runs on as before: let it serve again.
+  // Otherwise VmHost lets it go once it has resumed.
+  if (!error.empty()) release_hold(self, fork.parent_id);
   if (!error.empty() || self->state.shutting_down) {
     for (const auto& child : fork.child_ids)
       self->state.records.erase(child);
@@ -649,8 +646,8 @@ registry_actor::behavior_type registry_behavior(self_pointer self, VmHost* vms,
       },
       [=](merge_atom, const std::string& owner, const std::string& parent,
           const std::string& winner) { return merge(self, owner, parent, winner); },
-      [=](forked_atom, const std::string& base_id, const std::string& error, std::int32_t pid) {
-        forked(self, base_id, error, pid);
+      [=](forked_atom, const std::string& base_id, const std::string& error, std::int32_t) {
+        forked(self, base_id, error);
       },
       [=](merged_atom, const std::string& parent, const std::string& error, std::int32_t pid) {
         merged(self, parent, error, pid);

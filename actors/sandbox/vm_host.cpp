@@ -314,7 +314,9 @@ asio::awaitable<void> VmHost::run_fork_parent(std::string parent_id, std::string
   const auto memory_file = settings_.shm_dir / ("vesicle-fork-" + base_id + ".mem");
   // The old QEMU ends when it is saved: that is no death of the sandbox.
   before.target->sandbox = nullptr;
+  const auto started = std::chrono::steady_clock::now();
   auto saved = co_await before.vm->save_snapshot(dir, memory_file);
+  const auto saved_at = std::chrono::steady_clock::now();
   if (!saved) {
     before.target->sandbox = parent;
     // A save that failed after the device state was written ends the VM;
@@ -327,6 +329,9 @@ asio::awaitable<void> VmHost::run_fork_parent(std::string parent_id, std::string
   }
   auto base =
       std::make_shared<ForkBase>(base_id, std::move(saved.value()), before.base, fork_count_);
+  // The children can be restored now, while the parent resumes.
+  forks_[base_id] = base;
+  done("", 0);
   // The parent goes on as one more copy of the snapshot, with its network
   // slot, hostname and machine-id.
   Result<std::unique_ptr<vmm::Vm>> restored = make_error("restore", "not tried");
@@ -339,10 +344,8 @@ asio::awaitable<void> VmHost::run_fork_parent(std::string parent_id, std::string
                std::to_string(attempt + 1) + "): " + restored.error().message());
   }
   if (!restored) {
-    const std::string why =
-        "resuming it from its fork snapshot failed: " + restored.error().message();
-    caf::anon_send(parent, vm_exited_atom::value, why);
-    done("sandbox " + parent_id + " was saved for the fork, but " + why, 0);
+    caf::anon_send(parent, vm_exited_atom::value,
+                   "resuming it from its fork snapshot failed: " + restored.error().message());
     co_return;
   }
   std::shared_ptr<vmm::Vm> vm = std::move(restored.value());
@@ -352,18 +355,25 @@ asio::awaitable<void> VmHost::run_fork_parent(std::string parent_id, std::string
     // Deleted while it was being forked, or its agent is gone.
     vm->destroy();
     if (record != vms_.end())
-      caf::anon_send(parent, vm_exited_atom::value, refreshed.error().message());
-    done("sandbox " + parent_id + " went away during the fork", 0);
+      caf::anon_send(parent, vm_exited_atom::value,
+                     "resumed from its fork snapshot, its agent failed: " +
+                         refreshed.error().message());
     co_return;
   }
+  const auto ms = [](auto duration) {
+    return std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(duration).count());
+  };
+  log_line("fork " + base_id + " of " + parent_id + ": saved in " + ms(saved_at - started) +
+           " ms, parent resumed in " + ms(std::chrono::steady_clock::now() - saved_at) + " ms");
   auto target = std::make_shared<ExitTarget>();
   target->sandbox = parent;
   record->second.vm = vm;
   record->second.target = target;
   record->second.base = base;
   record->second.machine_id = std::move(refreshed.value());
-  forks_[base_id] = std::move(base);
-  done("", static_cast<std::int32_t>(vm->qemu_pid()));
+  base.reset();
+  caf::anon_send(parent, vm_replaced_atom::value, static_cast<std::int32_t>(vm->qemu_pid()));
+  caf::anon_send(parent, hold_atom::value, false);
   co_await watch_exit(std::move(vm), std::move(target));
 }
 

@@ -93,10 +93,13 @@ public:
 
   // Fork, step one: makes the running VM of sandbox `parent_id` the
   // immutable fork snapshot `base_id` (its RAM file and disk become the
-  // children's shared copy-on-write base) and resumes the parent as one
-  // more copy of it. The parent must be idle (no agent call in flight).
-  // On failure the parent runs on as before; only if it cannot be resumed
-  // from the saved snapshot does it die (its actor hears vm_exited).
+  // children's shared copy-on-write base) and calls `done` as soon as the
+  // snapshot exists, then resumes the parent as one more copy of it while
+  // the children are launched. The parent must be idle (no agent call in
+  // flight) and held; once resumed, its actor hears vm_replaced (the new
+  // pid) and hold(false). If the save fails `done` says why and the parent
+  // runs on as before; only if it cannot be resumed from the saved snapshot
+  // does it die (its actor hears vm_exited).
   void fork_parent(std::string parent_id, std::string base_id, ForkStepDone done);
   // Fork, step two is launch() with LaunchPlan::fork_base for each child.
   // Then this, once every child's launch has resolved: from here on the

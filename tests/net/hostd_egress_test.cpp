@@ -190,11 +190,12 @@ protected:
             << testnet::kLanNetwork.str() << R"("], "prefix": ")" << kBridgePrefix
             << R"(", "transit": ")" << bridge.transit.str() << R"(", "route_table": )"
             << bridge.route_table << R"(, "rule_priority": )" << bridge.rule_priority
-            << R"(, "max_slots": 4, "max_pooled": 2})";
+            << R"(, "max_slots": 6, "max_pooled": 2})";
     HostdOptions options;
     options.binary = HOSTD_BINARY;
     options.images_dir = images_dir();
-    options.max_sandboxes = 3;
+    // Three sandboxes, and room for one fork child.
+    options.max_sandboxes = 4;
     options.memory_mib = 384;
     options.network_json = network.str();
     // Sandboxes come from a warm pool: its VMs wait with egress off and get
@@ -382,6 +383,28 @@ TEST_F(HostdEgress, OffFailsDnsAndTcpButFilesWork) {
   auto got = http.request("GET", "/v1/sandboxes/" + off_id + "/files?path=/data/roster.csv");
   EXPECT_EQ(got.status, 200u);
   EXPECT_EQ(got.body, data);
+}
+
+// A fork's children inherit their parent's egress: each gets a network slot
+// of its own with the same rules.
+TEST_F(HostdEgress, AForkOfAnEgressOffSandboxHasNoEgress) {
+  auto http = client();
+  auto forked = http.request("POST", "/v1/sandboxes/" + off_id + "/fork", R"({"n": 1})");
+  ASSERT_EQ(forked.status, 201u) << forked.body;
+  api::ForkResponse response;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(forked.body, &response).ok());
+  ASSERT_EQ(response.children_size(), 1);
+  const auto child = response.children(0);
+  EXPECT_EQ(child.egress_mode(), "off");
+  EXPECT_EQ(child.forked_from(), off_id);
+  auto r = probes(child.id(), {"resolve('allowed.test')", "tcp('198.18.1.10', 80)",
+                               "http('http://198.18.1.10/')"});
+  for (const auto& line : r)
+    EXPECT_TRUE(contains(line, "fail")) << line;
+  // The parent is still held to its egress too.
+  EXPECT_TRUE(contains(probes(off_id, {"tcp('198.18.1.10', 80)"})[0], "fail"));
+  auto gone = http.request("DELETE", "/v1/sandboxes/" + child.id());
+  EXPECT_EQ(gone.status, 204u) << gone.body;
 }
 
 // The example of the seeds (an exfiltration attempt with egress off), as
