@@ -44,3 +44,6 @@ target_link_libraries(snapshot_bench PRIVATE vesicle_vmm Boost::program_options 
 vesicle_test(full_snapshot_integration_test SOURCES integration/full_snapshot_test.cpp
              LIBS vesicle_vmm OpenSSL::Crypto LABEL integration TIMEOUT 900)
 set_property(TEST full_snapshot_integration_test APPEND PROPERTY ENVIRONMENT ${vmm_images_env})
+
+add_executable(full_snapshot_bench bench/full_snapshot_bench.cpp)
+target_link_libraries(full_snapshot_bench PRIVATE vesicle_vmm Boost::program_options OpenSSL::Crypto)
