@@ -383,6 +383,26 @@ Result<Snapshot> open(const fs::path& dir) {
   if (!m.full_ram) {
     if (auto ok = check_file(m.memory_file, "memory file", m.memory, true); !ok) return ok.error();
   }
+  // The disk's backing chain lives outside the snapshot: the base image, and
+  // for a VM that was itself restored, the template snapshot's disk. A
+  // missing link would make QEMU refuse the drive at restore; say so now.
+  {
+    fs::path image = disk;
+    for (int depth = 0; depth < 16; ++depth) {
+      auto backing = qcow2_backing_file(image);
+      if (!backing) return std::move(backing).error().with_context("reading the disk's header");
+      if (backing->empty()) break;
+      if (::access(backing->c_str(), R_OK) != 0) {
+        Error error = sys_error("check snapshot's disk chain", backing->string());
+        error.detail = "the snapshot's disk is backed by " + backing->string() + " (through " +
+                       image.string() +
+                       "), which is gone: the template snapshot or image it was made from was "
+                       "removed; the snapshot cannot be restored";
+        return error;
+      }
+      image = *backing;
+    }
+  }
   // The disk's backing file and the boot files live outside the snapshot;
   // they must still be there (their content is the image's business).
   for (const auto* file : {&m.kernel, &m.initrd, &m.base_disk}) {
@@ -406,6 +426,34 @@ Result<Snapshot> open(const fs::path& dir) {
   snapshot.accel = m.accel;
   snapshot.full_ram = m.full_ram;
   return snapshot;
+}
+
+Result<fs::path> qcow2_backing_file(const fs::path& image) {
+  UniqueFd fd(::open(image.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return sys_error("open", image.string());
+  unsigned char header[20];
+  const ssize_t n = ::pread(fd.get(), header, sizeof header, 0);
+  if (n < 0) return sys_error("read", image.string());
+  if (n < static_cast<ssize_t>(sizeof header) || std::memcmp(header, "QFI\xfb", 4) != 0)
+    return fs::path(); // not qcow2 (a raw base image)
+  std::uint64_t offset = 0;
+  for (int i = 8; i < 16; ++i)
+    offset = offset << 8 | header[i];
+  std::uint32_t size = 0;
+  for (int i = 16; i < 20; ++i)
+    size = size << 8 | header[i];
+  if (offset == 0 || size == 0) return fs::path();
+  if (size > 4096) {
+    return make_error("read qcow2 header", "its backing file name is implausibly long",
+                      image.string());
+  }
+  std::string name(size, '\0');
+  if (::pread(fd.get(), name.data(), size, static_cast<off_t>(offset)) !=
+      static_cast<ssize_t>(size))
+    return make_error("read qcow2 header", "the backing file name is cut short", image.string());
+  fs::path backing(name);
+  if (backing.is_relative()) backing = image.parent_path() / backing;
+  return backing;
 }
 
 Result<Ranges> hole_ranges(const fs::path& path) {

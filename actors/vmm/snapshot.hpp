@@ -83,6 +83,11 @@ Result<FileDigest> digest_file(const std::filesystem::path& path);
 // alike.
 Result<FileDigest> digest_sparse_file(const std::filesystem::path& path);
 
+// The backing file a qcow2 image names in its header (resolved against the
+// image's directory when relative), or an empty path when it has none or
+// is not qcow2.
+Result<std::filesystem::path> qcow2_backing_file(const std::filesystem::path& image);
+
 // Byte ranges [first, second) of a file.
 using Ranges = std::vector<std::pair<std::uint64_t, std::uint64_t>>;
 

@@ -286,6 +286,41 @@ TEST(SnapshotFiles, OpensAFullSnapshotAndRefusesItDamaged) {
   }
 }
 
+// A Space saved from a pool VM has a disk backed by the template snapshot's
+// disk; with that gone the snapshot cannot be resumed, and open says so.
+TEST(SnapshotFiles, OpenRefusesAFullSnapshotWhoseDiskChainIsBroken) {
+  FullSnapshotDir full;
+  const fs::path template_disk = full.root.path() / "template-disk.qcow2";
+  const std::string base = (full.images.path() / "rootfs.ext4").string();
+  const std::string make_template =
+      "qemu-img create -q -f qcow2 -b '" + base + "' -F raw '" + template_disk.string() + "' 1M";
+  ASSERT_EQ(std::system(make_template.c_str()), 0) << make_template;
+  fs::remove(full.dir / "disk.qcow2");
+  const std::string make_disk = "qemu-img create -q -f qcow2 -b '" + template_disk.string() +
+                                "' -F qcow2 '" + (full.dir / "disk.qcow2").string() + "'";
+  ASSERT_EQ(std::system(make_disk.c_str()), 0) << make_disk;
+  auto backing = vmm::snapshot::qcow2_backing_file(full.dir / "disk.qcow2");
+  ASSERT_TRUE(backing) << backing.error().message();
+  EXPECT_EQ(*backing, template_disk);
+  // The manifest must name the new disk's checksum for open to get that far.
+  auto manifest = vmm::snapshot::parse_manifest([&] {
+    std::ifstream in(full.dir / "manifest");
+    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  }());
+  ASSERT_TRUE(manifest);
+  manifest->disk = vmm::snapshot::digest_file(full.dir / "disk.qcow2").value();
+  ASSERT_TRUE(vmm::snapshot::write_file_atomically(full.dir / "manifest",
+                                                   vmm::snapshot::format_manifest(*manifest)));
+  ASSERT_TRUE(vmm::open_snapshot(full.dir));
+
+  fs::remove(template_disk);
+  auto refused = vmm::open_snapshot(full.dir);
+  ASSERT_FALSE(refused);
+  EXPECT_NE(refused.error().message().find("which is gone"), std::string::npos)
+      << refused.error().message();
+  EXPECT_EQ(refused.error().errno_value, ENOENT);
+}
+
 std::uint64_t allocated(const fs::path& path) {
   struct stat st {};
   EXPECT_EQ(::stat(path.c_str(), &st), 0) << path;
