@@ -904,7 +904,13 @@ asio::awaitable<Result<Snapshot>> save_full_steps(std::shared_ptr<VmState> state
     if (!begun) co_return co_await undo(std::move(begun).error());
     scanned = true;
     auto written = co_await wait_migration(state, deadline);
-    if (!written) co_return co_await undo(std::move(written).error());
+    if (!written) {
+      // `cat` says why it stopped writing (a full disk) in QEMU's log.
+      Error error = std::move(written).error();
+      const std::string log = detail::file_tail(paths.log, 512);
+      if (!log.empty()) error.detail += "; QEMU log (tail): " + log;
+      co_return co_await undo(std::move(error));
+    }
   }
   // The migration completed: QEMU flushed and let go of the disk (a resumed
   // VM takes it back), and the VM is paused (postmigrate).

@@ -206,6 +206,38 @@ TEST_F(FullSnapshots, BootedVmSavesInFullAndResumesWithItsState) {
   EXPECT_EQ(exists.error().errno_value, EEXIST);
   EXPECT_TRUE(vms.vms[0]->running());
 
+  // A disk that fills up mid-save (a 16 MiB tmpfs; the state is ~90 MiB):
+  // the VM was already paused and its RAM scanned. It resumes with its
+  // disk, its state, and its RAM file as sparse as before.
+  {
+    const fs::path small = world_->spaces.path() / "small";
+    fs::create_directory(small);
+    const std::string mount =
+        "mount -t tmpfs -o size=16m vesicle-fs-small '" + small.string() + "'";
+    if (std::system(mount.c_str()) != 0) {
+      std::cout << "cannot mount a small tmpfs (not root?): the disk-full case is skipped\n";
+    } else {
+      struct Unmount {
+        fs::path path;
+        ~Unmount() { std::system(("umount '" + path.string() + "'").c_str()); }
+      } unmount{small};
+      const fs::path ram = world_->shm.path() / ("vesicle-" + vms.vms[0]->id() + ".mem");
+      const auto ram_before = allocated_bytes(ram);
+      auto full = io().run(vms.vms[0]->save_full(small / "space"));
+      ASSERT_FALSE(full);
+      std::cout << "save_full onto a full disk: " << full.error().message() << "\n";
+      EXPECT_NE(full.error().message().find("the VM was resumed"), std::string::npos)
+          << full.error().message();
+      EXPECT_TRUE(dir_entries(small).empty()) << "nothing left on the full disk";
+      EXPECT_TRUE(vms.vms[0]->running());
+      expect_state(vms.vms[0]->agent(), pid, "from-a");
+      const auto ram_after = allocated_bytes(ram);
+      std::cout << "the VM's RAM file: " << (ram_before >> 20) << " MiB before the failed save, "
+                << (ram_after >> 20) << " MiB after\n";
+      EXPECT_LT(ram_after, ram_before + (32ull << 20)) << "the scan's pages were given back";
+    }
+  }
+
   const fs::path space = world_->spaces.path() / "space-a";
   const vmm::Snapshot saved = save_full(*vms.vms[0], space);
   ASSERT_TRUE(saved.full_ram);
