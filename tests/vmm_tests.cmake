@@ -37,3 +37,13 @@ set_property(TEST snapshot_integration_test APPEND PROPERTY ENVIRONMENT ${vmm_im
 
 add_executable(snapshot_bench bench/snapshot_bench.cpp)
 target_link_libraries(snapshot_bench PRIVATE vesicle_vmm Boost::program_options OpenSSL::Crypto)
+
+# Full-RAM snapshots: five VMs in a chain (boot, save_full, restore_full, fast
+# save, share=off restore, save_full, restore_full twice), a minute or two
+# of TCG. They write to /var/tmp (full snapshots belong on a real disk).
+vesicle_test(full_snapshot_integration_test SOURCES integration/full_snapshot_test.cpp
+             LIBS vesicle_vmm OpenSSL::Crypto LABEL integration TIMEOUT 900)
+set_property(TEST full_snapshot_integration_test APPEND PROPERTY ENVIRONMENT ${vmm_images_env})
+
+add_executable(full_snapshot_bench bench/full_snapshot_bench.cpp)
+target_link_libraries(full_snapshot_bench PRIVATE vesicle_vmm Boost::program_options OpenSSL::Crypto)

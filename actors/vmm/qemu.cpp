@@ -92,11 +92,14 @@ std::vector<std::string> command_line(const VmConfig& config, const VmPaths& pat
   // A booted VM's RAM is a shared file of its own: saving it is a rename.
   // A restored one maps the snapshot's file privately: pages it only reads
   // stay shared with every other VM restored from the same snapshot.
+  // A full-RAM snapshot's pages all come from the migration stream, so its
+  // VM gets a fresh file of its own, shared like a booted VM's.
+  const bool shared_from_snapshot = restore_from && !restore_from->full_ram;
   const std::string memory_backend =
-      restore_from ? "memory-backend-file,id=mem,size=" + memory +
-                         "M,mem-path=" + restore_from->memory_file.string() + ",share=off"
-                   : "memory-backend-file,id=mem,size=" + memory +
-                         "M,mem-path=" + paths.memory_file.string() + ",share=on";
+      shared_from_snapshot ? "memory-backend-file,id=mem,size=" + memory +
+                                 "M,mem-path=" + restore_from->memory_file.string() + ",share=off"
+                           : "memory-backend-file,id=mem,size=" + memory +
+                                 "M,mem-path=" + paths.memory_file.string() + ",share=on";
   std::vector<std::string> args = {
       config.qemu_binary,
       "-M",
@@ -288,6 +291,11 @@ struct VmState : std::enable_shared_from_this<VmState> {
   bool files_created = false;
   // Restored from a snapshot (RAM mapped share=off): cannot be saved fast.
   bool restored = false;
+  // The snapshot RAM file a restored VM maps share=off (empty otherwise).
+  fs::path shared_source;
+  // While restore_full is under way: where the overlay (a full snapshot's
+  // disk, renamed) goes back to if the VM ends before the restore completes.
+  fs::path return_disk_to;
   bool saving = false; // save_snapshot is under way
   bool saved = false;  // ended by save_snapshot: its files became a snapshot
   std::string kernel_cmdline;
@@ -300,6 +308,11 @@ struct VmState : std::enable_shared_from_this<VmState> {
 
   void remove_files() {
     if (!files_created) return;
+    if (!return_disk_to.empty()) {
+      ::renameat2(AT_FDCWD, paths.overlay.c_str(), AT_FDCWD, return_disk_to.c_str(),
+                  RENAME_NOREPLACE);
+      return_disk_to.clear();
+    }
     std::error_code ignored;
     fs::remove_all(paths.dir, ignored);
     fs::remove(paths.memory_file, ignored);
@@ -430,10 +443,11 @@ asio::awaitable<Result<json::Value>> qmp_run(VmState& state, const char* command
   co_return reply; // its Error already names the command
 }
 
-asio::awaitable<Result<void>> set_ignore_shared(VmState& state) {
+// Both ends of a migration must agree on it: it changes the stream's format.
+asio::awaitable<Result<void>> set_ignore_shared(VmState& state, bool on = true) {
   json::Object capability;
   capability["capability"] = json::Value("x-ignore-shared");
-  capability["state"] = json::Value(true);
+  capability["state"] = json::Value(on);
   json::Object arguments;
   arguments["capabilities"] = json::Value(json::Array{json::Value(std::move(capability))});
   auto set = co_await qmp_run(state, "migrate-set-capabilities", std::move(arguments));
@@ -677,6 +691,284 @@ asio::awaitable<Result<Snapshot>> save_steps(std::shared_ptr<VmState> state, fs:
   co_return snapshot;
 }
 
+// Copies a file keeping its holes (data extents + copy_file_range): the
+// fallback when a rename would cross filesystems.
+Result<void> sparse_copy(const fs::path& from, const fs::path& to) {
+  UniqueFd in(::open(from.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!in) return sys_error("open", from.string());
+  struct stat st {};
+  if (::fstat(in.get(), &st) != 0) return sys_error("stat", from.string());
+  UniqueFd out(::open(to.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, st.st_mode & 0777));
+  if (!out) return sys_error("create", to.string());
+  auto fail = [&](const char* what, const fs::path& path) {
+    Error error = sys_error(what, path.string());
+    ::unlink(to.c_str());
+    return error;
+  };
+  if (::ftruncate(out.get(), st.st_size) != 0) return fail("resize", to);
+  off_t offset = 0;
+  while (offset < st.st_size) {
+    const off_t data = ::lseek(in.get(), offset, SEEK_DATA);
+    if (data < 0) {
+      if (errno == ENXIO) break;
+      return fail("seek to data in", from);
+    }
+    off_t hole = ::lseek(in.get(), data, SEEK_HOLE);
+    if (hole < 0) return fail("seek to a hole in", from);
+    hole = std::min<off_t>(hole, st.st_size);
+    loff_t src = data, dst = data;
+    while (src < hole) {
+      const ssize_t n = ::copy_file_range(in.get(), &src, out.get(), &dst,
+                                          static_cast<std::size_t>(hole - src), 0);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) return fail("copy", from);
+    }
+    offset = hole;
+  }
+  if (::fsync(out.get()) != 0) return fail("fsync", to);
+  return {};
+}
+
+// How a file was moved: renamed, or copied (the original still there).
+enum class Moved { no, renamed, copied };
+
+Result<Moved> move_file(const fs::path& from, const fs::path& to) {
+  if (::renameat2(AT_FDCWD, from.c_str(), AT_FDCWD, to.c_str(), RENAME_NOREPLACE) == 0)
+    return Moved::renamed;
+  if (errno != EXDEV) return sys_error("rename", from.string() + " -> " + to.string());
+  if (auto copied = sparse_copy(from, to); !copied)
+    return std::move(copied).error().with_context("copying across filesystems");
+  return Moved::copied;
+}
+
+// Undoes move_file: the file is back at `from`.
+void move_back(Moved moved, const fs::path& from, const fs::path& to) {
+  if (moved == Moved::renamed) {
+    ::renameat2(AT_FDCWD, to.c_str(), AT_FDCWD, from.c_str(), RENAME_NOREPLACE);
+  } else if (moved == Moved::copied) {
+    ::unlink(to.c_str());
+  }
+}
+
+asio::awaitable<Result<void>> raise_bandwidth(VmState& state) {
+  // QEMU 7.2 caps a migration at 32 MiB/s by default (max-bandwidth, in
+  // bytes per second); a stopped VM saved to a local file wants no cap.
+  json::Object parameters;
+  parameters["max-bandwidth"] = json::Value(static_cast<std::int64_t>(1) << 40);
+  auto set = co_await qmp_run(state, "migrate-set-parameters", std::move(parameters));
+  if (!set) co_return std::move(set).error();
+  co_return Result<void>{};
+}
+
+// What save_full does once the state is written and the disk moved:
+// fsync, checksums, manifest. Blocking; runs off the executor.
+Result<void> seal_full(const fs::path& staging, snapshot::Manifest manifest) {
+  const fs::path state = staging / snapshot::kStateName;
+  const fs::path disk = staging / snapshot::kDiskName;
+  for (const auto& path : {state, disk}) {
+    if (auto synced = fsync_path(path, false); !synced) return synced.error();
+  }
+  auto state_digest = snapshot::digest_file(state);
+  if (!state_digest) return state_digest.error();
+  auto disk_digest = snapshot::digest_file(disk);
+  if (!disk_digest) return disk_digest.error();
+  manifest.state = *state_digest;
+  manifest.disk = *disk_digest;
+  const fs::path manifest_path = staging / snapshot::kManifestName;
+  if (auto written = snapshot::write_file_atomically(manifest_path, format_manifest(manifest));
+      !written)
+    return written.error();
+  return fsync_path(staging, true);
+}
+
+// Frees the RAM the migration's zero-page scan faulted in: for a restored
+// VM, the template file's former holes (read as zeros, the file is never
+// written); for a VM with a RAM file of its own, its zero pages (the VM is
+// paused). Best effort: the content is the same either way.
+Result<std::uint64_t> give_back_scanned_pages(const fs::path& own_file,
+                                              const fs::path& shared_source,
+                                              const snapshot::Ranges& source_holes) {
+  if (!shared_source.empty()) {
+    if (auto punched = snapshot::punch_ranges(shared_source, source_holes); !punched)
+      return std::move(punched).error();
+    std::uint64_t bytes = 0;
+    for (const auto& [first, last] : source_holes)
+      bytes += last - first;
+    return bytes;
+  }
+  return snapshot::punch_zero_pages(own_file);
+}
+
+// Vm::save_full's steps; see vmm.hpp for the contract.
+asio::awaitable<Result<Snapshot>> save_full_steps(std::shared_ptr<VmState> state, fs::path dir) {
+  const std::string& id = state->config.id;
+  const std::string what = "saving VM " + id + " in full to " + dir.string();
+  if (!state->running() || !state->qmp || !state->qmp->connected())
+    co_return make_error("save VM", "the VM is not running", id).with_context(what);
+  if (state->saving)
+    co_return make_error("save VM", "a save is already under way", id).with_context(what);
+
+  std::error_code ec;
+  dir = fs::absolute(dir, ec).lexically_normal();
+  if (!dir.has_filename()) dir = dir.parent_path();
+  if (fs::symlink_status(dir, ec).type() != fs::file_type::not_found) {
+    co_return Error{EEXIST,
+                    "save VM",
+                    dir.string(),
+                    "it exists; a snapshot is never overwritten: choose a new path",
+                    {}}
+        .with_context(what);
+  }
+  // Written into a hidden staging dir beside `dir`, renamed to `dir` last.
+  const fs::path staging = dir.parent_path() / ("." + dir.filename().string() + ".partial");
+  if (::mkdir(staging.c_str(), 0700) != 0) {
+    Error error = sys_error("save VM: create directory", staging.string());
+    if (errno == EEXIST) error.detail = "a save into this path is under way, or one crashed";
+    if (errno == ENOENT) error.detail = "the snapshot dir's parent must exist";
+    co_return std::move(error).with_context(what);
+  }
+  auto uri = shell_quote(staging / snapshot::kStateName);
+  if (!uri) {
+    fs::remove_all(staging, ec);
+    co_return std::move(uri).error().with_context(what);
+  }
+
+  state->saving = true;
+  struct Saving {
+    VmState& state;
+    ~Saving() { state.saving = false; }
+  } saving{*state};
+
+  // Which pages of the template the scan will fault in: its holes now.
+  snapshot::Ranges source_holes;
+  if (!state->shared_source.empty()) {
+    const fs::path source = state->shared_source;
+    auto scan = [source]() { return snapshot::hole_ranges(source); };
+    auto holes = co_await run_blocking(state->executor, std::move(scan));
+    if (holes) source_holes = std::move(holes).value(); // else: nothing given back later
+  }
+
+  bool was_running = true;
+  {
+    json::Object no_arguments;
+    auto status = co_await qmp_run(*state, "query-status", std::move(no_arguments));
+    if (!status) {
+      fs::remove_all(staging, ec);
+      co_return std::move(status).error().with_context(what);
+    }
+    was_running = (*status)["running"].as_bool();
+  }
+  const VmPaths paths = state->paths;
+  const fs::path disk = staging / snapshot::kDiskName;
+  Moved disk_moved = Moved::no;
+  bool scanned = false;
+  // Puts everything back and resumes the VM: the failure path of every step
+  // before the snapshot is committed.
+  auto undo = [&](Error error) -> asio::awaitable<Result<Snapshot>> {
+    move_back(disk_moved, paths.overlay, disk);
+    std::error_code ignored;
+    fs::remove_all(staging, ignored);
+    if (scanned) {
+      const fs::path own = paths.memory_file, source = state->shared_source;
+      const snapshot::Ranges holes = source_holes;
+      auto give_back = [own, source, holes]() {
+        return give_back_scanned_pages(own, source, holes);
+      };
+      (void)co_await run_blocking(state->executor, std::move(give_back));
+    }
+    std::string resumed_how = "the VM was left paused, as it was";
+    if (was_running && state->running()) {
+      json::Object no_arguments;
+      auto resumed = co_await qmp_run(*state, "cont", std::move(no_arguments));
+      resumed_how = resumed ? "the VM was resumed"
+                            : "resuming the VM failed too (" + resumed.error().message() + ")";
+    }
+    error.detail += "; nothing was saved and " + resumed_how;
+    co_return std::move(error).with_context(what);
+  };
+
+  const auto deadline = Clock::now() + std::chrono::minutes(5);
+  {
+    json::Object no_arguments;
+    auto stopped = co_await qmp_run(*state, "stop", std::move(no_arguments));
+    if (!stopped) co_return co_await undo(std::move(stopped).error());
+  }
+  if (auto set = co_await set_ignore_shared(*state, false); !set)
+    co_return co_await undo(std::move(set).error());
+  if (auto raised = co_await raise_bandwidth(*state); !raised)
+    co_return co_await undo(std::move(raised).error());
+  {
+    json::Object migrate;
+    migrate["uri"] = json::Value("exec:cat > " + *uri);
+    auto begun = co_await qmp_run(*state, "migrate", std::move(migrate));
+    if (!begun) co_return co_await undo(std::move(begun).error());
+    scanned = true;
+    auto written = co_await wait_migration(state, deadline);
+    if (!written) {
+      // `cat` says why it stopped writing (a full disk) in QEMU's log.
+      Error error = std::move(written).error();
+      const std::string log = detail::file_tail(paths.log, 512);
+      if (!log.empty()) error.detail += "; QEMU log (tail): " + log;
+      co_return co_await undo(std::move(error));
+    }
+  }
+  // The migration completed: QEMU flushed and let go of the disk (a resumed
+  // VM takes it back), and the VM is paused (postmigrate).
+  auto moved = move_file(paths.overlay, disk);
+  if (!moved) co_return co_await undo(std::move(moved).error());
+  disk_moved = *moved;
+
+  snapshot::Manifest manifest;
+  manifest.full_ram = true;
+  manifest.vcpus = state->config.vcpus;
+  manifest.memory_mib = state->config.memory_mib;
+  manifest.accel = state->accel;
+  manifest.network = state->config.network.has_value();
+  manifest.kernel = fs::absolute(state->config.images.kernel, ec);
+  manifest.initrd = fs::absolute(state->config.images.initrd, ec);
+  manifest.base_disk = fs::absolute(state->config.images.base_disk, ec);
+  manifest.cmdline = state->kernel_cmdline;
+  {
+    auto seal = [staging, manifest]() { return seal_full(staging, manifest); };
+    auto sealed = co_await run_blocking(state->executor, std::move(seal));
+    if (!sealed) co_return co_await undo(std::move(sealed).error());
+  }
+  if (auto committed = rename_new(staging, dir); !committed)
+    co_return co_await undo(std::move(committed).error());
+  (void)fsync_path(dir.parent_path(), true);
+
+  // Committed: the VM ends. Its own cleanup removes what is left (sockets,
+  // log, a copied-from overlay, its RAM file).
+  state->saved = true;
+  if (!state->shared_source.empty()) {
+    const fs::path source = state->shared_source;
+    const snapshot::Ranges holes = source_holes;
+    auto give_back = [source, holes]() { return give_back_scanned_pages({}, source, holes); };
+    (void)co_await run_blocking(state->executor, std::move(give_back));
+  }
+  {
+    json::Object quit_arguments;
+    (void)co_await qmp_run(*state, "quit", std::move(quit_arguments), milliseconds(3000));
+    const bool gone = co_await state->exited.wait(Clock::now() + std::chrono::seconds(5));
+    if (!gone && state->process && !state->process->exited()) {
+      state->process->kill(SIGKILL);
+      (void)co_await state->exited.wait(Clock::now() + std::chrono::seconds(5));
+    }
+  }
+
+  Snapshot snapshot;
+  snapshot.dir = dir;
+  snapshot.disk = dir / snapshot::kDiskName;
+  snapshot.images = GuestImages{manifest.kernel, manifest.initrd, manifest.base_disk};
+  snapshot.vcpus = manifest.vcpus;
+  snapshot.memory_mib = manifest.memory_mib;
+  snapshot.kernel_cmdline = manifest.cmdline;
+  snapshot.network = manifest.network;
+  snapshot.accel = manifest.accel;
+  snapshot.full_ram = true;
+  co_return snapshot;
+}
+
 class QemuVm final : public Vm {
 public:
   explicit QemuVm(std::shared_ptr<VmState> state) : state_(std::move(state)) {}
@@ -722,6 +1014,11 @@ public:
   asio::awaitable<Result<Snapshot>> save_snapshot(fs::path dir, fs::path memory_file) override {
     auto state = state_;
     co_return co_await save_steps(state, std::move(dir), std::move(memory_file));
+  }
+
+  asio::awaitable<Result<Snapshot>> save_full(fs::path dir) override {
+    auto state = state_;
+    co_return co_await save_full_steps(state, std::move(dir));
   }
 
 private:
@@ -776,7 +1073,134 @@ public:
     co_return co_await prepared.value()->finish();
   }
 
+  asio::awaitable<Result<std::unique_ptr<Vm>>> restore_full(const Snapshot& snapshot,
+                                                            VmConfig config) override {
+    const std::string what = "resuming VM " + config.id + " from " + snapshot.dir.string();
+    auto restored = co_await restore_full_steps(executor_, accel_, snapshot, std::move(config));
+    if (!restored) co_return std::move(restored).error().with_context(what);
+    co_return std::move(restored);
+  }
+
 private:
+  static asio::awaitable<Result<std::unique_ptr<Vm>>>
+  restore_full_steps(asio::any_io_executor executor, Accel accel, Snapshot snapshot,
+                     VmConfig config) {
+    const auto started = Clock::now();
+    const auto deadline = started + std::max(config.boot_timeout, kQmpTimeout);
+    if (auto valid = check_id(config.id); !valid) co_return std::move(valid).error();
+    if (!snapshot.full_ram) {
+      co_return make_error("check snapshot", "it is not a full-RAM snapshot: start it with restore",
+                           snapshot.dir.string());
+    }
+    if (auto fits = check_restorable(snapshot, accel, config); !fits)
+      co_return std::move(fits).error();
+    config.images = snapshot.images;
+    config.vcpus = snapshot.vcpus;
+    config.memory_mib = snapshot.memory_mib;
+    auto state = std::make_shared<VmState>(executor, config);
+    state->accel = accel;
+    state->kernel_cmdline = snapshot.kernel_cmdline;
+    const VmPaths& paths = state->paths;
+    if (paths.agent_socket.string().size() >= sizeof(sockaddr_un::sun_path)) {
+      co_return make_error("check runtime dir",
+                           "socket paths under it exceed the Unix socket limit; use a shorter "
+                           "runtime_dir",
+                           paths.agent_socket.string());
+    }
+    if (auto made = make_vm_dir(config, paths); !made) co_return std::move(made).error();
+    state->files_created = true;
+    // The snapshot's disk becomes this VM's own; a failure puts it back
+    // (before QEMU is killed and the VM's files go).
+    // (VmState::remove_files does it, so also when QEMU exits on its own.)
+    struct Guard {
+      std::shared_ptr<VmState> state;
+      bool armed = true;
+      ~Guard() {
+        if (armed) state->destroy();
+      }
+    } guard{state};
+    auto moved = move_file(snapshot.disk, paths.overlay);
+    if (!moved) co_return std::move(moved).error().with_context("taking the snapshot's disk");
+    // A copy is removed with the VM's files; the original stays.
+    if (*moved == Moved::renamed) state->return_disk_to = snapshot.disk;
+
+    detail::SpawnOptions qemu_options;
+    qemu_options.argv = command_line(config, paths, accel, std::nullopt, &snapshot);
+    qemu_options.output = paths.log;
+    if (config.network) qemu_options.pass_fd = config.network->tap_fd;
+    qemu_options.working_dir = paths.dir;
+    auto process = detail::Process::spawn(executor, qemu_options);
+    if (!process) co_return std::move(process).error().with_context("starting QEMU");
+    state->process = std::move(process.value());
+    asio::co_spawn(executor, state->watch_process(), asio::detached);
+
+    std::function<bool()> qemu_gone = [state] { return !state->running(); };
+    auto qmp = co_await QmpClient::connect(executor, paths.qmp_socket,
+                                           std::min(deadline, Clock::now() + kQmpTimeout),
+                                           std::move(qemu_gone));
+    if (!qmp) co_await settle(state);
+    if (!qmp)
+      co_return died_or(*state,
+                        std::move(qmp).error().with_context("connecting to QEMU's monitor"));
+    state->qmp = std::move(qmp.value());
+    state->watch_monitor();
+    // Connected before the state loads: the guest agent sees no hang-up.
+    auto socket = co_await connect_agent(executor, paths.agent_socket);
+    if (!socket) co_await settle(state);
+    if (!socket) co_return died_or(*state, std::move(socket).error());
+    state->agent = make_agent_client(std::move(socket.value()));
+
+    auto uri = shell_quote(snapshot.device_state());
+    if (!uri) co_return std::move(uri).error();
+    auto set = co_await set_ignore_shared(*state, false);
+    if (!set) co_return std::move(set).error();
+    json::Object incoming;
+    incoming["uri"] = json::Value("exec:cat " + *uri);
+    auto begun = co_await qmp_run(*state, "migrate-incoming", std::move(incoming));
+    if (!begun) co_return std::move(begun).error();
+    auto loaded = co_await wait_migration(state, deadline);
+    if (!loaded) {
+      co_await settle(state);
+      Error error = std::move(loaded).error();
+      if (state->exited.is_set()) {
+        error = make_error("load saved state", "QEMU refused it: " + state->exit_description,
+                           snapshot.device_state().string());
+      }
+      co_return error;
+    }
+    // Loading checks every zero page of the stream against RAM, which
+    // faults in the whole fresh file; punch those pages out again while the
+    // VM is paused, so it costs only the memory it uses.
+    {
+      const fs::path memory = paths.memory_file;
+      auto sparsify = [memory]() { return snapshot::punch_zero_pages(memory); };
+      (void)co_await run_blocking(executor, std::move(sparsify));
+    }
+    json::Object no_arguments;
+    auto resumed = co_await qmp_run(*state, "cont", std::move(no_arguments));
+    if (!resumed) co_return std::move(resumed).error();
+    const auto remaining = std::chrono::duration_cast<milliseconds>(deadline - Clock::now());
+    auto ready =
+        co_await state->agent->wait_ready(std::max(remaining, milliseconds(0)), kPingInterval);
+    if (!ready) {
+      if (is_channel_closed(ready.error())) {
+        co_await state->exited.wait(Clock::now() + std::chrono::seconds(10));
+        co_return died_or(*state, std::move(ready).error());
+      }
+      const std::string console = co_await state->read_console();
+      Error error = std::move(ready).error();
+      error.detail += "; the resumed guest's agent did not answer within " +
+                      std::to_string(state->config.boot_timeout.count()) + " ms";
+      if (!console.empty()) error.detail += "; guest console (tail):\n" + console;
+      co_return error;
+    }
+    // Committed: a copied-in disk's original is spent like a renamed one.
+    if (*moved == Moved::copied) ::unlink(snapshot.disk.c_str());
+    state->return_disk_to.clear();
+    guard.armed = false;
+    co_return std::unique_ptr<Vm>(std::make_unique<QemuVm>(std::move(state)));
+  }
+
   // Cheap checks that the snapshot fits this driver and this config, and its
   // files are there (open_snapshot checked their contents).
   static Result<void> check_restorable(const Snapshot& snapshot, Accel accel,
@@ -794,6 +1218,13 @@ private:
                             ? "the snapshot's VM had a network device: attach a network"
                             : "the snapshot's VM had no network device: restore without one",
                         snapshot.dir.string());
+    }
+    if (snapshot.full_ram) {
+      for (const auto& file : {snapshot.device_state(), snapshot.disk}) {
+        if (::access(file.c_str(), R_OK) != 0)
+          return sys_error("check snapshot file", file.string());
+      }
+      return snapshot.images.check();
     }
     struct stat st {};
     if (::stat(snapshot.memory_file.c_str(), &st) != 0)
@@ -814,6 +1245,11 @@ private:
     const auto started = Clock::now();
     const auto deadline = started + std::max(config.boot_timeout, kQmpTimeout);
     if (auto valid = check_id(config.id); !valid) co_return std::move(valid).error();
+    if (snapshot.full_ram) {
+      co_return make_error("check snapshot",
+                           "it is a full-RAM snapshot (Vm::save_full): resume it with restore_full",
+                           snapshot.dir.string());
+    }
     if (auto fits = check_restorable(snapshot, accel, config); !fits)
       co_return std::move(fits).error();
     config.images = snapshot.images;
@@ -821,6 +1257,7 @@ private:
     config.memory_mib = snapshot.memory_mib;
     auto state = std::make_shared<VmState>(executor, config);
     state->restored = true;
+    state->shared_source = snapshot.memory_file;
     state->accel = accel;
     state->kernel_cmdline = snapshot.kernel_cmdline;
     const VmPaths& paths = state->paths;

@@ -151,8 +151,13 @@ std::string format_manifest(const Manifest& m) {
       << "cmdline " << m.cmdline << "\n"
       << "state " << m.state.size << " " << m.state.sha256 << "\n"
       << "disk " << m.disk.size << " " << m.disk.sha256 << "\n"
-      << "memory " << m.memory.size << " " << m.memory.data_bytes << " " << m.memory.sha256 << " "
-      << m.memory_file.string() << "\n";
+      << "memory ";
+  if (m.full_ram) {
+    out << "in-state\n";
+  } else {
+    out << m.memory.size << " " << m.memory.data_bytes << " " << m.memory.sha256 << " "
+        << m.memory_file.string() << "\n";
+  }
   return out.str();
 }
 
@@ -239,6 +244,8 @@ Result<Manifest> parse_manifest(std::string_view text) {
         return manifest_error(number, "not a sha256: " + std::string(words[1]));
       digest.sha256 = std::string(words[1]);
       digest.data_bytes = digest.size;
+    } else if (value == "in-state") { // memory, of a full-RAM snapshot
+      m.full_ram = true;
     } else { // memory
       auto words = split_words(value, 4);
       if (words.size() != 4)
@@ -253,7 +260,7 @@ Result<Manifest> parse_manifest(std::string_view text) {
       m.memory_file = fs::path(words[3]);
     }
   }
-  if (m.memory.size != std::uint64_t{m.memory_mib} << 20) {
+  if (!m.full_ram && m.memory.size != std::uint64_t{m.memory_mib} << 20) {
     return manifest_error(key_count + 1, "the memory file's size does not match memory_mib");
   }
   return m;
@@ -363,6 +370,7 @@ Result<Snapshot> open(const fs::path& dir) {
   for (auto [path, role, expected] :
        {std::tuple{&state, "device state", &m.state}, std::tuple{&disk, "disk", &m.disk},
         std::tuple{&m.memory_file, "memory file", &m.memory}}) {
+    if (m.full_ram && path == &m.memory_file) continue;
     struct stat st {};
     if (::stat(path->c_str(), &st) != 0 ||
         static_cast<std::uint64_t>(st.st_size) != expected->size) {
@@ -372,7 +380,29 @@ Result<Snapshot> open(const fs::path& dir) {
   }
   if (auto ok = check_file(state, "device state", m.state, false); !ok) return ok.error();
   if (auto ok = check_file(disk, "disk", m.disk, false); !ok) return ok.error();
-  if (auto ok = check_file(m.memory_file, "memory file", m.memory, true); !ok) return ok.error();
+  if (!m.full_ram) {
+    if (auto ok = check_file(m.memory_file, "memory file", m.memory, true); !ok) return ok.error();
+  }
+  // The disk's backing chain lives outside the snapshot: the base image, and
+  // for a VM that was itself restored, the template snapshot's disk. A
+  // missing link would make QEMU refuse the drive at restore; say so now.
+  {
+    fs::path image = disk;
+    for (int depth = 0; depth < 16; ++depth) {
+      auto backing = qcow2_backing_file(image);
+      if (!backing) return std::move(backing).error().with_context("reading the disk's header");
+      if (backing->empty()) break;
+      if (::access(backing->c_str(), R_OK) != 0) {
+        Error error = sys_error("check snapshot's disk chain", backing->string());
+        error.detail = "the snapshot's disk is backed by " + backing->string() + " (through " +
+                       image.string() +
+                       "), which is gone: the template snapshot or image it was made from was "
+                       "removed; the snapshot cannot be restored";
+        return error;
+      }
+      image = *backing;
+    }
+  }
   // The disk's backing file and the boot files live outside the snapshot;
   // they must still be there (their content is the image's business).
   for (const auto* file : {&m.kernel, &m.initrd, &m.base_disk}) {
@@ -394,7 +424,126 @@ Result<Snapshot> open(const fs::path& dir) {
   snapshot.kernel_cmdline = m.cmdline;
   snapshot.network = m.network;
   snapshot.accel = m.accel;
+  snapshot.full_ram = m.full_ram;
   return snapshot;
+}
+
+Result<fs::path> qcow2_backing_file(const fs::path& image) {
+  UniqueFd fd(::open(image.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return sys_error("open", image.string());
+  unsigned char header[20];
+  const ssize_t n = ::pread(fd.get(), header, sizeof header, 0);
+  if (n < 0) return sys_error("read", image.string());
+  if (n < static_cast<ssize_t>(sizeof header) || std::memcmp(header, "QFI\xfb", 4) != 0)
+    return fs::path(); // not qcow2 (a raw base image)
+  std::uint64_t offset = 0;
+  for (int i = 8; i < 16; ++i)
+    offset = offset << 8 | header[i];
+  std::uint32_t size = 0;
+  for (int i = 16; i < 20; ++i)
+    size = size << 8 | header[i];
+  if (offset == 0 || size == 0) return fs::path();
+  if (size > 4096) {
+    return make_error("read qcow2 header", "its backing file name is implausibly long",
+                      image.string());
+  }
+  std::string name(size, '\0');
+  if (::pread(fd.get(), name.data(), size, static_cast<off_t>(offset)) !=
+      static_cast<ssize_t>(size))
+    return make_error("read qcow2 header", "the backing file name is cut short", image.string());
+  fs::path backing(name);
+  if (backing.is_relative()) backing = image.parent_path() / backing;
+  return backing;
+}
+
+Result<Ranges> hole_ranges(const fs::path& path) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return sys_error("open", path.string());
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) return sys_error("stat", path.string());
+  Ranges holes;
+  off_t offset = 0;
+  while (offset < st.st_size) {
+    off_t hole = ::lseek(fd.get(), offset, SEEK_HOLE);
+    if (hole < 0) return sys_error("seek to a hole in", path.string());
+    if (hole >= st.st_size) break;
+    off_t data = ::lseek(fd.get(), hole, SEEK_DATA);
+    if (data < 0) {
+      if (errno != ENXIO) return sys_error("seek to data in", path.string());
+      data = st.st_size;
+    }
+    holes.emplace_back(static_cast<std::uint64_t>(hole), static_cast<std::uint64_t>(data));
+    offset = data;
+  }
+  return holes;
+}
+
+Result<void> punch_ranges(const fs::path& path, const Ranges& ranges) {
+  if (ranges.empty()) return {};
+  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CLOEXEC));
+  if (!fd) return sys_error("open for hole punching", path.string());
+  for (const auto& [first, last] : ranges) {
+    if (last <= first) continue;
+    if (::fallocate(fd.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(first),
+                    static_cast<off_t>(last - first)) != 0)
+      return sys_error("punch a hole in", path.string());
+  }
+  return {};
+}
+
+Result<std::uint64_t> punch_zero_pages(const fs::path& path) {
+  UniqueFd fd(::open(path.c_str(), O_RDWR | O_CLOEXEC));
+  if (!fd) return sys_error("open for hole punching", path.string());
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) return sys_error("stat", path.string());
+  std::vector<char> buffer(kReadBytes);
+  static const char zero_page[kPageBytes] = {};
+  std::uint64_t freed = 0;
+  // Runs of zero pages are punched in one call each.
+  off_t run_start = -1, run_end = -1;
+  auto flush = [&]() -> bool {
+    if (run_start < 0) return true;
+    const bool ok = ::fallocate(fd.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, run_start,
+                                run_end - run_start) == 0;
+    freed += static_cast<std::uint64_t>(run_end - run_start);
+    run_start = run_end = -1;
+    return ok;
+  };
+  off_t offset = 0;
+  while (offset < st.st_size) {
+    const off_t data = ::lseek(fd.get(), offset, SEEK_DATA);
+    if (data < 0) {
+      if (errno == ENXIO) break;
+      return sys_error("seek to data in", path.string());
+    }
+    off_t hole = ::lseek(fd.get(), data, SEEK_HOLE);
+    if (hole < 0) return sys_error("seek to a hole in", path.string());
+    hole = std::min<off_t>(hole, st.st_size);
+    for (off_t at = data; at < hole;) {
+      const auto want = static_cast<std::size_t>(std::min<off_t>(hole - at, kReadBytes));
+      const ssize_t n = ::pread(fd.get(), buffer.data(), want, at);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) return sys_error("read", path.string());
+      if (n == 0) break;
+      for (std::size_t page = 0; page < static_cast<std::size_t>(n); page += kPageBytes) {
+        const std::size_t length = std::min(kPageBytes, static_cast<std::size_t>(n) - page);
+        const off_t page_at = at + static_cast<off_t>(page);
+        if (length == kPageBytes && std::memcmp(buffer.data() + page, zero_page, length) == 0) {
+          if (run_start >= 0 && run_end == page_at) {
+            run_end += static_cast<off_t>(length);
+          } else {
+            if (!flush()) return sys_error("punch a hole in", path.string());
+            run_start = page_at;
+            run_end = page_at + static_cast<off_t>(length);
+          }
+        }
+      }
+      at += n;
+    }
+    offset = hole;
+  }
+  if (!flush()) return sys_error("punch a hole in", path.string());
+  return freed;
 }
 
 } // namespace vesicle::vmm::snapshot

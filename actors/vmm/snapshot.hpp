@@ -19,6 +19,9 @@
 //   disk <size> <sha256>                         (dir/disk.qcow2)
 //   memory <size> <data bytes> <sha256> <path>   (the RAM file, anywhere)
 //
+// A full-RAM snapshot (Vm::save_full) has every RAM page in its state file
+// and no RAM file; its memory line is "memory in-state".
+//
 // The RAM file is sparse (tmpfs holds only the pages the guest touched), so
 // its checksum skips the holes (SEEK_DATA/SEEK_HOLE): reading a 1 GiB file
 // that holds 200 MB costs 200 MB of reads. It covers the file's content as
@@ -33,6 +36,8 @@
 #include <filesystem>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include "actors/vmm/vmm.hpp"
 #include "common/result.hpp"
@@ -63,6 +68,7 @@ struct Manifest {
   std::string cmdline;
   FileDigest state, disk, memory;
   std::filesystem::path memory_file;
+  bool full_ram = false; // "memory in-state": no memory file, memory is zeroed
 };
 
 std::string format_manifest(const Manifest& manifest);
@@ -76,6 +82,26 @@ Result<FileDigest> digest_file(const std::filesystem::path& path);
 // endian) then its bytes; then the file size. Holes and zero pages hash
 // alike.
 Result<FileDigest> digest_sparse_file(const std::filesystem::path& path);
+
+// The backing file a qcow2 image names in its header (resolved against the
+// image's directory when relative), or an empty path when it has none or
+// is not qcow2.
+Result<std::filesystem::path> qcow2_backing_file(const std::filesystem::path& image);
+
+// Byte ranges [first, second) of a file.
+using Ranges = std::vector<std::pair<std::uint64_t, std::uint64_t>>;
+
+// The holes of a sparse file (SEEK_DATA / SEEK_HOLE), up to its size.
+Result<Ranges> hole_ranges(const std::filesystem::path& path);
+
+// Deallocates `ranges` of the file (FALLOC_FL_PUNCH_HOLE). Only for ranges
+// known to read as zeros: the content the file shows does not change.
+Result<void> punch_ranges(const std::filesystem::path& path, const Ranges& ranges);
+
+// Deallocates every all-zero 4 KiB page among the file's data extents and
+// returns how many bytes that freed. The content does not change; nothing
+// may write the file meanwhile (a write racing the scan could be lost).
+Result<std::uint64_t> punch_zero_pages(const std::filesystem::path& path);
 
 // Writes `contents` to path.tmp, fsyncs, renames over `path`, fsyncs the
 // directory: a reader sees the old file or the whole new one.

@@ -77,6 +77,10 @@ struct Snapshot {
   std::string kernel_cmdline;
   bool network = false;
   Accel accel = Accel::tcg;
+  // A full-RAM snapshot (Vm::save_full): every RAM page is in the device
+  // state file, memory_file is empty, and the snapshot is resumed once, by
+  // Driver::restore_full (which takes its disk). Driver::restore refuses it.
+  bool full_ram = false;
   std::filesystem::path device_state() const { return dir / "state"; }
   std::filesystem::path manifest() const { return dir / "manifest"; }
 };
@@ -129,6 +133,25 @@ public:
   // True when the VM's RAM is a share=on file of its own (a booted VM), so
   // save_snapshot works; false for a VM restored share=off.
   virtual bool maps_memory_shared() const = 0;
+
+  // Saves the whole VM, device state and every RAM page, into `dir` (meant
+  // for a real disk: a Space survives a host reboot), and ends the VM. Works
+  // for any running VM: booted (RAM share=on), restored share=off, or made by
+  // restore_full. Pauses the VM, migrates (x-ignore-shared off) into
+  // dir/state, moves the VM's qcow2 overlay to dir/disk.qcow2 (a rename, or a
+  // copy across filesystems), writes the manifest (sizes, sha256s) last and
+  // atomically, then ends QEMU (wait_exit() says it was saved).
+  // `dir` must not exist; its parent must. The files stay writable (the
+  // snapshot is resumed once; nothing maps them).
+  // On any failure nothing is left in dir, the VM runs on exactly as before
+  // (its disk back in place, resumed if it was running) and the Error says
+  // what failed.
+  // Cost: the migration reads every page of guest RAM. Pages of a tmpfs
+  // memory file that were holes get allocated by that read (QEMU's zero-page
+  // check faults them in); the driver punches those holes again afterwards
+  // (a restored VM's template file stays as sparse as it was).
+  // Blocking work (hashing the state) runs off the executor.
+  virtual asio::awaitable<Result<Snapshot>> save_full(std::filesystem::path dir) = 0;
 };
 
 // How long the phases of one restore took (filled in by
@@ -177,6 +200,22 @@ public:
   // snapshot's files must stay in place until finish() returns.
   virtual asio::awaitable<Result<std::unique_ptr<PreparedRestore>>>
   prepare_restore(const Snapshot& snapshot, VmConfig config) = 0;
+
+  // Resumes a full-RAM snapshot (Vm::save_full): QEMU with -incoming defer,
+  // RAM on a fresh memory file of its own in config.shm_dir mapped share=on
+  // (so the VM can be save_snapshot'ed fast, or save_full'ed again), the
+  // snapshot's disk moved to be the VM's own overlay (the snapshot is spent:
+  // its dir keeps manifest and state, which open_snapshot then refuses for the
+  // missing disk; the caller removes the dir), migrate-incoming of the state,
+  // cont, and returns once the agent answers a ping. config as for restore();
+  // config.network must be set exactly when the snapshot's VM had one.
+  // On failure nothing is left behind and the disk is put back: the snapshot
+  // opens again. (If the failure came after the guest resumed, e.g. its agent
+  // did not answer, the guest may have written to the disk meanwhile; the
+  // disk's checksum then tells, and open_snapshot refuses the snapshot rather
+  // than resume it half.) Does not re-check checksums (open_snapshot does).
+  virtual asio::awaitable<Result<std::unique_ptr<Vm>>> restore_full(const Snapshot& snapshot,
+                                                                    VmConfig config) = 0;
 };
 
 // The QEMU driver. Its VMs and their agent clients live on `executor`: call

@@ -140,6 +140,7 @@ public:
   // does, and the driver's fail_saves makes it fail.
   asio::awaitable<Result<vmm::Snapshot>> save_snapshot(std::filesystem::path dir,
                                                        std::filesystem::path memory_file) override;
+  asio::awaitable<Result<vmm::Snapshot>> save_full(std::filesystem::path dir) override;
   // The VM's process exits (as if QEMU got kill -9).
   void kill(std::string how) {
     if (exited_.is_open()) return;
@@ -209,6 +210,19 @@ public:
     vms[vm->id()] = vm.get();
     co_return std::unique_ptr<vmm::Vm>(std::move(vm));
   }
+  asio::awaitable<Result<std::unique_ptr<vmm::Vm>>> restore_full(const vmm::Snapshot& snapshot,
+                                                                 vmm::VmConfig config) override {
+    ++restores_started;
+    if (fail_restores)
+      co_return make_error("restore VM", "the fake driver was told to fail", config.id);
+    if (!snapshot.full_ram)
+      co_return make_error("restore VM", "not a full-RAM snapshot: use restore", config.id);
+    config.vcpus = snapshot.vcpus;
+    config.memory_mib = snapshot.memory_mib;
+    auto vm = std::make_unique<FakeVm>(std::move(config), executor_, next_pid_++, live, *this);
+    vms[vm->id()] = vm.get();
+    co_return std::unique_ptr<vmm::Vm>(std::move(vm));
+  }
   asio::awaitable<Result<std::unique_ptr<vmm::PreparedRestore>>>
   prepare_restore(const vmm::Snapshot& snapshot, vmm::VmConfig config) override {
     co_return std::unique_ptr<vmm::PreparedRestore>(
@@ -252,6 +266,20 @@ FakeVm::save_snapshot(std::filesystem::path dir, std::filesystem::path memory_fi
   snapshot.vcpus = config_.vcpus;
   snapshot.memory_mib = config_.memory_mib;
   kill("saved as a snapshot");
+  co_return snapshot;
+}
+
+inline asio::awaitable<Result<vmm::Snapshot>> FakeVm::save_full(std::filesystem::path dir) {
+  if (driver_.fail_saves) co_return make_error("save VM", "the fake driver was told to fail");
+  ++driver_.saves;
+  vmm::Snapshot snapshot;
+  snapshot.dir = std::move(dir);
+  snapshot.disk = snapshot.dir / "disk.qcow2";
+  snapshot.vcpus = config_.vcpus;
+  snapshot.memory_mib = config_.memory_mib;
+  snapshot.network = config_.network.has_value();
+  snapshot.full_ram = true;
+  kill("saved to a snapshot");
   co_return snapshot;
 }
 

@@ -1,5 +1,6 @@
 // The snapshot manifest and checksums, without a VM.
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <fstream>
@@ -193,6 +194,194 @@ TEST(SnapshotFiles, OpenNamesAMissingManifest) {
   ASSERT_FALSE(opened);
   EXPECT_NE(opened.error().message().find("manifest is missing"), std::string::npos)
       << opened.error().message();
+}
+
+TEST(SnapshotManifest, FullRamRoundTripsWithoutAMemoryFile) {
+  Manifest m = sample();
+  m.full_ram = true;
+  m.memory = {};
+  m.memory_file.clear();
+  const std::string text = vmm::snapshot::format_manifest(m);
+  EXPECT_NE(text.find("\nmemory in-state\n"), std::string::npos) << text;
+  auto parsed = vmm::snapshot::parse_manifest(text);
+  ASSERT_TRUE(parsed) << parsed.error().message();
+  EXPECT_TRUE(parsed->full_ram);
+  EXPECT_TRUE(parsed->memory_file.empty());
+  EXPECT_EQ(parsed->state.sha256, m.state.sha256);
+  EXPECT_EQ(vmm::snapshot::format_manifest(*parsed), text);
+  // A template's manifest is not full.
+  auto template_manifest = vmm::snapshot::parse_manifest(vmm::snapshot::format_manifest(sample()));
+  ASSERT_TRUE(template_manifest);
+  EXPECT_FALSE(template_manifest->full_ram);
+}
+
+// A full-RAM snapshot dir built by hand (the files' content is arbitrary:
+// open() checks sizes and checksums, not what QEMU would make of them).
+struct FullSnapshotDir {
+  TempDir images;
+  TempDir root;
+  fs::path dir = root.path() / "space";
+
+  FullSnapshotDir() {
+    for (const auto* name : {"vmlinuz", "initrd.img", "rootfs.ext4"}) {
+      std::ofstream(images.path() / name) << name;
+    }
+    fs::create_directory(dir);
+    std::ofstream(dir / "state", std::ios::binary) << random_bytes(3 << 20, 7);
+    std::ofstream(dir / "disk.qcow2", std::ios::binary) << random_bytes(1 << 20, 8);
+    Manifest m = sample();
+    m.network = false;
+    m.full_ram = true;
+    m.memory = {};
+    m.memory_file.clear();
+    m.kernel = images.path() / "vmlinuz";
+    m.initrd = images.path() / "initrd.img";
+    m.base_disk = images.path() / "rootfs.ext4";
+    m.state = vmm::snapshot::digest_file(dir / "state").value();
+    m.disk = vmm::snapshot::digest_file(dir / "disk.qcow2").value();
+    EXPECT_TRUE(
+        vmm::snapshot::write_file_atomically(dir / "manifest", vmm::snapshot::format_manifest(m)));
+  }
+};
+
+TEST(SnapshotFiles, OpensAFullSnapshotAndRefusesItDamaged) {
+  {
+    FullSnapshotDir full;
+    auto opened = vmm::open_snapshot(full.dir);
+    ASSERT_TRUE(opened) << opened.error().message();
+    EXPECT_TRUE(opened->full_ram);
+    EXPECT_TRUE(opened->memory_file.empty());
+    EXPECT_EQ(opened->disk, full.dir / "disk.qcow2");
+    EXPECT_EQ(opened->vcpus, 2u);
+  }
+  {
+    FullSnapshotDir full;
+    ASSERT_EQ(::truncate((full.dir / "state").c_str(), (3 << 20) - 1), 0);
+    auto refused = vmm::open_snapshot(full.dir);
+    ASSERT_FALSE(refused);
+    const std::string message = refused.error().message();
+    EXPECT_NE(message.find("device state"), std::string::npos) << message;
+    EXPECT_NE(message.find("truncated"), std::string::npos) << message;
+  }
+  {
+    FullSnapshotDir full;
+    UniqueFd fd(::open((full.dir / "state").c_str(), O_RDWR | O_CLOEXEC));
+    ASSERT_TRUE(fd);
+    char byte = 0;
+    ASSERT_EQ(::pread(fd.get(), &byte, 1, 2 << 20), 1);
+    byte ^= 1;
+    ASSERT_EQ(::pwrite(fd.get(), &byte, 1, 2 << 20), 1);
+    auto refused = vmm::open_snapshot(full.dir);
+    ASSERT_FALSE(refused);
+    const std::string message = refused.error().message();
+    EXPECT_NE(message.find("device state does not match its sha256"), std::string::npos) << message;
+  }
+  {
+    FullSnapshotDir full;
+    fs::remove(full.dir / "disk.qcow2"); // what restore_full leaves: a spent snapshot
+    auto refused = vmm::open_snapshot(full.dir);
+    ASSERT_FALSE(refused);
+    EXPECT_NE(refused.error().message().find("disk is missing"), std::string::npos)
+        << refused.error().message();
+  }
+}
+
+// A Space saved from a pool VM has a disk backed by the template snapshot's
+// disk; with that gone the snapshot cannot be resumed, and open says so.
+TEST(SnapshotFiles, OpenRefusesAFullSnapshotWhoseDiskChainIsBroken) {
+  FullSnapshotDir full;
+  const fs::path template_disk = full.root.path() / "template-disk.qcow2";
+  const std::string base = (full.images.path() / "rootfs.ext4").string();
+  const std::string make_template =
+      "qemu-img create -q -f qcow2 -b '" + base + "' -F raw '" + template_disk.string() + "' 1M";
+  ASSERT_EQ(std::system(make_template.c_str()), 0) << make_template;
+  fs::remove(full.dir / "disk.qcow2");
+  const std::string make_disk = "qemu-img create -q -f qcow2 -b '" + template_disk.string() +
+                                "' -F qcow2 '" + (full.dir / "disk.qcow2").string() + "'";
+  ASSERT_EQ(std::system(make_disk.c_str()), 0) << make_disk;
+  auto backing = vmm::snapshot::qcow2_backing_file(full.dir / "disk.qcow2");
+  ASSERT_TRUE(backing) << backing.error().message();
+  EXPECT_EQ(*backing, template_disk);
+  // The manifest must name the new disk's checksum for open to get that far.
+  auto manifest = vmm::snapshot::parse_manifest([&] {
+    std::ifstream in(full.dir / "manifest");
+    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  }());
+  ASSERT_TRUE(manifest);
+  manifest->disk = vmm::snapshot::digest_file(full.dir / "disk.qcow2").value();
+  ASSERT_TRUE(vmm::snapshot::write_file_atomically(full.dir / "manifest",
+                                                   vmm::snapshot::format_manifest(*manifest)));
+  ASSERT_TRUE(vmm::open_snapshot(full.dir));
+
+  fs::remove(template_disk);
+  auto refused = vmm::open_snapshot(full.dir);
+  ASSERT_FALSE(refused);
+  EXPECT_NE(refused.error().message().find("which is gone"), std::string::npos)
+      << refused.error().message();
+  EXPECT_EQ(refused.error().errno_value, ENOENT);
+}
+
+std::uint64_t allocated(const fs::path& path) {
+  struct stat st {};
+  EXPECT_EQ(::stat(path.c_str(), &st), 0) << path;
+  return static_cast<std::uint64_t>(st.st_blocks) * 512;
+}
+
+// On tmpfs, as RAM files are: what the migration's zero-page scan faults in
+// is zero-filled pages the file then holds.
+TEST(SnapshotFiles, PunchZeroPagesFreesZerosAndKeepsContent) {
+  TempDir shm("/dev/shm", "vesicle-punch");
+  const fs::path file = shm.path() / "ram";
+  {
+    UniqueFd fd(::open(file.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+    ASSERT_TRUE(fd);
+    ASSERT_EQ(::ftruncate(fd.get(), 8 << 20), 0);
+    const std::string data = random_bytes(4096, 1), zeros(2 << 20, '\0');
+    ASSERT_EQ(::pwrite(fd.get(), data.data(), data.size(), 0), 4096);
+    ASSERT_EQ(::pwrite(fd.get(), zeros.data(), zeros.size(), 1 << 20), 2 << 20);
+    ASSERT_EQ(::pwrite(fd.get(), data.data(), data.size(), (3 << 20) + 8192), 4096);
+  }
+  auto before = vmm::snapshot::digest_sparse_file(file);
+  ASSERT_TRUE(before);
+  EXPECT_GE(allocated(file), std::uint64_t{2 << 20});
+  auto freed = vmm::snapshot::punch_zero_pages(file);
+  ASSERT_TRUE(freed) << freed.error().message();
+  EXPECT_EQ(*freed, std::uint64_t{2 << 20});
+  EXPECT_EQ(allocated(file), std::uint64_t{8192});
+  auto after = vmm::snapshot::digest_sparse_file(file);
+  ASSERT_TRUE(after);
+  EXPECT_EQ(after->sha256, before->sha256);
+  EXPECT_EQ(fs::file_size(file), std::uint64_t{8 << 20});
+}
+
+TEST(SnapshotFiles, HoleRangesThenPunchRangesRestoresTheExtentMap) {
+  TempDir shm("/dev/shm", "vesicle-punch");
+  const fs::path file = shm.path() / "template";
+  const std::string data = random_bytes(4096, 2);
+  {
+    UniqueFd fd(::open(file.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+    ASSERT_TRUE(fd);
+    ASSERT_EQ(::ftruncate(fd.get(), 1 << 20), 0);
+    ASSERT_EQ(::pwrite(fd.get(), data.data(), data.size(), 65536), 4096);
+  }
+  auto holes = vmm::snapshot::hole_ranges(file);
+  ASSERT_TRUE(holes) << holes.error().message();
+  const vmm::snapshot::Ranges expected = {{0, 65536}, {65536 + 4096, 1 << 20}};
+  EXPECT_EQ(*holes, expected);
+  // Fill the holes with zeros (as read faults do), then give them back.
+  {
+    UniqueFd fd(::open(file.c_str(), O_RDWR | O_CLOEXEC));
+    const std::string zeros(1 << 20, '\0');
+    ASSERT_EQ(::pwrite(fd.get(), zeros.data(), 65536, 0), 65536);
+    ASSERT_EQ(::pwrite(fd.get(), zeros.data(), (1 << 20) - 65536 - 4096, 65536 + 4096),
+              (1 << 20) - 65536 - 4096);
+  }
+  EXPECT_EQ(allocated(file), std::uint64_t{1 << 20});
+  ASSERT_TRUE(vmm::snapshot::punch_ranges(file, *holes));
+  EXPECT_EQ(allocated(file), std::uint64_t{4096});
+  auto again = vmm::snapshot::hole_ranges(file);
+  ASSERT_TRUE(again);
+  EXPECT_EQ(*again, expected);
 }
 
 } // namespace
