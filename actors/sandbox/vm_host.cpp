@@ -303,28 +303,53 @@ asio::awaitable<void> VmHost::run_fork_parent(std::string parent_id, std::string
   // Copies: the map may change while this waits.
   const SandboxVm before = found->second;
   const sandbox_actor parent = before.target->sandbox;
-  if (!before.vm->maps_memory_shared()) {
-    done("sandbox " + parent_id +
-             " came from a template snapshot (its RAM is a private copy); forking such a "
-             "sandbox is not supported yet",
-         0);
-    co_return;
-  }
   const auto dir = settings_.runtime_dir / ("fork-" + base_id);
   const auto memory_file = settings_.shm_dir / ("vesicle-fork-" + base_id + ".mem");
   // The old QEMU ends when it is saved: that is no death of the sandbox.
   before.target->sandbox = nullptr;
   const auto started = std::chrono::steady_clock::now();
-  auto saved = co_await before.vm->save_snapshot(dir, memory_file);
+  std::shared_ptr<vmm::Vm> source = before.vm;
+  if (!source->maps_memory_shared()) {
+    // Its RAM is a private copy of another snapshot's file (it came from
+    // the pool, or is a fork's child): move it onto a RAM file of its own
+    // first, by a full save and restore. Slow (seconds under TCG), once.
+    auto promoted = co_await promote(parent_id, before, base_id);
+    if (!promoted) {
+      before.target->sandbox = parent;
+      if (!before.vm->running())
+        caf::anon_send(parent, vm_exited_atom::value,
+                       "the VM ended while it was saved for a fork: " + promoted.error().message());
+      done("saving sandbox " + parent_id + " for the fork failed: " + promoted.error().message(),
+           0);
+      co_return;
+    }
+    source = std::move(promoted.value());
+  }
+  const auto promoted_at = std::chrono::steady_clock::now();
+  auto saved = co_await source->save_snapshot(dir, memory_file);
   const auto saved_at = std::chrono::steady_clock::now();
   if (!saved) {
-    before.target->sandbox = parent;
-    // A save that failed after the device state was written ends the VM;
-    // its watcher, muted meanwhile, may have missed that.
-    if (!before.vm->running())
+    const std::string why = saved.error().message();
+    if (source == before.vm) {
+      before.target->sandbox = parent;
+      // A save that failed after the device state was written ends the VM;
+      // its watcher, muted meanwhile, may have missed that.
+      if (!source->running())
+        caf::anon_send(parent, vm_exited_atom::value,
+                       "the VM ended while it was saved for a fork: " + why);
+    } else if (source->running()) {
+      // The promoted VM runs on as the parent.
+      auto target = std::make_shared<ExitTarget>();
+      target->sandbox = parent;
+      if (auto record = vms_.find(parent_id); record != vms_.end()) record->second.target = target;
+      caf::anon_send(parent, vm_replaced_atom::value,
+                     static_cast<std::int32_t>(source->qemu_pid()));
+      asio::co_spawn(executor_, watch_exit(source, target), asio::detached);
+    } else {
       caf::anon_send(parent, vm_exited_atom::value,
-                     "the VM ended while it was saved for a fork: " + saved.error().message());
-    done("saving sandbox " + parent_id + " for the fork failed: " + saved.error().message(), 0);
+                     "the VM ended while it was saved for a fork: " + why);
+    }
+    done("saving sandbox " + parent_id + " for the fork failed: " + why, 0);
     co_return;
   }
   auto base =
@@ -363,8 +388,12 @@ asio::awaitable<void> VmHost::run_fork_parent(std::string parent_id, std::string
   const auto ms = [](auto duration) {
     return std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(duration).count());
   };
-  log_line("fork " + base_id + " of " + parent_id + ": saved in " + ms(saved_at - started) +
-           " ms, parent resumed in " + ms(std::chrono::steady_clock::now() - saved_at) + " ms");
+  log_line("fork " + base_id + " of " + parent_id + ": " +
+           (source == before.vm
+                ? std::string()
+                : "moved onto its own RAM file in " + ms(promoted_at - started) + " ms, ") +
+           "saved in " + ms(saved_at - promoted_at) + " ms, parent resumed in " +
+           ms(std::chrono::steady_clock::now() - saved_at) + " ms");
   auto target = std::make_shared<ExitTarget>();
   target->sandbox = parent;
   record->second.vm = vm;
@@ -375,6 +404,29 @@ asio::awaitable<void> VmHost::run_fork_parent(std::string parent_id, std::string
   caf::anon_send(parent, vm_replaced_atom::value, static_cast<std::int32_t>(vm->qemu_pid()));
   caf::anon_send(parent, hold_atom::value, false);
   co_await watch_exit(std::move(vm), std::move(target));
+}
+
+asio::awaitable<Result<std::shared_ptr<vmm::Vm>>>
+VmHost::promote(const std::string& parent_id, const SandboxVm& before, const std::string& base_id) {
+  // Beside the VMs' own dirs: restore_full renames the disk into one.
+  const auto full_dir = settings_.runtime_dir / ("full-" + base_id);
+  auto full = co_await before.vm->save_full(full_dir);
+  if (!full) co_return std::move(full).error();
+  Result<std::unique_ptr<vmm::Vm>> restored = make_error("restore", "not tried");
+  for (int attempt = 0; attempt < 2 && !restored; ++attempt) {
+    auto config = vm_config(parent_id, full->vcpus, full->memory_mib, before.network.get());
+    restored = co_await driver_.restore_full(*full, std::move(config));
+  }
+  std::error_code ignored;
+  fs::remove_all(full_dir, ignored);
+  if (!restored)
+    co_return std::move(restored).error().with_context("resuming sandbox " + parent_id +
+                                                       " from its full save");
+  std::shared_ptr<vmm::Vm> vm = std::move(restored.value());
+  // Until the fork's own save ends it, it is the sandbox's VM (a DELETE
+  // meanwhile destroys this one).
+  if (auto record = vms_.find(parent_id); record != vms_.end()) record->second.vm = vm;
+  co_return vm;
 }
 
 void VmHost::release_fork(std::string base_id) {

@@ -172,6 +172,11 @@ private:
                                            pool_actor pool);
   boost::asio::awaitable<void> run_fork_parent(std::string parent_id, std::string base_id,
                                                ForkStepDone done);
+  // Moves a VM restored share=off onto a RAM file of its own (full save,
+  // full restore) so it can be saved fast; the sandbox's record points to
+  // the new VM.
+  boost::asio::awaitable<Result<std::shared_ptr<vmm::Vm>>>
+  promote(const std::string& parent_id, const SandboxVm& before, const std::string& base_id);
   boost::asio::awaitable<void> run_merge(std::string parent_id, sandbox_actor parent,
                                          std::string winner_id, ForkStepDone done);
   // Sends `vm` a fresh identity without waiting for the answer; returns the
