@@ -566,6 +566,18 @@ public:
     co_return Result<void>{};
   }
 
+  asio::awaitable<Result<std::uint64_t>> set_disk_limit(std::uint64_t max_bytes) override {
+    auto channel = channel_;
+    guest::Request request;
+    request.mutable_set_disk_limit()->set_max_bytes(max_bytes);
+    auto terminal = co_await call(channel, std::move(request), Clock::time_point::max(), kNoStream);
+    if (!terminal) co_return std::move(terminal).error().with_context("set the disk limit");
+    if (terminal->has_done()) co_return terminal->done().size();
+    if (terminal->has_failure())
+      co_return failure_error("set the disk limit", {}, terminal->failure());
+    co_return unexpected_event("set the disk limit", terminal.value());
+  }
+
   bool connected() const override { return channel_->connected(); }
 
 private:
@@ -573,6 +585,10 @@ private:
 };
 
 } // namespace
+
+asio::awaitable<Result<std::uint64_t>> AgentClient::set_disk_limit(std::uint64_t) {
+  co_return make_error("set the disk limit", "this agent client cannot set a disk limit");
+}
 
 Result<IdentityRefresh> IdentityRefresh::generate(std::string hostname) {
   IdentityRefresh identity;

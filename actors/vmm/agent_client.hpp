@@ -113,6 +113,12 @@ public:
   virtual asio::awaitable<Result<void>>
   send_refresh_identity(IdentityRefresh identity, RefreshFailureHandler on_failure = {}) = 0;
 
+  // Bounds what the guest may write to its root filesystem (SetDiskLimit in
+  // messages/guest.proto); returns the filesystem's size in bytes once the
+  // agent applied it. Not pure: a client that cannot (a test fake) answers
+  // with an Error.
+  virtual asio::awaitable<Result<std::uint64_t>> set_disk_limit(std::uint64_t max_bytes);
+
   // Asks the agent to sync and power off; returns once it acknowledged.
   virtual asio::awaitable<Result<void>> shutdown() = 0;
 
