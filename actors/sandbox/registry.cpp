@@ -33,6 +33,7 @@ struct RegistryState {
   std::map<std::string, caf::typed_response_promise<SandboxInfo>> pending_creates;
   // The last in-use count each pool was told.
   std::vector<std::uint32_t> pool_usage;
+  reaper_actor reaper; // null when settings.reaper is off
   static inline const char* name = "registry";
 };
 
@@ -190,6 +191,44 @@ caf::result<SandboxInfo> create(self_pointer self, std::string owner, SandboxSpe
   return promise;
 }
 
+// A create held to the owner's concurrency cap (its key's tier): the live
+// sandboxes it holds (booting, ready, being deleted; dead records do not
+// count) must be fewer than `max_concurrent`.
+caf::result<SandboxInfo> create_capped(self_pointer self, std::string owner, SandboxSpec spec,
+                                       std::uint32_t max_concurrent) {
+  std::uint32_t live = 0;
+  for (const auto& [id, record] : self->state.records)
+    if (record.info.owner == owner && record.info.state != SandboxState::dead) ++live;
+  if (live >= max_concurrent)
+    return make_error(errc::quota_exceeded,
+                      "this key may run " + std::to_string(max_concurrent) +
+                          " sandboxes at once (its tier's cap) and runs " + std::to_string(live) +
+                          "; delete one you no longer need (DELETE /v1/sandboxes/{id}), or use a "
+                          "key of a higher tier");
+  return create(self, std::move(owner), std::move(spec));
+}
+
+// The reaper's decision, and what it means for this sandbox. A
+// non-persistent sandbox is ended: its VM goes, its record stays (state
+// dead, the reason) until DELETE, like any sandbox that died. A persistent
+// one should be frozen to a Space; until Spaces exist it is left running,
+// never destroyed, so no work is lost.
+void expire(self_pointer self, const std::string& id, const std::string& reason, bool lifetime) {
+  auto found = self->state.records.find(id);
+  if (found == self->state.records.end()) return;
+  auto& record = found->second;
+  if (!record.actor_alive || record.info.state != SandboxState::ready) return;
+  if (record.info.spec.persistent) {
+    log_line("sandbox " + id + " " + reason +
+             ": it is persistent and freezing to a Space is not built yet, so it keeps running "
+             "(delete it when done)");
+    return;
+  }
+  log_line("sandbox " + id + " ended: " + reason);
+  (void)lifetime;
+  self->send(record.actor, expire_atom::value, reason);
+}
+
 caf::result<done_atom> destroy(self_pointer self, const std::string& owner, const std::string& id) {
   auto record = owned(self, owner, id);
   if (!record) return std::move(record.error());
@@ -228,6 +267,7 @@ caf::result<done_atom> shutdown(self_pointer self) {
           make_error(errc::shutting_down, "hostd shut down while sandbox " + id + " was booting"));
     self->state.pending_creates.clear();
     promise.deliver(done_atom::value);
+    if (self->state.reaper) self->send_exit(self->state.reaper, caf::exit_reason::user_shutdown);
     self->quit();
   };
   auto one_done = [=](const std::string& id) mutable {
@@ -251,6 +291,9 @@ registry_actor::behavior_type registry_behavior(self_pointer self, VmHost* vms,
   self->state.vms = vms;
   self->state.settings = settings;
   self->state.pool_usage.assign(settings.pools.size(), 0);
+  if (settings.reaper)
+    self->state.reaper = spawn_reaper(self->system(), caf::actor_cast<expiry_listener>(self),
+                                      settings.reaper_settings);
 
   // Supervision: a sandbox actor that stops while its record says it is
   // alive failed (a bug, an exception): record it dead and kill its VM.
@@ -267,6 +310,7 @@ registry_actor::behavior_type registry_behavior(self_pointer self, VmHost* vms,
             "the sandbox's actor stopped unexpectedly: " + self->system().render(down.reason);
         log_line("sandbox " + id + " died: " + record.info.dead_reason);
         self->state.vms->reclaim(id, {});
+        if (self->state.reaper) self->send(self->state.reaper, state_atom::value, record.info);
       }
       return;
     }
@@ -275,6 +319,9 @@ registry_actor::behavior_type registry_behavior(self_pointer self, VmHost* vms,
   return {
       [=](create_atom, std::string owner, SandboxSpec spec) {
         return create(self, std::move(owner), std::move(spec));
+      },
+      [=](create_atom, std::string owner, SandboxSpec spec, std::uint32_t max_concurrent) {
+        return create_capped(self, std::move(owner), std::move(spec), max_concurrent);
       },
       [=](lookup_atom, const std::string& owner,
           const std::string& id) -> caf::result<SandboxInfo> {
@@ -303,12 +350,25 @@ registry_actor::behavior_type registry_behavior(self_pointer self, VmHost* vms,
           return make_error(errc::sandbox_died, "sandbox " + id +
                                                     " died: " + (*record)->info.dead_reason +
                                                     "; delete it and create a new one");
-        return self->delegate((*record)->actor, begin_op_atom::value);
+        if (!self->state.reaper) return self->delegate((*record)->actor, begin_op_atom::value);
+        // Through here rather than delegated, so the reaper learns of the
+        // operation only once it really began.
+        auto promise = self->make_response_promise<std::uint64_t>();
+        self->request((*record)->actor, self->state.settings.ready_timeout, begin_op_atom::value)
+            .then(
+                [=](std::uint64_t lease) mutable {
+                  if (self->state.reaper)
+                    self->send(self->state.reaper, begin_op_atom::value, id, lease);
+                  promise.deliver(lease);
+                },
+                [=](caf::error& failure) mutable { promise.deliver(std::move(failure)); });
+        return promise;
       },
       [=](end_op_atom, const std::string& owner, const std::string& id, std::uint64_t lease) {
         auto record = owned(self, owner, id);
         if (record && (*record)->actor_alive)
           self->send((*record)->actor, end_op_atom::value, lease);
+        if (self->state.reaper) self->send(self->state.reaper, end_op_atom::value, id, lease);
       },
       [=](vm_exited_atom, const std::string& owner, const std::string& id,
           std::string how) -> caf::result<done_atom> {
@@ -325,8 +385,15 @@ registry_actor::behavior_type registry_behavior(self_pointer self, VmHost* vms,
         auto& record = found->second;
         if (info.state == SandboxState::dead && record.info.state != SandboxState::dead)
           log_line("sandbox " + info.id + " died: " + info.dead_reason);
+        if (self->state.reaper) self->send(self->state.reaper, state_atom::value, info);
         record.info = std::move(info);
         update_pool_usage(self);
+      },
+      [=](expire_atom, const std::string& id, const std::string& reason, bool lifetime) {
+        expire(self, id, reason, lifetime);
+      },
+      [=](reap_atom) {
+        if (self->state.reaper) self->send(self->state.reaper, reap_atom::value);
       },
   };
 }

@@ -38,6 +38,10 @@ using sandbox_actor = caf::typed_actor<
     // Tears the VM down and stops the actor; answered once the VM's files
     // are gone.
     caf::replies_to<destroy_atom>::with<done_atom>,
+    // The reaper's verdict (via the registry): a ready sandbox ends as if
+    // its VM had died, with `reason` as its dead_reason; in any other state
+    // it is ignored.
+    caf::reacts_to<expire_atom, std::string>,
     // From VmHost (and from an HTTP handler that saw the VM die first; the
     // reply tells it the death is recorded).
     // vm_booted carries QEMU's pid and where the VM came from (SandboxInfo::source).
