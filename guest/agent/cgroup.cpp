@@ -125,8 +125,15 @@ Result<std::string> setup_workload_cgroup() {
 }
 
 unsigned long long oom_kill_count(const std::string& cgroup) {
-  const std::string path = cgroup + "/memory.events";
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // The REPL's and the commands' cgroups have only the cpu controller
+  // (setup_workload_cgroup): the memory limit, and so the count, is their
+  // parent's, which counts the kills of its whole subtree.
+  std::string path = cgroup + "/memory.events";
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    path = cgroup.substr(0, cgroup.rfind('/')) + "/memory.events";
+    fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  }
   if (fd < 0) return 0;
   char buffer[512] = {};
   const ssize_t n = ::read(fd, buffer, sizeof buffer - 1);
