@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <string>
 
 #include <boost/asio/awaitable.hpp>
@@ -23,10 +24,13 @@ namespace vesicle {
 std::uint32_t root_disk_mib(const std::filesystem::path& images_dir);
 
 // Has the VM's agent limit its root filesystem to `disk_mib` when that is
-// below `root_mib` (the disk's size); nothing to do otherwise. Returns the
-// Error to fail the create with: a sandbox must not run without the limit
-// its response shows.
-boost::asio::awaitable<Result<void>>
-limit_root_disk(vmm::Vm& vm, const std::string& id, std::uint32_t disk_mib, std::uint32_t root_mib);
+// below `root_mib` (the disk's size); nothing to do otherwise. Returns once
+// the request is written (the agent applies it before the next request);
+// if the agent then fails to apply it, `vm` is destroyed, since a sandbox
+// must not run without the limit its response shows. An Error if it could
+// not even be sent: fail the create with it.
+boost::asio::awaitable<Result<void>> limit_root_disk(std::shared_ptr<vmm::Vm> vm,
+                                                     const std::string& id, std::uint32_t disk_mib,
+                                                     std::uint32_t root_mib);
 
 } // namespace vesicle

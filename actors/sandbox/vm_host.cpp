@@ -227,7 +227,7 @@ asio::awaitable<void> VmHost::run_sandbox_vm(std::string id, SandboxSpec spec, L
   }
   // Named locals, not temporaries inside the co_await (g++ 12).
   const std::uint32_t root_mib = root_disk_mib();
-  auto limited = co_await limit_root_disk(*vm, id, spec.disk_mib, root_mib);
+  auto limited = co_await limit_root_disk(vm, id, spec.disk_mib, root_mib);
   if (!limited) {
     vm->destroy();
     caf::anon_send(sandbox, vm_boot_failed_atom::value, limited.error().message());
