@@ -134,7 +134,8 @@ const KeyEntry* KeyStore::find(std::string_view id) const {
 
 Result<KeyStore::NewKey> KeyStore::add(std::string tier) {
   if (!tier.empty() && !parse_tier(tier))
-    return make_error("add an API key", std::string("tiers are ") + kTierNames, tier);
+    return make_error("add an API key",
+                      "unknown tier \"" + tier + "\"; the tiers are " + kTierNames);
   auto id_hex = random_hex(4);
   if (!id_hex) return std::move(id_hex).error();
   auto secret = random_hex(32);
