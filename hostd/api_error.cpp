@@ -30,6 +30,8 @@ ApiError api_error(const caf::error& error, caf::actor_system& system) {
     return ApiError::internal(message);
   case errc::internal:
     return ApiError::internal(message);
+  case errc::quota_exceeded:
+    return ApiError::quota_exceeded(message);
   }
   return ApiError::internal(system.render(error));
 }

@@ -32,6 +32,9 @@ struct ApiError {
     return {410, "sandbox_died", std::move(message)};
   }
   static ApiError too_large(std::string message) { return {413, "too_large", std::move(message)}; }
+  static ApiError quota_exceeded(std::string message) {
+    return {429, "quota_exceeded", std::move(message)};
+  }
   static ApiError no_capacity(std::string message) {
     return {503, "no_capacity", std::move(message)};
   }

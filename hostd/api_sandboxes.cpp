@@ -1,8 +1,11 @@
 // POST /v1/sandboxes, GET /v1/sandboxes, GET and DELETE /v1/sandboxes/{id}
+#include <algorithm>
+
 #include "hostd/api.hpp"
 #include "hostd/caf_bridge.hpp"
 #include "hostd/json.hpp"
 #include "hostd/network.hpp"
+#include "hostd/tiers.hpp"
 
 namespace vesicle::hostd {
 
@@ -51,6 +54,15 @@ ApiResult<SandboxSpec> sandbox_spec(const api::CreateSandboxRequest& request,
   return spec;
 }
 
+// The caps of the key `owner`'s tier (its own, or the configuration's
+// default_key_tier for a key stored without one).
+const config::TierCaps& tier_caps(const KeyStore& keys, const config::HostdConfig& config,
+                                  const std::string& owner) {
+  const auto* entry = keys.find(owner);
+  auto tier = parse_tier(entry && !entry->tier.empty() ? entry->tier : config.default_key_tier());
+  return caps_of(config, tier.value_or(Tier::free));
+}
+
 } // namespace
 
 // The create flow: validate, ask the registry (capacity, spawn, boot; it
@@ -66,12 +78,21 @@ asio::awaitable<void> Api::create(Exchange& exchange, const std::string& owner) 
       co_return co_await exchange.respond_error(
           ApiError::invalid_argument("invalid create request: " + parsed.error().detail));
   }
+  // Tier caps clamp silently: before validation, so a request above the
+  // host's maximum but within reach of the cap is clamped, not refused.
+  const auto& caps = tier_caps(ctx_.keys, ctx_.config, owner);
+  clamp_request(request, caps);
   auto spec = sandbox_spec(request, ctx_.config);
   if (!spec) co_return co_await exchange.respond_error(spec.error());
+  clamp_spec(*spec, caps);
+  // Every VM's disk is the base image's size: more cannot be given (yet).
+  if (auto root_mib = ctx_.vms.root_disk_mib(); root_mib != 0)
+    spec->disk_mib = std::min(spec->disk_mib, root_mib);
+  const std::uint32_t max_concurrent = caps.max_concurrent();
 
   const auto started = std::chrono::steady_clock::now();
   auto created = co_await ask<SandboxInfo>(ctx_.system, ctx_.registry, ctx_.create_timeout,
-                                           create_atom::value, owner, *spec);
+                                           create_atom::value, owner, *spec, max_concurrent);
   const std::chrono::duration<double> took = std::chrono::steady_clock::now() - started;
   metrics_.create_seconds.record(created ? created->source : "failed", took.count());
   if (!created) co_return co_await exchange.respond_error(api_error(created.error(), ctx_.system));
@@ -116,8 +137,10 @@ asio::awaitable<void> Api::fork(Exchange& exchange, const std::string& owner,
         ApiError::invalid_argument("n: a fork makes 1 to " + std::to_string(kMaxForkChildren) +
                                    " children, got " + std::to_string(n)));
   const auto started = std::chrono::steady_clock::now();
+  // Children count against the key's concurrency cap like any sandbox.
+  const std::uint32_t max_concurrent = tier_caps(ctx_.keys, ctx_.config, owner).max_concurrent();
   auto children = co_await ask<SandboxInfoList>(ctx_.system, ctx_.registry, ctx_.create_timeout,
-                                                fork_atom::value, owner, id, n);
+                                                fork_atom::value, owner, id, n, max_concurrent);
   const std::chrono::duration<double> took = std::chrono::steady_clock::now() - started;
   metrics_.fork_seconds.record(children ? "ok" : "failed", took.count());
   if (!children)

@@ -8,6 +8,7 @@
 
 #include "hostd/json.hpp"
 #include "hostd/network.hpp"
+#include "hostd/tiers.hpp"
 
 namespace vesicle::hostd {
 
@@ -75,6 +76,7 @@ void apply_defaults(config::HostdConfig& c) {
     if (!pool.has_min_ready()) pool.set_min_ready(2);
     if (pool.max() == 0) pool.set_max(8);
   }
+  apply_tier_defaults(c);
   apply_network_defaults(c);
 }
 
@@ -149,6 +151,10 @@ Result<void> validate(const config::HostdConfig& c) {
       if (!plain) return bad("preload_modules: \"" + module + "\" is not a module name");
     }
   }
+  if (!parse_tier(c.default_key_tier()))
+    return make_error("check configuration",
+                      std::string("default_key_tier must be one of ") + kTierNames,
+                      "default_key_tier = " + c.default_key_tier());
   if (auto network = bridge_config(c); !network) return std::move(network).error();
   return {};
 }

@@ -12,6 +12,7 @@
 #include <openssl/rand.h>
 
 #include "common/unique_fd.hpp"
+#include "hostd/tiers.hpp"
 
 namespace vesicle::hostd {
 
@@ -95,15 +96,21 @@ Result<KeyStore> KeyStore::load(std::filesystem::path path) {
     ++number;
     if (line.empty() || line[0] == '#') continue;
     std::istringstream fields(line);
-    std::string id, hash_hex;
-    fields >> id >> hash_hex;
+    std::string id, hash_hex, tier;
+    fields >> id >> hash_hex >> tier;
     auto hash = digest_from_hex(hash_hex);
     if (id.empty() || !hash)
       return make_error("read keys file",
                         "line " + std::to_string(number) +
-                            " is not \"<key id> <64 hex digits of SHA-256>\"; fix or remove it",
+                            " is not \"<key id> <64 hex digits of SHA-256> [tier]\"; fix or "
+                            "remove it",
                         store.path_.string());
-    store.entries_.push_back({id, *hash});
+    if (!tier.empty() && !parse_tier(tier))
+      return make_error("read keys file",
+                        "line " + std::to_string(number) + " names tier \"" + tier +
+                            "\"; tiers are " + kTierNames,
+                        store.path_.string());
+    store.entries_.push_back({id, *hash, tier});
   }
   return store;
 }
@@ -119,13 +126,22 @@ std::optional<std::string> KeyStore::authenticate(std::string_view presented) co
   return match->id;
 }
 
-Result<KeyStore::NewKey> KeyStore::add() {
+const KeyEntry* KeyStore::find(std::string_view id) const {
+  for (const auto& entry : entries_)
+    if (entry.id == id) return &entry;
+  return nullptr;
+}
+
+Result<KeyStore::NewKey> KeyStore::add(std::string tier) {
+  if (!tier.empty() && !parse_tier(tier))
+    return make_error("add an API key",
+                      "unknown tier \"" + tier + "\"; the tiers are " + kTierNames);
   auto id_hex = random_hex(4);
   if (!id_hex) return std::move(id_hex).error();
   auto secret = random_hex(32);
   if (!secret) return std::move(secret).error();
   NewKey created{"key-" + id_hex.value(), "vsk_" + secret.value()};
-  entries_.push_back({created.id, sha256(created.key)});
+  entries_.push_back({created.id, sha256(created.key), std::move(tier)});
   auto saved = save();
   if (!saved) {
     entries_.pop_back();
@@ -140,10 +156,11 @@ Result<void> KeyStore::save() const {
   std::error_code ignored;
   std::filesystem::create_directories(path_.parent_path(), ignored);
   std::string text =
-      "# vesicle API keys: <key id> <SHA-256 of the key, hex>. The keys themselves are not "
-      "stored.\n";
+      "# vesicle API keys: <key id> <SHA-256 of the key, hex> [tier]. The keys themselves are "
+      "not stored.\n";
   for (const auto& entry : entries_)
-    text += entry.id + " " + to_hex(entry.hash) + "\n";
+    text +=
+        entry.id + " " + to_hex(entry.hash) + (entry.tier.empty() ? "" : " " + entry.tier) + "\n";
   auto temporary = path_.string() + ".tmp";
   UniqueFd fd(::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
   if (!fd) return sys_error("create", temporary);

@@ -1,5 +1,7 @@
 // API keys. The keys file (state_dir/keys, mode 0600) holds one line per
-// key: its id and the SHA-256 of the key, never the key itself. A request's
+// key: its id, the SHA-256 of the key (never the key itself) and, optionally,
+// its tier (hostd/tiers.hpp; a line without one has the configuration's
+// default_key_tier). A request's
 // key is hashed and compared against every stored hash in constant time;
 // the key's id is who owns the sandboxes it creates. Keys are never logged.
 #pragma once
@@ -26,6 +28,7 @@ bool constant_time_equal(const Digest& a, const Digest& b);
 struct KeyEntry {
   std::string id; // "key-" and 8 hex digits; names the owner
   Digest hash;
+  std::string tier; // "" = the configuration's default_key_tier
 };
 
 class KeyStore {
@@ -39,10 +42,14 @@ public:
     std::string id;
     std::string key;
   };
-  Result<NewKey> add();
+  // `tier` must be a tier name (hostd/tiers.hpp) or "" for the default.
+  Result<NewKey> add(std::string tier = {});
 
   // The id of the key `presented`, if it is one of ours.
   std::optional<std::string> authenticate(std::string_view presented) const;
+
+  // The entry of key id `id`, or null.
+  const KeyEntry* find(std::string_view id) const;
 
   bool empty() const { return entries_.empty(); }
   const std::vector<KeyEntry>& entries() const { return entries_; }

@@ -73,6 +73,9 @@ int main(int argc, char** argv) {
       "images-dir", po::value<std::string>(),
       "guest images directory (default <state-dir>/images)")(
       "new-key", "create another API key, print it, and exit")(
+      "tier", po::value<std::string>(),
+      "the tier of the key --new-key (or the first start) creates: free, pro, scale or "
+      "enterprise (default: the configuration's default_key_tier)")(
       "print-config", "print the effective configuration (text format) and exit")(
       "version", "print the version and exit");
   po::variables_map args;
@@ -110,11 +113,14 @@ int main(int argc, char** argv) {
   auto keys = hostd::KeyStore::load(std::filesystem::path(config->state_dir()) / "keys");
   if (!keys) return fail(keys.error());
   if (args.count("new-key") || keys->empty()) {
-    auto created = keys->add();
+    std::string tier;
+    if (args.count("tier")) tier = args["tier"].as<std::string>();
+    auto created = keys->add(tier);
     if (!created) return fail(created.error());
     // Printed once, to stdout only: the keys file keeps its hash alone.
-    std::printf("vesicle API key %s (shown only this once; store it now):\n%s\n",
-                created->id.c_str(), created->key.c_str());
+    if (tier.empty()) tier = config->default_key_tier();
+    std::printf("vesicle API key %s, tier %s (shown only this once; store it now):\n%s\n",
+                created->id.c_str(), tier.c_str(), created->key.c_str());
     std::fflush(stdout);
     if (args.count("new-key")) return 0;
   }

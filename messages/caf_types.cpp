@@ -36,6 +36,8 @@ const char* to_string(errc code) {
     return "shutting_down";
   case errc::internal:
     return "internal";
+  case errc::quota_exceeded:
+    return "quota_exceeded";
   }
   return "unknown";
 }

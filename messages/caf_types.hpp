@@ -59,6 +59,10 @@ using refill_atom = caf::atom_constant<caf::atom("refill")>;
 using net_acquire_atom = caf::atom_constant<caf::atom("netacquire")>;
 using net_egress_atom = caf::atom_constant<caf::atom("netegress")>;
 using net_release_atom = caf::atom_constant<caf::atom("netrelease")>;
+// registry -> sandbox: the reaper ended it (idle or lifetime); reaper -> registry
+using expire_atom = caf::atom_constant<caf::atom("expire")>;
+// the reaper's own timer (and a test's prod)
+using reap_atom = caf::atom_constant<caf::atom("reap")>;
 // generic acknowledgement
 using done_atom = caf::atom_constant<caf::atom("done")>;
 
@@ -189,6 +193,7 @@ enum class errc : std::uint8_t {
   boot_failed = 6,
   shutting_down = 7,
   internal = 8,
+  quota_exceeded = 9, // the key's tier allows no more of this (429)
 };
 const char* to_string(errc code);
 

@@ -36,3 +36,16 @@ add_dependencies(pool_integration_test hostd)
 
 add_executable(pool_bench bench/pool_bench.cpp hostd/hostd_process.cpp hostd/http_client.cpp)
 target_link_libraries(pool_bench PRIVATE Boost::program_options Threads::Threads)
+
+# Tier caps and the reaper's decisions (issue 6).
+vesicle_test(hostd_tiers_test SOURCES hostd/tiers_test.cpp LIBS vesicle_hostd)
+vesicle_test(reaper_test SOURCES hostd/reaper_test.cpp LIBS vesicle_sandbox)
+
+# Limits, tier caps and the reaper with the real hostd and real VMs.
+vesicle_test(limits_integration_test
+             SOURCES hostd/limits_integration_test.cpp hostd/hostd_process.cpp hostd/http_client.cpp
+             LIBS vesicle_hostd LABEL integration TIMEOUT 900)
+target_compile_definitions(limits_integration_test PRIVATE
+  HOSTD_BINARY="$<TARGET_FILE:hostd>"
+  VESICLE_DEFAULT_IMAGES_DIR="${CMAKE_BINARY_DIR}/images")
+add_dependencies(limits_integration_test hostd)

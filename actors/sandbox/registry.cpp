@@ -60,6 +60,7 @@ struct RegistryState {
   std::map<std::string, PendingMerge> pending_merges;
   // The last in-use count each pool was told.
   std::vector<std::uint32_t> pool_usage;
+  reaper_actor reaper; // null when settings.reaper is off
   static inline const char* name = "registry";
 };
 
@@ -227,6 +228,44 @@ caf::result<SandboxInfo> create(self_pointer self, std::string owner, SandboxSpe
   return promise;
 }
 
+// A create held to the owner's concurrency cap (its key's tier): the live
+// sandboxes it holds (booting, ready, being deleted; dead records do not
+// count) must be fewer than `max_concurrent`.
+caf::result<SandboxInfo> create_capped(self_pointer self, std::string owner, SandboxSpec spec,
+                                       std::uint32_t max_concurrent) {
+  std::uint32_t live = 0;
+  for (const auto& [id, record] : self->state.records)
+    if (record.info.owner == owner && record.info.state != SandboxState::dead) ++live;
+  if (live >= max_concurrent)
+    return make_error(errc::quota_exceeded,
+                      "this key may run " + std::to_string(max_concurrent) +
+                          " sandboxes at once (its tier's cap) and runs " + std::to_string(live) +
+                          "; delete one you no longer need (DELETE /v1/sandboxes/{id}), or use a "
+                          "key of a higher tier");
+  return create(self, std::move(owner), std::move(spec));
+}
+
+// The reaper's decision, and what it means for this sandbox. A
+// non-persistent sandbox is ended: its VM goes, its record stays (state
+// dead, the reason) until DELETE, like any sandbox that died. A persistent
+// one should be frozen to a Space; until Spaces exist it is left running,
+// never destroyed, so no work is lost.
+void expire(self_pointer self, const std::string& id, const std::string& reason, bool lifetime) {
+  auto found = self->state.records.find(id);
+  if (found == self->state.records.end()) return;
+  auto& record = found->second;
+  if (!record.actor_alive || record.info.state != SandboxState::ready) return;
+  if (record.info.spec.persistent) {
+    log_line("sandbox " + id + " " + reason +
+             ": it is persistent and freezing to a Space is not built yet, so it keeps running "
+             "(delete it when done)");
+    return;
+  }
+  log_line("sandbox " + id + " ended: " + reason);
+  (void)lifetime;
+  self->send(record.actor, expire_atom::value, reason);
+}
+
 caf::result<done_atom> destroy(self_pointer self, const std::string& owner, const std::string& id) {
   auto record = owned(self, owner, id);
   if (!record) return std::move(record.error());
@@ -289,7 +328,8 @@ void release_hold(self_pointer self, const std::string& id) {
 // it into a fork snapshot and resume it, then launch the children from the
 // snapshot (forked()).
 caf::result<SandboxInfoList> fork(self_pointer self, const std::string& owner,
-                                  const std::string& id, std::uint32_t n) {
+                                  const std::string& id, std::uint32_t n,
+                                  std::uint32_t max_concurrent) {
   if (self->state.shutting_down)
     return make_error(errc::shutting_down, "hostd is shutting down; retry after it restarts");
   if (n < 1 || n > kMaxForkChildren)
@@ -298,6 +338,15 @@ caf::result<SandboxInfoList> fork(self_pointer self, const std::string& owner,
                                                   " children, got " + std::to_string(n));
   auto record = ready_record(self, owner, id);
   if (!record) return std::move(record.error());
+  std::uint32_t live = 0;
+  for (const auto& [other, entry] : self->state.records)
+    if (entry.info.owner == owner && entry.info.state != SandboxState::dead) ++live;
+  if (live + n > max_concurrent)
+    return make_error(errc::quota_exceeded,
+                      "forking " + id + " " + std::to_string(n) + " ways would make this key run " +
+                          std::to_string(live + n) + " sandboxes; its tier's cap is " +
+                          std::to_string(max_concurrent) +
+                          "; delete sandboxes you no longer need or fork fewer ways");
   auto room = capacity(self);
   if (room.available() < n)
     return make_error(errc::no_capacity,
@@ -514,6 +563,11 @@ void merged(self_pointer self, const std::string& parent_id, const std::string& 
       winner->second.actor_alive = false;
       caf::anon_send(actor, release_vm_atom::value);
     }
+    if (self->state.reaper) {
+      auto gone = winner->second.info;
+      gone.state = SandboxState::destroying;
+      self->send(self->state.reaper, state_atom::value, gone);
+    }
     self->state.records.erase(winner);
   }
   auto parent = self->state.records.find(parent_id);
@@ -552,6 +606,7 @@ caf::result<done_atom> shutdown(self_pointer self) {
                                               " was being merged into " + parent));
     self->state.pending_merges.clear();
     promise.deliver(done_atom::value);
+    if (self->state.reaper) self->send_exit(self->state.reaper, caf::exit_reason::user_shutdown);
     self->quit();
   };
   auto one_done = [=](const std::string& id) mutable {
@@ -575,6 +630,9 @@ registry_actor::behavior_type registry_behavior(self_pointer self, VmHost* vms,
   self->state.vms = vms;
   self->state.settings = settings;
   self->state.pool_usage.assign(settings.pools.size(), 0);
+  if (settings.reaper)
+    self->state.reaper = spawn_reaper(self->system(), caf::actor_cast<expiry_listener>(self),
+                                      settings.reaper_settings);
 
   // Supervision: a sandbox actor that stops while its record says it is
   // alive failed (a bug, an exception): record it dead and kill its VM.
@@ -591,6 +649,7 @@ registry_actor::behavior_type registry_behavior(self_pointer self, VmHost* vms,
             "the sandbox's actor stopped unexpectedly: " + self->system().render(down.reason);
         log_line("sandbox " + id + " died: " + record.info.dead_reason);
         self->state.vms->reclaim(id, {});
+        if (self->state.reaper) self->send(self->state.reaper, state_atom::value, record.info);
       }
       return;
     }
@@ -599,6 +658,9 @@ registry_actor::behavior_type registry_behavior(self_pointer self, VmHost* vms,
   return {
       [=](create_atom, std::string owner, SandboxSpec spec) {
         return create(self, std::move(owner), std::move(spec));
+      },
+      [=](create_atom, std::string owner, SandboxSpec spec, std::uint32_t max_concurrent) {
+        return create_capped(self, std::move(owner), std::move(spec), max_concurrent);
       },
       [=](lookup_atom, const std::string& owner,
           const std::string& id) -> caf::result<SandboxInfo> {
@@ -627,12 +689,25 @@ registry_actor::behavior_type registry_behavior(self_pointer self, VmHost* vms,
           return make_error(errc::sandbox_died, "sandbox " + id +
                                                     " died: " + (*record)->info.dead_reason +
                                                     "; delete it and create a new one");
-        return self->delegate((*record)->actor, begin_op_atom::value);
+        if (!self->state.reaper) return self->delegate((*record)->actor, begin_op_atom::value);
+        // Through here rather than delegated, so the reaper learns of the
+        // operation only once it really began.
+        auto promise = self->make_response_promise<std::uint64_t>();
+        self->request((*record)->actor, self->state.settings.ready_timeout, begin_op_atom::value)
+            .then(
+                [=](std::uint64_t lease) mutable {
+                  if (self->state.reaper)
+                    self->send(self->state.reaper, begin_op_atom::value, id, lease);
+                  promise.deliver(lease);
+                },
+                [=](caf::error& failure) mutable { promise.deliver(std::move(failure)); });
+        return promise;
       },
       [=](end_op_atom, const std::string& owner, const std::string& id, std::uint64_t lease) {
         auto record = owned(self, owner, id);
         if (record && (*record)->actor_alive)
           self->send((*record)->actor, end_op_atom::value, lease);
+        if (self->state.reaper) self->send(self->state.reaper, end_op_atom::value, id, lease);
       },
       [=](vm_exited_atom, const std::string& owner, const std::string& id,
           std::string how) -> caf::result<done_atom> {
@@ -641,9 +716,8 @@ registry_actor::behavior_type registry_behavior(self_pointer self, VmHost* vms,
         if (!(*record)->actor_alive) return done_atom::value;
         return self->delegate((*record)->actor, vm_exited_atom::value, std::move(how));
       },
-      [=](fork_atom, const std::string& owner, const std::string& id, std::uint32_t n) {
-        return fork(self, owner, id, n);
-      },
+      [=](fork_atom, const std::string& owner, const std::string& id, std::uint32_t n,
+          std::uint32_t max_concurrent) { return fork(self, owner, id, n, max_concurrent); },
       [=](merge_atom, const std::string& owner, const std::string& parent,
           const std::string& winner) { return merge(self, owner, parent, winner); },
       [=](forked_atom, const std::string& base_id, const std::string& error, std::int32_t) {
@@ -660,8 +734,15 @@ registry_actor::behavior_type registry_behavior(self_pointer self, VmHost* vms,
         auto& record = found->second;
         if (info.state == SandboxState::dead && record.info.state != SandboxState::dead)
           log_line("sandbox " + info.id + " died: " + info.dead_reason);
+        if (self->state.reaper) self->send(self->state.reaper, state_atom::value, info);
         record.info = std::move(info);
         update_pool_usage(self);
+      },
+      [=](expire_atom, const std::string& id, const std::string& reason, bool lifetime) {
+        expire(self, id, reason, lifetime);
+      },
+      [=](reap_atom) {
+        if (self->state.reaper) self->send(self->state.reaper, reap_atom::value);
       },
   };
 }

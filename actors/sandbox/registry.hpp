@@ -17,6 +17,7 @@
 #include <caf/typed_actor.hpp>
 
 #include "actors/sandbox/pool.hpp"
+#include "actors/sandbox/reaper.hpp"
 #include "actors/sandbox/sandbox.hpp"
 #include "messages/caf_types.hpp"
 
@@ -26,6 +27,9 @@ using registry_actor = caf::typed_actor<
     // owner, spec -> the sandbox once ready. errc::no_capacity when full,
     // errc::boot_failed when its VM did not come up (nothing is left behind).
     caf::replies_to<create_atom, std::string, SandboxSpec>::with<SandboxInfo>,
+    // The same with the owner's concurrency cap: errc::quota_exceeded when
+    // the owner already holds that many live sandboxes.
+    caf::replies_to<create_atom, std::string, SandboxSpec, std::uint32_t>::with<SandboxInfo>,
     // owner, id -> the sandbox (errc::not_found unless owner's)
     caf::replies_to<lookup_atom, std::string, std::string>::with<SandboxInfo>,
     // owner -> the owner's sandboxes, oldest first
@@ -42,7 +46,9 @@ using registry_actor = caf::typed_actor<
     // this moment (memory, processes, files); the parent runs on. All or
     // nothing: a child that fails takes the others down, and the parent is
     // left as it was. errc::no_capacity when n do not fit.
-    caf::replies_to<fork_atom, std::string, std::string, std::uint32_t>::with<SandboxInfoList>,
+    // The last number is the owner's concurrency cap (errc::quota_exceeded).
+    caf::replies_to<fork_atom, std::string, std::string, std::uint32_t,
+                    std::uint32_t>::with<SandboxInfoList>,
     // owner, parent, winner -> the parent, now running the winner's VM; the
     // winner's id is gone, the parent's old VM destroyed. The winner must
     // descend from the parent (errc::failed_precondition otherwise).
@@ -55,7 +61,12 @@ using registry_actor = caf::typed_actor<
     // Refuses new creates, destroys every sandbox, then stops the registry.
     caf::replies_to<shutdown_atom>::with<done_atom>,
     // from the sandboxes
-    caf::reacts_to<state_atom, SandboxInfo>>;
+    caf::reacts_to<state_atom, SandboxInfo>,
+    // from the reaper: id, why, lifetime (true) or idle timeout (false)
+    caf::reacts_to<expire_atom, std::string, std::string, bool>,
+    // Has the reaper check its deadlines now (tests on the deterministic
+    // scheduler, where its timer never fires).
+    caf::reacts_to<reap_atom>>;
 
 struct RegistrySettings {
   std::uint32_t max_sandboxes = 8;
@@ -70,6 +81,10 @@ struct RegistrySettings {
     pool_actor actor;
   };
   std::vector<Pool> pools;
+  // The reaper the registry spawns and feeds (reaper.hpp). Off: no sandbox
+  // is ever ended for idling or age.
+  bool reaper = true;
+  ReaperSettings reaper_settings;
 };
 
 // The most children one fork makes.

@@ -187,6 +187,9 @@ sandbox_actor::behavior_type sandbox_behavior(self_pointer self, SandboxInfo inf
         self->quit();
         return done_atom::value;
       },
+      [=](expire_atom, std::string reason) {
+        if (self->state.info.state == SandboxState::ready) die(self, std::move(reason));
+      },
       [=](vm_booted_atom, std::int32_t qemu_pid, std::string& source) {
         if (self->state.info.state != SandboxState::booting) return;
         self->state.info.qemu_pid = qemu_pid;

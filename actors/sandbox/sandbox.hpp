@@ -46,6 +46,10 @@ using sandbox_actor = caf::typed_actor<
     caf::reacts_to<vm_replaced_atom, std::int32_t>,
     // Its VM went to another sandbox (merge_into): stop without reclaiming.
     caf::replies_to<release_vm_atom>::with<done_atom>,
+    // The reaper's verdict (via the registry): a ready sandbox ends as if
+    // its VM had died, with `reason` as its dead_reason; in any other state
+    // it is ignored.
+    caf::reacts_to<expire_atom, std::string>,
     // From VmHost (and from an HTTP handler that saw the VM die first; the
     // reply tells it the death is recorded).
     // vm_booted carries QEMU's pid and where the VM came from (SandboxInfo::source).

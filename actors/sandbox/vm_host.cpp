@@ -1,4 +1,5 @@
 #include "actors/sandbox/vm_host.hpp"
+#include "actors/sandbox/disk_limit.hpp"
 
 #include <fcntl.h>
 #include <sys/file.h>
@@ -131,6 +132,10 @@ VmHost::lease_network(bool egress, std::vector<std::string> allow) {
   co_return std::shared_ptr<net::NetworkLease>(std::move(leased.value()));
 }
 
+std::uint32_t VmHost::root_disk_mib() const {
+  return vesicle::root_disk_mib(settings_.images_dir);
+}
+
 std::string VmHost::template_key(const TemplateSpec& spec) const {
   // A snapshot restores only onto the same devices: with networking on, its
   // VMs have a NIC, and a template saved without one cannot serve them.
@@ -255,6 +260,14 @@ asio::awaitable<void> VmHost::run_sandbox_vm(std::string id, SandboxSpec spec, L
       co_return;
     }
     machine_id = std::move(refreshed.value());
+  }
+  // Named locals, not temporaries inside the co_await (g++ 12).
+  const std::uint32_t root_mib = root_disk_mib();
+  auto limited = co_await limit_root_disk(vm, id, spec.disk_mib, root_mib);
+  if (!limited) {
+    vm->destroy();
+    caf::anon_send(sandbox, vm_boot_failed_atom::value, limited.error().message());
+    co_return;
   }
   // An adopted pool VM's exit is already watched (by its pool coroutine).
   const bool watched = target != nullptr;

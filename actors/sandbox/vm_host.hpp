@@ -129,6 +129,12 @@ public:
 
   vmm::Accel accel() const { return driver_.accel(); }
 
+  // The size of every VM's root disk in MiB (the base image's; 0 if it
+  // cannot be read): the most disk_mib can give. A sandbox asking for less
+  // gets its filesystem limited to disk_mib by the agent (SetDiskLimit)
+  // before it is handed out. Any thread.
+  std::uint32_t root_disk_mib() const;
+
   // With network leases every VM gets a slot (its egress from the spec)
   // before it boots, released after its process has exited. Without, VMs
   // have no network device. Set once, before the first boot and before

@@ -275,6 +275,31 @@ asio::awaitable<void> watch_refresh(ChannelPtr channel, SentRefresh sent,
   }
 }
 
+// The detached half of send_disk_limit: the agent's answer, or the
+// failure handed to `on_failure`.
+asio::awaitable<void> watch_disk_limit(ChannelPtr channel, SentRefresh sent,
+                                       RefreshFailureHandler on_failure) {
+  ScopeExit forget([&] { channel->forget(sent.id); });
+  const auto deadline = Clock::now() + kRefreshAnswerTimeout;
+  auto received = co_await sent.inbox->receive(deadline);
+  Result<void> outcome;
+  if (!received) {
+    outcome = make_error("set the disk limit", "the agent did not answer in time; it may be stuck");
+  } else if (!*received) {
+    outcome = std::move(*received).error().with_context("set the disk limit");
+  } else if (received->value().has_failure()) {
+    outcome = failure_error("set the disk limit", {}, received->value().failure());
+  } else if (!received->value().has_done()) {
+    outcome = unexpected_event("set the disk limit", received->value());
+  }
+  if (outcome || channel->closed_by_host()) co_return;
+  if (on_failure) {
+    on_failure(outcome.error());
+  } else {
+    std::fprintf(stderr, "vesicle: %s\n", outcome.error().message().c_str());
+  }
+}
+
 class AgentUpload final : public Upload {
 public:
   AgentUpload(ChannelPtr channel, std::uint64_t id, std::shared_ptr<Inbox> inbox, std::string path)
@@ -566,6 +591,23 @@ public:
     co_return Result<void>{};
   }
 
+  asio::awaitable<Result<void>> send_disk_limit(std::uint64_t max_bytes,
+                                                RefreshFailureHandler on_failure) override {
+    auto channel = channel_;
+    guest::Request request;
+    request.set_id(channel->allocate_id());
+    request.mutable_set_disk_limit()->set_max_bytes(max_bytes);
+    SentRefresh sent{request.id(), channel->open(request.id())};
+    if (auto written = co_await channel->send(request); !written) {
+      channel->forget(sent.id);
+      co_return std::move(written).error().with_context("set the disk limit");
+    }
+    asio::co_spawn(channel->executor(),
+                   watch_disk_limit(channel, std::move(sent), std::move(on_failure)),
+                   asio::detached);
+    co_return Result<void>{};
+  }
+
   bool connected() const override { return channel_->connected(); }
 
 private:
@@ -573,6 +615,10 @@ private:
 };
 
 } // namespace
+
+asio::awaitable<Result<void>> AgentClient::send_disk_limit(std::uint64_t, RefreshFailureHandler) {
+  co_return make_error("set the disk limit", "this agent client cannot set a disk limit");
+}
 
 Result<IdentityRefresh> IdentityRefresh::generate(std::string hostname) {
   IdentityRefresh identity;

@@ -1,4 +1,5 @@
 #include "guest/agent/agent.hpp"
+#include "guest/agent/disk_limit.hpp"
 
 #include <sys/random.h>
 #include <unistd.h>
@@ -194,6 +195,21 @@ void Agent::dispatch(guest::Request& request) {
   case guest::Request::kRefreshIdentity:
     handle_refresh_identity(id, request.refresh_identity());
     return;
+  case guest::Request::kSetDiskLimit: {
+    // Done before the next frame is read, like the identity refresh: a
+    // request sent after it already runs under the limit.
+    auto applied = apply_disk_limit("/", request.set_disk_limit().max_bytes());
+    if (!applied) {
+      log_line(applied.error().message());
+      send(id, failure_event(guest::Failure::IO, applied.error().errno_value,
+                             applied.error().message()));
+      return;
+    }
+    guest::Event event;
+    event.mutable_done()->set_size(applied->fs_bytes);
+    send(id, std::move(event));
+    return;
+  }
   default:
     send(id, failure_event(guest::Failure::BAD_REQUEST, 0,
                            "request " + std::to_string(id) +

@@ -124,4 +124,28 @@ Result<std::string> setup_workload_cgroup() {
   return std::string(kWorkload);
 }
 
+unsigned long long oom_kill_count(const std::string& cgroup) {
+  // The REPL's and the commands' cgroups have only the cpu controller
+  // (setup_workload_cgroup): the memory limit, and so the count, is their
+  // parent's, which counts the kills of its whole subtree.
+  std::string path = cgroup + "/memory.events";
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    path = cgroup.substr(0, cgroup.rfind('/')) + "/memory.events";
+    fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  }
+  if (fd < 0) return 0;
+  char buffer[512] = {};
+  const ssize_t n = ::read(fd, buffer, sizeof buffer - 1);
+  ::close(fd);
+  if (n <= 0) return 0;
+  // Lines of "<name> <count>"; "oom_kill" must start a line ("oom_group_kill" also exists).
+  for (const char* line = buffer; line != nullptr && *line != '\0';) {
+    if (std::strncmp(line, "oom_kill ", 9) == 0) return std::strtoull(line + 9, nullptr, 10);
+    line = std::strchr(line, '\n');
+    if (line != nullptr) ++line;
+  }
+  return 0;
+}
+
 } // namespace vesicle::agent

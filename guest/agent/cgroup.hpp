@@ -34,4 +34,10 @@ inline constexpr const char* kCommandsCgroup = "commands";
 // and skipped; an Error only when there is no cgroup to use at all.
 Result<std::string> setup_workload_cgroup();
 
+// How many processes of `cgroup` (or, where it has no memory controller,
+// of its parent's subtree) the out-of-memory killer has killed so far
+// (memory.events oom_kill); 0 when it cannot be read. A process that died of SIGKILL while this grew was an
+// OOM victim, which is what a user must be told instead of "signal 9".
+unsigned long long oom_kill_count(const std::string& cgroup);
+
 } // namespace vesicle::agent

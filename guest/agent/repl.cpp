@@ -123,6 +123,8 @@ Result<void> Repl::launch() {
   auto process = std::make_unique<Process>();
   process->pid = spawned->pid;
   process->started_us = monotonic_us();
+  process->cgroup = spec.cgroup;
+  if (!process->cgroup.empty()) process->oom_kills_at_start = oom_kill_count(process->cgroup);
   process->command = std::move(command->write);
   process->reply = std::move(reply->read);
   process->out = std::make_unique<PipeReader>(
@@ -292,9 +294,13 @@ void Repl::on_process_exit(int status) {
   if (!process_) return;
   process_->exited = true;
   process_->status = status;
+  std::string how = describe_status(status);
+  if (WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL && !process_->cgroup.empty() &&
+      oom_kill_count(process_->cgroup) > process_->oom_kills_at_start)
+    how = "was killed by the out-of-memory killer (OutOfMemory: the code used more memory than "
+          "the sandbox has; create it with a larger memory_mib, or use less)";
   if (!process_->killed) {
-    log_line("the Python REPL (pid " + std::to_string(process_->pid) + ") " +
-             describe_status(status));
+    log_line("the Python REPL (pid " + std::to_string(process_->pid) + ") " + how);
   }
   switch (phase_) {
   case Phase::kRunning: {
@@ -302,7 +308,7 @@ void Repl::on_process_exit(int status) {
     outcome.repl_died = true;
     guest::PythonError error;
     error.set_name("ReplRestarted");
-    error.set_value(std::string("the Python REPL ") + describe_status(status) +
+    error.set_value(std::string("the Python REPL ") + how +
                     (current_->timed_out_ ? " after the cell ignored the interrupt" : "") +
                     " while running this cell; its variables and imports are lost and the next "
                     "cell starts in a fresh REPL");

@@ -79,6 +79,8 @@ private:
     std::string command_pending;
     std::string reply_buffer;
     std::uint64_t started_us = 0;
+    std::string cgroup;                        // "" without cgroups
+    unsigned long long oom_kills_at_start = 0; // its cgroup's oom_kill count
     bool exited = false;
     int status = 0;
     bool killed = false;
