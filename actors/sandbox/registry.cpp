@@ -317,6 +317,19 @@ caf::expected<Record*> ready_record(self_pointer self, const std::string& owner,
   return record;
 }
 
+// A fork or merge counts as one operation for the reaper: no idle verdict
+// while it runs, and the sandbox's idle time starts again when it ends.
+constexpr std::uint64_t kForkLease = ~std::uint64_t{0};
+constexpr std::uint64_t kMergeLease = ~std::uint64_t{0} - 1;
+
+void reaper_op(self_pointer self, const std::string& id, std::uint64_t lease, bool begun) {
+  if (!self->state.reaper) return;
+  if (begun)
+    self->send(self->state.reaper, begin_op_atom::value, id, lease);
+  else
+    self->send(self->state.reaper, end_op_atom::value, id, lease);
+}
+
 void release_hold(self_pointer self, const std::string& id) {
   auto found = self->state.records.find(id);
   if (found != self->state.records.end() && found->second.actor_alive)
@@ -383,6 +396,7 @@ caf::result<SandboxInfoList> fork(self_pointer self, const std::string& owner,
       self->state.records.erase(child);
     self->state.pending_forks.erase(found);
   };
+  reaper_op(self, id, kForkLease, true);
   self->request((*record)->actor, std::chrono::seconds(10), hold_atom::value, true)
       .then(
           [=](done_atom) {
@@ -394,6 +408,7 @@ caf::result<SandboxInfoList> fork(self_pointer self, const std::string& owner,
           },
           [=](caf::error& refused) mutable {
             forget_placeholders();
+            reaper_op(self, id, kForkLease, false);
             promise.deliver(std::move(refused));
           });
   return promise;
@@ -413,6 +428,7 @@ void fork_child_done(self_pointer self, const std::string& base_id,
     fork.failures.push_back(child_id + ": " + error_message(outcome.error()));
   if (--fork.outstanding > 0) return;
   self->state.vms->release_fork(base_id);
+  reaper_op(self, fork.parent_id, kForkLease, false);
   if (fork.failures.empty()) {
     // In the order the children were made.
     SandboxInfoList children;
@@ -458,6 +474,7 @@ void forked(self_pointer self, const std::string& base_id, const std::string& er
     for (const auto& child : fork.child_ids)
       self->state.records.erase(child);
     self->state.vms->release_fork(base_id);
+    reaper_op(self, fork.parent_id, kForkLease, false);
     auto failure =
         !error.empty()
             ? make_error(errc::boot_failed, "forking " + fork.parent_id + " failed: " + error)
@@ -512,12 +529,14 @@ caf::result<SandboxInfo> merge(self_pointer self, const std::string& owner,
   auto parent_actor = (*parent)->actor;
   auto winner_actor = (*ready_winner)->actor;
   auto fail = [=](caf::error error) {
+    reaper_op(self, parent_id, kMergeLease, false);
     auto found = self->state.pending_merges.find(parent_id);
     if (found == self->state.pending_merges.end()) return;
     found->second.promise.deliver(std::move(error));
     self->state.pending_merges.erase(found);
   };
   auto timeout = std::chrono::seconds(10);
+  reaper_op(self, parent_id, kMergeLease, true);
   self->request(parent_actor, timeout, hold_atom::value, true)
       .then(
           [=](done_atom) {
@@ -547,6 +566,7 @@ void merged(self_pointer self, const std::string& parent_id, const std::string& 
   if (found == self->state.pending_merges.end()) return;
   auto merge = std::move(found->second);
   self->state.pending_merges.erase(found);
+  reaper_op(self, parent_id, kMergeLease, false);
   if (!error.empty()) {
     release_hold(self, parent_id);
     release_hold(self, merge.winner_id);

@@ -30,6 +30,8 @@ struct SandboxActorState {
   bool reclaim_in_flight = false;
   // A fork or merge is working on the VM: no new operations.
   bool held = false;
+  // The reaper's verdict that came while held.
+  std::string pending_expiry;
   static inline const char* name = "sandbox";
 };
 
@@ -147,6 +149,14 @@ sandbox_actor::behavior_type sandbox_behavior(self_pointer self, SandboxInfo inf
           self->state.destroy_requested = true;
           break;
         case SandboxState::ready:
+          // A fork or merge is replacing the VM: tear down once it is
+          // done (hold(false)), so no VM it makes outlives the DELETE.
+          if (self->state.held) {
+            self->state.destroy_requested = true;
+            break;
+          }
+          begin_destroy(self);
+          break;
         case SandboxState::dead:
           begin_destroy(self);
           break;
@@ -158,6 +168,11 @@ sandbox_actor::behavior_type sandbox_behavior(self_pointer self, SandboxInfo inf
       [=](hold_atom, bool hold) -> caf::result<done_atom> {
         if (!hold) {
           self->state.held = false;
+          if (self->state.destroy_requested && self->state.info.state == SandboxState::ready)
+            begin_destroy(self);
+          else if (!self->state.pending_expiry.empty() &&
+                   self->state.info.state == SandboxState::ready)
+            die(self, std::move(self->state.pending_expiry));
           return done_atom::value;
         }
         if (self->state.info.state != SandboxState::ready) return not_now(self);
@@ -188,6 +203,11 @@ sandbox_actor::behavior_type sandbox_behavior(self_pointer self, SandboxInfo inf
         return done_atom::value;
       },
       [=](expire_atom, std::string reason) {
+        // Not in the middle of a fork or merge: applied once it is done.
+        if (self->state.held) {
+          self->state.pending_expiry = std::move(reason);
+          return;
+        }
         if (self->state.info.state == SandboxState::ready) die(self, std::move(reason));
       },
       [=](vm_booted_atom, std::int32_t qemu_pid, std::string& source) {
@@ -220,7 +240,12 @@ sandbox_actor::behavior_type sandbox_behavior(self_pointer self, SandboxInfo inf
       },
       [=](vm_exited_atom, std::string reason) -> done_atom {
         // Only a VM that was up can die; in destroying the exit is ours.
-        if (self->state.info.state == SandboxState::ready) die(self, "the VM exited: " + reason);
+        if (self->state.info.state == SandboxState::ready) {
+          die(self, "the VM exited: " + reason);
+          self->state.held = false;
+          // A DELETE that waited for a fork or merge.
+          if (self->state.destroy_requested) begin_destroy(self);
+        }
         return done_atom::value;
       },
       [=](vm_reclaimed_atom) {
