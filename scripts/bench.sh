@@ -4,6 +4,8 @@
 #   vm_bench   cold boot to agent-ready, print(1) through the agent
 #   api_bench  create / exec / destroy through hostd's HTTP API on loopback
 #   pool_bench warm pool: create on hit / miss / cold boot, refill, memory per idle sandbox
+#   full_snapshot_bench  full-RAM save and restore (what forks of pool VMs and Spaces use)
+#   fork_bench fork(n) through the SDK: latency at the SDK and server-side, first exec, PSS per child
 #   net_bench  network slot acquire/release and NAT throughput (test namespaces)
 #   net_vm_bench  HTTP throughput from a real VM through NAT and the allowlist proxy
 set -euo pipefail
@@ -19,6 +21,12 @@ images=$build/images
 
 "$build/tests/pool_bench" --hostd "$build/hostd/hostd" --images "$images" \
   --json "$out/pool_bench.json" ${POOL_BENCH_ARGS:-}
+
+[ "${SKIP_VM_BENCH:-}" ] || VESICLE_IMAGES_DIR=$images "$build/tests/full_snapshot_bench" \
+  --json "$out/full_snapshot_bench.json"
+
+/usr/bin/python3 "$repo/tests/bench/fork_bench.py" --hostd "$build/hostd/hostd" --images "$images" \
+  --json "$out/fork_bench.json" ${FORK_BENCH_ARGS:-}
 
 "$build/tests/net_bench" --json "$out/net_bench.json"
 

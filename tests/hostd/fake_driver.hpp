@@ -201,7 +201,7 @@ public:
   asio::awaitable<Result<std::unique_ptr<vmm::Vm>>> restore(const vmm::Snapshot& snapshot,
                                                             vmm::VmConfig config) override {
     ++restores_started;
-    if (fail_restores)
+    if (fail_restores || (fail_restores_after >= 0 && restores_started > fail_restores_after))
       co_return make_error("restore VM", "the fake driver was told to fail", config.id);
     config.vcpus = snapshot.vcpus;
     config.memory_mib = snapshot.memory_mib;
@@ -243,6 +243,8 @@ public:
   bool hold_boots = false;
   bool fail_boots = false;
   bool fail_restores = false;
+  // When >= 0, restores after this many (restores_started) fail.
+  int fail_restores_after = -1;
   bool fail_saves = false;
   int boots_started = 0;
   int restores_started = 0;
