@@ -1124,31 +1124,10 @@ private:
     // A copy is removed with the VM's files; the original stays.
     if (*moved == Moved::renamed) state->return_disk_to = snapshot.disk;
 
-    detail::SpawnOptions qemu_options;
-    qemu_options.argv = command_line(config, paths, accel, std::nullopt, &snapshot);
-    qemu_options.output = paths.log;
-    if (config.network) qemu_options.pass_fd = config.network->tap_fd;
-    qemu_options.working_dir = paths.dir;
-    auto process = detail::Process::spawn(executor, qemu_options);
-    if (!process) co_return std::move(process).error().with_context("starting QEMU");
-    state->process = std::move(process.value());
-    asio::co_spawn(executor, state->watch_process(), asio::detached);
-
-    std::function<bool()> qemu_gone = [state] { return !state->running(); };
-    auto qmp = co_await QmpClient::connect(executor, paths.qmp_socket,
-                                           std::min(deadline, Clock::now() + kQmpTimeout),
-                                           std::move(qemu_gone));
-    if (!qmp) co_await settle(state);
-    if (!qmp)
-      co_return died_or(*state,
-                        std::move(qmp).error().with_context("connecting to QEMU's monitor"));
-    state->qmp = std::move(qmp.value());
-    state->watch_monitor();
-    // Connected before the state loads: the guest agent sees no hang-up.
-    auto socket = co_await connect_agent(executor, paths.agent_socket);
-    if (!socket) co_await settle(state);
-    if (!socket) co_return died_or(*state, std::move(socket).error());
-    state->agent = make_agent_client(std::move(socket.value()));
+    // Named: g++ 12 miscompiles temporaries inside co_await.
+    std::vector<std::string> argv = command_line(config, paths, accel, std::nullopt, &snapshot);
+    auto started_qemu = co_await start_qemu(executor, state, std::move(argv), deadline);
+    if (!started_qemu) co_return std::move(started_qemu).error();
 
     auto uri = shell_quote(snapshot.device_state());
     if (!uri) co_return std::move(uri).error();
@@ -1295,34 +1274,10 @@ private:
     auto overlay = co_await detail::run_helper(executor, std::move(qemu_img));
     if (!overlay) co_return std::move(overlay).error().with_context("creating the disk overlay");
 
-    detail::SpawnOptions qemu_options;
-    qemu_options.argv = command_line(config, paths, accel, std::nullopt, &snapshot);
-    qemu_options.output = paths.log;
-    if (config.network) qemu_options.pass_fd = config.network->tap_fd;
-    qemu_options.working_dir = paths.dir;
-    auto process = detail::Process::spawn(executor, qemu_options);
-    if (!process) co_return std::move(process).error().with_context("starting QEMU");
-    state->process = std::move(process.value());
-    asio::co_spawn(executor, state->watch_process(), asio::detached);
-
-    std::function<bool()> qemu_gone = [state] { return !state->running(); };
-    auto qmp = co_await QmpClient::connect(executor, paths.qmp_socket,
-                                           std::min(deadline, Clock::now() + kQmpTimeout),
-                                           std::move(qemu_gone));
-    if (!qmp) co_await settle(state);
-    if (!qmp)
-      co_return died_or(*state,
-                        std::move(qmp).error().with_context("connecting to QEMU's monitor"));
-    state->qmp = std::move(qmp.value());
-    state->watch_monitor();
-
-    // Connected before the device state loads, so the loaded virtio-serial
-    // port finds its host connected as it was at the save: the guest agent
-    // sees no hang-up and keeps its channel open.
-    auto socket = co_await connect_agent(executor, paths.agent_socket);
-    if (!socket) co_await settle(state);
-    if (!socket) co_return died_or(*state, std::move(socket).error());
-    state->agent = make_agent_client(std::move(socket.value()));
+    // Named: g++ 12 miscompiles temporaries inside co_await.
+    std::vector<std::string> argv = command_line(config, paths, accel, std::nullopt, &snapshot);
+    auto started_qemu = co_await start_qemu(executor, state, std::move(argv), deadline);
+    if (!started_qemu) co_return std::move(started_qemu).error();
 
     RestoreTimes times;
     times.qemu_start =
@@ -1437,35 +1392,13 @@ private:
     auto overlay = co_await detail::run_helper(executor, std::move(qemu_img));
     if (!overlay) co_return std::move(overlay).error().with_context("creating the disk overlay");
 
-    detail::SpawnOptions qemu_options;
     const auto tsc_khz = accel == Accel::tcg ? host_tsc_khz() : std::nullopt;
     state->accel = accel;
     state->kernel_cmdline = kernel_cmdline(accel, tsc_khz); // a snapshot's restores need it
-    qemu_options.argv = command_line(config, paths, accel, tsc_khz);
-    qemu_options.output = paths.log;
-    if (config.network) qemu_options.pass_fd = config.network->tap_fd;
-    qemu_options.working_dir = paths.dir;
-    auto process = detail::Process::spawn(executor, qemu_options);
-    if (!process) co_return std::move(process).error().with_context("starting QEMU");
-    state->process = std::move(process.value());
-    asio::co_spawn(executor, state->watch_process(), asio::detached);
-
-    // Named, not built in the call: see kNoStream in agent_client.cpp.
-    std::function<bool()> qemu_gone = [state] { return !state->running(); };
-    auto qmp = co_await QmpClient::connect(executor, paths.qmp_socket,
-                                           std::min(deadline, Clock::now() + kQmpTimeout),
-                                           std::move(qemu_gone));
-    if (!qmp) co_await settle(state);
-    if (!qmp)
-      co_return died_or(*state,
-                        std::move(qmp).error().with_context("connecting to QEMU's monitor"));
-    state->qmp = std::move(qmp.value());
-    state->watch_monitor();
-
-    auto socket = co_await connect_agent(executor, paths.agent_socket);
-    if (!socket) co_await settle(state);
-    if (!socket) co_return died_or(*state, std::move(socket).error());
-    state->agent = make_agent_client(std::move(socket.value()));
+    // Named: g++ 12 miscompiles temporaries inside co_await.
+    std::vector<std::string> argv = command_line(config, paths, accel, tsc_khz);
+    auto started_qemu = co_await start_qemu(executor, state, std::move(argv), deadline);
+    if (!started_qemu) co_return std::move(started_qemu).error();
 
     const auto remaining = std::chrono::duration_cast<milliseconds>(deadline - Clock::now());
     auto ready =
@@ -1489,6 +1422,43 @@ private:
 
   // A connection to QEMU broke: if QEMU is exiting, give the watcher a
   // moment to reap it, so the error can say how it went.
+  // Spawns QEMU with `argv` and connects its monitor and, before any device
+  // state loads, the agent's socket (a restored guest's virtio-serial port
+  // then finds its host connected as at the save and sees no hang-up).
+  static asio::awaitable<Result<void>> start_qemu(asio::any_io_executor executor,
+                                                  std::shared_ptr<VmState> state,
+                                                  std::vector<std::string> argv,
+                                                  Clock::time_point deadline) {
+    const VmPaths& paths = state->paths;
+    detail::SpawnOptions qemu_options;
+    qemu_options.argv = std::move(argv);
+    qemu_options.output = paths.log;
+    if (state->config.network) qemu_options.pass_fd = state->config.network->tap_fd;
+    qemu_options.working_dir = paths.dir;
+    auto process = detail::Process::spawn(executor, qemu_options);
+    if (!process) co_return std::move(process).error().with_context("starting QEMU");
+    state->process = std::move(process.value());
+    asio::co_spawn(executor, state->watch_process(), asio::detached);
+
+    // Named, not built in the call: see kNoStream in agent_client.cpp.
+    std::function<bool()> qemu_gone = [state] { return !state->running(); };
+    auto qmp = co_await QmpClient::connect(executor, paths.qmp_socket,
+                                           std::min(deadline, Clock::now() + kQmpTimeout),
+                                           std::move(qemu_gone));
+    if (!qmp) co_await settle(state);
+    if (!qmp)
+      co_return died_or(*state,
+                        std::move(qmp).error().with_context("connecting to QEMU's monitor"));
+    state->qmp = std::move(qmp.value());
+    state->watch_monitor();
+
+    auto socket = co_await connect_agent(executor, paths.agent_socket);
+    if (!socket) co_await settle(state);
+    if (!socket) co_return died_or(*state, std::move(socket).error());
+    state->agent = make_agent_client(std::move(socket.value()));
+    co_return Result<void>{};
+  }
+
   static asio::awaitable<void> settle(std::shared_ptr<VmState> state) {
     if (state->process) (void)co_await state->exited.wait(Clock::now() + std::chrono::seconds(2));
   }

@@ -37,7 +37,7 @@ from hostd_process import hostd_session  # noqa: E402
 from vesicle import Client, Sandbox  # noqa: E402
 
 BOOT_MEMORY_MIB = 768  # a size no pool serves: cold boots
-POOL_MEMORY_MIB = 512
+POOL_MEMORY_MIB = 1024
 
 
 def percentile(values, p):
@@ -177,7 +177,7 @@ def main():
             results.append(summary(f"fork n={n}, until all answered", "ms", first_exec_ms))
             results.append(summary(f"fork n={n}, PSS per child", "MiB", child_pss))
         # hostd logs the phases of each fork's parent step (save, resume).
-        phases = [l for l in hostd.log_path.read_text().splitlines() if ": saved in " in l]
+        phases = [l for l in hostd.log_path.read_text().splitlines() if "hostd: fork fk-" in l]
         for line in phases[-3:]:
             print(line)
 
