@@ -1129,24 +1129,9 @@ private:
     auto started_qemu = co_await start_qemu(executor, state, std::move(argv), deadline);
     if (!started_qemu) co_return std::move(started_qemu).error();
 
-    auto uri = shell_quote(snapshot.device_state());
-    if (!uri) co_return std::move(uri).error();
-    auto set = co_await set_ignore_shared(*state, false);
-    if (!set) co_return std::move(set).error();
-    json::Object incoming;
-    incoming["uri"] = json::Value("exec:cat " + *uri);
-    auto begun = co_await qmp_run(*state, "migrate-incoming", std::move(incoming));
-    if (!begun) co_return std::move(begun).error();
-    auto loaded = co_await wait_migration(state, deadline);
-    if (!loaded) {
-      co_await settle(state);
-      Error error = std::move(loaded).error();
-      if (state->exited.is_set()) {
-        error = make_error("load saved state", "QEMU refused it: " + state->exit_description,
-                           snapshot.device_state().string());
-      }
-      co_return error;
-    }
+    std::string loading = "load saved state";
+    auto loaded = co_await load_incoming(state, snapshot, false, std::move(loading), deadline);
+    if (!loaded) co_return std::move(loaded).error();
     // Loading checks every zero page of the stream against RAM, which
     // faults in the whole fresh file; punch those pages out again while the
     // VM is paused, so it costs only the memory it uses.
@@ -1158,21 +1143,10 @@ private:
     json::Object no_arguments;
     auto resumed = co_await qmp_run(*state, "cont", std::move(no_arguments));
     if (!resumed) co_return std::move(resumed).error();
-    const auto remaining = std::chrono::duration_cast<milliseconds>(deadline - Clock::now());
-    auto ready =
-        co_await state->agent->wait_ready(std::max(remaining, milliseconds(0)), kPingInterval);
-    if (!ready) {
-      if (is_channel_closed(ready.error())) {
-        co_await state->exited.wait(Clock::now() + std::chrono::seconds(10));
-        co_return died_or(*state, std::move(ready).error());
-      }
-      const std::string console = co_await state->read_console();
-      Error error = std::move(ready).error();
-      error.detail += "; the resumed guest's agent did not answer within " +
-                      std::to_string(state->config.boot_timeout.count()) + " ms";
-      if (!console.empty()) error.detail += "; guest console (tail):\n" + console;
-      co_return error;
-    }
+    std::string late = "the resumed guest's agent did not answer within " +
+                       std::to_string(state->config.boot_timeout.count()) + " ms";
+    auto ready = co_await wait_for_agent(state, deadline, std::move(late));
+    if (!ready) co_return std::move(ready).error();
     // Committed: a copied-in disk's original is spent like a renamed one.
     if (*moved == Moved::copied) ::unlink(snapshot.disk.c_str());
     state->return_disk_to.clear();
@@ -1300,47 +1274,19 @@ public:
     } guard{state};
     const auto started = Clock::now();
     const auto deadline = started + state->config.boot_timeout;
-    auto uri = shell_quote(snapshot.device_state());
-    if (!uri) co_return std::move(uri).error();
-    auto set = co_await set_ignore_shared(*state);
-    if (!set) co_return std::move(set).error();
-    json::Object incoming;
-    incoming["uri"] = json::Value("exec:cat " + *uri);
-    auto begun = co_await qmp_run(*state, "migrate-incoming", std::move(incoming));
-    if (!begun) co_return std::move(begun).error();
-    auto loaded = co_await wait_migration(state, deadline);
-    if (!loaded) {
-      // A failed incoming migration makes QEMU exit; its account (with the
-      // log's tail, where QEMU says what did not load) says more.
-      co_await settle(state);
-      Error error = std::move(loaded).error();
-      if (state->exited.is_set()) {
-        error = make_error("load device state", "QEMU refused it: " + state->exit_description,
-                           snapshot.device_state().string());
-      }
-      co_return error;
-    }
+    std::string loading = "load device state";
+    auto loaded = co_await load_incoming(state, snapshot, true, std::move(loading), deadline);
+    if (!loaded) co_return std::move(loaded).error();
     const auto loaded_at = Clock::now();
     times.incoming = std::chrono::duration_cast<std::chrono::microseconds>(loaded_at - started);
 
     json::Object no_arguments;
     auto resumed = co_await qmp_run(*state, "cont", std::move(no_arguments));
     if (!resumed) co_return std::move(resumed).error();
-    const auto remaining = std::chrono::duration_cast<milliseconds>(deadline - Clock::now());
-    auto ready =
-        co_await state->agent->wait_ready(std::max(remaining, milliseconds(0)), kPingInterval);
-    if (!ready) {
-      if (is_channel_closed(ready.error())) {
-        co_await state->exited.wait(Clock::now() + std::chrono::seconds(10));
-        co_return died_or(*state, std::move(ready).error());
-      }
-      const std::string console = co_await state->read_console();
-      Error error = std::move(ready).error();
-      error.detail += "; the restored guest's agent did not answer within " +
-                      std::to_string(state->config.boot_timeout.count()) + " ms";
-      if (!console.empty()) error.detail += "; guest console (tail):\n" + console;
-      co_return error;
-    }
+    std::string late = "the restored guest's agent did not answer within " +
+                       std::to_string(state->config.boot_timeout.count()) + " ms";
+    auto ready = co_await wait_for_agent(state, deadline, std::move(late));
+    if (!ready) co_return std::move(ready).error();
     times.resume = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - loaded_at);
     guard.armed = false;
     co_return std::unique_ptr<Vm>(std::make_unique<QemuVm>(std::move(state)));
@@ -1400,28 +1346,66 @@ private:
     auto started_qemu = co_await start_qemu(executor, state, std::move(argv), deadline);
     if (!started_qemu) co_return std::move(started_qemu).error();
 
-    const auto remaining = std::chrono::duration_cast<milliseconds>(deadline - Clock::now());
-    auto ready =
-        co_await state->agent->wait_ready(std::max(remaining, milliseconds(0)), kPingInterval);
-    if (!ready) {
-      if (is_channel_closed(ready.error())) {
-        // QEMU is going down; wait (briefly) for the watcher's account of it.
-        co_await state->exited.wait(Clock::now() + std::chrono::seconds(10));
-        co_return died_or(*state, std::move(ready).error());
-      }
-      const std::string console = co_await state->read_console();
-      Error error = std::move(ready).error();
-      error.detail += "; the guest did not start its agent within the boot timeout of " +
-                      std::to_string(config.boot_timeout.count()) + " ms";
-      if (!console.empty()) error.detail += "; guest console (tail):\n" + console;
-      co_return error;
-    }
+    std::string late = "the guest did not start its agent within the boot timeout of " +
+                       std::to_string(config.boot_timeout.count()) + " ms";
+    auto ready = co_await wait_for_agent(state, deadline, std::move(late));
+    if (!ready) co_return std::move(ready).error();
     guard.armed = false;
     co_return std::unique_ptr<Vm>(std::make_unique<QemuVm>(std::move(state)));
   }
 
   // A connection to QEMU broke: if QEMU is exiting, give the watcher a
   // moment to reap it, so the error can say how it went.
+  // Loads `snapshot`'s state file into a QEMU started with -incoming defer
+  // (x-ignore-shared as given) and waits until it is loaded. A failed load
+  // makes QEMU exit; its account (with the log's tail, where QEMU says what
+  // did not load) then becomes the error, named `operation`.
+  static asio::awaitable<Result<void>> load_incoming(std::shared_ptr<VmState> state,
+                                                     const Snapshot& snapshot, bool ignore_shared,
+                                                     std::string operation,
+                                                     Clock::time_point deadline) {
+    auto uri = shell_quote(snapshot.device_state());
+    if (!uri) co_return std::move(uri).error();
+    auto set = co_await set_ignore_shared(*state, ignore_shared);
+    if (!set) co_return std::move(set).error();
+    json::Object incoming;
+    incoming["uri"] = json::Value("exec:cat " + *uri);
+    auto begun = co_await qmp_run(*state, "migrate-incoming", std::move(incoming));
+    if (!begun) co_return std::move(begun).error();
+    auto loaded = co_await wait_migration(state, deadline);
+    if (!loaded) {
+      co_await settle(state);
+      Error error = std::move(loaded).error();
+      if (state->exited.is_set()) {
+        error = make_error(operation, "QEMU refused it: " + state->exit_description,
+                           snapshot.device_state().string());
+      }
+      co_return error;
+    }
+    co_return Result<void>{};
+  }
+
+  // Waits until the guest's agent answers, at the latest by `deadline`. If
+  // the channel closed, QEMU is going down: the watcher's account of it
+  // (waited for briefly) is the error. Otherwise the error says `late` and
+  // carries the guest console's tail.
+  static asio::awaitable<Result<void>>
+  wait_for_agent(std::shared_ptr<VmState> state, Clock::time_point deadline, std::string late) {
+    const auto remaining = std::chrono::duration_cast<milliseconds>(deadline - Clock::now());
+    auto ready =
+        co_await state->agent->wait_ready(std::max(remaining, milliseconds(0)), kPingInterval);
+    if (ready) co_return Result<void>{};
+    if (is_channel_closed(ready.error())) {
+      co_await state->exited.wait(Clock::now() + std::chrono::seconds(10));
+      co_return died_or(*state, std::move(ready).error());
+    }
+    const std::string console = co_await state->read_console();
+    Error error = std::move(ready).error();
+    error.detail += "; " + late;
+    if (!console.empty()) error.detail += "; guest console (tail):\n" + console;
+    co_return error;
+  }
+
   // Spawns QEMU with `argv` and connects its monitor and, before any device
   // state loads, the agent's socket (a restored guest's virtio-serial port
   // then finds its host connected as at the save and sees no hang-up).
