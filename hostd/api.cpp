@@ -48,7 +48,8 @@ ApiError unknown_route(const std::vector<std::string>& path) {
     joined += "/" + part;
   if (joined.empty()) joined = "/";
   return ApiError::not_found("no such API route: " + joined +
-                             " (this hostd serves /v1/sandboxes, /v1/capacity, /v1/healthz, "
+                             " (this hostd serves /v1/sandboxes, /v1/spaces, /v1/capacity, "
+                             "/v1/healthz, "
                              "/metrics)");
 }
 
@@ -132,6 +133,32 @@ api::Sandbox to_api(const SandboxInfo& info, vmm::Accel accel) {
                           : info.dead_reason);
   out.set_source(info.source);
   out.set_forked_from(info.forked_from);
+  out.set_space_id(info.space_id);
+  out.set_resumed_from(info.resumed_from);
+  return out;
+}
+
+api::Space to_api(const SpaceInfo& space) {
+  api::Space out;
+  out.set_space_id(space.space_id);
+  out.set_sandbox_id(space.sandbox_id);
+  out.set_template_(space.spec.template_name);
+  out.set_persistent(space.spec.persistent);
+  out.set_vcpus(space.spec.vcpus);
+  out.set_memory_mib(space.spec.memory_mib);
+  out.set_disk_mib(space.spec.disk_mib);
+  out.set_egress(space.spec.egress);
+  for (const auto& name : space.spec.egress_allow)
+    out.add_egress_allow(name);
+  out.set_egress_mode(egress_mode(space.spec.egress, space.spec.egress_allow));
+  out.set_idle_timeout_s(space.spec.idle_timeout_s);
+  out.set_max_lifetime_s(space.spec.max_lifetime_s);
+  out.set_created_at(rfc3339(space.created_at_ms));
+  out.set_frozen_at(rfc3339(space.frozen_at_ms));
+  out.set_reason(space.reason);
+  out.set_state_bytes(static_cast<double>(space.state_bytes));
+  out.set_disk_bytes(static_cast<double>(space.disk_bytes));
+  out.set_size_bytes(static_cast<double>(space.state_bytes + space.disk_bytes));
   return out;
 }
 
@@ -224,6 +251,23 @@ asio::awaitable<void> Api::route(Exchange& exchange, const std::vector<std::stri
   if (is({"v1", "sandboxes", "*", "merge_into", "*"})) {
     if (method != http::verb::post) co_return co_await exchange.respond_error(not_allowed("POST"));
     co_return co_await merge_into(exchange, *owner, path[2], path[4]);
+  }
+  if (is({"v1", "sandboxes", "*", "freeze"})) {
+    if (method != http::verb::post) co_return co_await exchange.respond_error(not_allowed("POST"));
+    co_return co_await freeze(exchange, *owner, path[2]);
+  }
+  if (is({"v1", "spaces"})) {
+    if (method != http::verb::get) co_return co_await exchange.respond_error(not_allowed("GET"));
+    co_return co_await list_spaces(exchange, *owner);
+  }
+  if (is({"v1", "spaces", "*"})) {
+    if (method == http::verb::get) co_return co_await get_space(exchange, *owner, path[2]);
+    if (method == http::verb::delete_) co_return co_await delete_space(exchange, *owner, path[2]);
+    co_return co_await exchange.respond_error(not_allowed("GET or DELETE"));
+  }
+  if (is({"v1", "spaces", "*", "resume"})) {
+    if (method != http::verb::post) co_return co_await exchange.respond_error(not_allowed("POST"));
+    co_return co_await resume(exchange, *owner, path[2]);
   }
   if (is({"v1", "sandboxes", "*", "exec"})) {
     if (method != http::verb::post) co_return co_await exchange.respond_error(not_allowed("POST"));

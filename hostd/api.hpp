@@ -98,6 +98,15 @@ private:
                                    const std::string& parent, const std::string& winner);
   asio::awaitable<void> destroy(Exchange& exchange, const std::string& owner,
                                 const std::string& id);
+  // api_spaces.cpp
+  asio::awaitable<void> freeze(Exchange& exchange, const std::string& owner, const std::string& id);
+  asio::awaitable<void> list_spaces(Exchange& exchange, const std::string& owner);
+  asio::awaitable<void> get_space(Exchange& exchange, const std::string& owner,
+                                  const std::string& space_id);
+  asio::awaitable<void> delete_space(Exchange& exchange, const std::string& owner,
+                                     const std::string& space_id);
+  asio::awaitable<void> resume(Exchange& exchange, const std::string& owner,
+                               const std::string& space_id);
   // api_exec.cpp
   asio::awaitable<void> exec(Exchange& exchange, const std::string& owner, const std::string& id);
   // api_files.cpp
@@ -120,6 +129,10 @@ private:
 // A sandbox as the API shows it.
 api::Sandbox to_api(const SandboxInfo& info, vmm::Accel accel);
 std::string rfc3339(std::int64_t unix_ms);
+api::Space to_api(const SpaceInfo& space);
+// The caps of the key `owner`'s tier (api_sandboxes.cpp).
+const config::TierCaps& tier_caps(const KeyStore& keys, const config::HostdConfig& config,
+                                  const std::string& owner);
 
 // Percent-decodes a query string value ('+' is a space).
 std::optional<std::string> url_decode(std::string_view text);

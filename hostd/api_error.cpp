@@ -32,6 +32,8 @@ ApiError api_error(const caf::error& error, caf::actor_system& system) {
     return ApiError::internal(message);
   case errc::quota_exceeded:
     return ApiError::quota_exceeded(message);
+  case errc::space_corrupted:
+    return ApiError::space_corrupted(message);
   }
   return ApiError::internal(system.render(error));
 }

@@ -38,6 +38,9 @@ struct ApiError {
   static ApiError no_capacity(std::string message) {
     return {503, "no_capacity", std::move(message)};
   }
+  static ApiError space_corrupted(std::string message) {
+    return {422, "space_corrupted", std::move(message)};
+  }
   static ApiError internal(std::string message) { return {500, "internal", std::move(message)}; }
 };
 

@@ -71,6 +71,7 @@ asio::awaitable<void> Api::metrics(Exchange& exchange) {
   line("ready", room->ready);
   line("destroying", room->destroying);
   line("dead", room->dead);
+  line("frozen", room->frozen);
   text += "# HELP vesicle_max_sandboxes Sandboxes this host may run at once.\n";
   text += "# TYPE vesicle_max_sandboxes gauge\n";
   text += "vesicle_max_sandboxes " + std::to_string(room->max_sandboxes) + "\n";
@@ -113,6 +114,14 @@ asio::awaitable<void> Api::metrics(Exchange& exchange) {
   text += metrics_.fork_seconds.render(
       "vesicle_fork_seconds",
       "Time to answer POST /v1/sandboxes/{id}/fork (until every child is ready), by outcome.",
+      "outcome");
+  text += metrics_.freeze_seconds.render(
+      "vesicle_freeze_seconds",
+      "Time to answer POST /v1/sandboxes/{id}/freeze (until the Space is on disk), by outcome.",
+      "outcome");
+  text += metrics_.resume_seconds.render(
+      "vesicle_resume_seconds",
+      "Time to answer POST /v1/spaces/{id}/resume (until the sandbox is ready), by outcome.",
       "outcome");
   co_await exchange.respond_text(200, "text/plain; version=0.0.4", std::move(text));
 }

@@ -54,6 +54,8 @@ ApiResult<SandboxSpec> sandbox_spec(const api::CreateSandboxRequest& request,
   return spec;
 }
 
+} // namespace
+
 // The caps of the key `owner`'s tier (its own, or the configuration's
 // default_key_tier for a key stored without one).
 const config::TierCaps& tier_caps(const KeyStore& keys, const config::HostdConfig& config,
@@ -62,8 +64,6 @@ const config::TierCaps& tier_caps(const KeyStore& keys, const config::HostdConfi
   auto tier = parse_tier(entry && !entry->tier.empty() ? entry->tier : config.default_key_tier());
   return caps_of(config, tier.value_or(Tier::free));
 }
-
-} // namespace
 
 // The create flow: validate, ask the registry (capacity, spawn, boot; it
 // answers once the sandbox is ready or cleaned up after a failed boot),

@@ -62,6 +62,7 @@ void apply_defaults(config::HostdConfig& c) {
   if (c.write_timeout_s() == 0) c.set_write_timeout_s(60);
   if (c.max_connections() == 0) c.set_max_connections(256);
   if (c.templates_dir().empty()) c.set_templates_dir(c.state_dir() + "/templates");
+  if (c.spaces_dir().empty()) c.set_spaces_dir(c.state_dir() + "/spaces");
   if (c.disable_pools()) {
     c.clear_pools();
   } else if (c.pools_size() == 0) {
@@ -123,6 +124,7 @@ Result<void> validate(const config::HostdConfig& c) {
   if (c.default_memory_mib() < 128)
     return make_error("check configuration", "default_memory_mib must be at least 128");
   if (auto checked = check_absolute("templates_dir", c.templates_dir()); !checked) return checked;
+  if (auto checked = check_absolute("spaces_dir", c.spaces_dir()); !checked) return checked;
   for (int i = 0; i < c.pools_size(); ++i) {
     const auto& pool = c.pools(i);
     const std::string where =

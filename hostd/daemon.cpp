@@ -18,6 +18,7 @@ VmSettings vm_settings(const config::HostdConfig& config) {
   settings.qemu_binary = config.qemu_binary();
   settings.tcg_translation_cache_mib = config.tcg_translation_cache_mib();
   settings.templates_dir = config.templates_dir();
+  settings.spaces_dir = config.spaces_dir();
   return settings;
 }
 
@@ -73,6 +74,7 @@ Result<void> Daemon::start() {
   // HTTP handler wait a little longer so the driver's error is what the
   // client sees.
   settings.ready_timeout = boot + std::chrono::seconds(15);
+  settings.spaces_dir = config_.spaces_dir();
   for (const auto& pool : config_.pools()) {
     TemplateSpec spec;
     spec.name = pool.template_();

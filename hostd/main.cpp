@@ -17,6 +17,7 @@
 #include <caf/actor_system.hpp>
 #include <caf/actor_system_config.hpp>
 
+#include "actors/sandbox/space_store.hpp"
 #include "actors/vmm/vmm.hpp"
 #include "hostd/config.hpp"
 #include "hostd/daemon.hpp"
@@ -133,6 +134,14 @@ int main(int argc, char** argv) {
                                            config->runtime_dir()));
   if (swept->processes + swept->directories + swept->memory_files > 0)
     std::fprintf(stderr, "hostd: reclaimed from a previous run: %s\n", swept->describe().c_str());
+
+  if (auto made = make_dir(config->spaces_dir(), perms::owner_all); !made)
+    return fail(made.error());
+  // A freeze interrupted by a crash left a .partial directory: never a
+  // Space (a Space exists once its directory is renamed into place).
+  if (auto partial = SpaceStore(config->spaces_dir()).sweep_partial(); partial > 0)
+    std::fprintf(stderr, "hostd: removed %u unfinished Space(s) of an interrupted freeze\n",
+                 partial);
 
   caf::actor_system_config actor_config;
   register_caf_types(actor_config);

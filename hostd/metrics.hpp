@@ -35,6 +35,8 @@ private:
 struct Metrics {
   LatencyHistogram create_seconds; // by source: pool, restore, boot, failed
   LatencyHistogram fork_seconds;   // by outcome: ok, failed
+  LatencyHistogram freeze_seconds; // by outcome: ok, failed
+  LatencyHistogram resume_seconds; // by outcome: ok, failed
 };
 
 } // namespace vesicle::hostd

@@ -14,6 +14,8 @@ const char* to_string(SandboxState state) {
     return "destroying";
   case SandboxState::dead:
     return "dead";
+  case SandboxState::frozen:
+    return "frozen";
   }
   return "unknown";
 }
@@ -38,6 +40,8 @@ const char* to_string(errc code) {
     return "internal";
   case errc::quota_exceeded:
     return "quota_exceeded";
+  case errc::space_corrupted:
+    return "space_corrupted";
   }
   return "unknown";
 }
@@ -53,6 +57,7 @@ void register_caf_types(caf::actor_system_config& config) {
   config.add_message_type<SandboxSpec>("vesicle.SandboxSpec");
   // Also registers std::vector<SandboxInfo> (SandboxInfoList).
   config.add_message_type<SandboxInfo>("vesicle.SandboxInfo");
+  config.add_message_type<SpaceInfo>("vesicle.SpaceInfo");
   config.add_message_type<CapacityInfo>("vesicle.CapacityInfo");
   config.add_message_type<PoolInfo>("vesicle.PoolInfo");
   config.add_message_type<NetSlot>("vesicle.NetSlot");

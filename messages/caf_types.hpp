@@ -27,6 +27,12 @@ using capacity_atom = caf::atom_constant<caf::atom("capacity")>;
 using shutdown_atom = caf::atom_constant<caf::atom("shutdown")>;
 using fork_atom = caf::atom_constant<caf::atom("fork")>;
 using merge_atom = caf::atom_constant<caf::atom("merge")>;
+// Spaces: freeze a sandbox to disk, resume a Space, list / look up / delete
+using freeze_atom = caf::atom_constant<caf::atom("freeze")>;
+using resume_atom = caf::atom_constant<caf::atom("resume")>;
+using spaces_atom = caf::atom_constant<caf::atom("spaces")>;
+using space_atom = caf::atom_constant<caf::atom("space")>;
+using delete_space_atom = caf::atom_constant<caf::atom("delspace")>;
 // HTTP side -> sandbox
 using await_ready_atom = caf::atom_constant<caf::atom("awaitready")>;
 using begin_op_atom = caf::atom_constant<caf::atom("beginop")>;
@@ -45,6 +51,10 @@ using vm_reclaimed_atom = caf::atom_constant<caf::atom("vmreclaim")>;
 using vm_replaced_atom = caf::atom_constant<caf::atom("vmreplaced")>;
 using forked_atom = caf::atom_constant<caf::atom("forked")>;
 using merged_atom = caf::atom_constant<caf::atom("merged")>;
+// ... a freeze's save finished (and the sandbox hears it is frozen); a
+// Space was opened and checked for a resume
+using frozen_atom = caf::atom_constant<caf::atom("frozen")>;
+using space_opened_atom = caf::atom_constant<caf::atom("spaceopen")>;
 // sandbox -> registry
 using state_atom = caf::atom_constant<caf::atom("state")>;
 // registry <-> pool
@@ -74,6 +84,7 @@ enum class SandboxState : std::uint8_t {
   ready = 1,      // its VM answers; exec and files work
   destroying = 2, // DELETE in progress; its VM is being torn down
   dead = 3,       // its VM died or never booted; files reclaimed
+  frozen = 4,     // its VM was saved into a Space (space_id) and stopped
 };
 const char* to_string(SandboxState state);
 
@@ -112,11 +123,16 @@ struct SandboxInfo {
   std::string source;
   // The sandbox it was forked from ("" unless source is "fork").
   std::string forked_from;
+  // The Space it was frozen into (state frozen).
+  std::string space_id;
+  // The Space it was resumed from ("" unless source is "space").
+  std::string resumed_from;
 };
 
 template <class Inspector> typename Inspector::result_type inspect(Inspector& f, SandboxInfo& x) {
   return f(caf::meta::type_name("vesicle.SandboxInfo"), x.id, x.owner, x.state, x.spec,
-           x.created_at_ms, x.dead_reason, x.qemu_pid, x.source, x.forked_from);
+           x.created_at_ms, x.dead_reason, x.qemu_pid, x.source, x.forked_from, x.space_id,
+           x.resumed_from);
 }
 
 inline bool operator==(const SandboxSpec& a, const SandboxSpec& b) {
@@ -133,6 +149,7 @@ struct CapacityInfo {
   std::uint32_t ready = 0;
   std::uint32_t destroying = 0; // still holding a VM
   std::uint32_t dead = 0;       // records only, no VM
+  std::uint32_t frozen = 0;     // records only: their VMs are in Spaces on disk
   std::uint32_t available() const {
     auto used = booting + ready + destroying;
     return used >= max_sandboxes ? 0 : max_sandboxes - used;
@@ -141,10 +158,36 @@ struct CapacityInfo {
 
 template <class Inspector> typename Inspector::result_type inspect(Inspector& f, CapacityInfo& x) {
   return f(caf::meta::type_name("vesicle.CapacityInfo"), x.max_sandboxes, x.booting, x.ready,
-           x.destroying, x.dead);
+           x.destroying, x.dead, x.frozen);
 }
 
 using SandboxInfoList = std::vector<SandboxInfo>;
+
+// A Space: a sandbox frozen to disk (actors/sandbox/space_store.hpp), and
+// what it needs to come back as it was.
+struct SpaceInfo {
+  std::string space_id;           // "sp-" and 12 hex digits
+  std::string owner;              // the key that owns it (the sandbox's)
+  std::string sandbox_id;         // the sandbox it was frozen from
+  SandboxSpec spec;               // the sandbox's settings
+  std::int64_t created_at_ms = 0; // the sandbox's creation (Unix ms)
+  std::int64_t frozen_at_ms = 0;
+  // Why it was frozen: "freeze" (asked for), "idle" or "lifetime" (the
+  // reaper), "shutdown" (hostd stopped).
+  std::string reason;
+  std::string machine_id;         // kept across the freeze
+  std::string images_fingerprint; // the guest images it runs on
+  std::uint64_t state_bytes = 0;  // device state and RAM
+  std::uint64_t disk_bytes = 0;   // its disk (changes over the base image)
+};
+
+template <class Inspector> typename Inspector::result_type inspect(Inspector& f, SpaceInfo& x) {
+  return f(caf::meta::type_name("vesicle.SpaceInfo"), x.space_id, x.owner, x.sandbox_id, x.spec,
+           x.created_at_ms, x.frozen_at_ms, x.reason, x.machine_id, x.images_fingerprint,
+           x.state_bytes, x.disk_bytes);
+}
+
+using SpaceInfoList = std::vector<SpaceInfo>;
 
 // One warm pool as /v1/capacity and /metrics report it.
 struct PoolInfo {
@@ -193,7 +236,8 @@ enum class errc : std::uint8_t {
   boot_failed = 6,
   shutting_down = 7,
   internal = 8,
-  quota_exceeded = 9, // the key's tier allows no more of this (429)
+  quota_exceeded = 9,   // the key's tier allows no more of this (429)
+  space_corrupted = 10, // a Space failed its checks: refused and kept (422)
 };
 const char* to_string(errc code);
 

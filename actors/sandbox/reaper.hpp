@@ -6,7 +6,7 @@
 // used (each operation lease, begin to end); when a deadline passes it asks
 // the registry to expire the sandbox, and the registry decides what
 // expiring means (a non-persistent sandbox is ended and kept as a dead
-// record; a persistent one will be frozen to a Space once Spaces exist).
+// record; a persistent one is frozen into a Space).
 //
 // Activity is an operation on the VM (exec, upload, download). While one
 // runs the sandbox is not idle, however long it takes: a long cell is never

@@ -5,13 +5,16 @@
 #include <cstdio>
 #include <functional>
 #include <map>
+#include <optional>
 #include <random>
+#include <set>
 
 #include <caf/actor_system.hpp>
 #include <caf/send.hpp>
 #include <caf/stateful_actor.hpp>
 #include <caf/typed_event_based_actor.hpp>
 
+#include "actors/sandbox/space_store.hpp"
 #include "actors/sandbox/vm_host.hpp"
 
 namespace vesicle {
@@ -42,6 +45,15 @@ struct PendingFork {
   std::size_t outstanding = 0;
 };
 
+// Answers whoever waits for a freeze: the API, the reaper's log, shutdown.
+using FreezeHandler = std::function<void(caf::expected<SpaceInfo>)>;
+
+// A resume between its request and its Space's check.
+struct PendingResume {
+  SandboxInfo info; // the new sandbox, held as a placeholder meanwhile
+  caf::typed_response_promise<SandboxInfo> promise;
+};
+
 struct PendingMerge {
   std::string winner_id;
   caf::typed_response_promise<SandboxInfo> promise;
@@ -58,6 +70,11 @@ struct RegistryState {
   // Forks by fork snapshot id; merges by parent id.
   std::map<std::string, PendingFork> pending_forks;
   std::map<std::string, PendingMerge> pending_merges;
+  // Freezes by sandbox id; resumes by Space id (checked, or launching).
+  std::map<std::string, FreezeHandler> pending_freezes;
+  std::map<std::string, PendingResume> pending_resumes;
+  std::set<std::string> resuming;
+  std::optional<SpaceStore> spaces; // unset: no Spaces on this host
   // The last in-use count each pool was told.
   std::vector<std::uint32_t> pool_usage;
   reaper_actor reaper; // null when settings.reaper is off
@@ -92,9 +109,26 @@ CapacityInfo capacity(self_pointer self) {
     case SandboxState::dead:
       ++result.dead;
       break;
+    case SandboxState::frozen:
+      ++result.frozen;
+      break;
     }
   }
   return result;
+}
+
+// Whether a sandbox holds (or will hold) a VM: it counts against capacity,
+// its pool's usage and its key's concurrency cap. Dead and frozen ones
+// are records only.
+bool holds_vm(const SandboxInfo& info) {
+  return info.state != SandboxState::dead && info.state != SandboxState::frozen;
+}
+
+std::uint32_t live_of(self_pointer self, const std::string& owner) {
+  std::uint32_t live = 0;
+  for (const auto& [id, record] : self->state.records)
+    if (record.info.owner == owner && holds_vm(record.info)) ++live;
+  return live;
 }
 
 // The caller's record, or not_found for an unknown id and for another key's
@@ -113,7 +147,7 @@ void update_pool_usage(self_pointer self) {
   auto& pools = self->state.settings.pools;
   std::vector<std::uint32_t> usage(pools.size(), 0);
   for (const auto& [id, record] : self->state.records)
-    if (record.pool >= 0 && record.actor_alive && record.info.state != SandboxState::dead)
+    if (record.pool >= 0 && record.actor_alive && holds_vm(record.info))
       ++usage[static_cast<std::size_t>(record.pool)];
   for (std::size_t i = 0; i < pools.size(); ++i) {
     if (usage[i] == self->state.pool_usage[i]) continue;
@@ -233,9 +267,7 @@ caf::result<SandboxInfo> create(self_pointer self, std::string owner, SandboxSpe
 // count) must be fewer than `max_concurrent`.
 caf::result<SandboxInfo> create_capped(self_pointer self, std::string owner, SandboxSpec spec,
                                        std::uint32_t max_concurrent) {
-  std::uint32_t live = 0;
-  for (const auto& [id, record] : self->state.records)
-    if (record.info.owner == owner && record.info.state != SandboxState::dead) ++live;
+  const std::uint32_t live = live_of(self, owner);
   if (live >= max_concurrent)
     return make_error(errc::quota_exceeded,
                       "this key may run " + std::to_string(max_concurrent) +
@@ -245,24 +277,34 @@ caf::result<SandboxInfo> create_capped(self_pointer self, std::string owner, San
   return create(self, std::move(owner), std::move(spec));
 }
 
+void start_freeze(self_pointer self, const std::string& id, std::string reason,
+                  FreezeHandler on_done);
+
 // The reaper's decision, and what it means for this sandbox. A
 // non-persistent sandbox is ended: its VM goes, its record stays (state
 // dead, the reason) until DELETE, like any sandbox that died. A persistent
-// one should be frozen to a Space; until Spaces exist it is left running,
-// never destroyed, so no work is lost.
+// one is frozen into a Space; if that fails it is left running (and
+// logged), never destroyed, so no work is lost.
 void expire(self_pointer self, const std::string& id, const std::string& reason, bool lifetime) {
   auto found = self->state.records.find(id);
   if (found == self->state.records.end()) return;
   auto& record = found->second;
   if (!record.actor_alive || record.info.state != SandboxState::ready) return;
   if (record.info.spec.persistent) {
-    log_line("sandbox " + id + " " + reason +
-             ": it is persistent and freezing to a Space is not built yet, so it keeps running "
-             "(delete it when done)");
+    if (!self->state.spaces) {
+      log_line("sandbox " + id + " " + reason +
+               ": it is persistent and this hostd keeps no Spaces, so it keeps running");
+      return;
+    }
+    log_line("sandbox " + id + " " + reason + ": freezing it into a Space (it is persistent)");
+    start_freeze(self, id, lifetime ? "lifetime" : "idle", [id](caf::expected<SpaceInfo> frozen) {
+      if (!frozen)
+        log_line("sandbox " + id +
+                 " could not be frozen and keeps running: " + error_message(frozen.error()));
+    });
     return;
   }
   log_line("sandbox " + id + " ended: " + reason);
-  (void)lifetime;
   self->send(record.actor, expire_atom::value, reason);
 }
 
@@ -309,6 +351,10 @@ caf::expected<Record*> ready_record(self_pointer self, const std::string& owner,
   if (!(*record)->actor_alive || info.state == SandboxState::dead)
     return make_error(errc::sandbox_died, "sandbox " + id + " died: " + info.dead_reason +
                                               "; delete it and create a new one");
+  if (info.state == SandboxState::frozen)
+    return make_error(errc::failed_precondition,
+                      "sandbox " + id + " is frozen into Space " + info.space_id +
+                          "; resume it with POST /v1/spaces/" + info.space_id + "/resume");
   if (info.state != SandboxState::ready)
     return make_error(errc::failed_precondition,
                       "sandbox " + id + " is not ready (it is " +
@@ -321,6 +367,7 @@ caf::expected<Record*> ready_record(self_pointer self, const std::string& owner,
 // while it runs, and the sandbox's idle time starts again when it ends.
 constexpr std::uint64_t kForkLease = ~std::uint64_t{0};
 constexpr std::uint64_t kMergeLease = ~std::uint64_t{0} - 1;
+constexpr std::uint64_t kFreezeLease = ~std::uint64_t{0} - 2;
 
 void reaper_op(self_pointer self, const std::string& id, std::uint64_t lease, bool begun) {
   if (!self->state.reaper) return;
@@ -334,6 +381,210 @@ void release_hold(self_pointer self, const std::string& id) {
   auto found = self->state.records.find(id);
   if (found != self->state.records.end() && found->second.actor_alive)
     caf::anon_send(found->second.actor, hold_atom::value, false);
+}
+
+// The freeze flow: hold the sandbox (nothing may run while its VM is
+// saved), let VmHost write the Space, then tell the sandbox it is frozen.
+void start_freeze(self_pointer self, const std::string& id, std::string reason,
+                  FreezeHandler on_done) {
+  auto found = self->state.records.find(id);
+  if (found == self->state.records.end()) {
+    on_done(make_error(errc::not_found, "no sandbox " + id));
+    return;
+  }
+  if (!self->state.spaces) {
+    on_done(make_error(errc::failed_precondition,
+                       "this hostd keeps no Spaces (it runs without a state directory for them)"));
+    return;
+  }
+  if (self->state.pending_freezes.count(id)) {
+    on_done(make_error(errc::failed_precondition,
+                       "sandbox " + id + " is already being frozen; retry once that is done"));
+    return;
+  }
+  const auto& record = found->second;
+  SpaceInfo space;
+  space.space_id = new_space_id();
+  space.owner = record.info.owner;
+  space.sandbox_id = id;
+  space.spec = record.info.spec;
+  space.created_at_ms = record.info.created_at_ms;
+  space.reason = std::move(reason);
+  self->state.pending_freezes.emplace(id, std::move(on_done));
+  reaper_op(self, id, kFreezeLease, true);
+  auto fail = [=](caf::error error) {
+    reaper_op(self, id, kFreezeLease, false);
+    auto pending = self->state.pending_freezes.find(id);
+    if (pending == self->state.pending_freezes.end()) return;
+    auto handler = std::move(pending->second);
+    self->state.pending_freezes.erase(pending);
+    handler(std::move(error));
+  };
+  self->request(record.actor, std::chrono::seconds(10), hold_atom::value, true)
+      .then(
+          [=](done_atom) {
+            registry_actor registry = caf::actor_cast<registry_actor>(self);
+            self->state.vms->freeze(id, space, [registry, id](Result<SpaceInfo> written) {
+              if (written)
+                caf::anon_send(registry, frozen_atom::value, id, std::string(),
+                               std::move(written.value()));
+              else
+                caf::anon_send(registry, frozen_atom::value, id, written.error().message(),
+                               SpaceInfo{});
+            });
+          },
+          [=](caf::error& refused) { fail(std::move(refused)); });
+}
+
+void frozen(self_pointer self, const std::string& id, const std::string& error, SpaceInfo space) {
+  reaper_op(self, id, kFreezeLease, false);
+  FreezeHandler handler;
+  if (auto pending = self->state.pending_freezes.find(id);
+      pending != self->state.pending_freezes.end()) {
+    handler = std::move(pending->second);
+    self->state.pending_freezes.erase(pending);
+  }
+  auto record = self->state.records.find(id);
+  if (!error.empty()) {
+    // The sandbox runs on (VmHost resumed it), or its actor heard it died.
+    release_hold(self, id);
+    if (handler) handler(make_error(errc::internal, error));
+    return;
+  }
+  if (record != self->state.records.end()) {
+    record->second.info.state = SandboxState::frozen;
+    record->second.info.space_id = space.space_id;
+    record->second.info.qemu_pid = 0;
+    if (record->second.actor_alive)
+      self->send(record->second.actor, frozen_atom::value, space.space_id);
+    update_pool_usage(self);
+  }
+  if (handler) handler(std::move(space));
+}
+
+caf::result<SpaceInfo> freeze(self_pointer self, const std::string& owner, const std::string& id) {
+  if (self->state.shutting_down)
+    return make_error(errc::shutting_down, "hostd is shutting down; retry after it restarts");
+  auto record = ready_record(self, owner, id);
+  if (!record) return std::move(record.error());
+  auto promise = self->make_response_promise<SpaceInfo>();
+  start_freeze(self, id, "freeze", [promise](caf::expected<SpaceInfo> frozen) mutable {
+    if (frozen)
+      promise.deliver(std::move(*frozen));
+    else
+      promise.deliver(std::move(frozen.error()));
+  });
+  return promise;
+}
+
+// A Space the caller owns, or why not: not_found for a missing one and for
+// another key's alike; a `space` file that cannot be read is corrupt.
+caf::expected<SpaceInfo> owned_space(self_pointer self, const std::string& owner,
+                                     const std::string& space_id) {
+  if (!self->state.spaces)
+    return make_error(errc::not_found, "no Space " + space_id + ": this hostd keeps no Spaces");
+  auto space = self->state.spaces->find(owner, space_id);
+  if (space) return std::move(space.value());
+  if (space.error().operation == "find Space")
+    return make_error(errc::not_found, space.error().detail);
+  return make_error(errc::space_corrupted, "Space " + space_id +
+                                               " cannot be read: " + space.error().message() +
+                                               "; it is kept for inspection (DELETE /v1/spaces/" +
+                                               space_id + " removes it)");
+}
+
+// The resume flow: admit like a create (capacity, the key's cap), hold a
+// placeholder, have VmHost check the Space (space_opened), then launch the
+// new sandbox from it.
+caf::result<SandboxInfo> resume(self_pointer self, const std::string& owner,
+                                const std::string& space_id, bool persistent,
+                                std::uint32_t max_concurrent) {
+  if (self->state.shutting_down)
+    return make_error(errc::shutting_down, "hostd is shutting down; retry after it restarts");
+  auto space = owned_space(self, owner, space_id);
+  if (!space) return std::move(space.error());
+  if (self->state.resuming.count(space_id))
+    return make_error(errc::failed_precondition,
+                      "Space " + space_id + " is being resumed right now; a Space resumes once");
+  const std::uint32_t live = live_of(self, owner);
+  if (live >= max_concurrent)
+    return make_error(errc::quota_exceeded,
+                      "this key may run " + std::to_string(max_concurrent) +
+                          " sandboxes at once (its tier's cap) and runs " + std::to_string(live) +
+                          "; delete one you no longer need, then resume the Space");
+  auto room = capacity(self);
+  if (room.available() == 0)
+    return make_error(errc::no_capacity,
+                      "this host runs its maximum of " + std::to_string(room.max_sandboxes) +
+                          " sandboxes; retry later or delete one you no longer need (the Space "
+                          "is kept)");
+  SandboxInfo info;
+  info.id = new_sandbox_id();
+  info.owner = owner;
+  info.spec = space->spec;
+  info.spec.persistent = persistent;
+  info.created_at_ms = now_ms();
+  info.source = "space";
+  info.resumed_from = space_id;
+  self->state.records.emplace(info.id, Record{info, sandbox_actor{}, false, -1});
+  auto promise = self->make_response_promise<SandboxInfo>();
+  self->state.resuming.insert(space_id);
+  self->state.pending_resumes.emplace(space_id, PendingResume{info, promise});
+  registry_actor registry = caf::actor_cast<registry_actor>(self);
+  self->state.vms->open_space(std::move(space.value()), [registry, space_id](std::string error) {
+    caf::anon_send(registry, space_opened_atom::value, space_id, std::move(error));
+  });
+  return promise;
+}
+
+void space_opened(self_pointer self, const std::string& space_id, const std::string& error) {
+  auto found = self->state.pending_resumes.find(space_id);
+  if (found == self->state.pending_resumes.end()) {
+    self->state.vms->forget_space(space_id);
+    return;
+  }
+  auto pending = std::move(found->second);
+  self->state.pending_resumes.erase(found);
+  self->state.records.erase(pending.info.id);
+  if (!error.empty() || self->state.shutting_down) {
+    self->state.resuming.erase(space_id);
+    self->state.vms->forget_space(space_id);
+    if (!error.empty())
+      pending.promise.deliver(make_error(
+          errc::space_corrupted, "Space " + space_id + " cannot be resumed: " + error +
+                                     "; it is kept as it is for inspection (DELETE /v1/spaces/" +
+                                     space_id + " removes it)"));
+    else
+      pending.promise.deliver(
+          make_error(errc::shutting_down, "hostd is shutting down; retry after it restarts"));
+    return;
+  }
+  auto promise = pending.promise;
+  launch(self, pending.info, -1, LaunchPlan{{}, {}, {}, space_id},
+         [self, promise, space_id](caf::expected<SandboxInfo> outcome) mutable {
+           self->state.resuming.erase(space_id);
+           if (outcome)
+             promise.deliver(std::move(*outcome));
+           else
+             promise.deliver(std::move(outcome.error()));
+         });
+}
+
+caf::result<done_atom> delete_space(self_pointer self, const std::string& owner,
+                                    const std::string& space_id) {
+  if (self->state.resuming.count(space_id))
+    return make_error(errc::failed_precondition,
+                      "Space " + space_id + " is being resumed right now");
+  // A Space whose own `space` file is unreadable has no known owner: no
+  // key may delete it through the API (the host's operator can).
+  auto space = owned_space(self, owner, space_id);
+  if (!space) return std::move(space.error());
+  auto removed = self->state.spaces->remove(space_id);
+  if (!removed)
+    return make_error(errc::internal,
+                      "removing Space " + space_id + ": " + removed.error().message());
+  log_line("Space " + space_id + " deleted");
+  return done_atom::value;
 }
 
 // The fork flow: reserve room for the children (booting placeholders), hold
@@ -351,9 +602,7 @@ caf::result<SandboxInfoList> fork(self_pointer self, const std::string& owner,
                                                   " children, got " + std::to_string(n));
   auto record = ready_record(self, owner, id);
   if (!record) return std::move(record.error());
-  std::uint32_t live = 0;
-  for (const auto& [other, entry] : self->state.records)
-    if (entry.info.owner == owner && entry.info.state != SandboxState::dead) ++live;
+  const std::uint32_t live = live_of(self, owner);
   if (live + n > max_concurrent)
     return make_error(errc::quota_exceeded,
                       "forking " + id + " " + std::to_string(n) + " ways would make this key run " +
@@ -625,6 +874,12 @@ caf::result<done_atom> shutdown(self_pointer self) {
           make_error(errc::shutting_down, "hostd shut down while sandbox " + merge.winner_id +
                                               " was being merged into " + parent));
     self->state.pending_merges.clear();
+    for (auto& [space_id, resume] : self->state.pending_resumes) {
+      self->state.vms->forget_space(space_id);
+      resume.promise.deliver(make_error(errc::shutting_down, "hostd shut down while Space " +
+                                                                 space_id + " was being resumed"));
+    }
+    self->state.pending_resumes.clear();
     promise.deliver(done_atom::value);
     if (self->state.reaper) self->send_exit(self->state.reaper, caf::exit_reason::user_shutdown);
     self->quit();
@@ -634,12 +889,31 @@ caf::result<done_atom> shutdown(self_pointer self) {
     self->state.records.erase(id);
     if (--*pending == 0) finish();
   };
+  auto destroy_one = [=](const std::string& id, sandbox_actor actor) mutable {
+    self->request(actor, self->state.settings.ready_timeout, destroy_atom::value)
+        .then([=](done_atom) mutable { one_done(id); }, [=](caf::error&) mutable { one_done(id); });
+  };
+  // Persistent sandboxes are frozen first, so a restart loses nothing.
   for (auto& [id, record] : self->state.records) {
     if (!record.actor_alive) continue;
     ++*pending;
-    self->request(record.actor, self->state.settings.ready_timeout, destroy_atom::value)
-        .then([=, id = id](done_atom) mutable { one_done(id); },
-              [=, id = id](caf::error&) mutable { one_done(id); });
+    const bool freeze_first = self->state.spaces && record.info.spec.persistent &&
+                              record.info.state == SandboxState::ready &&
+                              !self->state.pending_freezes.count(id);
+    if (!freeze_first) {
+      destroy_one(id, record.actor);
+      continue;
+    }
+    start_freeze(self, id, "shutdown",
+                 [=, id = id, actor = record.actor](caf::expected<SpaceInfo> frozen) mutable {
+                   if (frozen)
+                     log_line("sandbox " + id + " frozen into Space " + frozen->space_id +
+                              " as hostd stops");
+                   else
+                     log_line("sandbox " + id + " could not be frozen as hostd stops: " +
+                              error_message(frozen.error()));
+                   destroy_one(id, actor);
+                 });
   }
   if (*pending == 0) finish();
   return promise;
@@ -650,6 +924,7 @@ registry_actor::behavior_type registry_behavior(self_pointer self, VmHost* vms,
   self->state.vms = vms;
   self->state.settings = settings;
   self->state.pool_usage.assign(settings.pools.size(), 0);
+  if (!settings.spaces_dir.empty()) self->state.spaces.emplace(settings.spaces_dir);
   if (settings.reaper)
     self->state.reaper = spawn_reaper(self->system(), caf::actor_cast<expiry_listener>(self),
                                       settings.reaper_settings);
@@ -745,6 +1020,32 @@ registry_actor::behavior_type registry_behavior(self_pointer self, VmHost* vms,
       },
       [=](merged_atom, const std::string& parent, const std::string& error, std::int32_t pid) {
         merged(self, parent, error, pid);
+      },
+      [=](freeze_atom, const std::string& owner, const std::string& id) {
+        return freeze(self, owner, id);
+      },
+      [=](frozen_atom, const std::string& id, const std::string& error, SpaceInfo& space) {
+        frozen(self, id, error, std::move(space));
+      },
+      [=](resume_atom, const std::string& owner, const std::string& space_id, bool persistent,
+          std::uint32_t max_concurrent) {
+        return resume(self, owner, space_id, persistent, max_concurrent);
+      },
+      [=](space_opened_atom, const std::string& space_id, const std::string& error) {
+        space_opened(self, space_id, error);
+      },
+      [=](spaces_atom, const std::string& owner) -> SpaceInfoList {
+        if (!self->state.spaces) return {};
+        return self->state.spaces->list(owner);
+      },
+      [=](space_atom, const std::string& owner,
+          const std::string& space_id) -> caf::result<SpaceInfo> {
+        auto space = owned_space(self, owner, space_id);
+        if (!space) return std::move(space.error());
+        return std::move(*space);
+      },
+      [=](delete_space_atom, const std::string& owner, const std::string& space_id) {
+        return delete_space(self, owner, space_id);
       },
       [=](capacity_atom) { return capacity(self); },
       [=](shutdown_atom) { return shutdown(self); },

@@ -11,6 +11,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -57,8 +58,26 @@ using registry_actor = caf::typed_actor<
     // (parent id, error, pid)
     caf::reacts_to<forked_atom, std::string, std::string, std::int32_t>,
     caf::reacts_to<merged_atom, std::string, std::string, std::int32_t>,
+    // Spaces (space_store.hpp). owner, id -> the Space the sandbox's VM was
+    // saved into; the sandbox stays listed, state frozen, until DELETE.
+    // The sandbox must be ready with nothing running (failed_precondition).
+    caf::replies_to<freeze_atom, std::string, std::string>::with<SpaceInfo>,
+    // owner, space id, persistent, the owner's concurrency cap -> a new
+    // sandbox running the Space's VM as it was frozen; the Space is then
+    // gone. not_found (not the owner's), space_corrupted (it fails its
+    // checks: kept), no_capacity, quota_exceeded.
+    caf::replies_to<resume_atom, std::string, std::string, bool, std::uint32_t>::with<SandboxInfo>,
+    // owner -> the owner's Spaces; owner, id -> one; owner, id -> deleted
+    caf::replies_to<spaces_atom, std::string>::with<SpaceInfoList>,
+    caf::replies_to<space_atom, std::string, std::string>::with<SpaceInfo>,
+    caf::replies_to<delete_space_atom, std::string, std::string>::with<done_atom>,
+    // from VmHost: a freeze's save (sandbox id, error, the Space), a
+    // resume's check (space id, error)
+    caf::reacts_to<frozen_atom, std::string, std::string, SpaceInfo>,
+    caf::reacts_to<space_opened_atom, std::string, std::string>,
     caf::replies_to<capacity_atom>::with<CapacityInfo>,
-    // Refuses new creates, destroys every sandbox, then stops the registry.
+    // Refuses new creates, freezes every persistent ready sandbox into a
+    // Space (when Spaces are on), destroys the others, then stops.
     caf::replies_to<shutdown_atom>::with<done_atom>,
     // from the sandboxes
     caf::reacts_to<state_atom, SandboxInfo>,
@@ -85,6 +104,9 @@ struct RegistrySettings {
   // is ever ended for idling or age.
   bool reaper = true;
   ReaperSettings reaper_settings;
+  // Where Spaces are kept (VmHost writes them there too). Empty: no Spaces;
+  // a freeze is refused and persistent sandboxes are left running when idle.
+  std::filesystem::path spaces_dir;
 };
 
 // The most children one fork makes.

@@ -63,6 +63,11 @@ caf::error not_now(self_pointer self) {
   case SandboxState::dead:
     return make_error(errc::sandbox_died, "sandbox " + info.id + " died: " + info.dead_reason +
                                               "; delete it and create a new one");
+  case SandboxState::frozen:
+    return make_error(errc::failed_precondition,
+                      "sandbox " + info.id + " is frozen into Space " + info.space_id +
+                          "; resume it with POST /v1/spaces/" + info.space_id +
+                          "/resume (Sandbox.resume in the SDK), which makes a new sandbox");
   case SandboxState::ready:
     break;
   }
@@ -133,7 +138,7 @@ sandbox_actor::behavior_type sandbox_behavior(self_pointer self, SandboxInfo inf
         if (self->state.held)
           return make_error(errc::failed_precondition,
                             "sandbox " + id_of(self) +
-                                " is being forked or merged; retry in a moment");
+                                " is being forked, merged or frozen; retry in a moment");
         auto lease = self->state.next_lease++;
         self->state.leases.insert(lease);
         return lease;
@@ -160,6 +165,10 @@ sandbox_actor::behavior_type sandbox_behavior(self_pointer self, SandboxInfo inf
         case SandboxState::dead:
           begin_destroy(self);
           break;
+        case SandboxState::frozen:
+          // No VM: the record goes, the Space stays.
+          finish_if_destroyed(self);
+          break;
         case SandboxState::destroying:
           break;
         }
@@ -177,14 +186,15 @@ sandbox_actor::behavior_type sandbox_behavior(self_pointer self, SandboxInfo inf
         }
         if (self->state.info.state != SandboxState::ready) return not_now(self);
         if (self->state.held)
-          return make_error(errc::failed_precondition,
-                            "sandbox " + id_of(self) +
-                                " is already being forked or merged; retry once that is done");
+          return make_error(
+              errc::failed_precondition,
+              "sandbox " + id_of(self) +
+                  " is already being forked, merged or frozen; retry once that is done");
         if (!self->state.leases.empty())
-          return make_error(errc::failed_precondition,
-                            "sandbox " + id_of(self) + " has " +
-                                std::to_string(self->state.leases.size()) +
-                                " exec or file transfer running; fork or merge once it finished");
+          return make_error(
+              errc::failed_precondition,
+              "sandbox " + id_of(self) + " has " + std::to_string(self->state.leases.size()) +
+                  " exec or file transfer running; fork, merge or freeze once it finished");
         self->state.held = true;
         return done_atom::value;
       },
@@ -192,6 +202,17 @@ sandbox_actor::behavior_type sandbox_behavior(self_pointer self, SandboxInfo inf
         if (self->state.info.state != SandboxState::ready) return;
         self->state.info.qemu_pid = qemu_pid;
         report(self);
+      },
+      [=](frozen_atom, std::string& space_id) {
+        if (self->state.info.state != SandboxState::ready) return;
+        // VmHost let go of the VM once the Space was written.
+        self->state.holds_vm = false;
+        self->state.held = false;
+        self->state.pending_expiry.clear();
+        self->state.info.space_id = std::move(space_id);
+        enter(self, SandboxState::frozen);
+        // A DELETE that waited for the freeze.
+        if (self->state.destroy_requested) finish_if_destroyed(self);
       },
       [=](release_vm_atom) -> done_atom {
         // The VM belongs to another sandbox now: nothing to reclaim.

@@ -3,6 +3,8 @@
 // States (messages/caf_types.hpp SandboxState) and what moves between them:
 //
 //   booting --vm_booted--> ready --vm_exited--> dead --destroy--> (gone)
+//                            |
+//                            +--frozen (a freeze saved it)--> frozen --destroy--> (gone)
 //      |                     |                   ^
 //      +--vm_boot_failed-----|-------------------+
 //      |                     +--destroy--> destroying --vm_reclaimed--> (gone)
@@ -44,6 +46,10 @@ using sandbox_actor = caf::typed_actor<
     // Its VM was replaced (the parent of a fork resumed, a merge): the new
     // QEMU pid.
     caf::reacts_to<vm_replaced_atom, std::int32_t>,
+    // Its VM was saved into this Space and is gone (a freeze, while held):
+    // state frozen. Operations are refused with the Space's id; destroy
+    // only drops the record.
+    caf::reacts_to<frozen_atom, std::string>,
     // Its VM went to another sandbox (merge_into): stop without reclaiming.
     caf::replies_to<release_vm_atom>::with<done_atom>,
     // The reaper's verdict (via the registry): a ready sandbox ends as if

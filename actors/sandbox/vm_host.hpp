@@ -22,6 +22,7 @@
 #include "actors/net/bridge_actor.hpp"
 #include "actors/sandbox/pool.hpp"
 #include "actors/sandbox/sandbox.hpp"
+#include "actors/sandbox/space_store.hpp"
 #include "actors/vmm/vmm.hpp"
 #include "messages/caf_types.hpp"
 
@@ -43,6 +44,8 @@ struct VmSettings {
   // otherwise hold this thread while the create that took the VM is still
   // being answered.
   std::chrono::milliseconds pool_restore_delay{25};
+  // Spaces (frozen sandboxes): on a real disk, see space_store.hpp.
+  std::filesystem::path spaces_dir = "/var/lib/vesicle/spaces";
 };
 
 // Where a sandbox's VM comes from. The registry fills it in from the pool's
@@ -55,11 +58,18 @@ struct LaunchPlan {
   // A fork's child: restore from this fork snapshot (fork_parent made it),
   // and nothing else: a child that cannot be restored fails.
   std::string fork_base;
+  // A resume: the Space open_space checked, and nothing else.
+  std::string space_id;
 };
 
 // Answers a fork or merge step on the executor: an empty error and the
 // parent's QEMU pid afterwards, or why the step failed.
 using ForkStepDone = std::function<void(std::string error, std::int32_t qemu_pid)>;
+// Answers a freeze on the executor: the Space written, or why not (and
+// whether the sandbox's VM still runs).
+using FreezeDone = std::function<void(Result<SpaceInfo> space)>;
+// Answers open_space: empty, or why the Space cannot be resumed.
+using SpaceOpened = std::function<void(std::string error)>;
 
 class VmHost {
 public:
@@ -111,6 +121,22 @@ public:
   // parent's old VM is destroyed. Exit notices go to `parent` afterwards.
   void merge(std::string parent_id, sandbox_actor parent, std::string winner_id, ForkStepDone done);
 
+  // Freezes sandbox `id` into the Space `space` (its id, owner, spec,
+  // reason filled in): saves the whole VM (device state, every RAM page) and
+  // its disk, rebased onto the base image so nothing on tmpfs or in a
+  // template is needed to resume it, into the spaces directory, and ends
+  // the VM (its RAM is freed; its network slot and fork snapshot are let
+  // go). The sandbox must be idle and held. On failure no Space is left and
+  // the VM runs on as before when it can (resumed from what was saved if
+  // the save had already ended it); if it cannot, its actor hears vm_exited.
+  void freeze(std::string id, SpaceInfo space, FreezeDone done);
+  // A resume, step one: reads the Space's VM snapshot and checks it (sizes,
+  // checksums, that it fits this host's images and network), off the
+  // executor. On success it is kept for launch() with LaunchPlan::space_id;
+  // whoever does not launch it calls forget_space.
+  void open_space(SpaceInfo space, SpaceOpened done);
+  void forget_space(std::string space_id);
+
   // Kills the VM of sandbox `id` if it runs and removes its files; answers
   // `sandbox` with vm_reclaimed (if it is set). Safe for an id without a VM.
   void reclaim(std::string id, sandbox_actor sandbox);
@@ -128,6 +154,7 @@ public:
   void destroy_all();
 
   vmm::Accel accel() const { return driver_.accel(); }
+  const std::string& images_fingerprint() const { return images_fingerprint_; }
 
   // The size of every VM's root disk in MiB (the base image's; 0 if it
   // cannot be read): the most disk_mib can give. A sandbox asking for less
@@ -189,6 +216,11 @@ private:
   // machine-id given (a new one when `machine_id` is empty).
   boost::asio::awaitable<Result<std::string>> refresh_identity(vmm::Vm& vm, std::string hostname,
                                                                std::string machine_id);
+  boost::asio::awaitable<void> run_freeze(std::string id, SpaceInfo space, FreezeDone done);
+  // Makes a freeze's saved VM a Space: disk rebased onto the base image,
+  // manifest updated, `space` file written, directory moved into place.
+  boost::asio::awaitable<Result<void>> finish_space(const vmm::Snapshot& saved, SpaceInfo& space);
+  boost::asio::awaitable<void> run_open_space(SpaceInfo space, SpaceOpened done);
   boost::asio::awaitable<void> watch_exit(std::shared_ptr<vmm::Vm> vm,
                                           std::shared_ptr<ExitTarget> target);
   vmm::VmConfig vm_config(const std::string& id, std::uint32_t vcpus, std::uint32_t memory_mib,
@@ -208,6 +240,12 @@ private:
   std::shared_ptr<std::size_t> fork_count_ = std::make_shared<std::size_t>(0);
   std::map<std::string, PoolVm> pool_vms_;
   std::map<std::string, std::shared_ptr<const vmm::Snapshot>> templates_;
+  // Spaces checked by open_space and waiting for their launch.
+  struct OpenedSpace {
+    SpaceInfo info;
+    vmm::Snapshot snapshot;
+  };
+  std::map<std::string, OpenedSpace> opened_spaces_;
   // Runs the blocking template checks.
   boost::asio::thread_pool checker_{1};
   std::shared_ptr<net::NetworkLeases> network_;

@@ -1,0 +1,253 @@
+#include "actors/sandbox/space_store.hpp"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <charconv>
+#include <cstdio>
+#include <fstream>
+#include <iterator>
+#include <random>
+#include <sstream>
+
+#include "actors/vmm/snapshot.hpp"
+#include "common/unique_fd.hpp"
+
+namespace vesicle {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr const char* kSpaceFile = "space";
+
+template <class Number> bool parse_number(std::string_view text, Number& out) {
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), out);
+  return ec == std::errc() && end == text.data() + text.size();
+}
+
+Result<void> fsync_path(const fs::path& path) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return sys_error("open", path.string());
+  if (::fsync(fd.get()) != 0) return sys_error("fsync", path.string());
+  return {};
+}
+
+} // namespace
+
+std::string format_space(const SpaceInfo& space) {
+  std::ostringstream out;
+  out << "vesicle-space " << kSpaceFormatVersion << "\n";
+  out << "space_id " << space.space_id << "\n";
+  out << "owner " << space.owner << "\n";
+  out << "sandbox_id " << space.sandbox_id << "\n";
+  out << "template " << space.spec.template_name << "\n";
+  out << "egress " << (space.spec.egress ? 1 : 0) << "\n";
+  for (const auto& name : space.spec.egress_allow)
+    out << "egress_allow " << name << "\n";
+  out << "persistent " << (space.spec.persistent ? 1 : 0) << "\n";
+  out << "vcpus " << space.spec.vcpus << "\n";
+  out << "memory_mib " << space.spec.memory_mib << "\n";
+  out << "disk_mib " << space.spec.disk_mib << "\n";
+  out << "idle_timeout_s " << space.spec.idle_timeout_s << "\n";
+  out << "max_lifetime_s " << space.spec.max_lifetime_s << "\n";
+  out << "created_at_ms " << space.created_at_ms << "\n";
+  out << "frozen_at_ms " << space.frozen_at_ms << "\n";
+  out << "reason " << space.reason << "\n";
+  out << "machine_id " << space.machine_id << "\n";
+  out << "images " << space.images_fingerprint << "\n";
+  out << "state_bytes " << space.state_bytes << "\n";
+  out << "disk_bytes " << space.disk_bytes << "\n";
+  return out.str();
+}
+
+Result<SpaceInfo> parse_space(std::string_view text) {
+  SpaceInfo space;
+  space.spec.egress_allow.clear();
+  int line_number = 0;
+  bool versioned = false;
+  std::size_t start = 0;
+  while (start < text.size()) {
+    auto end = text.find('\n', start);
+    if (end == std::string_view::npos) end = text.size();
+    const auto line = text.substr(start, end - start);
+    start = end + 1;
+    ++line_number;
+    if (line.empty()) continue;
+    const auto space_at = line.find(' ');
+    const auto key = line.substr(0, space_at);
+    const auto value =
+        space_at == std::string_view::npos ? std::string_view{} : line.substr(space_at + 1);
+    auto bad = [&](const char* why) {
+      return make_error("parse Space", "line " + std::to_string(line_number) + " (" +
+                                           std::string(key) + "): " + why);
+    };
+    auto number = [&](auto& out) { return parse_number(value, out); };
+    auto flag = [&](bool& out) {
+      if (value != "0" && value != "1") return false;
+      out = value == "1";
+      return true;
+    };
+    bool ok = true;
+    if (line_number == 1) {
+      int version = 0;
+      if (key != "vesicle-space" || !number(version)) return bad("not a vesicle Space file");
+      if (version != kSpaceFormatVersion)
+        return bad("written by another version of vesicle; this hostd reads version 1");
+      versioned = true;
+      continue;
+    }
+    if (key == "space_id")
+      space.space_id = value;
+    else if (key == "owner")
+      space.owner = value;
+    else if (key == "sandbox_id")
+      space.sandbox_id = value;
+    else if (key == "template")
+      space.spec.template_name = value;
+    else if (key == "egress")
+      ok = flag(space.spec.egress);
+    else if (key == "egress_allow")
+      space.spec.egress_allow.emplace_back(value);
+    else if (key == "persistent")
+      ok = flag(space.spec.persistent);
+    else if (key == "vcpus")
+      ok = number(space.spec.vcpus);
+    else if (key == "memory_mib")
+      ok = number(space.spec.memory_mib);
+    else if (key == "disk_mib")
+      ok = number(space.spec.disk_mib);
+    else if (key == "idle_timeout_s")
+      ok = number(space.spec.idle_timeout_s);
+    else if (key == "max_lifetime_s")
+      ok = number(space.spec.max_lifetime_s);
+    else if (key == "created_at_ms")
+      ok = number(space.created_at_ms);
+    else if (key == "frozen_at_ms")
+      ok = number(space.frozen_at_ms);
+    else if (key == "reason")
+      space.reason = value;
+    else if (key == "machine_id")
+      space.machine_id = value;
+    else if (key == "images")
+      space.images_fingerprint = value;
+    else if (key == "state_bytes")
+      ok = number(space.state_bytes);
+    else if (key == "disk_bytes")
+      ok = number(space.disk_bytes);
+    else
+      return bad("unknown key");
+    if (!ok) return bad("not a valid value");
+  }
+  if (!versioned) return make_error("parse Space", "empty file");
+  if (!is_space_id(space.space_id)) return make_error("parse Space", "no valid space_id line");
+  if (space.owner.empty()) return make_error("parse Space", "no owner line");
+  return space;
+}
+
+std::string new_space_id() {
+  thread_local std::mt19937_64 generator{std::random_device{}()};
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string id = "sp-";
+  auto bits = generator();
+  for (int i = 0; i < 12; ++i, bits >>= 4)
+    id += kHex[bits & 0xf];
+  return id;
+}
+
+bool is_space_id(std::string_view id) {
+  if (id.size() != 15 || id.substr(0, 3) != "sp-") return false;
+  return std::all_of(id.begin() + 3, id.end(),
+                     [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
+}
+
+namespace {
+
+Result<SpaceInfo> read_space(const fs::path& dir) {
+  const auto path = dir / kSpaceFile;
+  std::ifstream in(path);
+  if (!in) return sys_error("open", path.string());
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  auto parsed = parse_space(text);
+  if (!parsed) return std::move(parsed).error().with_context(path.string());
+  return parsed;
+}
+
+} // namespace
+
+std::vector<SpaceInfo> SpaceStore::list(const std::string& owner) const {
+  std::vector<SpaceInfo> spaces;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(dir_, ec)) {
+    const auto name = entry.path().filename().string();
+    if (!is_space_id(name)) continue;
+    auto space = read_space(entry.path());
+    if (!space) {
+      std::fprintf(stderr, "hostd: skipping Space %s: %s\n", name.c_str(),
+                   space.error().message().c_str());
+      continue;
+    }
+    if (space->owner == owner && space->space_id == name) spaces.push_back(std::move(*space));
+  }
+  std::sort(spaces.begin(), spaces.end(), [](const SpaceInfo& a, const SpaceInfo& b) {
+    return a.frozen_at_ms != b.frozen_at_ms ? a.frozen_at_ms < b.frozen_at_ms
+                                            : a.space_id < b.space_id;
+  });
+  return spaces;
+}
+
+Result<SpaceInfo> SpaceStore::find(const std::string& owner, const std::string& id) const {
+  auto missing = [&] {
+    return make_error("find Space",
+                      "no Space " + id + " for this key; list yours with GET /v1/spaces");
+  };
+  if (!is_space_id(id)) return missing();
+  std::error_code ec;
+  if (!fs::is_directory(space_dir(id), ec)) return missing();
+  auto space = read_space(space_dir(id));
+  if (!space) return space;
+  if (space->owner != owner || space->space_id != id) return missing();
+  return space;
+}
+
+Result<void> SpaceStore::remove(const std::string& id) const {
+  if (!is_space_id(id)) return make_error("remove Space", "not a Space id", id);
+  std::error_code ec;
+  fs::remove_all(space_dir(id), ec);
+  if (ec) return Error{ec.value(), "remove", space_dir(id).string(), {}, {}};
+  return {};
+}
+
+Result<void> SpaceStore::commit(const SpaceInfo& space) const {
+  const auto partial = partial_dir(space.space_id);
+  if (auto written =
+          vmm::snapshot::write_file_atomically(partial / kSpaceFile, format_space(space));
+      !written)
+    return written;
+  std::error_code ec;
+  fs::rename(partial, space_dir(space.space_id), ec);
+  if (ec) return Error{ec.value(), "rename", partial.string(), {}, {}};
+  // The rename is what makes the Space exist: make it durable too.
+  return fsync_path(dir_);
+}
+
+unsigned SpaceStore::sweep_partial() const {
+  unsigned removed = 0;
+  std::error_code ec;
+  std::vector<fs::path> partial;
+  for (const auto& entry : fs::directory_iterator(dir_, ec)) {
+    const auto name = entry.path().filename().string();
+    constexpr std::string_view suffix = ".partial";
+    if (name.size() > suffix.size() && name.ends_with(suffix) &&
+        is_space_id(std::string_view(name).substr(0, name.size() - suffix.size())))
+      partial.push_back(entry.path());
+  }
+  for (const auto& path : partial) {
+    fs::remove_all(path, ec);
+    if (!ec) ++removed;
+  }
+  return removed;
+}
+
+} // namespace vesicle

@@ -1,0 +1,74 @@
+// Spaces: POST /v1/sandboxes/{id}/freeze, GET /v1/spaces, GET and DELETE
+// /v1/spaces/{id}, POST /v1/spaces/{id}/resume
+#include "hostd/api.hpp"
+#include "hostd/caf_bridge.hpp"
+#include "hostd/json.hpp"
+
+namespace vesicle::hostd {
+
+// Answers once the Space is on disk and the VM gone (seconds under TCG:
+// every RAM page in use is written).
+asio::awaitable<void> Api::freeze(Exchange& exchange, const std::string& owner,
+                                  const std::string& id) {
+  const auto started = std::chrono::steady_clock::now();
+  auto space = co_await ask<SpaceInfo>(ctx_.system, ctx_.registry, ctx_.create_timeout,
+                                       freeze_atom::value, owner, id);
+  const std::chrono::duration<double> took = std::chrono::steady_clock::now() - started;
+  metrics_.freeze_seconds.record(space ? "ok" : "failed", took.count());
+  if (!space) co_return co_await exchange.respond_error(api_error(space.error(), ctx_.system));
+  co_await exchange.respond(200, to_json(to_api(*space)));
+}
+
+asio::awaitable<void> Api::list_spaces(Exchange& exchange, const std::string& owner) {
+  auto spaces = co_await ask<SpaceInfoList>(ctx_.system, ctx_.registry, ctx_.actor_timeout,
+                                            spaces_atom::value, owner);
+  if (!spaces) co_return co_await exchange.respond_error(api_error(spaces.error(), ctx_.system));
+  api::ListSpacesResponse out;
+  for (const auto& space : *spaces)
+    *out.add_spaces() = to_api(space);
+  co_await exchange.respond(200, to_json(out));
+}
+
+asio::awaitable<void> Api::get_space(Exchange& exchange, const std::string& owner,
+                                     const std::string& space_id) {
+  auto space = co_await ask<SpaceInfo>(ctx_.system, ctx_.registry, ctx_.actor_timeout,
+                                       space_atom::value, owner, space_id);
+  if (!space) co_return co_await exchange.respond_error(api_error(space.error(), ctx_.system));
+  co_await exchange.respond(200, to_json(to_api(*space)));
+}
+
+asio::awaitable<void> Api::delete_space(Exchange& exchange, const std::string& owner,
+                                        const std::string& space_id) {
+  auto done = co_await ask<done_atom>(ctx_.system, ctx_.registry, ctx_.actor_timeout,
+                                      delete_space_atom::value, owner, space_id);
+  if (!done) co_return co_await exchange.respond_error(api_error(done.error(), ctx_.system));
+  co_await exchange.respond_no_content();
+}
+
+// Answers once the new sandbox is ready (the Space is checked, then
+// resumed), or with why not; a refused Space is kept.
+asio::awaitable<void> Api::resume(Exchange& exchange, const std::string& owner,
+                                  const std::string& space_id) {
+  auto body = co_await exchange.read_json_body();
+  if (!body) co_return co_await exchange.respond_error(body.error());
+  api::ResumeRequest request;
+  if (!body->empty()) {
+    auto parsed = from_json(*body, request);
+    if (!parsed)
+      co_return co_await exchange.respond_error(
+          ApiError::invalid_argument("invalid resume request: " + parsed.error().detail));
+  }
+  const bool persistent = request.has_persistent() && request.persistent();
+  // The resumed sandbox counts against the key's concurrency cap.
+  const std::uint32_t max_concurrent = tier_caps(ctx_.keys, ctx_.config, owner).max_concurrent();
+  const auto started = std::chrono::steady_clock::now();
+  auto resumed =
+      co_await ask<SandboxInfo>(ctx_.system, ctx_.registry, ctx_.create_timeout, resume_atom::value,
+                                owner, space_id, persistent, max_concurrent);
+  const std::chrono::duration<double> took = std::chrono::steady_clock::now() - started;
+  metrics_.resume_seconds.record(resumed ? "ok" : "failed", took.count());
+  if (!resumed) co_return co_await exchange.respond_error(api_error(resumed.error(), ctx_.system));
+  co_await exchange.respond(201, to_json(to_api(*resumed, ctx_.vms.accel())));
+}
+
+} // namespace vesicle::hostd
