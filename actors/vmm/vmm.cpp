@@ -3,6 +3,10 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <cstdlib>
+#include <filesystem>
+#include <string_view>
+
 #include "common/unique_fd.hpp"
 
 namespace vesicle::vmm {
@@ -18,8 +22,21 @@ const char* to_string(Accel accel) {
 }
 
 Accel detect_accel() {
+  if (const char* forced = std::getenv("VESICLE_ACCEL")) {
+    if (std::string_view(forced) == "tcg") return Accel::tcg;
+    if (std::string_view(forced) == "kvm") return Accel::kvm;
+  }
   UniqueFd kvm(::open("/dev/kvm", O_RDWR | O_CLOEXEC));
-  return kvm ? Accel::kvm : Accel::tcg;
+  if (!kvm) return Accel::tcg;
+  // A /dev/kvm can exist without hardware virtualization behind it: kvm_pvm
+  // (a paravirtual KVM inside a VM) runs only guest kernels built for it,
+  // and ours stops at its first instructions with a KVM internal error.
+  // Only the VT-x and AMD-V modules run any x86 guest.
+  std::error_code ignored;
+  if (std::filesystem::exists("/sys/module/kvm_intel", ignored) ||
+      std::filesystem::exists("/sys/module/kvm_amd", ignored))
+    return Accel::kvm;
+  return Accel::tcg;
 }
 
 GuestImages GuestImages::in(const std::filesystem::path& images_dir) {

@@ -21,7 +21,9 @@ namespace vesicle::vmm {
 
 enum class Accel { kvm, tcg };
 const char* to_string(Accel accel);
-// KVM when /dev/kvm exists and can be opened read-write, TCG otherwise.
+// KVM when /dev/kvm opens read-write and is backed by hardware
+// virtualization (kvm_intel or kvm_amd), TCG otherwise. VESICLE_ACCEL=tcg
+// or =kvm in the environment decides instead.
 Accel detect_accel();
 
 // The three files a guest boots from (see images/).
