@@ -550,7 +550,7 @@ asio::awaitable<void> VmHost::run_freeze(std::string id, SpaceInfo space, Freeze
     co_return;
   }
   const auto started = std::chrono::steady_clock::now();
-  auto saved = co_await before.vm->save_full(store.vm_dir(space.space_id));
+  auto saved = co_await before.vm->save_full(partial / "vm");
   if (!saved) {
     fs::remove_all(partial, ec);
     before.target->sandbox = owner;
