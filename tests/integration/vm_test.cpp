@@ -440,7 +440,17 @@ TEST_F(BootFailure, PanickingKernelGivesTheConsoleTailAndNothingIsLeft) {
 
 TEST_F(BootFailure, AgentSilentPastTheBootTimeoutIsAnErrorAndNothingIsLeft) {
   auto config = world_.config("slow");
-  config.boot_timeout = 2500ms; // QEMU is up by then, the agent is not (~4 s under TCG)
+  // QEMU starts paused (-S) and nothing resumes it: QEMU is up and its
+  // monitor answers, but the guest never runs, so its agent stays silent
+  // however fast this machine boots.
+  const auto paused_qemu = scratch_.path() / "qemu-paused";
+  {
+    std::ofstream script(paused_qemu);
+    script << "#!/bin/sh\nexec " << config.qemu_binary << " \"$@\" -S\n";
+  }
+  fs::permissions(paused_qemu, fs::perms::owner_all);
+  config.qemu_binary = paused_qemu.string();
+  config.boot_timeout = 2500ms;
   auto booted = world_.boot(config);
   ASSERT_FALSE(booted);
   const std::string message = booted.error().message();
