@@ -216,3 +216,122 @@ def exit_event(seq: int = 1, **fields) -> dict:
     }
     event.update(fields)
     return event
+
+
+SPACE = {
+    "space_id": "sp-00112233aabb",
+    "sandbox_id": SANDBOX["id"],
+    "template": "default",
+    "persistent": True,
+    "vcpus": 2,
+    "memory_mib": 512,
+    "disk_mib": 2048,
+    "egress": True,
+    "egress_allow": [],
+    "egress_mode": "open",
+    "idle_timeout_s": 300,
+    "max_lifetime_s": 1800,
+    "created_at": "2024-01-01T00:00:00Z",
+    "frozen_at": "2024-01-01T00:05:00Z",
+    # Doubles in hostd's messages/api.proto.
+    "size_bytes": 161480704.0,
+    "state_bytes": 157286400.0,
+    "disk_bytes": 4194304.0,
+    "reason": "freeze",
+}
+
+
+class FakeSpaces:
+    """hostd's Space routes over a small in-memory model, for tests that go
+    through several calls (freeze, list, resume, delete) as a user would.
+
+    `sandboxes` holds the sandbox objects by id, `spaces` the Space objects
+    by id. A freeze of a ready sandbox makes a Space (reason "freeze"); a
+    resume makes a new sandbox (source "space") and uses the Space up; a
+    Space id in `corrupted` answers 422 and stays.
+    """
+
+    def __init__(self, fake: FakeHostd) -> None:
+        self.fake = fake
+        self.sandboxes: Dict[str, dict] = {}
+        self.spaces: Dict[str, dict] = {}
+        self.corrupted: Dict[str, str] = {}  # space id -> message
+        self._next = 0
+        fake.route("GET", "/v1/spaces", lambda r: r.reply_json(200, {"spaces": list(self.spaces.values())}))
+
+    def add_sandbox(self, **fields) -> dict:
+        # As hostd prints them: every field, empty when it does not apply.
+        info = dict(SANDBOX, source="boot", forked_from="", space_id="", resumed_from="")
+        info.update(fields)
+        self.sandboxes[info["id"]] = info
+        path = f"/v1/sandboxes/{info['id']}"
+        self.fake.route("GET", path, lambda r: self._get_sandbox(r, info["id"]))
+        self.fake.route("DELETE", path, lambda r: self._delete_sandbox(r, info["id"]))
+        self.fake.route("POST", path + "/freeze", lambda r: self._freeze(r, info["id"]))
+        return info
+
+    def add_space(self, **fields) -> dict:
+        space = dict(SPACE, **fields)
+        self.spaces[space["space_id"]] = space
+        path = f"/v1/spaces/{space['space_id']}"
+        sid = space["space_id"]
+        self.fake.route("GET", path, lambda r: self._get_space(r, sid))
+        self.fake.route("DELETE", path, lambda r: self._delete_space(r, sid))
+        self.fake.route("POST", path + "/resume", lambda r: self._resume(r, sid))
+        return space
+
+    def _new_id(self, prefix: str) -> str:
+        self._next += 1
+        return f"{prefix}-{self._next:012x}"
+
+    def _get_sandbox(self, r: Request, sandbox_id: str) -> None:
+        if sandbox_id not in self.sandboxes:
+            return r.reply_error(404, "not_found", f"no sandbox {sandbox_id}")
+        r.reply_json(200, self.sandboxes[sandbox_id])
+
+    def _delete_sandbox(self, r: Request, sandbox_id: str) -> None:
+        if self.sandboxes.pop(sandbox_id, None) is None:
+            return r.reply_error(404, "not_found", f"no sandbox {sandbox_id}")
+        r.reply_raw(204, b"", "application/json")
+
+    def _freeze(self, r: Request, sandbox_id: str) -> None:
+        info = self.sandboxes.get(sandbox_id)
+        if info is None:
+            return r.reply_error(404, "not_found", f"no sandbox {sandbox_id}")
+        if info["state"] != "ready":
+            return r.reply_error(409, "failed_precondition", f"sandbox {sandbox_id} is {info['state']}")
+        space = self.add_space(
+            space_id=self._new_id("sp"),
+            sandbox_id=sandbox_id,
+            persistent=info["persistent"],
+            memory_mib=info["memory_mib"],
+        )
+        info.update(state="frozen", space_id=space["space_id"])
+        r.reply_json(200, space)
+
+    def _get_space(self, r: Request, space_id: str) -> None:
+        if space_id not in self.spaces:
+            return r.reply_error(404, "not_found", f"no Space {space_id}")
+        r.reply_json(200, self.spaces[space_id])
+
+    def _delete_space(self, r: Request, space_id: str) -> None:
+        if self.spaces.pop(space_id, None) is None:
+            return r.reply_error(404, "not_found", f"no Space {space_id}")
+        r.reply_raw(204, b"", "application/json")
+
+    def _resume(self, r: Request, space_id: str) -> None:
+        space = self.spaces.get(space_id)
+        if space is None:
+            return r.reply_error(404, "not_found", f"no Space {space_id}")
+        if space_id in self.corrupted:
+            return r.reply_error(422, "space_corrupted", self.corrupted[space_id])
+        body = r.json() if r.body else {}
+        del self.spaces[space_id]
+        info = self.add_sandbox(
+            id=self._new_id("sb"),
+            source="space",
+            resumed_from=space_id,
+            persistent=bool(body.get("persistent", False)),
+            memory_mib=space["memory_mib"],
+        )
+        r.reply_json(201, info)

@@ -6,6 +6,10 @@ port it got), through a text-format config file (messages/config.proto),
 with its images from VESICLE_IMAGES_DIR. At the end it is stopped
 with SIGTERM and the test checks that no QEMU process of this hostd is left
 and that its runtime and shm dirs hold no per-VM files.
+
+A test may stop and start hostd in between (RunningHostd.restart: after
+SIGKILL, a crash, or SIGTERM, a clean stop) on the same config and dirs;
+the key stays the one hostd printed first, the port is a new one.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import subprocess
 import tempfile
 import time
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List
 
@@ -47,9 +51,71 @@ class RunningHostd:
     state_dir: Path
     runtime_dir: Path
     shm_dir: Path
+    config_path: Path = field(default=None, repr=False)
+    binary: Path = field(default=None, repr=False)
+    _proc: "subprocess.Popen" = field(default=None, repr=False)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT_S) -> int:
+        """Stop hostd with `sig` and wait for it; returns its exit status.
+
+        SIGKILL takes its QEMUs with it (they die with their parent); this
+        waits until they are gone, so a restart finds only what a crash
+        leaves on disk. SIGTERM lets hostd shut down (freezing persistent
+        sandboxes, which under TCG takes a while: pass a long `timeout`).
+        """
+        proc = self._proc
+        if proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                raise AssertionError(
+                    f"hostd did not exit within {timeout:g} s of signal {sig}:\n" + self.log()[-4000:]
+                ) from None
+        ours = [self.runtime_dir, self.shm_dir]
+        deadline = time.monotonic() + 10
+        while qemu_processes_under(ours) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = qemu_processes_under(ours)
+        if left:
+            raise AssertionError(f"QEMU processes outlived hostd (signal {sig}): {left}")
+        return proc.returncode
+
+    def start(self) -> None:
+        """Start hostd again on the same config (state, runtime and shm dirs).
+
+        The keys file in the state dir exists by now, so hostd prints no key:
+        the key stays the one of the first start. Its port is new (port 0):
+        `url` and `pid` are updated in place.
+        """
+        assert self._proc is None or self._proc.poll() is not None, "hostd is still running"
+        self._proc, self.url, _ = _launch(self.binary, self.config_path, self.log_path, need_key=False)
+        self.pid = self._proc.pid
+
+    def restart(self, sig: int = signal.SIGKILL, timeout: float = STOP_TIMEOUT_S) -> None:
+        """stop(sig, timeout), then start()."""
+        self.stop(sig, timeout)
+        self.start()
+
+    def new_key(self, tier: str = "") -> str:
+        """Add another API key to the keys file (`hostd --new-key`) and return it.
+
+        The running hostd read the keys file at its start: the key works
+        after the next start().
+        """
+        command = [str(self.binary), "--config", str(self.config_path), "--new-key"]
+        if tier:
+            command += ["--tier", tier]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=30)
+        found = KEY_PATTERN.search(done.stdout)
+        if done.returncode != 0 or not found:
+            raise AssertionError(f"hostd --new-key failed ({done.returncode}): {done.stdout}{done.stderr}")
+        return found.group(1)
 
 
 def _healthy(url: str) -> bool:
@@ -82,10 +148,49 @@ def qemu_processes_under(paths: List[Path]) -> List[int]:
     return found
 
 
+def _launch(binary: Path, config: Path, log_path: Path, need_key: bool):
+    """Start hostd, appending to its log; wait until it answers. Returns (proc, url, key).
+
+    Only what this start wrote is searched for the address (and the key,
+    which hostd prints only when it made the keys file).
+    """
+    offset = log_path.stat().st_size if log_path.exists() else 0
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [str(binary), "--config", str(config)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(
+                f"hostd exited with status {proc.returncode} at start:\n"
+                + log_path.read_bytes()[offset:].decode(errors="replace")
+            )
+        output = log_path.read_bytes()[offset:].decode(errors="replace")
+        key_match, url_match = KEY_PATTERN.search(output), LISTEN_PATTERN.search(output)
+        key = key_match.group(1) if key_match else None
+        url = url_match.group(1) if url_match else None
+        if (key is not None or not need_key) and url is not None and _healthy(url):
+            return proc, url, key
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            pytest.fail(
+                f"hostd did not print {'a key and ' if need_key else ''}its address and answer "
+                f"/v1/healthz within {START_TIMEOUT_S} s:\n"
+                + log_path.read_bytes()[offset:].decode(errors="replace")
+            )
+        time.sleep(0.1)
+
+
 @contextlib.contextmanager
 def hostd_session(repo: Path, max_sandboxes: int = 4, extra_config: str = "disable_pools: true\n"):
-    binary = Path(os.environ.get("VESICLE_HOSTD") or repo / "build" / "hostd" / "hostd")
-    images = Path(os.environ.get("VESICLE_IMAGES_DIR") or repo / "build" / "images")
+    # Absolute: hostd wants its config's paths so (VESICLE_HOSTD=build/hostd/hostd is fine).
+    binary = Path(os.environ.get("VESICLE_HOSTD") or repo / "build" / "hostd" / "hostd").absolute()
+    images = Path(os.environ.get("VESICLE_IMAGES_DIR") or repo / "build" / "images").absolute()
     if not binary.exists():
         pytest.skip(
             f"the hostd binary {binary} does not exist: build the tree "
@@ -114,36 +219,10 @@ def hostd_session(repo: Path, max_sandboxes: int = 4, extra_config: str = "disab
     )
     log_path = top / "hostd.log"
     proc = None
+    running = None
     try:
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                [str(binary), "--config", str(config)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        key = url = None
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(
-                    f"hostd exited with status {proc.returncode} at start:\n"
-                    + log_path.read_text(errors="replace")
-                )
-            output = log_path.read_text(errors="replace")
-            key_match, url_match = KEY_PATTERN.search(output), LISTEN_PATTERN.search(output)
-            key = key_match.group(1) if key_match else None
-            url = url_match.group(1) if url_match else None
-            if key is not None and url is not None and _healthy(url):
-                break
-            if time.monotonic() > deadline:
-                pytest.fail(
-                    f"hostd did not print a key and its address and answer /v1/healthz within "
-                    f"{START_TIMEOUT_S} s:\n" + log_path.read_text(errors="replace")
-                )
-            time.sleep(0.1)
-
-        yield RunningHostd(
+        proc, url, key = _launch(binary, config, log_path, need_key=True)
+        running = RunningHostd(
             url=url,
             key=key,
             pid=proc.pid,
@@ -151,9 +230,15 @@ def hostd_session(repo: Path, max_sandboxes: int = 4, extra_config: str = "disab
             state_dir=state_dir,
             runtime_dir=runtime_dir,
             shm_dir=shm_dir,
+            config_path=config,
+            binary=binary,
+            _proc=proc,
         )
+        yield running
     finally:
         problems = []
+        if running is not None:
+            proc = running._proc  # a restart replaces it
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:

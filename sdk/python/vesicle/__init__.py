@@ -25,12 +25,14 @@ from .errors import (
     SandboxClosedError,
     SandboxDiedError,
     ServerError,
+    SpaceCorruptedError,
     VesicleConnectionError,
     VesicleError,
     VesicleTimeoutError,
 )
 from .execution import Execution, ExecutionError
 from .sandbox import Sandbox
+from .space import Space
 
 __all__ = [
     "AuthenticationError",
@@ -50,6 +52,8 @@ __all__ = [
     "SandboxClosedError",
     "SandboxDiedError",
     "ServerError",
+    "Space",
+    "SpaceCorruptedError",
     "VesicleConnectionError",
     "VesicleError",
     "VesicleTimeoutError",

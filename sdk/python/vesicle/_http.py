@@ -71,11 +71,12 @@ class Transport:
         query: Optional[Mapping[str, str]] = None,
         body: Any = _DEFAULT,
         auth: bool = True,
+        read_timeout: Any = _DEFAULT,
         what: str = "",
     ) -> Any:
         """Send a request (with a JSON body if `body` is given) and return the decoded answer.
 
-        A 204 or an empty body decodes to {}.
+        A 204 or an empty body decodes to {}. `read_timeout` as for stream().
         """
         payload = None
         headers = {"Accept": "application/json"}
@@ -83,7 +84,14 @@ class Transport:
             payload = json.dumps(body, separators=(",", ":")).encode("utf-8")
             headers["Content-Type"] = "application/json"
         with self.stream(
-            method, path, query=query, body=payload, headers=headers, auth=auth, what=what
+            method,
+            path,
+            query=query,
+            body=payload,
+            headers=headers,
+            auth=auth,
+            read_timeout=read_timeout,
+            what=what,
         ) as resp:
             data = resp.read_all()
         return self.decode_json(data, what or f"{method} {path}")

@@ -1,4 +1,5 @@
-"""The `vesicle` command: create sandboxes, run code in them, move files, list, destroy.
+"""The `vesicle` command: create sandboxes, run code in them, move files, list, destroy,
+freeze them to Spaces and resume those.
 
 Configuration comes from VESICLE_URL and VESICLE_API_KEY (or --url). Every
 failure prints `vesicle: <message>` to stderr and exits 1 (2 for a usage
@@ -117,6 +118,36 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("rm", help="destroy sandboxes")
     p.add_argument("ids", nargs="+", metavar="ID")
     p.set_defaults(run=_rm)
+
+    p = sub.add_parser(
+        "freeze",
+        help="save a sandbox to disk as a Space and print the Space's id",
+        description=(
+            "Freeze a sandbox: its memory, processes and files are saved to a Space "
+            "and its VM stops. `vesicle resume SPACE_ID` brings it back."
+        ),
+    )
+    p.add_argument("id", metavar="ID")
+    p.set_defaults(run=_freeze)
+
+    p = sub.add_parser(
+        "resume",
+        help="bring a Space back as a new sandbox and print its id",
+        description="Resume a Space as a new sandbox (a new id). The Space is used up.",
+    )
+    p.add_argument("space_id", metavar="SPACE_ID")
+    p.add_argument(
+        "--persistent", action="store_true", help="freeze the new sandbox again when idle"
+    )
+    p.set_defaults(run=_resume)
+
+    p = sub.add_parser("spaces", help="list your Spaces (frozen sandboxes)")
+    p.add_argument("--json", action="store_true", help="print hostd's objects as JSON")
+    p.set_defaults(run=_spaces)
+
+    p = sub.add_parser("rm-space", help="delete Spaces and their files")
+    p.add_argument("space_ids", nargs="+", metavar="SPACE_ID")
+    p.set_defaults(run=_rm_space)
 
     p = sub.add_parser("health", help="check that hostd answers (no API key needed)")
     p.set_defaults(run=_health)
@@ -271,9 +302,7 @@ def _ls(args) -> int:
                 str(info.get("created_at", "-")),
             ]
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    _print_table(rows)
     return 0
 
 
@@ -293,6 +322,69 @@ def _rm(args) -> int:
             continue
         print(sandbox_id, flush=True)
     return status
+
+
+def _freeze(args) -> int:
+    sb = _attach(args, args.id)
+    print(sb.freeze(), flush=True)
+    return 0
+
+
+def _resume(args) -> int:
+    sb = Client(url=args.url).resume(args.space_id, persistent=args.persistent)
+    print(sb.id, flush=True)
+    return 0
+
+
+def _spaces(args) -> int:
+    spaces = Client(url=args.url).spaces()
+    if args.json:
+        print(json.dumps([space.raw for space in spaces], indent=2))
+        return 0
+    rows: List[List[str]] = [["SPACE", "SANDBOX", "REASON", "SIZE", "MEMORY", "FROZEN"]]
+    for space in spaces:
+        rows.append(
+            [
+                space.space_id,
+                space.sandbox_id or "-",
+                space.reason or "-",
+                _size_text(space.size_bytes),
+                f"{space.memory_mib} MiB" if space.memory_mib else "-",
+                space.frozen_at or "-",
+            ]
+        )
+    _print_table(rows)
+    return 0
+
+
+def _rm_space(args) -> int:
+    client = Client(url=args.url)
+    status = 0
+    for space_id in args.space_ids:
+        try:
+            client.delete_space(space_id)
+        except VesicleError as exc:
+            _error(f"{space_id}: {exc}")
+            status = 1
+            continue
+        print(space_id, flush=True)
+    return status
+
+
+def _size_text(size: int) -> str:
+    if size >= 1024 * 1024 * 1024:
+        return f"{size / (1024 * 1024 * 1024):.1f} GiB"
+    if size >= 1024 * 1024:
+        return f"{size / (1024 * 1024):.0f} MiB"
+    if size >= 1024:
+        return f"{size / 1024:.0f} KiB"
+    return f"{size} B"
+
+
+def _print_table(rows: List[List[str]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
 
 
 def _health(args) -> int:

@@ -1,13 +1,14 @@
-"""Calls about the host rather than one sandbox: health, capacity, the key's sandboxes."""
+"""Calls about the host rather than one sandbox: health, capacity, the key's sandboxes and Spaces."""
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Union
 
 from . import _config
 from ._http import Transport
 from .errors import ProtocolError
 from .sandbox import Sandbox
+from .space import Space, space_id_of, space_path, spaces_from_list
 
 
 class Client:
@@ -49,6 +50,26 @@ class Client:
             api_key=self._transport.config.api_key,
             timeout=self._transport.config.timeout,
         )
+
+    def spaces(self) -> List[Space]:
+        """The API key's Spaces (frozen sandboxes), oldest first."""
+        doc = self._transport.json("GET", "/v1/spaces", what="listing Spaces")
+        return spaces_from_list(doc)
+
+    def space(self, space: Union[Space, str]) -> Space:
+        """One Space (NotFoundError if the key has no such Space)."""
+        space_id = space_id_of(space)
+        doc = self._transport.json("GET", space_path(space_id), what=f"looking up Space {space_id}")
+        return Space.from_json(doc)
+
+    def resume(self, space: Union[Space, str], persistent: bool = False) -> Sandbox:
+        """Bring a Space back as a new ready sandbox; see Sandbox.resume."""
+        return Sandbox._resume(self._transport, space, persistent)
+
+    def delete_space(self, space: Union[Space, str]) -> None:
+        """Delete a Space and its files (NotFoundError if the key has no such Space)."""
+        space_id = space_id_of(space)
+        self._transport.json("DELETE", space_path(space_id), what=f"deleting Space {space_id}")
 
     def close(self) -> None:
         self._transport.close()

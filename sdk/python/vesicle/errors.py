@@ -51,7 +51,7 @@ class AuthenticationError(VesicleError):
 
 
 class NotFoundError(VesicleError):
-    """404: unknown id, another key's sandbox, or no such file."""
+    """404: unknown id, another key's sandbox or Space, or no such file."""
 
     default_code = "not_found"
 
@@ -63,7 +63,11 @@ class MethodNotAllowedError(VesicleError):
 
 
 class ConflictError(VesicleError):
-    """409: the sandbox is in the wrong state for this call."""
+    """409: the sandbox (or Space) is in the wrong state for this call.
+
+    E.g. code or files on a frozen sandbox, a freeze while code runs, a
+    resume of a Space another resume is already restoring.
+    """
 
     default_code = "failed_precondition"
 
@@ -78,6 +82,16 @@ class PayloadTooLargeError(VesicleError):
     """413: a request body or an upload over its cap."""
 
     default_code = "too_large"
+
+
+class SpaceCorruptedError(VesicleError):
+    """422: a Space's files fail their checks (truncated, changed); it cannot be resumed.
+
+    hostd keeps the Space (the message says which file and why); delete it
+    when it is of no more use.
+    """
+
+    default_code = "space_corrupted"
 
 
 class QuotaExceededError(VesicleError):
@@ -99,7 +113,7 @@ class CapacityError(VesicleError):
 
 
 class SandboxClosedError(VesicleError):
-    """Raised locally, without a request, on a sandbox this object already closed."""
+    """Raised locally, without a request, on a sandbox this object already closed (or froze)."""
 
     default_code = "closed"
 
@@ -136,6 +150,7 @@ _BY_STATUS = {
     409: ConflictError,
     410: SandboxDiedError,
     413: PayloadTooLargeError,
+    422: SpaceCorruptedError,
     429: QuotaExceededError,
     500: ServerError,
     503: CapacityError,

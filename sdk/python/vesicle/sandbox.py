@@ -11,6 +11,12 @@ from . import _config
 from ._http import Transport
 from .errors import InvalidRequestError, NotFoundError, ProtocolError, SandboxClosedError
 from .execution import BytesCallback, ExecStream, Execution, TextCallback
+from .space import Space, resume_body, space_id_of, space_path
+
+# A freeze writes the VM's memory to disk and a resume reads it back; under
+# TCG with a large guest either can take minutes without a byte on the wire,
+# so they wait at least this long for hostd's answer.
+SPACE_OP_TIMEOUT_S = 300.0
 
 # Uploads are read and sent in pieces of this size: the same as the guest
 # protocol's largest frame, so no piece has to be split or joined downstream.
@@ -26,6 +32,11 @@ class Sandbox:
     arguments given are sent, hostd fills in the rest. Use it as a context
     manager to close it on exit, or call `close()`. `Sandbox.connect(id)`
     attaches to an existing sandbox, `Sandbox.list()` lists the key's.
+    `freeze()` saves it to disk as a Space; `Sandbox.resume(space_id)`
+    brings a Space back as a new sandbox, `Sandbox.spaces()` lists them.
+    With `persistent=True` hostd freezes the sandbox itself when it has been
+    idle for `idle_timeout_s` (or reaches `max_lifetime_s`, or hostd stops)
+    instead of destroying it.
 
     `url`, `api_key` default to $VESICLE_URL (else http://127.0.0.1:7070) and
     $VESICLE_API_KEY. `timeout` is how many seconds a request may wait for
@@ -80,6 +91,7 @@ class Sandbox:
         self.id: str = info["id"]
         self.info: Dict[str, Any] = info
         self._closed = False
+        self._space: Optional[Space] = None  # what freeze() made
 
     @classmethod
     def _from_info(cls, transport: Transport, info: Dict[str, Any]) -> "Sandbox":
@@ -102,6 +114,56 @@ class Sandbox:
         return cls._from_info(transport, info)
 
     @classmethod
+    def resume(
+        cls,
+        space: "Union[Space, str]",
+        persistent: bool = False,
+        *,
+        url: Optional[str] = None,
+        api_key: Optional[str] = None,
+        timeout: Optional[float] = None,
+    ) -> "Sandbox":
+        """Bring a Space back as a new sandbox (a new id); returns when it is ready.
+
+        The sandbox continues where the frozen one stopped: Python globals,
+        running processes, files. `resumed_from` names the Space. The Space
+        is used up: resuming it again is a NotFoundError. With
+        `persistent=True` the new sandbox is frozen again when idle.
+        A Space whose files fail their checks raises SpaceCorruptedError
+        (and is kept); one another resume is restoring, ConflictError.
+        """
+        transport = Transport(_config.resolve(url, api_key, timeout))
+        return cls._resume(transport, space, persistent)
+
+    @classmethod
+    def _resume(cls, transport: Transport, space: "Union[Space, str]", persistent: bool) -> "Sandbox":
+        transport.config.require_key()
+        body = resume_body(persistent)
+        space_id = space_id_of(space)
+        info = transport.json(
+            "POST",
+            space_path(space_id) + "/resume",
+            body=body,
+            read_timeout=max(transport.config.timeout, SPACE_OP_TIMEOUT_S),
+            what=f"resuming Space {space_id}",
+        )
+        return cls._from_info(transport, info)
+
+    @classmethod
+    def spaces(
+        cls,
+        *,
+        url: Optional[str] = None,
+        api_key: Optional[str] = None,
+        timeout: Optional[float] = None,
+    ) -> "List[Space]":
+        """The API key's Spaces, oldest first."""
+        from .client import Client
+
+        with Client(url=url, api_key=api_key, timeout=timeout) as client:
+            return client.spaces()
+
+    @classmethod
     def list(
         cls,
         *,
@@ -120,6 +182,21 @@ class Sandbox:
     def state(self) -> Optional[str]:
         """"booting", "ready", "dead" or "frozen" as of the last answer (see refresh())."""
         return self.info.get("state")
+
+    @property
+    def space_id(self) -> Optional[str]:
+        """The Space this sandbox was frozen into (state "frozen"), else None."""
+        return self.info.get("space_id") or None
+
+    @property
+    def resumed_from(self) -> Optional[str]:
+        """The Space this sandbox was resumed from (its source is "space"), else None."""
+        return self.info.get("resumed_from") or None
+
+    @property
+    def space(self) -> Optional[Space]:
+        """The Space freeze() made, as hostd described it; None before a freeze()."""
+        return self._space
 
     @property
     def egress(self) -> Optional[str]:
@@ -145,7 +222,7 @@ class Sandbox:
 
     def refresh(self) -> Dict[str, Any]:
         """Fetch the sandbox object again; returns (and stores in `info`) the new one."""
-        self._check_open("refresh")
+        self._check_open("refresh", frozen_ok=True)
         self.info = self._transport.json(
             "GET", _sandbox_path(self.id), what=f"looking up {self.id}"
         )
@@ -333,10 +410,41 @@ class Sandbox:
         """The id of the sandbox this one was forked from, else None."""
         return self.info.get("forked_from") or None
 
+    # ---- Spaces -------------------------------------------------------------
+
+    def freeze(self) -> str:
+        """Save this sandbox to disk as a Space and stop its VM; returns the space_id.
+
+        The Space holds everything: memory (Python globals), running
+        processes, files. Resume it with `Sandbox.resume(space_id)`, from
+        this process or another, also after hostd restarts. Afterwards this
+        object runs no code (SandboxClosedError) and `space_id` names the
+        Space; the sandbox stays listed as "frozen" until close(), which
+        then only forgets that record (the Space stays). Wait for running
+        code to finish first: a freeze refuses a sandbox with an exec in
+        flight (ConflictError). Under TCG a freeze takes seconds.
+        """
+        self._check_open("freeze")
+        doc = self._transport.json(
+            "POST",
+            _sandbox_path(self.id) + "/freeze",
+            read_timeout=max(self._transport.config.timeout, SPACE_OP_TIMEOUT_S),
+            what=f"freezing {self.id}",
+        )
+        space = Space.from_json(doc)
+        self._space = space
+        # What hostd's own object now says; refresh() would fetch the same.
+        self.info = dict(self.info, state="frozen", space_id=space.space_id)
+        return space.space_id
+
     # ---- lifetime -----------------------------------------------------------
 
     def close(self) -> None:
-        """Destroy the sandbox and free everything it held. Closing twice is fine."""
+        """Destroy the sandbox and free everything it held. Closing twice is fine.
+
+        For a frozen sandbox this only drops its "frozen" record: its Space
+        stays (delete it with Client.delete_space).
+        """
         if self._closed:
             return
         try:
@@ -362,10 +470,15 @@ class Sandbox:
             if hasattr(exc, "add_note"):
                 exc.add_note(f"closing sandbox {self.id} also failed: {close_exc}")
 
-    def _check_open(self, doing: str) -> None:
+    def _check_open(self, doing: str, frozen_ok: bool = False) -> None:
         if self._closed:
             raise SandboxClosedError(
                 f"cannot {doing} sandbox {self.id}: it was closed (destroyed); create a new Sandbox()"
+            )
+        if self._space is not None and not frozen_ok:
+            raise SandboxClosedError(
+                f"cannot {doing} sandbox {self.id}: it was frozen into Space "
+                f"{self._space.space_id}; resume it with Sandbox.resume({self._space.space_id!r})"
             )
 
     def __repr__(self) -> str:
