@@ -622,7 +622,8 @@ asio::awaitable<Result<void>> VmHost::finish_space(const vmm::Snapshot& saved, S
   // on its own.
   auto backing = snapshot::qcow2_backing_file(saved.disk);
   if (!backing) co_return std::move(backing).error();
-  if (fs::absolute(*backing) != base) {
+  // (A disk without a backing file stands on its own already.)
+  if (!backing->empty() && fs::absolute(*backing) != base) {
     vmm::detail::SpawnOptions rebase;
     rebase.argv = {"qemu-img", "rebase",      "-q", "-f",  "qcow2",
                    "-b",       base.string(), "-F", "raw", saved.disk.string()};

@@ -15,6 +15,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <set>
@@ -28,6 +29,7 @@
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include "actors/vmm/snapshot.hpp"
 #include "actors/vmm/vmm.hpp"
 
 namespace vesicle::testing {
@@ -246,6 +248,10 @@ public:
   // When >= 0, restores after this many (restores_started) fail.
   int fail_restores_after = -1;
   bool fail_saves = false;
+  // save_full writes a small snapshot's files (a manifest that parses,
+  // device state, a disk without backing file) into its dir, as a freeze
+  // needs; otherwise it writes nothing.
+  bool write_full_saves = false;
   int boots_started = 0;
   int restores_started = 0;
   int saves = 0;
@@ -281,6 +287,26 @@ inline asio::awaitable<Result<vmm::Snapshot>> FakeVm::save_full(std::filesystem:
   snapshot.memory_mib = config_.memory_mib;
   snapshot.network = config_.network.has_value();
   snapshot.full_ram = true;
+  if (driver_.write_full_saves) {
+    namespace snap = vmm::snapshot;
+    std::filesystem::create_directory(snapshot.dir);
+    {
+      std::ofstream(snapshot.device_state()) << "device state and RAM of " << config_.id;
+      std::ofstream(snapshot.disk) << "a disk standing on its own";
+    }
+    snap::Manifest manifest;
+    manifest.vcpus = snapshot.vcpus;
+    manifest.memory_mib = snapshot.memory_mib;
+    manifest.network = snapshot.network;
+    manifest.kernel = "/fake/vmlinuz";
+    manifest.initrd = "/fake/initrd.img";
+    manifest.base_disk = "/fake/rootfs.ext4";
+    manifest.cmdline = "console=ttyS0";
+    manifest.full_ram = true;
+    manifest.state = snap::digest_file(snapshot.device_state()).value();
+    manifest.disk = snap::digest_file(snapshot.disk).value();
+    (void)snap::write_file_atomically(snapshot.manifest(), snap::format_manifest(manifest));
+  }
   kill("saved to a snapshot");
   co_return snapshot;
 }

@@ -56,6 +56,7 @@ VmSettings test_vm_settings() {
   VmSettings settings;
   settings.templates_dir = test_templates_dir() / "templates";
   settings.shm_dir = test_templates_dir() / "shm";
+  settings.spaces_dir = test_templates_dir() / "spaces";
   return settings;
 }
 
@@ -629,7 +630,7 @@ TEST_F(ReaperRegistryTest, MaxLifetimeEndsASandboxInUse) {
   EXPECT_EQ(lookup(created->id).state, SandboxState::dead);
 }
 
-TEST_F(ReaperRegistryTest, APersistentSandboxIsLeftRunningUntilSpacesExist) {
+TEST_F(ReaperRegistryTest, APersistentSandboxIsLeftRunningWithoutSpaces) {
   now_ms = unix_now_ms();
   auto created = create_with(5, 10, true);
   ASSERT_TRUE(created);
@@ -638,6 +639,157 @@ TEST_F(ReaperRegistryTest, APersistentSandboxIsLeftRunningUntilSpacesExist) {
   advance_s(6);
   EXPECT_EQ(lookup(created->id).state, SandboxState::ready);
   EXPECT_EQ(vms.size(), 1u);
+}
+
+// Spaces on the fake driver: the registry's and the sandbox actor's part
+// (the real save and resume are in tests/sdk/test_spaces.py).
+class SpacesTest : public ReaperRegistryTest {
+protected:
+  SpacesTest() {
+    caf::anon_send_exit(registry, caf::exit_reason::user_shutdown);
+    settle();
+    std::filesystem::remove_all(spaces_dir());
+    std::filesystem::create_directories(spaces_dir());
+    driver.write_full_saves = true;
+    RegistrySettings settings;
+    settings.max_sandboxes = 8;
+    settings.reaper_settings.clock = [this] { return now_ms; };
+    settings.reaper_settings.timers = false;
+    settings.spaces_dir = spaces_dir();
+    registry = spawn_registry(system, vms, settings);
+    settle();
+  }
+  static std::filesystem::path spaces_dir() { return test_templates_dir() / "spaces"; }
+  // A freeze hashes the saved files on VmHost's checker thread: settle
+  // until it answered.
+  caf::expected<SpaceInfo> freeze(const std::string& id) {
+    std::optional<caf::expected<SpaceInfo>> answer;
+    boost::asio::co_spawn(
+        io,
+        [&]() -> boost::asio::awaitable<void> {
+          answer = co_await hostd::ask<SpaceInfo>(system, registry, std::chrono::seconds(5),
+                                                  freeze_atom::value, std::string("alice"), id);
+        },
+        boost::asio::detached);
+    if (!settle_until([&] { return answer.has_value(); })) {
+      ADD_FAILURE() << "no answer: the freeze hangs";
+      return caf::make_error(caf::sec::request_timeout);
+    }
+    return std::move(*answer);
+  }
+  // The reaper's freeze answers nobody: settle until the record says frozen.
+  bool settle_until_frozen(const std::string& id) {
+    return settle_until([&] { return lookup(id).state == SandboxState::frozen; });
+  }
+  SpaceInfoList spaces(const std::string& owner = "alice") {
+    auto listed = ask_registry<SpaceInfoList>(spaces_atom::value, owner);
+    EXPECT_TRUE(listed) << to_string(listed.error());
+    return listed ? *listed : SpaceInfoList{};
+  }
+};
+
+TEST_F(SpacesTest, TheReaperFreezesAPersistentSandboxAndItsRecordSaysWhere) {
+  now_ms = unix_now_ms();
+  auto created = create_with(5, 600, true);
+  ASSERT_TRUE(created);
+  advance_s(5.5);
+  ASSERT_TRUE(settle_until_frozen(created->id));
+  auto info = lookup(created->id);
+  auto listed = spaces();
+  ASSERT_EQ(listed.size(), 1u);
+  EXPECT_EQ(info.space_id, listed[0].space_id);
+  EXPECT_EQ(listed[0].reason, "idle");
+  EXPECT_EQ(listed[0].sandbox_id, created->id);
+  EXPECT_TRUE(listed[0].spec.persistent);
+  EXPECT_TRUE(spaces("bob").empty()) << "another key sees none";
+  EXPECT_EQ(vms.size(), 0u) << "the frozen sandbox holds no VM";
+  EXPECT_TRUE(driver.live.empty());
+  EXPECT_EQ(capacity().available(), 8u);
+  EXPECT_EQ(capacity().frozen, 1u);
+  // No .partial directory is left, the Space's own is whole.
+  EXPECT_TRUE(std::filesystem::exists(spaces_dir() / info.space_id / "space"));
+  EXPECT_TRUE(std::filesystem::exists(spaces_dir() / info.space_id / "vm" / "manifest"));
+  EXPECT_FALSE(std::filesystem::exists(spaces_dir() / (info.space_id + ".partial")));
+
+  auto lease = ask_registry<std::uint64_t>(begin_op_atom::value, std::string("alice"), created->id);
+  ASSERT_FALSE(lease);
+  EXPECT_EQ(code_of(lease.error()), errc::failed_precondition);
+  EXPECT_NE(error_message(lease.error()).find(info.space_id), std::string::npos)
+      << error_message(lease.error());
+  auto again = freeze(created->id);
+  ASSERT_FALSE(again);
+  EXPECT_EQ(code_of(again.error()), errc::failed_precondition);
+
+  // DELETE drops the record; the Space stays.
+  ASSERT_TRUE(ask_registry<done_atom>(destroy_atom::value, std::string("alice"), created->id));
+  EXPECT_TRUE(list().empty());
+  EXPECT_EQ(spaces().size(), 1u);
+  // Deleting the Space is its owner's: another key gets not_found.
+  auto foreign =
+      ask_registry<done_atom>(delete_space_atom::value, std::string("bob"), info.space_id);
+  ASSERT_FALSE(foreign);
+  EXPECT_EQ(code_of(foreign.error()), errc::not_found);
+  ASSERT_TRUE(
+      ask_registry<done_atom>(delete_space_atom::value, std::string("alice"), info.space_id));
+  EXPECT_TRUE(spaces().empty());
+  EXPECT_FALSE(std::filesystem::exists(spaces_dir() / info.space_id));
+}
+
+TEST_F(SpacesTest, AFreezeRefusedWhileAnOperationRunsLeavesTheSandboxAsItWas) {
+  auto created = create_with(300, 600);
+  ASSERT_TRUE(created);
+  auto lease = ask_registry<std::uint64_t>(begin_op_atom::value, std::string("alice"), created->id);
+  ASSERT_TRUE(lease);
+  auto refused = freeze(created->id);
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(code_of(refused.error()), errc::failed_precondition);
+  caf::anon_send(registry, end_op_atom::value, std::string("alice"), created->id, *lease);
+  settle();
+  EXPECT_TRUE(spaces().empty());
+  // Once it is idle the freeze goes through, and the sandbox can serve no more.
+  auto frozen = freeze(created->id);
+  ASSERT_TRUE(frozen) << to_string(frozen.error());
+  EXPECT_EQ(frozen->reason, "freeze");
+  EXPECT_EQ(lookup(created->id).state, SandboxState::frozen);
+}
+
+TEST_F(SpacesTest, AFailedSaveLeavesTheSandboxRunningAndNoSpace) {
+  auto created = create_with(300, 600, true);
+  ASSERT_TRUE(created);
+  driver.fail_saves = true;
+  auto failed = freeze(created->id);
+  ASSERT_FALSE(failed);
+  EXPECT_NE(error_message(failed.error()).find("told to fail"), std::string::npos);
+  EXPECT_EQ(lookup(created->id).state, SandboxState::ready);
+  EXPECT_TRUE(spaces().empty());
+  EXPECT_TRUE(std::filesystem::is_empty(spaces_dir())) << "no .partial directory left";
+  // Not held any more: operations work again.
+  EXPECT_TRUE(ask_registry<std::uint64_t>(begin_op_atom::value, std::string("alice"), created->id));
+}
+
+TEST_F(SpacesTest, ShutdownFreezesPersistentSandboxesAndDestroysTheRest) {
+  auto persistent = create_with(300, 600, true);
+  auto ephemeral = create_with(300, 600, false);
+  ASSERT_TRUE(persistent && ephemeral);
+  std::optional<caf::expected<done_atom>> stopped;
+  boost::asio::co_spawn(
+      io,
+      [&]() -> boost::asio::awaitable<void> {
+        stopped = co_await hostd::ask<done_atom>(system, registry, std::chrono::seconds(5),
+                                                 shutdown_atom::value);
+      },
+      boost::asio::detached);
+  ASSERT_TRUE(settle_until([&] { return stopped.has_value(); }));
+  ASSERT_TRUE(*stopped);
+  settle();
+  EXPECT_EQ(vms.size(), 0u);
+  EXPECT_TRUE(driver.live.empty());
+  SpaceStore store(spaces_dir());
+  auto listed = store.list("alice");
+  ASSERT_EQ(listed.size(), 1u);
+  EXPECT_EQ(listed[0].sandbox_id, persistent->id);
+  EXPECT_EQ(listed[0].reason, "shutdown");
+  registry = nullptr; // it stopped
 }
 
 TEST_F(ReaperRegistryTest, ConcurrencyCapPerKey) {
