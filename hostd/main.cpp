@@ -168,8 +168,9 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "hostd: signal %d: shutting down\n", signal);
     asio::co_spawn(io, daemon.shutdown(), [&](std::exception_ptr) {
       // Whatever is still running (a handler waiting on a boot) must not
-      // keep the process alive once the VMs are gone.
-      deadline.expires_after(std::chrono::seconds(5));
+      // keep the process alive once the VMs are gone; a second lets the
+      // last answers (503 shutting_down) go out.
+      deadline.expires_after(std::chrono::seconds(1));
       deadline.async_wait([&](const boost::system::error_code&) { io.stop(); });
     });
   });
