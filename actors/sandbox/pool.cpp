@@ -1,9 +1,9 @@
 #include "actors/sandbox/pool.hpp"
+#include "actors/sandbox/ids.hpp"
 
 #include <algorithm>
 #include <cstdio>
 #include <deque>
-#include <random>
 #include <set>
 
 #include <caf/actor_system.hpp>
@@ -47,13 +47,7 @@ void log_line(self_pointer self, const std::string& line) {
 }
 
 std::string new_pool_vm_id() {
-  thread_local std::mt19937_64 generator{std::random_device{}()};
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string id = "pool-";
-  auto bits = generator();
-  for (int i = 0; i < 10; ++i, bits >>= 4)
-    id += kHex[bits & 0xf];
-  return id;
+  return random_id("pool-", 10);
 }
 
 // After a failure: try again later, waiting twice as long each time, so a

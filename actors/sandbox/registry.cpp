@@ -1,4 +1,5 @@
 #include "actors/sandbox/registry.hpp"
+#include "actors/sandbox/ids.hpp"
 
 #include <algorithm>
 #include <chrono>
@@ -6,7 +7,6 @@
 #include <functional>
 #include <map>
 #include <optional>
-#include <random>
 #include <set>
 
 #include <caf/actor_system.hpp>
@@ -1075,13 +1075,7 @@ registry_actor spawn_registry(caf::actor_system& system, VmHost& vms, RegistrySe
 }
 
 std::string new_sandbox_id() {
-  thread_local std::mt19937_64 generator{std::random_device{}()};
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string id = "sb-";
-  auto bits = generator();
-  for (int i = 0; i < 12; ++i, bits >>= 4)
-    id += kHex[bits & 0xf];
-  return id;
+  return random_id("sb-", 12);
 }
 
 } // namespace vesicle

@@ -1,4 +1,5 @@
 #include "actors/sandbox/space_store.hpp"
+#include "actors/sandbox/ids.hpp"
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -8,7 +9,6 @@
 #include <cstdio>
 #include <fstream>
 #include <iterator>
-#include <random>
 #include <sstream>
 
 #include "actors/vmm/snapshot.hpp"
@@ -147,13 +147,7 @@ Result<SpaceInfo> parse_space(std::string_view text) {
 }
 
 std::string new_space_id() {
-  thread_local std::mt19937_64 generator{std::random_device{}()};
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string id = "sp-";
-  auto bits = generator();
-  for (int i = 0; i < 12; ++i, bits >>= 4)
-    id += kHex[bits & 0xf];
-  return id;
+  return random_id("sp-", 12);
 }
 
 bool is_space_id(std::string_view id) {

@@ -1,5 +1,6 @@
 #include "actors/sandbox/vm_host.hpp"
 #include "actors/sandbox/disk_limit.hpp"
+#include "actors/sandbox/ids.hpp"
 
 #include <fcntl.h>
 #include <sys/file.h>
@@ -10,7 +11,6 @@
 #include <fstream>
 #include <iterator>
 #include <optional>
-#include <random>
 #include <sstream>
 
 #include <boost/asio/co_spawn.hpp>
@@ -66,16 +66,6 @@ std::string fingerprint_images(const fs::path& images_dir) {
                 std::to_string(fs::last_write_time(path, ec).time_since_epoch().count()) + ";";
   }
   return fingerprint(identity);
-}
-
-std::string random_suffix() {
-  thread_local std::mt19937_64 generator{std::random_device{}()};
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string text;
-  auto bits = generator();
-  for (int i = 0; i < 10; ++i, bits >>= 4)
-    text += kHex[bits & 0xf];
-  return text;
 }
 
 } // namespace
@@ -797,7 +787,7 @@ VmHost::build_template(const TemplateSpec& spec) {
   auto leased = co_await lease_network(false, {});
   if (!leased) co_return std::move(leased).error().with_context(context);
   const auto network = std::move(leased.value());
-  auto config = vm_config("tpl-" + random_suffix(), spec.vcpus, spec.memory_mib, network.get());
+  auto config = vm_config(random_id("tpl-", 10), spec.vcpus, spec.memory_mib, network.get());
   auto booted = co_await driver_.boot(std::move(config));
   if (!booted) co_return std::move(booted).error().with_context(context);
   std::shared_ptr<vmm::Vm> vm = std::move(booted.value());

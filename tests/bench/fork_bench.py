@@ -24,7 +24,6 @@ import concurrent.futures
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -35,37 +34,10 @@ sys.path.insert(0, str(REPO / "tests" / "sdk"))
 
 from hostd_process import hostd_session  # noqa: E402
 from vesicle import Client, Sandbox  # noqa: E402
+from bench_series import summary  # noqa: E402
 
 BOOT_MEMORY_MIB = 768  # a size no pool serves: cold boots
 POOL_MEMORY_MIB = 1024
-
-
-def percentile(values, p):
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    rank = (len(ordered) - 1) * p / 100
-    low = int(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
-
-
-def summary(name, unit, values):
-    line = {
-        "name": name,
-        "unit": unit,
-        "n": len(values),
-        "p50": percentile(values, 50),
-        "p95": percentile(values, 95),
-        "p99": percentile(values, 99),
-        "mean": statistics.fmean(values) if values else float("nan"),
-    }
-    print(
-        f"{name:<34} n={line['n']:<4} p50={line['p50']:9.1f} p95={line['p95']:9.1f} "
-        f"p99={line['p99']:9.1f} {unit}",
-        flush=True,
-    )
-    return line
 
 
 def pss_mib(pid):

@@ -28,7 +28,6 @@ import contextlib
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -39,36 +38,9 @@ sys.path.insert(0, str(REPO / "sdk" / "python"))
 sys.path.insert(0, str(REPO / "tests" / "sdk"))
 
 from vesicle import Client, Sandbox  # noqa: E402
+from bench_series import summary  # noqa: E402
 
 MIB = 1024 * 1024
-
-
-def percentile(values, p):
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    rank = (len(ordered) - 1) * p / 100
-    low = int(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
-
-
-def summary(name, unit, values):
-    line = {
-        "name": name,
-        "unit": unit,
-        "n": len(values),
-        "p50": percentile(values, 50),
-        "p95": percentile(values, 95),
-        "p99": percentile(values, 99),
-        "mean": statistics.fmean(values) if values else float("nan"),
-    }
-    print(
-        f"{name:<44} n={line['n']:<4} p50={line['p50']:9.1f} p95={line['p95']:9.1f} "
-        f"p99={line['p99']:9.1f} {unit}",
-        flush=True,
-    )
-    return line
 
 
 @contextlib.contextmanager
