@@ -3,7 +3,11 @@ write as JSON), like series.hpp for the C++ ones."""
 
 from __future__ import annotations
 
+import json
+import os
+import platform
 import statistics
+from pathlib import Path
 
 
 def percentile(values, p):
@@ -34,3 +38,13 @@ def summary(name, unit, values, name_width=44):
         flush=True,
     )
     return line
+
+
+def write_report(path, bench, accel, series, **settings):
+    """Writes a run's series as JSON with what it ran on (nothing when path is empty)."""
+    if not path:
+        return
+    report = {"bench": bench, **settings, "accel": accel,
+              "machine": platform.processor() or platform.machine(),
+              "cpus": os.cpu_count(), "series": series}
+    Path(path).write_text(json.dumps(report, indent=2))

@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -34,7 +32,7 @@ sys.path.insert(0, str(REPO / "tests" / "sdk"))
 
 from hostd_process import hostd_session  # noqa: E402
 from vesicle import Client, Sandbox  # noqa: E402
-from bench_series import summary  # noqa: E402
+from bench_series import summary, write_report  # noqa: E402
 
 BOOT_MEMORY_MIB = 768  # a size no pool serves: cold boots
 POOL_MEMORY_MIB = 1024
@@ -102,6 +100,7 @@ def main():
     results = []
     with hostd_session(REPO, max_sandboxes=max(options.ns) + 3, extra_config=pools) as hostd:
         args = {"url": hostd.url, "api_key": hostd.key}
+        accel = Client(**args).health().get("accel")
         runtime_dir = Path(hostd.runtime_dir)
         for n in options.ns:
             sdk_ms, server_ms, first_exec_ms, child_pss = [], [], [], []
@@ -153,18 +152,8 @@ def main():
         for line in phases[-3:]:
             print(line)
 
-    report = {
-        "bench": "fork_bench",
-        "source": options.source,
-        "parent_mib": options.parent_mib,
-        "accel": "kvm" if os.path.exists("/dev/kvm") else "tcg",
-        "machine": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
-        "series": results,
-    }
-    if options.json:
-        Path(options.json).write_text(json.dumps(report, indent=2))
-
+    write_report(options.json, "fork_bench", accel, results, source=options.source,
+                 parent_mib=options.parent_mib)
 
 if __name__ == "__main__":
     main()

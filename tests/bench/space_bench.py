@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -38,7 +36,7 @@ sys.path.insert(0, str(REPO / "sdk" / "python"))
 sys.path.insert(0, str(REPO / "tests" / "sdk"))
 
 from vesicle import Client, Sandbox  # noqa: E402
-from bench_series import summary  # noqa: E402
+from bench_series import summary, write_report  # noqa: E402
 
 MIB = 1024 * 1024
 
@@ -148,19 +146,8 @@ def main():
             for line in steps[-4:]:
                 print(line)
 
-    report = {
-        "bench": "space_bench",
-        "reps": options.reps,
-        "memory_mib": options.memory_mib,
-        "data_mib": options.data_mib,
-        "accel": accel,
-        "machine": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
-        "series": results,
-    }
-    if options.json:
-        Path(options.json).write_text(json.dumps(report, indent=2))
-
+    write_report(options.json, "space_bench", accel, results, reps=options.reps,
+                 memory_mib=options.memory_mib, data_mib=options.data_mib)
 
 if __name__ == "__main__":
     main()
