@@ -265,17 +265,18 @@ asio::awaitable<void> VmHost::run_sandbox_vm(std::string id, SandboxSpec spec, L
                    std::string("the VMM driver threw: ") + e.what());
     co_return;
   }
-  if (source != "boot") {
+  {
     // Every clone of a template or fork snapshot starts with the same RNG
     // state, clock, hostname and machine-id: replace them before the
-    // sandbox is handed out.
-    // A resumed Space keeps its machine-id: it is the same machine.
+    // sandbox is handed out. A resumed Space keeps its machine-id (it is
+    // the same machine). A cold-booted VM has its own already, but gets
+    // its hostname and a machine-id hostd knows, which its forks' parent
+    // and its Spaces keep.
     auto refreshed = co_await refresh_identity(*vm, id, machine_id);
     if (!refreshed) {
       vm->destroy();
       caf::anon_send(sandbox, vm_boot_failed_atom::value,
-                     "giving the restored VM a fresh identity failed: " +
-                         refreshed.error().message());
+                     "giving the VM its identity failed: " + refreshed.error().message());
       co_return;
     }
     machine_id = std::move(refreshed.value());

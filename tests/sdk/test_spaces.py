@@ -97,6 +97,7 @@ def test_idle_persistent_sandbox_is_frozen_and_resumes_after_hostd_is_killed(spa
         )
         note = b"written before the freeze\n"
         sb.upload(note, "/root/note.txt")
+        machine_id = sb.download("/etc/machine-id")
 
         frozen = wait_for_state(hostd, sb.id, "frozen")
         space_id = frozen["space_id"]
@@ -117,6 +118,8 @@ def test_idle_persistent_sandbox_is_frozen_and_resumes_after_hostd_is_killed(spa
         hostd.restart(signal.SIGKILL)
         assert space_id in {s.space_id for s in Client(**connect_args(hostd)).spaces()}
 
+        # Long enough frozen that a clock left as it was would show.
+        time.sleep(3)
         started = time.monotonic()
         resumed = Sandbox.resume(space_id, **connect_args(hostd))
         print(f"resume took {time.monotonic() - started:.1f} s at the SDK")
@@ -129,6 +132,13 @@ def test_idle_persistent_sandbox_is_frozen_and_resumes_after_hostd_is_killed(spa
         check = resumed.run_code(f"kill -0 {pid}", language="bash")
         assert check.exit_code == 0, check.stderr
         assert resumed.download("/root/note.txt") == note
+        # The same machine with a fresh clock: its machine-id is kept, its
+        # wall clock is the host's again (not where the freeze stopped it),
+        # and its hostname is its new id.
+        assert resumed.download("/etc/machine-id") == machine_id
+        guest_now = float(value(resumed, "import time; time.time()"))
+        assert abs(guest_now - time.time()) < 2, "the resumed guest's clock was not refreshed"
+        assert value(resumed, "import socket; socket.gethostname()") == repr(resumed.id)
 
         # A Space resumes once.
         with pytest.raises(NotFoundError):
