@@ -220,8 +220,37 @@ asio::awaitable<void> VmHost::run_sandbox_vm(std::string id, SandboxSpec spec, L
       }
       OpenedSpace opened = std::move(found->second);
       opened_spaces_.erase(found);
+      // restore_full takes the disk it is given (a rename on the same
+      // filesystem). Given a copy beside the VM dirs instead, the Space
+      // stays whole until the sandbox is ready: a hostd killed meanwhile
+      // leaves it resumable (and the copy to the startup sweep). With the
+      // Space on disk and VMs on tmpfs this is the copy restore_full would
+      // have made anyway. Off the executor: a disk can be large.
+      vmm::Snapshot from = opened.snapshot;
+      from.disk = settings_.runtime_dir / (id + ".space-disk.qcow2");
+      auto copy = [source = opened.snapshot.disk,
+                   target = from.disk]() -> asio::awaitable<std::error_code> {
+        std::error_code ec;
+        fs::copy_file(source, target, fs::copy_options::overwrite_existing, ec);
+        co_return ec;
+      };
+      auto copied = co_await asio::co_spawn(checker_.get_executor(), copy, asio::use_awaitable);
+      if (copied) {
+        std::error_code ignored;
+        fs::remove(from.disk, ignored);
+        caf::anon_send(sandbox, vm_boot_failed_atom::value,
+                       "resuming Space " + plan.space_id + " failed (the Space is kept): copying " +
+                           opened.snapshot.disk.string() + " to " + from.disk.string() + ": " +
+                           copied.message());
+        co_return;
+      }
       auto config = vm_config(id, opened.snapshot.vcpus, opened.snapshot.memory_mib, network.get());
-      auto restored = co_await driver_.restore_full(opened.snapshot, std::move(config));
+      auto restored = co_await driver_.restore_full(from, std::move(config));
+      {
+        // Renamed into the VM's dir on success, put back here on failure.
+        std::error_code ignored;
+        fs::remove(from.disk, ignored);
+      }
       if (!restored) {
         caf::anon_send(sandbox, vm_boot_failed_atom::value,
                        "resuming Space " + plan.space_id +

@@ -21,6 +21,7 @@
 #include <set>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -219,6 +220,7 @@ public:
       co_return make_error("restore VM", "the fake driver was told to fail", config.id);
     if (!snapshot.full_ram)
       co_return make_error("restore VM", "not a full-RAM snapshot: use restore", config.id);
+    full_restore_disks.push_back(snapshot.disk);
     config.vcpus = snapshot.vcpus;
     config.memory_mib = snapshot.memory_mib;
     auto vm = std::make_unique<FakeVm>(std::move(config), executor_, next_pid_++, live, *this);
@@ -255,6 +257,8 @@ public:
   int boots_started = 0;
   int restores_started = 0;
   int saves = 0;
+  // The disk each restore_full was given.
+  std::vector<std::filesystem::path> full_restore_disks;
   std::set<std::string> live;         // ids of FakeVm objects that exist
   std::map<std::string, FakeVm*> vms; // check `live` before use
 
@@ -298,9 +302,10 @@ inline asio::awaitable<Result<vmm::Snapshot>> FakeVm::save_full(std::filesystem:
     manifest.vcpus = snapshot.vcpus;
     manifest.memory_mib = snapshot.memory_mib;
     manifest.network = snapshot.network;
-    manifest.kernel = "/fake/vmlinuz";
-    manifest.initrd = "/fake/initrd.img";
-    manifest.base_disk = "/fake/rootfs.ext4";
+    // Boot files must be readable for open_snapshot; a fake VM has none.
+    manifest.kernel = "/dev/null";
+    manifest.initrd = "/dev/null";
+    manifest.base_disk = "/dev/null";
     manifest.cmdline = "console=ttyS0";
     manifest.full_ram = true;
     manifest.state = snap::digest_file(snapshot.device_state()).value();

@@ -57,6 +57,8 @@ VmSettings test_vm_settings() {
   settings.templates_dir = test_templates_dir() / "templates";
   settings.shm_dir = test_templates_dir() / "shm";
   settings.spaces_dir = test_templates_dir() / "spaces";
+  settings.runtime_dir = test_templates_dir() / "run";
+  std::filesystem::create_directories(settings.runtime_dir);
   return settings;
 }
 
@@ -733,6 +735,78 @@ TEST_F(SpacesTest, TheReaperFreezesAPersistentSandboxAndItsRecordSaysWhere) {
       ask_registry<done_atom>(delete_space_atom::value, std::string("alice"), info.space_id));
   EXPECT_TRUE(spaces().empty());
   EXPECT_FALSE(std::filesystem::exists(spaces_dir() / info.space_id));
+}
+
+TEST_F(SpacesTest, AResumeStartsFromACopyOfTheDiskAndSpendsTheSpaceOnlyOnceReady) {
+  auto created = create_with(300, 600, true);
+  ASSERT_TRUE(created);
+  auto frozen = freeze(created->id);
+  ASSERT_TRUE(frozen) << to_string(frozen.error());
+  const auto space_disk = spaces_dir() / frozen->space_id / "vm" / "disk.qcow2";
+
+  std::optional<caf::expected<SandboxInfo>> resumed;
+  auto resume = [&](const std::string& owner, bool persistent) {
+    resumed.reset();
+    boost::asio::co_spawn(
+        io,
+        [&, owner, persistent]() -> boost::asio::awaitable<void> {
+          resumed = co_await hostd::ask<SandboxInfo>(system, registry, std::chrono::seconds(5),
+                                                     resume_atom::value, owner, frozen->space_id,
+                                                     persistent, std::uint32_t{10});
+        },
+        boost::asio::detached);
+    EXPECT_TRUE(settle_until([&] { return resumed.has_value(); }));
+  };
+  resume("bob", false);
+  ASSERT_FALSE(*resumed);
+  EXPECT_EQ(code_of(resumed->error()), errc::not_found) << "another key's Space";
+
+  resume("alice", true);
+  ASSERT_TRUE(*resumed) << to_string(resumed->error());
+  const auto& info = **resumed;
+  EXPECT_NE(info.id, created->id);
+  EXPECT_EQ(info.state, SandboxState::ready);
+  EXPECT_EQ(info.source, "space");
+  EXPECT_EQ(info.resumed_from, frozen->space_id);
+  EXPECT_TRUE(info.spec.persistent);
+  // The VM was given a copy, never the Space's own disk; the copy and the
+  // Space are gone once the sandbox is ready.
+  ASSERT_EQ(driver.full_restore_disks.size(), 1u);
+  EXPECT_NE(driver.full_restore_disks[0], space_disk);
+  EXPECT_FALSE(std::filesystem::exists(driver.full_restore_disks[0]));
+  EXPECT_FALSE(std::filesystem::exists(spaces_dir() / frozen->space_id));
+  EXPECT_EQ(vms.size(), 1u);
+
+  resume("alice", false);
+  ASSERT_FALSE(*resumed);
+  EXPECT_EQ(code_of(resumed->error()), errc::not_found) << "a Space resumes once";
+}
+
+TEST_F(SpacesTest, ACorruptedSpaceIsRefusedAndKept) {
+  auto created = create_with(300, 600, true);
+  ASSERT_TRUE(created);
+  auto frozen = freeze(created->id);
+  ASSERT_TRUE(frozen) << to_string(frozen.error());
+  const auto state = spaces_dir() / frozen->space_id / "vm" / "state";
+  std::filesystem::resize_file(state, std::filesystem::file_size(state) / 2);
+
+  std::optional<caf::expected<SandboxInfo>> resumed;
+  boost::asio::co_spawn(
+      io,
+      [&]() -> boost::asio::awaitable<void> {
+        resumed = co_await hostd::ask<SandboxInfo>(system, registry, std::chrono::seconds(5),
+                                                   resume_atom::value, std::string("alice"),
+                                                   frozen->space_id, false, std::uint32_t{10});
+      },
+      boost::asio::detached);
+  ASSERT_TRUE(settle_until([&] { return resumed.has_value(); }));
+  ASSERT_FALSE(*resumed);
+  EXPECT_EQ(code_of(resumed->error()), errc::space_corrupted);
+  EXPECT_NE(error_message(resumed->error()).find("state"), std::string::npos)
+      << error_message(resumed->error());
+  EXPECT_TRUE(driver.full_restore_disks.empty()) << "nothing was started";
+  EXPECT_EQ(spaces().size(), 1u) << "the Space is kept";
+  EXPECT_EQ(capacity().available(), 8u) << "the placeholder is gone";
 }
 
 TEST_F(SpacesTest, AFreezeRefusedWhileAnOperationRunsLeavesTheSandboxAsItWas) {
