@@ -125,8 +125,9 @@ protected:
           answer = co_await hostd::ask<R>(system, actor, std::chrono::seconds(5), args...);
         },
         boost::asio::detached);
-    settle();
-    if (!answer) {
+    // Most answers come within one settle; some wait for work on another
+    // thread (a freeze or resume hashes files on VmHost's checker thread).
+    if (!settle_until([&] { return answer.has_value(); })) {
       ADD_FAILURE() << "no answer: the request hangs";
       return caf::make_error(caf::sec::request_timeout);
     }
@@ -662,22 +663,13 @@ protected:
     settle();
   }
   static std::filesystem::path spaces_dir() { return test_templates_dir() / "spaces"; }
-  // A freeze hashes the saved files on VmHost's checker thread: settle
-  // until it answered.
   caf::expected<SpaceInfo> freeze(const std::string& id) {
-    std::optional<caf::expected<SpaceInfo>> answer;
-    boost::asio::co_spawn(
-        io,
-        [&]() -> boost::asio::awaitable<void> {
-          answer = co_await hostd::ask<SpaceInfo>(system, registry, std::chrono::seconds(5),
-                                                  freeze_atom::value, std::string("alice"), id);
-        },
-        boost::asio::detached);
-    if (!settle_until([&] { return answer.has_value(); })) {
-      ADD_FAILURE() << "no answer: the freeze hangs";
-      return caf::make_error(caf::sec::request_timeout);
-    }
-    return std::move(*answer);
+    return ask_registry<SpaceInfo>(freeze_atom::value, std::string("alice"), id);
+  }
+  caf::expected<SandboxInfo> resume(const std::string& owner, const std::string& space_id,
+                                    bool persistent) {
+    return ask_registry<SandboxInfo>(resume_atom::value, owner, space_id, persistent,
+                                     std::uint32_t{10});
   }
   // The reaper's freeze answers nobody: settle until the record says frozen.
   bool settle_until_frozen(const std::string& id) {
@@ -744,26 +736,13 @@ TEST_F(SpacesTest, AResumeStartsFromACopyOfTheDiskAndSpendsTheSpaceOnlyOnceReady
   ASSERT_TRUE(frozen) << to_string(frozen.error());
   const auto space_disk = spaces_dir() / frozen->space_id / "vm" / "disk.qcow2";
 
-  std::optional<caf::expected<SandboxInfo>> resumed;
-  auto resume = [&](const std::string& owner, bool persistent) {
-    resumed.reset();
-    boost::asio::co_spawn(
-        io,
-        [&, owner, persistent]() -> boost::asio::awaitable<void> {
-          resumed = co_await hostd::ask<SandboxInfo>(system, registry, std::chrono::seconds(5),
-                                                     resume_atom::value, owner, frozen->space_id,
-                                                     persistent, std::uint32_t{10});
-        },
-        boost::asio::detached);
-    EXPECT_TRUE(settle_until([&] { return resumed.has_value(); }));
-  };
-  resume("bob", false);
-  ASSERT_FALSE(*resumed);
-  EXPECT_EQ(code_of(resumed->error()), errc::not_found) << "another key's Space";
+  auto foreign = resume("bob", frozen->space_id, false);
+  ASSERT_FALSE(foreign);
+  EXPECT_EQ(code_of(foreign.error()), errc::not_found) << "another key's Space";
 
-  resume("alice", true);
-  ASSERT_TRUE(*resumed) << to_string(resumed->error());
-  const auto& info = **resumed;
+  auto resumed = resume("alice", frozen->space_id, true);
+  ASSERT_TRUE(resumed) << to_string(resumed.error());
+  const auto& info = *resumed;
   EXPECT_NE(info.id, created->id);
   EXPECT_EQ(info.state, SandboxState::ready);
   EXPECT_EQ(info.source, "space");
@@ -777,9 +756,9 @@ TEST_F(SpacesTest, AResumeStartsFromACopyOfTheDiskAndSpendsTheSpaceOnlyOnceReady
   EXPECT_FALSE(std::filesystem::exists(spaces_dir() / frozen->space_id));
   EXPECT_EQ(vms.size(), 1u);
 
-  resume("alice", false);
-  ASSERT_FALSE(*resumed);
-  EXPECT_EQ(code_of(resumed->error()), errc::not_found) << "a Space resumes once";
+  auto again = resume("alice", frozen->space_id, false);
+  ASSERT_FALSE(again);
+  EXPECT_EQ(code_of(again.error()), errc::not_found) << "a Space resumes once";
 }
 
 TEST_F(SpacesTest, ACorruptedSpaceIsRefusedAndKept) {
@@ -790,20 +769,11 @@ TEST_F(SpacesTest, ACorruptedSpaceIsRefusedAndKept) {
   const auto state = spaces_dir() / frozen->space_id / "vm" / "state";
   std::filesystem::resize_file(state, std::filesystem::file_size(state) / 2);
 
-  std::optional<caf::expected<SandboxInfo>> resumed;
-  boost::asio::co_spawn(
-      io,
-      [&]() -> boost::asio::awaitable<void> {
-        resumed = co_await hostd::ask<SandboxInfo>(system, registry, std::chrono::seconds(5),
-                                                   resume_atom::value, std::string("alice"),
-                                                   frozen->space_id, false, std::uint32_t{10});
-      },
-      boost::asio::detached);
-  ASSERT_TRUE(settle_until([&] { return resumed.has_value(); }));
-  ASSERT_FALSE(*resumed);
-  EXPECT_EQ(code_of(resumed->error()), errc::space_corrupted);
-  EXPECT_NE(error_message(resumed->error()).find("state"), std::string::npos)
-      << error_message(resumed->error());
+  auto resumed = resume("alice", frozen->space_id, false);
+  ASSERT_FALSE(resumed);
+  EXPECT_EQ(code_of(resumed.error()), errc::space_corrupted);
+  EXPECT_NE(error_message(resumed.error()).find("state"), std::string::npos)
+      << error_message(resumed.error());
   EXPECT_TRUE(driver.full_restore_disks.empty()) << "nothing was started";
   EXPECT_EQ(spaces().size(), 1u) << "the Space is kept";
   EXPECT_EQ(capacity().available(), 8u) << "the placeholder is gone";
@@ -845,16 +815,7 @@ TEST_F(SpacesTest, ShutdownFreezesPersistentSandboxesAndDestroysTheRest) {
   auto persistent = create_with(300, 600, true);
   auto ephemeral = create_with(300, 600, false);
   ASSERT_TRUE(persistent && ephemeral);
-  std::optional<caf::expected<done_atom>> stopped;
-  boost::asio::co_spawn(
-      io,
-      [&]() -> boost::asio::awaitable<void> {
-        stopped = co_await hostd::ask<done_atom>(system, registry, std::chrono::seconds(5),
-                                                 shutdown_atom::value);
-      },
-      boost::asio::detached);
-  ASSERT_TRUE(settle_until([&] { return stopped.has_value(); }));
-  ASSERT_TRUE(*stopped);
+  ASSERT_TRUE(ask_registry<done_atom>(shutdown_atom::value));
   settle();
   EXPECT_EQ(vms.size(), 0u);
   EXPECT_TRUE(driver.live.empty());
