@@ -642,8 +642,10 @@ asio::awaitable<Result<void>> VmHost::finish_space(const vmm::Snapshot& saved, S
   // on its own.
   auto backing = snapshot::qcow2_backing_file(saved.disk);
   if (!backing) co_return std::move(backing).error();
-  // (A disk without a backing file stands on its own already.)
-  if (!backing->empty() && fs::absolute(*backing) != base) {
+  // (A disk without a backing file, or one on the base image already,
+  // stands on its own.)
+  const bool rebase_needed = !backing->empty() && fs::absolute(*backing) != base;
+  if (rebase_needed) {
     vmm::detail::SpawnOptions rebase;
     rebase.argv = {"qemu-img", "rebase",      "-q", "-f",  "qcow2",
                    "-b",       base.string(), "-F", "raw", saved.disk.string()};
@@ -654,16 +656,19 @@ asio::awaitable<Result<void>> VmHost::finish_space(const vmm::Snapshot& saved, S
     std::error_code ignored;
     fs::remove(saved.dir / "rebase.log", ignored);
   }
-  // The disk changed (not its content as the guest sees it): its manifest
-  // entry is written again. Reading and hashing it runs off the executor.
+  // The sizes come from the manifest save_full wrote. A rebased disk
+  // changed (not its content as the guest sees it): its manifest entry is
+  // hashed and written again, off the executor; an untouched one keeps the
+  // entry save_full hashed.
   const fs::path manifest_path = saved.manifest();
   const fs::path disk = saved.disk;
-  auto rewrite = [manifest_path,
-                  disk]() -> asio::awaitable<std::optional<Result<snapshot::Manifest>>> {
+  auto rewrite = [manifest_path, disk,
+                  rebase_needed]() -> asio::awaitable<std::optional<Result<snapshot::Manifest>>> {
     std::ifstream in(manifest_path);
     std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
     auto manifest = snapshot::parse_manifest(text);
     if (!manifest) co_return std::move(manifest).error().with_context(manifest_path.string());
+    if (!rebase_needed) co_return std::move(manifest);
     auto digest = snapshot::digest_file(disk);
     if (!digest) co_return std::move(digest).error();
     manifest->disk = std::move(digest.value());
