@@ -274,3 +274,12 @@ def hostd_session(repo: Path, max_sandboxes: int = 4, extra_config: str = "disab
         shutil.rmtree(shm_dir, ignore_errors=True)
         if problems:
             raise AssertionError("; ".join(problems) + "\nhostd log:\n" + log_text[-4000:])
+
+
+def close_all(*sandboxes):
+    """Closes every sandbox given, going on past failures (cleanup in a test's finally)."""
+    for sb in sandboxes:
+        try:
+            sb.close()
+        except Exception:  # noqa: BLE001 - best effort in cleanup
+            pass

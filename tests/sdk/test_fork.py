@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from hostd_process import hostd_session
+from hostd_process import close_all, hostd_session
 from vesicle import Client, Sandbox
 from vesicle.errors import (
     CapacityError,
@@ -58,14 +58,6 @@ def fork_files(hostd):
         [p.name for p in Path(hostd.runtime_dir).glob("fork-*")]
         + [p.name for p in Path(hostd.shm_dir).glob("vesicle-fork-*")]
     )
-
-
-def close_all(*sandboxes):
-    for sb in sandboxes:
-        try:
-            sb.close()
-        except Exception:  # noqa: BLE001 - best effort in cleanup
-            pass
 
 
 def family_memory_bytes(hostd, ids):
