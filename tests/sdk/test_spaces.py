@@ -9,15 +9,17 @@ sandbox is asserted from inside its guest.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
 from conftest import REPO
-from hostd_process import hostd_session, qemu_processes_under
+from hostd_process import close_all, hostd_session, qemu_processes_under
 from vesicle import Client, Sandbox
 from vesicle.errors import NotFoundError, SandboxDiedError, SpaceCorruptedError
 
@@ -72,14 +74,6 @@ def per_vm_memory_files(hostd):
 
 def space_dir(hostd, space_id):
     return Path(hostd.state_dir) / "spaces" / space_id
-
-
-def close_all(*sandboxes):
-    for sb in sandboxes:
-        try:
-            sb.close()
-        except Exception:  # noqa: BLE001 - best effort in cleanup
-            pass
 
 
 def test_idle_persistent_sandbox_is_frozen_and_resumes_after_hostd_is_killed(space_hostd):
@@ -291,3 +285,43 @@ def test_another_keys_space_is_not_found(space_hostd):
             except Exception:  # noqa: BLE001 - best effort in cleanup
                 pass
         close_all(sb)
+
+
+@pytest.fixture(scope="module")
+def pool_hostd():
+    pools = 'pools {\n  template: "default"\n  memory_mib: 512\n  min_ready: 1\n  max: 1\n}\n'
+    with hostd_session(REPO, max_sandboxes=2, extra_config=pools) as running:
+        yield running
+
+
+def test_a_space_of_a_pool_sandbox_stands_on_the_base_image(pool_hostd):
+    """A pool VM's disk is an overlay on the template's disk; its Space must not need that."""
+    hostd = pool_hostd
+    client = Client(**connect_args(hostd))
+    deadline = time.monotonic() + VERDICT_TIMEOUT_S
+    while not any(p.get("ready") for p in client.capacity().get("pools", [])):
+        assert time.monotonic() < deadline, "the pool never filled:\n" + hostd.log()[-3000:]
+        time.sleep(0.5)
+    sb = Sandbox(memory_mib=MEMORY_MIB, **connect_args(hostd))
+    resumed = None
+    try:
+        assert sb.info["source"] == "pool"
+        value(sb, "x = 'from the pool'")
+        sb.upload(b"pool file\n", "/root/pool.txt")
+        space_id = sb.freeze()
+        disk = space_dir(hostd, space_id) / "vm" / "disk.qcow2"
+        info = json.loads(
+            subprocess.run(
+                ["qemu-img", "info", "--output=json", str(disk)],
+                check=True, capture_output=True, text=True,
+            ).stdout
+        )
+        images = Path(os.environ.get("VESICLE_IMAGES_DIR") or REPO / "build" / "images").absolute()
+        assert info.get("full-backing-filename") == str(images / "rootfs.ext4"), info
+        assert info.get("backing-filename-format") == "raw", info
+
+        resumed = Sandbox.resume(space_id, **connect_args(hostd))
+        assert value(resumed, "x") == "'from the pool'"
+        assert resumed.download("/root/pool.txt") == b"pool file\n"
+    finally:
+        close_all(*(s for s in (resumed, sb) if s is not None))
