@@ -15,17 +15,13 @@
 #include "hostd/keys.hpp"
 #include "messages/api.pb.h"
 #include "tests/hostd/hostd_process.hpp"
+#include "tests/hostd/hostd_test_support.hpp"
 #include "tests/hostd/http_client.hpp"
 
 using namespace vesicle;
 using namespace vesicle::testing;
 
 namespace {
-
-std::filesystem::path images_dir() {
-  if (const char* dir = std::getenv("VESICLE_IMAGES_DIR")) return dir;
-  return VESICLE_DEFAULT_IMAGES_DIR;
-}
 
 HostdOptions options(unsigned max_sandboxes = 3) {
   HostdOptions result;
@@ -35,13 +31,6 @@ HostdOptions options(unsigned max_sandboxes = 3) {
   result.memory_mib = 512;
   result.request_timeout_s = 3;
   return result;
-}
-
-template <class M> M parse(const std::string& json) {
-  M message;
-  auto status = google::protobuf::util::JsonStringToMessage(json, &message);
-  EXPECT_TRUE(status.ok()) << json;
-  return message;
 }
 
 api::ErrorDetail error_of(const HttpResponse& response) {
@@ -55,11 +44,8 @@ std::string hex_sha256(const std::string& data) {
 class HostdIntegration : public ::testing::Test {
 protected:
   static void SetUpTestSuite() {
-    if (!std::filesystem::exists(images_dir() / "rootfs.ext4")) {
-      skip_reason = "no guest images in " + images_dir().string() +
-                    " (build them with images/build.sh or set VESICLE_IMAGES_DIR)";
-      return;
-    }
+    skip_reason = missing_images_reason();
+    if (!skip_reason.empty()) return;
     hostd = new HostdProcess(options());
     HttpClient http("127.0.0.1", hostd->port(), hostd->key());
     auto created = http.request("POST", "/v1/sandboxes", "{}");
@@ -281,7 +267,7 @@ TEST_F(HostdIntegration, ConcurrentCreatesAndDeletesLeaveNothingBehind) {
 }
 
 TEST(HostdShutdown, SigtermDestroysEveryVmAndItsFiles) {
-  if (!std::filesystem::exists(images_dir() / "rootfs.ext4")) GTEST_SKIP() << "no guest images";
+  if (auto why = missing_images_reason(); !why.empty()) GTEST_SKIP() << why;
   HostdProcess hostd(options(2));
   HttpClient http("127.0.0.1", hostd.port(), hostd.key());
   auto created = http.request("POST", "/v1/sandboxes", "{}");

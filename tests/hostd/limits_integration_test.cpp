@@ -18,24 +18,13 @@
 
 #include "messages/api.pb.h"
 #include "tests/hostd/hostd_process.hpp"
+#include "tests/hostd/hostd_test_support.hpp"
 #include "tests/hostd/http_client.hpp"
 
 using namespace vesicle;
 using namespace vesicle::testing;
 
 namespace {
-
-std::filesystem::path images_dir() {
-  if (const char* dir = std::getenv("VESICLE_IMAGES_DIR")) return dir;
-  return VESICLE_DEFAULT_IMAGES_DIR;
-}
-
-template <class M> M parse(const std::string& json) {
-  M message;
-  auto status = google::protobuf::util::JsonStringToMessage(json, &message);
-  EXPECT_TRUE(status.ok()) << json;
-  return message;
-}
 
 // Bytes allocated on the host under `dir` (st_blocks, not apparent size).
 std::uint64_t allocated_bytes(const std::filesystem::path& dir) {
@@ -53,11 +42,8 @@ std::uint64_t allocated_bytes(const std::filesystem::path& dir) {
 class Limits : public ::testing::Test {
 protected:
   static void SetUpTestSuite() {
-    if (!std::filesystem::exists(images_dir() / "rootfs.ext4")) {
-      skip_reason = "no guest images in " + images_dir().string() +
-                    " (build them with images/build.sh or set VESICLE_IMAGES_DIR)";
-      return;
-    }
+    skip_reason = missing_images_reason();
+    if (!skip_reason.empty()) return;
     HostdOptions options;
     options.binary = HOSTD_BINARY;
     options.images_dir = images_dir();

@@ -18,6 +18,7 @@
 
 #include "messages/api.pb.h"
 #include "tests/hostd/hostd_process.hpp"
+#include "tests/hostd/hostd_test_support.hpp"
 #include "tests/hostd/http_client.hpp"
 
 using namespace vesicle;
@@ -25,18 +26,6 @@ using namespace vesicle::testing;
 using namespace std::chrono_literals;
 
 namespace {
-
-std::filesystem::path images_dir() {
-  if (const char* dir = std::getenv("VESICLE_IMAGES_DIR")) return dir;
-  return VESICLE_DEFAULT_IMAGES_DIR;
-}
-
-template <class M> M parse(const std::string& json) {
-  M message;
-  auto status = google::protobuf::util::JsonStringToMessage(json, &message);
-  EXPECT_TRUE(status.ok()) << json;
-  return message;
-}
 
 std::string read_file(const std::filesystem::path& path) {
   std::ifstream in(path, std::ios::binary);
@@ -71,11 +60,8 @@ double unix_now() {
 class Pool : public ::testing::Test {
 protected:
   static void SetUpTestSuite() {
-    if (!std::filesystem::exists(images_dir() / "rootfs.ext4")) {
-      skip_reason = "no guest images in " + images_dir().string() +
-                    " (build them with images/build.sh or set VESICLE_IMAGES_DIR)";
-      return;
-    }
+    skip_reason = missing_images_reason();
+    if (!skip_reason.empty()) return;
     char pattern[] = "/tmp/vesicle-pool-it-XXXXXX";
     ASSERT_NE(::mkdtemp(pattern), nullptr);
     home = new std::filesystem::path(pattern);

@@ -23,6 +23,7 @@
 #include "actors/net/bridge.hpp"
 #include "messages/api.pb.h"
 #include "tests/hostd/hostd_process.hpp"
+#include "tests/hostd/hostd_test_support.hpp"
 #include "tests/hostd/http_client.hpp"
 #include "tests/net/testnet.hpp"
 
@@ -33,15 +34,12 @@ using testing::HostdOptions;
 using testing::HostdProcess;
 using testing::HttpClient;
 using testing::HttpResponse;
+using testing::images_dir;
+using testing::missing_images_reason;
 
 constexpr const char* kInternetPrefix = "vw";
 constexpr const char* kBridgePrefix = "vh";
 constexpr uint8_t kBlock = 227; // 10.227.0.0/16, routing table 1227 (net_bench uses 225)
-
-std::filesystem::path images_dir() {
-  if (const char* dir = std::getenv("VESICLE_IMAGES_DIR")) return dir;
-  return VESICLE_DEFAULT_IMAGES_DIR;
-}
 
 bool contains(const std::string& text, const std::string& part) {
   return text.find(part) != std::string::npos;
@@ -160,11 +158,8 @@ protected:
       setup_error = "these tests make network namespaces: run them as root";
       return;
     }
-    if (!std::filesystem::exists(images_dir() / "rootfs.ext4")) {
-      setup_error = "no guest images in " + images_dir().string() +
-                    " (build them with images/build.sh or set VESICLE_IMAGES_DIR)";
-      return;
-    }
+    setup_error = missing_images_reason();
+    if (!setup_error.empty()) return;
     (void)testnet::TestInternet::reclaim(kInternetPrefix);
     auto started = testnet::TestInternet::start(kInternetPrefix);
     if (!started) {
@@ -527,8 +522,7 @@ print(tcp("127.0.0.1", 8080))
 // before it serves, and leaves nothing itself when it stops.
 TEST(HostdNetworkRestart, LeftoversOfAKilledHostdAreReclaimedAtStart) {
   if (geteuid() != 0) GTEST_SKIP() << "needs root (network namespaces)";
-  if (!std::filesystem::exists(images_dir() / "rootfs.ext4"))
-    GTEST_SKIP() << "no guest images in " << images_dir();
+  if (auto why = missing_images_reason(); !why.empty()) GTEST_SKIP() << why;
   BridgeConfig bridge;
   bridge.prefix = "vk";
   bridge.transit = Cidr{Ipv4{uint32_t{10} << 24 | uint32_t{226} << 16}, 16};
