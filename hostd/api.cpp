@@ -109,23 +109,32 @@ std::string rfc3339(std::int64_t unix_ms) {
   return text;
 }
 
+namespace {
+
+// A sandbox's settings, which api::Sandbox and api::Space name alike.
+template <class Message> void set_spec_fields(Message& out, const SandboxSpec& spec) {
+  out.set_template_(spec.template_name);
+  out.set_egress(spec.egress);
+  for (const auto& name : spec.egress_allow)
+    out.add_egress_allow(name);
+  out.set_egress_mode(egress_mode(spec.egress, spec.egress_allow));
+  out.set_persistent(spec.persistent);
+  out.set_vcpus(spec.vcpus);
+  out.set_memory_mib(spec.memory_mib);
+  out.set_disk_mib(spec.disk_mib);
+  out.set_idle_timeout_s(spec.idle_timeout_s);
+  out.set_max_lifetime_s(spec.max_lifetime_s);
+}
+
+} // namespace
+
 api::Sandbox to_api(const SandboxInfo& info, vmm::Accel accel) {
   api::Sandbox out;
   out.set_id(info.id);
   // "destroying" is internal: to a client the sandbox is still there until
   // DELETE returns, but no longer usable; "dead" says that best.
   out.set_state(info.state == SandboxState::destroying ? "dead" : to_string(info.state));
-  out.set_template_(info.spec.template_name);
-  out.set_egress(info.spec.egress);
-  for (const auto& name : info.spec.egress_allow)
-    out.add_egress_allow(name);
-  out.set_egress_mode(egress_mode(info.spec.egress, info.spec.egress_allow));
-  out.set_persistent(info.spec.persistent);
-  out.set_vcpus(info.spec.vcpus);
-  out.set_memory_mib(info.spec.memory_mib);
-  out.set_disk_mib(info.spec.disk_mib);
-  out.set_idle_timeout_s(info.spec.idle_timeout_s);
-  out.set_max_lifetime_s(info.spec.max_lifetime_s);
+  set_spec_fields(out, info.spec);
   out.set_created_at(rfc3339(info.created_at_ms));
   out.set_accel(accel == vmm::Accel::kvm ? "kvm" : "tcg");
   out.set_dead_reason(info.state == SandboxState::destroying && info.dead_reason.empty()
@@ -142,17 +151,7 @@ api::Space to_api(const SpaceInfo& space) {
   api::Space out;
   out.set_space_id(space.space_id);
   out.set_sandbox_id(space.sandbox_id);
-  out.set_template_(space.spec.template_name);
-  out.set_persistent(space.spec.persistent);
-  out.set_vcpus(space.spec.vcpus);
-  out.set_memory_mib(space.spec.memory_mib);
-  out.set_disk_mib(space.spec.disk_mib);
-  out.set_egress(space.spec.egress);
-  for (const auto& name : space.spec.egress_allow)
-    out.add_egress_allow(name);
-  out.set_egress_mode(egress_mode(space.spec.egress, space.spec.egress_allow));
-  out.set_idle_timeout_s(space.spec.idle_timeout_s);
-  out.set_max_lifetime_s(space.spec.max_lifetime_s);
+  set_spec_fields(out, space.spec);
   out.set_created_at(rfc3339(space.created_at_ms));
   out.set_frozen_at(rfc3339(space.frozen_at_ms));
   out.set_reason(space.reason);
