@@ -11,7 +11,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
-#include "hostd/caf_bridge.hpp"
+#include "actors/ask.hpp"
 
 namespace vesicle::hostd {
 

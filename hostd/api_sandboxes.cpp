@@ -2,7 +2,7 @@
 #include <algorithm>
 
 #include "hostd/api.hpp"
-#include "hostd/caf_bridge.hpp"
+#include "actors/ask.hpp"
 #include "hostd/json.hpp"
 #include "hostd/network.hpp"
 #include "hostd/tiers.hpp"

@@ -1,7 +1,7 @@
 // Spaces: POST /v1/sandboxes/{id}/freeze, GET /v1/spaces, GET and DELETE
 // /v1/spaces/{id}, POST /v1/spaces/{id}/resume
 #include "hostd/api.hpp"
-#include "hostd/caf_bridge.hpp"
+#include "actors/ask.hpp"
 #include "hostd/json.hpp"
 
 namespace vesicle::hostd {

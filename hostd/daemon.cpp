@@ -4,7 +4,7 @@
 
 #include <caf/send.hpp>
 
-#include "hostd/caf_bridge.hpp"
+#include "actors/ask.hpp"
 #include "hostd/network.hpp"
 
 namespace vesicle::hostd {

@@ -18,7 +18,7 @@
 #include <caf/actor_system_config.hpp>
 
 #include "actors/sandbox/space_store.hpp"
-#include "actors/vmm/vmm.hpp"
+#include "vmm/vmm.hpp"
 #include "hostd/config.hpp"
 #include "hostd/daemon.hpp"
 #include "hostd/sweep.hpp"

@@ -1,7 +1,7 @@
 #include "hostd/network.hpp"
 
-#include "actors/net/allowlist.hpp"
-#include "actors/net/egress.hpp"
+#include "net/allowlist.hpp"
+#include "net/egress.hpp"
 
 namespace vesicle::hostd {
 

@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "actors/net/bridge.hpp"
+#include "net/bridge.hpp"
 #include "common/result.hpp"
 #include "hostd/api_error.hpp"
 #include "messages/api.pb.h"

@@ -65,7 +65,7 @@ using pool_info_atom = caf::atom_constant<caf::atom("poolinfo")>;
 using template_atom = caf::atom_constant<caf::atom("template")>;
 // the pool's own timer
 using refill_atom = caf::atom_constant<caf::atom("refill")>;
-// anyone -> the bridge actor (network slots, actors/net/bridge_actor.hpp)
+// anyone -> the bridge actor (network slots, actors/bridge/bridge_actor.hpp)
 using net_acquire_atom = caf::atom_constant<caf::atom("netacquire")>;
 using net_egress_atom = caf::atom_constant<caf::atom("netegress")>;
 using net_release_atom = caf::atom_constant<caf::atom("netrelease")>;

@@ -6,7 +6,7 @@ set -euo pipefail
 
 packages=(
   # build
-  build-essential cmake ninja-build pkg-config clang-format
+  build-essential cmake ninja-build pkg-config clang-format ccache libspdlog-dev
   libcaf-dev libboost1.74-dev libboost-program-options1.74-dev
   libprotobuf-dev protobuf-compiler
   libnl-3-dev libnl-route-3-dev libnftables-dev

@@ -18,7 +18,7 @@ bash "$repo/scripts/install-deps.sh"
 bash "$repo/scripts/build.sh" "$repo/build"
 
 install -m 0755 "$repo/build/hostd/hostd" /usr/local/bin/hostd
-install -m 0755 "$repo/build/actors/vmm/cli/vesicle-vm" /usr/local/bin/vesicle-vm
+install -m 0755 "$repo/build/vmm/cli/vesicle-vm" /usr/local/bin/vesicle-vm
 install -d -m 0700 "$state_dir"
 install -d -m 0755 "$state_dir/images" "$log_dir"
 # The images themselves stay in the content-addressed cache; link them.

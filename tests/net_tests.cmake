@@ -1,14 +1,9 @@
-# The network layer's tests (actors/net). Unit: parsing, policy and rule
+# The network layer's tests (net/). Unit: parsing, policy and rule
 # text, no root needed. Integration: real namespaces, links and nftables
 # against a "test internet" of namespaces the tests make and remove (needs
 # root; never sends a packet anywhere else). The integration binaries share
 # one resource lock: they use the same test addresses on the host.
 
-# actors/CMakeLists.txt adds actors/net once the lead wires it in; until
-# then build it from here.
-if(NOT TARGET vesicle_net)
-  add_subdirectory(${CMAKE_SOURCE_DIR}/actors/net ${CMAKE_BINARY_DIR}/actors/net)
-endif()
 find_package(OpenSSL REQUIRED)
 
 vesicle_test(net_logic_test

@@ -1,5 +1,5 @@
 #include "actors/sandbox/pool.hpp"
-#include "actors/sandbox/ids.hpp"
+#include "common/ids.hpp"
 
 #include <algorithm>
 #include <cstdio>

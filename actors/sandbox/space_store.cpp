@@ -1,5 +1,5 @@
 #include "actors/sandbox/space_store.hpp"
-#include "actors/sandbox/ids.hpp"
+#include "common/ids.hpp"
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -11,7 +11,7 @@
 #include <iterator>
 #include <sstream>
 
-#include "actors/vmm/snapshot.hpp"
+#include "vmm/snapshot.hpp"
 #include "common/unique_fd.hpp"
 
 namespace vesicle {

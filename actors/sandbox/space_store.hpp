@@ -4,7 +4,7 @@
 // Layout, under the spaces directory (state_dir/spaces):
 //
 //   sp-<12 hex>/space    who owns it and what it was (format below)
-//   sp-<12 hex>/vm/      the VM: a full-RAM snapshot (actors/vmm/snapshot.hpp:
+//   sp-<12 hex>/vm/      the VM: a full-RAM snapshot (vmm/snapshot.hpp:
 //                        manifest with sizes and checksums, device state
 //                        holding every RAM page, disk.qcow2 whose only backing
 //                        file is the base image)

@@ -1,6 +1,6 @@
 #include "actors/sandbox/vm_host.hpp"
-#include "actors/sandbox/disk_limit.hpp"
-#include "actors/sandbox/ids.hpp"
+#include "vmm/disk_limit.hpp"
+#include "common/ids.hpp"
 
 #include <fcntl.h>
 #include <sys/file.h>
@@ -22,8 +22,8 @@
 #include <caf/send.hpp>
 
 #include "actors/sandbox/reaper.hpp"
-#include "actors/vmm/process.hpp"
-#include "actors/vmm/snapshot.hpp"
+#include "vmm/process.hpp"
+#include "vmm/snapshot.hpp"
 #include "common/unique_fd.hpp"
 
 namespace vesicle {

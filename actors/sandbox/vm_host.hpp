@@ -19,11 +19,11 @@
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/thread_pool.hpp>
 
-#include "actors/net/bridge_actor.hpp"
+#include "actors/bridge/bridge_actor.hpp"
 #include "actors/sandbox/pool.hpp"
 #include "actors/sandbox/sandbox.hpp"
 #include "actors/sandbox/space_store.hpp"
-#include "actors/vmm/vmm.hpp"
+#include "vmm/vmm.hpp"
 #include "messages/caf_types.hpp"
 
 namespace vesicle {

@@ -21,7 +21,7 @@ namespace vesicle::agent {
 
 namespace {
 
-// actors/net/layout.hpp on the host side; the agent is a static binary and
+// net/layout.hpp on the host side; the agent is a static binary and
 // does not link the host's network library.
 constexpr const char* kLink = "eth0";
 constexpr const char* kGuestAddress = "172.16.0.2";

@@ -1,4 +1,4 @@
-// The guest's network, the same in every sandbox (actors/net/README.md, "For
+// The guest's network, the same in every sandbox (net/README.md, "For
 // the guest agent"): eth0 172.16.0.2/30, default route via 172.16.0.1, that
 // address as the only resolver, IPv6 off. Every VM gets identical settings;
 // the host's slot namespace gives each one its own outside address, so a

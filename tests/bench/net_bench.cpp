@@ -19,7 +19,7 @@
 #include <string>
 #include <vector>
 
-#include "actors/net/bridge.hpp"
+#include "net/bridge.hpp"
 #include "tests/net/probe.hpp"
 #include "tests/net/testnet.hpp"
 

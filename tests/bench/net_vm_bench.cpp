@@ -20,7 +20,7 @@
 #include <google/protobuf/struct.pb.h>
 #include <google/protobuf/util/json_util.h>
 
-#include "actors/net/bridge.hpp"
+#include "net/bridge.hpp"
 #include "messages/api.pb.h"
 #include "tests/hostd/hostd_process.hpp"
 #include "tests/hostd/http_client.hpp"

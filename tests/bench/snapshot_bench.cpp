@@ -19,9 +19,9 @@
 
 #include <boost/program_options.hpp>
 
-#include "actors/vmm/json.hpp"
-#include "actors/vmm/snapshot.hpp"
-#include "actors/vmm/vmm.hpp"
+#include "vmm/json.hpp"
+#include "vmm/snapshot.hpp"
+#include "vmm/vmm.hpp"
 #include "common/unique_fd.hpp"
 #include "tests/vmm/test_support.hpp"
 

@@ -12,8 +12,8 @@
 
 #include <boost/program_options.hpp>
 
-#include "actors/vmm/json.hpp"
-#include "actors/vmm/vmm.hpp"
+#include "vmm/json.hpp"
+#include "vmm/vmm.hpp"
 #include "tests/vmm/test_support.hpp"
 
 namespace po = boost::program_options;

@@ -12,7 +12,7 @@
 
 #include <gtest/gtest.h>
 
-#include "actors/vmm/vmm.hpp"
+#include "vmm/vmm.hpp"
 #include "tests/vmm/test_support.hpp"
 
 namespace vesicle::test {

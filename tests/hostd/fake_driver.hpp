@@ -30,8 +30,8 @@
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
-#include "actors/vmm/snapshot.hpp"
-#include "actors/vmm/vmm.hpp"
+#include "vmm/snapshot.hpp"
+#include "vmm/vmm.hpp"
 
 namespace vesicle::testing {
 

@@ -19,7 +19,7 @@
 
 #include "actors/sandbox/registry.hpp"
 #include "actors/sandbox/vm_host.hpp"
-#include "hostd/caf_bridge.hpp"
+#include "actors/ask.hpp"
 #include "tests/hostd/fake_driver.hpp"
 
 using namespace vesicle;
@@ -122,7 +122,7 @@ protected:
     boost::asio::co_spawn(
         io,
         [&]() -> boost::asio::awaitable<void> {
-          answer = co_await hostd::ask<R>(system, actor, std::chrono::seconds(5), args...);
+          answer = co_await ask<R>(system, actor, std::chrono::seconds(5), args...);
         },
         boost::asio::detached);
     // Most answers come within one settle; some wait for work on another
@@ -148,7 +148,7 @@ protected:
           // A named spec, not SandboxSpec{}: g++ 12 destroys a braced
           // temporary passed by value to a coroutine twice.
           SandboxSpec spec;
-          *answer = co_await hostd::ask<SandboxInfo>(system, registry, std::chrono::seconds(60),
+          *answer = co_await ask<SandboxInfo>(system, registry, std::chrono::seconds(60),
                                                      create_atom::value, owner, spec);
         },
         boost::asio::detached);
@@ -329,7 +329,7 @@ TEST_F(ActorTest, DeleteDuringBootWaitsForTheBootThenTearsDown) {
   boost::asio::co_spawn(
       io,
       [&]() -> boost::asio::awaitable<void> {
-        deleted = co_await hostd::ask<done_atom>(system, registry, std::chrono::seconds(60),
+        deleted = co_await ask<done_atom>(system, registry, std::chrono::seconds(60),
                                                  destroy_atom::value, std::string("alice"), id);
       },
       boost::asio::detached);
@@ -383,7 +383,7 @@ TEST_F(ActorTest, ShutdownDestroysEverythingAndRefusesCreates) {
   boost::asio::co_spawn(
       io,
       [&]() -> boost::asio::awaitable<void> {
-        done = co_await hostd::ask<done_atom>(system, registry, std::chrono::seconds(60),
+        done = co_await ask<done_atom>(system, registry, std::chrono::seconds(60),
                                               shutdown_atom::value);
       },
       boost::asio::detached);

@@ -14,8 +14,8 @@
 
 #include <gtest/gtest.h>
 
-#include "actors/vmm/snapshot.hpp"
-#include "actors/vmm/vmm.hpp"
+#include "vmm/snapshot.hpp"
+#include "vmm/vmm.hpp"
 #include "common/unique_fd.hpp"
 #include "tests/vmm/test_support.hpp"
 

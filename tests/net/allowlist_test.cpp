@@ -1,8 +1,8 @@
-// Allowlist patterns and host-name normalization (actors/net/allowlist.hpp).
+// Allowlist patterns and host-name normalization (net/allowlist.hpp).
 #include <gtest/gtest.h>
 
-#include "actors/net/allowlist.hpp"
-#include "actors/net/egress.hpp"
+#include "net/allowlist.hpp"
+#include "net/egress.hpp"
 
 namespace vesicle::net {
 namespace {

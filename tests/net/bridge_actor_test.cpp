@@ -13,7 +13,7 @@
 #include <caf/send.hpp>
 #include <gtest/gtest.h>
 
-#include "actors/net/bridge_actor.hpp"
+#include "actors/bridge/bridge_actor.hpp"
 #include "tests/net/probe.hpp"
 #include "tests/net/testnet.hpp"
 

@@ -1,8 +1,8 @@
-// The allowlist DNS forwarder's decisions (actors/net/dns_policy.hpp).
+// The allowlist DNS forwarder's decisions (net/dns_policy.hpp).
 #include <gtest/gtest.h>
 
-#include "actors/net/dns_policy.hpp"
-#include "actors/net/ruleset.hpp"
+#include "net/dns_policy.hpp"
+#include "net/ruleset.hpp"
 
 namespace vesicle::net {
 namespace {

@@ -1,10 +1,10 @@
-// DNS message parsing and building (actors/net/dns.hpp).
+// DNS message parsing and building (net/dns.hpp).
 #include <gtest/gtest.h>
 
 #include <random>
 
-#include "actors/net/allowlist.hpp"
-#include "actors/net/dns.hpp"
+#include "net/allowlist.hpp"
+#include "net/dns.hpp"
 
 namespace vesicle::net {
 namespace {

@@ -7,10 +7,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "actors/net/bridge.hpp"
-#include "actors/net/conntrack.hpp"
-#include "actors/net/nft.hpp"
-#include "actors/net/ruleset.hpp"
+#include "net/bridge.hpp"
+#include "net/conntrack.hpp"
+#include "net/nft.hpp"
+#include "net/ruleset.hpp"
 #include "tests/net/probe.hpp"
 #include "tests/net/testnet.hpp"
 

@@ -1,5 +1,5 @@
 // Reading SNI and Host from the first bytes of a connection
-// (actors/net/peek.hpp), with real ClientHellos from OpenSSL and hand-made
+// (net/peek.hpp), with real ClientHellos from OpenSSL and hand-made
 // hostile ones.
 #include <gtest/gtest.h>
 #include <openssl/bio.h>
@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "actors/net/peek.hpp"
+#include "net/peek.hpp"
 
 namespace vesicle::net {
 namespace {

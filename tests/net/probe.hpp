@@ -13,9 +13,9 @@
 #include <thread>
 #include <vector>
 
-#include "actors/net/dns.hpp"
-#include "actors/net/ipv4.hpp"
-#include "actors/net/netns.hpp"
+#include "net/dns.hpp"
+#include "net/ipv4.hpp"
+#include "net/netns.hpp"
 #include "common/unique_fd.hpp"
 
 namespace vesicle::net::probe {

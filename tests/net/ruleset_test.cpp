@@ -1,9 +1,9 @@
-// The nftables rule text (actors/net/ruleset.hpp). That nft accepts it is
+// The nftables rule text (net/ruleset.hpp). That nft accepts it is
 // checked against the kernel in net_slot_test; here: what each mode allows.
 #include <gtest/gtest.h>
 
-#include "actors/net/layout.hpp"
-#include "actors/net/ruleset.hpp"
+#include "net/layout.hpp"
+#include "net/ruleset.hpp"
 
 namespace vesicle::net {
 namespace {

@@ -12,9 +12,9 @@
 
 #include <cstring>
 
-#include "actors/net/bridge.hpp"
-#include "actors/net/nft.hpp"
-#include "actors/net/ruleset.hpp"
+#include "net/bridge.hpp"
+#include "net/nft.hpp"
+#include "net/ruleset.hpp"
 #include "tests/net/probe.hpp"
 #include "tests/net/testnet.hpp"
 

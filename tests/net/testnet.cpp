@@ -15,9 +15,9 @@
 #include <sstream>
 #include <thread>
 
-#include "actors/net/nft.hpp"
-#include "actors/net/rtnl.hpp"
-#include "actors/net/ruleset.hpp"
+#include "net/nft.hpp"
+#include "net/rtnl.hpp"
+#include "net/ruleset.hpp"
 
 namespace vesicle::net::testnet {
 namespace fs = std::filesystem;

@@ -21,8 +21,8 @@
 #include <string>
 #include <vector>
 
-#include "actors/net/bridge.hpp"
-#include "actors/net/netns.hpp"
+#include "net/bridge.hpp"
+#include "net/netns.hpp"
 
 namespace vesicle::net::testnet {
 

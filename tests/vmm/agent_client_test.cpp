@@ -7,7 +7,7 @@
 
 #include <gtest/gtest.h>
 
-#include "actors/vmm/process.hpp"
+#include "vmm/process.hpp"
 #include "tests/vmm/test_support.hpp"
 
 #include <boost/asio/write.hpp>

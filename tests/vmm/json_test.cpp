@@ -1,4 +1,4 @@
-#include "actors/vmm/json.hpp"
+#include "vmm/json.hpp"
 
 #include <gtest/gtest.h>
 

@@ -1,4 +1,4 @@
-#include "actors/vmm/qemu.hpp"
+#include "vmm/qemu.hpp"
 
 #include <algorithm>
 

@@ -7,7 +7,7 @@
 
 #include <gtest/gtest.h>
 
-#include "actors/vmm/snapshot.hpp"
+#include "vmm/snapshot.hpp"
 #include "common/unique_fd.hpp"
 #include "tests/vmm/test_support.hpp"
 

@@ -33,7 +33,7 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/use_future.hpp>
 
-#include "actors/vmm/agent_client.hpp"
+#include "vmm/agent_client.hpp"
 
 namespace vesicle::test {
 

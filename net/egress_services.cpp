@@ -1,0 +1,644 @@
+#include "net/egress_services.hpp"
+
+#include <linux/netfilter_ipv4.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <array>
+#include <future>
+#include <random>
+#include <unordered_set>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ip/udp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/read.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+
+#include "net/layout.hpp"
+#include "net/peek.hpp"
+#include "net/ruleset.hpp"
+
+namespace vesicle::net {
+
+namespace asio = boost::asio;
+using asio::awaitable;
+using asio::use_awaitable;
+using tcp = asio::ip::tcp;
+using udp = asio::ip::udp;
+using boost::system::error_code;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+constexpr size_t kMaxInflightQueries = 64;
+constexpr size_t kMaxConnections = 256;
+constexpr auto kUpstreamTimeout = std::chrono::milliseconds(1500);
+constexpr int kUpstreamAttempts = 2;
+constexpr auto kPeekTimeout = std::chrono::seconds(10);
+constexpr auto kConnectTimeout = std::chrono::seconds(10);
+constexpr auto kTcpDnsIdle = std::chrono::seconds(10);
+
+asio::ip::address_v4 to_asio(Ipv4 address) {
+  return asio::ip::address_v4(address.value);
+}
+
+// A TLS alert record, fatal access_denied: what a TLS client sees when the
+// proxy refuses its ClientHello.
+constexpr std::array<uint8_t, 7> kTlsAccessDenied = {0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x31};
+
+std::string http_forbidden(const std::string& reason) {
+  std::string body = "vesicle: egress refused: " + reason + "\n";
+  return "HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+         "Content-Length: " +
+         std::to_string(body.size()) + "\r\n\r\n" + body;
+}
+
+} // namespace
+
+// Something with sockets that stop() must close.
+struct Tracked {
+  virtual ~Tracked() = default;
+  virtual void close_sockets() = 0;
+};
+
+class SlotService : public std::enable_shared_from_this<SlotService> {
+public:
+  SlotService(asio::io_context& io, SlotServiceSpec spec)
+      : io_(io), spec_(std::move(spec)), dns_udp_(io), dns_tcp_(io), proxy_(io),
+        random_(std::random_device{}()) {}
+
+  Result<void> open();
+  void start();
+  void stop();
+
+  LearnedAddresses& learned() { return learned_; }
+  const SlotServiceCounters& counters() const { return counters_; }
+  bool stopped() const { return stopped_; }
+  void track(Tracked* item) { tracked_.insert(item); }
+  void untrack(Tracked* item) { tracked_.erase(item); }
+  // Sockets of this slot in use beyond the listeners: bounded, so a guest
+  // cannot make hostd hold unbounded connections.
+  bool at_capacity() const { return tracked_.size() >= kMaxConnections; }
+  void learn_inherited();
+
+private:
+  awaitable<void> serve_udp(std::shared_ptr<SlotService> self);
+  awaitable<void> answer_udp(std::shared_ptr<SlotService> self, std::vector<uint8_t> query,
+                             udp::endpoint peer);
+  awaitable<void> serve_tcp_dns(std::shared_ptr<SlotService> self);
+  awaitable<void> answer_tcp(std::shared_ptr<SlotService> self, tcp::socket socket);
+  awaitable<std::optional<std::vector<uint8_t>>> answer(std::vector<uint8_t> query);
+  awaitable<Result<dns::Message>> ask_upstream(const dns::Message& query);
+  awaitable<void> serve_proxy(std::shared_ptr<SlotService> self);
+  awaitable<void> proxy(std::shared_ptr<SlotService> self, tcp::socket client);
+  void allow_addresses(const std::string& name, const std::vector<Learned>& learned);
+  Result<UniqueFd> slot_socket(int type);
+
+  asio::io_context& io_;
+  SlotServiceSpec spec_;
+  udp::socket dns_udp_;
+  tcp::acceptor dns_tcp_;
+  tcp::acceptor proxy_;
+  LearnedAddresses learned_;
+  SlotServiceCounters counters_;
+  std::unordered_set<Tracked*> tracked_;
+  size_t inflight_queries_ = 0;
+  bool stopped_ = false;
+  std::mt19937 random_;
+};
+
+Result<UniqueFd> SlotService::slot_socket(int type) {
+  return socket_in(spec_.netns, AF_INET, type | SOCK_NONBLOCK);
+}
+
+Result<void> SlotService::open() {
+  auto listener = [&](int type, uint16_t port) -> Result<UniqueFd> {
+    auto fd = slot_socket(type);
+    if (!fd) return fd;
+    int one = 1;
+    setsockopt(fd->get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_port = htons(port);
+    address.sin_addr = layout::kGatewayAddress.to_network();
+    if (bind(fd->get(), reinterpret_cast<sockaddr*>(&address), sizeof address) != 0) {
+      return sys_error("bind", layout::kGatewayAddress.str() + ":" + std::to_string(port) + " in " +
+                                   spec_.netns.name());
+    }
+    if (type == SOCK_STREAM && listen(fd->get(), 128) != 0) {
+      return sys_error("listen", layout::kGatewayAddress.str() + ":" + std::to_string(port));
+    }
+    return fd;
+  };
+  auto udp_fd = listener(SOCK_DGRAM, layout::kDnsPort);
+  if (!udp_fd) return std::move(udp_fd).error().with_context("opening the DNS forwarder");
+  auto tcp_fd = listener(SOCK_STREAM, layout::kDnsPort);
+  if (!tcp_fd) return std::move(tcp_fd).error().with_context("opening the DNS forwarder");
+  auto proxy_fd = listener(SOCK_STREAM, layout::kProxyPort);
+  if (!proxy_fd) return std::move(proxy_fd).error().with_context("opening the egress proxy");
+  error_code ec;
+  dns_udp_.assign(udp::v4(), udp_fd->release(), ec);
+  if (!ec) dns_tcp_.assign(tcp::v4(), tcp_fd->release(), ec);
+  if (!ec) proxy_.assign(tcp::v4(), proxy_fd->release(), ec);
+  if (ec) return make_error("assign listening socket to asio", ec.message(), spec_.netns.name());
+  return {};
+}
+
+void SlotService::start() {
+  auto self = shared_from_this();
+  asio::co_spawn(io_, serve_udp(self), asio::detached);
+  asio::co_spawn(io_, serve_tcp_dns(self), asio::detached);
+  asio::co_spawn(io_, serve_proxy(self), asio::detached);
+}
+
+void SlotService::stop() {
+  stopped_ = true;
+  error_code ignored;
+  dns_udp_.close(ignored);
+  dns_tcp_.close(ignored);
+  proxy_.close(ignored);
+  // close_sockets() may end a coroutine and so untrack itself: iterate a copy.
+  auto items = std::vector<Tracked*>(tracked_.begin(), tracked_.end());
+  for (auto* item : items) {
+    if (tracked_.count(item)) item->close_sockets();
+  }
+}
+
+void SlotService::learn_inherited() {
+  auto now = Clock::now();
+  for (const auto& entry : spec_.inherited) {
+    if (entry.expires <= now) continue;
+    auto lifetime = std::chrono::duration_cast<std::chrono::seconds>(entry.expires - now);
+    if (lifetime.count() < 1) continue;
+    allow_addresses(entry.name, {Learned{entry.address, lifetime}});
+  }
+}
+
+// Records the addresses for `name` and opens the slot's firewall for them,
+// before the guest gets the answer that names them.
+void SlotService::allow_addresses(const std::string& name, const std::vector<Learned>& learned) {
+  auto now = Clock::now();
+  learned_.expire(now);
+  for (const auto& item : learned) {
+    bool present = false;
+    for (const auto& entry : learned_.entries()) {
+      if (entry.address == item.address) present = true;
+    }
+    std::vector<AllowedElement> element{{item.address, item.lifetime}};
+    auto added = spec_.nft->run(allowed_elements(spec_.nft_table, element, present));
+    if (!added && present)
+      added = spec_.nft->run(allowed_elements(spec_.nft_table, element, false));
+    if (!added) {
+      // The guest gets the answer but cannot connect: fail closed.
+      ++counters_.dns_failed;
+      continue;
+    }
+    learned_.learn(name, item.address, now + item.lifetime);
+  }
+}
+
+awaitable<void> SlotService::serve_udp(std::shared_ptr<SlotService> self) {
+  std::vector<uint8_t> buffer(dns::kMaxMessage);
+  while (!stopped_) {
+    udp::endpoint peer;
+    error_code ec;
+    size_t n = co_await dns_udp_.async_receive_from(asio::buffer(buffer), peer,
+                                                    asio::redirect_error(use_awaitable, ec));
+    if (stopped_) break;
+    if (ec) continue;
+    if (inflight_queries_ >= kMaxInflightQueries) continue; // shed load: the guest retries
+    ++inflight_queries_;
+    asio::co_spawn(io_,
+                   answer_udp(self, std::vector<uint8_t>(buffer.begin(), buffer.begin() + n), peer),
+                   asio::detached);
+  }
+}
+
+awaitable<void> SlotService::answer_udp(std::shared_ptr<SlotService> self,
+                                        std::vector<uint8_t> query, udp::endpoint peer) {
+  if (stopped_) {
+    --inflight_queries_;
+    co_return;
+  }
+  auto reply = co_await answer(std::move(query));
+  --inflight_queries_;
+  if (!reply || stopped_) co_return;
+  error_code ec;
+  co_await dns_udp_.async_send_to(asio::buffer(*reply), peer,
+                                  asio::redirect_error(use_awaitable, ec));
+}
+
+awaitable<void> SlotService::serve_tcp_dns(std::shared_ptr<SlotService> self) {
+  while (!stopped_) {
+    error_code ec;
+    tcp::socket socket = co_await dns_tcp_.async_accept(asio::redirect_error(use_awaitable, ec));
+    if (stopped_) break;
+    if (ec) continue;
+    if (at_capacity()) continue;
+    asio::co_spawn(io_, answer_tcp(self, std::move(socket)), asio::detached);
+  }
+}
+
+namespace {
+struct TcpDnsConnection : Tracked {
+  TcpDnsConnection(std::shared_ptr<SlotService> owner, tcp::socket s)
+      : service(std::move(owner)), socket(std::move(s)), timer(socket.get_executor()) {
+    service->track(this);
+  }
+  ~TcpDnsConnection() override { service->untrack(this); }
+  void close_sockets() override {
+    error_code ignored;
+    socket.close(ignored);
+    timer.cancel();
+  }
+  std::shared_ptr<SlotService> service;
+  tcp::socket socket;
+  asio::steady_timer timer;
+};
+} // namespace
+
+awaitable<void> SlotService::answer_tcp(std::shared_ptr<SlotService> self, tcp::socket socket) {
+  if (stopped_) co_return;
+  auto connection = std::make_shared<TcpDnsConnection>(self, std::move(socket));
+  for (int served = 0; served < 16 && !stopped_; ++served) {
+    connection->timer.expires_after(kTcpDnsIdle);
+    connection->timer.async_wait([weak = std::weak_ptr(connection)](error_code ec) {
+      if (auto c = weak.lock(); c && !ec) c->close_sockets();
+    });
+    std::array<uint8_t, 2> length_bytes;
+    error_code ec;
+    co_await asio::async_read(connection->socket, asio::buffer(length_bytes),
+                              asio::redirect_error(use_awaitable, ec));
+    if (ec || stopped_) break;
+    size_t length = size_t{length_bytes[0]} << 8 | length_bytes[1];
+    if (length == 0 || length > dns::kMaxMessage) break;
+    std::vector<uint8_t> query(length);
+    co_await asio::async_read(connection->socket, asio::buffer(query),
+                              asio::redirect_error(use_awaitable, ec));
+    connection->timer.cancel();
+    if (ec || stopped_) break;
+    auto reply = co_await answer(std::move(query));
+    if (!reply || stopped_) break;
+    std::array<uint8_t, 2> reply_length = {static_cast<uint8_t>(reply->size() >> 8),
+                                           static_cast<uint8_t>(reply->size())};
+    std::array<asio::const_buffer, 2> parts = {asio::buffer(reply_length), asio::buffer(*reply)};
+    co_await asio::async_write(connection->socket, parts, asio::redirect_error(use_awaitable, ec));
+    if (ec) break;
+  }
+  connection->close_sockets();
+}
+
+awaitable<std::optional<std::vector<uint8_t>>>
+SlotService::answer(std::vector<uint8_t> query_bytes) {
+  auto reply_with = [](const dns::Message& reply) -> std::optional<std::vector<uint8_t>> {
+    auto encoded = dns::encode(reply);
+    if (!encoded) return std::nullopt;
+    return std::move(*encoded);
+  };
+  auto query = dns::parse(query_bytes);
+  if (!query) {
+    auto header = dns::parse_header(query_bytes);
+    if (!header || header->qr) co_return std::nullopt;
+    dns::Message reply;
+    reply.header = *header;
+    reply.header.qr = true;
+    reply.header.rcode = dns::kFormErr;
+    co_return reply_with(reply);
+  }
+  auto decision = decide_query(*query, spec_.policy);
+  switch (decision.action) {
+  case QueryAction::formerr:
+    if (query->header.qr) co_return std::nullopt;
+    co_return reply_with(empty_reply(*query, dns::kFormErr));
+  case QueryAction::notimp:
+    co_return reply_with(empty_reply(*query, dns::kNotImp));
+  case QueryAction::nxdomain:
+    ++counters_.dns_refused;
+    co_return reply_with(empty_reply(*query, dns::kNxDomain));
+  case QueryAction::nodata:
+    co_return reply_with(empty_reply(*query, dns::kNoError));
+  case QueryAction::forward:
+    break;
+  }
+  auto id = static_cast<uint16_t>(random_());
+  auto upstream = co_await ask_upstream(upstream_query(query->questions.front(), id));
+  if (stopped_) co_return std::nullopt;
+  if (!upstream) {
+    ++counters_.dns_failed;
+    co_return reply_with(empty_reply(*query, dns::kServFail));
+  }
+  auto filtered = filter_answer(*query, *upstream, id, spec_.policy);
+  if (!filtered) {
+    ++counters_.dns_failed;
+    co_return reply_with(empty_reply(*query, dns::kServFail));
+  }
+  counters_.dns_rebind_dropped += filtered->refused.size();
+  ++counters_.dns_forwarded;
+  allow_addresses(decision.name, filtered->learned);
+  co_return reply_with(filtered->reply);
+}
+
+namespace {
+struct UpstreamExchange : Tracked {
+  UpstreamExchange(std::shared_ptr<SlotService> owner, asio::io_context& io)
+      : service(std::move(owner)), socket(io), timer(io) {
+    service->track(this);
+  }
+  ~UpstreamExchange() override { service->untrack(this); }
+  void close_sockets() override {
+    error_code ignored;
+    socket.close(ignored);
+    timer.cancel();
+  }
+  std::shared_ptr<SlotService> service;
+  udp::socket socket;
+  asio::steady_timer timer;
+  unsigned attempt = 0;
+  bool timed_out = false;
+};
+} // namespace
+
+awaitable<Result<dns::Message>> SlotService::ask_upstream(const dns::Message& query) {
+  auto wire = dns::encode(query);
+  if (!wire) co_return std::move(wire).error();
+  // Never open a socket in a slot that has been detached (and may already
+  // belong to another sandbox).
+  if (stopped_) co_return make_error("ask upstream resolver", "the slot was released");
+  auto fd = slot_socket(SOCK_DGRAM);
+  if (!fd) co_return std::move(fd).error();
+  auto exchange = std::make_shared<UpstreamExchange>(shared_from_this(), io_);
+  error_code ec;
+  exchange->socket.assign(udp::v4(), fd->release(), ec);
+  if (ec) co_return make_error("assign upstream DNS socket", ec.message());
+  udp::endpoint resolver(to_asio(spec_.upstream_resolver), 53);
+  exchange->socket.connect(resolver, ec);
+  if (ec) co_return make_error("connect", ec.message(), resolver.address().to_string() + ":53");
+  std::vector<uint8_t> buffer(dns::kMaxMessage);
+  for (int attempt = 0; attempt < kUpstreamAttempts && !stopped_; ++attempt) {
+    co_await exchange->socket.async_send(asio::buffer(*wire),
+                                         asio::redirect_error(use_awaitable, ec));
+    if (ec) continue;
+    exchange->attempt = static_cast<unsigned>(attempt);
+    exchange->timed_out = false;
+    exchange->timer.expires_after(kUpstreamTimeout);
+    exchange->timer.async_wait(
+        [weak = std::weak_ptr(exchange), attempt = exchange->attempt](error_code tec) {
+          if (auto e = weak.lock(); e && !tec && e->attempt == attempt) {
+            e->timed_out = true;
+            error_code ignored;
+            e->socket.cancel(ignored);
+          }
+        });
+    while (!stopped_) {
+      size_t n = co_await exchange->socket.async_receive(asio::buffer(buffer),
+                                                         asio::redirect_error(use_awaitable, ec));
+      if (ec) break;
+      auto reply = dns::parse(std::span<const uint8_t>(buffer.data(), n));
+      if (reply && reply->header.qr && reply->header.id == query.header.id) {
+        exchange->timer.cancel();
+        co_return std::move(*reply);
+      }
+    }
+    exchange->timer.cancel();
+    if (!exchange->timed_out && ec == asio::error::operation_aborted) break; // stopped
+    if (ec == asio::error::connection_refused) break;
+  }
+  co_return make_error("ask upstream resolver",
+                       ec ? ec.message() : std::string("no answer in time"),
+                       spec_.upstream_resolver.str());
+}
+
+awaitable<void> SlotService::serve_proxy(std::shared_ptr<SlotService> self) {
+  while (!stopped_) {
+    error_code ec;
+    tcp::socket client = co_await proxy_.async_accept(asio::redirect_error(use_awaitable, ec));
+    if (stopped_) break;
+    if (ec) continue;
+    if (at_capacity()) continue; // closes the client
+    asio::co_spawn(io_, proxy(self, std::move(client)), asio::detached);
+  }
+}
+
+namespace {
+struct ProxyConnection : Tracked {
+  ProxyConnection(std::shared_ptr<SlotService> owner, tcp::socket c)
+      : service(std::move(owner)), client(std::move(c)), upstream(client.get_executor()),
+        timer(client.get_executor()) {
+    service->track(this);
+  }
+  ~ProxyConnection() override { service->untrack(this); }
+  void close_sockets() override {
+    error_code ignored;
+    client.close(ignored);
+    upstream.close(ignored);
+    timer.cancel();
+  }
+  std::shared_ptr<SlotService> service;
+  tcp::socket client;
+  tcp::socket upstream;
+  asio::steady_timer timer;
+  int pumps_done = 0;
+};
+
+awaitable<void> pump(std::shared_ptr<ProxyConnection> connection, tcp::socket& from,
+                     tcp::socket& to) {
+  std::vector<uint8_t> buffer(64 * 1024);
+  error_code ec;
+  while (true) {
+    size_t n = co_await from.async_read_some(asio::buffer(buffer),
+                                             asio::redirect_error(use_awaitable, ec));
+    if (ec) break;
+    co_await asio::async_write(to, asio::buffer(buffer.data(), n),
+                               asio::redirect_error(use_awaitable, ec));
+    if (ec) break;
+  }
+  error_code ignored;
+  if (ec == asio::error::eof) {
+    to.shutdown(tcp::socket::shutdown_send, ignored); // pass the half-close on
+  } else {
+    connection->close_sockets(); // a reset or error ends both directions
+  }
+  if (++connection->pumps_done == 2) connection->close_sockets();
+}
+} // namespace
+
+awaitable<void> SlotService::proxy(std::shared_ptr<SlotService> self, tcp::socket client) {
+  if (stopped_) co_return;
+  auto connection = std::make_shared<ProxyConnection>(self, std::move(client));
+
+  sockaddr_in original{};
+  socklen_t length = sizeof original;
+  if (getsockopt(connection->client.native_handle(), SOL_IP, SO_ORIGINAL_DST, &original, &length) !=
+      0) {
+    connection->close_sockets();
+    co_return;
+  }
+  Ipv4 destination = Ipv4::from_network(original.sin_addr);
+  uint16_t port = ntohs(original.sin_port);
+  const bool tls = port == 443;
+
+  connection->timer.expires_after(kPeekTimeout);
+  connection->timer.async_wait([weak = std::weak_ptr(connection)](error_code ec) {
+    if (auto c = weak.lock(); c && !ec) c->close_sockets();
+  });
+  std::vector<uint8_t> head;
+  PeekResult peeked;
+  std::vector<uint8_t> buffer(4096);
+  error_code ec;
+  while (peeked.status == PeekStatus::need_more && head.size() < kMaxPeekBytes) {
+    size_t n = co_await connection->client.async_read_some(asio::buffer(buffer),
+                                                           asio::redirect_error(use_awaitable, ec));
+    if (ec || stopped_) co_return;
+    head.insert(head.end(), buffer.begin(), buffer.begin() + n);
+    peeked = tls ? peek_tls_client_hello(head) : peek_http_host(head);
+  }
+  connection->timer.cancel();
+
+  std::string reason;
+  if (port != 80 && port != 443) {
+    reason = "only ports 80 and 443 are proxied";
+  } else if (peeked.status != PeekStatus::done) {
+    reason = peeked.status == PeekStatus::invalid ? peeked.error : "request head too large";
+  } else if (!spec_.policy.allow.allows(peeked.name)) {
+    reason = peeked.name + " is not in this sandbox's allowlist";
+  } else if (contains_any(spec_.policy.denied, destination)) {
+    reason = destination.str() + " is in a denied network";
+  } else if (!learned_.allows(peeked.name, destination, Clock::now())) {
+    reason = destination.str() + " is not an address DNS returned for " + peeked.name;
+  }
+  if (!reason.empty()) {
+    ++counters_.proxy_refused;
+    if (tls) {
+      co_await asio::async_write(connection->client, asio::buffer(kTlsAccessDenied),
+                                 asio::redirect_error(use_awaitable, ec));
+    } else {
+      auto response = http_forbidden(reason);
+      co_await asio::async_write(connection->client, asio::buffer(response),
+                                 asio::redirect_error(use_awaitable, ec));
+    }
+    connection->close_sockets();
+    co_return;
+  }
+
+  if (stopped_) co_return;
+  auto fd = slot_socket(SOCK_STREAM);
+  if (!fd) {
+    connection->close_sockets();
+    co_return;
+  }
+  connection->upstream.assign(tcp::v4(), fd->release(), ec);
+  if (ec) {
+    connection->close_sockets();
+    co_return;
+  }
+  connection->timer.expires_after(kConnectTimeout);
+  connection->timer.async_wait([weak = std::weak_ptr(connection)](error_code tec) {
+    if (auto c = weak.lock(); c && !tec) c->close_sockets();
+  });
+  co_await connection->upstream.async_connect(tcp::endpoint(to_asio(destination), port),
+                                              asio::redirect_error(use_awaitable, ec));
+  connection->timer.cancel();
+  if (ec || stopped_) {
+    connection->close_sockets();
+    co_return;
+  }
+  co_await asio::async_write(connection->upstream, asio::buffer(head),
+                             asio::redirect_error(use_awaitable, ec));
+  if (ec) {
+    connection->close_sockets();
+    co_return;
+  }
+  ++counters_.proxy_allowed;
+  asio::co_spawn(io_, pump(connection, connection->upstream, connection->client), asio::detached);
+  co_await pump(connection, connection->client, connection->upstream);
+}
+
+// ---------------------------------------------------------------------------
+
+EgressServices::EgressServices()
+    : work_(std::make_unique<asio::executor_work_guard<asio::io_context::executor_type>>(
+          io_.get_executor())) {}
+
+Result<std::unique_ptr<EgressServices>> EgressServices::start() {
+  std::unique_ptr<EgressServices> services(new EgressServices());
+  services->thread_ = std::thread([raw = services.get()] { raw->io_.run(); });
+  return services;
+}
+
+EgressServices::~EgressServices() {
+  on_io_thread([this] {
+    for (auto& [id, slot] : slots_)
+      slot->stop();
+    slots_.clear();
+    return 0;
+  });
+  work_.reset();
+  // Coroutines end once their sockets are closed; give them a moment, then
+  // stop the loop regardless.
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  while (!io_.stopped() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  io_.stop();
+  if (thread_.joinable()) thread_.join();
+}
+
+template <class F> auto EgressServices::on_io_thread(F&& fn) -> decltype(fn()) {
+  std::packaged_task<decltype(fn())()> task(std::forward<F>(fn));
+  auto result = task.get_future();
+  asio::post(io_, [&task] { task(); });
+  return result.get();
+}
+
+Result<void> EgressServices::attach(SlotServiceSpec spec) {
+  return on_io_thread([&]() -> Result<void> {
+    uint32_t id = spec.slot_id;
+    if (slots_.count(id)) {
+      return make_error("attach egress services", "already attached", std::to_string(id));
+    }
+    auto service = std::make_shared<SlotService>(io_, std::move(spec));
+    if (auto opened = service->open(); !opened) {
+      service->stop();
+      return opened;
+    }
+    service->learn_inherited();
+    service->start();
+    slots_[id] = std::move(service);
+    return {};
+  });
+}
+
+void EgressServices::detach(uint32_t slot_id) {
+  on_io_thread([&] {
+    auto found = slots_.find(slot_id);
+    if (found == slots_.end()) return 0;
+    found->second->stop();
+    slots_.erase(found);
+    return 0;
+  });
+}
+
+std::vector<LearnedAddresses::Entry> EgressServices::learned(uint32_t slot_id) {
+  return on_io_thread([&] {
+    auto found = slots_.find(slot_id);
+    if (found == slots_.end()) return std::vector<LearnedAddresses::Entry>{};
+    found->second->learned().expire(Clock::now());
+    return found->second->learned().entries();
+  });
+}
+
+SlotServiceCounters EgressServices::counters(uint32_t slot_id) {
+  return on_io_thread([&] {
+    auto found = slots_.find(slot_id);
+    return found == slots_.end() ? SlotServiceCounters{} : found->second->counters();
+  });
+}
+
+} // namespace vesicle::net

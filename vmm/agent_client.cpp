@@ -1,0 +1,690 @@
+// The agent channel: one reader coroutine splits the byte stream into Events
+// and drops each into the mailbox of its request id; requests are written
+// whole, one at a time, through an async mutex so frames never interleave.
+// Each call owns its mailbox for as long as it waits, and forgets its id when
+// it returns, so late events for an abandoned id are dropped.
+#include "vmm/agent_client.hpp"
+
+#include <sys/random.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <random>
+#include <unordered_map>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+
+#include "vmm/async.hpp"
+#include "messages/framing.hpp"
+
+namespace vesicle::vmm {
+
+namespace {
+std::uint64_t first_request_id() {
+  std::random_device random;
+  const std::uint64_t high = random(), low = random();
+  // 48 bits: far from any other client's range, far from wrapping.
+  return (((high << 32) | low) & ((std::uint64_t{1} << 48) - 1)) | 1;
+}
+} // namespace
+
+namespace {
+
+using Socket = asio::local::stream_protocol::socket;
+using detail::Clock;
+using Inbox = detail::Mailbox<guest::Event>;
+
+constexpr const char* kChannelClosedOperation = "agent channel closed";
+// A download asks for the file in ranges this large, so at most one range
+// waits in memory while the sink is slow.
+constexpr std::uint64_t kDownloadRange = 4u << 20;
+constexpr std::size_t kReadBufferBytes = 64u << 10;
+// The agent applies a refresh in a few syscalls; no answer in this long
+// means it is stuck, and the waiting call (or the detached waiter of a
+// send_refresh_identity) gives up instead of living as long as the VM.
+constexpr std::chrono::seconds kRefreshAnswerTimeout{30};
+constexpr const char* kRefreshOperation = "refresh guest identity";
+// Passed by name: g++ 12 destroys some temporaries made inside a co_await
+// expression twice (braced and converted arguments), so calls awaited here
+// never build their arguments in place.
+const std::function<void(const guest::Event&)> kNoStream;
+
+Error channel_closed(const std::string& cause) {
+  return make_error(kChannelClosedOperation, "the VM died or its agent exited (" + cause + ")");
+}
+
+template <class F> class ScopeExit {
+public:
+  explicit ScopeExit(F f) : f_(std::move(f)) {}
+  ScopeExit(const ScopeExit&) = delete;
+  ~ScopeExit() { f_(); }
+
+private:
+  F f_;
+};
+
+class Channel : public std::enable_shared_from_this<Channel> {
+public:
+  explicit Channel(Socket socket)
+      : executor_(socket.get_executor()), socket_(std::move(socket)), write_lock_(executor_) {}
+
+  void start() {
+    asio::co_spawn(
+        executor_, [self = shared_from_this()] { return self->read_loop(); }, asio::detached);
+  }
+
+  const asio::any_io_executor& executor() const { return executor_; }
+  bool connected() const { return !closed_.has_value(); }
+  // The host closed it on purpose (the client was destroyed), as opposed to
+  // the VM or agent going away.
+  bool closed_by_host() const { return closed_by_host_; }
+  void close_by_host() {
+    if (!closed_) closed_by_host_ = true;
+    close(channel_closed("the host closed the channel"));
+  }
+  std::uint64_t allocate_id() { return next_id_++; }
+
+  // Routes events for `id` to `inbox`. Several ids may share one inbox.
+  void route(std::uint64_t id, const std::shared_ptr<Inbox>& inbox) {
+    if (closed_) {
+      inbox->close(*closed_);
+      return;
+    }
+    inboxes_[id] = inbox;
+  }
+  std::shared_ptr<Inbox> open(std::uint64_t id) {
+    auto inbox = std::make_shared<Inbox>(executor_);
+    route(id, inbox);
+    return inbox;
+  }
+  void forget(std::uint64_t id) { inboxes_.erase(id); }
+
+  asio::awaitable<Result<void>> send(const guest::Request& request) {
+    if (closed_) co_return *closed_;
+    std::string frame = wire::encode_frame(request);
+    co_await write_lock_.lock();
+    detail::AsyncLockGuard guard(write_lock_);
+    // The channel may have closed while this call waited for its turn.
+    if (closed_) co_return *closed_;
+    boost::system::error_code ec;
+    co_await asio::async_write(socket_, asio::buffer(frame),
+                               asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) {
+      close(channel_closed("writing to the agent failed: " + ec.message()));
+      co_return *closed_;
+    }
+    co_return Result<void>{};
+  }
+
+  void close(Error reason) {
+    if (closed_) return;
+    closed_ = std::move(reason);
+    boost::system::error_code ignored;
+    socket_.close(ignored);
+    auto inboxes = std::move(inboxes_);
+    inboxes_.clear();
+    for (auto& [id, inbox] : inboxes)
+      inbox->close(*closed_);
+  }
+
+private:
+  asio::awaitable<void> read_loop() {
+    auto self = shared_from_this();
+    std::string buffer(kReadBufferBytes, '\0');
+    wire::FrameDecoder decoder;
+    while (!closed_) {
+      boost::system::error_code ec;
+      const std::size_t n = co_await socket_.async_read_some(
+          asio::buffer(buffer), asio::redirect_error(asio::use_awaitable, ec));
+      if (ec) {
+        close(channel_closed(ec == asio::error::eof ? "end of stream" : ec.message()));
+        break;
+      }
+      decoder.feed(std::string_view(buffer.data(), n));
+      for (;;) {
+        auto payload = decoder.next();
+        if (!payload) {
+          close(channel_closed("bad frame: " + payload.error().message()));
+          break;
+        }
+        if (!payload.value()) break;
+        guest::Event event;
+        if (auto parsed = wire::parse_payload(*payload.value(), event); !parsed) {
+          close(channel_closed("bad frame: " + parsed.error().message()));
+          break;
+        }
+        auto it = inboxes_.find(event.id());
+        if (it != inboxes_.end()) it->second->push(std::move(event));
+      }
+    }
+  }
+
+  asio::any_io_executor executor_;
+  Socket socket_;
+  detail::AsyncMutex write_lock_;
+  std::unordered_map<std::uint64_t, std::shared_ptr<Inbox>> inboxes_;
+  std::optional<Error> closed_;
+  bool closed_by_host_ = false;
+  // Ids start at a random point, not 1: a VM restored from a snapshot taken
+  // while calls were in flight still answers the old client's ids, and a
+  // fresh client counting from 1 would take those stale events for its own.
+  std::uint64_t next_id_ = first_request_id();
+};
+
+using ChannelPtr = std::shared_ptr<Channel>;
+
+Error unexpected_event(const std::string& operation, const guest::Event& event) {
+  return make_error(operation, "the agent answered with an unexpected event (field " +
+                                   std::to_string(static_cast<int>(event.kind_case())) +
+                                   "); the agent and hostd disagree on the protocol");
+}
+
+// Sends `request` under a fresh id and returns its terminal event; streamed
+// events go to `on_stream` (which may be empty).
+asio::awaitable<Result<guest::Event>>
+call(ChannelPtr channel, guest::Request request, Clock::time_point deadline,
+     const std::function<void(const guest::Event&)>& on_stream) {
+  const std::uint64_t id = channel->allocate_id();
+  request.set_id(id);
+  auto inbox = channel->open(id);
+  ScopeExit forget([&] { channel->forget(id); });
+  if (auto sent = co_await channel->send(request); !sent) co_return std::move(sent).error();
+  for (;;) {
+    auto received = co_await inbox->receive(deadline);
+    if (!received) co_return make_error("wait for the agent", "no answer before the deadline");
+    if (!*received) co_return std::move(*received).error();
+    guest::Event& event = received->value();
+    switch (event.kind_case()) {
+    case guest::Event::kStdout:
+    case guest::Event::kStderr:
+    case guest::Event::kResult:
+    case guest::Event::kError:
+    case guest::Event::kFileData:
+      if (on_stream) on_stream(event);
+      break;
+    default:
+      co_return std::move(event);
+    }
+  }
+}
+
+asio::awaitable<Result<guest::Exit>> run_exec(ChannelPtr channel, guest::Request request,
+                                              ExecEventSink sink, std::string operation) {
+  auto terminal = co_await call(channel, std::move(request), Clock::time_point::max(), sink);
+  if (!terminal) co_return std::move(terminal).error().with_context(operation);
+  if (terminal->has_exit()) co_return terminal->exit();
+  if (terminal->has_failure()) co_return failure_error(operation, {}, terminal->failure());
+  co_return unexpected_event(operation, terminal.value());
+}
+
+// A refresh on the wire: sent under `id`, its answer arriving in `inbox`.
+struct SentRefresh {
+  std::uint64_t id = 0;
+  std::shared_ptr<Inbox> inbox;
+};
+
+asio::awaitable<Result<SentRefresh>> send_refresh(ChannelPtr channel, IdentityRefresh identity) {
+  guest::Request request;
+  request.set_id(channel->allocate_id());
+  auto* refresh = request.mutable_refresh_identity();
+  refresh->set_entropy(std::move(identity.entropy));
+  const auto time = identity.time.value_or(std::chrono::system_clock::now());
+  refresh->set_unix_time_ns(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(time.time_since_epoch()).count());
+  refresh->set_hostname(std::move(identity.hostname));
+  refresh->set_machine_id(std::move(identity.machine_id));
+  SentRefresh sent{request.id(), channel->open(request.id())};
+  if (auto written = co_await channel->send(request); !written) {
+    channel->forget(sent.id);
+    co_return std::move(written).error().with_context(kRefreshOperation);
+  }
+  co_return sent;
+}
+
+asio::awaitable<Result<void>> await_refresh(ChannelPtr channel, SentRefresh sent) {
+  ScopeExit forget([&] { channel->forget(sent.id); });
+  const auto deadline = Clock::now() + kRefreshAnswerTimeout;
+  auto received = co_await sent.inbox->receive(deadline);
+  if (!received) {
+    co_return make_error(kRefreshOperation, "the agent did not answer within " +
+                                                std::to_string(kRefreshAnswerTimeout.count()) +
+                                                " s; it may be stuck");
+  }
+  if (!*received) co_return std::move(*received).error().with_context(kRefreshOperation);
+  const guest::Event& event = received->value();
+  if (event.has_done()) co_return Result<void>{};
+  if (event.has_failure()) co_return failure_error(kRefreshOperation, {}, event.failure());
+  co_return unexpected_event(kRefreshOperation, event);
+}
+
+// The detached half of send_refresh_identity: holds the channel (not the
+// client) so it may outlive the client, and stays quiet when the host
+// itself closed the channel.
+asio::awaitable<void> watch_refresh(ChannelPtr channel, SentRefresh sent,
+                                    RefreshFailureHandler on_failure) {
+  auto outcome = co_await await_refresh(channel, std::move(sent));
+  if (outcome || channel->closed_by_host()) co_return;
+  if (on_failure) {
+    on_failure(outcome.error());
+  } else {
+    std::fprintf(stderr, "vesicle: %s\n", outcome.error().message().c_str());
+  }
+}
+
+// The detached half of send_disk_limit: the agent's answer, or the
+// failure handed to `on_failure`.
+asio::awaitable<void> watch_disk_limit(ChannelPtr channel, SentRefresh sent,
+                                       RefreshFailureHandler on_failure) {
+  ScopeExit forget([&] { channel->forget(sent.id); });
+  const auto deadline = Clock::now() + kRefreshAnswerTimeout;
+  auto received = co_await sent.inbox->receive(deadline);
+  Result<void> outcome;
+  if (!received) {
+    outcome = make_error("set the disk limit", "the agent did not answer in time; it may be stuck");
+  } else if (!*received) {
+    outcome = std::move(*received).error().with_context("set the disk limit");
+  } else if (received->value().has_failure()) {
+    outcome = failure_error("set the disk limit", {}, received->value().failure());
+  } else if (!received->value().has_done()) {
+    outcome = unexpected_event("set the disk limit", received->value());
+  }
+  if (outcome || channel->closed_by_host()) co_return;
+  if (on_failure) {
+    on_failure(outcome.error());
+  } else {
+    std::fprintf(stderr, "vesicle: %s\n", outcome.error().message().c_str());
+  }
+}
+
+class AgentUpload final : public Upload {
+public:
+  AgentUpload(ChannelPtr channel, std::uint64_t id, std::shared_ptr<Inbox> inbox, std::string path)
+      : channel_(std::move(channel)), id_(id), inbox_(std::move(inbox)), path_(std::move(path)) {}
+
+  ~AgentUpload() override {
+    if (state_ != State::open) return;
+    channel_->forget(id_);
+    // Dropped without finish() or abort(): tell the agent to remove its
+    // temporary file. Nobody waits for the answer.
+    if (channel_->connected()) {
+      guest::Request cancel;
+      cancel.set_id(channel_->allocate_id());
+      cancel.mutable_cancel()->set_target(id_);
+      asio::co_spawn(
+          channel_->executor(),
+          [channel = channel_, cancel]() -> asio::awaitable<void> {
+            (void)co_await channel->send(cancel);
+          },
+          asio::detached);
+    }
+  }
+
+  asio::awaitable<Result<void>> write(std::string_view data) override {
+    auto channel = channel_;
+    if (auto usable = check_open(); !usable) co_return std::move(usable).error();
+    while (!data.empty()) {
+      if (auto refused = take_early_failure(); !refused) co_return std::move(refused).error();
+      const std::size_t n = std::min(data.size(), wire::kMaxChunkBytes);
+      guest::Request request;
+      request.set_id(id_);
+      request.mutable_write_file()->set_data(data.data(), n);
+      data.remove_prefix(n);
+      if (auto sent = co_await channel->send(request); !sent) {
+        state_ = State::failed;
+        co_return std::move(sent).error().with_context("uploading " + path_);
+      }
+    }
+    co_return take_early_failure();
+  }
+
+  asio::awaitable<Result<guest::Done>> finish() override {
+    auto channel = channel_;
+    auto inbox = inbox_;
+    if (auto usable = check_open(); !usable) co_return std::move(usable).error();
+    state_ = State::finished;
+    ScopeExit forget([channel, id = id_] { channel->forget(id); });
+    guest::Request request;
+    request.set_id(id_);
+    request.mutable_write_file()->set_last(true);
+    if (auto sent = co_await channel->send(request); !sent) {
+      co_return std::move(sent).error().with_context("committing upload of " + path_);
+    }
+    auto received = co_await inbox->receive();
+    if (!*received)
+      co_return std::move(*received).error().with_context("committing upload of " + path_);
+    const guest::Event& event = received->value();
+    if (event.has_done()) co_return event.done();
+    if (event.has_failure()) co_return failure_error("write file", path_, event.failure());
+    co_return unexpected_event("write file " + path_, event);
+  }
+
+  asio::awaitable<void> abort() override {
+    auto channel = channel_;
+    if (state_ != State::open) co_return;
+    state_ = State::aborted;
+    channel->forget(id_);
+    guest::Request cancel;
+    cancel.mutable_cancel()->set_target(id_);
+    // Waits for the agent's acknowledgement so a caller that aborts and then
+    // uploads the same path again does not race the removal.
+    (void)co_await call(channel, std::move(cancel), Clock::now() + std::chrono::seconds(30),
+                        kNoStream);
+  }
+
+private:
+  enum class State { open, failed, finished, aborted };
+
+  Result<void> check_open() const {
+    switch (state_) {
+    case State::open:
+      return {};
+    case State::failed:
+      return make_error("upload", "an earlier write of this upload failed", path_);
+    case State::finished:
+      return make_error("upload", "the upload was already committed", path_);
+    case State::aborted:
+      return make_error("upload", "the upload was aborted", path_);
+    }
+    return {};
+  }
+
+  // Before the last chunk, the agent only ever answers with a Failure.
+  Result<void> take_early_failure() {
+    auto received = inbox_->try_receive();
+    if (!received) return {};
+    state_ = State::failed;
+    channel_->forget(id_);
+    if (!*received) return std::move(*received).error().with_context("uploading " + path_);
+    const guest::Event& event = received->value();
+    if (event.has_failure()) return failure_error("write file", path_, event.failure());
+    return unexpected_event("write file " + path_, event);
+  }
+
+  ChannelPtr channel_;
+  std::uint64_t id_;
+  std::shared_ptr<Inbox> inbox_;
+  std::string path_;
+  State state_ = State::open;
+};
+
+class ChannelAgentClient final : public AgentClient {
+public:
+  explicit ChannelAgentClient(ChannelPtr channel) : channel_(std::move(channel)) {}
+  ~ChannelAgentClient() override { channel_->close_by_host(); }
+
+  asio::awaitable<Result<guest::Pong>> ping(std::chrono::milliseconds timeout) override {
+    auto channel = channel_;
+    guest::Request request;
+    request.mutable_ping();
+    auto terminal = co_await call(channel, std::move(request), Clock::now() + timeout, kNoStream);
+    if (!terminal) co_return std::move(terminal).error().with_context("ping agent");
+    if (terminal->has_pong()) co_return terminal->pong();
+    if (terminal->has_failure()) co_return failure_error("ping agent", {}, terminal->failure());
+    co_return unexpected_event("ping agent", terminal.value());
+  }
+
+  asio::awaitable<Result<guest::Pong>> wait_ready(std::chrono::milliseconds timeout,
+                                                  std::chrono::milliseconds interval) override {
+    auto channel = channel_;
+    const auto deadline = Clock::now() + timeout;
+    auto inbox = std::make_shared<Inbox>(channel->executor());
+    std::vector<std::uint64_t> ids;
+    ScopeExit forget([&] {
+      for (auto id : ids)
+        channel->forget(id);
+    });
+    for (;;) {
+      const auto now = Clock::now();
+      if (now >= deadline) {
+        co_return make_error("wait for the agent", "no answer to " + std::to_string(ids.size()) +
+                                                       " pings within " +
+                                                       std::to_string(timeout.count()) + " ms");
+      }
+      guest::Request request;
+      request.set_id(channel->allocate_id());
+      request.mutable_ping();
+      ids.push_back(request.id());
+      channel->route(request.id(), inbox);
+      if (auto sent = co_await channel->send(request); !sent) {
+        co_return std::move(sent).error().with_context("wait for the agent");
+      }
+      auto received = co_await inbox->receive(std::min(deadline, now + interval));
+      if (!received) continue;
+      if (!*received) co_return std::move(*received).error().with_context("wait for the agent");
+      const guest::Event& event = received->value();
+      if (event.has_pong()) co_return event.pong();
+      if (event.has_failure()) co_return failure_error("ping agent", {}, event.failure());
+      co_return unexpected_event("ping agent", event);
+    }
+  }
+
+  asio::awaitable<Result<guest::Info>> info() override {
+    auto channel = channel_;
+    guest::Request request;
+    request.mutable_info();
+    auto terminal = co_await call(channel, std::move(request), Clock::time_point::max(), kNoStream);
+    if (!terminal) co_return std::move(terminal).error().with_context("query agent info");
+    if (terminal->has_info()) co_return terminal->info();
+    if (terminal->has_failure())
+      co_return failure_error("query agent info", {}, terminal->failure());
+    co_return unexpected_event("query agent info", terminal.value());
+  }
+
+  asio::awaitable<Result<guest::Exit>> exec_python(guest::ExecPython exec,
+                                                   ExecEventSink sink) override {
+    guest::Request request;
+    *request.mutable_exec_python() = std::move(exec);
+    return run_exec(channel_, std::move(request), std::move(sink), "exec python");
+  }
+
+  asio::awaitable<Result<guest::Exit>> exec_bash(guest::ExecBash exec,
+                                                 ExecEventSink sink) override {
+    guest::Request request;
+    *request.mutable_exec_bash() = std::move(exec);
+    return run_exec(channel_, std::move(request), std::move(sink), "exec bash");
+  }
+
+  asio::awaitable<Result<std::unique_ptr<Upload>>>
+  begin_upload(std::string path, std::uint32_t mode, bool make_parents) override {
+    auto channel = channel_;
+    const std::uint64_t id = channel->allocate_id();
+    auto inbox = channel->open(id);
+    // The opening message carries no data: the agent opens the file now, so
+    // a refusal (bad path, no permission) reaches the first write().
+    guest::Request request;
+    request.set_id(id);
+    auto* open = request.mutable_write_file();
+    open->set_path(path);
+    open->set_mode(mode);
+    open->set_make_parents(make_parents);
+    if (auto sent = co_await channel->send(request); !sent) {
+      channel->forget(id);
+      co_return std::move(sent).error().with_context("starting upload of " + path);
+    }
+    co_return std::unique_ptr<Upload>(
+        std::make_unique<AgentUpload>(channel, id, std::move(inbox), std::move(path)));
+  }
+
+  asio::awaitable<Result<guest::Done>> download(std::string path, ChunkSink sink) override {
+    auto channel = channel_;
+    std::uint64_t offset = 0;
+    for (;;) {
+      const std::uint64_t id = channel->allocate_id();
+      auto inbox = channel->open(id);
+      ScopeExit forget([&channel, id] { channel->forget(id); });
+      guest::Request request;
+      request.set_id(id);
+      auto* read = request.mutable_read_file();
+      read->set_path(path);
+      read->set_offset(offset);
+      read->set_length(kDownloadRange);
+      if (auto sent = co_await channel->send(request); !sent) {
+        co_return std::move(sent).error().with_context("downloading " + path);
+      }
+      std::uint64_t received_bytes = 0;
+      std::optional<guest::Done> done;
+      while (!done) {
+        auto received = co_await inbox->receive();
+        if (!*received) co_return std::move(*received).error().with_context("downloading " + path);
+        guest::Event& event = received->value();
+        if (event.has_file_data()) {
+          received_bytes += event.file_data().size();
+          if (auto taken = co_await sink(event.file_data()); !taken) {
+            co_return std::move(taken).error().with_context("downloading " + path);
+          }
+        } else if (event.has_done()) {
+          done = event.done();
+        } else if (event.has_failure()) {
+          co_return failure_error("read file", path, event.failure());
+        } else {
+          co_return unexpected_event("read file " + path, event);
+        }
+      }
+      offset += received_bytes;
+      if (done->eof()) {
+        done->set_size(std::max<std::uint64_t>(done->size(), offset));
+        co_return *done;
+      }
+      if (received_bytes == 0) {
+        co_return make_error("read file",
+                             "the agent sent no data at offset " + std::to_string(offset) +
+                                 " but did not report the end of the file",
+                             path);
+      }
+    }
+  }
+
+  asio::awaitable<Result<void>> shutdown() override {
+    auto channel = channel_;
+    guest::Request request;
+    request.mutable_shutdown();
+    auto terminal = co_await call(channel, std::move(request), Clock::time_point::max(), kNoStream);
+    if (!terminal) co_return std::move(terminal).error().with_context("shut down the guest");
+    if (terminal->has_done()) co_return Result<void>{};
+    if (terminal->has_failure())
+      co_return failure_error("shut down the guest", {}, terminal->failure());
+    co_return unexpected_event("shut down the guest", terminal.value());
+  }
+
+  asio::awaitable<Result<void>> refresh_identity(IdentityRefresh identity) override {
+    auto channel = channel_;
+    auto sent = co_await send_refresh(channel, std::move(identity));
+    if (!sent) co_return std::move(sent).error();
+    co_return co_await await_refresh(channel, std::move(sent.value()));
+  }
+
+  asio::awaitable<Result<void>> send_refresh_identity(IdentityRefresh identity,
+                                                      RefreshFailureHandler on_failure) override {
+    auto channel = channel_;
+    // Awaited up to the write, so the caller's next request is queued
+    // behind this one on the channel's FIFO write lock; a detached
+    // coroutine would start later and could be overtaken.
+    auto sent = co_await send_refresh(channel, std::move(identity));
+    if (!sent) co_return std::move(sent).error();
+    asio::co_spawn(channel->executor(),
+                   watch_refresh(channel, std::move(sent.value()), std::move(on_failure)),
+                   asio::detached);
+    co_return Result<void>{};
+  }
+
+  asio::awaitable<Result<void>> send_disk_limit(std::uint64_t max_bytes,
+                                                RefreshFailureHandler on_failure) override {
+    auto channel = channel_;
+    guest::Request request;
+    request.set_id(channel->allocate_id());
+    request.mutable_set_disk_limit()->set_max_bytes(max_bytes);
+    SentRefresh sent{request.id(), channel->open(request.id())};
+    if (auto written = co_await channel->send(request); !written) {
+      channel->forget(sent.id);
+      co_return std::move(written).error().with_context("set the disk limit");
+    }
+    asio::co_spawn(channel->executor(),
+                   watch_disk_limit(channel, std::move(sent), std::move(on_failure)),
+                   asio::detached);
+    co_return Result<void>{};
+  }
+
+  bool connected() const override { return channel_->connected(); }
+
+private:
+  ChannelPtr channel_;
+};
+
+} // namespace
+
+asio::awaitable<Result<void>> AgentClient::send_disk_limit(std::uint64_t, RefreshFailureHandler) {
+  co_return make_error("set the disk limit", "this agent client cannot set a disk limit");
+}
+
+Result<IdentityRefresh> IdentityRefresh::generate(std::string hostname) {
+  IdentityRefresh identity;
+  identity.hostname = std::move(hostname);
+  std::string random(64 + 16, '\0');
+  std::size_t filled = 0;
+  while (filled < random.size()) {
+    const ssize_t n = ::getrandom(random.data() + filled, random.size() - filled, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return sys_error("getrandom", {}).with_context("generating a guest identity");
+    filled += static_cast<std::size_t>(n);
+  }
+  identity.entropy = random.substr(0, 64);
+  static const char* digits = "0123456789abcdef";
+  for (std::size_t i = 64; i < random.size(); ++i) {
+    const auto byte = static_cast<unsigned char>(random[i]);
+    identity.machine_id += digits[byte >> 4];
+    identity.machine_id += digits[byte & 15];
+  }
+  // All zeros is reserved (machine-id(5)); 2^-128 odds, but cheap to rule out.
+  if (identity.machine_id.find_first_not_of('0') == std::string::npos) identity.machine_id[0] = '1';
+  return identity;
+}
+
+std::unique_ptr<AgentClient> make_agent_client(asio::local::stream_protocol::socket socket) {
+  auto channel = std::make_shared<Channel>(std::move(socket));
+  channel->start();
+  return std::make_unique<ChannelAgentClient>(std::move(channel));
+}
+
+bool is_channel_closed(const Error& error) {
+  return error.operation == kChannelClosedOperation;
+}
+
+Error failure_error(std::string operation, std::string subject, const guest::Failure& failure) {
+  int err = failure.errno_value();
+  if (err == 0) {
+    switch (failure.code()) {
+    case guest::Failure::NOT_FOUND:
+      err = ENOENT;
+      break;
+    case guest::Failure::NOT_A_FILE:
+    case guest::Failure::BAD_REQUEST:
+      err = EINVAL;
+      break;
+    case guest::Failure::BUSY:
+      err = EBUSY;
+      break;
+    case guest::Failure::TOO_LARGE:
+      err = EFBIG;
+      break;
+    case guest::Failure::NO_SPACE:
+      err = ENOSPC;
+      break;
+    case guest::Failure::IO:
+      err = EIO;
+      break;
+    default:
+      break;
+    }
+  }
+  std::string detail = failure.message();
+  if (detail.empty()) {
+    detail = "the agent refused the request (" + guest::Failure::Code_Name(failure.code()) + ")";
+  }
+  return Error{err, std::move(operation), std::move(subject), std::move(detail), {}};
+}
+
+} // namespace vesicle::vmm

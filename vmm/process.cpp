@@ -1,0 +1,260 @@
+#include "vmm/process.hpp"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <fstream>
+
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+extern char** environ;
+
+namespace vesicle::vmm::detail {
+
+namespace {
+
+ExitStatus from_siginfo(const siginfo_t& info) {
+  ExitStatus status;
+  if (info.si_code == CLD_EXITED) {
+    status.code = info.si_status;
+  } else {
+    status.signaled = true;
+    status.code = info.si_status;
+  }
+  return status;
+}
+
+// Writes errno to the status pipe and exits; async-signal-safe.
+[[noreturn]] void child_fail(int pipe_fd) {
+  const int err = errno;
+  (void)!::write(pipe_fd, &err, sizeof err);
+  ::_exit(127);
+}
+
+// glibc 2.36's <sys/pidfd.h> lacks extern "C", so C++ cannot link its
+// wrappers; the raw syscalls are the same thing.
+int pidfd_open(pid_t pid) {
+  return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+}
+int pidfd_send_signal(int pidfd, int signal) {
+  return static_cast<int>(::syscall(SYS_pidfd_send_signal, pidfd, signal, nullptr, 0));
+}
+
+} // namespace
+
+std::string ExitStatus::describe() const {
+  if (!signaled) return "exited with status " + std::to_string(code);
+  const char* name = ::sigdescr_np(code);
+  return "killed by signal " + std::to_string(code) + (name ? std::string(" (") + name + ")" : "");
+}
+
+// The asio side of the pidfd lives in shared state so a wait() suspended
+// while the Process is destroyed wakes (cancelled) without touching it.
+struct Process::Watch {
+  explicit Watch(asio::any_io_executor executor, int fd) : descriptor(std::move(executor), fd) {}
+  asio::posix::stream_descriptor descriptor;
+};
+
+Process::Process(asio::any_io_executor executor, pid_t pid, UniqueFd pidfd)
+    : pid_(pid), pidfd_(std::move(pidfd)) {
+  // The descriptor gets its own duplicate so closing it (which cancels a
+  // wait) leaves pidfd_ for signalling and reaping.
+  watch_ = std::make_shared<Watch>(std::move(executor), ::fcntl(pidfd_.get(), F_DUPFD_CLOEXEC, 0));
+}
+
+Process::~Process() {
+  if (!status_) kill_and_reap();
+  boost::system::error_code ignored;
+  watch_->descriptor.close(ignored);
+}
+
+Result<std::unique_ptr<Process>> Process::spawn(asio::any_io_executor executor,
+                                                const SpawnOptions& options) {
+  if (options.argv.empty()) return make_error("spawn process", "empty argument list");
+  auto binary = find_executable(options.argv[0]);
+  if (!binary) return std::move(binary).error();
+
+  // Everything the child needs is prepared here: between fork and exec only
+  // async-signal-safe calls are allowed, because other threads may hold the
+  // allocator's locks.
+  std::vector<char*> argv;
+  for (const auto& arg : options.argv)
+    argv.push_back(const_cast<char*>(arg.c_str()));
+  argv.push_back(nullptr);
+  const std::string binary_path = binary->string();
+  const std::string output = options.output.string();
+  const std::string working_dir = options.working_dir.string();
+  const int pass_fd = options.pass_fd;
+
+  UniqueFd out(::open(output.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600));
+  if (!out) return sys_error("open", output).with_context("opening the log of " + options.argv[0]);
+  UniqueFd null(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+  if (!null) return sys_error("open", "/dev/null");
+  int status_pipe[2];
+  if (::pipe2(status_pipe, O_CLOEXEC) != 0) return sys_error("pipe2");
+  UniqueFd status_read(status_pipe[0]);
+  UniqueFd status_write(status_pipe[1]);
+
+  const pid_t parent = ::getpid();
+  const pid_t pid = ::fork();
+  if (pid < 0) return sys_error("fork", options.argv[0]);
+  if (pid == 0) {
+    // In the child.
+    const int report = status_write.get();
+    if (::prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) child_fail(report);
+    // The parent may have died before the prctl took effect.
+    if (::getppid() != parent) ::_exit(127);
+    if (::setpgid(0, 0) != 0) child_fail(report);
+    sigset_t all;
+    sigemptyset(&all);
+    ::sigprocmask(SIG_SETMASK, &all, nullptr);
+    struct sigaction dfl {};
+    dfl.sa_handler = SIG_DFL;
+    for (int sig = 1; sig < NSIG; ++sig)
+      ::sigaction(sig, &dfl, nullptr);
+    if (::dup2(null.get(), 0) < 0 || ::dup2(out.get(), 1) < 0 || ::dup2(out.get(), 2) < 0) {
+      child_fail(report);
+    }
+    // Keep only stdio, the passed descriptor and the status pipe
+    // (close-on-exec) open. The status pipe is moved above fd 3 first.
+    int report_fd = report;
+    if (pass_fd >= 0) {
+      if (report_fd <= 3) {
+        report_fd = ::fcntl(report, F_DUPFD_CLOEXEC, 4);
+        if (report_fd < 0) child_fail(report);
+      }
+      if (pass_fd == 3) {
+        if (::fcntl(3, F_SETFD, 0) != 0) child_fail(report_fd);
+      } else if (::dup2(pass_fd, 3) < 0) {
+        child_fail(report_fd);
+      }
+    }
+    const int first_closed = pass_fd >= 0 ? 4 : 3;
+    if (report_fd > first_closed) ::close_range(first_closed, report_fd - 1, 0);
+    ::close_range(report_fd + 1, ~0U, 0);
+    if (!working_dir.empty() && ::chdir(working_dir.c_str()) != 0) child_fail(report_fd);
+    ::execve(binary_path.c_str(), argv.data(), environ);
+    child_fail(report_fd);
+  }
+
+  status_write.reset();
+  // Blocks only until the child execs (or fails to): milliseconds.
+  int child_errno = 0;
+  ssize_t n;
+  do {
+    n = ::read(status_read.get(), &child_errno, sizeof child_errno);
+  } while (n < 0 && errno == EINTR);
+  UniqueFd pidfd(pidfd_open(pid));
+  if (n == sizeof child_errno) {
+    siginfo_t info{};
+    ::waitid(P_PID, pid, &info, WEXITED);
+    return sys_error("execute", binary_path, child_errno);
+  }
+  if (!pidfd) {
+    const int err = errno;
+    ::kill(pid, SIGKILL);
+    siginfo_t info{};
+    ::waitid(P_PID, pid, &info, WEXITED);
+    return sys_error("pidfd_open", std::to_string(pid), err)
+        .with_context("watching " + options.argv[0] + " (Linux 5.3 or later is required)");
+  }
+  return std::unique_ptr<Process>(new Process(std::move(executor), pid, std::move(pidfd)));
+}
+
+void Process::reap(bool block) {
+  if (status_) return;
+  siginfo_t info{};
+  int rc;
+  do {
+    rc = ::waitid(P_PIDFD, pidfd_.get(), &info, WEXITED | (block ? 0 : WNOHANG));
+  } while (rc != 0 && errno == EINTR);
+  if (rc != 0) {
+    // ECHILD: someone else reaped it (SIGCHLD set to SIG_IGN, a stray
+    // waitpid(-1)). It is gone; how is unknown.
+    if (errno == ECHILD || block) status_ = ExitStatus{true, 0};
+    return;
+  }
+  if (info.si_pid == 0) return; // WNOHANG and still running
+  status_ = from_siginfo(info);
+}
+
+asio::awaitable<ExitStatus> Process::wait() {
+  auto watch = watch_;
+  while (!status_) {
+    boost::system::error_code ec;
+    co_await watch->descriptor.async_wait(asio::posix::descriptor_base::wait_read,
+                                          asio::redirect_error(asio::use_awaitable, ec));
+    if (ec == asio::error::operation_aborted && !watch->descriptor.is_open()) {
+      // The Process was destroyed, which killed and reaped the child; `this`
+      // is gone.
+      co_return ExitStatus{true, SIGKILL};
+    }
+    reap(false);
+  }
+  co_return *status_;
+}
+
+void Process::kill(int signal) {
+  if (status_) return;
+  pidfd_send_signal(pidfd_.get(), signal);
+}
+
+ExitStatus Process::kill_and_reap() {
+  kill(SIGKILL);
+  reap(true);
+  return *status_;
+}
+
+Result<std::filesystem::path> find_executable(const std::string& name) {
+  auto usable = [](const std::filesystem::path& p) { return ::access(p.c_str(), X_OK) == 0; };
+  if (name.find('/') != std::string::npos) {
+    if (usable(name)) return std::filesystem::path(name);
+    return sys_error("find executable", name);
+  }
+  const char* path = ::getenv("PATH");
+  std::string_view dirs = path ? path : "/usr/local/bin:/usr/bin:/bin";
+  while (!dirs.empty()) {
+    const auto colon = dirs.find(':');
+    const std::string_view dir = dirs.substr(0, colon);
+    if (!dir.empty()) {
+      std::filesystem::path candidate = std::filesystem::path(dir) / name;
+      if (usable(candidate)) return candidate;
+    }
+    if (colon == std::string_view::npos) break;
+    dirs.remove_prefix(colon + 1);
+  }
+  return make_error("find executable",
+                    "not found in PATH; is it installed? (scripts/install-deps.sh)", name);
+}
+
+asio::awaitable<Result<void>> run_helper(asio::any_io_executor executor, SpawnOptions options) {
+  auto process = Process::spawn(executor, options);
+  if (!process) co_return std::move(process).error();
+  const ExitStatus status = co_await process.value()->wait();
+  if (!status.signaled && status.code == 0) co_return Result<void>{};
+  co_return make_error("run", status.describe() + ": " + file_tail(options.output, 1024),
+                       options.argv[0]);
+}
+
+std::string file_tail(const std::filesystem::path& path, std::size_t max_bytes) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return {};
+  in.seekg(0, std::ios::end);
+  const auto size = static_cast<std::size_t>(in.tellg());
+  const std::size_t start = size > max_bytes ? size - max_bytes : 0;
+  in.seekg(static_cast<std::streamoff>(start));
+  std::string text(size - start, '\0');
+  in.read(text.data(), static_cast<std::streamsize>(text.size()));
+  while (!text.empty() && (text.back() == '\n' || text.back() == '\r'))
+    text.pop_back();
+  return text;
+}
+
+} // namespace vesicle::vmm::detail

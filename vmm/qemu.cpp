@@ -1,0 +1,1509 @@
+// The QEMU microVM driver. A VM is QEMU plus three connections to it: the
+// process (a pidfd), the monitor (QMP) and the guest agent (virtio-serial).
+// QEMU runs with -no-shutdown, so when the guest powers off, resets or
+// panics, QEMU stops instead of exiting, reports SHUTDOWN over QMP, and the
+// driver reads the guest console's ring buffer before it lets QEMU go: that
+// is how a dead VM's last words reach the caller.
+#include "vmm/qemu.hpp"
+
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#if defined(__x86_64__)
+#include <x86intrin.h>
+#endif
+
+#include <fcntl.h>
+#include <stdio.h>
+
+#include <algorithm>
+#include <fstream>
+#include <thread>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include "vmm/async.hpp"
+#include "vmm/process.hpp"
+#include "vmm/qmp.hpp"
+#include "vmm/snapshot.hpp"
+
+namespace vesicle::vmm {
+
+namespace qemu {
+
+namespace {
+
+namespace fs = std::filesystem;
+using detail::Clock;
+using std::chrono::milliseconds;
+
+constexpr std::size_t kConsoleBytes = 64u << 10;
+constexpr milliseconds kPingInterval{250};
+// How long QEMU may take to put up its monitor socket.
+constexpr milliseconds kQmpTimeout{15'000};
+
+} // namespace
+
+VmPaths VmPaths::of(const VmConfig& config) {
+  VmPaths paths;
+  paths.dir = config.runtime_dir / config.id;
+  paths.agent_socket = paths.dir / "agent.sock";
+  paths.qmp_socket = paths.dir / "qmp.sock";
+  paths.overlay = paths.dir / "overlay.qcow2";
+  paths.log = paths.dir / "qemu.log";
+  paths.pidfile = paths.dir / "qemu.pid";
+  paths.memory_file = config.shm_dir / ("vesicle-" + config.id + ".mem");
+  return paths;
+}
+
+Result<void> check_id(const std::string& id) {
+  const bool valid =
+      !id.empty() && id.size() <= 48 && std::all_of(id.begin(), id.end(), [](char c) {
+        return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-';
+      });
+  if (valid) return {};
+  return make_error("check VM id", "an id is 1 to 48 characters of [a-z0-9-]", id);
+}
+
+std::string kernel_cmdline(Accel accel, std::optional<unsigned long> tsc_khz) {
+  // reboot=t: microvm has no keyboard controller, PCI reset port or ACPI reset
+  // register, so the kernel's default reboot sequence ends in a real-mode
+  // jump back into the firmware, which can spin forever (seen under host load)
+  // instead of resetting. A triple fault always reaches QEMU as a guest reset.
+  std::string cmdline = "console=ttyS0 root=/dev/vda rw quiet panic=-1 reboot=t";
+  if (accel == Accel::tcg && tsc_khz) {
+    // tsc=reliable: TCG's vCPUs all read the host's TSC, which the kernel's
+    // warp check, slowed down by emulation, mistakes for unsynchronized TSCs
+    // and falls back to a 4 ms jiffies clock.
+    cmdline += " tsc_early_khz=" + std::to_string(*tsc_khz) + " tsc=reliable";
+  }
+  return cmdline;
+}
+
+std::vector<std::string> command_line(const VmConfig& config, const VmPaths& paths, Accel accel,
+                                      std::optional<unsigned long> tsc_khz,
+                                      const Snapshot* restore_from) {
+  const std::string memory = std::to_string(config.memory_mib);
+  // A booted VM's RAM is a shared file of its own: saving it is a rename.
+  // A restored one maps the snapshot's file privately: pages it only reads
+  // stay shared with every other VM restored from the same snapshot.
+  // A full-RAM snapshot's pages all come from the migration stream, so its
+  // VM gets a fresh file of its own, shared like a booted VM's.
+  const bool shared_from_snapshot = restore_from && !restore_from->full_ram;
+  const std::string memory_backend =
+      shared_from_snapshot ? "memory-backend-file,id=mem,size=" + memory +
+                                 "M,mem-path=" + restore_from->memory_file.string() + ",share=off"
+                           : "memory-backend-file,id=mem,size=" + memory +
+                                 "M,mem-path=" + paths.memory_file.string() + ",share=on";
+  std::vector<std::string> args = {
+      config.qemu_binary,
+      "-M",
+      "microvm,x-option-roms=off,rtc=on,memory-backend=mem",
+      "-nodefaults",
+      "-no-user-config",
+      "-nographic",
+      // A guest reset (panic=-1 turns a panic into one) and a power-off both
+      // stop the VM and raise QMP SHUTDOWN; the driver then reads the console
+      // and quits QEMU.
+      "-no-reboot",
+      "-no-shutdown",
+  };
+  if (accel == Accel::kvm) {
+    args.insert(args.end(), {"-accel", "kvm", "-cpu", "host"});
+  } else {
+    // Without -cpu max the default qemu64 model lacks what the guest kernel
+    // needs to calibrate its clock, and it hangs early in boot.
+    args.insert(args.end(),
+                {"-accel", "tcg,tb-size=" + std::to_string(config.tcg_translation_cache_mib),
+                 "-cpu", "max"});
+  }
+  args.insert(args.end(),
+              {
+                  "-smp",
+                  std::to_string(config.vcpus),
+                  "-m",
+                  memory,
+                  "-object",
+                  memory_backend,
+                  "-kernel",
+                  fs::absolute(config.images.kernel).string(),
+                  "-initrd",
+                  fs::absolute(config.images.initrd).string(),
+                  "-append",
+                  restore_from ? restore_from->kernel_cmdline : kernel_cmdline(accel, tsc_khz),
+                  "-drive",
+                  "id=root,file=" + paths.overlay.string() + ",format=qcow2,if=none,discard=unmap",
+                  "-device",
+                  "virtio-blk-device,drive=root",
+                  "-device",
+                  "virtio-serial-device",
+                  "-chardev",
+                  "socket,id=agent,path=" + paths.agent_socket.string() + ",server=on,wait=off",
+                  "-device",
+                  "virtserialport,chardev=agent,name=agent",
+                  // A ring buffer: a guest flooding its serial port costs a fixed 64 KiB.
+                  "-chardev",
+                  "ringbuf,id=console,size=" + std::to_string(kConsoleBytes),
+                  "-serial",
+                  "chardev:console",
+                  "-qmp",
+                  "unix:" + paths.qmp_socket.string() + ",server=on,wait=off",
+                  "-name",
+                  "vesicle-" + config.id + ",process=vesicle-" + config.id,
+                  "-pidfile",
+                  paths.pidfile.string(),
+              });
+  if (config.network) {
+    // The tap fd becomes fd 3 in QEMU (SpawnOptions::pass_fd).
+    args.insert(args.end(), {"-netdev", "tap,id=net0,fd=3", "-device",
+                             "virtio-net-device,netdev=net0,mac=" + config.network->mac});
+  }
+  if (restore_from) args.insert(args.end(), {"-incoming", "defer", "-S"});
+  return args;
+}
+
+Result<std::string> shell_quote(const fs::path& path) {
+  const std::string text = path.string();
+  if (text.find_first_of("'\n") != std::string::npos) {
+    return make_error("quote path for QEMU",
+                      "a snapshot path must not contain a quote or a newline", text);
+  }
+  return "'" + text + "'";
+}
+
+std::optional<unsigned long> host_tsc_khz() {
+#if defined(__x86_64__)
+  static const std::optional<unsigned long> measured = []() -> std::optional<unsigned long> {
+    std::ifstream cpuinfo("/proc/cpuinfo");
+    std::string line;
+    bool constant = false, nonstop = false;
+    while (std::getline(cpuinfo, line)) {
+      if (line.rfind("flags", 0) == 0) {
+        constant = line.find(" constant_tsc") != std::string::npos;
+        nonstop = line.find(" nonstop_tsc") != std::string::npos;
+        break;
+      }
+    }
+    if (!constant || !nonstop) return std::nullopt;
+    auto now_ns = [] {
+      timespec ts{};
+      ::clock_gettime(CLOCK_MONOTONIC_RAW, &ts);
+      return static_cast<long double>(ts.tv_sec) * 1e9L + ts.tv_nsec;
+    };
+    // Three 10 ms samples; the median shrugs off one preempted sample.
+    std::vector<long double> khz;
+    for (int i = 0; i < 3; ++i) {
+      const auto t0 = now_ns();
+      const auto c0 = __rdtsc();
+      timespec pause{0, 10'000'000};
+      ::nanosleep(&pause, nullptr);
+      const auto c1 = __rdtsc();
+      const auto t1 = now_ns();
+      khz.push_back(static_cast<long double>(c1 - c0) / (t1 - t0) * 1e6L);
+    }
+    std::sort(khz.begin(), khz.end());
+    if (khz[1] < 100'000) return std::nullopt; // below 100 MHz: not a usable TSC
+    return static_cast<unsigned long>(khz[1] + 0.5L);
+  }();
+  return measured;
+#else
+  return std::nullopt;
+#endif
+}
+
+std::string console_tail(std::string_view console, std::size_t max_bytes) {
+  std::string text;
+  text.reserve(console.size());
+  for (const char c : console) {
+    const auto u = static_cast<unsigned char>(c);
+    if (c == '\r') continue;
+    if (u < 0x20 && c != '\n' && c != '\t') continue;
+    if (u == 0x7f) continue;
+    text += c;
+  }
+  while (!text.empty() && text.back() == '\n')
+    text.pop_back();
+  if (text.size() > max_bytes) {
+    std::size_t start = text.size() - max_bytes;
+    const auto newline = text.find('\n', start);
+    if (newline != std::string::npos) start = newline + 1;
+    // Do not start in the middle of a UTF-8 sequence.
+    while (start < text.size() && (static_cast<unsigned char>(text[start]) & 0xc0) == 0x80)
+      ++start;
+    text.erase(0, start);
+  }
+  return text;
+}
+
+std::string base64_decode(std::string_view text) {
+  auto value = [](char c) -> int {
+    if (c >= 'A' && c <= 'Z') return c - 'A';
+    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+    if (c >= '0' && c <= '9') return c - '0' + 52;
+    if (c == '+') return 62;
+    if (c == '/') return 63;
+    return -1;
+  };
+  std::string out;
+  out.reserve(text.size() / 4 * 3);
+  unsigned bits = 0;
+  int count = 0;
+  for (const char c : text) {
+    const int v = value(c);
+    if (v < 0) continue; // padding, whitespace
+    bits = (bits << 6) | static_cast<unsigned>(v);
+    count += 6;
+    if (count >= 8) {
+      count -= 8;
+      out += static_cast<char>((bits >> count) & 0xff);
+    }
+  }
+  return out;
+}
+
+namespace {
+
+using Socket = asio::local::stream_protocol::socket;
+
+// Everything one VM owns. Shared with the coroutines that watch it, so none
+// of them outlives what it touches; the Vm handle owns it and destroys it.
+struct VmState : std::enable_shared_from_this<VmState> {
+  VmState(asio::any_io_executor executor, VmConfig config)
+      : executor(executor), config(std::move(config)), paths(VmPaths::of(this->config)),
+        exited(executor) {}
+
+  asio::any_io_executor executor;
+  VmConfig config;
+  VmPaths paths;
+  std::unique_ptr<detail::Process> process;
+  std::shared_ptr<QmpClient> qmp;
+  std::unique_ptr<AgentClient> agent;
+
+  detail::Event exited;
+  std::string exit_description;
+  bool shutdown_requested = false;
+  bool destroy_requested = false;
+  bool files_created = false;
+  // Restored from a snapshot (RAM mapped share=off): cannot be saved fast.
+  bool restored = false;
+  // The snapshot RAM file a restored VM maps share=off (empty otherwise).
+  fs::path shared_source;
+  // While restore_full is under way: where the overlay (a full snapshot's
+  // disk, renamed) goes back to if the VM ends before the restore completes.
+  fs::path return_disk_to;
+  bool saving = false; // save_snapshot is under way
+  bool saved = false;  // ended by save_snapshot: its files became a snapshot
+  std::string kernel_cmdline;
+  Accel accel = Accel::tcg;
+  // Set when QMP reported the guest stopped on its own (reset, power-off).
+  std::string guest_stop_reason;
+  std::string console;
+
+  bool running() const { return process && !process->exited(); }
+
+  void remove_files() {
+    if (!files_created) return;
+    if (!return_disk_to.empty()) {
+      ::renameat2(AT_FDCWD, paths.overlay.c_str(), AT_FDCWD, return_disk_to.c_str(),
+                  RENAME_NOREPLACE);
+      return_disk_to.clear();
+    }
+    std::error_code ignored;
+    fs::remove_all(paths.dir, ignored);
+    fs::remove(paths.memory_file, ignored);
+    files_created = false;
+  }
+
+  // Records how the VM ended (once), closes the monitor, frees the files.
+  void finish(const detail::ExitStatus& status) {
+    if (exited.is_set()) return;
+    std::string how;
+    if (saved) {
+      how = "saved to a snapshot and ended (QEMU " + status.describe() + ")";
+    } else if (destroy_requested) {
+      how = "destroyed by the host (QEMU " + status.describe() + ")";
+    } else if (shutdown_requested &&
+               (guest_stop_reason == "guest-shutdown" || guest_stop_reason.empty())) {
+      how = "the guest powered off as asked";
+    } else if (!guest_stop_reason.empty()) {
+      how = guest_stop_reason == "guest-reset"
+                ? "the guest kernel reset the machine (a kernel panic, or PID 1 exited)"
+            : guest_stop_reason == "guest-shutdown" ? "the guest powered itself off"
+            : guest_stop_reason == "guest-panic"    ? "the guest kernel panicked"
+                                                 : "the guest stopped (" + guest_stop_reason + ")";
+      if (!console.empty()) how += "; guest console (tail):\n" + console;
+    } else {
+      how = "QEMU " + status.describe() + " unexpectedly";
+      const std::string log = detail::file_tail(paths.log, 2048);
+      if (!log.empty()) how += "; QEMU log (tail):\n" + log;
+    }
+    exit_description = std::move(how);
+    if (qmp) qmp->close();
+    remove_files();
+    exited.set();
+  }
+
+  void destroy() {
+    if (process && !process->exited()) {
+      destroy_requested = true;
+      finish(process->kill_and_reap());
+    } else if (process) {
+      finish(*process->status());
+    }
+    if (qmp) qmp->close();
+    remove_files();
+  }
+
+  asio::awaitable<void> watch_process() {
+    auto self = shared_from_this();
+    const detail::ExitStatus status = co_await process->wait();
+    finish(status);
+  }
+
+  asio::awaitable<std::string> read_console() {
+    if (!qmp || !qmp->connected()) co_return std::string{};
+    json::Object arguments;
+    arguments["device"] = json::Value(std::string("console"));
+    arguments["size"] = json::Value(static_cast<std::int64_t>(kConsoleBytes));
+    arguments["format"] = json::Value(std::string("base64"));
+    auto read = co_await qmp->execute("ringbuf-read", std::move(arguments), milliseconds(3000));
+    if (!read) co_return "(could not read the guest console: " + read.error().message() + ")";
+    co_return console_tail(base64_decode(read->as_string()));
+  }
+
+  // The guest stopped and QEMU waits (-no-shutdown): keep its console if the
+  // stop was not asked for, then let QEMU exit.
+  asio::awaitable<void> on_guest_stopped(std::string reason) {
+    auto self = shared_from_this();
+    guest_stop_reason = reason;
+    const bool expected = shutdown_requested && reason == "guest-shutdown";
+    if (!expected) console = co_await read_console();
+    if (qmp && qmp->connected()) {
+      std::string quit = "quit";
+      json::Object no_arguments;
+      (void)co_await qmp->execute(std::move(quit), std::move(no_arguments), milliseconds(3000));
+    }
+    // A QEMU that does not quit when told is killed; the watcher reaps it.
+    const bool gone = co_await exited.wait(Clock::now() + std::chrono::seconds(3));
+    if (!gone && process && !process->exited()) process->kill(SIGKILL);
+  }
+
+  void watch_monitor() {
+    std::weak_ptr<VmState> weak = shared_from_this();
+    qmp->on_event([weak](const std::string& event, const json::Value& message) {
+      auto self = weak.lock();
+      if (!self || event != "SHUTDOWN") return;
+      const auto& data = message["data"];
+      // Host-initiated quits (our own "quit", a signal) end QEMU anyway.
+      if (!data["guest"].as_bool()) return;
+      asio::co_spawn(self->executor, self->on_guest_stopped(data["reason"].as_string()),
+                     asio::detached);
+    });
+  }
+};
+
+// Runs `work` (blocking: hashing hundreds of MB) on a thread of its own and
+// resumes on `executor` with its result, so the VMs sharing that executor
+// keep being served meanwhile.
+template <class F>
+asio::awaitable<std::invoke_result_t<F>> run_blocking(asio::any_io_executor executor, F work) {
+  using R = std::invoke_result_t<F>;
+  auto done = std::make_shared<detail::Event>(executor);
+  auto result = std::make_shared<std::optional<R>>();
+  std::thread([work = std::move(work), result, done, executor]() mutable {
+    result->emplace(work());
+    asio::post(executor, [done] { done->set(); });
+  }).detach();
+  co_await done->wait();
+  co_return std::move(**result);
+}
+
+asio::awaitable<void> sleep_for(asio::any_io_executor executor, milliseconds duration) {
+  asio::steady_timer timer(executor, duration);
+  boost::system::error_code ec;
+  co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+}
+
+// `command` is a literal: no temporary std::string in the callers' co_await
+// expressions (see QmpClient::execute).
+asio::awaitable<Result<json::Value>> qmp_run(VmState& state, const char* command,
+                                             json::Object arguments,
+                                             milliseconds timeout = milliseconds(5000)) {
+  if (!state.qmp || !state.qmp->connected()) {
+    co_return make_error(std::string("QMP ") + command,
+                         "the monitor connection is closed (QEMU is gone)", state.config.id);
+  }
+  std::string name = command;
+  auto reply = co_await state.qmp->execute(std::move(name), std::move(arguments), timeout);
+  co_return reply; // its Error already names the command
+}
+
+// Both ends of a migration must agree on it: it changes the stream's format.
+asio::awaitable<Result<void>> set_ignore_shared(VmState& state, bool on = true) {
+  json::Object capability;
+  capability["capability"] = json::Value("x-ignore-shared");
+  capability["state"] = json::Value(on);
+  json::Object arguments;
+  arguments["capabilities"] = json::Value(json::Array{json::Value(std::move(capability))});
+  auto set = co_await qmp_run(state, "migrate-set-capabilities", std::move(arguments));
+  if (!set) co_return std::move(set).error();
+  co_return Result<void>{};
+}
+
+// Polls query-migrate until the migration (either direction) completed or
+// failed. Device state alone is a few KB: this takes tens of ms.
+asio::awaitable<Result<void>> wait_migration(std::shared_ptr<VmState> state,
+                                             Clock::time_point deadline) {
+  for (;;) {
+    if (!state->running()) {
+      co_return make_error("migrate", "QEMU exited during the migration", state->config.id);
+    }
+    json::Object no_arguments;
+    auto reply = co_await qmp_run(*state, "query-migrate", std::move(no_arguments));
+    if (!reply) co_return std::move(reply).error();
+    const std::string& status = (*reply)["status"].as_string();
+    if (status == "completed") co_return Result<void>{};
+    if (status == "failed" || status == "cancelled") {
+      const std::string& why = (*reply)["error-desc"].as_string();
+      co_return make_error("migrate",
+                           "QEMU reports the migration " + status +
+                               (why.empty() ? std::string() : ": " + why),
+                           state->config.id);
+    }
+    if (Clock::now() >= deadline) {
+      co_return make_error("migrate", "not finished in time (status " + status + ")",
+                           state->config.id);
+    }
+    co_await sleep_for(state->executor, milliseconds(5));
+  }
+}
+
+Result<void> fsync_path(const fs::path& path, bool directory) {
+  UniqueFd fd(::open(path.c_str(), (directory ? O_DIRECTORY : 0) | O_RDONLY | O_CLOEXEC));
+  if (!fd) return sys_error("open", path.string());
+  if (::fsync(fd.get()) != 0) return sys_error("fsync", path.string());
+  return {};
+}
+
+Result<void> rename_new(const fs::path& from, const fs::path& to) {
+  if (::renameat2(AT_FDCWD, from.c_str(), AT_FDCWD, to.c_str(), RENAME_NOREPLACE) != 0) {
+    Error error = sys_error("rename", from.string() + " -> " + to.string());
+    if (errno == EXDEV) error.detail = "not on the same filesystem";
+    if (errno == EEXIST) error.detail = "the target exists; a snapshot is never overwritten";
+    return error;
+  }
+  return {};
+}
+
+// What save_snapshot does once QEMU is gone and the files are in place:
+// checksums, manifest, read-only modes. Blocking; runs off the executor.
+Result<snapshot::Manifest> seal_snapshot(const fs::path& staging, snapshot::Manifest manifest) {
+  const fs::path state = staging / snapshot::kStateName;
+  const fs::path disk = staging / snapshot::kDiskName;
+  for (const auto& path : {state, disk}) {
+    if (auto synced = fsync_path(path, false); !synced) return synced.error();
+  }
+  auto state_digest = snapshot::digest_file(state);
+  if (!state_digest) return state_digest.error();
+  auto disk_digest = snapshot::digest_file(disk);
+  if (!disk_digest) return disk_digest.error();
+  auto memory_digest = snapshot::digest_sparse_file(manifest.memory_file);
+  if (!memory_digest) return memory_digest.error();
+  manifest.state = *state_digest;
+  manifest.disk = *disk_digest;
+  manifest.memory = *memory_digest;
+  if (manifest.memory.size != std::uint64_t{manifest.memory_mib} << 20) {
+    return make_error("check memory file",
+                      "its size " + std::to_string(manifest.memory.size) +
+                          " is not the VM's memory size",
+                      manifest.memory_file.string());
+  }
+  const fs::path manifest_path = staging / snapshot::kManifestName;
+  if (auto written = snapshot::write_file_atomically(manifest_path, format_manifest(manifest));
+      !written)
+    return written.error();
+  // Read-only: a restored VM maps the RAM file share=off and sees any later
+  // write to a page it has not copied yet. (Root ignores the mode; it is a
+  // guard against accidents, not a protection.)
+  for (const auto& path : {state, disk, manifest_path, manifest.memory_file}) {
+    if (::chmod(path.c_str(), 0444) != 0) return sys_error("make read-only", path.string());
+  }
+  if (auto synced = fsync_path(staging, true); !synced) return synced.error();
+  return manifest;
+}
+
+// Pauses the VM and writes its device state (not its RAM) through `cat`.
+asio::awaitable<Result<void>> save_device_state(std::shared_ptr<VmState> state,
+                                                std::string quoted_path) {
+  const auto deadline = Clock::now() + std::chrono::seconds(60);
+  json::Object no_arguments;
+  auto stopped = co_await qmp_run(*state, "stop", std::move(no_arguments));
+  if (!stopped) co_return std::move(stopped).error();
+  auto set = co_await set_ignore_shared(*state);
+  if (!set) co_return std::move(set).error();
+  json::Object migrate;
+  migrate["uri"] = json::Value("exec:cat > " + quoted_path);
+  auto begun = co_await qmp_run(*state, "migrate", std::move(migrate));
+  if (!begun) co_return std::move(begun).error();
+  co_return co_await wait_migration(state, deadline);
+}
+
+// Vm::save_snapshot's steps; see vmm.hpp for the contract.
+asio::awaitable<Result<Snapshot>> save_steps(std::shared_ptr<VmState> state, fs::path dir,
+                                             fs::path memory_file) {
+  const std::string& id = state->config.id;
+  if (state->restored) {
+    co_return make_error(
+        "save snapshot",
+        "a VM restored share=off cannot be snapshotted fast: its RAM is a private copy-on-write "
+        "mapping of another snapshot's file, with no file of its own to keep; save a booted VM",
+        id);
+  }
+  if (!state->running() || !state->qmp || !state->qmp->connected())
+    co_return make_error("save snapshot", "the VM is not running", id);
+  if (state->saving) co_return make_error("save snapshot", "a save is already under way", id);
+
+  std::error_code ec;
+  dir = fs::absolute(dir, ec).lexically_normal();
+  if (!dir.has_filename()) dir = dir.parent_path(); // "a/b/" names a/b
+  memory_file = fs::absolute(memory_file, ec).lexically_normal();
+  for (const auto& path : {dir, memory_file}) {
+    if (fs::symlink_status(path, ec).type() != fs::file_type::not_found) {
+      co_return Error{EEXIST,
+                      "save snapshot",
+                      path.string(),
+                      "it exists; a snapshot is never overwritten: choose a new path",
+                      {}};
+    }
+  }
+  struct stat target_parent {
+  }, current{};
+  if (::stat(memory_file.parent_path().c_str(), &target_parent) != 0)
+    co_return sys_error("save snapshot: stat", memory_file.parent_path().string());
+  if (::stat(state->paths.memory_file.c_str(), &current) != 0)
+    co_return sys_error("save snapshot: stat", state->paths.memory_file.string());
+  if (target_parent.st_dev != current.st_dev) {
+    co_return Error{EXDEV,
+                    "save snapshot",
+                    memory_file.string(),
+                    "the memory file must stay on the filesystem of the VM's RAM file (" +
+                        state->paths.memory_file.string() + "): saving is a rename, not a copy",
+                    {}};
+  }
+  // Everything is written into a hidden staging dir beside `dir` and renamed
+  // to `dir` last, so `dir` is either absent or complete.
+  const fs::path staging = dir.parent_path() / ("." + dir.filename().string() + ".partial");
+  if (::mkdir(staging.c_str(), 0700) != 0) {
+    Error error = sys_error("save snapshot: create directory", staging.string());
+    if (errno == EEXIST) error.detail = "a save into this path is under way, or one crashed";
+    co_return error;
+  }
+  auto uri = shell_quote(staging / snapshot::kStateName);
+  if (!uri) {
+    fs::remove_all(staging, ec);
+    co_return std::move(uri).error();
+  }
+
+  state->saving = true;
+  struct Saving {
+    VmState& state;
+    ~Saving() { state.saving = false; }
+  } saving{*state};
+
+  auto written = co_await save_device_state(state, *uri);
+  if (!written) {
+    // Before the device state is written the VM can go on: undo and resume.
+    Error error = std::move(written).error();
+    fs::remove_all(staging, ec);
+    json::Object no_arguments;
+    auto resumed = co_await qmp_run(*state, "cont", std::move(no_arguments));
+    error.detail += resumed ? "; nothing was saved and the VM was resumed"
+                            : "; nothing was saved, and resuming the VM failed too (" +
+                                  resumed.error().message() + ")";
+    co_return std::move(error).with_context("saving VM " + id + " to " + dir.string());
+  }
+
+  // The device state is out and QEMU has flushed the disk (a completed
+  // migration inactivates the block devices). From here the VM ends: its
+  // overlay and RAM file become the snapshot's, so its own cleanup must not
+  // remove them.
+  state->saved = true;
+  state->files_created = false;
+  const VmPaths paths = state->paths;
+  bool memory_moved = false;
+  auto fail = [&](Error error) -> Result<Snapshot> {
+    std::error_code ignored;
+    fs::remove_all(staging, ignored);
+    if (memory_moved) fs::remove(memory_file, ignored);
+    fs::remove_all(paths.dir, ignored);
+    fs::remove(paths.memory_file, ignored);
+    error.detail += "; the VM has ended and nothing of it was kept";
+    return std::move(error).with_context("saving VM " + id + " to " + dir.string());
+  };
+  {
+    json::Object quit_arguments;
+    (void)co_await qmp_run(*state, "quit", std::move(quit_arguments), milliseconds(3000));
+    const bool gone = co_await state->exited.wait(Clock::now() + std::chrono::seconds(5));
+    if (!gone && state->process && !state->process->exited()) {
+      state->process->kill(SIGKILL);
+      (void)co_await state->exited.wait(Clock::now() + std::chrono::seconds(5));
+    }
+    if (state->running()) co_return fail(make_error("quit QEMU", "it did not exit", id));
+  }
+  if (auto moved = rename_new(paths.overlay, staging / snapshot::kDiskName); !moved)
+    co_return fail(std::move(moved).error());
+  if (auto moved = rename_new(paths.memory_file, memory_file); !moved)
+    co_return fail(std::move(moved).error());
+  memory_moved = true;
+  fs::remove_all(paths.dir, ec); // sockets, log, pidfile
+
+  snapshot::Manifest manifest;
+  manifest.vcpus = state->config.vcpus;
+  manifest.memory_mib = state->config.memory_mib;
+  manifest.accel = state->accel;
+  manifest.network = state->config.network.has_value();
+  manifest.kernel = fs::absolute(state->config.images.kernel, ec);
+  manifest.initrd = fs::absolute(state->config.images.initrd, ec);
+  manifest.base_disk = fs::absolute(state->config.images.base_disk, ec);
+  manifest.cmdline = state->kernel_cmdline;
+  manifest.memory_file = memory_file;
+  auto seal = [staging, manifest]() { return seal_snapshot(staging, manifest); };
+  auto sealed = co_await run_blocking(state->executor, std::move(seal));
+  if (!sealed) co_return fail(std::move(sealed).error());
+  if (auto moved = rename_new(staging, dir); !moved) co_return fail(std::move(moved).error());
+  (void)fsync_path(dir.parent_path(), true);
+
+  Snapshot snapshot;
+  snapshot.dir = dir;
+  snapshot.memory_file = memory_file;
+  snapshot.disk = dir / snapshot::kDiskName;
+  snapshot.images = GuestImages{manifest.kernel, manifest.initrd, manifest.base_disk};
+  snapshot.vcpus = manifest.vcpus;
+  snapshot.memory_mib = manifest.memory_mib;
+  snapshot.kernel_cmdline = manifest.cmdline;
+  snapshot.network = manifest.network;
+  snapshot.accel = manifest.accel;
+  co_return snapshot;
+}
+
+// Copies a file keeping its holes (data extents + copy_file_range): the
+// fallback when a rename would cross filesystems.
+Result<void> sparse_copy(const fs::path& from, const fs::path& to) {
+  UniqueFd in(::open(from.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!in) return sys_error("open", from.string());
+  struct stat st {};
+  if (::fstat(in.get(), &st) != 0) return sys_error("stat", from.string());
+  UniqueFd out(::open(to.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, st.st_mode & 0777));
+  if (!out) return sys_error("create", to.string());
+  auto fail = [&](const char* what, const fs::path& path) {
+    Error error = sys_error(what, path.string());
+    ::unlink(to.c_str());
+    return error;
+  };
+  if (::ftruncate(out.get(), st.st_size) != 0) return fail("resize", to);
+  off_t offset = 0;
+  while (offset < st.st_size) {
+    const off_t data = ::lseek(in.get(), offset, SEEK_DATA);
+    if (data < 0) {
+      if (errno == ENXIO) break;
+      return fail("seek to data in", from);
+    }
+    off_t hole = ::lseek(in.get(), data, SEEK_HOLE);
+    if (hole < 0) return fail("seek to a hole in", from);
+    hole = std::min<off_t>(hole, st.st_size);
+    loff_t src = data, dst = data;
+    while (src < hole) {
+      const ssize_t n = ::copy_file_range(in.get(), &src, out.get(), &dst,
+                                          static_cast<std::size_t>(hole - src), 0);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) return fail("copy", from);
+    }
+    offset = hole;
+  }
+  if (::fsync(out.get()) != 0) return fail("fsync", to);
+  return {};
+}
+
+// How a file was moved: renamed, or copied (the original still there).
+enum class Moved { no, renamed, copied };
+
+Result<Moved> move_file(const fs::path& from, const fs::path& to) {
+  if (::renameat2(AT_FDCWD, from.c_str(), AT_FDCWD, to.c_str(), RENAME_NOREPLACE) == 0)
+    return Moved::renamed;
+  if (errno != EXDEV) return sys_error("rename", from.string() + " -> " + to.string());
+  if (auto copied = sparse_copy(from, to); !copied)
+    return std::move(copied).error().with_context("copying across filesystems");
+  return Moved::copied;
+}
+
+// Undoes move_file: the file is back at `from`.
+void move_back(Moved moved, const fs::path& from, const fs::path& to) {
+  if (moved == Moved::renamed) {
+    ::renameat2(AT_FDCWD, to.c_str(), AT_FDCWD, from.c_str(), RENAME_NOREPLACE);
+  } else if (moved == Moved::copied) {
+    ::unlink(to.c_str());
+  }
+}
+
+asio::awaitable<Result<void>> raise_bandwidth(VmState& state) {
+  // QEMU 7.2 caps a migration at 32 MiB/s by default (max-bandwidth, in
+  // bytes per second); a stopped VM saved to a local file wants no cap.
+  json::Object parameters;
+  parameters["max-bandwidth"] = json::Value(static_cast<std::int64_t>(1) << 40);
+  auto set = co_await qmp_run(state, "migrate-set-parameters", std::move(parameters));
+  if (!set) co_return std::move(set).error();
+  co_return Result<void>{};
+}
+
+// What save_full does once the state is written and the disk moved:
+// fsync, checksums, manifest. Blocking; runs off the executor.
+Result<void> seal_full(const fs::path& staging, snapshot::Manifest manifest) {
+  const fs::path state = staging / snapshot::kStateName;
+  const fs::path disk = staging / snapshot::kDiskName;
+  for (const auto& path : {state, disk}) {
+    if (auto synced = fsync_path(path, false); !synced) return synced.error();
+  }
+  auto state_digest = snapshot::digest_file(state);
+  if (!state_digest) return state_digest.error();
+  auto disk_digest = snapshot::digest_file(disk);
+  if (!disk_digest) return disk_digest.error();
+  manifest.state = *state_digest;
+  manifest.disk = *disk_digest;
+  const fs::path manifest_path = staging / snapshot::kManifestName;
+  if (auto written = snapshot::write_file_atomically(manifest_path, format_manifest(manifest));
+      !written)
+    return written.error();
+  return fsync_path(staging, true);
+}
+
+// Frees the RAM the migration's zero-page scan faulted in: for a restored
+// VM, the template file's former holes (read as zeros, the file is never
+// written); for a VM with a RAM file of its own, its zero pages (the VM is
+// paused). Best effort: the content is the same either way.
+Result<std::uint64_t> give_back_scanned_pages(const fs::path& own_file,
+                                              const fs::path& shared_source,
+                                              const snapshot::Ranges& source_holes) {
+  if (!shared_source.empty()) {
+    if (auto punched = snapshot::punch_ranges(shared_source, source_holes); !punched)
+      return std::move(punched).error();
+    std::uint64_t bytes = 0;
+    for (const auto& [first, last] : source_holes)
+      bytes += last - first;
+    return bytes;
+  }
+  return snapshot::punch_zero_pages(own_file);
+}
+
+// Vm::save_full's steps; see vmm.hpp for the contract.
+asio::awaitable<Result<Snapshot>> save_full_steps(std::shared_ptr<VmState> state, fs::path dir) {
+  const std::string& id = state->config.id;
+  const std::string what = "saving VM " + id + " in full to " + dir.string();
+  if (!state->running() || !state->qmp || !state->qmp->connected())
+    co_return make_error("save VM", "the VM is not running", id).with_context(what);
+  if (state->saving)
+    co_return make_error("save VM", "a save is already under way", id).with_context(what);
+
+  std::error_code ec;
+  dir = fs::absolute(dir, ec).lexically_normal();
+  if (!dir.has_filename()) dir = dir.parent_path();
+  if (fs::symlink_status(dir, ec).type() != fs::file_type::not_found) {
+    co_return Error{EEXIST,
+                    "save VM",
+                    dir.string(),
+                    "it exists; a snapshot is never overwritten: choose a new path",
+                    {}}
+        .with_context(what);
+  }
+  // Written into a hidden staging dir beside `dir`, renamed to `dir` last.
+  const fs::path staging = dir.parent_path() / ("." + dir.filename().string() + ".partial");
+  if (::mkdir(staging.c_str(), 0700) != 0) {
+    Error error = sys_error("save VM: create directory", staging.string());
+    if (errno == EEXIST) error.detail = "a save into this path is under way, or one crashed";
+    if (errno == ENOENT) error.detail = "the snapshot dir's parent must exist";
+    co_return std::move(error).with_context(what);
+  }
+  auto uri = shell_quote(staging / snapshot::kStateName);
+  if (!uri) {
+    fs::remove_all(staging, ec);
+    co_return std::move(uri).error().with_context(what);
+  }
+
+  state->saving = true;
+  struct Saving {
+    VmState& state;
+    ~Saving() { state.saving = false; }
+  } saving{*state};
+
+  // Which pages of the template the scan will fault in: its holes now.
+  snapshot::Ranges source_holes;
+  if (!state->shared_source.empty()) {
+    const fs::path source = state->shared_source;
+    auto scan = [source]() { return snapshot::hole_ranges(source); };
+    auto holes = co_await run_blocking(state->executor, std::move(scan));
+    if (holes) source_holes = std::move(holes).value(); // else: nothing given back later
+  }
+
+  bool was_running = true;
+  {
+    json::Object no_arguments;
+    auto status = co_await qmp_run(*state, "query-status", std::move(no_arguments));
+    if (!status) {
+      fs::remove_all(staging, ec);
+      co_return std::move(status).error().with_context(what);
+    }
+    was_running = (*status)["running"].as_bool();
+  }
+  const VmPaths paths = state->paths;
+  const fs::path disk = staging / snapshot::kDiskName;
+  Moved disk_moved = Moved::no;
+  bool scanned = false;
+  // Puts everything back and resumes the VM: the failure path of every step
+  // before the snapshot is committed.
+  auto undo = [&](Error error) -> asio::awaitable<Result<Snapshot>> {
+    move_back(disk_moved, paths.overlay, disk);
+    std::error_code ignored;
+    fs::remove_all(staging, ignored);
+    if (scanned) {
+      const fs::path own = paths.memory_file, source = state->shared_source;
+      const snapshot::Ranges holes = source_holes;
+      auto give_back = [own, source, holes]() {
+        return give_back_scanned_pages(own, source, holes);
+      };
+      (void)co_await run_blocking(state->executor, std::move(give_back));
+    }
+    std::string resumed_how = "the VM was left paused, as it was";
+    if (was_running && state->running()) {
+      json::Object no_arguments;
+      auto resumed = co_await qmp_run(*state, "cont", std::move(no_arguments));
+      resumed_how = resumed ? "the VM was resumed"
+                            : "resuming the VM failed too (" + resumed.error().message() + ")";
+    }
+    error.detail += "; nothing was saved and " + resumed_how;
+    co_return std::move(error).with_context(what);
+  };
+
+  const auto deadline = Clock::now() + std::chrono::minutes(5);
+  {
+    json::Object no_arguments;
+    auto stopped = co_await qmp_run(*state, "stop", std::move(no_arguments));
+    if (!stopped) co_return co_await undo(std::move(stopped).error());
+  }
+  if (auto set = co_await set_ignore_shared(*state, false); !set)
+    co_return co_await undo(std::move(set).error());
+  if (auto raised = co_await raise_bandwidth(*state); !raised)
+    co_return co_await undo(std::move(raised).error());
+  {
+    json::Object migrate;
+    migrate["uri"] = json::Value("exec:cat > " + *uri);
+    auto begun = co_await qmp_run(*state, "migrate", std::move(migrate));
+    if (!begun) co_return co_await undo(std::move(begun).error());
+    scanned = true;
+    auto written = co_await wait_migration(state, deadline);
+    if (!written) {
+      // `cat` says why it stopped writing (a full disk) in QEMU's log.
+      Error error = std::move(written).error();
+      const std::string log = detail::file_tail(paths.log, 512);
+      if (!log.empty()) error.detail += "; QEMU log (tail): " + log;
+      co_return co_await undo(std::move(error));
+    }
+  }
+  // The migration completed: QEMU flushed and let go of the disk (a resumed
+  // VM takes it back), and the VM is paused (postmigrate).
+  auto moved = move_file(paths.overlay, disk);
+  if (!moved) co_return co_await undo(std::move(moved).error());
+  disk_moved = *moved;
+
+  snapshot::Manifest manifest;
+  manifest.full_ram = true;
+  manifest.vcpus = state->config.vcpus;
+  manifest.memory_mib = state->config.memory_mib;
+  manifest.accel = state->accel;
+  manifest.network = state->config.network.has_value();
+  manifest.kernel = fs::absolute(state->config.images.kernel, ec);
+  manifest.initrd = fs::absolute(state->config.images.initrd, ec);
+  manifest.base_disk = fs::absolute(state->config.images.base_disk, ec);
+  manifest.cmdline = state->kernel_cmdline;
+  {
+    auto seal = [staging, manifest]() { return seal_full(staging, manifest); };
+    auto sealed = co_await run_blocking(state->executor, std::move(seal));
+    if (!sealed) co_return co_await undo(std::move(sealed).error());
+  }
+  if (auto committed = rename_new(staging, dir); !committed)
+    co_return co_await undo(std::move(committed).error());
+  (void)fsync_path(dir.parent_path(), true);
+
+  // Committed: the VM ends. Its own cleanup removes what is left (sockets,
+  // log, a copied-from overlay, its RAM file).
+  state->saved = true;
+  if (!state->shared_source.empty()) {
+    const fs::path source = state->shared_source;
+    const snapshot::Ranges holes = source_holes;
+    auto give_back = [source, holes]() { return give_back_scanned_pages({}, source, holes); };
+    (void)co_await run_blocking(state->executor, std::move(give_back));
+  }
+  {
+    json::Object quit_arguments;
+    (void)co_await qmp_run(*state, "quit", std::move(quit_arguments), milliseconds(3000));
+    const bool gone = co_await state->exited.wait(Clock::now() + std::chrono::seconds(5));
+    if (!gone && state->process && !state->process->exited()) {
+      state->process->kill(SIGKILL);
+      (void)co_await state->exited.wait(Clock::now() + std::chrono::seconds(5));
+    }
+  }
+
+  Snapshot snapshot;
+  snapshot.dir = dir;
+  snapshot.disk = dir / snapshot::kDiskName;
+  snapshot.images = GuestImages{manifest.kernel, manifest.initrd, manifest.base_disk};
+  snapshot.vcpus = manifest.vcpus;
+  snapshot.memory_mib = manifest.memory_mib;
+  snapshot.kernel_cmdline = manifest.cmdline;
+  snapshot.network = manifest.network;
+  snapshot.accel = manifest.accel;
+  snapshot.full_ram = true;
+  co_return snapshot;
+}
+
+class QemuVm final : public Vm {
+public:
+  explicit QemuVm(std::shared_ptr<VmState> state) : state_(std::move(state)) {}
+  ~QemuVm() override { state_->destroy(); }
+
+  const std::string& id() const override { return state_->config.id; }
+  int qemu_pid() const override { return state_->process->pid(); }
+  AgentClient& agent() override { return *state_->agent; }
+  bool running() const override { return state_->running(); }
+  bool maps_memory_shared() const override { return !state_->restored; }
+
+  asio::awaitable<std::string> wait_exit() override {
+    auto state = state_;
+    co_await state->exited.wait();
+    co_return state->exit_description;
+  }
+
+  asio::awaitable<void> shutdown(milliseconds grace) override {
+    auto state = state_;
+    // With the agent channel gone nobody can ask the guest; kill it now.
+    if (state->running() && state->agent && state->agent->connected()) {
+      state->shutdown_requested = true;
+      const auto deadline = Clock::now() + grace;
+      // The agent acknowledges, then powers the guest off; QMP reports the
+      // stop and the monitor handler lets QEMU exit. A guest that does not
+      // get there in time is killed.
+      asio::co_spawn(
+          state->executor,
+          [state]() -> asio::awaitable<void> {
+            auto acknowledged = co_await state->agent->shutdown();
+            // No acknowledgement (the channel broke): stop waiting for one.
+            if (!acknowledged && state->running() && state->guest_stop_reason.empty())
+              state->destroy();
+          },
+          asio::detached);
+      co_await state->exited.wait(deadline);
+    }
+    state->destroy();
+  }
+
+  void destroy() override { state_->destroy(); }
+
+  asio::awaitable<Result<Snapshot>> save_snapshot(fs::path dir, fs::path memory_file) override {
+    auto state = state_;
+    co_return co_await save_steps(state, std::move(dir), std::move(memory_file));
+  }
+
+  asio::awaitable<Result<Snapshot>> save_full(fs::path dir) override {
+    auto state = state_;
+    co_return co_await save_full_steps(state, std::move(dir));
+  }
+
+private:
+  std::shared_ptr<VmState> state_;
+};
+
+// A VM whose QEMU waits for a snapshot's device state.
+class PreparedQemu final : public PreparedRestore {
+public:
+  PreparedQemu(std::shared_ptr<VmState> state, Snapshot snapshot, RestoreTimes times)
+      : state_(std::move(state)), snapshot_(std::move(snapshot)), times_(times) {}
+  ~PreparedQemu() override {
+    if (state_) state_->destroy();
+  }
+
+  asio::awaitable<Result<std::unique_ptr<Vm>>> finish() override;
+  const RestoreTimes& times() const override { return times_; }
+
+private:
+  std::shared_ptr<VmState> state_;
+  Snapshot snapshot_;
+  RestoreTimes times_;
+};
+
+class QemuDriver final : public Driver {
+public:
+  explicit QemuDriver(asio::any_io_executor executor)
+      : executor_(std::move(executor)), accel_(detect_accel()) {}
+
+  Accel accel() const override { return accel_; }
+
+  asio::awaitable<Result<std::unique_ptr<Vm>>> boot(VmConfig config) override {
+    const std::string what = "booting VM " + config.id;
+    auto booted = co_await boot_steps(executor_, accel_, std::move(config));
+    if (!booted) co_return std::move(booted).error().with_context(what);
+    co_return std::move(booted);
+  }
+
+  asio::awaitable<Result<std::unique_ptr<PreparedRestore>>>
+  prepare_restore(const Snapshot& snapshot, VmConfig config) override {
+    const std::string what = "restoring VM " + config.id + " from " + snapshot.dir.string();
+    auto prepared = co_await prepare_steps(executor_, accel_, snapshot, std::move(config));
+    if (!prepared) co_return std::move(prepared).error().with_context(what);
+    co_return std::move(prepared);
+  }
+
+  asio::awaitable<Result<std::unique_ptr<Vm>>> restore(const Snapshot& snapshot,
+                                                       VmConfig config) override {
+    const std::string what = "restoring VM " + config.id + " from " + snapshot.dir.string();
+    auto prepared = co_await prepare_steps(executor_, accel_, snapshot, std::move(config));
+    if (!prepared) co_return std::move(prepared).error().with_context(what);
+    co_return co_await prepared.value()->finish();
+  }
+
+  asio::awaitable<Result<std::unique_ptr<Vm>>> restore_full(const Snapshot& snapshot,
+                                                            VmConfig config) override {
+    const std::string what = "resuming VM " + config.id + " from " + snapshot.dir.string();
+    auto restored = co_await restore_full_steps(executor_, accel_, snapshot, std::move(config));
+    if (!restored) co_return std::move(restored).error().with_context(what);
+    co_return std::move(restored);
+  }
+
+private:
+  static asio::awaitable<Result<std::unique_ptr<Vm>>>
+  restore_full_steps(asio::any_io_executor executor, Accel accel, Snapshot snapshot,
+                     VmConfig config) {
+    const auto started = Clock::now();
+    const auto deadline = started + std::max(config.boot_timeout, kQmpTimeout);
+    if (auto valid = check_id(config.id); !valid) co_return std::move(valid).error();
+    if (!snapshot.full_ram) {
+      co_return make_error("check snapshot", "it is not a full-RAM snapshot: start it with restore",
+                           snapshot.dir.string());
+    }
+    if (auto fits = check_restorable(snapshot, accel, config); !fits)
+      co_return std::move(fits).error();
+    config.images = snapshot.images;
+    config.vcpus = snapshot.vcpus;
+    config.memory_mib = snapshot.memory_mib;
+    auto state = std::make_shared<VmState>(executor, config);
+    state->accel = accel;
+    state->kernel_cmdline = snapshot.kernel_cmdline;
+    const VmPaths& paths = state->paths;
+    if (paths.agent_socket.string().size() >= sizeof(sockaddr_un::sun_path)) {
+      co_return make_error("check runtime dir",
+                           "socket paths under it exceed the Unix socket limit; use a shorter "
+                           "runtime_dir",
+                           paths.agent_socket.string());
+    }
+    if (auto made = make_vm_dir(config, paths); !made) co_return std::move(made).error();
+    state->files_created = true;
+    // The snapshot's disk becomes this VM's own; a failure puts it back
+    // (before QEMU is killed and the VM's files go).
+    // (VmState::remove_files does it, so also when QEMU exits on its own.)
+    struct Guard {
+      std::shared_ptr<VmState> state;
+      bool armed = true;
+      ~Guard() {
+        if (armed) state->destroy();
+      }
+    } guard{state};
+    auto moved = move_file(snapshot.disk, paths.overlay);
+    if (!moved) co_return std::move(moved).error().with_context("taking the snapshot's disk");
+    // A copy is removed with the VM's files; the original stays.
+    if (*moved == Moved::renamed) state->return_disk_to = snapshot.disk;
+
+    // Named: g++ 12 miscompiles temporaries inside co_await.
+    std::vector<std::string> argv = command_line(config, paths, accel, std::nullopt, &snapshot);
+    auto started_qemu = co_await start_qemu(executor, state, std::move(argv), deadline);
+    if (!started_qemu) co_return std::move(started_qemu).error();
+
+    std::string loading = "load saved state";
+    auto loaded = co_await load_incoming(state, snapshot, false, std::move(loading), deadline);
+    if (!loaded) co_return std::move(loaded).error();
+    // Loading checks every zero page of the stream against RAM, which
+    // faults in the whole fresh file; punch those pages out again while the
+    // VM is paused, so it costs only the memory it uses.
+    {
+      const fs::path memory = paths.memory_file;
+      auto sparsify = [memory]() { return snapshot::punch_zero_pages(memory); };
+      (void)co_await run_blocking(executor, std::move(sparsify));
+    }
+    json::Object no_arguments;
+    auto resumed = co_await qmp_run(*state, "cont", std::move(no_arguments));
+    if (!resumed) co_return std::move(resumed).error();
+    std::string late = "the resumed guest's agent did not answer within " +
+                       std::to_string(state->config.boot_timeout.count()) + " ms";
+    auto ready = co_await wait_for_agent(state, deadline, std::move(late));
+    if (!ready) co_return std::move(ready).error();
+    // Committed: a copied-in disk's original is spent like a renamed one.
+    if (*moved == Moved::copied) ::unlink(snapshot.disk.c_str());
+    state->return_disk_to.clear();
+    guard.armed = false;
+    co_return std::unique_ptr<Vm>(std::make_unique<QemuVm>(std::move(state)));
+  }
+
+  // Cheap checks that the snapshot fits this driver and this config, and its
+  // files are there (open_snapshot checked their contents).
+  static Result<void> check_restorable(const Snapshot& snapshot, Accel accel,
+                                       const VmConfig& config) {
+    if (snapshot.accel != accel) {
+      return make_error("check snapshot",
+                        std::string("it was saved under ") + to_string(snapshot.accel) +
+                            " and this host runs " + to_string(accel) +
+                            "; device state does not carry over between accelerators",
+                        snapshot.dir.string());
+    }
+    if (snapshot.network != config.network.has_value()) {
+      return make_error("check snapshot",
+                        snapshot.network
+                            ? "the snapshot's VM had a network device: attach a network"
+                            : "the snapshot's VM had no network device: restore without one",
+                        snapshot.dir.string());
+    }
+    if (snapshot.full_ram) {
+      for (const auto& file : {snapshot.device_state(), snapshot.disk}) {
+        if (::access(file.c_str(), R_OK) != 0)
+          return sys_error("check snapshot file", file.string());
+      }
+      return snapshot.images.check();
+    }
+    struct stat st {};
+    if (::stat(snapshot.memory_file.c_str(), &st) != 0)
+      return sys_error("check snapshot memory file", snapshot.memory_file.string());
+    if (static_cast<std::uint64_t>(st.st_size) != std::uint64_t{snapshot.memory_mib} << 20) {
+      return make_error("check snapshot memory file",
+                        "its size is not the snapshot's memory size; rebuild the snapshot",
+                        snapshot.memory_file.string());
+    }
+    for (const auto& file : {snapshot.device_state(), snapshot.disk}) {
+      if (::access(file.c_str(), R_OK) != 0) return sys_error("check snapshot file", file.string());
+    }
+    return snapshot.images.check();
+  }
+
+  static asio::awaitable<Result<std::unique_ptr<PreparedRestore>>>
+  prepare_steps(asio::any_io_executor executor, Accel accel, Snapshot snapshot, VmConfig config) {
+    const auto started = Clock::now();
+    const auto deadline = started + std::max(config.boot_timeout, kQmpTimeout);
+    if (auto valid = check_id(config.id); !valid) co_return std::move(valid).error();
+    if (snapshot.full_ram) {
+      co_return make_error("check snapshot",
+                           "it is a full-RAM snapshot (Vm::save_full): resume it with restore_full",
+                           snapshot.dir.string());
+    }
+    if (auto fits = check_restorable(snapshot, accel, config); !fits)
+      co_return std::move(fits).error();
+    config.images = snapshot.images;
+    config.vcpus = snapshot.vcpus;
+    config.memory_mib = snapshot.memory_mib;
+    auto state = std::make_shared<VmState>(executor, config);
+    state->restored = true;
+    state->shared_source = snapshot.memory_file;
+    state->accel = accel;
+    state->kernel_cmdline = snapshot.kernel_cmdline;
+    const VmPaths& paths = state->paths;
+    if (paths.agent_socket.string().size() >= sizeof(sockaddr_un::sun_path)) {
+      co_return make_error("check runtime dir",
+                           "socket paths under it exceed the Unix socket limit; use a shorter "
+                           "runtime_dir",
+                           paths.agent_socket.string());
+    }
+    struct Guard {
+      std::shared_ptr<VmState> state;
+      bool armed = true;
+      ~Guard() {
+        if (armed) state->destroy();
+      }
+    } guard{state};
+    if (auto made = make_vm_dir(config, paths); !made) co_return std::move(made).error();
+    state->files_created = true;
+
+    // The snapshot's disk is a read-only backing file; this VM writes to its
+    // own overlay. The device state does not name the image file, so the
+    // overlay's path may differ from the saved VM's.
+    detail::SpawnOptions qemu_img;
+    qemu_img.argv = {"qemu-img",
+                     "create",
+                     "-q",
+                     "-f",
+                     "qcow2",
+                     "-b",
+                     fs::absolute(snapshot.disk).string(),
+                     "-F",
+                     "qcow2",
+                     paths.overlay.string()};
+    qemu_img.output = paths.log;
+    auto overlay = co_await detail::run_helper(executor, std::move(qemu_img));
+    if (!overlay) co_return std::move(overlay).error().with_context("creating the disk overlay");
+
+    // Named: g++ 12 miscompiles temporaries inside co_await.
+    std::vector<std::string> argv = command_line(config, paths, accel, std::nullopt, &snapshot);
+    auto started_qemu = co_await start_qemu(executor, state, std::move(argv), deadline);
+    if (!started_qemu) co_return std::move(started_qemu).error();
+
+    RestoreTimes times;
+    times.qemu_start =
+        std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - started);
+    guard.armed = false;
+    co_return std::unique_ptr<PreparedRestore>(
+        std::make_unique<PreparedQemu>(std::move(state), std::move(snapshot), times));
+  }
+
+public:
+  // PreparedQemu::finish's steps.
+  static asio::awaitable<Result<std::unique_ptr<Vm>>>
+  finish_steps(std::shared_ptr<VmState> state, Snapshot snapshot, RestoreTimes& times) {
+    struct Guard {
+      std::shared_ptr<VmState> state;
+      bool armed = true;
+      ~Guard() {
+        if (armed) state->destroy();
+      }
+    } guard{state};
+    const auto started = Clock::now();
+    const auto deadline = started + state->config.boot_timeout;
+    std::string loading = "load device state";
+    auto loaded = co_await load_incoming(state, snapshot, true, std::move(loading), deadline);
+    if (!loaded) co_return std::move(loaded).error();
+    const auto loaded_at = Clock::now();
+    times.incoming = std::chrono::duration_cast<std::chrono::microseconds>(loaded_at - started);
+
+    json::Object no_arguments;
+    auto resumed = co_await qmp_run(*state, "cont", std::move(no_arguments));
+    if (!resumed) co_return std::move(resumed).error();
+    std::string late = "the restored guest's agent did not answer within " +
+                       std::to_string(state->config.boot_timeout.count()) + " ms";
+    auto ready = co_await wait_for_agent(state, deadline, std::move(late));
+    if (!ready) co_return std::move(ready).error();
+    times.resume = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - loaded_at);
+    guard.armed = false;
+    co_return std::unique_ptr<Vm>(std::make_unique<QemuVm>(std::move(state)));
+  }
+
+private:
+  // The boot flow, one step after another. Any failure returns early; the
+  // VmState's destroy() (run by the guard) leaves nothing behind.
+  static asio::awaitable<Result<std::unique_ptr<Vm>>> boot_steps(asio::any_io_executor executor,
+                                                                 Accel accel, VmConfig config) {
+    const auto deadline = Clock::now() + config.boot_timeout;
+    if (auto valid = check_id(config.id); !valid) co_return std::move(valid).error();
+    if (auto images = config.images.check(); !images) {
+      co_return std::move(images).error().with_context("checking guest images");
+    }
+    auto state = std::make_shared<VmState>(executor, config);
+    const VmPaths& paths = state->paths;
+    if (paths.agent_socket.string().size() >= sizeof(sockaddr_un::sun_path)) {
+      co_return make_error("check runtime dir",
+                           "socket paths under it exceed the Unix socket limit of " +
+                               std::to_string(sizeof(sockaddr_un::sun_path) - 1) +
+                               " bytes; use a shorter runtime_dir",
+                           paths.agent_socket.string());
+    }
+    struct Guard {
+      std::shared_ptr<VmState> state;
+      bool armed = true;
+      ~Guard() {
+        if (armed) state->destroy();
+      }
+    } guard{state};
+
+    if (auto made = make_vm_dir(config, paths); !made) co_return std::move(made).error();
+    state->files_created = true;
+
+    // The base image is never written; every write lands in the overlay.
+    detail::SpawnOptions qemu_img;
+    qemu_img.argv = {"qemu-img",
+                     "create",
+                     "-q",
+                     "-f",
+                     "qcow2",
+                     "-b",
+                     fs::absolute(config.images.base_disk).string(),
+                     "-F",
+                     "raw",
+                     paths.overlay.string()};
+    qemu_img.output = paths.log;
+    auto overlay = co_await detail::run_helper(executor, std::move(qemu_img));
+    if (!overlay) co_return std::move(overlay).error().with_context("creating the disk overlay");
+
+    const auto tsc_khz = accel == Accel::tcg ? host_tsc_khz() : std::nullopt;
+    state->accel = accel;
+    state->kernel_cmdline = kernel_cmdline(accel, tsc_khz); // a snapshot's restores need it
+    // Named: g++ 12 miscompiles temporaries inside co_await.
+    std::vector<std::string> argv = command_line(config, paths, accel, tsc_khz);
+    auto started_qemu = co_await start_qemu(executor, state, std::move(argv), deadline);
+    if (!started_qemu) co_return std::move(started_qemu).error();
+
+    std::string late = "the guest did not start its agent within the boot timeout of " +
+                       std::to_string(config.boot_timeout.count()) + " ms";
+    auto ready = co_await wait_for_agent(state, deadline, std::move(late));
+    if (!ready) co_return std::move(ready).error();
+    guard.armed = false;
+    co_return std::unique_ptr<Vm>(std::make_unique<QemuVm>(std::move(state)));
+  }
+
+  // A connection to QEMU broke: if QEMU is exiting, give the watcher a
+  // moment to reap it, so the error can say how it went.
+  // Loads `snapshot`'s state file into a QEMU started with -incoming defer
+  // (x-ignore-shared as given) and waits until it is loaded. A failed load
+  // makes QEMU exit; its account (with the log's tail, where QEMU says what
+  // did not load) then becomes the error, named `operation`.
+  static asio::awaitable<Result<void>> load_incoming(std::shared_ptr<VmState> state,
+                                                     const Snapshot& snapshot, bool ignore_shared,
+                                                     std::string operation,
+                                                     Clock::time_point deadline) {
+    auto uri = shell_quote(snapshot.device_state());
+    if (!uri) co_return std::move(uri).error();
+    auto set = co_await set_ignore_shared(*state, ignore_shared);
+    if (!set) co_return std::move(set).error();
+    json::Object incoming;
+    incoming["uri"] = json::Value("exec:cat " + *uri);
+    auto begun = co_await qmp_run(*state, "migrate-incoming", std::move(incoming));
+    if (!begun) co_return std::move(begun).error();
+    auto loaded = co_await wait_migration(state, deadline);
+    if (!loaded) {
+      co_await settle(state);
+      Error error = std::move(loaded).error();
+      if (state->exited.is_set()) {
+        error = make_error(operation, "QEMU refused it: " + state->exit_description,
+                           snapshot.device_state().string());
+      }
+      co_return error;
+    }
+    co_return Result<void>{};
+  }
+
+  // Waits until the guest's agent answers, at the latest by `deadline`. If
+  // the channel closed, QEMU is going down: the watcher's account of it
+  // (waited for briefly) is the error. Otherwise the error says `late` and
+  // carries the guest console's tail.
+  static asio::awaitable<Result<void>>
+  wait_for_agent(std::shared_ptr<VmState> state, Clock::time_point deadline, std::string late) {
+    const auto remaining = std::chrono::duration_cast<milliseconds>(deadline - Clock::now());
+    auto ready =
+        co_await state->agent->wait_ready(std::max(remaining, milliseconds(0)), kPingInterval);
+    if (ready) co_return Result<void>{};
+    if (is_channel_closed(ready.error())) {
+      co_await state->exited.wait(Clock::now() + std::chrono::seconds(10));
+      co_return died_or(*state, std::move(ready).error());
+    }
+    const std::string console = co_await state->read_console();
+    Error error = std::move(ready).error();
+    error.detail += "; " + late;
+    if (!console.empty()) error.detail += "; guest console (tail):\n" + console;
+    co_return error;
+  }
+
+  // Spawns QEMU with `argv` and connects its monitor and, before any device
+  // state loads, the agent's socket (a restored guest's virtio-serial port
+  // then finds its host connected as at the save and sees no hang-up).
+  static asio::awaitable<Result<void>> start_qemu(asio::any_io_executor executor,
+                                                  std::shared_ptr<VmState> state,
+                                                  std::vector<std::string> argv,
+                                                  Clock::time_point deadline) {
+    const VmPaths& paths = state->paths;
+    detail::SpawnOptions qemu_options;
+    qemu_options.argv = std::move(argv);
+    qemu_options.output = paths.log;
+    if (state->config.network) qemu_options.pass_fd = state->config.network->tap_fd;
+    qemu_options.working_dir = paths.dir;
+    auto process = detail::Process::spawn(executor, qemu_options);
+    if (!process) co_return std::move(process).error().with_context("starting QEMU");
+    state->process = std::move(process.value());
+    asio::co_spawn(executor, state->watch_process(), asio::detached);
+
+    // Named, not built in the call: see kNoStream in agent_client.cpp.
+    std::function<bool()> qemu_gone = [state] { return !state->running(); };
+    auto qmp = co_await QmpClient::connect(executor, paths.qmp_socket,
+                                           std::min(deadline, Clock::now() + kQmpTimeout),
+                                           std::move(qemu_gone));
+    if (!qmp) co_await settle(state);
+    if (!qmp)
+      co_return died_or(*state,
+                        std::move(qmp).error().with_context("connecting to QEMU's monitor"));
+    state->qmp = std::move(qmp.value());
+    state->watch_monitor();
+
+    auto socket = co_await connect_agent(executor, paths.agent_socket);
+    if (!socket) co_await settle(state);
+    if (!socket) co_return died_or(*state, std::move(socket).error());
+    state->agent = make_agent_client(std::move(socket.value()));
+    co_return Result<void>{};
+  }
+
+  static asio::awaitable<void> settle(std::shared_ptr<VmState> state) {
+    if (state->process) (void)co_await state->exited.wait(Clock::now() + std::chrono::seconds(2));
+  }
+
+  // When QEMU is gone, how it went says more than the error that noticed.
+  static Error died_or(VmState& state, Error error) {
+    if (!state.exited.is_set()) return error;
+    return make_error("boot VM",
+                      "the VM stopped before its agent answered: " + state.exit_description);
+  }
+
+  static Result<void> make_vm_dir(const VmConfig& config, const VmPaths& paths) {
+    std::error_code ec;
+    fs::create_directories(config.runtime_dir, ec);
+    if (ec) return Error{ec.value(), "create directory", config.runtime_dir.string(), {}, {}};
+    if (::mkdir(paths.dir.c_str(), 0700) != 0) {
+      Error error = sys_error("create directory", paths.dir.string());
+      if (errno == EEXIST) {
+        error.detail = "a VM with this id is running, or a crashed one left it behind; remove it "
+                       "or choose another id";
+      }
+      return error;
+    }
+    return {};
+  }
+
+  // QEMU created the socket before it served QMP; a few retries cover a
+  // slow start anyway.
+  static asio::awaitable<Result<Socket>> connect_agent(asio::any_io_executor executor,
+                                                       fs::path path) {
+    boost::system::error_code ec;
+    for (int attempt = 0; attempt < 50; ++attempt) {
+      Socket socket(executor);
+      co_await socket.async_connect(asio::local::stream_protocol::endpoint(path.string()),
+                                    asio::redirect_error(asio::use_awaitable, ec));
+      if (!ec) co_return std::move(socket);
+      asio::steady_timer pause(executor, milliseconds(20));
+      co_await pause.async_wait(asio::use_awaitable);
+    }
+    co_return Error{ec.value(), "connect", path.string(), "the agent channel's socket", {}};
+  }
+
+  asio::any_io_executor executor_;
+  Accel accel_;
+};
+
+asio::awaitable<Result<std::unique_ptr<Vm>>> PreparedQemu::finish() {
+  auto state = std::exchange(state_, nullptr);
+  if (!state) co_return make_error("restore VM", "this prepared restore was already finished");
+  const std::string what = "restoring VM " + state->config.id + " from " + snapshot_.dir.string();
+  auto restored = co_await QemuDriver::finish_steps(std::move(state), snapshot_, times_);
+  if (!restored) co_return std::move(restored).error().with_context(what);
+  co_return std::move(restored);
+}
+
+} // namespace
+
+} // namespace qemu
+
+std::unique_ptr<Driver> make_qemu_driver(asio::any_io_executor executor) {
+  return std::make_unique<qemu::QemuDriver>(std::move(executor));
+}
+
+} // namespace vesicle::vmm

@@ -1,0 +1,57 @@
+// The QEMU driver's pieces that are worth testing without a VM: where a VM's
+// files go and the command line that starts it.
+#pragma once
+
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "vmm/vmm.hpp"
+
+namespace vesicle::vmm::qemu {
+
+struct VmPaths {
+  std::filesystem::path dir; // runtime_dir/id, mode 0700
+  std::filesystem::path agent_socket;
+  std::filesystem::path qmp_socket;
+  std::filesystem::path overlay;
+  std::filesystem::path log;
+  std::filesystem::path pidfile;
+  std::filesystem::path memory_file; // shm_dir/vesicle-<id>.mem
+  static VmPaths of(const VmConfig& config);
+};
+
+// An id names files and a process, so it is held to [a-z0-9-]{1,48}.
+Result<void> check_id(const std::string& id);
+
+// The kernel command line. Under TCG it pins the TSC frequency: the guest
+// kernel otherwise calibrates its TSC against the emulated PIT, which fails
+// when the host is busy and leaves the kernel without a clock, hung early in
+// boot. TCG's guest TSC is the host's, so the host's frequency is right.
+std::string kernel_cmdline(Accel accel, std::optional<unsigned long> tsc_khz);
+
+// With `restore_from`, the command line of a VM restored from that snapshot:
+// its RAM file mapped share=off, its kernel command line (the machine must
+// match the saved one), and -incoming defer -S, so QEMU waits for the device
+// state and stays paused until `cont`. config's images, vcpus and memory
+// must already be the snapshot's.
+std::vector<std::string> command_line(const VmConfig& config, const VmPaths& paths, Accel accel,
+                                      std::optional<unsigned long> tsc_khz,
+                                      const Snapshot* restore_from = nullptr);
+
+// A shell-quoted path for QEMU's exec: migration URIs; paths with a quote
+// or a newline are refused.
+Result<std::string> shell_quote(const std::filesystem::path& path);
+
+// The host's TSC frequency, measured against CLOCK_MONOTONIC_RAW once per
+// process (~30 ms); nullopt on hosts without an invariant TSC or not x86.
+std::optional<unsigned long> host_tsc_khz();
+
+// The last lines of a console capture, with control characters other than
+// newline and tab dropped, at most `max_bytes`.
+std::string console_tail(std::string_view console, std::size_t max_bytes = 4096);
+
+std::string base64_decode(std::string_view text);
+
+} // namespace vesicle::vmm::qemu

@@ -1,0 +1,237 @@
+// The VMM driver interface: what hostd needs from a hypervisor. QEMU
+// (qemu.hpp) implements it first; a Firecracker or Cloud Hypervisor driver
+// would implement the same.
+#pragma once
+
+#include <chrono>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include <utility> // before Boost 1.74's awaitable.hpp, which uses std::exchange without it
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/awaitable.hpp>
+
+#include "vmm/agent_client.hpp"
+#include "common/result.hpp"
+
+namespace vesicle::vmm {
+
+enum class Accel { kvm, tcg };
+const char* to_string(Accel accel);
+// KVM when /dev/kvm opens read-write and is backed by hardware
+// virtualization (kvm_intel or kvm_amd), TCG otherwise. VESICLE_ACCEL=tcg
+// or =kvm in the environment decides instead.
+Accel detect_accel();
+
+// The three files a guest boots from (see images/).
+struct GuestImages {
+  std::filesystem::path kernel;    // vmlinuz
+  std::filesystem::path initrd;    // initrd.img
+  std::filesystem::path base_disk; // rootfs.ext4, raw, never written
+  // images_dir/{vmlinuz,initrd.img,rootfs.ext4}
+  static GuestImages in(const std::filesystem::path& images_dir);
+  Result<void> check() const; // every file exists and is readable
+};
+
+// The guest's network interface: a tap device the bridge manager opened in
+// the sandbox's network slot (net/). QEMU inherits the fd; the caller
+// keeps it open until boot() returns.
+struct NetworkAttachment {
+  int tap_fd = -1;
+  std::string mac = "02:76:73:00:00:02"; // the same in every slot: each has its own namespace
+};
+
+struct VmConfig {
+  std::string id; // [a-z0-9-]+; names the VM's files and QEMU's -name
+  GuestImages images;
+  // Everything the VM owns on disk lives in runtime_dir/id (sockets, the
+  // disk overlay, logs); its memory in shm_dir/vesicle-<id>.mem.
+  std::filesystem::path runtime_dir = "/var/lib/vesicle/vms";
+  std::filesystem::path shm_dir = "/dev/shm";
+  unsigned vcpus = 2;
+  unsigned memory_mib = 1024;
+  std::chrono::milliseconds boot_timeout{90'000};
+  std::string qemu_binary = "qemu-system-x86_64";
+  unsigned tcg_translation_cache_mib = 64; // -accel tcg,tb-size=
+  // Without one the guest has no network device at all.
+  std::optional<NetworkAttachment> network;
+};
+
+// A saved VM: device state + RAM file + disk, immutable once written (its
+// files are made read-only; nothing may write them while VMs restored from
+// it run, because a share=off mapping sees writes to pages it has not copied).
+// Made by Vm::save_snapshot, read back with open_snapshot, started any
+// number of times with Driver::restore.
+struct Snapshot {
+  std::filesystem::path dir;         // manifest, device state, disk
+  std::filesystem::path memory_file; // the RAM image (normally on tmpfs)
+  std::filesystem::path disk;        // what restored VMs' qcow2 overlays are backed by
+  GuestImages images; // kernel+initrd it booted from (restore must match the machine)
+  unsigned vcpus = 0;
+  unsigned memory_mib = 0;
+  // What else the restored machine must match, or the device state does not
+  // load: the kernel command line (fw_cfg contents), whether it had a network
+  // device (the virtio-mmio slots), the accelerator (TCG state does not load
+  // into KVM).
+  std::string kernel_cmdline;
+  bool network = false;
+  Accel accel = Accel::tcg;
+  // A full-RAM snapshot (Vm::save_full): every RAM page is in the device
+  // state file, memory_file is empty, and the snapshot is resumed once, by
+  // Driver::restore_full (which takes its disk). Driver::restore refuses it.
+  bool full_ram = false;
+  std::filesystem::path device_state() const { return dir / "state"; }
+  std::filesystem::path manifest() const { return dir / "manifest"; }
+};
+
+// Reads dir's manifest and checks version, sizes and checksums of every file
+// it names. The Error says which file failed and how (and that the snapshot
+// must be rebuilt). Never returns a snapshot that would restore wrongly.
+// It reads every byte of the snapshot (the RAM file's data extents only):
+// blocking, ~1 s for a few hundred MB; call it once per template, off the
+// executor that runs VMs.
+Result<Snapshot> open_snapshot(const std::filesystem::path& dir);
+
+class Vm {
+public:
+  virtual ~Vm() = default;
+  virtual const std::string& id() const = 0;
+  virtual int qemu_pid() const = 0;
+  virtual AgentClient& agent() = 0;
+  // True until the VM's process has exited.
+  virtual bool running() const = 0;
+  // Completes when the VM's process has exited, for any reason (several
+  // waiters may wait); the string says how (exit status or signal, and the
+  // tail of the guest console when it died unexpectedly).
+  virtual asio::awaitable<std::string> wait_exit() = 0;
+  // Asks the guest to power off, kills it after `grace`, removes its files.
+  virtual asio::awaitable<void> shutdown(std::chrono::milliseconds grace) = 0;
+  // Kills the VM now and removes its files. Safe to call more than once.
+  virtual void destroy() = 0;
+
+  // Pauses the VM, saves its device state (x-ignore-shared) into `dir`, moves its
+  // RAM file to `memory_file` (same filesystem: a rename) and its disk into `dir`,
+  // writes the manifest (version, sizes, sha256s) atomically, makes the files
+  // read-only, and ends the VM (its process exits; the Vm is then not running).
+  // On failure nothing half-written is left in dir and the Error says why.
+  // `dir` and `memory_file` must not exist; dir's parent must.
+  // Let agent calls finish first: one in flight is saved half-done, and
+  // every restored VM finishes it and sends its events to a host that no
+  // longer waits for them (the restored clients drop them: their request
+  // ids start at a random point).
+  // A failure before the device state is saved resumes the VM (it keeps
+  // running); a later one ends it.
+  // Only a booted VM (its RAM a share=on file) can be saved this way. A VM
+  // made by Driver::restore maps its RAM share=off (a private copy-on-write
+  // of the snapshot's file): there is no file holding its memory, so this
+  // returns the Error "a VM restored share=off cannot be snapshotted fast"
+  // and leaves it running. Forking a restored VM (issue 5) needs a full-RAM
+  // save or a share=on copy; not built yet.
+  virtual asio::awaitable<Result<Snapshot>> save_snapshot(std::filesystem::path dir,
+                                                          std::filesystem::path memory_file) = 0;
+  // True when the VM's RAM is a share=on file of its own (a booted VM), so
+  // save_snapshot works; false for a VM restored share=off.
+  virtual bool maps_memory_shared() const = 0;
+
+  // Saves the whole VM, device state and every RAM page, into `dir` (meant
+  // for a real disk: a Space survives a host reboot), and ends the VM. Works
+  // for any running VM: booted (RAM share=on), restored share=off, or made by
+  // restore_full. Pauses the VM, migrates (x-ignore-shared off) into
+  // dir/state, moves the VM's qcow2 overlay to dir/disk.qcow2 (a rename, or a
+  // copy across filesystems), writes the manifest (sizes, sha256s) last and
+  // atomically, then ends QEMU (wait_exit() says it was saved).
+  // `dir` must not exist; its parent must. The files stay writable (the
+  // snapshot is resumed once; nothing maps them).
+  // On any failure nothing is left in dir, the VM runs on exactly as before
+  // (its disk back in place, resumed if it was running) and the Error says
+  // what failed.
+  // Cost: the migration reads every page of guest RAM. Pages of a tmpfs
+  // memory file that were holes get allocated by that read (QEMU's zero-page
+  // check faults them in); the driver punches those holes again afterwards
+  // (a restored VM's template file stays as sparse as it was).
+  // Blocking work (hashing the state) runs off the executor.
+  virtual asio::awaitable<Result<Snapshot>> save_full(std::filesystem::path dir) = 0;
+};
+
+// How long the phases of one restore took (filled in by
+// PreparedRestore::finish).
+struct RestoreTimes {
+  std::chrono::microseconds qemu_start{0}; // spawn to QMP ready (prepare)
+  std::chrono::microseconds incoming{0};   // migrate-incoming until the device state is loaded
+  std::chrono::microseconds resume{0};     // cont until the agent answered a ping
+};
+
+// A QEMU started for one snapshot and waiting (-incoming defer) for its
+// device state: what prepare_restore returns, so a pool can pay QEMU's
+// start-up before a restore is asked for. Destroying it without finish()
+// kills that QEMU and removes its files.
+class PreparedRestore {
+public:
+  virtual ~PreparedRestore() = default;
+  // Loads the device state, resumes the VM and waits for the agent's ping.
+  // Once only; the object is spent afterwards (whatever the result).
+  virtual asio::awaitable<Result<std::unique_ptr<Vm>>> finish() = 0;
+  virtual const RestoreTimes& times() const = 0;
+};
+
+class Driver {
+public:
+  virtual ~Driver() = default;
+  virtual Accel accel() const = 0;
+  // Starts a VM and returns once its agent answers a ping. On any failure
+  // nothing is left behind (process, socket, overlay, memory file) and the
+  // Error says what went wrong, with the guest console's tail if it booted.
+  virtual asio::awaitable<Result<std::unique_ptr<Vm>>> boot(VmConfig config) = 0;
+
+  // Starts a VM from `snapshot`: QEMU with -incoming defer, the RAM file mapped
+  // share=off (private copy-on-write: many VMs share the file's pages), a fresh
+  // qcow2 overlay backed by snapshot.disk; migrate-incoming of the device state,
+  // cont, and returns once the agent answers a ping. config supplies id,
+  // runtime_dir, shm_dir, qemu_binary, network, boot_timeout (as the ready
+  // timeout); its images/vcpus/memory_mib are ignored (the snapshot's are used).
+  // config.network must be set exactly when the snapshot's VM had one.
+  // On failure nothing is left behind (process, overlay, sockets).
+  // It does not re-check the snapshot's checksums (open_snapshot does),
+  // only that its files are there with their recorded sizes.
+  virtual asio::awaitable<Result<std::unique_ptr<Vm>>> restore(const Snapshot& snapshot,
+                                                               VmConfig config) = 0;
+  // restore()'s first half: spawns QEMU and waits for its monitor. The
+  // snapshot's files must stay in place until finish() returns.
+  virtual asio::awaitable<Result<std::unique_ptr<PreparedRestore>>>
+  prepare_restore(const Snapshot& snapshot, VmConfig config) = 0;
+
+  // Resumes a full-RAM snapshot (Vm::save_full): QEMU with -incoming defer,
+  // RAM on a fresh memory file of its own in config.shm_dir mapped share=on
+  // (so the VM can be save_snapshot'ed fast, or save_full'ed again), the
+  // snapshot's disk moved to be the VM's own overlay (the snapshot is spent:
+  // its dir keeps manifest and state, which open_snapshot then refuses for the
+  // missing disk; the caller removes the dir), migrate-incoming of the state,
+  // cont, and returns once the agent answers a ping. config as for restore();
+  // config.network must be set exactly when the snapshot's VM had one.
+  // On failure nothing is left behind and the disk is put back: the snapshot
+  // opens again. (If the failure came after the guest resumed, e.g. its agent
+  // did not answer, the guest may have written to the disk meanwhile; the
+  // disk's checksum then tells, and open_snapshot refuses the snapshot rather
+  // than resume it half.) Does not re-check checksums (open_snapshot does).
+  virtual asio::awaitable<Result<std::unique_ptr<Vm>>> restore_full(const Snapshot& snapshot,
+                                                                    VmConfig config) = 0;
+};
+
+// The QEMU driver. Its VMs and their agent clients live on `executor`: call
+// them, and destroy them, only from coroutines or handlers running there,
+// and destroy every Vm before the io_context (a Vm's sockets belong to it).
+// QEMU is spawned from the thread that runs boot() with PR_SET_PDEATHSIG,
+// so a hostd killed with SIGKILL takes its VMs along; that thread must
+// therefore live as long as the VMs it started (an io_context thread does).
+//
+// How a VM ends: QEMU runs with -no-reboot -no-shutdown, so a guest that
+// powers off, resets or panics (panic=-1) stops and QEMU reports SHUTDOWN
+// over QMP; the driver then reads the console ring buffer for wait_exit()'s
+// account, lets QEMU exit, and removes the VM's files. Agent calls pending at
+// that moment fail with the channel-closed Error (is_channel_closed()).
+std::unique_ptr<Driver> make_qemu_driver(asio::any_io_executor executor);
+
+} // namespace vesicle::vmm
