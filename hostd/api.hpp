@@ -116,10 +116,10 @@ private:
                                  const std::string& id, std::string_view query);
 
   // Shared by the VM operations (api_ops.cpp).
-  asio::awaitable<ApiResult<VmLease>> begin_op(const std::string& owner, const std::string& id);
-  asio::awaitable<ApiError> sandbox_died(const std::string& owner, const std::string& id,
+  asio::awaitable<Result<VmLease>> begin_op(const std::string& owner, const std::string& id);
+  asio::awaitable<Error> sandbox_died(const std::string& owner, const std::string& id,
                                          std::shared_ptr<vmm::Vm> vm);
-  asio::awaitable<ApiError> agent_failure(const VmLease& lease, const Error& error,
+  asio::awaitable<Error> agent_failure(const VmLease& lease, const Error& error,
                                           const std::string& doing);
 
   ApiContext ctx_;

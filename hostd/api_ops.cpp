@@ -49,10 +49,10 @@ VmLease::~VmLease() {
   if (lease_ != 0 && registry_) caf::anon_send(registry_, end_op_atom::value, owner_, id_, lease_);
 }
 
-asio::awaitable<ApiResult<VmLease>> Api::begin_op(const std::string& owner, const std::string& id) {
+asio::awaitable<Result<VmLease>> Api::begin_op(const std::string& owner, const std::string& id) {
   auto lease = co_await ask<std::uint64_t>(ctx_.system, ctx_.registry, ctx_.actor_timeout,
                                            begin_op_atom::value, owner, id);
-  if (!lease) co_return api_error(lease.error(), ctx_.system);
+  if (!lease) co_return to_error(lease.error());
   auto vm = ctx_.vms.find(id);
   VmLease held(ctx_.registry, owner, id, *lease, vm);
   if (!vm || !vm->running() || !vm->agent().connected())
@@ -60,7 +60,7 @@ asio::awaitable<ApiResult<VmLease>> Api::begin_op(const std::string& owner, cons
   co_return std::move(held);
 }
 
-asio::awaitable<ApiError> Api::sandbox_died(const std::string& owner, const std::string& id,
+asio::awaitable<Error> Api::sandbox_died(const std::string& owner, const std::string& id,
                                             std::shared_ptr<vmm::Vm> vm) {
   std::string how = "its VM is gone";
   if (vm) {
@@ -76,41 +76,19 @@ asio::awaitable<ApiError> Api::sandbox_died(const std::string& owner, const std:
   auto info = co_await ask<SandboxInfo>(ctx_.system, ctx_.registry, ctx_.actor_timeout,
                                         lookup_atom::value, owner, id);
   std::string reason = info && !info->dead_reason.empty() ? info->dead_reason : how;
-  co_return ApiError::sandbox_died("sandbox " + id + " died: " + reason +
+  co_return Error::of(ErrorKind::guest_died, "sandbox " + id + " died: " + reason +
                                    "; delete it and create a new one");
 }
 
-asio::awaitable<ApiError> Api::agent_failure(const VmLease& lease, const Error& error,
+asio::awaitable<Error> Api::agent_failure(const VmLease& lease, const Error& error,
                                              const std::string& doing) {
   if (vmm::is_channel_closed(error) || !lease.vm().running() || !lease.vm().agent().connected())
     co_return co_await sandbox_died(lease.owner(), lease.id(), lease.vm_pointer());
+  // The agent client gave the failure its kind where it arose (vmm's
+  // failure_error); only the words depend on it here.
   auto message = doing + " failed: " + error.message();
-  switch (error.errno_value) {
-  case ENOENT:
-    co_return ApiError::not_found(message);
-  case EISDIR:
-  case ENOTDIR:
-  case ENXIO:
-  case ENODEV:
-  case EINVAL:
-  case ENAMETOOLONG:
-  case ELOOP:
-  case EACCES:
-  case EPERM:
-  case EROFS:
-  case EEXIST:
-  case EBUSY:
-    co_return ApiError::invalid_argument(message);
-  case ENOSPC:
-  case EDQUOT:
-  case EFBIG:
-    co_return ApiError::too_large(message + "; the sandbox's disk is full");
-  default:
-    break;
-  }
-  if (error.detail.find("not a regular file") != std::string::npos)
-    co_return ApiError::invalid_argument(message);
-  co_return ApiError::internal(message);
+  if (error.kind == ErrorKind::too_large) message += "; the sandbox's disk is full";
+  co_return Error::of(error.kind, std::move(message), error.subject);
 }
 
 } // namespace vesicle::hostd

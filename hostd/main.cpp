@@ -19,6 +19,7 @@
 
 #include "actors/sandbox/space_store.hpp"
 #include "vmm/vmm.hpp"
+#include "hostd/api_error.hpp"
 #include "hostd/config.hpp"
 #include "hostd/daemon.hpp"
 #include "hostd/sweep.hpp"
@@ -78,7 +79,10 @@ int main(int argc, char** argv) {
       "the tier of the key --new-key (or the first start) creates: free, pro, scale or "
       "enterprise (default: the configuration's default_key_tier)")(
       "print-config", "print the effective configuration (text format) and exit")(
-      "version", "print the version and exit");
+      "version", "print the version and exit")(
+      "error-table",
+      "print the error kinds with their HTTP status, API code and SDK exception (JSON lines) "
+      "and exit");
   po::variables_map args;
   try {
     po::store(po::parse_command_line(argc, argv, options), args);
@@ -93,6 +97,13 @@ int main(int argc, char** argv) {
   }
   if (args.count("version")) {
     std::printf("hostd %s\n", hostd::kVersion);
+    return 0;
+  }
+
+  if (args.count("error-table")) {
+    // For the SDKs' tests: every kind as the REST API answers it.
+    for (const auto& kind : error_kinds())
+      std::cout << hostd::error_table_row(kind) << "\n";
     return 0;
   }
 
