@@ -26,6 +26,9 @@ const MAX_ERROR_BODY = 64 * 1024;
 // One NDJSON line may not take more memory than this.
 const MAX_LINE = 64 * 1024 * 1024;
 
+const RESENDABLE = new Set(["GET", "HEAD", "PUT", "DELETE"]);
+const STALE_CONNECTION = new Set(["UND_ERR_SOCKET", "ECONNRESET", "EPIPE"]);
+
 export type RequestBody = Uint8Array | AsyncIterable<Uint8Array>;
 
 export interface RequestOptions {
@@ -92,14 +95,25 @@ export class Transport {
       });
       init.duplex = "half"; // required by fetch for a streamed request body
     }
+    // A kept-alive connection hostd closed while idle (its request timeout)
+    // fails a request written to it before hostd read a byte. A request that
+    // is safe to send twice (idempotent, its body at hand) is resent once.
+    const resendable = RESENDABLE.has(method) && !(init.body instanceof ReadableStream);
     let response: Response;
-    try {
-      response = await this.config.fetch(url, init);
-    } catch (err) {
-      timer.stop();
-      // The caller's own upload stream failing is theirs to see as it was.
-      if (sourceError !== undefined) throw sourceError.error;
-      throw this.connectionError(err, options.what, timer);
+    for (let attempt = 0; ; attempt++) {
+      try {
+        response = await this.config.fetch(url, init);
+        break;
+      } catch (err) {
+        // The caller's own upload stream failing is theirs to see as it was.
+        if (sourceError !== undefined) {
+          timer.stop();
+          throw sourceError.error;
+        }
+        if (attempt === 0 && resendable && !timer.fired && STALE_CONNECTION.has(errorCode(err) ?? "")) continue;
+        timer.stop();
+        throw this.connectionError(err, options.what, timer);
+      }
     }
     const answer = new Answer(this, response, timer, options.what);
     if (response.status >= 200 && response.status < 300) return answer;

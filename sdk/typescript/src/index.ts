@@ -11,7 +11,7 @@
 export { Client, capacity, health } from "./client.js";
 export type { Capacity, Health, PoolCapacity } from "./client.js";
 export { DEFAULT_URL, KEY_ENV, URL_ENV } from "./config.js";
-export type { ConnectionOptions, FetchFn } from "./config.js";
+export type { Config, ConnectionOptions, FetchFn } from "./config.js";
 export {
   AuthenticationError,
   CapacityError,

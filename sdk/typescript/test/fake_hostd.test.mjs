@@ -233,6 +233,22 @@ describe("errors", () => {
     assert.ok(Date.now() - started < 5000);
   });
 
+  it("resends a lookup once when the connection closes before an answer, never a create", async () => {
+    let hits = 0;
+    const dropFirst = (doc) => (_req, res) => {
+      hits += 1;
+      if (hits === 1) res.socket.destroy(); // as hostd closing an idle kept-alive connection
+      else sendJson(res, 200, doc);
+    };
+    fake.route("GET", "/v1/sandboxes/sb-x", dropFirst(sandboxInfo("sb-x")));
+    assert.equal((await Sandbox.connect("sb-x", opts)).id, "sb-x");
+    assert.equal(hits, 2);
+    hits = 0;
+    fake.route("POST", "/v1/sandboxes", dropFirst(sandboxInfo("sb-y")));
+    await assert.rejects(Sandbox.create(opts), VesicleConnectionError);
+    assert.equal(hits, 1);
+  });
+
   it("reports a connection cut mid-answer as a connection error", async () => {
     fake.route("GET", "/v1/sandboxes/sb-x", (_req, res) => {
       res.writeHead(200, { "Content-Type": "application/json", "Content-Length": "100" });

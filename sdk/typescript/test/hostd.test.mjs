@@ -4,9 +4,10 @@
 // (npm pack, installed offline into a fresh folder) boots one more.
 
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
+import { spawn } from "node:child_process";
+import { once } from "node:events";
 import { createHash, randomBytes } from "node:crypto";
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { Readable } from "node:stream";
@@ -188,8 +189,8 @@ describe("against a real hostd", { skip: located.skip }, () => {
   it("packs into a tarball that installs offline into a fresh folder and works", async () => {
     const work = mkdtempSync(join(tmpdir(), "vesicle-ts-test-pack-"));
     try {
-      const packed = run("npm", ["pack", "--json", "--pack-destination", work], { cwd: SDK });
-      const [info] = JSON.parse(packed.stdout.slice(packed.stdout.indexOf("[")));
+      const packed = await run("npm", ["pack", "--json", "--pack-destination", work], { cwd: SDK });
+      const [info] = JSON.parse(packed.stdout.slice(packed.stdout.indexOf("[\n")));
       const tarball = join(work, info.filename);
       const files = info.files.map((f) => f.path).sort();
       for (const want of ["dist/index.js", "dist/index.d.ts", "dist/sandbox.d.ts", "package.json", "README.md"]) {
@@ -198,10 +199,10 @@ describe("against a real hostd", { skip: located.skip }, () => {
       assert.ok(!files.some((f) => f.startsWith("src/") || f.startsWith("test/")), files.join(", "));
 
       const app = join(work, "app");
-      run("mkdir", [app]);
+      mkdirSync(app);
       writeFileSync(join(app, "package.json"), JSON.stringify({ name: "app", private: true, type: "module" }));
       // Offline: no registry reachable, an empty npm cache.
-      run(
+      await run(
         "npm",
         ["install", tarball, "--offline", "--no-audit", "--no-fund", "--registry", "http://127.0.0.1:9/", "--cache", join(work, "npm-cache")],
         { cwd: app },
@@ -225,7 +226,7 @@ try {
 }
 `,
       );
-      const out = run("node", ["main.mjs"], {
+      const out = await run("node", ["main.mjs"], {
         cwd: app,
         env: { ...process.env, VESICLE_URL: hostd.url, VESICLE_API_KEY: hostd.key },
       });
@@ -255,7 +256,7 @@ export async function use(): Promise<number> {
 }
 `,
       );
-      run(
+      await run(
         "node",
         [
           join(SDK, "node_modules", "typescript", "bin", "tsc"),
@@ -271,12 +272,16 @@ export async function use(): Promise<number> {
   });
 });
 
-function run(command, args, options = {}) {
-  const done = spawnSync(command, args, { encoding: "utf8", timeout: 300_000, ...options });
-  assert.equal(
-    done.status,
-    0,
-    `${command} ${args.join(" ")} failed (${done.status ?? done.signal}):\n${done.stdout}\n${done.stderr}`,
-  );
-  return done;
+// Asynchronous, so the event loop (and the SDK's kept-alive connections) runs meanwhile.
+async function run(command, args, options = {}) {
+  const child = spawn(command, args, { stdio: ["ignore", "pipe", "pipe"], ...options });
+  let stdout = "";
+  let stderr = "";
+  child.stdout.setEncoding("utf8").on("data", (d) => (stdout += d));
+  child.stderr.setEncoding("utf8").on("data", (d) => (stderr += d));
+  const timer = setTimeout(() => child.kill("SIGKILL"), 300_000);
+  const [code, signal] = await once(child, "close");
+  clearTimeout(timer);
+  assert.equal(code, 0, `${command} ${args.join(" ")} failed (${code ?? signal}):\n${stdout}\n${stderr}`);
+  return { stdout, stderr };
 }
