@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs an npm project's node_modules exactly as its package-lock.json
 # says, once per lockfile: the result is kept under
-# /var/cache/vesicle/npm/<sha256 of the lockfile>/ and copied from there, so
-# CI on a fresh clone asks the registry once and later runs stay offline.
+# /var/cache/vesicle/npm/<first 16 hex digits of the lockfile's sha256>/ and
+# copied from there, so CI on a fresh clone asks the registry once and later
+# runs stay offline.
 #
 #   scripts/npm-install.sh sdk/typescript
 #

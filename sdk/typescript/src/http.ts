@@ -315,6 +315,9 @@ export class IdleTimer {
       this.fired = true;
       this.controller.abort();
     }, this.ms);
+    // The request itself keeps Node running; its timer alone (say, for a
+    // download stream the caller dropped) must not.
+    (this.handle as { unref?: () => void }).unref?.();
   }
 
   stop(): void {
