@@ -5,8 +5,8 @@
 #
 # Order: unit tests (no VM), then integration tests that boot real VMs
 # (one at a time: two cores under TCG), then the Python SDK tests against a
-# real hostd, then the TypeScript SDK's. Finally a leak check: no QEMU
-# process, memory file or runtime directory may be left by the tests.
+# real hostd. Finally a leak check: no QEMU process, memory file or runtime
+# directory may be left by the tests.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 build_dir=$repo/build
@@ -38,8 +38,9 @@ fi
 if [ -d sdk/typescript ]; then
   section "TypeScript SDK tests (node --test)"
   # node_modules (typescript, @types/node) come from a cache keyed by the
-  # lockfile's hash; the fake-server tests and the real-hostd tests (one
-  # hostd, its own temp dirs) run against the freshly compiled dist/.
+  # lockfile's hash; the fake-server tests and the real-hostd tests (their
+  # own hostd and temp dirs, like the Python SDK's) run against the freshly
+  # compiled dist/.
   if bash scripts/npm-install.sh sdk/typescript && (cd sdk/typescript && npm run --silent build); then
     (cd sdk/typescript && VESICLE_HOSTD=$build_dir/hostd/hostd \
       nice -n 5 node --test --test-reporter=spec test/*.test.mjs) || status=1
