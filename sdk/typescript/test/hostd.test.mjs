@@ -256,12 +256,17 @@ export async function use(): Promise<number> {
 }
 `,
       );
+      // So do the READMEs' TypeScript examples.
+      const examples = readmeExamples();
+      assert.ok(examples.length >= 2, "the READMEs have TypeScript examples");
+      examples.forEach((code, i) => writeFileSync(join(app, `readme_${i}.ts`), code + "\nexport {};\n"));
       await run(
         "node",
         [
           join(SDK, "node_modules", "typescript", "bin", "tsc"),
           "--noEmit", "--strict", "--target", "es2022", "--module", "nodenext", "--moduleResolution", "nodenext",
-          "--types", "node", "--typeRoots", join(SDK, "node_modules", "@types"), "main.ts",
+          "--types", "node", "--typeRoots", join(SDK, "node_modules", "@types"),
+          "main.ts", ...examples.map((_, i) => `readme_${i}.ts`),
         ],
         { cwd: app },
       );
@@ -271,6 +276,13 @@ export async function use(): Promise<number> {
     }
   });
 });
+
+// The ```ts blocks of the repository's README and the SDK's.
+function readmeExamples() {
+  return [join(SDK, "..", "..", "README.md"), join(SDK, "README.md")].flatMap((path) =>
+    [...readFileSync(path, "utf8").matchAll(/^```ts\n([\s\S]*?)^```/gm)].map((m) => m[1]),
+  );
+}
 
 // Asynchronous, so the event loop (and the SDK's kept-alive connections) runs meanwhile.
 async function run(command, args, options = {}) {
