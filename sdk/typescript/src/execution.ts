@@ -4,6 +4,7 @@ import { ProtocolError, VesicleError, errorForCode, isObject } from "./errors.js
 import { concat } from "./http.js";
 
 export type TextCallback = (chunk: string) => unknown;
+export type ResultCallback = (result: Result) => unknown;
 
 /** A Python exception raised by the cell: its class name, str() and formatted traceback. */
 export class ExecutionError {
@@ -18,46 +19,100 @@ export class ExecutionError {
   }
 }
 
+// The short names of Result.formats(), by MIME type.
+const FORMAT_NAMES: Record<string, string> = {
+  "text/plain": "text",
+  "text/html": "html",
+  "text/markdown": "markdown",
+  "text/latex": "latex",
+  "image/png": "png",
+  "image/jpeg": "jpeg",
+  "image/svg+xml": "svg",
+  "application/json": "json",
+  "application/javascript": "javascript",
+  "application/pdf": "pdf",
+};
+
+// Formats that are bytes: hostd sends them base64 in the event's data_b64.
+// One found as a string in `data` is taken as base64 too (image bytes are
+// never UTF-8 text, so that string can only be their base64).
+const BINARY_FORMATS = new Set(["image/png", "image/jpeg", "image/gif", "image/webp", "application/pdf"]);
+
 /**
- * One display output of a cell (a matplotlib figure, a DataFrame's table):
- * a MIME bundle, with the usual formats decoded. `data` is the bundle as
- * hostd sent it (MIME type to value); a format the cell did not offer is
- * undefined.
+ * One display output of a Python cell (a matplotlib figure, a DataFrame's
+ * table, a `display()` call): one thing in one or more formats, a MIME
+ * bundle. `png`, `jpeg` and `pdf` are bytes; `text`, `html`, `markdown`,
+ * `latex`, `svg` and `javascript` are strings; `json` is the parsed JSON
+ * value. Each is undefined when the output lacks that format. `data` maps
+ * every MIME type to its data (bytes, or a string for text types).
+ * `isMainResult` marks the trailing expression's rich output, whose `text`
+ * equals the Execution's `result`.
  */
 export class Result {
-  readonly data: Readonly<Record<string, unknown>>;
-  /** image/png, decoded from base64. */
-  readonly png: Uint8Array | undefined;
-  /** image/jpeg, decoded from base64. */
-  readonly jpeg: Uint8Array | undefined;
-  /** image/svg+xml */
-  readonly svg: string | undefined;
-  /** text/html (a DataFrame's <table>) */
-  readonly html: string | undefined;
-  /** text/markdown */
-  readonly markdown: string | undefined;
-  /** text/latex */
-  readonly latex: string | undefined;
-  /** text/plain: the object's repr */
-  readonly text: string | undefined;
-  /** application/json, as sent (an object, usually) */
-  readonly json: unknown;
+  readonly data: Readonly<Record<string, string | Uint8Array>>;
+  readonly isMainResult: boolean;
 
-  constructor(data: Record<string, unknown>) {
+  constructor(data: Record<string, string | Uint8Array>, isMainResult = false) {
     this.data = Object.freeze({ ...data });
-    this.png = image(data, "image/png");
-    this.jpeg = image(data, "image/jpeg");
-    this.svg = textFormat(data, "image/svg+xml");
-    this.html = textFormat(data, "text/html");
-    this.markdown = textFormat(data, "text/markdown");
-    this.latex = textFormat(data, "text/latex");
-    this.text = textFormat(data, "text/plain");
-    this.json = data["application/json"];
+    this.isMainResult = isMainResult;
   }
 
-  /** The MIME types this output came in. */
+  /** text/plain: the object's repr */
+  get text(): string | undefined {
+    return this.textOf("text/plain");
+  }
+  /** text/html (a DataFrame's <table>) */
+  get html(): string | undefined {
+    return this.textOf("text/html");
+  }
+  get markdown(): string | undefined {
+    return this.textOf("text/markdown");
+  }
+  get latex(): string | undefined {
+    return this.textOf("text/latex");
+  }
+  /** image/svg+xml */
+  get svg(): string | undefined {
+    return this.textOf("image/svg+xml");
+  }
+  get javascript(): string | undefined {
+    return this.textOf("application/javascript");
+  }
+  /** image/png bytes (a matplotlib figure) */
+  get png(): Uint8Array | undefined {
+    return this.bytesOf("image/png");
+  }
+  get jpeg(): Uint8Array | undefined {
+    return this.bytesOf("image/jpeg");
+  }
+  get pdf(): Uint8Array | undefined {
+    return this.bytesOf("application/pdf");
+  }
+
+  /** application/json, parsed; undefined when there is none. */
+  get json(): unknown {
+    const raw = this.textOf("application/json");
+    if (raw === undefined) return undefined;
+    try {
+      return JSON.parse(raw);
+    } catch (err) {
+      throw new ProtocolError(`the cell's application/json output is not valid JSON: ${(err as Error).message}`);
+    }
+  }
+
+  /** The formats this output has: short names ("png", "html", "text", ...) or else MIME types. */
   formats(): string[] {
-    return Object.keys(this.data);
+    return Object.keys(this.data).map((mime) => FORMAT_NAMES[mime] ?? mime);
+  }
+
+  private textOf(mime: string): string | undefined {
+    const value = this.data[mime];
+    return value instanceof Uint8Array ? new TextDecoder().decode(value) : value;
+  }
+
+  private bytesOf(mime: string): Uint8Array | undefined {
+    const value = this.data[mime];
+    return typeof value === "string" ? new TextEncoder().encode(value) : value;
   }
 }
 
@@ -156,7 +211,11 @@ export class ExecStream {
   private failure: VesicleError | undefined;
   private lineNo = 0;
 
-  constructor(onStdout?: TextCallback, onStderr?: TextCallback) {
+  constructor(
+    onStdout?: TextCallback,
+    onStderr?: TextCallback,
+    private readonly onResult?: ResultCallback,
+  ) {
     this.callbacks = { stdout: onStdout, stderr: onStderr };
   }
 
@@ -194,14 +253,9 @@ export class ExecStream {
           textField(event, "traceback", "error", ""),
         );
         break;
-      case "display": {
-        const data = event["data"];
-        if (!isObject(data)) {
-          throw new ProtocolError(`hostd sent a display event whose data is not a MIME bundle object`);
-        }
-        this.execution.results.push(new Result(data));
+      case "display":
+        await this.display(event);
         break;
-      }
       case "exit":
         this.exit(event);
         break;
@@ -232,6 +286,38 @@ export class ExecStream {
       const chunk = this.decoders[stream].decode(data, { stream: true });
       if (chunk) await callback(chunk);
     }
+  }
+
+  // Text types arrive as text in "data", the rest base64 in "data_b64";
+  // the Result has them merged.
+  private async display(event: Record<string, unknown>): Promise<void> {
+    const bundle: Record<string, string | Uint8Array> = {};
+    for (const field of ["data", "data_b64"] as const) {
+      const entries = event[field];
+      if (entries === undefined || entries === null) continue;
+      if (!isObject(entries)) throw new ProtocolError(`hostd sent a display event whose "${field}" is not an object`);
+      for (const [mime, value] of Object.entries(entries)) {
+        if (field === "data" && mime === "application/json" && typeof value !== "string") {
+          bundle[mime] = JSON.stringify(value); // a JSON value sent as such rather than as its text
+          continue;
+        }
+        if (typeof value !== "string") {
+          throw new ProtocolError(`hostd sent a display event whose ${mime} is not a string`);
+        }
+        if (field === "data" && !BINARY_FORMATS.has(mime)) {
+          bundle[mime] = value;
+          continue;
+        }
+        const bytes = fromBase64(value.replace(/\s+/g, ""));
+        if (bytes === undefined) {
+          throw new ProtocolError(`hostd sent a display event whose ${mime} in ${field} is not base64`);
+        }
+        bundle[mime] = bytes;
+      }
+    }
+    const result = new Result(bundle, event["is_main_result"] === true);
+    this.execution.results.push(result);
+    if (this.onResult !== undefined) await this.onResult(result);
   }
 
   private exit(event: Record<string, unknown>): void {
@@ -287,25 +373,6 @@ function intField(event: Record<string, unknown>, name: string): number {
     throw new ProtocolError(`hostd sent an exit event whose "${name}" is not an integer`);
   }
   return value;
-}
-
-function textFormat(data: Record<string, unknown>, mime: string): string | undefined {
-  const value = data[mime];
-  if (value === undefined || value === null) return undefined;
-  // Jupyter's convention allows a multi-line text as a list of lines.
-  if (Array.isArray(value) && value.every((v) => typeof v === "string")) return value.join("");
-  if (typeof value !== "string") {
-    throw new ProtocolError(`hostd sent a display event whose ${mime} is not a string`);
-  }
-  return value;
-}
-
-function image(data: Record<string, unknown>, mime: string): Uint8Array | undefined {
-  const value = textFormat(data, mime);
-  if (value === undefined) return undefined;
-  const bytes = fromBase64(value.replace(/\s+/g, ""));
-  if (bytes === undefined) throw new ProtocolError(`hostd sent a display event whose ${mime} is not base64`);
-  return bytes;
 }
 
 const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;

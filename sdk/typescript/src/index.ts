@@ -32,7 +32,7 @@ export {
   VesicleTimeoutError,
 } from "./errors.js";
 export { Execution, ExecutionError, Result } from "./execution.js";
-export type { TextCallback } from "./execution.js";
+export type { ResultCallback, TextCallback } from "./execution.js";
 export { SandboxFiles } from "./files.js";
 export type { FileData, WriteInfo, WriteOptions } from "./files.js";
 export { Sandbox } from "./sandbox.js";

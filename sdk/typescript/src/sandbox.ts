@@ -2,7 +2,7 @@
 
 import { type Config, type ConnectionOptions, requireKey, resolveConfig } from "./config.js";
 import { InvalidRequestError, NotFoundError, ProtocolError, SandboxClosedError, isObject } from "./errors.js";
-import { ExecStream, type Execution, type TextCallback } from "./execution.js";
+import { ExecStream, type Execution, type ResultCallback, type TextCallback } from "./execution.js";
 import { SandboxFiles } from "./files.js";
 import { Transport } from "./http.js";
 import { Space, spaceIdOf, spacePath, spacesFromList } from "./space.js";
@@ -64,6 +64,8 @@ export interface RunCodeOptions {
   onStdout?: TextCallback;
   /** Called with stderr text as it is produced. */
   onStderr?: TextCallback;
+  /** Called with each display output (a figure, a table) as it arrives; all are in `results` too. */
+  onResult?: ResultCallback;
   /** Interrupt the code after this long (rounded up to whole seconds); the Execution says timedOut. */
   timeoutMs?: number;
   /** Environment variables (bash only). */
@@ -294,7 +296,8 @@ export class Sandbox {
    *
    * Python runs in the sandbox's one persistent REPL (globals survive); bash
    * runs the command in the same machine (env and cwd apply to bash only).
-   * onStdout and onStderr are called with text as it arrives. `timeoutMs`
+   * onStdout and onStderr are called with text as it arrives, onResult with
+   * each display output (figures, tables; also in the Execution's `results`). `timeoutMs`
    * interrupts the code; the Execution says timedOut. If the sandbox dies
    * meanwhile, SandboxDiedError (with `.execution`, what came before) is thrown.
    */
@@ -322,7 +325,7 @@ export class Sandbox {
       body["env"] = Object.fromEntries(Object.entries(options.env).map(([k, v]) => [k, String(v)]));
     }
     if (options.cwd !== undefined) body["cwd"] = options.cwd;
-    const parser = new ExecStream(options.onStdout, options.onStderr);
+    const parser = new ExecStream(options.onStdout, options.onStderr, options.onResult);
     const answer = await this.transport.request("POST", sandboxPath(this.id) + "/exec", {
       json: body,
       headers: { Accept: "application/x-ndjson" },

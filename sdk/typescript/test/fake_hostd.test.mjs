@@ -356,39 +356,64 @@ describe("runCode", () => {
     assert.equal(ex.stdout, "é\ufffd\n");
   });
 
-  it("parses display events into results: png bytes, html, text, json", async () => {
+  it("parses display events into results as they arrive: png bytes, html, text, json", async () => {
     execRoute(async (write) => {
-      write({ type: "display", data: { "image/png": PNG.toString("base64"), "text/plain": "<Figure size 640x480>" } });
+      // hostd's shape: text types in data, the rest base64 in data_b64.
       write({
         type: "display",
-        data: { "text/html": "<table><tr><td>1</td></tr></table>", "text/plain": "   a\n0  1", "application/json": { a: [1] } },
+        data: { "text/plain": "<Figure size 640x480 with 1 Axes>" },
+        data_b64: { "image/png": PNG.toString("base64") },
+        is_main_result: false,
       });
-      write({ type: "result", data: "<Figure>" });
+      write({ type: "stdout", data: "between\n" });
+      write({
+        type: "display",
+        data: { "text/html": "<table><tr><td>1</td></tr></table>", "text/plain": "   a\n0  1", "application/json": '{"a": [1]}' },
+        is_main_result: true,
+      });
+      write({ type: "result", data: "   a\n0  1" });
       write({ type: "exit", exit_code: 0 });
     });
     const sb = await createdSandbox();
-    const ex = await sb.runCode("plt.show()");
+    const order = [];
+    const ex = await sb.runCode("plt.show(); df", {
+      onStdout: (text) => order.push(text),
+      onResult: (result) => order.push(result.formats()),
+    });
+    assert.deepEqual(order, [["text", "png"], "between\n", ["html", "text", "json"]]);
     assert.equal(ex.results.length, 2);
     const [figure, table] = ex.results;
     assert.ok(figure.png instanceof Uint8Array);
     assert.deepEqual(Buffer.from(figure.png), PNG);
-    assert.equal(figure.text, "<Figure size 640x480>");
+    assert.deepEqual(Buffer.from(figure.data["image/png"]), PNG);
+    assert.equal(figure.text, "<Figure size 640x480 with 1 Axes>");
     assert.equal(figure.html, undefined);
-    assert.deepEqual(figure.formats(), ["image/png", "text/plain"]);
+    assert.equal(figure.isMainResult, false);
     assert.match(table.html, /^<table/);
-    assert.equal(table.text, "   a\n0  1");
+    assert.equal(table.text, ex.result);
     assert.deepEqual(table.json, { a: [1] });
     assert.equal(table.png, undefined);
-    assert.equal(ex.result, "<Figure>");
+    assert.equal(table.isMainResult, true);
+  });
+
+  it("also takes a bundle whose image is base64 in data and whose JSON is a value", async () => {
+    execRoute(async (write) => {
+      write({ type: "display", data: { "image/png": PNG.toString("base64"), "application/json": { b: 2 } } });
+      write({ type: "exit", exit_code: 0 });
+    });
+    const sb = await createdSandbox();
+    const [only] = (await sb.runCode("x")).results;
+    assert.deepEqual(Buffer.from(only.png), PNG);
+    assert.deepEqual(only.json, { b: 2 });
   });
 
   it("rejects a display event whose png is not base64", async () => {
     execRoute(async (write) => {
-      write({ type: "display", data: { "image/png": "not base64!" } });
+      write({ type: "display", data_b64: { "image/png": "not base64!" } });
       write({ type: "exit", exit_code: 0 });
     });
     const sb = await createdSandbox();
-    await assert.rejects(sb.runCode("x"), (err) => err instanceof ProtocolError && /image\/png is not base64/.test(err.message));
+    await assert.rejects(sb.runCode("x"), (err) => err instanceof ProtocolError && /image\/png in data_b64 is not base64/.test(err.message));
   });
 
   it("skips event types newer than the SDK", async () => {
