@@ -17,11 +17,12 @@ import { fileURLToPath } from "node:url";
 import {
   AuthenticationError,
   Client,
+  ConflictError,
   NotFoundError,
   Sandbox,
   SandboxClosedError,
 } from "../dist/index.js";
-import { locateHostd, startHostd } from "./hostd_process.mjs";
+import { locateHostd, sleep, startHostd } from "./hostd_process.mjs";
 
 const SDK = resolve(fileURLToPath(new URL("..", import.meta.url)));
 const MEMORY_MIB = 512;
@@ -102,6 +103,20 @@ describe("against a real hostd", { skip: located.skip }, () => {
     assert.match(failed.error.traceback, /in f\b[\s\S]*ZeroDivisionError: division by zero/);
     assert.equal(failed.result, undefined);
     assert.deepEqual(failed.results, []);
+  });
+
+  it("interrupts a cell at its timeout, and refuses a fork while code runs (ConflictError)", async () => {
+    const slow = sb.runCode("import time\ntime.sleep(30)", { timeoutMs: 3000 });
+    await sleep(1000);
+    await assert.rejects(sb.fork({ n: 1 }), (err) => {
+      assert.ok(err instanceof ConflictError, `${err.name}: ${err.message}`);
+      assert.equal(err.status, 409);
+      return true;
+    });
+    const ex = await slow;
+    assert.equal(ex.timedOut, true);
+    assert.ok(ex.durationMs < 20_000, `the cell ran ${ex.durationMs} ms`);
+    assert.equal(await value(sb, "x"), "42"); // an interrupt keeps the REPL's globals
   });
 
   it("moves 1 MiB of binary up and down, as bytes and as streams", async () => {
