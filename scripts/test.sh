@@ -35,6 +35,21 @@ if [ -d tests/sdk ]; then
     /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/sdk || status=1
 fi
 
+if [ -d sdk/typescript ]; then
+  section "TypeScript SDK tests (node --test)"
+  # node_modules (typescript, @types/node) come from a cache keyed by the
+  # lockfile's hash; the fake-server tests and the real-hostd tests (their
+  # own hostd and temp dirs, like the Python SDK's) run against the freshly
+  # compiled dist/.
+  if bash scripts/npm-install.sh sdk/typescript && (cd sdk/typescript && npm run --silent build); then
+    (cd sdk/typescript && VESICLE_HOSTD=$build_dir/hostd/hostd \
+      nice -n 5 node --test --test-reporter=spec test/*.test.mjs) || status=1
+  else
+    echo "TypeScript SDK: installing its build dependencies or compiling it failed"
+    status=1
+  fi
+fi
+
 section "leak check"
 bash scripts/leak-check.sh || status=1
 
