@@ -8,8 +8,8 @@
 # whatever happened.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
-build_dir=${1:-$repo/build}
-images=${VESICLE_IMAGES_DIR:-$build_dir/images}
+build_dir=$(realpath "${1:-$repo/build}")
+images=$(realpath -m "${VESICLE_IMAGES_DIR:-$build_dir/images}")
 
 for name in vmlinuz initrd.img rootfs.ext4; do
   if [ ! -r "$images/$name" ]; then
@@ -22,12 +22,13 @@ work=$(mktemp -d /tmp/vesicle-embed-test.XXXXXX)
 shm=$(mktemp -d /dev/shm/vesicle-embed-test.XXXXXX)
 example_pid=
 
-# Kills (by pid) the example and any QEMU whose command line names this
-# run's directories (QEMU dies with the example, PR_SET_PDEATHSIG, but
-# only once it notices), then removes the directories.
+# Kills the example's process group (timeout makes one, led by its own
+# pid, holding the example and its QEMUs) and any QEMU still naming this
+# run's directories, by pid, then removes the directories.
 cleanup() {
-  if [ -n "$example_pid" ] && kill -0 "$example_pid" 2>/dev/null; then
-    kill -KILL "$example_pid" 2>/dev/null || true
+  trap '' INT TERM # a second signal must not cut the cleanup short
+  if [ -n "$example_pid" ]; then
+    kill -KILL -- "-$example_pid" 2>/dev/null || true
   fi
   local proc args
   for proc in /proc/[0-9]*; do
@@ -39,6 +40,7 @@ cleanup() {
   rm -rf "$work" "$shm"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM # through the EXIT trap
 
 echo "test-embed: installing $build_dir into $work/prefix"
 cmake --install "$build_dir" --prefix "$work/prefix" >"$work/install.log" ||
