@@ -63,6 +63,17 @@ void collect(ExecOutput& out, const guest::Event& event) {
   }
 }
 
+// An actor system the runtime makes for itself, with its configuration:
+// CAF 0.17's actor_system refers to its config for its whole life.
+struct OwnedActorSystem {
+  static caf::actor_system_config& configured(caf::actor_system_config& config) {
+    hostd::configure_actor_system(config);
+    return config;
+  }
+  caf::actor_system_config config;
+  caf::actor_system system{configured(config)};
+};
+
 } // namespace
 
 class Runtime::Impl {
@@ -80,7 +91,7 @@ public:
   }
 
   // Keeps the actor system the runtime made for itself until the end.
-  void adopt_system(std::unique_ptr<caf::actor_system> system) {
+  void adopt_system(std::unique_ptr<OwnedActorSystem> system) {
     own_system_ = std::move(system);
   }
 
@@ -227,7 +238,7 @@ private:
 
   // Declared in the order they must be built; torn down in reverse, so the
   // actor system (when the runtime made it) goes last.
-  std::unique_ptr<caf::actor_system> own_system_;
+  std::unique_ptr<OwnedActorSystem> own_system_;
   asio::io_context io_{1};
   asio::executor_work_guard<asio::io_context::executor_type> work_;
   std::unique_ptr<vmm::Driver> driver_;
@@ -252,10 +263,8 @@ Result<std::unique_ptr<Runtime>> Runtime::start(caf::actor_system& system,
 }
 
 Result<std::unique_ptr<Runtime>> Runtime::start(config::HostdConfig config) {
-  caf::actor_system_config actor_config;
-  hostd::configure_actor_system(actor_config);
-  auto system = std::make_unique<caf::actor_system>(actor_config);
-  auto runtime = start(*system, std::move(config));
+  auto system = std::make_unique<OwnedActorSystem>();
+  auto runtime = start(system->system, std::move(config));
   if (!runtime) return runtime;
   // The system is kept by the Impl so it is torn down after everything that
   // uses it.
