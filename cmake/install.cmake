@@ -4,8 +4,9 @@
 #     messages/ with the generated .pb.h), under include/vesicle
 #   lib/vesicle/*.a, the static libraries behind vesicle::runtime
 #   lib/cmake/vesicle/, for find_package(vesicle) -> vesicle::runtime
-#   share/vesicle/images/, the guest images' recipes (images/build.sh
-#     builds vmlinuz, initrd.img and rootfs.ext4 from them)
+#   share/vesicle/images/, the guest images' recipes and, in guest/, what
+#     they put into the images (images/build.sh builds vmlinuz, initrd.img
+#     and rootfs.ext4 from them)
 include(CMakePackageConfigHelpers)
 
 set(VESICLE_CMAKE_DIR ${CMAKE_INSTALL_LIBDIR}/cmake/vesicle)
@@ -43,3 +44,12 @@ install(FILES ${PROJECT_BINARY_DIR}/vesicleConfig.cmake
 file(GLOB image_recipes ${PROJECT_SOURCE_DIR}/images/*.sh)
 install(PROGRAMS ${image_recipes} DESTINATION ${CMAKE_INSTALL_DATADIR}/vesicle/images)
 install(FILES images/packages.txt DESTINATION ${CMAKE_INSTALL_DATADIR}/vesicle/images)
+# What the recipes put into the images, so the installed recipes can build
+# them (README, "Embedding"): the static guest agent and init, the REPL.
+set(VESICLE_GUEST_DIR ${CMAKE_INSTALL_DATADIR}/vesicle/images/guest)
+foreach(guest_binary vesicle-agent vesicle-init)
+  if(TARGET ${guest_binary})
+    install(TARGETS ${guest_binary} RUNTIME DESTINATION ${VESICLE_GUEST_DIR})
+  endif()
+endforeach()
+install(FILES guest/repl/repl.py DESTINATION ${VESICLE_GUEST_DIR})
