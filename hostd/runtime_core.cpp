@@ -178,8 +178,7 @@ asio::awaitable<void> RuntimeCore::shutdown() {
     auto done = co_await ask<done_atom>(system_, registry_, std::chrono::seconds(120),
                                         shutdown_atom::value);
     if (!done)
-      std::fprintf(stderr,
-                   "vesicle: the registry did not finish shutting down (%s); killing VMs\n",
+      std::fprintf(stderr, "vesicle: the registry did not finish shutting down (%s); killing VMs\n",
                    system_.render(done.error()).c_str());
   }
   vms_.destroy_all();
@@ -237,8 +236,8 @@ asio::awaitable<std::string> RuntimeCore::record_death(const std::string& owner,
   // shows the sandbox dead.
   co_await ask<done_atom>(system_, registry_, actor_timeout(), vm_exited_atom::value, owner, id,
                           how);
-  auto info = co_await ask<SandboxInfo>(system_, registry_, actor_timeout(), lookup_atom::value,
-                                        owner, id);
+  auto info =
+      co_await ask<SandboxInfo>(system_, registry_, actor_timeout(), lookup_atom::value, owner, id);
   co_return info && !info->dead_reason.empty() ? info->dead_reason : how;
 }
 

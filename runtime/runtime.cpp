@@ -10,10 +10,10 @@
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
-#include <boost/asio/post.hpp>
-#include <boost/asio/this_coro.hpp>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <caf/actor_system_config.hpp>
 
@@ -91,9 +91,7 @@ public:
   }
 
   // Keeps the actor system the runtime made for itself until the end.
-  void adopt_system(std::unique_ptr<OwnedActorSystem> system) {
-    own_system_ = std::move(system);
-  }
+  void adopt_system(std::unique_ptr<OwnedActorSystem> system) { own_system_ = std::move(system); }
 
   asio::io_context& io() { return io_; }
 
@@ -189,8 +187,9 @@ public:
 
   asio::awaitable<Result<SandboxInfoList>> fork(std::string id, std::uint32_t n) {
     if (n < 1 || n > kMaxForkChildren)
-      co_return make_error("fork", "n: a fork makes 1 to " + std::to_string(kMaxForkChildren) +
-                                       " children, got " + std::to_string(n),
+      co_return make_error("fork",
+                           "n: a fork makes 1 to " + std::to_string(kMaxForkChildren) +
+                               " children, got " + std::to_string(n),
                            id);
     co_return co_await ask_registry<SandboxInfoList>("fork", id, core.create_timeout(),
                                                      fork_atom::value, std::string(kOwner), id, n,
@@ -204,8 +203,8 @@ public:
 
   asio::awaitable<Result<SandboxInfo>> resume(std::string space_id, bool persistent) {
     co_return co_await ask_registry<SandboxInfo>("resume", space_id, core.create_timeout(),
-                                                 resume_atom::value, std::string(kOwner),
-                                                 space_id, persistent, kNoOwnerCap);
+                                                 resume_atom::value, std::string(kOwner), space_id,
+                                                 persistent, kNoOwnerCap);
   }
 
   asio::awaitable<Result<void>> destroy(std::string id) {
@@ -231,9 +230,9 @@ private:
 
   asio::awaitable<Error> died(const hostd::VmLease& lease) {
     auto reason = co_await core.record_death(lease.owner(), lease.id(), lease.vm_pointer());
-    co_return make_error("exec", "sandbox_died: the sandbox died: " + reason +
-                                     "; destroy it and create a new one",
-                         lease.id());
+    co_return make_error(
+        "exec", "sandbox_died: the sandbox died: " + reason + "; destroy it and create a new one",
+        lease.id());
   }
 
   // Declared in the order they must be built; torn down in reverse, so the
@@ -280,7 +279,9 @@ Runtime::~Runtime() {
   impl_->core.stop_actors_and_wait();
 }
 
-const config::HostdConfig& Runtime::config() const { return impl_->core.config(); }
+const config::HostdConfig& Runtime::config() const {
+  return impl_->core.config();
+}
 
 asio::awaitable<Result<SandboxInfo>> Runtime::create(api::CreateSandboxRequest request) {
   co_return co_await impl_->on_runtime(impl_->create(std::move(request)));
@@ -296,8 +297,7 @@ asio::awaitable<Result<SandboxInfoList>> Runtime::list() {
 
 asio::awaitable<Result<ExecOutput>> Runtime::exec_python(std::string id, std::string code,
                                                          std::chrono::seconds timeout) {
-  if (code.empty())
-    co_return make_error("exec", "code: required; give the Python cell to run", id);
+  if (code.empty()) co_return make_error("exec", "code: required; give the Python cell to run", id);
   guest::ExecPython request;
   request.set_code(std::move(code));
   request.set_timeout_ms(static_cast<std::uint32_t>(timeout.count() * 1000));

@@ -34,8 +34,7 @@ void check(bool ok, const std::string& what) {
 }
 
 // The awaitable side: what a service's request handler would do.
-asio::awaitable<void> scenario(vesicle::Runtime& runtime, std::string& parent,
-                               std::string& child) {
+asio::awaitable<void> scenario(vesicle::Runtime& runtime, std::string& parent, std::string& child) {
   vesicle::api::CreateSandboxRequest request;
   request.set_memory_mib(512);
   auto sandbox = expect(co_await runtime.create(request), "create");

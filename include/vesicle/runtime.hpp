@@ -105,9 +105,9 @@ public:
   // Runs a Python cell in the sandbox's REPL (its state persists between
   // cells), or a bash command. `timeout` zero: the agent's default.
   boost::asio::awaitable<Result<ExecOutput>> exec_python(std::string id, std::string code,
-                                                  std::chrono::seconds timeout = {});
+                                                         std::chrono::seconds timeout = {});
   boost::asio::awaitable<Result<ExecOutput>> exec_bash(std::string id, BashCommand command,
-                                                std::chrono::seconds timeout = {});
+                                                       std::chrono::seconds timeout = {});
 
   // `n` children, each starting from the sandbox's state at this moment;
   // the parent runs on. All or nothing.
@@ -136,7 +136,7 @@ private:
   explicit Runtime(std::unique_ptr<Impl> impl);
   template <class T>
   static boost::asio::awaitable<void> store(boost::asio::awaitable<Result<T>> call,
-                                     std::optional<Result<T>>& out) {
+                                            std::optional<Result<T>>& out) {
     out.emplace(co_await std::move(call));
   }
   Result<void> block_on(boost::asio::awaitable<void> call);
