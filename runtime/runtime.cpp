@@ -124,6 +124,9 @@ public:
           out.emplace(co_await std::move(call));
         } catch (const std::exception& e) {
           out.emplace(make_error("runtime call", std::string("failed: ") + e.what()));
+        } catch (...) {
+          // Whatever it was, the caller must not wait forever.
+          out.emplace(make_error("runtime call", "failed with an exception of unknown type"));
         }
         asio::post(caller, [shared, out = std::move(*out)]() mutable {
           auto resume = std::move(*shared);
