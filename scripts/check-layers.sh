@@ -19,7 +19,7 @@ allowed() {
   guest) echo "common messages guest" ;;
   actors) echo "common messages vmm net actors" ;;
   hostd) echo "common messages vmm net actors hostd" ;;
-  include) echo "common messages vmm net actors hostd include" ;;
+  include) echo "common messages include" ;; # public headers: only what they expose
   runtime) echo "common messages vmm net actors hostd vesicle runtime" ;;
   esac
 }
