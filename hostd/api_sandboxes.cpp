@@ -9,8 +9,6 @@
 
 namespace vesicle::hostd {
 
-namespace {
-
 // The create request with the configuration's defaults, or a 400 naming the
 // field that is wrong.
 Result<SandboxSpec> sandbox_spec(const api::CreateSandboxRequest& request,
@@ -53,8 +51,6 @@ Result<SandboxSpec> sandbox_spec(const api::CreateSandboxRequest& request,
   spec.max_lifetime_s = request.has_max_lifetime_s() ? request.max_lifetime_s() : 1800;
   return spec;
 }
-
-} // namespace
 
 // The caps of the key `owner`'s tier (its own, or the configuration's
 // default_key_tier for a key stored without one).

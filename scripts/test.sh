@@ -5,8 +5,9 @@
 #
 # Order: unit tests (no VM), then integration tests that boot real VMs
 # (one at a time: two cores under TCG), then the Python SDK tests against a
-# real hostd. Finally a leak check: no QEMU process, memory file or runtime
-# directory may be left by the tests.
+# real hostd; between them, the embedding example (examples/embed) built
+# against the installed package runs real VMs too. Finally a leak check: no
+# QEMU process, memory file or runtime directory may be left by the tests.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 build_dir=$repo/build
@@ -28,6 +29,14 @@ section "integration tests with real VMs (ctest -L integration)"
 # Verbose: every test case prints its duration, so a slow run in CI shows
 # where the time went.
 ctest --test-dir "$build_dir" -L integration --output-on-failure --verbose || status=1
+
+section "embedding: examples/embed against the installed package (scripts/test-embed.sh)"
+if bash scripts/test-embed.sh "$build_dir"; then
+  echo "embedding: PASS"
+else
+  echo "embedding: FAIL"
+  status=1
+fi
 
 if [ -d tests/sdk ]; then
   section "Python SDK tests (pytest)"
