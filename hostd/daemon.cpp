@@ -1,10 +1,9 @@
 #include "hostd/daemon.hpp"
 
-#include <cstdio>
-
 #include <caf/send.hpp>
 
 #include "actors/ask.hpp"
+#include "common/log.hpp"
 #include "hostd/network.hpp"
 
 namespace vesicle::hostd {
@@ -58,8 +57,7 @@ Result<void> Daemon::start_network() {
     return std::move(manager).error().with_context(
         "setting up sandbox networking (the network section of the configuration)");
   if (const auto& reclaimed = (*manager)->reclaimed_at_start(); !reclaimed.empty())
-    std::fprintf(stderr, "hostd: removed network leftovers of an earlier run: %s\n",
-                 reclaimed.describe().c_str());
+    log::warn("removed network leftovers of an earlier run", {{"what", reclaimed.describe()}});
   bridge_ = net::spawn_bridge(system_, std::move(manager.value()));
   vms_.attach_network(std::make_shared<net::NetworkLeases>(system_, bridge_));
   return {};
@@ -106,14 +104,13 @@ asio::awaitable<void> Daemon::shutdown() {
     auto stopped =
         co_await ask<done_atom>(system_, pool, std::chrono::seconds(10), shutdown_atom::value);
     if (!stopped)
-      std::fprintf(stderr, "hostd: a pool did not stop (%s)\n",
-                   system_.render(stopped.error()).c_str());
+      log::warn("a pool did not stop", {{"error", system_.render(stopped.error())}});
   }
   auto done =
       co_await ask<done_atom>(system_, registry_, std::chrono::seconds(120), shutdown_atom::value);
   if (!done)
-    std::fprintf(stderr, "hostd: the registry did not finish shutting down (%s); killing VMs\n",
-                 system_.render(done.error()).c_str());
+    log::warn("the registry did not finish shutting down; killing VMs",
+              {{"error", system_.render(done.error())}});
   vms_.destroy_all();
   server_.close_connections();
 }
