@@ -81,8 +81,7 @@ int main(int argc, char** argv) {
       "print-config", "print the effective configuration (text format) and exit")(
       "log-level", po::value<std::string>(),
       "the least severe events logged to stderr: debug, info, warn or error (default: the "
-      "configuration's log_level, info)")(
-      "version", "print the version and exit");
+      "configuration's log_level, info)")("version", "print the version and exit");
   po::variables_map args;
   try {
     po::store(po::parse_command_line(argc, argv, options), args);
@@ -149,8 +148,8 @@ int main(int argc, char** argv) {
                                            config->runtime_dir()));
   if (swept->processes + swept->directories + swept->memory_files > 0)
     log::info("reclaimed from a previous run", {{"qemu_processes", swept->processes},
-                                                 {"vm_directories", swept->directories},
-                                                 {"memory_files", swept->memory_files}});
+                                                {"vm_directories", swept->directories},
+                                                {"memory_files", swept->memory_files}});
 
   if (auto made = make_dir(config->spaces_dir(), perms::owner_all); !made)
     return fail(made.error());

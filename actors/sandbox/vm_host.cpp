@@ -259,9 +259,9 @@ asio::awaitable<void> VmHost::run_sandbox_vm(std::string id, SandboxSpec spec, L
       machine_id = opened.info.machine_id;
       // Resumed once: its disk is this VM's now, and what is left of it goes.
       if (auto removed = SpaceStore(settings_.spaces_dir).remove(plan.space_id); !removed)
-        log::warn("Space was resumed but its files stay", {{"space", plan.space_id},
-                                                            {"sandbox", id},
-                                                            {"error", removed.error().message()}});
+        log::warn(
+            "Space was resumed but its files stay",
+            {{"space", plan.space_id}, {"sandbox", id}, {"error", removed.error().message()}});
     }
     if (!vm && !plan.template_key.empty()) {
       if (auto found = templates_.find(plan.template_key); found != templates_.end()) {
@@ -536,9 +536,9 @@ asio::awaitable<void> VmHost::run_merge(std::string parent_id, sandbox_actor par
     if (auto record = vms_.find(parent_id); record != vms_.end())
       record->second.machine_id = std::move(refreshed.value());
   } else {
-    log::warn("merge: identity refresh failed", {{"sandbox", parent_id},
-                                                 {"winner", winner_id},
-                                                 {"error", refreshed.error().message()}});
+    log::warn(
+        "merge: identity refresh failed",
+        {{"sandbox", parent_id}, {"winner", winner_id}, {"error", refreshed.error().message()}});
   }
   done("", pid);
 }

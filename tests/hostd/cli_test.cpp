@@ -19,8 +19,7 @@ struct Outcome {
   std::string output; // stdout and stderr
 };
 
-Outcome run_hostd(const std::string& arguments) {
-  const std::string command = std::string(HOSTD_BINARY) + " " + arguments + " 2>&1";
+Outcome run_shell(const std::string& command) {
   Outcome outcome;
   FILE* pipe = ::popen(command.c_str(), "r");
   if (!pipe) return outcome;
@@ -30,6 +29,10 @@ Outcome run_hostd(const std::string& arguments) {
   const int status = ::pclose(pipe);
   outcome.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   return outcome;
+}
+
+Outcome run_hostd(const std::string& arguments) {
+  return run_shell(std::string(HOSTD_BINARY) + " " + arguments + " 2>&1");
 }
 
 class TempDir {
@@ -82,6 +85,27 @@ TEST(HostdCli, AnUnknownLogLevelInTheFileIsRefusedAsALogLine) {
   EXPECT_TRUE(std::regex_match(refused.output, line)) << refused.output;
 }
 
+TEST(HostdCli, UnderJournaldTheLineCarriesItsPriorityAndNoTimestamp) {
+  // journald names the stream it reads in JOURNAL_STREAM (device:inode);
+  // here that stream is a file, the same for hostd's stderr.
+  TempDir dir;
+  const auto config = dir.path / "hostd.json";
+  const auto log = dir.path / "stderr";
+  std::ofstream(config) << R"({"log_level": "loud"})";
+  const std::string hostd = std::string(HOSTD_BINARY) + " --config " + config.string();
+  auto refused = run_shell(hostd + " 2>" + log.string() + "; JOURNAL_STREAM=$(stat -c %d:%i " +
+                           log.string() + ") " + hostd + " 2>>" + log.string());
+  EXPECT_EQ(refused.status, 1) << refused.output;
+  std::ifstream in(log);
+  std::string first, second;
+  std::getline(in, first);
+  std::getline(in, second);
+  EXPECT_TRUE(std::regex_match(first, std::regex("\\d{4}-.*Z error hostd cannot go on .*")))
+      << first;
+  EXPECT_TRUE(std::regex_match(second, std::regex("<3>error hostd cannot go on error=\".*")))
+      << second;
+}
+
 TEST(HostdCli, AStartThatCannotGoOnSaysWhyInTheLogFormat) {
   // Everything in a temporary directory; the images are missing, so hostd
   // stops before it reclaims, serves or starts a VM.
@@ -89,13 +113,12 @@ TEST(HostdCli, AStartThatCannotGoOnSaysWhyInTheLogFormat) {
   const auto config = dir.path / "hostd.json";
   std::ofstream(config) << R"({"state_dir": ")" << (dir.path / "state").string()
                         << R"(", "runtime_dir": ")" << (dir.path / "run").string()
-                        << R"(", "images_dir": ")" << (dir.path / "no-images").string()
-                        << R"("})";
+                        << R"(", "images_dir": ")" << (dir.path / "no-images").string() << R"("})";
   auto failed = run_hostd("--config " + config.string() + " --log-level error");
   EXPECT_EQ(failed.status, 1) << failed.output;
-  EXPECT_TRUE(std::regex_search(failed.output,
-                                std::regex("Z error hostd cannot go on error=\"[^\"\n]*"
-                                           "no-images/vmlinuz[^\n]*\n")))
+  EXPECT_TRUE(
+      std::regex_search(failed.output, std::regex("Z error hostd cannot go on error=\"[^\"\n]*"
+                                                  "no-images/vmlinuz[^\n]*\n")))
       << failed.output;
 }
 
