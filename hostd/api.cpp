@@ -2,10 +2,10 @@
 #include "hostd/api.hpp"
 
 #include <chrono>
-#include <cstdio>
 
 #include <boost/beast/core/string.hpp>
 
+#include "common/log.hpp"
 #include "hostd/network.hpp"
 
 namespace vesicle::hostd {
@@ -169,9 +169,11 @@ asio::awaitable<void> Api::handle(Exchange& exchange) {
   std::string_view query = question == std::string::npos
                                ? std::string_view{}
                                : std::string_view(target).substr(question + 1);
+  const auto parts = split_path(path);
+  std::string key_id;
   std::string failure;
   try {
-    co_await route(exchange, split_path(path), query);
+    co_await route(exchange, parts, query, key_id);
   } catch (const std::exception& e) {
     failure = std::string("hostd failed: ") + e.what();
   }
@@ -186,14 +188,31 @@ asio::awaitable<void> Api::handle(Exchange& exchange) {
                      std::chrono::steady_clock::now() - started)
                      .count();
   // The path only: query strings hold file paths, and the headers a key.
-  std::fprintf(stderr, "hostd: %s %.*s %u %lldms\n",
-               std::string(http::to_string(exchange.method())).c_str(),
-               static_cast<int>(path.size()), path.data(), exchange.status(),
-               static_cast<long long>(elapsed));
+  // Probes (health, metrics) come every few seconds: debug, not info.
+  const bool probe = parts == std::vector<std::string>{"metrics"} ||
+                     parts == std::vector<std::string>{"v1", "healthz"};
+  const auto level = !failure.empty() ? log::Level::error
+                     : probe          ? log::Level::debug
+                                      : log::Level::info;
+  if (!log::enabled(level)) co_return;
+  const auto verb = http::to_string(exchange.method()); // a Boost string_view
+  const std::string_view method(verb.data(), verb.size());
+  std::vector<log::Field> fields = {{"method", method},
+                                    {"path", path},
+                                    {"status", exchange.status()},
+                                    {"ms", static_cast<long long>(elapsed)}};
+  if (!key_id.empty()) fields.emplace_back("key", key_id);
+  // The sandbox or Space the path names, so grep sandbox=<id> finds its
+  // requests too.
+  if (parts.size() > 2 && parts[1] == "sandboxes") fields.emplace_back("sandbox", parts[2]);
+  if (parts.size() > 4 && parts[3] == "merge_into") fields.emplace_back("winner", parts[4]);
+  if (parts.size() > 2 && parts[1] == "spaces") fields.emplace_back("space", parts[2]);
+  if (!failure.empty()) fields.emplace_back("error", failure);
+  log::write(level, "request", fields);
 }
 
 asio::awaitable<void> Api::route(Exchange& exchange, const std::vector<std::string>& path,
-                                 std::string_view query) {
+                                 std::string_view query, std::string& key_id) {
   auto method = exchange.method();
   auto is = [&](std::initializer_list<std::string_view> pattern) {
     if (pattern.size() != path.size()) return false;
@@ -225,6 +244,7 @@ asio::awaitable<void> Api::route(Exchange& exchange, const std::vector<std::stri
   if (!owner)
     co_return co_await exchange.respond_error(
         Error::of(ErrorKind::unauthenticated, "the API key is not valid on this host; check for typos"));
+  key_id = *owner;
 
   if (is({"v1", "capacity"})) {
     if (method != http::verb::get) co_return co_await exchange.respond_error(not_allowed("GET"));

@@ -55,8 +55,10 @@ public:
   asio::awaitable<void> handle(Exchange& exchange);
 
 private:
+  // Sets `key_id` once the caller's API key is known (for the request's
+  // log line).
   asio::awaitable<void> route(Exchange& exchange, const std::vector<std::string>& path,
-                              std::string_view query);
+                              std::string_view query, std::string& key_id);
 
   // api_host.cpp
   asio::awaitable<void> healthz(Exchange& exchange);

@@ -3,6 +3,7 @@
 
 #include "hostd/api.hpp"
 #include "actors/ask.hpp"
+#include "common/log.hpp"
 #include "hostd/json.hpp"
 #include "hostd/network.hpp"
 #include "hostd/tiers.hpp"
@@ -92,6 +93,11 @@ asio::awaitable<void> Api::create(Exchange& exchange, const std::string& owner) 
   const std::chrono::duration<double> took = std::chrono::steady_clock::now() - started;
   metrics_.create_seconds.record(created ? created->source : "failed", took.count());
   if (!created) co_return co_await exchange.respond_error(to_error(created.error()));
+  // The request's own line cannot name the new sandbox; this one does.
+  log::info("sandbox created", {{"sandbox", created->id},
+                                {"key", owner},
+                                {"source", created->source},
+                                {"ms", static_cast<long long>(took.count() * 1000)}});
   co_await exchange.respond(201, to_json(to_api(*created, ctx_.vms.accel())));
 }
 
@@ -142,8 +148,13 @@ asio::awaitable<void> Api::fork(Exchange& exchange, const std::string& owner,
   if (!children)
     co_return co_await exchange.respond_error(to_error(children.error()));
   api::ForkResponse out;
-  for (const auto& info : *children)
+  for (const auto& info : *children) {
+    log::info("sandbox forked", {{"sandbox", info.id},
+                                 {"parent", id},
+                                 {"key", owner},
+                                 {"ms", static_cast<long long>(took.count() * 1000)}});
     *out.add_children() = to_api(info, ctx_.vms.accel());
+  }
   out.set_server_ms(took.count() * 1000.0);
   co_await exchange.respond(201, to_json(out));
 }

@@ -2,6 +2,7 @@
 // /v1/spaces/{id}, POST /v1/spaces/{id}/resume
 #include "hostd/api.hpp"
 #include "actors/ask.hpp"
+#include "common/log.hpp"
 #include "hostd/json.hpp"
 
 namespace vesicle::hostd {
@@ -68,6 +69,10 @@ asio::awaitable<void> Api::resume(Exchange& exchange, const std::string& owner,
   const std::chrono::duration<double> took = std::chrono::steady_clock::now() - started;
   metrics_.resume_seconds.record(resumed ? "ok" : "failed", took.count());
   if (!resumed) co_return co_await exchange.respond_error(to_error(resumed.error()));
+  log::info("sandbox resumed from a Space", {{"sandbox", resumed->id},
+                                             {"space", space_id},
+                                             {"key", owner},
+                                             {"ms", static_cast<long long>(took.count() * 1000)}});
   co_await exchange.respond(201, to_json(to_api(*resumed, ctx_.vms.accel())));
 }
 

@@ -6,6 +6,7 @@
 #include <google/protobuf/io/tokenizer.h>
 #include <google/protobuf/text_format.h>
 
+#include "common/log.hpp"
 #include "hostd/json.hpp"
 #include "hostd/network.hpp"
 #include "hostd/tiers.hpp"
@@ -45,6 +46,7 @@ Result<config::HostdConfig> parse_config(const std::string& text, bool json) {
 
 void apply_defaults(config::HostdConfig& c) {
   if (c.listen().empty()) c.set_listen("127.0.0.1:7070");
+  if (c.log_level().empty()) c.set_log_level("info");
   if (c.state_dir().empty()) c.set_state_dir("/var/lib/vesicle");
   if (c.images_dir().empty()) c.set_images_dir(c.state_dir() + "/images");
   if (c.runtime_dir().empty()) c.set_runtime_dir("/run/vesicle");
@@ -157,6 +159,9 @@ Result<void> validate(const config::HostdConfig& c) {
     return make_error("check configuration",
                       std::string("default_key_tier must be one of ") + kTierNames,
                       "default_key_tier = " + c.default_key_tier());
+  if (!log::parse_level(c.log_level()))
+    return make_error("check configuration", std::string("log_level must be ") + log::kLevelNames,
+                      "log_level = " + c.log_level());
   if (auto network = bridge_config(c); !network) return std::move(network).error();
   return {};
 }
@@ -176,6 +181,7 @@ Result<config::HostdConfig> load_config(const std::optional<std::filesystem::pat
   if (overrides.listen) config.set_listen(*overrides.listen);
   if (overrides.state_dir) config.set_state_dir(*overrides.state_dir);
   if (overrides.images_dir) config.set_images_dir(*overrides.images_dir);
+  if (overrides.log_level) config.set_log_level(*overrides.log_level);
   apply_defaults(config);
   auto valid = validate(config);
   if (!valid) return std::move(valid).error();

@@ -16,6 +16,7 @@ struct ConfigOverrides {
   std::optional<std::string> listen;
   std::optional<std::string> state_dir;
   std::optional<std::string> images_dir;
+  std::optional<std::string> log_level;
 };
 
 // Parses a configuration's text; `json` picks the format.

@@ -12,6 +12,8 @@
 #include <boost/beast/http/string_body.hpp>
 #include <boost/beast/http/write.hpp>
 
+#include "common/log.hpp"
+
 namespace vesicle::hostd {
 
 namespace {
@@ -156,7 +158,7 @@ asio::awaitable<void> HttpServer::serve(asio::ip::tcp::socket socket) {
       }
     }
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "hostd: a connection failed: %s\n", e.what());
+    log::warn("a connection failed", {{"error", e.what()}});
   }
   boost::system::error_code ignored;
   stream.socket().shutdown(asio::ip::tcp::socket::shutdown_send, ignored);

@@ -15,6 +15,7 @@
 #include <caf/actor_system.hpp>
 #include <caf/actor_system_config.hpp>
 
+#include "common/log.hpp"
 #include "vmm/vmm.hpp"
 #include "hostd/api_error.hpp"
 #include "hostd/config.hpp"
@@ -35,7 +36,7 @@ void print_usage(const po::options_description& options) {
 }
 
 int fail(const Error& error) {
-  std::fprintf(stderr, "hostd: %s\n", error.message().c_str());
+  log::error("hostd cannot go on", {{"error", error.message()}});
   return 1;
 }
 
@@ -56,7 +57,9 @@ int main(int argc, char** argv) {
       "the tier of the key --new-key (or the first start) creates: free, pro, scale or "
       "enterprise (default: the configuration's default_key_tier)")(
       "print-config", "print the effective configuration (text format) and exit")(
-      "version", "print the version and exit")(
+      "log-level", po::value<std::string>(),
+      "the least severe events logged to stderr: debug, info, warn or error (default: the "
+      "configuration's log_level, info)")("version", "print the version and exit")(
       "error-table",
       "print the error kinds with their HTTP status, API code and SDK exception (JSON lines) "
       "and exit");
@@ -65,8 +68,18 @@ int main(int argc, char** argv) {
     po::store(po::parse_command_line(argc, argv, options), args);
     po::notify(args);
   } catch (const po::error& e) {
+    // Answers to the command line are plain text, not log events.
     std::fprintf(stderr, "hostd: %s (see hostd --help)\n", e.what());
     return 2;
+  }
+  hostd::ConfigOverrides overrides;
+  if (args.count("log-level")) {
+    overrides.log_level = args["log-level"].as<std::string>();
+    if (!log::parse_level(*overrides.log_level)) {
+      std::fprintf(stderr, "hostd: unknown --log-level \"%s\": use %s\n",
+                   overrides.log_level->c_str(), log::kLevelNames);
+      return 1;
+    }
   }
   if (args.count("help")) {
     print_usage(options);
@@ -86,12 +99,13 @@ int main(int argc, char** argv) {
 
   std::optional<std::filesystem::path> config_file;
   if (args.count("config")) config_file = args["config"].as<std::string>();
-  hostd::ConfigOverrides overrides;
   if (args.count("listen")) overrides.listen = args["listen"].as<std::string>();
   if (args.count("state-dir")) overrides.state_dir = args["state-dir"].as<std::string>();
   if (args.count("images-dir")) overrides.images_dir = args["images-dir"].as<std::string>();
   auto config = hostd::load_config(config_file, overrides);
   if (!config) return fail(config.error());
+  // validate() checked the name (--log-level's, or else the file's).
+  log::set_level(*log::parse_level(config->log_level()));
   if (args.count("print-config")) {
     std::cout << config->DebugString();
     return 0;
@@ -129,7 +143,7 @@ int main(int argc, char** argv) {
   asio::steady_timer deadline(io);
   signals.async_wait([&](const boost::system::error_code& ec, int signal) {
     if (ec) return;
-    std::fprintf(stderr, "hostd: signal %d: shutting down\n", signal);
+    log::info("shutting down", {{"signal", signal}});
     asio::co_spawn(io, daemon.shutdown(), [&](std::exception_ptr) {
       // Whatever is still running (a handler waiting on a boot) must not
       // keep the process alive once the VMs are gone; a second lets the
@@ -145,6 +159,6 @@ int main(int argc, char** argv) {
   std::fflush(stdout);
 
   io.run();
-  std::fprintf(stderr, "hostd: stopped\n");
+  log::info("hostd stopped");
   return 0;
 }

@@ -14,6 +14,7 @@
 
 #include "actors/ask.hpp"
 #include "actors/sandbox/space_store.hpp"
+#include "common/log.hpp"
 #include "hostd/network.hpp"
 #include "hostd/sweep.hpp"
 #include "messages/caf_types.hpp"
@@ -76,13 +77,14 @@ Result<void> prepare_host(const config::HostdConfig& config) {
     return std::move(swept).error().with_context("reclaiming what a previous run left in " +
                                                  config.runtime_dir());
   if (swept->processes + swept->directories + swept->memory_files > 0)
-    std::fprintf(stderr, "vesicle: reclaimed from a previous run: %s\n", swept->describe().c_str());
+    log::info("reclaimed from a previous run", {{"qemu_processes", swept->processes},
+                                                {"vm_directories", swept->directories},
+                                                {"memory_files", swept->memory_files}});
   if (auto made = make_private_dir(config.spaces_dir()); !made) return made;
   // A freeze interrupted by a crash left a .partial directory: never a
   // Space (a Space exists once its directory is renamed into place).
   if (auto partial = SpaceStore(config.spaces_dir()).sweep_partial(); partial > 0)
-    std::fprintf(stderr, "vesicle: removed %u unfinished Space(s) of an interrupted freeze\n",
-                 partial);
+    log::warn("removed unfinished Spaces of an interrupted freeze", {{"count", partial}});
   return {};
 }
 
@@ -131,8 +133,7 @@ Result<void> RuntimeCore::start_network() {
     return std::move(manager).error().with_context(
         "setting up sandbox networking (the network section of the configuration)");
   if (const auto& reclaimed = (*manager)->reclaimed_at_start(); !reclaimed.empty())
-    std::fprintf(stderr, "vesicle: removed network leftovers of an earlier run: %s\n",
-                 reclaimed.describe().c_str());
+    log::warn("removed network leftovers of an earlier run", {{"what", reclaimed.describe()}});
   bridge_ = net::spawn_bridge(system_, std::move(manager.value()));
   vms_.attach_network(std::make_shared<net::NetworkLeases>(system_, bridge_));
   return {};
@@ -171,15 +172,14 @@ asio::awaitable<void> RuntimeCore::shutdown() {
     auto stopped =
         co_await ask<done_atom>(system_, pool, std::chrono::seconds(10), shutdown_atom::value);
     if (!stopped)
-      std::fprintf(stderr, "vesicle: a pool did not stop (%s)\n",
-                   system_.render(stopped.error()).c_str());
+      log::warn("a pool did not stop", {{"error", system_.render(stopped.error())}});
   }
   if (registry_) {
     auto done = co_await ask<done_atom>(system_, registry_, std::chrono::seconds(120),
                                         shutdown_atom::value);
     if (!done)
-      std::fprintf(stderr, "vesicle: the registry did not finish shutting down (%s); killing VMs\n",
-                   system_.render(done.error()).c_str());
+      log::warn("the registry did not finish shutting down; killing VMs",
+                {{"error", system_.render(done.error())}});
   }
   vms_.destroy_all();
 }

@@ -13,11 +13,6 @@ namespace vesicle::hostd {
 
 namespace fs = std::filesystem;
 
-std::string SweepReport::describe() const {
-  return std::to_string(processes) + " QEMU processes, " + std::to_string(directories) +
-         " VM directories, " + std::to_string(memory_files) + " memory files";
-}
-
 namespace {
 
 std::vector<std::string> command_line_of(const fs::path& proc_dir) {

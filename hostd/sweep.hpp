@@ -15,7 +15,6 @@ struct SweepReport {
   unsigned processes = 0;    // QEMU processes killed
   unsigned directories = 0;  // VM runtime directories removed
   unsigned memory_files = 0; // guest memory files removed
-  std::string describe() const;
 };
 
 // Kills QEMU processes whose sockets live under runtime_dir (only this

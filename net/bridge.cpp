@@ -1,9 +1,9 @@
 #include "net/bridge.hpp"
 
 #include <algorithm>
-#include <cstdio>
 #include <sstream>
 
+#include "common/log.hpp"
 #include "net/conntrack.hpp"
 #include "net/ruleset.hpp"
 #include "net/tap.hpp"
@@ -348,8 +348,8 @@ BridgeManager::~BridgeManager() {
     first.note(reclaim_leftovers(config_));
   }
   if (auto result = first.result(); !result) {
-    std::fprintf(stderr, "vesicle net: tearing down prefix %s: %s\n", config_.prefix.c_str(),
-                 result.error().message().c_str());
+    log::warn("tearing down the sandbox network failed",
+              {{"prefix", config_.prefix}, {"error", result.error().message()}});
   }
 }
 

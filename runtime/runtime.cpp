@@ -18,6 +18,7 @@
 #include <caf/actor_system_config.hpp>
 
 #include "actors/ask.hpp"
+#include "common/log.hpp"
 #include "hostd/api.hpp"
 #include "hostd/config.hpp"
 #include "hostd/runtime_core.hpp"
@@ -106,7 +107,7 @@ public:
           io_.run();
           return;
         } catch (const std::exception& e) {
-          std::fprintf(stderr, "vesicle: a runtime task failed: %s\n", e.what());
+          log::error("a runtime task failed", {{"error", e.what()}});
         }
       }
     });
@@ -282,7 +283,7 @@ Runtime::~Runtime() {
   if (!impl_) return;
   auto stopped = block_on(impl_->core.shutdown());
   if (!stopped)
-    std::fprintf(stderr, "vesicle: runtime shutdown: %s\n", stopped.error().message().c_str());
+    log::warn("runtime shutdown failed", {{"error", stopped.error().message()}});
   impl_->core.stop_actors_and_wait();
 }
 

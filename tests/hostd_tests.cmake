@@ -55,3 +55,8 @@ target_compile_definitions(limits_integration_test PRIVATE
   HOSTD_BINARY="$<TARGET_FILE:hostd>"
   VESICLE_DEFAULT_IMAGES_DIR="${CMAKE_BINARY_DIR}/images")
 add_dependencies(limits_integration_test hostd)
+
+# The hostd binary's flags and log lines (--log-level, log_level), no VMs.
+vesicle_test(hostd_cli_test SOURCES hostd/cli_test.cpp)
+target_compile_definitions(hostd_cli_test PRIVATE HOSTD_BINARY="$<TARGET_FILE:hostd>")
+add_dependencies(hostd_cli_test hostd)

@@ -8,7 +8,6 @@
 #include <sys/random.h>
 
 #include <cerrno>
-#include <cstdio>
 #include <random>
 #include <unordered_map>
 
@@ -19,6 +18,7 @@
 #include <boost/asio/write.hpp>
 
 #include "vmm/async.hpp"
+#include "common/log.hpp"
 #include "messages/framing.hpp"
 
 namespace vesicle::vmm {
@@ -262,6 +262,15 @@ asio::awaitable<Result<void>> await_refresh(ChannelPtr channel, SentRefresh sent
   co_return unexpected_event(kRefreshOperation, event);
 }
 
+// A detached request's failure goes to its handler, or to the log when
+// the caller gave none.
+void report_failure(const RefreshFailureHandler& on_failure, const Error& error) {
+  if (on_failure)
+    on_failure(error);
+  else
+    log::warn("an agent request failed", {{"error", error.message()}});
+}
+
 // The detached half of send_refresh_identity: holds the channel (not the
 // client) so it may outlive the client, and stays quiet when the host
 // itself closed the channel.
@@ -269,11 +278,7 @@ asio::awaitable<void> watch_refresh(ChannelPtr channel, SentRefresh sent,
                                     RefreshFailureHandler on_failure) {
   auto outcome = co_await await_refresh(channel, std::move(sent));
   if (outcome || channel->closed_by_host()) co_return;
-  if (on_failure) {
-    on_failure(outcome.error());
-  } else {
-    std::fprintf(stderr, "vesicle: %s\n", outcome.error().message().c_str());
-  }
+  report_failure(on_failure, outcome.error());
 }
 
 // The detached half of send_disk_limit: the agent's answer, or the
@@ -294,11 +299,7 @@ asio::awaitable<void> watch_disk_limit(ChannelPtr channel, SentRefresh sent,
     outcome = unexpected_event("set the disk limit", received->value());
   }
   if (outcome || channel->closed_by_host()) co_return;
-  if (on_failure) {
-    on_failure(outcome.error());
-  } else {
-    std::fprintf(stderr, "vesicle: %s\n", outcome.error().message().c_str());
-  }
+  report_failure(on_failure, outcome.error());
 }
 
 class AgentUpload final : public Upload {

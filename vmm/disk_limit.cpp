@@ -1,7 +1,8 @@
 #include "vmm/disk_limit.hpp"
 
-#include <cstdio>
 #include <system_error>
+
+#include "common/log.hpp"
 
 namespace vesicle {
 
@@ -19,10 +20,8 @@ boost::asio::awaitable<Result<void>> limit_root_disk(std::shared_ptr<vmm::Vm> vm
   const std::uint64_t max_bytes = std::uint64_t{disk_mib} << 20;
   std::weak_ptr<vmm::Vm> weak = vm;
   vmm::RefreshFailureHandler on_failure = [weak, id, disk_mib](const Error& error) {
-    std::fprintf(
-        stderr,
-        "hostd: sandbox %s: limiting its disk to disk_mib %u failed (%s); its VM is destroyed\n",
-        id.c_str(), disk_mib, error.message().c_str());
+    log::error("limiting the sandbox's disk failed; its VM is destroyed",
+               {{"sandbox", id}, {"disk_mib", disk_mib}, {"error", error.message()}});
     if (auto held = weak.lock()) held->destroy();
   };
   auto sent = co_await vm->agent().send_disk_limit(max_bytes, std::move(on_failure));

@@ -1,12 +1,12 @@
 #include "actors/bridge/bridge_actor.hpp"
 
-#include <cstdio>
 #include <map>
 
 #include <caf/send.hpp>
 #include <caf/typed_event_based_actor.hpp>
 
 #include "actors/ask.hpp"
+#include "common/log.hpp"
 
 namespace vesicle::net {
 
@@ -95,8 +95,8 @@ bridge_actor spawn_bridge(caf::actor_system& system, std::unique_ptr<BridgeManag
           self->state.taps.erase(id);
           auto released = self->state.manager->release_slot(id);
           if (!released) {
-            std::fprintf(stderr, "hostd: releasing network slot %u: %s\n", id,
-                         released.error().message().c_str());
+            log::warn("releasing a network slot failed",
+                      {{"slot", id}, {"error", released.error().message()}});
             return failure(ErrorKind::internal, released.error());
           }
           return done_atom::value;

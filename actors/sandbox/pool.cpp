@@ -1,8 +1,8 @@
 #include "actors/sandbox/pool.hpp"
 #include "common/ids.hpp"
+#include "common/log.hpp"
 
 #include <algorithm>
-#include <cstdio>
 #include <deque>
 #include <set>
 
@@ -41,10 +41,6 @@ struct PoolState {
 };
 
 using self_pointer = pool_actor::stateful_pointer<PoolState>;
-
-void log_line(self_pointer self, const std::string& line) {
-  std::fprintf(stderr, "hostd: pool %s: %s\n", self->state.spec.name.c_str(), line.c_str());
-}
 
 std::string new_pool_vm_id() {
   return random_id("pool-", 10);
@@ -138,13 +134,14 @@ pool_actor::behavior_type pool_behavior(self_pointer self, TemplateSpec spec, Vm
           st.template_state = TemplateState::ready;
           st.template_failure.clear();
           st.retry_after = kFirstRetry;
-          log_line(self, detail);
+          log::info("template ready", {{"pool", st.spec.name}, {"detail", detail}});
           refill(self);
           return;
         }
         st.template_state = TemplateState::failed;
         st.template_failure = detail;
-        log_line(self, "template not usable, creates cold boot until it is: " + detail);
+        log::warn("template not usable, creates cold boot until it is",
+                  {{"pool", st.spec.name}, {"error", detail}});
         schedule_retry(self);
       },
       [=](vm_booted_atom, const std::string& id, std::int32_t) {
@@ -160,7 +157,8 @@ pool_actor::behavior_type pool_behavior(self_pointer self, TemplateSpec spec, Vm
       },
       [=](vm_boot_failed_atom, const std::string& id, const std::string& reason) {
         if (self->state.restoring.erase(id) == 0) return;
-        log_line(self, "restoring " + id + " failed: " + reason);
+        log::warn("restoring a pool VM failed",
+                  {{"pool", self->state.spec.name}, {"vm", id}, {"error", reason}});
         schedule_retry(self);
       },
       [=](vm_exited_atom, const std::string& id, const std::string& how) {
@@ -169,7 +167,8 @@ pool_actor::behavior_type pool_behavior(self_pointer self, TemplateSpec spec, Vm
         if (found == ready.end()) return;
         ready.erase(found);
         ++self->state.replaced;
-        log_line(self, "waiting VM " + id + " died (" + how + "); replacing it");
+        log::warn("waiting pool VM died; replacing it",
+                  {{"pool", self->state.spec.name}, {"vm", id}, {"reason", how}});
         self->state.vms->discard(id);
         refill(self);
       },

@@ -1,9 +1,9 @@
 #include "actors/sandbox/registry.hpp"
 #include "common/ids.hpp"
+#include "common/log.hpp"
 
 #include <algorithm>
 #include <chrono>
-#include <cstdio>
 #include <functional>
 #include <map>
 #include <optional>
@@ -82,10 +82,6 @@ struct RegistryState {
 };
 
 using self_pointer = registry_actor::stateful_pointer<RegistryState>;
-
-void log_line(const std::string& line) {
-  std::fprintf(stderr, "hostd: %s\n", line.c_str());
-}
 
 caf::error shutting_down() {
   return make_error(ErrorKind::unavailable, "hostd is shutting down; retry after it restarts");
@@ -210,8 +206,8 @@ void launch(self_pointer self, SandboxInfo info, int pool, LaunchPlan plan, Read
   self->request(sandbox, timeout, await_ready_atom::value)
       .then([=](SandboxInfo& ready) { answer(std::move(ready)); },
             [=](caf::error& failure) {
-              log_line("sandbox " + id +
-                       " did not become ready: " + self->system().render(failure));
+              log::warn("sandbox did not become ready",
+                        {{"sandbox", id}, {"error", self->system().render(failure)}});
               answer(caf::expected<SandboxInfo>(failure));
               // Then take down what is left; its record holds the slot
               // until its VM is really gone.
@@ -299,19 +295,19 @@ void expire(self_pointer self, const std::string& id, const std::string& reason,
   if (!record.actor_alive || record.info.state != SandboxState::ready) return;
   if (record.info.spec.persistent) {
     if (!self->state.spaces) {
-      log_line("sandbox " + id + " " + reason +
-               ": it is persistent and this hostd keeps no Spaces, so it keeps running");
+      log::warn("persistent sandbox keeps running: this hostd keeps no Spaces",
+                {{"sandbox", id}, {"reason", reason}});
       return;
     }
-    log_line("sandbox " + id + " " + reason + ": freezing it into a Space (it is persistent)");
+    log::info("freezing persistent sandbox into a Space", {{"sandbox", id}, {"reason", reason}});
     start_freeze(self, id, lifetime ? "lifetime" : "idle", [id](caf::expected<SpaceInfo> frozen) {
       if (!frozen)
-        log_line("sandbox " + id +
-                 " could not be frozen and keeps running: " + error_message(frozen.error()));
+        log::warn("sandbox could not be frozen and keeps running",
+                  {{"sandbox", id}, {"error", error_message(frozen.error())}});
     });
     return;
   }
-  log_line("sandbox " + id + " ended: " + reason);
+  log::info("sandbox ended", {{"sandbox", id}, {"key", record.info.owner}, {"reason", reason}});
   self->send(record.actor, expire_atom::value, reason);
 }
 
@@ -591,7 +587,7 @@ caf::result<done_atom> delete_space(self_pointer self, const std::string& owner,
   if (!removed)
     return make_error(ErrorKind::internal,
                       "removing Space " + space_id + ": " + removed.error().message());
-  log_line("Space " + space_id + " deleted");
+  log::info("Space deleted", {{"space", space_id}, {"key", owner}});
   return done_atom::value;
 }
 
@@ -919,11 +915,11 @@ caf::result<done_atom> shutdown(self_pointer self) {
     start_freeze(self, id, "shutdown",
                  [=, id = id, actor = record.actor](caf::expected<SpaceInfo> frozen) mutable {
                    if (frozen)
-                     log_line("sandbox " + id + " frozen into Space " + frozen->space_id +
-                              " as hostd stops");
+                     log::info("sandbox frozen into a Space as hostd stops",
+                               {{"sandbox", id}, {"space", frozen->space_id}});
                    else
-                     log_line("sandbox " + id + " could not be frozen as hostd stops: " +
-                              error_message(frozen.error()));
+                     log::warn("sandbox could not be frozen as hostd stops",
+                               {{"sandbox", id}, {"error", error_message(frozen.error())}});
                    destroy_one(id, actor);
                  });
   }
@@ -954,7 +950,7 @@ registry_actor::behavior_type registry_behavior(self_pointer self, VmHost* vms,
         record.info.qemu_pid = 0;
         record.info.dead_reason =
             "the sandbox's actor stopped unexpectedly: " + self->system().render(down.reason);
-        log_line("sandbox " + id + " died: " + record.info.dead_reason);
+        log::error("sandbox died", {{"sandbox", id}, {"reason", record.info.dead_reason}});
         self->state.vms->reclaim(id, {});
         if (self->state.reaper) self->send(self->state.reaper, state_atom::value, record.info);
       }
@@ -1066,7 +1062,7 @@ registry_actor::behavior_type registry_behavior(self_pointer self, VmHost* vms,
         if (found == self->state.records.end()) return;
         auto& record = found->second;
         if (info.state == SandboxState::dead && record.info.state != SandboxState::dead)
-          log_line("sandbox " + info.id + " died: " + info.dead_reason);
+          log::warn("sandbox died", {{"sandbox", info.id}, {"reason", info.dead_reason}});
         if (self->state.reaper) self->send(self->state.reaper, state_atom::value, info);
         record.info = std::move(info);
         update_pool_usage(self);

@@ -1,6 +1,5 @@
 #include "actors/sandbox/sandbox.hpp"
 
-#include <cstdio>
 #include <set>
 #include <vector>
 
@@ -10,6 +9,7 @@
 
 #include "actors/sandbox/sandbox_phase.hpp"
 #include "actors/sandbox/vm_host.hpp"
+#include "common/log.hpp"
 
 namespace vesicle {
 
@@ -53,8 +53,9 @@ bool enter(self_pointer self, SandboxPhase next) {
   auto& state = self->state;
   if (next == state.phase) return true;
   if (!can_move(state.phase, next)) {
-    std::fprintf(stderr, "hostd: bug: sandbox %s cannot move from %s to %s; staying\n",
-                 state.info.id.c_str(), to_string(state.phase), to_string(next));
+    log::error("bug: a sandbox phase change the table does not allow; staying",
+               {{"sandbox", state.info.id}, {"from", to_string(state.phase)},
+                {"to", to_string(next)}});
     return false;
   }
   state.phase = next;

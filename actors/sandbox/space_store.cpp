@@ -1,12 +1,12 @@
 #include "actors/sandbox/space_store.hpp"
 #include "common/ids.hpp"
+#include "common/log.hpp"
 
 #include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <charconv>
-#include <cstdio>
 #include <fstream>
 #include <iterator>
 #include <sstream>
@@ -178,8 +178,8 @@ std::vector<SpaceInfo> SpaceStore::list(const std::string& owner) const {
     if (!is_space_id(name)) continue;
     auto space = read_space(entry.path());
     if (!space) {
-      std::fprintf(stderr, "hostd: skipping Space %s: %s\n", name.c_str(),
-                   space.error().message().c_str());
+      log::warn("skipping an unreadable Space",
+                {{"space", name}, {"error", space.error().message()}});
       continue;
     }
     if (space->owner == owner && space->space_id == name) spaces.push_back(std::move(*space));

@@ -1,6 +1,7 @@
 #include "actors/sandbox/vm_host.hpp"
 #include "vmm/disk_limit.hpp"
 #include "common/ids.hpp"
+#include "common/log.hpp"
 
 #include <fcntl.h>
 #include <sys/file.h>
@@ -32,10 +33,6 @@ namespace asio = boost::asio;
 namespace fs = std::filesystem;
 
 namespace {
-
-void log_line(const std::string& line) {
-  std::fprintf(stderr, "hostd: %s\n", line.c_str());
-}
 
 // A stable 64-bit FNV-1a: template keys must mean the same across hostd
 // builds, which std::hash does not promise.
@@ -213,7 +210,8 @@ asio::awaitable<Result<VmHost::Acquired>> VmHost::resume_space(const std::string
   got.machine_id = opened.info.machine_id;
   // Resumed once: its disk is this VM's now, and what is left of it goes.
   if (auto removed = SpaceStore(settings_.spaces_dir).remove(space_id); !removed)
-    log_line("Space " + space_id + " was resumed but its files stay: " + removed.error().message());
+    log::warn("Space was resumed but its files stay",
+              {{"space", space_id}, {"sandbox", id}, {"error", removed.error().message()}});
   co_return got;
 }
 
@@ -345,7 +343,7 @@ asio::awaitable<Result<std::string>> VmHost::refresh_identity(vmm::Vm& vm, std::
   if (!machine_id.empty()) identity->machine_id = machine_id;
   std::string given = identity->machine_id;
   vmm::RefreshFailureHandler on_failure = [hostname](const Error& error) {
-    log_line("sandbox " + hostname + ": identity refresh failed: " + error.message());
+    log::warn("identity refresh failed", {{"sandbox", hostname}, {"error", error.message()}});
   };
   // Named locals, not temporaries inside the co_await: g++ 12 miscompiles
   // those.
@@ -433,8 +431,10 @@ asio::awaitable<void> VmHost::run_fork_parent(std::string parent_id, std::string
                   before.network.get());
     restored = co_await driver_.restore(base->snapshot(), std::move(config));
     if (!restored)
-      log_line("fork of " + parent_id + ": resuming the parent failed (attempt " +
-               std::to_string(attempt + 1) + "): " + restored.error().message());
+      log::warn("fork: resuming the parent failed", {{"sandbox", parent_id},
+                                                     {"fork", base_id},
+                                                     {"attempt", attempt + 1},
+                                                     {"error", restored.error().message()}});
   }
   if (!restored) {
     caf::anon_send(parent, vm_exited_atom::value,
@@ -456,12 +456,12 @@ asio::awaitable<void> VmHost::run_fork_parent(std::string parent_id, std::string
   const auto ms = [](auto duration) {
     return std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(duration).count());
   };
-  log_line("fork " + base_id + " of " + parent_id + ": " +
-           (source == before.vm
-                ? std::string()
-                : "moved onto its own RAM file in " + ms(promoted_at - started) + " ms, ") +
-           "saved in " + ms(saved_at - promoted_at) + " ms, parent resumed in " +
-           ms(std::chrono::steady_clock::now() - saved_at) + " ms");
+  // promote_ms: moving the parent onto its own RAM file first, if it had none.
+  std::vector<log::Field> phases = {{"sandbox", parent_id}, {"fork", base_id}};
+  if (source != before.vm) phases.emplace_back("promote_ms", ms(promoted_at - started));
+  phases.emplace_back("save_ms", ms(saved_at - promoted_at));
+  phases.emplace_back("resume_ms", ms(std::chrono::steady_clock::now() - saved_at));
+  log::write(log::Level::info, "fork: parent saved and resumed", phases);
   auto target = std::make_shared<ExitTarget>();
   target->sandbox = parent;
   record->second.vm = vm;
@@ -543,8 +543,9 @@ asio::awaitable<void> VmHost::run_merge(std::string parent_id, sandbox_actor par
     if (auto record = vms_.find(parent_id); record != vms_.end())
       record->second.machine_id = std::move(refreshed.value());
   } else {
-    log_line("merge of " + winner_id + " into " + parent_id +
-             ": identity refresh failed: " + refreshed.error().message());
+    log::warn(
+        "merge: identity refresh failed",
+        {{"sandbox", parent_id}, {"winner", winner_id}, {"error", refreshed.error().message()}});
   }
   done(pid);
 }
@@ -596,7 +597,8 @@ asio::awaitable<void> VmHost::run_freeze(std::string id, SpaceInfo space, Freeze
   if (!finished) {
     // Nothing may be lost: give the sandbox its VM back from what was saved.
     const std::string why = finished.error().message();
-    log_line("freezing sandbox " + id + ": " + why + "; resuming it");
+    log::warn("freeze failed; resuming the sandbox",
+              {{"sandbox", id}, {"space", space.space_id}, {"error", why}});
     auto config = vm_config(id, saved->vcpus, saved->memory_mib, before.network.get());
     auto back = co_await driver_.restore_full(*saved, std::move(config));
     auto record = vms_.find(id);
@@ -605,7 +607,8 @@ asio::awaitable<void> VmHost::run_freeze(std::string id, SpaceInfo space, Freeze
       const std::string lost = back ? std::string("it was deleted meanwhile")
                                     : "resuming it failed too (" + back.error().message() +
                                           "); what was saved is in " + partial.string();
-      log_line("freezing sandbox " + id + ": " + lost);
+      log::error("freeze failed and the sandbox is not resumed",
+                 {{"sandbox", id}, {"space", space.space_id}, {"detail", lost}});
       if (record != vms_.end()) {
         vms_.erase(record);
         caf::anon_send(owner, vm_exited_atom::value,
@@ -633,10 +636,13 @@ asio::awaitable<void> VmHost::run_freeze(std::string id, SpaceInfo space, Freeze
   const auto ms = [](auto duration) {
     return std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(duration).count());
   };
-  log_line("sandbox " + id + " frozen into Space " + space.space_id + " (" + space.reason +
-           "): saved in " + ms(saved_at - started) + " ms, written in " +
-           ms(std::chrono::steady_clock::now() - saved_at) + " ms, " +
-           std::to_string((space.state_bytes + space.disk_bytes) >> 20) + " MiB");
+  log::info("sandbox frozen into a Space",
+            {{"sandbox", id},
+             {"space", space.space_id},
+             {"reason", space.reason},
+             {"save_ms", ms(saved_at - started)},
+             {"write_ms", ms(std::chrono::steady_clock::now() - saved_at)},
+             {"mib", (space.state_bytes + space.disk_bytes) >> 20}});
   done(std::move(space));
 }
 
@@ -804,7 +810,8 @@ asio::awaitable<void> VmHost::run_template(TemplateSpec spec, pool_actor pool) {
     co_return;
   }
   if (fs::exists(dir, ec))
-    log_line("template " + spec.key + " is not usable and is rebuilt: " + opened.error().message());
+    log::warn("template is not usable and is rebuilt",
+              {{"template", spec.key}, {"error", opened.error().message()}});
   const auto started = std::chrono::steady_clock::now();
   auto built = co_await build_template(spec);
   if (!built) {

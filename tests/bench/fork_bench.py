@@ -148,7 +148,9 @@ def main():
             results.append(summary(f"fork n={n}, until all answered", "ms", first_exec_ms))
             results.append(summary(f"fork n={n}, PSS per child", "MiB", child_pss))
         # hostd logs the phases of each fork's parent step (save, resume).
-        phases = [l for l in hostd.log_path.read_text().splitlines() if "hostd: fork fk-" in l]
+        phases = [
+            l for l in hostd.log_path.read_text().splitlines() if "fork: parent saved and resumed" in l
+        ]
         for line in phases[-3:]:
             print(line)
 

@@ -76,6 +76,26 @@ TEST(Config, BadValuesAreRefused) {
   EXPECT_FALSE(load_config("/nonexistent/hostd.conf", {}));
 }
 
+TEST(Config, LogLevelIsOneOfFourNames) {
+  auto config = load_config(std::nullopt, {});
+  ASSERT_TRUE(config) << config.error().message();
+  EXPECT_EQ(config->log_level(), "info");
+  for (const char* name : {"debug", "info", "warn", "error"}) {
+    auto named = parse_config(std::string("log_level: \"") + name + "\"", false);
+    ASSERT_TRUE(named);
+    apply_defaults(*named);
+    EXPECT_TRUE(validate(*named)) << name;
+  }
+  ConfigOverrides overrides;
+  overrides.log_level = "verbose";
+  auto refused = load_config(std::nullopt, overrides);
+  ASSERT_FALSE(refused);
+  EXPECT_NE(refused.error().message().find("log_level = verbose"), std::string::npos)
+      << refused.error().message();
+  EXPECT_NE(refused.error().message().find("debug, info, warn or error"), std::string::npos)
+      << refused.error().message();
+}
+
 TEST(Config, ListenAddressForms) {
   auto v4 = parse_listen_address("127.0.0.1:7070");
   ASSERT_TRUE(v4);

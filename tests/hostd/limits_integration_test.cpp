@@ -221,8 +221,12 @@ TEST_F(Limits, AnIdleSandboxIsDestroyedAtItsIdleTimeout) {
       http.request("POST", "/v1/sandboxes/" + sandbox.id() + "/exec", R"j({"code": "print(1)"})j");
   EXPECT_EQ(refused.status, 410u) << refused.body;
   EXPECT_NE(refused.body.find("idle for 3 s"), std::string::npos) << refused.body;
-  EXPECT_NE(hostd->log().find("sandbox " + sandbox.id() + " ended: idle for 3 s"),
-            std::string::npos);
+  // Its log line: ... info sandbox ended sandbox=<id> key=<key> reason="idle for 3 s ...".
+  const auto log = hostd->log();
+  const auto line_at = log.find("info sandbox ended sandbox=" + sandbox.id() + " ");
+  ASSERT_NE(line_at, std::string::npos) << log;
+  const auto line = log.substr(line_at, log.find('\n', line_at) - line_at);
+  EXPECT_NE(line.find(" reason=\"idle for 3 s"), std::string::npos) << line;
   EXPECT_TRUE(settles_to_qemus(1)) << hostd->qemu_pids().size() << " QEMUs run";
 }
 
