@@ -89,8 +89,7 @@ Result<void> Daemon::start() {
     settings.pools.push_back({spec, actor});
   }
   registry_ = spawn_registry(system_, vms_, settings);
-  ApiContext context{system_, registry_, vms_, keys_, config_};
-  context.pools = pools_;
+  ApiContext context{system_, registry_, vms_, keys_, config_, pools_};
   context.create_timeout = boot + std::chrono::seconds(30);
   api_ = std::make_unique<Api>(context);
   auto address = parse_listen_address(config_.listen());

@@ -247,17 +247,18 @@ caf::result<SandboxInfo> create(self_pointer self, std::string owner, SandboxSpe
   const auto& entry = self->state.settings.pools[static_cast<std::size_t>(pool)];
   const auto key = entry.spec.key;
   auto placeholder = info;
-  self->state.records.emplace(info.id, Record{placeholder, sandbox_actor{}, false, -1});
+  self->state.records.emplace(info.id, Record{placeholder, sandbox_actor{}, false, -1, {}});
   self->request(entry.actor, std::chrono::seconds(5), take_atom::value)
       .then(
           [=](std::string& pool_vm_id) mutable {
             self->state.records.erase(info.id);
-            launch(self, info, pool, LaunchPlan{std::move(pool_vm_id), key, {}},
+            launch(self, info, pool,
+                   LaunchPlan{.pool_vm_id = std::move(pool_vm_id), .template_key = key},
                    answer_with(promise));
           },
           [=](caf::error&) mutable {
             self->state.records.erase(info.id);
-            launch(self, info, pool, LaunchPlan{{}, key, {}}, answer_with(promise));
+            launch(self, info, pool, LaunchPlan{.template_key = key}, answer_with(promise));
           });
   return promise;
 }
@@ -526,7 +527,7 @@ caf::result<SandboxInfo> resume(self_pointer self, const std::string& owner,
   info.created_at_ms = now_ms();
   info.source = "space";
   info.resumed_from = space_id;
-  self->state.records.emplace(info.id, Record{info, sandbox_actor{}, false, -1});
+  self->state.records.emplace(info.id, Record{info, sandbox_actor{}, false, -1, {}});
   auto promise = self->make_response_promise<SandboxInfo>();
   self->state.resuming.insert(space_id);
   self->state.pending_resumes.emplace(space_id, PendingResume{info, promise});
@@ -741,7 +742,7 @@ void forked(self_pointer self, const std::string& base_id, const std::string& er
     auto ancestors = placeholder->second.ancestors;
     self->state.records.erase(placeholder);
     launch(
-        self, std::move(info), -1, LaunchPlan{{}, {}, base_id},
+        self, std::move(info), -1, LaunchPlan{.fork_base = base_id},
         [=](caf::expected<SandboxInfo> outcome) {
           fork_child_done(self, base_id, std::move(outcome), child_id);
         },
