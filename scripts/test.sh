@@ -3,21 +3,25 @@
 # packages, builds the project and the guest images (each step is a no-op
 # when already done; images are cached under /var/cache/vesicle).
 #
-# Order: unit tests (no VM), then integration tests that boot real VMs
-# (one at a time: two cores under TCG), then the Python SDK tests against a
-# real hostd. Finally a leak check: no QEMU process, memory file or runtime
-# directory may be left by the tests.
+# Order: the format check of changed lines, unit tests (no VM), then
+# integration tests that boot real VMs (one at a time: two cores under TCG),
+# then the Python SDK tests against a real hostd. Finally a leak check: no
+# QEMU process, memory file or runtime directory may be left by the tests.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 build_dir=$repo/build
 cd "$repo"
 
 bash scripts/install-deps.sh
-bash scripts/build.sh "$build_dir"
-export VESICLE_IMAGES_DIR=$build_dir/images
 
 status=0
 section() { printf '\n=== %s ===\n' "$1"; }
+
+section "format check (clang-format on changed lines)"
+bash scripts/check-format.sh || status=1
+
+bash scripts/build.sh "$build_dir"
+export VESICLE_IMAGES_DIR=$build_dir/images
 
 section "unit tests (ctest -L unit)"
 # Serially: several unit tests run the real agent and python3, and their
