@@ -221,7 +221,9 @@ awaitable<void> SlotService::serve_udp(std::shared_ptr<SlotService> self) {
   }
 }
 
-awaitable<void> SlotService::answer_udp(std::shared_ptr<SlotService> self,
+// `self` is never read: the coroutine frame holds it so the service outlives
+// the query.
+awaitable<void> SlotService::answer_udp([[maybe_unused]] std::shared_ptr<SlotService> self,
                                         std::vector<uint8_t> query, udp::endpoint peer) {
   if (stopped_) {
     --inflight_queries_;

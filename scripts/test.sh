@@ -3,27 +3,44 @@
 # packages, builds the project and the guest images (each step is a no-op
 # when already done; images are cached under /var/cache/vesicle).
 #
-# Order: unit tests (no VM), then integration tests that boot real VMs
-# (one at a time: two cores under TCG), then the Python SDK tests against a
-# real hostd; between them, the embedding example (examples/embed) built
-# against the installed package runs real VMs too. Finally a leak check: no
-# QEMU process, memory file or runtime directory may be left by the tests.
+# Order: the format check of changed lines, unit tests (no VM), the same
+# unit tests built with ASan + UBSan, then integration tests that boot real
+# VMs (one at a time: two cores under TCG), the embedding example
+# (examples/embed, built against the installed package, real VMs too), then
+# the Python and TypeScript SDK tests against a real hostd. Finally a leak
+# check: no QEMU process, memory file or runtime directory may be left by
+# the tests.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 build_dir=$repo/build
+asan_dir=$repo/build-asan
 cd "$repo"
 
 bash scripts/install-deps.sh
-bash scripts/build.sh "$build_dir"
-export VESICLE_IMAGES_DIR=$build_dir/images
 
 status=0
 section() { printf '\n=== %s ===\n' "$1"; }
+
+section "format check (clang-format on changed lines)"
+bash scripts/check-format.sh || status=1
+
+bash scripts/build.sh "$build_dir"
+export VESICLE_IMAGES_DIR=$build_dir/images
+start=$SECONDS
+bash scripts/build.sh --sanitize "$asan_dir"
+echo "sanitizer build: $((SECONDS - start)) s"
 
 section "unit tests (ctest -L unit)"
 # Serially: several unit tests run the real agent and python3, and their
 # timing margins are for a quiet machine.
 ctest --test-dir "$build_dir" -L unit --output-on-failure || status=1
+
+section "unit tests under ASan + UBSan (build-asan, ctest -L unit)"
+# The sanitizer options (fatal reports, suppressions) are set on the tests
+# by CMakeLists.txt.
+start=$SECONDS
+ctest --test-dir "$asan_dir" -L unit --output-on-failure || status=1
+echo "sanitizer unit tests: $((SECONDS - start)) s"
 
 section "integration tests with real VMs (ctest -L integration)"
 # Verbose: every test case prints its duration, so a slow run in CI shows

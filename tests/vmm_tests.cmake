@@ -16,6 +16,9 @@ else()
 endif()
 vesicle_test(agent_client_test SOURCES vmm/agent_client_test.cpp LIBS vesicle_vmm OpenSSL::Crypto
              TIMEOUT 300)
+if(TARGET vesicle-agent)
+  add_dependencies(agent_client_test vesicle-agent)
+endif()
 set_property(TEST agent_client_test APPEND PROPERTY ENVIRONMENT
              "VESICLE_AGENT_BIN_DEFAULT=${vmm_agent_binary}"
              "VESICLE_REPL_PY_DEFAULT=${CMAKE_SOURCE_DIR}/guest/repl/repl.py")

@@ -248,7 +248,7 @@ caf::result<SandboxInfo> create(self_pointer self, std::string owner, SandboxSpe
   const auto& entry = self->state.settings.pools[static_cast<std::size_t>(pool)];
   const auto key = entry.spec.key;
   auto placeholder = info;
-  self->state.records.emplace(info.id, Record{placeholder, sandbox_actor{}, false, -1});
+  self->state.records.emplace(info.id, Record{placeholder, sandbox_actor{}, false, -1, {}});
   self->request(entry.actor, std::chrono::seconds(5), take_atom::value)
       .then(
           [=](std::string& pool_vm_id) mutable {
@@ -528,7 +528,7 @@ caf::result<SandboxInfo> resume(self_pointer self, const std::string& owner,
   info.created_at_ms = now_ms();
   info.source = "space";
   info.resumed_from = space_id;
-  self->state.records.emplace(info.id, Record{info, sandbox_actor{}, false, -1});
+  self->state.records.emplace(info.id, Record{info, sandbox_actor{}, false, -1, {}});
   auto promise = self->make_response_promise<SandboxInfo>();
   self->state.resuming.insert(space_id);
   self->state.pending_resumes.emplace(space_id, PendingResume{info, promise});

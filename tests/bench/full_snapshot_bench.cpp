@@ -45,7 +45,7 @@ struct Case {
   std::string name;
   bool restored = false; // the source VM maps a template share=off
   bool data = false;     // it holds --data-mib in Python
-  Series save{"save_full"}, restore{"restore_full"};
+  Series save{"save_full", {}}, restore{"restore_full", {}};
   Series state_mib{"state file", {}, "MiB"};
   Series resumed_ram_mib{"resumed VM's RAM file", {}, "MiB"};
   Series template_growth_mib{"template RAM file growth", {}, "MiB"};
