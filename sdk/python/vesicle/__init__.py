@@ -30,7 +30,7 @@ from .errors import (
     VesicleError,
     VesicleTimeoutError,
 )
-from .execution import Execution, ExecutionError
+from .execution import Execution, ExecutionError, Result
 from .sandbox import Sandbox
 from .space import Space
 
@@ -48,6 +48,7 @@ __all__ = [
     "PayloadTooLargeError",
     "ProtocolError",
     "QuotaExceededError",
+    "Result",
     "Sandbox",
     "SandboxClosedError",
     "SandboxDiedError",
