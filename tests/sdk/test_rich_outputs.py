@@ -64,15 +64,15 @@ def test_figures_left_open_are_shown_once_at_the_end(sb):
     assert r.results[0].is_main_result and r.results[0].text == r.result
     png_size(r.results[0].png)
     # Two show() calls in a loop are two images, in order, between the prints.
-    order = []
+    tape = []
     r = sb.run_code(
         "for n in (1, 2):\n"
-        "    print('figure', n, flush=True)\n"
+        "    print('figure', n)\n"
         "    plt.figure(); plt.plot(range(n + 1)); plt.show()\n",
-        on_stdout=lambda s: order.append(s.strip()),
-        on_result=lambda res: order.append("png"),
+        on_stdout=tape.append,
+        on_result=lambda res: tape.append("[png]"),
     )
-    assert len(r.results) == 2 and order == ["figure 1", "png", "figure 2", "png"]
+    assert len(r.results) == 2 and "".join(tape) == "figure 1\n[png]figure 2\n[png]"
 
 
 def test_dataframe_as_last_expression_returns_html(sb):
