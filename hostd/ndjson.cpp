@@ -5,6 +5,7 @@
 
 #include "hostd/json.hpp"
 #include "messages/api.pb.h"
+#include "messages/display.hpp"
 
 namespace vesicle::hostd {
 
@@ -126,6 +127,35 @@ void ExecEventEncoder::output(std::vector<std::string>& lines, const char* type,
   }
 }
 
+void ExecEventEncoder::display(std::vector<std::string>& lines, const guest::Display& display) {
+  // The agent keeps to these rules; hostd checks them again because the
+  // guest is not trusted.
+  std::size_t bytes = 0;
+  for (const auto& [mime, data] : display.data())
+    bytes += display::entry_bytes(mime, data);
+  if (bytes > display::kMaxBundleBytes) {
+    output(lines, "stderr",
+           "vesicle: a display output of " + std::to_string(bytes) +
+               " bytes was dropped: the limit is " + std::to_string(display::kMaxBundleBytes) +
+               " bytes\n");
+    return;
+  }
+  api::DisplayEvent event;
+  event.set_type("display");
+  for (const auto& [mime, data] : display.data()) {
+    if (!display::valid_mime_type(mime)) continue;
+    if (display::is_text_type(mime) && is_valid_utf8(data))
+      (*event.mutable_data())[mime] = data;
+    else
+      (*event.mutable_data_b64())[mime] = data;
+  }
+  if (event.data().empty() && event.data_b64().empty()) return;
+  event.set_is_main_result(display.main_result());
+  event.set_seq(++seq_);
+  event.set_ts(rfc3339_now());
+  lines.push_back(to_json(event) + "\n");
+}
+
 void ExecEventEncoder::flush_held(std::vector<std::string>& lines) {
   output(lines, "stdout", stdout_.flush());
   output(lines, "stderr", stderr_.flush());
@@ -152,6 +182,10 @@ std::vector<std::string> ExecEventEncoder::encode(const guest::Event& event) {
     lines.push_back(to_json(result) + "\n");
     break;
   }
+  case guest::Event::kDisplay:
+    flush_held(lines);
+    display(lines, event.display());
+    break;
   case guest::Event::kError: {
     flush_held(lines);
     const auto& raised = event.error();

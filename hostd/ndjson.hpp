@@ -3,7 +3,8 @@
 // goes out as text ("data"), anything else as base64 ("data_b64"). A UTF-8
 // sequence cut at a chunk boundary is held back and joined to the next
 // chunk of the same stream, so valid text never turns into base64 just
-// because the guest's pipe split it.
+// because the guest's pipe split it. A display output (a MIME bundle) goes
+// out with its text types as text and the rest as base64.
 #pragma once
 
 #include <cstdint>
@@ -50,6 +51,7 @@ public:
 
 private:
   void output(std::vector<std::string>& lines, const char* type, std::string bytes);
+  void display(std::vector<std::string>& lines, const guest::Display& display);
   void flush_held(std::vector<std::string>& lines);
   Utf8HoldBack stdout_;
   Utf8HoldBack stderr_;

@@ -204,6 +204,7 @@ call(ChannelPtr channel, guest::Request request, Clock::time_point deadline,
     case guest::Event::kStderr:
     case guest::Event::kResult:
     case guest::Event::kError:
+    case guest::Event::kDisplay:
     case guest::Event::kFileData:
       if (on_stream) on_stream(event);
       break;

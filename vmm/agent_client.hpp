@@ -29,7 +29,7 @@ namespace vesicle::vmm {
 
 namespace asio = boost::asio;
 
-// Called for each streamed event of an exec (stdout, stderr, result, error),
+// Called for each streamed event of an exec (stdout, stderr, display, result, error),
 // in order, as it arrives. It must not block.
 using ExecEventSink = std::function<void(const guest::Event&)>;
 

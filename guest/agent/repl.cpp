@@ -7,6 +7,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <utility>
 
 #include "guest/agent/cgroup.hpp"
 #include "guest/agent/events.hpp"
@@ -220,11 +221,11 @@ void Repl::write_command() {
 void Repl::on_reply_readable() {
   if (!process_) return;
   char buffer[64 << 10];
-  for (;;) {
+  // A buffer this full holds a whole message (or a bad one): take it first.
+  while (!replies_paused_ && process_->reply_buffer.size() <= repl_protocol::kMaxReplyBytes + 4) {
     const ssize_t n = ::read(process_->reply.get(), buffer, sizeof buffer);
     if (n > 0) {
       process_->reply_buffer.append(buffer, static_cast<std::size_t>(n));
-      if (process_->reply_buffer.size() > repl_protocol::kMaxReplyBytes + 4) break;
       continue;
     }
     if (n < 0 && errno == EINTR) continue;
@@ -237,22 +238,31 @@ void Repl::on_reply_readable() {
       kill_process("the REPL closed its reply pipe");
     break;
   }
-  while (process_ && !process_->killed) {
+  while (process_ && !process_->killed && !replies_paused_) {
     auto message = repl_protocol::take(process_->reply_buffer);
     if (!message) {
       kill_process(message.error().message());
       return;
     }
-    if (!*message) return;
+    if (!*message) break;
     on_reply(**message);
   }
+  // Paused, the pipe is left full and the REPL waits in its write.
+  if (process_ && process_->reply_watch.active())
+    process_->reply_watch.set_events(replies_paused_ ? 0u : std::uint32_t{EPOLLIN});
 }
 
 void Repl::on_reply(const repl_protocol::Fields& fields) {
   const std::string* kind = repl_protocol::find(fields, 'k');
   const std::string* sequence = repl_protocol::find(fields, 'q');
-  if (kind == nullptr || *kind != "done" || sequence == nullptr) return;
-  if (phase_ != Phase::kRunning || *sequence != std::to_string(sequence_)) return;
+  if (kind == nullptr || sequence == nullptr) return;
+  const bool current = phase_ == Phase::kRunning && *sequence == std::to_string(sequence_);
+  if (*kind == "display") {
+    // One of a cell gone by (a thread's) is dropped, but answered all the same.
+    if (current) return on_display(fields);
+    return send_shown(fields);
+  }
+  if (!current || *kind != "done") return;
   Outcome outcome;
   if (const std::string* result = repl_protocol::find(fields, 'r')) {
     outcome.result = clean_utf8(*result, kMaxResultBytes);
@@ -269,6 +279,51 @@ void Repl::on_reply(const repl_protocol::Fields& fields) {
     outcome.error = std::move(error);
   }
   drain_then_finish(std::move(outcome));
+}
+
+void Repl::send_shown(const repl_protocol::Fields& fields) {
+  const std::string* number = repl_protocol::find(fields, 'i');
+  if (!process_ || number == nullptr) return;
+  process_->command_pending += repl_protocol::encode({{'k', "shown"}, {'i', *number}});
+  write_command();
+}
+
+void Repl::on_display(const repl_protocol::Fields& fields) {
+  auto display = repl_protocol::display_of(fields);
+  if (!display) {
+    current_->deliver(true, "vesicle: a display output was dropped: " + display.error().detail + "\n");
+    return send_shown(fields);
+  }
+  display_ = std::move(*display);
+  if (const std::string* number = repl_protocol::find(fields, 'i')) display_number_ = *number;
+  replies_paused_ = true;
+  drain_pipes([this] { display_drained(); });
+}
+
+void Repl::display_drained() {
+  if (current_) emit_display(*current_);
+  display_.reset();
+  if (!agent_.channel().has_room()) {
+    agent_.channel().wait_for_room(&room_wait_);
+    return;
+  }
+  // Posted: this runs inside a PipeReader's drain callback.
+  agent_.loop().post([this] { resume_replies(); });
+}
+
+void Repl::emit_display(PythonCell& cell) {
+  if (!display_) return;
+  guest::Event event;
+  *event.mutable_display() = std::move(*display_);
+  display_.reset();
+  cell.emit(std::move(event));
+}
+
+void Repl::resume_replies() {
+  if (!replies_paused_ || display_) return;
+  replies_paused_ = false;
+  if (!display_number_.empty()) send_shown({{'i', std::exchange(display_number_, {})}});
+  on_reply_readable();
 }
 
 void Repl::interrupt() {
@@ -332,9 +387,15 @@ void Repl::drain_then_finish(Outcome outcome) {
   outcome_ = std::move(outcome);
   timeout_timer_.cancel();
   grace_timer_.cancel();
+  drain_pipes([this] { finish_current(); });
+}
+
+void Repl::drain_pipes(std::function<void()> then) {
+  // A later drain replaces an earlier one's callbacks (PipeReader keeps
+  // one), so only the latest `then` runs.
   pending_drains_ = 2;
-  auto drained = [this] {
-    if (--pending_drains_ == 0) finish_current();
+  auto drained = [this, then = std::move(then)] {
+    if (--pending_drains_ == 0) then();
   };
   process_->out->drain_now(drained);
   process_->err->drain_now(drained);
@@ -345,6 +406,13 @@ void Repl::finish_current() {
   current_.reset();
   phase_ = Phase::kIdle;
   const bool restarted = outcome_.repl_died || cell->state_lost_before_;
+
+  // A display still waiting for its drain (the REPL died meanwhile, and the
+  // final drain took over the pipes) goes out before the result.
+  emit_display(*cell);
+  display_number_.clear();
+  replies_paused_ = false;
+  agent_.channel().stop_waiting(&room_wait_);
 
   if (outcome_.result) {
     guest::Event event;

@@ -12,11 +12,21 @@
 //  - the REPL dies (os._exit, a signal, the OOM killer): the cell ends with
 //    repl_restarted and an error saying the state was lost; the next cell
 //    gets a fresh REPL.
+//
+// Display outputs (messages/guest.proto's Display) come on the reply pipe
+// while the cell runs. Each is sent after the output the REPL printed
+// before it (the agent reads what the stdout/stderr pipes hold first), and
+// once it is out and the channel has room the agent answers "shown", which
+// the cell waits for: output printed after a display cannot overtake it,
+// and a cell that makes images faster than the host takes them is slowed
+// down instead of growing the agent's memory. Until then the reply pipe is
+// not read either (for displays from other threads, which do not wait).
 #pragma once
 
 #include <sys/types.h>
 
 #include <deque>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -91,16 +101,29 @@ private:
     bool repl_died = false;
   };
   enum class Phase { kIdle, kRunning, kDraining };
+  struct RoomWait : RoomWaiter {
+    explicit RoomWait(Repl& owner) : repl(owner) {}
+    void on_room() override { repl.resume_replies(); }
+    Repl& repl;
+  };
 
   Result<void> launch();
   void run_next();
   void write_command();
   void on_reply_readable();
   void on_reply(const repl_protocol::Fields& fields);
+  void on_display(const repl_protocol::Fields& fields);
+  // Answers display message `fields` with "shown" (repl_protocol.hpp).
+  void send_shown(const repl_protocol::Fields& fields);
+  void display_drained();
+  void emit_display(PythonCell& cell);
+  void resume_replies();
   void on_process_exit(int status);
   void interrupt();
   void kill_process(const std::string& why);
   void drain_then_finish(Outcome outcome);
+  // Reads what the stdout and stderr pipes hold now, then calls `then`.
+  void drain_pipes(std::function<void()> then);
   void finish_current();
   void retire_process();
   void deliver(bool is_stderr, std::string_view data);
@@ -120,6 +143,12 @@ private:
   // must say that earlier state is gone.
   bool state_lost_ = false;
   std::string python_;
+  // The display waiting for the output printed before it; while it waits
+  // (and then while the channel is full) the reply pipe is not read.
+  std::optional<guest::Display> display_;
+  std::string display_number_; // its 'i', answered once it is sent on
+  bool replies_paused_ = false;
+  RoomWait room_wait_{*this};
 };
 
 } // namespace vesicle::agent

@@ -2,6 +2,8 @@
 
 #include <cstdint>
 
+#include "messages/display.hpp"
+
 namespace vesicle::agent::repl_protocol {
 
 namespace {
@@ -65,6 +67,35 @@ const std::string* find(const Fields& fields, char tag) {
     if (t == tag) return &value;
   }
   return nullptr;
+}
+
+Result<guest::Display> display_of(const Fields& fields) {
+  guest::Display display;
+  const std::string* mime = nullptr;
+  std::size_t bytes = 0;
+  for (const auto& [tag, value] : fields) {
+    if (tag == 'p') {
+      display.set_main_result(value == "1");
+    } else if (tag == 'm') {
+      if (!display::valid_mime_type(value))
+        return make_error("read a display output",
+                          "its MIME type is not type/subtype: \"" + value.substr(0, 100) + "\"");
+      if (display.data().contains(value))
+        return make_error("read a display output", "it has " + value + " twice");
+      mime = &value;
+    } else if (tag == 'd') {
+      if (mime == nullptr) return make_error("read a display output", "data without a MIME type");
+      bytes += display::entry_bytes(*mime, value);
+      if (bytes > display::kMaxBundleBytes)
+        return make_error("read a display output",
+                          "it is over the limit of " + std::to_string(display::kMaxBundleBytes) +
+                              " bytes");
+      (*display.mutable_data())[*mime] = value;
+      mime = nullptr;
+    }
+  }
+  if (mime != nullptr) return make_error("read a display output", *mime + " has no data");
+  return display;
 }
 
 } // namespace vesicle::agent::repl_protocol

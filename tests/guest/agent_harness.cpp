@@ -247,6 +247,9 @@ ExecOutcome AgentClient::gather(std::uint64_t id, std::chrono::milliseconds time
     case guest::Event::kResult:
       outcome.result = event->result();
       break;
+    case guest::Event::kDisplay:
+      outcome.displays.push_back(event->display());
+      break;
     case guest::Event::kError:
       outcome.error = event->error();
       break;

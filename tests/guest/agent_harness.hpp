@@ -44,6 +44,7 @@ struct ExecOutcome {
   std::string out;
   std::string err;
   std::optional<std::string> result;
+  std::vector<guest::Display> displays;
   std::optional<guest::PythonError> error;
   std::optional<guest::Exit> exit;
   std::optional<guest::Failure> failure;

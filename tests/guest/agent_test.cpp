@@ -315,6 +315,177 @@ TEST(AgentPython, CancelInterruptsARunningCell) {
   EXPECT_FALSE(outcome.exit->repl_restarted());
 }
 
+// ---------------------------------------------------------------- displays
+
+namespace {
+
+// The kinds of an exec's events in order, runs of stdout as one "out".
+std::vector<std::string> event_kinds(const ExecOutcome& outcome) {
+  std::vector<std::string> kinds;
+  for (const auto& event : outcome.events) {
+    std::string kind = event.has_stdout()    ? "out"
+                       : event.has_stderr()  ? "err"
+                       : event.has_display() ? (event.display().main_result() ? "main" : "display")
+                       : event.has_result()  ? "result"
+                       : event.has_error()   ? "error"
+                       : event.has_exit()    ? "exit"
+                                             : "other";
+    if (kind == "out" && !kinds.empty() && kinds.back() == "out") continue;
+    kinds.push_back(kind);
+  }
+  return kinds;
+}
+
+std::string data_of(const guest::Display& display, const std::string& mime) {
+  auto found = display.data().find(mime);
+  return found == display.data().end() ? "<none>" : found->second;
+}
+
+// Writes a display message straight into the REPL's reply pipe, past
+// repl.py's own checks (the REPL object is the display builtin's closure).
+constexpr const char* kRawDisplay = R"(
+import os, struct
+def raw_display(pairs):
+    repl = display.__closure__[0].cell_contents
+    fields = [(b"k", b"display"), (b"q", repl.sequence)] + pairs
+    body = b"".join(tag + struct.pack("<I", len(value)) + value for tag, value in fields)
+    os.write(repl.replies, struct.pack("<I", len(body)) + body)
+)";
+
+} // namespace
+
+TEST(AgentPython, DisplayOutputsArriveInOrderWithTheOutput) {
+  Agent agent;
+  auto cell = agent.python("class Rich:\n"
+                           "    def _repr_html_(self): return '<b>rich</b>'\n"
+                           "    def _repr_json_(self): return {'n': [1, 2]}\n"
+                           "    def __repr__(self): return 'Rich()'\n"
+                           "print('before')\n"
+                           "display(Rich())\n"
+                           "print('between')\n"
+                           "display({'image/png': b'\\x89PNG fake', 'text/plain': 'an image'}, raw=True)\n"
+                           "print('after')\n"
+                           "Rich()");
+  ASSERT_TRUE(cell.exit) << cell.err;
+  EXPECT_EQ(cell.err, "");
+  EXPECT_EQ(event_kinds(cell), (std::vector<std::string>{"out", "display", "out", "display", "out",
+                                                         "main", "result", "exit"}));
+  EXPECT_EQ(cell.out, "before\nbetween\nafter\n");
+  ASSERT_EQ(cell.displays.size(), 3u);
+  EXPECT_EQ(data_of(cell.displays[0], "text/html"), "<b>rich</b>");
+  EXPECT_EQ(data_of(cell.displays[0], "application/json"), "{\"n\": [1, 2]}");
+  EXPECT_EQ(data_of(cell.displays[0], "text/plain"), "Rich()");
+  EXPECT_FALSE(cell.displays[0].main_result());
+  EXPECT_EQ(data_of(cell.displays[1], "image/png"), "\x89PNG fake");
+  EXPECT_EQ(data_of(cell.displays[1], "text/plain"), "an image");
+  // The trailing expression: a display marked main, and the result as ever.
+  EXPECT_TRUE(cell.displays[2].main_result());
+  EXPECT_EQ(data_of(cell.displays[2], "text/html"), "<b>rich</b>");
+  ASSERT_TRUE(cell.result);
+  EXPECT_EQ(*cell.result, "Rich()");
+  EXPECT_EQ(data_of(cell.displays[2], "text/plain"), *cell.result);
+
+  // A value with only a text repr is a result and no display.
+  auto plain = agent.python("display(7)\n6 * 7");
+  EXPECT_EQ(event_kinds(plain), (std::vector<std::string>{"display", "result", "exit"}));
+  EXPECT_EQ(data_of(plain.displays.at(0), "text/plain"), "7");
+  EXPECT_EQ(plain.result.value_or(""), "42");
+  // matplotlib is not imported by the REPL itself.
+  EXPECT_EQ(agent.python("import sys\n'matplotlib' in sys.modules").result.value_or(""), "False");
+}
+
+TEST(AgentPython, BrokenReprsAndMocksDoNotBreakTheCell) {
+  Agent agent;
+  auto cell = agent.python("class Half:\n"
+                           "    def _repr_html_(self): raise ValueError('no html today')\n"
+                           "    def _repr_markdown_(self): return '**md**'\n"
+                           "    def _repr_svg_(self): return None\n"
+                           "class Anything:\n"
+                           "    def __getattr__(self, name): return lambda *a, **k: '<i>'\n"
+                           "display(Half(), Anything())\n"
+                           "Half");
+  ASSERT_TRUE(cell.exit);
+  EXPECT_FALSE(cell.error) << cell.error->traceback();
+  EXPECT_NE(cell.err.find("_repr_html_ of Half raised ValueError: no html today"),
+            std::string::npos)
+      << cell.err;
+  ASSERT_EQ(cell.displays.size(), 2u);
+  EXPECT_EQ(data_of(cell.displays[0], "text/markdown"), "**md**");
+  EXPECT_EQ(data_of(cell.displays[0], "text/html"), "<none>");
+  EXPECT_EQ(data_of(cell.displays[0], "image/svg+xml"), "<none>");
+  // An object that claims every attribute gets no rich representation.
+  EXPECT_EQ(cell.displays[1].data().size(), 1u);
+  // A class (whose _repr_html_ is a plain function) is only a result.
+  EXPECT_EQ(cell.result.value_or(""), "<class '__main__.Half'>");
+
+  auto bad = agent.python("display({'nope': 1}, raw=True)");
+  ASSERT_TRUE(bad.error);
+  EXPECT_EQ(bad.error->name(), "ValueError");
+  EXPECT_NE(bad.error->value().find("'nope' is not a MIME type"), std::string::npos);
+}
+
+TEST(AgentPython, OversizedAndMalformedDisplaysAreDroppedWithANote) {
+  Agent agent;
+  // repl.py's own check.
+  auto big = agent.python("display({'application/octet-stream': b'x' * 5_000_000}, raw=True)\n"
+                          "print('still here')");
+  ASSERT_TRUE(big.exit);
+  EXPECT_TRUE(big.displays.empty());
+  EXPECT_NE(big.err.find("a display output of 5000040 bytes (application/octet-stream) was "
+                         "dropped: the limit is 4128768 bytes"),
+            std::string::npos)
+      << big.err;
+  EXPECT_EQ(big.out, "still here\n");
+
+  // The agent's check, for messages that did not come through repl.py's.
+  ASSERT_TRUE(agent.python(kRawDisplay).exit);
+  auto raw = agent.python(
+      "raw_display([(b'm', b'application/octet-stream'), (b'd', b'y' * 4_200_000)])\n"
+      "raw_display([(b'm', b'no type'), (b'd', b'z')])\n"
+      "raw_display([(b'd', b'data first')])\n"
+      "raw_display([(b'm', b'text/plain'), (b'd', b'a'), (b'm', b'text/plain'), (b'd', b'b')])\n"
+      "raw_display([(b'm', b'text/plain'), (b'd', b'fine')])\n"
+      "print('done')");
+  ASSERT_TRUE(raw.exit);
+  EXPECT_FALSE(raw.error);
+  ASSERT_EQ(raw.displays.size(), 1u) << raw.err;
+  EXPECT_EQ(data_of(raw.displays[0], "text/plain"), "fine");
+  EXPECT_NE(raw.err.find("over the limit of 4128768 bytes"), std::string::npos) << raw.err;
+  EXPECT_NE(raw.err.find("not type/subtype: \"no type\""), std::string::npos) << raw.err;
+  EXPECT_NE(raw.err.find("data without a MIME type"), std::string::npos) << raw.err;
+  EXPECT_NE(raw.err.find("it has text/plain twice"), std::string::npos) << raw.err;
+  EXPECT_EQ(raw.out, "done\n");
+  EXPECT_FALSE(raw.exit->repl_restarted());
+  EXPECT_EQ(agent.python("6 * 7").result.value_or(""), "42");
+}
+
+TEST(AgentPython, DisplayFloodIsPacedAndMemoryStaysFlat) {
+  Agent agent;
+  // 64 MiB of images: the agent holds one at a time, the REPL waits.
+  auto flood = agent.python("for i in range(64):\n"
+                            "    display({'image/png': bytes([i]) * (1 << 20)}, raw=True)\n"
+                            "print('end')");
+  ASSERT_TRUE(flood.exit);
+  EXPECT_FALSE(flood.error);
+  ASSERT_EQ(flood.displays.size(), 64u);
+  for (std::size_t i = 0; i < flood.displays.size(); ++i)
+    EXPECT_EQ(data_of(flood.displays[i], "image/png"), std::string(1u << 20, static_cast<char>(i)));
+  EXPECT_EQ(flood.out, "end\n");
+  EXPECT_LT(agent.peak_rss_kib(), 32u * 1024) << "agent peak RSS " << agent.peak_rss_kib() << " KiB";
+}
+
+TEST(AgentPython, TimeoutInterruptsACellThatDisplays) {
+  Agent agent;
+  auto spin = agent.python("while True:\n    display({'text/plain': 'tick'}, raw=True)", 1500);
+  ASSERT_TRUE(spin.exit);
+  EXPECT_TRUE(spin.exit->timed_out());
+  EXPECT_FALSE(spin.exit->repl_restarted());
+  ASSERT_TRUE(spin.error);
+  EXPECT_EQ(spin.error->name(), "KeyboardInterrupt");
+  EXPECT_FALSE(spin.displays.empty());
+  EXPECT_EQ(agent.python("6 * 7").result.value_or(""), "42");
+}
+
 // ---------------------------------------------------------------- Bash
 
 TEST(AgentBash, ExitCodesStderrEnvAndCwd) {

@@ -110,6 +110,32 @@ TEST_F(AgentVm, PythonReplWithTheImagePackages) {
   EXPECT_EQ(vm_->python("x", 0, 0, 60s).result.value_or(""), "42");
 }
 
+TEST_F(AgentVm, MatplotlibFiguresAndDataFramesAreDisplays) {
+  // The REPL imports matplotlib only when a cell does, and draws with Agg.
+  auto lazy = vm_->python("import sys, os\n('matplotlib' in sys.modules, os.environ['MPLBACKEND'])",
+                          0, 0, 60s);
+  EXPECT_EQ(lazy.result.value_or(""), "(False, 'Agg')");
+  auto chart = vm_->python("import matplotlib.pyplot as plt\nplt.plot([1, 2, 3])\nplt.show()", 0,
+                           0, 180s);
+  ASSERT_TRUE(chart.exit);
+  ASSERT_FALSE(chart.error) << chart.error->traceback();
+  EXPECT_EQ(chart.err, "");
+  ASSERT_EQ(chart.displays.size(), 1u);
+  const auto& png = chart.displays[0].data().at("image/png");
+  ASSERT_GT(png.size(), 24u);
+  EXPECT_EQ(png.substr(0, 8), std::string("\x89PNG\r\n\x1a\n", 8));
+  EXPECT_EQ(png.substr(12, 4), "IHDR");
+  EXPECT_NE(png.substr(16, 4), std::string(4, '\0')); // width
+  EXPECT_NE(png.substr(20, 4), std::string(4, '\0')); // height
+  EXPECT_FALSE(chart.displays[0].main_result());
+
+  auto table = vm_->python("import pandas as pd\npd.DataFrame({'a': [1, 2]})", 0, 0, 120s);
+  ASSERT_EQ(table.displays.size(), 1u) << table.err;
+  EXPECT_TRUE(table.displays[0].main_result());
+  EXPECT_NE(table.displays[0].data().at("text/html").find("<table"), std::string::npos);
+  EXPECT_EQ(table.displays[0].data().at("text/plain"), table.result.value_or("?"));
+}
+
 TEST_F(AgentVm, LoopbackNetworkingWorks) {
   auto outcome = vm_->python("import socket\n"
                              "server = socket.socket()\n"

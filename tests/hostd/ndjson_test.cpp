@@ -1,8 +1,11 @@
 #include <google/protobuf/util/json_util.h>
 #include <gtest/gtest.h>
 
+#include <map>
+
 #include "hostd/ndjson.hpp"
 #include "messages/api.pb.h"
+#include "messages/display.hpp"
 
 using namespace vesicle;
 using namespace vesicle::hostd;
@@ -143,4 +146,83 @@ TEST(ExecEventEncoder, PythonErrorsKeepTheirParts) {
   EXPECT_EQ(error.type(), "error");
   EXPECT_EQ(error.name(), "ZeroDivisionError");
   EXPECT_EQ(error.value(), "division by zero");
+}
+
+namespace {
+
+guest::Event display_event(std::map<std::string, std::string> data, bool main_result = false) {
+  guest::Event event;
+  for (auto& [mime, bytes] : data)
+    (*event.mutable_display()->mutable_data())[mime] = bytes;
+  event.mutable_display()->set_main_result(main_result);
+  return event;
+}
+
+} // namespace
+
+TEST(ExecEventEncoder, DisplayTextTypesAsTextTheRestAsBase64) {
+  ExecEventEncoder encoder;
+  EXPECT_EQ(encoder.encode(out("before \xe2\x82")).size(), 1u);
+  const std::string png("\x89PNG\r\n\x1a\n", 8);
+  auto lines = encoder.encode(display_event({{"image/png", png},
+                                       {"text/plain", "<Figure>"},
+                                       {"text/html", "<table>\xc3\xa9</table>"},
+                                       {"application/vnd.x+json", "{\"a\": 1}"},
+                                       {"text/latex", "\xff not UTF-8"}},
+                                      true));
+  // The held-back stdout bytes go out first, then the display.
+  ASSERT_EQ(lines.size(), 2u);
+  EXPECT_NE(lines[0].find("\"data_b64\""), std::string::npos) << lines[0];
+  auto event = parse<api::DisplayEvent>(lines[1]);
+  EXPECT_EQ(event.type(), "display");
+  EXPECT_TRUE(event.is_main_result());
+  EXPECT_EQ(event.seq(), 3u);
+  EXPECT_FALSE(event.ts().empty());
+  EXPECT_EQ(event.data().at("text/plain"), "<Figure>");
+  EXPECT_EQ(event.data().at("text/html"), "<table>\xc3\xa9</table>");
+  EXPECT_EQ(event.data().at("application/vnd.x+json"), "{\"a\": 1}");
+  EXPECT_EQ(event.data_b64().at("image/png"), png);
+  EXPECT_EQ(event.data_b64().at("text/latex"), "\xff not UTF-8");
+  EXPECT_EQ(event.data().size() + event.data_b64().size(), 5u);
+  // On the wire: base64 under data_b64.
+  EXPECT_NE(lines[1].find("\"image/png\":\"iVBORw0KGgo=\""), std::string::npos) << lines[1];
+  EXPECT_NE(lines[1].find("\"is_main_result\":true"), std::string::npos) << lines[1];
+}
+
+TEST(ExecEventEncoder, DisplayOverTheLimitBecomesAStderrNote) {
+  ExecEventEncoder encoder;
+  auto lines = encoder.encode(display_event({{"image/png", std::string(display::kMaxBundleBytes, 'x')}}));
+  ASSERT_EQ(lines.size(), 1u);
+  auto note = parse<api::OutputEvent>(lines[0]);
+  EXPECT_EQ(note.type(), "stderr");
+  EXPECT_NE(note.data().find("display output of"), std::string::npos) << note.data();
+  EXPECT_NE(note.data().find(std::to_string(display::kMaxBundleBytes)), std::string::npos);
+
+  // Bad MIME types are left out; a bundle with nothing left is no event.
+  lines = encoder.encode(display_event({{"not a type", "x"}, {"text/plain", "ok"}}));
+  ASSERT_EQ(lines.size(), 1u);
+  auto kept = parse<api::DisplayEvent>(lines[0]);
+  EXPECT_EQ(kept.data().size(), 1u);
+  EXPECT_FALSE(kept.is_main_result());
+  EXPECT_TRUE(encoder.encode(display_event({{"nope", "x"}})).empty());
+}
+
+TEST(DisplayRules, MimeTypesAndTextTypes) {
+  EXPECT_TRUE(display::valid_mime_type("image/png"));
+  EXPECT_TRUE(display::valid_mime_type("application/vnd.plotly.v1+json"));
+  EXPECT_TRUE(display::valid_mime_type("text/plain;charset=utf-8"));
+  EXPECT_FALSE(display::valid_mime_type(""));
+  EXPECT_FALSE(display::valid_mime_type("png"));
+  EXPECT_FALSE(display::valid_mime_type("/png"));
+  EXPECT_FALSE(display::valid_mime_type("image/"));
+  EXPECT_FALSE(display::valid_mime_type("a/b/c"));
+  EXPECT_FALSE(display::valid_mime_type("text/ plain"));
+  EXPECT_FALSE(display::valid_mime_type("text/pl\xc3\xa4in"));
+  EXPECT_FALSE(display::valid_mime_type("text/" + std::string(display::kMaxMimeTypeBytes, 'a')));
+  EXPECT_TRUE(display::is_text_type("text/html"));
+  EXPECT_TRUE(display::is_text_type("image/svg+xml"));
+  EXPECT_TRUE(display::is_text_type("application/json"));
+  EXPECT_TRUE(display::is_text_type("application/geo+json"));
+  EXPECT_FALSE(display::is_text_type("image/png"));
+  EXPECT_FALSE(display::is_text_type("application/pdf"));
 }

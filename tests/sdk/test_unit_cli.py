@@ -4,6 +4,7 @@ Run as a subprocess (`python3 -m vesicle`), as a user would; test_e2e.py runs
 it against a real hostd.
 """
 
+import base64
 import json
 import subprocess
 import sys
@@ -163,3 +164,38 @@ def test_upload_and_download(fake, tmp_path):
     assert p.returncode == 1 and p.stderr.startswith(b"vesicle: ") and b"nope" in p.stderr
     p = cli(fake.url, "upload", SB, "-", "/data/stdin", stdin=b"piped")
     assert files["/data/stdin"] == b"piped"
+
+
+def _display_events():
+    png = b"\x89PNG\r\n\x1a\nfake"
+    return _events(
+        {"type": "stdout", "data": "drawing\n"},
+        {"type": "display", "data": {"text/plain": "<Figure>"}, "data_b64": {"image/png": base64.b64encode(png).decode()}},
+        {"type": "display", "data": {"text/plain": "a table", "text/html": "<table></table>"}},
+        {"type": "display", "data": {"text/html": "<b>only html</b>"}},
+        {"type": "display", "data": {"text/plain": "main", "text/html": "<i>main</i>"}, "is_main_result": True},
+        {"type": "result", "data": "main"},
+        exit_event(),
+    ), png
+
+
+def test_exec_prints_display_outputs_and_notes_images(fake):
+    events, _ = _display_events()
+    fake.route("POST", EXEC, lambda r: r.stream_events(events))
+    p = cli(fake.url, "exec", SB, "plot()")
+    assert p.returncode == 0, p.stderr
+    # The main result's text is the result, printed once at the end.
+    assert p.stdout.decode() == (
+        "drawing\n[image/png 12 bytes]\na table\n[text/html]\nmain\n"
+    )
+
+
+def test_exec_save_images_writes_them(fake, tmp_path):
+    events, png = _display_events()
+    fake.route("POST", EXEC, lambda r: r.stream_events(events))
+    target = tmp_path / "images"
+    p = cli(fake.url, "exec", SB, "--save-images", str(target), "plot()")
+    assert p.returncode == 0, p.stderr
+    saved = target / "output-1.png"
+    assert saved.read_bytes() == png
+    assert f"[image/png 12 bytes: {saved}]\n" in p.stdout.decode()

@@ -4,6 +4,7 @@ These check what the SDK sends and how it reads answers (streaming, errors,
 chunked uploads, keep-alive); test_e2e.py runs the same calls against hostd.
 """
 
+import base64
 import io
 import json
 import socket
@@ -147,6 +148,34 @@ def test_run_code_streams_chunks_before_returning(fake):
     # The first line came long before the call returned: it was streamed.
     assert arrivals[0][0] < 0.3 and total >= 1.1
     assert arrivals[1][0] - arrivals[0][0] >= 0.3
+
+
+def test_run_code_display_events_stream_as_results(fake):
+    sb = _created(fake)
+    png = b"\x89PNG\r\n\x1a\n...."
+    events = [
+        {"type": "stdout", "data": "plotting\n", "seq": 1, "ts": "t"},
+        {
+            "type": "display",
+            "data": {"text/plain": "<Figure>"},
+            "data_b64": {"image/png": base64.b64encode(png).decode()},
+            "is_main_result": False,
+            "seq": 2,
+            "ts": "t",
+        },
+        {"type": "display", "data": {"text/html": "<table/>", "text/plain": "t"}, "is_main_result": True, "seq": 3, "ts": "t"},
+        {"type": "result", "data": "t", "seq": 4, "ts": "t"},
+        exit_event(5),
+    ]
+    fake.route("POST", EXEC, lambda r: r.stream_events(events, delay=0.3))
+    start = time.monotonic()
+    arrivals = []
+    ex = sb.run_code("plot()", on_result=lambda res: arrivals.append((time.monotonic() - start, res)))
+    assert [res for _, res in arrivals] == ex.results and len(ex.results) == 2
+    # Each result reached the callback as its line came, before the call returned.
+    assert arrivals[0][0] < time.monotonic() - start - 0.3
+    assert ex.results[0].png == png and ex.results[0].text == "<Figure>"
+    assert ex.results[1].is_main_result and ex.results[1].html == "<table/>" and ex.result == "t"
 
 
 def test_run_code_splits_lines_across_chunks_and_joins_chunks(fake):

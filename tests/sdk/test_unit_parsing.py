@@ -244,3 +244,83 @@ def test_stream_events_after_exit_are_protocol_errors():
 def test_stream_unknown_event_types_and_blank_lines_are_skipped():
     ex = _run([b"", b"  ", {"type": "progress", "pct": 50}, _out("stdout", "x"), exit_event()])
     assert ex.stdout == "x"
+
+
+# ---- display events (rich outputs) -------------------------------------------------
+
+_PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"
+
+
+def _display(data=None, data_b64=None, seq=1, **fields):
+    event = {"type": "display", "seq": seq, "ts": "t", **fields}
+    if data is not None:
+        event["data"] = data
+    if data_b64 is not None:
+        event["data_b64"] = {k: base64.b64encode(v).decode() for k, v in data_b64.items()}
+    return event
+
+
+def test_stream_display_events_become_results_in_order():
+    seen = []
+    ex = _run(
+        [
+            _out("stdout", "before\n"),
+            _display({"text/plain": "<Figure size 640x480 with 1 Axes>"}, {"image/png": _PNG}, seq=2),
+            _display(
+                {
+                    "text/html": "<table><tr><td>1</td></tr></table>",
+                    "text/plain": "   a\n0  1",
+                    "application/json": '{"a": [1]}',
+                    "text/markdown": "**a**",
+                    "text/latex": "$a$",
+                    "image/svg+xml": "<svg/>",
+                    "application/vnd.custom+json": "{}",
+                },
+                {"image/jpeg": b"\xff\xd8\xff"},
+                seq=3,
+                is_main_result=True,
+            ),
+            {"type": "result", "data": "   a\n0  1", "seq": 4, "ts": "t"},
+            exit_event(5),
+        ],
+        on_result=seen.append,
+    )
+    assert len(ex.results) == 2 and seen == ex.results
+    chart, table = ex.results
+    assert chart.png == _PNG and chart.text.startswith("<Figure") and not chart.is_main_result
+    assert chart.html is None and chart.json is None and chart.jpeg is None
+    assert chart.formats() == ["text", "png"]
+    assert table.is_main_result and table.text == ex.result == "   a\n0  1"
+    assert "<table" in table.html and table.json == {"a": [1]}
+    assert (table.markdown, table.latex, table.svg, table.jpeg) == ("**a**", "$a$", "<svg/>", b"\xff\xd8\xff")
+    assert "application/vnd.custom+json" in table.formats() and "html" in table.formats()
+    assert table.data["image/jpeg"] == b"\xff\xd8\xff"
+    assert "results=[Result(formats=['text', 'png']), Result(" in repr(ex)
+    assert "is_main_result=True" in repr(table)
+    # `text` stays what it was: output, result, traceback.
+    assert ex.text == "before\n   a\n0  1"
+
+
+def test_stream_without_displays_has_no_results():
+    ex = _run([{"type": "result", "data": "2", "seq": 1, "ts": "t"}, exit_event(2)])
+    assert ex.results == [] and ex.result == "2"
+
+
+def test_stream_display_json_that_is_not_json_says_so():
+    ex = _run([_display({"application/json": "{nope"}), exit_event(2)])
+    with pytest.raises(ValueError, match="not valid JSON"):
+        ex.results[0].json
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        {"type": "display", "data": ["text/plain"]},
+        {"type": "display", "data": {"text/plain": 5}},
+        {"type": "display", "data_b64": {"image/png": "***"}},
+        {"type": "display", "data_b64": "iVBO"},
+    ],
+)
+def test_stream_malformed_display_events_are_protocol_errors(event):
+    with pytest.raises(errors.ProtocolError, match="display event"):
+        _run([event, exit_event()])

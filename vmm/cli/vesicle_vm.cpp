@@ -55,6 +55,10 @@ void print_event(const guest::Event& event) {
   case guest::Event::kError:
     std::fprintf(stderr, "%s", event.error().traceback().c_str());
     break;
+  case guest::Event::kDisplay:
+    for (const auto& [mime, data] : event.display().data())
+      std::printf("[display %s: %zu bytes]\n", mime.c_str(), data.size());
+    break;
   default:
     break;
   }

@@ -32,7 +32,7 @@ from .errors import (
     VesicleError,
     VesicleTimeoutError,
 )
-from .execution import Execution, ExecutionError
+from .execution import Execution, ExecutionError, Result
 from .sandbox import Sandbox
 from .space import Space
 
@@ -51,6 +51,7 @@ __all__ = [
     "PayloadTooLargeError",
     "ProtocolError",
     "QuotaExceededError",
+    "Result",
     "Sandbox",
     "SandboxClosedError",
     "SandboxDiedError",

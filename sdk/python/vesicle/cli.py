@@ -96,6 +96,12 @@ def _parser() -> argparse.ArgumentParser:
         "--env", action="append", default=[], metavar="K=V", help="environment (bash; repeatable)"
     )
     p.add_argument("--cwd", metavar="DIR", help="working directory (bash)")
+    p.add_argument(
+        "--save-images",
+        metavar="DIR",
+        help="write the cell's images (charts, display outputs) into DIR as output-N.png etc.; "
+        "without it each is noted as [image/png N bytes]",
+    )
     p.set_defaults(run=_exec)
 
     p = sub.add_parser("upload", help="copy a local file into a sandbox")
@@ -202,6 +208,7 @@ def _exec(args) -> int:
         env=env or None,
         cwd=args.cwd,
         on_bytes=on_bytes,
+        on_result=_DisplayPrinter(out, args.save_images),
     )
     if ex.result is not None:
         text = ex.result if ex.result.endswith("\n") else ex.result + "\n"
@@ -223,6 +230,53 @@ def _exec(args) -> int:
     if ex.exit_code == 0 and ex.signal:
         return 128 + ex.signal  # the shell's convention for a killed process
     return ex.exit_code or 0
+
+
+# File name extensions of the display formats --save-images writes.
+_EXTENSIONS = {
+    "image/png": ".png",
+    "image/jpeg": ".jpg",
+    "image/gif": ".gif",
+    "image/webp": ".webp",
+    "image/svg+xml": ".svg",
+    "application/pdf": ".pdf",
+}
+
+
+class _DisplayPrinter:
+    """Shows a cell's display outputs on a terminal as they arrive.
+
+    Images (and PDFs) are written to `save_dir` as output-N.EXT, or noted as
+    "[image/png N bytes]"; the text of any other output is printed. The main
+    result's text is the cell's result, printed at the end anyway.
+    """
+
+    def __init__(self, out, save_dir: Optional[str]):
+        self._out = out
+        self._save_dir = save_dir
+        self._count = 0
+
+    def __call__(self, result) -> None:
+        self._count += 1
+        lines = []
+        for mime, data in result.data.items():
+            if mime not in _EXTENSIONS:
+                continue
+            raw = data.encode("utf-8") if isinstance(data, str) else data
+            if self._save_dir is None:
+                lines.append(f"[{mime} {len(raw)} bytes]")
+                continue
+            os.makedirs(self._save_dir, exist_ok=True)
+            path = os.path.join(self._save_dir, f"output-{self._count}{_EXTENSIONS[mime]}")
+            with open(path, "wb") as f:
+                f.write(raw)
+            lines.append(f"[{mime} {len(raw)} bytes: {path}]")
+        if not lines and not result.is_main_result:
+            text = result.text
+            lines.append(text if text is not None else "[" + ", ".join(result.data) + "]")
+        if lines:
+            self._out.write(("\n".join(lines) + "\n").encode("utf-8", errors="replace"))
+            self._out.flush()
 
 
 def _upload(args) -> int:

@@ -6,12 +6,103 @@ import base64
 import binascii
 import codecs
 import json
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from .errors import ProtocolError, VesicleError, error_for_code
 
 TextCallback = Optional[Callable[[str], Any]]
 BytesCallback = Optional[Callable[[str, bytes], Any]]
+ResultCallback = Optional[Callable[["Result"], Any]]
+
+# The short names of Result.formats(), by MIME type.
+_FORMAT_NAMES = {
+    "text/plain": "text",
+    "text/html": "html",
+    "text/markdown": "markdown",
+    "text/latex": "latex",
+    "image/png": "png",
+    "image/jpeg": "jpeg",
+    "image/svg+xml": "svg",
+    "application/json": "json",
+    "application/javascript": "javascript",
+    "application/pdf": "pdf",
+}
+
+
+def _text_format(mime: str) -> property:
+    return property(lambda self: self._text(mime), doc=f"The {mime} output as str, or None.")
+
+
+def _bytes_format(mime: str) -> property:
+    return property(lambda self: self._bytes(mime), doc=f"The {mime} output as bytes, or None.")
+
+
+class Result:
+    """One display output of a Python cell: one thing in one or more formats (a MIME bundle).
+
+    A cell makes one with ``display(obj)``, with ``plt.show()`` (one per
+    open matplotlib figure), by leaving figures open at its end, and with a
+    trailing expression whose value has a rich representation (a pandas
+    DataFrame's HTML, an object's ``_repr_png_``...): that one has
+    ``is_main_result`` set, and its ``text`` equals ``Execution.result``.
+
+    ``png``, ``jpeg`` and ``pdf`` are bytes; ``text``, ``html``,
+    ``markdown``, ``latex``, ``svg`` and ``javascript`` are str; ``json`` is
+    the parsed JSON value. Each is None when the output lacks that format.
+    ``data`` maps every MIME type to its data (bytes, or str for text types).
+    """
+
+    __slots__ = ("data", "is_main_result")
+
+    def __init__(self, data: Dict[str, Union[str, bytes]], is_main_result: bool = False):
+        self.data = data
+        self.is_main_result = is_main_result
+
+    def _text(self, mime: str) -> Optional[str]:
+        value = self.data.get(mime)
+        if isinstance(value, bytes):
+            return value.decode("utf-8", errors="replace")
+        return value
+
+    def _bytes(self, mime: str) -> Optional[bytes]:
+        value = self.data.get(mime)
+        if isinstance(value, str):
+            return value.encode("utf-8", errors="surrogatepass")
+        return value
+
+    text = _text_format("text/plain")
+    html = _text_format("text/html")
+    markdown = _text_format("text/markdown")
+    latex = _text_format("text/latex")
+    svg = _text_format("image/svg+xml")
+    javascript = _text_format("application/javascript")
+    png = _bytes_format("image/png")
+    jpeg = _bytes_format("image/jpeg")
+    pdf = _bytes_format("application/pdf")
+
+    @property
+    def json(self) -> Any:
+        """The application/json output, parsed; None when there is none."""
+        raw = self.data.get("application/json")
+        if raw is None:
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError as exc:
+            raise ValueError(f"the cell's application/json output is not valid JSON: {exc}") from None
+
+    def formats(self) -> List[str]:
+        """The formats this output has: short names ("png", "html", "text"...) or else MIME types."""
+        return [_FORMAT_NAMES.get(mime, mime) for mime in self.data]
+
+    def __repr__(self) -> str:
+        main = ", is_main_result=True" if self.is_main_result else ""
+        return f"Result(formats={self.formats()!r}{main})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Result):
+            return NotImplemented
+        return (self.data, self.is_main_result) == (other.data, other.is_main_result)
 
 
 class ExecutionError:
@@ -42,7 +133,9 @@ class Execution:
     stdout/stderr are the exact bytes the code wrote (`stdout_bytes`,
     `stderr_bytes`) and their UTF-8 decoding with undecodable bytes replaced
     (`stdout`, `stderr`). `result` is repr() of a Python cell's trailing
-    expression, `error` the exception it raised. `exit_code` is bash's exit
+    expression, `results` the cell's display outputs in order (Result
+    objects: charts, tables, `display()` calls; a trailing expression with
+    only a text repr is in `result` alone), `error` the exception it raised. `exit_code` is bash's exit
     status (for Python, what the REPL reports). `timed_out` says the timeout
     interrupted the code, `repl_restarted` that the REPL had to be restarted
     (its variables are gone), `truncated` that hostd dropped output over its
@@ -55,6 +148,7 @@ class Execution:
         self._chunks: List[Tuple[str, bytes]] = []
         self._joined: Dict[str, bytes] = {}
         self.result: Optional[str] = None
+        self.results: List[Result] = []
         self.error: Optional[ExecutionError] = None
         self.exit_code: Optional[int] = None
         self.signal: int = 0
@@ -123,6 +217,8 @@ class Execution:
                 fields.append(f"{name}={_clip(value)!r}")
         if self.result is not None:
             fields.append(f"result={_clip(self.result)!r}")
+        if self.results:
+            fields.append(f"results={self.results!r}")
         if self.error is not None:
             fields.append(f"error={self.error!r}")
         fields.append(f"duration_ms={self.duration_ms!r}")
@@ -153,11 +249,13 @@ class ExecStream:
         on_stdout: TextCallback = None,
         on_stderr: TextCallback = None,
         on_bytes: BytesCallback = None,
+        on_result: ResultCallback = None,
     ):
         self.execution = Execution()
         self._text_callbacks = {"stdout": on_stdout, "stderr": on_stderr}
         self._decoders = {"stdout": _decoder(), "stderr": _decoder()}
         self._on_bytes = on_bytes
+        self._on_result = on_result
         self._exited = False
         self._failure: Optional[VesicleError] = None
         self._lines = 0
@@ -186,6 +284,8 @@ class ExecStream:
             self._output(kind, event)
         elif kind == "result":
             self.execution.result = _text_field(event, "data", "result")
+        elif kind == "display":
+            self._display(event)
         elif kind == "error":
             self.execution.error = ExecutionError(
                 name=_text_field(event, "name", "error"),
@@ -222,6 +322,32 @@ class ExecStream:
             chunk = self._decoders[stream].decode(data)
             if chunk:
                 callback(chunk)
+
+    def _display(self, event: Dict[str, Any]) -> None:
+        # Text types arrive as text in "data", the rest base64 in "data_b64".
+        bundle: Dict[str, Union[str, bytes]] = {}
+        for field in ("data", "data_b64"):
+            entries = event.get(field)
+            if entries is None:
+                continue
+            if not isinstance(entries, dict):
+                raise ProtocolError(f"hostd sent a display event whose {field!r} is not an object")
+            for mime, value in entries.items():
+                if not isinstance(value, str):
+                    raise ProtocolError(f"hostd sent a display event whose {mime} is not a string")
+                if field == "data":
+                    bundle[mime] = value
+                    continue
+                try:
+                    bundle[mime] = base64.b64decode(value, validate=True)
+                except (binascii.Error, ValueError):
+                    raise ProtocolError(
+                        f"hostd sent a display event whose {mime} in data_b64 is not base64"
+                    ) from None
+        result = Result(bundle, is_main_result=event.get("is_main_result") is True)
+        self.execution.results.append(result)
+        if self._on_result is not None:
+            self._on_result(result)
 
     def _exit(self, event: Dict[str, Any]) -> None:
         ex = self.execution

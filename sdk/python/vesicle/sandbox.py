@@ -10,7 +10,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Union
 from . import _config
 from ._http import Transport
 from .errors import InvalidRequestError, NotFoundError, ProtocolError, SandboxClosedError
-from .execution import BytesCallback, ExecStream, Execution, TextCallback
+from .execution import BytesCallback, ExecStream, Execution, ResultCallback, TextCallback
 from .space import Space, resume_body, space_id_of, space_path
 
 # A freeze writes the VM's memory to disk and a resume reads it back; under
@@ -239,18 +239,21 @@ class Sandbox:
         on_stderr: TextCallback = None,
         env: Optional[Mapping[str, str]] = None,
         cwd: Optional[str] = None,
+        on_result: ResultCallback = None,
     ) -> Execution:
         """Run code in the sandbox and return what it produced.
 
         Python runs in the sandbox's one persistent REPL (globals survive);
         bash runs the command in the same machine (env and cwd apply to bash
         only; hostd refuses them for Python). Output streams: on_stdout and
-        on_stderr are called with str chunks as they arrive.
+        on_stderr are called with str chunks as they arrive, on_result with
+        each display output (a Result: a chart, a table) as it arrives; all
+        of them are in the Execution's `results` too.
         `timeout` (seconds) interrupts the code; the Execution says timed_out.
         If the sandbox dies meanwhile, SandboxDiedError (with `.execution`,
         what came before) is raised.
         """
-        return self._exec(code, language, timeout, on_stdout, on_stderr, env, cwd)
+        return self._exec(code, language, timeout, on_stdout, on_stderr, env, cwd, on_result=on_result)
 
     def _exec(
         self,
@@ -262,6 +265,7 @@ class Sandbox:
         env: Optional[Mapping[str, str]] = None,
         cwd: Optional[str] = None,
         on_bytes: BytesCallback = None,
+        on_result: ResultCallback = None,
     ) -> Execution:
         self._check_open("run code in")
         if not isinstance(code, str):
@@ -282,7 +286,9 @@ class Sandbox:
             body["env"] = {str(k): str(v) for k, v in env.items()}
         if cwd is not None:
             body["cwd"] = cwd
-        parser = ExecStream(on_stdout=on_stdout, on_stderr=on_stderr, on_bytes=on_bytes)
+        parser = ExecStream(
+            on_stdout=on_stdout, on_stderr=on_stderr, on_bytes=on_bytes, on_result=on_result
+        )
         payload = _json_bytes(body)
         with self._transport.stream(
             "POST",
