@@ -1101,19 +1101,9 @@ private:
                      VmConfig config) {
     const auto started = Clock::now();
     const auto deadline = started + std::max(config.boot_timeout, kQmpTimeout);
-    if (auto valid = check_id(config.id); !valid) co_return std::move(valid).error();
-    if (!snapshot.full_ram) {
-      co_return make_error("check snapshot", "it is not a full-RAM snapshot: start it with restore",
-                           snapshot.dir.string());
-    }
-    if (auto fits = check_restorable(snapshot, accel, config); !fits)
-      co_return std::move(fits).error();
-    config.images = snapshot.images;
-    config.vcpus = snapshot.vcpus;
-    config.memory_mib = snapshot.memory_mib;
-    auto state = std::make_shared<VmState>(executor, config);
-    state->accel = accel;
-    state->kernel_cmdline = snapshot.kernel_cmdline;
+    auto made_state = restored_state(executor, accel, snapshot, config, true);
+    if (!made_state) co_return std::move(made_state).error();
+    auto state = std::move(made_state.value());
     const VmPaths& paths = state->paths;
     if (auto made = make_vm_dir(config, paths); !made) co_return std::move(made).error();
     state->files_created = true;
@@ -1199,22 +1189,11 @@ private:
   prepare_steps(asio::any_io_executor executor, Accel accel, Snapshot snapshot, VmConfig config) {
     const auto started = Clock::now();
     const auto deadline = started + std::max(config.boot_timeout, kQmpTimeout);
-    if (auto valid = check_id(config.id); !valid) co_return std::move(valid).error();
-    if (snapshot.full_ram) {
-      co_return make_error("check snapshot",
-                           "it is a full-RAM snapshot (Vm::save_full): resume it with restore_full",
-                           snapshot.dir.string());
-    }
-    if (auto fits = check_restorable(snapshot, accel, config); !fits)
-      co_return std::move(fits).error();
-    config.images = snapshot.images;
-    config.vcpus = snapshot.vcpus;
-    config.memory_mib = snapshot.memory_mib;
-    auto state = std::make_shared<VmState>(executor, config);
+    auto made_state = restored_state(executor, accel, snapshot, config, false);
+    if (!made_state) co_return std::move(made_state).error();
+    auto state = std::move(made_state.value());
     state->restored = true;
     state->shared_source = snapshot.memory_file;
-    state->accel = accel;
-    state->kernel_cmdline = snapshot.kernel_cmdline;
     const VmPaths& paths = state->paths;
     DestroyGuard guard{state};
     if (auto made = make_vm_dir(config, paths); !made) co_return std::move(made).error();
@@ -1401,6 +1380,31 @@ private:
     if (!state.exited.is_set()) return error;
     return make_error("boot VM",
                       "the VM stopped before its agent answered: " + state.exit_description);
+  }
+
+  // The state of a VM to be restored from `snapshot`, after checking that
+  // the snapshot is of the kind asked for (full RAM or not) and fits this
+  // host; `config` takes the snapshot's images, size and vCPUs.
+  static Result<std::shared_ptr<VmState>> restored_state(asio::any_io_executor executor,
+                                                         Accel accel, const Snapshot& snapshot,
+                                                         VmConfig& config, bool full_ram) {
+    if (auto valid = check_id(config.id); !valid) return std::move(valid).error();
+    if (snapshot.full_ram != full_ram) {
+      return make_error("check snapshot",
+                        full_ram ? "it is not a full-RAM snapshot: start it with restore"
+                                 : "it is a full-RAM snapshot (Vm::save_full): resume it with "
+                                   "restore_full",
+                        snapshot.dir.string());
+    }
+    if (auto fits = check_restorable(snapshot, accel, config); !fits)
+      return std::move(fits).error();
+    config.images = snapshot.images;
+    config.vcpus = snapshot.vcpus;
+    config.memory_mib = snapshot.memory_mib;
+    auto state = std::make_shared<VmState>(executor, config);
+    state->accel = accel;
+    state->kernel_cmdline = snapshot.kernel_cmdline;
+    return state;
   }
 
   // Creates the VM's own directory, after checking that its sockets' paths

@@ -18,6 +18,7 @@
 #include "vmm/vmm.hpp"
 #include "common/unique_fd.hpp"
 #include "tests/vmm/test_support.hpp"
+#include "tests/vmm/vm_world.hpp"
 
 namespace vesicle::test {
 namespace {
@@ -26,15 +27,6 @@ using namespace std::chrono_literals;
 using vmm::Vm;
 using Clock = std::chrono::steady_clock;
 namespace fs = std::filesystem;
-
-const std::string& id_prefix() {
-  static const std::string prefix = "fs" + std::to_string(::getpid());
-  return prefix;
-}
-
-std::vector<pid_t> leftover_qemu() {
-  return processes_naming("vesicle-" + id_prefix());
-}
 
 std::string read_file(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
@@ -57,45 +49,13 @@ double ms_since(Clock::time_point start) {
   return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
 }
 
-struct World {
-  IoThread io;
-  TempDir runtime{fs::temp_directory_path(), "vesicle-fs"};
-  TempDir shm{"/dev/shm", "vesicle-fs"};
+// One suite's world (tests/vmm/vm_world.hpp), VMs named fs<pid>-*.
+struct World : VmWorld {
+  World() : VmWorld("fs") {}
   // Full snapshots go to a real disk (/var/tmp is not tmpfs here).
   TempDir spaces{"/var/tmp", "vesicle-fs-spaces"};
   TempDir templates{fs::temp_directory_path(), "vesicle-fs-tpl"};
   TempDir template_shm{"/dev/shm", "vesicle-fs-tpl"};
-  std::unique_ptr<vmm::Driver> driver = vmm::make_qemu_driver(io.executor());
-
-  vmm::VmConfig config(const std::string& name) {
-    vmm::VmConfig c;
-    c.id = id_prefix() + "-" + name;
-    c.images = vmm::GuestImages::in(images_dir());
-    c.runtime_dir = runtime.path();
-    c.shm_dir = shm.path();
-    c.vcpus = 2;
-    c.memory_mib = 512;
-    c.boot_timeout = 90s;
-    return c;
-  }
-
-  void expect_clean(const char* when) {
-    for (int i = 0; i < 50 && !leftover_qemu().empty(); ++i)
-      std::this_thread::sleep_for(100ms);
-    EXPECT_TRUE(leftover_qemu().empty())
-        << when << ": QEMU processes left: " << leftover_qemu().size();
-    EXPECT_TRUE(dir_entries(shm.path()).empty()) << when << ": files left in the shm dir";
-    EXPECT_TRUE(dir_entries(runtime.path()).empty()) << when << ": files left in the runtime dir";
-  }
-};
-
-// Destroys VMs on the io thread, even when an assertion returns early.
-struct VmList {
-  IoThread& io;
-  std::vector<std::unique_ptr<Vm>> vms;
-  ~VmList() {
-    io.call_void([this] { vms.clear(); });
-  }
 };
 
 class FullSnapshots : public ::testing::Test {

@@ -16,6 +16,7 @@
 #include "vmm/vmm.hpp"
 #include "common/unique_fd.hpp"
 #include "tests/vmm/test_support.hpp"
+#include "tests/vmm/vm_world.hpp"
 
 namespace vesicle::test {
 using vesicle::UniqueFd;
@@ -26,16 +27,7 @@ using vmm::Vm;
 using Clock = std::chrono::steady_clock;
 namespace fs = std::filesystem;
 
-const std::string& id_prefix() {
-  static const std::string prefix = "sn" + std::to_string(::getpid());
-  return prefix;
-}
-
 // QEMU processes whose command line names a VM of this run.
-std::vector<pid_t> leftover_qemu() {
-  return processes_naming("vesicle-" + id_prefix());
-}
-
 std::string read_file(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
   return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
@@ -79,44 +71,12 @@ std::map<std::string, std::string> fingerprint(const vmm::Snapshot& snapshot) {
   return sums;
 }
 
-struct World {
-  IoThread io;
-  TempDir runtime{fs::temp_directory_path(), "vesicle-sn"};
-  TempDir shm{"/dev/shm", "vesicle-sn"};
+// One suite's world (tests/vmm/vm_world.hpp), VMs named sn<pid>-*.
+struct World : VmWorld {
+  World() : VmWorld("sn") {}
   // The snapshot: its dir anywhere, its RAM file on the VMs' tmpfs.
   TempDir snapshots{fs::temp_directory_path(), "vesicle-sn-snap"};
   TempDir snapshot_shm{"/dev/shm", "vesicle-sn-snap"};
-  std::unique_ptr<vmm::Driver> driver = vmm::make_qemu_driver(io.executor());
-
-  vmm::VmConfig config(const std::string& name) {
-    vmm::VmConfig c;
-    c.id = id_prefix() + "-" + name;
-    c.images = vmm::GuestImages::in(images_dir());
-    c.runtime_dir = runtime.path();
-    c.shm_dir = shm.path();
-    c.vcpus = 2;
-    c.memory_mib = 512;
-    c.boot_timeout = 90s;
-    return c;
-  }
-
-  void expect_clean(const char* when) {
-    for (int i = 0; i < 50 && !leftover_qemu().empty(); ++i)
-      std::this_thread::sleep_for(100ms);
-    EXPECT_TRUE(leftover_qemu().empty())
-        << when << ": QEMU processes left: " << leftover_qemu().size();
-    EXPECT_TRUE(dir_entries(shm.path()).empty()) << when << ": files left in the shm dir";
-    EXPECT_TRUE(dir_entries(runtime.path()).empty()) << when << ": files left in the runtime dir";
-  }
-};
-
-// Destroys VMs on the io thread, even when an assertion returns early.
-struct VmList {
-  IoThread& io;
-  std::vector<std::unique_ptr<Vm>> vms;
-  ~VmList() {
-    io.call_void([this] { vms.clear(); });
-  }
 };
 
 class Snapshots : public ::testing::Test {

@@ -14,6 +14,7 @@
 
 #include "vmm/vmm.hpp"
 #include "tests/vmm/test_support.hpp"
+#include "tests/vmm/vm_world.hpp"
 
 namespace vesicle::test {
 namespace {
@@ -24,48 +25,12 @@ using vmm::Vm;
 using Clock = std::chrono::steady_clock;
 namespace fs = std::filesystem;
 
-const std::string& id_prefix() {
-  static const std::string prefix = "it" + std::to_string(::getpid());
-  return prefix;
-}
-
 // QEMU processes whose command line names a VM of this run.
-std::vector<pid_t> leftover_qemu() {
-  return processes_naming("vesicle-" + id_prefix());
-}
-
-// One suite's world: an io thread, a driver, and fresh runtime and shm dirs.
-struct World {
-  IoThread io;
-  TempDir runtime{fs::temp_directory_path(), "vesicle-it"};
-  TempDir shm{"/dev/shm", "vesicle-it"};
-  std::unique_ptr<vmm::Driver> driver = vmm::make_qemu_driver(io.executor());
-
-  vmm::VmConfig config(const std::string& name) {
-    vmm::VmConfig c;
-    c.id = id_prefix() + "-" + name;
-    c.images = vmm::GuestImages::in(images_dir());
-    c.runtime_dir = runtime.path();
-    c.shm_dir = shm.path();
-    c.vcpus = 2;
-    c.memory_mib = 512;
-    c.boot_timeout = 90s;
-    return c;
-  }
+// One suite's world (tests/vmm/vm_world.hpp), VMs named it<pid>-*.
+struct World : VmWorld {
+  World() : VmWorld("it") {}
 
   Result<std::unique_ptr<Vm>> boot(vmm::VmConfig c) { return io.run(driver->boot(std::move(c))); }
-
-  // Nothing of this run left: no QEMU, no memory file, no VM dir.
-  void expect_clean(const char* when) {
-    // A killed QEMU is reaped synchronously; one that was told to quit may
-    // take a moment.
-    for (int i = 0; i < 50 && !leftover_qemu().empty(); ++i)
-      std::this_thread::sleep_for(100ms);
-    EXPECT_TRUE(leftover_qemu().empty())
-        << when << ": QEMU processes left: " << leftover_qemu().size();
-    EXPECT_TRUE(dir_entries(shm.path()).empty()) << when << ": files left in the shm dir";
-    EXPECT_TRUE(dir_entries(runtime.path()).empty()) << when << ": files left in the runtime dir";
-  }
 };
 
 std::string images_hint() {
@@ -363,7 +328,7 @@ TEST(VmLifecycle, DestroyKillsAtOnceAndIsIdempotent) {
   ASSERT_TRUE(booted) << booted.error().message();
   auto& vm = *booted.value();
   const pid_t pid = vm.qemu_pid();
-  EXPECT_EQ(leftover_qemu(), std::vector<pid_t>{pid});
+  EXPECT_EQ(world.leftover_qemu(), std::vector<pid_t>{pid});
   EXPECT_EQ(dir_entries(world.shm.path()).size(), 1u);
   const auto started = Clock::now();
   world.io.call_void([&] { vm.destroy(); });
