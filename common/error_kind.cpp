@@ -35,7 +35,9 @@ static_assert(table_in_enum_order(), "kKinds must list every ErrorKind in enum o
 
 } // namespace
 
-std::span<const ErrorKindInfo> error_kinds() { return kKinds; }
+std::span<const ErrorKindInfo> error_kinds() {
+  return kKinds;
+}
 
 const ErrorKindInfo& kind_info(ErrorKind kind) {
   auto index = static_cast<std::size_t>(kind);

@@ -47,10 +47,11 @@ Error unknown_route(const std::vector<std::string>& path) {
   for (const auto& part : path)
     joined += "/" + part;
   if (joined.empty()) joined = "/";
-  return Error::of(ErrorKind::not_found, "no such API route: " + joined +
-                             " (this hostd serves /v1/sandboxes, /v1/spaces, /v1/capacity, "
-                             "/v1/healthz, "
-                             "/metrics)");
+  return Error::of(ErrorKind::not_found,
+                   "no such API route: " + joined +
+                       " (this hostd serves /v1/sandboxes, /v1/spaces, /v1/capacity, "
+                       "/v1/healthz, "
+                       "/metrics)");
 }
 
 } // namespace
@@ -226,8 +227,8 @@ asio::awaitable<void> Api::route(Exchange& exchange, const std::vector<std::stri
   // Returns the error rather than the awaitable: respond_error holds its
   // argument by reference, and an awaitable runs only when awaited.
   auto not_allowed = [&](const char* allowed) {
-    return Error::of(ErrorKind::method_not_allowed, std::string(http::to_string(method)) +
-                                        " is not allowed here; use " + allowed);
+    return Error::of(ErrorKind::method_not_allowed,
+                     std::string(http::to_string(method)) + " is not allowed here; use " + allowed);
   };
 
   if (is({"v1", "healthz"})) {
@@ -237,13 +238,14 @@ asio::awaitable<void> Api::route(Exchange& exchange, const std::vector<std::stri
 
   auto key = bearer_key(exchange.header(http::field::authorization));
   if (!key)
-    co_return co_await exchange.respond_error(Error::of(ErrorKind::unauthenticated, 
+    co_return co_await exchange.respond_error(Error::of(
+        ErrorKind::unauthenticated,
         "no API key: send the header \"Authorization: Bearer <key>\" (hostd printed the first "
         "key when it first started)"));
   auto owner = ctx_.keys.authenticate(*key);
   if (!owner)
-    co_return co_await exchange.respond_error(
-        Error::of(ErrorKind::unauthenticated, "the API key is not valid on this host; check for typos"));
+    co_return co_await exchange.respond_error(Error::of(
+        ErrorKind::unauthenticated, "the API key is not valid on this host; check for typos"));
   key_id = *owner;
 
   if (is({"v1", "capacity"})) {

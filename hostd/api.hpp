@@ -94,9 +94,9 @@ private:
   // Shared by the VM operations (api_ops.cpp).
   asio::awaitable<Result<VmLease>> begin_op(const std::string& owner, const std::string& id);
   asio::awaitable<Error> sandbox_died(const std::string& owner, const std::string& id,
-                                         std::shared_ptr<vmm::Vm> vm);
+                                      std::shared_ptr<vmm::Vm> vm);
   asio::awaitable<Error> agent_failure(const VmLease& lease, const Error& error,
-                                          const std::string& doing);
+                                       const std::string& doing);
 
   ApiContext ctx_;
   Metrics metrics_;
@@ -109,7 +109,7 @@ api::Space to_api(const SpaceInfo& space);
 // A create request with the configuration's defaults, checked: what POST
 // /v1/sandboxes and the embedding API's create admit (api_sandboxes.cpp).
 Result<SandboxSpec> sandbox_spec(const api::CreateSandboxRequest& request,
-                                    const config::HostdConfig& config);
+                                 const config::HostdConfig& config);
 // The caps of the key `owner`'s tier (api_sandboxes.cpp).
 const config::TierCaps& tier_caps(const KeyStore& keys, const config::HostdConfig& config,
                                   const std::string& owner);

@@ -33,18 +33,20 @@ struct ExecPlan {
 
 Result<ExecPlan> plan_exec(const api::ExecRequest& request) {
   if (request.code().empty())
-    return Error::of(ErrorKind::invalid_argument, 
-        "code: required; give the Python cell or bash command to run");
+    return Error::of(ErrorKind::invalid_argument,
+                     "code: required; give the Python cell or bash command to run");
   if (request.timeout_s() > kMaxTimeoutS)
-    return Error::of(ErrorKind::invalid_argument, "timeout_s: at most " + std::to_string(kMaxTimeoutS) +
-                                      " (one day), got " + std::to_string(request.timeout_s()));
+    return Error::of(ErrorKind::invalid_argument,
+                     "timeout_s: at most " + std::to_string(kMaxTimeoutS) + " (one day), got " +
+                         std::to_string(request.timeout_s()));
   ExecPlan plan;
   const auto& language = request.language();
   if (language.empty() || language == "python") {
     if (!request.env().empty() || !request.cwd().empty())
-      return Error::of(ErrorKind::invalid_argument, 
+      return Error::of(
+          ErrorKind::invalid_argument,
           std::string(request.env().empty() ? "cwd" : "env") +
-          ": applies to language \"bash\" only; in Python use os.environ / os.chdir");
+              ": applies to language \"bash\" only; in Python use os.environ / os.chdir");
     plan.python_request.set_code(request.code());
     plan.python_request.set_timeout_ms(request.timeout_s() * 1000);
   } else if (language == "bash") {
@@ -55,7 +57,7 @@ Result<ExecPlan> plan_exec(const api::ExecRequest& request) {
     plan.bash_request.set_timeout_ms(request.timeout_s() * 1000);
   } else {
     return Error::of(ErrorKind::invalid_argument, "language: unsupported language \"" + language +
-                                      "\"; use \"python\" or \"bash\"");
+                                                      "\"; use \"python\" or \"bash\"");
   }
   return plan;
 }

@@ -1,6 +1,6 @@
 // GET /v1/healthz, GET /v1/capacity, GET /metrics
-#include "hostd/api.hpp"
 #include "actors/ask.hpp"
+#include "hostd/api.hpp"
 #include "hostd/json.hpp"
 
 namespace vesicle::hostd {

@@ -15,14 +15,14 @@ asio::awaitable<Result<VmLease>> Api::begin_op(const std::string& owner, const s
 }
 
 asio::awaitable<Error> Api::sandbox_died(const std::string& owner, const std::string& id,
-                                            std::shared_ptr<vmm::Vm> vm) {
+                                         std::shared_ptr<vmm::Vm> vm) {
   auto reason = co_await ctx_.core.record_death(owner, id, std::move(vm));
-  co_return Error::of(ErrorKind::guest_died, "sandbox " + id + " died: " + reason +
-                                   "; delete it and create a new one");
+  co_return Error::of(ErrorKind::guest_died,
+                      "sandbox " + id + " died: " + reason + "; delete it and create a new one");
 }
 
 asio::awaitable<Error> Api::agent_failure(const VmLease& lease, const Error& error,
-                                             const std::string& doing) {
+                                          const std::string& doing) {
   if (vmm::is_channel_closed(error) || !lease.usable())
     co_return co_await sandbox_died(lease.owner(), lease.id(), lease.vm_pointer());
   // The agent client gave the failure its kind where it arose (vmm's

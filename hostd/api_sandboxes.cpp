@@ -1,9 +1,9 @@
 // POST /v1/sandboxes, GET /v1/sandboxes, GET and DELETE /v1/sandboxes/{id}
 #include <algorithm>
 
-#include "hostd/api.hpp"
 #include "actors/ask.hpp"
 #include "common/log.hpp"
+#include "hostd/api.hpp"
 #include "hostd/json.hpp"
 #include "hostd/network.hpp"
 #include "hostd/tiers.hpp"
@@ -13,7 +13,7 @@ namespace vesicle::hostd {
 // The create request with the configuration's defaults, or a 400 naming the
 // field that is wrong.
 Result<SandboxSpec> sandbox_spec(const api::CreateSandboxRequest& request,
-                                    const config::HostdConfig& config) {
+                                 const config::HostdConfig& config) {
   SandboxSpec spec;
   if (!request.template_().empty() && request.template_() != "default") {
     bool known = false;
@@ -23,13 +23,15 @@ Result<SandboxSpec> sandbox_spec(const api::CreateSandboxRequest& request,
       if (pool.template_() != "default") names += ", \"" + pool.template_() + "\"";
     }
     if (!known)
-      return Error::of(ErrorKind::invalid_argument, "template: unknown template \"" + request.template_() +
-                                        "\"; this host has " + names);
+      return Error::of(ErrorKind::invalid_argument, "template: unknown template \"" +
+                                                        request.template_() + "\"; this host has " +
+                                                        names);
     spec.template_name = request.template_();
   }
   if (!request.region().empty())
-    return Error::of(ErrorKind::invalid_argument, "region: this host has no region label; leave region "
-                                      "empty or ask a gateway that routes by region");
+    return Error::of(ErrorKind::invalid_argument,
+                     "region: this host has no region label; leave region "
+                     "empty or ask a gateway that routes by region");
   auto egress = egress_spec(request, config);
   if (!egress) return egress.error();
   spec.egress = egress->egress;
@@ -37,17 +39,18 @@ Result<SandboxSpec> sandbox_spec(const api::CreateSandboxRequest& request,
   spec.persistent = request.persistent();
   spec.vcpus = request.has_vcpus() ? request.vcpus() : config.default_vcpus();
   if (spec.vcpus < 1 || spec.vcpus > config.max_vcpus())
-    return Error::of(ErrorKind::invalid_argument, "vcpus: must be 1.." + std::to_string(config.max_vcpus()) +
-                                      ", got " + std::to_string(spec.vcpus));
+    return Error::of(ErrorKind::invalid_argument, "vcpus: must be 1.." +
+                                                      std::to_string(config.max_vcpus()) +
+                                                      ", got " + std::to_string(spec.vcpus));
   spec.memory_mib = request.has_memory_mib() ? request.memory_mib() : config.default_memory_mib();
   if (spec.memory_mib < 128 || spec.memory_mib > config.max_memory_mib())
     return Error::of(ErrorKind::invalid_argument, "memory_mib: must be 128.." +
-                                      std::to_string(config.max_memory_mib()) + ", got " +
-                                      std::to_string(spec.memory_mib));
+                                                      std::to_string(config.max_memory_mib()) +
+                                                      ", got " + std::to_string(spec.memory_mib));
   spec.disk_mib = request.has_disk_mib() ? request.disk_mib() : 2048;
   if (spec.disk_mib < 64)
-    return Error::of(ErrorKind::invalid_argument, "disk_mib: must be at least 64, got " +
-                                      std::to_string(spec.disk_mib));
+    return Error::of(ErrorKind::invalid_argument,
+                     "disk_mib: must be at least 64, got " + std::to_string(spec.disk_mib));
   spec.idle_timeout_s = request.has_idle_timeout_s() ? request.idle_timeout_s() : 300;
   spec.max_lifetime_s = request.has_max_lifetime_s() ? request.max_lifetime_s() : 1800;
   return spec;
@@ -72,8 +75,8 @@ asio::awaitable<void> Api::create(Exchange& exchange, const std::string& owner) 
   if (!body->empty()) {
     auto parsed = from_json(*body, request);
     if (!parsed)
-      co_return co_await exchange.respond_error(
-          Error::of(ErrorKind::invalid_argument, "invalid create request: " + parsed.error().detail));
+      co_return co_await exchange.respond_error(Error::of(
+          ErrorKind::invalid_argument, "invalid create request: " + parsed.error().detail));
   }
   // Tier caps clamp silently: before validation, so a request above the
   // host's maximum but within reach of the cap is clamped, not refused.
@@ -104,8 +107,7 @@ asio::awaitable<void> Api::create(Exchange& exchange, const std::string& owner) 
 asio::awaitable<void> Api::list(Exchange& exchange, const std::string& owner) {
   auto sandboxes = co_await ask<SandboxInfoList>(ctx_.system, ctx_.registry, ctx_.actor_timeout,
                                                  list_atom::value, owner);
-  if (!sandboxes)
-    co_return co_await exchange.respond_error(to_error(sandboxes.error()));
+  if (!sandboxes) co_return co_await exchange.respond_error(to_error(sandboxes.error()));
   api::ListSandboxesResponse out;
   for (const auto& info : *sandboxes)
     *out.add_sandboxes() = to_api(info, ctx_.vms.accel());
@@ -135,9 +137,9 @@ asio::awaitable<void> Api::fork(Exchange& exchange, const std::string& owner,
   }
   const std::uint32_t n = request.has_n() ? request.n() : 1;
   if (n < 1 || n > kMaxForkChildren)
-    co_return co_await exchange.respond_error(
-        Error::of(ErrorKind::invalid_argument, "n: a fork makes 1 to " + std::to_string(kMaxForkChildren) +
-                                   " children, got " + std::to_string(n)));
+    co_return co_await exchange.respond_error(Error::of(
+        ErrorKind::invalid_argument, "n: a fork makes 1 to " + std::to_string(kMaxForkChildren) +
+                                         " children, got " + std::to_string(n)));
   const auto started = std::chrono::steady_clock::now();
   // Children count against the key's concurrency cap like any sandbox.
   const std::uint32_t max_concurrent = tier_caps(ctx_.keys, ctx_.config, owner).max_concurrent();
@@ -145,8 +147,7 @@ asio::awaitable<void> Api::fork(Exchange& exchange, const std::string& owner,
                                                 fork_atom::value, owner, id, n, max_concurrent);
   const std::chrono::duration<double> took = std::chrono::steady_clock::now() - started;
   metrics_.fork_seconds.record(children ? "ok" : "failed", took.count());
-  if (!children)
-    co_return co_await exchange.respond_error(to_error(children.error()));
+  if (!children) co_return co_await exchange.respond_error(to_error(children.error()));
   api::ForkResponse out;
   for (const auto& info : *children) {
     log::info("sandbox forked", {{"sandbox", info.id},

@@ -1,8 +1,8 @@
 // Spaces: POST /v1/sandboxes/{id}/freeze, GET /v1/spaces, GET and DELETE
 // /v1/spaces/{id}, POST /v1/spaces/{id}/resume
-#include "hostd/api.hpp"
 #include "actors/ask.hpp"
 #include "common/log.hpp"
+#include "hostd/api.hpp"
 #include "hostd/json.hpp"
 
 namespace vesicle::hostd {
@@ -56,8 +56,8 @@ asio::awaitable<void> Api::resume(Exchange& exchange, const std::string& owner,
   if (!body->empty()) {
     auto parsed = from_json(*body, request);
     if (!parsed)
-      co_return co_await exchange.respond_error(
-          Error::of(ErrorKind::invalid_argument, "invalid resume request: " + parsed.error().detail));
+      co_return co_await exchange.respond_error(Error::of(
+          ErrorKind::invalid_argument, "invalid resume request: " + parsed.error().detail));
   }
   const bool persistent = request.has_persistent() && request.persistent();
   // The resumed sandbox counts against the key's concurrency cap.

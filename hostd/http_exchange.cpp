@@ -94,8 +94,9 @@ asio::awaitable<Exchange::BodyOutcome> Exchange::read_body(PieceSink sink) {
 
 asio::awaitable<Result<std::string>> Exchange::read_json_body() {
   auto limit = limits_.max_json_body;
-  auto too_large = Error::of(ErrorKind::too_large, "the request body is larger than " + std::to_string(limit) +
-                                       " bytes; send a smaller body");
+  auto too_large =
+      Error::of(ErrorKind::too_large, "the request body is larger than " + std::to_string(limit) +
+                                          " bytes; send a smaller body");
   if (auto length = parser_.content_length(); length && *length > limit) {
     keep_alive_ = false; // the body stays unread
     co_return too_large;

@@ -16,11 +16,11 @@
 #include <caf/actor_system_config.hpp>
 
 #include "common/log.hpp"
-#include "vmm/vmm.hpp"
 #include "hostd/api_error.hpp"
 #include "hostd/config.hpp"
 #include "hostd/daemon.hpp"
 #include "hostd/runtime_core.hpp"
+#include "vmm/vmm.hpp"
 
 namespace po = boost::program_options;
 namespace asio = boost::asio;

@@ -7,11 +7,11 @@
 #include <string>
 #include <vector>
 
-#include "net/bridge.hpp"
 #include "common/result.hpp"
 #include "hostd/api_error.hpp"
 #include "messages/api.pb.h"
 #include "messages/config.pb.h"
+#include "net/bridge.hpp"
 
 namespace vesicle::hostd {
 
@@ -31,7 +31,7 @@ struct EgressSpec {
 // naming the field for a bad allowlist, or for a mode this host cannot give
 // (saying what to configure).
 Result<EgressSpec> egress_spec(const api::CreateSandboxRequest& request,
-                                  const config::HostdConfig& config);
+                               const config::HostdConfig& config);
 
 // "off", "open" or "allowlist".
 const char* egress_mode(bool egress, const std::vector<std::string>& allow);

@@ -171,8 +171,7 @@ asio::awaitable<void> RuntimeCore::shutdown() {
   for (auto& pool : pools_) {
     auto stopped =
         co_await ask<done_atom>(system_, pool, std::chrono::seconds(10), shutdown_atom::value);
-    if (!stopped)
-      log::warn("a pool did not stop", {{"error", system_.render(stopped.error())}});
+    if (!stopped) log::warn("a pool did not stop", {{"error", system_.render(stopped.error())}});
   }
   if (registry_) {
     auto done = co_await ask<done_atom>(system_, registry_, std::chrono::seconds(120),

@@ -26,7 +26,8 @@ caf::error to_caf_error(const Error& error) {
 
 Error to_error(const caf::error& error) {
   if (error.category() == kErrorCategory) {
-    if (auto kind = error_kind_from_code(error.code())) return Error::of(*kind, error_message(error));
+    if (auto kind = error_kind_from_code(error.code()))
+      return Error::of(*kind, error_message(error));
   }
   return Error::of(ErrorKind::internal, "hostd's actors did not answer (" + caf::to_string(error) +
                                             "); retry, and report it if it persists");

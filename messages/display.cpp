@@ -15,8 +15,8 @@ bool valid_mime_type(std::string_view mime) {
 
 bool is_text_type(std::string_view mime) {
   return mime.starts_with("text/") || mime == "image/svg+xml" || mime == "application/json" ||
-         mime == "application/javascript" || mime == "application/xml" ||
-         mime.ends_with("+json") || mime.ends_with("+xml");
+         mime == "application/javascript" || mime == "application/xml" || mime.ends_with("+json") ||
+         mime.ends_with("+xml");
 }
 
 } // namespace vesicle::display

@@ -28,6 +28,8 @@
 #include <string>
 #include <vector>
 
+#include "common/result.hpp"
+#include "common/unique_fd.hpp"
 #include "net/egress.hpp"
 #include "net/egress_services.hpp"
 #include "net/ipv4.hpp"
@@ -35,8 +37,6 @@
 #include "net/netns.hpp"
 #include "net/nft.hpp"
 #include "net/rtnl.hpp"
-#include "common/result.hpp"
-#include "common/unique_fd.hpp"
 
 namespace vesicle::net {
 

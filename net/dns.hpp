@@ -11,8 +11,8 @@
 #include <string>
 #include <vector>
 
-#include "net/ipv4.hpp"
 #include "common/result.hpp"
+#include "net/ipv4.hpp"
 
 namespace vesicle::net::dns {
 

@@ -12,8 +12,8 @@
 #include <string>
 #include <vector>
 
-#include "net/ipv4.hpp"
 #include "common/result.hpp"
+#include "net/ipv4.hpp"
 
 struct nl_sock;
 

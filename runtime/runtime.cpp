@@ -282,8 +282,7 @@ Result<std::unique_ptr<Runtime>> Runtime::start(config::HostdConfig config) {
 Runtime::~Runtime() {
   if (!impl_) return;
   auto stopped = block_on(impl_->core.shutdown());
-  if (!stopped)
-    log::warn("runtime shutdown failed", {{"error", stopped.error().message()}});
+  if (!stopped) log::warn("runtime shutdown failed", {{"error", stopped.error().message()}});
   impl_->core.stop_actors_and_wait();
 }
 

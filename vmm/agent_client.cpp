@@ -17,9 +17,9 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 
-#include "vmm/async.hpp"
 #include "common/log.hpp"
 #include "messages/framing.hpp"
+#include "vmm/async.hpp"
 
 namespace vesicle::vmm {
 

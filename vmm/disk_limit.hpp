@@ -15,8 +15,8 @@
 
 #include <boost/asio/awaitable.hpp>
 
-#include "vmm/vmm.hpp"
 #include "common/result.hpp"
+#include "vmm/vmm.hpp"
 
 namespace vesicle {
 

@@ -5,8 +5,7 @@
 
 namespace vesicle::vmm {
 
-ForkSnapshot::ForkSnapshot(std::string id, Snapshot snapshot,
-                           std::shared_ptr<ForkSnapshot> parent,
+ForkSnapshot::ForkSnapshot(std::string id, Snapshot snapshot, std::shared_ptr<ForkSnapshot> parent,
                            std::shared_ptr<std::size_t> count)
     : id_(std::move(id)), snapshot_(std::move(snapshot)), parent_(std::move(parent)),
       count_(std::move(count)) {

@@ -1437,8 +1437,16 @@ private:
                                                       std::string backing, std::string format,
                                                       const VmPaths& paths) {
     detail::SpawnOptions qemu_img;
-    qemu_img.argv = {"qemu-img", "create", "-q", "-f", "qcow2", "-b", std::move(backing),
-                     "-F",       std::move(format), paths.overlay.string()};
+    qemu_img.argv = {"qemu-img",
+                     "create",
+                     "-q",
+                     "-f",
+                     "qcow2",
+                     "-b",
+                     std::move(backing),
+                     "-F",
+                     std::move(format),
+                     paths.overlay.string()};
     qemu_img.output = paths.log;
     auto done = co_await detail::run_helper(executor, std::move(qemu_img));
     if (!done) co_return std::move(done).error();

@@ -14,8 +14,8 @@
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
 
-#include "vmm/json.hpp"
 #include "common/result.hpp"
+#include "vmm/json.hpp"
 
 namespace vesicle::vmm {
 

@@ -39,8 +39,8 @@
 #include <utility>
 #include <vector>
 
-#include "vmm/vmm.hpp"
 #include "common/result.hpp"
+#include "vmm/vmm.hpp"
 
 namespace vesicle::vmm::snapshot {
 

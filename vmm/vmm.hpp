@@ -14,8 +14,8 @@
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
 
-#include "vmm/agent_client.hpp"
 #include "common/result.hpp"
+#include "vmm/agent_client.hpp"
 
 namespace vesicle::vmm {
 

@@ -118,16 +118,16 @@ vmm::NetworkAttachment NetworkLease::attachment() const {
 
 boost::asio::awaitable<Result<void>>
 NetworkLease::set_egress(caf::actor_system& system, bool egress, std::vector<std::string> allow) {
-  auto done = co_await ask<done_atom>(
-      system, bridge_, kRequestTimeout, net_egress_atom::value, slot_.id, egress, std::move(allow));
+  auto done = co_await ask<done_atom>(system, bridge_, kRequestTimeout, net_egress_atom::value,
+                                      slot_.id, egress, std::move(allow));
   if (!done) co_return from_caf(done.error(), "set the sandbox's egress");
   co_return Result<void>{};
 }
 
 boost::asio::awaitable<Result<std::unique_ptr<NetworkLease>>>
 NetworkLeases::acquire(bool egress, std::vector<std::string> allow) {
-  auto slot = co_await ask<NetSlot>(system_, bridge_, kRequestTimeout,
-                                           net_acquire_atom::value, egress, std::move(allow));
+  auto slot = co_await ask<NetSlot>(system_, bridge_, kRequestTimeout, net_acquire_atom::value,
+                                    egress, std::move(allow));
   if (!slot) {
     auto failed = from_caf(slot.error(), "acquire a network slot");
     co_return std::move(failed).error();

@@ -23,11 +23,11 @@
 #include <caf/actor_system.hpp>
 #include <caf/typed_actor.hpp>
 
+#include "common/result.hpp"
+#include "messages/caf_types.hpp"
 #include "net/bridge.hpp"
 #include "net/egress.hpp"
 #include "vmm/vmm.hpp"
-#include "common/result.hpp"
-#include "messages/caf_types.hpp"
 
 namespace vesicle::net {
 

@@ -225,8 +225,7 @@ void launch(self_pointer self, SandboxInfo info, int pool, LaunchPlan plan, Read
 // waiting VM from the matching pool if one waits, spawn the sandbox (which
 // adopts, restores or boots its VM) and wait until it is ready.
 caf::result<SandboxInfo> create(self_pointer self, std::string owner, SandboxSpec spec) {
-  if (self->state.shutting_down)
-    return shutting_down();
+  if (self->state.shutting_down) return shutting_down();
   auto room = capacity(self);
   if (room.available() == 0)
     return make_error(ErrorKind::capacity,
@@ -334,7 +333,7 @@ caf::result<done_atom> destroy(self_pointer self, const std::string& owner, cons
             update_pool_usage(self);
             promise.deliver(make_error(
                 ErrorKind::internal, "deleting sandbox " + id + ": its actor did not answer (" +
-                                    self->system().render(failure) + "); its VM was killed"));
+                                         self->system().render(failure) + "); its VM was killed"));
           });
   return promise;
 }
@@ -353,11 +352,11 @@ caf::expected<Record*> ready_record(self_pointer self, const std::string& owner,
   const auto& info = (*record)->info;
   if (!(*record)->actor_alive || info.state == SandboxState::dead)
     return make_error(ErrorKind::guest_died, "sandbox " + id + " died: " + info.dead_reason +
-                                              "; delete it and create a new one");
+                                                 "; delete it and create a new one");
   if (info.state == SandboxState::frozen)
-    return make_error(ErrorKind::conflict,
-                      "sandbox " + id + " is frozen into Space " + info.space_id +
-                          "; resume it with POST /v1/spaces/" + info.space_id + "/resume");
+    return make_error(ErrorKind::conflict, "sandbox " + id + " is frozen into Space " +
+                                               info.space_id + "; resume it with POST /v1/spaces/" +
+                                               info.space_id + "/resume");
   if (info.state != SandboxState::ready)
     return make_error(ErrorKind::conflict,
                       "sandbox " + id + " is not ready (it is " +
@@ -466,8 +465,7 @@ void frozen(self_pointer self, const std::string& id, const caf::error& error, S
 }
 
 caf::result<SpaceInfo> freeze(self_pointer self, const std::string& owner, const std::string& id) {
-  if (self->state.shutting_down)
-    return shutting_down();
+  if (self->state.shutting_down) return shutting_down();
   auto record = ready_record(self, owner, id);
   if (!record) return std::move(record.error());
   auto promise = self->make_response_promise<SpaceInfo>();
@@ -485,14 +483,15 @@ caf::result<SpaceInfo> freeze(self_pointer self, const std::string& owner, const
 caf::expected<SpaceInfo> owned_space(self_pointer self, const std::string& owner,
                                      const std::string& space_id) {
   if (!self->state.spaces)
-    return make_error(ErrorKind::not_found, "no Space " + space_id + ": this hostd keeps no Spaces");
+    return make_error(ErrorKind::not_found,
+                      "no Space " + space_id + ": this hostd keeps no Spaces");
   auto space = self->state.spaces->find(owner, space_id);
   if (space) return std::move(space.value());
   if (space.error().kind == ErrorKind::not_found) return to_caf_error(space.error());
   return make_error(ErrorKind::corrupted, "Space " + space_id +
-                                               " cannot be read: " + space.error().message() +
-                                               "; it is kept for inspection (DELETE /v1/spaces/" +
-                                               space_id + " removes it)");
+                                              " cannot be read: " + space.error().message() +
+                                              "; it is kept for inspection (DELETE /v1/spaces/" +
+                                              space_id + " removes it)");
 }
 
 // The resume flow: admit like a create (capacity, the key's cap), hold a
@@ -501,8 +500,7 @@ caf::expected<SpaceInfo> owned_space(self_pointer self, const std::string& owner
 caf::result<SandboxInfo> resume(self_pointer self, const std::string& owner,
                                 const std::string& space_id, bool persistent,
                                 std::uint32_t max_concurrent) {
-  if (self->state.shutting_down)
-    return shutting_down();
+  if (self->state.shutting_down) return shutting_down();
   auto space = owned_space(self, owner, space_id);
   if (!space) return std::move(space.error());
   if (self->state.resuming.count(space_id))
@@ -553,14 +551,13 @@ void space_opened(self_pointer self, const std::string& space_id, const caf::err
     self->state.resuming.erase(space_id);
     self->state.vms->forget_space(space_id);
     if (error)
-      pending.promise.deliver(make_error(
-          to_error(error).kind,
-          "Space " + space_id + " cannot be resumed: " + to_error(error).message() +
-                                     "; it is kept as it is for inspection (DELETE /v1/spaces/" +
-                                     space_id + " removes it)"));
-    else
       pending.promise.deliver(
-          shutting_down());
+          make_error(to_error(error).kind,
+                     "Space " + space_id + " cannot be resumed: " + to_error(error).message() +
+                         "; it is kept as it is for inspection (DELETE /v1/spaces/" + space_id +
+                         " removes it)"));
+    else
+      pending.promise.deliver(shutting_down());
     return;
   }
   auto promise = pending.promise;
@@ -577,8 +574,7 @@ void space_opened(self_pointer self, const std::string& space_id, const caf::err
 caf::result<done_atom> delete_space(self_pointer self, const std::string& owner,
                                     const std::string& space_id) {
   if (self->state.resuming.count(space_id))
-    return make_error(ErrorKind::conflict,
-                      "Space " + space_id + " is being resumed right now");
+    return make_error(ErrorKind::conflict, "Space " + space_id + " is being resumed right now");
   // A Space whose own `space` file is unreadable has no known owner: no
   // key may delete it through the API (the host's operator can).
   auto space = owned_space(self, owner, space_id);
@@ -598,12 +594,11 @@ caf::result<done_atom> delete_space(self_pointer self, const std::string& owner,
 caf::result<SandboxInfoList> fork(self_pointer self, const std::string& owner,
                                   const std::string& id, std::uint32_t n,
                                   std::uint32_t max_concurrent) {
-  if (self->state.shutting_down)
-    return shutting_down();
+  if (self->state.shutting_down) return shutting_down();
   if (n < 1 || n > kMaxForkChildren)
     return make_error(ErrorKind::invalid_argument, "n: a fork makes 1 to " +
-                                                  std::to_string(kMaxForkChildren) +
-                                                  " children, got " + std::to_string(n));
+                                                       std::to_string(kMaxForkChildren) +
+                                                       " children, got " + std::to_string(n));
   auto record = ready_record(self, owner, id);
   if (!record) return std::move(record.error());
   const std::uint32_t live = live_of(self, owner);
@@ -733,7 +728,7 @@ void forked(self_pointer self, const std::string& base_id, const caf::error& err
     auto failure =
         error ? make_error(to_error(error).kind,
                            "forking " + fork.parent_id + " failed: " + to_error(error).message())
-            : shutting_down();
+              : shutting_down();
     fork.promise.deliver(std::move(failure));
     self->state.pending_forks.erase(found);
     return;
@@ -757,8 +752,7 @@ void forked(self_pointer self, const std::string& base_id, const caf::error& err
 
 caf::result<SandboxInfo> merge(self_pointer self, const std::string& owner,
                                const std::string& parent_id, const std::string& winner_id) {
-  if (self->state.shutting_down)
-    return shutting_down();
+  if (self->state.shutting_down) return shutting_down();
   if (parent_id == winner_id)
     return make_error(ErrorKind::conflict,
                       "cannot merge " + parent_id +
@@ -799,13 +793,13 @@ caf::result<SandboxInfo> merge(self_pointer self, const std::string& owner,
                 .then(
                     [=](done_atom) {
                       registry_actor registry = caf::actor_cast<registry_actor>(self);
-                      self->state.vms->merge(
-                          parent_id, parent_actor, winner_id,
-                          [registry, parent_id](Result<std::int32_t> pid) {
-                            caf::anon_send(registry, merged_atom::value, parent_id,
-                                           pid ? caf::error{} : to_caf_error(pid.error()),
-                                           pid ? *pid : std::int32_t{0});
-                          });
+                      self->state.vms->merge(parent_id, parent_actor, winner_id,
+                                             [registry, parent_id](Result<std::int32_t> pid) {
+                                               caf::anon_send(
+                                                   registry, merged_atom::value, parent_id,
+                                                   pid ? caf::error{} : to_caf_error(pid.error()),
+                                                   pid ? *pid : std::int32_t{0});
+                                             });
                     },
                     [=](caf::error& refused) {
                       release_hold(self, parent_id);
@@ -826,10 +820,9 @@ void merged(self_pointer self, const std::string& parent_id, const caf::error& e
   if (error) {
     release_hold(self, parent_id);
     release_hold(self, merge.winner_id);
-    merge.promise.deliver(make_error(ErrorKind::conflict, "merging " + merge.winner_id + " into " +
-                                                              parent_id + " failed: " +
-                                                              to_error(error).message() +
-                                                              "; both are unchanged"));
+    merge.promise.deliver(make_error(
+        ErrorKind::conflict, "merging " + merge.winner_id + " into " + parent_id +
+                                 " failed: " + to_error(error).message() + "; both are unchanged"));
     return;
   }
   // The winner's id is gone: its actor stops without touching the VM.
@@ -870,8 +863,8 @@ caf::result<done_atom> shutdown(self_pointer self) {
     auto creates = std::move(self->state.pending_creates);
     self->state.pending_creates.clear();
     for (auto& [id, create] : creates)
-      create(
-          make_error(ErrorKind::unavailable, "hostd shut down while sandbox " + id + " was booting"));
+      create(make_error(ErrorKind::unavailable,
+                        "hostd shut down while sandbox " + id + " was booting"));
     for (auto& [base, fork] : self->state.pending_forks)
       fork.promise.deliver(
           make_error(ErrorKind::unavailable,
@@ -880,12 +873,13 @@ caf::result<done_atom> shutdown(self_pointer self) {
     for (auto& [parent, merge] : self->state.pending_merges)
       merge.promise.deliver(
           make_error(ErrorKind::unavailable, "hostd shut down while sandbox " + merge.winner_id +
-                                              " was being merged into " + parent));
+                                                 " was being merged into " + parent));
     self->state.pending_merges.clear();
     for (auto& [space_id, resume] : self->state.pending_resumes) {
       self->state.vms->forget_space(space_id);
-      resume.promise.deliver(make_error(ErrorKind::unavailable, "hostd shut down while Space " +
-                                                                 space_id + " was being resumed"));
+      resume.promise.deliver(
+          make_error(ErrorKind::unavailable,
+                     "hostd shut down while Space " + space_id + " was being resumed"));
     }
     self->state.pending_resumes.clear();
     promise.deliver(done_atom::value);
@@ -990,8 +984,8 @@ registry_actor::behavior_type registry_behavior(self_pointer self, VmHost* vms,
         if (!record) return std::move(record.error());
         if (!(*record)->actor_alive)
           return make_error(ErrorKind::guest_died, "sandbox " + id +
-                                                    " died: " + (*record)->info.dead_reason +
-                                                    "; delete it and create a new one");
+                                                       " died: " + (*record)->info.dead_reason +
+                                                       "; delete it and create a new one");
         if (!self->state.reaper) return self->delegate((*record)->actor, begin_op_atom::value);
         // Through here rather than delegated, so the reaper learns of the
         // operation only once it really began.

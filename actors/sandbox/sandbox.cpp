@@ -53,9 +53,9 @@ bool enter(self_pointer self, SandboxPhase next) {
   auto& state = self->state;
   if (next == state.phase) return true;
   if (!can_move(state.phase, next)) {
-    log::error("bug: a sandbox phase change the table does not allow; staying",
-               {{"sandbox", state.info.id}, {"from", to_string(state.phase)},
-                {"to", to_string(next)}});
+    log::error(
+        "bug: a sandbox phase change the table does not allow; staying",
+        {{"sandbox", state.info.id}, {"from", to_string(state.phase)}, {"to", to_string(next)}});
     return false;
   }
   state.phase = next;
@@ -92,7 +92,7 @@ caf::error not_now(self_pointer self) {
     return make_error(ErrorKind::conflict, "sandbox " + info.id + " is being deleted");
   case SandboxPhase::dead:
     return make_error(ErrorKind::guest_died, "sandbox " + info.id + " died: " + info.dead_reason +
-                                              "; delete it and create a new one");
+                                                 "; delete it and create a new one");
   case SandboxPhase::frozen:
     return make_error(ErrorKind::conflict,
                       "sandbox " + info.id + " is frozen into Space " + info.space_id +
@@ -101,7 +101,8 @@ caf::error not_now(self_pointer self) {
   case SandboxPhase::ready:
     break;
   }
-  return make_error(ErrorKind::internal, "sandbox " + info.id + " refused an operation while ready");
+  return make_error(ErrorKind::internal,
+                    "sandbox " + info.id + " refused an operation while ready");
 }
 
 void start_reclaim(self_pointer self) {

@@ -11,8 +11,8 @@
 #include <iterator>
 #include <sstream>
 
-#include "vmm/snapshot.hpp"
 #include "common/unique_fd.hpp"
+#include "vmm/snapshot.hpp"
 
 namespace vesicle {
 

@@ -1,7 +1,7 @@
 #include "actors/sandbox/vm_host.hpp"
-#include "vmm/disk_limit.hpp"
 #include "common/ids.hpp"
 #include "common/log.hpp"
+#include "vmm/disk_limit.hpp"
 
 #include <fcntl.h>
 #include <sys/file.h>
@@ -23,9 +23,9 @@
 #include <caf/send.hpp>
 
 #include "actors/sandbox/reaper.hpp"
+#include "common/unique_fd.hpp"
 #include "vmm/process.hpp"
 #include "vmm/snapshot.hpp"
-#include "common/unique_fd.hpp"
 
 namespace vesicle {
 
@@ -146,9 +146,10 @@ VmHost::adopt_pool_vm(const std::string& pool_vm_id, const SandboxSpec& spec) {
 }
 
 // Restores a child from the fork snapshot its parent became.
-asio::awaitable<Result<VmHost::Acquired>>
-VmHost::restore_fork_child(const std::string& id, const SandboxSpec& spec,
-                           const std::string& base_id, Acquired got) {
+asio::awaitable<Result<VmHost::Acquired>> VmHost::restore_fork_child(const std::string& id,
+                                                                     const SandboxSpec& spec,
+                                                                     const std::string& base_id,
+                                                                     Acquired got) {
   got.base = fork_snapshots_.find(base_id);
   if (!got.base)
     co_return make_error("restore a fork child", "fork snapshot " + base_id + " no longer exists");
@@ -164,9 +165,8 @@ VmHost::restore_fork_child(const std::string& id, const SandboxSpec& spec,
 
 // Restores the Space open_space checked; the Space is removed once its VM
 // runs.
-asio::awaitable<Result<VmHost::Acquired>> VmHost::resume_space(const std::string& id,
-                                                               const std::string& space_id,
-                                                               Acquired got) {
+asio::awaitable<Result<VmHost::Acquired>>
+VmHost::resume_space(const std::string& id, const std::string& space_id, Acquired got) {
   auto found = opened_spaces_.find(space_id);
   if (found == opened_spaces_.end())
     co_return make_error("resume a Space", "Space " + space_id + " was not opened for this resume");
@@ -190,10 +190,10 @@ asio::awaitable<Result<VmHost::Acquired>> VmHost::resume_space(const std::string
   if (copied) {
     std::error_code ignored;
     fs::remove(from.disk, ignored);
-    co_return make_error("resume a Space",
-                         "resuming Space " + space_id + " failed (the Space is kept): copying " +
-                             opened.snapshot.disk.string() + " to " + from.disk.string() + ": " +
-                             copied.message());
+    co_return make_error("resume a Space", "resuming Space " + space_id +
+                                               " failed (the Space is kept): copying " +
+                                               opened.snapshot.disk.string() + " to " +
+                                               from.disk.string() + ": " + copied.message());
   }
   auto config = vm_config(id, opened.snapshot.vcpus, opened.snapshot.memory_mib, got.network.get());
   auto restored = co_await driver_.restore_full(from, std::move(config));
@@ -232,8 +232,7 @@ VmHost::restore_template(const std::string& id, const SandboxSpec& spec, const s
 }
 
 asio::awaitable<Result<VmHost::Acquired>> VmHost::cold_boot(const std::string& id,
-                                                            const SandboxSpec& spec,
-                                                            Acquired got) {
+                                                            const SandboxSpec& spec, Acquired got) {
   auto config = vm_config(id, spec.vcpus, spec.memory_mib, got.network.get());
   auto booted = co_await driver_.boot(std::move(config));
   if (!booted) co_return std::move(booted).error();
@@ -426,9 +425,8 @@ asio::awaitable<void> VmHost::run_fork_parent(std::string parent_id, std::string
   // slot, hostname and machine-id.
   Result<std::unique_ptr<vmm::Vm>> restored = make_error("restore", "not tried");
   for (int attempt = 0; attempt < 2 && !restored; ++attempt) {
-    auto config =
-        vm_config(parent_id, base->snapshot().vcpus, base->snapshot().memory_mib,
-                  before.network.get());
+    auto config = vm_config(parent_id, base->snapshot().vcpus, base->snapshot().memory_mib,
+                            before.network.get());
     restored = co_await driver_.restore(base->snapshot(), std::move(config));
     if (!restored)
       log::warn("fork: resuming the parent failed", {{"sandbox", parent_id},
@@ -498,8 +496,7 @@ VmHost::promote(const std::string& parent_id, const SandboxVm& before, const std
 }
 
 void VmHost::release_fork(std::string base_id) {
-  asio::post(executor_,
-             [this, base_id = std::move(base_id)] { fork_snapshots_.release(base_id); });
+  asio::post(executor_, [this, base_id = std::move(base_id)] { fork_snapshots_.release(base_id); });
 }
 
 std::size_t VmHost::fork_snapshots() const {

@@ -25,9 +25,9 @@
 #include "actors/sandbox/pool.hpp"
 #include "actors/sandbox/sandbox.hpp"
 #include "actors/sandbox/space_store.hpp"
+#include "messages/caf_types.hpp"
 #include "vmm/fork_snapshots.hpp"
 #include "vmm/vmm.hpp"
-#include "messages/caf_types.hpp"
 
 namespace vesicle {
 
@@ -203,11 +203,12 @@ private:
                                                               Acquired got);
   boost::asio::awaitable<Result<Acquired>> resume_space(const std::string& id,
                                                         const std::string& space_id, Acquired got);
-  boost::asio::awaitable<Result<std::optional<Acquired>>>
-  restore_template(const std::string& id, const SandboxSpec& spec, const std::string& key,
-                   Acquired got);
-  boost::asio::awaitable<Result<Acquired>> cold_boot(const std::string& id,
-                                                     const SandboxSpec& spec, Acquired got);
+  boost::asio::awaitable<Result<std::optional<Acquired>>> restore_template(const std::string& id,
+                                                                           const SandboxSpec& spec,
+                                                                           const std::string& key,
+                                                                           Acquired got);
+  boost::asio::awaitable<Result<Acquired>> cold_boot(const std::string& id, const SandboxSpec& spec,
+                                                     Acquired got);
   boost::asio::awaitable<void> run_sandbox_vm(std::string id, SandboxSpec spec, LaunchPlan plan,
                                               sandbox_actor sandbox);
   boost::asio::awaitable<void> run_template(TemplateSpec spec, pool_actor pool);

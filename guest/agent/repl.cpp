@@ -291,7 +291,8 @@ void Repl::send_shown(const repl_protocol::Fields& fields) {
 void Repl::on_display(const repl_protocol::Fields& fields) {
   auto display = repl_protocol::display_of(fields);
   if (!display) {
-    current_->deliver(true, "vesicle: a display output was dropped: " + display.error().detail + "\n");
+    current_->deliver(true,
+                      "vesicle: a display output was dropped: " + display.error().detail + "\n");
     return send_shown(fields);
   }
   display_ = std::move(*display);

@@ -87,9 +87,9 @@ Result<guest::Display> display_of(const Fields& fields) {
       if (mime == nullptr) return make_error("read a display output", "data without a MIME type");
       bytes += display::entry_bytes(*mime, value);
       if (bytes > display::kMaxBundleBytes)
-        return make_error("read a display output",
-                          "it is over the limit of " + std::to_string(display::kMaxBundleBytes) +
-                              " bytes");
+        return make_error("read a display output", "it is over the limit of " +
+                                                       std::to_string(display::kMaxBundleBytes) +
+                                                       " bytes");
       (*display.mutable_data())[*mime] = value;
       mime = nullptr;
     }

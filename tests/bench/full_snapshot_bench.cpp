@@ -20,10 +20,10 @@
 
 #include <boost/program_options.hpp>
 
-#include "vmm/json.hpp"
-#include "vmm/vmm.hpp"
 #include "tests/bench/series.hpp"
 #include "tests/vmm/test_support.hpp"
+#include "vmm/json.hpp"
+#include "vmm/vmm.hpp"
 
 namespace po = boost::program_options;
 namespace fs = std::filesystem;

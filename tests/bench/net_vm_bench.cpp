@@ -20,8 +20,8 @@
 #include <google/protobuf/struct.pb.h>
 #include <google/protobuf/util/json_util.h>
 
-#include "net/bridge.hpp"
 #include "messages/api.pb.h"
+#include "net/bridge.hpp"
 #include "tests/hostd/hostd_process.hpp"
 #include "tests/hostd/http_client.hpp"
 #include "tests/net/testnet.hpp"

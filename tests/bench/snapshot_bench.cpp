@@ -19,11 +19,11 @@
 
 #include <boost/program_options.hpp>
 
+#include "common/unique_fd.hpp"
+#include "tests/vmm/test_support.hpp"
 #include "vmm/json.hpp"
 #include "vmm/snapshot.hpp"
 #include "vmm/vmm.hpp"
-#include "common/unique_fd.hpp"
-#include "tests/vmm/test_support.hpp"
 
 namespace po = boost::program_options;
 namespace fs = std::filesystem;

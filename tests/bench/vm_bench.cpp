@@ -12,9 +12,9 @@
 
 #include <boost/program_options.hpp>
 
+#include "tests/vmm/test_support.hpp"
 #include "vmm/json.hpp"
 #include "vmm/vmm.hpp"
-#include "tests/vmm/test_support.hpp"
 
 namespace po = boost::program_options;
 using namespace vesicle;

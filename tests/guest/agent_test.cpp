@@ -356,16 +356,17 @@ def raw_display(pairs):
 
 TEST(AgentPython, DisplayOutputsArriveInOrderWithTheOutput) {
   Agent agent;
-  auto cell = agent.python("class Rich:\n"
-                           "    def _repr_html_(self): return '<b>rich</b>'\n"
-                           "    def _repr_json_(self): return {'n': [1, 2]}\n"
-                           "    def __repr__(self): return 'Rich()'\n"
-                           "print('before')\n"
-                           "display(Rich())\n"
-                           "print('between')\n"
-                           "display({'image/png': b'\\x89PNG fake', 'text/plain': 'an image'}, raw=True)\n"
-                           "print('after')\n"
-                           "Rich()");
+  auto cell =
+      agent.python("class Rich:\n"
+                   "    def _repr_html_(self): return '<b>rich</b>'\n"
+                   "    def _repr_json_(self): return {'n': [1, 2]}\n"
+                   "    def __repr__(self): return 'Rich()'\n"
+                   "print('before')\n"
+                   "display(Rich())\n"
+                   "print('between')\n"
+                   "display({'image/png': b'\\x89PNG fake', 'text/plain': 'an image'}, raw=True)\n"
+                   "print('after')\n"
+                   "Rich()");
   ASSERT_TRUE(cell.exit) << cell.err;
   EXPECT_EQ(cell.err, "");
   EXPECT_EQ(event_kinds(cell), (std::vector<std::string>{"out", "display", "out", "display", "out",
@@ -471,7 +472,8 @@ TEST(AgentPython, DisplayFloodIsPacedAndMemoryStaysFlat) {
   for (std::size_t i = 0; i < flood.displays.size(); ++i)
     EXPECT_EQ(data_of(flood.displays[i], "image/png"), std::string(1u << 20, static_cast<char>(i)));
   EXPECT_EQ(flood.out, "end\n");
-  EXPECT_LT(agent.peak_rss_kib(), 32u * 1024) << "agent peak RSS " << agent.peak_rss_kib() << " KiB";
+  EXPECT_LT(agent.peak_rss_kib(), 32u * 1024)
+      << "agent peak RSS " << agent.peak_rss_kib() << " KiB";
 }
 
 TEST(AgentPython, TimeoutInterruptsACellThatDisplays) {

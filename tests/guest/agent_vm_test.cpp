@@ -115,8 +115,8 @@ TEST_F(AgentVm, MatplotlibFiguresAndDataFramesAreDisplays) {
   auto lazy = vm_->python("import sys, os\n('matplotlib' in sys.modules, os.environ['MPLBACKEND'])",
                           0, 0, 60s);
   EXPECT_EQ(lazy.result.value_or(""), "(False, 'Agg')");
-  auto chart = vm_->python("import matplotlib.pyplot as plt\nplt.plot([1, 2, 3])\nplt.show()", 0,
-                           0, 180s);
+  auto chart =
+      vm_->python("import matplotlib.pyplot as plt\nplt.plot([1, 2, 3])\nplt.show()", 0, 0, 180s);
   ASSERT_TRUE(chart.exit);
   ASSERT_FALSE(chart.error) << chart.error->traceback();
   EXPECT_EQ(chart.err, "");

@@ -12,8 +12,8 @@
 
 #include <gtest/gtest.h>
 
-#include "vmm/vmm.hpp"
 #include "tests/vmm/test_support.hpp"
+#include "vmm/vmm.hpp"
 
 namespace vesicle::test {
 namespace {

@@ -160,7 +160,7 @@ TEST_F(ActorTest, DeleteDuringBootWaitsForTheBootThenTearsDown) {
       io,
       [&]() -> boost::asio::awaitable<void> {
         deleted = co_await ask<done_atom>(system, registry, std::chrono::seconds(60),
-                                                 destroy_atom::value, std::string("alice"), id);
+                                          destroy_atom::value, std::string("alice"), id);
       },
       boost::asio::detached);
   settle();
@@ -214,7 +214,7 @@ TEST_F(ActorTest, ShutdownDestroysEverythingAndRefusesCreates) {
       io,
       [&]() -> boost::asio::awaitable<void> {
         done = co_await ask<done_atom>(system, registry, std::chrono::seconds(60),
-                                              shutdown_atom::value);
+                                       shutdown_atom::value);
       },
       boost::asio::detached);
   settle();

@@ -20,9 +20,9 @@
 #include <caf/scheduler/test_coordinator.hpp>
 #include <gtest/gtest.h>
 
+#include "actors/ask.hpp"
 #include "actors/sandbox/registry.hpp"
 #include "actors/sandbox/vm_host.hpp"
-#include "actors/ask.hpp"
 #include "tests/hostd/fake_driver.hpp"
 
 using namespace vesicle;
@@ -152,7 +152,7 @@ protected:
           // temporary passed by value to a coroutine twice.
           SandboxSpec spec;
           *answer = co_await ask<SandboxInfo>(system, registry, std::chrono::seconds(60),
-                                                     create_atom::value, owner, spec);
+                                              create_atom::value, owner, spec);
         },
         boost::asio::detached);
     settle();

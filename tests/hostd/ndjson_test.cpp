@@ -165,11 +165,11 @@ TEST(ExecEventEncoder, DisplayTextTypesAsTextTheRestAsBase64) {
   EXPECT_EQ(encoder.encode(out("before \xe2\x82")).size(), 1u);
   const std::string png("\x89PNG\r\n\x1a\n", 8);
   auto lines = encoder.encode(display_event({{"image/png", png},
-                                       {"text/plain", "<Figure>"},
-                                       {"text/html", "<table>\xc3\xa9</table>"},
-                                       {"application/vnd.x+json", "{\"a\": 1}"},
-                                       {"text/latex", "\xff not UTF-8"}},
-                                      true));
+                                             {"text/plain", "<Figure>"},
+                                             {"text/html", "<table>\xc3\xa9</table>"},
+                                             {"application/vnd.x+json", "{\"a\": 1}"},
+                                             {"text/latex", "\xff not UTF-8"}},
+                                            true));
   // The held-back stdout bytes go out first, then the display.
   ASSERT_EQ(lines.size(), 2u);
   EXPECT_NE(lines[0].find("\"data_b64\""), std::string::npos) << lines[0];
@@ -191,7 +191,8 @@ TEST(ExecEventEncoder, DisplayTextTypesAsTextTheRestAsBase64) {
 
 TEST(ExecEventEncoder, DisplayOverTheLimitBecomesAStderrNote) {
   ExecEventEncoder encoder;
-  auto lines = encoder.encode(display_event({{"image/png", std::string(display::kMaxBundleBytes, 'x')}}));
+  auto lines =
+      encoder.encode(display_event({{"image/png", std::string(display::kMaxBundleBytes, 'x')}}));
   ASSERT_EQ(lines.size(), 1u);
   auto note = parse<api::OutputEvent>(lines[0]);
   EXPECT_EQ(note.type(), "stderr");

@@ -15,9 +15,9 @@ const P kAll[] = {P::booting, P::ready, P::busy, P::frozen, P::dead, P::destroyi
 
 TEST(SandboxPhase, ExactlyTheMovesOfTheDiagram) {
   const std::set<std::pair<P, P>> allowed = {
-      {P::booting, P::ready}, {P::booting, P::dead}, {P::booting, P::destroying},
-      {P::ready, P::busy},    {P::ready, P::dead},   {P::ready, P::destroying},
-      {P::busy, P::ready},    {P::busy, P::frozen},  {P::busy, P::dead},
+      {P::booting, P::ready},   {P::booting, P::dead}, {P::booting, P::destroying},
+      {P::ready, P::busy},      {P::ready, P::dead},   {P::ready, P::destroying},
+      {P::busy, P::ready},      {P::busy, P::frozen},  {P::busy, P::dead},
       {P::dead, P::destroying},
   };
   for (auto from : kAll)

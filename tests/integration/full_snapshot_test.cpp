@@ -14,11 +14,11 @@
 
 #include <gtest/gtest.h>
 
-#include "vmm/snapshot.hpp"
-#include "vmm/vmm.hpp"
 #include "common/unique_fd.hpp"
 #include "tests/vmm/test_support.hpp"
 #include "tests/vmm/vm_world.hpp"
+#include "vmm/snapshot.hpp"
+#include "vmm/vmm.hpp"
 
 namespace vesicle::test {
 namespace {

@@ -12,9 +12,9 @@
 
 #include <gtest/gtest.h>
 
-#include "vmm/vmm.hpp"
 #include "tests/vmm/test_support.hpp"
 #include "tests/vmm/vm_world.hpp"
+#include "vmm/vmm.hpp"
 
 namespace vesicle::test {
 namespace {

@@ -20,8 +20,8 @@
 #include <google/protobuf/util/json_util.h>
 #include <gtest/gtest.h>
 
-#include "net/bridge.hpp"
 #include "messages/api.pb.h"
+#include "net/bridge.hpp"
 #include "tests/hostd/hostd_process.hpp"
 #include "tests/hostd/hostd_test_support.hpp"
 #include "tests/hostd/http_client.hpp"

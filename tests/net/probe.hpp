@@ -13,10 +13,10 @@
 #include <thread>
 #include <vector>
 
+#include "common/unique_fd.hpp"
 #include "net/dns.hpp"
 #include "net/ipv4.hpp"
 #include "net/netns.hpp"
-#include "common/unique_fd.hpp"
 
 namespace vesicle::net::probe {
 

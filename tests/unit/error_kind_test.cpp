@@ -48,15 +48,15 @@ TEST(ErrorKind, EveryKindHasItsStatusCodeAndSdkException) {
     EXPECT_EQ(info.sdk_exception, want.sdk_exception);
     auto error = Error::of(want.kind, "what went wrong", "sb-1");
     EXPECT_EQ(hostd::http_status(error), want.status);
-    EXPECT_EQ(hostd::error_body(error),
-              std::string(R"({"error":{"code":")") + want.code +
-                  R"(","message":"what went wrong"}})");
+    EXPECT_EQ(hostd::error_body(error), std::string(R"({"error":{"code":")") + want.code +
+                                            R"(","message":"what went wrong"}})");
   }
 }
 
 TEST(ErrorKind, NamesAreUniqueMetricLabels) {
   std::set<std::string_view> names;
-  for (const auto& info : error_kinds()) EXPECT_TRUE(names.insert(info.name).second) << info.name;
+  for (const auto& info : error_kinds())
+    EXPECT_TRUE(names.insert(info.name).second) << info.name;
 }
 
 TEST(ErrorKind, TheKindCrossesTheActorBoundary) {

@@ -7,8 +7,8 @@
 
 #include <gtest/gtest.h>
 
-#include "vmm/process.hpp"
 #include "tests/vmm/test_support.hpp"
+#include "vmm/process.hpp"
 
 #include <boost/asio/write.hpp>
 

@@ -7,9 +7,9 @@
 
 #include <gtest/gtest.h>
 
-#include "vmm/snapshot.hpp"
 #include "common/unique_fd.hpp"
 #include "tests/vmm/test_support.hpp"
+#include "vmm/snapshot.hpp"
 
 namespace vesicle::test {
 using vesicle::UniqueFd;
