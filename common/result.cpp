@@ -12,7 +12,9 @@ std::string Error::message() const {
     text += part;
   };
   add(operation, ": ");
-  if (!subject.empty()) text += operation.empty() ? subject : " " + subject;
+  // Error::of keeps the subject as a field: its message already names it.
+  if (!subject.empty() && !(operation.empty() && !detail.empty()))
+    text += operation.empty() ? subject : " " + subject;
   if (errno_value != 0) add(std::strerror(errno_value), ": ");
   add(detail, ": ");
   return text.empty() ? "unknown error" : text;

@@ -1,12 +1,16 @@
-// Result<T>: a value or an Error that says which operation failed, on what,
-// and why. Syscall wrappers fill errno, operation and subject; callers add
-// context with Error::with_context as the error travels up.
+// Result<T>: a value or an Error that says what kind of failure it is,
+// which operation failed, on what, and why. Syscall wrappers fill errno,
+// operation and subject; callers add context with Error::with_context as the
+// error travels up, and set the kind where they know what the failure means
+// to a user (Error::of, with_kind). Nothing decides anything from the text.
 #pragma once
 
 #include <cerrno>
 #include <string>
 #include <utility>
 #include <variant>
+
+#include "common/error_kind.hpp"
 
 namespace vesicle {
 
@@ -16,9 +20,28 @@ struct Error {
   std::string subject;   // the path, address or argument it was about
   std::string detail;    // free text: what to do next, or what was seen
   std::string context;   // outermost first: "booting vm-1: starting QEMU"
+  // What the failure means to a user; internal unless someone who knows
+  // says otherwise.
+  ErrorKind kind = ErrorKind::internal;
 
-  // "context: operation subject: strerror(errno): detail"
+  // An error of `kind` with a message for people (what was wrong, what to
+  // do) and the field, id or path it concerns.
+  static Error of(ErrorKind kind, std::string message, std::string subject = {}) {
+    Error error;
+    error.kind = kind;
+    error.detail = std::move(message);
+    error.subject = std::move(subject);
+    return error;
+  }
+
+  // "context: operation subject: strerror(errno): detail"; an error made by
+  // Error::of (no operation) reads "context: detail".
   std::string message() const;
+
+  Error with_kind(ErrorKind new_kind) && {
+    kind = new_kind;
+    return std::move(*this);
+  }
 
   Error with_context(std::string outer) && {
     context = context.empty() ? std::move(outer) : std::move(outer) + ": " + context;

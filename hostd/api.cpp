@@ -42,12 +42,12 @@ std::optional<std::string_view> bearer_key(std::string_view header) {
 
 // Built outside the coroutine: g++ 12 mishandles temporaries of a
 // conditional expression inside a coroutine body.
-ApiError unknown_route(const std::vector<std::string>& path) {
+Error unknown_route(const std::vector<std::string>& path) {
   std::string joined;
   for (const auto& part : path)
     joined += "/" + part;
   if (joined.empty()) joined = "/";
-  return ApiError::not_found("no such API route: " + joined +
+  return Error::of(ErrorKind::not_found, "no such API route: " + joined +
                              " (this hostd serves /v1/sandboxes, /v1/spaces, /v1/capacity, "
                              "/v1/healthz, "
                              "/metrics)");
@@ -179,10 +179,11 @@ asio::awaitable<void> Api::handle(Exchange& exchange) {
   }
   if (!failure.empty()) {
     if (!exchange.responded())
-      co_await exchange.respond_error(ApiError::internal(failure));
+      co_await exchange.respond_error(Error::of(ErrorKind::internal, failure));
     else
       exchange.abandon_stream();
   }
+  if (auto kind = exchange.error_kind()) ++metrics_.errors[std::string(kind_info(*kind).name)];
   auto elapsed = std::chrono::duration_cast<std::chrono::milliseconds>(
                      std::chrono::steady_clock::now() - started)
                      .count();
@@ -201,6 +202,7 @@ asio::awaitable<void> Api::handle(Exchange& exchange) {
                                     {"status", exchange.status()},
                                     {"ms", static_cast<long long>(elapsed)}};
   if (!key_id.empty()) fields.emplace_back("key", key_id);
+  if (auto kind = exchange.error_kind()) fields.emplace_back("kind", kind_info(*kind).name);
   // The sandbox or Space the path names, so grep sandbox=<id> finds its
   // requests too.
   if (parts.size() > 2 && parts[1] == "sandboxes") fields.emplace_back("sandbox", parts[2]);
@@ -225,7 +227,7 @@ asio::awaitable<void> Api::route(Exchange& exchange, const std::vector<std::stri
   // Returns the error rather than the awaitable: respond_error holds its
   // argument by reference, and an awaitable runs only when awaited.
   auto not_allowed = [&](const char* allowed) {
-    return ApiError::method_not_allowed(std::string(http::to_string(method)) +
+    return Error::of(ErrorKind::method_not_allowed, std::string(http::to_string(method)) +
                                         " is not allowed here; use " + allowed);
   };
 
@@ -236,13 +238,13 @@ asio::awaitable<void> Api::route(Exchange& exchange, const std::vector<std::stri
 
   auto key = bearer_key(exchange.header(http::field::authorization));
   if (!key)
-    co_return co_await exchange.respond_error(ApiError::unauthenticated(
+    co_return co_await exchange.respond_error(Error::of(ErrorKind::unauthenticated, 
         "no API key: send the header \"Authorization: Bearer <key>\" (hostd printed the first "
         "key when it first started)"));
   auto owner = ctx_.keys.authenticate(*key);
   if (!owner)
     co_return co_await exchange.respond_error(
-        ApiError::unauthenticated("the API key is not valid on this host; check for typos"));
+        Error::of(ErrorKind::unauthenticated, "the API key is not valid on this host; check for typos"));
   key_id = *owner;
 
   if (is({"v1", "capacity"})) {

@@ -23,6 +23,8 @@
 #include "hostd/http_exchange.hpp"
 #include "hostd/keys.hpp"
 #include "hostd/metrics.hpp"
+#include "hostd/runtime_core.hpp"
+#include "hostd/vm_lease.hpp"
 #include "messages/api.pb.h"
 #include "messages/config.pb.h"
 
@@ -31,6 +33,9 @@ namespace vesicle::hostd {
 inline constexpr const char* kVersion = "0.1.0";
 
 struct ApiContext {
+  // What the handlers share with the embedding API: leases and death
+  // records (runtime_core.hpp).
+  RuntimeCore& core;
   caf::actor_system& system;
   registry_actor registry;
   VmHost& vms;
@@ -41,37 +46,6 @@ struct ApiContext {
   // boot: see create_timeout).
   caf::timespan actor_timeout = std::chrono::seconds(30);
   caf::timespan create_timeout = std::chrono::seconds(150);
-};
-
-// The right to run one operation on a sandbox's VM: taken from the sandbox
-// actor (which refuses it unless the sandbox is ready) and handed back when
-// the lease goes out of scope.
-class VmLease {
-public:
-  VmLease(registry_actor registry, std::string owner, std::string id, std::uint64_t lease,
-          std::shared_ptr<vmm::Vm> vm)
-      : registry_(std::move(registry)), owner_(std::move(owner)), id_(std::move(id)), lease_(lease),
-        vm_(std::move(vm)) {}
-  VmLease(VmLease&& other) noexcept
-      : registry_(std::move(other.registry_)), owner_(std::move(other.owner_)),
-        id_(std::move(other.id_)), lease_(std::exchange(other.lease_, 0)),
-        vm_(std::move(other.vm_)) {}
-  VmLease(const VmLease&) = delete;
-  VmLease& operator=(const VmLease&) = delete;
-  VmLease& operator=(VmLease&&) = delete;
-  ~VmLease();
-
-  vmm::Vm& vm() const { return *vm_; }
-  const std::shared_ptr<vmm::Vm>& vm_pointer() const { return vm_; }
-  const std::string& owner() const { return owner_; }
-  const std::string& id() const { return id_; }
-
-private:
-  registry_actor registry_;
-  std::string owner_;
-  std::string id_;
-  std::uint64_t lease_ = 0;
-  std::shared_ptr<vmm::Vm> vm_;
 };
 
 class Api {
@@ -118,10 +92,10 @@ private:
                                  const std::string& id, std::string_view query);
 
   // Shared by the VM operations (api_ops.cpp).
-  asio::awaitable<ApiResult<VmLease>> begin_op(const std::string& owner, const std::string& id);
-  asio::awaitable<ApiError> sandbox_died(const std::string& owner, const std::string& id,
+  asio::awaitable<Result<VmLease>> begin_op(const std::string& owner, const std::string& id);
+  asio::awaitable<Error> sandbox_died(const std::string& owner, const std::string& id,
                                          std::shared_ptr<vmm::Vm> vm);
-  asio::awaitable<ApiError> agent_failure(const VmLease& lease, const Error& error,
+  asio::awaitable<Error> agent_failure(const VmLease& lease, const Error& error,
                                           const std::string& doing);
 
   ApiContext ctx_;
@@ -132,6 +106,10 @@ private:
 api::Sandbox to_api(const SandboxInfo& info, vmm::Accel accel);
 std::string rfc3339(std::int64_t unix_ms);
 api::Space to_api(const SpaceInfo& space);
+// A create request with the configuration's defaults, checked: what POST
+// /v1/sandboxes and the embedding API's create admit (api_sandboxes.cpp).
+Result<SandboxSpec> sandbox_spec(const api::CreateSandboxRequest& request,
+                                    const config::HostdConfig& config);
 // The caps of the key `owner`'s tier (api_sandboxes.cpp).
 const config::TierCaps& tier_caps(const KeyStore& keys, const config::HostdConfig& config,
                                   const std::string& owner);

@@ -31,18 +31,18 @@ struct ExecPlan {
   guest::ExecBash bash_request;
 };
 
-ApiResult<ExecPlan> plan_exec(const api::ExecRequest& request) {
+Result<ExecPlan> plan_exec(const api::ExecRequest& request) {
   if (request.code().empty())
-    return ApiError::invalid_argument(
+    return Error::of(ErrorKind::invalid_argument, 
         "code: required; give the Python cell or bash command to run");
   if (request.timeout_s() > kMaxTimeoutS)
-    return ApiError::invalid_argument("timeout_s: at most " + std::to_string(kMaxTimeoutS) +
+    return Error::of(ErrorKind::invalid_argument, "timeout_s: at most " + std::to_string(kMaxTimeoutS) +
                                       " (one day), got " + std::to_string(request.timeout_s()));
   ExecPlan plan;
   const auto& language = request.language();
   if (language.empty() || language == "python") {
     if (!request.env().empty() || !request.cwd().empty())
-      return ApiError::invalid_argument(
+      return Error::of(ErrorKind::invalid_argument, 
           std::string(request.env().empty() ? "cwd" : "env") +
           ": applies to language \"bash\" only; in Python use os.environ / os.chdir");
     plan.python_request.set_code(request.code());
@@ -54,7 +54,7 @@ ApiResult<ExecPlan> plan_exec(const api::ExecRequest& request) {
     plan.bash_request.set_cwd(request.cwd());
     plan.bash_request.set_timeout_ms(request.timeout_s() * 1000);
   } else {
-    return ApiError::invalid_argument("language: unsupported language \"" + language +
+    return Error::of(ErrorKind::invalid_argument, "language: unsupported language \"" + language +
                                       "\"; use \"python\" or \"bash\"");
   }
   return plan;
@@ -81,7 +81,7 @@ struct LineQueue {
   std::deque<std::string> lines;
   // The exec failed before producing any output: answered as a plain error
   // if the 200 has not gone out yet.
-  std::optional<ApiError> early_failure;
+  std::optional<Error> early_failure;
   std::size_t pending_bytes = 0;
   bool dropped = false;
   bool closed = false;
@@ -101,7 +101,7 @@ asio::awaitable<void> Api::exec(Exchange& exchange, const std::string& owner,
   auto parsed = from_json(*body, request);
   if (!parsed)
     co_return co_await exchange.respond_error(
-        ApiError::invalid_argument("invalid exec request: " + parsed.error().detail));
+        Error::of(ErrorKind::invalid_argument, "invalid exec request: " + parsed.error().detail));
   auto plan = plan_exec(request);
   if (!plan) co_return co_await exchange.respond_error(plan.error());
 
@@ -136,11 +136,13 @@ asio::awaitable<void> Api::exec(Exchange& exchange, const std::string& owner,
           } else {
             auto failure = co_await agent_failure(*lease, exit.error(), "running the code");
             if (encoder->next_seq() == 1) queue->early_failure = failure;
-            last = encoder->finish(guest::Exit{}, failure.code, failure.message);
+            last = encoder->finish(guest::Exit{}, std::string(kind_info(failure.kind).api_code),
+                                   failure.message());
           }
         } catch (const std::exception& e) {
           last =
-              encoder->finish(guest::Exit{}, "internal", std::string("hostd failed: ") + e.what());
+              encoder->finish(guest::Exit{}, std::string(kind_info(ErrorKind::internal).api_code),
+                              std::string("hostd failed: ") + e.what());
         }
         for (auto& line : last)
           queue->push(std::move(line), false);

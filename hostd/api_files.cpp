@@ -10,29 +10,29 @@ namespace vesicle::hostd {
 
 namespace {
 
-ApiResult<std::string> guest_path(std::string_view query) {
+Result<std::string> guest_path(std::string_view query) {
   auto path = query_param(query, "path");
   if (!path || path->empty())
-    return ApiError::invalid_argument(
+    return Error::of(ErrorKind::invalid_argument, 
         "path: required, the absolute path in the sandbox (…/files?path=/data/x.csv)");
   if (path->front() != '/')
-    return ApiError::invalid_argument("path: must be absolute, got \"" + *path + "\"");
+    return Error::of(ErrorKind::invalid_argument, "path: must be absolute, got \"" + *path + "\"");
   if (path->find('\0') != std::string::npos)
-    return ApiError::invalid_argument("path: must not contain NUL bytes");
+    return Error::of(ErrorKind::invalid_argument, "path: must not contain NUL bytes");
   return *path;
 }
 
-ApiResult<std::uint32_t> file_mode(std::string_view query) {
+Result<std::uint32_t> file_mode(std::string_view query) {
   auto text = query_param(query, "mode");
   if (!text || text->empty()) return std::uint32_t{0644};
   std::uint32_t mode = 0;
   for (char c : *text) {
     if (c < '0' || c > '7' || mode > 07777)
-      return ApiError::invalid_argument("mode: octal permission bits like 0644, got \"" + *text +
+      return Error::of(ErrorKind::invalid_argument, "mode: octal permission bits like 0644, got \"" + *text +
                                         "\"");
     mode = mode * 8 + static_cast<std::uint32_t>(c - '0');
   }
-  if (mode > 07777) return ApiError::invalid_argument("mode: at most 07777, got \"" + *text + "\"");
+  if (mode > 07777) return Error::of(ErrorKind::invalid_argument, "mode: at most 07777, got \"" + *text + "\"");
   return mode;
 }
 
@@ -62,7 +62,7 @@ asio::awaitable<void> Api::upload(Exchange& exchange, const std::string& owner,
     co_await upload.abort();
     // The client is gone or broke the framing; try to say why anyway.
     co_return co_await exchange.respond_error(
-        ApiError::invalid_argument("upload of " + *path + " abandoned: " + body.client_error));
+        Error::of(ErrorKind::invalid_argument, "upload of " + *path + " abandoned: " + body.client_error));
   }
   if (!body.sink_result) {
     co_await upload.abort();

@@ -33,7 +33,7 @@ asio::awaitable<std::vector<PoolInfo>> Api::pool_infos() {
 asio::awaitable<void> Api::capacity(Exchange& exchange) {
   auto room = co_await ask<CapacityInfo>(ctx_.system, ctx_.registry, ctx_.actor_timeout,
                                          capacity_atom::value);
-  if (!room) co_return co_await exchange.respond_error(api_error(room.error(), ctx_.system));
+  if (!room) co_return co_await exchange.respond_error(to_error(room.error()));
   auto pools = co_await pool_infos();
   api::Capacity out;
   out.set_max_sandboxes(room->max_sandboxes);
@@ -59,7 +59,7 @@ asio::awaitable<void> Api::capacity(Exchange& exchange) {
 asio::awaitable<void> Api::metrics(Exchange& exchange) {
   auto room = co_await ask<CapacityInfo>(ctx_.system, ctx_.registry, ctx_.actor_timeout,
                                          capacity_atom::value);
-  if (!room) co_return co_await exchange.respond_error(api_error(room.error(), ctx_.system));
+  if (!room) co_return co_await exchange.respond_error(to_error(room.error()));
   std::string text;
   text += "# HELP vesicle_sandboxes Sandboxes on this host by state.\n";
   text += "# TYPE vesicle_sandboxes gauge\n";
@@ -123,6 +123,10 @@ asio::awaitable<void> Api::metrics(Exchange& exchange) {
       "vesicle_resume_seconds",
       "Time to answer POST /v1/spaces/{id}/resume (until the sandbox is ready), by outcome.",
       "outcome");
+  text += "# HELP vesicle_api_errors_total Error answers of the REST API, by kind.\n"
+          "# TYPE vesicle_api_errors_total counter\n";
+  for (const auto& [kind, count] : metrics_.errors)
+    text += "vesicle_api_errors_total{kind=\"" + kind + "\"} " + std::to_string(count) + "\n";
   co_await exchange.respond_text(200, "text/plain; version=0.0.4", std::move(text));
 }
 

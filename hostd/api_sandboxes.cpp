@@ -10,11 +10,9 @@
 
 namespace vesicle::hostd {
 
-namespace {
-
 // The create request with the configuration's defaults, or a 400 naming the
 // field that is wrong.
-ApiResult<SandboxSpec> sandbox_spec(const api::CreateSandboxRequest& request,
+Result<SandboxSpec> sandbox_spec(const api::CreateSandboxRequest& request,
                                     const config::HostdConfig& config) {
   SandboxSpec spec;
   if (!request.template_().empty() && request.template_() != "default") {
@@ -25,12 +23,12 @@ ApiResult<SandboxSpec> sandbox_spec(const api::CreateSandboxRequest& request,
       if (pool.template_() != "default") names += ", \"" + pool.template_() + "\"";
     }
     if (!known)
-      return ApiError::invalid_argument("template: unknown template \"" + request.template_() +
+      return Error::of(ErrorKind::invalid_argument, "template: unknown template \"" + request.template_() +
                                         "\"; this host has " + names);
     spec.template_name = request.template_();
   }
   if (!request.region().empty())
-    return ApiError::invalid_argument("region: this host has no region label; leave region "
+    return Error::of(ErrorKind::invalid_argument, "region: this host has no region label; leave region "
                                       "empty or ask a gateway that routes by region");
   auto egress = egress_spec(request, config);
   if (!egress) return egress.error();
@@ -39,23 +37,21 @@ ApiResult<SandboxSpec> sandbox_spec(const api::CreateSandboxRequest& request,
   spec.persistent = request.persistent();
   spec.vcpus = request.has_vcpus() ? request.vcpus() : config.default_vcpus();
   if (spec.vcpus < 1 || spec.vcpus > config.max_vcpus())
-    return ApiError::invalid_argument("vcpus: must be 1.." + std::to_string(config.max_vcpus()) +
+    return Error::of(ErrorKind::invalid_argument, "vcpus: must be 1.." + std::to_string(config.max_vcpus()) +
                                       ", got " + std::to_string(spec.vcpus));
   spec.memory_mib = request.has_memory_mib() ? request.memory_mib() : config.default_memory_mib();
   if (spec.memory_mib < 128 || spec.memory_mib > config.max_memory_mib())
-    return ApiError::invalid_argument("memory_mib: must be 128.." +
+    return Error::of(ErrorKind::invalid_argument, "memory_mib: must be 128.." +
                                       std::to_string(config.max_memory_mib()) + ", got " +
                                       std::to_string(spec.memory_mib));
   spec.disk_mib = request.has_disk_mib() ? request.disk_mib() : 2048;
   if (spec.disk_mib < 64)
-    return ApiError::invalid_argument("disk_mib: must be at least 64, got " +
+    return Error::of(ErrorKind::invalid_argument, "disk_mib: must be at least 64, got " +
                                       std::to_string(spec.disk_mib));
   spec.idle_timeout_s = request.has_idle_timeout_s() ? request.idle_timeout_s() : 300;
   spec.max_lifetime_s = request.has_max_lifetime_s() ? request.max_lifetime_s() : 1800;
   return spec;
 }
-
-} // namespace
 
 // The caps of the key `owner`'s tier (its own, or the configuration's
 // default_key_tier for a key stored without one).
@@ -77,7 +73,7 @@ asio::awaitable<void> Api::create(Exchange& exchange, const std::string& owner) 
     auto parsed = from_json(*body, request);
     if (!parsed)
       co_return co_await exchange.respond_error(
-          ApiError::invalid_argument("invalid create request: " + parsed.error().detail));
+          Error::of(ErrorKind::invalid_argument, "invalid create request: " + parsed.error().detail));
   }
   // Tier caps clamp silently: before validation, so a request above the
   // host's maximum but within reach of the cap is clamped, not refused.
@@ -96,7 +92,7 @@ asio::awaitable<void> Api::create(Exchange& exchange, const std::string& owner) 
                                            create_atom::value, owner, *spec, max_concurrent);
   const std::chrono::duration<double> took = std::chrono::steady_clock::now() - started;
   metrics_.create_seconds.record(created ? created->source : "failed", took.count());
-  if (!created) co_return co_await exchange.respond_error(api_error(created.error(), ctx_.system));
+  if (!created) co_return co_await exchange.respond_error(to_error(created.error()));
   // The request's own line cannot name the new sandbox; this one does.
   log::info("sandbox created", {{"sandbox", created->id},
                                 {"key", owner},
@@ -109,7 +105,7 @@ asio::awaitable<void> Api::list(Exchange& exchange, const std::string& owner) {
   auto sandboxes = co_await ask<SandboxInfoList>(ctx_.system, ctx_.registry, ctx_.actor_timeout,
                                                  list_atom::value, owner);
   if (!sandboxes)
-    co_return co_await exchange.respond_error(api_error(sandboxes.error(), ctx_.system));
+    co_return co_await exchange.respond_error(to_error(sandboxes.error()));
   api::ListSandboxesResponse out;
   for (const auto& info : *sandboxes)
     *out.add_sandboxes() = to_api(info, ctx_.vms.accel());
@@ -120,7 +116,7 @@ asio::awaitable<void> Api::get(Exchange& exchange, const std::string& owner,
                                const std::string& id) {
   auto info = co_await ask<SandboxInfo>(ctx_.system, ctx_.registry, ctx_.actor_timeout,
                                         lookup_atom::value, owner, id);
-  if (!info) co_return co_await exchange.respond_error(api_error(info.error(), ctx_.system));
+  if (!info) co_return co_await exchange.respond_error(to_error(info.error()));
   co_await exchange.respond(200, to_json(to_api(*info, ctx_.vms.accel())));
 }
 
@@ -135,12 +131,12 @@ asio::awaitable<void> Api::fork(Exchange& exchange, const std::string& owner,
     auto parsed = from_json(*body, request);
     if (!parsed)
       co_return co_await exchange.respond_error(
-          ApiError::invalid_argument("invalid fork request: " + parsed.error().detail));
+          Error::of(ErrorKind::invalid_argument, "invalid fork request: " + parsed.error().detail));
   }
   const std::uint32_t n = request.has_n() ? request.n() : 1;
   if (n < 1 || n > kMaxForkChildren)
     co_return co_await exchange.respond_error(
-        ApiError::invalid_argument("n: a fork makes 1 to " + std::to_string(kMaxForkChildren) +
+        Error::of(ErrorKind::invalid_argument, "n: a fork makes 1 to " + std::to_string(kMaxForkChildren) +
                                    " children, got " + std::to_string(n)));
   const auto started = std::chrono::steady_clock::now();
   // Children count against the key's concurrency cap like any sandbox.
@@ -150,7 +146,7 @@ asio::awaitable<void> Api::fork(Exchange& exchange, const std::string& owner,
   const std::chrono::duration<double> took = std::chrono::steady_clock::now() - started;
   metrics_.fork_seconds.record(children ? "ok" : "failed", took.count());
   if (!children)
-    co_return co_await exchange.respond_error(api_error(children.error(), ctx_.system));
+    co_return co_await exchange.respond_error(to_error(children.error()));
   api::ForkResponse out;
   for (const auto& info : *children) {
     log::info("sandbox forked", {{"sandbox", info.id},
@@ -168,7 +164,7 @@ asio::awaitable<void> Api::merge_into(Exchange& exchange, const std::string& own
                                       const std::string& parent, const std::string& winner) {
   auto merged = co_await ask<SandboxInfo>(ctx_.system, ctx_.registry, ctx_.create_timeout,
                                           merge_atom::value, owner, parent, winner);
-  if (!merged) co_return co_await exchange.respond_error(api_error(merged.error(), ctx_.system));
+  if (!merged) co_return co_await exchange.respond_error(to_error(merged.error()));
   co_await exchange.respond(200, to_json(to_api(*merged, ctx_.vms.accel())));
 }
 
@@ -178,7 +174,7 @@ asio::awaitable<void> Api::destroy(Exchange& exchange, const std::string& owner,
                                    const std::string& id) {
   auto done = co_await ask<done_atom>(ctx_.system, ctx_.registry, ctx_.create_timeout,
                                       destroy_atom::value, owner, id);
-  if (!done) co_return co_await exchange.respond_error(api_error(done.error(), ctx_.system));
+  if (!done) co_return co_await exchange.respond_error(to_error(done.error()));
   co_await exchange.respond_no_content();
 }
 

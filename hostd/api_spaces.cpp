@@ -16,14 +16,14 @@ asio::awaitable<void> Api::freeze(Exchange& exchange, const std::string& owner,
                                        freeze_atom::value, owner, id);
   const std::chrono::duration<double> took = std::chrono::steady_clock::now() - started;
   metrics_.freeze_seconds.record(space ? "ok" : "failed", took.count());
-  if (!space) co_return co_await exchange.respond_error(api_error(space.error(), ctx_.system));
+  if (!space) co_return co_await exchange.respond_error(to_error(space.error()));
   co_await exchange.respond(200, to_json(to_api(*space)));
 }
 
 asio::awaitable<void> Api::list_spaces(Exchange& exchange, const std::string& owner) {
   auto spaces = co_await ask<SpaceInfoList>(ctx_.system, ctx_.registry, ctx_.actor_timeout,
                                             spaces_atom::value, owner);
-  if (!spaces) co_return co_await exchange.respond_error(api_error(spaces.error(), ctx_.system));
+  if (!spaces) co_return co_await exchange.respond_error(to_error(spaces.error()));
   api::ListSpacesResponse out;
   for (const auto& space : *spaces)
     *out.add_spaces() = to_api(space);
@@ -34,7 +34,7 @@ asio::awaitable<void> Api::get_space(Exchange& exchange, const std::string& owne
                                      const std::string& space_id) {
   auto space = co_await ask<SpaceInfo>(ctx_.system, ctx_.registry, ctx_.actor_timeout,
                                        space_atom::value, owner, space_id);
-  if (!space) co_return co_await exchange.respond_error(api_error(space.error(), ctx_.system));
+  if (!space) co_return co_await exchange.respond_error(to_error(space.error()));
   co_await exchange.respond(200, to_json(to_api(*space)));
 }
 
@@ -42,7 +42,7 @@ asio::awaitable<void> Api::delete_space(Exchange& exchange, const std::string& o
                                         const std::string& space_id) {
   auto done = co_await ask<done_atom>(ctx_.system, ctx_.registry, ctx_.actor_timeout,
                                       delete_space_atom::value, owner, space_id);
-  if (!done) co_return co_await exchange.respond_error(api_error(done.error(), ctx_.system));
+  if (!done) co_return co_await exchange.respond_error(to_error(done.error()));
   co_await exchange.respond_no_content();
 }
 
@@ -57,7 +57,7 @@ asio::awaitable<void> Api::resume(Exchange& exchange, const std::string& owner,
     auto parsed = from_json(*body, request);
     if (!parsed)
       co_return co_await exchange.respond_error(
-          ApiError::invalid_argument("invalid resume request: " + parsed.error().detail));
+          Error::of(ErrorKind::invalid_argument, "invalid resume request: " + parsed.error().detail));
   }
   const bool persistent = request.has_persistent() && request.persistent();
   // The resumed sandbox counts against the key's concurrency cap.
@@ -68,7 +68,7 @@ asio::awaitable<void> Api::resume(Exchange& exchange, const std::string& owner,
                                 owner, space_id, persistent, max_concurrent);
   const std::chrono::duration<double> took = std::chrono::steady_clock::now() - started;
   metrics_.resume_seconds.record(resumed ? "ok" : "failed", took.count());
-  if (!resumed) co_return co_await exchange.respond_error(api_error(resumed.error(), ctx_.system));
+  if (!resumed) co_return co_await exchange.respond_error(to_error(resumed.error()));
   log::info("sandbox resumed from a Space", {{"sandbox", resumed->id},
                                              {"space", space_id},
                                              {"key", owner},

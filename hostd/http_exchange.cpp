@@ -92,9 +92,9 @@ asio::awaitable<Exchange::BodyOutcome> Exchange::read_body(PieceSink sink) {
   co_return outcome;
 }
 
-asio::awaitable<ApiResult<std::string>> Exchange::read_json_body() {
+asio::awaitable<Result<std::string>> Exchange::read_json_body() {
   auto limit = limits_.max_json_body;
-  auto too_large = ApiError::too_large("the request body is larger than " + std::to_string(limit) +
+  auto too_large = Error::of(ErrorKind::too_large, "the request body is larger than " + std::to_string(limit) +
                                        " bytes; send a smaller body");
   if (auto length = parser_.content_length(); length && *length > limit) {
     keep_alive_ = false; // the body stays unread
@@ -106,7 +106,7 @@ asio::awaitable<ApiResult<std::string>> Exchange::read_json_body() {
     body.append(piece);
     co_return Result<void>{};
   });
-  if (outcome.client_failed) co_return ApiError::invalid_argument(outcome.client_error);
+  if (outcome.client_failed) co_return Error::of(ErrorKind::invalid_argument, outcome.client_error);
   if (!outcome.sink_result) co_return too_large;
   co_return body;
 }
@@ -135,8 +135,9 @@ asio::awaitable<void> Exchange::respond(unsigned status, std::string json_body) 
   co_await respond_text(status, "application/json", std::move(json_body));
 }
 
-asio::awaitable<void> Exchange::respond_error(const ApiError& error) {
-  co_await respond(error.status, error_body(error));
+asio::awaitable<void> Exchange::respond_error(const Error& error) {
+  error_kind_ = error.kind;
+  co_await respond(http_status(error), error_body(error));
 }
 
 asio::awaitable<void> Exchange::respond_no_content() {

@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -46,7 +47,7 @@ public:
   std::string_view header(http::field field) const;
 
   // The whole body, at most limits.max_json_body bytes (else 413).
-  asio::awaitable<ApiResult<std::string>> read_json_body();
+  asio::awaitable<Result<std::string>> read_json_body();
 
   // Feeds the body to `sink` piece by piece as it arrives (never all of it
   // in memory). Stops at the first error from `sink` and returns it; the
@@ -61,7 +62,7 @@ public:
   asio::awaitable<BodyOutcome> read_body(PieceSink sink);
 
   asio::awaitable<void> respond(unsigned status, std::string json_body);
-  asio::awaitable<void> respond_error(const ApiError& error);
+  asio::awaitable<void> respond_error(const Error& error);
   asio::awaitable<void> respond_text(unsigned status, std::string content_type, std::string body);
   asio::awaitable<void> respond_no_content();
 
@@ -76,6 +77,8 @@ public:
 
   bool responded() const { return status_ != 0; }
   unsigned status() const { return status_; }
+  // The kind of the error this exchange was answered with, if it was.
+  std::optional<ErrorKind> error_kind() const { return error_kind_; }
   // Whether the connection may carry another request.
   bool keep_alive() const;
 
@@ -88,6 +91,7 @@ private:
   RequestParser& parser_;
   const HttpLimits& limits_;
   unsigned status_ = 0;
+  std::optional<ErrorKind> error_kind_;
   bool keep_alive_;
   bool continue_sent_ = false;
 };

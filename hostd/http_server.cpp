@@ -132,12 +132,14 @@ asio::awaitable<void> HttpServer::serve(asio::ip::tcp::socket socket) {
               ec == http::error::header_limit ? http::status::request_header_fields_too_large
                                               : http::status::bad_request,
               11};
-          ApiError error = ApiError::invalid_argument("malformed HTTP request: " + ec.message());
-          if (ec == http::error::header_limit) {
-            error.status = 431;
-            error.message =
-                "the request headers are larger than " + std::to_string(kMaxHeaderBytes) + " bytes";
-          }
+          // The status is set above (431 for headers over the limit, which no
+          // error kind maps to); the body says why in the usual shape.
+          Error error =
+              ec == http::error::header_limit
+                  ? Error::of(ErrorKind::too_large, "the request headers are larger than " +
+                                                        std::to_string(kMaxHeaderBytes) + " bytes")
+                  : Error::of(ErrorKind::invalid_argument,
+                              "malformed HTTP request: " + ec.message());
           response.set(http::field::content_type, "application/json");
           response.keep_alive(false);
           response.body() = error_body(error);

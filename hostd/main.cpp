@@ -1,7 +1,5 @@
 // hostd: the vesicle host daemon. Serves the REST API, runs each sandbox as
 // a microVM. See --help.
-#include <sys/stat.h>
-
 #include <utility> // before Boost 1.74 asio, which needs std::exchange
 
 #include <cstdio>
@@ -17,13 +15,12 @@
 #include <caf/actor_system.hpp>
 #include <caf/actor_system_config.hpp>
 
-#include "actors/sandbox/space_store.hpp"
 #include "common/log.hpp"
 #include "vmm/vmm.hpp"
+#include "hostd/api_error.hpp"
 #include "hostd/config.hpp"
 #include "hostd/daemon.hpp"
-#include "hostd/sweep.hpp"
-#include "messages/caf_types.hpp"
+#include "hostd/runtime_core.hpp"
 
 namespace po = boost::program_options;
 namespace asio = boost::asio;
@@ -36,25 +33,6 @@ void print_usage(const po::options_description& options) {
                "Serves the vesicle REST API and runs each sandbox as a microVM.\n"
                "On first start it creates an API key and prints it once.\n\n"
             << options << "\n";
-}
-
-Result<void> make_dir(const std::filesystem::path& dir, std::filesystem::perms perms) {
-  std::error_code ec;
-  std::filesystem::create_directories(dir, ec);
-  if (ec) return Error{ec.value(), "create directory", dir.string(), {}, {}};
-  std::filesystem::permissions(dir, perms, ec);
-  return {};
-}
-
-Result<void> check_images(const std::filesystem::path& dir) {
-  for (const char* name : {"vmlinuz", "initrd.img", "rootfs.ext4"}) {
-    auto path = dir / name;
-    if (::access(path.c_str(), R_OK) != 0)
-      return sys_error("read guest image", path.string())
-          .with_context("checking images_dir; build the images with images/build.sh or point "
-                        "--images-dir at a directory with vmlinuz, initrd.img and rootfs.ext4");
-  }
-  return {};
 }
 
 int fail(const Error& error) {
@@ -81,7 +59,10 @@ int main(int argc, char** argv) {
       "print-config", "print the effective configuration (text format) and exit")(
       "log-level", po::value<std::string>(),
       "the least severe events logged to stderr: debug, info, warn or error (default: the "
-      "configuration's log_level, info)")("version", "print the version and exit");
+      "configuration's log_level, info)")("version", "print the version and exit")(
+      "error-table",
+      "print the error kinds with their HTTP status, API code and SDK exception (JSON lines) "
+      "and exit");
   po::variables_map args;
   try {
     po::store(po::parse_command_line(argc, argv, options), args);
@@ -109,6 +90,13 @@ int main(int argc, char** argv) {
     return 0;
   }
 
+  if (args.count("error-table")) {
+    // For the SDKs' tests: every kind as the REST API answers it.
+    for (const auto& kind : error_kinds())
+      std::cout << hostd::error_table_row(kind) << "\n";
+    return 0;
+  }
+
   std::optional<std::filesystem::path> config_file;
   if (args.count("config")) config_file = args["config"].as<std::string>();
   if (args.count("listen")) overrides.listen = args["listen"].as<std::string>();
@@ -123,8 +111,7 @@ int main(int argc, char** argv) {
     return 0;
   }
 
-  using std::filesystem::perms;
-  if (auto made = make_dir(config->state_dir(), perms::owner_all); !made) return fail(made.error());
+  if (auto made = hostd::make_private_dir(config->state_dir()); !made) return fail(made.error());
   auto keys = hostd::KeyStore::load(std::filesystem::path(config->state_dir()) / "keys");
   if (!keys) return fail(keys.error());
   if (args.count("new-key") || keys->empty()) {
@@ -139,34 +126,10 @@ int main(int argc, char** argv) {
     std::fflush(stdout);
     if (args.count("new-key")) return 0;
   }
-  if (auto made = make_dir(config->runtime_dir(), perms::owner_all); !made)
-    return fail(made.error());
-  if (auto images = check_images(config->images_dir()); !images) return fail(images.error());
-  auto swept = hostd::sweep_leftovers(config->runtime_dir(), config->shm_dir());
-  if (!swept)
-    return fail(swept.error().with_context("reclaiming what a previous hostd left in " +
-                                           config->runtime_dir()));
-  if (swept->processes + swept->directories + swept->memory_files > 0)
-    log::info("reclaimed from a previous run", {{"qemu_processes", swept->processes},
-                                                {"vm_directories", swept->directories},
-                                                {"memory_files", swept->memory_files}});
-
-  if (auto made = make_dir(config->spaces_dir(), perms::owner_all); !made)
-    return fail(made.error());
-  // A freeze interrupted by a crash left a .partial directory: never a
-  // Space (a Space exists once its directory is renamed into place).
-  if (auto partial = SpaceStore(config->spaces_dir()).sweep_partial(); partial > 0)
-    log::warn("removed unfinished Spaces of an interrupted freeze", {{"count", partial}});
+  if (auto prepared = hostd::prepare_host(*config); !prepared) return fail(prepared.error());
 
   caf::actor_system_config actor_config;
-  register_caf_types(actor_config);
-  // The actors only decide; the heavy lifting is on the asio thread.
-  actor_config.set("scheduler.max-threads", 2);
-  // The work-stealing default lets idle workers sleep up to 10 ms between
-  // polls (its relaxed phase), a delay a create could pay on each of its
-  // actor hops; the sharing policy wakes a worker for each message.
-  actor_config.set("scheduler.policy", caf::atom("sharing"));
-  actor_config.set("logger.console", caf::atom("none"));
+  hostd::configure_actor_system(actor_config);
   caf::actor_system system(actor_config);
 
   asio::io_context io(1);

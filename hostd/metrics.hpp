@@ -37,6 +37,8 @@ struct Metrics {
   LatencyHistogram fork_seconds;   // by outcome: ok, failed
   LatencyHistogram freeze_seconds; // by outcome: ok, failed
   LatencyHistogram resume_seconds; // by outcome: ok, failed
+  // Error answers by kind (common/error_kind.hpp's names).
+  std::map<std::string, std::uint64_t> errors;
 };
 
 } // namespace vesicle::hostd

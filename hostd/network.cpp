@@ -79,7 +79,7 @@ const char* egress_mode(bool egress, const std::vector<std::string>& allow) {
   return allow.empty() ? "open" : "allowlist";
 }
 
-ApiResult<EgressSpec> egress_spec(const api::CreateSandboxRequest& request,
+Result<EgressSpec> egress_spec(const api::CreateSandboxRequest& request,
                                   const config::HostdConfig& config) {
   EgressSpec spec;
   const bool networked = config.has_network();
@@ -91,27 +91,27 @@ ApiResult<EgressSpec> egress_spec(const api::CreateSandboxRequest& request,
   spec.egress = request.has_egress() ? request.egress() : (listed || default_open);
   if (!spec.egress) {
     if (listed)
-      return ApiError::invalid_argument(
+      return Error::of(ErrorKind::invalid_argument, 
           "egress_allow: egress is false, so an allowlist would have no effect; send egress "
           "true (or leave it out) with egress_allow, or drop egress_allow");
     return spec;
   }
   if (listed) {
     if (request.egress_allow_size() > kMaxAllowlist)
-      return ApiError::invalid_argument("egress_allow: at most " + std::to_string(kMaxAllowlist) +
+      return Error::of(ErrorKind::invalid_argument, "egress_allow: at most " + std::to_string(kMaxAllowlist) +
                                         " names, got " +
                                         std::to_string(request.egress_allow_size()));
     std::vector<std::string> patterns(request.egress_allow().begin(), request.egress_allow().end());
     for (const auto& pattern : patterns) {
       auto one = net::Allowlist::parse({pattern});
       if (!one)
-        return ApiError::invalid_argument(
+        return Error::of(ErrorKind::invalid_argument, 
             "egress_allow: \"" + pattern +
             "\" is not a host name (\"pypi.org\") or a wildcard (\"*.example.com\"); IP "
             "addresses, ports, URLs and other wildcards are not accepted");
       const std::string& normalized = one->patterns().front();
       if (normalized.rfind("*.", 0) == 0 && normalized.find('.', 2) == std::string::npos)
-        return ApiError::invalid_argument("egress_allow: \"" + pattern +
+        return Error::of(ErrorKind::invalid_argument, "egress_allow: \"" + pattern +
                                           "\" would allow a whole top-level domain; name at "
                                           "least two labels after \"*.\", e.g. \"*.example.com\"");
       spec.allow.push_back(normalized);
@@ -120,7 +120,7 @@ ApiResult<EgressSpec> egress_spec(const api::CreateSandboxRequest& request,
   if (!has_uplink) {
     const std::string what =
         listed ? "an egress allowlist" : "egress (open by default; egress_allow for a list)";
-    return ApiError::invalid_argument(
+    return Error::of(ErrorKind::invalid_argument, 
         "egress: this host has no uplink configured, so " + what +
         " is not available; create with egress false, or have the operator set network.uplink " +
         "and network.upstream_resolver in hostd's configuration");

@@ -30,7 +30,7 @@ struct EgressSpec {
 // The egress a create asks for, after the configuration's default: a 400
 // naming the field for a bad allowlist, or for a mode this host cannot give
 // (saying what to configure).
-ApiResult<EgressSpec> egress_spec(const api::CreateSandboxRequest& request,
+Result<EgressSpec> egress_spec(const api::CreateSandboxRequest& request,
                                   const config::HostdConfig& config);
 
 // "off", "open" or "allowlist".

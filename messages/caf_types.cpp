@@ -20,30 +20,16 @@ const char* to_string(SandboxState state) {
   return "unknown";
 }
 
-const char* to_string(errc code) {
-  switch (code) {
-  case errc::invalid_argument:
-    return "invalid_argument";
-  case errc::not_found:
-    return "not_found";
-  case errc::failed_precondition:
-    return "failed_precondition";
-  case errc::sandbox_died:
-    return "sandbox_died";
-  case errc::no_capacity:
-    return "no_capacity";
-  case errc::boot_failed:
-    return "boot_failed";
-  case errc::shutting_down:
-    return "shutting_down";
-  case errc::internal:
-    return "internal";
-  case errc::quota_exceeded:
-    return "quota_exceeded";
-  case errc::space_corrupted:
-    return "space_corrupted";
+caf::error to_caf_error(const Error& error) {
+  return make_error(error.kind, error.message());
+}
+
+Error to_error(const caf::error& error) {
+  if (error.category() == kErrorCategory) {
+    if (auto kind = error_kind_from_code(error.code())) return Error::of(*kind, error_message(error));
   }
-  return "unknown";
+  return Error::of(ErrorKind::internal, "hostd's actors did not answer (" + caf::to_string(error) +
+                                            "); retry, and report it if it persists");
 }
 
 std::string error_message(const caf::error& error) {
@@ -63,7 +49,7 @@ void register_caf_types(caf::actor_system_config& config) {
   config.add_message_type<NetSlot>("vesicle.NetSlot");
   config.add_error_category(kErrorCategory,
                             [](std::uint8_t code, caf::atom_value, const caf::message& context) {
-                              std::string text = to_string(static_cast<errc>(code));
+                              std::string text(kind_info(static_cast<ErrorKind>(code)).name);
                               if (context.size() == 1 && context.match_element<std::string>(0))
                                 text += ": " + context.get_as<std::string>(0);
                               return text;

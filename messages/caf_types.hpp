@@ -14,6 +14,8 @@
 #include <caf/make_message.hpp>
 #include <caf/meta/type_name.hpp>
 
+#include "common/result.hpp"
+
 namespace vesicle {
 
 // -- atoms (CAF 0.17 atoms hold at most 10 characters) -----------------------
@@ -224,32 +226,20 @@ template <class Inspector> typename Inspector::result_type inspect(Inspector& f,
 
 // -- errors ------------------------------------------------------------------
 
-// The typed errors actors answer with. The HTTP layer maps each to a status
-// (hostd/api_error.cpp); the error's context holds one string, the message
-// a user reads.
-enum class errc : std::uint8_t {
-  invalid_argument = 1,
-  not_found = 2,
-  failed_precondition = 3, // the sandbox is in the wrong state for this
-  sandbox_died = 4,
-  no_capacity = 5,
-  boot_failed = 6,
-  shutting_down = 7,
-  internal = 8,
-  quota_exceeded = 9,   // the key's tier allows no more of this (429)
-  space_corrupted = 10, // a Space failed its checks: refused and kept (422)
-};
-const char* to_string(errc code);
-
+// Actors answer failures as CAF errors in the category "vesicle" whose code
+// is the ErrorKind (common/error_kind.hpp) and whose context is the message
+// a user reads. to_caf_error and to_error convert at the actor boundary, so
+// both sides work with Error.
 inline const caf::atom_value kErrorCategory = caf::atom("vesicle");
 
-inline caf::error make_error(errc code) {
-  return caf::error(static_cast<std::uint8_t>(code), kErrorCategory);
-}
-inline caf::error make_error(errc code, std::string message) {
-  return caf::error(static_cast<std::uint8_t>(code), kErrorCategory,
+inline caf::error make_error(ErrorKind kind, std::string message) {
+  return caf::error(static_cast<std::uint8_t>(kind), kErrorCategory,
                     caf::make_message(std::move(message)));
 }
+caf::error to_caf_error(const Error& error);
+// An actor's error as an Error; CAF's own (a timeout, a dead actor) are
+// internal: hostd's actors did not answer.
+Error to_error(const caf::error& error);
 
 // The message string carried by an error made above ("" if none).
 std::string error_message(const caf::error& error);

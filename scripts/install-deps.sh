@@ -16,7 +16,12 @@ packages=(
   # tests
   python3 python3-pytest python3-pip python3-venv iproute2 nftables
   procps psmisc curl
+  # the TypeScript SDK's build and tests (Debian 12: Node 18)
+  nodejs
 )
+# npm is its own Debian package; a nodejs from elsewhere (NodeSource) bundles
+# npm and conflicts with Debian's, so it is asked for only when missing.
+command -v npm >/dev/null || packages+=(npm)
 
 missing=()
 for p in "${packages[@]}"; do

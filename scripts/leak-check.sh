@@ -17,7 +17,7 @@ for dir in ${VESICLE_RUNTIME_DIRS:-/run/vesicle}; do
     report "runtime directory $dir is not empty: $(ls "$dir" | head -5 | xargs)"
   fi
 done
-stale=$(find /tmp /dev/shm -maxdepth 1 \( -name 'hostd-it-*' -o -name 'vesicle-pool-it-*' -o -name 'vesicle-sdk-test-*' -o -name 'vesicle-actor-test-*' \) 2>/dev/null)
+stale=$(find /tmp /dev/shm -maxdepth 1 \( -name 'hostd-it-*' -o -name 'vesicle-pool-it-*' -o -name 'vesicle-sdk-test-*' -o -name 'vesicle-ts-test-*' -o -name 'vesicle-actor-test-*' -o -name 'vesicle-runtime-test-*' -o -name 'vesicle-embed-test.*' \) 2>/dev/null)
 [ -z "$stale" ] || report "test directories left behind: $(echo $stale)"
 # Network namespaces, links, nft tables and ip rules of the network layer.
 bash "$(dirname "$0")/testnet/net-leaks.sh" || leaks=1

@@ -5,8 +5,9 @@
 #
 # Order: unit tests (no VM), then integration tests that boot real VMs
 # (one at a time: two cores under TCG), then the Python SDK tests against a
-# real hostd. Finally a leak check: no QEMU process, memory file or runtime
-# directory may be left by the tests.
+# real hostd; between them, the embedding example (examples/embed) built
+# against the installed package runs real VMs too. Finally a leak check: no
+# QEMU process, memory file or runtime directory may be left by the tests.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 build_dir=$repo/build
@@ -29,10 +30,33 @@ section "integration tests with real VMs (ctest -L integration)"
 # where the time went.
 ctest --test-dir "$build_dir" -L integration --output-on-failure --verbose || status=1
 
+section "embedding: examples/embed against the installed package (scripts/test-embed.sh)"
+if bash scripts/test-embed.sh "$build_dir"; then
+  echo "embedding: PASS"
+else
+  echo "embedding: FAIL"
+  status=1
+fi
+
 if [ -d tests/sdk ]; then
   section "Python SDK tests (pytest)"
   VESICLE_HOSTD=$build_dir/hostd/hostd PYTHONPATH=$repo/sdk/python \
     /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/sdk || status=1
+fi
+
+if [ -d sdk/typescript ]; then
+  section "TypeScript SDK tests (node --test)"
+  # node_modules (typescript, @types/node) come from a cache keyed by the
+  # lockfile's hash; the fake-server tests and the real-hostd tests (their
+  # own hostd and temp dirs, like the Python SDK's) run against the freshly
+  # compiled dist/.
+  if bash scripts/npm-install.sh sdk/typescript && (cd sdk/typescript && npm run --silent build); then
+    (cd sdk/typescript && VESICLE_HOSTD=$build_dir/hostd/hostd \
+      nice -n 5 node --test --test-reporter=spec test/*.test.mjs) || status=1
+  else
+    echo "TypeScript SDK: installing its build dependencies or compiling it failed"
+    status=1
+  fi
 fi
 
 section "leak check"

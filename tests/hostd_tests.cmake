@@ -2,7 +2,11 @@
 # fake VMM driver, the HTTP API in-process over loopback with the fake
 # driver, config, keys, the NDJSON encoder. Integration: the real hostd
 # binary with real VMs.
-vesicle_test(hostd_actor_test SOURCES hostd/sandbox_actor_test.cpp
+# One binary, a file per flow; the fixture is actor_test_support.hpp.
+vesicle_test(hostd_actor_test
+             SOURCES hostd/actor_create_test.cpp hostd/actor_pool_test.cpp
+                     hostd/actor_reaper_test.cpp hostd/actor_spaces_test.cpp
+                     hostd/actor_fork_test.cpp
              LIBS vesicle_hostd)
 vesicle_test(hostd_config_test SOURCES hostd/config_test.cpp LIBS vesicle_hostd)
 vesicle_test(hostd_keys_test SOURCES hostd/keys_test.cpp LIBS vesicle_hostd)
@@ -41,6 +45,7 @@ target_link_libraries(pool_bench PRIVATE Boost::program_options Threads::Threads
 vesicle_test(hostd_tiers_test SOURCES hostd/tiers_test.cpp LIBS vesicle_hostd)
 vesicle_test(reaper_test SOURCES hostd/reaper_test.cpp LIBS vesicle_sandbox)
 vesicle_test(space_store_test SOURCES hostd/space_store_test.cpp LIBS vesicle_sandbox)
+vesicle_test(sandbox_phase_test SOURCES hostd/sandbox_phase_test.cpp LIBS vesicle_sandbox)
 
 # Limits, tier caps and the reaper with the real hostd and real VMs.
 vesicle_test(limits_integration_test

@@ -54,7 +54,8 @@ constexpr const char* kRefreshOperation = "refresh guest identity";
 const std::function<void(const guest::Event&)> kNoStream;
 
 Error channel_closed(const std::string& cause) {
-  return make_error(kChannelClosedOperation, "the VM died or its agent exited (" + cause + ")");
+  return make_error(kChannelClosedOperation, "the VM died or its agent exited (" + cause + ")")
+      .with_kind(ErrorKind::guest_died);
 }
 
 template <class F> class ScopeExit {
@@ -651,8 +652,41 @@ std::unique_ptr<AgentClient> make_agent_client(asio::local::stream_protocol::soc
 }
 
 bool is_channel_closed(const Error& error) {
-  return error.operation == kChannelClosedOperation;
+  return error.kind == ErrorKind::guest_died;
 }
+
+namespace {
+
+// What a refusal by the agent means to the caller: a request it could not
+// serve as asked (a bad path, a directory, a name in use), a missing file,
+// a full disk, or the guest's own fault.
+ErrorKind failure_kind(int err) {
+  switch (err) {
+  case ENOENT:
+    return ErrorKind::not_found;
+  case EISDIR:
+  case ENOTDIR:
+  case ENXIO:
+  case ENODEV:
+  case EINVAL:
+  case ENAMETOOLONG:
+  case ELOOP:
+  case EACCES:
+  case EPERM:
+  case EROFS:
+  case EEXIST:
+  case EBUSY:
+    return ErrorKind::invalid_argument;
+  case ENOSPC:
+  case EDQUOT:
+  case EFBIG:
+    return ErrorKind::too_large;
+  default:
+    return ErrorKind::internal;
+  }
+}
+
+} // namespace
 
 Error failure_error(std::string operation, std::string subject, const guest::Failure& failure) {
   int err = failure.errno_value();
@@ -685,7 +719,8 @@ Error failure_error(std::string operation, std::string subject, const guest::Fai
   if (detail.empty()) {
     detail = "the agent refused the request (" + guest::Failure::Code_Name(failure.code()) + ")";
   }
-  return Error{err, std::move(operation), std::move(subject), std::move(detail), {}};
+  auto kind = failure_kind(err);
+  return Error{err, std::move(operation), std::move(subject), std::move(detail), {}, kind};
 }
 
 } // namespace vesicle::vmm

@@ -1043,6 +1043,20 @@ private:
   RestoreTimes times_;
 };
 
+// Destroys a VM being made (its QEMU and files) when the step that makes it
+// returns early; disarmed once the VM is handed out.
+struct DestroyGuard {
+  explicit DestroyGuard(std::shared_ptr<VmState> made) : state(std::move(made)) {}
+  DestroyGuard(const DestroyGuard&) = delete;
+  DestroyGuard& operator=(const DestroyGuard&) = delete;
+  ~DestroyGuard() {
+    if (armed) state->destroy();
+  }
+
+  std::shared_ptr<VmState> state;
+  bool armed = true;
+};
+
 class QemuDriver final : public Driver {
 public:
   explicit QemuDriver(asio::any_io_executor executor)
@@ -1101,24 +1115,12 @@ private:
     state->accel = accel;
     state->kernel_cmdline = snapshot.kernel_cmdline;
     const VmPaths& paths = state->paths;
-    if (paths.agent_socket.string().size() >= sizeof(sockaddr_un::sun_path)) {
-      co_return make_error("check runtime dir",
-                           "socket paths under it exceed the Unix socket limit; use a shorter "
-                           "runtime_dir",
-                           paths.agent_socket.string());
-    }
     if (auto made = make_vm_dir(config, paths); !made) co_return std::move(made).error();
     state->files_created = true;
     // The snapshot's disk becomes this VM's own; a failure puts it back
     // (before QEMU is killed and the VM's files go).
     // (VmState::remove_files does it, so also when QEMU exits on its own.)
-    struct Guard {
-      std::shared_ptr<VmState> state;
-      bool armed = true;
-      ~Guard() {
-        if (armed) state->destroy();
-      }
-    } guard{state};
+    DestroyGuard guard{state};
     auto moved = move_file(snapshot.disk, paths.overlay);
     if (!moved) co_return std::move(moved).error().with_context("taking the snapshot's disk");
     // A copy is removed with the VM's files; the original stays.
@@ -1214,38 +1216,15 @@ private:
     state->accel = accel;
     state->kernel_cmdline = snapshot.kernel_cmdline;
     const VmPaths& paths = state->paths;
-    if (paths.agent_socket.string().size() >= sizeof(sockaddr_un::sun_path)) {
-      co_return make_error("check runtime dir",
-                           "socket paths under it exceed the Unix socket limit; use a shorter "
-                           "runtime_dir",
-                           paths.agent_socket.string());
-    }
-    struct Guard {
-      std::shared_ptr<VmState> state;
-      bool armed = true;
-      ~Guard() {
-        if (armed) state->destroy();
-      }
-    } guard{state};
+    DestroyGuard guard{state};
     if (auto made = make_vm_dir(config, paths); !made) co_return std::move(made).error();
     state->files_created = true;
 
     // The snapshot's disk is a read-only backing file; this VM writes to its
     // own overlay. The device state does not name the image file, so the
     // overlay's path may differ from the saved VM's.
-    detail::SpawnOptions qemu_img;
-    qemu_img.argv = {"qemu-img",
-                     "create",
-                     "-q",
-                     "-f",
-                     "qcow2",
-                     "-b",
-                     fs::absolute(snapshot.disk).string(),
-                     "-F",
-                     "qcow2",
-                     paths.overlay.string()};
-    qemu_img.output = paths.log;
-    auto overlay = co_await detail::run_helper(executor, std::move(qemu_img));
+    auto backing = fs::absolute(snapshot.disk).string();
+    auto overlay = co_await create_overlay(executor, std::move(backing), "qcow2", paths);
     if (!overlay) co_return std::move(overlay).error().with_context("creating the disk overlay");
 
     // Named: g++ 12 miscompiles temporaries inside co_await.
@@ -1265,13 +1244,7 @@ public:
   // PreparedQemu::finish's steps.
   static asio::awaitable<Result<std::unique_ptr<Vm>>>
   finish_steps(std::shared_ptr<VmState> state, Snapshot snapshot, RestoreTimes& times) {
-    struct Guard {
-      std::shared_ptr<VmState> state;
-      bool armed = true;
-      ~Guard() {
-        if (armed) state->destroy();
-      }
-    } guard{state};
+    DestroyGuard guard{state};
     const auto started = Clock::now();
     const auto deadline = started + state->config.boot_timeout;
     std::string loading = "load device state";
@@ -1304,38 +1277,14 @@ private:
     }
     auto state = std::make_shared<VmState>(executor, config);
     const VmPaths& paths = state->paths;
-    if (paths.agent_socket.string().size() >= sizeof(sockaddr_un::sun_path)) {
-      co_return make_error("check runtime dir",
-                           "socket paths under it exceed the Unix socket limit of " +
-                               std::to_string(sizeof(sockaddr_un::sun_path) - 1) +
-                               " bytes; use a shorter runtime_dir",
-                           paths.agent_socket.string());
-    }
-    struct Guard {
-      std::shared_ptr<VmState> state;
-      bool armed = true;
-      ~Guard() {
-        if (armed) state->destroy();
-      }
-    } guard{state};
+    DestroyGuard guard{state};
 
     if (auto made = make_vm_dir(config, paths); !made) co_return std::move(made).error();
     state->files_created = true;
 
     // The base image is never written; every write lands in the overlay.
-    detail::SpawnOptions qemu_img;
-    qemu_img.argv = {"qemu-img",
-                     "create",
-                     "-q",
-                     "-f",
-                     "qcow2",
-                     "-b",
-                     fs::absolute(config.images.base_disk).string(),
-                     "-F",
-                     "raw",
-                     paths.overlay.string()};
-    qemu_img.output = paths.log;
-    auto overlay = co_await detail::run_helper(executor, std::move(qemu_img));
+    auto backing = fs::absolute(config.images.base_disk).string();
+    auto overlay = co_await create_overlay(executor, std::move(backing), "raw", paths);
     if (!overlay) co_return std::move(overlay).error().with_context("creating the disk overlay");
 
     const auto tsc_khz = accel == Accel::tcg ? host_tsc_khz() : std::nullopt;
@@ -1454,7 +1403,16 @@ private:
                       "the VM stopped before its agent answered: " + state.exit_description);
   }
 
+  // Creates the VM's own directory, after checking that its sockets' paths
+  // fit a Unix socket address.
   static Result<void> make_vm_dir(const VmConfig& config, const VmPaths& paths) {
+    if (paths.agent_socket.string().size() >= sizeof(sockaddr_un::sun_path)) {
+      return make_error("check runtime dir",
+                        "socket paths under it exceed the Unix socket limit of " +
+                            std::to_string(sizeof(sockaddr_un::sun_path) - 1) +
+                            " bytes; use a shorter runtime_dir",
+                        paths.agent_socket.string());
+    }
     std::error_code ec;
     fs::create_directories(config.runtime_dir, ec);
     if (ec) return Error{ec.value(), "create directory", config.runtime_dir.string(), {}, {}};
@@ -1467,6 +1425,20 @@ private:
       return error;
     }
     return {};
+  }
+
+  // A qcow2 overlay of `backing` (of `format`) that this VM writes to; the
+  // backing file is never written.
+  static asio::awaitable<Result<void>> create_overlay(asio::any_io_executor executor,
+                                                      std::string backing, std::string format,
+                                                      const VmPaths& paths) {
+    detail::SpawnOptions qemu_img;
+    qemu_img.argv = {"qemu-img", "create", "-q", "-f", "qcow2", "-b", std::move(backing),
+                     "-F",       std::move(format), paths.overlay.string()};
+    qemu_img.output = paths.log;
+    auto done = co_await detail::run_helper(executor, std::move(qemu_img));
+    if (!done) co_return std::move(done).error();
+    co_return Result<void>{};
   }
 
   // QEMU created the socket before it served QMP; a few retries cover a

@@ -26,14 +26,14 @@ struct BridgeState {
   static inline const char* name = "vesicle.bridge";
 };
 
-caf::error failure(errc code, const Error& error) {
-  return make_error(code, error.message());
+caf::error failure(ErrorKind kind, Error error) {
+  return to_caf_error(std::move(error).with_kind(kind));
 }
 
-Result<void> from_caf(const caf::error& error, caf::actor_system& system, const char* doing) {
-  std::string text = error_message(error);
-  if (text.empty()) text = system.render(error);
-  return make_error(doing, text);
+// The bridge's answer as an Error that keeps its kind (a full host is
+// capacity, a policy it cannot give is invalid_argument).
+Result<void> from_caf(const caf::error& error, const char* doing) {
+  return to_error(error).with_context(doing);
 }
 
 } // namespace
@@ -61,19 +61,19 @@ bridge_actor spawn_bridge(caf::actor_system& system, std::unique_ptr<BridgeManag
                const std::vector<std::string>& allow) -> caf::result<NetSlot> {
           auto& manager = *self->state.manager;
           auto policy = egress_policy(egress, allow);
-          if (!policy) return failure(errc::invalid_argument, policy.error());
+          if (!policy) return failure(ErrorKind::invalid_argument, policy.error());
           if (policy->mode != EgressMode::off && manager.config().uplink.empty())
-            return make_error(errc::invalid_argument,
+            return make_error(ErrorKind::invalid_argument,
                               std::string("egress ") + to_string(policy->mode) +
                                   " needs an uplink, and this host has none configured");
           auto stats = manager.stats();
           if (stats.in_use >= stats.max_slots)
-            return make_error(errc::no_capacity,
+            return make_error(ErrorKind::capacity,
                               "all " + std::to_string(stats.max_slots) +
                                   " network slots are in use; retry after a sandbox is "
                                   "destroyed, or raise network.max_slots");
           auto slot = manager.acquire_slot(*policy);
-          if (!slot) return failure(errc::internal, slot.error());
+          if (!slot) return failure(ErrorKind::internal, slot.error());
           NetSlot lent{slot->id, slot->tap_fd.get()};
           self->state.taps[slot->id] = std::move(slot->tap_fd);
           return lent;
@@ -85,10 +85,10 @@ bridge_actor spawn_bridge(caf::actor_system& system, std::unique_ptr<BridgeManag
             // Fail closed, as the manager does for its own failures: the
             // slot must not keep the egress of whoever held it before.
             (void)self->state.manager->set_egress(id, EgressPolicy::off());
-            return failure(errc::invalid_argument, policy.error());
+            return failure(ErrorKind::invalid_argument, policy.error());
           }
           auto set = self->state.manager->set_egress(id, *policy);
-          if (!set) return failure(errc::internal, set.error());
+          if (!set) return failure(ErrorKind::internal, set.error());
           return done_atom::value;
         },
         [self](net_release_atom, std::uint32_t id) -> caf::result<done_atom> {
@@ -97,7 +97,7 @@ bridge_actor spawn_bridge(caf::actor_system& system, std::unique_ptr<BridgeManag
           if (!released) {
             log::warn("releasing a network slot failed",
                       {{"slot", id}, {"error", released.error().message()}});
-            return failure(errc::internal, released.error());
+            return failure(ErrorKind::internal, released.error());
           }
           return done_atom::value;
         },
@@ -120,7 +120,7 @@ boost::asio::awaitable<Result<void>>
 NetworkLease::set_egress(caf::actor_system& system, bool egress, std::vector<std::string> allow) {
   auto done = co_await ask<done_atom>(
       system, bridge_, kRequestTimeout, net_egress_atom::value, slot_.id, egress, std::move(allow));
-  if (!done) co_return from_caf(done.error(), system, "set the sandbox's egress");
+  if (!done) co_return from_caf(done.error(), "set the sandbox's egress");
   co_return Result<void>{};
 }
 
@@ -129,7 +129,7 @@ NetworkLeases::acquire(bool egress, std::vector<std::string> allow) {
   auto slot = co_await ask<NetSlot>(system_, bridge_, kRequestTimeout,
                                            net_acquire_atom::value, egress, std::move(allow));
   if (!slot) {
-    auto failed = from_caf(slot.error(), system_, "acquire a network slot");
+    auto failed = from_caf(slot.error(), "acquire a network slot");
     co_return std::move(failed).error();
   }
   co_return std::make_unique<NetworkLease>(bridge_, *slot);

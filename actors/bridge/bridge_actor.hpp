@@ -38,9 +38,9 @@ Result<EgressPolicy> egress_policy(bool egress, const std::vector<std::string>& 
 
 using bridge_actor = caf::typed_actor<
     // egress, allow -> a slot with that egress in force, its tap fd owned by
-    // the bridge until the release. errc::no_capacity when every slot is in
-    // use, errc::invalid_argument for a policy this host cannot give (no
-    // uplink), errc::internal when the kernel refuses.
+    // the bridge until the release. ErrorKind::capacity when every slot is in
+    // use, ErrorKind::invalid_argument for a policy this host cannot give (no
+    // uplink), ErrorKind::internal when the kernel refuses.
     caf::replies_to<net_acquire_atom, bool, std::vector<std::string>>::with<NetSlot>,
     // slot id, egress, allow -> done once the new egress is in force (the
     // slot is scrubbed first; on any failure, a bad policy included, it is

@@ -83,6 +83,10 @@ struct RegistryState {
 
 using self_pointer = registry_actor::stateful_pointer<RegistryState>;
 
+caf::error shutting_down() {
+  return make_error(ErrorKind::unavailable, "hostd is shutting down; retry after it restarts");
+}
+
 std::int64_t now_ms() {
   using namespace std::chrono;
   return duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();
@@ -132,7 +136,7 @@ std::uint32_t live_of(self_pointer self, const std::string& owner) {
 caf::expected<Record*> owned(self_pointer self, const std::string& owner, const std::string& id) {
   auto found = self->state.records.find(id);
   if (found == self->state.records.end() || found->second.info.owner != owner)
-    return make_error(errc::not_found,
+    return make_error(ErrorKind::not_found,
                       "no sandbox " + id + " for this key; list yours with GET /v1/sandboxes");
   return &found->second;
 }
@@ -177,8 +181,9 @@ ReadyHandler answer_with(caf::typed_response_promise<SandboxInfo> promise) {
 void launch(self_pointer self, SandboxInfo info, int pool, LaunchPlan plan, ReadyHandler on_ready,
             std::vector<std::string> ancestors = {}) {
   if (self->state.shutting_down) {
-    if (!plan.pool_vm_id.empty()) self->state.vms->discard(plan.pool_vm_id);
-    on_ready(make_error(errc::shutting_down, "hostd is shutting down; retry after it restarts"));
+    if (auto* pooled = std::get_if<launch::FromPoolVm>(&plan))
+      self->state.vms->discard(pooled->pool_vm_id);
+    on_ready(shutting_down());
     return;
   }
   auto sandbox = spawn_sandbox(self->system(), info, *self->state.vms,
@@ -221,10 +226,10 @@ void launch(self_pointer self, SandboxInfo info, int pool, LaunchPlan plan, Read
 // adopts, restores or boots its VM) and wait until it is ready.
 caf::result<SandboxInfo> create(self_pointer self, std::string owner, SandboxSpec spec) {
   if (self->state.shutting_down)
-    return make_error(errc::shutting_down, "hostd is shutting down; retry after it restarts");
+    return shutting_down();
   auto room = capacity(self);
   if (room.available() == 0)
-    return make_error(errc::no_capacity,
+    return make_error(ErrorKind::capacity,
                       "this host runs its maximum of " + std::to_string(room.max_sandboxes) +
                           " sandboxes; retry later or delete one you no longer need");
 
@@ -236,7 +241,7 @@ caf::result<SandboxInfo> create(self_pointer self, std::string owner, SandboxSpe
   auto promise = self->make_response_promise<SandboxInfo>();
   const int pool = pool_for(self, info.spec);
   if (pool < 0) {
-    launch(self, std::move(info), pool, LaunchPlan{}, answer_with(promise));
+    launch(self, std::move(info), pool, launch::ColdBoot{}, answer_with(promise));
     return promise;
   }
   // Hold the capacity while the pool answers: count the sandbox as booting.
@@ -248,12 +253,14 @@ caf::result<SandboxInfo> create(self_pointer self, std::string owner, SandboxSpe
       .then(
           [=](std::string& pool_vm_id) mutable {
             self->state.records.erase(info.id);
-            launch(self, info, pool, LaunchPlan{std::move(pool_vm_id), key, {}},
-                   answer_with(promise));
+            // An empty id: none was waiting; restore from the template.
+            LaunchPlan plan = launch::FromTemplate{key};
+            if (!pool_vm_id.empty()) plan = launch::FromPoolVm{std::move(pool_vm_id), key};
+            launch(self, info, pool, std::move(plan), answer_with(promise));
           },
           [=](caf::error&) mutable {
             self->state.records.erase(info.id);
-            launch(self, info, pool, LaunchPlan{{}, key, {}}, answer_with(promise));
+            launch(self, info, pool, launch::FromTemplate{key}, answer_with(promise));
           });
   return promise;
 }
@@ -265,7 +272,7 @@ caf::result<SandboxInfo> create_capped(self_pointer self, std::string owner, San
                                        std::uint32_t max_concurrent) {
   const std::uint32_t live = live_of(self, owner);
   if (live >= max_concurrent)
-    return make_error(errc::quota_exceeded,
+    return make_error(ErrorKind::quota,
                       "this key may run " + std::to_string(max_concurrent) +
                           " sandboxes at once (its tier's cap) and runs " + std::to_string(live) +
                           "; delete one you no longer need (DELETE /v1/sandboxes/{id}), or use a "
@@ -326,7 +333,7 @@ caf::result<done_atom> destroy(self_pointer self, const std::string& owner, cons
             self->state.records.erase(id);
             update_pool_usage(self);
             promise.deliver(make_error(
-                errc::internal, "deleting sandbox " + id + ": its actor did not answer (" +
+                ErrorKind::internal, "deleting sandbox " + id + ": its actor did not answer (" +
                                     self->system().render(failure) + "); its VM was killed"));
           });
   return promise;
@@ -345,14 +352,14 @@ caf::expected<Record*> ready_record(self_pointer self, const std::string& owner,
   if (!record) return record;
   const auto& info = (*record)->info;
   if (!(*record)->actor_alive || info.state == SandboxState::dead)
-    return make_error(errc::sandbox_died, "sandbox " + id + " died: " + info.dead_reason +
+    return make_error(ErrorKind::guest_died, "sandbox " + id + " died: " + info.dead_reason +
                                               "; delete it and create a new one");
   if (info.state == SandboxState::frozen)
-    return make_error(errc::failed_precondition,
+    return make_error(ErrorKind::conflict,
                       "sandbox " + id + " is frozen into Space " + info.space_id +
                           "; resume it with POST /v1/spaces/" + info.space_id + "/resume");
   if (info.state != SandboxState::ready)
-    return make_error(errc::failed_precondition,
+    return make_error(ErrorKind::conflict,
                       "sandbox " + id + " is not ready (it is " +
                           (info.state == SandboxState::booting ? "booting" : "being deleted") +
                           "); retry once it is ready");
@@ -385,16 +392,16 @@ void start_freeze(self_pointer self, const std::string& id, std::string reason,
                   FreezeHandler on_done) {
   auto found = self->state.records.find(id);
   if (found == self->state.records.end()) {
-    on_done(make_error(errc::not_found, "no sandbox " + id));
+    on_done(make_error(ErrorKind::not_found, "no sandbox " + id));
     return;
   }
   if (!self->state.spaces) {
-    on_done(make_error(errc::failed_precondition,
+    on_done(make_error(ErrorKind::conflict,
                        "this hostd keeps no Spaces (it runs without a state directory for them)"));
     return;
   }
   if (self->state.pending_freezes.count(id)) {
-    on_done(make_error(errc::failed_precondition,
+    on_done(make_error(ErrorKind::conflict,
                        "sandbox " + id + " is already being frozen; retry once that is done"));
     return;
   }
@@ -422,17 +429,17 @@ void start_freeze(self_pointer self, const std::string& id, std::string reason,
             registry_actor registry = caf::actor_cast<registry_actor>(self);
             self->state.vms->freeze(id, space, [registry, id](Result<SpaceInfo> written) {
               if (written)
-                caf::anon_send(registry, frozen_atom::value, id, std::string(),
+                caf::anon_send(registry, frozen_atom::value, id, caf::error{},
                                std::move(written.value()));
               else
-                caf::anon_send(registry, frozen_atom::value, id, written.error().message(),
+                caf::anon_send(registry, frozen_atom::value, id, to_caf_error(written.error()),
                                SpaceInfo{});
             });
           },
           [=](caf::error& refused) { fail(std::move(refused)); });
 }
 
-void frozen(self_pointer self, const std::string& id, const std::string& error, SpaceInfo space) {
+void frozen(self_pointer self, const std::string& id, const caf::error& error, SpaceInfo space) {
   reaper_op(self, id, kFreezeLease, false);
   FreezeHandler handler;
   if (auto pending = self->state.pending_freezes.find(id);
@@ -441,10 +448,10 @@ void frozen(self_pointer self, const std::string& id, const std::string& error, 
     self->state.pending_freezes.erase(pending);
   }
   auto record = self->state.records.find(id);
-  if (!error.empty()) {
+  if (error) {
     // The sandbox runs on (VmHost resumed it), or its actor heard it died.
     release_hold(self, id);
-    if (handler) handler(make_error(errc::internal, error));
+    if (handler) handler(error);
     return;
   }
   if (record != self->state.records.end()) {
@@ -460,7 +467,7 @@ void frozen(self_pointer self, const std::string& id, const std::string& error, 
 
 caf::result<SpaceInfo> freeze(self_pointer self, const std::string& owner, const std::string& id) {
   if (self->state.shutting_down)
-    return make_error(errc::shutting_down, "hostd is shutting down; retry after it restarts");
+    return shutting_down();
   auto record = ready_record(self, owner, id);
   if (!record) return std::move(record.error());
   auto promise = self->make_response_promise<SpaceInfo>();
@@ -478,12 +485,11 @@ caf::result<SpaceInfo> freeze(self_pointer self, const std::string& owner, const
 caf::expected<SpaceInfo> owned_space(self_pointer self, const std::string& owner,
                                      const std::string& space_id) {
   if (!self->state.spaces)
-    return make_error(errc::not_found, "no Space " + space_id + ": this hostd keeps no Spaces");
+    return make_error(ErrorKind::not_found, "no Space " + space_id + ": this hostd keeps no Spaces");
   auto space = self->state.spaces->find(owner, space_id);
   if (space) return std::move(space.value());
-  if (space.error().operation == "find Space")
-    return make_error(errc::not_found, space.error().detail);
-  return make_error(errc::space_corrupted, "Space " + space_id +
+  if (space.error().kind == ErrorKind::not_found) return to_caf_error(space.error());
+  return make_error(ErrorKind::corrupted, "Space " + space_id +
                                                " cannot be read: " + space.error().message() +
                                                "; it is kept for inspection (DELETE /v1/spaces/" +
                                                space_id + " removes it)");
@@ -496,21 +502,21 @@ caf::result<SandboxInfo> resume(self_pointer self, const std::string& owner,
                                 const std::string& space_id, bool persistent,
                                 std::uint32_t max_concurrent) {
   if (self->state.shutting_down)
-    return make_error(errc::shutting_down, "hostd is shutting down; retry after it restarts");
+    return shutting_down();
   auto space = owned_space(self, owner, space_id);
   if (!space) return std::move(space.error());
   if (self->state.resuming.count(space_id))
-    return make_error(errc::failed_precondition,
+    return make_error(ErrorKind::conflict,
                       "Space " + space_id + " is being resumed right now; a Space resumes once");
   const std::uint32_t live = live_of(self, owner);
   if (live >= max_concurrent)
-    return make_error(errc::quota_exceeded,
+    return make_error(ErrorKind::quota,
                       "this key may run " + std::to_string(max_concurrent) +
                           " sandboxes at once (its tier's cap) and runs " + std::to_string(live) +
                           "; delete one you no longer need, then resume the Space");
   auto room = capacity(self);
   if (room.available() == 0)
-    return make_error(errc::no_capacity,
+    return make_error(ErrorKind::capacity,
                       "this host runs its maximum of " + std::to_string(room.max_sandboxes) +
                           " sandboxes; retry later or delete one you no longer need (the Space "
                           "is kept)");
@@ -527,13 +533,14 @@ caf::result<SandboxInfo> resume(self_pointer self, const std::string& owner,
   self->state.resuming.insert(space_id);
   self->state.pending_resumes.emplace(space_id, PendingResume{info, promise});
   registry_actor registry = caf::actor_cast<registry_actor>(self);
-  self->state.vms->open_space(std::move(space.value()), [registry, space_id](std::string error) {
-    caf::anon_send(registry, space_opened_atom::value, space_id, std::move(error));
+  self->state.vms->open_space(std::move(space.value()), [registry, space_id](Result<void> opened) {
+    caf::anon_send(registry, space_opened_atom::value, space_id,
+                   opened ? caf::error{} : to_caf_error(opened.error()));
   });
   return promise;
 }
 
-void space_opened(self_pointer self, const std::string& space_id, const std::string& error) {
+void space_opened(self_pointer self, const std::string& space_id, const caf::error& error) {
   auto found = self->state.pending_resumes.find(space_id);
   if (found == self->state.pending_resumes.end()) {
     self->state.vms->forget_space(space_id);
@@ -542,21 +549,22 @@ void space_opened(self_pointer self, const std::string& space_id, const std::str
   auto pending = std::move(found->second);
   self->state.pending_resumes.erase(found);
   self->state.records.erase(pending.info.id);
-  if (!error.empty() || self->state.shutting_down) {
+  if (error || self->state.shutting_down) {
     self->state.resuming.erase(space_id);
     self->state.vms->forget_space(space_id);
-    if (!error.empty())
+    if (error)
       pending.promise.deliver(make_error(
-          errc::space_corrupted, "Space " + space_id + " cannot be resumed: " + error +
+          to_error(error).kind,
+          "Space " + space_id + " cannot be resumed: " + to_error(error).message() +
                                      "; it is kept as it is for inspection (DELETE /v1/spaces/" +
                                      space_id + " removes it)"));
     else
       pending.promise.deliver(
-          make_error(errc::shutting_down, "hostd is shutting down; retry after it restarts"));
+          shutting_down());
     return;
   }
   auto promise = pending.promise;
-  launch(self, pending.info, -1, LaunchPlan{{}, {}, {}, space_id},
+  launch(self, pending.info, -1, launch::FromSpace{space_id},
          [self, promise, space_id](caf::expected<SandboxInfo> outcome) mutable {
            self->state.resuming.erase(space_id);
            if (outcome)
@@ -569,7 +577,7 @@ void space_opened(self_pointer self, const std::string& space_id, const std::str
 caf::result<done_atom> delete_space(self_pointer self, const std::string& owner,
                                     const std::string& space_id) {
   if (self->state.resuming.count(space_id))
-    return make_error(errc::failed_precondition,
+    return make_error(ErrorKind::conflict,
                       "Space " + space_id + " is being resumed right now");
   // A Space whose own `space` file is unreadable has no known owner: no
   // key may delete it through the API (the host's operator can).
@@ -577,7 +585,7 @@ caf::result<done_atom> delete_space(self_pointer self, const std::string& owner,
   if (!space) return std::move(space.error());
   auto removed = self->state.spaces->remove(space_id);
   if (!removed)
-    return make_error(errc::internal,
+    return make_error(ErrorKind::internal,
                       "removing Space " + space_id + ": " + removed.error().message());
   log::info("Space deleted", {{"space", space_id}, {"key", owner}});
   return done_atom::value;
@@ -591,23 +599,23 @@ caf::result<SandboxInfoList> fork(self_pointer self, const std::string& owner,
                                   const std::string& id, std::uint32_t n,
                                   std::uint32_t max_concurrent) {
   if (self->state.shutting_down)
-    return make_error(errc::shutting_down, "hostd is shutting down; retry after it restarts");
+    return shutting_down();
   if (n < 1 || n > kMaxForkChildren)
-    return make_error(errc::invalid_argument, "n: a fork makes 1 to " +
+    return make_error(ErrorKind::invalid_argument, "n: a fork makes 1 to " +
                                                   std::to_string(kMaxForkChildren) +
                                                   " children, got " + std::to_string(n));
   auto record = ready_record(self, owner, id);
   if (!record) return std::move(record.error());
   const std::uint32_t live = live_of(self, owner);
   if (live + n > max_concurrent)
-    return make_error(errc::quota_exceeded,
+    return make_error(ErrorKind::quota,
                       "forking " + id + " " + std::to_string(n) + " ways would make this key run " +
                           std::to_string(live + n) + " sandboxes; its tier's cap is " +
                           std::to_string(max_concurrent) +
                           "; delete sandboxes you no longer need or fork fewer ways");
   auto room = capacity(self);
   if (room.available() < n)
-    return make_error(errc::no_capacity,
+    return make_error(ErrorKind::capacity,
                       "forking " + id + " " + std::to_string(n) + " ways needs " +
                           std::to_string(n) + " free sandbox slots; this host has " +
                           std::to_string(room.available()) + " of " +
@@ -647,8 +655,10 @@ caf::result<SandboxInfoList> fork(self_pointer self, const std::string& owner,
           [=](done_atom) {
             registry_actor registry = caf::actor_cast<registry_actor>(self);
             self->state.vms->fork_parent(
-                id, base_id, [registry, base_id](std::string error, std::int32_t pid) {
-                  caf::anon_send(registry, forked_atom::value, base_id, std::move(error), pid);
+                id, base_id, [registry, base_id](Result<std::int32_t> pid) {
+                  caf::anon_send(registry, forked_atom::value, base_id,
+                                 pid ? caf::error{} : to_caf_error(pid.error()),
+                                 pid ? *pid : std::int32_t{0});
                 });
           },
           [=](caf::error& refused) mutable {
@@ -697,7 +707,7 @@ void fork_child_done(self_pointer self, const std::string& base_id,
     if (fork.failures.size() > 1)
       why += " (and " + std::to_string(fork.failures.size() - 1) + " more)";
     fork.promise.deliver(make_error(
-        errc::boot_failed,
+        ErrorKind::internal,
         "forking " + fork.parent_id + ": " + std::to_string(fork.failures.size()) + " of " +
             std::to_string(fork.child_ids.size()) + " children failed, so none was kept (" + why +
             "); the parent is unchanged"));
@@ -705,7 +715,7 @@ void fork_child_done(self_pointer self, const std::string& base_id,
   self->state.pending_forks.erase(found);
 }
 
-void forked(self_pointer self, const std::string& base_id, const std::string& error) {
+void forked(self_pointer self, const std::string& base_id, const caf::error& error) {
   auto found = self->state.pending_forks.find(base_id);
   if (found == self->state.pending_forks.end()) {
     self->state.vms->release_fork(base_id);
@@ -714,16 +724,16 @@ void forked(self_pointer self, const std::string& base_id, const std::string& er
   auto& fork = found->second;
   // After a failed save the parent runs on as before: let it serve again.
   // Otherwise VmHost lets it go once it has resumed.
-  if (!error.empty()) release_hold(self, fork.parent_id);
-  if (!error.empty() || self->state.shutting_down) {
+  if (error) release_hold(self, fork.parent_id);
+  if (error || self->state.shutting_down) {
     for (const auto& child : fork.child_ids)
       self->state.records.erase(child);
     self->state.vms->release_fork(base_id);
     reaper_op(self, fork.parent_id, kForkLease, false);
     auto failure =
-        !error.empty()
-            ? make_error(errc::boot_failed, "forking " + fork.parent_id + " failed: " + error)
-            : make_error(errc::shutting_down, "hostd is shutting down; retry after it restarts");
+        error ? make_error(to_error(error).kind,
+                           "forking " + fork.parent_id + " failed: " + to_error(error).message())
+            : shutting_down();
     fork.promise.deliver(std::move(failure));
     self->state.pending_forks.erase(found);
     return;
@@ -737,7 +747,7 @@ void forked(self_pointer self, const std::string& base_id, const std::string& er
     auto ancestors = placeholder->second.ancestors;
     self->state.records.erase(placeholder);
     launch(
-        self, std::move(info), -1, LaunchPlan{{}, {}, base_id},
+        self, std::move(info), -1, launch::FromForkSnapshot{base_id},
         [=](caf::expected<SandboxInfo> outcome) {
           fork_child_done(self, base_id, std::move(outcome), child_id);
         },
@@ -748,9 +758,9 @@ void forked(self_pointer self, const std::string& base_id, const std::string& er
 caf::result<SandboxInfo> merge(self_pointer self, const std::string& owner,
                                const std::string& parent_id, const std::string& winner_id) {
   if (self->state.shutting_down)
-    return make_error(errc::shutting_down, "hostd is shutting down; retry after it restarts");
+    return shutting_down();
   if (parent_id == winner_id)
-    return make_error(errc::failed_precondition,
+    return make_error(ErrorKind::conflict,
                       "cannot merge " + parent_id +
                           " into itself; merge_into takes one of its forked children");
   auto parent = ready_record(self, owner, parent_id);
@@ -759,13 +769,13 @@ caf::result<SandboxInfo> merge(self_pointer self, const std::string& owner,
   if (!winner) return std::move(winner.error());
   const auto& ancestors = (*winner)->ancestors;
   if (std::find(ancestors.begin(), ancestors.end(), parent_id) == ancestors.end())
-    return make_error(errc::failed_precondition,
+    return make_error(ErrorKind::conflict,
                       winner_id + " was not forked from " + parent_id +
                           (ancestors.empty() ? std::string(" (it was not forked at all)")
                                              : " (it descends from " + ancestors.front() + ")") +
                           "; merge_into takes a child of " + parent_id + " or one of theirs");
   if (self->state.pending_merges.count(parent_id))
-    return make_error(errc::failed_precondition,
+    return make_error(ErrorKind::conflict,
                       "a merge into " + parent_id + " is already running; retry once it is done");
   auto ready_winner = ready_record(self, owner, winner_id);
   if (!ready_winner) return std::move(ready_winner.error());
@@ -791,9 +801,10 @@ caf::result<SandboxInfo> merge(self_pointer self, const std::string& owner,
                       registry_actor registry = caf::actor_cast<registry_actor>(self);
                       self->state.vms->merge(
                           parent_id, parent_actor, winner_id,
-                          [registry, parent_id](std::string error, std::int32_t pid) {
+                          [registry, parent_id](Result<std::int32_t> pid) {
                             caf::anon_send(registry, merged_atom::value, parent_id,
-                                           std::move(error), pid);
+                                           pid ? caf::error{} : to_caf_error(pid.error()),
+                                           pid ? *pid : std::int32_t{0});
                           });
                     },
                     [=](caf::error& refused) {
@@ -805,19 +816,20 @@ caf::result<SandboxInfo> merge(self_pointer self, const std::string& owner,
   return promise;
 }
 
-void merged(self_pointer self, const std::string& parent_id, const std::string& error,
+void merged(self_pointer self, const std::string& parent_id, const caf::error& error,
             std::int32_t pid) {
   auto found = self->state.pending_merges.find(parent_id);
   if (found == self->state.pending_merges.end()) return;
   auto merge = std::move(found->second);
   self->state.pending_merges.erase(found);
   reaper_op(self, parent_id, kMergeLease, false);
-  if (!error.empty()) {
+  if (error) {
     release_hold(self, parent_id);
     release_hold(self, merge.winner_id);
-    merge.promise.deliver(
-        make_error(errc::failed_precondition, "merging " + merge.winner_id + " into " + parent_id +
-                                                  " failed: " + error + "; both are unchanged"));
+    merge.promise.deliver(make_error(ErrorKind::conflict, "merging " + merge.winner_id + " into " +
+                                                              parent_id + " failed: " +
+                                                              to_error(error).message() +
+                                                              "; both are unchanged"));
     return;
   }
   // The winner's id is gone: its actor stops without touching the VM.
@@ -838,7 +850,7 @@ void merged(self_pointer self, const std::string& parent_id, const std::string& 
   auto parent = self->state.records.find(parent_id);
   if (parent == self->state.records.end()) {
     merge.promise.deliver(
-        make_error(errc::not_found, "sandbox " + parent_id + " was deleted during the merge"));
+        make_error(ErrorKind::not_found, "sandbox " + parent_id + " was deleted during the merge"));
     return;
   }
   if (parent->second.actor_alive) {
@@ -859,20 +871,20 @@ caf::result<done_atom> shutdown(self_pointer self) {
     self->state.pending_creates.clear();
     for (auto& [id, create] : creates)
       create(
-          make_error(errc::shutting_down, "hostd shut down while sandbox " + id + " was booting"));
+          make_error(ErrorKind::unavailable, "hostd shut down while sandbox " + id + " was booting"));
     for (auto& [base, fork] : self->state.pending_forks)
       fork.promise.deliver(
-          make_error(errc::shutting_down,
+          make_error(ErrorKind::unavailable,
                      "hostd shut down while sandbox " + fork.parent_id + " was being forked"));
     self->state.pending_forks.clear();
     for (auto& [parent, merge] : self->state.pending_merges)
       merge.promise.deliver(
-          make_error(errc::shutting_down, "hostd shut down while sandbox " + merge.winner_id +
+          make_error(ErrorKind::unavailable, "hostd shut down while sandbox " + merge.winner_id +
                                               " was being merged into " + parent));
     self->state.pending_merges.clear();
     for (auto& [space_id, resume] : self->state.pending_resumes) {
       self->state.vms->forget_space(space_id);
-      resume.promise.deliver(make_error(errc::shutting_down, "hostd shut down while Space " +
+      resume.promise.deliver(make_error(ErrorKind::unavailable, "hostd shut down while Space " +
                                                                  space_id + " was being resumed"));
     }
     self->state.pending_resumes.clear();
@@ -977,7 +989,7 @@ registry_actor::behavior_type registry_behavior(self_pointer self, VmHost* vms,
         auto record = owned(self, owner, id);
         if (!record) return std::move(record.error());
         if (!(*record)->actor_alive)
-          return make_error(errc::sandbox_died, "sandbox " + id +
+          return make_error(ErrorKind::guest_died, "sandbox " + id +
                                                     " died: " + (*record)->info.dead_reason +
                                                     "; delete it and create a new one");
         if (!self->state.reaper) return self->delegate((*record)->actor, begin_op_atom::value);
@@ -1011,23 +1023,23 @@ registry_actor::behavior_type registry_behavior(self_pointer self, VmHost* vms,
           std::uint32_t max_concurrent) { return fork(self, owner, id, n, max_concurrent); },
       [=](merge_atom, const std::string& owner, const std::string& parent,
           const std::string& winner) { return merge(self, owner, parent, winner); },
-      [=](forked_atom, const std::string& base_id, const std::string& error, std::int32_t) {
+      [=](forked_atom, const std::string& base_id, const caf::error& error, std::int32_t) {
         forked(self, base_id, error);
       },
-      [=](merged_atom, const std::string& parent, const std::string& error, std::int32_t pid) {
+      [=](merged_atom, const std::string& parent, const caf::error& error, std::int32_t pid) {
         merged(self, parent, error, pid);
       },
       [=](freeze_atom, const std::string& owner, const std::string& id) {
         return freeze(self, owner, id);
       },
-      [=](frozen_atom, const std::string& id, const std::string& error, SpaceInfo& space) {
+      [=](frozen_atom, const std::string& id, const caf::error& error, SpaceInfo& space) {
         frozen(self, id, error, std::move(space));
       },
       [=](resume_atom, const std::string& owner, const std::string& space_id, bool persistent,
           std::uint32_t max_concurrent) {
         return resume(self, owner, space_id, persistent, max_concurrent);
       },
-      [=](space_opened_atom, const std::string& space_id, const std::string& error) {
+      [=](space_opened_atom, const std::string& space_id, const caf::error& error) {
         space_opened(self, space_id, error);
       },
       [=](spaces_atom, const std::string& owner) -> SpaceInfoList {

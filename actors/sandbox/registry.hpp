@@ -25,13 +25,13 @@
 namespace vesicle {
 
 using registry_actor = caf::typed_actor<
-    // owner, spec -> the sandbox once ready. errc::no_capacity when full,
-    // errc::boot_failed when its VM did not come up (nothing is left behind).
+    // owner, spec -> the sandbox once ready. ErrorKind::capacity when full,
+    // ErrorKind::internal when its VM did not come up (nothing is left behind).
     caf::replies_to<create_atom, std::string, SandboxSpec>::with<SandboxInfo>,
-    // The same with the owner's concurrency cap: errc::quota_exceeded when
+    // The same with the owner's concurrency cap: ErrorKind::quota when
     // the owner already holds that many live sandboxes.
     caf::replies_to<create_atom, std::string, SandboxSpec, std::uint32_t>::with<SandboxInfo>,
-    // owner, id -> the sandbox (errc::not_found unless owner's)
+    // owner, id -> the sandbox (ErrorKind::not_found unless owner's)
     caf::replies_to<lookup_atom, std::string, std::string>::with<SandboxInfo>,
     // owner -> the owner's sandboxes, oldest first
     caf::replies_to<list_atom, std::string>::with<SandboxInfoList>,
@@ -46,18 +46,19 @@ using registry_actor = caf::typed_actor<
     // owner, id, n -> n children, each starting from the sandbox's state at
     // this moment (memory, processes, files); the parent runs on. All or
     // nothing: a child that fails takes the others down, and the parent is
-    // left as it was. errc::no_capacity when n do not fit.
-    // The last number is the owner's concurrency cap (errc::quota_exceeded).
+    // left as it was. ErrorKind::capacity when n do not fit.
+    // The last number is the owner's concurrency cap (ErrorKind::quota).
     caf::replies_to<fork_atom, std::string, std::string, std::uint32_t,
                     std::uint32_t>::with<SandboxInfoList>,
     // owner, parent, winner -> the parent, now running the winner's VM; the
     // winner's id is gone, the parent's old VM destroyed. The winner must
-    // descend from the parent (errc::failed_precondition otherwise).
+    // descend from the parent (ErrorKind::conflict otherwise).
     caf::replies_to<merge_atom, std::string, std::string, std::string>::with<SandboxInfo>,
     // from VmHost: a fork's parent step (base id, error, pid) and a merge's
     // (parent id, error, pid)
-    caf::reacts_to<forked_atom, std::string, std::string, std::int32_t>,
-    caf::reacts_to<merged_atom, std::string, std::string, std::int32_t>,
+    // (base id or parent id, the failure or none, the parent's QEMU pid)
+    caf::reacts_to<forked_atom, std::string, caf::error, std::int32_t>,
+    caf::reacts_to<merged_atom, std::string, caf::error, std::int32_t>,
     // Spaces (space_store.hpp). owner, id -> the Space the sandbox's VM was
     // saved into; the sandbox stays listed, state frozen, until DELETE.
     // The sandbox must be ready with nothing running (failed_precondition).
@@ -73,8 +74,8 @@ using registry_actor = caf::typed_actor<
     caf::replies_to<delete_space_atom, std::string, std::string>::with<done_atom>,
     // from VmHost: a freeze's save (sandbox id, error, the Space), a
     // resume's check (space id, error)
-    caf::reacts_to<frozen_atom, std::string, std::string, SpaceInfo>,
-    caf::reacts_to<space_opened_atom, std::string, std::string>,
+    caf::reacts_to<frozen_atom, std::string, caf::error, SpaceInfo>,
+    caf::reacts_to<space_opened_atom, std::string, caf::error>,
     caf::replies_to<capacity_atom>::with<CapacityInfo>,
     // Refuses new creates, freezes every persistent ready sandbox into a
     // Space (when Spaces are on), destroys the others, then stops.

@@ -7,13 +7,17 @@
 #include <caf/stateful_actor.hpp>
 #include <caf/typed_event_based_actor.hpp>
 
+#include "actors/sandbox/sandbox_phase.hpp"
 #include "actors/sandbox/vm_host.hpp"
+#include "common/log.hpp"
 
 namespace vesicle {
 
 namespace {
 
 struct SandboxActorState {
+  // The phase is the truth; info.state is what the API shows of it.
+  SandboxPhase phase = SandboxPhase::booting;
   SandboxInfo info;
   VmHost* vms = nullptr;
   state_listener listener;
@@ -23,14 +27,12 @@ struct SandboxActorState {
   std::vector<caf::typed_response_promise<SandboxInfo>> ready_waiters;
   // Callers of destroy, answered once the VM is reclaimed.
   std::vector<caf::typed_response_promise<done_atom>> destroy_waiters;
-  // DELETE came while booting: tear down as soon as the boot resolves.
+  // DELETE came while booting or busy: tear down as soon as that resolves.
   bool destroy_requested = false;
   // A VM exists (or may: a boot is in flight) that has not been reclaimed.
   bool holds_vm = true;
   bool reclaim_in_flight = false;
-  // A fork or merge is working on the VM: no new operations.
-  bool held = false;
-  // The reaper's verdict that came while held.
+  // The reaper's verdict that came while busy.
   std::string pending_expiry;
   static inline const char* name = "sandbox";
 };
@@ -45,33 +47,60 @@ void report(self_pointer self) {
   if (self->state.listener) self->send(self->state.listener, state_atom::value, self->state.info);
 }
 
-void enter(self_pointer self, SandboxState next) {
-  self->state.info.state = next;
-  if (next != SandboxState::ready && next != SandboxState::booting) self->state.info.qemu_pid = 0;
-  report(self);
+// Every change of phase goes through here and follows sandbox_phase.cpp's
+// table; a move it does not allow is a bug, logged and not made.
+bool enter(self_pointer self, SandboxPhase next) {
+  auto& state = self->state;
+  if (next == state.phase) return true;
+  if (!can_move(state.phase, next)) {
+    log::error("bug: a sandbox phase change the table does not allow; staying",
+               {{"sandbox", state.info.id}, {"from", to_string(state.phase)}, {"to", to_string(next)}});
+    return false;
+  }
+  state.phase = next;
+  auto shown = public_state(next);
+  if (shown != SandboxState::ready && shown != SandboxState::booting) state.info.qemu_pid = 0;
+  if (shown != state.info.state) {
+    state.info.state = shown;
+    report(self);
+  }
+  return true;
+}
+
+bool is(self_pointer self, SandboxPhase phase) {
+  return self->state.phase == phase;
+}
+
+// Up, whether or not a fork, merge or freeze holds it.
+bool up(self_pointer self) {
+  return is(self, SandboxPhase::ready) || is(self, SandboxPhase::busy);
 }
 
 // The error a caller gets when the sandbox cannot serve an operation now.
 caf::error not_now(self_pointer self) {
   const auto& info = self->state.info;
-  switch (info.state) {
-  case SandboxState::booting:
-    return make_error(errc::failed_precondition,
+  switch (self->state.phase) {
+  case SandboxPhase::busy:
+    return make_error(ErrorKind::conflict,
+                      "sandbox " + info.id +
+                          " is busy being forked, merged or frozen; retry in a moment");
+  case SandboxPhase::booting:
+    return make_error(ErrorKind::conflict,
                       "sandbox " + info.id + " is still booting; retry once its state is ready");
-  case SandboxState::destroying:
-    return make_error(errc::failed_precondition, "sandbox " + info.id + " is being deleted");
-  case SandboxState::dead:
-    return make_error(errc::sandbox_died, "sandbox " + info.id + " died: " + info.dead_reason +
+  case SandboxPhase::destroying:
+    return make_error(ErrorKind::conflict, "sandbox " + info.id + " is being deleted");
+  case SandboxPhase::dead:
+    return make_error(ErrorKind::guest_died, "sandbox " + info.id + " died: " + info.dead_reason +
                                               "; delete it and create a new one");
-  case SandboxState::frozen:
-    return make_error(errc::failed_precondition,
+  case SandboxPhase::frozen:
+    return make_error(ErrorKind::conflict,
                       "sandbox " + info.id + " is frozen into Space " + info.space_id +
                           "; resume it with POST /v1/spaces/" + info.space_id +
                           "/resume (Sandbox.resume in the SDK), which makes a new sandbox");
-  case SandboxState::ready:
+  case SandboxPhase::ready:
     break;
   }
-  return make_error(errc::internal, "sandbox " + info.id + " refused an operation while ready");
+  return make_error(ErrorKind::internal, "sandbox " + info.id + " refused an operation while ready");
 }
 
 void start_reclaim(self_pointer self) {
@@ -93,7 +122,7 @@ void finish_if_destroyed(self_pointer self) {
 // calls learn why.
 void die(self_pointer self, std::string reason) {
   self->state.info.dead_reason = std::move(reason);
-  enter(self, SandboxState::dead);
+  enter(self, SandboxPhase::dead);
   for (auto& waiter : self->state.ready_waiters)
     waiter.deliver(not_now(self));
   self->state.ready_waiters.clear();
@@ -101,7 +130,7 @@ void die(self_pointer self, std::string reason) {
 }
 
 void begin_destroy(self_pointer self) {
-  if (self->state.info.state != SandboxState::dead) enter(self, SandboxState::destroying);
+  enter(self, SandboxPhase::destroying);
   for (auto& waiter : self->state.ready_waiters)
     waiter.deliver(not_now(self));
   self->state.ready_waiters.clear();
@@ -112,6 +141,7 @@ void begin_destroy(self_pointer self) {
 sandbox_actor::behavior_type sandbox_behavior(self_pointer self, SandboxInfo info, VmHost* vms,
                                               state_listener listener, LaunchPlan plan) {
   self->state.info = std::move(info);
+  self->state.phase = SandboxPhase::booting;
   self->state.info.state = SandboxState::booting;
   self->state.vms = vms;
   self->state.listener = std::move(listener);
@@ -121,10 +151,11 @@ sandbox_actor::behavior_type sandbox_behavior(self_pointer self, SandboxInfo inf
 
   return {
       [=](await_ready_atom) -> caf::result<SandboxInfo> {
-        switch (self->state.info.state) {
-        case SandboxState::ready:
+        switch (self->state.phase) {
+        case SandboxPhase::ready:
+        case SandboxPhase::busy:
           return self->state.info;
-        case SandboxState::booting:
+        case SandboxPhase::booting:
           if (self->state.destroy_requested) return not_now(self);
           self->state.ready_waiters.push_back(self->make_response_promise<SandboxInfo>());
           return self->state.ready_waiters.back();
@@ -134,11 +165,7 @@ sandbox_actor::behavior_type sandbox_behavior(self_pointer self, SandboxInfo inf
       },
       [=](info_atom) -> SandboxInfo { return self->state.info; },
       [=](begin_op_atom) -> caf::result<std::uint64_t> {
-        if (self->state.info.state != SandboxState::ready) return not_now(self);
-        if (self->state.held)
-          return make_error(errc::failed_precondition,
-                            "sandbox " + id_of(self) +
-                                " is being forked, merged or frozen; retry in a moment");
+        if (!is(self, SandboxPhase::ready)) return not_now(self);
         auto lease = self->state.next_lease++;
         self->state.leases.insert(lease);
         return lease;
@@ -147,70 +174,67 @@ sandbox_actor::behavior_type sandbox_behavior(self_pointer self, SandboxInfo inf
       [=](destroy_atom) -> caf::result<done_atom> {
         auto promise = self->make_response_promise<done_atom>();
         self->state.destroy_waiters.push_back(promise);
-        switch (self->state.info.state) {
-        case SandboxState::booting:
+        switch (self->state.phase) {
+        case SandboxPhase::booting:
           // The driver's boot cannot be interrupted; it ends within the boot
           // timeout and then vm_booted / vm_boot_failed finishes the job.
+        case SandboxPhase::busy:
+          // A fork, merge or freeze is replacing the VM: tear down once it
+          // is done (hold(false), frozen), so no VM it makes outlives the
+          // DELETE.
           self->state.destroy_requested = true;
           break;
-        case SandboxState::ready:
-          // A fork or merge is replacing the VM: tear down once it is
-          // done (hold(false)), so no VM it makes outlives the DELETE.
-          if (self->state.held) {
-            self->state.destroy_requested = true;
-            break;
-          }
+        case SandboxPhase::ready:
+        case SandboxPhase::dead:
           begin_destroy(self);
           break;
-        case SandboxState::dead:
-          begin_destroy(self);
-          break;
-        case SandboxState::frozen:
+        case SandboxPhase::frozen:
           // No VM: the record goes, the Space stays.
           finish_if_destroyed(self);
           break;
-        case SandboxState::destroying:
+        case SandboxPhase::destroying:
           break;
         }
         return promise;
       },
       [=](hold_atom, bool hold) -> caf::result<done_atom> {
         if (!hold) {
-          self->state.held = false;
-          if (self->state.destroy_requested && self->state.info.state == SandboxState::ready)
+          // Nothing to do unless busy (the VM may have died meanwhile).
+          if (!is(self, SandboxPhase::busy)) return done_atom::value;
+          enter(self, SandboxPhase::ready);
+          if (self->state.destroy_requested)
             begin_destroy(self);
-          else if (!self->state.pending_expiry.empty() &&
-                   self->state.info.state == SandboxState::ready)
+          else if (!self->state.pending_expiry.empty())
             die(self, std::move(self->state.pending_expiry));
           return done_atom::value;
         }
-        if (self->state.info.state != SandboxState::ready) return not_now(self);
-        if (self->state.held)
+        if (is(self, SandboxPhase::busy))
           return make_error(
-              errc::failed_precondition,
+              ErrorKind::conflict,
               "sandbox " + id_of(self) +
                   " is already being forked, merged or frozen; retry once that is done");
+        if (!is(self, SandboxPhase::ready)) return not_now(self);
         if (!self->state.leases.empty())
           return make_error(
-              errc::failed_precondition,
+              ErrorKind::conflict,
               "sandbox " + id_of(self) + " has " + std::to_string(self->state.leases.size()) +
                   " exec or file transfer running; fork, merge or freeze once it finished");
-        self->state.held = true;
+        enter(self, SandboxPhase::busy);
         return done_atom::value;
       },
       [=](vm_replaced_atom, std::int32_t qemu_pid) {
-        if (self->state.info.state != SandboxState::ready) return;
+        if (!up(self)) return;
         self->state.info.qemu_pid = qemu_pid;
         report(self);
       },
       [=](frozen_atom, std::string& space_id) {
-        if (self->state.info.state != SandboxState::ready) return;
+        // A freeze holds the sandbox (busy) until its Space is written.
+        if (!is(self, SandboxPhase::busy)) return;
         // VmHost let go of the VM once the Space was written.
         self->state.holds_vm = false;
-        self->state.held = false;
         self->state.pending_expiry.clear();
         self->state.info.space_id = std::move(space_id);
-        enter(self, SandboxState::frozen);
+        enter(self, SandboxPhase::frozen);
         // A DELETE that waited for the freeze.
         if (self->state.destroy_requested) finish_if_destroyed(self);
       },
@@ -225,27 +249,27 @@ sandbox_actor::behavior_type sandbox_behavior(self_pointer self, SandboxInfo inf
       },
       [=](expire_atom, std::string reason) {
         // Not in the middle of a fork or merge: applied once it is done.
-        if (self->state.held) {
+        if (is(self, SandboxPhase::busy)) {
           self->state.pending_expiry = std::move(reason);
           return;
         }
-        if (self->state.info.state == SandboxState::ready) die(self, std::move(reason));
+        if (is(self, SandboxPhase::ready)) die(self, std::move(reason));
       },
       [=](vm_booted_atom, std::int32_t qemu_pid, std::string& source) {
-        if (self->state.info.state != SandboxState::booting) return;
+        if (!is(self, SandboxPhase::booting)) return;
         self->state.info.qemu_pid = qemu_pid;
         self->state.info.source = std::move(source);
         if (self->state.destroy_requested) {
           begin_destroy(self);
           return;
         }
-        enter(self, SandboxState::ready);
+        enter(self, SandboxPhase::ready);
         for (auto& waiter : self->state.ready_waiters)
           waiter.deliver(self->state.info);
         self->state.ready_waiters.clear();
       },
       [=](vm_boot_failed_atom, std::string reason) {
-        if (self->state.info.state != SandboxState::booting) return;
+        if (!is(self, SandboxPhase::booting)) return;
         // A failed boot leaves nothing behind (the driver's promise), but
         // reclaiming by id is idempotent and cheap: do it anyway.
         if (self->state.destroy_requested) {
@@ -254,16 +278,15 @@ sandbox_actor::behavior_type sandbox_behavior(self_pointer self, SandboxInfo inf
           return;
         }
         for (auto& waiter : self->state.ready_waiters)
-          waiter.deliver(make_error(errc::boot_failed,
+          waiter.deliver(make_error(ErrorKind::internal,
                                     "booting sandbox " + id_of(self) + " failed: " + reason));
         self->state.ready_waiters.clear();
         die(self, "boot failed: " + reason);
       },
       [=](vm_exited_atom, std::string reason) -> done_atom {
         // Only a VM that was up can die; in destroying the exit is ours.
-        if (self->state.info.state == SandboxState::ready) {
+        if (up(self)) {
           die(self, "the VM exited: " + reason);
-          self->state.held = false;
           // A DELETE that waited for a fork or merge.
           if (self->state.destroy_requested) begin_destroy(self);
         }

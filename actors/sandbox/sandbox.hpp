@@ -1,19 +1,14 @@
 // The sandbox actor: one per sandbox, owning the life of one VM.
 //
-// States (messages/caf_types.hpp SandboxState) and what moves between them:
-//
-//   booting --vm_booted--> ready --vm_exited--> dead --destroy--> (gone)
-//                            |
-//                            +--frozen (a freeze saved it)--> frozen --destroy--> (gone)
-//      |                     |                   ^
-//      +--vm_boot_failed-----|-------------------+
-//      |                     +--destroy--> destroying --vm_reclaimed--> (gone)
-//      +--destroy (held until the boot resolves, then as from ready/dead)
+// Its phases (booting, ready, busy with a fork, merge or freeze, frozen,
+// dead, destroying) and the moves between them are one table in
+// sandbox_phase.hpp; this actor is the only writer of its phase, and reports
+// each change of what the API shows (SandboxState) to its listener.
 //
 // The VM itself lives on the asio side (VmHost): this actor asks VmHost to
 // boot or reclaim it and hears back by message, so nothing here blocks a CAF
 // thread. Every request is answered in every state: either the value, or a
-// typed error (errc::failed_precondition, errc::sandbox_died, ...) saying why
+// typed error (ErrorKind::conflict, ErrorKind::guest_died, ...) saying why
 // not now — never silence.
 #pragma once
 
@@ -22,12 +17,12 @@
 
 #include <caf/typed_actor.hpp>
 
+#include "actors/sandbox/launch_plan.hpp"
 #include "messages/caf_types.hpp"
 
 namespace vesicle {
 
 class VmHost;
-struct LaunchPlan;
 
 using sandbox_actor = caf::typed_actor<
     // Answers once the sandbox is ready (waits while it boots), or with the

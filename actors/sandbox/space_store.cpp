@@ -193,8 +193,8 @@ std::vector<SpaceInfo> SpaceStore::list(const std::string& owner) const {
 
 Result<SpaceInfo> SpaceStore::find(const std::string& owner, const std::string& id) const {
   auto missing = [&] {
-    return make_error("find Space",
-                      "no Space " + id + " for this key; list yours with GET /v1/spaces");
+    return Error::of(ErrorKind::not_found,
+                     "no Space " + id + " for this key; list yours with GET /v1/spaces", id);
   };
   if (!is_space_id(id)) return missing();
   std::error_code ec;

@@ -67,33 +67,6 @@ std::string fingerprint_images(const fs::path& images_dir) {
 
 } // namespace
 
-// A fork snapshot: the parent's RAM file and disk at the moment of a fork,
-// read-only from then on. Every VM restored from it holds it (through its
-// SandboxVm), and so does a later fork snapshot whose disk is an overlay
-// on this one's; the last holder to go removes the files, after the VMs
-// that mapped them are dead (VmHost destroys a VM before dropping it).
-struct VmHost::ForkBase {
-  ForkBase(std::string id_, vmm::Snapshot snapshot_, std::shared_ptr<ForkBase> parent_,
-           std::shared_ptr<std::size_t> count_)
-      : id(std::move(id_)), snapshot(std::move(snapshot_)), parent(std::move(parent_)),
-        count(std::move(count_)) {
-    ++*count;
-  }
-  ForkBase(const ForkBase&) = delete;
-  ForkBase& operator=(const ForkBase&) = delete;
-  ~ForkBase() {
-    std::error_code ignored;
-    fs::remove_all(snapshot.dir, ignored);
-    fs::remove(snapshot.memory_file, ignored);
-    --*count;
-  }
-
-  std::string id;
-  vmm::Snapshot snapshot;
-  std::shared_ptr<ForkBase> parent;
-  std::shared_ptr<std::size_t> count;
-};
-
 VmHost::VmHost(asio::any_io_executor executor, vmm::Driver& driver, VmSettings settings)
     : executor_(std::move(executor)), driver_(driver), settings_(std::move(settings)),
       images_fingerprint_(fingerprint_images(settings_.images_dir)) {}
@@ -140,158 +113,191 @@ void VmHost::launch(std::string id, SandboxSpec spec, LaunchPlan plan, sandbox_a
       asio::detached);
 }
 
-// A sandbox's VM: adopt the waiting pool VM if it is still alive, else
-// restore from the template if there is one, else cold boot.
+// Adopts a waiting pool VM, with the sandbox's egress in force. Null when
+// it died while waiting (the plan then falls back to its template).
+asio::awaitable<Result<std::optional<VmHost::Acquired>>>
+VmHost::adopt_pool_vm(const std::string& pool_vm_id, const SandboxSpec& spec) {
+  auto found = pool_vms_.find(pool_vm_id);
+  if (found == pool_vms_.end()) co_return std::optional<Acquired>{};
+  PoolVm pooled = std::move(found->second);
+  pool_vms_.erase(found);
+  if (!pooled.vm->running()) {
+    pooled.vm->destroy();
+    co_return std::optional<Acquired>{};
+  }
+  // An adopted pool VM's lease stays held by the pool's coroutine, which
+  // ends after the VM's process has exited.
+  if (pooled.network) {
+    // Pool VMs wait with egress off; the sandbox's own egress is in force
+    // before the create answers.
+    auto egress =
+        co_await pooled.network->set_egress(network_->system(), spec.egress, spec.egress_allow);
+    if (!egress) {
+      pooled.vm->destroy();
+      co_return std::move(egress).error().with_context("setting the sandbox's egress");
+    }
+  }
+  Acquired got;
+  got.vm = std::move(pooled.vm);
+  got.target = std::move(pooled.target);
+  got.network = std::move(pooled.network);
+  got.source = "pool";
+  co_return std::optional<Acquired>{std::move(got)};
+}
+
+// Restores a child from the fork snapshot its parent became.
+asio::awaitable<Result<VmHost::Acquired>>
+VmHost::restore_fork_child(const std::string& id, const SandboxSpec& spec,
+                           const std::string& base_id, Acquired got) {
+  got.base = fork_snapshots_.find(base_id);
+  if (!got.base)
+    co_return make_error("restore a fork child", "fork snapshot " + base_id + " no longer exists");
+  auto config = vm_config(id, spec.vcpus, spec.memory_mib, got.network.get());
+  auto restored = co_await driver_.restore(got.base->snapshot(), std::move(config));
+  if (!restored)
+    co_return std::move(restored).error().with_context(
+        "restoring from the parent's fork snapshot failed");
+  got.vm = std::move(restored.value());
+  got.source = "fork";
+  co_return got;
+}
+
+// Restores the Space open_space checked; the Space is removed once its VM
+// runs.
+asio::awaitable<Result<VmHost::Acquired>> VmHost::resume_space(const std::string& id,
+                                                               const std::string& space_id,
+                                                               Acquired got) {
+  auto found = opened_spaces_.find(space_id);
+  if (found == opened_spaces_.end())
+    co_return make_error("resume a Space", "Space " + space_id + " was not opened for this resume");
+  OpenedSpace opened = std::move(found->second);
+  opened_spaces_.erase(found);
+  // restore_full takes the disk it is given (a rename on the same
+  // filesystem). Given a copy beside the VM dirs instead, the Space
+  // stays whole until the sandbox is ready: a hostd killed meanwhile
+  // leaves it resumable (and the copy to the startup sweep). With the
+  // Space on disk and VMs on tmpfs this is the copy restore_full would
+  // have made anyway. Off the executor: a disk can be large.
+  vmm::Snapshot from = opened.snapshot;
+  from.disk = settings_.runtime_dir / (id + ".space-disk.qcow2");
+  auto copy = [source = opened.snapshot.disk,
+               target = from.disk]() -> asio::awaitable<std::error_code> {
+    std::error_code ec;
+    fs::copy_file(source, target, fs::copy_options::overwrite_existing, ec);
+    co_return ec;
+  };
+  auto copied = co_await asio::co_spawn(checker_.get_executor(), copy, asio::use_awaitable);
+  if (copied) {
+    std::error_code ignored;
+    fs::remove(from.disk, ignored);
+    co_return make_error("resume a Space",
+                         "resuming Space " + space_id + " failed (the Space is kept): copying " +
+                             opened.snapshot.disk.string() + " to " + from.disk.string() + ": " +
+                             copied.message());
+  }
+  auto config = vm_config(id, opened.snapshot.vcpus, opened.snapshot.memory_mib, got.network.get());
+  auto restored = co_await driver_.restore_full(from, std::move(config));
+  {
+    // Renamed into the VM's dir on success, put back here on failure.
+    std::error_code ignored;
+    fs::remove(from.disk, ignored);
+  }
+  if (!restored)
+    co_return std::move(restored).error().with_context("resuming Space " + space_id +
+                                                       " failed (the Space is kept)");
+  got.vm = std::move(restored.value());
+  got.source = "space";
+  got.machine_id = opened.info.machine_id;
+  // Resumed once: its disk is this VM's now, and what is left of it goes.
+  if (auto removed = SpaceStore(settings_.spaces_dir).remove(space_id); !removed)
+    log::warn("Space was resumed but its files stay",
+              {{"space", space_id}, {"sandbox", id}, {"error", removed.error().message()}});
+  co_return got;
+}
+
+// Restores from a template snapshot. Null while the template is not built.
+asio::awaitable<Result<std::optional<VmHost::Acquired>>>
+VmHost::restore_template(const std::string& id, const SandboxSpec& spec, const std::string& key,
+                         Acquired got) {
+  auto found = templates_.find(key);
+  if (found == templates_.end()) co_return std::optional<Acquired>{};
+  const auto snapshot = found->second;
+  auto config = vm_config(id, spec.vcpus, spec.memory_mib, got.network.get());
+  auto restored = co_await driver_.restore(*snapshot, std::move(config));
+  if (!restored)
+    co_return std::move(restored).error().with_context("restoring from the template failed");
+  got.vm = std::move(restored.value());
+  got.source = "restore";
+  co_return std::optional<Acquired>{std::move(got)};
+}
+
+asio::awaitable<Result<VmHost::Acquired>> VmHost::cold_boot(const std::string& id,
+                                                            const SandboxSpec& spec,
+                                                            Acquired got) {
+  auto config = vm_config(id, spec.vcpus, spec.memory_mib, got.network.get());
+  auto booted = co_await driver_.boot(std::move(config));
+  if (!booted) co_return std::move(booted).error();
+  got.vm = std::move(booted.value());
+  got.source = "boot";
+  co_return got;
+}
+
+// The VM a plan gives: each plan's own path, with the fallbacks the plan
+// allows (a pool VM that died -> its template -> a cold boot).
+asio::awaitable<Result<VmHost::Acquired>>
+VmHost::acquire(const std::string& id, const SandboxSpec& spec, const LaunchPlan& plan) {
+  std::string template_key;
+  if (auto* pooled = std::get_if<launch::FromPoolVm>(&plan)) {
+    auto adopted = co_await adopt_pool_vm(pooled->pool_vm_id, spec);
+    if (!adopted) co_return std::move(adopted).error();
+    if (*adopted) co_return std::move(**adopted);
+    template_key = pooled->template_key;
+  }
+  // Any other VM gets a network slot of its own, held by run_sandbox_vm
+  // until the VM's process has exited, so the slot's tap is free when it is
+  // released.
+  Acquired got;
+  auto leased = co_await lease_network(spec.egress, spec.egress_allow);
+  if (!leased) co_return std::move(leased).error();
+  got.network = std::move(leased.value());
+
+  if (auto* fork = std::get_if<launch::FromForkSnapshot>(&plan))
+    co_return co_await restore_fork_child(id, spec, fork->base_id, std::move(got));
+  if (auto* space = std::get_if<launch::FromSpace>(&plan))
+    co_return co_await resume_space(id, space->space_id, std::move(got));
+  if (auto* from_template = std::get_if<launch::FromTemplate>(&plan))
+    template_key = from_template->template_key;
+  if (!template_key.empty()) {
+    auto network = got.network;
+    auto restored = co_await restore_template(id, spec, template_key, std::move(got));
+    if (!restored) co_return std::move(restored).error();
+    if (*restored) co_return std::move(**restored);
+    got = Acquired{};
+    got.network = std::move(network);
+  }
+  co_return co_await cold_boot(id, spec, std::move(got));
+}
+
+// A sandbox's VM, from acquiring it as the plan says to handing it to the
+// sandbox actor; then watches it until its process exits.
 asio::awaitable<void> VmHost::run_sandbox_vm(std::string id, SandboxSpec spec, LaunchPlan plan,
                                              sandbox_actor sandbox) {
-  std::shared_ptr<vmm::Vm> vm;
-  std::shared_ptr<ExitTarget> target;
-  std::string source;
-  // The VM's network slot. A restored or booted VM's lease is held by this
-  // coroutine, which ends after the VM's process has exited, so the slot's
-  // tap is free when it is released; an adopted pool VM's lease is held by
-  // the pool's coroutine in the same way.
-  std::shared_ptr<net::NetworkLease> network;
-  std::shared_ptr<ForkBase> base;
-  std::string machine_id;
-  if (!plan.pool_vm_id.empty()) {
-    auto found = pool_vms_.find(plan.pool_vm_id);
-    if (found != pool_vms_.end()) {
-      if (found->second.vm->running()) {
-        vm = std::move(found->second.vm);
-        target = std::move(found->second.target);
-        network = std::move(found->second.network);
-        source = "pool";
-      } else {
-        found->second.vm->destroy();
-      }
-      pool_vms_.erase(found);
-    }
-  }
+  Result<Acquired> acquired = make_error("launch", "not started");
   try {
-    if (vm && network) {
-      // Pool VMs wait with egress off; the sandbox's own egress is in force
-      // before the create answers.
-      auto egress =
-          co_await network->set_egress(network_->system(), spec.egress, spec.egress_allow);
-      if (!egress) {
-        vm->destroy();
-        caf::anon_send(sandbox, vm_boot_failed_atom::value,
-                       "setting the sandbox's egress failed: " + egress.error().message());
-        co_return;
-      }
-    }
-    if (!vm) {
-      auto leased = co_await lease_network(spec.egress, spec.egress_allow);
-      if (!leased) {
-        caf::anon_send(sandbox, vm_boot_failed_atom::value, leased.error().message());
-        co_return;
-      }
-      network = std::move(leased.value());
-    }
-    if (!vm && !plan.fork_base.empty()) {
-      auto found = forks_.find(plan.fork_base);
-      if (found == forks_.end()) {
-        caf::anon_send(sandbox, vm_boot_failed_atom::value,
-                       "fork snapshot " + plan.fork_base + " no longer exists");
-        co_return;
-      }
-      base = found->second;
-      auto config = vm_config(id, spec.vcpus, spec.memory_mib, network.get());
-      auto restored = co_await driver_.restore(base->snapshot, std::move(config));
-      if (!restored) {
-        caf::anon_send(sandbox, vm_boot_failed_atom::value,
-                       "restoring from the parent's fork snapshot failed: " +
-                           restored.error().message());
-        co_return;
-      }
-      vm = std::move(restored.value());
-      source = "fork";
-    }
-    if (!vm && !plan.space_id.empty()) {
-      auto found = opened_spaces_.find(plan.space_id);
-      if (found == opened_spaces_.end()) {
-        caf::anon_send(sandbox, vm_boot_failed_atom::value,
-                       "Space " + plan.space_id + " was not opened for this resume");
-        co_return;
-      }
-      OpenedSpace opened = std::move(found->second);
-      opened_spaces_.erase(found);
-      // restore_full takes the disk it is given (a rename on the same
-      // filesystem). Given a copy beside the VM dirs instead, the Space
-      // stays whole until the sandbox is ready: a hostd killed meanwhile
-      // leaves it resumable (and the copy to the startup sweep). With the
-      // Space on disk and VMs on tmpfs this is the copy restore_full would
-      // have made anyway. Off the executor: a disk can be large.
-      vmm::Snapshot from = opened.snapshot;
-      from.disk = settings_.runtime_dir / (id + ".space-disk.qcow2");
-      auto copy = [source = opened.snapshot.disk,
-                   target = from.disk]() -> asio::awaitable<std::error_code> {
-        std::error_code ec;
-        fs::copy_file(source, target, fs::copy_options::overwrite_existing, ec);
-        co_return ec;
-      };
-      auto copied = co_await asio::co_spawn(checker_.get_executor(), copy, asio::use_awaitable);
-      if (copied) {
-        std::error_code ignored;
-        fs::remove(from.disk, ignored);
-        caf::anon_send(sandbox, vm_boot_failed_atom::value,
-                       "resuming Space " + plan.space_id + " failed (the Space is kept): copying " +
-                           opened.snapshot.disk.string() + " to " + from.disk.string() + ": " +
-                           copied.message());
-        co_return;
-      }
-      auto config = vm_config(id, opened.snapshot.vcpus, opened.snapshot.memory_mib, network.get());
-      auto restored = co_await driver_.restore_full(from, std::move(config));
-      {
-        // Renamed into the VM's dir on success, put back here on failure.
-        std::error_code ignored;
-        fs::remove(from.disk, ignored);
-      }
-      if (!restored) {
-        caf::anon_send(sandbox, vm_boot_failed_atom::value,
-                       "resuming Space " + plan.space_id +
-                           " failed (the Space is kept): " + restored.error().message());
-        co_return;
-      }
-      vm = std::move(restored.value());
-      source = "space";
-      machine_id = opened.info.machine_id;
-      // Resumed once: its disk is this VM's now, and what is left of it goes.
-      if (auto removed = SpaceStore(settings_.spaces_dir).remove(plan.space_id); !removed)
-        log::warn(
-            "Space was resumed but its files stay",
-            {{"space", plan.space_id}, {"sandbox", id}, {"error", removed.error().message()}});
-    }
-    if (!vm && !plan.template_key.empty()) {
-      if (auto found = templates_.find(plan.template_key); found != templates_.end()) {
-        const auto snapshot = found->second;
-        auto config = vm_config(id, spec.vcpus, spec.memory_mib, network.get());
-        auto restored = co_await driver_.restore(*snapshot, std::move(config));
-        if (!restored) {
-          caf::anon_send(sandbox, vm_boot_failed_atom::value,
-                         "restoring from the template failed: " + restored.error().message());
-          co_return;
-        }
-        vm = std::move(restored.value());
-        source = "restore";
-      }
-    }
-    if (!vm) {
-      auto config = vm_config(id, spec.vcpus, spec.memory_mib, network.get());
-      auto booted = co_await driver_.boot(std::move(config));
-      if (!booted) {
-        caf::anon_send(sandbox, vm_boot_failed_atom::value, booted.error().message());
-        co_return;
-      }
-      vm = std::move(booted.value());
-      source = "boot";
-    }
+    acquired = co_await acquire(id, spec, plan);
   } catch (const std::exception& e) {
-    caf::anon_send(sandbox, vm_boot_failed_atom::value,
-                   std::string("the VMM driver threw: ") + e.what());
+    acquired = make_error("launch", std::string("the VMM driver threw: ") + e.what());
+  }
+  if (!acquired) {
+    caf::anon_send(sandbox, vm_boot_failed_atom::value, acquired.error().message());
     co_return;
   }
+  auto vm = acquired->vm;
+  auto target = std::move(acquired->target);
+  auto network = std::move(acquired->network);
+  auto base = std::move(acquired->base);
+  auto machine_id = std::move(acquired->machine_id);
+  auto source = std::move(acquired->source);
   {
     // Every clone of a template or fork snapshot starts with the same RNG
     // state, clock, hostname and machine-id: replace them before the
@@ -357,7 +363,7 @@ asio::awaitable<void> VmHost::run_fork_parent(std::string parent_id, std::string
                                               ForkStepDone done) {
   auto found = vms_.find(parent_id);
   if (found == vms_.end() || !found->second.vm->running()) {
-    done("sandbox " + parent_id + " has no running VM", 0);
+    done(Error::of(ErrorKind::conflict, "sandbox " + parent_id + " has no running VM"));
     co_return;
   }
   // Copies: the map may change while this waits.
@@ -379,8 +385,8 @@ asio::awaitable<void> VmHost::run_fork_parent(std::string parent_id, std::string
       if (!before.vm->running())
         caf::anon_send(parent, vm_exited_atom::value,
                        "the VM ended while it was saved for a fork: " + promoted.error().message());
-      done("saving sandbox " + parent_id + " for the fork failed: " + promoted.error().message(),
-           0);
+      done(std::move(promoted).error().with_context("saving sandbox " + parent_id +
+                                                    " for the fork failed"));
       co_return;
     }
     source = std::move(promoted.value());
@@ -409,21 +415,21 @@ asio::awaitable<void> VmHost::run_fork_parent(std::string parent_id, std::string
       caf::anon_send(parent, vm_exited_atom::value,
                      "the VM ended while it was saved for a fork: " + why);
     }
-    done("saving sandbox " + parent_id + " for the fork failed: " + why, 0);
+    done(std::move(saved).error().with_context("saving sandbox " + parent_id +
+                                               " for the fork failed"));
     co_return;
   }
-  auto base =
-      std::make_shared<ForkBase>(base_id, std::move(saved.value()), before.base, fork_count_);
   // The children can be restored now, while the parent resumes.
-  forks_[base_id] = base;
-  done("", 0);
+  auto base = fork_snapshots_.add(base_id, std::move(saved.value()), before.base);
+  done(std::int32_t{0});
   // The parent goes on as one more copy of the snapshot, with its network
   // slot, hostname and machine-id.
   Result<std::unique_ptr<vmm::Vm>> restored = make_error("restore", "not tried");
   for (int attempt = 0; attempt < 2 && !restored; ++attempt) {
     auto config =
-        vm_config(parent_id, base->snapshot.vcpus, base->snapshot.memory_mib, before.network.get());
-    restored = co_await driver_.restore(base->snapshot, std::move(config));
+        vm_config(parent_id, base->snapshot().vcpus, base->snapshot().memory_mib,
+                  before.network.get());
+    restored = co_await driver_.restore(base->snapshot(), std::move(config));
     if (!restored)
       log::warn("fork: resuming the parent failed", {{"sandbox", parent_id},
                                                      {"fork", base_id},
@@ -492,11 +498,12 @@ VmHost::promote(const std::string& parent_id, const SandboxVm& before, const std
 }
 
 void VmHost::release_fork(std::string base_id) {
-  asio::post(executor_, [this, base_id = std::move(base_id)] { forks_.erase(base_id); });
+  asio::post(executor_,
+             [this, base_id = std::move(base_id)] { fork_snapshots_.release(base_id); });
 }
 
 std::size_t VmHost::fork_snapshots() const {
-  return *fork_count_;
+  return fork_snapshots_.count();
 }
 
 void VmHost::merge(std::string parent_id, sandbox_actor parent, std::string winner_id,
@@ -511,7 +518,7 @@ asio::awaitable<void> VmHost::run_merge(std::string parent_id, sandbox_actor par
                                         std::string winner_id, ForkStepDone done) {
   auto winner_found = vms_.find(winner_id);
   if (winner_found == vms_.end() || !winner_found->second.vm->running()) {
-    done("sandbox " + winner_id + " has no running VM", 0);
+    done(Error::of(ErrorKind::conflict, "sandbox " + winner_id + " has no running VM"));
     co_return;
   }
   SandboxVm winner = std::move(winner_found->second);
@@ -540,7 +547,7 @@ asio::awaitable<void> VmHost::run_merge(std::string parent_id, sandbox_actor par
         "merge: identity refresh failed",
         {{"sandbox", parent_id}, {"winner", winner_id}, {"error", refreshed.error().message()}});
   }
-  done("", pid);
+  done(pid);
 }
 
 void VmHost::freeze(std::string id, SpaceInfo space, FreezeDone done) {
@@ -698,9 +705,10 @@ void VmHost::open_space(SpaceInfo space, SpaceOpened done) {
 
 asio::awaitable<void> VmHost::run_open_space(SpaceInfo space, SpaceOpened done) {
   if (space.images_fingerprint != images_fingerprint_) {
-    done("it was frozen on other guest images (fingerprint " + space.images_fingerprint +
-         ", this host's are " + images_fingerprint_ +
-         "); resume it on a host with the images it was made with");
+    done(Error::of(ErrorKind::corrupted,
+                   "it was frozen on other guest images (fingerprint " + space.images_fingerprint +
+                       ", this host's are " + images_fingerprint_ +
+                       "); resume it on a host with the images it was made with"));
     co_return;
   }
   // Reads and hashes every byte (device state with all of RAM, disk): off
@@ -712,23 +720,26 @@ asio::awaitable<void> VmHost::run_open_space(SpaceInfo space, SpaceOpened done) 
   auto checked = co_await asio::co_spawn(checker_.get_executor(), check, asio::use_awaitable);
   auto& opened = *checked;
   if (!opened) {
-    done(opened.error().message());
+    done(Error::of(ErrorKind::corrupted, opened.error().message()));
     co_return;
   }
   if (!opened->full_ram) {
-    done("its VM snapshot in " + dir.string() + " is not a full-RAM snapshot");
+    done(Error::of(ErrorKind::corrupted,
+                   "its VM snapshot in " + dir.string() + " is not a full-RAM snapshot"));
     co_return;
   }
   if (opened->network != (network_ != nullptr)) {
-    done(opened->network ? "it was frozen with a network device and this hostd runs without "
-                           "networking; resume it on a hostd with a network section"
-                         : "it was frozen without a network device and this hostd gives every VM "
-                           "one; resume it on a hostd without networking");
+    done(Error::of(ErrorKind::corrupted,
+                   opened->network
+                       ? "it was frozen with a network device and this hostd runs without "
+                         "networking; resume it on a hostd with a network section"
+                       : "it was frozen without a network device and this hostd gives every VM "
+                         "one; resume it on a hostd without networking"));
     co_return;
   }
   const auto id = space.space_id;
   opened_spaces_[id] = OpenedSpace{std::move(space), std::move(opened.value())};
-  done("");
+  done(Result<void>{});
 }
 
 void VmHost::forget_space(std::string space_id) {
@@ -946,7 +957,7 @@ void VmHost::destroy_all() {
   for (auto& [id, record] : vms)
     record.vm->destroy();
   vms.clear();
-  forks_.clear();
+  fork_snapshots_.clear();
   auto pooled = std::move(pool_vms_);
   pool_vms_.clear();
   for (auto& [id, entry] : pooled) {

@@ -13,6 +13,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include <boost/asio/any_io_executor.hpp>
@@ -20,9 +21,11 @@
 #include <boost/asio/thread_pool.hpp>
 
 #include "actors/bridge/bridge_actor.hpp"
+#include "actors/sandbox/launch_plan.hpp"
 #include "actors/sandbox/pool.hpp"
 #include "actors/sandbox/sandbox.hpp"
 #include "actors/sandbox/space_store.hpp"
+#include "vmm/fork_snapshots.hpp"
 #include "vmm/vmm.hpp"
 #include "messages/caf_types.hpp"
 
@@ -48,28 +51,14 @@ struct VmSettings {
   std::filesystem::path spaces_dir = "/var/lib/vesicle/spaces";
 };
 
-// Where a sandbox's VM comes from. The registry fills it in from the pool's
-// answer; VmHost falls back down the list when a step is not possible (the
-// waiting VM died meanwhile, the template is not built yet).
-struct LaunchPlan {
-  std::string pool_vm_id;   // adopt this waiting pool VM
-  std::string template_key; // else restore from this template
-                            // else cold boot
-  // A fork's child: restore from this fork snapshot (fork_parent made it),
-  // and nothing else: a child that cannot be restored fails.
-  std::string fork_base;
-  // A resume: the Space open_space checked, and nothing else.
-  std::string space_id;
-};
-
-// Answers a fork or merge step on the executor: an empty error and the
-// parent's QEMU pid afterwards, or why the step failed.
-using ForkStepDone = std::function<void(std::string error, std::int32_t qemu_pid)>;
+// Answers a fork or merge step on the executor: the parent's QEMU pid
+// afterwards (0 when it is not known yet), or why the step failed.
+using ForkStepDone = std::function<void(Result<std::int32_t> qemu_pid)>;
 // Answers a freeze on the executor: the Space written, or why not (and
 // whether the sandbox's VM still runs).
 using FreezeDone = std::function<void(Result<SpaceInfo> space)>;
-// Answers open_space: empty, or why the Space cannot be resumed.
-using SpaceOpened = std::function<void(std::string error)>;
+// Answers open_space: done, or why the Space cannot be resumed.
+using SpaceOpened = std::function<void(Result<void> opened)>;
 
 class VmHost {
 public:
@@ -178,14 +167,13 @@ private:
     pool_actor pool;
     std::string pool_vm_id;
   };
-  struct ForkBase;
   // A sandbox's VM and what it holds: its network slot (released after the
   // VM is destroyed) and the fork snapshot it was restored from.
   struct SandboxVm {
     std::shared_ptr<vmm::Vm> vm;
     std::shared_ptr<ExitTarget> target;
     std::shared_ptr<net::NetworkLease> network;
-    std::shared_ptr<ForkBase> base;
+    std::shared_ptr<vmm::ForkSnapshot> base;
     // The machine-id it was given (empty for a cold-booted VM until its
     // first fork): kept when the parent of a fork is resumed.
     std::string machine_id;
@@ -196,6 +184,30 @@ private:
     std::shared_ptr<net::NetworkLease> network; // null without networking
   };
 
+  // A VM for a new sandbox and what it holds, as acquire() got it.
+  struct Acquired {
+    std::shared_ptr<vmm::Vm> vm;
+    std::shared_ptr<ExitTarget> target; // set only for an adopted pool VM
+    std::shared_ptr<net::NetworkLease> network;
+    std::shared_ptr<vmm::ForkSnapshot> base;
+    std::string machine_id; // kept from a Space; empty: a new one
+    std::string source;     // pool, restore, boot, fork, space
+  };
+  boost::asio::awaitable<Result<Acquired>> acquire(const std::string& id, const SandboxSpec& spec,
+                                                   const LaunchPlan& plan);
+  boost::asio::awaitable<Result<std::optional<Acquired>>>
+  adopt_pool_vm(const std::string& pool_vm_id, const SandboxSpec& spec);
+  boost::asio::awaitable<Result<Acquired>> restore_fork_child(const std::string& id,
+                                                              const SandboxSpec& spec,
+                                                              const std::string& base_id,
+                                                              Acquired got);
+  boost::asio::awaitable<Result<Acquired>> resume_space(const std::string& id,
+                                                        const std::string& space_id, Acquired got);
+  boost::asio::awaitable<Result<std::optional<Acquired>>>
+  restore_template(const std::string& id, const SandboxSpec& spec, const std::string& key,
+                   Acquired got);
+  boost::asio::awaitable<Result<Acquired>> cold_boot(const std::string& id,
+                                                     const SandboxSpec& spec, Acquired got);
   boost::asio::awaitable<void> run_sandbox_vm(std::string id, SandboxSpec spec, LaunchPlan plan,
                                               sandbox_actor sandbox);
   boost::asio::awaitable<void> run_template(TemplateSpec spec, pool_actor pool);
@@ -234,10 +246,7 @@ private:
   VmSettings settings_;
   std::string images_fingerprint_;
   std::map<std::string, SandboxVm> vms_;
-  // Fork snapshots whose children are still being launched.
-  std::map<std::string, std::shared_ptr<ForkBase>> forks_;
-  // How many fork snapshots exist (each ForkBase counts itself).
-  std::shared_ptr<std::size_t> fork_count_ = std::make_shared<std::size_t>(0);
+  vmm::ForkSnapshots fork_snapshots_;
   std::map<std::string, PoolVm> pool_vms_;
   std::map<std::string, std::shared_ptr<const vmm::Snapshot>> templates_;
   // Spaces checked by open_space and waiting for their launch.

@@ -430,10 +430,21 @@ private:
   std::string data_;
 };
 
+// The agent's refusal as the real agent client reports it (with its kind).
+inline Error refused(guest::Failure::Code code, int err, std::string operation, std::string path,
+                     std::string message) {
+  guest::Failure failure;
+  failure.set_code(code);
+  failure.set_errno_value(err);
+  failure.set_message(std::move(message));
+  return vmm::failure_error(std::move(operation), std::move(path), failure);
+}
+
 inline asio::awaitable<Result<std::unique_ptr<vmm::Upload>>>
 FakeAgent::begin_upload(std::string path, std::uint32_t, bool) {
   if (!connected()) co_return broken();
-  if (path.starts_with("/proc/")) co_return Error{EACCES, "open", path, "read-only filesystem", {}};
+  if (path.starts_with("/proc/"))
+    co_return refused(guest::Failure::IO, EACCES, "open", path, "read-only filesystem");
   co_return std::unique_ptr<vmm::Upload>(std::make_unique<FakeUpload>(*this, files, path));
 }
 
@@ -441,9 +452,10 @@ inline asio::awaitable<Result<guest::Done>> FakeAgent::download(std::string path
                                                                 vmm::ChunkSink sink) {
   if (!connected()) co_return broken();
   if (path == "/dev/zero" || path.ends_with("/"))
-    co_return Error{EISDIR, "read", path, "not a regular file", {}};
+    co_return refused(guest::Failure::NOT_A_FILE, EISDIR, "read", path, "not a regular file");
   auto found = files.find(path);
-  if (found == files.end()) co_return Error{ENOENT, "open", path, "", {}};
+  if (found == files.end())
+    co_return refused(guest::Failure::NOT_FOUND, ENOENT, "open", path, "no such file");
   std::string_view data = found->second;
   for (std::size_t offset = 0; offset < data.size(); offset += 65536) {
     auto sent = co_await sink(data.substr(offset, 65536));

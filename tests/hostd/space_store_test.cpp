@@ -123,11 +123,11 @@ TEST(SpaceStore, ListsAndFindsOnlyTheOwnersSpaces) {
   // Another key's Space reads as missing, the same as an unknown id.
   auto foreign = store.find("alice", bobs.space_id);
   ASSERT_FALSE(foreign);
-  EXPECT_EQ(foreign.error().operation, "find Space");
+  EXPECT_EQ(foreign.error().kind, ErrorKind::not_found);
   auto unknown = store.find("alice", new_space_id());
   ASSERT_FALSE(unknown);
-  EXPECT_EQ(unknown.error().operation, "find Space");
-  EXPECT_EQ(store.find("alice", "../keys").error().operation, "find Space");
+  EXPECT_EQ(unknown.error().kind, ErrorKind::not_found);
+  EXPECT_EQ(store.find("alice", "../keys").error().kind, ErrorKind::not_found);
 
   ASSERT_TRUE(store.remove(older.space_id));
   EXPECT_FALSE(fs::exists(store.space_dir(older.space_id)));
@@ -142,7 +142,7 @@ TEST(SpaceStore, AnUnreadableSpaceFileIsAnErrorNotAMissingSpace) {
   std::ofstream(store.space_dir(space.space_id) / "space", std::ios::trunc) << "garbage\n";
   auto found = store.find("alice", space.space_id);
   ASSERT_FALSE(found);
-  EXPECT_NE(found.error().operation, "find Space");
+  EXPECT_NE(found.error().kind, ErrorKind::not_found);
   EXPECT_TRUE(store.list("alice").empty()); // skipped (and logged), not listed half-read
 }
 

@@ -100,6 +100,12 @@ class QuotaExceededError(VesicleError):
     default_code = "quota_exceeded"
 
 
+class DeadlineExceededError(VesicleError):
+    """504: hostd gave up waiting for the sandbox (its guest did not answer in time)."""
+
+    default_code = "timeout"
+
+
 class ServerError(VesicleError):
     """500: a hostd bug; the message says what failed."""
 
@@ -110,6 +116,12 @@ class CapacityError(VesicleError):
     """503: the host has no room for another sandbox right now; retry later."""
 
     default_code = "no_capacity"
+
+
+class UnavailableError(CapacityError):
+    """503: hostd cannot serve this now (it is shutting down); retry after it restarts."""
+
+    default_code = "unavailable"
 
 
 class SandboxClosedError(VesicleError):
@@ -154,9 +166,14 @@ _BY_STATUS = {
     429: QuotaExceededError,
     500: ServerError,
     503: CapacityError,
+    504: DeadlineExceededError,
 }
 
+# Statuses that more than one server code shares: the code picks the class.
+_SHARED_STATUS = {(503, "unavailable"): UnavailableError}
+
 _BY_CODE = {cls.default_code: cls for cls in _BY_STATUS.values()}
+_BY_CODE["unavailable"] = UnavailableError
 
 
 def error_for_code(code: str, message: str, status: Optional[int] = None) -> VesicleError:
@@ -193,7 +210,7 @@ def error_from_response(status: int, reason: str, body: bytes) -> VesicleError:
         message = f"hostd answered HTTP {status} {reason}".rstrip()
         if text:
             message += f": {text}"
-    cls = _BY_STATUS.get(status)
+    cls = _SHARED_STATUS.get((status, code or "")) or _BY_STATUS.get(status)
     if cls is None:
         cls = _BY_CODE.get(code or "", VesicleError)
     return cls(message, code=code, status=status)

@@ -1,0 +1,157 @@
+// Fork and merge_into on the fake driver.
+#include "tests/hostd/actor_test_support.hpp"
+
+using namespace vesicle::actor_test;
+
+namespace {
+
+// -- fork and merge_into, on the fake driver ----------------------------------
+
+class ForkTest : public ActorTest {
+protected:
+  ForkTest() { start_registry(6); }
+  caf::expected<SandboxInfoList> fork(const std::string& id, std::uint32_t n,
+                                      const std::string& owner = "alice") {
+    return ask_registry<SandboxInfoList>(fork_atom::value, owner, id, n, std::uint32_t{10});
+  }
+  caf::expected<SandboxInfo> merge(const std::string& parent, const std::string& winner) {
+    return ask_registry<SandboxInfo>(merge_atom::value, std::string("alice"), parent, winner);
+  }
+  caf::expected<SandboxInfo> lookup(const std::string& id) {
+    return ask_registry<SandboxInfo>(lookup_atom::value, std::string("alice"), id);
+  }
+  void destroy(const std::string& id) {
+    auto done = ask_registry<done_atom>(destroy_atom::value, std::string("alice"), id);
+    EXPECT_TRUE(done) << to_string(done.error());
+  }
+};
+
+TEST_F(ForkTest, ChildrenComeFromOneSaveTheParentRunsOnAndTheSnapshotGoesWithTheLastVm) {
+  auto parent = create();
+  ASSERT_TRUE(parent);
+  const auto parent_pid = parent->qemu_pid;
+  auto children = fork(parent->id, 2);
+  ASSERT_TRUE(children) << to_string(children.error());
+  ASSERT_EQ(children->size(), 2u);
+  for (const auto& child : *children) {
+    EXPECT_EQ(child.state, SandboxState::ready);
+    EXPECT_EQ(child.source, "fork");
+    EXPECT_EQ(child.forked_from, parent->id);
+    EXPECT_EQ(child.owner, "alice");
+    EXPECT_EQ(child.spec, parent->spec);
+  }
+  EXPECT_EQ(driver.saves, 1);
+  EXPECT_EQ(driver.restores_started, 3) << "the parent and two children";
+  auto after = lookup(parent->id);
+  ASSERT_TRUE(after);
+  EXPECT_EQ(after->state, SandboxState::ready);
+  EXPECT_NE(after->qemu_pid, parent_pid) << "the parent runs on a VM restored from the snapshot";
+  // It serves again: the hold is released.
+  EXPECT_TRUE(ask_registry<std::uint64_t>(begin_op_atom::value, std::string("alice"), parent->id));
+  EXPECT_EQ(vms.size(), 3u);
+  EXPECT_EQ(vms.fork_snapshots(), 1u);
+
+  destroy(parent->id);
+  settle();
+  EXPECT_EQ(vms.fork_snapshots(), 1u) << "the children still use it";
+  destroy((*children)[0].id);
+  destroy((*children)[1].id);
+  settle();
+  EXPECT_EQ(vms.fork_snapshots(), 0u);
+  EXPECT_TRUE(driver.live.empty());
+}
+
+TEST_F(ForkTest, AChildThatFailsTakesTheOthersDownAndTheParentRunsOn) {
+  auto parent = create();
+  ASSERT_TRUE(parent);
+  // The parent's own restore and the first child's succeed, the second's fails.
+  driver.fail_restores_after = 2;
+  auto children = fork(parent->id, 2);
+  ASSERT_FALSE(children);
+  EXPECT_NE(error_message(children.error()).find("none was kept"), std::string::npos)
+      << error_message(children.error());
+  settle();
+  auto sandboxes = list();
+  ASSERT_EQ(sandboxes.size(), 1u);
+  EXPECT_EQ(sandboxes[0].id, parent->id);
+  EXPECT_EQ(sandboxes[0].state, SandboxState::ready);
+  EXPECT_EQ(vms.size(), 1u);
+  EXPECT_EQ(vms.fork_snapshots(), 1u) << "the parent runs on the snapshot";
+}
+
+TEST_F(ForkTest, RefusedWhileAnOperationRunsBeyondCapacityAndForBadN) {
+  auto parent = create();
+  ASSERT_TRUE(parent);
+  auto lease = ask_registry<std::uint64_t>(begin_op_atom::value, std::string("alice"), parent->id);
+  ASSERT_TRUE(lease);
+  auto busy = fork(parent->id, 1);
+  ASSERT_FALSE(busy);
+  EXPECT_EQ(code_of(busy.error()), ErrorKind::conflict);
+  EXPECT_NE(error_message(busy.error()).find("running"), std::string::npos);
+  anon_send(registry, end_op_atom::value, std::string("alice"), parent->id, *lease);
+  settle();
+
+  auto too_many = fork(parent->id, 6);
+  ASSERT_FALSE(too_many);
+  EXPECT_EQ(code_of(too_many.error()), ErrorKind::capacity);
+  auto capped = ask_registry<SandboxInfoList>(fork_atom::value, std::string("alice"), parent->id,
+                                              std::uint32_t{2}, std::uint32_t{2});
+  ASSERT_FALSE(capped);
+  EXPECT_EQ(code_of(capped.error()), ErrorKind::quota);
+  auto zero = fork(parent->id, 0);
+  ASSERT_FALSE(zero);
+  EXPECT_EQ(code_of(zero.error()), ErrorKind::invalid_argument);
+  auto stranger = fork(parent->id, 1, "bob");
+  ASSERT_FALSE(stranger);
+  EXPECT_EQ(code_of(stranger.error()), ErrorKind::not_found);
+  EXPECT_EQ(driver.saves, 0);
+  EXPECT_EQ(list().size(), 1u);
+  EXPECT_TRUE(fork(parent->id, 1));
+}
+
+TEST_F(ForkTest, MergeIntoADescendantTakesItsVmAndItsIdIsGone) {
+  auto parent = create();
+  auto other = create();
+  ASSERT_TRUE(parent && other);
+  auto children = fork(parent->id, 2);
+  ASSERT_TRUE(children);
+  auto grandchildren = fork((*children)[0].id, 1);
+  ASSERT_TRUE(grandchildren);
+  const auto winner = (*grandchildren)[0];
+
+  auto itself = merge(parent->id, parent->id);
+  ASSERT_FALSE(itself);
+  EXPECT_EQ(code_of(itself.error()), ErrorKind::conflict);
+  auto stranger = merge(parent->id, other->id);
+  ASSERT_FALSE(stranger);
+  EXPECT_EQ(code_of(stranger.error()), ErrorKind::conflict);
+  EXPECT_NE(error_message(stranger.error()).find("not forked"), std::string::npos);
+
+  // A grandchild is a descendant, even once its own parent is gone.
+  destroy((*children)[0].id);
+  auto merged = merge(parent->id, winner.id);
+  ASSERT_TRUE(merged) << to_string(merged.error());
+  EXPECT_EQ(merged->id, parent->id);
+  EXPECT_EQ(merged->qemu_pid, winner.qemu_pid);
+  settle();
+  auto gone = lookup(winner.id);
+  ASSERT_FALSE(gone);
+  EXPECT_EQ(code_of(gone.error()), ErrorKind::not_found);
+  auto after = lookup(parent->id);
+  ASSERT_TRUE(after);
+  EXPECT_EQ(after->state, SandboxState::ready);
+  EXPECT_EQ(after->qemu_pid, winner.qemu_pid);
+  EXPECT_EQ(vms.size(), 3u) << "parent (the winner's VM), the other child, the stranger";
+  auto* vm = driver.vm(winner.id);
+  ASSERT_NE(vm, nullptr) << "the winner's VM lives on under the parent's id";
+  EXPECT_EQ(vm->fake_agent().refreshed_hostnames.back(), parent->id);
+
+  // Its exit is now the parent's death.
+  vm->kill("killed by signal 9 (SIGKILL)");
+  settle();
+  auto dead = lookup(parent->id);
+  ASSERT_TRUE(dead);
+  EXPECT_EQ(dead->state, SandboxState::dead);
+}
+
+} // namespace
