@@ -4,6 +4,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <iterator>
 #include <memory>
 #include <span>
 
@@ -14,18 +15,23 @@ namespace vesicle::log {
 
 namespace {
 
-spdlog::level::level_enum to_spdlog(Level level) {
-  switch (level) {
-  case Level::debug:
-    return spdlog::level::debug;
-  case Level::info:
-    return spdlog::level::info;
-  case Level::warn:
-    return spdlog::level::warn;
-  case Level::error:
-    return spdlog::level::err;
-  }
-  return spdlog::level::info;
+// Per level, in the order of enum Level: its name, spdlog's level, and the
+// syslog priority journald reads from a line's start (sd-daemon.h: debug
+// 7, info 6, warning 4, err 3).
+struct LevelInfo {
+  const char* name;
+  spdlog::level::level_enum spdlog;
+  const char* journal_prefix;
+};
+constexpr LevelInfo kLevels[] = {
+    {"debug", spdlog::level::debug, "<7>"},
+    {"info", spdlog::level::info, "<6>"},
+    {"warn", spdlog::level::warn, "<4>"},
+    {"error", spdlog::level::err, "<3>"},
+};
+
+const LevelInfo& info_of(Level level) {
+  return kLevels[static_cast<int>(level)];
 }
 
 // journald sets JOURNAL_STREAM to "device:inode" of the stream it reads.
@@ -64,21 +70,6 @@ const Output& output() {
 
 spdlog::logger& logger() {
   return *output().logger;
-}
-
-// syslog priorities (sd-daemon.h): debug 7, info 6, warning 4, err 3.
-const char* journal_prefix(Level level) {
-  switch (level) {
-  case Level::debug:
-    return "<7>";
-  case Level::info:
-    return "<6>";
-  case Level::warn:
-    return "<4>";
-  case Level::error:
-    return "<3>";
-  }
-  return "";
 }
 
 bool needs_quotes(std::string_view text, bool is_message) {
@@ -145,54 +136,38 @@ std::string format_line(Level level, std::string_view message, const Field* firs
 
 void write_line(Level level, std::string_view message, const Field* first, const Field* last) {
   const auto& out = output();
-  if (!out.logger->should_log(to_spdlog(level))) return;
+  if (!out.logger->should_log(info_of(level).spdlog)) return;
   auto line = format_line(level, message, first, last);
-  if (out.journal) line.insert(0, journal_prefix(level));
-  out.logger->log(to_spdlog(level), spdlog::string_view_t(line.data(), line.size()));
+  if (out.journal) line.insert(0, info_of(level).journal_prefix);
+  out.logger->log(info_of(level).spdlog, spdlog::string_view_t(line.data(), line.size()));
 }
 
 } // namespace
 
 std::optional<Level> parse_level(std::string_view name) {
-  for (auto level : {Level::debug, Level::info, Level::warn, Level::error})
-    if (name == to_string(level)) return level;
+  for (std::size_t i = 0; i < std::size(kLevels); ++i)
+    if (name == kLevels[i].name) return static_cast<Level>(i);
   return std::nullopt;
 }
 
 const char* to_string(Level level) {
-  switch (level) {
-  case Level::debug:
-    return "debug";
-  case Level::info:
-    return "info";
-  case Level::warn:
-    return "warn";
-  case Level::error:
-    return "error";
-  }
-  return "info";
+  return info_of(level).name;
 }
 
 void set_level(Level level) {
-  logger().set_level(to_spdlog(level));
+  logger().set_level(info_of(level).spdlog);
 }
 
 Level level() {
-  switch (logger().level()) {
-  case spdlog::level::trace:
-  case spdlog::level::debug:
-    return Level::debug;
-  case spdlog::level::info:
-    return Level::info;
-  case spdlog::level::warn:
-    return Level::warn;
-  default:
-    return Level::error;
-  }
+  // set_level is the only setter, so the level is one of the table's.
+  const auto current = logger().level();
+  for (std::size_t i = 0; i < std::size(kLevels); ++i)
+    if (kLevels[i].spdlog >= current) return static_cast<Level>(i);
+  return Level::error;
 }
 
 bool enabled(Level level) {
-  return logger().should_log(to_spdlog(level));
+  return logger().should_log(info_of(level).spdlog);
 }
 
 std::string format(Level level, std::string_view message, Fields fields) {

@@ -24,6 +24,7 @@
 
 namespace vesicle::log {
 
+// Least to most severe (common/log.cpp's table follows this order).
 enum class Level { debug, info, warn, error };
 
 // For error messages: the names parse_level accepts.

@@ -203,6 +203,7 @@ asio::awaitable<void> Api::handle(Exchange& exchange) {
                                     {"status", exchange.status()},
                                     {"ms", static_cast<long long>(elapsed)}};
   if (!key_id.empty()) fields.emplace_back("key", key_id);
+  if (auto kind = exchange.error_kind()) fields.emplace_back("kind", kind_info(*kind).name);
   // The sandbox or Space the path names, so grep sandbox=<id> finds its
   // requests too.
   if (parts.size() > 2 && parts[1] == "sandboxes") fields.emplace_back("sandbox", parts[2]);

@@ -57,6 +57,6 @@ target_compile_definitions(limits_integration_test PRIVATE
 add_dependencies(limits_integration_test hostd)
 
 # The hostd binary's flags and log lines (--log-level, log_level), no VMs.
-vesicle_test(hostd_cli_test SOURCES hostd/cli_test.cpp)
+vesicle_test(hostd_cli_test SOURCES hostd/cli_test.cpp LIBS vesicle_vmm)
 target_compile_definitions(hostd_cli_test PRIVATE HOSTD_BINARY="$<TARGET_FILE:hostd>")
 add_dependencies(hostd_cli_test hostd)

@@ -12,7 +12,11 @@
 
 #include <gtest/gtest.h>
 
+#include "tests/vmm/test_support.hpp"
+
 namespace {
+
+using vesicle::test::TempDir;
 
 struct Outcome {
   int status = -1;
@@ -35,19 +39,6 @@ Outcome run_hostd(const std::string& arguments) {
   return run_shell(std::string(HOSTD_BINARY) + " " + arguments + " 2>&1");
 }
 
-class TempDir {
-public:
-  TempDir() {
-    char pattern[] = "/tmp/hostd-cli-test-XXXXXX";
-    path = ::mkdtemp(pattern);
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    std::filesystem::remove_all(path, ignored);
-  }
-  std::filesystem::path path;
-};
-
 TEST(HostdCli, AnUnknownLogLevelIsRefusedWithTheAcceptedNames) {
   auto refused = run_hostd("--log-level nonsense");
   EXPECT_EQ(refused.status, 1) << refused.output;
@@ -59,7 +50,7 @@ TEST(HostdCli, AnUnknownLogLevelIsRefusedWithTheAcceptedNames) {
 
 TEST(HostdCli, TheFlagOverridesTheFileAndShowsInTheEffectiveConfiguration) {
   TempDir dir;
-  const auto config = dir.path / "hostd.conf";
+  const auto config = dir.path() / "hostd.conf";
   std::ofstream(config) << "log_level: \"warn\"\n";
   auto from_file = run_hostd("--config " + config.string() + " --print-config");
   EXPECT_EQ(from_file.status, 0) << from_file.output;
@@ -73,7 +64,7 @@ TEST(HostdCli, TheFlagOverridesTheFileAndShowsInTheEffectiveConfiguration) {
 
 TEST(HostdCli, AnUnknownLogLevelInTheFileIsRefusedAsALogLine) {
   TempDir dir;
-  const auto config = dir.path / "hostd.json";
+  const auto config = dir.path() / "hostd.json";
   std::ofstream(config) << R"({"log_level": "loud"})";
   auto refused = run_hostd("--config " + config.string() + " --print-config");
   EXPECT_EQ(refused.status, 1) << refused.output;
@@ -89,8 +80,8 @@ TEST(HostdCli, UnderJournaldTheLineCarriesItsPriorityAndNoTimestamp) {
   // journald names the stream it reads in JOURNAL_STREAM (device:inode);
   // here that stream is a file, the same for hostd's stderr.
   TempDir dir;
-  const auto config = dir.path / "hostd.json";
-  const auto log = dir.path / "stderr";
+  const auto config = dir.path() / "hostd.json";
+  const auto log = dir.path() / "stderr";
   std::ofstream(config) << R"({"log_level": "loud"})";
   const std::string hostd = std::string(HOSTD_BINARY) + " --config " + config.string();
   auto refused = run_shell(hostd + " 2>" + log.string() + "; JOURNAL_STREAM=$(stat -c %d:%i " +
@@ -110,10 +101,11 @@ TEST(HostdCli, AStartThatCannotGoOnSaysWhyInTheLogFormat) {
   // Everything in a temporary directory; the images are missing, so hostd
   // stops before it reclaims, serves or starts a VM.
   TempDir dir;
-  const auto config = dir.path / "hostd.json";
-  std::ofstream(config) << R"({"state_dir": ")" << (dir.path / "state").string()
-                        << R"(", "runtime_dir": ")" << (dir.path / "run").string()
-                        << R"(", "images_dir": ")" << (dir.path / "no-images").string() << R"("})";
+  const auto config = dir.path() / "hostd.json";
+  std::ofstream(config) << R"({"state_dir": ")" << (dir.path() / "state").string()
+                        << R"(", "runtime_dir": ")" << (dir.path() / "run").string()
+                        << R"(", "images_dir": ")" << (dir.path() / "no-images").string()
+                        << R"("})";
   auto failed = run_hostd("--config " + config.string() + " --log-level error");
   EXPECT_EQ(failed.status, 1) << failed.output;
   EXPECT_TRUE(
