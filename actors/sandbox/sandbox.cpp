@@ -53,8 +53,9 @@ bool enter(self_pointer self, SandboxPhase next) {
   auto& state = self->state;
   if (next == state.phase) return true;
   if (!can_move(state.phase, next)) {
-    log::error("bug: a sandbox phase change the table does not allow; staying",
-               {{"sandbox", state.info.id}, {"from", to_string(state.phase)}, {"to", to_string(next)}});
+    log::error(
+        "bug: a sandbox phase change the table does not allow; staying",
+        {{"sandbox", state.info.id}, {"from", to_string(state.phase)}, {"to", to_string(next)}});
     return false;
   }
   state.phase = next;
