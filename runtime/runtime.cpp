@@ -37,8 +37,7 @@ constexpr const char* kOwner = "embedded";
 constexpr std::uint32_t kNoOwnerCap = std::numeric_limits<std::uint32_t>::max();
 
 // An actor's answer (a refusal, a timeout) as the Error the caller gets.
-Error actor_error(const caf::error& error, caf::actor_system& system, std::string operation,
-                  std::string subject) {
+Error actor_error(const caf::error& error, std::string operation, std::string subject) {
   // The kind travels as it is; the operation and subject say what the
   // embedder asked for.
   auto failed = to_error(error);
@@ -170,7 +169,7 @@ public:
                                            guest::ExecPython python_request,
                                            guest::ExecBash bash_request) {
     auto lease = co_await core.lease(kOwner, id);
-    if (!lease) co_return actor_error(lease.error(), system(), "exec", id);
+    if (!lease) co_return actor_error(lease.error(), "exec", id);
     if (!lease->usable()) co_return co_await died(*lease);
     auto out = std::make_shared<ExecOutput>();
     vmm::ExecEventSink sink = [out](const guest::Event& event) { collect(*out, event); };
@@ -232,7 +231,7 @@ private:
                                           caf::timespan timeout, Ts... args) {
     auto reply = co_await ask<R>(system(), core.registry(), timeout, std::move(args)...);
     if (!reply)
-      co_return actor_error(reply.error(), system(), std::move(operation), std::move(subject));
+      co_return actor_error(reply.error(), std::move(operation), std::move(subject));
     co_return std::move(*reply);
   }
 
