@@ -17,6 +17,15 @@
 namespace vesicle::test {
 namespace {
 
+// The agent's memory bounds are checked in the normal build. Under
+// AddressSanitizer (build-asan) most of its RSS is the sanitizer's own:
+// shadow memory and the quarantine that holds freed blocks back from reuse.
+#ifdef __SANITIZE_ADDRESS__
+constexpr bool kCheckAgentRss = false;
+#else
+constexpr bool kCheckAgentRss = true;
+#endif
+
 std::string read_host_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
@@ -229,8 +238,10 @@ TEST(AgentPython, OutputFloodIsTruncatedAndMemoryStaysFlat) {
     }
   }
   // The agent read 50 MB and forwarded 8 MiB without holding either.
-  EXPECT_LT(agent.peak_rss_kib(), 32u * 1024)
-      << "agent peak RSS " << agent.peak_rss_kib() << " KiB";
+  if (kCheckAgentRss) {
+    EXPECT_LT(agent.peak_rss_kib(), 32u * 1024)
+        << "agent peak RSS " << agent.peak_rss_kib() << " KiB";
+  }
 
   auto capped = agent.python("print('y' * 5000)", 0, 1000);
   EXPECT_TRUE(capped.exit->truncated());
@@ -574,7 +585,9 @@ TEST(AgentBash, OutputFloodIsTruncated) {
   EXPECT_TRUE(flood.exit->truncated());
   EXPECT_EQ(flood.exit->exit_code(), 0);
   EXPECT_EQ(flood.out.size() + flood.err.size(), 8u << 20);
-  EXPECT_LT(agent.peak_rss_kib(), 32u * 1024);
+  if (kCheckAgentRss) {
+    EXPECT_LT(agent.peak_rss_kib(), 32u * 1024);
+  }
 }
 
 TEST(AgentBash, CancelKillsTheCommand) {
@@ -617,7 +630,10 @@ TEST(AgentFlowControl, SlowHostKeepsAgentMemoryBounded) {
   // The host reads nothing for a while: the agent must hold back, not buffer.
   std::this_thread::sleep_for(1500ms);
   const std::uint64_t stalled = agent.peak_rss_kib();
-  EXPECT_LT(stalled, baseline + 8 * 1024) << "baseline " << baseline << " KiB, stalled " << stalled;
+  if (kCheckAgentRss) {
+    EXPECT_LT(stalled, baseline + 8 * 1024)
+        << "baseline " << baseline << " KiB, stalled " << stalled;
+  }
 
   auto outcome = agent.gather(command.id(), 60s);
   ASSERT_TRUE(outcome.exit);
@@ -635,7 +651,9 @@ TEST(AgentFlowControl, SlowHostKeepsAgentMemoryBounded) {
     break;
   }
   EXPECT_EQ(downloaded, 30u << 20);
-  EXPECT_LT(agent.peak_rss_kib(), baseline + 8 * 1024);
+  if (kCheckAgentRss) {
+    EXPECT_LT(agent.peak_rss_kib(), baseline + 8 * 1024);
+  }
 }
 
 // ---------------------------------------------------------------- Concurrency
