@@ -230,8 +230,7 @@ private:
   asio::awaitable<Result<R>> ask_registry(std::string operation, std::string subject,
                                           caf::timespan timeout, Ts... args) {
     auto reply = co_await ask<R>(system(), core.registry(), timeout, std::move(args)...);
-    if (!reply)
-      co_return actor_error(reply.error(), std::move(operation), std::move(subject));
+    if (!reply) co_return actor_error(reply.error(), std::move(operation), std::move(subject));
     co_return std::move(*reply);
   }
 
