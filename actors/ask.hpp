@@ -40,12 +40,16 @@ asio::awaitable<caf::expected<R>> ask(caf::actor_system& system, Handle destinat
       });
     };
     // A short-lived actor per request: a CAF request needs a requester, and
-    // a scoped_actor would block this thread.
-    system.spawn([=](caf::event_based_actor* self) {
-      self->request(destination, timeout, args...)
-          .then([=](R& reply) { resume(std::move(reply)); },
-                [=](caf::error& failure) { resume(std::move(failure)); });
-    });
+    // a scoped_actor would block this thread. It takes the timeout as its
+    // argument: CAF 0.17 binds an actor function spawned with no arguments
+    // to a null tuple pointer (UBSan reports it), not so with one.
+    system.spawn(
+        [=](caf::event_based_actor* self, caf::timespan limit) {
+          self->request(destination, limit, args...)
+              .then([=](R& reply) { resume(std::move(reply)); },
+                    [=](caf::error& failure) { resume(std::move(failure)); });
+        },
+        timeout);
   };
   co_return co_await asio::async_initiate<decltype(asio::use_awaitable), void(caf::expected<R>)>(
       initiate, asio::use_awaitable);

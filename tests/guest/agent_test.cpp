@@ -483,8 +483,10 @@ TEST(AgentPython, DisplayFloodIsPacedAndMemoryStaysFlat) {
   for (std::size_t i = 0; i < flood.displays.size(); ++i)
     EXPECT_EQ(data_of(flood.displays[i], "image/png"), std::string(1u << 20, static_cast<char>(i)));
   EXPECT_EQ(flood.out, "end\n");
+#if !defined(__SANITIZE_ADDRESS__) // ASan's shadow memory and quarantine dominate
   EXPECT_LT(agent.peak_rss_kib(), 32u * 1024)
       << "agent peak RSS " << agent.peak_rss_kib() << " KiB";
+#endif
 }
 
 TEST(AgentPython, TimeoutInterruptsACellThatDisplays) {

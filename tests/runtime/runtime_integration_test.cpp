@@ -107,8 +107,7 @@ TEST_F(RuntimeTest, ErrorsNameWhatWasWrong) {
   auto& runtime = start();
   auto unknown = runtime.wait(runtime.exec_python("sb-000000000000", "print(1)"));
   ASSERT_FALSE(unknown);
-  EXPECT_NE(unknown.error().message().find("not_found"), std::string::npos)
-      << unknown.error().message();
+  EXPECT_EQ(unknown.error().kind, ErrorKind::not_found) << unknown.error().message();
   EXPECT_NE(unknown.error().message().find("sb-000000000000"), std::string::npos)
       << unknown.error().message();
 
