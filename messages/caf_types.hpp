@@ -49,14 +49,12 @@ using vm_booted_atom = caf::atom_constant<caf::atom("vmbooted")>;
 using vm_boot_failed_atom = caf::atom_constant<caf::atom("vmbootfail")>;
 using vm_exited_atom = caf::atom_constant<caf::atom("vmexited")>;
 using vm_reclaimed_atom = caf::atom_constant<caf::atom("vmreclaim")>;
-// ... and to the registry: a fork's or merge's step on the VMs finished
+// ... its VM was replaced (a fork's parent resumed, a merge), or saved
+// into a Space (a freeze)
 using vm_replaced_atom = caf::atom_constant<caf::atom("vmreplaced")>;
-using forked_atom = caf::atom_constant<caf::atom("forked")>;
-using merged_atom = caf::atom_constant<caf::atom("merged")>;
-// ... a freeze's save finished (and the sandbox hears it is frozen); a
-// Space was opened and checked for a resume
 using frozen_atom = caf::atom_constant<caf::atom("frozen")>;
-using space_opened_atom = caf::atom_constant<caf::atom("spaceopen")>;
+// a flow <-> the one-shot actor running one VmHost call (vm_step.hpp)
+using vm_step_atom = caf::atom_constant<caf::atom("vmstep")>;
 // sandbox -> registry
 using state_atom = caf::atom_constant<caf::atom("state")>;
 // registry <-> pool

@@ -1,7 +1,8 @@
-// The registry: the supervisor of all sandbox actors. It decides creates
-// against capacity, owns the id -> sandbox map, checks that the asking key
-// owns the sandbox (another key's sandbox is as unknown as a missing one),
-// forwards operations to the sandbox actor, keeps each sandbox's last
+// The registry: the supervisor of all sandbox actors. It admits work against
+// capacity and each key's cap, owns the id -> sandbox map, checks that the
+// asking key owns the sandbox (another key's sandbox is as unknown as a
+// missing one), routes each operation to its flow (flows.hpp: create, fork,
+// merge, freeze, resume, destroy, one file each), keeps each sandbox's last
 // reported state for listing, and monitors the actors: one that stops
 // without being destroyed is recorded dead and its VM reclaimed.
 //
@@ -54,11 +55,6 @@ using registry_actor = caf::typed_actor<
     // winner's id is gone, the parent's old VM destroyed. The winner must
     // descend from the parent (ErrorKind::conflict otherwise).
     caf::replies_to<merge_atom, std::string, std::string, std::string>::with<SandboxInfo>,
-    // from VmHost: a fork's parent step (base id, error, pid) and a merge's
-    // (parent id, error, pid)
-    // (base id or parent id, the failure or none, the parent's QEMU pid)
-    caf::reacts_to<forked_atom, std::string, caf::error, std::int32_t>,
-    caf::reacts_to<merged_atom, std::string, caf::error, std::int32_t>,
     // Spaces (space_store.hpp). owner, id -> the Space the sandbox's VM was
     // saved into; the sandbox stays listed, state frozen, until DELETE.
     // The sandbox must be ready with nothing running (failed_precondition).
@@ -72,10 +68,6 @@ using registry_actor = caf::typed_actor<
     caf::replies_to<spaces_atom, std::string>::with<SpaceInfoList>,
     caf::replies_to<space_atom, std::string, std::string>::with<SpaceInfo>,
     caf::replies_to<delete_space_atom, std::string, std::string>::with<done_atom>,
-    // from VmHost: a freeze's save (sandbox id, error, the Space), a
-    // resume's check (space id, error)
-    caf::reacts_to<frozen_atom, std::string, caf::error, SpaceInfo>,
-    caf::reacts_to<space_opened_atom, std::string, caf::error>,
     caf::replies_to<capacity_atom>::with<CapacityInfo>,
     // Refuses new creates, freezes every persistent ready sandbox into a
     // Space (when Spaces are on), destroys the others, then stops.

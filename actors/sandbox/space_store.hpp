@@ -37,6 +37,7 @@
 #pragma once
 
 #include <filesystem>
+#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -85,8 +86,16 @@ public:
   // how many.
   unsigned sweep_partial() const;
 
+  // A Space resumes once: a resume claims it until its sandbox is up (the
+  // Space is then gone) or the resume failed. A claimed Space can be
+  // neither resumed again nor deleted. claim() is false when it is taken.
+  bool claim(const std::string& id) { return claimed_.insert(id).second; }
+  void release_claim(const std::string& id) { claimed_.erase(id); }
+  bool claimed(const std::string& id) const { return claimed_.count(id) > 0; }
+
 private:
   std::filesystem::path dir_;
+  std::set<std::string> claimed_;
 };
 
 } // namespace vesicle
