@@ -41,7 +41,7 @@ caf::result<SandboxInfo> create_flow(registry_pointer self, std::string owner, S
   info.id = new_sandbox_id();
   info.owner = std::move(owner);
   info.spec = std::move(spec);
-  info.created_at_ms = now_ms();
+  info.created_at_ms = unix_now_ms();
   auto promise = self->make_response_promise<SandboxInfo>();
   flow_started(self);
   auto answer = [self, promise](caf::expected<SandboxInfo> outcome) mutable {

@@ -140,7 +140,7 @@ caf::result<SandboxInfoList> fork_flow(registry_pointer self, const std::string&
     child.id = new_sandbox_id();
     child.owner = owner;
     child.spec = (*parent)->info.spec;
-    child.created_at_ms = now_ms();
+    child.created_at_ms = unix_now_ms();
     child.source = "fork";
     child.forked_from = id;
     fork->child_ids.push_back(child.id);

@@ -54,7 +54,7 @@ caf::result<SandboxInfo> resume_flow(registry_pointer self, const std::string& o
   info.owner = owner;
   info.spec = space->spec;
   info.spec.persistent = persistent;
-  info.created_at_ms = now_ms();
+  info.created_at_ms = unix_now_ms();
   info.source = "space";
   info.resumed_from = space_id;
   self->state.records.emplace(info.id, Record{info, sandbox_actor{}, false, -1, {}});

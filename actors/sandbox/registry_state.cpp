@@ -13,11 +13,6 @@ caf::error shutting_down() {
   return make_error(ErrorKind::unavailable, "hostd is shutting down; retry after it restarts");
 }
 
-std::int64_t now_ms() {
-  using namespace std::chrono;
-  return duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();
-}
-
 CapacityInfo capacity(registry_pointer self) {
   CapacityInfo result;
   result.max_sandboxes = self->state.settings.max_sandboxes;

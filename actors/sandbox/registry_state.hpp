@@ -54,7 +54,6 @@ using registry_pointer = registry_actor::stateful_pointer<RegistryState>;
 // -- admission ---------------------------------------------------------------
 
 caf::error shutting_down();
-std::int64_t now_ms();
 CapacityInfo capacity(registry_pointer self);
 // Whether a sandbox holds (or will hold) a VM: it counts against capacity,
 // its pool's usage and its key's concurrency cap. Dead and frozen ones are

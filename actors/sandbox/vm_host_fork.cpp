@@ -1,0 +1,232 @@
+// VmHost, fork and merge: saving a parent as a fork snapshot and resuming
+// it, promoting a VM restored without its own RAM file, merge_into's swap,
+// and the identity (hostname, machine-id) each copy gets.
+#include "actors/sandbox/vm_host.hpp"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/post.hpp>
+#include <caf/send.hpp>
+
+#include "common/log.hpp"
+
+namespace vesicle {
+
+namespace asio = boost::asio;
+namespace fs = std::filesystem;
+
+asio::awaitable<Result<std::string>> VmHost::refresh_identity(vmm::Vm& vm, std::string hostname,
+                                                              std::string machine_id) {
+  // Sent without waiting for the answer (it is on the create's critical
+  // path); the agent applies it before it reads the next request, so the
+  // user's first call already sees the new identity.
+  auto identity = vmm::IdentityRefresh::generate(hostname);
+  if (!identity) co_return std::move(identity).error();
+  if (!machine_id.empty()) identity->machine_id = machine_id;
+  std::string given = identity->machine_id;
+  vmm::RefreshFailureHandler on_failure = [hostname](const Error& error) {
+    log::warn("identity refresh failed", {{"sandbox", hostname}, {"error", error.message()}});
+  };
+  // Named locals, not temporaries inside the co_await: g++ 12 miscompiles
+  // those.
+  auto sent =
+      co_await vm.agent().send_refresh_identity(std::move(identity.value()), std::move(on_failure));
+  if (!sent) co_return std::move(sent).error();
+  co_return given;
+}
+
+void VmHost::fork_parent(std::string parent_id, std::string base_id, ForkStepDone done) {
+  asio::co_spawn(executor_,
+                 run_fork_parent(std::move(parent_id), std::move(base_id), std::move(done)),
+                 asio::detached);
+}
+
+asio::awaitable<void> VmHost::run_fork_parent(std::string parent_id, std::string base_id,
+                                              ForkStepDone done) {
+  auto found = vms_.find(parent_id);
+  if (found == vms_.end() || !found->second.vm->running()) {
+    done(Error::of(ErrorKind::conflict, "sandbox " + parent_id + " has no running VM"));
+    co_return;
+  }
+  // Copies: the map may change while this waits.
+  const SandboxVm before = found->second;
+  const sandbox_actor parent = before.target->sandbox;
+  const auto dir = settings_.runtime_dir / ("fork-" + base_id);
+  const auto memory_file = settings_.shm_dir / ("vesicle-fork-" + base_id + ".mem");
+  // The old QEMU ends when it is saved: that is no death of the sandbox.
+  before.target->sandbox = nullptr;
+  const auto started = std::chrono::steady_clock::now();
+  std::shared_ptr<vmm::Vm> source = before.vm;
+  if (!source->maps_memory_shared()) {
+    // Its RAM is a private copy of another snapshot's file (it came from
+    // the pool, or is a fork's child): move it onto a RAM file of its own
+    // first, by a full save and restore. Slow (seconds under TCG), once.
+    auto promoted = co_await promote(parent_id, before, base_id);
+    if (!promoted) {
+      before.target->sandbox = parent;
+      if (!before.vm->running())
+        caf::anon_send(parent, vm_exited_atom::value,
+                       "the VM ended while it was saved for a fork: " + promoted.error().message());
+      done(std::move(promoted).error().with_context("saving sandbox " + parent_id +
+                                                    " for the fork failed"));
+      co_return;
+    }
+    source = std::move(promoted.value());
+  }
+  const auto promoted_at = std::chrono::steady_clock::now();
+  auto saved = co_await source->save_snapshot(dir, memory_file);
+  const auto saved_at = std::chrono::steady_clock::now();
+  if (!saved) {
+    const std::string why = saved.error().message();
+    if (source == before.vm) {
+      before.target->sandbox = parent;
+      // A save that failed after the device state was written ends the VM;
+      // its watcher, muted meanwhile, may have missed that.
+      if (!source->running())
+        caf::anon_send(parent, vm_exited_atom::value,
+                       "the VM ended while it was saved for a fork: " + why);
+    } else if (source->running()) {
+      // The promoted VM runs on as the parent.
+      auto target = std::make_shared<ExitTarget>();
+      target->sandbox = parent;
+      if (auto record = vms_.find(parent_id); record != vms_.end()) record->second.target = target;
+      caf::anon_send(parent, vm_replaced_atom::value,
+                     static_cast<std::int32_t>(source->qemu_pid()));
+      asio::co_spawn(executor_, watch_exit(source, target), asio::detached);
+    } else {
+      caf::anon_send(parent, vm_exited_atom::value,
+                     "the VM ended while it was saved for a fork: " + why);
+    }
+    done(std::move(saved).error().with_context("saving sandbox " + parent_id +
+                                               " for the fork failed"));
+    co_return;
+  }
+  // The children can be restored now, while the parent resumes.
+  auto base = fork_snapshots_.add(base_id, std::move(saved.value()), before.base);
+  done(std::int32_t{0});
+  // The parent goes on as one more copy of the snapshot, with its network
+  // slot, hostname and machine-id.
+  Result<std::unique_ptr<vmm::Vm>> restored = make_error("restore", "not tried");
+  for (int attempt = 0; attempt < 2 && !restored; ++attempt) {
+    auto config = vm_config(parent_id, base->snapshot().vcpus, base->snapshot().memory_mib,
+                            before.network.get());
+    restored = co_await driver_.restore(base->snapshot(), std::move(config));
+    if (!restored)
+      log::warn("fork: resuming the parent failed", {{"sandbox", parent_id},
+                                                     {"fork", base_id},
+                                                     {"attempt", attempt + 1},
+                                                     {"error", restored.error().message()}});
+  }
+  if (!restored) {
+    caf::anon_send(parent, vm_exited_atom::value,
+                   "resuming it from its fork snapshot failed: " + restored.error().message());
+    co_return;
+  }
+  std::shared_ptr<vmm::Vm> vm = std::move(restored.value());
+  auto refreshed = co_await refresh_identity(*vm, parent_id, before.machine_id);
+  auto record = vms_.find(parent_id);
+  if (record == vms_.end() || !refreshed) {
+    // Deleted while it was being forked, or its agent is gone.
+    vm->destroy();
+    if (record != vms_.end())
+      caf::anon_send(parent, vm_exited_atom::value,
+                     "resumed from its fork snapshot, its agent failed: " +
+                         refreshed.error().message());
+    co_return;
+  }
+  const auto ms = [](auto duration) {
+    return std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(duration).count());
+  };
+  // promote_ms: moving the parent onto its own RAM file first, if it had none.
+  std::vector<log::Field> phases = {{"sandbox", parent_id}, {"fork", base_id}};
+  if (source != before.vm) phases.emplace_back("promote_ms", ms(promoted_at - started));
+  phases.emplace_back("save_ms", ms(saved_at - promoted_at));
+  phases.emplace_back("resume_ms", ms(std::chrono::steady_clock::now() - saved_at));
+  log::write(log::Level::info, "fork: parent saved and resumed", phases);
+  auto target = std::make_shared<ExitTarget>();
+  target->sandbox = parent;
+  record->second.vm = vm;
+  record->second.target = target;
+  record->second.base = base;
+  record->second.machine_id = std::move(refreshed.value());
+  base.reset();
+  caf::anon_send(parent, vm_replaced_atom::value, static_cast<std::int32_t>(vm->qemu_pid()));
+  caf::anon_send(parent, hold_atom::value, false);
+  co_await watch_exit(std::move(vm), std::move(target));
+}
+
+asio::awaitable<Result<std::shared_ptr<vmm::Vm>>>
+VmHost::promote(const std::string& parent_id, const SandboxVm& before, const std::string& base_id) {
+  // Beside the VMs' own dirs: restore_full renames the disk into one.
+  const auto full_dir = settings_.runtime_dir / ("full-" + base_id);
+  auto full = co_await before.vm->save_full(full_dir);
+  if (!full) co_return std::move(full).error();
+  Result<std::unique_ptr<vmm::Vm>> restored = make_error("restore", "not tried");
+  for (int attempt = 0; attempt < 2 && !restored; ++attempt) {
+    auto config = vm_config(parent_id, full->vcpus, full->memory_mib, before.network.get());
+    restored = co_await driver_.restore_full(*full, std::move(config));
+  }
+  std::error_code ignored;
+  fs::remove_all(full_dir, ignored);
+  if (!restored)
+    co_return std::move(restored).error().with_context("resuming sandbox " + parent_id +
+                                                       " from its full save");
+  std::shared_ptr<vmm::Vm> vm = std::move(restored.value());
+  // Until the fork's own save ends it, it is the sandbox's VM (a DELETE
+  // meanwhile destroys this one).
+  if (auto record = vms_.find(parent_id); record != vms_.end()) record->second.vm = vm;
+  co_return vm;
+}
+
+void VmHost::release_fork(std::string base_id) {
+  asio::post(executor_, [this, base_id = std::move(base_id)] { fork_snapshots_.release(base_id); });
+}
+
+std::size_t VmHost::fork_snapshots() const {
+  return fork_snapshots_.count();
+}
+
+void VmHost::merge(std::string parent_id, sandbox_actor parent, std::string winner_id,
+                   ForkStepDone done) {
+  asio::co_spawn(
+      executor_,
+      run_merge(std::move(parent_id), std::move(parent), std::move(winner_id), std::move(done)),
+      asio::detached);
+}
+
+asio::awaitable<void> VmHost::run_merge(std::string parent_id, sandbox_actor parent,
+                                        std::string winner_id, ForkStepDone done) {
+  auto winner_found = vms_.find(winner_id);
+  if (winner_found == vms_.end() || !winner_found->second.vm->running()) {
+    done(Error::of(ErrorKind::conflict, "sandbox " + winner_id + " has no running VM"));
+    co_return;
+  }
+  SandboxVm winner = std::move(winner_found->second);
+  vms_.erase(winner_found);
+  std::string machine_id;
+  if (auto old = vms_.find(parent_id); old != vms_.end()) {
+    SandboxVm replaced = std::move(old->second);
+    vms_.erase(old);
+    machine_id = replaced.machine_id;
+    replaced.target->sandbox = nullptr; // its end is the merge, not a death
+    replaced.vm->destroy();
+    // `replaced` (its network slot, its hold on a fork snapshot) goes here,
+    // after its QEMU is dead.
+  }
+  winner.target->sandbox = parent;
+  const auto pid = static_cast<std::int32_t>(winner.vm->qemu_pid());
+  auto vm = winner.vm;
+  vms_[parent_id] = std::move(winner);
+  // The winner's world now answers as the parent.
+  auto refreshed = co_await refresh_identity(*vm, parent_id, machine_id);
+  if (refreshed) {
+    if (auto record = vms_.find(parent_id); record != vms_.end())
+      record->second.machine_id = std::move(refreshed.value());
+  } else {
+    log::warn(
+        "merge: identity refresh failed",
+        {{"sandbox", parent_id}, {"winner", winner_id}, {"error", refreshed.error().message()}});
+  }
+  done(pid);
+}
+} // namespace vesicle

@@ -1,0 +1,203 @@
+// VmHost, templates and the pool's VMs: checking or building a template
+// snapshot, restoring waiting VMs from it for the pool, discarding them.
+#include "actors/sandbox/vm_host.hpp"
+
+#include <exception>
+#include <fcntl.h>
+#include <optional>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <caf/send.hpp>
+
+#include "common/ids.hpp"
+#include "common/log.hpp"
+#include "common/unique_fd.hpp"
+#include "vmm/snapshot.hpp"
+
+namespace vesicle {
+
+namespace asio = boost::asio;
+namespace fs = std::filesystem;
+
+void VmHost::prepare_template(TemplateSpec spec, pool_actor pool) {
+  asio::co_spawn(executor_, run_template(std::move(spec), std::move(pool)), asio::detached);
+}
+
+asio::awaitable<void> VmHost::run_template(TemplateSpec spec, pool_actor pool) {
+  std::error_code ec;
+  fs::create_directories(settings_.templates_dir, ec);
+  if (ec) {
+    caf::anon_send(pool, template_atom::value, false,
+                   "cannot create the templates directory " + settings_.templates_dir.string() +
+                       ": " + ec.message());
+    co_return;
+  }
+  // Another hostd sharing templates_dir may be building this template right
+  // now: wait for it rather than build the same files twice.
+  const auto lock_path = settings_.templates_dir / (spec.key + ".lock");
+  UniqueFd lock(::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+  if (!lock) {
+    caf::anon_send(pool, template_atom::value, false,
+                   sys_error("open", lock_path.string()).message());
+    co_return;
+  }
+  asio::steady_timer pause(executor_);
+  for (auto waited = std::chrono::milliseconds(0); ::flock(lock.get(), LOCK_EX | LOCK_NB) != 0;
+       waited += std::chrono::milliseconds(500)) {
+    if (errno != EWOULDBLOCK || waited > 2 * settings_.boot_timeout) {
+      caf::anon_send(pool, template_atom::value, false,
+                     "template " + spec.key + " is locked by another process (" +
+                         lock_path.string() + "); check for another hostd using " +
+                         settings_.templates_dir.string());
+      co_return;
+    }
+    pause.expires_after(std::chrono::milliseconds(500));
+    co_await pause.async_wait(asio::use_awaitable);
+  }
+
+  const auto dir = settings_.templates_dir / spec.key;
+  // Checking reads the whole snapshot (about a second): off this executor,
+  // which serves every VM and the HTTP API.
+  // (A named lambda: g++ 12 miscompiles temporaries inside co_await.)
+  auto check = [dir]() -> asio::awaitable<std::optional<Result<vmm::Snapshot>>> {
+    co_return vmm::open_snapshot(dir);
+  };
+  auto checked = co_await asio::co_spawn(checker_.get_executor(), check, asio::use_awaitable);
+  auto& opened = *checked;
+  if (opened) {
+    templates_[spec.key] = std::make_shared<const vmm::Snapshot>(std::move(opened.value()));
+    caf::anon_send(pool, template_atom::value, true, "template " + spec.key + " checked");
+    co_return;
+  }
+  if (fs::exists(dir, ec))
+    log::warn("template is not usable and is rebuilt",
+              {{"template", spec.key}, {"error", opened.error().message()}});
+  const auto started = std::chrono::steady_clock::now();
+  auto built = co_await build_template(spec);
+  if (!built) {
+    caf::anon_send(pool, template_atom::value, false, built.error().message());
+    co_return;
+  }
+  templates_[spec.key] = std::move(built.value());
+  const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(
+      std::chrono::steady_clock::now() - started);
+  caf::anon_send(pool, template_atom::value, true,
+                 "template " + spec.key + " built in " + std::to_string(took.count()) + " ms");
+}
+
+// Cold boots a VM, imports the preload modules in its REPL, and saves it as
+// the template. Whatever a failed attempt made is removed.
+asio::awaitable<Result<std::shared_ptr<const vmm::Snapshot>>>
+VmHost::build_template(const TemplateSpec& spec) {
+  const auto dir = settings_.templates_dir / spec.key;
+  const auto memory_file = settings_.shm_dir / ("vesicle-template-" + spec.key + ".mem");
+  std::error_code ec;
+  fs::remove_all(dir, ec);
+  fs::remove(memory_file, ec);
+
+  const auto context = "building template " + spec.key;
+  // Egress off: the template VM runs nothing but the preload imports.
+  auto leased = co_await lease_network(false, {});
+  if (!leased) co_return std::move(leased).error().with_context(context);
+  const auto network = std::move(leased.value());
+  auto config = vm_config(random_id("tpl-", 10), spec.vcpus, spec.memory_mib, network.get());
+  auto booted = co_await driver_.boot(std::move(config));
+  if (!booted) co_return std::move(booted).error().with_context(context);
+  std::shared_ptr<vmm::Vm> vm = std::move(booted.value());
+
+  guest::ExecPython warm_up;
+  // The REPL is up once a cell has run; the imports make the modules'
+  // pages part of the shared template memory.
+  warm_up.set_code("import sys");
+  for (const auto& module : spec.preload_modules)
+    warm_up.set_code(warm_up.code() + "; import " + module);
+  warm_up.set_timeout_ms(static_cast<std::uint32_t>(settings_.boot_timeout.count()));
+  std::string failure;
+  vmm::ExecEventSink on_event = [&failure](const guest::Event& event) {
+    if (event.has_error()) failure = event.error().name() + ": " + event.error().value();
+  };
+  auto ran = co_await vm->agent().exec_python(warm_up, std::move(on_event));
+  if (!ran || ran->exit_code() != 0) {
+    vm->destroy();
+    if (!ran) co_return std::move(ran).error().with_context(context);
+    co_return make_error("preload modules", failure.empty() ? "the cell failed" : failure,
+                         warm_up.code())
+        .with_context(context + "; check preload_modules in the configuration");
+  }
+  auto saved = co_await vm->save_snapshot(dir, memory_file);
+  vm->destroy();
+  if (!saved) {
+    fs::remove_all(dir, ec);
+    fs::remove(memory_file, ec);
+    co_return std::move(saved).error().with_context(context);
+  }
+  co_return std::make_shared<const vmm::Snapshot>(std::move(saved.value()));
+}
+
+void VmHost::restore_for_pool(std::string key, std::string pool_vm_id, pool_actor pool) {
+  asio::co_spawn(executor_, run_pool_vm(std::move(key), std::move(pool_vm_id), std::move(pool)),
+                 asio::detached);
+}
+
+asio::awaitable<void> VmHost::run_pool_vm(std::string key, std::string pool_vm_id,
+                                          pool_actor pool) {
+  asio::steady_timer delay(executor_, settings_.pool_restore_delay);
+  boost::system::error_code ignored;
+  co_await delay.async_wait(asio::redirect_error(asio::use_awaitable, ignored));
+  auto found = templates_.find(key);
+  if (found == templates_.end()) {
+    caf::anon_send(pool, vm_boot_failed_atom::value, pool_vm_id,
+                   "template " + key + " is not ready");
+    co_return;
+  }
+  // Held across the restore: a rebuild may replace the map's entry meanwhile.
+  const auto snapshot = found->second;
+  std::shared_ptr<vmm::Vm> vm;
+  // Held until the VM has exited, also after a sandbox adopted it.
+  std::shared_ptr<net::NetworkLease> network;
+  try {
+    auto leased = co_await lease_network(false, {});
+    if (!leased) {
+      caf::anon_send(pool, vm_boot_failed_atom::value, pool_vm_id, leased.error().message());
+      co_return;
+    }
+    network = std::move(leased.value());
+    auto config = vm_config(pool_vm_id, snapshot->vcpus, snapshot->memory_mib, network.get());
+    auto restored = co_await driver_.restore(*snapshot, std::move(config));
+    if (!restored) {
+      caf::anon_send(pool, vm_boot_failed_atom::value, pool_vm_id, restored.error().message());
+      co_return;
+    }
+    vm = std::move(restored.value());
+  } catch (const std::exception& e) {
+    caf::anon_send(pool, vm_boot_failed_atom::value, pool_vm_id,
+                   std::string("the VMM driver threw: ") + e.what());
+    co_return;
+  }
+  auto target = std::make_shared<ExitTarget>();
+  target->pool = pool;
+  target->pool_vm_id = pool_vm_id;
+  pool_vms_[pool_vm_id] = PoolVm{vm, target, network};
+  caf::anon_send(pool, vm_booted_atom::value, pool_vm_id,
+                 static_cast<std::int32_t>(vm->qemu_pid()));
+  co_await watch_exit(std::move(vm), std::move(target));
+}
+
+void VmHost::discard(std::string pool_vm_id) {
+  asio::post(executor_, [this, pool_vm_id = std::move(pool_vm_id)] {
+    auto found = pool_vms_.find(pool_vm_id);
+    if (found == pool_vms_.end()) return;
+    auto vm = std::move(found->second.vm);
+    found->second.target->pool = nullptr; // a discarded VM's exit is no news
+    pool_vms_.erase(found);
+    vm->destroy();
+  });
+}
+} // namespace vesicle
