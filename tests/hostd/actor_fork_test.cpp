@@ -155,3 +155,42 @@ TEST_F(ForkTest, MergeIntoADescendantTakesItsVmAndItsIdIsGone) {
 }
 
 } // namespace
+
+namespace {
+
+// A shutdown that arrives while a fork saves its parent: the fork answers
+// unavailable (its children are never launched), the shutdown waits for
+// that answer, and nothing is left: no VM, no fork snapshot.
+TEST_F(ForkTest, AShutdownDuringAForkAnswersItAndLeavesNothing) {
+  auto parent = create();
+  ASSERT_TRUE(parent);
+  std::optional<caf::expected<SandboxInfoList>> forked;
+  std::optional<caf::expected<done_atom>> stopped;
+  // Both requests reach the registry before either is worked on.
+  boost::asio::co_spawn(
+      io,
+      [&]() -> boost::asio::awaitable<void> {
+        forked = co_await ask<SandboxInfoList>(system, registry, std::chrono::seconds(60),
+                                               fork_atom::value, std::string("alice"), parent->id,
+                                               std::uint32_t{2}, std::uint32_t{10});
+      },
+      boost::asio::detached);
+  boost::asio::co_spawn(
+      io,
+      [&]() -> boost::asio::awaitable<void> {
+        stopped = co_await ask<done_atom>(system, registry, std::chrono::seconds(60),
+                                          shutdown_atom::value);
+      },
+      boost::asio::detached);
+  ASSERT_TRUE(settle_until([&] { return forked.has_value() && stopped.has_value(); }));
+  ASSERT_FALSE(*forked);
+  EXPECT_EQ(code_of(forked->error()), ErrorKind::unavailable) << to_string(forked->error());
+  EXPECT_TRUE(*stopped);
+  EXPECT_EQ(driver.restores_started, 1) << "the parent was resumed; no child was launched";
+  EXPECT_TRUE(driver.live.empty()) << "a VM survived shutdown";
+  EXPECT_EQ(vms.size(), 0u);
+  EXPECT_EQ(vms.fork_snapshots(), 0u);
+  registry = nullptr; // it stopped itself
+}
+
+} // namespace
