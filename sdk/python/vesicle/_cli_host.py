@@ -9,7 +9,7 @@ from typing import Any, Dict, List
 
 from ._cli_code import add_exec_arguments, run_exec
 from ._cli_output import emit, print_table
-from ._cli_sandboxes import for_each_id, attach
+from ._cli_sandboxes import attach, delete_each
 from .client import Client
 from .errors import ProtocolError
 
@@ -174,13 +174,7 @@ def _admin_path(sandbox_id: str) -> str:
 
 
 def _admin_rm(args) -> int:
-    return for_each_id(
-        args,
-        args.ids,
-        lambda client, sandbox_id: client._transport.json(
-            "DELETE", _admin_path(sandbox_id), what=f"destroying {sandbox_id} as an admin"
-        ),
-    )
+    return delete_each(args, _admin_path, "destroying (as an admin)")
 
 
 def _admin_exec(args) -> int:

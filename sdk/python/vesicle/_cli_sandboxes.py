@@ -181,16 +181,19 @@ def for_each_id(args, ids: List[str], act) -> int:
     return status
 
 
-def _rm(args) -> int:
-    # Straight to DELETE: an unknown id must be reported here, where
-    # Sandbox.close() would take it as already closed.
+def delete_each(args, path_of, doing: str) -> int:
+    """DELETE path_of(id) for every id in args.ids (see for_each_id)."""
     return for_each_id(
         args,
         args.ids,
-        lambda client, sandbox_id: client._transport.json(
-            "DELETE", _sandbox_path(sandbox_id), what=f"destroying {sandbox_id}"
-        ),
+        lambda client, item: client._transport.json("DELETE", path_of(item), what=f"{doing} {item}"),
     )
+
+
+def _rm(args) -> int:
+    # Straight to DELETE: an unknown id must be reported here, where
+    # Sandbox.close() would take it as already closed.
+    return delete_each(args, _sandbox_path, "destroying")
 
 
 def _fork(args) -> int:
