@@ -160,9 +160,10 @@ def test_host_commands(cli_hostd):
     maximum = [s for s in samples if s["name"] == "vesicle_max_sandboxes"]
     assert maximum == [{"name": "vesicle_max_sandboxes", "labels": {}, "value": 4.0}]
     assert {"state": "ready"} in [s["labels"] for s in samples if s["name"] == "vesicle_sandboxes"]
-    # Without a key: the configuration error, as JSON.
-    bad = failed_json(h, "capacity", key="vsk_" + "0" * 32)
-    assert (bad["code"], bad["status"]) == ("unauthenticated", 401)
+    # A key hostd does not know: its 401, as JSON.
+    for command in ("capacity", "templates", "metrics"):
+        bad = failed_json(h, command, key="vsk_" + "0" * 32)
+        assert (bad["code"], bad["status"]) == ("unauthenticated", 401), command
     # A usage error is JSON too under --json, and exits 2.
     usage = failed_json(h, "fork", exit_code=2)
     assert usage["code"] == "usage_error" and "ID" in usage["message"]
@@ -182,6 +183,8 @@ def test_admin_commands_see_and_end_any_keys_sandbox(cli_hostd):
 
         ex = ok_json(h, "admin", "exec", sid, "print(6 * 7)", key=h.admin_key)
         assert ex["stdout"] == "42\n"
+        unknown = failed_json(h, "admin", "exec", "sb-000000000000", "1", key=h.admin_key)
+        assert (unknown["code"], unknown["status"]) == ("not_found", 404)
         # An ordinary key is no admin: refused, saying what is needed.
         refused = failed_json(h, "admin", "ls")
         assert (refused["code"], refused["status"]) == ("unauthenticated", 401)
