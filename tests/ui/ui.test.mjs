@@ -2,7 +2,8 @@
 // driven by playwright-core, against a real hostd booting a real VM. The page
 // loads, refuses a wrong key and a key that is not an admin's, signs in with
 // the admin key, lists a sandbox another key created (with its owner), runs
-// print(6*7) in its console and sees 42, destroys it and sees it gone. A
+// print(6*7) in its console and sees 42, then a chart it sees as a picture,
+// sees the CPU column update, destroys the sandbox and sees it gone. A
 // screenshot is saved to build/test-artifacts/ui.png (VESICLE_ARTIFACTS_DIR
 // overrides the folder).
 
@@ -126,6 +127,14 @@ test("an operator signs in, sees another key's sandbox, runs code in it and dest
     const output = await page.locator("#output").textContent();
     assert.match(output, /^42\n/);
     assert.match(output, /\[exit 0, \d+ ms\]/);
+
+    // A chart comes back as a picture in the console.
+    await page.fill("#code", "import matplotlib.pyplot as plt\nplt.plot([1, 3, 2, 4]); plt.title('from the console'); plt.show()");
+    await page.click("#run");
+    const chart = page.locator("#output img");
+    await chart.waitFor({ timeout: UI_TIMEOUT_MS });
+    assert.match(await chart.getAttribute("src"), /^data:image\/png;base64,iVBORw0KGgo/);
+    assert.ok((await chart.evaluate((img) => img.naturalWidth)) > 100, "the PNG decodes in the browser");
 
     // Live updates: a later poll turns the CPU time into a share since the last.
     // (A locator, not waitForFunction: the page's CSP forbids eval, as it should.)
