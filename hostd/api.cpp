@@ -50,8 +50,7 @@ Error unknown_route(const std::vector<std::string>& path) {
   return Error::of(ErrorKind::not_found,
                    "no such API route: " + joined +
                        " (this hostd serves /v1/sandboxes, /v1/spaces, /v1/capacity, "
-                       "/v1/healthz, "
-                       "/metrics)");
+                       "/v1/healthz, /v1/admin, /metrics and the page /ui)");
 }
 
 } // namespace
@@ -207,6 +206,7 @@ asio::awaitable<void> Api::handle(Exchange& exchange) {
   // The sandbox or Space the path names, so grep sandbox=<id> finds its
   // requests too.
   if (parts.size() > 2 && parts[1] == "sandboxes") fields.emplace_back("sandbox", parts[2]);
+  if (parts.size() > 3 && parts[1] == "admin") fields.emplace_back("sandbox", parts[3]);
   if (parts.size() > 4 && parts[3] == "merge_into") fields.emplace_back("winner", parts[4]);
   if (parts.size() > 2 && parts[1] == "spaces") fields.emplace_back("space", parts[2]);
   if (!failure.empty()) fields.emplace_back("error", failure);
@@ -236,6 +236,10 @@ asio::awaitable<void> Api::route(Exchange& exchange, const std::vector<std::stri
     if (method != http::verb::get) co_return co_await exchange.respond_error(not_allowed("GET"));
     co_return co_await healthz(exchange);
   }
+  if (!path.empty() && path[0] == "ui") { // the operator's page: its data needs the key
+    if (method != http::verb::get) co_return co_await exchange.respond_error(not_allowed("GET"));
+    co_return co_await ui(exchange, path);
+  }
 
   auto key = bearer_key(exchange.header(http::field::authorization));
   if (!key)
@@ -248,6 +252,28 @@ asio::awaitable<void> Api::route(Exchange& exchange, const std::vector<std::stri
     co_return co_await exchange.respond_error(Error::of(
         ErrorKind::unauthenticated, "the API key is not valid on this host; check for typos"));
   key_id = *owner;
+
+  if (path.size() >= 2 && path[0] == "v1" && path[1] == "admin") {
+    const auto* entry = ctx_.keys.find(*owner);
+    if (!entry || !entry->admin)
+      co_return co_await exchange.respond_error(Error::of(
+          ErrorKind::unauthenticated, "this key is not an admin key; /v1/admin and the "
+                                      "operator's page need one (hostd --new-key --admin)"));
+    if (is({"v1", "admin", "sandboxes"})) {
+      if (method != http::verb::get) co_return co_await exchange.respond_error(not_allowed("GET"));
+      co_return co_await admin_list(exchange, *owner);
+    }
+    if (is({"v1", "admin", "sandboxes", "*"})) {
+      if (method != http::verb::delete_)
+        co_return co_await exchange.respond_error(not_allowed("DELETE"));
+      co_return co_await admin_act(exchange, *owner, path[3], AdminAction::destroy);
+    }
+    if (is({"v1", "admin", "sandboxes", "*", "exec"})) {
+      if (method != http::verb::post)
+        co_return co_await exchange.respond_error(not_allowed("POST"));
+      co_return co_await admin_act(exchange, *owner, path[3], AdminAction::exec);
+    }
+  }
 
   if (is({"v1", "capacity"})) {
     if (method != http::verb::get) co_return co_await exchange.respond_error(not_allowed("GET"));

@@ -83,6 +83,14 @@ private:
                                      const std::string& space_id);
   asio::awaitable<void> resume(Exchange& exchange, const std::string& owner,
                                const std::string& space_id);
+  // api_admin.cpp (an admin key's calls) and api_ui.cpp (the page)
+  enum class AdminAction { destroy, exec };
+  asio::awaitable<Result<SandboxInfoList>> all_sandboxes();
+  asio::awaitable<Result<std::string>> owner_of(const std::string& id);
+  asio::awaitable<void> admin_list(Exchange& exchange, const std::string& admin);
+  asio::awaitable<void> admin_act(Exchange& exchange, const std::string& admin,
+                                  const std::string& id, AdminAction action);
+  asio::awaitable<void> ui(Exchange& exchange, const std::vector<std::string>& path);
   // api_exec.cpp
   asio::awaitable<void> exec(Exchange& exchange, const std::string& owner, const std::string& id);
   // api_files.cpp

@@ -132,6 +132,23 @@ asio::awaitable<void> Exchange::respond_text(unsigned status, std::string conten
   co_await write(response);
 }
 
+asio::awaitable<void> Exchange::respond_page_file(std::string content_type, std::string_view body) {
+  status_ = 200;
+  http::response<http::string_body> response{http::status::ok, 11};
+  response.set(http::field::server, kServerName);
+  response.set(http::field::content_type, content_type);
+  response.set("Content-Security-Policy",
+               "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+               "img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'");
+  response.set("X-Content-Type-Options", "nosniff");
+  response.set("Referrer-Policy", "no-referrer");
+  response.set(http::field::cache_control, "no-store");
+  response.keep_alive(keep_alive());
+  response.body() = std::string(body);
+  response.prepare_payload();
+  co_await write(response);
+}
+
 asio::awaitable<void> Exchange::respond(unsigned status, std::string json_body) {
   co_await respond_text(status, "application/json", std::move(json_body));
 }

@@ -65,6 +65,9 @@ public:
   asio::awaitable<void> respond_error(const Error& error);
   asio::awaitable<void> respond_text(unsigned status, std::string content_type, std::string body);
   asio::awaitable<void> respond_no_content();
+  // A file of the operator's page: like respond_text, with headers that keep
+  // it from being framed, sniffed or loading anything but its own files.
+  asio::awaitable<void> respond_page_file(std::string content_type, std::string_view body);
 
   // A streamed response: chunked transfer encoding, each write_chunk sent
   // as it comes. Each returns false once the client is gone.

@@ -96,21 +96,31 @@ Result<KeyStore> KeyStore::load(std::filesystem::path path) {
     ++number;
     if (line.empty() || line[0] == '#') continue;
     std::istringstream fields(line);
-    std::string id, hash_hex, tier;
-    fields >> id >> hash_hex >> tier;
+    std::string id, hash_hex, word, tier;
+    bool admin = false;
+    fields >> id >> hash_hex;
     auto hash = digest_from_hex(hash_hex);
     if (id.empty() || !hash)
       return make_error("read keys file",
                         "line " + std::to_string(number) +
-                            " is not \"<key id> <64 hex digits of SHA-256> [tier]\"; fix or "
-                            "remove it",
+                            " is not \"<key id> <64 hex digits of SHA-256> [tier] [admin]\"; fix "
+                            "or remove it",
                         store.path_.string());
-    if (!tier.empty() && !parse_tier(tier))
-      return make_error("read keys file",
-                        "line " + std::to_string(number) + " names tier \"" + tier +
-                            "\"; tiers are " + kTierNames,
-                        store.path_.string());
-    store.entries_.push_back({id, *hash, tier});
+    // After the hash: a tier name, the word "admin", or both.
+    while (fields >> word) {
+      if (word == "admin") {
+        admin = true;
+      } else if (tier.empty() && parse_tier(word)) {
+        tier = word;
+      } else {
+        return make_error("read keys file",
+                          "line " + std::to_string(number) + " has \"" + word +
+                              "\" after the hash; a tier (" + kTierNames +
+                              ") or \"admin\" may follow it",
+                          store.path_.string());
+      }
+    }
+    store.entries_.push_back({id, *hash, tier, admin});
   }
   return store;
 }
@@ -132,7 +142,7 @@ const KeyEntry* KeyStore::find(std::string_view id) const {
   return nullptr;
 }
 
-Result<KeyStore::NewKey> KeyStore::add(std::string tier) {
+Result<KeyStore::NewKey> KeyStore::add(std::string tier, bool admin) {
   if (!tier.empty() && !parse_tier(tier))
     return make_error("add an API key",
                       "unknown tier \"" + tier + "\"; the tiers are " + kTierNames);
@@ -141,7 +151,7 @@ Result<KeyStore::NewKey> KeyStore::add(std::string tier) {
   auto secret = random_hex(32);
   if (!secret) return std::move(secret).error();
   NewKey created{"key-" + id_hex.value(), "vsk_" + secret.value()};
-  entries_.push_back({created.id, sha256(created.key), std::move(tier)});
+  entries_.push_back({created.id, sha256(created.key), std::move(tier), admin});
   auto saved = save();
   if (!saved) {
     entries_.pop_back();
@@ -156,11 +166,11 @@ Result<void> KeyStore::save() const {
   std::error_code ignored;
   std::filesystem::create_directories(path_.parent_path(), ignored);
   std::string text =
-      "# vesicle API keys: <key id> <SHA-256 of the key, hex> [tier]. The keys themselves are "
-      "not stored.\n";
+      "# vesicle API keys: <key id> <SHA-256 of the key, hex> [tier] [admin]. The keys themselves "
+      "are not stored.\n";
   for (const auto& entry : entries_)
-    text +=
-        entry.id + " " + to_hex(entry.hash) + (entry.tier.empty() ? "" : " " + entry.tier) + "\n";
+    text += entry.id + " " + to_hex(entry.hash) + (entry.tier.empty() ? "" : " " + entry.tier) +
+            (entry.admin ? " admin" : "") + "\n";
   auto temporary = path_.string() + ".tmp";
   UniqueFd fd(::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
   if (!fd) return sys_error("create", temporary);

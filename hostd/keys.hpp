@@ -1,7 +1,8 @@
 // API keys. The keys file (state_dir/keys, mode 0600) holds one line per
 // key: its id, the SHA-256 of the key (never the key itself) and, optionally,
 // its tier (hostd/tiers.hpp; a line without one has the configuration's
-// default_key_tier). A request's
+// default_key_tier) and the word "admin" for an operator's key (the
+// operator's page and /v1/admin: every key's sandboxes). A request's
 // key is hashed and compared against every stored hash in constant time;
 // the key's id is who owns the sandboxes it creates. Keys are never logged.
 #pragma once
@@ -29,6 +30,7 @@ struct KeyEntry {
   std::string id; // "key-" and 8 hex digits; names the owner
   Digest hash;
   std::string tier; // "" = the configuration's default_key_tier
+  bool admin = false; // may use /v1/admin and /ui
 };
 
 class KeyStore {
@@ -43,7 +45,7 @@ public:
     std::string key;
   };
   // `tier` must be a tier name (hostd/tiers.hpp) or "" for the default.
-  Result<NewKey> add(std::string tier = {});
+  Result<NewKey> add(std::string tier = {}, bool admin = false);
 
   // The id of the key `presented`, if it is one of ours.
   std::optional<std::string> authenticate(std::string_view presented) const;

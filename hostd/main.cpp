@@ -56,6 +56,8 @@ int main(int argc, char** argv) {
       "tier", po::value<std::string>(),
       "the tier of the key --new-key (or the first start) creates: free, pro, scale or "
       "enterprise (default: the configuration's default_key_tier)")(
+      "admin", "make the key --new-key creates an admin key: it may also use the operator's page "
+               "(/ui) and /v1/admin, which see and end every key's sandboxes")(
       "print-config", "print the effective configuration (text format) and exit")(
       "log-level", po::value<std::string>(),
       "the least severe events logged to stderr: debug, info, warn or error (default: the "
@@ -117,12 +119,13 @@ int main(int argc, char** argv) {
   if (args.count("new-key") || keys->empty()) {
     std::string tier;
     if (args.count("tier")) tier = args["tier"].as<std::string>();
-    auto created = keys->add(tier);
+    const bool admin = args.count("admin") > 0;
+    auto created = keys->add(tier, admin);
     if (!created) return fail(created.error());
     // Printed once, to stdout only: the keys file keeps its hash alone.
     if (tier.empty()) tier = config->default_key_tier();
-    std::printf("vesicle API key %s, tier %s (shown only this once; store it now):\n%s\n",
-                created->id.c_str(), tier.c_str(), created->key.c_str());
+    std::printf("vesicle %sAPI key %s, tier %s (shown only this once; store it now):\n%s\n",
+                admin ? "admin " : "", created->id.c_str(), tier.c_str(), created->key.c_str());
     std::fflush(stdout);
     if (args.count("new-key")) return 0;
   }

@@ -18,6 +18,8 @@ packages=(
   procps psmisc curl
   # the TypeScript SDK's build and tests (Debian 12: Node 18)
   nodejs
+  # the operator page's browser test (tests/ui: headless, driven by playwright-core)
+  chromium
 )
 # npm is its own Debian package; a nodejs from elsewhere (NodeSource) bundles
 # npm and conflicts with Debian's, so it is asked for only when missing.

@@ -76,6 +76,19 @@ if [ -d sdk/typescript ]; then
   fi
 fi
 
+if [ -d tests/ui ]; then
+  section "operator page in a browser (node --test, chromium)"
+  # playwright-core from the lockfile-keyed cache; the test starts its own
+  # hostd and leaves a screenshot in build/test-artifacts/ui.png.
+  if bash scripts/npm-install.sh tests/ui; then
+    (cd tests/ui && VESICLE_HOSTD=$build_dir/hostd/hostd VESICLE_ARTIFACTS_DIR=$build_dir/test-artifacts \
+      nice -n 5 node --test --test-reporter=spec ui.test.mjs) || status=1
+  else
+    echo "operator page: installing playwright-core failed"
+    status=1
+  fi
+fi
+
 section "leak check"
 bash scripts/leak-check.sh || status=1
 

@@ -18,6 +18,7 @@ if(VESICLE_SANITIZE)
 endif()
 vesicle_test(hostd_config_test SOURCES hostd/config_test.cpp LIBS vesicle_hostd)
 vesicle_test(hostd_keys_test SOURCES hostd/keys_test.cpp LIBS vesicle_hostd)
+vesicle_test(hostd_proc_usage_test SOURCES hostd/proc_usage_test.cpp LIBS vesicle_hostd)
 vesicle_test(hostd_ndjson_test SOURCES hostd/ndjson_test.cpp LIBS vesicle_hostd)
 vesicle_test(hostd_api_test SOURCES hostd/api_test.cpp hostd/http_client.cpp
              LIBS vesicle_hostd)

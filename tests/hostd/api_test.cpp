@@ -73,6 +73,7 @@ protected:
     ASSERT_TRUE(keys);
     alice = keys->add()->key;
     bob = keys->add()->key;
+    admin = keys->add("", true)->key;
     daemon = std::make_unique<hostd::Daemon>(io, *system, *driver, config, std::move(*keys));
     auto started = daemon->start();
     ASSERT_TRUE(started) << started.error().message();
@@ -138,7 +139,7 @@ protected:
   std::unique_ptr<FakeDriver> driver;
   std::unique_ptr<hostd::Daemon> daemon;
   std::thread thread;
-  std::string alice, bob;
+  std::string alice, bob, admin;
   unsigned short port = 0;
 };
 
@@ -230,6 +231,59 @@ TEST_F(ApiTest, RoutesAndMethods) {
   auto wrong = http.request("PATCH", "/v1/sandboxes");
   EXPECT_EQ(wrong.status, 405u);
   EXPECT_EQ(error_of(wrong).code(), "method_not_allowed");
+}
+
+TEST_F(ApiTest, AnAdminKeySeesEveryKeysSandboxesAndActsOnThem) {
+  auto http = client(alice);
+  auto sandbox = create(http);
+  auto operator_ = client(admin);
+  auto listed = operator_.request("GET", "/v1/admin/sandboxes");
+  ASSERT_EQ(listed.status, 200u) << listed.body;
+  auto all = parse<api::AdminSandboxList>(listed.body);
+  ASSERT_EQ(all.sandboxes_size(), 1);
+  EXPECT_EQ(all.sandboxes(0).sandbox().id(), sandbox.id());
+  EXPECT_NE(all.sandboxes(0).owner_key_id(), all.admin_key_id());
+  EXPECT_EQ(all.sandboxes(0).owner_key_id().rfind("key-", 0), 0u);
+
+  // Ordinary keys are refused everywhere under /v1/admin, saying why.
+  for (auto [method, target] :
+       {std::pair{"GET", std::string("/v1/admin/sandboxes")},
+        std::pair{"DELETE", "/v1/admin/sandboxes/" + sandbox.id()},
+        std::pair{"POST", "/v1/admin/sandboxes/" + sandbox.id() + "/exec"}}) {
+    auto refused = http.request(method, target, R"({"code": "out hi"})");
+    EXPECT_EQ(refused.status, 401u) << method << " " << target;
+    EXPECT_NE(error_of(refused).message().find("not an admin key"), std::string::npos);
+  }
+  EXPECT_EQ(operator_.request("PUT", "/v1/admin/sandboxes").status, 405u);
+  EXPECT_EQ(operator_.request("DELETE", "/v1/admin/sandboxes/sb-0123456789ab").status, 404u);
+
+  std::string text;
+  auto ran =
+      operator_.stream("POST", "/v1/admin/sandboxes/" + sandbox.id() + "/exec",
+                       R"({"code": "out hi"})", [&](std::string_view data) { text.append(data); });
+  EXPECT_EQ(ran.status, 200u);
+  EXPECT_NE(text.find(R"("data":"hi")"), std::string::npos) << text;
+  EXPECT_EQ(operator_.request("DELETE", "/v1/admin/sandboxes/" + sandbox.id()).status, 204u);
+  EXPECT_EQ(http.request("GET", "/v1/sandboxes/" + sandbox.id()).status, 404u);
+  EXPECT_EQ(on_io([this] { return driver->live.size(); }), 0u);
+}
+
+TEST_F(ApiTest, TheOperatorsPageIsServedWithoutAKeyAndOnlyItsOwnFiles) {
+  HttpClient anyone("127.0.0.1", port, "");
+  auto page = anyone.request("GET", "/ui");
+  ASSERT_EQ(page.status, 200u);
+  EXPECT_EQ(page.header("content-type"), "text/html; charset=utf-8");
+  EXPECT_NE(page.header("content-security-policy").find("frame-ancestors 'none'"),
+            std::string::npos);
+  EXPECT_NE(page.body.find("/ui/app.js"), std::string::npos);
+  EXPECT_EQ(anyone.request("GET", "/ui/").body, page.body);
+  EXPECT_EQ(anyone.request("GET", "/ui/style.css").header("content-type"),
+            "text/css; charset=utf-8");
+  for (auto target : {"/ui/missing.js", "/ui/app.js/x", "/ui/..%2Fkeys"})
+    EXPECT_EQ(anyone.request("GET", target).status, 404u) << target;
+  EXPECT_EQ(anyone.request("DELETE", "/ui").status, 405u);
+  // Its data is not public.
+  EXPECT_EQ(anyone.request("GET", "/v1/admin/sandboxes").status, 401u);
 }
 
 TEST_F(ApiTest, SandboxLifecycleAndOwnership) {

@@ -95,3 +95,35 @@ TEST(Keys, ACorruptKeysFileIsAnErrorNamingTheLine) {
   ASSERT_FALSE(store);
   EXPECT_NE(store.error().message().find("line 3"), std::string::npos) << store.error().message();
 }
+
+TEST(Keys, AnAdminKeyKeepsItsMarkAcrossASaveAndAReload) {
+  TempDir dir;
+  auto file = dir.path / "keys";
+  auto store = KeyStore::load(file);
+  ASSERT_TRUE(store) << store.error().message();
+  auto plain = store->add("pro");
+  auto admin = store->add("", true);
+  ASSERT_TRUE(plain && admin);
+  auto reloaded = KeyStore::load(file);
+  ASSERT_TRUE(reloaded) << reloaded.error().message();
+  ASSERT_NE(reloaded->find(plain->id), nullptr);
+  EXPECT_FALSE(reloaded->find(plain->id)->admin);
+  EXPECT_EQ(reloaded->find(plain->id)->tier, "pro");
+  ASSERT_NE(reloaded->find(admin->id), nullptr);
+  EXPECT_TRUE(reloaded->find(admin->id)->admin);
+  EXPECT_EQ(reloaded->find(admin->id)->tier, "");
+}
+
+TEST(Keys, AnUnknownWordAfterTheHashIsAnErrorNamingIt) {
+  TempDir dir;
+  auto file = dir.path / "keys";
+  {
+    std::ofstream out(file);
+    out << "key-1 " << to_hex(sha256("x")) << " pro admin\nkey-2 " << to_hex(sha256("y"))
+        << " root\n";
+  }
+  auto store = KeyStore::load(file);
+  ASSERT_FALSE(store);
+  EXPECT_NE(store.error().message().find("line 2"), std::string::npos) << store.error().message();
+  EXPECT_NE(store.error().message().find("\"root\""), std::string::npos) << store.error().message();
+}

@@ -52,6 +52,8 @@ class RunningHostd:
     runtime_dir: Path
     shm_dir: Path
     config_path: Path = field(default=None, repr=False)
+    # An admin key (`hostd --new-key --admin`), when the session asked for one.
+    admin_key: str = field(default=None, repr=False)
     binary: Path = field(default=None, repr=False)
     _proc: "subprocess.Popen" = field(default=None, repr=False)
 
@@ -108,14 +110,20 @@ class RunningHostd:
         The running hostd read the keys file at its start: the key works
         after the next start().
         """
-        command = [str(self.binary), "--config", str(self.config_path), "--new-key"]
-        if tier:
-            command += ["--tier", tier]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=30)
-        found = KEY_PATTERN.search(done.stdout)
-        if done.returncode != 0 or not found:
-            raise AssertionError(f"hostd --new-key failed ({done.returncode}): {done.stdout}{done.stderr}")
-        return found.group(1)
+        return _new_key(self.binary, self.config_path, tier)
+
+
+def _new_key(binary: Path, config: Path, tier: str = "", admin: bool = False) -> str:
+    command = [str(binary), "--config", str(config), "--new-key"]
+    if tier:
+        command += ["--tier", tier]
+    if admin:
+        command.append("--admin")
+    done = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    found = KEY_PATTERN.search(done.stdout)
+    if done.returncode != 0 or not found:
+        raise AssertionError(f"hostd --new-key failed ({done.returncode}): {done.stdout}{done.stderr}")
+    return found.group(1)
 
 
 def _healthy(url: str) -> bool:
@@ -187,7 +195,13 @@ def _launch(binary: Path, config: Path, log_path: Path, need_key: bool):
 
 
 @contextlib.contextmanager
-def hostd_session(repo: Path, max_sandboxes: int = 4, extra_config: str = "disable_pools: true\n"):
+def hostd_session(
+    repo: Path,
+    max_sandboxes: int = 4,
+    extra_config: str = "disable_pools: true\n",
+    admin_key: bool = False,
+):
+    """A hostd on temp dirs for a test session; with `admin_key`, `admin_key` too."""
     # Absolute: hostd wants its config's paths so (VESICLE_HOSTD=build/hostd/hostd is fine).
     binary = Path(os.environ.get("VESICLE_HOSTD") or repo / "build" / "hostd" / "hostd").absolute()
     images = Path(os.environ.get("VESICLE_IMAGES_DIR") or repo / "build" / "images").absolute()
@@ -221,7 +235,13 @@ def hostd_session(repo: Path, max_sandboxes: int = 4, extra_config: str = "disab
     proc = None
     running = None
     try:
-        proc, url, key = _launch(binary, config, log_path, need_key=True)
+        admin = None
+        if admin_key:
+            # Both keys made first: hostd then prints none at its start.
+            key, admin = _new_key(binary, config), _new_key(binary, config, admin=True)
+            proc, url, _ = _launch(binary, config, log_path, need_key=False)
+        else:
+            proc, url, key = _launch(binary, config, log_path, need_key=True)
         running = RunningHostd(
             url=url,
             key=key,
@@ -233,6 +253,7 @@ def hostd_session(repo: Path, max_sandboxes: int = 4, extra_config: str = "disab
             config_path=config,
             binary=binary,
             _proc=proc,
+            admin_key=admin,
         )
         yield running
     finally:

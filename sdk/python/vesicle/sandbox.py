@@ -266,7 +266,10 @@ class Sandbox:
         cwd: Optional[str] = None,
         on_bytes: BytesCallback = None,
         on_result: ResultCallback = None,
+        path: Optional[str] = None,
     ) -> Execution:
+        # `path`: another exec route for the same request (the CLI's admin
+        # exec, /v1/admin/sandboxes/{id}/exec).
         self._check_open("run code in")
         if not isinstance(code, str):
             raise InvalidRequestError(f"code must be a str, not {type(code).__name__}")
@@ -292,7 +295,7 @@ class Sandbox:
         payload = _json_bytes(body)
         with self._transport.stream(
             "POST",
-            _sandbox_path(self.id) + "/exec",
+            path or _sandbox_path(self.id) + "/exec",
             body=payload,
             headers={"Content-Type": "application/json", "Accept": "application/x-ndjson"},
             read_timeout=read_timeout,

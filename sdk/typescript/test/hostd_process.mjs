@@ -53,8 +53,8 @@ export class RunningHostd {
     return existsSync(this.logPath) ? readFileSync(this.logPath, "utf8") : "";
   }
 
-  newKey() {
-    const done = spawnSync(this.binary, ["--config", this.configPath, "--new-key"], { encoding: "utf8", timeout: 30_000 });
+  newKey(extraArgs = []) {
+    const done = spawnSync(this.binary, ["--config", this.configPath, "--new-key", ...extraArgs], { encoding: "utf8", timeout: 30_000 });
     const found = KEY_PATTERN.exec(done.stdout ?? "");
     if (done.status !== 0 || !found) {
       throw new Error(`hostd --new-key failed (${done.status}): ${done.stdout}${done.stderr}`);
@@ -130,8 +130,12 @@ export class RunningHostd {
   }
 }
 
-/** Start a hostd with two fresh keys (`key`, `otherKey`) on temp dirs; throws if it does not come up. */
-export async function startHostd({ binary, images }, { maxSandboxes = 4, extraConfig = "disable_pools: true\n" } = {}) {
+/**
+ * Start a hostd with two fresh keys (`key`, `otherKey`) on temp dirs, and an
+ * admin key (`adminKey`, `hostd --new-key --admin`) if asked; throws if it
+ * does not come up.
+ */
+export async function startHostd({ binary, images }, { maxSandboxes = 4, extraConfig = "disable_pools: true\n", adminKey = false } = {}) {
   const top = mkdtempSync(join(tmpdir(), "vesicle-ts-test-"));
   const shmDir = mkdtempSync("/dev/shm/vesicle-ts-test-");
   const runtimeDir = join(top, "run");
@@ -154,6 +158,7 @@ export async function startHostd({ binary, images }, { maxSandboxes = 4, extraCo
   try {
     hostd.key = hostd.newKey();
     hostd.otherKey = hostd.newKey();
+    if (adminKey) hostd.adminKey = hostd.newKey(["--admin"]);
     await hostd.launch();
   } catch (err) {
     await hostd.stop();
