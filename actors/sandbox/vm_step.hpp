@@ -37,7 +37,9 @@ template <class T> using StepStart = std::function<void(StepDone<T>)>;
 // calls keep their own time limits).
 template <class T> caf::actor spawn_vm_step(caf::actor_system& system, StepStart<T> start) {
   using Value = typename detail::StepValue<T>::type;
-  return system.spawn([start = std::move(start)](caf::event_based_actor* self) -> caf::behavior {
+  // `start` goes in as an argument: CAF 0.17 binds an actor function spawned
+  // without any to a null argument tuple (UBSan stops on it; see ask.hpp).
+  auto behavior = [](caf::event_based_actor* self, StepStart<T> start) -> caf::behavior {
     return {
         [=](vm_step_atom) {
           auto promise = self->make_response_promise<Value>();
@@ -59,7 +61,8 @@ template <class T> caf::actor spawn_vm_step(caf::actor_system& system, StepStart
           return promise;
         },
     };
-  });
+  };
+  return system.spawn(behavior, std::move(start));
 }
 
 // Runs `start` as a step of `self`'s flow; continue with .then(value, error).
