@@ -157,6 +157,18 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("health", help="check that hostd answers (no API key needed)")
     p.set_defaults(run=_health)
+
+    p = sub.add_parser(
+        "mcp",
+        help="serve the sandbox tools over the Model Context Protocol (stdio)",
+        description=(
+            "Run an MCP server on stdin/stdout for an MCP client (a desktop assistant, an "
+            "agent framework) to start: tools to create sandboxes, run Python and bash, move "
+            "files, fork, freeze and resume, against the hostd of $VESICLE_URL with "
+            "$VESICLE_API_KEY."
+        ),
+    )
+    p.set_defaults(run=_mcp)
     return parser
 
 
@@ -439,6 +451,12 @@ def _print_table(rows: List[List[str]]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+def _mcp(args) -> int:
+    from . import mcp
+
+    return mcp.main(args.url)
 
 
 def _health(args) -> int:
