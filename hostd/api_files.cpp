@@ -148,7 +148,9 @@ asio::awaitable<Result<std::string>> Api::read_file(const std::string& owner,
   if (!lease) co_return lease.error();
   std::string content;
   std::optional<Error> over_cap;
-  auto sink = [&](std::string_view chunk) -> asio::awaitable<Result<void>> {
+  // A named std::function, not a temporary made inside the co_await below
+  // (g++ 12 mishandles those).
+  vmm::ChunkSink sink = [&](std::string_view chunk) -> asio::awaitable<Result<void>> {
     if (content.size() + chunk.size() > max_bytes) {
       over_cap = Error::of(ErrorKind::too_large,
                           path + " is larger than " + std::to_string(max_bytes >> 20) +

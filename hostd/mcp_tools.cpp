@@ -110,6 +110,17 @@ mcp::ToolResult run_output(RunCollector& run, const guest::Exit& exit) {
   return out;
 }
 
+// Built outside the coroutine: g++ 12 mishandles temporaries of a
+// conditional expression inside a coroutine body.
+mcp::ToolResult download_output(const std::string& path, const std::string& content) {
+  const bool text = is_valid_utf8(content);
+  json::Object doc{{"path", path},
+                   {"size", static_cast<std::int64_t>(content.size())},
+                   {"encoding", text ? "text" : "base64"},
+                   {"content", text ? content : mcp::base64_encode(content)}};
+  return mcp::ToolResult::text(json::Value(std::move(doc)).dump());
+}
+
 std::string sandbox_list_json(const std::vector<std::string>& objects, const char* key) {
   std::string out = std::string("{\"") + key + "\":[";
   for (std::size_t i = 0; i < objects.size(); ++i)
@@ -173,15 +184,21 @@ asio::awaitable<mcp::ToolResult> Api::mcp_tool(const std::string& owner,
   }
   if (name == "run_python" || name == "run_bash") {
     api::ExecRequest request;
-    const bool python = name == "run_python";
-    request.set_language(python ? "python" : "bash");
-    request.set_code(string_arg(args, python ? "code" : "command"));
+    if (name == "run_python") {
+      request.set_language("python");
+      request.set_code(string_arg(args, "code"));
+    } else {
+      request.set_language("bash");
+      request.set_code(string_arg(args, "command"));
+    }
     if (auto timeout = int_arg(args, "timeout_s"))
       request.set_timeout_s(static_cast<std::uint32_t>(*timeout));
     request.set_cwd(string_arg(args, "cwd"));
     auto run = std::make_shared<RunCollector>();
-    auto exit = co_await run_exec(owner, sandbox_id, request,
-                                  [run](const guest::Event& event) { run->on_event(event); });
+    // A named sink, not a temporary in the co_await expression: g++ 12
+    // destroys such a temporary twice (the collector was freed under us).
+    vmm::ExecEventSink sink = [run](const guest::Event& event) { run->on_event(event); };
+    auto exit = co_await run_exec(owner, sandbox_id, request, std::move(sink));
     if (!exit) co_return failed(exit.error());
     co_return run_output(*run, *exit);
   }
@@ -206,12 +223,7 @@ asio::awaitable<mcp::ToolResult> Api::mcp_tool(const std::string& owner,
     const auto& path = string_arg(args, "path");
     auto content = co_await read_file(owner, sandbox_id, path, kMaxDownloadBytes);
     if (!content) co_return failed(content.error());
-    const bool text = is_valid_utf8(*content);
-    json::Object doc{{"path", path},
-                     {"size", static_cast<std::int64_t>(content->size())},
-                     {"encoding", text ? "text" : "base64"},
-                     {"content", text ? *content : mcp::base64_encode(*content)}};
-    co_return mcp::ToolResult::text(json::Value(std::move(doc)).dump());
+    co_return download_output(path, *content);
   }
   if (name == "fork") {
     const auto n = int_arg(args, "n").value_or(1);
