@@ -193,8 +193,7 @@ asio::awaitable<void> Api::exec(Exchange& exchange, const std::string& owner,
   if (!client_ok || !co_await exchange.end_stream()) exchange.abandon_stream();
 }
 
-asio::awaitable<Result<guest::Exit>> Api::run_exec(const std::string& owner,
-                                                   const std::string& id,
+asio::awaitable<Result<guest::Exit>> Api::run_exec(const std::string& owner, const std::string& id,
                                                    const api::ExecRequest& request,
                                                    vmm::ExecEventSink sink) {
   auto plan = plan_exec(request);

@@ -118,8 +118,7 @@ asio::awaitable<void> Api::download(Exchange& exchange, const std::string& owner
 }
 
 asio::awaitable<Result<guest::Done>> Api::write_file(const std::string& owner,
-                                                     const std::string& id,
-                                                     const std::string& path,
+                                                     const std::string& id, const std::string& path,
                                                      std::string_view data) {
   auto checked = checked_path(&path);
   if (!checked) co_return checked.error();
@@ -138,8 +137,7 @@ asio::awaitable<Result<guest::Done>> Api::write_file(const std::string& owner,
   co_return done;
 }
 
-asio::awaitable<Result<std::string>> Api::read_file(const std::string& owner,
-                                                    const std::string& id,
+asio::awaitable<Result<std::string>> Api::read_file(const std::string& owner, const std::string& id,
                                                     const std::string& path,
                                                     std::size_t max_bytes) {
   auto checked = checked_path(&path);
@@ -153,8 +151,8 @@ asio::awaitable<Result<std::string>> Api::read_file(const std::string& owner,
   vmm::ChunkSink sink = [&](std::string_view chunk) -> asio::awaitable<Result<void>> {
     if (content.size() + chunk.size() > max_bytes) {
       over_cap = Error::of(ErrorKind::too_large,
-                          path + " is larger than " + std::to_string(max_bytes >> 20) +
-                              " MiB; read it in parts (e.g. with run_bash and split)");
+                           path + " is larger than " + std::to_string(max_bytes >> 20) +
+                               " MiB; read it in parts (e.g. with run_bash and split)");
       co_return *over_cap;
     }
     content.append(chunk);

@@ -154,8 +154,7 @@ asio::awaitable<void> Api::fork(Exchange& exchange, const std::string& owner,
 }
 
 asio::awaitable<Result<SandboxInfoList>> Api::fork_sandbox(const std::string& owner,
-                                                           const std::string& id,
-                                                           std::uint32_t n) {
+                                                           const std::string& id, std::uint32_t n) {
   if (n < 1 || n > kMaxForkChildren)
     co_return Error::of(ErrorKind::invalid_argument, "n: a fork makes 1 to " +
                                                          std::to_string(kMaxForkChildren) +

@@ -72,9 +72,8 @@ asio::awaitable<void> Api::resume(Exchange& exchange, const std::string& owner,
 
 // Answers once the new sandbox is ready (the Space is checked, then
 // resumed), or with why not; a refused Space is kept.
-asio::awaitable<Result<SandboxInfo>> Api::resume_space(const std::string& owner,
-                                                       const std::string& space_id,
-                                                       bool persistent) {
+asio::awaitable<Result<SandboxInfo>>
+Api::resume_space(const std::string& owner, const std::string& space_id, bool persistent) {
   // The resumed sandbox counts against the key's concurrency cap.
   const std::uint32_t max_concurrent = tier_caps(ctx_.keys, ctx_.config, owner).max_concurrent();
   const auto started = std::chrono::steady_clock::now();

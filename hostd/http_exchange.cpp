@@ -148,7 +148,9 @@ asio::awaitable<void> Exchange::respond_error(const Error& error) {
   co_await respond(http_status(error), error_body(error));
 }
 
-asio::awaitable<void> Exchange::respond_no_content() { co_await respond_empty(204); }
+asio::awaitable<void> Exchange::respond_no_content() {
+  co_await respond_empty(204);
+}
 
 asio::awaitable<void> Exchange::respond_empty(unsigned status) {
   status_ = status;

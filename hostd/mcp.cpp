@@ -79,8 +79,9 @@ std::optional<std::string> value_violation(const std::string& name, const json::
   if (type == "boolean") ok = value.is_bool();
   if (type == "object") ok = value.is_object();
   if (type == "array") ok = value.is_array();
-  if (!ok) return name + ": must be " + (type == "integer" ? "an " : "a ") + type + ", got " +
-                  type_name(value);
+  if (!ok)
+    return name + ": must be " + (type == "integer" ? "an " : "a ") + type + ", got " +
+           type_name(value);
   if (schema.contains("enum")) {
     const auto& options = schema["enum"].as_array();
     bool listed = false;
@@ -93,8 +94,8 @@ std::optional<std::string> value_violation(const std::string& name, const json::
   }
   if (value.is_int()) {
     if (schema.contains("minimum") && value.as_int() < schema["minimum"].as_int())
-      return name + ": must be at least " + std::to_string(schema["minimum"].as_int()) +
-             ", got " + std::to_string(value.as_int());
+      return name + ": must be at least " + std::to_string(schema["minimum"].as_int()) + ", got " +
+             std::to_string(value.as_int());
     if (schema.contains("maximum") && value.as_int() > schema["maximum"].as_int())
       return name + ": must be at most " + std::to_string(schema["maximum"].as_int()) + ", got " +
              std::to_string(value.as_int());
@@ -206,8 +207,7 @@ std::optional<std::string> schema_violation(const json::Value& schema,
                                             const json::Object& arguments) {
   const auto& properties = schema["properties"].as_object();
   for (const auto& required : schema["required"].as_array())
-    if (!arguments.count(required.as_string()))
-      return required.as_string() + ": required";
+    if (!arguments.count(required.as_string())) return required.as_string() + ": required";
   for (const auto& [name, value] : arguments) {
     auto property = properties.find(name);
     if (property == properties.end()) {
@@ -241,8 +241,9 @@ Step step(std::string_view message) {
     return error_step(no_id, kParseError, "parse error: the message is not valid UTF-8");
   auto parsed = json::parse(message);
   if (!parsed)
-    return error_step(no_id, kParseError, "parse error: " + parsed.error().message() +
-                                              "; send one JSON-RPC 2.0 object per request");
+    return error_step(no_id, kParseError,
+                      "parse error: " + parsed.error().message() +
+                          "; send one JSON-RPC 2.0 object per request");
   const auto& document = parsed.value();
   if (document.is_array())
     return error_step(no_id, kInvalidRequest,
@@ -289,8 +290,8 @@ Step step(std::string_view message) {
   if (method == "tools/list") {
     Step out;
     out.id = id;
-    out.reply = result_reply(
-        id, json::Object{{"tools", without_private_keys(tool_table()["tools"])}});
+    out.reply =
+        result_reply(id, json::Object{{"tools", without_private_keys(tool_table()["tools"])}});
     return out;
   }
   if (method == "tools/call") return tools_call(id, params.as_object());
@@ -306,9 +307,11 @@ std::string utf8_lossy(std::string_view bytes) {
   std::size_t i = 0;
   while (i < bytes.size()) {
     const auto lead = static_cast<unsigned char>(bytes[i]);
-    std::size_t length = lead < 0x80 ? 1 : (lead >> 5) == 6 ? 2 : (lead >> 4) == 14 ? 3
-                                       : (lead >> 3) == 30 ? 4
-                                                            : 0;
+    std::size_t length = lead < 0x80         ? 1
+                         : (lead >> 5) == 6  ? 2
+                         : (lead >> 4) == 14 ? 3
+                         : (lead >> 3) == 30 ? 4
+                                             : 0;
     if (length != 0 && i + length <= bytes.size() && is_valid_utf8(bytes.substr(i, length))) {
       out.append(bytes.substr(i, length));
       i += length;

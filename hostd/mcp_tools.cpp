@@ -38,7 +38,7 @@ std::optional<std::int64_t> int_arg(const json::Object& args, std::string_view n
 struct RunCollector {
   std::string out, err;
   std::optional<std::string> result;
-  json::Value error; // null, or {name, value, traceback}
+  json::Value error;    // null, or {name, value, traceback}
   json::Array displays; // text of display outputs that are not images
   std::vector<std::pair<std::string, std::string>> images; // mime type, bytes
   std::size_t image_bytes = 0;
@@ -69,8 +69,11 @@ struct RunCollector {
                            {"value", mcp::utf8_lossy(event.error().value())},
                            {"traceback", mcp::utf8_lossy(event.error().traceback())}};
       break;
-    case guest::Event::kDisplay: on_display(event.display()); break;
-    default: break;
+    case guest::Event::kDisplay:
+      on_display(event.display());
+      break;
+    default:
+      break;
     }
   }
 
@@ -157,7 +160,8 @@ asio::awaitable<mcp::ToolResult> Api::mcp_tool(const std::string& owner,
     }
     request.set_template_(string_arg(args, "template"));
     if (auto idle = int_arg(args, "idle_timeout_s"))
-      request.set_idle_timeout_s(static_cast<std::uint32_t>(std::min<std::int64_t>(*idle, 1 << 30)));
+      request.set_idle_timeout_s(
+          static_cast<std::uint32_t>(std::min<std::int64_t>(*idle, 1 << 30)));
     if (auto lifetime = int_arg(args, "max_lifetime_s"))
       request.set_max_lifetime_s(
           static_cast<std::uint32_t>(std::min<std::int64_t>(*lifetime, 1 << 30)));

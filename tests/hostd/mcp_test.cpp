@@ -40,8 +40,7 @@ TEST(McpStep, MalformedMessagesAreJsonRpcErrors) {
   expect_error("", null, kParseError, "parse error");
   expect_error("\xff\xfe{}", null, kParseError, "not valid UTF-8");
   expect_error(std::string(10000, '['), null, kParseError, "nesting");
-  expect_error(R"([{"jsonrpc":"2.0","id":1,"method":"ping"}])", null, kInvalidRequest,
-               "batches");
+  expect_error(R"([{"jsonrpc":"2.0","id":1,"method":"ping"}])", null, kInvalidRequest, "batches");
   expect_error("42", null, kInvalidRequest, "got an integer");
   expect_error(R"({"jsonrpc":"2.0","id":{"a":1},"method":"ping"})", null, kInvalidRequest,
                "id must be");
@@ -55,15 +54,15 @@ TEST(McpStep, MalformedMessagesAreJsonRpcErrors) {
                "\"params\" must be an object");
   expect_error(R"({"jsonrpc":"2.0","id":10,"method":"resources/list"})", 10, kMethodNotFound,
                "resources/list");
-  expect_error(R"({"jsonrpc":"2.0","id":11,"method":"tools/call","params":{"name":"rm_rf"}})",
-               11, kInvalidParams, "no tool named \"rm_rf\"");
+  expect_error(R"({"jsonrpc":"2.0","id":11,"method":"tools/call","params":{"name":"rm_rf"}})", 11,
+               kInvalidParams, "no tool named \"rm_rf\"");
   expect_error(R"({"jsonrpc":"2.0","id":12,"method":"tools/call","params":{"arguments":{}}})", 12,
                kInvalidParams, "params.name");
   expect_error(
       R"({"jsonrpc":"2.0","id":13,"method":"tools/call","params":{"name":"fork","arguments":[]}})",
       13, kInvalidParams, "arguments must be an object");
-  expect_error(R"({"jsonrpc":"2.0","id":14,"method":"initialize","params":{}})", 14,
-               kInvalidParams, "protocolVersion");
+  expect_error(R"({"jsonrpc":"2.0","id":14,"method":"initialize","params":{}})", 14, kInvalidParams,
+               "protocolVersion");
 }
 
 TEST(McpStep, NotificationsAndResponsesGetNoAnswer) {
