@@ -10,6 +10,7 @@
 #include "hostd/api.hpp"
 #include "hostd/mcp_tools_json.hpp"
 #include "hostd/ndjson.hpp"
+#include "vmm/qemu.hpp"
 
 namespace vesicle::hostd::mcp {
 
@@ -19,6 +20,9 @@ namespace {
 // touch tools). A client asking for a newer one gets kLatestVersion and,
 // like the TypeScript SDK, goes on with it.
 constexpr std::array<std::string_view, 3> kVersions = {"2025-06-18", "2025-03-26", "2024-11-05"};
+
+constexpr std::string_view kBase64Alphabet =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
 json::Value parse_table() {
   auto parsed = json::parse(kToolsJson);
@@ -324,8 +328,7 @@ std::string utf8_lossy(std::string_view bytes) {
 }
 
 std::string base64_encode(std::string_view bytes) {
-  static constexpr char kAlphabet[] =
-      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  const auto* alphabet = kBase64Alphabet.data();
   std::string out;
   out.reserve((bytes.size() + 2) / 3 * 4);
   std::size_t i = 0;
@@ -334,46 +337,29 @@ std::string base64_encode(std::string_view bytes) {
                             static_cast<unsigned char>(bytes[i + 1]) << 8 |
                             static_cast<unsigned char>(bytes[i + 2]);
     for (int shift : {18, 12, 6, 0})
-      out += kAlphabet[(n >> shift) & 63];
+      out += alphabet[(n >> shift) & 63];
   }
   const std::size_t rest = bytes.size() - i;
   if (rest > 0) {
     std::uint32_t n = static_cast<unsigned char>(bytes[i]) << 16;
     if (rest == 2) n |= static_cast<unsigned char>(bytes[i + 1]) << 8;
-    out += kAlphabet[(n >> 18) & 63];
-    out += kAlphabet[(n >> 12) & 63];
-    out += rest == 2 ? kAlphabet[(n >> 6) & 63] : '=';
+    out += alphabet[(n >> 18) & 63];
+    out += alphabet[(n >> 12) & 63];
+    out += rest == 2 ? alphabet[(n >> 6) & 63] : '=';
     out += '=';
   }
   return out;
 }
 
+// Checks the form strictly, then decodes with vmm's (lenient) decoder.
 std::optional<std::string> base64_decode_strict(std::string_view text) {
   if (text.size() % 4 != 0) return std::nullopt;
-  auto value = [](char c) -> int {
-    if (c >= 'A' && c <= 'Z') return c - 'A';
-    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
-    if (c >= '0' && c <= '9') return c - '0' + 52;
-    if (c == '+') return 62;
-    if (c == '/') return 63;
-    return -1;
-  };
-  std::string out;
-  out.reserve(text.size() / 4 * 3);
-  for (std::size_t i = 0; i < text.size(); i += 4) {
-    const bool last = i + 4 == text.size();
-    const int pad = last ? (text[i + 3] == '=') + (text[i + 2] == '=' && text[i + 3] == '=') : 0;
-    std::uint32_t n = 0;
-    for (std::size_t k = 0; k < 4; ++k) {
-      int v = k >= 4 - static_cast<std::size_t>(pad) ? 0 : value(text[i + k]);
-      if (v < 0) return std::nullopt;
-      n = n << 6 | static_cast<std::uint32_t>(v);
-    }
-    out += static_cast<char>(n >> 16 & 0xff);
-    if (pad < 2) out += static_cast<char>(n >> 8 & 0xff);
-    if (pad < 1) out += static_cast<char>(n & 0xff);
-  }
-  return out;
+  std::size_t padding = 0;
+  while (padding < 2 && padding < text.size() && text[text.size() - 1 - padding] == '=')
+    ++padding;
+  const auto body = text.substr(0, text.size() - padding);
+  if (body.find_first_not_of(kBase64Alphabet) != std::string_view::npos) return std::nullopt;
+  return vmm::qemu::base64_decode(text);
 }
 
 std::string Sessions::open(const std::string& owner, std::string protocol_version) {

@@ -3,7 +3,8 @@
 // `python3 -m vesicle mcp` over stdio, and hostd's /mcp over streamable
 // HTTP with the bearer key. Both run the same scenario: list the tools,
 // create a sandbox, run code that draws a matplotlib chart (an image comes
-// back and decodes as a PNG), see state persist, fork, close. The HTTP
+// back and decodes as a PNG), see state persist, move files, fork,
+// merge_into, freeze, resume, close. The HTTP
 // transport's own rules (key, session header, GET, DELETE, bad bodies) are
 // checked with plain fetch.
 //
@@ -115,6 +116,21 @@ async function scenario(client) {
     const { doc: listed } = await callJson(client, "list_sandboxes", {});
     assert.deepEqual(listed.sandboxes.map((s) => s.id).sort(), [...ids].sort());
 
+    // The parent continues as the child; the child's id is gone.
+    const { doc: merged } = await callJson(client, "merge_into", { sandbox_id: sandbox.id, winner_id: child.id });
+    assert.equal(merged.id, sandbox.id);
+    ids.pop();
+    const { doc: afterMerge } = await callJson(client, "run_python", { sandbox_id: sandbox.id, code: "x" });
+    assert.equal(afterMerge.result, "22");
+    // To disk and back, as a new sandbox with the same globals.
+    const { doc: space } = await callJson(client, "freeze", { sandbox_id: sandbox.id });
+    assert.equal(space.sandbox_id, sandbox.id);
+    const { doc: resumed } = await callJson(client, "resume", { space_id: space.space_id });
+    ids.push(resumed.id);
+    assert.equal(resumed.resumed_from, space.space_id);
+    const { doc: afterResume } = await callJson(client, "run_python", { sandbox_id: resumed.id, code: "x" });
+    assert.equal(afterResume.result, "22");
+
     // Tool errors: results with isError and a message, not protocol errors.
     const bad = await call(client, "run_python", { sandbox_id: sandbox.id, code: 5 });
     assert.equal(bad.isError, true);
@@ -135,7 +151,7 @@ async function scenario(client) {
 }
 
 describe("MCP over stdio: python3 -m vesicle mcp", { skip: located.skip }, () => {
-  test("the official client lists tools, creates, charts, forks and closes", async () => {
+  test("the official client lists tools, creates, charts, moves files, forks, merges, freezes, resumes and closes", async () => {
     const transport = new StdioClientTransport({
       command: "python3",
       args: ["-m", "vesicle", "mcp"],
@@ -164,7 +180,7 @@ describe("MCP over stdio: python3 -m vesicle mcp", { skip: located.skip }, () =>
 describe("MCP over streamable HTTP: hostd's /mcp", { skip: located.skip }, () => {
   const auth = () => ({ Authorization: `Bearer ${hostd.key}` });
 
-  test("the official client lists tools, creates, charts, forks and closes", async () => {
+  test("the official client lists tools, creates, charts, moves files, forks, merges, freezes, resumes and closes", async () => {
     const transport = new StreamableHTTPClientTransport(new URL("/mcp", hostd.url), {
       requestInit: { headers: auth() },
     });
