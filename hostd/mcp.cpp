@@ -130,10 +130,7 @@ Step initialize(const json::Value& id, const json::Object& params) {
       {"protocolVersion", version},
       {"capabilities", json::Object{{"tools", json::Object{{"listChanged", false}}}}},
       {"serverInfo", json::Object{{"name", "vesicle-hostd"}, {"version", kVersion}}},
-      {"instructions",
-       "vesicle runs code in sandboxes (microVMs). Create one with create_sandbox, run code with "
-       "run_python (state persists between calls) or run_bash, and close it with close_sandbox "
-       "when done: sandboxes hold resources until closed."}};
+      {"instructions", tool_table()["instructions"]}};
   Step out;
   out.id = id;
   out.reply = result_reply(id, std::move(result));

@@ -85,6 +85,8 @@ TEST(McpStep, InitializeNegotiatesTheVersion) {
   EXPECT_EQ(reply["result"]["protocolVersion"].as_string(), "2025-03-26");
   EXPECT_EQ(reply["result"]["serverInfo"]["name"].as_string(), "vesicle-hostd");
   EXPECT_FALSE(reply["result"]["capabilities"]["tools"]["listChanged"].as_bool(true));
+  // From the shared table, as the stdio server's.
+  EXPECT_NE(reply["result"]["instructions"].as_string().find("close_sandbox"), std::string::npos);
 
   // A version we do not speak: ours, and the client decides.
   step = mcp::step(

@@ -100,6 +100,8 @@ def test_initialize_negotiates_and_notifications_get_no_answer(server):
     assert answer["result"]["protocolVersion"] == "2025-03-26"
     assert answer["result"]["capabilities"] == {"tools": {"listChanged": False}}
     assert answer["result"]["serverInfo"]["name"] == "vesicle"
+    table = json.loads(mcp.TOOLS_FILE.read_text())
+    assert answer["result"]["instructions"] == table["instructions"]
     answer = ask(_request("initialize", {"protocolVersion": "1999-01-01"}, 2))
     assert answer["result"]["protocolVersion"] == "2025-06-18"
     # A notification and a stray response: no line back, so the next answer

@@ -47,21 +47,13 @@ MAX_DOWNLOAD_BYTES = 8 << 20
 
 TOOLS_FILE = Path(__file__).with_name("mcp_tools.json")
 
-INSTRUCTIONS = (
-    "vesicle runs code in sandboxes (microVMs). Create one with create_sandbox, run code with "
-    "run_python (state persists between calls) or run_bash, and close it with close_sandbox "
-    "when done: sandboxes hold resources until closed."
-)
-
-
 class ToolError(Exception):
     """A tool failed in a way the model should read (an isError result)."""
 
 
-def load_tools() -> List[Dict[str, Any]]:
-    """The tool table without its comment keys (those starting with _)."""
-    doc = json.loads(TOOLS_FILE.read_text(encoding="utf-8"))
-    return [_public(tool) for tool in doc["tools"]]
+def load_table() -> Dict[str, Any]:
+    """The table ({"instructions", "tools"}) without its comment keys (those starting with _)."""
+    return _public(json.loads(TOOLS_FILE.read_text(encoding="utf-8")))
 
 
 def _public(value: Any) -> Any:
@@ -325,9 +317,11 @@ def _result(msg_id: Any, result: Dict[str, Any]) -> Dict[str, Any]:
 class Server:
     """Answers MCP messages; `handle` takes one line and returns the reply (or None)."""
 
-    def __init__(self, tools: Any, tool_table: Optional[List[Dict[str, Any]]] = None):
+    def __init__(self, tools: Any):
         self.tools = tools
-        self.table = tool_table if tool_table is not None else load_tools()
+        table = load_table()
+        self.table: List[Dict[str, Any]] = table["tools"]
+        self.instructions: str = table["instructions"]
         self._by_name = {tool["name"]: tool for tool in self.table}
 
     def handle(self, line: bytes) -> Optional[Dict[str, Any]]:
@@ -370,7 +364,7 @@ class Server:
                     "protocolVersion": asked if asked in VERSIONS else VERSIONS[0],
                     "capabilities": {"tools": {"listChanged": False}},
                     "serverInfo": {"name": "vesicle", "version": __version__},
-                    "instructions": INSTRUCTIONS,
+                    "instructions": self.instructions,
                 },
             )
         if method == "ping":
