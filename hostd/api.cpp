@@ -50,7 +50,7 @@ Error unknown_route(const std::vector<std::string>& path) {
   return Error::of(ErrorKind::not_found,
                    "no such API route: " + joined +
                        " (this hostd serves /v1/sandboxes, /v1/spaces, /v1/capacity, "
-                       "/v1/healthz, /v1/admin, /metrics and the page /ui)");
+                       "/v1/healthz, /v1/admin, /metrics, /mcp and the page /ui)");
 }
 
 } // namespace
@@ -283,6 +283,7 @@ asio::awaitable<void> Api::route(Exchange& exchange, const std::vector<std::stri
     if (method != http::verb::get) co_return co_await exchange.respond_error(not_allowed("GET"));
     co_return co_await metrics(exchange);
   }
+  if (is({"mcp"})) co_return co_await mcp(exchange, *owner);
   if (is({"v1", "sandboxes"})) {
     if (method == http::verb::post) co_return co_await create(exchange, *owner);
     if (method == http::verb::get) co_return co_await list(exchange, *owner);

@@ -22,6 +22,7 @@
 #include "actors/sandbox/vm_host.hpp"
 #include "hostd/http_exchange.hpp"
 #include "hostd/keys.hpp"
+#include "hostd/mcp.hpp"
 #include "hostd/metrics.hpp"
 #include "hostd/runtime_core.hpp"
 #include "hostd/vm_lease.hpp"
@@ -99,6 +100,33 @@ private:
   asio::awaitable<void> download(Exchange& exchange, const std::string& owner,
                                  const std::string& id, std::string_view query);
 
+  // The operations behind those handlers that /mcp runs too, answering
+  // with the outcome instead of writing it (api_sandboxes.cpp,
+  // api_spaces.cpp).
+  asio::awaitable<Result<SandboxInfo>> create_sandbox(const std::string& owner,
+                                                      api::CreateSandboxRequest request);
+  asio::awaitable<Result<SandboxInfoList>> fork_sandbox(const std::string& owner,
+                                                        const std::string& id, std::uint32_t n);
+  asio::awaitable<Result<SpaceInfo>> freeze_sandbox(const std::string& owner,
+                                                    const std::string& id);
+  asio::awaitable<Result<SandboxInfo>> resume_space(const std::string& owner,
+                                                    const std::string& space_id, bool persistent);
+  // Runs a cell or command to its end, events to `sink` (api_exec.cpp).
+  asio::awaitable<Result<guest::Exit>> run_exec(const std::string& owner, const std::string& id,
+                                                const api::ExecRequest& request,
+                                                vmm::ExecEventSink sink);
+  // A whole file in or out of the guest, held in memory: for /mcp, whose
+  // files travel inside JSON anyway (api_files.cpp). read_file refuses a
+  // file over `max_bytes`.
+  asio::awaitable<Result<guest::Done>> write_file(const std::string& owner, const std::string& id,
+                                                  const std::string& path, std::string_view data);
+  asio::awaitable<Result<std::string>> read_file(const std::string& owner, const std::string& id,
+                                                 const std::string& path, std::size_t max_bytes);
+  // api_mcp.cpp: the MCP streamable HTTP transport at /mcp.
+  asio::awaitable<void> mcp(Exchange& exchange, const std::string& owner);
+  // mcp_tools.cpp: one tool call, run against the runtime.
+  asio::awaitable<mcp::ToolResult> mcp_tool(const std::string& owner, const mcp::ToolCall& call);
+
   // Shared by the VM operations (api_ops.cpp).
   asio::awaitable<Result<VmLease>> begin_op(const std::string& owner, const std::string& id);
   asio::awaitable<Error> sandbox_died(const std::string& owner, const std::string& id,
@@ -108,6 +136,7 @@ private:
 
   ApiContext ctx_;
   Metrics metrics_;
+  mcp::Sessions mcp_sessions_;
 };
 
 // A sandbox as the API shows it.

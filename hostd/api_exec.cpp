@@ -193,4 +193,22 @@ asio::awaitable<void> Api::exec(Exchange& exchange, const std::string& owner,
   if (!client_ok || !co_await exchange.end_stream()) exchange.abandon_stream();
 }
 
+asio::awaitable<Result<guest::Exit>> Api::run_exec(const std::string& owner, const std::string& id,
+                                                   const api::ExecRequest& request,
+                                                   vmm::ExecEventSink sink) {
+  auto plan = plan_exec(request);
+  if (!plan) co_return plan.error();
+  auto lease = co_await begin_op(owner, id);
+  if (!lease) co_return lease.error();
+  auto& agent = lease->vm().agent();
+  // No `?:` around co_await: g++ 12 miscompiles it (double free).
+  Result<guest::Exit> exit = make_error("exec", "not started");
+  if (plan->python)
+    exit = co_await agent.exec_python(plan->python_request, std::move(sink));
+  else
+    exit = co_await agent.exec_bash(plan->bash_request, std::move(sink));
+  if (!exit) co_return co_await agent_failure(*lease, exit.error(), "running the code");
+  co_return exit;
+}
+
 } // namespace vesicle::hostd

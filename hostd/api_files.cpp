@@ -10,8 +10,7 @@ namespace vesicle::hostd {
 
 namespace {
 
-Result<std::string> guest_path(std::string_view query) {
-  auto path = query_param(query, "path");
+Result<std::string> checked_path(const std::string* path) {
   if (!path || path->empty())
     return Error::of(ErrorKind::invalid_argument,
                      "path: required, the absolute path in the sandbox (…/files?path=/data/x.csv)");
@@ -20,6 +19,11 @@ Result<std::string> guest_path(std::string_view query) {
   if (path->find('\0') != std::string::npos)
     return Error::of(ErrorKind::invalid_argument, "path: must not contain NUL bytes");
   return *path;
+}
+
+Result<std::string> guest_path(std::string_view query) {
+  auto path = query_param(query, "path");
+  return checked_path(path ? &*path : nullptr);
 }
 
 Result<std::uint32_t> file_mode(std::string_view query) {
@@ -111,6 +115,57 @@ asio::awaitable<void> Api::download(Exchange& exchange, const std::string& owner
   if (!started && !co_await exchange.begin_stream(200, "application/octet-stream"))
     co_return exchange.abandon_stream();
   if (!co_await exchange.end_stream()) exchange.abandon_stream();
+}
+
+asio::awaitable<Result<guest::Done>> Api::write_file(const std::string& owner,
+                                                     const std::string& id, const std::string& path,
+                                                     std::string_view data) {
+  auto checked = checked_path(&path);
+  if (!checked) co_return checked.error();
+  auto lease = co_await begin_op(owner, id);
+  if (!lease) co_return lease.error();
+  auto opened = co_await lease->vm().agent().begin_upload(path, 0644, true);
+  if (!opened)
+    co_return co_await agent_failure(*lease, opened.error(), "opening " + path + " for writing");
+  auto& upload = *opened.value();
+  if (auto written = co_await upload.write(data); !written) {
+    co_await upload.abort();
+    co_return co_await agent_failure(*lease, written.error(), "writing " + path);
+  }
+  auto done = co_await upload.finish();
+  if (!done) co_return co_await agent_failure(*lease, done.error(), "committing " + path);
+  co_return done;
+}
+
+asio::awaitable<Result<std::string>> Api::read_file(const std::string& owner, const std::string& id,
+                                                    const std::string& path,
+                                                    std::size_t max_bytes) {
+  auto checked = checked_path(&path);
+  if (!checked) co_return checked.error();
+  auto lease = co_await begin_op(owner, id);
+  if (!lease) co_return lease.error();
+  std::string content;
+  std::optional<Error> over_cap;
+  // A named std::function, not a temporary made inside the co_await below
+  // (g++ 12 mishandles those).
+  vmm::ChunkSink sink = [&](std::string_view chunk) -> asio::awaitable<Result<void>> {
+    if (content.size() + chunk.size() > max_bytes) {
+      over_cap = Error::of(ErrorKind::too_large,
+                           path + " is larger than " + std::to_string(max_bytes >> 20) +
+                               " MiB; read it in parts (e.g. with run_bash and split)");
+      co_return *over_cap;
+    }
+    content.append(chunk);
+    co_return Result<void>{};
+  };
+  auto done = co_await lease->vm().agent().download(path, sink);
+  if (!done) {
+    // Our own refusal says what to do; the agent's failures get their
+    // usual wording (and a dead VM is noticed).
+    if (over_cap) co_return *over_cap;
+    co_return co_await agent_failure(*lease, done.error(), "reading " + path);
+  }
+  co_return content;
 }
 
 } // namespace vesicle::hostd

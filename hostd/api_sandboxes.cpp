@@ -66,24 +66,15 @@ const config::TierCaps& tier_caps(const KeyStore& keys, const config::HostdConfi
 }
 
 // The create flow: validate, ask the registry (capacity, spawn, boot; it
-// answers once the sandbox is ready or cleaned up after a failed boot),
-// answer with the sandbox.
-asio::awaitable<void> Api::create(Exchange& exchange, const std::string& owner) {
-  auto body = co_await exchange.read_json_body();
-  if (!body) co_return co_await exchange.respond_error(body.error());
-  api::CreateSandboxRequest request;
-  if (!body->empty()) {
-    auto parsed = from_json(*body, request);
-    if (!parsed)
-      co_return co_await exchange.respond_error(Error::of(
-          ErrorKind::invalid_argument, "invalid create request: " + parsed.error().detail));
-  }
+// answers once the sandbox is ready or cleaned up after a failed boot).
+asio::awaitable<Result<SandboxInfo>> Api::create_sandbox(const std::string& owner,
+                                                         api::CreateSandboxRequest request) {
   // Tier caps clamp silently: before validation, so a request above the
   // host's maximum but within reach of the cap is clamped, not refused.
   const auto& caps = tier_caps(ctx_.keys, ctx_.config, owner);
   clamp_request(request, caps);
   auto spec = sandbox_spec(request, ctx_.config);
-  if (!spec) co_return co_await exchange.respond_error(spec.error());
+  if (!spec) co_return spec.error();
   clamp_spec(*spec, caps);
   // Every VM's disk is the base image's size: more cannot be given (yet).
   if (auto root_mib = ctx_.vms.root_disk_mib(); root_mib != 0)
@@ -95,12 +86,27 @@ asio::awaitable<void> Api::create(Exchange& exchange, const std::string& owner) 
                                            create_atom::value, owner, *spec, max_concurrent);
   const std::chrono::duration<double> took = std::chrono::steady_clock::now() - started;
   metrics_.create_seconds.record(created ? created->source : "failed", took.count());
-  if (!created) co_return co_await exchange.respond_error(to_error(created.error()));
+  if (!created) co_return to_error(created.error());
   // The request's own line cannot name the new sandbox; this one does.
   log::info("sandbox created", {{"sandbox", created->id},
                                 {"key", owner},
                                 {"source", created->source},
                                 {"ms", static_cast<long long>(took.count() * 1000)}});
+  co_return std::move(*created);
+}
+
+asio::awaitable<void> Api::create(Exchange& exchange, const std::string& owner) {
+  auto body = co_await exchange.read_json_body();
+  if (!body) co_return co_await exchange.respond_error(body.error());
+  api::CreateSandboxRequest request;
+  if (!body->empty()) {
+    auto parsed = from_json(*body, request);
+    if (!parsed)
+      co_return co_await exchange.respond_error(Error::of(
+          ErrorKind::invalid_argument, "invalid create request: " + parsed.error().detail));
+  }
+  auto created = co_await create_sandbox(owner, std::move(request));
+  if (!created) co_return co_await exchange.respond_error(created.error());
   co_await exchange.respond(201, to_json(to_api(*created, ctx_.vms.accel())));
 }
 
@@ -136,10 +142,23 @@ asio::awaitable<void> Api::fork(Exchange& exchange, const std::string& owner,
           Error::of(ErrorKind::invalid_argument, "invalid fork request: " + parsed.error().detail));
   }
   const std::uint32_t n = request.has_n() ? request.n() : 1;
+  const auto started = std::chrono::steady_clock::now();
+  auto children = co_await fork_sandbox(owner, id, n);
+  const std::chrono::duration<double> took = std::chrono::steady_clock::now() - started;
+  if (!children) co_return co_await exchange.respond_error(children.error());
+  api::ForkResponse out;
+  for (const auto& info : *children)
+    *out.add_children() = to_api(info, ctx_.vms.accel());
+  out.set_server_ms(took.count() * 1000.0);
+  co_await exchange.respond(201, to_json(out));
+}
+
+asio::awaitable<Result<SandboxInfoList>> Api::fork_sandbox(const std::string& owner,
+                                                           const std::string& id, std::uint32_t n) {
   if (n < 1 || n > kMaxForkChildren)
-    co_return co_await exchange.respond_error(Error::of(
-        ErrorKind::invalid_argument, "n: a fork makes 1 to " + std::to_string(kMaxForkChildren) +
-                                         " children, got " + std::to_string(n)));
+    co_return Error::of(ErrorKind::invalid_argument, "n: a fork makes 1 to " +
+                                                         std::to_string(kMaxForkChildren) +
+                                                         " children, got " + std::to_string(n));
   const auto started = std::chrono::steady_clock::now();
   // Children count against the key's concurrency cap like any sandbox.
   const std::uint32_t max_concurrent = tier_caps(ctx_.keys, ctx_.config, owner).max_concurrent();
@@ -147,17 +166,13 @@ asio::awaitable<void> Api::fork(Exchange& exchange, const std::string& owner,
                                                 fork_atom::value, owner, id, n, max_concurrent);
   const std::chrono::duration<double> took = std::chrono::steady_clock::now() - started;
   metrics_.fork_seconds.record(children ? "ok" : "failed", took.count());
-  if (!children) co_return co_await exchange.respond_error(to_error(children.error()));
-  api::ForkResponse out;
-  for (const auto& info : *children) {
+  if (!children) co_return to_error(children.error());
+  for (const auto& info : *children)
     log::info("sandbox forked", {{"sandbox", info.id},
                                  {"parent", id},
                                  {"key", owner},
                                  {"ms", static_cast<long long>(took.count() * 1000)}});
-    *out.add_children() = to_api(info, ctx_.vms.accel());
-  }
-  out.set_server_ms(took.count() * 1000.0);
-  co_await exchange.respond(201, to_json(out));
+  co_return std::move(*children);
 }
 
 // POST /v1/sandboxes/{id}/merge_into/{winner}

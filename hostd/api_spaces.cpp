@@ -9,14 +9,21 @@ namespace vesicle::hostd {
 
 // Answers once the Space is on disk and the VM gone (seconds under TCG:
 // every RAM page in use is written).
-asio::awaitable<void> Api::freeze(Exchange& exchange, const std::string& owner,
-                                  const std::string& id) {
+asio::awaitable<Result<SpaceInfo>> Api::freeze_sandbox(const std::string& owner,
+                                                       const std::string& id) {
   const auto started = std::chrono::steady_clock::now();
   auto space = co_await ask<SpaceInfo>(ctx_.system, ctx_.registry, ctx_.create_timeout,
                                        freeze_atom::value, owner, id);
   const std::chrono::duration<double> took = std::chrono::steady_clock::now() - started;
   metrics_.freeze_seconds.record(space ? "ok" : "failed", took.count());
-  if (!space) co_return co_await exchange.respond_error(to_error(space.error()));
+  if (!space) co_return to_error(space.error());
+  co_return std::move(*space);
+}
+
+asio::awaitable<void> Api::freeze(Exchange& exchange, const std::string& owner,
+                                  const std::string& id) {
+  auto space = co_await freeze_sandbox(owner, id);
+  if (!space) co_return co_await exchange.respond_error(space.error());
   co_await exchange.respond(200, to_json(to_api(*space)));
 }
 
@@ -46,8 +53,6 @@ asio::awaitable<void> Api::delete_space(Exchange& exchange, const std::string& o
   co_await exchange.respond_no_content();
 }
 
-// Answers once the new sandbox is ready (the Space is checked, then
-// resumed), or with why not; a refused Space is kept.
 asio::awaitable<void> Api::resume(Exchange& exchange, const std::string& owner,
                                   const std::string& space_id) {
   auto body = co_await exchange.read_json_body();
@@ -60,6 +65,15 @@ asio::awaitable<void> Api::resume(Exchange& exchange, const std::string& owner,
           ErrorKind::invalid_argument, "invalid resume request: " + parsed.error().detail));
   }
   const bool persistent = request.has_persistent() && request.persistent();
+  auto resumed = co_await resume_space(owner, space_id, persistent);
+  if (!resumed) co_return co_await exchange.respond_error(resumed.error());
+  co_await exchange.respond(201, to_json(to_api(*resumed, ctx_.vms.accel())));
+}
+
+// Answers once the new sandbox is ready (the Space is checked, then
+// resumed), or with why not; a refused Space is kept.
+asio::awaitable<Result<SandboxInfo>>
+Api::resume_space(const std::string& owner, const std::string& space_id, bool persistent) {
   // The resumed sandbox counts against the key's concurrency cap.
   const std::uint32_t max_concurrent = tier_caps(ctx_.keys, ctx_.config, owner).max_concurrent();
   const auto started = std::chrono::steady_clock::now();
@@ -68,12 +82,12 @@ asio::awaitable<void> Api::resume(Exchange& exchange, const std::string& owner,
                                 owner, space_id, persistent, max_concurrent);
   const std::chrono::duration<double> took = std::chrono::steady_clock::now() - started;
   metrics_.resume_seconds.record(resumed ? "ok" : "failed", took.count());
-  if (!resumed) co_return co_await exchange.respond_error(to_error(resumed.error()));
+  if (!resumed) co_return to_error(resumed.error());
   log::info("sandbox resumed from a Space", {{"sandbox", resumed->id},
                                              {"space", space_id},
                                              {"key", owner},
                                              {"ms", static_cast<long long>(took.count() * 1000)}});
-  co_await exchange.respond(201, to_json(to_api(*resumed, ctx_.vms.accel())));
+  co_return std::move(*resumed);
 }
 
 } // namespace vesicle::hostd

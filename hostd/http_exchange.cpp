@@ -33,6 +33,11 @@ std::string_view Exchange::header(http::field field) const {
   return {value.data(), value.size()};
 }
 
+std::string_view Exchange::header(std::string_view name) const {
+  auto value = parser_.get()[beast::string_view(name.data(), name.size())];
+  return {value.data(), value.size()};
+}
+
 bool Exchange::keep_alive() const {
   return keep_alive_ && parser_.is_done();
 }
@@ -126,6 +131,8 @@ asio::awaitable<void> Exchange::respond_text(unsigned status, std::string conten
   http::response<http::string_body> response{static_cast<http::status>(status), 11};
   response.set(http::field::server, kServerName);
   response.set(http::field::content_type, content_type);
+  for (const auto& [name, value] : extra_headers_)
+    response.set(name, value);
   response.keep_alive(keep_alive());
   response.body() = std::move(body);
   response.prepare_payload();
@@ -159,10 +166,18 @@ asio::awaitable<void> Exchange::respond_error(const Error& error) {
 }
 
 asio::awaitable<void> Exchange::respond_no_content() {
-  status_ = 204;
-  http::response<http::empty_body> response{http::status::no_content, 11};
+  co_await respond_empty(204);
+}
+
+asio::awaitable<void> Exchange::respond_empty(unsigned status) {
+  status_ = status;
+  http::response<http::empty_body> response{static_cast<http::status>(status), 11};
   response.set(http::field::server, kServerName);
+  for (const auto& [name, value] : extra_headers_)
+    response.set(name, value);
   response.keep_alive(keep_alive());
+  // 204 has no length by definition; any other empty answer says 0.
+  if (status != 204) response.content_length(0);
   co_await write(response);
 }
 

@@ -13,6 +13,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <boost/asio/awaitable.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
@@ -45,6 +46,7 @@ public:
   http::verb method() const { return parser_.get().method(); }
   std::string_view target() const;
   std::string_view header(http::field field) const;
+  std::string_view header(std::string_view name) const;
 
   // The whole body, at most limits.max_json_body bytes (else 413).
   asio::awaitable<Result<std::string>> read_json_body();
@@ -68,6 +70,12 @@ public:
   // A file of the operator's page: like respond_text, with headers that keep
   // it from being framed, sniffed or loading anything but its own files.
   asio::awaitable<void> respond_page_file(std::string content_type, std::string_view body);
+  // A response without a body: 202 Accepted, 204...
+  asio::awaitable<void> respond_empty(unsigned status);
+  // A header for the response still to be written (Mcp-Session-Id, Allow).
+  void add_response_header(std::string name, std::string value) {
+    extra_headers_.emplace_back(std::move(name), std::move(value));
+  }
 
   // A streamed response: chunked transfer encoding, each write_chunk sent
   // as it comes. Each returns false once the client is gone.
@@ -97,6 +105,7 @@ private:
   std::optional<ErrorKind> error_kind_;
   bool keep_alive_;
   bool continue_sent_ = false;
+  std::vector<std::pair<std::string, std::string>> extra_headers_;
 };
 
 } // namespace vesicle::hostd

@@ -7,7 +7,8 @@
 # unit tests built with ASan + UBSan, then integration tests that boot real
 # VMs (one at a time: two cores under TCG), the embedding example
 # (examples/embed, built against the installed package, real VMs too), then
-# the Python and TypeScript SDK tests against a real hostd. Finally a leak
+# the Python and TypeScript SDK tests and the MCP client tests against a
+# real hostd. Finally a leak
 # check: no QEMU process, memory file or runtime directory may be left by
 # the tests.
 set -euo pipefail
@@ -85,6 +86,20 @@ if [ -d tests/ui ]; then
       nice -n 5 node --test --test-reporter=spec ui.test.mjs) || status=1
   else
     echo "operator page: installing playwright-core failed"
+    status=1
+  fi
+fi
+
+if [ -d tests/mcp ]; then
+  section "MCP servers with the official MCP client (node --test tests/mcp)"
+  # @modelcontextprotocol/sdk from the lockfile-keyed cache; the tests start
+  # their own hostd (sdk/typescript/test/hostd_process.mjs) and run
+  # `python3 -m vesicle mcp` from this tree.
+  if bash scripts/npm-install.sh tests/mcp; then
+    (cd tests/mcp && VESICLE_HOSTD=$build_dir/hostd/hostd \
+      nice -n 5 node --test --test-reporter=spec ./*.test.mjs) || status=1
+  else
+    echo "MCP tests: installing @modelcontextprotocol/sdk failed"
     status=1
   fi
 fi

@@ -33,6 +33,19 @@ def register(sub, common) -> None:
     p = sub.add_parser("metrics", parents=[common], help="hostd's Prometheus metrics")
     p.set_defaults(run=_metrics)
 
+    p = sub.add_parser(
+        "mcp",
+        parents=[common],
+        help="serve the sandbox tools over the Model Context Protocol (stdio)",
+        description=(
+            "Run an MCP server on stdin/stdout for an MCP client (a desktop assistant, an "
+            "agent framework) to start: tools to create sandboxes, run Python and bash, move "
+            "files, fork, freeze and resume, against the hostd of $VESICLE_URL with "
+            "$VESICLE_API_KEY."
+        ),
+    )
+    p.set_defaults(run=_mcp)
+
     admin = sub.add_parser(
         "admin",
         help="an operator's view of every key's sandboxes (needs an admin key: hostd --new-key --admin)",
@@ -47,6 +60,12 @@ def register(sub, common) -> None:
     p = admin_sub.add_parser("exec", parents=[common], help="run code in any key's sandbox")
     add_exec_arguments(p)
     p.set_defaults(run=_admin_exec)
+
+
+def _mcp(args) -> int:
+    from . import mcp
+
+    return mcp.main(args.url)
 
 
 def _health(args) -> int:
