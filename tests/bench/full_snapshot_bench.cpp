@@ -15,15 +15,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <fstream>
 #include <iostream>
 
-#include <boost/program_options.hpp>
-
-#include "tests/bench/series.hpp"
+#include "tests/bench/vm_support.hpp"
 #include "tests/vmm/test_support.hpp"
-#include "vmm/json.hpp"
-#include "vmm/vmm.hpp"
 
 namespace po = boost::program_options;
 namespace fs = std::filesystem;
@@ -64,15 +59,16 @@ json::Value series_json(const Series& series) {
 } // namespace
 
 int main(int argc, char** argv) {
-  std::string images = env_or("VESICLE_IMAGES_DIR", "build/images");
+  bench::GuestShape guest;
+  guest.images = env_or("VESICLE_IMAGES_DIR", "build/images");
+  unsigned& memory_mib = guest.memory_mib;
+  unsigned& vcpus = guest.vcpus;
   unsigned count = 3;
-  unsigned memory_mib = 512;
-  unsigned vcpus = 2;
   unsigned data_mib = 200;
   std::string dir = "/var/tmp";
   std::string json_path;
   po::options_description options("full_snapshot_bench: save_full / restore_full cost");
-  options.add_options()("help,h", "this help")("images", po::value(&images),
+  options.add_options()("help,h", "this help")("images", po::value(&guest.images),
                                                "guest images directory")(
       "count", po::value(&count)->default_value(3), "save/restore rounds per case")(
       "memory-mib", po::value(&memory_mib)->default_value(512),
@@ -80,18 +76,7 @@ int main(int argc, char** argv) {
       "data-mib", po::value(&data_mib)->default_value(200), "bytes the data cases hold in Python")(
       "dir", po::value(&dir)->default_value("/var/tmp"),
       "where the full snapshots go")("json", po::value(&json_path), "also write the results here");
-  try {
-    po::variables_map vm;
-    po::store(po::parse_command_line(argc, argv, options), vm);
-    if (vm.count("help")) {
-      std::cout << options << "\n";
-      return 0;
-    }
-    po::notify(vm);
-  } catch (const po::error& e) {
-    std::cerr << "full_snapshot_bench: " << e.what() << "\n";
-    return 2;
-  }
+  if (auto stop = bench::parse_options(argc, argv, options, "full_snapshot_bench")) return *stop;
   auto fail = [](const std::string& what) {
     std::cerr << "full_snapshot_bench: " << what << "\n";
     return 1;
@@ -102,18 +87,11 @@ int main(int argc, char** argv) {
   TempDir shm("/dev/shm", "vesicle-fbench");
   TempDir spaces(dir, "vesicle-fbench-spaces");
   TempDir templates(fs::temp_directory_path(), "vesicle-fbench-tpl");
+  guest.runtime_dir = runtime.path();
+  guest.shm_dir = shm.path();
   auto driver = vmm::make_qemu_driver(io.executor());
   unsigned next_id = 0;
-  auto config = [&]() {
-    vmm::VmConfig c;
-    c.id = "fbench-" + std::to_string(::getpid()) + "-" + std::to_string(next_id++);
-    c.images = vmm::GuestImages::in(images);
-    c.runtime_dir = runtime.path();
-    c.shm_dir = shm.path();
-    c.memory_mib = memory_mib;
-    c.vcpus = vcpus;
-    return c;
-  };
+  auto config = [&]() { return guest.config("fbench", next_id++); };
   // Filled a MiB at a time: os.urandom of the whole size and its copy into
   // the bytearray would need twice the memory at once.
   const std::string load_data =
@@ -230,17 +208,11 @@ int main(int argc, char** argv) {
       if (c.restored) one["template_ram_growth_mib"] = series_json(c.template_growth_mib);
       results[c.name] = json::Value(std::move(one));
     }
-    json::Object document{
-        {"benchmark", json::Value("full_snapshot_bench")},
-        {"machine", json::Value(json::Object{{"accel", json::Value(accel)}})},
-        {"guest", json::Value(json::Object{
-                      {"memory_mib", json::Value(static_cast<std::int64_t>(memory_mib))},
-                      {"vcpus", json::Value(static_cast<std::int64_t>(vcpus))},
-                      {"data_mib", json::Value(static_cast<std::int64_t>(data_mib))}})},
-        {"results", json::Value(std::move(results))}};
-    std::ofstream out(json_path);
-    out << json::Value(std::move(document)).dump() << "\n";
-    if (!out) return fail("could not write " + json_path);
+    json::Object shape = guest.json();
+    shape["data_mib"] = json::Value(static_cast<std::int64_t>(data_mib));
+    if (!bench::write_document(json_path, "full_snapshot_bench", {{"accel", json::Value(accel)}},
+                               std::move(shape), std::move(results)))
+      return fail("could not write " + json_path);
   }
   return 0;
 }

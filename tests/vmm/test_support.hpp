@@ -296,24 +296,25 @@ private:
   std::filesystem::path path_;
 };
 
-// This process's resident set in KiB (VmRSS).
-inline std::size_t rss_kib() {
-  std::ifstream status("/proc/self/status");
+// The number after `key` (e.g. "VmRSS:") on its line of a /proc file that
+// counts in KiB (status, smaps_rollup); 0 when the file has no such line.
+inline std::size_t kib_field(const std::string& file, std::string_view key) {
+  std::ifstream in(file);
   std::string line;
-  while (std::getline(status, line)) {
-    if (line.rfind("VmRSS:", 0) == 0) return std::stoul(line.substr(6));
+  while (std::getline(in, line)) {
+    if (line.rfind(key, 0) == 0) return std::stoul(line.substr(key.size()));
   }
   return 0;
 }
 
+// This process's resident set in KiB (VmRSS).
+inline std::size_t rss_kib() {
+  return kib_field("/proc/self/status", "VmRSS:");
+}
+
 // Peak resident set (VmHWM) since the last reset_peak_rss(), in KiB.
 inline std::size_t peak_rss_kib() {
-  std::ifstream status("/proc/self/status");
-  std::string line;
-  while (std::getline(status, line)) {
-    if (line.rfind("VmHWM:", 0) == 0) return std::stoul(line.substr(6));
-  }
-  return 0;
+  return kib_field("/proc/self/status", "VmHWM:");
 }
 inline void reset_peak_rss() {
   std::ofstream("/proc/self/clear_refs") << "5";
