@@ -500,9 +500,10 @@ Result<void> rename_new(const fs::path& from, const fs::path& to) {
   return {};
 }
 
-// What save_snapshot does once QEMU is gone and the files are in place:
-// checksums, manifest, read-only modes. Blocking; runs off the executor.
-Result<snapshot::Manifest> seal_snapshot(const fs::path& staging, snapshot::Manifest manifest) {
+// Fsyncs the device state and the disk in `staging` and puts their
+// checksums in the manifest: the first step of sealing either kind of
+// snapshot. Blocking.
+Result<void> sync_and_digest_staged(const fs::path& staging, snapshot::Manifest& manifest) {
   const fs::path state = staging / snapshot::kStateName;
   const fs::path disk = staging / snapshot::kDiskName;
   for (const auto& path : {state, disk}) {
@@ -512,10 +513,36 @@ Result<snapshot::Manifest> seal_snapshot(const fs::path& staging, snapshot::Mani
   if (!state_digest) return state_digest.error();
   auto disk_digest = snapshot::digest_file(disk);
   if (!disk_digest) return disk_digest.error();
-  auto memory_digest = snapshot::digest_sparse_file(manifest.memory_file);
-  if (!memory_digest) return memory_digest.error();
   manifest.state = *state_digest;
   manifest.disk = *disk_digest;
+  return {};
+}
+
+// The manifest of a snapshot of this VM, without checksums: what it was
+// booted from and how it is shaped.
+snapshot::Manifest manifest_of(const VmState& state) {
+  std::error_code ec;
+  snapshot::Manifest manifest;
+  manifest.vcpus = state.config.vcpus;
+  manifest.memory_mib = state.config.memory_mib;
+  manifest.accel = state.accel;
+  manifest.network = state.config.network.has_value();
+  manifest.kernel = fs::absolute(state.config.images.kernel, ec);
+  manifest.initrd = fs::absolute(state.config.images.initrd, ec);
+  manifest.base_disk = fs::absolute(state.config.images.base_disk, ec);
+  manifest.cmdline = state.kernel_cmdline;
+  return manifest;
+}
+
+// What save_snapshot does once QEMU is gone and the files are in place:
+// checksums, manifest, read-only modes. Blocking; runs off the executor.
+Result<snapshot::Manifest> seal_snapshot(const fs::path& staging, snapshot::Manifest manifest) {
+  const fs::path state = staging / snapshot::kStateName;
+  const fs::path disk = staging / snapshot::kDiskName;
+  if (auto digested = sync_and_digest_staged(staging, manifest); !digested)
+    return digested.error();
+  auto memory_digest = snapshot::digest_sparse_file(manifest.memory_file);
+  if (!memory_digest) return memory_digest.error();
   manifest.memory = *memory_digest;
   if (manifest.memory.size != std::uint64_t{manifest.memory_mib} << 20) {
     return make_error("check memory file",
@@ -662,15 +689,7 @@ asio::awaitable<Result<Snapshot>> save_steps(std::shared_ptr<VmState> state, fs:
   memory_moved = true;
   fs::remove_all(paths.dir, ec); // sockets, log, pidfile
 
-  snapshot::Manifest manifest;
-  manifest.vcpus = state->config.vcpus;
-  manifest.memory_mib = state->config.memory_mib;
-  manifest.accel = state->accel;
-  manifest.network = state->config.network.has_value();
-  manifest.kernel = fs::absolute(state->config.images.kernel, ec);
-  manifest.initrd = fs::absolute(state->config.images.initrd, ec);
-  manifest.base_disk = fs::absolute(state->config.images.base_disk, ec);
-  manifest.cmdline = state->kernel_cmdline;
+  snapshot::Manifest manifest = manifest_of(*state);
   manifest.memory_file = memory_file;
   auto seal = [staging, manifest]() { return seal_snapshot(staging, manifest); };
   auto sealed = co_await run_blocking(state->executor, std::move(seal));
@@ -678,17 +697,7 @@ asio::awaitable<Result<Snapshot>> save_steps(std::shared_ptr<VmState> state, fs:
   if (auto moved = rename_new(staging, dir); !moved) co_return fail(std::move(moved).error());
   (void)fsync_path(dir.parent_path(), true);
 
-  Snapshot snapshot;
-  snapshot.dir = dir;
-  snapshot.memory_file = memory_file;
-  snapshot.disk = dir / snapshot::kDiskName;
-  snapshot.images = GuestImages{manifest.kernel, manifest.initrd, manifest.base_disk};
-  snapshot.vcpus = manifest.vcpus;
-  snapshot.memory_mib = manifest.memory_mib;
-  snapshot.kernel_cmdline = manifest.cmdline;
-  snapshot.network = manifest.network;
-  snapshot.accel = manifest.accel;
-  co_return snapshot;
+  co_return snapshot::described(dir, manifest);
 }
 
 // Copies a file keeping its holes (data extents + copy_file_range): the
@@ -763,17 +772,8 @@ asio::awaitable<Result<void>> raise_bandwidth(VmState& state) {
 // What save_full does once the state is written and the disk moved:
 // fsync, checksums, manifest. Blocking; runs off the executor.
 Result<void> seal_full(const fs::path& staging, snapshot::Manifest manifest) {
-  const fs::path state = staging / snapshot::kStateName;
-  const fs::path disk = staging / snapshot::kDiskName;
-  for (const auto& path : {state, disk}) {
-    if (auto synced = fsync_path(path, false); !synced) return synced.error();
-  }
-  auto state_digest = snapshot::digest_file(state);
-  if (!state_digest) return state_digest.error();
-  auto disk_digest = snapshot::digest_file(disk);
-  if (!disk_digest) return disk_digest.error();
-  manifest.state = *state_digest;
-  manifest.disk = *disk_digest;
+  if (auto digested = sync_and_digest_staged(staging, manifest); !digested)
+    return digested.error();
   const fs::path manifest_path = staging / snapshot::kManifestName;
   if (auto written = snapshot::write_file_atomically(manifest_path, format_manifest(manifest));
       !written)
@@ -918,16 +918,8 @@ asio::awaitable<Result<Snapshot>> save_full_steps(std::shared_ptr<VmState> state
   if (!moved) co_return co_await undo(std::move(moved).error());
   disk_moved = *moved;
 
-  snapshot::Manifest manifest;
+  snapshot::Manifest manifest = manifest_of(*state);
   manifest.full_ram = true;
-  manifest.vcpus = state->config.vcpus;
-  manifest.memory_mib = state->config.memory_mib;
-  manifest.accel = state->accel;
-  manifest.network = state->config.network.has_value();
-  manifest.kernel = fs::absolute(state->config.images.kernel, ec);
-  manifest.initrd = fs::absolute(state->config.images.initrd, ec);
-  manifest.base_disk = fs::absolute(state->config.images.base_disk, ec);
-  manifest.cmdline = state->kernel_cmdline;
   {
     auto seal = [staging, manifest]() { return seal_full(staging, manifest); };
     auto sealed = co_await run_blocking(state->executor, std::move(seal));
@@ -956,17 +948,7 @@ asio::awaitable<Result<Snapshot>> save_full_steps(std::shared_ptr<VmState> state
     }
   }
 
-  Snapshot snapshot;
-  snapshot.dir = dir;
-  snapshot.disk = dir / snapshot::kDiskName;
-  snapshot.images = GuestImages{manifest.kernel, manifest.initrd, manifest.base_disk};
-  snapshot.vcpus = manifest.vcpus;
-  snapshot.memory_mib = manifest.memory_mib;
-  snapshot.kernel_cmdline = manifest.cmdline;
-  snapshot.network = manifest.network;
-  snapshot.accel = manifest.accel;
-  snapshot.full_ram = true;
-  co_return snapshot;
+  co_return snapshot::described(dir, manifest);
 }
 
 class QemuVm final : public Vm {

@@ -414,10 +414,14 @@ Result<Snapshot> open(const fs::path& dir) {
     }
   }
 
+  return described(dir, m);
+}
+
+Snapshot described(const fs::path& dir, const Manifest& m) {
   Snapshot snapshot;
   snapshot.dir = dir;
   snapshot.memory_file = m.memory_file;
-  snapshot.disk = disk;
+  snapshot.disk = dir / kDiskName;
   snapshot.images = GuestImages{m.kernel, m.initrd, m.base_disk};
   snapshot.vcpus = m.vcpus;
   snapshot.memory_mib = m.memory_mib;
