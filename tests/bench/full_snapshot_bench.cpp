@@ -60,35 +60,25 @@ json::Value series_json(const Series& series) {
 
 int main(int argc, char** argv) {
   bench::GuestShape guest;
-  guest.images = env_or("VESICLE_IMAGES_DIR", "build/images");
-  unsigned& memory_mib = guest.memory_mib;
-  unsigned& vcpus = guest.vcpus;
+  const unsigned& memory_mib = guest.memory_mib;
+  const unsigned& vcpus = guest.vcpus;
   unsigned count = 3;
   unsigned data_mib = 200;
   std::string dir = "/var/tmp";
   std::string json_path;
   po::options_description options("full_snapshot_bench: save_full / restore_full cost");
-  options.add_options()("help,h", "this help")("images", po::value(&guest.images),
-                                               "guest images directory")(
-      "count", po::value(&count)->default_value(3), "save/restore rounds per case")(
-      "memory-mib", po::value(&memory_mib)->default_value(512),
-      "guest memory")("vcpus", po::value(&vcpus)->default_value(2), "guest vCPUs")(
+  guest.add_options(options, 512, json_path);
+  options.add_options()("count", po::value(&count)->default_value(3),
+                        "save/restore rounds per case")(
       "data-mib", po::value(&data_mib)->default_value(200), "bytes the data cases hold in Python")(
-      "dir", po::value(&dir)->default_value("/var/tmp"),
-      "where the full snapshots go")("json", po::value(&json_path), "also write the results here");
+      "dir", po::value(&dir)->default_value("/var/tmp"), "where the full snapshots go");
   if (auto stop = bench::parse_options(argc, argv, options, "full_snapshot_bench")) return *stop;
-  auto fail = [](const std::string& what) {
-    std::cerr << "full_snapshot_bench: " << what << "\n";
-    return 1;
-  };
+  const bench::Fail fail{"full_snapshot_bench"};
 
   IoThread io;
-  TempDir runtime(fs::temp_directory_path(), "vesicle-fbench");
-  TempDir shm("/dev/shm", "vesicle-fbench");
+  guest.make_dirs("vesicle-fbench");
   TempDir spaces(dir, "vesicle-fbench-spaces");
   TempDir templates(fs::temp_directory_path(), "vesicle-fbench-tpl");
-  guest.runtime_dir = runtime.path();
-  guest.shm_dir = shm.path();
   auto driver = vmm::make_qemu_driver(io.executor());
   unsigned next_id = 0;
   auto config = [&]() { return guest.config("fbench", next_id++); };
@@ -119,7 +109,7 @@ int main(int argc, char** argv) {
     auto warm = io.run(python(booted.value()->agent(), "import numpy\nprint(1)"));
     if (!warm.exit) return fail(warm.exit.error().message());
     auto saved = io.run(
-        booted.value()->save_snapshot(templates.path() / "tpl", shm.path() / "template.mem"));
+        booted.value()->save_snapshot(templates.path() / "tpl", guest.shm() / "template.mem"));
     io.call_void([&] { booted.value().reset(); });
     if (!saved) return fail(saved.error().message());
     tpl = *saved;
@@ -157,7 +147,7 @@ int main(int argc, char** argv) {
       io.call_void([&] { vm.reset(); });
 
       vmm::VmConfig resumed_config = config();
-      const fs::path ram = shm.path() / ("vesicle-" + resumed_config.id + ".mem");
+      const fs::path ram = guest.shm() / ("vesicle-" + resumed_config.id + ".mem");
       started = Clock::now();
       auto resumed = io.run(driver->restore_full(*saved, resumed_config));
       if (!resumed) return fail(resumed.error().message());

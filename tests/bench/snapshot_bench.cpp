@@ -74,32 +74,22 @@ double synthetic_check_ms(const fs::path& dir) {
 
 int main(int argc, char** argv) {
   bench::GuestShape guest;
-  guest.images = env_or("VESICLE_IMAGES_DIR", "build/images");
-  unsigned& memory_mib = guest.memory_mib;
-  unsigned& vcpus = guest.vcpus;
+  const unsigned& memory_mib = guest.memory_mib;
+  const unsigned& vcpus = guest.vcpus;
   unsigned count = 5;
   unsigned keep = 3;
   std::string json_path;
   po::options_description options("snapshot_bench: template snapshot save/restore cost");
-  options.add_options()("help,h", "this help")("images", po::value(&guest.images),
-                                               "guest images directory")(
-      "count", po::value(&count)->default_value(5), "restores to time (and finishes to time)")(
-      "keep", po::value(&keep)->default_value(3), "restored VMs kept idle for the PSS figure")(
-      "memory-mib", po::value(&memory_mib)->default_value(512),
-      "guest memory")("vcpus", po::value(&vcpus)->default_value(2),
-                      "guest vCPUs")("json", po::value(&json_path), "also write the results here");
+  guest.add_options(options, 512, json_path);
+  options.add_options()("count", po::value(&count)->default_value(5),
+                        "restores to time (and finishes to time)")(
+      "keep", po::value(&keep)->default_value(3), "restored VMs kept idle for the PSS figure");
   if (auto stop = bench::parse_options(argc, argv, options, "snapshot_bench")) return *stop;
-  auto fail = [](const std::string& what) {
-    std::cerr << "snapshot_bench: " << what << "\n";
-    return 1;
-  };
+  const bench::Fail fail{"snapshot_bench"};
 
   IoThread io;
-  TempDir runtime(fs::temp_directory_path(), "vesicle-bench");
-  TempDir shm("/dev/shm", "vesicle-bench");
+  guest.make_dirs("vesicle-bench");
   TempDir snapshots(fs::temp_directory_path(), "vesicle-bench-snap");
-  guest.runtime_dir = runtime.path();
-  guest.shm_dir = shm.path();
   auto driver = vmm::make_qemu_driver(io.executor());
   unsigned next_id = 0;
   auto config = [&]() { return guest.config("bench", next_id++); };
@@ -119,7 +109,7 @@ int main(int argc, char** argv) {
     booted_rss = rss_kib_of(booted.value()->qemu_pid());
     const auto started = Clock::now();
     auto saved = io.run(
-        booted.value()->save_snapshot(snapshots.path() / "template", shm.path() / "template.mem"));
+        booted.value()->save_snapshot(snapshots.path() / "template", guest.shm() / "template.mem"));
     save_ms = ms_since(started);
     io.call_void([&] { booted.value().reset(); });
     if (!saved) return fail(saved.error().message());
@@ -133,7 +123,7 @@ int main(int argc, char** argv) {
   auto opened = vmm::open_snapshot(snapshot.dir);
   const double open_ms = ms_since(check_started);
   if (!opened) return fail(opened.error().message());
-  const double synthetic_ms = synthetic_check_ms(shm.path());
+  const double synthetic_ms = synthetic_check_ms(guest.shm());
 
   std::vector<double> restore_ms, start_ms, incoming_ms, resume_ms, finish_ms, first_cell_ms;
   for (unsigned i = 0; i < count; ++i) {

@@ -34,27 +34,20 @@ std::string cpu_model() {
 
 int main(int argc, char** argv) {
   bench::GuestShape guest;
-  guest.images = env_or("VESICLE_IMAGES_DIR", "build/images");
-  unsigned& memory_mib = guest.memory_mib;
-  unsigned& vcpus = guest.vcpus;
+  const unsigned& memory_mib = guest.memory_mib;
+  const unsigned& vcpus = guest.vcpus;
   unsigned boots = 10;
   unsigned calls = 200;
   std::string json_path;
   po::options_description options("vm_bench: cold boot and agent round-trip latency");
-  options.add_options()("help,h", "this help")("images", po::value(&guest.images),
-                                               "guest images directory")(
-      "boots", po::value(&boots)->default_value(10), "sequential cold boots to time")(
-      "calls", po::value(&calls)->default_value(200), "print(1) round trips to time")(
-      "memory-mib", po::value(&memory_mib)->default_value(1024),
-      "guest memory")("vcpus", po::value(&vcpus)->default_value(2),
-                      "guest vCPUs")("json", po::value(&json_path), "also write the results here");
+  guest.add_options(options, 1024, json_path);
+  options.add_options()("boots", po::value(&boots)->default_value(10),
+                        "sequential cold boots to time")(
+      "calls", po::value(&calls)->default_value(200), "print(1) round trips to time");
   if (auto stop = bench::parse_options(argc, argv, options, "vm_bench")) return *stop;
 
   IoThread io;
-  TempDir runtime(std::filesystem::temp_directory_path(), "vesicle-bench");
-  TempDir shm("/dev/shm", "vesicle-bench");
-  guest.runtime_dir = runtime.path();
-  guest.shm_dir = shm.path();
+  guest.make_dirs("vesicle-bench");
 
   auto driver = vmm::make_qemu_driver(io.executor());
   auto config = [&](unsigned n) { return guest.config("bench", n); };

@@ -19,6 +19,7 @@
 #include <boost/program_options.hpp>
 
 #include "tests/bench/series.hpp"
+#include "tests/vmm/test_support.hpp"
 #include "vmm/json.hpp"
 #include "vmm/vmm.hpp"
 
@@ -69,11 +70,30 @@ inline std::optional<int> parse_options(int argc, char** argv,
 
 // The guest every VM of one benchmark run gets, and where its files go.
 struct GuestShape {
-  std::string images;
-  std::filesystem::path runtime_dir;
-  std::filesystem::path shm_dir;
+  std::string images = test::env_or("VESICLE_IMAGES_DIR", "build/images");
   unsigned memory_mib = 512;
   unsigned vcpus = 2;
+  // Made by make_dirs once the command line is read; removed at the end.
+  std::optional<test::TempDir> runtime_dir, shm_dir;
+
+  // --help, --images, --memory-mib (default `memory_default`), --vcpus and
+  // --json (into `json_path`); the program adds its own after them.
+  void add_options(boost::program_options::options_description& options,
+                   unsigned memory_default, std::string& json_path) {
+    namespace po = boost::program_options;
+    options.add_options()("help,h", "this help")("images", po::value(&images),
+                                                 "guest images directory")(
+        "memory-mib", po::value(&memory_mib)->default_value(memory_default), "guest memory")(
+        "vcpus", po::value(&vcpus)->default_value(2), "guest vCPUs")(
+        "json", po::value(&json_path), "also write the results here");
+  }
+  // The VMs' runtime folder (under /tmp) and RAM-file folder (under
+  // /dev/shm), both named `prefix`-XXXXXX.
+  void make_dirs(const std::string& prefix) {
+    runtime_dir.emplace(std::filesystem::temp_directory_path(), prefix);
+    shm_dir.emplace("/dev/shm", prefix);
+  }
+  const std::filesystem::path& shm() const { return shm_dir->path(); }
 
   // The config of VM number `n`; the id names this process so runs on
   // one host do not collide.
@@ -81,8 +101,8 @@ struct GuestShape {
     vmm::VmConfig c;
     c.id = prefix + "-" + std::to_string(::getpid()) + "-" + std::to_string(n);
     c.images = vmm::GuestImages::in(images);
-    c.runtime_dir = runtime_dir;
-    c.shm_dir = shm_dir;
+    c.runtime_dir = runtime_dir->path();
+    c.shm_dir = shm_dir->path();
     c.memory_mib = memory_mib;
     c.vcpus = vcpus;
     return c;
@@ -90,6 +110,15 @@ struct GuestShape {
   json::Object json() const {
     return json::Object{{"memory_mib", json::Value(static_cast<std::int64_t>(memory_mib))},
                         {"vcpus", json::Value(static_cast<std::int64_t>(vcpus))}};
+  }
+};
+
+// Prints "`program`: what" on stderr and gives the exit code 1.
+struct Fail {
+  const char* program;
+  int operator()(const std::string& what) const {
+    std::cerr << program << ": " << what << "\n";
+    return 1;
   }
 };
 
