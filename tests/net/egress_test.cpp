@@ -76,28 +76,19 @@ protected:
       setup_error = reclaimed.error().message();
       return;
     }
-    auto started = testnet::TestInternet::start(kInternetPrefix);
-    if (!started) {
-      setup_error = started.error().message();
+    auto routed = testnet::start_routed_internet(kInternetPrefix, kBridgePrefix);
+    if (!routed) {
+      setup_error = routed.error().message();
       return;
     }
-    internet = std::move(*started);
-    auto installed =
-        testnet::RouteGuard::install(kInternetPrefix, kBridgePrefix, internet->uplink());
-    if (!installed) {
-      setup_error = installed.error().message();
-      return;
-    }
-    guard = std::move(*installed);
+    internet = std::move(routed->internet);
+    guard = std::move(routed->guard);
   }
 
   static void TearDownTestSuite() {
     if (guard) {
-      auto stray = guard->stray_packets();
-      EXPECT_TRUE(stray) << stray.error().message();
-      if (stray) {
-        EXPECT_EQ(*stray, 0) << "sandbox packets were routed past the uplink";
-      }
+      auto clean = guard->check_no_strays();
+      EXPECT_TRUE(clean) << clean.error().message();
     }
     guard.reset();
     internet.reset();
@@ -464,9 +455,8 @@ TEST_F(Egress, BrokenRulesStillSendNothingBeyondTheTestInternet) {
                                   cfg.upstream_resolver}));
   EXPECT_TRUE(reaches_metadata()) << "with every layer broken the stand-in must see it";
   EXPECT_EQ(internet->hits("metadata"), metadata_before + 1);
-  auto stray = guard->stray_packets();
-  ASSERT_TRUE(stray);
-  EXPECT_EQ(*stray, 0);
+  auto clean = guard->check_no_strays();
+  EXPECT_TRUE(clean) << clean.error().message();
 }
 
 TEST_F(Egress, SlotsCannotReachEachOther) {
