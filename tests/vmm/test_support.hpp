@@ -296,6 +296,18 @@ private:
   std::filesystem::path path_;
 };
 
+// A whole file's bytes ("" when it cannot be read).
+inline std::string read_file(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+// Replaces a file's bytes with `data`.
+inline void write_file(const std::filesystem::path& path, const std::string& data) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << data;
+}
+
 // The number after `key` (e.g. "VmRSS:") on its line of a /proc file that
 // counts in KiB (status, smaps_rollup); 0 when the file has no such line.
 inline std::size_t kib_field(const std::string& file, std::string_view key) {
