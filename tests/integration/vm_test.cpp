@@ -60,15 +60,7 @@ protected:
 
   static void TearDownTestSuite() {
     if (!world_) return;
-    if (vm_) {
-      world_->io.run(vm_->shutdown(20s));
-      const std::string how = world_->io.run(vm_->wait_exit());
-      EXPECT_NE(how.find("powered off as asked"), std::string::npos) << how;
-      world_->io.call_void([] {
-        delete vm_;
-        vm_ = nullptr;
-      });
-    }
+    power_off_shared_vm(world_->io, vm_);
     world_->expect_clean("after the session suite");
     delete world_;
     world_ = nullptr;

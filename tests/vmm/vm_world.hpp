@@ -65,6 +65,19 @@ public:
   std::unique_ptr<vmm::Driver> driver = vmm::make_qemu_driver(io.executor());
 };
 
+// Shuts down a suite's shared VM the way a guest asks to (expecting a clean
+// power-off) and deletes it on the io thread. Nothing when `vm` is null.
+inline void power_off_shared_vm(IoThread& io, vmm::Vm*& vm) {
+  if (!vm) return;
+  io.run(vm->shutdown(std::chrono::seconds(20)));
+  const std::string how = io.run(vm->wait_exit());
+  EXPECT_NE(how.find("powered off as asked"), std::string::npos) << how;
+  io.call_void([&vm] {
+    delete vm;
+    vm = nullptr;
+  });
+}
+
 // Destroys VMs on the io thread, even when an assertion returns early.
 struct VmList {
   IoThread& io;
