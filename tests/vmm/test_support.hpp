@@ -33,6 +33,7 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/use_future.hpp>
 
+#include "common/hex.hpp"
 #include "vmm/agent_client.hpp"
 
 namespace vesicle::test {
@@ -183,13 +184,7 @@ public:
     unsigned char digest[EVP_MAX_MD_SIZE];
     unsigned int length = 0;
     EVP_DigestFinal_ex(ctx_, digest, &length);
-    static const char* digits = "0123456789abcdef";
-    std::string text;
-    for (unsigned i = 0; i < length; ++i) {
-      text += digits[digest[i] >> 4];
-      text += digits[digest[i] & 15];
-    }
-    return text;
+    return to_hex(digest, length);
   }
 
 private:
