@@ -564,6 +564,18 @@ Result<snapshot::Manifest> seal_snapshot(const fs::path& staging, snapshot::Mani
   return manifest;
 }
 
+// Asks QEMU to quit (the VM is saved or its state written), kills it if it
+// has not gone within 5 s, and waits a little more for it to be reaped.
+asio::awaitable<void> quit_qemu(std::shared_ptr<VmState> state) {
+  json::Object quit_arguments;
+  (void)co_await qmp_run(*state, "quit", std::move(quit_arguments), milliseconds(3000));
+  const bool gone = co_await state->exited.wait(Clock::now() + std::chrono::seconds(5));
+  if (!gone && state->process && !state->process->exited()) {
+    state->process->kill(SIGKILL);
+    (void)co_await state->exited.wait(Clock::now() + std::chrono::seconds(5));
+  }
+}
+
 // Pauses the VM and writes its device state (not its RAM) through `cat`.
 asio::awaitable<Result<void>> save_device_state(std::shared_ptr<VmState> state,
                                                 std::string quoted_path) {
@@ -672,16 +684,8 @@ asio::awaitable<Result<Snapshot>> save_steps(std::shared_ptr<VmState> state, fs:
     error.detail += "; the VM has ended and nothing of it was kept";
     return std::move(error).with_context("saving VM " + id + " to " + dir.string());
   };
-  {
-    json::Object quit_arguments;
-    (void)co_await qmp_run(*state, "quit", std::move(quit_arguments), milliseconds(3000));
-    const bool gone = co_await state->exited.wait(Clock::now() + std::chrono::seconds(5));
-    if (!gone && state->process && !state->process->exited()) {
-      state->process->kill(SIGKILL);
-      (void)co_await state->exited.wait(Clock::now() + std::chrono::seconds(5));
-    }
-    if (state->running()) co_return fail(make_error("quit QEMU", "it did not exit", id));
-  }
+  co_await quit_qemu(state);
+  if (state->running()) co_return fail(make_error("quit QEMU", "it did not exit", id));
   if (auto moved = rename_new(paths.overlay, staging / snapshot::kDiskName); !moved)
     co_return fail(std::move(moved).error());
   if (auto moved = rename_new(paths.memory_file, memory_file); !moved)
@@ -938,15 +942,7 @@ asio::awaitable<Result<Snapshot>> save_full_steps(std::shared_ptr<VmState> state
     auto give_back = [source, holes]() { return give_back_scanned_pages({}, source, holes); };
     (void)co_await run_blocking(state->executor, std::move(give_back));
   }
-  {
-    json::Object quit_arguments;
-    (void)co_await qmp_run(*state, "quit", std::move(quit_arguments), milliseconds(3000));
-    const bool gone = co_await state->exited.wait(Clock::now() + std::chrono::seconds(5));
-    if (!gone && state->process && !state->process->exited()) {
-      state->process->kill(SIGKILL);
-      (void)co_await state->exited.wait(Clock::now() + std::chrono::seconds(5));
-    }
-  }
+  co_await quit_qemu(state);
 
   co_return snapshot::described(dir, manifest);
 }
@@ -1114,12 +1110,8 @@ private:
       auto sparsify = [memory]() { return snapshot::punch_zero_pages(memory); };
       (void)co_await run_blocking(executor, std::move(sparsify));
     }
-    json::Object no_arguments;
-    auto resumed = co_await qmp_run(*state, "cont", std::move(no_arguments));
-    if (!resumed) co_return std::move(resumed).error();
-    std::string late = "the resumed guest's agent did not answer within " +
-                       std::to_string(state->config.boot_timeout.count()) + " ms";
-    auto ready = co_await wait_for_agent(state, deadline, std::move(late));
+    std::string which = "resumed"; // named: g++ 12 miscompiles temporaries in co_await
+    auto ready = co_await continue_to_agent(state, deadline, std::move(which));
     if (!ready) co_return std::move(ready).error();
     // Committed: a copied-in disk's original is spent like a renamed one.
     if (*moved == Moved::copied) ::unlink(snapshot.disk.c_str());
@@ -1214,12 +1206,8 @@ public:
     const auto loaded_at = Clock::now();
     times.incoming = std::chrono::duration_cast<std::chrono::microseconds>(loaded_at - started);
 
-    json::Object no_arguments;
-    auto resumed = co_await qmp_run(*state, "cont", std::move(no_arguments));
-    if (!resumed) co_return std::move(resumed).error();
-    std::string late = "the restored guest's agent did not answer within " +
-                       std::to_string(state->config.boot_timeout.count()) + " ms";
-    auto ready = co_await wait_for_agent(state, deadline, std::move(late));
+    std::string which = "restored"; // named: g++ 12 miscompiles temporaries in co_await
+    auto ready = co_await continue_to_agent(state, deadline, std::move(which));
     if (!ready) co_return std::move(ready).error();
     times.resume = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - loaded_at);
     guard.armed = false;
@@ -1314,6 +1302,19 @@ private:
     error.detail += "; " + late;
     if (!console.empty()) error.detail += "; guest console (tail):\n" + console;
     co_return error;
+  }
+
+  // Lets a guest whose state is loaded run (`cont`) and waits for its agent
+  // by `deadline`; `which` ("resumed", "restored") names the guest in the
+  // timeout's message.
+  static asio::awaitable<Result<void>>
+  continue_to_agent(std::shared_ptr<VmState> state, Clock::time_point deadline, std::string which) {
+    json::Object no_arguments;
+    auto resumed = co_await qmp_run(*state, "cont", std::move(no_arguments));
+    if (!resumed) co_return std::move(resumed).error();
+    std::string late = "the " + which + " guest's agent did not answer within " +
+                       std::to_string(state->config.boot_timeout.count()) + " ms";
+    co_return co_await wait_for_agent(state, deadline, std::move(late));
   }
 
   // Spawns QEMU with `argv` and connects its monitor and, before any device
