@@ -96,6 +96,18 @@ protected:
     EXPECT_TRUE(names && names->empty());
   }
 
+  // allowed.test's server answers `guest` by name over HTTP and over TLS
+  // (its certificate checked against the test internet's CA).
+  static void expect_allowed_over_http_and_tls(const Netns& guest) {
+    auto response = probe::http_get(guest, kAllowedIp, 80, "allowed.test");
+    ASSERT_TRUE(response) << response.error().message();
+    EXPECT_TRUE(contains(*response, "hello from allowed host=allowed.test")) << *response;
+    auto tls = probe::https_get(guest, kAllowedIp, 443, "allowed.test", "allowed.test",
+                                internet->ca_certificate());
+    ASSERT_TRUE(tls) << tls.error().message();
+    EXPECT_TRUE(contains(*tls, "hello from allowed")) << *tls;
+  }
+
   static BridgeConfig config() {
     if (internet) return internet->bridge_config(kBridgePrefix, kBlock);
     BridgeConfig fallback;
@@ -162,15 +174,9 @@ TEST_F(Egress, OpenReachesTheHttpServerByName) {
   auto lease = acquire(EgressPolicy::open());
   auto answer = probe::dns_query(lease.guest, kGateway, "allowed.test");
   ASSERT_TRUE(answer) << answer.error().message();
-  ASSERT_EQ(answer->addresses.size(), 1u);
-  EXPECT_EQ(answer->addresses[0], kAllowedIp);
-  auto response = probe::http_get(lease.guest, answer->addresses[0], 80, "allowed.test");
-  ASSERT_TRUE(response) << response.error().message();
-  EXPECT_TRUE(contains(*response, "hello from allowed host=allowed.test")) << *response;
-  auto tls = probe::https_get(lease.guest, kAllowedIp, 443, "allowed.test", "allowed.test",
-                              internet->ca_certificate());
-  ASSERT_TRUE(tls) << tls.error().message();
-  EXPECT_TRUE(contains(*tls, "hello from allowed")) << *tls;
+  ASSERT_EQ(answer->addresses, std::vector<Ipv4>{kAllowedIp});
+  expect_allowed_over_http_and_tls(lease.guest);
+  if (HasFatalFailure()) return;
   // The server saw the host's uplink address: the traffic was NATed there.
   bool seen = false;
   for (const auto& line : internet->log_lines()) {
@@ -226,13 +232,8 @@ TEST_F(Egress, AllowlistReachesListedNamesOverHttpAndTls) {
   auto answer = probe::dns_query(lease.guest, kGateway, "allowed.test");
   ASSERT_TRUE(answer) << answer.error().message();
   ASSERT_EQ(answer->addresses, std::vector<Ipv4>{kAllowedIp});
-  auto response = probe::http_get(lease.guest, kAllowedIp, 80, "allowed.test");
-  ASSERT_TRUE(response) << response.error().message();
-  EXPECT_TRUE(contains(*response, "hello from allowed host=allowed.test")) << *response;
-  auto tls = probe::https_get(lease.guest, kAllowedIp, 443, "allowed.test", "allowed.test",
-                              internet->ca_certificate());
-  ASSERT_TRUE(tls) << tls.error().message();
-  EXPECT_TRUE(contains(*tls, "hello from allowed")) << *tls;
+  expect_allowed_over_http_and_tls(lease.guest);
+  if (HasFatalFailure()) return;
   // A wildcard entry, over TCP DNS this time.
   auto wildcard = probe::dns_query(lease.guest, kGateway, "www.example.test", dns::kTypeA, true);
   ASSERT_TRUE(wildcard) << wildcard.error().message();
