@@ -44,22 +44,11 @@ protected:
     vmm::VmConfig config = world_->config("vm");
     config.vcpus = 1;
     config.boot_timeout = 120s;
-    auto booted = world_->io.run(world_->driver->boot(std::move(config)));
-    if (booted) {
-      vm_ = booted.value().release();
-    } else {
-      boot_error_ = new std::string(booted.error().message());
-    }
+    boot_shared_vm(*world_, std::move(config), vm_, boot_error_);
   }
 
   static void TearDownTestSuite() {
-    if (!world_) return;
-    power_off_shared_vm(world_->io, vm_);
-    world_->expect_clean("after the identity suite");
-    delete world_;
-    world_ = nullptr;
-    delete boot_error_;
-    boot_error_ = nullptr;
+    end_shared_vm(world_, vm_, boot_error_, "after the identity suite");
   }
 
   void SetUp() override {
