@@ -11,6 +11,8 @@
 #include <spdlog/logger.h>
 #include <spdlog/sinks/stdout_sinks.h>
 
+#include "common/escape.hpp"
+
 namespace vesicle::log {
 
 namespace {
@@ -81,42 +83,12 @@ bool needs_quotes(std::string_view text, bool is_message) {
   return false;
 }
 
-// Control characters are escaped even in an unquoted message: an event is
-// one line, whatever an error's text holds.
-void append_escaped(std::string& out, std::string_view text, bool quoted) {
-  static constexpr char kHex[] = "0123456789abcdef";
-  for (unsigned char c : text) {
-    switch (c) {
-    case '\n':
-      out += "\\n";
-      break;
-    case '\r':
-      out += "\\r";
-      break;
-    case '\t':
-      out += "\\t";
-      break;
-    case '"':
-    case '\\':
-      if (quoted) out += '\\';
-      out += static_cast<char>(c);
-      break;
-    default:
-      if (c < ' ' || c == 0x7f) {
-        out += "\\x";
-        out += kHex[c >> 4];
-        out += kHex[c & 0xf];
-      } else {
-        out += static_cast<char>(c);
-      }
-    }
-  }
-}
-
 void append_text(std::string& out, std::string_view text, bool is_message) {
   const bool quoted = needs_quotes(text, is_message);
   if (quoted) out += '"';
-  append_escaped(out, text, quoted);
+  // Control characters are escaped even in an unquoted message: an event is
+  // one line, whatever an error's text holds.
+  append_escaped(out, text, quoted, ControlEscape::log);
   if (quoted) out += '"';
 }
 

@@ -3,6 +3,8 @@
 #include <cctype>
 #include <cstdio>
 
+#include "net/byte_reader.hpp"
+
 namespace vesicle::net::dns {
 namespace {
 
@@ -11,88 +13,53 @@ bool plain_char(uint8_t c) {
          c == '_';
 }
 
-class Reader {
-public:
-  explicit Reader(std::span<const uint8_t> data, size_t pos = 0) : data_(data), pos_(pos) {}
-  size_t pos() const { return pos_; }
-  size_t remaining() const { return data_.size() - pos_; }
+using Reader = ByteReader;
 
-  bool u8(uint8_t& out) {
-    if (remaining() < 1) return false;
-    out = data_[pos_++];
-    return true;
-  }
-  bool u16(uint16_t& out) {
-    if (remaining() < 2) return false;
-    out = static_cast<uint16_t>(data_[pos_] << 8 | data_[pos_ + 1]);
-    pos_ += 2;
-    return true;
-  }
-  bool u32(uint32_t& out) {
-    uint16_t high, low;
-    if (!u16(high) || !u16(low)) return false;
-    out = uint32_t{high} << 16 | low;
-    return true;
-  }
-  bool bytes(size_t count, std::vector<uint8_t>& out) {
-    if (remaining() < count) return false;
-    out.assign(data_.begin() + pos_, data_.begin() + pos_ + count);
-    pos_ += count;
-    return true;
-  }
-  bool skip(size_t count) {
-    if (remaining() < count) return false;
-    pos_ += count;
-    return true;
-  }
-
-  // A possibly compressed name. Pointers must point backwards and at most
-  // 32 are followed, so a hostile message cannot make this loop.
-  bool name(std::string& out) {
-    out.clear();
-    size_t pos = pos_;
-    bool jumped = false;
-    int jumps = 0;
-    size_t wire_length = 1;
-    while (true) {
-      if (pos >= data_.size()) return false;
-      uint8_t length = data_[pos];
-      if ((length & 0xC0) == 0xC0) {
-        if (pos + 1 >= data_.size()) return false;
-        size_t target = size_t(length & 0x3F) << 8 | data_[pos + 1];
-        if (target >= pos || ++jumps > 32) return false;
-        if (!jumped) pos_ = pos + 2;
-        jumped = true;
-        pos = target;
-        continue;
-      }
-      if ((length & 0xC0) != 0) return false;
-      if (length == 0) {
-        if (!jumped) pos_ = pos + 1;
-        return true;
-      }
-      if (pos + 1 + length > data_.size()) return false;
-      wire_length += length + 1;
-      if (wire_length > 255) return false;
-      if (!out.empty()) out.push_back('.');
-      for (size_t i = pos + 1; i < pos + 1 + length; ++i) {
-        uint8_t c = data_[i];
-        if (plain_char(c)) {
-          out.push_back(static_cast<char>(c));
-        } else {
-          char escaped[5];
-          std::snprintf(escaped, sizeof escaped, "\\%03u", unsigned{c});
-          out += escaped;
-        }
-      }
-      pos += 1 + length;
+// A possibly compressed name at the reader's position; the reader moves past
+// its bytes in place (not to where a pointer leads). Pointers must point
+// backwards and at most 32 are followed, so a hostile message cannot make
+// this loop.
+bool read_name(Reader& reader, std::string& out) {
+  const std::span<const uint8_t> data = reader.data();
+  out.clear();
+  size_t pos = reader.pos();
+  bool jumped = false;
+  int jumps = 0;
+  size_t wire_length = 1;
+  while (true) {
+    if (pos >= data.size()) return false;
+    uint8_t length = data[pos];
+    if ((length & 0xC0) == 0xC0) {
+      if (pos + 1 >= data.size()) return false;
+      size_t target = size_t(length & 0x3F) << 8 | data[pos + 1];
+      if (target >= pos || ++jumps > 32) return false;
+      if (!jumped) reader.seek(pos + 2);
+      jumped = true;
+      pos = target;
+      continue;
     }
+    if ((length & 0xC0) != 0) return false;
+    if (length == 0) {
+      if (!jumped) reader.seek(pos + 1);
+      return true;
+    }
+    if (pos + 1 + length > data.size()) return false;
+    wire_length += length + 1;
+    if (wire_length > 255) return false;
+    if (!out.empty()) out.push_back('.');
+    for (size_t i = pos + 1; i < pos + 1 + length; ++i) {
+      uint8_t c = data[i];
+      if (plain_char(c)) {
+        out.push_back(static_cast<char>(c));
+      } else {
+        char escaped[5];
+        std::snprintf(escaped, sizeof escaped, "\\%03u", unsigned{c});
+        out += escaped;
+      }
+    }
+    pos += 1 + length;
   }
-
-private:
-  std::span<const uint8_t> data_;
-  size_t pos_;
-};
+}
 
 bool read_header(Reader& reader, Header& header, uint16_t counts[4]) {
   uint16_t flags;
@@ -112,13 +79,13 @@ bool read_header(Reader& reader, Header& header, uint16_t counts[4]) {
 
 bool read_record(Reader& reader, std::span<const uint8_t> wire, Record& record) {
   uint16_t length;
-  if (!reader.name(record.name) || !reader.u16(record.type) || !reader.u16(record.klass) ||
+  if (!read_name(reader, record.name) || !reader.u16(record.type) || !reader.u16(record.klass) ||
       !reader.u32(record.ttl) || !reader.u16(length) || reader.remaining() < length) {
     return false;
   }
   if (record.type == kTypeCNAME) {
     Reader target(wire.first(reader.pos() + length), reader.pos());
-    if (!target.name(record.target) || target.pos() != reader.pos() + length) return false;
+    if (!read_name(target, record.target) || target.pos() != reader.pos() + length) return false;
     return reader.skip(length);
   }
   return reader.bytes(length, record.rdata);
@@ -231,7 +198,7 @@ Result<Message> parse(std::span<const uint8_t> wire) {
   if (!read_header(reader, message.header, counts)) return malformed("header");
   for (uint16_t i = 0; i < counts[0]; ++i) {
     Question question;
-    if (!reader.name(question.name) || !reader.u16(question.type) || !reader.u16(question.klass)) {
+    if (!read_name(reader, question.name) || !reader.u16(question.type) || !reader.u16(question.klass)) {
       return malformed("question");
     }
     message.questions.push_back(std::move(question));

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "net/allowlist.hpp"
+#include "net/byte_reader.hpp"
 
 namespace vesicle::net {
 namespace {
@@ -23,44 +24,7 @@ PeekResult invalid(std::string why) {
   return {PeekStatus::invalid, {}, std::move(why)};
 }
 
-class Cursor {
-public:
-  explicit Cursor(std::span<const uint8_t> data) : data_(data) {}
-  size_t remaining() const { return data_.size() - pos_; }
-  bool u8(uint8_t& out) {
-    if (remaining() < 1) return false;
-    out = data_[pos_++];
-    return true;
-  }
-  bool u16(uint16_t& out) {
-    if (remaining() < 2) return false;
-    out = static_cast<uint16_t>(data_[pos_] << 8 | data_[pos_ + 1]);
-    pos_ += 2;
-    return true;
-  }
-  bool u24(uint32_t& out) {
-    if (remaining() < 3) return false;
-    out = uint32_t{data_[pos_]} << 16 | uint32_t{data_[pos_ + 1]} << 8 | data_[pos_ + 2];
-    pos_ += 3;
-    return true;
-  }
-  bool skip(size_t count) {
-    if (remaining() < count) return false;
-    pos_ += count;
-    return true;
-  }
-  // A sub-cursor over the next `count` bytes.
-  std::optional<Cursor> take(size_t count) {
-    if (remaining() < count) return std::nullopt;
-    Cursor sub(data_.subspan(pos_, count));
-    pos_ += count;
-    return sub;
-  }
-
-private:
-  std::span<const uint8_t> data_;
-  size_t pos_ = 0;
-};
+using Cursor = ByteReader;
 
 PeekResult parse_client_hello_body(Cursor body) {
   uint8_t session_length, compression_length;

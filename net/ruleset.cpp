@@ -66,24 +66,21 @@ std::string host_ruleset(const HostRules& r) {
   const std::string uplink = quoted(r.uplink);
   std::ostringstream out;
   out << delete_table(r.table) << "table inet " << r.table << " {\n" << denied_set(r.denied);
+  // Policies stay accept: this table only ever narrows what the sandboxes'
+  // link may do and leaves the host's other traffic alone. Nothing from the
+  // link reaches the host itself, uplink or not.
+  out << "  chain filter_input {\n"
+         "    type filter hook input priority filter; policy accept;\n"
+         "    iifname "
+      << link << " counter drop\n  }\n";
   if (r.uplink.empty()) {
-    // No uplink: the sandboxes' link reaches nothing on or through the host.
-    out << "  chain filter_input {\n"
-           "    type filter hook input priority filter; policy accept;\n"
-           "    iifname "
-        << link << " counter drop\n  }\n";
+    // No uplink: the sandboxes' link reaches nothing through the host either.
     out << "  chain filter_forward {\n"
            "    type filter hook forward priority filter; policy accept;\n"
            "    iifname "
         << link << " counter drop\n    oifname " << link << " counter drop\n  }\n}\n";
     return out.str();
   }
-  // Policies stay accept: this table only ever narrows what the sandboxes'
-  // link may do and leaves the host's other traffic alone.
-  out << "  chain filter_input {\n"
-         "    type filter hook input priority filter; policy accept;\n"
-         "    iifname "
-      << link << " counter drop\n  }\n";
   out << "  chain filter_forward {\n"
          "    type filter hook forward priority filter; policy accept;\n"
          "    oifname "

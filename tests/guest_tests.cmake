@@ -8,7 +8,7 @@ vesicle_test(agent_parts_test
 
 vesicle_test(agent_test
   SOURCES guest/agent_test.cpp guest/agent_harness.cpp
-  LIBS vesicle_wire
+  LIBS vesicle_agent_parts vesicle_wire
   LABEL unit
   TIMEOUT 300)
 target_compile_definitions(agent_test PRIVATE
@@ -21,7 +21,7 @@ add_dependencies(agent_test vesicle-agent)
 # VESICLE_IMAGES to a folder holding vmlinuz, initrd.img and rootfs.ext4.
 vesicle_test(agent_vm_test
   SOURCES guest/agent_vm_test.cpp guest/agent_harness.cpp
-  LIBS vesicle_wire
+  LIBS vesicle_agent_parts vesicle_wire
   LABEL integration
   TIMEOUT 600)
 target_compile_definitions(agent_vm_test PRIVATE
@@ -32,7 +32,7 @@ target_compile_definitions(agent_vm_test PRIVATE
 # The identity refresh (RefreshIdentity) in the host test mode.
 vesicle_test(agent_identity_test
   SOURCES guest/identity_test.cpp guest/agent_harness.cpp
-  LIBS vesicle_wire
+  LIBS vesicle_agent_parts vesicle_wire
   LABEL unit
   TIMEOUT 300)
 target_compile_definitions(agent_identity_test PRIVATE

@@ -17,6 +17,7 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 
+#include "common/hex.hpp"
 #include "common/log.hpp"
 #include "messages/framing.hpp"
 #include "vmm/async.hpp"
@@ -635,12 +636,8 @@ Result<IdentityRefresh> IdentityRefresh::generate(std::string hostname) {
     filled += static_cast<std::size_t>(n);
   }
   identity.entropy = random.substr(0, 64);
-  static const char* digits = "0123456789abcdef";
-  for (std::size_t i = 64; i < random.size(); ++i) {
-    const auto byte = static_cast<unsigned char>(random[i]);
-    identity.machine_id += digits[byte >> 4];
-    identity.machine_id += digits[byte & 15];
-  }
+  identity.machine_id = to_hex(reinterpret_cast<const unsigned char*>(random.data()) + 64,
+                               random.size() - 64);
   // All zeros is reserved (machine-id(5)); 2^-128 odds, but cheap to rule out.
   if (identity.machine_id.find_first_not_of('0') == std::string::npos) identity.machine_id[0] = '1';
   return identity;

@@ -4,6 +4,8 @@
 #include <cmath>
 #include <cstdio>
 
+#include "common/escape.hpp"
+
 namespace vesicle::json {
 
 namespace {
@@ -249,33 +251,7 @@ private:
 
 void dump_string(std::string& out, const std::string& s) {
   out += '"';
-  for (const char c : s) {
-    switch (c) {
-    case '"':
-      out += "\\\"";
-      break;
-    case '\\':
-      out += "\\\\";
-      break;
-    case '\n':
-      out += "\\n";
-      break;
-    case '\r':
-      out += "\\r";
-      break;
-    case '\t':
-      out += "\\t";
-      break;
-    default:
-      if (static_cast<unsigned char>(c) < 0x20) {
-        char buffer[8];
-        std::snprintf(buffer, sizeof buffer, "\\u%04x", static_cast<unsigned>(c));
-        out += buffer;
-      } else {
-        out += c;
-      }
-    }
-  }
+  append_escaped(out, s, true, ControlEscape::json);
   out += '"';
 }
 

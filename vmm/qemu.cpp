@@ -500,9 +500,10 @@ Result<void> rename_new(const fs::path& from, const fs::path& to) {
   return {};
 }
 
-// What save_snapshot does once QEMU is gone and the files are in place:
-// checksums, manifest, read-only modes. Blocking; runs off the executor.
-Result<snapshot::Manifest> seal_snapshot(const fs::path& staging, snapshot::Manifest manifest) {
+// Fsyncs the device state and the disk in `staging` and puts their
+// checksums in the manifest: the first step of sealing either kind of
+// snapshot. Blocking.
+Result<void> sync_and_digest_staged(const fs::path& staging, snapshot::Manifest& manifest) {
   const fs::path state = staging / snapshot::kStateName;
   const fs::path disk = staging / snapshot::kDiskName;
   for (const auto& path : {state, disk}) {
@@ -512,10 +513,36 @@ Result<snapshot::Manifest> seal_snapshot(const fs::path& staging, snapshot::Mani
   if (!state_digest) return state_digest.error();
   auto disk_digest = snapshot::digest_file(disk);
   if (!disk_digest) return disk_digest.error();
-  auto memory_digest = snapshot::digest_sparse_file(manifest.memory_file);
-  if (!memory_digest) return memory_digest.error();
   manifest.state = *state_digest;
   manifest.disk = *disk_digest;
+  return {};
+}
+
+// The manifest of a snapshot of this VM, without checksums: what it was
+// booted from and how it is shaped.
+snapshot::Manifest manifest_of(const VmState& state) {
+  std::error_code ec;
+  snapshot::Manifest manifest;
+  manifest.vcpus = state.config.vcpus;
+  manifest.memory_mib = state.config.memory_mib;
+  manifest.accel = state.accel;
+  manifest.network = state.config.network.has_value();
+  manifest.kernel = fs::absolute(state.config.images.kernel, ec);
+  manifest.initrd = fs::absolute(state.config.images.initrd, ec);
+  manifest.base_disk = fs::absolute(state.config.images.base_disk, ec);
+  manifest.cmdline = state.kernel_cmdline;
+  return manifest;
+}
+
+// What save_snapshot does once QEMU is gone and the files are in place:
+// checksums, manifest, read-only modes. Blocking; runs off the executor.
+Result<snapshot::Manifest> seal_snapshot(const fs::path& staging, snapshot::Manifest manifest) {
+  const fs::path state = staging / snapshot::kStateName;
+  const fs::path disk = staging / snapshot::kDiskName;
+  if (auto digested = sync_and_digest_staged(staging, manifest); !digested)
+    return digested.error();
+  auto memory_digest = snapshot::digest_sparse_file(manifest.memory_file);
+  if (!memory_digest) return memory_digest.error();
   manifest.memory = *memory_digest;
   if (manifest.memory.size != std::uint64_t{manifest.memory_mib} << 20) {
     return make_error("check memory file",
@@ -535,6 +562,18 @@ Result<snapshot::Manifest> seal_snapshot(const fs::path& staging, snapshot::Mani
   }
   if (auto synced = fsync_path(staging, true); !synced) return synced.error();
   return manifest;
+}
+
+// Asks QEMU to quit (the VM is saved or its state written), kills it if it
+// has not gone within 5 s, and waits a little more for it to be reaped.
+asio::awaitable<void> quit_qemu(std::shared_ptr<VmState> state) {
+  json::Object quit_arguments;
+  (void)co_await qmp_run(*state, "quit", std::move(quit_arguments), milliseconds(3000));
+  const bool gone = co_await state->exited.wait(Clock::now() + std::chrono::seconds(5));
+  if (!gone && state->process && !state->process->exited()) {
+    state->process->kill(SIGKILL);
+    (void)co_await state->exited.wait(Clock::now() + std::chrono::seconds(5));
+  }
 }
 
 // Pauses the VM and writes its device state (not its RAM) through `cat`.
@@ -645,16 +684,8 @@ asio::awaitable<Result<Snapshot>> save_steps(std::shared_ptr<VmState> state, fs:
     error.detail += "; the VM has ended and nothing of it was kept";
     return std::move(error).with_context("saving VM " + id + " to " + dir.string());
   };
-  {
-    json::Object quit_arguments;
-    (void)co_await qmp_run(*state, "quit", std::move(quit_arguments), milliseconds(3000));
-    const bool gone = co_await state->exited.wait(Clock::now() + std::chrono::seconds(5));
-    if (!gone && state->process && !state->process->exited()) {
-      state->process->kill(SIGKILL);
-      (void)co_await state->exited.wait(Clock::now() + std::chrono::seconds(5));
-    }
-    if (state->running()) co_return fail(make_error("quit QEMU", "it did not exit", id));
-  }
+  co_await quit_qemu(state);
+  if (state->running()) co_return fail(make_error("quit QEMU", "it did not exit", id));
   if (auto moved = rename_new(paths.overlay, staging / snapshot::kDiskName); !moved)
     co_return fail(std::move(moved).error());
   if (auto moved = rename_new(paths.memory_file, memory_file); !moved)
@@ -662,15 +693,7 @@ asio::awaitable<Result<Snapshot>> save_steps(std::shared_ptr<VmState> state, fs:
   memory_moved = true;
   fs::remove_all(paths.dir, ec); // sockets, log, pidfile
 
-  snapshot::Manifest manifest;
-  manifest.vcpus = state->config.vcpus;
-  manifest.memory_mib = state->config.memory_mib;
-  manifest.accel = state->accel;
-  manifest.network = state->config.network.has_value();
-  manifest.kernel = fs::absolute(state->config.images.kernel, ec);
-  manifest.initrd = fs::absolute(state->config.images.initrd, ec);
-  manifest.base_disk = fs::absolute(state->config.images.base_disk, ec);
-  manifest.cmdline = state->kernel_cmdline;
+  snapshot::Manifest manifest = manifest_of(*state);
   manifest.memory_file = memory_file;
   auto seal = [staging, manifest]() { return seal_snapshot(staging, manifest); };
   auto sealed = co_await run_blocking(state->executor, std::move(seal));
@@ -678,17 +701,7 @@ asio::awaitable<Result<Snapshot>> save_steps(std::shared_ptr<VmState> state, fs:
   if (auto moved = rename_new(staging, dir); !moved) co_return fail(std::move(moved).error());
   (void)fsync_path(dir.parent_path(), true);
 
-  Snapshot snapshot;
-  snapshot.dir = dir;
-  snapshot.memory_file = memory_file;
-  snapshot.disk = dir / snapshot::kDiskName;
-  snapshot.images = GuestImages{manifest.kernel, manifest.initrd, manifest.base_disk};
-  snapshot.vcpus = manifest.vcpus;
-  snapshot.memory_mib = manifest.memory_mib;
-  snapshot.kernel_cmdline = manifest.cmdline;
-  snapshot.network = manifest.network;
-  snapshot.accel = manifest.accel;
-  co_return snapshot;
+  co_return snapshot::described(dir, manifest);
 }
 
 // Copies a file keeping its holes (data extents + copy_file_range): the
@@ -763,17 +776,8 @@ asio::awaitable<Result<void>> raise_bandwidth(VmState& state) {
 // What save_full does once the state is written and the disk moved:
 // fsync, checksums, manifest. Blocking; runs off the executor.
 Result<void> seal_full(const fs::path& staging, snapshot::Manifest manifest) {
-  const fs::path state = staging / snapshot::kStateName;
-  const fs::path disk = staging / snapshot::kDiskName;
-  for (const auto& path : {state, disk}) {
-    if (auto synced = fsync_path(path, false); !synced) return synced.error();
-  }
-  auto state_digest = snapshot::digest_file(state);
-  if (!state_digest) return state_digest.error();
-  auto disk_digest = snapshot::digest_file(disk);
-  if (!disk_digest) return disk_digest.error();
-  manifest.state = *state_digest;
-  manifest.disk = *disk_digest;
+  if (auto digested = sync_and_digest_staged(staging, manifest); !digested)
+    return digested.error();
   const fs::path manifest_path = staging / snapshot::kManifestName;
   if (auto written = snapshot::write_file_atomically(manifest_path, format_manifest(manifest));
       !written)
@@ -918,16 +922,8 @@ asio::awaitable<Result<Snapshot>> save_full_steps(std::shared_ptr<VmState> state
   if (!moved) co_return co_await undo(std::move(moved).error());
   disk_moved = *moved;
 
-  snapshot::Manifest manifest;
+  snapshot::Manifest manifest = manifest_of(*state);
   manifest.full_ram = true;
-  manifest.vcpus = state->config.vcpus;
-  manifest.memory_mib = state->config.memory_mib;
-  manifest.accel = state->accel;
-  manifest.network = state->config.network.has_value();
-  manifest.kernel = fs::absolute(state->config.images.kernel, ec);
-  manifest.initrd = fs::absolute(state->config.images.initrd, ec);
-  manifest.base_disk = fs::absolute(state->config.images.base_disk, ec);
-  manifest.cmdline = state->kernel_cmdline;
   {
     auto seal = [staging, manifest]() { return seal_full(staging, manifest); };
     auto sealed = co_await run_blocking(state->executor, std::move(seal));
@@ -946,27 +942,9 @@ asio::awaitable<Result<Snapshot>> save_full_steps(std::shared_ptr<VmState> state
     auto give_back = [source, holes]() { return give_back_scanned_pages({}, source, holes); };
     (void)co_await run_blocking(state->executor, std::move(give_back));
   }
-  {
-    json::Object quit_arguments;
-    (void)co_await qmp_run(*state, "quit", std::move(quit_arguments), milliseconds(3000));
-    const bool gone = co_await state->exited.wait(Clock::now() + std::chrono::seconds(5));
-    if (!gone && state->process && !state->process->exited()) {
-      state->process->kill(SIGKILL);
-      (void)co_await state->exited.wait(Clock::now() + std::chrono::seconds(5));
-    }
-  }
+  co_await quit_qemu(state);
 
-  Snapshot snapshot;
-  snapshot.dir = dir;
-  snapshot.disk = dir / snapshot::kDiskName;
-  snapshot.images = GuestImages{manifest.kernel, manifest.initrd, manifest.base_disk};
-  snapshot.vcpus = manifest.vcpus;
-  snapshot.memory_mib = manifest.memory_mib;
-  snapshot.kernel_cmdline = manifest.cmdline;
-  snapshot.network = manifest.network;
-  snapshot.accel = manifest.accel;
-  snapshot.full_ram = true;
-  co_return snapshot;
+  co_return snapshot::described(dir, manifest);
 }
 
 class QemuVm final : public Vm {
@@ -1132,12 +1110,8 @@ private:
       auto sparsify = [memory]() { return snapshot::punch_zero_pages(memory); };
       (void)co_await run_blocking(executor, std::move(sparsify));
     }
-    json::Object no_arguments;
-    auto resumed = co_await qmp_run(*state, "cont", std::move(no_arguments));
-    if (!resumed) co_return std::move(resumed).error();
-    std::string late = "the resumed guest's agent did not answer within " +
-                       std::to_string(state->config.boot_timeout.count()) + " ms";
-    auto ready = co_await wait_for_agent(state, deadline, std::move(late));
+    std::string which = "resumed"; // named: g++ 12 miscompiles temporaries in co_await
+    auto ready = co_await continue_to_agent(state, deadline, std::move(which));
     if (!ready) co_return std::move(ready).error();
     // Committed: a copied-in disk's original is spent like a renamed one.
     if (*moved == Moved::copied) ::unlink(snapshot.disk.c_str());
@@ -1232,12 +1206,8 @@ public:
     const auto loaded_at = Clock::now();
     times.incoming = std::chrono::duration_cast<std::chrono::microseconds>(loaded_at - started);
 
-    json::Object no_arguments;
-    auto resumed = co_await qmp_run(*state, "cont", std::move(no_arguments));
-    if (!resumed) co_return std::move(resumed).error();
-    std::string late = "the restored guest's agent did not answer within " +
-                       std::to_string(state->config.boot_timeout.count()) + " ms";
-    auto ready = co_await wait_for_agent(state, deadline, std::move(late));
+    std::string which = "restored"; // named: g++ 12 miscompiles temporaries in co_await
+    auto ready = co_await continue_to_agent(state, deadline, std::move(which));
     if (!ready) co_return std::move(ready).error();
     times.resume = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - loaded_at);
     guard.armed = false;
@@ -1332,6 +1302,19 @@ private:
     error.detail += "; " + late;
     if (!console.empty()) error.detail += "; guest console (tail):\n" + console;
     co_return error;
+  }
+
+  // Lets a guest whose state is loaded run (`cont`) and waits for its agent
+  // by `deadline`; `which` ("resumed", "restored") names the guest in the
+  // timeout's message.
+  static asio::awaitable<Result<void>>
+  continue_to_agent(std::shared_ptr<VmState> state, Clock::time_point deadline, std::string which) {
+    json::Object no_arguments;
+    auto resumed = co_await qmp_run(*state, "cont", std::move(no_arguments));
+    if (!resumed) co_return std::move(resumed).error();
+    std::string late = "the " + which + " guest's agent did not answer within " +
+                       std::to_string(state->config.boot_timeout.count()) + " ms";
+    co_return co_await wait_for_agent(state, deadline, std::move(late));
   }
 
   // Spawns QEMU with `argv` and connects its monitor and, before any device

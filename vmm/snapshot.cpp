@@ -14,6 +14,7 @@
 #include <sstream>
 #include <vector>
 
+#include "common/hex.hpp"
 #include "common/unique_fd.hpp"
 
 namespace vesicle::vmm::snapshot {
@@ -40,13 +41,7 @@ struct Sha256 {
     unsigned char digest[EVP_MAX_MD_SIZE];
     unsigned int length = 0;
     EVP_DigestFinal_ex(ctx.get(), digest, &length);
-    static const char* digits = "0123456789abcdef";
-    std::string text;
-    for (unsigned i = 0; i < length; ++i) {
-      text += digits[digest[i] >> 4];
-      text += digits[digest[i] & 15];
-    }
-    return text;
+    return to_hex(digest, length);
   }
 };
 
@@ -414,10 +409,14 @@ Result<Snapshot> open(const fs::path& dir) {
     }
   }
 
+  return described(dir, m);
+}
+
+Snapshot described(const fs::path& dir, const Manifest& m) {
   Snapshot snapshot;
   snapshot.dir = dir;
   snapshot.memory_file = m.memory_file;
-  snapshot.disk = disk;
+  snapshot.disk = dir / kDiskName;
   snapshot.images = GuestImages{m.kernel, m.initrd, m.base_disk};
   snapshot.vcpus = m.vcpus;
   snapshot.memory_mib = m.memory_mib;

@@ -111,4 +111,8 @@ Result<void> write_file_atomically(const std::filesystem::path& path, std::strin
 // checksums) and builds the Snapshot. What open_snapshot does.
 Result<Snapshot> open(const std::filesystem::path& dir);
 
+// The Snapshot the manifest of the snapshot directory `dir` describes
+// (nothing is checked).
+Snapshot described(const std::filesystem::path& dir, const Manifest& manifest);
+
 } // namespace vesicle::vmm::snapshot

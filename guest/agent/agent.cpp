@@ -12,6 +12,7 @@
 #include "guest/agent/identity.hpp"
 #include "guest/agent/info.hpp"
 #include "guest/agent/log.hpp"
+#include "guest/agent/output.hpp"
 #include "guest/agent/pid1.hpp"
 #include "guest/agent/repl.hpp"
 #include "guest/agent/spawn.hpp"
@@ -46,6 +47,18 @@ std::uint64_t peek_id(std::string_view payload) {
 void Request::emit(guest::Event event) {
   if (orphaned_) return;
   agent_.send(id_, std::move(event));
+}
+
+void Request::emit_output(OutputBudget& budget, bool is_stderr, std::string_view data) {
+  data = budget.admit(data);
+  if (data.empty()) return;
+  guest::Event event;
+  if (is_stderr) {
+    event.set_stderr(data.data(), data.size());
+  } else {
+    event.set_stdout(data.data(), data.size());
+  }
+  emit(std::move(event));
 }
 
 void Request::finish(guest::Event event) {

@@ -42,6 +42,7 @@ struct Options {
 };
 
 class Agent;
+class OutputBudget;
 class Repl;
 
 // One request in flight. It ends with exactly one terminal event (finish);
@@ -71,6 +72,9 @@ public:
 protected:
   void emit(guest::Event event);
   void finish(guest::Event event);
+  // Emits what `budget` admits of a command's output as a stdout or stderr
+  // event (nothing once the budget is spent).
+  void emit_output(OutputBudget& budget, bool is_stderr, std::string_view data);
 
   Agent& agent_;
 

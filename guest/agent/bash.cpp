@@ -105,15 +105,7 @@ bool BashCommand::wants_bytes() const {
 }
 
 void BashCommand::deliver(bool is_stderr, std::string_view data) {
-  data = budget_.admit(data);
-  if (data.empty()) return;
-  guest::Event event;
-  if (is_stderr) {
-    event.set_stderr(data.data(), data.size());
-  } else {
-    event.set_stdout(data.data(), data.size());
-  }
-  emit(std::move(event));
+  emit_output(budget_, is_stderr, data);
 }
 
 void BashCommand::kill_group() {

@@ -20,30 +20,17 @@
 
 #include <boost/program_options.hpp>
 
+#include "tests/bench/series.hpp"
 #include "tests/hostd/hostd_process.hpp"
 #include "tests/hostd/http_client.hpp"
 
 namespace po = boost::program_options;
 using namespace vesicle::testing;
-using Clock = std::chrono::steady_clock;
+using vesicle::bench::Clock;
+using vesicle::bench::Series;
+using vesicle::bench::ms_since;
 
 namespace {
-
-struct Series {
-  std::string name;
-  std::vector<double> ms;
-  double percentile(double p) const {
-    if (ms.empty()) return 0;
-    auto sorted = ms;
-    std::sort(sorted.begin(), sorted.end());
-    auto rank = static_cast<std::size_t>(p / 100.0 * (sorted.size() - 1) + 0.5);
-    return sorted[std::min(rank, sorted.size() - 1)];
-  }
-};
-
-double since(Clock::time_point start) {
-  return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
-}
 
 std::string id_in(const std::string& body) {
   std::smatch match;
@@ -116,26 +103,26 @@ int main(int argc, char** argv) {
       auto start = Clock::now();
       auto created = http.request("POST", "/v1/sandboxes", create_body);
       if (created.status != 201) throw std::runtime_error("create: " + created.body);
-      create.ms.push_back(since(start));
+      create.values.push_back(ms_since(start));
       auto id = id_in(created.body);
 
       start = Clock::now();
       auto ran = http.request("POST", "/v1/sandboxes/" + id + "/exec", exec_body);
       if (ran.status != 200 || ran.body.find("\"data\":\"1") == std::string::npos)
         throw std::runtime_error("exec: " + ran.body);
-      first_exec.ms.push_back(since(start));
+      first_exec.values.push_back(ms_since(start));
       if (i == 0) {
         for (int k = 0; k < args["execs"].as<int>(); ++k) {
           start = Clock::now();
           auto again = http.request("POST", "/v1/sandboxes/" + id + "/exec", exec_body);
           if (again.status != 200) throw std::runtime_error("exec: " + again.body);
-          exec.ms.push_back(since(start));
+          exec.values.push_back(ms_since(start));
         }
       }
       start = Clock::now();
       auto deleted = http.request("DELETE", "/v1/sandboxes/" + id);
       if (deleted.status != 204) throw std::runtime_error("destroy: " + deleted.body);
-      destroy.ms.push_back(since(start));
+      destroy.values.push_back(ms_since(start));
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "api_bench: %s\n", e.what());
@@ -151,22 +138,18 @@ int main(int argc, char** argv) {
                      ", \"steps\": [";
   bool first = true;
   for (const auto* series : {&create, &first_exec, &exec, &destroy}) {
-    std::printf("%-26s %6zu %10.1f %10.1f %10.1f\n", series->name.c_str(), series->ms.size(),
+    std::printf("%-26s %6zu %10.1f %10.1f %10.1f\n", series->name.c_str(), series->values.size(),
                 series->percentile(50), series->percentile(95), series->percentile(99));
     char entry[256];
     std::snprintf(entry, sizeof entry,
                   "%s{\"step\": \"%s\", \"n\": %zu, \"p50_ms\": %.2f, \"p95_ms\": %.2f, "
                   "\"p99_ms\": %.2f}",
-                  first ? "" : ", ", series->name.c_str(), series->ms.size(),
+                  first ? "" : ", ", series->name.c_str(), series->values.size(),
                   series->percentile(50), series->percentile(95), series->percentile(99));
     json += entry;
     first = false;
   }
   json += "]}\n";
-  if (args.count("json")) {
-    std::ofstream out(args["json"].as<std::string>());
-    out << json;
-    std::printf("wrote %s\n", args["json"].as<std::string>().c_str());
-  }
+  if (args.count("json")) vesicle::bench::write_results(args["json"].as<std::string>(), json);
   return 0;
 }

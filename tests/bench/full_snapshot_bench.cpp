@@ -15,15 +15,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <fstream>
 #include <iostream>
 
-#include <boost/program_options.hpp>
-
-#include "tests/bench/series.hpp"
+#include "tests/bench/vm_support.hpp"
 #include "tests/vmm/test_support.hpp"
-#include "vmm/json.hpp"
-#include "vmm/vmm.hpp"
 
 namespace po = boost::program_options;
 namespace fs = std::filesystem;
@@ -64,56 +59,29 @@ json::Value series_json(const Series& series) {
 } // namespace
 
 int main(int argc, char** argv) {
-  std::string images = env_or("VESICLE_IMAGES_DIR", "build/images");
+  bench::GuestShape guest;
+  const unsigned& memory_mib = guest.memory_mib;
+  const unsigned& vcpus = guest.vcpus;
   unsigned count = 3;
-  unsigned memory_mib = 512;
-  unsigned vcpus = 2;
   unsigned data_mib = 200;
   std::string dir = "/var/tmp";
   std::string json_path;
   po::options_description options("full_snapshot_bench: save_full / restore_full cost");
-  options.add_options()("help,h", "this help")("images", po::value(&images),
-                                               "guest images directory")(
-      "count", po::value(&count)->default_value(3), "save/restore rounds per case")(
-      "memory-mib", po::value(&memory_mib)->default_value(512),
-      "guest memory")("vcpus", po::value(&vcpus)->default_value(2), "guest vCPUs")(
+  guest.add_options(options, 512, json_path);
+  options.add_options()("count", po::value(&count)->default_value(3),
+                        "save/restore rounds per case")(
       "data-mib", po::value(&data_mib)->default_value(200), "bytes the data cases hold in Python")(
-      "dir", po::value(&dir)->default_value("/var/tmp"),
-      "where the full snapshots go")("json", po::value(&json_path), "also write the results here");
-  try {
-    po::variables_map vm;
-    po::store(po::parse_command_line(argc, argv, options), vm);
-    if (vm.count("help")) {
-      std::cout << options << "\n";
-      return 0;
-    }
-    po::notify(vm);
-  } catch (const po::error& e) {
-    std::cerr << "full_snapshot_bench: " << e.what() << "\n";
-    return 2;
-  }
-  auto fail = [](const std::string& what) {
-    std::cerr << "full_snapshot_bench: " << what << "\n";
-    return 1;
-  };
+      "dir", po::value(&dir)->default_value("/var/tmp"), "where the full snapshots go");
+  if (auto stop = bench::parse_options(argc, argv, options, "full_snapshot_bench")) return *stop;
+  const bench::Fail fail{"full_snapshot_bench"};
 
   IoThread io;
-  TempDir runtime(fs::temp_directory_path(), "vesicle-fbench");
-  TempDir shm("/dev/shm", "vesicle-fbench");
+  guest.make_dirs("vesicle-fbench");
   TempDir spaces(dir, "vesicle-fbench-spaces");
   TempDir templates(fs::temp_directory_path(), "vesicle-fbench-tpl");
   auto driver = vmm::make_qemu_driver(io.executor());
   unsigned next_id = 0;
-  auto config = [&]() {
-    vmm::VmConfig c;
-    c.id = "fbench-" + std::to_string(::getpid()) + "-" + std::to_string(next_id++);
-    c.images = vmm::GuestImages::in(images);
-    c.runtime_dir = runtime.path();
-    c.shm_dir = shm.path();
-    c.memory_mib = memory_mib;
-    c.vcpus = vcpus;
-    return c;
-  };
+  auto config = [&]() { return guest.config("fbench", next_id++); };
   // Filled a MiB at a time: os.urandom of the whole size and its copy into
   // the bytearray would need twice the memory at once.
   const std::string load_data =
@@ -141,7 +109,7 @@ int main(int argc, char** argv) {
     auto warm = io.run(python(booted.value()->agent(), "import numpy\nprint(1)"));
     if (!warm.exit) return fail(warm.exit.error().message());
     auto saved = io.run(
-        booted.value()->save_snapshot(templates.path() / "tpl", shm.path() / "template.mem"));
+        booted.value()->save_snapshot(templates.path() / "tpl", guest.shm() / "template.mem"));
     io.call_void([&] { booted.value().reset(); });
     if (!saved) return fail(saved.error().message());
     tpl = *saved;
@@ -179,7 +147,7 @@ int main(int argc, char** argv) {
       io.call_void([&] { vm.reset(); });
 
       vmm::VmConfig resumed_config = config();
-      const fs::path ram = shm.path() / ("vesicle-" + resumed_config.id + ".mem");
+      const fs::path ram = guest.shm() / ("vesicle-" + resumed_config.id + ".mem");
       started = Clock::now();
       auto resumed = io.run(driver->restore_full(*saved, resumed_config));
       if (!resumed) return fail(resumed.error().message());
@@ -230,17 +198,11 @@ int main(int argc, char** argv) {
       if (c.restored) one["template_ram_growth_mib"] = series_json(c.template_growth_mib);
       results[c.name] = json::Value(std::move(one));
     }
-    json::Object document{
-        {"benchmark", json::Value("full_snapshot_bench")},
-        {"machine", json::Value(json::Object{{"accel", json::Value(accel)}})},
-        {"guest", json::Value(json::Object{
-                      {"memory_mib", json::Value(static_cast<std::int64_t>(memory_mib))},
-                      {"vcpus", json::Value(static_cast<std::int64_t>(vcpus))},
-                      {"data_mib", json::Value(static_cast<std::int64_t>(data_mib))}})},
-        {"results", json::Value(std::move(results))}};
-    std::ofstream out(json_path);
-    out << json::Value(std::move(document)).dump() << "\n";
-    if (!out) return fail("could not write " + json_path);
+    json::Object shape = guest.json();
+    shape["data_mib"] = json::Value(static_cast<std::int64_t>(data_mib));
+    if (!bench::write_document(json_path, "full_snapshot_bench", {{"accel", json::Value(accel)}},
+                               std::move(shape), std::move(results)))
+      return fail("could not write " + json_path);
   }
   return 0;
 }

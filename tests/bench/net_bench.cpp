@@ -20,30 +20,17 @@
 #include <vector>
 
 #include "net/bridge.hpp"
+#include "tests/bench/series.hpp"
 #include "tests/net/probe.hpp"
 #include "tests/net/testnet.hpp"
 
 using namespace vesicle;
 using namespace vesicle::net;
-using Clock = std::chrono::steady_clock;
+using bench::Clock;
+using bench::ms_since;
+using bench::Series;
 
 namespace {
-
-struct Series {
-  std::string name;
-  std::vector<double> ms;
-  double percentile(double p) const {
-    if (ms.empty()) return 0;
-    auto sorted = ms;
-    std::sort(sorted.begin(), sorted.end());
-    size_t index = std::min(sorted.size() - 1, static_cast<size_t>(p * (sorted.size() - 1) + 0.5));
-    return sorted[index];
-  }
-};
-
-double ms_since(Clock::time_point start) {
-  return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
-}
 
 [[noreturn]] void die(const std::string& what, const Error& error) {
   std::fprintf(stderr, "net_bench: %s: %s\n", what.c_str(), error.message().c_str());
@@ -66,11 +53,11 @@ std::pair<Series, Series> time_acquire(BridgeManager& manager, const EgressPolic
   for (int i = 0; i < iterations; ++i) {
     auto start = Clock::now();
     auto slot = must(manager.acquire_slot(policy), "acquire");
-    acquire.ms.push_back(ms_since(start));
+    acquire.values.push_back(ms_since(start));
     slot.tap_fd.reset(); // the "VM" exits before the release
     start = Clock::now();
     must(manager.release_slot(slot.id), "release");
-    release.ms.push_back(ms_since(start));
+    release.values.push_back(ms_since(start));
   }
   return {acquire, release};
 }
@@ -181,8 +168,8 @@ int main(int argc, char** argv) {
   std::printf("\nnetwork slots (%d iterations, ms)\n", iterations);
   std::printf("%-28s %8s %8s %8s\n", "operation", "p50", "p95", "max");
   for (const auto& series : latencies) {
-    std::printf("%-28s %8.2f %8.2f %8.2f\n", series.name.c_str(), series.percentile(0.5),
-                series.percentile(0.95), series.percentile(1.0));
+    std::printf("%-28s %8.2f %8.2f %8.2f\n", series.name.c_str(), series.percentile(50),
+                series.percentile(95), series.percentile(100));
   }
   std::printf("\nHTTP download of %zu MB\n", megabytes);
   for (const auto& rate : rates)
@@ -192,8 +179,8 @@ int main(int argc, char** argv) {
   json << "{\n  \"iterations\": " << iterations << ",\n  \"latency_ms\": {\n";
   for (size_t i = 0; i < latencies.size(); ++i) {
     const auto& s = latencies[i];
-    json << "    \"" << s.name << "\": {\"p50\": " << s.percentile(0.5)
-         << ", \"p95\": " << s.percentile(0.95) << ", \"max\": " << s.percentile(1.0) << "}"
+    json << "    \"" << s.name << "\": {\"p50\": " << s.percentile(50)
+         << ", \"p95\": " << s.percentile(95) << ", \"max\": " << s.percentile(100) << "}"
          << (i + 1 < latencies.size() ? "," : "") << "\n";
   }
   json << "  },\n  \"http_megabytes\": " << megabytes << ",\n  \"http_mb_per_s\": {\n";

@@ -239,10 +239,6 @@ int main(int argc, char** argv) {
     first = false;
   }
   json += "]}\n";
-  if (args.count("json")) {
-    std::ofstream out(args["json"].as<std::string>());
-    out << json;
-    std::printf("wrote %s\n", args["json"].as<std::string>().c_str());
-  }
+  if (args.count("json")) write_results(args["json"].as<std::string>(), json);
   return 0;
 }

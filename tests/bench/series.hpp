@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -46,6 +47,13 @@ inline void print_header() {
 
 inline double ms_since(Clock::time_point start) {
   return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+}
+
+// Writes the results' JSON text to `path` and says so.
+inline void write_results(const std::string& path, const std::string& json) {
+  std::ofstream out(path);
+  out << json;
+  std::printf("wrote %s\n", path.c_str());
 }
 
 } // namespace vesicle::bench

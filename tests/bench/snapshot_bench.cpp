@@ -11,75 +11,40 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <algorithm>
-#include <cmath>
 #include <fstream>
 #include <iostream>
 #include <numeric>
 
-#include <boost/program_options.hpp>
-
 #include "common/unique_fd.hpp"
+#include "tests/bench/vm_support.hpp"
 #include "tests/vmm/test_support.hpp"
-#include "vmm/json.hpp"
 #include "vmm/snapshot.hpp"
-#include "vmm/vmm.hpp"
 
 namespace po = boost::program_options;
 namespace fs = std::filesystem;
 using namespace vesicle;
 using namespace vesicle::test;
 using vesicle::UniqueFd;
-using Clock = std::chrono::steady_clock;
+using bench::Clock;
+using bench::ms_since;
+using bench::nearest_rank;
+using bench::stats;
 
 namespace {
 
-double percentile(std::vector<double> samples, double p) {
-  if (samples.empty()) return 0;
-  std::sort(samples.begin(), samples.end());
-  const auto rank = static_cast<std::size_t>(std::ceil(p / 100.0 * samples.size()));
-  return samples[std::clamp<std::size_t>(rank, 1, samples.size()) - 1];
-}
-
-double ms_since(Clock::time_point start) {
-  return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
-}
-
 double ms(std::chrono::microseconds us) {
   return us.count() / 1000.0;
-}
-
-json::Value stats(const std::vector<double>& samples) {
-  json::Object object;
-  object["n"] = json::Value(static_cast<std::int64_t>(samples.size()));
-  for (double p : {50.0, 95.0, 99.0})
-    object["p" + std::to_string(static_cast<int>(p))] = json::Value(percentile(samples, p));
-  if (!samples.empty()) {
-    object["min"] = json::Value(*std::min_element(samples.begin(), samples.end()));
-    object["max"] = json::Value(*std::max_element(samples.begin(), samples.end()));
-  }
-  return json::Value(std::move(object));
 }
 
 // Proportional set size of a process in KiB: shared pages divided among
 // the processes that map them, so N restored VMs' PSS sum to what they
 // really cost together.
 std::size_t pss_kib(int pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/smaps_rollup");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("Pss:", 0) == 0) return std::stoul(line.substr(4));
-  }
-  return 0;
+  return kib_field("/proc/" + std::to_string(pid) + "/smaps_rollup", "Pss:");
 }
 
 std::size_t rss_kib_of(int pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/smaps_rollup");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("Rss:", 0) == 0) return std::stoul(line.substr(4));
-  }
-  return 0;
+  return kib_field("/proc/" + std::to_string(pid) + "/smaps_rollup", "Rss:");
 }
 
 // digest_sparse_file over a 1 GiB tmpfs file holding 200 MB in 2 MiB runs.
@@ -108,53 +73,26 @@ double synthetic_check_ms(const fs::path& dir) {
 } // namespace
 
 int main(int argc, char** argv) {
-  std::string images = env_or("VESICLE_IMAGES_DIR", "build/images");
+  bench::GuestShape guest;
+  const unsigned& memory_mib = guest.memory_mib;
+  const unsigned& vcpus = guest.vcpus;
   unsigned count = 5;
   unsigned keep = 3;
-  unsigned memory_mib = 512;
-  unsigned vcpus = 2;
   std::string json_path;
   po::options_description options("snapshot_bench: template snapshot save/restore cost");
-  options.add_options()("help,h", "this help")("images", po::value(&images),
-                                               "guest images directory")(
-      "count", po::value(&count)->default_value(5), "restores to time (and finishes to time)")(
-      "keep", po::value(&keep)->default_value(3), "restored VMs kept idle for the PSS figure")(
-      "memory-mib", po::value(&memory_mib)->default_value(512),
-      "guest memory")("vcpus", po::value(&vcpus)->default_value(2),
-                      "guest vCPUs")("json", po::value(&json_path), "also write the results here");
-  try {
-    po::variables_map vm;
-    po::store(po::parse_command_line(argc, argv, options), vm);
-    if (vm.count("help")) {
-      std::cout << options << "\n";
-      return 0;
-    }
-    po::notify(vm);
-  } catch (const po::error& e) {
-    std::cerr << "snapshot_bench: " << e.what() << "\n";
-    return 2;
-  }
-  auto fail = [](const std::string& what) {
-    std::cerr << "snapshot_bench: " << what << "\n";
-    return 1;
-  };
+  guest.add_options(options, 512, json_path);
+  options.add_options()("count", po::value(&count)->default_value(5),
+                        "restores to time (and finishes to time)")(
+      "keep", po::value(&keep)->default_value(3), "restored VMs kept idle for the PSS figure");
+  if (auto stop = bench::parse_options(argc, argv, options, "snapshot_bench")) return *stop;
+  const bench::Fail fail{"snapshot_bench"};
 
   IoThread io;
-  TempDir runtime(fs::temp_directory_path(), "vesicle-bench");
-  TempDir shm("/dev/shm", "vesicle-bench");
+  guest.make_dirs("vesicle-bench");
   TempDir snapshots(fs::temp_directory_path(), "vesicle-bench-snap");
   auto driver = vmm::make_qemu_driver(io.executor());
   unsigned next_id = 0;
-  auto config = [&]() {
-    vmm::VmConfig c;
-    c.id = "bench-" + std::to_string(::getpid()) + "-" + std::to_string(next_id++);
-    c.images = vmm::GuestImages::in(images);
-    c.runtime_dir = runtime.path();
-    c.shm_dir = shm.path();
-    c.memory_mib = memory_mib;
-    c.vcpus = vcpus;
-    return c;
-  };
+  auto config = [&]() { return guest.config("bench", next_id++); };
 
   // The template: a booted VM whose REPL has numpy loaded (what a pool
   // would keep warm).
@@ -171,7 +109,7 @@ int main(int argc, char** argv) {
     booted_rss = rss_kib_of(booted.value()->qemu_pid());
     const auto started = Clock::now();
     auto saved = io.run(
-        booted.value()->save_snapshot(snapshots.path() / "template", shm.path() / "template.mem"));
+        booted.value()->save_snapshot(snapshots.path() / "template", guest.shm() / "template.mem"));
     save_ms = ms_since(started);
     io.call_void([&] { booted.value().reset(); });
     if (!saved) return fail(saved.error().message());
@@ -185,7 +123,7 @@ int main(int argc, char** argv) {
   auto opened = vmm::open_snapshot(snapshot.dir);
   const double open_ms = ms_since(check_started);
   if (!opened) return fail(opened.error().message());
-  const double synthetic_ms = synthetic_check_ms(shm.path());
+  const double synthetic_ms = synthetic_check_ms(guest.shm());
 
   std::vector<double> restore_ms, start_ms, incoming_ms, resume_ms, finish_ms, first_cell_ms;
   for (unsigned i = 0; i < count; ++i) {
@@ -257,8 +195,8 @@ int main(int argc, char** argv) {
               accel, ::sysconf(_SC_NPROCESSORS_ONLN), memory_mib, vcpus, memory_data_mib);
   std::printf("%-40s %6s %9s %9s %9s\n", "measure", "n", "p50 ms", "p95 ms", "p99 ms");
   auto row = [](const char* name, const std::vector<double>& v) {
-    std::printf("%-40s %6zu %9.1f %9.1f %9.1f\n", name, v.size(), percentile(v, 50),
-                percentile(v, 95), percentile(v, 99));
+    std::printf("%-40s %6zu %9.1f %9.1f %9.1f\n", name, v.size(), nearest_rank(v, 50),
+                nearest_rank(v, 95), nearest_rank(v, 99));
   };
   row("save_snapshot", {save_ms});
   row("open_snapshot (all checksums)", {open_ms});
@@ -291,16 +229,9 @@ int main(int argc, char** argv) {
         {"booted_idle_pss_kib", json::Value(static_cast<double>(booted_pss))},
         {"booted_idle_rss_kib", json::Value(static_cast<double>(booted_rss))},
     };
-    json::Object document{
-        {"benchmark", json::Value("snapshot_bench")},
-        {"machine", json::Value(json::Object{{"accel", json::Value(accel)}})},
-        {"guest", json::Value(json::Object{
-                      {"memory_mib", json::Value(static_cast<std::int64_t>(memory_mib))},
-                      {"vcpus", json::Value(static_cast<std::int64_t>(vcpus))}})},
-        {"results", json::Value(std::move(results))}};
-    std::ofstream out(json_path);
-    out << json::Value(std::move(document)).dump() << "\n";
-    if (!out) return fail("could not write " + json_path);
+    if (!bench::write_document(json_path, "snapshot_bench", {{"accel", json::Value(accel)}},
+                               guest.json(), std::move(results)))
+      return fail("could not write " + json_path);
   }
   return 0;
 }

@@ -5,35 +5,21 @@
 // the machine they were measured on.
 #include <unistd.h>
 
-#include <algorithm>
-#include <cmath>
 #include <fstream>
 #include <iostream>
 
-#include <boost/program_options.hpp>
-
+#include "tests/bench/vm_support.hpp"
 #include "tests/vmm/test_support.hpp"
-#include "vmm/json.hpp"
-#include "vmm/vmm.hpp"
 
 namespace po = boost::program_options;
 using namespace vesicle;
 using namespace vesicle::test;
-using Clock = std::chrono::steady_clock;
+using bench::Clock;
+using bench::ms_since;
+using bench::nearest_rank;
+using bench::stats;
 
 namespace {
-
-double percentile(std::vector<double> samples, double p) {
-  if (samples.empty()) return 0;
-  std::sort(samples.begin(), samples.end());
-  // Nearest rank.
-  const auto rank = static_cast<std::size_t>(std::ceil(p / 100.0 * samples.size()));
-  return samples[std::clamp<std::size_t>(rank, 1, samples.size()) - 1];
-}
-
-double ms_since(Clock::time_point start) {
-  return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
-}
 
 std::string cpu_model() {
   std::ifstream in("/proc/cpuinfo");
@@ -44,62 +30,27 @@ std::string cpu_model() {
   return "unknown";
 }
 
-json::Value stats(const std::vector<double>& samples, std::initializer_list<double> ps) {
-  json::Object object;
-  object["n"] = json::Value(static_cast<std::int64_t>(samples.size()));
-  for (double p : ps)
-    object["p" + std::to_string(static_cast<int>(p))] = json::Value(percentile(samples, p));
-  if (!samples.empty()) {
-    object["min"] = json::Value(*std::min_element(samples.begin(), samples.end()));
-    object["max"] = json::Value(*std::max_element(samples.begin(), samples.end()));
-  }
-  return json::Value(std::move(object));
-}
-
 } // namespace
 
 int main(int argc, char** argv) {
-  std::string images = env_or("VESICLE_IMAGES_DIR", "build/images");
+  bench::GuestShape guest;
+  const unsigned& memory_mib = guest.memory_mib;
+  const unsigned& vcpus = guest.vcpus;
   unsigned boots = 10;
   unsigned calls = 200;
-  unsigned memory_mib = 1024;
-  unsigned vcpus = 2;
   std::string json_path;
   po::options_description options("vm_bench: cold boot and agent round-trip latency");
-  options.add_options()("help,h", "this help")("images", po::value(&images),
-                                               "guest images directory")(
-      "boots", po::value(&boots)->default_value(10), "sequential cold boots to time")(
-      "calls", po::value(&calls)->default_value(200), "print(1) round trips to time")(
-      "memory-mib", po::value(&memory_mib)->default_value(1024),
-      "guest memory")("vcpus", po::value(&vcpus)->default_value(2),
-                      "guest vCPUs")("json", po::value(&json_path), "also write the results here");
-  try {
-    po::variables_map vm;
-    po::store(po::parse_command_line(argc, argv, options), vm);
-    if (vm.count("help")) {
-      std::cout << options << "\n";
-      return 0;
-    }
-    po::notify(vm);
-  } catch (const po::error& e) {
-    std::cerr << "vm_bench: " << e.what() << "\n";
-    return 2;
-  }
+  guest.add_options(options, 1024, json_path);
+  options.add_options()("boots", po::value(&boots)->default_value(10),
+                        "sequential cold boots to time")(
+      "calls", po::value(&calls)->default_value(200), "print(1) round trips to time");
+  if (auto stop = bench::parse_options(argc, argv, options, "vm_bench")) return *stop;
 
   IoThread io;
-  TempDir runtime(std::filesystem::temp_directory_path(), "vesicle-bench");
-  TempDir shm("/dev/shm", "vesicle-bench");
+  guest.make_dirs("vesicle-bench");
+
   auto driver = vmm::make_qemu_driver(io.executor());
-  auto config = [&](unsigned n) {
-    vmm::VmConfig c;
-    c.id = "bench-" + std::to_string(::getpid()) + "-" + std::to_string(n);
-    c.images = vmm::GuestImages::in(images);
-    c.runtime_dir = runtime.path();
-    c.shm_dir = shm.path();
-    c.memory_mib = memory_mib;
-    c.vcpus = vcpus;
-    return c;
-  };
+  auto config = [&](unsigned n) { return guest.config("bench", n); };
 
   std::vector<double> boot_ms;
   std::vector<double> first_cell_ms;
@@ -161,28 +112,21 @@ int main(int argc, char** argv) {
               cpu_model().c_str(), memory_mib, vcpus);
   std::printf("%-34s %6s %9s %9s %9s\n", "measure", "n", "p50 ms", "p95 ms", "p99 ms");
   std::printf("%-34s %6zu %9.1f %9.1f %9s\n", "cold boot to agent ready", boot_ms.size(),
-              percentile(boot_ms, 50), percentile(boot_ms, 95), "-");
+              nearest_rank(boot_ms, 50), nearest_rank(boot_ms, 95), "-");
   std::printf("%-34s %6zu %9.1f %9.1f %9s\n", "first print(1) after boot", first_cell_ms.size(),
-              percentile(first_cell_ms, 50), percentile(first_cell_ms, 95), "-");
+              nearest_rank(first_cell_ms, 50), nearest_rank(first_cell_ms, 95), "-");
   std::printf("%-34s %6zu %9.2f %9.2f %9.2f\n", "print(1) round trip (warm)", call_ms.size(),
-              percentile(call_ms, 50), percentile(call_ms, 95), percentile(call_ms, 99));
+              nearest_rank(call_ms, 50), nearest_rank(call_ms, 95), nearest_rank(call_ms, 99));
 
   if (!json_path.empty()) {
     json::Object machine{{"accel", json::Value(accel)},
                          {"nproc", json::Value(static_cast<std::int64_t>(nproc))},
                          {"cpu_model", json::Value(cpu_model())}};
-    json::Object guest{{"memory_mib", json::Value(static_cast<std::int64_t>(memory_mib))},
-                       {"vcpus", json::Value(static_cast<std::int64_t>(vcpus))}};
     json::Object results{{"cold_boot_ms", stats(boot_ms, {50, 95})},
                          {"first_print_after_boot_ms", stats(first_cell_ms, {50, 95})},
                          {"print1_round_trip_ms", stats(call_ms, {50, 95, 99})}};
-    json::Object document{{"benchmark", json::Value("vm_bench")},
-                          {"machine", json::Value(std::move(machine))},
-                          {"guest", json::Value(std::move(guest))},
-                          {"results", json::Value(std::move(results))}};
-    std::ofstream out(json_path);
-    out << json::Value(std::move(document)).dump() << "\n";
-    if (!out) {
+    if (!bench::write_document(json_path, "vm_bench", std::move(machine), guest.json(),
+                               std::move(results))) {
       std::cerr << "vm_bench: could not write " << json_path << "\n";
       return 1;
     }

@@ -1,6 +1,5 @@
 #include "tests/guest/agent_harness.hpp"
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -17,7 +16,8 @@
 #include <fstream>
 #include <stdexcept>
 #include <thread>
-#include <unordered_map>
+
+#include "guest/agent/spawn.hpp"
 
 #ifndef VESICLE_AGENT_BINARY
 #error "VESICLE_AGENT_BINARY must name the vesicle-agent under test"
@@ -42,15 +42,13 @@ const bool subreaper_set = [] {
   return true;
 }();
 
-pid_t parent_of(const std::string& pid) {
-  std::ifstream in("/proc/" + pid + "/stat");
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  const auto paren = text.rfind(')');
-  if (paren == std::string::npos) return -1;
-  char state = 0;
-  int ppid = -1;
-  if (std::sscanf(text.c_str() + paren + 1, " %c %d", &state, &ppid) != 2) return -1;
-  return ppid;
+// execv's argument vector over `args` (which must outlive it).
+std::vector<char*> exec_argv(std::vector<std::string>& args) {
+  std::vector<char*> argv;
+  for (auto& arg : args)
+    argv.push_back(arg.data());
+  argv.push_back(nullptr);
+  return argv;
 }
 
 } // namespace
@@ -102,10 +100,7 @@ Agent::Agent(Config config) {
   };
   for (auto& arg : config.extra_args)
     args.push_back(arg);
-  std::vector<char*> argv;
-  for (auto& arg : args)
-    argv.push_back(arg.data());
-  argv.push_back(nullptr);
+  std::vector<char*> argv = exec_argv(args);
 
   pid_ = ::fork();
   if (pid_ < 0) fail("fork");
@@ -440,10 +435,7 @@ VmAgent::VmAgent(const std::string& images_dir) {
       "-serial",
       "file:" + dir_.str() + "/console.log",
   };
-  std::vector<char*> argv;
-  for (auto& arg : args)
-    argv.push_back(arg.data());
-  argv.push_back(nullptr);
+  std::vector<char*> argv = exec_argv(args);
   pid_ = ::fork();
   if (pid_ < 0) fail("fork");
   if (pid_ == 0) {
@@ -511,34 +503,7 @@ std::string VmAgent::console_log() const {
 }
 
 void kill_test_descendants() {
-  const pid_t self = ::getpid();
-  for (int round = 0; round < 5; ++round) {
-    std::unordered_map<pid_t, std::vector<pid_t>> children;
-    if (DIR* proc = ::opendir("/proc")) {
-      while (const dirent* entry = ::readdir(proc)) {
-        if (entry->d_name[0] < '0' || entry->d_name[0] > '9') continue;
-        const pid_t ppid = parent_of(entry->d_name);
-        if (ppid > 0) children[ppid].push_back(std::atoi(entry->d_name));
-      }
-      ::closedir(proc);
-    }
-    std::vector<pid_t> doomed;
-    std::vector<pid_t> frontier{self};
-    while (!frontier.empty()) {
-      const pid_t parent = frontier.back();
-      frontier.pop_back();
-      for (pid_t child : children[parent]) {
-        doomed.push_back(child);
-        frontier.push_back(child);
-      }
-    }
-    if (doomed.empty()) return;
-    for (pid_t pid : doomed)
-      ::kill(pid, SIGKILL);
-    std::this_thread::sleep_for(20ms);
-    while (::waitpid(-1, nullptr, WNOHANG) > 0) {
-    }
-  }
+  agent::kill_descendants(); // the agent's own sweep, for its orphans here
 }
 
 bool process_alive(pid_t pid) {

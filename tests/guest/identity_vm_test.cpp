@@ -13,6 +13,7 @@
 #include <gtest/gtest.h>
 
 #include "tests/vmm/test_support.hpp"
+#include "tests/vmm/vm_world.hpp"
 #include "vmm/vmm.hpp"
 
 namespace vesicle::test {
@@ -26,73 +27,28 @@ using Clock = std::chrono::steady_clock;
 using SystemClock = std::chrono::system_clock;
 namespace fs = std::filesystem;
 
-const std::string& id_prefix() {
-  static const std::string prefix = "idt" + std::to_string(::getpid());
-  return prefix;
-}
-
-// QEMU processes whose command line names a VM of this run.
-std::vector<pid_t> leftover_qemu() {
-  return processes_naming("vesicle-" + id_prefix());
-}
-
-bool empty_dir(const fs::path& dir) {
-  std::error_code ec;
-  return fs::directory_iterator(dir, ec) == fs::directory_iterator();
-}
-
 double unix_seconds(SystemClock::time_point time) {
   return std::chrono::duration<double>(time.time_since_epoch()).count();
 }
 
 class IdentityVm : public ::testing::Test {
 protected:
-  struct World {
-    IoThread io;
-    TempDir runtime{fs::temp_directory_path(), "vesicle-idt"};
-    TempDir shm{"/dev/shm", "vesicle-idt"};
-    std::unique_ptr<vmm::Driver> driver = vmm::make_qemu_driver(io.executor());
+  // VMs named idt<pid>-*, dirs vesicle-idt-XXXXXX (tests/vmm/vm_world.hpp).
+  struct World : VmWorld {
+    World() : VmWorld("idt") {}
   };
 
   static void SetUpTestSuite() {
     if (!vmm::GuestImages::in(images_dir()).check().ok()) return;
     world_ = new World;
-    vmm::VmConfig config;
-    config.id = id_prefix() + "-vm";
-    config.images = vmm::GuestImages::in(images_dir());
-    config.runtime_dir = world_->runtime.path();
-    config.shm_dir = world_->shm.path();
+    vmm::VmConfig config = world_->config("vm");
     config.vcpus = 1;
-    config.memory_mib = 512;
     config.boot_timeout = 120s;
-    auto booted = world_->io.run(world_->driver->boot(std::move(config)));
-    if (booted) {
-      vm_ = booted.value().release();
-    } else {
-      boot_error_ = new std::string(booted.error().message());
-    }
+    boot_shared_vm(*world_, std::move(config), vm_, boot_error_);
   }
 
   static void TearDownTestSuite() {
-    if (!world_) return;
-    if (vm_) {
-      world_->io.run(vm_->shutdown(20s));
-      const std::string how = world_->io.run(vm_->wait_exit());
-      EXPECT_NE(how.find("powered off as asked"), std::string::npos) << how;
-      world_->io.call_void([] {
-        delete vm_;
-        vm_ = nullptr;
-      });
-    }
-    for (int i = 0; i < 50 && !leftover_qemu().empty(); ++i)
-      std::this_thread::sleep_for(100ms);
-    EXPECT_TRUE(leftover_qemu().empty()) << "QEMU processes left: " << leftover_qemu().size();
-    EXPECT_TRUE(empty_dir(world_->shm.path())) << "files left in the shm dir";
-    EXPECT_TRUE(empty_dir(world_->runtime.path())) << "files left in the runtime dir";
-    delete world_;
-    world_ = nullptr;
-    delete boot_error_;
-    boot_error_ = nullptr;
+    end_shared_vm(world_, vm_, boot_error_, "after the identity suite");
   }
 
   void SetUp() override {

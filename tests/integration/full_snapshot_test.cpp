@@ -28,16 +28,6 @@ using vmm::Vm;
 using Clock = std::chrono::steady_clock;
 namespace fs = std::filesystem;
 
-std::string read_file(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
-
-void write_file(const fs::path& path, const std::string& data) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out << data;
-}
-
 // Bytes a file really holds (its allocated blocks).
 std::uint64_t allocated_bytes(const fs::path& path) {
   struct stat st {};

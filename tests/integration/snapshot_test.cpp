@@ -27,17 +27,6 @@ using vmm::Vm;
 using Clock = std::chrono::steady_clock;
 namespace fs = std::filesystem;
 
-// QEMU processes whose command line names a VM of this run.
-std::string read_file(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
-
-void write_file(const fs::path& path, const std::string& data) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out << data;
-}
-
 // A sparse copy: only the data extents are copied, holes stay holes.
 void sparse_copy(const fs::path& from, const fs::path& to) {
   UniqueFd in(::open(from.c_str(), O_RDONLY | O_CLOEXEC));

@@ -50,30 +50,11 @@ protected:
   static void SetUpTestSuite() {
     if (!images_present()) return;
     world_ = new World;
-    auto booted = world_->boot(world_->config("session"));
-    if (booted) {
-      vm_ = booted.value().release();
-    } else {
-      boot_error_ = new std::string(booted.error().message());
-    }
+    boot_shared_vm(*world_, world_->config("session"), vm_, boot_error_);
   }
 
   static void TearDownTestSuite() {
-    if (!world_) return;
-    if (vm_) {
-      world_->io.run(vm_->shutdown(20s));
-      const std::string how = world_->io.run(vm_->wait_exit());
-      EXPECT_NE(how.find("powered off as asked"), std::string::npos) << how;
-      world_->io.call_void([] {
-        delete vm_;
-        vm_ = nullptr;
-      });
-    }
-    world_->expect_clean("after the session suite");
-    delete world_;
-    world_ = nullptr;
-    delete boot_error_;
-    boot_error_ = nullptr;
+    end_shared_vm(world_, vm_, boot_error_, "after the session suite");
   }
 
   void SetUp() override {

@@ -76,33 +76,36 @@ protected:
       setup_error = reclaimed.error().message();
       return;
     }
-    auto started = testnet::TestInternet::start(kInternetPrefix);
-    if (!started) {
-      setup_error = started.error().message();
+    auto routed = testnet::start_routed_internet(kInternetPrefix, kBridgePrefix);
+    if (!routed) {
+      setup_error = routed.error().message();
       return;
     }
-    internet = std::move(*started);
-    auto installed =
-        testnet::RouteGuard::install(kInternetPrefix, kBridgePrefix, internet->uplink());
-    if (!installed) {
-      setup_error = installed.error().message();
-      return;
-    }
-    guard = std::move(*installed);
+    internet = std::move(routed->internet);
+    guard = std::move(routed->guard);
   }
 
   static void TearDownTestSuite() {
     if (guard) {
-      auto stray = guard->stray_packets();
-      EXPECT_TRUE(stray) << stray.error().message();
-      if (stray) {
-        EXPECT_EQ(*stray, 0) << "sandbox packets were routed past the uplink";
-      }
+      auto clean = guard->check_no_strays();
+      EXPECT_TRUE(clean) << clean.error().message();
     }
     guard.reset();
     internet.reset();
     auto names = list_named_netns(std::string(kInternetPrefix) + "-");
     EXPECT_TRUE(names && names->empty());
+  }
+
+  // allowed.test's server answers `guest` by name over HTTP and over TLS
+  // (its certificate checked against the test internet's CA).
+  static void expect_allowed_over_http_and_tls(const Netns& guest) {
+    auto response = probe::http_get(guest, kAllowedIp, 80, "allowed.test");
+    ASSERT_TRUE(response) << response.error().message();
+    EXPECT_TRUE(contains(*response, "hello from allowed host=allowed.test")) << *response;
+    auto tls = probe::https_get(guest, kAllowedIp, 443, "allowed.test", "allowed.test",
+                                internet->ca_certificate());
+    ASSERT_TRUE(tls) << tls.error().message();
+    EXPECT_TRUE(contains(*tls, "hello from allowed")) << *tls;
   }
 
   static BridgeConfig config() {
@@ -171,15 +174,9 @@ TEST_F(Egress, OpenReachesTheHttpServerByName) {
   auto lease = acquire(EgressPolicy::open());
   auto answer = probe::dns_query(lease.guest, kGateway, "allowed.test");
   ASSERT_TRUE(answer) << answer.error().message();
-  ASSERT_EQ(answer->addresses.size(), 1u);
-  EXPECT_EQ(answer->addresses[0], kAllowedIp);
-  auto response = probe::http_get(lease.guest, answer->addresses[0], 80, "allowed.test");
-  ASSERT_TRUE(response) << response.error().message();
-  EXPECT_TRUE(contains(*response, "hello from allowed host=allowed.test")) << *response;
-  auto tls = probe::https_get(lease.guest, kAllowedIp, 443, "allowed.test", "allowed.test",
-                              internet->ca_certificate());
-  ASSERT_TRUE(tls) << tls.error().message();
-  EXPECT_TRUE(contains(*tls, "hello from allowed")) << *tls;
+  ASSERT_EQ(answer->addresses, std::vector<Ipv4>{kAllowedIp});
+  expect_allowed_over_http_and_tls(lease.guest);
+  if (HasFatalFailure()) return;
   // The server saw the host's uplink address: the traffic was NATed there.
   bool seen = false;
   for (const auto& line : internet->log_lines()) {
@@ -235,13 +232,8 @@ TEST_F(Egress, AllowlistReachesListedNamesOverHttpAndTls) {
   auto answer = probe::dns_query(lease.guest, kGateway, "allowed.test");
   ASSERT_TRUE(answer) << answer.error().message();
   ASSERT_EQ(answer->addresses, std::vector<Ipv4>{kAllowedIp});
-  auto response = probe::http_get(lease.guest, kAllowedIp, 80, "allowed.test");
-  ASSERT_TRUE(response) << response.error().message();
-  EXPECT_TRUE(contains(*response, "hello from allowed host=allowed.test")) << *response;
-  auto tls = probe::https_get(lease.guest, kAllowedIp, 443, "allowed.test", "allowed.test",
-                              internet->ca_certificate());
-  ASSERT_TRUE(tls) << tls.error().message();
-  EXPECT_TRUE(contains(*tls, "hello from allowed")) << *tls;
+  expect_allowed_over_http_and_tls(lease.guest);
+  if (HasFatalFailure()) return;
   // A wildcard entry, over TCP DNS this time.
   auto wildcard = probe::dns_query(lease.guest, kGateway, "www.example.test", dns::kTypeA, true);
   ASSERT_TRUE(wildcard) << wildcard.error().message();
@@ -464,9 +456,8 @@ TEST_F(Egress, BrokenRulesStillSendNothingBeyondTheTestInternet) {
                                   cfg.upstream_resolver}));
   EXPECT_TRUE(reaches_metadata()) << "with every layer broken the stand-in must see it";
   EXPECT_EQ(internet->hits("metadata"), metadata_before + 1);
-  auto stray = guard->stray_packets();
-  ASSERT_TRUE(stray);
-  EXPECT_EQ(*stray, 0);
+  auto clean = guard->check_no_strays();
+  EXPECT_TRUE(clean) << clean.error().message();
 }
 
 TEST_F(Egress, SlotsCannotReachEachOther) {

@@ -161,19 +161,13 @@ protected:
     setup_error = missing_images_reason();
     if (!setup_error.empty()) return;
     (void)testnet::TestInternet::reclaim(kInternetPrefix);
-    auto started = testnet::TestInternet::start(kInternetPrefix);
-    if (!started) {
-      setup_error = started.error().message();
+    auto routed = testnet::start_routed_internet(kInternetPrefix, kBridgePrefix);
+    if (!routed) {
+      setup_error = routed.error().message();
       return;
     }
-    internet = std::move(*started);
-    auto installed =
-        testnet::RouteGuard::install(kInternetPrefix, kBridgePrefix, internet->uplink());
-    if (!installed) {
-      setup_error = installed.error().message();
-      return;
-    }
-    guard = std::move(*installed);
+    internet = std::move(routed->internet);
+    guard = std::move(routed->guard);
     listener = std::make_unique<HostListener>();
 
     const auto bridge = bridge_config();
@@ -260,11 +254,8 @@ protected:
       listener.reset();
     }
     if (guard) {
-      auto stray = guard->stray_packets();
-      EXPECT_TRUE(stray) << stray.error().message();
-      if (stray) {
-        EXPECT_EQ(*stray, 0) << "sandbox packets were routed past the uplink";
-      }
+      auto clean = guard->check_no_strays();
+      EXPECT_TRUE(clean) << clean.error().message();
     }
     guard.reset();
     internet.reset();

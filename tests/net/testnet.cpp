@@ -301,6 +301,27 @@ Result<int> RouteGuard::stray_packets() const {
   return std::atoi(listing->c_str() + at + 16);
 }
 
+Result<void> RouteGuard::check_no_strays() const {
+  auto stray = stray_packets();
+  if (!stray) return std::move(stray).error();
+  if (*stray != 0)
+    return make_error("check the route guard",
+                      std::to_string(*stray) + " sandbox packets were routed past the uplink");
+  return {};
+}
+
+Result<RoutedInternet> start_routed_internet(const std::string& internet_prefix,
+                                             const std::string& bridge_prefix) {
+  RoutedInternet routed;
+  auto started = TestInternet::start(internet_prefix);
+  if (!started) return std::move(started).error();
+  routed.internet = std::move(*started);
+  auto installed = RouteGuard::install(internet_prefix, bridge_prefix, routed.internet->uplink());
+  if (!installed) return std::move(installed).error();
+  routed.guard = std::move(*installed);
+  return routed;
+}
+
 int open_fd_count() {
   int count = 0;
   DIR* dir = opendir("/proc/self/fd");

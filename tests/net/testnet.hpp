@@ -96,10 +96,23 @@ public:
                                                      const std::string& uplink);
   ~RouteGuard();
   Result<int> stray_packets() const;
+  // An error when any packet was routed past the test internet's uplink.
+  Result<void> check_no_strays() const;
 
 private:
   std::string table_;
 };
+
+// The test internet and the guard over a bridge that routes through it:
+// what a suite sending sandbox traffic out keeps for its run.
+struct RoutedInternet {
+  std::unique_ptr<TestInternet> internet;
+  std::unique_ptr<RouteGuard> guard;
+};
+// Starts the test internet `internet_prefix` and installs the guard for the
+// bridge `bridge_prefix` on its uplink.
+Result<RoutedInternet> start_routed_internet(const std::string& internet_prefix,
+                                             const std::string& bridge_prefix);
 
 // Open fds of this process (leak checks).
 int open_fd_count();

@@ -5,6 +5,11 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 
+#include <cstring>
+#include <functional>
+#include <future>
+#include <stdexcept>
+
 #include <gtest/gtest.h>
 
 #include "tests/vmm/test_support.hpp"
@@ -420,58 +425,66 @@ TEST_F(AgentClientTest, SentRefreshStaysQuietWhenTheHostClosesTheChannel) {
   EXPECT_EQ(io_.call([&] { return *failures; }), 0);
 }
 
+// An agent client on one end of a socketpair, the test the peer on the
+// other, and one ping-like call started on the io thread.
+struct BadPeer {
+  IoThread io;
+  UniqueFd peer;
+  std::unique_ptr<AgentClient> client;
+  std::promise<Result<guest::Pong>> reply;
+
+  BadPeer() {
+    int fds[2];
+    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0)
+      throw std::runtime_error(std::string("socketpair: ") + std::strerror(errno));
+    peer = UniqueFd(fds[1]);
+    client = io.call([&] {
+      return vmm::make_agent_client(Socket(io.io(), asio::local::stream_protocol(), fds[0]));
+    });
+  }
+  ~BadPeer() {
+    io.call_void([&] { client.reset(); });
+  }
+  // Starts `call` on the client; its answer lands in `reply`.
+  void start(std::function<asio::awaitable<Result<guest::Pong>>(AgentClient&)> call) {
+    io.call_void([&] {
+      asio::co_spawn(
+          io.executor(),
+          [this, call]() -> asio::awaitable<void> { reply.set_value(co_await call(*client)); },
+          asio::detached);
+    });
+  }
+  // The call's answer, which must come within five seconds.
+  Result<guest::Pong> answer() {
+    auto future = reply.get_future();
+    if (future.wait_for(5s) != std::future_status::ready)
+      return make_error("agent call", "no answer within 5 s");
+    return future.get();
+  }
+};
+
 // A peer that sends garbage instead of frames: the channel closes and the
 // pending call fails, rather than waiting forever or allocating 4 GiB.
 TEST(AgentClientBadPeer, OversizedFrameClosesTheChannel) {
-  IoThread io;
-  int fds[2];
-  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds), 0);
-  UniqueFd peer(fds[1]);
-  auto client = io.call([&] {
-    return vmm::make_agent_client(Socket(io.io(), asio::local::stream_protocol(), fds[0]));
-  });
-  std::promise<Result<guest::Pong>> reply;
-  io.call_void([&] {
-    asio::co_spawn(
-        io.executor(),
-        [&]() -> asio::awaitable<void> { reply.set_value(co_await client->ping(30s)); },
-        asio::detached);
-  });
+  BadPeer bad;
+  bad.start([](AgentClient& client) { return client.ping(30s); });
   const char garbage[] = "\xff\xff\xff\x7fnot a frame";
-  ASSERT_EQ(::write(peer.get(), garbage, sizeof garbage - 1),
+  ASSERT_EQ(::write(bad.peer.get(), garbage, sizeof garbage - 1),
             static_cast<ssize_t>(sizeof garbage - 1));
-  auto future = reply.get_future();
-  ASSERT_EQ(future.wait_for(5s), std::future_status::ready);
-  auto pong = future.get();
+  auto pong = bad.answer();
   ASSERT_FALSE(pong);
-  EXPECT_TRUE(vmm::is_channel_closed(pong.error()));
+  EXPECT_TRUE(vmm::is_channel_closed(pong.error())) << pong.error().message();
   EXPECT_NE(pong.error().message().find("bad frame"), std::string::npos) << pong.error().message();
-  io.call_void([&] { client.reset(); });
 }
 
 TEST(AgentClientBadPeer, PeerClosingEndsWaitReady) {
-  IoThread io;
-  int fds[2];
-  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds), 0);
-  UniqueFd peer(fds[1]);
-  auto client = io.call([&] {
-    return vmm::make_agent_client(Socket(io.io(), asio::local::stream_protocol(), fds[0]));
-  });
-  std::promise<Result<guest::Pong>> reply;
-  io.call_void([&] {
-    asio::co_spawn(
-        io.executor(),
-        [&]() -> asio::awaitable<void> { reply.set_value(co_await client->wait_ready(30s, 50ms)); },
-        asio::detached);
-  });
+  BadPeer bad;
+  bad.start([](AgentClient& client) { return client.wait_ready(30s, 50ms); });
   std::this_thread::sleep_for(200ms);
-  peer.reset();
-  auto future = reply.get_future();
-  ASSERT_EQ(future.wait_for(5s), std::future_status::ready);
-  auto pong = future.get();
+  bad.peer.reset();
+  auto pong = bad.answer();
   ASSERT_FALSE(pong);
   EXPECT_TRUE(vmm::is_channel_closed(pong.error())) << pong.error().message();
-  io.call_void([&] { client.reset(); });
 }
 
 } // namespace

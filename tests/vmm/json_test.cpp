@@ -41,6 +41,12 @@ TEST(Json, DumpRoundTrips) {
   EXPECT_EQ(back.value()["arguments"]["text"].as_string(), "quote \" and \x01");
 }
 
+// JSON escapes controls below 0x20 as \u00XX but leaves DEL as it is (the
+// log formatter, which shares the escaping, writes \x7f there).
+TEST(Json, DumpEscapesControlsButNotDel) {
+  EXPECT_EQ(Value("a\\b\r\x1f\x7f").dump(), R"("a\\b\r\u001f)" "\x7f" R"(")");
+}
+
 TEST(Json, RefusesMalformedInput) {
   for (const char* bad : {"", "{", "{\"a\" 1}", "[1,]", "\"unterminated", "tru", "{\"a\":1} x",
                           "\"\x01\"", "01x", "\"\\q\""}) {

@@ -33,6 +33,7 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/use_future.hpp>
 
+#include "common/hex.hpp"
 #include "vmm/agent_client.hpp"
 
 namespace vesicle::test {
@@ -183,13 +184,7 @@ public:
     unsigned char digest[EVP_MAX_MD_SIZE];
     unsigned int length = 0;
     EVP_DigestFinal_ex(ctx_, digest, &length);
-    static const char* digits = "0123456789abcdef";
-    std::string text;
-    for (unsigned i = 0; i < length; ++i) {
-      text += digits[digest[i] >> 4];
-      text += digits[digest[i] & 15];
-    }
-    return text;
+    return to_hex(digest, length);
   }
 
 private:
@@ -296,24 +291,37 @@ private:
   std::filesystem::path path_;
 };
 
-// This process's resident set in KiB (VmRSS).
-inline std::size_t rss_kib() {
-  std::ifstream status("/proc/self/status");
+// A whole file's bytes ("" when it cannot be read).
+inline std::string read_file(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+// Replaces a file's bytes with `data`.
+inline void write_file(const std::filesystem::path& path, const std::string& data) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << data;
+}
+
+// The number after `key` (e.g. "VmRSS:") on its line of a /proc file that
+// counts in KiB (status, smaps_rollup); 0 when the file has no such line.
+inline std::size_t kib_field(const std::string& file, std::string_view key) {
+  std::ifstream in(file);
   std::string line;
-  while (std::getline(status, line)) {
-    if (line.rfind("VmRSS:", 0) == 0) return std::stoul(line.substr(6));
+  while (std::getline(in, line)) {
+    if (line.rfind(key, 0) == 0) return std::stoul(line.substr(key.size()));
   }
   return 0;
 }
 
+// This process's resident set in KiB (VmRSS).
+inline std::size_t rss_kib() {
+  return kib_field("/proc/self/status", "VmRSS:");
+}
+
 // Peak resident set (VmHWM) since the last reset_peak_rss(), in KiB.
 inline std::size_t peak_rss_kib() {
-  std::ifstream status("/proc/self/status");
-  std::string line;
-  while (std::getline(status, line)) {
-    if (line.rfind("VmHWM:", 0) == 0) return std::stoul(line.substr(6));
-  }
-  return 0;
+  return kib_field("/proc/self/status", "VmHWM:");
 }
 inline void reset_peak_rss() {
   std::ofstream("/proc/self/clear_refs") << "5";

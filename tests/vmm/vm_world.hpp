@@ -65,6 +65,41 @@ public:
   std::unique_ptr<vmm::Driver> driver = vmm::make_qemu_driver(io.executor());
 };
 
+// One VM shared by a suite's tests: its SetUpTestSuite boots it with
+// boot_shared_vm, its TearDownTestSuite ends it with end_shared_vm.
+// Boots `config` in `world`: sets `vm`, or `error` to why not.
+inline void boot_shared_vm(VmWorld& world, vmm::VmConfig config, vmm::Vm*& vm,
+                           std::string*& error) {
+  auto booted = world.io.run(world.driver->boot(std::move(config)));
+  if (booted) {
+    vm = booted.value().release();
+  } else {
+    error = new std::string(booted.error().message());
+  }
+}
+
+// Shuts the shared VM down the way a guest asks to (expecting a clean
+// power-off), checks that the suite left nothing behind and frees the
+// world. Nothing when there is no world (no images).
+template <class World>
+void end_shared_vm(World*& world, vmm::Vm*& vm, std::string*& error, const char* when) {
+  if (!world) return;
+  if (vm) {
+    world->io.run(vm->shutdown(std::chrono::seconds(20)));
+    const std::string how = world->io.run(vm->wait_exit());
+    EXPECT_NE(how.find("powered off as asked"), std::string::npos) << how;
+    world->io.call_void([&vm] {
+      delete vm;
+      vm = nullptr;
+    });
+  }
+  world->expect_clean(when);
+  delete world;
+  world = nullptr;
+  delete error;
+  error = nullptr;
+}
+
 // Destroys VMs on the io thread, even when an assertion returns early.
 struct VmList {
   IoThread& io;
