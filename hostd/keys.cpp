@@ -11,6 +11,7 @@
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 
+#include "common/hex.hpp"
 #include "common/unique_fd.hpp"
 #include "hostd/tiers.hpp"
 
@@ -18,23 +19,11 @@ namespace vesicle::hostd {
 
 namespace {
 
-constexpr char kHex[] = "0123456789abcdef";
-
-std::string hex(const unsigned char* bytes, std::size_t size) {
-  std::string out;
-  out.reserve(size * 2);
-  for (std::size_t i = 0; i < size; ++i) {
-    out += kHex[bytes[i] >> 4];
-    out += kHex[bytes[i] & 0xf];
-  }
-  return out;
-}
-
 Result<std::string> random_hex(std::size_t bytes) {
   std::vector<unsigned char> buffer(bytes);
   if (RAND_bytes(buffer.data(), static_cast<int>(buffer.size())) != 1)
     return make_error("RAND_bytes", "OpenSSL could not produce random bytes");
-  return hex(buffer.data(), buffer.size());
+  return vesicle::to_hex(buffer.data(), buffer.size());
 }
 
 Result<void> write_all(int fd, std::string_view data, const std::string& path) {
@@ -59,7 +48,7 @@ Digest sha256(std::string_view data) {
 }
 
 std::string to_hex(const Digest& digest) {
-  return hex(digest.data(), digest.size());
+  return vesicle::to_hex(digest.data(), digest.size());
 }
 
 std::optional<Digest> digest_from_hex(std::string_view text) {

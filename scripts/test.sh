@@ -62,47 +62,33 @@ if [ -d tests/sdk ]; then
     /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/sdk || status=1
 fi
 
-if [ -d sdk/typescript ]; then
-  section "TypeScript SDK tests (node --test)"
-  # node_modules (typescript, @types/node) come from a cache keyed by the
-  # lockfile's hash; the fake-server tests and the real-hostd tests (their
-  # own hostd and temp dirs, like the Python SDK's) run against the freshly
-  # compiled dist/.
-  if bash scripts/npm-install.sh sdk/typescript && (cd sdk/typescript && npm run --silent build); then
-    (cd sdk/typescript && VESICLE_HOSTD=$build_dir/hostd/hostd \
-      nice -n 5 node --test --test-reporter=spec test/*.test.mjs) || status=1
-  else
-    echo "TypeScript SDK: installing its build dependencies or compiling it failed"
+# One folder's Node tests (node --test) against this build's hostd: its npm
+# packages come from the cache keyed by its lockfile's hash; with "build",
+# its own `npm run build` first. The tests start their own hostd and temp
+# dirs, like the Python SDK's.
+node_suite() { # DIR TESTS [build]
+  local dir=$1 tests=$2
+  if ! bash scripts/npm-install.sh "$dir" ||
+    { [ "${3:-}" = build ] && ! (cd "$dir" && npm run --silent build); }; then
+    echo "$dir: installing its npm packages or building it failed"
     status=1
+    return
   fi
-fi
+  (cd "$dir" && VESICLE_HOSTD=$build_dir/hostd/hostd VESICLE_ARTIFACTS_DIR=$build_dir/test-artifacts \
+    nice -n 5 node --test --test-reporter=spec $tests) || status=1
+}
 
-if [ -d tests/ui ]; then
-  section "operator page in a browser (node --test, chromium)"
-  # playwright-core from the lockfile-keyed cache; the test starts its own
-  # hostd and leaves a screenshot in build/test-artifacts/ui.png.
-  if bash scripts/npm-install.sh tests/ui; then
-    (cd tests/ui && VESICLE_HOSTD=$build_dir/hostd/hostd VESICLE_ARTIFACTS_DIR=$build_dir/test-artifacts \
-      nice -n 5 node --test --test-reporter=spec ui.test.mjs) || status=1
-  else
-    echo "operator page: installing playwright-core failed"
-    status=1
-  fi
-fi
-
-if [ -d tests/mcp ]; then
-  section "MCP servers with the official MCP client (node --test tests/mcp)"
-  # @modelcontextprotocol/sdk from the lockfile-keyed cache; the tests start
-  # their own hostd (sdk/typescript/test/hostd_process.mjs) and run
-  # `python3 -m vesicle mcp` from this tree.
-  if bash scripts/npm-install.sh tests/mcp; then
-    (cd tests/mcp && VESICLE_HOSTD=$build_dir/hostd/hostd \
-      nice -n 5 node --test --test-reporter=spec ./*.test.mjs) || status=1
-  else
-    echo "MCP tests: installing @modelcontextprotocol/sdk failed"
-    status=1
-  fi
-fi
+# The TypeScript SDK (typescript, @types/node), run against its fresh dist/.
+section "TypeScript SDK tests (node --test)"
+node_suite sdk/typescript 'test/*.test.mjs' build
+# The operator's page in headless chromium (playwright-core); leaves a
+# screenshot in build/test-artifacts/ui.png.
+section "operator page in a browser (node --test, chromium)"
+node_suite tests/ui ui.test.mjs
+# Both MCP servers with the official client (@modelcontextprotocol/sdk);
+# the stdio one is `python3 -m vesicle mcp` from this tree.
+section "MCP servers with the official MCP client (node --test tests/mcp)"
+node_suite tests/mcp './*.test.mjs'
 
 section "leak check"
 bash scripts/leak-check.sh || status=1
