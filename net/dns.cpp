@@ -198,7 +198,8 @@ Result<Message> parse(std::span<const uint8_t> wire) {
   if (!read_header(reader, message.header, counts)) return malformed("header");
   for (uint16_t i = 0; i < counts[0]; ++i) {
     Question question;
-    if (!read_name(reader, question.name) || !reader.u16(question.type) || !reader.u16(question.klass)) {
+    if (!read_name(reader, question.name) || !reader.u16(question.type) ||
+        !reader.u16(question.klass)) {
       return malformed("question");
     }
     message.questions.push_back(std::move(question));

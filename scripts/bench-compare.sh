@@ -4,7 +4,8 @@
 # in turn, so both see the same load. For a change that must not make these
 # figures worse (BENCHMARKS.md records the result).
 #   scripts/bench-compare.sh OLD_HOSTD NEW_HOSTD [OUT_DIR]
-# The benchmark programs and guest images come from build/.
+# The benchmark programs and guest images come from build/. BENCHES="api
+# fork" runs only those (default: pool api fork).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 old=${1:?usage: bench-compare.sh OLD_HOSTD NEW_HOSTD [OUT_DIR]}
@@ -32,7 +33,7 @@ run() { # name hostd
   esac
 }
 
-for name in pool api fork; do
+for name in ${BENCHES:-pool api fork}; do
   run "$name" "$old" old
   run "$name" "$new" new
 done

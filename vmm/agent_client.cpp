@@ -636,8 +636,8 @@ Result<IdentityRefresh> IdentityRefresh::generate(std::string hostname) {
     filled += static_cast<std::size_t>(n);
   }
   identity.entropy = random.substr(0, 64);
-  identity.machine_id = to_hex(reinterpret_cast<const unsigned char*>(random.data()) + 64,
-                               random.size() - 64);
+  identity.machine_id =
+      to_hex(reinterpret_cast<const unsigned char*>(random.data()) + 64, random.size() - 64);
   // All zeros is reserved (machine-id(5)); 2^-128 odds, but cheap to rule out.
   if (identity.machine_id.find_first_not_of('0') == std::string::npos) identity.machine_id[0] = '1';
   return identity;

@@ -539,8 +539,7 @@ snapshot::Manifest manifest_of(const VmState& state) {
 Result<snapshot::Manifest> seal_snapshot(const fs::path& staging, snapshot::Manifest manifest) {
   const fs::path state = staging / snapshot::kStateName;
   const fs::path disk = staging / snapshot::kDiskName;
-  if (auto digested = sync_and_digest_staged(staging, manifest); !digested)
-    return digested.error();
+  if (auto digested = sync_and_digest_staged(staging, manifest); !digested) return digested.error();
   auto memory_digest = snapshot::digest_sparse_file(manifest.memory_file);
   if (!memory_digest) return memory_digest.error();
   manifest.memory = *memory_digest;
@@ -776,8 +775,7 @@ asio::awaitable<Result<void>> raise_bandwidth(VmState& state) {
 // What save_full does once the state is written and the disk moved:
 // fsync, checksums, manifest. Blocking; runs off the executor.
 Result<void> seal_full(const fs::path& staging, snapshot::Manifest manifest) {
-  if (auto digested = sync_and_digest_staged(staging, manifest); !digested)
-    return digested.error();
+  if (auto digested = sync_and_digest_staged(staging, manifest); !digested) return digested.error();
   const fs::path manifest_path = staging / snapshot::kManifestName;
   if (auto written = snapshot::write_file_atomically(manifest_path, format_manifest(manifest));
       !written)

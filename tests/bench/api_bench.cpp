@@ -27,8 +27,8 @@
 namespace po = boost::program_options;
 using namespace vesicle::testing;
 using vesicle::bench::Clock;
-using vesicle::bench::Series;
 using vesicle::bench::ms_since;
+using vesicle::bench::Series;
 
 namespace {
 

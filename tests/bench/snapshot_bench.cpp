@@ -24,11 +24,11 @@ namespace po = boost::program_options;
 namespace fs = std::filesystem;
 using namespace vesicle;
 using namespace vesicle::test;
-using vesicle::UniqueFd;
 using bench::Clock;
 using bench::ms_since;
 using bench::nearest_rank;
 using bench::stats;
+using vesicle::UniqueFd;
 
 namespace {
 

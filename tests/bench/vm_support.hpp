@@ -78,14 +78,14 @@ struct GuestShape {
 
   // --help, --images, --memory-mib (default `memory_default`), --vcpus and
   // --json (into `json_path`); the program adds its own after them.
-  void add_options(boost::program_options::options_description& options,
-                   unsigned memory_default, std::string& json_path) {
+  void add_options(boost::program_options::options_description& options, unsigned memory_default,
+                   std::string& json_path) {
     namespace po = boost::program_options;
     options.add_options()("help,h", "this help")("images", po::value(&images),
                                                  "guest images directory")(
         "memory-mib", po::value(&memory_mib)->default_value(memory_default), "guest memory")(
-        "vcpus", po::value(&vcpus)->default_value(2), "guest vCPUs")(
-        "json", po::value(&json_path), "also write the results here");
+        "vcpus", po::value(&vcpus)->default_value(2), "guest vCPUs")("json", po::value(&json_path),
+                                                                     "also write the results here");
   }
   // The VMs' runtime folder (under /tmp) and RAM-file folder (under
   // /dev/shm), both named `prefix`-XXXXXX.

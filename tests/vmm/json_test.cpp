@@ -44,7 +44,9 @@ TEST(Json, DumpRoundTrips) {
 // JSON escapes controls below 0x20 as \u00XX but leaves DEL as it is (the
 // log formatter, which shares the escaping, writes \x7f there).
 TEST(Json, DumpEscapesControlsButNotDel) {
-  EXPECT_EQ(Value("a\\b\r\x1f\x7f").dump(), R"("a\\b\r\u001f)" "\x7f" R"(")");
+  EXPECT_EQ(Value("a\\b\r\x1f\x7f").dump(), R"("a\\b\r\u001f)"
+                                            "\x7f"
+                                            R"(")");
 }
 
 TEST(Json, RefusesMalformedInput) {
