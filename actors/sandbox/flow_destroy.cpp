@@ -93,15 +93,7 @@ caf::result<done_atom> shutdown_flow(registry_pointer self) {
     if (self->state.flows_running == 0) return stop();
     self->state.on_flows_done = stop;
   };
-  auto destroy_one = [=](const std::string& id, sandbox_actor actor) mutable {
-    auto gone = [=]() mutable {
-      self->state.vms->reclaim(id, {});
-      self->state.records.erase(id);
-      one_done();
-    };
-    self->request(actor, self->state.settings.ready_timeout, destroy_atom::value)
-        .then([=](done_atom) mutable { gone(); }, [=](caf::error&) mutable { gone(); });
-  };
+  auto destroy_one = [=](const std::string& id) mutable { take_down(self, id, one_done); };
   // Persistent sandboxes are frozen first, so a restart loses nothing. One
   // that is busy (forked, merged or frozen right now) refuses the freeze's
   // hold and is destroyed once that operation lets it go.
@@ -111,19 +103,18 @@ caf::result<done_atom> shutdown_flow(registry_pointer self) {
     const bool freeze_first = self->state.spaces && record.info.spec.persistent &&
                               record.info.state == SandboxState::ready;
     if (!freeze_first) {
-      destroy_one(id, record.actor);
+      destroy_one(id);
       continue;
     }
-    freeze_flow(self, id, "shutdown",
-                [=, id = id, actor = record.actor](caf::expected<SpaceInfo> frozen) mutable {
-                  if (frozen)
-                    log::info("sandbox frozen into a Space as hostd stops",
-                              {{"sandbox", id}, {"space", frozen->space_id}});
-                  else
-                    log::warn("sandbox could not be frozen as hostd stops",
-                              {{"sandbox", id}, {"error", error_message(frozen.error())}});
-                  destroy_one(id, actor);
-                });
+    freeze_flow(self, id, "shutdown", [=, id = id](caf::expected<SpaceInfo> frozen) mutable {
+      if (frozen)
+        log::info("sandbox frozen into a Space as hostd stops",
+                  {{"sandbox", id}, {"space", frozen->space_id}});
+      else
+        log::warn("sandbox could not be frozen as hostd stops",
+                  {{"sandbox", id}, {"error", error_message(frozen.error())}});
+      destroy_one(id);
+    });
   }
   one_done();
   return promise;

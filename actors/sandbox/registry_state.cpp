@@ -149,13 +149,17 @@ void launch_sandbox(registry_pointer self, SandboxInfo info, int pool, LaunchPla
             });
 }
 
-void take_down(registry_pointer self, const std::string& id) {
+void take_down(registry_pointer self, const std::string& id, std::function<void()> then) {
   auto found = self->state.records.find(id);
-  if (found == self->state.records.end()) return;
+  if (found == self->state.records.end()) {
+    if (then) then();
+    return;
+  }
   auto forget = [=] {
     self->state.vms->reclaim(id, {});
     self->state.records.erase(id);
     update_pool_usage(self);
+    if (then) then();
   };
   if (!found->second.actor_alive) return forget();
   self->request(found->second.actor, self->state.settings.ready_timeout, destroy_atom::value)

@@ -93,8 +93,9 @@ using ReadyHandler = std::function<void(caf::expected<SandboxInfo>)>;
 void launch_sandbox(registry_pointer self, SandboxInfo info, int pool, LaunchPlan plan,
                     ReadyHandler on_ready, std::vector<std::string> ancestors = {});
 // Destroys a sandbox's actor and VM and drops its record whatever the
-// actor answers (a rollback step).
-void take_down(registry_pointer self, const std::string& id);
+// actor answers (a rollback step; a shutdown), then calls `then`, also when
+// there was no such record.
+void take_down(registry_pointer self, const std::string& id, std::function<void()> then = {});
 
 // A fork, merge or freeze counts as one operation for the reaper: no idle
 // verdict while it runs, and the sandbox's idle time starts again when it
