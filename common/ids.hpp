@@ -1,5 +1,8 @@
 // Random ids for what hostd names: sandboxes, Spaces, pool VMs, templates'
 // build VMs. Lowercase hex, so an id is safe in a path and a QEMU -name.
+// The bits come from the kernel's CSPRNG (getrandom): an id names files and
+// grants access to a sandbox's traffic, so it must not be guessable from
+// earlier ids, which a seeded std::mt19937 would allow.
 #pragma once
 
 #include <string>
@@ -7,7 +10,10 @@
 
 namespace vesicle {
 
-// `prefix` and `digits` (at most 16) random hex digits.
-std::string random_id(std::string_view prefix, int digits);
+// The number of hex digits in a sandbox or Space id: 128 bits.
+inline constexpr int kIdDigits = 32;
+
+// `prefix` and `digits` (at most 64) random hex digits.
+std::string random_id(std::string_view prefix, int digits = kIdDigits);
 
 } // namespace vesicle

@@ -166,7 +166,7 @@ using SandboxInfoList = std::vector<SandboxInfo>;
 // A Space: a sandbox frozen to disk (actors/sandbox/space_store.hpp), and
 // what it needs to come back as it was.
 struct SpaceInfo {
-  std::string space_id;           // "sp-" and 12 hex digits
+  std::string space_id;           // "sp-" and 32 (before: 12) hex digits
   std::string owner;              // the key that owns it (the sandbox's)
   std::string sandbox_id;         // the sandbox it was frozen from
   SandboxSpec spec;               // the sandbox's settings

@@ -43,7 +43,7 @@ struct PoolState {
 using self_pointer = pool_actor::stateful_pointer<PoolState>;
 
 std::string new_pool_vm_id() {
-  return random_id("pool-", 10);
+  return random_id("pool-");
 }
 
 // After a failure: try again later, waiting twice as long each time, so a

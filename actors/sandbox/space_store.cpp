@@ -147,11 +147,11 @@ Result<SpaceInfo> parse_space(std::string_view text) {
 }
 
 std::string new_space_id() {
-  return random_id("sp-", 12);
+  return random_id("sp-");
 }
 
 bool is_space_id(std::string_view id) {
-  if (id.size() != 15 || id.substr(0, 3) != "sp-") return false;
+  if ((id.size() != 3 + 12 && id.size() != 3 + kIdDigits) || id.substr(0, 3) != "sp-") return false;
   return std::all_of(id.begin() + 3, id.end(),
                      [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
 }

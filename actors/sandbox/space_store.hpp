@@ -53,7 +53,8 @@ std::string format_space(const SpaceInfo& space);
 // Errors name the line that is wrong.
 Result<SpaceInfo> parse_space(std::string_view text);
 
-// "sp-" and 12 hex digits; anything else is not a Space id (and never a
+// "sp-" and 32 random hex digits (128 bits); Spaces made before ids grew
+// have 12, and stay valid. Anything else is not a Space id (and never a
 // path outside the spaces directory).
 std::string new_space_id();
 bool is_space_id(std::string_view id);

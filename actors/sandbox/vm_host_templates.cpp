@@ -107,7 +107,7 @@ VmHost::build_template(const TemplateSpec& spec) {
   auto leased = co_await lease_network(false, {});
   if (!leased) co_return std::move(leased).error().with_context(context);
   const auto network = std::move(leased.value());
-  auto config = vm_config(random_id("tpl-", 10), spec.vcpus, spec.memory_mib, network.get());
+  auto config = vm_config(random_id("tpl-"), spec.vcpus, spec.memory_mib, network.get());
   auto booted = co_await driver_.boot(std::move(config));
   if (!booted) co_return std::move(booted).error().with_context(context);
   std::shared_ptr<vmm::Vm> vm = std::move(booted.value());

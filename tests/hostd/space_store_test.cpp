@@ -98,6 +98,11 @@ TEST(SpaceId, OnlyTheShapeItIsMadeIn) {
   EXPECT_FALSE(is_space_id("sp-../../etc/pa"));
   EXPECT_FALSE(is_space_id("sb-0123456789ab"));
   EXPECT_FALSE(is_space_id("sp-0123456789abc"));
+  // 128 bits now; Spaces stored before ids grew keep their 48-bit ids.
+  EXPECT_EQ(new_space_id().size(), 3u + 32u);
+  EXPECT_TRUE(is_space_id("sp-0123456789ab"));
+  EXPECT_FALSE(is_space_id("sp-" + std::string(31, 'a')));
+  EXPECT_FALSE(is_space_id("sp-" + std::string(33, 'a')));
 }
 
 TEST(SpaceStore, ListsAndFindsOnlyTheOwnersSpaces) {
