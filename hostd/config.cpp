@@ -65,6 +65,12 @@ void apply_defaults(config::HostdConfig& c) {
   if (c.max_connections() == 0) c.set_max_connections(256);
   if (c.templates_dir().empty()) c.set_templates_dir(c.state_dir() + "/templates");
   if (c.spaces_dir().empty()) c.set_spaces_dir(c.state_dir() + "/spaces");
+  auto* admission = c.mutable_admission();
+  if (admission->memory_reserve_mib() == 0) admission->set_memory_reserve_mib(1024);
+  if (admission->memory_overcommit() == 0) admission->set_memory_overcommit(1.0);
+  if (admission->vm_overhead_mib() == 0)
+    admission->set_vm_overhead_mib(c.tcg_translation_cache_mib() + 64);
+  if (admission->disk_reserve_mib() == 0) admission->set_disk_reserve_mib(1024);
   if (c.disable_pools()) {
     c.clear_pools();
   } else if (c.pools_size() == 0) {
@@ -125,6 +131,11 @@ Result<void> validate(const config::HostdConfig& c) {
     return make_error("check configuration", "default_memory_mib is larger than max_memory_mib");
   if (c.default_memory_mib() < 128)
     return make_error("check configuration", "default_memory_mib must be at least 128");
+  if (const double ratio = c.admission().memory_overcommit(); !(ratio >= 0.1 && ratio <= 100))
+    return make_error("check configuration",
+                      "admission.memory_overcommit must be between 0.1 and 100 (1.0: no "
+                      "overcommit)",
+                      std::to_string(ratio));
   if (auto checked = check_absolute("templates_dir", c.templates_dir()); !checked) return checked;
   if (auto checked = check_absolute("spaces_dir", c.spaces_dir()); !checked) return checked;
   for (int i = 0; i < c.pools_size(); ++i) {

@@ -146,6 +146,15 @@ Result<void> RuntimeCore::start() {
   // callers wait a little longer so the driver's error is what they see.
   settings.ready_timeout = boot + std::chrono::seconds(15);
   settings.spaces_dir = config_.spaces_dir();
+  if (const auto& admission = config_.admission(); !admission.disabled()) {
+    HostRoomSettings room;
+    room.memory_reserve_mib = admission.memory_reserve_mib();
+    room.memory_overcommit = admission.memory_overcommit();
+    room.vm_overhead_mib = admission.vm_overhead_mib();
+    room.disk_reserve_mib = admission.disk_reserve_mib();
+    room.disk_dir = config_.runtime_dir();
+    settings.host_room = room;
+  }
   for (const auto& pool : config_.pools()) {
     TemplateSpec spec;
     spec.name = pool.template_();

@@ -33,7 +33,7 @@ caf::result<SandboxInfo> create_flow(registry_pointer self, std::string owner, S
                                      std::uint32_t max_concurrent) {
   // Admit.
   if (self->state.shutting_down) return shutting_down();
-  if (auto refused = admit(self, owner, 1, max_concurrent, "creating a sandbox",
+  if (auto refused = admit(self, owner, 1, max_concurrent, spec, "creating a sandbox",
                            "delete one you no longer need (DELETE /v1/sandboxes/{id})"))
     return refused;
 

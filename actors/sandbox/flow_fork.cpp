@@ -124,7 +124,8 @@ caf::result<SandboxInfoList> fork_flow(registry_pointer self, const std::string&
   auto parent = ready_record(self, owner, id);
   if (!parent) return std::move(parent.error());
   if (auto refused = admit(
-          self, owner, n, max_concurrent, "forking " + id + " " + std::to_string(n) + " ways",
+          self, owner, n, max_concurrent, (*parent)->info.spec,
+          "forking " + id + " " + std::to_string(n) + " ways",
           "delete sandboxes you no longer need (DELETE /v1/sandboxes/{id}) or fork fewer ways"))
     return refused;
 

@@ -43,8 +43,9 @@ caf::result<SandboxInfo> resume_flow(registry_pointer self, const std::string& o
   if (self->state.spaces->claimed(space_id))
     return make_error(ErrorKind::conflict,
                       "Space " + space_id + " is being resumed right now; a Space resumes once");
-  if (auto refused = admit(self, owner, 1, max_concurrent, "resuming Space " + space_id,
-                           "delete a sandbox you no longer need (the Space is kept)"))
+  if (auto refused =
+          admit(self, owner, 1, max_concurrent, space->spec, "resuming Space " + space_id,
+                "delete a sandbox you no longer need (the Space is kept)"))
     return refused;
 
   // Reserve.

@@ -13,11 +13,13 @@
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include <caf/typed_actor.hpp>
 
+#include "actors/sandbox/host_room.hpp"
 #include "actors/sandbox/pool.hpp"
 #include "actors/sandbox/reaper.hpp"
 #include "actors/sandbox/sandbox.hpp"
@@ -100,6 +102,9 @@ struct RegistrySettings {
   // Where Spaces are kept (VmHost writes them there too). Empty: no Spaces;
   // a freeze is refused and persistent sandboxes are left running when idle.
   std::filesystem::path spaces_dir;
+  // Admission by the host's free memory and disk (host_room.hpp); unset:
+  // by sandbox slots alone.
+  std::optional<HostRoomSettings> host_room;
 };
 
 // The most children one fork makes.
@@ -107,7 +112,7 @@ inline constexpr std::uint32_t kMaxForkChildren = 32;
 
 registry_actor spawn_registry(caf::actor_system& system, VmHost& vms, RegistrySettings settings);
 
-// "sb-" and 12 hex digits.
+// "sb-" and 32 random hex digits (128 bits).
 std::string new_sandbox_id();
 
 } // namespace vesicle

@@ -4,6 +4,7 @@
 
 #include <caf/send.hpp>
 
+#include "actors/sandbox/host_room.hpp"
 #include "actors/sandbox/vm_host.hpp"
 #include "common/log.hpp"
 
@@ -72,7 +73,8 @@ caf::expected<Record*> ready_record(registry_pointer self, const std::string& ow
 }
 
 caf::error admit(registry_pointer self, const std::string& owner, std::uint32_t more,
-                 std::uint32_t max_concurrent, const std::string& what, const std::string& advice) {
+                 std::uint32_t max_concurrent, const SandboxSpec& spec, const std::string& what,
+                 const std::string& advice) {
   std::uint32_t live = 0;
   for (const auto& [id, record] : self->state.records)
     if (record.info.owner == owner && holds_vm(record.info)) ++live;
@@ -89,6 +91,27 @@ caf::error admit(registry_pointer self, const std::string& owner, std::uint32_t 
                           (more == 1 ? "" : "s") + "; this host has " +
                           std::to_string(room.available()) + " of " +
                           std::to_string(room.max_sandboxes) + "; retry later or " + advice);
+  const auto& host_room = self->state.settings.host_room;
+  if (!host_room) return {};
+  auto figures = read_host_figures(*host_room);
+  if (!figures) {
+    // Admitting blind could let the OOM killer choose; refusing says why.
+    return make_error(ErrorKind::unavailable, what + ": cannot read this host's free memory and " +
+                                                  "disk (" + figures.error().message() +
+                                                  "); retry later");
+  }
+  // Every running sandbox may still grow to its whole RAM and disk: what it
+  // uses now is already out of MemAvailable and the free disk, but that
+  // share is not known here, so the whole size is counted (strict).
+  HostCommitments committed;
+  for (const auto& [id, record] : self->state.records) {
+    if (!holds_vm(record.info)) continue;
+    committed.memory_mib += record.info.spec.memory_mib + host_room->vm_overhead_mib;
+    committed.disk_mib += record.info.spec.disk_mib;
+  }
+  RoomRequest request{more, spec.memory_mib, spec.disk_mib};
+  if (auto refused = refuse_room(*host_room, *figures, committed, request, what))
+    return make_error(ErrorKind::capacity, *refused);
   return {};
 }
 

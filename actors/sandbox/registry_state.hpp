@@ -67,11 +67,13 @@ caf::expected<Record*> owned(registry_pointer self, const std::string& owner,
 // merged or frozen now.
 caf::expected<Record*> ready_record(registry_pointer self, const std::string& owner,
                                     const std::string& id);
-// Refuses `more` new sandboxes for `owner` beyond its concurrency cap
-// (ErrorKind::quota) or the host's capacity (ErrorKind::capacity); `what`
+// Refuses `more` new sandboxes of `spec`'s size for `owner` beyond its
+// concurrency cap (ErrorKind::quota), the host's sandbox slots, or the
+// host's memory and disk (host_room.hpp) (ErrorKind::capacity); `what`
 // starts the message ("creating a sandbox", "forking sb-… 3 ways").
 caf::error admit(registry_pointer self, const std::string& owner, std::uint32_t more,
-                 std::uint32_t max_concurrent, const std::string& what, const std::string& advice);
+                 std::uint32_t max_concurrent, const SandboxSpec& spec, const std::string& what,
+                 const std::string& advice);
 
 // -- steps the flows share ----------------------------------------------------
 

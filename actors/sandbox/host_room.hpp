@@ -1,0 +1,62 @@
+// Whether this host has the memory and disk for more sandboxes. hostd admits
+// a create, fork or resume only when the host can hold what the new VMs may
+// grow into on top of what the running ones may still grow into; otherwise
+// the kernel's OOM killer (or a full disk) would pick a victim later, maybe
+// hostd itself, maybe another tenant's sandbox.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+
+#include "common/result.hpp"
+
+namespace vesicle {
+
+struct HostRoomSettings {
+  // Memory kept for the host and hostd: never handed to sandboxes.
+  std::uint64_t memory_reserve_mib = 1024;
+  // How many times the memory left may be promised to sandboxes. 1.0: every
+  // sandbox can fill its whole RAM at once and the host still holds. Above
+  // 1: betting that idle guests don't (free page reporting hands idle
+  // memory back), for density.
+  double memory_overcommit = 1.0;
+  // What a VM costs the host beyond its guest RAM (QEMU, TCG's translation
+  // buffer), counted per new VM.
+  std::uint64_t vm_overhead_mib = 96;
+  // Disk kept free where overlays live; empty disk_dir: no disk check.
+  std::uint64_t disk_reserve_mib = 1024;
+  std::filesystem::path disk_dir;
+  std::filesystem::path meminfo = "/proc/meminfo";
+};
+
+// What the host has now.
+struct HostFigures {
+  std::uint64_t memory_available_mib = 0; // MemAvailable
+  std::uint64_t disk_free_mib = 0;        // statvfs f_bavail of disk_dir
+};
+
+// What the running sandboxes may still grow into: their limits less what
+// they use already (which MemAvailable and the free disk already count).
+struct HostCommitments {
+  std::uint64_t memory_mib = 0;
+  std::uint64_t disk_mib = 0;
+};
+
+struct RoomRequest {
+  std::uint32_t count = 1;      // VMs to start
+  std::uint64_t memory_mib = 0; // guest RAM of each
+  std::uint64_t disk_mib = 0;   // writable disk of each
+};
+
+Result<HostFigures> read_host_figures(const HostRoomSettings& settings);
+
+// Empty when `request` fits; otherwise why not, in a sentence that names the
+// figures ("creating a sandbox needs 608 MiB of memory; this host can
+// promise 412 MiB more ...").
+std::optional<std::string> refuse_room(const HostRoomSettings& settings, const HostFigures& host,
+                                       const HostCommitments& committed, const RoomRequest& request,
+                                       const std::string& what);
+
+} // namespace vesicle
