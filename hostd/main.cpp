@@ -2,6 +2,8 @@
 // a microVM. See --help.
 #include <utility> // before Boost 1.74 asio, which needs std::exchange
 
+#include <sys/stat.h>
+
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
@@ -43,6 +45,10 @@ int fail(const Error& error) {
 } // namespace
 
 int main(int argc, char** argv) {
+  // Everything hostd creates (keys, Spaces, VM files, memory images) is
+  // private unless a step opens it up on purpose: a file another user could
+  // read may hold a sandbox's memory.
+  ::umask(077);
   po::options_description options("options");
   options.add_options()("help,h", "show this help")(
       "config,c", po::value<std::string>(),

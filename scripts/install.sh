@@ -57,6 +57,27 @@ ExecStart=/usr/local/bin/hostd --state-dir $state_dir --images-dir $state_dir/im
 KillSignal=SIGTERM
 TimeoutStopSec=30
 Restart=on-failure
+# hostd manages cgroups for its QEMUs (cgroup v2: a delegated subtree), and
+# namespaces, mounts, taps and nftables for them, as root. What a root
+# daemon that does that can still give up:
+Delegate=yes
+UMask=0077
+LimitNOFILE=65536
+NoNewPrivileges=yes
+ProtectSystem=full
+ProtectHome=yes
+PrivateTmp=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectClock=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+SystemCallArchitectures=native
+# Left out on purpose: ProtectKernelTunables (the bridge manager sets
+# net.ipv4 forwarding), ProtectControlGroups (hostd writes its cgroup
+# subtree), RestrictNamespaces and PrivateDevices (every QEMU gets new
+# namespaces and /dev/kvm, /dev/net/tun), MemoryDenyWriteExecute (QEMU's
+# TCG writes and runs its own code).
 
 [Install]
 WantedBy=multi-user.target
