@@ -2,6 +2,8 @@
 
 #include <sys/statvfs.h>
 
+#include <cerrno>
+
 #include <algorithm>
 #include <charconv>
 #include <fstream>
@@ -47,9 +49,15 @@ Result<HostFigures> read_host_figures(const HostRoomSettings& settings) {
                       settings.meminfo.string());
   figures.memory_available_mib = *available;
   if (!settings.disk_dir.empty()) {
+    // The directory may not exist yet (VMs make it); its nearest existing
+    // ancestor is on the filesystem it will be on.
     struct statvfs fs {};
-    if (::statvfs(settings.disk_dir.c_str(), &fs) != 0)
-      return sys_error("statvfs", settings.disk_dir.string());
+    std::filesystem::path dir = settings.disk_dir;
+    while (::statvfs(dir.c_str(), &fs) != 0) {
+      if (errno != ENOENT || !dir.has_relative_path())
+        return sys_error("statvfs", settings.disk_dir.string());
+      dir = dir.parent_path();
+    }
     figures.disk_free_mib = static_cast<std::uint64_t>(fs.f_bavail) * fs.f_frsize / kMiB;
   }
   return figures;

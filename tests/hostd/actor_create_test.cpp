@@ -10,7 +10,7 @@ TEST_F(ActorTest, CreateBootsAVmAndAnswersWhenReady) {
   ASSERT_TRUE(created) << to_string(created.error());
   EXPECT_EQ(created->state, SandboxState::ready);
   EXPECT_EQ(created->owner, "alice");
-  EXPECT_EQ(created->id.size(), 15u);
+  EXPECT_EQ(created->id.size(), 3u + 32u); // "sb-" and 128 random bits
   EXPECT_EQ(created->id.rfind("sb-", 0), 0u);
   EXPECT_EQ(created->spec.memory_mib, 512u);
   EXPECT_GT(created->qemu_pid, 0);

@@ -69,6 +69,14 @@ TEST(HostRoom, ReadsThisHostsFigures) {
   EXPECT_GT(figures->disk_free_mib, 0u);
 }
 
+TEST(HostRoom, ADiskDirNotMadeYetIsMeasuredOnItsFilesystem) {
+  auto s = settings();
+  s.disk_dir = "/tmp/vesicle-not-made-yet/run/vesicle";
+  auto figures = read_host_figures(s);
+  ASSERT_TRUE(figures) << figures.error().message();
+  EXPECT_GT(figures->disk_free_mib, 0u);
+}
+
 TEST(HostRoom, AMeminfoWithoutMemAvailableIsAnError) {
   auto s = settings();
   s.meminfo =

@@ -28,7 +28,7 @@ def sb(hostd):
 
 
 def test_create_answers_a_ready_sandbox(sb):
-    assert sb.id.startswith("sb-") and len(sb.id) == 3 + 12
+    assert sb.id.startswith("sb-") and len(sb.id) == 3 + 32
     assert sb.state == "ready"
     assert sb.info["memory_mib"] == MEMORY_MIB
 

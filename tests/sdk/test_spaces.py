@@ -95,7 +95,7 @@ def test_idle_persistent_sandbox_is_frozen_and_resumes_after_hostd_is_killed(spa
 
         frozen = wait_for_state(hostd, sb.id, "frozen")
         space_id = frozen["space_id"]
-        assert space_id.startswith("sp-") and len(space_id) == 3 + 12
+        assert space_id.startswith("sp-") and len(space_id) == 3 + 32
         assert qemu_of(hostd, sb.id) == []
         assert per_vm_memory_files(hostd) == []
         spaces = {s.space_id: s for s in Client(**connect_args(hostd)).spaces()}

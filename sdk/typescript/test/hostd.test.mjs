@@ -64,7 +64,7 @@ describe("against a real hostd", { skip: located.skip }, () => {
 
   it("creates a sandbox whose Python REPL keeps its globals", async () => {
     sb = await Sandbox.create({ ...opts, memoryMib: MEMORY_MIB });
-    assert.match(sb.id, /^sb-[0-9a-f]{12}$/);
+    assert.match(sb.id, /^sb-[0-9a-f]{32}$/);
     assert.equal(sb.state, "ready");
     assert.equal(sb.info.memory_mib, MEMORY_MIB);
     await sb.runCode("x = 41");
@@ -182,7 +182,7 @@ describe("against a real hostd", { skip: located.skip }, () => {
   it("freezes into a Space and resumes where it stopped", async () => {
     await sb.runCode("frozen_value = n * 2");
     const spaceId = await sb.freeze();
-    assert.match(spaceId, /^sp-[0-9a-f]{12}$/);
+    assert.match(spaceId, /^sp-[0-9a-f]{32}$/);
     assert.equal(sb.state, "frozen");
     assert.ok(sb.space.sizeBytes > 0);
     await assert.rejects(sb.runCode("1"), SandboxClosedError);
