@@ -694,7 +694,8 @@ asio::awaitable<Result<Snapshot>> save_steps(std::shared_ptr<VmState> state, fs:
     ~Saving() { state.saving = false; }
   } saving{*state};
 
-  auto written = co_await save_device_state(state, staging / snapshot::kStateName);
+  fs::path state_path = staging / snapshot::kStateName; // named: see qmp_run
+  auto written = co_await save_device_state(state, std::move(state_path));
   if (!written) {
     // Before the device state is written the VM can go on: undo and resume.
     Error error = std::move(written).error();
