@@ -46,6 +46,8 @@ constexpr std::size_t kConsoleBytes = 64u << 10;
 constexpr milliseconds kPingInterval{250};
 // How long QEMU may take to put up its monitor socket.
 constexpr milliseconds kQmpTimeout{15'000};
+constexpr std::string_view kSandbox =
+    "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 
 } // namespace
 
@@ -112,6 +114,11 @@ std::vector<std::string> command_line(const VmConfig& config, const VmPaths& pat
       // and quits QEMU.
       "-no-reboot",
       "-no-shutdown",
+      // QEMU's own seccomp filter: no fork or exec, no setuid, no scheduler
+      // or affinity changes, no obsolete syscalls. Migrations therefore go
+      // through files hostd opens and passes in (getfd), never exec:.
+      "-sandbox",
+      std::string(kSandbox),
   };
   if (accel == Accel::kvm) {
     args.insert(args.end(), {"-accel", "kvm", "-cpu", "host"});
@@ -165,15 +172,6 @@ std::vector<std::string> command_line(const VmConfig& config, const VmPaths& pat
   }
   if (restore_from) args.insert(args.end(), {"-incoming", "defer", "-S"});
   return args;
-}
-
-Result<std::string> shell_quote(const fs::path& path) {
-  const std::string text = path.string();
-  if (text.find_first_of("'\n") != std::string::npos) {
-    return make_error("quote path for QEMU",
-                      "a snapshot path must not contain a quote or a newline", text);
-  }
-  return "'" + text + "'";
 }
 
 std::optional<unsigned long> host_tsc_khz() {
@@ -455,6 +453,56 @@ asio::awaitable<Result<void>> set_ignore_shared(VmState& state, bool on = true) 
   co_return Result<void>{};
 }
 
+// The name under which a migration's file is handed to QEMU (getfd). A VM
+// runs one migration at a time.
+constexpr const char* kMigrationFd = "migration";
+
+// A state file for QEMU to write a migration into, opened by hostd (QEMU's
+// seccomp filter forbids it a shell, and it may not be able to open the
+// path itself): created or emptied, readable by its owner only.
+Result<UniqueFd> create_state_file(const fs::path& path) {
+  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+  if (!fd) return sys_error("create state file", path.string());
+  return fd;
+}
+
+Result<UniqueFd> open_state_file(const fs::path& path) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return sys_error("open state file", path.string());
+  return fd;
+}
+
+// Starts `command` ("migrate" or "migrate-incoming") on `file`: QEMU gets
+// its own copy over the monitor (getfd) and hostd's is closed here. QEMU
+// takes the named fd out of the monitor when the migration starts and
+// closes it when the migration ends; if it refuses the command, closefd
+// drops its copy, so no start, failed or not, leaves an fd in QEMU.
+asio::awaitable<Result<void>> start_migration(VmState& state, const char* command, UniqueFd file) {
+  if (!state.qmp || !state.qmp->connected()) {
+    co_return make_error(std::string("QMP ") + command,
+                         "the monitor connection is closed (QEMU is gone)", state.config.id);
+  }
+  {
+    json::Object arguments;
+    arguments["fdname"] = json::Value(kMigrationFd);
+    std::string getfd = "getfd"; // named: see qmp_run
+    auto passed = co_await state.qmp->execute_with_fd(std::move(getfd), std::move(arguments),
+                                                      file.get(), milliseconds(5000));
+    file.reset();
+    if (!passed) co_return std::move(passed).error();
+  }
+  json::Object arguments;
+  arguments["uri"] = json::Value(std::string("fd:") + kMigrationFd);
+  auto begun = co_await qmp_run(state, command, std::move(arguments));
+  if (!begun) {
+    json::Object close;
+    close["fdname"] = json::Value(kMigrationFd);
+    (void)co_await qmp_run(state, "closefd", std::move(close));
+    co_return std::move(begun).error();
+  }
+  co_return Result<void>{};
+}
+
 // Polls query-migrate until the migration (either direction) completed or
 // failed. Device state alone is a few KB: this takes tens of ms.
 asio::awaitable<Result<void>> wait_migration(std::shared_ptr<VmState> state,
@@ -575,18 +623,17 @@ asio::awaitable<void> quit_qemu(std::shared_ptr<VmState> state) {
   }
 }
 
-// Pauses the VM and writes its device state (not its RAM) through `cat`.
-asio::awaitable<Result<void>> save_device_state(std::shared_ptr<VmState> state,
-                                                std::string quoted_path) {
+// Pauses the VM and writes its device state (not its RAM) into `path`.
+asio::awaitable<Result<void>> save_device_state(std::shared_ptr<VmState> state, fs::path path) {
   const auto deadline = Clock::now() + std::chrono::seconds(60);
+  auto file = create_state_file(path);
+  if (!file) co_return std::move(file).error();
   json::Object no_arguments;
   auto stopped = co_await qmp_run(*state, "stop", std::move(no_arguments));
   if (!stopped) co_return std::move(stopped).error();
   auto set = co_await set_ignore_shared(*state);
   if (!set) co_return std::move(set).error();
-  json::Object migrate;
-  migrate["uri"] = json::Value("exec:cat > " + quoted_path);
-  auto begun = co_await qmp_run(*state, "migrate", std::move(migrate));
+  auto begun = co_await start_migration(*state, "migrate", std::move(file).value());
   if (!begun) co_return std::move(begun).error();
   co_return co_await wait_migration(state, deadline);
 }
@@ -641,19 +688,14 @@ asio::awaitable<Result<Snapshot>> save_steps(std::shared_ptr<VmState> state, fs:
     if (errno == EEXIST) error.detail = "a save into this path is under way, or one crashed";
     co_return error;
   }
-  auto uri = shell_quote(staging / snapshot::kStateName);
-  if (!uri) {
-    fs::remove_all(staging, ec);
-    co_return std::move(uri).error();
-  }
-
   state->saving = true;
   struct Saving {
     VmState& state;
     ~Saving() { state.saving = false; }
   } saving{*state};
 
-  auto written = co_await save_device_state(state, *uri);
+  fs::path state_path = staging / snapshot::kStateName; // named: see qmp_run
+  auto written = co_await save_device_state(state, std::move(state_path));
   if (!written) {
     // Before the device state is written the VM can go on: undo and resume.
     Error error = std::move(written).error();
@@ -829,10 +871,10 @@ asio::awaitable<Result<Snapshot>> save_full_steps(std::shared_ptr<VmState> state
     if (errno == ENOENT) error.detail = "the snapshot dir's parent must exist";
     co_return std::move(error).with_context(what);
   }
-  auto uri = shell_quote(staging / snapshot::kStateName);
-  if (!uri) {
+  auto state_file = create_state_file(staging / snapshot::kStateName);
+  if (!state_file) {
     fs::remove_all(staging, ec);
-    co_return std::move(uri).error().with_context(what);
+    co_return std::move(state_file).error().with_context(what);
   }
 
   state->saving = true;
@@ -900,14 +942,12 @@ asio::awaitable<Result<Snapshot>> save_full_steps(std::shared_ptr<VmState> state
   if (auto raised = co_await raise_bandwidth(*state); !raised)
     co_return co_await undo(std::move(raised).error());
   {
-    json::Object migrate;
-    migrate["uri"] = json::Value("exec:cat > " + *uri);
-    auto begun = co_await qmp_run(*state, "migrate", std::move(migrate));
+    auto begun = co_await start_migration(*state, "migrate", std::move(state_file).value());
     if (!begun) co_return co_await undo(std::move(begun).error());
     scanned = true;
     auto written = co_await wait_migration(state, deadline);
     if (!written) {
-      // `cat` says why it stopped writing (a full disk) in QEMU's log.
+      // QEMU may say more in its log than in the migration's error.
       Error error = std::move(written).error();
       const std::string log = detail::file_tail(paths.log, 512);
       if (!log.empty()) error.detail += "; QEMU log (tail): " + log;
@@ -1260,13 +1300,11 @@ private:
                                                      const Snapshot& snapshot, bool ignore_shared,
                                                      std::string operation,
                                                      Clock::time_point deadline) {
-    auto uri = shell_quote(snapshot.device_state());
-    if (!uri) co_return std::move(uri).error();
+    auto file = open_state_file(snapshot.device_state());
+    if (!file) co_return std::move(file).error();
     auto set = co_await set_ignore_shared(*state, ignore_shared);
     if (!set) co_return std::move(set).error();
-    json::Object incoming;
-    incoming["uri"] = json::Value("exec:cat " + *uri);
-    auto begun = co_await qmp_run(*state, "migrate-incoming", std::move(incoming));
+    auto begun = co_await start_migration(*state, "migrate-incoming", std::move(file).value());
     if (!begun) co_return std::move(begun).error();
     auto loaded = co_await wait_migration(state, deadline);
     if (!loaded) {

@@ -40,10 +40,6 @@ std::vector<std::string> command_line(const VmConfig& config, const VmPaths& pat
                                       std::optional<unsigned long> tsc_khz,
                                       const Snapshot* restore_from = nullptr);
 
-// A shell-quoted path for QEMU's exec: migration URIs; paths with a quote
-// or a newline are refused.
-Result<std::string> shell_quote(const std::filesystem::path& path);
-
 // The host's TSC frequency, measured against CLOCK_MONOTONIC_RAW once per
 // process (~30 ms); nullopt on hosts without an invariant TSC or not x86.
 std::optional<unsigned long> host_tsc_khz();

@@ -1,5 +1,9 @@
 #include "vmm/qmp.hpp"
 
+#include <sys/socket.h>
+
+#include <cerrno>
+#include <cstring>
 #include <unordered_map>
 
 #include <boost/asio/co_spawn.hpp>
@@ -54,6 +58,25 @@ public:
 
   asio::awaitable<Result<json::Value>> execute(std::string command, json::Object arguments,
                                                std::chrono::milliseconds timeout) override {
+    co_return co_await run(std::move(command), std::move(arguments), -1, timeout);
+  }
+
+  asio::awaitable<Result<json::Value>> execute_with_fd(std::string command, json::Object arguments,
+                                                       int fd,
+                                                       std::chrono::milliseconds timeout) override {
+    if (fd < 0) co_return make_error("QMP " + command, "no file descriptor to pass", path_);
+    co_return co_await run(std::move(command), std::move(arguments), fd, timeout);
+  }
+
+  void on_event(EventHandler handler) override { handler_ = std::move(handler); }
+  bool connected() const override { return !closed_.has_value(); }
+  void close() override { fail("closed by the host"); }
+
+private:
+  // Sends `command` (with `fd` attached when it is >= 0) and waits for its
+  // reply.
+  asio::awaitable<Result<json::Value>> run(std::string command, json::Object arguments, int fd,
+                                           std::chrono::milliseconds timeout) {
     auto self = shared_from_this();
     if (closed_) co_return *closed_;
     const std::int64_t id = next_id_++;
@@ -73,9 +96,7 @@ public:
       co_await write_lock_.lock();
       detail::AsyncLockGuard guard(write_lock_);
       if (closed_) co_return *closed_;
-      boost::system::error_code ec;
-      co_await asio::async_write(socket_, asio::buffer(line),
-                                 asio::redirect_error(asio::use_awaitable, ec));
+      const boost::system::error_code ec = co_await write_line(line, fd);
       if (ec) {
         fail("writing to QMP failed: " + ec.message());
         co_return *closed_;
@@ -96,11 +117,52 @@ public:
     co_return value["return"];
   }
 
-  void on_event(EventHandler handler) override { handler_ = std::move(handler); }
-  bool connected() const override { return !closed_.has_value(); }
-  void close() override { fail("closed by the host"); }
+  // Writes `line`. With `fd` >= 0 the first sendmsg carries it: QEMU's
+  // monitor keeps the fds that arrive with a command's bytes for that
+  // command, so the fd must travel with these bytes and no others.
+  asio::awaitable<boost::system::error_code> write_line(const std::string& line, int fd) {
+    std::size_t sent = 0;
+    while (fd >= 0) {
+      const ssize_t n = send_with_fd(line, fd);
+      if (n >= 0) {
+        sent = static_cast<std::size_t>(n);
+        break;
+      }
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN && errno != EWOULDBLOCK)
+        co_return boost::system::error_code(errno, boost::system::system_category());
+      boost::system::error_code ec;
+      co_await socket_.async_wait(Socket::wait_write,
+                                  asio::redirect_error(asio::use_awaitable, ec));
+      if (ec) co_return ec;
+    }
+    boost::system::error_code ec;
+    if (sent < line.size()) {
+      co_await asio::async_write(socket_, asio::buffer(line.data() + sent, line.size() - sent),
+                                 asio::redirect_error(asio::use_awaitable, ec));
+    }
+    co_return ec;
+  }
 
-private:
+  // One non-blocking sendmsg of `bytes` with `fd` as SCM_RIGHTS ancillary
+  // data; the count sent, or -1 with errno.
+  ssize_t send_with_fd(const std::string& bytes, int fd) {
+    iovec iov{const_cast<char*>(bytes.data()), bytes.size()};
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+    msghdr message{};
+    message.msg_iov = &iov;
+    message.msg_iovlen = 1;
+    message.msg_control = control;
+    message.msg_controllen = sizeof(control);
+    cmsghdr* header = CMSG_FIRSTHDR(&message);
+    header->cmsg_level = SOL_SOCKET;
+    header->cmsg_type = SCM_RIGHTS;
+    header->cmsg_len = CMSG_LEN(sizeof(int));
+    std::memcpy(CMSG_DATA(header), &fd, sizeof(int));
+    // MSG_DONTWAIT: the executor's thread never blocks on a full socket.
+    return ::sendmsg(socket_.native_handle(), &message, MSG_NOSIGNAL | MSG_DONTWAIT);
+  }
+
   void start() {
     asio::co_spawn(
         executor_, [self = shared_from_this()] { return self->read_loop(); }, asio::detached);

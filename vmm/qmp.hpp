@@ -43,6 +43,14 @@ public:
   virtual asio::awaitable<Result<json::Value>> execute(std::string command, json::Object arguments,
                                                        std::chrono::milliseconds timeout) = 0;
 
+  // execute, with `fd` attached to the command's bytes (SCM_RIGHTS): how
+  // QEMU's getfd receives a file. The kernel gives QEMU its own copy as the
+  // bytes are sent; the caller still owns `fd` and may close it once this
+  // returns, whatever the reply.
+  virtual asio::awaitable<Result<json::Value>>
+  execute_with_fd(std::string command, json::Object arguments, int fd,
+                  std::chrono::milliseconds timeout) = 0;
+
   virtual void on_event(EventHandler handler) = 0;
   virtual bool connected() const = 0;
   virtual void close() = 0;

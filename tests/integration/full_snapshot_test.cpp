@@ -15,6 +15,7 @@
 #include <gtest/gtest.h>
 
 #include "common/unique_fd.hpp"
+#include "tests/integration/qemu_proc.hpp"
 #include "tests/vmm/test_support.hpp"
 #include "tests/vmm/vm_world.hpp"
 #include "vmm/snapshot.hpp"
@@ -122,6 +123,10 @@ protected:
     auto vm = io().run(world_->driver->restore_full(snapshot, world_->config(name)));
     EXPECT_TRUE(vm) << vm.error().message();
     if (!vm) return nullptr;
+    // Under QEMU's seccomp filter, and holding no fd of the state it loaded.
+    EXPECT_EQ(seccomp_mode(vm.value()->qemu_pid()), 2);
+    EXPECT_EQ(open_files_naming(vm.value()->qemu_pid(), snapshot.device_state().string()),
+              std::vector<std::string>{});
     const auto memory = world_->shm.path() / ("vesicle-" + world_->config(name).id + ".mem");
     std::cout << "restore_full as " << name << " took " << ms_since(started)
               << " ms; its fresh RAM file holds " << (allocated_bytes(memory) >> 20)
@@ -138,6 +143,7 @@ TEST_F(FullSnapshots, BootedVmSavesInFullAndResumesWithItsState) {
   auto booted = io().run(world_->driver->boot(world_->config("a")));
   ASSERT_TRUE(booted) << booted.error().message();
   vms.vms.push_back(std::move(booted).value());
+  EXPECT_EQ(seccomp_mode(vms.vms[0]->qemu_pid()), 2);
   const std::string pid = leave_state(vms.vms[0]->agent(), "from-a");
   ASSERT_FALSE(pid.empty());
 
@@ -173,8 +179,13 @@ TEST_F(FullSnapshots, BootedVmSavesInFullAndResumesWithItsState) {
       } unmount{small};
       const fs::path ram = world_->shm.path() / ("vesicle-" + vms.vms[0]->id() + ".mem");
       const auto ram_before = allocated_bytes(ram);
+      const int qemu = vms.vms[0]->qemu_pid();
+      const auto fds_before = open_files(qemu).size();
       auto full = io().run(vms.vms[0]->save_full(small / "space"));
       ASSERT_FALSE(full);
+      // The state file QEMU was writing (now unlinked) is closed, not kept.
+      EXPECT_EQ(open_files_naming(qemu, small.string()), std::vector<std::string>{});
+      EXPECT_EQ(open_files(qemu).size(), fds_before);
       std::cout << "save_full onto a full disk: " << full.error().message() << "\n";
       EXPECT_NE(full.error().message().find("the VM was resumed"), std::string::npos)
           << full.error().message();

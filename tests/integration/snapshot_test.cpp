@@ -13,6 +13,7 @@
 #include <gtest/gtest.h>
 
 #include "common/unique_fd.hpp"
+#include "tests/integration/qemu_proc.hpp"
 #include "tests/vmm/test_support.hpp"
 #include "tests/vmm/vm_world.hpp"
 #include "vmm/snapshot.hpp"
@@ -99,6 +100,9 @@ protected:
       return "a RAM file on another filesystem was not refused with EXDEV";
     if (!origin.vms[0]->running()) return "a refused save ended the VM";
     if (!dir_entries(world_->snapshots.path()).empty()) return "a refused save left files";
+    if (seccomp_mode(origin.vms[0]->qemu_pid()) != 2)
+      return "the booted VM's QEMU does not run under a seccomp filter (Seccomp: " +
+             std::to_string(seccomp_mode(origin.vms[0]->qemu_pid())) + ")";
     const auto started = Clock::now();
     auto saved = world_->io.run(origin.vms[0]->save_snapshot(
         world_->snapshots.path() / "template", world_->snapshot_shm.path() / "template.mem"));
@@ -205,6 +209,13 @@ TEST_F(Snapshots, TwoRestoresSeeTheSavedStateAndNotEachOther) {
               << " ms, cont to agent ping " << t.resume.count() / 1000.0 << " ms\n";
     io().call_void([&prepared] { prepared.value().reset(); });
     restored.vms.push_back(std::move(vm).value());
+    // QEMU runs under its own seccomp filter, and the device state came in
+    // through an fd that QEMU closed when the load was done.
+    const int pid = restored.vms.back()->qemu_pid();
+    EXPECT_EQ(seccomp_mode(pid), 2) << name;
+    EXPECT_EQ(open_files_naming(pid, snapshot_->device_state().string()),
+              std::vector<std::string>{})
+        << name;
   }
   auto& a = restored.vms[0]->agent();
   auto& b = restored.vms[1]->agent();

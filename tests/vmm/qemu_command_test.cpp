@@ -46,10 +46,26 @@ TEST(QemuCommand, RestoreMapsTheSnapshotsRamPrivatelyAndWaitsForItsState) {
                "id=root,file=/run/v/clone-1/overlay.qcow2,format=qcow2,if=none,discard=unmap"));
 }
 
-TEST(QemuCommand, ShellQuoteRefusesQuotesAndNewlines) {
-  EXPECT_EQ(shell_quote("/a b/state").value(), "'/a b/state'");
-  EXPECT_FALSE(shell_quote("/a'b/state"));
-  EXPECT_FALSE(shell_quote("/a\nb/state"));
+// QEMU's seccomp filter forbids spawning, so no argument may ask for a
+// process (exec: migrations); saves and restores pass files instead.
+TEST(QemuCommand, EveryVmRunsUnderQemusSeccompFilterAndSpawnsNothing) {
+  Snapshot snapshot;
+  snapshot.dir = "/snap/t";
+  snapshot.memory_file = "/dev/shm/t.mem";
+  auto c = config();
+  const auto booted = command_line(c, VmPaths::of(c), Accel::tcg, 2096000);
+  const auto restored = command_line(c, VmPaths::of(c), Accel::tcg, 2096000, &snapshot);
+  snapshot.full_ram = true;
+  const auto resumed = command_line(c, VmPaths::of(c), Accel::kvm, std::nullopt, &snapshot);
+  for (const auto* args : {&booted, &restored, &resumed}) {
+    EXPECT_TRUE(
+        has_pair(*args, "-sandbox",
+                 "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"));
+    EXPECT_EQ(std::count(args->begin(), args->end(), "-sandbox"), 1);
+    for (const auto& arg : *args)
+      EXPECT_EQ(arg.find("exec:"), std::string::npos) << arg;
+  }
+  EXPECT_TRUE(has_pair(restored, "-incoming", "defer"));
 }
 
 TEST(QemuCommand, TcgCommandLine) {
@@ -66,9 +82,9 @@ TEST(QemuCommand, TcgCommandLine) {
       has_pair(args, "-object",
                "memory-backend-file,id=mem,size=768M,mem-path=/dev/shm/vesicle-vm-1.mem,share=on"));
   EXPECT_TRUE(has_pair(args, "-kernel", "/images/vmlinuz"));
-  EXPECT_TRUE(
-      has_pair(args, "-append",
-               "console=ttyS0 root=/dev/vda rw quiet panic=-1 reboot=t tsc_early_khz=2096000 tsc=reliable"));
+  EXPECT_TRUE(has_pair(
+      args, "-append",
+      "console=ttyS0 root=/dev/vda rw quiet panic=-1 reboot=t tsc_early_khz=2096000 tsc=reliable"));
   EXPECT_TRUE(has_pair(
       args, "-drive", "id=root,file=/run/v/vm-1/overlay.qcow2,format=qcow2,if=none,discard=unmap"));
   EXPECT_TRUE(
