@@ -40,6 +40,10 @@ std::vector<std::string> command_line(const VmConfig& config, const VmPaths& pat
                                       std::optional<unsigned long> tsc_khz,
                                       const Snapshot* restore_from = nullptr);
 
+// The descriptor number the VM's memory file has in QEMU: passed after the
+// tap's (fd 3) when the VM has a network device, else fd 3.
+int memory_fd(const VmConfig& config);
+
 // A shell-quoted path for QEMU's exec: migration URIs; paths with a quote
 // or a newline are refused.
 Result<std::string> shell_quote(const std::filesystem::path& path);
