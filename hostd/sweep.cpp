@@ -66,6 +66,18 @@ Result<SweepReport> sweep_leftovers(const fs::path& runtime_dir, const fs::path&
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
 
+  // Guest RAM is held in memfds now, which vanish with their holders; RAM
+  // files of templates and forks in shm_dir are left from hostd versions
+  // before that and only hold memory.
+  for (const auto& entry : fs::directory_iterator(shm_dir, ec)) {
+    const auto name = entry.path().filename().string();
+    const bool old_ram =
+        (name.rfind("vesicle-template-", 0) == 0 || name.rfind("vesicle-fork-", 0) == 0) &&
+        entry.path().extension() == ".mem";
+    std::error_code ignored;
+    if (old_ram && fs::remove(entry.path(), ignored)) ++report.memory_files;
+  }
+  ec.clear();
   if (!fs::exists(runtime_dir, ec)) return report;
   for (const auto& entry : fs::directory_iterator(runtime_dir, ec)) {
     const auto id = entry.path().filename().string();

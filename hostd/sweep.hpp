@@ -1,7 +1,9 @@
 // Reclaiming what a previous hostd left behind. A hostd killed with SIGKILL
 // takes its QEMU processes along (PR_SET_PDEATHSIG) but not their files:
 // per-VM runtime directories and guest memory files on tmpfs, which hold
-// host RAM until removed. hostd runs this before it serves.
+// host RAM until removed. hostd runs this before it serves. (Guest RAM lives
+// in memfds now, which die with their holders; RAM files in shm_dir are
+// left by earlier hostd versions.)
 #pragma once
 
 #include <filesystem>
@@ -19,8 +21,9 @@ struct SweepReport {
 
 // Kills QEMU processes whose sockets live under runtime_dir (only this
 // hostd's VMs: other hostds use other runtime dirs), then removes every VM
-// directory in runtime_dir and the memory file in shm_dir of each. Template
-// memory files (vesicle-template-*) are kept: they are checked before use.
+// directory in runtime_dir and the memory file in shm_dir of each, and the
+// template and fork RAM files (vesicle-template-*, vesicle-fork-*) earlier
+// versions kept in shm_dir.
 Result<SweepReport> sweep_leftovers(const std::filesystem::path& runtime_dir,
                                     const std::filesystem::path& shm_dir);
 

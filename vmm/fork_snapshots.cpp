@@ -15,7 +15,7 @@ ForkSnapshot::ForkSnapshot(std::string id, Snapshot snapshot, std::shared_ptr<Fo
 ForkSnapshot::~ForkSnapshot() {
   std::error_code ignored;
   std::filesystem::remove_all(snapshot_.dir, ignored);
-  std::filesystem::remove(snapshot_.memory_file, ignored);
+  // The RAM is a memfd (Snapshot::memory), freed with its last holder.
   --*count_;
 }
 

@@ -91,7 +91,8 @@ Result<std::unique_ptr<Process>> Process::spawn(asio::any_io_executor executor,
   const std::string binary_path = binary->string();
   const std::string output = options.output.string();
   const std::string working_dir = options.working_dir.string();
-  const int pass_fd = options.pass_fd;
+  const std::vector<int> pass_fds = options.pass_fds;
+  const int passed = static_cast<int>(pass_fds.size());
 
   UniqueFd out(::open(output.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600));
   if (!out) return sys_error("open", output).with_context("opening the log of " + options.argv[0]);
@@ -122,23 +123,22 @@ Result<std::unique_ptr<Process>> Process::spawn(asio::any_io_executor executor,
     if (::dup2(null.get(), 0) < 0 || ::dup2(out.get(), 1) < 0 || ::dup2(out.get(), 2) < 0) {
       child_fail(report);
     }
-    // Keep only stdio, the passed descriptor and the status pipe
-    // (close-on-exec) open. The status pipe is moved above fd 3 first.
-    int report_fd = report;
-    if (pass_fd >= 0) {
-      if (report_fd <= 3) {
-        report_fd = ::fcntl(report, F_DUPFD_CLOEXEC, 4);
-        if (report_fd < 0) child_fail(report);
-      }
-      if (pass_fd == 3) {
-        if (::fcntl(3, F_SETFD, 0) != 0) child_fail(report_fd);
-      } else if (::dup2(pass_fd, 3) < 0) {
-        child_fail(report_fd);
-      }
+    // Keep only stdio, the passed descriptors and the status pipe
+    // (close-on-exec). Every descriptor to pass is first moved above the
+    // range it goes to, so placing one never overwrites another.
+    const int top = 3 + passed;
+    int report_fd = ::fcntl(report, F_DUPFD_CLOEXEC, top + passed);
+    if (report_fd < 0) child_fail(report);
+    int moved[64];
+    if (passed > 64) child_fail(report_fd);
+    for (int i = 0; i < passed; ++i) {
+      moved[i] = ::fcntl(pass_fds[static_cast<std::size_t>(i)], F_DUPFD_CLOEXEC, top);
+      if (moved[i] < 0) child_fail(report_fd);
     }
-    const int first_closed = pass_fd >= 0 ? 4 : 3;
-    if (report_fd > first_closed) ::close_range(first_closed, report_fd - 1, 0);
-    ::close_range(report_fd + 1, ~0U, 0);
+    for (int i = 0; i < passed; ++i)
+      if (::dup2(moved[i], 3 + i) < 0) child_fail(report_fd); // dup2 clears close-on-exec
+    ::close_range(static_cast<unsigned>(top), static_cast<unsigned>(report_fd) - 1, 0);
+    ::close_range(static_cast<unsigned>(report_fd) + 1, ~0U, 0);
     if (!working_dir.empty() && ::chdir(working_dir.c_str()) != 0) child_fail(report_fd);
     ::execve(binary_path.c_str(), argv.data(), environ);
     child_fail(report_fd);

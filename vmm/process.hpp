@@ -27,7 +27,7 @@ struct SpawnOptions {
   std::vector<std::string> argv;     // argv[0] is looked up in PATH
   std::filesystem::path output;      // stdout and stderr, appended
   std::filesystem::path working_dir; // empty: inherit
-  int pass_fd = -1;                  // if set, becomes fd 3 in the child
+  std::vector<int> pass_fds;         // pass_fds[i] becomes fd 3+i in the child
 };
 
 // How a process ended: exactly one of exit_status or signal is meaningful.

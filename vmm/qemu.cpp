@@ -59,7 +59,8 @@ VmPaths VmPaths::of(const VmConfig& config) {
   paths.overlay = paths.dir / "overlay.qcow2";
   paths.log = paths.dir / "qemu.log";
   paths.pidfile = paths.dir / "qemu.pid";
-  paths.memory_file = config.shm_dir / ("vesicle-" + config.id + ".mem");
+  // memory_file is set when the VM gets a memory file of its own
+  // (QemuVm's own_memory): /proc/self/fd/<n> of that memfd.
   return paths;
 }
 
@@ -96,12 +97,12 @@ std::vector<std::string> command_line(const VmConfig& config, const VmPaths& pat
   // stay shared with every other VM restored from the same snapshot.
   // A full-RAM snapshot's pages all come from the migration stream, so its
   // VM gets a fresh file of its own, shared like a booted VM's.
+  // Either way the file is a memfd hostd passes in (guest_memory.hpp), the
+  // descriptor after the tap's: QEMU re-opens it as /proc/self/fd/<n>.
   const bool shared_from_snapshot = restore_from && !restore_from->full_ram;
   const std::string memory_backend =
-      shared_from_snapshot ? "memory-backend-file,id=mem,size=" + memory +
-                                 "M,mem-path=" + restore_from->memory_file.string() + ",share=off"
-                           : "memory-backend-file,id=mem,size=" + memory +
-                                 "M,mem-path=" + paths.memory_file.string() + ",share=on";
+      "memory-backend-file,id=mem,size=" + memory + "M,mem-path=/proc/self/fd/" +
+      std::to_string(memory_fd(config)) + (shared_from_snapshot ? ",share=off" : ",share=on");
   std::vector<std::string> args = {
       config.qemu_binary,
       "-M",
@@ -166,12 +167,16 @@ std::vector<std::string> command_line(const VmConfig& config, const VmPaths& pat
                   paths.pidfile.string(),
               });
   if (config.network) {
-    // The tap fd becomes fd 3 in QEMU (SpawnOptions::pass_fd).
+    // The tap fd becomes fd 3 in QEMU (SpawnOptions::pass_fds).
     args.insert(args.end(), {"-netdev", "tap,id=net0,fd=3", "-device",
                              "virtio-net-device,netdev=net0,mac=" + config.network->mac});
   }
   if (restore_from) args.insert(args.end(), {"-incoming", "defer", "-S"});
   return args;
+}
+
+int memory_fd(const VmConfig& config) {
+  return config.network ? 4 : 3;
 }
 
 std::optional<unsigned long> host_tsc_khz() {
@@ -289,7 +294,12 @@ struct VmState : std::enable_shared_from_this<VmState> {
   bool files_created = false;
   // Restored from a snapshot (RAM mapped share=off): cannot be saved fast.
   bool restored = false;
-  // The snapshot RAM file a restored VM maps share=off (empty otherwise).
+  // The RAM a booted (or fully restored) VM maps share=on, its own; null
+  // once a save made it a snapshot's.
+  std::shared_ptr<GuestMemory> own_memory;
+  // The snapshot's sealed RAM a restored VM maps share=off, and its
+  // /proc/self/fd path for hostd's own file calls (empty otherwise).
+  std::shared_ptr<GuestMemory> source_memory;
   fs::path shared_source;
   // While restore_full is under way: where the overlay (a full snapshot's
   // disk, renamed) goes back to if the VM ends before the restore completes.
@@ -313,7 +323,8 @@ struct VmState : std::enable_shared_from_this<VmState> {
     }
     std::error_code ignored;
     fs::remove_all(paths.dir, ignored);
-    fs::remove(paths.memory_file, ignored);
+    own_memory.reset(); // freed once QEMU's mapping is gone too
+    paths.memory_file.clear();
     files_created = false;
   }
 
@@ -584,11 +595,17 @@ snapshot::Manifest manifest_of(const VmState& state) {
 
 // What save_snapshot does once QEMU is gone and the files are in place:
 // checksums, manifest, read-only modes. Blocking; runs off the executor.
-Result<snapshot::Manifest> seal_snapshot(const fs::path& staging, snapshot::Manifest manifest) {
+Result<snapshot::Manifest> seal_snapshot(const fs::path& staging, snapshot::Manifest manifest,
+                                         const GuestMemory& memory) {
   const fs::path state = staging / snapshot::kStateName;
   const fs::path disk = staging / snapshot::kDiskName;
   if (auto digested = sync_and_digest_staged(staging, manifest); !digested) return digested.error();
-  auto memory_digest = snapshot::digest_sparse_file(manifest.memory_file);
+  // Kept on disk too when asked (a template, read back after a restart).
+  const bool persisted = manifest.memory_file != memory.path();
+  if (persisted) {
+    if (auto written = memory.write_to(manifest.memory_file); !written) return written.error();
+  }
+  auto memory_digest = snapshot::digest_sparse_file(memory.path());
   if (!memory_digest) return memory_digest.error();
   manifest.memory = *memory_digest;
   if (manifest.memory.size != std::uint64_t{manifest.memory_mib} << 20) {
@@ -604,7 +621,8 @@ Result<snapshot::Manifest> seal_snapshot(const fs::path& staging, snapshot::Mani
   // Read-only: a restored VM maps the RAM file share=off and sees any later
   // write to a page it has not copied yet. (Root ignores the mode; it is a
   // guard against accidents, not a protection.)
-  for (const auto& path : {state, disk, manifest_path, manifest.memory_file}) {
+  // (The memory file itself is sealed, and its copy on disk made 0400.)
+  for (const auto& path : {state, disk, manifest_path}) {
     if (::chmod(path.c_str(), 0444) != 0) return sys_error("make read-only", path.string());
   }
   if (auto synced = fsync_path(staging, true); !synced) return synced.error();
@@ -656,29 +674,15 @@ asio::awaitable<Result<Snapshot>> save_steps(std::shared_ptr<VmState> state, fs:
   std::error_code ec;
   dir = fs::absolute(dir, ec).lexically_normal();
   if (!dir.has_filename()) dir = dir.parent_path(); // "a/b/" names a/b
-  memory_file = fs::absolute(memory_file, ec).lexically_normal();
+  if (!memory_file.empty()) memory_file = fs::absolute(memory_file, ec).lexically_normal();
   for (const auto& path : {dir, memory_file}) {
-    if (fs::symlink_status(path, ec).type() != fs::file_type::not_found) {
+    if (!path.empty() && fs::symlink_status(path, ec).type() != fs::file_type::not_found) {
       co_return Error{EEXIST,
                       "save snapshot",
                       path.string(),
                       "it exists; a snapshot is never overwritten: choose a new path",
                       {}};
     }
-  }
-  struct stat target_parent {
-  }, current{};
-  if (::stat(memory_file.parent_path().c_str(), &target_parent) != 0)
-    co_return sys_error("save snapshot: stat", memory_file.parent_path().string());
-  if (::stat(state->paths.memory_file.c_str(), &current) != 0)
-    co_return sys_error("save snapshot: stat", state->paths.memory_file.string());
-  if (target_parent.st_dev != current.st_dev) {
-    co_return Error{EXDEV,
-                    "save snapshot",
-                    memory_file.string(),
-                    "the memory file must stay on the filesystem of the VM's RAM file (" +
-                        state->paths.memory_file.string() + "): saving is a rename, not a copy",
-                    {}};
   }
   // Everything is written into a hidden staging dir beside `dir` and renamed
   // to `dir` last, so `dir` is either absent or complete.
@@ -716,12 +720,14 @@ asio::awaitable<Result<Snapshot>> save_steps(std::shared_ptr<VmState> state, fs:
   state->files_created = false;
   const VmPaths paths = state->paths;
   bool memory_moved = false;
+  // The RAM is the snapshot's now; QEMU's exit unmaps it.
+  std::shared_ptr<GuestMemory> memory = std::move(state->own_memory);
+  state->paths.memory_file.clear();
   auto fail = [&](Error error) -> Result<Snapshot> {
     std::error_code ignored;
     fs::remove_all(staging, ignored);
     if (memory_moved) fs::remove(memory_file, ignored);
     fs::remove_all(paths.dir, ignored);
-    fs::remove(paths.memory_file, ignored);
     error.detail += "; the VM has ended and nothing of it was kept";
     return std::move(error).with_context("saving VM " + id + " to " + dir.string());
   };
@@ -729,20 +735,23 @@ asio::awaitable<Result<Snapshot>> save_steps(std::shared_ptr<VmState> state, fs:
   if (state->running()) co_return fail(make_error("quit QEMU", "it did not exit", id));
   if (auto moved = rename_new(paths.overlay, staging / snapshot::kDiskName); !moved)
     co_return fail(std::move(moved).error());
-  if (auto moved = rename_new(paths.memory_file, memory_file); !moved)
-    co_return fail(std::move(moved).error());
-  memory_moved = true;
+  // Nothing maps the memory writable and shared any more: seal it.
+  if (!memory) co_return fail(make_error("save snapshot", "the VM has no memory file", id));
+  if (auto sealed = memory->seal(); !sealed) co_return fail(std::move(sealed).error());
+  if (!memory_file.empty()) memory_moved = true; // written by seal_snapshot
   fs::remove_all(paths.dir, ec); // sockets, log, pidfile
 
   snapshot::Manifest manifest = manifest_of(*state);
-  manifest.memory_file = memory_file;
-  auto seal = [staging, manifest]() { return seal_snapshot(staging, manifest); };
+  manifest.memory_file = memory_file.empty() ? memory->path() : memory_file;
+  auto seal = [staging, manifest, memory]() { return seal_snapshot(staging, manifest, *memory); };
   auto sealed = co_await run_blocking(state->executor, std::move(seal));
   if (!sealed) co_return fail(std::move(sealed).error());
   if (auto moved = rename_new(staging, dir); !moved) co_return fail(std::move(moved).error());
   (void)fsync_path(dir.parent_path(), true);
 
-  co_return snapshot::described(dir, manifest);
+  Snapshot saved = snapshot::described(dir, *sealed);
+  saved.memory = std::move(memory);
+  co_return saved;
 }
 
 // Copies a file keeping its holes (data extents + copy_file_range): the
@@ -1123,6 +1132,7 @@ private:
     const VmPaths& paths = state->paths;
     if (auto made = make_vm_dir(config, paths); !made) co_return std::move(made).error();
     state->files_created = true;
+    if (auto made = give_own_memory(*state); !made) co_return std::move(made).error();
     // The snapshot's disk becomes this VM's own; a failure puts it back
     // (before QEMU is killed and the VM's files go).
     // (VmState::remove_files does it, so also when QEMU exits on its own.)
@@ -1183,10 +1193,11 @@ private:
       }
       return snapshot.images.check();
     }
-    struct stat st {};
-    if (::stat(snapshot.memory_file.c_str(), &st) != 0)
-      return sys_error("check snapshot memory file", snapshot.memory_file.string());
-    if (static_cast<std::uint64_t>(st.st_size) != std::uint64_t{snapshot.memory_mib} << 20) {
+    if (!snapshot.memory || !snapshot.memory->sealed())
+      return make_error("check snapshot memory",
+                        "the snapshot's RAM is not loaded (open it with open_snapshot)",
+                        snapshot.dir.string());
+    if (snapshot.memory->bytes() != std::uint64_t{snapshot.memory_mib} << 20) {
       return make_error("check snapshot memory file",
                         "its size is not the snapshot's memory size; rebuild the snapshot",
                         snapshot.memory_file.string());
@@ -1205,7 +1216,8 @@ private:
     if (!made_state) co_return std::move(made_state).error();
     auto state = std::move(made_state.value());
     state->restored = true;
-    state->shared_source = snapshot.memory_file;
+    state->source_memory = snapshot.memory;
+    state->shared_source = snapshot.memory->path();
     const VmPaths& paths = state->paths;
     DestroyGuard guard{state};
     if (auto made = make_vm_dir(config, paths); !made) co_return std::move(made).error();
@@ -1268,6 +1280,7 @@ private:
 
     if (auto made = make_vm_dir(config, paths); !made) co_return std::move(made).error();
     state->files_created = true;
+    if (auto made = give_own_memory(*state); !made) co_return std::move(made).error();
 
     // The base image is never written; every write lands in the overlay.
     auto backing = fs::absolute(config.images.base_disk).string();
@@ -1364,7 +1377,10 @@ private:
     detail::SpawnOptions qemu_options;
     qemu_options.argv = std::move(argv);
     qemu_options.output = paths.log;
-    if (state->config.network) qemu_options.pass_fd = state->config.network->tap_fd;
+    if (state->config.network) qemu_options.pass_fds.push_back(state->config.network->tap_fd);
+    const auto& memory = state->own_memory ? state->own_memory : state->source_memory;
+    if (!memory) co_return make_error("start QEMU", "the VM has no memory file", state->config.id);
+    qemu_options.pass_fds.push_back(memory->fd());
     qemu_options.working_dir = paths.dir;
     auto process = detail::Process::spawn(executor, qemu_options);
     if (!process) co_return std::move(process).error().with_context("starting QEMU");
@@ -1424,6 +1440,18 @@ private:
     state->accel = accel;
     state->kernel_cmdline = snapshot.kernel_cmdline;
     return state;
+  }
+
+  // A memory file of the VM's own, mapped share=on (a booted VM, or one
+  // resumed from a full-RAM snapshot): what a fast save seals into a
+  // snapshot.
+  static Result<void> give_own_memory(VmState& state) {
+    auto memory = GuestMemory::create("vesicle-" + state.config.id,
+                                      std::uint64_t{state.config.memory_mib} << 20);
+    if (!memory) return std::move(memory).error().with_context("creating the VM's memory");
+    state.own_memory = std::move(memory.value());
+    state.paths.memory_file = state.own_memory->path();
+    return {};
   }
 
   // Creates the VM's own directory, after checking that its sockets' paths

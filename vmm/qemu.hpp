@@ -40,6 +40,10 @@ std::vector<std::string> command_line(const VmConfig& config, const VmPaths& pat
                                       std::optional<unsigned long> tsc_khz,
                                       const Snapshot* restore_from = nullptr);
 
+// The descriptor number the VM's memory file has in QEMU: passed after the
+// tap's (fd 3) when the VM has a network device, else fd 3.
+int memory_fd(const VmConfig& config);
+
 // The host's TSC frequency, measured against CLOCK_MONOTONIC_RAW once per
 // process (~30 ms); nullopt on hosts without an invariant TSC or not x86.
 std::optional<unsigned long> host_tsc_khz();

@@ -375,8 +375,22 @@ Result<Snapshot> open(const fs::path& dir) {
   }
   if (auto ok = check_file(state, "device state", m.state, false); !ok) return ok.error();
   if (auto ok = check_file(disk, "disk", m.disk, false); !ok) return ok.error();
+  // The RAM image is copied into a sealed memory file (what restored VMs
+  // map), and the copy is what gets checked: what was checked is what runs.
+  std::shared_ptr<GuestMemory> memory;
   if (!m.full_ram) {
-    if (auto ok = check_file(m.memory_file, "memory file", m.memory, true); !ok) return ok.error();
+    auto loaded = GuestMemory::load(m.memory_file, "vesicle-snapshot");
+    if (!loaded) {
+      Error error = std::move(loaded).error();
+      error.detail += kRebuild;
+      return error;
+    }
+    memory = std::move(loaded.value());
+    if (auto ok = check_file(memory->path(), "memory file", m.memory, true); !ok) {
+      Error error = std::move(ok).error();
+      error.subject = m.memory_file.string();
+      return error;
+    }
   }
   // The disk's backing chain lives outside the snapshot: the base image, and
   // for a VM that was itself restored, the template snapshot's disk. A
@@ -409,7 +423,9 @@ Result<Snapshot> open(const fs::path& dir) {
     }
   }
 
-  return described(dir, m);
+  Snapshot snapshot = described(dir, m);
+  snapshot.memory = std::move(memory);
+  return snapshot;
 }
 
 Snapshot described(const fs::path& dir, const Manifest& m) {

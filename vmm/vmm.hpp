@@ -16,6 +16,7 @@
 
 #include "common/result.hpp"
 #include "vmm/agent_client.hpp"
+#include "vmm/guest_memory.hpp"
 
 namespace vesicle::vmm {
 
@@ -66,8 +67,15 @@ struct VmConfig {
 // Made by Vm::save_snapshot, read back with open_snapshot, started any
 // number of times with Driver::restore.
 struct Snapshot {
-  std::filesystem::path dir;         // manifest, device state, disk
-  std::filesystem::path memory_file; // the RAM image (normally on tmpfs)
+  std::filesystem::path dir; // manifest, device state, disk
+  // Where the RAM image is kept on disk (a template's, read back after a
+  // restart), or /proc/self/fd/<n> of `memory` when only memory holds it
+  // (a fork's). Empty for a full-RAM snapshot.
+  std::filesystem::path memory_file;
+  // The RAM image VMs are restored from: a sealed memory file
+  // (guest_memory.hpp), passed to each restored QEMU as a descriptor.
+  // Null for a full-RAM snapshot and for one described but not opened.
+  std::shared_ptr<GuestMemory> memory;
   std::filesystem::path disk;        // what restored VMs' qcow2 overlays are backed by
   GuestImages images; // kernel+initrd it booted from (restore must match the machine)
   unsigned vcpus = 0;
@@ -112,10 +120,13 @@ public:
   // Kills the VM now and removes its files. Safe to call more than once.
   virtual void destroy() = 0;
 
-  // Pauses the VM, saves its device state (x-ignore-shared) into `dir`, moves its
-  // RAM file to `memory_file` (same filesystem: a rename) and its disk into `dir`,
-  // writes the manifest (version, sizes, sha256s) atomically, makes the files
-  // read-only, and ends the VM (its process exits; the Vm is then not running).
+  // Pauses the VM, saves its device state (x-ignore-shared) into `dir`, moves
+  // its disk into `dir`, seals its RAM (a memfd: no copy) into the
+  // snapshot's `memory`, also writes it to `memory_file` unless that is
+  // empty (a copy on disk, for a snapshot that must outlive hostd: mode
+  // 0400), writes the manifest (version, sizes, sha256s) atomically, makes
+  // the files read-only, and ends the VM (its process exits; the Vm is then
+  // not running).
   // On failure nothing half-written is left in dir and the Error says why.
   // `dir` and `memory_file` must not exist; dir's parent must.
   // Let agent calls finish first: one in flight is saved half-done, and

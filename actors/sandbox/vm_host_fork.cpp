@@ -52,7 +52,6 @@ asio::awaitable<void> VmHost::run_fork_parent(std::string parent_id, std::string
   const SandboxVm before = found->second;
   const sandbox_actor parent = before.target->sandbox;
   const auto dir = settings_.runtime_dir / ("fork-" + base_id);
-  const auto memory_file = settings_.shm_dir / ("vesicle-fork-" + base_id + ".mem");
   // The old QEMU ends when it is saved: that is no death of the sandbox.
   before.target->sandbox = nullptr;
   const auto started = std::chrono::steady_clock::now();
@@ -74,7 +73,10 @@ asio::awaitable<void> VmHost::run_fork_parent(std::string parent_id, std::string
     source = std::move(promoted.value());
   }
   const auto promoted_at = std::chrono::steady_clock::now();
-  auto saved = co_await source->save_snapshot(dir, memory_file);
+  // The RAM stays in memory only (no memory_file): a fork's snapshot dies
+  // with its family, and with hostd.
+  fs::path no_copy_on_disk;
+  auto saved = co_await source->save_snapshot(dir, std::move(no_copy_on_disk));
   const auto saved_at = std::chrono::steady_clock::now();
   if (!saved) {
     const std::string why = saved.error().message();

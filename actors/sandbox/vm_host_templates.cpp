@@ -97,7 +97,9 @@ asio::awaitable<void> VmHost::run_template(TemplateSpec spec, pool_actor pool) {
 asio::awaitable<Result<std::shared_ptr<const vmm::Snapshot>>>
 VmHost::build_template(const TemplateSpec& spec) {
   const auto dir = settings_.templates_dir / spec.key;
-  const auto memory_file = settings_.shm_dir / ("vesicle-template-" + spec.key + ".mem");
+  // The RAM image is kept on disk beside the snapshot for the next start
+  // (read back into a sealed memfd then); VMs map the memfd.
+  const auto memory_file = settings_.templates_dir / (spec.key + ".mem");
   std::error_code ec;
   fs::remove_all(dir, ec);
   fs::remove(memory_file, ec);

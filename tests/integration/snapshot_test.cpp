@@ -58,6 +58,10 @@ std::map<std::string, std::string> fingerprint(const vmm::Snapshot& snapshot) {
     sums[name] = sha256_hex(read_file(snapshot.dir / name));
   auto memory = vmm::snapshot::digest_sparse_file(snapshot.memory_file);
   sums["memory"] = memory ? memory->sha256 : memory.error().message();
+  if (snapshot.memory) {
+    auto mapped = vmm::snapshot::digest_sparse_file(snapshot.memory->path());
+    sums["memfd"] = mapped ? mapped->sha256 : mapped.error().message();
+  }
   return sums;
 }
 
@@ -88,16 +92,20 @@ protected:
     if (!set.exit || set.exit->exit_code() != 0) return "x = 41 failed";
     auto wrote = world_->io.run(bash(agent, "echo before-the-save > /root/snapshot-marker"));
     if (!wrote.exit || wrote.exit->exit_code() != 0) return "writing the marker failed";
-    // Refusals that leave the VM running: an existing dir, a RAM file on
-    // another filesystem (a save is a rename).
+    // Refusals that leave the VM running: an existing dir, an existing
+    // file where the RAM's copy on disk would go.
     auto exists = world_->io.run(origin.vms[0]->save_snapshot(
         world_->snapshots.path(), world_->snapshot_shm.path() / "refused.mem"));
     if (exists || exists.error().errno_value != EEXIST)
       return "saving into an existing dir was not refused with EEXIST";
-    auto elsewhere = world_->io.run(origin.vms[0]->save_snapshot(
-        world_->snapshots.path() / "refused", world_->snapshots.path() / "refused.mem"));
-    if (elsewhere || elsewhere.error().errno_value != EXDEV)
-      return "a RAM file on another filesystem was not refused with EXDEV";
+    write_file(world_->snapshot_shm.path() / "taken.mem", "someone else's");
+    auto taken = world_->io.run(origin.vms[0]->save_snapshot(
+        world_->snapshots.path() / "refused", world_->snapshot_shm.path() / "taken.mem"));
+    if (taken || taken.error().errno_value != EEXIST)
+      return "an existing RAM copy was not refused with EEXIST";
+    if (read_file(world_->snapshot_shm.path() / "taken.mem") != "someone else's")
+      return "a refused save overwrote a file";
+    fs::remove(world_->snapshot_shm.path() / "taken.mem");
     if (!origin.vms[0]->running()) return "a refused save ended the VM";
     if (!dir_entries(world_->snapshots.path()).empty()) return "a refused save left files";
     if (seccomp_mode(origin.vms[0]->qemu_pid()) != 2)
@@ -170,15 +178,22 @@ TEST_F(Snapshots, SaveEndsTheVmAndWritesAReadOnlySnapshotThatOpens) {
   EXPECT_NE(exit_how_->find("saved to a snapshot"), std::string::npos) << *exit_how_;
   EXPECT_EQ(dir_entries(world_->snapshots.path()), std::vector<std::string>{"template"})
       << "no staging dir left beside the snapshot";
-  for (const auto& file : {snapshot_->manifest(), snapshot_->device_state(), snapshot_->disk,
-                           snapshot_->memory_file}) {
+  for (const auto& file : {snapshot_->manifest(), snapshot_->device_state(), snapshot_->disk}) {
     struct stat st {};
     ASSERT_EQ(::stat(file.c_str(), &st), 0) << file;
     EXPECT_EQ(st.st_mode & 0777, 0444u) << file;
   }
+  // The RAM the restores map is a sealed memfd; the copy on disk (for a
+  // later start) is for hostd alone.
+  ASSERT_TRUE(snapshot_->memory);
+  EXPECT_TRUE(snapshot_->memory->sealed());
+  EXPECT_EQ(::fcntl(snapshot_->memory->fd(), F_GET_SEALS),
+            F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL);
+  EXPECT_EQ(::pwrite(snapshot_->memory->fd(), "x", 1, 0), -1) << "a sealed memfd took a write";
   struct stat memory {};
   ASSERT_EQ(::stat(snapshot_->memory_file.c_str(), &memory), 0);
   EXPECT_EQ(static_cast<std::uint64_t>(memory.st_size), 512ull << 20);
+  EXPECT_EQ(memory.st_mode & 0777, 0400u);
   EXPECT_LT(static_cast<std::uint64_t>(memory.st_blocks) * 512, 400ull << 20)
       << "the RAM file stayed sparse";
   const auto started = Clock::now();

@@ -30,13 +30,14 @@ VmConfig config() {
 TEST(QemuCommand, RestoreMapsTheSnapshotsRamPrivatelyAndWaitsForItsState) {
   Snapshot snapshot;
   snapshot.dir = "/snap/t";
-  snapshot.memory_file = "/dev/shm/t.mem";
+  snapshot.memory_file = "/var/lib/vesicle/templates/t.mem"; // the copy on disk: not mapped
   snapshot.kernel_cmdline = "console=ttyS0 saved-line";
   auto c = config();
   c.id = "clone-1";
   const auto args = command_line(c, VmPaths::of(c), Accel::tcg, 2096000, &snapshot);
+  // The snapshot's sealed memfd, passed as fd 3 (no network device).
   EXPECT_TRUE(has_pair(args, "-object",
-                       "memory-backend-file,id=mem,size=768M,mem-path=/dev/shm/t.mem,share=off"));
+                       "memory-backend-file,id=mem,size=768M,mem-path=/proc/self/fd/3,share=off"));
   // The saved machine's kernel line, not one measured now: fw_cfg must match.
   EXPECT_TRUE(has_pair(args, "-append", "console=ttyS0 saved-line"));
   EXPECT_TRUE(has_pair(args, "-incoming", "defer"));
@@ -78,9 +79,8 @@ TEST(QemuCommand, TcgCommandLine) {
   EXPECT_TRUE(has_pair(args, "-cpu", "max"));
   EXPECT_TRUE(has_pair(args, "-smp", "3"));
   EXPECT_TRUE(has_pair(args, "-m", "768"));
-  EXPECT_TRUE(
-      has_pair(args, "-object",
-               "memory-backend-file,id=mem,size=768M,mem-path=/dev/shm/vesicle-vm-1.mem,share=on"));
+  EXPECT_TRUE(has_pair(args, "-object",
+                       "memory-backend-file,id=mem,size=768M,mem-path=/proc/self/fd/3,share=on"));
   EXPECT_TRUE(has_pair(args, "-kernel", "/images/vmlinuz"));
   EXPECT_TRUE(has_pair(
       args, "-append",
@@ -116,6 +116,10 @@ TEST(QemuCommand, NetworkDeviceOnlyWithAnAttachment) {
   args = command_line(c, VmPaths::of(c), Accel::tcg, std::nullopt);
   EXPECT_TRUE(has_pair(args, "-netdev", "tap,id=net0,fd=3"));
   EXPECT_TRUE(has_pair(args, "-device", "virtio-net-device,netdev=net0,mac=02:76:73:00:00:02"));
+  // The memory file's descriptor comes after the tap's.
+  EXPECT_EQ(memory_fd(c), 4);
+  EXPECT_TRUE(has_pair(args, "-object",
+                       "memory-backend-file,id=mem,size=768M,mem-path=/proc/self/fd/4,share=on"));
 }
 
 TEST(QemuCommand, IdsAreChecked) {

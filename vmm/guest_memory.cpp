@@ -1,0 +1,123 @@
+#include "vmm/guest_memory.hpp"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <vector>
+
+namespace vesicle::vmm {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr unsigned kSeals = F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL;
+
+// Copies [data extents of `in`] to `out` at the same offsets; `out` has the
+// size already. copy_file_range does not cross from a disk file into a memfd
+// on every kernel, so this reads and writes.
+Result<void> copy_extents(int in, int out, std::uint64_t size, const std::string& what) {
+  std::vector<char> buffer(1 << 20);
+  off_t offset = 0;
+  const auto end = static_cast<off_t>(size);
+  while (offset < end) {
+    const off_t data = ::lseek(in, offset, SEEK_DATA);
+    if (data < 0) {
+      if (errno == ENXIO) break; // only a hole is left
+      return sys_error("seek to data in", what);
+    }
+    off_t hole = ::lseek(in, data, SEEK_HOLE);
+    if (hole < 0) return sys_error("seek to a hole in", what);
+    hole = std::min(hole, end);
+    for (off_t at = data; at < hole;) {
+      const auto want = static_cast<std::size_t>(std::min<off_t>(hole - at, buffer.size()));
+      const ssize_t n = ::pread(in, buffer.data(), want, at);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) return sys_error("read", what);
+      if (n == 0) return Error{EIO, "read", what, "the file shrank while being copied", {}};
+      for (ssize_t done = 0; done < n;) {
+        const ssize_t w =
+            ::pwrite(out, buffer.data() + done, static_cast<std::size_t>(n - done), at + done);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) return sys_error("write a copy of", what);
+        done += w;
+      }
+      at += n;
+    }
+    offset = hole;
+  }
+  return {};
+}
+
+Result<UniqueFd> new_memfd(const std::string& name, std::uint64_t bytes) {
+  UniqueFd fd(::memfd_create(name.c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING));
+  if (!fd) return sys_error("memfd_create", name);
+  if (::ftruncate(fd.get(), static_cast<off_t>(bytes)) != 0) return sys_error("ftruncate", name);
+  if (::fchmod(fd.get(), 0600) != 0) return sys_error("fchmod", name);
+  return fd;
+}
+
+} // namespace
+
+fs::path fd_path(int fd) {
+  return fs::path("/proc/self/fd") / std::to_string(fd);
+}
+
+fs::path GuestMemory::path() const {
+  return fd_path(fd_.get());
+}
+
+Result<std::shared_ptr<GuestMemory>> GuestMemory::create(const std::string& name,
+                                                         std::uint64_t bytes) {
+  auto fd = new_memfd(name, bytes);
+  if (!fd) return std::move(fd).error();
+  return std::shared_ptr<GuestMemory>(new GuestMemory(std::move(fd.value()), bytes));
+}
+
+Result<std::shared_ptr<GuestMemory>> GuestMemory::load(const fs::path& file,
+                                                       const std::string& name) {
+  UniqueFd in(::open(file.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!in) return sys_error("open", file.string());
+  struct stat st {};
+  if (::fstat(in.get(), &st) != 0) return sys_error("stat", file.string());
+  const auto bytes = static_cast<std::uint64_t>(st.st_size);
+  auto fd = new_memfd(name, bytes);
+  if (!fd) return std::move(fd).error();
+  if (auto copied = copy_extents(in.get(), fd->get(), bytes, file.string()); !copied)
+    return std::move(copied).error();
+  std::shared_ptr<GuestMemory> memory(new GuestMemory(std::move(fd.value()), bytes));
+  if (auto sealed = memory->seal(); !sealed) return std::move(sealed).error();
+  return memory;
+}
+
+Result<void> GuestMemory::seal() {
+  if (sealed_) return {};
+  if (::fcntl(fd_.get(), F_ADD_SEALS, kSeals) != 0) {
+    Error error = sys_error("seal guest memory", path().string());
+    if (errno == EBUSY) error.detail = "a VM still maps it writable and shared";
+    return error;
+  }
+  if (::fchmod(fd_.get(), 0666) != 0) return sys_error("fchmod", path().string());
+  sealed_ = true;
+  return {};
+}
+
+Result<void> GuestMemory::write_to(const fs::path& file) const {
+  UniqueFd out(::open(file.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0400));
+  if (!out) return sys_error("create", file.string());
+  auto fail = [&](Error error) {
+    ::unlink(file.c_str());
+    return error;
+  };
+  if (::ftruncate(out.get(), static_cast<off_t>(bytes_)) != 0)
+    return fail(sys_error("ftruncate", file.string()));
+  if (auto copied = copy_extents(fd_.get(), out.get(), bytes_, path().string()); !copied)
+    return fail(std::move(copied).error());
+  if (::fsync(out.get()) != 0) return fail(sys_error("fsync", file.string()));
+  return {};
+}
+
+} // namespace vesicle::vmm
