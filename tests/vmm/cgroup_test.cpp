@@ -8,6 +8,7 @@
 #include "vmm/cgroup.hpp"
 
 #include <fcntl.h>
+#include <grp.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -347,7 +348,9 @@ struct Child {
   int in = -1;  // write end of its stdin
 };
 
-Child start_in(const Leaf& leaf, std::vector<std::string> args) {
+// With `uid`, the child drops to it (and its gid) before joining, as a
+// launcher that sheds root first would.
+Child start_in(const Leaf& leaf, std::vector<std::string> args, uid_t uid = 0) {
   auto fds = leaf.open_procs();
   EXPECT_TRUE(fds) << fds.error().message();
   if (!fds) return {};
@@ -366,6 +369,8 @@ Child start_in(const Leaf& leaf, std::vector<std::string> args) {
     procs.push_back(fd.get());
   pid_t pid = ::fork();
   if (pid == 0) {
+    if (uid != 0 && (::setgroups(0, nullptr) != 0 || ::setgid(uid) != 0 || ::setuid(uid) != 0))
+      ::_exit(121);
     for (int fd : procs)
       if (::write(fd, "0", 1) != 1) ::_exit(120);
     ::dup2(out[1], 1);
@@ -533,6 +538,24 @@ TEST_F(V1Host, ProcCgroupNamesTheSandboxAlsoAfterARename) {
   ::close(child.out);
   auto gone = leaf->remove();
   EXPECT_TRUE(gone) << gone.error().message();
+}
+
+// The kernel checks a cgroup.procs write against the credentials the file
+// was opened with (5.16+), so a child that has already dropped root still
+// joins through the fds hostd opened.
+TEST_F(V1Host, AChildThatDroppedRootJoinsThroughTheFds) {
+  Limits limits;
+  limits.guest_ram_bytes = 64ull << 20;
+  limits.pids_max = 16;
+  auto leaf = tree_->create("sb-nobody", limits);
+  ASSERT_TRUE(leaf) << leaf.error().message();
+  Child child = start_in(*leaf, {"memhog", "256"}, 65534);
+  ASSERT_GT(child.pid, 0);
+  const std::string output = read_all(child.out);
+  const int status = reap(child);
+  EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL)
+      << "status " << status << ", output: " << output;
+  EXPECT_GE(leaf->oom_kills().value(), 1u);
 }
 
 TEST_F(V1Host, SweepKillsWhatIsLeftAndRemovesEveryLeaf) {
