@@ -139,9 +139,13 @@ Result<void> remove_dir(const DirOps& ops, const fs::path& dir) {
   for (int attempt = 0;; ++attempt) {
     auto removed = ops.remove(dir);
     if (removed || removed.error().errno_value == ENOENT) return {};
-    if (removed.error().errno_value != EBUSY || attempt == 7)
-      return std::move(removed).error().with_context("removing cgroup " + dir.string() +
-                                                     " (processes still in it?)");
+    if (removed.error().errno_value != EBUSY)
+      return std::move(removed).error().with_context("removing cgroup " + dir.string());
+    if (attempt == 7) {
+      Error busy = std::move(removed).error();
+      busy.detail = "processes are still in it 127 ms on; kill them (Leaf::kill_all) and retry";
+      return std::move(busy).with_context("removing cgroup " + dir.string());
+    }
     std::this_thread::sleep_for(delay);
     delay *= 2;
   }
@@ -479,6 +483,10 @@ Result<Tree> Tree::open(const Hierarchy& hierarchy, Options options) {
   if (auto made = ensure_dir(ops, root); !made) return std::move(made).error();
   if (auto enabled = write_file(root / "cgroup.subtree_control", kControllers); !enabled)
     return std::move(enabled).error();
+  if (!path_exists(root / "memory.swap.max"))
+    log::warn("the kernel does not account swap (no memory.swap.max): a VM's memory can be "
+              "swapped out past its limit; boot with swapaccount=1 to forbid it",
+              {{"cgroup", root.string()}});
   return Tree(Version::v2, {std::move(root)}, std::move(options.dir_ops));
 }
 
