@@ -58,3 +58,12 @@ add_executable(cgroup_probe vmm/cgroup_probe.cpp)
 vesicle_test(cgroup_test SOURCES vmm/cgroup_test.cpp LIBS vesicle_vmm)
 target_compile_definitions(cgroup_test PRIVATE VESICLE_CGROUP_PROBE="$<TARGET_FILE:cgroup_probe>")
 add_dependencies(cgroup_test cgroup_probe)
+
+# A real TCG VM in a cgroup v1 leaf: it lives under Limits::for_qemu and is
+# OOM-killed (and reported so) under its guest RAM alone. Two boots.
+vesicle_test(cgroup_vm_integration_test SOURCES integration/cgroup_vm_test.cpp LIBS vesicle_vmm
+             LABEL integration TIMEOUT 600)
+target_compile_definitions(cgroup_vm_integration_test PRIVATE
+                           VESICLE_VM_BIN="$<TARGET_FILE:vesicle-vm>")
+add_dependencies(cgroup_vm_integration_test vesicle-vm)
+set_property(TEST cgroup_vm_integration_test APPEND PROPERTY ENVIRONMENT ${vmm_images_env})
