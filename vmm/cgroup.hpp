@@ -19,6 +19,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "common/result.hpp"
@@ -119,7 +120,8 @@ public:
   // memory.peak: kernel >= 5.19).
   Result<std::uint64_t> memory_peak() const;
   // oom_message(limits()) when oom_kills() > 0, nullopt when none: what the
-  // sandbox shows as its death reason once its VM has died.
+  // sandbox shows as its death reason once its VM has died. Read it before
+  // remove(): a removed leaf has no counters left.
   Result<std::optional<std::string>> oom_report() const;
 
   // The processes in the leaf (cgroup.procs of its memory directory).
