@@ -50,3 +50,20 @@ set_property(TEST full_snapshot_integration_test APPEND PROPERTY ENVIRONMENT ${v
 
 add_executable(full_snapshot_bench bench/full_snapshot_bench.cpp)
 target_link_libraries(full_snapshot_bench PRIVATE vesicle_vmm Boost::program_options OpenSSL::Crypto)
+
+# cgroup leaves: the v2 writer against a directory tree, detection from
+# sample mountinfo, and (as root, on a cgroup v1 host like these) real leaves
+# whose memory and pids limits stop the probe; no VM.
+add_executable(cgroup_probe vmm/cgroup_probe.cpp)
+vesicle_test(cgroup_test SOURCES vmm/cgroup_test.cpp LIBS vesicle_vmm)
+target_compile_definitions(cgroup_test PRIVATE VESICLE_CGROUP_PROBE="$<TARGET_FILE:cgroup_probe>")
+add_dependencies(cgroup_test cgroup_probe)
+
+# A real TCG VM in a cgroup v1 leaf: it lives under Limits::for_qemu and is
+# OOM-killed (and reported so) under its guest RAM alone. Two boots.
+vesicle_test(cgroup_vm_integration_test SOURCES integration/cgroup_vm_test.cpp LIBS vesicle_vmm
+             LABEL integration TIMEOUT 600)
+target_compile_definitions(cgroup_vm_integration_test PRIVATE
+                           VESICLE_VM_BIN="$<TARGET_FILE:vesicle-vm>")
+add_dependencies(cgroup_vm_integration_test vesicle-vm)
+set_property(TEST cgroup_vm_integration_test APPEND PROPERTY ENVIRONMENT ${vmm_images_env})
