@@ -50,3 +50,11 @@ set_property(TEST full_snapshot_integration_test APPEND PROPERTY ENVIRONMENT ${v
 
 add_executable(full_snapshot_bench bench/full_snapshot_bench.cpp)
 target_link_libraries(full_snapshot_bench PRIVATE vesicle_vmm Boost::program_options OpenSSL::Crypto)
+
+# The jail launcher and the uid pool: a probe started confined, checked from
+# outside and from inside, and a real QEMU (stopped at -S, no guest) in a
+# jail. Needs root and cgroup v1's pids controller.
+add_executable(jail_check vmm/jail_check.cpp)
+vesicle_test(jail_test SOURCES vmm/jail_test.cpp LIBS vesicle_vmm OpenSSL::Crypto TIMEOUT 120)
+target_compile_definitions(jail_test PRIVATE JAIL_CHECK_PATH="$<TARGET_FILE:jail_check>")
+add_dependencies(jail_test jail_check)

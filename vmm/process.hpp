@@ -18,6 +18,7 @@
 
 #include "common/result.hpp"
 #include "common/unique_fd.hpp"
+#include "vmm/jail.hpp"
 
 namespace vesicle::vmm::detail {
 
@@ -26,8 +27,12 @@ namespace asio = boost::asio;
 struct SpawnOptions {
   std::vector<std::string> argv;     // argv[0] is looked up in PATH
   std::filesystem::path output;      // stdout and stderr, appended
-  std::filesystem::path working_dir; // empty: inherit
-  int pass_fd = -1;                  // if set, becomes fd 3 in the child
+  std::filesystem::path working_dir; // empty: inherit (in a jail: inside it; empty: /)
+  std::vector<int> pass_fds;         // pass_fds[i] becomes fd 3+i in the child
+  // Confines the child (vmm/jail.hpp): its own uid, namespaces, root,
+  // capabilities, rlimits, seccomp filter and cgroups. Unset: the child runs
+  // as the parent does.
+  std::optional<Jail> jail;
 };
 
 // How a process ended: exactly one of exit_status or signal is meaningful.

@@ -1326,7 +1326,7 @@ private:
     detail::SpawnOptions qemu_options;
     qemu_options.argv = std::move(argv);
     qemu_options.output = paths.log;
-    if (state->config.network) qemu_options.pass_fd = state->config.network->tap_fd;
+    if (state->config.network) qemu_options.pass_fds = {state->config.network->tap_fd};
     qemu_options.working_dir = paths.dir;
     auto process = detail::Process::spawn(executor, qemu_options);
     if (!process) co_return std::move(process).error().with_context("starting QEMU");

@@ -53,7 +53,7 @@ protected:
                     "--home=" + home_->path().string(),
                     "--machine-id-path=" + host_path("machine-id")};
     options.output = home_->path() / "agent.log";
-    options.pass_fd = theirs.get();
+    options.pass_fds = {theirs.get()};
     auto spawned = io_.call([&] { return vmm::detail::Process::spawn(io_.executor(), options); });
     ASSERT_TRUE(spawned) << spawned.error().message();
     agent_process_ = std::move(spawned.value());
