@@ -38,6 +38,9 @@ struct Jail {
   // joining those cgroups before anything else. The caller keeps them open
   // until spawn returns.
   std::vector<int> cgroup_procs_fds;
+  // The child's whole environment ("NAME=value"); the parent's is not
+  // passed, so none of hostd's settings reach a jailed process.
+  std::vector<std::string> environment;
   rlim_t nofile = 1024;
   // Counts every thread of the uid: QEMU has a main thread, RCU, one per
   // vCPU, I/O threads and a worker pool of up to 64.

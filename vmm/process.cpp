@@ -98,6 +98,7 @@ namespace {
 struct ChildPlan {
   const std::string& binary;
   char* const* argv;
+  char* const* envp;
   const std::string& working_dir;
   const std::vector<int>& pass_fds;
   int* staged; // pass_fds.size() ints of scratch
@@ -162,7 +163,7 @@ struct ChildPlan {
                     : plan.jail               ? "/"
                                               : nullptr;
   if (dir && ::chdir(dir) != 0) child_fail(report);
-  ::execve(plan.binary.c_str(), plan.argv, environ);
+  ::execve(plan.binary.c_str(), plan.argv, plan.envp);
   child_fail(report, kExecStep);
 }
 
@@ -201,6 +202,12 @@ Result<std::unique_ptr<Process>> Process::spawn(asio::any_io_executor executor,
   for (const auto& arg : options.argv)
     argv.push_back(const_cast<char*>(arg.c_str()));
   argv.push_back(nullptr);
+  std::vector<char*> jail_environment;
+  if (options.jail) {
+    for (const auto& variable : options.jail->environment)
+      jail_environment.push_back(const_cast<char*>(variable.c_str()));
+    jail_environment.push_back(nullptr);
+  }
   const std::string binary_path = binary->string();
   const std::string output = options.output.string();
   const std::string working_dir = options.working_dir.string();
@@ -220,17 +227,10 @@ Result<std::unique_ptr<Process>> Process::spawn(asio::any_io_executor executor,
     if (!parent_pidfd) return sys_error("pidfd_open", "self");
   }
 
-  const ChildPlan plan{binary_path,
-                       argv.data(),
-                       working_dir,
-                       options.pass_fds,
-                       staged.data(),
-                       null.get(),
-                       out.get(),
-                       status_write.get(),
-                       ::getpid(),
-                       parent_pidfd.get(),
-                       jail ? &*jail : nullptr};
+  const ChildPlan plan{binary_path, argv.data(),        jail ? jail_environment.data() : environ,
+                       working_dir, options.pass_fds,   staged.data(),
+                       null.get(),  out.get(),          status_write.get(),
+                       ::getpid(),  parent_pidfd.get(), jail ? &*jail : nullptr};
   UniqueFd pidfd;
   pid_t pid;
   if (jail) {

@@ -25,6 +25,8 @@
 #include <string>
 #include <vector>
 
+extern char** environ;
+
 namespace {
 
 // "ok" when `rc` is not -1, else the errno's name ("EPERM").
@@ -116,6 +118,12 @@ int main(int argc, char** argv) {
   report("fd4", read_all(4));
   const int again = ::open("/proc/self/fd/4", O_RDONLY | O_CLOEXEC);
   report("fd4_reopened", again < 0 ? outcome(-1) : read_all(again));
+  {
+    std::string variables;
+    for (char** variable = environ; *variable; ++variable)
+      variables += (variables.empty() ? "" : ",") + std::string(*variable);
+    report("environment", variables);
+  }
   report("ready", "1");
   std::fflush(stdout);
   read_all(3);

@@ -159,6 +159,7 @@ TEST_F(JailTest, ConfinesTheProbe) {
   jail.mounts = {{ro, "/ro", true}, {rw, "/rw", false}};
   jail.devices = {"/dev/null"};
   jail.cgroup_procs_fds = {procs.get()};
+  jail.environment = {"JAIL_CHECK=1"};
   SpawnOptions options;
   options.argv = {JAIL_CHECK_PATH, "/ro", "/rw"};
   options.output = dir.path() / "probe.log";
@@ -229,6 +230,7 @@ TEST_F(JailTest, ConfinesTheProbe) {
   EXPECT_EQ(seen["fd4"], "passed");
   EXPECT_EQ(seen["fd4_reopened"], "passed");
   EXPECT_EQ(seen["fd5"], "EBADF");
+  EXPECT_EQ(seen["environment"], "JAIL_CHECK=1");
 
   hold_write.reset();
   auto ended = io_.run(process_->wait());
@@ -249,18 +251,55 @@ TEST_F(JailTest, QemuStartsInAJail) {
   jail.mounts = vmm::qemu_runtime_mounts();
   jail.mounts.push_back({vm_dir.path(), "/vm", false});
   jail.devices = {"/dev/null", "/dev/urandom"};
+  // The shape of vmm/qemu.cpp's command line (RAM file, qcow2 overlay,
+  // agent socket, pidfile, QEMU's own seccomp filter on top of the jail's),
+  // stopped before the guest's first instruction (-S, no kernel).
+  SpawnOptions image;
+  image.argv = {"qemu-img", "create", "-q", "-f", "qcow2", (vm_dir.path() / "disk.qcow2").string(),
+                "64M"};
+  image.output = logs.path() / "qemu-img.log";
+  ASSERT_TRUE(io_.run(vmm::detail::run_helper(io_.executor(), image)));
+  ASSERT_EQ(::chown((vm_dir.path() / "disk.qcow2").c_str(), lease->uid(), lease->gid()), 0);
   SpawnOptions options;
   options.argv = {"qemu-system-x86_64",
                   "-M",
-                  "microvm",
+                  "microvm,x-option-roms=off,rtc=on,memory-backend=mem",
+                  "-nodefaults",
+                  "-no-user-config",
+                  "-nographic",
                   "-accel",
                   "tcg",
-                  "-display",
-                  "none",
-                  "-nodefaults",
-                  "-S",
+                  "-cpu",
+                  "max",
+                  "-smp",
+                  "2",
+                  "-m",
+                  "64",
+                  "-object",
+                  "memory-backend-file,id=mem,size=64M,mem-path=/vm/ram,share=on",
+                  "-drive",
+                  "id=root,file=/vm/disk.qcow2,format=qcow2,if=none,discard=unmap",
+                  "-device",
+                  "virtio-blk-device,drive=root",
+                  "-device",
+                  "virtio-serial-device",
+                  "-chardev",
+                  "socket,id=agent,path=/vm/agent.sock,server=on,wait=off",
+                  "-device",
+                  "virtserialport,chardev=agent,name=agent",
+                  "-chardev",
+                  "ringbuf,id=console,size=65536",
+                  "-serial",
+                  "chardev:console",
                   "-qmp",
-                  "unix:/vm/qmp.sock,server=on,wait=off"};
+                  "unix:/vm/qmp.sock,server=on,wait=off",
+                  "-name",
+                  "vesicle-jail-test,process=vesicle-jail-test",
+                  "-pidfile",
+                  "/vm/qemu.pid",
+                  "-sandbox",
+                  "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+                  "-S"};
   options.output = logs.path() / "qemu.log";
   options.jail = jail;
   auto spawned = spawn(options);
@@ -285,9 +324,33 @@ TEST_F(JailTest, QemuStartsInAJail) {
       << std::strerror(errno);
   timeval timeout{5, 0};
   ::setsockopt(client.get(), SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
-  char greeting[512] = {};
-  ASSERT_GT(::read(client.get(), greeting, sizeof greeting - 1), 0);
-  EXPECT_NE(std::string(greeting).find("\"QMP\""), std::string::npos) << greeting;
+  auto read_reply = [&] {
+    char buffer[4096] = {};
+    const ssize_t n = ::read(client.get(), buffer, sizeof buffer - 1);
+    return n > 0 ? std::string(buffer, static_cast<std::size_t>(n)) : std::string();
+  };
+  const std::string greeting = read_reply();
+  EXPECT_NE(greeting.find("\"QMP\""), std::string::npos) << greeting;
+  const std::string commands = R"({"execute":"qmp_capabilities"})"
+                               "\n"
+                               R"({"execute":"query-status"})"
+                               "\n";
+  ASSERT_EQ(::write(client.get(), commands.data(), commands.size()),
+            static_cast<ssize_t>(commands.size()));
+  std::string replies;
+  ASSERT_TRUE(wait_until(
+      [&] {
+        replies += read_reply();
+        return replies.find("prelaunch") != std::string::npos;
+      },
+      5s))
+      << replies;
+  // What the jailed QEMU made in its directory is its own.
+  for (const char* name : {"ram", "qemu.pid", "agent.sock"}) {
+    struct stat st {};
+    EXPECT_EQ(::stat((vm_dir.path() / name).c_str(), &st), 0) << name;
+    EXPECT_EQ(st.st_uid, lease->uid()) << name;
+  }
 
   // hostd's SIGKILL reaches the PID 1 of the jail's namespace.
   auto ended = io_.call([&] { return process_->kill_and_reap(); });
