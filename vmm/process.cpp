@@ -141,6 +141,11 @@ struct ChildPlan {
   const int high = 3 + count;
   report = ::fcntl(report, F_DUPFD_CLOEXEC, high);
   if (report < 0) child_fail(plan.report_fd);
+  int parent_pidfd = -1;
+  if (plan.jail) {
+    parent_pidfd = ::fcntl(plan.parent_pidfd, F_DUPFD_CLOEXEC, high);
+    if (parent_pidfd < 0) child_fail(report);
+  }
   for (int i = 0; i < count; ++i) {
     plan.staged[i] = ::fcntl(plan.pass_fds[i], F_DUPFD_CLOEXEC, high);
     if (plan.staged[i] < 0) child_fail(report);
@@ -151,13 +156,23 @@ struct ChildPlan {
   for (int i = 0; i < count; ++i) {
     if (::dup2(plan.staged[i], 3 + i) < 0) child_fail(report);
   }
-  if (report > high) ::close_range(high, report - 1, 0);
-  ::close_range(report + 1, ~0U, 0);
+  // Close everything from `high` up but the (close-on-exec) report pipe and
+  // parent pidfd.
+  const int kept_low = parent_pidfd >= 0 && parent_pidfd < report ? parent_pidfd : report;
+  const int kept_high = parent_pidfd > report ? parent_pidfd : report;
+  if (kept_low > high) ::close_range(high, kept_low - 1, 0);
+  if (kept_high > kept_low + 1) ::close_range(kept_low + 1, kept_high - 1, 0);
+  ::close_range(kept_high + 1, ~0U, 0);
   // The rest of the jail after the descriptors are in place, so its
   // RLIMIT_NOFILE cannot stop their moves.
   if (plan.jail) {
     const int failed = plan.jail->enter();
     if (failed >= 0) child_fail(report, failed);
+    // Changing uid cleared the parent-death signal: set it again, and see
+    // whether the parent died meanwhile.
+    if (::prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) child_fail(report);
+    pollfd parent{parent_pidfd, POLLIN, 0};
+    if (::poll(&parent, 1, 0) != 0) ::_exit(127);
   }
   const char* dir = !plan.working_dir.empty() ? plan.working_dir.c_str()
                     : plan.jail               ? "/"

@@ -358,6 +358,37 @@ TEST_F(JailTest, QemuStartsInAJail) {
   EXPECT_EQ(ended.code, SIGKILL);
 }
 
+TEST_F(JailTest, DiesWithTheThreadThatSpawnedIt) {
+  // PR_SET_PDEATHSIG follows the spawning thread. Changing uid clears it
+  // (so the jail sets it again), and the jailed process is PID 1 of its
+  // namespace, which ignores most signals, but not a SIGKILL from outside.
+  auto lease = pool_->acquire();
+  ASSERT_TRUE(lease) << lease.error().message();
+  TempDir dir;
+  int hold[2];
+  ASSERT_EQ(::pipe2(hold, O_CLOEXEC), 0);
+  UniqueFd hold_read(hold[0]), hold_write(hold[1]); // the probe waits on it forever
+  vmm::Jail jail;
+  jail.uid = lease->uid();
+  jail.gid = lease->gid();
+  SpawnOptions options;
+  options.argv = {JAIL_CHECK_PATH, "/", "/"};
+  options.output = dir.path() / "probe.log";
+  options.pass_fds = {hold_read.get()};
+  options.jail = jail;
+  boost::asio::io_context context; // outlives the thread, and the Process
+  std::unique_ptr<Process> process;
+  std::thread([&] {
+    auto spawned = Process::spawn(context.get_executor(), options);
+    if (spawned) process = std::move(spawned.value());
+  }).join();
+  ASSERT_TRUE(process);
+  const pid_t pid = process->pid();
+  EXPECT_TRUE(wait_until([&] { return proc_status(pid)["State"].rfind("Z", 0) == 0; }, 5s))
+      << "still " << proc_status(pid)["State"];
+  process.reset();
+}
+
 TEST_F(JailTest, SaysWhatWentWrong) {
   auto lease = pool_->acquire();
   ASSERT_TRUE(lease) << lease.error().message();
