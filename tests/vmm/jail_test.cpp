@@ -192,7 +192,10 @@ TEST_F(JailTest, ConfinesTheProbe) {
     EXPECT_NE(theirs, ours) << ns;
   }
   EXPECT_NE(read_file(leaf.path() / "cgroup.procs").find(std::to_string(pid)), std::string::npos);
-  EXPECT_EQ(test::kib_field("/proc/" + std::to_string(pid) + "/limits", "Max core file size"), 0u);
+  const std::string limits = "/proc/" + std::to_string(pid) + "/limits";
+  EXPECT_EQ(test::kib_field(limits, "Max core file size"), 0u);
+  EXPECT_EQ(test::kib_field(limits, "Max open files"), jail.nofile);
+  EXPECT_EQ(test::kib_field(limits, "Max processes"), jail.nproc);
 
   // From inside.
   auto seen = probe_report(options.output);
@@ -221,6 +224,7 @@ TEST_F(JailTest, ConfinesTheProbe) {
   EXPECT_EQ(seen["mount"], "EPERM");
   EXPECT_EQ(seen["unshare"], "EPERM");
   EXPECT_EQ(seen["clone3"], "ENOSYS");
+  EXPECT_EQ(seen["clone_newnet"], "EPERM");
   EXPECT_EQ(seen["setuid0"], "EPERM");
   EXPECT_EQ(seen["chroot"], "EPERM");
   EXPECT_EQ(seen["ptrace"], "EPERM");
