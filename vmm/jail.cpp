@@ -32,8 +32,12 @@ namespace {
 // The jail's root: small, because it holds only directories, empty files
 // and symlinks that other mounts cover.
 constexpr const char* kRootOptions = "mode=0755,size=1m,nr_inodes=4096";
-constexpr unsigned long kReadOnly = MS_RDONLY | MS_NOSUID | MS_NODEV;
-constexpr unsigned long kReadWrite = MS_NOSUID | MS_NODEV;
+// The remount flags are the whole set (a bind remount does not keep the
+// source's): only the runtime (binary, loader, libraries) may be executed;
+// Jail::mounts hold data.
+constexpr unsigned long kRuntime = MS_RDONLY | MS_NOSUID | MS_NODEV;
+constexpr unsigned long kReadOnly = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC;
+constexpr unsigned long kReadWrite = MS_NOSUID | MS_NODEV | MS_NOEXEC;
 constexpr unsigned long kDevice = MS_NOSUID | MS_NOEXEC;
 
 // The seccomp filter every jailed process starts with: it allows all but
@@ -406,7 +410,7 @@ Result<JailPlan> JailPlan::prepare(const Jail& jail, const fs::path& binary) {
     std::error_code ec;
     const fs::path real = fs::canonical(*interpreter.value(), ec);
     if (ec) return sys_error("find the ELF interpreter", interpreter.value()->string(), ec.value());
-    if (auto r = tree.add_mount(real.parent_path(), real.parent_path(), kReadOnly); !r)
+    if (auto r = tree.add_mount(real.parent_path(), real.parent_path(), kRuntime); !r)
       return r.error();
   }
   for (const auto& mount : jail.mounts) {
@@ -416,9 +420,9 @@ Result<JailPlan> JailPlan::prepare(const Jail& jail, const fs::path& binary) {
       return std::move(r).error();
     }
   }
-  if (auto r = tree.mirror(binary, kReadOnly); !r) return std::move(r).error();
+  if (auto r = tree.mirror(binary, kRuntime); !r) return std::move(r).error();
   if (interpreter.value()) {
-    if (auto r = tree.mirror(*interpreter.value(), kReadOnly); !r) return std::move(r).error();
+    if (auto r = tree.mirror(*interpreter.value(), kRuntime); !r) return std::move(r).error();
   }
   for (const auto& device : jail.devices) {
     struct stat st {};

@@ -21,7 +21,7 @@ namespace vesicle::vmm {
 struct JailMount {
   std::filesystem::path source; // on the host; a file or a directory
   std::filesystem::path target; // absolute, inside the jail
-  bool read_only = true;        // always nosuid and nodev
+  bool read_only = true;        // always nosuid, nodev and noexec (data, not programs)
 };
 
 struct Jail {

@@ -192,6 +192,21 @@ TEST_F(JailTest, ConfinesTheProbe) {
     EXPECT_NE(theirs, ours) << ns;
   }
   EXPECT_NE(read_file(leaf.path() / "cgroup.procs").find(std::to_string(pid)), std::string::npos);
+  // Mount flags, by mount point in the jail.
+  std::map<std::string, std::string> mount_options;
+  std::istringstream mountinfo(read_file("/proc/" + std::to_string(pid) + "/mountinfo"));
+  for (std::string line; std::getline(mountinfo, line);) {
+    std::istringstream fields(line);
+    std::string id, parent, device, root, point, options;
+    fields >> id >> parent >> device >> root >> point >> options;
+    mount_options[point] = options;
+  }
+  EXPECT_EQ(mount_options["/"], "ro,nosuid,nodev,noexec,relatime");
+  EXPECT_EQ(mount_options["/ro"], "ro,nosuid,nodev,noexec,relatime");
+  EXPECT_EQ(mount_options["/rw"], "rw,nosuid,nodev,noexec,relatime");
+  EXPECT_EQ(mount_options["/dev/null"], "rw,nosuid,noexec,relatime");
+  EXPECT_EQ(mount_options[JAIL_CHECK_PATH], "ro,nosuid,nodev,relatime");
+  EXPECT_EQ(mount_options["/proc"], "rw,nosuid,nodev,noexec,relatime");
   const std::string limits = "/proc/" + std::to_string(pid) + "/limits";
   EXPECT_EQ(test::kib_field(limits, "Max core file size"), 0u);
   EXPECT_EQ(test::kib_field(limits, "Max open files"), jail.nofile);
