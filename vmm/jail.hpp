@@ -64,7 +64,8 @@ namespace detail {
 // child may not allocate. The runtime of `binary` is added: the binary, its
 // ELF interpreter and the interpreter's library directory, read-only at the
 // same paths (with the host's symlinks to them recreated) — and nothing else,
-// so there is no shell in the jail.
+// so there is no shell in the jail. Only those may be executed: a binary
+// inside one of Jail::mounts (noexec) cannot run.
 class JailPlan {
 public:
   static Result<JailPlan> prepare(const Jail& jail, const std::filesystem::path& binary);

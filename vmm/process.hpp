@@ -48,8 +48,11 @@ public:
   // and stderr, no other inherited descriptors, default signal handling, its
   // own process group, and PR_SET_PDEATHSIG(SIGKILL): it dies when the thread
   // that spawned it exits, so run this on a thread that lives as long as the
-  // process should (an io_context thread of hostd). An exec failure is
-  // reported here, not as an exit status.
+  // process should (an io_context thread of hostd). An exec failure, and
+  // with a jail the setup step that failed ("jail: bind-mount /x: ..."), is
+  // reported here, not as an exit status. A jailed child is PID 1 of its
+  // own PID namespace: from outside, only SIGKILL, SIGSTOP and the signals
+  // it handles reach it.
   static Result<std::unique_ptr<Process>> spawn(asio::any_io_executor executor,
                                                 const SpawnOptions& options);
 
