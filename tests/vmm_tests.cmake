@@ -58,3 +58,7 @@ add_executable(jail_check vmm/jail_check.cpp)
 vesicle_test(jail_test SOURCES vmm/jail_test.cpp LIBS vesicle_vmm OpenSSL::Crypto TIMEOUT 120)
 target_compile_definitions(jail_test PRIVATE JAIL_CHECK_PATH="$<TARGET_FILE:jail_check>")
 add_dependencies(jail_test jail_check)
+# A jailed QEMU boots the guest to its agent (one TCG boot).
+vesicle_test(jail_boot_integration_test SOURCES integration/jail_boot_test.cpp
+             LIBS vesicle_vmm OpenSSL::Crypto LABEL integration TIMEOUT 300)
+set_property(TEST jail_boot_integration_test APPEND PROPERTY ENVIRONMENT ${vmm_images_env})
