@@ -411,7 +411,7 @@ Result<JailPlan> JailPlan::prepare(const Jail& jail, const fs::path& binary) {
     const fs::path real = fs::canonical(*interpreter.value(), ec);
     if (ec) return sys_error("find the ELF interpreter", interpreter.value()->string(), ec.value());
     if (auto r = tree.add_mount(real.parent_path(), real.parent_path(), kRuntime); !r)
-      return r.error();
+      return std::move(r).error();
   }
   for (const auto& mount : jail.mounts) {
     if (auto r =
