@@ -11,6 +11,7 @@ packages=(
   libprotobuf-dev protobuf-compiler
   libnl-3-dev libnl-route-3-dev libnftables-dev
   libgtest-dev libgmock-dev libssl-dev libsqlite3-dev
+  libseccomp-dev # the jail's seccomp filter (vmm/jail.cpp)
   # VMs and images
   qemu-system-x86 qemu-utils debootstrap e2fsprogs cpio zstd xz-utils kmod
   # tests

@@ -67,3 +67,15 @@ target_compile_definitions(cgroup_vm_integration_test PRIVATE
                            VESICLE_VM_BIN="$<TARGET_FILE:vesicle-vm>")
 add_dependencies(cgroup_vm_integration_test vesicle-vm)
 set_property(TEST cgroup_vm_integration_test APPEND PROPERTY ENVIRONMENT ${vmm_images_env})
+
+# The jail launcher and the uid pool: a probe started confined, checked from
+# outside and from inside, and a real QEMU (stopped at -S, no guest) in a
+# jail. Needs root and cgroup v1's pids controller.
+add_executable(jail_check vmm/jail_check.cpp)
+vesicle_test(jail_test SOURCES vmm/jail_test.cpp LIBS vesicle_vmm OpenSSL::Crypto TIMEOUT 120)
+target_compile_definitions(jail_test PRIVATE JAIL_CHECK_PATH="$<TARGET_FILE:jail_check>")
+add_dependencies(jail_test jail_check)
+# A jailed QEMU boots the guest to its agent (one TCG boot).
+vesicle_test(jail_boot_integration_test SOURCES integration/jail_boot_test.cpp
+             LIBS vesicle_vmm OpenSSL::Crypto LABEL integration TIMEOUT 300)
+set_property(TEST jail_boot_integration_test APPEND PROPERTY ENVIRONMENT ${vmm_images_env})

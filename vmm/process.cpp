@@ -1,12 +1,15 @@
 #include "vmm/process.hpp"
 
 #include <fcntl.h>
+#include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdint>
 #include <cstring>
 #include <fstream>
 
@@ -31,12 +34,26 @@ ExitStatus from_siginfo(const siginfo_t& info) {
   return status;
 }
 
-// Writes errno to the status pipe and exits; async-signal-safe.
-[[noreturn]] void child_fail(int pipe_fd) {
-  const int err = errno;
-  (void)!::write(pipe_fd, &err, sizeof err);
+// What a child that failed before exec writes to the status pipe.
+struct ChildFailure {
+  int step; // a JailPlan step, or one of the two below
+  int err;
+};
+constexpr int kSetupStep = -1; // stdio, descriptors, signals, working directory
+constexpr int kExecStep = -2;
+
+// Writes the failure to the status pipe and exits; async-signal-safe.
+[[noreturn]] void child_fail(int pipe_fd, int step = kSetupStep) {
+  const ChildFailure failure{step, errno};
+  (void)!::write(pipe_fd, &failure, sizeof failure);
   ::_exit(127);
 }
+
+// clone3's argument (linux/sched.h's struct clone_args, whose header clashes
+// with glibc's <sched.h>).
+struct CloneArgs {
+  std::uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls;
+};
 
 // glibc 2.36's <sys/pidfd.h> lacks extern "C", so C++ cannot link its
 // wrappers; the raw syscalls are the same thing.
@@ -75,6 +92,112 @@ Process::~Process() {
   watch_->descriptor.close(ignored);
 }
 
+namespace {
+
+// Everything the child uses, prepared by the parent.
+struct ChildPlan {
+  const std::string& binary;
+  char* const* argv;
+  char* const* envp;
+  const std::string& working_dir;
+  const std::vector<int>& pass_fds;
+  int* staged; // pass_fds.size() ints of scratch
+  int null_fd, out_fd, report_fd;
+  pid_t parent;     // unconfined: the parent's pid, to notice its death
+  int parent_pidfd; // confined (getppid() is 0 in a new PID namespace)
+  const JailPlan* jail;
+};
+
+// In the child, after fork or clone: async-signal-safe calls only, because
+// other threads of the parent may hold the allocator's locks.
+[[noreturn]] void run_child(const ChildPlan& plan) {
+  int report = plan.report_fd;
+  if (::prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) child_fail(report);
+  // The parent may have died before the prctl took effect.
+  if (plan.jail) {
+    pollfd parent{plan.parent_pidfd, POLLIN, 0};
+    if (::poll(&parent, 1, 0) != 0) ::_exit(127);
+  } else if (::getppid() != plan.parent) {
+    ::_exit(127);
+  }
+  if (::setpgid(0, 0) != 0) child_fail(report);
+  sigset_t all;
+  sigemptyset(&all);
+  ::sigprocmask(SIG_SETMASK, &all, nullptr);
+  struct sigaction dfl {};
+  dfl.sa_handler = SIG_DFL;
+  for (int sig = 1; sig < NSIG; ++sig)
+    ::sigaction(sig, &dfl, nullptr);
+  // Cgroups first: the descriptors to join them by are closed below.
+  if (plan.jail) {
+    const int failed = plan.jail->join_cgroups();
+    if (failed >= 0) child_fail(report, failed);
+  }
+
+  // Keep only stdio, the passed descriptors (at 3, 4, ...) and the status
+  // pipe (close-on-exec). Everything is first copied above the targets, so
+  // no dup2 overwrites a descriptor still to be moved.
+  const int count = static_cast<int>(plan.pass_fds.size());
+  const int high = 3 + count;
+  report = ::fcntl(report, F_DUPFD_CLOEXEC, high);
+  if (report < 0) child_fail(plan.report_fd);
+  int parent_pidfd = -1;
+  if (plan.jail) {
+    parent_pidfd = ::fcntl(plan.parent_pidfd, F_DUPFD_CLOEXEC, high);
+    if (parent_pidfd < 0) child_fail(report);
+  }
+  for (int i = 0; i < count; ++i) {
+    plan.staged[i] = ::fcntl(plan.pass_fds[i], F_DUPFD_CLOEXEC, high);
+    if (plan.staged[i] < 0) child_fail(report);
+  }
+  if (::dup2(plan.null_fd, 0) < 0 || ::dup2(plan.out_fd, 1) < 0 || ::dup2(plan.out_fd, 2) < 0) {
+    child_fail(report);
+  }
+  for (int i = 0; i < count; ++i) {
+    if (::dup2(plan.staged[i], 3 + i) < 0) child_fail(report);
+  }
+  // Close everything from `high` up but the (close-on-exec) report pipe and
+  // parent pidfd.
+  const int kept_low = parent_pidfd >= 0 && parent_pidfd < report ? parent_pidfd : report;
+  const int kept_high = parent_pidfd > report ? parent_pidfd : report;
+  if (kept_low > high) ::close_range(high, kept_low - 1, 0);
+  if (kept_high > kept_low + 1) ::close_range(kept_low + 1, kept_high - 1, 0);
+  ::close_range(kept_high + 1, ~0U, 0);
+  // The rest of the jail after the descriptors are in place, so its
+  // RLIMIT_NOFILE cannot stop their moves.
+  if (plan.jail) {
+    const int failed = plan.jail->enter();
+    if (failed >= 0) child_fail(report, failed);
+    // Changing uid cleared the parent-death signal: set it again, and see
+    // whether the parent died meanwhile.
+    if (::prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) child_fail(report);
+    pollfd parent{parent_pidfd, POLLIN, 0};
+    if (::poll(&parent, 1, 0) != 0) ::_exit(127);
+  }
+  const char* dir = !plan.working_dir.empty() ? plan.working_dir.c_str()
+                    : plan.jail               ? "/"
+                                              : nullptr;
+  if (dir && ::chdir(dir) != 0) child_fail(report);
+  ::execve(plan.binary.c_str(), plan.argv, plan.envp);
+  child_fail(report, kExecStep);
+}
+
+// The child's side of spawn, in new namespaces: clone3 returns a pidfd from
+// the start, so there is no window in which the pid could be reused.
+pid_t clone_confined(const ChildPlan& plan, UniqueFd& pidfd) {
+  int fd = -1;
+  CloneArgs args{};
+  args.flags = JailPlan::clone_flags() | CLONE_PIDFD;
+  args.pidfd = reinterpret_cast<std::uintptr_t>(&fd);
+  args.exit_signal = SIGCHLD;
+  const auto pid = static_cast<pid_t>(::syscall(SYS_clone3, &args, sizeof args));
+  if (pid == 0) run_child(plan);
+  if (pid > 0) pidfd.reset(fd);
+  return pid;
+}
+
+} // namespace
+
 Result<std::unique_ptr<Process>> Process::spawn(asio::any_io_executor executor,
                                                 const SpawnOptions& options) {
   if (options.argv.empty()) return make_error("spawn process", "empty argument list");
@@ -84,15 +207,26 @@ Result<std::unique_ptr<Process>> Process::spawn(asio::any_io_executor executor,
   // Everything the child needs is prepared here: between fork and exec only
   // async-signal-safe calls are allowed, because other threads may hold the
   // allocator's locks.
+  std::optional<JailPlan> jail;
+  if (options.jail) {
+    auto plan = JailPlan::prepare(*options.jail, *binary);
+    if (!plan) return std::move(plan).error().with_context("confining " + options.argv[0]);
+    jail.emplace(std::move(plan.value()));
+  }
   std::vector<char*> argv;
   for (const auto& arg : options.argv)
     argv.push_back(const_cast<char*>(arg.c_str()));
   argv.push_back(nullptr);
+  std::vector<char*> jail_environment;
+  if (options.jail) {
+    for (const auto& variable : options.jail->environment)
+      jail_environment.push_back(const_cast<char*>(variable.c_str()));
+    jail_environment.push_back(nullptr);
+  }
   const std::string binary_path = binary->string();
   const std::string output = options.output.string();
   const std::string working_dir = options.working_dir.string();
-  const std::vector<int> pass_fds = options.pass_fds;
-  const int passed = static_cast<int>(pass_fds.size());
+  std::vector<int> staged(options.pass_fds.size(), -1);
 
   UniqueFd out(::open(output.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600));
   if (!out) return sys_error("open", output).with_context("opening the log of " + options.argv[0]);
@@ -102,60 +236,46 @@ Result<std::unique_ptr<Process>> Process::spawn(asio::any_io_executor executor,
   if (::pipe2(status_pipe, O_CLOEXEC) != 0) return sys_error("pipe2");
   UniqueFd status_read(status_pipe[0]);
   UniqueFd status_write(status_pipe[1]);
+  UniqueFd parent_pidfd;
+  if (jail) {
+    parent_pidfd.reset(pidfd_open(::getpid()));
+    if (!parent_pidfd) return sys_error("pidfd_open", "self");
+  }
 
-  const pid_t parent = ::getpid();
-  const pid_t pid = ::fork();
-  if (pid < 0) return sys_error("fork", options.argv[0]);
-  if (pid == 0) {
-    // In the child.
-    const int report = status_write.get();
-    if (::prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) child_fail(report);
-    // The parent may have died before the prctl took effect.
-    if (::getppid() != parent) ::_exit(127);
-    if (::setpgid(0, 0) != 0) child_fail(report);
-    sigset_t all;
-    sigemptyset(&all);
-    ::sigprocmask(SIG_SETMASK, &all, nullptr);
-    struct sigaction dfl {};
-    dfl.sa_handler = SIG_DFL;
-    for (int sig = 1; sig < NSIG; ++sig)
-      ::sigaction(sig, &dfl, nullptr);
-    if (::dup2(null.get(), 0) < 0 || ::dup2(out.get(), 1) < 0 || ::dup2(out.get(), 2) < 0) {
-      child_fail(report);
+  const ChildPlan plan{binary_path, argv.data(),        jail ? jail_environment.data() : environ,
+                       working_dir, options.pass_fds,   staged.data(),
+                       null.get(),  out.get(),          status_write.get(),
+                       ::getpid(),  parent_pidfd.get(), jail ? &*jail : nullptr};
+  UniqueFd pidfd;
+  pid_t pid;
+  if (jail) {
+    pid = clone_confined(plan, pidfd);
+    if (pid < 0) {
+      return sys_error("clone3", options.argv[0])
+          .with_context("starting a confined process (Linux 5.5 or later is required)");
     }
-    // Keep only stdio, the passed descriptors and the status pipe
-    // (close-on-exec). Every descriptor to pass is first moved above the
-    // range it goes to, so placing one never overwrites another.
-    const int top = 3 + passed;
-    int report_fd = ::fcntl(report, F_DUPFD_CLOEXEC, top + passed);
-    if (report_fd < 0) child_fail(report);
-    int moved[64];
-    if (passed > 64) child_fail(report_fd);
-    for (int i = 0; i < passed; ++i) {
-      moved[i] = ::fcntl(pass_fds[static_cast<std::size_t>(i)], F_DUPFD_CLOEXEC, top);
-      if (moved[i] < 0) child_fail(report_fd);
-    }
-    for (int i = 0; i < passed; ++i)
-      if (::dup2(moved[i], 3 + i) < 0) child_fail(report_fd); // dup2 clears close-on-exec
-    ::close_range(static_cast<unsigned>(top), static_cast<unsigned>(report_fd) - 1, 0);
-    ::close_range(static_cast<unsigned>(report_fd) + 1, ~0U, 0);
-    if (!working_dir.empty() && ::chdir(working_dir.c_str()) != 0) child_fail(report_fd);
-    ::execve(binary_path.c_str(), argv.data(), environ);
-    child_fail(report_fd);
+  } else {
+    pid = ::fork();
+    if (pid < 0) return sys_error("fork", options.argv[0]);
+    if (pid == 0) run_child(plan);
   }
 
   status_write.reset();
-  // Blocks only until the child execs (or fails to): milliseconds.
-  int child_errno = 0;
+  // Blocks only until the child execs (or fails to): milliseconds (a jail's
+  // mounts included).
+  ChildFailure failure{};
   ssize_t n;
   do {
-    n = ::read(status_read.get(), &child_errno, sizeof child_errno);
+    n = ::read(status_read.get(), &failure, sizeof failure);
   } while (n < 0 && errno == EINTR);
-  UniqueFd pidfd(pidfd_open(pid));
-  if (n == sizeof child_errno) {
+  if (!jail) pidfd.reset(pidfd_open(pid));
+  if (n == sizeof failure) {
     siginfo_t info{};
     ::waitid(P_PID, pid, &info, WEXITED);
-    return sys_error("execute", binary_path, child_errno);
+    if (failure.step == kExecStep) return sys_error("execute", binary_path, failure.err);
+    if (failure.step == kSetupStep)
+      return sys_error("set up the child", options.argv[0], failure.err);
+    return jail->step_error(failure.step, failure.err).with_context("starting " + options.argv[0]);
   }
   if (!pidfd) {
     const int err = errno;

@@ -18,6 +18,7 @@
 
 #include "common/result.hpp"
 #include "common/unique_fd.hpp"
+#include "vmm/jail.hpp"
 
 namespace vesicle::vmm::detail {
 
@@ -26,8 +27,12 @@ namespace asio = boost::asio;
 struct SpawnOptions {
   std::vector<std::string> argv;     // argv[0] is looked up in PATH
   std::filesystem::path output;      // stdout and stderr, appended
-  std::filesystem::path working_dir; // empty: inherit
+  std::filesystem::path working_dir; // empty: inherit (in a jail: inside it; empty: /)
   std::vector<int> pass_fds;         // pass_fds[i] becomes fd 3+i in the child
+  // Confines the child (vmm/jail.hpp): its own uid, namespaces, root,
+  // capabilities, rlimits, seccomp filter and cgroups. Unset: the child runs
+  // as the parent does.
+  std::optional<Jail> jail;
 };
 
 // How a process ended: exactly one of exit_status or signal is meaningful.
@@ -43,8 +48,11 @@ public:
   // and stderr, no other inherited descriptors, default signal handling, its
   // own process group, and PR_SET_PDEATHSIG(SIGKILL): it dies when the thread
   // that spawned it exits, so run this on a thread that lives as long as the
-  // process should (an io_context thread of hostd). An exec failure is
-  // reported here, not as an exit status.
+  // process should (an io_context thread of hostd). An exec failure, and
+  // with a jail the setup step that failed ("jail: bind-mount /x: ..."), is
+  // reported here, not as an exit status. A jailed child is PID 1 of its
+  // own PID namespace: from outside, only SIGKILL, SIGSTOP and the signals
+  // it handles reach it.
   static Result<std::unique_ptr<Process>> spawn(asio::any_io_executor executor,
                                                 const SpawnOptions& options);
 
