@@ -1,6 +1,8 @@
 #include "hostd/config.hpp"
 
+#include <cstdio>
 #include <fstream>
+#include <functional>
 #include <sstream>
 
 #include <google/protobuf/io/tokenizer.h>
@@ -49,7 +51,7 @@ void apply_defaults(config::HostdConfig& c) {
   if (c.log_level().empty()) c.set_log_level("info");
   if (c.state_dir().empty()) c.set_state_dir("/var/lib/vesicle");
   if (c.images_dir().empty()) c.set_images_dir(c.state_dir() + "/images");
-  if (c.runtime_dir().empty()) c.set_runtime_dir("/run/vesicle");
+  if (c.runtime_dir().empty()) c.set_runtime_dir(kDefaultRuntimeDir);
   if (c.shm_dir().empty()) c.set_shm_dir("/dev/shm");
   if (c.max_sandboxes() == 0) c.set_max_sandboxes(8);
   if (c.default_vcpus() == 0) c.set_default_vcpus(2);
@@ -69,8 +71,21 @@ void apply_defaults(config::HostdConfig& c) {
   if (admission->memory_reserve_mib() == 0) admission->set_memory_reserve_mib(1024);
   if (admission->memory_overcommit() == 0) admission->set_memory_overcommit(1.0);
   if (admission->vm_overhead_mib() == 0)
-    admission->set_vm_overhead_mib(c.tcg_translation_cache_mib() + 64);
+    admission->set_vm_overhead_mib(c.tcg_translation_cache_mib() + 96);
   if (admission->disk_reserve_mib() == 0) admission->set_disk_reserve_mib(1024);
+  auto* confinement = c.mutable_confinement();
+  if (confinement->uid_first() == 0) confinement->set_uid_first(1'900'000'000);
+  if (confinement->uid_count() == 0) confinement->set_uid_count(65536);
+  if (confinement->cgroup_parent().empty()) {
+    std::string parent = "vesicle";
+    if (c.runtime_dir() != kDefaultRuntimeDir) {
+      char hash[9];
+      std::snprintf(hash, sizeof hash, "%08x",
+                    static_cast<unsigned>(std::hash<std::string>{}(c.runtime_dir())));
+      parent += std::string("-") + hash;
+    }
+    confinement->set_cgroup_parent(parent);
+  }
   if (c.disable_pools()) {
     c.clear_pools();
   } else if (c.pools_size() == 0) {

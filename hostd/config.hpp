@@ -12,6 +12,9 @@
 
 namespace vesicle::hostd {
 
+// runtime_dir when the configuration names none.
+inline constexpr const char* kDefaultRuntimeDir = "/run/vesicle";
+
 struct ConfigOverrides {
   std::optional<std::string> listen;
   std::optional<std::string> state_dir;

@@ -13,14 +13,17 @@
 #include "actors/ask.hpp"
 #include "actors/sandbox/space_store.hpp"
 #include "common/log.hpp"
+#include "hostd/confinement.hpp"
 #include "hostd/network.hpp"
 #include "hostd/sweep.hpp"
 #include "messages/caf_types.hpp"
 
 namespace vesicle::hostd {
 
-VmSettings vm_settings(const config::HostdConfig& config) {
+VmSettings vm_settings(const config::HostdConfig& config,
+                       std::shared_ptr<const vmm::VmConfinement> confinement) {
   VmSettings settings;
+  settings.confinement = std::move(confinement);
   settings.images_dir = config.images_dir();
   settings.runtime_dir = config.runtime_dir();
   settings.shm_dir = config.shm_dir();
@@ -78,6 +81,7 @@ Result<void> prepare_host(const config::HostdConfig& config) {
     log::info("reclaimed from a previous run", {{"qemu_processes", swept->processes},
                                                 {"vm_directories", swept->directories},
                                                 {"memory_files", swept->memory_files}});
+  if (auto confined = open_confinement(config, true); !confined) return confined.error();
   if (auto made = make_private_dir(config.spaces_dir()); !made) return made;
   // A freeze interrupted by a crash left a .partial directory: never a
   // Space (a Space exists once its directory is renamed into place).
@@ -92,8 +96,10 @@ VmLease::~VmLease() {
 
 RuntimeCore::RuntimeCore(asio::any_io_executor executor, caf::actor_system& system,
                          vmm::Driver& driver, config::HostdConfig config)
-    : system_(system), config_(std::move(config)),
-      vms_(std::move(executor), driver, vm_settings(config_)) {}
+    : system_(system), config_(std::move(config)), confinement_(open_confinement(config_, false)),
+      vms_(std::move(executor), driver,
+           vm_settings(config_, confinement_ ? *confinement_
+                                             : std::shared_ptr<const vmm::VmConfinement>{})) {}
 
 RuntimeCore::~RuntimeCore() {
   if (registry_) caf::anon_send_exit(registry_, caf::exit_reason::user_shutdown);
@@ -138,6 +144,7 @@ Result<void> RuntimeCore::start_network() {
 }
 
 Result<void> RuntimeCore::start() {
+  if (!confinement_) return confinement_.error();
   if (auto network = start_network(); !network) return network;
   auto boot = std::chrono::seconds(config_.boot_timeout_s());
   RegistrySettings settings;

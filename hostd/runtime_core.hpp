@@ -30,8 +30,10 @@ namespace vesicle::hostd {
 
 namespace asio = boost::asio;
 
-// The VM settings a configuration implies.
-VmSettings vm_settings(const config::HostdConfig& config);
+// The VM settings a configuration implies, with how QEMUs are confined
+// (hostd/confinement.hpp; null: not at all).
+VmSettings vm_settings(const config::HostdConfig& config,
+                       std::shared_ptr<const vmm::VmConfinement> confinement);
 
 // The actor system settings the runtime wants: vesicle's message types,
 // two scheduler threads with the sharing policy, no console logger.
@@ -43,7 +45,8 @@ Result<void> make_private_dir(const std::filesystem::path& dir);
 // What must hold before a runtime starts, done once per start: the state,
 // runtime and Spaces directories exist, the guest images are readable,
 // what a killed earlier run left (QEMU processes, VM directories, memory
-// files, unfinished Spaces) is reclaimed. Says on stderr what it reclaimed.
+// files, unfinished Spaces, processes running as VM uids, cgroup leaves) is
+// reclaimed. Says on stderr what it reclaimed.
 Result<void> prepare_host(const config::HostdConfig& config);
 
 class RuntimeCore {
@@ -95,6 +98,9 @@ public:
 private:
   caf::actor_system& system_;
   config::HostdConfig config_;
+  // Before vms_, which is built with it; start() refuses to run with an
+  // error here rather than run QEMUs unconfined.
+  Result<std::shared_ptr<const vmm::VmConfinement>> confinement_;
   VmHost vms_;
   registry_actor registry_;
   std::vector<pool_actor> pools_;

@@ -105,6 +105,12 @@ Result<void> GuestMemory::seal() {
   return {};
 }
 
+Result<void> GuestMemory::give_to(uid_t uid, gid_t gid) {
+  if (sealed_) return make_error("give guest memory", "it is sealed, shared by every VM restored from it");
+  if (::fchown(fd_.get(), uid, gid) != 0) return sys_error("fchown", path().string());
+  return {};
+}
+
 Result<void> GuestMemory::write_to(const fs::path& file) const {
   UniqueFd out(::open(file.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0400));
   if (!out) return sys_error("create", file.string());

@@ -16,6 +16,8 @@
 // paths (checksums, punching holes).
 #pragma once
 
+#include <sys/types.h>
+
 #include <cstdint>
 #include <filesystem>
 #include <memory>
@@ -49,6 +51,9 @@ public:
   // QEMU 7.2 re-opens it read-write even for a private mapping and VMs run as
   // users other than its owner.
   Result<void> seal();
+  // Makes `uid` the owner of an unsealed memory file: the one VM that maps
+  // it share=on re-opens it read-write as that user (mode 0600).
+  Result<void> give_to(uid_t uid, gid_t gid);
   // Writes the content to `file` (created, mode 0400), keeping holes.
   Result<void> write_to(const std::filesystem::path& file) const;
 

@@ -27,10 +27,12 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include "common/log.hpp"
 #include "vmm/async.hpp"
 #include "vmm/process.hpp"
 #include "vmm/qmp.hpp"
 #include "vmm/snapshot.hpp"
+#include "vmm/vm_jail.hpp"
 
 namespace vesicle::vmm {
 
@@ -301,6 +303,10 @@ struct VmState : std::enable_shared_from_this<VmState> {
   // /proc/self/fd path for hostd's own file calls (empty otherwise).
   std::shared_ptr<GuestMemory> source_memory;
   fs::path shared_source;
+  // A confined VM's uid and cgroup leaf (VmConfig::confinement); given back
+  // once QEMU has been reaped.
+  std::optional<UidLease> uid_lease;
+  std::optional<cgroup::Leaf> leaf;
   // While restore_full is under way: where the overlay (a full snapshot's
   // disk, renamed) goes back to if the VM ends before the restore completes.
   fs::path return_disk_to;
@@ -351,6 +357,19 @@ struct VmState : std::enable_shared_from_this<VmState> {
       const std::string log = detail::file_tail(paths.log, 2048);
       if (!log.empty()) how += "; QEMU log (tail):\n" + log;
     }
+    if (leaf) {
+      // Killed by the kernel at its cgroup's memory limit: say so, with the
+      // figure, rather than "killed by signal 9".
+      if (!saved && !destroy_requested) {
+        auto oom = leaf->oom_report();
+        if (oom && *oom) how = **oom;
+      }
+      if (auto removed = leaf->remove(); !removed)
+        log::warn("a VM's cgroup leaf was not removed; the next start sweeps it",
+                  {{"vm", config.id}, {"error", removed.error().message()}});
+      leaf.reset();
+    }
+    uid_lease.reset();
     exit_description = std::move(how);
     if (qmp) qmp->close();
     remove_files();
@@ -622,7 +641,10 @@ Result<snapshot::Manifest> seal_snapshot(const fs::path& staging, snapshot::Mani
   // write to a page it has not copied yet. (Root ignores the mode; it is a
   // guard against accidents, not a protection.)
   // (The memory file itself is sealed, and its copy on disk made 0400.)
+  // Root's, too: the disk was the saved VM's (its uid may serve another VM
+  // later), and a file's owner could make it writable again.
   for (const auto& path : {state, disk, manifest_path}) {
+    if (::chown(path.c_str(), 0, 0) != 0) return sys_error("chown", path.string());
     if (::chmod(path.c_str(), 0444) != 0) return sys_error("make read-only", path.string());
   }
   if (auto synced = fsync_path(staging, true); !synced) return synced.error();
@@ -826,6 +848,9 @@ asio::awaitable<Result<void>> raise_bandwidth(VmState& state) {
 // What save_full does once the state is written and the disk moved:
 // fsync, checksums, manifest. Blocking; runs off the executor.
 Result<void> seal_full(const fs::path& staging, snapshot::Manifest manifest) {
+  // The disk was the saved VM's own (its uid's): the Space's is root's.
+  const fs::path disk = staging / snapshot::kDiskName;
+  if (::chown(disk.c_str(), 0, 0) != 0) return sys_error("chown", disk.string());
   if (auto digested = sync_and_digest_staged(staging, manifest); !digested) return digested.error();
   const fs::path manifest_path = staging / snapshot::kManifestName;
   if (auto written = snapshot::write_file_atomically(manifest_path, format_manifest(manifest));
@@ -1001,6 +1026,14 @@ public:
 
   const std::string& id() const override { return state_->config.id; }
   int qemu_pid() const override { return state_->process->pid(); }
+  void label(const std::string& sandbox_id) override {
+    if (!state_->leaf || state_->leaf->name() == sandbox_id) return;
+    if (auto renamed = state_->leaf->rename(sandbox_id); !renamed)
+      log::warn("a VM's cgroup leaf keeps its old name",
+                {{"vm", state_->config.id},
+                 {"sandbox", sandbox_id},
+                 {"error", renamed.error().message()}});
+  }
   AgentClient& agent() override { return *state_->agent; }
   bool running() const override { return state_->running(); }
   bool maps_memory_shared() const override { return !state_->restored; }
@@ -1382,6 +1415,13 @@ private:
     if (!memory) co_return make_error("start QEMU", "the VM has no memory file", state->config.id);
     qemu_options.pass_fds.push_back(memory->fd());
     qemu_options.working_dir = paths.dir;
+    // Held open until spawn returns: the child joins the cgroup through them.
+    std::vector<UniqueFd> cgroup_procs;
+    if (state->config.confinement) {
+      auto confined = confine(*state, cgroup_procs);
+      if (!confined) co_return std::move(confined).error().with_context("confining QEMU");
+      qemu_options.jail = std::move(confined.value());
+    }
     auto process = detail::Process::spawn(executor, qemu_options);
     if (!process) co_return std::move(process).error().with_context("starting QEMU");
     state->process = std::move(process.value());
@@ -1440,6 +1480,48 @@ private:
     state->accel = accel;
     state->kernel_cmdline = snapshot.kernel_cmdline;
     return state;
+  }
+
+  // Takes a uid and a cgroup leaf for the VM, hands it its own files and
+  // returns the jail QEMU starts in (VmConfig::confinement).
+  static Result<Jail> confine(VmState& state, std::vector<UniqueFd>& cgroup_procs) {
+    const VmConfinement& confinement = *state.config.confinement;
+    auto lease = confinement.uids->acquire();
+    if (!lease) return std::move(lease).error();
+    state.uid_lease = std::move(lease.value());
+    const uid_t uid = state.uid_lease->uid();
+    const gid_t gid = state.uid_lease->gid();
+    if (confinement.cgroups) {
+      const unsigned tb = state.accel == Accel::tcg ? state.config.tcg_translation_cache_mib : 0;
+      auto leaf = confinement.cgroups->create(
+          state.config.id,
+          cgroup::Limits::for_qemu(state.config.memory_mib, state.config.vcpus, tb));
+      if (!leaf) return std::move(leaf).error();
+      state.leaf = std::move(leaf.value());
+      auto procs = state.leaf->open_procs();
+      if (!procs) return std::move(procs).error();
+      cgroup_procs = std::move(procs.value());
+    }
+    // Its own files become its uid's: the directory (sockets, pidfile), the
+    // disk overlay, and its own RAM. Everything else it sees is read-only.
+    for (const auto& path : {state.paths.dir, state.paths.overlay}) {
+      if (::chown(path.c_str(), uid, gid) != 0) return sys_error("chown", path.string());
+    }
+    if (::chmod(state.paths.overlay.c_str(), 0600) != 0)
+      return sys_error("chmod", state.paths.overlay.string());
+    if (state.own_memory) {
+      if (auto given = state.own_memory->give_to(uid, gid); !given) return given.error();
+    }
+    VmJailInputs inputs;
+    inputs.uid = uid;
+    inputs.gid = gid;
+    inputs.vm_dir = state.paths.dir;
+    inputs.overlay = state.paths.overlay;
+    inputs.images = state.config.images;
+    inputs.accel = state.accel;
+    for (const auto& fd : cgroup_procs)
+      inputs.cgroup_procs_fds.push_back(fd.get());
+    return vm_jail(inputs);
   }
 
   // A memory file of the VM's own, mapped share=on (a booted VM, or one

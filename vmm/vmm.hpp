@@ -16,7 +16,9 @@
 
 #include "common/result.hpp"
 #include "vmm/agent_client.hpp"
+#include "vmm/cgroup.hpp"
 #include "vmm/guest_memory.hpp"
+#include "vmm/uid_pool.hpp"
 
 namespace vesicle::vmm {
 
@@ -45,11 +47,21 @@ struct NetworkAttachment {
   std::string mac = "02:76:73:00:00:02"; // the same in every slot: each has its own namespace
 };
 
+// How QEMU processes are confined (vmm/jail.hpp): each runs as a uid of its
+// own from `uids`, in a jail holding only its own files (vm_jail.hpp), under
+// QEMU's seccomp filter and ours, and in a cgroup leaf of `cgroups` named
+// after the VM (renamed to its sandbox's id when a sandbox adopts it) with
+// memory, pids and CPU limits. Shared by every VM of a driver's user.
+struct VmConfinement {
+  std::shared_ptr<UidPool> uids;
+  std::shared_ptr<const cgroup::Tree> cgroups; // null: no cgroup leaves
+};
+
 struct VmConfig {
   std::string id; // [a-z0-9-]+; names the VM's files and QEMU's -name
   GuestImages images;
   // Everything the VM owns on disk lives in runtime_dir/id (sockets, the
-  // disk overlay, logs); its memory in shm_dir/vesicle-<id>.mem.
+  // disk overlay, logs); its memory is a memfd (guest_memory.hpp).
   std::filesystem::path runtime_dir = "/var/lib/vesicle/vms";
   std::filesystem::path shm_dir = "/dev/shm";
   unsigned vcpus = 2;
@@ -59,6 +71,8 @@ struct VmConfig {
   unsigned tcg_translation_cache_mib = 64; // -accel tcg,tb-size=
   // Without one the guest has no network device at all.
   std::optional<NetworkAttachment> network;
+  // Null: QEMU runs as its caller does (the vesicle-vm CLI, some tests).
+  std::shared_ptr<const VmConfinement> confinement;
 };
 
 // A saved VM: device state + RAM file + disk, immutable once written (its
@@ -108,6 +122,11 @@ public:
   virtual ~Vm() = default;
   virtual const std::string& id() const = 0;
   virtual int qemu_pid() const = 0;
+  // Names the VM after the sandbox it now serves (a pool VM handed out, a
+  // fork child merged into its parent): its cgroup leaf takes the name, so
+  // an operator finds a sandbox's QEMU by id. Best effort: a failure is
+  // logged, the VM runs on.
+  virtual void label(const std::string& /*sandbox_id*/) {}
   virtual AgentClient& agent() = 0;
   // True until the VM's process has exited.
   virtual bool running() const = 0;

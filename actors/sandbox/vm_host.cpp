@@ -75,6 +75,7 @@ vmm::VmConfig VmHost::vm_config(const std::string& id, std::uint32_t vcpus,
   config.qemu_binary = settings_.qemu_binary;
   config.tcg_translation_cache_mib = settings_.tcg_translation_cache_mib;
   if (network) config.network = network->attachment();
+  config.confinement = settings_.confinement;
   return config;
 }
 

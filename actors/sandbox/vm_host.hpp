@@ -40,7 +40,8 @@ struct VmSettings {
   std::string qemu_binary = "qemu-system-x86_64";
   unsigned tcg_translation_cache_mib = 64;
   // Template snapshots: templates_dir/<key>/ holds the manifest, device
-  // state and disk; the RAM image is shm_dir/vesicle-template-<key>.mem.
+  // state and disk; templates_dir/<key>.mem a copy of its RAM for the next
+  // start (VMs map a sealed memfd loaded from it).
   std::filesystem::path templates_dir = "/var/lib/vesicle/templates";
   // A pool restore waits this long before it starts: a refill follows every
   // take, and the restore's start-up (spawning QEMU and qemu-img) would
@@ -49,6 +50,8 @@ struct VmSettings {
   std::chrono::milliseconds pool_restore_delay{25};
   // Spaces (frozen sandboxes): on a real disk, see space_store.hpp.
   std::filesystem::path spaces_dir = "/var/lib/vesicle/spaces";
+  // How every VM's QEMU is confined; null: not at all.
+  std::shared_ptr<const vmm::VmConfinement> confinement;
 };
 
 // Answers a fork or merge step on the executor: the parent's QEMU pid

@@ -153,7 +153,10 @@ VmHost::acquire(const std::string& id, const SandboxSpec& spec, const LaunchPlan
   if (auto* pooled = std::get_if<launch::FromPoolVm>(&plan)) {
     auto adopted = co_await adopt_pool_vm(pooled->pool_vm_id, spec);
     if (!adopted) co_return std::move(adopted).error();
-    if (*adopted) co_return std::move(**adopted);
+    if (*adopted) {
+      (*adopted)->vm->label(id); // its cgroup leaf now names the sandbox
+      co_return std::move(**adopted);
+    }
     template_key = pooled->template_key;
   }
   // Any other VM gets a network slot of its own, held by run_sandbox_vm

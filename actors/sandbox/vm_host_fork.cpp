@@ -218,6 +218,7 @@ asio::awaitable<void> VmHost::run_merge(std::string parent_id, sandbox_actor par
   winner.target->sandbox = parent;
   const auto pid = static_cast<std::int32_t>(winner.vm->qemu_pid());
   auto vm = winner.vm;
+  vm->label(parent_id); // the replaced VM's leaf is gone: destroy() reaped it
   vms_[parent_id] = std::move(winner);
   // The winner's world now answers as the parent.
   auto refreshed = co_await refresh_identity(*vm, parent_id, machine_id);
