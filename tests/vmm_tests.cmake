@@ -79,3 +79,16 @@ add_dependencies(jail_test jail_check)
 vesicle_test(jail_boot_integration_test SOURCES integration/jail_boot_test.cpp
              LIBS vesicle_vmm OpenSSL::Crypto LABEL integration TIMEOUT 300)
 set_property(TEST jail_boot_integration_test APPEND PROPERTY ENVIRONMENT ${vmm_images_env})
+
+# The jail-escape probe: a real VM booted the normal way is the target; the
+# probe, started through the launcher exactly as a VM's QEMU (vm_jail, a
+# leased uid, a cgroup v1 leaf of 64 MiB, a sealed memfd), tries to reach it
+# and the host, and must be blocked every time and OOM-killed at the end.
+# One TCG boot; needs root and cgroup v1.
+add_executable(jail_probe vmm/jail_probe.cpp)
+vesicle_test(jail_escape_integration_test SOURCES vmm/jail_escape_test.cpp
+             LIBS vesicle_vmm OpenSSL::Crypto LABEL integration TIMEOUT 400)
+target_compile_definitions(jail_escape_integration_test PRIVATE
+                           JAIL_PROBE_PATH="$<TARGET_FILE:jail_probe>")
+add_dependencies(jail_escape_integration_test jail_probe)
+set_property(TEST jail_escape_integration_test APPEND PROPERTY ENVIRONMENT ${vmm_images_env})

@@ -442,6 +442,23 @@ Result<JailPlan> JailPlan::prepare(const Jail& jail, const fs::path& binary) {
     steps.push_back({Op::join_cgroup, {}, {}, 0, fd, 0, "join cgroup", fd_name(fd)});
   plan.cgroup_steps_ = steps.size();
   steps.push_back({Op::make_private, "/", {}, 0, 0, 0, "make the mount tree private", "/"});
+  // Every mount the jail can write is noexec, but a memfd is on no mount:
+  // a process could write a program into one and run it (fexecve), which
+  // the jail-escape probe did. vm.memfd_noexec=2 makes the kernel refuse
+  // executable memfds. It is per PID namespace (the writer's: here the
+  // jail's new one, so the host keeps its setting), inherited and never
+  // lowered by children; written through the host's /proc while that is
+  // still mounted. Kernels before 6.3 have no such setting (the step is
+  // skipped there): QEMU's own filter (-sandbox spawn=deny: execve,
+  // execveat) is then all that stops it.
+  steps.push_back({Op::memfd_noexec,
+                   "/proc/sys/vm/memfd_noexec",
+                   {},
+                   0,
+                   0,
+                   0,
+                   "forbid executable memfds",
+                   "/proc/sys/vm/memfd_noexec"});
   steps.push_back({Op::mount_root, root, kRootOptions, MS_NOSUID | MS_NODEV | MS_NOEXEC, 0, 0,
                    "mount the jail's tmpfs", root});
   tree.emit(root, steps);
@@ -532,6 +549,13 @@ int JailPlan::run(const Step& step) const noexcept {
     return ::write(step.number, "0", 1) == 1 ? 0 : -1;
   case Op::make_private:
     return ::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr);
+  case Op::memfd_noexec: {
+    const int fd = ::open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0) return errno == ENOENT ? 0 : -1;
+    const bool written = ::write(fd, "2", 1) == 1;
+    ::close(fd);
+    return written ? 0 : -1;
+  }
   case Op::mount_root:
     return ::mount("tmpfs", path, "tmpfs", step.flags, step.source.c_str());
   case Op::make_dir:

@@ -90,6 +90,7 @@ private:
   enum class Op {
     join_cgroup,
     make_private,
+    memfd_noexec,
     mount_root,
     make_dir,
     make_file,

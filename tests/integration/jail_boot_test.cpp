@@ -33,7 +33,9 @@ TEST(JailBootTest, AJailedQemuBootsTheGuestAndRunsPython) {
   if (!vmm::GuestImages::in(images).check().ok()) {
     GTEST_SKIP() << "no guest images in " << images << " (images/build.sh, or VESICLE_IMAGES_DIR)";
   }
-  auto pool = vmm::UidPool::create(2'200'000'000u + static_cast<uid_t>(::getpid() % 100'000), 1);
+  TempDir locks;
+  auto pool = vmm::UidPool::create(2'200'000'000u + static_cast<uid_t>(::getpid() % 100'000), 1,
+                                   locks.path());
   ASSERT_TRUE(pool) << pool.error().message();
   auto lease = pool->acquire();
   ASSERT_TRUE(lease) << lease.error().message();

@@ -6,7 +6,9 @@
 #include <gtest/gtest.h>
 
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -108,7 +110,7 @@ class JailTest : public ::testing::Test {
 protected:
   void SetUp() override {
     if (::geteuid() != 0) GTEST_SKIP() << "the jail needs root";
-    auto pool = vmm::UidPool::create(test_range_start(), 16);
+    auto pool = vmm::UidPool::create(test_range_start(), 16, locks_.path());
     ASSERT_TRUE(pool) << pool.error().message();
     pool_.emplace(std::move(pool.value()));
   }
@@ -127,6 +129,7 @@ protected:
   }
 
   IoThread io_;
+  TempDir locks_;
   std::optional<vmm::UidPool> pool_;
   std::unique_ptr<Process> process_;
 };
@@ -481,8 +484,65 @@ TEST_F(JailTest, SaysWhatWentWrong) {
   }
 }
 
+// A pipe that a forked child reports numbers through, one per line.
+class Pipe {
+public:
+  Pipe() { ok_ = ::pipe2(fds_, O_CLOEXEC) == 0; }
+  ~Pipe() {
+    close_read();
+    close_write();
+  }
+  Pipe(const Pipe&) = delete;
+  Pipe& operator=(const Pipe&) = delete;
+  bool ok() const { return ok_; }
+  void close_read() {
+    if (fds_[0] >= 0) ::close(std::exchange(fds_[0], -1));
+  }
+  void close_write() {
+    if (fds_[1] >= 0) ::close(std::exchange(fds_[1], -1));
+  }
+  // In the child (async-signal-safe enough: no allocation).
+  void write_number(unsigned long value) {
+    char text[24];
+    const int n = std::snprintf(text, sizeof text, "%lu\n", value);
+    if (::write(fds_[1], text, static_cast<std::size_t>(n)) != n) ::_exit(3);
+  }
+  // In the parent: the next number, or nullopt at end of file.
+  std::optional<unsigned long> read_number() {
+    std::string text;
+    char c;
+    while (::read(fds_[0], &c, 1) == 1) {
+      if (c == '\n') return std::stoul(text);
+      text += c;
+    }
+    return std::nullopt;
+  }
+
+private:
+  int fds_[2] = {-1, -1};
+  bool ok_ = false;
+};
+
+// Kills (through a pidfd, so a reused pid is safe) and reaps a process the
+// test started (a child, or an orphan reparented to the test as subreaper),
+// unless the test already did.
+struct KillOnExit {
+  explicit KillOnExit(pid_t pid)
+      : pid(pid), pidfd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0))) {}
+  KillOnExit(const KillOnExit&) = delete;
+  KillOnExit& operator=(const KillOnExit&) = delete;
+  pid_t pid;
+  UniqueFd pidfd;
+  ~KillOnExit() {
+    if (pid <= 0) return;
+    if (pidfd) ::syscall(SYS_pidfd_send_signal, pidfd.get(), SIGKILL, nullptr, 0);
+    ::waitpid(pid, nullptr, 0);
+  }
+};
+
 TEST(UidPoolTest, LeasesAreDistinctAndComeBack) {
-  auto pool = vmm::UidPool::create(test_range_start(), 2);
+  TempDir locks;
+  auto pool = vmm::UidPool::create(test_range_start(), 2, locks.path());
   ASSERT_TRUE(pool) << pool.error().message();
   auto a = pool->acquire();
   auto b = pool->acquire();
@@ -493,7 +553,10 @@ TEST(UidPoolTest, LeasesAreDistinctAndComeBack) {
   ASSERT_FALSE(c);
   EXPECT_EQ(c.error().kind, ErrorKind::capacity);
   const uid_t freed = a->uid();
+  // A held uid's lock file exists; a released one's is removed.
+  EXPECT_TRUE(fs::exists(locks.path() / std::to_string(freed)));
   { auto gone = std::move(a.value()); }
+  EXPECT_FALSE(fs::exists(locks.path() / std::to_string(freed)));
   EXPECT_EQ(pool->leased(), 1u);
   auto d = pool->acquire();
   ASSERT_TRUE(d);
@@ -501,16 +564,175 @@ TEST(UidPoolTest, LeasesAreDistinctAndComeBack) {
 }
 
 TEST(UidPoolTest, RejectsRangesWithZeroOrWrapping) {
-  EXPECT_FALSE(vmm::UidPool::create(0, 10));
-  EXPECT_FALSE(vmm::UidPool::create(100, 0));
-  EXPECT_FALSE(vmm::UidPool::create(4'294'967'290u, 10));
-  EXPECT_FALSE(vmm::UidPool::create(4'294'967'290u, 6)); // would hold -1
-  EXPECT_TRUE(vmm::UidPool::create(4'294'967'290u, 5));
+  TempDir locks;
+  EXPECT_FALSE(vmm::UidPool::create(0, 10, locks.path()));
+  EXPECT_FALSE(vmm::UidPool::create(100, 0, locks.path()));
+  EXPECT_FALSE(vmm::UidPool::create(4'294'967'290u, 10, locks.path()));
+  EXPECT_FALSE(vmm::UidPool::create(4'294'967'290u, 6, locks.path())); // would hold -1
+  EXPECT_TRUE(vmm::UidPool::create(4'294'967'290u, 5, locks.path()));
+}
+
+TEST(UidPoolTest, RefusesALockDirectoryOthersMayWrite) {
+  TempDir dir;
+  ASSERT_EQ(::chmod(dir.path().c_str(), 0777), 0);
+  auto pool = vmm::UidPool::create(test_range_start(), 2, dir.path());
+  ASSERT_FALSE(pool);
+  EXPECT_EQ(pool.error().kind, ErrorKind::invalid_argument);
+  ASSERT_EQ(::chmod(dir.path().c_str(), 0700), 0);
+  EXPECT_TRUE(vmm::UidPool::create(test_range_start(), 2, dir.path()));
+  // Made when missing, 0700.
+  const fs::path fresh = dir.path() / "uids";
+  EXPECT_TRUE(vmm::UidPool::create(test_range_start(), 2, fresh));
+  EXPECT_EQ(fs::status(fresh).permissions(), fs::perms::owner_all);
+}
+
+// Two hostds: a forked child with its own pool over the same range and lock
+// directory holds half the range; this process gets only the other half,
+// and the child's half once the child is killed (the kernel drops its
+// locks).
+TEST(UidPoolTest, PoolsInTwoProcessesNeverShareAUidAndADeadOnesComeBack) {
+  TempDir locks;
+  const uid_t first = test_range_start();
+  constexpr int kRange = 8, kChild = 4;
+  Pipe report;
+  ASSERT_TRUE(report.ok());
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    report.close_read();
+    auto pool = vmm::UidPool::create(first, kRange, locks.path());
+    if (!pool) ::_exit(1);
+    std::vector<vmm::UidLease> held;
+    for (int i = 0; i < kChild; ++i) {
+      auto lease = pool->acquire();
+      if (!lease) ::_exit(2);
+      report.write_number(lease->uid());
+      held.push_back(std::move(lease.value()));
+    }
+    for (;;)
+      ::pause();
+  }
+  KillOnExit kill{child};
+  report.close_write();
+  std::set<uid_t> childs;
+  for (int i = 0; i < kChild; ++i) {
+    auto uid = report.read_number();
+    ASSERT_TRUE(uid) << "the child's pool failed after " << i << " leases";
+    childs.insert(static_cast<uid_t>(*uid));
+  }
+  ASSERT_EQ(childs.size(), std::size_t{kChild});
+
+  auto pool = vmm::UidPool::create(first, kRange, locks.path());
+  ASSERT_TRUE(pool) << pool.error().message();
+  std::vector<vmm::UidLease> mine;
+  for (int i = 0; i < kRange - kChild; ++i) {
+    auto lease = pool->acquire();
+    ASSERT_TRUE(lease) << lease.error().message();
+    EXPECT_FALSE(childs.count(lease->uid())) << "uid " << lease->uid() << " leased twice";
+    mine.push_back(std::move(lease.value()));
+  }
+  auto full = pool->acquire();
+  ASSERT_FALSE(full);
+  EXPECT_EQ(full.error().kind, ErrorKind::capacity);
+
+  ASSERT_EQ(::kill(child, SIGKILL), 0);
+  ASSERT_EQ(::waitpid(child, nullptr, 0), child);
+  kill.pid = 0;
+  std::set<uid_t> regained;
+  for (int i = 0; i < kChild; ++i) {
+    auto lease = pool->acquire();
+    ASSERT_TRUE(lease) << lease.error().message();
+    regained.insert(lease->uid());
+    mine.push_back(std::move(lease.value()));
+  }
+  EXPECT_EQ(regained, childs);
+}
+
+// A process under a uid (the child of a holder that keeps its lease) must
+// survive another pool's sweep while its holder lives, and be swept once the
+// holder is dead.
+TEST(UidPoolTest, SweepSparesUidsALivePoolHoldsAndKillsADeadOnes) {
+  if (::geteuid() != 0) GTEST_SKIP() << "changing uid needs root";
+  TempDir locks;
+  const uid_t first = test_range_start();
+  Pipe report;
+  ASSERT_TRUE(report.ok());
+  // The holder's orphaned VM is reparented to this process, which reaps it.
+  ASSERT_EQ(::prctl(PR_SET_CHILD_SUBREAPER, 1), 0);
+  struct NoSubreaper {
+    ~NoSubreaper() { ::prctl(PR_SET_CHILD_SUBREAPER, 0); }
+  } no_subreaper;
+  const pid_t holder = ::fork();
+  ASSERT_GE(holder, 0);
+  if (holder == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    report.close_read();
+    auto pool = vmm::UidPool::create(first, 4, locks.path());
+    if (!pool) ::_exit(1);
+    auto lease = pool->acquire();
+    if (!lease) ::_exit(2);
+    const uid_t uid = lease->uid();
+    const pid_t vm = ::fork();
+    if (vm < 0) ::_exit(3);
+    if (vm == 0) {
+      // What a jailed VM is: not the lock's holder (no copy of its fd), no
+      // death signal tied to its parent (a QEMU survives a dead hostd
+      // until swept).
+      ::syscall(SYS_close_range, 3u, ~0u, 0u);
+      if (::syscall(SYS_setresgid, uid, uid, uid) != 0 ||
+          ::syscall(SYS_setresuid, uid, uid, uid) != 0) {
+        ::_exit(4);
+      }
+      for (;;)
+        ::pause();
+    }
+    report.write_number(uid);
+    report.write_number(static_cast<unsigned long>(vm));
+    for (;;)
+      ::pause();
+  }
+  KillOnExit kill_holder{holder};
+  report.close_write();
+  auto uid = report.read_number();
+  auto vm = report.read_number();
+  ASSERT_TRUE(uid && vm) << "the holder failed";
+  KillOnExit kill_vm{static_cast<pid_t>(*vm)};
+  ASSERT_TRUE(kill_vm.pidfd);
+  ASSERT_TRUE(wait_until(
+      [&] { return proc_status(kill_vm.pid)["Uid"].rfind(std::to_string(*uid), 0) == 0; }, 5s));
+
+  auto pool = vmm::UidPool::create(first, 4, locks.path());
+  ASSERT_TRUE(pool) << pool.error().message();
+  auto swept = pool->sweep();
+  ASSERT_TRUE(swept) << swept.error().message();
+  EXPECT_EQ(swept.value(), 0);
+  pollfd alive{kill_vm.pidfd.get(), POLLIN, 0};
+  EXPECT_EQ(::poll(&alive, 1, 0), 0) << "the sweep killed a live pool's VM";
+  EXPECT_TRUE(fs::exists(locks.path() / std::to_string(*uid)));
+
+  // The holder dies (hostd killed): its lock goes, its VM stays.
+  ASSERT_EQ(::kill(holder, SIGKILL), 0);
+  ASSERT_EQ(::waitpid(holder, nullptr, 0), holder);
+  kill_holder.pid = 0;
+  EXPECT_EQ(::poll(&alive, 1, 0), 0);
+  swept = pool->sweep();
+  ASSERT_TRUE(swept) << swept.error().message();
+  EXPECT_EQ(swept.value(), 1);
+  EXPECT_EQ(::poll(&alive, 1, 1000), 1) << "the dead holder's VM was not killed";
+  int status = 0;
+  EXPECT_EQ(::waitpid(kill_vm.pid, &status, 0), kill_vm.pid);
+  EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+  kill_vm.pid = 0;
+  // Its lock file went with it; the uid can be leased again.
+  EXPECT_FALSE(fs::exists(locks.path() / std::to_string(*uid)));
+  EXPECT_EQ(pool->leased(), 0u);
 }
 
 TEST(UidPoolTest, SweepKillsWhatRunsInTheRange) {
   if (::geteuid() != 0) GTEST_SKIP() << "changing uid needs root";
-  auto pool = vmm::UidPool::create(test_range_start(), 16);
+  TempDir locks;
+  auto pool = vmm::UidPool::create(test_range_start(), 16, locks.path());
   ASSERT_TRUE(pool) << pool.error().message();
   const uid_t uid = pool->first() + 3;
   const pid_t child = ::fork();
@@ -542,10 +764,11 @@ TEST(UidPoolTest, SweepKillsWhatRunsInTheRange) {
   ASSERT_EQ(::waitpid(child, &status, 0), child);
   reap.pid = 0;
   EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
-  // Nothing left to sweep.
+  // Nothing left to sweep, and no lock file left behind.
   auto again = pool->sweep();
   ASSERT_TRUE(again);
   EXPECT_EQ(again.value(), 0);
+  EXPECT_TRUE(fs::is_empty(locks.path()));
 }
 
 } // namespace
