@@ -285,6 +285,12 @@ struct VmState : std::enable_shared_from_this<VmState> {
   asio::any_io_executor executor;
   VmConfig config;
   VmPaths paths;
+  // A confined VM's uid and cgroup leaf (VmConfig::confinement); given back
+  // once QEMU has been reaped. Declared before `process` so that, should
+  // the state go with QEMU still running, the process is killed (and
+  // reaped) before its uid is free for another VM.
+  std::optional<UidLease> uid_lease;
+  std::optional<cgroup::Leaf> leaf;
   std::unique_ptr<detail::Process> process;
   std::shared_ptr<QmpClient> qmp;
   std::unique_ptr<AgentClient> agent;
@@ -303,10 +309,6 @@ struct VmState : std::enable_shared_from_this<VmState> {
   // /proc/self/fd path for hostd's own file calls (empty otherwise).
   std::shared_ptr<GuestMemory> source_memory;
   fs::path shared_source;
-  // A confined VM's uid and cgroup leaf (VmConfig::confinement); given back
-  // once QEMU has been reaped.
-  std::optional<UidLease> uid_lease;
-  std::optional<cgroup::Leaf> leaf;
   // While restore_full is under way: where the overlay (a full snapshot's
   // disk, renamed) goes back to if the VM ends before the restore completes.
   fs::path return_disk_to;
