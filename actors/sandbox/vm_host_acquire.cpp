@@ -138,6 +138,7 @@ VmHost::restore_template(const std::string& id, const SandboxSpec& spec, const s
 asio::awaitable<Result<VmHost::Acquired>> VmHost::cold_boot(const std::string& id,
                                                             const SandboxSpec& spec, Acquired got) {
   auto config = vm_config(id, spec.vcpus, spec.memory_mib, got.network.get());
+  config.disk_mib = spec.disk_mib; // the overlay's size: the guest's quota from the start
   auto booted = co_await driver_.boot(std::move(config));
   if (!booted) co_return std::move(booted).error();
   got.vm = std::move(booted.value());

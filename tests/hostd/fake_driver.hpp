@@ -134,6 +134,11 @@ public:
     destroy();
     co_return;
   }
+  // A fake's disk is always the size asked for: nothing to grow.
+  asio::awaitable<Result<bool>> grow_disk(std::uint64_t bytes) override {
+    grown_to.push_back(bytes);
+    co_return false;
+  }
   void destroy() override {
     ++destroy_calls;
     kill("killed by destroy()");
@@ -153,6 +158,7 @@ public:
 
   const vmm::VmConfig& config() const { return config_; }
   int destroy_calls = 0;
+  std::vector<std::uint64_t> grown_to; // each grow_disk's bytes
   bool files_removed = false;
   bool restored = false; // made by FakeDriver::restore
   FakeAgent& fake_agent() { return agent_; }
