@@ -114,7 +114,7 @@ public:
 
   // Freezes sandbox `id` into the Space `space` (its id, owner, spec,
   // reason filled in): saves the whole VM (device state, every RAM page) and
-  // its disk, rebased onto the base image so nothing on tmpfs or in a
+  // its disk, rebased onto the base image so no fork snapshot or
   // template is needed to resume it, into the spaces directory, and ends
   // the VM (its RAM is freed; its network slot and fork snapshot are let
   // go). The sandbox must be idle and held. On failure no Space is left and

@@ -79,9 +79,8 @@ VmHost::resume_space(const std::string& id, const std::string& space_id, Acquire
   // restore_full takes the disk it is given (a rename on the same
   // filesystem). Given a copy beside the VM dirs instead, the Space
   // stays whole until the sandbox is ready: a hostd killed meanwhile
-  // leaves it resumable (and the copy to the startup sweep). With the
-  // Space on disk and VMs on tmpfs this is the copy restore_full would
-  // have made anyway. Off the executor: a disk can be large.
+  // leaves it resumable (and the copy to the startup sweep). Off the
+  // executor: a disk can be large.
   vmm::Snapshot from = opened.snapshot;
   from.disk = settings_.runtime_dir / (id + ".space-disk.qcow2");
   auto copy = [source = opened.snapshot.disk,

@@ -191,11 +191,22 @@ TEST_F(Limits, ADiskFilledToItsQuotaGetsEnospcAndTheHostPaysAtMostTheQuota) {
   // one's disk is grown at hand-out, and the agent grows its filesystem.
   const std::uint64_t quota_mib = image_mib() + 256;
   ASSERT_TRUE(pool_ready());
+  const auto create_started = std::chrono::steady_clock::now();
   auto sandbox = create(http, R"j({"disk_mib": )j" + std::to_string(quota_mib) + "}");
+  const auto created_at = std::chrono::steady_clock::now();
   EXPECT_EQ(sandbox.disk_mib(), quota_mib);
   EXPECT_EQ(sandbox.source(), "pool");
+  // The first exec waits for the agent to grow the filesystem.
   const auto before = exec(http, sandbox.id(),
                            std::string(R"j({"language": "bash", "code": ")j") + kDf + R"j("})j");
+  const auto first_exec_at = std::chrono::steady_clock::now();
+  std::fprintf(stderr, "pool create with its disk grown: %lld ms, then the first exec: %lld ms\n",
+               static_cast<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                          created_at - create_started)
+                                          .count()),
+               static_cast<long long>(
+                   std::chrono::duration_cast<std::chrono::milliseconds>(first_exec_at - created_at)
+                       .count()));
   const auto size_mib = number_after(before, "df_size=");
   const auto avail_mib = number_after(before, "df_avail=");
   std::fprintf(
