@@ -114,8 +114,9 @@ public:
   send_refresh_identity(IdentityRefresh identity, RefreshFailureHandler on_failure = {}) = 0;
 
   // Has the agent grow the root filesystem to fill its disk once the disk
-  // is `disk_bytes` large (GrowRootFs in messages/guest.proto), after the
-  // disk itself grew (Vm::grow_disk). Like send_refresh_identity: returns
+  // is `disk_bytes` large (GrowRootFs in messages/guest.proto); the disk
+  // itself grows with Vm::grow_disk, before or after. Like
+  // send_refresh_identity: returns
   // once the request is written (the agent grows the filesystem before it
   // reads the next request, so whatever is sent after already sees the
   // room), and a failure reported later goes to `on_failure`. Not pure: a

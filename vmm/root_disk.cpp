@@ -2,6 +2,10 @@
 
 #include <system_error>
 
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/this_coro.hpp>
+
 #include "common/log.hpp"
 
 namespace vesicle {
@@ -40,22 +44,32 @@ Result<std::uint64_t> disk_bytes_in(const json::Value& query_block, const std::s
 boost::asio::awaitable<Result<void>> fit_root_disk(std::shared_ptr<vmm::Vm> vm,
                                                    const std::string& id, std::uint32_t disk_mib) {
   const std::uint64_t bytes = std::uint64_t{disk_mib} << 20;
-  auto grown = co_await vm->grow_disk(bytes);
-  if (!grown)
-    co_return std::move(grown).error().with_context("giving sandbox " + id + " its disk_mib of " +
-                                                    std::to_string(disk_mib));
-  if (!*grown) co_return Result<void>{};
   std::weak_ptr<vmm::Vm> weak = vm;
-  vmm::RefreshFailureHandler on_failure = [weak, id, disk_mib](const Error& error) {
-    log::error("growing the sandbox's filesystem to its disk failed; its VM is destroyed",
-               {{"sandbox", id}, {"disk_mib", disk_mib}, {"error", error.message()}});
-    if (auto held = weak.lock()) held->destroy();
+  auto give_up = [weak, id, disk_mib](const char* what, const Error& error) {
+    auto held = weak.lock();
+    if (!held || !held->running()) return; // reclaimed meanwhile: nothing to say
+    log::error(what, {{"sandbox", id}, {"disk_mib", disk_mib}, {"error", error.message()}});
+    held->destroy();
+  };
+  // The agent's request first: it is in the channel before the create
+  // answers, so every later request waits for the grown filesystem.
+  vmm::RefreshFailureHandler on_failure = [give_up](const Error& error) {
+    give_up("growing the sandbox's filesystem to its disk failed; its VM is destroyed", error);
   };
   auto sent = co_await vm->agent().send_grow_root_fs(bytes, std::move(on_failure));
   if (!sent)
     co_return std::move(sent).error().with_context(
         "growing sandbox " + id + "'s filesystem to disk_mib " + std::to_string(disk_mib) +
         " (rebuild the guest images if the agent predates GrowRootFs)");
+  // Then the disk, without holding up the create: block_resize makes
+  // qcow2 write (and flush) a larger L1 table, tens of ms on a busy disk.
+  auto grow = [vm, bytes, give_up]() mutable -> boost::asio::awaitable<void> {
+    auto grown = co_await vm->grow_disk(bytes);
+    vm.reset();
+    if (!grown) give_up("growing the sandbox's disk failed; its VM is destroyed", grown.error());
+  };
+  boost::asio::co_spawn(co_await boost::asio::this_coro::executor, std::move(grow),
+                        boost::asio::detached);
   co_return Result<void>{};
 }
 

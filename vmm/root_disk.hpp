@@ -12,7 +12,7 @@
 // a fork snapshot or a Space has the size its snapshot's disk had;
 // templates are booted at the base image's size, so a pool VM's disk is
 // never larger than any sandbox's quota and is grown at hand-out
-// (fit_root_disk: QMP block_resize, then the agent grows the filesystem).
+// (fit_root_disk: QMP block_resize, and the agent grows the filesystem).
 #pragma once
 
 #include <utility> // before Boost 1.74's awaitable.hpp, which uses std::exchange without it
@@ -49,15 +49,17 @@ Result<std::uint64_t> disk_bytes_in(const json::Value& query_block, const std::s
 
 } // namespace vmm
 
-// Gives the VM's root disk the sandbox's size before it is handed out: a
-// VM restored from a snapshot whose disk is smaller is grown (QMP
-// block_resize, awaited) and its agent is told to grow the filesystem
-// (written, not awaited: the agent does it before it reads the next
-// request; if it then fails, `vm` is destroyed, since the sandbox would not
-// have the disk its response shows). Nothing to do when the disk has the
-// size already (a cold boot, or a fork child or Space of the same size).
-// An Error, meant to fail the create, when the disk is larger than
-// disk_mib (it cannot shrink) or the resize fails.
+// Gives the VM's root disk the sandbox's size as it is handed out: sends
+// the agent GrowRootFs (the write awaited, not the answer), then grows the
+// disk (Vm::grow_disk: QMP query-block, block_resize) in a detached
+// coroutine, so the create does not wait for qcow2's flushes; the agent
+// waits for the kernel to see the new size and grows the filesystem before
+// it reads the next request. A disk that has the size already (a cold boot,
+// a fork child, a Space) makes both no-ops. If either then fails, or the
+// disk is larger than disk_mib (it is never shrunk), `vm` is destroyed and
+// the reason logged: the sandbox would not have the disk its response
+// shows. An Error, meant to fail the create, if the request could not even
+// be sent.
 boost::asio::awaitable<Result<void>> fit_root_disk(std::shared_ptr<vmm::Vm> vm,
                                                    const std::string& id, std::uint32_t disk_mib);
 

@@ -29,9 +29,10 @@ constexpr std::chrono::milliseconds kShutdownFlushBudget{2000};
 // runs out of either.
 constexpr std::size_t kMaxRequestsInFlight = 1024;
 constexpr std::size_t kMaxQueuedCells = 64;
-// How long a GrowRootFs waits for the kernel to see the disk's new size
-// (a virtio config interrupt, normally there within milliseconds).
-constexpr std::chrono::milliseconds kDiskResizeWait{10000};
+// How long a GrowRootFs waits for the kernel to see the disk's new size:
+// hostd grows the disk (QMP block_resize) just after sending the request,
+// and the kernel hears of it by a virtio config interrupt.
+constexpr std::chrono::milliseconds kDiskResizeWait{30000};
 
 // The id of an unparseable request, if its first field is a readable id:
 // answering with it lets the host fail the right call.

@@ -102,8 +102,15 @@ public:
     refreshed_hostnames.push_back(identity.hostname);
     co_return Result<void>{};
   }
+  asio::awaitable<Result<void>> send_grow_root_fs(std::uint64_t disk_bytes,
+                                                  vmm::RefreshFailureHandler) override {
+    if (!connected()) co_return broken();
+    grow_requests.push_back(disk_bytes);
+    co_return Result<void>{};
+  }
 
   std::map<std::string, std::string> files;
+  std::vector<std::uint64_t> grow_requests; // each send_grow_root_fs's disk_bytes
   std::vector<std::string> refreshed_hostnames; // in the order the refreshes came
 
 private:
