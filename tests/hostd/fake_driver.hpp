@@ -110,7 +110,7 @@ public:
   }
 
   std::map<std::string, std::string> files;
-  std::vector<std::uint64_t> grow_requests; // each send_grow_root_fs's disk_bytes
+  std::vector<std::uint64_t> grow_requests;     // each send_grow_root_fs's disk_bytes
   std::vector<std::string> refreshed_hostnames; // in the order the refreshes came
 
 private:
