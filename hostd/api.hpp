@@ -147,6 +147,10 @@ api::Space to_api(const SpaceInfo& space);
 // /v1/sandboxes and the embedding API's create admit (api_sandboxes.cpp).
 Result<SandboxSpec> sandbox_spec(const api::CreateSandboxRequest& request,
                                  const config::HostdConfig& config);
+// A sandbox's disk is a qcow2 overlay on the guest image whose virtual size
+// is its disk_mib (vmm/root_disk.hpp), so disk_mib below the image's size
+// (`image_mib`; 0: unknown, nothing checked) is refused, naming the minimum.
+Result<void> check_disk_fits_image(std::uint32_t disk_mib, std::uint32_t image_mib);
 // The caps of the key `owner`'s tier (api_sandboxes.cpp).
 const config::TierCaps& tier_caps(const KeyStore& keys, const config::HostdConfig& config,
                                   const std::string& owner);

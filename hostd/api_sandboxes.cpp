@@ -56,6 +56,15 @@ Result<SandboxSpec> sandbox_spec(const api::CreateSandboxRequest& request,
   return spec;
 }
 
+Result<void> check_disk_fits_image(std::uint32_t disk_mib, std::uint32_t image_mib) {
+  if (image_mib == 0 || disk_mib >= image_mib) return {};
+  return Error::of(ErrorKind::invalid_argument,
+                   "disk_mib: must be at least " + std::to_string(image_mib) +
+                       " (the guest image's size; the disk holds the image and what the "
+                       "sandbox writes), got " +
+                       std::to_string(disk_mib));
+}
+
 // The caps of the key `owner`'s tier (its own, or the configuration's
 // default_key_tier for a key stored without one).
 const config::TierCaps& tier_caps(const KeyStore& keys, const config::HostdConfig& config,
@@ -76,9 +85,8 @@ asio::awaitable<Result<SandboxInfo>> Api::create_sandbox(const std::string& owne
   auto spec = sandbox_spec(request, ctx_.config);
   if (!spec) co_return spec.error();
   clamp_spec(*spec, caps);
-  // Every VM's disk is the base image's size: more cannot be given (yet).
-  if (auto root_mib = ctx_.vms.root_disk_mib(); root_mib != 0)
-    spec->disk_mib = std::min(spec->disk_mib, root_mib);
+  if (auto fits = check_disk_fits_image(spec->disk_mib, ctx_.vms.root_disk_mib()); !fits)
+    co_return fits.error();
   const std::uint32_t max_concurrent = caps.max_concurrent();
 
   const auto started = std::chrono::steady_clock::now();

@@ -51,7 +51,7 @@ void apply_defaults(config::HostdConfig& c) {
   if (c.log_level().empty()) c.set_log_level("info");
   if (c.state_dir().empty()) c.set_state_dir("/var/lib/vesicle");
   if (c.images_dir().empty()) c.set_images_dir(c.state_dir() + "/images");
-  if (c.runtime_dir().empty()) c.set_runtime_dir(kDefaultRuntimeDir);
+  if (c.runtime_dir().empty()) c.set_runtime_dir(c.state_dir() + "/run");
   if (c.shm_dir().empty()) c.set_shm_dir("/dev/shm");
   if (c.max_sandboxes() == 0) c.set_max_sandboxes(8);
   if (c.default_vcpus() == 0) c.set_default_vcpus(2);

@@ -12,8 +12,9 @@
 
 namespace vesicle::hostd {
 
-// runtime_dir when the configuration names none.
-inline constexpr const char* kDefaultRuntimeDir = "/run/vesicle";
+// runtime_dir when the configuration names neither it nor state_dir
+// (state_dir + "/run").
+inline constexpr const char* kDefaultRuntimeDir = "/var/lib/vesicle/run";
 
 struct ConfigOverrides {
   std::optional<std::string> listen;

@@ -20,7 +20,6 @@ out=
 agent=
 repl=
 init=
-disk_mib=${VESICLE_ROOTFS_MIB:-2048}
 cache=${VESICLE_CACHE_DIR:-/var/cache/vesicle/images}
 
 usage() {
@@ -94,17 +93,30 @@ build_initrd() {
 }
 
 build_disk() {
-  local tree
+  local tree tree_mib files disk_mib
   tree=$(mktemp -d -p "$cache")
   cp -a "$rootfs_dir/." "$tree/"
   install -d -m 0755 "$tree/usr/lib/vesicle"
   install -m 0755 "$agent" "$tree/usr/lib/vesicle/agent"
   strip "$tree/usr/lib/vesicle/agent"
   install -m 0644 "$repl" "$tree/usr/lib/vesicle/repl.py"
-  # A sparse file: the host pays only for what the tree uses; the rest is
-  # the free space each sandbox's overlay can write into.
-  mkfs.ext4 -q -F -L vesicle-root -d "$tree" -E lazy_itable_init=0,lazy_journal_init=0 \
-    "$1/rootfs.ext4" "${disk_mib}M"
+  # As small as the tree allows: the image's size is the smallest disk_mib
+  # a sandbox can have, since its disk is a qcow2 overlay of this size or
+  # larger (the overlay's virtual size is the quota). The agent grows the
+  # filesystem online to each sandbox's disk at boot. Room: the tree (in
+  # 4 KiB blocks, as ext4 stores it), a tenth on top for ext4's metadata
+  # (inode tables, bitmaps, extent blocks) and 64 MiB for the 32 MiB
+  # journal and a little free space. No root reserve (-m 0): everything in
+  # a sandbox runs as root anyway. Inodes: the default one per 16 KiB (new
+  # groups of a grown filesystem get the same), and never fewer than twice
+  # the tree's files.
+  tree_mib=$(du -s --block-size=1M "$tree" | cut -f1)
+  files=$(find "$tree" | wc -l)
+  disk_mib=$((tree_mib + tree_mib / 10 + 64))
+  mkfs.ext4 -q -F -L vesicle-root -d "$tree" -b 4096 -m 0 -J size=32 \
+    -N $((files * 2 > disk_mib * 64 ? files * 2 : disk_mib * 64)) \
+    -E lazy_itable_init=0,lazy_journal_init=0 "$1/rootfs.ext4" "${disk_mib}M"
+  echo "images: rootfs.ext4 is ${disk_mib} MiB (tree ${tree_mib} MiB, $files files)" >&2
   chmod 0444 "$1/rootfs.ext4"
   rm -rf "$tree"
 }
@@ -120,7 +132,7 @@ rootfs_dir=$cache/rootfs-$rootfs_key
 initrd_key=$( (echo "$kernel_key"; cat "$init" "$here/build.sh") | sha256sum | cut -c1-16)
 cached initrd "$initrd_key" build_initrd
 
-disk_key=$( (echo "$rootfs_key $disk_mib"; cat "$agent" "$repl" "$here/build.sh") | sha256sum | cut -c1-16)
+disk_key=$( (echo "$rootfs_key"; cat "$agent" "$repl" "$here/build.sh") | sha256sum | cut -c1-16)
 cached disk "$disk_key" build_disk
 
 mkdir -p "$out"
@@ -131,7 +143,7 @@ cat >"$out/manifest.txt" <<MANIFEST
 kernel $(cat "$kernel_dir/version") $kernel_key
 rootfs $rootfs_key
 initrd $initrd_key
-disk $disk_key ${disk_mib}MiB
+disk $disk_key $(($(stat -c %s "$cache/disk-$disk_key/rootfs.ext4") >> 20))MiB
 MANIFEST
 
 # Disk images of older agents pile up while developing; drop those unused

@@ -146,9 +146,8 @@ public:
   asio::awaitable<Result<SandboxInfo>> create(api::CreateSandboxRequest request) {
     auto spec = hostd::sandbox_spec(request, core.config());
     if (!spec) co_return std::move(spec).error().with_context("create sandbox");
-    // Every VM's disk is the base image's size: more cannot be given (yet).
-    if (auto root_mib = core.vms().root_disk_mib(); root_mib != 0)
-      spec->disk_mib = std::min(spec->disk_mib, root_mib);
+    if (auto fits = hostd::check_disk_fits_image(spec->disk_mib, core.vms().root_disk_mib()); !fits)
+      co_return std::move(fits).error().with_context("create sandbox");
     co_return co_await ask_registry<SandboxInfo>("create sandbox", "", core.create_timeout(),
                                                  create_atom::value, std::string(kOwner), *spec);
   }

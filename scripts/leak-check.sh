@@ -12,7 +12,7 @@ fi
 # Template RAM images (vesicle-template-*) are a cache hostd keeps on purpose.
 shm=$(find /dev/shm -maxdepth 1 -name 'vesicle-*' ! -name 'vesicle-template-*' 2>/dev/null)
 [ -z "$shm" ] || report "guest memory files in /dev/shm: $(echo $shm)"
-for dir in ${VESICLE_RUNTIME_DIRS:-/run/vesicle}; do
+for dir in ${VESICLE_RUNTIME_DIRS:-/var/lib/vesicle/run /run/vesicle}; do
   if [ -d "$dir" ] && [ -n "$(ls -A "$dir" 2>/dev/null)" ]; then
     report "runtime directory $dir is not empty: $(ls "$dir" | head -5 | xargs)"
   fi

@@ -52,5 +52,5 @@ vesicle_test(identity_vm_test
 set_property(TEST identity_vm_test APPEND PROPERTY ENVIRONMENT
   "VESICLE_IMAGES_DIR_DEFAULT=${CMAKE_BINARY_DIR}/images")
 
-vesicle_test(disk_limit_test SOURCES guest/disk_limit_test.cpp LIBS vesicle_agent_parts
+vesicle_test(grow_fs_test SOURCES guest/grow_fs_test.cpp LIBS vesicle_agent_parts
              LABEL unit)

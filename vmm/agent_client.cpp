@@ -48,6 +48,8 @@ constexpr std::size_t kReadBufferBytes = 64u << 10;
 // means it is stuck, and the waiting call (or the detached waiter of a
 // send_refresh_identity) gives up instead of living as long as the VM.
 constexpr std::chrono::seconds kRefreshAnswerTimeout{30};
+// An online resize writes the new groups' metadata: longer for a larger disk.
+constexpr std::chrono::seconds kGrowAnswerTimeout{120};
 constexpr const char* kRefreshOperation = "refresh guest identity";
 // Passed by name: g++ 12 destroys some temporaries made inside a co_await
 // expression twice (braced and converted arguments), so calls awaited here
@@ -283,22 +285,23 @@ asio::awaitable<void> watch_refresh(ChannelPtr channel, SentRefresh sent,
   report_failure(on_failure, outcome.error());
 }
 
-// The detached half of send_disk_limit: the agent's answer, or the
+// The detached half of send_grow_root_fs: the agent's answer, or the
 // failure handed to `on_failure`.
-asio::awaitable<void> watch_disk_limit(ChannelPtr channel, SentRefresh sent,
-                                       RefreshFailureHandler on_failure) {
+asio::awaitable<void> watch_grow_root_fs(ChannelPtr channel, SentRefresh sent,
+                                         RefreshFailureHandler on_failure) {
   ScopeExit forget([&] { channel->forget(sent.id); });
-  const auto deadline = Clock::now() + kRefreshAnswerTimeout;
+  const auto deadline = Clock::now() + kGrowAnswerTimeout;
   auto received = co_await sent.inbox->receive(deadline);
   Result<void> outcome;
   if (!received) {
-    outcome = make_error("set the disk limit", "the agent did not answer in time; it may be stuck");
+    outcome =
+        make_error("grow the root filesystem", "the agent did not answer in time; it may be stuck");
   } else if (!*received) {
-    outcome = std::move(*received).error().with_context("set the disk limit");
+    outcome = std::move(*received).error().with_context("grow the root filesystem");
   } else if (received->value().has_failure()) {
-    outcome = failure_error("set the disk limit", {}, received->value().failure());
+    outcome = failure_error("grow the root filesystem", {}, received->value().failure());
   } else if (!received->value().has_done()) {
-    outcome = unexpected_event("set the disk limit", received->value());
+    outcome = unexpected_event("grow the root filesystem", received->value());
   }
   if (outcome || channel->closed_by_host()) co_return;
   report_failure(on_failure, outcome.error());
@@ -595,19 +598,19 @@ public:
     co_return Result<void>{};
   }
 
-  asio::awaitable<Result<void>> send_disk_limit(std::uint64_t max_bytes,
-                                                RefreshFailureHandler on_failure) override {
+  asio::awaitable<Result<void>> send_grow_root_fs(std::uint64_t disk_bytes,
+                                                  RefreshFailureHandler on_failure) override {
     auto channel = channel_;
     guest::Request request;
     request.set_id(channel->allocate_id());
-    request.mutable_set_disk_limit()->set_max_bytes(max_bytes);
+    request.mutable_grow_root_fs()->set_disk_bytes(disk_bytes);
     SentRefresh sent{request.id(), channel->open(request.id())};
     if (auto written = co_await channel->send(request); !written) {
       channel->forget(sent.id);
-      co_return std::move(written).error().with_context("set the disk limit");
+      co_return std::move(written).error().with_context("grow the root filesystem");
     }
     asio::co_spawn(channel->executor(),
-                   watch_disk_limit(channel, std::move(sent), std::move(on_failure)),
+                   watch_grow_root_fs(channel, std::move(sent), std::move(on_failure)),
                    asio::detached);
     co_return Result<void>{};
   }
@@ -620,8 +623,9 @@ private:
 
 } // namespace
 
-asio::awaitable<Result<void>> AgentClient::send_disk_limit(std::uint64_t, RefreshFailureHandler) {
-  co_return make_error("set the disk limit", "this agent client cannot set a disk limit");
+asio::awaitable<Result<void>> AgentClient::send_grow_root_fs(std::uint64_t, RefreshFailureHandler) {
+  co_return make_error("grow the root filesystem",
+                       "this agent client cannot grow the root filesystem");
 }
 
 Result<IdentityRefresh> IdentityRefresh::generate(std::string hostname) {

@@ -113,14 +113,16 @@ public:
   virtual asio::awaitable<Result<void>>
   send_refresh_identity(IdentityRefresh identity, RefreshFailureHandler on_failure = {}) = 0;
 
-  // Bounds what the guest may write to its root filesystem (SetDiskLimit in
-  // messages/guest.proto). Like send_refresh_identity: returns once the
-  // request is written (the agent applies it before it reads the next
-  // request, so whatever is sent after already runs under the limit), and a
-  // failure reported later goes to `on_failure`. Not pure: a client that
-  // cannot (a test fake) answers with an Error.
-  virtual asio::awaitable<Result<void>> send_disk_limit(std::uint64_t max_bytes,
-                                                        RefreshFailureHandler on_failure);
+  // Has the agent grow the root filesystem to fill its disk once the disk
+  // is `disk_bytes` large (GrowRootFs in messages/guest.proto); the disk
+  // itself grows with Vm::grow_disk, before or after. Like
+  // send_refresh_identity: returns
+  // once the request is written (the agent grows the filesystem before it
+  // reads the next request, so whatever is sent after already sees the
+  // room), and a failure reported later goes to `on_failure`. Not pure: a
+  // client that cannot (a test fake) answers with an Error.
+  virtual asio::awaitable<Result<void>> send_grow_root_fs(std::uint64_t disk_bytes,
+                                                          RefreshFailureHandler on_failure);
 
   // Asks the agent to sync and power off; returns once it acknowledged.
   virtual asio::awaitable<Result<void>> shutdown() = 0;

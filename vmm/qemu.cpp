@@ -31,6 +31,7 @@
 #include "vmm/async.hpp"
 #include "vmm/process.hpp"
 #include "vmm/qmp.hpp"
+#include "vmm/root_disk.hpp"
 #include "vmm/snapshot.hpp"
 #include "vmm/vm_jail.hpp"
 
@@ -1021,6 +1022,28 @@ asio::awaitable<Result<Snapshot>> save_full_steps(std::shared_ptr<VmState> state
   co_return snapshot::described(dir, manifest);
 }
 
+// QemuVm::grow_disk: the overlay's size from QEMU, then block_resize.
+asio::awaitable<Result<bool>> grow_disk_steps(std::shared_ptr<VmState> state, std::uint64_t bytes) {
+  json::Object no_arguments;
+  auto blocks = co_await qmp_run(*state, "query-block", std::move(no_arguments));
+  if (!blocks) co_return std::move(blocks).error();
+  auto current = disk_bytes_in(*blocks, "root");
+  if (!current) co_return std::move(current).error();
+  if (*current == bytes) co_return false;
+  if (*current > bytes)
+    co_return make_error("grow the disk",
+                         "the VM's disk is " + std::to_string(*current >> 20) +
+                             " MiB, larger than the " + std::to_string(bytes >> 20) +
+                             " MiB asked for, and a disk is never shrunk",
+                         state->config.id);
+  json::Object resize;
+  resize["device"] = json::Value("root");
+  resize["size"] = json::Value(bytes);
+  auto resized = co_await qmp_run(*state, "block_resize", std::move(resize));
+  if (!resized) co_return std::move(resized).error();
+  co_return true;
+}
+
 class QemuVm final : public Vm {
 public:
   explicit QemuVm(std::shared_ptr<VmState> state) : state_(std::move(state)) {}
@@ -1070,6 +1093,11 @@ public:
   }
 
   void destroy() override { state_->destroy(); }
+
+  asio::awaitable<Result<bool>> grow_disk(std::uint64_t bytes) override {
+    auto state = state_;
+    co_return co_await grow_disk_steps(state, bytes);
+  }
 
   asio::awaitable<Result<Snapshot>> save_snapshot(fs::path dir, fs::path memory_file) override {
     auto state = state_;
@@ -1319,7 +1347,8 @@ private:
 
     // The base image is never written; every write lands in the overlay.
     auto backing = fs::absolute(config.images.base_disk).string();
-    auto overlay = co_await create_overlay(executor, std::move(backing), "raw", paths);
+    auto overlay =
+        co_await create_overlay(executor, std::move(backing), "raw", paths, config.disk_mib);
     if (!overlay) co_return std::move(overlay).error().with_context("creating the disk overlay");
 
     const auto tsc_khz = accel == Accel::tcg ? host_tsc_khz() : std::nullopt;
@@ -1562,22 +1591,15 @@ private:
     return {};
   }
 
-  // A qcow2 overlay of `backing` (of `format`) that this VM writes to; the
-  // backing file is never written.
+  // A qcow2 overlay of `backing` (of `format`) that this VM writes to, its
+  // virtual size `disk_mib` (0: the backing file's); the backing file is
+  // never written.
   static asio::awaitable<Result<void>> create_overlay(asio::any_io_executor executor,
                                                       std::string backing, std::string format,
-                                                      const VmPaths& paths) {
+                                                      const VmPaths& paths,
+                                                      std::uint32_t disk_mib = 0) {
     detail::SpawnOptions qemu_img;
-    qemu_img.argv = {"qemu-img",
-                     "create",
-                     "-q",
-                     "-f",
-                     "qcow2",
-                     "-b",
-                     std::move(backing),
-                     "-F",
-                     std::move(format),
-                     paths.overlay.string()};
+    qemu_img.argv = overlay_command(backing, format, paths.overlay, disk_mib);
     qemu_img.output = paths.log;
     auto done = co_await detail::run_helper(executor, std::move(qemu_img));
     if (!done) co_return std::move(done).error();

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstdint>
 #include <filesystem>
 #include <memory>
 #include <optional>
@@ -69,6 +70,12 @@ struct VmConfig {
   std::chrono::milliseconds boot_timeout{90'000};
   std::string qemu_binary = "qemu-system-x86_64";
   unsigned tcg_translation_cache_mib = 64; // -accel tcg,tb-size=
+  // A booted VM's root disk in MiB: the qcow2 overlay's virtual size, the
+  // most the guest can ever write (the agent grows the filesystem to it at
+  // boot). 0: the base image's size. At least the base image's size (a
+  // smaller disk would cut its filesystem). A restored VM's disk is the
+  // snapshot's size; Vm::grow_disk enlarges it.
+  unsigned disk_mib = 0;
   // Without one the guest has no network device at all.
   std::optional<NetworkAttachment> network;
   // Null: QEMU runs as its caller does (the vesicle-vm CLI, some tests).
@@ -138,6 +145,13 @@ public:
   virtual asio::awaitable<void> shutdown(std::chrono::milliseconds grace) = 0;
   // Kills the VM now and removes its files. Safe to call more than once.
   virtual void destroy() = 0;
+
+  // Makes the root disk `bytes` large (QMP block_resize on the overlay; the
+  // guest's kernel hears of the new size at once, and the agent grows the
+  // filesystem when asked: AgentClient::send_grow_root_fs). True when it
+  // grew, false when it was that size already; an Error when it is larger:
+  // a disk is never shrunk (that would cut the filesystem on it).
+  virtual asio::awaitable<Result<bool>> grow_disk(std::uint64_t bytes) = 0;
 
   // Pauses the VM, saves its device state (x-ignore-shared) into `dir`, moves
   // its disk into `dir`, seals its RAM (a memfd: no copy) into the

@@ -16,7 +16,7 @@
 #include <caf/send.hpp>
 
 #include "common/log.hpp"
-#include "vmm/disk_limit.hpp"
+#include "vmm/root_disk.hpp"
 
 namespace vesicle {
 
@@ -141,12 +141,14 @@ asio::awaitable<void> VmHost::run_sandbox_vm(std::string id, SandboxSpec spec, L
     }
     machine_id = std::move(refreshed.value());
   }
-  // Named locals, not temporaries inside the co_await (g++ 12).
-  const std::uint32_t root_mib = root_disk_mib();
-  auto limited = co_await limit_root_disk(vm, id, spec.disk_mib, root_mib);
-  if (!limited) {
+  // A pool VM's disk is the template's (the base image's size): grown to
+  // the sandbox's quota here. Named locals, not temporaries inside the
+  // co_await (g++ 12).
+  const std::uint32_t disk_mib = spec.disk_mib;
+  auto fitted = co_await fit_root_disk(vm, id, disk_mib);
+  if (!fitted) {
     vm->destroy();
-    caf::anon_send(sandbox, vm_boot_failed_atom::value, limited.error().message());
+    caf::anon_send(sandbox, vm_boot_failed_atom::value, fitted.error().message());
     co_return;
   }
   // An adopted pool VM's exit is already watched (by its pool coroutine).

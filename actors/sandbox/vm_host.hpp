@@ -34,7 +34,9 @@ namespace vesicle {
 // What every VM shares; the per-sandbox part comes from its SandboxSpec.
 struct VmSettings {
   std::filesystem::path images_dir;
-  std::filesystem::path runtime_dir = "/run/vesicle";
+  // Per-VM dirs (sockets, disk overlays) and fork snapshots: a real disk,
+  // one filesystem (snapshots rename overlays into place).
+  std::filesystem::path runtime_dir = "/var/lib/vesicle/run";
   std::filesystem::path shm_dir = "/dev/shm";
   std::chrono::milliseconds boot_timeout{90'000};
   std::string qemu_binary = "qemu-system-x86_64";
@@ -115,7 +117,7 @@ public:
 
   // Freezes sandbox `id` into the Space `space` (its id, owner, spec,
   // reason filled in): saves the whole VM (device state, every RAM page) and
-  // its disk, rebased onto the base image so nothing on tmpfs or in a
+  // its disk, rebased onto the base image so no fork snapshot or
   // template is needed to resume it, into the spaces directory, and ends
   // the VM (its RAM is freed; its network slot and fork snapshot are let
   // go). The sandbox must be idle and held. On failure no Space is left and
@@ -148,10 +150,9 @@ public:
   vmm::Accel accel() const { return driver_.accel(); }
   const std::string& images_fingerprint() const { return images_fingerprint_; }
 
-  // The size of every VM's root disk in MiB (the base image's; 0 if it
-  // cannot be read): the most disk_mib can give. A sandbox asking for less
-  // gets its filesystem limited to disk_mib by the agent (SetDiskLimit)
-  // before it is handed out. Any thread.
+  // The base image's size in MiB (0 if it cannot be read): the smallest
+  // disk_mib, since a sandbox's disk is a qcow2 overlay on it whose virtual
+  // size is its disk_mib (vmm/root_disk.hpp). Any thread.
   std::uint32_t root_disk_mib() const;
 
   // With network leases every VM gets a slot (its egress from the spec)

@@ -79,9 +79,8 @@ VmHost::resume_space(const std::string& id, const std::string& space_id, Acquire
   // restore_full takes the disk it is given (a rename on the same
   // filesystem). Given a copy beside the VM dirs instead, the Space
   // stays whole until the sandbox is ready: a hostd killed meanwhile
-  // leaves it resumable (and the copy to the startup sweep). With the
-  // Space on disk and VMs on tmpfs this is the copy restore_full would
-  // have made anyway. Off the executor: a disk can be large.
+  // leaves it resumable (and the copy to the startup sweep). Off the
+  // executor: a disk can be large.
   vmm::Snapshot from = opened.snapshot;
   from.disk = settings_.runtime_dir / (id + ".space-disk.qcow2");
   auto copy = [source = opened.snapshot.disk,
@@ -138,6 +137,7 @@ VmHost::restore_template(const std::string& id, const SandboxSpec& spec, const s
 asio::awaitable<Result<VmHost::Acquired>> VmHost::cold_boot(const std::string& id,
                                                             const SandboxSpec& spec, Acquired got) {
   auto config = vm_config(id, spec.vcpus, spec.memory_mib, got.network.get());
+  config.disk_mib = spec.disk_mib; // the overlay's size: the guest's quota from the start
   auto booted = co_await driver_.boot(std::move(config));
   if (!booted) co_return std::move(booted).error();
   got.vm = std::move(booted.value());

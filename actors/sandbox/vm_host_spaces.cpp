@@ -123,7 +123,8 @@ asio::awaitable<Result<void>> VmHost::finish_space(const vmm::Snapshot& saved, S
   namespace snapshot = vmm::snapshot;
   const auto base = fs::absolute(vmm::GuestImages::in(settings_.images_dir).base_disk);
   // The disk is an overlay on a template's or a fork snapshot's disk (one
-  // on tmpfs, the other rebuilt when the images change): rebasing it onto
+  // rebuilt when the images change, the other deleted with its family):
+  // rebasing it onto
   // the base image copies in what it needs from them, so the Space stands
   // on its own.
   auto backing = snapshot::qcow2_backing_file(saved.disk);

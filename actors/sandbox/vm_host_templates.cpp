@@ -109,6 +109,9 @@ VmHost::build_template(const TemplateSpec& spec) {
   auto leased = co_await lease_network(false, {});
   if (!leased) co_return std::move(leased).error().with_context(context);
   const auto network = std::move(leased.value());
+  // disk_mib left 0: a template's disk is the base image's size, the
+  // smallest any sandbox has, so its pool VMs' disks only ever grow at
+  // hand-out (vmm/root_disk.hpp).
   auto config = vm_config(random_id("tpl-"), spec.vcpus, spec.memory_mib, network.get());
   auto booted = co_await driver_.boot(std::move(config));
   if (!booted) co_return std::move(booted).error().with_context(context);

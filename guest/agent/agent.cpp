@@ -1,5 +1,4 @@
 #include "guest/agent/agent.hpp"
-#include "guest/agent/disk_limit.hpp"
 
 #include <sys/random.h>
 #include <unistd.h>
@@ -9,6 +8,7 @@
 #include "guest/agent/bash.hpp"
 #include "guest/agent/events.hpp"
 #include "guest/agent/files.hpp"
+#include "guest/agent/grow_fs.hpp"
 #include "guest/agent/identity.hpp"
 #include "guest/agent/info.hpp"
 #include "guest/agent/log.hpp"
@@ -29,6 +29,10 @@ constexpr std::chrono::milliseconds kShutdownFlushBudget{2000};
 // runs out of either.
 constexpr std::size_t kMaxRequestsInFlight = 1024;
 constexpr std::size_t kMaxQueuedCells = 64;
+// How long a GrowRootFs waits for the kernel to see the disk's new size:
+// hostd grows the disk (QMP block_resize) just after sending the request,
+// and the kernel hears of it by a virtio config interrupt.
+constexpr std::chrono::milliseconds kDiskResizeWait{30000};
 
 // The id of an unparseable request, if its first field is a readable id:
 // answering with it lets the host fail the right call.
@@ -208,18 +212,18 @@ void Agent::dispatch(guest::Request& request) {
   case guest::Request::kRefreshIdentity:
     handle_refresh_identity(id, request.refresh_identity());
     return;
-  case guest::Request::kSetDiskLimit: {
+  case guest::Request::kGrowRootFs: {
     // Done before the next frame is read, like the identity refresh: a
-    // request sent after it already runs under the limit.
-    auto applied = apply_disk_limit("/", request.set_disk_limit().max_bytes());
-    if (!applied) {
-      log_line(applied.error().message());
-      send(id, failure_event(guest::Failure::IO, applied.error().errno_value,
-                             applied.error().message()));
+    // request sent after it already sees the room.
+    auto grown = grow_root_fs("/", request.grow_root_fs().disk_bytes(), kDiskResizeWait);
+    if (!grown) {
+      log_line(grown.error().message());
+      send(id,
+           failure_event(guest::Failure::IO, grown.error().errno_value, grown.error().message()));
       return;
     }
     guest::Event event;
-    event.mutable_done()->set_size(applied->fs_bytes);
+    event.mutable_done()->set_size(grown->fs_bytes);
     send(id, std::move(event));
     return;
   }

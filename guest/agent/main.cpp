@@ -7,6 +7,7 @@
 #include <sys/prctl.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -16,6 +17,7 @@
 
 #include "guest/agent/agent.hpp"
 #include "guest/agent/cgroup.hpp"
+#include "guest/agent/grow_fs.hpp"
 #include "guest/agent/log.hpp"
 #include "guest/agent/loop.hpp"
 #include "guest/agent/netconf.hpp"
@@ -151,6 +153,15 @@ int main(int argc, char** argv) {
     ::signal(SIGINT, SIG_IGN);
     ::signal(SIGHUP, SIG_IGN);
     vesicle::agent::init_machine();
+    // The disk is the sandbox's quota, the image's filesystem only what its
+    // files need: fill the disk before anything runs (a no-op in a VM that
+    // grew before, e.g. a template's).
+    if (auto grown = vesicle::agent::grow_root_fs("/", 0, std::chrono::milliseconds(0)); !grown) {
+      log_line(grown.error().message());
+    } else if (grown->fs_bytes != grown->fs_bytes_before) {
+      log_line("root filesystem grown from " + std::to_string(grown->fs_bytes_before >> 20) +
+               " to " + std::to_string(grown->fs_bytes >> 20) + " MiB");
+    }
     log_line(vesicle::agent::configure_network());
     if (auto cgroup = vesicle::agent::setup_workload_cgroup(); cgroup) {
       options.workload_cgroup = *cgroup;

@@ -12,7 +12,7 @@ TEST(Config, EmptyConfigurationTakesTheDocumentedDefaults) {
   EXPECT_EQ(config->listen(), "127.0.0.1:7070");
   EXPECT_EQ(config->state_dir(), "/var/lib/vesicle");
   EXPECT_EQ(config->images_dir(), "/var/lib/vesicle/images");
-  EXPECT_EQ(config->runtime_dir(), "/run/vesicle");
+  EXPECT_EQ(config->runtime_dir(), "/var/lib/vesicle/run");
   EXPECT_EQ(config->max_sandboxes(), 8u);
   EXPECT_EQ(config->default_vcpus(), 2u);
   EXPECT_EQ(config->default_memory_mib(), 1024u);

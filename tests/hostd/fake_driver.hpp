@@ -102,8 +102,15 @@ public:
     refreshed_hostnames.push_back(identity.hostname);
     co_return Result<void>{};
   }
+  asio::awaitable<Result<void>> send_grow_root_fs(std::uint64_t disk_bytes,
+                                                  vmm::RefreshFailureHandler) override {
+    if (!connected()) co_return broken();
+    grow_requests.push_back(disk_bytes);
+    co_return Result<void>{};
+  }
 
   std::map<std::string, std::string> files;
+  std::vector<std::uint64_t> grow_requests;     // each send_grow_root_fs's disk_bytes
   std::vector<std::string> refreshed_hostnames; // in the order the refreshes came
 
 private:
@@ -134,6 +141,11 @@ public:
     destroy();
     co_return;
   }
+  // A fake's disk is always the size asked for: nothing to grow.
+  asio::awaitable<Result<bool>> grow_disk(std::uint64_t bytes) override {
+    grown_to.push_back(bytes);
+    co_return false;
+  }
   void destroy() override {
     ++destroy_calls;
     kill("killed by destroy()");
@@ -153,6 +165,7 @@ public:
 
   const vmm::VmConfig& config() const { return config_; }
   int destroy_calls = 0;
+  std::vector<std::uint64_t> grown_to; // each grow_disk's bytes
   bool files_removed = false;
   bool restored = false; // made by FakeDriver::restore
   FakeAgent& fake_agent() { return agent_; }

@@ -338,6 +338,62 @@ TEST(VmLifecycle, DroppingTheVmHandleDestroysIt) {
 }
 
 // ---------------------------------------------------------------------------
+// The disk: its size (the overlay's virtual size) is the host's bound, and
+// the guest's filesystem fills it, at boot and after it grew.
+
+TEST(VmDisk, TheFilesystemFillsItsDiskAtBootAndAfterTheDiskGrows) {
+  if (!images_present()) GTEST_SKIP() << "no " << images_hint();
+  World world;
+  const auto image_mib = static_cast<unsigned>(
+      (fs::file_size(vmm::GuestImages::in(images_dir()).base_disk) + (1u << 20) - 1) >> 20);
+  auto config = world.config("disk");
+  config.disk_mib = image_mib + 128;
+  auto booted = world.boot(config);
+  ASSERT_TRUE(booted) << booted.error().message();
+  auto& vm = *booted.value();
+  auto fs_mib = [&] {
+    auto df = world.io.run(bash(vm.agent(), "df -B1M --output=size / | tail -1"));
+    return df.exit ? std::strtoull(df.output.out.c_str(), nullptr, 10) : 0;
+  };
+  // ext4's journal and tables take a few % of the disk.
+  const auto at_boot = fs_mib();
+  EXPECT_GT(at_boot, (image_mib + 128) * 9ull / 10);
+  EXPECT_LE(at_boot, image_mib + 128ull);
+
+  const std::uint64_t booted_bytes = std::uint64_t{image_mib + 128} << 20;
+  auto same = world.io.run(vm.grow_disk(booted_bytes));
+  ASSERT_TRUE(same) << same.error().message();
+  EXPECT_FALSE(*same) << "the disk has that size already";
+  auto smaller = world.io.run(vm.grow_disk(std::uint64_t{image_mib} << 20));
+  ASSERT_FALSE(smaller);
+  EXPECT_NE(smaller.error().message().find("never shrunk"), std::string::npos)
+      << smaller.error().message();
+
+  const std::uint64_t grown_bytes = std::uint64_t{image_mib + 512} << 20;
+  auto grown = world.io.run(vm.grow_disk(grown_bytes));
+  ASSERT_TRUE(grown) << grown.error().message();
+  EXPECT_TRUE(*grown);
+  std::string failure;
+  auto sent = world.io.run(vm.agent().send_grow_root_fs(
+      grown_bytes, [&failure](const Error& error) { failure = error.message(); }));
+  ASSERT_TRUE(sent) << sent.error().message();
+  // Sent after the request: the agent grew the filesystem before reading it.
+  const auto resize_started = Clock::now();
+  const auto after = fs_mib();
+  const auto resize_ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - resize_started);
+  EXPECT_EQ(failure, "");
+  std::fprintf(stderr,
+               "disk %u MiB: filesystem %llu MiB; grown to %u MiB: %llu MiB (grow + df: %lld ms)\n",
+               image_mib + 128, static_cast<unsigned long long>(at_boot), image_mib + 512,
+               static_cast<unsigned long long>(after), static_cast<long long>(resize_ms.count()));
+  EXPECT_GT(after, (image_mib + 512) * 9ull / 10);
+  EXPECT_LE(after, image_mib + 512ull);
+  world.io.call_void([&] { booted.value().reset(); });
+  world.expect_clean("after the disk test");
+}
+
+// ---------------------------------------------------------------------------
 // Boots that fail leave nothing behind and say why.
 
 class BootFailure : public ::testing::Test {
