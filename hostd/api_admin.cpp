@@ -40,6 +40,7 @@ asio::awaitable<void> Api::admin_list(Exchange& exchange, const std::string& adm
     entry->set_owner_key_id(info.owner);
     if (auto usage = process_usage(info.qemu_pid)) {
       entry->set_has_vm(true);
+      entry->set_vmm_pid(info.qemu_pid);
       entry->set_rss_bytes(static_cast<double>(usage->rss_bytes));
       entry->set_cpu_seconds(usage->cpu_seconds);
     }

@@ -195,6 +195,12 @@ asio::awaitable<void> RuntimeCore::shutdown() {
                 {{"error", system_.render(done.error())}});
   }
   vms_.destroy_all();
+  // Every VM is gone, and with it its leaf: our cgroup root goes too (it
+  // stays when something is still in it, and the next start sweeps that).
+  if (confinement_ && *confinement_ && (*confinement_)->cgroups) {
+    if (auto removed = (*confinement_)->cgroups->remove_roots(); !removed)
+      log::warn("the VMs' cgroup root was not removed", {{"error", removed.error().message()}});
+  }
 }
 
 asio::awaitable<caf::expected<VmLease>> RuntimeCore::lease(const std::string& owner,

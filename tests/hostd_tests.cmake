@@ -50,6 +50,18 @@ target_compile_definitions(pool_integration_test PRIVATE
   VESICLE_DEFAULT_IMAGES_DIR="${CMAKE_BINARY_DIR}/images")
 add_dependencies(pool_integration_test hostd)
 
+# Issue 13: every kind of sandbox's QEMU confined (uid, capabilities,
+# seccomp, namespaces, root, cgroup, open files), seen from outside; a
+# kill -9 and restart leave nothing behind.
+vesicle_test(confinement_integration_test
+             SOURCES hostd/confinement_integration_test.cpp hostd/hostd_process.cpp
+                     hostd/http_client.cpp
+             LIBS vesicle_hostd LABEL integration TIMEOUT 900)
+target_compile_definitions(confinement_integration_test PRIVATE
+  HOSTD_BINARY="$<TARGET_FILE:hostd>"
+  VESICLE_DEFAULT_IMAGES_DIR="${CMAKE_BINARY_DIR}/images")
+add_dependencies(confinement_integration_test hostd)
+
 add_executable(pool_bench bench/pool_bench.cpp hostd/hostd_process.cpp hostd/http_client.cpp)
 target_link_libraries(pool_bench PRIVATE Boost::program_options Threads::Threads)
 

@@ -5,6 +5,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -166,7 +167,12 @@ struct ChildPlan {
   // The rest of the jail after the descriptors are in place, so its
   // RLIMIT_NOFILE cannot stop their moves.
   if (plan.jail) {
+    // The jail's skeleton (its root and the directories leading to its
+    // mounts) must be traversable by the jail's uid, whatever umask the
+    // parent runs with (hostd: 077); what QEMU creates stays private.
+    ::umask(022);
     const int failed = plan.jail->enter();
+    ::umask(077);
     if (failed >= 0) child_fail(report, failed);
     // Changing uid cleared the parent-death signal: set it again, and see
     // whether the parent died meanwhile.
