@@ -279,7 +279,11 @@ Limits Limits::for_qemu(unsigned memory_mib, unsigned vcpus, unsigned tcg_tb_mib
 std::string oom_message(const Limits& limits) {
   return "oom: the sandbox's VM used its whole memory limit (" + mib_text(limits.memory_bytes()) +
          ": " + mib_text(limits.guest_ram_bytes) + " guest RAM + " +
-         mib_text(limits.vmm_overhead_bytes) + " VMM overhead) and was killed by the kernel";
+         mib_text(limits.vmm_overhead_bytes) + " VMM overhead" +
+         (limits.shared_fault_bytes > 0
+              ? " + " + mib_text(limits.shared_fault_bytes) + " for pages of its snapshot"
+              : std::string()) +
+         ") and was killed by the kernel";
 }
 
 DirOps cgroupfs_dir_ops() {

@@ -69,11 +69,19 @@ inline constexpr std::uint32_t kCpuPeriodUs = 100'000;
 struct Limits {
   std::uint64_t guest_ram_bytes = 0;
   std::uint64_t vmm_overhead_bytes = 0; // QEMU itself
+  // A VM restored share=off from a snapshot's sealed memfd: the first fault
+  // on a hole of the snapshot allocates a zero page in the memfd, charged
+  // to the VM that faulted (and shared with its siblings from then on), on
+  // top of the VM's private copy. Up to its guest RAM again; 0 for a VM
+  // whose RAM is its own.
+  std::uint64_t shared_fault_bytes = 0;
   std::uint32_t pids_max = kQemuPidsMax;
   std::uint32_t vcpus = 1; // CPU quota: this many full CPUs
 
-  // The memory limit: guest RAM plus the VMM's overhead.
-  std::uint64_t memory_bytes() const { return guest_ram_bytes + vmm_overhead_bytes; }
+  // The memory limit: guest RAM, the VMM's overhead, shared faults.
+  std::uint64_t memory_bytes() const {
+    return guest_ram_bytes + vmm_overhead_bytes + shared_fault_bytes;
+  }
 
   // A QEMU VM's limits: `memory_mib` of guest RAM, `vcpus`, and under TCG a
   // translation buffer of `tcg_tb_mib` (-accel tcg,tb-size=; 0 under KVM).

@@ -148,7 +148,12 @@ std::vector<std::string> command_line(const VmConfig& config, const VmPaths& pat
                   "-append",
                   restore_from ? restore_from->kernel_cmdline : kernel_cmdline(accel, tsc_khz),
                   "-drive",
-                  "id=root,file=" + paths.overlay.string() + ",format=qcow2,if=none,discard=unmap",
+                  // cache.direct: the VM's disk writes bypass the host's page
+                  // cache, which a cgroup v1 memory limit charges to QEMU and
+                  // cannot write back fast enough: a guest filling its disk
+                  // was OOM-killed at its limit with buffered writes.
+                  "id=root,file=" + paths.overlay.string() +
+                      ",format=qcow2,if=none,discard=unmap,cache.direct=on",
                   "-device",
                   "virtio-blk-device,drive=root",
                   "-device",
@@ -1524,9 +1529,11 @@ private:
     const gid_t gid = state.uid_lease->gid();
     if (confinement.cgroups) {
       const unsigned tb = state.accel == Accel::tcg ? state.config.tcg_translation_cache_mib : 0;
-      auto leaf = confinement.cgroups->create(
-          state.config.id,
-          cgroup::Limits::for_qemu(state.config.memory_mib, state.config.vcpus, tb));
+      auto limits = cgroup::Limits::for_qemu(state.config.memory_mib, state.config.vcpus, tb);
+      // (See Limits::shared_fault_bytes: a guest filling its RAM was
+      // OOM-killed at RAM + overhead.)
+      if (state.source_memory) limits.shared_fault_bytes = limits.guest_ram_bytes;
+      auto leaf = confinement.cgroups->create(state.config.id, limits);
       if (!leaf) return std::move(leaf).error();
       state.leaf = std::move(leaf.value());
       auto procs = state.leaf->open_procs();

@@ -170,10 +170,11 @@ protected:
       if (entry.is_directory()) return entry.path();
     return {};
   }
+  // The template's RAM image on disk (state/templates/<key>.mem), which a
+  // start loads into the sealed memfd VMs map.
   static std::filesystem::path template_memory() {
-    for (const auto& entry :
-         std::filesystem::directory_iterator(std::filesystem::path("/dev/shm") / home->filename()))
-      if (entry.path().filename().string().rfind("vesicle-template-", 0) == 0) return entry.path();
+    for (const auto& entry : std::filesystem::directory_iterator(*home / "state" / "templates"))
+      if (entry.path().extension() == ".mem") return entry.path();
     return {};
   }
   // hostd restarted on the same home; its log tells how the template went.

@@ -132,7 +132,9 @@ TEST_F(CgroupVm, AVmLivesUnderItsLimitsAndFillsItsRam) {
 
 TEST_F(CgroupVm, AVmPastItsLimitIsKilledAndReportedAsOom) {
   Limits limits;
-  limits.guest_ram_bytes = 256ull << 20; // no room for QEMU itself
+  // Half the guest's 256 MiB and no room for QEMU itself: the boot and the
+  // 96 MiB cell cannot fit (at 256 MiB the kill depended on timing).
+  limits.guest_ram_bytes = 128ull << 20;
   auto leaf = tree_->create("sb-oom", limits);
   ASSERT_TRUE(leaf) << leaf.error().message();
   const VmRun run = run_vm_in(*leaf, runtime_dir_);
@@ -140,7 +142,7 @@ TEST_F(CgroupVm, AVmPastItsLimitIsKilledAndReportedAsOom) {
   EXPECT_GE(leaf->oom_kills().value(), 1u) << run.output;
   auto report = leaf->oom_report();
   ASSERT_TRUE(report) << report.error().message();
-  EXPECT_EQ(*report, "oom: the sandbox's VM used its whole memory limit (256 MiB: 256 MiB guest "
+  EXPECT_EQ(*report, "oom: the sandbox's VM used its whole memory limit (128 MiB: 128 MiB guest "
                      "RAM + 0 MiB VMM overhead) and was killed by the kernel");
   auto gone = leaf->remove();
   EXPECT_TRUE(gone) << gone.error().message();

@@ -42,9 +42,9 @@ TEST(QemuCommand, RestoreMapsTheSnapshotsRamPrivatelyAndWaitsForItsState) {
   EXPECT_TRUE(has_pair(args, "-append", "console=ttyS0 saved-line"));
   EXPECT_TRUE(has_pair(args, "-incoming", "defer"));
   EXPECT_NE(std::find(args.begin(), args.end(), "-S"), args.end());
-  EXPECT_TRUE(
-      has_pair(args, "-drive",
-               "id=root,file=/run/v/clone-1/overlay.qcow2,format=qcow2,if=none,discard=unmap"));
+  EXPECT_TRUE(has_pair(args, "-drive",
+                       "id=root,file=/run/v/clone-1/"
+                       "overlay.qcow2,format=qcow2,if=none,discard=unmap,cache.direct=on"));
 }
 
 // QEMU's seccomp filter forbids spawning, so no argument may ask for a
@@ -86,7 +86,8 @@ TEST(QemuCommand, TcgCommandLine) {
       args, "-append",
       "console=ttyS0 root=/dev/vda rw quiet panic=-1 reboot=t tsc_early_khz=2096000 tsc=reliable"));
   EXPECT_TRUE(has_pair(
-      args, "-drive", "id=root,file=/run/v/vm-1/overlay.qcow2,format=qcow2,if=none,discard=unmap"));
+      args, "-drive",
+      "id=root,file=/run/v/vm-1/overlay.qcow2,format=qcow2,if=none,discard=unmap,cache.direct=on"));
   EXPECT_TRUE(
       has_pair(args, "-chardev", "socket,id=agent,path=/run/v/vm-1/agent.sock,server=on,wait=off"));
   EXPECT_TRUE(has_pair(args, "-device", "virtserialport,chardev=agent,name=agent"));
