@@ -321,4 +321,21 @@ TEST_F(Confinement, NothingOfAKilledRunIsLeftAfterARestart) {
   EXPECT_FALSE(fs::exists(parent)) << "the cgroup root is left after a clean stop";
 }
 
+TEST_F(Confinement, ARequestTheHostCannotHoldIsRefusedWith503) {
+  // Another hostd whose memory reserve is larger than this host: nothing
+  // fits, and a create says why instead of booting into the OOM killer.
+  HostdOptions options;
+  options.binary = HOSTD_BINARY;
+  options.images_dir = images_dir();
+  options.extra_config = "\"disable_pools\": true, \"admission\": {\"memory_reserve_mib\": 100000000}";
+  HostdProcess tight(options);
+  HttpClient http("127.0.0.1", tight.port(), tight.key());
+  auto refused = http.request("POST", "/v1/sandboxes", "{}");
+  EXPECT_EQ(refused.status, 503u) << refused.body;
+  EXPECT_NE(refused.body.find("MiB of host memory"), std::string::npos) << refused.body;
+  EXPECT_NE(refused.body.find("100000000 MiB reserved"), std::string::npos) << refused.body;
+  EXPECT_TRUE(tight.qemu_pids().empty()) << "a refused create started a VM";
+  EXPECT_EQ(tight.stop(), 0);
+}
+
 } // namespace
