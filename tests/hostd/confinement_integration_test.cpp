@@ -327,7 +327,8 @@ TEST_F(Confinement, ARequestTheHostCannotHoldIsRefusedWith503) {
   HostdOptions options;
   options.binary = HOSTD_BINARY;
   options.images_dir = images_dir();
-  options.extra_config = "\"disable_pools\": true, \"admission\": {\"memory_reserve_mib\": 100000000}";
+  options.extra_config =
+      "\"disable_pools\": true, \"admission\": {\"memory_reserve_mib\": 100000000}";
   HostdProcess tight(options);
   HttpClient http("127.0.0.1", tight.port(), tight.key());
   auto refused = http.request("POST", "/v1/sandboxes", "{}");
