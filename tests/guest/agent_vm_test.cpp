@@ -58,7 +58,9 @@ TEST_F(AgentVm, InfoDescribesTheMachine) {
   EXPECT_FALSE(i.kernel().empty());
   EXPECT_GT(i.mem_total_bytes(), 256u << 20);
   EXPECT_LE(i.mem_total_bytes(), 512u << 20);
-  EXPECT_GT(i.disk_total_bytes(), 1000u << 20);
+  // The root filesystem fills the image (sized to its files, ~700 MiB) or
+  // the disk it was grown to.
+  EXPECT_GT(i.disk_total_bytes(), 500u << 20);
   EXPECT_GT(i.repl_pid(), 1u);
 }
 

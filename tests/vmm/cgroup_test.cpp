@@ -510,7 +510,11 @@ TEST_F(V1Host, ProcCgroupNamesTheSandboxAlsoAfterARename) {
   std::string cgroups;
   for (int i = 0; i < 200; ++i) {
     cgroups = read_text("/proc/" + std::to_string(child.pid) + "/cgroup");
-    if (cgroups.find("/vesicle-pool-7a") != std::string::npos) break;
+    // Joined in every controller (the child writes them one by one).
+    if (cgroups.find("memory:/" + parent + "/vesicle-pool-7a\n") != std::string::npos &&
+        cgroups.find("pids:/" + parent + "/vesicle-pool-7a\n") != std::string::npos &&
+        cgroups.find("cpu:/" + parent + "/vesicle-pool-7a\n") != std::string::npos)
+      break;
     ::usleep(5000);
   }
   EXPECT_NE(cgroups.find("memory:/" + parent + "/vesicle-pool-7a\n"), std::string::npos) << cgroups;
