@@ -197,8 +197,20 @@ asio::awaitable<void> RuntimeCore::shutdown() {
   vms_.destroy_all();
   // Every VM is gone, and with it its leaf: our cgroup root goes too (it
   // stays when something is still in it, and the next start sweeps that).
+  // A leaf whose VM was reaped a moment ago may still count it; the sweep
+  // empties and removes whatever is left, with its own retries.
   if (confinement_ && *confinement_ && (*confinement_)->cgroups) {
-    if (auto removed = (*confinement_)->cgroups->remove_roots(); !removed)
+    const auto& tree = *(*confinement_)->cgroups;
+    auto removed = tree.remove_roots();
+    auto executor = co_await asio::this_coro::executor;
+    asio::steady_timer pause(executor);
+    for (int attempt = 0; !removed && attempt < 20; ++attempt) {
+      (void)tree.sweep();
+      pause.expires_after(std::chrono::milliseconds(50));
+      co_await pause.async_wait(asio::use_awaitable);
+      removed = tree.remove_roots();
+    }
+    if (!removed)
       log::warn("the VMs' cgroup root was not removed", {{"error", removed.error().message()}});
   }
 }

@@ -194,6 +194,23 @@ def _launch(binary: Path, config: Path, log_path: Path, need_key: bool):
         time.sleep(0.1)
 
 
+def remove_cgroups(parent: str) -> None:
+    """Remove hostd's cgroup parent and any leaf left in it (cgroup v1)."""
+    for controller in ("memory", "pids", "cpu"):
+        root = Path("/sys/fs/cgroup") / controller / parent
+        if not root.is_dir():
+            continue
+        for attempt in range(50):
+            try:
+                for leaf in root.iterdir():
+                    if leaf.is_dir():
+                        leaf.rmdir()
+                root.rmdir()
+                break
+            except OSError:
+                time.sleep(0.1)
+
+
 @contextlib.contextmanager
 def hostd_session(
     repo: Path,
@@ -229,7 +246,10 @@ def hostd_session(
         f'images_dir: "{images}"\n'
         f'runtime_dir: "{runtime_dir}"\n'
         f'shm_dir: "{shm_dir}"\n'
-        f"max_sandboxes: {max_sandboxes}\n" + extra_config
+        f"max_sandboxes: {max_sandboxes}\n"
+        # Its own cgroup parent, which the session removes at the end even
+        # when hostd could not (killed, or a leaf still busy).
+        f'confinement {{ cgroup_parent: "{top.name}" }}\n' + extra_config
     )
     log_path = top / "hostd.log"
     proc = None
@@ -280,6 +300,7 @@ def hostd_session(
                 os.kill(pid, signal.SIGKILL)
         if left:
             problems.append(f"QEMU processes of this hostd outlived it: {left}")
+        remove_cgroups(top.name)
         # Template snapshots' RAM files stay by design (the next hostd reuses them).
         leftovers = [
             p

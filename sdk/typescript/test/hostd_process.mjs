@@ -11,9 +11,9 @@
 // runtime or shm dir.
 
 import { spawn, spawnSync } from "node:child_process";
-import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, readdirSync, rmdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { basename, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
 export const REPO = resolve(fileURLToPath(new URL("../../..", import.meta.url)));
@@ -122,11 +122,30 @@ export class RunningHostd {
     const leftovers = ours.flatMap((d) => filesUnder(d)).filter((p) => !p.split("/").at(-1).startsWith("vesicle-template-"));
     if (leftovers.length > 0) problems.push(`hostd left per-VM files behind: ${leftovers.slice(0, 10).join(", ")}`);
     const log = this.log();
+    removeCgroups(basename(this.top));
     rmSync(this.top, { recursive: true, force: true });
     rmSync(this.shmDir, { recursive: true, force: true });
     process.removeListener("exit", this.killOnExit);
     if (problems.length > 0) problems.push(`hostd log (tail):\n${log.slice(-4000)}`);
     return problems;
+  }
+}
+
+/** Remove hostd's cgroup parent and any leaf left in it (cgroup v1). */
+function removeCgroups(parent) {
+  for (const controller of ["memory", "pids", "cpu"]) {
+    const root = join("/sys/fs/cgroup", controller, parent);
+    if (!existsSync(root)) continue;
+    for (let attempt = 0; attempt < 50; attempt++) {
+      try {
+        for (const leaf of readdirSync(root, { withFileTypes: true }))
+          if (leaf.isDirectory()) rmdirSync(join(root, leaf.name));
+        rmdirSync(root);
+        break;
+      } catch {
+        Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 100);
+      }
+    }
   }
 }
 
@@ -148,6 +167,8 @@ export async function startHostd({ binary, images }, { maxSandboxes = 4, extraCo
       `runtime_dir: "${runtimeDir}"\n` +
       `shm_dir: "${shmDir}"\n` +
       `max_sandboxes: ${maxSandboxes}\n` +
+      // Its own cgroup parent, which stop() removes even when hostd could not.
+      `confinement { cgroup_parent: "${basename(top)}" }\n` +
       extraConfig,
   );
   const hostd = new RunningHostd({ binary, top, shmDir, runtimeDir, configPath, logPath: join(top, "hostd.log") });
