@@ -25,7 +25,12 @@ stale=$(find /tmp /dev/shm -maxdepth 1 \( -name 'hostd-it-*' -o -name 'vesicle-p
 cgroups=$(find /sys/fs/cgroup/memory /sys/fs/cgroup/pids /sys/fs/cgroup/cpu /sys/fs/cgroup/unified \
   -mindepth 1 -maxdepth 2 -type d -name 'vesicle*' 2>/dev/null)
 [ -z "$cgroups" ] || report "cgroups left: $(echo $cgroups | head -c 600)"
-vm_uids=$(ps -e -o uid=,pid=,comm= 2>/dev/null | awk '$1 >= 1900000000 && $1 < 1900065536')
+# (A QEMU killed as its hostd stopped may take a moment to be reaped.)
+for _ in 1 2 3 4 5 6 7 8 9 10; do
+  vm_uids=$(ps -e -o uid=,pid=,comm= 2>/dev/null | awk '$1 >= 1900000000 && $1 < 1900065536')
+  [ -z "$vm_uids" ] && break
+  sleep 0.5
+done
 [ -z "$vm_uids" ] || report "processes running as VM uids: $(echo $vm_uids)"
 locks=$(ls -A /run/vesicle-uids 2>/dev/null)
 [ -z "$locks" ] || report "uid locks left in /run/vesicle-uids: $(echo $locks | head -c 300)"

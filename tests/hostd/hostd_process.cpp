@@ -94,8 +94,11 @@ void HostdProcess::start(const HostdOptions& options) {
     std::ofstream out(config);
     out << "{\"runtime_dir\": \"" << runtime_dir_.string() << "\", \"shm_dir\": \""
         << shm_dir_.string() << "\", \"max_sandboxes\": " << options.max_sandboxes
-        << ", \"default_memory_mib\": " << options.memory_mib
-        << ", \"request_timeout_s\": " << options.request_timeout_s;
+        << ", \"default_memory_mib\": " << options.memory_mib << ", \"request_timeout_s\": "
+        << options.request_timeout_s
+        // Its own cgroup parent (the home's name, so a restart on the same
+        // home sweeps it), which the destructor removes.
+        << ", \"confinement\": {\"cgroup_parent\": \"" << dir_.filename().string() << "\"}";
     if (!options.extra_config.empty()) out << ", " << options.extra_config;
     if (!options.network_json.empty()) out << ", \"network\": " << options.network_json;
     out << "}";
@@ -152,6 +155,18 @@ void HostdProcess::start(const HostdOptions& options) {
 HostdProcess::~HostdProcess() {
   if (pid_ > 0) stop(std::chrono::seconds(30));
   if (!owns_dirs_) return;
+  // hostd removes its cgroup parent when it stops cleanly; after a kill, or
+  // with a leaf still busy, it is left: remove it and what is in it.
+  for (const char* controller : {"memory", "pids", "cpu"}) {
+    const auto root = std::filesystem::path("/sys/fs/cgroup") / controller / dir_.filename();
+    for (int attempt = 0; attempt < 50 && std::filesystem::exists(root); ++attempt) {
+      std::error_code ec;
+      for (const auto& leaf : std::filesystem::directory_iterator(root, ec))
+        if (leaf.is_directory()) ::rmdir(leaf.path().c_str());
+      if (::rmdir(root.c_str()) == 0) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+  }
   std::error_code ignored;
   std::filesystem::remove_all(dir_, ignored);
   std::filesystem::remove_all(shm_dir_, ignored);
