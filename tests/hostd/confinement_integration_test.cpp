@@ -25,6 +25,7 @@
 #include "tests/hostd/hostd_process.hpp"
 #include "tests/hostd/hostd_test_support.hpp"
 #include "tests/hostd/http_client.hpp"
+#include "tests/integration/qemu_proc.hpp"
 
 using namespace vesicle;
 using namespace vesicle::testing;
@@ -36,20 +37,6 @@ namespace {
 std::string read_file(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
   return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
-
-// "Key:\tvalue" of /proc/<pid>/status.
-std::map<std::string, std::string> status_of(pid_t pid) {
-  std::map<std::string, std::string> fields;
-  std::istringstream lines(read_file("/proc/" + std::to_string(pid) + "/status"));
-  for (std::string line; std::getline(lines, line);) {
-    const auto colon = line.find(':');
-    if (colon == std::string::npos) continue;
-    auto value = line.substr(colon + 1);
-    value.erase(0, value.find_first_not_of(" \t"));
-    fields[line.substr(0, colon)] = value;
-  }
-  return fields;
 }
 
 std::vector<std::string> words(const std::string& text) {
@@ -163,7 +150,7 @@ protected:
     EXPECT_GT(pid, 0);
     if (pid <= 0) return 0;
     const fs::path proc = "/proc/" + std::to_string(pid);
-    auto status = status_of(pid);
+    auto status = test::proc_status(pid);
     const auto uids = words(status["Uid"]), gids = words(status["Gid"]);
     EXPECT_EQ(uids.size(), 4u);
     EXPECT_EQ(gids.size(), 4u);

@@ -6,12 +6,31 @@
 #include <dirent.h>
 #include <unistd.h>
 
+#include <sys/types.h>
+
 #include <climits>
 #include <fstream>
+#include <map>
 #include <string>
 #include <vector>
 
 namespace vesicle::test {
+
+// "Name:\tvalue" lines of /proc/<pid>/status, by name (value without the
+// leading blanks); empty when the process is gone.
+inline std::map<std::string, std::string> proc_status(pid_t pid) {
+  std::map<std::string, std::string> fields;
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    const auto colon = line.find(':');
+    if (colon == std::string::npos) continue;
+    auto value = line.substr(colon + 1);
+    value.erase(0, value.find_first_not_of(" \t"));
+    fields[line.substr(0, colon)] = value;
+  }
+  return fields;
+}
 
 // The "Seccomp:" field of /proc/<pid>/status: 0 none, 1 strict, 2 a
 // filter; -1 when the process or the field is not there.

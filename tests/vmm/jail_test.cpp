@@ -22,6 +22,7 @@
 #include <sstream>
 #include <thread>
 
+#include "tests/integration/qemu_proc.hpp"
 #include "tests/vmm/test_support.hpp"
 #include "vmm/jail.hpp"
 #include "vmm/process.hpp"
@@ -33,6 +34,7 @@ namespace {
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 using test::IoThread;
+using test::proc_status;
 using test::read_file;
 using test::TempDir;
 using vmm::detail::Process;
@@ -69,21 +71,6 @@ private:
   fs::path path_;
   bool ok_ = false;
 };
-
-// "Name:\tvalue" lines of /proc/<pid>/status.
-std::map<std::string, std::string> proc_status(pid_t pid) {
-  std::map<std::string, std::string> fields;
-  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    const auto colon = line.find(':');
-    if (colon == std::string::npos) continue;
-    auto value = line.substr(colon + 1);
-    value.erase(0, value.find_first_not_of(" \t"));
-    fields[line.substr(0, colon)] = value;
-  }
-  return fields;
-}
 
 // The probe's "name=value" lines.
 std::map<std::string, std::string> probe_report(const fs::path& log) {
