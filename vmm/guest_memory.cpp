@@ -5,7 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <algorithm>
+#include <cerrno>
 #include <vector>
 
 namespace vesicle::vmm {
@@ -16,40 +16,24 @@ namespace {
 
 constexpr unsigned kSeals = F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL;
 
-// Copies [data extents of `in`] to `out` at the same offsets; `out` has the
-// size already. copy_file_range does not cross from a disk file into a memfd
-// on every kernel, so this reads and writes.
-Result<void> copy_extents(int in, int out, std::uint64_t size, const std::string& what) {
+// Copies the data extents of `in` to `out` at the same offsets (`out` has
+// the size already) and shows each piece to `seen`, if given. copy_file_range
+// does not cross from a disk file into a memfd on every kernel, so this reads
+// and writes.
+Result<void> copy_extents(int in, int out, std::uint64_t size, const std::string& what,
+                          const ChunkFn& seen = {}) {
   std::vector<char> buffer(1 << 20);
-  off_t offset = 0;
-  const auto end = static_cast<off_t>(size);
-  while (offset < end) {
-    const off_t data = ::lseek(in, offset, SEEK_DATA);
-    if (data < 0) {
-      if (errno == ENXIO) break; // only a hole is left
-      return sys_error("seek to data in", what);
-    }
-    off_t hole = ::lseek(in, data, SEEK_HOLE);
-    if (hole < 0) return sys_error("seek to a hole in", what);
-    hole = std::min(hole, end);
-    for (off_t at = data; at < hole;) {
-      const auto want = static_cast<std::size_t>(std::min<off_t>(hole - at, buffer.size()));
-      const ssize_t n = ::pread(in, buffer.data(), want, at);
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) return sys_error("read", what);
-      if (n == 0) return Error{EIO, "read", what, "the file shrank while being copied", {}};
-      for (ssize_t done = 0; done < n;) {
-        const ssize_t w =
-            ::pwrite(out, buffer.data() + done, static_cast<std::size_t>(n - done), at + done);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) return sys_error("write a copy of", what);
-        done += w;
-      }
-      at += n;
-    }
-    offset = hole;
-  }
-  return {};
+  return for_each_data_chunk(
+      in, size, what, buffer, [&](std::uint64_t at, std::span<const char> bytes) -> Result<void> {
+        for (std::size_t done = 0; done < bytes.size();) {
+          const ssize_t w = ::pwrite(out, bytes.data() + done, bytes.size() - done,
+                                     static_cast<off_t>(at + done));
+          if (w < 0 && errno == EINTR) continue;
+          if (w <= 0) return sys_error("write a copy of", what);
+          done += static_cast<std::size_t>(w);
+        }
+        return seen ? seen(at, bytes) : Result<void>{};
+      });
 }
 
 Result<UniqueFd> new_memfd(const std::string& name, std::uint64_t bytes) {
@@ -77,8 +61,8 @@ Result<std::shared_ptr<GuestMemory>> GuestMemory::create(const std::string& name
   return std::shared_ptr<GuestMemory>(new GuestMemory(std::move(fd.value()), bytes));
 }
 
-Result<std::shared_ptr<GuestMemory>> GuestMemory::load(const fs::path& file,
-                                                       const std::string& name) {
+Result<std::shared_ptr<GuestMemory>>
+GuestMemory::load(const fs::path& file, const std::string& name, const ChunkFn& seen) {
   UniqueFd in(::open(file.c_str(), O_RDONLY | O_CLOEXEC));
   if (!in) return sys_error("open", file.string());
   struct stat st {};
@@ -86,7 +70,7 @@ Result<std::shared_ptr<GuestMemory>> GuestMemory::load(const fs::path& file,
   const auto bytes = static_cast<std::uint64_t>(st.st_size);
   auto fd = new_memfd(name, bytes);
   if (!fd) return std::move(fd).error();
-  if (auto copied = copy_extents(in.get(), fd->get(), bytes, file.string()); !copied)
+  if (auto copied = copy_extents(in.get(), fd->get(), bytes, file.string(), seen); !copied)
     return std::move(copied).error();
   std::shared_ptr<GuestMemory> memory(new GuestMemory(std::move(fd.value()), bytes));
   if (auto sealed = memory->seal(); !sealed) return std::move(sealed).error();

@@ -25,6 +25,7 @@
 
 #include "common/result.hpp"
 #include "common/unique_fd.hpp"
+#include "vmm/sparse_file.hpp"
 
 namespace vesicle::vmm {
 
@@ -35,9 +36,10 @@ public:
   // owner may be changed for the VM that maps it share=on).
   static Result<std::shared_ptr<GuestMemory>> create(const std::string& name, std::uint64_t bytes);
   // A sealed copy of a file (a template's RAM image kept on disk); holes
-  // stay holes.
-  static Result<std::shared_ptr<GuestMemory>> load(const std::filesystem::path& file,
-                                                   const std::string& name);
+  // stay holes. `seen`, if given, is shown every piece of data as it is
+  // copied, so a caller can checksum the copy without reading it again.
+  static Result<std::shared_ptr<GuestMemory>>
+  load(const std::filesystem::path& file, const std::string& name, const ChunkFn& seen = {});
 
   int fd() const { return fd_.get(); }
   std::uint64_t bytes() const { return bytes_; }

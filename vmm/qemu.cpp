@@ -33,6 +33,7 @@
 #include "vmm/qmp.hpp"
 #include "vmm/root_disk.hpp"
 #include "vmm/snapshot.hpp"
+#include "vmm/sparse_file.hpp"
 #include "vmm/vm_jail.hpp"
 
 namespace vesicle::vmm {
@@ -61,7 +62,6 @@ VmPaths VmPaths::of(const VmConfig& config) {
   paths.qmp_socket = paths.dir / "qmp.sock";
   paths.overlay = paths.dir / "overlay.qcow2";
   paths.log = paths.dir / "qemu.log";
-  paths.pidfile = paths.dir / "qemu.pid";
   // memory_file is set when the VM gets a memory file of its own
   // (QemuVm's own_memory): /proc/self/fd/<n> of that memfd.
   return paths;
@@ -171,8 +171,6 @@ std::vector<std::string> command_line(const VmConfig& config, const VmPaths& pat
                   "unix:" + paths.qmp_socket.string() + ",server=on,wait=off",
                   "-name",
                   "vesicle-" + config.id + ",process=vesicle-" + config.id,
-                  "-pidfile",
-                  paths.pidfile.string(),
               });
   if (config.network) {
     // The tap fd becomes fd 3 in QEMU (SpawnOptions::pass_fds).
@@ -769,7 +767,7 @@ asio::awaitable<Result<Snapshot>> save_steps(std::shared_ptr<VmState> state, fs:
   if (!memory) co_return fail(make_error("save snapshot", "the VM has no memory file", id));
   if (auto sealed = memory->seal(); !sealed) co_return fail(std::move(sealed).error());
   if (!memory_file.empty()) memory_moved = true; // written by seal_snapshot
-  fs::remove_all(paths.dir, ec); // sockets, log, pidfile
+  fs::remove_all(paths.dir, ec);                 // sockets, log
 
   snapshot::Manifest manifest = manifest_of(*state);
   manifest.memory_file = memory_file.empty() ? memory->path() : memory_file;
@@ -799,24 +797,21 @@ Result<void> sparse_copy(const fs::path& from, const fs::path& to) {
     return error;
   };
   if (::ftruncate(out.get(), st.st_size) != 0) return fail("resize", to);
-  off_t offset = 0;
-  while (offset < st.st_size) {
-    const off_t data = ::lseek(in.get(), offset, SEEK_DATA);
-    if (data < 0) {
-      if (errno == ENXIO) break;
-      return fail("seek to data in", from);
-    }
-    off_t hole = ::lseek(in.get(), data, SEEK_HOLE);
-    if (hole < 0) return fail("seek to a hole in", from);
-    hole = std::min<off_t>(hole, st.st_size);
-    loff_t src = data, dst = data;
-    while (src < hole) {
-      const ssize_t n = ::copy_file_range(in.get(), &src, out.get(), &dst,
-                                          static_cast<std::size_t>(hole - src), 0);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) return fail("copy", from);
-    }
-    offset = hole;
+  auto copied = for_each_data_extent(in.get(), static_cast<std::uint64_t>(st.st_size),
+                                     from.string(), [&](off_t first, off_t last) -> Result<void> {
+                                       loff_t src = first, dst = first;
+                                       while (src < last) {
+                                         const ssize_t n = ::copy_file_range(
+                                             in.get(), &src, out.get(), &dst,
+                                             static_cast<std::size_t>(last - src), 0);
+                                         if (n < 0 && errno == EINTR) continue;
+                                         if (n <= 0) return sys_error("copy", from.string());
+                                       }
+                                       return {};
+                                     });
+  if (!copied) {
+    ::unlink(to.c_str());
+    return copied;
   }
   if (::fsync(out.get()) != 0) return fail("fsync", to);
   return {};
@@ -1540,7 +1535,7 @@ private:
       if (!procs) return std::move(procs).error();
       cgroup_procs = std::move(procs.value());
     }
-    // Its own files become its uid's: the directory (sockets, pidfile), the
+    // Its own files become its uid's: the directory (sockets), the
     // disk overlay, and its own RAM. Everything else it sees is read-only.
     for (const auto& path : {state.paths.dir, state.paths.overlay}) {
       if (::chown(path.c_str(), uid, gid) != 0) return sys_error("chown", path.string());

@@ -17,7 +17,6 @@ struct VmPaths {
   std::filesystem::path qmp_socket;
   std::filesystem::path overlay;
   std::filesystem::path log;
-  std::filesystem::path pidfile;
   std::filesystem::path memory_file; // shm_dir/vesicle-<id>.mem
   static VmPaths of(const VmConfig& config);
 };

@@ -6,16 +6,19 @@
 
 #include <openssl/evp.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <charconv>
 #include <cstring>
 #include <fstream>
 #include <memory>
+#include <span>
 #include <sstream>
 #include <vector>
 
 #include "common/hex.hpp"
 #include "common/unique_fd.hpp"
+#include "vmm/sparse_file.hpp"
 
 namespace vesicle::vmm::snapshot {
 
@@ -43,6 +46,34 @@ struct Sha256 {
     EVP_DigestFinal_ex(ctx.get(), digest, &length);
     return to_hex(digest, length);
   }
+};
+
+// The sparse checksum (snapshot.hpp): every non-zero page with its offset,
+// then the file's size. Fed the file's data extents in order.
+class SparseDigest {
+public:
+  void add(std::uint64_t at, std::span<const char> bytes) {
+    static const char zero_page[kPageBytes] = {};
+    for (std::size_t page = 0; page < bytes.size(); page += kPageBytes) {
+      const std::size_t length = std::min(kPageBytes, bytes.size() - page);
+      if (std::memcmp(bytes.data() + page, zero_page, length) == 0) continue;
+      sha_.update_u64(at + page);
+      sha_.update(bytes.data() + page, length);
+      data_bytes_ += length;
+    }
+  }
+  FileDigest finish(std::uint64_t size) {
+    sha_.update_u64(size);
+    FileDigest digest;
+    digest.size = size;
+    digest.data_bytes = data_bytes_;
+    digest.sha256 = sha_.hex();
+    return digest;
+  }
+
+private:
+  Sha256 sha_;
+  std::uint64_t data_bytes_ = 0;
 };
 
 // Hashes [offset, offset+length) of fd; false (errno set) on a read error
@@ -95,6 +126,18 @@ Error manifest_error(std::size_t line, std::string detail) {
                     "line " + std::to_string(line) + ": " + std::move(detail) + kRebuild);
 }
 
+// Whether a file's checksum, computed by the caller, is the manifest's.
+Result<void> check_digest(const fs::path& path, const char* role, const FileDigest& expected,
+                          const FileDigest& got) {
+  if (got.sha256 == expected.sha256) return {};
+  return make_error("check snapshot file",
+                    std::string("the snapshot's ") + role +
+                        " does not match its sha256 in the manifest (it was changed or "
+                        "damaged after the save)" +
+                        kRebuild,
+                    path.string());
+}
+
 // Size first (cheap, and names a truncation as one), then the checksum.
 Result<void> check_file(const fs::path& path, const char* role, const FileDigest& expected,
                         bool sparse) {
@@ -120,15 +163,7 @@ Result<void> check_file(const fs::path& path, const char* role, const FileDigest
   }
   auto digest = sparse ? digest_sparse_file(path) : digest_file(path);
   if (!digest) return std::move(digest).error().with_context(std::string("checking the ") + role);
-  if (digest->sha256 != expected.sha256) {
-    return make_error("check snapshot file",
-                      std::string("the snapshot's ") + role +
-                          " does not match its sha256 in the manifest (it was changed or "
-                          "damaged after the save)" +
-                          kRebuild,
-                      path.string());
-  }
-  return {};
+  return check_digest(path, role, expected, *digest);
 }
 
 } // namespace
@@ -280,42 +315,16 @@ Result<FileDigest> digest_sparse_file(const fs::path& path) {
   if (!fd) return sys_error("open", path.string());
   struct stat st {};
   if (::fstat(fd.get(), &st) != 0) return sys_error("stat", path.string());
-  FileDigest digest;
-  digest.size = static_cast<std::uint64_t>(st.st_size);
-  Sha256 sha;
+  const auto size = static_cast<std::uint64_t>(st.st_size);
+  SparseDigest digest;
   std::vector<char> buffer(kReadBytes);
-  static const char zero_page[kPageBytes] = {};
-  off_t offset = 0;
-  const auto size = static_cast<off_t>(digest.size);
-  while (offset < size) {
-    const off_t data = ::lseek(fd.get(), offset, SEEK_DATA);
-    if (data < 0) {
-      if (errno == ENXIO) break; // only a hole is left
-      return sys_error("seek to data in", path.string());
-    }
-    off_t hole = ::lseek(fd.get(), data, SEEK_HOLE);
-    if (hole < 0) return sys_error("seek to a hole in", path.string());
-    hole = std::min(hole, size);
-    for (off_t at = data; at < hole;) {
-      const auto want = static_cast<std::size_t>(std::min<off_t>(hole - at, kReadBytes));
-      const ssize_t n = ::pread(fd.get(), buffer.data(), want, at);
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) return sys_error("read", path.string());
-      if (n == 0) return Error{EIO, "read", path.string(), "the file shrank while being read", {}};
-      for (std::size_t page = 0; page < static_cast<std::size_t>(n); page += kPageBytes) {
-        const std::size_t length = std::min(kPageBytes, static_cast<std::size_t>(n) - page);
-        if (std::memcmp(buffer.data() + page, zero_page, length) == 0) continue;
-        sha.update_u64(static_cast<std::uint64_t>(at) + page);
-        sha.update(buffer.data() + page, length);
-        digest.data_bytes += length;
-      }
-      at += n;
-    }
-    offset = hole;
-  }
-  sha.update_u64(digest.size);
-  digest.sha256 = sha.hex();
-  return digest;
+  auto read = for_each_data_chunk(fd.get(), size, path.string(), buffer,
+                                  [&](std::uint64_t at, std::span<const char> bytes) {
+                                    digest.add(at, bytes);
+                                    return Result<void>{};
+                                  });
+  if (!read) return std::move(read).error();
+  return digest.finish(size);
 }
 
 Result<void> write_file_atomically(const fs::path& path, std::string_view contents) {
@@ -379,18 +388,24 @@ Result<Snapshot> open(const fs::path& dir) {
   // map), and the copy is what gets checked: what was checked is what runs.
   std::shared_ptr<GuestMemory> memory;
   if (!m.full_ram) {
-    auto loaded = GuestMemory::load(m.memory_file, "vesicle-snapshot");
+    SparseDigest digest;
+    auto loaded = GuestMemory::load(m.memory_file, "vesicle-snapshot",
+                                    [&](std::uint64_t at, std::span<const char> bytes) {
+                                      digest.add(at, bytes);
+                                      return Result<void>{};
+                                    });
     if (!loaded) {
       Error error = std::move(loaded).error();
       error.detail += kRebuild;
       return error;
     }
     memory = std::move(loaded.value());
-    if (auto ok = check_file(memory->path(), "memory file", m.memory, true); !ok) {
-      Error error = std::move(ok).error();
-      error.subject = m.memory_file.string();
-      return error;
-    }
+    // The checksum of the bytes written into the memfd: what was checked is
+    // what runs, read from disk once.
+    if (auto ok =
+            check_digest(m.memory_file, "memory file", m.memory, digest.finish(memory->bytes()));
+        !ok)
+      return ok.error();
   }
   // The disk's backing chain lives outside the snapshot: the base image, and
   // for a VM that was itself restored, the template snapshot's disk. A
@@ -515,49 +530,34 @@ Result<std::uint64_t> punch_zero_pages(const fs::path& path) {
   static const char zero_page[kPageBytes] = {};
   std::uint64_t freed = 0;
   // Runs of zero pages are punched in one call each.
-  off_t run_start = -1, run_end = -1;
-  auto flush = [&]() -> bool {
-    if (run_start < 0) return true;
-    const bool ok = ::fallocate(fd.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, run_start,
-                                run_end - run_start) == 0;
-    freed += static_cast<std::uint64_t>(run_end - run_start);
-    run_start = run_end = -1;
-    return ok;
+  std::uint64_t run_start = 0, run_end = 0;
+  auto flush = [&]() -> Result<void> {
+    if (run_end == run_start) return {};
+    if (::fallocate(fd.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                    static_cast<off_t>(run_start), static_cast<off_t>(run_end - run_start)) != 0)
+      return sys_error("punch a hole in", path.string());
+    freed += run_end - run_start;
+    run_start = run_end = 0;
+    return {};
   };
-  off_t offset = 0;
-  while (offset < st.st_size) {
-    const off_t data = ::lseek(fd.get(), offset, SEEK_DATA);
-    if (data < 0) {
-      if (errno == ENXIO) break;
-      return sys_error("seek to data in", path.string());
-    }
-    off_t hole = ::lseek(fd.get(), data, SEEK_HOLE);
-    if (hole < 0) return sys_error("seek to a hole in", path.string());
-    hole = std::min<off_t>(hole, st.st_size);
-    for (off_t at = data; at < hole;) {
-      const auto want = static_cast<std::size_t>(std::min<off_t>(hole - at, kReadBytes));
-      const ssize_t n = ::pread(fd.get(), buffer.data(), want, at);
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) return sys_error("read", path.string());
-      if (n == 0) break;
-      for (std::size_t page = 0; page < static_cast<std::size_t>(n); page += kPageBytes) {
-        const std::size_t length = std::min(kPageBytes, static_cast<std::size_t>(n) - page);
-        const off_t page_at = at + static_cast<off_t>(page);
-        if (length == kPageBytes && std::memcmp(buffer.data() + page, zero_page, length) == 0) {
-          if (run_start >= 0 && run_end == page_at) {
-            run_end += static_cast<off_t>(length);
-          } else {
-            if (!flush()) return sys_error("punch a hole in", path.string());
-            run_start = page_at;
-            run_end = page_at + static_cast<off_t>(length);
+  auto scanned = for_each_data_chunk(
+      fd.get(), static_cast<std::uint64_t>(st.st_size), path.string(), buffer,
+      [&](std::uint64_t at, std::span<const char> bytes) -> Result<void> {
+        for (std::size_t page = 0; page + kPageBytes <= bytes.size(); page += kPageBytes) {
+          if (std::memcmp(bytes.data() + page, zero_page, kPageBytes) != 0) continue;
+          const std::uint64_t page_at = at + page;
+          if (run_end != run_start && run_end == page_at) {
+            run_end += kPageBytes;
+            continue;
           }
+          if (auto punched = flush(); !punched) return punched;
+          run_start = page_at;
+          run_end = page_at + kPageBytes;
         }
-      }
-      at += n;
-    }
-    offset = hole;
-  }
-  if (!flush()) return sys_error("punch a hole in", path.string());
+        return {};
+      });
+  if (!scanned) return std::move(scanned).error();
+  if (auto punched = flush(); !punched) return std::move(punched).error();
   return freed;
 }
 
