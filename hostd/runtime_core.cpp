@@ -160,6 +160,14 @@ Result<void> RuntimeCore::start() {
     room.vm_overhead_mib = admission.vm_overhead_mib();
     room.disk_reserve_mib = admission.disk_reserve_mib();
     room.disk_dir = config_.runtime_dir();
+    if (confinement_ && *confinement_ && (*confinement_)->cgroups) {
+      room.memory_in_use_mib =
+          [tree = (*confinement_)->cgroups](const std::string& id) -> std::optional<std::uint64_t> {
+        auto bytes = tree->memory_in_use(id);
+        if (!bytes) return std::nullopt;
+        return *bytes >> 20;
+      };
+    }
     settings.host_room = room;
   }
   for (const auto& pool : config_.pools()) {

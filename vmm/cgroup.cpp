@@ -494,6 +494,21 @@ Result<Tree> Tree::open(const Hierarchy& hierarchy, Options options) {
   return Tree(Version::v2, {std::move(root)}, std::move(options.dir_ops));
 }
 
+Result<std::uint64_t> Tree::memory_in_use(const std::string& name) const {
+  if (auto ok = check_name(name, "a cgroup leaf's name (the sandbox id)"); !ok) return ok.error();
+  const fs::path memory = roots_.front() / name;
+  auto usage =
+      read_u64(memory / (version_ == Version::v2 ? "memory.current" : "memory.usage_in_bytes"));
+  if (!usage) return std::move(usage).error();
+  std::uint64_t cache = 0;
+  for (const char* key : {"active_file", "inactive_file"}) {
+    auto value = read_keyed(memory / "memory.stat", key);
+    if (!value) return std::move(value).error();
+    cache += value->value_or(0);
+  }
+  return *usage > cache ? *usage - cache : 0;
+}
+
 Result<Leaf> Tree::create(const std::string& name, const Limits& limits) const {
   if (auto ok = check_name(name, "a cgroup leaf's name (the sandbox id)"); !ok) return ok.error();
   Leaf leaf(version_, name, limits, dir_ops_);

@@ -194,6 +194,12 @@ public:
   // start-up sweep removes those).
   Result<Leaf> create(const std::string& name, const Limits& limits) const;
 
+  // What leaf `name` holds of the host's memory now, less its page cache
+  // (which the kernel reclaims and MemAvailable counts as free): usage
+  // (v1 memory.usage_in_bytes, v2 memory.current) less memory.stat's
+  // active_file and inactive_file. Guest RAM is shmem and stays in.
+  Result<std::uint64_t> memory_in_use(const std::string& name) const;
+
   // After a crash: every leaf under our root is emptied (SIGKILL to each
   // process in it) and removed.
   SweepReport sweep() const;

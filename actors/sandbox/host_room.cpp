@@ -63,6 +63,14 @@ Result<HostFigures> read_host_figures(const HostRoomSettings& settings) {
   return figures;
 }
 
+std::uint64_t memory_still_promised_mib(const HostRoomSettings& settings, const std::string& id,
+                                        std::uint64_t memory_mib) {
+  const std::uint64_t promised = memory_mib + settings.vm_overhead_mib;
+  const auto used =
+      settings.memory_in_use_mib ? settings.memory_in_use_mib(id) : std::optional<std::uint64_t>{};
+  return used ? saturating_sub(promised, *used) : promised;
+}
+
 std::optional<std::string> refuse_room(const HostRoomSettings& settings, const HostFigures& host,
                                        const HostCommitments& committed, const RoomRequest& request,
                                        const std::string& what) {

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <optional>
 #include <string>
 
@@ -29,6 +30,10 @@ struct HostRoomSettings {
   std::uint64_t disk_reserve_mib = 1024;
   std::filesystem::path disk_dir;
   std::filesystem::path meminfo = "/proc/meminfo";
+  // How much of the host's memory a running sandbox's VM holds now (MiB, its
+  // cgroup's figure), nullopt when not known; unset: never known, and every
+  // running sandbox counts with its whole size.
+  std::function<std::optional<std::uint64_t>(const std::string& sandbox_id)> memory_in_use_mib;
 };
 
 // What the host has now.
@@ -37,7 +42,7 @@ struct HostFigures {
   std::uint64_t disk_free_mib = 0;        // statvfs f_bavail of disk_dir
 };
 
-// What the running sandboxes may still grow into: their limits less what
+// What the running sandboxes may still grow into: their sizes less what
 // they use already (which MemAvailable and the free disk already count).
 struct HostCommitments {
   std::uint64_t memory_mib = 0;
@@ -51,6 +56,12 @@ struct RoomRequest {
 };
 
 Result<HostFigures> read_host_figures(const HostRoomSettings& settings);
+
+// What running sandbox `id` with `memory_mib` of guest RAM may still take of
+// the host's memory: its RAM and VMM overhead less what its cgroup says it
+// holds already (all of it when that is not known).
+std::uint64_t memory_still_promised_mib(const HostRoomSettings& settings, const std::string& id,
+                                        std::uint64_t memory_mib);
 
 // Empty when `request` fits; otherwise why not, in a sentence that names the
 // figures ("creating a sandbox needs 608 MiB of memory; this host can

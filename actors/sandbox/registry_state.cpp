@@ -100,13 +100,15 @@ caf::error admit(registry_pointer self, const std::string& owner, std::uint32_t 
                                                   "disk (" + figures.error().message() +
                                                   "); retry later");
   }
-  // Every running sandbox may still grow to its whole RAM and disk: what it
-  // uses now is already out of MemAvailable and the free disk, but that
-  // share is not known here, so the whole size is counted (strict).
+  // Every running sandbox may still grow to its whole RAM (plus its VMM)
+  // and disk. What it uses now is already out of MemAvailable; its cgroup
+  // says how much that is, and only the rest is still promised. Without a
+  // figure (no cgroups, a leaf not found) the whole size is counted
+  // (strict). The disk's share is not known per sandbox: counted whole.
   HostCommitments committed;
   for (const auto& [id, record] : self->state.records) {
     if (!holds_vm(record.info)) continue;
-    committed.memory_mib += record.info.spec.memory_mib + host_room->vm_overhead_mib;
+    committed.memory_mib += memory_still_promised_mib(*host_room, id, record.info.spec.memory_mib);
     committed.disk_mib += record.info.spec.disk_mib;
   }
   RoomRequest request{more, spec.memory_mib, spec.disk_mib};

@@ -34,6 +34,20 @@ TEST(HostRoom, AdmitsWhatFitsAndRefusesWhatDoesNot) {
   EXPECT_NE(refused->find("1000 MiB reserved"), std::string::npos) << *refused;
 }
 
+TEST(HostRoom, ARunningSandboxIsPromisedOnlyWhatItDoesNotHoldYet) {
+  HostRoomSettings s = settings();
+  // No cgroup figures: the whole size (RAM + overhead).
+  EXPECT_EQ(memory_still_promised_mib(s, "sb-a", 512), 612u);
+  s.memory_in_use_mib = [](const std::string& id) -> std::optional<std::uint64_t> {
+    if (id == "sb-a") return 200;
+    if (id == "sb-full") return 700; // past its promise (shared faults): nothing more
+    return std::nullopt;             // a leaf not found
+  };
+  EXPECT_EQ(memory_still_promised_mib(s, "sb-a", 512), 412u);
+  EXPECT_EQ(memory_still_promised_mib(s, "sb-full", 512), 0u);
+  EXPECT_EQ(memory_still_promised_mib(s, "sb-unknown", 512), 612u);
+}
+
 TEST(HostRoom, OvercommitScalesWhatMayBePromised) {
   auto s = settings();
   HostFigures host{3000, 10000};

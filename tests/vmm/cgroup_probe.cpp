@@ -7,6 +7,9 @@
 //                            pipe), prints "forked K" and, if a fork failed,
 //                            " then <errno name>"
 //   cgroup_probe wait        waits until stdin closes
+//   cgroup_probe shmem MIB   fills a MIB MiB memfd (shared memory, like guest
+//                            RAM), prints "held", waits until stdin closes
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -72,6 +75,18 @@ int wait_for_stdin() {
   return 0;
 }
 
+int shmem(long mib) {
+  const int fd = memfd_create("cgroup-probe", MFD_CLOEXEC);
+  if (fd < 0 || ftruncate(fd, mib << 20) != 0) return 2;
+  std::vector<char> chunk(1 << 20, 0x5a);
+  for (long i = 0; i < mib; ++i)
+    if (pwrite(fd, chunk.data(), chunk.size(), i << 20) != static_cast<ssize_t>(chunk.size()))
+      return 3;
+  std::printf("held\n");
+  std::fflush(stdout);
+  return wait_for_stdin();
+}
+
 } // namespace
 
 int main(int argc, char** argv) {
@@ -79,6 +94,7 @@ int main(int argc, char** argv) {
   if (command == "memhog" && argc == 3) return memhog(std::atol(argv[2]));
   if (command == "forks" && argc == 3) return forks(std::atol(argv[2]));
   if (command == "wait") return wait_for_stdin();
-  std::fprintf(stderr, "usage: cgroup_probe memhog MIB | forks N | wait\n");
+  if (command == "shmem" && argc == 3) return shmem(std::atol(argv[2]));
+  std::fprintf(stderr, "usage: cgroup_probe memhog MIB | forks N | wait | shmem MIB\n");
   return 64;
 }

@@ -276,6 +276,27 @@ TEST_F(V2Tree, ALeafIsNamedForItsSandboxAndGetsEachLimit) {
   EXPECT_TRUE(fs::exists(mount_ / "vesicle"));
 }
 
+TEST_F(V2Tree, MemoryInUseIsTheLeafsUsageLessItsPageCache) {
+  Options options;
+  options.dir_ops = fake_ops();
+  auto tree = Tree::open(hierarchy(), options);
+  ASSERT_TRUE(tree) << tree.error().message();
+  auto leaf = tree->create("sb-usage", Limits{});
+  ASSERT_TRUE(leaf) << leaf.error().message();
+  const fs::path dir = mount_ / "vesicle/sb-usage";
+  write_text(dir / "memory.current", std::to_string(300ull << 20) + "\n");
+  write_text(dir / "memory.stat", "anon 4096\nfile 104857600\nshmem 209715200\n"
+                                  "active_file 62914560\ninactive_file 41943040\n");
+  auto used = tree->memory_in_use("sb-usage");
+  ASSERT_TRUE(used) << used.error().message();
+  EXPECT_EQ(*used, 200ull << 20);
+  // A leaf that is not there (the VM already gone): an error, so the caller
+  // counts the sandbox whole.
+  EXPECT_FALSE(tree->memory_in_use("sb-gone"));
+  EXPECT_FALSE(tree->memory_in_use("../escape"));
+  ASSERT_TRUE(leaf->remove());
+}
+
 TEST_F(V2Tree, RenameMovesTheLeafToItsNewName) {
   Options options;
   options.dir_ops = fake_ops();
@@ -478,6 +499,27 @@ TEST_F(V1Host, AProcessPastItsMemoryLimitIsKilledAndCountedAsOom) {
   ASSERT_TRUE(report) << report.error().message();
   EXPECT_EQ(*report, "oom: the sandbox's VM used its whole memory limit (64 MiB: 64 MiB guest RAM "
                      "+ 0 MiB VMM overhead) and was killed by the kernel");
+  auto gone = leaf->remove();
+  EXPECT_TRUE(gone) << gone.error().message();
+}
+
+TEST_F(V1Host, MemoryInUseCountsSharedMemoryTheLeafHolds) {
+  auto leaf = tree_->create("sb-shmem", Limits{.guest_ram_bytes = 256ull << 20});
+  ASSERT_TRUE(leaf) << leaf.error().message();
+  auto idle = tree_->memory_in_use("sb-shmem");
+  ASSERT_TRUE(idle) << idle.error().message();
+  EXPECT_LT(*idle, 8ull << 20);
+  Child child = start_in(*leaf, {"shmem", "64"});
+  ASSERT_GT(child.pid, 0);
+  char line[8] = {};
+  ASSERT_EQ(::read(child.out, line, 5), 5);
+  EXPECT_STREQ(line, "held\n");
+  auto held = tree_->memory_in_use("sb-shmem");
+  ASSERT_TRUE(held) << held.error().message();
+  EXPECT_GE(*held, 64ull << 20);
+  EXPECT_LT(*held, 80ull << 20);
+  ::close(child.out);
+  EXPECT_EQ(reap(child), 0);
   auto gone = leaf->remove();
   EXPECT_TRUE(gone) << gone.error().message();
 }
