@@ -34,11 +34,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string read_file(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
-
 std::vector<std::string> words(const std::string& text) {
   std::istringstream in(text);
   std::vector<std::string> out;
@@ -68,18 +63,6 @@ std::string memory_cgroup_of(pid_t pid) {
       return line.substr(second + 1);
   }
   return "";
-}
-
-// Running and not a zombie, within 5 s.
-bool alive(pid_t pid) {
-  for (int i = 0; i < 100; ++i) {
-    auto stat = read_file("/proc/" + std::to_string(pid) + "/stat");
-    const auto paren = stat.rfind(')');
-    if (paren == std::string::npos || paren + 2 >= stat.size()) return false;
-    if (stat[paren + 2] == 'Z' || stat[paren + 2] == 'X') return false;
-    std::this_thread::sleep_for(50ms);
-  }
-  return true;
 }
 
 class Confinement : public ::testing::Test {
@@ -302,7 +285,7 @@ TEST_F(Confinement, NothingOfAKilledRunIsLeftAfterARestart) {
     EXPECT_EQ(name.rfind("pool-", 0), 0u) << "unexpected leaf " << name;
   // No process of the dead run survives (PDEATHSIG, and the sweep); a
   // zombie waits for init to reap it.
-  EXPECT_FALSE(alive(qemu)) << "the killed run's QEMU " << qemu << " still runs";
+  EXPECT_FALSE(stays_running(qemu)) << "the killed run's QEMU " << qemu << " still runs";
   // Stopping cleanly leaves no leaf, and no root either.
   EXPECT_EQ(hostd->stop(), 0);
   EXPECT_FALSE(fs::exists(parent)) << "the cgroup root is left after a clean stop";

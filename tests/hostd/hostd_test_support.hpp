@@ -1,11 +1,18 @@
 // What the integration tests against a real hostd share: where the guest
-// images are, why a test must skip without them, and reading the API's
-// JSON. For test targets that define VESICLE_DEFAULT_IMAGES_DIR.
+// images are, why a test must skip without them, reading the API's JSON,
+// files and processes. For test targets that define
+// VESICLE_DEFAULT_IMAGES_DIR.
 #pragma once
 
+#include <sys/types.h>
+
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <string>
+#include <thread>
 
 #include <google/protobuf/util/json_util.h>
 #include <gtest/gtest.h>
@@ -31,6 +38,27 @@ template <class M> M parse(const std::string& json) {
   auto status = google::protobuf::util::JsonStringToMessage(json, &message);
   EXPECT_TRUE(status.ok()) << json;
   return message;
+}
+
+// A whole file's bytes; "" when it cannot be read.
+inline std::string read_file(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+// Whether `pid` stays up (not gone, not a zombie) for 5 s: false as soon as
+// it is gone, so a test that expects a process to die waits no longer than
+// it takes. (A QEMU killed with its hostd may wait a moment for init to
+// reap it.)
+inline bool stays_running(pid_t pid) {
+  for (int i = 0; i < 100; ++i) {
+    const auto stat = read_file("/proc/" + std::to_string(pid) + "/stat");
+    const auto paren = stat.rfind(')');
+    if (paren == std::string::npos || paren + 2 >= stat.size()) return false;
+    if (stat[paren + 2] == 'Z' || stat[paren + 2] == 'X') return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return true;
 }
 
 } // namespace vesicle::testing
