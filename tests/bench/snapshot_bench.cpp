@@ -78,12 +78,19 @@ int main(int argc, char** argv) {
   const unsigned& vcpus = guest.vcpus;
   unsigned count = 5;
   unsigned keep = 3;
+  std::string qemu = "qemu-system-x86_64";
+  std::string restore_qemu;
   std::string json_path;
   po::options_description options("snapshot_bench: template snapshot save/restore cost");
   guest.add_options(options, 512, json_path);
   options.add_options()("count", po::value(&count)->default_value(5),
                         "restores to time (and finishes to time)")(
-      "keep", po::value(&keep)->default_value(3), "restored VMs kept idle for the PSS figure");
+      "keep", po::value(&keep)->default_value(3), "restored VMs kept idle for the PSS figure")(
+      "qemu", po::value(&qemu)->default_value(qemu),
+      "the QEMU binary (e.g. another version's, to compare)")(
+      "restore-qemu", po::value(&restore_qemu),
+      "restore with this QEMU instead (default: --qemu): whether a snapshot another version "
+      "saved restores");
   if (auto stop = bench::parse_options(argc, argv, options, "snapshot_bench")) return *stop;
   const bench::Fail fail{"snapshot_bench"};
 
@@ -92,7 +99,14 @@ int main(int argc, char** argv) {
   TempDir snapshots(fs::temp_directory_path(), "vesicle-bench-snap");
   auto driver = vmm::make_qemu_driver(io.executor());
   unsigned next_id = 0;
-  auto config = [&]() { return guest.config("bench", next_id++); };
+  // The template is booted and saved with --qemu, restored with
+  // --restore-qemu.
+  bool saved_template = false;
+  auto config = [&]() {
+    auto c = guest.config("bench", next_id++);
+    c.qemu_binary = saved_template && !restore_qemu.empty() ? restore_qemu : qemu;
+    return c;
+  };
 
   // The template: a booted VM whose REPL has numpy loaded (what a pool
   // would keep warm).
@@ -114,6 +128,7 @@ int main(int argc, char** argv) {
     io.call_void([&] { booted.value().reset(); });
     if (!saved) return fail(saved.error().message());
     snapshot = *saved;
+    saved_template = true;
   }
   struct stat memory_stat {};
   ::stat(snapshot.memory_file.c_str(), &memory_stat);
