@@ -16,6 +16,9 @@ asio::awaitable<void> Api::healthz(Exchange& exchange) {
   health.set_status("ok");
   health.set_accel(accel_name(ctx_.vms.accel()));
   health.set_version(kVersion);
+  const auto& config = ctx_.config;
+  health.set_default_egress(
+      config.has_network() && config.network().default_egress() == "open" ? "open" : "off");
   co_await exchange.respond(200, to_json(health));
 }
 

@@ -31,6 +31,10 @@ trap - EXIT
 rm -rf "$out"/var/cache/apt/archives/*.deb "$out"/var/lib/apt/lists/* \
   "$out"/usr/share/doc/* "$out"/usr/share/man/* "$out"/usr/share/info/*
 # Identity is set by the agent at boot; these are placeholders.
+# pip installs as root into the guest's Python without
+# --break-system-packages: the sandbox is the user's own throwaway machine,
+# not a Debian system to protect from pip (PEP 668's marker).
+rm -f "$out"/usr/lib/python3*/EXTERNALLY-MANAGED
 echo vesicle >"$out/etc/hostname"
 : >"$out/etc/machine-id"
 printf 'nameserver 10.0.2.3\n' >"$out/etc/resolv.conf"

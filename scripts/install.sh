@@ -4,7 +4,11 @@
 #   2. the build and the guest images (scripts/build.sh; images cached in /var/cache/vesicle),
 #   3. hostd and vesicle-vm into /usr/local/bin, the images into /var/lib/vesicle/images,
 #      the Python SDK and the `vesicle` CLI into Debian's python3 (/usr/local/lib/python3*/dist-packages),
-#   4. (re)starts hostd on 127.0.0.1:7070 and prints a fresh API key.
+#   4. the network: hostd's config (state_dir/hostd.conf) gets the uplink,
+#      gateway and resolver scripts/detect-network.sh finds, so a default
+#      sandbox has open egress through NAT (or, where none is found, says so
+#      and leaves egress off),
+#   5. (re)starts hostd on 127.0.0.1:7070 and prints a fresh API key.
 # Safe to run again: each step reuses what is already there; hostd is
 # restarted on the new build (its running sandboxes are destroyed).
 set -euo pipefail
@@ -32,6 +36,23 @@ done
 /usr/bin/python3 -m pip install --quiet --no-index --no-deps --break-system-packages \
   --root-user-action=ignore --force-reinstall "$repo/sdk/python"
 
+# hostd's configuration: written here unless an operator took it over (a
+# file without the first line below is theirs and stays as it is).
+config=$state_dir/hostd.conf
+marker="# Written by scripts/install.sh; remove this line to keep your edits across installs."
+egress_note=
+if [ ! -e "$config" ] || head -n 1 "$config" | grep -qxF "$marker"; then
+  if network=$(bash "$repo/scripts/detect-network.sh" 2>"$state_dir/.detect-network.err"); then
+    printf '%s\n%s\n' "$marker" "$network" >"$config.tmp"
+  else
+    egress_note="No uplink found ($(cat "$state_dir/.detect-network.err")): sandboxes have egress off. Add a network section to $config (messages/config.proto) and run install again."
+    printf '%s\n' "$marker" >"$config.tmp"
+  fi
+  rm -f "$state_dir/.detect-network.err"
+  chmod 0600 "$config.tmp"
+  mv "$config.tmp" "$config"
+fi
+
 stop_hostd() {
   local pid
   pid=$(cat "$pid_file" 2>/dev/null || true)
@@ -44,7 +65,7 @@ stop_hostd() {
 }
 
 # A key made before the start is one the new hostd loads.
-key=$(/usr/local/bin/hostd --state-dir "$state_dir" --new-key | tail -n 1)
+key=$(/usr/local/bin/hostd --config "$config" --state-dir "$state_dir" --new-key | tail -n 1)
 
 if [ -d /run/systemd/system ]; then
   cat >/etc/systemd/system/vesicle-hostd.service <<UNIT
@@ -53,7 +74,7 @@ Description=vesicle host daemon
 After=network.target
 
 [Service]
-ExecStart=/usr/local/bin/hostd --state-dir $state_dir --images-dir $state_dir/images --listen $listen
+ExecStart=/usr/local/bin/hostd --config $config --state-dir $state_dir --images-dir $state_dir/images --listen $listen
 KillSignal=SIGTERM
 TimeoutStopSec=30
 Restart=on-failure
@@ -87,8 +108,8 @@ UNIT
   systemctl restart vesicle-hostd
 else
   stop_hostd
-  setsid /usr/local/bin/hostd --state-dir "$state_dir" --images-dir "$state_dir/images" \
-    --listen "$listen" >>"$log_dir/hostd.log" 2>&1 </dev/null &
+  setsid /usr/local/bin/hostd --config "$config" --state-dir "$state_dir" \
+    --images-dir "$state_dir/images" --listen "$listen" >>"$log_dir/hostd.log" 2>&1 </dev/null &
   echo $! >"$pid_file"
 fi
 
@@ -101,14 +122,21 @@ if ! curl -fsS "http://$listen/v1/healthz" >/dev/null 2>&1; then
   exit 1
 fi
 
+health=$(curl -fsS "http://$listen/v1/healthz")
 cat <<DONE
 
-vesicle is running: hostd on http://$listen ($(curl -fsS "http://$listen/v1/healthz"))
+vesicle is running: hostd on http://$listen ($health)
 Your API key (shown once; hostd keeps only its hash):
 
   export VESICLE_URL=http://$listen
   export VESICLE_API_KEY=$key
 
-Then: python3 -c 'from vesicle import Sandbox; sb = Sandbox(); print(sb.run_code("print(6*7)").stdout); sb.close()'
-      vesicle ls
+Then (Debian's python3 has the SDK; /usr/local/bin/vesicle is the CLI):
+  /usr/bin/python3 -c 'from vesicle import Sandbox; sb = Sandbox(); print(sb.run_code("print(6*7)").stdout); sb.close()'
+  vesicle ls
+In a virtualenv of any Python >= 3.9: pip install $repo/sdk/python
 DONE
+if [ -n "$egress_note" ]; then
+  echo
+  echo "$egress_note"
+fi

@@ -150,6 +150,7 @@ TEST_F(ApiTest, HealthNeedsNoKeyEverythingElseDoes) {
   auto parsed = parse<api::Health>(health.body);
   EXPECT_EQ(parsed.status(), "ok");
   EXPECT_EQ(parsed.accel(), "tcg");
+  EXPECT_EQ(parsed.default_egress(), "off") << "no network section: off";
 
   auto no_key = anonymous.request("GET", "/v1/sandboxes");
   EXPECT_EQ(no_key.status, 401u);

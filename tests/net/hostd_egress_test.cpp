@@ -318,6 +318,11 @@ protected:
 
 TEST_F(HostdEgress, SandboxJsonReportsEgress) {
   auto http = client();
+  api::Health health;
+  ASSERT_TRUE(
+      google::protobuf::util::JsonStringToMessage(http.request("GET", "/v1/healthz").body, &health)
+          .ok());
+  EXPECT_EQ(health.default_egress(), "open") << "an uplink and no default_egress: open";
   for (auto [id, mode] :
        {std::pair{open_id, "open"}, std::pair{off_id, "off"}, std::pair{allow_id, "allowlist"}}) {
     auto got = http.request("GET", "/v1/sandboxes/" + id);

@@ -122,3 +122,18 @@ def test_sdist_builds_and_installs_offline(venv, tmp_path):
         _run([str(venv / "bin" / "vesicle"), "--version"])
     finally:
         _run([str(venv / "bin" / "pip"), "uninstall", "-y", "vesicle"])
+
+
+def test_every_module_parses_as_python_3_9():
+    """Requires-Python says >=3.9: no grammar newer than that (what ast's
+    feature_version flags, e.g. match statements). Only Debian's 3.11 runs
+    here, so the grammar is checked instead of running a 3.9."""
+    import ast
+
+    sources = sorted((SDK / "vesicle").rglob("*.py")) + sorted((SDK / "_build").rglob("*.py"))
+    assert sources
+    for source in sources:
+        try:
+            ast.parse(source.read_text(), filename=str(source), feature_version=(3, 9))
+        except SyntaxError as error:
+            raise AssertionError(f"{source} is not Python 3.9: {error}") from None
