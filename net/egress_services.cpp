@@ -499,17 +499,25 @@ struct ProxyConnection : Tracked {
   asio::steady_timer upstream_done_signal; // cancelled when that pump ends
 };
 
-// Closes the connection when no byte passed either way for `idle`.
-awaitable<void> watch_idle(std::shared_ptr<ProxyConnection> connection, std::chrono::seconds idle) {
-  while (!connection->closed) {
-    auto deadline = connection->last_active + idle;
-    if (Clock::now() >= deadline) {
-      connection->close_sockets();
-      break;
+// Closes the connection when no byte passed either way for `idle`. Holds
+// it only weakly, so a connection whose coroutines ended goes away (and
+// its timer with it, which ends this wait) without waiting for the timeout.
+awaitable<void> watch_idle(std::weak_ptr<ProxyConnection> weak, std::chrono::seconds idle) {
+  while (true) {
+    asio::steady_timer* timer = nullptr;
+    {
+      auto connection = weak.lock();
+      if (!connection || connection->closed) co_return;
+      auto deadline = connection->last_active + idle;
+      if (Clock::now() >= deadline) {
+        connection->close_sockets();
+        co_return;
+      }
+      connection->idle_timer.expires_at(deadline);
+      timer = &connection->idle_timer;
     }
-    connection->idle_timer.expires_at(deadline);
     error_code ec;
-    co_await connection->idle_timer.async_wait(asio::redirect_error(use_awaitable, ec));
+    co_await timer->async_wait(asio::redirect_error(use_awaitable, ec));
   }
 }
 
@@ -605,7 +613,10 @@ awaitable<void> SlotService::proxy(std::shared_ptr<SlotService> self, tcp::socke
   error_code ec;
   size_t n = co_await connection->client.async_read_some(asio::buffer(buffer),
                                                          asio::redirect_error(use_awaitable, ec));
-  if (ec || stopped_) co_return;
+  if (ec || stopped_) {
+    connection->close_sockets();
+    co_return;
+  }
   connection->active();
   if (buffer[0] == kTlsHandshakeRecord) {
     head.assign(buffer.begin(), buffer.begin() + n);
@@ -625,7 +636,10 @@ awaitable<void> SlotService::proxy_tls(std::shared_ptr<ProxyConnection> connecti
   while (peeked.status == PeekStatus::need_more && head.size() < kMaxPeekBytes) {
     size_t n = co_await connection->client.async_read_some(asio::buffer(buffer),
                                                            asio::redirect_error(use_awaitable, ec));
-    if (ec || stopped_) co_return;
+    if (ec || stopped_) {
+      connection->close_sockets();
+      co_return;
+    }
     head.insert(head.end(), buffer.begin(), buffer.begin() + n);
     peeked = peek_tls_client_hello(head);
   }
