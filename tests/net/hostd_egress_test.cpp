@@ -529,11 +529,11 @@ print(tcp("127.0.0.1", 8080))
 TEST_F(HostdEgress, NoModeReachesAnyMetadataEndpointOrPrivateRange) {
   std::vector<std::string> calls;
   for (const char* ip : {"169.254.169.254", "168.63.129.16", "192.0.0.192", "100.100.100.200"}) {
-    calls.push_back(std::string("http('http://") + ip + "/')");
-    calls.push_back(std::string("tcp('") + ip + "', 80)");
+    calls.push_back(std::string("http('http://") + ip + "/', None, 1)");
+    calls.push_back(std::string("tcp('") + ip + "', 80, 1)");
   }
-  calls.push_back("http('http://100.64.1.10/')");
-  calls.push_back("tcp('100.64.1.10', 7000)");
+  calls.push_back("http('http://100.64.1.10/', None, 1)");
+  calls.push_back("tcp('100.64.1.10', 7000, 1)");
   for (const auto& id : {open_id, off_id, allow_id}) {
     auto r = probes(id, calls);
     for (size_t i = 0; i < r.size(); ++i)
