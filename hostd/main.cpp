@@ -2,10 +2,12 @@
 // a microVM. See --help.
 #include <utility> // before Boost 1.74 asio, which needs std::exchange
 
+#include <sys/resource.h>
 #include <sys/stat.h>
 
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 
 #include <boost/asio/co_spawn.hpp>
@@ -40,6 +42,46 @@ void print_usage(const po::options_description& options) {
 int fail(const Error& error) {
   log::error("hostd cannot go on", {{"error", error.message()}});
   return 1;
+}
+
+// Every sandbox costs hostd file descriptors (its agent channel, and two
+// for each connection its egress proxy holds), so the usual soft limit of
+// 1024 runs out after a few sandboxes. Raise it to the hard limit, and the
+// hard limit to 65536 (at most nr_open) when we may; say when
+// the network section's budget does not fit.
+void raise_fd_limit(const config::HostdConfig& config) {
+  rlimit limit{};
+  if (::getrlimit(RLIMIT_NOFILE, &limit) != 0) return;
+  rlim_t ceiling = 65536; // enough for the budget below, not so many that a child
+                          // closing every possible fd at start crawls
+  if (std::ifstream nr_open("/proc/sys/fs/nr_open"); nr_open) {
+    rlim_t value = 0;
+    if (nr_open >> value && value < ceiling) ceiling = value;
+  }
+  const rlim_t before = limit.rlim_cur;
+  rlimit wanted{std::max(limit.rlim_max, ceiling), std::max(limit.rlim_max, ceiling)};
+  if (::setrlimit(RLIMIT_NOFILE, &wanted) != 0) {
+    limit.rlim_cur = limit.rlim_max; // no CAP_SYS_RESOURCE: the hard limit it is
+    (void)::setrlimit(RLIMIT_NOFILE, &limit);
+  }
+  (void)::getrlimit(RLIMIT_NOFILE, &limit);
+  if (limit.rlim_cur != before) {
+    log::info("raised the open file limit", {{"from", static_cast<uint64_t>(before)},
+                                             {"to", static_cast<uint64_t>(limit.rlim_cur)}});
+  }
+  if (config.has_network()) {
+    // Per slot: the proxy's connections at two fds each, plus a few of
+    // its own; then hostd's own (API clients, files, VM channels).
+    const uint64_t budget = uint64_t{config.network().max_slots()} *
+                                (2 * config.network().proxy_max_connections() + 8) +
+                            4096;
+    if (budget > limit.rlim_cur) {
+      log::warn("the open file limit is below the network budget; a busy host may refuse "
+                "connections: raise the hard RLIMIT_NOFILE or lower network.max_slots or "
+                "network.proxy_max_connections",
+                {{"limit", static_cast<uint64_t>(limit.rlim_cur)}, {"budget", budget}});
+    }
+  }
 }
 
 } // namespace
@@ -135,6 +177,7 @@ int main(int argc, char** argv) {
     std::fflush(stdout);
     if (args.count("new-key")) return 0;
   }
+  raise_fd_limit(*config);
   if (auto prepared = hostd::prepare_host(*config); !prepared) return fail(prepared.error());
 
   caf::actor_system_config actor_config;

@@ -27,6 +27,14 @@ void apply_network_defaults(config::HostdConfig& config) {
   if (n.transit().empty()) n.set_transit("10.222.0.0/16");
   if (n.route_table() == 0) n.set_route_table(7316);
   if (n.rule_priority() == 0) n.set_rule_priority(7316);
+  const net::BridgeConfig defaults;
+  if (n.max_connections() == 0) n.set_max_connections(defaults.guest_limits.max_connections);
+  if (n.new_connections_per_second() == 0)
+    n.set_new_connections_per_second(defaults.guest_limits.new_connections_per_second);
+  if (n.proxy_max_connections() == 0)
+    n.set_proxy_max_connections(static_cast<uint32_t>(defaults.proxy_max_connections));
+  if (n.proxy_idle_timeout_s() == 0)
+    n.set_proxy_idle_timeout_s(static_cast<uint32_t>(defaults.proxy_idle_timeout.count()));
 }
 
 Result<std::optional<net::BridgeConfig>> bridge_config(const config::HostdConfig& config) {
@@ -59,6 +67,19 @@ Result<std::optional<net::BridgeConfig>> bridge_config(const config::HostdConfig
       bridge.denied_networks.push_back(*cidr);
     }
   }
+  for (const auto& text : n.allowed_networks()) {
+    auto cidr = net::Cidr::parse(text);
+    if (!cidr)
+      return bad_field("allowed_networks", text,
+                       "not an IPv4 network with zero host bits, e.g. \"10.1.2.0/24\"");
+    bridge.allowed_networks.push_back(*cidr);
+  }
+  bridge.guest_limits.max_connections = n.max_connections();
+  bridge.guest_limits.new_connections_per_second = n.new_connections_per_second();
+  bridge.guest_limits.smtp = n.allow_smtp();
+  if (n.proxy_max_connections() > 0) bridge.proxy_max_connections = n.proxy_max_connections();
+  if (n.proxy_idle_timeout_s() > 0)
+    bridge.proxy_idle_timeout = std::chrono::seconds(n.proxy_idle_timeout_s());
   if (n.default_egress() != "open" && n.default_egress() != "off")
     return bad_field("default_egress", n.default_egress(), "must be \"open\" or \"off\"");
   if (n.default_egress() == "open" && n.uplink().empty())

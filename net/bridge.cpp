@@ -189,6 +189,25 @@ Result<void> BridgeConfig::validate() const {
   if (dns_min_ttl.count() < 1 || dns_min_ttl > dns_max_ttl) {
     return bad("dns_min_ttl/dns_max_ttl", "need 1s <= min <= max");
   }
+  // An allowed network may hold a metadata endpoint (100.64.0.0/10 holds
+  // 100.100.100.200): the endpoint stays denied by its own address. Other
+  // always-denied networks cannot be opened in part, so say so.
+  const auto endpoints = metadata_endpoints();
+  for (const auto& allowed : allowed_networks) {
+    for (const auto& never : always_denied_networks(transit)) {
+      bool endpoint = std::find(endpoints.begin(), endpoints.end(), never) != endpoints.end();
+      if (!endpoint && overlaps(allowed, never)) {
+        return bad("allowed_networks " + allowed.str(),
+                   "overlaps " + never.str() +
+                       ", which no sandbox may reach (loopback, link-local, multicast, the "
+                       "guest or transit network); allow a narrower network");
+      }
+    }
+  }
+  if (proxy_max_connections == 0) {
+    return bad("proxy_max_connections", "must be at least 1");
+  }
+  if (proxy_idle_timeout.count() < 1) return bad("proxy_idle_timeout", "must be at least 1s");
   return {};
 }
 
@@ -197,7 +216,8 @@ Result<void> BridgeConfig::validate() const {
 BridgeManager::BridgeManager(BridgeConfig config)
     : config_(std::move(config)), plan_(config_.transit) {
   denied_ = always_denied_networks(config_.transit);
-  denied_.insert(denied_.end(), config_.denied_networks.begin(), config_.denied_networks.end());
+  auto host_side = subtract(config_.denied_networks, config_.allowed_networks);
+  denied_.insert(denied_.end(), host_side.begin(), host_side.end());
   stats_.max_slots = config_.max_slots;
 }
 
@@ -454,9 +474,9 @@ Result<uint32_t> BridgeManager::create_slot() {
   auto nft = in_netns(slot.netns, [&]() -> Result<std::unique_ptr<Nft>> {
     auto opened = Nft::open(name);
     if (!opened) return opened;
-    auto applied =
-        (*opened)->run(slot_ruleset({layout::nft_table(config_.prefix, "slot"), EgressMode::off,
-                                     plan_.slot_side(id), denied_, config_.upstream_resolver}));
+    auto applied = (*opened)->run(slot_ruleset({layout::nft_table(config_.prefix, "slot"),
+                                                EgressMode::off, plan_.slot_side(id), denied_,
+                                                config_.upstream_resolver, config_.guest_limits}));
     if (!applied) return std::move(applied).error();
     return opened;
   });
@@ -473,9 +493,9 @@ Result<UniqueFd> BridgeManager::attach_tap(SlotState& slot) {
 Result<void> BridgeManager::configure_slot(SlotState& slot, const EgressPolicy& policy,
                                            std::optional<uint32_t> inherit_from) {
   // 1. The firewall for the mode (a fresh table: the allowed set is empty).
-  auto applied =
-      slot.nft->run(slot_ruleset({layout::nft_table(config_.prefix, "slot"), policy.mode,
-                                  plan_.slot_side(slot.id), denied_, config_.upstream_resolver}));
+  auto applied = slot.nft->run(slot_ruleset({layout::nft_table(config_.prefix, "slot"), policy.mode,
+                                             plan_.slot_side(slot.id), denied_,
+                                             config_.upstream_resolver, config_.guest_limits}));
   if (!applied) return std::move(applied).error();
 
   // 2. A route out, except with egress off: then there is none at all.
@@ -505,6 +525,8 @@ Result<void> BridgeManager::configure_slot(SlotState& slot, const EgressPolicy& 
     spec.nft_table = layout::nft_table(config_.prefix, "slot");
     spec.policy = DnsPolicy{std::move(*allow), denied_, config_.dns_min_ttl, config_.dns_max_ttl};
     spec.upstream_resolver = config_.upstream_resolver;
+    spec.proxy_max_connections = config_.proxy_max_connections;
+    spec.proxy_idle_timeout = config_.proxy_idle_timeout;
     if (inherit_from) {
       auto parent = slots_.find(*inherit_from);
       if (parent != slots_.end() && parent->second.services) {
@@ -526,9 +548,9 @@ Result<void> BridgeManager::scrub_slot(SlotState& slot) {
   }
   slot.policy = EgressPolicy::off();
   // 2. Firewall back to "off", which also empties the allowed set.
-  auto applied =
-      slot.nft->run(slot_ruleset({layout::nft_table(config_.prefix, "slot"), EgressMode::off,
-                                  plan_.slot_side(slot.id), denied_, config_.upstream_resolver}));
+  auto applied = slot.nft->run(slot_ruleset({layout::nft_table(config_.prefix, "slot"),
+                                             EgressMode::off, plan_.slot_side(slot.id), denied_,
+                                             config_.upstream_resolver, config_.guest_limits}));
   if (!applied) return std::move(applied).error();
   // 3. No route out, and no flow state: the slot's own conntrack table, and
   //    the slot's marked flows in the egress namespace.

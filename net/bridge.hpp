@@ -37,6 +37,7 @@
 #include "net/netns.hpp"
 #include "net/nft.hpp"
 #include "net/rtnl.hpp"
+#include "net/ruleset.hpp"
 
 namespace vesicle::net {
 
@@ -67,6 +68,19 @@ struct BridgeConfig {
   // Denied for every sandbox in addition to loopback, link-local/metadata,
   // multicast and the transit network (see ruleset.hpp).
   std::vector<Cidr> denied_networks = default_host_networks();
+  // Holes the operator makes in denied_networks (an internal mirror in
+  // 10.0.0.0/8, say). Never in the always-denied networks: validate()
+  // refuses an overlap with loopback, link-local, multicast, the guest or
+  // the transit network, and the metadata endpoints stay denied inside an
+  // allowed network (by their own addresses).
+  std::vector<Cidr> allowed_networks;
+  // Each sandbox's caps on connections (count, rate) and port 25.
+  GuestLimits guest_limits;
+  // The allowlist proxy, per sandbox: connections at once (two of hostd's
+  // fds each; past it the guest's connection is reset at once) and how long
+  // one may pass no byte either way before it is closed.
+  size_t proxy_max_connections = 128;
+  std::chrono::seconds proxy_idle_timeout{300};
   size_t max_slots = 64; // at most this many slots at once
   size_t max_pooled = 8; // released slots kept for reuse
   std::chrono::seconds dns_min_ttl{60};

@@ -21,6 +21,7 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 
+#include "net/http_gate.hpp"
 #include "net/layout.hpp"
 #include "net/peek.hpp"
 #include "net/ruleset.hpp"
@@ -38,7 +39,6 @@ using Clock = std::chrono::steady_clock;
 namespace {
 
 constexpr size_t kMaxInflightQueries = 64;
-constexpr size_t kMaxConnections = 256;
 constexpr auto kUpstreamTimeout = std::chrono::milliseconds(1500);
 constexpr int kUpstreamAttempts = 2;
 constexpr auto kPeekTimeout = std::chrono::seconds(10);
@@ -52,6 +52,7 @@ asio::ip::address_v4 to_asio(Ipv4 address) {
 // A TLS alert record, fatal access_denied: what a TLS client sees when the
 // proxy refuses its ClientHello.
 constexpr std::array<uint8_t, 7> kTlsAccessDenied = {0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x31};
+constexpr uint8_t kTlsHandshakeRecord = 0x16;
 
 std::string http_forbidden(const std::string& reason) {
   std::string body = "vesicle: egress refused: " + reason + "\n";
@@ -68,6 +69,10 @@ struct Tracked {
   virtual void close_sockets() = 0;
 };
 
+namespace {
+struct ProxyConnection;
+}
+
 class SlotService : public std::enable_shared_from_this<SlotService> {
 public:
   SlotService(asio::io_context& io, SlotServiceSpec spec)
@@ -83,9 +88,10 @@ public:
   bool stopped() const { return stopped_; }
   void track(Tracked* item) { tracked_.insert(item); }
   void untrack(Tracked* item) { tracked_.erase(item); }
-  // Sockets of this slot in use beyond the listeners: bounded, so a guest
-  // cannot make hostd hold unbounded connections.
-  bool at_capacity() const { return tracked_.size() >= kMaxConnections; }
+  // Sockets of this slot in use beyond the listeners (proxied connections,
+  // TCP DNS, upstream queries): bounded, so a guest cannot make hostd hold
+  // unbounded fds. Past it, the guest's connections are refused.
+  bool at_capacity() const { return tracked_.size() >= spec_.proxy_max_connections; }
   void learn_inherited();
 
 private:
@@ -98,6 +104,14 @@ private:
   awaitable<Result<dns::Message>> ask_upstream(const dns::Message& query);
   awaitable<void> serve_proxy(std::shared_ptr<SlotService> self);
   awaitable<void> proxy(std::shared_ptr<SlotService> self, tcp::socket client);
+  awaitable<void> proxy_tls(std::shared_ptr<ProxyConnection> connection, std::vector<uint8_t> head,
+                            tcp::endpoint upstream);
+  awaitable<void> proxy_http(std::shared_ptr<ProxyConnection> connection, HttpGate gate,
+                             tcp::endpoint upstream);
+  awaitable<bool> connect_upstream(std::shared_ptr<ProxyConnection> connection,
+                                   tcp::endpoint destination);
+  // Why a connection for `name` to `destination` is refused, or empty.
+  std::string refusal(const std::string& name, Ipv4 destination);
   void allow_addresses(const std::string& name, const std::vector<Learned>& learned);
   Result<UniqueFd> slot_socket(int type);
 
@@ -417,13 +431,36 @@ awaitable<Result<dns::Message>> SlotService::ask_upstream(const dns::Message& qu
                        spec_.upstream_resolver.str());
 }
 
+namespace {
+// An accept that failed (EMFILE, ENFILE, ENOBUFS) fails again at once: wait
+// a little instead of spinning the I/O thread.
+constexpr auto kAcceptBackoff = std::chrono::milliseconds(100);
+
+// Refused at accept (over the cap): a reset, so the guest's client fails at
+// once instead of seeing a connection that closes without a word.
+void reset(tcp::socket& socket) {
+  error_code ignored;
+  socket.set_option(asio::socket_base::linger(true, 0), ignored);
+  socket.close(ignored);
+}
+} // namespace
+
 awaitable<void> SlotService::serve_proxy(std::shared_ptr<SlotService> self) {
+  asio::steady_timer backoff(io_);
   while (!stopped_) {
     error_code ec;
     tcp::socket client = co_await proxy_.async_accept(asio::redirect_error(use_awaitable, ec));
     if (stopped_) break;
-    if (ec) continue;
-    if (at_capacity()) continue; // closes the client
+    if (ec) {
+      backoff.expires_after(kAcceptBackoff);
+      co_await backoff.async_wait(asio::redirect_error(use_awaitable, ec));
+      continue;
+    }
+    if (at_capacity()) {
+      ++counters_.proxy_over_capacity;
+      reset(client);
+      continue;
+    }
     asio::co_spawn(io_, proxy(self, std::move(client)), asio::detached);
   }
 }
@@ -432,22 +469,69 @@ namespace {
 struct ProxyConnection : Tracked {
   ProxyConnection(std::shared_ptr<SlotService> owner, tcp::socket c)
       : service(std::move(owner)), client(std::move(c)), upstream(client.get_executor()),
-        timer(client.get_executor()) {
+        timer(client.get_executor()), idle_timer(client.get_executor()),
+        upstream_done_signal(client.get_executor()) {
     service->track(this);
   }
   ~ProxyConnection() override { service->untrack(this); }
   void close_sockets() override {
+    closed = true;
     error_code ignored;
     client.close(ignored);
     upstream.close(ignored);
     timer.cancel();
+    idle_timer.cancel();
   }
+  void active() { last_active = Clock::now(); }
   std::shared_ptr<SlotService> service;
   tcp::socket client;
   tcp::socket upstream;
-  asio::steady_timer timer;
-  int pumps_done = 0;
+  asio::steady_timer timer; // the first bytes, then the upstream connect
+  asio::steady_timer idle_timer;
+  Clock::time_point last_active = Clock::now();
+  bool closed = false;
+  int directions_done = 0;
+  // A later request head was refused: the upstream is closed, and the
+  // upstream-to-client pump must end without closing the client, which
+  // still gets the 403.
+  bool refusing = false;
+  bool upstream_pump_done = false;
+  asio::steady_timer upstream_done_signal; // cancelled when that pump ends
 };
+
+// Closes the connection when no byte passed either way for `idle`. Holds
+// it only weakly, so a connection whose coroutines ended goes away (and
+// its timer with it, which ends this wait) without waiting for the timeout.
+awaitable<void> watch_idle(std::weak_ptr<ProxyConnection> weak, std::chrono::seconds idle) {
+  while (true) {
+    asio::steady_timer* timer = nullptr;
+    {
+      auto connection = weak.lock();
+      if (!connection || connection->closed) co_return;
+      auto deadline = connection->last_active + idle;
+      if (Clock::now() >= deadline) {
+        connection->close_sockets();
+        co_return;
+      }
+      connection->idle_timer.expires_at(deadline);
+      timer = &connection->idle_timer;
+    }
+    error_code ec;
+    co_await timer->async_wait(asio::redirect_error(use_awaitable, ec));
+  }
+}
+
+// One direction has ended: pass a clean end on as a half-close; anything
+// else ends both directions.
+void direction_done(ProxyConnection& connection, error_code ec, tcp::socket& to) {
+  error_code ignored;
+  if (ec == asio::error::eof) {
+    to.shutdown(tcp::socket::shutdown_send, ignored);
+  } else if (!connection.refusing) {
+    connection.close_sockets();
+  }
+  if (++connection.directions_done == 2 && !connection.refusing) connection.close_sockets();
+}
 
 awaitable<void> pump(std::shared_ptr<ProxyConnection> connection, tcp::socket& from,
                      tcp::socket& to) {
@@ -457,23 +541,54 @@ awaitable<void> pump(std::shared_ptr<ProxyConnection> connection, tcp::socket& f
     size_t n = co_await from.async_read_some(asio::buffer(buffer),
                                              asio::redirect_error(use_awaitable, ec));
     if (ec) break;
+    connection->active();
     co_await asio::async_write(to, asio::buffer(buffer.data(), n),
                                asio::redirect_error(use_awaitable, ec));
     if (ec) break;
+    connection->active();
   }
-  error_code ignored;
-  if (ec == asio::error::eof) {
-    to.shutdown(tcp::socket::shutdown_send, ignored); // pass the half-close on
-  } else {
-    connection->close_sockets(); // a reset or error ends both directions
-  }
-  if (++connection->pumps_done == 2) connection->close_sockets();
+  direction_done(*connection, ec, to);
+}
+
+awaitable<void> pump_upstream_to_client(std::shared_ptr<ProxyConnection> connection) {
+  co_await pump(connection, connection->upstream, connection->client);
+  connection->upstream_pump_done = true;
+  connection->upstream_done_signal.cancel();
 }
 } // namespace
+
+std::string SlotService::refusal(const std::string& name, Ipv4 destination) {
+  if (!spec_.policy.allow.allows(name)) return name + " is not in this sandbox's allowlist";
+  if (contains_any(spec_.policy.denied, destination)) {
+    return destination.str() + " is in a denied network";
+  }
+  if (!learned_.allows(name, destination, Clock::now())) {
+    return destination.str() + " is not an address DNS returned for " + name;
+  }
+  return {};
+}
+
+awaitable<bool> SlotService::connect_upstream(std::shared_ptr<ProxyConnection> connection,
+                                              tcp::endpoint destination) {
+  if (stopped_) co_return false;
+  auto fd = slot_socket(SOCK_STREAM);
+  if (!fd) co_return false;
+  error_code ec;
+  connection->upstream.assign(tcp::v4(), fd->release(), ec);
+  if (ec) co_return false;
+  connection->timer.expires_after(kConnectTimeout);
+  connection->timer.async_wait([weak = std::weak_ptr(connection)](error_code tec) {
+    if (auto c = weak.lock(); c && !tec) c->close_sockets();
+  });
+  co_await connection->upstream.async_connect(destination, asio::redirect_error(use_awaitable, ec));
+  connection->timer.cancel();
+  co_return !ec && !stopped_ && !connection->closed;
+}
 
 awaitable<void> SlotService::proxy(std::shared_ptr<SlotService> self, tcp::socket client) {
   if (stopped_) co_return;
   auto connection = std::make_shared<ProxyConnection>(self, std::move(client));
+  asio::co_spawn(io_, watch_idle(connection, spec_.proxy_idle_timeout), asio::detached);
 
   sockaddr_in original{};
   socklen_t length = sizeof original;
@@ -483,71 +598,66 @@ awaitable<void> SlotService::proxy(std::shared_ptr<SlotService> self, tcp::socke
     co_return;
   }
   Ipv4 destination = Ipv4::from_network(original.sin_addr);
-  uint16_t port = ntohs(original.sin_port);
-  const bool tls = port == 443;
+  tcp::endpoint upstream(to_asio(destination), ntohs(original.sin_port));
 
+  // Whatever the port, the first bytes say what the client speaks: a TLS
+  // handshake record, or else an HTTP request. A client that waits for the
+  // server to speak first (SSH, SMTP) names no host and is refused when the
+  // peek times out.
   connection->timer.expires_after(kPeekTimeout);
   connection->timer.async_wait([weak = std::weak_ptr(connection)](error_code ec) {
     if (auto c = weak.lock(); c && !ec) c->close_sockets();
   });
   std::vector<uint8_t> head;
-  PeekResult peeked;
+  std::vector<uint8_t> buffer(4096);
+  error_code ec;
+  size_t n = co_await connection->client.async_read_some(asio::buffer(buffer),
+                                                         asio::redirect_error(use_awaitable, ec));
+  if (ec || stopped_) {
+    connection->close_sockets();
+    co_return;
+  }
+  connection->active();
+  if (buffer[0] == kTlsHandshakeRecord) {
+    head.assign(buffer.begin(), buffer.begin() + n);
+    co_await proxy_tls(connection, std::move(head), upstream);
+  } else {
+    HttpGate gate;
+    gate.append(std::span<const uint8_t>(buffer.data(), n));
+    co_await proxy_http(connection, std::move(gate), upstream);
+  }
+}
+
+awaitable<void> SlotService::proxy_tls(std::shared_ptr<ProxyConnection> connection,
+                                       std::vector<uint8_t> head, tcp::endpoint upstream) {
+  PeekResult peeked = peek_tls_client_hello(head);
   std::vector<uint8_t> buffer(4096);
   error_code ec;
   while (peeked.status == PeekStatus::need_more && head.size() < kMaxPeekBytes) {
     size_t n = co_await connection->client.async_read_some(asio::buffer(buffer),
                                                            asio::redirect_error(use_awaitable, ec));
-    if (ec || stopped_) co_return;
+    if (ec || stopped_) {
+      connection->close_sockets();
+      co_return;
+    }
     head.insert(head.end(), buffer.begin(), buffer.begin() + n);
-    peeked = tls ? peek_tls_client_hello(head) : peek_http_host(head);
+    peeked = peek_tls_client_hello(head);
   }
   connection->timer.cancel();
-
   std::string reason;
-  if (port != 80 && port != 443) {
-    reason = "only ports 80 and 443 are proxied";
-  } else if (peeked.status != PeekStatus::done) {
-    reason = peeked.status == PeekStatus::invalid ? peeked.error : "request head too large";
-  } else if (!spec_.policy.allow.allows(peeked.name)) {
-    reason = peeked.name + " is not in this sandbox's allowlist";
-  } else if (contains_any(spec_.policy.denied, destination)) {
-    reason = destination.str() + " is in a denied network";
-  } else if (!learned_.allows(peeked.name, destination, Clock::now())) {
-    reason = destination.str() + " is not an address DNS returned for " + peeked.name;
+  if (peeked.status != PeekStatus::done) {
+    reason = peeked.status == PeekStatus::invalid ? peeked.error : "ClientHello too large";
+  } else {
+    reason = refusal(peeked.name, Ipv4{upstream.address().to_v4().to_uint()});
   }
   if (!reason.empty()) {
     ++counters_.proxy_refused;
-    if (tls) {
-      co_await asio::async_write(connection->client, asio::buffer(kTlsAccessDenied),
-                                 asio::redirect_error(use_awaitable, ec));
-    } else {
-      auto response = http_forbidden(reason);
-      co_await asio::async_write(connection->client, asio::buffer(response),
-                                 asio::redirect_error(use_awaitable, ec));
-    }
+    co_await asio::async_write(connection->client, asio::buffer(kTlsAccessDenied),
+                               asio::redirect_error(use_awaitable, ec));
     connection->close_sockets();
     co_return;
   }
-
-  if (stopped_) co_return;
-  auto fd = slot_socket(SOCK_STREAM);
-  if (!fd) {
-    connection->close_sockets();
-    co_return;
-  }
-  connection->upstream.assign(tcp::v4(), fd->release(), ec);
-  if (ec) {
-    connection->close_sockets();
-    co_return;
-  }
-  connection->timer.expires_after(kConnectTimeout);
-  connection->timer.async_wait([weak = std::weak_ptr(connection)](error_code tec) {
-    if (auto c = weak.lock(); c && !tec) c->close_sockets();
-  });
-  co_await connection->upstream.async_connect(tcp::endpoint(to_asio(destination), port),
-                                              asio::redirect_error(use_awaitable, ec));
-  connection->timer.cancel();
-  if (ec || stopped_) {
+  if (!co_await connect_upstream(connection, upstream)) {
     connection->close_sockets();
     co_return;
   }
@@ -558,8 +668,77 @@ awaitable<void> SlotService::proxy(std::shared_ptr<SlotService> self, tcp::socke
     co_return;
   }
   ++counters_.proxy_allowed;
-  asio::co_spawn(io_, pump(connection, connection->upstream, connection->client), asio::detached);
+  asio::co_spawn(io_, pump_upstream_to_client(connection), asio::detached);
   co_await pump(connection, connection->client, connection->upstream);
+}
+
+// Every request head on the connection is checked before a byte of it goes
+// upstream (HttpGate); the upstream is connected for the first one.
+awaitable<void> SlotService::proxy_http(std::shared_ptr<ProxyConnection> connection, HttpGate gate,
+                                        tcp::endpoint upstream) {
+  const Ipv4 destination{upstream.address().to_v4().to_uint()};
+  bool connected = false;
+  std::vector<uint8_t> buffer(64 * 1024);
+  error_code ec;
+  while (!stopped_ && !connection->closed) {
+    auto step = gate.next();
+    if (step.verdict == HttpGate::Verdict::need_more) {
+      size_t n = co_await connection->client.async_read_some(
+          asio::buffer(buffer), asio::redirect_error(use_awaitable, ec));
+      if (ec) break;
+      connection->active();
+      gate.append(std::span<const uint8_t>(buffer.data(), n));
+      continue;
+    }
+    std::string reason;
+    if (step.verdict == HttpGate::Verdict::invalid) {
+      reason = step.error;
+    } else if (step.verdict == HttpGate::Verdict::head) {
+      reason = refusal(step.host, destination);
+    }
+    if (!reason.empty()) {
+      ++counters_.proxy_refused;
+      if (connected) {
+        // Stop the answers to earlier requests first, so the 403 is not
+        // written into the middle of one.
+        connection->refusing = true;
+        error_code ignored;
+        connection->upstream.close(ignored);
+        if (!connection->upstream_pump_done) {
+          connection->upstream_done_signal.expires_at(Clock::time_point::max());
+          co_await connection->upstream_done_signal.async_wait(
+              asio::redirect_error(use_awaitable, ignored));
+        }
+      }
+      connection->timer.cancel();
+      auto response = http_forbidden(reason);
+      co_await asio::async_write(connection->client, asio::buffer(response),
+                                 asio::redirect_error(use_awaitable, ec));
+      connection->close_sockets();
+      co_return;
+    }
+    if (!connected) {
+      connection->timer.cancel();
+      if (!co_await connect_upstream(connection, upstream)) {
+        connection->close_sockets();
+        co_return;
+      }
+      connected = true;
+      asio::co_spawn(io_, pump_upstream_to_client(connection), asio::detached);
+    }
+    if (step.verdict == HttpGate::Verdict::head) ++counters_.proxy_allowed;
+    co_await asio::async_write(connection->upstream,
+                               asio::buffer(gate.buffered().data(), step.bytes),
+                               asio::redirect_error(use_awaitable, ec));
+    if (ec) break;
+    connection->active();
+    gate.forwarded(step.bytes);
+  }
+  if (!connected) {
+    connection->close_sockets();
+    co_return;
+  }
+  direction_done(*connection, ec, connection->upstream);
 }
 
 // ---------------------------------------------------------------------------

@@ -5,16 +5,21 @@
 //    TCP) that answers only listed names, forwards those upstream and
 //    rebuilds the answers (dns_policy.hpp), adding every address it hands
 //    out to the slot's nft set "allowed" (with a timeout) before replying;
-//  - a transparent proxy on 172.16.0.1:15001 that receives the guest's TCP
-//    80/443 (nft redirect), reads the TLS SNI or HTTP Host (peek.hpp), and
-//    connects to the original destination only when that name is listed
-//    and the destination is an address DNS returned for that very name.
+//  - a transparent proxy on 172.16.0.1:15001 that receives every TCP
+//    connection of the guest, whatever its port (nft redirect), reads the
+//    TLS SNI or the Host of each HTTP request head (peek.hpp, http_gate.hpp),
+//    and connects to the original destination only when that name is
+//    listed and the destination is an address DNS returned for that very
+//    name. Each slot's sockets are capped (proxy_max_connections; past it
+//    the guest's connection is reset) and a proxied connection idle for
+//    proxy_idle_timeout is closed, so one sandbox cannot use up hostd's fds.
 //
 // Every socket is made inside the slot's namespace, so upstream queries and
 // proxied connections leave through the slot's own NAT and firewall like
 // the guest's traffic would.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -37,6 +42,8 @@ struct SlotServiceSpec {
   DnsPolicy policy;
   Ipv4 upstream_resolver;
   std::vector<LearnedAddresses::Entry> inherited; // addresses already allowed (fork)
+  size_t proxy_max_connections = 128;             // BridgeConfig has the why
+  std::chrono::seconds proxy_idle_timeout{300};
 };
 
 struct SlotServiceCounters {
@@ -45,7 +52,8 @@ struct SlotServiceCounters {
   uint64_t dns_rebind_dropped = 0; // A records dropped as inside denied networks
   uint64_t dns_failed = 0;         // upstream unreachable or broken
   uint64_t proxy_allowed = 0;
-  uint64_t proxy_refused = 0;
+  uint64_t proxy_refused = 0;       // names not listed, heads that are not HTTP or TLS
+  uint64_t proxy_over_capacity = 0; // connections reset at proxy_max_connections
 };
 
 class SlotService;

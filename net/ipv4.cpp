@@ -1,5 +1,7 @@
 #include "net/ipv4.hpp"
 
+#include <algorithm>
+
 #include <arpa/inet.h>
 
 #include <charconv>
@@ -61,6 +63,32 @@ bool contains_any(const std::vector<Cidr>& networks, Ipv4 address) {
     if (network.contains(address)) return true;
   }
   return false;
+}
+
+bool overlaps(const Cidr& a, const Cidr& b) {
+  return a.contains(b.network) || b.contains(a.network);
+}
+
+std::vector<Cidr> subtract(const std::vector<Cidr>& networks, const std::vector<Cidr>& holes) {
+  std::vector<Cidr> out;
+  std::vector<Cidr> work(networks.rbegin(), networks.rend());
+  while (!work.empty()) {
+    Cidr network = work.back();
+    work.pop_back();
+    auto hole = std::find_if(holes.begin(), holes.end(),
+                             [&](const Cidr& h) { return overlaps(h, network); });
+    if (hole == holes.end()) {
+      out.push_back(network);
+    } else if (hole->prefix > network.prefix) {
+      // The hole is inside: split in halves, and look at each again.
+      Cidr low{network.network, network.prefix + 1};
+      Cidr high{Ipv4{network.network.value | (uint32_t{1} << (31 - network.prefix))},
+                network.prefix + 1};
+      work.push_back(high);
+      work.push_back(low);
+    } // else the hole covers the whole network: nothing of it is left
+  }
+  return out;
 }
 
 } // namespace vesicle::net

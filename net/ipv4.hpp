@@ -39,5 +39,10 @@ struct Cidr {
 };
 
 bool contains_any(const std::vector<Cidr>& networks, Ipv4 address);
+bool overlaps(const Cidr& a, const Cidr& b);
+// `networks` without the addresses in `holes`, as the fewest CIDRs that
+// splitting at prefix boundaries gives ("10.0.0.0/8" minus "10.1.0.0/16"
+// is eight networks, /9 to /16).
+std::vector<Cidr> subtract(const std::vector<Cidr>& networks, const std::vector<Cidr>& holes);
 
 } // namespace vesicle::net

@@ -53,8 +53,16 @@ std::vector<Cidr> always_denied_networks(const Cidr& transit) {
       Cidr{Ipv4{0xE0000000}, 4},  // multicast
       Cidr{Ipv4{0xF0000000}, 4},  // reserved and broadcast
       Cidr{Ipv4{layout::kGuestAddress.value & ~uint32_t{3}}, layout::kGuestPrefix},
-      transit, // every slot, the egress namespace and the host's end of it
+      transit,                    // every slot, the egress namespace and the host's end of it
+      Cidr{Ipv4{0xA83F8110}, 32}, // 168.63.129.16, Azure wire server
+      Cidr{Ipv4{0xC00000C0}, 32}, // 192.0.0.192, OCI metadata
+      Cidr{Ipv4{0x646464C8}, 32}, // 100.100.100.200, Alibaba metadata
   };
+}
+
+std::vector<Cidr> metadata_endpoints() {
+  return {Cidr{Ipv4{0xA9FEA9FE}, 32}, Cidr{Ipv4{0xA83F8110}, 32}, Cidr{Ipv4{0xC00000C0}, 32},
+          Cidr{Ipv4{0x646464C8}, 32}};
 }
 
 std::string delete_table(const std::string& table) {
@@ -157,8 +165,12 @@ std::string slot_ruleset(const SlotRules& r) {
         << " meta l4proto { tcp, udp } th dport 53 dnat ip to " << resolver << ":53\n";
   }
   if (allowlist) {
+    // Every TCP connection, whatever its port, goes to the proxy, which
+    // lets it through only for a listed name (TLS SNI or HTTP Host). One to
+    // a denied network is refused at once in filter_forward instead.
     out << "    iifname " << tap << " ip daddr != " << gateway
-        << " tcp dport { 80, 443 } redirect to :" << layout::kProxyPort << "\n";
+        << " ip daddr != @denied meta l4proto tcp" << (r.limits.smtp ? "" : " tcp dport != 25")
+        << " redirect to :" << layout::kProxyPort << "\n";
   }
   out << "  }\n";
 
@@ -168,11 +180,28 @@ std::string slot_ruleset(const SlotRules& r) {
       << up << " ip saddr " << layout::kGuestAddress.str() << " snat ip to " << r.slot_address.str()
       << "\n  }\n";
 
+  // The guest's caps: new connections past the rate or the count are
+  // refused before anything else looks at them.
+  out << "  chain refuse {\n"
+         "    meta l4proto tcp counter reject with tcp reset\n"
+         "    counter"
+      << reject << "  }\n";
+  out << "  chain guest_limits {\n";
+  if (r.limits.new_connections_per_second > 0) {
+    out << "    limit rate over " << r.limits.new_connections_per_second << "/second burst "
+        << 2 * r.limits.new_connections_per_second << " packets jump refuse\n";
+  }
+  if (r.limits.max_connections > 0) {
+    out << "    ct count over " << r.limits.max_connections << " jump refuse\n";
+  }
+  out << "  }\n";
+
   out << "  chain filter_input {\n"
          "    type filter hook input priority filter; policy drop;\n"
          "    iifname \"lo\" accept\n"
          "    iifname "
-      << up << " ct state established,related accept\n";
+      << up << " ct state established,related accept\n"
+      << "    iifname " << tap << " ct state new jump guest_limits\n";
   if (allowlist) {
     out << "    iifname " << tap << " ip daddr " << gateway
         << " meta l4proto { tcp, udp } th dport 53 accept\n"
@@ -183,17 +212,16 @@ std::string slot_ruleset(const SlotRules& r) {
 
   out << "  chain filter_forward {\n"
          "    type filter hook forward priority filter; policy drop;\n"
-         "    ct state established,related accept\n";
+         "    ct state established,related accept\n"
+         "    iifname "
+      << tap << " ct state new jump guest_limits\n";
   if (open) {
     out << "    iifname " << tap << " oifname " << up << " ip daddr " << resolver
         << " meta l4proto { tcp, udp } th dport 53 accept\n";
   }
   out << "    iifname " << tap << " ip daddr @denied" << reject;
+  if (!r.limits.smtp) out << "    iifname " << tap << " tcp dport 25 reject with tcp reset\n";
   if (open) out << "    iifname " << tap << " oifname " << up << " meta nfproto ipv4 accept\n";
-  if (allowlist) {
-    out << "    iifname " << tap << " oifname " << up
-        << " ip daddr @allowed tcp dport != { 80, 443 } accept\n";
-  }
   out << "    iifname " << tap << reject << "  }\n";
 
   // What hostd itself sends from the slot (DNS forwarding, proxied
@@ -206,6 +234,8 @@ std::string slot_ruleset(const SlotRules& r) {
     out << "    oifname " << up << " ip daddr " << resolver
         << " meta l4proto { tcp, udp } th dport 53 accept\n"
         << "    oifname " << up << " ip daddr @denied drop\n";
+    // The proxy connects only to addresses DNS gave for a listed name.
+    if (allowlist) out << "    oifname " << up << " ip daddr != @allowed drop\n";
   }
   out << "  }\n}\n";
   return out.str();

@@ -19,8 +19,29 @@
 
 namespace vesicle::net {
 
-// Networks no sandbox ever reaches, whatever its mode or allowlist.
+// Networks no sandbox ever reaches, whatever its mode, allowlist or the
+// operator's allowed_networks: "this network", loopback, link-local,
+// multicast, reserved, the guest /30, the transit network, and the known
+// cloud metadata endpoints (metadata_endpoints()).
 std::vector<Cidr> always_denied_networks(const Cidr& transit);
+
+// The IPv4 cloud metadata endpoints: 169.254.169.254 (AWS, GCP, Azure IMDS,
+// most others), 168.63.129.16 (Azure wire server), 192.0.0.192 (OCI),
+// 100.100.100.200 (Alibaba). Each is denied by address, so allowing the
+// network around it (100.64.0.0/10, say) never opens it. The IPv6 one
+// (fd00:ec2::254) is unreachable because no sandbox IPv6 is ever forwarded.
+std::vector<Cidr> metadata_endpoints();
+
+// What one sandbox may do at most: its connection tracking entries (TCP,
+// UDP, ICMP flows from the guest) and how fast it opens new ones. Past
+// either, new connections are refused (TCP reset, ICMP admin-prohibited);
+// the slot's own conntrack table holds them, so other sandboxes never
+// notice. 0: no cap.
+struct GuestLimits {
+  uint32_t max_connections = 512;
+  uint32_t new_connections_per_second = 100; // burst: twice as many
+  bool smtp = false;                         // TCP port 25 open
+};
 
 struct HostRules {
   std::string table;     // inet table name
@@ -46,6 +67,7 @@ struct SlotRules {
   Ipv4 slot_address; // veth0's address, the slot's source address outside
   std::vector<Cidr> denied;
   Ipv4 resolver;
+  GuestLimits limits;
 };
 std::string slot_ruleset(const SlotRules& rules);
 

@@ -3,7 +3,7 @@
 inside the test internet's network namespace; it binds only the addresses it
 is given there, so it never touches the host's network).
 
-  --http LABEL=IP:PORT       HTTP/1.0: "hello from LABEL host=HOST", or
+  --http LABEL=IP:PORT       HTTP/1.1 (keep-alive): "hello from LABEL host=HOST", or
                              /bytes/N: N bytes (throughput benchmark)
   --https LABEL=IP:PORT      the same over TLS (--cert/--key)
   --banner LABEL=IP:PORT     TCP: writes "banner LABEL" and closes
@@ -49,7 +49,9 @@ def labelled(spec):
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.0"
+    # HTTP/1.1: a client may keep the connection for more requests (the
+    # allowlist proxy checks every request head on it).
+    protocol_version = "HTTP/1.1"
     label = "?"
 
     def do_GET(self):
@@ -73,6 +75,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def do_POST(self):
+        # Reads the body (so a kept-alive connection stays in step), then
+        # answers like GET.
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.do_GET()
+
     def log_message(self, *args):
         pass
 
@@ -80,6 +88,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 class Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128  # floods of connections (caps tests) are not dropped here
 
 
 def http_server(label, where, tls_context=None):
@@ -101,6 +110,7 @@ class BannerHandler(socketserver.BaseRequestHandler):
 class TcpServer(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128
 
 
 def encode_name(name):

@@ -7,6 +7,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <thread>
+
 #include "net/bridge.hpp"
 #include "net/conntrack.hpp"
 #include "net/nft.hpp"
@@ -18,6 +21,7 @@ namespace vesicle::net {
 namespace {
 
 using namespace std::chrono_literals;
+using std::chrono::milliseconds;
 using testnet::kAllowedIp;
 using testnet::kDeniedIp;
 using testnet::kLanIp;
@@ -152,6 +156,16 @@ protected:
     return EgressPolicy::allowlist({"allowed.test", "*.example.test"}).value();
   }
 
+  // Replaces the test's manager with one whose configuration `change` edits.
+  template <class Change> void reconfigure(Change change) {
+    manager_.reset();
+    auto changed = config();
+    change(changed);
+    auto created = BridgeManager::create(changed);
+    ASSERT_TRUE(created) << created.error().message();
+    manager_ = std::move(*created);
+  }
+
   std::unique_ptr<BridgeManager> manager_;
   int fds_before_ = 0;
 };
@@ -168,6 +182,27 @@ std::vector<Ipv4> host_addresses() {
   }
   freeifaddrs(list);
   return out;
+}
+
+// Sends `request` on `fd` and reads until `until` appears, the peer closes
+// or resets, or the socket's timeout passes.
+std::string converse(int fd, const std::string& request, const std::string& until) {
+  if (!request.empty()) send(fd, request.data(), request.size(), MSG_NOSIGNAL);
+  std::string out;
+  char buffer[4096];
+  while (out.find(until) == std::string::npos) {
+    ssize_t n = recv(fd, buffer, sizeof buffer, 0);
+    if (n <= 0) break;
+    out.append(buffer, static_cast<size_t>(n));
+  }
+  return out;
+}
+
+// allowed.test's HTTP server on `port`, asked for by name (through the
+// allowlist proxy when the slot has one).
+bool reaches_allowed(const Netns& guest, uint16_t port, milliseconds timeout = 1500ms) {
+  auto response = probe::http_get(guest, kAllowedIp, port, "allowed.test", "/", timeout);
+  return response && contains(*response, "hello from allowed host=allowed.test");
 }
 
 TEST_F(Egress, OpenReachesTheHttpServerByName) {
@@ -241,13 +276,11 @@ TEST_F(Egress, AllowlistReachesListedNamesOverHttpAndTls) {
   auto www = probe::http_get(lease.guest, kAllowedIp, 80, "www.example.test");
   ASSERT_TRUE(www) << www.error().message();
   EXPECT_TRUE(contains(*www, "host=www.example.test")) << *www;
-  // Other TCP ports go straight through, to answered addresses only.
-  auto banner = probe::read_banner(lease.guest, kAllowedIp, 7000);
-  ASSERT_TRUE(banner) << banner.error().message();
-  EXPECT_EQ(*banner, "banner allowed\n");
+  // Other TCP ports go through the proxy too: HTTP there passes by name.
+  EXPECT_TRUE(reaches_allowed(lease.guest, 8080));
   auto counters = manager_->service_counters(lease.slot.id);
   EXPECT_EQ(counters.dns_forwarded, 2u);
-  EXPECT_EQ(counters.proxy_allowed, 3u);
+  EXPECT_EQ(counters.proxy_allowed, 4u);
 }
 
 TEST_F(Egress, AllowlistRefusesUnlistedNames) {
@@ -285,9 +318,12 @@ TEST_F(Egress, AllowlistRefusesIpLiterals) {
   ASSERT_TRUE(unresolved) << unresolved.error().message();
   EXPECT_TRUE(contains(*unresolved, "403 Forbidden")) << *unresolved;
   EXPECT_EQ(internet->hits("allowed"), allowed_before);
-  // Once resolved, the same port works: the refusals above were the policy.
+  // Once resolved, a name opens the address on any port, a literal none.
   ASSERT_TRUE(probe::dns_query(lease.guest, kGateway, "allowed.test"));
-  EXPECT_TRUE(probe::read_banner(lease.guest, kAllowedIp, 7000));
+  EXPECT_TRUE(reaches_allowed(lease.guest, 8080));
+  auto literal_8080 = probe::http_get(lease.guest, kAllowedIp, 8080, kAllowedIp.str());
+  ASSERT_TRUE(literal_8080) << literal_8080.error().message();
+  EXPECT_TRUE(contains(*literal_8080, "403 Forbidden")) << *literal_8080;
   // And an IP literal in the Host is still refused, resolved or not.
   auto again = probe::http_get(lease.guest, kAllowedIp, 80, kAllowedIp.str());
   ASSERT_TRUE(again);
@@ -394,10 +430,13 @@ TEST_F(Egress, NoModeReachesTheHostOrTheMetadataAddress) {
       EXPECT_FALSE(probe::tcp_connect(lease.guest, address, (*loopback)->port(), 800ms))
           << address.str();
     }
-    auto metadata =
-        probe::http_get(lease.guest, kMetadataIp, 80, "metadata.example.test", "/", 800ms);
-    if (metadata) {
-      EXPECT_TRUE(contains(*metadata, "403 Forbidden")) << *metadata;
+    for (Ipv4 endpoint : {kMetadataIp, testnet::kAzureWireIp, testnet::kOciMetadataIp,
+                          testnet::kAlibabaMetadataIp}) {
+      auto metadata =
+          probe::http_get(lease.guest, endpoint, 80, "metadata.example.test", "/", 800ms);
+      if (metadata) {
+        EXPECT_TRUE(contains(*metadata, "403 Forbidden")) << endpoint.str() << ": " << *metadata;
+      }
     }
     EXPECT_FALSE(probe::ping(lease.guest, kMetadataIp, 800ms));
     EXPECT_FALSE(probe::read_banner(lease.guest, kLanIp, 7000, 800ms));
@@ -441,7 +480,8 @@ TEST_F(Egress, BrokenRulesStillSendNothingBeyondTheTestInternet) {
                                   EgressMode::open,
                                   plan.slot_side(lease.slot.id),
                                   {},
-                                  cfg.upstream_resolver}));
+                                  cfg.upstream_resolver,
+                                  cfg.guest_limits}));
   EXPECT_FALSE(reaches_metadata()) << "the egress namespace should still refuse it";
   const std::string egress_table = layout::nft_table(kBridgePrefix, "egress");
   replace(*egress_ns, egress_ruleset({egress_table, {}, cfg.upstream_resolver}) +
@@ -487,7 +527,7 @@ TEST_F(Egress, ReleasedSlotsAreScrubbed) {
     auto lease = acquire(allowlist());
     id = lease.slot.id;
     ASSERT_TRUE(probe::dns_query(lease.guest, kGateway, "allowed.test"));
-    ASSERT_TRUE(probe::read_banner(lease.guest, kAllowedIp, 7000));
+    ASSERT_TRUE(reaches_allowed(lease.guest, 8080));
     auto slot_ns = Netns::open_named(lease.slot.netns);
     ASSERT_TRUE(slot_ns);
     auto tracked = in_netns(*slot_ns, [] { return count_conntrack(); });
@@ -509,7 +549,7 @@ TEST_F(Egress, ReleasedSlotsAreScrubbed) {
   auto tracked = in_netns(*slot_ns, [] { return count_conntrack(); });
   ASSERT_TRUE(tracked);
   EXPECT_EQ(*tracked, 0);
-  EXPECT_FALSE(probe::read_banner(lease.guest, kAllowedIp, 7000)) << "the allowed set survived";
+  EXPECT_FALSE(reaches_allowed(lease.guest, 8080)) << "the learned addresses survived";
   // Now as an off slot: nothing of the allowlist or its route remains.
   lease = Lease();
   auto off = acquire(EgressPolicy::off());
@@ -524,12 +564,11 @@ TEST_F(Egress, ForkChildInheritsItsParentsAllowedAddresses) {
   auto child = acquire(allowlist(), {parent.slot.id});
   auto stranger = acquire(allowlist());
   // The child's guest has the parent's DNS cache: its addresses must work.
-  auto banner = probe::read_banner(child.guest, kAllowedIp, 7000);
-  EXPECT_TRUE(banner) << banner.error().message();
+  EXPECT_TRUE(reaches_allowed(child.guest, 8080));
   auto proxied = probe::http_get(child.guest, kAllowedIp, 80, "allowed.test");
   ASSERT_TRUE(proxied);
   EXPECT_TRUE(contains(*proxied, "hello from allowed")) << *proxied;
-  EXPECT_FALSE(probe::read_banner(stranger.guest, kAllowedIp, 7000));
+  EXPECT_FALSE(reaches_allowed(stranger.guest, 8080));
 }
 
 // A warm-pool VM starts on an "off" slot; the sandbox that claims it sets
@@ -543,7 +582,7 @@ TEST_F(Egress, EgressChangesInPlace) {
   ASSERT_TRUE(manager_->set_egress(lease.slot.id, allowlist()));
   EXPECT_FALSE(probe::read_banner(lease.guest, kDeniedIp, 7000, 800ms));
   ASSERT_TRUE(probe::dns_query(lease.guest, kGateway, "allowed.test"));
-  EXPECT_TRUE(probe::read_banner(lease.guest, kAllowedIp, 7000));
+  EXPECT_TRUE(reaches_allowed(lease.guest, 8080));
   // A connection made under one mode does not outlive the change.
   auto held = probe::tcp_connect(lease.guest, kAllowedIp, 80);
   ASSERT_TRUE(held) << held.error().message();
@@ -571,6 +610,212 @@ TEST_F(Egress, OffNeedsNoUplinkButOpenDoes) {
   EXPECT_TRUE(contains(open.error().message(), "needs an uplink")) << open.error().message();
   auto lease = acquire(EgressPolicy::off());
   EXPECT_FALSE(probe::tcp_connect(lease.guest, kAllowedIp, 80, 800ms));
+}
+
+// The operator may open a range inside the denied networks; the metadata
+// endpoint inside it stays shut.
+TEST_F(Egress, AllowedNetworksOpenOnlyThatRange) {
+  {
+    auto lease = acquire(EgressPolicy::open());
+    EXPECT_FALSE(probe::read_banner(lease.guest, testnet::kCgnatIp, 7000, 800ms));
+  }
+  reconfigure([](BridgeConfig& c) { c.allowed_networks = {Cidr::parse("100.64.0.0/10").value()}; });
+  if (HasFatalFailure()) return;
+  for (const auto& policy : {EgressPolicy::open(), allowlist()}) {
+    SCOPED_TRACE(to_string(policy.mode));
+    auto lease = acquire(policy);
+    if (policy.mode == EgressMode::open) {
+      auto banner = probe::read_banner(lease.guest, testnet::kCgnatIp, 7000);
+      ASSERT_TRUE(banner) << banner.error().message();
+      EXPECT_EQ(*banner, "banner cgnat\n");
+    } else {
+      ASSERT_TRUE(probe::dns_query(lease.guest, kGateway, "cgnat.example.test"));
+      auto named = probe::http_get(lease.guest, testnet::kCgnatIp, 80, "cgnat.example.test");
+      ASSERT_TRUE(named) << named.error().message();
+      EXPECT_TRUE(contains(*named, "hello from cgnat")) << *named;
+    }
+    int metadata_before = internet->hits("metadata");
+    auto metadata = probe::http_get(lease.guest, testnet::kAlibabaMetadataIp, 80,
+                                    "metadata.example.test", "/", 800ms);
+    if (metadata) {
+      EXPECT_TRUE(contains(*metadata, "403 Forbidden")) << *metadata;
+    }
+    EXPECT_EQ(internet->hits("metadata"), metadata_before);
+  }
+}
+
+TEST_F(Egress, SmtpIsClosedUnlessAllowed) {
+  {
+    auto lease = acquire(EgressPolicy::open());
+    auto smtp = probe::read_banner(lease.guest, kAllowedIp, 25);
+    EXPECT_FALSE(smtp) << *smtp;
+    EXPECT_TRUE(probe::read_banner(lease.guest, kAllowedIp, 7000)); // control
+  }
+  reconfigure([](BridgeConfig& c) { c.guest_limits.smtp = true; });
+  if (HasFatalFailure()) return;
+  auto lease = acquire(EgressPolicy::open());
+  auto smtp = probe::read_banner(lease.guest, kAllowedIp, 25);
+  ASSERT_TRUE(smtp) << smtp.error().message();
+  EXPECT_EQ(*smtp, "banner smtp\n");
+}
+
+// The old gap: once allowed.test resolved, its address opened on every port
+// but 80/443 without a name. Now every port needs one.
+TEST_F(Egress, AllowlistChecksTheNameWhateverThePort) {
+  auto lease = acquire(allowlist());
+  ASSERT_TRUE(probe::dns_query(lease.guest, kGateway, "allowed.test"));
+  int smtp_before = internet->hits("smtp");
+  int banners_before = 0;
+  for (const auto& line : internet->log_lines())
+    banners_before += contains(line, " - banner");
+  EXPECT_FALSE(probe::read_banner(lease.guest, kAllowedIp, 7000, 800ms));
+  EXPECT_FALSE(probe::read_banner(lease.guest, kAllowedIp, 25, 800ms));
+  auto other = probe::http_get(lease.guest, kAllowedIp, 8080, "denied.test");
+  ASSERT_TRUE(other) << other.error().message();
+  EXPECT_TRUE(contains(*other, "403 Forbidden")) << *other;
+  EXPECT_TRUE(reaches_allowed(lease.guest, 8080));
+  int banners_after = 0;
+  for (const auto& line : internet->log_lines())
+    banners_after += contains(line, " - banner");
+  EXPECT_EQ(banners_after, banners_before);
+  EXPECT_EQ(internet->hits("smtp"), smtp_before);
+}
+
+// The old gap: only the first request head of a kept-alive connection was
+// checked; a second one could name any host on the same address.
+TEST_F(Egress, AllowlistChecksEveryRequestOnAKeptAliveConnection) {
+  auto smuggled = [] {
+    int count = 0;
+    for (const auto& line : internet->log_lines())
+      count += line.rfind("allowed ", 0) == 0 && contains(line, " denied.test ");
+    return count;
+  };
+  int smuggled_before = smuggled();
+  auto lease = acquire(allowlist());
+  ASSERT_TRUE(probe::dns_query(lease.guest, kGateway, "allowed.test"));
+  for (uint16_t port : {80, 8080}) {
+    SCOPED_TRACE(port);
+    auto connection = probe::tcp_connect(lease.guest, kAllowedIp, port);
+    ASSERT_TRUE(connection) << connection.error().message();
+    auto first = converse(connection->get(), "GET /one HTTP/1.1\r\nHost: allowed.test\r\n\r\n",
+                          "host=allowed.test\n");
+    ASSERT_TRUE(contains(first, "hello from allowed host=allowed.test\n")) << first;
+    // A body that looks like a request is not one.
+    std::string fake = "GET /fake HTTP/1.1\r\nHost: denied.test\r\n\r\n";
+    auto posted = converse(connection->get(),
+                           "POST /two HTTP/1.1\r\nHost: allowed.test\r\nContent-Length: " +
+                               std::to_string(fake.size()) + "\r\n\r\n" + fake,
+                           "host=allowed.test\n");
+    EXPECT_TRUE(contains(posted, "host=allowed.test")) << posted;
+    auto second = converse(connection->get(), "GET /three HTTP/1.1\r\nHost: denied.test\r\n\r\n",
+                           "\x01never");
+    EXPECT_TRUE(contains(second, "403 Forbidden")) << second;
+    EXPECT_TRUE(contains(second, "denied.test is not in this sandbox's allowlist")) << second;
+    EXPECT_FALSE(contains(second, "hello from")) << second;
+  }
+  EXPECT_EQ(smuggled(), smuggled_before);
+}
+
+// Each sandbox's conntrack entries are capped in its own slot: the one
+// past its cap is refused, a neighbour connects as before.
+TEST_F(Egress, ConnectionCapRefusesOnlyThatSandbox) {
+  reconfigure([](BridgeConfig& c) {
+    c.guest_limits.max_connections = 20;
+    c.guest_limits.new_connections_per_second = 0;
+  });
+  if (HasFatalFailure()) return;
+  auto flooding = acquire(EgressPolicy::open());
+  auto neighbour = acquire(EgressPolicy::open());
+  std::vector<UniqueFd> held;
+  int refused = 0;
+  for (int i = 0; i < 30; ++i) {
+    auto connection = probe::tcp_connect(flooding.guest, kAllowedIp, 80, 800ms);
+    if (connection) {
+      held.push_back(std::move(*connection));
+    } else {
+      ++refused;
+      EXPECT_EQ(connection.error().errno_value, ECONNREFUSED) << connection.error().message();
+    }
+  }
+  EXPECT_EQ(held.size(), 20u);
+  EXPECT_EQ(refused, 10);
+  EXPECT_TRUE(reaches_allowed(neighbour.guest, 80));
+  EXPECT_FALSE(probe::tcp_connect(flooding.guest, kAllowedIp, 80, 800ms));
+  // Closing its connections gives the sandbox its room back.
+  held.clear();
+  bool again = false;
+  for (int i = 0; i < 20 && !again; ++i) {
+    again = reaches_allowed(flooding.guest, 80);
+    if (!again) std::this_thread::sleep_for(100ms);
+  }
+  EXPECT_TRUE(again);
+}
+
+TEST_F(Egress, ConnectionRateRefusesOnlyThatSandbox) {
+  reconfigure([](BridgeConfig& c) {
+    c.guest_limits.max_connections = 0;
+    c.guest_limits.new_connections_per_second = 10; // bursts of 20
+  });
+  if (HasFatalFailure()) return;
+  auto flooding = acquire(EgressPolicy::open());
+  auto neighbour = acquire(EgressPolicy::open());
+  int connected = 0, refused = 0;
+  auto start = std::chrono::steady_clock::now();
+  for (int i = 0; i < 60; ++i) {
+    auto connection = probe::tcp_connect(flooding.guest, kAllowedIp, 7000, 800ms);
+    connection ? ++connected : ++refused;
+  }
+  auto took = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  // The burst, plus what the rate refilled while the loop ran.
+  EXPECT_LE(connected, 20 + static_cast<int>(took * 10) + 1) << took << " s";
+  EXPECT_GE(refused, 60 - 20 - static_cast<int>(took * 10) - 1);
+  EXPECT_TRUE(reaches_allowed(neighbour.guest, 80));
+}
+
+// The proxy holds at most proxy_max_connections of a sandbox's connections
+// (two fds each) and closes idle ones; past the cap the guest's connections
+// are reset, and a neighbour's are served as before.
+TEST_F(Egress, ProxyCapsAndIdleTimeoutBoundHostdsFds) {
+  reconfigure([](BridgeConfig& c) {
+    c.proxy_max_connections = 8;
+    c.proxy_idle_timeout = std::chrono::seconds(2);
+  });
+  if (HasFatalFailure()) return;
+  auto flooding = acquire(allowlist());
+  auto neighbour = acquire(allowlist());
+  ASSERT_TRUE(probe::dns_query(flooding.guest, kGateway, "allowed.test"));
+  ASSERT_TRUE(probe::dns_query(neighbour.guest, kGateway, "allowed.test"));
+  std::this_thread::sleep_for(200ms); // the TCP DNS of neither is still held
+  int fds_before = testnet::open_fd_count();
+  std::vector<UniqueFd> held;
+  int served = 0, reset = 0;
+  for (int i = 0; i < 14; ++i) {
+    auto connection = probe::tcp_connect(flooding.guest, kAllowedIp, 80, 800ms);
+    if (!connection) { // reset before the connect returned
+      ++reset;
+      continue;
+    }
+    auto answer = converse(connection->get(), "GET / HTTP/1.1\r\nHost: allowed.test\r\n\r\n",
+                           "host=allowed.test\n");
+    contains(answer, "hello from allowed") ? ++served : ++reset;
+    held.push_back(std::move(*connection));
+  }
+  EXPECT_EQ(served, 8);
+  EXPECT_EQ(reset, 6);
+  EXPECT_LE(testnet::open_fd_count() - fds_before, 14 + 2 * 8) << "the test's 14, the proxy's";
+  EXPECT_GE(manager_->service_counters(flooding.slot.id).proxy_over_capacity, 6u);
+  EXPECT_TRUE(reaches_allowed(neighbour.guest, 80));
+  // Idle for longer than the timeout: the proxy closed its side of each.
+  std::this_thread::sleep_for(3s);
+  int closed = 0;
+  for (auto& fd : held) {
+    char byte;
+    ssize_t n = recv(fd.get(), &byte, 1, MSG_DONTWAIT);
+    closed += n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK);
+  }
+  EXPECT_EQ(closed, static_cast<int>(held.size()));
+  held.clear();
+  EXPECT_TRUE(reaches_allowed(flooding.guest, 80));
 }
 
 } // namespace

@@ -46,6 +46,43 @@ TEST(NetworkConfig, NoSectionMeansNoNetworkAndEgressOffByDefault) {
   EXPECT_TRUE(contains(listed.error().message(), "allowlist")) << listed.error().message();
 }
 
+TEST(NetworkConfig, GuestCapsSmtpAndAllowedNetworks) {
+  auto config = loaded(R"(network { uplink: "eth9" upstream_resolver: "192.0.2.53" })");
+  auto bridge = bridge_config(config);
+  ASSERT_TRUE(bridge && bridge->has_value());
+  EXPECT_EQ((*bridge)->guest_limits.max_connections, 512u);
+  EXPECT_EQ((*bridge)->guest_limits.new_connections_per_second, 100u);
+  EXPECT_FALSE((*bridge)->guest_limits.smtp);
+  EXPECT_EQ((*bridge)->proxy_max_connections, 128u);
+  EXPECT_EQ((*bridge)->proxy_idle_timeout, std::chrono::seconds(300));
+
+  auto custom = loaded(R"(network { uplink: "eth9" upstream_resolver: "192.0.2.53"
+      allowed_networks: "10.1.2.0/24" max_connections: 48 new_connections_per_second: 20
+      allow_smtp: true proxy_max_connections: 16 proxy_idle_timeout_s: 3 })");
+  bridge = bridge_config(custom);
+  ASSERT_TRUE(bridge && bridge->has_value()) << bridge.error().message();
+  EXPECT_EQ((*bridge)->allowed_networks.at(0).str(), "10.1.2.0/24");
+  EXPECT_EQ((*bridge)->guest_limits.max_connections, 48u);
+  EXPECT_EQ((*bridge)->guest_limits.new_connections_per_second, 20u);
+  EXPECT_TRUE((*bridge)->guest_limits.smtp);
+  EXPECT_EQ((*bridge)->proxy_max_connections, 16u);
+  EXPECT_EQ((*bridge)->proxy_idle_timeout, std::chrono::seconds(3));
+
+  // Link-local, loopback and multicast can never be opened.
+  for (const char* network : {"169.254.0.0/16", "169.254.169.0/24", "127.0.0.0/8", "224.0.0.0/8"}) {
+    auto bad = loaded(std::string(R"(network { uplink: "eth9" upstream_resolver: "192.0.2.53"
+        allowed_networks: ")") +
+                      network + "\" }");
+    auto refused = bridge_config(bad);
+    ASSERT_FALSE(refused) << network;
+    EXPECT_TRUE(contains(refused.error().message(), "allowed_networks"))
+        << refused.error().message();
+  }
+  auto malformed = loaded(R"(network { uplink: "eth9" upstream_resolver: "192.0.2.53"
+      allowed_networks: "10.1.2.3/24" })");
+  EXPECT_FALSE(bridge_config(malformed));
+}
+
 TEST(NetworkConfig, UplinkMakesOpenTheDefault) {
   auto config = loaded(R"(network { uplink: "eth9" uplink_gateway: "192.0.2.1"
                                    upstream_resolver: "192.0.2.53" })");

@@ -16,8 +16,12 @@ SlotRules slot(EgressMode mode) {
   auto transit = Cidr::parse("10.222.0.0/16").value();
   auto denied = always_denied_networks(transit);
   denied.push_back(Cidr::parse("10.0.0.0/8").value());
-  return SlotRules{"vs_slot", mode, Ipv4::parse("10.222.0.6").value(), denied,
-                   Ipv4::parse("198.18.1.53").value()};
+  return SlotRules{"vs_slot",
+                   mode,
+                   Ipv4::parse("10.222.0.6").value(),
+                   denied,
+                   Ipv4::parse("198.18.1.53").value(),
+                   GuestLimits{}};
 }
 
 TEST(Ruleset, DeniedSetDropsNestedNetworks) {
@@ -49,13 +53,76 @@ TEST(Ruleset, OpenSendsDnsUpstreamAndDropsDeniedFirst) {
   EXPECT_LT(denied, accept);
 }
 
-TEST(Ruleset, AllowlistProxiesWebAndForwardsOnlyLearnedAddresses) {
+TEST(Ruleset, AllowlistProxiesEveryTcpPortAndForwardsNothing) {
   auto text = slot_ruleset(slot(EgressMode::allowlist));
-  EXPECT_TRUE(
-      has(text, "tcp dport { 80, 443 } redirect to :" + std::to_string(layout::kProxyPort)));
-  EXPECT_TRUE(has(text, "ip daddr @allowed tcp dport != { 80, 443 } accept"));
+  // Every TCP port goes to the proxy (which checks a name), but SMTP.
+  EXPECT_TRUE(has(
+      text,
+      "ip daddr != 172.16.0.1 ip daddr != @denied meta l4proto tcp tcp dport != 25 redirect to :" +
+          std::to_string(layout::kProxyPort)));
+  EXPECT_FALSE(has(text, "80, 443"));
+  EXPECT_FALSE(has(text, "@allowed tcp"));             // nothing forwarded by address alone
+  EXPECT_TRUE(has(text, "ip daddr != @allowed drop")); // hostd's proxy only to learned addresses
   EXPECT_FALSE(has(text, "dnat ip to"));
   EXPECT_FALSE(has(text, "meta nfproto ipv4 accept"));
+}
+
+TEST(Ruleset, SmtpClosedUnlessAllowed) {
+  auto rules = slot(EgressMode::open);
+  EXPECT_TRUE(has(slot_ruleset(rules), "iifname \"tap0\" tcp dport 25 reject with tcp reset"));
+  rules.limits.smtp = true;
+  EXPECT_FALSE(has(slot_ruleset(rules), "dport 25"));
+  auto allowlist = slot(EgressMode::allowlist);
+  allowlist.limits.smtp = true;
+  EXPECT_TRUE(has(slot_ruleset(allowlist), "meta l4proto tcp redirect to :"));
+}
+
+TEST(Ruleset, GuestConnectionCapsComeFirst) {
+  auto rules = slot(EgressMode::open);
+  rules.limits.max_connections = 48;
+  rules.limits.new_connections_per_second = 50;
+  auto text = slot_ruleset(rules);
+  EXPECT_TRUE(has(text, "limit rate over 50/second burst 100 packets jump refuse"));
+  EXPECT_TRUE(has(text, "ct count over 48 jump refuse"));
+  EXPECT_TRUE(has(text, "reject with tcp reset"));
+  auto forward = text.find("chain filter_forward");
+  auto jump = text.find("ct state new jump guest_limits", forward);
+  auto accept = text.find("meta nfproto ipv4 accept", forward);
+  ASSERT_NE(jump, std::string::npos);
+  EXPECT_LT(jump, accept);
+  rules.limits = {0, 0, false};
+  EXPECT_FALSE(has(slot_ruleset(rules), "ct count"));
+  EXPECT_FALSE(has(slot_ruleset(rules), "limit rate"));
+}
+
+TEST(Ruleset, MetadataEndpointsAreAlwaysDenied) {
+  auto denied = always_denied_networks(Cidr::parse("10.222.0.0/16").value());
+  for (const char* address :
+       {"169.254.169.254", "168.63.129.16", "192.0.0.192", "100.100.100.200", "127.0.0.1"}) {
+    EXPECT_TRUE(contains_any(denied, Ipv4::parse(address).value())) << address;
+  }
+  for (const auto& endpoint : metadata_endpoints()) {
+    EXPECT_TRUE(contains_any(denied, endpoint.network)) << endpoint.str();
+  }
+  // Each appears in the rules even when the network around it is denied too.
+  auto rules = slot(EgressMode::open);
+  rules.denied = denied;
+  auto text = slot_ruleset(rules);
+  EXPECT_TRUE(has(text, "168.63.129.16/32"));
+  EXPECT_TRUE(has(text, "192.0.0.192/32"));
+}
+
+TEST(Ipv4, SubtractCutsHolesAtPrefixBoundaries) {
+  auto cidr = [](const char* text) { return Cidr::parse(text).value(); };
+  auto left = subtract({cidr("10.0.0.0/8"), cidr("192.168.0.0/16")}, {cidr("10.1.0.0/16")});
+  EXPECT_EQ(left.size(), 9u); // 8 pieces of 10/8, and 192.168/16 untouched
+  EXPECT_FALSE(contains_any(left, Ipv4::parse("10.1.2.3").value()));
+  EXPECT_TRUE(contains_any(left, Ipv4::parse("10.0.255.255").value()));
+  EXPECT_TRUE(contains_any(left, Ipv4::parse("10.2.0.0").value()));
+  EXPECT_TRUE(contains_any(left, Ipv4::parse("10.255.255.255").value()));
+  EXPECT_TRUE(contains_any(left, Ipv4::parse("192.168.1.1").value()));
+  EXPECT_TRUE(subtract({cidr("100.64.0.0/10")}, {cidr("100.0.0.0/8")}).empty());
+  EXPECT_EQ(subtract({cidr("100.64.0.0/10")}, {cidr("10.0.0.0/8")}).size(), 1u);
 }
 
 TEST(Ruleset, HostTableOnlyNarrowsTheSandboxLink) {

@@ -110,7 +110,11 @@ TEST_F(Slots, RulesetsPassTheKernelsCheck) {
         egress_ruleset({"vq_egress", denied, resolver}),
     };
     for (auto mode : {EgressMode::off, EgressMode::open, EgressMode::allowlist}) {
-      scripts.push_back(slot_ruleset({"vq_slot", mode, Ipv4{0x0ADE0006}, denied, resolver}));
+      // With the default caps (ct count, limit rate, SMTP closed), and none.
+      scripts.push_back(
+          slot_ruleset({"vq_slot", mode, Ipv4{0x0ADE0006}, denied, resolver, GuestLimits{}}));
+      scripts.push_back(slot_ruleset(
+          {"vq_slot", mode, Ipv4{0x0ADE0006}, denied, resolver, GuestLimits{0, 0, true}}));
     }
     for (const auto& script : scripts) {
       if (auto ok = (*nft)->run(script); !ok) return std::move(ok).error().with_context(script);

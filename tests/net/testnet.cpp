@@ -166,7 +166,8 @@ Result<std::unique_ptr<TestInternet>> TestInternet::start(const std::string& pre
     }
     return with_rtnl([&](Rtnl& rtnl) -> Result<void> {
       if (auto up = rtnl.set_up("lo"); !up) return up;
-      for (Ipv4 address : {kAllowedIp, kDeniedIp, kResolverIp, kLanIp, kMetadataIp}) {
+      for (Ipv4 address : {kAllowedIp, kDeniedIp, kResolverIp, kLanIp, kMetadataIp, kAzureWireIp,
+                           kOciMetadataIp, kAlibabaMetadataIp, kCgnatIp}) {
         if (auto added = rtnl.add_address("lo", address, 32); !added) return added;
       }
       return {};
@@ -208,6 +209,14 @@ Result<std::unique_ptr<TestInternet>> TestInternet::start(const std::string& pre
       "--http",     "lan=" + kLanIp.str() + ":80",
       "--banner",   "lan=" + kLanIp.str() + ":7000",
       "--http",     "metadata=" + kMetadataIp.str() + ":80",
+      "--http",     "metadata=" + kAzureWireIp.str() + ":80",
+      "--http",     "metadata=" + kOciMetadataIp.str() + ":80",
+      "--http",     "metadata=" + kAlibabaMetadataIp.str() + ":80",
+      "--http",     "allowed=" + allowed + ":8080",
+      "--banner",   "smtp=" + allowed + ":25",
+      "--http",     "cgnat=" + kCgnatIp.str() + ":80",
+      "--banner",   "cgnat=" + kCgnatIp.str() + ":7000",
+      "--record",   "cgnat.example.test=" + kCgnatIp.str(),
       "--dns",      kResolverIp.str() + ":53",
       "--record",   "allowed.test=" + allowed,
       "--record",   "denied.test=" + denied,

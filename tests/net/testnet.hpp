@@ -11,7 +11,11 @@
 //   198.18.1.20    denied.test                  (HTTP 80, TLS 443, banner 7000)
 //   198.18.1.53    authoritative DNS for *.test
 //   198.18.2.10    lan.example.test: a "host-side network" the bridge denies
-//   169.254.169.254 metadata
+//   169.254.169.254 metadata; 168.63.129.16, 192.0.0.192, 100.100.100.200
+//                  the other metadata endpoints (HTTP 80, label "metadata")
+//   198.18.1.10:8080 HTTP, :25 banner "smtp" (ports other than 80/443)
+//   100.64.1.10    cgnat.example.test: a service in a denied range an
+//                  operator may allow (HTTP 80, banner 7000)
 #pragma once
 
 #include <sys/types.h>
@@ -34,6 +38,10 @@ inline const Ipv4 kResolverIp = Ipv4::parse("198.18.1.53").value();
 inline const Ipv4 kLanIp = Ipv4::parse("198.18.2.10").value();
 inline const Ipv4 kMetadataIp = Ipv4::parse("169.254.169.254").value();
 inline const Cidr kLanNetwork = Cidr::parse("198.18.2.0/24").value();
+inline const Ipv4 kAzureWireIp = Ipv4::parse("168.63.129.16").value();
+inline const Ipv4 kOciMetadataIp = Ipv4::parse("192.0.0.192").value();
+inline const Ipv4 kAlibabaMetadataIp = Ipv4::parse("100.100.100.200").value();
+inline const Ipv4 kCgnatIp = Ipv4::parse("100.64.1.10").value();
 
 // A child process, killed and reaped when this goes away.
 class Child {
