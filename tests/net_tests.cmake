@@ -15,7 +15,8 @@ vesicle_test(net_logic_test
 add_library(vesicle_testnet STATIC net/testnet.cpp net/probe.cpp)
 target_link_libraries(vesicle_testnet PUBLIC vesicle_net OpenSSL::SSL OpenSSL::Crypto GTest::gtest)
 target_compile_definitions(vesicle_testnet PUBLIC
-  VESICLE_TESTNET_SERVERS="${CMAKE_SOURCE_DIR}/scripts/testnet/servers.py")
+  VESICLE_TESTNET_SERVERS="${CMAKE_SOURCE_DIR}/scripts/testnet/servers.py"
+  VESICLE_TESTNET_MAKE_PACKAGES="${CMAKE_SOURCE_DIR}/scripts/testnet/make_packages.py")
 
 vesicle_test(net_slot_test SOURCES net/slot_test.cpp LIBS vesicle_testnet
   LABEL integration TIMEOUT 600)

@@ -7,6 +7,8 @@ is given there, so it never touches the host's network).
                              /bytes/N: N bytes (throughput benchmark)
   --https LABEL=IP:PORT      the same over TLS (--cert/--key)
   --banner LABEL=IP:PORT     TCP: writes "banner LABEL" and closes
+  --files LABEL=IP:PORT=DIR  HTTP/1.1: the files under DIR (a package index,
+                             a git repository over "dumb" HTTP, tarballs)
   --udp-echo IP:PORT         UDP: echoes each datagram
   --dns IP:PORT              authoritative DNS for the --record/--rebind names
   --record NAME=IPV4         an A record (TTL 60)
@@ -17,6 +19,7 @@ is given there, so it never touches the host's network).
 Prints "ready" once everything listens. Standard library only.
 """
 import argparse
+import functools
 import http.server
 import ipaddress
 import socket
@@ -97,6 +100,25 @@ def http_server(label, where, tls_context=None):
     if tls_context is not None:
         server.socket = tls_context.wrap_socket(server.socket, server_side=True)
     return server
+
+
+class FilesHandler(http.server.SimpleHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    label = "?"
+
+    def do_GET(self):
+        log(f"{self.label} {self.client_address[0]} {self.headers.get('Host', '')} {self.path}")
+        super().do_GET()
+
+    def log_message(self, *args):
+        pass
+
+
+def files_server(spec):
+    label, rest = spec.split("=", 1)
+    where, directory = rest.split("=", 1)
+    handler = type(f"Files_{label}", (FilesHandler,), {"label": label})
+    return Server(address(where), functools.partial(handler, directory=directory))
 
 
 class BannerHandler(socketserver.BaseRequestHandler):
@@ -190,6 +212,7 @@ def main():
     parser.add_argument("--http", action="append", default=[])
     parser.add_argument("--https", action="append", default=[])
     parser.add_argument("--banner", action="append", default=[])
+    parser.add_argument("--files", action="append", default=[])
     parser.add_argument("--udp-echo", action="append", default=[])
     parser.add_argument("--dns")
     parser.add_argument("--record", action="append", default=[])
@@ -212,6 +235,8 @@ def main():
         for spec in args.https:
             label, where = labelled(spec)
             servers.append(http_server(label, where, context))
+    for spec in args.files:
+        servers.append(files_server(spec))
     for spec in args.banner:
         label, where = labelled(spec)
         handler = type(f"Banner_{label}", (BannerHandler,), {"label": label})

@@ -289,11 +289,11 @@ protected:
 
   // Runs Python in a sandbox and returns its stdout (and any error event).
   static std::string exec_in(HttpClient& http, const std::string& id, const std::string& code,
-                             const char* language = "python") {
+                             const char* language = "python", double timeout_s = 60) {
     google::protobuf::Struct request;
     (*request.mutable_fields())["code"].set_string_value(code);
     (*request.mutable_fields())["language"].set_string_value(language);
-    (*request.mutable_fields())["timeout_s"].set_number_value(60);
+    (*request.mutable_fields())["timeout_s"].set_number_value(timeout_s);
     std::string body;
     (void)google::protobuf::util::MessageToJsonString(request, &body);
     auto response = http.request("POST", "/v1/sandboxes/" + id + "/exec", body);
@@ -352,6 +352,37 @@ TEST_F(HostdEgress, SandboxJsonReportsEgress) {
       EXPECT_EQ(sandbox.egress_allow(0), "allowed.test");
     }
   }
+}
+
+// What agent code does first in a fresh sandbox, against the test
+// internet's package host (packages.test): pip from an index, git clone
+// over HTTP, npm from a tarball URL. The default (open) sandbox's image has
+// the tools (images/packages.txt); pip needs no --break-system-packages.
+TEST_F(HostdEgress, ADefaultSandboxInstallsWithPipGitAndNpm) {
+  HttpClient http("127.0.0.1", hostd->port(), hostd->key());
+  const auto pip = exec_in(http, open_id,
+                           "cd /tmp && pip install --quiet --no-cache-dir --index-url "
+                           "http://packages.test/simple/ vesicle-tiny 2>&1; "
+                           "python3 -c 'import vesicle_tiny; print(vesicle_tiny.VERSION)'",
+                           "bash", 180);
+  EXPECT_TRUE(contains(pip, "tiny 1.0")) << pip;
+  const auto git = exec_in(http, open_id,
+                           "rm -rf /tmp/tiny && git clone -q http://packages.test/repo.git "
+                           "/tmp/tiny 2>&1 && cat /tmp/tiny/README",
+                           "bash", 120);
+  EXPECT_TRUE(contains(git, "tiny 1.0")) << git;
+  const auto npm = exec_in(http, open_id,
+                           "mkdir -p /tmp/n && cd /tmp/n && npm install --no-audit --no-fund "
+                           "--silent http://packages.test/vesicle-tiny-1.0.0.tgz 2>&1; "
+                           "node -e 'console.log(require(\"vesicle-tiny\"))'",
+                           "bash", 240);
+  EXPECT_TRUE(contains(npm, "tiny 1.0")) << npm;
+  const auto served = internet->log_lines();
+  for (const char* path : {"/simple/vesicle-tiny/", "/repo.git/info/refs", "/vesicle-tiny-1.0.0.tgz"})
+    EXPECT_TRUE(std::any_of(served.begin(), served.end(), [&](const std::string& line) {
+                              return line.starts_with("packages ") && contains(line, path);
+                            }))
+        << "the package host never served " << path;
 }
 
 TEST_F(HostdEgress, BadAllowlistsAreRefusedBeforeAnyVm) {

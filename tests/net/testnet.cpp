@@ -167,7 +167,7 @@ Result<std::unique_ptr<TestInternet>> TestInternet::start(const std::string& pre
     return with_rtnl([&](Rtnl& rtnl) -> Result<void> {
       if (auto up = rtnl.set_up("lo"); !up) return up;
       for (Ipv4 address : {kAllowedIp, kDeniedIp, kResolverIp, kLanIp, kMetadataIp, kAzureWireIp,
-                           kOciMetadataIp, kAlibabaMetadataIp, kCgnatIp}) {
+                           kOciMetadataIp, kAlibabaMetadataIp, kCgnatIp, kPackagesIp}) {
         if (auto added = rtnl.add_address("lo", address, 32); !added) return added;
       }
       return {};
@@ -192,7 +192,11 @@ Result<std::unique_ptr<TestInternet>> TestInternet::start(const std::string& pre
   });
   if (!wan) return std::move(wan).error();
 
-  // 3. The servers, inside the namespace.
+  // 3. The package host's files, then the servers, inside the namespace.
+  const fs::path packages = net->dir_ / "packages";
+  auto made = spawn({kPython, VESICLE_TESTNET_MAKE_PACKAGES, packages.string()}, nullptr,
+                    "packages ready", std::chrono::seconds(30));
+  if (!made) return std::move(made).error().with_context("writing the package host's files");
   auto allowed = kAllowedIp.str(), denied = kDeniedIp.str();
   std::vector<std::string> argv = {
       kPython,      VESICLE_TESTNET_SERVERS,
@@ -217,6 +221,8 @@ Result<std::unique_ptr<TestInternet>> TestInternet::start(const std::string& pre
       "--http",     "cgnat=" + kCgnatIp.str() + ":80",
       "--banner",   "cgnat=" + kCgnatIp.str() + ":7000",
       "--record",   "cgnat.example.test=" + kCgnatIp.str(),
+      "--files",    "packages=" + kPackagesIp.str() + ":80=" + packages.string(),
+      "--record",   "packages.test=" + kPackagesIp.str(),
       "--dns",      kResolverIp.str() + ":53",
       "--record",   "allowed.test=" + allowed,
       "--record",   "denied.test=" + denied,

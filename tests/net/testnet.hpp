@@ -16,6 +16,9 @@
 //   198.18.1.10:8080 HTTP, :25 banner "smtp" (ports other than 80/443)
 //   100.64.1.10    cgnat.example.test: a service in a denied range an
 //                  operator may allow (HTTP 80, banner 7000)
+//   198.18.1.30    packages.test: files over HTTP 80 (scripts/testnet/
+//                  make_packages.py: a pip index, a git repository, an npm
+//                  tarball)
 #pragma once
 
 #include <sys/types.h>
@@ -42,6 +45,7 @@ inline const Ipv4 kAzureWireIp = Ipv4::parse("168.63.129.16").value();
 inline const Ipv4 kOciMetadataIp = Ipv4::parse("192.0.0.192").value();
 inline const Ipv4 kAlibabaMetadataIp = Ipv4::parse("100.100.100.200").value();
 inline const Ipv4 kCgnatIp = Ipv4::parse("100.64.1.10").value();
+inline const Ipv4 kPackagesIp = Ipv4::parse("198.18.1.30").value();
 
 // A child process, killed and reaped when this goes away.
 class Child {
