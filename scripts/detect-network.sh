@@ -4,8 +4,9 @@
 # egress through NAT:
 #   network { uplink: "eth0" uplink_gateway: "192.0.2.1"
 #             upstream_resolver: "10.255.255.53" denied_networks: [...] }
-# The uplink's own subnets are denied (the host's LAN is no sandbox's
-# business); hostd denies link-local, metadata and the host itself anyway.
+# Denied: hostd's default private ranges and the uplink's own subnets (the
+# host's LAN is no sandbox's business); hostd denies link-local, metadata
+# and the host itself anyway.
 # Exits 1 with the reason on stderr when the host has no IPv4 default route
 # or no resolver a sandbox could use; hostd then runs with egress off.
 set -euo pipefail
@@ -33,16 +34,22 @@ if [ -z "$resolver" ]; then
   exit 1
 fi
 
-denied=$(ip -4 -o addr show dev "$uplink" scope global |
-  awk '{print $4}' | while read -r cidr; do
-  # 192.0.2.2/24 -> its network, 192.0.2.0/24
-  python3 -c 'import ipaddress, sys; print(ipaddress.ip_interface(sys.argv[1]).network)' "$cidr"
-done | sed 's/.*/"&"/' | paste -sd, -)
+# denied_networks replaces hostd's default list (RFC 1918 and 100.64/10),
+# so that list comes first, then the uplink's own subnets it does not cover.
+denied=$(ip -4 -o addr show dev "$uplink" scope global | awk '{print $4}' | python3 -c '
+import ipaddress, sys
+nets = [ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10")]
+for line in sys.stdin:
+    own = ipaddress.ip_interface(line.strip()).network
+    if not any(own.subnet_of(net) for net in nets):
+        nets.append(own)
+print(", ".join(f"\"{net}\"" for net in nets))
+')
 
 echo "network {"
 echo "  uplink: \"$uplink\""
 [ -n "$gateway" ] && echo "  uplink_gateway: \"$gateway\""
 echo "  upstream_resolver: \"$resolver\""
-[ -n "$denied" ] && echo "  denied_networks: [$denied]"
+echo "  denied_networks: [$denied]"
 echo "  default_egress: \"open\""
 echo "}"
