@@ -335,7 +335,10 @@ asio::awaitable<void> E2b::create(Exchange& exchange, const std::string& owner) 
   if (!name.empty() && name != "base" && name != "code-interpreter-v1" &&
       name != "code-interpreter")
     spec.set_template_(name);
-  if (request.has_allow_internet_access()) spec.set_egress(request.allow_internet_access());
+  // E2B's default is true (2.50 always sends it): that is the host's own
+  // default here, which may be no egress at all when it has no uplink.
+  if (request.has_allow_internet_access() && !request.allow_internet_access())
+    spec.set_egress(false);
   // E2B's timeout is enforced here (sweep); vesicle's own limits are left
   // at the key's tier caps (0 = the cap).
   spec.set_idle_timeout_s(0);
