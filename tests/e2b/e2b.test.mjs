@@ -10,6 +10,7 @@
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { after, before, describe, test } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
 
 import { locateHostd, startHostd } from "../../sdk/typescript/test/hostd_process.mjs";
 
@@ -81,21 +82,33 @@ describe("e2b@2.51.0", { skip }, () => {
     });
   });
 
-  test("commands: background, list, kill", async () => {
-    const handle = await sbx.commands.run("sleep 300", { background: true });
+  test("commands: background, list, connect, kill", async () => {
+    const cmd = "sleep 2; echo late; sleep 300";
+    const handle = await sbx.commands.run(cmd, { background: true });
     assert.ok(handle.pid > 1);
     const listed = await sbx.commands.list();
     const mine = listed.find((p) => p.pid === handle.pid);
     assert.ok(mine, `pid ${handle.pid} not in ${JSON.stringify(listed)}`);
     assert.equal(mine.cmd, "/bin/bash");
-    assert.deepEqual(mine.args, ["-l", "-c", "sleep 300"]);
+    assert.deepEqual(mine.args, ["-l", "-c", cmd]);
+
+    // A second reader of the same command's output.
+    const seen = [];
+    const attached = await sbx.commands.connect(handle.pid, { onStdout: (d) => seen.push(d) });
+    assert.equal(attached.pid, handle.pid);
+    for (let waited = 0; !seen.join("").includes("late\n") && waited < 20_000; waited += 100) await sleep(100);
+    assert.equal(seen.join(""), "late\n");
+
     assert.equal(await sbx.commands.kill(handle.pid), true);
-    await assert.rejects(handle.wait(), (e) => {
-      assert.ok(e instanceof e2b.CommandExitError, `${e?.constructor?.name}: ${e?.message}`);
-      assert.equal(e.exitCode, -1);
-      assert.match(e.error, /killed/);
-      return true;
-    });
+    for (const h of [handle, attached]) {
+      await assert.rejects(h.wait(), (e) => {
+        assert.ok(e instanceof e2b.CommandExitError, `${e?.constructor?.name}: ${e?.message}`);
+        assert.equal(e.exitCode, -1);
+        assert.match(e.error, /killed/);
+        return true;
+      });
+    }
+    assert.equal(handle.stdout, "late\n");
     const later = await sbx.commands.list();
     assert.ok(!later.some((p) => p.pid === handle.pid));
     assert.equal(await sbx.commands.kill(handle.pid), false);
@@ -182,18 +195,44 @@ describe("e2b@2.51.0", { skip }, () => {
   });
 });
 
-describe("e2b@2.50.0", { skip }, () => {
-  test("create (POST /sandboxes), run, files, connect, kill", async () => {
-    const sbx = await e2b250.Sandbox.create({ ...SLOW, timeoutMs: 300_000 });
+describe("e2b@2.50.0, keys and tokens", { skip }, () => {
+  test("create (POST /sandboxes), envVars, run, files, connect", async () => {
+    const sbx = await e2b250.Sandbox.create({ ...SLOW, timeoutMs: 300_000, envs: { FROM_CREATE: "yes" } });
     try {
-      assert.equal((await sbx.commands.run("echo $((6*7))")).stdout, "42\n");
+      assert.equal((await sbx.commands.run('echo $((6*7)) "$FROM_CREATE"')).stdout, "42 yes\n");
       await sbx.files.write("/tmp/old-sdk.txt", "from 2.50");
       const again = await e2b250.Sandbox.connect(sbx.sandboxId, SLOW);
       assert.equal(await again.files.read("/tmp/old-sdk.txt"), "from 2.50");
+
+      // Keys: a wrong one is an AuthenticationError, another key's sandbox
+      // does not exist for it.
+      await assert.rejects(e2b.Sandbox.create({ apiKey: "vsk_not_a_key" }), e2b.AuthenticationError);
+      await assert.rejects(e2b.Sandbox.list({ apiKey: "vsk_not_a_key" }).nextItems(), e2b.AuthenticationError);
+      const other = { apiKey: hostd.otherKey };
+      await assert.rejects(e2b.Sandbox.getInfo(sbx.sandboxId, other), e2b.NotFoundError);
+      await assert.rejects(e2b.Sandbox.connect(sbx.sandboxId, other), e2b.NotFoundError);
+      assert.equal(await e2b.Sandbox.kill(sbx.sandboxId, other), false);
+      assert.deepEqual(await e2b.Sandbox.list(other).nextItems(), []);
+
+      // envd traffic needs the sandbox's own access token.
+      const health = (token) =>
+        fetch(`${hostd.url}/health`, {
+          headers: { "E2b-Sandbox-Id": sbx.sandboxId, "E2b-Sandbox-Port": "49983", "X-Access-Token": token },
+        });
+      assert.equal((await health(sbx.envdAccessToken)).status, 204);
+      assert.equal((await health("0".repeat(64))).status, 401);
+
+      // The E2B timeout ends the sandbox.
+      await sbx.setTimeout(1000);
+      let gone = false;
+      for (let waited = 0; !gone && waited < 30_000; waited += 500) {
+        await sleep(500);
+        gone = await e2b250.Sandbox.getInfo(sbx.sandboxId).then(() => false, (e) => e instanceof e2b250.NotFoundError);
+      }
+      assert.ok(gone, "the sandbox outlived its timeout");
     } finally {
       await sbx.kill();
     }
-    await assert.rejects(e2b250.Sandbox.getInfo(sbx.sandboxId), e2b250.NotFoundError);
   });
 });
 
@@ -225,32 +264,6 @@ describe("@e2b/code-interpreter@2.8.0", { skip }, () => {
       assert.ok(listed.some((c) => c.id === context.id));
       await sbx.removeCodeContext(context);
       assert.ok(!(await sbx.listCodeContexts()).some((c) => c.id === context.id));
-    } finally {
-      await sbx.kill();
-    }
-  });
-});
-
-describe("keys and tokens", { skip }, () => {
-  test("a wrong key is an AuthenticationError; another key's sandbox is not found", async () => {
-    await assert.rejects(e2b.Sandbox.create({ apiKey: "vsk_not_a_key" }), e2b.AuthenticationError);
-    await assert.rejects(e2b.Sandbox.list({ apiKey: "vsk_not_a_key" }).nextItems(), e2b.AuthenticationError);
-
-    const sbx = await e2b.Sandbox.create({ ...SLOW, timeoutMs: 300_000 });
-    try {
-      const other = { apiKey: hostd.otherKey };
-      await assert.rejects(e2b.Sandbox.getInfo(sbx.sandboxId, other), e2b.NotFoundError);
-      await assert.rejects(e2b.Sandbox.connect(sbx.sandboxId, other), e2b.NotFoundError);
-      assert.equal(await e2b.Sandbox.kill(sbx.sandboxId, other), false);
-      assert.deepEqual(await e2b.Sandbox.list(other).nextItems(), []);
-
-      // envd traffic needs the sandbox's own access token.
-      const health = (token) =>
-        fetch(`${hostd.url}/health`, {
-          headers: { "E2b-Sandbox-Id": sbx.sandboxId, "E2b-Sandbox-Port": "49983", "X-Access-Token": token },
-        });
-      assert.equal((await health(sbx.envdAccessToken)).status, 204);
-      assert.equal((await health("0".repeat(64))).status, 401);
     } finally {
       await sbx.kill();
     }
