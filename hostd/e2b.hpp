@@ -138,6 +138,7 @@ private:
   asio::awaitable<void> connect(Exchange& exchange, const std::string& owner,
                                 const std::string& id);
   asio::awaitable<void> kill(Exchange& exchange, const std::string& owner, const std::string& id);
+  asio::awaitable<void> fork(Exchange& exchange, const std::string& owner, const std::string& id);
   asio::awaitable<Result<void>> destroy(Sandbox& sandbox);
   asio::awaitable<void> sweep();
   // The caller's sandbox, or null (another key's is as unknown as none).

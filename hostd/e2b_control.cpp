@@ -287,6 +287,8 @@ asio::awaitable<void> E2b::control(Exchange& exchange, const std::vector<std::st
   if ((is({"sandboxes", "*", "connect"}) || is({"sandboxes", "*", "resume"})) &&
       method == http::verb::post)
     co_return co_await connect(exchange, owner, path[1]);
+  if (is({"sandboxes", "*", "fork"}) && method == http::verb::post)
+    co_return co_await fork(exchange, owner, path[1]);
   if (is({"sandboxes", "*", "refreshes"}) && method == http::verb::post) {
     // Older SDKs' keep-alive: E2B sandboxes do not idle out; nothing to do.
     if (!owned(owner, path[1])) co_return co_await respond_error(exchange, not_found(path[1]));
@@ -297,7 +299,7 @@ asio::awaitable<void> E2b::control(Exchange& exchange, const std::vector<std::st
     joined += "/" + part;
   co_await exchange.respond(
       501, error_body(501, std::string(http::to_string(method)) + " " + joined +
-                               " is not supported by vesicle's E2B compatibility (fork, "
+                               " is not supported by vesicle's E2B compatibility ("
                                "snapshots, templates, network rules, metrics and logs are not "
                                "mapped yet; see the README's \"E2B compatibility\")"));
 }
@@ -506,6 +508,43 @@ asio::awaitable<void> E2b::connect(Exchange& exchange, const std::string& owner,
     sandbox->end_ms = std::max(sandbox->end_ms, now_ms() + std::int64_t{*timeout} * 1000);
   }
   co_await respond(exchange, status, print(created_answer(*sandbox), true));
+}
+
+// Onto vesicle's fork, which is all or nothing: either every child runs
+// (201, one {"sandbox"} per child, each a new E2B sandbox with its own id
+// and token) or none does and the call fails as a whole.
+asio::awaitable<void> E2b::fork(Exchange& exchange, const std::string& owner,
+                                const std::string& id) {
+  auto body = co_await exchange.read_json_body();
+  if (!body) co_return co_await respond_error(exchange, body.error());
+  ForkBody request;
+  if (auto parsed = parse(*body, request); !parsed)
+    co_return co_await respond_error(exchange, parsed.error());
+  auto parent = owned(owner, id);
+  if (!parent) co_return co_await respond_error(exchange, not_found(id));
+  if (parent->vid.empty() || parent->changing)
+    co_return co_await exchange.respond(
+        409, error_body(409, "sandbox \"" + id + "\" is paused; connect to it before forking"));
+  auto timeout = checked_timeout(request.has_timeout() ? request.timeout() : kDefaultTimeoutS);
+  if (!timeout) co_return co_await respond_error(exchange, timeout.error());
+  const std::uint32_t count = request.has_count() ? request.count() : 1;
+  auto children = co_await api_.fork_sandbox(owner, parent->vid, count);
+  if (!children) co_return co_await respond_error(exchange, children.error());
+  std::string out = "[";
+  for (const auto& info : *children) {
+    auto child = std::make_shared<Sandbox>(*parent);
+    child->id = random_id("", kIdDigits);
+    child->vid = info.id;
+    child->token = random_id("", 64);
+    child->started_ms = now_ms();
+    child->end_ms = child->started_ms + std::int64_t{*timeout} * 1000;
+    // What ran in the parent is not the child's to list or signal.
+    child->processes.clear();
+    sandboxes_[child->id] = child;
+    if (out.size() > 1) out += ",";
+    out += "{\"sandbox\":" + print(created_answer(*child), true) + "}";
+  }
+  co_await respond(exchange, 201, out + "]");
 }
 
 asio::awaitable<void> E2b::kill(Exchange& exchange, const std::string& owner,

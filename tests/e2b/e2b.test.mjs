@@ -152,6 +152,24 @@ describe("e2b@2.51.0", { skip }, () => {
     await assert.rejects(sbx.files.getInfo("/tmp/e2b/sub"), e2b.FileNotFoundError);
   });
 
+  test("fork: children see the parent's files and are independent", async () => {
+    await sbx.files.write("/tmp/fork/before.txt", "parent");
+    const children = await sbx.fork({ count: 2, ...SLOW });
+    assert.equal(children.length, 2);
+    try {
+      for (const child of children) assert.ok(child instanceof e2b.Sandbox, String(child));
+      const [a, b] = children;
+      assert.notEqual(a.sandboxId, b.sandboxId);
+      assert.equal(await a.files.read("/tmp/fork/before.txt"), "parent");
+      assert.equal(await b.files.read("/tmp/fork/before.txt"), "parent");
+      await a.files.write("/tmp/fork/before.txt", "child a");
+      assert.equal(await b.files.read("/tmp/fork/before.txt"), "parent");
+      assert.equal(await sbx.files.read("/tmp/fork/before.txt"), "parent");
+    } finally {
+      for (const child of children) if (child instanceof e2b.Sandbox) await child.kill();
+    }
+  });
+
   test("getInfo, setTimeout, list", async () => {
     const info = await sbx.getInfo();
     assert.equal(info.sandboxId, sbx.sandboxId);
