@@ -141,6 +141,7 @@ private:
   asio::awaitable<void> fork(Exchange& exchange, const std::string& owner, const std::string& id);
   asio::awaitable<Result<void>> destroy(Sandbox& sandbox);
   asio::awaitable<void> sweep();
+  void start_sweep();
   // The caller's sandbox, or null (another key's is as unknown as none).
   std::shared_ptr<Sandbox> owned(const std::string& owner, const std::string& id);
 
@@ -185,6 +186,7 @@ private:
   Api& api_;
   std::map<std::string, std::shared_ptr<Sandbox>> sandboxes_;
   bool sweeping_ = false;
+  asio::any_io_executor executor_;
 };
 
 // An E2B control-plane error body: {"code": <status>, "message": ...}.

@@ -173,25 +173,7 @@ std::string absolute(std::string_view path) {
 
 asio::awaitable<bool> E2b::handle(Exchange& exchange, const std::vector<std::string>& path,
                                   std::string_view query, std::string& key_id) {
-  if (!sweeping_) {
-    sweeping_ = true;
-    asio::co_spawn(
-        co_await asio::this_coro::executor,
-        [weak = weak_from_this()]() -> asio::awaitable<void> {
-          auto executor = co_await asio::this_coro::executor;
-          asio::steady_timer timer(executor);
-          for (;;) {
-            timer.expires_after(std::chrono::seconds(1));
-            boost::system::error_code ignored;
-            co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ignored));
-            auto self = weak.lock();
-            if (!self) co_return;
-            co_await self->sweep();
-          }
-        },
-        asio::detached);
-  }
-
+  executor_ = co_await asio::this_coro::executor;
   // Sandbox traffic: routed by header, authenticated by the sandbox's token.
   if (auto id = exchange.header("E2b-Sandbox-Id"); !id.empty()) {
     auto found = sandboxes_.find(std::string(id));
@@ -236,8 +218,10 @@ asio::awaitable<bool> E2b::handle(Exchange& exchange, const std::vector<std::str
   }
 
   // The control plane: /sandboxes..., /v2/sandboxes..., or any X-API-KEY.
-  const bool e2b_path = !path.empty() && (path[0] == "sandboxes" || path[0] == "v2" ||
-                                          path[0] == "snapshots" || path[0] == "templates");
+  // E2B's own paths; /v2/... beyond sandboxes stays vesicle's (404).
+  const bool e2b_path =
+      !path.empty() && (path[0] == "sandboxes" || path[0] == "snapshots" ||
+                        (path[0] == "v2" && path.size() > 1 && path[1] == "sandboxes"));
   const auto api_key = exchange.header("X-API-KEY");
   if (!e2b_path && api_key.empty()) co_return false;
   if (!e2b_path && !path.empty() && path[0] == "v1") co_return false;
@@ -362,6 +346,7 @@ asio::awaitable<void> E2b::create(Exchange& exchange, const std::string& owner) 
   sandbox->memory_mib = created->spec.memory_mib;
   sandbox->disk_mib = created->spec.disk_mib;
   sandboxes_[sandbox->id] = sandbox;
+  start_sweep();
   log::info("e2b sandbox created", {{"e2b", sandbox->id}, {"sandbox", sandbox->vid}});
   co_await respond(exchange, 201, print(created_answer(*sandbox), true));
 }
@@ -541,6 +526,7 @@ asio::awaitable<void> E2b::fork(Exchange& exchange, const std::string& owner,
     // What ran in the parent is not the child's to list or signal.
     child->processes.clear();
     sandboxes_[child->id] = child;
+    start_sweep();
     if (out.size() > 1) out += ",";
     out += "{\"sandbox\":" + print(created_answer(*child), true) + "}";
   }
@@ -573,6 +559,31 @@ asio::awaitable<Result<void>> E2b::destroy(Sandbox& sandbox) {
                                       destroy_atom::value, sandbox.owner, vid);
   if (!done) co_return to_error(done.error());
   co_return Result<void>{};
+}
+
+// The sweep runs only while there are E2B sandboxes: a timer pending
+// forever would keep an io_context that should run dry (tests) running.
+void E2b::start_sweep() {
+  if (sweeping_ || sandboxes_.empty()) return;
+  sweeping_ = true;
+  asio::co_spawn(
+      executor_,
+      [weak = weak_from_this()]() -> asio::awaitable<void> {
+        asio::steady_timer timer(co_await asio::this_coro::executor);
+        for (;;) {
+          timer.expires_after(std::chrono::seconds(1));
+          boost::system::error_code ignored;
+          co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ignored));
+          auto self = weak.lock();
+          if (!self) co_return;
+          co_await self->sweep();
+          if (self->sandboxes_.empty()) {
+            self->sweeping_ = false;
+            co_return;
+          }
+        }
+      },
+      asio::detached);
 }
 
 asio::awaitable<void> E2b::sweep() {
