@@ -241,6 +241,9 @@ asio::awaitable<void> Api::route(Exchange& exchange, const std::vector<std::stri
     co_return co_await ui(exchange, path);
   }
 
+  // E2B's protocol (e2b.hpp) brings its own routes and authentication.
+  if (co_await e2b(exchange, path, query, key_id)) co_return;
+
   auto key = bearer_key(exchange.header(http::field::authorization));
   if (!key)
     co_return co_await exchange.respond_error(Error::of(

@@ -31,6 +31,10 @@
 
 namespace vesicle::hostd {
 
+namespace e2b {
+class E2b;
+}
+
 inline constexpr const char* kVersion = "0.1.0";
 
 struct ApiContext {
@@ -56,11 +60,17 @@ public:
   asio::awaitable<void> handle(Exchange& exchange);
 
 private:
+  // E2B's wire protocol (e2b.hpp) translates onto the operations below.
+  friend class e2b::E2b;
+
   // Sets `key_id` once the caller's API key is known (for the request's
   // log line).
   asio::awaitable<void> route(Exchange& exchange, const std::vector<std::string>& path,
                               std::string_view query, std::string& key_id);
 
+  // e2b_control.cpp: serves the request if it is E2B's (true).
+  asio::awaitable<bool> e2b(Exchange& exchange, const std::vector<std::string>& path,
+                            std::string_view query, std::string& key_id);
   // api_host.cpp
   asio::awaitable<void> healthz(Exchange& exchange);
   asio::awaitable<void> capacity(Exchange& exchange);
@@ -137,6 +147,7 @@ private:
   ApiContext ctx_;
   Metrics metrics_;
   mcp::Sessions mcp_sessions_;
+  std::shared_ptr<e2b::E2b> e2b_;
 };
 
 // A sandbox as the API shows it.

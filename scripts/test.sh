@@ -89,6 +89,10 @@ node_suite tests/ui ui.test.mjs
 # the stdio one is `python3 -m vesicle mcp` from this tree.
 section "MCP servers with the official MCP client (node --test tests/mcp)"
 node_suite tests/mcp './*.test.mjs'
+# The unmodified E2B SDKs (e2b@2.51.0, e2b@2.50.0, @e2b/code-interpreter@2.8.0)
+# against hostd's E2B-compatible API (README "E2B compatibility").
+section "E2B SDKs against hostd (node --test tests/e2b)"
+node_suite tests/e2b './*.test.mjs'
 
 section "leak check"
 bash scripts/leak-check.sh || status=1

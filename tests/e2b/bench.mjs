@@ -1,0 +1,56 @@
+// p50 of one small call through E2B's SDK against hostd, beside the same
+// through vesicle's own TypeScript SDK, on one hostd in one run (issue 18's
+// benchmark): commands.run('echo hi') vs runCode('echo hi', bash), and
+// code-interpreter runCode('1+1') vs runCode('1+1'). Not a test: run it by
+// hand after building hostd and the TypeScript SDK (npm run build in
+// sdk/typescript):
+//
+//   node tests/e2b/bench.mjs [iterations]
+import { performance } from "node:perf_hooks";
+
+import { locateHostd, startHostd } from "../../sdk/typescript/test/hostd_process.mjs";
+
+const iterations = Number(process.argv[2] ?? 30);
+const hostd = await startHostd(locateHostd(), { maxSandboxes: 4 });
+process.env.E2B_API_URL = hostd.url;
+process.env.E2B_SANDBOX_URL = hostd.url;
+process.env.E2B_API_KEY = hostd.key;
+process.env.VESICLE_URL = hostd.url;
+process.env.VESICLE_API_KEY = hostd.key;
+
+async function p50(name, call) {
+  for (let i = 0; i < 3; i++) await call(); // warm up
+  const ms = [];
+  for (let i = 0; i < iterations; i++) {
+    const started = performance.now();
+    await call();
+    ms.push(performance.now() - started);
+  }
+  ms.sort((a, b) => a - b);
+  const at = (q) => ms[Math.min(ms.length - 1, Math.floor(q * ms.length))].toFixed(1);
+  console.log(`${name.padEnd(52)} p50 ${at(0.5).padStart(7)} ms   p90 ${at(0.9).padStart(7)} ms   (n=${iterations})`);
+}
+
+try {
+  const { Sandbox } = await import("e2b");
+  const ci = await import("@e2b/code-interpreter");
+  const vesicle = await import("../../sdk/typescript/dist/index.js");
+  const slow = { requestTimeoutMs: 240_000 };
+
+  const e2bSandbox = await Sandbox.create(slow);
+  const ciSandbox = await ci.Sandbox.create(slow);
+  const own = await vesicle.Sandbox.create();
+  try {
+    await p50("E2B SDK       commands.run('echo hi')", () => e2bSandbox.commands.run("echo hi"));
+    await p50("vesicle SDK   runCode('echo hi', {language: 'bash'})", () => own.runCode("echo hi", { language: "bash" }));
+    await p50("E2B SDK       code-interpreter runCode('1+1')", () => ciSandbox.runCode("1+1"));
+    await p50("vesicle SDK   runCode('1+1')", () => own.runCode("1+1"));
+  } finally {
+    await e2bSandbox.kill();
+    await ciSandbox.kill();
+    await own.close();
+  }
+} finally {
+  const problems = await hostd.stop();
+  if (problems.length > 0) console.error(problems.join("\n"));
+}

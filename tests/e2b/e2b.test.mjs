@@ -1,0 +1,289 @@
+// The unmodified E2B SDKs from npm (e2b@2.51.0, e2b@2.50.0 as "e2b-2.50",
+// @e2b/code-interpreter@2.8.0) against a real hostd with real VMs, set up
+// the way a user switching over would: only E2B_API_URL and E2B_SANDBOX_URL
+// (hostd's URL) and E2B_API_KEY (a vesicle key). What maps to what is in
+// the README's "E2B compatibility".
+//
+// hostd comes from sdk/typescript/test/hostd_process.mjs (its own temp dirs
+// and keys; stop() reports any VM or file left behind).
+
+import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import { after, before, describe, test } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
+
+import { locateHostd, startHostd } from "../../sdk/typescript/test/hostd_process.mjs";
+
+const located = locateHostd();
+let hostd;
+// Imported once the environment points at hostd (the SDKs read it when a
+// sandbox or connection is made, but be safe).
+let e2b, e2b250, ci;
+
+before(async () => {
+  if (located.skip) return;
+  hostd = await startHostd(located, { maxSandboxes: 4 });
+  delete process.env.E2B_DEBUG;
+  delete process.env.E2B_DOMAIN;
+  process.env.E2B_API_URL = hostd.url;
+  process.env.E2B_SANDBOX_URL = hostd.url;
+  process.env.E2B_API_KEY = hostd.key;
+  e2b = await import("e2b");
+  e2b250 = await import("e2b-2.50");
+  ci = await import("@e2b/code-interpreter");
+});
+
+after(async () => {
+  if (!hostd) return;
+  const problems = await hostd.stop();
+  assert.deepEqual(problems, [], "hostd left something behind");
+});
+
+const skip = located.skip;
+// Creates, pauses and resumes wait for a VM under TCG.
+const SLOW = { requestTimeoutMs: 240_000 };
+
+describe("e2b@2.51.0", { skip }, () => {
+  let sbx;
+
+  test("create", async () => {
+    sbx = await e2b.Sandbox.create({ ...SLOW, timeoutMs: 600_000, metadata: { suite: "e2b" } });
+    assert.match(sbx.sandboxId, /^[0-9a-f]{32}$/);
+  });
+
+  test("commands: run, output, envs, cwd", async () => {
+    const run = await sbx.commands.run("echo hello; echo oops >&2");
+    assert.equal(run.exitCode, 0);
+    assert.equal(run.stdout, "hello\n");
+    assert.equal(run.stderr, "oops\n");
+    const env = await sbx.commands.run('echo "$FOO"; pwd', { envs: { FOO: "bar baz" }, cwd: "/tmp" });
+    assert.equal(env.stdout, "bar baz\n/tmp\n");
+  });
+
+  test("commands: stream callbacks get output as it comes", async () => {
+    const out = [];
+    const err = [];
+    const run = await sbx.commands.run("for i in 1 2 3; do echo $i; sleep 0.3; done; echo done >&2", {
+      onStdout: (d) => out.push(d),
+      onStderr: (d) => err.push(d),
+    });
+    assert.equal(out.join(""), "1\n2\n3\n");
+    assert.ok(out.length >= 2, `stdout came in ${out.length} piece(s), not streamed`);
+    assert.deepEqual(err, ["done\n"]);
+    assert.equal(run.stdout, "1\n2\n3\n");
+  });
+
+  test("commands: a non-zero exit raises CommandExitError", async () => {
+    await assert.rejects(sbx.commands.run("echo bad >&2; exit 3"), (e) => {
+      assert.ok(e instanceof e2b.CommandExitError, `${e?.constructor?.name}: ${e?.message}`);
+      assert.equal(e.exitCode, 3);
+      assert.equal(e.stderr, "bad\n");
+      return true;
+    });
+  });
+
+  test("commands: background, list, connect, kill", async () => {
+    const cmd = "sleep 2; echo late; sleep 300";
+    const handle = await sbx.commands.run(cmd, { background: true });
+    assert.ok(handle.pid > 1);
+    const listed = await sbx.commands.list();
+    const mine = listed.find((p) => p.pid === handle.pid);
+    assert.ok(mine, `pid ${handle.pid} not in ${JSON.stringify(listed)}`);
+    assert.equal(mine.cmd, "/bin/bash");
+    assert.deepEqual(mine.args, ["-l", "-c", cmd]);
+
+    // A second reader of the same command's output.
+    const seen = [];
+    const attached = await sbx.commands.connect(handle.pid, { onStdout: (d) => seen.push(d) });
+    assert.equal(attached.pid, handle.pid);
+    for (let waited = 0; !seen.join("").includes("late\n") && waited < 20_000; waited += 100) await sleep(100);
+    assert.equal(seen.join(""), "late\n");
+
+    assert.equal(await sbx.commands.kill(handle.pid), true);
+    for (const h of [handle, attached]) {
+      await assert.rejects(h.wait(), (e) => {
+        assert.ok(e instanceof e2b.CommandExitError, `${e?.constructor?.name}: ${e?.message}`);
+        assert.equal(e.exitCode, -1);
+        assert.match(e.error, /killed/);
+        return true;
+      });
+    }
+    assert.equal(handle.stdout, "late\n");
+    const later = await sbx.commands.list();
+    assert.ok(!later.some((p) => p.pid === handle.pid));
+    assert.equal(await sbx.commands.kill(handle.pid), false);
+  });
+
+  test("files: text, 1 MiB binary, list, exists, makeDir, rename, remove, getInfo", async () => {
+    const written = await sbx.files.write("/tmp/e2b/hello.txt", "hi there");
+    assert.equal(written.path, "/tmp/e2b/hello.txt");
+    assert.equal(await sbx.files.read("/tmp/e2b/hello.txt"), "hi there");
+
+    const blob = randomBytes(1 << 20);
+    await sbx.files.write("/tmp/e2b/blob.bin", blob.buffer.slice(blob.byteOffset, blob.byteOffset + blob.length));
+    const back = await sbx.files.read("/tmp/e2b/blob.bin", { format: "bytes" });
+    assert.ok(Buffer.from(back).equals(blob), "the 1 MiB file came back different");
+
+    const entries = await sbx.files.list("/tmp/e2b");
+    assert.deepEqual(entries.map((e) => [e.name, e.type, e.path]).sort(), [
+      ["blob.bin", "file", "/tmp/e2b/blob.bin"],
+      ["hello.txt", "file", "/tmp/e2b/hello.txt"],
+    ]);
+    assert.equal(entries.find((e) => e.name === "blob.bin").size, 1 << 20);
+
+    assert.equal(await sbx.files.exists("/tmp/e2b/hello.txt"), true);
+    assert.equal(await sbx.files.exists("/tmp/e2b/nope.txt"), false);
+    assert.equal(await sbx.files.makeDir("/tmp/e2b/sub"), true);
+    assert.equal(await sbx.files.makeDir("/tmp/e2b/sub"), false);
+
+    const moved = await sbx.files.rename("/tmp/e2b/hello.txt", "/tmp/e2b/sub/renamed.txt");
+    assert.equal(moved.path, "/tmp/e2b/sub/renamed.txt");
+    const info = await sbx.files.getInfo("/tmp/e2b/sub/renamed.txt");
+    assert.equal(info.name, "renamed.txt");
+    assert.equal(info.type, "file");
+    assert.equal(info.size, 8);
+    assert.equal(info.permissions, "-rw-r--r--");
+    assert.ok(info.modifiedTime instanceof Date && Math.abs(info.modifiedTime - Date.now()) < 600_000);
+    assert.equal((await sbx.files.getInfo("/tmp/e2b/sub")).type, "dir");
+
+    await sbx.files.remove("/tmp/e2b/sub");
+    assert.equal(await sbx.files.exists("/tmp/e2b/sub/renamed.txt"), false);
+    await assert.rejects(sbx.files.read("/tmp/e2b/sub/renamed.txt"), e2b.FileNotFoundError);
+    await assert.rejects(sbx.files.getInfo("/tmp/e2b/sub"), e2b.FileNotFoundError);
+  });
+
+  test("fork: children see the parent's files and are independent", async () => {
+    await sbx.files.write("/tmp/fork/before.txt", "parent");
+    const children = await sbx.fork({ count: 2, ...SLOW });
+    assert.equal(children.length, 2);
+    try {
+      for (const child of children) assert.ok(child instanceof e2b.Sandbox, String(child));
+      const [a, b] = children;
+      assert.notEqual(a.sandboxId, b.sandboxId);
+      assert.equal(await a.files.read("/tmp/fork/before.txt"), "parent");
+      assert.equal(await b.files.read("/tmp/fork/before.txt"), "parent");
+      await a.files.write("/tmp/fork/before.txt", "child a");
+      assert.equal(await b.files.read("/tmp/fork/before.txt"), "parent");
+      assert.equal(await sbx.files.read("/tmp/fork/before.txt"), "parent");
+    } finally {
+      for (const child of children) if (child instanceof e2b.Sandbox) await child.kill();
+    }
+  });
+
+  test("getInfo, setTimeout, list", async () => {
+    const info = await sbx.getInfo();
+    assert.equal(info.sandboxId, sbx.sandboxId);
+    assert.equal(info.templateId, "base");
+    assert.equal(info.state, "running");
+    assert.deepEqual(info.metadata, { suite: "e2b" });
+    assert.ok(info.cpuCount >= 1 && info.memoryMB >= 128);
+
+    await sbx.setTimeout(120_000);
+    const endAt = (await sbx.getInfo()).endAt.getTime();
+    assert.ok(Math.abs(endAt - (Date.now() + 120_000)) < 15_000, `endAt ${new Date(endAt).toISOString()}`);
+
+    const page = await e2b.Sandbox.list({ query: { metadata: { suite: "e2b" } } }).nextItems();
+    assert.deepEqual(page.map((s) => s.sandboxId), [sbx.sandboxId]);
+    const none = await e2b.Sandbox.list({ query: { metadata: { suite: "other" } } }).nextItems();
+    assert.deepEqual(none, []);
+  });
+
+  test("connect, then pause and connect: state kept", async () => {
+    const same = await e2b.Sandbox.connect(sbx.sandboxId, SLOW);
+    assert.equal((await same.commands.run("echo kept > /tmp/state; cat /tmp/state")).stdout, "kept\n");
+
+    assert.equal(await sbx.pause(SLOW), true);
+    assert.equal((await e2b.Sandbox.getInfo(sbx.sandboxId)).state, "paused");
+    assert.equal(await e2b.Sandbox.pause(sbx.sandboxId, SLOW), false, "a second pause is a 409");
+    const paused = await e2b.Sandbox.list({ query: { state: ["paused"] } }).nextItems();
+    assert.ok(paused.some((s) => s.sandboxId === sbx.sandboxId));
+
+    const resumed = await e2b.Sandbox.connect(sbx.sandboxId, SLOW);
+    assert.equal(resumed.sandboxId, sbx.sandboxId);
+    assert.equal((await e2b.Sandbox.getInfo(sbx.sandboxId)).state, "running");
+    assert.equal(await resumed.files.read("/tmp/state"), "kept\n");
+    sbx = resumed;
+  });
+
+  test("kill, then not found", async () => {
+    await sbx.kill();
+    await assert.rejects(e2b.Sandbox.getInfo(sbx.sandboxId), e2b.NotFoundError);
+    assert.equal(await e2b.Sandbox.kill(sbx.sandboxId), false);
+    await assert.rejects(sbx.commands.run("true"));
+  });
+});
+
+describe("e2b@2.50.0, keys and tokens", { skip }, () => {
+  test("create (POST /sandboxes), envVars, run, files, connect", async () => {
+    const sbx = await e2b250.Sandbox.create({ ...SLOW, timeoutMs: 300_000, envs: { FROM_CREATE: "yes" } });
+    try {
+      assert.equal((await sbx.commands.run('echo $((6*7)) "$FROM_CREATE"')).stdout, "42 yes\n");
+      await sbx.files.write("/tmp/old-sdk.txt", "from 2.50");
+      const again = await e2b250.Sandbox.connect(sbx.sandboxId, SLOW);
+      assert.equal(await again.files.read("/tmp/old-sdk.txt"), "from 2.50");
+
+      // Keys: a wrong one is an AuthenticationError, another key's sandbox
+      // does not exist for it.
+      await assert.rejects(e2b.Sandbox.create({ apiKey: "vsk_not_a_key" }), e2b.AuthenticationError);
+      await assert.rejects(e2b.Sandbox.list({ apiKey: "vsk_not_a_key" }).nextItems(), e2b.AuthenticationError);
+      const other = { apiKey: hostd.otherKey };
+      await assert.rejects(e2b.Sandbox.getInfo(sbx.sandboxId, other), e2b.NotFoundError);
+      await assert.rejects(e2b.Sandbox.connect(sbx.sandboxId, other), e2b.NotFoundError);
+      assert.equal(await e2b.Sandbox.kill(sbx.sandboxId, other), false);
+      assert.deepEqual(await e2b.Sandbox.list(other).nextItems(), []);
+
+      // envd traffic needs the sandbox's own access token.
+      const health = (token) =>
+        fetch(`${hostd.url}/health`, {
+          headers: { "E2b-Sandbox-Id": sbx.sandboxId, "E2b-Sandbox-Port": "49983", "X-Access-Token": token },
+        });
+      assert.equal((await health(sbx.envdAccessToken)).status, 204);
+      assert.equal((await health("0".repeat(64))).status, 401);
+
+      // The E2B timeout ends the sandbox.
+      await sbx.setTimeout(1000);
+      let gone = false;
+      for (let waited = 0; !gone && waited < 30_000; waited += 500) {
+        await sleep(500);
+        gone = await e2b250.Sandbox.getInfo(sbx.sandboxId).then(() => false, (e) => e instanceof e2b250.NotFoundError);
+      }
+      assert.ok(gone, "the sandbox outlived its timeout");
+    } finally {
+      await sbx.kill();
+    }
+  });
+});
+
+describe("@e2b/code-interpreter@2.8.0", { skip }, () => {
+  test("runCode: globals, results, stdout, errors, bash, contexts", async () => {
+    const sbx = await ci.Sandbox.create({ ...SLOW, timeoutMs: 300_000 });
+    try {
+      await sbx.runCode("x = 41");
+      assert.equal((await sbx.runCode("x+1")).text, "42");
+
+      const printed = await sbx.runCode('print("hi")\nprint("there", flush=True)');
+      assert.equal(printed.logs.stdout.join(""), "hi\nthere\n");
+      assert.equal(printed.text, undefined);
+
+      const failed = await sbx.runCode("1/0");
+      assert.equal(failed.error.name, "ZeroDivisionError");
+      assert.match(failed.error.value, /division by zero/);
+      assert.match(failed.error.traceback, /ZeroDivisionError/);
+
+      const bash = await sbx.runCode("echo $((2+3))", { language: "bash" });
+      assert.deepEqual(bash.logs.stdout, ["5\n"]);
+
+      const context = await sbx.createCodeContext();
+      assert.equal(context.language, "python");
+      await sbx.runCode("x = 1", { context });
+      assert.equal((await sbx.runCode("x+1", { context })).text, "2");
+      assert.equal((await sbx.runCode("x+1")).text, "42", "the default context kept its own x");
+      const listed = await sbx.listCodeContexts();
+      assert.ok(listed.some((c) => c.id === context.id));
+      await sbx.removeCodeContext(context);
+      assert.ok(!(await sbx.listCodeContexts()).some((c) => c.id === context.id));
+    } finally {
+      await sbx.kill();
+    }
+  });
+});
