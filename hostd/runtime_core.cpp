@@ -257,7 +257,13 @@ asio::awaitable<std::string> RuntimeCore::record_death(const std::string& owner,
                                                        const std::string& id,
                                                        std::shared_ptr<vmm::Vm> vm) {
   std::string how = "its VM is gone";
-  if (vm) {
+  auto closed = vm ? vm->agent().closed_reason() : std::nullopt;
+  if (vm && vm->running() && closed && closed->kind != ErrorKind::guest_died) {
+    // hostd itself disconnected the guest (it broke the protocol or stopped
+    // answering): QEMU runs on until the registry has it reclaimed, so
+    // there is no exit to wait for.
+    how = std::string(kind_info(closed->kind).name) + ": " + closed->message();
+  } else if (vm) {
     auto exited = co_await exit_within(vm, std::chrono::seconds(3));
     how = exited ? *exited
                  : "the guest agent's channel closed while QEMU still ran (the agent or the "
