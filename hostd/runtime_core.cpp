@@ -32,6 +32,13 @@ VmSettings vm_settings(const config::HostdConfig& config,
   settings.tcg_translation_cache_mib = config.tcg_translation_cache_mib();
   settings.templates_dir = config.templates_dir();
   settings.spaces_dir = config.spaces_dir();
+  const auto& agent = config.agent_deadlines();
+  settings.agent_deadlines.exec_grace = std::chrono::seconds(agent.exec_grace_s());
+  settings.agent_deadlines.cancel_answer = std::chrono::seconds(agent.exec_grace_s());
+  settings.agent_deadlines.control = std::chrono::seconds(agent.call_timeout_s());
+  settings.agent_deadlines.send = std::chrono::seconds(agent.call_timeout_s());
+  settings.agent_deadlines.file_idle = std::chrono::seconds(2 * agent.call_timeout_s());
+  settings.agent_deadlines.liveness = std::chrono::seconds(agent.liveness_s());
   return settings;
 }
 

@@ -106,7 +106,7 @@ Error protocol_violation(const std::string& what) {
 Error agent_stuck(const std::string& what) {
   return make_error(kChannelClosedOperation, "the agent stopped answering (" + what +
                                                  "); hostd disconnected it and ends the sandbox")
-      .with_kind(ErrorKind::guest_died);
+      .with_kind(ErrorKind::timeout);
 }
 
 // What a request may receive before its terminal event.
@@ -162,6 +162,14 @@ public:
     close(channel_closed("the host closed the channel"));
   }
   std::uint64_t allocate_id() { return next_id_++; }
+
+  // Python cells run one at a time in the agent, in arrival order: a cell's
+  // own timeout starts only once the cells sent before it have ended. Each
+  // cell takes its place here as it is sent, and gets the end of the one
+  // before it to wait for.
+  std::shared_ptr<detail::Event> queue_python_cell(std::shared_ptr<detail::Event> mine) {
+    return std::exchange(last_python_cell_, std::move(mine));
+  }
 
   // Routes events for `id` to `inbox`. Several ids may share one inbox.
   // `allowance` is how many bytes of `streams` the request may get (exec
@@ -336,6 +344,7 @@ private:
   detail::AsyncMutex write_lock_;
   const AgentDeadlines deadlines_;
   std::unordered_map<std::uint64_t, Route> routes_;
+  std::shared_ptr<detail::Event> last_python_cell_;
   std::optional<Error> closed_;
   bool closed_by_host_ = false;
   // Ids start at a random point, not 1: a VM restored from a snapshot taken
@@ -433,8 +442,15 @@ asio::awaitable<Result<guest::Exit>> run_exec(ChannelPtr channel, guest::Request
   request.set_id(id);
   auto inbox = channel->open(id, Streams::output, output_bytes + kExecOutputSlack);
   ScopeExit forget([&] { channel->forget(id); });
+  // A cell queued behind others starts its timeout when they have ended.
+  std::shared_ptr<detail::Event> before;
+  auto ended = std::make_shared<detail::Event>(channel->executor());
+  ScopeExit end([ended] { ended->set(); });
+  if (request.has_exec_python()) before = channel->queue_python_cell(ended);
   if (auto sent = co_await channel->send(request); !sent)
     co_return std::move(sent).error().with_context(operation);
+  // Each cell before this one has a deadline of its own: this wait is bounded.
+  if (before) (void)co_await before->wait();
   const auto& limits = channel->deadlines();
   const auto deadline =
       timeout_ms == 0 ? Clock::time_point::max()

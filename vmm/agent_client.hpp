@@ -140,9 +140,11 @@ public:
   // False once the channel has broken.
   virtual bool connected() const = 0;
   // Why the channel broke, once it has: ErrorKind::guest_protocol_violation
-  // when the guest broke the protocol (hostd then ends the sandbox and says
-  // so), ErrorKind::guest_died otherwise. Nullopt while connected (and for
-  // a client that cannot tell).
+  // when the guest broke the protocol, ErrorKind::timeout when the agent
+  // stopped answering (in both cases this client disconnected it, the VM
+  // still runs, and hostd ends the sandbox and says why),
+  // ErrorKind::guest_died otherwise. Nullopt while connected (and for a
+  // client that cannot tell).
   virtual std::optional<Error> closed_reason() const { return std::nullopt; }
 };
 

@@ -711,6 +711,31 @@ TEST(AgentClientFakeAgent, StreamedEventsForARequestThatStreamsNothingDisconnect
   EXPECT_EQ(pong.error().kind, ErrorKind::guest_protocol_violation) << pong.error().message();
 }
 
+TEST(AgentClientFakeAgent, DataSentIntoAnUploadsInboxDisconnectsTheGuest) {
+  FakeAgent fake;
+  auto work = [](AgentClient& client) -> asio::awaitable<Result<guest::Done>> {
+    auto started = co_await client.begin_upload("/data/x", 0644, true);
+    if (!started) co_return std::move(started).error();
+    // Until the last chunk the agent may only refuse (one Failure).
+    asio::steady_timer pause(co_await asio::this_coro::executor, 300ms);
+    co_await pause.async_wait(asio::use_awaitable);
+    if (auto written = co_await started.value()->write("abc"); !written)
+      co_return std::move(written).error();
+    co_return co_await started.value()->finish();
+  };
+  auto pending = std::async(std::launch::async,
+                            [&] { return run_within(fake.io(), work(fake.client()), 5s); });
+  auto open = fake.read_request();
+  ASSERT_TRUE(open && open->has_write_file());
+  guest::Event data;
+  data.set_id(open->id());
+  data.set_file_data(std::string(64u << 10, 'u'));
+  ASSERT_TRUE(fake.send(data));
+  auto done = pending.get();
+  ASSERT_FALSE(done);
+  EXPECT_EQ(done.error().kind, ErrorKind::guest_protocol_violation) << done.error().message();
+}
+
 TEST(AgentClientFakeAgent, AnExecPastItsTimeoutIsCancelledAndTheErrorSaysItWasInterrupted) {
   vmm::AgentDeadlines deadlines;
   deadlines.exec_grace = 200ms;
@@ -748,6 +773,44 @@ TEST(AgentClientFakeAgent, AnExecPastItsTimeoutIsCancelledAndTheErrorSaysItWasIn
       << ended.error().message();
   EXPECT_NE(ended.error().message().find("keeps running"), std::string::npos);
   EXPECT_TRUE(fake.io().call([&] { return fake.client().connected(); }));
+}
+
+TEST(AgentClientFakeAgent, AQueuedCellsTimeoutStartsWhenTheCellBeforeItEnded) {
+  vmm::AgentDeadlines deadlines;
+  deadlines.exec_grace = 200ms;
+  deadlines.cancel_answer = 3s;
+  FakeAgent fake(deadlines);
+  guest::ExecPython first, second;
+  first.set_code("first");
+  first.set_timeout_ms(300);
+  second.set_code("second");
+  second.set_timeout_ms(300);
+  vmm::ExecEventSink sink;
+  auto one = std::async(std::launch::async, [&] {
+    return run_within(fake.io(), fake.client().exec_python(first, sink), 8s);
+  });
+  auto a = fake.read_request();
+  ASSERT_TRUE(a && a->has_exec_python());
+  auto two = std::async(std::launch::async, [&] {
+    return run_within(fake.io(), fake.client().exec_python(second, sink), 8s);
+  });
+  auto b = fake.read_request();
+  ASSERT_TRUE(b && b->has_exec_python());
+  // The agent runs the cells one after the other: the first ends (in time)
+  // after 400 ms, the second only then starts its 300 ms.
+  std::this_thread::sleep_for(400ms);
+  guest::Event exit;
+  exit.set_id(a->id());
+  exit.mutable_exit();
+  ASSERT_TRUE(fake.send(exit));
+  auto early = fake.read_request(350ms);
+  EXPECT_FALSE(early) << "the host cancelled a queued cell counting its time in the queue";
+  exit.set_id(b->id());
+  ASSERT_TRUE(fake.send(exit));
+  auto ended_one = one.get();
+  EXPECT_TRUE(ended_one) << ended_one.error().message();
+  auto ended_two = two.get();
+  EXPECT_TRUE(ended_two) << ended_two.error().message();
 }
 
 TEST(AgentClientFakeAgent, AGuestThatStopsReadingIsDisconnectedNotWaitedForForever) {
@@ -827,6 +890,7 @@ TEST_F(StoppedAgentTest, InfoTimesOutAndTheChannelSaysTheAgentStoppedAnswering) 
   EXPECT_EQ(info.error().kind, ErrorKind::timeout) << info.error().message();
   auto reason = io_.call([&] { return client_->closed_reason(); });
   ASSERT_TRUE(reason);
+  EXPECT_EQ(reason->kind, ErrorKind::timeout) << reason->message();
   EXPECT_NE(reason->message().find("stopped answering"), std::string::npos) << reason->message();
 }
 
