@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cstdio>
 #include <string>
 #include <thread>
 
@@ -110,6 +111,10 @@ TEST_F(HostileGuest, AFrozenAgentCostsTheExecATimeoutAndEndsTheSandbox) {
   EXPECT_EQ(later.status, 410u) << later.body;
 
   const std::size_t rss_after = rss_kib(hostd->pid());
+  std::printf(
+      "frozen agent: the exec ended after %lld ms; hostd RSS %zu KiB -> %zu KiB\n",
+      static_cast<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(took).count()),
+      rss_before, rss_after);
   EXPECT_LT(rss_after, rss_before + (32u << 10))
       << "hostd's RSS grew from " << rss_before << " KiB to " << rss_after << " KiB";
 
