@@ -8,7 +8,7 @@ namespace {
 
 // The one table. API codes are the REST API's since its first version
 // (README, "The REST API"); a kind added later gets its own.
-constexpr std::array<ErrorKindInfo, 13> kKinds{{
+constexpr std::array<ErrorKindInfo, 14> kKinds{{
     {ErrorKind::invalid_argument, "invalid_argument", "invalid_argument", 400,
      "InvalidRequestError"},
     {ErrorKind::unauthenticated, "unauthenticated", "unauthenticated", 401, "AuthenticationError"},
@@ -24,6 +24,10 @@ constexpr std::array<ErrorKindInfo, 13> kKinds{{
     {ErrorKind::unavailable, "unavailable", "unavailable", 503, "UnavailableError"},
     {ErrorKind::timeout, "timeout", "timeout", 504, "DeadlineExceededError"},
     {ErrorKind::internal, "internal", "internal", 500, "ServerError"},
+    // 410 like sandbox_died (the sandbox is ended), so SDKs that map by
+    // status raise SandboxDiedError; the code says why.
+    {ErrorKind::guest_protocol_violation, "guest_protocol_violation", "guest_protocol_violation",
+     410, "SandboxDiedError"},
 }};
 
 constexpr bool table_in_enum_order() {
@@ -41,7 +45,8 @@ std::span<const ErrorKindInfo> error_kinds() {
 
 const ErrorKindInfo& kind_info(ErrorKind kind) {
   auto index = static_cast<std::size_t>(kind);
-  if (index == 0 || index > kKinds.size()) return kKinds.back(); // internal
+  if (index == 0 || index > kKinds.size())
+    return kKinds[static_cast<std::size_t>(ErrorKind::internal) - 1];
   return kKinds[index - 1];
 }
 

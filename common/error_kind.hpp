@@ -27,6 +27,10 @@ enum class ErrorKind : std::uint8_t {
   unavailable = 11,       // hostd cannot serve this now (shutting down)
   timeout = 12,           // a deadline passed before the answer came
   internal = 13,          // a bug, or a failure of the host itself
+  // The guest broke the agent protocol (an oversized frame, a reply to a
+  // request never made, data beyond what was asked, a flood past its
+  // budget): hostd disconnected it and ended the sandbox.
+  guest_protocol_violation = 14,
 };
 
 struct ErrorKindInfo {

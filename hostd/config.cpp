@@ -73,6 +73,10 @@ void apply_defaults(config::HostdConfig& c) {
   if (admission->vm_overhead_mib() == 0)
     admission->set_vm_overhead_mib(c.tcg_translation_cache_mib() + 96);
   if (admission->disk_reserve_mib() == 0) admission->set_disk_reserve_mib(1024);
+  auto* agent = c.mutable_agent_deadlines();
+  if (agent->exec_grace_s() == 0) agent->set_exec_grace_s(15);
+  if (agent->call_timeout_s() == 0) agent->set_call_timeout_s(30);
+  if (agent->liveness_s() == 0) agent->set_liveness_s(60);
   auto* confinement = c.mutable_confinement();
   if (confinement->uid_first() == 0) confinement->set_uid_first(1'900'000'000);
   if (confinement->uid_count() == 0) confinement->set_uid_count(65536);

@@ -32,6 +32,13 @@ VmSettings vm_settings(const config::HostdConfig& config,
   settings.tcg_translation_cache_mib = config.tcg_translation_cache_mib();
   settings.templates_dir = config.templates_dir();
   settings.spaces_dir = config.spaces_dir();
+  const auto& agent = config.agent_deadlines();
+  settings.agent_deadlines.exec_grace = std::chrono::seconds(agent.exec_grace_s());
+  settings.agent_deadlines.cancel_answer = std::chrono::seconds(agent.exec_grace_s());
+  settings.agent_deadlines.control = std::chrono::seconds(agent.call_timeout_s());
+  settings.agent_deadlines.send = std::chrono::seconds(agent.call_timeout_s());
+  settings.agent_deadlines.file_idle = std::chrono::seconds(2 * agent.call_timeout_s());
+  settings.agent_deadlines.liveness = std::chrono::seconds(agent.liveness_s());
   return settings;
 }
 
@@ -265,7 +272,13 @@ asio::awaitable<std::string> RuntimeCore::record_death(const std::string& owner,
                                                        const std::string& id,
                                                        std::shared_ptr<vmm::Vm> vm) {
   std::string how = "its VM is gone";
-  if (vm) {
+  auto closed = vm ? vm->agent().closed_reason() : std::nullopt;
+  if (vm && vm->running() && closed && closed->kind != ErrorKind::guest_died) {
+    // hostd itself disconnected the guest (it broke the protocol or stopped
+    // answering): QEMU runs on until the registry has it reclaimed, so
+    // there is no exit to wait for.
+    how = std::string(kind_info(closed->kind).name) + ": " + closed->message();
+  } else if (vm) {
     auto exited = co_await exit_within(vm, std::chrono::seconds(3));
     how = exited ? *exited
                  : "the guest agent's channel closed while QEMU still ran (the agent or the "

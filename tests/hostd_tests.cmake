@@ -82,6 +82,18 @@ target_compile_definitions(limits_integration_test PRIVATE
   VESICLE_DEFAULT_IMAGES_DIR="${CMAKE_BINARY_DIR}/images")
 add_dependencies(limits_integration_test hostd)
 
+# A hostile guest on a real VM (issue 14): root in the guest freezes the
+# agent; hostd's exec times out (shortened deadlines) and the sandbox is
+# recorded dead. One small VM.
+vesicle_test(hostile_guest_integration_test
+             SOURCES hostd/hostile_guest_integration_test.cpp hostd/hostd_process.cpp
+                     hostd/http_client.cpp
+             LIBS vesicle_hostd LABEL integration TIMEOUT 300)
+target_compile_definitions(hostile_guest_integration_test PRIVATE
+  HOSTD_BINARY="$<TARGET_FILE:hostd>"
+  VESICLE_DEFAULT_IMAGES_DIR="${CMAKE_BINARY_DIR}/images")
+add_dependencies(hostile_guest_integration_test hostd)
+
 # The hostd binary's flags and log lines (--log-level, log_level), no VMs.
 vesicle_test(hostd_cli_test SOURCES hostd/cli_test.cpp LIBS vesicle_vmm)
 target_compile_definitions(hostd_cli_test PRIVATE HOSTD_BINARY="$<TARGET_FILE:hostd>")

@@ -3,11 +3,21 @@
 // whole, one at a time, through an async mutex so frames never interleave.
 // Each call owns its mailbox for as long as it waits, and forgets its id when
 // it returns, so late events for an abandoned id are dropped.
+//
+// The guest is not trusted. Every route says what its request may stream
+// (nothing, exec output up to its byte budget, file data up to the range
+// asked for), and a mailbox never holds more than kMaxQueuedBytes; an event
+// outside that (a reply to a request never made, data beyond the range, a
+// flood past the budget, an oversized or unparsable frame) is a protocol
+// violation: the channel closes with ErrorKind::guest_protocol_violation and
+// the host ends the sandbox. Every wait on the agent has a deadline: a guest
+// that stops answering costs a caller a timeout, never a hang.
 #include "vmm/agent_client.hpp"
 
 #include <sys/random.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <random>
 #include <unordered_map>
 
@@ -40,6 +50,24 @@ using detail::Clock;
 using Inbox = detail::Mailbox<guest::Event>;
 
 constexpr const char* kChannelClosedOperation = "agent channel closed";
+constexpr const char* kViolationOperation = "agent protocol violation";
+// What one mailbox may hold: a download range (its sink may be slow) plus
+// frames' worth of slack. Exec output is taken as it comes, so it never
+// waits here unless the guest floods faster than the host can read.
+constexpr std::size_t kMaxQueuedBytes = 12u << 20;
+// An event counts at least this much, so a flood of empty events is one.
+constexpr std::size_t kMinEventWeight = 64;
+// Exec output (stdout plus stderr) the host asks for when the caller set no
+// cap; the agent's own default is the same. A guest sending more than its
+// request's cap plus this slack breaks the protocol.
+constexpr std::uint64_t kDefaultExecOutputBytes = 8u << 20;
+constexpr std::uint64_t kExecOutputSlack = 64u << 10;
+// A VM restored from a snapshot may still answer the requests of the client
+// that was connected when the snapshot was taken (ids this client never
+// made). Those come first, before any answer to this client; this many are
+// dropped, and any such event after this client's first answer is a
+// violation.
+constexpr int kMaxStrayEvents = 64;
 // A download asks for the file in ranges this large, so at most one range
 // waits in memory while the sink is slow.
 constexpr std::uint64_t kDownloadRange = 4u << 20;
@@ -61,6 +89,47 @@ Error channel_closed(const std::string& cause) {
       .with_kind(ErrorKind::guest_died);
 }
 
+// "15 s", "0.2 s".
+std::string seconds_text(std::chrono::milliseconds span) {
+  if (span.count() % 1000 == 0) return std::to_string(span.count() / 1000) + " s";
+  char text[32];
+  std::snprintf(text, sizeof text, "%.1f s", static_cast<double>(span.count()) / 1000);
+  return text;
+}
+
+Error protocol_violation(const std::string& what) {
+  return make_error(kViolationOperation, "the guest broke the agent protocol (" + what +
+                                             "); hostd disconnected it and ends the sandbox")
+      .with_kind(ErrorKind::guest_protocol_violation);
+}
+
+Error agent_stuck(const std::string& what) {
+  return make_error(kChannelClosedOperation, "the agent stopped answering (" + what +
+                                                 "); hostd disconnected it and ends the sandbox")
+      .with_kind(ErrorKind::timeout);
+}
+
+// What a request may receive before its terminal event.
+enum class Streams {
+  nothing,   // ping, info, refresh, grow, shutdown, cancel, an upload
+  output,    // an exec: stdout, stderr, result, error, display
+  file_data, // a ReadFile: file_data
+};
+
+bool is_terminal(const guest::Event& event) {
+  switch (event.kind_case()) {
+  case guest::Event::kStdout:
+  case guest::Event::kStderr:
+  case guest::Event::kResult:
+  case guest::Event::kError:
+  case guest::Event::kDisplay:
+  case guest::Event::kFileData:
+    return false;
+  default:
+    return true;
+  }
+}
+
 template <class F> class ScopeExit {
 public:
   explicit ScopeExit(F f) : f_(std::move(f)) {}
@@ -73,8 +142,9 @@ private:
 
 class Channel : public std::enable_shared_from_this<Channel> {
 public:
-  explicit Channel(Socket socket)
-      : executor_(socket.get_executor()), socket_(std::move(socket)), write_lock_(executor_) {}
+  Channel(Socket socket, AgentDeadlines deadlines)
+      : executor_(socket.get_executor()), socket_(std::move(socket)), write_lock_(executor_),
+        deadlines_(deadlines) {}
 
   void start() {
     asio::co_spawn(
@@ -82,6 +152,7 @@ public:
   }
 
   const asio::any_io_executor& executor() const { return executor_; }
+  const AgentDeadlines& deadlines() const { return deadlines_; }
   bool connected() const { return !closed_.has_value(); }
   // The host closed it on purpose (the client was destroyed), as opposed to
   // the VM or agent going away.
@@ -92,20 +163,42 @@ public:
   }
   std::uint64_t allocate_id() { return next_id_++; }
 
+  // Python cells run one at a time in the agent, in arrival order: a cell's
+  // own timeout starts only once the cells sent before it have ended. Each
+  // cell takes its place here as it is sent, and gets the end of the one
+  // before it to wait for.
+  std::shared_ptr<detail::Event> queue_python_cell(std::shared_ptr<detail::Event> mine) {
+    return std::exchange(last_python_cell_, std::move(mine));
+  }
+
   // Routes events for `id` to `inbox`. Several ids may share one inbox.
-  void route(std::uint64_t id, const std::shared_ptr<Inbox>& inbox) {
+  // `allowance` is how many bytes of `streams` the request may get (exec
+  // output, or the file range asked for).
+  void route(std::uint64_t id, const std::shared_ptr<Inbox>& inbox,
+             Streams streams = Streams::nothing, std::uint64_t allowance = 0) {
     if (closed_) {
       inbox->close(*closed_);
       return;
     }
-    inboxes_[id] = inbox;
+    routes_[id] = Route{inbox, streams, allowance};
   }
-  std::shared_ptr<Inbox> open(std::uint64_t id) {
+  std::shared_ptr<Inbox> open(std::uint64_t id, Streams streams = Streams::nothing,
+                              std::uint64_t allowance = 0) {
     auto inbox = std::make_shared<Inbox>(executor_);
-    route(id, inbox);
+    route(id, inbox, streams, allowance);
     return inbox;
   }
-  void forget(std::uint64_t id) { inboxes_.erase(id); }
+  void forget(std::uint64_t id) { routes_.erase(id); }
+
+  // Why the channel closed, once it has.
+  const std::optional<Error>& closed_reason() const { return closed_; }
+
+  // The guest broke the protocol: disconnect it.
+  void violate(const std::string& what) {
+    if (closed_) return;
+    log::warn("a guest broke the agent protocol; disconnecting it", {{"what", what}});
+    close(protocol_violation(what));
+  }
 
   asio::awaitable<Result<void>> send(const guest::Request& request) {
     if (closed_) co_return *closed_;
@@ -114,9 +207,20 @@ public:
     detail::AsyncLockGuard guard(write_lock_);
     // The channel may have closed while this call waited for its turn.
     if (closed_) co_return *closed_;
+    // A guest that stops reading fills its end of the channel and would hold
+    // this write (and every call queued behind it) forever.
+    auto self = shared_from_this();
+    asio::steady_timer watchdog(executor_, deadlines_.send);
+    watchdog.async_wait([self](boost::system::error_code ec) {
+      if (!ec)
+        self->close(agent_stuck("it read nothing for " + seconds_text(self->deadlines_.send) +
+                                " while hostd was writing to it"));
+    });
     boost::system::error_code ec;
     co_await asio::async_write(socket_, asio::buffer(frame),
                                asio::redirect_error(asio::use_awaitable, ec));
+    watchdog.cancel();
+    if (closed_) co_return *closed_;
     if (ec) {
       close(channel_closed("writing to the agent failed: " + ec.message()));
       co_return *closed_;
@@ -129,10 +233,10 @@ public:
     closed_ = std::move(reason);
     boost::system::error_code ignored;
     socket_.close(ignored);
-    auto inboxes = std::move(inboxes_);
-    inboxes_.clear();
-    for (auto& [id, inbox] : inboxes)
-      inbox->close(*closed_);
+    auto routes = std::move(routes_);
+    routes_.clear();
+    for (auto& [id, route] : routes)
+      route.inbox->close(*closed_);
   }
 
 private:
@@ -149,34 +253,109 @@ private:
         break;
       }
       decoder.feed(std::string_view(buffer.data(), n));
-      for (;;) {
+      while (!closed_) {
         auto payload = decoder.next();
         if (!payload) {
-          close(channel_closed("bad frame: " + payload.error().message()));
+          violate("bad frame: " + payload.error().message());
           break;
         }
         if (!payload.value()) break;
         guest::Event event;
         if (auto parsed = wire::parse_payload(*payload.value(), event); !parsed) {
-          close(channel_closed("bad frame: " + parsed.error().message()));
+          violate("bad frame: " + parsed.error().message());
           break;
         }
-        auto it = inboxes_.find(event.id());
-        if (it != inboxes_.end()) it->second->push(std::move(event));
+        if (auto broken = deliver(std::move(event))) violate(*broken);
       }
     }
+  }
+
+  struct Route {
+    std::shared_ptr<Inbox> inbox;
+    Streams streams = Streams::nothing;
+    std::uint64_t allowance = 0;
+  };
+
+  // Hands `event` to its request's mailbox; what the guest did wrong, if
+  // it did.
+  std::optional<std::string> deliver(guest::Event event) {
+    const std::uint64_t id = event.id();
+    auto it = routes_.find(id);
+    if (it == routes_.end()) {
+      // A late event of a call that gave up (timed out, abandoned): dropped.
+      if (id >= first_id_ && id < next_id_) return std::nullopt;
+      if (answered_)
+        return "an event for request " + std::to_string(id) + ", which this host never sent";
+      if (++strays_ > kMaxStrayEvents)
+        return "more than " + std::to_string(kMaxStrayEvents) +
+               " events for requests this host never sent";
+      return std::nullopt;
+    }
+    answered_ = true;
+    Route& route = it->second;
+    const bool terminal = is_terminal(event);
+    if (!terminal) {
+      if (auto wrong = charge(route, event)) return "request " + std::to_string(id) + ": " + *wrong;
+    }
+    const std::size_t weight = std::max<std::size_t>(event.ByteSizeLong(), kMinEventWeight);
+    auto inbox = route.inbox;
+    // One terminal event per request: whatever follows it is dropped.
+    if (terminal) routes_.erase(it);
+    inbox->push(std::move(event), weight);
+    if (inbox->queued_weight() > kMaxQueuedBytes)
+      return "more than " + std::to_string(kMaxQueuedBytes >> 20) + " MiB of events for request " +
+             std::to_string(id) + " wait to be read; the guest floods its channel";
+    return std::nullopt;
+  }
+
+  // Counts a streamed event against what its request may get.
+  static std::optional<std::string> charge(Route& route, const guest::Event& event) {
+    std::uint64_t bytes = 0;
+    Streams needed = Streams::output;
+    switch (event.kind_case()) {
+    case guest::Event::kStdout:
+      bytes = event.stdout().size();
+      break;
+    case guest::Event::kStderr:
+      bytes = event.stderr().size();
+      break;
+    case guest::Event::kFileData:
+      bytes = event.file_data().size();
+      needed = Streams::file_data;
+      break;
+    default: // result, error, display: bounded per event, and queued-bytes capped
+      break;
+    }
+    if (route.streams != needed)
+      return std::string("a streamed event (field ") +
+             std::to_string(static_cast<int>(event.kind_case())) +
+             ") for a request that streams none of that kind";
+    if (bytes > route.allowance) {
+      return needed == Streams::file_data ? "file data beyond the range that was asked for"
+                                          : "exec output past its budget of " +
+                                                std::to_string(route.allowance) + " more bytes";
+    }
+    route.allowance -= bytes;
+    return std::nullopt;
   }
 
   asio::any_io_executor executor_;
   Socket socket_;
   detail::AsyncMutex write_lock_;
-  std::unordered_map<std::uint64_t, std::shared_ptr<Inbox>> inboxes_;
+  const AgentDeadlines deadlines_;
+  std::unordered_map<std::uint64_t, Route> routes_;
+  std::shared_ptr<detail::Event> last_python_cell_;
   std::optional<Error> closed_;
   bool closed_by_host_ = false;
   // Ids start at a random point, not 1: a VM restored from a snapshot taken
   // while calls were in flight still answers the old client's ids, and a
   // fresh client counting from 1 would take those stale events for its own.
-  std::uint64_t next_id_ = first_request_id();
+  const std::uint64_t first_id_ = first_request_id();
+  std::uint64_t next_id_ = first_id_;
+  // An event for one of this client's requests arrived (stray events are
+  // violations from then on), and how many strays came before it.
+  bool answered_ = false;
+  int strays_ = 0;
 };
 
 using ChannelPtr = std::shared_ptr<Channel>;
@@ -187,8 +366,26 @@ Error unexpected_event(const std::string& operation, const guest::Event& event) 
                                    "); the agent and hostd disagree on the protocol");
 }
 
+// Waits for the terminal event of request `id` (whose events arrive in
+// `inbox`); streamed events go to `on_stream` (which may be empty). Nullopt
+// at the deadline.
+asio::awaitable<std::optional<Result<guest::Event>>>
+await_terminal(Inbox& inbox, Clock::time_point deadline,
+               const std::function<void(const guest::Event&)>& on_stream) {
+  for (;;) {
+    auto received = co_await inbox.receive(deadline);
+    if (!received) co_return std::nullopt;
+    if (!*received) co_return std::move(*received).error();
+    guest::Event& event = received->value();
+    if (is_terminal(event)) co_return std::move(event);
+    if (on_stream) on_stream(event);
+  }
+}
+
 // Sends `request` under a fresh id and returns its terminal event; streamed
-// events go to `on_stream` (which may be empty).
+// events go to `on_stream` (which may be empty). At the deadline the agent
+// is taken to be stuck: the channel closes (the host ends the sandbox) and
+// the caller gets a timeout.
 asio::awaitable<Result<guest::Event>>
 call(ChannelPtr channel, guest::Request request, Clock::time_point deadline,
      const std::function<void(const guest::Event&)>& on_stream) {
@@ -197,33 +394,117 @@ call(ChannelPtr channel, guest::Request request, Clock::time_point deadline,
   auto inbox = channel->open(id);
   ScopeExit forget([&] { channel->forget(id); });
   if (auto sent = co_await channel->send(request); !sent) co_return std::move(sent).error();
-  for (;;) {
-    auto received = co_await inbox->receive(deadline);
-    if (!received) co_return make_error("wait for the agent", "no answer before the deadline");
-    if (!*received) co_return std::move(*received).error();
-    guest::Event& event = received->value();
-    switch (event.kind_case()) {
-    case guest::Event::kStdout:
-    case guest::Event::kStderr:
-    case guest::Event::kResult:
-    case guest::Event::kError:
-    case guest::Event::kDisplay:
-    case guest::Event::kFileData:
-      if (on_stream) on_stream(event);
-      break;
-    default:
-      co_return std::move(event);
-    }
-  }
+  auto terminal = co_await await_terminal(*inbox, deadline, on_stream);
+  if (terminal) co_return std::move(*terminal);
+  co_return make_error("wait for the agent", "no answer before the deadline");
 }
 
+// A control call: one that the agent answers at once. No answer within
+// AgentDeadlines::control means the agent is stuck: its channel is closed (the host
+// ends the sandbox) and the caller gets a timeout that says so.
+asio::awaitable<Result<guest::Event>> control_call(ChannelPtr channel, guest::Request request) {
+  const auto limit = channel->deadlines().control;
+  auto terminal = co_await call(channel, std::move(request), Clock::now() + limit, kNoStream);
+  if (terminal || channel->closed_reason()) co_return terminal;
+  const std::string what = "no answer within " + seconds_text(limit);
+  channel->close(agent_stuck(what));
+  co_return Error::of(ErrorKind::timeout,
+                      "the agent gave " + what + "; the sandbox is ended (its VM is killed)");
+}
+
+// The next event of a file transfer. An agent silent for AgentDeadlines::file_idle
+// while the host waits for it is stuck: as in control_call.
+asio::awaitable<Result<guest::Event>> next_file_event(ChannelPtr channel, Inbox& inbox) {
+  const auto limit = channel->deadlines().file_idle;
+  auto received = co_await inbox.receive(Clock::now() + limit);
+  if (received) co_return std::move(*received);
+  const std::string what = "nothing within " + seconds_text(limit) + " of a file transfer";
+  if (!channel->closed_reason()) channel->close(agent_stuck(what));
+  co_return Error::of(ErrorKind::timeout,
+                      "the agent sent " + what + "; the sandbox is ended (its VM is killed)");
+}
+
+std::uint64_t output_budget(std::uint64_t asked) {
+  return asked != 0 ? asked : kDefaultExecOutputBytes;
+}
+
+// An exec on the wire: the agent pinged whenever it ran AgentDeadlines::liveness
+// (a stopped agent is found even without a timeout); at most its own
+// timeout plus AgentDeadlines::exec_grace, then a
+// Cancel (the agent interrupts the cell or kills the command, as on its own
+// timeout), then at most AgentDeadlines::cancel_answer for it to end before the
+// channel is closed. Either way the caller gets a timeout saying which.
 asio::awaitable<Result<guest::Exit>> run_exec(ChannelPtr channel, guest::Request request,
-                                              ExecEventSink sink, std::string operation) {
-  auto terminal = co_await call(channel, std::move(request), Clock::time_point::max(), sink);
-  if (!terminal) co_return std::move(terminal).error().with_context(operation);
-  if (terminal->has_exit()) co_return terminal->exit();
-  if (terminal->has_failure()) co_return failure_error(operation, {}, terminal->failure());
-  co_return unexpected_event(operation, terminal.value());
+                                              ExecEventSink sink, std::string operation,
+                                              std::uint32_t timeout_ms,
+                                              std::uint64_t output_bytes) {
+  const std::uint64_t id = channel->allocate_id();
+  request.set_id(id);
+  auto inbox = channel->open(id, Streams::output, output_bytes + kExecOutputSlack);
+  ScopeExit forget([&] { channel->forget(id); });
+  // A cell queued behind others starts its timeout when they have ended.
+  std::shared_ptr<detail::Event> before;
+  auto ended = std::make_shared<detail::Event>(channel->executor());
+  ScopeExit end([ended] { ended->set(); });
+  if (request.has_exec_python()) before = channel->queue_python_cell(ended);
+  if (auto sent = co_await channel->send(request); !sent)
+    co_return std::move(sent).error().with_context(operation);
+  // Each cell before this one has a deadline of its own: this wait is bounded.
+  if (before) (void)co_await before->wait();
+  const auto& limits = channel->deadlines();
+  const auto deadline =
+      timeout_ms == 0 ? Clock::time_point::max()
+                      : Clock::now() + std::chrono::milliseconds(timeout_ms) + limits.exec_grace;
+  std::optional<Result<guest::Event>> terminal;
+  for (;;) {
+    terminal =
+        co_await await_terminal(*inbox, std::min(deadline, Clock::now() + limits.liveness), sink);
+    if (terminal || Clock::now() >= deadline) break;
+    // A long exec (or one without a timeout): is the agent still there?
+    guest::Request ping;
+    ping.mutable_ping();
+    auto pong = co_await call(channel, std::move(ping), Clock::now() + limits.control, kNoStream);
+    if (!pong && !channel->closed_reason()) {
+      channel->close(agent_stuck("a ping during an exec went unanswered"));
+      co_return Error::of(ErrorKind::timeout,
+                          operation + ": the agent did not answer a ping within " +
+                              seconds_text(limits.control) +
+                              " while the exec ran; the agent is stuck, so the sandbox is ended "
+                              "(its VM is killed)");
+    }
+  }
+  std::optional<std::string> overran;
+  if (!terminal) {
+    overran = "the agent did not end it within its timeout of " +
+              seconds_text(std::chrono::milliseconds(timeout_ms)) + " and " +
+              seconds_text(limits.exec_grace) + " of grace";
+    guest::Request cancel;
+    cancel.set_id(channel->allocate_id());
+    cancel.mutable_cancel()->set_target(id);
+    (void)co_await channel->send(cancel);
+    terminal = co_await await_terminal(*inbox, Clock::now() + limits.cancel_answer, sink);
+    if (!terminal) {
+      if (!channel->closed_reason())
+        channel->close(agent_stuck("an exec overran its timeout and a cancel went unanswered"));
+      co_return Error::of(ErrorKind::timeout,
+                          operation + ": " + *overran + ", nor after a cancel within " +
+                              seconds_text(limits.cancel_answer) +
+                              "; the agent is stuck, so the sandbox is ended (its VM is killed)");
+    }
+  }
+  if (!*terminal) co_return std::move(*terminal).error().with_context(operation);
+  const guest::Event& event = terminal->value();
+  if (overran && event.has_exit()) {
+    co_return Error::of(ErrorKind::timeout,
+                        operation + ": " + *overran + "; hostd cancelled it and " +
+                            (event.exit().repl_restarted()
+                                 ? "the Python REPL was restarted (its state is lost); "
+                                 : "it was interrupted; ") +
+                            "the sandbox keeps running");
+  }
+  if (event.has_exit()) co_return event.exit();
+  if (event.has_failure()) co_return failure_error(operation, {}, event.failure());
+  co_return unexpected_event(operation, event);
 }
 
 // A refresh on the wire: sent under `id`, its answer arriving in `inbox`.
@@ -360,10 +641,10 @@ public:
     if (auto sent = co_await channel->send(request); !sent) {
       co_return std::move(sent).error().with_context("committing upload of " + path_);
     }
-    auto received = co_await inbox->receive();
-    if (!*received)
-      co_return std::move(*received).error().with_context("committing upload of " + path_);
-    const guest::Event& event = received->value();
+    auto received = co_await next_file_event(channel, *inbox);
+    if (!received)
+      co_return std::move(received).error().with_context("committing upload of " + path_);
+    const guest::Event& event = received.value();
     if (event.has_done()) co_return event.done();
     if (event.has_failure()) co_return failure_error("write file", path_, event.failure());
     co_return unexpected_event("write file " + path_, event);
@@ -378,8 +659,7 @@ public:
     cancel.mutable_cancel()->set_target(id_);
     // Waits for the agent's acknowledgement so a caller that aborts and then
     // uploads the same path again does not race the removal.
-    (void)co_await call(channel, std::move(cancel), Clock::now() + std::chrono::seconds(30),
-                        kNoStream);
+    (void)co_await control_call(channel, std::move(cancel));
   }
 
 private:
@@ -473,7 +753,7 @@ public:
     auto channel = channel_;
     guest::Request request;
     request.mutable_info();
-    auto terminal = co_await call(channel, std::move(request), Clock::time_point::max(), kNoStream);
+    auto terminal = co_await control_call(channel, std::move(request));
     if (!terminal) co_return std::move(terminal).error().with_context("query agent info");
     if (terminal->has_info()) co_return terminal->info();
     if (terminal->has_failure())
@@ -483,16 +763,24 @@ public:
 
   asio::awaitable<Result<guest::Exit>> exec_python(guest::ExecPython exec,
                                                    ExecEventSink sink) override {
+    const std::uint32_t timeout_ms = exec.timeout_ms();
+    const std::uint64_t output_bytes = output_budget(exec.max_output_bytes());
+    exec.set_max_output_bytes(output_bytes);
     guest::Request request;
     *request.mutable_exec_python() = std::move(exec);
-    return run_exec(channel_, std::move(request), std::move(sink), "exec python");
+    return run_exec(channel_, std::move(request), std::move(sink), "exec python", timeout_ms,
+                    output_bytes);
   }
 
   asio::awaitable<Result<guest::Exit>> exec_bash(guest::ExecBash exec,
                                                  ExecEventSink sink) override {
+    const std::uint32_t timeout_ms = exec.timeout_ms();
+    const std::uint64_t output_bytes = output_budget(exec.max_output_bytes());
+    exec.set_max_output_bytes(output_bytes);
     guest::Request request;
     *request.mutable_exec_bash() = std::move(exec);
-    return run_exec(channel_, std::move(request), std::move(sink), "exec bash");
+    return run_exec(channel_, std::move(request), std::move(sink), "exec bash", timeout_ms,
+                    output_bytes);
   }
 
   asio::awaitable<Result<std::unique_ptr<Upload>>>
@@ -521,7 +809,8 @@ public:
     std::uint64_t offset = 0;
     for (;;) {
       const std::uint64_t id = channel->allocate_id();
-      auto inbox = channel->open(id);
+      // The channel refuses (as a violation) any byte past the range.
+      auto inbox = channel->open(id, Streams::file_data, kDownloadRange);
       ScopeExit forget([&channel, id] { channel->forget(id); });
       guest::Request request;
       request.set_id(id);
@@ -535,9 +824,9 @@ public:
       std::uint64_t received_bytes = 0;
       std::optional<guest::Done> done;
       while (!done) {
-        auto received = co_await inbox->receive();
-        if (!*received) co_return std::move(*received).error().with_context("downloading " + path);
-        guest::Event& event = received->value();
+        auto received = co_await next_file_event(channel, *inbox);
+        if (!received) co_return std::move(received).error().with_context("downloading " + path);
+        guest::Event& event = received.value();
         if (event.has_file_data()) {
           received_bytes += event.file_data().size();
           if (auto taken = co_await sink(event.file_data()); !taken) {
@@ -569,7 +858,7 @@ public:
     auto channel = channel_;
     guest::Request request;
     request.mutable_shutdown();
-    auto terminal = co_await call(channel, std::move(request), Clock::time_point::max(), kNoStream);
+    auto terminal = co_await control_call(channel, std::move(request));
     if (!terminal) co_return std::move(terminal).error().with_context("shut down the guest");
     if (terminal->has_done()) co_return Result<void>{};
     if (terminal->has_failure())
@@ -616,6 +905,7 @@ public:
   }
 
   bool connected() const override { return channel_->connected(); }
+  std::optional<Error> closed_reason() const override { return channel_->closed_reason(); }
 
 private:
   ChannelPtr channel_;
@@ -647,14 +937,15 @@ Result<IdentityRefresh> IdentityRefresh::generate(std::string hostname) {
   return identity;
 }
 
-std::unique_ptr<AgentClient> make_agent_client(asio::local::stream_protocol::socket socket) {
-  auto channel = std::make_shared<Channel>(std::move(socket));
+std::unique_ptr<AgentClient> make_agent_client(asio::local::stream_protocol::socket socket,
+                                               AgentDeadlines deadlines) {
+  auto channel = std::make_shared<Channel>(std::move(socket), deadlines);
   channel->start();
   return std::make_unique<ChannelAgentClient>(std::move(channel));
 }
 
 bool is_channel_closed(const Error& error) {
-  return error.kind == ErrorKind::guest_died;
+  return error.kind == ErrorKind::guest_died || error.kind == ErrorKind::guest_protocol_violation;
 }
 
 namespace {

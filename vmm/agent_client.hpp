@@ -6,6 +6,16 @@
 // When the channel breaks (the VM died, the agent exited, a bad frame), every
 // pending and later call completes with an Error whose detail says so; no
 // call ever hangs on a dead VM.
+//
+// The guest is not trusted: a guest that breaks the protocol (an oversized
+// or unparsable frame, a reply to a request never made, file data beyond
+// the range asked for, exec output past its budget, a flood of events) is
+// disconnected, and every call gets ErrorKind::guest_protocol_violation.
+// Every call has a host-side deadline: an exec its timeout_ms plus a grace
+// (then a cancel; an agent that ignores it is disconnected), file calls a
+// fixed idle limit, control calls a fixed limit. A call that runs out gets
+// ErrorKind::timeout saying whether the exec was interrupted (the sandbox
+// runs on) or the agent was disconnected (the sandbox is to be ended).
 #pragma once
 
 #include <chrono>
@@ -129,16 +139,49 @@ public:
 
   // False once the channel has broken.
   virtual bool connected() const = 0;
+  // Why the channel broke, once it has: ErrorKind::guest_protocol_violation
+  // when the guest broke the protocol, ErrorKind::timeout when the agent
+  // stopped answering (in both cases this client disconnected it, the VM
+  // still runs, and hostd ends the sandbox and says why),
+  // ErrorKind::guest_died otherwise. Nullopt while connected (and for a
+  // client that cannot tell).
+  virtual std::optional<Error> closed_reason() const { return std::nullopt; }
+};
+
+// The host-side deadlines of a client: hostd's defaults; tests shorten them.
+struct AgentDeadlines {
+  // An exec may run its own timeout_ms plus this (the agent enforces the
+  // timeout; the grace covers its interrupt and a REPL restart), then the
+  // host cancels it ...
+  std::chrono::milliseconds exec_grace{15'000};
+  // ... and an agent that has not ended it this long after the cancel is
+  // stuck: the channel is closed.
+  std::chrono::milliseconds cancel_answer{15'000};
+  // A file transfer: no event from the agent for this long while the host
+  // waits for one.
+  std::chrono::milliseconds file_idle{60'000};
+  // An exec running this long (and every such span after) has the host
+  // ping the agent: one that does not answer within `control` is stuck and
+  // the channel is closed, whatever the exec's own timeout.
+  std::chrono::milliseconds liveness{60'000};
+  // Info, shutdown, a ping during an exec, a cancel's acknowledgement: answered at once by a
+  // working agent.
+  std::chrono::milliseconds control{30'000};
+  // A request the guest does not take off the channel for this long (its
+  // end full): the channel is closed.
+  std::chrono::milliseconds send{30'000};
 };
 
 // Builds a client on an already connected stream socket (QEMU's chardev
 // socket, or one end of a socketpair in tests). The client lives on the
 // socket's executor.
-std::unique_ptr<AgentClient> make_agent_client(asio::local::stream_protocol::socket socket);
+std::unique_ptr<AgentClient> make_agent_client(asio::local::stream_protocol::socket socket,
+                                               AgentDeadlines deadlines = {});
 
 // True when `error` is the one every call gets once the channel broke (the
-// VM died, the agent exited, or it sent a bad frame): the VM is gone or
-// unusable, as opposed to a request the agent refused.
+// VM died, the agent exited or stopped answering, or the guest broke the
+// protocol): the VM is gone or unusable, as opposed to a request the agent
+// refused.
 bool is_channel_closed(const Error& error);
 
 // How an agent's Failure becomes an Error: operation and subject say what

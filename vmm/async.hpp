@@ -114,14 +114,17 @@ private:
 };
 
 // A queue of items for one consumer, closed once with an Error that every
-// later receive returns (after the items already queued).
+// later receive returns (after the items already queued). Each item carries
+// a weight (its size in bytes, say) so the producer can see how much waits
+// and refuse to queue more: the queue itself never drops or blocks.
 template <class T> class Mailbox {
 public:
   explicit Mailbox(asio::any_io_executor executor) : wakeup_(std::move(executor)) {}
 
-  void push(T item) {
+  void push(T item, std::size_t weight = 0) {
     if (error_) return;
-    items_.push_back(std::move(item));
+    items_.emplace_back(std::move(item), weight);
+    queued_weight_ += weight;
     wakeup_.notify();
   }
   void close(Error error) {
@@ -131,14 +134,12 @@ public:
   }
   bool closed() const { return error_.has_value(); }
   std::size_t size() const { return items_.size(); }
+  // The weights of the items waiting, summed.
+  std::size_t queued_weight() const { return queued_weight_; }
 
   // The next item or the close Error if either is there now; else nullopt.
   std::optional<Result<T>> try_receive() {
-    if (!items_.empty()) {
-      T item = std::move(items_.front());
-      items_.pop_front();
-      return Result<T>(std::move(item));
-    }
+    if (!items_.empty()) return Result<T>(take());
     if (error_) return Result<T>(*error_);
     return std::nullopt;
   }
@@ -147,11 +148,7 @@ public:
   asio::awaitable<std::optional<Result<T>>>
   receive(Clock::time_point deadline = Clock::time_point::max()) {
     for (;;) {
-      if (!items_.empty()) {
-        T item = std::move(items_.front());
-        items_.pop_front();
-        co_return Result<T>(std::move(item));
-      }
+      if (!items_.empty()) co_return Result<T>(take());
       if (error_) co_return Result<T>(*error_);
       // g++ 12 miscompiles co_await inside && and || (temporaries destroyed
       // twice), so the result is taken into a variable first.
@@ -161,8 +158,16 @@ public:
   }
 
 private:
+  T take() {
+    auto [item, weight] = std::move(items_.front());
+    items_.pop_front();
+    queued_weight_ -= weight;
+    return std::move(item);
+  }
+
   Wakeup wakeup_;
-  std::deque<T> items_;
+  std::deque<std::pair<T, std::size_t>> items_;
+  std::size_t queued_weight_ = 0;
   std::optional<Error> error_;
 };
 

@@ -144,7 +144,8 @@ public:
   // rmdir of each directory. A reaped process may still count in its cgroup
   // for a few ms, so EBUSY is retried for up to ~130 ms; after that (or on
   // any other failure) an Error to log; what is left stays for remove() again,
-  // the destructor, or the next start's sweep.
+  // the destructor, or the next start's sweep. Blocking, then: call it on
+  // the blocking pool (vmm/blocking.hpp), never on an event loop.
   Result<void> remove();
   bool removed() const { return dirs_.empty(); }
 

@@ -18,6 +18,8 @@
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include "vmm/blocking.hpp"
+
 extern char** environ;
 
 namespace vesicle::vmm::detail {
@@ -88,7 +90,17 @@ Process::Process(asio::any_io_executor executor, pid_t pid, UniqueFd pidfd)
 }
 
 Process::~Process() {
-  if (!status_) kill_and_reap();
+  if (!status_) {
+    // Killed here, reaped by the blocking pool: a large process (a QEMU
+    // with gigabytes of guest RAM) takes the kernel a while to tear down,
+    // and this may run on an event loop.
+    kill(SIGKILL);
+    post_blocking([pidfd = std::move(pidfd_)] {
+      siginfo_t info{};
+      while (::waitid(P_PIDFD, pidfd.get(), &info, WEXITED) != 0 && errno == EINTR) {
+      }
+    });
+  }
   boost::system::error_code ignored;
   watch_->descriptor.close(ignored);
 }

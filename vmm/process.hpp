@@ -56,7 +56,9 @@ public:
   static Result<std::unique_ptr<Process>> spawn(asio::any_io_executor executor,
                                                 const SpawnOptions& options);
 
-  ~Process(); // SIGKILLs and reaps a child still running
+  // SIGKILLs a child still running; the blocking pool (vmm/blocking.hpp)
+  // reaps it, so this never waits for the kernel.
+  ~Process();
   Process(const Process&) = delete;
   Process& operator=(const Process&) = delete;
 
@@ -69,8 +71,9 @@ public:
   asio::awaitable<ExitStatus> wait();
   // Sends `signal` unless the process was already reaped.
   void kill(int signal);
-  // SIGKILL, then a blocking reap (the kernel tears a killed process down in
-  // milliseconds).
+  // SIGKILL, then a blocking reap: the kernel takes milliseconds to tear a
+  // small process down, far longer for a QEMU with gigabytes of guest RAM.
+  // Not for an event loop: there, kill() and await wait().
   ExitStatus kill_and_reap();
 
 private:

@@ -29,6 +29,7 @@
 
 #include "common/log.hpp"
 #include "vmm/async.hpp"
+#include "vmm/blocking.hpp"
 #include "vmm/process.hpp"
 #include "vmm/qmp.hpp"
 #include "vmm/root_disk.hpp"
@@ -303,6 +304,7 @@ struct VmState : std::enable_shared_from_this<VmState> {
   std::string exit_description;
   bool shutdown_requested = false;
   bool destroy_requested = false;
+  bool finishing = false; // finish() ran; exited is set once its cleanup is done
   bool files_created = false;
   // Restored from a snapshot (RAM mapped share=off): cannot be saved fast.
   bool restored = false;
@@ -324,25 +326,34 @@ struct VmState : std::enable_shared_from_this<VmState> {
   std::string guest_stop_reason;
   std::string console;
 
-  bool running() const { return process && !process->exited(); }
+  // False from destroy() on, though the kernel may still be tearing QEMU
+  // down: nothing may use the VM any more.
+  bool running() const { return process && !process->exited() && !destroy_requested; }
 
-  void remove_files() {
-    if (!files_created) return;
+  // Takes the VM's files away from it (sync, cheap steps) and returns the
+  // directory left to remove, on the blocking pool (remove_all of a tree
+  // with a multi-GiB overlay is no work for the event loop).
+  std::optional<fs::path> take_files() {
+    if (!files_created) return std::nullopt;
     if (!return_disk_to.empty()) {
       ::renameat2(AT_FDCWD, paths.overlay.c_str(), AT_FDCWD, return_disk_to.c_str(),
                   RENAME_NOREPLACE);
       return_disk_to.clear();
     }
-    std::error_code ignored;
-    fs::remove_all(paths.dir, ignored);
     own_memory.reset(); // freed once QEMU's mapping is gone too
     paths.memory_file.clear();
     files_created = false;
+    return paths.dir;
   }
 
-  // Records how the VM ended (once), closes the monitor, frees the files.
+  // Records how the VM ended (once), closes the monitor, and has its files
+  // and cgroup leaf removed on the blocking pool (a leaf stays busy a while
+  // after its last task exited: remove() retries for up to ~130 ms). Its
+  // uid is free for another VM, and wait_exit() completes, once that is
+  // done.
   void finish(const detail::ExitStatus& status) {
-    if (exited.is_set()) return;
+    if (finishing) return;
+    finishing = true;
     std::string how;
     if (saved) {
       how = "saved to a snapshot and ended (QEMU " + status.describe() + ")";
@@ -363,34 +374,52 @@ struct VmState : std::enable_shared_from_this<VmState> {
       const std::string log = detail::file_tail(paths.log, 2048);
       if (!log.empty()) how += "; QEMU log (tail):\n" + log;
     }
-    if (leaf) {
-      // Killed by the kernel at its cgroup's memory limit: say so, with the
-      // figure, rather than "killed by signal 9".
-      if (!saved && !destroy_requested) {
-        auto oom = leaf->oom_report();
-        if (oom && *oom) how = **oom;
-      }
-      if (auto removed = leaf->remove(); !removed)
-        log::warn("a VM's cgroup leaf was not removed; the next start sweeps it",
-                  {{"vm", config.id}, {"error", removed.error().message()}});
-      leaf.reset();
+    // Killed by the kernel at its cgroup's memory limit: say so, with the
+    // figure, rather than "killed by signal 9".
+    if (leaf && !saved && !destroy_requested) {
+      auto oom = leaf->oom_report();
+      if (oom && *oom) how = **oom;
     }
-    uid_lease.reset();
     exit_description = std::move(how);
     if (qmp) qmp->close();
-    remove_files();
-    exited.set();
+    auto cleanup = [leaf = std::exchange(leaf, std::nullopt), dir = take_files(),
+                    id = config.id]() mutable {
+      if (leaf) {
+        if (auto removed = leaf->remove(); !removed)
+          log::warn("a VM's cgroup leaf was not removed; the next start sweeps it",
+                    {{"vm", id}, {"error", removed.error().message()}});
+        leaf.reset();
+      }
+      if (dir) {
+        std::error_code ignored;
+        fs::remove_all(*dir, ignored);
+      }
+    };
+    post_blocking(std::move(cleanup), executor, [self = shared_from_this()] {
+      self->uid_lease.reset();
+      self->exited.set();
+    });
   }
 
+  // Kills QEMU (SIGKILL) and returns at once: the watcher (a pidfd on the
+  // event loop) reaps it and finish() cleans up; wait_exit() says when that
+  // is done. Its cgroup leaf is renamed out of the way now, so the sandbox's
+  // name can go to another VM's leaf at once (a merge's winner).
   void destroy() {
-    if (process && !process->exited()) {
-      destroy_requested = true;
-      finish(process->kill_and_reap());
-    } else if (process) {
+    if (!process) return;
+    if (process->exited()) {
       finish(*process->status());
+      return;
     }
+    if (destroy_requested) return;
+    destroy_requested = true;
+    if (leaf && leaf->name() != config.id + "-ended") {
+      if (auto renamed = leaf->rename(config.id + "-ended"); !renamed)
+        log::warn("a destroyed VM's cgroup leaf keeps its name until it is removed",
+                  {{"vm", config.id}, {"error", renamed.error().message()}});
+    }
+    process->kill(SIGKILL);
     if (qmp) qmp->close();
-    remove_files();
   }
 
   asio::awaitable<void> watch_process() {
@@ -1054,10 +1083,9 @@ public:
   void label(const std::string& sandbox_id) override {
     if (!state_->leaf || state_->leaf->name() == sandbox_id) return;
     if (auto renamed = state_->leaf->rename(sandbox_id); !renamed)
-      log::warn("a VM's cgroup leaf keeps its old name",
-                {{"vm", state_->config.id},
-                 {"sandbox", sandbox_id},
-                 {"error", renamed.error().message()}});
+      log::warn("a VM's cgroup leaf keeps its old name", {{"vm", state_->config.id},
+                                                          {"sandbox", sandbox_id},
+                                                          {"error", renamed.error().message()}});
   }
   AgentClient& agent() override { return *state_->agent; }
   bool running() const override { return state_->running(); }
@@ -1473,7 +1501,7 @@ private:
     auto socket = co_await connect_agent(executor, paths.agent_socket);
     if (!socket) co_await settle(state);
     if (!socket) co_return died_or(*state, std::move(socket).error());
-    state->agent = make_agent_client(std::move(socket.value()));
+    state->agent = make_agent_client(std::move(socket.value()), state->config.agent_deadlines);
     co_return Result<void>{};
   }
 

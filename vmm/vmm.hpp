@@ -80,6 +80,8 @@ struct VmConfig {
   std::optional<NetworkAttachment> network;
   // Null: QEMU runs as its caller does (the vesicle-vm CLI, some tests).
   std::shared_ptr<const VmConfinement> confinement;
+  // The host-side deadlines of calls to the VM's agent.
+  AgentDeadlines agent_deadlines;
 };
 
 // A saved VM: device state + RAM file + disk, immutable once written (its
@@ -137,13 +139,18 @@ public:
   virtual AgentClient& agent() = 0;
   // True until the VM's process has exited.
   virtual bool running() const = 0;
-  // Completes when the VM's process has exited, for any reason (several
-  // waiters may wait); the string says how (exit status or signal, and the
-  // tail of the guest console when it died unexpectedly).
+  // Completes when the VM's process has exited, for any reason, and its
+  // files and cgroup leaf are gone (several waiters may wait); the string
+  // says how (exit status or signal, and the tail of the guest console when
+  // it died unexpectedly).
   virtual asio::awaitable<std::string> wait_exit() = 0;
   // Asks the guest to power off, kills it after `grace`, removes its files.
   virtual asio::awaitable<void> shutdown(std::chrono::milliseconds grace) = 0;
-  // Kills the VM now and removes its files. Safe to call more than once.
+  // Kills the VM now (SIGKILL) and returns without waiting for the kernel:
+  // running() is false from here on; its process is reaped through a pidfd
+  // and its files and cgroup leaf are removed on the blocking pool
+  // (vmm/blocking.hpp), and wait_exit() completes once all that is done.
+  // Safe to call more than once.
   virtual void destroy() = 0;
 
   // Makes the root disk `bytes` large (QMP block_resize on the overlay; the

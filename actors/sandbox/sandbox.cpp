@@ -9,6 +9,7 @@
 
 #include "actors/sandbox/sandbox_phase.hpp"
 #include "actors/sandbox/vm_host.hpp"
+#include "common/error_kind.hpp"
 #include "common/log.hpp"
 
 namespace vesicle {
@@ -129,6 +130,17 @@ void die(self_pointer self, std::string reason) {
     waiter.deliver(not_now(self));
   self->state.ready_waiters.clear();
   start_reclaim(self);
+}
+
+// hostd itself disconnected the guest (it broke the agent protocol or
+// stopped answering): the reason starts with the ErrorKind's name, and the
+// VM did not exit by itself.
+bool disconnected_by_host(const std::string& reason) {
+  for (auto kind : {ErrorKind::guest_protocol_violation, ErrorKind::timeout}) {
+    const std::string prefix = std::string(kind_info(kind).name) + ":";
+    if (reason.starts_with(prefix)) return true;
+  }
+  return false;
 }
 
 void begin_destroy(self_pointer self) {
@@ -288,7 +300,7 @@ sandbox_actor::behavior_type sandbox_behavior(self_pointer self, SandboxInfo inf
       [=](vm_exited_atom, std::string reason) -> done_atom {
         // Only a VM that was up can die; in destroying the exit is ours.
         if (up(self)) {
-          die(self, "the VM exited: " + reason);
+          die(self, disconnected_by_host(reason) ? reason : "the VM exited: " + reason);
           // A DELETE that waited for a fork or merge.
           if (self->state.destroy_requested) begin_destroy(self);
         }

@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "common/unique_fd.hpp"
+#include "vmm/blocking.hpp"
 #include "vmm/snapshot.hpp"
 
 namespace vesicle {
@@ -21,6 +22,8 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr const char* kSpaceFile = "space";
+// A Space being removed (SpaceStore::remove) is renamed to this first.
+constexpr std::string_view kRemovingSuffix = ".removing";
 
 template <class Number> bool parse_number(std::string_view text, Number& out) {
   auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), out);
@@ -207,9 +210,17 @@ Result<SpaceInfo> SpaceStore::find(const std::string& owner, const std::string& 
 
 Result<void> SpaceStore::remove(const std::string& id) const {
   if (!is_space_id(id)) return make_error("remove Space", "not a Space id", id);
+  // Renamed at once (the Space is gone for every later call), removed on
+  // the blocking pool: a Space holds gigabytes, and this runs on an actor's
+  // thread. A removal cut short by a crash is finished by sweep_partial.
+  const fs::path doomed = dir_ / (id + std::string(kRemovingSuffix));
   std::error_code ec;
-  fs::remove_all(space_dir(id), ec);
-  if (ec) return Error{ec.value(), "remove", space_dir(id).string(), {}, {}};
+  fs::rename(space_dir(id), doomed, ec);
+  if (ec) return Error{ec.value(), "rename", space_dir(id).string(), {}, {}};
+  vmm::post_blocking([doomed] {
+    std::error_code ignored;
+    fs::remove_all(doomed, ignored);
+  });
   return {};
 }
 
@@ -232,10 +243,11 @@ unsigned SpaceStore::sweep_partial() const {
   std::vector<fs::path> partial;
   for (const auto& entry : fs::directory_iterator(dir_, ec)) {
     const auto name = entry.path().filename().string();
-    constexpr std::string_view suffix = ".partial";
-    if (name.size() > suffix.size() && name.ends_with(suffix) &&
-        is_space_id(std::string_view(name).substr(0, name.size() - suffix.size())))
-      partial.push_back(entry.path());
+    for (std::string_view suffix : {std::string_view(".partial"), kRemovingSuffix}) {
+      if (name.size() > suffix.size() && name.ends_with(suffix) &&
+          is_space_id(std::string_view(name).substr(0, name.size() - suffix.size())))
+        partial.push_back(entry.path());
+    }
   }
   for (const auto& path : partial) {
     fs::remove_all(path, ec);

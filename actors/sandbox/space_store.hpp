@@ -76,15 +76,16 @@ public:
   // The Space if it exists and is `owner`'s; else a not_found Error (the
   // same for another key's Space, so ids cannot be probed across keys).
   Result<SpaceInfo> find(const std::string& owner, const std::string& id) const;
-  // Removes a Space's files.
+  // Removes a Space: gone for every later call once this returns, its
+  // files deleted on the blocking pool (vmm/blocking.hpp).
   Result<void> remove(const std::string& id) const;
 
   // Writes the `space` file into the partial dir and moves the dir into
   // place (both made durable with fsync).
   Result<void> commit(const SpaceInfo& space) const;
 
-  // Removes the .partial directories an interrupted freeze left; returns
-  // how many.
+  // Removes the .partial directories an interrupted freeze left, and the
+  // .removing ones of a remove() cut short; returns how many.
   unsigned sweep_partial() const;
 
   // A Space resumes once: a resume claims it until its sandbox is up (the

@@ -76,6 +76,7 @@ vmm::VmConfig VmHost::vm_config(const std::string& id, std::uint32_t vcpus,
   config.tcg_translation_cache_mib = settings_.tcg_translation_cache_mib;
   if (network) config.network = network->attachment();
   config.confinement = settings_.confinement;
+  config.agent_deadlines = settings_.agent_deadlines;
   return config;
 }
 
@@ -135,6 +136,7 @@ asio::awaitable<void> VmHost::run_sandbox_vm(std::string id, SandboxSpec spec, L
     auto refreshed = co_await refresh_identity(*vm, id, machine_id);
     if (!refreshed) {
       vm->destroy();
+      (void)co_await vm->wait_exit(); // before its network slot goes
       caf::anon_send(sandbox, vm_boot_failed_atom::value,
                      "giving the VM its identity failed: " + refreshed.error().message());
       co_return;
@@ -148,6 +150,7 @@ asio::awaitable<void> VmHost::run_sandbox_vm(std::string id, SandboxSpec spec, L
   auto fitted = co_await fit_root_disk(vm, id, disk_mib);
   if (!fitted) {
     vm->destroy();
+    (void)co_await vm->wait_exit(); // before its network slot goes
     caf::anon_send(sandbox, vm_boot_failed_atom::value, fitted.error().message());
     co_return;
   }
@@ -176,15 +179,20 @@ asio::awaitable<void> VmHost::watch_exit(std::shared_ptr<vmm::Vm> vm,
 }
 
 void VmHost::reclaim(std::string id, sandbox_actor sandbox) {
-  asio::post(executor_, [this, id = std::move(id), sandbox = std::move(sandbox)] {
-    if (auto found = vms_.find(id); found != vms_.end()) {
-      SandboxVm record = std::move(found->second);
-      vms_.erase(found);
-      // Dead before its network slot and fork snapshot are let go.
-      record.vm->destroy();
-    }
-    if (sandbox) caf::anon_send(sandbox, vm_reclaimed_atom::value);
-  });
+  asio::co_spawn(
+      executor_,
+      [this, id = std::move(id), sandbox = std::move(sandbox)]() -> asio::awaitable<void> {
+        if (auto found = vms_.find(id); found != vms_.end()) {
+          SandboxVm record = std::move(found->second);
+          vms_.erase(found);
+          // Dead (reaped, its leaf and files gone: destroy() only kills)
+          // before its network slot and fork snapshot are let go.
+          record.vm->destroy();
+          (void)co_await record.vm->wait_exit();
+        }
+        if (sandbox) caf::anon_send(sandbox, vm_reclaimed_atom::value);
+      },
+      asio::detached);
 }
 
 std::shared_ptr<vmm::Vm> VmHost::find(const std::string& id) const {

@@ -54,6 +54,8 @@ struct VmSettings {
   std::filesystem::path spaces_dir = "/var/lib/vesicle/spaces";
   // How every VM's QEMU is confined; null: not at all.
   std::shared_ptr<const vmm::VmConfinement> confinement;
+  // hostd's deadlines on calls to each VM's agent.
+  vmm::AgentDeadlines agent_deadlines;
 };
 
 // Answers a fork or merge step on the executor: the parent's QEMU pid

@@ -212,13 +212,14 @@ asio::awaitable<void> VmHost::run_merge(std::string parent_id, sandbox_actor par
     machine_id = replaced.machine_id;
     replaced.target->sandbox = nullptr; // its end is the merge, not a death
     replaced.vm->destroy();
+    (void)co_await replaced.vm->wait_exit();
     // `replaced` (its network slot, its hold on a fork snapshot) goes here,
     // after its QEMU is dead.
   }
   winner.target->sandbox = parent;
   const auto pid = static_cast<std::int32_t>(winner.vm->qemu_pid());
   auto vm = winner.vm;
-  vm->label(parent_id); // the replaced VM's leaf is gone: destroy() reaped it
+  vm->label(parent_id); // the replaced VM's leaf is gone (wait_exit above)
   vms_[parent_id] = std::move(winner);
   // The winner's world now answers as the parent.
   auto refreshed = co_await refresh_identity(*vm, parent_id, machine_id);

@@ -12,7 +12,11 @@ protected:
   SpacesTest() {
     caf::anon_send_exit(registry, caf::exit_reason::user_shutdown);
     settle();
-    std::filesystem::remove_all(spaces_dir());
+    // The blocking pool may still be deleting the last test's removed Space
+    // (SpaceStore::remove): both removals race, so retry until it is gone.
+    std::error_code ignored;
+    for (int i = 0; i < 100 && std::filesystem::exists(spaces_dir()); ++i)
+      std::filesystem::remove_all(spaces_dir(), ignored);
     std::filesystem::create_directories(spaces_dir());
     driver.write_full_saves = true;
     RegistrySettings settings;

@@ -428,6 +428,27 @@ TEST_F(ApiTest, AKilledVmIs410OnExecAndDeadOnGet) {
   EXPECT_EQ(http.request("DELETE", "/v1/sandboxes/" + id).status, 204u);
 }
 
+TEST_F(ApiTest, AGuestThatBrokeTheProtocolIs410WithItsOwnCodeAndDeadWithTheKind) {
+  auto http = client(alice);
+  auto id = create(http).id();
+  on_io([&] {
+    driver->vm(id)->fake_agent().violation =
+        make_error("agent protocol violation", "file data beyond the range that was asked for")
+            .with_kind(ErrorKind::guest_protocol_violation);
+  });
+  auto exec = http.request("POST", "/v1/sandboxes/" + id + "/exec", R"({"code": "out x"})");
+  EXPECT_EQ(exec.status, 410u) << exec.body;
+  EXPECT_EQ(error_of(exec).code(), "guest_protocol_violation") << exec.body;
+  EXPECT_NE(error_of(exec).message().find("beyond the range"), std::string::npos) << exec.body;
+  auto got = parse<api::Sandbox>(http.request("GET", "/v1/sandboxes/" + id).body);
+  EXPECT_EQ(got.state(), "dead");
+  EXPECT_EQ(got.dead_reason().rfind("guest_protocol_violation: ", 0), 0u) << got.dead_reason();
+  // Its VM, still running when the guest was disconnected, is reclaimed.
+  for (int i = 0; i < 100 && on_io([this] { return driver->live.size(); }) != 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_EQ(on_io([this] { return driver->live.size(); }), 0u) << "its VM was not reclaimed";
+}
+
 TEST_F(ApiTest, AVmDyingMidCellEndsTheStreamWithAFailure) {
   auto http = client(alice);
   auto id = create(http).id();

@@ -18,6 +18,7 @@
 #include <fstream>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <string>
@@ -91,6 +92,7 @@ public:
   asio::awaitable<Result<guest::Done>> download(std::string path, vmm::ChunkSink sink) override;
   asio::awaitable<Result<void>> shutdown() override;
   bool connected() const override;
+  std::optional<Error> closed_reason() const override;
   asio::awaitable<Result<void>> refresh_identity(vmm::IdentityRefresh identity) override {
     if (!connected()) co_return broken();
     refreshed_hostnames.push_back(identity.hostname);
@@ -112,6 +114,9 @@ public:
   std::map<std::string, std::string> files;
   std::vector<std::uint64_t> grow_requests;     // each send_grow_root_fs's disk_bytes
   std::vector<std::string> refreshed_hostnames; // in the order the refreshes came
+  // Set: the guest broke the protocol and the client disconnected it (as
+  // vmm's agent client does), while its VM runs on.
+  std::optional<Error> violation;
 
 private:
   asio::awaitable<Result<guest::Exit>> run_script(std::string script, vmm::ExecEventSink sink);
@@ -336,7 +341,14 @@ inline asio::awaitable<Result<std::unique_ptr<vmm::Vm>>> FakePreparedRestore::fi
 // -- FakeAgent ----------------------------------------------------------------
 
 inline bool FakeAgent::connected() const {
-  return vm_.running();
+  return !violation && vm_.running();
+}
+
+inline std::optional<Error> FakeAgent::closed_reason() const {
+  if (violation) return violation;
+  if (!vm_.running())
+    return make_error("agent channel closed", "the VM died").with_kind(ErrorKind::guest_died);
+  return std::nullopt;
 }
 
 inline asio::awaitable<Result<guest::Pong>> FakeAgent::ping(std::chrono::milliseconds) {

@@ -2,7 +2,9 @@
 // directory (ownership, unfinished freezes).
 #include "actors/sandbox/space_store.hpp"
 
+#include <chrono>
 #include <fstream>
+#include <thread>
 
 #include <gtest/gtest.h>
 
@@ -159,11 +161,46 @@ TEST(SpaceStore, SweepRemovesUnfinishedFreezesOnly) {
   const auto interrupted = new_space_id();
   fs::create_directories(store.partial_dir(interrupted) / "vm");
   fs::create_directories(dir.path() / "not-a-space.partial");
+  // A removal that hostd's exit cut short.
+  const auto removing = dir.path() / (new_space_id() + ".removing");
+  fs::create_directories(removing / "vm");
 
-  EXPECT_EQ(store.sweep_partial(), 1u);
+  EXPECT_EQ(store.sweep_partial(), 2u);
   EXPECT_FALSE(fs::exists(store.partial_dir(interrupted)));
+  EXPECT_FALSE(fs::exists(removing));
   EXPECT_TRUE(fs::exists(store.space_dir(done.space_id)));
   EXPECT_TRUE(fs::exists(dir.path() / "not-a-space.partial"));
+}
+
+// remove() runs on an actor's thread: it must not wait for a big tree to be
+// deleted (a Space holds gigabytes), only make the Space gone.
+TEST(SpaceStore, RemovingABigSpaceReturnsBeforeItsFilesAreDeleted) {
+  TempDir dir;
+  SpaceStore store(dir.path());
+  auto space = sample_space("alice");
+  write_space(store, space);
+  const auto vm = store.space_dir(space.space_id) / "vm";
+  for (int d = 0; d < 20; ++d) {
+    fs::create_directories(vm / std::to_string(d));
+    for (int f = 0; f < 1000; ++f)
+      std::ofstream(vm / std::to_string(d) / std::to_string(f)) << "x";
+  }
+  using Clock = std::chrono::steady_clock;
+  const auto started = Clock::now();
+  ASSERT_TRUE(store.remove(space.space_id));
+  const auto returned = Clock::now() - started;
+  EXPECT_FALSE(fs::exists(store.space_dir(space.space_id)));
+  EXPECT_TRUE(store.list("alice").empty());
+  // The files go soon after, on the blocking pool.
+  const auto doomed = dir.path() / (space.space_id + ".removing");
+  while (fs::exists(doomed) && Clock::now() - started < std::chrono::seconds(30))
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  const auto deleted = Clock::now() - started;
+  EXPECT_FALSE(fs::exists(doomed));
+  EXPECT_LT(returned * 4, deleted)
+      << "remove() took " << std::chrono::duration_cast<std::chrono::milliseconds>(returned).count()
+      << " ms of the " << std::chrono::duration_cast<std::chrono::milliseconds>(deleted).count()
+      << " ms the deletion took: it deleted the tree itself";
 }
 
 } // namespace

@@ -66,6 +66,7 @@ def test_config_key_with_newline_is_rejected():
         (405, "method_not_allowed", errors.MethodNotAllowedError),
         (409, "failed_precondition", errors.ConflictError),
         (410, "sandbox_died", errors.SandboxDiedError),
+        (410, "guest_protocol_violation", errors.SandboxDiedError),
         (413, "too_large", errors.PayloadTooLargeError),
         (429, "quota_exceeded", errors.QuotaExceededError),
         (500, "internal", errors.ServerError),
@@ -97,6 +98,8 @@ def test_error_for_code_in_a_stream():
     err = errors.error_for_code("sandbox_died", "the VM died")
     assert type(err) is errors.SandboxDiedError and err.status is None
     assert type(errors.error_for_code("brand_new", "x")) is errors.VesicleError
+    # hostd ended the sandbox because its guest broke the agent protocol.
+    assert type(errors.error_for_code("guest_protocol_violation", "x")) is errors.SandboxDiedError
 
 
 def test_connection_errors_are_builtin_connection_errors():

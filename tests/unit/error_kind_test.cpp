@@ -35,6 +35,7 @@ const Expected kContract[] = {
     {ErrorKind::unavailable, 503, "unavailable", "UnavailableError"},
     {ErrorKind::timeout, 504, "timeout", "DeadlineExceededError"},
     {ErrorKind::internal, 500, "internal", "ServerError"},
+    {ErrorKind::guest_protocol_violation, 410, "guest_protocol_violation", "SandboxDiedError"},
 };
 
 TEST(ErrorKind, EveryKindHasItsStatusCodeAndSdkException) {

@@ -1,6 +1,7 @@
 // AgentClient against the real vesicle-agent, run on the host in its test
 // mode (--channel-fd=3 --no-init) over a socketpair: no VM. A fake peer is
 // used only where the real agent cannot misbehave on cue (a bad frame).
+#include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -60,7 +61,7 @@ protected:
     theirs.reset();
     client_ = io_.call([&] {
       return vmm::make_agent_client(
-          Socket(io_.io(), asio::local::stream_protocol(), ours.release()));
+          Socket(io_.io(), asio::local::stream_protocol(), ours.release()), deadlines());
     });
     auto ready = io_.run(client_->wait_ready(20s, 250ms));
     ASSERT_TRUE(ready) << ready.error().message();
@@ -76,6 +77,7 @@ protected:
   }
 
   std::string host_path(const std::string& name) const { return (home_->path() / name).string(); }
+  virtual vmm::AgentDeadlines deadlines() const { return {}; }
 
   IoThread io_;
   std::optional<TempDir> home_;
@@ -474,6 +476,7 @@ TEST(AgentClientBadPeer, OversizedFrameClosesTheChannel) {
   auto pong = bad.answer();
   ASSERT_FALSE(pong);
   EXPECT_TRUE(vmm::is_channel_closed(pong.error())) << pong.error().message();
+  EXPECT_EQ(pong.error().kind, ErrorKind::guest_protocol_violation) << pong.error().message();
   EXPECT_NE(pong.error().message().find("bad frame"), std::string::npos) << pong.error().message();
 }
 
@@ -485,6 +488,421 @@ TEST(AgentClientBadPeer, PeerClosingEndsWaitReady) {
   auto pong = bad.answer();
   ASSERT_FALSE(pong);
   EXPECT_TRUE(vmm::is_channel_closed(pong.error())) << pong.error().message();
+}
+
+// ---- A hostile guest: a fake agent ----------------------------------------
+// The test speaks the frame protocol itself on the peer end, to break it on
+// cue (the real agent never does). Named a fake: it is one.
+
+// Runs `work` on `io` and waits at most `limit` for it; a call that hangs
+// (what the host-side deadlines are there to prevent) is an Error here, not
+// a hung test.
+template <class T>
+Result<T> run_within(IoThread& io, asio::awaitable<Result<T>> work,
+                     std::chrono::milliseconds limit) {
+  auto reply = std::make_shared<std::promise<Result<T>>>();
+  auto future = reply->get_future();
+  io.call_void([&] {
+    asio::co_spawn(
+        io.executor(),
+        [reply, work = std::move(work)]() mutable -> asio::awaitable<void> {
+          reply->set_value(co_await std::move(work));
+        },
+        asio::detached);
+  });
+  if (future.wait_for(limit) != std::future_status::ready)
+    return make_error("agent call", "still pending after " + std::to_string(limit.count()) +
+                                        " ms: the host has no deadline for it");
+  return future.get();
+}
+
+class FakeAgent {
+public:
+  explicit FakeAgent(vmm::AgentDeadlines deadlines = {}) {
+    int fds[2];
+    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0)
+      throw std::runtime_error(std::string("socketpair: ") + std::strerror(errno));
+    peer_ = UniqueFd(fds[1]);
+    client_ = io_.call([&] {
+      return vmm::make_agent_client(Socket(io_.io(), asio::local::stream_protocol(), fds[0]),
+                                    deadlines);
+    });
+  }
+  ~FakeAgent() {
+    // Unblocks whatever call a test left pending (on today's code: all).
+    io_.call_void([&] { client_.reset(); });
+  }
+
+  IoThread& io() { return io_; }
+  AgentClient& client() { return *client_; }
+
+  // The next request the client sent, within `limit`; nullopt if none came.
+  std::optional<guest::Request> read_request(std::chrono::milliseconds limit = 5s) {
+    const auto deadline = Clock::now() + limit;
+    for (;;) {
+      auto payload = decoder_.next();
+      if (!payload) return std::nullopt;
+      if (payload.value()) {
+        guest::Request request;
+        if (!wire::parse_payload(*payload.value(), request)) return std::nullopt;
+        return request;
+      }
+      const auto left =
+          std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+      if (left.count() <= 0) return std::nullopt;
+      pollfd ready{peer_.get(), POLLIN, 0};
+      if (::poll(&ready, 1, static_cast<int>(left.count())) <= 0) return std::nullopt;
+      char buffer[64 << 10];
+      const ssize_t n = ::read(peer_.get(), buffer, sizeof buffer);
+      if (n <= 0) return std::nullopt;
+      decoder_.feed(std::string_view(buffer, static_cast<std::size_t>(n)));
+    }
+  }
+
+  // Writes `event` as one frame; false once the client hung up.
+  bool send(const guest::Event& event) {
+    const std::string frame = wire::encode_frame(event);
+    std::size_t done = 0;
+    while (done < frame.size()) {
+      const ssize_t n = ::send(peer_.get(), frame.data() + done, frame.size() - done, MSG_NOSIGNAL);
+      if (n <= 0) return false;
+      done += static_cast<std::size_t>(n);
+    }
+    return true;
+  }
+
+  // Waits (up to two seconds) for the client to drop the channel.
+  std::optional<Error> closed_reason() {
+    for (int i = 0; i < 200; ++i) {
+      auto reason = io_.call([&] { return client_->closed_reason(); });
+      if (reason) return reason;
+      std::this_thread::sleep_for(10ms);
+    }
+    return std::nullopt;
+  }
+
+private:
+  IoThread io_;
+  UniqueFd peer_;
+  std::unique_ptr<AgentClient> client_;
+  wire::FrameDecoder decoder_;
+};
+
+guest::Event pong_for(std::uint64_t id) {
+  guest::Event event;
+  event.set_id(id);
+  event.mutable_pong();
+  return event;
+}
+
+TEST(AgentClientFakeAgent, AReplyToARequestNeverMadeDisconnectsTheGuest) {
+  FakeAgent fake;
+  auto pending = std::async(std::launch::async,
+                            [&] { return run_within(fake.io(), fake.client().ping(5s), 5s); });
+  auto ping = fake.read_request();
+  ASSERT_TRUE(ping && ping->has_ping());
+  ASSERT_TRUE(fake.send(pong_for(ping->id())));
+  auto pong = pending.get();
+  ASSERT_TRUE(pong) << pong.error().message();
+
+  // An answer to an id this client never used, after it has been answered.
+  ASSERT_TRUE(fake.send(pong_for(ping->id() + (std::uint64_t{1} << 52))));
+  auto reason = fake.closed_reason();
+  ASSERT_TRUE(reason) << "the client kept talking to a guest that answered a request never made";
+  EXPECT_EQ(reason->kind, ErrorKind::guest_protocol_violation) << reason->message();
+  EXPECT_NE(reason->message().find("never sent"), std::string::npos) << reason->message();
+
+  auto later = run_within(fake.io(), fake.client().ping(5s), 5s);
+  ASSERT_FALSE(later);
+  EXPECT_TRUE(vmm::is_channel_closed(later.error())) << later.error().message();
+  EXPECT_EQ(later.error().kind, ErrorKind::guest_protocol_violation);
+}
+
+TEST(AgentClientFakeAgent, FileDataBeyondTheRangeAskedForDisconnectsTheGuest) {
+  FakeAgent fake;
+  std::size_t delivered = 0;
+  vmm::ChunkSink sink = [&delivered](std::string_view chunk) -> asio::awaitable<Result<void>> {
+    delivered += chunk.size();
+    co_return Result<void>{};
+  };
+  auto pending = std::async(std::launch::async, [&] {
+    return run_within(fake.io(), fake.client().download("/data/big", sink), 8s);
+  });
+  auto read = fake.read_request();
+  ASSERT_TRUE(read && read->has_read_file());
+  const std::uint64_t range = read->read_file().length();
+  ASSERT_GT(range, 0u) << "a download must ask for a bounded range";
+  // The whole range, then one chunk more: what a hostile guest would stream
+  // until the host runs out of memory.
+  const std::string chunk(wire::kMaxChunkBytes, 'x');
+  guest::Event data;
+  data.set_id(read->id());
+  data.set_file_data(chunk);
+  for (std::uint64_t sent = 0; sent <= range; sent += chunk.size())
+    if (!fake.send(data)) break;
+  auto done = pending.get();
+  ASSERT_FALSE(done) << "the client took more data than it asked for";
+  EXPECT_EQ(done.error().kind, ErrorKind::guest_protocol_violation) << done.error().message();
+  EXPECT_NE(done.error().message().find("beyond the range"), std::string::npos)
+      << done.error().message();
+  EXPECT_LE(delivered, range);
+}
+
+TEST(AgentClientFakeAgent, ExecOutputPastItsBudgetDisconnectsTheGuest) {
+  FakeAgent fake;
+  ExecReply reply;
+  vmm::ExecEventSink sink = reply.output.sink();
+  guest::ExecBash exec;
+  exec.set_command("yes");
+  exec.set_max_output_bytes(1000);
+  auto pending = std::async(std::launch::async, [&] {
+    return run_within(fake.io(), fake.client().exec_bash(exec, sink), 8s);
+  });
+  auto request = fake.read_request();
+  ASSERT_TRUE(request && request->has_exec_bash());
+  EXPECT_EQ(request->exec_bash().max_output_bytes(), 1000u);
+  // The agent cuts output at the cap; this one does not. A generous slack
+  // is allowed, then 4 MiB more comes.
+  guest::Event out;
+  out.set_id(request->id());
+  out.set_stdout(std::string(64u << 10, 'y'));
+  for (int i = 0; i < 64; ++i)
+    if (!fake.send(out)) break;
+  auto exit = pending.get();
+  ASSERT_FALSE(exit) << "the client took output far past the exec's budget";
+  EXPECT_EQ(exit.error().kind, ErrorKind::guest_protocol_violation) << exit.error().message();
+  EXPECT_NE(exit.error().message().find("past its budget"), std::string::npos)
+      << exit.error().message();
+  EXPECT_LE(reply.output.out_bytes, 1000u + (64u << 10));
+}
+
+TEST(AgentClientFakeAgent, AnExecWithoutACapAsksForTheDefaultOne) {
+  FakeAgent fake;
+  guest::ExecBash exec;
+  exec.set_command("true");
+  vmm::ExecEventSink sink;
+  auto pending = std::async(std::launch::async, [&] {
+    return run_within(fake.io(), fake.client().exec_bash(exec, sink), 5s);
+  });
+  auto request = fake.read_request();
+  ASSERT_TRUE(request && request->has_exec_bash());
+  EXPECT_EQ(request->exec_bash().max_output_bytes(), 8u << 20)
+      << "the host must know the budget it enforces";
+  guest::Event exit;
+  exit.set_id(request->id());
+  exit.mutable_exit();
+  ASSERT_TRUE(fake.send(exit));
+  auto ended = pending.get();
+  EXPECT_TRUE(ended) << ended.error().message();
+}
+
+TEST(AgentClientFakeAgent, StreamedEventsForARequestThatStreamsNothingDisconnectTheGuest) {
+  FakeAgent fake;
+  auto pending = std::async(std::launch::async,
+                            [&] { return run_within(fake.io(), fake.client().ping(5s), 5s); });
+  auto ping = fake.read_request();
+  ASSERT_TRUE(ping && ping->has_ping());
+  guest::Event out;
+  out.set_id(ping->id());
+  out.set_stdout("a ping has no output");
+  ASSERT_TRUE(fake.send(out));
+  auto pong = pending.get();
+  ASSERT_FALSE(pong);
+  EXPECT_EQ(pong.error().kind, ErrorKind::guest_protocol_violation) << pong.error().message();
+}
+
+TEST(AgentClientFakeAgent, DataSentIntoAnUploadsInboxDisconnectsTheGuest) {
+  FakeAgent fake;
+  auto work = [](AgentClient& client) -> asio::awaitable<Result<guest::Done>> {
+    auto started = co_await client.begin_upload("/data/x", 0644, true);
+    if (!started) co_return std::move(started).error();
+    // Until the last chunk the agent may only refuse (one Failure).
+    asio::steady_timer pause(co_await asio::this_coro::executor, 300ms);
+    co_await pause.async_wait(asio::use_awaitable);
+    if (auto written = co_await started.value()->write("abc"); !written)
+      co_return std::move(written).error();
+    co_return co_await started.value()->finish();
+  };
+  auto pending = std::async(std::launch::async,
+                            [&] { return run_within(fake.io(), work(fake.client()), 5s); });
+  auto open = fake.read_request();
+  ASSERT_TRUE(open && open->has_write_file());
+  guest::Event data;
+  data.set_id(open->id());
+  data.set_file_data(std::string(64u << 10, 'u'));
+  ASSERT_TRUE(fake.send(data));
+  auto done = pending.get();
+  ASSERT_FALSE(done);
+  EXPECT_EQ(done.error().kind, ErrorKind::guest_protocol_violation) << done.error().message();
+}
+
+TEST(AgentClientFakeAgent, AnExecPastItsTimeoutIsCancelledAndTheErrorSaysItWasInterrupted) {
+  vmm::AgentDeadlines deadlines;
+  deadlines.exec_grace = 200ms;
+  deadlines.cancel_answer = 3s;
+  FakeAgent fake(deadlines);
+  guest::ExecPython exec;
+  exec.set_code("while True: pass");
+  exec.set_timeout_ms(300);
+  vmm::ExecEventSink sink;
+  const auto started = Clock::now();
+  auto pending = std::async(std::launch::async, [&] {
+    return run_within(fake.io(), fake.client().exec_python(exec, sink), 8s);
+  });
+  auto request = fake.read_request();
+  ASSERT_TRUE(request && request->has_exec_python());
+  // This agent ignores the timeout; the host must cancel on its own.
+  auto cancel = fake.read_request(5s);
+  ASSERT_TRUE(cancel) << "the host never cancelled an exec that overran its timeout";
+  ASSERT_TRUE(cancel->has_cancel());
+  EXPECT_EQ(cancel->cancel().target(), request->id());
+  EXPECT_GE(Clock::now() - started, 500ms) << "cancelled before timeout plus grace";
+  guest::Event exit;
+  exit.set_id(request->id());
+  exit.mutable_exit()->set_timed_out(true);
+  exit.mutable_exit()->set_repl_restarted(true);
+  ASSERT_TRUE(fake.send(exit));
+  guest::Event done;
+  done.set_id(cancel->id());
+  done.mutable_done();
+  ASSERT_TRUE(fake.send(done));
+  auto ended = pending.get();
+  ASSERT_FALSE(ended);
+  EXPECT_EQ(ended.error().kind, ErrorKind::timeout) << ended.error().message();
+  EXPECT_NE(ended.error().message().find("REPL was restarted"), std::string::npos)
+      << ended.error().message();
+  EXPECT_NE(ended.error().message().find("keeps running"), std::string::npos);
+  EXPECT_TRUE(fake.io().call([&] { return fake.client().connected(); }));
+}
+
+TEST(AgentClientFakeAgent, AQueuedCellsTimeoutStartsWhenTheCellBeforeItEnded) {
+  vmm::AgentDeadlines deadlines;
+  deadlines.exec_grace = 200ms;
+  deadlines.cancel_answer = 3s;
+  FakeAgent fake(deadlines);
+  guest::ExecPython first, second;
+  first.set_code("first");
+  first.set_timeout_ms(300);
+  second.set_code("second");
+  second.set_timeout_ms(300);
+  vmm::ExecEventSink sink;
+  auto one = std::async(std::launch::async, [&] {
+    return run_within(fake.io(), fake.client().exec_python(first, sink), 8s);
+  });
+  auto a = fake.read_request();
+  ASSERT_TRUE(a && a->has_exec_python());
+  auto two = std::async(std::launch::async, [&] {
+    return run_within(fake.io(), fake.client().exec_python(second, sink), 8s);
+  });
+  auto b = fake.read_request();
+  ASSERT_TRUE(b && b->has_exec_python());
+  // The agent runs the cells one after the other: the first ends (in time)
+  // after 400 ms, the second only then starts its 300 ms.
+  std::this_thread::sleep_for(400ms);
+  guest::Event exit;
+  exit.set_id(a->id());
+  exit.mutable_exit();
+  ASSERT_TRUE(fake.send(exit));
+  auto early = fake.read_request(350ms);
+  EXPECT_FALSE(early) << "the host cancelled a queued cell counting its time in the queue";
+  exit.set_id(b->id());
+  ASSERT_TRUE(fake.send(exit));
+  auto ended_one = one.get();
+  EXPECT_TRUE(ended_one) << ended_one.error().message();
+  auto ended_two = two.get();
+  EXPECT_TRUE(ended_two) << ended_two.error().message();
+}
+
+TEST(AgentClientFakeAgent, AGuestThatStopsReadingIsDisconnectedNotWaitedForForever) {
+  vmm::AgentDeadlines deadlines;
+  deadlines.send = 500ms;
+  FakeAgent fake(deadlines);
+  // The peer never reads: the socket buffer fills and the write stalls.
+  auto work = [](AgentClient& client) -> asio::awaitable<Result<guest::Done>> {
+    auto started = co_await client.begin_upload("/data/x", 0644, true);
+    if (!started) co_return std::move(started).error();
+    const std::string data(32u << 20, 'z');
+    if (auto written = co_await started.value()->write(data); !written)
+      co_return std::move(written).error();
+    co_return co_await started.value()->finish();
+  };
+  const auto started = Clock::now();
+  auto done = run_within(fake.io(), work(fake.client()), 8s);
+  ASSERT_FALSE(done);
+  EXPECT_TRUE(vmm::is_channel_closed(done.error()) || done.error().kind == ErrorKind::timeout)
+      << done.error().message();
+  EXPECT_LT(Clock::now() - started, 5s) << done.error().message();
+  auto reason = fake.closed_reason();
+  ASSERT_TRUE(reason);
+  EXPECT_NE(reason->message().find("read nothing"), std::string::npos) << reason->message();
+}
+
+// ---- A stopped agent: the real one, SIGSTOPped --------------------------------
+
+class StoppedAgentTest : public AgentClientTest {
+protected:
+  vmm::AgentDeadlines deadlines() const override {
+    vmm::AgentDeadlines short_ones;
+    short_ones.exec_grace = 300ms;
+    short_ones.cancel_answer = 500ms;
+    short_ones.file_idle = 1s;
+    short_ones.control = 1s;
+    short_ones.liveness = 1s;
+    return short_ones;
+  }
+  void stop_agent() {
+    io_.call_void([&] { agent_process_->kill(SIGSTOP); });
+  }
+};
+
+TEST_F(StoppedAgentTest, AnExecWithoutTimeoutEndsInATimeoutThatSaysTheSandboxIsEnded) {
+  stop_agent();
+  guest::ExecBash exec;
+  exec.set_command("echo never");
+  vmm::ExecEventSink sink;
+  const auto started = Clock::now();
+  auto exit = run_within(io_, client_->exec_bash(exec, sink), 10s);
+  ASSERT_FALSE(exit);
+  EXPECT_EQ(exit.error().kind, ErrorKind::timeout) << exit.error().message();
+  EXPECT_NE(exit.error().message().find("sandbox is ended"), std::string::npos)
+      << exit.error().message();
+  EXPECT_LT(Clock::now() - started, 5s);
+  EXPECT_FALSE(io_.call([&] { return client_->connected(); }));
+}
+
+TEST_F(StoppedAgentTest, AnExecPastItsTimeoutAndAnUnansweredCancelEndTheSandbox) {
+  stop_agent();
+  guest::ExecBash exec;
+  exec.set_command("sleep 30");
+  exec.set_timeout_ms(500);
+  vmm::ExecEventSink sink;
+  auto exit = run_within(io_, client_->exec_bash(exec, sink), 10s);
+  ASSERT_FALSE(exit);
+  EXPECT_EQ(exit.error().kind, ErrorKind::timeout) << exit.error().message();
+  EXPECT_NE(exit.error().message().find("nor after a cancel"), std::string::npos)
+      << exit.error().message();
+}
+
+TEST_F(StoppedAgentTest, InfoTimesOutAndTheChannelSaysTheAgentStoppedAnswering) {
+  stop_agent();
+  auto info = run_within(io_, client_->info(), 10s);
+  ASSERT_FALSE(info);
+  EXPECT_EQ(info.error().kind, ErrorKind::timeout) << info.error().message();
+  auto reason = io_.call([&] { return client_->closed_reason(); });
+  ASSERT_TRUE(reason);
+  EXPECT_EQ(reason->kind, ErrorKind::timeout) << reason->message();
+  EXPECT_NE(reason->message().find("stopped answering"), std::string::npos) << reason->message();
+}
+
+TEST_F(StoppedAgentTest, ADownloadFromAStoppedAgentTimesOut) {
+  write_file(host_path("f"), "content");
+  stop_agent();
+  vmm::ChunkSink sink = [](std::string_view) -> asio::awaitable<Result<void>> {
+    co_return Result<void>{};
+  };
+  auto done = run_within(io_, client_->download(host_path("f"), sink), 10s);
+  ASSERT_FALSE(done);
+  EXPECT_EQ(done.error().kind, ErrorKind::timeout) << done.error().message();
 }
 
 } // namespace

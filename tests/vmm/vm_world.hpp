@@ -47,7 +47,11 @@ public:
   // Nothing of this run left: no QEMU, no memory file, no VM dir. A killed
   // QEMU is reaped at once; one told to quit may take a moment.
   void expect_clean(const char* when) const {
-    for (int i = 0; i < 50 && !leftover_qemu().empty(); ++i)
+    // A destroyed VM is reaped and its files removed off the event loop
+    // (Vm::destroy): give that a moment.
+    for (int i = 0; i < 50 && !(leftover_qemu().empty() && dir_entries(shm.path()).empty() &&
+                                dir_entries(runtime.path()).empty());
+         ++i)
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     EXPECT_TRUE(leftover_qemu().empty())
         << when << ": QEMU processes left: " << leftover_qemu().size();

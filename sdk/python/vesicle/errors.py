@@ -174,6 +174,8 @@ _SHARED_STATUS = {(503, "unavailable"): UnavailableError}
 
 _BY_CODE = {cls.default_code: cls for cls in _BY_STATUS.values()}
 _BY_CODE["unavailable"] = UnavailableError
+# hostd ended the sandbox because its guest broke the agent protocol.
+_BY_CODE["guest_protocol_violation"] = SandboxDiedError
 
 
 def error_for_code(code: str, message: str, status: Optional[int] = None) -> VesicleError:

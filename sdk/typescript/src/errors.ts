@@ -135,9 +135,11 @@ const BY_STATUS: ReadonlyMap<number, ErrorClass> = new Map<number, ErrorClass>([
   [503, CapacityError],
 ]);
 
-const BY_CODE: ReadonlyMap<string, ErrorClass> = new Map(
-  [...BY_STATUS.values()].map((cls) => [cls.defaultCode, cls] as [string, ErrorClass]),
-);
+const BY_CODE: ReadonlyMap<string, ErrorClass> = new Map([
+  ...[...BY_STATUS.values()].map((cls) => [cls.defaultCode, cls] as [string, ErrorClass]),
+  // hostd ended the sandbox because its guest broke the agent protocol.
+  ["guest_protocol_violation", SandboxDiedError] as [string, ErrorClass],
+]);
 
 /**
  * The typed error for a server error code, e.g. an exec's `failure`, which
