@@ -15,6 +15,7 @@
 #include <fstream>
 
 #include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/read.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
@@ -216,8 +217,21 @@ pid_t clone_confined(const ChildPlan& plan, UniqueFd& pidfd) {
 
 } // namespace
 
-Result<std::unique_ptr<Process>> Process::spawn(asio::any_io_executor executor,
-                                                const SpawnOptions& options) {
+namespace {
+
+// A child cloned and on its way to exec; its status pipe says how that went
+// (EOF: it exec'd; a ChildFailure: it did not).
+struct Started {
+  pid_t pid = -1;
+  UniqueFd pidfd;
+  UniqueFd status_read;
+  std::string binary;
+  std::string name; // argv[0], for errors
+  std::optional<JailPlan> jail;
+  int pidfd_errno = 0; // why pidfd_open failed, if it did
+};
+
+Result<Started> start_child(const SpawnOptions& options) {
   if (options.argv.empty()) return make_error("spawn process", "empty argument list");
   auto binary = find_executable(options.argv[0]);
   if (!binary) return std::move(binary).error();
@@ -225,12 +239,15 @@ Result<std::unique_ptr<Process>> Process::spawn(asio::any_io_executor executor,
   // Everything the child needs is prepared here: between fork and exec only
   // async-signal-safe calls are allowed, because other threads may hold the
   // allocator's locks.
-  std::optional<JailPlan> jail;
+  Started started;
+  started.binary = binary->string();
+  started.name = options.argv[0];
   if (options.jail) {
     auto plan = JailPlan::prepare(*options.jail, *binary);
     if (!plan) return std::move(plan).error().with_context("confining " + options.argv[0]);
-    jail.emplace(std::move(plan.value()));
+    started.jail.emplace(std::move(plan.value()));
   }
+  const JailPlan* jail = started.jail ? &*started.jail : nullptr;
   std::vector<char*> argv;
   for (const auto& arg : options.argv)
     argv.push_back(const_cast<char*>(arg.c_str()));
@@ -241,7 +258,6 @@ Result<std::unique_ptr<Process>> Process::spawn(asio::any_io_executor executor,
       jail_environment.push_back(const_cast<char*>(variable.c_str()));
     jail_environment.push_back(nullptr);
   }
-  const std::string binary_path = binary->string();
   const std::string output = options.output.string();
   const std::string working_dir = options.working_dir.string();
   std::vector<int> staged(options.pass_fds.size(), -1);
@@ -252,7 +268,7 @@ Result<std::unique_ptr<Process>> Process::spawn(asio::any_io_executor executor,
   if (!null) return sys_error("open", "/dev/null");
   int status_pipe[2];
   if (::pipe2(status_pipe, O_CLOEXEC) != 0) return sys_error("pipe2");
-  UniqueFd status_read(status_pipe[0]);
+  started.status_read.reset(status_pipe[0]);
   UniqueFd status_write(status_pipe[1]);
   UniqueFd parent_pidfd;
   if (jail) {
@@ -260,50 +276,81 @@ Result<std::unique_ptr<Process>> Process::spawn(asio::any_io_executor executor,
     if (!parent_pidfd) return sys_error("pidfd_open", "self");
   }
 
-  const ChildPlan plan{binary_path, argv.data(),        jail ? jail_environment.data() : environ,
-                       working_dir, options.pass_fds,   staged.data(),
-                       null.get(),  out.get(),          status_write.get(),
-                       ::getpid(),  parent_pidfd.get(), jail ? &*jail : nullptr};
-  UniqueFd pidfd;
-  pid_t pid;
+  const ChildPlan plan{started.binary, argv.data(),        jail ? jail_environment.data() : environ,
+                       working_dir,    options.pass_fds,   staged.data(),
+                       null.get(),     out.get(),          status_write.get(),
+                       ::getpid(),     parent_pidfd.get(), jail};
   if (jail) {
-    pid = clone_confined(plan, pidfd);
-    if (pid < 0) {
+    started.pid = clone_confined(plan, started.pidfd);
+    if (started.pid < 0) {
       return sys_error("clone3", options.argv[0])
           .with_context("starting a confined process (Linux 5.5 or later is required)");
     }
   } else {
-    pid = ::fork();
-    if (pid < 0) return sys_error("fork", options.argv[0]);
-    if (pid == 0) run_child(plan);
+    started.pid = ::fork();
+    if (started.pid < 0) return sys_error("fork", options.argv[0]);
+    if (started.pid == 0) run_child(plan);
+    started.pidfd.reset(pidfd_open(started.pid));
+    if (!started.pidfd) started.pidfd_errno = errno;
   }
+  return started;
+}
 
-  status_write.reset();
+// What the status pipe said: `read` bytes of `failure` (0: EOF, it exec'd).
+// An error when the child did not get to run its program (it is reaped).
+Result<void> check_started(Started& started, std::size_t read, const ChildFailure& failure) {
+  if (read == sizeof failure) {
+    siginfo_t info{};
+    ::waitid(P_PID, started.pid, &info, WEXITED);
+    if (failure.step == kExecStep) return sys_error("execute", started.binary, failure.err);
+    if (failure.step == kSetupStep)
+      return sys_error("set up the child", started.name, failure.err);
+    return started.jail->step_error(failure.step, failure.err)
+        .with_context("starting " + started.name);
+  }
+  if (!started.pidfd) {
+    const int err = started.pidfd_errno;
+    ::kill(started.pid, SIGKILL);
+    siginfo_t info{};
+    ::waitid(P_PID, started.pid, &info, WEXITED);
+    return sys_error("pidfd_open", std::to_string(started.pid), err)
+        .with_context("watching " + started.name + " (Linux 5.3 or later is required)");
+  }
+  return {};
+}
+
+} // namespace
+
+Result<std::unique_ptr<Process>> Process::spawn(asio::any_io_executor executor,
+                                                const SpawnOptions& options) {
+  auto started = start_child(options);
+  if (!started) return std::move(started).error();
   // Blocks only until the child execs (or fails to): milliseconds (a jail's
   // mounts included).
   ChildFailure failure{};
   ssize_t n;
   do {
-    n = ::read(status_read.get(), &failure, sizeof failure);
+    n = ::read(started->status_read.get(), &failure, sizeof failure);
   } while (n < 0 && errno == EINTR);
-  if (!jail) pidfd.reset(pidfd_open(pid));
-  if (n == sizeof failure) {
-    siginfo_t info{};
-    ::waitid(P_PID, pid, &info, WEXITED);
-    if (failure.step == kExecStep) return sys_error("execute", binary_path, failure.err);
-    if (failure.step == kSetupStep)
-      return sys_error("set up the child", options.argv[0], failure.err);
-    return jail->step_error(failure.step, failure.err).with_context("starting " + options.argv[0]);
-  }
-  if (!pidfd) {
-    const int err = errno;
-    ::kill(pid, SIGKILL);
-    siginfo_t info{};
-    ::waitid(P_PID, pid, &info, WEXITED);
-    return sys_error("pidfd_open", std::to_string(pid), err)
-        .with_context("watching " + options.argv[0] + " (Linux 5.3 or later is required)");
-  }
-  return std::unique_ptr<Process>(new Process(std::move(executor), pid, std::move(pidfd)));
+  if (auto ok = check_started(*started, n > 0 ? static_cast<std::size_t>(n) : 0, failure); !ok)
+    return std::move(ok).error();
+  return std::unique_ptr<Process>(
+      new Process(std::move(executor), started->pid, std::move(started->pidfd)));
+}
+
+asio::awaitable<Result<std::unique_ptr<Process>>>
+Process::spawn_async(asio::any_io_executor executor, SpawnOptions options) {
+  auto started = start_child(options);
+  if (!started) co_return std::move(started).error();
+  asio::posix::stream_descriptor status(executor, started->status_read.release());
+  ChildFailure failure{};
+  boost::system::error_code ec; // EOF when the child exec'd
+  const std::size_t n =
+      co_await asio::async_read(status, asio::buffer(&failure, sizeof failure),
+                                asio::redirect_error(asio::use_awaitable, ec));
+  if (auto ok = check_started(*started, n, failure); !ok) co_return std::move(ok).error();
+  co_return std::unique_ptr<Process>(
+      new Process(std::move(executor), started->pid, std::move(started->pidfd)));
 }
 
 void Process::reap(bool block) {

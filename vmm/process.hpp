@@ -55,6 +55,12 @@ public:
   // it handles reach it.
   static Result<std::unique_ptr<Process>> spawn(asio::any_io_executor executor,
                                                 const SpawnOptions& options);
+  // The same, waiting for the child's exec without blocking the thread: a
+  // jail's setup (mount namespace, binds, cgroup join, seccomp) takes
+  // milliseconds, and a fork's children then set up side by side instead
+  // of one after another on the event loop.
+  static asio::awaitable<Result<std::unique_ptr<Process>>>
+  spawn_async(asio::any_io_executor executor, SpawnOptions options);
 
   // SIGKILLs a child still running; the blocking pool (vmm/blocking.hpp)
   // reaps it, so this never waits for the kernel.

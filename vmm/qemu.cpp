@@ -1481,7 +1481,7 @@ private:
       if (!confined) co_return std::move(confined).error().with_context("confining QEMU");
       qemu_options.jail = std::move(confined.value());
     }
-    auto process = detail::Process::spawn(executor, qemu_options);
+    auto process = co_await detail::Process::spawn_async(executor, qemu_options);
     if (!process) co_return std::move(process).error().with_context("starting QEMU");
     state->process = std::move(process.value());
     asio::co_spawn(executor, state->watch_process(), asio::detached);
