@@ -197,6 +197,28 @@ def json_texts():
     }
 
 
+def mcp_messages():
+    def call(id_, name, arguments):
+        return ('{"jsonrpc":"2.0","id":%s,"method":"tools/call","params":{"name":"%s","arguments":%s}}'
+                % (id_, name, arguments)).encode()
+    return {
+        "initialize": b'{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":'
+                      b'"2025-06-18","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}',
+        "initialized": b'{"jsonrpc":"2.0","method":"notifications/initialized"}',
+        "ping": b'{"jsonrpc":"2.0","id":"p","method":"ping"}',
+        "tools_list": b'{"jsonrpc":"2.0","id":2,"method":"tools/list"}',
+        "create": call(3, "create_sandbox", '{"egress":"allowlist","allow":["pypi.org","*.example.com"]}'),
+        "run_python": call(4, "run_python", '{"sandbox_id":"sb-1","code":"print(1)","timeout_s":30}'),
+        "run_bash": call(5, "run_bash", '{"sandbox_id":"sb-1","command":"ls","cwd":"/tmp","timeout_s":86401}'),
+        "upload": call(6, "upload_file", '{"sandbox_id":"sb-1","path":"/x","content":"aGVsbG8=",'
+                                         '"encoding":"base64"}'),
+        "fork": call(7, "fork", '{"sandbox_id":"sb-1","n":1e300}'),
+        "response": b'{"jsonrpc":"2.0","id":9,"result":{}}',
+        "batch": b'[{"jsonrpc":"2.0","id":1,"method":"ping"}]',
+        "base64": b"AAECAwQFBgc=",
+    }
+
+
 def main():
     corpora = {
         "fuzz_frame_decoder": frame_decoder(),
@@ -207,6 +229,7 @@ def main():
         "fuzz_query": queries(),
         "fuzz_api_json": api_json(),
         "fuzz_json": json_texts(),
+        "fuzz_mcp": mcp_messages(),
     }
     for target, seeds in corpora.items():
         directory = os.path.join(CORPUS, target)

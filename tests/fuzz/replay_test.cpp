@@ -23,6 +23,7 @@ VESICLE_FUZZ_TARGET(fuzz_peek_http)
 VESICLE_FUZZ_TARGET(fuzz_query)
 VESICLE_FUZZ_TARGET(fuzz_api_json)
 VESICLE_FUZZ_TARGET(fuzz_json)
+VESICLE_FUZZ_TARGET(fuzz_mcp)
 
 namespace {
 
@@ -39,6 +40,7 @@ const std::map<std::string, Entry>& targets() {
       {"fuzz_query", fuzz_query_one_input},
       {"fuzz_api_json", fuzz_api_json_one_input},
       {"fuzz_json", fuzz_json_one_input},
+      {"fuzz_mcp", fuzz_mcp_one_input},
   };
   return table;
 }

@@ -13,4 +13,5 @@ set(vesicle_fuzz_targets
   fuzz_query          # hostd/query.cpp (URL decoding) and Space ids
   fuzz_api_json       # hostd/json.cpp: request bodies into api.proto
   fuzz_json           # vmm/json.cpp: MCP and QMP messages
+  fuzz_mcp            # hostd/mcp.cpp: one MCP message, and base64 file contents
 )
