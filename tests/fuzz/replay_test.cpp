@@ -72,9 +72,9 @@ TEST(FuzzReplay, EveryTargetHasASeedCorpus) {
 TEST(FuzzReplay, InputsThatOnceCrashedNoLonger) {
   for (const auto& [name, entry] : targets())
     replay(kFuzzDir / "regressions" / name, entry);
-  if (fs::is_directory(kFuzzDir / "regressions"))
-    for (const auto& dir : fs::directory_iterator(kFuzzDir / "regressions"))
-      EXPECT_TRUE(targets().count(dir.path().filename().string())) << dir.path();
+  if (!fs::is_directory(kFuzzDir / "regressions")) return;
+  for (const auto& dir : fs::directory_iterator(kFuzzDir / "regressions"))
+    EXPECT_TRUE(targets().count(dir.path().filename().string())) << dir.path();
 }
 
 } // namespace
