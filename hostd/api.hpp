@@ -24,6 +24,7 @@
 #include "hostd/keys.hpp"
 #include "hostd/mcp.hpp"
 #include "hostd/metrics.hpp"
+#include "hostd/query.hpp"
 #include "hostd/runtime_core.hpp"
 #include "hostd/vm_lease.hpp"
 #include "messages/api.pb.h"
@@ -165,10 +166,5 @@ Result<void> check_disk_fits_image(std::uint32_t disk_mib, std::uint32_t image_m
 // The caps of the key `owner`'s tier (api_sandboxes.cpp).
 const config::TierCaps& tier_caps(const KeyStore& keys, const config::HostdConfig& config,
                                   const std::string& owner);
-
-// Percent-decodes a query string value ('+' is a space).
-std::optional<std::string> url_decode(std::string_view text);
-// The decoded value of `name` in a query string, if present.
-std::optional<std::string> query_param(std::string_view query, std::string_view name);
 
 } // namespace vesicle::hostd

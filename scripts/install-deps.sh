@@ -12,6 +12,9 @@ packages=(
   libnl-3-dev libnl-route-3-dev libnftables-dev
   libgtest-dev libgmock-dev libssl-dev libsqlite3-dev
   libseccomp-dev # the jail's seccomp filter (vmm/jail.cpp)
+  # the fuzz build (scripts/fuzz.sh): clang, and libFuzzer with the
+  # sanitizer runtimes (Debian 12 ships them in libclang-rt-14-dev)
+  clang libclang-rt-14-dev
   # VMs and images
   qemu-system-x86 qemu-utils debootstrap e2fsprogs cpio zstd xz-utils kmod
   # tests

@@ -4,7 +4,8 @@
 # when already done; images are cached under /var/cache/vesicle).
 #
 # Order: the format check of changed lines, unit tests (no VM), the same
-# unit tests built with ASan + UBSan, then integration tests that boot real
+# unit tests built with ASan + UBSan, the fuzz targets for a few seconds
+# each (clang, libFuzzer), then integration tests that boot real
 # VMs (one at a time: two cores under TCG), the embedding example
 # (examples/embed, built against the installed package, real VMs too), then
 # the Python and TypeScript SDK tests and the MCP client tests against a
@@ -42,6 +43,14 @@ section "unit tests under ASan + UBSan (build-asan, ctest -L unit)"
 start=$SECONDS
 ctest --test-dir "$asan_dir" -L unit --output-on-failure || status=1
 echo "sanitizer unit tests: $((SECONDS - start)) s"
+
+section "fuzz targets (scripts/fuzz.sh: clang, libFuzzer, ASan + UBSan)"
+# Each parser of untrusted bytes for a fixed short time from its seed
+# corpus (tests/fuzz); a crash fails the suite and leaves the input under
+# build-fuzz/artifacts/. The build is its own (clang), cached by ccache.
+start=$SECONDS
+bash scripts/fuzz.sh --seconds 15 --build-dir "$repo/build-fuzz" || status=1
+echo "fuzzing: $((SECONDS - start)) s"
 
 section "integration tests with real VMs (ctest -L integration)"
 # Verbose: every test case prints its duration, so a slow run in CI shows

@@ -305,7 +305,14 @@ bool Value::as_bool(bool fallback) const {
 
 std::int64_t Value::as_int(std::int64_t fallback) const {
   if (const auto* i = std::get_if<std::int64_t>(&v_)) return *i;
-  if (const auto* d = std::get_if<double>(&v_)) return static_cast<std::int64_t>(*d);
+  if (const auto* d = std::get_if<double>(&v_)) {
+    // Converting a double outside int64's range (1e300, from a hostile
+    // client's MCP arguments or QMP reply) is undefined behaviour: such a
+    // number, like NaN, gets the fallback. Found by tests/fuzz/fuzz_json.
+    constexpr double kLimit = 9223372036854775808.0; // 2^63
+    if (!(*d >= -kLimit && *d < kLimit)) return fallback;
+    return static_cast<std::int64_t>(*d);
+  }
   return fallback;
 }
 

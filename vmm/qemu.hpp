@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "vmm/base64.hpp"
 #include "vmm/vmm.hpp"
 
 namespace vesicle::vmm::qemu {
@@ -50,7 +51,5 @@ std::optional<unsigned long> host_tsc_khz();
 // The last lines of a console capture, with control characters other than
 // newline and tab dropped, at most `max_bytes`.
 std::string console_tail(std::string_view console, std::size_t max_bytes = 4096);
-
-std::string base64_decode(std::string_view text);
 
 } // namespace vesicle::vmm::qemu

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <limits>
+
 namespace vesicle::json {
 namespace {
 
@@ -39,6 +41,22 @@ TEST(Json, DumpRoundTrips) {
   auto back = parse(text);
   ASSERT_TRUE(back);
   EXPECT_EQ(back.value()["arguments"]["text"].as_string(), "quote \" and \x01");
+}
+
+// Found by tests/fuzz/fuzz_json (UBSan: "9.22337e+18 is outside the range of
+// representable values of type 'long'"): as_int on a number past int64's
+// range was undefined behaviour; a QMP "id" or an MCP integer argument can
+// be any number a peer writes.
+TEST(Json, AsIntOfAnOutOfRangeNumberIsTheFallback) {
+  auto value = parse("[9223372036854775808, -1e300, 1e300, 2.5, -9223372036854775808]");
+  ASSERT_TRUE(value) << value.error().message();
+  const auto& items = value->as_array();
+  ASSERT_EQ(items.size(), 5u);
+  EXPECT_EQ(items[0].as_int(-7), -7);
+  EXPECT_EQ(items[1].as_int(-7), -7);
+  EXPECT_EQ(items[2].as_int(-7), -7);
+  EXPECT_EQ(items[3].as_int(-7), 2);
+  EXPECT_EQ(items[4].as_int(-7), std::numeric_limits<std::int64_t>::min());
 }
 
 // JSON escapes controls below 0x20 as \u00XX but leaves DEL as it is (the

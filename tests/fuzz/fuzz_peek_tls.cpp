@@ -1,0 +1,8 @@
+// The TLS ClientHello peeker (net/peek.cpp: the SNI a client on port 443
+// names) over a client's first bytes; see fuzz_peek.hpp.
+#include "tests/fuzz/fuzz_peek.hpp"
+
+extern "C" int VESICLE_FUZZ_ENTRY(const std::uint8_t* data, std::size_t size) {
+  vesicle::fuzz::check_peek(data, size, vesicle::net::peek_tls_client_hello);
+  return 0;
+}
