@@ -361,7 +361,7 @@ TEST_F(HostdEgress, SandboxJsonReportsEgress) {
 TEST_F(HostdEgress, ADefaultSandboxInstallsWithPipGitAndNpm) {
   HttpClient http("127.0.0.1", hostd->port(), hostd->key());
   const auto pip = exec_in(http, open_id,
-                           "cd /tmp && pip install --quiet --no-cache-dir --index-url "
+                           "cd /tmp && pip install --quiet --no-cache-dir --trusted-host packages.test --index-url "
                            "http://packages.test/simple/ vesicle-tiny 2>&1; "
                            "python3 -c 'import vesicle_tiny; print(vesicle_tiny.VERSION)'",
                            "bash", 180);
