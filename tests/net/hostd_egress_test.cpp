@@ -360,11 +360,12 @@ TEST_F(HostdEgress, SandboxJsonReportsEgress) {
 // the tools (images/packages.txt); pip needs no --break-system-packages.
 TEST_F(HostdEgress, ADefaultSandboxInstallsWithPipGitAndNpm) {
   HttpClient http("127.0.0.1", hostd->port(), hostd->key());
-  const auto pip = exec_in(http, open_id,
-                           "cd /tmp && pip install --quiet --no-cache-dir --trusted-host packages.test --index-url "
-                           "http://packages.test/simple/ vesicle-tiny 2>&1; "
-                           "python3 -c 'import vesicle_tiny; print(vesicle_tiny.VERSION)'",
-                           "bash", 180);
+  const auto pip = exec_in(
+      http, open_id,
+      "cd /tmp && pip install --quiet --no-cache-dir --trusted-host packages.test --index-url "
+      "http://packages.test/simple/ vesicle-tiny 2>&1; "
+      "python3 -c 'import vesicle_tiny; print(vesicle_tiny.VERSION)'",
+      "bash", 180);
   EXPECT_TRUE(contains(pip, "tiny 1.0")) << pip;
   const auto git = exec_in(http, open_id,
                            "rm -rf /tmp/tiny && git clone -q http://packages.test/repo.git "
