@@ -43,9 +43,15 @@ public:
     char name[] = "/tmp/vesicle-space-test-XXXXXX";
     path_ = ::mkdtemp(name);
   }
+  // A deleted Space is removed on the blocking pool: remove_all can race
+  // that and fail, so it is tried until the directory is gone (2 s at most).
   ~TempDir() {
-    std::error_code ignored;
-    fs::remove_all(path_, ignored);
+    for (int attempt = 0; attempt < 100; ++attempt) {
+      std::error_code ignored;
+      fs::remove_all(path_, ignored);
+      if (!fs::exists(path_, ignored)) return;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
   }
   const fs::path& path() const { return path_; }
 
