@@ -1,6 +1,6 @@
 #include "hostd/e2b_connect.hpp"
 
-#include <cstdio>
+#include "common/escape.hpp"
 
 namespace vesicle::hostd::e2b {
 
@@ -78,33 +78,7 @@ unsigned connect_http_status(std::string_view code) {
 
 std::string json_string(std::string_view text) {
   std::string out = "\"";
-  for (unsigned char c : text) {
-    switch (c) {
-    case '"':
-      out += "\\\"";
-      break;
-    case '\\':
-      out += "\\\\";
-      break;
-    case '\n':
-      out += "\\n";
-      break;
-    case '\r':
-      out += "\\r";
-      break;
-    case '\t':
-      out += "\\t";
-      break;
-    default:
-      if (c < 0x20) {
-        char escaped[8];
-        std::snprintf(escaped, sizeof escaped, "\\u%04x", c);
-        out += escaped;
-      } else {
-        out += static_cast<char>(c);
-      }
-    }
-  }
+  append_escaped(out, text, true, ControlEscape::json);
   return out + "\"";
 }
 
