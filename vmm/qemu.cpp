@@ -31,6 +31,7 @@
 #include "vmm/async.hpp"
 #include "vmm/blocking.hpp"
 #include "vmm/process.hpp"
+#include "vmm/qcow2_overlay.hpp"
 #include "vmm/qmp.hpp"
 #include "vmm/root_disk.hpp"
 #include "vmm/snapshot.hpp"
@@ -623,29 +624,33 @@ snapshot::Manifest manifest_of(const VmState& state) {
 
 // What save_snapshot does once QEMU is gone and the files are in place:
 // checksums, manifest, read-only modes. Blocking; runs off the executor.
+// A snapshot whose RAM stays in memory only (a fork's: it dies with its
+// family, and with hostd) is never read back from disk, so it gets no
+// checksums, fsyncs or manifest file: hashing the parent's RAM and disk
+// was the largest part of a fork's save, on its critical path.
 Result<snapshot::Manifest> seal_snapshot(const fs::path& staging, snapshot::Manifest manifest,
                                          const GuestMemory& memory) {
   const fs::path state = staging / snapshot::kStateName;
   const fs::path disk = staging / snapshot::kDiskName;
-  if (auto digested = sync_and_digest_staged(staging, manifest); !digested) return digested.error();
   // Kept on disk too when asked (a template, read back after a restart).
   const bool persisted = manifest.memory_file != memory.path();
-  if (persisted) {
-    if (auto written = memory.write_to(manifest.memory_file); !written) return written.error();
-  }
-  auto memory_digest = snapshot::digest_sparse_file(memory.path());
-  if (!memory_digest) return memory_digest.error();
-  manifest.memory = *memory_digest;
-  if (manifest.memory.size != std::uint64_t{manifest.memory_mib} << 20) {
+  if (memory.bytes() != std::uint64_t{manifest.memory_mib} << 20) {
     return make_error("check memory file",
-                      "its size " + std::to_string(manifest.memory.size) +
-                          " is not the VM's memory size",
+                      "its size " + std::to_string(memory.bytes()) + " is not the VM's memory size",
                       manifest.memory_file.string());
   }
   const fs::path manifest_path = staging / snapshot::kManifestName;
-  if (auto written = snapshot::write_file_atomically(manifest_path, format_manifest(manifest));
-      !written)
-    return written.error();
+  if (persisted) {
+    if (auto digested = sync_and_digest_staged(staging, manifest); !digested)
+      return digested.error();
+    if (auto written = memory.write_to(manifest.memory_file); !written) return written.error();
+    auto memory_digest = snapshot::digest_sparse_file(memory.path());
+    if (!memory_digest) return memory_digest.error();
+    manifest.memory = *memory_digest;
+    if (auto written = snapshot::write_file_atomically(manifest_path, format_manifest(manifest));
+        !written)
+      return written.error();
+  }
   // Read-only: a restored VM maps the RAM file share=off and sees any later
   // write to a page it has not copied yet. (Root ignores the mode; it is a
   // guard against accidents, not a protection.)
@@ -653,10 +658,13 @@ Result<snapshot::Manifest> seal_snapshot(const fs::path& staging, snapshot::Mani
   // Root's, too: the disk was the saved VM's (its uid may serve another VM
   // later), and a file's owner could make it writable again.
   for (const auto& path : {state, disk, manifest_path}) {
+    if (!persisted && path == manifest_path) continue;
     if (::chown(path.c_str(), 0, 0) != 0) return sys_error("chown", path.string());
     if (::chmod(path.c_str(), 0444) != 0) return sys_error("make read-only", path.string());
   }
-  if (auto synced = fsync_path(staging, true); !synced) return synced.error();
+  if (persisted) {
+    if (auto synced = fsync_path(staging, true); !synced) return synced.error();
+  }
   return manifest;
 }
 
@@ -1292,7 +1300,7 @@ private:
     // own overlay. The device state does not name the image file, so the
     // overlay's path may differ from the saved VM's.
     auto backing = fs::absolute(snapshot.disk).string();
-    auto overlay = co_await create_overlay(executor, std::move(backing), "qcow2", paths);
+    auto overlay = create_overlay(backing, "qcow2", paths);
     if (!overlay) co_return std::move(overlay).error().with_context("creating the disk overlay");
 
     // Named: g++ 12 miscompiles temporaries inside co_await.
@@ -1349,8 +1357,7 @@ private:
 
     // The base image is never written; every write lands in the overlay.
     auto backing = fs::absolute(config.images.base_disk).string();
-    auto overlay =
-        co_await create_overlay(executor, std::move(backing), "raw", paths, config.disk_mib);
+    auto overlay = create_overlay(backing, "raw", paths, config.disk_mib);
     if (!overlay) co_return std::move(overlay).error().with_context("creating the disk overlay");
 
     const auto tsc_khz = accel == Accel::tcg ? host_tsc_khz() : std::nullopt;
@@ -1597,17 +1604,11 @@ private:
 
   // A qcow2 overlay of `backing` (of `format`) that this VM writes to, its
   // virtual size `disk_mib` (0: the backing file's); the backing file is
-  // never written.
-  static asio::awaitable<Result<void>> create_overlay(asio::any_io_executor executor,
-                                                      std::string backing, std::string format,
-                                                      const VmPaths& paths,
-                                                      std::uint32_t disk_mib = 0) {
-    detail::SpawnOptions qemu_img;
-    qemu_img.argv = overlay_command(backing, format, paths.overlay, disk_mib);
-    qemu_img.output = paths.log;
-    auto done = co_await detail::run_helper(executor, std::move(qemu_img));
-    if (!done) co_return std::move(done).error();
-    co_return Result<void>{};
+  // never written. Written in place (four clusters, microseconds), not by
+  // spawning qemu-img: that was tens of ms of a core on every restore.
+  static Result<void> create_overlay(const std::string& backing, const std::string& format,
+                                     const VmPaths& paths, std::uint32_t disk_mib = 0) {
+    return write_qcow2_overlay(paths.overlay, backing, format, std::uint64_t{disk_mib} << 20);
   }
 
   // QEMU created the socket before it served QMP; a few retries cover a

@@ -19,15 +19,6 @@ std::uint32_t root_disk_mib(const std::filesystem::path& images_dir) {
 
 namespace vmm {
 
-std::vector<std::string> overlay_command(const std::string& backing, const std::string& format,
-                                         const std::filesystem::path& overlay,
-                                         std::uint32_t disk_mib) {
-  std::vector<std::string> argv = {"qemu-img", "create", "-q", "-f",   "qcow2",
-                                   "-b",       backing,  "-F", format, overlay.string()};
-  if (disk_mib != 0) argv.push_back(std::to_string(disk_mib) + "M");
-  return argv;
-}
-
 Result<std::uint64_t> disk_bytes_in(const json::Value& query_block, const std::string& device) {
   for (const auto& block : query_block.as_array()) {
     if (block["device"].as_string() != device) continue;

@@ -8,11 +8,12 @@
 //
 // Sizes: the base image is as small as its files allow (images/build.sh),
 // so it is the smallest disk_mib there is. A booted VM gets its quota from
-// the start (VmConfig::disk_mib). A VM restored from a template (the pool),
-// a fork snapshot or a Space has the size its snapshot's disk had;
-// templates are booted at the base image's size, so a pool VM's disk is
-// never larger than any sandbox's quota and is grown at hand-out
-// (fit_root_disk: QMP block_resize, and the agent grows the filesystem).
+// the start (VmConfig::disk_mib; vmm/qcow2_overlay.hpp writes the
+// overlay). A VM restored from a template (the pool), a fork snapshot or a
+// Space has the size its snapshot's disk had; templates are booted at the
+// base image's size, so a pool VM's disk is never larger than any
+// sandbox's quota and is grown at hand-out (fit_root_disk: QMP
+// block_resize, and the agent grows the filesystem).
 #pragma once
 
 #include <utility> // before Boost 1.74's awaitable.hpp, which uses std::exchange without it
@@ -36,13 +37,6 @@ namespace vesicle {
 std::uint32_t root_disk_mib(const std::filesystem::path& images_dir);
 
 namespace vmm {
-
-// qemu-img's arguments for a qcow2 overlay of `backing` (of `format`,
-// "raw" or "qcow2") at `overlay`, `disk_mib` MiB large (0: the backing
-// file's size).
-std::vector<std::string> overlay_command(const std::string& backing, const std::string& format,
-                                         const std::filesystem::path& overlay,
-                                         std::uint32_t disk_mib);
 
 // The virtual size of block device `device` in a QMP query-block reply.
 Result<std::uint64_t> disk_bytes_in(const json::Value& query_block, const std::string& device);

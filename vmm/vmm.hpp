@@ -99,8 +99,8 @@ struct Snapshot {
   // (guest_memory.hpp), passed to each restored QEMU as a descriptor.
   // Null for a full-RAM snapshot and for one described but not opened.
   std::shared_ptr<GuestMemory> memory;
-  std::filesystem::path disk;        // what restored VMs' qcow2 overlays are backed by
-  GuestImages images; // kernel+initrd it booted from (restore must match the machine)
+  std::filesystem::path disk; // what restored VMs' qcow2 overlays are backed by
+  GuestImages images;         // kernel+initrd it booted from (restore must match the machine)
   unsigned vcpus = 0;
   unsigned memory_mib = 0;
   // What else the restored machine must match, or the device state does not
@@ -164,9 +164,11 @@ public:
   // its disk into `dir`, seals its RAM (a memfd: no copy) into the
   // snapshot's `memory`, also writes it to `memory_file` unless that is
   // empty (a copy on disk, for a snapshot that must outlive hostd: mode
-  // 0400), writes the manifest (version, sizes, sha256s) atomically, makes
-  // the files read-only, and ends the VM (its process exits; the Vm is then
-  // not running).
+  // 0400), and then writes the manifest (version, sizes, sha256s)
+  // atomically and fsyncs; makes the files read-only, and ends the VM (its
+  // process exits; the Vm is then not running). With `memory_file` empty
+  // (a fork's snapshot: never read back from disk, gone with hostd) nothing
+  // is hashed, synced or written as a manifest: it would only slow the fork.
   // On failure nothing half-written is left in dir and the Error says why.
   // `dir` and `memory_file` must not exist; dir's parent must.
   // Let agent calls finish first: one in flight is saved half-done, and
