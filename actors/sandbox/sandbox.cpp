@@ -28,6 +28,11 @@ struct SandboxActorState {
   std::vector<caf::typed_response_promise<SandboxInfo>> ready_waiters;
   // Callers of destroy, answered once the VM is reclaimed.
   std::vector<caf::typed_response_promise<done_atom>> destroy_waiters;
+  // Calls (begin_op) that came while a fork, merge or freeze held the
+  // sandbox: answered with a lease when it is ready again, else with why
+  // not. A fork answers once its children are up, and the parent may still
+  // be resuming then: its caller's next exec waits instead of failing.
+  std::vector<caf::typed_response_promise<std::uint64_t>> op_waiters;
   // DELETE came while booting or busy: tear down as soon as that resolves.
   bool destroy_requested = false;
   // A VM exists (or may: a boot is in flight) that has not been reclaimed.
@@ -39,6 +44,12 @@ struct SandboxActorState {
 };
 
 using self_pointer = sandbox_actor::stateful_pointer<SandboxActorState>;
+
+// At most this many calls wait for a busy sandbox; more are refused.
+constexpr std::size_t kMaxOpWaiters = 64;
+
+caf::error not_now(self_pointer self);
+void answer_op_waiters(self_pointer self);
 
 std::string id_of(self_pointer self) {
   return self->state.info.id;
@@ -60,6 +71,7 @@ bool enter(self_pointer self, SandboxPhase next) {
     return false;
   }
   state.phase = next;
+  if (next != SandboxPhase::busy && !state.op_waiters.empty()) answer_op_waiters(self);
   auto shown = public_state(next);
   if (shown != SandboxState::ready && shown != SandboxState::booting) state.info.qemu_pid = 0;
   if (shown != state.info.state) {
@@ -104,6 +116,20 @@ caf::error not_now(self_pointer self) {
   }
   return make_error(ErrorKind::internal,
                     "sandbox " + info.id + " refused an operation while ready");
+}
+
+void answer_op_waiters(self_pointer self) {
+  auto waiters = std::move(self->state.op_waiters);
+  self->state.op_waiters.clear();
+  for (auto& waiter : waiters) {
+    if (is(self, SandboxPhase::ready)) {
+      auto lease = self->state.next_lease++;
+      self->state.leases.insert(lease);
+      waiter.deliver(lease);
+    } else {
+      waiter.deliver(not_now(self));
+    }
+  }
 }
 
 void start_reclaim(self_pointer self) {
@@ -179,6 +205,11 @@ sandbox_actor::behavior_type sandbox_behavior(self_pointer self, SandboxInfo inf
       },
       [=](info_atom) -> SandboxInfo { return self->state.info; },
       [=](begin_op_atom) -> caf::result<std::uint64_t> {
+        if (is(self, SandboxPhase::busy) && self->state.op_waiters.size() < kMaxOpWaiters) {
+          auto promise = self->make_response_promise<std::uint64_t>();
+          self->state.op_waiters.push_back(promise);
+          return promise;
+        }
         if (!is(self, SandboxPhase::ready)) return not_now(self);
         auto lease = self->state.next_lease++;
         self->state.leases.insert(lease);
