@@ -32,6 +32,8 @@ VmSettings vm_settings(const config::HostdConfig& config,
   settings.tcg_translation_cache_mib = config.tcg_translation_cache_mib();
   settings.templates_dir = config.templates_dir();
   settings.spaces_dir = config.spaces_dir();
+  settings.pool_egress_open = config.has_network() && !config.network().uplink().empty() &&
+                              config.network().default_egress() == "open";
   const auto& agent = config.agent_deadlines();
   settings.agent_deadlines.exec_grace = std::chrono::seconds(agent.exec_grace_s());
   settings.agent_deadlines.cancel_answer = std::chrono::seconds(agent.exec_grace_s());

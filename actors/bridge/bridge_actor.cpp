@@ -118,21 +118,26 @@ vmm::NetworkAttachment NetworkLease::attachment() const {
 
 boost::asio::awaitable<Result<void>>
 NetworkLease::set_egress(caf::actor_system& system, bool egress, std::vector<std::string> allow) {
+  // Off until it is known to be in force: a failed change leaves it off.
+  egress_ = false;
+  allow_.clear();
   auto done = co_await ask<done_atom>(system, bridge_, kRequestTimeout, net_egress_atom::value,
-                                      slot_.id, egress, std::move(allow));
+                                      slot_.id, egress, allow);
   if (!done) co_return from_caf(done.error(), "set the sandbox's egress");
+  egress_ = egress;
+  allow_ = std::move(allow);
   co_return Result<void>{};
 }
 
 boost::asio::awaitable<Result<std::unique_ptr<NetworkLease>>>
 NetworkLeases::acquire(bool egress, std::vector<std::string> allow) {
   auto slot = co_await ask<NetSlot>(system_, bridge_, kRequestTimeout, net_acquire_atom::value,
-                                    egress, std::move(allow));
+                                    egress, allow);
   if (!slot) {
     auto failed = from_caf(slot.error(), "acquire a network slot");
     co_return std::move(failed).error();
   }
-  co_return std::make_unique<NetworkLease>(bridge_, *slot);
+  co_return std::make_unique<NetworkLease>(bridge_, *slot, egress, std::move(allow));
 }
 
 } // namespace vesicle::net

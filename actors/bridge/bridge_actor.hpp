@@ -59,7 +59,8 @@ bridge_actor spawn_bridge(caf::actor_system& system, std::unique_ptr<BridgeManag
 // forget), so hold it until the VM's process has exited.
 class NetworkLease {
 public:
-  NetworkLease(bridge_actor bridge, NetSlot slot) : bridge_(std::move(bridge)), slot_(slot) {}
+  NetworkLease(bridge_actor bridge, NetSlot slot, bool egress, std::vector<std::string> allow)
+      : bridge_(std::move(bridge)), slot_(slot), egress_(egress), allow_(std::move(allow)) {}
   ~NetworkLease();
   NetworkLease(const NetworkLease&) = delete;
   NetworkLease& operator=(const NetworkLease&) = delete;
@@ -72,10 +73,17 @@ public:
   // asio executor; completes once the new egress is in force.
   boost::asio::awaitable<Result<void>> set_egress(caf::actor_system& system, bool egress,
                                                   std::vector<std::string> allow);
+  // Whether the slot's egress is already exactly this (then a claim needs
+  // no set_egress). After a failed set_egress the slot is off.
+  bool has_egress(bool egress, const std::vector<std::string>& allow) const {
+    return egress == egress_ && allow == allow_;
+  }
 
 private:
   bridge_actor bridge_;
   NetSlot slot_;
+  bool egress_;
+  std::vector<std::string> allow_;
 };
 
 // What VmHost needs to lease slots: the actor system (requests from asio

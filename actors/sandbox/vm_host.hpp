@@ -46,10 +46,15 @@ struct VmSettings {
   // start (VMs map a sealed memfd loaded from it).
   std::filesystem::path templates_dir = "/var/lib/vesicle/templates";
   // A pool restore waits this long before it starts: a refill follows every
-  // take, and the restore's start-up (spawning QEMU and qemu-img) would
+  // take, and the restore's start-up (its files, spawning QEMU) would
   // otherwise hold this thread while the create that took the VM is still
   // being answered.
   std::chrono::milliseconds pool_restore_delay{25};
+  // The egress pool VMs wait with: hostd's default (open where the host
+  // has an uplink), so handing one to a create that asks for the default
+  // needs no firewall work; any other egress is set at hand-out. A waiting
+  // VM runs only the agent and the template's imports, no user code.
+  bool pool_egress_open = false;
   // Spaces (frozen sandboxes): on a real disk, see space_store.hpp.
   std::filesystem::path spaces_dir = "/var/lib/vesicle/spaces";
   // How every VM's QEMU is confined; null: not at all.

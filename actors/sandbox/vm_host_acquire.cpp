@@ -31,9 +31,9 @@ VmHost::adopt_pool_vm(const std::string& pool_vm_id, const SandboxSpec& spec) {
   }
   // An adopted pool VM's lease stays held by the pool's coroutine, which
   // ends after the VM's process has exited.
-  if (pooled.network) {
-    // Pool VMs wait with egress off; the sandbox's own egress is in force
-    // before the create answers.
+  if (pooled.network && !pooled.network->has_egress(spec.egress, spec.egress_allow)) {
+    // Pool VMs wait with the default egress (VmSettings::pool_egress_open);
+    // any other is in force before the create answers.
     auto egress =
         co_await pooled.network->set_egress(network_->system(), spec.egress, spec.egress_allow);
     if (!egress) {

@@ -168,7 +168,7 @@ asio::awaitable<void> VmHost::run_pool_vm(std::string key, std::string pool_vm_i
   // Held until the VM has exited, also after a sandbox adopted it.
   std::shared_ptr<net::NetworkLease> network;
   try {
-    auto leased = co_await lease_network(false, {});
+    auto leased = co_await lease_network(settings_.pool_egress_open, {});
     if (!leased) {
       caf::anon_send(pool, vm_boot_failed_atom::value, pool_vm_id, leased.error().message());
       co_return;

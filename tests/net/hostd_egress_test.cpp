@@ -193,8 +193,9 @@ protected:
     options.max_sandboxes = 4;
     options.memory_mib = 384;
     options.network_json = network.str();
-    // Sandboxes come from a warm pool: its VMs wait with egress off and get
-    // the sandbox's egress when taken, which these tests then hold them to.
+    // Sandboxes come from a warm pool: its VMs wait with the host's default
+    // egress (open: there is an uplink) and get the sandbox's egress when
+    // taken if it differs, which these tests then hold them to.
     options.extra_config =
         R"("pools": [{"memory_mib": 384, "min_ready": 1, "max": 4, "preload_modules": []}])";
     // hostd starts with the common soft limit of 1024 open files, which it
@@ -379,8 +380,10 @@ TEST_F(HostdEgress, ADefaultSandboxInstallsWithPipGitAndNpm) {
                            "bash", 240);
   EXPECT_TRUE(contains(npm, "tiny 1.0")) << npm;
   const auto served = internet->log_lines();
-  for (const char* path : {"/simple/vesicle-tiny/", "/repo.git/info/refs", "/vesicle-tiny-1.0.0.tgz"})
-    EXPECT_TRUE(std::any_of(served.begin(), served.end(), [&](const std::string& line) {
+  for (const char* path :
+       {"/simple/vesicle-tiny/", "/repo.git/info/refs", "/vesicle-tiny-1.0.0.tgz"})
+    EXPECT_TRUE(std::any_of(served.begin(), served.end(),
+                            [&](const std::string& line) {
                               return line.starts_with("packages ") && contains(line, path);
                             }))
         << "the package host never served " << path;
