@@ -23,6 +23,7 @@
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
@@ -237,9 +238,24 @@ public:
     routes_.clear();
     for (auto& [id, route] : routes)
       route.inbox->close(*closed_);
+    tell_disconnect();
+  }
+
+  void on_disconnect(AgentClient::DisconnectHandler handler) {
+    on_disconnect_ = std::move(handler);
+    if (closed_) tell_disconnect();
   }
 
 private:
+  // A channel this host closed (not one the guest's end closed: the VM's
+  // exit reports that) ends the sandbox: say so once, off this call stack.
+  void tell_disconnect() {
+    if (!on_disconnect_ || !closed_ || closed_->kind == ErrorKind::guest_died) return;
+    asio::post(executor_,
+               [handler = std::move(on_disconnect_), reason = *closed_] { handler(reason); });
+    on_disconnect_ = nullptr;
+  }
+
   asio::awaitable<void> read_loop() {
     auto self = shared_from_this();
     std::string buffer(kReadBufferBytes, '\0');
@@ -346,6 +362,7 @@ private:
   std::unordered_map<std::uint64_t, Route> routes_;
   std::shared_ptr<detail::Event> last_python_cell_;
   std::optional<Error> closed_;
+  AgentClient::DisconnectHandler on_disconnect_;
   bool closed_by_host_ = false;
   // Ids start at a random point, not 1: a VM restored from a snapshot taken
   // while calls were in flight still answers the old client's ids, and a
@@ -906,6 +923,9 @@ public:
 
   bool connected() const override { return channel_->connected(); }
   std::optional<Error> closed_reason() const override { return channel_->closed_reason(); }
+  void on_disconnect(DisconnectHandler handler) override {
+    channel_->on_disconnect(std::move(handler));
+  }
 
 private:
   ChannelPtr channel_;

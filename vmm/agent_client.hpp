@@ -146,6 +146,14 @@ public:
   // ErrorKind::guest_died otherwise. Nullopt while connected (and for a
   // client that cannot tell).
   virtual std::optional<Error> closed_reason() const { return std::nullopt; }
+
+  // Called once, on the client's executor, when this client disconnects
+  // the guest itself (closed_reason() is a protocol violation or a
+  // timeout), with that reason; at once if it already has. The VM still
+  // runs then, so no exit tells its owner the sandbox is over; this does.
+  // (A client that cannot tell never calls it.)
+  using DisconnectHandler = std::function<void(const Error&)>;
+  virtual void on_disconnect(DisconnectHandler handler) { (void)handler; }
 };
 
 // The host-side deadlines of a client: hostd's defaults; tests shorten them.

@@ -170,6 +170,16 @@ asio::awaitable<void> VmHost::run_sandbox_vm(std::string id, SandboxSpec spec, L
 // pool VM handed to a sandbox).
 asio::awaitable<void> VmHost::watch_exit(std::shared_ptr<vmm::Vm> vm,
                                          std::shared_ptr<ExitTarget> target) {
+  // hostd disconnecting the guest (it broke the agent protocol, or stopped
+  // answering) ends the sandbox as an exit would, though QEMU runs on until
+  // reclaimed: without this the death waited for the next call.
+  vm->agent().on_disconnect([target](const Error& reason) {
+    std::string how = std::string(kind_info(reason.kind).name) + ": " + reason.message();
+    if (target->sandbox)
+      caf::anon_send(target->sandbox, vm_exited_atom::value, std::move(how));
+    else if (target->pool)
+      caf::anon_send(target->pool, vm_exited_atom::value, target->pool_vm_id, std::move(how));
+  });
   std::string how = co_await vm->wait_exit();
   vm.reset();
   if (target->sandbox)

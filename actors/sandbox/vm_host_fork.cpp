@@ -9,6 +9,7 @@
 #include <caf/send.hpp>
 
 #include "common/log.hpp"
+#include "vmm/blocking.hpp"
 
 namespace vesicle {
 
@@ -168,8 +169,12 @@ VmHost::promote(const std::string& parent_id, const SandboxVm& before, const std
     auto config = vm_config(parent_id, full->vcpus, full->memory_mib, before.network.get());
     restored = co_await driver_.restore_full(*full, std::move(config));
   }
-  std::error_code ignored;
-  fs::remove_all(full_dir, ignored);
+  // A tree of snapshot files: removed on the blocking pool, not the loop
+  // (nothing waits for it).
+  vmm::post_blocking([full_dir] {
+    std::error_code ignored;
+    fs::remove_all(full_dir, ignored);
+  });
   if (!restored)
     co_return std::move(restored).error().with_context("resuming sandbox " + parent_id +
                                                        " from its full save");

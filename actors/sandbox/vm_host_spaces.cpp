@@ -15,6 +15,7 @@
 #include "actors/sandbox/reaper.hpp"
 #include "common/ids.hpp"
 #include "common/log.hpp"
+#include "vmm/blocking.hpp"
 #include "vmm/process.hpp"
 #include "vmm/snapshot.hpp"
 
@@ -53,7 +54,12 @@ asio::awaitable<void> VmHost::run_freeze(std::string id, SpaceInfo space, Freeze
   const auto started = std::chrono::steady_clock::now();
   auto saved = co_await before.vm->save_full(partial / "vm");
   if (!saved) {
-    fs::remove_all(partial, ec);
+    // A tree of snapshot files: removed on the blocking pool, not the loop
+    // (nothing waits for it).
+    vmm::post_blocking([partial] {
+      std::error_code ignored;
+      fs::remove_all(partial, ignored);
+    });
     before.target->sandbox = owner;
     // save_full resumes the VM on failure; should it have ended anyway, its
     // muted watcher did not say so.
@@ -90,7 +96,12 @@ asio::awaitable<void> VmHost::run_freeze(std::string id, SpaceInfo space, Freeze
       done(make_error("freeze", why + "; " + lost).with_context("freezing sandbox " + id));
       co_return;
     }
-    fs::remove_all(partial, ec);
+    // A tree of snapshot files: removed on the blocking pool, not the loop
+    // (nothing waits for it).
+    vmm::post_blocking([partial] {
+      std::error_code ignored;
+      fs::remove_all(partial, ignored);
+    });
     std::shared_ptr<vmm::Vm> vm = std::move(back.value());
     auto target = std::make_shared<ExitTarget>();
     target->sandbox = owner;

@@ -19,6 +19,7 @@
 #include "common/ids.hpp"
 #include "common/log.hpp"
 #include "common/unique_fd.hpp"
+#include "vmm/blocking.hpp"
 #include "vmm/snapshot.hpp"
 
 namespace vesicle {
@@ -100,9 +101,13 @@ VmHost::build_template(const TemplateSpec& spec) {
   // The RAM image is kept on disk beside the snapshot for the next start
   // (read back into a sealed memfd then); VMs map the memfd.
   const auto memory_file = settings_.templates_dir / (spec.key + ".mem");
-  std::error_code ec;
-  fs::remove_all(dir, ec);
-  fs::remove(memory_file, ec);
+  // What an earlier attempt left (a snapshot's tree, its RAM image): on
+  // the blocking pool, not the loop.
+  co_await vmm::run_blocking([dir, memory_file] {
+    std::error_code ignored;
+    fs::remove_all(dir, ignored);
+    fs::remove(memory_file, ignored);
+  });
 
   const auto context = "building template " + spec.key;
   // Egress off: the template VM runs nothing but the preload imports.
@@ -139,8 +144,11 @@ VmHost::build_template(const TemplateSpec& spec) {
   auto saved = co_await vm->save_snapshot(dir, memory_file);
   vm->destroy();
   if (!saved) {
-    fs::remove_all(dir, ec);
-    fs::remove(memory_file, ec);
+    co_await vmm::run_blocking([dir, memory_file] {
+      std::error_code ignored;
+      fs::remove_all(dir, ignored);
+      fs::remove(memory_file, ignored);
+    });
     co_return std::move(saved).error().with_context(context);
   }
   co_return std::make_shared<const vmm::Snapshot>(std::move(saved.value()));

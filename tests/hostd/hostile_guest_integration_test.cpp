@@ -4,7 +4,8 @@
 // the sandbox must be recorded dead with the reason's kind; hostd's memory
 // must stay flat. The real hostd binary, one small VM, HTTP over loopback;
 // the test's configuration shortens hostd's agent deadlines (seconds, not
-// the default half-minutes).
+// the default half-minutes). A second guest floods its agent channel: it
+// is disconnected as a protocol violation and hostd's memory stays flat.
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -15,6 +16,7 @@
 #include "messages/api.pb.h"
 #include "tests/hostd/hostd_process.hpp"
 #include "tests/hostd/hostd_test_support.hpp"
+#include "tests/hostd/hostile_guest_programs.hpp"
 #include "tests/hostd/http_client.hpp"
 #include "tests/integration/qemu_proc.hpp"
 
@@ -49,7 +51,7 @@ protected:
     HostdOptions options;
     options.binary = HOSTD_BINARY;
     options.images_dir = images_dir();
-    options.max_sandboxes = 1;
+    options.max_sandboxes = 2;
     options.memory_mib = 512;
     options.extra_config =
         R"("disable_pools": true, )"
@@ -124,6 +126,57 @@ TEST_F(HostileGuest, AFrozenAgentCostsTheExecATimeoutAndEndsTheSandbox) {
   EXPECT_TRUE(hostd->qemu_pids().empty());
   auto deleted = http.request("DELETE", "/v1/sandboxes/" + id);
   EXPECT_LT(deleted.status, 300u) << deleted.body;
+}
+
+// Root in the guest takes PID 1's end of the agent channel and writes
+// empty frames into it as fast as the port takes them (events for a request
+// hostd never sent). hostd disconnects it as a protocol violation, records
+// the sandbox dead with that kind, answers later calls 410, reaps the VM,
+// and its RSS stays flat while the guest floods.
+TEST_F(HostileGuest, AGuestThatFloodsItsChannelIsDisconnected) {
+  auto http = client();
+  auto created = http.request("POST", "/v1/sandboxes", "{}");
+  ASSERT_EQ(created.status, 201u) << created.body;
+  const std::string id = parse<api::Sandbox>(created.body).id();
+  const std::string exec_path = "/v1/sandboxes/" + id + "/exec";
+  auto warm = http.request("POST", exec_path, R"({"language": "bash", "code": "echo ok"})");
+  ASSERT_EQ(warm.status, 200u) << warm.body;
+  const std::size_t rss_before = rss_kib(hostd->pid());
+
+  auto armed = http.request("POST", exec_path, exec_body("bash", kChannelFlood, 20));
+  ASSERT_EQ(armed.status, 200u) << armed.body;
+  ASSERT_NE(armed.body.find("armed"), std::string::npos) << armed.body;
+
+  api::Sandbox info;
+  std::size_t rss_peak = rss_before;
+  const auto started = Clock::now();
+  while (Clock::now() - started < 60s) {
+    rss_peak = std::max(rss_peak, rss_kib(hostd->pid()));
+    info = parse<api::Sandbox>(http.request("GET", "/v1/sandboxes/" + id).body);
+    if (info.state() == "dead") break;
+    std::this_thread::sleep_for(100ms);
+  }
+  ASSERT_EQ(info.state(), "dead")
+      << "the flooding guest is still connected: "
+      << http.request("POST", exec_path, R"({"language": "bash", "code": "cat /tmp/flood.log"})")
+             .body;
+  EXPECT_EQ(info.dead_reason().rfind("guest_protocol_violation", 0), 0u) << info.dead_reason();
+  auto later = http.request("POST", exec_path, R"({"language": "bash", "code": "echo later"})");
+  EXPECT_EQ(later.status, 410u) << later.body;
+  EXPECT_NE(later.body.find("guest_protocol_violation"), std::string::npos) << later.body;
+
+  for (int i = 0; i < 100 && !hostd->qemu_pids().empty(); ++i)
+    std::this_thread::sleep_for(100ms);
+  EXPECT_TRUE(hostd->qemu_pids().empty());
+  const std::size_t rss_after = rss_kib(hostd->pid());
+  std::printf(
+      "channel flood: disconnected after %lld ms; hostd RSS %zu KiB, peak %zu, after %zu\n",
+      static_cast<long long>(
+          std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started).count()),
+      rss_before, rss_peak, rss_after);
+  EXPECT_LT(rss_peak, rss_before + (32u << 10))
+      << "hostd's RSS grew from " << rss_before << " KiB to " << rss_peak << " KiB";
+  EXPECT_LT(http.request("DELETE", "/v1/sandboxes/" + id).status, 300u);
 }
 
 } // namespace
