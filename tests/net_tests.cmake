@@ -8,7 +8,7 @@ find_package(OpenSSL REQUIRED)
 
 vesicle_test(net_logic_test
   SOURCES net/dns_test.cpp net/peek_test.cpp net/allowlist_test.cpp net/dns_policy_test.cpp
-          net/ruleset_test.cpp net/http_gate_test.cpp
+          net/ruleset_test.cpp net/http_gate_test.cpp net/secrets_test.cpp
   LIBS vesicle_net_logic OpenSSL::SSL OpenSSL::Crypto
   LABEL unit)
 
