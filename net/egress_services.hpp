@@ -31,6 +31,8 @@
 #include "net/dns_policy.hpp"
 #include "net/netns.hpp"
 #include "net/nft.hpp"
+#include "net/secrets.hpp"
+#include "net/tls_intercept.hpp"
 
 namespace vesicle::net {
 
@@ -44,6 +46,10 @@ struct SlotServiceSpec {
   std::vector<LearnedAddresses::Entry> inherited; // addresses already allowed (fork)
   size_t proxy_max_connections = 128;             // BridgeConfig has the why
   std::chrono::seconds proxy_idle_timeout{300};
+  // Names whose TLS the proxy terminates to set headers (checked, non-empty
+  // only with an interceptor); every other name passes through untouched.
+  SecretGrants secrets;
+  std::shared_ptr<TlsInterceptor> interceptor;
 };
 
 struct SlotServiceCounters {
@@ -52,8 +58,10 @@ struct SlotServiceCounters {
   uint64_t dns_rebind_dropped = 0; // A records dropped as inside denied networks
   uint64_t dns_failed = 0;         // upstream unreachable or broken
   uint64_t proxy_allowed = 0;
-  uint64_t proxy_refused = 0;       // names not listed, heads that are not HTTP or TLS
-  uint64_t proxy_over_capacity = 0; // connections reset at proxy_max_connections
+  uint64_t proxy_refused = 0;          // names not listed, heads that are not HTTP or TLS
+  uint64_t proxy_over_capacity = 0;    // connections reset at proxy_max_connections
+  uint64_t proxy_intercepted = 0;      // TLS connections terminated to set secret headers
+  uint64_t proxy_upstream_refused = 0; // upstream certificate or handshake failed (502)
 };
 
 class SlotService;
