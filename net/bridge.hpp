@@ -173,6 +173,11 @@ public:
   Result<void> prewarm(size_t count);
   BridgeStats stats() const;
   const BridgeConfig& config() const { return config_; }
+  // The egress CA's certificate (PEM) that a sandbox with secrets must
+  // trust (hostd/guest_trust.hpp); empty without secrets_ca_dir.
+  std::string egress_ca_pem() const {
+    return interceptor_ ? interceptor_->ca().certificate_pem() : std::string();
+  }
   // What create() reclaimed.
   const Leftovers& reclaimed_at_start() const { return reclaimed_; }
   // Counters of a slot's DNS forwarder and proxy (allowlist slots).

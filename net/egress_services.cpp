@@ -794,10 +794,9 @@ awaitable<void> pump_host_to_guest(std::shared_ptr<Intercepted> tls) {
 }
 
 // The upstream TLS failure in words the guest's user can act on.
-std::string upstream_failure(const asio::ssl::stream<tcp::socket&>& host, error_code ec,
+std::string upstream_failure(asio::ssl::stream<tcp::socket&>& host, error_code ec,
                              const std::string& name) {
-  long verify = SSL_get_verify_result(
-      const_cast<SSL*>(const_cast<asio::ssl::stream<tcp::socket&>&>(host).native_handle()));
+  long verify = SSL_get_verify_result(host.native_handle());
   if (verify != X509_V_OK) {
     return "the certificate of " + name + " did not verify (" +
            X509_verify_cert_error_string(verify) + "); refusing to send it the secret";

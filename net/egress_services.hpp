@@ -10,7 +10,11 @@
 //    TLS SNI or the Host of each HTTP request head (peek.hpp, http_gate.hpp),
 //    and connects to the original destination only when that name is
 //    listed and the destination is an address DNS returned for that very
-//    name. Each slot's sockets are capped (proxy_max_connections; past it
+//    name. For a name with a secret grant (secrets.hpp) it terminates the
+//    guest's TLS itself with a leaf from the egress CA (tls_intercept.hpp),
+//    connects to the real host over TLS it verifies, and sets the granted
+//    headers on every request head; a host that fails verification gets
+//    no byte, the guest a 502 saying why. Each slot's sockets are capped (proxy_max_connections; past it
 //    the guest's connection is reset) and a proxied connection idle for
 //    proxy_idle_timeout is closed, so one sandbox cannot use up hostd's fds.
 //

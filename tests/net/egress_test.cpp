@@ -315,6 +315,7 @@ TEST_F(Egress, SecretsAreSetOnRequestsToTheGrantedNameOnly) {
     c.upstream_extra_ca = internet->ca_certificate();
   });
   if (HasFatalFailure()) return;
+  EXPECT_EQ(manager_->egress_ca_pem().rfind("-----BEGIN CERTIFICATE-----", 0), 0u);
   auto granted = acquire(granted_allowlist("allowed.test"));
   auto plain = acquire(allowlist());
   for (const auto* lease : {&granted, &plain}) {
