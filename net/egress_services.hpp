@@ -14,9 +14,9 @@
 //    guest's TLS itself with a leaf from the egress CA (tls_intercept.hpp),
 //    connects to the real host over TLS it verifies, and sets the granted
 //    headers on every request head; a host that fails verification gets
-//    no byte, the guest a 502 saying why. Each slot's sockets are capped (proxy_max_connections; past it
-//    the guest's connection is reset) and a proxied connection idle for
-//    proxy_idle_timeout is closed, so one sandbox cannot use up hostd's fds.
+//    no byte, the guest a 502 saying why. Each slot's sockets are capped (proxy_max_connections;
+//    past it the guest's connection is reset) and a proxied connection idle for proxy_idle_timeout
+//    is closed, so one sandbox cannot use up hostd's fds.
 //
 // Every socket is made inside the slot's namespace, so upstream queries and
 // proxied connections leave through the slot's own NAT and firewall like
