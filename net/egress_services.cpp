@@ -789,8 +789,11 @@ awaitable<void> pump_host_to_guest(std::shared_ptr<Intercepted> tls) {
     tls->connection->active();
   }
   // A TLS session has no half-close worth keeping: the server's end (or a
-  // failure) ends the connection.
-  tls->connection->close_sockets();
+  // failure) ends the connection, unless a refusal is waiting for this pump
+  // to stop so it can write its answer.
+  tls->connection->upstream_pump_done = true;
+  tls->connection->upstream_done_signal.cancel();
+  if (!tls->connection->refusing) tls->connection->close_sockets();
 }
 
 // The upstream TLS failure in words the guest's user can act on.
@@ -853,9 +856,9 @@ awaitable<void> SlotService::proxy_intercepted(std::shared_ptr<ProxyConnection> 
   }
   if (connection->closed || stopped_) co_return;
   if (!failure.empty()) ++counters_.proxy_upstream_refused;
-  if (failure.empty()) asio::co_spawn(io_, pump_host_to_guest(tls), asio::detached);
 
   HttpGate gate;
+  bool pumping = false; // the host-to-guest pump runs from the first forwarded head
   std::vector<uint8_t> buffer(64 * 1024);
   while (!stopped_ && !connection->closed) {
     auto step = gate.next();
@@ -878,10 +881,22 @@ awaitable<void> SlotService::proxy_intercepted(std::shared_ptr<ProxyConnection> 
     if (!answer.empty()) {
       if (failure.empty()) ++counters_.proxy_refused;
       error_code ignored;
+      // The pump must stop writing to the guest before the answer does (one
+      // writer at a time on a TLS stream, and not inside an earlier answer).
+      connection->refusing = true;
       connection->upstream.close(ignored);
+      if (pumping && !connection->upstream_pump_done) {
+        connection->upstream_done_signal.expires_at(Clock::time_point::max());
+        co_await connection->upstream_done_signal.async_wait(
+            asio::redirect_error(use_awaitable, ignored));
+      }
       co_await asio::async_write(tls->guest, asio::buffer(answer),
                                  asio::redirect_error(use_awaitable, ignored));
       break;
+    }
+    if (!pumping) {
+      pumping = true;
+      asio::co_spawn(io_, pump_host_to_guest(tls), asio::detached);
     }
     const auto* front = reinterpret_cast<const char*>(gate.buffered().data());
     if (step.verdict == HttpGate::Verdict::head) {

@@ -38,6 +38,13 @@ bool contains(const std::string& text, const std::string& part) {
   return text.find(part) != std::string::npos;
 }
 
+size_t count_occurrences(const std::string& text, const std::string& part) {
+  size_t n = 0;
+  for (auto at = text.find(part); at != std::string::npos; at = text.find(part, at + 1))
+    ++n;
+  return n;
+}
+
 // A slot held by a test, released however the test ends.
 struct Lease {
   BridgeManager* manager = nullptr;
@@ -356,6 +363,49 @@ TEST_F(Egress, SecretsAreSetOnRequestsToTheGrantedNameOnly) {
   auto counters = manager_->service_counters(granted.slot.id);
   EXPECT_EQ(counters.proxy_intercepted, 2u);
   EXPECT_EQ(manager_->service_counters(plain.slot.id).proxy_intercepted, 0u);
+}
+
+// Python's own TLS client in the stand-in guest: two requests on one kept-
+// alive connection, the first with a placeholder the proxy must replace,
+// the second for another Host. Prints each response's status and body.
+constexpr const char* kKeptAliveClient = R"(
+import http.client, socket, ssl, sys
+context = ssl.create_default_context(cafile=sys.argv[1])
+raw = socket.create_connection(("198.18.1.10", 443), timeout=5)
+tls = context.wrap_socket(raw, server_hostname="allowed.test")
+for host, extra in (("allowed.test", "Authorization: placeholder\r\n"), ("www.example.test", "")):
+    tls.sendall(("GET / HTTP/1.1\r\nHost: " + host + "\r\n" + extra + "\r\n").encode())
+    response = http.client.HTTPResponse(tls)
+    response.begin()
+    print(response.status, response.read().decode().strip())
+)";
+
+TEST_F(Egress, SecretsReplaceAPlaceholderAndRefuseAnotherHostOnTheSameConnection) {
+  SecretsCa ca;
+  ASSERT_FALSE(ca.dir.empty());
+  reconfigure([&](BridgeConfig& c) {
+    c.secrets_ca_dir = ca.dir / "ca";
+    c.upstream_extra_ca = internet->ca_certificate();
+  });
+  if (HasFatalFailure()) return;
+  auto lease = acquire(granted_allowlist("allowed.test"));
+  ASSERT_TRUE(probe::dns_query(lease.guest, kGateway, "allowed.test"));
+  const std::string command = "ip netns exec " + lease.slot.guest_netns + " /usr/bin/python3 -c '" +
+                              kKeptAliveClient + "' " + ca.certificate().string() + " 2>&1";
+  FILE* pipe = popen(command.c_str(), "r");
+  ASSERT_TRUE(pipe);
+  std::string output;
+  char buffer[4096];
+  while (size_t n = fread(buffer, 1, sizeof buffer, pipe))
+    output.append(buffer, n);
+  pclose(pipe);
+  EXPECT_TRUE(contains(output, std::string("200 hello from allowed host=allowed.test "
+                                           "authorization=") +
+                                   kSecret))
+      << output;
+  EXPECT_FALSE(contains(output, "placeholder")) << output;
+  EXPECT_TRUE(contains(output, "403 vesicle: egress refused: Host www.example.test")) << output;
+  EXPECT_EQ(count_occurrences(output, kSecret), 1u) << output;
 }
 
 TEST_F(Egress, SecretsNeedAnAllowedNameAndAnEgressCa) {
