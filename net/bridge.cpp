@@ -348,6 +348,13 @@ Result<void> BridgeManager::build_egress_and_host() {
   auto services = EgressServices::start();
   if (!services) return std::move(services).error();
   services_ = std::move(*services);
+
+  // 7. The CA that secret grants need (made on first start).
+  if (!config_.secrets_ca_dir.empty()) {
+    auto interceptor = TlsInterceptor::create({config_.secrets_ca_dir, config_.upstream_extra_ca});
+    if (!interceptor) return std::move(interceptor).error();
+    interceptor_ = std::move(*interceptor);
+  }
   return {};
 }
 
@@ -527,6 +534,8 @@ Result<void> BridgeManager::configure_slot(SlotState& slot, const EgressPolicy& 
     spec.upstream_resolver = config_.upstream_resolver;
     spec.proxy_max_connections = config_.proxy_max_connections;
     spec.proxy_idle_timeout = config_.proxy_idle_timeout;
+    spec.secrets = policy.secrets;
+    spec.interceptor = interceptor_;
     if (inherit_from) {
       auto parent = slots_.find(*inherit_from);
       if (parent != slots_.end() && parent->second.services) {
@@ -616,8 +625,22 @@ Result<EgressPolicy> BridgeManager::checked_policy(const EgressPolicy& requested
     auto checked = EgressPolicy::allowlist(policy.allow);
     if (!checked) return std::move(checked).error();
     policy = std::move(*checked);
+    policy.secrets = requested.secrets;
   } else if (!policy.allow.empty()) {
     return make_error("check egress", "an allowlist needs egress mode allowlist");
+  }
+  if (!policy.secrets.empty()) {
+    if (policy.mode != EgressMode::allowlist) {
+      return make_error("check egress",
+                        "secrets need an allowlist (egress_allow) naming each host");
+    }
+    if (!interceptor_) {
+      return make_error("check egress",
+                        "secrets need network.secrets_ca_dir in hostd's configuration");
+    }
+    auto grants = check_secret_grants(policy.secrets, policy.allow);
+    if (!grants) return std::move(grants).error();
+    policy.secrets = std::move(*grants);
   }
   if (policy.mode != EgressMode::off && config_.uplink.empty()) {
     return make_error("check egress",

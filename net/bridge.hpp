@@ -21,6 +21,7 @@
 #include <chrono>
 #include <cstdint>
 #include <deque>
+#include <filesystem>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -90,6 +91,11 @@ struct BridgeConfig {
   // "<prefix>-<n>g", configured as the guest agent would configure a VM, so
   // tests can run real clients "inside the guest" without a VM.
   bool test_guest_namespaces = false;
+  // Secrets (secrets.hpp): the per-install CA's directory (empty: grants are
+  // refused), and a CA trusted for upstream hosts besides the system store
+  // (tests: the test internet's own CA; guests never trust it).
+  std::filesystem::path secrets_ca_dir;
+  std::filesystem::path upstream_extra_ca;
 
   Result<void> validate() const;
 };
@@ -167,6 +173,11 @@ public:
   Result<void> prewarm(size_t count);
   BridgeStats stats() const;
   const BridgeConfig& config() const { return config_; }
+  // The egress CA's certificate (PEM) that a sandbox with secrets must
+  // trust (hostd/guest_trust.hpp); empty without secrets_ca_dir.
+  std::string egress_ca_pem() const {
+    return interceptor_ ? interceptor_->ca().certificate_pem() : std::string();
+  }
   // What create() reclaimed.
   const Leftovers& reclaimed_at_start() const { return reclaimed_; }
   // Counters of a slot's DNS forwarder and proxy (allowlist slots).
@@ -209,6 +220,7 @@ private:
   Netns egress_;
   std::unique_ptr<Nft> egress_nft_;
   std::unique_ptr<EgressServices> services_;
+  std::shared_ptr<TlsInterceptor> interceptor_; // with secrets_ca_dir only
   std::map<uint32_t, SlotState> slots_;
   std::deque<uint32_t> pool_;
   BridgeStats stats_;

@@ -22,7 +22,7 @@ Result<EgressPolicy> EgressPolicy::allowlist(std::vector<std::string> patterns) 
   }
   auto parsed = Allowlist::parse(patterns);
   if (!parsed) return std::move(parsed).error();
-  return EgressPolicy{EgressMode::allowlist, parsed->patterns()};
+  return EgressPolicy{EgressMode::allowlist, parsed->patterns(), {}};
 }
 
 } // namespace vesicle::net

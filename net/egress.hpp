@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "common/result.hpp"
+#include "net/secrets.hpp"
 
 namespace vesicle::net {
 
@@ -15,9 +16,12 @@ const char* to_string(EgressMode mode);
 struct EgressPolicy {
   EgressMode mode = EgressMode::open;
   std::vector<std::string> allow; // patterns, for EgressMode::allowlist only
+  // Headers the proxy sets for granted names (allowlist only; every name
+  // also allowed). Held in memory only; see secrets.hpp.
+  SecretGrants secrets;
 
-  static EgressPolicy open() { return {EgressMode::open, {}}; }
-  static EgressPolicy off() { return {EgressMode::off, {}}; }
+  static EgressPolicy open() { return {EgressMode::open, {}, {}}; }
+  static EgressPolicy off() { return {EgressMode::off, {}, {}}; }
   // Checks the patterns (see allowlist.hpp); an empty list is an error:
   // say egress off instead.
   static Result<EgressPolicy> allowlist(std::vector<std::string> patterns);

@@ -17,10 +17,12 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/read.hpp>
 #include <boost/asio/redirect_error.hpp>
+#include <boost/asio/ssl/stream.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 
+#include "net/header_rewrite.hpp"
 #include "net/http_gate.hpp"
 #include "net/layout.hpp"
 #include "net/peek.hpp"
@@ -57,6 +59,16 @@ constexpr uint8_t kTlsHandshakeRecord = 0x16;
 std::string http_forbidden(const std::string& reason) {
   std::string body = "vesicle: egress refused: " + reason + "\n";
   return "HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+         "Content-Length: " +
+         std::to_string(body.size()) + "\r\n\r\n" + body;
+}
+
+// What the guest's client gets, over the TLS the proxy terminated, when the
+// proxy cannot reach the real host safely (its certificate does not verify,
+// or the handshake fails): a 502 that says why, instead of a bare alert.
+std::string http_bad_gateway(const std::string& reason) {
+  std::string body = "vesicle: egress proxy: " + reason + "\n";
+  return "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\nConnection: close\r\n"
          "Content-Length: " +
          std::to_string(body.size()) + "\r\n\r\n" + body;
 }
@@ -108,6 +120,9 @@ private:
                             tcp::endpoint upstream);
   awaitable<void> proxy_http(std::shared_ptr<ProxyConnection> connection, HttpGate gate,
                              tcp::endpoint upstream);
+  awaitable<void> proxy_intercepted(std::shared_ptr<ProxyConnection> connection,
+                                    std::vector<uint8_t> head, tcp::endpoint upstream,
+                                    std::string name, std::vector<HeaderField> headers);
   awaitable<bool> connect_upstream(std::shared_ptr<ProxyConnection> connection,
                                    tcp::endpoint destination);
   // Why a connection for `name` to `destination` is refused, or empty.
@@ -657,6 +672,11 @@ awaitable<void> SlotService::proxy_tls(std::shared_ptr<ProxyConnection> connecti
     connection->close_sockets();
     co_return;
   }
+  if (auto granted = spec_.secrets.find(peeked.name);
+      granted != spec_.secrets.end() && spec_.interceptor) {
+    co_await proxy_intercepted(connection, std::move(head), upstream, peeked.name, granted->second);
+    co_return;
+  }
   if (!co_await connect_upstream(connection, upstream)) {
     connection->close_sockets();
     co_return;
@@ -739,6 +759,162 @@ awaitable<void> SlotService::proxy_http(std::shared_ptr<ProxyConnection> connect
     co_return;
   }
   direction_done(*connection, ec, connection->upstream);
+}
+
+namespace {
+// Both TLS sessions of an intercepted connection, over the connection's own
+// sockets (so close_sockets() still ends everything). Holds the connection,
+// which must outlive the streams.
+struct Intercepted {
+  Intercepted(std::shared_ptr<ProxyConnection> c, asio::ssl::context& server,
+              asio::ssl::context& client)
+      : connection(std::move(c)), guest(connection->client, server),
+        host(connection->upstream, client) {}
+  std::shared_ptr<ProxyConnection> connection;
+  asio::ssl::stream<tcp::socket&> guest;
+  asio::ssl::stream<tcp::socket&> host;
+};
+
+awaitable<void> pump_host_to_guest(std::shared_ptr<Intercepted> tls) {
+  std::vector<uint8_t> buffer(64 * 1024);
+  error_code ec;
+  while (true) {
+    size_t n = co_await tls->host.async_read_some(asio::buffer(buffer),
+                                                  asio::redirect_error(use_awaitable, ec));
+    if (ec) break;
+    tls->connection->active();
+    co_await asio::async_write(tls->guest, asio::buffer(buffer.data(), n),
+                               asio::redirect_error(use_awaitable, ec));
+    if (ec) break;
+    tls->connection->active();
+  }
+  // A TLS session has no half-close worth keeping: the server's end (or a
+  // failure) ends the connection, unless a refusal is waiting for this pump
+  // to stop so it can write its answer.
+  tls->connection->upstream_pump_done = true;
+  tls->connection->upstream_done_signal.cancel();
+  if (!tls->connection->refusing) tls->connection->close_sockets();
+}
+
+// The upstream TLS failure in words the guest's user can act on.
+std::string upstream_failure(asio::ssl::stream<tcp::socket&>& host, error_code ec,
+                             const std::string& name) {
+  long verify = SSL_get_verify_result(host.native_handle());
+  if (verify != X509_V_OK) {
+    return "the certificate of " + name + " did not verify (" +
+           X509_verify_cert_error_string(verify) + "); refusing to send it the secret";
+  }
+  return "TLS handshake with " + name + " failed: " + ec.message();
+}
+} // namespace
+
+// A granted name: the proxy is the guest's TLS server (a leaf for `name`
+// from the per-install CA), opens its own verified TLS connection to the
+// real host, and sets the granted headers on every request head it passes.
+// A head for another Host is refused (403), so the secret only ever goes to
+// the name it was granted for.
+awaitable<void> SlotService::proxy_intercepted(std::shared_ptr<ProxyConnection> connection,
+                                               std::vector<uint8_t> head, tcp::endpoint upstream,
+                                               std::string name, std::vector<HeaderField> headers) {
+  auto server = spec_.interceptor->server_context(name);
+  if (!server) {
+    ++counters_.proxy_refused;
+    connection->close_sockets();
+    co_return;
+  }
+  auto tls =
+      std::make_shared<Intercepted>(connection, **server, spec_.interceptor->upstream_context());
+  error_code ec;
+  connection->timer.expires_after(kPeekTimeout);
+  connection->timer.async_wait([weak = std::weak_ptr(connection)](error_code tec) {
+    if (auto c = weak.lock(); c && !tec) c->close_sockets();
+  });
+  co_await tls->guest.async_handshake(asio::ssl::stream_base::server, asio::buffer(head),
+                                      asio::redirect_error(use_awaitable, ec));
+  connection->timer.cancel();
+  if (ec || stopped_) {
+    connection->close_sockets();
+    co_return;
+  }
+  ++counters_.proxy_intercepted;
+
+  // The real host, verified, before any request is read.
+  std::string failure;
+  if (!co_await connect_upstream(connection, upstream)) {
+    failure = "could not connect to " + name;
+  } else if (auto named = TlsInterceptor::expect_host(tls->host.native_handle(), name); !named) {
+    failure = named.error().message();
+  } else {
+    connection->timer.expires_after(kConnectTimeout);
+    connection->timer.async_wait([weak = std::weak_ptr(connection)](error_code tec) {
+      if (auto c = weak.lock(); c && !tec) c->close_sockets();
+    });
+    co_await tls->host.async_handshake(asio::ssl::stream_base::client,
+                                       asio::redirect_error(use_awaitable, ec));
+    connection->timer.cancel();
+    if (ec) failure = upstream_failure(tls->host, ec, name);
+  }
+  if (connection->closed || stopped_) co_return;
+  if (!failure.empty()) ++counters_.proxy_upstream_refused;
+
+  HttpGate gate;
+  bool pumping = false; // the host-to-guest pump runs from the first forwarded head
+  std::vector<uint8_t> buffer(64 * 1024);
+  while (!stopped_ && !connection->closed) {
+    auto step = gate.next();
+    if (step.verdict == HttpGate::Verdict::need_more) {
+      size_t n = co_await tls->guest.async_read_some(asio::buffer(buffer),
+                                                     asio::redirect_error(use_awaitable, ec));
+      if (ec) break;
+      connection->active();
+      gate.append(std::span<const uint8_t>(buffer.data(), n));
+      continue;
+    }
+    std::string answer;
+    if (!failure.empty()) {
+      answer = http_bad_gateway(failure);
+    } else if (step.verdict == HttpGate::Verdict::invalid) {
+      answer = http_forbidden(step.error);
+    } else if (step.verdict == HttpGate::Verdict::head && step.host != name) {
+      answer = http_forbidden("Host " + step.host + " on a TLS connection to " + name);
+    }
+    if (!answer.empty()) {
+      if (failure.empty()) ++counters_.proxy_refused;
+      error_code ignored;
+      // The pump must stop writing to the guest before the answer does (one
+      // writer at a time on a TLS stream, and not inside an earlier answer).
+      connection->refusing = true;
+      connection->upstream.close(ignored);
+      if (pumping && !connection->upstream_pump_done) {
+        connection->upstream_done_signal.expires_at(Clock::time_point::max());
+        co_await connection->upstream_done_signal.async_wait(
+            asio::redirect_error(use_awaitable, ignored));
+      }
+      co_await asio::async_write(tls->guest, asio::buffer(answer),
+                                 asio::redirect_error(use_awaitable, ignored));
+      break;
+    }
+    if (!pumping) {
+      pumping = true;
+      asio::co_spawn(io_, pump_host_to_guest(tls), asio::detached);
+    }
+    const auto* front = reinterpret_cast<const char*>(gate.buffered().data());
+    if (step.verdict == HttpGate::Verdict::head) {
+      ++counters_.proxy_allowed;
+      auto rewritten = rewrite_request_head(std::string_view(front, step.bytes), headers);
+      if (!rewritten) break;
+      co_await asio::async_write(tls->host, asio::buffer(*rewritten),
+                                 asio::redirect_error(use_awaitable, ec));
+      OPENSSL_cleanse(rewritten->data(), rewritten->size());
+    } else {
+      co_await asio::async_write(tls->host, asio::buffer(front, step.bytes),
+                                 asio::redirect_error(use_awaitable, ec));
+    }
+    if (ec) break;
+    connection->active();
+    gate.forwarded(step.bytes);
+  }
+  connection->close_sockets();
 }
 
 // ---------------------------------------------------------------------------

@@ -10,9 +10,13 @@
 //    TLS SNI or the Host of each HTTP request head (peek.hpp, http_gate.hpp),
 //    and connects to the original destination only when that name is
 //    listed and the destination is an address DNS returned for that very
-//    name. Each slot's sockets are capped (proxy_max_connections; past it
-//    the guest's connection is reset) and a proxied connection idle for
-//    proxy_idle_timeout is closed, so one sandbox cannot use up hostd's fds.
+//    name. For a name with a secret grant (secrets.hpp) it terminates the
+//    guest's TLS itself with a leaf from the egress CA (tls_intercept.hpp),
+//    connects to the real host over TLS it verifies, and sets the granted
+//    headers on every request head; a host that fails verification gets
+//    no byte, the guest a 502 saying why. Each slot's sockets are capped (proxy_max_connections;
+//    past it the guest's connection is reset) and a proxied connection idle for proxy_idle_timeout
+//    is closed, so one sandbox cannot use up hostd's fds.
 //
 // Every socket is made inside the slot's namespace, so upstream queries and
 // proxied connections leave through the slot's own NAT and firewall like
@@ -31,6 +35,8 @@
 #include "net/dns_policy.hpp"
 #include "net/netns.hpp"
 #include "net/nft.hpp"
+#include "net/secrets.hpp"
+#include "net/tls_intercept.hpp"
 
 namespace vesicle::net {
 
@@ -44,6 +50,10 @@ struct SlotServiceSpec {
   std::vector<LearnedAddresses::Entry> inherited; // addresses already allowed (fork)
   size_t proxy_max_connections = 128;             // BridgeConfig has the why
   std::chrono::seconds proxy_idle_timeout{300};
+  // Names whose TLS the proxy terminates to set headers (checked, non-empty
+  // only with an interceptor); every other name passes through untouched.
+  SecretGrants secrets;
+  std::shared_ptr<TlsInterceptor> interceptor;
 };
 
 struct SlotServiceCounters {
@@ -52,8 +62,10 @@ struct SlotServiceCounters {
   uint64_t dns_rebind_dropped = 0; // A records dropped as inside denied networks
   uint64_t dns_failed = 0;         // upstream unreachable or broken
   uint64_t proxy_allowed = 0;
-  uint64_t proxy_refused = 0;       // names not listed, heads that are not HTTP or TLS
-  uint64_t proxy_over_capacity = 0; // connections reset at proxy_max_connections
+  uint64_t proxy_refused = 0;          // names not listed, heads that are not HTTP or TLS
+  uint64_t proxy_over_capacity = 0;    // connections reset at proxy_max_connections
+  uint64_t proxy_intercepted = 0;      // TLS connections terminated to set secret headers
+  uint64_t proxy_upstream_refused = 0; // upstream certificate or handshake failed (502)
 };
 
 class SlotService;

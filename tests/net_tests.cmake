@@ -8,7 +8,7 @@ find_package(OpenSSL REQUIRED)
 
 vesicle_test(net_logic_test
   SOURCES net/dns_test.cpp net/peek_test.cpp net/allowlist_test.cpp net/dns_policy_test.cpp
-          net/ruleset_test.cpp net/http_gate_test.cpp
+          net/ruleset_test.cpp net/http_gate_test.cpp net/secrets_test.cpp
   LIBS vesicle_net_logic OpenSSL::SSL OpenSSL::Crypto
   LABEL unit)
 
@@ -42,6 +42,12 @@ set_tests_properties(net_hostd_egress_test PROPERTIES RESOURCE_LOCK vesicle_netn
 
 vesicle_test(net_hostd_config_test SOURCES net/network_config_test.cpp LIBS vesicle_hostd
   LABEL unit)
+
+# The script hostd runs in a sandbox with secrets (hostd/guest_trust.cpp,
+# built here alone so the test needs none of hostd).
+vesicle_test(net_guest_trust_test
+  SOURCES net/guest_trust_test.cpp ${PROJECT_SOURCE_DIR}/hostd/guest_trust.cpp
+  LIBS vesicle_net_logic LABEL unit)
 
 # Not a test: real-VM throughput through NAT and the allowlist proxy
 # (scripts/bench.sh runs it; needs root and the guest images).

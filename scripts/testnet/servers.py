@@ -71,7 +71,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self.wfile.write(piece)
                 count -= len(piece)
             return
-        body = f"hello from {self.label} host={host}\n".encode()
+        # The Authorization header the server saw, echoed so the secrets
+        # tests can tell what the egress proxy set.
+        auth = self.headers.get("Authorization")
+        seen = f" authorization={auth}" if auth is not None else ""
+        body = f"hello from {self.label} host={host}{seen}\n".encode()
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(body)))

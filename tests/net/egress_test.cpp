@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <filesystem>
 #include <thread>
 
 #include "net/bridge.hpp"
@@ -35,6 +36,13 @@ const Ipv4 kGateway = layout::kGatewayAddress;
 
 bool contains(const std::string& text, const std::string& part) {
   return text.find(part) != std::string::npos;
+}
+
+size_t count_occurrences(const std::string& text, const std::string& part) {
+  size_t n = 0;
+  for (auto at = text.find(part); at != std::string::npos; at = text.find(part, at + 1))
+    ++n;
+  return n;
 }
 
 // A slot held by a test, released however the test ends.
@@ -281,6 +289,159 @@ TEST_F(Egress, AllowlistReachesListedNamesOverHttpAndTls) {
   auto counters = manager_->service_counters(lease.slot.id);
   EXPECT_EQ(counters.dns_forwarded, 2u);
   EXPECT_EQ(counters.proxy_allowed, 4u);
+}
+
+// Secrets (net/secrets.hpp): a manager with an egress CA in a temporary
+// directory, trusting the test internet's own CA for upstream hosts (or not,
+// with trust_test_ca false). Removes the directory when the test ends.
+struct SecretsCa {
+  std::filesystem::path dir;
+  SecretsCa() {
+    char dir_template[] = "/tmp/vesicle-egress-ca-XXXXXX";
+    if (mkdtemp(dir_template)) dir = dir_template;
+  }
+  ~SecretsCa() {
+    if (!dir.empty()) std::filesystem::remove_all(dir);
+  }
+  std::filesystem::path certificate() const { return dir / "ca" / "ca.pem"; }
+};
+
+constexpr const char* kSecret = "Bearer sk-vesicle-test-0123456789";
+
+EgressPolicy granted_allowlist(const std::string& name) {
+  auto policy = EgressPolicy::allowlist({"allowed.test", "*.example.test"}).value();
+  policy.secrets[name] = {{"Authorization", kSecret}};
+  return policy;
+}
+
+TEST_F(Egress, SecretsAreSetOnRequestsToTheGrantedNameOnly) {
+  SecretsCa ca;
+  ASSERT_FALSE(ca.dir.empty());
+  reconfigure([&](BridgeConfig& c) {
+    c.secrets_ca_dir = ca.dir / "ca";
+    c.upstream_extra_ca = internet->ca_certificate();
+  });
+  if (HasFatalFailure()) return;
+  EXPECT_EQ(manager_->egress_ca_pem().rfind("-----BEGIN CERTIFICATE-----", 0), 0u);
+  auto granted = acquire(granted_allowlist("allowed.test"));
+  auto plain = acquire(allowlist());
+  for (const auto* lease : {&granted, &plain}) {
+    for (const char* name : {"allowed.test", "www.example.test"}) {
+      auto answer = probe::dns_query(lease->guest, kGateway, name);
+      ASSERT_TRUE(answer) << answer.error().message();
+    }
+  }
+  // The granted name: the guest sends no header, trusts the egress CA (the
+  // proxy's leaf, not the test host's certificate), and the host sees it.
+  auto tls = probe::https_get(granted.guest, kAllowedIp, 443, "allowed.test", "allowed.test",
+                              ca.certificate());
+  ASSERT_TRUE(tls) << tls.error().message();
+  EXPECT_TRUE(contains(*tls, std::string("authorization=") + kSecret)) << *tls;
+  EXPECT_FALSE(probe::https_get(granted.guest, kAllowedIp, 443, "allowed.test", "allowed.test",
+                                internet->ca_certificate()))
+      << "the granted name must be served by the proxy's leaf";
+  // Another allowed name in the same sandbox passes through untouched.
+  auto other = probe::https_get(granted.guest, kAllowedIp, 443, "www.example.test",
+                                "www.example.test", internet->ca_certificate());
+  ASSERT_TRUE(other) << other.error().message();
+  EXPECT_FALSE(contains(*other, "authorization=")) << *other;
+  // A Host other than the TLS name on an intercepted connection: refused,
+  // so the secret never goes to a name it was not granted for.
+  auto mismatch = probe::https_get(granted.guest, kAllowedIp, 443, "allowed.test",
+                                   "www.example.test", ca.certificate());
+  ASSERT_TRUE(mismatch) << mismatch.error().message();
+  EXPECT_TRUE(contains(*mismatch, "403 Forbidden")) << *mismatch;
+  EXPECT_FALSE(contains(*mismatch, kSecret));
+  // A sandbox without the grant reaches the same host with no header.
+  auto ungranted = probe::https_get(plain.guest, kAllowedIp, 443, "allowed.test", "allowed.test",
+                                    internet->ca_certificate());
+  ASSERT_TRUE(ungranted) << ungranted.error().message();
+  EXPECT_FALSE(contains(*ungranted, "authorization=")) << *ungranted;
+
+  // Two handshakes completed with the proxy's leaf; the client that trusted
+  // only the test host's CA gave up in its handshake.
+  auto counters = manager_->service_counters(granted.slot.id);
+  EXPECT_EQ(counters.proxy_intercepted, 2u);
+  EXPECT_EQ(manager_->service_counters(plain.slot.id).proxy_intercepted, 0u);
+}
+
+// Python's own TLS client in the stand-in guest: two requests on one kept-
+// alive connection, the first with a placeholder the proxy must replace,
+// the second for another Host. Prints each response's status and body.
+constexpr const char* kKeptAliveClient = R"(
+import http.client, socket, ssl, sys
+context = ssl.create_default_context(cafile=sys.argv[1])
+raw = socket.create_connection(("198.18.1.10", 443), timeout=5)
+tls = context.wrap_socket(raw, server_hostname="allowed.test")
+for host, extra in (("allowed.test", "Authorization: placeholder\r\n"), ("www.example.test", "")):
+    tls.sendall(("GET / HTTP/1.1\r\nHost: " + host + "\r\n" + extra + "\r\n").encode())
+    response = http.client.HTTPResponse(tls)
+    response.begin()
+    print(response.status, response.read().decode().strip())
+)";
+
+TEST_F(Egress, SecretsReplaceAPlaceholderAndRefuseAnotherHostOnTheSameConnection) {
+  SecretsCa ca;
+  ASSERT_FALSE(ca.dir.empty());
+  reconfigure([&](BridgeConfig& c) {
+    c.secrets_ca_dir = ca.dir / "ca";
+    c.upstream_extra_ca = internet->ca_certificate();
+  });
+  if (HasFatalFailure()) return;
+  auto lease = acquire(granted_allowlist("allowed.test"));
+  ASSERT_TRUE(probe::dns_query(lease.guest, kGateway, "allowed.test"));
+  const std::string command = "ip netns exec " + lease.slot.guest_netns + " /usr/bin/python3 -c '" +
+                              kKeptAliveClient + "' " + ca.certificate().string() + " 2>&1";
+  FILE* pipe = popen(command.c_str(), "r");
+  ASSERT_TRUE(pipe);
+  std::string output;
+  char buffer[4096];
+  while (size_t n = fread(buffer, 1, sizeof buffer, pipe))
+    output.append(buffer, n);
+  pclose(pipe);
+  EXPECT_TRUE(contains(output, std::string("200 hello from allowed host=allowed.test "
+                                           "authorization=") +
+                                   kSecret))
+      << output;
+  EXPECT_FALSE(contains(output, "placeholder")) << output;
+  EXPECT_TRUE(contains(output, "403 vesicle: egress refused: Host www.example.test")) << output;
+  EXPECT_EQ(count_occurrences(output, kSecret), 1u) << output;
+}
+
+TEST_F(Egress, SecretsNeedAnAllowedNameAndAnEgressCa) {
+  auto no_ca = manager_->acquire_slot(granted_allowlist("allowed.test"));
+  ASSERT_FALSE(no_ca);
+  EXPECT_TRUE(contains(no_ca.error().message(), "secrets_ca_dir")) << no_ca.error().message();
+  SecretsCa ca;
+  ASSERT_FALSE(ca.dir.empty());
+  reconfigure([&](BridgeConfig& c) { c.secrets_ca_dir = ca.dir / "ca"; });
+  if (HasFatalFailure()) return;
+  auto unlisted = manager_->acquire_slot(granted_allowlist("denied.test"));
+  ASSERT_FALSE(unlisted);
+  EXPECT_TRUE(contains(unlisted.error().message(), "egress_allow")) << unlisted.error().message();
+  EXPECT_FALSE(contains(unlisted.error().message(), kSecret));
+  auto open = EgressPolicy::open();
+  open.secrets["allowed.test"] = {{"Authorization", kSecret}};
+  EXPECT_FALSE(manager_->acquire_slot(open));
+}
+
+TEST_F(Egress, SecretsAreNotSentToAHostWhoseCertificateFailsVerification) {
+  // No extra upstream CA: the test host's own certificate does not verify
+  // against the system store, as a man in the middle's would not.
+  SecretsCa ca;
+  ASSERT_FALSE(ca.dir.empty());
+  reconfigure([&](BridgeConfig& c) { c.secrets_ca_dir = ca.dir / "ca"; });
+  if (HasFatalFailure()) return;
+  auto lease = acquire(granted_allowlist("allowed.test"));
+  ASSERT_TRUE(probe::dns_query(lease.guest, kGateway, "allowed.test"));
+  int hits_before = internet->hits("allowed");
+  auto response = probe::https_get(lease.guest, kAllowedIp, 443, "allowed.test", "allowed.test",
+                                   ca.certificate());
+  ASSERT_TRUE(response) << response.error().message();
+  EXPECT_TRUE(contains(*response, "502 Bad Gateway")) << *response;
+  EXPECT_TRUE(contains(*response, "did not verify")) << *response;
+  EXPECT_EQ(internet->hits("allowed"), hits_before) << "no request reached the host";
+  EXPECT_EQ(manager_->service_counters(lease.slot.id).proxy_upstream_refused, 1u);
 }
 
 TEST_F(Egress, AllowlistRefusesUnlistedNames) {
@@ -593,7 +754,7 @@ TEST_F(Egress, EgressChangesInPlace) {
   EXPECT_LE(recv(held->get(), buffer, sizeof buffer, 0), 0);
   EXPECT_FALSE(probe::read_banner(lease.guest, kAllowedIp, 7000, 800ms));
   EXPECT_FALSE(probe::dns_query(lease.guest, kGateway, "allowed.test"));
-  auto bad = manager_->set_egress(lease.slot.id, EgressPolicy{EgressMode::allowlist, {"*"}});
+  auto bad = manager_->set_egress(lease.slot.id, EgressPolicy{EgressMode::allowlist, {"*"}, {}});
   EXPECT_FALSE(bad);
   EXPECT_FALSE(manager_->set_egress(999, EgressPolicy::open()));
 }

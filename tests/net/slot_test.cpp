@@ -242,7 +242,7 @@ TEST_F(Slots, ExhaustionAndDoubleReleaseAreClearErrors) {
   auto twice = manager.release_slot(a->id);
   ASSERT_FALSE(twice);
   EXPECT_TRUE(contains(twice.error().message(), "released twice")) << twice.error().message();
-  auto bad = manager.acquire_slot(EgressPolicy{EgressMode::allowlist, {"10.0.0.1"}});
+  auto bad = manager.acquire_slot(EgressPolicy{EgressMode::allowlist, {"10.0.0.1"}, {}});
   EXPECT_FALSE(bad);
   ASSERT_TRUE(manager.release_slot(b->id));
   EXPECT_EQ(manager.stats().in_use, 0u);

@@ -25,6 +25,36 @@ CHUNK_BYTES = 256 * 1024
 _LANGUAGES = ("python", "bash")
 
 
+def secrets_body(secrets: Optional[Dict[str, Dict[str, str]]]) -> Optional[Dict[str, Dict[str, str]]]:
+    """`secrets` checked for shape: {host name: {header name: value}}.
+
+    hostd's egress proxy sets these headers on every HTTPS request the
+    sandbox sends to that name (which must also be in egress_allow); the
+    values never enter the sandbox. Errors name the host and header, never
+    the value.
+    """
+    if secrets is None:
+        return None
+    if not isinstance(secrets, dict):
+        raise InvalidRequestError(
+            'secrets must be a dict of host name to headers, e.g. {"api.example.com": '
+            '{"Authorization": "Bearer ..."}}'
+        )
+    out: Dict[str, Dict[str, str]] = {}
+    for host, headers in secrets.items():
+        if not isinstance(host, str) or not isinstance(headers, dict) or not headers:
+            raise InvalidRequestError(
+                f"secrets[{host!r}] must be a non-empty dict of header name to value"
+            )
+        for name, value in headers.items():
+            if not isinstance(name, str) or not isinstance(value, str):
+                raise InvalidRequestError(
+                    f"secrets[{host!r}][{name!r}]: header names and values must be strings"
+                )
+        out[host] = dict(headers)
+    return out
+
+
 class Sandbox:
     """A sandbox on a vesicle host.
 
@@ -56,6 +86,7 @@ class Sandbox:
         disk_mib: Optional[int] = None,
         region: Optional[str] = None,
         *,
+        secrets: Optional[Dict[str, Dict[str, str]]] = None,
         url: Optional[str] = None,
         api_key: Optional[str] = None,
         timeout: Optional[float] = None,
@@ -77,6 +108,7 @@ class Sandbox:
             "memory_mib": memory_mib,
             "disk_mib": disk_mib,
             "region": region,
+            "secrets": secrets_body(secrets),
         }
         body = {k: v for k, v in fields.items() if v is not None}
         transport = Transport(_config.resolve(url, api_key, timeout))
@@ -119,11 +151,15 @@ class Sandbox:
         space: "Union[Space, str]",
         persistent: bool = False,
         *,
+        secrets: Optional[Dict[str, Dict[str, str]]] = None,
         url: Optional[str] = None,
         api_key: Optional[str] = None,
         timeout: Optional[float] = None,
     ) -> "Sandbox":
         """Bring a Space back as a new sandbox (a new id); returns when it is ready.
+
+        A Space keeps only the names its sandbox had secrets for, never the
+        values: pass `secrets` again to have them set (see Sandbox()).
 
         The sandbox continues where the frozen one stopped: Python globals,
         running processes, files. `resumed_from` names the Space. The Space
@@ -133,12 +169,20 @@ class Sandbox:
         (and is kept); one another resume is restoring, ConflictError.
         """
         transport = Transport(_config.resolve(url, api_key, timeout))
-        return cls._resume(transport, space, persistent)
+        return cls._resume(transport, space, persistent, secrets)
 
     @classmethod
-    def _resume(cls, transport: Transport, space: "Union[Space, str]", persistent: bool) -> "Sandbox":
+    def _resume(
+        cls,
+        transport: Transport,
+        space: "Union[Space, str]",
+        persistent: bool,
+        secrets: Optional[Dict[str, Dict[str, str]]] = None,
+    ) -> "Sandbox":
         transport.config.require_key()
         body = resume_body(persistent)
+        if secrets is not None:
+            body["secrets"] = secrets_body(secrets)
         space_id = space_id_of(space)
         info = transport.json(
             "POST",
