@@ -99,8 +99,8 @@ struct Snapshot {
   // (guest_memory.hpp), passed to each restored QEMU as a descriptor.
   // Null for a full-RAM snapshot and for one described but not opened.
   std::shared_ptr<GuestMemory> memory;
-  std::filesystem::path disk;        // what restored VMs' qcow2 overlays are backed by
-  GuestImages images; // kernel+initrd it booted from (restore must match the machine)
+  std::filesystem::path disk; // what restored VMs' qcow2 overlays are backed by
+  GuestImages images;         // kernel+initrd it booted from (restore must match the machine)
   unsigned vcpus = 0;
   unsigned memory_mib = 0;
   // What else the restored machine must match, or the device state does not
@@ -125,6 +125,16 @@ struct Snapshot {
 // blocking, ~1 s for a few hundred MB; call it once per template, off the
 // executor that runs VMs.
 Result<Snapshot> open_snapshot(const std::filesystem::path& dir);
+
+// What one Vm::save_fork_snapshot did and how long the VM was paused.
+struct ForkSaveStats {
+  std::chrono::microseconds paused{0};       // stop to cont
+  std::chrono::microseconds device_state{0}; // of which: saving the device state
+  std::chrono::microseconds disk{0};         // of which: copying the disk overlay
+  std::chrono::microseconds memory{0};       // of which: copying the RAM
+  std::uint64_t private_pages = 0;           // 4 KiB pages the guest had written since its restore
+  std::uint64_t memory_bytes = 0;            // non-zero bytes the snapshot's RAM file holds
+};
 
 class Vm {
 public:
@@ -186,6 +196,25 @@ public:
   // True when the VM's RAM is a share=on file of its own (a booted VM), so
   // save_snapshot works; false for a VM restored share=off.
   virtual bool maps_memory_shared() const = 0;
+
+  // Saves a snapshot of the VM into `dir` to fork from, and lets the VM run
+  // on: it is paused only while its device state (no RAM), its disk and its
+  // RAM are copied. Works for a VM restored share=off (a pool sandbox, a
+  // fork's child), whose RAM no file holds: the copy is a new memory file
+  // with the snapshot's data plus the pages the guest wrote since, read
+  // from QEMU (private_memory.hpp); and for a booted VM (a sparse copy of
+  // its own RAM file). The snapshot is restored with Driver::restore like
+  // save_snapshot's; its `memory` is that new sealed file, kept in memory
+  // only (memory_file is its /proc/self/fd path), and its disk a copy of
+  // the VM's qcow2 overlay, backed by what the VM's overlay is backed by
+  // (which must therefore outlive the snapshot).
+  // Unlike save_snapshot, the RAM is not hashed (a fork snapshot is never
+  // reopened from disk): the manifest's memory checksum is all zeros.
+  // `dir` must not exist; its parent must. On failure nothing is left in
+  // dir, the VM is resumed if it was running, and the Error says why.
+  // Let agent calls finish first (see save_snapshot).
+  virtual asio::awaitable<Result<Snapshot>> save_fork_snapshot(std::filesystem::path dir,
+                                                               ForkSaveStats* stats = nullptr);
 
   // Saves the whole VM, device state and every RAM page, into `dir` (meant
   // for a real disk: a Space survives a host reboot), and ends the VM. Works
