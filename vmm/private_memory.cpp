@@ -1,6 +1,7 @@
 #include "vmm/private_memory.hpp"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -44,9 +45,9 @@ Result<void> write_all(int fd, const char* data, std::size_t size, std::uint64_t
 }
 
 // Writes the non-zero pages of `bytes` (read from offset `at`) to `out`,
-// runs of them at a time; pages `skip` says are private are left out.
+// runs of them at a time.
 Result<std::uint64_t> write_nonzero(int out, std::uint64_t at, const char* bytes, std::size_t size,
-                                    const std::vector<bool>* skip, const std::string& what) {
+                                    const std::string& what) {
   std::uint64_t written = 0;
   std::size_t run = 0, run_bytes = 0;
   auto flush = [&]() -> Result<void> {
@@ -58,8 +59,7 @@ Result<std::uint64_t> write_nonzero(int out, std::uint64_t at, const char* bytes
   };
   for (std::size_t offset = 0; offset < size; offset += kPage) {
     const std::size_t length = std::min<std::size_t>(kPage, size - offset);
-    const bool skipped = skip && (*skip)[(at + offset) / kPage];
-    const bool keep = !skipped && (length < kPage || !zero_page(bytes + offset));
+    const bool keep = length < kPage || !zero_page(bytes + offset);
     if (!keep) {
       if (auto flushed = flush(); !flushed) return flushed.error();
       continue;
@@ -126,32 +126,54 @@ Result<std::uint64_t> find_mapping(pid_t pid, const GuestMemory& file, std::uint
                     file.path().string());
 }
 
-Result<std::shared_ptr<GuestMemory>> copy_private_memory(pid_t pid, std::uint64_t address,
-                                                         const GuestMemory& source,
-                                                         const std::string& name,
-                                                         RamCopyStats* stats) {
+Result<std::shared_ptr<GuestMemory>> copy_memory_data(const GuestMemory& source,
+                                                      const std::string& name) {
   const std::uint64_t bytes = source.bytes();
   const std::string what = "a copy of guest RAM (" + name + ")";
-  auto mine = private_pages(pid, address, bytes);
-  if (!mine) return std::move(mine).error();
   auto made = GuestMemory::create(name, bytes);
   if (!made) return std::move(made).error();
   std::shared_ptr<GuestMemory> copy = std::move(made).value();
-  RamCopyStats counted;
-
-  // The source's data, except where the guest has a page of its own.
-  std::vector<char> buffer(kChunk);
-  auto from_source = for_each_data_chunk(
-      source.fd(), bytes, source.path().string(), buffer,
-      [&](std::uint64_t at, std::span<const char> data) -> Result<void> {
-        auto written = write_nonzero(copy->fd(), at, data.data(), data.size(), &*mine, what);
-        if (!written) return std::move(written).error();
-        counted.copied_bytes += *written;
+  if (bytes == 0) return copy;
+  // Mapped, not read: one copy of each page instead of two. Only the data
+  // extents are touched (a read fault on a hole would allocate a page in
+  // the source).
+  void* mapped = ::mmap(nullptr, bytes, PROT_READ, MAP_SHARED, source.fd(), 0);
+  if (mapped == MAP_FAILED) return sys_error("map", source.path().string());
+  struct Unmap {
+    void* at;
+    std::uint64_t bytes;
+    ~Unmap() { ::munmap(at, bytes); }
+  } unmap{mapped, bytes};
+  const char* data = static_cast<const char*>(mapped);
+  auto copied = for_each_data_extent(
+      source.fd(), bytes, source.path().string(), [&](off_t first, off_t last) -> Result<void> {
+#ifdef MADV_POPULATE_READ
+        // Faults the extent in at once rather than a page at a time.
+        (void)::madvise(const_cast<char*>(data) + first, static_cast<std::size_t>(last - first),
+                        MADV_POPULATE_READ);
+#endif
+        for (off_t at = first; at < last;) {
+          const auto length =
+              static_cast<std::size_t>(std::min<off_t>(last - at, static_cast<off_t>(kChunk)));
+          auto written =
+              write_nonzero(copy->fd(), static_cast<std::uint64_t>(at), data + at, length, what);
+          if (!written) return std::move(written).error();
+          at += static_cast<off_t>(length);
+        }
         return {};
       });
-  if (!from_source) return std::move(from_source).error();
+  if (!copied) return std::move(copied).error();
+  return copy;
+}
 
-  // The guest's own pages, read from QEMU a run at a time.
+Result<void> overlay_private_pages(pid_t pid, std::uint64_t address, GuestMemory& copy,
+                                   RamCopyStats* stats) {
+  const std::uint64_t bytes = copy.bytes();
+  const std::string what = copy.path().string();
+  auto mine = private_pages(pid, address, bytes);
+  if (!mine) return std::move(mine).error();
+  RamCopyStats counted;
+  std::vector<char> buffer(kChunk);
   const std::uint64_t pages = bytes / kPage;
   for (std::uint64_t page = 0; page < pages;) {
     if (!(*mine)[page]) {
@@ -171,14 +193,35 @@ Result<std::shared_ptr<GuestMemory>> copy_private_memory(pid_t pid, std::uint64_
       if (n >= 0) error.detail = "a short read: the mapping changed";
       return error;
     }
-    auto written = write_nonzero(copy->fd(), page * kPage, buffer.data(), length, nullptr, what);
+    // Non-zero pages replace the source's; zero ones become holes (the
+    // source may have had data there).
+    std::uint64_t zero_from = 0, zero_pages = 0;
+    auto punch = [&]() -> Result<void> {
+      if (zero_pages == 0) return {};
+      if (::fallocate(copy.fd(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                      static_cast<off_t>(zero_from * kPage),
+                      static_cast<off_t>(zero_pages * kPage)) != 0)
+        return sys_error("punch a hole in", what);
+      zero_pages = 0;
+      return {};
+    };
+    for (std::uint64_t p = page; p < end; ++p) {
+      const char* bytes_at = buffer.data() + (p - page) * kPage;
+      if (zero_page(bytes_at)) {
+        if (zero_pages == 0) zero_from = p;
+        ++zero_pages;
+        continue;
+      }
+      if (auto punched = punch(); !punched) return punched.error();
+    }
+    if (auto punched = punch(); !punched) return punched.error();
+    auto written = write_nonzero(copy.fd(), page * kPage, buffer.data(), length, what);
     if (!written) return std::move(written).error();
-    counted.copied_bytes += *written;
     counted.private_pages += end - page;
     page = end;
   }
   if (stats) *stats = counted;
-  return copy;
+  return {};
 }
 
 } // namespace vesicle::vmm

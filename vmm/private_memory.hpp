@@ -27,21 +27,23 @@ namespace vesicle::vmm {
 // What a copy found and took, for logs and benchmarks.
 struct RamCopyStats {
   std::uint64_t private_pages = 0; // written by the guest since the restore
-  std::uint64_t copied_bytes = 0;  // non-zero bytes written into the copy
 };
 
 // The address at which process `pid` maps `file` (a memory file it was
 // given), `bytes` long: found in /proc/<pid>/maps by the file's inode.
 Result<std::uint64_t> find_mapping(pid_t pid, const GuestMemory& file, std::uint64_t bytes);
 
-// A new, unsealed memory file named `name` with what process `pid` sees in
-// its private mapping of `source` at `address`: `source`'s data where the
-// page is still the file's, the process's own copy where it wrote.
-// `source` may also be a file `pid` maps share=on (then no page is
-// private and this is a sparse copy of the file).
-Result<std::shared_ptr<GuestMemory>> copy_private_memory(pid_t pid, std::uint64_t address,
-                                                         const GuestMemory& source,
-                                                         const std::string& name,
-                                                         RamCopyStats* stats = nullptr);
+// The first half of a copy, which needs no pause: a new, unsealed memory
+// file named `name` with `source`'s data (its all-zero pages left holes).
+Result<std::shared_ptr<GuestMemory>> copy_memory_data(const GuestMemory& source,
+                                                      const std::string& name);
+
+// The second half, with the process paused: lays over `copy` (made by
+// copy_memory_data from the file process `pid` maps privately at
+// `address`) every page the process has written since, read from it; a
+// page it zeroed becomes a hole. `source` may also be a file `pid` maps
+// share=on: then no page is private and this changes nothing.
+Result<void> overlay_private_pages(pid_t pid, std::uint64_t address, GuestMemory& copy,
+                                   RamCopyStats* stats = nullptr);
 
 } // namespace vesicle::vmm

@@ -1064,15 +1064,16 @@ asio::awaitable<Result<void>> save_devices_only(VmState& state, const fs::path& 
   co_return Result<void>{};
 }
 
-// The paused VM's disk and RAM, copied into `staging` and a new memory
-// file. Blocking; runs off the executor.
+// The paused VM's disk, copied into `staging`, and its private RAM pages
+// laid over `copy` (its memory source's data, copied before the pause).
+// Blocking; runs off the executor.
 struct CopiedFiles {
-  std::shared_ptr<GuestMemory> memory;
   RamCopyStats ram;
   std::chrono::microseconds disk_time{0}, memory_time{0};
 };
 Result<CopiedFiles> copy_disk_and_ram(const fs::path& overlay, const fs::path& disk, pid_t pid,
-                                      std::shared_ptr<GuestMemory> source, std::string name) {
+                                      std::shared_ptr<GuestMemory> source,
+                                      std::shared_ptr<GuestMemory> copy) {
   CopiedFiles copied;
   const auto started = Clock::now();
   if (auto done = sparse_copy(overlay, disk); !done)
@@ -1080,9 +1081,8 @@ Result<CopiedFiles> copy_disk_and_ram(const fs::path& overlay, const fs::path& d
   const auto disk_done = Clock::now();
   auto address = find_mapping(pid, *source, source->bytes());
   if (!address) return std::move(address).error();
-  auto memory = copy_private_memory(pid, *address, *source, name, &copied.ram);
-  if (!memory) return std::move(memory).error().with_context("copying the guest's RAM");
-  copied.memory = std::move(memory).value();
+  if (auto laid = overlay_private_pages(pid, *address, *copy, &copied.ram); !laid)
+    return std::move(laid).error().with_context("copying the guest's RAM");
   copied.disk_time = std::chrono::duration_cast<std::chrono::microseconds>(disk_done - started);
   copied.memory_time =
       std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - disk_done);
@@ -1182,6 +1182,19 @@ asio::awaitable<Result<Snapshot>> fork_save_steps(std::shared_ptr<VmState> state
     }
     was_running = (*status)["running"].as_bool();
   }
+  // The source's data needs no pause: copy it first.
+  const auto copy_started = Clock::now();
+  std::shared_ptr<GuestMemory> memory;
+  {
+    std::string name = "vesicle-fork-" + dir.filename().string();
+    auto copy = [source, name]() { return copy_memory_data(*source, name); };
+    auto copied = co_await run_blocking(state->executor, std::move(copy));
+    if (!copied) {
+      fs::remove_all(staging, ec);
+      co_return std::move(copied).error().with_context(what + "; nothing was saved");
+    }
+    memory = std::move(copied).value();
+  }
   const auto started = Clock::now();
   auto resume = [&]() -> asio::awaitable<Result<void>> {
     if (!was_running || !state->running()) co_return Result<void>{};
@@ -1213,9 +1226,8 @@ asio::awaitable<Result<Snapshot>> fork_save_steps(std::shared_ptr<VmState> state
   {
     const fs::path overlay = state->paths.overlay, disk = staging / snapshot::kDiskName;
     const pid_t pid = state->process->pid();
-    std::string name = "vesicle-fork-" + dir.filename().string();
-    auto copy = [overlay, disk, pid, source, name]() {
-      return copy_disk_and_ram(overlay, disk, pid, source, name);
+    auto copy = [overlay, disk, pid, source, memory]() {
+      return copy_disk_and_ram(overlay, disk, pid, source, memory);
     };
     copied = co_await run_blocking(state->executor, std::move(copy));
   }
@@ -1230,14 +1242,16 @@ asio::awaitable<Result<Snapshot>> fork_save_steps(std::shared_ptr<VmState> state
     stats->device_state = duration_cast<microseconds>(devices_saved - started);
     stats->disk = copied->disk_time;
     stats->memory = copied->memory_time;
+    stats->data_copy = duration_cast<microseconds>(started - copy_started);
     stats->private_pages = copied->ram.private_pages;
-    stats->memory_bytes = copied->ram.copied_bytes;
   }
 
-  std::shared_ptr<GuestMemory> memory = copied->memory;
   snapshot::Manifest manifest = manifest_of(*state);
   {
-    const std::uint64_t memory_bytes = copied->ram.copied_bytes;
+    struct stat st {};
+    const std::uint64_t memory_bytes =
+        ::fstat(memory->fd(), &st) == 0 ? static_cast<std::uint64_t>(st.st_blocks) * 512 : 0;
+    if (stats) stats->memory_bytes = memory_bytes;
     auto seal = [staging, manifest, memory, memory_bytes]() {
       return seal_fork_snapshot(staging, manifest, *memory, memory_bytes);
     };

@@ -128,12 +128,15 @@ Result<Snapshot> open_snapshot(const std::filesystem::path& dir);
 
 // What one Vm::save_fork_snapshot did and how long the VM was paused.
 struct ForkSaveStats {
+  // Copying the RAM's source file (a snapshot's, or the VM's own): before
+  // the pause.
+  std::chrono::microseconds data_copy{0};
   std::chrono::microseconds paused{0};       // stop to cont
   std::chrono::microseconds device_state{0}; // of which: saving the device state
   std::chrono::microseconds disk{0};         // of which: copying the disk overlay
-  std::chrono::microseconds memory{0};       // of which: copying the RAM
+  std::chrono::microseconds memory{0};       // of which: copying the pages the guest wrote
   std::uint64_t private_pages = 0;           // 4 KiB pages the guest had written since its restore
-  std::uint64_t memory_bytes = 0;            // non-zero bytes the snapshot's RAM file holds
+  std::uint64_t memory_bytes = 0; // what the snapshot's RAM file holds (its non-zero pages)
 };
 
 class Vm {
@@ -198,8 +201,9 @@ public:
   virtual bool maps_memory_shared() const = 0;
 
   // Saves a snapshot of the VM into `dir` to fork from, and lets the VM run
-  // on: it is paused only while its device state (no RAM), its disk and its
-  // RAM are copied. Works for a VM restored share=off (a pool sandbox, a
+  // on: its RAM's source file is copied first, then it is paused only while
+  // its device state (no RAM), its disk and the pages it wrote are copied.
+  // Works for a VM restored share=off (a pool sandbox, a
   // fork's child), whose RAM no file holds: the copy is a new memory file
   // with the snapshot's data plus the pages the guest wrote since, read
   // from QEMU (private_memory.hpp); and for a booted VM (a sparse copy of

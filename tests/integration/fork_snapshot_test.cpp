@@ -157,7 +157,8 @@ TEST_F(ForkSnapshots, ASharedOffVmIsSnapshottedWhileItRunsAndItsChildrenAreIndep
   const double ms =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count();
   ASSERT_TRUE(saved) << saved.error().message();
-  std::cout << "save_fork_snapshot: " << ms << " ms, paused " << stats.paused.count() / 1000.0
+  std::cout << "save_fork_snapshot: " << ms << " ms, source copy "
+            << stats.data_copy.count() / 1000.0 << " ms, paused " << stats.paused.count() / 1000.0
             << " ms (device state " << stats.device_state.count() / 1000.0 << ", disk "
             << stats.disk.count() / 1000.0 << ", RAM " << stats.memory.count() / 1000.0 << "), "
             << stats.private_pages << " private pages, RAM file " << (stats.memory_bytes >> 20)
