@@ -1065,20 +1065,28 @@ asio::awaitable<Result<void>> save_devices_only(VmState& state, const fs::path& 
 }
 
 // The paused VM's disk, copied into `staging`, and its private RAM pages
-// laid over `copy` (its memory source's data, copied before the pause).
+// laid over `copy` (its memory source's data, copied before the pause; or
+// copied here, named `name`, when `copy` is null).
 // Blocking; runs off the executor.
 struct CopiedFiles {
+  std::shared_ptr<GuestMemory> memory; // made here when none was given
   RamCopyStats ram;
   std::chrono::microseconds disk_time{0}, memory_time{0};
 };
 Result<CopiedFiles> copy_disk_and_ram(const fs::path& overlay, const fs::path& disk, pid_t pid,
                                       std::shared_ptr<GuestMemory> source,
-                                      std::shared_ptr<GuestMemory> copy) {
+                                      std::shared_ptr<GuestMemory> copy, const std::string& name) {
   CopiedFiles copied;
   const auto started = Clock::now();
   if (auto done = sparse_copy(overlay, disk); !done)
     return std::move(done).error().with_context("copying the disk overlay");
   const auto disk_done = Clock::now();
+  if (!copy) { // a booted VM's own RAM file: copied now, while it is paused
+    auto made = copy_memory_data(*source, name);
+    if (!made) return std::move(made).error().with_context("copying the guest's RAM");
+    copied.memory = std::move(made).value();
+    copy = copied.memory;
+  }
   auto address = find_mapping(pid, *source, source->bytes());
   if (!address) return std::move(address).error();
   if (auto laid = overlay_private_pages(pid, *address, *copy, &copied.ram); !laid)
@@ -1182,10 +1190,11 @@ asio::awaitable<Result<Snapshot>> fork_save_steps(std::shared_ptr<VmState> state
     }
     was_running = (*status)["running"].as_bool();
   }
-  // The source's data needs no pause: copy it first.
+  // A snapshot's RAM file never changes: copy it before the pause. A
+  // booted VM's own file changes while it runs: copy it paused.
   const auto copy_started = Clock::now();
   std::shared_ptr<GuestMemory> memory;
-  {
+  if (state->restored) {
     std::string name = "vesicle-fork-" + dir.filename().string();
     auto copy = [source, name]() { return copy_memory_data(*source, name); };
     auto copied = co_await run_blocking(state->executor, std::move(copy));
@@ -1226,12 +1235,14 @@ asio::awaitable<Result<Snapshot>> fork_save_steps(std::shared_ptr<VmState> state
   {
     const fs::path overlay = state->paths.overlay, disk = staging / snapshot::kDiskName;
     const pid_t pid = state->process->pid();
-    auto copy = [overlay, disk, pid, source, memory]() {
-      return copy_disk_and_ram(overlay, disk, pid, source, memory);
+    std::string name = "vesicle-fork-" + dir.filename().string();
+    auto copy = [overlay, disk, pid, source, memory, name]() {
+      return copy_disk_and_ram(overlay, disk, pid, source, memory, name);
     };
     copied = co_await run_blocking(state->executor, std::move(copy));
   }
   if (!copied) co_return co_await undo(std::move(copied).error());
+  if (!memory) memory = copied->memory;
   if (auto resumed = co_await resume(); !resumed)
     co_return co_await undo(std::move(resumed).error());
   const auto resumed_at = Clock::now();

@@ -128,8 +128,8 @@ Result<Snapshot> open_snapshot(const std::filesystem::path& dir);
 
 // What one Vm::save_fork_snapshot did and how long the VM was paused.
 struct ForkSaveStats {
-  // Copying the RAM's source file (a snapshot's, or the VM's own): before
-  // the pause.
+  // Copying a restored VM's snapshot RAM file, before the pause (0 for a
+  // booted VM: its own file is copied paused, counted in `memory`).
   std::chrono::microseconds data_copy{0};
   std::chrono::microseconds paused{0};       // stop to cont
   std::chrono::microseconds device_state{0}; // of which: saving the device state
@@ -201,8 +201,9 @@ public:
   virtual bool maps_memory_shared() const = 0;
 
   // Saves a snapshot of the VM into `dir` to fork from, and lets the VM run
-  // on: its RAM's source file is copied first, then it is paused only while
-  // its device state (no RAM), its disk and the pages it wrote are copied.
+  // on: paused only while its device state (no RAM), its disk and the pages
+  // it wrote are copied (a restored VM's snapshot RAM file, which never
+  // changes, is copied before the pause; a booted VM's own file during it).
   // Works for a VM restored share=off (a pool sandbox, a
   // fork's child), whose RAM no file holds: the copy is a new memory file
   // with the snapshot's data plus the pages the guest wrote since, read
