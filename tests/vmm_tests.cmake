@@ -100,3 +100,9 @@ target_compile_definitions(jail_escape_integration_test PRIVATE
                            JAIL_PROBE_PATH="$<TARGET_FILE:jail_probe>")
 add_dependencies(jail_escape_integration_test jail_probe)
 set_property(TEST jail_escape_integration_test APPEND PROPERTY ENVIRONMENT ${vmm_images_env})
+
+# Fork snapshots of running VMs (Vm::save_fork_snapshot): a template, a
+# share=off parent, two children, a grandchild; six confined QEMU starts.
+vesicle_test(fork_snapshot_integration_test SOURCES integration/fork_snapshot_test.cpp
+             LIBS vesicle_vmm OpenSSL::Crypto LABEL integration TIMEOUT 600)
+set_property(TEST fork_snapshot_integration_test APPEND PROPERTY ENVIRONMENT ${vmm_images_env})

@@ -90,7 +90,8 @@ Result<void> GuestMemory::seal() {
 }
 
 Result<void> GuestMemory::give_to(uid_t uid, gid_t gid) {
-  if (sealed_) return make_error("give guest memory", "it is sealed, shared by every VM restored from it");
+  if (sealed_)
+    return make_error("give guest memory", "it is sealed, shared by every VM restored from it");
   if (::fchown(fd_.get(), uid, gid) != 0) return sys_error("fchown", path().string());
   return {};
 }

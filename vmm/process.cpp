@@ -303,8 +303,7 @@ Result<void> check_started(Started& started, std::size_t read, const ChildFailur
     siginfo_t info{};
     ::waitid(P_PID, started.pid, &info, WEXITED);
     if (failure.step == kExecStep) return sys_error("execute", started.binary, failure.err);
-    if (failure.step == kSetupStep)
-      return sys_error("set up the child", started.name, failure.err);
+    if (failure.step == kSetupStep) return sys_error("set up the child", started.name, failure.err);
     return started.jail->step_error(failure.step, failure.err)
         .with_context("starting " + started.name);
   }
@@ -345,9 +344,8 @@ Process::spawn_async(asio::any_io_executor executor, SpawnOptions options) {
   asio::posix::stream_descriptor status(executor, started->status_read.release());
   ChildFailure failure{};
   boost::system::error_code ec; // EOF when the child exec'd
-  const std::size_t n =
-      co_await asio::async_read(status, asio::buffer(&failure, sizeof failure),
-                                asio::redirect_error(asio::use_awaitable, ec));
+  const std::size_t n = co_await asio::async_read(status, asio::buffer(&failure, sizeof failure),
+                                                  asio::redirect_error(asio::use_awaitable, ec));
   if (auto ok = check_started(*started, n, failure); !ok) co_return std::move(ok).error();
   co_return std::unique_ptr<Process>(
       new Process(std::move(executor), started->pid, std::move(started->pidfd)));

@@ -30,6 +30,8 @@
 #include "common/log.hpp"
 #include "vmm/async.hpp"
 #include "vmm/blocking.hpp"
+#include "vmm/device_state.hpp"
+#include "vmm/private_memory.hpp"
 #include "vmm/process.hpp"
 #include "vmm/qcow2_overlay.hpp"
 #include "vmm/qmp.hpp"
@@ -1033,6 +1035,262 @@ asio::awaitable<Result<Snapshot>> save_full_steps(std::shared_ptr<VmState> state
   co_return snapshot::described(dir, manifest);
 }
 
+// Hands `file` to QEMU in an fd set (add-fd) and returns the set's id:
+// QEMU opens "/dev/fdset/<id>" as a dup of it, for the QMP commands that
+// take a file name and which the jail would not let QEMU open by path.
+asio::awaitable<Result<std::int64_t>> add_fd_set(VmState& state, UniqueFd file) {
+  if (!state.qmp || !state.qmp->connected())
+    co_return make_error("QMP add-fd", "the monitor connection is closed (QEMU is gone)",
+                         state.config.id);
+  json::Object no_arguments;
+  std::string add = "add-fd"; // named: see qmp_run
+  auto added = co_await state.qmp->execute_with_fd(std::move(add), std::move(no_arguments),
+                                                   file.get(), milliseconds(5000));
+  if (!added) co_return std::move(added).error();
+  co_return (*added)["fdset-id"].as_int();
+}
+
+asio::awaitable<void> remove_fd_set(VmState& state, std::int64_t id) {
+  json::Object arguments;
+  arguments["fdset-id"] = json::Value(id);
+  (void)co_await qmp_run(state, "remove-fd", std::move(arguments));
+}
+
+// Writes the paused VM's device state, without RAM, into `path` (QMP
+// xen-save-devices-state, see device_state.hpp); raw: not yet loadable.
+asio::awaitable<Result<void>> save_devices_only(VmState& state, const fs::path& path) {
+  auto file = create_state_file(path);
+  if (!file) co_return std::move(file).error();
+  auto set = co_await add_fd_set(state, std::move(file).value());
+  if (!set) co_return std::move(set).error();
+  json::Object arguments;
+  arguments["filename"] = json::Value("/dev/fdset/" + std::to_string(*set));
+  arguments["live"] = json::Value(false);
+  auto saved = co_await qmp_run(state, "xen-save-devices-state", std::move(arguments));
+  co_await remove_fd_set(state, *set);
+  if (!saved) co_return std::move(saved).error();
+  co_return Result<void>{};
+}
+
+// The paused VM's disk, copied into `staging`, and its private RAM pages
+// laid over `copy` (its memory source's data, copied before the pause; or
+// copied here, named `name`, when `copy` is null).
+// Blocking; runs off the executor.
+struct CopiedFiles {
+  std::shared_ptr<GuestMemory> memory; // made here when none was given
+  RamCopyStats ram;
+  std::chrono::microseconds disk_time{0}, memory_time{0};
+};
+Result<CopiedFiles> copy_disk_and_ram(const fs::path& overlay, const fs::path& disk, pid_t pid,
+                                      std::shared_ptr<GuestMemory> source,
+                                      std::shared_ptr<GuestMemory> copy, const std::string& name) {
+  CopiedFiles copied;
+  const auto started = Clock::now();
+  if (auto done = sparse_copy(overlay, disk); !done)
+    return std::move(done).error().with_context("copying the disk overlay");
+  const auto disk_done = Clock::now();
+  if (!copy) { // a booted VM's own RAM file: copied now, while it is paused
+    auto made = copy_memory_data(*source, name);
+    if (!made) return std::move(made).error().with_context("copying the guest's RAM");
+    copied.memory = std::move(made).value();
+    copy = copied.memory;
+  }
+  auto address = find_mapping(pid, *source, source->bytes());
+  if (!address) return std::move(address).error();
+  if (auto laid = overlay_private_pages(pid, *address, *copy, &copied.ram); !laid)
+    return std::move(laid).error().with_context("copying the guest's RAM");
+  copied.disk_time = std::chrono::duration_cast<std::chrono::microseconds>(disk_done - started);
+  copied.memory_time =
+      std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - disk_done);
+  return copied;
+}
+
+// What save_fork_snapshot does once the VM runs again: the loadable state
+// file, the sealed RAM, checksums of state and disk, the manifest, modes.
+// Blocking; runs off the executor.
+Result<snapshot::Manifest> seal_fork_snapshot(const fs::path& staging, snapshot::Manifest manifest,
+                                              GuestMemory& memory, std::uint64_t memory_bytes) {
+  const fs::path raw = staging / "state.raw";
+  const fs::path state = staging / snapshot::kStateName;
+  const fs::path disk = staging / snapshot::kDiskName;
+  {
+    std::ifstream in(raw, std::ios::binary);
+    if (!in) return sys_error("open", raw.string());
+    std::string saved((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    auto stream = loadable_device_state(saved);
+    if (!stream) return std::move(stream).error().with_context(raw.string());
+    auto file = create_state_file(state);
+    if (!file) return std::move(file).error();
+    const std::string& bytes = *stream;
+    for (std::size_t done = 0; done < bytes.size();) {
+      const ssize_t w = ::write(file->get(), bytes.data() + done, bytes.size() - done);
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) return sys_error("write", state.string());
+      done += static_cast<std::size_t>(w);
+    }
+  }
+  ::unlink(raw.c_str());
+  if (auto sealed = memory.seal(); !sealed) return std::move(sealed).error();
+  if (auto digested = sync_and_digest_staged(staging, manifest); !digested) return digested.error();
+  manifest.memory_file = memory.path();
+  manifest.memory.size = memory.bytes();
+  manifest.memory.data_bytes = memory_bytes;
+  // Not hashed: a fork's RAM lives in memory only and is never reopened.
+  manifest.memory.sha256 = std::string(64, '0');
+  const fs::path manifest_path = staging / snapshot::kManifestName;
+  if (auto written = snapshot::write_file_atomically(manifest_path, format_manifest(manifest));
+      !written)
+    return written.error();
+  // Root's and read-only, as save_snapshot's (see seal_snapshot).
+  for (const auto& path : {state, disk, manifest_path}) {
+    if (::chown(path.c_str(), 0, 0) != 0) return sys_error("chown", path.string());
+    if (::chmod(path.c_str(), 0444) != 0) return sys_error("make read-only", path.string());
+  }
+  if (auto synced = fsync_path(staging, true); !synced) return synced.error();
+  return manifest;
+}
+
+// Vm::save_fork_snapshot's steps; see vmm.hpp for the contract.
+asio::awaitable<Result<Snapshot>> fork_save_steps(std::shared_ptr<VmState> state, fs::path dir,
+                                                  ForkSaveStats* stats) {
+  const std::string& id = state->config.id;
+  const std::string what = "saving VM " + id + " for a fork to " + dir.string();
+  if (!state->running() || !state->qmp || !state->qmp->connected())
+    co_return make_error("save VM", "the VM is not running", id).with_context(what);
+  if (state->saving)
+    co_return make_error("save VM", "a save is already under way", id).with_context(what);
+  // A restored VM's RAM is the snapshot's file plus its private pages; a
+  // booted VM's is its own file.
+  std::shared_ptr<GuestMemory> source = state->restored ? state->source_memory : state->own_memory;
+  if (!source) co_return make_error("save VM", "the VM has no memory file", id).with_context(what);
+
+  std::error_code ec;
+  dir = fs::absolute(dir, ec).lexically_normal();
+  if (!dir.has_filename()) dir = dir.parent_path();
+  if (fs::symlink_status(dir, ec).type() != fs::file_type::not_found) {
+    co_return Error{EEXIST,
+                    "save VM",
+                    dir.string(),
+                    "it exists; a snapshot is never overwritten: choose a new path",
+                    {}}
+        .with_context(what);
+  }
+  const fs::path staging = dir.parent_path() / ("." + dir.filename().string() + ".partial");
+  if (::mkdir(staging.c_str(), 0700) != 0) {
+    Error error = sys_error("save VM: create directory", staging.string());
+    if (errno == EEXIST) error.detail = "a save into this path is under way, or one crashed";
+    if (errno == ENOENT) error.detail = "the snapshot dir's parent must exist";
+    co_return std::move(error).with_context(what);
+  }
+  state->saving = true;
+  struct Saving {
+    VmState& state;
+    ~Saving() { state.saving = false; }
+  } saving{*state};
+
+  bool was_running = true;
+  {
+    json::Object no_arguments;
+    auto status = co_await qmp_run(*state, "query-status", std::move(no_arguments));
+    if (!status) {
+      fs::remove_all(staging, ec);
+      co_return std::move(status).error().with_context(what);
+    }
+    was_running = (*status)["running"].as_bool();
+  }
+  // A snapshot's RAM file never changes: copy it before the pause. A
+  // booted VM's own file changes while it runs: copy it paused.
+  const auto copy_started = Clock::now();
+  std::shared_ptr<GuestMemory> memory;
+  if (state->restored) {
+    std::string name = "vesicle-fork-" + dir.filename().string();
+    auto copy = [source, name]() { return copy_memory_data(*source, name); };
+    auto copied = co_await run_blocking(state->executor, std::move(copy));
+    if (!copied) {
+      fs::remove_all(staging, ec);
+      co_return std::move(copied).error().with_context(what + "; nothing was saved");
+    }
+    memory = std::move(copied).value();
+  }
+  const auto started = Clock::now();
+  auto resume = [&]() -> asio::awaitable<Result<void>> {
+    if (!was_running || !state->running()) co_return Result<void>{};
+    json::Object no_arguments;
+    auto resumed = co_await qmp_run(*state, "cont", std::move(no_arguments));
+    if (!resumed) co_return std::move(resumed).error();
+    co_return Result<void>{};
+  };
+  auto undo = [&](Error error) -> asio::awaitable<Result<Snapshot>> {
+    std::error_code ignored;
+    fs::remove_all(staging, ignored);
+    auto resumed = co_await resume();
+    error.detail += resumed ? "; nothing was saved and the VM runs on as it was"
+                            : "; nothing was saved, and resuming the VM failed (" +
+                                  resumed.error().message() + ")";
+    co_return std::move(error).with_context(what);
+  };
+
+  {
+    json::Object no_arguments;
+    auto stopped = co_await qmp_run(*state, "stop", std::move(no_arguments));
+    if (!stopped) co_return co_await undo(std::move(stopped).error());
+  }
+  // `stop` drained and flushed the disk: its overlay is consistent on disk.
+  if (auto saved = co_await save_devices_only(*state, staging / "state.raw"); !saved)
+    co_return co_await undo(std::move(saved).error());
+  const auto devices_saved = Clock::now();
+  Result<CopiedFiles> copied = make_error("copy", "not tried");
+  {
+    const fs::path overlay = state->paths.overlay, disk = staging / snapshot::kDiskName;
+    const pid_t pid = state->process->pid();
+    std::string name = "vesicle-fork-" + dir.filename().string();
+    auto copy = [overlay, disk, pid, source, memory, name]() {
+      return copy_disk_and_ram(overlay, disk, pid, source, memory, name);
+    };
+    copied = co_await run_blocking(state->executor, std::move(copy));
+  }
+  if (!copied) co_return co_await undo(std::move(copied).error());
+  if (!memory) memory = copied->memory;
+  if (auto resumed = co_await resume(); !resumed)
+    co_return co_await undo(std::move(resumed).error());
+  const auto resumed_at = Clock::now();
+  if (stats) {
+    using std::chrono::duration_cast;
+    using std::chrono::microseconds;
+    stats->paused = duration_cast<microseconds>(resumed_at - started);
+    stats->device_state = duration_cast<microseconds>(devices_saved - started);
+    stats->disk = copied->disk_time;
+    stats->memory = copied->memory_time;
+    stats->data_copy = duration_cast<microseconds>(started - copy_started);
+    stats->private_pages = copied->ram.private_pages;
+  }
+
+  snapshot::Manifest manifest = manifest_of(*state);
+  {
+    struct stat st {};
+    const std::uint64_t memory_bytes =
+        ::fstat(memory->fd(), &st) == 0 ? static_cast<std::uint64_t>(st.st_blocks) * 512 : 0;
+    if (stats) stats->memory_bytes = memory_bytes;
+    auto seal = [staging, manifest, memory, memory_bytes]() {
+      return seal_fork_snapshot(staging, manifest, *memory, memory_bytes);
+    };
+    auto sealed = co_await run_blocking(state->executor, std::move(seal));
+    if (!sealed) {
+      fs::remove_all(staging, ec);
+      co_return std::move(sealed).error().with_context(what + " (the VM runs on)");
+    }
+    manifest = std::move(sealed).value();
+  }
+  if (auto moved = rename_new(staging, dir); !moved) {
+    fs::remove_all(staging, ec);
+    co_return std::move(moved).error().with_context(what + " (the VM runs on)");
+  }
+  (void)fsync_path(dir.parent_path(), true);
+  Snapshot saved = snapshot::described(dir, manifest);
+  saved.memory = std::move(memory);
+  co_return saved;
+}
+
 // QemuVm::grow_disk: the overlay's size from QEMU, then block_resize.
 asio::awaitable<Result<bool>> grow_disk_steps(std::shared_ptr<VmState> state, std::uint64_t bytes) {
   json::Object no_arguments;
@@ -1112,6 +1370,12 @@ public:
   asio::awaitable<Result<Snapshot>> save_snapshot(fs::path dir, fs::path memory_file) override {
     auto state = state_;
     co_return co_await save_steps(state, std::move(dir), std::move(memory_file));
+  }
+
+  asio::awaitable<Result<Snapshot>> save_fork_snapshot(fs::path dir,
+                                                       ForkSaveStats* stats) override {
+    auto state = state_;
+    co_return co_await fork_save_steps(state, std::move(dir), stats);
   }
 
   asio::awaitable<Result<Snapshot>> save_full(fs::path dir) override {

@@ -60,4 +60,11 @@ Result<void> GuestImages::check() const {
   return {};
 }
 
+// A driver without a way to copy a running VM's RAM says so.
+asio::awaitable<Result<Snapshot>> Vm::save_fork_snapshot(std::filesystem::path dir,
+                                                         ForkSaveStats* /*stats*/) {
+  co_return make_error("save fork snapshot", "this VM cannot be snapshotted while it runs",
+                       dir.string());
+}
+
 } // namespace vesicle::vmm

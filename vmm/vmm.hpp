@@ -126,6 +126,19 @@ struct Snapshot {
 // executor that runs VMs.
 Result<Snapshot> open_snapshot(const std::filesystem::path& dir);
 
+// What one Vm::save_fork_snapshot did and how long the VM was paused.
+struct ForkSaveStats {
+  // Copying a restored VM's snapshot RAM file, before the pause (0 for a
+  // booted VM: its own file is copied paused, counted in `memory`).
+  std::chrono::microseconds data_copy{0};
+  std::chrono::microseconds paused{0};       // stop to cont
+  std::chrono::microseconds device_state{0}; // of which: saving the device state
+  std::chrono::microseconds disk{0};         // of which: copying the disk overlay
+  std::chrono::microseconds memory{0};       // of which: copying the pages the guest wrote
+  std::uint64_t private_pages = 0;           // 4 KiB pages the guest had written since its restore
+  std::uint64_t memory_bytes = 0; // what the snapshot's RAM file holds (its non-zero pages)
+};
+
 class Vm {
 public:
   virtual ~Vm() = default;
@@ -188,6 +201,27 @@ public:
   // True when the VM's RAM is a share=on file of its own (a booted VM), so
   // save_snapshot works; false for a VM restored share=off.
   virtual bool maps_memory_shared() const = 0;
+
+  // Saves a snapshot of the VM into `dir` to fork from, and lets the VM run
+  // on: paused only while its device state (no RAM), its disk and the pages
+  // it wrote are copied (a restored VM's snapshot RAM file, which never
+  // changes, is copied before the pause; a booted VM's own file during it).
+  // Works for a VM restored share=off (a pool sandbox, a
+  // fork's child), whose RAM no file holds: the copy is a new memory file
+  // with the snapshot's data plus the pages the guest wrote since, read
+  // from QEMU (private_memory.hpp); and for a booted VM (a sparse copy of
+  // its own RAM file). The snapshot is restored with Driver::restore like
+  // save_snapshot's; its `memory` is that new sealed file, kept in memory
+  // only (memory_file is its /proc/self/fd path), and its disk a copy of
+  // the VM's qcow2 overlay, backed by what the VM's overlay is backed by
+  // (which must therefore outlive the snapshot).
+  // Unlike save_snapshot, the RAM is not hashed (a fork snapshot is never
+  // reopened from disk): the manifest's memory checksum is all zeros.
+  // `dir` must not exist; its parent must. On failure nothing is left in
+  // dir, the VM is resumed if it was running, and the Error says why.
+  // Let agent calls finish first (see save_snapshot).
+  virtual asio::awaitable<Result<Snapshot>> save_fork_snapshot(std::filesystem::path dir,
+                                                               ForkSaveStats* stats = nullptr);
 
   // Saves the whole VM, device state and every RAM page, into `dir` (meant
   // for a real disk: a Space survives a host reboot), and ends the VM. Works

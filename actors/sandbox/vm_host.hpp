@@ -229,11 +229,11 @@ private:
                                            pool_actor pool);
   boost::asio::awaitable<void> run_fork_parent(std::string parent_id, std::string base_id,
                                                ForkStepDone done);
-  // Moves a VM restored share=off onto a RAM file of its own (full save,
-  // full restore) so it can be saved fast; the sandbox's record points to
-  // the new VM.
-  boost::asio::awaitable<Result<std::shared_ptr<vmm::Vm>>>
-  promote(const std::string& parent_id, const SandboxVm& before, const std::string& base_id);
+  // The fork of a VM restored share=off (a pool sandbox, a fork's child):
+  // Vm::save_fork_snapshot copies its RAM and disk while it is paused, and
+  // it runs on as the parent, its record unchanged.
+  boost::asio::awaitable<void> fork_running_parent(std::string parent_id, std::string base_id,
+                                                   SandboxVm before, ForkStepDone done);
   boost::asio::awaitable<void> run_merge(std::string parent_id, sandbox_actor parent,
                                          std::string winner_id, ForkStepDone done);
   // Sends `vm` a fresh identity without waiting for the answer; returns the

@@ -1,5 +1,6 @@
 // VmHost, fork and merge: saving a parent as a fork snapshot and resuming
-// it, promoting a VM restored without its own RAM file, merge_into's swap,
+// it (or, for a VM restored without its own RAM file, copying it while it
+// runs on), merge_into's swap,
 // and the identity (hostname, machine-id) each copy gets.
 #include "actors/sandbox/vm_host.hpp"
 
@@ -9,7 +10,6 @@
 #include <caf/send.hpp>
 
 #include "common/log.hpp"
-#include "vmm/blocking.hpp"
 
 namespace vesicle {
 
@@ -52,28 +52,18 @@ asio::awaitable<void> VmHost::run_fork_parent(std::string parent_id, std::string
   // Copies: the map may change while this waits.
   const SandboxVm before = found->second;
   const sandbox_actor parent = before.target->sandbox;
+  if (!before.vm->maps_memory_shared()) {
+    // Its RAM is a private copy of another snapshot's file (it came from
+    // the pool, or is a fork's child): copy it while the VM is paused, and
+    // let the VM run on as it is.
+    co_await fork_running_parent(parent_id, base_id, before, std::move(done));
+    co_return;
+  }
   const auto dir = settings_.runtime_dir / ("fork-" + base_id);
   // The old QEMU ends when it is saved: that is no death of the sandbox.
   before.target->sandbox = nullptr;
   const auto started = std::chrono::steady_clock::now();
   std::shared_ptr<vmm::Vm> source = before.vm;
-  if (!source->maps_memory_shared()) {
-    // Its RAM is a private copy of another snapshot's file (it came from
-    // the pool, or is a fork's child): move it onto a RAM file of its own
-    // first, by a full save and restore. Slow (seconds under TCG), once.
-    auto promoted = co_await promote(parent_id, before, base_id);
-    if (!promoted) {
-      before.target->sandbox = parent;
-      if (!before.vm->running())
-        caf::anon_send(parent, vm_exited_atom::value,
-                       "the VM ended while it was saved for a fork: " + promoted.error().message());
-      done(std::move(promoted).error().with_context("saving sandbox " + parent_id +
-                                                    " for the fork failed"));
-      co_return;
-    }
-    source = std::move(promoted.value());
-  }
-  const auto promoted_at = std::chrono::steady_clock::now();
   // The RAM stays in memory only (no memory_file): a fork's snapshot dies
   // with its family, and with hostd.
   fs::path no_copy_on_disk;
@@ -81,25 +71,12 @@ asio::awaitable<void> VmHost::run_fork_parent(std::string parent_id, std::string
   const auto saved_at = std::chrono::steady_clock::now();
   if (!saved) {
     const std::string why = saved.error().message();
-    if (source == before.vm) {
-      before.target->sandbox = parent;
-      // A save that failed after the device state was written ends the VM;
-      // its watcher, muted meanwhile, may have missed that.
-      if (!source->running())
-        caf::anon_send(parent, vm_exited_atom::value,
-                       "the VM ended while it was saved for a fork: " + why);
-    } else if (source->running()) {
-      // The promoted VM runs on as the parent.
-      auto target = std::make_shared<ExitTarget>();
-      target->sandbox = parent;
-      if (auto record = vms_.find(parent_id); record != vms_.end()) record->second.target = target;
-      caf::anon_send(parent, vm_replaced_atom::value,
-                     static_cast<std::int32_t>(source->qemu_pid()));
-      asio::co_spawn(executor_, watch_exit(source, target), asio::detached);
-    } else {
+    before.target->sandbox = parent;
+    // A save that failed after the device state was written ends the VM;
+    // its watcher, muted meanwhile, may have missed that.
+    if (!source->running())
       caf::anon_send(parent, vm_exited_atom::value,
                      "the VM ended while it was saved for a fork: " + why);
-    }
     done(std::move(saved).error().with_context("saving sandbox " + parent_id +
                                                " for the fork failed"));
     co_return;
@@ -140,10 +117,8 @@ asio::awaitable<void> VmHost::run_fork_parent(std::string parent_id, std::string
   const auto ms = [](auto duration) {
     return std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(duration).count());
   };
-  // promote_ms: moving the parent onto its own RAM file first, if it had none.
   std::vector<log::Field> phases = {{"sandbox", parent_id}, {"fork", base_id}};
-  if (source != before.vm) phases.emplace_back("promote_ms", ms(promoted_at - started));
-  phases.emplace_back("save_ms", ms(saved_at - promoted_at));
+  phases.emplace_back("save_ms", ms(saved_at - started));
   phases.emplace_back("resume_ms", ms(std::chrono::steady_clock::now() - saved_at));
   log::write(log::Level::info, "fork: parent saved and resumed", phases);
   auto target = std::make_shared<ExitTarget>();
@@ -158,31 +133,36 @@ asio::awaitable<void> VmHost::run_fork_parent(std::string parent_id, std::string
   co_await watch_exit(std::move(vm), std::move(target));
 }
 
-asio::awaitable<Result<std::shared_ptr<vmm::Vm>>>
-VmHost::promote(const std::string& parent_id, const SandboxVm& before, const std::string& base_id) {
-  // Beside the VMs' own dirs: restore_full renames the disk into one.
-  const auto full_dir = settings_.runtime_dir / ("full-" + base_id);
-  auto full = co_await before.vm->save_full(full_dir);
-  if (!full) co_return std::move(full).error();
-  Result<std::unique_ptr<vmm::Vm>> restored = make_error("restore", "not tried");
-  for (int attempt = 0; attempt < 2 && !restored; ++attempt) {
-    auto config = vm_config(parent_id, full->vcpus, full->memory_mib, before.network.get());
-    restored = co_await driver_.restore_full(*full, std::move(config));
+asio::awaitable<void> VmHost::fork_running_parent(std::string parent_id, std::string base_id,
+                                                  SandboxVm before, ForkStepDone done) {
+  const auto dir = settings_.runtime_dir / ("fork-" + base_id);
+  const auto started = std::chrono::steady_clock::now();
+  vmm::ForkSaveStats stats;
+  auto saved = co_await before.vm->save_fork_snapshot(dir, &stats);
+  // The VM does not end here: should it die, its watcher tells the sandbox.
+  if (!saved) {
+    done(std::move(saved).error().with_context("saving sandbox " + parent_id +
+                                               " for the fork failed"));
+    co_return;
   }
-  // A tree of snapshot files: removed on the blocking pool, not the loop
-  // (nothing waits for it).
-  vmm::post_blocking([full_dir] {
-    std::error_code ignored;
-    fs::remove_all(full_dir, ignored);
-  });
-  if (!restored)
-    co_return std::move(restored).error().with_context("resuming sandbox " + parent_id +
-                                                       " from its full save");
-  std::shared_ptr<vmm::Vm> vm = std::move(restored.value());
-  // Until the fork's own save ends it, it is the sandbox's VM (a DELETE
-  // meanwhile destroys this one).
-  if (auto record = vms_.find(parent_id); record != vms_.end()) record->second.vm = vm;
-  co_return vm;
+  // The new snapshot's disk is an overlay on the one the parent's own
+  // overlay is backed by: it holds the parent's snapshot. The parent keeps
+  // its own (it still maps that RAM and disk).
+  auto base = fork_snapshots_.add(base_id, std::move(saved.value()), before.base);
+  base.reset();
+  done(std::int32_t{0});
+  if (before.target->sandbox) caf::anon_send(before.target->sandbox, hold_atom::value, false);
+  const auto ms = [](auto duration) {
+    return std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(duration).count());
+  };
+  log::write(log::Level::info, "fork: running parent saved",
+             {{"sandbox", parent_id},
+              {"fork", base_id},
+              {"save_ms", ms(std::chrono::steady_clock::now() - started)},
+              {"paused_ms", ms(stats.paused)},
+              {"ram_copy_ms", ms(stats.memory)},
+              {"private_mib", std::to_string(stats.private_pages * 4096 >> 20)},
+              {"memory_mib", std::to_string(stats.memory_bytes >> 20)}});
 }
 
 void VmHost::release_fork(std::string base_id) {

@@ -6,6 +6,11 @@
 //             split into QEMU start / migrate-incoming / cont-to-ping
 //   finish:   PreparedRestore::finish alone (QEMU pre-started), --count times
 //   memory:   PSS of --keep restored idle VMs side by side vs the booted one
+// --mode fork instead compares the two ways to snapshot a VM restored
+// share=off (a pool sandbox) holding --fork-write-mib of new data, --count
+// times: Vm::save_fork_snapshot (the VM runs on) vs today's promote
+// (save_full + restore_full) followed by save_snapshot; and a child's
+// restore from the fast snapshot.
 // Prints a table; --json PATH writes the figures.
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -70,6 +75,113 @@ double synthetic_check_ms(const fs::path& dir) {
   return took;
 }
 
+// --mode fork: see the top of the file.
+template <class Config>
+int fork_mode(IoThread& io, vmm::Driver& driver, const vmm::Snapshot& snapshot, const fs::path& dir,
+              Config& config, unsigned count, unsigned write_mib, bench::GuestShape& guest,
+              const std::string& json_path) {
+  const bench::Fail fail{"snapshot_bench --mode fork"};
+  const std::string fill = "a = numpy.arange(" +
+                           std::to_string((std::uint64_t{write_mib} << 20) / 8) +
+                           ", dtype=numpy.int64)\nprint(a[-1])";
+  const std::string expect = std::to_string((std::uint64_t{write_mib} << 20) / 8 - 1) + "\n";
+  // A share=off VM holding the data, as a pool sandbox after some work.
+  auto parent = [&]() -> Result<std::unique_ptr<vmm::Vm>> {
+    auto restored = io.run(driver.restore(snapshot, config()));
+    if (!restored) return std::move(restored).error();
+    auto filled = io.run(python(restored.value()->agent(), fill));
+    if (!filled.exit || filled.output.out != expect)
+      return make_error("fill", "the guest did not build its array: " + filled.output.err);
+    return restored;
+  };
+  std::vector<double> fast_ms, data_ms, paused_ms, ram_ms, memfd_mib, private_mib, child_ms,
+      promote_ms, promote_save_ms;
+  for (unsigned i = 0; i < count; ++i) {
+    auto vm = parent();
+    if (!vm) return fail(vm.error().message());
+    vmm::ForkSaveStats stats;
+    auto started = Clock::now();
+    auto saved =
+        io.run(vm.value()->save_fork_snapshot(dir / ("fast-" + std::to_string(i)), &stats));
+    fast_ms.push_back(ms_since(started));
+    if (!saved) return fail(saved.error().message());
+    data_ms.push_back(ms(stats.data_copy));
+    paused_ms.push_back(ms(stats.paused));
+    ram_ms.push_back(ms(stats.memory));
+    memfd_mib.push_back(static_cast<double>(stats.memory_bytes) / (1 << 20));
+    private_mib.push_back(static_cast<double>(stats.private_pages) * 4096 / (1 << 20));
+    started = Clock::now();
+    auto child = io.run(driver.restore(*saved, config()));
+    if (!child) return fail(child.error().message());
+    child_ms.push_back(ms_since(started));
+    auto seen = io.run(python(child.value()->agent(), "print(a[-1])"));
+    if (!seen.exit || seen.output.out != expect) return fail("the child lost the parent's array");
+
+    // Today's path on the same VM: promote, then the fast save of a VM with
+    // its own RAM file.
+    started = Clock::now();
+    auto full = io.run(vm.value()->save_full(dir / ("full-" + std::to_string(i))));
+    if (!full) return fail(full.error().message());
+    auto promoted = io.run(driver.restore_full(*full, config()));
+    if (!promoted) return fail(promoted.error().message());
+    promote_ms.push_back(ms_since(started));
+    auto kept =
+        io.run(promoted.value()->save_snapshot(dir / ("today-" + std::to_string(i)), fs::path()));
+    if (!kept) return fail(kept.error().message());
+    promote_save_ms.push_back(ms_since(started));
+    std::fprintf(
+        stderr,
+        "fork %u: fast save %.0f ms (source copy %.0f, paused %.0f, private pages %.0f; %.0f MiB "
+        "private, memfd %.0f MiB); child restore %.0f ms; promote %.0f ms, +save_snapshot %.0f "
+        "ms\n",
+        i + 1, fast_ms.back(), data_ms.back(), paused_ms.back(), ram_ms.back(), private_mib.back(),
+        memfd_mib.back(), child_ms.back(), promote_ms.back(), promote_save_ms.back());
+    io.call_void([&] {
+      child.value().reset();
+      vm.value().reset();
+      promoted.value().reset();
+    });
+    std::error_code ignored;
+    for (const char* name : {"fast-", "full-", "today-"})
+      fs::remove_all(dir / (name + std::to_string(i)), ignored);
+  }
+  const char* accel = vmm::to_string(driver.accel());
+  std::printf("snapshot_bench --mode fork (%s, %ld CPUs, guest %u MiB, %u MiB written)\n", accel,
+              ::sysconf(_SC_NPROCESSORS_ONLN), guest.memory_mib, write_mib);
+  std::printf("%-44s %4s %9s %9s\n", "measure", "n", "p50", "p95");
+  auto row = [](const char* name, const std::vector<double>& v, const char* unit) {
+    std::printf("%-44s %4zu %9.1f %9.1f %s\n", name, v.size(), nearest_rank(v, 50),
+                nearest_rank(v, 95), unit);
+  };
+  row("save_fork_snapshot (share=off VM)", fast_ms, "ms");
+  row("  copying the source RAM file, VM running", data_ms, "ms");
+  row("  the VM paused", paused_ms, "ms");
+  row("  of which copying the pages it wrote", ram_ms, "ms");
+  row("  pages written since the restore", private_mib, "MiB");
+  row("  the snapshot's RAM memfd holds", memfd_mib, "MiB");
+  row("restore of a child from it, to agent ping", child_ms, "ms");
+  row("promote today (save_full + restore_full)", promote_ms, "ms");
+  row("promote + save_snapshot", promote_save_ms, "ms");
+  if (!json_path.empty()) {
+    json::Object results{
+        {"fork_write_mib", json::Value(static_cast<double>(write_mib))},
+        {"fast_save_ms", stats(fast_ms)},
+        {"fast_save_source_copy_ms", stats(data_ms)},
+        {"fast_save_paused_ms", stats(paused_ms)},
+        {"fast_save_ram_copy_ms", stats(ram_ms)},
+        {"private_mib", stats(private_mib)},
+        {"fast_memfd_mib", stats(memfd_mib)},
+        {"child_restore_ms", stats(child_ms)},
+        {"promote_ms", stats(promote_ms)},
+        {"promote_and_save_ms", stats(promote_save_ms)},
+    };
+    if (!bench::write_document(json_path, "snapshot_bench_fork", {{"accel", json::Value(accel)}},
+                               guest.json(), std::move(results)))
+      return fail("could not write " + json_path);
+  }
+  return 0;
+}
+
 } // namespace
 
 int main(int argc, char** argv) {
@@ -81,6 +193,8 @@ int main(int argc, char** argv) {
   std::string qemu = "qemu-system-x86_64";
   std::string restore_qemu;
   std::string json_path;
+  std::string mode = "template";
+  unsigned fork_write_mib = 100;
   po::options_description options("snapshot_bench: template snapshot save/restore cost");
   guest.add_options(options, 512, json_path);
   options.add_options()("count", po::value(&count)->default_value(5),
@@ -90,7 +204,10 @@ int main(int argc, char** argv) {
       "the QEMU binary (e.g. another version's, to compare)")(
       "restore-qemu", po::value(&restore_qemu),
       "restore with this QEMU instead (default: --qemu): whether a snapshot another version "
-      "saved restores");
+      "saved restores")("mode", po::value(&mode)->default_value(mode),
+                        "template (save/restore/memory) or fork (fast save of a share=off VM)")(
+      "fork-write-mib", po::value(&fork_write_mib)->default_value(fork_write_mib),
+      "--mode fork: MiB of numpy data the share=off VM writes before it is saved");
   if (auto stop = bench::parse_options(argc, argv, options, "snapshot_bench")) return *stop;
   const bench::Fail fail{"snapshot_bench"};
 
@@ -130,6 +247,9 @@ int main(int argc, char** argv) {
     snapshot = *saved;
     saved_template = true;
   }
+  if (mode == "fork")
+    return fork_mode(io, *driver, snapshot, snapshots.path(), config, count, fork_write_mib, guest,
+                     json_path);
   struct stat memory_stat {};
   ::stat(snapshot.memory_file.c_str(), &memory_stat);
   const double memory_data_mib = static_cast<double>(memory_stat.st_blocks) * 512 / (1 << 20);

@@ -161,6 +161,9 @@ public:
   asio::awaitable<Result<vmm::Snapshot>> save_snapshot(std::filesystem::path dir,
                                                        std::filesystem::path memory_file) override;
   asio::awaitable<Result<vmm::Snapshot>> save_full(std::filesystem::path dir) override;
+  // Stands in for the fork save of a running VM: no files, and the VM runs on.
+  asio::awaitable<Result<vmm::Snapshot>> save_fork_snapshot(std::filesystem::path dir,
+                                                            vmm::ForkSaveStats* stats) override;
   // The VM's process exits (as if QEMU got kill -9).
   void kill(std::string how) {
     if (exited_.is_open()) return;
@@ -296,6 +299,18 @@ FakeVm::save_snapshot(std::filesystem::path dir, std::filesystem::path memory_fi
   snapshot.vcpus = config_.vcpus;
   snapshot.memory_mib = config_.memory_mib;
   kill("saved as a snapshot");
+  co_return snapshot;
+}
+
+inline asio::awaitable<Result<vmm::Snapshot>>
+FakeVm::save_fork_snapshot(std::filesystem::path dir, vmm::ForkSaveStats* /*stats*/) {
+  if (driver_.fail_saves) co_return make_error("save VM", "the fake driver was told to fail");
+  ++driver_.saves;
+  vmm::Snapshot snapshot;
+  snapshot.dir = std::move(dir);
+  snapshot.vcpus = config_.vcpus;
+  snapshot.memory_mib = config_.memory_mib;
+  snapshot.network = config_.network.has_value();
   co_return snapshot;
 }
 
