@@ -103,11 +103,14 @@ VmHost::build_template(const TemplateSpec& spec) {
   const auto memory_file = settings_.templates_dir / (spec.key + ".mem");
   // What an earlier attempt left (a snapshot's tree, its RAM image): on
   // the blocking pool, not the loop.
-  co_await vmm::run_blocking([dir, memory_file] {
+  // Named, not a temporary inside the co_await: g++ 12 miscompiles those
+  // (the captured paths were destroyed twice).
+  auto remove_leftovers = [dir, memory_file] {
     std::error_code ignored;
     fs::remove_all(dir, ignored);
     fs::remove(memory_file, ignored);
-  });
+  };
+  co_await vmm::run_blocking(remove_leftovers);
 
   const auto context = "building template " + spec.key;
   // Egress off: the template VM runs nothing but the preload imports.
@@ -144,11 +147,7 @@ VmHost::build_template(const TemplateSpec& spec) {
   auto saved = co_await vm->save_snapshot(dir, memory_file);
   vm->destroy();
   if (!saved) {
-    co_await vmm::run_blocking([dir, memory_file] {
-      std::error_code ignored;
-      fs::remove_all(dir, ignored);
-      fs::remove(memory_file, ignored);
-    });
+    co_await vmm::run_blocking(remove_leftovers);
     co_return std::move(saved).error().with_context(context);
   }
   co_return std::make_shared<const vmm::Snapshot>(std::move(saved.value()));

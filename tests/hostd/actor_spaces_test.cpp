@@ -171,6 +171,10 @@ TEST_F(SpacesTest, AFailedSaveLeavesTheSandboxRunningAndNoSpace) {
   EXPECT_NE(error_message(failed.error()).find("told to fail"), std::string::npos);
   EXPECT_EQ(lookup(created->id).state, SandboxState::ready);
   EXPECT_TRUE(spaces().empty());
+  // The .partial directory is removed on the blocking pool: give it a moment.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (!std::filesystem::is_empty(spaces_dir()) && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
   EXPECT_TRUE(std::filesystem::is_empty(spaces_dir())) << "no .partial directory left";
   // Not held any more: operations work again.
   EXPECT_TRUE(ask_registry<std::uint64_t>(begin_op_atom::value, std::string("alice"), created->id));
