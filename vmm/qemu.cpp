@@ -1058,7 +1058,10 @@ asio::awaitable<void> remove_fd_set(VmState& state, std::int64_t id) {
 
 // Writes the paused VM's device state, without RAM, into `path` (QMP
 // xen-save-devices-state, see device_state.hpp); raw: not yet loadable.
-asio::awaitable<Result<void>> save_devices_only(VmState& state, const fs::path& path) {
+// Returns the fd set it used, already removed: QEMU 7.2 closes a removed
+// set's descriptor only while the VM runs (monitor_fdset_cleanup), so the
+// caller removes it once more after `cont`, or QEMU keeps hostd's file open.
+asio::awaitable<Result<std::int64_t>> save_devices_only(VmState& state, const fs::path& path) {
   auto file = create_state_file(path);
   if (!file) co_return std::move(file).error();
   auto set = co_await add_fd_set(state, std::move(file).value());
@@ -1069,7 +1072,7 @@ asio::awaitable<Result<void>> save_devices_only(VmState& state, const fs::path& 
   auto saved = co_await qmp_run(state, "xen-save-devices-state", std::move(arguments));
   co_await remove_fd_set(state, *set);
   if (!saved) co_return std::move(saved).error();
-  co_return Result<void>{};
+  co_return *set;
 }
 
 // The paused VM's disk, copied into `staging`, and its private RAM pages
@@ -1213,11 +1216,13 @@ asio::awaitable<Result<Snapshot>> fork_save_steps(std::shared_ptr<VmState> state
     memory = std::move(copied).value();
   }
   const auto started = Clock::now();
+  std::optional<std::int64_t> state_fd_set; // see save_devices_only
   auto resume = [&]() -> asio::awaitable<Result<void>> {
     if (!was_running || !state->running()) co_return Result<void>{};
     json::Object no_arguments;
     auto resumed = co_await qmp_run(*state, "cont", std::move(no_arguments));
     if (!resumed) co_return std::move(resumed).error();
+    if (state_fd_set) co_await remove_fd_set(*state, *state_fd_set);
     co_return Result<void>{};
   };
   auto undo = [&](Error error) -> asio::awaitable<Result<Snapshot>> {
@@ -1236,8 +1241,12 @@ asio::awaitable<Result<Snapshot>> fork_save_steps(std::shared_ptr<VmState> state
     if (!stopped) co_return co_await undo(std::move(stopped).error());
   }
   // `stop` drained and flushed the disk: its overlay is consistent on disk.
-  if (auto saved = co_await save_devices_only(*state, staging / "state.raw"); !saved)
-    co_return co_await undo(std::move(saved).error());
+  {
+    const fs::path raw = staging / "state.raw";
+    auto saved = co_await save_devices_only(*state, raw);
+    if (!saved) co_return co_await undo(std::move(saved).error());
+    state_fd_set = *saved;
+  }
   const auto devices_saved = Clock::now();
   Result<CopiedFiles> copied = make_error("copy", "not tried");
   {
