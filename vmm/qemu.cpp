@@ -1134,22 +1134,16 @@ Result<snapshot::Manifest> seal_fork_snapshot(const fs::path& staging, snapshot:
   }
   ::unlink(raw.c_str());
   if (auto sealed = memory.seal(); !sealed) return std::move(sealed).error();
-  if (auto digested = sync_and_digest_staged(staging, manifest); !digested) return digested.error();
   manifest.memory_file = memory.path();
   manifest.memory.size = memory.bytes();
   manifest.memory.data_bytes = memory_bytes;
-  // Not hashed: a fork's RAM lives in memory only and is never reopened.
-  manifest.memory.sha256 = std::string(64, '0');
-  const fs::path manifest_path = staging / snapshot::kManifestName;
-  if (auto written = snapshot::write_file_atomically(manifest_path, format_manifest(manifest));
-      !written)
-    return written.error();
-  // Root's and read-only, as save_snapshot's (see seal_snapshot).
-  for (const auto& path : {state, disk, manifest_path}) {
+  // Like save_snapshot's in-memory snapshots (see seal_snapshot): never
+  // reopened from disk, so nothing is hashed or synced and no manifest file
+  // is written. Root's and read-only, as save_snapshot's.
+  for (const auto& path : {state, disk}) {
     if (::chown(path.c_str(), 0, 0) != 0) return sys_error("chown", path.string());
     if (::chmod(path.c_str(), 0444) != 0) return sys_error("make read-only", path.string());
   }
-  if (auto synced = fsync_path(staging, true); !synced) return synced.error();
   return manifest;
 }
 

@@ -215,8 +215,9 @@ public:
   // only (memory_file is its /proc/self/fd path), and its disk a copy of
   // the VM's qcow2 overlay, backed by what the VM's overlay is backed by
   // (which must therefore outlive the snapshot).
-  // Unlike save_snapshot, the RAM is not hashed (a fork snapshot is never
-  // reopened from disk): the manifest's memory checksum is all zeros.
+  // Like save_snapshot without a memory_file, nothing is hashed or synced
+  // and no manifest file is written (a fork snapshot is never reopened
+  // from disk).
   // `dir` must not exist; its parent must. On failure nothing is left in
   // dir, the VM is resumed if it was running, and the Error says why.
   // Let agent calls finish first (see save_snapshot).
