@@ -893,6 +893,29 @@ Result<std::uint64_t> give_back_scanned_pages(const fs::path& own_file,
   return snapshot::punch_zero_pages(own_file);
 }
 
+// A whole-VM save's target: `dir` made absolute and normal (refused if it
+// exists: a snapshot is never overwritten), and the hidden staging dir
+// beside it that the save is written into and renamed to `dir` from last.
+Result<fs::path> make_save_staging(fs::path& dir) {
+  std::error_code ec;
+  dir = fs::absolute(dir, ec).lexically_normal();
+  if (!dir.has_filename()) dir = dir.parent_path();
+  if (fs::symlink_status(dir, ec).type() != fs::file_type::not_found)
+    return Error{EEXIST,
+                 "save VM",
+                 dir.string(),
+                 "it exists; a snapshot is never overwritten: choose a new path",
+                 {}};
+  fs::path staging = dir.parent_path() / ("." + dir.filename().string() + ".partial");
+  if (::mkdir(staging.c_str(), 0700) != 0) {
+    Error error = sys_error("save VM: create directory", staging.string());
+    if (errno == EEXIST) error.detail = "a save into this path is under way, or one crashed";
+    if (errno == ENOENT) error.detail = "the snapshot dir's parent must exist";
+    return error;
+  }
+  return staging;
+}
+
 // Vm::save_full's steps; see vmm.hpp for the contract.
 asio::awaitable<Result<Snapshot>> save_full_steps(std::shared_ptr<VmState> state, fs::path dir) {
   const std::string& id = state->config.id;
@@ -903,24 +926,9 @@ asio::awaitable<Result<Snapshot>> save_full_steps(std::shared_ptr<VmState> state
     co_return make_error("save VM", "a save is already under way", id).with_context(what);
 
   std::error_code ec;
-  dir = fs::absolute(dir, ec).lexically_normal();
-  if (!dir.has_filename()) dir = dir.parent_path();
-  if (fs::symlink_status(dir, ec).type() != fs::file_type::not_found) {
-    co_return Error{EEXIST,
-                    "save VM",
-                    dir.string(),
-                    "it exists; a snapshot is never overwritten: choose a new path",
-                    {}}
-        .with_context(what);
-  }
-  // Written into a hidden staging dir beside `dir`, renamed to `dir` last.
-  const fs::path staging = dir.parent_path() / ("." + dir.filename().string() + ".partial");
-  if (::mkdir(staging.c_str(), 0700) != 0) {
-    Error error = sys_error("save VM: create directory", staging.string());
-    if (errno == EEXIST) error.detail = "a save into this path is under way, or one crashed";
-    if (errno == ENOENT) error.detail = "the snapshot dir's parent must exist";
-    co_return std::move(error).with_context(what);
-  }
+  auto made = make_save_staging(dir);
+  if (!made) co_return std::move(made).error().with_context(what);
+  const fs::path staging = std::move(made).value();
   auto state_file = create_state_file(staging / snapshot::kStateName);
   if (!state_file) {
     fs::remove_all(staging, ec);
@@ -1162,23 +1170,9 @@ asio::awaitable<Result<Snapshot>> fork_save_steps(std::shared_ptr<VmState> state
   if (!source) co_return make_error("save VM", "the VM has no memory file", id).with_context(what);
 
   std::error_code ec;
-  dir = fs::absolute(dir, ec).lexically_normal();
-  if (!dir.has_filename()) dir = dir.parent_path();
-  if (fs::symlink_status(dir, ec).type() != fs::file_type::not_found) {
-    co_return Error{EEXIST,
-                    "save VM",
-                    dir.string(),
-                    "it exists; a snapshot is never overwritten: choose a new path",
-                    {}}
-        .with_context(what);
-  }
-  const fs::path staging = dir.parent_path() / ("." + dir.filename().string() + ".partial");
-  if (::mkdir(staging.c_str(), 0700) != 0) {
-    Error error = sys_error("save VM: create directory", staging.string());
-    if (errno == EEXIST) error.detail = "a save into this path is under way, or one crashed";
-    if (errno == ENOENT) error.detail = "the snapshot dir's parent must exist";
-    co_return std::move(error).with_context(what);
-  }
+  auto made = make_save_staging(dir);
+  if (!made) co_return std::move(made).error().with_context(what);
+  const fs::path staging = std::move(made).value();
   state->saving = true;
   struct Saving {
     VmState& state;
