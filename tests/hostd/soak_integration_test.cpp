@@ -73,7 +73,9 @@ std::string shell(const std::string& command) {
   return out;
 }
 
-// The soak's own network prefix and addresses (no other test uses them).
+// The soak's network prefix and addresses, shared with
+// crash_restart_integration_test under the same ctest resource lock (the
+// two never run at once).
 net::BridgeConfig bridge_config() {
   net::BridgeConfig config;
   config.prefix = "vz";
