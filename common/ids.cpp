@@ -39,4 +39,19 @@ std::string random_id(std::string_view prefix, int digits) {
   return id;
 }
 
+namespace {
+// Written once by main before any actor runs, read only afterwards.
+std::string g_node_id_tag;
+} // namespace
+
+void set_node_id_tag(std::string tag) {
+  g_node_id_tag = std::move(tag);
+}
+
+std::string node_scoped_id(std::string_view prefix) {
+  std::string id(prefix);
+  id += g_node_id_tag;
+  return random_id(id, kIdDigits - static_cast<int>(g_node_id_tag.size()));
+}
+
 } // namespace vesicle

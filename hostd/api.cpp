@@ -6,6 +6,7 @@
 #include <boost/beast/core/string.hpp>
 
 #include "common/log.hpp"
+#include "hostd/cluster_identity.hpp"
 #include "hostd/network.hpp"
 
 namespace vesicle::hostd {
@@ -101,6 +102,8 @@ api::Sandbox to_api(const SandboxInfo& info, vmm::Accel accel) {
   out.set_forked_from(info.forked_from);
   out.set_space_id(info.space_id);
   out.set_resumed_from(info.resumed_from);
+  out.set_region(cluster_identity().region);
+  out.set_node(cluster_identity().node);
   return out;
 }
 
@@ -115,6 +118,8 @@ api::Space to_api(const SpaceInfo& space) {
   out.set_state_bytes(static_cast<double>(space.state_bytes));
   out.set_disk_bytes(static_cast<double>(space.disk_bytes));
   out.set_size_bytes(static_cast<double>(space.state_bytes + space.disk_bytes));
+  out.set_region(cluster_identity().region);
+  out.set_node(cluster_identity().node);
   return out;
 }
 

@@ -28,10 +28,13 @@ Result<SandboxSpec> sandbox_spec(const api::CreateSandboxRequest& request,
                                                         names);
     spec.template_name = request.template_();
   }
-  if (!request.region().empty())
+  if (!request.region().empty() && request.region() != config.cluster().region())
     return Error::of(ErrorKind::invalid_argument,
-                     "region: this host has no region label; leave region "
-                     "empty or ask a gateway that routes by region");
+                     config.cluster().region().empty()
+                         ? "region: this host has no region label; leave region "
+                           "empty or ask a gateway that routes by region"
+                         : "region: this node is in region \"" + config.cluster().region() +
+                               "\"; ask a gateway, which routes by region");
   auto egress = egress_spec(request, config);
   if (!egress) return egress.error();
   spec.egress = egress->egress;

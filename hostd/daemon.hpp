@@ -31,6 +31,7 @@ public:
   Result<void> start();
   asio::ip::tcp::endpoint endpoint() const { return server_.local_endpoint(); }
   registry_actor registry() const { return core_.registry(); }
+  const std::vector<pool_actor>& pools() const { return core_.pools(); }
   VmHost& vms() { return core_.vms(); }
 
   // Stops accepting, destroys every sandbox (their VMs and files), closes

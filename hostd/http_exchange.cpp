@@ -189,6 +189,8 @@ asio::awaitable<bool> Exchange::begin_stream(unsigned status, std::string conten
   // Proxies must pass each chunk on as it comes.
   response.set(http::field::cache_control, "no-store");
   response.set("X-Accel-Buffering", "no");
+  for (const auto& [name, value] : extra_headers_)
+    response.set(name, value);
   response.keep_alive(keep_alive());
   response.chunked(true);
   http::response_serializer<http::empty_body> serializer{response};

@@ -47,6 +47,9 @@ public:
   std::string_view target() const;
   std::string_view header(http::field field) const;
   std::string_view header(std::string_view name) const;
+  // The whole request header and its framing (content length, chunked), for
+  // the cluster gateway, which passes requests on (gateway_proxy.hpp).
+  const RequestParser& request() const { return parser_; }
 
   // The whole body, at most limits.max_json_body bytes (else 413).
   asio::awaitable<Result<std::string>> read_json_body();

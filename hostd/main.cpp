@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <vector>
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -18,9 +19,11 @@
 #include <boost/program_options.hpp>
 #include <caf/actor_system.hpp>
 #include <caf/actor_system_config.hpp>
+#include <caf/send.hpp>
 
 #include "common/log.hpp"
 #include "hostd/api_error.hpp"
+#include "hostd/cluster_node.hpp"
 #include "hostd/config.hpp"
 #include "hostd/daemon.hpp"
 #include "hostd/runtime_core.hpp"
@@ -182,6 +185,13 @@ int main(int argc, char** argv) {
 
   caf::actor_system_config actor_config;
   hostd::configure_actor_system(actor_config);
+  // Cluster mode (docs/cluster.md): a node of a cluster behind gateways.
+  std::string cluster_secret;
+  if (!config->cluster().node_name().empty()) {
+    auto secret = hostd::prepare_cluster_node(*config, actor_config);
+    if (!secret) return fail(secret.error());
+    cluster_secret = std::move(*secret);
+  }
   caf::actor_system system(actor_config);
 
   asio::io_context io(1);
@@ -205,12 +215,20 @@ int main(int argc, char** argv) {
     });
   });
   auto endpoint = daemon.endpoint();
+  std::vector<caf::actor> cluster_links;
+  if (!cluster_secret.empty())
+    cluster_links = hostd::start_cluster_node(system, *config, cluster_secret, endpoint,
+                                              daemon.registry(), daemon.pools());
   std::printf("hostd %s listening on http://%s:%u (accel %s, max_sandboxes %u)\n", hostd::kVersion,
               endpoint.address().to_string().c_str(), endpoint.port(),
               vmm::to_string(driver->accel()), config->max_sandboxes());
   std::fflush(stdout);
 
   io.run();
+  // The links run until told to stop, and the actor system waits for every
+  // actor before it goes.
+  for (const auto& link : cluster_links)
+    caf::anon_send_exit(link, caf::exit_reason::user_shutdown);
   log::info("hostd stopped");
   return 0;
 }

@@ -166,7 +166,7 @@ registry_actor spawn_registry(caf::actor_system& system, VmHost& vms, RegistrySe
 }
 
 std::string new_sandbox_id() {
-  return random_id("sb-");
+  return node_scoped_id("sb-");
 }
 
 } // namespace vesicle

@@ -150,7 +150,7 @@ Result<SpaceInfo> parse_space(std::string_view text) {
 }
 
 std::string new_space_id() {
-  return random_id("sp-");
+  return node_scoped_id("sp-");
 }
 
 bool is_space_id(std::string_view id) {
