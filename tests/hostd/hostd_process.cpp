@@ -98,7 +98,9 @@ void HostdProcess::start(const HostdOptions& options) {
         << options.request_timeout_s
         // Its own cgroup parent (the home's name, so a restart on the same
         // home sweeps it), which the destructor removes.
-        << ", \"confinement\": {\"cgroup_parent\": \"" << dir_.filename().string() << "\"}";
+        << ", \"confinement\": {\"cgroup_parent\": \"" << dir_.filename().string() << "\"";
+    if (!options.confinement_extra.empty()) out << ", " << options.confinement_extra;
+    out << "}";
     if (!options.extra_config.empty()) out << ", " << options.extra_config;
     if (!options.network_json.empty()) out << ", \"network\": " << options.network_json;
     out << "}";

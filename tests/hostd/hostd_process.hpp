@@ -29,6 +29,9 @@ struct HostdOptions {
   std::filesystem::path home;
   // If set, the configuration's "network" section, as a JSON object.
   std::string network_json;
+  // More fields of the "confinement" section, e.g. a uid range of its own
+  // ("\"uid_first\": ..., \"uid_count\": ...") when several hostds run.
+  std::string confinement_extra;
 };
 
 class HostdProcess {
