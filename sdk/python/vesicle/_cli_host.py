@@ -34,6 +34,13 @@ def register(sub, common) -> None:
     p.set_defaults(run=_metrics)
 
     p = sub.add_parser(
+        "nodes",
+        parents=[common],
+        help="a cluster gateway's nodes with region, state and room (needs an admin key)",
+    )
+    p.set_defaults(run=_nodes)
+
+    p = sub.add_parser(
         "mcp",
         parents=[common],
         help="serve the sandbox tools over the Model Context Protocol (stdio)",
@@ -156,6 +163,39 @@ def _metrics(args) -> int:
     with transport.stream("GET", "/metrics", what="reading metrics") as resp:
         text = resp.read_all().decode("utf-8", errors="replace")
     emit(args, {"samples": parse_metrics(text)}, lambda: print(text, end="", flush=True))
+    return 0
+
+
+NODES_PATH = "/v1/admin/nodes"
+
+
+def _nodes(args) -> int:
+    doc = Client(url=args.url)._transport.json("GET", NODES_PATH, what="listing the cluster's nodes")
+    items = doc.get("nodes", []) if isinstance(doc, dict) else None
+    if not isinstance(items, list):
+        raise ProtocolError(f"the gateway answered the node list with {doc!r}")
+
+    def text() -> None:
+        rows = [["NODE", "REGION", "STATE", "FREE", "WARM", "MEMORY FREE", "LAST REPORT", "URL"]]
+        for node in items:
+            state = str(node.get("state", "-"))
+            if state == "down" and node.get("down_reason"):
+                state += f" ({node['down_reason']})"
+            rows.append(
+                [
+                    str(node.get("name", "-")),
+                    str(node.get("region", "-")),
+                    state,
+                    f"{node.get('available', 0)}/{node.get('max_sandboxes', 0)}",
+                    str(node.get("pool_ready", 0)),
+                    f"{int(node.get('memory_free_mib', 0))} MiB",
+                    f"{node.get('last_report_ms_ago', 0) / 1000:.1f} s ago",
+                    str(node.get("url", "-")),
+                ]
+            )
+        print_table(rows)
+
+    emit(args, doc, text)
     return 0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import urllib.parse
 from dataclasses import dataclass
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Tuple
 
 from .errors import ConfigurationError
 
@@ -23,6 +23,9 @@ class Config:
     url: str  # scheme://host:port[/prefix], no trailing slash
     api_key: Optional[str]
     timeout: float  # seconds a socket may wait (connect, or between bytes)
+    # Every URL given, `url` first: a cluster's gateway replicas
+    # (docs/cluster.md), tried in turn when one cannot be reached.
+    urls: Tuple[str, ...] = ()
 
     @property
     def parsed(self) -> urllib.parse.SplitResult:
@@ -47,7 +50,12 @@ def resolve(
     if env is None:
         env = os.environ
     chosen_url = url if url else env.get(URL_ENV) or DEFAULT_URL
-    chosen_url = _check_url(chosen_url, "url argument" if url else URL_ENV)
+    # Several comma-separated URLs: gateways of one cluster, in order.
+    source = "url argument" if url else URL_ENV
+    urls = tuple(_check_url(one, source) for one in chosen_url.split(",") if one.strip())
+    if not urls:
+        raise ConfigurationError(f"{source} {chosen_url!r} names no URL (for example {DEFAULT_URL})")
+    chosen_url = urls[0]
     key = api_key if api_key else env.get(KEY_ENV) or None
     if key is not None:
         key = key.strip()
@@ -62,7 +70,7 @@ def resolve(
             raise ConfigurationError(f"timeout must be a number of seconds, not {timeout!r}") from None
         if not chosen_timeout > 0:
             raise ConfigurationError(f"timeout must be a positive number of seconds, not {timeout!r}")
-    return Config(url=chosen_url, api_key=key, timeout=chosen_timeout)
+    return Config(url=chosen_url, api_key=key, timeout=chosen_timeout, urls=urls)
 
 
 def _check_url(url: str, source: str) -> str:

@@ -14,6 +14,7 @@ import json
 import select
 import socket
 import threading
+import dataclasses
 import urllib.parse
 from typing import Any, Iterable, Iterator, List, Mapping, Optional, Union
 
@@ -47,19 +48,48 @@ _STALE_CONNECTION_ERRORS = (
 
 _DEFAULT = object()
 
+# Calls that may be sent again to another gateway when the first cannot be
+# reached: repeating them changes nothing (a POST could create twice).
+_IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+# 5xx codes a cluster answers alike through every gateway: another gateway
+# would only say the same.
+_CLUSTER_WIDE_CODES = frozenset({"node_unavailable", "no_capacity"})
+
 
 class Transport:
     """Requests to one hostd with one configuration; safe to share between threads."""
 
     def __init__(self, config: Config):
         self.config = config
-        parts = config.parsed
+        self._urls = config.urls or (config.url,)
+        self._use(0)
+        self._idle: List[http.client.HTTPConnection] = []
+        self._lock = threading.Lock()
+
+    def _use(self, index: int) -> None:
+        """Talk to the index-th URL (of several gateways) from now on."""
+        self._index = index
+        if self.config.url != self._urls[index]:
+            self.config = dataclasses.replace(self.config, url=self._urls[index])
+        parts = self.config.parsed
         self._https = parts.scheme == "https"
         self._host = parts.hostname or "127.0.0.1"
         self._port = parts.port or (443 if self._https else 80)
         self._prefix = parts.path.rstrip("/")
-        self._idle: List[http.client.HTTPConnection] = []
-        self._lock = threading.Lock()
+
+    def _fail_over(self, method: str, replayable: bool, failovers: int, refused: bool) -> bool:
+        """Move to the next gateway if this call may be sent again; True if it moved."""
+        if len(self._urls) < 2 or failovers >= len(self._urls) - 1 or not replayable:
+            return False
+        # A refused connection received nothing, so even a create may go again.
+        if method.upper() not in _IDEMPOTENT and not refused:
+            return False
+        with self._lock:
+            idle, self._idle = self._idle, []
+            self._use((self._index + 1) % len(self._urls))
+        for conn in idle:
+            conn.close()
+        return True
 
     # ---- public calls -------------------------------------------------------
 
@@ -141,6 +171,7 @@ class Transport:
             read_timeout = self.config.timeout
 
         attempt = 0
+        failovers = 0
         while True:
             conn, reused = self._checkout()
             try:
@@ -150,24 +181,38 @@ class Transport:
                 if reused and not chunked and attempt == 0:
                     attempt += 1
                     continue
+                if self._fail_over(method, not chunked, failovers, False):
+                    failovers += 1
+                    continue
                 raise self._connection_error(exc, what) from None
             except BaseException as exc:
                 conn.close()
                 if isinstance(exc, (OSError, http.client.HTTPException)):
+                    refused = isinstance(exc, ConnectionRefusedError)
+                    if self._fail_over(method, not chunked, failovers, refused):
+                        failovers += 1
+                        continue
                     raise self._connection_error(exc, what, read_timeout) from None
                 raise
-            break
 
-        wrapped = Response(self, conn, resp, what, read_timeout)
-        if resp.status >= 400:
-            try:
-                err_body = wrapped.read_all(limit=_MAX_ERROR_BODY)
-            except VesicleError:
-                err_body = b""
-            finally:
-                wrapped.close()
-            raise error_from_response(resp.status, resp.reason, err_body)
-        return wrapped
+            wrapped = Response(self, conn, resp, what, read_timeout)
+            if resp.status >= 400:
+                try:
+                    err_body = wrapped.read_all(limit=_MAX_ERROR_BODY)
+                except VesicleError:
+                    err_body = b""
+                finally:
+                    wrapped.close()
+                err = error_from_response(resp.status, resp.reason, err_body)
+                if (
+                    resp.status >= 500
+                    and err.code not in _CLUSTER_WIDE_CODES
+                    and self._fail_over(method, not chunked, failovers, False)
+                ):
+                    failovers += 1
+                    continue
+                raise err
+            return wrapped
 
     def close(self) -> None:
         """Close idle keep-alive connections (open answers close themselves)."""

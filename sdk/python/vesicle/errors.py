@@ -124,6 +124,12 @@ class UnavailableError(CapacityError):
     default_code = "unavailable"
 
 
+class NodeUnavailableError(UnavailableError):
+    """503: a cluster gateway cannot reach the node holding this sandbox or Space; retry later."""
+
+    default_code = "node_unavailable"
+
+
 class SandboxClosedError(VesicleError):
     """Raised locally, without a request, on a sandbox this object already closed (or froze)."""
 
@@ -170,10 +176,14 @@ _BY_STATUS = {
 }
 
 # Statuses that more than one server code shares: the code picks the class.
-_SHARED_STATUS = {(503, "unavailable"): UnavailableError}
+_SHARED_STATUS = {
+    (503, "unavailable"): UnavailableError,
+    (503, "node_unavailable"): NodeUnavailableError,
+}
 
 _BY_CODE = {cls.default_code: cls for cls in _BY_STATUS.values()}
 _BY_CODE["unavailable"] = UnavailableError
+_BY_CODE["node_unavailable"] = NodeUnavailableError
 # hostd ended the sandbox because its guest broke the agent protocol.
 _BY_CODE["guest_protocol_violation"] = SandboxDiedError
 

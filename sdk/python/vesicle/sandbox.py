@@ -90,7 +90,10 @@ class Sandbox:
         url: Optional[str] = None,
         api_key: Optional[str] = None,
         timeout: Optional[float] = None,
+        host: Optional[str] = None,
     ):
+        # `region` places the sandbox in a cluster's region; `host` pins it
+        # to one named node of the cluster, for debugging (docs/cluster.md).
         if isinstance(egress_allow, str):
             # A bare string would be sent as a string and rejected; the
             # caller almost surely meant a one-name list.
@@ -113,7 +116,13 @@ class Sandbox:
         body = {k: v for k, v in fields.items() if v is not None}
         transport = Transport(_config.resolve(url, api_key, timeout))
         transport.config.require_key()
-        info = transport.json("POST", "/v1/sandboxes", body=body, what="creating a sandbox")
+        info = transport.json(
+            "POST",
+            "/v1/sandboxes",
+            query={"node": host} if host else None,
+            body=body,
+            what="creating a sandbox",
+        )
         self._attach(transport, info)
 
     def _attach(self, transport: Transport, info: Dict[str, Any]) -> None:
