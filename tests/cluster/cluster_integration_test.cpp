@@ -179,8 +179,14 @@ protected:
         if (node) std::fprintf(stderr, "a node's log:\n%s\n", node->log().c_str());
     }
     gateway_.reset();
-    for (auto& node : nodes_)
+    for (auto& node : nodes_) {
+      if (!node) continue;
+      node->stop();
+      // A node the test killed and did not restart left its QEMUs behind.
+      for (pid_t pid : node->qemu_pids())
+        ::kill(pid, SIGKILL);
       node.reset();
+    }
     if (home_.empty()) return;
     for (int i = 0; i < 3; ++i) {
       const auto name = node_home(i).filename();
@@ -240,7 +246,7 @@ protected:
   std::size_t nodes_up() {
     std::size_t up = 0;
     for (const auto& node : list_nodes().nodes())
-      up += node.state() == "up";
+      up += node.state() == "up" && node.max_sandboxes() > 0; // up and measured
     return up;
   }
 
