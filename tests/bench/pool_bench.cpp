@@ -28,6 +28,7 @@
 
 #include <boost/program_options.hpp>
 
+#include "tests/bench/bench_http.hpp"
 #include "tests/bench/series.hpp"
 #include "tests/hostd/hostd_process.hpp"
 #include "tests/hostd/http_client.hpp"
@@ -38,13 +39,6 @@ using namespace vesicle::bench;
 using namespace std::chrono_literals;
 
 namespace {
-
-std::string field(const std::string& body, const std::string& name) {
-  std::smatch match;
-  if (!std::regex_search(body, match, std::regex("\"" + name + "\":\"?([^\",}]*)")))
-    throw std::runtime_error("no " + name + " in " + body);
-  return match[1].str();
-}
 
 // The pools' "ready" and "booting" for template `name` in /v1/capacity.
 std::pair<int, int> pool_counts(HttpClient& http, const std::string& name) {
@@ -68,15 +62,6 @@ std::string template_state(HttpClient& http, const std::string& name) {
   return std::regex_search(body, match, entry) ? match[1].str() : "";
 }
 
-void wait_until(const std::function<bool()>& done, std::chrono::seconds timeout,
-                const std::string& what) {
-  const auto deadline = Clock::now() + timeout;
-  while (!done()) {
-    if (Clock::now() > deadline) throw std::runtime_error("timed out waiting for " + what);
-    std::this_thread::sleep_for(5ms);
-  }
-}
-
 std::string create(HttpClient& http, const std::string& body, const std::string& source,
                    Series* timing) {
   auto start = Clock::now();
@@ -86,11 +71,6 @@ std::string create(HttpClient& http, const std::string& body, const std::string&
   if (field(created.body, "source") != source)
     throw std::runtime_error("expected source " + source + ": " + created.body);
   return field(created.body, "id");
-}
-
-void destroy(HttpClient& http, const std::string& id) {
-  auto deleted = http.request("DELETE", "/v1/sandboxes/" + id);
-  if (deleted.status != 204) throw std::runtime_error("destroy: " + deleted.body);
 }
 
 double pss_kib(pid_t pid) {

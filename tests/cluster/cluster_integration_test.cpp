@@ -1,14 +1,9 @@
 // A cluster end to end (docs/cluster.md): three real hostd nodes in two
 // regions and a real vesicle-gateway on loopback, real VMs. Creates by
-// region, exec, files and fork through the gateway, kill -9 of a node, a
-// gateway restart, a region with every node down. Few VMs: two cores, TCG.
-#include <arpa/inet.h>
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <poll.h>
+// region, exec, files, fork, merge_into, freeze and resume through the
+// gateway, kill -9 of a node, a gateway restart, a region with every node
+// down, the killed node's Space after its restart. Few VMs: two cores, TCG.
 #include <signal.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -22,6 +17,7 @@
 #include <gtest/gtest.h>
 
 #include "messages/api.pb.h"
+#include "tests/cluster/gateway_process.hpp"
 #include "tests/hostd/hostd_process.hpp"
 #include "tests/hostd/hostd_test_support.hpp"
 #include "tests/hostd/http_client.hpp"
@@ -33,113 +29,6 @@ using Clock = std::chrono::steady_clock;
 namespace {
 
 constexpr const char* kRegions[] = {"eu", "eu", "us"};
-
-std::string run_for_stdout(const std::vector<std::string>& args) {
-  int out[2];
-  if (::pipe2(out, O_CLOEXEC) != 0) throw std::runtime_error("pipe failed");
-  pid_t child = ::fork();
-  if (child == 0) {
-    ::dup2(out[1], 1);
-    std::vector<char*> argv;
-    for (const auto& arg : args)
-      argv.push_back(const_cast<char*>(arg.c_str()));
-    argv.push_back(nullptr);
-    ::execv(argv[0], argv.data());
-    ::_exit(127);
-  }
-  ::close(out[1]);
-  std::string text;
-  char buffer[4096];
-  ssize_t n;
-  while ((n = ::read(out[0], buffer, sizeof buffer)) > 0)
-    text.append(buffer, n);
-  ::close(out[0]);
-  int status = 0;
-  ::waitpid(child, &status, 0);
-  return text;
-}
-
-std::string key_in(const std::string& text) {
-  std::smatch match;
-  if (!std::regex_search(text, match, std::regex("vsk_[0-9a-f]{64}")))
-    throw std::runtime_error("no key in: " + text);
-  return match.str();
-}
-
-unsigned short free_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address);
-  socklen_t size = sizeof address;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &size);
-  ::close(fd);
-  return ntohs(address.sin_port);
-}
-
-// The real vesicle-gateway, started on the given actor port (a restart
-// keeps it: the nodes reconnect there).
-class GatewayProcess {
-public:
-  GatewayProcess(const std::filesystem::path& home, unsigned short actor_port) {
-    auto log = home / "gateway.log";
-    int out[2];
-    if (::pipe2(out, O_CLOEXEC) != 0) throw std::runtime_error("pipe failed");
-    pid_ = ::fork();
-    if (pid_ == 0) {
-      ::dup2(out[1], 1);
-      int err = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-      ::dup2(err, 2);
-      std::vector<std::string> args = {VESICLE_GATEWAY_BINARY,
-                                       "--config",
-                                       (home / "gateway.json").string(),
-                                       "--listen",
-                                       "127.0.0.1:0",
-                                       "--actor-listen",
-                                       "127.0.0.1:" + std::to_string(actor_port)};
-      std::vector<char*> argv;
-      for (auto& arg : args)
-        argv.push_back(arg.data());
-      argv.push_back(nullptr);
-      ::execv(argv[0], argv.data());
-      ::_exit(127);
-    }
-    ::close(out[1]);
-    std::string text;
-    std::smatch match;
-    auto deadline = Clock::now() + std::chrono::seconds(20);
-    while (
-        !std::regex_search(text, match, std::regex("listening on http://127\\.0\\.0\\.1:(\\d+)"))) {
-      pollfd fd{out[0], POLLIN, 0};
-      if (Clock::now() > deadline || ::poll(&fd, 1, 1000) < 0) break;
-      char buffer[1024];
-      auto n = ::read(out[0], buffer, sizeof buffer);
-      if (n <= 0) break;
-      text.append(buffer, n);
-    }
-    ::close(out[0]);
-    if (match.empty()) {
-      stop();
-      throw std::runtime_error("vesicle-gateway did not start: " + text +
-                               read_file(home / "gateway.log"));
-    }
-    port_ = static_cast<unsigned short>(std::stoi(match[1].str()));
-  }
-  ~GatewayProcess() { stop(); }
-  void stop() {
-    if (pid_ <= 0) return;
-    ::kill(pid_, SIGTERM);
-    int status = 0;
-    ::waitpid(pid_, &status, 0);
-    pid_ = -1;
-  }
-  unsigned short port() const { return port_; }
-
-private:
-  pid_t pid_ = -1;
-  unsigned short port_ = 0;
-};
 
 class ClusterIntegration : public ::testing::Test {
 protected:
@@ -165,7 +54,8 @@ protected:
       config << R"({"state_dir": ")" << state << R"(", "cluster": {"secret_file": ")"
              << (home_ / "secret").string() << R"(", "heartbeat_ms": 300, "down_after_ms": 1500}})";
     }
-    gateway_ = std::make_unique<GatewayProcess>(home_ / "gateway", actor_port_);
+    gateway_ =
+        std::make_unique<GatewayProcess>(VESICLE_GATEWAY_BINARY, home_ / "gateway", actor_port_);
     for (int i = 0; i < 3; ++i)
       start_node(i);
     wait_for_nodes_up(3);
@@ -245,7 +135,8 @@ protected:
 
   std::size_t nodes_up() {
     std::size_t up = 0;
-    for (const auto& node : list_nodes().nodes())
+    const auto listed = list_nodes(); // the loop below must not outlive it
+    for (const auto& node : listed.nodes())
       up += node.state() == "up" && node.max_sandboxes() > 0; // up and measured
     return up;
   }
@@ -255,6 +146,19 @@ protected:
     while (nodes_up() < n && Clock::now() < deadline)
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     ASSERT_GE(nodes_up(), n) << list_nodes().DebugString();
+  }
+
+  // A call retried while it answers 409 "already being forked, merged or
+  // frozen", for up to 10 s.
+  template <class Call> HttpResponse until_not_busy(Call call) {
+    auto deadline = Clock::now() + std::chrono::seconds(10);
+    auto answer = call();
+    while (answer.status == 409 && answer.body.find("already being") != std::string::npos &&
+           Clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      answer = call();
+    }
+    return answer;
   }
 
   int index_of(const std::string& node) const {
@@ -320,10 +224,40 @@ TEST_F(ClusterIntegration, RegionsRoutingFailureAndGatewayRestart) {
   auto child = parse<api::ForkResponse>(forked.body).children(0);
   EXPECT_EQ(child.node(), eu.node());
   auto child_exec = http.request("POST", "/v1/sandboxes/" + child.id() + "/exec",
-                                 R"j({"code": "print('child')"})j");
-  EXPECT_NE(child_exec.body.find("child"), std::string::npos) << child_exec.body;
+                                 R"j({"code": "open('/tmp/won', 'w').write('the child')"})j");
+  ASSERT_EQ(child_exec.status, 200u) << child_exec.body;
   auto all = parse<api::ListSandboxesResponse>(http.request("GET", "/v1/sandboxes").body);
   EXPECT_EQ(all.sandboxes_size(), 3) << all.DebugString();
+
+  // merge_into: the parent goes on as the child; the child's id is gone.
+  // (The node answers a fork before it lets go of the parent: a merge or
+  // freeze right after may get 409 "already being forked"; retry as the
+  // message says.)
+  auto merged = until_not_busy([&] {
+    return http.request("POST", "/v1/sandboxes/" + eu.id() + "/merge_into/" + child.id());
+  });
+  ASSERT_EQ(merged.status, 200u) << merged.body;
+  EXPECT_EQ(http.request("GET", "/v1/sandboxes/" + child.id()).status, 404u);
+  const std::string read_won = R"j({"code": "print(open('/tmp/won').read())"})j";
+  auto won = http.request("POST", "/v1/sandboxes/" + eu.id() + "/exec", read_won);
+  EXPECT_NE(won.body.find("the child"), std::string::npos) << won.body;
+
+  // freeze and resume: the Space is its node's and resumes there. The
+  // resumed sandbox is frozen again, so a Space is on the node when it dies.
+  auto frozen =
+      until_not_busy([&] { return http.request("POST", "/v1/sandboxes/" + eu.id() + "/freeze"); });
+  ASSERT_EQ(frozen.status, 200u) << frozen.body;
+  auto space = parse<api::Space>(frozen.body);
+  EXPECT_EQ(space.node(), eu.node());
+  auto resumed = http.request("POST", "/v1/spaces/" + space.space_id() + "/resume");
+  ASSERT_EQ(resumed.status, 201u) << resumed.body;
+  auto back = parse<api::Sandbox>(resumed.body);
+  EXPECT_EQ(back.node(), eu.node());
+  won = http.request("POST", "/v1/sandboxes/" + back.id() + "/exec", read_won);
+  EXPECT_NE(won.body.find("the child"), std::string::npos) << won.body;
+  frozen = http.request("POST", "/v1/sandboxes/" + back.id() + "/freeze");
+  ASSERT_EQ(frozen.status, 200u) << frozen.body;
+  const auto kept = parse<api::Space>(frozen.body).space_id();
 
   // kill -9 of the eu sandbox's node: its sandboxes answer node_unavailable
   // within 5 s, and creates in eu go to the other eu node.
@@ -344,7 +278,8 @@ TEST_F(ClusterIntegration, RegionsRoutingFailureAndGatewayRestart) {
 
   // A gateway restart loses no sandbox: the nodes register again.
   gateway_.reset();
-  gateway_ = std::make_unique<GatewayProcess>(home_ / "gateway", actor_port_);
+  gateway_ =
+      std::make_unique<GatewayProcess>(VESICLE_GATEWAY_BINARY, home_ / "gateway", actor_port_);
   wait_for_nodes_up(2);
   auto again = gateway().request("GET", "/v1/sandboxes/" + us.id());
   ASSERT_EQ(again.status, 200u) << again.body;
@@ -365,12 +300,20 @@ TEST_F(ClusterIntegration, RegionsRoutingFailureAndGatewayRestart) {
   EXPECT_EQ(refused.status, 503u) << refused.body;
   EXPECT_NE(refused.body.find("\\\"eu\\\""), std::string::npos) << refused.body;
 
-  // The killed nodes come back (reclaiming the VMs the kill left) and rejoin.
+  // The killed nodes come back (reclaiming the VMs the kill left) and rejoin;
+  // the Space frozen on the first one is reachable and resumes there.
   start_node(0);
   start_node(1);
   wait_for_nodes_up(3);
-  auto rejoined = gateway().request("GET", "/v1/sandboxes/" + eu.id());
-  EXPECT_NE(rejoined.status, 503u) << rejoined.body;
+  auto listed_space = gateway().request("GET", "/v1/spaces/" + kept);
+  ASSERT_EQ(listed_space.status, 200u) << listed_space.body;
+  EXPECT_EQ(parse<api::Space>(listed_space.body).node(), eu.node());
+  resumed = gateway().request("POST", "/v1/spaces/" + kept + "/resume");
+  ASSERT_EQ(resumed.status, 201u) << resumed.body;
+  back = parse<api::Sandbox>(resumed.body);
+  EXPECT_EQ(back.node(), eu.node());
+  won = gateway().request("POST", "/v1/sandboxes/" + back.id() + "/exec", read_won);
+  EXPECT_NE(won.body.find("the child"), std::string::npos) << won.body;
 }
 
 } // namespace

@@ -24,19 +24,25 @@ std::string read_file(const std::filesystem::path& path) {
   return text.str();
 }
 
-// Runs `args`, returns its stdout; throws unless it exits 0.
-std::string run(const std::vector<std::string>& args) {
+// In a forked child: becomes `args` (args[0] a path), or exits 127.
+[[noreturn]] void exec_args(const std::vector<std::string>& args) {
+  std::vector<char*> argv;
+  for (const auto& arg : args)
+    argv.push_back(const_cast<char*>(arg.c_str()));
+  argv.push_back(nullptr);
+  ::execv(argv[0], argv.data());
+  ::_exit(127);
+}
+
+} // namespace
+
+std::string run_for_stdout(const std::vector<std::string>& args) {
   int out[2];
   if (::pipe2(out, O_CLOEXEC) != 0) throw std::runtime_error("pipe failed");
   pid_t child = ::fork();
   if (child == 0) {
     ::dup2(out[1], 1);
-    std::vector<char*> argv;
-    for (const auto& arg : args)
-      argv.push_back(const_cast<char*>(arg.c_str()));
-    argv.push_back(nullptr);
-    ::execv(argv[0], argv.data());
-    ::_exit(127);
+    exec_args(args);
   }
   ::close(out[1]);
   std::string text;
@@ -55,11 +61,40 @@ std::string run(const std::vector<std::string>& args) {
 std::string key_in(const std::string& text) {
   std::smatch match;
   if (!std::regex_search(text, match, std::regex("vsk_[0-9a-f]{64}")))
-    throw std::runtime_error("no API key in hostd's output: " + text);
+    throw std::runtime_error("no API key in the output: " + text);
   return match.str();
 }
 
-} // namespace
+Listening start_listening(const std::vector<std::string>& args, const std::filesystem::path& log,
+                          bool append) {
+  int out[2];
+  if (::pipe2(out, O_CLOEXEC) != 0) throw std::runtime_error("pipe failed");
+  Listening started;
+  started.pid = ::fork();
+  if (started.pid == 0) {
+    ::dup2(out[1], 1);
+    int err = ::open(log.c_str(), O_WRONLY | O_CREAT | (append ? O_APPEND : O_TRUNC), 0644);
+    ::dup2(err, 2);
+    exec_args(args);
+  }
+  ::close(out[1]);
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  std::smatch match;
+  const std::regex line("listening on http://127\\.0\\.0\\.1:(\\d+)");
+  while (!std::regex_search(started.said, match, line)) {
+    pollfd fd{out[0], POLLIN, 0};
+    const int ready = ::poll(&fd, 1, 1000);
+    if (std::chrono::steady_clock::now() > deadline || ready < 0) break;
+    if (ready == 0) continue;
+    char buffer[1024];
+    auto n = ::read(out[0], buffer, sizeof buffer);
+    if (n <= 0) break;
+    started.said.append(buffer, n);
+  }
+  ::close(out[0]);
+  if (!match.empty()) started.port = static_cast<unsigned short>(std::stoi(match[1].str()));
+  return started;
+}
 
 HostdProcess::HostdProcess(HostdOptions options) {
   if (options.home.empty()) {
@@ -106,52 +141,22 @@ void HostdProcess::start(const HostdOptions& options) {
     out << "}";
   }
   // A first key, then a second one; hostd prints neither again.
-  key_ = key_in(run({options.binary.string(), "--state-dir", state.string(), "--new-key"}));
-  other_key_ = key_in(run({options.binary.string(), "--state-dir", state.string(), "--new-key"}));
+  key_ =
+      key_in(run_for_stdout({options.binary.string(), "--state-dir", state.string(), "--new-key"}));
+  other_key_ =
+      key_in(run_for_stdout({options.binary.string(), "--state-dir", state.string(), "--new-key"}));
 
-  int out[2];
-  if (::pipe2(out, O_CLOEXEC) != 0) throw std::runtime_error("pipe failed");
   auto log = dir_ / "hostd.log";
-  pid_ = ::fork();
-  if (pid_ == 0) {
-    ::dup2(out[1], 1);
-    int err = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    ::dup2(err, 2);
-    std::vector<std::string> args = {options.binary.string(),
-                                     "--config",
-                                     config.string(),
-                                     "--listen",
-                                     "127.0.0.1:0",
-                                     "--state-dir",
-                                     state.string(),
-                                     "--images-dir",
-                                     options.images_dir.string()};
-    std::vector<char*> argv;
-    for (auto& arg : args)
-      argv.push_back(arg.data());
-    argv.push_back(nullptr);
-    ::execv(argv[0], argv.data());
-    ::_exit(127);
-  }
-  ::close(out[1]);
-  std::string text;
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-  std::smatch match;
-  while (
-      !std::regex_search(text, match, std::regex("listening on http://127\\.0\\.0\\.1:(\\d+)"))) {
-    pollfd fd{out[0], POLLIN, 0};
-    if (std::chrono::steady_clock::now() > deadline || ::poll(&fd, 1, 1000) < 0) break;
-    char buffer[1024];
-    auto n = ::read(out[0], buffer, sizeof buffer);
-    if (n <= 0) break;
-    text.append(buffer, n);
-  }
-  ::close(out[0]);
-  if (match.empty()) {
+  auto started = start_listening({options.binary.string(), "--config", config.string(), "--listen",
+                                  "127.0.0.1:0", "--state-dir", state.string(), "--images-dir",
+                                  options.images_dir.string()},
+                                 log, false);
+  pid_ = started.pid;
+  if (started.port == 0) {
     stop(std::chrono::seconds(5));
-    throw std::runtime_error("hostd did not start: " + text + read_file(log));
+    throw std::runtime_error("hostd did not start: " + started.said + read_file(log));
   }
-  port_ = static_cast<unsigned short>(std::stoi(match[1].str()));
+  port_ = started.port;
 }
 
 HostdProcess::~HostdProcess() {

@@ -13,6 +13,26 @@
 
 namespace vesicle::testing {
 
+// Runs `args` (args[0] a path) and returns its stdout; throws unless it
+// exits 0.
+std::string run_for_stdout(const std::vector<std::string>& args);
+// The first "vsk_..." API key in `text` (hostd's or vesicle-gateway's
+// --new-key output); throws when there is none.
+std::string key_in(const std::string& text);
+
+// A server start_listening started: its pid, and the port of its
+// "listening on http://127.0.0.1:PORT" line on stdout (0 when it did not
+// say so within 20 s; it may still run then). `said`: its stdout so far.
+struct Listening {
+  pid_t pid = -1;
+  unsigned short port = 0;
+  std::string said;
+};
+// Starts `args` (args[0] a path) with stderr to `log` (appended to, or
+// truncated first) and waits for its "listening on" line.
+Listening start_listening(const std::vector<std::string>& args, const std::filesystem::path& log,
+                          bool append);
+
 struct HostdOptions {
   std::filesystem::path binary;
   std::filesystem::path images_dir;
