@@ -60,3 +60,25 @@ def test_node_unavailable_is_its_own_error_and_not_failed_over(fake):
     with pytest.raises(errors.NodeUnavailableError, match="n1"):
         transport.json("GET", "/v1/healthz", auth=False)
     assert transport.config.url == fake.url
+
+
+def test_vesicle_nodes_lists_region_state_and_room(fake):
+    from test_unit_cli import cli
+
+    nodes = {
+        "nodes": [
+            {"name": "n1", "region": "eu", "state": "up", "url": "http://127.0.0.1:7311",
+             "max_sandboxes": 3, "available": 2, "pool_ready": 1, "memory_free_mib": 2048,
+             "last_report_ms_ago": 250},
+            {"name": "n2", "region": "us", "state": "down", "down_reason": "no heartbeat for 2000 ms",
+             "url": "http://127.0.0.1:7312", "last_report_ms_ago": 4000},
+        ]
+    }
+    fake.route("GET", "/v1/admin/nodes", lambda r: r.reply_json(200, nodes))
+    p = cli(fake.url, "nodes")
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.decode().splitlines()
+    assert lines[0].split()[:4] == ["NODE", "REGION", "STATE", "FREE"]
+    assert lines[1].split()[:5] == ["n1", "eu", "up", "2/3", "1"]
+    assert "down (no heartbeat for 2000 ms)" in lines[2]
+    assert fake.requests[-1].headers["authorization"] == "Bearer vsk_unit"
