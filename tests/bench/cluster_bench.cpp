@@ -5,11 +5,14 @@
 //   create, pool hit     POST /v1/sandboxes answered by a waiting VM
 //                        (the pool refills between creates, untimed)
 //   exec print(1)        POST /v1/sandboxes/{id}/exec on one sandbox
+//   get sandbox          GET /v1/sandboxes/{id}: the proxy's own cost, without
+//                        a VM's time in it
 // Prints p50/p95/p99 and the gateway's extra p50, and writes JSON. The
 // node builds its template first (~30 s under TCG).
 //
 //   cluster_bench --hostd build/hostd/hostd --gateway build/hostd/vesicle-gateway
 //                 --images build/images [--json out.json] [--hits 20] [--execs 100]
+//                 [--gets 500]
 #include <sys/types.h>
 #include <unistd.h>
 
@@ -64,7 +67,7 @@ void exec_one(HttpClient& http, const std::string& id, Series& timing) {
   auto start = Clock::now();
   auto ran = http.request("POST", "/v1/sandboxes/" + id + "/exec", R"j({"code": "print(1)"})j");
   timing.values.push_back(ms_since(start));
-  if (ran.status != 200 || ran.body.find("\"1\\n\"") == std::string::npos)
+  if (ran.status != 200 || ran.body.find("\"exit_code\":0") == std::string::npos)
     throw std::runtime_error("exec: " + ran.body);
 }
 
@@ -106,17 +109,19 @@ int main(int argc, char** argv) {
                                 "guest images")("json", po::value<std::string>(),
                                                 "write the results here")(
       "hits", po::value<int>()->default_value(20), "pool-hit creates each way")(
-      "execs", po::value<int>()->default_value(100), "exec print(1) calls each way");
+      "execs", po::value<int>()->default_value(100), "exec print(1) calls each way")(
+      "gets", po::value<int>()->default_value(500), "GET /v1/sandboxes/{id} calls each way");
   po::variables_map args;
   po::store(po::parse_command_line(argc, argv, options), args);
   if (args.count("help")) {
     std::printf("usage: cluster_bench [--hostd BIN] [--gateway BIN] [--images DIR] [--json FILE] "
-                "[--hits N] [--execs N]\n");
+                "[--hits N] [--execs N] [--gets N]\n");
     return 0;
   }
   Series hit_gateway{"create, pool hit, via gateway", {}},
       hit_direct{"create, pool hit, direct", {}}, exec_gateway{"exec print(1), via gateway", {}},
-      exec_direct{"exec print(1), direct", {}};
+      exec_direct{"exec print(1), direct", {}}, get_gateway{"get sandbox, via gateway", {}},
+      get_direct{"get sandbox, direct", {}};
   std::string accel;
   try {
     Home home;
@@ -180,6 +185,15 @@ int main(int argc, char** argv) {
       exec_one(via, id, exec_gateway);
       exec_one(direct, id, exec_direct);
     }
+    for (int i = 0; i < args["gets"].as<int>(); ++i) {
+      for (auto* way : {&get_gateway, &get_direct}) {
+        auto& http = way == &get_gateway ? via : direct;
+        auto start = Clock::now();
+        auto got = http.request("GET", "/v1/sandboxes/" + id);
+        way->values.push_back(ms_since(start));
+        if (got.status != 200) throw std::runtime_error("get: " + got.body);
+      }
+    }
     destroy(direct, id);
     if (node.stop() != 0) std::fprintf(stderr, "cluster_bench: the node did not stop cleanly\n");
   } catch (const std::exception& e) {
@@ -192,18 +206,21 @@ int main(int argc, char** argv) {
   print_header();
   std::string json = "{\"accel\": \"" + accel + "\", \"steps\": [";
   bool first = true;
-  for (const auto* series : {&hit_gateway, &hit_direct, &exec_gateway, &exec_direct}) {
+  for (const auto* series :
+       {&hit_gateway, &hit_direct, &exec_gateway, &exec_direct, &get_gateway, &get_direct}) {
     series->print_row();
     json += (first ? "" : ", ") + series->json();
     first = false;
   }
   const double create_extra = hit_gateway.percentile(50) - hit_direct.percentile(50);
   const double exec_extra = exec_gateway.percentile(50) - exec_direct.percentile(50);
-  std::printf("the gateway adds (p50): create %.2f ms, exec %.2f ms\n", create_extra, exec_extra);
-  char extra[160];
+  const double get_extra = get_gateway.percentile(50) - get_direct.percentile(50);
+  std::printf("the gateway adds (p50): create %.2f ms, exec %.2f ms, get %.2f ms\n", create_extra,
+              exec_extra, get_extra);
+  char extra[200];
   std::snprintf(extra, sizeof extra,
-                "], \"gateway_adds_p50_ms\": {\"create\": %.3f, \"exec\": %.3f}}\n", create_extra,
-                exec_extra);
+                "], \"gateway_adds_p50_ms\": {\"create\": %.3f, \"exec\": %.3f, \"get\": %.3f}}\n",
+                create_extra, exec_extra, get_extra);
   json += extra;
   if (args.count("json")) write_results(args["json"].as<std::string>(), json);
   return 0;
