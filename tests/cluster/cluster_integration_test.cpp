@@ -56,6 +56,14 @@ protected:
     }
     gateway_ =
         std::make_unique<GatewayProcess>(VESICLE_GATEWAY_BINARY, home_ / "gateway", actor_port_);
+    // A second gateway replica beside it: the same keys and secret, no
+    // state shared with the first; every node registers with both.
+    replica_port_ = free_port();
+    std::filesystem::create_directories(home_ / "replica");
+    std::filesystem::copy_file(home_ / "gateway" / "gateway.json",
+                               home_ / "replica" / "gateway.json");
+    replica_ =
+        std::make_unique<GatewayProcess>(VESICLE_GATEWAY_BINARY, home_ / "replica", replica_port_);
     for (int i = 0; i < 3; ++i)
       start_node(i);
     wait_for_nodes_up(3);
@@ -69,6 +77,7 @@ protected:
         if (node) std::fprintf(stderr, "a node's log:\n%s\n", node->log().c_str());
     }
     gateway_.reset();
+    replica_.reset();
     for (auto& node : nodes_) {
       if (!node) continue;
       node->stop();
@@ -118,6 +127,7 @@ protected:
     options.extra_config = "\"disable_pools\": true, \"cluster\": {\"node_name\": \"" +
                            node_name(i) + "\", \"region\": \"" + kRegions[i] +
                            "\", \"gateways\": [\"127.0.0.1:" + std::to_string(actor_port_) +
+                           "\", \"127.0.0.1:" + std::to_string(replica_port_) +
                            "\"], \"secret_file\": \"" + (home_ / "secret").string() +
                            "\", \"heartbeat_ms\": 300, \"down_after_ms\": 1500}";
     nodes_[i] = std::make_unique<HostdProcess>(options);
@@ -171,7 +181,9 @@ protected:
   std::string key_;
   std::string admin_key_;
   unsigned short actor_port_ = 0;
+  unsigned short replica_port_ = 0;
   std::unique_ptr<GatewayProcess> gateway_;
+  std::unique_ptr<GatewayProcess> replica_;
   std::unique_ptr<HostdProcess> nodes_[3];
 };
 
@@ -276,8 +288,12 @@ TEST_F(ClusterIntegration, RegionsRoutingFailureAndGatewayRestart) {
   ASSERT_EQ(other_eu.status, 201u) << other_eu.body;
   EXPECT_EQ(parse<api::Sandbox>(other_eu.body).node(), node_name(1 - eu_node));
 
-  // A gateway restart loses no sandbox: the nodes register again.
+  // A gateway restart loses no sandbox: the nodes register again. While it
+  // is down, the replica serves the same sandbox.
   gateway_.reset();
+  auto from_replica =
+      HttpClient("127.0.0.1", replica_->port(), key_).request("GET", "/v1/sandboxes/" + us.id());
+  EXPECT_EQ(from_replica.status, 200u) << from_replica.body;
   gateway_ =
       std::make_unique<GatewayProcess>(VESICLE_GATEWAY_BINARY, home_ / "gateway", actor_port_);
   wait_for_nodes_up(2);
