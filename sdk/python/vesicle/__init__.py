@@ -35,6 +35,7 @@ from .errors import (
 from .execution import Execution, ExecutionError, Result
 from .sandbox import Sandbox
 from .space import Space
+from .template import Template
 
 __all__ = [
     "AuthenticationError",
@@ -58,6 +59,7 @@ __all__ = [
     "ServerError",
     "Space",
     "SpaceCorruptedError",
+    "Template",
     "UnavailableError",
     "VesicleConnectionError",
     "VesicleError",
