@@ -113,10 +113,19 @@ asio::awaitable<void> VmHost::run_save_template(std::string id, TemplateInfo inf
   info.created_at_ms = unix_now_ms();
   auto snapshot = std::make_shared<const vmm::Snapshot>(std::move(saved.value()));
   auto standalone = co_await make_standalone(*snapshot, info);
-  Result<void> committed = standalone ? store.commit(info) : standalone;
+  // (Not a conditional expression: g++ 12 mishandles its temporaries in a
+  // coroutine.)
+  Result<void> committed = std::move(standalone);
+  if (committed) committed = store.commit(info);
   const auto written_at = std::chrono::steady_clock::now();
   // The sandbox goes on from what was saved, whatever happened since.
   const bool resumed = co_await resume_saved(id, before, owner, snapshot);
+  if (!committed && resumed) {
+    // The template's disk may still stand on the sandbox's fork snapshot
+    // (the rebase failed): the sandbox keeps holding it. (`before` held it
+    // meanwhile.)
+    if (auto record = vms_.find(id); record != vms_.end()) record->second.base = before.base;
+  }
   if (!committed) {
     log::warn("template not saved; its files stay until the next start (the sandbox's disk "
               "stands on them)",
@@ -221,7 +230,8 @@ asio::awaitable<bool> VmHost::resume_saved(const std::string& id, const SandboxV
   record->second.vm = vm;
   record->second.target = target;
   // Its disk now stands on the template's, which stands on the base image:
-  // no fork snapshot is needed any more.
+  // no fork snapshot is needed any more (run_save_template puts it back
+  // when the rebase failed).
   record->second.base = nullptr;
   record->second.machine_id = std::move(refreshed.value());
   caf::anon_send(owner, vm_replaced_atom::value, static_cast<std::int32_t>(vm->qemu_pid()));
@@ -252,9 +262,9 @@ VmHost::open_saved_template(const std::string& template_id) {
     co_return Error::of(ErrorKind::corrupted, "saved template " + template_id + " is not usable: " +
                                                   refused + "; delete it and save it again");
   // Another call may have opened it meanwhile: keep the first.
-  auto [entry, added] = templates_.emplace(
-      template_id, std::make_shared<const vmm::Snapshot>(std::move(opened.value())));
-  co_return entry->second;
+  auto entry = templates_.emplace(template_id,
+                                  std::make_shared<const vmm::Snapshot>(std::move(opened.value())));
+  co_return entry.first->second;
 }
 
 asio::awaitable<void> VmHost::check_saved_template(TemplateSpec spec, pool_actor pool) {
