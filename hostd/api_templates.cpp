@@ -28,6 +28,7 @@ api::Template to_api(const TemplateInfo& info, const std::string& key) {
   out.set_pool_size(info.pool_size);
   out.set_memory_bytes(static_cast<double>(info.memory_bytes));
   out.set_disk_bytes(static_cast<double>(info.state_bytes + info.disk_bytes));
+  out.set_pool_ready(info.pool_ready);
   return out;
 }
 

@@ -215,12 +215,15 @@ struct TemplateInfo {
   std::uint64_t memory_bytes = 0; // RAM file: bytes in non-zero pages (what it costs)
   std::uint64_t state_bytes = 0;  // device state
   std::uint64_t disk_bytes = 0;   // disk.qcow2: the changes over the base image
+  // VMs of its pool waiting now: filled in by a lookup of one template
+  // (GET /v1/templates/{name}), not kept.
+  std::uint32_t pool_ready = 0;
 };
 
 template <class Inspector> typename Inspector::result_type inspect(Inspector& f, TemplateInfo& x) {
   return f(caf::meta::type_name("vesicle.TemplateInfo"), x.template_id, x.name, x.owner, x.global,
            x.from_sandbox, x.created_at_ms, x.vcpus, x.memory_mib, x.disk_mib, x.images_fingerprint,
-           x.recipe_hash, x.pool_size, x.memory_bytes, x.state_bytes, x.disk_bytes);
+           x.recipe_hash, x.pool_size, x.memory_bytes, x.state_bytes, x.disk_bytes, x.pool_ready);
 }
 
 using TemplateInfoList = std::vector<TemplateInfo>;

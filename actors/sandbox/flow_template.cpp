@@ -6,14 +6,13 @@
 //   admit    templates are kept here; the sandbox is ready; the name is
 //            free among the owner's templates
 //   hold     nothing may run while its VM is saved    undo: release the hold
-//   save     VmHost writes the template and resumes the sandbox from it
-//            (undo, VmHost's own: no template is left)
-//   hand over  the catalog gets the template and its pool; the sandbox's
-//            record names the template (its disk stands on the template's
-//            now, so a delete waits for it)
+//   save     VmHost writes the template while the sandbox runs on (undo,
+//            VmHost's own: no template is left)
+//   hand over  the catalog gets the template and its pool
 //   answer   the template
 #include <algorithm>
 #include <chrono>
+#include <limits>
 
 #include <caf/send.hpp>
 
@@ -35,7 +34,10 @@ void start_pool(registry_pointer self, const TemplateInfo& info) {
   spec.vcpus = info.vcpus;
   spec.memory_mib = info.memory_mib;
   spec.min_ready = std::min(info.pool_size, kMaxTemplatePoolSize);
-  spec.max = spec.min_ready;
+  // No cap on the sandboxes made from it beyond max_sandboxes: the pool
+  // counts every take as in use and hears no usage (as a configured pool
+  // does), so a max would end its refills after that many creates.
+  spec.max = std::numeric_limits<std::uint32_t>::max();
   spec.key = info.template_id;
   spec.saved_dir = self->state.template_store->template_dir(info.template_id);
   auto pool = spawn_pool(self->system(), std::move(spec), *self->state.vms);
@@ -126,9 +128,6 @@ caf::result<TemplateInfo> save_template_flow(registry_pointer self, const std::s
                     [=](TemplateInfo& saved) mutable {
                       // Hand over.
                       start_pool(self, saved);
-                      if (auto source = self->state.records.find(id);
-                          source != self->state.records.end())
-                        source->second.info.spec.template_name = saved.name;
                       release_hold(self, id);
                       answer(std::move(saved));
                     },
@@ -156,7 +155,18 @@ caf::result<TemplateInfo> template_info(registry_pointer self, const std::string
                                         const std::string& name) {
   const auto* info = saved_template_for(self, owner, name);
   if (!info) return no_template(name);
-  return *info;
+  auto found = self->state.saved_templates.find(info->template_id);
+  auto promise = self->make_response_promise<TemplateInfo>();
+  TemplateInfo answer = *info;
+  // With its pool's waiting VMs (0 if the pool does not answer).
+  self->request(found->second.pool, std::chrono::seconds(5), pool_info_atom::value)
+      .then(
+          [=](PoolInfo& pool) mutable {
+            answer.pool_ready = pool.ready;
+            promise.deliver(std::move(answer));
+          },
+          [=](caf::error&) mutable { promise.deliver(std::move(answer)); });
+  return promise;
 }
 
 caf::result<done_atom> delete_template(registry_pointer self, const std::string& owner,

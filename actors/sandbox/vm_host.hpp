@@ -144,14 +144,14 @@ public:
   // Saved templates (template_store.hpp), in saved_templates_dir().
   // Saves the running VM of sandbox `id` as the template `info` (its
   // template_id, name, owner, global, recipe_hash and pool_size filled in):
-  // its memory, processes and files, with the disk rebased onto the base
-  // image so the template stands on its own, and the `template` file written
-  // last. The sandbox runs on, restored from the template (like a fork's
-  // parent: its actor hears vm_replaced), before `done` is called. The
-  // sandbox must be idle and held; the caller releases the hold. On failure
-  // no template is left and the sandbox runs on when it can (its actor
-  // hears vm_exited if not). The template is restorable at once: pools
-  // (TemplateSpec::saved) and launch::FromSavedTemplate find it by id.
+  // its memory, processes and files, as a fork snapshot (Vm::save_fork_snapshot:
+  // the VM is paused only while its state is copied, and runs on as the
+  // sandbox's, its record unchanged), with the disk rebased onto the base
+  // image and the RAM written to disk so the template stands on its own and
+  // outlives hostd, and the `template` file written last. The sandbox must
+  // be idle and held; the caller releases the hold. On failure no template
+  // is left. The template is restorable at once: pools
+  // (TemplateSpec::saved_dir) and launch::FromSavedTemplate find it by id.
   void save_template(std::string id, TemplateInfo info, TemplateSaved done);
   // Drops a deleted template's snapshot (VMs restored from it keep their
   // own hold on its memory).
@@ -271,15 +271,11 @@ private:
   boost::asio::awaitable<void> run_open_space(SpaceInfo space, SpaceOpened done);
   boost::asio::awaitable<void> run_save_template(std::string id, TemplateInfo info,
                                                  TemplateSaved done);
-  // A saved template's disk, rebased onto the base image, and its manifest
-  // rewritten to match; fills in the sizes.
-  boost::asio::awaitable<Result<void>> make_standalone(const vmm::Snapshot& saved,
-                                                       TemplateInfo& info);
-  // The sandbox whose VM was saved (`before`) goes on, restored from the
-  // template's snapshot; false when it could not be (its actor heard why).
-  boost::asio::awaitable<bool> resume_saved(const std::string& id, const SandboxVm& before,
-                                            sandbox_actor owner,
-                                            std::shared_ptr<const vmm::Snapshot> snapshot);
+  // Makes a fork snapshot a saved template's: its disk rebased onto the
+  // base image, its RAM written to `memory_file` (which `saved` then names),
+  // checksums and manifest written; fills in the sizes.
+  boost::asio::awaitable<Result<void>> make_standalone(vmm::Snapshot& saved, TemplateInfo& info,
+                                                       const std::filesystem::path& memory_file);
   boost::asio::awaitable<Result<std::optional<Acquired>>>
   restore_saved_template(const std::string& id, const SandboxSpec& spec,
                          const std::string& template_id, Acquired got);

@@ -159,6 +159,15 @@ VmHost::acquire(const std::string& id, const SandboxSpec& spec, const LaunchPlan
     }
     template_key = pooled->template_key;
   }
+  if (auto* saved = std::get_if<launch::FromSavedTemplate>(&plan);
+      saved && !saved->pool_vm_id.empty()) {
+    auto adopted = co_await adopt_pool_vm(saved->pool_vm_id, spec);
+    if (!adopted) co_return std::move(adopted).error();
+    if (*adopted) {
+      (*adopted)->vm->label(id);
+      co_return std::move(**adopted);
+    }
+  }
   // Any other VM gets a network slot of its own, held by run_sandbox_vm
   // until the VM's process has exited, so the slot's tap is free when it is
   // released.
@@ -172,18 +181,6 @@ VmHost::acquire(const std::string& id, const SandboxSpec& spec, const LaunchPlan
   if (auto* space = std::get_if<launch::FromSpace>(&plan))
     co_return co_await resume_space(id, space->space_id, std::move(got));
   if (auto* saved = std::get_if<launch::FromSavedTemplate>(&plan)) {
-    if (!saved->pool_vm_id.empty()) {
-      auto adopted = co_await adopt_pool_vm(saved->pool_vm_id, spec);
-      if (!adopted) co_return std::move(adopted).error();
-      if (*adopted) {
-        (*adopted)->vm->label(id);
-        co_return std::move(**adopted);
-      }
-    }
-    Acquired got;
-    auto leased = co_await lease_network(spec.egress, spec.egress_allow);
-    if (!leased) co_return std::move(leased).error();
-    got.network = std::move(leased.value());
     auto restored = co_await restore_saved_template(id, spec, saved->template_id, std::move(got));
     if (!restored) co_return std::move(restored).error();
     if (!*restored)

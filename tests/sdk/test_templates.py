@@ -3,17 +3,23 @@
 One hostd for the module (no base pools: the only QEMUs are the tests'
 own and the template's pool of one), with a second key to show that a
 key's template is invisible to another. Everything about a sandbox made
-from a template is asserted from inside its guest: the file the template
-was given, and the Python global its REPL held.
+from a template is asserted from inside its guest: the package pip
+installed (from a wheel made here: no index, no network), and the Python
+global its REPL held.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -25,7 +31,7 @@ from vesicle.errors import ConflictError, NotFoundError
 
 MEMORY_MIB = 512
 NAME = "tpl-test"
-PACKAGE = "VALUE = 'from the template package'\n"
+WHEEL = "/tmp/tplwheel-1.0-py3-none-any.whl"
 
 
 @pytest.fixture(scope="module")
@@ -52,11 +58,40 @@ def shell(sb, command):
     return result.stdout
 
 
+def wheel() -> bytes:
+    """A pure-Python wheel of the package `tplwheel` (what pip installs offline)."""
+    files = {
+        "tplwheel.py": b"VALUE = 'from the template package'\n",
+        "tplwheel-1.0.dist-info/METADATA": b"Metadata-Version: 2.1\nName: tplwheel\nVersion: 1.0\n",
+        "tplwheel-1.0.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = ""
+    for name, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record += f"{name},sha256={digest},{len(data)}\n"
+    files["tplwheel-1.0.dist-info/RECORD"] = (record + "tplwheel-1.0.dist-info/RECORD,,\n").encode()
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return out.getvalue()
+
+
+def wait_for_pool(hostd, name, timeout_s=180.0):
+    """Until the template's pool has a VM waiting (under TCG a restore takes seconds)."""
+    deadline = time.monotonic() + timeout_s
+    with Client(**args(hostd)) as client:
+        while client.template(name).pool_ready < 1:
+            assert time.monotonic() < deadline, f"template {name}'s pool did not fill in {timeout_s} s"
+            time.sleep(0.5)
+
+
 def assert_templated(sb):
-    """What the template holds, seen from inside `sb`: its file and its REPL's state."""
-    assert "from the template package" in shell(sb, "cat /opt/tpl/tplpkg.py")
+    """What the template holds, seen from inside `sb`: its package and its REPL's state."""
+    assert "from the template package" in shell(sb, "python3 -c 'import tplwheel; print(tplwheel.VALUE)'")
+    assert "Version: 1.0" in shell(sb, "pip show tplwheel")
     assert value(sb, "GLOBAL") == "'from the template package!'"
-    assert value(sb, "tplpkg.VALUE") == "'from the template package'"
+    assert value(sb, "tplwheel.VALUE") == "'from the template package'"
 
 
 def test_template_lifecycle_ownership_fork_and_restart(tpl_hostd):
@@ -66,8 +101,9 @@ def test_template_lifecycle_ownership_fork_and_restart(tpl_hostd):
     try:
         source = Sandbox(memory_mib=MEMORY_MIB, **args(hostd))
         made.append(source)
-        source.upload(PACKAGE, "/opt/tpl/tplpkg.py")
-        value(source, "import sys; sys.path.append('/opt/tpl'); import tplpkg; GLOBAL = tplpkg.VALUE + '!'")
+        source.upload(wheel(), WHEEL)
+        shell(source, f"pip install --no-index --no-cache-dir {WHEEL} && rm {WHEEL}")
+        value(source, "import tplwheel; GLOBAL = tplwheel.VALUE + '!'")
         saved = source.save_template(NAME)
         assert saved.name == NAME and saved.own and not saved.global_
         assert saved.memory_mib == MEMORY_MIB and saved.memory_bytes > 0 and saved.disk_bytes > 0
@@ -81,10 +117,12 @@ def test_template_lifecycle_ownership_fork_and_restart(tpl_hostd):
             with pytest.raises(ConflictError):  # the name is taken
                 source.save_template(NAME)
 
+        # From the template's warm pool.
+        wait_for_pool(hostd, NAME)
         child = Sandbox(template=NAME, **args(hostd))
         made.append(child)
         assert child.info["template"] == NAME
-        assert child.info["source"] in ("pool", "template"), child.info
+        assert child.info["source"] == "pool", child.info
         assert_templated(child)  # the source's later change is not in it
 
         # A fork of a templated sandbox.
@@ -111,8 +149,10 @@ def test_template_lifecycle_ownership_fork_and_restart(tpl_hostd):
     # After a restart (SIGKILL: nothing gets a chance to tidy up) it is
     # checked from disk and usable.
     hostd.restart(signal.SIGKILL)
+    wait_for_pool(hostd, NAME)
     again = Sandbox(template=NAME, **args(hostd))
     try:
+        assert again.info["source"] == "pool", again.info
         assert_templated(again)
     finally:
         again.close()

@@ -28,7 +28,9 @@ class Template:
     `own` is True when the key that asked saved it. `memory_bytes` and
     `disk_bytes` are what it keeps on the host (its RAM image's data; its
     device state and disk changes): they count against the key's quotas.
-    `pool_size` VMs are kept restored from it, waiting (0: restored on demand).
+    `pool_size` VMs are kept restored from it, waiting (0: restored on demand);
+    `pool_ready` is how many wait now (filled in by `Client.template(name)`
+    only; 0 in lists).
     """
 
     name: str
@@ -44,6 +46,7 @@ class Template:
     pool_size: int = 0
     memory_bytes: int = 0
     disk_bytes: int = 0
+    pool_ready: int = 0
     raw: Dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -66,6 +69,7 @@ class Template:
                 pool_size=_int(doc, "pool_size"),
                 memory_bytes=_int(doc, "memory_bytes"),
                 disk_bytes=_int(doc, "disk_bytes"),
+                pool_ready=_int(doc, "pool_ready"),
                 raw=doc,
             )
         except (TypeError, ValueError) as exc:
