@@ -53,3 +53,15 @@ def test_parsing():
         templates_from_list({"templates": [{"template_id": "tp-1"}]})
     with pytest.raises(ProtocolError):
         templates_from_list([1])
+
+
+def test_cli_build_arguments():
+    """`--run` is repeatable and does not shadow the subcommand's handler."""
+    from vesicle import _cli_templates, cli
+
+    args = cli._parser().parse_args(
+        ["template", "build", "ml", "--run", "pip install x", "--run", "true", "--pool-size", "0"]
+    )
+    assert args.commands == ["pip install x", "true"]
+    assert args.run is _cli_templates._build
+    assert (args.name, args.base, args.pool_size) == ("ml", "base", 0)

@@ -44,7 +44,10 @@ def register(sub, common) -> None:
     )
     p.add_argument("name", metavar="NAME")
     p.add_argument("--from", dest="base", default=BASE, help="start from this template (default: base)")
-    p.add_argument("--run", action="append", default=[], metavar="CMD", help="a bash command (repeatable)")
+    # dest "commands": "run" is the handler every subcommand sets.
+    p.add_argument(
+        "--run", dest="commands", action="append", default=[], metavar="CMD", help="a bash command (repeatable)"
+    )
     p.add_argument(
         "--upload", action="append", default=[], metavar="LOCAL:REMOTE", help="copy a file in first (repeatable)"
     )
@@ -120,7 +123,7 @@ def build(
 
 def _build(args) -> int:
     out = build(
-        Client(url=args.url), args.name, args.base, args.run, args.upload, args.pool_size, args.replace
+        Client(url=args.url), args.name, args.base, args.commands, args.upload, args.pool_size, args.replace
     )
 
     def text() -> None:
