@@ -67,7 +67,10 @@ asio::awaitable<void> VmHost::run_save_template(std::string id, TemplateInfo inf
   const SandboxVm source = found->second;
   const auto started = std::chrono::steady_clock::now();
   vmm::ForkSaveStats stats;
-  auto saved = co_await source.vm->save_fork_snapshot(store.vm_dir(info.template_id), &stats);
+  // Named, not temporaries inside the co_await: g++ 12 miscompiles those.
+  fs::path vm_dir = store.vm_dir(info.template_id);
+  const fs::path memory_file = store.memory_file(info.template_id);
+  auto saved = co_await source.vm->save_fork_snapshot(std::move(vm_dir), &stats);
   if (!saved) {
     co_await vmm::run_blocking(remove_dir);
     done(std::move(saved).error().with_context(context));
@@ -79,8 +82,7 @@ asio::awaitable<void> VmHost::run_save_template(std::string id, TemplateInfo inf
   info.images_fingerprint = images_fingerprint_;
   info.created_at_ms = unix_now_ms();
   vmm::Snapshot snapshot = std::move(saved.value());
-  Result<void> committed =
-      co_await make_standalone(snapshot, info, store.memory_file(info.template_id));
+  Result<void> committed = co_await make_standalone(snapshot, info, memory_file);
   if (committed) committed = store.commit(info);
   if (!committed) {
     co_await vmm::run_blocking(remove_dir);
