@@ -48,10 +48,11 @@ Error unknown_route(const std::vector<std::string>& path) {
   for (const auto& part : path)
     joined += "/" + part;
   if (joined.empty()) joined = "/";
-  return Error::of(ErrorKind::not_found,
-                   "no such API route: " + joined +
-                       " (this hostd serves /v1/sandboxes, /v1/spaces, /v1/capacity, "
-                       "/v1/healthz, /v1/admin, /metrics, /mcp and the page /ui)");
+  return Error::of(
+      ErrorKind::not_found,
+      "no such API route: " + joined +
+          " (this hostd serves /v1/sandboxes, /v1/spaces, /v1/templates, /v1/capacity, "
+          "/v1/healthz, /v1/admin, /metrics, /mcp and the page /ui)");
 }
 
 } // namespace
@@ -283,6 +284,17 @@ asio::awaitable<void> Api::route(Exchange& exchange, const std::vector<std::stri
   if (is({"v1", "spaces", "*", "resume"})) {
     if (method != http::verb::post) co_return co_await exchange.respond_error(not_allowed("POST"));
     co_return co_await resume(exchange, *owner, path[2]);
+  }
+  if (is({"v1", "templates"})) {
+    if (method == http::verb::post) co_return co_await create_template(exchange, *owner);
+    if (method == http::verb::get) co_return co_await list_templates(exchange, *owner);
+    co_return co_await exchange.respond_error(not_allowed("GET or POST"));
+  }
+  if (is({"v1", "templates", "*"})) {
+    if (method == http::verb::get) co_return co_await get_template(exchange, *owner, path[2]);
+    if (method == http::verb::delete_)
+      co_return co_await delete_template(exchange, *owner, path[2]);
+    co_return co_await exchange.respond_error(not_allowed("GET or DELETE"));
   }
   if (is({"v1", "sandboxes", "*", "exec"})) {
     if (method != http::verb::post) co_return co_await exchange.respond_error(not_allowed("POST"));

@@ -95,6 +95,13 @@ private:
                                      const std::string& space_id);
   asio::awaitable<void> resume(Exchange& exchange, const std::string& owner,
                                const std::string& space_id);
+  // api_templates.cpp
+  asio::awaitable<void> create_template(Exchange& exchange, const std::string& owner);
+  asio::awaitable<void> list_templates(Exchange& exchange, const std::string& owner);
+  asio::awaitable<void> get_template(Exchange& exchange, const std::string& owner,
+                                     const std::string& name);
+  asio::awaitable<void> delete_template(Exchange& exchange, const std::string& owner,
+                                        const std::string& name);
   // api_admin.cpp (an admin key's calls) and api_ui.cpp (the page)
   enum class AdminAction { destroy, exec };
   asio::awaitable<Result<SandboxInfoList>> all_sandboxes();
@@ -122,6 +129,12 @@ private:
                                                     const std::string& id);
   asio::awaitable<Result<SandboxInfo>> resume_space(const std::string& owner,
                                                     const std::string& space_id, bool persistent);
+  // Saves sandbox `sandbox_id` (owner's) as a template owned by `owner`
+  // (api_templates.cpp); the sandbox runs on. A create from it is
+  // create_sandbox with request.template = its name.
+  asio::awaitable<Result<TemplateInfo>> save_template(const std::string& owner,
+                                                      const std::string& sandbox_id,
+                                                      api::CreateTemplateRequest request);
   // Runs a cell or command to its end, events to `sink` (api_exec.cpp).
   asio::awaitable<Result<guest::Exit>> run_exec(const std::string& owner, const std::string& id,
                                                 const api::ExecRequest& request,
@@ -163,6 +176,8 @@ Result<SandboxSpec> sandbox_spec(const api::CreateSandboxRequest& request,
 // is its disk_mib (vmm/root_disk.hpp), so disk_mib below the image's size
 // (`image_mib`; 0: unknown, nothing checked) is refused, naming the minimum.
 Result<void> check_disk_fits_image(std::uint32_t disk_mib, std::uint32_t image_mib);
+// The pool size of a template saved without one (api_templates.cpp).
+std::uint32_t default_template_pool_size(const config::HostdConfig& config);
 // The caps of the key `owner`'s tier (api_sandboxes.cpp).
 const config::TierCaps& tier_caps(const KeyStore& keys, const config::HostdConfig& config,
                                   const std::string& owner);

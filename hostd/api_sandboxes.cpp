@@ -2,6 +2,7 @@
 #include <algorithm>
 
 #include "actors/ask.hpp"
+#include "actors/sandbox/template_store.hpp"
 #include "common/log.hpp"
 #include "hostd/api.hpp"
 #include "hostd/json.hpp"
@@ -22,10 +23,13 @@ Result<SandboxSpec> sandbox_spec(const api::CreateSandboxRequest& request,
       known = known || pool.template_() == request.template_();
       if (pool.template_() != "default") names += ", \"" + pool.template_() + "\"";
     }
-    if (!known)
-      return Error::of(ErrorKind::invalid_argument, "template: unknown template \"" +
-                                                        request.template_() + "\"; this host has " +
-                                                        names);
+    // Not a configured one: a saved template (POST /v1/templates), which
+    // the registry looks up among the key's own and global ones.
+    if (!known && !check_template_name(request.template_()))
+      return Error::of(ErrorKind::invalid_argument,
+                       "template: \"" + request.template_() +
+                           "\" is not a template name; this host has " + names +
+                           " and the templates GET /v1/templates lists");
     spec.template_name = request.template_();
   }
   if (!request.region().empty() && request.region() != config.cluster().region())

@@ -162,6 +162,7 @@ Result<void> RuntimeCore::start() {
   // callers wait a little longer so the driver's error is what they see.
   settings.ready_timeout = boot + std::chrono::seconds(15);
   settings.spaces_dir = config_.spaces_dir();
+  settings.saved_templates_dir = vms_.saved_templates_dir();
   if (const auto& admission = config_.admission(); !admission.disabled()) {
     HostRoomSettings room;
     room.memory_reserve_mib = admission.memory_reserve_mib();

@@ -45,6 +45,7 @@ void register_caf_types(caf::actor_system_config& config) {
   // Also registers std::vector<SandboxInfo> (SandboxInfoList).
   config.add_message_type<SandboxInfo>("vesicle.SandboxInfo");
   config.add_message_type<SpaceInfo>("vesicle.SpaceInfo");
+  config.add_message_type<TemplateInfo>("vesicle.TemplateInfo");
   config.add_message_type<CapacityInfo>("vesicle.CapacityInfo");
   config.add_message_type<PoolInfo>("vesicle.PoolInfo");
   config.add_message_type<NetSlot>("vesicle.NetSlot");

@@ -35,6 +35,11 @@ using resume_atom = caf::atom_constant<caf::atom("resume")>;
 using spaces_atom = caf::atom_constant<caf::atom("spaces")>;
 using space_atom = caf::atom_constant<caf::atom("space")>;
 using delete_space_atom = caf::atom_constant<caf::atom("delspace")>;
+// Saved templates: save a sandbox as one, list / look up / delete
+using save_template_atom = caf::atom_constant<caf::atom("savetmpl")>;
+using templates_atom = caf::atom_constant<caf::atom("templates")>;
+using template_info_atom = caf::atom_constant<caf::atom("tmplinfo")>;
+using delete_template_atom = caf::atom_constant<caf::atom("deltmpl")>;
 // HTTP side -> sandbox
 using await_ready_atom = caf::atom_constant<caf::atom("awaitready")>;
 using begin_op_atom = caf::atom_constant<caf::atom("beginop")>;
@@ -188,6 +193,40 @@ template <class Inspector> typename Inspector::result_type inspect(Inspector& f,
 }
 
 using SpaceInfoList = std::vector<SpaceInfo>;
+
+// A saved template: a running sandbox's state (memory, processes, files)
+// kept under a name, for new sandboxes to start from
+// (actors/sandbox/template_store.hpp).
+struct TemplateInfo {
+  std::string template_id; // "tp-" and 32 hex digits: names its files
+  std::string name;        // what creates ask for; unique per owner
+  std::string owner;       // the key that saved it
+  bool global = false;     // an admin key made it usable by every key
+  std::string from_sandbox;
+  std::int64_t created_at_ms = 0;
+  std::uint32_t vcpus = 0;
+  std::uint32_t memory_mib = 0;
+  std::uint32_t disk_mib = 0; // the sandbox's disk size: the least a sandbox from it gets
+  std::string images_fingerprint;
+  // What a client's recipe hashed to ("" when saved by hand): a second
+  // build of the same recipe finds the template instead of making another.
+  std::string recipe_hash;
+  std::uint32_t pool_size = 0;    // VMs kept restored and waiting; 0: restore on demand
+  std::uint64_t memory_bytes = 0; // RAM file: bytes in non-zero pages (what it costs)
+  std::uint64_t state_bytes = 0;  // device state
+  std::uint64_t disk_bytes = 0;   // disk.qcow2: the changes over the base image
+  // VMs of its pool waiting now: filled in by a lookup of one template
+  // (GET /v1/templates/{name}), not kept.
+  std::uint32_t pool_ready = 0;
+};
+
+template <class Inspector> typename Inspector::result_type inspect(Inspector& f, TemplateInfo& x) {
+  return f(caf::meta::type_name("vesicle.TemplateInfo"), x.template_id, x.name, x.owner, x.global,
+           x.from_sandbox, x.created_at_ms, x.vcpus, x.memory_mib, x.disk_mib, x.images_fingerprint,
+           x.recipe_hash, x.pool_size, x.memory_bytes, x.state_bytes, x.disk_bytes, x.pool_ready);
+}
+
+using TemplateInfoList = std::vector<TemplateInfo>;
 
 // One warm pool as /v1/capacity and /metrics report it.
 struct PoolInfo {

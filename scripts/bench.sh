@@ -7,6 +7,7 @@
 #   full_snapshot_bench  full-RAM save and restore (what forks of pool VMs and Spaces use)
 #   fork_bench fork(n) through the SDK: latency at the SDK and server-side, first exec, PSS per child
 #   space_bench freeze and resume through the SDK (idle, and 200 MiB in the REPL): latency, first exec, Space size
+#   template_bench create from a saved template's pool vs the base pool (and with no pool), through the SDK
 #   net_bench  network slot acquire/release and NAT throughput (test namespaces)
 #   net_vm_bench  HTTP throughput from a real VM through NAT and the allowlist proxy
 set -euo pipefail
@@ -31,6 +32,9 @@ images=$build/images
 
 /usr/bin/python3 "$repo/tests/bench/space_bench.py" --hostd "$build/hostd/hostd" --images "$images" \
   --json "$out/space_bench.json" ${SPACE_BENCH_ARGS:-}
+
+/usr/bin/python3 "$repo/tests/bench/template_bench.py" --hostd "$build/hostd/hostd" --images "$images" \
+  --json "$out/template_bench.json" ${TEMPLATE_BENCH_ARGS:-}
 
 "$build/tests/net_bench" --json "$out/net_bench.json"
 

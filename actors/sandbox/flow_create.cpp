@@ -8,6 +8,7 @@
 //   answer   once it is ready, or why it never got there
 #include "actors/sandbox/flows.hpp"
 
+#include <algorithm>
 #include <chrono>
 
 #include "actors/sandbox/registry_state.hpp"
@@ -33,6 +34,19 @@ caf::result<SandboxInfo> create_flow(registry_pointer self, std::string owner, S
                                      std::uint32_t max_concurrent) {
   // Admit.
   if (self->state.shutting_down) return shutting_down();
+  // A saved template gives its own size; the disk is at least the one it
+  // was saved with (a disk never shrinks).
+  const TemplateInfo* saved = nullptr;
+  if (pool_for(self, spec) < 0 && spec.template_name != "default") {
+    saved = saved_template_for(self, owner, spec.template_name);
+    if (!saved)
+      return make_error(ErrorKind::not_found, "template: no template \"" + spec.template_name +
+                                                  "\" for this key; GET /v1/templates lists "
+                                                  "the ones you can use");
+    spec.vcpus = saved->vcpus;
+    spec.memory_mib = saved->memory_mib;
+    spec.disk_mib = std::max(spec.disk_mib, saved->disk_mib);
+  }
   if (auto refused = admit(self, owner, 1, max_concurrent, spec, "creating a sandbox",
                            "delete one you no longer need (DELETE /v1/sandboxes/{id})"))
     return refused;
@@ -53,6 +67,21 @@ caf::result<SandboxInfo> create_flow(registry_pointer self, std::string owner, S
   // it (launch_sandbox), or is dropped if the launch is refused.
   self->state.records.emplace(info.id, Record{info, sandbox_actor{}, false, -1, {}});
 
+  if (saved) {
+    // Its pool's waiting VM, or a restore on demand.
+    const auto template_id = saved->template_id;
+    auto found = self->state.saved_templates.find(template_id);
+    self->request(found->second.pool, std::chrono::seconds(5), take_atom::value)
+        .then(
+            [=](std::string& pool_vm_id) {
+              launch_sandbox(self, info, -1, launch::FromSavedTemplate{template_id, pool_vm_id},
+                             answer);
+            },
+            [=](caf::error&) {
+              launch_sandbox(self, info, -1, launch::FromSavedTemplate{template_id, ""}, answer);
+            });
+    return promise;
+  }
   const int pool = pool_for(self, info.spec);
   if (pool < 0) {
     launch_sandbox(self, std::move(info), pool, launch::ColdBoot{}, answer);

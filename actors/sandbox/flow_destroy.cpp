@@ -78,6 +78,7 @@ void expire_flow(registry_pointer self, const std::string& id, const std::string
 
 caf::result<done_atom> shutdown_flow(registry_pointer self) {
   self->state.shutting_down = true;
+  stop_template_pools(self);
   auto promise = self->make_response_promise<done_atom>();
   // Stops once every sandbox is gone and every flow has answered (a flow
   // whose sandbox is destroyed here answers with that failure; one between

@@ -50,6 +50,22 @@ caf::expected<SpaceInfo> owned_space(registry_pointer self, const std::string& o
 caf::result<done_atom> delete_space(registry_pointer self, const std::string& owner,
                                     const std::string& space_id);
 
+// flow_template.cpp: saved templates. load_templates runs once, at the
+// registry's start (a pool for each one on disk); saved_template_for is the
+// template a create's spec names (its own before a global one), or null.
+void load_templates(registry_pointer self);
+const TemplateInfo* saved_template_for(registry_pointer self, const std::string& owner,
+                                       const std::string& name);
+caf::result<TemplateInfo> save_template_flow(registry_pointer self, const std::string& owner,
+                                             const std::string& id, TemplateInfo request);
+TemplateInfoList visible_templates(registry_pointer self, const std::string& owner);
+caf::result<TemplateInfo> template_info(registry_pointer self, const std::string& owner,
+                                        const std::string& name);
+caf::result<done_atom> delete_template(registry_pointer self, const std::string& owner,
+                                       const std::string& name);
+// Stops every saved template's pool (hostd's shutdown).
+void stop_template_pools(registry_pointer self);
+
 // Delivers a flow's outcome to its promise.
 template <class T> void deliver(caf::typed_response_promise<T>& promise, caf::expected<T> outcome) {
   if (outcome)

@@ -31,8 +31,16 @@ struct FromForkSnapshot {
 struct FromSpace {
   std::string space_id;
 };
+// A saved template (template_store.hpp): adopt this waiting VM of its pool
+// if one was taken ("" if none), else restore from the template; never a
+// cold boot (that would not be the template's state).
+struct FromSavedTemplate {
+  std::string template_id;
+  std::string pool_vm_id;
+};
 } // namespace launch
-using LaunchPlan = std::variant<launch::ColdBoot, launch::FromTemplate, launch::FromPoolVm,
-                                launch::FromForkSnapshot, launch::FromSpace>;
+using LaunchPlan =
+    std::variant<launch::ColdBoot, launch::FromTemplate, launch::FromPoolVm,
+                 launch::FromForkSnapshot, launch::FromSpace, launch::FromSavedTemplate>;
 
 } // namespace vesicle

@@ -19,6 +19,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -54,6 +55,9 @@ struct TemplateSpec {
   std::vector<std::string> preload_modules;
   std::uint32_t min_ready = 2;
   std::uint32_t max = 8;
+  // A saved template (template_store.hpp): its directory. Its snapshot is
+  // checked from there and never built; key is its template id.
+  std::filesystem::path saved_dir;
   // Names the template's files; VmHost fills it in (it includes a hash of
   // the guest images, so new images never restore an old snapshot).
   std::string key;

@@ -28,6 +28,7 @@ registry_actor::behavior_type registry_behavior(registry_pointer self, VmHost* v
   self->state.settings = settings;
   self->state.pool_usage.assign(settings.pools.size(), 0);
   if (!settings.spaces_dir.empty()) self->state.spaces.emplace(settings.spaces_dir);
+  load_templates(self);
   if (settings.reaper)
     self->state.reaper = spawn_reaper(self->system(), caf::actor_cast<expiry_listener>(self),
                                       settings.reaper_settings);
@@ -137,6 +138,17 @@ registry_actor::behavior_type registry_behavior(registry_pointer self, VmHost* v
       },
       [=](delete_space_atom, const std::string& owner, const std::string& space_id) {
         return delete_space(self, owner, space_id);
+      },
+      [=](save_template_atom, const std::string& owner, const std::string& id,
+          TemplateInfo& request) {
+        return save_template_flow(self, owner, id, std::move(request));
+      },
+      [=](templates_atom, const std::string& owner) { return visible_templates(self, owner); },
+      [=](template_info_atom, const std::string& owner, const std::string& name) {
+        return template_info(self, owner, name);
+      },
+      [=](delete_template_atom, const std::string& owner, const std::string& name) {
+        return delete_template(self, owner, name);
       },
       [=](capacity_atom) { return capacity(self); },
       [=](shutdown_atom) { return shutdown_flow(self); },

@@ -70,6 +70,17 @@ using registry_actor = caf::typed_actor<
     caf::replies_to<spaces_atom, std::string>::with<SpaceInfoList>,
     caf::replies_to<space_atom, std::string, std::string>::with<SpaceInfo>,
     caf::replies_to<delete_space_atom, std::string, std::string>::with<done_atom>,
+    // Saved templates (template_store.hpp; flow_template.cpp). owner, id,
+    // what to save (name, global, recipe_hash, pool_size) -> the template
+    // once written; the sandbox runs on. The sandbox must be ready with
+    // nothing running; conflict when the owner has a template of that name.
+    caf::replies_to<save_template_atom, std::string, std::string, TemplateInfo>::with<TemplateInfo>,
+    // owner -> the templates it may use (its own and global ones); owner,
+    // name -> one; owner, name -> deleted (only its owner's; conflict while
+    // a live sandbox runs from it). Another key's is not_found.
+    caf::replies_to<templates_atom, std::string>::with<TemplateInfoList>,
+    caf::replies_to<template_info_atom, std::string, std::string>::with<TemplateInfo>,
+    caf::replies_to<delete_template_atom, std::string, std::string>::with<done_atom>,
     caf::replies_to<capacity_atom>::with<CapacityInfo>,
     // Refuses new creates, freezes every persistent ready sandbox into a
     // Space (when Spaces are on), destroys the others, then stops.
@@ -102,6 +113,9 @@ struct RegistrySettings {
   // Where Spaces are kept (VmHost writes them there too). Empty: no Spaces;
   // a freeze is refused and persistent sandboxes are left running when idle.
   std::filesystem::path spaces_dir;
+  // Saved templates (template_store.hpp): their directory (empty: none on
+  // this host; a save is refused).
+  std::filesystem::path saved_templates_dir;
   // Admission by the host's free memory and disk (host_room.hpp); unset:
   // by sandbox slots alone.
   std::optional<HostRoomSettings> host_room;

@@ -152,6 +152,9 @@ void launch_sandbox(registry_pointer self, SandboxInfo info, int pool, LaunchPla
       self->state.records.erase(held);
     if (auto* pooled = std::get_if<launch::FromPoolVm>(&plan))
       self->state.vms->discard(pooled->pool_vm_id);
+    if (auto* saved = std::get_if<launch::FromSavedTemplate>(&plan);
+        saved && !saved->pool_vm_id.empty())
+      self->state.vms->discard(saved->pool_vm_id);
     on_ready(shutting_down());
     return;
   }

@@ -14,11 +14,13 @@
 #include <string>
 #include <vector>
 
+#include <caf/send.hpp>
 #include <caf/stateful_actor.hpp>
 #include <caf/typed_event_based_actor.hpp>
 
 #include "actors/sandbox/registry.hpp"
 #include "actors/sandbox/space_store.hpp"
+#include "actors/sandbox/template_store.hpp"
 
 namespace vesicle {
 
@@ -46,6 +48,18 @@ struct RegistryState {
   // The last in-use count each pool was told.
   std::vector<std::uint32_t> pool_usage;
   reaper_actor reaper; // null when settings.reaper is off
+  // Saved templates by template id, each with its own pool.
+  struct SavedTemplate {
+    TemplateInfo info;
+    pool_actor pool;
+  };
+  std::optional<TemplateStore> template_store; // unset: no saved templates
+  std::map<std::string, SavedTemplate> saved_templates;
+  // The saved templates' pools stop with the registry, however it stops.
+  ~RegistryState() {
+    for (auto& [id, saved] : saved_templates)
+      caf::anon_send_exit(saved.pool, caf::exit_reason::user_shutdown);
+  }
   static inline const char* name = "registry";
 };
 

@@ -71,6 +71,9 @@ using ForkStepDone = std::function<void(Result<std::int32_t> qemu_pid)>;
 using FreezeDone = std::function<void(Result<SpaceInfo> space)>;
 // Answers open_space: done, or why the Space cannot be resumed.
 using SpaceOpened = std::function<void(Result<void> opened)>;
+// Answers save_template on the executor: the template written (its sizes
+// filled in), or why not.
+using TemplateSaved = std::function<void(Result<TemplateInfo> saved)>;
 
 class VmHost {
 public:
@@ -137,6 +140,23 @@ public:
   // whoever does not launch it calls forget_space.
   void open_space(SpaceInfo space, SpaceOpened done);
   void forget_space(std::string space_id);
+
+  // Saved templates (template_store.hpp), in saved_templates_dir().
+  // Saves the running VM of sandbox `id` as the template `info` (its
+  // template_id, name, owner, global, recipe_hash and pool_size filled in):
+  // its memory, processes and files, as a fork snapshot (Vm::save_fork_snapshot:
+  // the VM is paused only while its state is copied, and runs on as the
+  // sandbox's, its record unchanged), with the disk rebased onto the base
+  // image and the RAM written to disk so the template stands on its own and
+  // outlives hostd, and the `template` file written last. The sandbox must
+  // be idle and held; the caller releases the hold. On failure no template
+  // is left. The template is restorable at once: pools
+  // (TemplateSpec::saved_dir) and launch::FromSavedTemplate find it by id.
+  void save_template(std::string id, TemplateInfo info, TemplateSaved done);
+  // Drops a deleted template's snapshot (VMs restored from it keep their
+  // own hold on its memory).
+  void forget_template(std::string template_id);
+  std::filesystem::path saved_templates_dir() const { return settings_.templates_dir / "saved"; }
 
   // Kills the VM of sandbox `id` if it runs and removes its files; answers
   // `sandbox` with vm_reclaimed (if it is set). Safe for an id without a VM.
@@ -223,6 +243,10 @@ private:
   boost::asio::awaitable<void> run_sandbox_vm(std::string id, SandboxSpec spec, LaunchPlan plan,
                                               sandbox_actor sandbox);
   boost::asio::awaitable<void> run_template(TemplateSpec spec, pool_actor pool);
+  // A saved template's check, as the base template's (run_template).
+  boost::asio::awaitable<void> check_saved_template(TemplateSpec spec, pool_actor pool);
+  boost::asio::awaitable<Result<std::shared_ptr<const vmm::Snapshot>>>
+  open_saved_template(const std::string& template_id);
   boost::asio::awaitable<Result<std::shared_ptr<const vmm::Snapshot>>>
   build_template(const TemplateSpec& spec);
   boost::asio::awaitable<void> run_pool_vm(std::string key, std::string pool_vm_id,
@@ -245,6 +269,16 @@ private:
   // manifest updated, `space` file written, directory moved into place.
   boost::asio::awaitable<Result<void>> finish_space(const vmm::Snapshot& saved, SpaceInfo& space);
   boost::asio::awaitable<void> run_open_space(SpaceInfo space, SpaceOpened done);
+  boost::asio::awaitable<void> run_save_template(std::string id, TemplateInfo info,
+                                                 TemplateSaved done);
+  // Makes a fork snapshot a saved template's: its disk rebased onto the
+  // base image, its RAM written to `memory_file` (which `saved` then names),
+  // checksums and manifest written; fills in the sizes.
+  boost::asio::awaitable<Result<void>> make_standalone(vmm::Snapshot& saved, TemplateInfo& info,
+                                                       const std::filesystem::path& memory_file);
+  boost::asio::awaitable<Result<std::optional<Acquired>>>
+  restore_saved_template(const std::string& id, const SandboxSpec& spec,
+                         const std::string& template_id, Acquired got);
   boost::asio::awaitable<void> watch_exit(std::shared_ptr<vmm::Vm> vm,
                                           std::shared_ptr<ExitTarget> target);
   vmm::VmConfig vm_config(const std::string& id, std::uint32_t vcpus, std::uint32_t memory_mib,

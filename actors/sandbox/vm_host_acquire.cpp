@@ -159,6 +159,15 @@ VmHost::acquire(const std::string& id, const SandboxSpec& spec, const LaunchPlan
     }
     template_key = pooled->template_key;
   }
+  if (auto* saved = std::get_if<launch::FromSavedTemplate>(&plan);
+      saved && !saved->pool_vm_id.empty()) {
+    auto adopted = co_await adopt_pool_vm(saved->pool_vm_id, spec);
+    if (!adopted) co_return std::move(adopted).error();
+    if (*adopted) {
+      (*adopted)->vm->label(id);
+      co_return std::move(**adopted);
+    }
+  }
   // Any other VM gets a network slot of its own, held by run_sandbox_vm
   // until the VM's process has exited, so the slot's tap is free when it is
   // released.
@@ -171,6 +180,13 @@ VmHost::acquire(const std::string& id, const SandboxSpec& spec, const LaunchPlan
     co_return co_await restore_fork_child(id, spec, fork->base_id, std::move(got));
   if (auto* space = std::get_if<launch::FromSpace>(&plan))
     co_return co_await resume_space(id, space->space_id, std::move(got));
+  if (auto* saved = std::get_if<launch::FromSavedTemplate>(&plan)) {
+    auto restored = co_await restore_saved_template(id, spec, saved->template_id, std::move(got));
+    if (!restored) co_return std::move(restored).error();
+    if (!*restored)
+      co_return Error::of(ErrorKind::not_found, "template " + saved->template_id + " is gone");
+    co_return std::move(**restored);
+  }
   if (auto* from_template = std::get_if<launch::FromTemplate>(&plan))
     template_key = from_template->template_key;
   if (!template_key.empty()) {

@@ -40,6 +40,11 @@ asio::awaitable<void> VmHost::run_template(TemplateSpec spec, pool_actor pool) {
                        ": " + ec.message());
     co_return;
   }
+  // A saved template is only ever checked, never built.
+  if (!spec.saved_dir.empty()) {
+    co_await check_saved_template(std::move(spec), std::move(pool));
+    co_return;
+  }
   // Another hostd sharing templates_dir may be building this template right
   // now: wait for it rather than build the same files twice.
   const auto lock_path = settings_.templates_dir / (spec.key + ".lock");

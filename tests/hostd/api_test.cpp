@@ -179,7 +179,7 @@ TEST_F(ApiTest, BadInputGetsA400NamingTheProblemAndTheServerCarriesOn) {
       {R"({"memory_mib": 512, "colour": "blue"})", "colour"},
       {R"({"vcpus": 99})", "vcpus"},
       {R"({"memory_mib": 16})", "memory_mib"},
-      {R"({"template": "windows"})", "template"},
+      {R"({"template": "Windows 11"})", "template"},
       {R"([1, 2])", "invalid create request"},
   };
   for (const auto& c : cases) {
@@ -190,6 +190,10 @@ TEST_F(ApiTest, BadInputGetsA400NamingTheProblemAndTheServerCarriesOn) {
     EXPECT_NE(error.message().find(c.names), std::string::npos)
         << c.body << " -> " << error.message();
   }
+  // A well-formed name no key has saved (POST /v1/templates) is unknown.
+  auto unknown = http.request("POST", "/v1/sandboxes", R"({"template": "windows"})");
+  EXPECT_EQ(unknown.status, 404u) << unknown.body;
+  EXPECT_NE(error_of(unknown).message().find("GET /v1/templates"), std::string::npos);
   EXPECT_EQ(driver->boots_started, 0);
   EXPECT_EQ(http.request("GET", "/v1/sandboxes").status, 200u);
 }

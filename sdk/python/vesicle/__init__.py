@@ -36,6 +36,7 @@ from .errors import (
 from .execution import Execution, ExecutionError, Result
 from .sandbox import Sandbox
 from .space import Space
+from .template import Template
 
 __all__ = [
     "AuthenticationError",
@@ -60,6 +61,7 @@ __all__ = [
     "Space",
     "SpaceCorruptedError",
     "NodeUnavailableError",
+    "Template",
     "UnavailableError",
     "VesicleConnectionError",
     "VesicleError",

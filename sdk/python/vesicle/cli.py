@@ -2,9 +2,10 @@
 
 Sandboxes (create, get, ls, rm, fork, merge), code and files (exec, upload,
 download), Spaces (freeze, resume, spaces, space, rm-space), the host
-(health, capacity, templates, metrics) and, with an admin key, every key's
-sandboxes (admin ls, admin rm, admin exec). The commands live in
-_cli_sandboxes.py, _cli_code.py and _cli_host.py; output in _cli_output.py.
+(health, capacity, templates, metrics), saved templates (template build,
+save, list, delete) and, with an admin key, every key's sandboxes (admin
+ls, admin rm, admin exec). The commands live in _cli_sandboxes.py,
+_cli_code.py, _cli_host.py and _cli_templates.py; output in _cli_output.py.
 
 Configuration comes from VESICLE_URL and VESICLE_API_KEY (or --url). Every
 failure prints `vesicle: <message>` to stderr and exits 1 (2 for a usage
@@ -20,7 +21,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from . import _cli_code, _cli_host, _cli_sandboxes, _config
+from . import _cli_code, _cli_host, _cli_sandboxes, _cli_templates, _config
 from ._cli_output import report_error
 from ._version import __version__
 from .errors import VesicleError
@@ -111,6 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     _cli_sandboxes.register(sub, common)
     _cli_code.register(sub, common)
     _cli_host.register(sub, common)
+    _cli_templates.register(sub, common)
     return parser
 
 

@@ -9,6 +9,7 @@ from ._http import Transport
 from .errors import ProtocolError
 from .sandbox import Sandbox
 from .space import Space, space_id_of, space_path, spaces_from_list
+from .template import Template, template_name_of, template_path, templates_from_list
 
 
 class Client:
@@ -70,6 +71,28 @@ class Client:
         """Delete a Space and its files (NotFoundError if the key has no such Space)."""
         space_id = space_id_of(space)
         self._transport.json("DELETE", space_path(space_id), what=f"deleting Space {space_id}")
+
+    def templates(self) -> List[Template]:
+        """The templates this key can use (its own and global ones), oldest first."""
+        doc = self._transport.json("GET", "/v1/templates", what="listing templates")
+        return templates_from_list(doc)
+
+    def template_usage(self) -> Dict[str, Any]:
+        """What this key's own templates hold: {"count", "memory_bytes", "disk_bytes"}."""
+        doc = self._transport.json("GET", "/v1/templates", what="listing templates")
+        usage = doc.get("usage") if isinstance(doc, dict) else None
+        return usage if isinstance(usage, dict) else {}
+
+    def template(self, template: Union[Template, str]) -> Template:
+        """One template (NotFoundError if this key can neither see nor use it)."""
+        name = template_name_of(template)
+        doc = self._transport.json("GET", template_path(name), what=f"looking up template {name!r}")
+        return Template.from_json(doc)
+
+    def delete_template(self, template: Union[Template, str]) -> None:
+        """Delete one of this key's templates and its files."""
+        name = template_name_of(template)
+        self._transport.json("DELETE", template_path(name), what=f"deleting template {name!r}")
 
     def close(self) -> None:
         self._transport.close()

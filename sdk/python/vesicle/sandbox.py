@@ -12,6 +12,7 @@ from ._http import Transport
 from .errors import InvalidRequestError, NotFoundError, ProtocolError, SandboxClosedError
 from .execution import BytesCallback, ExecStream, Execution, ResultCallback, TextCallback
 from .space import Space, resume_body, space_id_of, space_path
+from .template import Template, save_body
 
 # A freeze writes the VM's memory to disk and a resume reads it back; under
 # TCG with a large guest either can take minutes without a byte on the wire,
@@ -498,6 +499,65 @@ class Sandbox:
         # What hostd's own object now says; refresh() would fetch the same.
         self.info = dict(self.info, state="frozen", space_id=space.space_id)
         return space.space_id
+
+    def save_template(
+        self,
+        name: str,
+        *,
+        global_: bool = False,
+        pool_size: Optional[int] = None,
+        recipe_hash: str = "",
+    ) -> Template:
+        """Save this sandbox's state (memory, processes, files) as the template `name`.
+
+        `Sandbox(template=name)` then starts new sandboxes from it, with the
+        packages, files and Python globals this one has now. This sandbox
+        runs on. The template is this API key's: another key gets
+        NotFoundError for it, unless an admin key saves it with
+        `global_=True`. `pool_size` VMs are kept restored from it, waiting
+        (default from hostd's configuration; 0: restore on demand). A name the
+        key already uses is a ConflictError (delete that template first).
+        Wait for running code to finish first: a save refuses a sandbox with
+        an exec in flight (ConflictError). Under TCG a save takes seconds.
+        """
+        self._check_open("save a template of")
+        doc = self._transport.json(
+            "POST",
+            "/v1/templates",
+            body=save_body(self.id, name, global_, recipe_hash, pool_size),
+            read_timeout=max(self._transport.config.timeout, SPACE_OP_TIMEOUT_S),
+            what=f"saving {self.id} as template {name!r}",
+        )
+        return Template.from_json(doc)
+
+    @classmethod
+    def templates(
+        cls,
+        *,
+        url: Optional[str] = None,
+        api_key: Optional[str] = None,
+        timeout: Optional[float] = None,
+    ) -> "List[Template]":
+        """The templates the API key can use (its own and global ones), oldest first."""
+        from .client import Client
+
+        with Client(url=url, api_key=api_key, timeout=timeout) as client:
+            return client.templates()
+
+    @classmethod
+    def delete_template(
+        cls,
+        name: "Union[Template, str]",
+        *,
+        url: Optional[str] = None,
+        api_key: Optional[str] = None,
+        timeout: Optional[float] = None,
+    ) -> None:
+        """Delete one of the key's templates (ConflictError while sandboxes made from it run)."""
+        from .client import Client
+
+        with Client(url=url, api_key=api_key, timeout=timeout) as client:
+            client.delete_template(name)
 
     # ---- lifetime -----------------------------------------------------------
 

@@ -1,0 +1,234 @@
+// VmHost, saved templates: a running sandbox saved as a named template (its
+// memory, processes and files) while it runs on, checking one at start,
+// restoring from one.
+#include "actors/sandbox/vm_host.hpp"
+
+#include <fcntl.h>
+#include <optional>
+#include <unistd.h>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <caf/send.hpp>
+
+#include "actors/sandbox/reaper.hpp"
+#include "actors/sandbox/template_store.hpp"
+#include "common/log.hpp"
+#include "common/unique_fd.hpp"
+#include "vmm/blocking.hpp"
+#include "vmm/process.hpp"
+#include "vmm/snapshot.hpp"
+
+namespace vesicle {
+
+namespace asio = boost::asio;
+namespace fs = std::filesystem;
+
+void VmHost::save_template(std::string id, TemplateInfo info, TemplateSaved done) {
+  asio::co_spawn(executor_, run_save_template(std::move(id), std::move(info), std::move(done)),
+                 asio::detached);
+}
+
+void VmHost::forget_template(std::string template_id) {
+  asio::post(executor_,
+             [this, template_id = std::move(template_id)] { templates_.erase(template_id); });
+}
+
+// The steps: a fork snapshot of the running VM (paused only while its
+// device state, disk and written pages are copied; the sandbox then runs on
+// untouched), its disk rebased onto the base image, its RAM written to the
+// template's memory file, the manifest, then the `template` file. Undo: the
+// directory goes (the VM never stopped being the sandbox's).
+asio::awaitable<void> VmHost::run_save_template(std::string id, TemplateInfo info,
+                                                TemplateSaved done) {
+  auto found = vms_.find(id);
+  if (found == vms_.end() || !found->second.vm->running()) {
+    done(Error::of(ErrorKind::conflict, "sandbox " + id + " has no running VM"));
+    co_return;
+  }
+  const std::string context = "saving sandbox " + id + " as template " + info.name;
+  const TemplateStore store(saved_templates_dir());
+  const auto dir = store.template_dir(info.template_id);
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (!ec) fs::permissions(store.dir(), fs::perms::owner_all, ec);
+  if (ec) {
+    done(Error{ec.value(), "create", dir.string(), {}, {}}.with_context(context));
+    co_return;
+  }
+  auto remove_dir = [dir] {
+    std::error_code ignored;
+    fs::remove_all(dir, ignored);
+  };
+  // A copy: it holds the VM and the fork snapshot its disk may stand on
+  // (which the saved disk stands on until its rebase) while this waits.
+  const SandboxVm source = found->second;
+  const auto started = std::chrono::steady_clock::now();
+  vmm::ForkSaveStats stats;
+  // Named, not temporaries inside the co_await: g++ 12 miscompiles those.
+  fs::path vm_dir = store.vm_dir(info.template_id);
+  const fs::path memory_file = store.memory_file(info.template_id);
+  auto saved = co_await source.vm->save_fork_snapshot(std::move(vm_dir), &stats);
+  if (!saved) {
+    co_await vmm::run_blocking(remove_dir);
+    done(std::move(saved).error().with_context(context));
+    co_return;
+  }
+  const auto saved_at = std::chrono::steady_clock::now();
+  info.vcpus = saved->vcpus;
+  info.memory_mib = saved->memory_mib;
+  info.images_fingerprint = images_fingerprint_;
+  info.created_at_ms = unix_now_ms();
+  vmm::Snapshot snapshot = std::move(saved.value());
+  Result<void> committed = co_await make_standalone(snapshot, info, memory_file);
+  if (committed) committed = store.commit(info);
+  if (!committed) {
+    co_await vmm::run_blocking(remove_dir);
+    done(std::move(committed).error().with_context(context));
+    co_return;
+  }
+  templates_[info.template_id] = std::make_shared<const vmm::Snapshot>(std::move(snapshot));
+  const auto ms = [](auto duration) {
+    return std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(duration).count());
+  };
+  log::info("sandbox saved as a template",
+            {{"sandbox", id},
+             {"template", info.template_id},
+             {"name", info.name},
+             {"key", info.owner},
+             {"paused_ms", ms(stats.paused)},
+             {"save_ms", ms(saved_at - started)},
+             {"write_ms", ms(std::chrono::steady_clock::now() - saved_at)},
+             {"memory_mib", info.memory_bytes >> 20},
+             {"disk_mib", info.disk_bytes >> 20}});
+  done(std::move(info));
+}
+
+namespace {
+
+Result<void> fsync_file(const fs::path& path) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return sys_error("open", path.string());
+  if (::fsync(fd.get()) != 0) return sys_error("fsync", path.string());
+  return {};
+}
+
+// What a fork snapshot keeps in memory only, put on disk to outlive hostd:
+// its RAM in `memory_file`, checksums of the three files, fsynced, then the
+// manifest (which vmm::open_snapshot checks at the next start). Blocking.
+Result<vmm::snapshot::Manifest> persist(const vmm::Snapshot& saved, const fs::path& memory_file) {
+  namespace snapshot = vmm::snapshot;
+  snapshot::Manifest manifest;
+  manifest.vcpus = saved.vcpus;
+  manifest.memory_mib = saved.memory_mib;
+  manifest.accel = saved.accel;
+  manifest.network = saved.network;
+  manifest.kernel = saved.images.kernel;
+  manifest.initrd = saved.images.initrd;
+  manifest.base_disk = saved.images.base_disk;
+  manifest.cmdline = saved.kernel_cmdline;
+  manifest.memory_file = memory_file;
+  auto state = snapshot::digest_file(saved.device_state());
+  if (!state) return std::move(state).error();
+  auto disk = snapshot::digest_file(saved.disk);
+  if (!disk) return std::move(disk).error();
+  if (auto written = saved.memory->write_to(memory_file); !written) return written.error();
+  auto memory = snapshot::digest_sparse_file(saved.memory->path());
+  if (!memory) return std::move(memory).error();
+  manifest.state = std::move(state).value();
+  manifest.disk = std::move(disk).value();
+  manifest.memory = std::move(memory).value();
+  for (const auto& path : {saved.device_state(), saved.disk})
+    if (auto synced = fsync_file(path); !synced) return synced.error();
+  if (auto written =
+          snapshot::write_file_atomically(saved.manifest(), snapshot::format_manifest(manifest));
+      !written)
+    return written.error();
+  return manifest;
+}
+
+} // namespace
+
+asio::awaitable<Result<void>> VmHost::make_standalone(vmm::Snapshot& saved, TemplateInfo& info,
+                                                      const fs::path& memory_file) {
+  namespace snapshot = vmm::snapshot;
+  const auto base = fs::absolute(vmm::GuestImages::in(settings_.images_dir).base_disk);
+  // The disk is an overlay on what the sandbox's disk stands on: the base
+  // template's or a fork snapshot's disk (one rebuilt when it fails its
+  // check, the other gone with its family). Rebased onto the base image,
+  // the template outlives both.
+  auto backing = snapshot::qcow2_backing_file(saved.disk);
+  if (!backing) co_return std::move(backing).error();
+  if (!backing->empty() && fs::absolute(*backing) != base) {
+    vmm::detail::SpawnOptions rebase;
+    rebase.argv = {"qemu-img", "rebase",      "-q", "-f",  "qcow2",
+                   "-b",       base.string(), "-F", "raw", saved.disk.string()};
+    rebase.output = saved.dir.parent_path() / "rebase.log";
+    auto rebased = co_await vmm::detail::run_helper(executor_, std::move(rebase));
+    if (!rebased)
+      co_return std::move(rebased).error().with_context("rebasing the disk onto " + base.string());
+    std::error_code ignored;
+    fs::remove(saved.dir.parent_path() / "rebase.log", ignored);
+  }
+  // Off the executor: hashing reads every byte.
+  auto write = [&saved, memory_file] { return persist(saved, memory_file); };
+  auto manifest = co_await vmm::run_blocking(write);
+  if (!manifest) co_return std::move(manifest).error();
+  saved.memory_file = memory_file;
+  info.memory_bytes = manifest->memory.data_bytes;
+  info.state_bytes = manifest->state.size;
+  info.disk_bytes = manifest->disk.size;
+  co_return Result<void>{};
+}
+
+// Reads and checks a saved template's snapshot (off the executor: it
+// hashes every byte), once; later calls find it in templates_.
+asio::awaitable<Result<std::shared_ptr<const vmm::Snapshot>>>
+VmHost::open_saved_template(const std::string& template_id) {
+  if (auto found = templates_.find(template_id); found != templates_.end()) co_return found->second;
+  const fs::path dir = TemplateStore(saved_templates_dir()).vm_dir(template_id);
+  auto check = [dir]() -> asio::awaitable<std::optional<Result<vmm::Snapshot>>> {
+    co_return vmm::open_snapshot(dir);
+  };
+  auto checked = co_await asio::co_spawn(checker_.get_executor(), check, asio::use_awaitable);
+  auto& opened = *checked;
+  std::string refused;
+  if (!opened)
+    refused = opened.error().message();
+  else if (opened->network != (network_ != nullptr))
+    refused = opened->network ? "it was saved with a network device and this hostd runs "
+                                "without networking"
+                              : "it was saved without a network device and this hostd gives "
+                                "every VM one";
+  if (!refused.empty())
+    co_return Error::of(ErrorKind::corrupted, "saved template " + template_id + " is not usable: " +
+                                                  refused + "; delete it and save it again");
+  // Another call may have opened it meanwhile: keep the first.
+  auto entry = templates_.emplace(template_id,
+                                  std::make_shared<const vmm::Snapshot>(std::move(opened.value())));
+  co_return entry.first->second;
+}
+
+asio::awaitable<void> VmHost::check_saved_template(TemplateSpec spec, pool_actor pool) {
+  auto opened = co_await open_saved_template(spec.key);
+  if (!opened) {
+    caf::anon_send(pool, template_atom::value, false, opened.error().message());
+    co_return;
+  }
+  caf::anon_send(pool, template_atom::value, true, "template " + spec.key + " checked");
+}
+
+asio::awaitable<Result<std::optional<VmHost::Acquired>>>
+VmHost::restore_saved_template(const std::string& id, const SandboxSpec& spec,
+                               const std::string& template_id, Acquired got) {
+  // A create right after hostd's start may come before the pool's check.
+  auto opened = co_await open_saved_template(template_id);
+  if (!opened) co_return std::move(opened).error();
+  auto restored = co_await restore_template(id, spec, template_id, std::move(got));
+  if (restored && *restored) (*restored)->source = "template";
+  co_return restored;
+}
+
+} // namespace vesicle
