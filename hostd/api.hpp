@@ -120,8 +120,10 @@ private:
                                                         const std::string& id, std::uint32_t n);
   asio::awaitable<Result<SpaceInfo>> freeze_sandbox(const std::string& owner,
                                                     const std::string& id);
+  // `secrets`: the values for the Space's secret_hosts (none when it has none).
   asio::awaitable<Result<SandboxInfo>> resume_space(const std::string& owner,
-                                                    const std::string& space_id, bool persistent);
+                                                    const std::string& space_id, bool persistent,
+                                                    SecretValues secrets = {});
   // Runs a cell or command to its end, events to `sink` (api_exec.cpp).
   asio::awaitable<Result<guest::Exit>> run_exec(const std::string& owner, const std::string& id,
                                                 const api::ExecRequest& request,
