@@ -83,6 +83,8 @@ template <class Message> void set_spec_fields(Message& out, const SandboxSpec& s
   out.set_disk_mib(spec.disk_mib);
   out.set_idle_timeout_s(spec.idle_timeout_s);
   out.set_max_lifetime_s(spec.max_lifetime_s);
+  for (const auto& host : spec.secret_hosts)
+    out.add_secret_hosts(host);
 }
 
 } // namespace

@@ -127,8 +127,10 @@ private:
                                                         const std::string& id, std::uint32_t n);
   asio::awaitable<Result<SpaceInfo>> freeze_sandbox(const std::string& owner,
                                                     const std::string& id);
+  // `secrets`: the values for the Space's secret_hosts (none when it has none).
   asio::awaitable<Result<SandboxInfo>> resume_space(const std::string& owner,
-                                                    const std::string& space_id, bool persistent);
+                                                    const std::string& space_id, bool persistent,
+                                                    SecretValues secrets = {});
   // Saves sandbox `sandbox_id` (owner's) as a template owned by `owner`
   // (api_templates.cpp); the sandbox runs on. A create from it is
   // create_sandbox with request.template = its name.

@@ -41,8 +41,12 @@ Result<SandboxSpec> sandbox_spec(const api::CreateSandboxRequest& request,
                                "\"; ask a gateway, which routes by region");
   auto egress = egress_spec(request, config);
   if (!egress) return egress.error();
+  auto secrets = secret_values(request.secrets(), &egress->allow, config);
+  if (!secrets) return secrets.error();
   spec.egress = egress->egress;
   spec.egress_allow = std::move(egress->allow);
+  spec.secrets = std::move(secrets.value());
+  spec.secret_hosts = spec.secrets.hosts();
   spec.persistent = request.persistent();
   spec.vcpus = request.has_vcpus() ? request.vcpus() : config.default_vcpus();
   if (spec.vcpus < 1 || spec.vcpus > config.max_vcpus())

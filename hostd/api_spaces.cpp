@@ -4,6 +4,7 @@
 #include "common/log.hpp"
 #include "hostd/api.hpp"
 #include "hostd/json.hpp"
+#include "hostd/network.hpp"
 
 namespace vesicle::hostd {
 
@@ -65,21 +66,24 @@ asio::awaitable<void> Api::resume(Exchange& exchange, const std::string& owner,
           ErrorKind::invalid_argument, "invalid resume request: " + parsed.error().detail));
   }
   const bool persistent = request.has_persistent() && request.persistent();
-  auto resumed = co_await resume_space(owner, space_id, persistent);
+  auto secrets = secret_values(request.secrets(), nullptr, ctx_.config);
+  if (!secrets) co_return co_await exchange.respond_error(secrets.error());
+  auto resumed = co_await resume_space(owner, space_id, persistent, std::move(*secrets));
   if (!resumed) co_return co_await exchange.respond_error(resumed.error());
   co_await exchange.respond(201, to_json(to_api(*resumed, ctx_.vms.accel())));
 }
 
 // Answers once the new sandbox is ready (the Space is checked, then
 // resumed), or with why not; a refused Space is kept.
-asio::awaitable<Result<SandboxInfo>>
-Api::resume_space(const std::string& owner, const std::string& space_id, bool persistent) {
+asio::awaitable<Result<SandboxInfo>> Api::resume_space(const std::string& owner,
+                                                       const std::string& space_id, bool persistent,
+                                                       SecretValues secrets) {
   // The resumed sandbox counts against the key's concurrency cap.
   const std::uint32_t max_concurrent = tier_caps(ctx_.keys, ctx_.config, owner).max_concurrent();
   const auto started = std::chrono::steady_clock::now();
   auto resumed =
       co_await ask<SandboxInfo>(ctx_.system, ctx_.registry, ctx_.create_timeout, resume_atom::value,
-                                owner, space_id, persistent, max_concurrent);
+                                owner, space_id, persistent, max_concurrent, secrets);
   const std::chrono::duration<double> took = std::chrono::steady_clock::now() - started;
   metrics_.resume_seconds.record(resumed ? "ok" : "failed", took.count());
   if (!resumed) co_return to_error(resumed.error());

@@ -1,5 +1,9 @@
 #include "hostd/network.hpp"
 
+#include <algorithm>
+#include <map>
+#include <memory>
+
 #include "net/allowlist.hpp"
 #include "net/egress.hpp"
 
@@ -10,6 +14,11 @@ namespace {
 // More names than this is a configuration mistake, and each costs the DNS
 // forwarder a comparison per query.
 constexpr int kMaxAllowlist = 64;
+// Secrets are API credentials: a few hosts, a few headers, a few KiB each.
+// More is a mistake, and every request to a granted host carries them.
+constexpr std::size_t kMaxSecretHosts = 16;
+constexpr std::size_t kMaxSecretHeaders = 16;
+constexpr std::size_t kMaxSecretValueBytes = 8192;
 
 Error bad_field(const std::string& field, const std::string& value, const std::string& detail) {
   return make_error("check configuration", detail, "network." + field + " = \"" + value + "\"");
@@ -35,6 +44,7 @@ void apply_network_defaults(config::HostdConfig& config) {
     n.set_proxy_max_connections(static_cast<uint32_t>(defaults.proxy_max_connections));
   if (n.proxy_idle_timeout_s() == 0)
     n.set_proxy_idle_timeout_s(static_cast<uint32_t>(defaults.proxy_idle_timeout.count()));
+  if (n.secrets_ca_dir().empty()) n.set_secrets_ca_dir(config.state_dir() + "/egress-ca");
 }
 
 Result<std::optional<net::BridgeConfig>> bridge_config(const config::HostdConfig& config) {
@@ -80,6 +90,8 @@ Result<std::optional<net::BridgeConfig>> bridge_config(const config::HostdConfig
   if (n.proxy_max_connections() > 0) bridge.proxy_max_connections = n.proxy_max_connections();
   if (n.proxy_idle_timeout_s() > 0)
     bridge.proxy_idle_timeout = std::chrono::seconds(n.proxy_idle_timeout_s());
+  bridge.secrets_ca_dir = n.secrets_ca_dir();
+  bridge.upstream_extra_ca = n.upstream_extra_ca();
   if (n.default_egress() != "open" && n.default_egress() != "off")
     return bad_field("default_egress", n.default_egress(), "must be \"open\" or \"off\"");
   if (n.default_egress() == "open" && n.uplink().empty())
@@ -93,6 +105,59 @@ Result<std::optional<net::BridgeConfig>> bridge_config(const config::HostdConfig
   bridge.max_pooled = std::min<std::size_t>(n.max_pooled(), n.max_slots());
   if (auto valid = bridge.validate(); !valid) return std::move(valid).error();
   return std::optional<net::BridgeConfig>(std::move(bridge));
+}
+
+Result<SecretValues> secret_values(const SecretsField& secrets,
+                                   const std::vector<std::string>* allow,
+                                   const config::HostdConfig& config) {
+  if (secrets.empty()) return SecretValues{};
+  auto refuse = [](const std::string& why) {
+    return Error::of(ErrorKind::invalid_argument, "secrets: " + why);
+  };
+  if (!config.has_network() || config.network().secrets_ca_dir().empty())
+    return refuse("this host has no sandbox network (or no network.secrets_ca_dir), so it "
+                  "cannot set headers on a sandbox's requests; create without secrets, or have "
+                  "the operator configure the network section");
+  if (allow && allow->empty())
+    return refuse("a sandbox with secrets needs an allowlist: add each of their hosts to "
+                  "egress_allow (open egress would let the sandbox send its requests elsewhere)");
+  if (secrets.size() > kMaxSecretHosts)
+    return refuse("at most " + std::to_string(kMaxSecretHosts) + " hosts, got " +
+                  std::to_string(secrets.size()));
+  net::SecretGrants grants;
+  for (const auto& [host, headers] : secrets) {
+    if (headers.fields().empty())
+      return refuse("\"" + host + "\" has no headers; give {\"Header-Name\": \"value\"}");
+    if (headers.fields_size() > static_cast<int>(kMaxSecretHeaders))
+      return refuse("\"" + host + "\": at most " + std::to_string(kMaxSecretHeaders) +
+                    " headers per host");
+    auto& fields = grants[host];
+    for (const auto& [name, value] : headers.fields()) {
+      const std::string where = "\"" + host + "\" header \"" + name + "\"";
+      if (value.kind_case() != google::protobuf::Value::kStringValue)
+        return refuse(where + ": the value must be a string");
+      if (value.string_value().size() > kMaxSecretValueBytes)
+        return refuse(where + ": the value is longer than " + std::to_string(kMaxSecretValueBytes) +
+                      " bytes");
+      fields.push_back({name, value.string_value()});
+    }
+    // The Struct's map has no order: sorted, so equal grants compare equal.
+    std::sort(fields.begin(), fields.end(),
+              [](const auto& a, const auto& b) { return a.name < b.name; });
+  }
+  // A resume's hosts are checked as names only: each allows itself.
+  std::vector<std::string> names = net::granted_names(grants);
+  auto checked = net::check_secret_grants(grants, allow ? *allow : names);
+  if (!checked) return refuse(checked.error().message());
+  auto values = std::make_shared<std::map<std::string, SecretValues::Headers>>();
+  for (auto& [host, fields] : *checked) {
+    auto& out = (*values)[host];
+    for (auto& field : fields)
+      out.emplace_back(std::move(field.name), std::move(field.value));
+  }
+  SecretValues result;
+  result.grants = std::move(values);
+  return result;
 }
 
 const char* egress_mode(bool egress, const std::vector<std::string>& allow) {

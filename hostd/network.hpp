@@ -10,6 +10,7 @@
 #include "common/result.hpp"
 #include "hostd/api_error.hpp"
 #include "messages/api.pb.h"
+#include "messages/caf_types.hpp"
 #include "messages/config.pb.h"
 #include "net/bridge.hpp"
 
@@ -32,6 +33,17 @@ struct EgressSpec {
 // (saying what to configure).
 Result<EgressSpec> egress_spec(const api::CreateSandboxRequest& request,
                                const config::HostdConfig& config);
+
+using SecretsField = google::protobuf::Map<std::string, google::protobuf::Struct>;
+
+// The secrets of a create (or a resume), checked: a 400 naming the host and
+// header that are wrong, never a value. `allow` is the sandbox's allowlist,
+// which must allow each host; null on a resume, whose Space's hosts were
+// checked against its allowlist when the sandbox was made (the registry
+// then compares the hosts with the Space's).
+Result<SecretValues> secret_values(const SecretsField& secrets,
+                                   const std::vector<std::string>* allow,
+                                   const config::HostdConfig& config);
 
 // "off", "open" or "allowlist".
 const char* egress_mode(bool egress, const std::vector<std::string>& allow);

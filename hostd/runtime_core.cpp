@@ -147,8 +147,9 @@ Result<void> RuntimeCore::start_network() {
         "setting up sandbox networking (the network section of the configuration)");
   if (const auto& reclaimed = (*manager)->reclaimed_at_start(); !reclaimed.empty())
     log::warn("removed network leftovers of an earlier run", {{"what", reclaimed.describe()}});
+  std::string egress_ca = (*manager)->egress_ca_pem();
   bridge_ = net::spawn_bridge(system_, std::move(manager.value()));
-  vms_.attach_network(std::make_shared<net::NetworkLeases>(system_, bridge_));
+  vms_.attach_network(std::make_shared<net::NetworkLeases>(system_, bridge_), std::move(egress_ca));
   return {};
 }
 

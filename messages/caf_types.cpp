@@ -40,7 +40,16 @@ std::string error_message(const caf::error& error) {
   return {};
 }
 
+std::vector<std::string> SecretValues::hosts() const {
+  std::vector<std::string> names;
+  if (grants)
+    for (const auto& [host, headers] : *grants)
+      names.push_back(host);
+  return names; // a std::map's keys: sorted
+}
+
 void register_caf_types(caf::actor_system_config& config) {
+  config.add_message_type<SecretValues>("vesicle.SecretValues");
   config.add_message_type<SandboxSpec>("vesicle.SandboxSpec");
   // Also registers std::vector<SandboxInfo> (SandboxInfoList).
   config.add_message_type<SandboxInfo>("vesicle.SandboxInfo");

@@ -5,7 +5,10 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
+#include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <caf/actor_system_config.hpp>
@@ -93,6 +96,29 @@ enum class SandboxState : std::uint8_t {
 };
 const char* to_string(SandboxState state);
 
+// Secret HTTP headers by exact host name, which hostd's egress proxy sets on
+// the sandbox's requests to that host (net/secrets.hpp). Only hostd's memory
+// holds the values: inspect() below writes none of them, so no log line,
+// to_string or serialized message carries one (a copy sent to another
+// process arrives empty). Shared, so copies of a spec do not copy the bytes.
+struct SecretValues {
+  using Headers = std::vector<std::pair<std::string, std::string>>; // name, value
+  std::shared_ptr<const std::map<std::string, Headers>> grants;
+
+  bool empty() const { return !grants || grants->empty(); }
+  // The host names, sorted (what a Space and GET show).
+  std::vector<std::string> hosts() const;
+};
+
+template <class Inspector> typename Inspector::result_type inspect(Inspector& f, SecretValues&) {
+  return f(caf::meta::type_name("vesicle.SecretValues"));
+}
+
+inline bool operator==(const SecretValues& a, const SecretValues& b) {
+  if (a.empty() || b.empty()) return a.empty() == b.empty();
+  return *a.grants == *b.grants;
+}
+
 // What a create asked for, after defaults and validation.
 struct SandboxSpec {
   std::string template_name = "default";
@@ -105,12 +131,16 @@ struct SandboxSpec {
   std::uint32_t idle_timeout_s = 300;
   std::uint32_t max_lifetime_s = 1800;
   std::string region;
+  // The hosts it holds secrets for (a Space keeps these, never the values)
+  // and, while it runs, the values.
+  std::vector<std::string> secret_hosts;
+  SecretValues secrets;
 };
 
 template <class Inspector> typename Inspector::result_type inspect(Inspector& f, SandboxSpec& x) {
   return f(caf::meta::type_name("vesicle.SandboxSpec"), x.template_name, x.egress, x.egress_allow,
            x.persistent, x.vcpus, x.memory_mib, x.disk_mib, x.idle_timeout_s, x.max_lifetime_s,
-           x.region);
+           x.region, x.secret_hosts, x.secrets);
 }
 
 // A sandbox as the registry and GET see it.
@@ -145,7 +175,7 @@ inline bool operator==(const SandboxSpec& a, const SandboxSpec& b) {
          a.egress_allow == b.egress_allow && a.persistent == b.persistent && a.vcpus == b.vcpus &&
          a.memory_mib == b.memory_mib && a.disk_mib == b.disk_mib &&
          a.idle_timeout_s == b.idle_timeout_s && a.max_lifetime_s == b.max_lifetime_s &&
-         a.region == b.region;
+         a.region == b.region && a.secret_hosts == b.secret_hosts && a.secrets == b.secrets;
 }
 
 struct CapacityInfo {

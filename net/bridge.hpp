@@ -174,7 +174,7 @@ public:
   BridgeStats stats() const;
   const BridgeConfig& config() const { return config_; }
   // The egress CA's certificate (PEM) that a sandbox with secrets must
-  // trust (hostd/guest_trust.hpp); empty without secrets_ca_dir.
+  // trust (actors/sandbox/guest_trust.hpp); empty without secrets_ca_dir.
   std::string egress_ca_pem() const {
     return interceptor_ ? interceptor_->ca().certificate_pem() : std::string();
   }

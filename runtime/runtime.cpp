@@ -210,7 +210,7 @@ public:
   asio::awaitable<Result<SandboxInfo>> resume(std::string space_id, bool persistent) {
     co_return co_await ask_registry<SandboxInfo>("resume", space_id, core.create_timeout(),
                                                  resume_atom::value, std::string(kOwner), space_id,
-                                                 persistent, kNoOwnerCap);
+                                                 persistent, kNoOwnerCap, SecretValues{});
   }
 
   asio::awaitable<Result<void>> destroy(std::string id) {

@@ -43,10 +43,10 @@ set_tests_properties(net_hostd_egress_test PROPERTIES RESOURCE_LOCK vesicle_netn
 vesicle_test(net_hostd_config_test SOURCES net/network_config_test.cpp LIBS vesicle_hostd
   LABEL unit)
 
-# The script hostd runs in a sandbox with secrets (hostd/guest_trust.cpp,
-# built here alone so the test needs none of hostd).
+# The script hostd runs in a sandbox with secrets (actors/sandbox/
+# guest_trust.cpp, built here alone so the test needs none of the actors).
 vesicle_test(net_guest_trust_test
-  SOURCES net/guest_trust_test.cpp ${PROJECT_SOURCE_DIR}/hostd/guest_trust.cpp
+  SOURCES net/guest_trust_test.cpp ${PROJECT_SOURCE_DIR}/actors/sandbox/guest_trust.cpp
   LIBS vesicle_net_logic LABEL unit)
 
 # Not a test: real-VM throughput through NAT and the allowlist proxy

@@ -791,6 +791,8 @@ public:
 
   asio::awaitable<Result<guest::Exit>> exec_bash(guest::ExecBash exec,
                                                  ExecEventSink sink) override {
+    for (const auto& [name, value] : bash_env_)
+      exec.mutable_env()->insert({name, value}); // the request's own value wins
     const std::uint32_t timeout_ms = exec.timeout_ms();
     const std::uint64_t output_bytes = output_budget(exec.max_output_bytes());
     exec.set_max_output_bytes(output_bytes);
@@ -926,9 +928,11 @@ public:
   void on_disconnect(DisconnectHandler handler) override {
     channel_->on_disconnect(std::move(handler));
   }
+  void set_bash_env(std::map<std::string, std::string> env) override { bash_env_ = std::move(env); }
 
 private:
   ChannelPtr channel_;
+  std::map<std::string, std::string> bash_env_;
 };
 
 } // namespace

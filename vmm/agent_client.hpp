@@ -21,6 +21,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -103,6 +104,10 @@ public:
                                                            ExecEventSink sink) = 0;
   virtual asio::awaitable<Result<guest::Exit>> exec_bash(guest::ExecBash request,
                                                          ExecEventSink sink) = 0;
+  // Variables every later exec_bash gets where its request does not set
+  // them (a sandbox with secrets: where its trusted CA bundle is). Not
+  // pure: a test fake ignores them.
+  virtual void set_bash_env(std::map<std::string, std::string> env) { (void)env; }
 
   virtual asio::awaitable<Result<std::unique_ptr<Upload>>>
   begin_upload(std::string path, std::uint32_t mode, bool make_parents) = 0;

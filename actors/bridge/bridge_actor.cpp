@@ -38,15 +38,30 @@ Result<void> from_caf(const caf::error& error, const char* doing) {
 
 } // namespace
 
-Result<EgressPolicy> egress_policy(bool egress, const std::vector<std::string>& allow) {
+Result<EgressPolicy> egress_policy(bool egress, const std::vector<std::string>& allow,
+                                   const SecretValues& secrets) {
   if (!egress) {
     if (!allow.empty())
       return make_error("check egress", "egress is off, so an allowlist would have no effect; "
                                         "send egress true (or leave it out) with egress_allow");
+    if (!secrets.empty())
+      return make_error("check egress", "egress is off, so secrets would have no effect");
     return EgressPolicy::off();
   }
-  if (allow.empty()) return EgressPolicy::open();
-  return EgressPolicy::allowlist(allow);
+  if (allow.empty()) {
+    if (!secrets.empty())
+      return make_error("check egress",
+                        "secrets need an allowlist (egress_allow) naming each of their hosts");
+    return EgressPolicy::open();
+  }
+  auto policy = EgressPolicy::allowlist(allow);
+  if (!policy || secrets.empty()) return policy;
+  for (const auto& [host, headers] : *secrets.grants) {
+    auto& fields = policy->secrets[host];
+    for (const auto& [name, value] : headers)
+      fields.push_back(HeaderField{name, value});
+  }
+  return policy;
 }
 
 bridge_actor spawn_bridge(caf::actor_system& system, std::unique_ptr<BridgeManager> manager) {
@@ -57,10 +72,10 @@ bridge_actor spawn_bridge(caf::actor_system& system, std::unique_ptr<BridgeManag
       [holder](bridge_actor::stateful_pointer<BridgeState> self) -> bridge_actor::behavior_type {
     self->state.manager = std::move(*holder);
     return {
-        [self](net_acquire_atom, bool egress,
-               const std::vector<std::string>& allow) -> caf::result<NetSlot> {
+        [self](net_acquire_atom, bool egress, const std::vector<std::string>& allow,
+               const SecretValues& secrets) -> caf::result<NetSlot> {
           auto& manager = *self->state.manager;
-          auto policy = egress_policy(egress, allow);
+          auto policy = egress_policy(egress, allow, secrets);
           if (!policy) return failure(ErrorKind::invalid_argument, policy.error());
           if (policy->mode != EgressMode::off && manager.config().uplink.empty())
             return make_error(ErrorKind::invalid_argument,
@@ -79,8 +94,9 @@ bridge_actor spawn_bridge(caf::actor_system& system, std::unique_ptr<BridgeManag
           return lent;
         },
         [self](net_egress_atom, std::uint32_t id, bool egress,
-               const std::vector<std::string>& allow) -> caf::result<done_atom> {
-          auto policy = egress_policy(egress, allow);
+               const std::vector<std::string>& allow,
+               const SecretValues& secrets) -> caf::result<done_atom> {
+          auto policy = egress_policy(egress, allow, secrets);
           if (!policy) {
             // Fail closed, as the manager does for its own failures: the
             // slot must not keep the egress of whoever held it before.
@@ -116,28 +132,33 @@ vmm::NetworkAttachment NetworkLease::attachment() const {
   return attachment; // the MAC: the default, the same in every slot
 }
 
-boost::asio::awaitable<Result<void>>
-NetworkLease::set_egress(caf::actor_system& system, bool egress, std::vector<std::string> allow) {
+boost::asio::awaitable<Result<void>> NetworkLease::set_egress(caf::actor_system& system,
+                                                              bool egress,
+                                                              std::vector<std::string> allow,
+                                                              SecretValues secrets) {
   // Off until it is known to be in force: a failed change leaves it off.
   egress_ = false;
   allow_.clear();
+  secrets_ = {};
   auto done = co_await ask<done_atom>(system, bridge_, kRequestTimeout, net_egress_atom::value,
-                                      slot_.id, egress, allow);
+                                      slot_.id, egress, allow, secrets);
   if (!done) co_return from_caf(done.error(), "set the sandbox's egress");
   egress_ = egress;
   allow_ = std::move(allow);
+  secrets_ = std::move(secrets);
   co_return Result<void>{};
 }
 
 boost::asio::awaitable<Result<std::unique_ptr<NetworkLease>>>
-NetworkLeases::acquire(bool egress, std::vector<std::string> allow) {
+NetworkLeases::acquire(bool egress, std::vector<std::string> allow, SecretValues secrets) {
   auto slot = co_await ask<NetSlot>(system_, bridge_, kRequestTimeout, net_acquire_atom::value,
-                                    egress, allow);
+                                    egress, allow, secrets);
   if (!slot) {
     auto failed = from_caf(slot.error(), "acquire a network slot");
     co_return std::move(failed).error();
   }
-  co_return std::make_unique<NetworkLease>(bridge_, *slot, egress, std::move(allow));
+  co_return std::make_unique<NetworkLease>(bridge_, *slot, egress, std::move(allow),
+                                           std::move(secrets));
 }
 
 } // namespace vesicle::net

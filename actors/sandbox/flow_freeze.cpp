@@ -36,6 +36,7 @@ void freeze_flow(registry_pointer self, const std::string& id, std::string reaso
   space.owner = record.info.owner;
   space.sandbox_id = id;
   space.spec = record.info.spec;
+  space.spec.secrets = {}; // a Space keeps the hosts, never the values
   space.created_at_ms = record.info.created_at_ms;
   space.reason = std::move(reason);
 

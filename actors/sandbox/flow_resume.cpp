@@ -33,13 +33,43 @@ caf::expected<SpaceInfo> owned_space(registry_pointer self, const std::string& o
                                               space_id + " removes it)");
 }
 
+namespace {
+
+std::string joined(const std::vector<std::string>& names) {
+  std::string out;
+  for (const auto& name : names)
+    out += (out.empty() ? "" : ", ") + name;
+  return out;
+}
+
+std::string secrets_mismatch(const SpaceInfo& space, const SecretValues& given) {
+  const auto& kept = space.spec.secret_hosts;
+  if (kept.empty())
+    return "secrets: Space " + space.space_id +
+           " was frozen from a sandbox without secrets; resume it without them";
+  std::string text = "secrets: Space " + space.space_id +
+                     " was frozen from a sandbox with "
+                     "secrets for " +
+                     joined(kept) +
+                     "; a Space keeps only those names, so "
+                     "resume it with secrets for exactly them";
+  if (!given.empty()) text += " (given: " + joined(given.hosts()) + ")";
+  return text;
+}
+
+} // namespace
+
 caf::result<SandboxInfo> resume_flow(registry_pointer self, const std::string& owner,
                                      const std::string& space_id, bool persistent,
-                                     std::uint32_t max_concurrent) {
+                                     std::uint32_t max_concurrent, const SecretValues& secrets) {
   // Admit.
   if (self->state.shutting_down) return shutting_down();
   auto space = owned_space(self, owner, space_id);
   if (!space) return std::move(space.error());
+  // A Space keeps only the hosts its sandbox held secrets for: the caller
+  // gives the values again, for exactly those hosts.
+  if (secrets.hosts() != space->spec.secret_hosts)
+    return make_error(ErrorKind::invalid_argument, secrets_mismatch(*space, secrets));
   if (self->state.spaces->claimed(space_id))
     return make_error(ErrorKind::conflict,
                       "Space " + space_id + " is being resumed right now; a Space resumes once");
@@ -55,6 +85,7 @@ caf::result<SandboxInfo> resume_flow(registry_pointer self, const std::string& o
   info.owner = owner;
   info.spec = space->spec;
   info.spec.persistent = persistent;
+  info.spec.secrets = secrets;
   info.created_at_ms = unix_now_ms();
   info.source = "space";
   info.resumed_from = space_id;

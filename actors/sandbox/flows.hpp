@@ -44,7 +44,7 @@ caf::result<SpaceInfo> freeze_request(registry_pointer self, const std::string& 
 // flow_resume.cpp: a new sandbox running a Space's VM; the Space's files.
 caf::result<SandboxInfo> resume_flow(registry_pointer self, const std::string& owner,
                                      const std::string& space_id, bool persistent,
-                                     std::uint32_t max_concurrent);
+                                     std::uint32_t max_concurrent, const SecretValues& secrets);
 caf::expected<SpaceInfo> owned_space(registry_pointer self, const std::string& owner,
                                      const std::string& space_id);
 caf::result<done_atom> delete_space(registry_pointer self, const std::string& owner,

@@ -123,8 +123,8 @@ registry_actor::behavior_type registry_behavior(registry_pointer self, VmHost* v
         return freeze_request(self, owner, id);
       },
       [=](resume_atom, const std::string& owner, const std::string& space_id, bool persistent,
-          std::uint32_t max_concurrent) {
-        return resume_flow(self, owner, space_id, persistent, max_concurrent);
+          std::uint32_t max_concurrent, const SecretValues& secrets) {
+        return resume_flow(self, owner, space_id, persistent, max_concurrent, secrets);
       },
       [=](spaces_atom, const std::string& owner) -> SpaceInfoList {
         if (!self->state.spaces) return {};

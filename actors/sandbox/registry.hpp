@@ -61,11 +61,14 @@ using registry_actor = caf::typed_actor<
     // saved into; the sandbox stays listed, state frozen, until DELETE.
     // The sandbox must be ready with nothing running (failed_precondition).
     caf::replies_to<freeze_atom, std::string, std::string>::with<SpaceInfo>,
-    // owner, space id, persistent, the owner's concurrency cap -> a new
-    // sandbox running the Space's VM as it was frozen; the Space is then
-    // gone. not_found (not the owner's), space_corrupted (it fails its
-    // checks: kept), no_capacity, quota_exceeded.
-    caf::replies_to<resume_atom, std::string, std::string, bool, std::uint32_t>::with<SandboxInfo>,
+    // owner, space id, persistent, the owner's concurrency cap, the
+    // secrets of the Space's secret_hosts -> a new sandbox running the
+    // Space's VM as it was frozen; the Space is then gone. not_found (not
+    // the owner's), space_corrupted (it fails its checks: kept),
+    // no_capacity, quota_exceeded, invalid_argument (secrets for other
+    // hosts than the Space's).
+    caf::replies_to<resume_atom, std::string, std::string, bool, std::uint32_t,
+                    SecretValues>::with<SandboxInfo>,
     // owner -> the owner's Spaces; owner, id -> one; owner, id -> deleted
     caf::replies_to<spaces_atom, std::string>::with<SpaceInfoList>,
     caf::replies_to<space_atom, std::string, std::string>::with<SpaceInfo>,

@@ -49,6 +49,8 @@ std::string format_space(const SpaceInfo& space) {
   out << "egress " << (space.spec.egress ? 1 : 0) << "\n";
   for (const auto& name : space.spec.egress_allow)
     out << "egress_allow " << name << "\n";
+  for (const auto& name : space.spec.secret_hosts) // the names only, never a value
+    out << "secret_host " << name << "\n";
   out << "persistent " << (space.spec.persistent ? 1 : 0) << "\n";
   out << "vcpus " << space.spec.vcpus << "\n";
   out << "memory_mib " << space.spec.memory_mib << "\n";
@@ -113,6 +115,8 @@ Result<SpaceInfo> parse_space(std::string_view text) {
       ok = flag(space.spec.egress);
     else if (key == "egress_allow")
       space.spec.egress_allow.emplace_back(value);
+    else if (key == "secret_host")
+      space.spec.secret_hosts.emplace_back(value);
     else if (key == "persistent")
       ok = flag(space.spec.persistent);
     else if (key == "vcpus")

@@ -21,6 +21,7 @@
 //   template default
 //   egress 1
 //   egress_allow pypi.org            (one line per name, any number)
+//   secret_host api.example.com      (the hosts it held secrets for; no values)
 //   persistent 1
 //   vcpus 2
 //   memory_mib 1024

@@ -15,6 +15,7 @@
 #include <boost/asio/post.hpp>
 #include <caf/send.hpp>
 
+#include "actors/sandbox/guest_trust.hpp"
 #include "common/log.hpp"
 #include "vmm/root_disk.hpp"
 
@@ -81,9 +82,9 @@ vmm::VmConfig VmHost::vm_config(const std::string& id, std::uint32_t vcpus,
 }
 
 asio::awaitable<Result<std::shared_ptr<net::NetworkLease>>>
-VmHost::lease_network(bool egress, std::vector<std::string> allow) {
+VmHost::lease_network(bool egress, std::vector<std::string> allow, SecretValues secrets) {
   if (!network_) co_return std::shared_ptr<net::NetworkLease>();
-  auto leased = co_await network_->acquire(egress, std::move(allow));
+  auto leased = co_await network_->acquire(egress, std::move(allow), std::move(secrets));
   if (!leased) co_return std::move(leased).error();
   co_return std::shared_ptr<net::NetworkLease>(std::move(leased.value()));
 }
@@ -126,34 +127,14 @@ asio::awaitable<void> VmHost::run_sandbox_vm(std::string id, SandboxSpec spec, L
   auto base = std::move(acquired->base);
   auto machine_id = std::move(acquired->machine_id);
   auto source = std::move(acquired->source);
-  {
-    // Every clone of a template or fork snapshot starts with the same RNG
-    // state, clock, hostname and machine-id: replace them before the
-    // sandbox is handed out. A resumed Space keeps its machine-id (it is
-    // the same machine). A cold-booted VM has its own already, but gets
-    // its hostname and a machine-id hostd knows, which its forks' parent
-    // and its Spaces keep.
-    auto refreshed = co_await refresh_identity(*vm, id, machine_id);
-    if (!refreshed) {
-      vm->destroy();
-      (void)co_await vm->wait_exit(); // before its network slot goes
-      caf::anon_send(sandbox, vm_boot_failed_atom::value,
-                     "giving the VM its identity failed: " + refreshed.error().message());
-      co_return;
-    }
-    machine_id = std::move(refreshed.value());
-  }
-  // A pool VM's disk is the template's (the base image's size): grown to
-  // the sandbox's quota here. Named locals, not temporaries inside the
-  // co_await (g++ 12).
-  const std::uint32_t disk_mib = spec.disk_mib;
-  auto fitted = co_await fit_root_disk(vm, id, disk_mib);
-  if (!fitted) {
+  auto prepared = co_await prepare_handout(vm, id, spec, source, machine_id);
+  if (!prepared) {
     vm->destroy();
     (void)co_await vm->wait_exit(); // before its network slot goes
-    caf::anon_send(sandbox, vm_boot_failed_atom::value, fitted.error().message());
+    caf::anon_send(sandbox, vm_boot_failed_atom::value, prepared.error().message());
     co_return;
   }
+  machine_id = std::move(prepared.value());
   // An adopted pool VM's exit is already watched (by its pool coroutine).
   const bool watched = target != nullptr;
   if (!target) target = std::make_shared<ExitTarget>();
@@ -163,6 +144,77 @@ asio::awaitable<void> VmHost::run_sandbox_vm(std::string id, SandboxSpec spec, L
   caf::anon_send(sandbox, vm_booted_atom::value, static_cast<std::int32_t>(vm->qemu_pid()),
                  std::move(source));
   if (!watched) co_await watch_exit(std::move(vm), std::move(target));
+}
+
+// What a VM goes through before its sandbox gets it. The machine-id it
+// ends with, or why it cannot be handed out.
+asio::awaitable<Result<std::string>>
+VmHost::prepare_handout(std::shared_ptr<vmm::Vm> vm, const std::string& id, const SandboxSpec& spec,
+                        const std::string& source, std::string machine_id) {
+  // Every clone of a template or fork snapshot starts with the same RNG
+  // state, clock, hostname and machine-id: replace them before the sandbox
+  // is handed out. A resumed Space keeps its machine-id (it is the same
+  // machine). A cold-booted VM has its own already, but gets its hostname
+  // and a machine-id hostd knows, which its forks' parent and its Spaces
+  // keep.
+  auto refreshed = co_await refresh_identity(*vm, id, std::move(machine_id));
+  if (!refreshed)
+    co_return std::move(refreshed).error().with_context("giving the VM its identity failed");
+  // A pool VM's disk is the template's (the base image's size): grown to
+  // the sandbox's quota here. Named locals, not temporaries inside the
+  // co_await (g++ 12).
+  const std::uint32_t disk_mib = spec.disk_mib;
+  auto fitted = co_await fit_root_disk(vm, id, disk_mib);
+  if (!fitted) co_return std::move(fitted).error();
+  if (!spec.secrets.empty()) {
+    auto trusted = co_await trust_egress_ca(*vm, source);
+    if (!trusted)
+      co_return std::move(trusted).error().with_context(
+          "making the guest trust the egress CA failed");
+  }
+  co_return std::move(refreshed.value());
+}
+
+// A sandbox with secrets trusts this install's egress CA: its bash commands
+// get the CA's variables; a VM that does not trust it yet also gets the CA
+// added to its bundle and its REPL's environment set. A fork child and a
+// resumed Space already do (their disk and memory came from one that did).
+asio::awaitable<Result<void>> VmHost::trust_egress_ca(vmm::Vm& vm, const std::string& source) {
+  if (settings_.egress_ca_pem.empty())
+    co_return make_error("trust the egress CA",
+                         "hostd has no egress CA (network.secrets_ca_dir is not set)");
+  GuestTrust trust = guest_trust(settings_.egress_ca_pem);
+  vm.agent().set_bash_env(trust.env);
+  if (source == "fork" || source == "space") co_return Result<void>{};
+  std::string errors;
+  auto sink = [&errors]() -> vmm::ExecEventSink {
+    return [&errors](const guest::Event& event) {
+      if (event.has_stderr() && errors.size() < 4096) errors += event.stderr();
+      if (event.has_error()) errors += event.error().name() + ": " + event.error().value();
+    };
+  };
+  vmm::ExecEventSink bash_sink = sink();
+  vmm::ExecEventSink python_sink = sink();
+  guest::ExecBash script;
+  script.set_command(trust.script);
+  script.set_timeout_ms(30'000);
+  auto added = co_await vm.agent().exec_bash(std::move(script), std::move(bash_sink));
+  if (!added) co_return std::move(added).error();
+  if (added->exit_code() != 0)
+    co_return make_error("add the egress CA to the guest's bundle",
+                         "exit " + std::to_string(added->exit_code()) + ": " + errors);
+  // The REPL and what it starts (pip, node) read the same variables.
+  std::string code = "__import__('os').environ.update({";
+  for (const auto& [name, value] : trust.env)
+    code += "'" + name + "': '" + value + "', "; // fixed paths, no quotes
+  code += "})";
+  guest::ExecPython update;
+  update.set_code(std::move(code));
+  update.set_timeout_ms(30'000);
+  auto set = co_await vm.agent().exec_python(std::move(update), std::move(python_sink));
+  if (!set) co_return std::move(set).error();
+  if (set->exit_code() != 0) co_return make_error("set the REPL's CA variables", errors);
+  co_return Result<void>{};
 }
 
 // Sits on a VM's exit so its owner hears about a death (kill -9, guest

@@ -55,6 +55,9 @@ struct VmSettings {
   // needs no firewall work; any other egress is set at hand-out. A waiting
   // VM runs only the agent and the template's imports, no user code.
   bool pool_egress_open = false;
+  // This install's egress CA (PEM), which a sandbox with secrets trusts
+  // (guest_trust.hpp); empty where hostd has none. Set by attach_network.
+  std::string egress_ca_pem;
   // Spaces (frozen sandboxes): on a real disk, see space_store.hpp.
   std::filesystem::path spaces_dir = "/var/lib/vesicle/spaces";
   // How every VM's QEMU is confined; null: not at all.
@@ -186,8 +189,11 @@ public:
   // before it boots, released after its process has exited. Without, VMs
   // have no network device. Set once, before the first boot and before
   // template_key() (templates with and without a NIC differ).
-  void attach_network(std::shared_ptr<net::NetworkLeases> network) {
+  // `egress_ca_pem`: the CA sandboxes with secrets trust (BridgeManager::
+  // egress_ca_pem; empty without one).
+  void attach_network(std::shared_ptr<net::NetworkLeases> network, std::string egress_ca_pem) {
     network_ = std::move(network);
+    settings_.egress_ca_pem = std::move(egress_ca_pem);
   }
   const boost::asio::any_io_executor& executor() const { return executor_; }
 
@@ -262,6 +268,10 @@ private:
                                          std::string winner_id, ForkStepDone done);
   // Sends `vm` a fresh identity without waiting for the answer; returns the
   // machine-id given (a new one when `machine_id` is empty).
+  boost::asio::awaitable<Result<std::string>>
+  prepare_handout(std::shared_ptr<vmm::Vm> vm, const std::string& id, const SandboxSpec& spec,
+                  const std::string& source, std::string machine_id);
+  boost::asio::awaitable<Result<void>> trust_egress_ca(vmm::Vm& vm, const std::string& source);
   boost::asio::awaitable<Result<std::string>> refresh_identity(vmm::Vm& vm, std::string hostname,
                                                                std::string machine_id);
   boost::asio::awaitable<void> run_freeze(std::string id, SpaceInfo space, FreezeDone done);
@@ -285,7 +295,7 @@ private:
                           const net::NetworkLease* network) const;
   // A slot with this egress, or null when hostd runs without networking.
   boost::asio::awaitable<Result<std::shared_ptr<net::NetworkLease>>>
-  lease_network(bool egress, std::vector<std::string> allow);
+  lease_network(bool egress, std::vector<std::string> allow, SecretValues secrets = {});
 
   boost::asio::any_io_executor executor_;
   vmm::Driver& driver_;

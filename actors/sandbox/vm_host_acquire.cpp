@@ -31,11 +31,11 @@ VmHost::adopt_pool_vm(const std::string& pool_vm_id, const SandboxSpec& spec) {
   }
   // An adopted pool VM's lease stays held by the pool's coroutine, which
   // ends after the VM's process has exited.
-  if (pooled.network && !pooled.network->has_egress(spec.egress, spec.egress_allow)) {
+  if (pooled.network && !pooled.network->has_egress(spec.egress, spec.egress_allow, spec.secrets)) {
     // Pool VMs wait with the default egress (VmSettings::pool_egress_open);
     // any other is in force before the create answers.
-    auto egress =
-        co_await pooled.network->set_egress(network_->system(), spec.egress, spec.egress_allow);
+    auto egress = co_await pooled.network->set_egress(network_->system(), spec.egress,
+                                                      spec.egress_allow, spec.secrets);
     if (!egress) {
       pooled.vm->destroy();
       co_return std::move(egress).error().with_context("setting the sandbox's egress");
@@ -172,7 +172,7 @@ VmHost::acquire(const std::string& id, const SandboxSpec& spec, const LaunchPlan
   // until the VM's process has exited, so the slot's tap is free when it is
   // released.
   Acquired got;
-  auto leased = co_await lease_network(spec.egress, spec.egress_allow);
+  auto leased = co_await lease_network(spec.egress, spec.egress_allow, spec.secrets);
   if (!leased) co_return std::move(leased).error();
   got.network = std::move(leased.value());
 

@@ -20,6 +20,7 @@ Prints "ready" once everything listens. Standard library only.
 """
 import argparse
 import functools
+import hashlib
 import http.server
 import ipaddress
 import socket
@@ -72,9 +73,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 count -= len(piece)
             return
         # The Authorization header the server saw, echoed so the secrets
-        # tests can tell what the egress proxy set.
+        # tests can tell what the egress proxy set; /auth-digest echoes only
+        # its SHA-256, so a sandbox can check it without ever holding it.
         auth = self.headers.get("Authorization")
-        seen = f" authorization={auth}" if auth is not None else ""
+        if self.path == "/auth-digest":
+            digest = hashlib.sha256(auth.encode()).hexdigest() if auth is not None else "none"
+            seen = f" authorization-sha256={digest}"
+        else:
+            seen = f" authorization={auth}" if auth is not None else ""
         body = f"hello from {self.label} host={host}{seen}\n".encode()
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")

@@ -34,7 +34,7 @@ protected:
   caf::expected<SandboxInfo> resume(const std::string& owner, const std::string& space_id,
                                     bool persistent) {
     return ask_registry<SandboxInfo>(resume_atom::value, owner, space_id, persistent,
-                                     std::uint32_t{10});
+                                     std::uint32_t{10}, SecretValues{});
   }
   // The reaper's freeze answers nobody: settle until the record says frozen.
   bool settle_until_frozen(const std::string& id) {

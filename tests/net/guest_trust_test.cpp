@@ -11,10 +11,10 @@
 #include <gtest/gtest.h>
 #include <openssl/pem.h>
 
-#include "hostd/guest_trust.hpp"
+#include "actors/sandbox/guest_trust.hpp"
 #include "net/tls_intercept.hpp"
 
-namespace vesicle::hostd {
+namespace vesicle {
 namespace {
 
 namespace fs = std::filesystem;
@@ -84,4 +84,4 @@ TEST(GuestTrust, TheScriptAddsTheCaToTheBundleOnceAndItVerifiesALeaf) {
 }
 
 } // namespace
-} // namespace vesicle::hostd
+} // namespace vesicle

@@ -22,6 +22,8 @@
 #include <google/protobuf/struct.pb.h>
 #include <google/protobuf/util/json_util.h>
 #include <gtest/gtest.h>
+#include <openssl/rand.h>
+#include <openssl/sha.h>
 
 #include "messages/api.pb.h"
 #include "net/bridge.hpp"
@@ -46,6 +48,13 @@ constexpr uint8_t kBlock = 227; // 10.227.0.0/16, routing table 1227 (net_bench 
 
 bool contains(const std::string& text, const std::string& part) {
   return text.find(part) != std::string::npos;
+}
+
+std::size_t count_of(const std::string& text, const std::string& part) {
+  std::size_t count = 0;
+  for (auto at = text.find(part); at != std::string::npos; at = text.find(part, at + part.size()))
+    ++count;
+  return count;
 }
 
 // A TCP listener on every host address (a "host service" a sandbox must
@@ -185,12 +194,14 @@ protected:
             << bridge.route_table << R"(, "rule_priority": )" << bridge.rule_priority
             << R"(, "max_slots": 6, "max_pooled": 2, "max_connections": 40,)"
             << R"( "new_connections_per_second": 100, "proxy_max_connections": 16,)"
-            << R"( "proxy_idle_timeout_s": 5})";
+            << R"( "proxy_idle_timeout_s": 5, "upstream_extra_ca": ")"
+            << internet->ca_certificate().string() << R"("})";
     HostdOptions options;
     options.binary = HOSTD_BINARY;
     options.images_dir = images_dir();
-    // Three sandboxes, and room for one fork child.
-    options.max_sandboxes = 4;
+    // Three sandboxes, and room for one fork child, or for the secrets
+    // test's sandbox and its fork child.
+    options.max_sandboxes = 5;
     options.memory_mib = 384;
     options.network_json = network.str();
     // Sandboxes come from a warm pool: its VMs wait with the host's default
@@ -719,6 +730,157 @@ print("closed", closed, "of", len(proxied))
   EXPECT_EQ(closed, kept) << idle; // a few were reset before their connect returned
   EXPECT_GE(kept, 16) << idle;
   EXPECT_LE(open_fds(hostd->pid()), fds_before + 4);
+}
+
+// Whether any file under `dir` holds `needle` (the files of a frozen
+// sandbox: its RAM, device state and disk; hostd's log and state).
+std::vector<std::string> files_holding(const std::filesystem::path& dir,
+                                       const std::string& needle) {
+  std::vector<std::string> found;
+  std::error_code ec;
+  for (auto it = std::filesystem::recursive_directory_iterator(dir, ec);
+       !ec && it != std::filesystem::recursive_directory_iterator(); it.increment(ec)) {
+    if (!it->is_regular_file(ec)) continue;
+    std::ifstream in(it->path(), std::ios::binary);
+    // Chunks overlapping by the needle's length, so no match straddles two.
+    std::string window, chunk(1 << 20, '\0');
+    while (in.read(chunk.data(), static_cast<std::streamsize>(chunk.size())) || in.gcount() > 0) {
+      window.append(chunk.data(), static_cast<std::size_t>(in.gcount()));
+      if (window.find(needle) != std::string::npos) {
+        found.push_back(it->path().string());
+        break;
+      }
+      window.erase(0, window.size() > needle.size() ? window.size() - needle.size() : 0);
+    }
+  }
+  return found;
+}
+
+std::string sha256_hex_of(const std::string& text) {
+  unsigned char digest[32];
+  SHA256(reinterpret_cast<const unsigned char*>(text.data()), text.size(), digest);
+  std::string out;
+  char two[3];
+  for (unsigned char byte : digest) {
+    std::snprintf(two, sizeof two, "%02x", byte);
+    out += two;
+  }
+  return out;
+}
+
+// Secrets that never enter the sandbox (README): the sandbox sends no
+// Authorization header, the test host gets the one hostd holds (it answers
+// only its digest, so the guest never sees it either); the sandbox's RAM,
+// disk and processes' environments, frozen to a Space, hold no byte of it.
+TEST_F(HostdEgress, SecretsReachTheHostButNeverTheSandbox) {
+  auto http = client();
+  // A prefix the guest may look for, and a random part only the host knows.
+  unsigned char random[16];
+  RAND_bytes(random, sizeof random);
+  std::string tail;
+  for (unsigned char byte : random)
+    tail += "0123456789abcdef"[byte >> 4], tail += "0123456789abcdef"[byte & 15];
+  const std::string secret = "Bearer sk-vesicle-test-" + tail;
+  const std::string digest = sha256_hex_of(secret);
+  const std::string grant = R"({"allowed.test": {"Authorization": ")" + secret + R"("}})";
+  // Each host with a secret must be in the allowlist, and the allowlist
+  // must be there at all; the error never quotes the value.
+  for (const std::string& bad : std::vector<std::string>{
+           R"({"secrets": )" + grant + "}",
+           R"({"egress_allow": ["www.example.test"], "secrets": )" + grant + "}",
+           R"({"egress_allow": ["allowed.test"], "secrets": {"allowed.test": {"Host": "x"}}})",
+           R"({"egress_allow": ["allowed.test"], "secrets": {"allowed.test": {"A": 1}}})"}) {
+    auto refused = http.request("POST", "/v1/sandboxes", bad);
+    EXPECT_EQ(refused.status, 400u) << bad << " " << refused.body;
+    EXPECT_TRUE(contains(refused.body, "secrets")) << refused.body;
+    EXPECT_FALSE(contains(refused.body, tail)) << refused.body;
+  }
+  auto created = http.request(
+      "POST", "/v1/sandboxes",
+      R"({"egress_allow": ["allowed.test", "badcert.test"], "secrets": {"allowed.test": )"
+      R"({"Authorization": ")" +
+          secret + R"("}, "badcert.test": {"Authorization": ")" + secret + R"("}}})");
+  ASSERT_EQ(created.status, 201u) << created.body;
+  EXPECT_TRUE(contains(created.body, R"("secret_hosts":["allowed.test","badcert.test"])"))
+      << created.body;
+  EXPECT_FALSE(contains(created.body, tail)) << created.body;
+  api::Sandbox sandbox;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(created.body, &sandbox).ok());
+  const std::string id = sandbox.id();
+  EXPECT_FALSE(contains(http.request("GET", "/v1/sandboxes/" + id).body, tail));
+
+  // Python (the REPL), curl (bash) and Node all trust the egress CA and get
+  // the header set; nothing in the guest sends it.
+  const std::string want = "authorization-sha256=" + digest;
+  auto python = run(id, R"PY(
+import urllib.request
+print(urllib.request.urlopen("https://allowed.test/auth-digest", timeout=20).read().decode().strip())
+)PY");
+  EXPECT_TRUE(contains(python, want)) << python;
+  auto shell = exec_in(http, id,
+                       "curl -sS https://allowed.test/auth-digest; node -e \""
+                       "require('https').get('https://allowed.test/auth-digest', r => "
+                       "r.on('data', d => process.stdout.write(d)))\"",
+                       "bash");
+  EXPECT_EQ(count_of(shell, want), 2u) << shell;
+  // A certificate that does not name the host: the proxy refuses, says why,
+  // and sends nothing.
+  auto bad_cert = exec_in(http, id, "curl -sS https://badcert.test/auth-digest", "bash");
+  EXPECT_TRUE(contains(bad_cert, "did not verify")) << bad_cert;
+  EXPECT_FALSE(contains(bad_cert, "authorization-sha256")) << bad_cert;
+  // The same host from a sandbox without the grant: no header.
+  auto without = run(allow_id, "print(http('http://allowed.test/auth-digest'))");
+  EXPECT_TRUE(contains(without, "authorization-sha256=none")) << without;
+  // No process in the guest has it in its environment.
+  auto environ = exec_in(http, id,
+                         "grep -l sk-vesicle-test /proc/[0-9]*/environ 2>/dev/null | "
+                         "grep -v \"/proc/$$/\" ; echo scanned",
+                         "bash");
+  EXPECT_EQ(environ, "scanned\n") << environ;
+
+  // Frozen: the Space keeps the names, never the values; no file hostd
+  // keeps (RAM, device state, disk, its log, its state) holds the secret.
+  auto frozen = http.request("POST", "/v1/sandboxes/" + id + "/freeze", "{}");
+  ASSERT_EQ(frozen.status, 200u) << frozen.body;
+  api::Space space;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(frozen.body, &space).ok());
+  EXPECT_EQ(space.secret_hosts_size(), 2) << frozen.body;
+  const auto home = hostd->runtime_dir().parent_path();
+  EXPECT_EQ(files_holding(home, tail), std::vector<std::string>{});
+  EXPECT_EQ(files_holding(hostd->shm_dir(), tail), std::vector<std::string>{});
+  EXPECT_FALSE(files_holding(home, "secret_host allowed.test").empty())
+      << "the Space's record should name the host";
+  // The control: what the guest did hold (the digest it printed, in its
+  // REPL's memory) is found by the same scan.
+  EXPECT_FALSE(files_holding(home, want).empty()) << "the scan does not see the guest's RAM";
+
+  // A resume must give the secrets again, for exactly those hosts.
+  const std::string resume = "/v1/spaces/" + space.space_id() + "/resume";
+  auto missing = http.request("POST", resume, "{}");
+  EXPECT_EQ(missing.status, 400u) << missing.body;
+  EXPECT_TRUE(contains(missing.body, "allowed.test, badcert.test")) << missing.body;
+  auto resumed = http.request("POST", resume,
+                              R"({"secrets": {"allowed.test": {"Authorization": ")" + secret +
+                                  R"("}, "badcert.test": {"Authorization": "x"}}})");
+  ASSERT_EQ(resumed.status, 201u) << resumed.body;
+  api::Sandbox back;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(resumed.body, &back).ok());
+  auto again = run(back.id(), R"PY(
+print(urllib.request.urlopen("https://allowed.test/auth-digest", timeout=20).read().decode().strip())
+)PY");
+  EXPECT_TRUE(contains(again, want)) << again;
+  // Its fork child keeps the grant.
+  auto forked = http.request("POST", "/v1/sandboxes/" + back.id() + "/fork", R"({"n": 1})");
+  ASSERT_EQ(forked.status, 201u) << forked.body;
+  api::ForkResponse children;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(forked.body, &children).ok());
+  ASSERT_EQ(children.children_size(), 1);
+  auto child =
+      exec_in(http, children.children(0).id(), "curl -sS https://allowed.test/auth-digest", "bash");
+  EXPECT_TRUE(contains(child, want)) << child;
+  for (const auto& gone : {children.children(0).id(), back.id(), id})
+    EXPECT_EQ(http.request("DELETE", "/v1/sandboxes/" + gone).status, 204u) << gone;
+  EXPECT_EQ(files_holding(home, tail), std::vector<std::string>{});
 }
 
 TEST_F(HostdEgress, HostdRaisedItsOpenFileLimit) {

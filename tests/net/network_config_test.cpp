@@ -83,6 +83,71 @@ TEST(NetworkConfig, GuestCapsSmtpAndAllowedNetworks) {
   EXPECT_FALSE(bridge_config(malformed));
 }
 
+TEST(NetworkConfig, TheEgressCaLivesInTheStateDirUnlessSet) {
+  auto config = loaded(R"(state_dir: "/srv/vesicle"
+      network { uplink: "eth9" upstream_resolver: "192.0.2.53" })");
+  auto bridge = bridge_config(config);
+  ASSERT_TRUE(bridge && bridge->has_value());
+  EXPECT_EQ((*bridge)->secrets_ca_dir, "/srv/vesicle/egress-ca");
+  EXPECT_TRUE((*bridge)->upstream_extra_ca.empty());
+  auto custom = loaded(R"(network { uplink: "eth9" upstream_resolver: "192.0.2.53"
+      secrets_ca_dir: "/etc/vesicle/ca" upstream_extra_ca: "/etc/vesicle/corp.pem" })");
+  auto set = bridge_config(custom);
+  ASSERT_TRUE(set && set->has_value());
+  EXPECT_EQ((*set)->secrets_ca_dir, "/etc/vesicle/ca");
+  EXPECT_EQ((*set)->upstream_extra_ca, "/etc/vesicle/corp.pem");
+}
+
+// A create's secrets: checked before any VM, a 400 that names the host and
+// header and never the value; hosts normalized, headers sorted.
+TEST(NetworkConfig, SecretsAreCheckedAndNeverQuoted) {
+  auto config = loaded(R"(network { uplink: "eth9" upstream_resolver: "192.0.2.53" })");
+  const std::string secret = "Bearer sk-unit-0123456789";
+  auto grant = [&](const std::string& host, const std::string& header, const std::string& value) {
+    SecretsField field;
+    (*field[host].mutable_fields())[header].set_string_value(value);
+    return field;
+  };
+  const std::vector<std::string> allow = {"api.example.com", "*.corp.example"};
+  auto good = grant("API.Example.com", "Authorization", secret);
+  (*good["API.Example.com"].mutable_fields())["A-First"].set_string_value("x");
+  auto values = secret_values(good, &allow, config);
+  ASSERT_TRUE(values) << values.error().message();
+  EXPECT_EQ(values->hosts(), std::vector<std::string>{"api.example.com"});
+  const auto& headers = values->grants->at("api.example.com");
+  ASSERT_EQ(headers.size(), 2u);
+  EXPECT_EQ(headers[0].first, "A-First");
+  EXPECT_EQ(headers[1].second, secret);
+  // Under a wildcard of the allowlist: allowed.
+  EXPECT_TRUE(secret_values(grant("db.corp.example", "X-Key", secret), &allow, config));
+
+  const std::vector<std::string> none;
+  for (const auto& [field, list] :
+       std::vector<std::pair<SecretsField, const std::vector<std::string>*>>{
+           {grant("other.example.com", "Authorization", secret), &allow}, // not allowed
+           {grant("*.corp.example", "Authorization", secret), &allow},    // a wildcard
+           {grant("api.example.com", "Host", secret), &allow},            // framing
+           {grant("api.example.com", "Bad Header", secret), &allow},      // not a token
+           {grant("api.example.com", "X-Key", "a\r\nb" + secret), &allow},
+           {grant("api.example.com", "Authorization", secret), &none}, // open egress
+       }) {
+    auto refused = secret_values(field, list, config);
+    ASSERT_FALSE(refused);
+    EXPECT_EQ(refused.error().kind, ErrorKind::invalid_argument);
+    EXPECT_TRUE(contains(refused.error().message(), "secrets")) << refused.error().message();
+    EXPECT_FALSE(contains(refused.error().message(), "sk-unit")) << refused.error().message();
+  }
+  SecretsField number;
+  (*number["api.example.com"].mutable_fields())["X-Key"].set_number_value(5);
+  EXPECT_FALSE(secret_values(number, &allow, config));
+  // No network: no secrets, said plainly.
+  auto bare = secret_values(grant("api.example.com", "X-Key", secret), &allow, loaded(""));
+  ASSERT_FALSE(bare);
+  EXPECT_TRUE(contains(bare.error().message(), "no sandbox network")) << bare.error().message();
+  // A resume checks names and headers only (the Space's allowlist held).
+  EXPECT_TRUE(secret_values(grant("api.example.com", "X-Key", secret), nullptr, config));
+}
+
 TEST(NetworkConfig, UplinkMakesOpenTheDefault) {
   auto config = loaded(R"(network { uplink: "eth9" uplink_gateway: "192.0.2.1"
                                    upstream_resolver: "192.0.2.53" })");

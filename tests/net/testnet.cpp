@@ -227,6 +227,7 @@ Result<std::unique_ptr<TestInternet>> TestInternet::start(const std::string& pre
       "--record",   "allowed.test=" + allowed,
       "--record",   "denied.test=" + denied,
       "--record",   "www.example.test=" + allowed,
+      "--record",   "badcert.test=" + allowed,
       "--record",   "lan.example.test=" + kLanIp.str(),
       "--record",   "metadata.example.test=" + kMetadataIp.str(),
       "--aaaa",     "allowed.test=2001:db8::10",

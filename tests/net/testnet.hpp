@@ -7,7 +7,8 @@
 // a guard table counts any sandbox packet routed elsewhere.
 //
 //   198.18.0.2/24  host side of the uplink      198.18.0.1  test internet side
-//   198.18.1.10    allowed.test, www.example.test (HTTP 80, TLS 443, banner 7000, UDP echo 7001)
+//   198.18.1.10    allowed.test, www.example.test (HTTP 80, TLS 443, banner 7000, UDP echo 7001);
+//                  badcert.test (the same servers: their certificate does not name it)
 //   198.18.1.20    denied.test                  (HTTP 80, TLS 443, banner 7000)
 //   198.18.1.53    authoritative DNS for *.test
 //   198.18.2.10    lan.example.test: a "host-side network" the bridge denies

@@ -58,3 +58,40 @@ def test_resume_sends_the_secrets_again(fake):
         "persistent": False,
         "secrets": {"api.example.com": {"Authorization": SECRET}},
     }
+
+
+def test_cli_reads_a_secret_from_the_environment_not_the_command_line(fake):
+    from test_unit_cli import cli
+    import os
+
+    fake.route("POST", "/v1/sandboxes", lambda r: r.reply_json(201, SANDBOX))
+    os.environ["VESICLE_UNIT_TOKEN"] = SECRET
+    try:
+        p = cli(
+            fake.url,
+            "create",
+            "--egress-allow",
+            "api.example.com",
+            "--secret",
+            "api.example.com:Authorization=VESICLE_UNIT_TOKEN",
+        )
+    finally:
+        del os.environ["VESICLE_UNIT_TOKEN"]
+    assert p.returncode == 0, p.stderr
+    assert fake.requests[-1].json()["secrets"] == {"api.example.com": {"Authorization": SECRET}}
+
+
+@pytest.mark.parametrize(
+    "spec, says",
+    [
+        ("api.example.com=X", "HOST:HEADER=ENV"),
+        ("api.example.com:Authorization=VESICLE_UNIT_UNSET", "VESICLE_UNIT_UNSET is not set"),
+    ],
+)
+def test_cli_refuses_a_bad_secret_before_sending(fake, spec, says):
+    from test_unit_cli import cli
+
+    p = cli(fake.url, "create", "--egress-allow", "api.example.com", "--secret", spec)
+    assert p.returncode == 1, p.stderr
+    assert says in p.stderr.decode()
+    assert fake.requests == []

@@ -3,11 +3,12 @@ freeze, resume, spaces, space, rm-space."""
 
 from __future__ import annotations
 
-from typing import List
+import os
+from typing import Dict, List, Optional
 
 from ._cli_output import egress_text, emit, print_table, report_error, size_text
 from .client import Client
-from .errors import VesicleError
+from .errors import InvalidRequestError, VesicleError
 from .sandbox import Sandbox, _sandbox_path
 
 
@@ -24,6 +25,7 @@ def register(sub, common) -> None:
         metavar="DOMAIN",
         help="allow egress only to this name (repeatable)",
     )
+    _add_secret_argument(p)
     p.add_argument("--persistent", action="store_true", help="freeze to a Space when idle")
     p.add_argument("--idle-timeout-s", type=int, metavar="S", help="end (or freeze) it after S idle seconds")
     p.add_argument("--max-lifetime-s", type=int, metavar="S", help="end (or freeze) it S seconds after its create")
@@ -89,6 +91,7 @@ def register(sub, common) -> None:
     p.add_argument(
         "--persistent", action="store_true", help="freeze the new sandbox again when idle"
     )
+    _add_secret_argument(p)
     p.set_defaults(run=_resume)
 
     p = sub.add_parser("spaces", parents=[common], help="list your Spaces (frozen sandboxes)")
@@ -103,6 +106,39 @@ def register(sub, common) -> None:
     p.set_defaults(run=_rm_space)
 
 
+def _add_secret_argument(p) -> None:
+    p.add_argument(
+        "--secret",
+        action="append",
+        metavar="HOST:HEADER=ENV",
+        help="have hostd set HEADER on requests to HOST (also in --egress-allow) to the value "
+        "of the environment variable ENV; the sandbox never sees it (repeatable)",
+    )
+
+
+def _secrets(args) -> Optional[Dict[str, Dict[str, str]]]:
+    """--secret HOST:HEADER=ENV as the SDK's secrets. The value comes from the
+    environment, never the command line (which other users can read in ps)."""
+    if not args.secret:
+        return None
+    secrets: Dict[str, Dict[str, str]] = {}
+    for spec in args.secret:
+        host, colon, rest = spec.partition(":")
+        header, equals, env = rest.partition("=")
+        if not (host and colon and header and equals and env):
+            raise InvalidRequestError(
+                f"--secret {spec!r}: write HOST:HEADER=ENV, e.g. "
+                "api.example.com:Authorization=API_TOKEN (ENV names an environment variable)"
+            )
+        if env not in os.environ:
+            raise InvalidRequestError(
+                f"--secret {spec!r}: the environment variable {env} is not set; "
+                f"export {env}=... first"
+            )
+        secrets.setdefault(host, {})[header] = os.environ[env]
+    return secrets
+
+
 def _create(args) -> int:
     sb = Sandbox(
         template=args.template,
@@ -115,6 +151,7 @@ def _create(args) -> int:
         memory_mib=args.memory_mib,
         disk_mib=args.disk_mib,
         region=args.region,
+        secrets=_secrets(args),
         url=args.url,
     )
     emit(args, sb.info, lambda: print(sb.id, flush=True))
@@ -222,7 +259,9 @@ def _freeze(args) -> int:
 
 
 def _resume(args) -> int:
-    sb = Client(url=args.url).resume(args.space_id, persistent=args.persistent)
+    sb = Client(url=args.url).resume(
+        args.space_id, persistent=args.persistent, secrets=_secrets(args)
+    )
     emit(args, sb.info, lambda: print(sb.id, flush=True))
     return 0
 

@@ -63,9 +63,15 @@ class Client:
         doc = self._transport.json("GET", space_path(space_id), what=f"looking up Space {space_id}")
         return Space.from_json(doc)
 
-    def resume(self, space: Union[Space, str], persistent: bool = False) -> Sandbox:
+    def resume(
+        self,
+        space: Union[Space, str],
+        persistent: bool = False,
+        *,
+        secrets: Optional[Dict[str, Dict[str, str]]] = None,
+    ) -> Sandbox:
         """Bring a Space back as a new ready sandbox; see Sandbox.resume."""
-        return Sandbox._resume(self._transport, space, persistent)
+        return Sandbox._resume(self._transport, space, persistent, secrets)
 
     def delete_space(self, space: Union[Space, str]) -> None:
         """Delete a Space and its files (NotFoundError if the key has no such Space)."""

@@ -253,6 +253,12 @@ class Sandbox:
         return self._space
 
     @property
+    def secret_hosts(self) -> List[str]:
+        """The hosts hostd sets secret headers for on this sandbox's requests
+        (the values are never sent back)."""
+        return list(self.info.get("secret_hosts") or [])
+
+    @property
     def egress(self) -> Optional[str]:
         """The sandbox's network egress: "open", "off" or "allowlist" (see egress_allow)."""
         mode = self.info.get("egress_mode")

@@ -1,8 +1,8 @@
-#include "hostd/guest_trust.hpp"
+#include "actors/sandbox/guest_trust.hpp"
 
 #include <openssl/evp.h>
 
-namespace vesicle::hostd {
+namespace vesicle {
 
 namespace {
 
@@ -64,4 +64,4 @@ GuestTrust guest_trust(const std::string& ca_pem, const std::string& root) {
   return trust;
 }
 
-} // namespace vesicle::hostd
+} // namespace vesicle

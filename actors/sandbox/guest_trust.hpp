@@ -8,7 +8,7 @@
 #include <map>
 #include <string>
 
-namespace vesicle::hostd {
+namespace vesicle {
 
 inline constexpr const char* kGuestCaBundle = "/etc/ssl/certs/ca-certificates.crt";
 inline constexpr const char* kGuestCaFile = "/usr/local/share/ca-certificates/vesicle-egress.crt";
@@ -28,4 +28,4 @@ struct GuestTrust {
 // prefixes every path the script writes (tests; "" in a guest).
 GuestTrust guest_trust(const std::string& ca_pem, const std::string& root = "");
 
-} // namespace vesicle::hostd
+} // namespace vesicle
