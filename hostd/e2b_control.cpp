@@ -237,6 +237,11 @@ asio::awaitable<bool> E2b::handle(Exchange& exchange, const std::vector<std::str
     co_return true;
   }
   key_id = *owner;
+  if (auto wait = api_.rate_limited(*owner); wait > 0) {
+    exchange.add_response_header("Retry-After", std::to_string(wait));
+    co_await exchange.respond(429, error_body(429, requests_quota(*owner, wait).message()));
+    co_return true;
+  }
   co_await control(exchange, path, query, *owner);
   co_return true;
 }

@@ -103,9 +103,11 @@ void HostdProcess::start(const HostdOptions& options) {
     if (!options.network_json.empty()) out << ", \"network\": " << options.network_json;
     out << "}";
   }
-  // A first key, then a second one; hostd prints neither again.
+  // A first key, a second one and an admin key; hostd prints none again.
   key_ = key_in(run({options.binary.string(), "--state-dir", state.string(), "--new-key"}));
   other_key_ = key_in(run({options.binary.string(), "--state-dir", state.string(), "--new-key"}));
+  admin_key_ =
+      key_in(run({options.binary.string(), "--state-dir", state.string(), "--new-key", "--admin"}));
 
   int out[2];
   if (::pipe2(out, O_CLOEXEC) != 0) throw std::runtime_error("pipe failed");
