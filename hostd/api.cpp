@@ -219,8 +219,8 @@ asio::awaitable<void> Api::route(Exchange& exchange, const std::vector<std::stri
   if (!key)
     co_return co_await exchange.respond_error(Error::of(
         ErrorKind::unauthenticated,
-        "no API key: send the header \"Authorization: Bearer <key>\" (hostd printed the first "
-        "key when it first started)"));
+        "no API key: send the header \"Authorization: Bearer <key>\" (hostd --new-key makes "
+        "one; a first start without keys wrote one to <state_dir>/first-key)"));
   auto owner = ctx_.keys.authenticate(*key);
   if (!owner)
     co_return co_await exchange.respond_error(Error::of(

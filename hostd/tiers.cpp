@@ -13,11 +13,11 @@ struct Defaults {
 
 // The published caps (product brief, "Tier caps"; config.proto).
 constexpr Defaults kDefaults[] = {
-    {1024, 4096, 5 * 60, 30 * 60, 10, 2, 5, 10 * 1024, 50},              // free
-    {4096, 16384, 30 * 60, 8 * 3600, 50, 4, 50, 100 * 1024, 200},        // pro
-    {16384, 65536, 2 * 3600, 24 * 3600, 500, 8, 500, 1024 * 1024, 1000}, // scale
+    {1024, 4096, 5 * 60, 30 * 60, 10, 2, 5, 10 * 1024, 100},             // free
+    {4096, 16384, 30 * 60, 8 * 3600, 50, 4, 50, 100 * 1024, 500},        // pro
+    {16384, 65536, 2 * 3600, 24 * 3600, 500, 8, 500, 1024 * 1024, 2000}, // scale
     {65536, 524288, 24 * 3600, 7 * 24 * 3600, 10000, 32, 10000, 16 * 1024 * 1024,
-     5000}, // enterprise
+     10000}, // enterprise
 };
 
 config::TierCaps* mutable_caps(config::HostdConfig& config, Tier tier) {

@@ -45,12 +45,11 @@ TEST(TenantWalls, AnotherKeyCannotReachAGuestAndSighupReloadsKeysWithTheVmRunnin
   options.binary = HOSTD_BINARY;
   options.images_dir = vesicle::testing::images_dir();
   options.max_sandboxes = 2;
-  options.memory_mib = 256;
   HostdProcess hostd(options);
   HttpClient owner("127.0.0.1", hostd.port(), hostd.key());
   HttpClient other("127.0.0.1", hostd.port(), hostd.other_key());
 
-  auto created = owner.request("POST", "/v1/sandboxes", R"({"memory_mib": 256})");
+  auto created = owner.request("POST", "/v1/sandboxes", "{}");
   ASSERT_EQ(created.status, 201u) << created.body << hostd.log();
   const auto id = parse<api::Sandbox>(created.body).id();
   const std::string sb = "/v1/sandboxes/" + id;

@@ -173,7 +173,7 @@ TEST(Tiers, VcpusAreCappedPerTierAndTheNewCapsHaveDefaults) {
   const auto& free = caps_of(config, Tier::free);
   EXPECT_EQ(free.max_spaces(), 5u);
   EXPECT_EQ(free.max_spaces_mib(), 10u * 1024);
-  EXPECT_EQ(free.max_requests_per_s(), 50u);
+  EXPECT_EQ(free.max_requests_per_s(), 100u);
   EXPECT_EQ(caps_of(config, Tier::enterprise).max_vcpus(), 32u);
   EXPECT_EQ(config.keys().removed_key_sandboxes(), "destroy");
   config.mutable_keys()->set_removed_key_sandboxes("maybe");
