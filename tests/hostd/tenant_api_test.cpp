@@ -165,10 +165,10 @@ TEST_F(TenantTest, AnotherKeyGets404OnEveryIdAndTheOwnersThingsDoNotChange) {
   auto e2b_created = owner.request(
       "POST", "/sandboxes", R"({"templateID": "base", "timeout": 300})", {{"X-API-KEY", alice}});
   ASSERT_EQ(e2b_created.status, 201u) << e2b_created.body;
-  const auto e2b_id = parse<e2b::SandboxCreated>(e2b_created.body).sandboxID();
+  const auto e2b_id = parse<e2b::SandboxCreated>(e2b_created.body).sandboxid();
   auto e2b_before = owner.request("GET", "/sandboxes/" + e2b_id, "", {{"X-API-KEY", alice}});
   ASSERT_EQ(e2b_before.status, 200u);
-  const auto end_at = parse<e2b::SandboxDetail>(e2b_before.body).endAt();
+  const auto end_at = parse<e2b::SandboxDetail>(e2b_before.body).endat();
   // Bob's own sandbox, for merge_into with a winner that is not his.
   auto bobs = create(other);
 
@@ -195,7 +195,9 @@ TEST_F(TenantTest, AnotherKeyGets404OnEveryIdAndTheOwnersThingsDoNotChange) {
   for (const auto& call : rest) {
     auto response = other.request(call.method, call.target, call.body);
     EXPECT_EQ(response.status, 404u) << call.method << " " << call.target << ": " << response.body;
-    if (response.status == 404u) EXPECT_EQ(error_of(response).code(), "not_found");
+    if (response.status == 404u) {
+      EXPECT_EQ(error_of(response).code(), "not_found");
+    }
   }
   const std::vector<Call> e2b_calls = {
       {"GET", "/sandboxes/" + e2b_id, ""},
@@ -237,7 +239,7 @@ TEST_F(TenantTest, AnotherKeyGets404OnEveryIdAndTheOwnersThingsDoNotChange) {
   auto e2b_after = owner.request("GET", "/sandboxes/" + e2b_id, "", {{"X-API-KEY", alice}});
   ASSERT_EQ(e2b_after.status, 200u);
   EXPECT_EQ(parse<e2b::SandboxDetail>(e2b_after.body).state(), "running");
-  EXPECT_EQ(parse<e2b::SandboxDetail>(e2b_after.body).endAt(), end_at);
+  EXPECT_EQ(parse<e2b::SandboxDetail>(e2b_after.body).endat(), end_at);
   // And the owner may do what the other key could not.
   EXPECT_EQ(owner.request("POST", sb + "/merge_into/" + child).status, 200u);
   EXPECT_EQ(owner.request("POST", "/v1/spaces/" + space + "/resume").status, 201u);
