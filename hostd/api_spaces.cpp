@@ -10,7 +10,8 @@ namespace vesicle::hostd {
 // Answers once the Space is on disk and the VM gone (seconds under TCG:
 // every RAM page in use is written).
 // A new Space of about `memory_mib` of RAM (a Space holds every RAM page)
-// must fit the key's tier: max_spaces Spaces and max_spaces_mib in all.
+// must fit the key's tier: max_spaces Spaces and max_spaces_mib in all (a
+// cap of 0 is none).
 asio::awaitable<Result<void>> Api::check_space_quota(const std::string& owner,
                                                      std::uint32_t memory_mib,
                                                      const std::string& doing) {
@@ -18,7 +19,7 @@ asio::awaitable<Result<void>> Api::check_space_quota(const std::string& owner,
   auto spaces = co_await ask<SpaceInfoList>(ctx_.system, ctx_.registry, ctx_.actor_timeout,
                                             spaces_atom::value, owner);
   if (!spaces) co_return to_error(spaces.error());
-  if (spaces->size() >= caps.max_spaces())
+  if (caps.max_spaces() != 0 && spaces->size() >= caps.max_spaces())
     co_return Error::of(ErrorKind::quota,
                         doing + ": key " + owner + " keeps " + std::to_string(spaces->size()) +
                             " Spaces, its tier's max_spaces; delete one you no longer need "
@@ -27,7 +28,8 @@ asio::awaitable<Result<void>> Api::check_space_quota(const std::string& owner,
   std::uint64_t bytes = 0;
   for (const auto& space : *spaces)
     bytes += space.state_bytes + space.disk_bytes;
-  if (bytes + std::uint64_t{memory_mib} * kMiB > std::uint64_t{caps.max_spaces_mib()} * kMiB)
+  if (caps.max_spaces_mib() != 0 &&
+      bytes + std::uint64_t{memory_mib} * kMiB > std::uint64_t{caps.max_spaces_mib()} * kMiB)
     co_return Error::of(ErrorKind::quota,
                         doing + ": key " + owner + "'s Spaces take " +
                             std::to_string(bytes / kMiB) + " MiB and a new one about " +

@@ -40,6 +40,12 @@ std::uint32_t capped(std::uint32_t value, std::uint32_t cap) {
   return value == 0 ? cap : std::min(value, cap);
 }
 
+// A cap of 0 is no cap (a TierCaps built without apply_tier_defaults, as the
+// other caps added after the first four).
+std::uint32_t at_most(std::uint32_t value, std::uint32_t cap) {
+  return cap == 0 ? value : std::min(value, cap);
+}
+
 } // namespace
 
 const char* to_string(Tier tier) {
@@ -96,7 +102,7 @@ const config::TierCaps& caps_of(const config::HostdConfig& config, Tier tier) {
 }
 
 void clamp_request(api::CreateSandboxRequest& request, const config::TierCaps& caps) {
-  if (request.has_vcpus()) request.set_vcpus(std::min(request.vcpus(), caps.max_vcpus()));
+  if (request.has_vcpus()) request.set_vcpus(at_most(request.vcpus(), caps.max_vcpus()));
   if (request.has_memory_mib())
     request.set_memory_mib(std::min(request.memory_mib(), caps.max_memory_mib()));
   if (request.has_disk_mib())
@@ -108,7 +114,7 @@ void clamp_request(api::CreateSandboxRequest& request, const config::TierCaps& c
 }
 
 void clamp_spec(SandboxSpec& spec, const config::TierCaps& caps) {
-  spec.vcpus = std::min(spec.vcpus, caps.max_vcpus());
+  spec.vcpus = at_most(spec.vcpus, caps.max_vcpus());
   spec.memory_mib = std::min(spec.memory_mib, caps.max_memory_mib());
   spec.disk_mib = std::min(spec.disk_mib, caps.max_disk_mib());
   spec.idle_timeout_s = capped(spec.idle_timeout_s, caps.max_idle_timeout_s());
