@@ -77,6 +77,7 @@ protected:
     actor_config->set("logger.console", caf::atom("none"));
     system = std::make_unique<caf::actor_system>(*actor_config);
     driver = std::make_unique<FakeDriver>(io.get_executor());
+    driver->write_full_saves = true; // a freeze checks the Space's files
 
     config::HostdConfig config;
     config.set_listen("127.0.0.1:0");
@@ -86,6 +87,9 @@ protected:
     config.set_disable_pools(true);
     if (tune) tune(config);
     hostd::apply_defaults(config);
+    // prepare_host makes it for the real hostd; a resume copies a Space's
+    // disk into it.
+    std::filesystem::create_directories(config.runtime_dir());
     auto keys = hostd::KeyStore::load(dir.path / "keys");
     ASSERT_TRUE(keys);
     auto a = keys->add(), b = keys->add(), c = keys->add("", true);
@@ -151,13 +155,15 @@ TEST_F(TenantTest, AnotherKeyGets404OnEveryIdAndTheOwnersThingsDoNotChange) {
   start();
   auto owner = client(alice);
   auto other = client(bob);
-  // Alice: a sandbox with a file, a fork child, a frozen Space, an E2B sandbox.
+  // Alice: a sandbox with a fork child and a file, a frozen Space, an E2B
+  // sandbox. (The file after the fork: the fake parent restored from its
+  // fork snapshot starts with no files.)
   auto sandbox = create(owner);
   const std::string sb = "/v1/sandboxes/" + sandbox.id();
-  ASSERT_EQ(owner.request("PUT", sb + "/files?path=/data/mine", "alice's bytes").status, 200u);
   auto forked = owner.request("POST", sb + "/fork", R"({"n": 1})");
   ASSERT_EQ(forked.status, 201u) << forked.body;
   const auto child = parse<api::ForkResponse>(forked.body).children(0).id();
+  ASSERT_EQ(owner.request("PUT", sb + "/files?path=/data/mine", "alice's bytes").status, 200u);
   auto to_freeze = create(owner);
   auto frozen = owner.request("POST", "/v1/sandboxes/" + to_freeze.id() + "/freeze");
   ASSERT_EQ(frozen.status, 200u) << frozen.body;
