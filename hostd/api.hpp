@@ -81,6 +81,9 @@ public:
   // may (its tier's max_requests_per_s).
   std::uint32_t rate_limited(const std::string& key_id);
 
+  // hostd stops: E2B's timeout sweep ends (e2b_control.cpp).
+  void stop_e2b();
+
 private:
   // E2B's wire protocol (e2b.hpp) translates onto the operations below.
   friend class e2b::E2b;
