@@ -8,7 +8,7 @@ namespace {
 
 // The one table. API codes are the REST API's since its first version
 // (README, "The REST API"); a kind added later gets its own.
-constexpr std::array<ErrorKindInfo, 14> kKinds{{
+constexpr std::array<ErrorKindInfo, 15> kKinds{{
     {ErrorKind::invalid_argument, "invalid_argument", "invalid_argument", 400,
      "InvalidRequestError"},
     {ErrorKind::unauthenticated, "unauthenticated", "unauthenticated", 401, "AuthenticationError"},
@@ -28,6 +28,7 @@ constexpr std::array<ErrorKindInfo, 14> kKinds{{
     // status raise SandboxDiedError; the code says why.
     {ErrorKind::guest_protocol_violation, "guest_protocol_violation", "guest_protocol_violation",
      410, "SandboxDiedError"},
+    {ErrorKind::forbidden, "forbidden", "forbidden", 403, "PermissionDeniedError"},
 }};
 
 constexpr bool table_in_enum_order() {

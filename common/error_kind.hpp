@@ -31,6 +31,8 @@ enum class ErrorKind : std::uint8_t {
   // request never made, data beyond what was asked, a flood past its
   // budget): hostd disconnected it and ended the sandbox.
   guest_protocol_violation = 14,
+  // The key is valid but may not do this (e.g. /metrics without an admin key).
+  forbidden = 15,
 };
 
 struct ErrorKindInfo {

@@ -48,14 +48,28 @@ Error unknown_route(const std::vector<std::string>& path) {
   for (const auto& part : path)
     joined += "/" + part;
   if (joined.empty()) joined = "/";
-  return Error::of(
-      ErrorKind::not_found,
-      "no such API route: " + joined +
-          " (this hostd serves /v1/sandboxes, /v1/spaces, /v1/templates, /v1/capacity, "
-          "/v1/healthz, /v1/admin, /metrics, /mcp and the page /ui)");
+  return Error::of(ErrorKind::not_found,
+                   "no such API route: " + joined +
+                       " (this hostd serves /v1/sandboxes, /v1/spaces, /v1/templates, "
+                       "/v1/capacity, /v1/healthz, /v1/admin, /metrics (admin keys), /mcp and "
+                       "the page /ui)");
 }
 
 } // namespace
+
+std::uint32_t Api::rate_limited(const std::string& key_id) {
+  return rate_limiter_.take(key_id, tier_caps(ctx_.keys, ctx_.config, key_id).max_requests_per_s(),
+                            RateLimiter::Clock::now());
+}
+
+Error requests_quota(const std::string& key_id, std::uint32_t retry_after_s) {
+  return Error::of(ErrorKind::quota,
+                   "key " + key_id +
+                       " made more API requests per second than its tier allows "
+                       "(max_requests_per_s); retry after " +
+                       std::to_string(retry_after_s) +
+                       " s (the Retry-After header), or use a key of a higher tier");
+}
 
 std::string rfc3339(std::int64_t unix_ms) {
   std::time_t seconds = unix_ms / 1000;
@@ -213,13 +227,17 @@ asio::awaitable<void> Api::route(Exchange& exchange, const std::vector<std::stri
   if (!key)
     co_return co_await exchange.respond_error(Error::of(
         ErrorKind::unauthenticated,
-        "no API key: send the header \"Authorization: Bearer <key>\" (hostd printed the first "
-        "key when it first started)"));
+        "no API key: send the header \"Authorization: Bearer <key>\" (hostd --new-key makes "
+        "one; a first start without keys wrote one to <state_dir>/first-key)"));
   auto owner = ctx_.keys.authenticate(*key);
   if (!owner)
     co_return co_await exchange.respond_error(Error::of(
         ErrorKind::unauthenticated, "the API key is not valid on this host; check for typos"));
   key_id = *owner;
+  if (auto wait = rate_limited(*owner); wait > 0) {
+    exchange.add_response_header("Retry-After", std::to_string(wait));
+    co_return co_await exchange.respond_error(requests_quota(*owner, wait));
+  }
 
   if (path.size() >= 2 && path[0] == "v1" && path[1] == "admin") {
     const auto* entry = ctx_.keys.find(*owner);
@@ -241,6 +259,11 @@ asio::awaitable<void> Api::route(Exchange& exchange, const std::vector<std::stri
         co_return co_await exchange.respond_error(not_allowed("POST"));
       co_return co_await admin_act(exchange, *owner, path[3], AdminAction::exec);
     }
+    if (is({"v1", "admin", "keys", "reload"})) {
+      if (method != http::verb::post)
+        co_return co_await exchange.respond_error(not_allowed("POST"));
+      co_return co_await admin_reload_keys(exchange, *owner);
+    }
   }
 
   if (is({"v1", "capacity"})) {
@@ -249,6 +272,11 @@ asio::awaitable<void> Api::route(Exchange& exchange, const std::vector<std::stri
   }
   if (is({"metrics"})) {
     if (method != http::verb::get) co_return co_await exchange.respond_error(not_allowed("GET"));
+    // Every tenant's figures: for the operator only.
+    if (const auto* entry = ctx_.keys.find(*owner); !entry || !entry->admin)
+      co_return co_await exchange.respond_error(Error::of(
+          ErrorKind::forbidden, "/metrics shows every key's figures and needs an admin key; "
+                                "use one (hostd --new-key --admin makes one)"));
     co_return co_await metrics(exchange);
   }
   if (is({"mcp"})) co_return co_await mcp(exchange, *owner);

@@ -25,6 +25,7 @@
 #include "hostd/mcp.hpp"
 #include "hostd/metrics.hpp"
 #include "hostd/query.hpp"
+#include "hostd/rate_limit.hpp"
 #include "hostd/runtime_core.hpp"
 #include "hostd/vm_lease.hpp"
 #include "messages/api.pb.h"
@@ -45,7 +46,9 @@ struct ApiContext {
   caf::actor_system& system;
   registry_actor registry;
   VmHost& vms;
-  const KeyStore& keys;
+  // Reloaded in place (Api::reload_keys) on the io thread, where every
+  // handler runs: a handler holds no entry across a co_await.
+  KeyStore& keys;
   const config::HostdConfig& config;
   std::vector<pool_actor> pools;
   // How long a handler waits for an actor's answer (creates wait for the
@@ -54,11 +57,32 @@ struct ApiContext {
   caf::timespan create_timeout = std::chrono::seconds(150);
 };
 
+// What a reload of the keys file did (Api::reload_keys).
+struct KeysReload {
+  std::size_t keys = 0;             // keys in the file now
+  std::vector<std::string> removed; // ids no longer in it
+  std::size_t sandboxes_destroyed = 0;
+  std::size_t sandboxes_kept = 0; // keys.removed_key_sandboxes "keep"
+};
+
 class Api {
 public:
   explicit Api(ApiContext context) : ctx_(std::move(context)) {}
 
   asio::awaitable<void> handle(Exchange& exchange);
+
+  // Reads the keys file again; a removed key's sandboxes are destroyed or
+  // kept per keys.removed_key_sandboxes (api_admin.cpp). Running sandboxes
+  // of the keys that stay are untouched. SIGHUP and POST
+  // /v1/admin/keys/reload run it.
+  asio::awaitable<Result<KeysReload>> reload_keys();
+
+  // 0 if key `key_id` may make a request now, else the seconds until it
+  // may (its tier's max_requests_per_s).
+  std::uint32_t rate_limited(const std::string& key_id);
+
+  // hostd stops: E2B's timeout sweep ends (e2b_control.cpp).
+  void stop_e2b();
 
 private:
   // E2B's wire protocol (e2b.hpp) translates onto the operations below.
@@ -109,6 +133,7 @@ private:
   asio::awaitable<void> admin_list(Exchange& exchange, const std::string& admin);
   asio::awaitable<void> admin_act(Exchange& exchange, const std::string& admin,
                                   const std::string& id, AdminAction action);
+  asio::awaitable<void> admin_reload_keys(Exchange& exchange, const std::string& admin);
   asio::awaitable<void> ui(Exchange& exchange, const std::vector<std::string>& path);
   // api_exec.cpp
   asio::awaitable<void> exec(Exchange& exchange, const std::string& owner, const std::string& id);
@@ -127,6 +152,13 @@ private:
                                                         const std::string& id, std::uint32_t n);
   asio::awaitable<Result<SpaceInfo>> freeze_sandbox(const std::string& owner,
                                                     const std::string& id);
+  // A Space of about `memory_mib` more fits the key's tier (max_spaces,
+  // max_spaces_mib), else a quota error saying which (api_spaces.cpp).
+  // Checked before a freeze and before a persistent create (which may be
+  // frozen when idle), so a key holds at most max_spaces Spaces plus one
+  // per persistent sandbox it runs.
+  asio::awaitable<Result<void>>
+  check_space_quota(const std::string& owner, std::uint32_t memory_mib, const std::string& doing);
   // `secrets`: the values for the Space's secret_hosts (none when it has none).
   asio::awaitable<Result<SandboxInfo>> resume_space(const std::string& owner,
                                                     const std::string& space_id, bool persistent,
@@ -162,6 +194,7 @@ private:
 
   ApiContext ctx_;
   Metrics metrics_;
+  RateLimiter rate_limiter_;
   mcp::Sessions mcp_sessions_;
   std::shared_ptr<e2b::E2b> e2b_;
 };
@@ -178,6 +211,8 @@ Result<SandboxSpec> sandbox_spec(const api::CreateSandboxRequest& request,
 // is its disk_mib (vmm/root_disk.hpp), so disk_mib below the image's size
 // (`image_mib`; 0: unknown, nothing checked) is refused, naming the minimum.
 Result<void> check_disk_fits_image(std::uint32_t disk_mib, std::uint32_t image_mib);
+// The 429 of a key past its requests per second.
+Error requests_quota(const std::string& key_id, std::uint32_t retry_after_s);
 // The pool size of a template saved without one (api_templates.cpp).
 std::uint32_t default_template_pool_size(const config::HostdConfig& config);
 // The caps of the key `owner`'s tier (api_sandboxes.cpp).

@@ -2,10 +2,12 @@
 // only; the page at /ui uses it). GET /v1/admin/sandboxes lists them with
 // their owner and their VM's memory and CPU; DELETE /v1/admin/sandboxes/{id}
 // and POST /v1/admin/sandboxes/{id}/exec act on any key's sandbox, as its
-// owner would, through the owner's own handlers.
+// owner would, through the owner's own handlers. POST /v1/admin/keys/reload
+// reads the keys file again (as SIGHUP does).
 #include <algorithm>
 
 #include "actors/ask.hpp"
+#include "common/escape.hpp"
 #include "common/log.hpp"
 #include "hostd/api.hpp"
 #include "hostd/json.hpp"
@@ -14,12 +16,13 @@
 namespace vesicle::hostd {
 
 // Every key's sandboxes, oldest first. The registry lists by owner; the key
-// store knows every owner there can be.
+// store knows every owner there can be (a copy: a reload may change the
+// store while this waits for the registry).
 asio::awaitable<Result<SandboxInfoList>> Api::all_sandboxes() {
   SandboxInfoList all;
-  for (const auto& entry : ctx_.keys.entries()) {
+  for (const auto& owner : ctx_.keys.owners()) {
     auto owned = co_await ask<SandboxInfoList>(ctx_.system, ctx_.registry, ctx_.actor_timeout,
-                                               list_atom::value, entry.id);
+                                               list_atom::value, owner);
     if (!owned) co_return to_error(owned.error());
     all.insert(all.end(), owned->begin(), owned->end());
   }
@@ -67,6 +70,69 @@ asio::awaitable<void> Api::admin_act(Exchange& exchange, const std::string& admi
             {{"sandbox", id}, {"owner", *owner}, {"key", admin}});
   if (action == AdminAction::destroy) co_return co_await destroy(exchange, *owner, id);
   co_await exec(exchange, *owner, id);
+}
+
+asio::awaitable<Result<KeysReload>> Api::reload_keys() {
+  auto removed = ctx_.keys.reload();
+  if (!removed) co_return removed.error();
+  KeysReload out;
+  out.keys = ctx_.keys.entries().size();
+  out.removed = std::move(*removed);
+  const bool destroy = ctx_.config.keys().removed_key_sandboxes() != "keep";
+  for (const auto& id : out.removed) {
+    auto owned = co_await ask<SandboxInfoList>(ctx_.system, ctx_.registry, ctx_.actor_timeout,
+                                               list_atom::value, id);
+    if (!owned) {
+      log::warn("could not list a removed key's sandboxes",
+                {{"key", id}, {"error", to_error(owned.error()).message()}});
+      continue;
+    }
+    if (!destroy) {
+      // Kept: the admin listing must still find them.
+      if (!owned->empty()) ctx_.keys.retire(id);
+      out.sandboxes_kept += owned->size();
+      continue;
+    }
+    for (const auto& info : *owned) {
+      auto done = co_await ask<done_atom>(ctx_.system, ctx_.registry, ctx_.create_timeout,
+                                          destroy_atom::value, id, info.id);
+      if (done) {
+        ++out.sandboxes_destroyed;
+        log::info("sandbox of a removed key destroyed", {{"sandbox", info.id}, {"key", id}});
+      } else {
+        log::warn("could not destroy a removed key's sandbox",
+                  {{"sandbox", info.id}, {"key", id}, {"error", to_error(done.error()).message()}});
+      }
+    }
+  }
+  log::info("API keys reloaded",
+            {{"keys", static_cast<std::uint64_t>(out.keys)},
+             {"removed", static_cast<std::uint64_t>(out.removed.size())},
+             {"destroyed", static_cast<std::uint64_t>(out.sandboxes_destroyed)},
+             {"kept", static_cast<std::uint64_t>(out.sandboxes_kept)}});
+  co_return out;
+}
+
+namespace {
+// {"keys": 3, "removed": ["key-…"], "sandboxes_destroyed": 1, "sandboxes_kept": 0}
+std::string reload_json(const KeysReload& reload) {
+  std::string text = "{\"keys\": " + std::to_string(reload.keys) + ", \"removed\": [";
+  for (std::size_t i = 0; i < reload.removed.size(); ++i) {
+    text += i ? ", \"" : "\"";
+    append_escaped(text, reload.removed[i], true, ControlEscape::json);
+    text += "\"";
+  }
+  text += "], \"sandboxes_destroyed\": " + std::to_string(reload.sandboxes_destroyed) +
+          ", \"sandboxes_kept\": " + std::to_string(reload.sandboxes_kept) + "}";
+  return text;
+}
+} // namespace
+
+asio::awaitable<void> Api::admin_reload_keys(Exchange& exchange, const std::string& admin) {
+  log::info("admin reloads the API keys", {{"key", admin}});
+  auto reloaded = co_await reload_keys();
+  if (!reloaded) co_return co_await exchange.respond_error(reloaded.error());
+  co_await exchange.respond(200, reload_json(*reloaded));
 }
 
 } // namespace vesicle::hostd

@@ -99,6 +99,13 @@ asio::awaitable<Result<SandboxInfo>> Api::create_sandbox(const std::string& owne
   if (auto fits = check_disk_fits_image(spec->disk_mib, ctx_.vms.root_disk_mib()); !fits)
     co_return fits.error();
   const std::uint32_t max_concurrent = caps.max_concurrent();
+  // A persistent sandbox is frozen into a Space when idle: it needs room
+  // for one.
+  if (spec->persistent)
+    if (auto room =
+            co_await check_space_quota(owner, spec->memory_mib, "creating a persistent sandbox");
+        !room)
+      co_return room.error();
 
   const auto started = std::chrono::steady_clock::now();
   auto created = co_await ask<SandboxInfo>(ctx_.system, ctx_.registry, ctx_.create_timeout,

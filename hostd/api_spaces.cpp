@@ -10,8 +10,47 @@ namespace vesicle::hostd {
 
 // Answers once the Space is on disk and the VM gone (seconds under TCG:
 // every RAM page in use is written).
+// A new Space of about `memory_mib` of RAM (a Space holds every RAM page)
+// must fit the key's tier: max_spaces Spaces and max_spaces_mib in all (a
+// cap of 0 is none).
+asio::awaitable<Result<void>> Api::check_space_quota(const std::string& owner,
+                                                     std::uint32_t memory_mib,
+                                                     const std::string& doing) {
+  const auto& caps = tier_caps(ctx_.keys, ctx_.config, owner);
+  auto spaces = co_await ask<SpaceInfoList>(ctx_.system, ctx_.registry, ctx_.actor_timeout,
+                                            spaces_atom::value, owner);
+  if (!spaces) co_return to_error(spaces.error());
+  if (caps.max_spaces() != 0 && spaces->size() >= caps.max_spaces())
+    co_return Error::of(ErrorKind::quota,
+                        doing + ": key " + owner + " keeps " + std::to_string(spaces->size()) +
+                            " Spaces, its tier's max_spaces; delete one you no longer need "
+                            "(DELETE /v1/spaces/{id}) or resume one");
+  constexpr std::uint64_t kMiB = 1024 * 1024;
+  std::uint64_t bytes = 0;
+  for (const auto& space : *spaces)
+    bytes += space.state_bytes + space.disk_bytes;
+  if (caps.max_spaces_mib() != 0 &&
+      bytes + std::uint64_t{memory_mib} * kMiB > std::uint64_t{caps.max_spaces_mib()} * kMiB)
+    co_return Error::of(ErrorKind::quota,
+                        doing + ": key " + owner + "'s Spaces take " +
+                            std::to_string(bytes / kMiB) + " MiB and a new one about " +
+                            std::to_string(memory_mib) + " MiB more, past its tier's " +
+                            std::to_string(caps.max_spaces_mib()) +
+                            " MiB (max_spaces_mib); delete a Space you no longer need "
+                            "(DELETE /v1/spaces/{id})");
+  co_return Result<void>{};
+}
+
 asio::awaitable<Result<SpaceInfo>> Api::freeze_sandbox(const std::string& owner,
                                                        const std::string& id) {
+  // Another key's sandbox is unknown (404) before any quota is looked at.
+  auto sandbox = co_await ask<SandboxInfo>(ctx_.system, ctx_.registry, ctx_.actor_timeout,
+                                           lookup_atom::value, owner, id);
+  if (!sandbox) co_return to_error(sandbox.error());
+  if (auto room =
+          co_await check_space_quota(owner, sandbox->spec.memory_mib, "freezing sandbox " + id);
+      !room)
+    co_return room.error();
   const auto started = std::chrono::steady_clock::now();
   auto space = co_await ask<SpaceInfo>(ctx_.system, ctx_.registry, ctx_.create_timeout,
                                        freeze_atom::value, owner, id);

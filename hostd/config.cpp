@@ -189,6 +189,11 @@ Result<void> validate(const config::HostdConfig& c) {
     return make_error("check configuration",
                       std::string("default_key_tier must be one of ") + kTierNames,
                       "default_key_tier = " + c.default_key_tier());
+  if (const auto& removed = c.keys().removed_key_sandboxes();
+      removed != "destroy" && removed != "keep")
+    return make_error("check configuration",
+                      "keys.removed_key_sandboxes must be \"destroy\" or \"keep\"",
+                      "keys.removed_key_sandboxes = " + removed);
   if (!log::parse_level(c.log_level()))
     return make_error("check configuration", std::string("log_level must be ") + log::kLevelNames,
                       "log_level = " + c.log_level());

@@ -32,6 +32,7 @@ asio::awaitable<void> Daemon::shutdown() {
   if (shut_down_) co_return;
   shut_down_ = true;
   server_.stop_accepting();
+  if (api_) api_->stop_e2b();
   co_await core_.shutdown();
   server_.close_connections();
 }

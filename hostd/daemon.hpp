@@ -34,6 +34,10 @@ public:
   const std::vector<pool_actor>& pools() const { return core_.pools(); }
   VmHost& vms() { return core_.vms(); }
 
+  // Reads the keys file again (SIGHUP): Api::reload_keys. Run on the
+  // io_context.
+  asio::awaitable<Result<KeysReload>> reload_keys() { return api_->reload_keys(); }
+
   // Stops accepting, destroys every sandbox (their VMs and files), closes
   // the connections. Run on the io_context; safe to call twice.
   asio::awaitable<void> shutdown();

@@ -124,6 +124,11 @@ public:
   asio::awaitable<bool> handle(Exchange& exchange, const std::vector<std::string>& path,
                                std::string_view query, std::string& key_id);
 
+  // hostd stops: the timeout sweep ends at its next tick. Its timer would
+  // otherwise keep the io_context running for as long as the longest E2B
+  // timeout left (a test's io_context that should run dry hung on it).
+  void stop() { stopped_ = true; }
+
 private:
   // e2b_control.cpp
   asio::awaitable<void> control(Exchange& exchange, const std::vector<std::string>& path,
@@ -186,6 +191,7 @@ private:
   Api& api_;
   std::map<std::string, std::shared_ptr<Sandbox>> sandboxes_;
   bool sweeping_ = false;
+  bool stopped_ = false;
   asio::any_io_executor executor_;
 };
 

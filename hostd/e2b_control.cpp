@@ -237,6 +237,11 @@ asio::awaitable<bool> E2b::handle(Exchange& exchange, const std::vector<std::str
     co_return true;
   }
   key_id = *owner;
+  if (auto wait = api_.rate_limited(*owner); wait > 0) {
+    exchange.add_response_header("Retry-After", std::to_string(wait));
+    co_await exchange.respond(429, error_body(429, requests_quota(*owner, wait).message()));
+    co_return true;
+  }
   co_await control(exchange, path, query, *owner);
   co_return true;
 }
@@ -564,7 +569,7 @@ asio::awaitable<Result<void>> E2b::destroy(Sandbox& sandbox) {
 // The sweep runs only while there are E2B sandboxes: a timer pending
 // forever would keep an io_context that should run dry (tests) running.
 void E2b::start_sweep() {
-  if (sweeping_ || sandboxes_.empty()) return;
+  if (stopped_ || sweeping_ || sandboxes_.empty()) return;
   sweeping_ = true;
   asio::co_spawn(
       executor_,
@@ -576,6 +581,10 @@ void E2b::start_sweep() {
           co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ignored));
           auto self = weak.lock();
           if (!self) co_return;
+          if (self->stopped_) {
+            self->sweeping_ = false;
+            co_return;
+          }
           co_await self->sweep();
           if (self->sandboxes_.empty()) {
             self->sweeping_ = false;
@@ -605,6 +614,10 @@ asio::awaitable<bool> Api::e2b(Exchange& exchange, const std::vector<std::string
   if (!e2b_) e2b_ = std::make_shared<e2b::E2b>(*this);
   auto keep = e2b_;
   co_return co_await keep->handle(exchange, path, query, key_id);
+}
+
+void Api::stop_e2b() {
+  if (e2b_) e2b_->stop();
 }
 
 } // namespace vesicle::hostd

@@ -1,10 +1,13 @@
 #include "hostd/keys.hpp"
 
 #include <fcntl.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <fstream>
+#include <set>
 #include <sstream>
 
 #include <openssl/crypto.h>
@@ -39,6 +42,20 @@ Result<void> write_all(int fd, std::string_view data, const std::string& path) {
 }
 
 } // namespace
+
+Result<std::string> new_key_id() {
+  unsigned char bytes[16];
+  std::size_t got = 0;
+  while (got < sizeof bytes) {
+    auto n = ::getrandom(bytes + got, sizeof bytes - got, 0);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return sys_error("getrandom", "a key id");
+    }
+    got += static_cast<std::size_t>(n);
+  }
+  return "key-" + vesicle::to_hex(bytes, sizeof bytes);
+}
 
 Digest sha256(std::string_view data) {
   Digest digest{};
@@ -81,6 +98,7 @@ Result<KeyStore> KeyStore::load(std::filesystem::path path) {
   if (!in) return sys_error("open keys file", store.path_.string());
   std::string line;
   int number = 0;
+  std::set<std::string> ids;
   while (std::getline(in, line)) {
     ++number;
     if (line.empty() || line[0] == '#') continue;
@@ -109,9 +127,37 @@ Result<KeyStore> KeyStore::load(std::filesystem::path path) {
                           store.path_.string());
       }
     }
+    // Two keys with one id would own each other's sandboxes.
+    if (!ids.insert(id).second)
+      return make_error("read keys file",
+                        "line " + std::to_string(number) + " repeats the key id " + id +
+                            "; each key needs its own id (remove one of the lines, or make a "
+                            "new key with hostd --new-key)",
+                        store.path_.string());
     store.entries_.push_back({id, *hash, tier, admin});
   }
   return store;
+}
+
+Result<std::vector<std::string>> KeyStore::reload() {
+  auto fresh = load(path_);
+  if (!fresh) return std::move(fresh).error().with_context("reloading the API keys");
+  std::vector<std::string> removed;
+  for (const auto& entry : entries_)
+    if (!fresh->find(entry.id)) removed.push_back(entry.id);
+  entries_ = std::move(fresh->entries_);
+  // A key that comes back is a key again, not retired.
+  std::erase_if(retired_, [&](const std::string& id) { return find(id) != nullptr; });
+  return removed;
+}
+
+std::vector<std::string> KeyStore::owners() const {
+  std::vector<std::string> ids;
+  for (const auto& entry : entries_)
+    ids.push_back(entry.id);
+  for (const auto& id : retired_)
+    if (std::find(ids.begin(), ids.end(), id) == ids.end()) ids.push_back(id);
+  return ids;
 }
 
 std::optional<std::string> KeyStore::authenticate(std::string_view presented) const {
@@ -135,11 +181,13 @@ Result<KeyStore::NewKey> KeyStore::add(std::string tier, bool admin) {
   if (!tier.empty() && !parse_tier(tier))
     return make_error("add an API key",
                       "unknown tier \"" + tier + "\"; the tiers are " + kTierNames);
-  auto id_hex = random_hex(4);
-  if (!id_hex) return std::move(id_hex).error();
+  auto id = new_key_id();
+  if (!id) return std::move(id).error();
+  // 128 random bits do not collide; the check costs nothing.
+  if (find(id.value())) return make_error("add an API key", "a new key id collided; try again");
   auto secret = random_hex(32);
   if (!secret) return std::move(secret).error();
-  NewKey created{"key-" + id_hex.value(), "vsk_" + secret.value()};
+  NewKey created{id.value(), "vsk_" + secret.value()};
   entries_.push_back({created.id, sha256(created.key), std::move(tier), admin});
   auto saved = save();
   if (!saved) {

@@ -5,6 +5,12 @@
 // operator's page and /v1/admin: every key's sandboxes). A request's
 // key is hashed and compared against every stored hash in constant time;
 // the key's id is who owns the sandboxes it creates. Keys are never logged.
+//
+// Key ids are "key-" and 32 random hex digits (128 bits, from getrandom):
+// two keys sharing an id would share every sandbox and Space. Keys made
+// before ids grew have 8 hex digits; their lines load as they are (their
+// id names their Spaces on disk, so it is not rewritten), and a file in
+// which two lines share an id is refused.
 #pragma once
 
 #include <array>
@@ -23,13 +29,16 @@ using Digest = std::array<unsigned char, 32>;
 Digest sha256(std::string_view data);
 std::string to_hex(const Digest& digest);
 std::optional<Digest> digest_from_hex(std::string_view hex);
+// "key-" and 32 hex digits from getrandom (128 bits).
+Result<std::string> new_key_id();
+
 // CRYPTO_memcmp: the time taken does not depend on where the bytes differ.
 bool constant_time_equal(const Digest& a, const Digest& b);
 
 struct KeyEntry {
-  std::string id; // "key-" and 8 hex digits; names the owner
+  std::string id; // "key-" and 32 hex digits (8 for older keys); names the owner
   Digest hash;
-  std::string tier; // "" = the configuration's default_key_tier
+  std::string tier;   // "" = the configuration's default_key_tier
   bool admin = false; // may use /v1/admin and /ui
 };
 
@@ -37,6 +46,19 @@ class KeyStore {
 public:
   // Reads `path`; a missing file is an empty store.
   static Result<KeyStore> load(std::filesystem::path path);
+
+  // Reads the file again (SIGHUP, POST /v1/admin/keys/reload). On success
+  // the store holds what the file holds now and the ids that are no longer
+  // in it are returned; on failure (a line that does not parse) it is left
+  // as it was, so a typo in the file locks nobody out.
+  Result<std::vector<std::string>> reload();
+
+  // Ids of keys removed by a reload whose sandboxes are kept running
+  // (keys.removed_key_sandboxes "keep"): they authenticate no more, but
+  // the admin listing still shows their sandboxes.
+  void retire(const std::string& id) { retired_.push_back(id); }
+  // Every owner there can be: the keys' ids, then the retired ids.
+  std::vector<std::string> owners() const;
 
   // Makes a new random key, stores its hash (rewriting the file atomically)
   // and returns the key, which exists nowhere else from then on.
@@ -61,6 +83,7 @@ private:
   Result<void> save() const;
   std::filesystem::path path_;
   std::vector<KeyEntry> entries_;
+  std::vector<std::string> retired_;
 };
 
 } // namespace vesicle::hostd

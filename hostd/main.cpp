@@ -2,12 +2,15 @@
 // a microVM. See --help.
 #include <utility> // before Boost 1.74 asio, which needs std::exchange
 
+#include <fcntl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <vector>
 
@@ -38,8 +41,38 @@ namespace {
 void print_usage(const po::options_description& options) {
   std::cout << "usage: hostd [options]\n\n"
                "Serves the vesicle REST API and runs each sandbox as a microVM.\n"
-               "On first start it creates an API key and prints it once.\n\n"
+               "Make the first API key with hostd --new-key (it is printed once, on your\n"
+               "terminal); a first start without any key writes one to\n"
+               "<state-dir>/first-key (mode 0600) instead, never to the log.\n"
+               "SIGHUP reloads the keys file (so does POST /v1/admin/keys/reload).\n\n"
             << options << "\n";
+}
+
+// A first start with no key: hostd runs as a service whose stdout is its
+// log, so the key goes to a file only root can read, made new (a file left
+// by an earlier first start names a key no longer in the keys file), and
+// the log names the file, never the key.
+Result<std::filesystem::path> write_first_key(const std::filesystem::path& state_dir,
+                                              const std::string& text) {
+  auto path = state_dir / "first-key";
+  ::unlink(path.c_str());
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0) return sys_error("create", path.string());
+  std::string_view rest = text;
+  while (!rest.empty()) {
+    auto n = ::write(fd, rest.data(), rest.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      auto error = sys_error("write", path.string());
+      ::close(fd);
+      ::unlink(path.c_str());
+      return error;
+    }
+    rest.remove_prefix(static_cast<std::size_t>(n));
+  }
+  ::fsync(fd);
+  ::close(fd);
+  return path;
 }
 
 int fail(const Error& error) {
@@ -85,6 +118,13 @@ void raise_fd_limit(const config::HostdConfig& config) {
                 {{"limit", static_cast<uint64_t>(limit.rlim_cur)}, {"budget", budget}});
     }
   }
+}
+
+asio::awaitable<void> reload_keys_on_hangup(hostd::Daemon& daemon) {
+  auto reloaded = co_await daemon.reload_keys();
+  if (!reloaded)
+    log::error("SIGHUP: the keys file was not reloaded; the keys stay as they were",
+               {{"error", reloaded.error().message()}});
 }
 
 } // namespace
@@ -173,12 +213,23 @@ int main(int argc, char** argv) {
     const bool admin = args.count("admin") > 0;
     auto created = keys->add(tier, admin);
     if (!created) return fail(created.error());
-    // Printed once, to stdout only: the keys file keeps its hash alone.
     if (tier.empty()) tier = config->default_key_tier();
-    std::printf("vesicle %sAPI key %s, tier %s (shown only this once; store it now):\n%s\n",
-                admin ? "admin " : "", created->id.c_str(), tier.c_str(), created->key.c_str());
-    std::fflush(stdout);
-    if (args.count("new-key")) return 0;
+    char text[512];
+    std::snprintf(text, sizeof text,
+                  "vesicle %sAPI key %s, tier %s (shown only this once; store it now):\n%s\n",
+                  admin ? "admin " : "", created->id.c_str(), tier.c_str(), created->key.c_str());
+    if (args.count("new-key")) {
+      // Asked for on a terminal (or by install.sh): printed once, to stdout
+      // only; the keys file keeps its hash alone.
+      std::fputs(text, stdout);
+      std::fflush(stdout);
+      return 0;
+    }
+    auto written = write_first_key(config->state_dir(), text);
+    if (!written) return fail(written.error().with_context("saving the first API key"));
+    log::warn("no API keys yet: made one and wrote it to a file only root can read; read it, "
+              "store it and delete the file (hostd --new-key makes more)",
+              {{"file", written->string()}, {"key", created->id}});
   }
   raise_fd_limit(*config);
   if (auto prepared = hostd::prepare_host(*config); !prepared) return fail(prepared.error());
@@ -201,11 +252,22 @@ int main(int argc, char** argv) {
 
   // The handler is in place before the address is printed: whoever waits
   // for that line may stop hostd right away.
+  // SIGHUP reloads the keys file; sandboxes run on (Api::reload_keys).
+  asio::signal_set hangup(io, SIGHUP);
+  std::function<void()> await_hangup = [&] {
+    hangup.async_wait([&](const boost::system::error_code& ec, int) {
+      if (ec) return;
+      asio::co_spawn(io, reload_keys_on_hangup(daemon), asio::detached);
+      await_hangup();
+    });
+  };
+  await_hangup();
   asio::signal_set signals(io, SIGINT, SIGTERM);
   asio::steady_timer deadline(io);
   signals.async_wait([&](const boost::system::error_code& ec, int signal) {
     if (ec) return;
     log::info("shutting down", {{"signal", signal}});
+    hangup.cancel();
     asio::co_spawn(io, daemon.shutdown(), [&](std::exception_ptr) {
       // Whatever is still running (a handler waiting on a boot) must not
       // keep the process alive once the VMs are gone; a second lets the

@@ -8,14 +8,16 @@ namespace {
 
 struct Defaults {
   std::uint32_t memory_mib, disk_mib, idle_s, lifetime_s, concurrent;
+  std::uint32_t vcpus, spaces, spaces_mib, requests_per_s;
 };
 
-// The published caps (product brief, "Tier caps").
+// The published caps (product brief, "Tier caps"; config.proto).
 constexpr Defaults kDefaults[] = {
-    {1024, 4096, 5 * 60, 30 * 60, 10},                // free
-    {4096, 16384, 30 * 60, 8 * 3600, 50},             // pro
-    {16384, 65536, 2 * 3600, 24 * 3600, 500},         // scale
-    {65536, 524288, 24 * 3600, 7 * 24 * 3600, 10000}, // enterprise
+    {1024, 4096, 5 * 60, 30 * 60, 10, 2, 5, 10 * 1024, 100},             // free
+    {4096, 16384, 30 * 60, 8 * 3600, 50, 4, 50, 100 * 1024, 500},        // pro
+    {16384, 65536, 2 * 3600, 24 * 3600, 500, 8, 500, 1024 * 1024, 2000}, // scale
+    {65536, 524288, 24 * 3600, 7 * 24 * 3600, 10000, 32, 10000, 16 * 1024 * 1024,
+     10000}, // enterprise
 };
 
 config::TierCaps* mutable_caps(config::HostdConfig& config, Tier tier) {
@@ -36,6 +38,12 @@ config::TierCaps* mutable_caps(config::HostdConfig& config, Tier tier) {
 // A value of 0 asks for "the most allowed".
 std::uint32_t capped(std::uint32_t value, std::uint32_t cap) {
   return value == 0 ? cap : std::min(value, cap);
+}
+
+// A cap of 0 is no cap (a TierCaps built without apply_tier_defaults, as the
+// other caps added after the first four).
+std::uint32_t at_most(std::uint32_t value, std::uint32_t cap) {
+  return cap == 0 ? value : std::min(value, cap);
 }
 
 } // namespace
@@ -69,8 +77,14 @@ void apply_tier_defaults(config::HostdConfig& config) {
     if (caps->max_idle_timeout_s() == 0) caps->set_max_idle_timeout_s(d.idle_s);
     if (caps->max_lifetime_s() == 0) caps->set_max_lifetime_s(d.lifetime_s);
     if (caps->max_concurrent() == 0) caps->set_max_concurrent(d.concurrent);
+    if (caps->max_vcpus() == 0) caps->set_max_vcpus(d.vcpus);
+    if (caps->max_spaces() == 0) caps->set_max_spaces(d.spaces);
+    if (caps->max_spaces_mib() == 0) caps->set_max_spaces_mib(d.spaces_mib);
+    if (caps->max_requests_per_s() == 0) caps->set_max_requests_per_s(d.requests_per_s);
   }
   if (config.default_key_tier().empty()) config.set_default_key_tier("free");
+  if (config.keys().removed_key_sandboxes().empty())
+    config.mutable_keys()->set_removed_key_sandboxes("destroy");
 }
 
 const config::TierCaps& caps_of(const config::HostdConfig& config, Tier tier) {
@@ -88,6 +102,7 @@ const config::TierCaps& caps_of(const config::HostdConfig& config, Tier tier) {
 }
 
 void clamp_request(api::CreateSandboxRequest& request, const config::TierCaps& caps) {
+  if (request.has_vcpus()) request.set_vcpus(at_most(request.vcpus(), caps.max_vcpus()));
   if (request.has_memory_mib())
     request.set_memory_mib(std::min(request.memory_mib(), caps.max_memory_mib()));
   if (request.has_disk_mib())
@@ -99,6 +114,7 @@ void clamp_request(api::CreateSandboxRequest& request, const config::TierCaps& c
 }
 
 void clamp_spec(SandboxSpec& spec, const config::TierCaps& caps) {
+  spec.vcpus = at_most(spec.vcpus, caps.max_vcpus());
   spec.memory_mib = std::min(spec.memory_mib, caps.max_memory_mib());
   spec.disk_mib = std::min(spec.disk_mib, caps.max_disk_mib());
   spec.idle_timeout_s = capped(spec.idle_timeout_s, caps.max_idle_timeout_s());

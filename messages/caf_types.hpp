@@ -162,12 +162,16 @@ struct SandboxInfo {
   std::string space_id;
   // The Space it was resumed from ("" unless source is "space").
   std::string resumed_from;
+  // Running time its Spaces (and, for a fork child, its parent) had used
+  // before created_at_ms: max_lifetime_s counts it too, so freezing and
+  // resuming (or forking) never restarts the lifetime.
+  std::int64_t lived_before_ms = 0;
 };
 
 template <class Inspector> typename Inspector::result_type inspect(Inspector& f, SandboxInfo& x) {
   return f(caf::meta::type_name("vesicle.SandboxInfo"), x.id, x.owner, x.state, x.spec,
            x.created_at_ms, x.dead_reason, x.qemu_pid, x.source, x.forked_from, x.space_id,
-           x.resumed_from);
+           x.resumed_from, x.lived_before_ms);
 }
 
 inline bool operator==(const SandboxSpec& a, const SandboxSpec& b) {
@@ -214,12 +218,15 @@ struct SpaceInfo {
   std::string images_fingerprint; // the guest images it runs on
   std::uint64_t state_bytes = 0;  // device state and RAM
   std::uint64_t disk_bytes = 0;   // its disk (changes over the base image)
+  // Running time used up to the freeze, across every earlier run: what
+  // its next run's lifetime has already spent.
+  std::int64_t lived_ms = 0;
 };
 
 template <class Inspector> typename Inspector::result_type inspect(Inspector& f, SpaceInfo& x) {
   return f(caf::meta::type_name("vesicle.SpaceInfo"), x.space_id, x.owner, x.sandbox_id, x.spec,
            x.created_at_ms, x.frozen_at_ms, x.reason, x.machine_id, x.images_fingerprint,
-           x.state_bytes, x.disk_bytes);
+           x.state_bytes, x.disk_bytes, x.lived_ms);
 }
 
 using SpaceInfoList = std::vector<SpaceInfo>;

@@ -18,6 +18,7 @@ if(VESICLE_SANITIZE)
 endif()
 vesicle_test(hostd_config_test SOURCES hostd/config_test.cpp LIBS vesicle_hostd)
 vesicle_test(hostd_keys_test SOURCES hostd/keys_test.cpp LIBS vesicle_hostd)
+vesicle_test(hostd_rate_limit_test SOURCES hostd/rate_limit_test.cpp LIBS vesicle_hostd)
 vesicle_test(hostd_proc_usage_test SOURCES hostd/proc_usage_test.cpp LIBS vesicle_hostd)
 vesicle_test(hostd_ndjson_test SOURCES hostd/ndjson_test.cpp LIBS vesicle_hostd)
 vesicle_test(hostd_e2b_wire_test SOURCES hostd/e2b_wire_test.cpp LIBS vesicle_hostd)
@@ -125,3 +126,18 @@ target_compile_definitions(crash_restart_integration_test PRIVATE
   VESICLE_DEFAULT_IMAGES_DIR="${CMAKE_BINARY_DIR}/images")
 add_dependencies(crash_restart_integration_test hostd)
 set_tests_properties(crash_restart_integration_test PROPERTIES RESOURCE_LOCK vesicle_netns)
+
+# Tenant walls and quotas over the real HTTP server, fake VMs (issue 14).
+vesicle_test(hostd_tenant_api_test SOURCES hostd/tenant_api_test.cpp hostd/http_client.cpp
+             LIBS vesicle_hostd)
+
+# The tenant walls on a real VM (issue 14): a foreign key's calls into the
+# guest, SIGHUP reloading keys with the VM running. One small VM.
+vesicle_test(tenant_integration_test
+             SOURCES hostd/tenant_integration_test.cpp hostd/hostd_process.cpp
+                     hostd/http_client.cpp
+             LIBS vesicle_hostd LABEL integration TIMEOUT 300)
+target_compile_definitions(tenant_integration_test PRIVATE
+  HOSTD_BINARY="$<TARGET_FILE:hostd>"
+  VESICLE_DEFAULT_IMAGES_DIR="${CMAKE_BINARY_DIR}/images")
+add_dependencies(tenant_integration_test hostd)

@@ -18,6 +18,7 @@
 //            which failed; the parent is unchanged either way.
 #include "actors/sandbox/flows.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <memory>
 
@@ -142,6 +143,10 @@ caf::result<SandboxInfoList> fork_flow(registry_pointer self, const std::string&
     child.owner = owner;
     child.spec = (*parent)->info.spec;
     child.created_at_ms = unix_now_ms();
+    // A child goes on from its parent's state, and its lifetime with it.
+    child.lived_before_ms =
+        (*parent)->info.lived_before_ms +
+        std::max<std::int64_t>(0, child.created_at_ms - (*parent)->info.created_at_ms);
     child.source = "fork";
     child.forked_from = id;
     fork->child_ids.push_back(child.id);

@@ -8,6 +8,7 @@
 //   answer   the Space
 #include "actors/sandbox/flows.hpp"
 
+#include <algorithm>
 #include <chrono>
 
 #include <caf/send.hpp>
@@ -38,6 +39,9 @@ void freeze_flow(registry_pointer self, const std::string& id, std::string reaso
   space.spec = record.info.spec;
   space.spec.secrets = {}; // a Space keeps the hosts, never the values
   space.created_at_ms = record.info.created_at_ms;
+  // Its lifetime so far, carried to the sandbox that resumes it.
+  space.lived_ms = record.info.lived_before_ms +
+                   std::max<std::int64_t>(0, unix_now_ms() - record.info.created_at_ms);
   space.reason = std::move(reason);
 
   flow_started(self);

@@ -66,6 +66,16 @@ caf::result<SandboxInfo> resume_flow(registry_pointer self, const std::string& o
   if (self->state.shutting_down) return shutting_down();
   auto space = owned_space(self, owner, space_id);
   if (!space) return std::move(space.error());
+  // The lifetime counts every run: a Space that has used it all stays
+  // frozen.
+  if (const auto max_ms = std::int64_t{space->spec.max_lifetime_s} * 1000;
+      max_ms > 0 && space->lived_ms >= max_ms)
+    return make_error(ErrorKind::quota,
+                      "Space " + space_id + " has run for its whole lifetime of " +
+                          std::to_string(space->spec.max_lifetime_s) +
+                          " s (max_lifetime_s, counted across freezes); it cannot run again. "
+                          "DELETE /v1/spaces/" +
+                          space_id + " removes it");
   // A Space keeps only the hosts its sandbox held secrets for: the caller
   // gives the values again, for exactly those hosts.
   if (secrets.hosts() != space->spec.secret_hosts)
@@ -89,6 +99,7 @@ caf::result<SandboxInfo> resume_flow(registry_pointer self, const std::string& o
   info.created_at_ms = unix_now_ms();
   info.source = "space";
   info.resumed_from = space_id;
+  info.lived_before_ms = space->lived_ms;
   self->state.records.emplace(info.id, Record{info, sandbox_actor{}, false, -1, {}});
 
   auto promise = self->make_response_promise<SandboxInfo>();

@@ -26,7 +26,7 @@ std::optional<std::int64_t> ReaperBook::Entry::idle_deadline() const {
 
 std::optional<std::int64_t> ReaperBook::Entry::lifetime_deadline() const {
   if (max_lifetime_s == 0 || lifetime_reported) return std::nullopt;
-  return created_at_ms + std::int64_t{max_lifetime_s} * 1000;
+  return created_at_ms + std::int64_t{max_lifetime_s} * 1000 - lived_before_ms;
 }
 
 void ReaperBook::track(const SandboxInfo& info, std::int64_t now_ms) {
@@ -35,6 +35,7 @@ void ReaperBook::track(const SandboxInfo& info, std::int64_t now_ms) {
   entry.idle_timeout_s = info.spec.idle_timeout_s;
   entry.max_lifetime_s = info.spec.max_lifetime_s;
   entry.created_at_ms = info.created_at_ms;
+  entry.lived_before_ms = info.lived_before_ms;
   entry.last_active_ms = now_ms;
   entries_.emplace(info.id, std::move(entry));
 }

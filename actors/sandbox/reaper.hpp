@@ -11,8 +11,9 @@
 // Activity is an operation on the VM (exec, upload, download). While one
 // runs the sandbox is not idle, however long it takes: a long cell is never
 // cut off by the idle timer. Idle time counts from the end of the last
-// operation (or from ready). The lifetime counts from creation and ends a
-// sandbox even in use.
+// operation (or from ready). The lifetime counts from creation, plus the
+// running time before it (a resumed Space's earlier runs, a fork child's
+// parent: SandboxInfo::lived_before_ms), and ends a sandbox even in use.
 //
 // The decisions are ReaperBook's, a plain class with the clock passed in,
 // so they are tested without timers; the actor adds the clock and one CAF
@@ -69,6 +70,7 @@ private:
     std::uint32_t idle_timeout_s = 0; // 0: none
     std::uint32_t max_lifetime_s = 0; // 0: none
     std::int64_t created_at_ms = 0;
+    std::int64_t lived_before_ms = 0; // SandboxInfo::lived_before_ms
     std::int64_t last_active_ms = 0;
     std::set<std::uint64_t> open_ops;
     bool idle_reported = false;

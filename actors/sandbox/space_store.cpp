@@ -64,6 +64,7 @@ std::string format_space(const SpaceInfo& space) {
   out << "images " << space.images_fingerprint << "\n";
   out << "state_bytes " << space.state_bytes << "\n";
   out << "disk_bytes " << space.disk_bytes << "\n";
+  out << "lived_ms " << space.lived_ms << "\n";
   return out.str();
 }
 
@@ -72,6 +73,7 @@ Result<SpaceInfo> parse_space(std::string_view text) {
   space.spec.egress_allow.clear();
   int line_number = 0;
   bool versioned = false;
+  bool lived_known = false;
   std::size_t start = 0;
   while (start < text.size()) {
     auto end = text.find('\n', start);
@@ -143,6 +145,8 @@ Result<SpaceInfo> parse_space(std::string_view text) {
       ok = number(space.state_bytes);
     else if (key == "disk_bytes")
       ok = number(space.disk_bytes);
+    else if (key == "lived_ms")
+      ok = number(space.lived_ms), lived_known = true;
     else
       return bad("unknown key");
     if (!ok) return bad("not a valid value");
@@ -150,6 +154,9 @@ Result<SpaceInfo> parse_space(std::string_view text) {
   if (!versioned) return make_error("parse Space", "empty file");
   if (!is_space_id(space.space_id)) return make_error("parse Space", "no valid space_id line");
   if (space.owner.empty()) return make_error("parse Space", "no owner line");
+  // A Space frozen before lived_ms was kept: its last run at least.
+  if (!lived_known)
+    space.lived_ms = std::max<std::int64_t>(0, space.frozen_at_ms - space.created_at_ms);
   return space;
 }
 

@@ -35,6 +35,8 @@
 //   images <fingerprint of the guest images>
 //   state_bytes <n>
 //   disk_bytes <n>
+//   lived_ms <n>                     (running time over every run; a Space
+//                                     without it: frozen_at_ms - created_at_ms)
 #pragma once
 
 #include <filesystem>

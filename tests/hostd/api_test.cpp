@@ -177,7 +177,7 @@ TEST_F(ApiTest, BadInputGetsA400NamingTheProblemAndTheServerCarriesOn) {
       {"{not json", "invalid create request"},
       {R"({"vcpus": "two"})", "vcpus"},
       {R"({"memory_mib": 512, "colour": "blue"})", "colour"},
-      {R"({"vcpus": 99})", "vcpus"},
+      {R"({"vcpus": 0})", "vcpus"}, // 99 would be clamped to the tier's cap
       {R"({"memory_mib": 16})", "memory_mib"},
       {R"({"template": "Windows 11"})", "template"},
       {R"([1, 2])", "invalid create request"},

@@ -2,6 +2,7 @@
 // VESICLE_IMAGES_DIR), HTTP over loopback. Keeps to a few small VMs: these
 // machines have two cores and no KVM.
 #include <signal.h>
+#include <sys/stat.h>
 
 #include <atomic>
 #include <cstdlib>
@@ -279,7 +280,9 @@ TEST(HostdShutdown, SigtermDestroysEveryVmAndItsFiles) {
   EXPECT_TRUE(hostd.leftover_files().empty());
 }
 
-TEST(HostdKeys, TheFirstStartPrintsAKeyOnceAndStoresOnlyItsHash) {
+// Issue 14: hostd runs as a service whose stdout and stderr are its log, so
+// the first key goes to a 0600 file, never to the output.
+TEST(HostdKeys, TheFirstStartWritesAKeyToA0600FileNeverToTheLog) {
   char pattern[] = "/tmp/hostd-keys-it-XXXXXX";
   std::filesystem::path dir = ::mkdtemp(pattern);
   std::string command = std::string(HOSTD_BINARY) + " --state-dir " + dir.string() +
@@ -295,16 +298,27 @@ TEST(HostdKeys, TheFirstStartPrintsAKeyOnceAndStoresOnlyItsHash) {
   };
   // No images: hostd stops after the key step, saying what is missing.
   auto first = run();
+  const auto key_file = dir / "first-key";
+  struct stat info {};
+  const bool written = ::stat(key_file.c_str(), &info) == 0;
+  std::ifstream key_in(key_file);
+  std::string key_text((std::istreambuf_iterator<char>(key_in)), {});
   auto second = run();
-  std::filesystem::path keys = dir / "keys";
-  std::ifstream in(keys);
+  std::ifstream in(dir / "keys");
   std::string stored((std::istreambuf_iterator<char>(in)), {});
+  std::ifstream key_again_in(key_file);
+  std::string key_again((std::istreambuf_iterator<char>(key_again_in)), {});
   std::filesystem::remove_all(dir);
-  auto key_at = first.find("vsk_");
-  ASSERT_NE(key_at, std::string::npos) << first;
-  auto key = first.substr(key_at, 68);
+  EXPECT_EQ(first.find("vsk_"), std::string::npos) << "a key in hostd's output: " << first;
+  EXPECT_NE(first.find(key_file.string()), std::string::npos) << first;
   EXPECT_NE(first.find("images"), std::string::npos) << first;
-  EXPECT_EQ(second.find("vsk_"), std::string::npos) << "a key was printed twice: " << second;
+  ASSERT_TRUE(written);
+  EXPECT_EQ(info.st_mode & 0777, 0600u);
+  auto key_at = key_text.find("vsk_");
+  ASSERT_NE(key_at, std::string::npos) << key_text;
+  auto key = key_text.substr(key_at, 68);
+  EXPECT_EQ(second.find("vsk_"), std::string::npos) << second;
+  EXPECT_EQ(key_again, key_text) << "a second start made another first key";
   EXPECT_EQ(stored.find(key), std::string::npos);
   EXPECT_NE(stored.find(hostd::to_hex(hostd::sha256(key))), std::string::npos);
 }

@@ -140,11 +140,11 @@ void HostdProcess::start(const HostdOptions& options) {
     if (!options.network_json.empty()) out << ", \"network\": " << options.network_json;
     out << "}";
   }
-  // A first key, then a second one; hostd prints neither again.
-  key_ =
-      key_in(run_for_stdout({options.binary.string(), "--state-dir", state.string(), "--new-key"}));
-  other_key_ =
-      key_in(run_for_stdout({options.binary.string(), "--state-dir", state.string(), "--new-key"}));
+  // A first key, a second one and an admin key; hostd prints none again.
+  key_ = key_in(run_for_stdout({options.binary.string(), "--state-dir", state.string(), "--new-key"}));
+  other_key_ = key_in(run_for_stdout({options.binary.string(), "--state-dir", state.string(), "--new-key"}));
+  admin_key_ =
+      key_in(run_for_stdout({options.binary.string(), "--state-dir", state.string(), "--new-key", "--admin"}));
 
   auto log = dir_ / "hostd.log";
   auto started = start_listening({options.binary.string(), "--config", config.string(), "--listen",

@@ -66,6 +66,10 @@ public:
   const std::string& key() const { return key_; }
   // Another key (made with --new-key before the start).
   const std::string& other_key() const { return other_key_; }
+  // An admin key (--new-key --admin): /metrics and /v1/admin need one.
+  const std::string& admin_key() const { return admin_key_; }
+  // Where hostd keeps its keys file (hostd --state-dir).
+  std::filesystem::path state_dir() const { return dir_ / "state"; }
   const std::filesystem::path& runtime_dir() const { return runtime_dir_; }
   const std::filesystem::path& shm_dir() const { return shm_dir_; }
   std::string log() const; // hostd's stderr so far
@@ -92,6 +96,7 @@ private:
   unsigned short port_ = 0;
   std::string key_;
   std::string other_key_;
+  std::string admin_key_;
 };
 
 } // namespace vesicle::testing

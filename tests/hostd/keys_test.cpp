@@ -1,6 +1,7 @@
 #include <sys/stat.h>
 
 #include <fstream>
+#include <set>
 #include <sstream>
 
 #include <gtest/gtest.h>
@@ -126,4 +127,88 @@ TEST(Keys, AnUnknownWordAfterTheHashIsAnErrorNamingIt) {
   ASSERT_FALSE(store);
   EXPECT_NE(store.error().message().find("line 2"), std::string::npos) << store.error().message();
   EXPECT_NE(store.error().message().find("\"root\""), std::string::npos) << store.error().message();
+}
+
+// Issue 14: a 32-bit id could collide and merge two tenants' views.
+TEST(Keys, NewKeyIdsAre128RandomBits) {
+  TempDir dir;
+  auto store = KeyStore::load(dir.path / "keys");
+  ASSERT_TRUE(store);
+  std::set<std::string> ids;
+  for (int i = 0; i < 20; ++i) {
+    auto created = store->add();
+    ASSERT_TRUE(created);
+    ASSERT_EQ(created->id.size(), 4u + 32u) << created->id;
+    EXPECT_EQ(created->id.substr(0, 4), "key-");
+    EXPECT_EQ(created->id.find_first_not_of("0123456789abcdef", 4), std::string::npos);
+    ids.insert(created->id);
+  }
+  EXPECT_EQ(ids.size(), 20u);
+}
+
+// Keys made before ids grew keep their ids: their Spaces on disk name them.
+TEST(Keys, AnOldShortIdStillLoadsAndAuthenticates) {
+  TempDir dir;
+  {
+    std::ofstream out(dir.path / "keys");
+    out << "key-0123abcd " << to_hex(sha256("vsk_old")) << " pro\n";
+  }
+  auto store = KeyStore::load(dir.path / "keys");
+  ASSERT_TRUE(store) << store.error().message();
+  EXPECT_EQ(store->authenticate("vsk_old"), "key-0123abcd");
+  // A new key beside it gets a long id, and the old line is kept as it was.
+  auto created = store->add();
+  ASSERT_TRUE(created);
+  EXPECT_EQ(created->id.size(), 36u);
+  auto again = KeyStore::load(dir.path / "keys");
+  ASSERT_TRUE(again);
+  EXPECT_EQ(again->authenticate("vsk_old"), "key-0123abcd");
+  EXPECT_EQ(again->find("key-0123abcd")->tier, "pro");
+}
+
+TEST(Keys, TwoLinesWithOneIdAreRefused) {
+  TempDir dir;
+  {
+    std::ofstream out(dir.path / "keys");
+    out << "key-1 " << to_hex(sha256("x")) << "\nkey-1 " << to_hex(sha256("y")) << "\n";
+  }
+  auto store = KeyStore::load(dir.path / "keys");
+  ASSERT_FALSE(store);
+  EXPECT_NE(store.error().message().find("line 2 repeats the key id key-1"), std::string::npos)
+      << store.error().message();
+}
+
+TEST(Keys, AReloadSeesAddedAndRemovedKeysAndABadFileChangesNothing) {
+  TempDir dir;
+  auto running = KeyStore::load(dir.path / "keys");
+  ASSERT_TRUE(running);
+  auto alice = running->add();
+  auto bob = running->add();
+  ASSERT_TRUE(alice && bob);
+  // Another process (hostd --new-key) adds carol; an operator removes bob.
+  auto other = KeyStore::load(dir.path / "keys");
+  ASSERT_TRUE(other);
+  auto carol = other->add();
+  ASSERT_TRUE(carol);
+  EXPECT_FALSE(running->authenticate(carol->key));
+  {
+    std::string text = read(dir.path / "keys"), kept;
+    std::istringstream lines(text);
+    for (std::string line; std::getline(lines, line);)
+      if (line.rfind(bob->id + " ", 0) != 0) kept += line + "\n";
+    std::ofstream(dir.path / "keys") << kept;
+  }
+  auto removed = running->reload();
+  ASSERT_TRUE(removed) << removed.error().message();
+  EXPECT_EQ(*removed, std::vector<std::string>{bob->id});
+  EXPECT_EQ(running->authenticate(carol->key), carol->id);
+  EXPECT_EQ(running->authenticate(alice->key), alice->id);
+  EXPECT_FALSE(running->authenticate(bob->key));
+  // A retired id is still an owner (the admin listing), not a key.
+  running->retire(bob->id);
+  EXPECT_EQ(running->owners(), (std::vector<std::string>{alice->id, carol->id, bob->id}));
+
+  std::ofstream(dir.path / "keys", std::ios::app) << "broken line\n";
+  EXPECT_FALSE(running->reload());
+  EXPECT_EQ(running->authenticate(carol->key), carol->id);
 }

@@ -81,6 +81,8 @@ protected:
     if (HasFailure() && hostd) std::fprintf(stderr, "hostd's log:\n%s\n", hostd->log().c_str());
   }
   static HttpClient client() { return HttpClient("127.0.0.1", hostd->port(), hostd->key()); }
+  // /metrics needs an admin key.
+  static HttpClient admin() { return HttpClient("127.0.0.1", hostd->port(), hostd->admin_key()); }
 
   static api::PoolCapacity pool_state() {
     auto http = client();
@@ -98,7 +100,7 @@ protected:
     return false;
   }
   static std::string metric(const std::string& name) {
-    auto text = client().request("GET", "/metrics").body;
+    auto text = admin().request("GET", "/metrics").body;
     const auto at = text.find("\n" + name);
     if (at == std::string::npos) return "";
     const auto end = text.find('\n', at + 1);
@@ -181,10 +183,9 @@ TEST_F(Pool, CreatesAreServedFromThePoolWhichRefills) {
   EXPECT_EQ(pool_state().in_use(), 1u);
   EXPECT_EQ(metric("vesicle_pool_hits_total"), "1");
   EXPECT_EQ(metric("vesicle_pool_misses_total"), "0");
-  EXPECT_NE(client()
-                .request("GET", "/metrics")
-                .body.find("vesicle_create_seconds_bucket{source=\"pool\""),
-            std::string::npos);
+  EXPECT_NE(
+      admin().request("GET", "/metrics").body.find("vesicle_create_seconds_bucket{source=\"pool\""),
+      std::string::npos);
   destroy(sandbox.id());
 }
 

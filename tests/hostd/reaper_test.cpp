@@ -137,3 +137,17 @@ TEST(ReaperBook, SeveralSandboxesEachOnTheirOwnClock) {
 }
 
 } // namespace
+
+// Issue 14: a persistent sandbox resumed from a Space (or a fork child)
+// goes on with the running time its state already used.
+TEST(ReaperBook, LifetimeCountsTheRunningTimeBeforeThisRun) {
+  ReaperBook book;
+  auto info = sandbox("a", 0, 30);
+  info.lived_before_ms = 25'000; // 25 s in earlier runs
+  book.track(info, seconds(1));
+  EXPECT_EQ(book.next_deadline(), seconds(5));
+  EXPECT_TRUE(book.due(seconds(4.9)).empty());
+  auto due = book.due(seconds(5));
+  ASSERT_EQ(due.size(), 1u);
+  EXPECT_EQ(due[0].kind, ExpiryKind::lifetime);
+}

@@ -81,6 +81,25 @@ TEST(SpaceFile, RoundTripsEveryField) {
   EXPECT_EQ(parsed->images_fingerprint, space.images_fingerprint);
   EXPECT_EQ(parsed->state_bytes, space.state_bytes);
   EXPECT_EQ(parsed->disk_bytes, space.disk_bytes);
+  EXPECT_EQ(parsed->lived_ms, space.lived_ms);
+}
+
+// Issue 14: a Space carries the running time its sandbox used, so a resume
+// does not restart the lifetime; a Space written before that was kept
+// counts its last run (frozen_at_ms - created_at_ms).
+TEST(SpaceFile, KeepsTheRunningTimeAndInfersItForOlderSpaces) {
+  auto space = sample_space("key-1");
+  space.lived_ms = 123'456;
+  auto text = format_space(space);
+  auto parsed = parse_space(text);
+  ASSERT_TRUE(parsed) << parsed.error().message();
+  EXPECT_EQ(parsed->lived_ms, 123'456);
+  const auto line = text.find("lived_ms ");
+  ASSERT_NE(line, std::string::npos);
+  text.erase(line, text.find('\n', line) + 1 - line);
+  auto older = parse_space(text);
+  ASSERT_TRUE(older) << older.error().message();
+  EXPECT_EQ(older->lived_ms, space.frozen_at_ms - space.created_at_ms);
 }
 
 TEST(SpaceFile, NamesTheBadLine) {

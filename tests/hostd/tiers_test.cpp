@@ -158,3 +158,26 @@ TEST(Tiers, AKeysTierIsStoredWithItAndOldLinesHaveNone) {
 }
 
 } // namespace
+
+// Issue 14: vCPUs had no tier cap; Spaces and requests per second none either.
+TEST(Tiers, VcpusAreCappedPerTierAndTheNewCapsHaveDefaults) {
+  auto config = defaults();
+  api::CreateSandboxRequest request;
+  request.set_vcpus(8);
+  clamp_request(request, caps_of(config, Tier::free));
+  EXPECT_EQ(request.vcpus(), 2u);
+  SandboxSpec spec;
+  spec.vcpus = 8;
+  clamp_spec(spec, caps_of(config, Tier::pro));
+  EXPECT_EQ(spec.vcpus, 4u);
+  const auto& free = caps_of(config, Tier::free);
+  EXPECT_EQ(free.max_spaces(), 5u);
+  EXPECT_EQ(free.max_spaces_mib(), 10u * 1024);
+  EXPECT_EQ(free.max_requests_per_s(), 100u);
+  EXPECT_EQ(caps_of(config, Tier::enterprise).max_vcpus(), 32u);
+  EXPECT_EQ(config.keys().removed_key_sandboxes(), "destroy");
+  config.mutable_keys()->set_removed_key_sandboxes("maybe");
+  auto checked = validate(config);
+  ASSERT_FALSE(checked);
+  EXPECT_NE(checked.error().message().find("removed_key_sandboxes"), std::string::npos);
+}

@@ -1,7 +1,7 @@
 """Runs a real hostd for the end-to-end tests, and checks it leaves nothing behind.
 
-hostd gets its own temporary state dir (so it makes a fresh keys file and
-prints the new key), runtime dir, shm dir and loopback port 0 (it prints the
+hostd gets its own temporary state dir (its keys made first with
+`hostd --new-key`, which prints each once), runtime dir, shm dir and loopback port 0 (it prints the
 port it got), through a text-format config file (messages/config.proto),
 with its images from VESICLE_IMAGES_DIR. At the end it is stopped
 with SIGTERM and the test checks that no QEMU process of this hostd is left
@@ -9,7 +9,7 @@ and that its runtime and shm dirs hold no per-VM files.
 
 A test may stop and start hostd in between (RunningHostd.restart: after
 SIGKILL, a crash, or SIGTERM, a clean stop) on the same config and dirs;
-the key stays the one hostd printed first, the port is a new one.
+the key stays the one made first, the port is a new one.
 """
 
 from __future__ import annotations
@@ -31,11 +31,12 @@ from typing import List
 
 import pytest
 
-# What hostd prints on stdout at start (hostd/main.cpp): on first start, with
-# an empty keys file, "vesicle API key <id> (...):" and then the key on its
-# own line ("vsk_" and hex digits, hostd/keys.cpp); once serving, "hostd
-# <version> listening on http://<address>:<port> (...)", which gives the port
-# when we ask for port 0.
+# What hostd prints on stdout (hostd/main.cpp): `hostd --new-key` prints
+# "vesicle API key <id> (...):" and then the key on its own line ("vsk_" and
+# hex digits, hostd/keys.cpp); once serving, "hostd <version> listening on
+# http://<address>:<port> (...)", which gives the port when we ask for port 0.
+# (A first start without keys writes its key to state_dir/first-key, never to
+# the log, so the keys are made before the start.)
 KEY_PATTERN = re.compile(r"^(vsk_[0-9A-Za-z]+)$", re.MULTILINE)
 LISTEN_PATTERN = re.compile(r"listening on (http://[0-9.]+:[0-9]+)")
 START_TIMEOUT_S = 60
@@ -91,12 +92,11 @@ class RunningHostd:
     def start(self) -> None:
         """Start hostd again on the same config (state, runtime and shm dirs).
 
-        The keys file in the state dir exists by now, so hostd prints no key:
-        the key stays the one of the first start. Its port is new (port 0):
+        The keys stay the ones made before the first start. Its port is new (port 0):
         `url` and `pid` are updated in place.
         """
         assert self._proc is None or self._proc.poll() is not None, "hostd is still running"
-        self._proc, self.url, _ = _launch(self.binary, self.config_path, self.log_path, need_key=False)
+        self._proc, self.url = _launch(self.binary, self.config_path, self.log_path)
         self.pid = self._proc.pid
 
     def restart(self, sig: int = signal.SIGKILL, timeout: float = STOP_TIMEOUT_S) -> None:
@@ -108,7 +108,7 @@ class RunningHostd:
         """Add another API key to the keys file (`hostd --new-key`) and return it.
 
         The running hostd read the keys file at its start: the key works
-        after the next start().
+        after the next start() or a keys reload (SIGHUP).
         """
         return _new_key(self.binary, self.config_path, tier)
 
@@ -156,11 +156,10 @@ def qemu_processes_under(paths: List[Path]) -> List[int]:
     return found
 
 
-def _launch(binary: Path, config: Path, log_path: Path, need_key: bool):
-    """Start hostd, appending to its log; wait until it answers. Returns (proc, url, key).
+def _launch(binary: Path, config: Path, log_path: Path):
+    """Start hostd, appending to its log; wait until it answers. Returns (proc, url).
 
-    Only what this start wrote is searched for the address (and the key,
-    which hostd prints only when it made the keys file).
+    Only what this start wrote is searched for the address.
     """
     offset = log_path.stat().st_size if log_path.exists() else 0
     with open(log_path, "ab") as log:
@@ -178,16 +177,15 @@ def _launch(binary: Path, config: Path, log_path: Path, need_key: bool):
                 + log_path.read_bytes()[offset:].decode(errors="replace")
             )
         output = log_path.read_bytes()[offset:].decode(errors="replace")
-        key_match, url_match = KEY_PATTERN.search(output), LISTEN_PATTERN.search(output)
-        key = key_match.group(1) if key_match else None
+        url_match = LISTEN_PATTERN.search(output)
         url = url_match.group(1) if url_match else None
-        if (key is not None or not need_key) and url is not None and _healthy(url):
-            return proc, url, key
+        if url is not None and _healthy(url):
+            return proc, url
         if time.monotonic() > deadline:
             proc.kill()
             proc.wait()
             pytest.fail(
-                f"hostd did not print {'a key and ' if need_key else ''}its address and answer "
+                f"hostd did not print its address and answer "
                 f"/v1/healthz within {START_TIMEOUT_S} s:\n"
                 + log_path.read_bytes()[offset:].decode(errors="replace")
             )
@@ -256,12 +254,10 @@ def hostd_session(
     running = None
     try:
         admin = None
+        key = _new_key(binary, config)
         if admin_key:
-            # Both keys made first: hostd then prints none at its start.
-            key, admin = _new_key(binary, config), _new_key(binary, config, admin=True)
-            proc, url, _ = _launch(binary, config, log_path, need_key=False)
-        else:
-            proc, url, key = _launch(binary, config, log_path, need_key=True)
+            admin = _new_key(binary, config, admin=True)
+        proc, url = _launch(binary, config, log_path)
         running = RunningHostd(
             url=url,
             key=key,

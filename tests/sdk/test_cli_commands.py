@@ -156,7 +156,10 @@ def test_host_commands(cli_hostd):
     assert ok_json(h, "templates") == {"templates": [{"name": "default", "pools": []}]}
     p = run(h, "templates")
     assert p.returncode == 0 and p.stdout.decode().startswith("default  no warm pool")
-    samples = ok_json(h, "metrics")["samples"]
+    # /metrics shows every key's figures: an admin key's only (403 otherwise).
+    refused = failed_json(h, "metrics")
+    assert (refused["code"], refused["status"]) == ("forbidden", 403)
+    samples = ok_json(h, "metrics", key=h.admin_key)["samples"]
     maximum = [s for s in samples if s["name"] == "vesicle_max_sandboxes"]
     assert maximum == [{"name": "vesicle_max_sandboxes", "labels": {}, "value": 4.0}]
     assert {"state": "ready"} in [s["labels"] for s in samples if s["name"] == "vesicle_sandboxes"]

@@ -36,6 +36,7 @@ const Expected kContract[] = {
     {ErrorKind::timeout, 504, "timeout", "DeadlineExceededError"},
     {ErrorKind::internal, 500, "internal", "ServerError"},
     {ErrorKind::guest_protocol_violation, 410, "guest_protocol_violation", "SandboxDiedError"},
+    {ErrorKind::forbidden, 403, "forbidden", "PermissionDeniedError"},
 };
 
 TEST(ErrorKind, EveryKindHasItsStatusCodeAndSdkException) {

@@ -30,7 +30,7 @@ def register(sub, common) -> None:
     )
     p.set_defaults(run=_templates)
 
-    p = sub.add_parser("metrics", parents=[common], help="hostd's Prometheus metrics")
+    p = sub.add_parser("metrics", parents=[common], help="hostd's Prometheus metrics (needs an admin key)")
     p.set_defaults(run=_metrics)
 
     p = sub.add_parser(

@@ -50,6 +50,12 @@ class AuthenticationError(VesicleError):
     default_code = "unauthenticated"
 
 
+class PermissionDeniedError(AuthenticationError):
+    """403: the key is valid but may not do this (e.g. /metrics needs an admin key)."""
+
+    default_code = "forbidden"
+
+
 class NotFoundError(VesicleError):
     """404: unknown id, another key's sandbox or Space, or no such file."""
 
@@ -163,6 +169,7 @@ class ProtocolError(VesicleError):
 _BY_STATUS = {
     400: InvalidRequestError,
     401: AuthenticationError,
+    403: PermissionDeniedError,
     404: NotFoundError,
     405: MethodNotAllowedError,
     409: ConflictError,

@@ -42,6 +42,11 @@ export class AuthenticationError extends VesicleError {
   static override readonly defaultCode: string = "unauthenticated";
 }
 
+/** 403: the key is valid but may not do this (e.g. /metrics needs an admin key). */
+export class PermissionDeniedError extends AuthenticationError {
+  static override readonly defaultCode: string = "forbidden";
+}
+
 /** 404: unknown id, another key's sandbox or Space, or no such file. */
 export class NotFoundError extends VesicleError {
   static override readonly defaultCode: string = "not_found";
@@ -124,6 +129,7 @@ type ErrorClass = typeof VesicleError;
 const BY_STATUS: ReadonlyMap<number, ErrorClass> = new Map<number, ErrorClass>([
   [400, InvalidRequestError],
   [401, AuthenticationError],
+  [403, PermissionDeniedError],
   [404, NotFoundError],
   [405, MethodNotAllowedError],
   [409, ConflictError],

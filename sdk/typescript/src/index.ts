@@ -18,6 +18,7 @@ export {
   ConfigurationError,
   ConflictError,
   InvalidRequestError,
+  PermissionDeniedError,
   MethodNotAllowedError,
   NotFoundError,
   PayloadTooLargeError,
