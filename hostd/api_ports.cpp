@@ -63,10 +63,12 @@ asio::awaitable<Result<void>> Api::relay_port(Exchange& exchange, const std::str
   }
   // The VM object outlives the lease (the relay's channel ends with it).
   auto vm = lease->vm_pointer();
+  const std::uint16_t port = request.port;
   request.on_upgraded = [&lease] { lease.reset(); };
   auto relayed = co_await relay_http(exchange, vm->agent(), std::move(request));
+  const std::string doing = "relaying port " + std::to_string(port);
   if (!relayed && lease && !lease->usable())
-    co_return co_await agent_failure(*lease, relayed.error(), "relaying a port");
+    co_return co_await agent_failure(*lease, relayed.error(), doing);
   co_return relayed;
 }
 

@@ -183,8 +183,10 @@ asio::awaitable<Result<void>> relay_http(Exchange& exchange, vmm::AgentClient& a
   std::shared_ptr<vmm::PortStream> guest = std::move(*opened);
 
   // The request, its body streamed as it comes.
-  if (auto sent = co_await guest->write(request_head(exchange, request, upgrade)); !sent)
-    co_return std::move(sent).error();
+  // Named, not built inside the awaited call: g++ 12 destroys some such
+  // temporaries twice.
+  const std::string head_out = request_head(exchange, request, upgrade);
+  if (auto sent = co_await guest->write(head_out); !sent) co_return std::move(sent).error();
   const bool chunked = exchange.chunked();
   auto body =
       co_await exchange.read_body([&](std::string_view piece) -> asio::awaitable<Result<void>> {
@@ -226,9 +228,10 @@ asio::awaitable<Result<void>> relay_http(Exchange& exchange, vmm::AgentClient& a
   if (status == 101 && upgrade) {
     if (!co_await write_client(exchange, head, timeout)) co_return Result<void>{};
     if (request.on_upgraded) request.on_upgraded();
-    auto done = std::make_shared<vmm::detail::Event>(co_await asio::this_coro::executor);
-    asio::co_spawn(co_await asio::this_coro::executor, pump_client(exchange, guest, done),
-                   asio::detached);
+    // Not inside the calls below: g++ 12 mishandles co_await in arguments.
+    auto executor = co_await asio::this_coro::executor;
+    auto done = std::make_shared<vmm::detail::Event>(executor);
+    asio::co_spawn(executor, pump_client(exchange, guest, done), asio::detached);
     for (;;) {
       auto chunk = co_await guest->read();
       if (!chunk || chunk->empty()) break;

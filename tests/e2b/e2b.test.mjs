@@ -9,7 +9,7 @@
 
 import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
-import { readFileSync, statSync } from "node:fs";
+import { readFileSync, renameSync, statSync } from "node:fs";
 import { join } from "node:path";
 import http from "node:http";
 import { after, before, describe, test } from "node:test";
@@ -437,6 +437,8 @@ describe("a paused sandbox survives a hostd restart", { skip }, () => {
 
     hostd.proc.kill("SIGTERM");
     await hostd.exited;
+    // launch() finds the address in the log: the new hostd's, not the old one's.
+    renameSync(hostd.logPath, `${hostd.logPath}.before-restart`);
     await hostd.launch();
     process.env.E2B_API_URL = hostd.url;
     process.env.E2B_SANDBOX_URL = hostd.url;

@@ -1026,7 +1026,8 @@ TEST(AgentClientFakeAgent, PortDataBeyondTheWindowDisconnectsTheGuest) {
           if (!opened) co_return std::move(opened).error();
           std::shared_ptr<vmm::PortStream> stream = std::move(*opened);
           // Reads nothing: the guest must stop at the window.
-          asio::steady_timer wait(co_await asio::this_coro::executor, 3s);
+          auto executor = co_await asio::this_coro::executor;
+          asio::steady_timer wait(executor, 3s);
           boost::system::error_code ignored;
           co_await wait.async_wait(asio::redirect_error(asio::use_awaitable, ignored));
           co_return co_await stream->read();
