@@ -174,35 +174,48 @@ std::optional<PortHost> parse_port_host(std::string_view host, std::string_view 
   return out;
 }
 
-asio::awaitable<Result<void>> relay_http(Exchange& exchange, vmm::AgentClient& agent,
-                                         PortRequest request) {
-  const std::string what = "port " + std::to_string(request.port) + " in the sandbox";
-  const bool upgrade = exchange.upgrade();
-  auto opened = co_await agent.open_port(request.port);
-  if (!opened) co_return std::move(opened).error();
-  std::shared_ptr<vmm::PortStream> guest = std::move(*opened);
+namespace {
 
-  // The request, its body streamed as it comes.
-  // Named, not built inside the awaited call: g++ 12 destroys some such
-  // temporaries twice.
-  const std::string head_out = request_head(exchange, request, upgrade);
-  if (auto sent = co_await guest->write(head_out); !sent) co_return std::move(sent).error();
+struct BodyState {
+  explicit BodyState(const asio::any_io_executor& executor) : done(executor) {}
+  Exchange::BodyOutcome outcome;
+  vmm::detail::Event done;
+};
+
+// Client → guest: the request's body as it arrives (a chunked body
+// re-chunked). Runs beside the answer's relay, so a server that answers
+// while it still reads (or before it reads) is not held up by it.
+asio::awaitable<void> send_body(Exchange& exchange, std::shared_ptr<vmm::PortStream> guest,
+                                std::shared_ptr<BodyState> state) {
   const bool chunked = exchange.chunked();
-  auto body =
-      co_await exchange.read_body([&](std::string_view piece) -> asio::awaitable<Result<void>> {
+  state->outcome = co_await exchange.read_body(
+      [&guest, chunked](std::string_view piece) -> asio::awaitable<Result<void>> {
         if (!chunked) co_return co_await guest->write(piece);
         char size[24];
-        std::snprintf(size, sizeof size, "%zx\r\n", piece.size());
-        if (auto sent = co_await guest->write(size); !sent) co_return sent;
+        const int length = std::snprintf(size, sizeof size, "%zx\r\n", piece.size());
+        const std::string_view size_line(size, static_cast<std::size_t>(length));
+        const std::string_view crlf("\r\n");
+        if (auto sent = co_await guest->write(size_line); !sent) co_return sent;
         if (auto sent = co_await guest->write(piece); !sent) co_return sent;
-        co_return co_await guest->write("\r\n");
+        co_return co_await guest->write(crlf);
       });
-  if (body.client_failed) co_return Error::of(ErrorKind::invalid_argument, body.client_error);
-  // A server that answered before reading the whole body closed its side:
-  // its answer is still read below.
-  if (body.sink_result && chunked) (void)co_await guest->write("0\r\n\r\n");
+  if (state->outcome.client_failed) {
+    // The server would wait for the rest of the body forever.
+    guest->close();
+  } else if (state->outcome.sink_result && chunked) {
+    const std::string_view last_chunk("0\r\n\r\n");
+    (void)co_await guest->write(last_chunk);
+  }
+  state->done.set();
+}
 
-  // The answer's header.
+// Guest → client: the answer's header, then the rest as it comes (or both
+// ways after an upgrade). An Error only while nothing was written.
+asio::awaitable<Result<void>> relay_answer(Exchange& exchange,
+                                           const std::shared_ptr<vmm::PortStream>& guest,
+                                           PortRequest& request, bool upgrade,
+                                           const std::shared_ptr<BodyState>& body) {
+  const std::string what = "port " + std::to_string(request.port) + " in the sandbox";
   std::string head;
   std::size_t head_end = std::string::npos;
   while (head_end == std::string::npos) {
@@ -226,7 +239,11 @@ asio::awaitable<Result<void>> relay_http(Exchange& exchange, vmm::AgentClient& a
   exchange.taken_over(status);
 
   if (status == 101 && upgrade) {
-    if (!co_await write_client(exchange, head, timeout)) co_return Result<void>{};
+    // An upgrade request has no body; its reader has ended (or ends now)
+    // before the client's stream is read for the upgraded protocol.
+    (void)co_await body->done.wait();
+    const std::string_view answer_head(head);
+    if (!co_await write_client(exchange, answer_head, timeout)) co_return Result<void>{};
     if (request.on_upgraded) request.on_upgraded();
     // Not inside the calls below: g++ 12 mishandles co_await in arguments.
     auto executor = co_await asio::this_coro::executor;
@@ -235,7 +252,8 @@ asio::awaitable<Result<void>> relay_http(Exchange& exchange, vmm::AgentClient& a
     for (;;) {
       auto chunk = co_await guest->read();
       if (!chunk || chunk->empty()) break;
-      if (!co_await write_client(exchange, *chunk, timeout)) break;
+      const std::string_view data(*chunk);
+      if (!co_await write_client(exchange, data, timeout)) break;
     }
     guest->close();
     // The client pump holds `exchange`'s stream: it must end before the
@@ -248,13 +266,47 @@ asio::awaitable<Result<void>> relay_http(Exchange& exchange, vmm::AgentClient& a
 
   std::string first = closing_head(std::string_view(head).substr(0, head_end + 4));
   first.append(head, head_end + 4);
-  if (!co_await write_client(exchange, first, timeout)) co_return Result<void>{};
+  const std::string_view first_view(first);
+  if (!co_await write_client(exchange, first_view, timeout)) co_return Result<void>{};
   for (;;) {
     auto chunk = co_await guest->read();
     if (!chunk || chunk->empty()) break;
-    if (!co_await write_client(exchange, *chunk, timeout)) break;
+    const std::string_view data(*chunk);
+    if (!co_await write_client(exchange, data, timeout)) break;
   }
   co_return Result<void>{};
+}
+
+} // namespace
+
+asio::awaitable<Result<void>> relay_http(Exchange& exchange, vmm::AgentClient& agent,
+                                         PortRequest request) {
+  const bool upgrade = exchange.upgrade();
+  auto opened = co_await agent.open_port(request.port);
+  if (!opened) co_return std::move(opened).error();
+  std::shared_ptr<vmm::PortStream> guest = std::move(*opened);
+
+  // Named, not built inside the awaited call: g++ 12 destroys some such
+  // temporaries twice.
+  const std::string head_out = request_head(exchange, request, upgrade);
+  if (auto sent = co_await guest->write(head_out); !sent) co_return std::move(sent).error();
+  auto executor = co_await asio::this_coro::executor;
+  auto body = std::make_shared<BodyState>(executor);
+  asio::co_spawn(executor, send_body(exchange, guest, body), asio::detached);
+  auto relayed = co_await relay_answer(exchange, guest, request, upgrade, body);
+  // The body's reader holds the exchange: it ends before the exchange does.
+  // Still reading once the answer is over (or failed): the rest of the body
+  // is not wanted, and the connection closes.
+  const bool cut_short = !body->done.is_set();
+  if (cut_short) {
+    guest->close();
+    boost::system::error_code ignored;
+    exchange.stream().socket().cancel(ignored);
+  }
+  (void)co_await body->done.wait();
+  if (!relayed && body->outcome.client_failed && !cut_short)
+    co_return Error::of(ErrorKind::invalid_argument, body->outcome.client_error);
+  co_return relayed;
 }
 
 } // namespace vesicle::hostd
