@@ -22,6 +22,8 @@ let hostd;
 // Imported once the environment points at hostd (the SDKs read it when a
 // sandbox or connection is made, but be safe).
 let e2b, e2b250, ci;
+// hostd's sandbox_domain: getHost(port) is "<port>-<id>.<DOMAIN>".
+const DOMAIN = "sbx.test";
 
 before(async () => {
   if (located.skip) return;
@@ -46,8 +48,6 @@ after(async () => {
 });
 
 const skip = located.skip;
-// hostd's sandbox_domain: getHost(port) is "<port>-<id>.<DOMAIN>".
-const DOMAIN = "sbx.test";
 // Creates, pauses and resumes wait for a VM under TCG.
 const SLOW = { requestTimeoutMs: 240_000 };
 
