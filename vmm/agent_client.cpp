@@ -622,6 +622,18 @@ asio::awaitable<void> watch_grow_root_fs(ChannelPtr channel, SentRefresh sent,
   report_failure(on_failure, outcome.error());
 }
 
+// Sends a Cancel of request `target` from a destructor or close(), where
+// nobody can wait for the agent's answer.
+void send_cancel_detached(const ChannelPtr& channel, std::uint64_t target) {
+  guest::Request cancel;
+  cancel.set_id(channel->allocate_id());
+  cancel.mutable_cancel()->set_target(target);
+  asio::co_spawn(
+      channel->executor(),
+      [channel, cancel]() -> asio::awaitable<void> { (void)co_await channel->send(cancel); },
+      asio::detached);
+}
+
 class AgentUpload final : public Upload {
 public:
   AgentUpload(ChannelPtr channel, std::uint64_t id, std::shared_ptr<Inbox> inbox, std::string path)
@@ -632,17 +644,7 @@ public:
     channel_->forget(id_);
     // Dropped without finish() or abort(): tell the agent to remove its
     // temporary file. Nobody waits for the answer.
-    if (channel_->connected()) {
-      guest::Request cancel;
-      cancel.set_id(channel_->allocate_id());
-      cancel.mutable_cancel()->set_target(id_);
-      asio::co_spawn(
-          channel_->executor(),
-          [channel = channel_, cancel]() -> asio::awaitable<void> {
-            (void)co_await channel->send(cancel);
-          },
-          asio::detached);
-    }
+    if (channel_->connected()) send_cancel_detached(channel_, id_);
   }
 
   asio::awaitable<Result<void>> write(std::string_view data) override {
@@ -775,16 +777,8 @@ public:
     channel_->forget(id_);
     inbox_->close(make_error("port " + std::to_string(port_), "the stream was closed"));
     if (!open || !channel_->connected()) return;
-    // Closes the guest's socket; nobody waits for the answer.
-    guest::Request cancel;
-    cancel.set_id(channel_->allocate_id());
-    cancel.mutable_cancel()->set_target(id_);
-    asio::co_spawn(
-        channel_->executor(),
-        [channel = channel_, cancel]() -> asio::awaitable<void> {
-          (void)co_await channel->send(cancel);
-        },
-        asio::detached);
+    // Closes the guest's socket.
+    send_cancel_detached(channel_, id_);
   }
 
   asio::awaitable<Result<std::string>> read() override {
