@@ -195,15 +195,7 @@ asio::awaitable<void> Api::handle(Exchange& exchange) {
 asio::awaitable<void> Api::route(Exchange& exchange, const std::vector<std::string>& path,
                                  std::string_view query, std::string& key_id) {
   auto method = exchange.method();
-  auto is = [&](std::initializer_list<std::string_view> pattern) {
-    if (pattern.size() != path.size()) return false;
-    std::size_t i = 0;
-    for (auto part : pattern) {
-      if (part != "*" && part != path[i]) return false;
-      ++i;
-    }
-    return true;
-  };
+  auto is = [&](std::initializer_list<std::string_view> pattern) { return path_is(path, pattern); };
   // Returns the error rather than the awaitable: respond_error holds its
   // argument by reference, and an awaitable runs only when awaited.
   auto not_allowed = [&](const char* allowed) {
@@ -335,6 +327,9 @@ asio::awaitable<void> Api::route(Exchange& exchange, const std::vector<std::stri
     if (method == http::verb::get) co_return co_await download(exchange, *owner, path[2], query);
     co_return co_await exchange.respond_error(not_allowed("GET or PUT"));
   }
+  // Any method, any path below: the request is the sandbox server's.
+  if (path.size() >= 5 && path[0] == "v1" && path[1] == "sandboxes" && path[3] == "ports")
+    co_return co_await port(exchange, *owner, path);
   co_await exchange.respond_error(unknown_route(path));
 }
 

@@ -24,6 +24,7 @@
 #include "hostd/keys.hpp"
 #include "hostd/mcp.hpp"
 #include "hostd/metrics.hpp"
+#include "hostd/port_proxy.hpp"
 #include "hostd/query.hpp"
 #include "hostd/rate_limit.hpp"
 #include "hostd/runtime_core.hpp"
@@ -180,6 +181,12 @@ private:
                                                   const std::string& path, std::string_view data);
   asio::awaitable<Result<std::string>> read_file(const std::string& owner, const std::string& id,
                                                  const std::string& path, std::size_t max_bytes);
+  // api_ports.cpp: ANY /v1/sandboxes/{id}/ports/{port}/..., and the relay
+  // under an operation lease that E2B's ports use too (port_proxy.hpp).
+  asio::awaitable<void> port(Exchange& exchange, const std::string& owner,
+                             const std::vector<std::string>& path);
+  asio::awaitable<Result<void>> relay_port(Exchange& exchange, const std::string& owner,
+                                           const std::string& id, PortRequest request);
   // api_mcp.cpp: the MCP streamable HTTP transport at /mcp.
   asio::awaitable<void> mcp(Exchange& exchange, const std::string& owner);
   // mcp_tools.cpp: one tool call, run against the runtime.

@@ -157,6 +157,13 @@ Result<void> validate(const config::HostdConfig& c) {
                       std::to_string(ratio));
   if (auto checked = check_absolute("templates_dir", c.templates_dir()); !checked) return checked;
   if (auto checked = check_absolute("spaces_dir", c.spaces_dir()); !checked) return checked;
+  if (c.sandbox_domain().size() > 200 ||
+      c.sandbox_domain().find_first_not_of("abcdefghijklmnopqrstuvwxyz0123456789.-") !=
+          std::string::npos)
+    return make_error("check configuration",
+                      "sandbox_domain is a DNS name of at most 200 characters of [a-z0-9.-] "
+                      "(e.g. \"sbx.example.com\")",
+                      c.sandbox_domain());
   for (int i = 0; i < c.pools_size(); ++i) {
     const auto& pool = c.pools(i);
     const std::string where =

@@ -10,14 +10,17 @@
 //   e2b_process.cpp      process.Process on the agent's bash commands
 //   e2b_filesystem.cpp   filesystem.Filesystem on small guest scripts
 //   e2b_interpreter.cpp  the code interpreter (port 49999): /execute, contexts
+//   e2b_ports.cpp        any other port inside the sandbox (port_proxy.hpp)
 //   e2b_connect.hpp      the Connect protocol's framing and error codes
 //   e2b_multipart.hpp    the multipart/form-data reader for uploads
 //
 // What E2B calls a sandbox id is hostd's own random 128-bit id for the E2B
 // sandbox, not the vesicle sandbox's: pause (a freeze) and connect (a
 // resume) put the sandbox on a new vesicle sandbox, and E2B's id must not
-// change. The table lives in hostd's memory: a restarted hostd knows no
-// E2B sandbox (its vesicle sandboxes are gone then too).
+// change. The table lives in hostd's memory; its paused sandboxes (whose
+// Spaces are on disk) are also saved under the state directory
+// (e2b_store.hpp), so a restarted hostd connects to them again. A running
+// one is gone after a restart, like its VM.
 #pragma once
 
 // Boost 1.74's asio/awaitable.hpp uses std::exchange without including it.
@@ -102,6 +105,10 @@ struct Sandbox {
   std::string frozen_vid; // while paused: the frozen vesicle sandbox
   std::string space_id;   // while paused: its Space
   std::string token;      // envdAccessToken
+  // Ports (e2b_ports.cpp): the e2b-traffic-access-token, and whether the
+  // creator made every port public (network.allowPublicTraffic: true).
+  std::string traffic_token;
+  bool public_traffic = false;
   std::string template_id;
   std::map<std::string, std::string> metadata;
   std::map<std::string, std::string> env_vars; // every command's
@@ -147,6 +154,10 @@ private:
   asio::awaitable<Result<void>> destroy(Sandbox& sandbox);
   asio::awaitable<void> sweep();
   void start_sweep();
+  // e2b_store.hpp: the paused sandboxes saved after each change, loaded
+  // once at the first E2B request after a start.
+  void persist();
+  void load();
   // The caller's sandbox, or null (another key's is as unknown as none).
   std::shared_ptr<Sandbox> owned(const std::string& owner, const std::string& id);
 
@@ -170,6 +181,11 @@ private:
   asio::awaitable<void> stream_out(Exchange& exchange, std::shared_ptr<Outbox> outbox,
                                    bool keepalives);
 
+  // e2b_ports.cpp: a port other than envd's and the interpreter's, by
+  // E2B's headers or the host-name form; authenticated here.
+  asio::awaitable<void> port(Exchange& exchange, const std::shared_ptr<Sandbox>& sandbox,
+                             std::string_view port);
+
   // e2b_filesystem.cpp
   asio::awaitable<void> filesystem_call(Exchange& exchange, const std::shared_ptr<Sandbox>& sandbox,
                                         const std::string& method);
@@ -192,6 +208,7 @@ private:
   std::map<std::string, std::shared_ptr<Sandbox>> sandboxes_;
   bool sweeping_ = false;
   bool stopped_ = false;
+  bool loaded_ = false;
   asio::any_io_executor executor_;
 };
 

@@ -21,6 +21,7 @@
 #include "hostd/api.hpp"
 #include "hostd/e2b.hpp"
 #include "hostd/e2b_connect.hpp"
+#include "hostd/e2b_store.hpp"
 
 namespace vesicle::hostd {
 
@@ -85,13 +86,15 @@ std::map<std::string, std::string> metadata_filter(std::string_view query) {
   return wanted;
 }
 
-SandboxCreated created_answer(const Sandbox& sandbox) {
+SandboxCreated created_answer(const Sandbox& sandbox, const std::string& domain) {
   SandboxCreated out;
   out.set_sandboxid(sandbox.id);
   out.set_templateid(sandbox.template_id);
   out.set_clientid("vesicle");
   out.set_envdversion(kEnvdVersion);
   out.set_envdaccesstoken(sandbox.token);
+  out.set_trafficaccesstoken(sandbox.traffic_token);
+  out.set_domain(domain);
   return out;
 }
 
@@ -174,10 +177,24 @@ std::string absolute(std::string_view path) {
 asio::awaitable<bool> E2b::handle(Exchange& exchange, const std::vector<std::string>& path,
                                   std::string_view query, std::string& key_id) {
   executor_ = co_await asio::this_coro::executor;
-  // Sandbox traffic: routed by header, authenticated by the sandbox's token.
-  if (auto id = exchange.header("E2b-Sandbox-Id"); !id.empty()) {
-    auto found = sandboxes_.find(std::string(id));
-    const auto port = std::string(exchange.header("E2b-Sandbox-Port"));
+  if (!loaded_) {
+    loaded_ = true;
+    load();
+    start_sweep();
+  }
+  // Sandbox traffic: routed by E2B's headers or by a host name
+  // <port>-<id>.<sandbox_domain>, authenticated by the sandbox's token.
+  std::string id(exchange.header("E2b-Sandbox-Id"));
+  std::string port(exchange.header("E2b-Sandbox-Port"));
+  if (id.empty()) {
+    if (auto host = parse_port_host(exchange.header(http::field::host),
+                                    api_.ctx_.config.sandbox_domain())) {
+      id = host->sandbox_id;
+      port = std::to_string(host->port);
+    }
+  }
+  if (!id.empty()) {
+    auto found = sandboxes_.find(id);
     if (found == sandboxes_.end()) {
       // What E2B's proxy answers for a sandbox that is gone.
       co_await exchange.respond(
@@ -186,6 +203,11 @@ asio::awaitable<bool> E2b::handle(Exchange& exchange, const std::vector<std::str
     }
     auto sandbox = found->second;
     key_id = sandbox->owner;
+    if (port != std::to_string(kEnvdPort) && !port.empty() &&
+        port != std::to_string(kInterpreterPort)) {
+      co_await this->port(exchange, sandbox, port);
+      co_return true;
+    }
     const auto token = exchange.header("X-Access-Token");
     // /contexts comes without the token from the code interpreter SDK; see
     // interpreter() for why the sandbox id is enough there.
@@ -206,13 +228,8 @@ asio::awaitable<bool> E2b::handle(Exchange& exchange, const std::vector<std::str
     }
     if (port == std::to_string(kEnvdPort) || port.empty()) {
       co_await envd(exchange, sandbox, path, query);
-    } else if (port == std::to_string(kInterpreterPort)) {
-      co_await interpreter(exchange, sandbox, path, token_ok);
     } else {
-      co_await exchange.respond(
-          501, error_body(501, "port " + port +
-                                   ": vesicle forwards only envd (49983) and the code "
-                                   "interpreter (49999) through E2B's headers so far"));
+      co_await interpreter(exchange, sandbox, path, token_ok);
     }
     co_return true;
   }
@@ -253,15 +270,7 @@ asio::awaitable<void> E2b::control(Exchange& exchange, const std::vector<std::st
   const bool v2 = !path.empty() && path[0] == "v2";
   if (v2) path.erase(path.begin());
   const auto method = exchange.method();
-  auto is = [&](std::initializer_list<std::string_view> pattern) {
-    if (pattern.size() != path.size()) return false;
-    std::size_t i = 0;
-    for (auto part : pattern) {
-      if (part != "*" && part != path[i]) return false;
-      ++i;
-    }
-    return true;
-  };
+  auto is = [&](std::initializer_list<std::string_view> pattern) { return path_is(path, pattern); };
   if (is({"sandboxes"}) && method == http::verb::post) co_return co_await create(exchange, owner);
   if (is({"sandboxes"}) && method == http::verb::get)
     co_return co_await list(exchange, owner, query, v2);
@@ -305,7 +314,18 @@ asio::awaitable<void> E2b::create(Exchange& exchange, const std::string& owner) 
   NewSandbox request;
   if (auto parsed = parse(*body, request); !parsed)
     co_return co_await respond_error(exchange, parsed.error());
-  const char* unmapped = request.has_network()         ? "network"
+  // Of `network`, only allowPublicTraffic maps yet (e2b_ports.cpp).
+  bool public_traffic = false;
+  bool other_network = false;
+  if (request.has_network()) {
+    for (const auto& [field, value] : request.network().fields()) {
+      if (field == "allowPublicTraffic" && value.has_bool_value())
+        public_traffic = value.bool_value();
+      else
+        other_network = true;
+    }
+  }
+  const char* unmapped = other_network                 ? "network (beyond allowPublicTraffic)"
                          : request.has_mcp()           ? "mcp"
                          : request.volumemounts_size() ? "volumeMounts"
                          : request.autopause()         ? "autoPause"
@@ -342,6 +362,8 @@ asio::awaitable<void> E2b::create(Exchange& exchange, const std::string& owner) 
   sandbox->owner = owner;
   sandbox->vid = created->id;
   sandbox->token = random_id("", 64);
+  sandbox->traffic_token = random_id("", 64);
+  sandbox->public_traffic = public_traffic;
   sandbox->template_id = name.empty() ? "base" : name;
   sandbox->metadata.insert(request.metadata().begin(), request.metadata().end());
   sandbox->env_vars.insert(request.envvars().begin(), request.envvars().end());
@@ -353,7 +375,8 @@ asio::awaitable<void> E2b::create(Exchange& exchange, const std::string& owner) 
   sandboxes_[sandbox->id] = sandbox;
   start_sweep();
   log::info("e2b sandbox created", {{"e2b", sandbox->id}, {"sandbox", sandbox->vid}});
-  co_await respond(exchange, 201, print(created_answer(*sandbox), true));
+  co_await respond(exchange, 201,
+                   print(created_answer(*sandbox, api_.ctx_.config.sandbox_domain()), true));
 }
 
 asio::awaitable<void> E2b::get(Exchange& exchange, const std::string& owner,
@@ -439,6 +462,7 @@ asio::awaitable<void> E2b::set_timeout(Exchange& exchange, const std::string& ow
   auto timeout = checked_timeout(request.timeout());
   if (!timeout) co_return co_await respond_error(exchange, timeout.error());
   sandbox->end_ms = now_ms() + std::int64_t{*timeout} * 1000;
+  if (sandbox->vid.empty()) persist();
   co_await exchange.respond_no_content();
 }
 
@@ -463,6 +487,7 @@ asio::awaitable<void> E2b::pause(Exchange& exchange, const std::string& owner,
   sandbox->frozen_vid = sandbox->vid;
   sandbox->vid.clear();
   sandbox->space_id = space->space_id;
+  persist();
   co_await exchange.respond_no_content();
 }
 
@@ -488,6 +513,7 @@ asio::awaitable<void> E2b::connect(Exchange& exchange, const std::string& owner,
     // The frozen sandbox's entry is only a record now; its Space is gone.
     const auto frozen = std::exchange(sandbox->frozen_vid, std::string());
     sandbox->space_id.clear();
+    persist();
     (void)co_await ask<done_atom>(api_.ctx_.system, api_.ctx_.registry, api_.ctx_.create_timeout,
                                   destroy_atom::value, owner, frozen);
     status = 201;
@@ -497,7 +523,8 @@ asio::awaitable<void> E2b::connect(Exchange& exchange, const std::string& owner,
     if (!timeout) co_return co_await respond_error(exchange, timeout.error());
     sandbox->end_ms = std::max(sandbox->end_ms, now_ms() + std::int64_t{*timeout} * 1000);
   }
-  co_await respond(exchange, status, print(created_answer(*sandbox), true));
+  co_await respond(exchange, status,
+                   print(created_answer(*sandbox, api_.ctx_.config.sandbox_domain()), true));
 }
 
 // Onto vesicle's fork, which is all or nothing: either every child runs
@@ -526,6 +553,7 @@ asio::awaitable<void> E2b::fork(Exchange& exchange, const std::string& owner,
     child->id = random_id("", kIdDigits);
     child->vid = info.id;
     child->token = random_id("", 64);
+    child->traffic_token = random_id("", 64);
     child->started_ms = now_ms();
     child->end_ms = child->started_ms + std::int64_t{*timeout} * 1000;
     // What ran in the parent is not the child's to list or signal.
@@ -533,7 +561,9 @@ asio::awaitable<void> E2b::fork(Exchange& exchange, const std::string& owner,
     sandboxes_[child->id] = child;
     start_sweep();
     if (out.size() > 1) out += ",";
-    out += "{\"sandbox\":" + print(created_answer(*child), true) + "}";
+    out +=
+        "{\"sandbox\":" + print(created_answer(*child, api_.ctx_.config.sandbox_domain()), true) +
+        "}";
   }
   co_await respond(exchange, 201, out + "]");
 }
@@ -543,6 +573,7 @@ asio::awaitable<void> E2b::kill(Exchange& exchange, const std::string& owner,
   auto sandbox = owned(owner, id);
   if (!sandbox) co_return co_await respond_error(exchange, not_found(id));
   sandboxes_.erase(id);
+  if (sandbox->vid.empty()) persist();
   auto done = co_await destroy(*sandbox);
   if (!done && done.error().kind != ErrorKind::not_found)
     co_return co_await respond_error(exchange, done.error());
@@ -602,9 +633,31 @@ asio::awaitable<void> E2b::sweep() {
     if (sandbox->end_ms <= now && !sandbox->changing) expired.push_back(sandbox);
   for (const auto& sandbox : expired) {
     sandboxes_.erase(sandbox->id);
+    if (sandbox->vid.empty()) persist();
     log::info("e2b sandbox timed out", {{"e2b", sandbox->id}, {"sandbox", sandbox->vid}});
     (void)co_await destroy(*sandbox);
   }
+}
+
+void E2b::persist() {
+  const auto path = table_path(api_.ctx_.config.state_dir());
+  if (auto saved = save_table(path, sandboxes_); !saved)
+    log::warn("the E2B table was not saved; paused E2B sandboxes will be unknown after a restart",
+              {{"error", saved.error().message()}});
+}
+
+void E2b::load() {
+  const auto path = table_path(api_.ctx_.config.state_dir());
+  auto loaded = load_table(path);
+  if (!loaded) {
+    log::warn("the E2B table was not loaded; paused E2B sandboxes are unknown",
+              {{"error", loaded.error().message()}});
+    return;
+  }
+  for (auto& [id, sandbox] : *loaded)
+    sandboxes_.emplace(id, std::move(sandbox));
+  if (!loaded->empty())
+    log::info("e2b table loaded", {{"paused", static_cast<long long>(loaded->size())}});
 }
 
 } // namespace e2b

@@ -89,6 +89,25 @@ public:
   // without the final chunk, so the client sees a truncated response.
   void abandon_stream() { keep_alive_ = false; }
 
+  // For the port proxy (hostd/port_proxy.cpp), which relays the request's
+  // bytes and the guest's answer itself: the request's header, the
+  // client's stream and the bytes read past the header.
+  const http::request_header<>& request_header() const { return parser_.get().base(); }
+  std::optional<std::uint64_t> content_length() const {
+    auto length = parser_.content_length();
+    return length ? std::optional<std::uint64_t>(*length) : std::nullopt;
+  }
+  bool chunked() const { return parser_.chunked(); }
+  bool upgrade() const { return parser_.upgrade(); }
+  beast::tcp_stream& stream() { return stream_; }
+  beast::flat_buffer& buffer() { return buffer_; }
+  // The caller wrote a response with this status on stream() itself; the
+  // connection closes after it (nothing says where a next request starts).
+  void taken_over(unsigned status) {
+    status_ = status;
+    keep_alive_ = false;
+  }
+
   bool responded() const { return status_ != 0; }
   unsigned status() const { return status_; }
   // The kind of the error this exchange was answered with, if it was.

@@ -45,4 +45,15 @@ std::optional<std::string> query_param(std::string_view query, std::string_view 
   return std::nullopt;
 }
 
+bool path_is(const std::vector<std::string>& path,
+             std::initializer_list<std::string_view> pattern) {
+  if (pattern.size() != path.size()) return false;
+  std::size_t i = 0;
+  for (auto part : pattern) {
+    if (part != "*" && part != path[i]) return false;
+    ++i;
+  }
+  return true;
+}
+
 } // namespace vesicle::hostd

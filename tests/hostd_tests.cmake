@@ -22,6 +22,7 @@ vesicle_test(hostd_rate_limit_test SOURCES hostd/rate_limit_test.cpp LIBS vesicl
 vesicle_test(hostd_proc_usage_test SOURCES hostd/proc_usage_test.cpp LIBS vesicle_hostd)
 vesicle_test(hostd_ndjson_test SOURCES hostd/ndjson_test.cpp LIBS vesicle_hostd)
 vesicle_test(hostd_e2b_wire_test SOURCES hostd/e2b_wire_test.cpp LIBS vesicle_hostd)
+vesicle_test(hostd_ports_test SOURCES hostd/ports_test.cpp LIBS vesicle_hostd)
 vesicle_test(hostd_mcp_test SOURCES hostd/mcp_test.cpp LIBS vesicle_hostd)
 target_compile_definitions(hostd_mcp_test PRIVATE
   VESICLE_MCP_TOOLS_JSON="${PROJECT_SOURCE_DIR}/sdk/python/vesicle/mcp_tools.json")

@@ -18,6 +18,7 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <deque>
 #include <random>
 #include <unordered_map>
 
@@ -115,6 +116,7 @@ enum class Streams {
   nothing,   // ping, info, refresh, grow, shutdown, cancel, an upload
   output,    // an exec: stdout, stderr, result, error, display
   file_data, // a ReadFile: file_data
+  port,      // a PortOpen: port_data (within the host's window) and port_ack
 };
 
 bool is_terminal(const guest::Event& event) {
@@ -125,6 +127,8 @@ bool is_terminal(const guest::Event& event) {
   case guest::Event::kError:
   case guest::Event::kDisplay:
   case guest::Event::kFileData:
+  case guest::Event::kPortData:
+  case guest::Event::kPortAck:
     return false;
   default:
     return true;
@@ -190,6 +194,11 @@ public:
     return inbox;
   }
   void forget(std::uint64_t id) { routes_.erase(id); }
+  // Lets request `id` receive `bytes` more of its stream (a port's window
+  // as the host takes its data).
+  void grant(std::uint64_t id, std::uint64_t bytes) {
+    if (auto it = routes_.find(id); it != routes_.end()) it->second.allowance += bytes;
+  }
 
   // Why the channel closed, once it has.
   const std::optional<Error>& closed_reason() const { return closed_; }
@@ -339,6 +348,13 @@ private:
       bytes = event.file_data().size();
       needed = Streams::file_data;
       break;
+    case guest::Event::kPortData:
+      bytes = event.port_data().size();
+      needed = Streams::port;
+      break;
+    case guest::Event::kPortAck: // checked against what was sent by the stream
+      needed = Streams::port;
+      break;
     default: // result, error, display: bounded per event, and queued-bytes capped
       break;
     }
@@ -347,6 +363,7 @@ private:
              std::to_string(static_cast<int>(event.kind_case())) +
              ") for a request that streams none of that kind";
     if (bytes > route.allowance) {
+      if (needed == Streams::port) return "port data beyond the window the host gave";
       return needed == Streams::file_data ? "file data beyond the range that was asked for"
                                           : "exec output past its budget of " +
                                                 std::to_string(route.allowance) + " more bytes";
@@ -605,6 +622,18 @@ asio::awaitable<void> watch_grow_root_fs(ChannelPtr channel, SentRefresh sent,
   report_failure(on_failure, outcome.error());
 }
 
+// Sends a Cancel of request `target` from a destructor or close(), where
+// nobody can wait for the agent's answer.
+void send_cancel_detached(const ChannelPtr& channel, std::uint64_t target) {
+  guest::Request cancel;
+  cancel.set_id(channel->allocate_id());
+  cancel.mutable_cancel()->set_target(target);
+  asio::co_spawn(
+      channel->executor(),
+      [channel, cancel]() -> asio::awaitable<void> { (void)co_await channel->send(cancel); },
+      asio::detached);
+}
+
 class AgentUpload final : public Upload {
 public:
   AgentUpload(ChannelPtr channel, std::uint64_t id, std::shared_ptr<Inbox> inbox, std::string path)
@@ -615,17 +644,7 @@ public:
     channel_->forget(id_);
     // Dropped without finish() or abort(): tell the agent to remove its
     // temporary file. Nobody waits for the answer.
-    if (channel_->connected()) {
-      guest::Request cancel;
-      cancel.set_id(channel_->allocate_id());
-      cancel.mutable_cancel()->set_target(id_);
-      asio::co_spawn(
-          channel_->executor(),
-          [channel = channel_, cancel]() -> asio::awaitable<void> {
-            (void)co_await channel->send(cancel);
-          },
-          asio::detached);
-    }
+    if (channel_->connected()) send_cancel_detached(channel_, id_);
   }
 
   asio::awaitable<Result<void>> write(std::string_view data) override {
@@ -713,6 +732,171 @@ private:
   std::shared_ptr<Inbox> inbox_;
   std::string path_;
   State state_ = State::open;
+};
+
+// The host's end of a PortOpen. One pump coroutine takes the request's
+// events off its mailbox (port_data into `data`, port_ack as credit for
+// write(), the terminal event as the end), so read() and write() can wait
+// at the same time without both taking from the mailbox.
+class AgentPortStream final : public PortStream {
+public:
+  // What the agent may send before the host took it: one window waits in
+  // memory at most per connection.
+  static constexpr std::uint64_t kReadWindow = 256u << 10;
+  // What the agent buffers (guest/agent/port_relay.hpp: kPortWindow).
+  static constexpr std::uint64_t kWriteWindow = 256u << 10;
+  static constexpr std::size_t kWriteChunk = 64u << 10;
+
+  struct State {
+    explicit State(const asio::any_io_executor& executor)
+        : data_ready(executor), credit_ready(executor) {}
+    std::deque<std::string> data;
+    std::uint64_t in_flight = 0; // written, not yet port_ack'ed
+    std::optional<Result<void>> ended;
+    detail::Wakeup data_ready, credit_ready;
+    void end(Result<void> outcome) {
+      if (!ended) ended = std::move(outcome);
+      data_ready.notify();
+      credit_ready.notify();
+    }
+  };
+
+  AgentPortStream(ChannelPtr channel, std::uint64_t id, std::uint16_t port,
+                  std::shared_ptr<Inbox> inbox)
+      : channel_(std::move(channel)), id_(id), port_(port), inbox_(std::move(inbox)),
+        state_(std::make_shared<State>(channel_->executor())) {
+    asio::co_spawn(channel_->executor(), pump(channel_, id_, port_, inbox_, state_),
+                   asio::detached);
+  }
+
+  ~AgentPortStream() override { close(); }
+
+  void close() override {
+    const bool open = !state_->ended;
+    state_->end(Result<void>{});
+    channel_->forget(id_);
+    inbox_->close(make_error("port " + std::to_string(port_), "the stream was closed"));
+    if (!open || !channel_->connected()) return;
+    // Closes the guest's socket.
+    send_cancel_detached(channel_, id_);
+  }
+
+  asio::awaitable<Result<std::string>> read() override {
+    auto state = state_;
+    auto channel = channel_;
+    for (;;) {
+      if (!state->data.empty()) {
+        std::string chunk = std::move(state->data.front());
+        state->data.pop_front();
+        taken_ += chunk.size();
+        // Acknowledged in batches: one PortWrite per half window taken.
+        if (taken_ >= kReadWindow / 2 && !state->ended) {
+          const std::uint64_t ack = std::exchange(taken_, 0);
+          channel->grant(id_, ack);
+          guest::Request request;
+          request.set_id(id_);
+          request.mutable_port_write()->set_ack(ack);
+          if (auto sent = co_await channel->send(request); !sent)
+            co_return std::move(sent).error().with_context(subject());
+        }
+        co_return chunk;
+      }
+      if (state->ended) {
+        if (!*state->ended) co_return state->ended->error();
+        co_return std::string();
+      }
+      (void)co_await state->data_ready.wait();
+    }
+  }
+
+  asio::awaitable<Result<void>> write(std::string_view data) override {
+    auto state = state_;
+    auto channel = channel_;
+    while (!data.empty()) {
+      const std::size_t n = std::min(data.size(), kWriteChunk);
+      while (!state->ended && state->in_flight + n > kWriteWindow)
+        (void)co_await state->credit_ready.wait();
+      if (state->ended) co_return ended_error(*state);
+      state->in_flight += n;
+      guest::Request request;
+      request.set_id(id_);
+      request.mutable_port_write()->set_data(data.data(), n);
+      data.remove_prefix(n);
+      if (auto sent = co_await channel->send(request); !sent)
+        co_return std::move(sent).error().with_context(subject());
+    }
+    co_return Result<void>{};
+  }
+
+  asio::awaitable<Result<void>> close_write() override {
+    auto state = state_;
+    auto channel = channel_;
+    if (state->ended) co_return ended_error(*state);
+    guest::Request request;
+    request.set_id(id_);
+    request.mutable_port_write()->set_close_write(true);
+    if (auto sent = co_await channel->send(request); !sent)
+      co_return std::move(sent).error().with_context(subject());
+    co_return Result<void>{};
+  }
+
+private:
+  std::string subject() const { return "relaying port " + std::to_string(port_); }
+
+  Error ended_error(const State& state) const {
+    if (!*state.ended) return state.ended->error();
+    return make_error(subject(), "the sandbox's side closed the connection");
+  }
+
+  static asio::awaitable<void> pump(ChannelPtr channel, std::uint64_t id, std::uint16_t port,
+                                    std::shared_ptr<Inbox> inbox, std::shared_ptr<State> state) {
+    const std::string what = "port " + std::to_string(port);
+    for (;;) {
+      auto received = co_await inbox->receive();
+      if (!received) continue; // no deadline: cannot happen
+      if (!*received) {
+        state->end(std::move(*received).error());
+        co_return;
+      }
+      guest::Event& event = received->value();
+      switch (event.kind_case()) {
+      case guest::Event::kPortData:
+        state->data.push_back(std::move(*event.mutable_port_data()));
+        state->data_ready.notify();
+        break;
+      case guest::Event::kPortAck:
+        if (event.port_ack() > state->in_flight) {
+          channel->violate("request " + std::to_string(id) + ": port_ack of " +
+                           std::to_string(event.port_ack()) + " bytes, more than the " +
+                           std::to_string(state->in_flight) + " the host sent");
+          state->end(*channel->closed_reason());
+          co_return;
+        }
+        state->in_flight -= event.port_ack();
+        state->credit_ready.notify();
+        break;
+      case guest::Event::kDone:
+        state->end(Result<void>{});
+        co_return;
+      case guest::Event::kFailure: {
+        Error error = failure_error("connect to", what + " in the sandbox", event.failure());
+        if (event.failure().errno_value() == ECONNREFUSED) error.kind = ErrorKind::unavailable;
+        state->end(std::move(error));
+        co_return;
+      }
+      default:
+        state->end(unexpected_event(what, event));
+        co_return;
+      }
+    }
+  }
+
+  ChannelPtr channel_;
+  std::uint64_t id_;
+  std::uint16_t port_;
+  std::shared_ptr<Inbox> inbox_;
+  std::shared_ptr<State> state_;
+  std::uint64_t taken_ = 0; // read, not yet acknowledged
 };
 
 class ChannelAgentClient final : public AgentClient {
@@ -923,6 +1107,22 @@ public:
     co_return Result<void>{};
   }
 
+  asio::awaitable<Result<std::unique_ptr<PortStream>>> open_port(std::uint16_t port) override {
+    auto channel = channel_;
+    const std::uint64_t id = channel->allocate_id();
+    auto inbox = channel->open(id, Streams::port, AgentPortStream::kReadWindow);
+    guest::Request request;
+    request.set_id(id);
+    request.mutable_port_open()->set_port(port);
+    request.mutable_port_open()->set_window(AgentPortStream::kReadWindow);
+    if (auto sent = co_await channel->send(request); !sent) {
+      channel->forget(id);
+      co_return std::move(sent).error().with_context("opening port " + std::to_string(port));
+    }
+    co_return std::unique_ptr<PortStream>(
+        std::make_unique<AgentPortStream>(channel, id, port, std::move(inbox)));
+  }
+
   bool connected() const override { return channel_->connected(); }
   std::optional<Error> closed_reason() const override { return channel_->closed_reason(); }
   void on_disconnect(DisconnectHandler handler) override {
@@ -936,6 +1136,10 @@ private:
 };
 
 } // namespace
+
+asio::awaitable<Result<std::unique_ptr<PortStream>>> AgentClient::open_port(std::uint16_t port) {
+  co_return make_error("open port " + std::to_string(port), "this agent client cannot relay ports");
+}
 
 asio::awaitable<Result<void>> AgentClient::send_grow_root_fs(std::uint64_t, RefreshFailureHandler) {
   co_return make_error("grow the root filesystem",

@@ -83,6 +83,28 @@ public:
   virtual asio::awaitable<void> abort() = 0;
 };
 
+// A TCP connection to a port inside the guest, relayed over the agent
+// channel (PortOpen in messages/guest.proto). Both directions are paced by
+// windows: write() waits while the agent holds kPortWindow of unwritten
+// bytes, and the agent sends no more than the read window the host has not
+// yet taken with read(). Destroying it closes the guest's socket.
+class PortStream {
+public:
+  virtual ~PortStream() = default;
+  // The next bytes from the guest's socket, as they come; an empty string
+  // once the guest closed it. An Error: nothing listens on the port
+  // (ErrorKind::unavailable, saying so), the channel closed, or the
+  // stream's idle limit passed.
+  virtual asio::awaitable<Result<std::string>> read() = 0;
+  // Writes `data` into the guest's socket (any size; cut into chunks).
+  virtual asio::awaitable<Result<void>> write(std::string_view data) = 0;
+  // After the bytes written so far: shuts the guest socket's write side.
+  virtual asio::awaitable<Result<void>> close_write() = 0;
+  // Closes the guest's socket now (without waiting); a read() waiting, or
+  // any later, returns an empty string.
+  virtual void close() = 0;
+};
+
 class AgentClient {
 public:
   // Closes the channel; calls still pending complete with the
@@ -138,6 +160,11 @@ public:
   // client that cannot (a test fake) answers with an Error.
   virtual asio::awaitable<Result<void>> send_grow_root_fs(std::uint64_t disk_bytes,
                                                           RefreshFailureHandler on_failure);
+
+  // Opens a TCP connection to 127.0.0.1:`port` inside the guest. Returns
+  // at once: a refused connection is the first read()'s Error. Not pure: a
+  // client that cannot (a test fake) answers with an Error.
+  virtual asio::awaitable<Result<std::unique_ptr<PortStream>>> open_port(std::uint16_t port);
 
   // Asks the agent to sync and power off; returns once it acknowledged.
   virtual asio::awaitable<Result<void>> shutdown() = 0;

@@ -14,6 +14,7 @@
 #include "guest/agent/log.hpp"
 #include "guest/agent/output.hpp"
 #include "guest/agent/pid1.hpp"
+#include "guest/agent/port_relay.hpp"
 #include "guest/agent/repl.hpp"
 #include "guest/agent/spawn.hpp"
 
@@ -146,6 +147,13 @@ void Agent::dispatch(guest::Request& request) {
     handle_write_file(request);
     return;
   }
+  if (request.kind_case() == guest::Request::kPortWrite) {
+    // A relay that already ended drops what the host sent before it heard.
+    if (auto it = by_id_.find(id); it != by_id_.end()) {
+      if (auto* relay = dynamic_cast<PortRelay*>(it->second)) relay->take(request.port_write());
+    }
+    return;
+  }
   dropped_uploads_.erase(id);
   if (by_id_.count(id) != 0) {
     send(id, failure_event(guest::Failure::BUSY, 0,
@@ -155,7 +163,8 @@ void Agent::dispatch(guest::Request& request) {
   }
   const bool starts_work = request.kind_case() == guest::Request::kExecPython ||
                            request.kind_case() == guest::Request::kExecBash ||
-                           request.kind_case() == guest::Request::kReadFile;
+                           request.kind_case() == guest::Request::kReadFile ||
+                           request.kind_case() == guest::Request::kPortOpen;
   if (starts_work && by_id_.size() >= kMaxRequestsInFlight) {
     send(id, failure_event(guest::Failure::BUSY, 0,
                            std::to_string(by_id_.size()) +
@@ -201,6 +210,12 @@ void Agent::dispatch(guest::Request& request) {
     auto download = std::make_shared<Download>(*this, id);
     adopt(download);
     download->begin(request.read_file());
+    return;
+  }
+  case guest::Request::kPortOpen: {
+    auto relay = std::make_shared<PortRelay>(*this, id);
+    adopt(relay);
+    relay->begin(request.port_open());
     return;
   }
   case guest::Request::kCancel:

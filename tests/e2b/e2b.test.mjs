@@ -8,7 +8,10 @@
 // and keys; stop() reports any VM or file left behind).
 
 import assert from "node:assert/strict";
-import { randomBytes } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
+import { readFileSync, renameSync, statSync } from "node:fs";
+import { join } from "node:path";
+import http from "node:http";
 import { after, before, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 
@@ -19,10 +22,15 @@ let hostd;
 // Imported once the environment points at hostd (the SDKs read it when a
 // sandbox or connection is made, but be safe).
 let e2b, e2b250, ci;
+// hostd's sandbox_domain: getHost(port) is "<port>-<id>.<DOMAIN>".
+const DOMAIN = "sbx.test";
 
 before(async () => {
   if (located.skip) return;
-  hostd = await startHostd(located, { maxSandboxes: 4 });
+  hostd = await startHostd(located, {
+    maxSandboxes: 4,
+    extraConfig: `disable_pools: true\nsandbox_domain: "${DOMAIN}"\n`,
+  });
   delete process.env.E2B_DEBUG;
   delete process.env.E2B_DOMAIN;
   process.env.E2B_API_URL = hostd.url;
@@ -285,5 +293,163 @@ describe("@e2b/code-interpreter@2.8.0", { skip }, () => {
     } finally {
       await sbx.kill();
     }
+  });
+});
+
+// One request to hostd with exactly these headers (Host included), on a
+// fresh connection; the answer read whole.
+function rawRequest({ method = "GET", path = "/", headers = {}, body } = {}) {
+  const url = new URL(hostd.url);
+  return new Promise((resolve, reject) => {
+    const req = http.request({ host: url.hostname, port: url.port, method, path, headers, agent: false }, (res) => {
+      const chunks = [];
+      res.on("data", (c) => chunks.push(c));
+      res.on("end", () => resolve({ status: res.statusCode, headers: res.headers, body: Buffer.concat(chunks) }));
+      res.on("error", reject);
+    });
+    req.on("error", reject);
+    if (Array.isArray(body)) for (const piece of body) req.write(piece);
+    else if (body) req.write(body);
+    req.end();
+  });
+}
+
+const sha256 = (data) => createHash("sha256").update(data).digest("hex");
+
+describe("ports inside a sandbox (e2b@2.51.0, egress off)", { skip }, () => {
+  let sbx;
+  const PORT = 8000;
+  const byHeaders = () => ({ "E2b-Sandbox-Id": sbx.sandboxId, "E2b-Sandbox-Port": String(PORT) });
+
+  test("a server in a sandbox without internet access", async () => {
+    sbx = await e2b.Sandbox.create({ ...SLOW, timeoutMs: 600_000, allowInternetAccess: false });
+    await sbx.files.write("/tmp/port_server.py", readFileSync(new URL("./port_server.py", import.meta.url), "utf8"));
+    await sbx.commands.run(`python3 /tmp/port_server.py ${PORT}`, { background: true });
+    const probe = `import socket,time
+for _ in range(300):
+    try: socket.create_connection(("127.0.0.1", ${PORT})); break
+    except OSError: time.sleep(0.1)
+else: raise SystemExit("the server did not start")`;
+    await sbx.files.write("/tmp/probe.py", probe);
+    await sbx.commands.run("python3 /tmp/probe.py");
+    // The guest has no way out; the server is reached through hostd alone.
+    const out = await sbx.commands.run("python3 -c \"import socket; socket.create_connection(('1.1.1.1', 80), timeout=2)\" || echo unreachable");
+    assert.match(out.stdout, /unreachable/);
+  });
+
+  test("getHost(port) and E2B's headers with the access token", async () => {
+    assert.equal(sbx.getHost(PORT), `${PORT}-${sbx.sandboxId}.${DOMAIN}`);
+    const res = await rawRequest({ path: "/hello?x=1", headers: { ...byHeaders(), "X-Access-Token": sbx.envdAccessToken } });
+    assert.equal(res.status, 200, res.body.toString());
+    // The credentials hostd took the request on are not passed on.
+    assert.match(res.body.toString(), /^hello \/hello\?x=1 host=.* auth=none$/);
+    assert.equal(res.headers.connection, "close");
+  });
+
+  test("the host-name form with the traffic access token; 1 MiB out, 3 MiB chunked in", async () => {
+    const headers = { host: sbx.getHost(PORT), "e2b-traffic-access-token": sbx.trafficAccessToken };
+    const hello = await rawRequest({ path: "/", headers });
+    assert.equal(hello.status, 200, hello.body.toString());
+    assert.equal(hello.body.toString(), `hello / host=${sbx.getHost(PORT)} auth=none`);
+
+    const big = await rawRequest({ path: "/big", headers });
+    assert.equal(big.status, 200);
+    const expected = Buffer.alloc(1 << 20);
+    for (let i = 0; i < expected.length; i++) expected[i] = i % 251;
+    assert.ok(big.body.equals(expected), `the 1 MiB answer came back different (${big.body.length} bytes)`);
+
+    // No Content-Length: Node sends it chunked, hostd re-chunks it.
+    const pieces = Array.from({ length: 48 }, () => randomBytes(64 << 10));
+    const posted = await rawRequest({ method: "POST", path: "/upload", headers, body: pieces });
+    assert.equal(posted.status, 200);
+    assert.equal(posted.body.toString(), `${sha256(Buffer.concat(pieces))} ${48 * (64 << 10)}`);
+  });
+
+  test("an upgraded connection (WebSocket-style) is relayed both ways", async () => {
+    const url = new URL(hostd.url);
+    const echoed = await new Promise((resolve, reject) => {
+      const req = http.request({
+        host: url.hostname, port: url.port, path: "/ws", agent: false,
+        headers: { ...byHeaders(), "X-Access-Token": sbx.envdAccessToken, Connection: "Upgrade", Upgrade: "echo" },
+      });
+      req.on("response", (res) => reject(new Error(`no upgrade: ${res.statusCode}`)));
+      req.on("error", reject);
+      req.on("upgrade", (res, socket, head) => {
+        let got = head.toString();
+        socket.on("data", (d) => {
+          got += d.toString();
+          if (got.length >= 10) {
+            socket.end();
+            resolve(got);
+          }
+        });
+        socket.on("error", reject);
+        socket.write("ping ");
+        setTimeout(() => socket.write("pong!"), 100);
+      });
+      req.end();
+    });
+    assert.equal(echoed, "ping pong!");
+  });
+
+  test("wrong or missing token: 401; nothing listening: 502", async () => {
+    for (const headers of [
+      byHeaders(),
+      { ...byHeaders(), "X-Access-Token": "0".repeat(64) },
+      { host: sbx.getHost(PORT) },
+      { host: sbx.getHost(PORT), "e2b-traffic-access-token": sbx.envdAccessToken.replace(/.$/, "x") },
+    ]) {
+      const res = await rawRequest({ path: "/", headers });
+      assert.equal(res.status, 401, JSON.stringify(headers));
+      assert.equal(JSON.parse(res.body.toString()).code, 401);
+    }
+    const closed = await rawRequest({ path: "/", headers: { host: sbx.getHost(8001), "X-Access-Token": sbx.envdAccessToken } });
+    assert.equal(closed.status, 502);
+    assert.match(JSON.parse(closed.body.toString()).message, /nothing accepts connections on port 8001/);
+  });
+
+  test("a public sandbox's ports need no token", async () => {
+    const open = await e2b.Sandbox.create({ ...SLOW, timeoutMs: 600_000, network: { allowPublicTraffic: true } });
+    try {
+      await open.files.write("/tmp/port_server.py", readFileSync(new URL("./port_server.py", import.meta.url), "utf8"));
+      await open.files.write("/tmp/probe.py", (await sbx.files.read("/tmp/probe.py")));
+      await open.commands.run(`python3 /tmp/port_server.py ${PORT}`, { background: true });
+      await open.commands.run("python3 /tmp/probe.py");
+      const res = await rawRequest({ path: "/pub", headers: { host: open.getHost(PORT) } });
+      assert.equal(res.status, 200, res.body.toString());
+      assert.match(res.body.toString(), /^hello \/pub /);
+    } finally {
+      await open.kill();
+    }
+    await sbx.kill();
+  });
+});
+
+// Last: it restarts hostd.
+describe("a paused sandbox survives a hostd restart", { skip }, () => {
+  test("pause, restart hostd, getInfo and connect: files, metadata and token kept", async () => {
+    const sbx = await e2b.Sandbox.create({ ...SLOW, timeoutMs: 600_000, metadata: { keep: "me" } });
+    await sbx.files.write("/root/kept.txt", "still here");
+    assert.equal(await sbx.pause(SLOW), true);
+    const table = join(hostd.top, "state", "e2b-sandboxes.json");
+    assert.equal(statSync(table).mode & 0o777, 0o600);
+    assert.match(readFileSync(table, "utf8"), new RegExp(sbx.sandboxId));
+
+    hostd.proc.kill("SIGTERM");
+    await hostd.exited;
+    // launch() finds the address in the log: the new hostd's, not the old one's.
+    renameSync(hostd.logPath, `${hostd.logPath}.before-restart`);
+    await hostd.launch();
+    process.env.E2B_API_URL = hostd.url;
+    process.env.E2B_SANDBOX_URL = hostd.url;
+
+    const info = await e2b.Sandbox.getInfo(sbx.sandboxId);
+    assert.equal(info.state, "paused");
+    assert.deepEqual(info.metadata, { keep: "me" });
+    const back = await e2b.Sandbox.connect(sbx.sandboxId, SLOW);
+    assert.equal(await back.files.read("/root/kept.txt"), "still here");
+    await back.kill();
+    await assert.rejects(e2b.Sandbox.getInfo(sbx.sandboxId), (e) => e instanceof e2b.NotFoundError);
+    assert.doesNotMatch(readFileSync(table, "utf8"), new RegExp(sbx.sandboxId));
   });
 });

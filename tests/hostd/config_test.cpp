@@ -137,6 +137,24 @@ TEST(Config, OneDefaultPoolUnlessConfiguredOrDisabled) {
   EXPECT_TRUE(validate(*parsed));
 }
 
+TEST(Config, SandboxDomainIsALowercaseDnsName) {
+  auto good = parse_config("sandbox_domain: \"sbx.example-1.com\"", false);
+  ASSERT_TRUE(good);
+  apply_defaults(*good);
+  EXPECT_TRUE(validate(*good));
+  for (const char* text :
+       {"sandbox_domain: \"Sbx.Example.com\"", "sandbox_domain: \"sbx.example.com:8080\"",
+        "sandbox_domain: \"*.sbx.example.com\""}) {
+    auto parsed = parse_config(text, false);
+    ASSERT_TRUE(parsed) << text;
+    apply_defaults(*parsed);
+    auto checked = validate(*parsed);
+    ASSERT_FALSE(checked) << text;
+    EXPECT_NE(checked.error().message().find("sandbox_domain"), std::string::npos)
+        << checked.error().message();
+  }
+}
+
 TEST(Config, BadPoolsAreRefusedWithTheirPlace) {
   for (const char* text : {
            "pools { template: \"Big One\" }",

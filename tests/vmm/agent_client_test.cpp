@@ -1,6 +1,7 @@
 // AgentClient against the real vesicle-agent, run on the host in its test
 // mode (--channel-fd=3 --no-init) over a socketpair: no VM. A fake peer is
 // used only where the real agent cannot misbehave on cue (a bad frame).
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -10,6 +11,7 @@
 #include <functional>
 #include <future>
 #include <stdexcept>
+#include <thread>
 
 #include <gtest/gtest.h>
 
@@ -903,6 +905,151 @@ TEST_F(StoppedAgentTest, ADownloadFromAStoppedAgentTimesOut) {
   auto done = run_within(io_, client_->download(host_path("f"), sink), 10s);
   ASSERT_FALSE(done);
   EXPECT_EQ(done.error().kind, ErrorKind::timeout) << done.error().message();
+}
+
+// ---- PortOpen: a TCP connection relayed over the channel ----
+
+// A TCP server on the host's loopback that echoes what it reads until the
+// peer half-closes, then closes (the agent in test mode runs on the host,
+// so its 127.0.0.1 is this one).
+class EchoServer {
+public:
+  EchoServer() {
+    listener_ = UniqueFd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t length = sizeof address;
+    if (!listener_ || ::bind(listener_.get(), reinterpret_cast<sockaddr*>(&address), length) != 0 ||
+        ::listen(listener_.get(), 4) != 0 ||
+        ::getsockname(listener_.get(), reinterpret_cast<sockaddr*>(&address), &length) != 0)
+      throw std::runtime_error(std::string("echo server: ") + std::strerror(errno));
+    port_ = ntohs(address.sin_port);
+    thread_ = std::thread([this] {
+      UniqueFd peer(::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+      if (!peer) return;
+      char buffer[16 << 10];
+      for (;;) {
+        const ssize_t n = ::read(peer.get(), buffer, sizeof buffer);
+        if (n <= 0) break;
+        // Slow on purpose: the relay's windows must hold the rest back.
+        std::this_thread::sleep_for(1ms);
+        if (::send(peer.get(), buffer, static_cast<std::size_t>(n), MSG_NOSIGNAL) != n) break;
+      }
+    });
+  }
+  ~EchoServer() {
+    ::shutdown(listener_.get(), SHUT_RDWR);
+    thread_.join();
+  }
+  std::uint16_t port() const { return port_; }
+
+private:
+  UniqueFd listener_;
+  std::uint16_t port_ = 0;
+  std::thread thread_;
+};
+
+TEST_F(AgentClientTest, APortRelaysBothWaysPastItsWindowsAndEndsWhenTheServerCloses) {
+  EchoServer server;
+  std::string sent(3u << 20, '\0');
+  for (std::size_t i = 0; i < sent.size(); ++i)
+    sent[i] = static_cast<char>((i * 7 + i / 4096) & 0xff);
+  auto echoed = run_within(
+      io_,
+      [](AgentClient& agent, std::uint16_t port,
+         const std::string& data) -> asio::awaitable<Result<std::string>> {
+        auto opened = co_await agent.open_port(port);
+        if (!opened) co_return std::move(opened).error();
+        std::shared_ptr<vmm::PortStream> stream = std::move(*opened);
+        // Written while read: 3 MiB would not fit the windows otherwise.
+        auto executor = co_await asio::this_coro::executor;
+        asio::co_spawn(
+            executor,
+            [stream, &data]() -> asio::awaitable<void> {
+              if (co_await stream->write(data)) (void)co_await stream->close_write();
+            },
+            asio::detached);
+        std::string back;
+        for (;;) {
+          auto chunk = co_await stream->read();
+          if (!chunk) co_return std::move(chunk).error();
+          if (chunk->empty()) break;
+          back += *chunk;
+        }
+        co_return back;
+      }(*client_, server.port(), sent),
+      60s);
+  ASSERT_TRUE(echoed) << echoed.error().message();
+  EXPECT_EQ(echoed->size(), sent.size());
+  EXPECT_TRUE(*echoed == sent) << "the echo came back different";
+  // The channel is still good for other calls.
+  ASSERT_TRUE(run_within(io_, client_->ping(5s), 5s));
+}
+
+TEST_F(AgentClientTest, APortNothingListensOnIsAnUnavailableErrorThatSaysSo) {
+  // A port just bound and closed: nothing listens there now.
+  std::uint16_t port = 0;
+  {
+    EchoServer server;
+    port = server.port();
+    UniqueFd poke(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_port = htons(port);
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    (void)::connect(poke.get(), reinterpret_cast<sockaddr*>(&address), sizeof address);
+  }
+  auto read = run_within(
+      io_,
+      [](AgentClient& agent, std::uint16_t port) -> asio::awaitable<Result<std::string>> {
+        auto opened = co_await agent.open_port(port);
+        if (!opened) co_return std::move(opened).error();
+        co_return co_await (*opened)->read();
+      }(*client_, port),
+      10s);
+  ASSERT_FALSE(read);
+  EXPECT_EQ(read.error().kind, ErrorKind::unavailable) << read.error().message();
+  EXPECT_NE(
+      read.error().message().find("nothing accepts connections on port " + std::to_string(port)),
+      std::string::npos)
+      << read.error().message();
+}
+
+TEST(AgentClientFakeAgent, PortDataBeyondTheWindowDisconnectsTheGuest) {
+  FakeAgent fake;
+  auto pending = std::async(std::launch::async, [&] {
+    return run_within(
+        fake.io(),
+        [](AgentClient& agent) -> asio::awaitable<Result<std::string>> {
+          auto opened = co_await agent.open_port(8000);
+          if (!opened) co_return std::move(opened).error();
+          std::shared_ptr<vmm::PortStream> stream = std::move(*opened);
+          // Reads nothing: the guest must stop at the window.
+          auto executor = co_await asio::this_coro::executor;
+          asio::steady_timer wait(executor, 3s);
+          boost::system::error_code ignored;
+          co_await wait.async_wait(asio::redirect_error(asio::use_awaitable, ignored));
+          co_return co_await stream->read();
+        }(fake.client()),
+        8s);
+  });
+  auto open = fake.read_request();
+  ASSERT_TRUE(open && open->has_port_open());
+  EXPECT_EQ(open->port_open().port(), 8000u);
+  const std::uint64_t window = open->port_open().window();
+  ASSERT_GT(window, 0u);
+  const std::string chunk(64u << 10, 'x');
+  guest::Event data;
+  data.set_id(open->id());
+  data.set_port_data(chunk);
+  for (std::uint64_t sent = 0; sent <= window; sent += chunk.size())
+    if (!fake.send(data)) break;
+  auto reason = fake.closed_reason();
+  ASSERT_TRUE(reason) << "the client took more port data than its window";
+  EXPECT_EQ(reason->kind, ErrorKind::guest_protocol_violation) << reason->message();
+  EXPECT_NE(reason->message().find("beyond the window"), std::string::npos) << reason->message();
+  (void)pending.get();
 }
 
 } // namespace

@@ -429,6 +429,25 @@ class Sandbox:
                 total += len(data)
         return total
 
+    # ---- ports --------------------------------------------------------------
+
+    def url(self, port: int, path: str = "/") -> str:
+        """The URL of `path` on the server listening on TCP `port` inside the sandbox.
+
+        hostd relays any HTTP request (and WebSocket) sent there to
+        127.0.0.1:`port` in the guest, so it works with egress off. Send the
+        key with it: `headers=sb.port_headers()`.
+        """
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise InvalidRequestError(f"port must be a TCP port number from 1 to 65535, not {port!r}")
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise InvalidRequestError(f"path must start with '/', not {path!r}")
+        return f"{self._transport.config.url}{_sandbox_path(self.id)}/ports/{port}{path}"
+
+    def port_headers(self) -> Dict[str, str]:
+        """The header a request to `url(port)` needs: this key's Authorization."""
+        return {"Authorization": f"Bearer {self._transport.config.require_key()}"}
+
     # ---- fork and merge -----------------------------------------------------
 
     def fork(self, n: int = 1) -> "List[Sandbox]":
