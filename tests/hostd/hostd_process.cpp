@@ -141,10 +141,12 @@ void HostdProcess::start(const HostdOptions& options) {
     out << "}";
   }
   // A first key, a second one and an admin key; hostd prints none again.
-  key_ = key_in(run_for_stdout({options.binary.string(), "--state-dir", state.string(), "--new-key"}));
-  other_key_ = key_in(run_for_stdout({options.binary.string(), "--state-dir", state.string(), "--new-key"}));
-  admin_key_ =
-      key_in(run_for_stdout({options.binary.string(), "--state-dir", state.string(), "--new-key", "--admin"}));
+  key_ =
+      key_in(run_for_stdout({options.binary.string(), "--state-dir", state.string(), "--new-key"}));
+  other_key_ =
+      key_in(run_for_stdout({options.binary.string(), "--state-dir", state.string(), "--new-key"}));
+  admin_key_ = key_in(run_for_stdout(
+      {options.binary.string(), "--state-dir", state.string(), "--new-key", "--admin"}));
 
   auto log = dir_ / "hostd.log";
   auto started = start_listening({options.binary.string(), "--config", config.string(), "--listen",
