@@ -5,6 +5,7 @@
 find_package(OpenSSL REQUIRED)
 
 vesicle_test(vmm_json_test SOURCES vmm/json_test.cpp LIBS vesicle_vmm)
+vesicle_test(vmm_qmp_test SOURCES vmm/qmp_test.cpp LIBS vesicle_vmm)
 vesicle_test(qemu_command_test SOURCES vmm/qemu_command_test.cpp LIBS vesicle_vmm)
 vesicle_test(root_disk_test SOURCES vmm/root_disk_test.cpp LIBS vesicle_vmm)
 vesicle_test(qcow2_overlay_test SOURCES vmm/qcow2_overlay_test.cpp LIBS vesicle_vmm)

@@ -41,6 +41,12 @@ public:
   // so nothing else can interleave with the negotiation.
   asio::awaitable<Result<void>> handshake(Clock::time_point deadline) {
     auto greeting = co_await read_message_until(deadline);
+    // QEMU 7.2 can send an event (a RESUME as the VM starts) on a connection
+    // it has accepted before its greeting: the monitor is not yet in
+    // negotiation mode then. A few of them are skipped; anything else first
+    // is not QEMU's monitor.
+    for (int skipped = 0; greeting && greeting->contains("event") && skipped < 8; ++skipped)
+      greeting = co_await read_message_until(deadline);
     if (!greeting) co_return std::move(greeting).error();
     if (!greeting->contains("QMP")) {
       co_return make_error("QMP handshake", "expected a greeting, got " + greeting->dump(), path_);
