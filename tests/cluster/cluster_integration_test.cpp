@@ -221,7 +221,8 @@ TEST_F(ClusterIntegration, RegionsRoutingFailureAndGatewayRestart) {
   auto exec =
       http.request("POST", "/v1/sandboxes/" + eu.id() + "/exec", R"j({"code": "print(40 + 2)"})j");
   ASSERT_EQ(exec.status, 200u) << exec.body;
-  EXPECT_NE(exec.body.find(R"("data":"42\n")"), std::string::npos) << exec.body;
+  // print() may reach the stream as "42" and "\n" in two events.
+  EXPECT_NE(exec.body.find(R"("data":"42)"), std::string::npos) << exec.body;
   std::string blob(1 << 20, '\0');
   for (std::size_t i = 0; i < blob.size(); ++i)
     blob[i] = static_cast<char>((i * 2654435761u) >> 13);
