@@ -153,13 +153,17 @@ private:
                                                         const std::string& id, std::uint32_t n);
   asio::awaitable<Result<SpaceInfo>> freeze_sandbox(const std::string& owner,
                                                     const std::string& id);
-  // A Space of about `memory_mib` more fits the key's tier (max_spaces,
-  // max_spaces_mib), else a quota error saying which (api_spaces.cpp).
-  // Checked before a freeze and before a persistent create (which may be
-  // frozen when idle), so a key holds at most max_spaces Spaces plus one
-  // per persistent sandbox it runs.
-  asio::awaitable<Result<void>>
-  check_space_quota(const std::string& owner, std::uint32_t memory_mib, const std::string& doing);
+  // What a storage quota check is about to add to the key's stored bytes.
+  enum class Stored { space, template_ };
+  // A Space or template of about `memory_mib` more fits the key's tier
+  // (max_spaces counts Spaces; max_spaces_mib Spaces and templates
+  // together), else a quota error saying which (api_spaces.cpp). Checked
+  // before a freeze, a persistent create (which may be frozen when idle) and
+  // a template save, so a key holds at most max_spaces Spaces plus one per
+  // persistent sandbox it runs.
+  asio::awaitable<Result<void>> check_storage_quota(const std::string& owner,
+                                                    std::uint32_t memory_mib,
+                                                    const std::string& doing, Stored adding);
   // `secrets`: the values for the Space's secret_hosts (none when it has none).
   asio::awaitable<Result<SandboxInfo>> resume_space(const std::string& owner,
                                                     const std::string& space_id, bool persistent,

@@ -102,8 +102,8 @@ asio::awaitable<Result<SandboxInfo>> Api::create_sandbox(const std::string& owne
   // A persistent sandbox is frozen into a Space when idle: it needs room
   // for one.
   if (spec->persistent)
-    if (auto room =
-            co_await check_space_quota(owner, spec->memory_mib, "creating a persistent sandbox");
+    if (auto room = co_await check_storage_quota(owner, spec->memory_mib,
+                                                 "creating a persistent sandbox", Stored::space);
         !room)
       co_return room.error();
 

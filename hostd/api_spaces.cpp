@@ -1,6 +1,7 @@
 // Spaces: POST /v1/sandboxes/{id}/freeze, GET /v1/spaces, GET and DELETE
 // /v1/spaces/{id}, POST /v1/spaces/{id}/resume
 #include "actors/ask.hpp"
+#include "actors/sandbox/template_store.hpp"
 #include "common/log.hpp"
 #include "hostd/api.hpp"
 #include "hostd/json.hpp"
@@ -10,35 +11,44 @@ namespace vesicle::hostd {
 
 // Answers once the Space is on disk and the VM gone (seconds under TCG:
 // every RAM page in use is written).
-// A new Space of about `memory_mib` of RAM (a Space holds every RAM page)
-// must fit the key's tier: max_spaces Spaces and max_spaces_mib in all (a
-// cap of 0 is none).
-asio::awaitable<Result<void>> Api::check_space_quota(const std::string& owner,
-                                                     std::uint32_t memory_mib,
-                                                     const std::string& doing) {
+// A new Space or template of about `memory_mib` of RAM (either holds every
+// RAM page in use) must fit the key's tier: max_spaces Spaces (templates are
+// not counted there) and max_spaces_mib for Spaces and templates together,
+// since both are bytes the key keeps on the host's disk (a cap of 0 is none).
+asio::awaitable<Result<void>> Api::check_storage_quota(const std::string& owner,
+                                                       std::uint32_t memory_mib,
+                                                       const std::string& doing, Stored adding) {
   const auto& caps = tier_caps(ctx_.keys, ctx_.config, owner);
   auto spaces = co_await ask<SpaceInfoList>(ctx_.system, ctx_.registry, ctx_.actor_timeout,
                                             spaces_atom::value, owner);
   if (!spaces) co_return to_error(spaces.error());
-  if (caps.max_spaces() != 0 && spaces->size() >= caps.max_spaces())
+  if (adding == Stored::space && caps.max_spaces() != 0 && spaces->size() >= caps.max_spaces())
     co_return Error::of(ErrorKind::quota,
                         doing + ": key " + owner + " keeps " + std::to_string(spaces->size()) +
                             " Spaces, its tier's max_spaces; delete one you no longer need "
                             "(DELETE /v1/spaces/{id}) or resume one");
+  if (caps.max_spaces_mib() == 0) co_return Result<void>{};
+  auto templates = co_await ask<TemplateInfoList>(ctx_.system, ctx_.registry, ctx_.actor_timeout,
+                                                  templates_atom::value, owner);
+  if (!templates) co_return to_error(templates.error());
   constexpr std::uint64_t kMiB = 1024 * 1024;
-  std::uint64_t bytes = 0;
+  std::uint64_t space_bytes = 0;
   for (const auto& space : *spaces)
-    bytes += space.state_bytes + space.disk_bytes;
-  if (caps.max_spaces_mib() != 0 &&
-      bytes + std::uint64_t{memory_mib} * kMiB > std::uint64_t{caps.max_spaces_mib()} * kMiB)
-    co_return Error::of(ErrorKind::quota,
-                        doing + ": key " + owner + "'s Spaces take " +
-                            std::to_string(bytes / kMiB) + " MiB and a new one about " +
-                            std::to_string(memory_mib) + " MiB more, past its tier's " +
-                            std::to_string(caps.max_spaces_mib()) +
-                            " MiB (max_spaces_mib); delete a Space you no longer need "
-                            "(DELETE /v1/spaces/{id})");
-  co_return Result<void>{};
+    space_bytes += space.state_bytes + space.disk_bytes;
+  const auto saved = template_usage(*templates, owner);
+  const std::uint64_t template_bytes = saved.memory_bytes + saved.disk_bytes;
+  const std::uint64_t kept = space_bytes + template_bytes;
+  if (kept + std::uint64_t{memory_mib} * kMiB <= std::uint64_t{caps.max_spaces_mib()} * kMiB)
+    co_return Result<void>{};
+  co_return Error::of(
+      ErrorKind::quota,
+      doing + ": key " + owner + "'s Spaces take " + std::to_string(space_bytes / kMiB) +
+          " MiB and its templates " + std::to_string(template_bytes / kMiB) + " MiB, and a new " +
+          (adding == Stored::space ? "Space" : "template") + " about " +
+          std::to_string(memory_mib) + " MiB more, past its tier's " +
+          std::to_string(caps.max_spaces_mib()) +
+          " MiB (max_spaces_mib); delete a Space (DELETE /v1/spaces/{id}) or a template "
+          "(DELETE /v1/templates/{name}) you no longer need");
 }
 
 asio::awaitable<Result<SpaceInfo>> Api::freeze_sandbox(const std::string& owner,
@@ -47,8 +57,8 @@ asio::awaitable<Result<SpaceInfo>> Api::freeze_sandbox(const std::string& owner,
   auto sandbox = co_await ask<SandboxInfo>(ctx_.system, ctx_.registry, ctx_.actor_timeout,
                                            lookup_atom::value, owner, id);
   if (!sandbox) co_return to_error(sandbox.error());
-  if (auto room =
-          co_await check_space_quota(owner, sandbox->spec.memory_mib, "freezing sandbox " + id);
+  if (auto room = co_await check_storage_quota(owner, sandbox->spec.memory_mib,
+                                               "freezing sandbox " + id, Stored::space);
       !room)
     co_return room.error();
   const auto started = std::chrono::steady_clock::now();

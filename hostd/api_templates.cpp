@@ -59,6 +59,15 @@ asio::awaitable<Result<TemplateInfo>> Api::save_template(const std::string& owne
     co_return Error::of(ErrorKind::invalid_argument, "pool_size: at most " +
                                                          std::to_string(kMaxPoolSize) + ", got " +
                                                          std::to_string(request.pool_size()));
+  // The template's bytes count against the key's stored-bytes quota: look
+  // the sandbox up first (another key's is 404 before any quota).
+  auto sandbox = co_await ask<SandboxInfo>(ctx_.system, ctx_.registry, ctx_.actor_timeout,
+                                           lookup_atom::value, owner, sandbox_id);
+  if (!sandbox) co_return to_error(sandbox.error());
+  if (auto room = co_await check_storage_quota(
+          owner, sandbox->spec.memory_mib, "saving template " + request.name(), Stored::template_);
+      !room)
+    co_return room.error();
   TemplateInfo wanted;
   wanted.name = request.name();
   wanted.global = request.global();

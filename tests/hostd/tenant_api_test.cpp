@@ -371,6 +371,26 @@ TEST_F(TenantTest, SpacesPerKeyAreCappedBySize) {
   EXPECT_NE(error_of(refused).message().find("max_spaces_mib"), std::string::npos);
 }
 
+TEST_F(TenantTest, TemplatesCountAgainstTheStoredBytesCap) {
+  start([](config::HostdConfig& c) { c.mutable_tiers()->mutable_free()->set_max_spaces_mib(200); });
+  auto alices = client(alice);
+  auto sandbox = create(alices); // 256 MiB of RAM: a template of it would not fit
+  auto refused = alices.request("POST", "/v1/templates",
+                                R"({"from_sandbox": ")" + sandbox.id() + R"(", "name": "big"})");
+  ASSERT_EQ(refused.status, 429u) << refused.body;
+  const auto message = error_of(refused).message();
+  EXPECT_NE(message.find("max_spaces_mib"), std::string::npos) << message;
+  EXPECT_NE(message.find("saving template big"), std::string::npos) << message;
+  // Nothing was saved, and the sandbox goes on.
+  auto listed = alices.request("GET", "/v1/templates");
+  EXPECT_EQ(listed.body.find("\"big\""), std::string::npos) << listed.body;
+  EXPECT_EQ(alices.request("GET", "/v1/sandboxes/" + sandbox.id()).status, 200u);
+  // Another key's sandbox is unknown before any quota is looked at.
+  auto foreign = client(bob).request(
+      "POST", "/v1/templates", R"({"from_sandbox": ")" + sandbox.id() + R"(", "name": "big"})");
+  EXPECT_EQ(foreign.status, 404u) << foreign.body;
+}
+
 TEST_F(TenantTest, ALifetimeCountsAcrossFreezesAndResumes) {
   start();
   auto alices = client(alice);

@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -27,7 +28,7 @@ import pytest
 from conftest import REPO
 from hostd_process import close_all, hostd_session
 from vesicle import Client, Sandbox
-from vesicle.errors import ConflictError, NotFoundError
+from vesicle.errors import ConflictError, NotFoundError, QuotaExceededError
 
 MEMORY_MIB = 512
 NAME = "tpl-test"
@@ -37,7 +38,13 @@ WHEEL = "/tmp/tplwheel-1.0-py3-none-any.whl"
 @pytest.fixture(scope="module")
 def tpl_hostd():
     with hostd_session(
-        REPO, max_sandboxes=4, extra_config="disable_pools: true\ntemplate_pool_size: 1\n", admin_key=True
+        REPO,
+        max_sandboxes=4,
+        # The scale tier keeps at most 520 MiB of Spaces and templates: one
+        # template of a 512 MiB guest fits, and then nothing more.
+        extra_config="disable_pools: true\ntemplate_pool_size: 1\n"
+        "tiers { scale { max_spaces_mib: 520 } }\n",
+        admin_key=True,
     ) as running:
         yield running
 
@@ -198,3 +205,34 @@ def test_cli_build_is_idempotent_by_recipe(tpl_hostd, tmp_path):
     deleted = subprocess.run([sys.executable, "-m", "vesicle", "template", "delete", "cli-tpl"],
                              env=env, capture_output=True, text=True, timeout=60)
     assert deleted.returncode == 0, deleted.stderr
+
+
+def test_templates_count_against_the_stored_bytes_quota(tpl_hostd):
+    hostd = tpl_hostd
+    key = hostd.new_key(tier="scale")
+    reload = urllib.request.Request(f"{hostd.url}/v1/admin/keys/reload", method="POST",
+                                    headers={"Authorization": f"Bearer {hostd.admin_key}"})
+    with urllib.request.urlopen(reload, timeout=30) as answer:
+        assert answer.status == 200
+    sb = Sandbox(memory_mib=MEMORY_MIB, **args(hostd, key))
+    try:
+        # 0 MiB kept + about 512 for the template: within 520.
+        saved = sb.save_template("quota-tpl")
+        assert saved.memory_bytes + saved.disk_bytes > 8 << 20
+        # Now the template's bytes are kept: neither a Space of the same
+        # guest nor a second template fits, and each refusal says why.
+        with pytest.raises(QuotaExceededError) as refused:
+            sb.freeze()
+        assert "max_spaces_mib" in str(refused.value) and "templates" in str(refused.value)
+        with pytest.raises(QuotaExceededError) as refused:
+            sb.save_template("quota-tpl-2")
+        assert "saving template quota-tpl-2" in str(refused.value)
+        # The sandbox is untouched by the refusals; deleting the template
+        # gives its bytes back.
+        assert value(sb, "6 * 7") == "42"
+        Sandbox.delete_template("quota-tpl", **args(hostd, key))
+        again = sb.save_template("quota-tpl-2")
+        assert again.name == "quota-tpl-2"
+        Sandbox.delete_template("quota-tpl-2", **args(hostd, key))
+    finally:
+        sb.close()
