@@ -9,8 +9,6 @@
 
 namespace vesicle::hostd {
 
-// Answers once the Space is on disk and the VM gone (seconds under TCG:
-// every RAM page in use is written).
 // A new Space or template of about `memory_mib` of RAM (either holds every
 // RAM page in use) must fit the key's tier: max_spaces Spaces (templates are
 // not counted there) and max_spaces_mib for Spaces and templates together,
@@ -51,6 +49,8 @@ asio::awaitable<Result<void>> Api::check_storage_quota(const std::string& owner,
           "(DELETE /v1/templates/{name}) you no longer need");
 }
 
+// Answers once the Space is on disk and the VM gone (seconds under TCG:
+// every RAM page in use is written).
 asio::awaitable<Result<SpaceInfo>> Api::freeze_sandbox(const std::string& owner,
                                                        const std::string& id) {
   // Another key's sandbox is unknown (404) before any quota is looked at.
