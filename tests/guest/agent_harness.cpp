@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -462,16 +463,25 @@ VmAgent::~VmAgent() {
 }
 
 bool VmAgent::connect() {
-  if (wait_exit(0ms)) return false;
-  UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  if (!fd) fail("socket");
   sockaddr_un address{};
   address.sun_family = AF_UNIX;
   const std::string path = dir_.str() + "/agent.sock";
   std::strncpy(address.sun_path, path.c_str(), sizeof address.sun_path - 1);
-  if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&address), sizeof address) != 0) return false;
-  attach(std::move(fd));
-  return true;
+  // QEMU binds the socket's file before it listens: on a loaded machine a
+  // connect in between is refused (CI saw it), so retry while QEMU lives.
+  const auto deadline = std::chrono::steady_clock::now() + 30s;
+  while (!wait_exit(0ms)) {
+    UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (!fd) fail("socket");
+    if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&address), sizeof address) == 0) {
+      attach(std::move(fd));
+      return true;
+    }
+    if ((errno != ECONNREFUSED && errno != ENOENT) || std::chrono::steady_clock::now() > deadline)
+      return false;
+    std::this_thread::sleep_for(20ms);
+  }
+  return false;
 }
 
 bool VmAgent::wait_ready(std::chrono::milliseconds timeout) {

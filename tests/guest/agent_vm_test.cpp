@@ -23,7 +23,8 @@ protected:
   static void SetUpTestSuite() {
     vm_ = std::make_unique<VmAgent>(images_dir());
     const auto start = std::chrono::steady_clock::now();
-    ASSERT_TRUE(vm_->connect()) << "cannot connect to the agent socket";
+    ASSERT_TRUE(vm_->connect()) << "cannot connect to the agent socket; console:\n"
+                                << vm_->console_log();
     ready_ = vm_->wait_ready(120s);
     const auto took = std::chrono::steady_clock::now() - start;
     std::printf("agent answered %lld ms after QEMU started\n",
