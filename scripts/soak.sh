@@ -26,6 +26,9 @@ while [ $# -gt 0 ]; do
     *) build_dir=$1; shift ;;
   esac
 done
+# Absolute: hostd refuses a relative images_dir, and the test runs elsewhere.
+[ -d "$build_dir" ] || { echo "soak.sh: no build directory $build_dir (see --help)" >&2; exit 2; }
+build_dir=$(cd "$build_dir" && pwd)
 binary=$build_dir/tests/soak_integration_test
 if [ ! -x "$binary" ]; then
   echo "soak.sh: $binary is missing; build it first: ninja -C $build_dir soak_integration_test" >&2
