@@ -94,18 +94,14 @@ int main(int argc, char** argv) {
   if (args.count("actor-listen")) cluster.set_actor_listen(args["actor-listen"].as<std::string>());
   if (args.count("secret-file")) cluster.set_secret_file(args["secret-file"].as<std::string>());
 
-  if (auto made = hostd::make_private_dir(config->state_dir()); !made) return fail(made.error());
-  auto keys = hostd::KeyStore::load(std::filesystem::path(config->state_dir()) / "keys");
+  const hostd::KeyRequest key_request{args.count("new-key") > 0,
+                                      args.count("tier") ? args["tier"].as<std::string>() : "",
+                                      args.count("admin") > 0};
+  auto keys =
+      hostd::open_keys_at_start(config->state_dir(), key_request, config->default_key_tier());
   if (!keys) return fail(keys.error());
-  if (args.count("new-key") || keys->empty()) {
-    std::string tier;
-    if (args.count("tier")) tier = args["tier"].as<std::string>();
-    const bool admin = args.count("admin") > 0;
-    auto created = keys->add(tier, admin);
-    if (!created) return fail(created.error());
-    if (tier.empty()) tier = config->default_key_tier();
-    std::printf("vesicle %sAPI key %s, tier %s (shown only this once; store it now):\n%s\n",
-                admin ? "admin " : "", created->id.c_str(), tier.c_str(), created->key.c_str());
+  if (keys->made) {
+    std::fputs(keys->made_text.c_str(), stdout);
     std::fflush(stdout);
     if (args.count("new-key")) return 0;
   }
@@ -143,7 +139,7 @@ int main(int argc, char** argv) {
   limits.max_json_body = config->max_json_body_bytes();
   limits.request_timeout = std::chrono::seconds(config->request_timeout_s());
   limits.write_timeout = std::chrono::seconds(config->write_timeout_s());
-  hostd::GatewayApi api(*keys, *members, *config);
+  hostd::GatewayApi api(keys->store, *members, *config);
   hostd::HttpServer server(io.get_executor(), limits, config->max_connections(),
                            [&](hostd::Exchange& exchange) { return api.handle(exchange); });
   if (auto listening = server.listen(*listen); !listening) return fail(listening.error());

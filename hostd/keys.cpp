@@ -16,6 +16,7 @@
 
 #include "common/hex.hpp"
 #include "common/unique_fd.hpp"
+#include "hostd/runtime_core.hpp" // make_private_dir
 #include "hostd/tiers.hpp"
 
 namespace vesicle::hostd {
@@ -226,6 +227,23 @@ Result<void> KeyStore::save() const {
   UniqueFd dir(::open(path_.parent_path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (dir) ::fsync(dir.get());
   return {};
+}
+
+Result<StartKeys> open_keys_at_start(const std::filesystem::path& state_dir,
+                                     const KeyRequest& request, const std::string& default_tier) {
+  if (auto made = make_private_dir(state_dir); !made) return made.error();
+  auto store = KeyStore::load(state_dir / "keys");
+  if (!store) return std::move(store).error();
+  StartKeys keys{std::move(store.value()), std::nullopt, {}};
+  if (!request.new_key && !keys.store.empty()) return keys;
+  auto created = keys.store.add(request.tier, request.admin);
+  if (!created) return std::move(created).error();
+  const auto& tier = request.tier.empty() ? default_tier : request.tier;
+  keys.made_text = std::string("vesicle ") + (request.admin ? "admin " : "") + "API key " +
+                   created->id + ", tier " + tier + " (shown only this once; store it now):\n" +
+                   created->key + "\n";
+  keys.made = std::move(created.value());
+  return keys;
 }
 
 } // namespace vesicle::hostd

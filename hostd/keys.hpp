@@ -86,4 +86,26 @@ private:
   std::vector<std::string> retired_;
 };
 
+// What a start asks of the keys: hostd's and vesicle-gateway's --new-key,
+// --tier and --admin.
+struct KeyRequest {
+  bool new_key = false; // make one even if the file has keys already
+  std::string tier;     // "" = the configuration's default_key_tier
+  bool admin = false;
+};
+
+// The keys a start runs with, and the key it made, if it made one.
+struct StartKeys {
+  KeyStore store;
+  std::optional<KeyStore::NewKey> made;
+  // What shows the made key once ("" if none): its id, tier and the key.
+  std::string made_text;
+};
+
+// Makes `state_dir` (readable by its owner only), loads state_dir/keys and,
+// when `request.new_key` or when the file has no key yet, adds one. Where
+// the made key is shown (a terminal, a private file) is the caller's.
+Result<StartKeys> open_keys_at_start(const std::filesystem::path& state_dir,
+                                     const KeyRequest& request, const std::string& default_tier);
+
 } // namespace vesicle::hostd

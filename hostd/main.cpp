@@ -204,24 +204,18 @@ int main(int argc, char** argv) {
     return 0;
   }
 
-  if (auto made = hostd::make_private_dir(config->state_dir()); !made) return fail(made.error());
-  auto keys = hostd::KeyStore::load(std::filesystem::path(config->state_dir()) / "keys");
+  const hostd::KeyRequest key_request{args.count("new-key") > 0,
+                                      args.count("tier") ? args["tier"].as<std::string>() : "",
+                                      args.count("admin") > 0};
+  auto keys =
+      hostd::open_keys_at_start(config->state_dir(), key_request, config->default_key_tier());
   if (!keys) return fail(keys.error());
-  if (args.count("new-key") || keys->empty()) {
-    std::string tier;
-    if (args.count("tier")) tier = args["tier"].as<std::string>();
-    const bool admin = args.count("admin") > 0;
-    auto created = keys->add(tier, admin);
-    if (!created) return fail(created.error());
-    if (tier.empty()) tier = config->default_key_tier();
-    char text[512];
-    std::snprintf(text, sizeof text,
-                  "vesicle %sAPI key %s, tier %s (shown only this once; store it now):\n%s\n",
-                  admin ? "admin " : "", created->id.c_str(), tier.c_str(), created->key.c_str());
+  if (keys->made) {
+    const auto& text = keys->made_text;
     if (args.count("new-key")) {
       // Asked for on a terminal (or by install.sh): printed once, to stdout
       // only; the keys file keeps its hash alone.
-      std::fputs(text, stdout);
+      std::fputs(text.c_str(), stdout);
       std::fflush(stdout);
       return 0;
     }
@@ -229,7 +223,7 @@ int main(int argc, char** argv) {
     if (!written) return fail(written.error().with_context("saving the first API key"));
     log::warn("no API keys yet: made one and wrote it to a file only root can read; read it, "
               "store it and delete the file (hostd --new-key makes more)",
-              {{"file", written->string()}, {"key", created->id}});
+              {{"file", written->string()}, {"key", keys->made->id}});
   }
   raise_fd_limit(*config);
   if (auto prepared = hostd::prepare_host(*config); !prepared) return fail(prepared.error());
@@ -247,7 +241,7 @@ int main(int argc, char** argv) {
 
   asio::io_context io(1);
   auto driver = vmm::make_qemu_driver(io.get_executor());
-  hostd::Daemon daemon(io, system, *driver, *config, std::move(keys.value()));
+  hostd::Daemon daemon(io, system, *driver, *config, std::move(keys->store));
   if (auto started = daemon.start(); !started) return fail(started.error());
 
   // The handler is in place before the address is printed: whoever waits

@@ -6,11 +6,9 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <charconv>
-#include <fstream>
-#include <iterator>
 #include <sstream>
 
+#include "common/record_file.hpp"
 #include "common/unique_fd.hpp"
 #include "vmm/blocking.hpp"
 #include "vmm/snapshot.hpp"
@@ -24,11 +22,6 @@ namespace {
 constexpr const char* kSpaceFile = "space";
 // A Space being removed (SpaceStore::remove) is renamed to this first.
 constexpr std::string_view kRemovingSuffix = ".removing";
-
-template <class Number> bool parse_number(std::string_view text, Number& out) {
-  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), out);
-  return ec == std::errc() && end == text.data() + text.size();
-}
 
 Result<void> fsync_path(const fs::path& path) {
   UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
@@ -71,87 +64,60 @@ std::string format_space(const SpaceInfo& space) {
 Result<SpaceInfo> parse_space(std::string_view text) {
   SpaceInfo space;
   space.spec.egress_allow.clear();
-  int line_number = 0;
-  bool versioned = false;
   bool lived_known = false;
-  std::size_t start = 0;
-  while (start < text.size()) {
-    auto end = text.find('\n', start);
-    if (end == std::string_view::npos) end = text.size();
-    const auto line = text.substr(start, end - start);
-    start = end + 1;
-    ++line_number;
-    if (line.empty()) continue;
-    const auto space_at = line.find(' ');
-    const auto key = line.substr(0, space_at);
-    const auto value =
-        space_at == std::string_view::npos ? std::string_view{} : line.substr(space_at + 1);
-    auto bad = [&](const char* why) {
-      return make_error("parse Space", "line " + std::to_string(line_number) + " (" +
-                                           std::string(key) + "): " + why);
-    };
-    auto number = [&](auto& out) { return parse_number(value, out); };
-    auto flag = [&](bool& out) {
-      if (value != "0" && value != "1") return false;
-      out = value == "1";
-      return true;
-    };
-    bool ok = true;
-    if (line_number == 1) {
-      int version = 0;
-      if (key != "vesicle-space" || !number(version)) return bad("not a vesicle Space file");
-      if (version != kSpaceFormatVersion)
-        return bad("written by another version of vesicle; this hostd reads version 1");
-      versioned = true;
-      continue;
-    }
-    if (key == "space_id")
-      space.space_id = value;
-    else if (key == "owner")
-      space.owner = value;
-    else if (key == "sandbox_id")
-      space.sandbox_id = value;
-    else if (key == "template")
-      space.spec.template_name = value;
-    else if (key == "egress")
-      ok = flag(space.spec.egress);
-    else if (key == "egress_allow")
-      space.spec.egress_allow.emplace_back(value);
-    else if (key == "secret_host")
-      space.spec.secret_hosts.emplace_back(value);
-    else if (key == "persistent")
-      ok = flag(space.spec.persistent);
-    else if (key == "vcpus")
-      ok = number(space.spec.vcpus);
-    else if (key == "memory_mib")
-      ok = number(space.spec.memory_mib);
-    else if (key == "disk_mib")
-      ok = number(space.spec.disk_mib);
-    else if (key == "idle_timeout_s")
-      ok = number(space.spec.idle_timeout_s);
-    else if (key == "max_lifetime_s")
-      ok = number(space.spec.max_lifetime_s);
-    else if (key == "created_at_ms")
-      ok = number(space.created_at_ms);
-    else if (key == "frozen_at_ms")
-      ok = number(space.frozen_at_ms);
-    else if (key == "reason")
-      space.reason = value;
-    else if (key == "machine_id")
-      space.machine_id = value;
-    else if (key == "images")
-      space.images_fingerprint = value;
-    else if (key == "state_bytes")
-      ok = number(space.state_bytes);
-    else if (key == "disk_bytes")
-      ok = number(space.disk_bytes);
-    else if (key == "lived_ms")
-      ok = number(space.lived_ms), lived_known = true;
-    else
-      return bad("unknown key");
-    if (!ok) return bad("not a valid value");
-  }
-  if (!versioned) return make_error("parse Space", "empty file");
+  auto read = read_record_lines(
+      text, {"vesicle-space", kSpaceFormatVersion, "Space"}, [&](const RecordLine& line) {
+        const auto key = line.key;
+        const auto value = line.value;
+        auto number = [&](auto& out) { return line.number_value(out); };
+        bool ok = true;
+        if (key == "space_id")
+          space.space_id = value;
+        else if (key == "owner")
+          space.owner = value;
+        else if (key == "sandbox_id")
+          space.sandbox_id = value;
+        else if (key == "template")
+          space.spec.template_name = value;
+        else if (key == "egress")
+          ok = line.flag_value(space.spec.egress);
+        else if (key == "egress_allow")
+          space.spec.egress_allow.emplace_back(value);
+        else if (key == "secret_host")
+          space.spec.secret_hosts.emplace_back(value);
+        else if (key == "persistent")
+          ok = line.flag_value(space.spec.persistent);
+        else if (key == "vcpus")
+          ok = number(space.spec.vcpus);
+        else if (key == "memory_mib")
+          ok = number(space.spec.memory_mib);
+        else if (key == "disk_mib")
+          ok = number(space.spec.disk_mib);
+        else if (key == "idle_timeout_s")
+          ok = number(space.spec.idle_timeout_s);
+        else if (key == "max_lifetime_s")
+          ok = number(space.spec.max_lifetime_s);
+        else if (key == "created_at_ms")
+          ok = number(space.created_at_ms);
+        else if (key == "frozen_at_ms")
+          ok = number(space.frozen_at_ms);
+        else if (key == "reason")
+          space.reason = value;
+        else if (key == "machine_id")
+          space.machine_id = value;
+        else if (key == "images")
+          space.images_fingerprint = value;
+        else if (key == "state_bytes")
+          ok = number(space.state_bytes);
+        else if (key == "disk_bytes")
+          ok = number(space.disk_bytes);
+        else if (key == "lived_ms")
+          ok = number(space.lived_ms), lived_known = true;
+        else
+          return RecordLineOutcome::unknown_key;
+        return ok ? RecordLineOutcome::taken : RecordLineOutcome::bad_value;
+      });
+  if (!read) return std::move(read).error();
   if (!is_space_id(space.space_id)) return make_error("parse Space", "no valid space_id line");
   if (space.owner.empty()) return make_error("parse Space", "no owner line");
   // A Space frozen before lived_ms was kept: its last run at least.
@@ -173,13 +139,7 @@ bool is_space_id(std::string_view id) {
 namespace {
 
 Result<SpaceInfo> read_space(const fs::path& dir) {
-  const auto path = dir / kSpaceFile;
-  std::ifstream in(path);
-  if (!in) return sys_error("open", path.string());
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  auto parsed = parse_space(text);
-  if (!parsed) return std::move(parsed).error().with_context(path.string());
-  return parsed;
+  return read_record_file(dir / kSpaceFile, parse_space);
 }
 
 } // namespace

@@ -1,13 +1,11 @@
 #include "actors/sandbox/template_store.hpp"
 
 #include <algorithm>
-#include <charconv>
-#include <fstream>
-#include <iterator>
 #include <sstream>
 
 #include "common/ids.hpp"
 #include "common/log.hpp"
+#include "common/record_file.hpp"
 #include "vmm/blocking.hpp"
 #include "vmm/snapshot.hpp"
 
@@ -21,19 +19,8 @@ constexpr const char* kTemplateFile = "template";
 // A template being removed is renamed to this first.
 constexpr std::string_view kRemovingSuffix = ".removing";
 
-template <class Number> bool parse_number(std::string_view text, Number& out) {
-  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), out);
-  return ec == std::errc() && end == text.data() + text.size();
-}
-
 Result<TemplateInfo> read_template(const fs::path& dir) {
-  const auto path = dir / kTemplateFile;
-  std::ifstream in(path);
-  if (!in) return sys_error("open", path.string());
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  auto parsed = parse_template(text);
-  if (!parsed) return std::move(parsed).error().with_context(path.string());
-  return parsed;
+  return read_record_file(dir / kTemplateFile, parse_template);
 }
 
 } // namespace
@@ -61,70 +48,47 @@ std::string format_template(const TemplateInfo& info) {
 
 Result<TemplateInfo> parse_template(std::string_view text) {
   TemplateInfo info;
-  int line_number = 0;
-  bool versioned = false;
-  std::size_t start = 0;
-  while (start < text.size()) {
-    auto end = text.find('\n', start);
-    if (end == std::string_view::npos) end = text.size();
-    const auto line = text.substr(start, end - start);
-    start = end + 1;
-    ++line_number;
-    if (line.empty()) continue;
-    const auto space_at = line.find(' ');
-    const auto key = line.substr(0, space_at);
-    const auto value =
-        space_at == std::string_view::npos ? std::string_view{} : line.substr(space_at + 1);
-    auto bad = [&](const char* why) {
-      return make_error("parse template", "line " + std::to_string(line_number) + " (" +
-                                              std::string(key) + "): " + why);
-    };
-    auto number = [&](auto& out) { return parse_number(value, out); };
-    bool ok = true;
-    if (line_number == 1) {
-      int version = 0;
-      if (key != "vesicle-template" || !number(version)) return bad("not a vesicle template file");
-      if (version != kTemplateFormatVersion)
-        return bad("written by another version of vesicle; this hostd reads version 1");
-      versioned = true;
-      continue;
-    }
-    if (key == "template_id")
-      info.template_id = value;
-    else if (key == "name")
-      info.name = value;
-    else if (key == "owner")
-      info.owner = value;
-    else if (key == "global") {
-      ok = value == "0" || value == "1";
-      info.global = value == "1";
-    } else if (key == "from_sandbox")
-      info.from_sandbox = value;
-    else if (key == "created_at_ms")
-      ok = number(info.created_at_ms);
-    else if (key == "vcpus")
-      ok = number(info.vcpus);
-    else if (key == "memory_mib")
-      ok = number(info.memory_mib);
-    else if (key == "disk_mib")
-      ok = number(info.disk_mib);
-    else if (key == "images")
-      info.images_fingerprint = value;
-    else if (key == "recipe")
-      info.recipe_hash = value;
-    else if (key == "pool_size")
-      ok = number(info.pool_size);
-    else if (key == "memory_bytes")
-      ok = number(info.memory_bytes);
-    else if (key == "state_bytes")
-      ok = number(info.state_bytes);
-    else if (key == "disk_bytes")
-      ok = number(info.disk_bytes);
-    else
-      return bad("unknown key");
-    if (!ok) return bad("not a valid value");
-  }
-  if (!versioned) return make_error("parse template", "empty file");
+  auto read = read_record_lines(
+      text, {"vesicle-template", kTemplateFormatVersion, "template"}, [&](const RecordLine& line) {
+        const auto key = line.key;
+        const auto value = line.value;
+        auto number = [&](auto& out) { return line.number_value(out); };
+        bool ok = true;
+        if (key == "template_id")
+          info.template_id = value;
+        else if (key == "name")
+          info.name = value;
+        else if (key == "owner")
+          info.owner = value;
+        else if (key == "global")
+          ok = line.flag_value(info.global);
+        else if (key == "from_sandbox")
+          info.from_sandbox = value;
+        else if (key == "created_at_ms")
+          ok = number(info.created_at_ms);
+        else if (key == "vcpus")
+          ok = number(info.vcpus);
+        else if (key == "memory_mib")
+          ok = number(info.memory_mib);
+        else if (key == "disk_mib")
+          ok = number(info.disk_mib);
+        else if (key == "images")
+          info.images_fingerprint = value;
+        else if (key == "recipe")
+          info.recipe_hash = value;
+        else if (key == "pool_size")
+          ok = number(info.pool_size);
+        else if (key == "memory_bytes")
+          ok = number(info.memory_bytes);
+        else if (key == "state_bytes")
+          ok = number(info.state_bytes);
+        else if (key == "disk_bytes")
+          ok = number(info.disk_bytes);
+        else
+          return RecordLineOutcome::unknown_key;
+        return ok ? RecordLineOutcome::taken : RecordLineOutcome::bad_value;
+      });
+  if (!read) return std::move(read).error();
   if (!is_template_id(info.template_id))
     return make_error("parse template", "no valid template_id line");
   if (info.owner.empty()) return make_error("parse template", "no owner line");

@@ -186,19 +186,16 @@ asio::awaitable<Result<void>> VmHost::trust_egress_ca(vmm::Vm& vm, const std::st
   GuestTrust trust = guest_trust(settings_.egress_ca_pem);
   vm.agent().set_bash_env(trust.env);
   if (source == "fork" || source == "space") co_return Result<void>{};
+  // Both execs' stderr and errors, for the message if one fails.
   std::string errors;
-  auto sink = [&errors]() -> vmm::ExecEventSink {
-    return [&errors](const guest::Event& event) {
-      if (event.has_stderr() && errors.size() < 4096) errors += event.stderr();
-      if (event.has_error()) errors += event.error().name() + ": " + event.error().value();
-    };
+  vmm::ExecEventSink collect_errors = [&errors](const guest::Event& event) {
+    if (event.has_stderr() && errors.size() < 4096) errors += event.stderr();
+    if (event.has_error()) errors += event.error().name() + ": " + event.error().value();
   };
-  vmm::ExecEventSink bash_sink = sink();
-  vmm::ExecEventSink python_sink = sink();
   guest::ExecBash script;
   script.set_command(trust.script);
   script.set_timeout_ms(30'000);
-  auto added = co_await vm.agent().exec_bash(std::move(script), std::move(bash_sink));
+  auto added = co_await vm.agent().exec_bash(std::move(script), collect_errors);
   if (!added) co_return std::move(added).error();
   if (added->exit_code() != 0)
     co_return make_error("add the egress CA to the guest's bundle",
@@ -211,7 +208,7 @@ asio::awaitable<Result<void>> VmHost::trust_egress_ca(vmm::Vm& vm, const std::st
   guest::ExecPython update;
   update.set_code(std::move(code));
   update.set_timeout_ms(30'000);
-  auto set = co_await vm.agent().exec_python(std::move(update), std::move(python_sink));
+  auto set = co_await vm.agent().exec_python(std::move(update), std::move(collect_errors));
   if (!set) co_return std::move(set).error();
   if (set->exit_code() != 0) co_return make_error("set the REPL's CA variables", errors);
   co_return Result<void>{};

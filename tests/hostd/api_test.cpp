@@ -6,8 +6,6 @@
 #include <thread>
 #include <utility> // before Boost 1.74 asio, which needs std::exchange
 
-#include <boost/asio/co_spawn.hpp>
-#include <boost/asio/detached.hpp>
 #include <boost/asio/post.hpp>
 #include <google/protobuf/util/json_util.h>
 #include <gtest/gtest.h>
@@ -15,83 +13,38 @@
 #include "hostd/config.hpp"
 #include "hostd/daemon.hpp"
 #include "messages/api.pb.h"
-#include "tests/hostd/fake_driver.hpp"
-#include "tests/hostd/http_client.hpp"
+#include "tests/hostd/in_process_hostd.hpp"
 
 using namespace vesicle;
-using vesicle::testing::FakeDriver;
+using vesicle::testing::error_of;
 using vesicle::testing::HttpClient;
 using vesicle::testing::HttpResponse;
+using vesicle::testing::InProcessHostdTest;
+using vesicle::testing::parse;
 
 namespace {
 
-struct TempDir {
-  TempDir() {
-    char pattern[] = "/tmp/hostd-api-test-XXXXXX";
-    path = ::mkdtemp(pattern);
-  }
-  ~TempDir() { std::filesystem::remove_all(path); }
-  std::filesystem::path path;
-};
-
-template <class M> M parse(const std::string& json) {
-  M message;
-  google::protobuf::util::JsonParseOptions options;
-  auto status = google::protobuf::util::JsonStringToMessage(json, &message, options);
-  EXPECT_TRUE(status.ok()) << json;
-  return message;
-}
-
-api::ErrorDetail error_of(const HttpResponse& response) {
-  return parse<api::ErrorResponse>(response.body).error();
-}
-
-class ApiTest : public ::testing::Test {
+class ApiTest : public InProcessHostdTest {
 protected:
+  ApiTest() : InProcessHostdTest("hostd-api-test") {}
   void SetUp() override { start(3); }
-  void TearDown() override { stop(); }
 
   void start(std::uint32_t max_sandboxes) {
-    // The actor system keeps a reference to its config: it must outlive it.
-    actor_config = std::make_unique<caf::actor_system_config>();
-    auto& actor_config = *this->actor_config;
-    register_caf_types(actor_config);
-    actor_config.set("scheduler.max-threads", 2);
-    actor_config.set("logger.console", caf::atom("none"));
-    system = std::make_unique<caf::actor_system>(actor_config);
-    driver = std::make_unique<FakeDriver>(io.get_executor());
-
+    start_actors();
     config::HostdConfig config;
     config.set_listen("127.0.0.1:0");
-    config.set_state_dir(dir.path.string());
+    config.set_state_dir(dir.path().string());
     config.set_max_sandboxes(max_sandboxes);
     config.set_request_timeout_s(2);
     // The pools have their own tests (hostd_actor_test, pool_integration_test).
     config.set_disable_pools(true);
     hostd::apply_defaults(config);
-    auto keys = hostd::KeyStore::load(dir.path / "keys");
+    auto keys = hostd::KeyStore::load(dir.path() / "keys");
     ASSERT_TRUE(keys);
     alice = keys->add()->key;
     bob = keys->add()->key;
     admin = keys->add("", true)->key;
-    daemon = std::make_unique<hostd::Daemon>(io, *system, *driver, config, std::move(*keys));
-    auto started = daemon->start();
-    ASSERT_TRUE(started) << started.error().message();
-    port = daemon->endpoint().port();
-    work.emplace(io.get_executor());
-    thread = std::thread([this] { io.run(); });
-  }
-
-  void stop() {
-    if (!daemon) return;
-    boost::asio::post(io, [this] {
-      boost::asio::co_spawn(io, daemon->shutdown(), [this](std::exception_ptr) { work.reset(); });
-    });
-    thread.join();
-    daemon.reset();
-    driver.reset();
-    system.reset();
-    actor_config.reset();
+    start_daemon(config, std::move(*keys));
   }
 
   // Runs `fn` on the io thread (where the fake VMs live) and waits for it.
@@ -101,8 +54,6 @@ protected:
     boost::asio::post(io, [&task] { task(); });
     return result.get();
   }
-
-  HttpClient client(const std::string& key) { return HttpClient("127.0.0.1", port, key); }
 
   api::Sandbox create(HttpClient& http, const std::string& body = R"({"memory_mib": 512})") {
     auto response = http.request("POST", "/v1/sandboxes", body);
@@ -131,16 +82,7 @@ protected:
     return lines;
   }
 
-  TempDir dir;
-  boost::asio::io_context io;
-  std::optional<boost::asio::executor_work_guard<boost::asio::io_context::executor_type>> work;
-  std::unique_ptr<caf::actor_system_config> actor_config;
-  std::unique_ptr<caf::actor_system> system;
-  std::unique_ptr<FakeDriver> driver;
-  std::unique_ptr<hostd::Daemon> daemon;
-  std::thread thread;
   std::string alice, bob, admin;
-  unsigned short port = 0;
 };
 
 TEST_F(ApiTest, HealthNeedsNoKeyEverythingElseDoes) {

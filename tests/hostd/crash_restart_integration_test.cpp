@@ -30,6 +30,7 @@
 #include "tests/hostd/hostd_test_support.hpp"
 #include "tests/hostd/hostile_guest_programs.hpp"
 #include "tests/hostd/http_client.hpp"
+#include "tests/hostd/soak_network.hpp"
 
 using namespace vesicle;
 using namespace vesicle::testing;
@@ -42,17 +43,6 @@ using namespace std::chrono_literals;
 
 bool contains(const std::string& text, const std::string& part) {
   return text.find(part) != std::string::npos;
-}
-
-// Its own network prefix and addresses (the soak's, under the same ctest
-// resource lock: the two never run at once).
-net::BridgeConfig bridge_config() {
-  net::BridgeConfig config;
-  config.prefix = "vz";
-  config.transit = net::Cidr{net::Ipv4{uint32_t{10} << 24 | uint32_t{231} << 16}, 16};
-  config.route_table = 1231;
-  config.rule_priority = 7481;
-  return config;
 }
 
 // The home the hostds share, and everything named after it, removed when

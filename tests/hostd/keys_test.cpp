@@ -212,3 +212,41 @@ TEST(Keys, AReloadSeesAddedAndRemovedKeysAndABadFileChangesNothing) {
   EXPECT_FALSE(running->reload());
   EXPECT_EQ(running->authenticate(carol->key), carol->id);
 }
+
+// hostd's and vesicle-gateway's start: a first start makes a key, a later
+// one does not, --new-key always does; the text names the tier it gets.
+TEST(Keys, AStartMakesTheFirstKeyAndANewKeyWhenAsked) {
+  TempDir dir;
+  auto state = dir.path / "state";
+  auto first = open_keys_at_start(state, {}, "free");
+  ASSERT_TRUE(first) << first.error().message();
+  ASSERT_TRUE(first->made);
+  EXPECT_EQ(first->made_text, "vesicle API key " + first->made->id +
+                                  ", tier free (shown only this once; store it now):\n" +
+                                  first->made->key + "\n");
+  EXPECT_EQ(first->store.authenticate(first->made->key), first->made->id);
+  struct stat info {};
+  ASSERT_EQ(::stat(state.c_str(), &info), 0);
+  EXPECT_EQ(info.st_mode & 0777, 0700u) << "the state directory holds the keys file";
+
+  auto later = open_keys_at_start(state, {}, "free");
+  ASSERT_TRUE(later) << later.error().message();
+  EXPECT_FALSE(later->made);
+  EXPECT_EQ(later->made_text, "");
+  EXPECT_EQ(later->store.authenticate(first->made->key), first->made->id);
+
+  auto asked = open_keys_at_start(state, {true, "pro", true}, "free");
+  ASSERT_TRUE(asked) << asked.error().message();
+  ASSERT_TRUE(asked->made);
+  EXPECT_EQ(asked->made_text.rfind("vesicle admin API key " + asked->made->id + ", tier pro ", 0),
+            0u)
+      << asked->made_text;
+  ASSERT_NE(asked->store.find(asked->made->id), nullptr);
+  EXPECT_TRUE(asked->store.find(asked->made->id)->admin);
+  EXPECT_EQ(asked->store.entries().size(), 2u);
+
+  auto unknown = open_keys_at_start(state, {true, "gold", false}, "free");
+  ASSERT_FALSE(unknown);
+  EXPECT_NE(unknown.error().message().find("unknown tier \"gold\""), std::string::npos)
+      << unknown.error().message();
+}

@@ -35,6 +35,7 @@
 #include "tests/hostd/hostd_test_support.hpp"
 #include "tests/hostd/hostile_guest_programs.hpp"
 #include "tests/hostd/http_client.hpp"
+#include "tests/hostd/soak_network.hpp"
 #include "tests/integration/qemu_proc.hpp"
 
 using namespace vesicle;
@@ -71,18 +72,6 @@ std::string shell(const std::string& command) {
     ::pclose(pipe);
   }
   return out;
-}
-
-// The soak's network prefix and addresses, shared with
-// crash_restart_integration_test under the same ctest resource lock (the
-// two never run at once).
-net::BridgeConfig bridge_config() {
-  net::BridgeConfig config;
-  config.prefix = "vz";
-  config.transit = net::Cidr{net::Ipv4{uint32_t{10} << 24 | uint32_t{231} << 16}, 16};
-  config.route_table = 1231;
-  config.rule_priority = 7481;
-  return config;
 }
 
 // What the host holds for this hostd, to compare before and after.

@@ -8,6 +8,8 @@
 
 #include <gtest/gtest.h>
 
+#include "tests/hostd/retrying_temp_dir.hpp"
+
 namespace vesicle {
 namespace {
 
@@ -36,28 +38,6 @@ SpaceInfo sample_space(const std::string& owner) {
   space.disk_bytes = 98765;
   return space;
 }
-
-class TempDir {
-public:
-  TempDir() {
-    char name[] = "/tmp/vesicle-space-test-XXXXXX";
-    path_ = ::mkdtemp(name);
-  }
-  // A deleted Space is removed on the blocking pool: remove_all can race
-  // that and fail, so it is tried until the directory is gone (2 s at most).
-  ~TempDir() {
-    for (int attempt = 0; attempt < 100; ++attempt) {
-      std::error_code ignored;
-      fs::remove_all(path_, ignored);
-      if (!fs::exists(path_, ignored)) return;
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-  }
-  const fs::path& path() const { return path_; }
-
-private:
-  fs::path path_;
-};
 
 // A Space as a freeze leaves it: the partial dir with a VM dir, committed.
 void write_space(const SpaceStore& store, const SpaceInfo& space) {
@@ -133,7 +113,7 @@ TEST(SpaceId, OnlyTheShapeItIsMadeIn) {
 }
 
 TEST(SpaceStore, ListsAndFindsOnlyTheOwnersSpaces) {
-  TempDir dir;
+  testing::RetryingTempDir dir("vesicle-space-test");
   SpaceStore store(dir.path());
   auto older = sample_space("alice");
   older.frozen_at_ms = 1000;
@@ -167,7 +147,7 @@ TEST(SpaceStore, ListsAndFindsOnlyTheOwnersSpaces) {
 }
 
 TEST(SpaceStore, AnUnreadableSpaceFileIsAnErrorNotAMissingSpace) {
-  TempDir dir;
+  testing::RetryingTempDir dir("vesicle-space-test");
   SpaceStore store(dir.path());
   auto space = sample_space("alice");
   write_space(store, space);
@@ -179,7 +159,7 @@ TEST(SpaceStore, AnUnreadableSpaceFileIsAnErrorNotAMissingSpace) {
 }
 
 TEST(SpaceStore, SweepRemovesUnfinishedFreezesOnly) {
-  TempDir dir;
+  testing::RetryingTempDir dir("vesicle-space-test");
   SpaceStore store(dir.path());
   auto done = sample_space("alice");
   write_space(store, done);
@@ -200,7 +180,7 @@ TEST(SpaceStore, SweepRemovesUnfinishedFreezesOnly) {
 // remove() runs on an actor's thread: it must not wait for a big tree to be
 // deleted (a Space holds gigabytes), only make the Space gone.
 TEST(SpaceStore, RemovingABigSpaceReturnsBeforeItsFilesAreDeleted) {
-  TempDir dir;
+  testing::RetryingTempDir dir("vesicle-space-test");
   SpaceStore store(dir.path());
   auto space = sample_space("alice");
   write_space(store, space);

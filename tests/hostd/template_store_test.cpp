@@ -2,10 +2,9 @@
 // directory (unfinished saves), and what a key's templates cost.
 #include "actors/sandbox/template_store.hpp"
 
-#include <chrono>
-#include <thread>
-
 #include <gtest/gtest.h>
+
+#include "tests/hostd/retrying_temp_dir.hpp"
 
 namespace vesicle {
 namespace {
@@ -31,27 +30,6 @@ TemplateInfo sample(const std::string& owner, const std::string& name) {
   info.disk_bytes = 30u << 20;
   return info;
 }
-
-class TempDir {
-public:
-  TempDir() {
-    char name[] = "/tmp/vesicle-template-test-XXXXXX";
-    path_ = ::mkdtemp(name);
-  }
-  // A removed template is deleted on the blocking pool: tried until gone.
-  ~TempDir() {
-    for (int attempt = 0; attempt < 100; ++attempt) {
-      std::error_code ignored;
-      fs::remove_all(path_, ignored);
-      if (!fs::exists(path_, ignored)) return;
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-  }
-  const fs::path& path() const { return path_; }
-
-private:
-  fs::path path_;
-};
 
 TEST(TemplateFile, RoundTripsEveryField) {
   const auto info = sample("key-1", "pandas-ml");
@@ -99,7 +77,7 @@ TEST(TemplateName, OnlyUrlAndFileSafeNames) {
 }
 
 TEST(TemplateStore, LoadsCommittedTemplatesAndRemovesUnfinishedOnes) {
-  TempDir dir;
+  testing::RetryingTempDir dir("vesicle-template-test");
   TemplateStore store(dir.path());
   auto a = sample("key-1", "a");
   a.created_at_ms = 2;

@@ -9,14 +9,9 @@
 //   - the tier quotas: vCPUs, Spaces (count and size), requests per second
 //     (429 + Retry-After), a lifetime that counts across freezes.
 // tenant_integration_test checks the walls that need a real guest.
-#include <future>
 #include <thread>
 #include <utility> // before Boost 1.74 asio, which needs std::exchange
 
-#include <boost/asio/co_spawn.hpp>
-#include <boost/asio/detached.hpp>
-#include <boost/asio/post.hpp>
-#include <google/protobuf/util/json_util.h>
 #include <gtest/gtest.h>
 
 #include <fstream>
@@ -27,61 +22,29 @@
 #include "hostd/daemon.hpp"
 #include "messages/api.pb.h"
 #include "messages/e2b.pb.h"
-#include "tests/hostd/fake_driver.hpp"
-#include "tests/hostd/http_client.hpp"
+#include "tests/hostd/in_process_hostd.hpp"
 
 using namespace vesicle;
-using vesicle::testing::FakeDriver;
+using vesicle::testing::error_of;
 using vesicle::testing::HttpClient;
 using vesicle::testing::HttpResponse;
+using vesicle::testing::InProcessHostdTest;
+using vesicle::testing::parse;
 
 namespace {
 
-struct TempDir {
-  TempDir() {
-    char pattern[] = "/tmp/hostd-tenant-test-XXXXXX";
-    path = ::mkdtemp(pattern);
-  }
-  ~TempDir() {
-    // Deleted Spaces go on the blocking pool: try until the dir is gone.
-    for (int attempt = 0; attempt < 100; ++attempt) {
-      std::error_code ignored;
-      std::filesystem::remove_all(path, ignored);
-      if (!std::filesystem::exists(path, ignored)) return;
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-  }
-  std::filesystem::path path;
-};
-
-template <class M> M parse(const std::string& json) {
-  M message;
-  auto status = google::protobuf::util::JsonStringToMessage(json, &message);
-  EXPECT_TRUE(status.ok()) << json;
-  return message;
-}
-
-api::ErrorDetail error_of(const HttpResponse& response) {
-  return parse<api::ErrorResponse>(response.body).error();
-}
-
-class TenantTest : public ::testing::Test {
+class TenantTest : public InProcessHostdTest {
 protected:
-  void TearDown() override { stop(); }
+  TenantTest() : InProcessHostdTest("hostd-tenant-test") {}
 
   // `tune` changes the configuration before its defaults are filled in.
   void start(const std::function<void(config::HostdConfig&)>& tune = {}) {
-    actor_config = std::make_unique<caf::actor_system_config>();
-    register_caf_types(*actor_config);
-    actor_config->set("scheduler.max-threads", 2);
-    actor_config->set("logger.console", caf::atom("none"));
-    system = std::make_unique<caf::actor_system>(*actor_config);
-    driver = std::make_unique<FakeDriver>(io.get_executor());
+    start_actors();
     driver->write_full_saves = true; // a freeze checks the Space's files
 
     config::HostdConfig config;
     config.set_listen("127.0.0.1:0");
-    config.set_state_dir(dir.path.string());
+    config.set_state_dir(dir.path().string());
     config.set_max_sandboxes(6);
     config.set_request_timeout_s(5);
     config.set_disable_pools(true);
@@ -90,32 +53,13 @@ protected:
     // prepare_host makes it for the real hostd; a resume copies a Space's
     // disk into it.
     std::filesystem::create_directories(config.runtime_dir());
-    auto keys = hostd::KeyStore::load(dir.path / "keys");
+    auto keys = hostd::KeyStore::load(dir.path() / "keys");
     ASSERT_TRUE(keys);
     auto a = keys->add(), b = keys->add(), c = keys->add("", true);
     ASSERT_TRUE(a && b && c);
     alice = a->key, alice_id = a->id, bob = b->key, bob_id = b->id, admin = c->key;
-    daemon = std::make_unique<hostd::Daemon>(io, *system, *driver, config, std::move(*keys));
-    auto started = daemon->start();
-    ASSERT_TRUE(started) << started.error().message();
-    port = daemon->endpoint().port();
-    work.emplace(io.get_executor());
-    thread = std::thread([this] { io.run(); });
+    start_daemon(config, std::move(*keys));
   }
-
-  void stop() {
-    if (!daemon) return;
-    boost::asio::post(io, [this] {
-      boost::asio::co_spawn(io, daemon->shutdown(), [this](std::exception_ptr) { work.reset(); });
-    });
-    thread.join();
-    daemon.reset();
-    driver.reset();
-    system.reset();
-    actor_config.reset();
-  }
-
-  HttpClient client(const std::string& key) { return HttpClient("127.0.0.1", port, key); }
 
   api::Sandbox create(HttpClient& http, const std::string& body = R"({"memory_mib": 256})") {
     auto response = http.request("POST", "/v1/sandboxes", body);
@@ -125,12 +69,12 @@ protected:
 
   // The keys file without the line of key `id` (an operator removing it).
   void remove_key_line(const std::string& id) {
-    std::ifstream in(dir.path / "keys");
+    std::ifstream in(dir.path() / "keys");
     std::string kept;
     for (std::string line; std::getline(in, line);)
       if (line.rfind(id + " ", 0) != 0) kept += line + "\n";
     in.close();
-    std::ofstream(dir.path / "keys") << kept;
+    std::ofstream(dir.path() / "keys") << kept;
   }
 
   std::size_t admin_count(HttpClient& operator_) {
@@ -139,16 +83,7 @@ protected:
     return static_cast<std::size_t>(parse<api::AdminSandboxList>(listed.body).sandboxes_size());
   }
 
-  TempDir dir;
-  boost::asio::io_context io;
-  std::optional<boost::asio::executor_work_guard<boost::asio::io_context::executor_type>> work;
-  std::unique_ptr<caf::actor_system_config> actor_config;
-  std::unique_ptr<caf::actor_system> system;
-  std::unique_ptr<FakeDriver> driver;
-  std::unique_ptr<hostd::Daemon> daemon;
-  std::thread thread;
   std::string alice, alice_id, bob, bob_id, admin;
-  unsigned short port = 0;
 };
 
 TEST_F(TenantTest, AnotherKeyGets404OnEveryIdAndTheOwnersThingsDoNotChange) {
@@ -270,7 +205,7 @@ TEST_F(TenantTest, KeysReloadWithoutDroppingSandboxesAndARemovedKeysAreDestroyed
   auto kept = create(alices);
   create(bobs);
   // hostd --new-key while hostd runs: the new key works after a reload.
-  auto file = hostd::KeyStore::load(dir.path / "keys");
+  auto file = hostd::KeyStore::load(dir.path() / "keys");
   ASSERT_TRUE(file);
   auto carol = file->add();
   ASSERT_TRUE(carol);
@@ -290,7 +225,7 @@ TEST_F(TenantTest, KeysReloadWithoutDroppingSandboxesAndARemovedKeysAreDestroyed
             "ready");
   EXPECT_EQ(admin_count(operator_), 1u);
   // A file that does not parse changes nothing.
-  std::ofstream(dir.path / "keys", std::ios::app) << "not a key line\n";
+  std::ofstream(dir.path() / "keys", std::ios::app) << "not a key line\n";
   auto bad = operator_.request("POST", "/v1/admin/keys/reload");
   EXPECT_NE(bad.status, 200u) << bad.body;
   EXPECT_NE(bad.body.find("line"), std::string::npos) << bad.body;

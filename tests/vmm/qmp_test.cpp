@@ -42,7 +42,9 @@ public:
       // A client that refused the greeting sends nothing: do not wait for it.
       timeval two_seconds{2, 0};
       ::setsockopt(client, SOL_SOCKET, SO_RCVTIMEO, &two_seconds, sizeof two_seconds);
-      (void)!::write(client, before.data(), before.size());
+      // send, not write: a client that refused the greeting may be gone,
+      // and a write to it would raise SIGPIPE.
+      (void)!::send(client, before.data(), before.size(), MSG_NOSIGNAL);
       std::string line;
       char c = 0;
       while (::read(client, &c, 1) == 1 && c != '\n')
@@ -52,7 +54,7 @@ public:
                            ? "0"
                            : line.substr(at + 5, line.find_first_of(",}", at) - at - 5);
       std::string reply = "{\"return\": {}, \"id\": " + id + "}\n";
-      (void)!::write(client, reply.data(), reply.size());
+      (void)!::send(client, reply.data(), reply.size(), MSG_NOSIGNAL);
       ::sleep(1); // the client reads the reply before the close
       ::close(client);
     });
@@ -72,6 +74,9 @@ private:
 
 constexpr const char* kGreeting =
     R"({"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}}, "capabilities": []}})"
+    "\n";
+constexpr const char* kResumeEvent =
+    R"({"event": "RESUME", "timestamp": {"seconds": 1, "microseconds": 2}})"
     "\n";
 
 Result<std::shared_ptr<QmpClient>> connect_to(const std::string& before) {
@@ -103,10 +108,27 @@ TEST(Qmp, AGreetingIsNegotiated) {
 // QEMU 7.2 can write an event on a connection it has just accepted, before
 // its greeting (seen in CI: a RESUME as the VM started).
 TEST(Qmp, EventsBeforeTheGreetingAreSkipped) {
-  auto client = connect_to(
-      std::string(R"({"event": "RESUME", "timestamp": {"seconds": 1, "microseconds": 2}})") + "\n" +
-      kGreeting);
+  auto client = connect_to(std::string(kResumeEvent) + kGreeting);
   EXPECT_TRUE(client) << client.error().message();
+}
+
+// What is neither an event nor a greeting, or more events before the
+// greeting than QEMU writes, is not QEMU's monitor: refused, saying what came.
+TEST(Qmp, AMonitorThatDoesNotGreetIsRefused) {
+  auto reply = connect_to(std::string(R"({"return": {}})") + "\n" + kGreeting);
+  ASSERT_FALSE(reply);
+  const auto said = reply.error().message();
+  EXPECT_NE(said.find("expected a greeting, got"), std::string::npos) << said;
+  EXPECT_NE(said.find("return"), std::string::npos) << said;
+
+  std::string events;
+  for (int i = 0; i < 9; ++i)
+    events += kResumeEvent;
+  auto flood = connect_to(events + kGreeting);
+  ASSERT_FALSE(flood);
+  const auto flood_said = flood.error().message();
+  EXPECT_NE(flood_said.find("expected a greeting, got"), std::string::npos) << flood_said;
+  EXPECT_NE(flood_said.find("RESUME"), std::string::npos) << flood_said;
 }
 
 } // namespace
