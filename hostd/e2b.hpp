@@ -11,6 +11,7 @@
 //   e2b_filesystem.cpp   filesystem.Filesystem on small guest scripts
 //   e2b_interpreter.cpp  the code interpreter (port 49999): /execute, contexts
 //   e2b_ports.cpp        any other port inside the sandbox (port_proxy.hpp)
+//   e2b_snapshots.cpp    snapshots onto saved templates
 //   e2b_connect.hpp      the Connect protocol's framing and error codes
 //   e2b_multipart.hpp    the multipart/form-data reader for uploads
 //
@@ -119,6 +120,9 @@ struct Sandbox {
   std::map<std::uint32_t, std::shared_ptr<Process>> processes;
   std::map<std::string, CodeContext> contexts;
   std::uint32_t default_executions = 0;
+  // The templates saved as E2B snapshots of this sandbox (their ids), for
+  // GET /snapshots?sandboxID=; not kept across a hostd restart.
+  std::vector<std::string> snapshots;
 };
 
 class E2b : public std::enable_shared_from_this<E2b> {
@@ -152,6 +156,13 @@ private:
   asio::awaitable<void> kill(Exchange& exchange, const std::string& owner, const std::string& id);
   asio::awaitable<void> fork(Exchange& exchange, const std::string& owner, const std::string& id);
   asio::awaitable<Result<void>> destroy(Sandbox& sandbox);
+  // e2b_snapshots.cpp: snapshots onto saved templates.
+  asio::awaitable<void> snapshot(Exchange& exchange, const std::string& owner,
+                                 const std::string& id);
+  asio::awaitable<void> list_snapshots(Exchange& exchange, const std::string& owner,
+                                       std::string_view query);
+  asio::awaitable<void> delete_snapshot(Exchange& exchange, const std::string& owner,
+                                        const std::string& id);
   asio::awaitable<void> sweep();
   void start_sweep();
   // e2b_store.hpp: the paused sandboxes saved after each change, loaded
@@ -223,6 +234,9 @@ Result<void> parse(std::string_view json, google::protobuf::Message& message);
 std::string print(const google::protobuf::Message& message, bool all_fields = false);
 // Compares secrets in time independent of where they differ.
 bool same_secret(std::string_view a, std::string_view b);
+// The vesicle template an E2B template or snapshot id names: the id without
+// E2B's ":default" tag (e2b_snapshots.cpp).
+std::string template_name(std::string_view id);
 // An absolute guest path: a relative one is taken from kHome.
 std::string absolute(std::string_view path);
 

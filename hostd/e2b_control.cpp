@@ -287,6 +287,12 @@ asio::awaitable<void> E2b::control(Exchange& exchange, const std::vector<std::st
     co_return co_await connect(exchange, owner, path[1]);
   if (is({"sandboxes", "*", "fork"}) && method == http::verb::post)
     co_return co_await fork(exchange, owner, path[1]);
+  if (is({"sandboxes", "*", "snapshots"}) && method == http::verb::post)
+    co_return co_await snapshot(exchange, owner, path[1]);
+  if (is({"snapshots"}) && method == http::verb::get)
+    co_return co_await list_snapshots(exchange, owner, query);
+  if (is({"templates", "*"}) && method == http::verb::delete_)
+    co_return co_await delete_snapshot(exchange, owner, path[1]);
   if (is({"sandboxes", "*", "refreshes"}) && method == http::verb::post) {
     // Older SDKs' keep-alive: E2B sandboxes do not idle out; nothing to do.
     if (!owned(owner, path[1])) co_return co_await respond_error(exchange, not_found(path[1]));
@@ -298,7 +304,7 @@ asio::awaitable<void> E2b::control(Exchange& exchange, const std::vector<std::st
   co_await exchange.respond(
       501, error_body(501, std::string(http::to_string(method)) + " " + joined +
                                " is not supported by vesicle's E2B compatibility ("
-                               "snapshots, templates, network rules, metrics and logs are not "
+                               "templates, network rules, metrics and logs are not "
                                "mapped yet; see the README's \"E2B compatibility\")"));
 }
 
@@ -342,7 +348,7 @@ asio::awaitable<void> E2b::create(Exchange& exchange, const std::string& owner) 
   // E2B's stock templates run on the default vesicle template; any other
   // name must be one of this host's templates.
   api::CreateSandboxRequest spec;
-  const auto& name = request.templateid();
+  const auto name = template_name(request.templateid());
   if (!name.empty() && name != "base" && name != "code-interpreter-v1" &&
       name != "code-interpreter")
     spec.set_template_(name);
@@ -558,6 +564,7 @@ asio::awaitable<void> E2b::fork(Exchange& exchange, const std::string& owner,
     child->end_ms = child->started_ms + std::int64_t{*timeout} * 1000;
     // What ran in the parent is not the child's to list or signal.
     child->processes.clear();
+    child->snapshots.clear();
     sandboxes_[child->id] = child;
     start_sweep();
     if (out.size() > 1) out += ",";

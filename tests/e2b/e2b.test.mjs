@@ -178,6 +178,50 @@ describe("e2b@2.51.0", { skip }, () => {
     }
   });
 
+  test("snapshot: sandboxes made from it see its files and Python globals; other keys cannot", async () => {
+    await sbx.files.write("/root/snap.txt", "from the snapshot");
+    const interpreter = await ci.Sandbox.connect(sbx.sandboxId, SLOW);
+    await interpreter.runCode("snap_global = 41");
+    const snap = await sbx.createSnapshot(SLOW);
+    assert.match(snap.snapshotId, /^snapshot-[0-9a-f]+$/);
+    // The sandbox runs on; what it does next is not in the snapshot.
+    await sbx.files.write("/root/snap.txt", "after the snapshot");
+    const mine = await e2b.Sandbox.listSnapshots({ sandboxId: sbx.sandboxId }).nextItems();
+    assert.deepEqual(mine.map((s) => s.snapshotId), [snap.snapshotId]);
+
+    // Reusable: two sandboxes from the one snapshot, each its own.
+    const a = await ci.Sandbox.create(snap.snapshotId, { ...SLOW, timeoutMs: 300_000 });
+    try {
+      const b = await e2b.Sandbox.create(snap.snapshotId, { ...SLOW, timeoutMs: 300_000 });
+      try {
+        assert.equal((await a.getInfo()).templateId, snap.snapshotId);
+        assert.equal((await a.runCode("snap_global + 1")).text, "42");
+        assert.equal(await a.files.read("/root/snap.txt"), "from the snapshot");
+        assert.equal(await b.files.read("/root/snap.txt"), "from the snapshot");
+        await b.files.write("/root/snap.txt", "b's own");
+        assert.equal(await a.files.read("/root/snap.txt"), "from the snapshot");
+      } finally {
+        await b.kill();
+      }
+    } finally {
+      await a.kill();
+    }
+
+    // Another key neither sees nor uses nor deletes it.
+    const other = { apiKey: hostd.otherKey };
+    await assert.rejects(e2b.Sandbox.create(snap.snapshotId, { ...other, ...SLOW }), (e) => {
+      assert.ok(e instanceof e2b.SandboxError && e.statusCode === 404, `${e?.constructor?.name}: ${e?.message}`);
+      assert.match(e.message, /no template "snapshot-[0-9a-f]+" for this key/);
+      return true;
+    });
+    assert.deepEqual(await e2b.Sandbox.listSnapshots(other).nextItems(), []);
+    assert.equal(await e2b.Sandbox.deleteSnapshot(snap.snapshotId, other), false);
+
+    assert.equal(await e2b.Sandbox.deleteSnapshot(snap.snapshotId), true);
+    assert.equal(await e2b.Sandbox.deleteSnapshot(snap.snapshotId), false);
+    assert.deepEqual(await e2b.Sandbox.listSnapshots().nextItems(), []);
+  });
+
   test("getInfo, setTimeout, list", async () => {
     const info = await sbx.getInfo();
     assert.equal(info.sandboxId, sbx.sandboxId);
