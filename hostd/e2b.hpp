@@ -12,6 +12,7 @@
 //   e2b_interpreter.cpp  the code interpreter (port 49999): /execute, contexts
 //   e2b_ports.cpp        any other port inside the sandbox (port_proxy.hpp)
 //   e2b_snapshots.cpp    snapshots onto saved templates
+//   e2b_network.cpp      the create's egress options onto egress modes
 //   e2b_connect.hpp      the Connect protocol's framing and error codes
 //   e2b_multipart.hpp    the multipart/form-data reader for uploads
 //
@@ -41,6 +42,7 @@
 
 #include "common/result.hpp"
 #include "hostd/http_exchange.hpp"
+#include "messages/api.pb.h"
 #include "messages/e2b.pb.h"
 
 namespace vesicle::hostd {
@@ -237,6 +239,10 @@ bool same_secret(std::string_view a, std::string_view b);
 // The vesicle template an E2B template or snapshot id names: the id without
 // E2B's ":default" tag (e2b_snapshots.cpp).
 std::string template_name(std::string_view id);
+// Puts a create's allow_internet_access and `network` onto `spec`'s egress
+// and secrets (e2b_network.cpp); whether its ports are public. What cannot
+// be mapped exactly is an invalid_argument naming the field.
+Result<bool> apply_network(const NewSandbox& request, api::CreateSandboxRequest& spec);
 // An absolute guest path: a relative one is taken from kHome.
 std::string absolute(std::string_view path);
 

@@ -320,19 +320,7 @@ asio::awaitable<void> E2b::create(Exchange& exchange, const std::string& owner) 
   NewSandbox request;
   if (auto parsed = parse(*body, request); !parsed)
     co_return co_await respond_error(exchange, parsed.error());
-  // Of `network`, only allowPublicTraffic maps yet (e2b_ports.cpp).
-  bool public_traffic = false;
-  bool other_network = false;
-  if (request.has_network()) {
-    for (const auto& [field, value] : request.network().fields()) {
-      if (field == "allowPublicTraffic" && value.has_bool_value())
-        public_traffic = value.bool_value();
-      else
-        other_network = true;
-    }
-  }
-  const char* unmapped = other_network                 ? "network (beyond allowPublicTraffic)"
-                         : request.has_mcp()           ? "mcp"
+  const char* unmapped = request.has_mcp()             ? "mcp"
                          : request.volumemounts_size() ? "volumeMounts"
                          : request.autopause()         ? "autoPause"
                                                        : nullptr;
@@ -352,10 +340,11 @@ asio::awaitable<void> E2b::create(Exchange& exchange, const std::string& owner) 
   if (!name.empty() && name != "base" && name != "code-interpreter-v1" &&
       name != "code-interpreter")
     spec.set_template_(name);
-  // E2B's default is true (2.50 always sends it): that is the host's own
-  // default here, which may be no egress at all when it has no uplink.
-  if (request.has_allow_internet_access() && !request.allow_internet_access())
-    spec.set_egress(false);
+  // Egress (e2b_network.cpp). E2B's default, allow_internet_access true
+  // (2.50 always sends it), is the host's own default here, which may be no
+  // egress at all when it has no uplink.
+  auto public_traffic = apply_network(request, spec);
+  if (!public_traffic) co_return co_await respond_error(exchange, public_traffic.error());
   // E2B's timeout is enforced here (sweep); vesicle's own limits are left
   // at the key's tier caps (0 = the cap).
   spec.set_idle_timeout_s(0);
@@ -369,7 +358,7 @@ asio::awaitable<void> E2b::create(Exchange& exchange, const std::string& owner) 
   sandbox->vid = created->id;
   sandbox->token = random_id("", 64);
   sandbox->traffic_token = random_id("", 64);
-  sandbox->public_traffic = public_traffic;
+  sandbox->public_traffic = *public_traffic;
   sandbox->template_id = name.empty() ? "base" : name;
   sandbox->metadata.insert(request.metadata().begin(), request.metadata().end());
   sandbox->env_vars.insert(request.envvars().begin(), request.envvars().end());

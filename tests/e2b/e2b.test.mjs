@@ -16,6 +16,7 @@ import { after, before, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 
 import { locateHostd, startHostd } from "../../sdk/typescript/test/hostd_process.mjs";
+import { ALLOWED_IP, DENIED_IP, RESOLVER_IP, TestInternet, unavailable, WAN_GATEWAY } from "./testnet.mjs";
 
 const located = locateHostd();
 let hostd;
@@ -466,6 +467,114 @@ else: raise SystemExit("the server did not start")`;
       await open.kill();
     }
     await sbx.kill();
+  });
+});
+
+// A hostd of its own whose sandboxes' uplink is a test internet in a
+// network namespace (testnet.mjs): no test reaches the real internet.
+describe("network: allowOut, denyOut and rules onto the allowlist and secrets (a test internet)", {
+  skip: skip || unavailable(),
+}, () => {
+  const BRIDGE = "vf";
+  let internet;
+  let netHostd;
+  let opts;
+
+  before(async () => {
+    internet = await TestInternet.start(BRIDGE);
+    netHostd = await startHostd(located, {
+      maxSandboxes: 2,
+      extraConfig:
+        "disable_pools: true\n" +
+        `network {\n  uplink: "ve-wan"\n  uplink_gateway: "${WAN_GATEWAY}"\n  upstream_resolver: "${RESOLVER_IP}"\n` +
+        `  prefix: "${BRIDGE}"\n  transit: "10.233.0.0/16"\n  route_table: 1233\n  rule_priority: 7466\n` +
+        `  max_slots: 4\n  max_pooled: 1\n  upstream_extra_ca: "${internet.cert}"\n}\n`,
+    });
+    opts = { ...SLOW, apiKey: netHostd.key, apiUrl: netHostd.url, sandboxUrl: netHostd.url, timeoutMs: 300_000 };
+  });
+
+  after(async () => {
+    const problems = netHostd ? await netHostd.stop() : [];
+    let strays = 0;
+    try {
+      strays = internet ? internet.strayPackets() : 0;
+    } finally {
+      await internet?.stop();
+    }
+    assert.deepEqual(problems, [], "the network hostd left something behind");
+    assert.equal(strays, 0, "sandbox packets were routed past the test internet");
+  });
+
+  // Each fetch from inside the guest: the body, or "refused: <why>".
+  const fetchScript = (urls) => `import urllib.request
+for url in ${JSON.stringify(urls)}:
+    try:
+        print(urllib.request.urlopen(url, timeout=10).read().decode().strip())
+    except Exception as e:
+        print("refused:", type(e).__name__)
+`;
+  const fetchAll = async (sbx, urls) => {
+    await sbx.files.write("/tmp/fetch.py", fetchScript(urls));
+    return (await sbx.commands.run("python3 /tmp/fetch.py", { timeoutMs: 120_000 })).stdout.trim().split("\n");
+  };
+
+  test("allowOut names with denyOut all: only those hosts; rules set headers on their HTTPS requests", async () => {
+    const urls = ["http://allowed.test/", "http://denied.test/", `http://${DENIED_IP}/`, "https://allowed.test/"];
+    const [restricted, open] = await Promise.all([
+      e2b.Sandbox.create({
+        ...opts,
+        network: {
+          allowOut: ["allowed.test"],
+          denyOut: [e2b.ALL_TRAFFIC],
+          rules: { "allowed.test": [{ transform: { headers: { Authorization: "Bearer e2b-rule-value" } } }] },
+        },
+      }),
+      // E2B: allowOut alone denies nothing (allowOut only wins over denyOut).
+      e2b.Sandbox.create({ ...opts, network: { allowOut: ["allowed.test"] } }),
+    ]);
+    try {
+      const seen = await fetchAll(restricted, urls);
+      assert.equal(seen[0], "hello from allowed host=allowed.test");
+      assert.match(seen[1], /^refused: /);
+      assert.match(seen[2], /^refused: /);
+      assert.equal(seen[3], "hello from allowed host=allowed.test authorization=Bearer e2b-rule-value");
+      // The header value never entered the sandbox.
+      const grep = await restricted.commands.run("env | grep -c e2b-rule-value || true");
+      assert.equal(grep.stdout.trim(), "0");
+
+      const control = await fetchAll(open, urls.slice(0, 3));
+      assert.deepEqual(control, [
+        "hello from allowed host=allowed.test",
+        "hello from denied host=denied.test",
+        `hello from denied host=${DENIED_IP}`,
+      ]);
+      const fromRestricted = internet.requests().filter((l) => l.startsWith("denied "));
+      assert.equal(fromRestricted.length, 2, `only the open sandbox reached denied.test: ${fromRestricted}`);
+    } finally {
+      await Promise.all([restricted.kill(), open.kill()]);
+    }
+  });
+
+  test("allowInternetAccess: false is denyOut all; what vesicle cannot enforce is refused", async () => {
+    const off = await e2b.Sandbox.create({ ...opts, allowInternetAccess: false, network: { allowOut: ["allowed.test"] } });
+    try {
+      const seen = await fetchAll(off, ["http://allowed.test/", "http://denied.test/"]);
+      assert.equal(seen[0], "hello from allowed host=allowed.test");
+      assert.match(seen[1], /^refused: /);
+    } finally {
+      await off.kill();
+    }
+    for (const [network, field] of [
+      [{ denyOut: ["198.19.1.20/32"] }, /network\.denyOut: "198\.19\.1\.20\/32"/],
+      [{ allowOut: [ALLOWED_IP], denyOut: [e2b.ALL_TRAFFIC] }, /network\.allowOut: "198\.19\.1\.10": .*host names/],
+      [{ maskRequestHost: "x" }, /network\.maskRequestHost: not supported/],
+    ]) {
+      await assert.rejects(e2b.Sandbox.create({ ...opts, network }), (e) => {
+        assert.ok(e instanceof e2b.SandboxError && e.statusCode === 400, `${e?.constructor?.name}: ${e?.message}`);
+        assert.match(e.message, field);
+        return true;
+      });
+    }
   });
 });
 
