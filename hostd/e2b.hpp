@@ -86,6 +86,8 @@ struct Process {
   std::uint32_t pid = 0; // the guest's pid of its process group leader
   ProcessConfig config;
   std::optional<std::string> tag;
+  // Started with stdin: true and not closed since (e2b_process.cpp's FIFO).
+  bool stdin_open = false;
   // The streams reading its events: Start's own, and any Connect's.
   std::vector<std::weak_ptr<Outbox>> readers;
   // Sends one message envelope to every reader still there.
@@ -234,6 +236,11 @@ Result<void> parse(std::string_view json, google::protobuf::Message& message);
 // proto3 JSON with E2B's camelCase names; fields at their default left out
 // unless `all_fields`.
 std::string print(const google::protobuf::Message& message, bool all_fields = false);
+// The vesicle key an X-API-KEY names. E2B's SDKs after 2.51 refuse, by
+// default (E2B_VALIDATE_API_KEY), any key not of the form "e2b_<hex>"; a
+// vesicle key is "vsk_" and 64 hex digits, so "e2b_<the same digits>" is
+// accepted as its other spelling.
+std::string vesicle_key(std::string_view presented);
 // Compares secrets in time independent of where they differ.
 bool same_secret(std::string_view a, std::string_view b);
 // The vesicle template an E2B template or snapshot id names: the id without

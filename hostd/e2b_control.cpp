@@ -164,6 +164,13 @@ std::string print(const google::protobuf::Message& message, bool all_fields) {
   return out;
 }
 
+std::string vesicle_key(std::string_view presented) {
+  constexpr std::string_view kE2bPrefix = "e2b_";
+  if (presented.substr(0, kE2bPrefix.size()) == kE2bPrefix)
+    return "vsk_" + std::string(presented.substr(kE2bPrefix.size()));
+  return std::string(presented);
+}
+
 bool same_secret(std::string_view a, std::string_view b) {
   return a.size() == b.size() && CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
 }
@@ -247,7 +254,7 @@ asio::awaitable<bool> E2b::handle(Exchange& exchange, const std::vector<std::str
         401, error_body(401, "no API key: send the header \"X-API-KEY: <a vesicle key>\""));
     co_return true;
   }
-  auto owner = api_.ctx_.keys.authenticate(api_key);
+  auto owner = api_.ctx_.keys.authenticate(vesicle_key(api_key));
   if (!owner) {
     co_await exchange.respond(
         401, error_body(401, "the API key is not valid on this host; check for typos"));

@@ -123,6 +123,42 @@ describe("e2b@2.51.0", { skip }, () => {
     assert.equal(await sbx.commands.kill(handle.pid), false);
   });
 
+  test("commands: stdin (sendStdin, then closeStdin is EOF)", async () => {
+    const handle = await sbx.commands.run("cat; echo done", { background: true, stdin: true });
+    await sbx.commands.sendStdin(handle.pid, "hello ");
+    await handle.sendStdin(new TextEncoder().encode("stdin\n"));
+    assert.ok((await sbx.commands.list()).some((p) => p.pid === handle.pid), "cat ended before stdin was closed");
+    await handle.closeStdin();
+    const result = await handle.wait();
+    assert.equal(result.exitCode, 0);
+    assert.equal(result.stdout, "hello stdin\ndone\n");
+
+    // Bytes of every value, in more than one piece (hostd writes 16 KiB at
+    // a time), checked where they landed.
+    const bytes = Buffer.from(Array.from({ length: 40_000 }, (_, i) => (i * 7) % 256));
+    const sink = await sbx.commands.run("cat > /tmp/stdin.bin", { background: true, stdin: true });
+    await sink.sendStdin(new Uint8Array(bytes));
+    await sink.closeStdin();
+    assert.equal((await sink.wait()).exitCode, 0);
+    const back = await sbx.files.read("/tmp/stdin.bin", { format: "bytes" });
+    assert.ok(Buffer.from(back).equals(bytes), `stdin came through as ${back.length} bytes`);
+
+    // Without stdin: true a command's stdin is closed.
+    const plain = await sbx.commands.run("sleep 30", { background: true });
+    await assert.rejects(sbx.commands.sendStdin(plain.pid, "x"), /started without stdin/);
+    await plain.kill();
+  });
+
+  test("pty: refused as unimplemented, and hostd lives on", async () => {
+    // A refused stream once crashed hostd (E2B's own pty tests found it).
+    await assert.rejects(sbx.pty.create({ cols: 80, rows: 24, onData: () => {} }), (e) => {
+      assert.ok(e instanceof e2b.SandboxError, `${e?.constructor?.name}: ${e?.message}`);
+      assert.match(e.message, /unimplemented.*no PTY/);
+      return true;
+    });
+    assert.equal((await sbx.commands.run("echo alive")).stdout, "alive\n");
+  });
+
   test("files: text, 1 MiB binary, list, exists, makeDir, rename, remove, getInfo", async () => {
     const written = await sbx.files.write("/tmp/e2b/hello.txt", "hi there");
     assert.equal(written.path, "/tmp/e2b/hello.txt");
@@ -279,6 +315,11 @@ describe("e2b@2.50.0, keys and tokens", { skip }, () => {
       // does not exist for it.
       await assert.rejects(e2b.Sandbox.create({ apiKey: "vsk_not_a_key" }), e2b.AuthenticationError);
       await assert.rejects(e2b.Sandbox.list({ apiKey: "vsk_not_a_key" }).nextItems(), e2b.AuthenticationError);
+      // Newer SDKs accept only keys spelled "e2b_<hex>": the same key so spelled.
+      const e2bSpelled = { apiKey: hostd.key.replace(/^vsk_/, "e2b_") };
+      assert.deepEqual((await e2b.Sandbox.list(e2bSpelled).nextItems()).map((s) => s.sandboxId), [sbx.sandboxId]);
+      assert.equal((await e2b.Sandbox.getInfo(sbx.sandboxId, e2bSpelled)).sandboxId, sbx.sandboxId);
+      await assert.rejects(e2b.Sandbox.list({ apiKey: `e2b_${"0".repeat(64)}` }).nextItems(), e2b.AuthenticationError);
       const other = { apiKey: hostd.otherKey };
       await assert.rejects(e2b.Sandbox.getInfo(sbx.sandboxId, other), e2b.NotFoundError);
       await assert.rejects(e2b.Sandbox.connect(sbx.sandboxId, other), e2b.NotFoundError);
