@@ -78,6 +78,9 @@ struct Outbox {
   }
   std::deque<std::string> items;
   bool closed = false;
+  // Cut off, not ended: the connection drops as it does when an E2B
+  // sandbox's VM goes away (see Process::abort).
+  bool aborted = false;
   asio::steady_timer wake;
 };
 
@@ -94,6 +97,10 @@ struct Process {
   void publish(const ProcessEvent& event);
   // The end-of-stream envelope, then closes every reader.
   void finish(const std::string& end_of_stream);
+  // Its sandbox was killed: every reader's connection is dropped with no
+  // end of stream, so E2B's SDK checks the sandbox's health, finds it gone
+  // and raises its TimeoutError ("killed or reached its end of life").
+  void abort();
 };
 
 struct CodeContext {

@@ -327,7 +327,15 @@ asio::awaitable<void> E2b::create(Exchange& exchange, const std::string& owner) 
   NewSandbox request;
   if (auto parsed = parse(*body, request); !parsed)
     co_return co_await respond_error(exchange, parsed.error());
-  const char* unmapped = request.has_mcp()             ? "mcp"
+  // autoResume: true (2.50) or {"enabled": true} (2.51).
+  const auto& resume = request.autoresume();
+  const bool auto_resume =
+      (resume.has_bool_value() && resume.bool_value()) ||
+      (resume.has_struct_value() &&
+       resume.struct_value().fields().find("enabled") != resume.struct_value().fields().end() &&
+       resume.struct_value().fields().at("enabled").bool_value());
+  const char* unmapped = auto_resume                   ? "autoResume"
+                         : request.has_mcp()           ? "mcp"
                          : request.volumemounts_size() ? "volumeMounts"
                          : request.autopause()         ? "autoPause"
                                                        : nullptr;
@@ -585,7 +593,7 @@ asio::awaitable<void> E2b::kill(Exchange& exchange, const std::string& owner,
 
 asio::awaitable<Result<void>> E2b::destroy(Sandbox& sandbox) {
   for (auto& [pid, process] : sandbox.processes)
-    process->finish(end_of_stream("unavailable", "the sandbox was killed"));
+    process->abort();
   sandbox.processes.clear();
   const auto& ctx = api_.ctx_;
   if (!sandbox.space_id.empty())

@@ -160,6 +160,15 @@ void Process::finish(const std::string& end) {
   readers.clear();
 }
 
+void Process::abort() {
+  for (const auto& weak : readers)
+    if (auto reader = weak.lock()) {
+      reader->aborted = true;
+      reader->close();
+    }
+  readers.clear();
+}
+
 asio::awaitable<void> E2b::process_call(Exchange& exchange, const std::shared_ptr<Sandbox>& sandbox,
                                         const std::string& method) {
   auto body = co_await exchange.read_json_body();
@@ -403,6 +412,7 @@ asio::awaitable<void> E2b::stream_out(Exchange& exchange, std::shared_ptr<Outbox
       if (!co_await exchange.write_chunk(chunk)) co_return exchange.abandon_stream();
       continue;
     }
+    if (outbox->aborted) co_return exchange.abandon_stream();
     if (outbox->closed) break;
     outbox->wake.expires_after(kKeepalive);
     boost::system::error_code error;

@@ -56,8 +56,20 @@ describe("e2b@2.51.0", { skip }, () => {
   let sbx;
 
   test("create", async () => {
-    sbx = await e2b.Sandbox.create({ ...SLOW, timeoutMs: 600_000, metadata: { suite: "e2b" } });
+    // 2.51 sends lifecycle as autoPause: false, autoResume: {enabled: false}.
+    sbx = await e2b.Sandbox.create({
+      ...SLOW,
+      timeoutMs: 600_000,
+      metadata: { suite: "e2b" },
+      lifecycle: { onTimeout: "kill", autoResume: false },
+    });
     assert.match(sbx.sandboxId, /^[0-9a-f]{32}$/);
+    // Traffic does not wake a paused sandbox here: refused by name.
+    await assert.rejects(e2b.Sandbox.create({ lifecycle: { onTimeout: "pause", autoResume: true } }), (e) => {
+      assert.ok(e instanceof e2b.SandboxError && e.statusCode === 400, `${e?.constructor?.name}: ${e?.message}`);
+      assert.match(e.message, /autoResume: not supported/);
+      return true;
+    });
   });
 
   test("commands: run, output, envs, cwd", async () => {
@@ -170,7 +182,8 @@ describe("e2b@2.51.0", { skip }, () => {
     assert.ok(Buffer.from(back).equals(blob), "the 1 MiB file came back different");
 
     const entries = await sbx.files.list("/tmp/e2b");
-    assert.deepEqual(entries.map((e) => [e.name, e.type, e.path]).sort(), [
+    // In path order, as envd lists.
+    assert.deepEqual(entries.map((e) => [e.name, e.type, e.path]), [
       ["blob.bin", "file", "/tmp/e2b/blob.bin"],
       ["hello.txt", "file", "/tmp/e2b/hello.txt"],
     ]);
@@ -193,6 +206,12 @@ describe("e2b@2.51.0", { skip }, () => {
 
     await sbx.files.remove("/tmp/e2b/sub");
     assert.equal(await sbx.files.exists("/tmp/e2b/sub/renamed.txt"), false);
+    // As envd: removing what is not there succeeds; a relative symlink's
+    // target comes back absolute.
+    await sbx.files.remove("/tmp/e2b/sub");
+    await sbx.commands.run("ln -s blob.bin /tmp/e2b/link");
+    assert.equal((await sbx.files.getInfo("/tmp/e2b/link")).symlinkTarget, "/tmp/e2b/blob.bin");
+    await sbx.files.remove("/tmp/e2b/link");
     await assert.rejects(sbx.files.read("/tmp/e2b/sub/renamed.txt"), e2b.FileNotFoundError);
     await assert.rejects(sbx.files.getInfo("/tmp/e2b/sub"), e2b.FileNotFoundError);
   });
@@ -294,8 +313,16 @@ describe("e2b@2.51.0", { skip }, () => {
     sbx = resumed;
   });
 
-  test("kill, then not found", async () => {
+  test("kill, then not found; a command running then fails as on E2B", async () => {
+    const running = await sbx.commands.run("sleep 60", { background: true });
     await sbx.kill();
+    // Its stream is cut as a dead VM's would be; the SDK's health check
+    // then tells it the sandbox is gone.
+    await assert.rejects(running.wait(), (e) => {
+      assert.ok(e instanceof e2b.TimeoutError, `${e?.constructor?.name}: ${e?.message}`);
+      assert.match(e.message, /killed or reached its end of life/);
+      return true;
+    });
     await assert.rejects(e2b.Sandbox.getInfo(sbx.sandboxId), e2b.NotFoundError);
     assert.equal(await e2b.Sandbox.kill(sbx.sandboxId), false);
     await assert.rejects(sbx.commands.run("true"));
