@@ -11,6 +11,8 @@
 //   e2b_filesystem.cpp   filesystem.Filesystem on small guest scripts
 //   e2b_interpreter.cpp  the code interpreter (port 49999): /execute, contexts
 //   e2b_ports.cpp        any other port inside the sandbox (port_proxy.hpp)
+//   e2b_snapshots.cpp    snapshots onto saved templates
+//   e2b_network.cpp      the create's egress options onto egress modes
 //   e2b_connect.hpp      the Connect protocol's framing and error codes
 //   e2b_multipart.hpp    the multipart/form-data reader for uploads
 //
@@ -40,6 +42,7 @@
 
 #include "common/result.hpp"
 #include "hostd/http_exchange.hpp"
+#include "messages/api.pb.h"
 #include "messages/e2b.pb.h"
 
 namespace vesicle::hostd {
@@ -75,6 +78,9 @@ struct Outbox {
   }
   std::deque<std::string> items;
   bool closed = false;
+  // Cut off, not ended: the connection drops as it does when an E2B
+  // sandbox's VM goes away (see Process::abort).
+  bool aborted = false;
   asio::steady_timer wake;
 };
 
@@ -83,12 +89,18 @@ struct Process {
   std::uint32_t pid = 0; // the guest's pid of its process group leader
   ProcessConfig config;
   std::optional<std::string> tag;
+  // Started with stdin: true and not closed since (e2b_process.cpp's FIFO).
+  bool stdin_open = false;
   // The streams reading its events: Start's own, and any Connect's.
   std::vector<std::weak_ptr<Outbox>> readers;
   // Sends one message envelope to every reader still there.
   void publish(const ProcessEvent& event);
   // The end-of-stream envelope, then closes every reader.
   void finish(const std::string& end_of_stream);
+  // Its sandbox was killed: every reader's connection is dropped with no
+  // end of stream, so E2B's SDK checks the sandbox's health, finds it gone
+  // and raises its TimeoutError ("killed or reached its end of life").
+  void abort();
 };
 
 struct CodeContext {
@@ -119,6 +131,9 @@ struct Sandbox {
   std::map<std::uint32_t, std::shared_ptr<Process>> processes;
   std::map<std::string, CodeContext> contexts;
   std::uint32_t default_executions = 0;
+  // The templates saved as E2B snapshots of this sandbox (their ids), for
+  // GET /snapshots?sandboxID=; not kept across a hostd restart.
+  std::vector<std::string> snapshots;
 };
 
 class E2b : public std::enable_shared_from_this<E2b> {
@@ -152,6 +167,13 @@ private:
   asio::awaitable<void> kill(Exchange& exchange, const std::string& owner, const std::string& id);
   asio::awaitable<void> fork(Exchange& exchange, const std::string& owner, const std::string& id);
   asio::awaitable<Result<void>> destroy(Sandbox& sandbox);
+  // e2b_snapshots.cpp: snapshots onto saved templates.
+  asio::awaitable<void> snapshot(Exchange& exchange, const std::string& owner,
+                                 const std::string& id);
+  asio::awaitable<void> list_snapshots(Exchange& exchange, const std::string& owner,
+                                       std::string_view query);
+  asio::awaitable<void> delete_snapshot(Exchange& exchange, const std::string& owner,
+                                        const std::string& id);
   asio::awaitable<void> sweep();
   void start_sweep();
   // e2b_store.hpp: the paused sandboxes saved after each change, loaded
@@ -221,8 +243,20 @@ Result<void> parse(std::string_view json, google::protobuf::Message& message);
 // proto3 JSON with E2B's camelCase names; fields at their default left out
 // unless `all_fields`.
 std::string print(const google::protobuf::Message& message, bool all_fields = false);
+// The vesicle key an X-API-KEY names. E2B's SDKs after 2.51 refuse, by
+// default (E2B_VALIDATE_API_KEY), any key not of the form "e2b_<hex>"; a
+// vesicle key is "vsk_" and 64 hex digits, so "e2b_<the same digits>" is
+// accepted as its other spelling.
+std::string vesicle_key(std::string_view presented);
 // Compares secrets in time independent of where they differ.
 bool same_secret(std::string_view a, std::string_view b);
+// The vesicle template an E2B template or snapshot id names: the id without
+// E2B's ":default" tag (e2b_snapshots.cpp).
+std::string template_name(std::string_view id);
+// Puts a create's allow_internet_access and `network` onto `spec`'s egress
+// and secrets (e2b_network.cpp); whether its ports are public. What cannot
+// be mapped exactly is an invalid_argument naming the field.
+Result<bool> apply_network(const NewSandbox& request, api::CreateSandboxRequest& spec);
 // An absolute guest path: a relative one is taken from kHome.
 std::string absolute(std::string_view path);
 

@@ -164,6 +164,13 @@ std::string print(const google::protobuf::Message& message, bool all_fields) {
   return out;
 }
 
+std::string vesicle_key(std::string_view presented) {
+  constexpr std::string_view kE2bPrefix = "e2b_";
+  if (presented.substr(0, kE2bPrefix.size()) == kE2bPrefix)
+    return "vsk_" + std::string(presented.substr(kE2bPrefix.size()));
+  return std::string(presented);
+}
+
 bool same_secret(std::string_view a, std::string_view b) {
   return a.size() == b.size() && CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
 }
@@ -247,7 +254,7 @@ asio::awaitable<bool> E2b::handle(Exchange& exchange, const std::vector<std::str
         401, error_body(401, "no API key: send the header \"X-API-KEY: <a vesicle key>\""));
     co_return true;
   }
-  auto owner = api_.ctx_.keys.authenticate(api_key);
+  auto owner = api_.ctx_.keys.authenticate(vesicle_key(api_key));
   if (!owner) {
     co_await exchange.respond(
         401, error_body(401, "the API key is not valid on this host; check for typos"));
@@ -287,6 +294,12 @@ asio::awaitable<void> E2b::control(Exchange& exchange, const std::vector<std::st
     co_return co_await connect(exchange, owner, path[1]);
   if (is({"sandboxes", "*", "fork"}) && method == http::verb::post)
     co_return co_await fork(exchange, owner, path[1]);
+  if (is({"sandboxes", "*", "snapshots"}) && method == http::verb::post)
+    co_return co_await snapshot(exchange, owner, path[1]);
+  if (is({"snapshots"}) && method == http::verb::get)
+    co_return co_await list_snapshots(exchange, owner, query);
+  if (is({"templates", "*"}) && method == http::verb::delete_)
+    co_return co_await delete_snapshot(exchange, owner, path[1]);
   if (is({"sandboxes", "*", "refreshes"}) && method == http::verb::post) {
     // Older SDKs' keep-alive: E2B sandboxes do not idle out; nothing to do.
     if (!owned(owner, path[1])) co_return co_await respond_error(exchange, not_found(path[1]));
@@ -298,7 +311,7 @@ asio::awaitable<void> E2b::control(Exchange& exchange, const std::vector<std::st
   co_await exchange.respond(
       501, error_body(501, std::string(http::to_string(method)) + " " + joined +
                                " is not supported by vesicle's E2B compatibility ("
-                               "snapshots, templates, network rules, metrics and logs are not "
+                               "templates, network rules, metrics and logs are not "
                                "mapped yet; see the README's \"E2B compatibility\")"));
 }
 
@@ -314,18 +327,14 @@ asio::awaitable<void> E2b::create(Exchange& exchange, const std::string& owner) 
   NewSandbox request;
   if (auto parsed = parse(*body, request); !parsed)
     co_return co_await respond_error(exchange, parsed.error());
-  // Of `network`, only allowPublicTraffic maps yet (e2b_ports.cpp).
-  bool public_traffic = false;
-  bool other_network = false;
-  if (request.has_network()) {
-    for (const auto& [field, value] : request.network().fields()) {
-      if (field == "allowPublicTraffic" && value.has_bool_value())
-        public_traffic = value.bool_value();
-      else
-        other_network = true;
-    }
-  }
-  const char* unmapped = other_network                 ? "network (beyond allowPublicTraffic)"
+  // autoResume: true (2.50) or {"enabled": true} (2.51).
+  const auto& resume = request.autoresume();
+  const bool auto_resume =
+      (resume.has_bool_value() && resume.bool_value()) ||
+      (resume.has_struct_value() &&
+       resume.struct_value().fields().find("enabled") != resume.struct_value().fields().end() &&
+       resume.struct_value().fields().at("enabled").bool_value());
+  const char* unmapped = auto_resume                   ? "autoResume"
                          : request.has_mcp()           ? "mcp"
                          : request.volumemounts_size() ? "volumeMounts"
                          : request.autopause()         ? "autoPause"
@@ -342,14 +351,15 @@ asio::awaitable<void> E2b::create(Exchange& exchange, const std::string& owner) 
   // E2B's stock templates run on the default vesicle template; any other
   // name must be one of this host's templates.
   api::CreateSandboxRequest spec;
-  const auto& name = request.templateid();
+  const auto name = template_name(request.templateid());
   if (!name.empty() && name != "base" && name != "code-interpreter-v1" &&
       name != "code-interpreter")
     spec.set_template_(name);
-  // E2B's default is true (2.50 always sends it): that is the host's own
-  // default here, which may be no egress at all when it has no uplink.
-  if (request.has_allow_internet_access() && !request.allow_internet_access())
-    spec.set_egress(false);
+  // Egress (e2b_network.cpp). E2B's default, allow_internet_access true
+  // (2.50 always sends it), is the host's own default here, which may be no
+  // egress at all when it has no uplink.
+  auto public_traffic = apply_network(request, spec);
+  if (!public_traffic) co_return co_await respond_error(exchange, public_traffic.error());
   // E2B's timeout is enforced here (sweep); vesicle's own limits are left
   // at the key's tier caps (0 = the cap).
   spec.set_idle_timeout_s(0);
@@ -363,7 +373,7 @@ asio::awaitable<void> E2b::create(Exchange& exchange, const std::string& owner) 
   sandbox->vid = created->id;
   sandbox->token = random_id("", 64);
   sandbox->traffic_token = random_id("", 64);
-  sandbox->public_traffic = public_traffic;
+  sandbox->public_traffic = *public_traffic;
   sandbox->template_id = name.empty() ? "base" : name;
   sandbox->metadata.insert(request.metadata().begin(), request.metadata().end());
   sandbox->env_vars.insert(request.envvars().begin(), request.envvars().end());
@@ -558,6 +568,7 @@ asio::awaitable<void> E2b::fork(Exchange& exchange, const std::string& owner,
     child->end_ms = child->started_ms + std::int64_t{*timeout} * 1000;
     // What ran in the parent is not the child's to list or signal.
     child->processes.clear();
+    child->snapshots.clear();
     sandboxes_[child->id] = child;
     start_sweep();
     if (out.size() > 1) out += ",";
@@ -582,7 +593,7 @@ asio::awaitable<void> E2b::kill(Exchange& exchange, const std::string& owner,
 
 asio::awaitable<Result<void>> E2b::destroy(Sandbox& sandbox) {
   for (auto& [pid, process] : sandbox.processes)
-    process->finish(end_of_stream("unavailable", "the sandbox was killed"));
+    process->abort();
   sandbox.processes.clear();
   const auto& ctx = api_.ctx_;
   if (!sandbox.space_id.empty())

@@ -82,8 +82,9 @@ asio::awaitable<void> E2b::download(Exchange& exchange, const std::shared_ptr<Sa
     co_return co_await respond_error(
         exchange, co_await api_.agent_failure(*lease, done.error(), "reading " + *path));
   }
-  if (!started && !co_await exchange.begin_stream(200, "application/octet-stream"))
-    co_return exchange.abandon_stream();
+  // No co_await in a `&&` operand (g++ 12: see e2b_process.cpp's stream_error).
+  if (!started) started = co_await exchange.begin_stream(200, "application/octet-stream");
+  if (!started) co_return exchange.abandon_stream();
   if (!co_await exchange.end_stream()) exchange.abandon_stream();
 }
 

@@ -6,6 +6,8 @@
 // Boost 1.74's asio/awaitable.hpp uses std::exchange without including it.
 #include <utility>
 
+#include <algorithm>
+
 #include <cstdlib>
 
 #include "hostd/api.hpp"
@@ -32,8 +34,8 @@ constexpr const char* kMakeDir = R"sh(if [ -e "$P" ] || [ -L "$P" ]; then exit 5
 mkdir -p -- "$P" && find "$P" -maxdepth 0 -printf "$F")sh";
 constexpr const char* kMove = R"sh([ -e "$S" ] || [ -L "$S" ] || exit 3
 mkdir -p -- "$(dirname -- "$D")" && mv -fT -- "$S" "$D" && find "$D" -maxdepth 0 -printf "$F")sh";
-constexpr const char* kRemove = R"sh([ -e "$P" ] || [ -L "$P" ] || exit 3
-rm -rf -- "$P")sh";
+// A path that is not there is removed already (envd's os.RemoveAll).
+constexpr const char* kRemove = R"sh(rm -rf -- "$P")sh";
 
 std::string base_name(const std::string& path) {
   auto end = path.find_last_not_of('/');
@@ -83,7 +85,15 @@ std::vector<EntryInfo> parse_entries(const std::string& out) {
     entry.mutable_modified_time()->set_nanos(nanos);
     entry.set_path(fields[i + 7]);
     entry.set_name(base_name(fields[i + 7]));
-    if (type == "l") entry.set_symlink_target(fields[i + 8]);
+    // envd gives the target as an absolute path; a relative link is taken
+    // from the link's own directory.
+    if (type == "l") {
+      std::string target = fields[i + 8];
+      const auto& path = fields[i + 7];
+      if (!target.empty() && target.front() != '/')
+        target = path.substr(0, path.find_last_of('/') + 1) + target;
+      entry.set_symlink_target(std::move(target));
+    }
     entries.push_back(std::move(entry));
   }
   return entries;
@@ -172,6 +182,9 @@ asio::awaitable<void> E2b::filesystem_call(Exchange& exchange,
   auto entries = parse_entries(run->out);
   if (method == "Remove") co_return co_await exchange.respond(200, "{}");
   if (method == "ListDir") {
+    // In path order, as envd lists (find gives the directories' own order).
+    std::sort(entries.begin(), entries.end(),
+              [](const EntryInfo& a, const EntryInfo& b) { return a.path() < b.path(); });
     ListDirResponse out;
     for (auto& entry : entries)
       *out.add_entries() = std::move(entry);

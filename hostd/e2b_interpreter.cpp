@@ -368,7 +368,9 @@ asio::awaitable<void> E2b::execute(Exchange& exchange, const std::shared_ptr<San
     boost::system::error_code ignored;
     co_await outbox->wake.async_wait(asio::redirect_error(asio::use_awaitable, ignored));
   }
-  if (!client_ok || !co_await exchange.end_stream()) exchange.abandon_stream();
+  // No co_await in a `||` operand (g++ 12: see e2b_process.cpp's stream_error).
+  if (client_ok) client_ok = co_await exchange.end_stream();
+  if (!client_ok) exchange.abandon_stream();
 }
 
 } // namespace vesicle::hostd::e2b

@@ -27,7 +27,7 @@ asio::awaitable<void> E2b::port(Exchange& exchange, const std::shared_ptr<Sandbo
   if (auto token = exchange.header("e2b-traffic-access-token"); !token.empty())
     allowed = allowed || same_secret(token, sandbox->traffic_token);
   if (auto key = exchange.header("X-API-KEY"); !key.empty()) {
-    auto owner = api_.ctx_.keys.authenticate(key);
+    auto owner = api_.ctx_.keys.authenticate(vesicle_key(key));
     allowed = allowed || (owner && *owner == sandbox->owner);
   }
   if (!allowed)

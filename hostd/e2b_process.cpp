@@ -5,6 +5,14 @@
 // signals its group with kill(1), and List shows the commands still
 // running. A command runs on when its client stops reading (background
 // commands); Connect attaches another reader to its events.
+//
+// stdin: the agent starts every command with stdin on /dev/null and its
+// protocol carries no input, so a Start with `stdin: true` reads a FIFO in
+// the guest instead (<kStdinDir>/<pid>), which SendInput writes with one
+// short script each. A keeper in the command's process group holds the
+// FIFO open for writing, so the command sees no end of input between two
+// SendInputs; CloseStdin ends the keeper, and the command reads EOF. The
+// keeper also ends, removing the FIFO, when the command does.
 // Boost 1.74's asio/awaitable.hpp uses std::exchange without including it.
 #include <utility>
 
@@ -25,6 +33,32 @@ namespace {
 // before it (the prologue runs first, in the same shell).
 constexpr std::string_view kPidMarker = "\x1evesicle-pid ";
 constexpr std::chrono::seconds kKeepalive{30};
+constexpr const char* kStdinDir = "/run/vesicle-e2b-stdin";
+constexpr std::size_t kStdinPiece = 16 * 1024;
+
+// Before the pid line: the FIFO, its keeper (an O_RDWR open never blocks;
+// it outlives the command by at most a poll), then stdin from the FIFO.
+std::string stdin_prologue() {
+  const std::string dir = kStdinDir;
+  return "mkdir -p -m 700 " + dir + " && f=" + dir +
+         "/$$ && rm -f \"$f\" && mkfifo -m 600 \"$f\" || exit 125; "
+         "( trap 'rm -f \"$f\" \"$f.keeper\"; exit 0' TERM; exec 3<>\"$f\" </dev/null >/dev/null "
+         "2>&1; while kill -0 $$ 2>/dev/null; do sleep 0.2; done; rm -f \"$f\" \"$f.keeper\" ) & "
+         "echo $! > \"$f.keeper\"; exec <\"$f\"; ";
+}
+
+// `bytes` as a printf format that prints exactly them (every byte an
+// octal escape: no '%' or quoting left to interpret).
+std::string printf_escaped(std::string_view bytes) {
+  std::string out;
+  out.reserve(bytes.size() * 4);
+  for (unsigned char c : bytes) {
+    char escaped[6];
+    std::snprintf(escaped, sizeof escaped, "\\%03o", c);
+    out += escaped;
+  }
+  return out;
+}
 
 std::string shell_quote(std::string_view word) {
   std::string out = "'";
@@ -99,10 +133,12 @@ asio::awaitable<void> unary_error(Exchange& exchange, std::string_view code,
 // envelope is the end-of-stream error (Connect's rule for streams).
 asio::awaitable<void> stream_error(Exchange& exchange, std::string_view code,
                                    std::string_view message) {
-  if (!co_await exchange.begin_stream(200, "application/connect+json") ||
-      !co_await exchange.write_chunk(end_of_stream(code, message)) ||
-      !co_await exchange.end_stream())
-    exchange.abandon_stream();
+  // One co_await a statement: g++ 12 destroys the awaitables of the
+  // operands that `||` skips, which were never made (hostd crashed here).
+  bool ok = co_await exchange.begin_stream(200, "application/connect+json");
+  if (ok) ok = co_await exchange.write_chunk(end_of_stream(code, message));
+  if (ok) ok = co_await exchange.end_stream();
+  if (!ok) exchange.abandon_stream();
 }
 
 } // namespace
@@ -119,6 +155,15 @@ void Process::finish(const std::string& end) {
   for (const auto& weak : readers)
     if (auto reader = weak.lock()) {
       reader->push(end);
+      reader->close();
+    }
+  readers.clear();
+}
+
+void Process::abort() {
+  for (const auto& weak : readers)
+    if (auto reader = weak.lock()) {
+      reader->aborted = true;
       reader->close();
     }
   readers.clear();
@@ -177,17 +222,51 @@ asio::awaitable<void> E2b::process_call(Exchange& exchange, const std::shared_pt
     co_return co_await exchange.respond(200, "{}");
   }
   if (method == "SendInput" || method == "CloseStdin") {
-    CloseStdinRequest request; // the same selector field as SendInput's
+    SendInputRequest request; // CloseStdin's body is its selector alone
     if (auto parsed = parse(*body, request); !parsed)
       co_return co_await unary_error(exchange, "invalid_argument", parsed.error().message());
-    if (!find_process(*sandbox, request.process()))
-      co_return co_await unary_error(exchange, "not_found", "no such process");
-    // The agent starts commands with stdin on /dev/null: closed already.
-    if (method == "CloseStdin") co_return co_await exchange.respond(200, "{}");
-    co_return co_await unary_error(
-        exchange, "unimplemented",
-        "stdin: vesicle's guest agent starts commands with no stdin (SendInput needs a stdin "
-        "stream in its ExecBash)");
+    auto process = find_process(*sandbox, request.process());
+    if (!process) co_return co_await unary_error(exchange, "not_found", "no such process");
+    // Started without stdin: it reads /dev/null, closed already.
+    if (!process->stdin_open) {
+      if (method == "CloseStdin") co_return co_await exchange.respond(200, "{}");
+      co_return co_await unary_error(exchange, "failed_precondition",
+                                     "the process was started without stdin; start it with "
+                                     "stdin: true to send it input");
+    }
+    if (request.input().input_case() == ProcessInput::kPty)
+      co_return co_await unary_error(exchange, "unimplemented",
+                                     "pty input: vesicle's guest agent has no PTY");
+    const std::string fifo = std::string(kStdinDir) + "/" + std::to_string(process->pid);
+    // One script per piece: each piece travels in an environment variable,
+    // which execve caps at 128 KiB (a byte escaped is four).
+    std::vector<std::string> scripts;
+    std::vector<std::string> pieces;
+    if (method == "CloseStdin") {
+      scripts.push_back("[ -e \"$F.keeper\" ] && kill $(cat \"$F.keeper\") 2>/dev/null; exit 0");
+      pieces.emplace_back();
+    } else {
+      const auto& data = request.input().stdin();
+      for (std::size_t at = 0; at < data.size(); at += kStdinPiece) {
+        // The FIFO is gone when the command has ended.
+        scripts.push_back("[ -p \"$F\" ] || exit 3; printf \"$D\" > \"$F\"");
+        pieces.push_back(printf_escaped(std::string_view(data).substr(at, kStdinPiece)));
+      }
+    }
+    for (std::size_t i = 0; i < scripts.size(); ++i) {
+      std::map<std::string, std::string> env{{"F", fifo}, {"D", pieces[i]}};
+      auto sent = co_await run_script(*sandbox, scripts[i], std::move(env));
+      if (!sent)
+        co_return co_await unary_error(exchange, connect_code(sent.error().kind),
+                                       sent.error().message());
+      if (sent->exit_code == 3)
+        co_return co_await unary_error(exchange, "not_found", "the process has already ended");
+      if (sent->exit_code != 0)
+        co_return co_await unary_error(exchange, "internal",
+                                       "writing the process's stdin failed: " + sent->err);
+    }
+    if (method == "CloseStdin") process->stdin_open = false;
+    co_return co_await exchange.respond(200, "{}");
   }
   co_await unary_error(exchange, "unimplemented",
                        "process.Process/" + method +
@@ -207,7 +286,9 @@ asio::awaitable<void> E2b::start(Exchange& exchange, const std::shared_ptr<Sandb
     co_return co_await stream_error(exchange, "invalid_argument", "process.cmd: required");
 
   guest::ExecBash exec;
-  std::string command =
+  const bool with_stdin = request.has_stdin() && request.stdin();
+  std::string command = with_stdin ? stdin_prologue() : std::string();
+  command +=
       "printf '\\036vesicle-pid %d\\n' \"$$\" >&2; exec " + shell_quote(request.process().cmd());
   for (const auto& arg : request.process().args())
     command += " " + shell_quote(arg);
@@ -229,6 +310,7 @@ asio::awaitable<void> E2b::start(Exchange& exchange, const std::shared_ptr<Sandb
   auto executor = co_await asio::this_coro::executor;
   auto process = std::make_shared<Process>();
   process->config = request.process();
+  process->stdin_open = with_stdin;
   if (request.has_tag()) process->tag = request.tag();
   auto outbox = std::make_shared<Outbox>(executor);
   process->readers.push_back(outbox);
@@ -330,6 +412,7 @@ asio::awaitable<void> E2b::stream_out(Exchange& exchange, std::shared_ptr<Outbox
       if (!co_await exchange.write_chunk(chunk)) co_return exchange.abandon_stream();
       continue;
     }
+    if (outbox->aborted) co_return exchange.abandon_stream();
     if (outbox->closed) break;
     outbox->wake.expires_after(kKeepalive);
     boost::system::error_code error;

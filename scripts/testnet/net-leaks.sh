@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Fails if the network layer left anything behind for the given name
 # prefixes (default: hostd's "vs", the net tests' "vn" "vq" "vt" "vu" "vh"
-# "vw" "vk" "va" "vc", the soak's "vz" and the benchmarks' "vb" "vbn" "vx" "vy" "vp"): named
+# "vw" "vk" "va" "vc", the soak's "vz", the benchmarks' "vb" "vbn" "vx" "vy" "vp"
+# and the E2B suite's "ve" "vf" (tests/e2b/testnet.mjs)): named
 # network namespaces, host links, nft tables, ip rules on their host links.
 # Read-only; scripts/leak-check.sh can call it.
 set -uo pipefail
 prefixes=("$@")
-[ ${#prefixes[@]} -gt 0 ] || prefixes=(vs vn vq vt vu vb vbn vh vw vk va vc vx vy vp vz)
+[ ${#prefixes[@]} -gt 0 ] || prefixes=(vs vn vq vt vu vb vbn vh vw vk va vc vx vy vp vz ve vf)
 leaks=0
 report() { echo "leak: $*"; leaks=1; }
 

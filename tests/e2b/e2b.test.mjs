@@ -16,6 +16,7 @@ import { after, before, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 
 import { locateHostd, startHostd } from "../../sdk/typescript/test/hostd_process.mjs";
+import { ALLOWED_IP, DENIED_IP, RESOLVER_IP, TestInternet, unavailable, WAN_GATEWAY } from "./testnet.mjs";
 
 const located = locateHostd();
 let hostd;
@@ -55,8 +56,20 @@ describe("e2b@2.51.0", { skip }, () => {
   let sbx;
 
   test("create", async () => {
-    sbx = await e2b.Sandbox.create({ ...SLOW, timeoutMs: 600_000, metadata: { suite: "e2b" } });
+    // 2.51 sends lifecycle as autoPause: false, autoResume: {enabled: false}.
+    sbx = await e2b.Sandbox.create({
+      ...SLOW,
+      timeoutMs: 600_000,
+      metadata: { suite: "e2b" },
+      lifecycle: { onTimeout: "kill", autoResume: false },
+    });
     assert.match(sbx.sandboxId, /^[0-9a-f]{32}$/);
+    // Traffic does not wake a paused sandbox here: refused by name.
+    await assert.rejects(e2b.Sandbox.create({ lifecycle: { onTimeout: "pause", autoResume: true } }), (e) => {
+      assert.ok(e instanceof e2b.SandboxError && e.statusCode === 400, `${e?.constructor?.name}: ${e?.message}`);
+      assert.match(e.message, /autoResume: not supported/);
+      return true;
+    });
   });
 
   test("commands: run, output, envs, cwd", async () => {
@@ -122,6 +135,42 @@ describe("e2b@2.51.0", { skip }, () => {
     assert.equal(await sbx.commands.kill(handle.pid), false);
   });
 
+  test("commands: stdin (sendStdin, then closeStdin is EOF)", async () => {
+    const handle = await sbx.commands.run("cat; echo done", { background: true, stdin: true });
+    await sbx.commands.sendStdin(handle.pid, "hello ");
+    await handle.sendStdin(new TextEncoder().encode("stdin\n"));
+    assert.ok((await sbx.commands.list()).some((p) => p.pid === handle.pid), "cat ended before stdin was closed");
+    await handle.closeStdin();
+    const result = await handle.wait();
+    assert.equal(result.exitCode, 0);
+    assert.equal(result.stdout, "hello stdin\ndone\n");
+
+    // Bytes of every value, in more than one piece (hostd writes 16 KiB at
+    // a time), checked where they landed.
+    const bytes = Buffer.from(Array.from({ length: 40_000 }, (_, i) => (i * 7) % 256));
+    const sink = await sbx.commands.run("cat > /tmp/stdin.bin", { background: true, stdin: true });
+    await sink.sendStdin(new Uint8Array(bytes));
+    await sink.closeStdin();
+    assert.equal((await sink.wait()).exitCode, 0);
+    const back = await sbx.files.read("/tmp/stdin.bin", { format: "bytes" });
+    assert.ok(Buffer.from(back).equals(bytes), `stdin came through as ${back.length} bytes`);
+
+    // Without stdin: true a command's stdin is closed.
+    const plain = await sbx.commands.run("sleep 30", { background: true });
+    await assert.rejects(sbx.commands.sendStdin(plain.pid, "x"), /started without stdin/);
+    await plain.kill();
+  });
+
+  test("pty: refused as unimplemented, and hostd lives on", async () => {
+    // A refused stream once crashed hostd (E2B's own pty tests found it).
+    await assert.rejects(sbx.pty.create({ cols: 80, rows: 24, onData: () => {} }), (e) => {
+      assert.ok(e instanceof e2b.SandboxError, `${e?.constructor?.name}: ${e?.message}`);
+      assert.match(e.message, /unimplemented.*no PTY/);
+      return true;
+    });
+    assert.equal((await sbx.commands.run("echo alive")).stdout, "alive\n");
+  });
+
   test("files: text, 1 MiB binary, list, exists, makeDir, rename, remove, getInfo", async () => {
     const written = await sbx.files.write("/tmp/e2b/hello.txt", "hi there");
     assert.equal(written.path, "/tmp/e2b/hello.txt");
@@ -133,7 +182,8 @@ describe("e2b@2.51.0", { skip }, () => {
     assert.ok(Buffer.from(back).equals(blob), "the 1 MiB file came back different");
 
     const entries = await sbx.files.list("/tmp/e2b");
-    assert.deepEqual(entries.map((e) => [e.name, e.type, e.path]).sort(), [
+    // In path order, as envd lists.
+    assert.deepEqual(entries.map((e) => [e.name, e.type, e.path]), [
       ["blob.bin", "file", "/tmp/e2b/blob.bin"],
       ["hello.txt", "file", "/tmp/e2b/hello.txt"],
     ]);
@@ -156,6 +206,12 @@ describe("e2b@2.51.0", { skip }, () => {
 
     await sbx.files.remove("/tmp/e2b/sub");
     assert.equal(await sbx.files.exists("/tmp/e2b/sub/renamed.txt"), false);
+    // As envd: removing what is not there succeeds; a relative symlink's
+    // target comes back absolute.
+    await sbx.files.remove("/tmp/e2b/sub");
+    await sbx.commands.run("ln -s blob.bin /tmp/e2b/link");
+    assert.equal((await sbx.files.getInfo("/tmp/e2b/link")).symlinkTarget, "/tmp/e2b/blob.bin");
+    await sbx.files.remove("/tmp/e2b/link");
     await assert.rejects(sbx.files.read("/tmp/e2b/sub/renamed.txt"), e2b.FileNotFoundError);
     await assert.rejects(sbx.files.getInfo("/tmp/e2b/sub"), e2b.FileNotFoundError);
   });
@@ -176,6 +232,50 @@ describe("e2b@2.51.0", { skip }, () => {
     } finally {
       for (const child of children) if (child instanceof e2b.Sandbox) await child.kill();
     }
+  });
+
+  test("snapshot: sandboxes made from it see its files and Python globals; other keys cannot", async () => {
+    await sbx.files.write("/root/snap.txt", "from the snapshot");
+    const interpreter = await ci.Sandbox.connect(sbx.sandboxId, SLOW);
+    await interpreter.runCode("snap_global = 41");
+    const snap = await sbx.createSnapshot(SLOW);
+    assert.match(snap.snapshotId, /^snapshot-[0-9a-f]+$/);
+    // The sandbox runs on; what it does next is not in the snapshot.
+    await sbx.files.write("/root/snap.txt", "after the snapshot");
+    const mine = await e2b.Sandbox.listSnapshots({ sandboxId: sbx.sandboxId }).nextItems();
+    assert.deepEqual(mine.map((s) => s.snapshotId), [snap.snapshotId]);
+
+    // Reusable: two sandboxes from the one snapshot, each its own.
+    const a = await ci.Sandbox.create(snap.snapshotId, { ...SLOW, timeoutMs: 300_000 });
+    try {
+      const b = await e2b.Sandbox.create(snap.snapshotId, { ...SLOW, timeoutMs: 300_000 });
+      try {
+        assert.equal((await a.getInfo()).templateId, snap.snapshotId);
+        assert.equal((await a.runCode("snap_global + 1")).text, "42");
+        assert.equal(await a.files.read("/root/snap.txt"), "from the snapshot");
+        assert.equal(await b.files.read("/root/snap.txt"), "from the snapshot");
+        await b.files.write("/root/snap.txt", "b's own");
+        assert.equal(await a.files.read("/root/snap.txt"), "from the snapshot");
+      } finally {
+        await b.kill();
+      }
+    } finally {
+      await a.kill();
+    }
+
+    // Another key neither sees nor uses nor deletes it.
+    const other = { apiKey: hostd.otherKey };
+    await assert.rejects(e2b.Sandbox.create(snap.snapshotId, { ...other, ...SLOW }), (e) => {
+      assert.ok(e instanceof e2b.SandboxError && e.statusCode === 404, `${e?.constructor?.name}: ${e?.message}`);
+      assert.match(e.message, /no template "snapshot-[0-9a-f]+" for this key/);
+      return true;
+    });
+    assert.deepEqual(await e2b.Sandbox.listSnapshots(other).nextItems(), []);
+    assert.equal(await e2b.Sandbox.deleteSnapshot(snap.snapshotId, other), false);
+
+    assert.equal(await e2b.Sandbox.deleteSnapshot(snap.snapshotId), true);
+    assert.equal(await e2b.Sandbox.deleteSnapshot(snap.snapshotId), false);
+    assert.deepEqual(await e2b.Sandbox.listSnapshots().nextItems(), []);
   });
 
   test("getInfo, setTimeout, list", async () => {
@@ -213,8 +313,16 @@ describe("e2b@2.51.0", { skip }, () => {
     sbx = resumed;
   });
 
-  test("kill, then not found", async () => {
+  test("kill, then not found; a command running then fails as on E2B", async () => {
+    const running = await sbx.commands.run("sleep 60", { background: true });
     await sbx.kill();
+    // Its stream is cut as a dead VM's would be; the SDK's health check
+    // then tells it the sandbox is gone.
+    await assert.rejects(running.wait(), (e) => {
+      assert.ok(e instanceof e2b.TimeoutError, `${e?.constructor?.name}: ${e?.message}`);
+      assert.match(e.message, /killed or reached its end of life/);
+      return true;
+    });
     await assert.rejects(e2b.Sandbox.getInfo(sbx.sandboxId), e2b.NotFoundError);
     assert.equal(await e2b.Sandbox.kill(sbx.sandboxId), false);
     await assert.rejects(sbx.commands.run("true"));
@@ -234,6 +342,11 @@ describe("e2b@2.50.0, keys and tokens", { skip }, () => {
       // does not exist for it.
       await assert.rejects(e2b.Sandbox.create({ apiKey: "vsk_not_a_key" }), e2b.AuthenticationError);
       await assert.rejects(e2b.Sandbox.list({ apiKey: "vsk_not_a_key" }).nextItems(), e2b.AuthenticationError);
+      // Newer SDKs accept only keys spelled "e2b_<hex>": the same key so spelled.
+      const e2bSpelled = { apiKey: hostd.key.replace(/^vsk_/, "e2b_") };
+      assert.deepEqual((await e2b.Sandbox.list(e2bSpelled).nextItems()).map((s) => s.sandboxId), [sbx.sandboxId]);
+      assert.equal((await e2b.Sandbox.getInfo(sbx.sandboxId, e2bSpelled)).sandboxId, sbx.sandboxId);
+      await assert.rejects(e2b.Sandbox.list({ apiKey: `e2b_${"0".repeat(64)}` }).nextItems(), e2b.AuthenticationError);
       const other = { apiKey: hostd.otherKey };
       await assert.rejects(e2b.Sandbox.getInfo(sbx.sandboxId, other), e2b.NotFoundError);
       await assert.rejects(e2b.Sandbox.connect(sbx.sandboxId, other), e2b.NotFoundError);
@@ -422,6 +535,114 @@ else: raise SystemExit("the server did not start")`;
       await open.kill();
     }
     await sbx.kill();
+  });
+});
+
+// A hostd of its own whose sandboxes' uplink is a test internet in a
+// network namespace (testnet.mjs): no test reaches the real internet.
+describe("network: allowOut, denyOut and rules onto the allowlist and secrets (a test internet)", {
+  skip: skip || unavailable(),
+}, () => {
+  const BRIDGE = "vf";
+  let internet;
+  let netHostd;
+  let opts;
+
+  before(async () => {
+    internet = await TestInternet.start(BRIDGE);
+    netHostd = await startHostd(located, {
+      maxSandboxes: 2,
+      extraConfig:
+        "disable_pools: true\n" +
+        `network {\n  uplink: "ve-wan"\n  uplink_gateway: "${WAN_GATEWAY}"\n  upstream_resolver: "${RESOLVER_IP}"\n` +
+        `  prefix: "${BRIDGE}"\n  transit: "10.233.0.0/16"\n  route_table: 1233\n  rule_priority: 7466\n` +
+        `  max_slots: 4\n  max_pooled: 1\n  upstream_extra_ca: "${internet.cert}"\n}\n`,
+    });
+    opts = { ...SLOW, apiKey: netHostd.key, apiUrl: netHostd.url, sandboxUrl: netHostd.url, timeoutMs: 300_000 };
+  });
+
+  after(async () => {
+    const problems = netHostd ? await netHostd.stop() : [];
+    let strays = 0;
+    try {
+      strays = internet ? internet.strayPackets() : 0;
+    } finally {
+      await internet?.stop();
+    }
+    assert.deepEqual(problems, [], "the network hostd left something behind");
+    assert.equal(strays, 0, "sandbox packets were routed past the test internet");
+  });
+
+  // Each fetch from inside the guest: the body, or "refused: <why>".
+  const fetchScript = (urls) => `import urllib.request
+for url in ${JSON.stringify(urls)}:
+    try:
+        print(urllib.request.urlopen(url, timeout=10).read().decode().strip())
+    except Exception as e:
+        print("refused:", type(e).__name__)
+`;
+  const fetchAll = async (sbx, urls) => {
+    await sbx.files.write("/tmp/fetch.py", fetchScript(urls));
+    return (await sbx.commands.run("python3 /tmp/fetch.py", { timeoutMs: 120_000 })).stdout.trim().split("\n");
+  };
+
+  test("allowOut names with denyOut all: only those hosts; rules set headers on their HTTPS requests", async () => {
+    const urls = ["http://allowed.test/", "http://denied.test/", `http://${DENIED_IP}/`, "https://allowed.test/"];
+    const [restricted, open] = await Promise.all([
+      e2b.Sandbox.create({
+        ...opts,
+        network: {
+          allowOut: ["allowed.test"],
+          denyOut: [e2b.ALL_TRAFFIC],
+          rules: { "allowed.test": [{ transform: { headers: { Authorization: "Bearer e2b-rule-value" } } }] },
+        },
+      }),
+      // E2B: allowOut alone denies nothing (allowOut only wins over denyOut).
+      e2b.Sandbox.create({ ...opts, network: { allowOut: ["allowed.test"] } }),
+    ]);
+    try {
+      const seen = await fetchAll(restricted, urls);
+      assert.equal(seen[0], "hello from allowed host=allowed.test");
+      assert.match(seen[1], /^refused: /);
+      assert.match(seen[2], /^refused: /);
+      assert.equal(seen[3], "hello from allowed host=allowed.test authorization=Bearer e2b-rule-value");
+      // The header value never entered the sandbox.
+      const grep = await restricted.commands.run("env | grep -c e2b-rule-value || true");
+      assert.equal(grep.stdout.trim(), "0");
+
+      const control = await fetchAll(open, urls.slice(0, 3));
+      assert.deepEqual(control, [
+        "hello from allowed host=allowed.test",
+        "hello from denied host=denied.test",
+        `hello from denied host=${DENIED_IP}`,
+      ]);
+      const fromRestricted = internet.requests().filter((l) => l.startsWith("denied "));
+      assert.equal(fromRestricted.length, 2, `only the open sandbox reached denied.test: ${fromRestricted}`);
+    } finally {
+      await Promise.all([restricted.kill(), open.kill()]);
+    }
+  });
+
+  test("allowInternetAccess: false is denyOut all; what vesicle cannot enforce is refused", async () => {
+    const off = await e2b.Sandbox.create({ ...opts, allowInternetAccess: false, network: { allowOut: ["allowed.test"] } });
+    try {
+      const seen = await fetchAll(off, ["http://allowed.test/", "http://denied.test/"]);
+      assert.equal(seen[0], "hello from allowed host=allowed.test");
+      assert.match(seen[1], /^refused: /);
+    } finally {
+      await off.kill();
+    }
+    for (const [network, field] of [
+      [{ denyOut: ["198.19.1.20/32"] }, /network\.denyOut: "198\.19\.1\.20\/32"/],
+      [{ allowOut: [ALLOWED_IP], denyOut: [e2b.ALL_TRAFFIC] }, /network\.allowOut: "198\.19\.1\.10": .*host names/],
+      [{ maskRequestHost: "x" }, /network\.maskRequestHost: not supported/],
+    ]) {
+      await assert.rejects(e2b.Sandbox.create({ ...opts, network }), (e) => {
+        assert.ok(e instanceof e2b.SandboxError && e.statusCode === 400, `${e?.constructor?.name}: ${e?.message}`);
+        assert.match(e.message, field);
+        return true;
+      });
+    }
   });
 });
 
