@@ -23,7 +23,8 @@
 # this machine's cache into the root, so the kernel and the Debian tree of
 # the guest come from it and only the stages holding the package's (stripped)
 # agent and init are built. --fresh-images uses an empty cache instead (what
-# a fresh machine does: ~5 min and ~600 MB from the mirror) and deletes it.
+# a fresh machine does; 541 s here: kernel 6 s, the guest's Debian tree
+# 377 s, rootfs.ext4 157 s) and deletes it.
 #
 # The .debs apt fetches are kept in /var/cache/vesicle/debfresh-apt for the
 # next run. Figures (2 cores shared with other builds, load ~14): a first
@@ -44,7 +45,7 @@ while (($#)); do
   case $1 in
     --build-dir) build_dir=$(realpath "$2"); shift 2 ;;
     --fresh-images) fresh_images=1; shift ;;
-    -h | --help) sed -n '2,33p' "$0"; exit 0 ;;
+    -h | --help) awk 'NR > 1 && !/^#/ {exit} NR > 1 {sub(/^# ?/, ""); print}' "$0"; exit 0 ;;
     *) echo "test-deb-fresh: unknown argument '$1'" >&2; exit 2 ;;
   esac
 done
@@ -59,7 +60,18 @@ started=$SECONDS
 say() { printf '[test-deb-fresh %4ds] %s\n' $((SECONDS - started)) "$*" >&2; }
 
 work=
+tree=
 ns_pid=
+# remove_tree DIR: deletes DIR unless a mount is still under it (one left
+# in this namespace, e.g. by an interrupted debootstrap, is unmounted first).
+remove_tree() {
+  findmnt -rn -o TARGET | grep "^$1/" | sort -r | xargs -r -n1 umount -l
+  if findmnt -rn -o TARGET | grep -q "^$1/"; then
+    echo "test-deb-fresh: mounts left under $1; not deleting it" >&2
+  else
+    rm -rf --one-file-system "$1"
+  fi
+}
 cleanup() {
   local status=$?
   set +e
@@ -67,16 +79,10 @@ cleanup() {
     kill "$ns_pid"
     wait "$ns_pid" 2>/dev/null
   fi
-  if [ -n "$work" ]; then
-    # The mounts were made in private namespaces that ended with their
-    # processes; should one still show here, unmount it before deleting.
-    findmnt -rn -o TARGET | grep "^$work/" | sort -r | xargs -r -n1 umount -l
-    if findmnt -rn -o TARGET | grep -q "^$work/"; then
-      echo "test-deb-fresh: mounts left under $work; not deleting it" >&2
-    else
-      rm -rf --one-file-system "$work"
-    fi
-  fi
+  # The root's mounts were made in private namespaces that ended with their
+  # processes; remove_tree checks anyway.
+  [ -n "$work" ] && remove_tree "$work"
+  [ -n "$tree" ] && remove_tree "$tree" && rm -f "$tree.log"
   for controller in memory pids cpu; do
     [ -d "/sys/fs/cgroup/$controller/$cgroup_parent" ] &&
       find "/sys/fs/cgroup/$controller/$cgroup_parent" -depth -type d -exec rmdir {} + 2>/dev/null
@@ -115,12 +121,13 @@ if [ ! -f "$tarball" ]; then
   tree=$(mktemp -d /var/tmp/vesicle-debootstrap.XXXXXX)
   if ! debootstrap --variant=minbase bookworm "$tree" "$mirror" >"$tree.log" 2>&1; then
     tail -n 20 "$tree.log" >&2
-    rm -rf --one-file-system "$tree" "$tree.log"
     exit 1
   fi
   tar --numeric-owner -C "$tree" -czf "$tarball.tmp" .
   mv "$tarball.tmp" "$tarball"
-  rm -rf --one-file-system "$tree" "$tree.log"
+  remove_tree "$tree"
+  rm -f "$tree.log"
+  tree=
 fi
 exec {lock}>&-
 work=$(mktemp -d /var/tmp/vesicle-debfresh.XXXXXX)
