@@ -3,7 +3,7 @@
 # gateway up in it exactly as docs/cluster.md says for hosts without systemd,
 # then creates a sandbox through the gateway with curl and runs print(1).
 # Run by hand, as root (not in CI: a cold run downloads ~300 MB):
-#   scripts/test-deb-fresh.sh [--build-dir DIR] [--fresh-images]
+#   scripts/test-deb-fresh.sh [--build-dir DIR] [--fresh-images | --copy-images DIR]
 #
 #   1. builds hostd, vesicle-gateway and the guest binaries, packs the .deb
 #      (cpack -G DEB in the build dir);
@@ -24,7 +24,9 @@
 # the guest come from it and only the stages holding the package's (stripped)
 # agent and init are built. --fresh-images uses an empty cache instead (what
 # a fresh machine does; 541 s here: kernel 6 s, the guest's Debian tree
-# 377 s, rootfs.ext4 157 s) and deletes it.
+# 377 s, rootfs.ext4 157 s) and deletes it. --copy-images DIR copies the
+# images in DIR (e.g. build/images) into the root with the tar command
+# docs/cluster.md gives for further nodes, instead of building them.
 #
 # The .debs apt fetches are kept in /var/cache/vesicle/debfresh-apt for the
 # next run. Figures (2 cores shared with other builds, load ~14): a first
@@ -41,10 +43,12 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 build_dir=$repo/build
 fresh_images=0
+copy_images=
 while (($#)); do
   case $1 in
     --build-dir) build_dir=$(realpath "$2"); shift 2 ;;
     --fresh-images) fresh_images=1; shift ;;
+    --copy-images) copy_images=$(realpath "$2"); shift 2 ;;
     -h | --help) awk 'NR > 1 && !/^#/ {exit} NR > 1 {sub(/^# ?/, ""); print}' "$0"; exit 0 ;;
     *) echo "test-deb-fresh: unknown argument '$1'" >&2; exit 2 ;;
   esac
@@ -202,15 +206,23 @@ in_root '
   dpkg -s vesicle | grep -E "^(Version|Depends|Recommends):" | sed "s/^/  /"
   apt-get install -y -q curl >/dev/null 2>&1
 '
-say "images: the package's recipe (cache: $images_cache)"
 images_started=$SECONDS
-in_root '
-  d=/usr/share/vesicle/images
-  $d/build.sh --agent $d/guest/vesicle-agent --init $d/guest/vesicle-init \
-              --repl $d/guest/repl.py --out /var/lib/vesicle/images 2>&1 | sed "s/^/  /"
-  cat /var/lib/vesicle/images/manifest.txt | sed "s/^/  /"
-'
-say "images built in $((SECONDS - images_started)) s"
+if [ -n "$copy_images" ]; then
+  # docs/cluster.md's copy to a further node, with the ssh left out.
+  say "images: copied from $copy_images"
+  tar -C "$copy_images" -chSf - . |
+    chroot "$root" sh -c 'install -d /var/lib/vesicle/images && tar -C /var/lib/vesicle/images -xSf -'
+  sed "s/^/  /" "$root/var/lib/vesicle/images/manifest.txt"
+else
+  say "images: the package's recipe (cache: $images_cache)"
+  in_root '
+    d=/usr/share/vesicle/images
+    $d/build.sh --agent $d/guest/vesicle-agent --init $d/guest/vesicle-init \
+                --repl $d/guest/repl.py --out /var/lib/vesicle/images 2>&1 | sed "s/^/  /"
+    cat /var/lib/vesicle/images/manifest.txt | sed "s/^/  /"
+  '
+fi
+say "images ready in $((SECONDS - images_started)) s"
 
 # 4. A node and a gateway, as docs/cluster.md says for hosts without systemd.
 # Only the addresses (both on one host here), the cgroup parent and uid range
