@@ -39,9 +39,16 @@ set(CPACK_DEBIAN_FILE_NAME DEB-DEFAULT)
 # RelWithDebInfo binaries are ~400 MiB with their debug info.
 set(CPACK_STRIP_FILES ON)
 # Shared libraries (CAF, protobuf, Boost, OpenSSL, libnl) from dpkg-shlibdeps;
-# the rest by name.
+# the rest by name: QEMU, qemu-img (a Space's or saved template's disk is
+# rebased with it; only a Recommends of qemu-system-x86), the CLI's python3,
+# nft and ip for the sandboxes' network, kill for the hostd unit's reload.
 set(CPACK_DEBIAN_PACKAGE_SHLIBDEPS ON)
-set(CPACK_DEBIAN_PACKAGE_DEPENDS "qemu-system-x86, python3, nftables, iproute2")
-set(CPACK_DEBIAN_PACKAGE_RECOMMENDS "debootstrap, e2fsprogs")
+set(CPACK_DEBIAN_PACKAGE_DEPENDS "qemu-system-x86, qemu-utils, python3, nftables, iproute2, procps")
+# What images/build.sh runs to build the guest images on a node (debootstrap,
+# mkfs.ext4 -d, strip, cpio, gzip), and openssl for the cluster secret as
+# docs/cluster.md makes it. Recommends, not Depends: a gateway-only host
+# needs none of them; apt installs them by default. (scripts/test-deb-fresh.sh
+# installs the package on a minbase Debian 12 root, which has none of them.)
+set(CPACK_DEBIAN_PACKAGE_RECOMMENDS "debootstrap, e2fsprogs, binutils, cpio, openssl")
 set(CPACK_DEBIAN_PACKAGE_SECTION admin)
 include(CPack)
