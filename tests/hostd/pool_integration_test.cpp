@@ -186,7 +186,17 @@ TEST_F(Pool, CreatesAreServedFromThePoolWhichRefills) {
   EXPECT_NE(
       admin().request("GET", "/metrics").body.find("vesicle_create_seconds_bucket{source=\"pool\""),
       std::string::npos);
+  // Its QEMU's memory, from smaps_rollup: PSS (its share of the template's
+  // pages plus its own) is more than its USS (its own alone), both > 0.
+  const auto pss = metric("vesicle_sandbox_pss_bytes{sandbox=\"" + sandbox.id() + "\"}");
+  const auto uss = metric("vesicle_sandbox_uss_bytes{sandbox=\"" + sandbox.id() + "\"}");
+  ASSERT_FALSE(pss.empty());
+  ASSERT_FALSE(uss.empty());
+  EXPECT_GT(std::stoull(pss), std::stoull(uss));
+  EXPECT_GT(std::stoull(uss), 0u);
+  EXPECT_GE(std::stoull(metric("vesicle_sandboxes_pss_bytes")), std::stoull(pss));
   destroy(sandbox.id());
+  EXPECT_EQ(metric("vesicle_sandboxes_pss_bytes"), "0");
 }
 
 TEST_F(Pool, ClonesOfOneTemplateGetTheirOwnIdentityAndTheRightClock) {
