@@ -135,12 +135,15 @@ asio::awaitable<void> Api::metrics(Exchange& exchange) {
   std::vector<std::pair<std::string, pid_t>> running;
   for (const auto& info : *sandboxes)
     if (info.qemu_pid > 0) running.emplace_back(info.id, info.qemu_pid);
-  auto footprints = co_await vmm::run_blocking([running = std::move(running)] {
+  // A named lambda that copies: g++ 12 destroyed a temporary lambda with a
+  // moved-from capture twice across this co_await (hostd crashed in free).
+  auto read = [running] {
     std::vector<std::pair<std::string, MemoryFootprint>> out;
     for (const auto& [id, pid] : running)
       if (auto footprint = memory_footprint(pid)) out.emplace_back(id, *footprint);
     return out;
-  });
+  };
+  auto footprints = co_await vmm::run_blocking(read);
   text += render_sandbox_memory(footprints);
   text += "# HELP vesicle_api_errors_total Error answers of the REST API, by kind.\n"
           "# TYPE vesicle_api_errors_total counter\n";
