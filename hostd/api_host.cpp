@@ -135,8 +135,9 @@ asio::awaitable<void> Api::metrics(Exchange& exchange) {
   std::vector<std::pair<std::string, pid_t>> running;
   for (const auto& info : *sandboxes)
     if (info.qemu_pid > 0) running.emplace_back(info.id, info.qemu_pid);
-  // A named lambda that copies: g++ 12 destroyed a temporary lambda with a
-  // moved-from capture twice across this co_await (hostd crashed in free).
+  // A named lambda that copies: built as a temporary inside the co_await
+  // with a moved capture, it crashed hostd in free() when the frame
+  // destroyed that capture (g++ 12's handling of coroutine temporaries).
   auto read = [running] {
     std::vector<std::pair<std::string, MemoryFootprint>> out;
     for (const auto& [id, pid] : running)
