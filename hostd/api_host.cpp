@@ -2,6 +2,8 @@
 #include "actors/ask.hpp"
 #include "hostd/api.hpp"
 #include "hostd/json.hpp"
+#include "hostd/smaps_rollup.hpp"
+#include "vmm/blocking.hpp"
 
 namespace vesicle::hostd {
 
@@ -126,6 +128,24 @@ asio::awaitable<void> Api::metrics(Exchange& exchange) {
       "vesicle_resume_seconds",
       "Time to answer POST /v1/spaces/{id}/resume (until the sandbox is ready), by outcome.",
       "outcome");
+  // Each live sandbox's QEMU memory. smaps_rollup walks a VM's page tables
+  // (milliseconds each): read them on the blocking pool, not this thread.
+  auto sandboxes = co_await all_sandboxes();
+  if (!sandboxes) co_return co_await exchange.respond_error(sandboxes.error());
+  std::vector<std::pair<std::string, pid_t>> running;
+  for (const auto& info : *sandboxes)
+    if (info.qemu_pid > 0) running.emplace_back(info.id, info.qemu_pid);
+  // A named lambda that copies: built as a temporary inside the co_await
+  // with a moved capture, it crashed hostd in free() when the frame
+  // destroyed that capture (g++ 12's handling of coroutine temporaries).
+  auto read = [running] {
+    std::vector<std::pair<std::string, MemoryFootprint>> out;
+    for (const auto& [id, pid] : running)
+      if (auto footprint = memory_footprint(pid)) out.emplace_back(id, *footprint);
+    return out;
+  };
+  auto footprints = co_await vmm::run_blocking(read);
+  text += render_sandbox_memory(footprints);
   text += "# HELP vesicle_api_errors_total Error answers of the REST API, by kind.\n"
           "# TYPE vesicle_api_errors_total counter\n";
   for (const auto& [kind, count] : metrics_.errors)

@@ -60,6 +60,10 @@ void apply_defaults(config::HostdConfig& c) {
   if (c.max_memory_mib() == 0) c.set_max_memory_mib(16384);
   if (c.boot_timeout_s() == 0) c.set_boot_timeout_s(90);
   if (c.qemu_binary().empty()) c.set_qemu_binary("qemu-system-x86_64");
+  // 64 by measurement (BENCHMARKS.md, "Memory per sandbox"): an idle pool
+  // sandbox touches ~20 MiB of it at any size from 32 up, and every smaller
+  // size tried made a pandas cell cost measurably more CPU (48: +25%, 32:
+  // 2x, 16: 6x; 8 could not even import numpy within the call deadline).
   if (c.tcg_translation_cache_mib() == 0) c.set_tcg_translation_cache_mib(64);
   if (c.max_json_body_bytes() == 0) c.set_max_json_body_bytes(1u << 20);
   if (c.request_timeout_s() == 0) c.set_request_timeout_s(30);

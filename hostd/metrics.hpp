@@ -7,6 +7,10 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <utility>
+#include <vector>
+
+#include "hostd/smaps_rollup.hpp"
 
 namespace vesicle::hostd {
 
@@ -40,5 +44,11 @@ struct Metrics {
   // Error answers by kind (common/error_kind.hpp's names).
   std::map<std::string, std::uint64_t> errors;
 };
+
+// The gauges vesicle_sandbox_pss_bytes and vesicle_sandbox_uss_bytes, one
+// series per sandbox id, and their sums over every sandbox listed
+// (vesicle_sandboxes_pss_bytes, vesicle_sandboxes_uss_bytes).
+std::string
+render_sandbox_memory(const std::vector<std::pair<std::string, MemoryFootprint>>& sandboxes);
 
 } // namespace vesicle::hostd

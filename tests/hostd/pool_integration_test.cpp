@@ -100,7 +100,10 @@ protected:
     return false;
   }
   static std::string metric(const std::string& name) {
-    auto text = admin().request("GET", "/metrics").body;
+    return metric_in(admin().request("GET", "/metrics").body, name);
+  }
+  // The value of series `name` in one scrape's text ("" if it has none).
+  static std::string metric_in(const std::string& text, const std::string& name) {
     const auto at = text.find("\n" + name);
     if (at == std::string::npos) return "";
     const auto end = text.find('\n', at + 1);
@@ -186,7 +189,19 @@ TEST_F(Pool, CreatesAreServedFromThePoolWhichRefills) {
   EXPECT_NE(
       admin().request("GET", "/metrics").body.find("vesicle_create_seconds_bucket{source=\"pool\""),
       std::string::npos);
+  // Its QEMU's memory, from smaps_rollup: PSS (its share of the template's
+  // pages plus its own) is more than its USS (its own alone), both > 0.
+  // One scrape: the figures move between two.
+  const auto scrape = admin().request("GET", "/metrics").body;
+  const auto pss = metric_in(scrape, "vesicle_sandbox_pss_bytes{sandbox=\"" + sandbox.id() + "\"}");
+  const auto uss = metric_in(scrape, "vesicle_sandbox_uss_bytes{sandbox=\"" + sandbox.id() + "\"}");
+  ASSERT_FALSE(pss.empty()) << scrape;
+  ASSERT_FALSE(uss.empty()) << scrape;
+  EXPECT_GT(std::stoull(pss), std::stoull(uss));
+  EXPECT_GT(std::stoull(uss), 0u);
+  EXPECT_EQ(metric_in(scrape, "vesicle_sandboxes_pss_bytes"), pss) << "one sandbox: its own";
   destroy(sandbox.id());
+  EXPECT_EQ(metric("vesicle_sandboxes_pss_bytes"), "0");
 }
 
 TEST_F(Pool, ClonesOfOneTemplateGetTheirOwnIdentityAndTheRightClock) {
