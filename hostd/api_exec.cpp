@@ -190,7 +190,11 @@ asio::awaitable<void> Api::exec(Exchange& exchange, const std::string& owner,
     boost::system::error_code ignored;
     co_await queue->wake.async_wait(asio::redirect_error(asio::use_awaitable, ignored));
   }
-  if (!client_ok || !co_await exchange.end_stream()) exchange.abandon_stream();
+  // No co_await in a `||` or `?:` operand (g++ 12: see e2b_process.cpp's
+  // stream_error).
+  bool ended = false;
+  if (client_ok) ended = co_await exchange.end_stream();
+  if (!ended) exchange.abandon_stream();
 }
 
 asio::awaitable<Result<guest::Exit>> Api::run_exec(const std::string& owner, const std::string& id,

@@ -112,8 +112,11 @@ asio::awaitable<void> Api::download(Exchange& exchange, const std::string& owner
     co_return co_await exchange.respond_error(
         co_await agent_failure(*lease, done.error(), "reading " + *path));
   }
-  if (!started && !co_await exchange.begin_stream(200, "application/octet-stream"))
-    co_return exchange.abandon_stream();
+  // No co_await in a `&&` operand (g++ 12: see e2b_process.cpp's stream_error).
+  if (!started) {
+    if (!co_await exchange.begin_stream(200, "application/octet-stream"))
+      co_return exchange.abandon_stream();
+  }
   if (!co_await exchange.end_stream()) exchange.abandon_stream();
 }
 

@@ -239,7 +239,9 @@ asio::awaitable<void> proxy_call(Exchange& exchange, const ProxyTarget& target, 
       exchange.abandon_stream();
       co_return;
     }
-    if (n > 0 && !co_await exchange.write_chunk(std::string_view(piece.data(), n))) co_return;
+    // No co_await in a `&&` operand (g++ 12: see e2b_process.cpp's stream_error).
+    if (n == 0) continue;
+    if (!co_await exchange.write_chunk(std::string_view(piece.data(), n))) co_return;
   }
   co_await exchange.end_stream();
 }
