@@ -6,7 +6,7 @@
 # and shm files, cgroups, network namespaces, links, nft rules and routes
 # must be back at baseline. Prints a normal sandbox's exec p50/p99 during
 # the soak and writes the figures as JSON. CI runs the same test short
-# (20/5) through ctest (soak_integration_test).
+# (20/16) through ctest (soak_integration_test).
 #
 #   scripts/soak.sh [--cycles N] [--forks M] [--floods K] [--json FILE] [BUILD_DIR]
 #

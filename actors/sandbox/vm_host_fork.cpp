@@ -10,11 +10,82 @@
 #include <caf/send.hpp>
 
 #include "common/log.hpp"
+#include "vmm/process.hpp"
+#include "vmm/snapshot.hpp"
 
 namespace vesicle {
 
 namespace asio = boost::asio;
 namespace fs = std::filesystem;
+
+namespace {
+
+// Every fork stacks one more disk layer: a fork snapshot's disk is an
+// overlay on the parent's, so a fork of a fork child, or a parent merged
+// back from its child, stands one deeper each time. QEMU's jail and
+// open_snapshot follow at most 16 layers (the soak's 15th fork/merge cycle
+// failed there), and every layer keeps its snapshot alive. Past this many,
+// a new fork snapshot's disk is rebased onto the base image instead.
+constexpr int kFlattenDepth = 8;
+
+// How many disks `disk` stacks on (0: it stands alone), up to 64.
+Result<int> layers_below(fs::path disk) {
+  int depth = 0;
+  for (; depth < 64; ++depth) {
+    auto backing = vmm::snapshot::qcow2_backing_file(disk);
+    if (!backing) return std::move(backing).error();
+    if (backing->empty()) break;
+    disk = std::move(backing).value();
+  }
+  return depth;
+}
+
+// Rebases a fork snapshot's `disk` onto the base image when it stacks on
+// more than kFlattenDepth disks (qemu-img copies what the layers between
+// hold into it; the guest sees the same bytes). True when it did: the
+// snapshot then no longer needs its parent's.
+asio::awaitable<Result<bool>> flatten_if_deep(asio::any_io_executor executor, const fs::path& disk,
+                                              const fs::path& base) {
+  auto depth = layers_below(disk);
+  if (!depth) co_return std::move(depth).error();
+  if (*depth <= kFlattenDepth) co_return false;
+  vmm::detail::SpawnOptions rebase;
+  rebase.argv = {"qemu-img", "rebase",      "-q", "-f",  "qcow2",
+                 "-b",       base.string(), "-F", "raw", disk.string()};
+  rebase.output = disk.parent_path() / "rebase.log";
+  auto rebased = co_await vmm::detail::run_helper(std::move(executor), std::move(rebase));
+  if (!rebased) co_return std::move(rebased).error().with_context("rebasing " + disk.string());
+  std::error_code ignored;
+  fs::remove(disk.parent_path() / "rebase.log", ignored);
+  co_return true;
+}
+
+// The parent link a new fork snapshot keeps: none once its disk was
+// flattened onto the base image in `images_dir` (its RAM is its own either
+// way).
+asio::awaitable<std::shared_ptr<vmm::ForkSnapshot>>
+fork_parent_link(asio::any_io_executor executor, const fs::path& images_dir,
+                 const vmm::Snapshot& saved, std::shared_ptr<vmm::ForkSnapshot> parent,
+                 const std::string& base_id) {
+  const auto base = fs::absolute(vmm::GuestImages::in(images_dir).base_disk);
+  const auto started = std::chrono::steady_clock::now();
+  auto flattened = co_await flatten_if_deep(std::move(executor), saved.disk, base);
+  if (!flattened) {
+    // It still works (up to 16 layers): say so, and keep the chain.
+    log::warn("fork: flattening a deep disk failed",
+              {{"fork", base_id}, {"error", flattened.error().message()}});
+    co_return parent;
+  }
+  if (!*flattened) co_return parent;
+  log::info("fork: disk flattened onto the base image",
+            {{"fork", base_id},
+             {"ms", static_cast<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                               std::chrono::steady_clock::now() - started)
+                                               .count())}});
+  co_return nullptr;
+}
+
+} // namespace
 
 asio::awaitable<Result<std::string>> VmHost::refresh_identity(vmm::Vm& vm, std::string hostname,
                                                               std::string machine_id) {
@@ -82,7 +153,9 @@ asio::awaitable<void> VmHost::run_fork_parent(std::string parent_id, std::string
     co_return;
   }
   // The children can be restored now, while the parent resumes.
-  auto base = fork_snapshots_.add(base_id, std::move(saved.value()), before.base);
+  auto link =
+      co_await fork_parent_link(executor_, settings_.images_dir, *saved, before.base, base_id);
+  auto base = fork_snapshots_.add(base_id, std::move(saved.value()), std::move(link));
   done(std::int32_t{0});
   // The parent goes on as one more copy of the snapshot, with its network
   // slot, hostname and machine-id.
@@ -148,7 +221,9 @@ asio::awaitable<void> VmHost::fork_running_parent(std::string parent_id, std::st
   // The new snapshot's disk is an overlay on the one the parent's own
   // overlay is backed by: it holds the parent's snapshot. The parent keeps
   // its own (it still maps that RAM and disk).
-  auto base = fork_snapshots_.add(base_id, std::move(saved.value()), before.base);
+  auto link =
+      co_await fork_parent_link(executor_, settings_.images_dir, *saved, before.base, base_id);
+  auto base = fork_snapshots_.add(base_id, std::move(saved.value()), std::move(link));
   base.reset();
   done(std::int32_t{0});
   if (before.target->sandbox) caf::anon_send(before.target->sandbox, hold_atom::value, false);
