@@ -250,6 +250,27 @@ std::string print(const google::protobuf::Message& message, bool all_fields = fa
 std::string vesicle_key(std::string_view presented);
 // Compares secrets in time independent of where they differ.
 bool same_secret(std::string_view a, std::string_view b);
+// A page of an E2B list: ?limit (100 when absent) and ?nextToken (an
+// offset this host handed out, 0 when absent); invalid_argument naming a
+// bad one (e2b_control.cpp).
+struct Page {
+  std::size_t offset = 0;
+  std::size_t limit = 0;
+};
+Result<Page> page_of(std::string_view query);
+// `count` items, of which `page` shows some, `render(i)` the JSON of item
+// i: the page's JSON array; x-next-token set on `exchange` when more remain.
+template <class Render>
+std::string page_json(Exchange& exchange, std::size_t count, Page page, Render render) {
+  std::string out = "[";
+  std::size_t i = page.offset;
+  for (; i < count && i < page.offset + page.limit; ++i) {
+    if (out.size() > 1) out += ",";
+    out += render(i);
+  }
+  if (i < count) exchange.add_response_header("x-next-token", std::to_string(i));
+  return out + "]";
+}
 // The vesicle template an E2B template or snapshot id names: the id without
 // E2B's ":default" tag (e2b_snapshots.cpp).
 std::string template_name(std::string_view id);

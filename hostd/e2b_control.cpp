@@ -408,6 +408,25 @@ asio::awaitable<void> E2b::get(Exchange& exchange, const std::string& owner,
   co_await respond(exchange, 200, print(detail(*sandbox), true));
 }
 
+Result<Page> page_of(std::string_view query) {
+  Page page{.offset = 0, .limit = kDefaultPageSize};
+  if (auto text = query_param(query, "limit"); text && !text->empty()) {
+    char* end = nullptr;
+    const auto value = std::strtoul(text->c_str(), &end, 10);
+    if (*end != '\0' || value == 0)
+      return Error::of(ErrorKind::invalid_argument,
+                       "limit: a positive number, got \"" + *text + "\"");
+    page.limit = value;
+  }
+  if (auto token = query_param(query, "nextToken"); token && !token->empty()) {
+    char* end = nullptr;
+    page.offset = std::strtoul(token->c_str(), &end, 10);
+    if (*end != '\0')
+      return Error::of(ErrorKind::invalid_argument, "nextToken: not one this host handed out");
+  }
+  return page;
+}
+
 asio::awaitable<void> E2b::list(Exchange& exchange, const std::string& owner,
                                 std::string_view query, bool paged) {
   auto states = query_values(query, "state");
@@ -427,36 +446,15 @@ asio::awaitable<void> E2b::list(Exchange& exchange, const std::string& owner,
   std::sort(matches.begin(), matches.end(), [](const auto& a, const auto& b) {
     return a->started_ms != b->started_ms ? a->started_ms < b->started_ms : a->id < b->id;
   });
-  std::size_t offset = 0;
-  std::size_t limit = matches.size();
+  Page page{.offset = 0, .limit = matches.size()};
   if (paged) {
-    limit = kDefaultPageSize;
-    if (auto text = query_param(query, "limit"); text && !text->empty()) {
-      char* end = nullptr;
-      const auto value = std::strtoul(text->c_str(), &end, 10);
-      if (*end != '\0' || value == 0)
-        co_return co_await respond_error(
-            exchange, Error::of(ErrorKind::invalid_argument,
-                                "limit: a positive number, got \"" + *text + "\""));
-      limit = value;
-    }
-    if (auto token = query_param(query, "nextToken"); token && !token->empty()) {
-      char* end = nullptr;
-      offset = std::strtoul(token->c_str(), &end, 10);
-      if (*end != '\0')
-        co_return co_await respond_error(
-            exchange,
-            Error::of(ErrorKind::invalid_argument, "nextToken: not one this host handed out"));
-    }
+    auto asked = page_of(query);
+    if (!asked) co_return co_await respond_error(exchange, asked.error());
+    page = *asked;
   }
-  std::string out = "[";
-  std::size_t i = offset;
-  for (; i < matches.size() && i < offset + limit; ++i) {
-    if (out.size() > 1) out += ",";
-    out += print(detail(*matches[i]), true);
-  }
-  out += "]";
-  if (paged && i < matches.size()) exchange.add_response_header("x-next-token", std::to_string(i));
+  // Unpaged (2.50's GET /sandboxes): every match, and no x-next-token.
+  std::string out = page_json(exchange, matches.size(), page,
+                              [&](std::size_t i) { return print(detail(*matches[i]), true); });
   co_await respond(exchange, 200, std::move(out));
 }
 

@@ -28,7 +28,6 @@ namespace vesicle::hostd::e2b {
 namespace {
 
 constexpr std::string_view kDefaultTag = ":default";
-constexpr std::uint32_t kDefaultPageSize = 100;
 
 std::string respond_json(const SnapshotInfo& info) {
   return print(info, true);
@@ -104,31 +103,11 @@ asio::awaitable<void> E2b::list_snapshots(Exchange& exchange, const std::string&
     if (name && info.name != *name) continue;
     matches.push_back(&info);
   }
-  std::size_t offset = 0;
-  std::size_t limit = kDefaultPageSize;
-  if (auto text = query_param(query, "limit"); text && !text->empty()) {
-    char* end = nullptr;
-    const auto value = std::strtoul(text->c_str(), &end, 10);
-    if (*end != '\0' || value == 0)
-      co_return co_await exchange.respond(
-          400, error_body(400, "limit: a positive number, got \"" + *text + "\""));
-    limit = value;
-  }
-  if (auto token = query_param(query, "nextToken"); token && !token->empty()) {
-    char* end = nullptr;
-    offset = std::strtoul(token->c_str(), &end, 10);
-    if (*end != '\0')
-      co_return co_await exchange.respond(
-          400, error_body(400, "nextToken: not one this host handed out"));
-  }
-  std::string out = "[";
-  std::size_t i = offset;
-  for (; i < matches.size() && i < offset + limit; ++i) {
-    if (out.size() > 1) out += ",";
-    out += respond_json(snapshot_info(matches[i]->name));
-  }
-  out += "]";
-  if (i < matches.size()) exchange.add_response_header("x-next-token", std::to_string(i));
+  auto page = page_of(query);
+  if (!page) co_return co_await respond_error(exchange, page.error());
+  std::string out = page_json(exchange, matches.size(), *page, [&](std::size_t i) {
+    return respond_json(snapshot_info(matches[i]->name));
+  });
   co_await exchange.respond(200, std::move(out));
 }
 
