@@ -10,6 +10,7 @@
 #include <caf/send.hpp>
 
 #include "common/log.hpp"
+#include "vmm/blocking.hpp"
 #include "vmm/process.hpp"
 #include "vmm/snapshot.hpp"
 
@@ -46,7 +47,9 @@ Result<int> layers_below(fs::path disk) {
 // snapshot then no longer needs its parent's.
 asio::awaitable<Result<bool>> flatten_if_deep(asio::any_io_executor executor, const fs::path& disk,
                                               const fs::path& base) {
-  auto depth = layers_below(disk);
+  // Reads a header per layer: on the blocking pool, not the VM thread.
+  auto count = [disk] { return layers_below(disk); };
+  auto depth = co_await vmm::run_blocking(count);
   if (!depth) co_return std::move(depth).error();
   if (*depth <= kFlattenDepth) co_return false;
   vmm::detail::SpawnOptions rebase;
