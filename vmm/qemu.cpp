@@ -145,12 +145,6 @@ std::vector<std::string> command_line(const VmConfig& config, const VmPaths& pat
                   memory,
                   "-object",
                   memory_backend,
-                  "-kernel",
-                  fs::absolute(config.images.kernel).string(),
-                  "-initrd",
-                  fs::absolute(config.images.initrd).string(),
-                  "-append",
-                  restore_from ? restore_from->kernel_cmdline : kernel_cmdline(accel, tsc_khz),
                   "-drive",
                   // cache.direct: the VM's disk writes bypass the host's page
                   // cache, which a cgroup v1 memory limit charges to QEMU and
@@ -176,6 +170,15 @@ std::vector<std::string> command_line(const VmConfig& config, const VmPaths& pat
                   "-name",
                   "vesicle-" + config.id + ",process=vesicle-" + config.id,
               });
+  // Only a boot loads a kernel. QEMU keeps a copy of -kernel's file for
+  // fw_cfg for the life of the VM (13.5 MiB of every restored VM's memory,
+  // BENCHMARKS.md), and a restored VM never reads it: its RAM and devices
+  // come from the snapshot, and a reboot ends it (-no-reboot).
+  if (!restore_from) {
+    args.insert(args.end(), {"-kernel", fs::absolute(config.images.kernel).string(), "-initrd",
+                             fs::absolute(config.images.initrd).string(), "-append",
+                             kernel_cmdline(accel, tsc_khz)});
+  }
   if (config.network) {
     // The tap fd becomes fd 3 in QEMU (SpawnOptions::pass_fds).
     args.insert(args.end(), {"-netdev", "tap,id=net0,fd=3", "-device",
@@ -1623,7 +1626,7 @@ private:
 
     const auto tsc_khz = accel == Accel::tcg ? host_tsc_khz() : std::nullopt;
     state->accel = accel;
-    state->kernel_cmdline = kernel_cmdline(accel, tsc_khz); // a snapshot's restores need it
+    state->kernel_cmdline = kernel_cmdline(accel, tsc_khz); // its snapshots' manifests record it
     // Named: g++ 12 miscompiles temporaries inside co_await.
     std::vector<std::string> argv = command_line(config, paths, accel, tsc_khz);
     auto started_qemu = co_await start_qemu(executor, state, std::move(argv), deadline);
