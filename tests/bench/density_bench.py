@@ -16,14 +16,19 @@ admission.memory_overcommit in --overcommit (a hostd of its own each):
                    50% and 100% of the sandboxes, one after another (the
                    others stay idle and running), p50/p99
 The tier's sandbox cap, its request rate, the host's max_sandboxes, the
-pool's max and the network's max_slots are raised past --max, so memory
-admission is what stops it. With an uplink (scripts/detect-network.sh),
-every sandbox has a network slot and open egress, as an install gives it;
---no-network leaves networking out. Everything is closed at the end.
+pool's max and the network's max_slots are raised past --max, and each
+sandbox asks for a --disk-mib disk (default 1536, a little above the image's
+1415; 0: hostd's default, 2 GiB), so that memory admission is what stops
+it. Disk is never overcommitted: disk admission stops at the free disk
+over disk_mib (~27 at 1536 MiB on 42 GB free), so the default higher
+overcommit is 1.5; the refusal's message is printed and says which. With
+an uplink (scripts/detect-network.sh), every sandbox has a network slot and
+open egress, as an install gives it; --no-network leaves networking out. Everything is closed at the end.
 Prints p50/p95/p99, writes JSON.
 
   tests/bench/density_bench.py --hostd build/hostd/hostd --images build/images \\
-      [--max 32] [--overcommit 1.0 2.0] [--execs 200] [--no-network] [--json out.json]
+      [--max 32] [--overcommit 0 1.5] [--execs 200] [--disk-mib 1536] [--no-network] \\
+      [--json out.json]
 """
 
 from __future__ import annotations
@@ -88,7 +93,8 @@ def fill(args, options):
         except SystemExit:
             pass  # admission keeps the pool from refilling: the create says so
         try:
-            sb = Sandbox(idle_timeout_s=86400, **args)
+            disk = {"disk_mib": options.disk_mib} if options.disk_mib else {}
+            sb = Sandbox(idle_timeout_s=86400, **disk, **args)
         except CapacityError as refused:
             return sandboxes, sources, f"refused: {refused}"
         sandboxes.append(sb)
@@ -114,7 +120,8 @@ def run_one(options, overcommit, results, runs):
             sandboxes, sources, why = fill(args, options)
             fill_s = time.monotonic() - started
             count = len(sandboxes)
-            print(f"-- {label}: {count} idle sandboxes ({sources}) in {fill_s:.0f} s; {why}")
+            net = "open egress, a network slot each" if options.network else "no networking"
+            print(f"-- {label}: {count} idle sandboxes ({sources}, {net}) in {fill_s:.0f} s; {why}")
             for sb in sandboxes:
                 print_ms(sb)
             time.sleep(5)
@@ -146,9 +153,10 @@ def main():
     parser.add_argument("--hostd", default=str(REPO / "build" / "hostd" / "hostd"))
     parser.add_argument("--images", default=str(REPO / "build" / "images"))
     parser.add_argument("--max", type=int, default=32)
-    parser.add_argument("--overcommit", type=float, nargs="+", default=[0, 2.0],
+    parser.add_argument("--overcommit", type=float, nargs="+", default=[0, 1.5],
                         help="admission.memory_overcommit per run (0: hostd's default)")
     parser.add_argument("--execs", type=int, default=200)
+    parser.add_argument("--disk-mib", type=int, default=1536)
     parser.add_argument("--no-network", dest="network", action="store_false")
     parser.add_argument("--json")
     options = parser.parse_args()
@@ -159,7 +167,7 @@ def main():
     for overcommit in options.overcommit:
         accel = run_one(options, overcommit, results, runs)
     write_report(options.json, "density_bench", accel, results, runs=runs, max=options.max,
-                 network=options.network, execs=options.execs)
+                 network=options.network, execs=options.execs, disk_mib=options.disk_mib)
 
 
 if __name__ == "__main__":
