@@ -27,7 +27,6 @@ Issue 15's rows: --source pool --ns 1 5 --parent-mib 100; --source boot --ns 1;
 --source pool --grandchild --ns 1; --ns 4 --parent-mib 200 (family growth).
 """
 
-
 from __future__ import annotations
 
 import argparse
