@@ -5,7 +5,23 @@
 #   api_bench  create / exec / destroy through hostd's HTTP API on loopback
 #   pool_bench warm pool: create on hit / miss / cold boot, refill, memory per idle sandbox
 #   full_snapshot_bench  full-RAM save and restore (what forks of pool VMs and Spaces use)
-#   fork_bench fork(n) through the SDK: latency at the SDK and server-side, first exec, PSS per child
+#   fork_bench fork(n) through the SDK: latency at the SDK and server-side, first exec, PSS per
+#              child, family memory growth; issue 15's rows as fork_{pool,boot,grandchild,memory}.json:
+#                fork_bench.py --source pool --ns 1 5 --parent-mib 100   (default Sandbox(), warm pool)
+#                fork_bench.py --source boot --ns 1                      (cold-booted parent)
+#                fork_bench.py --source pool --grandchild --ns 1         (fork of a fork child)
+#                fork_bench.py --source boot --ns 4 --parent-mib 200     (host memory growth)
+#              (~1 min each at these sizes; --reps N for more)
+#   density_bench idle default Sandbox()s until admission refuses (or --max), at the default
+#              memory_overcommit and at 1.5: count, PSS/USS per sandbox, exec p50/p99 at 25/50/100%
+#                density_bench.py [--max 32] [--overcommit 0 1.5] [--execs 200] [--disk-mib 1536]
+#                                 [--no-network]
+#   exec_bench hostd CPU per print(1) (1000 sequential, /proc/<hostd>/stat) and execs/s with
+#              1, 2, 4, 6 clients on their own sandboxes
+#                exec_bench.py [--execs 1000] [--clients 1 2 4 6] [--seconds 10]
+#   pool_net_bench pool hit with networking on: default egress, egress off, allowlist, and no
+#              networking (needs an uplink: scripts/detect-network.sh)
+#                pool_net_bench.py [--hits 30] [--no-baseline]
 #   space_bench freeze and resume through the SDK (idle, and 200 MiB in the REPL): latency, first exec, Space size
 #   template_bench create from a saved template's pool vs the base pool (and with no pool), through the SDK
 #   net_bench  network slot acquire/release and NAT throughput (test namespaces)
@@ -29,6 +45,27 @@ images=$build/images
 
 /usr/bin/python3 "$repo/tests/bench/fork_bench.py" --hostd "$build/hostd/hostd" --images "$images" \
   --json "$out/fork_bench.json" ${FORK_BENCH_ARGS:-}
+
+# Issue 15's fork rows (see the header).
+fork15() {
+  local name=$1
+  shift
+  /usr/bin/python3 "$repo/tests/bench/fork_bench.py" --hostd "$build/hostd/hostd" --images "$images" \
+    --json "$out/fork_$name.json" "$@" ${FORK15_BENCH_ARGS:-}
+}
+fork15 pool --source pool --ns 1 5 --parent-mib 100
+fork15 boot --source boot --ns 1
+fork15 grandchild --source pool --grandchild --ns 1
+fork15 memory --source boot --ns 4 --parent-mib 200 --reps 3
+
+/usr/bin/python3 "$repo/tests/bench/density_bench.py" --hostd "$build/hostd/hostd" --images "$images" \
+  --json "$out/density_bench.json" ${DENSITY_BENCH_ARGS:-}
+
+/usr/bin/python3 "$repo/tests/bench/exec_bench.py" --hostd "$build/hostd/hostd" --images "$images" \
+  --json "$out/exec_bench.json" ${EXEC_BENCH_ARGS:-}
+
+/usr/bin/python3 "$repo/tests/bench/pool_net_bench.py" --hostd "$build/hostd/hostd" --images "$images" \
+  --json "$out/pool_net_bench.json" ${POOL_NET_BENCH_ARGS:-}
 
 /usr/bin/python3 "$repo/tests/bench/space_bench.py" --hostd "$build/hostd/hostd" --images "$images" \
   --json "$out/space_bench.json" ${SPACE_BENCH_ARGS:-}

@@ -5,16 +5,26 @@ For n in --ns (default 1 2 4 8), --reps times each:
   fork at the SDK     Sandbox.fork(n) from call to return (every child ready)
   fork server-side    hostd's own figure for the same call (ForkResponse.server_ms)
   first exec          from the fork's return until every child has answered
-                      a first `x` (run in parallel, one thread per child)
+                      a first `x` (run in parallel, one thread per child),
+                      and from the call (issue 15's fork(5) row)
   memory per child    PSS of each child's QEMU (smaps_rollup: the fork
                       snapshot's shared pages are split among the VMs mapping them)
+  family growth       host memory the parent's and children's VMs hold after
+                      the fork minus the parent's before it, each page once
+                      (bench_support.family_memory_parts: QEMUs' anonymous
+                      pages plus the guest RAM memfds' blocks)
 The parent holds a small DataFrame and, with --parent-mib, a block of
 random bytes. --source boot forks a cold-booted parent (its RAM a file of
-its own), --source pool one from the warm pool (its RAM a private copy of
-the template's, saved whole first). Prints p50/p95/p99, writes JSON.
+its own), --source pool a default `Sandbox()` from hostd's default warm pool
+(1 GiB, numpy and pandas preloaded; its RAM a private mapping of the
+template's). --grandchild forks the parent once first and times the fork
+of that child. Prints p50/p95/p99, writes JSON.
 
   tests/bench/fork_bench.py --hostd build/hostd/hostd --images build/images \\
-      [--ns 1 2 4 8] [--reps 5] [--source boot|pool] [--parent-mib 0] [--json out.json]
+      [--ns 1 2 4 8] [--reps 5] [--source boot|pool] [--grandchild] [--parent-mib 0] \\
+      [--json out.json]
+Issue 15's rows: --source pool --ns 1 5 --parent-mib 100; --source boot --ns 1;
+--source pool --grandchild --ns 1; --ns 4 --parent-mib 200 (family growth).
 """
 
 from __future__ import annotations
@@ -33,9 +43,10 @@ sys.path.insert(0, str(REPO / "tests" / "sdk"))
 from hostd_process import hostd_session  # noqa: E402
 from vesicle import Client, Sandbox  # noqa: E402
 from bench_series import summary, write_report  # noqa: E402
+from bench_support import family_memory_parts, qemu_pids_of, wait_for_pool  # noqa: E402
 
 BOOT_MEMORY_MIB = 768  # a size no pool serves: cold boots
-POOL_MEMORY_MIB = 1024
+MIB = 2**20
 
 
 def pss_mib(pid):
@@ -46,31 +57,6 @@ def pss_mib(pid):
     return float("nan")
 
 
-def qemu_pid_of(runtime_dir: Path, sandbox_id: str):
-    marker = f"{runtime_dir}/{sandbox_id}/".encode()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"qemu-system" in cmdline and marker in cmdline:
-            return int(entry)
-    return None
-
-
-def wait_for_pool(args):
-    deadline = time.monotonic() + 600
-    while True:
-        pools = Client(**args).capacity().get("pools", [])
-        if pools and pools[0].get("ready", 0) >= 1:
-            return
-        if time.monotonic() > deadline:
-            raise SystemExit(f"the warm pool did not fill: {pools}")
-        time.sleep(0.2)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hostd", default=str(REPO / "build" / "hostd" / "hostd"))
@@ -79,45 +65,53 @@ def main():
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--source", choices=["boot", "pool"], default="boot")
     parser.add_argument("--parent-mib", type=int, default=0)
+    parser.add_argument("--grandchild", action="store_true",
+                        help="fork the parent once, then time the forks of that child")
     parser.add_argument("--json")
     options = parser.parse_args()
     os.environ["VESICLE_HOSTD"] = options.hostd
     os.environ["VESICLE_IMAGES_DIR"] = options.images
 
-    memory = BOOT_MEMORY_MIB if options.source == "boot" else POOL_MEMORY_MIB
-    pools = (
-        "pools {\n"
-        '  template: "default"\n'
-        f"  memory_mib: {POOL_MEMORY_MIB}\n"
-        "  min_ready: 1\n"
-        "  max: 2\n"
-        '  preload_modules: "numpy"\n'
-        '  preload_modules: "pandas"\n'
-        "}\n"
-        if options.source == "pool"
-        else "disable_pools: true\n"
-    )
+    # --source pool: hostd's default pools (one of the default size, 1 GiB,
+    # preloading numpy and pandas), which a `Sandbox()` with no size takes.
+    pools = "" if options.source == "pool" else "disable_pools: true\n"
+    size = {} if options.source == "pool" else {"memory_mib": BOOT_MEMORY_MIB}
+    # The default pool keeps 2 VMs waiting, up to 8.
+    slots = max(options.ns) + (10 if options.source == "pool" else 3)
     results = []
-    with hostd_session(REPO, max_sandboxes=max(options.ns) + 3, extra_config=pools) as hostd:
+    with hostd_session(REPO, max_sandboxes=slots, extra_config=pools) as hostd:
         args = {"url": hostd.url, "api_key": hostd.key}
         accel = Client(**args).health().get("accel")
         runtime_dir = Path(hostd.runtime_dir)
         for n in options.ns:
-            sdk_ms, server_ms, first_exec_ms, child_pss = [], [], [], []
+            sdk_ms, server_ms, first_exec_ms, child_pss, growth = [], [], [], [], []
+            call_to_answers_ms, anon_growth, memfd_growth = [], [], []
             for _ in range(options.reps):
                 if options.source == "pool":
-                    wait_for_pool(args)
-                parent = Sandbox(memory_mib=memory, **args)
-                kids = []
+                    wait_for_pool(Client(**args))
+                parent = Sandbox(**size, **args)
+                kids, middle = [], []
                 try:
                     setup = "import pandas as pd\ndf = pd.DataFrame({'a': range(100_000)})\nx = 1\n"
                     if options.parent_mib:
                         setup += f"import os\nblock = bytearray(os.urandom({options.parent_mib} * 2**20))\n"
                     result = parent.run_code(setup)
                     assert result.error is None, result.error
+                    forking = parent
+                    if options.grandchild:
+                        middle = parent.fork(1)
+                        forking = middle[0]
+                    if options.source == "pool":
+                        # The parent's refill done: no pool VM starting
+                        # while the family's memory is measured.
+                        wait_for_pool(Client(**args), ready=2)
+                    family = [parent, *middle]
+                    before = family_memory_parts(
+                        hostd.pid, qemu_pids_of(runtime_dir, [sb.id for sb in family])
+                    )
                     started = time.monotonic()
-                    answer = parent._transport.json(
-                        "POST", f"/v1/sandboxes/{parent.id}/fork", body={"n": n}
+                    answer = forking._transport.json(
+                        "POST", f"/v1/sandboxes/{forking.id}/fork", body={"n": n}
                     )
                     forked = time.monotonic()
                     kids = [Sandbox.connect(info["id"], **args) for info in answer["children"]]
@@ -132,21 +126,34 @@ def main():
                     with concurrent.futures.ThreadPoolExecutor(len(kids)) as pool:
                         answered = list(pool.map(first_exec, kids))
                     first_exec_ms.append((max(answered) - forked) * 1000)
+                    call_to_answers_ms.append((max(answered) - started) * 1000)
                     for kid in kids:
-                        pid = qemu_pid_of(runtime_dir, kid.id)
-                        if pid:
+                        for pid in qemu_pids_of(runtime_dir, [kid.id]):
                             child_pss.append(pss_mib(pid))
+                    time.sleep(1)  # the children's first faults settled
+                    after = family_memory_parts(
+                        hostd.pid, qemu_pids_of(runtime_dir, [sb.id for sb in [*family, *kids]])
+                    )
+                    grew = {part: (after[part] - before[part]) / MIB for part in after}
+                    growth.append(sum(grew.values()))
+                    anon_growth.append(grew["anonymous"])
+                    memfd_growth.append(grew["memfd"])
                 finally:
-                    for sb in [*kids, parent]:
+                    for sb in [*kids, *middle, parent]:
                         try:
                             sb.close()
                         except Exception as exc:  # noqa: BLE001
                             print(f"closing {sb.id}: {exc}", file=sys.stderr)
-            print(f"-- n={n} ({options.source} parent, {options.parent_mib} MiB block)")
+            kind = "grandchild of a " if options.grandchild else ""
+            print(f"-- n={n} ({kind}{options.source} parent, {options.parent_mib} MiB block)")
             results.append(summary(f"fork n={n}, at the SDK", "ms", sdk_ms))
             results.append(summary(f"fork n={n}, server-side", "ms", server_ms))
-            results.append(summary(f"fork n={n}, until all answered", "ms", first_exec_ms))
+            results.append(summary(f"fork n={n}, return until all answered", "ms", first_exec_ms))
+            results.append(summary(f"fork n={n}, call until all answered", "ms", call_to_answers_ms))
             results.append(summary(f"fork n={n}, PSS per child", "MiB", child_pss))
+            results.append(summary(f"fork n={n}, family memory growth", "MiB", growth))
+            results.append(summary(f"fork n={n}, growth: QEMUs' anonymous", "MiB", anon_growth))
+            results.append(summary(f"fork n={n}, growth: guest RAM memfds", "MiB", memfd_growth))
         # hostd logs the phases of each fork's parent step (save, resume).
         phases = [
             l for l in hostd.log_path.read_text().splitlines() if "fork: parent saved and resumed" in l
@@ -155,7 +162,7 @@ def main():
             print(line)
 
     write_report(options.json, "fork_bench", accel, results, source=options.source,
-                 parent_mib=options.parent_mib)
+                 parent_mib=options.parent_mib, grandchild=options.grandchild)
 
 if __name__ == "__main__":
     main()

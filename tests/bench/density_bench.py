@@ -1,0 +1,174 @@
+#!/usr/bin/env python3
+"""density_bench: how many idle sandboxes one host holds, and their execs.
+
+Through the Python SDK against a real hostd on loopback, for each
+admission.memory_overcommit in --overcommit (a hostd of its own each):
+  count            default `Sandbox()`s from the warm pool (1 GiB, numpy and
+                   pandas preloaded), started one after another until hostd
+                   refuses one with 503 (CapacityError: memory admission) or
+                   --max are running. Each create waits (up to 30 s) for a
+                   waiting pool VM first, so they are pool hits while
+                   admission lets the pool refill.
+  PSS / USS        per sandbox, from hostd's /metrics (vesicle_sandbox_pss_bytes,
+                   vesicle_sandbox_uss_bytes; admin key), after each ran one
+                   print(1) and all idled 5 s
+  exec latency     --execs `print(1)` spread round robin over the first 25%,
+                   50% and 100% of the sandboxes, one after another (the
+                   others stay idle and running), p50/p99
+The tier's sandbox cap, its request rate, the host's max_sandboxes, the
+pool's max and the network's max_slots are raised past --max, and each
+sandbox asks for a --disk-mib disk (default 1536, a little above the image's
+1415; 0: hostd's default, 2 GiB), so that memory admission is what stops
+it. Disk is never overcommitted: disk admission stops at the free disk
+over disk_mib (~27 at 1536 MiB on 42 GB free), so the default higher
+overcommit is 1.5; the refusal's message is printed and says which. With
+an uplink (scripts/detect-network.sh), every sandbox has a network slot and
+open egress, as an install gives it; --no-network leaves networking out. Everything is closed at the end.
+Prints p50/p95/p99, writes JSON.
+
+  tests/bench/density_bench.py --hostd build/hostd/hostd --images build/images \\
+      [--max 32] [--overcommit 0 1.5] [--execs 200] [--disk-mib 1536] [--no-network] \\
+      [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "sdk" / "python"))
+sys.path.insert(0, str(REPO / "tests" / "sdk"))
+
+from hostd_process import hostd_session  # noqa: E402
+from vesicle import Client, Sandbox  # noqa: E402
+from vesicle.errors import CapacityError  # noqa: E402
+from bench_series import summary, write_report  # noqa: E402
+from bench_support import metrics, network_section, per_sandbox_mib, wait_for_pool  # noqa: E402
+
+FRACTIONS = (25, 50, 100)
+
+
+def config_for(options, overcommit):
+    room = options.max + 16
+    pools = (
+        "pools {\n"
+        '  template: "default"\n'
+        "  min_ready: 2\n"
+        f"  max: {room}\n"
+        '  preload_modules: "numpy"\n'
+        '  preload_modules: "pandas"\n'
+        "}\n"
+    )
+    tiers = (
+        "tiers { free { max_concurrent: 100000 max_requests_per_s: 100000 "
+        "max_idle_timeout_s: 86400 max_lifetime_s: 86400 } }\n"
+    )
+    admission = f"admission {{ memory_overcommit: {overcommit} }}\n" if overcommit else ""
+    network = (
+        network_section("vdn", "10.226.0.0/16", 7326, f"  max_slots: {room}\n")
+        if options.network
+        else ""
+    )
+    return pools + tiers + admission + network
+
+
+def print_ms(sb):
+    started = time.monotonic()
+    out = sb.run_code("print(1)")
+    took = (time.monotonic() - started) * 1000
+    assert out.stdout == "1\n" and out.error is None, out
+    return took
+
+
+def fill(args, options):
+    """Starts sandboxes until admission refuses or --max; returns them and why it stopped."""
+    sandboxes, sources = [], {}
+    while len(sandboxes) < options.max:
+        try:
+            wait_for_pool(Client(**args), ready=1, timeout_s=30)
+        except SystemExit:
+            pass  # admission keeps the pool from refilling: the create says so
+        try:
+            disk = {"disk_mib": options.disk_mib} if options.disk_mib else {}
+            sb = Sandbox(idle_timeout_s=86400, **disk, **args)
+        except CapacityError as refused:
+            return sandboxes, sources, f"refused: {refused}"
+        sandboxes.append(sb)
+        source = sb.info.get("source", "?")
+        sources[source] = sources.get(source, 0) + 1
+        if len(sandboxes) % 8 == 0:
+            print(f"   {len(sandboxes)} sandboxes ({sources})", flush=True)
+    return sandboxes, sources, f"--max {options.max} reached"
+
+
+def run_one(options, overcommit, results, runs):
+    label = f"overcommit {overcommit or 'default (1.0)'}"
+    with hostd_session(
+        REPO, max_sandboxes=options.max + 16, extra_config=config_for(options, overcommit),
+        admin_key=True,
+    ) as hostd:
+        args = {"url": hostd.url, "api_key": hostd.key}
+        accel = Client(**args).health().get("accel")
+        wait_for_pool(Client(**args), ready=2)
+        started = time.monotonic()
+        sandboxes, sources = [], {}
+        try:
+            sandboxes, sources, why = fill(args, options)
+            fill_s = time.monotonic() - started
+            count = len(sandboxes)
+            net = "open egress, a network slot each" if options.network else "no networking"
+            print(f"-- {label}: {count} idle sandboxes ({sources}, {net}) in {fill_s:.0f} s; {why}")
+            for sb in sandboxes:
+                print_ms(sb)
+            time.sleep(5)
+            text = metrics(hostd.url, hostd.admin_key)
+            ours = {sb.id for sb in sandboxes}
+            pss = [v for k, v in per_sandbox_mib(text, "vesicle_sandbox_pss_bytes").items() if k in ours]
+            uss = [v for k, v in per_sandbox_mib(text, "vesicle_sandbox_uss_bytes").items() if k in ours]
+            results.append(summary(f"{label}: idle sandboxes held", "count", [count]))
+            results.append(summary(f"{label}: PSS per idle sandbox", "MiB", pss))
+            results.append(summary(f"{label}: USS per idle sandbox", "MiB", uss))
+            for fraction in FRACTIONS:
+                active = sandboxes[: max(1, round(count * fraction / 100))]
+                latencies = [print_ms(active[i % len(active)]) for i in range(options.execs)]
+                results.append(summary(
+                    f"{label}: exec print(1) over {fraction}% ({len(active)})", "ms", latencies))
+            runs.append({"overcommit": overcommit or 1.0, "count": count, "stopped": why,
+                         "sources": sources, "fill_s": fill_s})
+        finally:
+            for sb in sandboxes:
+                try:
+                    sb.close()
+                except Exception as exc:  # noqa: BLE001
+                    print(f"closing {sb.id}: {exc}", file=sys.stderr)
+    return accel
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hostd", default=str(REPO / "build" / "hostd" / "hostd"))
+    parser.add_argument("--images", default=str(REPO / "build" / "images"))
+    parser.add_argument("--max", type=int, default=32)
+    parser.add_argument("--overcommit", type=float, nargs="+", default=[0, 1.5],
+                        help="admission.memory_overcommit per run (0: hostd's default)")
+    parser.add_argument("--execs", type=int, default=200)
+    parser.add_argument("--disk-mib", type=int, default=1536)
+    parser.add_argument("--no-network", dest="network", action="store_false")
+    parser.add_argument("--json")
+    options = parser.parse_args()
+    os.environ["VESICLE_HOSTD"] = options.hostd
+    os.environ["VESICLE_IMAGES_DIR"] = options.images
+
+    results, runs, accel = [], [], None
+    for overcommit in options.overcommit:
+        accel = run_one(options, overcommit, results, runs)
+    write_report(options.json, "density_bench", accel, results, runs=runs, max=options.max,
+                 network=options.network, execs=options.execs, disk_mib=options.disk_mib)
+
+
+if __name__ == "__main__":
+    main()
