@@ -41,8 +41,20 @@ def fork_hostd():
         '  preload_modules: "numpy"\n'
         "}\n"
     )
+    # Networking on, as an install has it: every VM, fork children included,
+    # holds a network slot (a tap in a namespace of its own). No uplink, so
+    # egress stays off; names and ranges of its own so this hostd's slots
+    # never meet another's.
+    network = (
+        "network {\n"
+        '  prefix: "vfk"\n'
+        '  transit: "10.231.0.0/16"\n'
+        "  route_table: 1231\n"
+        "  rule_priority: 7531\n"
+        "}\n"
+    )
     with hostd_session(
-        REPO, max_sandboxes=MAX_SANDBOXES, extra_config=pools, admin_key=True
+        REPO, max_sandboxes=MAX_SANDBOXES, extra_config=pools + network, admin_key=True
     ) as running:
         yield running
 
@@ -57,9 +69,9 @@ def value(sb, code):
     return result.result
 
 
-def hostd_memfds(hostd):
-    """The memory files hostd holds open (guest RAM is in memfds): their link
-    targets in /proc/<hostd>/fd, "/memfd:<name> (deleted)"."""
+def hostd_fds(hostd, prefix):
+    """What hostd's open files starting with `prefix` are: their link targets
+    in /proc/<hostd>/fd."""
     found = []
     fd_dir = f"/proc/{hostd.pid}/fd"
     for fd in os.listdir(fd_dir):
@@ -67,9 +79,20 @@ def hostd_memfds(hostd):
             target = os.readlink(f"{fd_dir}/{fd}")
         except OSError:  # closed since the listing
             continue
-        if target.startswith("/memfd:"):
+        if target.startswith(prefix):
             found.append(target)
     return sorted(found)
+
+
+def hostd_memfds(hostd):
+    """The memory files hostd holds open (guest RAM is in memfds): "/memfd:<name> (deleted)"."""
+    return hostd_fds(hostd, "/memfd:")
+
+
+def hostd_taps(hostd):
+    """The taps hostd holds open: one per network slot a VM holds (a slot
+    released to the bridge's pool has its tap closed)."""
+    return hostd_fds(hostd, "/dev/net/tun")
 
 
 def fork_files(hostd, family=()):
@@ -213,8 +236,9 @@ def process_start(pid):
 
 def quiet_host(hostd, timeout=300):
     """Waits until the pool holds a ready VM and nothing boots, the same on two
-    looks in a row; returns what the host holds then: its capacity answer and
-    the number of memfds hostd holds (the template's and the pool's)."""
+    looks in a row; returns what the host holds then: its capacity answer,
+    the number of memfds hostd holds (the template's and the pool's) and of
+    taps (the pool VMs' network slots)."""
     client = Client(**connect_args(hostd))
     deadline = time.monotonic() + timeout
     previous = None
@@ -227,7 +251,7 @@ def quiet_host(hostd, timeout=300):
             and pools[0].get("ready", 0) >= 1
             and pools[0].get("booting") == 0
         )
-        now = (room, len(hostd_memfds(hostd)))
+        now = (room, len(hostd_memfds(hostd)), len(hostd_taps(hostd)))
         if settled and now == previous:
             return now
         previous = now if settled else None
@@ -295,7 +319,7 @@ class Family:
     def close_and_check_gone(self, timeout=90):
         """Closes every member; then nothing of the family is left and the host
         is back where quiet_host found it on entry: its sandbox slots free,
-        the pool as full, hostd holding as many memfds. Closing may finish in
+        the pool as full, hostd holding as many memfds and network slots. Closing may finish in
         the background: waits up to `timeout` s."""
         close_all(*self.members)
         deadline = time.monotonic() + timeout
@@ -311,6 +335,9 @@ class Family:
                 assert after[1] == before[1], (
                     f"hostd holds {after[1]} memfds, {before[1]} before the family: "
                     f"{hostd_memfds(self.hostd)}"
+                )
+                assert after[2] == before[2], (
+                    f"hostd holds {after[2]} taps (network slots), {before[2]} before the family"
                 )
             time.sleep(0.5)
 
@@ -373,6 +400,8 @@ def test_a_pool_sandboxs_children_inherit_its_state_and_keep_their_own(fork_host
         # The family's RAM is where fork_files() and the memfd count look.
         assert fork_files(fork_hostd, family.ids()), "no fork snapshot seen while the family lives"
         assert len(hostd_memfds(fork_hostd)) > family.before[1]
+        # The children hold a slot each (the parent holds the pool VM's).
+        assert len(hostd_taps(fork_hostd)) >= family.before[2] + 2
         # The parent's ticker stops: from now on only the children's tick.
         bash(parent, f"kill {ticker}")
         stopped_at = counter(parent)
