@@ -34,6 +34,7 @@ VmSettings vm_settings(const config::HostdConfig& config,
   settings.spaces_dir = config.spaces_dir();
   settings.pool_egress_open = config.has_network() && !config.network().uplink().empty() &&
                               config.network().default_egress() == "open";
+  settings.spare_fork_copies = !config.has_spare_fork_copies() || config.spare_fork_copies();
   const auto& agent = config.agent_deadlines();
   settings.agent_deadlines.exec_grace = std::chrono::seconds(agent.exec_grace_s());
   settings.agent_deadlines.cancel_answer = std::chrono::seconds(agent.exec_grace_s());

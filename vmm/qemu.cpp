@@ -294,6 +294,8 @@ struct VmState : std::enable_shared_from_this<VmState> {
   // The snapshot's sealed RAM a restored VM maps share=off, and its
   // /proc/self/fd path for hostd's own file calls (empty otherwise).
   std::shared_ptr<GuestMemory> source_memory;
+  // A copy of source_memory made ahead for this VM's forks (a template's).
+  std::shared_ptr<SpareCopy> source_spare;
   fs::path shared_source;
   // While restore_full is under way: where the overlay (a full snapshot's
   // disk, renamed) goes back to if the VM ends before the restore completes.
@@ -1192,11 +1194,14 @@ asio::awaitable<Result<Snapshot>> fork_save_steps(std::shared_ptr<VmState> state
     }
     was_running = (*status)["running"].as_bool();
   }
-  // A snapshot's RAM file never changes: copy it before the pause. A
-  // booted VM's own file changes while it runs: copy it paused.
+  // A snapshot's RAM file never changes: copy it before the pause (or
+  // take the copy made ahead for a template's). A booted VM's own file
+  // changes while it runs: copy it paused.
   const auto copy_started = Clock::now();
   std::shared_ptr<GuestMemory> memory;
-  if (state->restored) {
+  if (state->restored && state->source_spare) memory = state->source_spare->take();
+  if (stats) stats->spare_copy = memory != nullptr;
+  if (state->restored && !memory) {
     std::string name = "vesicle-fork-" + dir.filename().string();
     auto copy = [source, name]() { return copy_memory_data(*source, name); };
     auto copied = co_await run_blocking(state->executor, std::move(copy));
@@ -1554,6 +1559,7 @@ private:
     auto state = std::move(made_state.value());
     state->restored = true;
     state->source_memory = snapshot.memory;
+    state->source_spare = snapshot.spare;
     state->shared_source = snapshot.memory->path();
     const VmPaths& paths = state->paths;
     DestroyGuard guard{state};

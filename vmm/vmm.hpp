@@ -19,6 +19,7 @@
 #include "vmm/agent_client.hpp"
 #include "vmm/cgroup.hpp"
 #include "vmm/guest_memory.hpp"
+#include "vmm/spare_copy.hpp"
 #include "vmm/uid_pool.hpp"
 
 namespace vesicle::vmm {
@@ -99,14 +100,17 @@ struct Snapshot {
   // (guest_memory.hpp), passed to each restored QEMU as a descriptor.
   // Null for a full-RAM snapshot and for one described but not opened.
   std::shared_ptr<GuestMemory> memory;
+  // A copy of `memory` kept ready for the next fork of a VM restored from
+  // this snapshot (spare_copy.hpp); set for templates only, null otherwise.
+  std::shared_ptr<SpareCopy> spare;
   std::filesystem::path disk; // what restored VMs' qcow2 overlays are backed by
   GuestImages images;         // kernel+initrd it booted from (restore must match the machine)
   unsigned vcpus = 0;
   unsigned memory_mib = 0;
-  // What else the restored machine must match, or the device state does not
-  // load: the kernel command line (fw_cfg contents), whether it had a network
-  // device (the virtio-mmio slots), the accelerator (TCG state does not load
-  // into KVM).
+  // The kernel command line it booted with (kept in the manifest; a restore
+  // passes no kernel at all). What else the restored machine must match, or
+  // the device state does not load: whether it had a network device (the
+  // virtio-mmio slots), the accelerator (TCG state does not load into KVM).
   std::string kernel_cmdline;
   bool network = false;
   Accel accel = Accel::tcg;
@@ -131,6 +135,7 @@ struct ForkSaveStats {
   // Copying a restored VM's snapshot RAM file, before the pause (0 for a
   // booted VM: its own file is copied paused, counted in `memory`).
   std::chrono::microseconds data_copy{0};
+  bool spare_copy = false;                   // that copy was made ahead (SpareCopy): data_copy ~0
   std::chrono::microseconds paused{0};       // stop to cont
   std::chrono::microseconds device_state{0}; // of which: saving the device state
   std::chrono::microseconds disk{0};         // of which: copying the disk overlay

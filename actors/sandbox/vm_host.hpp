@@ -55,6 +55,8 @@ struct VmSettings {
   // needs no firewall work; any other egress is set at hand-out. A waiting
   // VM runs only the agent and the template's imports, no user code.
   bool pool_egress_open = false;
+  // A copy of each template's RAM kept ready for forks (vmm/spare_copy.hpp).
+  bool spare_fork_copies = true;
   // This install's egress CA (PEM), which a sandbox with secrets trusts
   // (guest_trust.hpp); empty where hostd has none. Set by attach_network.
   std::string egress_ca_pem;
@@ -255,6 +257,9 @@ private:
   open_saved_template(const std::string& template_id);
   boost::asio::awaitable<Result<std::shared_ptr<const vmm::Snapshot>>>
   build_template(const TemplateSpec& spec);
+  // A template's snapshot as templates_ keeps it: with a spare copy of its
+  // RAM for forks started (VmSettings::spare_fork_copies).
+  std::shared_ptr<const vmm::Snapshot> as_template(vmm::Snapshot snapshot, const std::string& key);
   boost::asio::awaitable<void> run_pool_vm(std::string key, std::string pool_vm_id,
                                            pool_actor pool);
   boost::asio::awaitable<void> run_fork_parent(std::string parent_id, std::string base_id,

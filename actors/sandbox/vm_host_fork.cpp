@@ -237,6 +237,8 @@ asio::awaitable<void> VmHost::fork_running_parent(std::string parent_id, std::st
              {{"sandbox", parent_id},
               {"fork", base_id},
               {"save_ms", ms(std::chrono::steady_clock::now() - started)},
+              {"source_copy_ms", ms(stats.data_copy)},
+              {"spare_copy", stats.spare_copy ? "taken" : "none"},
               {"paused_ms", ms(stats.paused)},
               {"ram_copy_ms", ms(stats.memory)},
               {"private_mib", std::to_string(stats.private_pages * 4096 >> 20)},

@@ -89,7 +89,7 @@ asio::awaitable<void> VmHost::run_save_template(std::string id, TemplateInfo inf
     done(std::move(committed).error().with_context(context));
     co_return;
   }
-  templates_[info.template_id] = std::make_shared<const vmm::Snapshot>(std::move(snapshot));
+  templates_[info.template_id] = as_template(std::move(snapshot), info.template_id);
   const auto ms = [](auto duration) {
     return std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(duration).count());
   };
@@ -206,8 +206,7 @@ VmHost::open_saved_template(const std::string& template_id) {
     co_return Error::of(ErrorKind::corrupted, "saved template " + template_id + " is not usable: " +
                                                   refused + "; delete it and save it again");
   // Another call may have opened it meanwhile: keep the first.
-  auto entry = templates_.emplace(template_id,
-                                  std::make_shared<const vmm::Snapshot>(std::move(opened.value())));
+  auto entry = templates_.emplace(template_id, as_template(std::move(opened.value()), template_id));
   co_return entry.first->second;
 }
 

@@ -78,7 +78,7 @@ asio::awaitable<void> VmHost::run_template(TemplateSpec spec, pool_actor pool) {
   auto checked = co_await asio::co_spawn(checker_.get_executor(), check, asio::use_awaitable);
   auto& opened = *checked;
   if (opened) {
-    templates_[spec.key] = std::make_shared<const vmm::Snapshot>(std::move(opened.value()));
+    templates_[spec.key] = as_template(std::move(opened.value()), spec.key);
     caf::anon_send(pool, template_atom::value, true, "template " + spec.key + " checked");
     co_return;
   }
@@ -155,7 +155,7 @@ VmHost::build_template(const TemplateSpec& spec) {
     co_await vmm::run_blocking(remove_leftovers);
     co_return std::move(saved).error().with_context(context);
   }
-  co_return std::make_shared<const vmm::Snapshot>(std::move(saved.value()));
+  co_return as_template(std::move(saved.value()), spec.key);
 }
 
 void VmHost::restore_for_pool(std::string key, std::string pool_vm_id, pool_actor pool) {
@@ -217,4 +217,13 @@ void VmHost::discard(std::string pool_vm_id) {
     vm->destroy();
   });
 }
+std::shared_ptr<const vmm::Snapshot> VmHost::as_template(vmm::Snapshot snapshot,
+                                                         const std::string& key) {
+  if (settings_.spare_fork_copies && snapshot.memory) {
+    snapshot.spare = vmm::SpareCopy::of(snapshot.memory, "vesicle-spare-" + key);
+    snapshot.spare->refill();
+  }
+  return std::make_shared<const vmm::Snapshot>(std::move(snapshot));
+}
+
 } // namespace vesicle
