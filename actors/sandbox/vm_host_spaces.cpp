@@ -202,7 +202,11 @@ asio::awaitable<void> VmHost::run_open_space(SpaceInfo space, SpaceOpened done) 
   auto check = [dir]() -> asio::awaitable<std::optional<Result<vmm::Snapshot>>> {
     co_return vmm::open_snapshot(dir);
   };
+  const auto started = std::chrono::steady_clock::now();
   auto checked = co_await asio::co_spawn(checker_.get_executor(), check, asio::use_awaitable);
+  const auto check_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                            std::chrono::steady_clock::now() - started)
+                            .count();
   auto& opened = *checked;
   if (!opened) {
     done(Error::of(ErrorKind::corrupted, opened.error().message()));
@@ -223,6 +227,9 @@ asio::awaitable<void> VmHost::run_open_space(SpaceInfo space, SpaceOpened done) 
     co_return;
   }
   const auto id = space.space_id;
+  log::info("Space opened for a resume", {{"space", id},
+                                          {"full_ram", opened->full_ram ? "1" : "0"},
+                                          {"check_ms", std::to_string(check_ms)}});
   opened_spaces_[id] = OpenedSpace{std::move(space), std::move(opened.value())};
   done(Result<void>{});
 }
