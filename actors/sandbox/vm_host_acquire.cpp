@@ -76,6 +76,9 @@ VmHost::resume_space(const std::string& id, const std::string& space_id, Acquire
     co_return make_error("resume a Space", "Space " + space_id + " was not opened for this resume");
   OpenedSpace opened = std::move(found->second);
   opened_spaces_.erase(found);
+  if (!opened.snapshot.full_ram)
+    co_return co_await resume_mapped_space(id, std::move(opened.info), std::move(opened.snapshot),
+                                           std::move(got));
   // restore_full takes the disk it is given (a rename on the same
   // filesystem). Given a copy beside the VM dirs instead, the Space
   // stays whole until the sandbox is ready: a hostd killed meanwhile
