@@ -4,6 +4,7 @@
 
 #include <fcntl.h>
 #include <fstream>
+#include <future>
 #include <iterator>
 #include <optional>
 #include <unistd.h>
@@ -141,13 +142,19 @@ Result<vmm::snapshot::Manifest> persist_space_vm(const vmm::Snapshot& saved,
   manifest.cmdline = saved.kernel_cmdline;
   manifest.memory_file = final_memory;
   const fs::path memory_file = saved.dir / kSpaceMemoryName;
-  if (auto written = saved.memory->write_to(memory_file); !written) return written.error();
+  // The RAM's checksum is taken from the memfd (the same bytes, sealed)
+  // on a thread of its own while the file is written: on an idle 1 GiB
+  // guest each takes ~100 ms of the freeze, one after the other.
+  auto hashing = std::async(std::launch::async, [memory = saved.memory] {
+    return snapshot::digest_sparse_file(memory->path());
+  });
+  auto written = saved.memory->write_to(memory_file);
   auto state = snapshot::digest_file(saved.device_state());
-  if (!state) return std::move(state).error();
   auto disk = snapshot::digest_file(saved.disk);
+  auto memory = hashing.get();
+  if (!written) return written.error();
+  if (!state) return std::move(state).error();
   if (!disk) return std::move(disk).error();
-  // The memfd, not the file: the same bytes (sealed), read from memory.
-  auto memory = snapshot::digest_sparse_file(saved.memory->path());
   if (!memory) return std::move(memory).error();
   manifest.state = std::move(state).value();
   manifest.disk = std::move(disk).value();
