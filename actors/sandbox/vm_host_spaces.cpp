@@ -172,6 +172,8 @@ Result<vmm::snapshot::Manifest> persist_space_vm(const vmm::Snapshot& saved,
 
 asio::awaitable<Result<void>> VmHost::finish_space(const vmm::Snapshot& saved, SpaceInfo& space) {
   namespace snapshot = vmm::snapshot;
+  if (!saved.memory)
+    co_return make_error("freeze", "the saved VM has no RAM file", saved.dir.string());
   const auto base = fs::absolute(vmm::GuestImages::in(settings_.images_dir).base_disk);
   // The disk is an overlay on a template's or a fork snapshot's disk (one
   // rebuilt when the images change, the other deleted with its family):
@@ -224,6 +226,13 @@ asio::awaitable<void> VmHost::run_open_space(SpaceInfo space, SpaceOpened done) 
   // its device state) is resumed by restore_full; one frozen from a fork
   // snapshot has its RAM in vm/memory, which this copies into a sealed
   // memfd and hashes in the same pass (what was checked is what runs).
+  // Checked before the restore, not after the answer: measured on an idle
+  // 1 GiB guest (110 MiB of RAM data) the copy costs ~60 ms and the hash
+  // ~85 ms more, of a ~360 ms resume. Hashing the sealed memfd after the
+  // answer would save those 85 ms (~1 ms per 1.3 MiB of data), but a
+  // Space that fails would then run until the check and be killed, with
+  // the Space already spent; checked first it is refused and kept as it
+  // is for inspection, and no guest ever runs on unchecked memory.
   const fs::path dir = SpaceStore(settings_.spaces_dir).vm_dir(space.space_id);
   auto check = [dir]() -> asio::awaitable<std::optional<Result<vmm::Snapshot>>> {
     co_return vmm::open_snapshot(dir);
