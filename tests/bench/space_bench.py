@@ -142,7 +142,10 @@ def main():
             steps = [
                 l
                 for l in Path(hostd.log_path).read_text(errors="replace").splitlines()
-                if "frozen into a Space" in l or "Space opened" in l or "Space restored" in l
+                if "frozen into a Space" in l
+                or "Space opened" in l
+                or "Space restored" in l
+                or ("info request" in l and ("/freeze " in l or "/resume " in l))
             ]
             for line in steps:
                 print(line)
