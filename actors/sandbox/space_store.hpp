@@ -4,10 +4,13 @@
 // Layout, under the spaces directory (state_dir/spaces):
 //
 //   sp-<12 hex>/space    who owns it and what it was (format below)
-//   sp-<12 hex>/vm/      the VM: a full-RAM snapshot (vmm/snapshot.hpp:
-//                        manifest with sizes and checksums, device state
-//                        holding every RAM page, disk.qcow2 whose only backing
-//                        file is the base image)
+//   sp-<12 hex>/vm/      the VM (vmm/snapshot.hpp): manifest with sizes and
+//                        checksums, device state, `memory` (its RAM, sparse),
+//                        disk.qcow2 whose only backing file is the base
+//                        image. Spaces frozen before `memory` existed hold a
+//                        full-RAM snapshot instead: every RAM page in the
+//                        device state, no memory file (manifest "memory
+//                        in-state"); they resume as before.
 //   sp-<12 hex>.partial/ a freeze in progress (or interrupted: removed at start)
 //
 // A freeze builds everything in the .partial directory, writes `space` last
@@ -51,6 +54,8 @@
 namespace vesicle {
 
 inline constexpr int kSpaceFormatVersion = 1;
+// The RAM file in a Space's vm directory.
+inline constexpr const char* kSpaceMemoryName = "memory";
 
 std::string format_space(const SpaceInfo& space);
 // Errors name the line that is wrong.

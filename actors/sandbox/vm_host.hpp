@@ -242,6 +242,10 @@ private:
                                                               Acquired got);
   boost::asio::awaitable<Result<Acquired>> resume_space(const std::string& id,
                                                         const std::string& space_id, Acquired got);
+  // resume_space for a Space frozen from a fork snapshot: its RAM (the
+  // sealed memfd open_space loaded) mapped share=off, like a template's.
+  boost::asio::awaitable<Result<Acquired>>
+  resume_mapped_space(const std::string& id, SpaceInfo space, vmm::Snapshot snapshot, Acquired got);
   boost::asio::awaitable<Result<std::optional<Acquired>>> restore_template(const std::string& id,
                                                                            const SandboxSpec& spec,
                                                                            const std::string& key,

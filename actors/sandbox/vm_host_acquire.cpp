@@ -76,6 +76,9 @@ VmHost::resume_space(const std::string& id, const std::string& space_id, Acquire
     co_return make_error("resume a Space", "Space " + space_id + " was not opened for this resume");
   OpenedSpace opened = std::move(found->second);
   opened_spaces_.erase(found);
+  if (!opened.snapshot.full_ram)
+    co_return co_await resume_mapped_space(id, std::move(opened.info), std::move(opened.snapshot),
+                                           std::move(got));
   // restore_full takes the disk it is given (a rename on the same
   // filesystem). Given a copy beside the VM dirs instead, the Space
   // stays whole until the sandbox is ready: a hostd killed meanwhile
@@ -89,7 +92,9 @@ VmHost::resume_space(const std::string& id, const std::string& space_id, Acquire
     fs::copy_file(source, target, fs::copy_options::overwrite_existing, ec);
     co_return ec;
   };
+  const auto started = std::chrono::steady_clock::now();
   auto copied = co_await asio::co_spawn(checker_.get_executor(), copy, asio::use_awaitable);
+  const auto copied_at = std::chrono::steady_clock::now();
   if (copied) {
     std::error_code ignored;
     fs::remove(from.disk, ignored);
@@ -108,6 +113,13 @@ VmHost::resume_space(const std::string& id, const std::string& space_id, Acquire
   if (!restored)
     co_return std::move(restored).error().with_context("resuming Space " + space_id +
                                                        " failed (the Space is kept)");
+  const auto ms = [](auto duration) {
+    return std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(duration).count());
+  };
+  log::info("Space restored", {{"space", space_id},
+                               {"sandbox", id},
+                               {"disk_copy_ms", ms(copied_at - started)},
+                               {"restore_ms", ms(std::chrono::steady_clock::now() - copied_at)}});
   got.vm = std::move(restored.value());
   got.source = "space";
   got.machine_id = opened.info.machine_id;

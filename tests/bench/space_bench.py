@@ -137,13 +137,17 @@ def main():
             f"(1, {data_bytes})",
         )
         if hostd.log_path is not None:
-            # hostd logs the steps of each freeze and resume.
+            # hostd logs the steps of each freeze and resume (save_ms,
+            # write_ms; check_ms, disk_copy_ms, restore_ms): every round's.
             steps = [
                 l
                 for l in Path(hostd.log_path).read_text(errors="replace").splitlines()
-                if "freez" in l or "resum" in l
+                if "frozen into a Space" in l
+                or "Space opened" in l
+                or "Space restored" in l
+                or ("info request" in l and ("/freeze " in l or "/resume " in l))
             ]
-            for line in steps[-4:]:
+            for line in steps:
                 print(line)
 
     write_report(options.json, "space_bench", accel, results, reps=options.reps,

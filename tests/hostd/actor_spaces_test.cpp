@@ -94,7 +94,7 @@ TEST_F(SpacesTest, TheReaperFreezesAPersistentSandboxAndItsRecordSaysWhere) {
   EXPECT_FALSE(std::filesystem::exists(spaces_dir() / info.space_id));
 }
 
-TEST_F(SpacesTest, AResumeStartsFromACopyOfTheDiskAndSpendsTheSpaceOnlyOnceReady) {
+TEST_F(SpacesTest, AResumeStandsOnLinksOfItsOwnAndSpendsTheSpaceOnlyOnceReady) {
   auto created = create_with(300, 600, true);
   ASSERT_TRUE(created);
   auto frozen = freeze(created->id);
@@ -113,17 +113,25 @@ TEST_F(SpacesTest, AResumeStartsFromACopyOfTheDiskAndSpendsTheSpaceOnlyOnceReady
   EXPECT_EQ(info.source, "space");
   EXPECT_EQ(info.resumed_from, frozen->space_id);
   EXPECT_TRUE(info.spec.persistent);
-  // The VM was given a copy, never the Space's own disk; the copy and the
-  // Space are gone once the sandbox is ready.
-  ASSERT_EQ(driver.full_restore_disks.size(), 1u);
-  EXPECT_NE(driver.full_restore_disks[0], space_disk);
-  EXPECT_FALSE(std::filesystem::exists(driver.full_restore_disks[0]));
+  // A Space frozen from a fork snapshot restores share=off (not
+  // restore_full), its VM standing on a link of the Space's disk in a
+  // directory of its own: it outlives the Space, which is gone once the
+  // sandbox is ready, and goes with the VM.
+  EXPECT_TRUE(driver.full_restore_disks.empty());
+  ASSERT_FALSE(driver.restore_disks.empty());
+  const auto stood_on = driver.restore_disks.back();
+  EXPECT_NE(stood_on, space_disk);
+  EXPECT_TRUE(std::filesystem::exists(stood_on));
   EXPECT_FALSE(std::filesystem::exists(spaces_dir() / frozen->space_id));
   EXPECT_EQ(vms.size(), 1u);
 
   auto again = resume("alice", frozen->space_id, false);
   ASSERT_FALSE(again);
   EXPECT_EQ(code_of(again.error()), ErrorKind::not_found) << "a Space resumes once";
+
+  ASSERT_TRUE(ask_registry<done_atom>(destroy_atom::value, std::string("alice"), info.id));
+  EXPECT_TRUE(settle_until([&] { return !std::filesystem::exists(stood_on.parent_path()); }))
+      << "the resumed VM's links outlived it";
 }
 
 TEST_F(SpacesTest, ACorruptedSpaceIsRefusedAndKept) {
@@ -133,6 +141,7 @@ TEST_F(SpacesTest, ACorruptedSpaceIsRefusedAndKept) {
   ASSERT_TRUE(frozen) << to_string(frozen.error());
   const auto state = spaces_dir() / frozen->space_id / "vm" / "state";
   std::filesystem::resize_file(state, std::filesystem::file_size(state) / 2);
+  const int restores_before = driver.restores_started;
 
   auto resumed = resume("alice", frozen->space_id, false);
   ASSERT_FALSE(resumed);
@@ -140,6 +149,7 @@ TEST_F(SpacesTest, ACorruptedSpaceIsRefusedAndKept) {
   EXPECT_NE(error_message(resumed.error()).find("state"), std::string::npos)
       << error_message(resumed.error());
   EXPECT_TRUE(driver.full_restore_disks.empty()) << "nothing was started";
+  EXPECT_EQ(driver.restores_started, restores_before) << "nothing was started";
   EXPECT_EQ(spaces().size(), 1u) << "the Space is kept";
   EXPECT_EQ(capacity().available(), 8u) << "the placeholder is gone";
 }

@@ -11,6 +11,7 @@
 #pragma once
 
 // Boost 1.74's asio/awaitable.hpp uses std::exchange without including it.
+#include <unistd.h>
 #include <utility>
 
 #include <chrono>
@@ -227,6 +228,7 @@ public:
     ++restores_started;
     if (fail_restores || (fail_restores_after >= 0 && restores_started > fail_restores_after))
       co_return make_error("restore VM", "the fake driver was told to fail", config.id);
+    restore_disks.push_back(snapshot.disk);
     config.vcpus = snapshot.vcpus;
     config.memory_mib = snapshot.memory_mib;
     auto vm = std::make_unique<FakeVm>(std::move(config), executor_, next_pid_++, live, *this);
@@ -272,14 +274,17 @@ public:
   int fail_restores_after = -1;
   bool fail_saves = false;
   // save_full writes a small snapshot's files (a manifest that parses,
-  // device state, a disk without backing file) into its dir, as a freeze
-  // needs; otherwise it writes nothing.
+  // device state, a disk without backing file) into its dir, and
+  // save_fork_snapshot device state, disk and a sealed RAM memfd, as a
+  // freeze needs; otherwise they write nothing.
   bool write_full_saves = false;
   int boots_started = 0;
   int restores_started = 0;
   int saves = 0;
   // The disk each restore_full was given.
   std::vector<std::filesystem::path> full_restore_disks;
+  // The disk each restore's VM stood on.
+  std::vector<std::filesystem::path> restore_disks;
   std::set<std::string> live;         // ids of FakeVm objects that exist
   std::map<std::string, FakeVm*> vms; // check `live` before use
 
@@ -311,6 +316,27 @@ FakeVm::save_fork_snapshot(std::filesystem::path dir, vmm::ForkSaveStats* /*stat
   snapshot.vcpus = config_.vcpus;
   snapshot.memory_mib = config_.memory_mib;
   snapshot.network = config_.network.has_value();
+  if (driver_.write_full_saves) {
+    // What a freeze turns into a Space: device state, a disk standing on
+    // its own, and the RAM (sparse, one page of data), sealed as the real
+    // fork save's is.
+    snapshot.disk = snapshot.dir / "disk.qcow2";
+    snapshot.images = vmm::GuestImages{"/dev/null", "/dev/null", "/dev/null"};
+    snapshot.kernel_cmdline = "console=ttyS0";
+    std::filesystem::create_directory(snapshot.dir);
+    {
+      std::ofstream(snapshot.device_state()) << "device state of " << config_.id;
+      std::ofstream(snapshot.disk) << "a disk standing on its own";
+    }
+    auto memory =
+        vmm::GuestMemory::create("fake-" + config_.id, std::uint64_t{snapshot.memory_mib} << 20);
+    if (!memory) co_return std::move(memory).error();
+    const std::string page = "RAM of " + config_.id;
+    if (::pwrite((*memory)->fd(), page.data(), page.size(), 4096) < 0)
+      co_return make_error("write fake RAM", "pwrite failed");
+    if (auto sealed = (*memory)->seal(); !sealed) co_return std::move(sealed).error();
+    snapshot.memory = std::move(memory.value());
+  }
   co_return snapshot;
 }
 

@@ -320,8 +320,68 @@ def test_a_space_of_a_pool_sandbox_stands_on_the_base_image(pool_hostd):
         assert info.get("full-backing-filename") == str(images / "rootfs.ext4"), info
         assert info.get("backing-filename-format") == "raw", info
 
+        # Its RAM is a file of its own (the template's data and the pages
+        # the sandbox wrote), not a link to the template's.
+        vm = space_dir(hostd, space_id) / "vm"
+        manifest = (vm / "manifest").read_text()
+        assert f"{vm.absolute() / 'memory'}" in manifest, manifest
+        assert "in-state" not in manifest, manifest
+
         resumed = Sandbox.resume(space_id, **connect_args(hostd))
         assert value(resumed, "x") == "'from the pool'"
         assert resumed.download("/root/pool.txt") == b"pool file\n"
+        assert not space_dir(hostd, space_id).exists()
+
+        # A resumed sandbox freezes and resumes again (its disk then stood on
+        # the first Space's, which is gone: the new Space is rebased too).
+        value(resumed, "x += ' and back'")
+        space_id = resumed.freeze()
+        again = Sandbox.resume(space_id, **connect_args(hostd))
+        close_all(resumed)
+        resumed = again
+        assert value(resumed, "x") == "'from the pool and back'"
+        assert resumed.download("/root/pool.txt") == b"pool file\n"
     finally:
         close_all(*(s for s in (resumed, sb) if s is not None))
+
+
+def test_a_space_whose_memory_file_changed_is_refused_and_kept(space_hostd):
+    """One flipped byte in a Space's RAM file: refused with space_corrupted; nothing else lost."""
+    hostd = space_hostd
+    sb = Sandbox(memory_mib=MEMORY_MIB, **connect_args(hostd))
+    other = Sandbox(memory_mib=MEMORY_MIB, **connect_args(hostd))
+    resumed = None
+    try:
+        value(sb, "z = 'kept'")
+        value(other, "w = 'untouched'")
+        space_id = sb.freeze()
+        memory = space_dir(hostd, space_id) / "vm" / "memory"
+        fd = os.open(memory, os.O_RDWR)
+        try:
+            at = os.lseek(fd, 0, os.SEEK_DATA) + 100
+            byte = os.pread(fd, 1, at)
+            os.pwrite(fd, bytes([byte[0] ^ 0xFF]), at)
+        finally:
+            os.close(fd)
+
+        with pytest.raises(SpaceCorruptedError) as corrupted:
+            Sandbox.resume(space_id, **connect_args(hostd))
+        print(f"resume of the changed Space: {corrupted.value}")
+        assert corrupted.value.status == 422 and corrupted.value.code == "space_corrupted"
+        assert "memory file" in str(corrupted.value), corrupted.value
+        client = Client(**connect_args(hostd))
+        assert space_id in {s.space_id for s in client.spaces()}
+        assert memory.exists()
+        # The other sandbox runs on; a new one works.
+        assert value(other, "w") == "'untouched'"
+
+        # Put back, the same Space resumes with its globals.
+        fd = os.open(memory, os.O_RDWR)
+        try:
+            os.pwrite(fd, byte, at)
+        finally:
+            os.close(fd)
+        resumed = Sandbox.resume(space_id, **connect_args(hostd))
+        assert value(resumed, "z") == "'kept'"
+    finally:
+        close_all(*(s for s in (resumed, other, sb) if s is not None))
