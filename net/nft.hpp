@@ -2,10 +2,12 @@
 // the network namespace of the thread that opened it (libnftables opens its
 // netlink socket in nft_ctx_new), so open it inside in_netns() for a slot.
 //
-// libnftables keeps process-wide state (an interface cache, one-time init),
-// so every call goes through one process-wide mutex. Rules name interfaces
-// by iifname/oifname strings only: `iif`/`oif` would resolve names through a
-// netlink socket in the *calling* thread's namespace, which is the wrong one.
+// Every libnftables call runs on one thread of hostd's with a descriptor
+// table of its own (nft.cpp says why), inside the context's namespace; that
+// also serialises them, as libnftables' process-wide state (an interface
+// cache, one-time init) needs. Rules name interfaces by iifname/oifname
+// strings only: `iif`/`oif` would resolve names through a netlink socket of
+// whichever namespace resolves them.
 #pragma once
 
 #include <memory>
@@ -35,8 +37,12 @@ public:
   Result<void> check(std::string_view script);
 
 private:
-  Nft(nft_ctx* ctx, std::string label) : ctx_(ctx), label_(std::move(label)) {}
+  Nft(nft_ctx* ctx, int netns_fd, std::string label)
+      : ctx_(ctx), netns_fd_(netns_fd), label_(std::move(label)) {}
   nft_ctx* ctx_;
+  // The context's namespace, a descriptor in the nft thread's own table
+  // (nft.cpp): every call runs there, inside it.
+  int netns_fd_;
   std::string label_;
 };
 

@@ -1,15 +1,18 @@
 // Network slots themselves: configuration checks, the rules against the
 // kernel, the real tap path and its fd handoff, reclaiming what a killed run
 // left, and leaks over many acquire/release cycles. Needs root.
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <linux/if_tun.h>
 #include <net/if.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "net/bridge.hpp"
@@ -135,6 +138,43 @@ TEST_F(Slots, RulesetsPassTheKernelsCheck) {
   EXPECT_TRUE(checked) << checked.error().message();
   scratch = Netns();
   ASSERT_TRUE(delete_named_netns(std::string(kBridgePrefix) + "-check"));
+}
+
+// hostd holds several descriptors per sandbox. libnftables waits with
+// select(), which glibc aborts on a descriptor numbered 1024 or more: past
+// ~100 sandboxes with networking, hostd died opening a slot's context
+// (density_bench, 2026-12-06). Its calls run in a descriptor table of their
+// own (nft.cpp), so numbers taken elsewhere do not matter.
+TEST_F(Slots, NftablesWorksWhileTheProcessHoldsThousandsOfDescriptors) {
+  rlimit limit{};
+  ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &limit), 0);
+  const rlimit before = limit;
+  if (limit.rlim_cur < 4096) {
+    limit.rlim_cur = std::min<rlim_t>(4096, limit.rlim_max);
+    ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &limit), 0);
+  }
+  ASSERT_GE(limit.rlim_cur, 2048u) << "the test needs 2048 descriptors";
+  std::vector<UniqueFd> held;
+  while (held.empty() || held.back().get() < 1500) {
+    held.emplace_back(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+    ASSERT_TRUE(held.back()) << "open /dev/null";
+  }
+  const std::string name = std::string(kBridgePrefix) + "-fds";
+  auto scratch = create_named_netns(name);
+  ASSERT_TRUE(scratch) << scratch.error().message();
+  auto done = in_netns(*scratch, [&]() -> Result<std::string> {
+    auto nft = Nft::open("scratch");
+    if (!nft) return std::move(nft).error();
+    if (auto ok = (*nft)->run("add table inet vq_fds\nadd chain inet vq_fds c"); !ok)
+      return std::move(ok).error();
+    return (*nft)->run("list table inet vq_fds");
+  });
+  ASSERT_TRUE(done) << done.error().message();
+  EXPECT_TRUE(contains(*done, "chain c")) << *done;
+  held.clear();
+  scratch = Netns();
+  ASSERT_TRUE(delete_named_netns(name));
+  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &before), 0);
 }
 
 // One Ethernet frame with a zero virtio-net header in front (IFF_VNET_HDR).
