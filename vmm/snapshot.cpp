@@ -11,6 +11,7 @@
 #include <charconv>
 #include <cstring>
 #include <fstream>
+#include <future>
 #include <memory>
 #include <span>
 #include <sstream>
@@ -559,6 +560,43 @@ Result<std::uint64_t> punch_zero_pages(const fs::path& path) {
   if (!scanned) return std::move(scanned).error();
   if (auto punched = flush(); !punched) return std::move(punched).error();
   return freed;
+}
+
+Result<Manifest> persist_fork_snapshot(const Snapshot& saved, const fs::path& memory_out,
+                                       const fs::path& memory_named) {
+  if (!saved.memory)
+    return make_error("persist a snapshot", "it has no RAM file", saved.dir.string());
+  Manifest manifest;
+  manifest.vcpus = saved.vcpus;
+  manifest.memory_mib = saved.memory_mib;
+  manifest.accel = saved.accel;
+  manifest.network = saved.network;
+  manifest.kernel = saved.images.kernel;
+  manifest.initrd = saved.images.initrd;
+  manifest.base_disk = saved.images.base_disk;
+  manifest.cmdline = saved.kernel_cmdline;
+  manifest.memory_file = memory_named;
+  auto hashing = std::async(std::launch::async,
+                            [memory = saved.memory] { return digest_sparse_file(memory->path()); });
+  auto written = saved.memory->write_to(memory_out);
+  auto state = digest_file(saved.device_state());
+  auto disk = digest_file(saved.disk);
+  auto memory = hashing.get();
+  if (!written) return written.error();
+  if (!state) return std::move(state).error();
+  if (!disk) return std::move(disk).error();
+  if (!memory) return std::move(memory).error();
+  manifest.state = std::move(state).value();
+  manifest.disk = std::move(disk).value();
+  manifest.memory = std::move(memory).value();
+  for (const auto& path : {saved.device_state(), saved.disk}) {
+    UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd) return sys_error("open", path.string());
+    if (::fsync(fd.get()) != 0) return sys_error("fsync", path.string());
+  }
+  if (auto done = write_file_atomically(saved.manifest(), format_manifest(manifest)); !done)
+    return done.error();
+  return manifest;
 }
 
 } // namespace vesicle::vmm::snapshot

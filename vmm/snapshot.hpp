@@ -107,6 +107,18 @@ Result<std::uint64_t> punch_zero_pages(const std::filesystem::path& path);
 // directory: a reader sees the old file or the whole new one.
 Result<void> write_file_atomically(const std::filesystem::path& path, std::string_view contents);
 
+// Puts a fork snapshot (Vm::save_fork_snapshot: its RAM a memfd, nothing
+// hashed) on disk to outlive hostd, as templates and Spaces keep theirs:
+// the RAM written to `memory_out` (holes kept, fsynced), the checksums of
+// state, disk and RAM (the RAM's taken from the memfd on a second thread
+// while the file is written: each costs ~100 ms for an idle 1 GiB guest),
+// state and disk fsynced, then the manifest in saved.dir, naming the RAM
+// file `memory_named` (where it will be once its directory is moved into
+// place; memory_out where it is not moved). Blocking.
+Result<Manifest> persist_fork_snapshot(const Snapshot& saved,
+                                       const std::filesystem::path& memory_out,
+                                       const std::filesystem::path& memory_named);
+
 // Checks every file the manifest in `dir` names (sizes first, then
 // checksums) and builds the Snapshot. What open_snapshot does.
 Result<Snapshot> open(const std::filesystem::path& dir);

@@ -3,9 +3,7 @@
 // restoring from one.
 #include "actors/sandbox/vm_host.hpp"
 
-#include <fcntl.h>
 #include <optional>
-#include <unistd.h>
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -16,7 +14,6 @@
 #include "actors/sandbox/reaper.hpp"
 #include "actors/sandbox/template_store.hpp"
 #include "common/log.hpp"
-#include "common/unique_fd.hpp"
 #include "vmm/blocking.hpp"
 #include "vmm/process.hpp"
 #include "vmm/snapshot.hpp"
@@ -106,51 +103,6 @@ asio::awaitable<void> VmHost::run_save_template(std::string id, TemplateInfo inf
   done(std::move(info));
 }
 
-namespace {
-
-Result<void> fsync_file(const fs::path& path) {
-  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd) return sys_error("open", path.string());
-  if (::fsync(fd.get()) != 0) return sys_error("fsync", path.string());
-  return {};
-}
-
-// What a fork snapshot keeps in memory only, put on disk to outlive hostd:
-// its RAM in `memory_file`, checksums of the three files, fsynced, then the
-// manifest (which vmm::open_snapshot checks at the next start). Blocking.
-Result<vmm::snapshot::Manifest> persist(const vmm::Snapshot& saved, const fs::path& memory_file) {
-  namespace snapshot = vmm::snapshot;
-  snapshot::Manifest manifest;
-  manifest.vcpus = saved.vcpus;
-  manifest.memory_mib = saved.memory_mib;
-  manifest.accel = saved.accel;
-  manifest.network = saved.network;
-  manifest.kernel = saved.images.kernel;
-  manifest.initrd = saved.images.initrd;
-  manifest.base_disk = saved.images.base_disk;
-  manifest.cmdline = saved.kernel_cmdline;
-  manifest.memory_file = memory_file;
-  auto state = snapshot::digest_file(saved.device_state());
-  if (!state) return std::move(state).error();
-  auto disk = snapshot::digest_file(saved.disk);
-  if (!disk) return std::move(disk).error();
-  if (auto written = saved.memory->write_to(memory_file); !written) return written.error();
-  auto memory = snapshot::digest_sparse_file(saved.memory->path());
-  if (!memory) return std::move(memory).error();
-  manifest.state = std::move(state).value();
-  manifest.disk = std::move(disk).value();
-  manifest.memory = std::move(memory).value();
-  for (const auto& path : {saved.device_state(), saved.disk})
-    if (auto synced = fsync_file(path); !synced) return synced.error();
-  if (auto written =
-          snapshot::write_file_atomically(saved.manifest(), snapshot::format_manifest(manifest));
-      !written)
-    return written.error();
-  return manifest;
-}
-
-} // namespace
-
 asio::awaitable<Result<void>> VmHost::make_standalone(vmm::Snapshot& saved, TemplateInfo& info,
                                                       const fs::path& memory_file) {
   namespace snapshot = vmm::snapshot;
@@ -173,7 +125,9 @@ asio::awaitable<Result<void>> VmHost::make_standalone(vmm::Snapshot& saved, Temp
     fs::remove(saved.dir.parent_path() / "rebase.log", ignored);
   }
   // Off the executor: hashing reads every byte.
-  auto write = [&saved, memory_file] { return persist(saved, memory_file); };
+  auto write = [&saved, memory_file] {
+    return vmm::snapshot::persist_fork_snapshot(saved, memory_file, memory_file);
+  };
   auto manifest = co_await vmm::run_blocking(write);
   if (!manifest) co_return std::move(manifest).error();
   saved.memory_file = memory_file;

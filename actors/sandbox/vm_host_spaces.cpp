@@ -2,12 +2,9 @@
 // one for a resume.
 #include "actors/sandbox/vm_host.hpp"
 
-#include <fcntl.h>
 #include <fstream>
-#include <future>
 #include <iterator>
 #include <optional>
-#include <unistd.h>
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -19,7 +16,6 @@
 #include "actors/sandbox/space_store.hpp"
 #include "common/ids.hpp"
 #include "common/log.hpp"
-#include "common/unique_fd.hpp"
 #include "vmm/blocking.hpp"
 #include "vmm/process.hpp"
 #include "vmm/snapshot.hpp"
@@ -114,62 +110,6 @@ asio::awaitable<void> VmHost::run_freeze(std::string id, SpaceInfo space, Freeze
   done(std::move(space));
 }
 
-namespace {
-
-Result<void> fsync_file(const fs::path& path) {
-  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd) return sys_error("open", path.string());
-  if (::fsync(fd.get()) != 0) return sys_error("fsync", path.string());
-  return {};
-}
-
-// A freeze's fork snapshot put on disk: its RAM (a memfd) written to
-// dir/memory with holes kept, checksums of the three files, all fsynced,
-// then the manifest. The manifest names the memory file where it will be
-// once the Space is committed (`final_memory`): the partial directory is
-// renamed, and nothing opens the Space before. Blocking.
-Result<vmm::snapshot::Manifest> persist_space_vm(const vmm::Snapshot& saved,
-                                                 const fs::path& final_memory) {
-  namespace snapshot = vmm::snapshot;
-  snapshot::Manifest manifest;
-  manifest.vcpus = saved.vcpus;
-  manifest.memory_mib = saved.memory_mib;
-  manifest.accel = saved.accel;
-  manifest.network = saved.network;
-  manifest.kernel = saved.images.kernel;
-  manifest.initrd = saved.images.initrd;
-  manifest.base_disk = saved.images.base_disk;
-  manifest.cmdline = saved.kernel_cmdline;
-  manifest.memory_file = final_memory;
-  const fs::path memory_file = saved.dir / kSpaceMemoryName;
-  // The RAM's checksum is taken from the memfd (the same bytes, sealed)
-  // on a thread of its own while the file is written: on an idle 1 GiB
-  // guest each takes ~100 ms of the freeze, one after the other.
-  auto hashing = std::async(std::launch::async, [memory = saved.memory] {
-    return snapshot::digest_sparse_file(memory->path());
-  });
-  auto written = saved.memory->write_to(memory_file);
-  auto state = snapshot::digest_file(saved.device_state());
-  auto disk = snapshot::digest_file(saved.disk);
-  auto memory = hashing.get();
-  if (!written) return written.error();
-  if (!state) return std::move(state).error();
-  if (!disk) return std::move(disk).error();
-  if (!memory) return std::move(memory).error();
-  manifest.state = std::move(state).value();
-  manifest.disk = std::move(disk).value();
-  manifest.memory = std::move(memory).value();
-  for (const auto& path : {saved.device_state(), saved.disk})
-    if (auto synced = fsync_file(path); !synced) return synced.error();
-  if (auto written =
-          snapshot::write_file_atomically(saved.manifest(), snapshot::format_manifest(manifest));
-      !written)
-    return written.error();
-  return manifest;
-}
-
-} // namespace
-
 asio::awaitable<Result<void>> VmHost::finish_space(const vmm::Snapshot& saved, SpaceInfo& space) {
   namespace snapshot = vmm::snapshot;
   if (!saved.memory)
@@ -199,7 +139,9 @@ asio::awaitable<Result<void>> VmHost::finish_space(const vmm::Snapshot& saved, S
   const SpaceStore store(settings_.spaces_dir);
   const fs::path final_memory = fs::absolute(store.vm_dir(space.space_id)) / kSpaceMemoryName;
   // Off the executor: writing and hashing read every byte.
-  auto write = [&saved, final_memory] { return persist_space_vm(saved, final_memory); };
+  auto write = [&saved, final_memory] {
+    return vmm::snapshot::persist_fork_snapshot(saved, saved.dir / kSpaceMemoryName, final_memory);
+  };
   auto manifest = co_await vmm::run_blocking(write);
   if (!manifest) co_return std::move(manifest).error();
   // What the RAM costs on disk (its non-zero pages) counts as state.

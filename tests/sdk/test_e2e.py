@@ -236,8 +236,11 @@ def test_cli_end_to_end(hostd, tmp_path):
 def test_vm_dying_mid_cell_raises_sandbox_died(hostd):
     with Sandbox(memory_mib=MEMORY_MIB, url=hostd.url, api_key=hostd.key) as doomed:
         # Power the guest off from inside while the cell is still running.
+        # The pause lets the agent forward "bye" first: sysrq's power-off can
+        # otherwise win the race with the agent's read of the REPL's pipe
+        # (CI run 11 lost it once), and what is lost then never left the guest.
         code = (
-            "import time\nprint('bye', flush=True)\n"
+            "import time\nprint('bye', flush=True)\ntime.sleep(1)\n"
             "open('/proc/sysrq-trigger', 'w').write('o')\ntime.sleep(60)\n"
         )
         start = time.monotonic()
