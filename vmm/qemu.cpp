@@ -578,13 +578,6 @@ asio::awaitable<Result<void>> wait_migration(std::shared_ptr<VmState> state,
   }
 }
 
-Result<void> fsync_path(const fs::path& path, bool directory) {
-  UniqueFd fd(::open(path.c_str(), (directory ? O_DIRECTORY : 0) | O_RDONLY | O_CLOEXEC));
-  if (!fd) return sys_error("open", path.string());
-  if (::fsync(fd.get()) != 0) return sys_error("fsync", path.string());
-  return {};
-}
-
 Result<void> rename_new(const fs::path& from, const fs::path& to) {
   if (::renameat2(AT_FDCWD, from.c_str(), AT_FDCWD, to.c_str(), RENAME_NOREPLACE) != 0) {
     Error error = sys_error("rename", from.string() + " -> " + to.string());
@@ -592,24 +585,6 @@ Result<void> rename_new(const fs::path& from, const fs::path& to) {
     if (errno == EEXIST) error.detail = "the target exists; a snapshot is never overwritten";
     return error;
   }
-  return {};
-}
-
-// Fsyncs the device state and the disk in `staging` and puts their
-// checksums in the manifest: the first step of sealing either kind of
-// snapshot. Blocking.
-Result<void> sync_and_digest_staged(const fs::path& staging, snapshot::Manifest& manifest) {
-  const fs::path state = staging / snapshot::kStateName;
-  const fs::path disk = staging / snapshot::kDiskName;
-  for (const auto& path : {state, disk}) {
-    if (auto synced = fsync_path(path, false); !synced) return synced.error();
-  }
-  auto state_digest = snapshot::digest_file(state);
-  if (!state_digest) return state_digest.error();
-  auto disk_digest = snapshot::digest_file(disk);
-  if (!disk_digest) return disk_digest.error();
-  manifest.state = *state_digest;
-  manifest.disk = *disk_digest;
   return {};
 }
 
@@ -648,7 +623,7 @@ Result<snapshot::Manifest> seal_snapshot(const fs::path& staging, snapshot::Mani
   }
   const fs::path manifest_path = staging / snapshot::kManifestName;
   if (persisted) {
-    if (auto digested = sync_and_digest_staged(staging, manifest); !digested)
+    if (auto digested = snapshot::sync_and_digest(staging, manifest); !digested)
       return digested.error();
     if (auto written = memory.write_to(manifest.memory_file); !written) return written.error();
     auto memory_digest = snapshot::digest_sparse_file(memory.path());
@@ -670,7 +645,7 @@ Result<snapshot::Manifest> seal_snapshot(const fs::path& staging, snapshot::Mani
     if (::chmod(path.c_str(), 0444) != 0) return sys_error("make read-only", path.string());
   }
   if (persisted) {
-    if (auto synced = fsync_path(staging, true); !synced) return synced.error();
+    if (auto synced = snapshot::fsync_path(staging, true); !synced) return synced.error();
   }
   return manifest;
 }
@@ -793,7 +768,7 @@ asio::awaitable<Result<Snapshot>> save_steps(std::shared_ptr<VmState> state, fs:
   auto sealed = co_await run_blocking(state->executor, std::move(seal));
   if (!sealed) co_return fail(std::move(sealed).error());
   if (auto moved = rename_new(staging, dir); !moved) co_return fail(std::move(moved).error());
-  (void)fsync_path(dir.parent_path(), true);
+  (void)snapshot::fsync_path(dir.parent_path(), true);
 
   Snapshot saved = snapshot::described(dir, *sealed);
   saved.memory = std::move(memory);
@@ -872,12 +847,13 @@ Result<void> seal_full(const fs::path& staging, snapshot::Manifest manifest) {
   // The disk was the saved VM's own (its uid's): the Space's is root's.
   const fs::path disk = staging / snapshot::kDiskName;
   if (::chown(disk.c_str(), 0, 0) != 0) return sys_error("chown", disk.string());
-  if (auto digested = sync_and_digest_staged(staging, manifest); !digested) return digested.error();
+  if (auto digested = snapshot::sync_and_digest(staging, manifest); !digested)
+    return digested.error();
   const fs::path manifest_path = staging / snapshot::kManifestName;
   if (auto written = snapshot::write_file_atomically(manifest_path, format_manifest(manifest));
       !written)
     return written.error();
-  return fsync_path(staging, true);
+  return snapshot::fsync_path(staging, true);
 }
 
 // Frees the RAM the migration's zero-page scan faulted in: for a restored
@@ -1032,7 +1008,7 @@ asio::awaitable<Result<Snapshot>> save_full_steps(std::shared_ptr<VmState> state
   }
   if (auto committed = rename_new(staging, dir); !committed)
     co_return co_await undo(std::move(committed).error());
-  (void)fsync_path(dir.parent_path(), true);
+  (void)snapshot::fsync_path(dir.parent_path(), true);
 
   // Committed: the VM ends. Its own cleanup removes what is left (sockets,
   // log, a copied-from overlay, its RAM file).
@@ -1290,7 +1266,7 @@ asio::awaitable<Result<Snapshot>> fork_save_steps(std::shared_ptr<VmState> state
     fs::remove_all(staging, ec);
     co_return std::move(moved).error().with_context(what + " (the VM runs on)");
   }
-  (void)fsync_path(dir.parent_path(), true);
+  (void)snapshot::fsync_path(dir.parent_path(), true);
   Snapshot saved = snapshot::described(dir, manifest);
   saved.memory = std::move(memory);
   co_return saved;

@@ -562,6 +562,28 @@ Result<std::uint64_t> punch_zero_pages(const fs::path& path) {
   return freed;
 }
 
+Result<void> fsync_path(const fs::path& path, bool directory) {
+  UniqueFd fd(::open(path.c_str(), (directory ? O_DIRECTORY : 0) | O_RDONLY | O_CLOEXEC));
+  if (!fd) return sys_error("open", path.string());
+  if (::fsync(fd.get()) != 0) return sys_error("fsync", path.string());
+  return {};
+}
+
+Result<void> sync_and_digest(const fs::path& dir, Manifest& manifest) {
+  const fs::path state = dir / kStateName;
+  const fs::path disk = dir / kDiskName;
+  for (const auto& path : {state, disk}) {
+    if (auto synced = fsync_path(path, false); !synced) return synced.error();
+  }
+  auto state_digest = digest_file(state);
+  if (!state_digest) return state_digest.error();
+  auto disk_digest = digest_file(disk);
+  if (!disk_digest) return disk_digest.error();
+  manifest.state = *state_digest;
+  manifest.disk = *disk_digest;
+  return {};
+}
+
 Result<Manifest> persist_fork_snapshot(const Snapshot& saved, const fs::path& memory_out,
                                        const fs::path& memory_named) {
   if (!saved.memory)
@@ -579,21 +601,12 @@ Result<Manifest> persist_fork_snapshot(const Snapshot& saved, const fs::path& me
   auto hashing = std::async(std::launch::async,
                             [memory = saved.memory] { return digest_sparse_file(memory->path()); });
   auto written = saved.memory->write_to(memory_out);
-  auto state = digest_file(saved.device_state());
-  auto disk = digest_file(saved.disk);
+  auto synced = sync_and_digest(saved.dir, manifest);
   auto memory = hashing.get();
   if (!written) return written.error();
-  if (!state) return std::move(state).error();
-  if (!disk) return std::move(disk).error();
+  if (!synced) return synced.error();
   if (!memory) return std::move(memory).error();
-  manifest.state = std::move(state).value();
-  manifest.disk = std::move(disk).value();
   manifest.memory = std::move(memory).value();
-  for (const auto& path : {saved.device_state(), saved.disk}) {
-    UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-    if (!fd) return sys_error("open", path.string());
-    if (::fsync(fd.get()) != 0) return sys_error("fsync", path.string());
-  }
   if (auto done = write_file_atomically(saved.manifest(), format_manifest(manifest)); !done)
     return done.error();
   return manifest;

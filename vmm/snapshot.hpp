@@ -107,6 +107,14 @@ Result<std::uint64_t> punch_zero_pages(const std::filesystem::path& path);
 // directory: a reader sees the old file or the whole new one.
 Result<void> write_file_atomically(const std::filesystem::path& path, std::string_view contents);
 
+// fsync(2) of a file, or of a directory (its entries). Blocking.
+Result<void> fsync_path(const std::filesystem::path& path, bool directory);
+
+// Fsyncs the device state and the disk in the snapshot directory `dir` and
+// puts their checksums in `manifest`: a step of sealing every kind of
+// snapshot. Blocking.
+Result<void> sync_and_digest(const std::filesystem::path& dir, Manifest& manifest);
+
 // Puts a fork snapshot (Vm::save_fork_snapshot: its RAM a memfd, nothing
 // hashed) on disk to outlive hostd, as templates and Spaces keep theirs:
 // the RAM written to `memory_out` (holes kept, fsynced), the checksums of

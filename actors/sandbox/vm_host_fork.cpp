@@ -11,7 +11,7 @@
 
 #include "common/log.hpp"
 #include "vmm/blocking.hpp"
-#include "vmm/process.hpp"
+#include "vmm/disk_rebase.hpp"
 #include "vmm/snapshot.hpp"
 
 namespace vesicle {
@@ -52,15 +52,7 @@ asio::awaitable<Result<bool>> flatten_if_deep(asio::any_io_executor executor, co
   auto depth = co_await vmm::run_blocking(count);
   if (!depth) co_return std::move(depth).error();
   if (*depth <= kFlattenDepth) co_return false;
-  vmm::detail::SpawnOptions rebase;
-  rebase.argv = {"qemu-img", "rebase",      "-q", "-f",  "qcow2",
-                 "-b",       base.string(), "-F", "raw", disk.string()};
-  rebase.output = disk.parent_path() / "rebase.log";
-  auto rebased = co_await vmm::detail::run_helper(std::move(executor), std::move(rebase));
-  if (!rebased) co_return std::move(rebased).error().with_context("rebasing " + disk.string());
-  std::error_code ignored;
-  fs::remove(disk.parent_path() / "rebase.log", ignored);
-  co_return true;
+  co_return co_await vmm::rebase_onto(std::move(executor), disk, base);
 }
 
 // The parent link a new fork snapshot keeps: none once its disk was

@@ -15,7 +15,7 @@
 #include "actors/sandbox/template_store.hpp"
 #include "common/log.hpp"
 #include "vmm/blocking.hpp"
-#include "vmm/process.hpp"
+#include "vmm/disk_rebase.hpp"
 #include "vmm/snapshot.hpp"
 
 namespace vesicle {
@@ -105,25 +105,13 @@ asio::awaitable<void> VmHost::run_save_template(std::string id, TemplateInfo inf
 
 asio::awaitable<Result<void>> VmHost::make_standalone(vmm::Snapshot& saved, TemplateInfo& info,
                                                       const fs::path& memory_file) {
-  namespace snapshot = vmm::snapshot;
   const auto base = fs::absolute(vmm::GuestImages::in(settings_.images_dir).base_disk);
   // The disk is an overlay on what the sandbox's disk stands on: the base
   // template's or a fork snapshot's disk (one rebuilt when it fails its
   // check, the other gone with its family). Rebased onto the base image,
   // the template outlives both.
-  auto backing = snapshot::qcow2_backing_file(saved.disk);
-  if (!backing) co_return std::move(backing).error();
-  if (!backing->empty() && fs::absolute(*backing) != base) {
-    vmm::detail::SpawnOptions rebase;
-    rebase.argv = {"qemu-img", "rebase",      "-q", "-f",  "qcow2",
-                   "-b",       base.string(), "-F", "raw", saved.disk.string()};
-    rebase.output = saved.dir.parent_path() / "rebase.log";
-    auto rebased = co_await vmm::detail::run_helper(executor_, std::move(rebase));
-    if (!rebased)
-      co_return std::move(rebased).error().with_context("rebasing the disk onto " + base.string());
-    std::error_code ignored;
-    fs::remove(saved.dir.parent_path() / "rebase.log", ignored);
-  }
+  if (auto rebased = co_await vmm::rebase_onto(executor_, saved.disk, base); !rebased)
+    co_return std::move(rebased).error();
   // Off the executor: hashing reads every byte.
   auto write = [&saved, memory_file] {
     return vmm::snapshot::persist_fork_snapshot(saved, memory_file, memory_file);

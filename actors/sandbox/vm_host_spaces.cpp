@@ -17,7 +17,7 @@
 #include "common/ids.hpp"
 #include "common/log.hpp"
 #include "vmm/blocking.hpp"
-#include "vmm/process.hpp"
+#include "vmm/disk_rebase.hpp"
 #include "vmm/snapshot.hpp"
 
 namespace vesicle {
@@ -111,7 +111,6 @@ asio::awaitable<void> VmHost::run_freeze(std::string id, SpaceInfo space, Freeze
 }
 
 asio::awaitable<Result<void>> VmHost::finish_space(const vmm::Snapshot& saved, SpaceInfo& space) {
-  namespace snapshot = vmm::snapshot;
   if (!saved.memory)
     co_return make_error("freeze", "the saved VM has no RAM file", saved.dir.string());
   const auto base = fs::absolute(vmm::GuestImages::in(settings_.images_dir).base_disk);
@@ -121,21 +120,8 @@ asio::awaitable<Result<void>> VmHost::finish_space(const vmm::Snapshot& saved, S
   // the Space stands on its own. Its RAM is a file of its own already: a
   // fork snapshot's memory holds the template's data plus the pages the
   // guest wrote (Vm::save_fork_snapshot), not a link to the template.
-  auto backing = snapshot::qcow2_backing_file(saved.disk);
-  if (!backing) co_return std::move(backing).error();
-  // (A disk without a backing file, or one on the base image already,
-  // stands on its own.)
-  if (!backing->empty() && fs::absolute(*backing) != base) {
-    vmm::detail::SpawnOptions rebase;
-    rebase.argv = {"qemu-img", "rebase",      "-q", "-f",  "qcow2",
-                   "-b",       base.string(), "-F", "raw", saved.disk.string()};
-    rebase.output = saved.dir.parent_path() / "rebase.log";
-    auto rebased = co_await vmm::detail::run_helper(executor_, std::move(rebase));
-    if (!rebased)
-      co_return std::move(rebased).error().with_context("rebasing the disk onto " + base.string());
-    std::error_code ignored;
-    fs::remove(saved.dir.parent_path() / "rebase.log", ignored);
-  }
+  if (auto rebased = co_await vmm::rebase_onto(executor_, saved.disk, base); !rebased)
+    co_return std::move(rebased).error();
   const SpaceStore store(settings_.spaces_dir);
   const fs::path final_memory = fs::absolute(store.vm_dir(space.space_id)) / kSpaceMemoryName;
   // Off the executor: writing and hashing read every byte.
