@@ -89,6 +89,11 @@ Result<void> GuestMemory::seal() {
   return {};
 }
 
+Result<void> GuestMemory::open_to_vms() {
+  if (::fchmod(fd_.get(), 0666) != 0) return sys_error("fchmod", path().string());
+  return {};
+}
+
 Result<void> GuestMemory::give_to(uid_t uid, gid_t gid) {
   if (sealed_)
     return make_error("give guest memory", "it is sealed, shared by every VM restored from it");

@@ -56,6 +56,11 @@ public:
   // Makes `uid` the owner of an unsealed memory file: the one VM that maps
   // it share=on re-opens it read-write as that user (mode 0600).
   Result<void> give_to(uid_t uid, gid_t gid);
+  // Opens an unsealed file to VMs that map it share=off before it is sealed
+  // (a ForkLanding's: its QEMUs start before the fork fills the file). Mode
+  // 0666, as a sealed file's: QEMU re-opens it read-write as another user.
+  // None of their guests runs before the file is sealed.
+  Result<void> open_to_vms();
   // Writes the content to `file` (created, mode 0400), keeping holes.
   Result<void> write_to(const std::filesystem::path& file) const;
 

@@ -166,6 +166,12 @@ Result<std::shared_ptr<GuestMemory>> copy_memory_data(const GuestMemory& source,
   return copy;
 }
 
+Result<std::uint64_t> count_private_pages(pid_t pid, std::uint64_t address, std::uint64_t bytes) {
+  auto mine = private_pages(pid, address, bytes);
+  if (!mine) return std::move(mine).error();
+  return static_cast<std::uint64_t>(std::count(mine->begin(), mine->end(), true));
+}
+
 Result<void> overlay_private_pages(pid_t pid, std::uint64_t address, GuestMemory& copy,
                                    RamCopyStats* stats) {
   const std::uint64_t bytes = copy.bytes();

@@ -33,6 +33,11 @@ struct RamCopyStats {
 // given), `bytes` long: found in /proc/<pid>/maps by the file's inode.
 Result<std::uint64_t> find_mapping(pid_t pid, const GuestMemory& file, std::uint64_t bytes);
 
+// How many pages of [address, address + bytes) process `pid` has written
+// (made private copies of) since it mapped them: 0 for a QEMU waiting to
+// be restored into a file that is still being filled (ForkLanding).
+Result<std::uint64_t> count_private_pages(pid_t pid, std::uint64_t address, std::uint64_t bytes);
+
 // The first half of a copy, which needs no pause: a new, unsealed memory
 // file named `name` with `source`'s data (its all-zero pages left holes).
 Result<std::shared_ptr<GuestMemory>> copy_memory_data(const GuestMemory& source,

@@ -74,7 +74,8 @@ Result<std::uint64_t> image_virtual_size(const std::filesystem::path& image,
 }
 
 Result<void> write_qcow2_overlay(const std::filesystem::path& overlay, const std::string& backing,
-                                 const std::string& format, std::uint64_t size_bytes) {
+                                 const std::string& format, std::uint64_t size_bytes,
+                                 bool in_place) {
   const std::string what = overlay.string();
   if (format != "raw" && format != "qcow2")
     return make_error("create the overlay", "unknown backing format " + format + " (raw or qcow2)",
@@ -131,14 +132,15 @@ Result<void> write_qcow2_overlay(const std::filesystem::path& overlay, const std
   // The L1 table is all zero; the file ends where it does.
   std::vector<unsigned char> l1(l1_entries * 8, 0);
 
-  UniqueFd fd(::open(overlay.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
-  if (!fd) return sys_error("create", what);
+  UniqueFd fd(in_place ? ::open(overlay.c_str(), O_WRONLY | O_TRUNC | O_CLOEXEC)
+                       : ::open(overlay.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+  if (!fd) return sys_error(in_place ? "open" : "create", what);
   Result<void> written = write_all(fd.get(), header, 0, overlay);
   if (written) written = write_all(fd.get(), refcount_table, kRefcountTable, overlay);
   if (written) written = write_all(fd.get(), refcount_block, kRefcountBlock, overlay);
   if (written) written = write_all(fd.get(), l1, kL1Table, overlay);
   if (!written) {
-    ::unlink(overlay.c_str());
+    if (!in_place) ::unlink(overlay.c_str());
     return written;
   }
   return {};

@@ -27,8 +27,12 @@ namespace vesicle::vmm {
 // or "qcow2"). size_bytes 0 means the backing image's own virtual size.
 // `backing` is written as given (QEMU resolves a relative name against the
 // overlay's directory). On failure nothing is left at `overlay`.
+// `in_place`: `overlay` exists and keeps its inode (a waiting QEMU holds it
+// open, ForkLanding); its bytes are replaced, and a failure leaves it
+// half-written.
 Result<void> write_qcow2_overlay(const std::filesystem::path& overlay, const std::string& backing,
-                                 const std::string& format, std::uint64_t size_bytes);
+                                 const std::string& format, std::uint64_t size_bytes,
+                                 bool in_place = false);
 
 // The virtual size of an image: a raw file's length, or a qcow2 header's
 // size field.

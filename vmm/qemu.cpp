@@ -776,17 +776,21 @@ asio::awaitable<Result<Snapshot>> save_steps(std::shared_ptr<VmState> state, fs:
 }
 
 // Copies a file keeping its holes (data extents + copy_file_range): the
-// fallback when a rename would cross filesystems.
-Result<void> sparse_copy(const fs::path& from, const fs::path& to) {
+// fallback when a rename would cross filesystems. `in_place`: `to` exists
+// and keeps its inode (a ForkLanding's disk, which QEMUs hold open); its
+// bytes are replaced, and a failure leaves it half-written.
+Result<void> sparse_copy(const fs::path& from, const fs::path& to, bool in_place = false) {
   UniqueFd in(::open(from.c_str(), O_RDONLY | O_CLOEXEC));
   if (!in) return sys_error("open", from.string());
   struct stat st {};
   if (::fstat(in.get(), &st) != 0) return sys_error("stat", from.string());
-  UniqueFd out(::open(to.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, st.st_mode & 0777));
-  if (!out) return sys_error("create", to.string());
+  UniqueFd out(
+      in_place ? ::open(to.c_str(), O_WRONLY | O_TRUNC | O_CLOEXEC)
+               : ::open(to.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, st.st_mode & 0777));
+  if (!out) return sys_error(in_place ? "open" : "create", to.string());
   auto fail = [&](const char* what, const fs::path& path) {
     Error error = sys_error(what, path.string());
-    ::unlink(to.c_str());
+    if (!in_place) ::unlink(to.c_str());
     return error;
   };
   if (::ftruncate(out.get(), st.st_size) != 0) return fail("resize", to);
@@ -803,7 +807,7 @@ Result<void> sparse_copy(const fs::path& from, const fs::path& to) {
                                        return {};
                                      });
   if (!copied) {
-    ::unlink(to.c_str());
+    if (!in_place) ::unlink(to.c_str());
     return copied;
   }
   if (::fsync(out.get()) != 0) return fail("fsync", to);
@@ -894,6 +898,17 @@ Result<fs::path> make_save_staging(fs::path& dir) {
     if (errno == ENOENT) error.detail = "the snapshot dir's parent must exist";
     return error;
   }
+  return staging;
+}
+
+// save_fork_snapshot_into's staging dir: inside the landing's dir, whose
+// disk placeholder the save fills in place.
+Result<fs::path> make_landing_staging(const ForkLanding& landing) {
+  if (landing.filled || !landing.snapshot.memory || landing.snapshot.memory->sealed())
+    return make_error("save VM into a fork landing", "the landing was used already",
+                      landing.snapshot.dir.string());
+  fs::path staging = landing.snapshot.dir / ".partial";
+  if (::mkdir(staging.c_str(), 0700) != 0) return sys_error("create directory", staging.string());
   return staging;
 }
 
@@ -1073,12 +1088,12 @@ struct CopiedFiles {
   RamCopyStats ram;
   std::chrono::microseconds disk_time{0}, memory_time{0};
 };
-Result<CopiedFiles> copy_disk_and_ram(const fs::path& overlay, const fs::path& disk, pid_t pid,
-                                      std::shared_ptr<GuestMemory> source,
+Result<CopiedFiles> copy_disk_and_ram(const fs::path& overlay, const fs::path& disk, bool in_place,
+                                      pid_t pid, std::shared_ptr<GuestMemory> source,
                                       std::shared_ptr<GuestMemory> copy, const std::string& name) {
   CopiedFiles copied;
   const auto started = Clock::now();
-  if (auto done = sparse_copy(overlay, disk); !done)
+  if (auto done = sparse_copy(overlay, disk, in_place); !done)
     return std::move(done).error().with_context("copying the disk overlay");
   const auto disk_done = Clock::now();
   if (!copy) { // a booted VM's own RAM file: copied now, while it is paused
@@ -1100,11 +1115,11 @@ Result<CopiedFiles> copy_disk_and_ram(const fs::path& overlay, const fs::path& d
 // What save_fork_snapshot does once the VM runs again: the loadable state
 // file, the sealed RAM, checksums of state and disk, the manifest, modes.
 // Blocking; runs off the executor.
-Result<snapshot::Manifest> seal_fork_snapshot(const fs::path& staging, snapshot::Manifest manifest,
-                                              GuestMemory& memory, std::uint64_t memory_bytes) {
+Result<snapshot::Manifest> seal_fork_snapshot(const fs::path& staging, const fs::path& disk,
+                                              snapshot::Manifest manifest, GuestMemory& memory,
+                                              std::uint64_t memory_bytes) {
   const fs::path raw = staging / "state.raw";
   const fs::path state = staging / snapshot::kStateName;
-  const fs::path disk = staging / snapshot::kDiskName;
   {
     std::ifstream in(raw, std::ios::binary);
     if (!in) return sys_error("open", raw.string());
@@ -1136,9 +1151,48 @@ Result<snapshot::Manifest> seal_fork_snapshot(const fs::path& staging, snapshot:
   return manifest;
 }
 
+// Gives a ForkLanding's children disks of the size of `overlay` (its
+// parent's), larger than the landing's when the parent's disk was grown:
+// their overlays are rewritten, empty as they were, at that size. Disks
+// never shrink, so a smaller parent is refused.
+Result<void> fit_landing_disks(const fs::path& overlay, ForkLanding& landing) {
+  auto size = image_virtual_size(overlay, "qcow2");
+  if (!size) return std::move(size).error();
+  if (*size == landing.disk_bytes) return {};
+  if (*size < landing.disk_bytes)
+    return make_error("fit the landing's disks",
+                      "the VM's disk is smaller than the landing's (" + std::to_string(*size) +
+                          " < " + std::to_string(landing.disk_bytes) + " bytes)",
+                      overlay.string());
+  const std::string backing = landing.snapshot.disk.string();
+  for (const auto& child : landing.child_overlays) {
+    if (auto written = write_qcow2_overlay(child, backing, "qcow2", *size, true); !written)
+      return std::move(written).error().with_context("resizing a landing child's disk");
+  }
+  landing.disk_bytes = *size;
+  return {};
+}
+
+// Whether a ForkLanding's waiting QEMUs still show exactly what is in its
+// memory file: none has written a page of it (the fork's pages would not
+// reach a page it had copied). Each must still run.
+bool landing_untouched(const ForkLanding& landing) {
+  const auto& memory = *landing.snapshot.memory;
+  for (const auto& child : landing.children) {
+    const pid_t pid = child->qemu_pid();
+    if (pid <= 0) return false;
+    auto address = find_mapping(pid, memory, memory.bytes());
+    if (!address) return false;
+    auto written = count_private_pages(pid, *address, memory.bytes());
+    if (!written || *written != 0) return false;
+  }
+  return true;
+}
+
 // Vm::save_fork_snapshot's steps; see vmm.hpp for the contract.
 asio::awaitable<Result<Snapshot>> fork_save_steps(std::shared_ptr<VmState> state, fs::path dir,
-                                                  ForkSaveStats* stats) {
+                                                  ForkSaveStats* stats,
+                                                  ForkLanding* landing = nullptr) {
   const std::string& id = state->config.id;
   const std::string what = "saving VM " + id + " for a fork to " + dir.string();
   if (!state->running() || !state->qmp || !state->qmp->connected())
@@ -1151,7 +1205,9 @@ asio::awaitable<Result<Snapshot>> fork_save_steps(std::shared_ptr<VmState> state
   if (!source) co_return make_error("save VM", "the VM has no memory file", id).with_context(what);
 
   std::error_code ec;
-  auto made = make_save_staging(dir);
+  // Into a landing: its dir exists (the disk placeholder its QEMUs hold
+  // open is there); the device state is staged inside it.
+  auto made = landing ? make_landing_staging(*landing) : make_save_staging(dir);
   if (!made) co_return std::move(made).error().with_context(what);
   const fs::path staging = std::move(made).value();
   state->saving = true;
@@ -1170,12 +1226,22 @@ asio::awaitable<Result<Snapshot>> fork_save_steps(std::shared_ptr<VmState> state
     }
     was_running = (*status)["running"].as_bool();
   }
+  if (landing) {
+    auto fitted = fit_landing_disks(state->paths.overlay, *landing);
+    if (!fitted) {
+      fs::remove_all(staging, ec);
+      co_return std::move(fitted).error().with_context(what + "; nothing was saved");
+    }
+  }
   // A snapshot's RAM file never changes: copy it before the pause (or
   // take the copy made ahead for a template's). A booted VM's own file
   // changes while it runs: copy it paused.
   const auto copy_started = Clock::now();
   std::shared_ptr<GuestMemory> memory;
-  if (state->restored && state->source_spare) memory = state->source_spare->take();
+  if (landing)
+    memory = landing->snapshot.memory; // copied when the landing was made
+  else if (state->restored && state->source_spare)
+    memory = state->source_spare->take();
   if (stats) stats->spare_copy = memory != nullptr;
   if (state->restored && !memory) {
     std::string name = "vesicle-fork-" + dir.filename().string();
@@ -1222,11 +1288,13 @@ asio::awaitable<Result<Snapshot>> fork_save_steps(std::shared_ptr<VmState> state
   const auto devices_saved = Clock::now();
   Result<CopiedFiles> copied = make_error("copy", "not tried");
   {
-    const fs::path overlay = state->paths.overlay, disk = staging / snapshot::kDiskName;
+    const fs::path overlay = state->paths.overlay;
+    const fs::path disk = landing ? landing->snapshot.disk : staging / snapshot::kDiskName;
+    const bool in_place = landing != nullptr;
     const pid_t pid = state->process->pid();
     std::string name = "vesicle-fork-" + dir.filename().string();
-    auto copy = [overlay, disk, pid, source, memory, name]() {
-      return copy_disk_and_ram(overlay, disk, pid, source, memory, name);
+    auto copy = [overlay, disk, in_place, pid, source, memory, name]() {
+      return copy_disk_and_ram(overlay, disk, in_place, pid, source, memory, name);
     };
     copied = co_await run_blocking(state->executor, std::move(copy));
   }
@@ -1252,8 +1320,9 @@ asio::awaitable<Result<Snapshot>> fork_save_steps(std::shared_ptr<VmState> state
     const std::uint64_t memory_bytes =
         ::fstat(memory->fd(), &st) == 0 ? static_cast<std::uint64_t>(st.st_blocks) * 512 : 0;
     if (stats) stats->memory_bytes = memory_bytes;
-    auto seal = [staging, manifest, memory, memory_bytes]() {
-      return seal_fork_snapshot(staging, manifest, *memory, memory_bytes);
+    const fs::path disk = landing ? landing->snapshot.disk : staging / snapshot::kDiskName;
+    auto seal = [staging, disk, manifest, memory, memory_bytes]() {
+      return seal_fork_snapshot(staging, disk, manifest, *memory, memory_bytes);
     };
     auto sealed = co_await run_blocking(state->executor, std::move(seal));
     if (!sealed) {
@@ -1262,7 +1331,17 @@ asio::awaitable<Result<Snapshot>> fork_save_steps(std::shared_ptr<VmState> state
     }
     manifest = std::move(sealed).value();
   }
-  if (auto moved = rename_new(staging, dir); !moved) {
+  if (landing) {
+    // The landing's dir already holds the disk; the device state joins it.
+    const fs::path from = staging / snapshot::kStateName, to = dir / snapshot::kStateName;
+    if (::rename(from.c_str(), to.c_str()) != 0) {
+      Error error = sys_error("rename", from.string() + " -> " + to.string());
+      fs::remove_all(staging, ec);
+      co_return std::move(error).with_context(what + " (the VM runs on)");
+    }
+    fs::remove_all(staging, ec);
+    landing->filled = true;
+  } else if (auto moved = rename_new(staging, dir); !moved) {
     fs::remove_all(staging, ec);
     co_return std::move(moved).error().with_context(what + " (the VM runs on)");
   }
@@ -1359,6 +1438,26 @@ public:
     co_return co_await fork_save_steps(state, std::move(dir), stats);
   }
 
+  bool fits_landing(const ForkLanding& landing) const override {
+    const VmState& state = *state_;
+    if (!state.running() || !state.restored || !landing.source_memory ||
+        state.source_memory != landing.source_memory || landing.filled)
+      return false;
+    if (state.config.network.has_value() != landing.snapshot.network) return false;
+    if (landing.child_overlays.size() != landing.children.size()) return false;
+    return landing_untouched(landing);
+  }
+
+  asio::awaitable<Result<Snapshot>> save_fork_snapshot_into(ForkLanding& landing,
+                                                            ForkSaveStats* stats) override {
+    auto state = state_;
+    if (!fits_landing(landing))
+      co_return make_error("save VM into a fork landing",
+                           "the VM does not fit the landing (Vm::fits_landing)",
+                           landing.snapshot.dir.string());
+    co_return co_await fork_save_steps(state, landing.snapshot.dir, stats, &landing);
+  }
+
   asio::awaitable<Result<Snapshot>> save_full(fs::path dir) override {
     auto state = state_;
     co_return co_await save_full_steps(state, std::move(dir));
@@ -1379,6 +1478,7 @@ public:
 
   asio::awaitable<Result<std::unique_ptr<Vm>>> finish() override;
   const RestoreTimes& times() const override { return times_; }
+  int qemu_pid() const override { return state_ && state_->running() ? state_->process->pid() : 0; }
 
 private:
   std::shared_ptr<VmState> state_;
@@ -1438,7 +1538,68 @@ public:
     co_return std::move(restored);
   }
 
+  asio::awaitable<Result<ForkLanding>>
+  prepare_fork_landing(const Snapshot& source, std::shared_ptr<GuestMemory> memory, fs::path dir,
+                       std::vector<VmConfig> children) override {
+    const std::string what = "preparing a fork landing in " + dir.string();
+    auto landing = co_await landing_steps(executor_, accel_, source, std::move(memory),
+                                          std::move(dir), std::move(children));
+    if (!landing) co_return std::move(landing).error().with_context(what);
+    co_return std::move(landing);
+  }
+
 private:
+  // prepare_fork_landing's steps; see vmm.hpp.
+  static asio::awaitable<Result<ForkLanding>>
+  landing_steps(asio::any_io_executor executor, Accel accel, Snapshot source,
+                std::shared_ptr<GuestMemory> memory, fs::path dir, std::vector<VmConfig> children) {
+    if (source.full_ram || !source.memory || !source.memory->sealed())
+      co_return make_error("check the source snapshot",
+                           "a landing is made for a loaded snapshot with a RAM file",
+                           source.dir.string());
+    if (!memory || memory->sealed() || memory->bytes() != source.memory->bytes())
+      co_return make_error("check the landing's memory",
+                           "it must be an unsealed copy of the source snapshot's RAM",
+                           source.dir.string());
+    std::error_code ec;
+    dir = fs::absolute(dir, ec).lexically_normal();
+    if (::mkdir(dir.c_str(), 0700) != 0) {
+      Error error = sys_error("create directory", dir.string());
+      if (errno == EEXIST) error.detail = "it exists; a landing's dir is a new fork snapshot's";
+      co_return error;
+    }
+    ForkLanding landing; // from here on, removes dir unless filled
+    landing.snapshot = source;
+    landing.snapshot.dir = dir;
+    landing.snapshot.disk = dir / snapshot::kDiskName;
+    landing.snapshot.memory = memory;
+    landing.snapshot.memory_file = memory->path();
+    landing.snapshot.spare = nullptr;
+    landing.source_memory = source.memory;
+    // Backed by the source's disk, as the overlay of every VM restored from
+    // it, whose bytes replace these.
+    if (auto made = write_qcow2_overlay(landing.snapshot.disk, fs::absolute(source.disk).string(),
+                                        "qcow2", 0);
+        !made)
+      co_return std::move(made).error().with_context("creating the disk placeholder");
+    // Root's and read-only to the VMs, like every snapshot's disk.
+    if (::chmod(landing.snapshot.disk.c_str(), 0444) != 0)
+      co_return sys_error("make read-only", landing.snapshot.disk.string());
+    auto size = image_virtual_size(landing.snapshot.disk, "qcow2");
+    if (!size) co_return std::move(size).error();
+    landing.disk_bytes = *size;
+    if (auto opened = memory->open_to_vms(); !opened) co_return std::move(opened).error();
+    for (auto& config : children) {
+      const fs::path overlay = VmPaths::of(config).overlay;
+      auto prepared =
+          co_await prepare_steps(executor, accel, landing.snapshot, std::move(config), true);
+      if (!prepared) co_return std::move(prepared).error();
+      landing.children.push_back(std::move(prepared.value()));
+      landing.child_overlays.push_back(overlay);
+    }
+    co_return std::move(landing);
+  }
+
   static asio::awaitable<Result<std::unique_ptr<Vm>>>
   restore_full_steps(asio::any_io_executor executor, Accel accel, Snapshot snapshot,
                      VmConfig config) {
@@ -1490,20 +1651,7 @@ private:
   // files are there (open_snapshot checked their contents).
   static Result<void> check_restorable(const Snapshot& snapshot, Accel accel,
                                        const VmConfig& config) {
-    if (snapshot.accel != accel) {
-      return make_error("check snapshot",
-                        std::string("it was saved under ") + to_string(snapshot.accel) +
-                            " and this host runs " + to_string(accel) +
-                            "; device state does not carry over between accelerators",
-                        snapshot.dir.string());
-    }
-    if (snapshot.network != config.network.has_value()) {
-      return make_error("check snapshot",
-                        snapshot.network
-                            ? "the snapshot's VM had a network device: attach a network"
-                            : "the snapshot's VM had no network device: restore without one",
-                        snapshot.dir.string());
-    }
+    if (auto fits = check_machine(snapshot, accel, config); !fits) return fits;
     if (snapshot.full_ram) {
       for (const auto& file : {snapshot.device_state(), snapshot.disk}) {
         if (::access(file.c_str(), R_OK) != 0)
@@ -1526,11 +1674,33 @@ private:
     return snapshot.images.check();
   }
 
+  // The part of check_restorable that a ForkLanding, whose files are not
+  // filled in yet, can pass: the machine it describes fits this host and
+  // this config.
+  static Result<void> check_machine(const Snapshot& snapshot, Accel accel, const VmConfig& config) {
+    if (snapshot.accel != accel) {
+      return make_error("check snapshot",
+                        std::string("it was saved under ") + to_string(snapshot.accel) +
+                            " and this host runs " + to_string(accel) +
+                            "; device state does not carry over between accelerators",
+                        snapshot.dir.string());
+    }
+    if (snapshot.network != config.network.has_value()) {
+      return make_error("check snapshot",
+                        snapshot.network
+                            ? "the snapshot's VM had a network device: attach a network"
+                            : "the snapshot's VM had no network device: restore without one",
+                        snapshot.dir.string());
+    }
+    return {};
+  }
+
   static asio::awaitable<Result<std::unique_ptr<PreparedRestore>>>
-  prepare_steps(asio::any_io_executor executor, Accel accel, Snapshot snapshot, VmConfig config) {
+  prepare_steps(asio::any_io_executor executor, Accel accel, Snapshot snapshot, VmConfig config,
+                bool landing = false) {
     const auto started = Clock::now();
     const auto deadline = started + std::max(config.boot_timeout, kQmpTimeout);
-    auto made_state = restored_state(executor, accel, snapshot, config, false);
+    auto made_state = restored_state(executor, accel, snapshot, config, false, landing);
     if (!made_state) co_return std::move(made_state).error();
     auto state = std::move(made_state.value());
     state->restored = true;
@@ -1746,9 +1916,11 @@ private:
   // The state of a VM to be restored from `snapshot`, after checking that
   // the snapshot is of the kind asked for (full RAM or not) and fits this
   // host; `config` takes the snapshot's images, size and vCPUs.
+  // `landing`: a ForkLanding's snapshot, whose files the fork fills later.
   static Result<std::shared_ptr<VmState>> restored_state(asio::any_io_executor executor,
                                                          Accel accel, const Snapshot& snapshot,
-                                                         VmConfig& config, bool full_ram) {
+                                                         VmConfig& config, bool full_ram,
+                                                         bool landing = false) {
     if (auto valid = check_id(config.id); !valid) return std::move(valid).error();
     if (snapshot.full_ram != full_ram) {
       return make_error("check snapshot",
@@ -1757,8 +1929,9 @@ private:
                                    "restore_full",
                         snapshot.dir.string());
     }
-    if (auto fits = check_restorable(snapshot, accel, config); !fits)
-      return std::move(fits).error();
+    auto fits = landing ? check_machine(snapshot, accel, config)
+                        : check_restorable(snapshot, accel, config);
+    if (!fits) return std::move(fits).error();
     config.images = snapshot.images;
     config.vcpus = snapshot.vcpus;
     config.memory_mib = snapshot.memory_mib;

@@ -67,4 +67,25 @@ asio::awaitable<Result<Snapshot>> Vm::save_fork_snapshot(std::filesystem::path d
                        dir.string());
 }
 
+asio::awaitable<Result<Snapshot>> Vm::save_fork_snapshot_into(ForkLanding& landing,
+                                                              ForkSaveStats* /*stats*/) {
+  co_return make_error("save fork snapshot", "this VM cannot be saved into a fork landing",
+                       landing.snapshot.dir.string());
+}
+
+asio::awaitable<Result<ForkLanding>>
+Driver::prepare_fork_landing(const Snapshot& /*source*/, std::shared_ptr<GuestMemory> /*memory*/,
+                             std::filesystem::path dir, std::vector<VmConfig> /*children*/) {
+  co_return make_error("prepare a fork landing", "this driver cannot start VMs ahead of a fork",
+                       dir.string());
+}
+
+ForkLanding::~ForkLanding() {
+  // Filled, the dir is the fork snapshot's; moved from, it is empty.
+  if (filled || snapshot.dir.empty()) return;
+  children.clear(); // their QEMUs are killed first
+  std::error_code ignored;
+  std::filesystem::remove_all(snapshot.dir, ignored);
+}
+
 } // namespace vesicle::vmm

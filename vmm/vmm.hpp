@@ -9,6 +9,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include <utility> // before Boost 1.74's awaitable.hpp, which uses std::exchange without it
 
@@ -144,6 +145,8 @@ struct ForkSaveStats {
   std::uint64_t memory_bytes = 0; // what the snapshot's RAM file holds (its non-zero pages)
 };
 
+struct ForkLanding;
+
 class Vm {
 public:
   virtual ~Vm() = default;
@@ -228,6 +231,22 @@ public:
   // Let agent calls finish first (see save_snapshot).
   virtual asio::awaitable<Result<Snapshot>> save_fork_snapshot(std::filesystem::path dir,
                                                                ForkSaveStats* stats = nullptr);
+  // Whether this VM's fork can go into `landing` (Driver::prepare_fork_landing):
+  // it was restored from the snapshot the landing was made for, not
+  // filled yet, whose waiting QEMUs run and have written none of its
+  // memory, and it has a network device exactly when the landing's VMs do.
+  virtual bool fits_landing(const ForkLanding& /*landing*/) const { return false; }
+  // save_fork_snapshot into `landing`, which the VM must fit: the landing's
+  // memory file gets the pages the guest wrote (its copy of the snapshot's
+  // data was made ahead), the landing's disk placeholder the VM's overlay,
+  // in place, and the device state goes beside it; the returned snapshot
+  // is landing.snapshot, filled (its dir is then the fork's, removed by
+  // whoever holds the snapshot), and the landing's waiting children can be
+  // finished from it. The VM is paused no longer than for
+  // save_fork_snapshot. On failure the Error says why, the VM runs on, and
+  // the landing is spent: nothing may finish its children.
+  virtual asio::awaitable<Result<Snapshot>> save_fork_snapshot_into(ForkLanding& landing,
+                                                                    ForkSaveStats* stats = nullptr);
 
   // Saves the whole VM, device state and every RAM page, into `dir` (meant
   // for a real disk: a Space survives a host reboot), and ends the VM. Works
@@ -268,6 +287,49 @@ public:
   // Once only; the object is spent afterwards (whatever the result).
   virtual asio::awaitable<Result<std::unique_ptr<Vm>>> finish() = 0;
   virtual const RestoreTimes& times() const = 0;
+  // The waiting QEMU's pid (0 when there is no process).
+  virtual int qemu_pid() const { return 0; }
+};
+
+// A fork's first children, started before the fork: the pre-started VMMs
+// of issue 15. A QEMU is given its RAM file and its disk when it starts,
+// and a fork's are made only when the fork happens, so a landing makes
+// them ahead as containers the fork fills in:
+// - snapshot.memory is a copy of the source snapshot's RAM (a template's),
+//   over which the fork lays the pages its parent wrote, as
+//   save_fork_snapshot does with a copy of its own; every child maps it
+//   share=off. A private mapping shows a file's current bytes in every
+//   page the process has not written, and a QEMU waiting with -S has
+//   written none (checked before the fork fills the file).
+// - snapshot.disk is an empty overlay on the source's disk, the backing
+//   file of each child's own overlay; the fork overwrites it in place with
+//   its parent's overlay. A QEMU started with -incoming opens its disks
+//   inactive and reads their metadata again when the incoming migration
+//   activates them (made for storage that the migration's source wrote
+//   meanwhile), so the children see the parent's disk.
+// Destroying an unfilled landing kills its QEMUs and removes its files.
+struct ForkLanding {
+  ForkLanding() = default;
+  ForkLanding(ForkLanding&&) = default;
+  ForkLanding& operator=(ForkLanding&&) = delete;
+  ~ForkLanding();
+
+  // What the fork will be. Until it is filled: dir holds only the disk
+  // placeholder, memory is unsealed; the rest is the source snapshot's.
+  Snapshot snapshot;
+  // The snapshot whose VMs can land here (Vm::fits_landing).
+  std::shared_ptr<GuestMemory> source_memory;
+  // The virtual size of the children's disks. A parent whose disk was
+  // grown (every pool sandbox's is, to its quota, when it is handed out)
+  // has them rewritten to its size before the fork fills the landing: the
+  // children's own overlays are empty until then, and are read again too.
+  std::uint64_t disk_bytes = 0;
+  // QEMUs waiting to be the fork's children, in the order to use them, and
+  // their overlays (backed by snapshot.disk).
+  std::vector<std::unique_ptr<PreparedRestore>> children;
+  std::vector<std::filesystem::path> child_overlays;
+  // Set once a fork filled it: snapshot.dir is the fork's from then on.
+  bool filled = false;
 };
 
 class Driver {
@@ -311,6 +373,18 @@ public:
   // than resume it half.) Does not re-check checksums (open_snapshot does).
   virtual asio::awaitable<Result<std::unique_ptr<Vm>>> restore_full(const Snapshot& snapshot,
                                                                     VmConfig config) = 0;
+
+  // Makes a ForkLanding for forks of VMs restored from `source` (a
+  // template's snapshot, loaded): `dir` (which must not exist; its parent
+  // must) with the disk placeholder, `memory` (a copy of source.memory's
+  // data, unsealed: SpareCopy makes them; the landing's VMs read it before
+  // it is sealed, so it is made readable to them) as the fork's RAM, and
+  // one waiting QEMU per config in `children` (each config as for
+  // restore(): its own id, network exactly when the source had one).
+  // On failure nothing is left behind.
+  virtual asio::awaitable<Result<ForkLanding>>
+  prepare_fork_landing(const Snapshot& source, std::shared_ptr<GuestMemory> memory,
+                       std::filesystem::path dir, std::vector<VmConfig> children);
 };
 
 // The QEMU driver. Its VMs and their agent clients live on `executor`: call

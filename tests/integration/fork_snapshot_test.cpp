@@ -17,6 +17,7 @@
 
 #include "tests/vmm/test_support.hpp"
 #include "tests/vmm/vm_world.hpp"
+#include "vmm/private_memory.hpp"
 #include "vmm/vmm.hpp"
 
 namespace vesicle::test {
@@ -233,6 +234,114 @@ TEST_F(ForkSnapshots, ABootedVmIsSnapshottedWhileItRunsOn) {
   ASSERT_TRUE(vms.vms[1]);
   EXPECT_EQ(py(*vms.vms[1], "print(y)"), "booted\n");
   EXPECT_EQ(py(parent, "print(y)"), "parent\n");
+}
+
+} // namespace
+} // namespace vesicle::test
+
+namespace vesicle::test {
+namespace {
+
+// The pre-started VMMs of issue 15: a fork lands in QEMUs started before
+// it (Driver::prepare_fork_landing), which then see the parent's memory,
+// files and processes as children restored the usual way do.
+TEST_F(ForkSnapshots, AForkLandsInVmsStartedBeforeIt) {
+  VmList vms{io(), {}};
+  vms.vms.push_back(restore(*template_, "land-parent"));
+  ASSERT_TRUE(vms.vms[0]);
+  vmm::Vm& parent = *vms.vms[0];
+  ASSERT_EQ(py(parent, kSetUp), "");
+  ASSERT_EQ(sh(parent, kBackground), "");
+  // A file the children can only read from the disk (the guest's page
+  // cache dropped): it reaches them only if their QEMUs read the filled
+  // disk's metadata again.
+  ASSERT_EQ(sh(parent, "head -c 3000000 /dev/urandom > /root/on-disk; md5sum < /root/on-disk > "
+                       "/root/on-disk.md5; sync; echo 3 > /proc/sys/vm/drop_caches"),
+            "");
+
+  auto copy = vmm::copy_memory_data(*template_->memory, "land-copy");
+  ASSERT_TRUE(copy) << copy.error().message();
+  std::vector<vmm::VmConfig> children = {world_->confined("landed1"), world_->confined("landed2")};
+  auto made = io().run(world_->driver->prepare_fork_landing(
+      *template_, std::move(copy).value(), world_->snapshots.path() / "landing", children));
+  ASSERT_TRUE(made) << made.error().message();
+  vmm::ForkLanding landing = std::move(made).value();
+  ASSERT_EQ(landing.children.size(), 2u);
+  // Waiting QEMUs have touched none of the file the fork will fill.
+  EXPECT_TRUE(parent.fits_landing(landing));
+
+  vmm::ForkSaveStats stats;
+  auto saved = io().run(parent.save_fork_snapshot_into(landing, &stats));
+  ASSERT_TRUE(saved) << saved.error().message();
+  std::cout << "save_fork_snapshot_into: paused " << stats.paused.count() / 1000.0 << " ms, "
+            << stats.private_pages << " private pages\n";
+  EXPECT_TRUE(landing.filled);
+  EXPECT_EQ(saved->dir, landing.snapshot.dir);
+  ASSERT_TRUE(saved->memory && saved->memory->sealed());
+  auto files = dir_entries(saved->dir);
+  std::sort(files.begin(), files.end());
+  EXPECT_EQ(files, (std::vector<std::string>{"disk.qcow2", "state"}));
+  EXPECT_FALSE(parent.fits_landing(landing)) << "a landing is filled once";
+  EXPECT_EQ(py(parent, "x = 100\nprint(x)"), "100\n");
+
+  for (auto& child : landing.children) {
+    auto finished = io().run(child->finish());
+    ASSERT_TRUE(finished) << finished.error().message();
+    vms.vms.push_back(std::move(finished).value());
+  }
+  // One more child restored the usual way from the filled snapshot.
+  vms.vms.push_back(restore(*saved, "landed3"));
+  ASSERT_TRUE(vms.vms[3]);
+  expect_parent_state(*vms.vms[1], "41", "landed child 1");
+  expect_parent_state(*vms.vms[2], "41", "landed child 2");
+  expect_parent_state(*vms.vms[3], "41", "a child restored from the filled landing");
+  for (int i = 1; i <= 3; ++i)
+    EXPECT_EQ(sh(*vms.vms[i], "md5sum < /root/on-disk | cmp - /root/on-disk.md5 && echo same"),
+              "same\n")
+        << "child " << i;
+  EXPECT_EQ(py(*vms.vms[1], "x = 1\nbig[0] = 9\nprint(x)"), "1\n");
+  EXPECT_EQ(sh(*vms.vms[1], "echo landed1 > /root/fork-marker; cat /root/fork-marker"),
+            "landed1\n");
+  EXPECT_EQ(py(*vms.vms[2], "print(x, big[0])"), "41 7\n");
+  EXPECT_EQ(sh(*vms.vms[2], "cat /root/fork-marker"), "parent-file\n");
+  EXPECT_EQ(py(parent, "print(x, big[0])"), "100 7\n");
+
+  // A parent whose disk grew since its restore (every pool sandbox's is, to
+  // its quota) lands too: its child's disk is made that size.
+  auto landing_of = [&](const std::string& dir, const std::string& child) {
+    auto memory = vmm::copy_memory_data(*template_->memory, dir + "-copy");
+    EXPECT_TRUE(memory) << memory.error().message();
+    std::vector<vmm::VmConfig> configs = {world_->confined(child)};
+    auto made = io().run(world_->driver->prepare_fork_landing(
+        *template_, std::move(memory).value(), world_->snapshots.path() / dir, configs));
+    EXPECT_TRUE(made) << made.error().message();
+    return std::make_unique<vmm::ForkLanding>(std::move(made).value());
+  };
+  auto grown_landing = landing_of("landing2", "landed-grown");
+  const std::uint64_t grown_bytes = std::uint64_t{4} << 30;
+  auto grown = io().run(parent.grow_disk(grown_bytes));
+  ASSERT_TRUE(grown) << grown.error().message();
+  ASSERT_TRUE(parent.fits_landing(*grown_landing));
+  auto saved_grown = io().run(parent.save_fork_snapshot_into(*grown_landing));
+  ASSERT_TRUE(saved_grown) << saved_grown.error().message();
+  auto finished = io().run(grown_landing->children[0]->finish());
+  ASSERT_TRUE(finished) << finished.error().message();
+  vms.vms.push_back(std::move(finished).value());
+  EXPECT_EQ(sh(*vms.vms[4], "blockdev --getsize64 /dev/vda"), std::to_string(grown_bytes) + "\n");
+  EXPECT_EQ(sh(*vms.vms[4], "md5sum < /root/on-disk | cmp - /root/on-disk.md5 && echo same"),
+            "same\n");
+  EXPECT_EQ(py(*vms.vms[4], "print(x)"), "100\n");
+
+  // An unused landing goes with its QEMU and its files.
+  auto unused = landing_of("landing3", "unused");
+  const fs::path dir3 = unused->snapshot.dir;
+  EXPECT_TRUE(fs::exists(dir3));
+  // (Its QEMUs' state lives on the VMs' thread.)
+  io().run([&]() -> asio::awaitable<int> {
+    unused.reset();
+    co_return 0;
+  }());
+  EXPECT_FALSE(fs::exists(dir3));
 }
 
 } // namespace
