@@ -86,6 +86,13 @@ asio::awaitable<void> Api::metrics(Exchange& exchange) {
   text += "# HELP vesicle_pool_vms Warm pool VMs hostd holds (waiting or being handed over).\n";
   text += "# TYPE vesicle_pool_vms gauge\n";
   text += "vesicle_pool_vms " + std::to_string(ctx_.vms.pool_size()) + "\n";
+  text += "# HELP vesicle_prestarted_vmms QEMUs started ahead for the next fork of a template's "
+          "sandboxes (fork landings): waiting, or landings being made.\n";
+  text += "# TYPE vesicle_prestarted_vmms gauge\n";
+  text += "vesicle_prestarted_vmms{state=\"waiting\"} " +
+          std::to_string(ctx_.vms.prestarted_vmms()) + "\n";
+  text += "vesicle_prestarted_vmms{state=\"starting\"} " +
+          std::to_string(ctx_.vms.landings_starting()) + "\n";
 
   auto pools = co_await pool_infos();
   auto per_pool = [&](const char* name, const char* type, const char* help, auto value) {

@@ -35,6 +35,7 @@ VmSettings vm_settings(const config::HostdConfig& config,
   settings.pool_egress_open = config.has_network() && !config.network().uplink().empty() &&
                               config.network().default_egress() == "open";
   settings.spare_fork_copies = !config.has_spare_fork_copies() || config.spare_fork_copies();
+  settings.prestarted_vmms = config.has_prestarted_vmms() ? config.prestarted_vmms() : 1;
   const auto& agent = config.agent_deadlines();
   settings.agent_deadlines.exec_grace = std::chrono::seconds(agent.exec_grace_s());
   settings.agent_deadlines.cancel_answer = std::chrono::seconds(agent.exec_grace_s());

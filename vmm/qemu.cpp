@@ -1479,6 +1479,12 @@ public:
   asio::awaitable<Result<std::unique_ptr<Vm>>> finish() override;
   const RestoreTimes& times() const override { return times_; }
   int qemu_pid() const override { return state_ && state_->running() ? state_->process->pid() : 0; }
+  asio::awaitable<void> discard() override {
+    auto state = std::exchange(state_, nullptr);
+    if (!state) co_return;
+    state->destroy();
+    co_await state->exited.wait();
+  }
 
 private:
   std::shared_ptr<VmState> state_;
@@ -2054,8 +2060,13 @@ asio::awaitable<Result<std::unique_ptr<Vm>>> PreparedQemu::finish() {
   auto state = std::exchange(state_, nullptr);
   if (!state) co_return make_error("restore VM", "this prepared restore was already finished");
   const std::string what = "restoring VM " + state->config.id + " from " + snapshot_.dir.string();
+  auto kept = state;
   auto restored = co_await QemuDriver::finish_steps(std::move(state), snapshot_, times_);
-  if (!restored) co_return std::move(restored).error().with_context(what);
+  if (!restored) {
+    // Gone (its files too) before the caller lets go of its network slot.
+    co_await kept->exited.wait();
+    co_return std::move(restored).error().with_context(what);
+  }
   co_return std::move(restored);
 }
 

@@ -289,6 +289,9 @@ public:
   virtual const RestoreTimes& times() const = 0;
   // The waiting QEMU's pid (0 when there is no process).
   virtual int qemu_pid() const { return 0; }
+  // Kills the waiting QEMU unless finish() took it, and completes once it
+  // has exited and its files are gone (so its network slot can go).
+  virtual asio::awaitable<void> discard() { co_return; }
 };
 
 // A fork's first children, started before the fork: the pre-started VMMs

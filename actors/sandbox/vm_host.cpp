@@ -127,6 +127,7 @@ asio::awaitable<void> VmHost::run_sandbox_vm(std::string id, SandboxSpec spec, L
   auto base = std::move(acquired->base);
   auto machine_id = std::move(acquired->machine_id);
   auto source = std::move(acquired->source);
+  auto template_key = std::move(acquired->template_key);
   auto prepared = co_await prepare_handout(vm, id, spec, source, machine_id);
   if (!prepared) {
     vm->destroy();
@@ -140,7 +141,12 @@ asio::awaitable<void> VmHost::run_sandbox_vm(std::string id, SandboxSpec spec, L
   if (!target) target = std::make_shared<ExitTarget>();
   target->sandbox = sandbox;
   target->pool = nullptr;
-  vms_[id] = SandboxVm{vm, target, std::move(network), std::move(base), std::move(machine_id)};
+  vms_[id] = SandboxVm{vm,
+                       target,
+                       std::move(network),
+                       std::move(base),
+                       std::move(machine_id),
+                       std::move(template_key)};
   caf::anon_send(sandbox, vm_booted_atom::value, static_cast<std::int32_t>(vm->qemu_pid()),
                  std::move(source));
   if (!watched) co_await watch_exit(std::move(vm), std::move(target));
@@ -266,6 +272,10 @@ void VmHost::destroy_all() {
     record.vm->destroy();
   vms.clear();
   fork_snapshots_.clear();
+  // Their QEMUs are killed; the slots go with hostd.
+  landings_.clear();
+  landed_.clear();
+  count_landings();
   auto pooled = std::move(pool_vms_);
   pool_vms_.clear();
   for (auto& [id, entry] : pooled) {

@@ -7,6 +7,7 @@
 // Boost 1.74's asio/awaitable.hpp uses std::exchange without including it.
 #include <utility>
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
@@ -14,7 +15,9 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
+#include <vector>
 
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
@@ -55,8 +58,15 @@ struct VmSettings {
   // needs no firewall work; any other egress is set at hand-out. A waiting
   // VM runs only the agent and the template's imports, no user code.
   bool pool_egress_open = false;
-  // A copy of each template's RAM kept ready for forks (vmm/spare_copy.hpp).
+  // A copy of each template's RAM kept ready for forks (vmm/spare_copy.hpp),
+  // for templates without a fork landing (prestarted_vmms 0).
   bool spare_fork_copies = true;
+  // QEMUs started ahead, per template forked from, to be the next fork's
+  // children (vm_host_landings.cpp); 0: none.
+  unsigned prestarted_vmms = 1;
+  // How long a landing waits before it starts, after the fork or template
+  // that asked for it: the fork's children and the pool's refills first.
+  std::chrono::milliseconds landing_delay{300};
   // This install's egress CA (PEM), which a sandbox with secrets trusts
   // (guest_trust.hpp); empty where hostd has none. Set by attach_network.
   std::string egress_ca_pem;
@@ -176,6 +186,9 @@ public:
   // Fork snapshots that exist (in use by a VM, or by a fork in progress).
   std::size_t fork_snapshots() const;
   std::size_t pool_size() const { return pool_vms_.size(); }
+  // QEMUs waiting in fork landings, and landings being made. Any thread.
+  std::size_t prestarted_vmms() const { return prestarted_waiting_; }
+  std::size_t landings_starting() const { return landings_starting_; }
   // Destroys every VM now (hostd's shutdown, after the actors are done).
   void destroy_all();
 
@@ -216,11 +229,15 @@ private:
     // The machine-id it was given (empty for a cold-booted VM until its
     // first fork): kept when the parent of a fork is resumed.
     std::string machine_id;
+    // The template it was restored from (its forks can use that template's
+    // landing); empty for any other VM.
+    std::string template_key;
   };
   struct PoolVm {
     std::shared_ptr<vmm::Vm> vm;
     std::shared_ptr<ExitTarget> target;
     std::shared_ptr<net::NetworkLease> network; // null without networking
+    std::string template_key;
   };
 
   // A VM for a new sandbox and what it holds, as acquire() got it.
@@ -229,8 +246,9 @@ private:
     std::shared_ptr<ExitTarget> target; // set only for an adopted pool VM
     std::shared_ptr<net::NetworkLease> network;
     std::shared_ptr<vmm::ForkSnapshot> base;
-    std::string machine_id; // kept from a Space; empty: a new one
-    std::string source;     // pool, restore, boot, fork, space
+    std::string machine_id;   // kept from a Space; empty: a new one
+    std::string source;       // pool, restore, boot, fork, space
+    std::string template_key; // see SandboxVm
   };
   boost::asio::awaitable<Result<Acquired>> acquire(const std::string& id, const SandboxSpec& spec,
                                                    const LaunchPlan& plan);
@@ -273,6 +291,26 @@ private:
   // it runs on as the parent, its record unchanged.
   boost::asio::awaitable<void> fork_running_parent(std::string parent_id, std::string base_id,
                                                    SandboxVm before, ForkStepDone done);
+  // Fork landings (vm_host_landings.cpp): QEMUs started for the next fork
+  // of a VM restored from a template.
+  struct Landing {
+    std::unique_ptr<vmm::ForkLanding> landing;
+    std::vector<std::shared_ptr<net::NetworkLease>>
+        leases; // one per child, null without networking
+  };
+  // Starts a landing for each template that wants one and has none.
+  void refill_landings();
+  boost::asio::awaitable<void> make_landing(std::string key,
+                                            std::shared_ptr<const vmm::Snapshot> snapshot);
+  // The landing `parent`'s fork can fill, taken out (null: none fits).
+  std::unique_ptr<Landing> take_landing(const SandboxVm& parent);
+  // A filled landing's next waiting child for fork `base_id`, finished into
+  // sandbox `id`'s VM; nullopt when none waits or it failed (the caller
+  // restores the child the usual way).
+  boost::asio::awaitable<std::optional<Acquired>>
+  take_landed_child(const std::string& id, const SandboxSpec& spec, const std::string& base_id);
+  // Kills a landing's QEMUs, then lets their network slots go.
+  boost::asio::awaitable<void> discard_landing(std::unique_ptr<Landing> landing);
   boost::asio::awaitable<void> run_merge(std::string parent_id, sandbox_actor parent,
                                          std::string winner_id, ForkStepDone done);
   // Sends `vm` a fresh identity without waiting for the answer; returns the
@@ -320,6 +358,16 @@ private:
     vmm::Snapshot snapshot;
   };
   std::map<std::string, OpenedSpace> opened_spaces_;
+  // Templates forks want a landing for; the ready landings, and those being
+  // made; the waiting children of filled ones, by fork id.
+  std::set<std::string> landing_wanted_;
+  std::map<std::string, std::unique_ptr<Landing>> landings_;
+  std::set<std::string> landings_making_;
+  std::map<std::string, std::unique_ptr<Landing>> landed_;
+  // The figures above for other threads; count_landings() updates them.
+  std::atomic<std::size_t> prestarted_waiting_{0};
+  std::atomic<std::size_t> landings_starting_{0};
+  void count_landings();
   // Runs the blocking template checks.
   boost::asio::thread_pool checker_{1};
   std::shared_ptr<net::NetworkLeases> network_;

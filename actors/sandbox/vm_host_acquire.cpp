@@ -46,6 +46,7 @@ VmHost::adopt_pool_vm(const std::string& pool_vm_id, const SandboxSpec& spec) {
   got.target = std::move(pooled.target);
   got.network = std::move(pooled.network);
   got.source = "pool";
+  got.template_key = std::move(pooled.template_key);
   co_return std::optional<Acquired>{std::move(got)};
 }
 
@@ -143,6 +144,7 @@ VmHost::restore_template(const std::string& id, const SandboxSpec& spec, const s
     co_return std::move(restored).error().with_context("restoring from the template failed");
   got.vm = std::move(restored.value());
   got.source = "restore";
+  got.template_key = key;
   co_return std::optional<Acquired>{std::move(got)};
 }
 
@@ -179,6 +181,11 @@ VmHost::acquire(const std::string& id, const SandboxSpec& spec, const LaunchPlan
       (*adopted)->vm->label(id);
       co_return std::move(**adopted);
     }
+  }
+  // A fork's first children may be waiting already, with their slots.
+  if (auto* fork = std::get_if<launch::FromForkSnapshot>(&plan)) {
+    auto landed = co_await take_landed_child(id, spec, fork->base_id);
+    if (landed) co_return std::move(*landed);
   }
   // Any other VM gets a network slot of its own, held by run_sandbox_vm
   // until the VM's process has exited, so the slot's tap is free when it is

@@ -206,7 +206,23 @@ asio::awaitable<void> VmHost::fork_running_parent(std::string parent_id, std::st
   const auto dir = settings_.runtime_dir / ("fork-" + base_id);
   const auto started = std::chrono::steady_clock::now();
   vmm::ForkSaveStats stats;
-  auto saved = co_await before.vm->save_fork_snapshot(dir, &stats);
+  Result<vmm::Snapshot> saved = make_error("save", "not tried");
+  // Into QEMUs started ahead when a landing of its template waits; if that
+  // fails the VM runs on and is saved the usual way.
+  auto landing = take_landing(before);
+  bool landed = false;
+  if (landing) {
+    saved = co_await before.vm->save_fork_snapshot_into(*landing->landing, &stats);
+    landed = saved.ok();
+    if (landed) {
+      landed_[base_id] = std::move(landing);
+    } else {
+      log::warn("fork: saving into a landing failed; saving the usual way",
+                {{"sandbox", parent_id}, {"fork", base_id}, {"error", saved.error().message()}});
+      asio::co_spawn(executor_, discard_landing(std::move(landing)), asio::detached);
+    }
+  }
+  if (!saved) saved = co_await before.vm->save_fork_snapshot(dir, &stats);
   // The VM does not end here: should it die, its watcher tells the sandbox.
   if (!saved) {
     done(std::move(saved).error().with_context("saving sandbox " + parent_id +
@@ -231,6 +247,7 @@ asio::awaitable<void> VmHost::fork_running_parent(std::string parent_id, std::st
               {"save_ms", ms(std::chrono::steady_clock::now() - started)},
               {"source_copy_ms", ms(stats.data_copy)},
               {"spare_copy", stats.spare_copy ? "taken" : "none"},
+              {"landing", landed ? "filled" : "none"},
               {"paused_ms", ms(stats.paused)},
               {"ram_copy_ms", ms(stats.memory)},
               {"private_mib", std::to_string(stats.private_pages * 4096 >> 20)},
@@ -238,7 +255,16 @@ asio::awaitable<void> VmHost::fork_running_parent(std::string parent_id, std::st
 }
 
 void VmHost::release_fork(std::string base_id) {
-  asio::post(executor_, [this, base_id = std::move(base_id)] { fork_snapshots_.release(base_id); });
+  asio::post(executor_, [this, base_id = std::move(base_id)] {
+    fork_snapshots_.release(base_id);
+    // Children started ahead that this fork did not need (it had fewer).
+    if (auto found = landed_.find(base_id); found != landed_.end()) {
+      auto unused = std::move(found->second);
+      landed_.erase(found);
+      asio::co_spawn(executor_, discard_landing(std::move(unused)), asio::detached);
+    }
+    refill_landings();
+  });
 }
 
 std::size_t VmHost::fork_snapshots() const {

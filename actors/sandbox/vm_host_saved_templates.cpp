@@ -29,8 +29,16 @@ void VmHost::save_template(std::string id, TemplateInfo info, TemplateSaved done
 }
 
 void VmHost::forget_template(std::string template_id) {
-  asio::post(executor_,
-             [this, template_id = std::move(template_id)] { templates_.erase(template_id); });
+  asio::post(executor_, [this, template_id = std::move(template_id)] {
+    templates_.erase(template_id);
+    landing_wanted_.erase(template_id);
+    if (auto found = landings_.find(template_id); found != landings_.end()) {
+      auto landing = std::move(found->second);
+      landings_.erase(found);
+      count_landings();
+      asio::co_spawn(executor_, discard_landing(std::move(landing)), asio::detached);
+    }
+  });
 }
 
 // The steps: a fork snapshot of the running VM (paused only while its

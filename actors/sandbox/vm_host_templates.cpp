@@ -79,6 +79,9 @@ asio::awaitable<void> VmHost::run_template(TemplateSpec spec, pool_actor pool) {
   auto& opened = *checked;
   if (opened) {
     templates_[spec.key] = as_template(std::move(opened.value()), spec.key);
+    // A pool's template: its sandboxes' forks find a landing from the start.
+    landing_wanted_.insert(spec.key);
+    refill_landings();
     caf::anon_send(pool, template_atom::value, true, "template " + spec.key + " checked");
     co_return;
   }
@@ -92,6 +95,8 @@ asio::awaitable<void> VmHost::run_template(TemplateSpec spec, pool_actor pool) {
     co_return;
   }
   templates_[spec.key] = std::move(built.value());
+  landing_wanted_.insert(spec.key);
+  refill_landings();
   const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(
       std::chrono::steady_clock::now() - started);
   caf::anon_send(pool, template_atom::value, true,
@@ -201,7 +206,7 @@ asio::awaitable<void> VmHost::run_pool_vm(std::string key, std::string pool_vm_i
   auto target = std::make_shared<ExitTarget>();
   target->pool = pool;
   target->pool_vm_id = pool_vm_id;
-  pool_vms_[pool_vm_id] = PoolVm{vm, target, network};
+  pool_vms_[pool_vm_id] = PoolVm{vm, target, network, key};
   caf::anon_send(pool, vm_booted_atom::value, pool_vm_id,
                  static_cast<std::int32_t>(vm->qemu_pid()));
   co_await watch_exit(std::move(vm), std::move(target));
@@ -219,7 +224,8 @@ void VmHost::discard(std::string pool_vm_id) {
 }
 std::shared_ptr<const vmm::Snapshot> VmHost::as_template(vmm::Snapshot snapshot,
                                                          const std::string& key) {
-  if (settings_.spare_fork_copies && snapshot.memory) {
+  // With landings, a landing holds the template's copy instead.
+  if (settings_.spare_fork_copies && settings_.prestarted_vmms == 0 && snapshot.memory) {
     snapshot.spare = vmm::SpareCopy::of(snapshot.memory, "vesicle-spare-" + key);
     snapshot.spare->refill();
   }

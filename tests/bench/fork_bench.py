@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO / "tests" / "sdk"))
 from hostd_process import hostd_session  # noqa: E402
 from vesicle import Client, Sandbox  # noqa: E402
 from bench_series import summary, write_report  # noqa: E402
-from bench_support import family_memory_parts, qemu_pids_of, wait_for_pool  # noqa: E402
+from bench_support import admin_sandboxes, family_memory_parts, wait_for_pool  # noqa: E402
 
 BOOT_MEMORY_MIB = 768  # a size no pool serves: cold boots
 MIB = 2**20
@@ -79,8 +79,19 @@ def main():
     # The default pool keeps 2 VMs waiting, up to 8.
     slots = max(options.ns) + (10 if options.source == "pool" else 3)
     results = []
-    with hostd_session(REPO, max_sandboxes=slots, extra_config=pools) as hostd:
+    with hostd_session(REPO, max_sandboxes=slots, extra_config=pools, admin_key=True) as hostd:
         args = {"url": hostd.url, "api_key": hostd.key}
+
+        def qemu_pids_of(_runtime_dir, ids):
+            """The QEMUs of sandboxes `ids`, as hostd reports them (a VM's dir is
+            named for the pool VM or pre-started VM it was, not the sandbox)."""
+            wanted = set(ids)
+            listed = admin_sandboxes(hostd.url, hostd.admin_key)
+            return [
+                int(e["vmm_pid"])
+                for e in listed.get("sandboxes", [])
+                if e["sandbox"]["id"] in wanted and e.get("vmm_pid")
+            ]
         accel = Client(**args).health().get("accel")
         runtime_dir = Path(hostd.runtime_dir)
         for n in options.ns:
@@ -156,7 +167,7 @@ def main():
             results.append(summary(f"fork n={n}, growth: guest RAM memfds", "MiB", memfd_growth))
         # hostd logs the phases of each fork's parent step (save, resume).
         phases = [
-            l for l in hostd.log_path.read_text().splitlines() if "fork: parent saved and resumed" in l
+            l for l in hostd.log_path.read_text().splitlines() if "fork: parent saved and resumed" in l or "fork: running parent saved" in l or "landing" in l
         ]
         for line in phases[-3:]:
             print(line)
