@@ -9,12 +9,16 @@
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
+#include <condition_variable>
 #include <cstring>
+#include <deque>
 #include <fstream>
 #include <future>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <sstream>
+#include <thread>
 #include <vector>
 
 #include "common/hex.hpp"
@@ -75,6 +79,79 @@ public:
 private:
   Sha256 sha_;
   std::uint64_t data_bytes_ = 0;
+};
+
+// A SparseDigest fed from one thread and computed on another: loading a
+// snapshot's RAM copies it into a memfd and hashes what was copied, and
+// the two take about as long each (~0.6 and ~0.8 ms per MiB), so hashing
+// beside the copy nearly halves the check (a Space's resume waits for it).
+// add() copies the chunk into a reused buffer, and waits while kDepth
+// chunks are queued.
+class PipelinedDigest {
+public:
+  PipelinedDigest() : worker_([this] { run(); }) {}
+  ~PipelinedDigest() {
+    close();
+    if (worker_.joinable()) worker_.join();
+  }
+  PipelinedDigest(const PipelinedDigest&) = delete;
+  PipelinedDigest& operator=(const PipelinedDigest&) = delete;
+
+  void add(std::uint64_t at, std::span<const char> bytes) {
+    std::unique_lock lock(mutex_);
+    room_.wait(lock, [this] { return queue_.size() < kDepth; });
+    std::vector<char> buffer;
+    if (!spare_.empty()) {
+      buffer = std::move(spare_.back());
+      spare_.pop_back();
+    }
+    lock.unlock();
+    buffer.assign(bytes.begin(), bytes.end());
+    lock.lock();
+    queue_.push_back(Chunk{at, std::move(buffer)});
+    ready_.notify_one();
+  }
+  FileDigest finish(std::uint64_t size) {
+    close();
+    worker_.join();
+    return digest_.finish(size);
+  }
+
+private:
+  static constexpr std::size_t kDepth = 8;
+  struct Chunk {
+    std::uint64_t at = 0;
+    std::vector<char> bytes;
+  };
+  void close() {
+    std::lock_guard lock(mutex_);
+    closed_ = true;
+    ready_.notify_one();
+  }
+  void run() {
+    for (;;) {
+      Chunk chunk;
+      {
+        std::unique_lock lock(mutex_);
+        ready_.wait(lock, [this] { return !queue_.empty() || closed_; });
+        if (queue_.empty()) return;
+        chunk = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      digest_.add(chunk.at, chunk.bytes);
+      std::lock_guard lock(mutex_);
+      spare_.push_back(std::move(chunk.bytes));
+      room_.notify_one();
+    }
+  }
+
+  SparseDigest digest_;
+  std::mutex mutex_;
+  std::condition_variable ready_, room_;
+  std::deque<Chunk> queue_;
+  std::vector<std::vector<char>> spare_;
+  bool closed_ = false;
+  std::thread worker_; // last: it starts in the constructor and uses the members above
 };
 
 // Hashes [offset, offset+length) of fd; false (errno set) on a read error
@@ -389,7 +466,7 @@ Result<Snapshot> open(const fs::path& dir) {
   // map), and the copy is what gets checked: what was checked is what runs.
   std::shared_ptr<GuestMemory> memory;
   if (!m.full_ram) {
-    SparseDigest digest;
+    PipelinedDigest digest;
     auto loaded = GuestMemory::load(m.memory_file, "vesicle-snapshot",
                                     [&](std::uint64_t at, std::span<const char> bytes) {
                                       digest.add(at, bytes);
