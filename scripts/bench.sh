@@ -4,6 +4,7 @@
 #   vm_bench   cold boot to agent-ready, print(1) through the agent
 #   api_bench  create / exec / destroy through hostd's HTTP API on loopback
 #   pool_bench warm pool: create on hit / miss / cold boot, refill, memory per idle sandbox
+#              (misses with a QEMU started ahead; pool_bench_cold.json: --prestarted 0)
 #   full_snapshot_bench  full-RAM save and restore (what forks of pool VMs and Spaces use)
 #   fork_bench fork(n) through the SDK: latency at the SDK and server-side, first exec, PSS per
 #              child, family memory growth; issue 15's rows as fork_{pool,boot,grandchild,memory}.json:
@@ -11,6 +12,8 @@
 #                fork_bench.py --source boot --ns 1                      (cold-booted parent)
 #                fork_bench.py --source pool --grandchild --ns 1         (fork of a fork child)
 #                fork_bench.py --source boot --ns 4 --parent-mib 200     (host memory growth)
+#                fork_bench.py --source pool --ns 5 --parent-mib 100 --prestarted 5
+#                                                  (every child of fork(5) started ahead)
 #              (~1 min each at these sizes; --reps N for more)
 #   density_bench idle default Sandbox()s until admission refuses (or --max), at the default
 #              memory_overcommit and at 1.5: count, PSS/USS per sandbox, exec p50/p99 at 25/50/100%
@@ -39,6 +42,8 @@ images=$build/images
 
 "$build/tests/pool_bench" --hostd "$build/hostd/hostd" --images "$images" \
   --json "$out/pool_bench.json" ${POOL_BENCH_ARGS:-}
+"$build/tests/pool_bench" --hostd "$build/hostd/hostd" --images "$images" --hits 0 --boots 0 \
+  --idle 0 --prestarted 0 --json "$out/pool_bench_cold.json"
 
 [ "${SKIP_VM_BENCH:-}" ] || VESICLE_IMAGES_DIR=$images "$build/tests/full_snapshot_bench" \
   --json "$out/full_snapshot_bench.json"
@@ -57,6 +62,7 @@ fork15 pool --source pool --ns 1 5 --parent-mib 100
 fork15 boot --source boot --ns 1
 fork15 grandchild --source pool --grandchild --ns 1
 fork15 memory --source boot --ns 4 --parent-mib 200 --reps 3
+fork15 pool5 --source pool --ns 5 --parent-mib 100 --prestarted 5
 
 /usr/bin/python3 "$repo/tests/bench/density_bench.py" --hostd "$build/hostd/hostd" --images "$images" \
   --json "$out/density_bench.json" ${DENSITY_BENCH_ARGS:-}

@@ -1190,9 +1190,12 @@ bool landing_untouched(const ForkLanding& landing) {
 }
 
 // Vm::save_fork_snapshot's steps; see vmm.hpp for the contract.
+// `landing`: save into it (save_fork_snapshot_into); `copy`: the source's
+// data copied ahead (save_fork_snapshot_over).
 asio::awaitable<Result<Snapshot>> fork_save_steps(std::shared_ptr<VmState> state, fs::path dir,
                                                   ForkSaveStats* stats,
-                                                  ForkLanding* landing = nullptr) {
+                                                  ForkLanding* landing = nullptr,
+                                                  std::shared_ptr<GuestMemory> copy = nullptr) {
   const std::string& id = state->config.id;
   const std::string what = "saving VM " + id + " for a fork to " + dir.string();
   if (!state->running() || !state->qmp || !state->qmp->connected())
@@ -1240,6 +1243,8 @@ asio::awaitable<Result<Snapshot>> fork_save_steps(std::shared_ptr<VmState> state
   std::shared_ptr<GuestMemory> memory;
   if (landing)
     memory = landing->snapshot.memory; // copied when the landing was made
+  else if (state->restored && copy)
+    memory = std::move(copy);
   else if (state->restored && state->source_spare)
     memory = state->source_spare->take();
   if (stats) stats->spare_copy = memory != nullptr;
@@ -1446,6 +1451,17 @@ public:
     if (state.config.network.has_value() != landing.snapshot.network) return false;
     if (landing.child_overlays.size() != landing.children.size()) return false;
     return landing_untouched(landing);
+  }
+
+  asio::awaitable<Result<Snapshot>> save_fork_snapshot_over(fs::path dir,
+                                                            std::shared_ptr<GuestMemory> copy,
+                                                            ForkSaveStats* stats) override {
+    auto state = state_;
+    if (copy &&
+        (copy->sealed() || !state->source_memory || copy->bytes() != state->source_memory->bytes()))
+      co_return make_error("save VM", "the copy given is not an unsealed copy of its RAM's size",
+                           dir.string());
+    co_return co_await fork_save_steps(state, std::move(dir), stats, nullptr, std::move(copy));
   }
 
   asio::awaitable<Result<Snapshot>> save_fork_snapshot_into(ForkLanding& landing,

@@ -67,6 +67,12 @@ asio::awaitable<Result<Snapshot>> Vm::save_fork_snapshot(std::filesystem::path d
                        dir.string());
 }
 
+asio::awaitable<Result<Snapshot>> Vm::save_fork_snapshot_over(std::filesystem::path dir,
+                                                              std::shared_ptr<GuestMemory> /*copy*/,
+                                                              ForkSaveStats* stats) {
+  co_return co_await save_fork_snapshot(std::move(dir), stats);
+}
+
 asio::awaitable<Result<Snapshot>> Vm::save_fork_snapshot_into(ForkLanding& landing,
                                                               ForkSaveStats* /*stats*/) {
   co_return make_error("save fork snapshot", "this VM cannot be saved into a fork landing",

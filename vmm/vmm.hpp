@@ -231,6 +231,14 @@ public:
   // Let agent calls finish first (see save_snapshot).
   virtual asio::awaitable<Result<Snapshot>> save_fork_snapshot(std::filesystem::path dir,
                                                                ForkSaveStats* stats = nullptr);
+  // save_fork_snapshot with `copy`, a copy of the data of the snapshot this
+  // VM was restored from, made ahead (a fork landing's, given up for a
+  // freeze): the written pages are laid over it, and no copy is made on
+  // the way. A copy of another size is refused; without one, or for a
+  // booted VM, this is save_fork_snapshot.
+  virtual asio::awaitable<Result<Snapshot>>
+  save_fork_snapshot_over(std::filesystem::path dir, std::shared_ptr<GuestMemory> copy,
+                          ForkSaveStats* stats = nullptr);
   // Whether this VM's fork can go into `landing` (Driver::prepare_fork_landing):
   // it was restored from the snapshot the landing was made for, not
   // filled yet, whose waiting QEMUs run and have written none of its

@@ -13,6 +13,9 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
 #include <caf/send.hpp>
 
 #include "actors/sandbox/guest_trust.hpp"
@@ -82,11 +85,23 @@ vmm::VmConfig VmHost::vm_config(const std::string& id, std::uint32_t vcpus,
 }
 
 asio::awaitable<Result<std::shared_ptr<net::NetworkLease>>>
-VmHost::lease_network(bool egress, std::vector<std::string> allow, SecretValues secrets) {
+VmHost::lease_network(bool egress, std::vector<std::string> allow, SecretValues secrets,
+                      bool for_prestarted) {
   if (!network_) co_return std::shared_ptr<net::NetworkLease>();
-  auto leased = co_await network_->acquire(egress, std::move(allow), std::move(secrets));
-  if (!leased) co_return std::move(leased).error();
-  co_return std::shared_ptr<net::NetworkLease>(std::move(leased.value()));
+  for (int attempt = 0;; ++attempt) {
+    auto leased = co_await network_->acquire(egress, allow, secrets);
+    if (leased) co_return std::shared_ptr<net::NetworkLease>(std::move(leased.value()));
+    // A QEMU started ahead never keeps a sandbox from a slot: one gives
+    // its slot up, and the lease is tried again (the bridge may take a
+    // moment to see the slot back).
+    if (for_prestarted || attempt >= 8) co_return std::move(leased).error();
+    if (attempt == 0 && !co_await give_up_a_prestarted_vmm()) co_return std::move(leased).error();
+    if (attempt > 0) {
+      asio::steady_timer pause(executor_, std::chrono::milliseconds(10 * attempt));
+      boost::system::error_code ignored;
+      co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ignored));
+    }
+  }
 }
 
 std::uint32_t VmHost::root_disk_mib() const {
@@ -275,6 +290,7 @@ void VmHost::destroy_all() {
   // Their QEMUs are killed; the slots go with hostd.
   landings_.clear();
   landed_.clear();
+  warm_restores_.clear();
   count_landings();
   auto pooled = std::move(pool_vms_);
   pool_vms_.clear();

@@ -62,7 +62,7 @@ struct VmSettings {
   // for templates without a fork landing (prestarted_vmms 0).
   bool spare_fork_copies = true;
   // QEMUs started ahead, per template forked from, to be the next fork's
-  // children (vm_host_landings.cpp); 0: none.
+  // children (vm_host_prestarted.cpp); 0: none.
   unsigned prestarted_vmms = 1;
   // How long a landing waits before it starts, after the fork or template
   // that asked for it: the fork's children and the pool's refills first.
@@ -186,7 +186,8 @@ public:
   // Fork snapshots that exist (in use by a VM, or by a fork in progress).
   std::size_t fork_snapshots() const;
   std::size_t pool_size() const { return pool_vms_.size(); }
-  // QEMUs waiting in fork landings, and landings being made. Any thread.
+  // QEMUs waiting (in fork landings and for pool misses), and those being
+  // started. Any thread.
   std::size_t prestarted_vmms() const { return prestarted_waiting_; }
   std::size_t landings_starting() const { return landings_starting_; }
   // Destroys every VM now (hostd's shutdown, after the actors are done).
@@ -291,8 +292,8 @@ private:
   // it runs on as the parent, its record unchanged.
   boost::asio::awaitable<void> fork_running_parent(std::string parent_id, std::string base_id,
                                                    SandboxVm before, ForkStepDone done);
-  // Fork landings (vm_host_landings.cpp): QEMUs started for the next fork
-  // of a VM restored from a template.
+  // Pre-started VMMs (vm_host_prestarted.cpp). Fork landings: QEMUs started
+  // for the next fork of a VM restored from a template.
   struct Landing {
     std::unique_ptr<vmm::ForkLanding> landing;
     std::vector<std::shared_ptr<net::NetworkLease>>
@@ -300,6 +301,8 @@ private:
   };
   // Starts a landing for each template that wants one and has none.
   void refill_landings();
+  // Template `key` keeps a landing from now on (it was forked from).
+  void want_landing(const std::string& key);
   boost::asio::awaitable<void> make_landing(std::string key,
                                             std::shared_ptr<const vmm::Snapshot> snapshot);
   // The landing `parent`'s fork can fill, taken out (null: none fits).
@@ -309,8 +312,31 @@ private:
   // restores the child the usual way).
   boost::asio::awaitable<std::optional<Acquired>>
   take_landed_child(const std::string& id, const SandboxSpec& spec, const std::string& base_id);
+  // The RAM copy of the landing of `vm`'s template, for a save that is not
+  // a fork (a freeze, a saved template): the landing is given up (its
+  // QEMUs killed) and a new one made. Null when none fits.
+  std::shared_ptr<vmm::GuestMemory> take_template_copy(const SandboxVm& vm);
   // Kills a landing's QEMUs, then lets their network slots go.
   boost::asio::awaitable<void> discard_landing(std::unique_ptr<Landing> landing);
+  // A QEMU started on a template's snapshot for its next pool miss
+  // (vm_host_prestarted.cpp).
+  struct WarmRestore {
+    std::unique_ptr<vmm::PreparedRestore> vm;
+    std::shared_ptr<net::NetworkLease> lease;
+    std::shared_ptr<const vmm::Snapshot> snapshot;
+  };
+  // Starts one for template `key` unless one waits or is being made.
+  void refill_warm_restore(const std::string& key);
+  boost::asio::awaitable<void> make_warm_restore(std::string key,
+                                                 std::shared_ptr<const vmm::Snapshot> snapshot);
+  // The waiting QEMU of template `key`, finished into sandbox `id`'s VM
+  // (source `source`); nullopt when none waits or it failed (the caller
+  // restores the usual way).
+  boost::asio::awaitable<std::optional<Acquired>> take_warm_restore(const std::string& id,
+                                                                    const SandboxSpec& spec,
+                                                                    const std::string& key,
+                                                                    std::string source);
+  boost::asio::awaitable<void> discard_warm_restore(WarmRestore warm);
   boost::asio::awaitable<void> run_merge(std::string parent_id, sandbox_actor parent,
                                          std::string winner_id, ForkStepDone done);
   // Sends `vm` a fresh identity without waiting for the answer; returns the
@@ -341,8 +367,14 @@ private:
   vmm::VmConfig vm_config(const std::string& id, std::uint32_t vcpus, std::uint32_t memory_mib,
                           const net::NetworkLease* network) const;
   // A slot with this egress, or null when hostd runs without networking.
+  // When every slot is taken, a pre-started QEMU gives its slot up, unless
+  // the slot is `for_prestarted` itself.
   boost::asio::awaitable<Result<std::shared_ptr<net::NetworkLease>>>
-  lease_network(bool egress, std::vector<std::string> allow, SecretValues secrets = {});
+  lease_network(bool egress, std::vector<std::string> allow, SecretValues secrets = {},
+                bool for_prestarted = false);
+  // Ends one waiting pre-started QEMU (a warm restore first, else a
+  // landing) and waits until its slot is free; false when none waits.
+  boost::asio::awaitable<bool> give_up_a_prestarted_vmm();
 
   boost::asio::any_io_executor executor_;
   vmm::Driver& driver_;
@@ -364,6 +396,9 @@ private:
   std::map<std::string, std::unique_ptr<Landing>> landings_;
   std::set<std::string> landings_making_;
   std::map<std::string, std::unique_ptr<Landing>> landed_;
+  // Pool misses' pre-started QEMUs, by template key, and those being made.
+  std::map<std::string, WarmRestore> warm_restores_;
+  std::set<std::string> warm_making_;
   // The figures above for other threads; count_landings() updates them.
   std::atomic<std::size_t> prestarted_waiting_{0};
   std::atomic<std::size_t> landings_starting_{0};

@@ -182,10 +182,21 @@ VmHost::acquire(const std::string& id, const SandboxSpec& spec, const LaunchPlan
       co_return std::move(**adopted);
     }
   }
-  // A fork's first children may be waiting already, with their slots.
+  // A fork's first children may be waiting already, with their slots; so
+  // may a QEMU for a template's next miss.
   if (auto* fork = std::get_if<launch::FromForkSnapshot>(&plan)) {
     auto landed = co_await take_landed_child(id, spec, fork->base_id);
     if (landed) co_return std::move(*landed);
+  }
+  if (auto* from_template = std::get_if<launch::FromTemplate>(&plan))
+    template_key = from_template->template_key;
+  if (!template_key.empty()) {
+    auto warm = co_await take_warm_restore(id, spec, template_key, "restore");
+    if (warm) co_return std::move(*warm);
+  }
+  if (auto* saved = std::get_if<launch::FromSavedTemplate>(&plan)) {
+    auto warm = co_await take_warm_restore(id, spec, saved->template_id, "template");
+    if (warm) co_return std::move(*warm);
   }
   // Any other VM gets a network slot of its own, held by run_sandbox_vm
   // until the VM's process has exited, so the slot's tap is free when it is
@@ -206,8 +217,6 @@ VmHost::acquire(const std::string& id, const SandboxSpec& spec, const LaunchPlan
       co_return Error::of(ErrorKind::not_found, "template " + saved->template_id + " is gone");
     co_return std::move(**restored);
   }
-  if (auto* from_template = std::get_if<launch::FromTemplate>(&plan))
-    template_key = from_template->template_key;
   if (!template_key.empty()) {
     auto network = got.network;
     auto restored = co_await restore_template(id, spec, template_key, std::move(got));

@@ -209,6 +209,7 @@ asio::awaitable<void> VmHost::fork_running_parent(std::string parent_id, std::st
   Result<vmm::Snapshot> saved = make_error("save", "not tried");
   // Into QEMUs started ahead when a landing of its template waits; if that
   // fails the VM runs on and is saved the usual way.
+  want_landing(before.template_key);
   auto landing = take_landing(before);
   bool landed = false;
   if (landing) {

@@ -38,6 +38,12 @@ void VmHost::forget_template(std::string template_id) {
       count_landings();
       asio::co_spawn(executor_, discard_landing(std::move(landing)), asio::detached);
     }
+    if (auto found = warm_restores_.find(template_id); found != warm_restores_.end()) {
+      auto warm = std::move(found->second);
+      warm_restores_.erase(found);
+      count_landings();
+      asio::co_spawn(executor_, discard_warm_restore(std::move(warm)), asio::detached);
+    }
   });
 }
 
@@ -75,7 +81,10 @@ asio::awaitable<void> VmHost::run_save_template(std::string id, TemplateInfo inf
   // Named, not temporaries inside the co_await: g++ 12 miscompiles those.
   fs::path vm_dir = store.vm_dir(info.template_id);
   const fs::path memory_file = store.memory_file(info.template_id);
-  auto saved = co_await source.vm->save_fork_snapshot(std::move(vm_dir), &stats);
+  // The template's RAM copied ahead, when its fork landing gives it up.
+  auto copy = take_template_copy(source);
+  auto saved =
+      co_await source.vm->save_fork_snapshot_over(std::move(vm_dir), std::move(copy), &stats);
   if (!saved) {
     co_await vmm::run_blocking(remove_dir);
     done(std::move(saved).error().with_context(context));

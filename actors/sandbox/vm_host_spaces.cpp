@@ -62,7 +62,10 @@ asio::awaitable<void> VmHost::run_freeze(std::string id, SpaceInfo space, Freeze
   // the sandbox from the saved stream when writing the Space failed.)
   vmm::ForkSaveStats stats;
   fs::path vm_dir = partial / "vm"; // named: g++ 12 miscompiles temporaries in co_await
-  auto saved = co_await before.vm->save_fork_snapshot(std::move(vm_dir), &stats);
+  // The template's RAM copied ahead, when its fork landing gives it up.
+  auto copy = take_template_copy(before);
+  auto saved =
+      co_await before.vm->save_fork_snapshot_over(std::move(vm_dir), std::move(copy), &stats);
   const auto saved_at = std::chrono::steady_clock::now();
   Result<void> finished = Result<void>{};
   if (saved) {

@@ -80,8 +80,7 @@ asio::awaitable<void> VmHost::run_template(TemplateSpec spec, pool_actor pool) {
   if (opened) {
     templates_[spec.key] = as_template(std::move(opened.value()), spec.key);
     // A pool's template: its sandboxes' forks find a landing from the start.
-    landing_wanted_.insert(spec.key);
-    refill_landings();
+    want_landing(spec.key);
     caf::anon_send(pool, template_atom::value, true, "template " + spec.key + " checked");
     co_return;
   }
@@ -95,8 +94,7 @@ asio::awaitable<void> VmHost::run_template(TemplateSpec spec, pool_actor pool) {
     co_return;
   }
   templates_[spec.key] = std::move(built.value());
-  landing_wanted_.insert(spec.key);
-  refill_landings();
+  want_landing(spec.key);
   const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(
       std::chrono::steady_clock::now() - started);
   caf::anon_send(pool, template_atom::value, true,

@@ -67,6 +67,9 @@ def main():
     parser.add_argument("--parent-mib", type=int, default=0)
     parser.add_argument("--grandchild", action="store_true",
                         help="fork the parent once, then time the forks of that child")
+    parser.add_argument("--prestarted", type=int, default=None,
+                        help="hostd's prestarted_vmms (QEMUs started ahead for a fork's "
+                        "children; default: hostd's)")
     parser.add_argument("--json")
     options = parser.parse_args()
     os.environ["VESICLE_HOSTD"] = options.hostd
@@ -75,6 +78,8 @@ def main():
     # --source pool: hostd's default pools (one of the default size, 1 GiB,
     # preloading numpy and pandas), which a `Sandbox()` with no size takes.
     pools = "" if options.source == "pool" else "disable_pools: true\n"
+    if options.prestarted is not None:
+        pools += f"prestarted_vmms: {options.prestarted}\n"
     size = {} if options.source == "pool" else {"memory_mib": BOOT_MEMORY_MIB}
     # The default pool keeps 2 VMs waiting, up to 8.
     slots = max(options.ns) + (10 if options.source == "pool" else 3)
@@ -173,7 +178,8 @@ def main():
             print(line)
 
     write_report(options.json, "fork_bench", accel, results, source=options.source,
-                 parent_mib=options.parent_mib, grandchild=options.grandchild)
+                 parent_mib=options.parent_mib, grandchild=options.grandchild,
+                 prestarted_vmms=options.prestarted)
 
 if __name__ == "__main__":
     main()

@@ -3,6 +3,9 @@
 //   create, pool hit     POST /v1/sandboxes answered by a waiting VM
 //   pool refill          from that answer until the pool is full again
 //   create, pool miss    a pooled template with nothing waiting: restore
+//                        (with --prestarted above 0, each miss waits until
+//                        the QEMU started ahead for it is ready: a warm
+//                        restore; --prestarted 0: QEMU started on demand)
 //   create, cold boot    a size without a template
 //   memory per idle sandbox: PSS of the QEMU processes (smaps_rollup, which
 //     splits the template's shared pages among the VMs mapping them) for
@@ -20,6 +23,7 @@
 //   pool_bench --hostd build/hostd/hostd --images build/images [--json out.json]
 //              [--hits 200] [--misses 20] [--boots 5] [--idle 10] [--memory-mib 512]
 //              [--execs 0] [--heavy 0] [--tcg-tb-mib 0 (hostd's default)]
+//              [--prestarted N (hostd's prestarted_vmms; default: hostd's)]
 #include <sys/types.h>
 #include <unistd.h>
 
@@ -135,6 +139,16 @@ std::map<std::string, pid_t> vmm_pids(HttpClient& admin) {
 }
 
 // Every `name{sandbox="..."} value` line of /metrics, in MiB.
+// vesicle_prestarted_vmms{state="starting"}: pre-started QEMUs being made.
+int prestarted_starting(HttpClient& admin) {
+  auto text = admin.request("GET", "/metrics").body;
+  std::smatch match;
+  static const std::regex line("vesicle_prestarted_vmms\\{state=\"starting\"\\} (\\d+)");
+  if (!std::regex_search(text, match, line))
+    throw std::runtime_error("/metrics has no vesicle_prestarted_vmms");
+  return std::stoi(match[1].str());
+}
+
 std::vector<double> per_sandbox_mib(HttpClient& admin, const std::string& name) {
   auto text = admin.request("GET", "/metrics").body;
   std::vector<double> values;
@@ -251,6 +265,8 @@ int main(int argc, char** argv) {
       "heavy", po::value<int>()->default_value(0), "pandas cells on the idle pool sandboxes")(
       "tcg-tb-mib", po::value<int>()->default_value(0),
       "hostd's tcg_translation_cache_mib (0: its default)")(
+      "prestarted", po::value<int>()->default_value(-1),
+      "hostd's prestarted_vmms (-1: its default); above 0, each miss waits for its QEMU")(
       "pool-only", "no on-demand template and no cold-booted hostd: pool hits, the idle pool "
                    "sandboxes and their execs only")(
       "network", "give every VM a network slot (egress off; no uplink needed): the hit loop is "
@@ -266,6 +282,7 @@ int main(int argc, char** argv) {
   const int memory = args["memory-mib"].as<int>();
   const int idle = args["idle"].as<int>();
   const bool pool_only = args.count("pool-only") > 0;
+  const int prestarted = args["prestarted"].as<int>();
   const std::string size = "\"memory_mib\": " + std::to_string(memory);
 
   HostdOptions base;
@@ -296,6 +313,7 @@ int main(int argc, char** argv) {
         ", \"preload_modules\": [\"numpy\"]}" + (pool_only ? "" : on_demand_pool) + "]";
     if (const int tb = args["tcg-tb-mib"].as<int>(); tb > 0)
       pooled.extra_config += ", \"tcg_translation_cache_mib\": " + std::to_string(tb);
+    pooled.prestarted_vmms = prestarted;
     if (args.count("network"))
       pooled.network_json = R"({"prefix": "vp", "transit": "10.224.0.0/16", "route_table": 1224, )"
                             R"("rule_priority": 1224})";
@@ -323,8 +341,13 @@ int main(int argc, char** argv) {
       destroy(http, id);
     }
     const std::string on_demand = "{\"template\": \"ondemand\", " + size + "}";
-    for (int i = 0; i < (pool_only ? 0 : args["misses"].as<int>()); ++i)
+    for (int i = 0; i < (pool_only ? 0 : args["misses"].as<int>()); ++i) {
+      // The first miss asks for a QEMU to wait for the next (a warm restore).
+      if (i > 0 && prestarted != 0)
+        wait_until([&] { return prestarted_starting(admin) == 0; }, 120s,
+                   "the QEMU started for the next miss", kPoll);
       destroy(http, create(http, on_demand, "restore", &miss));
+    }
 
     std::vector<std::string> ids;
     for (int i = 0; i < idle; ++i) {

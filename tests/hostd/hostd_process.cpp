@@ -137,6 +137,7 @@ void HostdProcess::start(const HostdOptions& options) {
     if (!options.confinement_extra.empty()) out << ", " << options.confinement_extra;
     out << "}";
     if (!options.extra_config.empty()) out << ", " << options.extra_config;
+    if (options.prestarted_vmms >= 0) out << ", \"prestarted_vmms\": " << options.prestarted_vmms;
     if (!options.network_json.empty()) out << ", \"network\": " << options.network_json;
     out << "}";
   }

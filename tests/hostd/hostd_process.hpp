@@ -52,6 +52,10 @@ struct HostdOptions {
   // More fields of the "confinement" section, e.g. a uid range of its own
   // ("\"uid_first\": ..., \"uid_count\": ...") when several hostds run.
   std::string confinement_extra;
+  // hostd's prestarted_vmms; -1: its default (1). 0 here: these tests count
+  // a host's QEMUs, and pre-started ones would be more (the SDK suite's
+  // test_prestarted.py and test_fork.py run with them).
+  int prestarted_vmms = 0;
 };
 
 class HostdProcess {

@@ -209,6 +209,10 @@ protected:
     // taken if it differs, which these tests then hold them to.
     options.extra_config =
         R"("pools": [{"memory_mib": 384, "min_ready": 1, "max": 4, "preload_modules": []}])";
+    // With hostd's QEMUs started ahead (a fork landing, each holding a
+    // slot): with 6 slots, a sandbox that finds none free takes one of
+    // theirs (the secrets test's fork child did not get one before).
+    options.prestarted_vmms = -1;
     // hostd starts with the common soft limit of 1024 open files, which it
     // must raise (HostdRaisedItsOpenFileLimit).
     rlimit ours{};
