@@ -305,6 +305,8 @@ private:
   void want_landing(const std::string& key);
   boost::asio::awaitable<void> make_landing(std::string key,
                                             std::shared_ptr<const vmm::Snapshot> snapshot);
+  boost::asio::awaitable<void> landing_steps(std::string key,
+                                             std::shared_ptr<const vmm::Snapshot> snapshot);
   // The landing `parent`'s fork can fill, taken out (null: none fits).
   std::unique_ptr<Landing> take_landing(const SandboxVm& parent);
   // A filled landing's next waiting child for fork `base_id`, finished into
@@ -329,6 +331,8 @@ private:
   void refill_warm_restore(const std::string& key);
   boost::asio::awaitable<void> make_warm_restore(std::string key,
                                                  std::shared_ptr<const vmm::Snapshot> snapshot);
+  boost::asio::awaitable<void> warm_restore_steps(std::string key,
+                                                  std::shared_ptr<const vmm::Snapshot> snapshot);
   // The waiting QEMU of template `key`, finished into sandbox `id`'s VM
   // (source `source`); nullopt when none waits or it failed (the caller
   // restores the usual way).

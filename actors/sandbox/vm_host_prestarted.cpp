@@ -15,7 +15,7 @@
 //   and no CPU, against a pool VM's ~55 MiB and its idle guest's ticks.
 #include "actors/sandbox/vm_host.hpp"
 
-#include <functional>
+#include <exception>
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -33,19 +33,6 @@ namespace vesicle {
 namespace asio = boost::asio;
 
 namespace {
-
-// Runs `done` when it goes out of scope, however the coroutine ends: a
-// start under way is no longer counted.
-class Finally {
-public:
-  explicit Finally(std::function<void()> done) : done_(std::move(done)) {}
-  ~Finally() { done_(); }
-  Finally(const Finally&) = delete;
-  Finally& operator=(const Finally&) = delete;
-
-private:
-  std::function<void()> done_;
-};
 
 asio::awaitable<void> pause(asio::any_io_executor executor, std::chrono::milliseconds duration) {
   asio::steady_timer timer(executor, duration);
@@ -75,12 +62,21 @@ void VmHost::count_landings() {
   landings_starting_ = landings_making_.size() + warm_making_.size();
 }
 
+// Not in a destructor: a coroutine still suspended at shutdown has its
+// frame destroyed after VmHost is gone, and must not touch it then.
 asio::awaitable<void> VmHost::make_landing(std::string key,
                                            std::shared_ptr<const vmm::Snapshot> snapshot) {
-  const Finally uncount([this, key] {
-    landings_making_.erase(key);
-    count_landings();
-  });
+  try {
+    co_await landing_steps(key, std::move(snapshot));
+  } catch (const std::exception& e) {
+    log::warn("a fork landing was not made", {{"template", key}, {"error", e.what()}});
+  }
+  landings_making_.erase(key);
+  count_landings();
+}
+
+asio::awaitable<void> VmHost::landing_steps(std::string key,
+                                            std::shared_ptr<const vmm::Snapshot> snapshot) {
   co_await pause(executor_, settings_.landing_delay);
   const auto started = std::chrono::steady_clock::now();
   auto fail = [&key](const Error& error) {
@@ -216,12 +212,21 @@ void VmHost::refill_warm_restore(const std::string& key) {
   asio::co_spawn(executor_, make_warm_restore(key, found->second), asio::detached);
 }
 
+// As make_landing.
 asio::awaitable<void> VmHost::make_warm_restore(std::string key,
                                                 std::shared_ptr<const vmm::Snapshot> snapshot) {
-  const Finally uncount([this, key] {
-    warm_making_.erase(key);
-    count_landings();
-  });
+  try {
+    co_await warm_restore_steps(key, std::move(snapshot));
+  } catch (const std::exception& e) {
+    log::warn("no QEMU was started ahead for pool misses",
+              {{"template", key}, {"error", e.what()}});
+  }
+  warm_making_.erase(key);
+  count_landings();
+}
+
+asio::awaitable<void> VmHost::warm_restore_steps(std::string key,
+                                                 std::shared_ptr<const vmm::Snapshot> snapshot) {
   // As a pool refill: after the create that used the last one is answered.
   co_await pause(executor_, settings_.pool_restore_delay);
   WarmRestore warm;
