@@ -87,7 +87,7 @@ asio::awaitable<void> Api::metrics(Exchange& exchange) {
   text += "# TYPE vesicle_pool_vms gauge\n";
   text += "vesicle_pool_vms " + std::to_string(ctx_.vms.pool_size()) + "\n";
   text += "# HELP vesicle_prestarted_vmms QEMUs started ahead for the next fork of a template's "
-          "sandboxes (fork landings): waiting, or landings being made.\n";
+          "sandboxes (fork landings) or its next pool miss: waiting, or being made.\n";
   text += "# TYPE vesicle_prestarted_vmms gauge\n";
   text += "vesicle_prestarted_vmms{state=\"waiting\"} " +
           std::to_string(ctx_.vms.prestarted_vmms()) + "\n";

@@ -307,7 +307,9 @@ private:
                                             std::shared_ptr<const vmm::Snapshot> snapshot);
   boost::asio::awaitable<void> landing_steps(std::string key,
                                              std::shared_ptr<const vmm::Snapshot> snapshot);
-  // The landing `parent`'s fork can fill, taken out (null: none fits).
+  // The landing of `parent`'s template, taken out (null: none waits).
+  // Whether it fits is the save's own check (Vm::fits_landing, a pagemap
+  // read per waiting QEMU), done once on a fork's path.
   std::unique_ptr<Landing> take_landing(const SandboxVm& parent);
   // A filled landing's next waiting child for fork `base_id`, finished into
   // sandbox `id`'s VM; nullopt when none waits or it failed (the caller

@@ -208,7 +208,8 @@ asio::awaitable<void> VmHost::fork_running_parent(std::string parent_id, std::st
   vmm::ForkSaveStats stats;
   Result<vmm::Snapshot> saved = make_error("save", "not tried");
   // Into QEMUs started ahead when a landing of its template waits; if that
-  // fails the VM runs on and is saved the usual way.
+  // fails (the landing no longer fits: a QEMU of it died or wrote its
+  // memory) the VM runs on and is saved the usual way.
   want_landing(before.template_key);
   auto landing = take_landing(before);
   bool landed = false;

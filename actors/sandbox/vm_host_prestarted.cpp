@@ -130,17 +130,6 @@ std::unique_ptr<VmHost::Landing> VmHost::take_landing(const SandboxVm& parent) {
   if (parent.template_key.empty()) return nullptr;
   auto found = landings_.find(parent.template_key);
   if (found == landings_.end()) return nullptr;
-  if (!parent.vm->fits_landing(*found->second->landing)) {
-    // A VM of this template that does not fit: a QEMU of the landing died
-    // or wrote its memory. Make a new one.
-    log::warn("a fork landing is discarded: it no longer fits a VM of its template",
-              {{"template", parent.template_key}});
-    auto spoiled = std::move(found->second);
-    landings_.erase(found);
-    count_landings();
-    asio::co_spawn(executor_, discard_landing(std::move(spoiled)), asio::detached);
-    return nullptr;
-  }
   auto landing = std::move(found->second);
   landings_.erase(found);
   count_landings();
@@ -150,7 +139,12 @@ std::unique_ptr<VmHost::Landing> VmHost::take_landing(const SandboxVm& parent) {
 std::shared_ptr<vmm::GuestMemory> VmHost::take_template_copy(const SandboxVm& vm) {
   auto landing = take_landing(vm);
   if (!landing) return nullptr;
-  auto memory = landing->landing->snapshot.memory;
+  std::shared_ptr<vmm::GuestMemory> memory;
+  if (vm.vm->fits_landing(*landing->landing))
+    memory = landing->landing->snapshot.memory;
+  else // a QEMU of the landing died or wrote its memory
+    log::warn("a fork landing is discarded: it no longer fits a VM of its template",
+              {{"template", vm.template_key}});
   asio::co_spawn(executor_, discard_landing(std::move(landing)), asio::detached);
   refill_landings();
   return memory;
