@@ -123,7 +123,9 @@ test("an operator signs in, sees another key's sandbox, runs code in it and dest
     await row.getByRole("button", { name: "Console" }).click();
     await page.fill("#code", "print(6*7)");
     await page.click("#run");
-    await page.locator("#output", { hasText: "42" }).waitFor({ timeout: UI_TIMEOUT_MS });
+    // The exit line comes in an event of its own, after the output: wait for
+    // it, not for "42", or the text may be read between the two.
+    await page.locator("#output", { hasText: "[exit " }).waitFor({ timeout: UI_TIMEOUT_MS });
     const output = await page.locator("#output").textContent();
     assert.match(output, /^42\n/);
     assert.match(output, /\[exit 0, \d+ ms\]/);
