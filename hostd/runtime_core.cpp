@@ -36,6 +36,8 @@ VmSettings vm_settings(const config::HostdConfig& config,
                               config.network().default_egress() == "open";
   settings.spare_fork_copies = !config.has_spare_fork_copies() || config.spare_fork_copies();
   settings.prestarted_vmms = config.has_prestarted_vmms() ? config.prestarted_vmms() : 1;
+  if (config.has_fork_parent_restart_mib())
+    settings.fork_parent_restart_mib = config.fork_parent_restart_mib();
   const auto& agent = config.agent_deadlines();
   settings.agent_deadlines.exec_grace = std::chrono::seconds(agent.exec_grace_s());
   settings.agent_deadlines.cancel_answer = std::chrono::seconds(agent.exec_grace_s());

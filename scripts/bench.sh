@@ -7,11 +7,12 @@
 #              (misses with a QEMU started ahead; pool_bench_cold.json: --prestarted 0)
 #   full_snapshot_bench  full-RAM save and restore (what forks of pool VMs and Spaces use)
 #   fork_bench fork(n) through the SDK: latency at the SDK and server-side, first exec, PSS per
-#              child, family memory growth; issue 15's rows as fork_{pool,boot,grandchild,memory}.json:
+#              child, family memory growth; issue 15's rows as fork_{pool,boot,grandchild,memory,pool_memory}.json:
 #                fork_bench.py --source pool --ns 1 5 --parent-mib 100   (default Sandbox(), warm pool)
 #                fork_bench.py --source boot --ns 1                      (cold-booted parent)
 #                fork_bench.py --source pool --grandchild --ns 1         (fork of a fork child)
 #                fork_bench.py --source boot --ns 4 --parent-mib 200     (host memory growth)
+#                fork_bench.py --source pool --ns 4 --parent-mib 200     (the same, pool parent)
 #                fork_bench.py --source pool --ns 5 --parent-mib 100 --prestarted 5
 #                                                  (every child of fork(5) started ahead)
 #              (~1 min each at these sizes; --reps N for more)
@@ -25,6 +26,8 @@
 #   pool_net_bench pool hit with networking on: default egress, egress off, allowlist, and no
 #              networking (needs an uplink: scripts/detect-network.sh)
 #                pool_net_bench.py [--hits 30] [--no-baseline]
+#   free_bench what the guest's init_on_free costs: print(1), a cell filling and freeing 200 MiB,
+#              bash `true`
 #   space_bench freeze and resume through the SDK (idle, and 200 MiB in the REPL): latency, first exec, Space size
 #   template_bench create from a saved template's pool vs the base pool (and with no pool), through the SDK
 #   net_bench  network slot acquire/release and NAT throughput (test namespaces)
@@ -62,6 +65,7 @@ fork15 pool --source pool --ns 1 5 --parent-mib 100
 fork15 boot --source boot --ns 1
 fork15 grandchild --source pool --grandchild --ns 1
 fork15 memory --source boot --ns 4 --parent-mib 200 --reps 3
+fork15 pool_memory --source pool --ns 4 --parent-mib 200 --reps 3
 fork15 pool5 --source pool --ns 5 --parent-mib 100 --prestarted 5
 
 /usr/bin/python3 "$repo/tests/bench/density_bench.py" --hostd "$build/hostd/hostd" --images "$images" \
@@ -72,6 +76,9 @@ fork15 pool5 --source pool --ns 5 --parent-mib 100 --prestarted 5
 
 /usr/bin/python3 "$repo/tests/bench/pool_net_bench.py" --hostd "$build/hostd/hostd" --images "$images" \
   --json "$out/pool_net_bench.json" ${POOL_NET_BENCH_ARGS:-}
+
+/usr/bin/python3 "$repo/tests/bench/free_bench.py" --hostd "$build/hostd/hostd" --images "$images" \
+  --json "$out/free_bench.json" ${FREE_BENCH_ARGS:-}
 
 /usr/bin/python3 "$repo/tests/bench/space_bench.py" --hostd "$build/hostd/hostd" --images "$images" \
   --json "$out/space_bench.json" ${SPACE_BENCH_ARGS:-}

@@ -85,7 +85,11 @@ std::string kernel_cmdline(Accel accel, std::optional<unsigned long> tsc_khz) {
   // register, so the kernel's default reboot sequence ends in a real-mode
   // jump back into the firmware, which can spin forever (seen under host load)
   // instead of resetting. A triple fault always reaches QEMU as a guest reset.
-  std::string cmdline = "console=ttyS0 root=/dev/vda rw quiet panic=-1 reboot=t";
+  // init_on_free=1: the guest zeroes every page it frees. A fork copies the
+  // pages a restored VM wrote, and a freeze its whole RAM, leaving all-zero
+  // pages out (holes): without it, memory a program used and gave back
+  // (a temporary, an exited process) is copied and kept as if in use.
+  std::string cmdline = "console=ttyS0 root=/dev/vda rw quiet panic=-1 reboot=t init_on_free=1";
   if (accel == Accel::tcg && tsc_khz) {
     // tsc=reliable: TCG's vCPUs all read the host's TSC, which the kernel's
     // warp check, slowed down by emulation, mistakes for unsynchronized TSCs
@@ -1193,7 +1197,7 @@ bool landing_untouched(const ForkLanding& landing) {
 // `landing`: save into it (save_fork_snapshot_into); `copy`: the source's
 // data copied ahead (save_fork_snapshot_over).
 asio::awaitable<Result<Snapshot>> fork_save_steps(std::shared_ptr<VmState> state, fs::path dir,
-                                                  ForkSaveStats* stats,
+                                                  ForkSaveStats* stats, AfterForkSave after,
                                                   ForkLanding* landing = nullptr,
                                                   std::shared_ptr<GuestMemory> copy = nullptr) {
   const std::string& id = state->config.id;
@@ -1305,9 +1309,20 @@ asio::awaitable<Result<Snapshot>> fork_save_steps(std::shared_ptr<VmState> state
   }
   if (!copied) co_return co_await undo(std::move(copied).error());
   if (!memory) memory = copied->memory;
-  if (auto resumed = co_await resume(); !resumed)
-    co_return co_await undo(std::move(resumed).error());
+  const bool stay_paused = after == AfterForkSave::stay_paused;
+  if (!stay_paused) {
+    if (auto resumed = co_await resume(); !resumed)
+      co_return co_await undo(std::move(resumed).error());
+  }
   const auto resumed_at = Clock::now();
+  // A step below that fails leaves nothing saved: a VM kept paused for its
+  // caller to restart goes on instead, as after any failed save.
+  auto failed = [&](Error error) -> asio::awaitable<Result<Snapshot>> {
+    std::error_code ignored;
+    fs::remove_all(staging, ignored);
+    if (!stay_paused) co_return std::move(error).with_context(what + " (the VM runs on)");
+    co_return co_await undo(std::move(error));
+  };
   if (stats) {
     using std::chrono::duration_cast;
     using std::chrono::microseconds;
@@ -1330,25 +1345,18 @@ asio::awaitable<Result<Snapshot>> fork_save_steps(std::shared_ptr<VmState> state
       return seal_fork_snapshot(staging, disk, manifest, *memory, memory_bytes);
     };
     auto sealed = co_await run_blocking(state->executor, std::move(seal));
-    if (!sealed) {
-      fs::remove_all(staging, ec);
-      co_return std::move(sealed).error().with_context(what + " (the VM runs on)");
-    }
+    if (!sealed) co_return co_await failed(std::move(sealed).error());
     manifest = std::move(sealed).value();
   }
   if (landing) {
     // The landing's dir already holds the disk; the device state joins it.
     const fs::path from = staging / snapshot::kStateName, to = dir / snapshot::kStateName;
-    if (::rename(from.c_str(), to.c_str()) != 0) {
-      Error error = sys_error("rename", from.string() + " -> " + to.string());
-      fs::remove_all(staging, ec);
-      co_return std::move(error).with_context(what + " (the VM runs on)");
-    }
+    if (::rename(from.c_str(), to.c_str()) != 0)
+      co_return co_await failed(sys_error("rename", from.string() + " -> " + to.string()));
     fs::remove_all(staging, ec);
     landing->filled = true;
   } else if (auto moved = rename_new(staging, dir); !moved) {
-    fs::remove_all(staging, ec);
-    co_return std::move(moved).error().with_context(what + " (the VM runs on)");
+    co_return co_await failed(std::move(moved).error());
   }
   (void)snapshot::fsync_path(dir.parent_path(), true);
   Snapshot saved = snapshot::described(dir, manifest);
@@ -1437,10 +1445,21 @@ public:
     co_return co_await save_steps(state, std::move(dir), std::move(memory_file));
   }
 
-  asio::awaitable<Result<Snapshot>> save_fork_snapshot(fs::path dir,
-                                                       ForkSaveStats* stats) override {
+  asio::awaitable<Result<Snapshot>> save_fork_snapshot(fs::path dir, ForkSaveStats* stats,
+                                                       AfterForkSave after) override {
     auto state = state_;
-    co_return co_await fork_save_steps(state, std::move(dir), stats);
+    co_return co_await fork_save_steps(state, std::move(dir), stats, after);
+  }
+
+  std::uint64_t written_bytes() const override {
+    const VmState& state = *state_;
+    if (!state.running() || !state.restored || !state.source_memory) return 0;
+    const pid_t pid = state.process->pid();
+    const std::uint64_t bytes = state.source_memory->bytes();
+    auto address = find_mapping(pid, *state.source_memory, bytes);
+    if (!address) return 0;
+    auto pages = count_private_pages(pid, *address, bytes);
+    return pages ? *pages * 4096 : 0; // pagemap counts 4 KiB pages
   }
 
   bool fits_landing(const ForkLanding& landing) const override {
@@ -1461,17 +1480,19 @@ public:
         (copy->sealed() || !state->source_memory || copy->bytes() != state->source_memory->bytes()))
       co_return make_error("save VM", "the copy given is not an unsealed copy of its RAM's size",
                            dir.string());
-    co_return co_await fork_save_steps(state, std::move(dir), stats, nullptr, std::move(copy));
+    co_return co_await fork_save_steps(state, std::move(dir), stats, AfterForkSave::run_on, nullptr,
+                                       std::move(copy));
   }
 
   asio::awaitable<Result<Snapshot>> save_fork_snapshot_into(ForkLanding& landing,
-                                                            ForkSaveStats* stats) override {
+                                                            ForkSaveStats* stats,
+                                                            AfterForkSave after) override {
     auto state = state_;
     if (!fits_landing(landing))
       co_return make_error("save VM into a fork landing",
                            "the VM does not fit the landing (Vm::fits_landing)",
                            landing.snapshot.dir.string());
-    co_return co_await fork_save_steps(state, landing.snapshot.dir, stats, &landing);
+    co_return co_await fork_save_steps(state, landing.snapshot.dir, stats, after, &landing);
   }
 
   asio::awaitable<Result<Snapshot>> save_full(fs::path dir) override {

@@ -62,7 +62,8 @@ Result<void> GuestImages::check() const {
 
 // A driver without a way to copy a running VM's RAM says so.
 asio::awaitable<Result<Snapshot>> Vm::save_fork_snapshot(std::filesystem::path dir,
-                                                         ForkSaveStats* /*stats*/) {
+                                                         ForkSaveStats* /*stats*/,
+                                                         AfterForkSave /*after*/) {
   co_return make_error("save fork snapshot", "this VM cannot be snapshotted while it runs",
                        dir.string());
 }
@@ -74,7 +75,8 @@ asio::awaitable<Result<Snapshot>> Vm::save_fork_snapshot_over(std::filesystem::p
 }
 
 asio::awaitable<Result<Snapshot>> Vm::save_fork_snapshot_into(ForkLanding& landing,
-                                                              ForkSaveStats* /*stats*/) {
+                                                              ForkSaveStats* /*stats*/,
+                                                              AfterForkSave /*after*/) {
   co_return make_error("save fork snapshot", "this VM cannot be saved into a fork landing",
                        landing.snapshot.dir.string());
 }

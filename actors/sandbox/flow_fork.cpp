@@ -9,7 +9,9 @@
 //                                                  undo: release the hold
 //   save     VmHost turns the parent's VM into the fork snapshot fk-… and
 //            resumes the parent as one more copy of it (it hears vm_replaced
-//            and hold(false) from VmHost)          undo: the snapshot is let
+//            and hold(false) from VmHost; a restored parent that wrote
+//            little runs on instead, one that wrote much is restarted once
+//            the children are launched)            undo: the snapshot is let
 //            go; a parent that cannot be resumed dies (its actor hears why)
 //   launch   each child from the snapshot, all at once
 //   answer   once every child answered: all of them, in order; or, when any

@@ -21,6 +21,7 @@
 
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/thread_pool.hpp>
 
 #include "actors/bridge/bridge_actor.hpp"
@@ -64,6 +65,11 @@ struct VmSettings {
   // QEMUs started ahead, per template forked from, to be the next fork's
   // children (vm_host_prestarted.cpp); 0: none.
   unsigned prestarted_vmms = 1;
+  // A fork of a VM restored share=off (a pool sandbox, a fork child) that
+  // has written at least this many MiB over its snapshot restarts it on
+  // the fork's snapshot, which holds those pages, instead of letting it run
+  // on with its own copies of them (vm_host_fork.cpp); negative: never.
+  std::int64_t fork_parent_restart_mib = 64;
   // How long a landing waits before it starts, after the fork or template
   // that asked for it: the fork's children and the pool's refills first.
   std::chrono::milliseconds landing_delay{300};
@@ -288,10 +294,19 @@ private:
   boost::asio::awaitable<void> run_fork_parent(std::string parent_id, std::string base_id,
                                                ForkStepDone done);
   // The fork of a VM restored share=off (a pool sandbox, a fork's child):
-  // Vm::save_fork_snapshot copies its RAM and disk while it is paused, and
-  // it runs on as the parent, its record unchanged.
+  // Vm::save_fork_snapshot copies its RAM and disk while it is paused; it
+  // runs on as the parent, its record unchanged, unless it wrote
+  // fork_parent_restart_mib or more: then it stays paused until the fork's
+  // children are started (release_fork) and is restarted on the snapshot.
   boost::asio::awaitable<void> fork_running_parent(std::string parent_id, std::string base_id,
                                                    SandboxVm before, ForkStepDone done);
+  // A fork's parent, its old QEMU ended, goes on as one more VM restored
+  // from the fork's snapshot `base`, keeping its network slot, hostname
+  // and machine-id; its record and sandbox learn of the new VM, and its
+  // hold ends. On failure the sandbox is told its VM exited.
+  boost::asio::awaitable<void> resume_parent_from(std::string parent_id, std::string base_id,
+                                                  sandbox_actor parent, SandboxVm before,
+                                                  std::shared_ptr<vmm::ForkSnapshot> base);
   // Pre-started VMMs (vm_host_prestarted.cpp). Fork landings: QEMUs started
   // for the next fork of a VM restored from a template.
   struct Landing {
@@ -402,6 +417,15 @@ private:
   std::map<std::string, std::unique_ptr<Landing>> landings_;
   std::set<std::string> landings_making_;
   std::map<std::string, std::unique_ptr<Landing>> landed_;
+  // Forks whose parent waits, paused, to be restarted on the snapshot
+  // until the fork's children are started (release_fork sets it): its
+  // restore would otherwise share the cores with theirs.
+  struct ParentRestart {
+    explicit ParentRestart(boost::asio::any_io_executor executor) : wakeup(std::move(executor)) {}
+    boost::asio::steady_timer wakeup; // cancelled when the children are started
+    bool children_started = false;
+  };
+  std::map<std::string, std::shared_ptr<ParentRestart>> parents_to_restart_;
   // Pool misses' pre-started QEMUs, by template key, and those being made.
   std::map<std::string, WarmRestore> warm_restores_;
   std::set<std::string> warm_making_;

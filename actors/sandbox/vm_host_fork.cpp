@@ -7,6 +7,8 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/use_awaitable.hpp>
 #include <caf/send.hpp>
 
 #include "common/log.hpp"
@@ -80,6 +82,13 @@ fork_parent_link(asio::any_io_executor executor, const fs::path& images_dir,
   co_return nullptr;
 }
 
+// Milliseconds since `since`, for log lines.
+long long elapsed_ms(std::chrono::steady_clock::time_point since) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() -
+                                                               since)
+      .count();
+}
+
 } // namespace
 
 asio::awaitable<Result<std::string>> VmHost::refresh_identity(vmm::Vm& vm, std::string hostname,
@@ -134,7 +143,6 @@ asio::awaitable<void> VmHost::run_fork_parent(std::string parent_id, std::string
   // with its family, and with hostd.
   fs::path no_copy_on_disk;
   auto saved = co_await source->save_snapshot(dir, std::move(no_copy_on_disk));
-  const auto saved_at = std::chrono::steady_clock::now();
   if (!saved) {
     const std::string why = saved.error().message();
     before.target->sandbox = parent;
@@ -152,8 +160,17 @@ asio::awaitable<void> VmHost::run_fork_parent(std::string parent_id, std::string
       co_await fork_parent_link(executor_, settings_.images_dir, *saved, before.base, base_id);
   auto base = fork_snapshots_.add(base_id, std::move(saved.value()), std::move(link));
   done(std::int32_t{0});
-  // The parent goes on as one more copy of the snapshot, with its network
-  // slot, hostname and machine-id.
+  log::info("fork: parent saved", {{"sandbox", parent_id},
+                                   {"fork", base_id},
+                                   {"save_ms", std::to_string(elapsed_ms(started))}});
+  co_await resume_parent_from(std::move(parent_id), std::move(base_id), parent, before,
+                              std::move(base));
+}
+
+asio::awaitable<void> VmHost::resume_parent_from(std::string parent_id, std::string base_id,
+                                                 sandbox_actor parent, SandboxVm before,
+                                                 std::shared_ptr<vmm::ForkSnapshot> base) {
+  const auto started = std::chrono::steady_clock::now();
   Result<std::unique_ptr<vmm::Vm>> restored = make_error("restore", "not tried");
   for (int attempt = 0; attempt < 2 && !restored; ++attempt) {
     auto config = vm_config(parent_id, base->snapshot().vcpus, base->snapshot().memory_mib,
@@ -182,19 +199,18 @@ asio::awaitable<void> VmHost::run_fork_parent(std::string parent_id, std::string
                          refreshed.error().message());
     co_return;
   }
-  const auto ms = [](auto duration) {
-    return std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(duration).count());
-  };
-  std::vector<log::Field> phases = {{"sandbox", parent_id}, {"fork", base_id}};
-  phases.emplace_back("save_ms", ms(saved_at - started));
-  phases.emplace_back("resume_ms", ms(std::chrono::steady_clock::now() - saved_at));
-  log::write(log::Level::info, "fork: parent saved and resumed", phases);
+  log::info("fork: parent resumed on the fork's snapshot",
+            {{"sandbox", parent_id},
+             {"fork", base_id},
+             {"resume_ms", std::to_string(elapsed_ms(started))}});
   auto target = std::make_shared<ExitTarget>();
   target->sandbox = parent;
   record->second.vm = vm;
   record->second.target = target;
   record->second.base = base;
   record->second.machine_id = std::move(refreshed.value());
+  // It maps the fork's snapshot now, not a template's: no landing fits it.
+  record->second.template_key.clear();
   base.reset();
   caf::anon_send(parent, vm_replaced_atom::value, static_cast<std::int32_t>(vm->qemu_pid()));
   caf::anon_send(parent, hold_atom::value, false);
@@ -205,6 +221,16 @@ asio::awaitable<void> VmHost::fork_running_parent(std::string parent_id, std::st
                                                   SandboxVm before, ForkStepDone done) {
   const auto dir = settings_.runtime_dir / ("fork-" + base_id);
   const auto started = std::chrono::steady_clock::now();
+  // What it wrote over its snapshot is copied into the fork's; kept running
+  // it would hold a second copy of all of it for as long as it lives.
+  // Restarted on the fork's snapshot it shares that copy with its children,
+  // for one more restore (off the fork's answer) and its TCG translations.
+  const sandbox_actor parent = before.target->sandbox;
+  const std::uint64_t written = before.vm->written_bytes();
+  const bool restart = parent && settings_.fork_parent_restart_mib >= 0 &&
+                       written >= static_cast<std::uint64_t>(settings_.fork_parent_restart_mib)
+                                      << 20;
+  const auto after = restart ? vmm::AfterForkSave::stay_paused : vmm::AfterForkSave::run_on;
   vmm::ForkSaveStats stats;
   Result<vmm::Snapshot> saved = make_error("save", "not tried");
   // Into QEMUs started ahead when a landing of its template waits; if that
@@ -214,7 +240,7 @@ asio::awaitable<void> VmHost::fork_running_parent(std::string parent_id, std::st
   auto landing = take_landing(before);
   bool landed = false;
   if (landing) {
-    saved = co_await before.vm->save_fork_snapshot_into(*landing->landing, &stats);
+    saved = co_await before.vm->save_fork_snapshot_into(*landing->landing, &stats, after);
     landed = saved.ok();
     if (landed) {
       landed_[base_id] = std::move(landing);
@@ -224,7 +250,7 @@ asio::awaitable<void> VmHost::fork_running_parent(std::string parent_id, std::st
       asio::co_spawn(executor_, discard_landing(std::move(landing)), asio::detached);
     }
   }
-  if (!saved) saved = co_await before.vm->save_fork_snapshot(dir, &stats);
+  if (!saved) saved = co_await before.vm->save_fork_snapshot(dir, &stats, after);
   // The VM does not end here: should it die, its watcher tells the sandbox.
   if (!saved) {
     done(std::move(saved).error().with_context("saving sandbox " + parent_id +
@@ -233,13 +259,16 @@ asio::awaitable<void> VmHost::fork_running_parent(std::string parent_id, std::st
   }
   // The new snapshot's disk is an overlay on the one the parent's own
   // overlay is backed by: it holds the parent's snapshot. The parent keeps
-  // its own (it still maps that RAM and disk).
+  // its own (it still maps that RAM and disk) unless it is restarted.
   auto link =
       co_await fork_parent_link(executor_, settings_.images_dir, *saved, before.base, base_id);
   auto base = fork_snapshots_.add(base_id, std::move(saved.value()), std::move(link));
-  base.reset();
+  std::shared_ptr<ParentRestart> waiting;
+  if (restart) {
+    waiting = std::make_shared<ParentRestart>(executor_);
+    parents_to_restart_[base_id] = waiting;
+  }
   done(std::int32_t{0});
-  if (before.target->sandbox) caf::anon_send(before.target->sandbox, hold_atom::value, false);
   const auto ms = [](auto duration) {
     return std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(duration).count());
   };
@@ -253,11 +282,41 @@ asio::awaitable<void> VmHost::fork_running_parent(std::string parent_id, std::st
               {"paused_ms", ms(stats.paused)},
               {"ram_copy_ms", ms(stats.memory)},
               {"private_mib", std::to_string(stats.private_pages * 4096 >> 20)},
-              {"memory_mib", std::to_string(stats.memory_bytes >> 20)}});
+              {"memory_mib", std::to_string(stats.memory_bytes >> 20)},
+              {"parent", restart ? "restarted" : "runs on"}});
+  if (!restart) {
+    base.reset();
+    if (parent) caf::anon_send(parent, hold_atom::value, false);
+    co_return;
+  }
+  // It stays paused (and held) until the fork's children are started, so
+  // that they have the cores first; a fork that never says so (it should
+  // not happen) lets it go on after kParentWaitLimit.
+  constexpr std::chrono::minutes kParentWaitLimit{2};
+  if (!waiting->children_started) {
+    waiting->wakeup.expires_after(kParentWaitLimit);
+    boost::system::error_code cancelled;
+    co_await waiting->wakeup.async_wait(asio::redirect_error(asio::use_awaitable, cancelled));
+  }
+  if (!waiting->children_started)
+    log::warn("fork: its children were not started in time; restarting the parent",
+              {{"sandbox", parent_id}, {"fork", base_id}});
+  parents_to_restart_.erase(base_id);
+  // Its old QEMU, paused as saved, ends first: the new one takes its
+  // network slot and its cgroup leaf's name. That end is no death.
+  before.target->sandbox = nullptr;
+  before.vm->destroy();
+  (void)co_await before.vm->wait_exit();
+  co_await resume_parent_from(std::move(parent_id), std::move(base_id), parent, std::move(before),
+                              std::move(base));
 }
 
 void VmHost::release_fork(std::string base_id) {
   asio::post(executor_, [this, base_id = std::move(base_id)] {
+    if (auto parent = parents_to_restart_.find(base_id); parent != parents_to_restart_.end()) {
+      parent->second->children_started = true;
+      parent->second->wakeup.cancel();
+    }
     fork_snapshots_.release(base_id);
     // Children started ahead that this fork did not need (it had fewer).
     if (auto found = landed_.find(base_id); found != landed_.end()) {

@@ -61,6 +61,55 @@ TEST_F(ForkTest, ChildrenComeFromOneSaveTheParentRunsOnAndTheSnapshotGoesWithThe
   EXPECT_TRUE(driver.live.empty());
 }
 
+TEST_F(ForkTest, ARestoredParentThatWroteMuchRestartsOnTheForksSnapshotOneThatWroteLittleRunsOn) {
+  auto root = create();
+  ASSERT_TRUE(root);
+  auto children = fork(root->id, 1);
+  ASSERT_TRUE(children) << to_string(children.error());
+  const SandboxInfo child = (*children)[0];
+  vesicle::testing::FakeVm* vm = driver.vm(child.id);
+  ASSERT_NE(vm, nullptr);
+  ASSERT_TRUE(vm->restored) << "a fork child is restored, as a pool sandbox is";
+
+  // Below fork_parent_restart_mib (64): the child runs on in its QEMU.
+  vm->written = 63ull << 20;
+  const int restores = driver.restores_started;
+  auto first = fork(child.id, 1);
+  ASSERT_TRUE(first) << to_string(first.error());
+  EXPECT_EQ(driver.restores_started, restores + 1) << "the grandchild only";
+  auto kept = lookup(child.id);
+  ASSERT_TRUE(kept);
+  EXPECT_EQ(kept->qemu_pid, child.qemu_pid);
+  EXPECT_FALSE(vm->paused);
+
+  // At it: the save leaves it paused, and it goes on in a new QEMU.
+  vm->written = 64ull << 20;
+  auto second = fork(child.id, 2);
+  ASSERT_TRUE(second) << to_string(second.error());
+  settle();
+  EXPECT_EQ(driver.restores_started, restores + 1 + 3) << "two grandchildren and the parent";
+  EXPECT_EQ(driver.vm(child.id), driver.vms[child.id]);
+  auto restarted = lookup(child.id);
+  ASSERT_TRUE(restarted);
+  EXPECT_EQ(restarted->state, SandboxState::ready);
+  EXPECT_NE(restarted->qemu_pid, child.qemu_pid) << "restarted on the fork's snapshot";
+  ASSERT_NE(driver.vm(child.id), nullptr);
+  EXPECT_NE(driver.vm(child.id)->qemu_pid(), child.qemu_pid);
+  EXPECT_TRUE(ask_registry<std::uint64_t>(begin_op_atom::value, std::string("alice"), child.id))
+      << "its hold ends once it runs again";
+  EXPECT_EQ(vms.size(), 5u) << "root, child, three grandchildren";
+  EXPECT_EQ(driver.live.size(), 5u) << "the child's old VM is gone";
+
+  for (const auto& list : {*second, *first})
+    for (const auto& sandbox : list)
+      destroy(sandbox.id);
+  destroy(child.id);
+  destroy(root->id);
+  settle();
+  EXPECT_EQ(vms.fork_snapshots(), 0u);
+  EXPECT_TRUE(driver.live.empty());
+}
+
 TEST_F(ForkTest, AChildThatFailsTakesTheOthersDownAndTheParentRunsOn) {
   auto parent = create();
   ASSERT_TRUE(parent);

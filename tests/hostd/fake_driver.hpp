@@ -163,8 +163,11 @@ public:
                                                        std::filesystem::path memory_file) override;
   asio::awaitable<Result<vmm::Snapshot>> save_full(std::filesystem::path dir) override;
   // Stands in for the fork save of a running VM: no files, and the VM runs on.
+  // Stays paused as the real one does with AfterForkSave::stay_paused.
   asio::awaitable<Result<vmm::Snapshot>> save_fork_snapshot(std::filesystem::path dir,
-                                                            vmm::ForkSaveStats* stats) override;
+                                                            vmm::ForkSaveStats* stats,
+                                                            vmm::AfterForkSave after) override;
+  std::uint64_t written_bytes() const override { return restored ? written : 0; }
   // The VM's process exits (as if QEMU got kill -9).
   void kill(std::string how) {
     if (exited_.is_open()) return;
@@ -177,6 +180,8 @@ public:
   std::vector<std::uint64_t> grown_to; // each grow_disk's bytes
   bool files_removed = false;
   bool restored = false; // made by FakeDriver::restore
+  std::uint64_t written = 0; // what written_bytes() says, when restored
+  bool paused = false;       // by a fork save told to stay paused
   FakeAgent& fake_agent() { return agent_; }
 
 private:
@@ -308,9 +313,11 @@ FakeVm::save_snapshot(std::filesystem::path dir, std::filesystem::path memory_fi
 }
 
 inline asio::awaitable<Result<vmm::Snapshot>>
-FakeVm::save_fork_snapshot(std::filesystem::path dir, vmm::ForkSaveStats* /*stats*/) {
+FakeVm::save_fork_snapshot(std::filesystem::path dir, vmm::ForkSaveStats* /*stats*/,
+                           vmm::AfterForkSave after) {
   if (driver_.fail_saves) co_return make_error("save VM", "the fake driver was told to fail");
   ++driver_.saves;
+  paused = after == vmm::AfterForkSave::stay_paused;
   vmm::Snapshot snapshot;
   snapshot.dir = std::move(dir);
   snapshot.vcpus = config_.vcpus;

@@ -420,16 +420,43 @@ def stop(sb, pid):
     )
 
 
-def test_a_pool_sandboxs_children_inherit_its_state_and_keep_their_own(fork_hostd):
+def vmm_of(hostd, sandbox_id):
+    """(pid, start time) of the QEMU hostd runs sandbox `sandbox_id` in."""
+    for entry in admin_sandboxes(hostd):
+        if entry["sandbox"]["id"] == sandbox_id:
+            pid = int(entry["vmm_pid"])
+            return pid, process_start(pid)
+    raise AssertionError(f"{sandbox_id} is not in /v1/admin/sandboxes")
+
+
+# A parent that wrote less than fork_parent_restart_mib (64, hostd's
+# default) runs on in its QEMU after the fork; one that wrote more is
+# restarted on the fork's snapshot. Either way it is the same machine.
+@pytest.mark.parametrize("written_mib", [0, 80], ids=["runs-on", "restarted"])
+def test_a_pool_sandboxs_children_inherit_its_state_and_keep_their_own(fork_hostd, written_mib):
     with Family(fork_hostd) as family:
         (parent,) = family.add(pool_sandbox(fork_hostd))
         value(parent, "import numpy as np\ny = int(np.arange(10).sum())\nnames = ['parent']")
+        value(parent, f"import hashlib, os\nblock = os.urandom({written_mib} * 2**20)")
+        digest = value(parent, "hashlib.sha256(block).hexdigest()")
         home = bash(parent, "echo $HOME")
+        machine_id = bash(parent, "cat /etc/machine-id")
         bash(parent, "echo parent-home > ~/note.txt && echo parent-tmp > /tmp/note.txt")
         ticker = start_ticker(parent)
         assert ticks_on(parent)
+        vmm_before = vmm_of(fork_hostd, parent.id)
 
         kids = family.add(*parent.fork(n=2))
+        # The parent answers (once restarted, when it was), as itself, its
+        # process ticking on.
+        assert bash(parent, "hostname") == parent.id
+        assert bash(parent, "cat /etc/machine-id") == machine_id
+        assert value(parent, "hashlib.sha256(block).hexdigest()") == digest
+        assert ticks_on(parent)
+        if written_mib >= 64:
+            assert vmm_of(fork_hostd, parent.id) != vmm_before, "not restarted"
+        else:
+            assert vmm_of(fork_hostd, parent.id) == vmm_before, "restarted"
         # The family's RAM is where fork_files() and the memfd count look.
         assert fork_files(fork_hostd, family.ids()), "no fork snapshot seen while the family lives"
         # Its RAM is a memfd of its own, or the one of the landing it filled
@@ -446,6 +473,7 @@ def test_a_pool_sandboxs_children_inherit_its_state_and_keep_their_own(fork_host
             assert kid.info["source"] == "fork"
             assert value(kid, "y") == "45"
             assert value(kid, "names") == "['parent']"
+            assert value(kid, "hashlib.sha256(block).hexdigest()") == digest
             assert value(kid, "np.arange(3).tolist()") == "[0, 1, 2]"
             assert bash(kid, "cat ~/note.txt /tmp/note.txt") == "parent-home\nparent-tmp"
             assert bash(kid, "echo $HOME") == home
