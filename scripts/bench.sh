@@ -26,8 +26,6 @@
 #   pool_net_bench pool hit with networking on: default egress, egress off, allowlist, and no
 #              networking (needs an uplink: scripts/detect-network.sh)
 #                pool_net_bench.py [--hits 30] [--no-baseline]
-#   free_bench what the guest's init_on_free costs: print(1), a cell filling and freeing 200 MiB,
-#              bash `true`
 #   space_bench freeze and resume through the SDK (idle, and 200 MiB in the REPL): latency, first exec, Space size
 #   template_bench create from a saved template's pool vs the base pool (and with no pool), through the SDK
 #   net_bench  network slot acquire/release and NAT throughput (test namespaces)
@@ -76,9 +74,6 @@ fork15 pool5 --source pool --ns 5 --parent-mib 100 --prestarted 5
 
 /usr/bin/python3 "$repo/tests/bench/pool_net_bench.py" --hostd "$build/hostd/hostd" --images "$images" \
   --json "$out/pool_net_bench.json" ${POOL_NET_BENCH_ARGS:-}
-
-/usr/bin/python3 "$repo/tests/bench/free_bench.py" --hostd "$build/hostd/hostd" --images "$images" \
-  --json "$out/free_bench.json" ${FREE_BENCH_ARGS:-}
 
 /usr/bin/python3 "$repo/tests/bench/space_bench.py" --hostd "$build/hostd/hostd" --images "$images" \
   --json "$out/space_bench.json" ${SPACE_BENCH_ARGS:-}

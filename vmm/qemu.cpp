@@ -85,11 +85,11 @@ std::string kernel_cmdline(Accel accel, std::optional<unsigned long> tsc_khz) {
   // register, so the kernel's default reboot sequence ends in a real-mode
   // jump back into the firmware, which can spin forever (seen under host load)
   // instead of resetting. A triple fault always reaches QEMU as a guest reset.
-  // init_on_free=1: the guest zeroes every page it frees. A fork copies the
-  // pages a restored VM wrote, and a freeze its whole RAM, leaving all-zero
-  // pages out (holes): without it, memory a program used and gave back
-  // (a temporary, an exited process) is copied and kept as if in use.
-  std::string cmdline = "console=ttyS0 root=/dev/vda rw quiet panic=-1 reboot=t init_on_free=1";
+  // No init_on_free=1 (zeroing what the guest frees, so a fork's copy
+  // would leave it out): at boot the kernel frees, and so zeroes, all of
+  // its RAM, which a booted VM's memory file then holds whole
+  // (BENCHMARKS.md, "the parent's continuation").
+  std::string cmdline = "console=ttyS0 root=/dev/vda rw quiet panic=-1 reboot=t";
   if (accel == Accel::tcg && tsc_khz) {
     // tsc=reliable: TCG's vCPUs all read the host's TSC, which the kernel's
     // warp check, slowed down by emulation, mistakes for unsynchronized TSCs
