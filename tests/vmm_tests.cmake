@@ -9,6 +9,7 @@ vesicle_test(vmm_qmp_test SOURCES vmm/qmp_test.cpp LIBS vesicle_vmm)
 vesicle_test(qemu_command_test SOURCES vmm/qemu_command_test.cpp LIBS vesicle_vmm)
 vesicle_test(root_disk_test SOURCES vmm/root_disk_test.cpp LIBS vesicle_vmm)
 vesicle_test(qcow2_overlay_test SOURCES vmm/qcow2_overlay_test.cpp LIBS vesicle_vmm)
+vesicle_test(guest_memory_test SOURCES vmm/guest_memory_test.cpp LIBS vesicle_vmm)
 vesicle_test(spare_copy_test SOURCES vmm/spare_copy_test.cpp LIBS vesicle_vmm)
 vesicle_test(private_memory_test SOURCES vmm/private_memory_test.cpp LIBS vesicle_vmm)
 # A child dropped while running is killed and reaped off the event loop.

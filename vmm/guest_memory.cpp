@@ -6,6 +6,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
+#include <thread>
 #include <vector>
 
 namespace vesicle::vmm {
@@ -15,6 +17,8 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr unsigned kSeals = F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL;
+// How long seal() keeps trying while the kernel answers EBUSY.
+constexpr std::chrono::milliseconds kSealPatience{3000};
 
 // Copies the data extents of `in` to `out` at the same offsets (`out` has
 // the size already) and shows each piece to `seen`, if given. copy_file_range
@@ -79,9 +83,24 @@ GuestMemory::load(const fs::path& file, const std::string& name, const ChunkFn& 
 
 Result<void> GuestMemory::seal() {
   if (sealed_) return {};
-  if (::fcntl(fd_.get(), F_ADD_SEALS, kSeals) != 0) {
-    Error error = sys_error("seal guest memory", path().string());
-    if (errno == EBUSY) error.detail = "a VM still maps it writable and shared";
+  // EBUSY has two causes. A writable shared mapping (a VM still running on
+  // the file) lasts. Pages the kernel holds longer than F_ADD_SEALS waits for
+  // them (~150 ms) pass: reclaim isolates pages it scans, and a host running
+  // DAMON's pageout scheme (these machines do) scans page cache, memfds
+  // included, with the scanner preempted on a busy host. CI saw one such
+  // EBUSY on a fresh copy nothing mapped. So EBUSY is tried again for a while.
+  const auto deadline = std::chrono::steady_clock::now() + kSealPatience;
+  while (::fcntl(fd_.get(), F_ADD_SEALS, kSeals) != 0) {
+    const int error_number = errno;
+    if (error_number == EINTR) continue;
+    if (error_number == EBUSY && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      continue;
+    }
+    Error error = sys_error("seal guest memory", path().string(), error_number);
+    if (error_number == EBUSY)
+      error.detail = "a VM still maps it writable and shared, or the kernel held its pages for " +
+                     std::to_string(kSealPatience.count()) + " ms";
     return error;
   }
   if (::fchmod(fd_.get(), 0666) != 0) return sys_error("fchmod", path().string());

@@ -51,7 +51,8 @@ public:
   // exited (a writable shared mapping makes sealing fail with EBUSY). Also
   // opens the mode to 0666, which a sealed file ignores for writes, because
   // QEMU 7.2 re-opens it read-write even for a private mapping and VMs run as
-  // users other than its owner.
+  // users other than its owner. Blocking: it waits up to a few seconds for
+  // pages the kernel holds (see the definition); call it off the executor.
   Result<void> seal();
   // Makes `uid` the owner of an unsealed memory file: the one VM that maps
   // it share=on re-opens it read-write as that user (mode 0600).

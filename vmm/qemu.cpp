@@ -760,15 +760,18 @@ asio::awaitable<Result<Snapshot>> save_steps(std::shared_ptr<VmState> state, fs:
   if (state->running()) co_return fail(make_error("quit QEMU", "it did not exit", id));
   if (auto moved = rename_new(paths.overlay, staging / snapshot::kDiskName); !moved)
     co_return fail(std::move(moved).error());
-  // Nothing maps the memory writable and shared any more: seal it.
   if (!memory) co_return fail(make_error("save snapshot", "the VM has no memory file", id));
-  if (auto sealed = memory->seal(); !sealed) co_return fail(std::move(sealed).error());
   if (!memory_file.empty()) memory_moved = true; // written by seal_snapshot
   fs::remove_all(paths.dir, ec);                 // sockets, log
 
   snapshot::Manifest manifest = manifest_of(*state);
   manifest.memory_file = memory_file.empty() ? memory->path() : memory_file;
-  auto seal = [staging, manifest, memory]() { return seal_snapshot(staging, manifest, *memory); };
+  // Nothing maps the memory writable and shared any more: it is sealed
+  // first (off the executor: GuestMemory::seal may wait).
+  auto seal = [staging, manifest, memory]() -> Result<snapshot::Manifest> {
+    if (auto sealed = memory->seal(); !sealed) return std::move(sealed).error();
+    return seal_snapshot(staging, manifest, *memory);
+  };
   auto sealed = co_await run_blocking(state->executor, std::move(seal));
   if (!sealed) co_return fail(std::move(sealed).error());
   if (auto moved = rename_new(staging, dir); !moved) co_return fail(std::move(moved).error());
