@@ -82,11 +82,14 @@ fork_parent_link(asio::any_io_executor executor, const fs::path& images_dir,
   co_return nullptr;
 }
 
+// A duration in whole milliseconds, as log lines show it.
+std::string ms_text(std::chrono::steady_clock::duration duration) {
+  return std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(duration).count());
+}
+
 // Milliseconds since `since`, for log lines.
-long long elapsed_ms(std::chrono::steady_clock::time_point since) {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() -
-                                                               since)
-      .count();
+std::string elapsed_ms(std::chrono::steady_clock::time_point since) {
+  return ms_text(std::chrono::steady_clock::now() - since);
 }
 
 } // namespace
@@ -160,9 +163,8 @@ asio::awaitable<void> VmHost::run_fork_parent(std::string parent_id, std::string
       co_await fork_parent_link(executor_, settings_.images_dir, *saved, before.base, base_id);
   auto base = fork_snapshots_.add(base_id, std::move(saved.value()), std::move(link));
   done(std::int32_t{0});
-  log::info("fork: parent saved", {{"sandbox", parent_id},
-                                   {"fork", base_id},
-                                   {"save_ms", std::to_string(elapsed_ms(started))}});
+  log::info("fork: parent saved",
+            {{"sandbox", parent_id}, {"fork", base_id}, {"save_ms", elapsed_ms(started)}});
   co_await resume_parent_from(std::move(parent_id), std::move(base_id), parent, before,
                               std::move(base));
 }
@@ -200,9 +202,7 @@ asio::awaitable<void> VmHost::resume_parent_from(std::string parent_id, std::str
     co_return;
   }
   log::info("fork: parent resumed on the fork's snapshot",
-            {{"sandbox", parent_id},
-             {"fork", base_id},
-             {"resume_ms", std::to_string(elapsed_ms(started))}});
+            {{"sandbox", parent_id}, {"fork", base_id}, {"resume_ms", elapsed_ms(started)}});
   auto target = std::make_shared<ExitTarget>();
   target->sandbox = parent;
   record->second.vm = vm;
@@ -269,18 +269,15 @@ asio::awaitable<void> VmHost::fork_running_parent(std::string parent_id, std::st
     parents_to_restart_[base_id] = waiting;
   }
   done(std::int32_t{0});
-  const auto ms = [](auto duration) {
-    return std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(duration).count());
-  };
   log::write(log::Level::info, "fork: running parent saved",
              {{"sandbox", parent_id},
               {"fork", base_id},
-              {"save_ms", ms(std::chrono::steady_clock::now() - started)},
-              {"source_copy_ms", ms(stats.data_copy)},
+              {"save_ms", elapsed_ms(started)},
+              {"source_copy_ms", ms_text(stats.data_copy)},
               {"spare_copy", stats.spare_copy ? "taken" : "none"},
               {"landing", landed ? "filled" : "none"},
-              {"paused_ms", ms(stats.paused)},
-              {"ram_copy_ms", ms(stats.memory)},
+              {"paused_ms", ms_text(stats.paused)},
+              {"ram_copy_ms", ms_text(stats.memory)},
               {"private_mib", std::to_string(stats.private_pages * 4096 >> 20)},
               {"memory_mib", std::to_string(stats.memory_bytes >> 20)},
               {"parent", restart ? "restarted" : "runs on"}});
