@@ -12,7 +12,10 @@ QEMU waits again afterwards, and hostd's shutdown leaves none behind.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -127,6 +130,58 @@ def test_a_fork_fills_the_templates_landing(prestarted_hostd):
             close_all(*kids)
         # Once the fork's children are launched, a new landing waits again.
         wait_for_prestarted(hostd, waiting=2)
+    finally:
+        close_all(parent)
+
+
+def landing_qemus(hostd):
+    """PIDs of the QEMUs of the fork landing waiting (their VM ids are land-*)."""
+    found = []
+    for pid in qemu_processes_under([hostd.runtime_dir]):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"vesicle-land-" in f.read():
+                    found.append(pid)
+        except OSError:
+            pass
+    return found
+
+
+def test_a_fork_whose_landing_lost_its_qemu_saves_the_usual_way(prestarted_hostd):
+    hostd = prestarted_hostd
+    wait_for_prestarted(hostd, waiting=2)
+    parent = Sandbox(**connect(hostd))
+    try:
+        parent.run_code("x = 41\nopen('/root/f', 'w').write('parent')")
+        waiting = landing_qemus(hostd)
+        assert len(waiting) == 1, waiting
+        # As if the kernel's OOM killer or an operator took it.
+        os.kill(waiting[0], signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while waiting[0] in qemu_processes_under([hostd.runtime_dir]):
+            assert time.monotonic() < deadline, "the killed QEMU did not go"
+            time.sleep(0.1)
+        log_before = hostd.log_path.read_text()
+        kids = parent.fork(n=2)
+        try:
+            forked = hostd.log_path.read_text()[len(log_before):]
+            assert "fork: saving into a landing failed; saving the usual way" in forked, forked
+            assert "landing=none" in forked, forked
+            for kid in kids:
+                assert kid.info["source"] == "fork"
+                assert kid.run_code("x + 1").result == "42"
+                assert kid.run_code("open('/root/f').read()").result == "'parent'"
+            kids[0].run_code("x = 0")
+            assert kids[1].run_code("x").result == "41"
+            assert parent.run_code("x").result == "41"
+        finally:
+            close_all(*kids)
+        # The broken landing is gone (its dir too) and a new one waits.
+        wait_for_prestarted(hostd, waiting=2)
+        live = set(landing_qemus(hostd))
+        assert len(live) == 1 and waiting[0] not in live, live
+        dirs = sorted(Path(hostd.runtime_dir).glob("landing-*"))
+        assert len(dirs) == 1, dirs
     finally:
         close_all(parent)
 
