@@ -1213,6 +1213,7 @@ asio::awaitable<Result<Snapshot>> fork_save_steps(std::shared_ptr<VmState> state
   // booted VM's is its own file.
   std::shared_ptr<GuestMemory> source = state->restored ? state->source_memory : state->own_memory;
   if (!source) co_return make_error("save VM", "the VM has no memory file", id).with_context(what);
+  if (stats) stats->stayed_paused = false; // until a save that leaves it paused succeeds
 
   std::error_code ec;
   // Into a landing: its dir exists (the disk placeholder its QEMUs hold
@@ -1312,7 +1313,9 @@ asio::awaitable<Result<Snapshot>> fork_save_steps(std::shared_ptr<VmState> state
   }
   if (!copied) co_return co_await undo(std::move(copied).error());
   if (!memory) memory = copied->memory;
-  const bool stay_paused = after == AfterForkSave::stay_paused;
+  // Pages are 4 KiB in pagemap's count.
+  const bool stay_paused = after.stay_paused_from && state->restored &&
+                           copied->ram.private_pages * 4096 >= *after.stay_paused_from;
   if (!stay_paused) {
     if (auto resumed = co_await resume(); !resumed)
       co_return co_await undo(std::move(resumed).error());
@@ -1364,6 +1367,7 @@ asio::awaitable<Result<Snapshot>> fork_save_steps(std::shared_ptr<VmState> state
   (void)snapshot::fsync_path(dir.parent_path(), true);
   Snapshot saved = snapshot::described(dir, manifest);
   saved.memory = std::move(memory);
+  if (stats) stats->stayed_paused = stay_paused;
   co_return saved;
 }
 
@@ -1454,17 +1458,6 @@ public:
     co_return co_await fork_save_steps(state, std::move(dir), stats, after);
   }
 
-  std::uint64_t written_bytes() const override {
-    const VmState& state = *state_;
-    if (!state.running() || !state.restored || !state.source_memory) return 0;
-    const pid_t pid = state.process->pid();
-    const std::uint64_t bytes = state.source_memory->bytes();
-    auto address = find_mapping(pid, *state.source_memory, bytes);
-    if (!address) return 0;
-    auto pages = count_private_pages(pid, *address, bytes);
-    return pages ? *pages * 4096 : 0; // pagemap counts 4 KiB pages
-  }
-
   bool fits_landing(const ForkLanding& landing) const override {
     const VmState& state = *state_;
     if (!state.running() || !state.restored || !landing.source_memory ||
@@ -1483,7 +1476,7 @@ public:
         (copy->sealed() || !state->source_memory || copy->bytes() != state->source_memory->bytes()))
       co_return make_error("save VM", "the copy given is not an unsealed copy of its RAM's size",
                            dir.string());
-    co_return co_await fork_save_steps(state, std::move(dir), stats, AfterForkSave::run_on, nullptr,
+    co_return co_await fork_save_steps(state, std::move(dir), stats, AfterForkSave{}, nullptr,
                                        std::move(copy));
   }
 

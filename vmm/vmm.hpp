@@ -143,13 +143,18 @@ struct ForkSaveStats {
   std::chrono::microseconds memory{0};       // of which: copying the pages the guest wrote
   std::uint64_t private_pages = 0;           // 4 KiB pages the guest had written since its restore
   std::uint64_t memory_bytes = 0; // what the snapshot's RAM file holds (its non-zero pages)
+  bool stayed_paused = false;     // the save left the VM paused (AfterForkSave)
 };
 
-// How a fork save of a running VM leaves it once the snapshot is taken.
-enum class AfterForkSave {
-  run_on,      // `cont`: it goes on where it was, keeping the pages it wrote
-  stay_paused, // paused, as the snapshot has it: the caller ends it and
-               // restores it from the snapshot, which then holds its pages
+// How a fork save of a running VM leaves it once the snapshot is taken. By
+// default it runs on (`cont`) where it was, keeping the pages it wrote.
+// With stay_paused_from set, a VM restored share=off that had written at
+// least that many bytes over its snapshot's file (its private pages, which
+// the save counts as it copies them) stays paused, as the snapshot has it:
+// the caller ends it and restores it from the snapshot, which then holds
+// its pages. ForkSaveStats::stayed_paused says which it was.
+struct AfterForkSave {
+  std::optional<std::uint64_t> stay_paused_from;
 };
 
 struct ForkLanding;
@@ -236,11 +241,11 @@ public:
   // `dir` must not exist; its parent must. On failure nothing is left in
   // dir, the VM is resumed if it was running, and the Error says why.
   // Let agent calls finish first (see save_snapshot).
-  // With AfterForkSave::stay_paused a save that succeeds leaves the VM
-  // paused (one that fails still resumes it).
-  virtual asio::awaitable<Result<Snapshot>>
-  save_fork_snapshot(std::filesystem::path dir, ForkSaveStats* stats = nullptr,
-                     AfterForkSave after = AfterForkSave::run_on);
+  // `after` may leave the VM paused when the save succeeds (one that fails
+  // still resumes it).
+  virtual asio::awaitable<Result<Snapshot>> save_fork_snapshot(std::filesystem::path dir,
+                                                               ForkSaveStats* stats = nullptr,
+                                                               AfterForkSave after = {});
   // save_fork_snapshot with `copy`, a copy of the data of the snapshot this
   // VM was restored from, made ahead (a fork landing's, given up for a
   // freeze): the written pages are laid over it, and no copy is made on
@@ -263,15 +268,9 @@ public:
   // finished from it. The VM is paused no longer than for
   // save_fork_snapshot. On failure the Error says why, the VM runs on, and
   // the landing is spent: nothing may finish its children.
-  virtual asio::awaitable<Result<Snapshot>>
-  save_fork_snapshot_into(ForkLanding& landing, ForkSaveStats* stats = nullptr,
-                          AfterForkSave after = AfterForkSave::run_on);
-  // Bytes of RAM a VM restored share=off has written over its snapshot's
-  // file (its private copy-on-write pages, from QEMU's pagemap): what a
-  // fork save copies while it is paused, and what restoring it from that
-  // fork's snapshot would give back. 0 for a booted VM, or when QEMU's
-  // pagemap cannot be read.
-  virtual std::uint64_t written_bytes() const { return 0; }
+  virtual asio::awaitable<Result<Snapshot>> save_fork_snapshot_into(ForkLanding& landing,
+                                                                    ForkSaveStats* stats = nullptr,
+                                                                    AfterForkSave after = {});
 
   // Saves the whole VM, device state and every RAM page, into `dir` (meant
   // for a real disk: a Space survives a host reboot), and ends the VM. Works

@@ -225,12 +225,12 @@ asio::awaitable<void> VmHost::fork_running_parent(std::string parent_id, std::st
   // it would hold a second copy of all of it for as long as it lives.
   // Restarted on the fork's snapshot it shares that copy with its children,
   // for one more restore (off the fork's answer) and its TCG translations.
+  // The save counts what it wrote as it copies it, and leaves it paused
+  // from fork_parent_restart_mib on.
   const sandbox_actor parent = before.target->sandbox;
-  const std::uint64_t written = before.vm->written_bytes();
-  const bool restart = parent && settings_.fork_parent_restart_mib >= 0 &&
-                       written >= static_cast<std::uint64_t>(settings_.fork_parent_restart_mib)
-                                      << 20;
-  const auto after = restart ? vmm::AfterForkSave::stay_paused : vmm::AfterForkSave::run_on;
+  vmm::AfterForkSave after;
+  if (parent && settings_.fork_parent_restart_mib >= 0)
+    after.stay_paused_from = static_cast<std::uint64_t>(settings_.fork_parent_restart_mib) << 20;
   vmm::ForkSaveStats stats;
   Result<vmm::Snapshot> saved = make_error("save", "not tried");
   // Into QEMUs started ahead when a landing of its template waits; if that
@@ -257,6 +257,7 @@ asio::awaitable<void> VmHost::fork_running_parent(std::string parent_id, std::st
                                                " for the fork failed"));
     co_return;
   }
+  const bool restart = stats.stayed_paused;
   // The new snapshot's disk is an overlay on the one the parent's own
   // overlay is backed by: it holds the parent's snapshot. The parent keeps
   // its own (it still maps that RAM and disk) unless it is restarted.

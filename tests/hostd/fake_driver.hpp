@@ -163,11 +163,11 @@ public:
                                                        std::filesystem::path memory_file) override;
   asio::awaitable<Result<vmm::Snapshot>> save_full(std::filesystem::path dir) override;
   // Stands in for the fork save of a running VM: no files, and the VM runs on.
-  // Stays paused as the real one does with AfterForkSave::stay_paused.
+  // Stays paused as the real one does: restored, with `written` reaching
+  // after.stay_paused_from.
   asio::awaitable<Result<vmm::Snapshot>> save_fork_snapshot(std::filesystem::path dir,
                                                             vmm::ForkSaveStats* stats,
                                                             vmm::AfterForkSave after) override;
-  std::uint64_t written_bytes() const override { return restored ? written : 0; }
   // The VM's process exits (as if QEMU got kill -9).
   void kill(std::string how) {
     if (exited_.is_open()) return;
@@ -180,7 +180,7 @@ public:
   std::vector<std::uint64_t> grown_to; // each grow_disk's bytes
   bool files_removed = false;
   bool restored = false; // made by FakeDriver::restore
-  std::uint64_t written = 0; // what written_bytes() says, when restored
+  std::uint64_t written = 0; // bytes a fork save counts as written, when restored
   bool paused = false;       // by a fork save told to stay paused
   FakeAgent& fake_agent() { return agent_; }
 
@@ -312,12 +312,13 @@ FakeVm::save_snapshot(std::filesystem::path dir, std::filesystem::path memory_fi
   co_return snapshot;
 }
 
-inline asio::awaitable<Result<vmm::Snapshot>>
-FakeVm::save_fork_snapshot(std::filesystem::path dir, vmm::ForkSaveStats* /*stats*/,
-                           vmm::AfterForkSave after) {
+inline asio::awaitable<Result<vmm::Snapshot>> FakeVm::save_fork_snapshot(std::filesystem::path dir,
+                                                                         vmm::ForkSaveStats* stats,
+                                                                         vmm::AfterForkSave after) {
   if (driver_.fail_saves) co_return make_error("save VM", "the fake driver was told to fail");
   ++driver_.saves;
-  paused = after == vmm::AfterForkSave::stay_paused;
+  paused = after.stay_paused_from && restored && written >= *after.stay_paused_from;
+  if (stats) stats->stayed_paused = paused;
   vmm::Snapshot snapshot;
   snapshot.dir = std::move(dir);
   snapshot.vcpus = config_.vcpus;
