@@ -149,3 +149,35 @@ def family_memory_parts(hostd_pid, qemu_pids):
             for entry in entries:
                 count(f"{where}/{entry}")
     return {"anonymous": anonymous, "memfd": memfd}
+
+
+DAMON_KDAMONDS = Path("/sys/kernel/mm/damon/admin/kdamonds")
+
+
+def host_pageout_bytes():
+    """Bytes the host's DAMON pageout schemes have reclaimed so far, or None.
+
+    Some hosts (these CI machines among them) run DAMON with a `pageout`
+    action on cold physical memory: it unmaps and reclaims page cache under
+    the benchmark, and a rep it lands in can be slow for that reason. A
+    benchmark reads this before and after each rep to say so. Writing
+    update_schemes_stats only refreshes the counters.
+    """
+    if not DAMON_KDAMONDS.is_dir():
+        return None
+    total, seen = 0, False
+    for kdamond in DAMON_KDAMONDS.iterdir():
+        state = kdamond / "state"
+        if not kdamond.name.isdigit() or not state.exists():
+            continue
+        try:
+            if state.read_text().strip() != "on":
+                continue
+            state.write_text("update_schemes_stats")
+            for scheme in kdamond.glob("contexts/*/schemes/[0-9]*"):
+                if (scheme / "action").read_text().strip() == "pageout":
+                    total += int((scheme / "stats" / "sz_applied").read_text())
+                    seen = True
+        except OSError:
+            return None
+    return total if seen else None

@@ -43,7 +43,12 @@ sys.path.insert(0, str(REPO / "tests" / "sdk"))
 from hostd_process import hostd_session  # noqa: E402
 from vesicle import Client, Sandbox  # noqa: E402
 from bench_series import summary, write_report  # noqa: E402
-from bench_support import admin_sandboxes, family_memory_parts, wait_for_pool  # noqa: E402
+from bench_support import (  # noqa: E402
+    admin_sandboxes,
+    family_memory_parts,
+    host_pageout_bytes,
+    wait_for_pool,
+)
 
 BOOT_MEMORY_MIB = 768  # a size no pool serves: cold boots
 MIB = 2**20
@@ -107,7 +112,7 @@ def main():
         runtime_dir = Path(hostd.runtime_dir)
         for n in options.ns:
             sdk_ms, server_ms, first_exec_ms, child_pss, growth = [], [], [], [], []
-            call_to_answers_ms, anon_growth, memfd_growth = [], [], []
+            call_to_answers_ms, anon_growth, memfd_growth, pageout_mib = [], [], [], []
             for _ in range(options.reps):
                 if options.source == "pool":
                     wait_for_pool(Client(**args))
@@ -131,6 +136,7 @@ def main():
                     before = family_memory_parts(
                         hostd.pid, qemu_pids_of(runtime_dir, [sb.id for sb in family])
                     )
+                    pageout_before = host_pageout_bytes()
                     started = time.monotonic()
                     answer = forking._transport.json(
                         "POST", f"/v1/sandboxes/{forking.id}/fork", body={"n": n}
@@ -163,8 +169,15 @@ def main():
                     growth.append(sum(grew.values()))
                     anon_growth.append(grew["anonymous"])
                     memfd_growth.append(grew["memfd"])
+                    pageout_after = host_pageout_bytes()
+                    pageout = ""
+                    if pageout_before is not None and pageout_after is not None:
+                        pageout_mib.append((pageout_after - pageout_before) / MIB)
+                        pageout = f", host DAMON pageout {pageout_mib[-1]:.0f} MiB"
                     print(f"  rep {len(growth)}: growth {sum(grew.values()):.1f} MiB (anonymous "
-                          f"{grew['anonymous']:.1f}, memfds {grew['memfd']:.1f})")
+                          f"{grew['anonymous']:.1f}, memfds {grew['memfd']:.1f}); server "
+                          f"{server_ms[-1]:.0f} ms, until answered {first_exec_ms[-1]:.0f} ms"
+                          f"{pageout}")
                 finally:
                     for sb in [*kids, *middle, parent]:
                         try:
@@ -181,6 +194,8 @@ def main():
             results.append(summary(f"fork n={n}, family memory growth", "MiB", growth))
             results.append(summary(f"fork n={n}, growth: QEMUs' anonymous", "MiB", anon_growth))
             results.append(summary(f"fork n={n}, growth: guest RAM memfds", "MiB", memfd_growth))
+            if pageout_mib:
+                results.append(summary(f"fork n={n}, host DAMON pageout per rep", "MiB", pageout_mib))
         # hostd logs the phases of each fork's parent step (save, resume).
         phases = [
             l for l in hostd.log_path.read_text().splitlines() if "fork: parent" in l or "fork: running parent saved" in l or "landing" in l
