@@ -287,7 +287,11 @@ def test_another_keys_space_is_not_found(space_hostd):
         close_all(sb)
 
 
-@pytest.fixture(scope="module")
+# Per test (one uses it): its pool VM, template and pre-started QEMUs stop
+# with that test instead of running beside the module's later tests' VMs
+# (CI run 22 saw a cold boot stall past its 90 s timeout in the test after
+# it, on two cores shared with this hostd's VMs).
+@pytest.fixture
 def pool_hostd():
     pools = 'pools {\n  template: "default"\n  memory_mib: 512\n  min_ready: 1\n  max: 1\n}\n'
     with hostd_session(REPO, max_sandboxes=2, extra_config=pools) as running:
