@@ -73,6 +73,19 @@ def connect(hostd):
     return {"url": hostd.url, "api_key": hostd.key}
 
 
+def assert_forked_family(parent, kids):
+    """Children of a parent that set x = 41 and wrote /root/f: its state, their own names."""
+    for kid in kids:
+        assert kid.info["source"] == "fork"
+        assert kid.run_code("x + 1").result == "42"
+        assert kid.run_code("open('/root/f').read()").result == "'parent'"
+        assert kid.run_code("import socket; socket.gethostname()").result == repr(kid.id)
+    # Siblings keep their writes to themselves.
+    kids[0].run_code("x = 0")
+    assert kids[1].run_code("x").result == "41"
+    assert parent.run_code("x").result == "41"
+
+
 def test_a_pool_miss_takes_a_qemu_started_for_it(prestarted_hostd):
     hostd = prestarted_hostd
     client = Client(**connect(hostd))
@@ -117,15 +130,7 @@ def test_a_fork_fills_the_templates_landing(prestarted_hostd):
         try:
             forked = hostd.log_path.read_text()[len(log_before):]
             assert "fork: running parent saved" in forked and "landing=filled" in forked, forked
-            for kid in kids:
-                assert kid.info["source"] == "fork"
-                assert kid.run_code("x + 1").result == "42"
-                assert kid.run_code("open('/root/f').read()").result == "'parent'"
-                assert kid.run_code("import socket; socket.gethostname()").result == repr(kid.id)
-            # Siblings keep their writes to themselves.
-            kids[0].run_code("x = 0")
-            assert kids[1].run_code("x").result == "41"
-            assert parent.run_code("x").result == "41"
+            assert_forked_family(parent, kids)
         finally:
             close_all(*kids)
         # Once the fork's children are launched, a new landing waits again.
@@ -167,13 +172,7 @@ def test_a_fork_whose_landing_lost_its_qemu_saves_the_usual_way(prestarted_hostd
             forked = hostd.log_path.read_text()[len(log_before):]
             assert "fork: saving into a landing failed; saving the usual way" in forked, forked
             assert "landing=none" in forked, forked
-            for kid in kids:
-                assert kid.info["source"] == "fork"
-                assert kid.run_code("x + 1").result == "42"
-                assert kid.run_code("open('/root/f').read()").result == "'parent'"
-            kids[0].run_code("x = 0")
-            assert kids[1].run_code("x").result == "41"
-            assert parent.run_code("x").result == "41"
+            assert_forked_family(parent, kids)
         finally:
             close_all(*kids)
         # The broken landing is gone (its dir too) and a new one waits.
