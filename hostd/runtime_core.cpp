@@ -104,7 +104,7 @@ Result<void> prepare_host(const config::HostdConfig& config) {
 }
 
 VmLease::~VmLease() {
-  if (lease_ != 0 && registry_) caf::anon_send(registry_, end_op_atom::value, owner_, id_, lease_);
+  if (gate_) gate_->leave();
 }
 
 RuntimeCore::RuntimeCore(asio::any_io_executor executor, caf::actor_system& system,
@@ -240,10 +240,14 @@ asio::awaitable<void> RuntimeCore::shutdown() {
 
 asio::awaitable<caf::expected<VmLease>> RuntimeCore::lease(const std::string& owner,
                                                            const std::string& id) {
+  // The usual case, a ready sandbox, costs no message (op_gate.hpp).
+  if (auto gate = vms_.op_gates()->enter(id, owner))
+    co_return VmLease(std::move(gate), owner, id, vms_.find(id));
   auto lease = co_await ask<std::uint64_t>(system_, registry_, actor_timeout(),
                                            begin_op_atom::value, owner, id);
   if (!lease) co_return std::move(lease.error());
-  co_return VmLease(registry_, owner, id, *lease, vms_.find(id));
+  // The sandbox actor entered its gate for this lease.
+  co_return VmLease(vms_.op_gates()->find(id), owner, id, vms_.find(id));
 }
 
 namespace {

@@ -1,7 +1,9 @@
-// The right to run one operation on a sandbox's VM: taken from the sandbox
-// actor through the registry (which refuses it unless the sandbox is ready)
-// and handed back when the lease goes out of scope. The REST handlers and
-// the embedding API take one around every exec, upload and download.
+// The right to run one operation on a sandbox's VM: one entry through the
+// sandbox's gate (actors/sandbox/op_gate.hpp), taken there directly while
+// the sandbox is ready, else through the registry (which waits out a fork
+// or says why not), and left when the lease goes out of scope. The REST
+// handlers and the embedding API take one around every exec, upload and
+// download.
 #pragma once
 
 #include <cstdint>
@@ -9,20 +11,19 @@
 #include <string>
 #include <utility>
 
-#include "actors/sandbox/registry.hpp"
+#include "actors/sandbox/op_gate.hpp"
 #include "vmm/vmm.hpp"
 
 namespace vesicle::hostd {
 
 class VmLease {
 public:
-  VmLease(registry_actor registry, std::string owner, std::string id, std::uint64_t lease,
+  // `gate` entered for this lease (null: nothing to leave).
+  VmLease(std::shared_ptr<OpGate> gate, std::string owner, std::string id,
           std::shared_ptr<vmm::Vm> vm)
-      : registry_(std::move(registry)), owner_(std::move(owner)), id_(std::move(id)), lease_(lease),
-        vm_(std::move(vm)) {}
+      : gate_(std::move(gate)), owner_(std::move(owner)), id_(std::move(id)), vm_(std::move(vm)) {}
   VmLease(VmLease&& other) noexcept
-      : registry_(std::move(other.registry_)), owner_(std::move(other.owner_)),
-        id_(std::move(other.id_)), lease_(std::exchange(other.lease_, 0)),
+      : gate_(std::move(other.gate_)), owner_(std::move(other.owner_)), id_(std::move(other.id_)),
         vm_(std::move(other.vm_)) {}
   VmLease(const VmLease&) = delete;
   VmLease& operator=(const VmLease&) = delete;
@@ -39,10 +40,9 @@ public:
   const std::string& id() const { return id_; }
 
 private:
-  registry_actor registry_;
+  std::shared_ptr<OpGate> gate_;
   std::string owner_;
   std::string id_;
-  std::uint64_t lease_ = 0;
   std::shared_ptr<vmm::Vm> vm_;
 };
 

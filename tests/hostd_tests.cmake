@@ -72,6 +72,7 @@ target_link_libraries(pool_bench PRIVATE Boost::program_options Threads::Threads
 # Tier caps and the reaper's decisions (issue 6).
 vesicle_test(hostd_tiers_test SOURCES hostd/tiers_test.cpp LIBS vesicle_hostd)
 vesicle_test(reaper_test SOURCES hostd/reaper_test.cpp LIBS vesicle_sandbox)
+vesicle_test(op_gate_test SOURCES hostd/op_gate_test.cpp LIBS vesicle_sandbox)
 vesicle_test(space_store_test SOURCES hostd/space_store_test.cpp LIBS vesicle_sandbox)
 vesicle_test(template_store_test SOURCES hostd/template_store_test.cpp LIBS vesicle_sandbox)
 vesicle_test(host_room_test SOURCES hostd/host_room_test.cpp LIBS vesicle_sandbox)

@@ -60,7 +60,23 @@ void ReaperBook::op_ended(const std::string& id, std::uint64_t lease, std::int64
   found->second.idle_reported = false;
 }
 
+// A deadline computed before an operation at the gate is too early, never
+// too late: the timer fires, this reads the gates, and the next deadline
+// moves on.
+void ReaperBook::read_gates(std::int64_t now_ms) {
+  if (!activity_) return;
+  for (auto& [id, entry] : entries_) {
+    auto seen = activity_(id);
+    if (!seen) continue;
+    auto latest = seen->running > 0 ? now_ms : seen->last_active_ms;
+    if (latest <= entry.last_active_ms) continue;
+    entry.last_active_ms = latest;
+    entry.idle_reported = false;
+  }
+}
+
 std::vector<Expiry> ReaperBook::due(std::int64_t now_ms) {
+  read_gates(now_ms);
   std::vector<Expiry> result;
   for (auto& [id, entry] : entries_) {
     auto lifetime = entry.lifetime_deadline();
@@ -130,6 +146,7 @@ reaper_actor::behavior_type reaper_behavior(self_pointer self, expiry_listener l
   if (!settings.clock) settings.clock = unix_now_ms;
   self->state.listener = listener;
   self->state.settings = std::move(settings);
+  self->state.book.set_activity(self->state.settings.activity);
   // Its decisions are for the listener alone: without it, stop (a pending
   // timer would otherwise keep this actor alive forever).
   self->monitor(listener);

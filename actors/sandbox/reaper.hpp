@@ -2,8 +2,10 @@
 // lived past their max_lifetime_s.
 //
 // It only decides. The registry tells it what exists (every state change:
-// a sandbox is tracked from ready until it leaves ready) and what is being
-// used (each operation lease, begin to end); when a deadline passes it asks
+// a sandbox is tracked from ready until it leaves ready) and which forks,
+// merges and freezes run (begin to end); the operations on a VM it reads
+// at the sandboxes' gates (op_gate.hpp) when it looks. When a deadline
+// passes it asks
 // the registry to expire the sandbox, and the registry decides what
 // expiring means (a non-persistent sandbox is ended and kept as a dead
 // record; a persistent one is frozen into a Space).
@@ -30,6 +32,7 @@
 
 #include <caf/typed_actor.hpp>
 
+#include "actors/sandbox/op_gate.hpp"
 #include "messages/caf_types.hpp"
 
 namespace vesicle {
@@ -43,8 +46,14 @@ struct Expiry {
   std::string reason;
 };
 
+// What runs on a sandbox's VM by its id, from its gate; nullopt if it has none.
+using activity_lookup = std::function<std::optional<OpActivity>(const std::string& id)>;
+
 class ReaperBook {
 public:
+  // Where due() reads the operations on each VM (none: only op_begun and
+  // op_ended count).
+  void set_activity(activity_lookup activity) { activity_ = std::move(activity); }
   // Starts watching a sandbox that became ready at `now_ms` (idempotent: a
   // second call keeps what is known). Times are Unix milliseconds, the
   // clock of SandboxInfo::created_at_ms.
@@ -53,7 +62,8 @@ public:
   void op_begun(const std::string& id, std::uint64_t lease, std::int64_t now_ms);
   void op_ended(const std::string& id, std::uint64_t lease, std::int64_t now_ms);
 
-  // The sandboxes whose deadline has passed at `now_ms`. Each deadline is
+  // The sandboxes whose deadline has passed at `now_ms`, after reading
+  // their gates: an operation running now is activity now. Each deadline is
   // reported once: an idle expiry again only after new activity, a
   // lifetime expiry never again (a persistent sandbox the registry keeps
   // running is not asked about every tick).
@@ -78,7 +88,9 @@ private:
     std::optional<std::int64_t> idle_deadline() const;
     std::optional<std::int64_t> lifetime_deadline() const;
   };
+  void read_gates(std::int64_t now_ms);
   std::map<std::string, Entry> entries_;
+  activity_lookup activity_;
 };
 
 // Whoever acts on the reaper's decisions (the registry): id, why, and
@@ -102,6 +114,8 @@ struct ReaperSettings {
   // Off in tests on CAF's deterministic scheduler, which never fires a
   // delayed message: they send reap_atom themselves.
   bool timers = true;
+  // The sandboxes' gates; the registry gives its own when this is empty.
+  activity_lookup activity;
 };
 
 reaper_actor spawn_reaper(caf::actor_system& system, expiry_listener listener,

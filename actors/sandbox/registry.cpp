@@ -29,9 +29,15 @@ registry_actor::behavior_type registry_behavior(registry_pointer self, VmHost* v
   self->state.pool_usage.assign(settings.pools.size(), 0);
   if (!settings.spaces_dir.empty()) self->state.spaces.emplace(settings.spaces_dir);
   load_templates(self);
-  if (settings.reaper)
+  if (settings.reaper) {
+    auto reaper_settings = settings.reaper_settings;
+    if (!reaper_settings.activity)
+      reaper_settings.activity = [gates = vms->op_gates()](const std::string& id) {
+        return gates->activity(id);
+      };
     self->state.reaper = spawn_reaper(self->system(), caf::actor_cast<expiry_listener>(self),
-                                      settings.reaper_settings);
+                                      std::move(reaper_settings));
+  }
 
   // Supervision: a sandbox actor that stops while its record says it is
   // alive failed (a bug, an exception): record it dead and kill its VM.
@@ -88,25 +94,13 @@ registry_actor::behavior_type registry_behavior(registry_pointer self, VmHost* v
           return make_error(ErrorKind::guest_died, "sandbox " + id +
                                                        " died: " + (*record)->info.dead_reason +
                                                        "; delete it and create a new one");
-        if (!self->state.reaper) return self->delegate((*record)->actor, begin_op_atom::value);
-        // Through here rather than delegated, so the reaper learns of the
-        // operation only once it really began.
-        auto promise = self->make_response_promise<std::uint64_t>();
-        self->request((*record)->actor, self->state.settings.ready_timeout, begin_op_atom::value)
-            .then(
-                [=](std::uint64_t lease) mutable {
-                  if (self->state.reaper)
-                    self->send(self->state.reaper, begin_op_atom::value, id, lease);
-                  promise.deliver(lease);
-                },
-                [=](caf::error& failure) mutable { promise.deliver(std::move(failure)); });
-        return promise;
+        // The reaper reads the operation at the sandbox's gate (op_gate.hpp).
+        return self->delegate((*record)->actor, begin_op_atom::value);
       },
       [=](end_op_atom, const std::string& owner, const std::string& id, std::uint64_t lease) {
         auto record = owned(self, owner, id);
         if (record && (*record)->actor_alive)
           self->send((*record)->actor, end_op_atom::value, lease);
-        if (self->state.reaper) self->send(self->state.reaper, end_op_atom::value, id, lease);
       },
       [=](vm_exited_atom, const std::string& owner, const std::string& id,
           std::string how) -> caf::result<done_atom> {

@@ -1,12 +1,12 @@
 #include "actors/sandbox/sandbox.hpp"
 
-#include <set>
 #include <vector>
 
 #include <caf/actor_system.hpp>
 #include <caf/stateful_actor.hpp>
 #include <caf/typed_event_based_actor.hpp>
 
+#include "actors/sandbox/op_gate.hpp"
 #include "actors/sandbox/sandbox_phase.hpp"
 #include "actors/sandbox/vm_host.hpp"
 #include "common/error_kind.hpp"
@@ -22,8 +22,10 @@ struct SandboxActorState {
   SandboxInfo info;
   VmHost* vms = nullptr;
   state_listener listener;
+  // Open exactly while the phase is ready: the operations running on the
+  // VM, whether begun through this actor or at the gate (op_gate.hpp).
+  std::shared_ptr<OpGate> gate;
   std::uint64_t next_lease = 1;
-  std::set<std::uint64_t> leases;
   // Callers of await_ready while booting.
   std::vector<caf::typed_response_promise<SandboxInfo>> ready_waiters;
   // Callers of destroy, answered once the VM is reclaimed.
@@ -70,7 +72,14 @@ bool enter(self_pointer self, SandboxPhase next) {
         {{"sandbox", state.info.id}, {"from", to_string(state.phase)}, {"to", to_string(next)}});
     return false;
   }
+  const bool was_ready = state.phase == SandboxPhase::ready;
   state.phase = next;
+  // A hold closed the gate already (close_if_idle); any other way out of
+  // ready closes it whatever runs.
+  if (next == SandboxPhase::ready)
+    state.gate->open();
+  else if (was_ready)
+    state.gate->close();
   if (next != SandboxPhase::busy && !state.op_waiters.empty()) answer_op_waiters(self);
   auto shown = public_state(next);
   if (shown != SandboxState::ready && shown != SandboxState::booting) state.info.qemu_pid = 0;
@@ -122,10 +131,8 @@ void answer_op_waiters(self_pointer self) {
   auto waiters = std::move(self->state.op_waiters);
   self->state.op_waiters.clear();
   for (auto& waiter : waiters) {
-    if (is(self, SandboxPhase::ready)) {
-      auto lease = self->state.next_lease++;
-      self->state.leases.insert(lease);
-      waiter.deliver(lease);
+    if (is(self, SandboxPhase::ready) && self->state.gate->try_enter()) {
+      waiter.deliver(self->state.next_lease++);
     } else {
       waiter.deliver(not_now(self));
     }
@@ -185,6 +192,15 @@ sandbox_actor::behavior_type sandbox_behavior(self_pointer self, SandboxInfo inf
   self->state.info.state = SandboxState::booting;
   self->state.vms = vms;
   self->state.listener = std::move(listener);
+  // The gate goes with the actor, however it stops; a lease still held
+  // keeps the (closed) gate alive until it is handed back.
+  auto gates = vms->op_gates();
+  auto gate = gates->add(self->state.info.id, self->state.info.owner);
+  self->state.gate = gate;
+  self->attach_functor([gates, gate, id = self->state.info.id] {
+    gate->close();
+    gates->remove(id, gate);
+  });
   report(self);
   vms->launch(self->state.info.id, self->state.info.spec, std::move(plan),
               caf::actor_cast<sandbox_actor>(self));
@@ -210,12 +226,10 @@ sandbox_actor::behavior_type sandbox_behavior(self_pointer self, SandboxInfo inf
           self->state.op_waiters.push_back(promise);
           return promise;
         }
-        if (!is(self, SandboxPhase::ready)) return not_now(self);
-        auto lease = self->state.next_lease++;
-        self->state.leases.insert(lease);
-        return lease;
+        if (!is(self, SandboxPhase::ready) || !self->state.gate->try_enter()) return not_now(self);
+        return self->state.next_lease++;
       },
-      [=](end_op_atom, std::uint64_t lease) { self->state.leases.erase(lease); },
+      [=](end_op_atom, std::uint64_t) { self->state.gate->leave(); },
       [=](destroy_atom) -> caf::result<done_atom> {
         auto promise = self->make_response_promise<done_atom>();
         self->state.destroy_waiters.push_back(promise);
@@ -259,11 +273,12 @@ sandbox_actor::behavior_type sandbox_behavior(self_pointer self, SandboxInfo inf
               "sandbox " + id_of(self) +
                   " is already being forked, merged or frozen; retry once that is done");
         if (!is(self, SandboxPhase::ready)) return not_now(self);
-        if (!self->state.leases.empty())
-          return make_error(
-              ErrorKind::conflict,
-              "sandbox " + id_of(self) + " has " + std::to_string(self->state.leases.size()) +
-                  " exec or file transfer running; fork, merge or freeze once it finished");
+        if (!self->state.gate->close_if_idle())
+          return make_error(ErrorKind::conflict,
+                            "sandbox " + id_of(self) + " has " +
+                                std::to_string(self->state.gate->activity().running) +
+                                " exec or file transfer running; fork, merge or freeze once it "
+                                "finished");
         enter(self, SandboxPhase::busy);
         return done_atom::value;
       },

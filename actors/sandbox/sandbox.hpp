@@ -30,7 +30,9 @@ using sandbox_actor = caf::typed_actor<
     caf::replies_to<await_ready_atom>::with<SandboxInfo>,
     caf::replies_to<info_atom>::with<SandboxInfo>,
     // Starts an operation on the VM (exec, upload, download): only in state
-    // ready. The lease id is handed back with end_op when it finishes.
+    // ready, waiting while a fork, merge or freeze holds it. It enters the
+    // sandbox's gate (op_gate.hpp), which hostd enters itself when it is
+    // open; end_op, or leaving the gate, ends the operation.
     caf::replies_to<begin_op_atom>::with<std::uint64_t>, caf::reacts_to<end_op_atom, std::uint64_t>,
     // Tears the VM down and stops the actor; answered once the VM's files
     // are gone.

@@ -26,6 +26,7 @@
 
 #include "actors/bridge/bridge_actor.hpp"
 #include "actors/sandbox/launch_plan.hpp"
+#include "actors/sandbox/op_gate.hpp"
 #include "actors/sandbox/pool.hpp"
 #include "actors/sandbox/sandbox.hpp"
 #include "actors/sandbox/space_store.hpp"
@@ -103,6 +104,10 @@ public:
   VmHost& operator=(const VmHost&) = delete;
 
   // -- called from actors (any thread): the work is posted to the executor --
+
+  // The sandboxes' operation gates (op_gate.hpp), which need no posting:
+  // each sandbox actor adds its own; hostd enters them on its executor.
+  const std::shared_ptr<OpGates>& op_gates() const { return op_gates_; }
 
   // Gives sandbox `id` a VM as `plan` says. Answers `sandbox` with
   // vm_booted (QEMU's pid, and "pool", "restore" or "boot") or
@@ -436,6 +441,7 @@ private:
   // Runs the blocking template checks.
   boost::asio::thread_pool checker_{1};
   std::shared_ptr<net::NetworkLeases> network_;
+  std::shared_ptr<OpGates> op_gates_ = std::make_shared<OpGates>();
 };
 
 } // namespace vesicle

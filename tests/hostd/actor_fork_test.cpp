@@ -158,6 +158,31 @@ TEST_F(ForkTest, RefusedWhileAnOperationRunsBeyondCapacityAndForBadN) {
   EXPECT_TRUE(fork(parent->id, 1));
 }
 
+// hostd's usual way in: the sandbox's gate, with no message to any actor.
+TEST_F(ForkTest, AnOperationAtTheGateHoldsOffAFork) {
+  auto parent = create();
+  ASSERT_TRUE(parent);
+  EXPECT_EQ(vms.op_gates()->enter(parent->id, "bob"), nullptr) << "not bob's sandbox";
+  auto gate = vms.op_gates()->enter(parent->id, "alice");
+  ASSERT_NE(gate, nullptr) << "a ready sandbox's gate is open";
+  auto busy = fork(parent->id, 1);
+  ASSERT_FALSE(busy);
+  EXPECT_EQ(code_of(busy.error()), ErrorKind::conflict);
+  EXPECT_NE(error_message(busy.error()).find("1 exec or file transfer running"), std::string::npos)
+      << error_message(busy.error());
+  gate->leave();
+  auto forked = fork(parent->id, 1);
+  ASSERT_TRUE(forked) << to_string(forked.error());
+  // Ready again after the fork: its gate and its child's are open.
+  auto again = vms.op_gates()->enter(parent->id, "alice");
+  ASSERT_NE(again, nullptr);
+  again->leave();
+  ASSERT_EQ(forked->size(), 1u);
+  auto child = vms.op_gates()->enter(forked->front().id, "alice");
+  ASSERT_NE(child, nullptr);
+  child->leave();
+}
+
 TEST_F(ForkTest, MergeIntoADescendantTakesItsVmAndItsIdIsGone) {
   auto parent = create();
   auto other = create();

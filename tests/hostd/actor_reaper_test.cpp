@@ -44,6 +44,23 @@ TEST_F(ReaperRegistryTest, AnOperationLongerThanTheIdleTimeoutIsNotInterrupted) 
   EXPECT_EQ(lookup(created->id).state, SandboxState::dead);
 }
 
+TEST_F(ReaperRegistryTest, AnOperationAtTheGateIsNotInterruptedAndItsEndCounts) {
+  now_ms = unix_now_ms();
+  auto created = create_with(5, 0);
+  ASSERT_TRUE(created);
+  auto gate = vms.op_gates()->enter(created->id, "alice");
+  ASSERT_NE(gate, nullptr);
+  advance_s(60);
+  EXPECT_EQ(lookup(created->id).state, SandboxState::ready);
+  gate->leave();
+  advance_s(4);
+  EXPECT_EQ(lookup(created->id).state, SandboxState::ready) << "idle counts from the op's end";
+  advance_s(1.5);
+  EXPECT_EQ(lookup(created->id).state, SandboxState::dead);
+  EXPECT_EQ(vms.op_gates()->enter(created->id, "alice"), nullptr)
+      << "a dead sandbox's gate is shut";
+}
+
 TEST_F(ReaperRegistryTest, MaxLifetimeEndsASandboxInUse) {
   now_ms = unix_now_ms();
   auto created = create_with(300, 10);

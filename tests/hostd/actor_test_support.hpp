@@ -189,6 +189,8 @@ protected:
     settings.max_sandboxes = 8;
     settings.reaper_settings.clock = [this] { return now_ms; };
     settings.reaper_settings.timers = false;
+    // The gates time operations on the same clock.
+    vms.op_gates()->set_clock([this] { return now_ms; });
     registry = spawn_registry(system, vms, settings);
     settle();
   }

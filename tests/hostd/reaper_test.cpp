@@ -151,3 +151,50 @@ TEST(ReaperBook, LifetimeCountsTheRunningTimeBeforeThisRun) {
   ASSERT_EQ(due.size(), 1u);
   EXPECT_EQ(due[0].kind, ExpiryKind::lifetime);
 }
+
+// Operations at the sandboxes' gates (op_gate.hpp) send the reaper no
+// message: it reads them when it looks.
+TEST(ReaperBook, AnOperationAtTheGateIsActivity) {
+  std::int64_t now = kStart;
+  OpGates gates;
+  gates.set_clock([&] { return now; });
+  auto gate = gates.add("a", "alice");
+  gate->open();
+  ReaperBook book;
+  book.set_activity([&](const std::string& id) { return gates.activity(id); });
+  book.track(sandbox("a", 5, 0), kStart);
+  EXPECT_EQ(book.next_deadline(), seconds(5));
+
+  // An exec from 3 s to 4 s: the deadline that was set is early; looking
+  // then finds the exec and moves it to 4 + 5 s.
+  now = seconds(3);
+  ASSERT_TRUE(gate->try_enter());
+  now = seconds(4);
+  gate->leave();
+  EXPECT_TRUE(book.due(seconds(5)).empty());
+  EXPECT_EQ(book.next_deadline(), seconds(9));
+  EXPECT_EQ(book.due(seconds(9)).size(), 1u);
+  EXPECT_TRUE(book.due(seconds(20)).empty()) << "reported once";
+
+  // A cell running far past the timeout: never idle while it runs; each
+  // look puts the deadline a timeout after it.
+  now = seconds(30);
+  ASSERT_TRUE(gate->try_enter());
+  EXPECT_TRUE(book.due(seconds(500)).empty());
+  EXPECT_EQ(book.next_deadline(), seconds(505));
+  now = seconds(502);
+  gate->leave();
+  EXPECT_TRUE(book.due(seconds(505)).empty()) << "idle counts from the cell's end";
+  EXPECT_EQ(book.due(seconds(507)).size(), 1u) << "new activity: reported again";
+}
+
+TEST(ReaperBook, ASandboxWithoutAGateGoesByMessagesAlone) {
+  OpGates gates;
+  ReaperBook book;
+  book.set_activity([&](const std::string& id) { return gates.activity(id); });
+  book.track(sandbox("a", 5, 0), kStart);
+  book.op_begun("a", 1, seconds(1)); // a fork, from the registry
+  EXPECT_TRUE(book.due(seconds(100)).empty());
+  book.op_ended("a", 1, seconds(101));
+  EXPECT_EQ(book.due(seconds(106)).size(), 1u);
+}
