@@ -152,12 +152,23 @@ asio::awaitable<void> Api::exec(Exchange& exchange, const std::string& owner,
       },
       asio::detached);
 
-  // The 200 goes out with the first line, or after a short grace when the
+  // The 200 goes out with the first lines, or after a short grace when the
   // code is silent, so an exec that fails at once (the VM died a moment
-  // ago) still gets its proper status (410) instead of a stream.
+  // ago) still gets its proper status (410) instead of a stream. Whatever
+  // is waiting goes out as one chunk, in the same write as the header or
+  // the final chunk when it can: a short cell is one or two sends.
+  auto take_lines = [&queue] {
+    std::string chunk;
+    for (auto& line : queue->lines)
+      chunk += line;
+    queue->lines.clear();
+    queue->pending_bytes = 0;
+    return chunk;
+  };
   bool header_sent = false;
   auto header_due = std::chrono::steady_clock::now() + kHeaderGrace;
   bool client_ok = true;
+  bool ended = false;
   for (;;) {
     if (!header_sent) {
       if (queue->closed && queue->early_failure)
@@ -165,24 +176,32 @@ asio::awaitable<void> Api::exec(Exchange& exchange, const std::string& owner,
       if (!queue->lines.empty() || queue->closed ||
           std::chrono::steady_clock::now() >= header_due) {
         header_sent = true;
-        client_ok = co_await exchange.begin_stream(200, "application/x-ndjson");
+        const bool complete = queue->closed;
+        const auto chunk = take_lines();
+        client_ok = co_await exchange.begin_stream(200, "application/x-ndjson", chunk, complete);
+        if (complete) {
+          ended = client_ok;
+          break;
+        }
         continue;
       }
     }
     if (!queue->lines.empty()) {
-      // Everything that is waiting goes out as one chunk.
-      std::string chunk;
-      for (auto& line : queue->lines)
-        chunk += line;
-      queue->lines.clear();
-      queue->pending_bytes = 0;
       // A client that went away stops getting lines, but the cell runs on
       // to its end (or timeout): the REPL is one per sandbox and must not
       // be left mid-cell.
+      auto chunk = take_lines();
+      if (queue->closed) {
+        if (client_ok) ended = co_await exchange.end_stream(chunk);
+        break;
+      }
       if (client_ok) client_ok = co_await exchange.write_chunk(chunk);
       continue;
     }
-    if (queue->closed) break;
+    if (queue->closed) {
+      if (client_ok) ended = co_await exchange.end_stream();
+      break;
+    }
     if (header_sent)
       queue->wake.expires_at(asio::steady_timer::time_point::max());
     else
@@ -190,10 +209,6 @@ asio::awaitable<void> Api::exec(Exchange& exchange, const std::string& owner,
     boost::system::error_code ignored;
     co_await queue->wake.async_wait(asio::redirect_error(asio::use_awaitable, ignored));
   }
-  // No co_await in a `||` or `?:` operand (g++ 12: see e2b_process.cpp's
-  // stream_error).
-  bool ended = false;
-  if (client_ok) ended = co_await exchange.end_stream();
   if (!ended) exchange.abandon_stream();
 }
 

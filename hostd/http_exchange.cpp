@@ -1,10 +1,12 @@
 #include "hostd/http_exchange.hpp"
 
 #include <array>
+#include <sstream>
 
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
+#include <boost/beast/core/buffers_cat.hpp>
 #include <boost/beast/http/chunk_encode.hpp>
 #include <boost/beast/http/empty_body.hpp>
 #include <boost/beast/http/read.hpp>
@@ -181,7 +183,8 @@ asio::awaitable<void> Exchange::respond_empty(unsigned status) {
   co_await write(response);
 }
 
-asio::awaitable<bool> Exchange::begin_stream(unsigned status, std::string content_type) {
+asio::awaitable<bool> Exchange::begin_stream(unsigned status, std::string content_type,
+                                             std::string_view first_chunk, bool complete) {
   status_ = status;
   http::response<http::empty_body> response{static_cast<http::status>(status), 11};
   response.set(http::field::server, kServerName);
@@ -193,11 +196,27 @@ asio::awaitable<bool> Exchange::begin_stream(unsigned status, std::string conten
     response.set(name, value);
   response.keep_alive(keep_alive());
   response.chunked(true);
-  http::response_serializer<http::empty_body> serializer{response};
+  std::ostringstream header;
+  header << response.base();
+  const auto head = header.str();
+  const auto first = asio::buffer(first_chunk.data(), first_chunk.size());
   boost::system::error_code ec;
   stream_.expires_after(limits_.write_timeout);
-  co_await http::async_write_header(stream_, serializer,
-                                    asio::redirect_error(asio::use_awaitable, ec));
+  auto done = asio::redirect_error(asio::use_awaitable, ec);
+  // An empty chunk would end the body: it is left out.
+  if (first_chunk.empty() && !complete)
+    co_await asio::async_write(stream_, asio::buffer(head), done);
+  else if (first_chunk.empty())
+    co_await asio::async_write(
+        stream_, beast::buffers_cat(asio::buffer(head), http::make_chunk_last()), done);
+  else if (!complete)
+    co_await asio::async_write(
+        stream_, beast::buffers_cat(asio::buffer(head), http::make_chunk(first)), done);
+  else
+    co_await asio::async_write(
+        stream_,
+        beast::buffers_cat(asio::buffer(head), http::make_chunk(first), http::make_chunk_last()),
+        done);
   if (ec) keep_alive_ = false;
   co_return !ec;
 }
@@ -212,11 +231,18 @@ asio::awaitable<bool> Exchange::write_chunk(std::string_view data) {
   co_return !ec;
 }
 
-asio::awaitable<bool> Exchange::end_stream() {
+asio::awaitable<bool> Exchange::end_stream(std::string_view last_chunk) {
   boost::system::error_code ec;
   stream_.expires_after(limits_.write_timeout);
-  co_await asio::async_write(stream_, http::make_chunk_last(),
-                             asio::redirect_error(asio::use_awaitable, ec));
+  auto done = asio::redirect_error(asio::use_awaitable, ec);
+  if (last_chunk.empty())
+    co_await asio::async_write(stream_, http::make_chunk_last(), done);
+  else
+    co_await asio::async_write(
+        stream_,
+        beast::buffers_cat(http::make_chunk(asio::buffer(last_chunk.data(), last_chunk.size())),
+                           http::make_chunk_last()),
+        done);
   if (ec) keep_alive_ = false;
   co_return !ec;
 }

@@ -81,10 +81,14 @@ public:
   }
 
   // A streamed response: chunked transfer encoding, each write_chunk sent
-  // as it comes. Each returns false once the client is gone.
-  asio::awaitable<bool> begin_stream(unsigned status, std::string content_type);
+  // as it comes. Each returns false once the client is gone. What is ready
+  // when the stream begins or ends goes in the same write as the header or
+  // the final chunk: one send (and one wake-up of the client) fewer each.
+  // begin_stream with `complete` writes the whole response: no end_stream.
+  asio::awaitable<bool> begin_stream(unsigned status, std::string content_type,
+                                     std::string_view first_chunk = {}, bool complete = false);
   asio::awaitable<bool> write_chunk(std::string_view data);
-  asio::awaitable<bool> end_stream();
+  asio::awaitable<bool> end_stream(std::string_view last_chunk = {});
   // Ends a stream that cannot finish properly: the connection is closed
   // without the final chunk, so the client sees a truncated response.
   void abandon_stream() { keep_alive_ = false; }
