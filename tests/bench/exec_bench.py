@@ -6,6 +6,9 @@ Through the Python SDK against a real hostd on loopback:
                        utime + stime (/proc/<hostd>/stat, every thread, in
                        clock ticks) after minus before, over the count. Only
                        hostd's own work: the guest's runs in its QEMU.
+  switches per exec    hostd's context switches over the same execs, every
+                       thread (/proc/<hostd>/task/*/status): each hop of an
+                       exec between hostd's threads costs two or more.
   exec latency         of those execs, p50/p95/p99
   execs/s by clients   for each count in --clients, that many client
                        processes, each on a sandbox of its own, running
@@ -47,6 +50,21 @@ def cpu_ms(pid):
         # Fields after the command name (which may hold spaces) in parentheses.
         fields = stat.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) * TICK_MS  # fields 14 and 15 of stat(5)
+
+
+def context_switches(pid):
+    """Voluntary + involuntary context switches of every thread of `pid` now alive."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            with open(task / "status") as status:
+                for line in status:
+                    key, _, value = line.partition(":")
+                    if key in ("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches"):
+                        total += int(value)
+        except FileNotFoundError:  # a thread that ended meanwhile
+            continue
+    return total
 
 
 def print_one(sb):
@@ -99,11 +117,14 @@ def main():
             for _ in range(20):  # warm: the REPL's first cells, the connection
                 print_one(first)
             before = cpu_ms(hostd.pid)
+            switches_before = context_switches(hostd.pid)
             latencies = [print_one(first) for _ in range(options.execs)]
             per_exec = (cpu_ms(hostd.pid) - before) / options.execs
+            switches = (context_switches(hostd.pid) - switches_before) / options.execs
             print(f"-- {options.execs} sequential print(1) on one sandbox")
             results.append(summary("exec print(1), sequential", "ms", latencies))
             results.append(summary("hostd CPU per exec", "ms", [per_exec]))
+            results.append(summary("hostd context switches per exec", "1", [switches]))
 
             context = multiprocessing.get_context("fork")
             for clients in options.clients:
