@@ -5,10 +5,9 @@
 // a sandbox is tracked from ready until it leaves ready) and which forks,
 // merges and freezes run (begin to end); the operations on a VM it reads
 // at the sandboxes' gates (op_gate.hpp) when it looks. When a deadline
-// passes it asks
-// the registry to expire the sandbox, and the registry decides what
-// expiring means (a non-persistent sandbox is ended and kept as a dead
-// record; a persistent one is frozen into a Space).
+// passes it asks the registry to expire the sandbox, and the registry
+// decides what expiring means (a non-persistent sandbox is ended and kept
+// as a dead record; a persistent one is frozen into a Space).
 //
 // Activity is an operation on the VM (exec, upload, download). While one
 // runs the sandbox is not idle, however long it takes: a long cell is never
