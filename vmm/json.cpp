@@ -37,7 +37,7 @@ void append_utf8(std::string& out, std::uint32_t cp) {
 
 class Parser {
 public:
-  explicit Parser(std::string_view text) : text_(text) {}
+  Parser(std::string_view text, DuplicateNames duplicates) : text_(text), duplicates_(duplicates) {}
 
   Result<Value> document() {
     auto value = parse_value(0);
@@ -102,6 +102,8 @@ private:
       ++pos_;
       auto value = parse_value(depth + 1);
       if (!value) return value;
+      if (duplicates_ == DuplicateNames::refuse && object.contains(key.value()))
+        return fail("the member name \"" + key.value() + "\" given twice");
       object.insert_or_assign(std::move(key.value()), std::move(value.value()));
       skip_space();
       if (pos_ < text_.size() && text_[pos_] == ',') {
@@ -246,6 +248,7 @@ private:
   }
 
   std::string_view text_;
+  DuplicateNames duplicates_;
   std::size_t pos_ = 0;
 };
 
@@ -354,8 +357,8 @@ std::string Value::dump() const {
   return out;
 }
 
-Result<Value> parse(std::string_view text) {
-  return Parser(text).document();
+Result<Value> parse(std::string_view text, DuplicateNames duplicates) {
+  return Parser(text, duplicates).document();
 }
 
 } // namespace vesicle::json

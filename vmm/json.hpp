@@ -61,8 +61,13 @@ private:
   std::variant<std::nullptr_t, bool, std::int64_t, double, std::string, Array, Object> v_;
 };
 
+// What a name given twice in one object does: the last one counts (as
+// QMP's readers expect), or the text is refused (for a caller that must
+// agree with another parser, which may pick the other one or refuse).
+enum class DuplicateNames { last_wins, refuse };
+
 // Parses one JSON text (surrounding whitespace allowed). Nesting deeper than
 // 64 levels is refused.
-Result<Value> parse(std::string_view text);
+Result<Value> parse(std::string_view text, DuplicateNames duplicates = DuplicateNames::last_wins);
 
 } // namespace vesicle::json

@@ -79,5 +79,18 @@ TEST(Json, RefusesMalformedInput) {
   EXPECT_NE(refused.error().message().find("nesting"), std::string::npos);
 }
 
+TEST(Json, ANameGivenTwiceIsTheLastOrRefused) {
+  const char* twice = R"({"a":1,"b":{"c":1,"c":2},"a":3})";
+  auto last = parse(twice);
+  ASSERT_TRUE(last);
+  EXPECT_EQ((*last)["a"].as_int(), 3);
+  EXPECT_EQ((*last)["b"]["c"].as_int(), 2);
+  auto refused = parse(twice, DuplicateNames::refuse);
+  ASSERT_FALSE(refused);
+  EXPECT_NE(refused.error().message().find("\"c\" given twice"), std::string::npos)
+      << refused.error().message();
+  EXPECT_TRUE(parse(R"({"a":{"c":1},"b":{"c":2}})", DuplicateNames::refuse));
+}
+
 } // namespace
 } // namespace vesicle::json
