@@ -12,6 +12,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include "hostd/exec_request_json.hpp"
 #include "hostd/json.hpp"
 #include "hostd/ndjson.hpp"
 
@@ -100,7 +101,7 @@ asio::awaitable<void> Api::exec(Exchange& exchange, const std::string& owner,
   auto body = co_await exchange.read_json_body();
   if (!body) co_return co_await exchange.respond_error(body.error());
   api::ExecRequest request;
-  auto parsed = from_json(*body, request);
+  auto parsed = parse_exec_request(*body, request);
   if (!parsed)
     co_return co_await exchange.respond_error(
         Error::of(ErrorKind::invalid_argument, "invalid exec request: " + parsed.error().detail));

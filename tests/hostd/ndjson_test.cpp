@@ -1,11 +1,13 @@
 #include <google/protobuf/util/json_util.h>
 #include <gtest/gtest.h>
 
+#include <ctime>
 #include <map>
 
 #include "hostd/ndjson.hpp"
 #include "messages/api.pb.h"
 #include "messages/display.hpp"
+#include "vmm/json.hpp"
 
 using namespace vesicle;
 using namespace vesicle::hostd;
@@ -206,6 +208,135 @@ TEST(ExecEventEncoder, DisplayOverTheLimitBecomesAStderrNote) {
   EXPECT_EQ(kept.data().size(), 1u);
   EXPECT_FALSE(kept.is_main_result());
   EXPECT_TRUE(encoder.encode(display_event({{"nope", "x"}})).empty());
+}
+
+namespace {
+
+// What protobuf's own printer makes of the message a line parses into, with
+// hostd's options (snake_case names, every primitive printed).
+template <class M> std::string reprinted(const std::string& line) {
+  M message = parse<M>(line);
+  google::protobuf::util::JsonPrintOptions options;
+  options.preserve_proto_field_names = true;
+  options.always_print_primitive_fields = true;
+  std::string printed;
+  EXPECT_TRUE(google::protobuf::util::MessageToJsonString(message, &printed, options).ok());
+  return printed;
+}
+
+// The same JSON document, whatever the spelling of escapes and whitespace.
+std::string canonical(const std::string& text) {
+  auto value = json::parse(text);
+  EXPECT_TRUE(static_cast<bool>(value)) << text;
+  return value ? value->dump() : std::string("not JSON: ") + text;
+}
+
+template <class M> void expect_as_printed(const std::string& line) {
+  ASSERT_FALSE(line.empty());
+  EXPECT_EQ(line.back(), '\n');
+  EXPECT_EQ(line.find('\n'), line.size() - 1) << "one line: " << line;
+  EXPECT_EQ(canonical(line), canonical(reprinted<M>(line))) << line;
+}
+
+} // namespace
+
+// The exec stream's common events are written by hand (no reflection); each
+// must be the document protobuf's printer makes of the same message, for
+// any text: quotes, backslashes, every control character, DEL, multi-byte
+// UTF-8, U+2028, empty.
+TEST(ExecEventEncoder, HandWrittenLinesAreWhatProtobufPrints) {
+  std::string controls;
+  for (int c = 0; c < 0x20; ++c)
+    controls += static_cast<char>(c);
+  const std::vector<std::string> texts = {"",
+                                          "1\n",
+                                          "say \"hi\" \\ back\\",
+                                          controls,
+                                          "del \x7f",
+                                          "\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80",
+                                          "line\xe2\x80\xa8sep",
+                                          "</script>",
+                                          std::string(5000, 'x')};
+  ExecEventEncoder encoder;
+  for (const auto& text : texts) {
+    auto lines = encoder.encode(out(text));
+    if (text.empty()) {
+      EXPECT_TRUE(lines.empty());
+    } else {
+      ASSERT_EQ(lines.size(), 1u) << text;
+      expect_as_printed<api::OutputEvent>(lines[0]);
+      EXPECT_EQ(parse<api::OutputEvent>(lines[0]).data(), text);
+    }
+    guest::Event err;
+    err.set_stderr(text + "!");
+    lines = encoder.encode(err);
+    ASSERT_EQ(lines.size(), 1u);
+    expect_as_printed<api::OutputEvent>(lines[0]);
+    EXPECT_EQ(parse<api::OutputEvent>(lines[0]).type(), "stderr");
+
+    guest::Event result;
+    result.set_result(text);
+    lines = encoder.encode(result);
+    ASSERT_EQ(lines.size(), 1u);
+    expect_as_printed<api::ResultEvent>(lines[0]);
+    EXPECT_EQ(parse<api::ResultEvent>(lines[0]).data(), text);
+
+    guest::Event error;
+    error.mutable_error()->set_name(text);
+    error.mutable_error()->set_value("v" + text);
+    error.mutable_error()->set_traceback(text + "tb");
+    lines = encoder.encode(error);
+    ASSERT_EQ(lines.size(), 1u);
+    expect_as_printed<api::ErrorEvent>(lines[0]);
+    EXPECT_EQ(parse<api::ErrorEvent>(lines[0]).traceback(), text + "tb");
+  }
+  // Guest text that is not UTF-8 never reaches a hand-written string.
+  guest::Event bad;
+  bad.set_result("\xff\xfe");
+  auto lines = encoder.encode(bad);
+  ASSERT_EQ(lines.size(), 1u);
+  expect_as_printed<api::ResultEvent>(lines[0]);
+
+  guest::Exit exit;
+  exit.set_exit_code(-2);
+  exit.set_signal(9);
+  exit.set_timed_out(true);
+  exit.set_truncated(true);
+  exit.set_repl_restarted(true);
+  exit.set_duration_us(4'294'967'295'000ull); // duration_ms at uint32's top
+  lines = encoder.finish(exit);
+  ASSERT_EQ(lines.size(), 1u);
+  expect_as_printed<api::ExitEvent>(lines[0]);
+  auto last = parse<api::ExitEvent>(lines[0]);
+  EXPECT_EQ(last.exit_code(), -2);
+  EXPECT_EQ(last.duration_ms(), 4'294'967'295u);
+  EXPECT_FALSE(last.has_failure());
+
+  ExecEventEncoder failing;
+  lines = failing.finish(guest::Exit{}, "sandbox_died", "it said \"bye\"\n\xff");
+  ASSERT_EQ(lines.size(), 1u);
+  expect_as_printed<api::ExitEvent>(lines[0]);
+  EXPECT_EQ(parse<api::ExitEvent>(lines[0]).failure().code(), "sandbox_died");
+  EXPECT_EQ(parse<api::ExitEvent>(lines[0]).seq(), 1u);
+}
+
+TEST(Rfc3339, NowIsUtcToTheMillisecond) {
+  for (int i = 0; i < 3; ++i) {
+    const auto before = std::time(nullptr);
+    const std::string now = rfc3339_now();
+    const auto after = std::time(nullptr);
+    ASSERT_EQ(now.size(), 24u) << now;
+    std::tm parts{};
+    const char* end = strptime(now.c_str(), "%Y-%m-%dT%H:%M:%S", &parts);
+    ASSERT_NE(end, nullptr) << now;
+    EXPECT_STREQ(end + 4, "Z") << now;
+    EXPECT_EQ(end[0], '.');
+    for (int k = 1; k <= 3; ++k)
+      EXPECT_TRUE(end[k] >= '0' && end[k] <= '9') << now;
+    const auto at = timegm(&parts);
+    EXPECT_GE(at, before) << now;
+    EXPECT_LE(at, after) << now;
+  }
 }
 
 TEST(DisplayRules, MimeTypesAndTextTypes) {
