@@ -27,11 +27,11 @@ RoomWaiter::~RoomWaiter() {
 
 Channel::Channel(Loop& loop, UniqueFd fd, Callbacks callbacks)
     : loop_(loop), kind_(Kind::kSocket), callbacks_(std::move(callbacks)), fd_(std::move(fd)),
-      retry_timer_(loop) {}
+      retry_timer_(loop), linger_timer_(loop) {}
 
 Channel::Channel(Loop& loop, std::string port_name, Callbacks callbacks)
     : loop_(loop), kind_(Kind::kVirtioPort), port_name_(std::move(port_name)),
-      callbacks_(std::move(callbacks)), retry_timer_(loop) {}
+      callbacks_(std::move(callbacks)), retry_timer_(loop), linger_timer_(loop) {}
 
 Channel::~Channel() {
   for (RoomWaiter* waiter : waiters_)
@@ -109,7 +109,7 @@ void Channel::update_interest() {
   }
   std::uint32_t events = 0;
   if (queued_bytes_ < kInputPauseBytes) events |= EPOLLIN;
-  if (!out_.empty()) events |= EPOLLOUT;
+  if (!out_.empty() && !lingering_) events |= EPOLLOUT;
   watch_.set_events(events);
 }
 
@@ -179,12 +179,42 @@ void Channel::send(const guest::Event& event) {
   std::string frame;
   wire::append_frame(frame, event);
   queued_bytes_ += frame.size();
+  const bool was_empty = out_.empty();
   out_.push_back(std::move(frame));
-  if (out_.size() == 1) update_interest();
+  const bool output =
+      event.kind_case() == guest::Event::kStdout || event.kind_case() == guest::Event::kStderr;
+  if (output && queued_bytes_ < kJoinBytes) {
+    // Output on an idle channel waits for what may follow it; output behind
+    // frames already being written just joins them.
+    if (!was_empty || lingering_) return;
+    auto armed = linger_timer_.arm(kOutputLinger, [this] { end_linger(); });
+    if (armed) {
+      lingering_ = true;
+      return;
+    }
+    log_line(armed.error().message()); // and write at once
+  }
+  // The queue is being written already unless it was empty or held.
+  if (was_empty || lingering_) end_linger();
+}
+
+void Channel::end_linger() {
+  lingering_ = false;
+  linger_timer_.cancel();
+  update_interest();
+}
+
+void Channel::join_queued_frames() {
+  if (out_offset_ != 0) return; // the front frame is partly written
+  while (out_.size() > 1 && out_.front().size() + out_[1].size() <= kJoinBytes) {
+    out_.front() += out_[1];
+    out_.erase(out_.begin() + 1);
+  }
 }
 
 void Channel::write_output() {
   while (!out_.empty()) {
+    join_queued_frames();
     const std::string& frame = out_.front();
     const ssize_t n = ::write(fd_.get(), frame.data() + out_offset_, frame.size() - out_offset_);
     if (n < 0) {
@@ -244,6 +274,8 @@ void Channel::drop_output() {
   out_.clear();
   out_offset_ = 0;
   queued_bytes_ = 0;
+  lingering_ = false;
+  linger_timer_.cancel();
 }
 
 void Channel::lost_host(const std::string& why) {

@@ -155,7 +155,7 @@ void Loop::run() {
   }
 }
 
-Result<void> Timer::arm(std::chrono::milliseconds after, std::function<void()> fire) {
+Result<void> Timer::arm(std::chrono::microseconds after, std::function<void()> fire) {
   if (!fd_) {
     fd_ = UniqueFd(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
     if (!fd_) return sys_error("timerfd_create");
@@ -171,9 +171,9 @@ Result<void> Timer::arm(std::chrono::milliseconds after, std::function<void()> f
     watch_.set_events(EPOLLIN);
   }
   itimerspec spec{};
-  const auto ms = std::max<std::int64_t>(after.count(), 1);
-  spec.it_value.tv_sec = ms / 1000;
-  spec.it_value.tv_nsec = (ms % 1000) * 1000000;
+  const auto us = std::max<std::int64_t>(after.count(), 1); // 0 would disarm
+  spec.it_value.tv_sec = us / 1000000;
+  spec.it_value.tv_nsec = (us % 1000000) * 1000;
   if (::timerfd_settime(fd_.get(), 0, &spec, nullptr) != 0) return sys_error("timerfd_settime");
   fire_ = std::move(fire);
   armed_ = true;

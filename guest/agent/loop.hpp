@@ -87,7 +87,7 @@ private:
 class Timer {
 public:
   explicit Timer(Loop& loop) : loop_(&loop) {}
-  Result<void> arm(std::chrono::milliseconds after, std::function<void()> fire);
+  Result<void> arm(std::chrono::microseconds after, std::function<void()> fire);
   void cancel();
   bool armed() const { return armed_; }
 

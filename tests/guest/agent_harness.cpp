@@ -180,6 +180,7 @@ bool AgentClient::pump(std::chrono::steady_clock::time_point deadline) {
     return false;
   }
   if (n < 0) return errno == EAGAIN || errno == EINTR;
+  ++reads_;
   decoder_.feed(std::string_view(buffer, static_cast<std::size_t>(n)));
   for (;;) {
     auto payload = decoder_.next();
@@ -189,7 +190,8 @@ bool AgentClient::pump(std::chrono::steady_clock::time_point deadline) {
     if (!event.ParseFromString(*payload.value())) {
       throw std::runtime_error("the agent sent an event that does not parse");
     }
-    pending_[event.id()].push_back(std::move(event));
+    const auto id = event.id();
+    pending_[id].push_back({std::move(event), reads_});
   }
   return true;
 }
@@ -200,7 +202,8 @@ std::optional<guest::Event> AgentClient::next_event(std::uint64_t id,
   for (;;) {
     auto& queue = pending_[id];
     if (!queue.empty()) {
-      guest::Event event = std::move(queue.front());
+      guest::Event event = std::move(queue.front().event);
+      last_read_ = queue.front().read;
       queue.pop_front();
       return event;
     }
@@ -233,6 +236,7 @@ ExecOutcome AgentClient::gather(std::uint64_t id, std::chrono::milliseconds time
     auto event = next_event(id, std::max(left, 0ms));
     if (!event) return outcome;
     outcome.arrivals.push_back(std::chrono::steady_clock::now() - start);
+    outcome.reads.push_back(last_read_);
     switch (event->kind_case()) {
     case guest::Event::kStdout:
       outcome.out += event->stdout();

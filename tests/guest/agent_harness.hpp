@@ -51,6 +51,9 @@ struct ExecOutcome {
   std::vector<guest::Event> events;
   // When each event arrived, relative to the send.
   std::vector<std::chrono::steady_clock::duration> arrivals;
+  // Which read of the channel brought each event (events of one read came
+  // in one write of the agent's, or writes the host had not read apart).
+  std::vector<std::uint64_t> reads;
 };
 
 // A connection to an agent: requests out, events in, by id.
@@ -100,7 +103,13 @@ private:
 
   UniqueFd channel_;
   wire::FrameDecoder decoder_;
-  std::map<std::uint64_t, std::deque<guest::Event>> pending_;
+  struct Received {
+    guest::Event event;
+    std::uint64_t read = 0; // the count of channel reads when it came
+  };
+  std::map<std::uint64_t, std::deque<Received>> pending_;
+  std::uint64_t reads_ = 0;
+  std::uint64_t last_read_ = 0; // of the event next_event returned last
   std::uint64_t last_id_ = 1000;
   bool channel_ended_ = false;
 };

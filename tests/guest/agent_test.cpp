@@ -138,6 +138,27 @@ TEST(AgentPython, OutputStreamsBeforeTheCellEnds) {
   EXPECT_EQ(early, "first\n") << "the first line arrived only with the end of the cell";
 }
 
+// The agent holds output back briefly (Channel::kOutputLinger) so that a
+// short cell's output and its Exit come in one write: the host wakes once
+// per cell. The REPL's reply can come later than the hold on a loaded
+// machine, so most cells, not every one, must come whole.
+TEST(AgentPython, AShortCellsOutputAndExitComeInOneWrite) {
+  Agent agent;
+  int whole = 0;
+  constexpr int kCells = 20;
+  for (int i = 0; i < kCells; ++i) {
+    // A little work after the output, as any cell has: without the hold
+    // the output leaves before the cell ends.
+    auto outcome =
+        agent.python("print(" + std::to_string(i) + ")\nimport time\ntime.sleep(0.0003)");
+    ASSERT_TRUE(outcome.exit);
+    ASSERT_EQ(outcome.out, std::to_string(i) + "\n");
+    ASSERT_GE(outcome.reads.size(), 2u);
+    if (outcome.reads.front() == outcome.reads.back()) ++whole;
+  }
+  EXPECT_GE(whole, kCells / 2) << whole << " of " << kCells << " cells came in one read";
+}
+
 TEST(AgentPython, StderrAndBinaryOutputAreExact) {
   Agent agent;
   auto binary =
