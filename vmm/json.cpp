@@ -219,6 +219,11 @@ private:
   Result<Value> parse_number() {
     const std::size_t start = pos_;
     if (text_[pos_] == '-') ++pos_;
+    // RFC 8259: no leading zeros ("01" is not JSON; other readers, such as
+    // protobuf's, refuse it).
+    if (pos_ + 1 < text_.size() && text_[pos_] == '0' && text_[pos_ + 1] >= '0' &&
+        text_[pos_ + 1] <= '9')
+      return fail("a number with a leading zero");
     bool integral = true;
     while (pos_ < text_.size()) {
       const char c = text_[pos_];

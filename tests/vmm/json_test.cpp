@@ -69,9 +69,11 @@ TEST(Json, DumpEscapesControlsButNotDel) {
 
 TEST(Json, RefusesMalformedInput) {
   for (const char* bad : {"", "{", "{\"a\" 1}", "[1,]", "\"unterminated", "tru", "{\"a\":1} x",
-                          "\"\x01\"", "01x", "\"\\q\""}) {
+                          "\"\x01\"", "01x", "\"\\q\"", "01", "-01", "00", "[007]"}) {
     EXPECT_FALSE(parse(bad)) << bad;
   }
+  for (const char* number : {"0", "-0", "0.5", "10", "-10", "0e1"})
+    EXPECT_TRUE(parse(number)) << number;
   std::string deep(100, '[');
   deep += std::string(100, ']');
   auto refused = parse(deep);
