@@ -42,17 +42,6 @@ Error requests_quota(const std::string& key_id, std::uint32_t retry_after_s) {
                        " s (the Retry-After header), or use a key of a higher tier");
 }
 
-std::string rfc3339(std::int64_t unix_ms) {
-  std::time_t seconds = unix_ms / 1000;
-  std::tm utc{};
-  gmtime_r(&seconds, &utc);
-  char text[64];
-  std::snprintf(text, sizeof text, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", utc.tm_year + 1900,
-                utc.tm_mon + 1, utc.tm_mday, utc.tm_hour, utc.tm_min, utc.tm_sec,
-                static_cast<int>(unix_ms % 1000));
-  return text;
-}
-
 namespace {
 
 // A sandbox's settings, which api::Sandbox and api::Space name alike.

@@ -27,6 +27,7 @@
 #include "hostd/port_proxy.hpp"
 #include "hostd/query.hpp"
 #include "hostd/rate_limit.hpp"
+#include "hostd/rfc3339.hpp"
 #include "hostd/runtime_core.hpp"
 #include "hostd/vm_lease.hpp"
 #include "messages/api.pb.h"
@@ -212,7 +213,6 @@ private:
 
 // A sandbox as the API shows it.
 api::Sandbox to_api(const SandboxInfo& info, vmm::Accel accel);
-std::string rfc3339(std::int64_t unix_ms);
 api::Space to_api(const SpaceInfo& space);
 // A create request with the configuration's defaults, checked: what POST
 // /v1/sandboxes and the embedding API's create admit (api_sandboxes.cpp).

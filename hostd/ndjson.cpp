@@ -1,10 +1,8 @@
 #include "hostd/ndjson.hpp"
 
-#include <chrono>
-#include <ctime>
-
 #include "common/escape.hpp"
 #include "hostd/json.hpp"
+#include "hostd/rfc3339.hpp"
 #include "messages/api.pb.h"
 #include "messages/display.hpp"
 
@@ -158,31 +156,6 @@ std::string Utf8HoldBack::feed(std::string_view bytes) {
 
 std::string Utf8HoldBack::flush() {
   return std::exchange(held_, {});
-}
-
-std::string rfc3339_now() {
-  using namespace std::chrono;
-  const auto now = system_clock::now();
-  const auto seconds = system_clock::to_time_t(now);
-  const auto millis = duration_cast<milliseconds>(now.time_since_epoch()).count() % 1000;
-  // Every event carries one: the date and time of day are formatted once a
-  // second per thread (gmtime_r and snprintf were ~1% of an exec's CPU).
-  thread_local std::time_t formatted_second = -1;
-  thread_local char whole[64]; // 19 used; g++ checks the %d fields at their widest
-  if (seconds != formatted_second) {
-    std::tm utc{};
-    gmtime_r(&seconds, &utc);
-    std::snprintf(whole, sizeof whole, "%04d-%02d-%02dT%02d:%02d:%02d", utc.tm_year + 1900,
-                  utc.tm_mon + 1, utc.tm_mday, utc.tm_hour, utc.tm_min, utc.tm_sec);
-    formatted_second = seconds;
-  }
-  std::string text(whole);
-  text += '.';
-  text += static_cast<char>('0' + millis / 100);
-  text += static_cast<char>('0' + millis / 10 % 10);
-  text += static_cast<char>('0' + millis % 10);
-  text += 'Z';
-  return text;
 }
 
 void ExecEventEncoder::output(std::vector<std::string>& lines, const char* type,

@@ -35,9 +35,6 @@ private:
   std::string held_;
 };
 
-// "2024-05-01T12:00:00.123Z", now.
-std::string rfc3339_now();
-
 // Turns the events of one exec into NDJSON lines (each ending in '\n').
 class ExecEventEncoder {
 public:

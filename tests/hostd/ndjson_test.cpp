@@ -5,6 +5,7 @@
 #include <map>
 
 #include "hostd/ndjson.hpp"
+#include "hostd/rfc3339.hpp"
 #include "messages/api.pb.h"
 #include "messages/display.hpp"
 #include "vmm/json.hpp"
@@ -337,6 +338,15 @@ TEST(Rfc3339, NowIsUtcToTheMillisecond) {
     EXPECT_GE(at, before) << now;
     EXPECT_LE(at, after) << now;
   }
+}
+
+TEST(Rfc3339, AnyTimeToTheMillisecond) {
+  EXPECT_EQ(rfc3339(0), "1970-01-01T00:00:00.000Z");
+  EXPECT_EQ(rfc3339(1714564800123), "2024-05-01T12:00:00.123Z");
+  EXPECT_EQ(rfc3339(1714564800999), "2024-05-01T12:00:00.999Z"); // the same second again
+  EXPECT_EQ(rfc3339(1714564801005), "2024-05-01T12:00:01.005Z");
+  EXPECT_EQ(rfc3339(-1), "1969-12-31T23:59:59.999Z");
+  EXPECT_EQ(rfc3339(1714564800123), "2024-05-01T12:00:00.123Z"); // back to an earlier one
 }
 
 TEST(DisplayRules, MimeTypesAndTextTypes) {
