@@ -187,21 +187,18 @@ asio::awaitable<void> Api::exec(Exchange& exchange, const std::string& owner,
         continue;
       }
     }
+    if (queue->closed) {
+      const auto chunk = take_lines();
+      if (client_ok) ended = co_await exchange.end_stream(chunk);
+      break;
+    }
     if (!queue->lines.empty()) {
       // A client that went away stops getting lines, but the cell runs on
       // to its end (or timeout): the REPL is one per sandbox and must not
       // be left mid-cell.
-      auto chunk = take_lines();
-      if (queue->closed) {
-        if (client_ok) ended = co_await exchange.end_stream(chunk);
-        break;
-      }
+      const auto chunk = take_lines();
       if (client_ok) client_ok = co_await exchange.write_chunk(chunk);
       continue;
-    }
-    if (queue->closed) {
-      if (client_ok) ended = co_await exchange.end_stream();
-      break;
     }
     if (header_sent)
       queue->wake.expires_at(asio::steady_timer::time_point::max());
