@@ -6,7 +6,6 @@
 // download.
 #pragma once
 
-#include <cstdint>
 #include <memory>
 #include <string>
 #include <utility>
@@ -22,9 +21,8 @@ public:
   VmLease(std::shared_ptr<OpGate> gate, std::string owner, std::string id,
           std::shared_ptr<vmm::Vm> vm)
       : gate_(std::move(gate)), owner_(std::move(owner)), id_(std::move(id)), vm_(std::move(vm)) {}
-  VmLease(VmLease&& other) noexcept
-      : gate_(std::move(other.gate_)), owner_(std::move(other.owner_)), id_(std::move(other.id_)),
-        vm_(std::move(other.vm_)) {}
+  // A moved-from lease holds no gate: only the last owner leaves it.
+  VmLease(VmLease&& other) noexcept = default;
   VmLease(const VmLease&) = delete;
   VmLease& operator=(const VmLease&) = delete;
   VmLease& operator=(VmLease&&) = delete;
