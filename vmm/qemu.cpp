@@ -85,11 +85,13 @@ std::string kernel_cmdline(Accel accel, std::optional<unsigned long> tsc_khz) {
   // register, so the kernel's default reboot sequence ends in a real-mode
   // jump back into the firmware, which can spin forever (seen under host load)
   // instead of resetting. A triple fault always reaches QEMU as a guest reset.
-  // No init_on_free=1 (zeroing what the guest frees, so a fork's copy
-  // would leave it out): at boot the kernel frees, and so zeroes, all of
-  // its RAM, which a booted VM's memory file then holds whole
-  // (BENCHMARKS.md, "the parent's continuation").
-  std::string cmdline = "console=ttyS0 root=/dev/vda rw quiet panic=-1 reboot=t";
+  // init_on_free=1: the guest zeroes every page it frees. A fork copies the
+  // pages a restored VM wrote, and a freeze its whole RAM, leaving all-zero
+  // pages out: without it, memory a program used and gave back (a
+  // temporary, an exited process) is copied and kept as if in use. At boot
+  // the kernel frees, and so zeroes, all of its RAM; boot_steps punches
+  // those pages out of the memory file again (give_back_boot_zeros).
+  std::string cmdline = "console=ttyS0 root=/dev/vda rw quiet panic=-1 reboot=t init_on_free=1";
   if (accel == Accel::tcg && tsc_khz) {
     // tsc=reliable: TCG's vCPUs all read the host's TSC, which the kernel's
     // warp check, slowed down by emulation, mistakes for unsynchronized TSCs
@@ -769,6 +771,9 @@ asio::awaitable<Result<Snapshot>> save_steps(std::shared_ptr<VmState> state, fs:
   // Nothing maps the memory writable and shared any more: it is sealed
   // first (off the executor: GuestMemory::seal may wait).
   auto seal = [staging, manifest, memory]() -> Result<snapshot::Manifest> {
+    // Pages the guest freed since boot are zeros (init_on_free=1): out
+    // before the seal, so every restore and fork maps only what is used.
+    (void)snapshot::punch_zero_pages(memory->path()); // best effort: same content
     if (auto sealed = memory->seal(); !sealed) return std::move(sealed).error();
     return seal_snapshot(staging, manifest, *memory);
   };
@@ -1827,8 +1832,34 @@ private:
                        std::to_string(config.boot_timeout.count()) + " ms";
     auto ready = co_await wait_for_agent(state, deadline, std::move(late));
     if (!ready) co_return std::move(ready).error();
+    auto given_back = co_await give_back_boot_zeros(state);
+    if (!given_back) co_return std::move(given_back).error();
     guard.armed = false;
     co_return std::unique_ptr<Vm>(std::make_unique<QemuVm>(std::move(state)));
+  }
+
+  // The kernel zeroed all of its RAM at boot (init_on_free=1), so the
+  // memory file holds every page; with the VM paused, the all-zero ones are
+  // punched out again and it costs what the guest uses. Only a failure to
+  // pause or resume fails the boot: the punch itself is best effort, the
+  // content is the same either way.
+  static asio::awaitable<Result<void>> give_back_boot_zeros(std::shared_ptr<VmState> state) {
+    {
+      json::Object no_arguments;
+      auto stopped = co_await qmp_run(*state, "stop", std::move(no_arguments));
+      if (!stopped) co_return std::move(stopped).error().with_context("pausing the booted VM");
+    }
+    const fs::path memory = state->paths.memory_file;
+    auto punch = [memory]() { return snapshot::punch_zero_pages(memory); };
+    auto punched = co_await run_blocking(state->executor, std::move(punch));
+    if (!punched) {
+      log::warn("a booted VM's zeroed RAM was not given back",
+                {{"vm", state->config.id}, {"error", punched.error().message()}});
+    }
+    json::Object no_arguments;
+    auto resumed = co_await qmp_run(*state, "cont", std::move(no_arguments));
+    if (!resumed) co_return std::move(resumed).error().with_context("resuming the booted VM");
+    co_return Result<void>{};
   }
 
   // A connection to QEMU broke: if QEMU is exiting, give the watcher a

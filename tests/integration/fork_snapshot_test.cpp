@@ -9,9 +9,12 @@
 // Every VM id starts with "fs<pid>-" so the leak check can tell this run's
 // QEMU processes from anyone else's.
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <fstream>
 #include <iostream>
+#include <limits>
 
 #include <gtest/gtest.h>
 
@@ -41,6 +44,19 @@ struct World : VmWorld {
     return c;
   }
 };
+
+// RssShmem of process `pid` (/proc/<pid>/status): the pages of its shared
+// mappings it has mapped, for a QEMU its guest RAM file; 0 if unreadable.
+std::uint64_t rss_shmem_bytes(int pid) {
+  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+  std::string key;
+  std::uint64_t kib = 0;
+  while (status >> key) {
+    if (key == "RssShmem:" && status >> kib) return kib * 1024;
+    status.ignore(std::numeric_limits<std::streamsize>::max(), '\n');
+  }
+  return 0;
+}
 
 // The Python and shell state every copy is checked for.
 constexpr const char* kSetUp = "x = 41\nbig = bytearray(b'\\x07') * (24 << 20)\n";
@@ -216,6 +232,40 @@ TEST_F(ForkSnapshots, ASharedOffVmIsSnapshottedWhileItRunsAndItsChildrenAreIndep
 namespace vesicle::test {
 namespace {
 
+// Pages a program wrote and gave back are zeros in the guest
+// (init_on_free=1), which the fork's copy leaves out: the snapshot holds
+// what is in use, not everything the parent ever wrote.
+TEST_F(ForkSnapshots, PagesAProgramFreedAreLeftOutOfTheFork) {
+  VmList vms{io(), {}};
+  vms.vms.push_back(restore(*template_, "freer"));
+  ASSERT_TRUE(vms.vms[0]);
+  vmm::Vm& parent = *vms.vms[0];
+  // 64 MiB of random bytes written and freed (a large object is its own
+  // mapping, unmapped when deleted), 1 MiB kept.
+  ASSERT_EQ(py(parent, "import os\nt = os.urandom(64 << 20)\ndel t\nkeep = os.urandom(1 << 20)\n"),
+            "");
+  // What the template's data takes alone, copied the way a fork copies it
+  // (its own file's size counts pages restores have read from its holes).
+  ASSERT_TRUE(template_->memory);
+  auto template_copy = vmm::copy_memory_data(*template_->memory, "template-data");
+  ASSERT_TRUE(template_copy) << template_copy.error().message();
+  struct stat template_ram {};
+  ASSERT_EQ(::fstat((*template_copy)->fd(), &template_ram), 0);
+  const auto template_bytes = static_cast<std::uint64_t>(template_ram.st_blocks) * 512;
+  vmm::ForkSaveStats stats;
+  auto saved = io().run(parent.save_fork_snapshot(world_->snapshots.path() / "freed", &stats));
+  ASSERT_TRUE(saved) << saved.error().message();
+  std::cout << "the parent wrote " << (stats.private_pages * 4096 >> 20)
+            << " MiB; the fork's RAM holds " << (stats.memory_bytes >> 20) << " MiB, the template "
+            << (template_bytes >> 20) << " MiB\n";
+  EXPECT_GE(stats.private_pages * 4096, 64ull << 20) << "the guest's writes were found";
+  EXPECT_LT(stats.memory_bytes, template_bytes + (32ull << 20))
+      << "the freed pages were copied into the fork";
+  vms.vms.push_back(restore(*saved, "freer-child"));
+  ASSERT_TRUE(vms.vms[1]);
+  EXPECT_EQ(py(*vms.vms[1], "print(len(keep))"), std::to_string(1 << 20) + "\n");
+}
+
 // A booted VM (its RAM a share=on file of its own) is copied while paused,
 // and runs on too.
 TEST_F(ForkSnapshots, ABootedVmIsSnapshottedWhileItRunsOn) {
@@ -225,6 +275,11 @@ TEST_F(ForkSnapshots, ABootedVmIsSnapshottedWhileItRunsOn) {
   vms.vms.push_back(std::move(booted).value());
   vmm::Vm& parent = *vms.vms[0];
   ASSERT_TRUE(parent.maps_memory_shared());
+  // The guest kernel zeroed all of its 512 MiB at boot (init_on_free=1);
+  // the boot gave those pages back, so QEMU maps only what the guest uses.
+  const std::uint64_t shared = rss_shmem_bytes(parent.qemu_pid());
+  std::cout << "a booted VM maps " << (shared >> 20) << " MiB of its RAM file\n";
+  EXPECT_LT(shared, 256ull << 20) << "the pages zeroed at boot were not given back";
   ASSERT_EQ(py(parent, "y = 'booted'"), "");
   auto saved = io().run(parent.save_fork_snapshot(world_->snapshots.path() / "booted-fork"));
   ASSERT_TRUE(saved) << saved.error().message();

@@ -84,9 +84,9 @@ TEST(QemuCommand, TcgCommandLine) {
   EXPECT_TRUE(has_pair(args, "-object",
                        "memory-backend-file,id=mem,size=768M,mem-path=/proc/self/fd/3,share=on"));
   EXPECT_TRUE(has_pair(args, "-kernel", "/images/vmlinuz"));
-  EXPECT_TRUE(has_pair(
-      args, "-append",
-      "console=ttyS0 root=/dev/vda rw quiet panic=-1 reboot=t tsc_early_khz=2096000 tsc=reliable"));
+  EXPECT_TRUE(has_pair(args, "-append",
+                       "console=ttyS0 root=/dev/vda rw quiet panic=-1 reboot=t init_on_free=1 "
+                       "tsc_early_khz=2096000 tsc=reliable"));
   EXPECT_TRUE(has_pair(
       args, "-drive",
       "id=root,file=/run/v/vm-1/overlay.qcow2,format=qcow2,if=none,discard=unmap,cache.direct=on"));
@@ -108,7 +108,8 @@ TEST(QemuCommand, KvmUsesHostCpuAndNoTscPinning) {
   const auto args = command_line(c, VmPaths::of(c), Accel::kvm, 2096000);
   EXPECT_TRUE(has_pair(args, "-accel", "kvm"));
   EXPECT_TRUE(has_pair(args, "-cpu", "host"));
-  EXPECT_TRUE(has_pair(args, "-append", "console=ttyS0 root=/dev/vda rw quiet panic=-1 reboot=t"));
+  EXPECT_TRUE(has_pair(args, "-append",
+                       "console=ttyS0 root=/dev/vda rw quiet panic=-1 reboot=t init_on_free=1"));
 }
 
 TEST(QemuCommand, NetworkDeviceOnlyWithAnAttachment) {
