@@ -78,7 +78,7 @@ TEST(QemuCommand, TcgCommandLine) {
   EXPECT_EQ(args.front(), "qemu-system-x86_64");
   EXPECT_TRUE(has_pair(args, "-M", "microvm,x-option-roms=off,rtc=on,memory-backend=mem"));
   EXPECT_TRUE(has_pair(args, "-accel", "tcg,tb-size=32"));
-  EXPECT_TRUE(has_pair(args, "-cpu", "max"));
+  EXPECT_TRUE(has_pair(args, "-cpu", "max,-erms"));
   EXPECT_TRUE(has_pair(args, "-smp", "3"));
   EXPECT_TRUE(has_pair(args, "-m", "768"));
   EXPECT_TRUE(has_pair(args, "-object",
