@@ -80,6 +80,21 @@ Result<void> check_id(const std::string& id) {
   return make_error("check VM id", "an id is 1 to 48 characters of [a-z0-9-]", id);
 }
 
+bool same_boot_parameters(std::string_view a, std::string_view b) {
+  auto parameters = [](std::string_view line) {
+    std::vector<std::string_view> kept;
+    while (!line.empty()) {
+      const auto space = line.find(' ');
+      const auto word = line.substr(0, space);
+      line = space == std::string_view::npos ? std::string_view{} : line.substr(space + 1);
+      if (word.empty() || word.starts_with("tsc_early_khz=") || word.starts_with("tsc=")) continue;
+      kept.push_back(word);
+    }
+    return kept;
+  };
+  return parameters(a) == parameters(b);
+}
+
 std::string kernel_cmdline(Accel accel, std::optional<unsigned long> tsc_khz) {
   // reboot=t: microvm has no keyboard controller, PCI reset port or ACPI reset
   // register, so the kernel's default reboot sequence ends in a real-mode
@@ -1554,6 +1569,9 @@ public:
       : executor_(std::move(executor)), accel_(detect_accel()) {}
 
   Accel accel() const override { return accel_; }
+  bool boots_as(const Snapshot& snapshot) const override {
+    return same_boot_parameters(snapshot.kernel_cmdline, kernel_cmdline(accel_, std::nullopt));
+  }
 
   asio::awaitable<Result<std::unique_ptr<Vm>>> boot(VmConfig config) override {
     const std::string what = "booting VM " + config.id;

@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "vmm/base64.hpp"
@@ -30,6 +31,10 @@ Result<void> check_id(const std::string& id);
 // when the host is busy and leaves the kernel without a clock, hung early in
 // boot. TCG's guest TSC is the host's, so the host's frequency is right.
 std::string kernel_cmdline(Accel accel, std::optional<unsigned long> tsc_khz);
+
+// Whether two kernel command lines boot the same guest: equal once the TSC
+// pinning (tsc_early_khz=, tsc=), which follows the host, is left out.
+bool same_boot_parameters(std::string_view a, std::string_view b);
 
 // With `restore_from`, the command line of a VM restored from that snapshot:
 // its RAM file mapped share=off, its kernel command line (the machine must

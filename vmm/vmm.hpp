@@ -363,6 +363,11 @@ class Driver {
 public:
   virtual ~Driver() = default;
   virtual Accel accel() const = 0;
+  // Whether a VM booted now would start its kernel as `snapshot`'s did
+  // (the same kernel parameters, the host's TSC rate aside). A snapshot
+  // restores either way; a cache of booted state (a pool's template) that
+  // differs is rebuilt, so a change of parameters reaches its VMs.
+  virtual bool boots_as(const Snapshot& /*snapshot*/) const { return true; }
   // Starts a VM and returns once its agent answers a ping. On any failure
   // nothing is left behind (process, socket, overlay, memory file) and the
   // Error says what went wrong, with the guest console's tail if it booted.

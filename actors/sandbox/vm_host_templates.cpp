@@ -77,16 +77,23 @@ asio::awaitable<void> VmHost::run_template(TemplateSpec spec, pool_actor pool) {
   };
   auto checked = co_await asio::co_spawn(checker_.get_executor(), check, asio::use_awaitable);
   auto& opened = *checked;
-  if (opened) {
+  // A template booted with other kernel parameters (an older hostd's)
+  // would still restore, but its VMs would miss what the new ones change.
+  const bool same_boot = opened && driver_.boots_as(opened.value());
+  if (same_boot) {
     templates_[spec.key] = as_template(std::move(opened.value()), spec.key);
     // A pool's template: its sandboxes' forks find a landing from the start.
     want_landing(spec.key);
     caf::anon_send(pool, template_atom::value, true, "template " + spec.key + " checked");
     co_return;
   }
-  if (fs::exists(dir, ec))
+  if (opened) {
+    log::info("template was booted with other kernel parameters and is rebuilt",
+              {{"template", spec.key}, {"was", opened->kernel_cmdline}});
+  } else if (fs::exists(dir, ec)) {
     log::warn("template is not usable and is rebuilt",
               {{"template", spec.key}, {"error", opened.error().message()}});
+  }
   const auto started = std::chrono::steady_clock::now();
   auto built = co_await build_template(spec);
   if (!built) {

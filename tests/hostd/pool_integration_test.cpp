@@ -320,4 +320,37 @@ TEST_F(Pool, ACorruptedTemplateIsRebuiltNeverRestored) {
   destroy(sandbox.id());
 }
 
+// A template saved by a hostd that booted its guests with other kernel
+// parameters (before init_on_free=1, say) restores, but is rebuilt, so the
+// pool's VMs boot as this hostd's do.
+TEST_F(Pool, ATemplateBootedWithOtherKernelParametersIsRebuilt) {
+  ASSERT_TRUE(pool_filled(2));
+  delete hostd;
+  hostd = nullptr;
+  const auto manifest = template_dir() / "manifest";
+  std::string text;
+  {
+    std::ifstream in(manifest, std::ios::binary);
+    text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  const auto at = text.find(" init_on_free=1");
+  ASSERT_NE(at, std::string::npos) << text;
+  text.erase(at, std::string(" init_on_free=1").size());
+  {
+    std::ofstream out(manifest, std::ios::binary | std::ios::trunc);
+    out << text;
+  }
+  start();
+  ASSERT_TRUE(pool_filled(2));
+  const auto log = hostd->log();
+  EXPECT_NE(log.find("booted with other kernel parameters and is rebuilt"), std::string::npos)
+      << log;
+  EXPECT_NE(log.find("built in"), std::string::npos) << log;
+  auto sandbox = create();
+  EXPECT_EQ(sandbox.source(), "pool");
+  EXPECT_EQ(python(sandbox.id(), "print(open('/proc/cmdline').read().count('init_on_free=1'))"),
+            "1\n");
+  destroy(sandbox.id());
+}
+
 } // namespace

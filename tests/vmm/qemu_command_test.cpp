@@ -112,6 +112,22 @@ TEST(QemuCommand, KvmUsesHostCpuAndNoTscPinning) {
                        "console=ttyS0 root=/dev/vda rw quiet panic=-1 reboot=t init_on_free=1"));
 }
 
+// A template's recorded command line against the one a boot would use now:
+// only the TSC pinning, which follows the host, may differ.
+TEST(QemuCommand, SameBootParametersLeavesOutTheTscPinningOnly) {
+  const std::string now = kernel_cmdline(Accel::tcg, std::nullopt);
+  EXPECT_TRUE(same_boot_parameters(now, kernel_cmdline(Accel::tcg, 2096000)));
+  EXPECT_TRUE(same_boot_parameters(now + " tsc_early_khz=1800000 tsc=reliable", now));
+  EXPECT_TRUE(same_boot_parameters(now, kernel_cmdline(Accel::kvm, std::nullopt)));
+  // A template an older hostd booted without init_on_free.
+  EXPECT_FALSE(same_boot_parameters(
+      "console=ttyS0 root=/dev/vda rw quiet panic=-1 reboot=t tsc_early_khz=2096000 tsc=reliable",
+      now));
+  EXPECT_FALSE(same_boot_parameters(now + " mitigations=off", now));
+  EXPECT_FALSE(same_boot_parameters("", now));
+  EXPECT_TRUE(same_boot_parameters("a  b", "a b")) << "spacing is not a parameter";
+}
+
 TEST(QemuCommand, NetworkDeviceOnlyWithAnAttachment) {
   auto c = config();
   auto args = command_line(c, VmPaths::of(c), Accel::tcg, std::nullopt);
