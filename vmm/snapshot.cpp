@@ -1,7 +1,6 @@
 #include "vmm/snapshot.hpp"
 
 #include <fcntl.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -605,20 +604,8 @@ Result<std::uint64_t> punch_zero_pages(const fs::path& path) {
   if (!fd) return sys_error("open for hole punching", path.string());
   struct stat st {};
   if (::fstat(fd.get(), &st) != 0) return sys_error("stat", path.string());
-  const auto size = static_cast<std::uint64_t>(st.st_size);
-  if (size == 0) return std::uint64_t{0};
-  // Read through a mapping, not pread: a booted VM's file is a GiB of
-  // data, and copying it out first took about as long as comparing it.
-  // Only data extents are touched (a read of a hole in a memfd would
-  // allocate the page).
-  void* mapped = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd.get(), 0);
-  if (mapped == MAP_FAILED) return sys_error("map for hole punching", path.string());
-  struct Unmap {
-    void* at;
-    std::size_t bytes;
-    ~Unmap() { ::munmap(at, bytes); }
-  } unmap{mapped, size};
-  const char* const base = static_cast<const char*>(mapped);
+  std::vector<char> buffer(kReadBytes);
+  static const char zero_page[kPageBytes] = {};
   std::uint64_t freed = 0;
   // Runs of zero pages are punched in one call each.
   std::uint64_t run_start = 0, run_end = 0;
@@ -631,15 +618,12 @@ Result<std::uint64_t> punch_zero_pages(const fs::path& path) {
     run_start = run_end = 0;
     return {};
   };
-  auto scanned = for_each_data_extent(
-      fd.get(), size, path.string(), [&](off_t first, off_t last) -> Result<void> {
-        // An extent that is not page-aligned keeps its partial pages.
-        auto page_at =
-            (static_cast<std::uint64_t>(first) + kPageBytes - 1) / kPageBytes * kPageBytes;
-        for (; page_at + kPageBytes <= static_cast<std::uint64_t>(last); page_at += kPageBytes) {
-          const char* page = base + page_at;
-          // Zero if its first byte is and every byte equals the next.
-          if (page[0] != 0 || std::memcmp(page, page + 1, kPageBytes - 1) != 0) continue;
+  auto scanned = for_each_data_chunk(
+      fd.get(), static_cast<std::uint64_t>(st.st_size), path.string(), buffer,
+      [&](std::uint64_t at, std::span<const char> bytes) -> Result<void> {
+        for (std::size_t page = 0; page + kPageBytes <= bytes.size(); page += kPageBytes) {
+          if (std::memcmp(bytes.data() + page, zero_page, kPageBytes) != 0) continue;
+          const std::uint64_t page_at = at + page;
           if (run_end != run_start && run_end == page_at) {
             run_end += kPageBytes;
             continue;
