@@ -328,11 +328,7 @@ TEST_F(Pool, ATemplateBootedWithOtherKernelParametersIsRebuilt) {
   delete hostd;
   hostd = nullptr;
   const auto manifest = template_dir() / "manifest";
-  std::string text;
-  {
-    std::ifstream in(manifest, std::ios::binary);
-    text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-  }
+  std::string text = read_file(manifest);
   const auto at = text.find(" init_on_free=1");
   ASSERT_NE(at, std::string::npos) << text;
   text.erase(at, std::string(" init_on_free=1").size());

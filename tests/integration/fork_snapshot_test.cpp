@@ -12,9 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <fstream>
 #include <iostream>
-#include <limits>
 
 #include <gtest/gtest.h>
 
@@ -44,19 +42,6 @@ struct World : VmWorld {
     return c;
   }
 };
-
-// RssShmem of process `pid` (/proc/<pid>/status): the pages of its shared
-// mappings it has mapped, for a QEMU its guest RAM file; 0 if unreadable.
-std::uint64_t rss_shmem_bytes(int pid) {
-  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
-  std::string key;
-  std::uint64_t kib = 0;
-  while (status >> key) {
-    if (key == "RssShmem:" && status >> kib) return kib * 1024;
-    status.ignore(std::numeric_limits<std::streamsize>::max(), '\n');
-  }
-  return 0;
-}
 
 // The Python and shell state every copy is checked for.
 constexpr const char* kSetUp = "x = 41\nbig = bytearray(b'\\x07') * (24 << 20)\n";
@@ -277,7 +262,8 @@ TEST_F(ForkSnapshots, ABootedVmIsSnapshottedWhileItRunsOn) {
   ASSERT_TRUE(parent.maps_memory_shared());
   // The guest kernel zeroed all of its 512 MiB at boot (init_on_free=1);
   // the boot gave those pages back, so QEMU maps only what the guest uses.
-  const std::uint64_t shared = rss_shmem_bytes(parent.qemu_pid());
+  const std::uint64_t shared =
+      kib_field("/proc/" + std::to_string(parent.qemu_pid()) + "/status", "RssShmem:") * 1024;
   std::cout << "a booted VM maps " << (shared >> 20) << " MiB of its RAM file\n";
   EXPECT_LT(shared, 256ull << 20) << "the pages zeroed at boot were not given back";
   ASSERT_EQ(py(parent, "y = 'booted'"), "");
