@@ -106,7 +106,12 @@ std::string kernel_cmdline(Accel accel, std::optional<unsigned long> tsc_khz) {
   // temporary, an exited process) is copied and kept as if in use. At boot
   // the kernel frees, and so zeroes, all of its RAM; boot_steps punches
   // those pages out of the memory file again (give_back_boot_zeros).
-  std::string cmdline = "console=ttyS0 root=/dev/vda rw quiet panic=-1 reboot=t init_on_free=1";
+  // sysctl.vm.compaction_proactiveness=0: kcompactd otherwise wakes twice a
+  // second in every idle guest to see whether memory is fragmented, a cost
+  // each idle VM's QEMU pays on the host (a guest still compacts when an
+  // allocation needs it).
+  std::string cmdline = "console=ttyS0 root=/dev/vda rw quiet panic=-1 reboot=t init_on_free=1 "
+                        "sysctl.vm.compaction_proactiveness=0";
   if (accel == Accel::tcg && tsc_khz) {
     // tsc=reliable: TCG's vCPUs all read the host's TSC, which the kernel's
     // warp check, slowed down by emulation, mistakes for unsynchronized TSCs
@@ -131,10 +136,17 @@ std::vector<std::string> command_line(const VmConfig& config, const VmPaths& pat
   const std::string memory_backend =
       "memory-backend-file,id=mem,size=" + memory + "M,mem-path=/proc/self/fd/" +
       std::to_string(memory_fd(config)) + (shared_from_snapshot ? ",share=off" : ",share=on");
+  // pit=off: the firmware leaves the legacy PIT counting at 18.2 Hz, and the
+  // guest's kernel, which keeps time with the TSC and the local APIC, never
+  // stops it; QEMU then woke ~36 times a second for it in every idle VM (most
+  // of an idle VM's own CPU under TCG; BENCHMARKS.md). A VM restored from a
+  // snapshot of a machine that had it gets it back, or its state does not load.
+  const bool pit = restore_from && restore_from->pit;
   std::vector<std::string> args = {
       config.qemu_binary,
       "-M",
-      "microvm,x-option-roms=off,rtc=on,memory-backend=mem",
+      std::string("microvm,x-option-roms=off,rtc=on,") + (pit ? "" : "pit=off,") +
+          "memory-backend=mem",
       "-nodefaults",
       "-no-user-config",
       "-nographic",
@@ -329,6 +341,7 @@ struct VmState : std::enable_shared_from_this<VmState> {
   bool saved = false;  // ended by save_snapshot: its files became a snapshot
   std::string kernel_cmdline;
   Accel accel = Accel::tcg;
+  bool pit = false; // the machine has the legacy PIT (restored from a snapshot that had it)
   // Set when QMP reported the guest stopped on its own (reset, power-off).
   std::string guest_stop_reason;
   std::string console;
@@ -626,6 +639,7 @@ snapshot::Manifest manifest_of(const VmState& state) {
   manifest.initrd = fs::absolute(state.config.images.initrd, ec);
   manifest.base_disk = fs::absolute(state.config.images.base_disk, ec);
   manifest.cmdline = state.kernel_cmdline;
+  manifest.pit = state.pit;
   return manifest;
 }
 
@@ -1570,7 +1584,8 @@ public:
 
   Accel accel() const override { return accel_; }
   bool boots_as(const Snapshot& snapshot) const override {
-    return same_boot_parameters(snapshot.kernel_cmdline, kernel_cmdline(accel_, std::nullopt));
+    return !snapshot.pit &&
+           same_boot_parameters(snapshot.kernel_cmdline, kernel_cmdline(accel_, std::nullopt));
   }
 
   asio::awaitable<Result<std::unique_ptr<Vm>>> boot(VmConfig config) override {
@@ -2030,6 +2045,7 @@ private:
     auto state = std::make_shared<VmState>(executor, config);
     state->accel = accel;
     state->kernel_cmdline = snapshot.kernel_cmdline;
+    state->pit = snapshot.pit;
     return state;
   }
 

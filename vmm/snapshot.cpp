@@ -266,6 +266,7 @@ std::string format_manifest(const Manifest& m) {
     out << m.memory.size << " " << m.memory.data_bytes << " " << m.memory.sha256 << " "
         << m.memory_file.string() << "\n";
   }
+  out << "pit " << (m.pit ? 1 : 0) << "\n";
   return out.str();
 }
 
@@ -302,10 +303,20 @@ Result<Manifest> parse_manifest(std::string_view text) {
                                      "kernel", "initrd",     "base_disk", "cmdline",
                                      "state",  "disk",       "memory"};
   constexpr std::size_t key_count = std::size(keys);
-  if (lines.size() != key_count + 1) {
+  // After them, "pit": written since the machine went without the legacy
+  // PIT; a manifest written before has no such line, and its machine had one.
+  if (lines.size() != key_count + 1 && lines.size() != key_count + 2) {
     return manifest_error(lines.size(), "the manifest has " + std::to_string(lines.size()) +
                                             " lines, version " + std::to_string(kFormatVersion) +
-                                            " has " + std::to_string(key_count + 1));
+                                            " has " + std::to_string(key_count + 1) + " or " +
+                                            std::to_string(key_count + 2));
+  }
+  m.pit = true;
+  if (lines.size() == key_count + 2) {
+    const std::string_view line = lines.back();
+    if (line != "pit 0" && line != "pit 1")
+      return manifest_error(lines.size(), "expected \"pit 0\" or \"pit 1\"");
+    m.pit = line == "pit 1";
   }
   for (std::size_t i = 0; i < key_count; ++i) {
     const std::size_t number = i + 2;
@@ -533,6 +544,7 @@ Snapshot described(const fs::path& dir, const Manifest& m) {
   snapshot.network = m.network;
   snapshot.accel = m.accel;
   snapshot.full_ram = m.full_ram;
+  snapshot.pit = m.pit;
   return snapshot;
 }
 
@@ -674,6 +686,7 @@ Result<Manifest> persist_fork_snapshot(const Snapshot& saved, const fs::path& me
   manifest.initrd = saved.images.initrd;
   manifest.base_disk = saved.images.base_disk;
   manifest.cmdline = saved.kernel_cmdline;
+  manifest.pit = saved.pit;
   manifest.memory_file = memory_named;
   auto hashing = std::async(std::launch::async,
                             [memory = saved.memory] { return digest_sparse_file(memory->path()); });

@@ -69,6 +69,9 @@ struct Manifest {
   FileDigest state, disk, memory;
   std::filesystem::path memory_file;
   bool full_ram = false; // "memory in-state": no memory file, memory is zeroed
+  // The machine had the legacy PIT (i8254). Manifests from before the
+  // machine went without it have no "pit" line, and mean yes.
+  bool pit = false;
 };
 
 std::string format_manifest(const Manifest& manifest);

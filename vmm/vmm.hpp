@@ -119,6 +119,10 @@ struct Snapshot {
   // state file, memory_file is empty, and the snapshot is resumed once, by
   // Driver::restore_full (which takes its disk). Driver::restore refuses it.
   bool full_ram = false;
+  // Its machine had the legacy PIT (snapshots from before the machine went
+  // without one): a VM restored from it gets one too, or the state does not
+  // load.
+  bool pit = false;
   std::filesystem::path device_state() const { return dir / "state"; }
   std::filesystem::path manifest() const { return dir / "manifest"; }
 };
@@ -363,8 +367,8 @@ class Driver {
 public:
   virtual ~Driver() = default;
   virtual Accel accel() const = 0;
-  // Whether a VM booted now would start its kernel as `snapshot`'s did
-  // (the same kernel parameters, the host's TSC rate aside). A snapshot
+  // Whether a VM booted now would start as `snapshot`'s did: the same
+  // machine and kernel parameters, the host's TSC rate aside. A snapshot
   // restores either way; a cache of booted state (a pool's template) that
   // differs is rebuilt, so a change of parameters reaches its VMs.
   virtual bool boots_as(const Snapshot& /*snapshot*/) const { return true; }

@@ -77,8 +77,9 @@ asio::awaitable<void> VmHost::run_template(TemplateSpec spec, pool_actor pool) {
   };
   auto checked = co_await asio::co_spawn(checker_.get_executor(), check, asio::use_awaitable);
   auto& opened = *checked;
-  // A template booted with other kernel parameters (an older hostd's)
-  // would still restore, but its VMs would miss what the new ones change.
+  // A template booted on another machine or with other kernel parameters
+  // (an older hostd's) would still restore, but its VMs would miss what the
+  // new ones change.
   const bool same_boot = opened && driver_.boots_as(opened.value());
   if (same_boot) {
     templates_[spec.key] = as_template(std::move(opened.value()), spec.key);
@@ -88,8 +89,10 @@ asio::awaitable<void> VmHost::run_template(TemplateSpec spec, pool_actor pool) {
     co_return;
   }
   if (opened) {
-    log::info("template was booted with other kernel parameters and is rebuilt",
-              {{"template", spec.key}, {"was", opened->kernel_cmdline}});
+    log::info("template was booted on another machine or with other kernel parameters and is "
+              "rebuilt",
+              {{"template", spec.key},
+               {"was", opened->kernel_cmdline + (opened->pit ? " (with the legacy PIT)" : "")}});
   } else if (fs::exists(dir, ec)) {
     log::warn("template is not usable and is rebuilt",
               {{"template", spec.key}, {"error", opened.error().message()}});

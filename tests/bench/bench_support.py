@@ -1,6 +1,6 @@
 """What the Python benchmarks share besides percentiles (bench_series.py):
 waiting for a warm pool, a network section for a test hostd, hostd's
-/metrics, and the host memory a set of VMs holds."""
+/metrics, the host memory a set of VMs holds and a process's CPU time."""
 
 from __future__ import annotations
 
@@ -13,6 +13,15 @@ import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_ms(pid):
+    """utime + stime of process `pid` (all its threads), in ms."""
+    with open(f"/proc/{pid}/stat") as stat:
+        # Fields after the command name (which may hold spaces) in parentheses.
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * TICK_MS  # fields 14 and 15 of stat(5)
 
 
 def wait_for_pool(client, ready=1, timeout_s=600):

@@ -12,6 +12,11 @@ admission.memory_overcommit in --overcommit (a hostd of its own each):
   PSS / USS        per sandbox, from hostd's /metrics (vesicle_sandbox_pss_bytes,
                    vesicle_sandbox_uss_bytes; admin key), after each ran one
                    print(1) and all idled 5 s
+  idle CPU         host CPU each idle sandbox's QEMU uses (utime + stime from
+                   /proc, its vmm_pid from /v1/admin/sandboxes) over the next
+                   --idle-seconds, in ms per second (10 = 1% of a core), and
+                   all of them together in cores: under TCG, what idle
+                   guests' timers cost decides how many fit on the CPU
   exec latency     --execs `print(1)` spread round robin over the first 25%,
                    50% and 100% of the sandboxes, one after another (the
                    others stay idle and running), p50/p99
@@ -27,8 +32,8 @@ open egress, as an install gives it; --no-network leaves networking out. Everyth
 Prints p50/p95/p99, writes JSON.
 
   tests/bench/density_bench.py --hostd build/hostd/hostd --images build/images \\
-      [--max 32] [--overcommit 0 1.5] [--execs 200] [--disk-mib 1536] [--no-network] \\
-      [--json out.json]
+      [--max 32] [--overcommit 0 1.5] [--execs 200] [--idle-seconds 20] [--disk-mib 1536] \\
+      [--no-network] [--json out.json]
 """
 
 from __future__ import annotations
@@ -47,7 +52,9 @@ from hostd_process import hostd_session  # noqa: E402
 from vesicle import Client, Sandbox  # noqa: E402
 from vesicle.errors import CapacityError  # noqa: E402
 from bench_series import summary, write_report  # noqa: E402
-from bench_support import metrics, network_section, per_sandbox_mib, wait_for_pool  # noqa: E402
+from bench_support import (  # noqa: E402
+    admin_sandboxes, cpu_ms, metrics, network_section, per_sandbox_mib, wait_for_pool,
+)
 
 FRACTIONS = (25, 50, 100)
 
@@ -89,6 +96,16 @@ def print_ms(sb):
     took = (time.monotonic() - started) * 1000
     assert out.stdout == "1\n" and out.error is None, out
     return took
+
+
+def idle_cpu(hostd, ids, seconds):
+    """ms of host CPU per second each of sandboxes `ids`' QEMUs used over `seconds` idle."""
+    listed = admin_sandboxes(hostd.url, hostd.admin_key).get("sandboxes", [])
+    pids = [int(e["vmm_pid"]) for e in listed if e["sandbox"]["id"] in ids and e.get("vmm_pid")]
+    before, started = {pid: cpu_ms(pid) for pid in pids}, time.monotonic()
+    time.sleep(seconds)
+    after, took = {pid: cpu_ms(pid) for pid in pids}, time.monotonic() - started
+    return [(after[pid] - before[pid]) / took for pid in pids]
 
 
 def fill(args, options):
@@ -139,6 +156,9 @@ def run_one(options, overcommit, results, runs):
             results.append(summary(f"{label}: idle sandboxes held", "count", [count]))
             results.append(summary(f"{label}: PSS per idle sandbox", "MiB", pss))
             results.append(summary(f"{label}: USS per idle sandbox", "MiB", uss))
+            idle = idle_cpu(hostd, ours, options.idle_seconds)
+            results.append(summary(f"{label}: idle CPU per sandbox", "ms/s", idle))
+            print(f"   all {len(idle)} idle sandboxes together: {sum(idle) / 1000:.2f} cores")
             for fraction in FRACTIONS:
                 active = sandboxes[: max(1, round(count * fraction / 100))]
                 latencies = [print_ms(active[i % len(active)]) for i in range(options.execs)]
@@ -164,6 +184,7 @@ def main():
                         help="admission.memory_overcommit per run (0: hostd's default; "
                         "-1: admission disabled, which is not safe: what the host holds)")
     parser.add_argument("--execs", type=int, default=200)
+    parser.add_argument("--idle-seconds", type=float, default=20)
     parser.add_argument("--disk-mib", type=int, default=1536)
     parser.add_argument("--no-network", dest="network", action="store_false")
     parser.add_argument("--json")

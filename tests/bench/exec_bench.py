@@ -40,16 +40,7 @@ sys.path.insert(0, str(REPO / "tests" / "sdk"))
 from hostd_process import hostd_session  # noqa: E402
 from vesicle import Client, Sandbox  # noqa: E402
 from bench_series import summary, write_report  # noqa: E402
-
-TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
-
-
-def cpu_ms(pid):
-    """utime + stime of process `pid` (all its threads), in ms."""
-    with open(f"/proc/{pid}/stat") as stat:
-        # Fields after the command name (which may hold spaces) in parentheses.
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) * TICK_MS  # fields 14 and 15 of stat(5)
+from bench_support import cpu_ms  # noqa: E402
 
 
 def context_switches(pid):

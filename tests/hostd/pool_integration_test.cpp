@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <chrono>
 #include <fstream>
+#include <functional>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -321,32 +322,53 @@ TEST_F(Pool, ACorruptedTemplateIsRebuiltNeverRestored) {
 }
 
 // A template saved by a hostd that booted its guests with other kernel
-// parameters (before init_on_free=1, say) restores, but is rebuilt, so the
-// pool's VMs boot as this hostd's do.
+// parameters (before init_on_free=1, say) or on another machine (with the
+// legacy PIT) restores, but is rebuilt, so the pool's VMs boot as this
+// hostd's do.
 TEST_F(Pool, ATemplateBootedWithOtherKernelParametersIsRebuilt) {
   ASSERT_TRUE(pool_filled(2));
-  delete hostd;
-  hostd = nullptr;
   const auto manifest = template_dir() / "manifest";
-  std::string text = read_file(manifest);
-  const auto at = text.find(" init_on_free=1");
-  ASSERT_NE(at, std::string::npos) << text;
-  text.erase(at, std::string(" init_on_free=1").size());
-  {
-    std::ofstream out(manifest, std::ios::binary | std::ios::trunc);
-    out << text;
-  }
-  start();
-  ASSERT_TRUE(pool_filled(2));
+  // Stops hostd, has `edit` change the template's manifest, starts it again
+  // and waits for its pool.
+  auto restart_after = [&](const std::function<void(std::string&)>& edit) {
+    delete hostd;
+    hostd = nullptr;
+    std::string text = read_file(manifest);
+    edit(text);
+    {
+      std::ofstream out(manifest, std::ios::binary | std::ios::trunc);
+      out << text;
+    }
+    start();
+    return pool_filled(2);
+  };
+  ASSERT_TRUE(restart_after([](std::string& text) {
+    const auto at = text.find(" init_on_free=1");
+    ASSERT_NE(at, std::string::npos) << text;
+    text.erase(at, std::string(" init_on_free=1").size());
+  }));
   const auto log = hostd->log();
-  EXPECT_NE(log.find("booted with other kernel parameters and is rebuilt"), std::string::npos)
-      << log;
+  EXPECT_NE(log.find("or with other kernel parameters and is rebuilt"), std::string::npos) << log;
   EXPECT_NE(log.find("built in"), std::string::npos) << log;
   auto sandbox = create();
   EXPECT_EQ(sandbox.source(), "pool");
   EXPECT_EQ(python(sandbox.id(), "print(open('/proc/cmdline').read().count('init_on_free=1'))"),
             "1\n");
   destroy(sandbox.id());
+
+  // A template of a machine with the legacy PIT (an older hostd's manifest
+  // has no "pit" line) is rebuilt too, and the new one's machine has none.
+  ASSERT_TRUE(restart_after([](std::string& text) {
+    ASSERT_TRUE(text.ends_with("\npit 0\n")) << text;
+    text.erase(text.size() - std::string("pit 0\n").size());
+  }));
+  const auto relog = hostd->log();
+  EXPECT_NE(relog.find("(with the legacy PIT)"), std::string::npos) << relog;
+  EXPECT_TRUE(read_file(manifest).ends_with("\npit 0\n")) << read_file(manifest);
+  auto rebuilt = create();
+  EXPECT_EQ(rebuilt.source(), "pool");
+  EXPECT_EQ(python(rebuilt.id(), "print(6 * 7)"), "42\n");
+  destroy(rebuilt.id());
 }
 
 } // namespace

@@ -85,9 +85,38 @@ TEST(SnapshotManifest, RefusesWhatIsNotAManifest) {
   // Cut short: in the middle of a line, and at a line boundary.
   EXPECT_NE(parse_error(text.substr(0, text.size() - 10)).find("middle of a line"),
             std::string::npos);
-  const std::string whole_lines = text.substr(0, text.rfind('\n', text.size() - 2) + 1);
+  // Without its last two lines (the last alone is the "pit" line, which an
+  // older manifest lacks: below).
+  const auto last = text.rfind('\n', text.size() - 2);
+  const std::string whole_lines = text.substr(0, text.rfind('\n', last - 1) + 1);
   EXPECT_NE(parse_error(whole_lines).find("has 11 lines"), std::string::npos)
       << parse_error(whole_lines);
+}
+
+// Manifests written before the machine went without the legacy PIT have no
+// "pit" line: their VMs are restored with one, or the device state would not
+// load. Ours say which.
+TEST(SnapshotManifest, SaysWhetherTheMachineHadThePit) {
+  Manifest m = sample();
+  const std::string text = vmm::snapshot::format_manifest(m);
+  ASSERT_TRUE(text.ends_with("\npit 0\n")) << text;
+  auto parsed = vmm::snapshot::parse_manifest(text);
+  ASSERT_TRUE(parsed) << parsed.error().message();
+  EXPECT_FALSE(parsed->pit);
+
+  m.pit = true;
+  parsed = vmm::snapshot::parse_manifest(vmm::snapshot::format_manifest(m));
+  ASSERT_TRUE(parsed) << parsed.error().message();
+  EXPECT_TRUE(parsed->pit);
+
+  const std::string older = text.substr(0, text.size() - std::string("pit 0\n").size());
+  parsed = vmm::snapshot::parse_manifest(older);
+  ASSERT_TRUE(parsed) << parsed.error().message();
+  EXPECT_TRUE(parsed->pit);
+  EXPECT_EQ(parsed->cmdline, m.cmdline);
+
+  const std::string error = parse_error(with_line(text, 12, "pit yes"));
+  EXPECT_NE(error.find("line 13: expected \"pit 0\" or \"pit 1\""), std::string::npos) << error;
 }
 
 TEST(SnapshotManifest, RefusesBadFields) {
