@@ -110,8 +110,11 @@ std::string kernel_cmdline(Accel accel, std::optional<unsigned long> tsc_khz) {
   // second in every idle guest to see whether memory is fragmented, a cost
   // each idle VM's QEMU pays on the host (a guest still compacts when an
   // allocation needs it).
-  std::string cmdline = "console=ttyS0 root=/dev/vda rw quiet panic=-1 reboot=t init_on_free=1 "
-                        "sysctl.vm.compaction_proactiveness=0";
+  // loglevel=5 rather than quiet: warnings and the register and stack dumps
+  // that follow them (a soft lockup's) reach the console too, whose tail is
+  // a failed boot's error; a normal boot prints none, and boots no slower.
+  std::string cmdline = "console=ttyS0 root=/dev/vda rw loglevel=5 panic=-1 reboot=t "
+                        "init_on_free=1 sysctl.vm.compaction_proactiveness=0";
   if (accel == Accel::tcg && tsc_khz) {
     // tsc=reliable: TCG's vCPUs all read the host's TSC, which the kernel's
     // warp check, slowed down by emulation, mistakes for unsynchronized TSCs

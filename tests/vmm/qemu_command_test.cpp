@@ -103,7 +103,7 @@ TEST(QemuCommand, TcgCommandLine) {
                        "memory-backend-file,id=mem,size=768M,mem-path=/proc/self/fd/3,share=on"));
   EXPECT_TRUE(has_pair(args, "-kernel", "/images/vmlinuz"));
   EXPECT_TRUE(has_pair(args, "-append",
-                       "console=ttyS0 root=/dev/vda rw quiet panic=-1 reboot=t init_on_free=1 "
+                       "console=ttyS0 root=/dev/vda rw loglevel=5 panic=-1 reboot=t init_on_free=1 "
                        "sysctl.vm.compaction_proactiveness=0 tsc_early_khz=2096000 tsc=reliable"));
   EXPECT_TRUE(has_pair(
       args, "-drive",
@@ -127,7 +127,7 @@ TEST(QemuCommand, KvmUsesHostCpuAndNoTscPinning) {
   EXPECT_TRUE(has_pair(args, "-accel", "kvm"));
   EXPECT_TRUE(has_pair(args, "-cpu", "host"));
   EXPECT_TRUE(has_pair(args, "-append",
-                       "console=ttyS0 root=/dev/vda rw quiet panic=-1 reboot=t init_on_free=1 "
+                       "console=ttyS0 root=/dev/vda rw loglevel=5 panic=-1 reboot=t init_on_free=1 "
                        "sysctl.vm.compaction_proactiveness=0"));
 }
 
