@@ -76,20 +76,17 @@ def admin_sandboxes(url, admin_key):
         return json.loads(answer.read())
 
 
-def qemu_pids_of(runtime_dir, ids):
-    """PIDs of the QEMUs of sandboxes `ids` (their command lines name their VM dirs)."""
-    markers = [f"{runtime_dir}/{i}/".encode() for i in ids]
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"qemu-system" in cmdline and any(m in cmdline for m in markers):
-            pids.append(int(entry))
-    return pids
+def qemu_pids_of(hostd, ids):
+    """PIDs of the QEMUs of sandboxes `ids`, as hostd reports them (`hostd` a
+    running session with an admin key). Not found from the VM dirs: a
+    sandbox's is named for the pool VM or pre-started VM it was."""
+    wanted = set(ids)
+    listed = admin_sandboxes(hostd.url, hostd.admin_key)
+    return [
+        int(e["vmm_pid"])
+        for e in listed.get("sandboxes", [])
+        if e["sandbox"]["id"] in wanted and e.get("vmm_pid")
+    ]
 
 
 def family_memory_bytes(hostd_pid, qemu_pids):

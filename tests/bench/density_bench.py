@@ -53,7 +53,7 @@ from vesicle import Client, Sandbox  # noqa: E402
 from vesicle.errors import CapacityError  # noqa: E402
 from bench_series import summary, write_report  # noqa: E402
 from bench_support import (  # noqa: E402
-    admin_sandboxes, cpu_ms, metrics, network_section, per_sandbox_mib, wait_for_pool,
+    cpu_ms, metrics, network_section, per_sandbox_mib, qemu_pids_of, wait_for_pool,
 )
 
 FRACTIONS = (25, 50, 100)
@@ -100,8 +100,7 @@ def print_ms(sb):
 
 def idle_cpu(hostd, ids, seconds):
     """ms of host CPU per second each of sandboxes `ids`' QEMUs used over `seconds` idle."""
-    listed = admin_sandboxes(hostd.url, hostd.admin_key).get("sandboxes", [])
-    pids = [int(e["vmm_pid"]) for e in listed if e["sandbox"]["id"] in ids and e.get("vmm_pid")]
+    pids = qemu_pids_of(hostd, ids)
     before, started = {pid: cpu_ms(pid) for pid in pids}, time.monotonic()
     time.sleep(seconds)
     after, took = {pid: cpu_ms(pid) for pid in pids}, time.monotonic() - started

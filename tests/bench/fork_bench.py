@@ -44,9 +44,9 @@ from hostd_process import hostd_session  # noqa: E402
 from vesicle import Client, Sandbox  # noqa: E402
 from bench_series import summary, write_report  # noqa: E402
 from bench_support import (  # noqa: E402
-    admin_sandboxes,
     family_memory_parts,
     host_pageout_bytes,
+    qemu_pids_of,
     wait_for_pool,
 )
 
@@ -97,19 +97,7 @@ def main():
     results = []
     with hostd_session(REPO, max_sandboxes=slots, extra_config=pools, admin_key=True) as hostd:
         args = {"url": hostd.url, "api_key": hostd.key}
-
-        def qemu_pids_of(_runtime_dir, ids):
-            """The QEMUs of sandboxes `ids`, as hostd reports them (a VM's dir is
-            named for the pool VM or pre-started VM it was, not the sandbox)."""
-            wanted = set(ids)
-            listed = admin_sandboxes(hostd.url, hostd.admin_key)
-            return [
-                int(e["vmm_pid"])
-                for e in listed.get("sandboxes", [])
-                if e["sandbox"]["id"] in wanted and e.get("vmm_pid")
-            ]
         accel = Client(**args).health().get("accel")
-        runtime_dir = Path(hostd.runtime_dir)
         for n in options.ns:
             sdk_ms, server_ms, first_exec_ms, child_pss, growth = [], [], [], [], []
             call_to_answers_ms, anon_growth, memfd_growth, pageout_mib = [], [], [], []
@@ -134,7 +122,7 @@ def main():
                         wait_for_pool(Client(**args), ready=2)
                     family = [parent, *middle]
                     before = family_memory_parts(
-                        hostd.pid, qemu_pids_of(runtime_dir, [sb.id for sb in family])
+                        hostd.pid, qemu_pids_of(hostd, [sb.id for sb in family])
                     )
                     pageout_before = host_pageout_bytes()
                     started = time.monotonic()
@@ -159,11 +147,11 @@ def main():
                     # has its new QEMU) before the family is measured.
                     assert forking.run_code("x").result == "1"
                     for kid in kids:
-                        for pid in qemu_pids_of(runtime_dir, [kid.id]):
+                        for pid in qemu_pids_of(hostd, [kid.id]):
                             child_pss.append(pss_mib(pid))
                     time.sleep(1)  # the children's first faults settled
                     after = family_memory_parts(
-                        hostd.pid, qemu_pids_of(runtime_dir, [sb.id for sb in [*family, *kids]])
+                        hostd.pid, qemu_pids_of(hostd, [sb.id for sb in [*family, *kids]])
                     )
                     grew = {part: (after[part] - before[part]) / MIB for part in after}
                     growth.append(sum(grew.values()))
