@@ -110,12 +110,17 @@ std::string kernel_cmdline(Accel accel, std::optional<unsigned long> tsc_khz) {
   // second in every idle guest to see whether memory is fragmented, a cost
   // each idle VM's QEMU pays on the host (a guest still compacts when an
   // allocation needs it).
+  // cryptomgr.notests=1: the kernel skips the self-tests it runs on each
+  // crypto algorithm it registers at boot; under TCG they cost ~0.2 s of
+  // every cold boot (some of which the first use of an algorithm pays
+  // later). A guest that does not trust its own kernel's crypto can run
+  // its own tests; the sandbox's boundary is the VM, not this.
   // loglevel=5 rather than quiet: warnings and the register and stack dumps
   // that follow them (a soft lockup's) reach the console too, whose tail is
   // a failed boot's error; a normal boot prints two lines (no PCI), and
   // boots no slower.
   std::string cmdline = "console=ttyS0 root=/dev/vda rw loglevel=5 panic=-1 reboot=t "
-                        "init_on_free=1 sysctl.vm.compaction_proactiveness=0";
+                        "init_on_free=1 sysctl.vm.compaction_proactiveness=0 cryptomgr.notests=1";
   if (accel == Accel::tcg && tsc_khz) {
     // tsc=reliable: TCG's vCPUs all read the host's TSC, which the kernel's
     // warp check, slowed down by emulation, mistakes for unsynchronized TSCs

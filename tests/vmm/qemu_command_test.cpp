@@ -102,9 +102,11 @@ TEST(QemuCommand, TcgCommandLine) {
   EXPECT_TRUE(has_pair(args, "-object",
                        "memory-backend-file,id=mem,size=768M,mem-path=/proc/self/fd/3,share=on"));
   EXPECT_TRUE(has_pair(args, "-kernel", "/images/vmlinuz"));
-  EXPECT_TRUE(has_pair(args, "-append",
-                       "console=ttyS0 root=/dev/vda rw loglevel=5 panic=-1 reboot=t init_on_free=1 "
-                       "sysctl.vm.compaction_proactiveness=0 tsc_early_khz=2096000 tsc=reliable"));
+  EXPECT_TRUE(
+      has_pair(args, "-append",
+               "console=ttyS0 root=/dev/vda rw loglevel=5 panic=-1 reboot=t init_on_free=1 "
+               "sysctl.vm.compaction_proactiveness=0 cryptomgr.notests=1 tsc_early_khz=2096000 "
+               "tsc=reliable"));
   EXPECT_TRUE(has_pair(
       args, "-drive",
       "id=root,file=/run/v/vm-1/overlay.qcow2,format=qcow2,if=none,discard=unmap,cache.direct=on"));
@@ -128,7 +130,7 @@ TEST(QemuCommand, KvmUsesHostCpuAndNoTscPinning) {
   EXPECT_TRUE(has_pair(args, "-cpu", "host"));
   EXPECT_TRUE(has_pair(args, "-append",
                        "console=ttyS0 root=/dev/vda rw loglevel=5 panic=-1 reboot=t init_on_free=1 "
-                       "sysctl.vm.compaction_proactiveness=0"));
+                       "sysctl.vm.compaction_proactiveness=0 cryptomgr.notests=1"));
 }
 
 // A template's recorded command line against the one a boot would use now:
