@@ -14,6 +14,11 @@ Through the Python SDK against a real hostd on loopback:
                        processes, each on a sandbox of its own, running
                        `print(1)` in a loop for --seconds: the total execs/s,
                        p50/p99 over every exec, and hostd CPU per exec again.
+  where the CPU went   for each count, the host's busy cores over the loop
+                       (/proc/stat), and per exec: hostd's CPU, the busy
+                       sandboxes' QEMUs' (the guests' work under TCG), and
+                       the rest (the clients, the kernel's own work): whether
+                       the cores were full, and what filled them.
 Clients are processes, not threads, so the SDK's Python work spreads over
 the cores instead of waiting on one interpreter lock; they run on the same
 cores as hostd and the VMs (the figure includes their cost). Sandboxes
@@ -40,7 +45,21 @@ sys.path.insert(0, str(REPO / "tests" / "sdk"))
 from hostd_process import hostd_session  # noqa: E402
 from vesicle import Client, Sandbox  # noqa: E402
 from bench_series import summary, write_report  # noqa: E402
-from bench_support import cpu_ms  # noqa: E402
+from bench_support import cpu_ms, qemu_pids_of  # noqa: E402
+
+CORES = os.cpu_count() or 1
+
+
+def host_cpu_ms():
+    """(busy, all) CPU time of the whole host in ms, summed over its cores
+    (/proc/stat's "cpu" line; idle and iowait are not busy)."""
+    with open("/proc/stat") as stat:
+        ticks = [int(v) for v in stat.readline().split()[1:]]
+    tick_ms = 1000 / os.sysconf("SC_CLK_TCK")
+    idle = ticks[3] + ticks[4]
+    # guest and guest_nice (the last two) are already counted in user and nice.
+    total = sum(ticks[:8])
+    return (total - idle) * tick_ms, total * tick_ms
 
 
 def context_switches(pid):
@@ -88,6 +107,7 @@ def main():
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4, 6])
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--memory-mib", type=int, default=512)
+    parser.add_argument("--vcpus", type=int, default=2)
     parser.add_argument("--json")
     options = parser.parse_args()
     os.environ["VESICLE_HOSTD"] = options.hostd
@@ -97,13 +117,15 @@ def main():
     results = []
     # The free tier's 100 requests/s per key would cut the loops short (429).
     config = "disable_pools: true\ntiers { free { max_requests_per_s: 100000 } }\n"
-    with hostd_session(REPO, max_sandboxes=most + 1, extra_config=config) as hostd:
+    with hostd_session(REPO, max_sandboxes=most + 1, extra_config=config,
+                       admin_key=True) as hostd:
         args = {"url": hostd.url, "api_key": hostd.key}
         accel = Client(**args).health().get("accel")
         sandboxes = []
         try:
             for _ in range(most):
-                sandboxes.append(Sandbox(memory_mib=options.memory_mib, idle_timeout_s=1800, **args))
+                sandboxes.append(Sandbox(memory_mib=options.memory_mib, vcpus=options.vcpus,
+                                         idle_timeout_s=1800, **args))
             first = sandboxes[0]
             for _ in range(20):  # warm: the REPL's first cells, the connection
                 print_one(first)
@@ -122,14 +144,23 @@ def main():
                 start = time.monotonic() + 3  # every client connected and warm by then
                 end = start + options.seconds
                 jobs = [(sb.id, args, start, end) for sb in sandboxes[:clients]]
+                qemus = qemu_pids_of(hostd, [sb.id for sb in sandboxes[:clients]])
                 with context.Pool(clients) as pool:
                     waiting = pool.map_async(client_loop, jobs)
                     while time.monotonic() < start:
                         time.sleep(0.001)
                     cpu_before = cpu_ms(hostd.pid)
+                    qemu_before = sum(cpu_ms(pid) for pid in qemus)
+                    host_before = host_cpu_ms()
                     per_client = waiting.get(timeout=options.seconds + 120)
                     cpu_after = cpu_ms(hostd.pid)
+                    qemu_after = sum(cpu_ms(pid) for pid in qemus)
+                    host_after = host_cpu_ms()
                 every = [ms for one in per_client for ms in one]
+                count = max(len(every), 1)
+                busy = host_after[0] - host_before[0]
+                hostd_ms = cpu_after - cpu_before
+                qemu_ms = qemu_after - qemu_before
                 print(f"-- {clients} clients for {options.seconds:g} s: "
                       f"{len(every) / options.seconds:.0f} execs/s "
                       f"(per client: {[len(one) for one in per_client]})")
@@ -137,7 +168,13 @@ def main():
                 results.append(summary(f"clients={clients}, execs/s", "1/s",
                                        [len(every) / options.seconds]))
                 results.append(summary(f"clients={clients}, hostd CPU per exec", "ms",
-                                       [(cpu_after - cpu_before) / max(len(every), 1)]))
+                                       [hostd_ms / count]))
+                results.append(summary(f"clients={clients}, cores busy (of {CORES})", "cores",
+                                       [CORES * busy / max(host_after[1] - host_before[1], 1)]))
+                results.append(summary(f"clients={clients}, QEMU CPU per exec", "ms",
+                                       [qemu_ms / count]))
+                results.append(summary(f"clients={clients}, other CPU per exec", "ms",
+                                       [(busy - hostd_ms - qemu_ms) / count]))
         finally:
             for sb in sandboxes:
                 try:
@@ -146,7 +183,8 @@ def main():
                     print(f"closing {sb.id}: {exc}", file=sys.stderr)
 
     write_report(options.json, "exec_bench", accel, results, execs=options.execs,
-                 seconds=options.seconds, memory_mib=options.memory_mib)
+                 seconds=options.seconds, memory_mib=options.memory_mib,
+                 vcpus=options.vcpus)
 
 
 if __name__ == "__main__":
