@@ -95,6 +95,10 @@ bool same_boot_parameters(std::string_view a, std::string_view b) {
   return parameters(a) == parameters(b);
 }
 
+bool vcpu_sockets_for(Accel accel) {
+  return accel == Accel::tcg;
+}
+
 std::string kernel_cmdline(Accel accel, std::optional<unsigned long> tsc_khz) {
   // reboot=t: microvm has no keyboard controller, PCI reset port or ACPI reset
   // register, so the kernel's default reboot sequence ends in a real-mode
@@ -151,6 +155,7 @@ std::vector<std::string> command_line(const VmConfig& config, const VmPaths& pat
   // of an idle VM's own CPU under TCG; BENCHMARKS.md). A VM restored from a
   // snapshot of a machine that had it gets it back, or its state does not load.
   const bool pit = restore_from && restore_from->pit;
+  const bool sockets = restore_from ? restore_from->vcpu_sockets : vcpu_sockets_for(accel);
   std::vector<std::string> args = {
       config.qemu_binary,
       "-M",
@@ -186,7 +191,8 @@ std::vector<std::string> command_line(const VmConfig& config, const VmPaths& pat
   args.insert(args.end(),
               {
                   "-smp",
-                  std::to_string(config.vcpus),
+                  std::to_string(config.vcpus) +
+                      (sockets ? ",sockets=" + std::to_string(config.vcpus) : ""),
                   "-m",
                   memory,
                   "-object",
@@ -351,6 +357,7 @@ struct VmState : std::enable_shared_from_this<VmState> {
   std::string kernel_cmdline;
   Accel accel = Accel::tcg;
   bool pit = false; // the machine has the legacy PIT (restored from a snapshot that had it)
+  bool vcpu_sockets = false; // each vCPU is a socket of its own (vcpu_sockets_for)
   // Set when QMP reported the guest stopped on its own (reset, power-off).
   std::string guest_stop_reason;
   std::string console;
@@ -649,6 +656,7 @@ snapshot::Manifest manifest_of(const VmState& state) {
   manifest.base_disk = fs::absolute(state.config.images.base_disk, ec);
   manifest.cmdline = state.kernel_cmdline;
   manifest.pit = state.pit;
+  manifest.vcpu_sockets = state.vcpu_sockets;
   return manifest;
 }
 
@@ -1593,7 +1601,7 @@ public:
 
   Accel accel() const override { return accel_; }
   bool boots_as(const Snapshot& snapshot) const override {
-    return !snapshot.pit &&
+    return !snapshot.pit && snapshot.vcpu_sockets == vcpu_sockets_for(accel_) &&
            same_boot_parameters(snapshot.kernel_cmdline, kernel_cmdline(accel_, std::nullopt));
   }
 
@@ -1869,6 +1877,7 @@ private:
     const auto tsc_khz = accel == Accel::tcg ? host_tsc_khz() : std::nullopt;
     state->accel = accel;
     state->kernel_cmdline = kernel_cmdline(accel, tsc_khz); // its snapshots' manifests record it
+    state->vcpu_sockets = vcpu_sockets_for(accel);
     // Named: g++ 12 miscompiles temporaries inside co_await.
     std::vector<std::string> argv = command_line(config, paths, accel, tsc_khz);
     auto started_qemu = co_await start_qemu(executor, state, std::move(argv), deadline);
@@ -2055,6 +2064,7 @@ private:
     state->accel = accel;
     state->kernel_cmdline = snapshot.kernel_cmdline;
     state->pit = snapshot.pit;
+    state->vcpu_sockets = snapshot.vcpu_sockets;
     return state;
   }
 

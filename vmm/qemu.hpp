@@ -32,6 +32,17 @@ Result<void> check_id(const std::string& id);
 // boot. TCG's guest TSC is the host's, so the host's frequency is right.
 std::string kernel_cmdline(Accel accel, std::optional<unsigned long> tsc_khz);
 
+// Whether a VM booted now gives each vCPU a socket of its own (`-smp
+// N,sockets=N`): under TCG. With the host's cores shared among busy VMs, a
+// guest whose vCPUs are cores of one socket spent three times the CPU per
+// exec, in spin loops waiting for its other vCPU while that vCPU's host
+// thread was not running (BENCHMARKS.md, "Why execs/s falls"). Cores that
+// share no cache make the guest's scheduler queue a wakeup to the other vCPU
+// rather than take that vCPU's run-queue lock itself, and wake tasks where
+// they last ran; measured, it spends about half that CPU. Under KVM the
+// topology stays one socket of N cores (not measured there).
+bool vcpu_sockets_for(Accel accel);
+
 // Whether two kernel command lines boot the same guest: equal once the TSC
 // pinning (tsc_early_khz=, tsc=), which follows the host, is left out.
 bool same_boot_parameters(std::string_view a, std::string_view b);

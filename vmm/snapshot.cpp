@@ -267,6 +267,7 @@ std::string format_manifest(const Manifest& m) {
         << m.memory_file.string() << "\n";
   }
   out << "pit " << (m.pit ? 1 : 0) << "\n";
+  out << "vcpu_sockets " << (m.vcpu_sockets ? 1 : 0) << "\n";
   return out.str();
 }
 
@@ -305,18 +306,27 @@ Result<Manifest> parse_manifest(std::string_view text) {
   constexpr std::size_t key_count = std::size(keys);
   // After them, "pit": written since the machine went without the legacy
   // PIT; a manifest written before has no such line, and its machine had one.
-  if (lines.size() != key_count + 1 && lines.size() != key_count + 2) {
+  // Then "vcpu_sockets": written since a TCG guest's vCPUs are sockets of
+  // their own; a manifest written before has none, and its vCPUs were cores.
+  if (lines.size() < key_count + 1 || lines.size() > key_count + 3) {
     return manifest_error(lines.size(), "the manifest has " + std::to_string(lines.size()) +
                                             " lines, version " + std::to_string(kFormatVersion) +
-                                            " has " + std::to_string(key_count + 1) + " or " +
-                                            std::to_string(key_count + 2));
+                                            " has " + std::to_string(key_count + 1) + " to " +
+                                            std::to_string(key_count + 3));
   }
   m.pit = true;
-  if (lines.size() == key_count + 2) {
-    const std::string_view line = lines.back();
+  if (lines.size() >= key_count + 2) {
+    const std::size_t number = key_count + 2;
+    const std::string_view line = lines[number - 1];
     if (line != "pit 0" && line != "pit 1")
-      return manifest_error(lines.size(), "expected \"pit 0\" or \"pit 1\"");
+      return manifest_error(number, "expected \"pit 0\" or \"pit 1\"");
     m.pit = line == "pit 1";
+  }
+  if (lines.size() == key_count + 3) {
+    const std::string_view line = lines.back();
+    if (line != "vcpu_sockets 0" && line != "vcpu_sockets 1")
+      return manifest_error(lines.size(), "expected \"vcpu_sockets 0\" or \"vcpu_sockets 1\"");
+    m.vcpu_sockets = line == "vcpu_sockets 1";
   }
   for (std::size_t i = 0; i < key_count; ++i) {
     const std::size_t number = i + 2;
@@ -545,6 +555,7 @@ Snapshot described(const fs::path& dir, const Manifest& m) {
   snapshot.accel = m.accel;
   snapshot.full_ram = m.full_ram;
   snapshot.pit = m.pit;
+  snapshot.vcpu_sockets = m.vcpu_sockets;
   return snapshot;
 }
 
@@ -687,6 +698,7 @@ Result<Manifest> persist_fork_snapshot(const Snapshot& saved, const fs::path& me
   manifest.base_disk = saved.images.base_disk;
   manifest.cmdline = saved.kernel_cmdline;
   manifest.pit = saved.pit;
+  manifest.vcpu_sockets = saved.vcpu_sockets;
   manifest.memory_file = memory_named;
   auto hashing = std::async(std::launch::async,
                             [memory = saved.memory] { return digest_sparse_file(memory->path()); });

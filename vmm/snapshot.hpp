@@ -72,6 +72,10 @@ struct Manifest {
   // The machine had the legacy PIT (i8254). Manifests from before the
   // machine went without it have no "pit" line, and mean yes.
   bool pit = false;
+  // Each vCPU was a socket of its own (`-smp N,sockets=N`, under TCG).
+  // Manifests from before have no "vcpu_sockets" line, and mean no: one
+  // socket of N cores.
+  bool vcpu_sockets = false;
 };
 
 std::string format_manifest(const Manifest& manifest);

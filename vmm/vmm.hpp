@@ -123,6 +123,10 @@ struct Snapshot {
   // without one): a VM restored from it gets one too, or the state does not
   // load.
   bool pit = false;
+  // Each vCPU was a socket of its own (a TCG guest's since vcpu_sockets
+  // came in): a VM restored from it gets the same topology, so the CPUID
+  // it reads after the restore says what it read at boot.
+  bool vcpu_sockets = false;
   std::filesystem::path device_state() const { return dir / "state"; }
   std::filesystem::path manifest() const { return dir / "manifest"; }
 };

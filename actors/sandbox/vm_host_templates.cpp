@@ -92,7 +92,8 @@ asio::awaitable<void> VmHost::run_template(TemplateSpec spec, pool_actor pool) {
     log::info("template was booted on another machine or with other kernel parameters and is "
               "rebuilt",
               {{"template", spec.key},
-               {"was", opened->kernel_cmdline + (opened->pit ? " (with the legacy PIT)" : "")}});
+               {"was", opened->kernel_cmdline + (opened->pit ? " (with the legacy PIT)" : "") +
+                           (opened->vcpu_sockets ? " (each vCPU a socket)" : "")}});
   } else if (fs::exists(dir, ec)) {
     log::warn("template is not usable and is rebuilt",
               {{"template", spec.key}, {"error", opened.error().message()}});

@@ -328,6 +328,10 @@ TEST_F(Pool, ACorruptedTemplateIsRebuiltNeverRestored) {
 TEST_F(Pool, ATemplateBootedWithOtherKernelParametersIsRebuilt) {
   ASSERT_TRUE(pool_filled(2));
   const auto manifest = template_dir() / "manifest";
+  // What this hostd writes last: each vCPU a socket of its own under TCG,
+  // cores of one socket under KVM (vmm::vcpu_sockets_for).
+  const std::string topology =
+      read_file(manifest).ends_with("\nvcpu_sockets 1\n") ? "vcpu_sockets 1\n" : "vcpu_sockets 0\n";
   // Stops hostd, has `edit` change the template's manifest, starts it again
   // and waits for its pool.
   auto restart_after = [&](const std::function<void(std::string&)>& edit) {
@@ -357,18 +361,38 @@ TEST_F(Pool, ATemplateBootedWithOtherKernelParametersIsRebuilt) {
   destroy(sandbox.id());
 
   // A template of a machine with the legacy PIT (an older hostd's manifest
-  // has no "pit" line) is rebuilt too, and the new one's machine has none.
-  ASSERT_TRUE(restart_after([](std::string& text) {
-    ASSERT_TRUE(text.ends_with("\npit 0\n")) << text;
-    text.erase(text.size() - std::string("pit 0\n").size());
+  // has neither a "pit" nor a "vcpu_sockets" line) is rebuilt too, and the
+  // new one's machine has none.
+  ASSERT_TRUE(restart_after([&](std::string& text) {
+    ASSERT_TRUE(text.ends_with("\npit 0\n" + topology)) << text;
+    text.erase(text.size() - ("pit 0\n" + topology).size());
   }));
   const auto relog = hostd->log();
   EXPECT_NE(relog.find("(with the legacy PIT)"), std::string::npos) << relog;
-  EXPECT_TRUE(read_file(manifest).ends_with("\npit 0\n")) << read_file(manifest);
+  EXPECT_TRUE(read_file(manifest).ends_with("\npit 0\n" + topology)) << read_file(manifest);
   auto rebuilt = create();
   EXPECT_EQ(rebuilt.source(), "pool");
   EXPECT_EQ(python(rebuilt.id(), "print(6 * 7)"), "42\n");
   destroy(rebuilt.id());
+
+  // A template whose vCPUs were cores of one socket (the manifest of the
+  // hostd before vcpu_sockets: a "pit" line, no "vcpu_sockets") is rebuilt
+  // under TCG, and the new template's guest sees one socket per vCPU.
+  if (topology != "vcpu_sockets 1\n") return; // KVM: cores, as before
+  ASSERT_TRUE(restart_after([&](std::string& text) {
+    ASSERT_TRUE(text.ends_with("\n" + topology)) << text;
+    text.erase(text.size() - topology.size());
+  }));
+  const auto socket_log = hostd->log();
+  EXPECT_NE(socket_log.find("other kernel parameters and is rebuilt"), std::string::npos)
+      << socket_log;
+  EXPECT_TRUE(read_file(manifest).ends_with("\nvcpu_sockets 1\n")) << read_file(manifest);
+  auto sockets = create();
+  EXPECT_EQ(sockets.source(), "pool");
+  EXPECT_EQ(python(sockets.id(), "print(len({l for l in open('/proc/cpuinfo') "
+                                 "if l.startswith('physical id')}), __import__('os').cpu_count())"),
+            "2 2\n");
+  destroy(sockets.id());
 }
 
 } // namespace

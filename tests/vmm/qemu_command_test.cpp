@@ -50,27 +50,48 @@ TEST(QemuCommand, RestoreMapsTheSnapshotsRamPrivatelyAndWaitsForItsState) {
   EXPECT_TRUE(has_pair(args, "-M", "microvm,x-option-roms=off,rtc=on,pit=off,memory-backend=mem"));
 }
 
-// A snapshot of a machine that had the legacy PIT (an older hostd's) loads
-// only into a machine that has one.
-TEST(QemuCommand, ASnapshotWithThePitIsRestoredWithIt) {
+// A snapshot whose RAM is a memfd in /dev/shm, as a template's or a fork's.
+Snapshot in_memory_snapshot() {
   Snapshot snapshot;
   snapshot.dir = "/snap/t";
   snapshot.memory_file = "/dev/shm/t.mem";
+  return snapshot;
+}
+
+// The command line of a VM restored from `snapshot`.
+std::vector<std::string> restored_from(const Snapshot& snapshot, Accel accel) {
+  const auto c = config();
+  return command_line(c, VmPaths::of(c), accel, std::nullopt, &snapshot);
+}
+
+// A snapshot of a machine that had the legacy PIT (an older hostd's) loads
+// only into a machine that has one.
+TEST(QemuCommand, ASnapshotWithThePitIsRestoredWithIt) {
+  Snapshot snapshot = in_memory_snapshot();
   snapshot.pit = true;
-  auto c = config();
-  auto args = command_line(c, VmPaths::of(c), Accel::tcg, std::nullopt, &snapshot);
-  EXPECT_TRUE(has_pair(args, "-M", "microvm,x-option-roms=off,rtc=on,memory-backend=mem"));
+  const std::string machine = "microvm,x-option-roms=off,rtc=on,memory-backend=mem";
+  EXPECT_TRUE(has_pair(restored_from(snapshot, Accel::tcg), "-M", machine));
   snapshot.full_ram = true;
-  args = command_line(c, VmPaths::of(c), Accel::kvm, std::nullopt, &snapshot);
-  EXPECT_TRUE(has_pair(args, "-M", "microvm,x-option-roms=off,rtc=on,memory-backend=mem"));
+  EXPECT_TRUE(has_pair(restored_from(snapshot, Accel::kvm), "-M", machine));
+}
+
+// A VM restored from a snapshot gets the vCPU topology the snapshot's
+// machine booted with, whatever a boot would use now: an older snapshot's
+// vCPUs were cores of one socket.
+TEST(QemuCommand, ARestoreKeepsTheSnapshotsVcpuTopology) {
+  Snapshot cores = in_memory_snapshot();
+  EXPECT_TRUE(has_pair(restored_from(cores, Accel::tcg), "-smp", "3"));
+  Snapshot sockets = in_memory_snapshot();
+  sockets.vcpu_sockets = true;
+  EXPECT_TRUE(has_pair(restored_from(sockets, Accel::tcg), "-smp", "3,sockets=3"));
+  sockets.full_ram = true; // a Space's
+  EXPECT_TRUE(has_pair(restored_from(sockets, Accel::kvm), "-smp", "3,sockets=3"));
 }
 
 // QEMU's seccomp filter forbids spawning, so no argument may ask for a
 // process (exec: migrations); saves and restores pass files instead.
 TEST(QemuCommand, EveryVmRunsUnderQemusSeccompFilterAndSpawnsNothing) {
-  Snapshot snapshot;
-  snapshot.dir = "/snap/t";
-  snapshot.memory_file = "/dev/shm/t.mem";
+  Snapshot snapshot = in_memory_snapshot();
   auto c = config();
   const auto booted = command_line(c, VmPaths::of(c), Accel::tcg, 2096000);
   const auto restored = command_line(c, VmPaths::of(c), Accel::tcg, 2096000, &snapshot);
@@ -97,7 +118,8 @@ TEST(QemuCommand, TcgCommandLine) {
   EXPECT_TRUE(has_pair(args, "-M", "microvm,x-option-roms=off,rtc=on,pit=off,memory-backend=mem"));
   EXPECT_TRUE(has_pair(args, "-accel", "tcg,tb-size=32"));
   EXPECT_TRUE(has_pair(args, "-cpu", "max,-erms"));
-  EXPECT_TRUE(has_pair(args, "-smp", "3"));
+  // Each vCPU a socket of its own under TCG (vcpu_sockets_for).
+  EXPECT_TRUE(has_pair(args, "-smp", "3,sockets=3"));
   EXPECT_TRUE(has_pair(args, "-m", "768"));
   EXPECT_TRUE(has_pair(args, "-object",
                        "memory-backend-file,id=mem,size=768M,mem-path=/proc/self/fd/3,share=on"));
@@ -128,6 +150,7 @@ TEST(QemuCommand, KvmUsesHostCpuAndNoTscPinning) {
   const auto args = command_line(c, VmPaths::of(c), Accel::kvm, 2096000);
   EXPECT_TRUE(has_pair(args, "-accel", "kvm"));
   EXPECT_TRUE(has_pair(args, "-cpu", "host"));
+  EXPECT_TRUE(has_pair(args, "-smp", "3"));
   EXPECT_TRUE(has_pair(args, "-append",
                        "console=ttyS0 root=/dev/vda rw loglevel=5 panic=-1 reboot=t init_on_free=1 "
                        "sysctl.vm.compaction_proactiveness=0 cryptomgr.notests=1"));

@@ -85,10 +85,11 @@ TEST(SnapshotManifest, RefusesWhatIsNotAManifest) {
   // Cut short: in the middle of a line, and at a line boundary.
   EXPECT_NE(parse_error(text.substr(0, text.size() - 10)).find("middle of a line"),
             std::string::npos);
-  // Without its last two lines (the last alone is the "pit" line, which an
-  // older manifest lacks: below).
-  const auto last = text.rfind('\n', text.size() - 2);
-  const std::string whole_lines = text.substr(0, text.rfind('\n', last - 1) + 1);
+  // Without its last three lines (the last two alone are the "pit" and
+  // "vcpu_sockets" lines, which older manifests lack: below).
+  std::string whole_lines = text;
+  for (int i = 0; i < 3; ++i)
+    whole_lines = whole_lines.substr(0, whole_lines.rfind('\n', whole_lines.size() - 2) + 1);
   EXPECT_NE(parse_error(whole_lines).find("has 11 lines"), std::string::npos)
       << parse_error(whole_lines);
 }
@@ -99,7 +100,7 @@ TEST(SnapshotManifest, RefusesWhatIsNotAManifest) {
 TEST(SnapshotManifest, SaysWhetherTheMachineHadThePit) {
   Manifest m = sample();
   const std::string text = vmm::snapshot::format_manifest(m);
-  ASSERT_TRUE(text.ends_with("\npit 0\n")) << text;
+  ASSERT_TRUE(text.ends_with("\npit 0\nvcpu_sockets 0\n")) << text;
   auto parsed = vmm::snapshot::parse_manifest(text);
   ASSERT_TRUE(parsed) << parsed.error().message();
   EXPECT_FALSE(parsed->pit);
@@ -109,7 +110,8 @@ TEST(SnapshotManifest, SaysWhetherTheMachineHadThePit) {
   ASSERT_TRUE(parsed) << parsed.error().message();
   EXPECT_TRUE(parsed->pit);
 
-  const std::string older = text.substr(0, text.size() - std::string("pit 0\n").size());
+  const std::string older =
+      text.substr(0, text.size() - std::string("pit 0\nvcpu_sockets 0\n").size());
   parsed = vmm::snapshot::parse_manifest(older);
   ASSERT_TRUE(parsed) << parsed.error().message();
   EXPECT_TRUE(parsed->pit);
@@ -117,6 +119,40 @@ TEST(SnapshotManifest, SaysWhetherTheMachineHadThePit) {
 
   const std::string error = parse_error(with_line(text, 12, "pit yes"));
   EXPECT_NE(error.find("line 13: expected \"pit 0\" or \"pit 1\""), std::string::npos) << error;
+}
+
+// A TCG guest's vCPUs are sockets of their own since vcpu_sockets came in;
+// manifests written before have no such line, and their vCPUs were cores of
+// one socket. A VM restored from a snapshot gets the topology it booted with.
+TEST(SnapshotManifest, SaysWhetherEachVcpuWasASocket) {
+  Manifest m = sample();
+  m.vcpu_sockets = true;
+  const std::string text = vmm::snapshot::format_manifest(m);
+  ASSERT_TRUE(text.ends_with("\nvcpu_sockets 1\n")) << text;
+  auto parsed = vmm::snapshot::parse_manifest(text);
+  ASSERT_TRUE(parsed) << parsed.error().message();
+  EXPECT_TRUE(parsed->vcpu_sockets);
+  EXPECT_FALSE(parsed->pit);
+
+  m.vcpu_sockets = false;
+  parsed = vmm::snapshot::parse_manifest(vmm::snapshot::format_manifest(m));
+  ASSERT_TRUE(parsed) << parsed.error().message();
+  EXPECT_FALSE(parsed->vcpu_sockets);
+
+  // The format before: a "pit" line and no "vcpu_sockets".
+  const std::string older = text.substr(0, text.size() - std::string("vcpu_sockets 1\n").size());
+  parsed = vmm::snapshot::parse_manifest(older);
+  ASSERT_TRUE(parsed) << parsed.error().message();
+  EXPECT_FALSE(parsed->vcpu_sockets);
+  EXPECT_FALSE(parsed->pit);
+
+  const std::string error = parse_error(with_line(text, 13, "vcpu_sockets 2"));
+  EXPECT_NE(error.find("line 14: expected \"vcpu_sockets 0\" or \"vcpu_sockets 1\""),
+            std::string::npos)
+      << error;
+  // Too many lines.
+  EXPECT_NE(parse_error(text + "extra 1\n").find("has 15 lines"), std::string::npos)
+      << parse_error(text + "extra 1\n");
 }
 
 TEST(SnapshotManifest, RefusesBadFields) {
