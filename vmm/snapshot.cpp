@@ -304,29 +304,33 @@ Result<Manifest> parse_manifest(std::string_view text) {
                                      "kernel", "initrd",     "base_disk", "cmdline",
                                      "state",  "disk",       "memory"};
   constexpr std::size_t key_count = std::size(keys);
-  // After them, "pit": written since the machine went without the legacy
-  // PIT; a manifest written before has no such line, and its machine had one.
-  // Then "vcpu_sockets": written since a TCG guest's vCPUs are sockets of
-  // their own; a manifest written before has none, and its vCPUs were cores.
-  if (lines.size() < key_count + 1 || lines.size() > key_count + 3) {
+  // After them, lines "<key> 0|1" that came in later, in this order. A
+  // manifest written before one came in ends before it and means `before`:
+  // "pit", since the machine went without the legacy PIT (before, it had
+  // one); "vcpu_sockets", since a TCG guest's vCPUs are sockets of their own
+  // (before, they were cores).
+  struct Flag {
+    const char* key;
+    bool Manifest::*field;
+    bool before;
+  };
+  static constexpr Flag flags[] = {{"pit", &Manifest::pit, true},
+                                   {"vcpu_sockets", &Manifest::vcpu_sockets, false}};
+  if (lines.size() < key_count + 1 || lines.size() > key_count + 1 + std::size(flags)) {
     return manifest_error(lines.size(), "the manifest has " + std::to_string(lines.size()) +
                                             " lines, version " + std::to_string(kFormatVersion) +
                                             " has " + std::to_string(key_count + 1) + " to " +
-                                            std::to_string(key_count + 3));
+                                            std::to_string(key_count + 1 + std::size(flags)));
   }
-  m.pit = true;
-  if (lines.size() >= key_count + 2) {
-    const std::size_t number = key_count + 2;
+  for (std::size_t i = 0; i < std::size(flags); ++i) {
+    const std::size_t number = key_count + 2 + i;
+    m.*flags[i].field = flags[i].before;
+    if (lines.size() < number) continue;
+    const std::string key = flags[i].key;
     const std::string_view line = lines[number - 1];
-    if (line != "pit 0" && line != "pit 1")
-      return manifest_error(number, "expected \"pit 0\" or \"pit 1\"");
-    m.pit = line == "pit 1";
-  }
-  if (lines.size() == key_count + 3) {
-    const std::string_view line = lines.back();
-    if (line != "vcpu_sockets 0" && line != "vcpu_sockets 1")
-      return manifest_error(lines.size(), "expected \"vcpu_sockets 0\" or \"vcpu_sockets 1\"");
-    m.vcpu_sockets = line == "vcpu_sockets 1";
+    if (line != key + " 0" && line != key + " 1")
+      return manifest_error(number, "expected \"" + key + " 0\" or \"" + key + " 1\"");
+    m.*flags[i].field = line == key + " 1";
   }
   for (std::size_t i = 0; i < key_count; ++i) {
     const std::size_t number = i + 2;

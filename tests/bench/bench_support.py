@@ -24,6 +24,17 @@ def cpu_ms(pid):
     return (int(fields[11]) + int(fields[12])) * TICK_MS  # fields 14 and 15 of stat(5)
 
 
+def host_cpu_ms():
+    """(busy, all) CPU time of the whole host in ms, summed over its cores
+    (/proc/stat's "cpu" line; idle and iowait are not busy)."""
+    with open("/proc/stat") as stat:
+        ticks = [int(v) for v in stat.readline().split()[1:]]
+    idle = ticks[3] + ticks[4]
+    # guest and guest_nice (the last two) are already counted in user and nice.
+    total = sum(ticks[:8])
+    return (total - idle) * TICK_MS, total * TICK_MS
+
+
 def wait_for_pool(client, ready=1, timeout_s=600):
     """Waits until the first pool has `ready` VMs waiting (its template built)."""
     deadline = time.monotonic() + timeout_s

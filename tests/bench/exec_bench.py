@@ -45,21 +45,9 @@ sys.path.insert(0, str(REPO / "tests" / "sdk"))
 from hostd_process import hostd_session  # noqa: E402
 from vesicle import Client, Sandbox  # noqa: E402
 from bench_series import summary, write_report  # noqa: E402
-from bench_support import cpu_ms, qemu_pids_of  # noqa: E402
+from bench_support import cpu_ms, host_cpu_ms, qemu_pids_of  # noqa: E402
 
 CORES = os.cpu_count() or 1
-
-
-def host_cpu_ms():
-    """(busy, all) CPU time of the whole host in ms, summed over its cores
-    (/proc/stat's "cpu" line; idle and iowait are not busy)."""
-    with open("/proc/stat") as stat:
-        ticks = [int(v) for v in stat.readline().split()[1:]]
-    tick_ms = 1000 / os.sysconf("SC_CLK_TCK")
-    idle = ticks[3] + ticks[4]
-    # guest and guest_nice (the last two) are already counted in user and nice.
-    total = sum(ticks[:8])
-    return (total - idle) * tick_ms, total * tick_ms
 
 
 def context_switches(pid):
