@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <sstream>
 #include <thread>
 
 #include <boost/asio/co_spawn.hpp>
@@ -306,6 +307,30 @@ std::string console_tail(std::string_view console, std::size_t max_bytes) {
     text.erase(0, start);
   }
   return text;
+}
+
+std::string vcpu_summary(std::string_view info_registers) {
+  // Each vCPU's dump opens with a line "CPU#<n>"; of its registers, the
+  // instruction pointer (EIP= until the guest enters 64-bit mode),
+  // privilege level and halt flag are kept.
+  std::string summary;
+  std::istringstream lines{std::string(info_registers)};
+  std::string line;
+  while (std::getline(lines, line)) {
+    if (line.rfind("CPU#", 0) == 0) {
+      if (!summary.empty()) summary += "; ";
+      summary += line.substr(0, line.find_first_of(" \t\r"));
+      continue;
+    }
+    if (summary.empty()) continue;
+    std::istringstream words(line);
+    std::string word;
+    while (words >> word) {
+      for (const char* kept : {"RIP=", "EIP=", "CPL=", "HLT="})
+        if (word.rfind(kept, 0) == 0) summary += " " + word;
+    }
+  }
+  return summary;
 }
 
 namespace {
@@ -1852,27 +1877,79 @@ public:
   }
 
 private:
-  // The boot flow, one step after another. Any failure returns early; the
-  // VmState's destroy() (run by the guard) leaves nothing behind.
+  // A boot: the checks, then an attempt and, if that one stalls, a second
+  // from nothing with the rest of the boot timeout. A stall is a guest whose
+  // agent has not started within boot_stall_timeout while QEMU runs: about
+  // one cold boot in 125-300 under TCG livelocks in the kernel's patching
+  // of its own code, on a translation QEMU 7.2 kept stale (RELIABILITY.md),
+  // and booting it again costs seconds where waiting costs the whole
+  // timeout and the sandbox.
   static asio::awaitable<Result<std::unique_ptr<Vm>>> boot_steps(asio::any_io_executor executor,
                                                                  Accel accel, VmConfig config) {
-    const auto deadline = Clock::now() + config.boot_timeout;
+    const auto started = Clock::now();
+    const auto deadline = started + config.boot_timeout;
     if (auto valid = check_id(config.id); !valid) co_return std::move(valid).error();
     if (auto images = config.images.check(); !images) {
       co_return std::move(images).error().with_context("checking guest images");
     }
+    // A second attempt is made only with at least as long to run as the first.
+    const auto stall_at = started + config.boot_stall_timeout;
+    if (stall_at + config.boot_stall_timeout > deadline) {
+      auto only = co_await boot_attempt(executor, accel, config, deadline, deadline);
+      co_return std::move(only.vm);
+    }
+    auto first = co_await boot_attempt(executor, accel, config, stall_at, deadline);
+    if (!first.stall) co_return std::move(first.vm);
+    log::warn("a guest's boot stalled (its agent did not start); booting it again",
+              {{"vm", config.id},
+               {"after_ms", config.boot_stall_timeout.count()},
+               {"vcpus", first.stall->vcpus},
+               {"console", first.stall->console}});
+    auto second = co_await boot_attempt(executor, accel, config, deadline, deadline);
+    if (!second.vm) {
+      Error error = std::move(second.vm).error();
+      error.detail += "; this was the second attempt: the first stalled after " +
+                      std::to_string(config.boot_stall_timeout.count()) +
+                      " ms (vCPUs: " + first.stall->vcpus + ")";
+      co_return error;
+    }
+    log::info("a guest booted at the second attempt", {{"vm", config.id}});
+    co_return std::move(second.vm);
+  }
+
+  // How a stalled boot attempt left its guest.
+  struct Stall {
+    std::string vcpus;   // vcpu_summary
+    std::string console; // its tail
+  };
+  struct BootAttempt {
+    Result<std::unique_ptr<Vm>> vm;
+    // Set when the guest's agent had not started by the attempt's stall
+    // deadline while QEMU ran; its QEMU and files are gone by then.
+    std::optional<Stall> stall;
+  };
+
+  // One boot, one step after another. Any failure returns early; the
+  // VmState's destroy() (run by the guard) leaves nothing behind. The agent
+  // is waited for until `stall_at`; if that is before `deadline` and the
+  // guest has not answered, the attempt ends as a stall.
+  static asio::awaitable<BootAttempt> boot_attempt(asio::any_io_executor executor, Accel accel,
+                                                   VmConfig config, Clock::time_point stall_at,
+                                                   Clock::time_point deadline) {
     auto state = std::make_shared<VmState>(executor, config);
     const VmPaths& paths = state->paths;
     DestroyGuard guard{state};
 
-    if (auto made = make_vm_dir(config, paths); !made) co_return std::move(made).error();
+    if (auto made = make_vm_dir(config, paths); !made) co_return failed(std::move(made).error());
     state->files_created = true;
-    if (auto made = give_own_memory(*state); !made) co_return std::move(made).error();
+    if (auto made = give_own_memory(*state); !made) co_return failed(std::move(made).error());
 
     // The base image is never written; every write lands in the overlay.
     auto backing = fs::absolute(config.images.base_disk).string();
     auto overlay = create_overlay(backing, "raw", paths, config.disk_mib);
-    if (!overlay) co_return std::move(overlay).error().with_context("creating the disk overlay");
+    if (!overlay) {
+      co_return failed(std::move(overlay).error().with_context("creating the disk overlay"));
+    }
 
     const auto tsc_khz = accel == Accel::tcg ? host_tsc_khz() : std::nullopt;
     state->accel = accel;
@@ -1881,16 +1958,43 @@ private:
     // Named: g++ 12 miscompiles temporaries inside co_await.
     std::vector<std::string> argv = command_line(config, paths, accel, tsc_khz);
     auto started_qemu = co_await start_qemu(executor, state, std::move(argv), deadline);
-    if (!started_qemu) co_return std::move(started_qemu).error();
+    if (!started_qemu) co_return failed(std::move(started_qemu).error());
 
     std::string late = "the guest did not start its agent within the boot timeout of " +
                        std::to_string(config.boot_timeout.count()) + " ms";
-    auto ready = co_await wait_for_agent(state, deadline, std::move(late));
-    if (!ready) co_return std::move(ready).error();
+    auto ready = co_await wait_for_agent(state, stall_at, std::move(late));
+    if (!ready && stall_at < deadline && state->running()) {
+      // Named: g++ 12 miscompiles temporaries inside co_await.
+      Stall stall = co_await end_stalled(state);
+      co_return BootAttempt{std::move(ready).error(), std::move(stall)};
+    }
+    if (!ready) co_return failed(std::move(ready).error());
     auto given_back = co_await give_back_boot_zeros(state);
-    if (!given_back) co_return std::move(given_back).error();
+    if (!given_back) co_return failed(std::move(given_back).error());
     guard.armed = false;
-    co_return std::unique_ptr<Vm>(std::make_unique<QemuVm>(std::move(state)));
+    co_return BootAttempt{std::unique_ptr<Vm>(std::make_unique<QemuVm>(std::move(state))), {}};
+  }
+
+  static BootAttempt failed(Error error) { return BootAttempt{std::move(error), {}}; }
+
+  // Notes where a stalled guest's vCPUs are and what its console said, then
+  // ends its QEMU and waits until its files and cgroup leaf are gone, so the
+  // next attempt can make them again under the same name.
+  static asio::awaitable<Stall> end_stalled(std::shared_ptr<VmState> state) {
+    Stall stall;
+    json::Object arguments;
+    arguments["command-line"] = json::Value(std::string("info registers -a"));
+    auto registers = co_await qmp_run(*state, "human-monitor-command", std::move(arguments));
+    stall.vcpus = registers ? vcpu_summary(registers->as_string())
+                            : "(not read: " + registers.error().message() + ")";
+    std::string console = co_await state->read_console();
+    stall.console = std::move(console);
+    state->destroy();
+    if (!co_await state->exited.wait(Clock::now() + std::chrono::seconds(10))) {
+      log::warn("a stalled guest's QEMU had not exited 10 s after SIGKILL",
+                {{"vm", state->config.id}});
+    }
+    co_return stall;
   }
 
   // The kernel zeroed all of its RAM at boot (init_on_free=1), so the

@@ -68,4 +68,9 @@ std::optional<unsigned long> host_tsc_khz();
 // newline and tab dropped, at most `max_bytes`.
 std::string console_tail(std::string_view console, std::size_t max_bytes = 4096);
 
+// Where each vCPU of a guest is, from the monitor's `info registers -a`:
+// "CPU#0 RIP=ffffffff81000000 CPL=0 HLT=1; CPU#1 ...". A stalled boot's log
+// line carries it (the kernel's address says what the guest waits in).
+std::string vcpu_summary(std::string_view info_registers);
+
 } // namespace vesicle::vmm::qemu

@@ -466,6 +466,62 @@ TEST_F(BootFailure, AgentSilentPastTheBootTimeoutIsAnErrorAndNothingIsLeft) {
   world_.expect_clean("after a boot timeout");
 }
 
+// A QEMU that starts paused the first `paused_runs` times it is run (the
+// guest never runs: the stall a hung kernel makes, on any machine), and as
+// asked afterwards; `runs` counts its starts.
+fs::path qemu_paused_at_first(const fs::path& dir, const std::string& qemu, int paused_runs) {
+  const auto script_path = dir / "qemu-paused-at-first";
+  std::ofstream script(script_path);
+  script << "#!/bin/sh\nruns=$(cat '" << (dir / "runs").string() << "' 2>/dev/null || echo 0)\n"
+         << "echo $((runs + 1)) > '" << (dir / "runs").string() << "'\n"
+         << "if [ \"$runs\" -lt " << paused_runs << " ]; then exec " << qemu
+         << " \"$@\" -S; fi\nexec " << qemu << " \"$@\"\n";
+  script.close();
+  fs::permissions(script_path, fs::perms::owner_all);
+  return script_path;
+}
+
+int runs_of(const fs::path& dir) {
+  std::ifstream in(dir / "runs");
+  int runs = 0;
+  in >> runs;
+  return runs;
+}
+
+TEST_F(BootFailure, AStalledBootIsEndedAndBootedAgainUnderTheSameName) {
+  auto config = world_.config("stalled");
+  config.qemu_binary = qemu_paused_at_first(scratch_.path(), config.qemu_binary, 1).string();
+  config.boot_stall_timeout = 3s;
+  const auto started = Clock::now();
+  auto booted = world_.boot(config);
+  ASSERT_TRUE(booted) << booted.error().message();
+  EXPECT_GE(Clock::now() - started, 3s) << "the first, paused QEMU was waited for";
+  EXPECT_EQ(runs_of(scratch_.path()), 2) << "one stalled attempt, then one that booted";
+  auto& vm = *booted.value();
+  auto answered = world_.io.run(bash(vm.agent(), "echo second; cat /proc/cmdline"));
+  ASSERT_TRUE(answered.exit) << answered.exit.error().message();
+  EXPECT_EQ(answered.output.out.substr(0, 7), "second\n");
+  world_.io.call_void([&] { booted.value().reset(); });
+  world_.expect_clean("after a boot that stalled once");
+}
+
+TEST_F(BootFailure, ABootThatStallsTwiceFailsSayingSoAndNothingIsLeft) {
+  auto config = world_.config("stalls");
+  config.qemu_binary = qemu_paused_at_first(scratch_.path(), config.qemu_binary, 2).string();
+  config.boot_stall_timeout = 1500ms;
+  config.boot_timeout = 4000ms;
+  auto booted = world_.boot(config);
+  ASSERT_FALSE(booted);
+  EXPECT_EQ(runs_of(scratch_.path()), 2) << "a second attempt, and no third";
+  const std::string message = booted.error().message();
+  EXPECT_NE(message.find("boot timeout of 4000 ms"), std::string::npos) << message;
+  // Paused from the start, each vCPU is still at the reset vector.
+  EXPECT_NE(message.find("the first stalled after 1500 ms (vCPUs: CPU#0 EIP=0000fff0 CPL=0"),
+            std::string::npos)
+      << message;
+  world_.expect_clean("after a boot that stalled twice");
+}
+
 TEST_F(BootFailure, QemuThatCannotStartReportsItsOwnError) {
   auto config = world_.config("badmem");
   config.memory_mib = 1u << 30; // 1 PiB: QEMU refuses it

@@ -212,6 +212,24 @@ TEST(QemuConsole, TailKeepsWholeLinesAndDropsControlCharacters) {
   EXPECT_EQ(tail.substr(tail.size() - 8), "line 999");
 }
 
+TEST(QemuConsole, VcpuSummaryKeepsEachVcpusPlaceAndHaltFlag) {
+  // As QEMU 7.2's `info registers -a` prints it (a stalled boot's, cut short).
+  const std::string registers =
+      "\r\nCPU#0\r\n"
+      "RAX=00000000fffedb08 RBX=0000000000000000 RCX=c0000000ffffefff RDX=00000000fffedb08\r\n"
+      "RIP=ffffffff84c02f9f RFL=00000246 [---Z-P-] CPL=0 II=0 A20=1 SMM=0 HLT=0\r\n"
+      "CR0=80050033 CR2=ff21a0ae32400000 CR3=0000000031610000 CR4=000110b0\r\n"
+      "\r\nCPU#1\r\n"
+      "RIP=ffffffff84c0301e RFL=00000246 [---Z-P-] CPL=0 II=0 A20=1 SMM=0 HLT=1\r\n";
+  EXPECT_EQ(vcpu_summary(registers), "CPU#0 RIP=ffffffff84c02f9f CPL=0 HLT=0; "
+                                     "CPU#1 RIP=ffffffff84c0301e CPL=0 HLT=1");
+  EXPECT_EQ(
+      vcpu_summary("CPU#0\r\nEIP=0000fff0 EFL=00000002 [-------] CPL=0 II=0 A20=1 SMM=0 HLT=0\r\n"),
+      "CPU#0 EIP=0000fff0 CPL=0 HLT=0");
+  EXPECT_EQ(vcpu_summary(""), "");
+  EXPECT_EQ(vcpu_summary("RIP=1 before any CPU# line is not a vCPU's"), "");
+}
+
 TEST(QemuConsole, Base64Decodes) {
   EXPECT_EQ(base64_decode("aGVsbG8gd29ybGQ="), "hello world");
   EXPECT_EQ(base64_decode("AP8A"), std::string("\x00\xff\x00", 3));
