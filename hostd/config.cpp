@@ -59,6 +59,7 @@ void apply_defaults(config::HostdConfig& c) {
   if (c.max_vcpus() == 0) c.set_max_vcpus(8);
   if (c.max_memory_mib() == 0) c.set_max_memory_mib(16384);
   if (c.boot_timeout_s() == 0) c.set_boot_timeout_s(90);
+  if (!c.has_boot_stall_timeout_s()) c.set_boot_stall_timeout_s(20);
   if (c.qemu_binary().empty()) c.set_qemu_binary("qemu-system-x86_64");
   // 64 by measurement (BENCHMARKS.md, "Memory per sandbox"): an idle pool
   // sandbox touches ~20 MiB of it at any size from 32 up, and every smaller

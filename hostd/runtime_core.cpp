@@ -28,6 +28,7 @@ VmSettings vm_settings(const config::HostdConfig& config,
   settings.runtime_dir = config.runtime_dir();
   settings.shm_dir = config.shm_dir();
   settings.boot_timeout = std::chrono::seconds(config.boot_timeout_s());
+  settings.boot_stall_timeout = std::chrono::seconds(config.boot_stall_timeout_s());
   settings.qemu_binary = config.qemu_binary();
   settings.tcg_translation_cache_mib = config.tcg_translation_cache_mib();
   settings.templates_dir = config.templates_dir();

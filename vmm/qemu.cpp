@@ -1894,7 +1894,8 @@ private:
     }
     // A second attempt is made only with at least as long to run as the first.
     const auto stall_at = started + config.boot_stall_timeout;
-    if (stall_at + config.boot_stall_timeout > deadline) {
+    if (config.boot_stall_timeout <= milliseconds(0) ||
+        stall_at + config.boot_stall_timeout > deadline) {
       auto only = co_await boot_attempt(executor, accel, config, deadline, deadline);
       co_return std::move(only.vm);
     }

@@ -72,8 +72,9 @@ struct VmConfig {
   std::chrono::milliseconds boot_timeout{90'000};
   // A cold boot whose agent has not started this long after QEMU did is
   // ended and booted once more, with the rest of boot_timeout, when that
-  // rest is at least this long too (QemuDriver's boot_steps). Healthy boots
-  // take 1.5-5 s under TCG on these machines, a fraction of a second with KVM.
+  // rest is at least this long too (QemuDriver's boot_steps); 0: never.
+  // Healthy boots take 1.5-5 s under TCG on these machines, a fraction of
+  // a second with KVM.
   std::chrono::milliseconds boot_stall_timeout{20'000};
   std::string qemu_binary = "qemu-system-x86_64";
   unsigned tcg_translation_cache_mib = 64; // -accel tcg,tb-size=

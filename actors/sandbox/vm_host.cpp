@@ -76,6 +76,7 @@ vmm::VmConfig VmHost::vm_config(const std::string& id, std::uint32_t vcpus,
   config.vcpus = vcpus;
   config.memory_mib = memory_mib;
   config.boot_timeout = settings_.boot_timeout;
+  config.boot_stall_timeout = settings_.boot_stall_timeout;
   config.qemu_binary = settings_.qemu_binary;
   config.tcg_translation_cache_mib = settings_.tcg_translation_cache_mib;
   if (network) config.network = network->attachment();

@@ -44,6 +44,7 @@ struct VmSettings {
   std::filesystem::path runtime_dir = "/var/lib/vesicle/run";
   std::filesystem::path shm_dir = "/dev/shm";
   std::chrono::milliseconds boot_timeout{90'000};
+  std::chrono::milliseconds boot_stall_timeout{20'000}; // vmm::VmConfig's; 0: never
   std::string qemu_binary = "qemu-system-x86_64";
   unsigned tcg_translation_cache_mib = 64;
   // Template snapshots: templates_dir/<key>/ holds the manifest, device

@@ -17,7 +17,19 @@ TEST(Config, EmptyConfigurationTakesTheDocumentedDefaults) {
   EXPECT_EQ(config->default_vcpus(), 2u);
   EXPECT_EQ(config->default_memory_mib(), 1024u);
   EXPECT_EQ(config->boot_timeout_s(), 90u);
+  EXPECT_EQ(config->boot_stall_timeout_s(), 20u);
   EXPECT_EQ(config->max_json_body_bytes(), 1u << 20);
+}
+
+TEST(Config, ABootStallTimeoutOfZeroIsKeptAndMeansNever) {
+  auto path = std::filesystem::temp_directory_path() /
+              ("hostd-config-test-stall-" + std::to_string(::getpid()) + ".conf");
+  std::ofstream(path) << "boot_stall_timeout_s: 0\n";
+  auto config = load_config(path.string(), {});
+  std::filesystem::remove(path);
+  ASSERT_TRUE(config) << config.error().message();
+  EXPECT_TRUE(config->has_boot_stall_timeout_s());
+  EXPECT_EQ(config->boot_stall_timeout_s(), 0u);
 }
 
 TEST(Config, TextFormatAndJsonAreBothAccepted) {
