@@ -4,6 +4,7 @@
 #include "hostd/json.hpp"
 #include "hostd/smaps_rollup.hpp"
 #include "vmm/blocking.hpp"
+#include "vmm/qemu.hpp"
 
 namespace vesicle::hostd {
 
@@ -93,6 +94,10 @@ asio::awaitable<void> Api::metrics(Exchange& exchange) {
           std::to_string(ctx_.vms.prestarted_vmms()) + "\n";
   text += "vesicle_prestarted_vmms{state=\"starting\"} " +
           std::to_string(ctx_.vms.landings_starting()) + "\n";
+  text += "# HELP vesicle_boot_retries_total Cold boots booted again because their guest's "
+          "agent had not answered within boot_stall_timeout_s (RELIABILITY.md).\n";
+  text += "# TYPE vesicle_boot_retries_total counter\n";
+  text += "vesicle_boot_retries_total " + std::to_string(vmm::qemu::boot_retries()) + "\n";
 
   auto pools = co_await pool_infos();
   auto per_pool = [&](const char* name, const char* type, const char* help, auto value) {

@@ -17,6 +17,7 @@
 #include <stdio.h>
 
 #include <algorithm>
+#include <atomic>
 #include <fstream>
 #include <sstream>
 #include <thread>
@@ -307,6 +308,14 @@ std::string console_tail(std::string_view console, std::size_t max_bytes) {
     text.erase(0, start);
   }
   return text;
+}
+
+namespace {
+std::atomic<std::uint64_t> boot_retries_so_far{0};
+} // namespace
+
+std::uint64_t boot_retries() {
+  return boot_retries_so_far.load(std::memory_order_relaxed);
 }
 
 std::string vcpu_summary(std::string_view info_registers) {
@@ -1901,6 +1910,7 @@ private:
     }
     auto first = co_await boot_attempt(executor, accel, config, stall_at, deadline);
     if (!first.stall) co_return std::move(first.vm);
+    boot_retries_so_far.fetch_add(1, std::memory_order_relaxed);
     log::warn("a guest's boot stalled (its agent did not start); booting it again",
               {{"vm", config.id},
                {"after_ms", config.boot_stall_timeout.count()},

@@ -73,4 +73,9 @@ std::string console_tail(std::string_view console, std::size_t max_bytes = 4096)
 // line carries it (the kernel's address says what the guest waits in).
 std::string vcpu_summary(std::string_view info_registers);
 
+// How many cold boots this process has booted again because their guest's
+// agent had not answered within boot_stall_timeout (/metrics'
+// vesicle_boot_retries_total).
+std::uint64_t boot_retries();
+
 } // namespace vesicle::vmm::qemu

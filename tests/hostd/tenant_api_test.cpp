@@ -195,6 +195,8 @@ TEST_F(TenantTest, MetricsNeedAnAdminKey) {
   auto served = client(admin).request("GET", "/metrics");
   EXPECT_EQ(served.status, 200u);
   EXPECT_NE(served.body.find("vesicle_max_sandboxes 6"), std::string::npos) << served.body;
+  // This process booted no QEMU, so none was booted again.
+  EXPECT_NE(served.body.find("\nvesicle_boot_retries_total 0\n"), std::string::npos) << served.body;
 }
 
 TEST_F(TenantTest, KeysReloadWithoutDroppingSandboxesAndARemovedKeysAreDestroyed) {

@@ -14,6 +14,7 @@
 
 #include "tests/vmm/test_support.hpp"
 #include "tests/vmm/vm_world.hpp"
+#include "vmm/qemu.hpp"
 #include "vmm/vmm.hpp"
 
 namespace vesicle::test {
@@ -492,11 +493,13 @@ TEST_F(BootFailure, AStalledBootIsEndedAndBootedAgainUnderTheSameName) {
   auto config = world_.config("stalled");
   config.qemu_binary = qemu_paused_at_first(scratch_.path(), config.qemu_binary, 1).string();
   config.boot_stall_timeout = 3s;
+  const auto retries_before = vmm::qemu::boot_retries();
   const auto started = Clock::now();
   auto booted = world_.boot(config);
   ASSERT_TRUE(booted) << booted.error().message();
   EXPECT_GE(Clock::now() - started, 3s) << "the first, paused QEMU was waited for";
   EXPECT_EQ(runs_of(scratch_.path()), 2) << "one stalled attempt, then one that booted";
+  EXPECT_EQ(vmm::qemu::boot_retries(), retries_before + 1);
   auto& vm = *booted.value();
   auto answered = world_.io.run(bash(vm.agent(), "echo second; cat /proc/cmdline"));
   ASSERT_TRUE(answered.exit) << answered.exit.error().message();
@@ -510,9 +513,11 @@ TEST_F(BootFailure, ABootThatStallsTwiceFailsSayingSoAndNothingIsLeft) {
   config.qemu_binary = qemu_paused_at_first(scratch_.path(), config.qemu_binary, 2).string();
   config.boot_stall_timeout = 1500ms;
   config.boot_timeout = 4000ms;
+  const auto retries_before = vmm::qemu::boot_retries();
   auto booted = world_.boot(config);
   ASSERT_FALSE(booted);
   EXPECT_EQ(runs_of(scratch_.path()), 2) << "a second attempt, and no third";
+  EXPECT_EQ(vmm::qemu::boot_retries(), retries_before + 1);
   const std::string message = booted.error().message();
   EXPECT_NE(message.find("boot timeout of 4000 ms"), std::string::npos) << message;
   // Paused from the start, each vCPU is still at the reset vector.
