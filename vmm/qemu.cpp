@@ -1901,13 +1901,11 @@ private:
     if (auto images = config.images.check(); !images) {
       co_return std::move(images).error().with_context("checking guest images");
     }
-    // A second attempt is made only with at least as long to run as the first.
-    const auto stall_at = started + config.boot_stall_timeout;
-    if (config.boot_stall_timeout <= milliseconds(0) ||
-        stall_at + config.boot_stall_timeout > deadline) {
-      auto only = co_await boot_attempt(executor, accel, config, deadline, deadline);
-      co_return std::move(only.vm);
-    }
+    // A second attempt is made only with at least as long to run as the
+    // first; without one, the first waits until the deadline and cannot stall.
+    const bool may_retry = config.boot_stall_timeout > milliseconds(0) &&
+                           started + 2 * config.boot_stall_timeout <= deadline;
+    const auto stall_at = may_retry ? started + config.boot_stall_timeout : deadline;
     auto first = co_await boot_attempt(executor, accel, config, stall_at, deadline);
     if (!first.stall) co_return std::move(first.vm);
     boot_retries_so_far.fetch_add(1, std::memory_order_relaxed);
