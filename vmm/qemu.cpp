@@ -452,6 +452,12 @@ struct VmState : std::enable_shared_from_this<VmState> {
     }
     exit_description = std::move(how);
     if (qmp) qmp->close();
+    release();
+  }
+
+  // Has the VM's files and cgroup leaf removed on the blocking pool; its uid
+  // is free again, and wait_exit() completes, once that is done.
+  void release() {
     auto cleanup = [leaf = std::exchange(leaf, std::nullopt), dir = take_files(),
                     id = config.id]() mutable {
       if (leaf) {
@@ -476,7 +482,16 @@ struct VmState : std::enable_shared_from_this<VmState> {
   // is done. Its cgroup leaf is renamed out of the way now, so the sandbox's
   // name can go to another VM's leaf at once (a merge's winner).
   void destroy() {
-    if (!process) return;
+    if (!process) {
+      // QEMU never started (its spawn failed, or a step before it did):
+      // nothing will exit and finish(), so what was made for it goes now.
+      if (!finishing && (files_created || leaf)) {
+        finishing = true;
+        exit_description = "QEMU was not started";
+        release();
+      }
+      return;
+    }
     if (process->exited()) {
       finish(*process->status());
       return;

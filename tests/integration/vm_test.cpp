@@ -522,6 +522,18 @@ TEST_F(BootFailure, ABootThatStallsTwiceFailsSayingSoAndNothingIsLeft) {
   world_.expect_clean("after a boot that stalled twice");
 }
 
+TEST_F(BootFailure, AQemuBinaryThatIsNotThereIsNamedAndNothingIsLeft) {
+  auto config = world_.config("noqemu");
+  config.qemu_binary = (scratch_.path() / "no-such-qemu").string();
+  auto booted = world_.boot(config);
+  ASSERT_FALSE(booted);
+  const std::string message = booted.error().message();
+  EXPECT_NE(message.find("starting QEMU"), std::string::npos) << message;
+  EXPECT_NE(message.find(config.qemu_binary), std::string::npos) << message;
+  // Its directory (made before the spawn, with the disk overlay) went too.
+  world_.expect_clean("after QEMU's binary was not found");
+}
+
 TEST_F(BootFailure, QemuThatCannotStartReportsItsOwnError) {
   auto config = world_.config("badmem");
   config.memory_mib = 1u << 30; // 1 PiB: QEMU refuses it
