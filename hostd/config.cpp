@@ -66,6 +66,7 @@ void apply_defaults(config::HostdConfig& c) {
   // size tried made a pandas cell cost measurably more CPU (48: +25%, 32:
   // 2x, 16: 6x; 8 could not even import numpy within the call deadline).
   if (c.tcg_translation_cache_mib() == 0) c.set_tcg_translation_cache_mib(64);
+  if (c.tcg_thread().empty()) c.set_tcg_thread("single");
   if (c.max_json_body_bytes() == 0) c.set_max_json_body_bytes(1u << 20);
   if (c.request_timeout_s() == 0) c.set_request_timeout_s(30);
   if (c.write_timeout_s() == 0) c.set_write_timeout_s(60);
@@ -160,6 +161,11 @@ Result<void> validate(const config::HostdConfig& c) {
                       "admission.memory_overcommit must be between 0.1 and 100 (1.0: no "
                       "overcommit)",
                       std::to_string(ratio));
+  if (c.tcg_thread() != "single" && c.tcg_thread() != "multi")
+    return make_error("check configuration",
+                      "tcg_thread must be \"single\" (every vCPU of a VM on one host thread) or "
+                      "\"multi\" (a thread per vCPU)",
+                      "tcg_thread = " + c.tcg_thread());
   if (auto checked = check_absolute("templates_dir", c.templates_dir()); !checked) return checked;
   if (auto checked = check_absolute("spaces_dir", c.spaces_dir()); !checked) return checked;
   if (c.sandbox_domain().size() > 200 ||

@@ -31,6 +31,7 @@ VmSettings vm_settings(const config::HostdConfig& config,
   settings.boot_stall_timeout = std::chrono::seconds(config.boot_stall_timeout_s());
   settings.qemu_binary = config.qemu_binary();
   settings.tcg_translation_cache_mib = config.tcg_translation_cache_mib();
+  settings.tcg_single_thread = config.tcg_thread() != "multi";
   settings.templates_dir = config.templates_dir();
   settings.spaces_dir = config.spaces_dir();
   settings.pool_egress_open = config.has_network() && !config.network().uplink().empty() &&

@@ -186,9 +186,10 @@ std::vector<std::string> command_line(const VmConfig& config, const VmPaths& pat
     // memory a byte per `rep` step, which TCG emulates one step at a time;
     // without it they use wider stores (a 64 MB copy in Python 5x faster,
     // zeroing RAM at boot ~1 s less per GiB; BENCHMARKS.md).
-    args.insert(args.end(),
-                {"-accel", "tcg,tb-size=" + std::to_string(config.tcg_translation_cache_mib),
-                 "-cpu", "max,-erms"});
+    args.insert(args.end(), {"-accel",
+                             "tcg,tb-size=" + std::to_string(config.tcg_translation_cache_mib) +
+                                 (config.tcg_single_thread ? ",thread=single" : ",thread=multi"),
+                             "-cpu", "max,-erms"});
   }
   args.insert(args.end(),
               {

@@ -73,11 +73,20 @@ struct VmConfig {
   // A cold boot whose agent has not started this long after QEMU did is
   // ended and booted once more, with the rest of boot_timeout, when that
   // rest is at least this long too (QemuDriver's boot_steps); 0: never.
-  // Healthy boots take 1.5-5 s under TCG on these machines, a fraction of
-  // a second with KVM.
+  // Healthy boots take 3-5 s under TCG on these machines (12 s under
+  // load), a fraction of a second with KVM.
   std::chrono::milliseconds boot_stall_timeout{20'000};
   std::string qemu_binary = "qemu-system-x86_64";
   unsigned tcg_translation_cache_mib = 64; // -accel tcg,tb-size=
+  // TCG only: every vCPU of the VM on one host thread, taking turns
+  // (-accel tcg,thread=single), not a thread per vCPU: a vCPU spinning for
+  // a lock whose holder's thread the host preempted hands the thread over
+  // at its `pause`. Measured (BENCHMARKS.md, "one TCG thread per VM"):
+  // exec p99 2-3.3x p50 with 4 and 6 busy sandboxes (7-14x with a thread
+  // each), a lone sandbox's exec ~2x faster; but cold boots ~1 s slower,
+  // fork(5)'s children ~110 ms later, and a single guest's parallel work
+  // gets one host core.
+  bool tcg_single_thread = true;
   // A booted VM's root disk in MiB: the qcow2 overlay's virtual size, the
   // most the guest can ever write (the agent grows the filesystem to it at
   // boot). 0: the base image's size. At least the base image's size (a

@@ -79,6 +79,7 @@ vmm::VmConfig VmHost::vm_config(const std::string& id, std::uint32_t vcpus,
   config.boot_stall_timeout = settings_.boot_stall_timeout;
   config.qemu_binary = settings_.qemu_binary;
   config.tcg_translation_cache_mib = settings_.tcg_translation_cache_mib;
+  config.tcg_single_thread = settings_.tcg_single_thread;
   if (network) config.network = network->attachment();
   config.confinement = settings_.confinement;
   config.agent_deadlines = settings_.agent_deadlines;

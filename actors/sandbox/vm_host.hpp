@@ -47,6 +47,7 @@ struct VmSettings {
   std::chrono::milliseconds boot_stall_timeout{20'000}; // vmm::VmConfig's; 0: never
   std::string qemu_binary = "qemu-system-x86_64";
   unsigned tcg_translation_cache_mib = 64;
+  bool tcg_single_thread = true; // vmm::VmConfig's
   // Template snapshots: templates_dir/<key>/ holds the manifest, device
   // state and disk; templates_dir/<key>.mem a copy of its RAM for the next
   // start (VMs map a sealed memfd loaded from it).

@@ -18,7 +18,26 @@ TEST(Config, EmptyConfigurationTakesTheDocumentedDefaults) {
   EXPECT_EQ(config->default_memory_mib(), 1024u);
   EXPECT_EQ(config->boot_timeout_s(), 90u);
   EXPECT_EQ(config->boot_stall_timeout_s(), 20u);
+  EXPECT_EQ(config->tcg_thread(), "single");
   EXPECT_EQ(config->max_json_body_bytes(), 1u << 20);
+}
+
+TEST(Config, TcgThreadIsSingleOrMulti) {
+  for (const char* name : {"single", "multi"}) {
+    auto named = parse_config(std::string("tcg_thread: \"") + name + "\"", false);
+    ASSERT_TRUE(named);
+    apply_defaults(*named);
+    EXPECT_TRUE(validate(*named)) << name;
+    EXPECT_EQ(named->tcg_thread(), name);
+  }
+  auto wrong = parse_config("tcg_thread: \"many\"", false);
+  ASSERT_TRUE(wrong);
+  apply_defaults(*wrong);
+  auto refused = validate(*wrong);
+  ASSERT_FALSE(refused);
+  EXPECT_NE(refused.error().message().find("tcg_thread must be \"single\""), std::string::npos)
+      << refused.error().message();
+  EXPECT_NE(refused.error().message().find("many"), std::string::npos);
 }
 
 TEST(Config, ABootStallTimeoutOfZeroIsKeptAndMeansNever) {

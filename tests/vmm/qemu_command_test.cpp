@@ -116,7 +116,8 @@ TEST(QemuCommand, TcgCommandLine) {
   // No legacy PIT: nothing in the guest uses it, and QEMU woke 36 times a
   // second for it in every idle VM.
   EXPECT_TRUE(has_pair(args, "-M", "microvm,x-option-roms=off,rtc=on,pit=off,memory-backend=mem"));
-  EXPECT_TRUE(has_pair(args, "-accel", "tcg,tb-size=32"));
+  // Every vCPU on one host thread (VmConfig::tcg_single_thread).
+  EXPECT_TRUE(has_pair(args, "-accel", "tcg,tb-size=32,thread=single"));
   EXPECT_TRUE(has_pair(args, "-cpu", "max,-erms"));
   // Each vCPU a socket of its own under TCG (vcpu_sockets_for).
   EXPECT_TRUE(has_pair(args, "-smp", "3,sockets=3"));
@@ -143,6 +144,16 @@ TEST(QemuCommand, TcgCommandLine) {
        {"-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-no-shutdown"}) {
     EXPECT_NE(std::find(args.begin(), args.end(), flag), args.end()) << flag;
   }
+}
+
+TEST(QemuCommand, TcgWithAThreadPerVcpuWhenAsked) {
+  auto c = config();
+  c.tcg_single_thread = false;
+  const auto args = command_line(c, VmPaths::of(c), Accel::tcg, 2096000);
+  EXPECT_TRUE(has_pair(args, "-accel", "tcg,tb-size=32,thread=multi"));
+  // KVM has no such choice: a vCPU is a host thread there.
+  const auto kvm = command_line(c, VmPaths::of(c), Accel::kvm, 2096000);
+  EXPECT_TRUE(has_pair(kvm, "-accel", "kvm"));
 }
 
 TEST(QemuCommand, KvmUsesHostCpuAndNoTscPinning) {
