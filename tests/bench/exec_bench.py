@@ -26,7 +26,8 @@ are cold booted at --memory-mib (a size no pool serves; an exec costs the
 same on a pool sandbox). Prints p50/p95/p99, writes JSON.
 
   tests/bench/exec_bench.py --hostd build/hostd/hostd --images build/images \\
-      [--execs 1000] [--clients 1 2 4 6] [--seconds 10] [--memory-mib 512] [--json out.json]
+      [--execs 1000] [--clients 1 2 4 6] [--seconds 10] [--memory-mib 512] [--vcpus 2]
+      [--tcg-thread single|multi] [--json out.json]
 """
 
 from __future__ import annotations
@@ -96,6 +97,8 @@ def main():
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--memory-mib", type=int, default=512)
     parser.add_argument("--vcpus", type=int, default=2)
+    parser.add_argument("--tcg-thread", choices=["single", "multi"],
+                        help="hostd's tcg_thread (default: hostd's own)")
     parser.add_argument("--json")
     options = parser.parse_args()
     os.environ["VESICLE_HOSTD"] = options.hostd
@@ -105,6 +108,8 @@ def main():
     results = []
     # The free tier's 100 requests/s per key would cut the loops short (429).
     config = "disable_pools: true\ntiers { free { max_requests_per_s: 100000 } }\n"
+    if options.tcg_thread:
+        config += f'tcg_thread: "{options.tcg_thread}"\n'
     with hostd_session(REPO, max_sandboxes=most + 1, extra_config=config,
                        admin_key=True) as hostd:
         args = {"url": hostd.url, "api_key": hostd.key}
@@ -172,7 +177,7 @@ def main():
 
     write_report(options.json, "exec_bench", accel, results, execs=options.execs,
                  seconds=options.seconds, memory_mib=options.memory_mib,
-                 vcpus=options.vcpus)
+                 vcpus=options.vcpus, tcg_thread=options.tcg_thread or "hostd's default")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ of that child. Prints p50/p95/p99, writes JSON.
 
   tests/bench/fork_bench.py --hostd build/hostd/hostd --images build/images \\
       [--ns 1 2 4 8] [--reps 5] [--source boot|pool] [--grandchild] [--parent-mib 0] \\
-      [--json out.json]
+      [--tcg-thread single|multi] [--json out.json]
 Issue 15's rows: --source pool --ns 1 5 --parent-mib 100; --source boot --ns 1;
 --source pool --grandchild --ns 1; --ns 4 --parent-mib 200 (family growth).
 """
@@ -79,6 +79,8 @@ def main():
                         help="hostd's fork_parent_restart_mib (a restored parent that wrote "
                         "this many MiB restarts on the fork's snapshot; -1: never; "
                         "default: hostd's)")
+    parser.add_argument("--tcg-thread", choices=["single", "multi"],
+                        help="hostd's tcg_thread (default: hostd's own)")
     parser.add_argument("--json")
     options = parser.parse_args()
     os.environ["VESICLE_HOSTD"] = options.hostd
@@ -91,6 +93,8 @@ def main():
         pools += f"prestarted_vmms: {options.prestarted}\n"
     if options.parent_restart_mib is not None:
         pools += f"fork_parent_restart_mib: {options.parent_restart_mib}\n"
+    if options.tcg_thread:
+        pools += f'tcg_thread: "{options.tcg_thread}"\n'
     size = {} if options.source == "pool" else {"memory_mib": BOOT_MEMORY_MIB}
     # The default pool keeps 2 VMs waiting, up to 8.
     slots = max(options.ns) + (10 if options.source == "pool" else 3)
@@ -194,7 +198,8 @@ def main():
     write_report(options.json, "fork_bench", accel, results, source=options.source,
                  parent_mib=options.parent_mib, grandchild=options.grandchild,
                  prestarted_vmms=options.prestarted,
-                 fork_parent_restart_mib=options.parent_restart_mib)
+                 fork_parent_restart_mib=options.parent_restart_mib,
+                 tcg_thread=options.tcg_thread or "hostd's default")
 
 if __name__ == "__main__":
     main()

@@ -265,6 +265,8 @@ int main(int argc, char** argv) {
       "heavy", po::value<int>()->default_value(0), "pandas cells on the idle pool sandboxes")(
       "tcg-tb-mib", po::value<int>()->default_value(0),
       "hostd's tcg_translation_cache_mib (0: its default)")(
+      "tcg-thread", po::value<std::string>()->default_value(""),
+      "hostd's tcg_thread, single or multi (empty: its default)")(
       "prestarted", po::value<int>()->default_value(-1),
       "hostd's prestarted_vmms (-1: its default); above 0, each miss waits for its QEMU")(
       "pool-only", "no on-demand template and no cold-booted hostd: pool hits, the idle pool "
@@ -276,7 +278,7 @@ int main(int argc, char** argv) {
   if (args.count("help")) {
     std::printf("usage: pool_bench [--hostd BIN] [--images DIR] [--json FILE] [--hits N] "
                 "[--misses N] [--boots N] [--idle N] [--memory-mib M] [--execs N] [--heavy N] "
-                "[--tcg-tb-mib N] [--pool-only]\n");
+                "[--tcg-tb-mib N] [--tcg-thread single|multi] [--pool-only]\n");
     return 0;
   }
   const int memory = args["memory-mib"].as<int>();
@@ -313,6 +315,8 @@ int main(int argc, char** argv) {
         ", \"preload_modules\": [\"numpy\"]}" + (pool_only ? "" : on_demand_pool) + "]";
     if (const int tb = args["tcg-tb-mib"].as<int>(); tb > 0)
       pooled.extra_config += ", \"tcg_translation_cache_mib\": " + std::to_string(tb);
+    if (const auto thread = args["tcg-thread"].as<std::string>(); !thread.empty())
+      pooled.extra_config += ", \"tcg_thread\": \"" + thread + "\"";
     pooled.prestarted_vmms = prestarted;
     if (args.count("network"))
       pooled.network_json = R"({"prefix": "vp", "transit": "10.224.0.0/16", "route_table": 1224, )"
@@ -423,14 +427,17 @@ int main(int argc, char** argv) {
   }
 
   const int tb = args["tcg-tb-mib"].as<int>();
+  const std::string thread = args["tcg-thread"].as<std::string>();
   std::printf("warm pool through hostd's REST API on loopback, accel %s, memory_mib %d, "
-              "tcg_translation_cache_mib %s, %ld cores\n",
+              "tcg_translation_cache_mib %s, tcg_thread %s, %ld cores\n",
               accel.c_str(), memory, tb > 0 ? std::to_string(tb).c_str() : "default",
-              ::sysconf(_SC_NPROCESSORS_ONLN));
+              thread.empty() ? "default" : thread.c_str(), ::sysconf(_SC_NPROCESSORS_ONLN));
   print_header();
   std::string json = "{\"accel\": \"" + accel + "\", \"memory_mib\": " + std::to_string(memory) +
                      ", \"idle_sandboxes\": " + std::to_string(idle) +
-                     ", \"tcg_translation_cache_mib\": " + std::to_string(tb) + ", \"steps\": [";
+                     ", \"tcg_translation_cache_mib\": " + std::to_string(tb) +
+                     ", \"tcg_thread\": \"" + (thread.empty() ? "default" : thread) +
+                     "\", \"steps\": [";
   bool first = true;
   for (const auto* series : {&first_fill, &hit, &refill, &miss, &boot, &pool_memory, &boot_memory,
                              &own_pss, &own_uss, &print_exec, &pandas_first, &pandas_again,

@@ -116,8 +116,8 @@ int main(int argc, char** argv) {
 
   const char* accel = vmm::to_string(driver->accel());
   const long nproc = ::sysconf(_SC_NPROCESSORS_ONLN);
-  std::printf("vm_bench (%s, %ld CPUs, %s, guest %u MiB / %u vCPUs, disk %s)\n", accel, nproc,
-              cpu_model().c_str(), memory_mib, vcpus,
+  std::printf("vm_bench (%s, %ld CPUs, %s, guest %u MiB / %u vCPUs, TCG thread %s, disk %s)\n",
+              accel, nproc, cpu_model().c_str(), memory_mib, vcpus, guest.tcg_thread.c_str(),
               disk_mib ? (std::to_string(disk_mib) + " MiB").c_str() : "the image's size");
   std::printf("%-34s %6s %9s %9s %9s\n", "measure", "n", "p50 ms", "p95 ms", "p99 ms");
   std::printf("%-34s %6zu %9.1f %9.1f %9s\n", "cold boot to agent ready", boot_ms.size(),

@@ -13,6 +13,7 @@
 #include <initializer_list>
 #include <iostream>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -73,19 +74,22 @@ struct GuestShape {
   std::string images = test::env_or("VESICLE_IMAGES_DIR", "build/images");
   unsigned memory_mib = 512;
   unsigned vcpus = 2;
+  std::string tcg_thread = "single";
   // Made by make_dirs once the command line is read; removed at the end.
   std::optional<test::TempDir> runtime_dir, shm_dir;
 
-  // --help, --images, --memory-mib (default `memory_default`), --vcpus and
+  // --help, --images, --memory-mib (default `memory_default`), --vcpus, --tcg-thread and
   // --json (into `json_path`); the program adds its own after them.
   void add_options(boost::program_options::options_description& options, unsigned memory_default,
                    std::string& json_path) {
     namespace po = boost::program_options;
     options.add_options()("help,h", "this help")("images", po::value(&images),
                                                  "guest images directory")(
-        "memory-mib", po::value(&memory_mib)->default_value(memory_default), "guest memory")(
-        "vcpus", po::value(&vcpus)->default_value(2), "guest vCPUs")("json", po::value(&json_path),
-                                                                     "also write the results here");
+        "memory-mib", po::value(&memory_mib)->default_value(memory_default),
+        "guest memory")("vcpus", po::value(&vcpus)->default_value(2), "guest vCPUs")(
+        "tcg-thread", po::value(&tcg_thread)->default_value("single"),
+        "TCG: single (a VM's vCPUs on one host thread) or multi (a thread each)")(
+        "json", po::value(&json_path), "also write the results here");
   }
   // The VMs' runtime folder (under /tmp) and RAM-file folder (under
   // /dev/shm), both named `prefix`-XXXXXX.
@@ -105,11 +109,15 @@ struct GuestShape {
     c.shm_dir = shm_dir->path();
     c.memory_mib = memory_mib;
     c.vcpus = vcpus;
+    if (tcg_thread != "single" && tcg_thread != "multi")
+      throw std::invalid_argument("--tcg-thread: single or multi, not " + tcg_thread);
+    c.tcg_single_thread = tcg_thread == "single";
     return c;
   }
   json::Object json() const {
     return json::Object{{"memory_mib", json::Value(static_cast<std::int64_t>(memory_mib))},
-                        {"vcpus", json::Value(static_cast<std::int64_t>(vcpus))}};
+                        {"vcpus", json::Value(static_cast<std::int64_t>(vcpus))},
+                        {"tcg_thread", json::Value(tcg_thread)}};
   }
 };
 
