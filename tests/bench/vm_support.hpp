@@ -13,7 +13,6 @@
 #include <initializer_list>
 #include <iostream>
 #include <optional>
-#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -87,7 +86,11 @@ struct GuestShape {
                                                  "guest images directory")(
         "memory-mib", po::value(&memory_mib)->default_value(memory_default),
         "guest memory")("vcpus", po::value(&vcpus)->default_value(2), "guest vCPUs")(
-        "tcg-thread", po::value(&tcg_thread)->default_value("single"),
+        "tcg-thread",
+        po::value(&tcg_thread)->default_value("single")->notifier([](const std::string& value) {
+          if (value != "single" && value != "multi")
+            throw po::error("--tcg-thread: single or multi, not " + value);
+        }),
         "TCG: single (a VM's vCPUs on one host thread) or multi (a thread each)")(
         "json", po::value(&json_path), "also write the results here");
   }
@@ -109,9 +112,7 @@ struct GuestShape {
     c.shm_dir = shm_dir->path();
     c.memory_mib = memory_mib;
     c.vcpus = vcpus;
-    if (tcg_thread != "single" && tcg_thread != "multi")
-      throw std::invalid_argument("--tcg-thread: single or multi, not " + tcg_thread);
-    c.tcg_single_thread = tcg_thread == "single";
+    c.tcg_single_thread = tcg_thread == "single"; // checked by add_options' notifier
     return c;
   }
   json::Object json() const {
