@@ -427,17 +427,17 @@ int main(int argc, char** argv) {
   }
 
   const int tb = args["tcg-tb-mib"].as<int>();
-  const std::string thread = args["tcg-thread"].as<std::string>();
+  const std::string asked_thread = args["tcg-thread"].as<std::string>();
+  const std::string thread = asked_thread.empty() ? "default" : asked_thread;
   std::printf("warm pool through hostd's REST API on loopback, accel %s, memory_mib %d, "
               "tcg_translation_cache_mib %s, tcg_thread %s, %ld cores\n",
               accel.c_str(), memory, tb > 0 ? std::to_string(tb).c_str() : "default",
-              thread.empty() ? "default" : thread.c_str(), ::sysconf(_SC_NPROCESSORS_ONLN));
+              thread.c_str(), ::sysconf(_SC_NPROCESSORS_ONLN));
   print_header();
   std::string json = "{\"accel\": \"" + accel + "\", \"memory_mib\": " + std::to_string(memory) +
                      ", \"idle_sandboxes\": " + std::to_string(idle) +
                      ", \"tcg_translation_cache_mib\": " + std::to_string(tb) +
-                     ", \"tcg_thread\": \"" + (thread.empty() ? "default" : thread) +
-                     "\", \"steps\": [";
+                     ", \"tcg_thread\": \"" + thread + "\", \"steps\": [";
   bool first = true;
   for (const auto* series : {&first_fill, &hit, &refill, &miss, &boot, &pool_memory, &boot_memory,
                              &own_pss, &own_uss, &print_exec, &pandas_first, &pandas_again,
