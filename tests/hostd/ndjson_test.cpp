@@ -322,10 +322,17 @@ TEST(ExecEventEncoder, HandWrittenLinesAreWhatProtobufPrints) {
 }
 
 TEST(Rfc3339, NowIsUtcToTheMillisecond) {
+  // The bounds are read from the clock rfc3339_now reads, to the millisecond:
+  // std::time() reads a coarser clock that can still show the last second
+  // a few milliseconds into the next one.
+  const auto unix_ms = [] {
+    using namespace std::chrono;
+    return duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();
+  };
   for (int i = 0; i < 3; ++i) {
-    const auto before = std::time(nullptr);
+    const auto before = unix_ms();
     const std::string now = rfc3339_now();
-    const auto after = std::time(nullptr);
+    const auto after = unix_ms();
     ASSERT_EQ(now.size(), 24u) << now;
     std::tm parts{};
     const char* end = strptime(now.c_str(), "%Y-%m-%dT%H:%M:%S", &parts);
@@ -334,7 +341,8 @@ TEST(Rfc3339, NowIsUtcToTheMillisecond) {
     EXPECT_EQ(end[0], '.');
     for (int k = 1; k <= 3; ++k)
       EXPECT_TRUE(end[k] >= '0' && end[k] <= '9') << now;
-    const auto at = timegm(&parts);
+    const std::int64_t at =
+        std::int64_t{timegm(&parts)} * 1000 + std::stoi(std::string(end + 1, 3));
     EXPECT_GE(at, before) << now;
     EXPECT_LE(at, after) << now;
   }
