@@ -85,6 +85,24 @@ int fail(const Error& error) {
 // 1024 runs out after a few sandboxes. Raise it to the hard limit, and the
 // hard limit to 65536 (at most nr_open) when we may; say when
 // the network section's budget does not fit.
+// Out of memory, the kernel should end a sandbox's QEMU (whose score is
+// +500, vmm/qemu.cpp), not hostd: with hostd gone, every sandbox is out of
+// reach. -500, not -1000: a hostd that itself leaks must stay killable.
+// A lower score already set (systemd's OOMScoreAdjust=) is kept.
+void shield_from_oom_killer() {
+  constexpr int kHostdOomScoreAdj = -500;
+  const char* path = "/proc/self/oom_score_adj";
+  int current = 0;
+  if (std::ifstream in(path); !(in >> current)) return;
+  if (current <= kHostdOomScoreAdj) return;
+  std::ofstream out(path);
+  out << kHostdOomScoreAdj << std::flush;
+  if (!out)
+    log::warn("could not lower hostd's OOM score (CAP_SYS_RESOURCE is needed): when memory runs "
+              "out, the kernel may end hostd and with it every sandbox",
+              {{"oom_score_adj", current}});
+}
+
 void raise_fd_limit(const config::HostdConfig& config) {
   rlimit limit{};
   if (::getrlimit(RLIMIT_NOFILE, &limit) != 0) return;
@@ -226,6 +244,7 @@ int main(int argc, char** argv) {
               {{"file", written->string()}, {"key", keys->made->id}});
   }
   raise_fd_limit(*config);
+  shield_from_oom_killer();
   if (auto prepared = hostd::prepare_host(*config); !prepared) return fail(prepared.error());
 
   caf::actor_system_config actor_config;

@@ -120,6 +120,7 @@ struct ChildPlan {
   pid_t parent;     // unconfined: the parent's pid, to notice its death
   int parent_pidfd; // confined (getppid() is 0 in a new PID namespace)
   const JailPlan* jail;
+  const std::string& oom_score_adj; // the number as written; empty: inherited
 };
 
 // In the child, after fork or clone: async-signal-safe calls only, because
@@ -142,6 +143,16 @@ struct ChildPlan {
   dfl.sa_handler = SIG_DFL;
   for (int sig = 1; sig < NSIG; ++sig)
     ::sigaction(sig, &dfl, nullptr);
+  // Still as the parent's user, before a jail drops the capability a value
+  // below the parent's own would need.
+  if (!plan.oom_score_adj.empty()) {
+    const int adj = ::open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
+    if (adj < 0) child_fail(report);
+    const auto size = plan.oom_score_adj.size();
+    if (::write(adj, plan.oom_score_adj.data(), size) != static_cast<ssize_t>(size))
+      child_fail(report);
+    ::close(adj);
+  }
   // Cgroups first: the descriptors to join them by are closed below.
   if (plan.jail) {
     const int failed = plan.jail->join_cgroups();
@@ -260,6 +271,11 @@ Result<Started> start_child(const SpawnOptions& options) {
   }
   const std::string output = options.output.string();
   const std::string working_dir = options.working_dir.string();
+  if (options.oom_score_adj && (*options.oom_score_adj < -1000 || *options.oom_score_adj > 1000))
+    return make_error("spawn process", "oom_score_adj must be between -1000 and 1000, not " +
+                                           std::to_string(*options.oom_score_adj));
+  const std::string oom_score_adj =
+      options.oom_score_adj ? std::to_string(*options.oom_score_adj) : std::string();
   std::vector<int> staged(options.pass_fds.size(), -1);
 
   UniqueFd out(::open(output.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600));
@@ -279,7 +295,8 @@ Result<Started> start_child(const SpawnOptions& options) {
   const ChildPlan plan{started.binary, argv.data(),        jail ? jail_environment.data() : environ,
                        working_dir,    options.pass_fds,   staged.data(),
                        null.get(),     out.get(),          status_write.get(),
-                       ::getpid(),     parent_pidfd.get(), jail};
+                       ::getpid(),     parent_pidfd.get(), jail,
+                       oom_score_adj};
   if (jail) {
     started.pid = clone_confined(plan, started.pidfd);
     if (started.pid < 0) {

@@ -29,6 +29,9 @@ struct SpawnOptions {
   std::filesystem::path output;      // stdout and stderr, appended
   std::filesystem::path working_dir; // empty: inherit (in a jail: inside it; empty: /)
   std::vector<int> pass_fds;         // pass_fds[i] becomes fd 3+i in the child
+  // The child's /proc/<pid>/oom_score_adj (-1000 to 1000), set before it
+  // runs its program; unset: inherited from the parent.
+  std::optional<int> oom_score_adj;
   // Confines the child (vmm/jail.hpp): its own uid, namespaces, root,
   // capabilities, rlimits, seccomp filter and cgroups. Unset: the child runs
   // as the parent does.

@@ -58,6 +58,13 @@ constexpr milliseconds kPingInterval{250};
 constexpr milliseconds kQmpTimeout{15'000};
 constexpr std::string_view kSandbox =
     "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+// When the host runs out of memory (admission overcommitted, or memory taken
+// outside vesicle), the kernel's OOM killer should end one sandbox's QEMU,
+// whose sandbox then fails on its own, rather than hostd, whose death takes
+// every sandbox with it, or another service of the host. hostd lowers its
+// own score (hostd/daemon.cpp); +500 puts a QEMU ahead of processes at the
+// default 0 of the same size.
+constexpr int kQemuOomScoreAdj = 500;
 
 } // namespace
 
@@ -2125,6 +2132,7 @@ private:
     if (!memory) co_return make_error("start QEMU", "the VM has no memory file", state->config.id);
     qemu_options.pass_fds.push_back(memory->fd());
     qemu_options.working_dir = paths.dir;
+    qemu_options.oom_score_adj = kQemuOomScoreAdj;
     // Held open until spawn returns: the child joins the cgroup through them.
     std::vector<UniqueFd> cgroup_procs;
     if (state->config.confinement) {

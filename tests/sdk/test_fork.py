@@ -140,6 +140,26 @@ def family_memory_bytes(hostd, ids):
     return total
 
 
+def has_cap_sys_resource():
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return bool(int(line.split()[1], 16) >> 24 & 1)
+    return False
+
+
+def test_out_of_memory_the_kernel_ends_a_vmm_before_hostd(fork_hostd):
+    # hostd lowers its own score and starts every QEMU at +500 (the Family
+    # checks each member's): when the host runs out of memory, one sandbox
+    # fails rather than hostd and every sandbox with it.
+    # Lowering needs CAP_SYS_RESOURCE, which root lacks in some containers
+    # (these CI machines): hostd then stays at 0 and says so in its log.
+    adj = Path(f"/proc/{fork_hostd.pid}/oom_score_adj").read_text().strip()
+    assert adj == ("-500" if has_cap_sys_resource() else "0"), f"hostd's oom_score_adj is {adj}"
+    with Family(fork_hostd) as family:
+        family.add(Sandbox(**connect_args(fork_hostd)))
+        assert len(family.vmms) == 1
+
+
 def test_children_start_from_the_parents_state_and_diverge(fork_hostd):
     # A size no pool serves: a cold boot, its RAM a file of its own.
     parent = Sandbox(memory_mib=768, **connect_args(fork_hostd))
@@ -316,6 +336,10 @@ class Family:
             pid = int(entry["vmm_pid"])
             self.vmms[pid] = process_start(pid)
             assert self.vmms[pid] is not None, f"{sandbox_id}'s VMM {pid} is not running"
+            # Out of memory, the kernel ends a sandbox's QEMU before hostd
+            # (-500, test_out_of_memory_the_kernel_ends_a_vmm_before_hostd).
+            adj = Path(f"/proc/{pid}/oom_score_adj").read_text().strip()
+            assert adj == "500", f"{sandbox_id}'s VMM {pid} has oom_score_adj {adj}"
 
     def ids(self):
         return [m.id for m in self.members]

@@ -311,9 +311,11 @@ TEST_F(JailTest, QemuStartsInAJail) {
                   "-S"};
   options.output = logs.path() / "qemu.log";
   options.jail = jail;
+  options.oom_score_adj = 500; // as vmm/qemu.cpp starts QEMU
   auto spawned = spawn(options);
   ASSERT_TRUE(spawned) << spawned.error().message();
   const pid_t pid = process_->pid();
+  EXPECT_EQ(read_file("/proc/" + std::to_string(pid) + "/oom_score_adj"), "500\n");
 
   const fs::path socket = vm_dir.path() / "qmp.sock";
   ASSERT_TRUE(wait_until([&] { return fs::exists(socket); }, 10s)) << read_file(options.output);

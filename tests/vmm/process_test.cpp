@@ -8,7 +8,10 @@
 
 #include <chrono>
 #include <filesystem>
+#include <fstream>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include <gtest/gtest.h>
 
@@ -58,6 +61,44 @@ TEST(Process, DroppingARunningChildNeitherBlocksTheLoopNorLeavesAZombie) {
       << std::chrono::duration_cast<std::chrono::microseconds>(returned).count() << " us of the "
       << std::chrono::duration_cast<std::chrono::microseconds>(gone).count()
       << " us the child took to go: it waited for the kernel on the event loop";
+}
+
+bool has_cap_sys_resource() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line))
+    if (line.rfind("CapEff:", 0) == 0) return (std::stoull(line.substr(7), nullptr, 16) >> 24) & 1;
+  return false;
+}
+
+TEST(Process, TheChildsOomScoreIsSetBeforeItsProgramRuns) {
+  IoThread io;
+  TempDir dir;
+  vmm::detail::SpawnOptions options;
+  options.argv = {"cat", "/proc/self/oom_score_adj"};
+  options.output = dir.path() / "child.log";
+  // Raising needs nothing; lowering needs CAP_SYS_RESOURCE, which root in
+  // some containers (this project's CI machines) does not have.
+  std::vector<int> scores{500};
+  if (has_cap_sys_resource()) scores.push_back(-300);
+  for (const int adj : scores) {
+    std::filesystem::remove(options.output);
+    options.oom_score_adj = adj;
+    auto spawned = io.call([&] { return vmm::detail::Process::spawn(io.executor(), options); });
+    ASSERT_TRUE(spawned) << spawned.error().message();
+    auto process = std::move(spawned.value());
+    const auto ended = io.run(process->wait());
+    EXPECT_FALSE(ended.signaled);
+    EXPECT_EQ(ended.code, 0);
+    EXPECT_EQ(read_file(options.output), std::to_string(adj) + "\n");
+  }
+  options.oom_score_adj = 1001;
+  auto refused = io.call([&] { return vmm::detail::Process::spawn(io.executor(), options); });
+  ASSERT_FALSE(refused);
+  EXPECT_NE(
+      refused.error().message().find("oom_score_adj must be between -1000 and 1000, not 1001"),
+      std::string::npos)
+      << refused.error().message();
 }
 
 } // namespace
