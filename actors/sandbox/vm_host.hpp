@@ -394,6 +394,9 @@ private:
                                           std::shared_ptr<ExitTarget> target);
   vmm::VmConfig vm_config(const std::string& id, std::uint32_t vcpus, std::uint32_t memory_mib,
                           const net::NetworkLease* network) const;
+  // Refreshes a restored pool VM's identity and runs a cell that shows
+  // nothing, so that its sandbox's first exec finds that path translated.
+  boost::asio::awaitable<Result<void>> run_first_cell(vmm::Vm& vm, const std::string& pool_vm_id);
   // A slot with this egress, or null when hostd runs without networking.
   // When every slot is taken, a pre-started QEMU gives its slot up, unless
   // the slot is `for_prestarted` itself.

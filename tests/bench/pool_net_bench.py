@@ -15,7 +15,10 @@ each:
                                         section (the baseline; --no-baseline skips it)
 each timed at the client (one keep-alive connection, raw HTTP: no SDK work)
 and server-side (the `ms=` of hostd's "sandbox created" log line), after the
-pool is full again and then destroyed. Prints p50/p95/p99, writes JSON.
+pool is full again; then the sandbox's first and second exec `print(1)`
+(client-side: the first includes what its hand-out left the guest to do,
+its identity and its disk's growth), and then it is destroyed. Prints
+p50/p95/p99, writes JSON.
 
   tests/bench/pool_net_bench.py --hostd build/hostd/hostd --images build/images \\
       [--hits 30] [--no-baseline] [--json out.json]
@@ -62,12 +65,27 @@ class Api:
             raise SystemExit(f"{method} {path}: {answer.status} {data[:500]!r}")
         return json.loads(data) if data else None
 
+    def print_one(self, sandbox_id):
+        """ms for an exec of print(1) (its NDJSON events read to the end)."""
+        started = time.monotonic()
+        self.conn.request("POST", f"/v1/sandboxes/{sandbox_id}/exec",
+                          body=json.dumps({"code": "print(1)"}), headers=self.headers)
+        answer = self.conn.getresponse()
+        data = answer.read()
+        took = (time.monotonic() - started) * 1000
+        events = [json.loads(line) for line in data.splitlines() if line.strip()]
+        stdout = "".join(e.get("data", "") for e in events if e.get("type") == "stdout")
+        if answer.status != 200 or stdout != "1\n":
+            raise SystemExit(f"exec print(1): {answer.status} {data[:500]!r}")
+        return took
+
 
 def hits(hostd, body, count):
-    """`count` pool hits with `body`: client-side ms and server-side ms."""
+    """`count` pool hits with `body`: client-side ms, server-side ms, and each
+    sandbox's first and second exec."""
     args = {"url": hostd.url, "api_key": hostd.key}
     api = Api(hostd.url, hostd.key)
-    client_ms, ids = [], []
+    client_ms, ids, first_ms, second_ms = [], [], [], []
     for _ in range(count):
         wait_for_pool(Client(**args), ready=2)
         started = time.monotonic()
@@ -76,9 +94,11 @@ def hits(hostd, body, count):
         if created.get("source") != "pool":
             raise SystemExit(f"not a pool hit: {created}")
         ids.append(created["id"])
+        first_ms.append(api.print_one(created["id"]))
+        second_ms.append(api.print_one(created["id"]))
         api.call("DELETE", f"/v1/sandboxes/{created['id']}")
     logged = {m.group(1): float(m.group(3)) for m in CREATED.finditer(hostd.log())}
-    return client_ms, [logged[i] for i in ids if i in logged]
+    return client_ms, [logged[i] for i in ids if i in logged], first_ms, second_ms
 
 
 def main():
@@ -103,14 +123,18 @@ def main():
     with hostd_session(REPO, max_sandboxes=12, extra_config=network) as hostd:
         accel = Client(url=hostd.url, api_key=hostd.key).health().get("accel")
         for name, body in variants:
-            client_ms, server_ms = hits(hostd, body, options.hits)
+            client_ms, server_ms, first_ms, second_ms = hits(hostd, body, options.hits)
             results.append(summary(f"pool hit, {name}, client", "ms", client_ms))
             results.append(summary(f"pool hit, {name}, server", "ms", server_ms))
+            results.append(summary(f"pool hit, {name}, first exec", "ms", first_ms))
+            results.append(summary(f"pool hit, {name}, second exec", "ms", second_ms))
     if options.baseline:
         with hostd_session(REPO, max_sandboxes=12, extra_config="") as hostd:
-            client_ms, server_ms = hits(hostd, {}, options.hits)
+            client_ms, server_ms, first_ms, second_ms = hits(hostd, {}, options.hits)
             results.append(summary("pool hit, no networking, client", "ms", client_ms))
             results.append(summary("pool hit, no networking, server", "ms", server_ms))
+            results.append(summary("pool hit, no networking, first exec", "ms", first_ms))
+            results.append(summary("pool hit, no networking, second exec", "ms", second_ms))
     write_report(options.json, "pool_net_bench", accel, results, hits=options.hits)
 
 

@@ -71,8 +71,13 @@ TEST_F(PoolTest, CreateTakesAWaitingVmAndThePoolRefills) {
   // The handed-over VM now belongs to the sandbox: its death is the sandbox's.
   auto* vm = driver.vm(vms.find(created->id)->id());
   ASSERT_NE(vm, nullptr);
-  // It got a fresh identity named after the sandbox before it was handed out.
-  EXPECT_EQ(vm->fake_agent().refreshed_hostnames, std::vector<std::string>{created->id});
+  // Restored, it ran its first cell under a throwaway identity (so that
+  // the sandbox's first exec finds that path translated), then got a fresh
+  // one named after the sandbox as it was handed out.
+  ASSERT_EQ(vm->fake_agent().refreshed_hostnames.size(), 2u);
+  EXPECT_EQ(vm->fake_agent().refreshed_hostnames[0].rfind("pool-", 0), 0u);
+  EXPECT_EQ(vm->fake_agent().refreshed_hostnames[1], created->id);
+  EXPECT_EQ(vm->fake_agent().python_cells, std::vector<std::string>{"print()"});
   vm->kill("killed by signal 9 (SIGKILL)");
   settle();
   auto listed = list();
@@ -139,6 +144,24 @@ TEST_F(PoolTest, FailedRestoresAreRetriedNotLooped) {
   // The retry waits (a second, doubling): no tight loop of restores.
   EXPECT_EQ(driver.restores_started, 1);
   EXPECT_EQ(info().ready, 0u);
+}
+
+TEST_F(PoolTest, AVmWhoseFirstCellFailsIsDiscardedAndNeverHandedOut) {
+  driver.fail_python_cell = "print()";
+  start_pool(1, 8);
+  auto pool_vm_lives = [&] {
+    for (const auto& id : driver.live)
+      if (id.rfind("pool-", 0) == 0) return true;
+    return false;
+  };
+  ASSERT_TRUE(settle_until([&] { return driver.restores_started >= 1 && !pool_vm_lives(); }));
+  settle();
+  EXPECT_EQ(info().ready, 0u);
+  EXPECT_EQ(vms.pool_size(), 0u);
+  // A create meanwhile takes no such VM: it restores one on demand.
+  auto created = create();
+  ASSERT_TRUE(created) << to_string(created.error());
+  EXPECT_EQ(created->source, "restore");
 }
 
 } // namespace

@@ -82,7 +82,8 @@ public:
   asio::awaitable<Result<guest::Info>> info() override;
   asio::awaitable<Result<guest::Exit>> exec_python(guest::ExecPython request,
                                                    vmm::ExecEventSink sink) override {
-    return run_script(request.code(), std::move(sink));
+    python_cells.push_back(request.code());
+    return run_python(request.code(), std::move(sink));
   }
   asio::awaitable<Result<guest::Exit>> exec_bash(guest::ExecBash request,
                                                  vmm::ExecEventSink sink) override {
@@ -115,12 +116,15 @@ public:
   std::map<std::string, std::string> files;
   std::vector<std::uint64_t> grow_requests;     // each send_grow_root_fs's disk_bytes
   std::vector<std::string> refreshed_hostnames; // in the order the refreshes came
+  std::vector<std::string> python_cells;        // each exec_python's code, in order
   // Set: the guest broke the protocol and the client disconnected it (as
   // vmm's agent client does), while its VM runs on.
   std::optional<Error> violation;
 
 private:
   asio::awaitable<Result<guest::Exit>> run_script(std::string script, vmm::ExecEventSink sink);
+  // run_script, unless the driver's fail_python_cell is this code.
+  asio::awaitable<Result<guest::Exit>> run_python(std::string code, vmm::ExecEventSink sink);
   Error broken() const { return make_error("agent call", "the agent channel is closed (VM gone)"); }
   FakeVm& vm_;
 };
@@ -183,6 +187,7 @@ public:
   std::uint64_t written = 0; // bytes a fork save counts as written, when restored
   bool paused = false;       // by a fork save told to stay paused
   FakeAgent& fake_agent() { return agent_; }
+  FakeDriver& driver() { return driver_; }
 
 private:
   vmm::VmConfig config_;
@@ -278,6 +283,8 @@ public:
   // When >= 0, restores after this many (restores_started) fail.
   int fail_restores_after = -1;
   bool fail_saves = false;
+  // A Python cell of exactly this code raises (empty: none does).
+  std::string fail_python_cell;
   // save_full writes a small snapshot's files (a manifest that parses,
   // device state, a disk without backing file) into its dir, and
   // save_fork_snapshot device state, disk and a sealed RAM memfd, as a
@@ -428,6 +435,13 @@ inline std::string unescape(std::string text) {
     }
   }
   return out;
+}
+
+inline asio::awaitable<Result<guest::Exit>> FakeAgent::run_python(std::string code,
+                                                                  vmm::ExecEventSink sink) {
+  if (!code.empty() && code == vm_.driver().fail_python_cell)
+    return run_script("raise RuntimeError the fake driver fails this cell", std::move(sink));
+  return run_script(std::move(code), std::move(sink));
 }
 
 inline asio::awaitable<Result<guest::Exit>> FakeAgent::run_script(std::string script,
