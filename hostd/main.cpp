@@ -80,11 +80,6 @@ int fail(const Error& error) {
   return 1;
 }
 
-// Every sandbox costs hostd file descriptors (its agent channel, and two
-// for each connection its egress proxy holds), so the usual soft limit of
-// 1024 runs out after a few sandboxes. Raise it to the hard limit, and the
-// hard limit to 65536 (at most nr_open) when we may; say when
-// the network section's budget does not fit.
 // Out of memory, the kernel should end a sandbox's QEMU (whose score is
 // +500, vmm/qemu.cpp), not hostd: with hostd gone, every sandbox is out of
 // reach. -500, not -1000: a hostd that itself leaks must stay killable.
@@ -103,6 +98,11 @@ void shield_from_oom_killer() {
               {{"oom_score_adj", current}});
 }
 
+// Every sandbox costs hostd file descriptors (its agent channel, and two
+// for each connection its egress proxy holds), so the usual soft limit of
+// 1024 runs out after a few sandboxes. Raise it to the hard limit, and the
+// hard limit to 65536 (at most nr_open) when we may; say when
+// the network section's budget does not fit.
 void raise_fd_limit(const config::HostdConfig& config) {
   rlimit limit{};
   if (::getrlimit(RLIMIT_NOFILE, &limit) != 0) return;

@@ -62,7 +62,7 @@ constexpr std::string_view kSandbox =
 // outside vesicle), the kernel's OOM killer should end one sandbox's QEMU,
 // whose sandbox then fails on its own, rather than hostd, whose death takes
 // every sandbox with it, or another service of the host. hostd lowers its
-// own score (hostd/daemon.cpp); +500 puts a QEMU ahead of processes at the
+// own score (hostd/main.cpp); +500 puts a QEMU ahead of processes at the
 // default 0 of the same size.
 constexpr int kQemuOomScoreAdj = 500;
 
