@@ -37,6 +37,10 @@
 namespace vesicle {
 
 // What every VM shares; the per-sandbox part comes from its SandboxSpec.
+// The cell a restored pool VM runs before it waits (VmHost::run_first_cell):
+// one newline straight to the REPL's output pipe, and a value of None.
+inline constexpr const char* kPoolFirstCell = "__import__('os').write(1, b'\\n') and None";
+
 struct VmSettings {
   std::filesystem::path images_dir;
   // Per-VM dirs (sockets, disk overlays) and fork snapshots: a real disk,
@@ -395,8 +399,11 @@ private:
   vmm::VmConfig vm_config(const std::string& id, std::uint32_t vcpus, std::uint32_t memory_mib,
                           const net::NetworkLease* network) const;
   // Refreshes a restored pool VM's identity and runs a cell that shows
-  // nothing, so that its sandbox's first exec finds that path translated.
-  boost::asio::awaitable<Result<void>> run_first_cell(vmm::Vm& vm, const std::string& pool_vm_id);
+  // nothing (kPoolFirstCell), so that its sandbox's first exec finds that path
+  // translated. An Error when the agent failed (the VM is unusable); else
+  // why the cell raised, or "" when it ran.
+  boost::asio::awaitable<Result<std::string>> run_first_cell(vmm::Vm& vm,
+                                                             const std::string& pool_vm_id);
   // A slot with this egress, or null when hostd runs without networking.
   // When every slot is taken, a pre-started QEMU gives its slot up, unless
   // the slot is `for_prestarted` itself.

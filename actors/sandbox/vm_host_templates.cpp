@@ -218,7 +218,8 @@ asio::awaitable<void> VmHost::run_pool_vm(std::string key, std::string pool_vm_i
   // Listed before its first cell, so that a discard (the pool shutting
   // down) finds it meanwhile.
   pool_vms_[pool_vm_id] = PoolVm{vm, target, network, key};
-  if (auto warmed = co_await run_first_cell(*vm, pool_vm_id); !warmed) {
+  auto warmed = co_await run_first_cell(*vm, pool_vm_id);
+  if (!warmed) {
     auto listed = pool_vms_.find(pool_vm_id);
     if (listed == pool_vms_.end() || listed->second.vm != vm) co_return; // discarded meanwhile
     pool_vms_.erase(listed);
@@ -227,12 +228,18 @@ asio::awaitable<void> VmHost::run_pool_vm(std::string key, std::string pool_vm_i
                    warmed.error().with_context("its first cell after the restore").message());
     co_return;
   }
+  if (!warmed->empty())
+    // Its agent answered: the VM is sound, only the user's state a saved
+    // template holds made the cell fail. It waits all the same.
+    log::info("a pool VM's first cell failed; the VM waits all the same",
+              {{"vm", pool_vm_id}, {"error", *warmed}});
   caf::anon_send(pool, vm_booted_atom::value, pool_vm_id,
                  static_cast<std::int32_t>(vm->qemu_pid()));
   co_await watch_exit(std::move(vm), std::move(target));
 }
 
-asio::awaitable<Result<void>> VmHost::run_first_cell(vmm::Vm& vm, const std::string& pool_vm_id) {
+asio::awaitable<Result<std::string>> VmHost::run_first_cell(vmm::Vm& vm,
+                                                            const std::string& pool_vm_id) {
   // A restored VM's QEMU has translated none of the guest's code: under
   // TCG a sandbox's first exec translates the agent's and the REPL's exec
   // path and, before it, the identity refresh its hand-out sent (the
@@ -240,12 +247,14 @@ asio::awaitable<Result<void>> VmHost::run_first_cell(vmm::Vm& vm, const std::str
   // numpy): ~150-250 ms of a core (BENCHMARKS.md, "a pool VM's first
   // cell"). Both run here once, before a sandbox takes the VM, so that its
   // first run_code is as fast as its next. Nothing of it shows: the
-  // hand-out's own refresh replaces this identity, the cell sets no result
-  // (`_` unset) and its one empty line of output goes nowhere.
+  // hand-out's own refresh replaces this identity, and the cell writes one
+  // newline to the REPL's output pipe (not through sys.stdout or print,
+  // which a saved template's cells may have replaced), which goes nowhere,
+  // and evaluates to None: no result, `_` untouched.
   auto refreshed = co_await refresh_identity(vm, pool_vm_id, "");
   if (!refreshed) co_return std::move(refreshed).error();
   guest::ExecPython cell;
-  cell.set_code("print()");
+  cell.set_code(kPoolFirstCell);
   cell.set_timeout_ms(static_cast<std::uint32_t>(settings_.boot_timeout.count()));
   std::string failure;
   vmm::ExecEventSink on_event = [&failure](const guest::Event& event) {
@@ -253,9 +262,8 @@ asio::awaitable<Result<void>> VmHost::run_first_cell(vmm::Vm& vm, const std::str
   };
   auto ran = co_await vm.agent().exec_python(std::move(cell), std::move(on_event));
   if (!ran) co_return std::move(ran).error();
-  if (ran->exit_code() != 0)
-    co_return make_error("run print()", failure.empty() ? "the cell failed" : failure);
-  co_return Result<void>{};
+  if (ran->exit_code() != 0) co_return failure.empty() ? std::string("the cell failed") : failure;
+  co_return std::string();
 }
 
 void VmHost::discard(std::string pool_vm_id) {

@@ -77,7 +77,7 @@ TEST_F(PoolTest, CreateTakesAWaitingVmAndThePoolRefills) {
   ASSERT_EQ(vm->fake_agent().refreshed_hostnames.size(), 2u);
   EXPECT_EQ(vm->fake_agent().refreshed_hostnames[0].rfind("pool-", 0), 0u);
   EXPECT_EQ(vm->fake_agent().refreshed_hostnames[1], created->id);
-  EXPECT_EQ(vm->fake_agent().python_cells, std::vector<std::string>{"print()"});
+  EXPECT_EQ(vm->fake_agent().python_cells, std::vector<std::string>{kPoolFirstCell});
   vm->kill("killed by signal 9 (SIGKILL)");
   settle();
   auto listed = list();
@@ -146,8 +146,19 @@ TEST_F(PoolTest, FailedRestoresAreRetriedNotLooped) {
   EXPECT_EQ(info().ready, 0u);
 }
 
-TEST_F(PoolTest, AVmWhoseFirstCellFailsIsDiscardedAndNeverHandedOut) {
-  driver.fail_python_cell = "print()";
+TEST_F(PoolTest, AFirstCellThatRaisesStillLeavesTheVmWaiting) {
+  // As in a saved template whose cells broke `os`: the agent answered, so
+  // the VM is sound and waits.
+  driver.fail_python_cell = kPoolFirstCell;
+  start_pool(1, 8);
+  ASSERT_TRUE(filled(1));
+  auto created = create();
+  ASSERT_TRUE(created) << to_string(created.error());
+  EXPECT_EQ(created->source, "pool");
+}
+
+TEST_F(PoolTest, AVmWhoseAgentFailsItsFirstCellIsDiscardedAndNeverHandedOut) {
+  driver.die_on_python_cell = kPoolFirstCell;
   start_pool(1, 8);
   auto pool_vm_lives = [&] {
     for (const auto& id : driver.live)

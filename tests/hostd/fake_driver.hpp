@@ -283,8 +283,10 @@ public:
   // When >= 0, restores after this many (restores_started) fail.
   int fail_restores_after = -1;
   bool fail_saves = false;
-  // A Python cell of exactly this code raises (empty: none does).
+  // A Python cell of exactly this code raises (empty: none does); one of
+  // exactly die_on_python_cell kills its VM instead (the agent's call fails).
   std::string fail_python_cell;
+  std::string die_on_python_cell;
   // save_full writes a small snapshot's files (a manifest that parses,
   // device state, a disk without backing file) into its dir, and
   // save_fork_snapshot device state, disk and a sealed RAM memfd, as a
@@ -441,6 +443,8 @@ inline asio::awaitable<Result<guest::Exit>> FakeAgent::run_python(std::string co
                                                                   vmm::ExecEventSink sink) {
   if (!code.empty() && code == vm_.driver().fail_python_cell)
     return run_script("raise RuntimeError the fake driver fails this cell", std::move(sink));
+  if (!code.empty() && code == vm_.driver().die_on_python_cell)
+    return run_script("die", std::move(sink));
   return run_script(std::move(code), std::move(sink));
 }
 
