@@ -36,11 +36,11 @@
 
 namespace vesicle {
 
-// What every VM shares; the per-sandbox part comes from its SandboxSpec.
 // The cell a restored pool VM runs before it waits (VmHost::run_first_cell):
 // one newline straight to the REPL's output pipe, and a value of None.
 inline constexpr const char* kPoolFirstCell = "__import__('os').write(1, b'\\n') and None";
 
+// What every VM shares; the per-sandbox part comes from its SandboxSpec.
 struct VmSettings {
   std::filesystem::path images_dir;
   // Per-VM dirs (sockets, disk overlays) and fork snapshots: a real disk,
