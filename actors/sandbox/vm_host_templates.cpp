@@ -27,6 +27,28 @@ namespace vesicle {
 namespace asio = boost::asio;
 namespace fs = std::filesystem;
 
+namespace {
+
+// Runs one cell in `vm`'s REPL: an Error when the agent failed (the VM is
+// unusable), else why the cell raised ("the cell failed" when it said
+// nothing), or "" when it ran.
+asio::awaitable<Result<std::string>> run_cell(vmm::Vm& vm, std::string code,
+                                              std::chrono::milliseconds timeout) {
+  guest::ExecPython cell;
+  cell.set_code(std::move(code));
+  cell.set_timeout_ms(static_cast<std::uint32_t>(timeout.count()));
+  std::string failure;
+  vmm::ExecEventSink on_event = [&failure](const guest::Event& event) {
+    if (event.has_error()) failure = event.error().name() + ": " + event.error().value();
+  };
+  auto ran = co_await vm.agent().exec_python(std::move(cell), std::move(on_event));
+  if (!ran) co_return std::move(ran).error();
+  if (ran->exit_code() != 0) co_return failure.empty() ? std::string("the cell failed") : failure;
+  co_return std::string();
+}
+
+} // namespace
+
 void VmHost::prepare_template(TemplateSpec spec, pool_actor pool) {
   asio::co_spawn(executor_, run_template(std::move(spec), std::move(pool)), asio::detached);
 }
@@ -144,23 +166,16 @@ VmHost::build_template(const TemplateSpec& spec) {
   if (!booted) co_return std::move(booted).error().with_context(context);
   std::shared_ptr<vmm::Vm> vm = std::move(booted.value());
 
-  guest::ExecPython warm_up;
   // The REPL is up once a cell has run; the imports make the modules'
   // pages part of the shared template memory.
-  warm_up.set_code("import sys");
+  std::string imports = "import sys";
   for (const auto& module : spec.preload_modules)
-    warm_up.set_code(warm_up.code() + "; import " + module);
-  warm_up.set_timeout_ms(static_cast<std::uint32_t>(settings_.boot_timeout.count()));
-  std::string failure;
-  vmm::ExecEventSink on_event = [&failure](const guest::Event& event) {
-    if (event.has_error()) failure = event.error().name() + ": " + event.error().value();
-  };
-  auto ran = co_await vm->agent().exec_python(warm_up, std::move(on_event));
-  if (!ran || ran->exit_code() != 0) {
+    imports += "; import " + module;
+  auto ran = co_await run_cell(*vm, imports, settings_.boot_timeout);
+  if (!ran || !ran->empty()) {
     vm->destroy();
     if (!ran) co_return std::move(ran).error().with_context(context);
-    co_return make_error("preload modules", failure.empty() ? "the cell failed" : failure,
-                         warm_up.code())
+    co_return make_error("preload modules", *ran, imports)
         .with_context(context + "; check preload_modules in the configuration");
   }
   auto saved = co_await vm->save_snapshot(dir, memory_file);
@@ -253,17 +268,9 @@ asio::awaitable<Result<std::string>> VmHost::run_first_cell(vmm::Vm& vm,
   // and evaluates to None: no result, `_` untouched.
   auto refreshed = co_await refresh_identity(vm, pool_vm_id, "");
   if (!refreshed) co_return std::move(refreshed).error();
-  guest::ExecPython cell;
-  cell.set_code(kPoolFirstCell);
-  cell.set_timeout_ms(static_cast<std::uint32_t>(settings_.boot_timeout.count()));
-  std::string failure;
-  vmm::ExecEventSink on_event = [&failure](const guest::Event& event) {
-    if (event.has_error()) failure = event.error().name() + ": " + event.error().value();
-  };
-  auto ran = co_await vm.agent().exec_python(std::move(cell), std::move(on_event));
-  if (!ran) co_return std::move(ran).error();
-  if (ran->exit_code() != 0) co_return failure.empty() ? std::string("the cell failed") : failure;
-  co_return std::string();
+  // Named, not a temporary inside the co_await: g++ 12 miscompiles those.
+  std::string code = kPoolFirstCell;
+  co_return co_await run_cell(vm, std::move(code), settings_.boot_timeout);
 }
 
 void VmHost::discard(std::string pool_vm_id) {

@@ -55,6 +55,19 @@ TEST_F(PoolTest, TemplateIsBuiltOnceAndThePoolFills) {
   EXPECT_EQ(vms.pool_size(), 2u);
 }
 
+TEST_F(PoolTest, APreloadModuleThatFailsToImportFailsTheTemplateAndSaysWhich) {
+  driver.fail_python_cell = "import sys; import numpy";
+  start_pool(1, 8);
+  ASSERT_TRUE(settle_until([&] { return info().template_state != "building"; }));
+  const auto state = info().template_state;
+  EXPECT_EQ(state.rfind("failed: ", 0), 0u) << state;
+  EXPECT_NE(state.find("the fake driver fails this cell"), std::string::npos) << state;
+  EXPECT_NE(state.find("import numpy"), std::string::npos) << state;
+  EXPECT_NE(state.find("check preload_modules"), std::string::npos) << state;
+  EXPECT_EQ(driver.saves, 0);
+  EXPECT_TRUE(driver.live.empty()) << "the template VM is not left running";
+}
+
 TEST_F(PoolTest, CreateTakesAWaitingVmAndThePoolRefills) {
   start_pool(2, 8);
   ASSERT_TRUE(filled(2));
