@@ -212,6 +212,8 @@ public:
 
   asio::awaitable<Result<void>> send(const guest::Request& request) {
     if (closed_) co_return *closed_;
+    // A cancel still goes: the agent acts on it when the guest runs again.
+    if (held_ && !request.has_cancel()) co_return held_error("send a request to the agent");
     std::string frame = wire::encode_frame(request);
     co_await write_lock_.lock();
     detail::AsyncLockGuard guard(write_lock_);
@@ -219,17 +221,12 @@ public:
     if (closed_) co_return *closed_;
     // A guest that stops reading fills its end of the channel and would hold
     // this write (and every call queued behind it) forever.
-    auto self = shared_from_this();
-    asio::steady_timer watchdog(executor_, deadlines_.send);
-    watchdog.async_wait([self](boost::system::error_code ec) {
-      if (!ec)
-        self->close(agent_stuck("it read nothing for " + seconds_text(self->deadlines_.send) +
-                                " while hostd was writing to it"));
-    });
+    auto watchdog = std::make_shared<asio::steady_timer>(executor_);
+    watch_send(watchdog, holds_);
     boost::system::error_code ec;
     co_await asio::async_write(socket_, asio::buffer(frame),
                                asio::redirect_error(asio::use_awaitable, ec));
-    watchdog.cancel();
+    watchdog->cancel();
     if (closed_) co_return *closed_;
     if (ec) {
       close(channel_closed("writing to the agent failed: " + ec.message()));
@@ -255,7 +252,43 @@ public:
     if (closed_) tell_disconnect();
   }
 
+  // AgentClient::hold. A wait takes hold_count() as it starts; when its
+  // time runs out, held_since(that) says whether the host stopped the guest
+  // meanwhile, in which case the agent is not stuck.
+  void hold(std::optional<std::string> why) {
+    if (why) {
+      if (!held_) ++holds_;
+      last_hold_ = *why;
+    }
+    held_ = std::move(why);
+  }
+  std::uint64_t hold_count() const { return holds_; }
+  bool held_since(std::uint64_t mark) const { return held_.has_value() || holds_ != mark; }
+  std::string held_text() const {
+    return std::string("the sandbox's VM ") + (held_ ? "is" : "was") + " paused: " + last_hold_ +
+           "; nothing it holds is lost, retry later";
+  }
+  Error held_error(const std::string& operation) const {
+    return Error::of(ErrorKind::unavailable, operation + ": " + held_text());
+  }
+
 private:
+  // Closes the channel if a write is still under way after
+  // AgentDeadlines::send, unless the host held the guest meanwhile (a
+  // stopped guest reads nothing and is not stuck for it): then it waits on.
+  void watch_send(const std::shared_ptr<asio::steady_timer>& watchdog, std::uint64_t mark) {
+    watchdog->expires_after(deadlines_.send);
+    watchdog->async_wait([self = shared_from_this(), watchdog, mark](boost::system::error_code ec) {
+      if (ec) return;
+      if (self->held_since(mark)) {
+        self->watch_send(watchdog, self->holds_);
+        return;
+      }
+      self->close(agent_stuck("it read nothing for " + seconds_text(self->deadlines_.send) +
+                              " while hostd was writing to it"));
+    });
+  }
+
   // A channel this host closed (not one the guest's end closed: the VM's
   // exit reports that) ends the sandbox: say so once, off this call stack.
   void tell_disconnect() {
@@ -381,6 +414,11 @@ private:
   std::optional<Error> closed_;
   AgentClient::DisconnectHandler on_disconnect_;
   bool closed_by_host_ = false;
+  // hold(): why the host holds the guest now, the last reason given, and
+  // how many holds have begun.
+  std::optional<std::string> held_;
+  std::string last_hold_;
+  std::uint64_t holds_ = 0;
   // Ids start at a random point, not 1: a VM restored from a snapshot taken
   // while calls were in flight still answers the old client's ids, and a
   // fresh client counting from 1 would take those stale events for its own.
@@ -438,8 +476,10 @@ call(ChannelPtr channel, guest::Request request, Clock::time_point deadline,
 // ends the sandbox) and the caller gets a timeout that says so.
 asio::awaitable<Result<guest::Event>> control_call(ChannelPtr channel, guest::Request request) {
   const auto limit = channel->deadlines().control;
+  const auto mark = channel->hold_count();
   auto terminal = co_await call(channel, std::move(request), Clock::now() + limit, kNoStream);
   if (terminal || channel->closed_reason()) co_return terminal;
+  if (channel->held_since(mark)) co_return channel->held_error("wait for the agent");
   const std::string what = "no answer within " + seconds_text(limit);
   channel->close(agent_stuck(what));
   co_return Error::of(ErrorKind::timeout,
@@ -450,8 +490,10 @@ asio::awaitable<Result<guest::Event>> control_call(ChannelPtr channel, guest::Re
 // while the host waits for it is stuck: as in control_call.
 asio::awaitable<Result<guest::Event>> next_file_event(ChannelPtr channel, Inbox& inbox) {
   const auto limit = channel->deadlines().file_idle;
+  const auto mark = channel->hold_count();
   auto received = co_await inbox.receive(Clock::now() + limit);
   if (received) co_return std::move(*received);
+  if (channel->held_since(mark)) co_return channel->held_error("a file transfer");
   const std::string what = "nothing within " + seconds_text(limit) + " of a file transfer";
   if (!channel->closed_reason()) channel->close(agent_stuck(what));
   co_return Error::of(ErrorKind::timeout,
@@ -491,6 +533,7 @@ asio::awaitable<Result<guest::Exit>> run_exec(ChannelPtr channel, guest::Request
                       : Clock::now() + std::chrono::milliseconds(timeout_ms) + limits.exec_grace;
   std::optional<Result<guest::Event>> terminal;
   for (;;) {
+    const auto mark = channel->hold_count();
     terminal =
         co_await await_terminal(*inbox, std::min(deadline, Clock::now() + limits.liveness), sink);
     if (terminal || Clock::now() >= deadline) break;
@@ -498,6 +541,8 @@ asio::awaitable<Result<guest::Exit>> run_exec(ChannelPtr channel, guest::Request
     guest::Request ping;
     ping.mutable_ping();
     auto pong = co_await call(channel, std::move(ping), Clock::now() + limits.control, kNoStream);
+    // A guest the host stopped meanwhile is not stuck: the exec waits on.
+    if (!pong && !channel->closed_reason() && channel->held_since(mark)) continue;
     if (!pong && !channel->closed_reason()) {
       channel->close(agent_stuck("a ping during an exec went unanswered"));
       co_return Error::of(ErrorKind::timeout,
@@ -515,8 +560,13 @@ asio::awaitable<Result<guest::Exit>> run_exec(ChannelPtr channel, guest::Request
     guest::Request cancel;
     cancel.set_id(channel->allocate_id());
     cancel.mutable_cancel()->set_target(id);
+    const auto mark = channel->hold_count();
     (void)co_await channel->send(cancel);
     terminal = co_await await_terminal(*inbox, Clock::now() + limits.cancel_answer, sink);
+    if (!terminal && channel->held_since(mark))
+      co_return Error::of(ErrorKind::timeout,
+                          operation + ": " + *overran + "; " + channel->held_text() +
+                              " (the agent gets the cancel when the VM runs again)");
     if (!terminal) {
       if (!channel->closed_reason())
         channel->close(agent_stuck("an exec overran its timeout and a cancel went unanswered"));
@@ -1129,6 +1179,7 @@ public:
     channel_->on_disconnect(std::move(handler));
   }
   void set_bash_env(std::map<std::string, std::string> env) override { bash_env_ = std::move(env); }
+  void hold(std::optional<std::string> why) override { channel_->hold(std::move(why)); }
 
 private:
   ChannelPtr channel_;

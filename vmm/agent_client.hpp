@@ -186,6 +186,16 @@ public:
   // (A client that cannot tell never calls it.)
   using DisconnectHandler = std::function<void(const Error&)>;
   virtual void on_disconnect(DisconnectHandler handler) { (void)handler; }
+
+  // The host has stopped the guest (`why`: QEMU paused it because its disk
+  // found the host's filesystem full), or let it run again (nullopt). The
+  // agent cannot answer meanwhile, and that does not make it stuck: new
+  // requests fail at once with ErrorKind::unavailable and `why` (nothing is
+  // sent), a call that runs out of time fails the same way, and the
+  // channel stays open; an exec already running waits on, up to its own
+  // timeout. Not pure: a client without deadlines (a test fake) has nothing
+  // to hold.
+  virtual void hold(std::optional<std::string> why) { (void)why; }
 };
 
 // The host-side deadlines of a client: hostd's defaults; tests shorten them.

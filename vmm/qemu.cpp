@@ -7,6 +7,7 @@
 #include "vmm/qemu.hpp"
 
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/un.h>
 #include <time.h>
 #if defined(__x86_64__)
@@ -65,6 +66,11 @@ constexpr std::string_view kSandbox =
 // own score (hostd/main.cpp); +500 puts a QEMU ahead of processes at the
 // default 0 of the same size.
 constexpr int kQemuOomScoreAdj = 500;
+// A VM paused on a full host disk is resumed once this much is free where
+// its overlay lives, checked this often: enough that its retried write and
+// the next few do not fill it again at once.
+constexpr std::uint64_t kDiskRoomToResume = 64u << 20;
+constexpr milliseconds kDiskRoomPoll{1000};
 
 } // namespace
 
@@ -212,8 +218,14 @@ std::vector<std::string> command_line(const VmConfig& config, const VmPaths& pat
                   // cache, which a cgroup v1 memory limit charges to QEMU and
                   // cannot write back fast enough: a guest filling its disk
                   // was OOM-killed at its limit with buffered writes.
+                  // werror=enospc (QEMU's default, said here because hostd
+                  // relies on it): a write that finds the host's filesystem
+                  // full pauses the VM instead of failing in the guest, and
+                  // hostd resumes it when there is room
+                  // (resume_when_disk_has_room).
                   "id=root,file=" + paths.overlay.string() +
-                      ",format=qcow2,if=none,discard=unmap,cache.direct=on",
+                      ",format=qcow2,if=none,discard=unmap,cache.direct=on,werror=enospc,"
+                      "rerror=report",
                   "-device",
                   "virtio-blk-device,drive=root",
                   "-device",
@@ -354,6 +366,9 @@ namespace {
 
 using Socket = asio::local::stream_protocol::socket;
 
+struct VmState;
+asio::awaitable<void> resume_when_disk_has_room(std::shared_ptr<VmState> state);
+
 // Everything one VM owns. Shared with the coroutines that watch it, so none
 // of them outlives what it touches; the Vm handle owns it and destroys it.
 struct VmState : std::enable_shared_from_this<VmState> {
@@ -402,6 +417,9 @@ struct VmState : std::enable_shared_from_this<VmState> {
   bool vcpu_sockets = false; // each vCPU is a socket of its own (vcpu_sockets_for)
   // Set when QMP reported the guest stopped on its own (reset, power-off).
   std::string guest_stop_reason;
+  // QEMU paused the guest because its disk found the host's filesystem
+  // full; resume_when_disk_has_room runs.
+  bool paused_for_disk = false;
   std::string console;
 
   // False from destroy() on, though the kernel may still be tearing QEMU
@@ -553,8 +571,19 @@ struct VmState : std::enable_shared_from_this<VmState> {
     std::weak_ptr<VmState> weak = shared_from_this();
     qmp->on_event([weak](const std::string& event, const json::Value& message) {
       auto self = weak.lock();
-      if (!self || event != "SHUTDOWN") return;
+      if (!self) return;
       const auto& data = message["data"];
+      if (event == "BLOCK_IO_ERROR") {
+        // werror=enospc: QEMU stopped the guest and keeps the failed write
+        // to retry on `cont`. Any other error was reported to the guest.
+        if (!data["nospace"].as_bool() || data["action"].as_string() != "stop" ||
+            self->paused_for_disk)
+          return;
+        self->paused_for_disk = true;
+        asio::co_spawn(self->executor, resume_when_disk_has_room(self), asio::detached);
+        return;
+      }
+      if (event != "SHUTDOWN") return;
       // Host-initiated quits (our own "quit", a signal) end QEMU anyway.
       if (!data["guest"].as_bool()) return;
       asio::co_spawn(self->executor, self->on_guest_stopped(data["reason"].as_string()),
@@ -585,6 +614,14 @@ asio::awaitable<void> sleep_for(asio::any_io_executor executor, milliseconds dur
   co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
 }
 
+// Free bytes for an unprivileged writer on the filesystem holding `dir`;
+// nullopt if it cannot be read.
+std::optional<std::uint64_t> free_bytes(const fs::path& dir) {
+  struct statvfs figures {};
+  if (::statvfs(dir.c_str(), &figures) != 0) return std::nullopt;
+  return static_cast<std::uint64_t>(figures.f_bavail) * figures.f_frsize;
+}
+
 // `command` is a literal: no temporary std::string in the callers' co_await
 // expressions (see QmpClient::execute).
 asio::awaitable<Result<json::Value>> qmp_run(VmState& state, const char* command,
@@ -597,6 +634,55 @@ asio::awaitable<Result<json::Value>> qmp_run(VmState& state, const char* command
   std::string name = command;
   auto reply = co_await state.qmp->execute(std::move(name), std::move(arguments), timeout);
   co_return reply; // its Error already names the command
+}
+
+// A VM QEMU paused because a write to its disk overlay found the host's
+// filesystem full (BLOCK_IO_ERROR, nospace): nothing is lost, the write
+// waits in QEMU. Its agent is held meanwhile (AgentClient::hold: calls fail
+// with a clear error instead of taking it for stuck), and once the
+// filesystem has kDiskRoomToResume free again, `cont` retries the write. A
+// write that fails again pauses the VM again (query-status says
+// io-error), and the wait goes on.
+asio::awaitable<void> resume_when_disk_has_room(std::shared_ptr<VmState> state) {
+  const fs::path dir = state->paths.overlay.parent_path();
+  const auto started = Clock::now();
+  const auto free_mib = [&dir] {
+    auto bytes = free_bytes(dir);
+    return bytes ? std::to_string(*bytes >> 20) : std::string("unknown");
+  };
+  const std::string why = "the host's disk is full (" + free_mib() + " MiB free in " +
+                          dir.string() + "); hostd resumes it when there is room";
+  log::warn("a VM's disk found the host's filesystem full: the VM is paused until there is room",
+            {{"vm", state->config.id}, {"dir", dir.string()}, {"free_mib", free_mib()}});
+  if (state->agent) state->agent->hold(why);
+  std::uint64_t resumes = 0;
+  while (state->running()) {
+    co_await sleep_for(state->executor, kDiskRoomPoll);
+    if (!state->running()) break;
+    // A save under way stops and resumes the VM itself; a paused VM is
+    // left paused by it, and found here again afterwards.
+    if (state->saving) continue;
+    const auto room = free_bytes(dir);
+    if (!room || *room < kDiskRoomToResume) continue;
+    json::Object no_arguments;
+    auto resumed = co_await qmp_run(*state, "cont", std::move(no_arguments));
+    if (!resumed) continue; // QEMU going away ends the loop through running()
+    ++resumes;
+    json::Object none;
+    auto status = co_await qmp_run(*state, "query-status", std::move(none));
+    if (status && (*status)["status"].as_string() == "io-error") continue;
+    break;
+  }
+  state->paused_for_disk = false;
+  if (state->agent) state->agent->hold(std::nullopt);
+  if (!state->running()) co_return;
+  log::info(
+      "a VM paused on a full host disk runs again",
+      {{"vm", state->config.id},
+       {"paused_ms",
+        std::to_string(std::chrono::duration_cast<milliseconds>(Clock::now() - started).count())},
+       {"resumes", std::to_string(resumes)},
+       {"free_mib", free_mib()}});
 }
 
 // Both ends of a migration must agree on it: it changes the stream's format.

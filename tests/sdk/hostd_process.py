@@ -215,8 +215,13 @@ def hostd_session(
     max_sandboxes: int = 4,
     extra_config: str = "disable_pools: true\n",
     admin_key: bool = False,
+    runtime_tmpfs_mib: int = 0,
 ):
-    """A hostd on temp dirs for a test session; with `admin_key`, `admin_key` too."""
+    """A hostd on temp dirs for a test session; with `admin_key`, `admin_key` too.
+
+    `runtime_tmpfs_mib`: its runtime dir (the VMs' disk overlays) is a
+    tmpfs of that size, a host disk that fills up; unmounted at the end.
+    """
     # Absolute: hostd wants its config's paths so (VESICLE_HOSTD=build/hostd/hostd is fine).
     binary = Path(os.environ.get("VESICLE_HOSTD") or repo / "build" / "hostd" / "hostd").absolute()
     images = Path(os.environ.get("VESICLE_IMAGES_DIR") or repo / "build" / "images").absolute()
@@ -237,6 +242,12 @@ def hostd_session(
     state_dir, runtime_dir = top / "state", top / "run"
     state_dir.mkdir()
     runtime_dir.mkdir()
+    if runtime_tmpfs_mib:
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={runtime_tmpfs_mib}m,mode=0755", "tmpfs",
+             str(runtime_dir)],
+            check=True,
+        )
     config = top / "hostd.conf"
     config.write_text(
         'listen: "127.0.0.1:0"\n'
@@ -308,6 +319,8 @@ def hostd_session(
         if leftovers:
             problems.append(f"hostd left per-VM files behind: {[str(p) for p in leftovers[:10]]}")
         log_text = log_path.read_text(errors="replace") if log_path.exists() else ""
+        if runtime_tmpfs_mib:
+            subprocess.run(["umount", "--lazy", str(runtime_dir)], check=False)
         shutil.rmtree(top, ignore_errors=True)
         shutil.rmtree(shm_dir, ignore_errors=True)
         if problems:

@@ -896,6 +896,82 @@ TEST_F(StoppedAgentTest, InfoTimesOutAndTheChannelSaysTheAgentStoppedAnswering) 
   EXPECT_NE(reason->message().find("stopped answering"), std::string::npos) << reason->message();
 }
 
+// AgentClient::hold: the host stopped the guest (a full host disk), so the
+// agent's silence is not its fault.
+TEST_F(StoppedAgentTest, AHeldAgentIsNotStuckItsCallsFailAtOnceAndItsExecRunsOnWhenReleased) {
+  std::string out;
+  Result<guest::Exit> exit = make_error("exec", "not run");
+  std::thread exec_thread([&] {
+    guest::ExecBash exec;
+    exec.set_command("sleep 1; echo done");
+    exec.set_timeout_ms(20'000);
+    vmm::ExecEventSink sink = [&out](const guest::Event& event) {
+      if (event.has_stdout()) out += event.stdout();
+    };
+    exit = run_within(io_, client_->exec_bash(exec, sink), 30s);
+  });
+  std::this_thread::sleep_for(200ms);
+  stop_agent();
+  io_.call_void([&] { client_->hold("the test holds it"); });
+  // Past liveness (1 s) and control (1 s) several times over.
+  std::this_thread::sleep_for(3500ms);
+  EXPECT_TRUE(io_.call([&] { return client_->connected(); }));
+  const auto started = Clock::now();
+  auto info = run_within(io_, client_->info(), 5s);
+  ASSERT_FALSE(info);
+  EXPECT_EQ(info.error().kind, ErrorKind::unavailable) << info.error().message();
+  EXPECT_NE(info.error().message().find("is paused: the test holds it"), std::string::npos)
+      << info.error().message();
+  EXPECT_LT(Clock::now() - started, 500ms) << "a call to a held agent fails at once";
+
+  io_.call_void([&] {
+    agent_process_->kill(SIGCONT);
+    client_->hold(std::nullopt);
+  });
+  exec_thread.join();
+  ASSERT_TRUE(exit) << exit.error().message();
+  EXPECT_EQ(exit->exit_code(), 0);
+  EXPECT_EQ(out, "done\n");
+  auto after = run_within(io_, client_->info(), 5s);
+  EXPECT_TRUE(after) << after.error().message();
+}
+
+TEST_F(StoppedAgentTest, AnExecThatOverrunsItsTimeoutWhileHeldFailsButTheChannelStaysOpen) {
+  Result<guest::Exit> exit = make_error("exec", "not run");
+  std::thread exec_thread([&] {
+    guest::ExecBash exec;
+    exec.set_command("sleep 30");
+    exec.set_timeout_ms(500);
+    vmm::ExecEventSink sink;
+    exit = run_within(io_, client_->exec_bash(exec, sink), 10s);
+  });
+  std::this_thread::sleep_for(100ms);
+  stop_agent();
+  io_.call_void([&] { client_->hold("the test holds it"); });
+  exec_thread.join();
+  ASSERT_FALSE(exit);
+  EXPECT_EQ(exit.error().kind, ErrorKind::timeout) << exit.error().message();
+  EXPECT_NE(exit.error().message().find("within its timeout"), std::string::npos)
+      << exit.error().message();
+  EXPECT_NE(exit.error().message().find("is paused: the test holds it"), std::string::npos)
+      << exit.error().message();
+  EXPECT_TRUE(io_.call([&] { return client_->connected(); }));
+  // A request sent while held is not sent at all.
+  guest::ExecBash later;
+  later.set_command("echo later");
+  vmm::ExecEventSink sink;
+  auto refused = run_within(io_, client_->exec_bash(later, sink), 5s);
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(refused.error().kind, ErrorKind::unavailable) << refused.error().message();
+  // Released, it answers again (the cancel reached it as it ran on).
+  io_.call_void([&] {
+    agent_process_->kill(SIGCONT);
+    client_->hold(std::nullopt);
+  });
+  auto info = run_within(io_, client_->info(), 5s);
+  EXPECT_TRUE(info) << info.error().message();
+}
+
 TEST_F(StoppedAgentTest, ADownloadFromAStoppedAgentTimesOut) {
   write_file(host_path("f"), "content");
   stop_agent();
