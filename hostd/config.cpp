@@ -79,6 +79,7 @@ void apply_defaults(config::HostdConfig& c) {
   if (admission->vm_overhead_mib() == 0)
     admission->set_vm_overhead_mib(c.tcg_translation_cache_mib() + 96);
   if (admission->disk_reserve_mib() == 0) admission->set_disk_reserve_mib(1024);
+  if (admission->disk_overcommit() == 0) admission->set_disk_overcommit(1.0);
   auto* agent = c.mutable_agent_deadlines();
   if (agent->exec_grace_s() == 0) agent->set_exec_grace_s(15);
   if (agent->call_timeout_s() == 0) agent->set_call_timeout_s(30);
@@ -159,6 +160,11 @@ Result<void> validate(const config::HostdConfig& c) {
   if (const double ratio = c.admission().memory_overcommit(); !(ratio >= 0.1 && ratio <= 100))
     return make_error("check configuration",
                       "admission.memory_overcommit must be between 0.1 and 100 (1.0: no "
+                      "overcommit)",
+                      std::to_string(ratio));
+  if (const double ratio = c.admission().disk_overcommit(); !(ratio >= 0.1 && ratio <= 100))
+    return make_error("check configuration",
+                      "admission.disk_overcommit must be between 0.1 and 100 (1.0: no "
                       "overcommit)",
                       std::to_string(ratio));
   if (c.tcg_thread() != "single" && c.tcg_thread() != "multi")

@@ -17,6 +17,7 @@
 #include "hostd/network.hpp"
 #include "hostd/sweep.hpp"
 #include "messages/caf_types.hpp"
+#include "vmm/overlay_usage.hpp"
 
 namespace vesicle::hostd {
 
@@ -176,7 +177,16 @@ Result<void> RuntimeCore::start() {
     room.memory_overcommit = admission.memory_overcommit();
     room.vm_overhead_mib = admission.vm_overhead_mib();
     room.disk_reserve_mib = admission.disk_reserve_mib();
+    room.disk_overcommit = admission.disk_overcommit();
     room.disk_dir = config_.runtime_dir();
+    // Found through the sandbox's QEMU (vmm/overlay_usage.hpp): a pool VM's
+    // directory is named after the VM, not the sandbox. A VM that exits
+    // while this reads counts whole.
+    room.disk_in_use_mib = [](std::int32_t qemu_pid) -> std::optional<std::uint64_t> {
+      auto bytes = vmm::overlay_bytes_in_use(qemu_pid);
+      if (!bytes) return std::nullopt;
+      return *bytes >> 20;
+    };
     if (confinement_ && *confinement_ && (*confinement_)->cgroups) {
       room.memory_in_use_mib =
           [tree = (*confinement_)->cgroups](const std::string& id) -> std::optional<std::uint64_t> {

@@ -12,6 +12,8 @@ vesicle_test(qcow2_overlay_test SOURCES vmm/qcow2_overlay_test.cpp LIBS vesicle_
 vesicle_test(guest_memory_test SOURCES vmm/guest_memory_test.cpp LIBS vesicle_vmm)
 vesicle_test(spare_copy_test SOURCES vmm/spare_copy_test.cpp LIBS vesicle_vmm)
 vesicle_test(private_memory_test SOURCES vmm/private_memory_test.cpp LIBS vesicle_vmm)
+# A child process holds the files as QEMU does; found through the real /proc.
+vesicle_test(overlay_usage_test SOURCES vmm/overlay_usage_test.cpp LIBS vesicle_vmm OpenSSL::Crypto)
 # A child dropped while running is killed and reaped off the event loop.
 vesicle_test(process_test SOURCES vmm/process_test.cpp LIBS vesicle_vmm OpenSSL::Crypto)
 

@@ -34,6 +34,7 @@
 #include "vmm/async.hpp"
 #include "vmm/blocking.hpp"
 #include "vmm/device_state.hpp"
+#include "vmm/overlay_usage.hpp"
 #include "vmm/private_memory.hpp"
 #include "vmm/process.hpp"
 #include "vmm/qcow2_overlay.hpp"
@@ -79,7 +80,7 @@ VmPaths VmPaths::of(const VmConfig& config) {
   paths.dir = config.runtime_dir / config.id;
   paths.agent_socket = paths.dir / "agent.sock";
   paths.qmp_socket = paths.dir / "qmp.sock";
-  paths.overlay = paths.dir / "overlay.qcow2";
+  paths.overlay = paths.dir / kOverlayFileName;
   paths.log = paths.dir / "qemu.log";
   // memory_file is set when the VM gets a memory file of its own
   // (QemuVm's own_memory): /proc/self/fd/<n> of that memfd.

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <charconv>
 #include <fstream>
+#include <sstream>
 #include <string_view>
 
 namespace vesicle {
@@ -35,6 +36,23 @@ std::optional<std::uint64_t> mem_available_mib(std::istream& in) {
 
 std::uint64_t saturating_sub(std::uint64_t a, std::uint64_t b) {
   return a > b ? a - b : 0;
+}
+
+// What may be promised of `free_mib` beyond `reserve_mib`, `overcommit`
+// times over (config validation keeps it in 0.1..100; the floor guards
+// settings made in code).
+std::uint64_t promisable(std::uint64_t free_mib, std::uint64_t reserve_mib, double overcommit) {
+  return static_cast<std::uint64_t>(static_cast<double>(saturating_sub(free_mib, reserve_mib)) *
+                                    std::max(overcommit, 0.01));
+}
+
+// ", promised 2.5 times over (disk_overcommit)" for a refusal's figures;
+// nothing at 1.
+std::string overcommit_note(const char* what, double overcommit) {
+  if (overcommit == 1.0) return {};
+  std::ostringstream note;
+  note << ", promised " << overcommit << " times over (" << what << "_overcommit)";
+  return note.str();
 }
 
 } // namespace
@@ -71,16 +89,27 @@ std::uint64_t memory_still_promised_mib(const HostRoomSettings& settings, const 
   return used ? saturating_sub(promised, *used) : promised;
 }
 
+std::uint64_t disk_promised_mib(std::uint64_t disk_mib) {
+  return disk_mib + disk_mib / 4096 + 1;
+}
+
+std::uint64_t disk_still_promised_mib(const HostRoomSettings& settings, std::int32_t qemu_pid,
+                                      std::uint64_t disk_mib) {
+  const std::uint64_t promised = disk_promised_mib(disk_mib);
+  const auto written = settings.disk_in_use_mib && qemu_pid > 0 ? settings.disk_in_use_mib(qemu_pid)
+                                                                : std::optional<std::uint64_t>{};
+  return written ? saturating_sub(promised, *written) : promised;
+}
+
 std::optional<std::string> refuse_room(const HostRoomSettings& settings, const HostFigures& host,
                                        const HostCommitments& committed, const RoomRequest& request,
                                        const std::string& what) {
-  const double overcommit = std::max(settings.memory_overcommit, 0.01);
   // What may still be promised: the memory left after the reserve, scaled
   // by the overcommit ratio, less what running sandboxes may still take.
-  const auto promisable = static_cast<std::uint64_t>(
-      static_cast<double>(saturating_sub(host.memory_available_mib, settings.memory_reserve_mib)) *
-      overcommit);
-  const std::uint64_t memory_room = saturating_sub(promisable, committed.memory_mib);
+  const std::uint64_t memory_room =
+      saturating_sub(promisable(host.memory_available_mib, settings.memory_reserve_mib,
+                                settings.memory_overcommit),
+                     committed.memory_mib);
   const std::uint64_t memory_need =
       std::uint64_t{request.count} * (request.memory_mib + settings.vm_overhead_mib);
   if (memory_need > memory_room)
@@ -89,19 +118,29 @@ std::optional<std::string> refuse_room(const HostRoomSettings& settings, const H
            " MiB guest RAM + " + std::to_string(settings.vm_overhead_mib) +
            " MiB VMM overhead); this host can promise " + std::to_string(memory_room) +
            " MiB more (" + std::to_string(host.memory_available_mib) + " MiB available, " +
-           std::to_string(settings.memory_reserve_mib) + " MiB reserved, " +
+           std::to_string(settings.memory_reserve_mib) + " MiB reserved" +
+           overcommit_note("memory", settings.memory_overcommit) + ", " +
            std::to_string(committed.memory_mib) +
            " MiB that running sandboxes may still use); retry later, delete sandboxes you no "
            "longer need, or ask for less memory";
   if (settings.disk_dir.empty()) return std::nullopt;
+  // The disk the same way: what running sandboxes have written is out of
+  // the free disk already, and committed.disk_mib is only what they may
+  // still write.
   const std::uint64_t disk_room = saturating_sub(
-      saturating_sub(host.disk_free_mib, settings.disk_reserve_mib), committed.disk_mib);
-  const std::uint64_t disk_need = std::uint64_t{request.count} * request.disk_mib;
+      promisable(host.disk_free_mib, settings.disk_reserve_mib, settings.disk_overcommit),
+      committed.disk_mib);
+  const std::uint64_t each_disk = disk_promised_mib(request.disk_mib);
+  const std::uint64_t disk_need = std::uint64_t{request.count} * each_disk;
   if (disk_need > disk_room)
-    return what + " needs " + std::to_string(disk_need) + " MiB of host disk for its writable " +
-           "disk; this host can promise " + std::to_string(disk_room) + " MiB more (" +
-           std::to_string(host.disk_free_mib) + " MiB free in " + settings.disk_dir.string() +
-           ", " + std::to_string(settings.disk_reserve_mib) + " MiB reserved, " +
+    return what + " needs " + std::to_string(disk_need) + " MiB of host disk (" +
+           std::to_string(request.count) + " x " + std::to_string(each_disk) + " MiB: a " +
+           std::to_string(request.disk_mib) +
+           " MiB writable disk and its qcow2 tables); this host can promise " +
+           std::to_string(disk_room) + " MiB more (" + std::to_string(host.disk_free_mib) +
+           " MiB free in " + settings.disk_dir.string() + ", " +
+           std::to_string(settings.disk_reserve_mib) + " MiB reserved" +
+           overcommit_note("disk", settings.disk_overcommit) + ", " +
            std::to_string(committed.disk_mib) +
            " MiB that running sandboxes may still write); retry later, delete sandboxes you no "
            "longer need, or ask for a smaller disk";

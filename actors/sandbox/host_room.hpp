@@ -28,12 +28,22 @@ struct HostRoomSettings {
   std::uint64_t vm_overhead_mib = 96;
   // Disk kept free where overlays live; empty disk_dir: no disk check.
   std::uint64_t disk_reserve_mib = 1024;
+  // How many times the disk left may be promised. 1.0: every sandbox can
+  // fill its whole disk at once and the host's disk still holds. Above 1:
+  // betting that guests don't, for density; one that does fills the host's
+  // disk.
+  double disk_overcommit = 1.0;
   std::filesystem::path disk_dir;
   std::filesystem::path meminfo = "/proc/meminfo";
   // How much of the host's memory a running sandbox's VM holds now (MiB, its
   // cgroup's figure), nullopt when not known; unset: never known, and every
   // running sandbox counts with its whole size.
   std::function<std::optional<std::uint64_t>(const std::string& sandbox_id)> memory_in_use_mib;
+  // How much of the host's disk a running sandbox's writable disk holds now
+  // (MiB, its overlay's allocated blocks), asked by its QEMU's pid; nullopt
+  // when not known; unset: never known, and every running sandbox counts
+  // with its whole disk.
+  std::function<std::optional<std::uint64_t>(std::int32_t qemu_pid)> disk_in_use_mib;
 };
 
 // What the host has now.
@@ -62,6 +72,20 @@ Result<HostFigures> read_host_figures(const HostRoomSettings& settings);
 // holds already (all of it when that is not known).
 std::uint64_t memory_still_promised_mib(const HostRoomSettings& settings, const std::string& id,
                                         std::uint64_t memory_mib);
+
+// What a VM with a writable disk of `disk_mib` may write to the host's
+// disk: the disk and qcow2's tables for it. A full 64 KiB-cluster overlay
+// holds an 8-byte L2 entry and a 2-byte refcount per cluster (1/6554 of
+// the disk) and a few clusters of header and top-level tables; counted
+// as 1/4096 of the disk plus 1 MiB, so that what is promised bounds what
+// an overlay can hold (2 GiB: 1 MiB; 100 GiB: 26 MiB).
+std::uint64_t disk_promised_mib(std::uint64_t disk_mib);
+
+// What running sandbox with QEMU `qemu_pid` (0: none yet) and a writable
+// disk of `disk_mib` may still write to the host's disk: disk_promised_mib
+// less what its overlay holds already (all of it when that is not known).
+std::uint64_t disk_still_promised_mib(const HostRoomSettings& settings, std::int32_t qemu_pid,
+                                      std::uint64_t disk_mib);
 
 // Empty when `request` fits; otherwise why not, in a sentence that names the
 // figures ("creating a sandbox needs 608 MiB of memory; this host can

@@ -101,15 +101,17 @@ caf::error admit(registry_pointer self, const std::string& owner, std::uint32_t 
                                                   "); retry later");
   }
   // Every running sandbox may still grow to its whole RAM (plus its VMM)
-  // and disk. What it uses now is already out of MemAvailable; its cgroup
-  // says how much that is, and only the rest is still promised. Without a
-  // figure (no cgroups, a leaf not found) the whole size is counted
-  // (strict). The disk's share is not known per sandbox: counted whole.
+  // and disk. What it uses now is already out of MemAvailable and the free
+  // disk; its cgroup says how much memory that is, its overlay how much
+  // disk, and only the rest is still promised. Without a figure (no
+  // cgroups, a leaf not found, a QEMU not started yet or just gone) the
+  // whole size is counted (strict).
   HostCommitments committed;
   for (const auto& [id, record] : self->state.records) {
     if (!holds_vm(record.info)) continue;
     committed.memory_mib += memory_still_promised_mib(*host_room, id, record.info.spec.memory_mib);
-    committed.disk_mib += record.info.spec.disk_mib;
+    committed.disk_mib +=
+        disk_still_promised_mib(*host_room, record.info.qemu_pid, record.info.spec.disk_mib);
   }
   RoomRequest request{more, spec.memory_mib, spec.disk_mib};
   if (auto refused = refuse_room(*host_room, *figures, committed, request, what))

@@ -24,16 +24,21 @@ The tier's sandbox cap, its request rate, the host's max_sandboxes, the
 pool's max and the network's max_slots are raised past --max, and each
 sandbox asks for a --disk-mib disk (default 1536, a little above the image's
 1415; 0: hostd's default, 2 GiB), so that memory admission is what stops
-it. Disk is never overcommitted: disk admission stops at the free disk
-over disk_mib (~27 at 1536 MiB on 42 GB free), so the default higher
-overcommit is 1.5; the refusal's message is printed and says which. With
-an uplink (scripts/detect-network.sh), every sandbox has a network slot and
-open egress, as an install gives it; --no-network leaves networking out. Everything is closed at the end.
+it. A running sandbox is promised the disk it may still write (its
+disk_mib less what its overlay holds; an idle one has written little), so
+at admission.disk_overcommit 1.0 disk admission stops at the free disk
+over disk_mib (~27 at 1536 MiB on 42 GB free), hence the default higher
+memory overcommit of 1.5. --disk-overcommit sets admission.disk_overcommit
+alongside each memory overcommit other than hostd's default (0) and off
+(-1); the refusal's message is printed and says which admission stopped
+it. With an uplink (scripts/detect-network.sh), every sandbox has a network
+slot and open egress, as an install gives it; --no-network leaves
+networking out. Everything is closed at the end.
 Prints p50/p95/p99, writes JSON.
 
   tests/bench/density_bench.py --hostd build/hostd/hostd --images build/images \\
-      [--max 32] [--overcommit 0 1.5] [--execs 200] [--idle-seconds 20] [--disk-mib 1536] \\
-      [--no-network] [--json out.json]
+      [--max 32] [--overcommit 0 1.5] [--disk-overcommit 4] [--execs 200] \\
+      [--idle-seconds 20] [--disk-mib 1536] [--no-network] [--json out.json]
 """
 
 from __future__ import annotations
@@ -79,7 +84,8 @@ def config_for(options, overcommit):
         # holds, with memory and disk admission off (sandbox slots only).
         admission = "admission { disabled: true }\n"
     elif overcommit:
-        admission = f"admission {{ memory_overcommit: {overcommit} }}\n"
+        disk = f" disk_overcommit: {options.disk_overcommit}" if options.disk_overcommit else ""
+        admission = f"admission {{ memory_overcommit: {overcommit}{disk} }}\n"
     else:
         admission = ""
     network = (
@@ -130,6 +136,9 @@ def fill(args, options):
 
 def run_one(options, overcommit, results, runs):
     label = "admission off" if overcommit < 0 else f"overcommit {overcommit or 'default (1.0)'}"
+    disk_overcommit = options.disk_overcommit if overcommit > 0 and options.disk_overcommit else 1.0
+    if disk_overcommit != 1.0:
+        label += f", disk overcommit {disk_overcommit}"
     with hostd_session(
         REPO, max_sandboxes=options.max + 16, extra_config=config_for(options, overcommit),
         admin_key=True,
@@ -163,7 +172,8 @@ def run_one(options, overcommit, results, runs):
                 latencies = [print_ms(active[i % len(active)]) for i in range(options.execs)]
                 results.append(summary(
                     f"{label}: exec print(1) over {fraction}% ({len(active)})", "ms", latencies))
-            runs.append({"overcommit": overcommit or 1.0, "count": count, "stopped": why,
+            runs.append({"overcommit": overcommit or 1.0, "disk_overcommit": disk_overcommit,
+                         "count": count, "stopped": why,
                          "sources": sources, "fill_s": fill_s})
         finally:
             for sb in sandboxes:
@@ -182,6 +192,9 @@ def main():
     parser.add_argument("--overcommit", type=float, nargs="+", default=[0, 1.5],
                         help="admission.memory_overcommit per run (0: hostd's default; "
                         "-1: admission disabled, which is not safe: what the host holds)")
+    parser.add_argument("--disk-overcommit", type=float, default=0,
+                        help="admission.disk_overcommit (0.1-100) for each --overcommit run above "
+                        "0 (0: hostd's default, 1.0)")
     parser.add_argument("--execs", type=int, default=200)
     parser.add_argument("--idle-seconds", type=float, default=20)
     parser.add_argument("--disk-mib", type=int, default=1536)
@@ -195,7 +208,8 @@ def main():
     for overcommit in options.overcommit:
         accel = run_one(options, overcommit, results, runs)
     write_report(options.json, "density_bench", accel, results, runs=runs, max=options.max,
-                 network=options.network, execs=options.execs, disk_mib=options.disk_mib)
+                 network=options.network, execs=options.execs, disk_mib=options.disk_mib,
+                 disk_overcommit=options.disk_overcommit or 1.0)
 
 
 if __name__ == "__main__":

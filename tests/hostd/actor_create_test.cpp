@@ -1,6 +1,12 @@
 // Create, delete, death, capacity, ownership and shutdown, on the fake driver.
 #include "tests/hostd/actor_test_support.hpp"
 
+#include <fstream>
+#include <map>
+#include <memory>
+
+#include "actors/sandbox/host_room.hpp"
+
 using namespace vesicle::actor_test;
 
 namespace {
@@ -228,6 +234,56 @@ TEST_F(ActorTest, ShutdownDestroysEverythingAndRefusesCreates) {
   ASSERT_TRUE(pending->has_value());
   EXPECT_FALSE(**pending);
   registry = nullptr; // it stopped itself
+}
+
+// Disk admission counts a running sandbox by what it may still write: the
+// registry asks by each sandbox's QEMU pid, and one it cannot see counts
+// whole. The free disk is this host's real one; the reserve leaves 5000 MiB
+// of it to promise, so a moment's drift of the free figure changes nothing.
+TEST_F(ActorTest, DiskAdmissionCountsARunningSandboxByWhatItHasNotWrittenYet) {
+  HostRoomSettings room;
+  room.disk_dir = test_templates_dir() / "run";
+  room.meminfo = test_templates_dir() / "meminfo";
+  std::ofstream(room.meminfo) << "MemAvailable: 1073741824 kB\n"; // memory is no limit here
+  auto host = read_host_figures(room);
+  ASSERT_TRUE(host) << host.error().message();
+  if (host->disk_free_mib < 6000) GTEST_SKIP() << "needs 6000 MiB free in " << room.disk_dir;
+  room.disk_reserve_mib = host->disk_free_mib - 5000;
+  auto written = std::make_shared<std::map<std::int32_t, std::uint64_t>>();
+  auto asked = std::make_shared<std::vector<std::int32_t>>();
+  room.disk_in_use_mib = [written, asked](std::int32_t pid) -> std::optional<std::uint64_t> {
+    asked->push_back(pid);
+    auto found = written->find(pid);
+    if (found == written->end()) return std::nullopt;
+    return found->second;
+  };
+  caf::anon_send_exit(registry, caf::exit_reason::user_shutdown);
+  settle();
+  RegistrySettings settings;
+  settings.max_sandboxes = 3;
+  settings.host_room = room;
+  registry = spawn_registry(system, vms, settings);
+  settle();
+
+  SandboxSpec spec;
+  spec.memory_mib = 512;
+  spec.disk_mib = 3000; // promised 3001 with its qcow2 tables
+  auto first = ask_registry<SandboxInfo>(create_atom::value, std::string("alice"), spec);
+  ASSERT_TRUE(first) << to_string(first.error());
+  // Nothing known of the first one's overlay: 3001 of ~5000 stay promised.
+  auto refused = ask_registry<SandboxInfo>(create_atom::value, std::string("alice"), spec);
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(code_of(refused.error()), ErrorKind::capacity);
+  EXPECT_NE(error_message(refused.error()).find("needs 3001 MiB of host disk"), std::string::npos)
+      << error_message(refused.error());
+  EXPECT_NE(error_message(refused.error()).find("3001 MiB that running sandboxes may still write"),
+            std::string::npos)
+      << error_message(refused.error());
+  EXPECT_EQ(*asked, std::vector<std::int32_t>{first->qemu_pid});
+  // Its overlay holds 2500 MiB, out of the free disk already: 501 more.
+  (*written)[first->qemu_pid] = 2500;
+  auto second = ask_registry<SandboxInfo>(create_atom::value, std::string("alice"), spec);
+  ASSERT_TRUE(second) << to_string(second.error());
 }
 
 } // namespace

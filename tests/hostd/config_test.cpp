@@ -107,6 +107,32 @@ TEST(Config, BadValuesAreRefused) {
   EXPECT_FALSE(load_config("/nonexistent/hostd.conf", {}));
 }
 
+TEST(Config, OvercommitRatiosDefaultToOneAndStayWithinRange) {
+  auto config = load_config(std::nullopt, {});
+  ASSERT_TRUE(config) << config.error().message();
+  EXPECT_EQ(config->admission().memory_overcommit(), 1.0);
+  EXPECT_EQ(config->admission().disk_overcommit(), 1.0);
+  for (const char* ratio : {"0.1", "2.5", "100"}) {
+    auto parsed = parse_config(std::string("admission { disk_overcommit: ") + ratio + " }", false);
+    ASSERT_TRUE(parsed) << parsed.error().message();
+    apply_defaults(*parsed);
+    EXPECT_TRUE(validate(*parsed)) << ratio;
+  }
+  for (const char* field : {"memory_overcommit", "disk_overcommit"}) {
+    for (const char* ratio : {"0.05", "-1", "101"}) {
+      auto parsed = parse_config(std::string("admission { ") + field + ": " + ratio + " }", false);
+      ASSERT_TRUE(parsed) << parsed.error().message();
+      apply_defaults(*parsed);
+      auto refused = validate(*parsed);
+      ASSERT_FALSE(refused) << field << " " << ratio;
+      EXPECT_NE(refused.error().message().find(std::string("admission.") + field +
+                                               " must be between 0.1 and 100 (1.0: no overcommit)"),
+                std::string::npos)
+          << refused.error().message();
+    }
+  }
+}
+
 TEST(Config, LogLevelIsOneOfFourNames) {
   auto config = load_config(std::nullopt, {});
   ASSERT_TRUE(config) << config.error().message();

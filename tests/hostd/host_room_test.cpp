@@ -5,8 +5,11 @@
 
 #include <unistd.h>
 
+#include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <optional>
+#include <vector>
 
 namespace vesicle {
 namespace {
@@ -56,19 +59,82 @@ TEST(HostRoom, OvercommitScalesWhatMayBePromised) {
   // ... and does at 2.0 (4000 promisable).
   s.memory_overcommit = 2.0;
   EXPECT_FALSE(refuse_room(s, host, {}, {3, 1024, 1}, "x"));
+  // A refusal names the ratio it was made at.
+  auto refused = refuse_room(s, host, {}, {4, 1024, 1}, "x");
+  ASSERT_TRUE(refused);
+  EXPECT_NE(refused->find("1000 MiB reserved, promised 2 times over (memory_overcommit), 0 MiB"),
+            std::string::npos)
+      << *refused;
 }
 
 TEST(HostRoom, RefusesWhenTheDiskCannotHoldTheWritableDisks) {
   HostFigures host{100000, 5000};
+  // 4500 MiB after the reserve; a 2048 MiB disk is promised 2049 with its
+  // qcow2 tables.
   EXPECT_FALSE(refuse_room(settings(), host, {0, 2000}, {1, 512, 2048}, "x"));
   auto refused = refuse_room(settings(), host, {0, 3000}, {1, 512, 2048}, "creating a sandbox");
   ASSERT_TRUE(refused);
-  EXPECT_NE(refused->find("needs 2048 MiB of host disk"), std::string::npos) << *refused;
-  EXPECT_NE(refused->find("can promise 1500 MiB more"), std::string::npos) << *refused;
+  EXPECT_NE(refused->find("creating a sandbox needs 2049 MiB of host disk (1 x 2049 MiB: a 2048 "
+                          "MiB writable disk and its qcow2 tables)"),
+            std::string::npos)
+      << *refused;
+  EXPECT_NE(refused->find("can promise 1500 MiB more (5000 MiB free in /, 500 MiB reserved, 3000 "
+                          "MiB that running sandboxes may still write)"),
+            std::string::npos)
+      << *refused;
   // No disk_dir: no disk check.
   auto s = settings();
   s.disk_dir.clear();
   EXPECT_FALSE(refuse_room(s, host, {0, 3000}, {1, 512, 2048}, "x"));
+}
+
+TEST(HostRoom, ADiskIsPromisedWithItsQcow2Tables) {
+  EXPECT_EQ(disk_promised_mib(0), 1u);
+  EXPECT_EQ(disk_promised_mib(2048), 2049u);
+  EXPECT_EQ(disk_promised_mib(100 * 1024), 100u * 1024 + 26);
+}
+
+TEST(HostRoom, ARunningSandboxIsPromisedOnlyTheDiskItHasNotWrittenYet) {
+  HostRoomSettings s = settings();
+  // No overlay figures: the whole disk and its tables.
+  EXPECT_EQ(disk_still_promised_mib(s, 4242, 2048), 2049u);
+  std::vector<std::int32_t> asked;
+  s.disk_in_use_mib = [&asked](std::int32_t pid) -> std::optional<std::uint64_t> {
+    asked.push_back(pid);
+    if (pid == 100) return 700;  // has written 700 MiB
+    if (pid == 200) return 2100; // past its promise: nothing more
+    return std::nullopt;         // gone, or not a VM's QEMU
+  };
+  EXPECT_EQ(disk_still_promised_mib(s, 100, 2048), 2049u - 700);
+  EXPECT_EQ(disk_still_promised_mib(s, 200, 2048), 0u);
+  EXPECT_EQ(disk_still_promised_mib(s, 300, 2048), 2049u);
+  // A sandbox whose QEMU has not started (pid 0) is not looked up.
+  EXPECT_EQ(disk_still_promised_mib(s, 0, 2048), 2049u);
+  EXPECT_EQ(asked, (std::vector<std::int32_t>{100, 200, 300}));
+}
+
+TEST(HostRoom, DiskOvercommitScalesWhatMayBePromised) {
+  auto s = settings();
+  HostFigures host{100000, 4500};
+  // 4000 MiB left after the reserve: 3 x 2049 = 6147 does not fit at 1.0 ...
+  EXPECT_TRUE(refuse_room(s, host, {}, {3, 128, 2048}, "x"));
+  // ... and does at 2.0 (8000 promisable) ...
+  s.disk_overcommit = 2.0;
+  EXPECT_FALSE(refuse_room(s, host, {}, {3, 128, 2048}, "x"));
+  // ... until running sandboxes may still write 2000 of it; the refusal
+  // says the ratio.
+  auto refused = refuse_room(s, host, {0, 2000}, {3, 128, 2048}, "forking sb-1 3 ways");
+  ASSERT_TRUE(refused);
+  EXPECT_NE(refused->find("forking sb-1 3 ways needs 6147 MiB of host disk"), std::string::npos)
+      << *refused;
+  EXPECT_NE(refused->find("can promise 6000 MiB more (4500 MiB free in /, 500 MiB reserved, "
+                          "promised 2 times over (disk_overcommit), 2000 MiB"),
+            std::string::npos)
+      << *refused;
+  // Below 1 it promises less than there is.
+  s.disk_overcommit = 0.5;
+  EXPECT_TRUE(refuse_room(s, host, {}, {1, 128, 2048}, "x"));
+  EXPECT_FALSE(refuse_room(s, host, {}, {1, 128, 1024}, "x"));
 }
 
 TEST(HostRoom, ReservesLargerThanTheHostRefuseEverything) {
