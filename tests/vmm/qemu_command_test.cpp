@@ -46,7 +46,8 @@ TEST(QemuCommand, RestoreMapsTheSnapshotsRamPrivatelyAndWaitsForItsState) {
   EXPECT_NE(std::find(args.begin(), args.end(), "-S"), args.end());
   EXPECT_TRUE(has_pair(args, "-drive",
                        "id=root,file=/run/v/clone-1/"
-                       "overlay.qcow2,format=qcow2,if=none,discard=unmap,cache.direct=on"));
+                       "overlay.qcow2,format=qcow2,if=none,discard=unmap,cache.direct=on,werror="
+                       "enospc,rerror=report"));
   EXPECT_TRUE(has_pair(args, "-M", "microvm,x-option-roms=off,rtc=on,pit=off,memory-backend=mem"));
 }
 
@@ -130,9 +131,10 @@ TEST(QemuCommand, TcgCommandLine) {
                "console=ttyS0 root=/dev/vda rw loglevel=5 panic=-1 reboot=t init_on_free=1 "
                "sysctl.vm.compaction_proactiveness=0 cryptomgr.notests=1 tsc_early_khz=2096000 "
                "tsc=reliable"));
-  EXPECT_TRUE(has_pair(
-      args, "-drive",
-      "id=root,file=/run/v/vm-1/overlay.qcow2,format=qcow2,if=none,discard=unmap,cache.direct=on"));
+  EXPECT_TRUE(has_pair(args, "-drive",
+                       "id=root,file=/run/v/vm-1/"
+                       "overlay.qcow2,format=qcow2,if=none,discard=unmap,cache.direct=on,werror="
+                       "enospc,rerror=report"));
   EXPECT_TRUE(
       has_pair(args, "-chardev", "socket,id=agent,path=/run/v/vm-1/agent.sock,server=on,wait=off"));
   EXPECT_TRUE(has_pair(args, "-device", "virtserialport,chardev=agent,name=agent"));
