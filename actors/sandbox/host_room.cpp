@@ -55,6 +55,13 @@ std::string overcommit_note(const char* what, double overcommit) {
   return note.str();
 }
 
+// "2000 MiB that running sandboxes hold, " for a refusal's figures;
+// nothing when they hold none (or it is not known).
+std::string held_note(std::uint64_t held_mib) {
+  if (held_mib == 0) return {};
+  return std::to_string(held_mib) + " MiB that running sandboxes hold, ";
+}
+
 } // namespace
 
 Result<HostFigures> read_host_figures(const HostRoomSettings& settings) {
@@ -82,10 +89,11 @@ Result<HostFigures> read_host_figures(const HostRoomSettings& settings) {
 }
 
 std::uint64_t memory_still_promised_mib(const HostRoomSettings& settings, const std::string& id,
-                                        std::uint64_t memory_mib) {
+                                        std::uint64_t memory_mib, std::uint64_t* held) {
   const std::uint64_t promised = memory_mib + settings.vm_overhead_mib;
   const auto used =
       settings.memory_in_use_mib ? settings.memory_in_use_mib(id) : std::optional<std::uint64_t>{};
+  if (held) *held = used ? std::min(*used, promised) : 0;
   return used ? saturating_sub(promised, *used) : promised;
 }
 
@@ -94,22 +102,26 @@ std::uint64_t disk_promised_mib(std::uint64_t disk_mib) {
 }
 
 std::uint64_t disk_still_promised_mib(const HostRoomSettings& settings, std::int32_t qemu_pid,
-                                      std::uint64_t disk_mib) {
+                                      std::uint64_t disk_mib, std::uint64_t* held) {
   const std::uint64_t promised = disk_promised_mib(disk_mib);
   const auto written = settings.disk_in_use_mib && qemu_pid > 0 ? settings.disk_in_use_mib(qemu_pid)
                                                                 : std::optional<std::uint64_t>{};
+  if (held) *held = written ? std::min(*written, promised) : 0;
   return written ? saturating_sub(promised, *written) : promised;
 }
 
 std::optional<std::string> refuse_room(const HostRoomSettings& settings, const HostFigures& host,
                                        const HostCommitments& committed, const RoomRequest& request,
                                        const std::string& what) {
-  // What may still be promised: the memory left after the reserve, scaled
-  // by the overcommit ratio, less what running sandboxes may still take.
+  // What may still be promised: the host's room for sandboxes (the memory
+  // available and what running sandboxes hold, less the reserve) scaled by
+  // the overcommit ratio, less what running sandboxes were promised (what
+  // they hold and what they may still take). At 1.0 that is the memory
+  // available beyond the reserve less what they may still take.
   const std::uint64_t memory_room =
-      saturating_sub(promisable(host.memory_available_mib, settings.memory_reserve_mib,
-                                settings.memory_overcommit),
-                     committed.memory_mib);
+      saturating_sub(promisable(host.memory_available_mib + committed.memory_held_mib,
+                                settings.memory_reserve_mib, settings.memory_overcommit),
+                     committed.memory_mib + committed.memory_held_mib);
   const std::uint64_t memory_need =
       std::uint64_t{request.count} * (request.memory_mib + settings.vm_overhead_mib);
   if (memory_need > memory_room)
@@ -120,16 +132,17 @@ std::optional<std::string> refuse_room(const HostRoomSettings& settings, const H
            " MiB more (" + std::to_string(host.memory_available_mib) + " MiB available, " +
            std::to_string(settings.memory_reserve_mib) + " MiB reserved" +
            overcommit_note("memory", settings.memory_overcommit) + ", " +
-           std::to_string(committed.memory_mib) +
+           held_note(committed.memory_held_mib) + std::to_string(committed.memory_mib) +
            " MiB that running sandboxes may still use); retry later, delete sandboxes you no "
            "longer need, or ask for less memory";
   if (settings.disk_dir.empty()) return std::nullopt;
   // The disk the same way: what running sandboxes have written is out of
   // the free disk already, and committed.disk_mib is only what they may
   // still write.
-  const std::uint64_t disk_room = saturating_sub(
-      promisable(host.disk_free_mib, settings.disk_reserve_mib, settings.disk_overcommit),
-      committed.disk_mib);
+  const std::uint64_t disk_room =
+      saturating_sub(promisable(host.disk_free_mib + committed.disk_held_mib,
+                                settings.disk_reserve_mib, settings.disk_overcommit),
+                     committed.disk_mib + committed.disk_held_mib);
   const std::uint64_t each_disk = disk_promised_mib(request.disk_mib);
   const std::uint64_t disk_need = std::uint64_t{request.count} * each_disk;
   if (disk_need > disk_room)
@@ -141,7 +154,7 @@ std::optional<std::string> refuse_room(const HostRoomSettings& settings, const H
            " MiB free in " + settings.disk_dir.string() + ", " +
            std::to_string(settings.disk_reserve_mib) + " MiB reserved" +
            overcommit_note("disk", settings.disk_overcommit) + ", " +
-           std::to_string(committed.disk_mib) +
+           held_note(committed.disk_held_mib) + std::to_string(committed.disk_mib) +
            " MiB that running sandboxes may still write); retry later, delete sandboxes you no "
            "longer need, or ask for a smaller disk";
   return std::nullopt;

@@ -53,10 +53,16 @@ struct HostFigures {
 };
 
 // What the running sandboxes may still grow into: their sizes less what
-// they use already (which MemAvailable and the free disk already count).
+// they use already (which MemAvailable and the free disk already count);
+// and what they use already, of what they were promised. An overcommit
+// ratio scales the host's room for sandboxes, what is free plus what they
+// hold: scaling only what is free would charge what they hold that many
+// times over (at 10, an idle sandbox's 80 MiB cost 800 MiB of room).
 struct HostCommitments {
   std::uint64_t memory_mib = 0;
   std::uint64_t disk_mib = 0;
+  std::uint64_t memory_held_mib = 0;
+  std::uint64_t disk_held_mib = 0;
 };
 
 struct RoomRequest {
@@ -70,8 +76,10 @@ Result<HostFigures> read_host_figures(const HostRoomSettings& settings);
 // What running sandbox `id` with `memory_mib` of guest RAM may still take of
 // the host's memory: its RAM and VMM overhead less what its cgroup says it
 // holds already (all of it when that is not known).
+// `held`, when given, gets what it holds already (at most what it was
+// promised; 0 when not known).
 std::uint64_t memory_still_promised_mib(const HostRoomSettings& settings, const std::string& id,
-                                        std::uint64_t memory_mib);
+                                        std::uint64_t memory_mib, std::uint64_t* held = nullptr);
 
 // What a VM with a writable disk of `disk_mib` may write to the host's
 // disk: the disk and qcow2's tables for it. A full 64 KiB-cluster overlay
@@ -84,8 +92,9 @@ std::uint64_t disk_promised_mib(std::uint64_t disk_mib);
 // What running sandbox with QEMU `qemu_pid` (0: none yet) and a writable
 // disk of `disk_mib` may still write to the host's disk: disk_promised_mib
 // less what its overlay holds already (all of it when that is not known).
+// `held` as for memory_still_promised_mib.
 std::uint64_t disk_still_promised_mib(const HostRoomSettings& settings, std::int32_t qemu_pid,
-                                      std::uint64_t disk_mib);
+                                      std::uint64_t disk_mib, std::uint64_t* held = nullptr);
 
 // Empty when `request` fits; otherwise why not, in a sentence that names the
 // figures ("creating a sandbox needs 608 MiB of memory; this host can

@@ -67,6 +67,61 @@ TEST(HostRoom, OvercommitScalesWhatMayBePromised) {
       << *refused;
 }
 
+TEST(HostRoom, OvercommitScalesTheHostsRoomNotOnlyWhatIsFree) {
+  auto s = settings();
+  // 3000 MiB available and 1000 held by running sandboxes that were
+  // promised 3000 (2000 still to take): the room for sandboxes is 3000
+  // beyond the reserve.
+  HostFigures host{3000, 10000};
+  HostCommitments committed{2000, 0, 1000, 0};
+  // At 1.0: 3000 - 3000 promised = 0 more; the same as the memory
+  // available beyond the reserve (2000) less what they may still take.
+  EXPECT_TRUE(refuse_room(s, host, committed, {1, 1, 1}, "x"));
+  // At 2.0: 6000 - 3000 = 3000 more: two 1124 MiB sandboxes, not three.
+  // (Scaling only what is free would leave 4000 - 2000 = 2000: one.)
+  s.memory_overcommit = 2.0;
+  EXPECT_FALSE(refuse_room(s, host, committed, {2, 1024, 1}, "x"));
+  auto refused = refuse_room(s, host, committed, {3, 1024, 1}, "x");
+  ASSERT_TRUE(refused);
+  EXPECT_NE(refused->find("can promise 3000 MiB more (3000 MiB available, 1000 MiB reserved, "
+                          "promised 2 times over (memory_overcommit), 1000 MiB that running "
+                          "sandboxes hold, 2000 MiB that running sandboxes may still use)"),
+            std::string::npos)
+      << *refused;
+  // The disk alike: 4500 free and 1000 written of 3000 promised.
+  s.disk_overcommit = 2.0;
+  HostFigures disk_host{100000, 4500};
+  HostCommitments disk_committed{0, 2000, 0, 1000};
+  // (4500 + 1000 - 500) x 2 - 3000 = 7000: three 2049 MiB disks fit.
+  EXPECT_FALSE(refuse_room(s, disk_host, disk_committed, {3, 1, 2048}, "x"));
+  EXPECT_TRUE(refuse_room(s, disk_host, disk_committed, {4, 1, 2048}, "x"));
+}
+
+TEST(HostRoom, ARunningSandboxSaysWhatItHolds) {
+  auto s = settings();
+  s.memory_in_use_mib = [](const std::string& id) -> std::optional<std::uint64_t> {
+    if (id == "sb-big") return 5000;
+    if (id == "sb-a") return 100;
+    return std::nullopt;
+  };
+  std::uint64_t held = 7;
+  EXPECT_EQ(memory_still_promised_mib(s, "sb-a", 512, &held), 512u);
+  EXPECT_EQ(held, 100u);
+  // At most what it was promised.
+  EXPECT_EQ(memory_still_promised_mib(s, "sb-big", 512, &held), 0u);
+  EXPECT_EQ(held, 612u);
+  EXPECT_EQ(memory_still_promised_mib(s, "sb-unknown", 512, &held), 612u);
+  EXPECT_EQ(held, 0u);
+  s.disk_in_use_mib = [](std::int32_t pid) -> std::optional<std::uint64_t> {
+    if (pid == 100) return 700;
+    return std::nullopt;
+  };
+  EXPECT_EQ(disk_still_promised_mib(s, 100, 2048, &held), 2049u - 700);
+  EXPECT_EQ(held, 700u);
+  EXPECT_EQ(disk_still_promised_mib(s, 0, 2048, &held), 2049u);
+  EXPECT_EQ(held, 0u);
+}
+
 TEST(HostRoom, RefusesWhenTheDiskCannotHoldTheWritableDisks) {
   HostFigures host{100000, 5000};
   // 4500 MiB after the reserve; a 2048 MiB disk is promised 2049 with its
