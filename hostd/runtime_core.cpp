@@ -2,6 +2,10 @@
 
 #include <unistd.h>
 
+#include <memory>
+#include <mutex>
+#include <unordered_map>
+
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/redirect_error.hpp>
@@ -181,10 +185,23 @@ Result<void> RuntimeCore::start() {
     room.disk_dir = config_.runtime_dir();
     // Found through the sandbox's QEMU (vmm/overlay_usage.hpp): a pool VM's
     // directory is named after the VM, not the sandbox. A VM that exits
-    // while this reads counts whole.
-    room.disk_in_use_mib = [](std::int32_t qemu_pid) -> std::optional<std::uint64_t> {
-      auto bytes = vmm::overlay_bytes_in_use(qemu_pid);
-      if (!bytes) return std::nullopt;
+    // while this reads counts whole. Each QEMU's overlay descriptor is
+    // remembered: admission asks for every running sandbox at each create.
+    struct OverlayFds {
+      std::mutex lock;
+      std::unordered_map<std::int32_t, int> by_pid;
+    };
+    room.disk_in_use_mib = [fds = std::make_shared<OverlayFds>()](
+                               std::int32_t qemu_pid) -> std::optional<std::uint64_t> {
+      std::lock_guard<std::mutex> guard(fds->lock);
+      // Pids of ended QEMUs are never asked again: start over now and then.
+      if (fds->by_pid.size() > 4096) fds->by_pid.clear();
+      auto [known, added] = fds->by_pid.try_emplace(qemu_pid, -1);
+      auto bytes = vmm::overlay_bytes_in_use(qemu_pid, &known->second);
+      if (!bytes) {
+        fds->by_pid.erase(known);
+        return std::nullopt;
+      }
       return *bytes >> 20;
     };
     if (confinement_ && *confinement_ && (*confinement_)->cgroups) {

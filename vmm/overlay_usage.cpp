@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <charconv>
+#include <cstdlib>
 #include <memory>
 #include <string>
 
@@ -68,21 +69,31 @@ std::optional<unsigned> fdinfo_flags(std::string_view fdinfo) {
   return std::nullopt;
 }
 
-Result<std::uint64_t> overlay_bytes_in_use(pid_t pid) {
+Result<std::uint64_t> overlay_bytes_in_use(pid_t pid, int* fd_hint) {
   const std::string fds = "/proc/" + std::to_string(pid) + "/fd";
   if (pid <= 0) return make_error("find the VM's overlay", "no process", fds);
-  std::unique_ptr<DIR, CloseDir> dir(::opendir(fds.c_str()));
-  if (!dir) return sys_error("opendir", fds);
-  const int fd_dir = ::dirfd(dir.get());
-  while (const dirent* entry = ::readdir(dir.get())) {
-    if (entry->d_name[0] == '.') continue;
-    if (!names_an_overlay(link_target(fd_dir, entry->d_name))) continue;
-    if (!open_for_writing(pid, entry->d_name)) continue;
+  UniqueFd fd_dir(::open(fds.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!fd_dir) return sys_error("open", fds);
+  // Whether descriptor `name` is the overlay, and then its allocated bytes.
+  auto measure = [&](const char* name) -> std::optional<Result<std::uint64_t>> {
+    if (!names_an_overlay(link_target(fd_dir.get(), name))) return std::nullopt;
+    if (!open_for_writing(pid, name)) return std::nullopt;
     // Through the link: the file QEMU holds, wherever its name now points.
     struct stat st {};
-    if (::fstatat(fd_dir, entry->d_name, &st, 0) != 0)
-      return sys_error("stat", fds + "/" + entry->d_name);
+    if (::fstatat(fd_dir.get(), name, &st, 0) != 0) return sys_error("stat", fds + "/" + name);
     return static_cast<std::uint64_t>(st.st_blocks) * 512;
+  };
+  if (fd_hint && *fd_hint >= 0) {
+    if (auto found = measure(std::to_string(*fd_hint).c_str())) return std::move(*found);
+  }
+  std::unique_ptr<DIR, CloseDir> dir(::fdopendir(::dup(fd_dir.get())));
+  if (!dir) return sys_error("opendir", fds);
+  while (const dirent* entry = ::readdir(dir.get())) {
+    if (entry->d_name[0] == '.') continue;
+    auto found = measure(entry->d_name);
+    if (!found) continue;
+    if (*found && fd_hint) *fd_hint = std::atoi(entry->d_name);
+    return std::move(*found);
   }
   return make_error("find the VM's overlay",
                     std::string("the process holds no ") + kOverlayFileName +

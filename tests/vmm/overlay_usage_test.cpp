@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <optional>
 #include <string>
 
 #include "tests/vmm/test_support.hpp"
@@ -78,14 +79,26 @@ void sparse_file(const fs::path& path, std::uint64_t written, std::uint64_t appa
   fs::resize_file(path, apparent);
 }
 
-TEST(OverlayUsage, FindsTheOverlayItsProcessWritesAndCountsItsAllocatedBlocks) {
+// A VM's directory as QEMU holds it: its overlay (`written` of 64 MiB)
+// open for writing, and a backing file of 8 MiB under the same name open
+// read-only.
+struct HeldVmDir {
+  explicit HeldVmDir(std::uint64_t written) {
+    fs::create_directories(dir.path() / "pool-abc" / "template");
+    sparse_file(overlay, written, 64 * kMiB);
+    sparse_file(backing, 8 * kMiB, 8 * kMiB);
+    qemu.emplace(backing, overlay);
+  }
   TempDir dir;
-  fs::create_directories(dir.path() / "pool-abc" / "template");
   const fs::path overlay = dir.path() / "pool-abc" / kOverlayFileName;
   const fs::path backing = dir.path() / "pool-abc" / "template" / kOverlayFileName;
-  sparse_file(overlay, 3 * kMiB, 64 * kMiB);
-  sparse_file(backing, 8 * kMiB, 8 * kMiB);
-  Holder qemu(backing, overlay);
+  std::optional<Holder> qemu;
+};
+
+TEST(OverlayUsage, FindsTheOverlayItsProcessWritesAndCountsItsAllocatedBlocks) {
+  HeldVmDir held(3 * kMiB);
+  const fs::path& overlay = held.overlay;
+  Holder& qemu = *held.qemu;
   ASSERT_TRUE(qemu.opened());
 
   auto bytes = overlay_bytes_in_use(qemu.pid());
@@ -105,6 +118,35 @@ TEST(OverlayUsage, FindsTheOverlayItsProcessWritesAndCountsItsAllocatedBlocks) {
   ASSERT_TRUE(bytes) << bytes.error().message();
   EXPECT_GE(*bytes, 8 * kMiB);
   EXPECT_EQ(*bytes, allocated_bytes(overlay));
+}
+
+TEST(OverlayUsage, AHintIsLookedAtFirstAndSetToTheDescriptorFound) {
+  HeldVmDir held(2 * kMiB);
+  const fs::path& overlay = held.overlay;
+  Holder& qemu = *held.qemu;
+  ASSERT_TRUE(qemu.opened());
+
+  int hint = -1;
+  auto found = overlay_bytes_in_use(qemu.pid(), &hint);
+  ASSERT_TRUE(found) << found.error().message();
+  ASSERT_GE(hint, 0);
+  const std::string link = "/proc/" + std::to_string(qemu.pid()) + "/fd/" + std::to_string(hint);
+  EXPECT_EQ(fs::read_symlink(link), overlay);
+  // The same answer through the hint, which stays.
+  const int first = hint;
+  auto again = overlay_bytes_in_use(qemu.pid(), &hint);
+  ASSERT_TRUE(again) << again.error().message();
+  EXPECT_EQ(*again, *found);
+  EXPECT_EQ(hint, first);
+  // A hint that names another descriptor (the read-only backing file, one
+  // not open) is corrected by a full look.
+  for (int wrong : {0, 999}) {
+    hint = wrong;
+    auto corrected = overlay_bytes_in_use(qemu.pid(), &hint);
+    ASSERT_TRUE(corrected) << corrected.error().message();
+    EXPECT_EQ(*corrected, *found);
+    EXPECT_EQ(hint, first) << "from hint " << wrong;
+  }
 }
 
 TEST(OverlayUsage, AProcessWithoutAWritableOverlayOrGoneIsAnError) {
