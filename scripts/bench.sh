@@ -17,8 +17,10 @@
 #                                                  (every child of fork(5) started ahead)
 #              (~1 min each at these sizes; --reps N for more)
 #   density_bench idle default Sandbox()s until admission refuses (or --max), at the default
-#              memory_overcommit and at 1.5: count, PSS/USS per sandbox, exec p50/p99 at 25/50/100%
-#                density_bench.py [--max 32] [--overcommit 0 1.5] [--execs 200] [--disk-mib 1536]
+#              admission and at memory and disk overcommit 10: count, PSS/USS per sandbox,
+#              exec p50/p99 at 25/50/100%
+#                density_bench.py [--max 200] [--overcommit 0 10] [--disk-overcommit 10]
+#                                 [--execs 200] [--disk-mib 1536]
 #                                 [--no-network]
 #   exec_bench hostd CPU per print(1) (1000 sequential, /proc/<hostd>/stat) and execs/s with
 #              1, 2, 4, 6 clients on their own sandboxes
