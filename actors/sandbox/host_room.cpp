@@ -38,12 +38,19 @@ std::uint64_t saturating_sub(std::uint64_t a, std::uint64_t b) {
   return a > b ? a - b : 0;
 }
 
-// What may be promised of `free_mib` beyond `reserve_mib`, `overcommit`
-// times over (config validation keeps it in 0.1..100; the floor guards
-// settings made in code).
-std::uint64_t promisable(std::uint64_t free_mib, std::uint64_t reserve_mib, double overcommit) {
-  return static_cast<std::uint64_t>(static_cast<double>(saturating_sub(free_mib, reserve_mib)) *
-                                    std::max(overcommit, 0.01));
+// What may still be promised of memory or disk: the host's room for
+// sandboxes (`free_mib` and the `held_mib` running sandboxes hold, less
+// `reserve_mib`) `overcommit` times over, less what running sandboxes were
+// promised (what they hold and the `still_mib` they may still take). At
+// 1.0 that is what is free beyond the reserve less what they may still
+// take. (Config validation keeps the ratio in 0.1..100; the floor guards
+// settings made in code.)
+std::uint64_t room_mib(std::uint64_t free_mib, std::uint64_t reserve_mib, double overcommit,
+                       std::uint64_t held_mib, std::uint64_t still_mib) {
+  const auto promisable = static_cast<std::uint64_t>(
+      static_cast<double>(saturating_sub(free_mib + held_mib, reserve_mib)) *
+      std::max(overcommit, 0.01));
+  return saturating_sub(promisable, still_mib + held_mib);
 }
 
 // ", promised 2.5 times over (disk_overcommit)" for a refusal's figures;
@@ -113,15 +120,9 @@ std::uint64_t disk_still_promised_mib(const HostRoomSettings& settings, std::int
 std::optional<std::string> refuse_room(const HostRoomSettings& settings, const HostFigures& host,
                                        const HostCommitments& committed, const RoomRequest& request,
                                        const std::string& what) {
-  // What may still be promised: the host's room for sandboxes (the memory
-  // available and what running sandboxes hold, less the reserve) scaled by
-  // the overcommit ratio, less what running sandboxes were promised (what
-  // they hold and what they may still take). At 1.0 that is the memory
-  // available beyond the reserve less what they may still take.
   const std::uint64_t memory_room =
-      saturating_sub(promisable(host.memory_available_mib + committed.memory_held_mib,
-                                settings.memory_reserve_mib, settings.memory_overcommit),
-                     committed.memory_mib + committed.memory_held_mib);
+      room_mib(host.memory_available_mib, settings.memory_reserve_mib, settings.memory_overcommit,
+               committed.memory_held_mib, committed.memory_mib);
   const std::uint64_t memory_need =
       std::uint64_t{request.count} * (request.memory_mib + settings.vm_overhead_mib);
   if (memory_need > memory_room)
@@ -140,9 +141,8 @@ std::optional<std::string> refuse_room(const HostRoomSettings& settings, const H
   // the free disk already, and committed.disk_mib is only what they may
   // still write.
   const std::uint64_t disk_room =
-      saturating_sub(promisable(host.disk_free_mib + committed.disk_held_mib,
-                                settings.disk_reserve_mib, settings.disk_overcommit),
-                     committed.disk_mib + committed.disk_held_mib);
+      room_mib(host.disk_free_mib, settings.disk_reserve_mib, settings.disk_overcommit,
+               committed.disk_held_mib, committed.disk_mib);
   const std::uint64_t each_disk = disk_promised_mib(request.disk_mib);
   const std::uint64_t disk_need = std::uint64_t{request.count} * each_disk;
   if (disk_need > disk_room)
