@@ -86,8 +86,13 @@ Result<std::uint64_t> overlay_bytes_in_use(pid_t pid, int* fd_hint) {
   if (fd_hint && *fd_hint >= 0) {
     if (auto found = measure(std::to_string(*fd_hint).c_str())) return std::move(*found);
   }
-  std::unique_ptr<DIR, CloseDir> dir(::fdopendir(::dup(fd_dir.get())));
+  // Its own descriptor: closedir closes it, and fd_dir stays the one
+  // measure() reads through.
+  UniqueFd listed(::dup(fd_dir.get()));
+  if (!listed) return sys_error("dup", fds);
+  std::unique_ptr<DIR, CloseDir> dir(::fdopendir(listed.get()));
   if (!dir) return sys_error("opendir", fds);
+  (void)listed.release(); // the DIR owns it now
   while (const dirent* entry = ::readdir(dir.get())) {
     if (entry->d_name[0] == '.') continue;
     auto found = measure(entry->d_name);
