@@ -63,7 +63,7 @@ template <class Message> void set_spec_fields(Message& out, const SandboxSpec& s
 
 } // namespace
 
-api::Sandbox to_api(const SandboxInfo& info, vmm::Accel accel) {
+api::Sandbox to_api(const SandboxInfo& info, const VmHost& vms) {
   api::Sandbox out;
   out.set_id(info.id);
   // "destroying" is internal: to a client the sandbox is still there until
@@ -71,10 +71,11 @@ api::Sandbox to_api(const SandboxInfo& info, vmm::Accel accel) {
   out.set_state(info.state == SandboxState::destroying ? "dead" : to_string(info.state));
   set_spec_fields(out, info.spec);
   out.set_created_at(rfc3339(info.created_at_ms));
-  out.set_accel(accel == vmm::Accel::kvm ? "kvm" : "tcg");
+  out.set_accel(vms.accel() == vmm::Accel::kvm ? "kvm" : "tcg");
   out.set_dead_reason(info.state == SandboxState::destroying && info.dead_reason.empty()
                           ? "being deleted"
                           : info.dead_reason);
+  if (info.state == SandboxState::ready) out.set_paused(vms.paused(info.id));
   out.set_source(info.source);
   out.set_forked_from(info.forked_from);
   out.set_space_id(info.space_id);

@@ -211,8 +211,9 @@ private:
   std::shared_ptr<e2b::E2b> e2b_;
 };
 
-// A sandbox as the API shows it.
-api::Sandbox to_api(const SandboxInfo& info, vmm::Accel accel);
+// A sandbox as the API shows it; `vms` says the accelerator and whether its
+// VM is paused.
+api::Sandbox to_api(const SandboxInfo& info, const VmHost& vms);
 api::Space to_api(const SpaceInfo& space);
 // A create request with the configuration's defaults, checked: what POST
 // /v1/sandboxes and the embedding API's create admit (api_sandboxes.cpp).

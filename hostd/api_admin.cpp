@@ -39,7 +39,7 @@ asio::awaitable<void> Api::admin_list(Exchange& exchange, const std::string& adm
   out.set_admin_key_id(admin);
   for (const auto& info : *all) {
     auto* entry = out.add_sandboxes();
-    *entry->mutable_sandbox() = to_api(info, ctx_.vms.accel());
+    *entry->mutable_sandbox() = to_api(info, ctx_.vms);
     entry->set_owner_key_id(info.owner);
     if (auto usage = process_usage(info.qemu_pid)) {
       entry->set_has_vm(true);

@@ -133,7 +133,7 @@ asio::awaitable<void> Api::create(Exchange& exchange, const std::string& owner) 
   }
   auto created = co_await create_sandbox(owner, std::move(request));
   if (!created) co_return co_await exchange.respond_error(created.error());
-  co_await exchange.respond(201, to_json(to_api(*created, ctx_.vms.accel())));
+  co_await exchange.respond(201, to_json(to_api(*created, ctx_.vms)));
 }
 
 asio::awaitable<void> Api::list(Exchange& exchange, const std::string& owner) {
@@ -142,7 +142,7 @@ asio::awaitable<void> Api::list(Exchange& exchange, const std::string& owner) {
   if (!sandboxes) co_return co_await exchange.respond_error(to_error(sandboxes.error()));
   api::ListSandboxesResponse out;
   for (const auto& info : *sandboxes)
-    *out.add_sandboxes() = to_api(info, ctx_.vms.accel());
+    *out.add_sandboxes() = to_api(info, ctx_.vms);
   co_await exchange.respond(200, to_json(out));
 }
 
@@ -151,7 +151,7 @@ asio::awaitable<void> Api::get(Exchange& exchange, const std::string& owner,
   auto info = co_await ask<SandboxInfo>(ctx_.system, ctx_.registry, ctx_.actor_timeout,
                                         lookup_atom::value, owner, id);
   if (!info) co_return co_await exchange.respond_error(to_error(info.error()));
-  co_await exchange.respond(200, to_json(to_api(*info, ctx_.vms.accel())));
+  co_await exchange.respond(200, to_json(to_api(*info, ctx_.vms)));
 }
 
 // POST /v1/sandboxes/{id}/fork {n}: answers once every child is ready (or,
@@ -174,7 +174,7 @@ asio::awaitable<void> Api::fork(Exchange& exchange, const std::string& owner,
   if (!children) co_return co_await exchange.respond_error(children.error());
   api::ForkResponse out;
   for (const auto& info : *children)
-    *out.add_children() = to_api(info, ctx_.vms.accel());
+    *out.add_children() = to_api(info, ctx_.vms);
   out.set_server_ms(took.count() * 1000.0);
   co_await exchange.respond(201, to_json(out));
 }
@@ -207,7 +207,7 @@ asio::awaitable<void> Api::merge_into(Exchange& exchange, const std::string& own
   auto merged = co_await ask<SandboxInfo>(ctx_.system, ctx_.registry, ctx_.create_timeout,
                                           merge_atom::value, owner, parent, winner);
   if (!merged) co_return co_await exchange.respond_error(to_error(merged.error()));
-  co_await exchange.respond(200, to_json(to_api(*merged, ctx_.vms.accel())));
+  co_await exchange.respond(200, to_json(to_api(*merged, ctx_.vms)));
 }
 
 // The destroy flow: the registry checks ownership and has the sandbox tear

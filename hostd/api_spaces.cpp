@@ -119,7 +119,7 @@ asio::awaitable<void> Api::resume(Exchange& exchange, const std::string& owner,
   if (!secrets) co_return co_await exchange.respond_error(secrets.error());
   auto resumed = co_await resume_space(owner, space_id, persistent, std::move(*secrets));
   if (!resumed) co_return co_await exchange.respond_error(resumed.error());
-  co_await exchange.respond(201, to_json(to_api(*resumed, ctx_.vms.accel())));
+  co_await exchange.respond(201, to_json(to_api(*resumed, ctx_.vms)));
 }
 
 // Answers once the new sandbox is ready (the Space is checked, then

@@ -167,7 +167,7 @@ asio::awaitable<mcp::ToolResult> Api::mcp_tool(const std::string& owner,
           static_cast<std::uint32_t>(std::min<std::int64_t>(*lifetime, 1 << 30)));
     auto created = co_await create_sandbox(owner, std::move(request));
     if (!created) co_return failed(created.error());
-    co_return mcp::ToolResult::text(to_json(to_api(*created, ctx_.vms.accel())));
+    co_return mcp::ToolResult::text(to_json(to_api(*created, ctx_.vms)));
   }
   if (name == "list_sandboxes") {
     auto sandboxes = co_await ask<SandboxInfoList>(ctx_.system, ctx_.registry, ctx_.actor_timeout,
@@ -175,7 +175,7 @@ asio::awaitable<mcp::ToolResult> Api::mcp_tool(const std::string& owner,
     if (!sandboxes) co_return failed(to_error(sandboxes.error()));
     api::ListSandboxesResponse out;
     for (const auto& info : *sandboxes)
-      *out.add_sandboxes() = to_api(info, ctx_.vms.accel());
+      *out.add_sandboxes() = to_api(info, ctx_.vms);
     co_return mcp::ToolResult::text(to_json(out));
   }
   if (name == "close_sandbox") {
@@ -235,7 +235,7 @@ asio::awaitable<mcp::ToolResult> Api::mcp_tool(const std::string& owner,
     if (!children) co_return failed(children.error());
     std::vector<std::string> objects;
     for (const auto& info : *children)
-      objects.push_back(to_json(to_api(info, ctx_.vms.accel())));
+      objects.push_back(to_json(to_api(info, ctx_.vms)));
     co_return mcp::ToolResult::text(sandbox_list_json(objects, "children"));
   }
   if (name == "merge_into") {
@@ -243,7 +243,7 @@ asio::awaitable<mcp::ToolResult> Api::mcp_tool(const std::string& owner,
                                             merge_atom::value, owner, sandbox_id,
                                             string_arg(args, "winner_id"));
     if (!merged) co_return failed(to_error(merged.error()));
-    co_return mcp::ToolResult::text(to_json(to_api(*merged, ctx_.vms.accel())));
+    co_return mcp::ToolResult::text(to_json(to_api(*merged, ctx_.vms)));
   }
   if (name == "freeze") {
     auto space = co_await freeze_sandbox(owner, sandbox_id);
@@ -253,7 +253,7 @@ asio::awaitable<mcp::ToolResult> Api::mcp_tool(const std::string& owner,
   if (name == "resume") {
     auto resumed = co_await resume_space(owner, string_arg(args, "space_id"), false);
     if (!resumed) co_return failed(resumed.error());
-    co_return mcp::ToolResult::text(to_json(to_api(*resumed, ctx_.vms.accel())));
+    co_return mcp::ToolResult::text(to_json(to_api(*resumed, ctx_.vms)));
   }
   // The table lists a tool this file does not know: a build mistake.
   co_return mcp::ToolResult::error("the tool \"" + name + "\" is listed but hostd cannot run it");

@@ -419,8 +419,11 @@ struct VmState : std::enable_shared_from_this<VmState> {
   // Set when QMP reported the guest stopped on its own (reset, power-off).
   std::string guest_stop_reason;
   // QEMU paused the guest because its disk found the host's filesystem
-  // full; resume_when_disk_has_room runs.
+  // full; resume_when_disk_has_room runs, and says why here.
   bool paused_for_disk = false;
+  std::string paused_why;
+  // What Vm::label named the VM last (config.on_pause's `name`).
+  std::string name = config.id;
   std::string console;
 
   // False from destroy() on, though the kernel may still be tearing QEMU
@@ -656,6 +659,8 @@ asio::awaitable<void> resume_when_disk_has_room(std::shared_ptr<VmState> state) 
   log::warn("a VM's disk found the host's filesystem full: the VM is paused until there is room",
             {{"vm", state->config.id}, {"dir", dir.string()}, {"free_mib", free_mib()}});
   if (state->agent) state->agent->hold(why);
+  state->paused_why = why;
+  if (state->config.on_pause) state->config.on_pause(state->name, why);
   std::uint64_t resumes = 0;
   while (state->running()) {
     co_await sleep_for(state->executor, kDiskRoomPoll);
@@ -676,6 +681,7 @@ asio::awaitable<void> resume_when_disk_has_room(std::shared_ptr<VmState> state) 
   }
   state->paused_for_disk = false;
   if (state->agent) state->agent->hold(std::nullopt);
+  if (state->config.on_pause) state->config.on_pause(state->name, std::nullopt);
   if (!state->running()) co_return;
   log::info(
       "a VM paused on a full host disk runs again",
@@ -1600,6 +1606,13 @@ public:
   const std::string& id() const override { return state_->config.id; }
   int qemu_pid() const override { return state_->process->pid(); }
   void label(const std::string& sandbox_id) override {
+    // Named anew while paused (a waiting pool VM handed out): the pause
+    // moves to the new name.
+    if (state_->paused_for_disk && state_->name != sandbox_id && state_->config.on_pause) {
+      state_->config.on_pause(state_->name, std::nullopt);
+      state_->config.on_pause(sandbox_id, state_->paused_why);
+    }
+    state_->name = sandbox_id;
     if (!state_->leaf || state_->leaf->name() == sandbox_id) return;
     if (auto renamed = state_->leaf->rename(sandbox_id); !renamed)
       log::warn("a VM's cgroup leaf keeps its old name", {{"vm", state_->config.id},

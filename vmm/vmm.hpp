@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -99,6 +100,12 @@ struct VmConfig {
   std::shared_ptr<const VmConfinement> confinement;
   // The host-side deadlines of calls to the VM's agent.
   AgentDeadlines agent_deadlines;
+  // Told on the VM's executor when the VM is paused by the host (its disk
+  // found the host's filesystem full) with why, and with nullopt once it
+  // runs again or ends: so a sandbox's status can say so while its calls
+  // fail with that reason. `name`: what Vm::label named the VM last (its
+  // id until then). Null: nobody is told.
+  std::function<void(const std::string& name, const std::optional<std::string>& why)> on_pause;
 };
 
 // A saved VM: device state + RAM file + disk, immutable once written (its

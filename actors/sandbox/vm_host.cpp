@@ -83,6 +83,10 @@ vmm::VmConfig VmHost::vm_config(const std::string& id, std::uint32_t vcpus,
   if (network) config.network = network->attachment();
   config.confinement = settings_.confinement;
   config.agent_deadlines = settings_.agent_deadlines;
+  config.on_pause = [paused = paused_](const std::string& name,
+                                       const std::optional<std::string>& why) {
+    paused->set(name, why);
+  };
   return config;
 }
 

@@ -27,6 +27,7 @@
 #include "actors/bridge/bridge_actor.hpp"
 #include "actors/sandbox/launch_plan.hpp"
 #include "actors/sandbox/op_gate.hpp"
+#include "actors/sandbox/paused_vms.hpp"
 #include "actors/sandbox/pool.hpp"
 #include "actors/sandbox/sandbox.hpp"
 #include "actors/sandbox/space_store.hpp"
@@ -114,6 +115,9 @@ public:
   // The sandboxes' operation gates (op_gate.hpp), which need no posting:
   // each sandbox actor adds its own; hostd enters them on its executor.
   const std::shared_ptr<OpGates>& op_gates() const { return op_gates_; }
+  // Why sandbox `id`'s VM is paused by the host (paused_vms.hpp); empty
+  // while it runs. Any thread.
+  std::string paused(const std::string& id) const { return paused_->why(id); }
 
   // Gives sandbox `id` a VM as `plan` says. Answers `sandbox` with
   // vm_booted (QEMU's pid, and "pool", "restore" or "boot") or
@@ -454,6 +458,7 @@ private:
   boost::asio::thread_pool checker_{1};
   std::shared_ptr<net::NetworkLeases> network_;
   std::shared_ptr<OpGates> op_gates_ = std::make_shared<OpGates>();
+  std::shared_ptr<PausedVms> paused_ = std::make_shared<PausedVms>();
 };
 
 } // namespace vesicle

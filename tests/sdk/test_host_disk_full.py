@@ -8,7 +8,8 @@ that writes then finds the host's filesystem full: QEMU pauses it
 (werror=enospc) and keeps the write; hostd holds the agent's deadlines
 (which the test shortens to seconds, so a pause taken for a stuck agent
 would end the sandbox), answers other calls at once with 503 and why, and
-resumes the VM when the test removes its file. The write completes, and
+resumes the VM when the test removes its file. The sandbox's status says
+why it is paused meanwhile. The write completes, and
 what the guest reads back from its disk is what it wrote.
 """
 
@@ -105,6 +106,10 @@ def test_a_vm_on_a_full_host_disk_pauses_and_runs_on_when_there_is_room(small_di
         assert "paused" in message and "disk is full" in message, message
         assert "retry later" in message, message
         assert took < 2, f"a call to a paused VM took {took:.1f} s to fail"
+        # Its status says so too, while the sandbox stays ready.
+        status = sb.refresh()
+        assert status["state"] == "ready", status
+        assert "disk is full" in status.get("paused", ""), status
         assert thread.is_alive(), outcome
 
         filler.unlink()
@@ -114,6 +119,8 @@ def test_a_vm_on_a_full_host_disk_pauses_and_runs_on_when_there_is_room(small_di
         run = outcome["run"]
         assert run.error is None and run.stdout == f"written {WRITE_MIB << 20}\n", run
         assert RESUMED in h.log()
+        after = sb.refresh()
+        assert after["state"] == "ready" and not after.get("paused"), after
         for line in h.log().splitlines():
             if PAUSED in line or RESUMED in line:
                 print(line)

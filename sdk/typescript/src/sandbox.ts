@@ -97,6 +97,8 @@ export interface SandboxInfo {
   created_at?: string;
   accel?: string;
   dead_reason?: string;
+  /** While hostd holds the VM paused (the host's disk is full): why; "" while it runs */
+  paused?: string;
   /** "pool", "restore", "boot", "fork" or "space" */
   source?: string;
   forked_from?: string;
