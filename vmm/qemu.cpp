@@ -7,7 +7,6 @@
 #include "vmm/qemu.hpp"
 
 #include <sys/stat.h>
-#include <sys/statvfs.h>
 #include <sys/un.h>
 #include <time.h>
 #if defined(__x86_64__)
@@ -30,6 +29,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include "common/disk_space.hpp"
 #include "common/log.hpp"
 #include "vmm/async.hpp"
 #include "vmm/blocking.hpp"
@@ -618,14 +618,6 @@ asio::awaitable<void> sleep_for(asio::any_io_executor executor, milliseconds dur
   co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
 }
 
-// Free bytes for an unprivileged writer on the filesystem holding `dir`;
-// nullopt if it cannot be read.
-std::optional<std::uint64_t> free_bytes(const fs::path& dir) {
-  struct statvfs figures {};
-  if (::statvfs(dir.c_str(), &figures) != 0) return std::nullopt;
-  return static_cast<std::uint64_t>(figures.f_bavail) * figures.f_frsize;
-}
-
 // `command` is a literal: no temporary std::string in the callers' co_await
 // expressions (see QmpClient::execute).
 asio::awaitable<Result<json::Value>> qmp_run(VmState& state, const char* command,
@@ -651,7 +643,7 @@ asio::awaitable<void> resume_when_disk_has_room(std::shared_ptr<VmState> state) 
   const fs::path dir = state->paths.overlay.parent_path();
   const auto started = Clock::now();
   const auto free_mib = [&dir] {
-    auto bytes = free_bytes(dir);
+    auto bytes = available_bytes(dir);
     return bytes ? std::to_string(*bytes >> 20) : std::string("unknown");
   };
   const std::string why = "the host's disk is full (" + free_mib() + " MiB free in " +
@@ -668,7 +660,7 @@ asio::awaitable<void> resume_when_disk_has_room(std::shared_ptr<VmState> state) 
     // A save under way stops and resumes the VM itself; a paused VM is
     // left paused by it, and found here again afterwards.
     if (state->saving) continue;
-    const auto room = free_bytes(dir);
+    auto room = available_bytes(dir);
     if (!room || *room < kDiskRoomToResume) continue;
     json::Object no_arguments;
     auto resumed = co_await qmp_run(*state, "cont", std::move(no_arguments));

@@ -1,14 +1,12 @@
 #include "actors/sandbox/host_room.hpp"
 
-#include <sys/statvfs.h>
-
-#include <cerrno>
-
 #include <algorithm>
 #include <charconv>
 #include <fstream>
 #include <sstream>
 #include <string_view>
+
+#include "common/disk_space.hpp"
 
 namespace vesicle {
 
@@ -81,40 +79,41 @@ Result<HostFigures> read_host_figures(const HostRoomSettings& settings) {
                       settings.meminfo.string());
   figures.memory_available_mib = *available;
   if (!settings.disk_dir.empty()) {
-    // The directory may not exist yet (VMs make it); its nearest existing
-    // ancestor is on the filesystem it will be on.
-    struct statvfs fs {};
-    std::filesystem::path dir = settings.disk_dir;
-    while (::statvfs(dir.c_str(), &fs) != 0) {
-      if (errno != ENOENT || !dir.has_relative_path())
-        return sys_error("statvfs", settings.disk_dir.string());
-      dir = dir.parent_path();
-    }
-    figures.disk_free_mib = static_cast<std::uint64_t>(fs.f_bavail) * fs.f_frsize / kMiB;
+    // The directory may not exist yet (VMs make it): available_bytes reads
+    // the filesystem it will be on.
+    auto available = available_bytes(settings.disk_dir);
+    if (!available) return std::move(available).error();
+    figures.disk_free_mib = *available / kMiB;
   }
   return figures;
 }
 
-std::uint64_t memory_still_promised_mib(const HostRoomSettings& settings, const std::string& id,
-                                        std::uint64_t memory_mib, std::uint64_t* held) {
-  const std::uint64_t promised = memory_mib + settings.vm_overhead_mib;
-  const auto used =
-      settings.memory_in_use_mib ? settings.memory_in_use_mib(id) : std::optional<std::uint64_t>{};
-  if (held) *held = used ? std::min(*used, promised) : 0;
-  return used ? saturating_sub(promised, *used) : promised;
+namespace {
+
+// `promised`, split by what is known to be held of it.
+Promised split(std::uint64_t promised, std::optional<std::uint64_t> held) {
+  if (!held) return {promised, 0};
+  return {saturating_sub(promised, *held), std::min(*held, promised)};
+}
+
+} // namespace
+
+Promised memory_promised(const HostRoomSettings& settings, const std::string& id,
+                         std::uint64_t memory_mib) {
+  return split(memory_mib + settings.vm_overhead_mib, settings.memory_in_use_mib
+                                                          ? settings.memory_in_use_mib(id)
+                                                          : std::optional<std::uint64_t>{});
 }
 
 std::uint64_t disk_promised_mib(std::uint64_t disk_mib) {
   return disk_mib + disk_mib / 4096 + 1;
 }
 
-std::uint64_t disk_still_promised_mib(const HostRoomSettings& settings, std::int32_t qemu_pid,
-                                      std::uint64_t disk_mib, std::uint64_t* held) {
-  const std::uint64_t promised = disk_promised_mib(disk_mib);
-  const auto written = settings.disk_in_use_mib && qemu_pid > 0 ? settings.disk_in_use_mib(qemu_pid)
-                                                                : std::optional<std::uint64_t>{};
-  if (held) *held = written ? std::min(*written, promised) : 0;
-  return written ? saturating_sub(promised, *written) : promised;
+Promised disk_promised(const HostRoomSettings& settings, std::int32_t qemu_pid,
+                       std::uint64_t disk_mib) {
+  return split(disk_promised_mib(disk_mib), settings.disk_in_use_mib && qemu_pid > 0
+                                                ? settings.disk_in_use_mib(qemu_pid)
+                                                : std::optional<std::uint64_t>{});
 }
 
 std::optional<std::string> refuse_room(const HostRoomSettings& settings, const HostFigures& host,

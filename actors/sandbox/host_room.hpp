@@ -73,13 +73,18 @@ struct RoomRequest {
 
 Result<HostFigures> read_host_figures(const HostRoomSettings& settings);
 
-// What running sandbox `id` with `memory_mib` of guest RAM may still take of
-// the host's memory: its RAM and VMM overhead less what its cgroup says it
-// holds already (all of it when that is not known).
-// `held`, when given, gets what it holds already (at most what it was
-// promised; 0 when not known).
-std::uint64_t memory_still_promised_mib(const HostRoomSettings& settings, const std::string& id,
-                                        std::uint64_t memory_mib, std::uint64_t* held = nullptr);
+// What a running sandbox was promised, split: what it may still take, and
+// what it holds already (at most what it was promised; 0 when not known).
+struct Promised {
+  std::uint64_t still_mib = 0;
+  std::uint64_t held_mib = 0;
+};
+
+// Of the host's memory, for running sandbox `id` with `memory_mib` of guest
+// RAM: its RAM and VMM overhead, less what its cgroup says it holds already
+// (all of it still to take when that is not known).
+Promised memory_promised(const HostRoomSettings& settings, const std::string& id,
+                         std::uint64_t memory_mib);
 
 // What a VM with a writable disk of `disk_mib` may write to the host's
 // disk: the disk and qcow2's tables for it. A full 64 KiB-cluster overlay
@@ -89,12 +94,11 @@ std::uint64_t memory_still_promised_mib(const HostRoomSettings& settings, const 
 // an overlay can hold (2 GiB: 1 MiB; 100 GiB: 26 MiB).
 std::uint64_t disk_promised_mib(std::uint64_t disk_mib);
 
-// What running sandbox with QEMU `qemu_pid` (0: none yet) and a writable
-// disk of `disk_mib` may still write to the host's disk: disk_promised_mib
-// less what its overlay holds already (all of it when that is not known).
-// `held` as for memory_still_promised_mib.
-std::uint64_t disk_still_promised_mib(const HostRoomSettings& settings, std::int32_t qemu_pid,
-                                      std::uint64_t disk_mib, std::uint64_t* held = nullptr);
+// Of the host's disk, for a running sandbox with QEMU `qemu_pid` (0: none
+// yet) and a writable disk of `disk_mib`: disk_promised_mib, less what its
+// overlay holds already (all of it still to write when that is not known).
+Promised disk_promised(const HostRoomSettings& settings, std::int32_t qemu_pid,
+                       std::uint64_t disk_mib);
 
 // Empty when `request` fits; otherwise why not, in a sentence that names the
 // figures ("creating a sandbox needs 608 MiB of memory; this host can

@@ -109,13 +109,12 @@ caf::error admit(registry_pointer self, const std::string& owner, std::uint32_t 
   HostCommitments committed;
   for (const auto& [id, record] : self->state.records) {
     if (!holds_vm(record.info)) continue;
-    std::uint64_t memory_held = 0, disk_held = 0;
-    committed.memory_mib +=
-        memory_still_promised_mib(*host_room, id, record.info.spec.memory_mib, &memory_held);
-    committed.disk_mib += disk_still_promised_mib(*host_room, record.info.qemu_pid,
-                                                  record.info.spec.disk_mib, &disk_held);
-    committed.memory_held_mib += memory_held;
-    committed.disk_held_mib += disk_held;
+    const auto memory = memory_promised(*host_room, id, record.info.spec.memory_mib);
+    const auto disk = disk_promised(*host_room, record.info.qemu_pid, record.info.spec.disk_mib);
+    committed.memory_mib += memory.still_mib;
+    committed.memory_held_mib += memory.held_mib;
+    committed.disk_mib += disk.still_mib;
+    committed.disk_held_mib += disk.held_mib;
   }
   RoomRequest request{more, spec.memory_mib, spec.disk_mib};
   if (auto refused = refuse_room(*host_room, *figures, committed, request, what))

@@ -40,15 +40,15 @@ TEST(HostRoom, AdmitsWhatFitsAndRefusesWhatDoesNot) {
 TEST(HostRoom, ARunningSandboxIsPromisedOnlyWhatItDoesNotHoldYet) {
   HostRoomSettings s = settings();
   // No cgroup figures: the whole size (RAM + overhead).
-  EXPECT_EQ(memory_still_promised_mib(s, "sb-a", 512), 612u);
+  EXPECT_EQ(memory_promised(s, "sb-a", 512).still_mib, 612u);
   s.memory_in_use_mib = [](const std::string& id) -> std::optional<std::uint64_t> {
     if (id == "sb-a") return 200;
     if (id == "sb-full") return 700; // past its promise (shared faults): nothing more
     return std::nullopt;             // a leaf not found
   };
-  EXPECT_EQ(memory_still_promised_mib(s, "sb-a", 512), 412u);
-  EXPECT_EQ(memory_still_promised_mib(s, "sb-full", 512), 0u);
-  EXPECT_EQ(memory_still_promised_mib(s, "sb-unknown", 512), 612u);
+  EXPECT_EQ(memory_promised(s, "sb-a", 512).still_mib, 412u);
+  EXPECT_EQ(memory_promised(s, "sb-full", 512).still_mib, 0u);
+  EXPECT_EQ(memory_promised(s, "sb-unknown", 512).still_mib, 612u);
 }
 
 TEST(HostRoom, OvercommitScalesWhatMayBePromised) {
@@ -104,22 +104,26 @@ TEST(HostRoom, ARunningSandboxSaysWhatItHolds) {
     if (id == "sb-a") return 100;
     return std::nullopt;
   };
-  std::uint64_t held = 7;
-  EXPECT_EQ(memory_still_promised_mib(s, "sb-a", 512, &held), 512u);
-  EXPECT_EQ(held, 100u);
+  auto a = memory_promised(s, "sb-a", 512);
+  EXPECT_EQ(a.still_mib, 512u);
+  EXPECT_EQ(a.held_mib, 100u);
   // At most what it was promised.
-  EXPECT_EQ(memory_still_promised_mib(s, "sb-big", 512, &held), 0u);
-  EXPECT_EQ(held, 612u);
-  EXPECT_EQ(memory_still_promised_mib(s, "sb-unknown", 512, &held), 612u);
-  EXPECT_EQ(held, 0u);
+  auto big = memory_promised(s, "sb-big", 512);
+  EXPECT_EQ(big.still_mib, 0u);
+  EXPECT_EQ(big.held_mib, 612u);
+  auto unknown = memory_promised(s, "sb-unknown", 512);
+  EXPECT_EQ(unknown.still_mib, 612u);
+  EXPECT_EQ(unknown.held_mib, 0u);
   s.disk_in_use_mib = [](std::int32_t pid) -> std::optional<std::uint64_t> {
     if (pid == 100) return 700;
     return std::nullopt;
   };
-  EXPECT_EQ(disk_still_promised_mib(s, 100, 2048, &held), 2049u - 700);
-  EXPECT_EQ(held, 700u);
-  EXPECT_EQ(disk_still_promised_mib(s, 0, 2048, &held), 2049u);
-  EXPECT_EQ(held, 0u);
+  auto written = disk_promised(s, 100, 2048);
+  EXPECT_EQ(written.still_mib, 2049u - 700);
+  EXPECT_EQ(written.held_mib, 700u);
+  auto not_started = disk_promised(s, 0, 2048);
+  EXPECT_EQ(not_started.still_mib, 2049u);
+  EXPECT_EQ(not_started.held_mib, 0u);
 }
 
 TEST(HostRoom, RefusesWhenTheDiskCannotHoldTheWritableDisks) {
@@ -152,7 +156,7 @@ TEST(HostRoom, ADiskIsPromisedWithItsQcow2Tables) {
 TEST(HostRoom, ARunningSandboxIsPromisedOnlyTheDiskItHasNotWrittenYet) {
   HostRoomSettings s = settings();
   // No overlay figures: the whole disk and its tables.
-  EXPECT_EQ(disk_still_promised_mib(s, 4242, 2048), 2049u);
+  EXPECT_EQ(disk_promised(s, 4242, 2048).still_mib, 2049u);
   std::vector<std::int32_t> asked;
   s.disk_in_use_mib = [&asked](std::int32_t pid) -> std::optional<std::uint64_t> {
     asked.push_back(pid);
@@ -160,11 +164,11 @@ TEST(HostRoom, ARunningSandboxIsPromisedOnlyTheDiskItHasNotWrittenYet) {
     if (pid == 200) return 2100; // past its promise: nothing more
     return std::nullopt;         // gone, or not a VM's QEMU
   };
-  EXPECT_EQ(disk_still_promised_mib(s, 100, 2048), 2049u - 700);
-  EXPECT_EQ(disk_still_promised_mib(s, 200, 2048), 0u);
-  EXPECT_EQ(disk_still_promised_mib(s, 300, 2048), 2049u);
+  EXPECT_EQ(disk_promised(s, 100, 2048).still_mib, 2049u - 700);
+  EXPECT_EQ(disk_promised(s, 200, 2048).still_mib, 0u);
+  EXPECT_EQ(disk_promised(s, 300, 2048).still_mib, 2049u);
   // A sandbox whose QEMU has not started (pid 0) is not looked up.
-  EXPECT_EQ(disk_still_promised_mib(s, 0, 2048), 2049u);
+  EXPECT_EQ(disk_promised(s, 0, 2048).still_mib, 2049u);
   EXPECT_EQ(asked, (std::vector<std::int32_t>{100, 200, 300}));
 }
 
