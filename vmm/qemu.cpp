@@ -370,6 +370,18 @@ using Socket = asio::local::stream_protocol::socket;
 struct VmState;
 asio::awaitable<void> resume_when_disk_has_room(std::shared_ptr<VmState> state);
 
+// The MiB free on the filesystem holding `dir`, for messages.
+std::string free_mib_text(const fs::path& dir) {
+  auto bytes = available_bytes(dir);
+  return bytes ? std::to_string(*bytes >> 20) : std::string("unknown");
+}
+
+// Why a VM whose overlay is in `dir` is paused on a full host disk.
+std::string disk_full_reason(const fs::path& dir) {
+  return "the host's disk is full (" + free_mib_text(dir) + " MiB free in " + dir.string() +
+         "); hostd resumes it when there is room";
+}
+
 // Everything one VM owns. Shared with the coroutines that watch it, so none
 // of them outlives what it touches; the Vm handle owns it and destroys it.
 struct VmState : std::enable_shared_from_this<VmState> {
@@ -418,10 +430,10 @@ struct VmState : std::enable_shared_from_this<VmState> {
   bool vcpu_sockets = false; // each vCPU is a socket of its own (vcpu_sockets_for)
   // Set when QMP reported the guest stopped on its own (reset, power-off).
   std::string guest_stop_reason;
-  // QEMU paused the guest because its disk found the host's filesystem
-  // full; resume_when_disk_has_room runs, and says why here.
-  bool paused_for_disk = false;
-  std::string paused_why;
+  // Set while QEMU holds the guest paused because its disk found the
+  // host's filesystem full (resume_when_disk_has_room runs): why, as calls
+  // and the sandbox's status say it.
+  std::optional<std::string> paused_why;
   // What Vm::label named the VM last (config.on_pause's `name`).
   std::string name = config.id;
   std::string console;
@@ -580,10 +592,9 @@ struct VmState : std::enable_shared_from_this<VmState> {
       if (event == "BLOCK_IO_ERROR") {
         // werror=enospc: QEMU stopped the guest and keeps the failed write
         // to retry on `cont`. Any other error was reported to the guest.
-        if (!data["nospace"].as_bool() || data["action"].as_string() != "stop" ||
-            self->paused_for_disk)
+        if (!data["nospace"].as_bool() || data["action"].as_string() != "stop" || self->paused_why)
           return;
-        self->paused_for_disk = true;
+        self->paused_why = disk_full_reason(self->paths.overlay.parent_path());
         asio::co_spawn(self->executor, resume_when_disk_has_room(self), asio::detached);
         return;
       }
@@ -642,17 +653,10 @@ asio::awaitable<Result<json::Value>> qmp_run(VmState& state, const char* command
 asio::awaitable<void> resume_when_disk_has_room(std::shared_ptr<VmState> state) {
   const fs::path dir = state->paths.overlay.parent_path();
   const auto started = Clock::now();
-  const auto free_mib = [&dir] {
-    auto bytes = available_bytes(dir);
-    return bytes ? std::to_string(*bytes >> 20) : std::string("unknown");
-  };
-  const std::string why = "the host's disk is full (" + free_mib() + " MiB free in " +
-                          dir.string() + "); hostd resumes it when there is room";
   log::warn("a VM's disk found the host's filesystem full: the VM is paused until there is room",
-            {{"vm", state->config.id}, {"dir", dir.string()}, {"free_mib", free_mib()}});
-  if (state->agent) state->agent->hold(why);
-  state->paused_why = why;
-  if (state->config.on_pause) state->config.on_pause(state->name, why);
+            {{"vm", state->config.id}, {"dir", dir.string()}, {"free_mib", free_mib_text(dir)}});
+  if (state->agent) state->agent->hold(state->paused_why);
+  if (state->config.on_pause) state->config.on_pause(state->name, state->paused_why);
   std::uint64_t resumes = 0;
   while (state->running()) {
     co_await sleep_for(state->executor, kDiskRoomPoll);
@@ -671,7 +675,7 @@ asio::awaitable<void> resume_when_disk_has_room(std::shared_ptr<VmState> state) 
     if (status && (*status)["status"].as_string() == "io-error") continue;
     break;
   }
-  state->paused_for_disk = false;
+  state->paused_why.reset();
   if (state->agent) state->agent->hold(std::nullopt);
   if (state->config.on_pause) state->config.on_pause(state->name, std::nullopt);
   if (!state->running()) co_return;
@@ -681,7 +685,7 @@ asio::awaitable<void> resume_when_disk_has_room(std::shared_ptr<VmState> state) 
        {"paused_ms",
         std::to_string(std::chrono::duration_cast<milliseconds>(Clock::now() - started).count())},
        {"resumes", std::to_string(resumes)},
-       {"free_mib", free_mib()}});
+       {"free_mib", free_mib_text(dir)}});
 }
 
 // Both ends of a migration must agree on it: it changes the stream's format.
@@ -1600,7 +1604,7 @@ public:
   void label(const std::string& sandbox_id) override {
     // Named anew while paused (a waiting pool VM handed out): the pause
     // moves to the new name.
-    if (state_->paused_for_disk && state_->name != sandbox_id && state_->config.on_pause) {
+    if (state_->paused_why && state_->name != sandbox_id && state_->config.on_pause) {
       state_->config.on_pause(state_->name, std::nullopt);
       state_->config.on_pause(sandbox_id, state_->paused_why);
     }
